@@ -1,0 +1,51 @@
+# medledger: `make demo` and `make test` set up whatever is missing, then run.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := $(CURDIR)/.tools
+CMT    := $(TOOLS)/bin/cometbft
+CMT_VERSION := v0.38.25
+
+.PHONY: setup demo test lint typecheck pytest system cometbft proto bench clean
+
+setup: $(VENV)/.installed system cometbft proto
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Debian packages the tests and the demo use (PostgreSQL server, Chromium); installed only when missing.
+system:
+	@bash scripts/setup-system.sh
+
+cometbft: $(CMT)
+
+$(CMT):
+	@bash scripts/setup-cometbft.sh $(CMT_VERSION) $(TOOLS)
+
+proto: $(VENV)/.installed $(CMT)
+	@bash scripts/gen-proto.sh $(CMT_VERSION) $(BIN)/python
+
+demo: setup
+	$(BIN)/medledger demo $(DEMO_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy src/medledger/ledger src/medledger/contracts
+
+pytest: setup
+	PATH="$(TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+bench: setup
+	$(BIN)/medledger bench
+
+clean:
+	rm -rf $(VENV) $(TOOLS) build
