@@ -1,1 +1,27 @@
-"""medledger.contracts"""
+"""medledger's contracts, registered in one place.
+
+Each contract module owns its messages, state (a key prefix), handlers and queries, and
+exposes `CONTRACTS`: every version it knows. Governance activates one version of each.
+"""
+
+from __future__ import annotations
+
+from medledger.ledger.contract import Contract, Registry
+
+
+def all_contracts() -> list[Contract]:
+    from medledger.contracts import governance, identity
+
+    return [*governance.CONTRACTS, *identity.CONTRACTS]
+
+
+def default_versions() -> dict[str, int]:
+    """The version of each contract a new consortium starts with: the newest."""
+    latest: dict[str, int] = {}
+    for c in all_contracts():
+        latest[c.name] = max(latest.get(c.name, 0), c.version)
+    return latest
+
+
+def default_registry() -> Registry:
+    return Registry(all_contracts())

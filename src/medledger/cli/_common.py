@@ -1,0 +1,47 @@
+"""What every command shares: the console, the --home option, and turning errors into exits."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path,
+    typer.Option("--home", "-H", help="The hospital's home folder (made by `medledger init`)."),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Known failures become one clear line and a non-zero exit, never a traceback."""
+    from medledger.ledger.keys import KeyFileError
+    from medledger.network import ConfigError
+    from medledger.wallet import TxRejected
+
+    try:
+        yield
+    except (ConfigError, KeyFileError, TxRejected, ValueError, TimeoutError) as exc:
+        fail(str(exc))
+    except FileNotFoundError as exc:
+        fail(f"{exc.filename}: not found")
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+def short(data: bytes, n: int = 16) -> str:
+    return data.hex()[:n]

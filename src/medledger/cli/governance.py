@@ -1,0 +1,139 @@
+"""`medledger member propose|vote|list`: consortium membership, decided at two thirds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medledger.cli._common import HomeOption, console, user_errors
+
+
+def _hex(value: str, field: str) -> bytes:
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{field}: not hex") from None
+    if len(data) != 32:
+        raise ValueError(f"{field}: expected 32 bytes (64 hex digits), got {len(data)}")
+    return data
+
+
+def _report(node, committed) -> None:  # type: ignore[no-untyped-def]
+    for event in committed.result.events:
+        if event.type == "proposal.created":
+            console.print(f"proposal {event.get('id')} created ({event.get('action')})")
+        elif event.type == "proposal.voted":
+            verdict = "for" if event.get("approve") == "1" else "against"
+            console.print(f"{event.get('org')} voted {verdict} proposal {event.get('id')}")
+        elif event.type == "proposal.executed":
+            console.print(f"[green]proposal {event.get('id')} reached 2/3 and was executed[/]")
+        elif event.type == "proposal.rejected":
+            console.print(f"[red]proposal {event.get('id')} was rejected[/]")
+        elif event.type == "member.admitted":
+            console.print(f"{event.get('org')} is now a member")
+        elif event.type == "member.removed":
+            console.print(f"{event.get('org')} is no longer a member")
+
+
+def register(app: typer.Typer) -> None:
+    member = typer.Typer(help="Consortium membership: propose, vote, list.", no_args_is_help=True)
+    app.add_typer(member, name="member")
+    propose = typer.Typer(help="Propose a change to the consortium.", no_args_is_help=True)
+    member.add_typer(propose, name="propose")
+
+    @propose.command("admit")
+    def admit(
+        home: HomeOption,
+        org: Annotated[str, typer.Option(help="The new hospital's id.")],
+        name: Annotated[str, typer.Option(help="Its name.")],
+        key: Annotated[str, typer.Option(help="Its organisation public key, hex.")],
+        validator_key: Annotated[str, typer.Option(help="Its consensus key, hex.")] = "",
+        power: Annotated[int, typer.Option(help="Validator voting power.")] = 0,
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose admitting a hospital (as a validator when --validator-key and --power)."""
+        from medledger.node import Node
+
+        with user_errors():
+            args: dict[str, object] = {"org": org, "name": name, "key": _hex(key, "--key")}
+            if validator_key:
+                args["validator_key"] = _hex(validator_key, "--validator-key")
+                args["power"] = power
+            with Node.open(home) as node:
+                c = node.wallet.send(
+                    "governance.propose", {"action": "admit_member", "args": args, "note": note}
+                )
+                _report(node, c)
+
+    @propose.command("remove")
+    def remove(
+        home: HomeOption,
+        org: Annotated[str, typer.Option(help="The member to remove.")],
+        note: Annotated[str, typer.Option()] = "",
+    ) -> None:
+        """Propose removing a member hospital."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = node.wallet.send(
+                "governance.propose",
+                {"action": "remove_member", "args": {"org": org}, "note": note},
+            )
+            _report(node, c)
+
+    @propose.command("power")
+    def power(
+        home: HomeOption,
+        org: Annotated[str, typer.Option()],
+        power: Annotated[int, typer.Option(help="New voting power (0 stops it validating).")],
+    ) -> None:
+        """Propose changing a member's validator power."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = node.wallet.send(
+                "governance.propose",
+                {"action": "set_power", "args": {"org": org, "power": power}},
+            )
+            _report(node, c)
+
+    @member.command("vote")
+    def vote(
+        home: HomeOption,
+        proposal: Annotated[int, typer.Argument(help="Proposal number.")],
+        reject: Annotated[bool, typer.Option("--reject", help="Vote against.")] = False,
+    ) -> None:
+        """Vote on an open proposal (for, unless --reject)."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = node.wallet.send("governance.vote", {"proposal": proposal, "approve": not reject})
+            _report(node, c)
+
+    @member.command("list")
+    def list_(home: HomeOption) -> None:
+        """Members, and proposals still open."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            members = node.engine.query("governance/members", {})
+            proposals = node.engine.query("governance/proposals", {"status": "open"})
+        table = Table("hospital", "name", "validator power", "key")
+        for m in members:
+            table.add_row(m["org"], m["name"], str(m["power"]), m["key"].hex()[:16])
+        console.print(table)
+        if proposals:
+            pt = Table("proposal", "action", "args", "by", "votes for/against")
+            for p in proposals:
+                yes = sum(1 for v in p["votes"].values() if v)
+                no = len(p["votes"]) - yes
+                args = ", ".join(
+                    f"{k}={v.hex()[:12] if isinstance(v, bytes) else v}"
+                    for k, v in sorted(p["args"].items())
+                )
+                pt.add_row(str(p["id"]), p["action"], args, p["proposer"], f"{yes}/{no}")
+            console.print(pt)
+        else:
+            console.print("no open proposal")

@@ -1,0 +1,96 @@
+"""`medledger practitioner add|revoke|roles|list`: a hospital's practitioners on the chain."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medledger.cli._common import HomeOption, console, fail, short, user_errors
+
+
+def _roles(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+def register(app: typer.Typer) -> None:
+    prac = typer.Typer(
+        help="Register and revoke your hospital's practitioners.", no_args_is_help=True
+    )
+    app.add_typer(prac, name="practitioner")
+
+    @prac.command("add")
+    def add(
+        home: HomeOption,
+        practitioner: Annotated[str, typer.Option("--id", help="Local id, e.g. dr-martin.")],
+        roles: Annotated[
+            str,
+            typer.Option(help="Comma-separated: physician,nurse,emergency,dpo,admin,researcher."),
+        ],
+    ) -> None:
+        """Create the practitioner's signing key (mode 0600) and register it with its roles."""
+        from medledger.ledger.keys import SigningKey
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            path = node.config.practitioner_key_path(practitioner)
+            if path.exists():
+                fail(f"{path}: a key for {practitioner!r} already exists")
+            key = SigningKey.generate()
+            committed = node.wallet.send(
+                "identity.register",
+                {"practitioner": practitioner, "key": key.public_key, "roles": _roles(roles)},
+            )
+            key.save(path)  # only once the chain accepted it: no orphan key on refusal
+        console.print(
+            f"registered {practitioner} ({roles}) at {node.config.org}, "
+            f"block {committed.height}; key {path}"
+        )
+
+    @prac.command("roles")
+    def set_roles(
+        home: HomeOption,
+        practitioner: Annotated[str, typer.Option("--id")],
+        roles: Annotated[str, typer.Option(help="The new comma-separated roles.")],
+    ) -> None:
+        """Replace a practitioner's roles."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = node.wallet.send(
+                "identity.update_roles", {"practitioner": practitioner, "roles": _roles(roles)}
+            )
+        console.print(f"{practitioner} now has roles {roles} (block {c.height})")
+
+    @prac.command("revoke")
+    def revoke(
+        home: HomeOption,
+        practitioner: Annotated[str, typer.Option("--id")],
+        reason: Annotated[str, typer.Option(help="Why (kept on the chain).")] = "",
+    ) -> None:
+        """Revoke a practitioner: their key can no longer act for the hospital."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = node.wallet.send(
+                "identity.revoke", {"practitioner": practitioner, "reason": reason}
+            )
+        console.print(f"revoked {practitioner} (block {c.height})")
+
+    @prac.command("list")
+    def list_(
+        home: HomeOption,
+        all_hospitals: Annotated[bool, typer.Option("--all", help="Every hospital's.")] = False,
+    ) -> None:
+        """Practitioners registered on the chain."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            args = {} if all_hospitals else {"org": node.config.org}
+            rows = node.engine.query("identity/practitioners", args)
+        table = Table("hospital", "id", "roles", "status", "key")
+        for p in rows:
+            status = "active" if p["active"] else "[red]revoked[/]"
+            table.add_row(p["org"], p["id"], ",".join(p["roles"]), status, short(p["key"]))
+        console.print(table)

@@ -1,0 +1,97 @@
+"""Ledger commands: `verify`, `ledger show`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from medledger.cli._common import HomeOption, console, fail, short, user_errors
+
+
+def _open_store(home: Path):  # type: ignore[no-untyped-def]
+    from medledger.ledger.store import Store
+    from medledger.network import load_config
+
+    config = load_config(home)
+    if not config.ledger_db.exists():
+        fail(f"{config.ledger_db}: no ledger yet (nothing was committed)")
+    return config, Store(config.ledger_db)
+
+
+def register(app: typer.Typer) -> None:
+    ledger_app = typer.Typer(help="Read the ledger's blocks and txs.", no_args_is_help=True)
+    app.add_typer(ledger_app, name="ledger")
+
+    @app.command("verify")
+    def verify(home: HomeOption) -> None:
+        """Replay the chain from genesis and check every signature, nonce, link and app hash."""
+        from medledger.contracts import default_registry
+        from medledger.ledger.replay import VerifyError, verify_history
+
+        with user_errors():
+            config, store = _open_store(home)
+            genesis = config.genesis()
+            try:
+                with Progress(console=console, transient=True) as progress:
+                    task = progress.add_task("replaying", total=store.height or 1)
+                    report = verify_history(
+                        store,
+                        genesis,
+                        default_registry(),
+                        progress=lambda h, top: progress.update(task, completed=h, total=top),
+                    )
+            except VerifyError as exc:
+                fail(f"verify failed at {exc}", code=2)
+            extra = ""
+            if config.engine == "cometbft":
+                from medledger.consensus.cometbft.verify import check_home
+
+                mismatches = check_home(config, store)
+                if mismatches:
+                    fail("; ".join(mismatches), code=2)
+                extra = ", app hashes match CometBFT's headers"
+        console.print(
+            f"ok: height {report.height}, {report.txs} txs, app hash {report.app_hash.hex()}"
+            + extra
+        )
+
+    @ledger_app.command("show")
+    def show(
+        home: HomeOption,
+        height: Annotated[int | None, typer.Option(help="One block; default the last 20.")] = None,
+    ) -> None:
+        """Blocks and their txs, readable (no personal data is on the chain to show)."""
+        from medledger.ledger.tx import decode_tx
+
+        with user_errors():
+            _, store = _open_store(home)
+            top = store.height
+            heights = [height] if height is not None else list(range(max(1, top - 19), top + 1))
+            for h in heights:
+                record = store.block(h)
+                if record is None:
+                    fail(f"no block at height {h} (last is {top})")
+                hd = record.header
+                when = datetime.fromtimestamp(hd.time_ms / 1000, UTC).isoformat(
+                    timespec="milliseconds"
+                )
+                console.print(
+                    f"[bold]block {h}[/] {when} hash {short(record.hash)} "
+                    f"prev {short(hd.prev_hash)} app {short(hd.app_hash)} txs {len(record.txs)}"
+                )
+                table = Table(show_edge=False, box=None, padding=(0, 1))
+                for col in ("#", "tx id", "kind", "signer", "nonce", "result"):
+                    table.add_column(col)
+                for i, (raw, result) in enumerate(zip(record.txs, record.results, strict=True)):
+                    tx = decode_tx(raw)
+                    verdict = "ok" if result.ok else f"[red]{result.code}[/] {result.log}"
+                    table.add_row(
+                        str(i), short(tx.id), tx.kind, short(tx.signer), str(tx.nonce), verdict
+                    )
+                if record.txs:
+                    console.print(table)

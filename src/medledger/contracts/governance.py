@@ -1,0 +1,336 @@
+"""Governance: the consortium decides together, at two thirds of its members.
+
+A member proposes an action; members vote; the vote that reaches 2/3 of the current members
+executes it in the same tx. A proposal that more than 1/3 reject can never pass and is closed
+as rejected; one not decided by its expiry can no longer be voted on.
+
+State (prefix `gov/`):
+    gov/member/<org>        the member: name, keys, validator power
+    gov/key/<key hex>       organisation key -> org (signer lookup)
+    gov/proposal/<id>       proposal with its votes and status
+    gov/seq                 last proposal number
+    gov/params              consortium parameters (proposal lifetime, ...)
+    gov/contract/<name>     the active version of each contract
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from medledger.contracts.common import DAY_MS, check_id, members, require_member
+from medledger.ledger.contract import (
+    Context,
+    Contract,
+    Message,
+    active_key,
+    parse_message,
+)
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.genesis import Genesis
+from medledger.ledger.results import ValidatorUpdate
+from medledger.ledger.store import StateView
+
+DEFAULT_PARAMS: dict[str, int] = {
+    "proposal_ttl_ms": 7 * DAY_MS,
+    "max_validator_power": 100,
+}
+
+
+# -- actions a proposal can carry ---------------------------------------------------------
+
+
+@dataclass
+class AdmitMember:
+    org: str
+    name: str
+    key: bytes
+    validator_key: bytes = b""
+    power: int = 0
+    box_key: bytes = b""
+
+
+@dataclass
+class RemoveMember:
+    org: str
+
+
+@dataclass
+class SetPower:
+    org: str
+    power: int
+
+
+@dataclass
+class ActivateContract:
+    name: str
+    version: int
+
+
+@dataclass
+class SetParam:
+    name: str
+    value: int
+
+
+ACTIONS: dict[str, type[Any]] = {
+    "admit_member": AdmitMember,
+    "remove_member": RemoveMember,
+    "set_power": SetPower,
+    "activate_contract": ActivateContract,
+    "set_param": SetParam,
+}
+
+# Other contracts may add actions (e.g. `set_policy`): name -> (args class, validate, apply).
+ActionHooks = tuple[type[Any], Callable[[StateView, Any], None], Callable[[Context, Any], None]]
+EXTRA_ACTIONS: dict[str, ActionHooks] = {}
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass
+class Propose:
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Vote:
+    proposal: int
+    approve: bool
+
+
+def params(state: StateView) -> dict[str, int]:
+    stored = state.get("gov/params") or {}
+    return {**DEFAULT_PARAMS, **stored}
+
+
+def _validator_update(ctx: Context, member: dict[str, Any], power: int) -> None:
+    if member.get("validator_key"):
+        ctx.validator_updates.append(ValidatorUpdate(member["validator_key"], power))
+
+
+def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
+    """Check the action's arguments at proposal time, so that members vote on something valid."""
+    state = ctx.state
+    if action in EXTRA_ACTIONS:
+        cls, validate, _ = EXTRA_ACTIONS[action]
+        parsed = parse_message(cls, args)
+        validate(state, parsed)
+        return parsed
+    cls = ACTIONS.get(action)
+    if cls is None:
+        known = sorted([*ACTIONS, *EXTRA_ACTIONS])
+        raise TxError(Code.INVALID_BODY, f"field action: unknown action {action!r} ({known})")
+    parsed = parse_message(cls, args)
+    limit = params(state)["max_validator_power"]
+    if isinstance(parsed, AdmitMember):
+        check_id(parsed.org, "args.org")
+        if state.has(f"gov/member/{parsed.org}"):
+            raise TxError(Code.CONFLICT, f"{parsed.org} is already a member")
+        if len(parsed.key) != 32:
+            raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
+        if state.has(f"gov/key/{parsed.key.hex()}"):
+            raise TxError(Code.CONFLICT, "field args.key: this key already belongs to a member")
+        if parsed.validator_key and len(parsed.validator_key) != 32:
+            raise TxError(Code.INVALID_BODY, "field args.validator_key: must be 32 bytes")
+        if parsed.box_key and len(parsed.box_key) != 32:
+            raise TxError(Code.INVALID_BODY, "field args.box_key: must be 32 bytes")
+        if not 0 <= parsed.power <= limit:
+            raise TxError(Code.INVALID_BODY, f"field args.power: must be 0..{limit}")
+        if parsed.power and not parsed.validator_key:
+            raise TxError(Code.INVALID_BODY, "field args.power: a validator needs validator_key")
+    elif isinstance(parsed, RemoveMember | SetPower):
+        if not state.has(f"gov/member/{parsed.org}"):
+            raise TxError(Code.NOT_FOUND, f"{parsed.org} is not a member")
+        if isinstance(parsed, RemoveMember) and len(members(state)) <= 1:
+            raise TxError(Code.REFUSED, "the last member cannot be removed")
+        if isinstance(parsed, SetPower) and not 0 <= parsed.power <= limit:
+            raise TxError(Code.INVALID_BODY, f"field args.power: must be 0..{limit}")
+    elif isinstance(parsed, ActivateContract):
+        if ctx.registry is None or ctx.registry.get(parsed.name, parsed.version) is None:
+            raise TxError(
+                Code.NOT_FOUND, f"no contract {parsed.name!r} version {parsed.version} is known"
+            )
+    elif isinstance(parsed, SetParam):
+        if parsed.name not in DEFAULT_PARAMS:
+            raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
+        if parsed.value < 0:
+            raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
+    return parsed
+
+
+def _apply(ctx: Context, action: str, parsed: Any) -> None:
+    state = ctx.state
+    if action in EXTRA_ACTIONS:
+        EXTRA_ACTIONS[action][2](ctx, parsed)
+        return
+    if isinstance(parsed, AdmitMember):
+        member = {
+            "org": parsed.org,
+            "name": parsed.name,
+            "key": parsed.key,
+            "validator_key": parsed.validator_key,
+            "power": parsed.power,
+            "box_key": parsed.box_key,
+            "since": ctx.time_ms,
+        }
+        state.put(f"gov/member/{parsed.org}", member)
+        state.put(f"gov/key/{parsed.key.hex()}", parsed.org)
+        if parsed.power:
+            _validator_update(ctx, member, parsed.power)
+        ctx.emit("member.admitted", org=parsed.org)
+    elif isinstance(parsed, RemoveMember):
+        member = state.get(f"gov/member/{parsed.org}")
+        state.delete(f"gov/member/{parsed.org}")
+        state.delete(f"gov/key/{member['key'].hex()}")
+        if member.get("power"):
+            _validator_update(ctx, member, 0)
+        ctx.emit("member.removed", org=parsed.org)
+    elif isinstance(parsed, SetPower):
+        member = state.get(f"gov/member/{parsed.org}")
+        if parsed.power and not member.get("validator_key"):
+            raise TxError(Code.REFUSED, f"{parsed.org} has no validator key")
+        member["power"] = parsed.power
+        state.put(f"gov/member/{parsed.org}", member)
+        _validator_update(ctx, member, parsed.power)
+        ctx.emit("member.power", org=parsed.org, power=parsed.power)
+    elif isinstance(parsed, ActivateContract):
+        state.put(active_key(parsed.name), parsed.version)
+        ctx.emit("contract.activated", name=parsed.name, version=parsed.version)
+    elif isinstance(parsed, SetParam):
+        stored = state.get("gov/params") or {}
+        stored[parsed.name] = parsed.value
+        state.put("gov/params", stored)
+        ctx.emit("param.set", name=parsed.name, value=parsed.value)
+
+
+def _tally(state: StateView, proposal: dict[str, Any]) -> tuple[int, int, int]:
+    """(approvals, rejections, members), counting only current members' votes."""
+    current = {m["org"] for m in members(state)}
+    votes: dict[str, bool] = proposal["votes"]
+    approvals = sum(1 for org, yes in votes.items() if yes and org in current)
+    rejections = sum(1 for org, yes in votes.items() if not yes and org in current)
+    return approvals, rejections, len(current)
+
+
+def _settle(ctx: Context, pid: int, proposal: dict[str, Any]) -> None:
+    approvals, rejections, total = _tally(ctx.state, proposal)
+    if approvals * 3 >= total * 2:
+        parsed = _validate_action(ctx, proposal["action"], proposal["args"])
+        _apply(ctx, proposal["action"], parsed)
+        proposal["status"] = "executed"
+        proposal["decided"] = ctx.time_ms
+        ctx.emit("proposal.executed", id=pid, action=proposal["action"])
+    elif rejections * 3 > total:
+        proposal["status"] = "rejected"
+        proposal["decided"] = ctx.time_ms
+        ctx.emit("proposal.rejected", id=pid)
+    ctx.state.put(f"gov/proposal/{pid}", proposal)
+
+
+def propose(ctx: Context, msg: Propose) -> None:
+    org = require_member(ctx)
+    _validate_action(ctx, msg.action, msg.args)
+    pid = (ctx.state.get("gov/seq") or 0) + 1
+    ctx.state.put("gov/seq", pid)
+    proposal = {
+        "id": pid,
+        "proposer": org,
+        "action": msg.action,
+        "args": msg.args,
+        "note": msg.note,
+        "created": ctx.time_ms,
+        "expires": ctx.time_ms + params(ctx.state)["proposal_ttl_ms"],
+        "votes": {org: True},
+        "status": "open",
+        "tx": ctx.tx_id,
+    }
+    ctx.emit("proposal.created", id=pid, action=msg.action, proposer=org)
+    _settle(ctx, pid, proposal)
+
+
+def vote(ctx: Context, msg: Vote) -> None:
+    org = require_member(ctx)
+    proposal = ctx.state.get(f"gov/proposal/{msg.proposal}")
+    if proposal is None:
+        raise TxError(Code.NOT_FOUND, f"no proposal {msg.proposal}")
+    if proposal["status"] != "open":
+        raise TxError(Code.CONFLICT, f"proposal {msg.proposal} is already {proposal['status']}")
+    if ctx.time_ms > proposal["expires"]:
+        raise TxError(Code.EXPIRED, f"proposal {msg.proposal} expired")
+    if org in proposal["votes"]:
+        raise TxError(Code.CONFLICT, f"{org} already voted on proposal {msg.proposal}")
+    proposal["votes"][org] = msg.approve
+    ctx.emit("proposal.voted", id=msg.proposal, org=org, approve=int(msg.approve))
+    _settle(ctx, msg.proposal, proposal)
+
+
+def genesis(state: StateView, g: Genesis) -> None:
+    for m in g.members:
+        state.put(
+            f"gov/member/{m.org}",
+            {
+                "org": m.org,
+                "name": m.name,
+                "key": m.key,
+                "validator_key": m.validator_key,
+                "power": m.power,
+                "box_key": m.box_key,
+                "since": g.time_ms,
+            },
+        )
+        state.put(f"gov/key/{m.key.hex()}", m.org)
+    overrides = {k: int(v) for k, v in g.params.items() if k in DEFAULT_PARAMS}
+    if overrides:
+        state.put("gov/params", overrides)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def q_members(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return members(state)
+
+
+def q_proposals(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    status = args.get("status")
+    found = [p for _, p in state.scan("gov/proposal/")]
+    found.sort(key=lambda p: int(p["id"]))
+    return [p for p in found if status is None or p["status"] == status]
+
+
+def q_proposal(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = state.get(f"gov/proposal/{args.get('id')}")
+    return result
+
+
+def q_params(state: StateView, args: dict[str, Any]) -> dict[str, int]:
+    return params(state)
+
+
+def q_contracts(state: StateView, args: dict[str, Any]) -> dict[str, int]:
+    return {k.removeprefix("gov/contract/"): int(v) for k, v in state.scan("gov/contract/")}
+
+
+CONTRACTS = [
+    Contract(
+        name="governance",
+        version=1,
+        messages={
+            "governance.propose": Message("governance.propose", Propose, propose),
+            "governance.vote": Message("governance.vote", Vote, vote),
+        },
+        queries={
+            "governance/members": q_members,
+            "governance/proposals": q_proposals,
+            "governance/proposal": q_proposal,
+            "governance/params": q_params,
+            "governance/contracts": q_contracts,
+        },
+        genesis=genesis,
+    )
+]

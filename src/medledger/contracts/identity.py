@@ -1,0 +1,170 @@
+"""Identity: each hospital registers and revokes its own practitioners and their roles.
+
+A practitioner is known on chain by a local id chosen by the hospital (never a national
+identifier), the Ed25519 key they sign with, and roles. Only the hospital that registered a
+practitioner can change or revoke them.
+
+State (prefix `id/`):
+    id/prac/<org>/<practitioner>   the practitioner record
+    id/key/<key hex>               signing key -> (org, practitioner)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts.common import check_id, member_of_key, require_member
+from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.store import StateView
+
+ROLES = ("physician", "nurse", "emergency", "dpo", "admin", "researcher")
+
+
+@dataclass
+class Register:
+    practitioner: str
+    key: bytes
+    roles: list[str]
+
+
+@dataclass
+class UpdateRoles:
+    practitioner: str
+    roles: list[str]
+
+
+@dataclass
+class Revoke:
+    practitioner: str
+    reason: str = ""
+
+
+def _check_roles(roles: list[str]) -> list[str]:
+    if not roles:
+        raise TxError(Code.INVALID_BODY, "field roles: at least one role is needed")
+    for role in roles:
+        if role not in ROLES:
+            raise TxError(
+                Code.INVALID_BODY, f"field roles: unknown role {role!r} (known: {', '.join(ROLES)})"
+            )
+    if len(set(roles)) != len(roles):
+        raise TxError(Code.INVALID_BODY, "field roles: a role is repeated")
+    return sorted(roles)
+
+
+def _own_practitioner(ctx: Context, practitioner: str) -> tuple[str, dict[str, Any]]:
+    org = require_member(ctx)
+    record = ctx.state.get(f"id/prac/{org}/{practitioner}")
+    if record is None:
+        raise TxError(Code.NOT_FOUND, f"{org} has no practitioner {practitioner!r}")
+    return org, record
+
+
+def register(ctx: Context, msg: Register) -> None:
+    org = require_member(ctx)
+    check_id(msg.practitioner, "practitioner")
+    roles = _check_roles(msg.roles)
+    if len(msg.key) != 32:
+        raise TxError(Code.INVALID_BODY, "field key: must be a 32-byte Ed25519 key")
+    if ctx.state.has(f"id/prac/{org}/{msg.practitioner}"):
+        raise TxError(Code.CONFLICT, f"{org} already registered {msg.practitioner!r}")
+    if ctx.state.has(f"id/key/{msg.key.hex()}") or member_of_key(ctx.state, msg.key):
+        raise TxError(Code.CONFLICT, "field key: this key is already registered")
+    ctx.state.put(
+        f"id/prac/{org}/{msg.practitioner}",
+        {
+            "org": org,
+            "id": msg.practitioner,
+            "key": msg.key,
+            "roles": roles,
+            "active": True,
+            "since": ctx.time_ms,
+        },
+    )
+    ctx.state.put(f"id/key/{msg.key.hex()}", [org, msg.practitioner])
+    ctx.emit("practitioner.registered", org=org, practitioner=msg.practitioner)
+
+
+def update_roles(ctx: Context, msg: UpdateRoles) -> None:
+    org, record = _own_practitioner(ctx, msg.practitioner)
+    if not record["active"]:
+        raise TxError(Code.CONFLICT, f"{msg.practitioner!r} is revoked")
+    record["roles"] = _check_roles(msg.roles)
+    ctx.state.put(f"id/prac/{org}/{msg.practitioner}", record)
+    ctx.emit("practitioner.roles", org=org, practitioner=msg.practitioner)
+
+
+def revoke(ctx: Context, msg: Revoke) -> None:
+    org, record = _own_practitioner(ctx, msg.practitioner)
+    if not record["active"]:
+        raise TxError(Code.CONFLICT, f"{msg.practitioner!r} is already revoked")
+    record["active"] = False
+    record["revoked"] = ctx.time_ms
+    record["revoke_reason"] = msg.reason
+    ctx.state.put(f"id/prac/{org}/{msg.practitioner}", record)
+    ctx.emit("practitioner.revoked", org=org, practitioner=msg.practitioner)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who a signing key is: a hospital itself, or one of its practitioners."""
+
+    org: str
+    practitioner: str | None
+    roles: tuple[str, ...]
+    active: bool
+
+    @property
+    def is_org(self) -> bool:
+        return self.practitioner is None
+
+
+def resolve_actor(state: StateView, key: bytes) -> Actor | None:
+    org = member_of_key(state, key)
+    if org is not None:
+        return Actor(org, None, ("organisation",), True)
+    ref = state.get(f"id/key/{key.hex()}")
+    if ref is None:
+        return None
+    org, practitioner = ref
+    record = state.get(f"id/prac/{org}/{practitioner}")
+    member = state.get(f"gov/member/{org}")
+    active = bool(record["active"]) and member is not None
+    return Actor(org, practitioner, tuple(record["roles"]), active)
+
+
+def q_practitioners(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    org = args.get("org")
+    prefix = f"id/prac/{org}/" if org else "id/prac/"
+    return [p for _, p in state.scan(prefix)]
+
+
+def q_actor(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    key = args.get("key")
+    if not isinstance(key, bytes):
+        raise TxError(Code.INVALID_BODY, "identity/actor needs key bytes")
+    actor = resolve_actor(state, key)
+    if actor is None:
+        return None
+    return {
+        "org": actor.org,
+        "practitioner": actor.practitioner,
+        "roles": list(actor.roles),
+        "active": actor.active,
+    }
+
+
+CONTRACTS = [
+    Contract(
+        name="identity",
+        version=1,
+        messages={
+            "identity.register": Message("identity.register", Register, register),
+            "identity.update_roles": Message("identity.update_roles", UpdateRoles, update_roles),
+            "identity.revoke": Message("identity.revoke", Revoke, revoke),
+        },
+        queries={"identity/practitioners": q_practitioners, "identity/actor": q_actor},
+    )
+]

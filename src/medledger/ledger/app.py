@@ -1,0 +1,292 @@
+"""The deterministic state machine, with an ABCI-shaped interface.
+
+`check_tx` validates against the committed state plus the txs already accepted into the
+mempool; `finalize_block` executes a block on an overlay and computes the app hash;
+`commit` persists it atomically. Nothing here reads the clock, randomness or the network:
+a replica fed the same blocks reaches the same app hash at every height.
+
+    app_hash(0) = H(genesis hash || H(genesis writes))
+    app_hash(h) = H(app_hash(h-1) || H(ordered writes of block h))
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medledger.ledger import codec, merkle
+from medledger.ledger.contract import Context, Registry, active_key, parse_message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.genesis import Genesis
+from medledger.ledger.results import (
+    AppInfo,
+    BlockHeader,
+    BlockOutcome,
+    BlockRecord,
+    Event,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+)
+from medledger.ledger.store import StateView, Store, writes_digest
+from medledger.ledger.tx import Tx, decode_tx, verify_signature
+
+_VERIFIED_CACHE_SIZE = 200_000
+
+
+def nonce_key(signer: bytes) -> str:
+    return f"acct/nonce/{signer.hex()}"
+
+
+@dataclass
+class _Pending:
+    view: StateView
+    header: BlockHeader
+    header_bytes: bytes
+    txs: list[bytes]
+    results: list[TxResult]
+    events: tuple[Event, ...]
+    app_hash: bytes
+
+
+class Application:
+    """One replica's state machine over one Store."""
+
+    def __init__(self, store: Store, genesis: Genesis, registry: Registry) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.registry = registry
+        self.chain_id = genesis.chain_id
+        self._pending: _Pending | None = None
+        self._check_view = StateView(store)
+        # Signatures are a pure function of the bytes, so a tx verified at CheckTx need not be
+        # verified again when its block executes; replay (verify) never uses this cache.
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._listeners: list[Callable[[BlockRecord], None]] = []
+        self._pending_validator_updates: list[ValidatorUpdate] = []
+        self.lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls, db_path: Path | str, genesis: Genesis, registry: Registry | None = None
+    ) -> Application:
+        if registry is None:
+            from medledger.contracts import default_registry
+
+            registry = default_registry()
+        return cls(Store(db_path), genesis, registry)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- info and genesis ------------------------------------------------------------
+    def info(self) -> AppInfo:
+        return AppInfo(self.store.height, self.store.app_hash)
+
+    @property
+    def height(self) -> int:
+        return self.store.height
+
+    def init_chain(self) -> bytes:
+        """Apply the genesis state once; later calls return the genesis app hash."""
+        with self.lock:
+            if self.store.initialized:
+                if self.store.height == 0:
+                    return self.store.app_hash
+                raw = self.store.get_raw(b"meta/genesis_app_hash")
+                return raw or b""
+            view = StateView(self.store)
+            for name, version in sorted(self.genesis.contracts.items()):
+                if self.registry.get(name, version) is None:
+                    raise ValueError(f"genesis activates unknown contract {name} v{version}")
+                view.put(active_key(name), version)
+            for contract in self.registry.all_active(view):
+                if contract.genesis is not None:
+                    contract.genesis(view, self.genesis)
+            app_hash = codec.sha256(self.genesis.hash() + writes_digest(view.log))
+            view.put_raw(b"meta/genesis_app_hash", app_hash)
+            self.store.commit(view.writes, 0, app_hash, None)
+            self._check_view = StateView(self.store)
+            return app_hash
+
+    def genesis_validators(self) -> list[ValidatorUpdate]:
+        return [
+            ValidatorUpdate(m.validator_key, m.power)
+            for m in self.genesis.members
+            if m.validator_key and m.power > 0
+        ]
+
+    # -- executing txs -----------------------------------------------------------------
+    def _execute(
+        self, raw: bytes, view: StateView, height: int, time_ms: int, trust_cache: bool
+    ) -> TxResult:
+        try:
+            tx = decode_tx(raw)
+            if tx.chain != self.chain_id:
+                raise TxError(
+                    Code.WRONG_CHAIN, f"tx is for chain {tx.chain!r}, not {self.chain_id!r}"
+                )
+            message = self.registry.message(view, tx.kind)
+            tid = tx.id
+            if not (trust_cache and tid in self._verified):
+                verify_signature(tx)
+                self._remember_verified(tid)
+            self._check_nonce(view, tx)
+        except TxError as exc:
+            return TxResult(int(exc.code), exc.message)
+        except Exception as exc:  # defensive: garbage must never crash a replica
+            return TxResult(int(Code.MALFORMED), f"tx: {type(exc).__name__}")
+        # From here the tx is authentic and fresh: its nonce is spent even if the handler
+        # refuses it, so that a refused tx can never be replayed later.
+        tx_view = StateView(view)
+        ctx = Context(
+            tx_view, self.chain_id, height, time_ms, tx.signer, tid, registry=self.registry
+        )
+        try:
+            msg = parse_message(message.cls, tx.body)
+            message.handler(ctx, msg)
+        except TxError as exc:
+            view.put(nonce_key(tx.signer), tx.nonce)
+            return TxResult(int(exc.code), exc.message)
+        except Exception as exc:
+            view.put(nonce_key(tx.signer), tx.nonce)
+            return TxResult(int(Code.INVALID_BODY), f"{tx.kind}: {type(exc).__name__}: {exc}")
+        tx_view.put(nonce_key(tx.signer), tx.nonce)
+        tx_view.merge_into(view)
+        self._pending_validator_updates.extend(ctx.validator_updates)
+        return TxResult(0, "", tuple(ctx.events))
+
+    def _check_nonce(self, view: StateView, tx: Tx) -> None:
+        last = view.get(nonce_key(tx.signer)) or 0
+        if tx.nonce <= last:
+            raise TxError(Code.BAD_NONCE, f"nonce {tx.nonce} already used (last was {last})")
+
+    def _remember_verified(self, tid: bytes) -> None:
+        self._verified[tid] = None
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    def check_tx(self, tx: bytes, recheck: bool = False) -> TxResult:
+        """Full validation against committed state plus the mempool's accepted txs."""
+        with self.lock:
+            last = self.store.block(self.store.height) if self.store.height else None
+            time_ms = last.header.time_ms if last else self.genesis.time_ms
+            self._pending_validator_updates = []
+            return self._execute(tx, self._check_view, self.store.height + 1, time_ms, recheck)
+
+    def reset_check_state(self) -> None:
+        """Forget the mempool's effects (after a commit; the engine rechecks what is left)."""
+        self._check_view = StateView(self.store)
+
+    def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]:
+        """Execute a candidate block on a scratch overlay; changes nothing."""
+        with self.lock:
+            view = StateView(self.store)
+            self._pending_validator_updates = []
+            return [self._execute(t, view, height, time_ms, True) for t in txs]
+
+    def finalize_block(
+        self,
+        txs: list[bytes],
+        height: int,
+        time_ms: int,
+        consensus_hash: bytes = b"",
+        proposer: bytes = b"",
+        trust_cache: bool = True,
+    ) -> BlockOutcome:
+        with self.lock:
+            expected = self.store.height + 1
+            if height != expected:
+                raise ValueError(f"finalize_block at height {height}, expected {expected}")
+            view = StateView(self.store)
+            self._pending_validator_updates = []
+            results = [self._execute(t, view, height, time_ms, trust_cache) for t in txs]
+            end_ctx = Context(
+                view, self.chain_id, height, time_ms, b"", b"", registry=self.registry
+            )
+            for contract in self.registry.all_active(view):
+                if contract.end_block is not None:
+                    contract.end_block(end_ctx)
+            self._pending_validator_updates.extend(end_ctx.validator_updates)
+            app_hash = codec.sha256(self.store.app_hash + writes_digest(view.log))
+            prev = self.store.block(height - 1)
+            header = BlockHeader(
+                chain=self.chain_id,
+                height=height,
+                time_ms=time_ms,
+                prev_hash=prev.hash if prev else self.genesis.hash(),
+                tx_root=merkle.root([codec.sha256(t) for t in txs]),
+                app_hash=app_hash,
+                proposer=proposer,
+                consensus_hash=consensus_hash,
+            )
+            header_bytes = header.encode()
+            events = tuple(end_ctx.events)
+            self._pending = _Pending(view, header, header_bytes, txs, results, events, app_hash)
+            return BlockOutcome(
+                results, app_hash, list(self._pending_validator_updates), list(events)
+            )
+
+    @property
+    def pending_header_bytes(self) -> bytes:
+        if self._pending is None:
+            raise RuntimeError("no finalized block to commit")
+        return self._pending.header_bytes
+
+    def commit(self, signature: bytes = b"") -> BlockRecord:
+        """Persist the finalized block: state, record, height and app hash, atomically."""
+        with self.lock:
+            p = self._pending
+            if p is None:
+                raise RuntimeError("commit without finalize_block")
+            record = BlockRecord(p.header, p.header_bytes, signature, p.txs, p.results, p.events)
+            self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
+            self._pending = None
+            self._check_view = StateView(self.store)
+        for listener in list(self._listeners):
+            listener(record)
+        return record
+
+    def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
+        self._listeners.append(fn)
+
+    # -- reading -----------------------------------------------------------------------
+    def block(self, height: int) -> BlockRecord | None:
+        return self.store.block(height)
+
+    def query_obj(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        """Run a contract's query against committed state; raises TxError on a bad query."""
+        with self.lock:
+            view = StateView(self.store)
+            if path == "ledger/nonce":
+                signer = (args or {}).get("signer")
+                if not isinstance(signer, bytes):
+                    raise TxError(Code.INVALID_BODY, "ledger/nonce needs signer bytes")
+                return view.get(nonce_key(signer)) or 0
+            if path == "ledger/tx":
+                tid = (args or {}).get("id")
+                if not isinstance(tid, bytes):
+                    raise TxError(Code.INVALID_BODY, "ledger/tx needs id bytes")
+                loc = self.store.locate_tx(tid)
+                return None if loc is None else {"height": loc[0], "index": loc[1]}
+            fn = self.registry.query(view, path)
+            if fn is None:
+                raise TxError(Code.NOT_FOUND, f"unknown query path {path!r}")
+            return fn(view, args or {})
+
+    def query(self, path: str, data: bytes) -> QueryResult:
+        """ABCI-shaped query: data and value are canonical CBOR."""
+        try:
+            args = codec.decode(data) if data else {}
+            if not isinstance(args, dict):
+                raise TxError(Code.INVALID_BODY, "query data must be a CBOR map")
+            value = self.query_obj(path, args)
+            return QueryResult(0, codec.encode(value), "", self.store.height)
+        except TxError as exc:
+            return QueryResult(int(exc.code), b"", exc.message, self.store.height)
+        except codec.CodecError as exc:
+            return QueryResult(int(Code.MALFORMED), b"", str(exc), self.store.height)

@@ -1,0 +1,68 @@
+"""Canonical CBOR (RFC 8949 section 4.2.1 deterministic encoding) and hashing.
+
+Every byte the ledger hashes or signs goes through here, so that two replicas can never
+disagree on an encoding. Decoding is strict: a value whose re-encoding differs from the input
+(non-canonical, floats, tags, undefined) is refused, which also closes malleability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import cbor2
+
+
+class CodecError(ValueError):
+    """The bytes are not a canonical CBOR value of the types the ledger allows."""
+
+
+_ALLOWED_SCALARS = (str, bytes, bool, int, type(None))
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise CodecError("nesting deeper than 32 levels")
+    if isinstance(value, _ALLOWED_SCALARS):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (-(2**63) <= value < 2**64)
+        ):
+            raise CodecError("integer out of 64-bit range")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CodecError("map keys must be text strings")
+            _check(item, depth + 1)
+        return
+    raise CodecError(f"type {type(value).__name__} is not allowed in ledger data")
+
+
+def encode(value: Any) -> bytes:
+    """Encode with deterministic CBOR; refuses floats and other non-ledger types."""
+    _check(value)
+    return cbor2.dumps(value, canonical=True)
+
+
+def decode(data: bytes) -> Any:
+    """Decode canonical CBOR, refusing anything that would not re-encode to the same bytes."""
+    try:
+        value = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several exception types on garbage
+        raise CodecError(f"malformed CBOR: {exc}") from None
+    if isinstance(value, tuple):
+        raise CodecError("unexpected CBOR type")
+    _check(value)
+    if cbor2.dumps(value, canonical=True) != data:
+        raise CodecError("CBOR is not in canonical form")
+    return value
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

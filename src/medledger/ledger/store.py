@@ -1,0 +1,251 @@
+"""The state store: a key-value table in SQLite (WAL) plus the per-height block records.
+
+Each contract owns a key prefix (its "tables"). Writes of a block are buffered in a
+`StateView` overlay and written, with the block record and the new height and app hash, in one
+SQLite transaction: a process killed mid-block leaves the store at the previous height.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from medledger.ledger import codec
+from medledger.ledger.results import BlockHeader, BlockRecord, Event, TxResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, header BLOB NOT NULL, signature BLOB NOT NULL,
+    txs BLOB NOT NULL, results BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tx_index (
+    id BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _upper_bound(prefix: bytes) -> bytes:
+    # Keys are UTF-8 text, so 0xff never occurs in them and bounds every extension of prefix.
+    return prefix + b"\xff"
+
+
+class Reader(Protocol):
+    def get_raw(self, key: bytes) -> bytes | None: ...
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class Store:
+    """Committed state and history of one replica."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- committed state ---------------------------------------------------------------
+    def get_raw(self, key: bytes) -> bytes | None:
+        row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        rows = self._db.execute(
+            "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k",
+            (prefix, _upper_bound(prefix)),
+        ).fetchall()
+        for k, v in rows:
+            yield bytes(k), bytes(v)
+
+    def state_digest(self) -> bytes:
+        """SHA-256 over every key and value in order: compares two replicas' whole state."""
+        h = hashlib.sha256()
+        for k, v in self._db.execute("SELECT k, v FROM kv ORDER BY k"):
+            h.update(codec.encode([bytes(k), bytes(v)]))
+        return h.digest()
+
+    # -- height and app hash -----------------------------------------------------------
+    def _meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @property
+    def initialized(self) -> bool:
+        return self._meta("height") is not None
+
+    @property
+    def height(self) -> int:
+        raw = self._meta("height")
+        return 0 if raw is None else int(raw.decode())
+
+    @property
+    def app_hash(self) -> bytes:
+        return self._meta("app_hash") or b""
+
+    # -- commit ------------------------------------------------------------------------
+    def commit(
+        self,
+        writes: dict[bytes, bytes | None],
+        height: int,
+        app_hash: bytes,
+        record: BlockRecord | None,
+    ) -> None:
+        """Persist a block's writes, its record and the new height in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            puts = [(k, v) for k, v in writes.items() if v is not None]
+            dels = [(k,) for k, v in writes.items() if v is None]
+            if puts:
+                db.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", puts)
+            if dels:
+                db.executemany("DELETE FROM kv WHERE k = ?", dels)
+            if record is not None:
+                db.execute(
+                    "INSERT INTO blocks (height, header, signature, txs, results)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        record.height,
+                        record.header_bytes,
+                        record.signature,
+                        codec.encode(record.txs),
+                        codec.encode(
+                            [
+                                [r.to_obj() for r in record.results],
+                                [e.to_obj() for e in record.events],
+                            ]
+                        ),
+                    ),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO tx_index (id, height, idx) VALUES (?, ?, ?)",
+                    [(codec.sha256(t), record.height, i) for i, t in enumerate(record.txs)],
+                )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+                [("height", str(height).encode()), ("app_hash", app_hash)],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- history -----------------------------------------------------------------------
+    def block(self, height: int) -> BlockRecord | None:
+        row = self._db.execute(
+            "SELECT header, signature, txs, results FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            return None
+        return decode_record(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+
+    def raw_block(self, height: int) -> tuple[bytes, bytes, bytes, bytes] | None:
+        row = self._db.execute(
+            "SELECT header, signature, txs, results FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+
+    def locate_tx(self, tx_id: bytes) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT height, idx FROM tx_index WHERE id = ?", (tx_id,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Raw access for tooling and tamper tests; never used by the state machine."""
+        return self._db.execute(sql, params).fetchall()
+
+
+def decode_record(header: bytes, signature: bytes, txs: bytes, results: bytes) -> BlockRecord:
+    tx_list = codec.decode(txs)
+    outcome = codec.decode(results)
+    if not isinstance(tx_list, list) or not isinstance(outcome, list) or len(outcome) != 2:
+        raise ValueError("block record is not well formed")
+    result_list, events = outcome
+    return BlockRecord(
+        header=BlockHeader.decode(header),
+        header_bytes=header,
+        signature=signature,
+        txs=[bytes(t) for t in tx_list],
+        results=[TxResult.from_obj(r) for r in result_list],
+        events=tuple(Event.from_obj(e) for e in events),
+    )
+
+
+class StateView:
+    """A write-buffering view over a Reader: the state a block (or a tx) is executed against.
+
+    Writes are kept in order in `log` for the app hash, and in `writes` (last value wins) for
+    reads and for the commit. `merge_into` folds a tx's view into its block's view.
+    """
+
+    def __init__(self, parent: Reader) -> None:
+        self.parent = parent
+        self.writes: dict[bytes, bytes | None] = {}
+        self.log: list[tuple[bytes, bytes | None]] = []
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        return self.parent.get_raw(key)
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        local = sorted((k, v) for k, v in self.writes.items() if k.startswith(prefix))
+        parent_items = self.parent.scan_raw(prefix)
+        li = 0
+        for pk, pv in parent_items:
+            while li < len(local) and local[li][0] < pk:
+                lk, lv = local[li]
+                if lv is not None:
+                    yield lk, lv
+                li += 1
+            if li < len(local) and local[li][0] == pk:
+                lk, lv = local[li]
+                if lv is not None:
+                    yield lk, lv
+                li += 1
+                continue
+            yield pk, pv
+        for lk, lv in local[li:]:
+            if lv is not None:
+                yield lk, lv
+
+    def put_raw(self, key: bytes, value: bytes | None) -> None:
+        self.writes[key] = value
+        self.log.append((key, value))
+
+    def merge_into(self, other: StateView) -> None:
+        other.writes.update(self.writes)
+        other.log.extend(self.log)
+
+    # -- typed helpers used by contracts ----------------------------------------------
+    def get(self, key: str) -> Any:
+        raw = self.get_raw(key.encode())
+        return None if raw is None else codec.decode(raw)
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_raw(key.encode(), codec.encode(value))
+
+    def delete(self, key: str) -> None:
+        self.put_raw(key.encode(), None)
+
+    def has(self, key: str) -> bool:
+        return self.get_raw(key.encode()) is not None
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        for k, v in self.scan_raw(prefix.encode()):
+            yield k.decode(), codec.decode(v)
+
+
+def writes_digest(log: list[tuple[bytes, bytes | None]]) -> bytes:
+    """H(ordered writes of a block): each write as canonical CBOR [key, value-or-null]."""
+    h = hashlib.sha256()
+    for k, v in log:
+        h.update(codec.encode([k, v]))
+    return h.digest()

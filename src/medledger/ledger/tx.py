@@ -1,0 +1,115 @@
+"""The transaction envelope.
+
+Wire form: canonical CBOR array `[payload, signature]` where payload is the canonical CBOR map
+`{v, chain, kind, body, signer, nonce}` and signature is Ed25519 over the payload bytes.
+The tx id is SHA-256 of the whole wire bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.ledger import codec
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.keys import SigningKey, verify
+
+VERSION = 1
+MAX_TX_BYTES = 64 * 1024
+_FIELDS = {"v", "chain", "kind", "body", "signer", "nonce"}
+
+
+@dataclass(frozen=True)
+class Tx:
+    v: int
+    chain: str
+    kind: str
+    body: dict[str, Any]
+    signer: bytes
+    nonce: int
+    signature: bytes
+    raw: bytes
+    payload: bytes
+
+    @property
+    def id(self) -> bytes:
+        return codec.sha256(self.raw)
+
+
+def encode_payload(
+    chain: str, kind: str, body: dict[str, Any], signer: bytes, nonce: int, v: int = VERSION
+) -> bytes:
+    return codec.encode(
+        {"v": v, "chain": chain, "kind": kind, "body": body, "signer": signer, "nonce": nonce}
+    )
+
+
+def sign_tx(key: SigningKey, chain: str, kind: str, body: dict[str, Any], nonce: int) -> bytes:
+    """Build the wire bytes of a tx signed by key."""
+    payload = encode_payload(chain, kind, body, key.public_key, nonce)
+    return codec.encode([payload, key.sign(payload)])
+
+
+def tx_id(raw: bytes) -> bytes:
+    return codec.sha256(raw)
+
+
+def decode_tx(raw: bytes) -> Tx:
+    """Parse the envelope; does not check the signature (see `verify_signature`)."""
+    if len(raw) > MAX_TX_BYTES:
+        raise TxError(Code.TOO_LARGE, f"tx is {len(raw)} bytes, the limit is {MAX_TX_BYTES}")
+    try:
+        outer = codec.decode(raw)
+    except codec.CodecError as exc:
+        raise TxError(Code.MALFORMED, f"tx: {exc}") from None
+    if (
+        not isinstance(outer, list)
+        or len(outer) != 2
+        or not isinstance(outer[0], bytes)
+        or not isinstance(outer[1], bytes)
+    ):
+        raise TxError(Code.MALFORMED, "tx: expected [payload bytes, signature bytes]")
+    payload, signature = outer
+    try:
+        fields = codec.decode(payload)
+    except codec.CodecError as exc:
+        raise TxError(Code.MALFORMED, f"tx payload: {exc}") from None
+    if not isinstance(fields, dict):
+        raise TxError(Code.MALFORMED, "tx payload: expected a map")
+    if set(fields) != _FIELDS:
+        missing = sorted(_FIELDS - set(fields))
+        unknown = sorted(set(fields) - _FIELDS)
+        raise TxError(Code.MALFORMED, f"tx payload: missing {missing}, unknown {unknown}")
+    checks = (
+        ("v", int),
+        ("chain", str),
+        ("kind", str),
+        ("body", dict),
+        ("signer", bytes),
+        ("nonce", int),
+    )
+    for name, typ in checks:
+        if not isinstance(fields[name], typ) or isinstance(fields[name], bool):
+            raise TxError(Code.MALFORMED, f"tx payload: field {name} must be {typ.__name__}")
+    if fields["v"] != VERSION:
+        raise TxError(Code.UNSUPPORTED_VERSION, f"tx version {fields['v']} is not supported")
+    if len(fields["signer"]) != 32:
+        raise TxError(Code.MALFORMED, "tx payload: signer must be a 32-byte Ed25519 key")
+    if fields["nonce"] < 1:
+        raise TxError(Code.BAD_NONCE, "nonce must be at least 1")
+    return Tx(
+        v=fields["v"],
+        chain=fields["chain"],
+        kind=fields["kind"],
+        body=fields["body"],
+        signer=fields["signer"],
+        nonce=fields["nonce"],
+        signature=signature,
+        raw=raw,
+        payload=payload,
+    )
+
+
+def verify_signature(tx: Tx) -> None:
+    if not verify(tx.signer, tx.payload, tx.signature):
+        raise TxError(Code.BAD_SIGNATURE, "signature does not verify against the signer's key")

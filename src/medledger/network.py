@@ -1,0 +1,234 @@
+"""A consortium on disk: `medledger init` makes it, every other command reads it.
+
+DIR/consortium.json        chain id, engine, hospitals
+DIR/genesis.json           the genesis every replica starts from
+DIR/solo.key               the solo block producer's key (solo engine)
+DIR/ledger/ledger.db       the shared solo ledger (solo engine)
+DIR/hospitals/<org>/       one home per hospital: config.json, keys/ (mode 0600 files)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medledger.ledger.genesis import Genesis, GenesisMember
+from medledger.ledger.keys import SigningKey
+
+HOSPITAL_NAMES = [
+    ("chu-lyon", "CHU de Lyon"),
+    ("aphp-paris", "AP-HP Paris"),
+    ("chu-bordeaux", "CHU de Bordeaux"),
+    ("chu-lille", "CHU de Lille"),
+    ("chu-nantes", "CHU de Nantes"),
+    ("chu-toulouse", "CHU de Toulouse"),
+    ("chu-strasbourg", "CHU de Strasbourg"),
+    ("chu-rennes", "CHU de Rennes"),
+]
+
+_CHAIN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+
+
+class ConfigError(ValueError):
+    """A home, config or genesis is missing or wrong; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class HospitalConfig:
+    home: Path
+    org: str
+    name: str
+    chain_id: str
+    engine: str
+    consortium_dir: Path
+    raw: dict[str, Any]
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.consortium_dir / "genesis.json"
+
+    @property
+    def ledger_db(self) -> Path:
+        if self.engine == "solo":
+            return self.consortium_dir / "ledger" / "ledger.db"
+        return self.home / "ledger.db"
+
+    @property
+    def org_key_path(self) -> Path:
+        return self.home / "keys" / "org.key"
+
+    def practitioner_key_path(self, practitioner: str) -> Path:
+        return self.home / "keys" / "practitioners" / f"{practitioner}.key"
+
+    def org_key(self) -> SigningKey:
+        return SigningKey.from_file(self.org_key_path)
+
+    def genesis(self) -> Genesis:
+        return Genesis.load(self.genesis_path)
+
+
+def load_config(home: Path) -> HospitalConfig:
+    path = home / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (is --home a hospital home made by init?)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    try:
+        return HospitalConfig(
+            home=home.resolve(),
+            org=raw["org"],
+            name=raw["name"],
+            chain_id=raw["chain_id"],
+            engine=raw["engine"],
+            consortium_dir=(home / raw["consortium_dir"]).resolve(),
+            raw=raw,
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{path}: missing field {exc.args[0]!r}") from None
+
+
+def save_config(home: Path, raw: dict[str, Any]) -> None:
+    tmp = home / "config.json.tmp"
+    tmp.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, home / "config.json")
+
+
+def hospital_homes(consortium_dir: Path) -> list[Path]:
+    meta = load_consortium(consortium_dir)
+    return [consortium_dir / "hospitals" / org for org in meta["hospitals"]]
+
+
+def load_consortium(consortium_dir: Path) -> dict[str, Any]:
+    path = consortium_dir / "consortium.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run `medledger init {consortium_dir}`)") from None
+    return data
+
+
+def save_consortium(consortium_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = consortium_dir / "consortium.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, consortium_dir / "consortium.json")
+
+
+def hospital_ids(n: int) -> list[tuple[str, str]]:
+    ids = list(HOSPITAL_NAMES[:n])
+    for i in range(len(ids), n):
+        ids.append((f"hospital-{i + 1}", f"Hospital {i + 1}"))
+    return ids
+
+
+def create_consortium(
+    directory: Path,
+    hospitals: int,
+    *,
+    engine: str = "solo",
+    chain_id: str = "medledger-sandbox",
+    block_time_ms: int = 1000,
+    genesis_time_ms: int,
+    base_port: int | None = None,
+) -> list[Path]:
+    """Make keys, genesis and one home per hospital; refuse to overwrite an existing one."""
+    if engine not in ("solo", "cometbft"):
+        raise ConfigError(f"--engine: unknown engine {engine!r} (solo or cometbft)")
+    if not 1 <= hospitals <= 64:
+        raise ConfigError("--hospitals: between 1 and 64")
+    if not _CHAIN_ID.match(chain_id):
+        raise ConfigError(f"--chain-id: {chain_id!r} is not valid (a-z, 0-9, '-'; max 48)")
+    if (directory / "consortium.json").exists():
+        raise ConfigError(f"{directory}: a consortium already exists here")
+    directory.mkdir(parents=True, exist_ok=True)
+
+    from medledger.contracts import default_versions
+
+    orgs = hospital_ids(hospitals)
+    homes: list[Path] = []
+    members: list[GenesisMember] = []
+    keys: dict[str, SigningKey] = {}
+    for org, _name in orgs:
+        home = directory / "hospitals" / org
+        (home / "keys").mkdir(parents=True, exist_ok=True)
+        os.chmod(home / "keys", 0o700)
+        key = SigningKey.generate()
+        key.save(home / "keys" / "org.key")
+        keys[org] = key
+        homes.append(home)
+
+    validator_keys: dict[str, bytes] = {}
+    if engine == "cometbft":
+        from medledger.consensus.cometbft import testnet
+
+        validator_keys = testnet.prepare(
+            directory, [o for o, _ in orgs], block_time_ms, chain_id, base_port=base_port
+        )
+
+    solo_key = b""
+    if engine == "solo":
+        producer = SigningKey.generate()
+        producer.save(directory / "solo.key")
+        solo_key = producer.public_key
+        (directory / "ledger").mkdir(exist_ok=True)
+
+    for org, name in orgs:
+        vkey = validator_keys.get(org, b"")
+        members.append(
+            GenesisMember(
+                org=org,
+                name=name,
+                key=keys[org].public_key,
+                validator_key=vkey,
+                power=10 if vkey else 0,
+            )
+        )
+    genesis = Genesis(
+        chain_id=chain_id,
+        time_ms=genesis_time_ms,
+        members=members,
+        engine=engine,
+        solo_key=solo_key,
+        params={},
+        contracts=default_versions(),
+    )
+    genesis.save(directory / "genesis.json")
+    if engine == "cometbft":
+        from medledger.consensus.cometbft import testnet
+
+        testnet.write_genesis(
+            directory,
+            chain_id,
+            genesis_time_ms,
+            [(m.org, m.validator_key, m.power) for m in members],
+        )
+
+    for (org, name), home in zip(orgs, homes, strict=True):
+        config_path = home / "config.json"
+        existing = json.loads(config_path.read_text()) if config_path.exists() else {}
+        existing.update(
+            {
+                "org": org,
+                "name": name,
+                "chain_id": chain_id,
+                "engine": engine,
+                "consortium_dir": "../..",
+                "block_time_ms": block_time_ms,
+            }
+        )
+        save_config(home, existing)
+    save_consortium(
+        directory,
+        {
+            "chain_id": chain_id,
+            "engine": engine,
+            "hospitals": [o for o, _ in orgs],
+            "block_time_ms": block_time_ms,
+        },
+    )
+    return homes

@@ -1,0 +1,92 @@
+"""Composition root: wires one hospital's node (ledger app, engine, keys) from its home.
+
+On the solo engine the hospitals of a sandbox share one ledger file; a file lock makes sure
+only one process writes it, so a one-shot CLI command and a running node never both produce
+blocks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from medledger.consensus.engine import Engine
+from medledger.ledger.app import Application
+from medledger.ledger.keys import SigningKey
+from medledger.network import ConfigError, HospitalConfig, load_config
+from medledger.wallet import Wallet
+
+
+class LedgerBusy(ConfigError):
+    pass
+
+
+class Node:
+    """One hospital's view of the network: its config, keys, and an engine to talk through."""
+
+    def __init__(self, config: HospitalConfig, app: Application | None, engine: Engine) -> None:
+        self.config = config
+        self.app = app
+        self.engine = engine
+        self.org_key = config.org_key()
+        self.wallet = Wallet(self.org_key, config.chain_id, engine)
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, home: Path, *, serve: bool = False, **engine_options: Any) -> Node:
+        config = load_config(home)
+        if config.engine == "solo":
+            return cls._open_solo(config, serve=serve, **engine_options)
+        if config.engine == "cometbft":
+            from medledger.consensus.cometbft.client import RpcEngine
+
+            return cls(config, None, RpcEngine.for_home(config))
+        raise ConfigError(f"{home / 'config.json'}: unknown engine {config.engine!r}")
+
+    @classmethod
+    def _open_solo(cls, config: HospitalConfig, *, serve: bool, **options: Any) -> Node:
+        from medledger.consensus.solo import SoloEngine
+
+        lock_path = config.ledger_db.with_suffix(".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerBusy(
+                f"{config.ledger_db}: the ledger is in use by another medledger process "
+                "(a running node or demo); stop it or use its API"
+            ) from None
+        try:
+            app = Application.open(config.ledger_db, config.genesis())
+            producer = SigningKey.from_file(config.consortium_dir / "solo.key")
+            engine = SoloEngine(app, producer, auto=serve, **options)
+        except BaseException:
+            os.close(fd)
+            raise
+        node = cls(config, app, engine)
+        node._lock_fd = fd
+        return node
+
+    def practitioner_wallet(self, practitioner: str) -> Wallet:
+        path = self.config.practitioner_key_path(practitioner)
+        if not path.exists():
+            raise ConfigError(f"{path}: no key for practitioner {practitioner!r} at this hospital")
+        return Wallet(SigningKey.from_file(path), self.config.chain_id, self.engine)
+
+    def close(self) -> None:
+        self.engine.close()
+        if self.app is not None:
+            self.app.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,66 @@
+"""A signer that talks to an engine: builds, signs and submits txs with fresh nonces.
+
+Hospitals' nodes, the CLI and tests all send txs through a Wallet, so nonce handling lives in
+one place: the next nonce is one above both the chain's last and the last this wallet used,
+which keeps working while earlier txs of the same signer still wait in the mempool.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.consensus.engine import Committed, Engine
+from medledger.ledger.keys import SigningKey
+from medledger.ledger.tx import sign_tx
+
+
+class TxRejected(Exception):
+    """The network refused a tx: at CheckTx, or when its block executed it."""
+
+    def __init__(self, kind: str, code: int, log: str, stage: str) -> None:
+        super().__init__(f"{kind} refused at {stage} (code {code}): {log}")
+        self.kind = kind
+        self.code = code
+        self.log = log
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class Sent:
+    tx_id: bytes
+    committed: Committed | None
+
+
+class Wallet:
+    def __init__(self, key: SigningKey, chain_id: str, engine: Engine) -> None:
+        self.key = key
+        self.chain_id = chain_id
+        self.engine = engine
+        self._last_nonce = 0
+        self._lock = threading.Lock()
+
+    @property
+    def public_key(self) -> bytes:
+        return self.key.public_key
+
+    def next_nonce(self) -> int:
+        with self._lock:
+            on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
+            self._last_nonce = max(self._last_nonce, on_chain) + 1
+            return self._last_nonce
+
+    def sign(self, kind: str, body: dict[str, Any]) -> bytes:
+        return sign_tx(self.key, self.chain_id, kind, body, self.next_nonce())
+
+    def send(self, kind: str, body: dict[str, Any], *, timeout: float = 30.0) -> Committed:
+        """Sign, submit and wait for the commit; raise TxRejected when refused."""
+        tx = self.sign(kind, body)
+        submitted = self.engine.submit(tx)
+        if not submitted.accepted:
+            raise TxRejected(kind, submitted.check.code, submitted.check.log, "check")
+        committed = self.engine.wait_for_commit(submitted.tx_id, timeout)
+        if not committed.result.ok:
+            raise TxRejected(kind, committed.result.code, committed.result.log, "execution")
+        return committed
