@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.consensus.engine import Committed, Engine
+from medledger.consensus.engine import Committed, Engine, Submitted
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
 
@@ -45,19 +45,23 @@ class Wallet:
     def public_key(self) -> bytes:
         return self.key.public_key
 
-    def next_nonce(self) -> int:
-        with self._lock:
-            on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
-            self._last_nonce = max(self._last_nonce, on_chain) + 1
-            return self._last_nonce
+    def _next_nonce(self) -> int:
+        on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
+        self._last_nonce = max(self._last_nonce, on_chain) + 1
+        return self._last_nonce
 
-    def sign(self, kind: str, body: dict[str, Any]) -> bytes:
-        return sign_tx(self.key, self.chain_id, kind, body, self.next_nonce())
+    def submit(self, kind: str, body: dict[str, Any]) -> Submitted:
+        """Sign and submit; nonces reach the mempool in order, whatever the threads do."""
+        with self._lock:
+            tx = sign_tx(self.key, self.chain_id, kind, body, self._next_nonce())
+            submitted = self.engine.submit(tx)
+            if not submitted.accepted:
+                self._last_nonce -= 1  # the nonce was not spent
+            return submitted
 
     def send(self, kind: str, body: dict[str, Any], *, timeout: float = 30.0) -> Committed:
         """Sign, submit and wait for the commit; raise TxRejected when refused."""
-        tx = self.sign(kind, body)
-        submitted = self.engine.submit(tx)
+        submitted = self.submit(kind, body)
         if not submitted.accepted:
             raise TxRejected(kind, submitted.check.code, submitted.check.log, "check")
         committed = self.engine.wait_for_commit(submitted.tx_id, timeout)

@@ -1,0 +1,178 @@
+"""The state machine: check_tx verdicts, determinism, app hash chaining, blocks and proofs."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medledger.ledger import codec
+from medledger.ledger.errors import Code
+from medledger.ledger.keys import SigningKey
+from medledger.ledger.proofs import check_tx_proof, prove_tx
+from medledger.ledger.tx import sign_tx
+
+from .helpers import CHAIN, make_net, run_block
+
+
+def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):  # type: ignore[no-untyped-def]
+    key = key or SigningKey.generate()
+    return {"practitioner": name, "key": key.public_key, "roles": roles or ["physician"]}
+
+
+def test_a_registration_commits_and_is_queryable() -> None:
+    net = make_net()
+    app = net.app()
+    tx = net.tx(net.orgs["h0"], "identity.register", register_body("dr-a"))
+    assert app.check_tx(tx).ok
+    outcome = run_block(app, [tx], net.solo)
+    assert outcome.results[0].ok
+    assert [p["id"] for p in app.query_obj("identity/practitioners", {"org": "h0"})] == ["dr-a"]
+    assert app.height == 1
+
+
+def _rejections(net):  # type: ignore[no-untyped-def]
+    h0, h1 = net.orgs["h0"], net.orgs["h1"]
+    outsider = SigningKey.generate()
+    good = net.tx(h0, "identity.register", register_body("dr-a"))
+    forged = codec.decode(good)
+    forged[1] = bytes(64)
+    return [
+        ("malformed", b"\x9f\x00", Code.MALFORMED),
+        ("unknown kind", net.tx(h0, "nosuch.thing", {}), Code.UNKNOWN_KIND),
+        ("wrong chain", sign_tx(h0, "other-chain", "identity.register", {}, 99), Code.WRONG_CHAIN),
+        ("bad signature", codec.encode(forged), Code.BAD_SIGNATURE),
+        ("replayed nonce", good, Code.BAD_NONCE),
+        ("lower nonce", net.tx(h0, "identity.register", register_body("dr-b"), nonce=1), Code.BAD_NONCE),
+        ("oversized", net.tx(h1, "identity.register", {"x": "a" * 70_000}), Code.TOO_LARGE),
+        ("non-member proposes", sign_tx(outsider, CHAIN, "governance.propose", {"action": "remove_member", "args": {"org": "h1"}}, 1), Code.UNAUTHORIZED),
+        ("unknown field", net.tx(h1, "identity.register", {**register_body("dr-c"), "x": 1}), Code.INVALID_BODY),
+        ("wrong type", net.tx(h1, "identity.register", {**register_body("dr-d"), "roles": "physician"}), Code.INVALID_BODY),
+    ], good
+
+
+def test_bad_txs_are_refused_at_check_tx_with_a_stable_code_and_change_nothing() -> None:
+    net = make_net()
+    app = net.app()
+    cases, good = _rejections(net)
+    run_block(app, [good], net.solo)
+    before = (app.info(), app.store.state_digest())
+    for name, raw, code in cases:
+        result = app.check_tx(raw)
+        assert result.code == code, (name, result)
+        assert result.log, name
+    assert (app.info(), app.store.state_digest()) == before
+
+
+def test_a_member_voting_twice_is_refused() -> None:
+    net = make_net(4)
+    app = net.app()
+    new = SigningKey.generate()
+    propose = net.tx(
+        net.orgs["h0"],
+        "governance.propose",
+        {"action": "admit_member", "args": {"org": "h9", "name": "H9", "key": new.public_key}},
+    )
+    run_block(app, [propose], net.solo)
+    vote = net.tx(net.orgs["h1"], "governance.vote", {"proposal": 1, "approve": True})
+    run_block(app, [vote], net.solo)
+    again = net.tx(net.orgs["h1"], "governance.vote", {"proposal": 1, "approve": True})
+    result = app.check_tx(again)
+    assert result.code == Code.CONFLICT
+    assert "already voted" in result.log
+
+
+def test_two_replicas_fed_the_same_blocks_agree_at_every_height(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    net = make_net()
+    a, b = net.app(tmp_path / "a.db"), net.app(tmp_path / "b.db")
+    assert a.info() == b.info()
+    for i in range(5):
+        txs = [
+            net.tx(net.orgs[f"h{j}"], "identity.register", register_body(f"p{i}-{j}"))
+            for j in range(3)
+        ]
+        ra = run_block(a, txs, net.solo)
+        rb = run_block(b, txs, net.solo)
+        assert ra.app_hash == rb.app_hash
+        assert a.info() == b.info()
+    assert a.store.state_digest() == b.store.state_digest()
+
+
+def test_app_hash_chains_previous_hash_and_block_writes() -> None:
+    net = make_net()
+    app = net.app()
+    first = run_block(app, [net.tx(net.orgs["h0"], "identity.register", register_body("x"))], net.solo)
+    second = run_block(app, [], net.solo)
+    # An empty block writes nothing, so its app hash is H(previous || H(no writes)).
+    assert second.app_hash == codec.sha256(first.app_hash + codec.sha256(b""))
+
+
+def test_a_failed_tx_spends_its_nonce_so_it_cannot_be_replayed_later() -> None:
+    net = make_net()
+    app = net.app()
+    vote = net.tx(net.orgs["h1"], "governance.vote", {"proposal": 1, "approve": True})
+    outcome = run_block(app, [vote], net.solo)  # no proposal 1 yet: refused in the block
+    assert outcome.results[0].code == Code.NOT_FOUND
+    assert app.check_tx(vote).code == Code.BAD_NONCE
+
+
+def test_every_committed_tx_has_an_offline_checkable_inclusion_proof() -> None:
+    net = make_net()
+    app = net.app()
+    txs = [net.tx(net.orgs["h0"], "identity.register", register_body(f"p{i}")) for i in range(7)]
+    run_block(app, txs, net.solo)
+    for raw in txs:
+        proof = prove_tx(app.store, codec.sha256(raw))
+        assert proof is not None
+        assert check_tx_proof(proof, CHAIN, net.genesis.solo_key) is None
+    proof = prove_tx(app.store, codec.sha256(txs[3]))
+    assert proof is not None
+    tampered = type(proof)(txs[4], proof.height, proof.index, proof.path, proof.header, proof.signature)
+    assert "Merkle" in (check_tx_proof(tampered, CHAIN, net.genesis.solo_key) or "")
+    assert "signature" in (check_tx_proof(proof, CHAIN, SigningKey.generate().public_key) or "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_check_tx(data: bytes) -> None:
+    app = _fuzz_app()
+    result = app.check_tx(data)
+    assert result.code != 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=120), max_size=5))
+def test_arbitrary_blocks_never_crash_finalize_block(txs: list[bytes]) -> None:
+    app = _fuzz_app()
+    outcome = app.simulate_block(txs, app.height + 1, 1_790_000_001_000)
+    assert all(r.code != 0 for r in outcome)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["identity.register", "governance.propose", "governance.vote", "identity.revoke"]),
+    body=st.dictionaries(
+        st.sampled_from(["practitioner", "key", "roles", "action", "args", "proposal", "approve", "zz"]),
+        st.one_of(st.integers(-5, 5), st.text(max_size=5), st.binary(max_size=33), st.booleans(), st.lists(st.text(max_size=3), max_size=2), st.none()),
+        max_size=4,
+    ),
+)
+def test_signed_txs_with_arbitrary_bodies_never_crash(kind: str, body: dict) -> None:  # type: ignore[type-arg]
+    app = _fuzz_app()
+    tx = sign_tx(_FUZZ_NET.orgs["h0"], CHAIN, kind, body, 10_000 + len(_seen))
+    _seen.append(1)
+    result = app.check_tx(tx)
+    Code(result.code)  # a known, stable code: anything else raises
+    outcome = app.simulate_block([tx], app.height + 1, 1_790_000_001_000)
+    assert outcome[0].code == result.code or outcome[0].code != 0
+
+
+_FUZZ_NET = make_net(seed=7)
+_FUZZ_APP = None
+_seen: list[int] = []
+
+
+def _fuzz_app():  # type: ignore[no-untyped-def]
+    global _FUZZ_APP
+    if _FUZZ_APP is None:
+        _FUZZ_APP = _FUZZ_NET.app()
+    return _FUZZ_APP

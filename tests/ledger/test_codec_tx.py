@@ -1,0 +1,67 @@
+"""The envelope: canonical CBOR, signatures, and every malformed input refused clearly."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+
+from medledger.ledger import codec
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.keys import SigningKey
+from medledger.ledger.tx import MAX_TX_BYTES, decode_tx, encode_payload, sign_tx, verify_signature
+
+
+def test_encoding_is_canonical_whatever_the_key_order() -> None:
+    assert codec.encode({"b": 1, "a": [1, b"x"]}) == codec.encode({"a": [1, b"x"], "b": 1})
+
+
+def test_floats_and_non_canonical_bytes_are_refused() -> None:
+    with pytest.raises(codec.CodecError):
+        codec.encode({"x": 1.5})
+    non_canonical = bytes.fromhex("a2616201616101")  # {"b":1,"a":1}: keys out of order
+    with pytest.raises(codec.CodecError, match="canonical"):
+        codec.decode(non_canonical)
+    with pytest.raises(codec.CodecError):
+        codec.decode(cbor2.dumps(1.5))
+
+
+def test_signed_tx_round_trips_and_verifies() -> None:
+    key = SigningKey.generate()
+    raw = sign_tx(key, "c", "identity.register", {"x": 1}, 7)
+    tx = decode_tx(raw)
+    assert (tx.chain, tx.kind, tx.body, tx.nonce, tx.signer) == (
+        "c",
+        "identity.register",
+        {"x": 1},
+        7,
+        key.public_key,
+    )
+    verify_signature(tx)
+    assert tx.id == codec.sha256(raw)
+
+
+def test_a_changed_byte_breaks_the_signature() -> None:
+    key = SigningKey.generate()
+    payload = encode_payload("c", "k.x", {"v": "aaaa"}, key.public_key, 1)
+    forged = payload.replace(b"aaaa", b"aaab")
+    raw = codec.encode([forged, key.sign(payload)])
+    with pytest.raises(TxError) as err:
+        verify_signature(decode_tx(raw))
+    assert err.value.code == Code.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words"),
+    [
+        (b"\xff\x00garbage", Code.MALFORMED, "malformed CBOR"),
+        (codec.encode({"not": "a list"}), Code.MALFORMED, "expected [payload"),
+        (codec.encode([b"\x01", b"sig"]), Code.MALFORMED, "expected a map"),
+        (codec.encode([codec.encode({"v": 1}), b"s"]), Code.MALFORMED, "missing"),
+        (b"\x00" * (MAX_TX_BYTES + 1), Code.TOO_LARGE, "limit"),
+    ],
+)
+def test_malformed_envelopes_name_what_is_wrong(raw: bytes, code: Code, words: str) -> None:
+    with pytest.raises(TxError) as err:
+        decode_tx(raw)
+    assert err.value.code == code
+    assert words in err.value.message
