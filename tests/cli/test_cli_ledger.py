@@ -29,7 +29,16 @@ def test_a_consortium_from_init_to_verify(tmp_path: Path) -> None:
     key_mode = stat.S_IMODE(os.stat(lyon / "keys" / "org.key").st_mode)
     assert key_mode == 0o600
 
-    out = run("practitioner", "add", "-H", str(lyon), "--id", "dr-martin", "--roles", "physician,emergency")
+    out = run(
+        "practitioner",
+        "add",
+        "-H",
+        str(lyon),
+        "--id",
+        "dr-martin",
+        "--roles",
+        "physician,emergency",
+    )
     assert "registered dr-martin" in out.output
     assert (lyon / "keys" / "practitioners" / "dr-martin.key").exists()
 
@@ -38,7 +47,19 @@ def test_a_consortium_from_init_to_verify(tmp_path: Path) -> None:
     assert not (lyon / "keys" / "practitioners" / "dr-x.key").exists()
 
     new_key = SigningKey.generate().public_key.hex()
-    out = run("member", "propose", "admit", "-H", str(lyon), "--org", "chu-nice", "--name", "CHU Nice", "--key", new_key)
+    out = run(
+        "member",
+        "propose",
+        "admit",
+        "-H",
+        str(lyon),
+        "--org",
+        "chu-nice",
+        "--name",
+        "CHU Nice",
+        "--key",
+        new_key,
+    )
     assert "proposal 1 created" in out.output
     out = run("member", "vote", "-H", str(paris), "1")
     assert "chu-nice is now a member" in out.output
@@ -62,7 +83,9 @@ def test_verify_fails_naming_the_height_after_tampering(tmp_path: Path) -> None:
         run("practitioner", "add", "-H", str(home), "--id", name, "--roles", "nurse")
     store = Store(net / "ledger" / "ledger.db")
     (header,) = store.execute("SELECT header FROM blocks WHERE height = 2")[0]
-    store.execute("UPDATE blocks SET header = ? WHERE height = 2", (header[:-1] + bytes([header[-1] ^ 1]),))
+    store.execute(
+        "UPDATE blocks SET header = ? WHERE height = 2", (header[:-1] + bytes([header[-1] ^ 1]),)
+    )
     store.close()
     out = run("verify", "-H", str(home), ok=False)
     assert out.exit_code == 2

@@ -11,14 +11,20 @@ from medledger.ledger.keys import SigningKey, verify
 from medledger.node import LedgerBusy, Node
 
 
-def test_auto_mode_commits_concurrent_submissions_and_streams_blocks(consortium: list[Path]) -> None:
+def test_auto_mode_commits_concurrent_submissions_and_streams_blocks(
+    consortium: list[Path],
+) -> None:
     with Node.open(consortium[0], serve=True, interval=0.05) as node:
         follower = node.engine.blocks(1, follow=True)
         errors: list[Exception] = []
 
         def register(i: int) -> None:
             try:
-                body = {"practitioner": f"p{i}", "key": SigningKey.generate().public_key, "roles": ["nurse"]}
+                body = {
+                    "practitioner": f"p{i}",
+                    "key": SigningKey.generate().public_key,
+                    "roles": ["nurse"],
+                }
                 node.wallet.send("identity.register", body, timeout=20)
             except Exception as exc:  # collected and asserted below
                 errors.append(exc)

@@ -15,18 +15,45 @@ def test_register_update_and_revoke() -> None:
     app = net.app()
     key = SigningKey.generate()
     h0 = net.orgs["h0"]
-    run_block(app, [net.tx(h0, "identity.register", {"practitioner": "dr-a", "key": key.public_key, "roles": ["nurse"]})], net.solo)
+    run_block(
+        app,
+        [
+            net.tx(
+                h0,
+                "identity.register",
+                {"practitioner": "dr-a", "key": key.public_key, "roles": ["nurse"]},
+            )
+        ],
+        net.solo,
+    )
     actor = resolve_actor(StateView(app.store), key.public_key)
-    assert actor is not None and (actor.org, actor.practitioner, actor.roles, actor.active) == ("h0", "dr-a", ("nurse",), True)
+    assert actor is not None and (actor.org, actor.practitioner, actor.roles, actor.active) == (
+        "h0",
+        "dr-a",
+        ("nurse",),
+        True,
+    )
 
-    run_block(app, [net.tx(h0, "identity.update_roles", {"practitioner": "dr-a", "roles": ["nurse", "emergency"]})], net.solo)
+    run_block(
+        app,
+        [
+            net.tx(
+                h0,
+                "identity.update_roles",
+                {"practitioner": "dr-a", "roles": ["nurse", "emergency"]},
+            )
+        ],
+        net.solo,
+    )
     assert resolve_actor(StateView(app.store), key.public_key).roles == ("emergency", "nurse")  # type: ignore[union-attr]
 
     # Another hospital cannot revoke h0's practitioner.
     other = app.check_tx(net.tx(net.orgs["h1"], "identity.revoke", {"practitioner": "dr-a"}))
     assert other.code == Code.NOT_FOUND
 
-    run_block(app, [net.tx(h0, "identity.revoke", {"practitioner": "dr-a", "reason": "left"})], net.solo)
+    run_block(
+        app, [net.tx(h0, "identity.revoke", {"practitioner": "dr-a", "reason": "left"})], net.solo
+    )
     assert resolve_actor(StateView(app.store), key.public_key).active is False  # type: ignore[union-attr]
     again = app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-a"}))
     assert again.code == Code.CONFLICT

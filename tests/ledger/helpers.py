@@ -23,7 +23,9 @@ class Net:
     solo: SigningKey
     nonces: dict[bytes, int]
 
-    def tx(self, key: SigningKey, kind: str, body: dict[str, Any], nonce: int | None = None) -> bytes:
+    def tx(
+        self, key: SigningKey, kind: str, body: dict[str, Any], nonce: int | None = None
+    ) -> bytes:
         n = nonce if nonce is not None else self.nonces.get(key.public_key, 0) + 1
         self.nonces[key.public_key] = max(n, self.nonces.get(key.public_key, 0))
         return sign_tx(key, CHAIN, kind, body, n)
@@ -49,6 +51,8 @@ def make_net(n: int = 3, seed: int = 1) -> Net:
 
 def run_block(app: Application, txs: list[bytes], solo: SigningKey, time_ms: int | None = None):  # type: ignore[no-untyped-def]
     height = app.height + 1
-    outcome = app.finalize_block(txs, height, time_ms or T0 + height * 1000, proposer=solo.public_key)
+    outcome = app.finalize_block(
+        txs, height, time_ms or T0 + height * 1000, proposer=solo.public_key
+    )
     app.commit(solo.sign(app.pending_header_bytes))
     return outcome

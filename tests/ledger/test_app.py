@@ -42,11 +42,33 @@ def _rejections(net):  # type: ignore[no-untyped-def]
         ("wrong chain", sign_tx(h0, "other-chain", "identity.register", {}, 99), Code.WRONG_CHAIN),
         ("bad signature", codec.encode(forged), Code.BAD_SIGNATURE),
         ("replayed nonce", good, Code.BAD_NONCE),
-        ("lower nonce", net.tx(h0, "identity.register", register_body("dr-b"), nonce=1), Code.BAD_NONCE),
+        (
+            "lower nonce",
+            net.tx(h0, "identity.register", register_body("dr-b"), nonce=1),
+            Code.BAD_NONCE,
+        ),
         ("oversized", net.tx(h1, "identity.register", {"x": "a" * 70_000}), Code.TOO_LARGE),
-        ("non-member proposes", sign_tx(outsider, CHAIN, "governance.propose", {"action": "remove_member", "args": {"org": "h1"}}, 1), Code.UNAUTHORIZED),
-        ("unknown field", net.tx(h1, "identity.register", {**register_body("dr-c"), "x": 1}), Code.INVALID_BODY),
-        ("wrong type", net.tx(h1, "identity.register", {**register_body("dr-d"), "roles": "physician"}), Code.INVALID_BODY),
+        (
+            "non-member proposes",
+            sign_tx(
+                outsider,
+                CHAIN,
+                "governance.propose",
+                {"action": "remove_member", "args": {"org": "h1"}},
+                1,
+            ),
+            Code.UNAUTHORIZED,
+        ),
+        (
+            "unknown field",
+            net.tx(h1, "identity.register", {**register_body("dr-c"), "x": 1}),
+            Code.INVALID_BODY,
+        ),
+        (
+            "wrong type",
+            net.tx(h1, "identity.register", {**register_body("dr-d"), "roles": "physician"}),
+            Code.INVALID_BODY,
+        ),
     ], good
 
 
@@ -100,7 +122,9 @@ def test_two_replicas_fed_the_same_blocks_agree_at_every_height(tmp_path) -> Non
 def test_app_hash_chains_previous_hash_and_block_writes() -> None:
     net = make_net()
     app = net.app()
-    first = run_block(app, [net.tx(net.orgs["h0"], "identity.register", register_body("x"))], net.solo)
+    first = run_block(
+        app, [net.tx(net.orgs["h0"], "identity.register", register_body("x"))], net.solo
+    )
     second = run_block(app, [], net.solo)
     # An empty block writes nothing, so its app hash is H(previous || H(no writes)).
     assert second.app_hash == codec.sha256(first.app_hash + codec.sha256(b""))
@@ -126,7 +150,9 @@ def test_every_committed_tx_has_an_offline_checkable_inclusion_proof() -> None:
         assert check_tx_proof(proof, CHAIN, net.genesis.solo_key) is None
     proof = prove_tx(app.store, codec.sha256(txs[3]))
     assert proof is not None
-    tampered = type(proof)(txs[4], proof.height, proof.index, proof.path, proof.header, proof.signature)
+    tampered = type(proof)(
+        txs[4], proof.height, proof.index, proof.path, proof.header, proof.signature
+    )
     assert "Merkle" in (check_tx_proof(tampered, CHAIN, net.genesis.solo_key) or "")
     assert "signature" in (check_tx_proof(proof, CHAIN, SigningKey.generate().public_key) or "")
 
@@ -149,10 +175,21 @@ def test_arbitrary_blocks_never_crash_finalize_block(txs: list[bytes]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    kind=st.sampled_from(["identity.register", "governance.propose", "governance.vote", "identity.revoke"]),
+    kind=st.sampled_from(
+        ["identity.register", "governance.propose", "governance.vote", "identity.revoke"]
+    ),
     body=st.dictionaries(
-        st.sampled_from(["practitioner", "key", "roles", "action", "args", "proposal", "approve", "zz"]),
-        st.one_of(st.integers(-5, 5), st.text(max_size=5), st.binary(max_size=33), st.booleans(), st.lists(st.text(max_size=3), max_size=2), st.none()),
+        st.sampled_from(
+            ["practitioner", "key", "roles", "action", "args", "proposal", "approve", "zz"]
+        ),
+        st.one_of(
+            st.integers(-5, 5),
+            st.text(max_size=5),
+            st.binary(max_size=33),
+            st.booleans(),
+            st.lists(st.text(max_size=3), max_size=2),
+            st.none(),
+        ),
         max_size=4,
     ),
 )

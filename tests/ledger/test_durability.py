@@ -22,7 +22,10 @@ def _chain(path: Path, blocks: int = 4):  # type: ignore[no-untyped-def]
     net = make_net()
     app = net.app(path)
     for i in range(blocks):
-        txs = [net.tx(net.orgs["h1"], "identity.register", register_body(f"p{i}-{j}")) for j in range(2)]
+        txs = [
+            net.tx(net.orgs["h1"], "identity.register", register_body(f"p{i}-{j}"))
+            for j in range(2)
+        ]
         run_block(app, txs, net.solo)
     app.close()
     return net
@@ -66,7 +69,8 @@ _CHILD = textwrap.dedent(
         for j in range(2):
             net.tx(net.orgs["h1"], "identity.register", register_body("x"))
     app = net.app({db!r})
-    txs = [net.tx(net.orgs["h2"], "identity.register", register_body(f"crash-{{i}}")) for i in range(50)]
+    h2 = net.orgs["h2"]
+    txs = [net.tx(h2, "identity.register", register_body(f"crash-{{i}}")) for i in range(50)]
     real = app.store._db
     class Dying:
         def __getattr__(self, name):

@@ -60,6 +60,7 @@ class SoloEngine:
     # -- Engine interface -------------------------------------------------------------
     def submit(self, tx: bytes) -> Submitted:
         tid = codec.sha256(tx)
+        self.app.preverify(tx)
         with self._cond:
             if tid in self._mempool_ids:
                 return Submitted(tid, self.app.check_tx(tx))
@@ -137,9 +138,7 @@ class SoloEngine:
             return None
         txs = self._mempool[:MAX_BLOCK_TXS]
         rest = self._mempool[MAX_BLOCK_TXS:]
-        last = self.app.block(self.app.height)
-        last_time = last.header.time_ms if last else self.app.genesis.time_ms
-        time_ms = max(int(self.clock() * 1000), last_time + 1)
+        time_ms = max(int(self.clock() * 1000), self.app.last_time_ms + 1)
         self.app.finalize_block(txs, self.app.height + 1, time_ms, proposer=self.key.public_key)
         record = self.app.commit(self.key.sign(self.app.pending_header_bytes))
         for t in txs:

@@ -117,15 +117,15 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
     """Check the action's arguments at proposal time, so that members vote on something valid."""
     state = ctx.state
     if action in EXTRA_ACTIONS:
-        cls, validate, _ = EXTRA_ACTIONS[action]
-        parsed = parse_message(cls, args)
-        validate(state, parsed)
-        return parsed
-    cls = ACTIONS.get(action)
-    if cls is None:
+        extra_cls, validate, _ = EXTRA_ACTIONS[action]
+        extra = parse_message(extra_cls, args)
+        validate(state, extra)
+        return extra
+    action_cls = ACTIONS.get(action)
+    if action_cls is None:
         known = sorted([*ACTIONS, *EXTRA_ACTIONS])
         raise TxError(Code.INVALID_BODY, f"field action: unknown action {action!r} ({known})")
-    parsed = parse_message(cls, args)
+    parsed = parse_message(action_cls, args)
     limit = params(state)["max_validator_power"]
     if isinstance(parsed, AdmitMember):
         check_id(parsed.org, "args.org")

@@ -63,9 +63,10 @@ class Application:
         self.chain_id = genesis.chain_id
         self._pending: _Pending | None = None
         self._check_view = StateView(store)
-        # Signatures are a pure function of the bytes, so a tx verified at CheckTx need not be
-        # verified again when its block executes; replay (verify) never uses this cache.
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        # Decoding and signatures are pure functions of the bytes, so a tx verified once need
+        # not be decoded or verified again; replay (verify) never uses this cache.
+        self._verified: OrderedDict[bytes, Tx] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._listeners: list[Callable[[BlockRecord], None]] = []
         self._pending_validator_updates: list[ValidatorUpdate] = []
         self.lock = threading.RLock()
@@ -90,6 +91,12 @@ class Application:
     @property
     def height(self) -> int:
         return self.store.height
+
+    @property
+    def last_time_ms(self) -> int:
+        """The last block's time, or the genesis time: the clock contracts see at CheckTx."""
+        t = self.store.last_time_ms
+        return self.genesis.time_ms if t is None else t
 
     def init_chain(self) -> bytes:
         """Apply the genesis state once; later calls return the genesis app hash."""
@@ -121,20 +128,44 @@ class Application:
         ]
 
     # -- executing txs -----------------------------------------------------------------
+    def preverify(self, raw: bytes) -> None:
+        """Decode and verify a tx's signature, outside the app lock.
+
+        Pure work on the bytes alone, so engines call it from their submitting threads: the
+        signature check (which releases the GIL) then runs on another core than the block
+        being executed. Invalid txs are simply not cached; check_tx reports them.
+        """
+        try:
+            tx = decode_tx(raw)
+            verify_signature(tx)
+        except TxError:
+            return
+        self._remember_verified(tx)
+
+    def _authentic_tx(self, raw: bytes, trust_cache: bool) -> Tx:
+        tid = codec.sha256(raw)
+        if trust_cache:
+            cached = self._verified.get(tid)
+            if cached is not None:
+                return cached
+        tx = decode_tx(raw)
+        if tx.chain != self.chain_id:  # before the costly signature check
+            raise TxError(Code.WRONG_CHAIN, f"tx is for chain {tx.chain!r}, not {self.chain_id!r}")
+        verify_signature(tx)
+        self._remember_verified(tx)
+        return tx
+
     def _execute(
         self, raw: bytes, view: StateView, height: int, time_ms: int, trust_cache: bool
     ) -> TxResult:
         try:
-            tx = decode_tx(raw)
+            tx = self._authentic_tx(raw, trust_cache)
             if tx.chain != self.chain_id:
                 raise TxError(
                     Code.WRONG_CHAIN, f"tx is for chain {tx.chain!r}, not {self.chain_id!r}"
                 )
             message = self.registry.message(view, tx.kind)
             tid = tx.id
-            if not (trust_cache and tid in self._verified):
-                verify_signature(tx)
-                self._remember_verified(tid)
             self._check_nonce(view, tx)
         except TxError as exc:
             return TxResult(int(exc.code), exc.message)
@@ -165,18 +196,18 @@ class Application:
         if tx.nonce <= last:
             raise TxError(Code.BAD_NONCE, f"nonce {tx.nonce} already used (last was {last})")
 
-    def _remember_verified(self, tid: bytes) -> None:
-        self._verified[tid] = None
-        if len(self._verified) > _VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+    def _remember_verified(self, tx: Tx) -> None:
+        with self._cache_lock:
+            self._verified[tx.id] = tx
+            if len(self._verified) > _VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
 
     def check_tx(self, tx: bytes, recheck: bool = False) -> TxResult:
         """Full validation against committed state plus the mempool's accepted txs."""
         with self.lock:
-            last = self.store.block(self.store.height) if self.store.height else None
-            time_ms = last.header.time_ms if last else self.genesis.time_ms
+            time_ms = self.last_time_ms
             self._pending_validator_updates = []
-            return self._execute(tx, self._check_view, self.store.height + 1, time_ms, recheck)
+            return self._execute(tx, self._check_view, self.store.height + 1, time_ms, True)
 
     def reset_check_state(self) -> None:
         """Forget the mempool's effects (after a commit; the engine rechecks what is left)."""

@@ -108,71 +108,101 @@ class Registry:
 
 # -- messages: dataclasses parsed strictly from a tx body --------------------------------
 
-_hints_cache: dict[type[Any], dict[str, Any]] = {}
+Checker = Callable[[Any, str], Any]
+_parsers: dict[type[Any], tuple[dict[str, tuple[Checker, bool]], Callable[..., Any]]] = {}
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _hints_cache.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _hints_cache[cls] = hints
-    return hints
+def _fail(where: str, expected: str, value: Any) -> TxError:
+    return TxError(
+        Code.INVALID_BODY, f"field {where}: expected {expected}, got {type(value).__name__}"
+    )
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
+def _checker(hint: Any) -> Checker:
+    """Compile a type hint into a function that checks a decoded CBOR value against it."""
     origin = typing.get_origin(hint)
     if hint is Any:
-        return value
+        return lambda v, where: v
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, where)
-            except TxError:
-                continue
-        raise TxError(Code.INVALID_BODY, f"field {where}: unexpected {type(value).__name__}")
+        options = [_checker(o) for o in typing.get_args(hint)]
+
+        def check_union(v: Any, where: str) -> Any:
+            for option in options:
+                try:
+                    return option(v, where)
+                except TxError:
+                    continue
+            raise TxError(Code.INVALID_BODY, f"field {where}: unexpected {type(v).__name__}")
+
+        return check_union
     if hint is type(None):
-        if value is None:
+
+        def check_none(v: Any, where: str) -> Any:
+            if v is not None:
+                raise _fail(where, "null", v)
             return None
-        raise TxError(Code.INVALID_BODY, f"field {where}: expected null")
+
+        return check_none
     if origin is list:
-        if not isinstance(value, list):
-            raise TxError(Code.INVALID_BODY, f"field {where}: expected a list")
-        (item,) = typing.get_args(hint)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        item = _checker(typing.get_args(hint)[0])
+
+        def check_list(v: Any, where: str) -> Any:
+            if type(v) is not list:
+                raise _fail(where, "a list", v)
+            return [item(x, f"{where}[{i}]") for i, x in enumerate(v)]
+
+        return check_list
     if origin is dict:
-        if not isinstance(value, dict):
-            raise TxError(Code.INVALID_BODY, f"field {where}: expected a map")
-        _, vt = typing.get_args(hint)
-        return {k: _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TxError(Code.INVALID_BODY, f"field {where}: expected an integer")
-        return value
-    if isinstance(hint, type):
-        if not isinstance(value, hint):
-            raise TxError(
-                Code.INVALID_BODY,
-                f"field {where}: expected {hint.__name__}, got {type(value).__name__}",
+        value = _checker(typing.get_args(hint)[1])
+
+        def check_dict(v: Any, where: str) -> Any:
+            if type(v) is not dict:
+                raise _fail(where, "a map", v)
+            return {k: value(x, f"{where}.{k}") for k, x in v.items()}
+
+        return check_dict
+    if isinstance(hint, type) and hint in (int, str, bytes, bool):
+        name = {int: "an integer", str: "text", bytes: "bytes", bool: "true or false"}[hint]
+
+        def check_scalar(v: Any, where: str) -> Any:
+            if type(v) is not hint:  # exact: a bool is not an integer here
+                raise _fail(where, name, v)
+            return v
+
+        return check_scalar
+    raise TypeError(f"unsupported message field type {hint!r}")
+
+
+def _parser(cls: type[Any]) -> tuple[dict[str, tuple[Checker, bool]], Callable[..., Any]]:
+    parser = _parsers.get(cls)
+    if parser is None:
+        hints = typing.get_type_hints(cls)
+        fields = {
+            f.name: (
+                _checker(hints[f.name]),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
             )
-        return value
-    raise TxError(Code.INVALID_BODY, f"field {where}: unsupported type")
+            for f in dataclasses.fields(cls)
+        }
+        parser = (fields, cls)
+        _parsers[cls] = parser
+    return parser
 
 
 def parse_message(cls: type[M], body: dict[str, Any]) -> M:
     """Build the message dataclass from a tx body: no missing, unknown or mistyped field."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise TxError(Code.INVALID_BODY, f"unknown field {unknown[0]!r}")
-    hints = _hints(cls)
+    fields, build = _parser(cls)
+    for name in body:
+        if name not in fields:
+            raise TxError(Code.INVALID_BODY, f"unknown field {name!r}")
     values: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in body:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
-            continue
-        values[name] = _check_type(body[name], hints[name], name)
-    return cls(**values)
+    for name, (check, required) in fields.items():
+        if name in body:
+            values[name] = check(body[name], name)
+        elif required:
+            raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
+    result: M = build(**values)
+    return result
 
 
 def message_body(msg: Any) -> dict[str, Any]:

@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS tx_index (
 """
 
 
+_CACHE_SIZE = 200_000
+
+
 def _upper_bound(prefix: bytes) -> bytes:
     # Keys are UTF-8 text, so 0xff never occurs in them and bounds every extension of prefix.
     return prefix + b"\xff"
@@ -48,14 +51,25 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # Committed values read recently (None for a known absence). Only commit() changes
+        # committed state, and it updates this cache in the same step.
+        self._cache: dict[bytes, bytes | None] = {}
 
     def close(self) -> None:
         self._db.close()
 
     # -- committed state ---------------------------------------------------------------
     def get_raw(self, key: bytes) -> bytes | None:
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
         row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        value = None if row is None else bytes(row[0])
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = value
+        return value
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         rows = self._db.execute(
@@ -89,6 +103,12 @@ class Store:
     @property
     def app_hash(self) -> bytes:
         return self._meta("app_hash") or b""
+
+    @property
+    def last_time_ms(self) -> int | None:
+        """The last committed block's time (None before the first block)."""
+        raw = self._meta("time")
+        return None if raw is None else int(raw.decode())
 
     # -- commit ------------------------------------------------------------------------
     def commit(
@@ -129,14 +149,18 @@ class Store:
                     "INSERT OR IGNORE INTO tx_index (id, height, idx) VALUES (?, ?, ?)",
                     [(codec.sha256(t), record.height, i) for i, t in enumerate(record.txs)],
                 )
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-                [("height", str(height).encode()), ("app_hash", app_hash)],
-            )
+            meta = [("height", str(height).encode()), ("app_hash", app_hash)]
+            if record is not None:
+                meta.append(("time", str(record.header.time_ms).encode()))
+            db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", meta)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._cache.clear()
             raise
+        if len(self._cache) + len(writes) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache.update(writes)
 
     # -- history -----------------------------------------------------------------------
     def block(self, height: int) -> BlockRecord | None:
@@ -227,7 +251,7 @@ class StateView:
     # -- typed helpers used by contracts ----------------------------------------------
     def get(self, key: str) -> Any:
         raw = self.get_raw(key.encode())
-        return None if raw is None else codec.decode(raw)
+        return None if raw is None else codec.decode_trusted(raw)
 
     def put(self, key: str, value: Any) -> None:
         self.put_raw(key.encode(), codec.encode(value))
@@ -240,12 +264,22 @@ class StateView:
 
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         for k, v in self.scan_raw(prefix.encode()):
-            yield k.decode(), codec.decode(v)
+            yield k.decode(), codec.decode_trusted(v)
 
 
 def writes_digest(log: list[tuple[bytes, bytes | None]]) -> bytes:
-    """H(ordered writes of a block): each write as canonical CBOR [key, value-or-null]."""
+    """H(ordered writes of a block).
+
+    Each write is hashed as len(key) key, then len(value) value or 0xffffffff for a deletion
+    (lengths as 4-byte big-endian): unambiguous, and cheap enough to run on every write.
+    """
     h = hashlib.sha256()
     for k, v in log:
-        h.update(codec.encode([k, v]))
+        h.update(len(k).to_bytes(4, "big"))
+        h.update(k)
+        if v is None:
+            h.update(b"\xff\xff\xff\xff")
+        else:
+            h.update(len(v).to_bytes(4, "big"))
+            h.update(v)
     return h.digest()

@@ -7,6 +7,7 @@ The tx id is SHA-256 of the whole wire bytes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ class Tx:
     raw: bytes
     payload: bytes
 
-    @property
+    @functools.cached_property
     def id(self) -> bytes:
         return codec.sha256(self.raw)
 
