@@ -47,7 +47,7 @@ def _rejections(net):  # type: ignore[no-untyped-def]
             net.tx(h0, "identity.register", register_body("dr-b"), nonce=1),
             Code.BAD_NONCE,
         ),
-        ("oversized", net.tx(h1, "identity.register", {"x": "a" * 70_000}), Code.TOO_LARGE),
+        ("oversized", net.tx(h1, "identity.register", {"x": "a" * 600_000}), Code.TOO_LARGE),
         (
             "non-member proposes",
             sign_tx(

@@ -16,7 +16,7 @@ from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import SigningKey, verify
 
 VERSION = 1
-MAX_TX_BYTES = 64 * 1024
+MAX_TX_BYTES = 512 * 1024  # a whole FHIR bundle's index entries fit in one tx
 _FIELDS = {"v", "chain", "kind", "body", "signer", "nonce"}
 
 

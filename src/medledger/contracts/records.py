@@ -1,0 +1,237 @@
+"""Records: the shared index of who holds which record of which pseudonymous patient.
+
+An entry is `{rid, pid, custodian, commitment, meta_ct}`: `pid` is a pseudonym,
+`commitment = HMAC-SHA256(per-record salt, resource bytes)` binds the record without revealing
+it, and `meta_ct` is its metadata (type, category, code, date, title) encrypted under the
+custodian's metadata key for that patient. No clinical value or identifier is readable here.
+
+A bundle registers in one tx (`records.register` takes a list), so it is all or nothing on
+the chain too. `records.amend` chains versions. `records.shredded` records that a holder
+destroyed a patient's keys: one write, whatever the number of entries, since every remaining
+entry of that patient at that holder is now undecryptable.
+
+State (prefix `rec/`):
+    rec/entry/<rid>                         latest version of an entry
+    rec/version/<rid>/<version:08d>         each version's commitment and metadata
+    rec/pid/<pid>/<rid>                     a patient's entries, by custodian
+    rec/shredded/<holder>/<pid>             crypto-shredding attestation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts.common import check_id
+from medledger.contracts.identity import resolve_actor
+from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.store import StateView
+
+MAX_META_CT = 2048
+MAX_ENTRIES = 2000
+
+
+@dataclass
+class Entry:
+    rid: str
+    pid: str
+    commitment: bytes
+    meta_ct: bytes
+
+
+@dataclass
+class Register:
+    entries: list[dict[str, Any]]
+
+
+@dataclass
+class Amend:
+    rid: str
+    commitment: bytes
+    meta_ct: bytes
+
+
+@dataclass
+class Shredded:
+    pid: str
+    digest: bytes  # hash of the vault's erasure receipt
+    records: int
+    copies: int = 0
+
+
+def check_pid(pid: str, field: str = "pid") -> str:
+    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
+        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
+    return pid
+
+
+def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
+    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
+    actor = resolve_actor(ctx.state, ctx.signer)
+    if actor is None or not actor.active:
+        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
+    if role is not None and not actor.is_org and role not in actor.roles:
+        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
+    return actor.org, actor.practitioner
+
+
+def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
+    from medledger.ledger.contract import parse_message
+
+    try:
+        entry = parse_message(Entry, raw)
+    except TxError as exc:
+        raise TxError(exc.code, f"entries[{i}]: {exc.message}") from None
+    check_id(entry.rid, f"entries[{i}].rid")
+    check_pid(entry.pid, f"entries[{i}].pid")
+    if len(entry.commitment) != 32:
+        raise TxError(Code.INVALID_BODY, f"field entries[{i}].commitment: must be 32 bytes")
+    if not 0 < len(entry.meta_ct) <= MAX_META_CT:
+        raise TxError(Code.INVALID_BODY, f"field entries[{i}].meta_ct: 1..{MAX_META_CT} bytes")
+    return entry
+
+
+def register(ctx: Context, msg: Register) -> None:
+    custodian, practitioner = acting_org(ctx)
+    if not 0 < len(msg.entries) <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    seen: set[str] = set()
+    for i, raw in enumerate(msg.entries):
+        if not isinstance(raw, dict):
+            raise TxError(Code.INVALID_BODY, f"field entries[{i}]: expected a map")
+        entry = _check_entry(i, raw)
+        if entry.rid in seen or ctx.state.has(f"rec/entry/{entry.rid}"):
+            raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} already exists")
+        seen.add(entry.rid)
+        record = {
+            "rid": entry.rid,
+            "pid": entry.pid,
+            "custodian": custodian,
+            "by": practitioner or "",
+            "version": 1,
+            "commitment": entry.commitment,
+            "meta_ct": entry.meta_ct,
+            "time": ctx.time_ms,
+            "tx": ctx.tx_id,
+        }
+        ctx.state.put(f"rec/entry/{entry.rid}", record)
+        ctx.state.put(f"rec/version/{entry.rid}/{1:08d}", record)
+        ctx.state.put(f"rec/pid/{entry.pid}/{entry.rid}", custodian)
+        ctx.emit("record.registered", rid=entry.rid, pid=entry.pid, custodian=custodian)
+
+
+def amend(ctx: Context, msg: Amend) -> None:
+    custodian, practitioner = acting_org(ctx)
+    record = ctx.state.get(f"rec/entry/{msg.rid}")
+    if record is None:
+        raise TxError(Code.NOT_FOUND, f"no record {msg.rid}")
+    if record["custodian"] != custodian:
+        raise TxError(Code.UNAUTHORIZED, f"record {msg.rid} belongs to {record['custodian']}")
+    if ctx.state.has(f"rec/shredded/{custodian}/{record['pid']}"):
+        raise TxError(Code.REFUSED, f"record {msg.rid}: the patient's data was erased")
+    _check_entry(
+        0,
+        {
+            "rid": msg.rid,
+            "pid": record["pid"],
+            "commitment": msg.commitment,
+            "meta_ct": msg.meta_ct,
+        },
+    )
+    record.update(
+        version=record["version"] + 1,
+        commitment=msg.commitment,
+        meta_ct=msg.meta_ct,
+        by=practitioner or "",
+        time=ctx.time_ms,
+        tx=ctx.tx_id,
+    )
+    ctx.state.put(f"rec/entry/{msg.rid}", record)
+    ctx.state.put(f"rec/version/{msg.rid}/{record['version']:08d}", record)
+    ctx.emit(
+        "record.amended",
+        rid=msg.rid,
+        pid=record["pid"],
+        custodian=custodian,
+        version=record["version"],
+    )
+
+
+def shredded(ctx: Context, msg: Shredded) -> None:
+    holder, _ = acting_org(ctx)
+    check_pid(msg.pid)
+    if len(msg.digest) != 32:
+        raise TxError(Code.INVALID_BODY, "field digest: must be 32 bytes")
+    if msg.records < 0 or msg.copies < 0:
+        raise TxError(Code.INVALID_BODY, "field records: must not be negative")
+    ctx.state.put(
+        f"rec/shredded/{holder}/{msg.pid}",
+        {
+            "holder": holder,
+            "pid": msg.pid,
+            "digest": msg.digest,
+            "records": msg.records,
+            "copies": msg.copies,
+            "time": ctx.time_ms,
+            "tx": ctx.tx_id,
+        },
+    )
+    ctx.emit("record.shredded", pid=msg.pid, holder=holder, records=msg.records)
+
+
+def is_shredded(state: StateView, holder: str, pid: str) -> bool:
+    return state.has(f"rec/shredded/{holder}/{pid}")
+
+
+def entries_of(state: StateView, pid: str, custodian: str | None = None) -> list[dict[str, Any]]:
+    found = []
+    for key, holder in state.scan(f"rec/pid/{pid}/"):
+        if custodian is not None and holder != custodian:
+            continue
+        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
+        if entry is not None:
+            entry["shredded"] = is_shredded(state, entry["custodian"], pid)
+            found.append(entry)
+    return found
+
+
+def q_of_patient(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "records/of_patient needs pid")
+    custodian = args.get("custodian")
+    return entries_of(state, pid, custodian if isinstance(custodian, str) else None)
+
+
+def q_entry(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    entry: dict[str, Any] | None = state.get(f"rec/entry/{args.get('rid')}")
+    return entry
+
+
+def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for _, v in state.scan(f"rec/version/{args.get('rid')}/")]
+
+
+def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = state.get(f"rec/shredded/{args.get('holder')}/{args.get('pid')}")
+    return found
+
+
+CONTRACTS = [
+    Contract(
+        name="records",
+        version=1,
+        messages={
+            "records.register": Message("records.register", Register, register),
+            "records.amend": Message("records.amend", Amend, amend),
+            "records.shredded": Message("records.shredded", Shredded, shredded),
+        },
+        queries={
+            "records/of_patient": q_of_patient,
+            "records/entry": q_entry,
+            "records/versions": q_versions,
+            "records/shredded": q_shredded,
+        },
+    )
+]

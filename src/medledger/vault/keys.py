@@ -1,0 +1,283 @@
+"""Key-encryption key (KEK) handling and per-patient key material.
+
+Key hierarchy (all keys 32 bytes):
+
+    KEK (key file mode 0600, or environment variable)
+     +- wrapping key   = HKDF(KEK, info="medledger/vault/v1/wrap")
+     |    wraps, with AES-256-GCM, one random data key per (patient, generation);
+     |    the associated data binds each wrapped key to the hospital, pid and generation
+     +- fingerprint    = HMAC(KEK, "medledger/vault/v1/kek-fingerprint")[:16]
+          stored in the vault so that a wrong KEK is refused at open time
+
+    patient data key DK (random, stored only wrapped)
+     +- record key     = HKDF(DK, info="medledger/vault/v1/record"   || hospital || pid || gen)
+     +- metadata key   = HKDF(DK, info="medledger/vault/v1/metadata" || hospital || pid || gen)
+     +- salt key       = HKDF(DK, info="medledger/vault/v1/salt"     || hospital || pid || gen)
+          salt(rid, version) = HMAC-SHA256(salt key, rid || version)
+
+Everything a patient has (record keys, salts, metadata key) is derived from the
+one wrapped data key, so deleting that single row crypto-shreds the patient in
+constant time: no per-record key or salt has to be found and destroyed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from medledger.vault.errors import InsecureKeyFileError, KeyFileError, VaultIntegrityError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+DEFAULT_KEK_ENV = "MEDLEDGER_KEK"
+
+_LABEL_WRAP = b"medledger/vault/v1/wrap"
+_LABEL_FINGERPRINT = b"medledger/vault/v1/kek-fingerprint"
+_LABEL_PATIENT_KEY_AAD = b"medledger/vault/v1/patient-key"
+_LABEL_RECORD = b"medledger/vault/v1/record"
+_LABEL_METADATA = b"medledger/vault/v1/metadata"
+_LABEL_SALT = b"medledger/vault/v1/salt"
+_LABEL_SALT_VALUE = b"medledger/vault/v1/salt-value"
+
+
+def encode_fields(*fields: bytes | str | int) -> bytes:
+    """Length-prefix each field so that no two field lists encode to the same bytes.
+
+    Used for every HKDF info, HMAC input and AEAD associated data: plain
+    concatenation would let ("ab", "c") collide with ("a", "bc").
+    """
+    out = bytearray()
+    for value in fields:
+        if isinstance(value, bool):
+            raw = b"\x01" if value else b"\x00"
+        elif isinstance(value, int):
+            raw = value.to_bytes(8, "big", signed=True)
+        elif isinstance(value, str):
+            raw = value.encode("utf-8")
+        else:
+            raw = bytes(value)
+        out += len(raw).to_bytes(4, "big")
+        out += raw
+    return bytes(out)
+
+
+def hkdf(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    """HKDF-SHA256 with an empty salt: the input keys are already uniformly random."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+# --------------------------------------------------------------------------- KEK
+
+
+def parse_key_text(raw: bytes, *, allow_raw: bool = True) -> bytes:
+    """Decode a 32-byte key given raw, as 64 hex digits, or as base64url (padded or not).
+
+    Raw bytes are accepted only from key files (`allow_raw`): an environment
+    variable of 32 characters is far more likely a password than a key.
+    Raises ValueError (never echoing the key) when the text is none of these.
+    """
+    if allow_raw and len(raw) == KEY_SIZE:
+        return raw
+    text = raw.strip()
+    if len(text) == 2 * KEY_SIZE:
+        with contextlib.suppress(binascii.Error, ValueError):
+            return bytes.fromhex(text.decode("ascii"))
+    if len(text) in (43, 44):
+        with contextlib.suppress(binascii.Error, ValueError):
+            padded = text.rstrip(b"=") + b"=" * (-len(text.rstrip(b"=")) % 4)
+            key = base64.urlsafe_b64decode(padded)
+            if len(key) == KEY_SIZE and base64.urlsafe_b64encode(key).rstrip(b"=") == text.rstrip(
+                b"="
+            ):
+                return key
+    raise ValueError(
+        "expected a 32-byte key: raw bytes, 64 hex digits or base64url (43/44 characters)"
+    )
+
+
+def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
+    """Load the hospital's key-encryption key from a key file, else from an env variable.
+
+    The key file must be a regular file that neither group nor others can read
+    or write (mode 0600 or stricter): anything looser is refused with
+    InsecureKeyFileError instead of being silently used. The mode is checked on
+    the opened descriptor, so a file swapped between check and read is caught.
+    """
+    if path is not None:
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError as exc:
+            raise KeyFileError(f"key file {path} does not exist (create it with init)") from exc
+        except OSError as exc:
+            raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"key file {path} is not a regular file")
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077:
+                raise InsecureKeyFileError(
+                    f"key file {path} has mode {mode:04o}: group/others may access it; "
+                    f"refusing to use it (fix with: chmod 600 {path})"
+                )
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                raw = fh.read(4096)
+        finally:
+            os.close(fd)
+        try:
+            return parse_key_text(raw)
+        except ValueError as exc:
+            raise KeyFileError(f"key file {path} is malformed: {exc}") from None
+    value = os.environ.get(env_var)
+    if value is None or not value.strip():
+        raise KeyFileError(f"no key-encryption key: give a key file or set ${env_var}")
+    try:
+        return parse_key_text(value.encode("ascii", "strict"), allow_raw=False)
+    except (ValueError, UnicodeEncodeError):
+        raise KeyFileError(
+            f"${env_var} is malformed: expected 64 hex digits or base64url of 32 bytes"
+        ) from None
+
+
+def create_kek_file(path: Path, *, overwrite: bool = False) -> bytes:
+    """Write a new random KEK to `path` (mode 0600 from creation on) and return it.
+
+    The key is written to a temporary file created 0600 in the same folder,
+    fsynced, then moved into place atomically, so a crash never leaves a
+    half-written or briefly world-readable key. Without `overwrite` an existing
+    file is never replaced (os.link fails atomically if the name exists):
+    replacing a KEK would make every record of the vault unreadable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(KEY_SIZE)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key.hex().encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyFileError(f"key file {path} already exists; not overwriting it") from None
+            finally:
+                os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return key
+
+
+def kek_fingerprint(kek: bytes) -> bytes:
+    """A 16-byte public fingerprint of the KEK, stored in the vault to detect a wrong KEK."""
+    return hmac.new(kek, _LABEL_FINGERPRINT, hashlib.sha256).digest()[:16]
+
+
+# ----------------------------------------------------------------- patient keys
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKeys:
+    """Keys derived from one patient's data key; never stored, recomputed on demand."""
+
+    pid: str
+    generation: int
+    record_key: bytes = field(repr=False)
+    metadata_key: bytes = field(repr=False)
+    salt_key: bytes = field(repr=False)
+
+    def salt(self, rid: str, version: int) -> bytes:
+        """Per-record salt for the chain commitment: HMAC(salt key, rid, version)."""
+        return hmac.new(self.salt_key, encode_fields(rid, version), hashlib.sha256).digest()
+
+    def salt_value_key(self) -> bytes:
+        """Key that encrypts salts received with copies (the custodian's salts)."""
+        return hkdf(self.salt_key, _LABEL_SALT_VALUE)
+
+
+class KeyRing:
+    """Wraps and unwraps patient data keys under the hospital's KEK.
+
+    Holds only the wrapping key derived from the KEK (the KEK itself is not
+    kept), and never caches patient keys: every use unwraps the key row read
+    in the same transaction, so an erasure done by another process is honoured
+    at once.
+    """
+
+    __slots__ = ("_fingerprint", "_wrap", "hospital_id")
+
+    def __init__(self, kek: bytes, hospital_id: str):
+        if len(kek) != KEY_SIZE:
+            raise KeyFileError(f"the KEK must be {KEY_SIZE} bytes, got {len(kek)}")
+        self.hospital_id = hospital_id
+        self._wrap = AESGCM(hkdf(kek, _LABEL_WRAP))
+        self._fingerprint = kek_fingerprint(kek)
+
+    @property
+    def fingerprint(self) -> bytes:
+        """Public fingerprint of the KEK (see kek_fingerprint)."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"KeyRing(hospital_id={self.hospital_id!r}, kek={self._fingerprint.hex()})"
+
+    def _aad(self, pid: str, generation: int) -> bytes:
+        return encode_fields(_LABEL_PATIENT_KEY_AAD, self.hospital_id, pid, generation)
+
+    def new_wrapped_key(self, pid: str, generation: int) -> bytes:
+        """Draw a fresh random data key and return it wrapped: nonce || ciphertext+tag."""
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        data_key = secrets.token_bytes(KEY_SIZE)
+        return nonce + self._wrap.encrypt(nonce, data_key, self._aad(pid, generation))
+
+    def unwrap(self, pid: str, generation: int, wrapped: bytes) -> PatientKeys:
+        """Unwrap a patient's data key and derive its keys.
+
+        Fails with VaultIntegrityError when the wrapped key was changed, moved
+        to another pid or generation, or when the KEK is not the one that
+        wrapped it.
+        """
+        try:
+            data_key = self._wrap.decrypt(
+                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], self._aad(pid, generation)
+            )
+        except InvalidTag:
+            raise VaultIntegrityError(
+                f"the key of patient {pid} (generation {generation}) failed authentication: "
+                "wrong KEK, or the key row was altered"
+            ) from None
+        ctx = (self.hospital_id, pid, generation)
+        return PatientKeys(
+            pid=pid,
+            generation=generation,
+            record_key=hkdf(data_key, encode_fields(_LABEL_RECORD, *ctx)),
+            metadata_key=hkdf(data_key, encode_fields(_LABEL_METADATA, *ctx)),
+            salt_key=hkdf(data_key, encode_fields(_LABEL_SALT, *ctx)),
+        )

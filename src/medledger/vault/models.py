@@ -1,0 +1,125 @@
+"""Public value types returned by the vault, and the row types backends exchange with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInfo:
+    """What the vault may say about a record without decrypting it.
+
+    Only pseudonymous or structural attributes: the pid (already an HMAC
+    pseudonym), the record id and version, the FHIR resource type, the
+    custodian hospital and whether this vault holds a copy of another
+    hospital's record.
+    """
+
+    pid: str
+    rid: str
+    version: int
+    resource_type: str
+    custodian: str
+    is_copy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord(RecordInfo):
+    """Result of a put: the record's attributes plus the salt for its chain commitment.
+
+    `salt` is secret (it is what keeps the commitment from being brute-forced):
+    hand it to the chain index code, never log it.
+    """
+
+    salt: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReceipt:
+    """Proof, for the erasure contract, that a patient's key material was destroyed.
+
+    `records_shredded` and `copies_shredded` count the record versions (own
+    records and copies held for other custodians) that became undecryptable
+    when the key row was deleted; their ciphertext rows are then removed by
+    Vault.purge_pending() (or at once with erase(pid, purge=True)).
+    `digest` = SHA-256 over the hospital, pid, key generation, counts, erasure
+    time, the fingerprint of the destroyed wrapped key and the manifest hash of
+    every ciphertext it protected: a fixed commitment to what was destroyed,
+    fit to be attested on chain.
+    """
+
+    hospital_id: str
+    pid: str
+    generation: int
+    records_shredded: int
+    copies_shredded: int
+    erased_at: datetime
+    digest: bytes
+
+    @property
+    def digest_hex(self) -> str:
+        """The digest as lowercase hex, the form the chain attestation uses."""
+        return self.digest.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What Vault.purge_pending() removed."""
+
+    patients: int
+    rows_deleted: int
+    storage_compacted: bool
+
+
+# ------------------------------------------------------------- backend rows
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """A patient's wrapped data key, with the running counters kept beside it."""
+
+    pid: str
+    generation: int
+    wrapped: bytes = field(repr=False)
+    n_records: int
+    n_copies: int
+    manifest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRow:
+    """A tombstone: this (pid, generation) was erased, and whether its rows are purged yet."""
+
+    pid: str
+    generation: int
+    erased_at: str
+    n_records: int
+    n_copies: int
+    digest: bytes
+    purged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One stored record version as it sits in the database."""
+
+    rid: str
+    version: int
+    pid: str
+    generation: int
+    resource_type: str
+    custodian: str
+    is_copy: bool
+    nonce: bytes
+    ciphertext: bytes = field(repr=False)
+    salt_ct: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RidState:
+    """Owner, key generation and latest version of a rid, for put's checks."""
+
+    pid: str
+    generation: int
+    max_version: int

@@ -1,0 +1,350 @@
+"""SQLite backend: one file under the hospital's home, WAL, secure_delete.
+
+All of this backend's SQL is in this module. `PRAGMA secure_delete=ON` makes
+SQLite overwrite deleted rows and freed pages with zeros, so a purged
+ciphertext or a destroyed key row leaves no bytes behind in the database file;
+the WAL, which still holds older page images, is truncated by compact().
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from medledger.vault.backend import SCHEMA_VERSION
+from medledger.vault.errors import VaultConfigError
+from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS patient_keys (
+    pid        TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    wrapped    BLOB NOT NULL,
+    n_records  INTEGER NOT NULL,
+    n_copies   INTEGER NOT NULL,
+    manifest   BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS erasures (
+    pid        TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    erased_at  TEXT NOT NULL,
+    n_records  INTEGER NOT NULL,
+    n_copies   INTEGER NOT NULL,
+    digest     BLOB NOT NULL,
+    purged     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pid, generation)
+) STRICT;
+CREATE INDEX IF NOT EXISTS erasures_pending ON erasures (pid, generation) WHERE purged = 0;
+CREATE TABLE IF NOT EXISTS records (
+    rid           TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    pid           TEXT NOT NULL,
+    generation    INTEGER NOT NULL,
+    resource_type TEXT NOT NULL,
+    custodian     TEXT NOT NULL,
+    is_copy       INTEGER NOT NULL,
+    nonce         BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    salt_ct       BLOB,
+    PRIMARY KEY (rid, version)
+) STRICT;
+CREATE INDEX IF NOT EXISTS records_by_patient ON records (pid, generation, is_copy);
+CREATE TABLE IF NOT EXISTS shredded_rids (
+    rid TEXT PRIMARY KEY,
+    pid TEXT NOT NULL
+) STRICT;
+"""
+
+_RECORD_COLS = (
+    "r.rid, r.version, r.pid, r.generation, r.resource_type, r.custodian, r.is_copy, "
+    "r.nonce, r.ciphertext, r.salt_ct"
+)
+_KEY_COLS = "pid, generation, wrapped, n_records, n_copies, manifest"
+
+_SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+
+def _key_row(row: tuple[Any, ...] | None) -> KeyRow | None:
+    if row is None:
+        return None
+    return KeyRow(
+        pid=row[0],
+        generation=int(row[1]),
+        wrapped=bytes(row[2]),
+        n_records=int(row[3]),
+        n_copies=int(row[4]),
+        manifest=bytes(row[5]),
+    )
+
+
+class SQLiteBackend:
+    """Vault rows in one SQLite file (WAL mode, secure_delete, foreign processes welcome).
+
+    One connection, used under a lock by the Vault; writes take the write lock
+    at BEGIN (BEGIN IMMEDIATE) so two processes never deadlock on a lock upgrade.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
+        sync = synchronous.upper()
+        if sync not in _SYNCHRONOUS:
+            raise VaultConfigError(f"sqlite synchronous must be one of {sorted(_SYNCHRONOUS)}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Create the file 0600 before SQLite does: its -wal and -shm files copy this mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1e3
+        )
+        self._depth = 0
+        self._lock = threading.RLock()
+        c = self._conn
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA secure_delete=ON")
+        c.execute(f"PRAGMA synchronous={sync}")
+        c.execute("PRAGMA foreign_keys=ON")
+        c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if c.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+            raise VaultConfigError("this SQLite build refuses secure_delete; refusing to run")
+        with self.transaction():
+            for statement in _split(_SCHEMA):
+                c.execute(statement)
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION).encode(),),
+            )
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Outermost level: BEGIN IMMEDIATE ... COMMIT; nested levels: savepoints."""
+        with self._lock:
+            depth = self._depth
+            name = f"sp{depth}"
+            self._conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {name}")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if depth == 0:
+                    self._conn.execute("ROLLBACK")
+                else:
+                    self._conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    self._conn.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            self._depth -= 1
+            self._conn.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL on the last close)."""
+        self._conn.close()
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta_if_absent(self, key: str, value: bytes) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ---------------------------------------------------------------- keys
+
+    def lock_key(self, pid: str) -> KeyRow | None:
+        # The write lock taken by BEGIN IMMEDIATE already serialises writers.
+        return self.read_key(pid)
+
+    def read_key(self, pid: str) -> KeyRow | None:
+        return _key_row(
+            self._conn.execute(
+                f"SELECT {_KEY_COLS} FROM patient_keys WHERE pid = ?", (pid,)
+            ).fetchone()
+        )
+
+    def insert_key(self, row: KeyRow) -> bool:
+        cur = self._conn.execute(
+            f"INSERT OR IGNORE INTO patient_keys ({_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (row.pid, row.generation, row.wrapped, row.n_records, row.n_copies, row.manifest),
+        )
+        return cur.rowcount == 1
+
+    def update_key_counters(
+        self, pid: str, generation: int, n_records: int, n_copies: int, manifest: bytes
+    ) -> None:
+        self._conn.execute(
+            "UPDATE patient_keys SET n_records = ?, n_copies = ?, manifest = ? "
+            "WHERE pid = ? AND generation = ?",
+            (n_records, n_copies, manifest, pid, generation),
+        )
+
+    def delete_key(self, pid: str, generation: int) -> bool:
+        cur = self._conn.execute(
+            "DELETE FROM patient_keys WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------ erasures
+
+    def latest_erasure(self, pid: str) -> ErasureRow | None:
+        row = self._conn.execute(
+            "SELECT pid, generation, erased_at, n_records, n_copies, digest, purged "
+            "FROM erasures WHERE pid = ? ORDER BY generation DESC LIMIT 1",
+            (pid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ErasureRow(
+            pid=row[0],
+            generation=row[1],
+            erased_at=row[2],
+            n_records=row[3],
+            n_copies=row[4],
+            digest=bytes(row[5]),
+            purged=bool(row[6]),
+        )
+
+    def insert_erasure(self, row: ErasureRow) -> None:
+        self._conn.execute(
+            "INSERT INTO erasures (pid, generation, erased_at, n_records, n_copies, digest, "
+            "purged) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.pid,
+                row.generation,
+                row.erased_at,
+                row.n_records,
+                row.n_copies,
+                row.digest,
+                int(row.purged),
+            ),
+        )
+
+    # ------------------------------------------------------------- records
+
+    def rid_state(self, rid: str) -> RidState | None:
+        row = self._conn.execute(
+            "SELECT pid, generation, version FROM records WHERE rid = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (rid,),
+        ).fetchone()
+        return None if row is None else RidState(pid=row[0], generation=row[1], max_version=row[2])
+
+    def shredded_owner(self, rid: str) -> str | None:
+        row = self._conn.execute("SELECT pid FROM shredded_rids WHERE rid = ?", (rid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def insert_record(self, row: RecordRow) -> bool:
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO records (rid, version, pid, generation, resource_type, "
+            "custodian, is_copy, nonce, ciphertext, salt_ct) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.rid,
+                row.version,
+                row.pid,
+                row.generation,
+                row.resource_type,
+                row.custodian,
+                int(row.is_copy),
+                row.nonce,
+                row.ciphertext,
+                row.salt_ct,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def fetch_record(self, rid: str, version: int | None) -> tuple[RecordRow, bytes | None] | None:
+        base = (
+            f"SELECT {_RECORD_COLS}, k.wrapped FROM records r LEFT JOIN patient_keys k "
+            "ON k.pid = r.pid AND k.generation = r.generation WHERE r.rid = ?"
+        )
+        if version is None:
+            row = self._conn.execute(base + " ORDER BY r.version DESC LIMIT 1", (rid,)).fetchone()
+        else:
+            row = self._conn.execute(base + " AND r.version = ?", (rid, version)).fetchone()
+        if row is None:
+            return None
+        record = RecordRow(
+            rid=row[0],
+            version=row[1],
+            pid=row[2],
+            generation=row[3],
+            resource_type=row[4],
+            custodian=row[5],
+            is_copy=bool(row[6]),
+            nonce=bytes(row[7]),
+            ciphertext=bytes(row[8]),
+            salt_ct=None if row[9] is None else bytes(row[9]),
+        )
+        return record, None if row[10] is None else bytes(row[10])
+
+    def versions(self, rid: str) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def list_records(self, pid: str, generation: int, include_copies: bool) -> list[RecordInfo]:
+        sql = (
+            "SELECT pid, rid, version, resource_type, custodian, is_copy FROM records "
+            "WHERE pid = ? AND generation = ?"
+        )
+        if not include_copies:
+            sql += " AND is_copy = 0"
+        rows = self._conn.execute(sql + " ORDER BY rid, version", (pid, generation)).fetchall()
+        return [
+            RecordInfo(
+                pid=r[0],
+                rid=r[1],
+                version=r[2],
+                resource_type=r[3],
+                custodian=r[4],
+                is_copy=bool(r[5]),
+            )
+            for r in rows
+        ]
+
+    def patients(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT pid FROM patient_keys ORDER BY pid")]
+
+    # --------------------------------------------------------------- purge
+
+    def pending_erasures(self) -> list[tuple[str, int]]:
+        rows = self._conn.execute(
+            "SELECT pid, generation FROM erasures WHERE purged = 0 ORDER BY pid, generation"
+        ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def purge(self, pid: str, generation: int) -> int:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO shredded_rids (rid, pid) "
+            "SELECT DISTINCT rid, pid FROM records WHERE pid = ? AND generation = ?",
+            (pid, generation),
+        )
+        cur = self._conn.execute(
+            "DELETE FROM records WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        self._conn.execute(
+            "UPDATE erasures SET purged = 1 WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        return int(cur.rowcount)
+
+    def compact(self) -> bool:
+        with self._lock:
+            busy, _log, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return int(busy) == 0
+
+
+def _split(script: str) -> list[str]:
+    """Split the schema script into statements (executescript would COMMIT our transaction)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
