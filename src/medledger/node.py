@@ -33,6 +33,7 @@ class Node:
         self.org_key = config.org_key()
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
+        self._owner = True  # siblings share the engine and leave closing it to the owner
 
     @classmethod
     def open(cls, home: Path, *, serve: bool = False, **engine_options: Any) -> Node:
@@ -71,6 +72,15 @@ class Node:
         node._lock_fd = fd
         return node
 
+    def sibling(self, home: Path) -> Node:
+        """Another hospital of the same sandbox, sharing this process's ledger and engine."""
+        config = load_config(home)
+        if config.consortium_dir != self.config.consortium_dir:
+            raise ConfigError(f"{home}: not a hospital of the same consortium")
+        node = Node(config, self.app, self.engine)
+        node._owner = False
+        return node
+
     def practitioner_wallet(self, practitioner: str) -> Wallet:
         path = self.config.practitioner_key_path(practitioner)
         if not path.exists():
@@ -78,6 +88,8 @@ class Node:
         return Wallet(SigningKey.from_file(path), self.config.chain_id, self.engine)
 
     def close(self) -> None:
+        if not self._owner:
+            return
         self.engine.close()
         if self.app is not None:
             self.app.close()
