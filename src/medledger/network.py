@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.ledger.genesis import Genesis, GenesisMember
-from medledger.ledger.keys import SigningKey
+from medledger.ledger.keys import SigningKey, write_secret
 
 HOSPITAL_NAMES = [
     ("chu-lyon", "CHU de Lyon"),
@@ -69,6 +69,41 @@ class HospitalConfig:
 
     def genesis(self) -> Genesis:
         return Genesis.load(self.genesis_path)
+
+    def pseudonym_key(self) -> bytes:
+        """The consortium's pseudonymisation key: the same pid for a patient in every hospital."""
+        return read_secret(self.home / "keys" / "pseudonym.key")
+
+    def box_key(self) -> bytes:
+        """This hospital's X25519 private key, to open metadata keys sealed to it."""
+        return read_secret(self.home / "keys" / "box.key")
+
+    def vault_config(self):  # type: ignore[no-untyped-def]
+        from medledger.vault import VaultConfig
+
+        vault = self.raw.get("vault", {})
+        backend = vault.get("backend", "sqlite")
+        return VaultConfig(
+            hospital_id=self.org,
+            backend=backend,
+            path=self.home / vault.get("path", "vault.db") if backend == "sqlite" else None,
+            dsn=vault.get("dsn") or os.environ.get("MEDLEDGER_VAULT_DSN"),
+            kek_path=self.home / "keys" / "vault.kek",
+        )
+
+
+def read_secret(path: Path) -> bytes:
+    """A 32-byte secret stored hex in a 0600 file; refuses looser modes."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{path}: secret file must not be readable by others (mode {mode:o})")
+    try:
+        data = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise ConfigError(f"{path}: not a hex secret") from None
+    if len(data) != 32:
+        raise ConfigError(f"{path}: expected 32 bytes")
+    return data
 
 
 def load_config(home: Path) -> HospitalConfig:
@@ -147,12 +182,17 @@ def create_consortium(
         raise ConfigError(f"{directory}: a consortium already exists here")
     directory.mkdir(parents=True, exist_ok=True)
 
+    from nacl.public import PrivateKey
+
     from medledger.contracts import default_versions
+    from medledger.vault import create_kek_file
 
     orgs = hospital_ids(hospitals)
     homes: list[Path] = []
     members: list[GenesisMember] = []
     keys: dict[str, SigningKey] = {}
+    box_keys: dict[str, bytes] = {}
+    pseudonym_key = os.urandom(32)
     for org, _name in orgs:
         home = directory / "hospitals" / org
         (home / "keys").mkdir(parents=True, exist_ok=True)
@@ -160,6 +200,11 @@ def create_consortium(
         key = SigningKey.generate()
         key.save(home / "keys" / "org.key")
         keys[org] = key
+        box = PrivateKey.generate()
+        write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
+        box_keys[org] = bytes(box.public_key)
+        write_secret(home / "keys" / "pseudonym.key", pseudonym_key.hex() + "\n")
+        create_kek_file(home / "keys" / "vault.kek")
         homes.append(home)
 
     validator_keys: dict[str, bytes] = {}
@@ -186,6 +231,7 @@ def create_consortium(
                 key=keys[org].public_key,
                 validator_key=vkey,
                 power=10 if vkey else 0,
+                box_key=box_keys[org],
             )
         )
     genesis = Genesis(
@@ -219,6 +265,7 @@ def create_consortium(
                 "engine": engine,
                 "consortium_dir": "../..",
                 "block_time_ms": block_time_ms,
+                "vault": {"backend": "sqlite", "path": "vault.db"},
             }
         )
         save_config(home, existing)

@@ -1,0 +1,68 @@
+"""`medledger records`: the shared index as this hospital can read it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medledger.cli._common import HomeOption, console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    records = typer.Typer(help="Read the shared records index.", no_args_is_help=True)
+    app.add_typer(records, name="records")
+
+    @records.command("list")
+    def list_(
+        home: HomeOption,
+        patient: Annotated[str, typer.Option(help="The patient's INS (or pid).")],
+    ) -> None:
+        """A patient's index entries on the chain, with the metadata this hospital can open."""
+        from medledger.indexing import MetadataError, open_meta
+        from medledger.node import Node
+        from medledger.patients import resolve_pid
+        from medledger.vault import Vault
+        from medledger.vault.errors import VaultError
+
+        with (
+            user_errors(),
+            Node.open(home) as node,
+            Vault.open(node.config.vault_config()) as vault,
+        ):
+            pid = resolve_pid(
+                node.config.pseudonym_key(),
+                patient,
+                set(vault.patients()).__contains__,
+                lambda p: bool(node.engine.query("records/of_patient", {"pid": p})),
+            )
+            entries = node.engine.query("records/of_patient", {"pid": pid})
+            try:
+                key: bytes | None = vault.metadata_key(pid)
+            except VaultError:
+                key = None
+        table = Table("custodian", "rid", "v", "type", "category", "code", "date", "title")
+        for e in entries:
+            meta: dict[str, str] = {}
+            if e["shredded"]:
+                meta = {"title": "[red]erased (crypto-shredded)[/]"}
+            elif key is not None and e["custodian"] == node.config.org:
+                try:
+                    meta = open_meta(key, e["rid"], e["version"], e["meta_ct"])
+                except MetadataError:
+                    meta = {"title": "[red]metadata does not open[/]"}
+            else:
+                meta = {"title": "[dim]sealed (no metadata key for this custodian)[/]"}
+            table.add_row(
+                e["custodian"],
+                e["rid"][:13],
+                str(e["version"]),
+                meta.get("type", ""),
+                meta.get("category", ""),
+                meta.get("code", ""),
+                meta.get("date", ""),
+                meta.get("title", ""),
+            )
+        console.print(f"patient {pid[:16]}…: {len(entries)} entries")
+        console.print(table)

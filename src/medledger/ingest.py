@@ -1,0 +1,237 @@
+"""Ingestion: FHIR or HL7 v2 files into a hospital's vault and onto the shared index.
+
+For each input unit (a file; NDJSON in chunks), all or nothing: the resources are validated,
+pseudonymised to their patient's pid, encrypted into the vault inside one vault transaction,
+and their index entries (commitment + sealed metadata) are registered on the chain in one tx.
+The vault transaction commits only once that tx is committed; if the chain refuses it, the
+vault rolls back and nothing of the unit remains anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medledger.indexing import commitment, seal_meta
+from medledger.interop.errors import InputError
+from medledger.node import Node
+from medledger.vault import Vault
+from medledger.wallet import TxRejected
+
+CHUNK = 1000  # resources per chain tx for NDJSON bulk files (a Bundle is never split)
+_HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7")
+
+
+@dataclass
+class Rejection:
+    source: str
+    where: str
+    reason: str
+
+
+@dataclass
+class UnitResult:
+    source: str
+    accepted: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    rids: list[str] = field(default_factory=list)
+    pids: set[str] = field(default_factory=set)
+
+
+class Ingestor:
+    """Ingests files for one hospital: its node (to reach the chain) and its vault."""
+
+    def __init__(self, node: Node, vault: Vault) -> None:
+        self.node = node
+        self.vault = vault
+        self.org = node.config.org
+        self.pseudonym_key = node.config.pseudonym_key()
+
+    # -- entry points ----------------------------------------------------------------------
+    def ingest_path(self, path: Path) -> UnitResult:
+        source = path.name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return UnitResult(source, rejections=[Rejection(source, "", f"cannot read: {exc}")])
+        return self.ingest_bytes(data, source)
+
+    def ingest_bytes(self, data: bytes, source: str) -> UnitResult:
+        from medledger.interop.fhir import parse_fhir
+        from medledger.interop.hl7v2 import parse_hl7v2
+
+        result = UnitResult(source)
+        try:
+            if source.lower().endswith(_HL7_SUFFIXES) or data.lstrip().startswith(b"MSH"):
+                parsed = parse_hl7v2(data, source, resolve=self._resolve)
+            else:
+                parsed = parse_fhir(data, source, resolve=self._resolve)
+        except InputError as exc:
+            result.rejections = [
+                Rejection(source, p.location().removeprefix(source).lstrip(", "), p.message)
+                for p in exc.problems
+            ]
+            return result
+        bundle_like = not source.lower().endswith((".ndjson", ".jsonl"))
+        chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
+        for chunk in chunks:
+            try:
+                self._store_unit(chunk, source, result)
+            except InputError as exc:
+                where = exc.location().removeprefix(source).lstrip(", ")
+                result.rejections.append(Rejection(source, where, exc.message))
+            except TxRejected as exc:
+                result.rejections.append(Rejection(source, "", f"refused by the ledger: {exc}"))
+        return result
+
+    # -- internals ---------------------------------------------------------------------------
+    def _resolve(self, reference: str) -> str | None:
+        """A reference to a resource stored earlier at this hospital (e.g. `Patient/<rid>`)."""
+        from medledger.vault.errors import RecordNotFound
+
+        kind, _, rid = reference.partition("/")
+        if not rid or "/" in rid:
+            return None
+        try:
+            info = self.vault.info(rid)
+        except RecordNotFound:
+            return None
+        return f"{kind}/{rid}" if info.resource_type == kind else None
+
+    def _patient_pids(self, parsed: list[Any], source: str) -> dict[str, str]:
+        """rid of each Patient (in this unit or stored before) -> pid."""
+        from medledger.interop.pseudonym import NoPatientIdentifier, patient_pid
+        from medledger.vault.errors import RecordNotFound
+
+        pids: dict[str, str] = {}
+        for item in parsed:
+            if item.resource_type == "Patient":
+                try:
+                    pids[item.id] = patient_pid(self.pseudonym_key, item.resource)
+                except (NoPatientIdentifier, ValueError) as exc:
+                    raise InputError(
+                        source, item.entry_index, "identifier", str(exc), resource_type="Patient"
+                    ) from None
+        for item in parsed:
+            ref = item.patient_ref
+            if ref and ref not in pids:
+                with contextlib.suppress(RecordNotFound):
+                    pids[ref] = self.vault.info(ref).pid
+        return pids
+
+    def _existing_patient(self, pid: str) -> str | None:
+        for info in self.vault.records_of(pid, include_copies=False):
+            if info.resource_type == "Patient":
+                return info.rid
+        return None
+
+    def _store_unit(self, parsed: list[Any], source: str, result: UnitResult) -> None:
+        from medledger.interop.metadata import extract_metadata
+
+        pids = self._patient_pids(parsed, source)
+        items, replaced = self._honour_conditional_patients(parsed, pids)
+        entries: list[dict[str, Any]] = []
+        unit_rids: list[str] = []
+        unit_pids: set[str] = set()
+        amendments: list[tuple[str, int, bytes, bytes]] = []
+        with self.vault.batch():
+            for item in items:
+                pid = pids.get(item.patient_ref or "")
+                if pid is None:
+                    raise InputError(
+                        source,
+                        item.entry_index,
+                        "subject",
+                        "the resource belongs to no known patient (no Patient in this input "
+                        "and none stored before)",
+                        resource_type=item.resource_type,
+                    )
+                data = item.json_bytes
+                for old, new in replaced.items():
+                    data = data.replace(f"Patient/{old}".encode(), f"Patient/{new}".encode())
+                rid, version = item.id, 1
+                if item.request_method == "PUT" and item.resource_type == "Patient":
+                    existing = self._existing_patient(pid)
+                    if existing is not None:
+                        rid = existing
+                        version = max(self.vault.versions(rid)) + 1
+                        data = _with_id(data, rid)
+                stored = self.vault.put(
+                    pid, rid, version, data, resource_type=item.resource_type, custodian=self.org
+                )
+                meta = extract_metadata(orjson.loads(data))
+                sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta)
+                digest = commitment(stored.salt, data)
+                if version == 1:
+                    entries.append(
+                        {"rid": rid, "pid": pid, "commitment": digest, "meta_ct": sealed}
+                    )
+                else:
+                    amendments.append((rid, version, digest, sealed))
+                unit_rids.append(rid)
+                unit_pids.add(pid)
+            # The chain decides; an exception here rolls the vault batch back.
+            if entries:
+                self.node.wallet.send("records.register", {"entries": entries})
+            for rid, _version, digest, sealed in amendments:
+                self.node.wallet.send(
+                    "records.amend", {"rid": rid, "commitment": digest, "meta_ct": sealed}
+                )
+        result.accepted += len(items)
+        result.rids += unit_rids
+        result.pids |= unit_pids
+
+    def _honour_conditional_patients(
+        self, parsed: list[Any], pids: dict[str, str]
+    ) -> tuple[list[Any], dict[str, str]]:
+        """A conditional create (HL7 A01/A04/R01) of a patient we already hold reuses it."""
+        keep: list[Any] = []
+        replaced: dict[str, str] = {}
+        for item in parsed:
+            if item.resource_type == "Patient" and item.if_none_exist:
+                existing = self._existing_patient(pids[item.id])
+                if existing is not None:
+                    replaced[item.id] = existing
+                    pids[existing] = pids[item.id]
+                    continue
+            keep.append(item)
+        keep = [
+            dataclasses.replace(item, patient_ref=replaced[item.patient_ref])
+            if item.patient_ref in replaced
+            else item
+            for item in keep
+        ]
+        return keep, replaced
+
+
+def _with_id(data: bytes, rid: str) -> bytes:
+    resource = orjson.loads(data)
+    resource["id"] = rid
+    return orjson.dumps(resource)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def ingest_files(
+    node: Node,
+    vault: Vault,
+    paths: list[Path],
+    on_progress: Callable[[UnitResult], None] | None = None,
+) -> list[UnitResult]:
+    ingestor = Ingestor(node, vault)
+    results = []
+    for path in paths:
+        result = ingestor.ingest_path(path)
+        results.append(result)
+        if on_progress is not None:
+            on_progress(result)
+    return results

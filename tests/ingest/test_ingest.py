@@ -1,0 +1,165 @@
+"""Ingestion end to end: files into the vault and onto the chain, all or nothing; erasure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from medledger.indexing import check_commitment, open_meta
+from medledger.ingest import Ingestor
+from medledger.interop.synth import generate
+from medledger.node import Node
+from medledger.vault import Vault
+from medledger.vault.errors import PatientErased
+
+
+@pytest.fixture
+def hospital(consortium: list[Path]):  # type: ignore[no-untyped-def]
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        yield node, vault, Ingestor(node, vault)
+
+
+def _bundles(org: str) -> list[dict]:  # type: ignore[type-arg]
+    return generate(4, [org, "aphp-paris"], seed=3)[org]
+
+
+def test_a_bundle_round_trips_and_its_index_entries_open_for_the_custodian(hospital) -> None:  # type: ignore[no-untyped-def]
+    node, vault, ingestor = hospital
+    bundle = _bundles("chu-lyon")[0]
+    result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
+    assert result.rejections == []
+    assert result.accepted == len(bundle["entry"])
+    (pid,) = result.pids
+    entries = node.engine.query("records/of_patient", {"pid": pid})
+    assert sorted(e["rid"] for e in entries) == sorted(result.rids)
+    key = vault.metadata_key(pid)
+    for entry in entries:
+        stored = vault.get(entry["rid"])
+        # The custodian can prove the stored bytes are what the chain committed to.
+        assert check_commitment(vault.salt(pid, entry["rid"], 1), stored, entry["commitment"])
+        meta = open_meta(key, entry["rid"], 1, entry["meta_ct"])
+        resource = json.loads(stored)
+        assert meta["type"] == resource["resourceType"]
+        assert entry["custodian"] == "chu-lyon"
+    # Semantically equal to what was sent, except for the ids the vault assigned.
+    originals = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert {json.loads(vault.get(r))["resourceType"] for r in result.rids} == originals
+
+
+def test_no_identifier_or_clinical_value_reaches_the_chain(hospital) -> None:  # type: ignore[no-untyped-def]
+    node, vault, ingestor = hospital
+    bundle = _bundles("chu-lyon")[0]
+    patient = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    secrets = [
+        patient["identifier"][0]["value"],
+        patient["name"][0]["family"],
+        patient["birthDate"],
+    ]
+    ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
+    db = node.config.ledger_db
+    raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    for value in secrets:
+        assert value.encode() not in raw, value
+
+
+def test_a_bundle_is_all_or_nothing_in_the_vault_and_on_the_chain(hospital) -> None:  # type: ignore[no-untyped-def]
+    node, vault, ingestor = hospital
+    bundle = _bundles("chu-lyon")[0]
+    bundle["entry"][-1]["resource"]["status"] = 12  # wrong type in the last entry
+    result = ingestor.ingest_bytes(orjson.dumps(bundle), "bad.json")
+    assert result.accepted == 0
+    assert len(result.rejections) >= 1
+    assert "status" in result.rejections[0].where
+    assert vault.patients() == []
+    assert node.engine.height() == 0
+
+
+def test_a_chain_refusal_rolls_the_vault_back(hospital, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    node, vault, ingestor = hospital
+    from medledger.wallet import TxRejected
+
+    def refuse(kind, body, **kw):  # type: ignore[no-untyped-def]
+        raise TxRejected(kind, 9, "refused for the test", "check")
+
+    monkeypatch.setattr(node.wallet, "send", refuse)
+    result = ingestor.ingest_bytes(orjson.dumps(_bundles("chu-lyon")[0]), "p.json")
+    assert result.accepted == 0
+    assert "refused by the ledger" in result.rejections[0].reason
+    assert vault.patients() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("broken.json", b'{"resourceType": "Patient", "birthDate": 12', "broken JSON"),
+        (
+            "ref.json",
+            orjson.dumps(
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": "Patient/nobody"},
+                }
+            ),
+            "does not match",
+        ),
+        ("unknown.json", orjson.dumps({"resourceType": "Patient", "colour": "blue"}), "colour"),
+        ("noid.json", orjson.dumps({"resourceType": "Patient", "gender": "female"}), "identifier"),
+        (
+            "adt.hl7",
+            b"MSH|^~\\&|A|B|C|D|202401011200||ADT^A01|1|P|2.5\rEVN|A01|202401011200\r",
+            "PID",
+        ),
+    ],
+)
+def test_bad_inputs_are_rejected_naming_file_and_field(
+    hospital, name: str, content: bytes, words: str
+) -> None:  # type: ignore[no-untyped-def]
+    _, vault, ingestor = hospital
+    result = ingestor.ingest_bytes(content, name)
+    assert result.accepted == 0
+    text = " ".join(f"{r.where} {r.reason}" for r in result.rejections)
+    assert words in text, text
+    assert all(r.source == name for r in result.rejections)
+    assert vault.patients() == []
+
+
+def test_erasure_leaves_nothing_readable(hospital, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from medledger.cli import app
+
+    node, vault, ingestor = hospital
+    bundle = _bundles("chu-lyon")[0]
+    patient = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    ins = patient["identifier"][0]["value"]
+    family = patient["name"][0]["family"]
+    result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
+    (pid,) = result.pids
+    home = node.config.home
+    vault_path = node.config.vault_config().path
+    node.close()
+    vault.close()
+
+    out = CliRunner().invoke(app, ["erase", "-H", str(home), "--patient", ins])
+    assert out.exit_code == 0, out.output
+    assert "attested on the chain" in out.output
+
+    raw = b"".join(p.read_bytes() for p in vault_path.parent.glob(vault_path.name + "*"))
+    assert family.encode() not in raw
+    with Node.open(home) as again, Vault.open(again.config.vault_config()) as v2:
+        with pytest.raises(PatientErased):
+            v2.get(result.rids[0])
+        with pytest.raises(PatientErased):  # so no remaining chain entry can be opened
+            v2.metadata_key(pid)
+        assert again.engine.query("records/shredded", {"holder": "chu-lyon", "pid": pid})
+        entries = again.engine.query("records/of_patient", {"pid": pid})
+        assert entries and all(e["shredded"] for e in entries)
