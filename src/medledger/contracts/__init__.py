@@ -10,9 +10,9 @@ from medledger.ledger.contract import Contract, Registry
 
 
 def all_contracts() -> list[Contract]:
-    from medledger.contracts import governance, identity, records
+    from medledger.contracts import access, governance, identity, records
 
-    return [*governance.CONTRACTS, *identity.CONTRACTS, *records.CONTRACTS]
+    return [*governance.CONTRACTS, *identity.CONTRACTS, *records.CONTRACTS, *access.CONTRACTS]
 
 
 def default_versions() -> dict[str, int]:

@@ -1,0 +1,79 @@
+"""Ingest rate: FHIR resources per second, validated, encrypted, stored and registered on the
+chain through the solo engine; and erasure time for a patient with few and many records.
+
+    medledger bench ingest [--set patients=40]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medledger.ingest import Ingestor
+from medledger.interop.synth import generate
+from medledger.network import create_consortium
+from medledger.node import Node
+from medledger.vault import Vault
+
+
+def run(patients: int = 40, erase_small: int = 10, erase_large: int = 10_000) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
+        org = "chu-lyon"
+        bundles = generate(patients, [org, "aphp-paris", "chu-bordeaux"], seed=11)[org]
+        payloads = [orjson.dumps(b) for b in bundles]
+        resources = sum(len(b["entry"]) for b in bundles)
+        with Node.open(homes[0]) as node, Vault.open(node.config.vault_config()) as vault:
+            ingestor = Ingestor(node, vault)
+            start = time.perf_counter()
+            for i, data in enumerate(payloads):
+                result = ingestor.ingest_bytes(data, f"bundle-{i}.json")
+                if result.rejections:
+                    raise RuntimeError(result.rejections[0])
+            elapsed = time.perf_counter() - start
+            small, large = _erase_times(vault, erase_small, erase_large)
+    return {
+        "bundles": len(payloads),
+        "resources": resources,
+        "seconds": round(elapsed, 3),
+        "resources_per_s": round(resources / elapsed),
+        f"erase_ms_{erase_small}_records": small,
+        f"erase_ms_{erase_large}_records": large,
+    }
+
+
+def _erase_times(vault: Vault, small: int, large: int, runs: int = 5) -> tuple[float, float]:
+    """Median erase() time for patients holding `small` and `large` records (vault only)."""
+    import hashlib
+
+    doc = orjson.dumps({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+    medians = []
+    for label, n in enumerate((small, large)):
+        times = []
+        for r in range(runs):
+            pid = hashlib.sha256(f"bench-{label}-{n}-{r}".encode()).hexdigest()
+            with vault.batch():
+                for i in range(n):
+                    vault.put(
+                        pid,
+                        f"b{label}-{n}-{r}-{i}",
+                        1,
+                        doc,
+                        resource_type="Observation",
+                        custodian=vault.hospital_id,
+                    )
+            t = time.perf_counter()
+            vault.erase(pid)
+            times.append((time.perf_counter() - t) * 1000)
+        vault.purge_pending()
+        medians.append(round(statistics.median(times), 3))
+    return medians[0], medians[1]
+
+
+if __name__ == "__main__":
+    print(run())
