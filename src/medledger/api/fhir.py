@@ -1,0 +1,361 @@
+"""The FHIR R4 facade: metadata, create, read, search by patient, $everything, AuditEvent.
+
+Resources are served as the vault holds them (the bytes received); Bundles are assembled by
+concatenating those bytes, never re-serialised through models. Every access, allowed or not,
+is written on the chain before (remote) or as (local) the data is served.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from medledger.api.audit import to_audit_event
+from medledger.api.auth import authenticated, require
+from medledger.api.outcomes import FhirError, fhir_response
+from medledger.api.services import HospitalServices
+from medledger.api.tokens import Claims
+
+_PID = re.compile(r"^[0-9a-f]{64}$")
+PATIENT_COMPARTMENT = (
+    "AllergyIntolerance",
+    "Condition",
+    "Consent",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "ImagingStudy",
+    "Immunization",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Procedure",
+)
+SUPPORTED = ("Patient", *PATIENT_COMPARTMENT)
+
+
+def services(request: Request) -> HospitalServices:
+    svc: HospitalServices = request.app.state.services
+    return svc
+
+
+Svc = Annotated[HospitalServices, Depends(services)]
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    search = [
+        {"name": "patient", "type": "reference"},
+        {"name": "_count", "type": "number"},
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-28",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "software": {"name": "medledger", "version": "0.1.0"},
+        "implementation": {"description": "medledger hospital node", "url": base},
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ]
+                },
+                "interaction": [{"code": "transaction"}],
+                "resource": [
+                    {
+                        "type": t,
+                        "interaction": [
+                            {"code": "read"},
+                            {"code": "search-type"},
+                            {"code": "create"},
+                        ],
+                        "searchParam": search,
+                        **(
+                            {
+                                "operation": [
+                                    {
+                                        "name": "everything",
+                                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                                    }
+                                ]
+                            }
+                            if t == "Patient"
+                            else {}
+                        ),
+                    }
+                    for t in SUPPORTED
+                ]
+                + [
+                    {
+                        "type": "AuditEvent",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [{"name": "patient", "type": "reference"}],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _bundle(entries: list[tuple[str, bytes]], total: int, links: list[tuple[str, str]]) -> bytes:
+    """A searchset Bundle around stored resource bytes, without re-serialising them."""
+    head = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": [{"relation": r, "url": u} for r, u in links],
+        }
+    )
+    items = b",".join(
+        b'{"fullUrl":' + orjson.dumps(url) + b',"resource":' + raw + b',"search":{"mode":"match"}}'
+        for url, raw in entries
+    )
+    return head[:-1] + b',"entry":[' + items + b"]}"
+
+
+class LocalRecords:
+    """This hospital's latest record versions for a patient, in a stable order."""
+
+    def __init__(self, svc: HospitalServices) -> None:
+        self.svc = svc
+
+    def pid_of(self, patient: str) -> str:
+        from medledger.vault.errors import RecordNotFound
+
+        ref = patient.removeprefix("Patient/")
+        if _PID.match(ref):
+            return ref
+        try:
+            info = self.svc.vault.info(ref)
+        except RecordNotFound:
+            raise FhirError(404, "not-found", f"Patient/{ref} is not known here") from None
+        if info.resource_type != "Patient":
+            raise FhirError(404, "not-found", f"Patient/{ref} is not known here")
+        return info.pid
+
+    def latest(self, pid: str, types: tuple[str, ...] | None = None) -> list[Any]:
+        latest: dict[str, Any] = {}
+        for info in self.svc.vault.records_of(pid):
+            if types is not None and info.resource_type not in types:
+                continue
+            known = latest.get(info.rid)
+            if known is None or info.version > known.version:
+                latest[info.rid] = info
+        return sorted(latest.values(), key=lambda i: (i.resource_type, i.rid))
+
+
+def _meta_of(svc: HospitalServices, info: Any) -> dict[str, Any]:
+    return {"custodian": info.custodian, "type": info.resource_type, "rid": info.rid}
+
+
+def _page(request: Request, offset: int, count: int, total: int) -> list[tuple[str, str]]:
+    url = request.url
+    links = [("self", str(url))]
+    if offset + count < total:
+        links.append(("next", str(url.include_query_params(_offset=offset + count, _count=count))))
+    return links
+
+
+def make_router() -> APIRouter:
+    router = APIRouter(prefix="/fhir")
+
+    @router.get("/metadata")
+    def metadata(request: Request) -> Response:
+        return fhir_response(orjson.dumps(capability_statement(str(request.base_url) + "fhir")))
+
+    @router.get("/AuditEvent")
+    def audit_events(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        patient: str,
+        request: Request,
+        count: Annotated[int, Query(alias="_count", ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
+    ) -> Response:
+        require(claims, "AuditEvent", "search")
+        pid = LocalRecords(svc).pid_of(patient)
+        if claims.patient is not None and claims.patient != pid:
+            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
+        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        events = [orjson.dumps(to_audit_event(e, f"Patient/{patient}")) for e in trail]
+        page = events[offset : offset + count]
+        entries = [(f"{request.base_url}fhir/AuditEvent/{i}", raw) for i, raw in enumerate(page)]
+        return fhir_response(
+            _bundle(entries, len(events), _page(request, offset, count, len(events)))
+        )
+
+    @router.get("/Patient/{rid}/$everything")
+    def everything(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        rid: str,
+        request: Request,
+        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
+    ) -> Response:
+        require(claims, "Patient", "read")
+        records = LocalRecords(svc)
+        pid = records.pid_of(rid)
+        infos = records.latest(pid)
+        return _serve_search(svc, claims, request, pid, infos, offset, count, "export")
+
+    @router.get("/{resource_type}/{rid}")
+    def read(
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], resource_type: str, rid: str
+    ) -> Response:
+        from medledger.vault.errors import PatientErased, RecordNotFound
+
+        _supported(resource_type)
+        require(claims, resource_type, "read")
+        try:
+            info = svc.vault.info(rid)
+            if info.resource_type != resource_type:
+                raise RecordNotFound(rid)
+        except (RecordNotFound, PatientErased):
+            raise FhirError(404, "not-found", f"{resource_type}/{rid} is not known here") from None
+        decision = svc.decide(claims, info.pid, _meta_of(svc, info), "treatment")
+        svc.record_access(claims, info.pid, "read", "treatment", decision, [rid], wait=False)
+        if not decision.allowed:
+            raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+        return fhir_response(svc.vault.get(rid))
+
+    @router.get("/{resource_type}")
+    def search(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        request: Request,
+        patient: str | None = None,
+        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
+    ) -> Response:
+        _supported(resource_type)
+        require(claims, resource_type, "search")
+        if patient is None:
+            patient = claims.patient
+        if patient is None:
+            raise FhirError(400, "required", "search needs a patient parameter", "patient")
+        records = LocalRecords(svc)
+        pid = records.pid_of(patient)
+        infos = records.latest(pid, (resource_type,))
+        return _serve_search(svc, claims, request, pid, infos, offset, count, "search")
+
+    @router.post("/{resource_type}")
+    async def create(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        request: Request,
+    ) -> Response:
+        _supported(resource_type)
+        require(claims, resource_type, "create")
+        return await _ingest(svc, claims, request, f"{resource_type}.json")
+
+    @router.post("")
+    async def transaction(
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], request: Request
+    ) -> Response:
+        require(claims, "Bundle", "create")
+        return await _ingest(svc, claims, request, "transaction.json")
+
+    return router
+
+
+def _supported(resource_type: str) -> None:
+    if resource_type not in SUPPORTED:
+        raise FhirError(404, "not-supported", f"resource type {resource_type} is not served here")
+
+
+def _serve_search(
+    svc: HospitalServices,
+    claims: Claims,
+    request: Request,
+    pid: str,
+    infos: list[Any],
+    offset: int,
+    count: int,
+    action: str,
+) -> Response:
+    allowed = []
+    reasons = set()
+    for info in infos:
+        decision = svc.decide(claims, pid, _meta_of(svc, info), "treatment")
+        if decision.allowed:
+            allowed.append((info, decision))
+        else:
+            reasons.add(decision.reason)
+    page = allowed[offset : offset + count]
+    if infos and not allowed:
+        denial = next(iter(sorted(reasons)))
+        from medledger.api.services import Decision
+
+        svc.record_access(
+            claims, pid, action, "treatment", Decision(False, "", denial), [], wait=False
+        )
+        raise FhirError(403, "forbidden", f"access denied: {denial}")
+    if page:
+        basis = ",".join(sorted({d.basis for _, d in page}))
+        from medledger.api.services import Decision
+
+        svc.record_access(
+            claims,
+            pid,
+            action,
+            "treatment",
+            Decision(True, basis, ""),
+            [i.rid for i, _ in page],
+            wait=False,
+        )
+    base = str(request.base_url)
+    entries = [(f"{base}fhir/{i.resource_type}/{i.rid}", svc.vault.get(i.rid)) for i, _ in page]
+    return fhir_response(
+        _bundle(entries, len(allowed), _page(request, offset, count, len(allowed)))
+    )
+
+
+async def _ingest(svc: HospitalServices, claims: Claims, request: Request, source: str) -> Response:
+    import anyio
+
+    body = await request.body()
+    if claims.patient is not None:
+        raise FhirError(403, "forbidden", "patients cannot create records through this API")
+    result = await anyio.to_thread.run_sync(svc.ingestor.ingest_bytes, body, source)
+    if result.rejections:
+        first = result.rejections[0]
+        raise FhirError(422, "invalid", f"{first.where}: {first.reason}".strip(": "), first.where)
+    base = str(request.base_url)
+    entries = []
+    for rid in result.rids:
+        info = svc.vault.info(rid)
+        entries.append(
+            {
+                "response": {
+                    "status": "201 Created",
+                    "location": f"{base}fhir/{info.resource_type}/{rid}/_history/{info.version}",
+                }
+            }
+        )
+    if len(entries) == 1 and source != "transaction.json":
+        return fhir_response(
+            svc.vault.get(result.rids[0]), 201, {"Location": entries[0]["response"]["location"]}
+        )
+    return fhir_response(
+        orjson.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}),
+        200,
+    )

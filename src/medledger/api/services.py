@@ -1,0 +1,136 @@
+"""What the API needs from one hospital's node, gathered in one object.
+
+The API is a thin layer: it authenticates the caller, asks `decide` whether the access is
+allowed (the consortium's single `authorize`, through the ledger), records every access or
+denial on the chain, and serves the vault's bytes as they were received.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medledger.api.tokens import Claims
+from medledger.ingest import Ingestor
+from medledger.ledger.keys import SigningKey, write_secret
+from medledger.node import Node
+from medledger.vault import Vault
+
+
+def issuer_key(home: Path) -> SigningKey:
+    """The hospital's built-in token issuer key (made on first use, mode 0600)."""
+    path = home / "keys" / "issuer.key"
+    if not path.exists():
+        write_secret(path, SigningKey.generate().seed.hex() + "\n")
+    return SigningKey.from_file(path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    basis: str
+    reason: str
+
+
+@dataclass
+class HospitalServices:
+    node: Node
+    vault: Vault
+    base_url: str = "http://127.0.0.1"
+    trusted_issuers: dict[str, bytes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.ingestor = Ingestor(self.node, self.vault)
+        key = issuer_key(self.node.config.home)
+        self.trusted_issuers.setdefault(self.issuer_id, key.public_key)
+
+    @property
+    def org(self) -> str:
+        return self.node.config.org
+
+    @property
+    def issuer_id(self) -> str:
+        return f"urn:medledger:{self.org}:issuer"
+
+    @property
+    def audience(self) -> str:
+        return f"urn:medledger:{self.org}:fhir"
+
+    # -- who is asking ---------------------------------------------------------------
+    def actor_of(self, claims: Claims) -> str:
+        kind, _, ident = claims.subject.partition("/")
+        if kind == "Practitioner":
+            return f"practitioner:{self.org}/{ident}"
+        if kind == "Patient":
+            return f"patient:{claims.patient or ident}"
+        return f"org:{self.org}"
+
+    def practitioner_key(self, claims: Claims) -> bytes | None:
+        kind, _, ident = claims.subject.partition("/")
+        if kind != "Practitioner":
+            return None
+        path = self.node.config.practitioner_key_path(ident)
+        if not path.exists():
+            return None
+        return SigningKey.from_file(path).public_key
+
+    # -- deciding and recording ---------------------------------------------------------
+    def decide(self, claims: Claims, pid: str, meta: dict[str, Any], purpose: str) -> Decision:
+        """Patients may read their own data; everyone else goes through the ledger's authorize."""
+        if claims.patient is not None:
+            if claims.patient == pid:
+                return Decision(True, "patient", "")
+            return Decision(False, "", "a patient token only reaches its own patient")
+        if claims.subject.startswith("Practitioner/"):
+            key = self.practitioner_key(claims)
+            if key is None:
+                return Decision(False, "", f"{claims.subject} is not a practitioner of {self.org}")
+        else:
+            key = self.node.org_key.public_key
+        result = self.node.engine.query(
+            "authorize/check",
+            {
+                "actor": key,
+                "pid": pid,
+                "meta": meta,
+                "purpose": purpose,
+                "at_ms": int(time.time() * 1000),
+            },
+        )
+        return Decision(bool(result["allowed"]), str(result["basis"]), str(result["reason"]))
+
+    def record_access(
+        self,
+        claims: Claims,
+        pid: str,
+        action: str,
+        purpose: str,
+        decision: Decision,
+        rids: list[str],
+        *,
+        wait: bool,
+    ) -> None:
+        """Write the access (or denial) on the chain; `wait` until committed for remote reads."""
+        entry = {
+            "actor": self.actor_of(claims),
+            "actor_org": self.org,
+            "pid": pid,
+            "action": action,
+            "purpose": purpose,
+            "outcome": "granted" if decision.allowed else "denied",
+            "basis": decision.basis,
+            "reason": decision.reason,
+            "rids": rids[:200],
+        }
+        if wait:
+            self.node.wallet.send("access.log", {"entries": [entry]})
+        else:
+            submitted = self.node.wallet.submit("access.log", {"entries": [entry]})
+            if not submitted.accepted:
+                from medledger.wallet import TxRejected
+
+                raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")

@@ -1,0 +1,94 @@
+"""Bearer tokens: compact JWTs signed with EdDSA (Ed25519), and the built-in issuer.
+
+A hospital normally trusts its own identity provider; for demos and tests each hospital home
+has a built-in issuer key (`keys/issuer.key`), and `medledger token` mints tokens with it.
+Only what the API needs is implemented: EdDSA signatures, `exp`/`nbf`/`iat`, `iss` and `aud`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from medledger.ledger.keys import SigningKey, verify
+
+
+class TokenError(ValueError):
+    """The token is malformed, badly signed, expired or not for us; the message says which."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        raise TokenError("token is not base64url") from None
+
+
+def mint(key: SigningKey, claims: dict[str, Any], kid: str = "") -> str:
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+    signing_input = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}"
+    return f"{signing_input}.{_b64(key.sign(signing_input.encode()))}"
+
+
+@dataclass(frozen=True)
+class Claims:
+    subject: str  # "Practitioner/<id>", "Patient/<pid>" or "Device/<client>"
+    scopes: frozenset[str]
+    patient: str | None  # launch context: the pid a patient-level token is limited to
+    issuer: str
+    expires: int
+    raw: dict[str, Any]
+
+
+def verify_token(
+    token: str, keys: dict[str, bytes], audience: str, now: float | None = None
+) -> Claims:
+    """Check signature (key chosen by `iss`), time window and audience."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("token is not a compact JWT (header.payload.signature)")
+    try:
+        header = orjson.loads(_unb64(parts[0]))
+        claims = orjson.loads(_unb64(parts[1]))
+    except orjson.JSONDecodeError:
+        raise TokenError("token header or payload is not JSON") from None
+    if not isinstance(header, dict) or header.get("alg") != "EdDSA":
+        raise TokenError("token algorithm must be EdDSA")
+    if not isinstance(claims, dict):
+        raise TokenError("token payload must be a JSON object")
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or issuer not in keys:
+        raise TokenError("token issuer is not trusted here")
+    if not verify(keys[issuer], f"{parts[0]}.{parts[1]}".encode(), _unb64(parts[2])):
+        raise TokenError("token signature does not verify")
+    t = time.time() if now is None else now
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or exp < t:
+        raise TokenError("token expired")
+    nbf = claims.get("nbf", 0)
+    if isinstance(nbf, int) and nbf > t + 60:
+        raise TokenError("token not valid yet")
+    aud = claims.get("aud")
+    if aud != audience and not (isinstance(aud, list) and audience in aud):
+        raise TokenError("token audience is not this server")
+    sub = claims.get("sub")
+    scope = claims.get("scope", "")
+    if not isinstance(sub, str) or not isinstance(scope, str):
+        raise TokenError("token needs sub and scope")
+    patient = claims.get("patient")
+    return Claims(
+        subject=sub,
+        scopes=frozenset(scope.split()),
+        patient=patient if isinstance(patient, str) else None,
+        issuer=issuer,
+        expires=exp,
+        raw=claims,
+    )

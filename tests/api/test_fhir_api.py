@@ -1,0 +1,82 @@
+"""The FHIR facade as a client sees it: metadata, scopes, reads, searches, AuditEvents."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Api, eventually
+
+
+def test_metadata_and_smart_configuration_need_no_token(api: Api) -> None:
+    meta = api.client.get("/fhir/metadata")
+    assert meta.status_code == 200
+    assert meta.headers["content-type"].startswith("application/fhir+json")
+    body = meta.json()
+    assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
+    smart = api.client.get("/.well-known/smart-configuration").json()
+    assert "permission-v2" in smart["capabilities"]
+
+
+def test_no_token_or_a_forged_one_is_401_with_an_operation_outcome(api: Api) -> None:
+    r = api.client.get(f"/fhir/Patient/{api.patient_rid}")
+    assert r.status_code == 401 and r.json()["resourceType"] == "OperationOutcome"
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    forged = headers["Authorization"][:-4] + "AAAA"
+    r = api.client.get(f"/fhir/Patient/{api.patient_rid}", headers={"Authorization": forged})
+    assert r.status_code == 401 and "signature" in r.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "path", "status"),
+    [
+        ("patient/*.rs", "/fhir/Patient/{rid}", 200),
+        ("patient/*.read", "/fhir/Patient/{rid}", 200),
+        ("patient/Observation.rs", "/fhir/Patient/{rid}", 403),
+        ("patient/*.c", "/fhir/Patient/{rid}", 403),
+        ("patient/*.rs", "/fhir/Observation?patient={rid}", 200),
+        ("patient/Observation.s", "/fhir/Observation?patient={rid}", 200),
+        ("patient/Observation.r", "/fhir/Observation?patient={rid}", 403),
+        ("patient/*.rs", "/fhir/AuditEvent?patient={rid}", 200),
+        ("patient/Condition.rs", "/fhir/AuditEvent?patient={rid}", 403),
+    ],
+)
+def test_each_scope_against_each_endpoint(api: Api, scope: str, path: str, status: int) -> None:
+    headers = api.token(f"Patient/{api.pid}", scope, api.pid)
+    r = api.client.get(path.format(rid=api.patient_rid), headers=headers)
+    assert r.status_code == status, r.text
+    if status != 200:
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_patient_reads_their_records_and_sees_the_trail(api: Api) -> None:
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    r = api.client.get(f"/fhir/Observation?patient={api.patient_rid}&_count=5", headers=headers)
+    bundle = r.json()
+    assert bundle["type"] == "searchset" and len(bundle["entry"]) == 5
+    assert bundle["total"] > 5
+    seen = {e["resource"]["id"] for e in bundle["entry"]}
+    next_url = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    page2 = api.client.get(next_url.replace("http://testserver", ""), headers=headers).json()
+    assert not seen & {e["resource"]["id"] for e in page2["entry"]}
+    eventually(
+        lambda: len(api.services.node.engine.query("access/of_patient", {"pid": api.pid})) >= 2
+    )
+    trail = api.client.get(f"/fhir/AuditEvent?patient={api.patient_rid}", headers=headers).json()
+    events = [e["resource"] for e in trail["entry"]]
+    assert events and all(e["resourceType"] == "AuditEvent" for e in events)
+    assert events[0]["agent"][0]["who"]["identifier"]["value"] == f"patient:{api.pid}"
+    assert events[0]["outcome"] == "0"
+
+
+def test_another_patients_token_is_refused_and_the_denial_is_on_the_chain(api: Api) -> None:
+    other = "cd" * 32
+    headers = api.token(f"Patient/{other}", "patient/*.rs", other)
+    r = api.client.get(f"/fhir/Patient/{api.patient_rid}", headers=headers)
+    assert r.status_code == 403
+    node = api.services.node
+
+    def denied() -> bool:
+        trail = node.engine.query("access/of_patient", {"pid": api.pid})
+        return any(e["outcome"] == "denied" and e["actor"] == f"patient:{other}" for e in trail)
+
+    assert eventually(denied)
