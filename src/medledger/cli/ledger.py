@@ -95,3 +95,54 @@ def register(app: typer.Typer) -> None:
                     )
                 if record.txs:
                     console.print(table)
+
+    @ledger_app.command("proof")
+    def proof(
+        home: HomeOption,
+        tx: Annotated[str, typer.Option(help="The tx id (hex), e.g. of an access entry.")],
+    ) -> None:
+        """Print an inclusion proof of a committed tx, as JSON, checkable offline."""
+        import json
+
+        from medledger.ledger.proofs import prove_tx
+
+        with user_errors():
+            _, store = _open_store(home)
+            try:
+                prefix = bytes.fromhex(tx)
+            except ValueError:
+                fail("--tx: not hex (an even number of hex digits)")
+            matches = store.tx_ids_with_prefix(prefix)
+            if len(matches) > 1:
+                fail(f"--tx: {tx} is ambiguous, give more digits")
+            found = prove_tx(store, matches[0]) if matches else None
+            if found is None:
+                fail(f"tx {tx} is not in a committed block")
+        console.print_json(json.dumps(found.to_json()))
+
+    @ledger_app.command("check-proof")
+    def check_proof(
+        proof_file: Annotated[
+            Path, typer.Argument(help="A proof from `ledger proof` or the portal.")
+        ],
+        genesis: Annotated[Path, typer.Option(help="The consortium's genesis.json.")],
+    ) -> None:
+        """Check a tx inclusion proof offline against the consortium's genesis."""
+        import json
+
+        from medledger.ledger.genesis import Genesis
+        from medledger.ledger.proofs import TxProof, check_tx_proof
+
+        with user_errors():
+            g = Genesis.load(genesis)
+            try:
+                data = json.loads(proof_file.read_text())
+                found = TxProof.from_json(data)
+            except (OSError, ValueError, KeyError) as exc:
+                fail(f"{proof_file}: not a proof: {exc}")
+            problem = check_tx_proof(found, g.chain_id, g.solo_key)
+        if problem:
+            fail(f"proof does not hold: {problem}", code=2)
+        console.print(
+            f"ok: tx {data.get('tx_id', '')[:16]} is in block {found.height} of {g.chain_id}"
+        )

@@ -181,6 +181,14 @@ class Store:
         row = self._db.execute("SELECT height, idx FROM tx_index WHERE id = ?", (tx_id,)).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
+    def tx_ids_with_prefix(self, prefix: bytes, limit: int = 2) -> list[bytes]:
+        """Tx ids starting with prefix: lets people type the short ids `ledger show` prints."""
+        rows = self._db.execute(
+            "SELECT id FROM tx_index WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + b"\xff" * (32 - len(prefix)) + b"\xff", limit),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Raw access for tooling and tamper tests; never used by the state machine."""
         return self._db.execute(sql, params).fetchall()
