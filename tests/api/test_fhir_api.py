@@ -80,3 +80,47 @@ def test_another_patients_token_is_refused_and_the_denial_is_on_the_chain(api: A
         return any(e["outcome"] == "denied" and e["actor"] == f"patient:{other}" for e in trail)
 
     assert eventually(denied)
+
+
+def test_pages_render_for_a_signed_in_patient_and_the_explorer_verifies(api: Api) -> None:
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    assert "Sign in" in api.client.get("/portal").text
+    r = api.client.post("/login", data={"token": token, "next": "/portal"})
+    assert r.status_code == 200 and "My records" in r.text
+    assert "Who accessed my data" in r.text
+    explorer = api.client.get("/explorer").text
+    assert "chu-lyon" in explorer and "records.register" in explorer
+    assert api.pid not in explorer  # no personal data, not even pseudonyms, on the explorer
+    verified = api.client.post("/explorer/verify")
+    assert verified.status_code == 200 and "ok: replayed" in verified.text
+
+
+def test_duplicate_exams_across_hospitals_are_flagged() -> None:
+    from medledger.web.pages import duplicate_exams
+
+    rows = [
+        {
+            "type": "Observation",
+            "code": "http://loinc.org|4548-4",
+            "date": "2026-01-05",
+            "title": "HbA1c",
+            "source": "chu-lyon",
+        },
+        {
+            "type": "Observation",
+            "code": "http://loinc.org|4548-4",
+            "date": "2026-01-20",
+            "title": "HbA1c",
+            "source": "aphp-paris",
+        },
+        {
+            "type": "Observation",
+            "code": "http://loinc.org|2345-7",
+            "date": "2026-01-20",
+            "title": "Glucose",
+            "source": "aphp-paris",
+        },
+    ]
+    (warning,) = duplicate_exams(rows)
+    assert "HbA1c" in warning and "15 days apart" in warning

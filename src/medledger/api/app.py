@@ -51,4 +51,7 @@ def create_app(services: HospitalServices) -> FastAPI:
         }
 
     app.include_router(make_router())
+    from medledger.web.pages import make_router as make_pages
+
+    app.include_router(make_pages())
     return app

@@ -1,1 +1,1 @@
-"""medledger.web"""
+"""Server-rendered pages: patient portal, clinician view, network explorer (no build step)."""

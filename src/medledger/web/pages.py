@@ -1,0 +1,401 @@
+"""The pages: patient portal, clinician view, network explorer.
+
+Pages are rendered on the server from the same services the FHIR API uses; the caller's
+bearer token sits in an HttpOnly cookie set by the login form, and every read a page makes is
+decided and recorded on the chain exactly like an API read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from medledger.api.fhir import LocalRecords
+from medledger.api.outcomes import FhirError
+from medledger.api.services import HospitalServices
+from medledger.api.tokens import Claims, TokenError, verify_token
+from medledger.web.render import e, page, table, when
+
+COOKIE = "medledger_token"
+
+
+def _svc(request: Request) -> HospitalServices:
+    svc: HospitalServices = request.app.state.services
+    return svc
+
+
+def _claims(request: Request) -> Claims | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    svc = _svc(request)
+    try:
+        return verify_token(token, svc.trusted_issuers, svc.audience)
+    except TokenError:
+        return None
+
+
+def _login_form(svc: HospitalServices, target: str, message: str = "") -> Response:
+    body = f"""
+<p>{e(message)}</p>
+<form method="post" action="/login"><input type="hidden" name="next" value="{e(target)}">
+<label>Bearer token <input name="token" size="80" required></label>
+<button type="submit">Sign in</button></form>
+<p class="muted">Demo tokens come from <code>medledger token --home HOME --user ...</code>.</p>"""
+    return page("Sign in", svc.node.config.name, body, 401 if message else 200)
+
+
+def _timeline_rows(svc: HospitalServices, pid: str) -> list[dict[str, Any]]:
+    """Local records of the patient, newest first, with their source hospital."""
+    from medledger.interop.metadata import extract_metadata
+
+    rows = []
+    for info in LocalRecords(svc).latest(pid):
+        meta = extract_metadata(orjson.loads(svc.vault.get(info.rid)))
+        rows.append(
+            {
+                "rid": info.rid,
+                "type": info.resource_type,
+                "date": meta.get("date") or "",
+                "title": meta.get("title") or "",
+                "code": meta.get("code") or "",
+                "category": meta.get("category") or "",
+                "source": info.custodian,
+                "copy": info.is_copy,
+            }
+        )
+    rows.sort(key=lambda r: r["date"], reverse=True)
+    return rows
+
+
+def make_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/")
+    def home(request: Request) -> Response:
+        svc = _svc(request)
+        body = f"""<div class="card"><p>This is the node of <b>{e(svc.node.config.name)}</b>
+({e(svc.org)}) in the consortium <code>{e(svc.node.config.chain_id)}</code>.</p>
+<ul><li><a href="/portal">Patient portal</a>: my records, who accessed my data, consents.</li>
+<li><a href="/clinician">Clinician view</a>: one timeline across hospitals.</li>
+<li><a href="/explorer">Network explorer</a>: blocks, validators, verification.</li>
+<li><a href="/docs">API (OpenAPI)</a> · <a href="/fhir/metadata">FHIR metadata</a></li></ul></div>"""
+        return page("medledger", svc.node.config.name, body)
+
+    @router.post("/login")
+    def login(
+        request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+    ) -> Response:
+        svc = _svc(request)
+        try:
+            verify_token(token.strip(), svc.trusted_issuers, svc.audience)
+        except TokenError as exc:
+            return _login_form(svc, next, f"That token was refused: {exc}.")
+        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+        return response
+
+    @router.get("/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # -- patient portal -------------------------------------------------------------------
+    @router.get("/portal")
+    def portal(request: Request) -> Response:
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None or claims.patient is None:
+            return _login_form(svc, "/portal")
+        pid = claims.patient
+        decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
+        records = _timeline_rows(svc, pid)
+        if records:
+            svc.record_access(
+                claims,
+                pid,
+                "read",
+                "patient-request",
+                decision,
+                [r["rid"] for r in records],
+                wait=False,
+            )
+        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        record_rows = [[e(r["date"]), e(r["type"]), e(r["title"]), e(r["source"])] for r in records]
+        trail_rows = [
+            [
+                e(when(a["time"])),
+                e(a["actor"]),
+                e(a["actor_org"]),
+                e(a["action"]),
+                e(a["purpose"]),
+                f'<span class="{"ok" if a["outcome"] == "granted" else "bad"}">'
+                f"{e(a['outcome'])}</span>",
+                e(a["basis"] or a["reason"]),
+                f'<a href="/portal/proof/{a["tx"].hex()}">proof</a> (block {a["height"]})',
+            ]
+            for a in reversed(trail)
+        ]
+        body = f"""<p class="muted">Signed in as patient <code>{e(pid[:16])}…</code>
+(<a href="/logout">sign out</a>)</p>
+<h2>My records</h2>{table(["date", "type", "what", "hospital"], record_rows)}
+<h2 id="who">Who accessed my data</h2>
+<p class="muted">From the ledger: every read, search or refusal, with the basis of the
+decision. Each line has a proof you can check offline with
+<code>medledger ledger check-proof FILE --genesis genesis.json</code>.</p>
+{
+            table(
+                ["when", "who", "hospital", "action", "purpose", "outcome", "basis", "proof"],
+                trail_rows,
+                "nobody accessed your data yet",
+            )
+        }"""
+        return page("My health records", svc.node.config.name, body)
+
+    @router.get("/portal/proof/{tx}")
+    def proof(request: Request, tx: str) -> Response:
+        from medledger.ledger.proofs import prove_tx
+
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None:
+            raise FhirError(401, "login", "sign in first")
+        app = svc.node.app
+        if app is None:
+            raise FhirError(404, "not-found", "this node keeps no ledger replica")
+        try:
+            found = prove_tx(app.store, bytes.fromhex(tx))
+        except ValueError:
+            found = None
+        if found is None:
+            raise FhirError(404, "not-found", f"tx {tx} is not committed")
+        return JSONResponse(
+            found.to_json(),
+            headers={"Content-Disposition": f'attachment; filename="proof-{tx[:16]}.json"'},
+        )
+
+    # -- clinician view ---------------------------------------------------------------------
+    @router.get("/clinician")
+    def clinician(request: Request, patient: str = "") -> Response:
+        from medledger.patients import resolve_pid
+
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None or not claims.subject.startswith("Practitioner/"):
+            return _login_form(svc, "/clinician")
+        form = f"""<form method="get" action="/clinician"><label>Patient INS
+<input name="patient" value="{e(patient)}" required></label><button>Find</button></form>"""
+        if not patient:
+            return page("Clinician view", svc.node.config.name, form)
+        try:
+            pid = resolve_pid(
+                svc.node.config.pseudonym_key(), patient, set(svc.vault.patients()).__contains__
+            )
+        except ValueError as exc:
+            return page(
+                "Clinician view", svc.node.config.name, form + f'<p class="bad">{e(exc)}</p>', 400
+            )
+        rows = []
+        allowed_rids = []
+        denial = ""
+        for r in _timeline_rows(svc, pid):
+            decision = svc.decide(
+                claims,
+                pid,
+                {"custodian": r["source"], "type": r["type"], "category": r["category"]},
+                "treatment",
+            )
+            if decision.allowed:
+                rows.append(r)
+                allowed_rids.append(r["rid"])
+            else:
+                denial = decision.reason
+        if allowed_rids:
+            from medledger.api.services import Decision
+
+            svc.record_access(
+                claims,
+                pid,
+                "read",
+                "treatment",
+                Decision(True, "custodian", ""),
+                allowed_rids,
+                wait=False,
+            )
+        warnings = duplicate_exams(rows)
+        warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings)
+        body = (
+            form
+            + warn_html
+            + table(
+                ["date", "type", "what", "code", "source hospital"],
+                [
+                    [e(r["date"]), e(r["type"]), e(r["title"]), e(r["code"]), e(r["source"])]
+                    for r in rows
+                ],
+                f"no record you may see ({denial})" if denial else "no record",
+            )
+        )
+        return page(f"Patient {pid[:12]}…", svc.node.config.name, body)
+
+    # -- network explorer ---------------------------------------------------------------------
+    @router.get("/explorer")
+    def explorer(request: Request) -> Response:
+        svc = _svc(request)
+        engine = svc.node.engine
+        top = engine.height()
+        blocks = []
+        app = svc.node.app
+        if app is not None:
+            for h in range(top, max(0, top - 20), -1):
+                record = app.block(h)
+                if record is None:
+                    continue
+                kinds = _kinds(record.txs)
+                blocks.append(
+                    [
+                        f'<a href="/explorer/block/{h}">{h}</a>',
+                        e(when(record.header.time_ms)),
+                        e(len(record.txs)),
+                        e(kinds),
+                        f"<code>{e(record.header.app_hash.hex()[:16])}</code>",
+                    ]
+                )
+        members = engine.query("governance/members", {})
+        validators = [
+            [e(m["org"]), e(m["name"]), e(m["power"]), f"<code>{e(m['key'].hex()[:16])}</code>"]
+            for m in members
+        ]
+        body = f"""<div class="card">Engine <b>{e(svc.node.config.engine)}</b>, height <b>{top}</b>.
+<form class="inline" method="post" action="/explorer/verify"><button>Verify the chain</button></form></div>
+<h2>Hospitals and validators</h2>{table(["hospital", "name", "voting power", "key"], validators)}
+<h2>Latest blocks</h2>{table(["height", "time", "txs", "kinds", "app hash"], blocks)}
+<p class="muted">No personal data is on the chain: only pseudonyms, commitments and sealed
+metadata, so this page shows tx kinds and signers, never bodies.</p>"""
+        return page("Network explorer", svc.node.config.name, body)
+
+    @router.get("/explorer/block/{height}")
+    def block(request: Request, height: int) -> Response:
+        from medledger.ledger.tx import decode_tx
+
+        svc = _svc(request)
+        app = svc.node.app
+        record = app.block(height) if app is not None else None
+        if record is None:
+            return page("No such block", svc.node.config.name, "<p>Not committed here.</p>", 404)
+        rows = []
+        for i, (raw, result) in enumerate(zip(record.txs, record.results, strict=True)):
+            tx = decode_tx(raw)
+            verdict = (
+                '<span class="ok">ok</span>'
+                if result.ok
+                else f'<span class="bad">{e(result.code)} {e(result.log)}</span>'
+            )
+            rows.append(
+                [
+                    e(i),
+                    f"<code>{e(tx.id.hex()[:16])}</code>",
+                    e(tx.kind),
+                    f"<code>{e(tx.signer.hex()[:16])}</code>",
+                    e(tx.nonce),
+                    verdict,
+                ]
+            )
+        hd = record.header
+        body = f"""<div class="card">Time {e(when(hd.time_ms))}<br>Hash <code>{e(record.hash.hex())}</code><br>
+Previous <code>{e(hd.prev_hash.hex())}</code><br>Tx root <code>{e(hd.tx_root.hex())}</code><br>
+App hash <code>{e(hd.app_hash.hex())}</code></div>
+{table(["#", "tx id", "kind", "signer", "nonce", "result"], rows, "empty block")}"""
+        return page(f"Block {height}", svc.node.config.name, body)
+
+    @router.post("/explorer/verify")
+    async def verify(request: Request) -> Response:
+        svc = _svc(request)
+        result = await anyio.to_thread.run_sync(_verify, svc)
+        ok, text = result
+        body = (
+            f'<p class="{"ok" if ok else "bad"}">{e(text)}</p><p><a href="/explorer">back</a></p>'
+        )
+        return page("Verification", svc.node.config.name, body, 200 if ok else 409)
+
+    @router.get("/health")
+    def health(request: Request) -> dict[str, object]:
+        svc = _svc(request)
+        info = svc.node.app.info() if svc.node.app is not None else None
+        return {
+            "org": svc.org,
+            "engine": svc.node.config.engine,
+            "height": svc.node.engine.height(),
+            "app_hash": info.app_hash.hex() if info else "",
+        }
+
+    return router
+
+
+def _kinds(txs: list[bytes]) -> str:
+    from collections import Counter
+
+    from medledger.ledger.tx import decode_tx
+
+    counts = Counter(decode_tx(t).kind for t in txs)
+    return ", ".join(f"{k}×{n}" if n > 1 else k for k, n in sorted(counts.items()))
+
+
+def _verify(svc: HospitalServices) -> tuple[bool, str]:
+    from medledger.contracts import default_registry
+    from medledger.ledger.replay import VerifyError, verify_history
+    from medledger.ledger.store import Store
+
+    app = svc.node.app
+    if app is None:
+        return False, "this node keeps no ledger replica"
+    store = Store(app.store.path)  # a second connection: reads committed data only
+    try:
+        report = verify_history(store, app.genesis, default_registry())
+    except VerifyError as exc:
+        return False, f"verification failed at {exc}"
+    finally:
+        store.close()
+    return True, (
+        f"ok: replayed {report.height} blocks and {report.txs} txs from genesis; every "
+        f"signature, nonce, link and app hash matches (app hash {report.app_hash.hex()[:16]}…)"
+    )
+
+
+def duplicate_exams(rows: list[dict[str, Any]], window_days: int = 42) -> list[str]:
+    """Warn when the same exam (same LOINC or imaging code) was done at another hospital within
+    the window: the clinician may not need to order it again."""
+    from datetime import date
+
+    by_code: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (
+            r["type"] in ("Observation", "ImagingStudy", "DiagnosticReport")
+            and r["code"]
+            and r["date"]
+        ):
+            by_code.setdefault(r["code"], []).append(r)
+    warnings = []
+    for code, items in sorted(by_code.items()):
+        items.sort(key=lambda r: r["date"])
+        for a, b in zip(items, items[1:], strict=False):
+            if a["source"] == b["source"]:
+                continue
+            try:
+                gap = abs(
+                    (date.fromisoformat(b["date"][:10]) - date.fromisoformat(a["date"][:10])).days
+                )
+            except ValueError:
+                continue
+            if gap <= window_days:
+                warnings.append(
+                    f"{b['title'] or code}: done at {a['source']} on {a['date'][:10]} and at "
+                    f"{b['source']} on {b['date'][:10]} ({gap} days apart)"
+                )
+    return warnings
