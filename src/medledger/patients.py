@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from medledger.interop.ins import (
     INS_NIA_SYSTEM,
-    InvalidINS,
     INS_NIR_DEMO_SYSTEM,
     INS_NIR_SYSTEM,
     INS_NIR_TEST_SYSTEM,
+    InvalidINS,
     parse_ins,
 )
 from medledger.interop.pseudonym import pseudonymise

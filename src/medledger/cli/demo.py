@@ -106,4 +106,3 @@ def register(app: typer.Typer) -> None:
             say(f"Chain height {height}. Try: medledger ledger show --home {lyon}")
         if not keep:
             console.print(f"(demo consortium in {base}; pass --directory to choose where)")
-
