@@ -10,9 +10,35 @@ from medledger.ledger.contract import Contract, Registry
 
 
 def all_contracts() -> list[Contract]:
-    from medledger.contracts import access, governance, identity, records
+    from medledger.contracts import (
+        access,
+        authorize,
+        consent,
+        emergency,
+        erasure,
+        governance,
+        identity,
+        patients,
+        policies,
+        records,
+        referral,
+        research,
+    )
 
-    return [*governance.CONTRACTS, *identity.CONTRACTS, *records.CONTRACTS, *access.CONTRACTS]
+    return [
+        *governance.CONTRACTS,
+        *identity.CONTRACTS,
+        *records.CONTRACTS,
+        *access.CONTRACTS,
+        *patients.CONTRACTS,
+        *policies.CONTRACTS,
+        *consent.CONTRACTS,
+        *emergency.CONTRACTS,
+        *referral.CONTRACTS,
+        *research.CONTRACTS,
+        *erasure.CONTRACTS,
+        *authorize.CONTRACTS,
+    ]
 
 
 def default_versions() -> dict[str, int]:

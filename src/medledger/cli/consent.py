@@ -1,0 +1,269 @@
+"""`medledger consent grant|revoke|list|export|import|bind-key`: a patient's consents.
+
+A consent is signed by the patient's own key (`--patient-key FILE`) or by the hospital on the
+patient's behalf, with the evidence (`--evidence FILE`: the signed form; only its SHA-256 goes
+on the chain). `--as ID` signs with one of the hospital's practitioners' keys instead of the
+organisation key. `--patient` is the patient's pid (64 hex characters).
+
+The helpers here (times, hashes, signers) are shared by the other care commands.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from medledger.cli._common import HomeOption, console, fail, user_errors
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+    from medledger.wallet import Wallet
+
+PatientOption = Annotated[str, typer.Option("--patient", help="The patient's pid (64 hex).")]
+AsOption = Annotated[
+    str, typer.Option("--as", help="Sign as this practitioner of your hospital (default: org key).")
+]
+PatientKeyOption = Annotated[
+    Path | None,
+    typer.Option("--patient-key", help="Sign with the patient's own key file (hex seed)."),
+]
+EvidenceOption = Annotated[
+    Path | None,
+    typer.Option(help="The evidence file (signed form); its SHA-256 goes on the chain."),
+]
+EvidenceHashOption = Annotated[str, typer.Option(help="Or the evidence's SHA-256, hex.")]
+
+
+def pid_arg(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError("--patient: a pid is 64 lowercase hex characters")
+    return value
+
+
+def when_ms(value: str, option: str) -> int:
+    """An instant given as integer ms, an ISO date (midnight UTC) or an ISO date-time."""
+    if value.isdigit():
+        return int(value)
+    try:
+        t = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{option}: {value!r} is not a date, date-time or ms") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.UTC)
+    return int(t.timestamp() * 1000)
+
+
+def now_ms() -> int:
+    """The CLI's "now": the wall clock (contracts use block time; this only fills defaults)."""
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def hex32(value: str, option: str) -> bytes:
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{option}: not hex") from None
+    if len(data) != 32:
+        raise ValueError(f"{option}: expected 32 bytes (64 hex digits), got {len(data)}")
+    return data
+
+
+def file_hash(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def evidence(path: Path | None, hex_value: str = "") -> bytes:
+    if path is not None:
+        return file_hash(path)
+    if hex_value:
+        return hex32(hex_value, "--evidence-hash")
+    return b""
+
+
+def csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def signer(node: Node, practitioner: str = "", patient_key: Path | None = None) -> Wallet:
+    """The wallet to sign with: the patient's key, a practitioner's, or the hospital's."""
+    from medledger.ledger.keys import SigningKey
+    from medledger.wallet import Wallet
+
+    if patient_key is not None:
+        return Wallet(SigningKey.from_file(patient_key), node.config.chain_id, node.engine)
+    if practitioner:
+        return node.practitioner_wallet(practitioner)
+    return node.wallet
+
+
+def event(committed: Any, kind: str) -> dict[str, str]:
+    for e in committed.result.events:
+        if e.type == kind:
+            return dict(e.attrs)
+    return {}
+
+
+def register(app: typer.Typer) -> None:
+    consent = typer.Typer(
+        help="Patients' consents: grant, revoke, list, FHIR.", no_args_is_help=True
+    )
+    app.add_typer(consent, name="consent")
+
+    @consent.command("grant")
+    def grant(
+        home: HomeOption,
+        patient: PatientOption,
+        grantee: Annotated[
+            str, typer.Option(help="org:<org>, practitioner:<org>/<id> or study:<study>.")
+        ],
+        categories: Annotated[str, typer.Option(help="Comma-separated categories, or '*'.")],
+        purpose: Annotated[str, typer.Option(help="treatment, emergency or research.")],
+        start: Annotated[str, typer.Option(help="From (date, date-time or ms; now).")] = "",
+        end: Annotated[str, typer.Option(help="Until (date, date-time or ms; none).")] = "",
+        custodian: Annotated[str, typer.Option(help="Only records held by this hospital.")] = "*",
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        patient_key: PatientKeyOption = None,
+        as_: AsOption = "",
+    ) -> None:
+        """Record a consent, signed by the patient or on their behalf with evidence."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "pid": pid_arg(patient),
+                "grantee": grantee,
+                "categories": csv(categories),
+                "purpose": purpose,
+                "start_ms": when_ms(start, "--start") if start else now_ms(),
+                "end_ms": when_ms(end, "--end") if end else 0,
+                "custodian": custodian,
+                "evidence_hash": evidence(evidence_file, evidence_hash),
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_, patient_key).send("consent.grant", body)
+        e = event(c, "consent.granted")
+        console.print(
+            f"consent {e.get('id')} granted to {grantee} for {purpose} "
+            f"(signed by the {e.get('by')}, block {c.height})"
+        )
+
+    @consent.command("revoke")
+    def revoke(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
+        reason: Annotated[
+            str, typer.Option(help="Why (kept on the chain, no clinical data).")
+        ] = "",
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        patient_key: PatientKeyOption = None,
+        as_: AsOption = "",
+    ) -> None:
+        """Revoke a consent (the patient, the recording hospital, or with evidence)."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "id": consent_id,
+                "reason": reason,
+                "evidence_hash": evidence(evidence_file, evidence_hash),
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_, patient_key).send("consent.revoke", body)
+        console.print(f"consent {consent_id} revoked (block {c.height})")
+
+    @consent.command("list")
+    def list_(home: HomeOption, patient: PatientOption) -> None:
+        """A patient's consents, oldest first."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            rows = node.engine.query("consent/list", {"pid": pid_arg(patient)})
+        if not rows:
+            console.print("no consent")
+            return
+        for c in rows:
+            status = "active" if c["status"] == "active" else f"[red]{c['status']}[/]"
+            scope = "" if c["custodian"] == "*" else f", records of {c['custodian']}"
+            console.print(
+                f"{c['id']:>4}  {c['grantee']}  {c['purpose']}: {','.join(c['categories'])}"
+                f"{scope}  {iso(c['start_ms'])} .. {iso(c['end_ms'])}  {status}",
+                highlight=False,
+            )
+
+    @consent.command("export")
+    def export(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id")],
+        version: Annotated[str, typer.Option("--fhir", help="R4 or R5.")] = "R4",
+    ) -> None:
+        """Print a consent as a FHIR Consent resource (JSON)."""
+        from medledger.interop.fhir_consent import to_fhir
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            record = node.engine.query("consent/get", {"id": consent_id})
+            if record is None:
+                fail(f"no consent {consent_id}")
+            typer.echo(json.dumps(to_fhir(record, version), indent=2))
+
+    @consent.command("import")
+    def import_(
+        home: HomeOption,
+        path: Annotated[Path, typer.Argument(help="A FHIR Consent (R4 or R5), JSON.")],
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        as_: AsOption = "",
+    ) -> None:
+        """Grant the consent a FHIR Consent resource describes, on the patient's behalf."""
+        from medledger.interop.fhir_consent import from_fhir
+        from medledger.node import Node
+
+        with user_errors():
+            body = from_fhir(json.loads(path.read_text()))
+            given = evidence(evidence_file, evidence_hash)
+            if given:
+                body["evidence_hash"] = given
+            if not body["evidence_hash"]:
+                fail("--evidence: the hash of the signed consent is needed on the patient's behalf")
+            with Node.open(home) as node:
+                c = signer(node, as_).send("consent.grant", body)
+        console.print(
+            f"consent {event(c, 'consent.granted').get('id')} imported (block {c.height})"
+        )
+
+    @consent.command("bind-key")
+    def bind_key(
+        home: HomeOption,
+        patient: PatientOption,
+        key: Annotated[str, typer.Option(help="The patient's Ed25519 public key, hex.")],
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        as_: AsOption = "",
+    ) -> None:
+        """Attest that this key is the patient's, so they can sign their own consents."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "pid": pid_arg(patient),
+                "key": hex32(key, "--key"),
+                "evidence_hash": evidence(evidence_file, evidence_hash),
+            }
+            if not body["evidence_hash"]:
+                fail("--evidence: how the patient's identity was checked (its SHA-256)")
+            with Node.open(home) as node:
+                c = signer(node, as_).send("patients.bind", body)
+        console.print(f"key bound to the patient (block {c.height})")

@@ -1,0 +1,102 @@
+"""`medledger emergency open|review|list`: break-the-glass, and its review by the DPO.
+
+The written justification never goes on the chain: `--note` is hashed, and the text stays
+with the practitioner's hospital for the DPO's review.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medledger.cli._common import HomeOption, console, user_errors
+from medledger.cli.consent import PatientOption, event, iso, pid_arg, signer
+
+
+def register(app: typer.Typer) -> None:
+    emergency = typer.Typer(help="Break-the-glass access and its review.", no_args_is_help=True)
+    app.add_typer(emergency, name="emergency")
+
+    @emergency.command("open")
+    def open_(
+        home: HomeOption,
+        as_: Annotated[str, typer.Option("--as", help="The practitioner (emergency role).")],
+        patient: PatientOption,
+        reason: Annotated[
+            str,
+            typer.Option(
+                help="life-threatening, unconscious, unable-to-consent, urgent-care or other."
+            ),
+        ],
+        note: Annotated[str, typer.Option(help="Written justification (only its hash).")] = "",
+        hours: Annotated[int, typer.Option(help="Duration (default: the policy's, 24 h).")] = 0,
+    ) -> None:
+        """Open time-limited access to a patient's records without consent."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "pid": pid_arg(patient),
+                "reason": reason,
+                "reason_hash": hashlib.sha256(note.encode()).digest() if note else b"",
+                "duration_ms": hours * 3600 * 1000,
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_).send("emergency.open", body)
+        e = event(c, "emergency.opened")
+        console.print(
+            f"[bold yellow]emergency access {e.get('id')} open[/] until "
+            f"{iso(int(e.get('expires', '0')))} UTC; the patient and the custodians' DPOs are "
+            "notified"
+        )
+        if event(c, "emergency.overuse"):
+            console.print("[red]flagged: above the consortium's threshold of openings[/]")
+
+    @emergency.command("review")
+    def review(
+        home: HomeOption,
+        as_: Annotated[str, typer.Option("--as", help="The reviewing DPO.")],
+        opening: Annotated[int, typer.Option("--id", help="The emergency access's number.")],
+        verdict: Annotated[str, typer.Option(help="approved or flagged (ends the access).")],
+        note: Annotated[str, typer.Option(help="Review notes (only their hash).")] = "",
+    ) -> None:
+        """Review an emergency access of your hospital's practitioner."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "id": opening,
+                "verdict": verdict,
+                "note_hash": hashlib.sha256(note.encode()).digest() if note else b"",
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_).send("emergency.review", body)
+        console.print(f"emergency access {opening} {verdict} (block {c.height})")
+
+    @emergency.command("list")
+    def list_(
+        home: HomeOption,
+        unreviewed: Annotated[bool, typer.Option(help="Only those awaiting review.")] = False,
+    ) -> None:
+        """Emergency accesses by your practitioners or to your records, newest first."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            args = {"org": node.config.org, "unreviewed": unreviewed}
+            rows = node.engine.query("emergency/list", args)
+        table = Table("id", "practitioner", "pid", "reason", "opened", "expires", "review")
+        for o in rows:
+            verdict = o["review"]["verdict"] if o["review"] else "[yellow]pending[/]"
+            table.add_row(
+                str(o["id"]),
+                f"{o['org']}/{o['practitioner']}",
+                o["pid"][:12],
+                o["reason"],
+                iso(o["opened"]),
+                iso(o["expires"]),
+                verdict,
+            )
+        console.print(table)

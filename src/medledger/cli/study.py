@@ -1,0 +1,190 @@
+"""`medledger study register|enrol|withdraw|release|show`: research studies (dynamic consent).
+
+A release posts the dataset's hash, its counts and its members' study tokens (computed here
+from the pids: SHA-256 of study and pid), which the chain checks against enrolments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medledger.cli._common import HomeOption, console, fail, user_errors
+from medledger.cli.consent import (
+    AsOption,
+    EvidenceHashOption,
+    EvidenceOption,
+    PatientKeyOption,
+    PatientOption,
+    csv,
+    event,
+    evidence,
+    file_hash,
+    pid_arg,
+    signer,
+    when_ms,
+)
+
+StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
+
+
+def register(app: typer.Typer) -> None:
+    study = typer.Typer(
+        help="Research studies: register, enrol, withdraw, release.", no_args_is_help=True
+    )
+    app.add_typer(study, name="study")
+
+    @study.command("register")
+    def register_(
+        home: HomeOption,
+        study_id: StudyOption,
+        protocol: Annotated[Path, typer.Option(help="The protocol document (only its hash).")],
+        ethics: Annotated[str, typer.Option(help="The ethics approval reference.")],
+        categories: Annotated[str, typer.Option(help="Comma-separated data categories.")],
+        min_cohort: Annotated[int, typer.Option(help="Smallest cohort a release may have.")],
+        title: Annotated[str, typer.Option()] = "",
+        end: Annotated[str, typer.Option(help="End of the study (date or ms).")] = "",
+        as_: AsOption = "",
+    ) -> None:
+        """Register a study sponsored by your hospital."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "study": study_id,
+                "protocol_hash": file_hash(protocol),
+                "ethics_ref": ethics,
+                "categories": csv(categories),
+                "min_cohort": min_cohort,
+                "title": title,
+                "end_ms": when_ms(end, "--end") if end else 0,
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_).send("research.register", body)
+        console.print(f"study {study_id} registered (block {c.height})")
+
+    def _patient_act(
+        kind: str,
+        home: Path,
+        study_id: str,
+        patient: str,
+        evidence_file: Path | None,
+        evidence_hash: str,
+        patient_key: Path | None,
+        as_: str,
+    ) -> int:
+        from medledger.node import Node
+
+        with user_errors():
+            body = {
+                "study": study_id,
+                "pid": pid_arg(patient),
+                "evidence_hash": evidence(evidence_file, evidence_hash),
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_, patient_key).send(kind, body)
+        return c.height
+
+    @study.command("enrol")
+    def enrol(
+        home: HomeOption,
+        study_id: StudyOption,
+        patient: PatientOption,
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        patient_key: PatientKeyOption = None,
+        as_: AsOption = "",
+    ) -> None:
+        """Enrol a patient (their key, or on their behalf with evidence)."""
+        height = _patient_act(
+            "research.enrol",
+            home,
+            study_id,
+            patient,
+            evidence_file,
+            evidence_hash,
+            patient_key,
+            as_,
+        )
+        console.print(f"enrolled in {study_id} (block {height})")
+
+    @study.command("withdraw")
+    def withdraw(
+        home: HomeOption,
+        study_id: StudyOption,
+        patient: PatientOption,
+        evidence_file: EvidenceOption = None,
+        evidence_hash: EvidenceHashOption = "",
+        patient_key: PatientKeyOption = None,
+        as_: AsOption = "",
+    ) -> None:
+        """Withdraw a patient: no later release may include them."""
+        height = _patient_act(
+            "research.withdraw",
+            home,
+            study_id,
+            patient,
+            evidence_file,
+            evidence_hash,
+            patient_key,
+            as_,
+        )
+        console.print(f"withdrawn from {study_id} (block {height})")
+
+    @study.command("release")
+    def release(
+        home: HomeOption,
+        study_id: StudyOption,
+        dataset: Annotated[Path, typer.Option(help="The pseudonymised dataset (only its hash).")],
+        patients: Annotated[
+            Path, typer.Option(help="A file with the included pids, one per line.")
+        ],
+        records: Annotated[int, typer.Option(help="Number of records in the dataset.")] = 0,
+        as_: AsOption = "",
+    ) -> None:
+        """Post a dataset release: hash, counts and members (checked against enrolments)."""
+        from medledger.contracts.research import member_token
+        from medledger.node import Node
+
+        with user_errors():
+            pids = [
+                pid_arg(line.strip()) for line in patients.read_text().splitlines() if line.strip()
+            ]
+            if not pids:
+                fail(f"{patients}: no pid")
+            body = {
+                "study": study_id,
+                "dataset_hash": file_hash(dataset),
+                "members": [member_token(study_id, p) for p in pids],
+                "counts": {"patients": len(pids), "records": records},
+            }
+            with Node.open(home) as node:
+                c = signer(node, as_).send("research.release", body)
+        e = event(c, "study.released")
+        console.print(
+            f"release {e.get('release')} of {study_id}: {len(pids)} patients (block {c.height})"
+        )
+
+    @study.command("show")
+    def show(home: HomeOption, study_id: StudyOption) -> None:
+        """A study and its releases."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            record = node.engine.query("research/study", {"study": study_id})
+            releases = node.engine.query("research/releases", {"study": study_id})
+        if record is None:
+            fail(f"no study {study_id!r}")
+        console.print(
+            f"study {record['id']} ({record['status']}), sponsor {record['sponsor']}, ethics "
+            f"{record['ethics_ref']}; categories {', '.join(record['categories'])}; "
+            f"min cohort {record['min_cohort']}; enrolled {record['enrolled']}"
+        )
+        for r in releases:
+            console.print(
+                f"  release {r['seq']} by {r['custodian']}: {r['members']} patients, "
+                f"dataset {r['dataset_hash'].hex()[:16]}, "
+                f"members root {r['members_root'].hex()[:16]}"
+            )

@@ -1,0 +1,314 @@
+"""Consent: a patient grants a hospital, a practitioner or a study access to categories of data.
+
+A consent says who (grantee), what (categories, or `*`), why (purpose), when (period), and
+whose records (custodian scope: one hospital's, or `*` for any). It is signed by the patient's
+own key (see patients.py) or by a hospital on the patient's behalf, with the hash of the
+evidence (the signed form): then the chain can always point to a document.
+
+Grantees:
+    org:<org>                     every practitioner of that hospital (with a role for the purpose)
+    practitioner:<org>/<id>       that practitioner only
+    study:<study>                 a registered study; research consents go only to studies
+
+Revocation: by the patient's key; by the hospital that recorded the consent; or by any
+hospital on the patient's behalf with the evidence's hash. Revocation is not retroactive: an
+access made while the consent held stays lawful, so `authorize` at an earlier time still
+allows it (audits replay decisions at their time).
+
+`authorize` must stay O(log n) with millions of consents: it reads one short key range per
+grantee it could match, `consent/by/<pid>/<grantee>/`, whose values carry everything the
+decision needs (no second read).
+
+State (prefix `consent/`):
+    consent/seq                               last consent id
+    consent/id/<id:012d>                      the consent, with who signed it and its revocation
+    consent/by/<pid>/<grantee key>/<id:012d>  what authorize reads (grantee key: '/' -> ':')
+    consent/to/<grantee key>/<id:012d>        pid: what a grantee's sync agent follows
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts.categories import (
+    check_categories,
+    check_purpose,
+    covers,
+)
+from medledger.contracts.common import check_id
+from medledger.contracts.patients import (
+    ActingFor,
+    acting_for_patient,
+    erasure_requested,
+    patient_of_key,
+)
+from medledger.contracts.records import acting_org, check_pid
+from medledger.contracts.research import get_study
+from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.store import StateView
+
+MAX_REASON = 200
+
+
+@dataclass
+class Grant:
+    pid: str
+    grantee: str
+    categories: list[str]
+    purpose: str
+    start_ms: int
+    end_ms: int = 0  # 0: until revoked
+    custodian: str = "*"
+    evidence_hash: bytes = b""
+
+
+@dataclass
+class Revoke:
+    id: int
+    evidence_hash: bytes = b""
+    reason: str = ""
+
+
+def grantee_key(grantee: str) -> str:
+    """The grantee as one key segment (ids never contain ':', so this is reversible)."""
+    return grantee.replace("/", ":")
+
+
+def grantee_org(state: StateView, grantee: str) -> str | None:
+    """The hospital that receives data under this grantee (a study's is its sponsor)."""
+    kind, _, rest = grantee.partition(":")
+    if kind == "org":
+        return rest
+    if kind == "practitioner":
+        return rest.replace(":", "/").split("/", 1)[0]
+    if kind == "study":
+        study = get_study(state, rest)
+        return None if study is None else str(study["sponsor"])
+    return None
+
+
+def _check_grantee(state: StateView, grantee: str) -> str:
+    kind, _, rest = grantee.partition(":")
+    if kind == "org":
+        check_id(rest, "grantee")
+        if not state.has(f"gov/member/{rest}"):
+            raise TxError(Code.NOT_FOUND, f"field grantee: {rest!r} is not a member hospital")
+    elif kind == "practitioner":
+        org, _, practitioner = rest.partition("/")
+        check_id(org, "grantee")
+        check_id(practitioner, "grantee")
+        record = state.get(f"id/prac/{org}/{practitioner}")
+        if record is None or not record["active"]:
+            raise TxError(Code.NOT_FOUND, f"field grantee: no active practitioner {rest!r}")
+    elif kind == "study":
+        check_id(rest, "grantee")
+        if get_study(state, rest) is None:
+            raise TxError(Code.NOT_FOUND, f"field grantee: no study {rest!r}")
+    else:
+        raise TxError(
+            Code.INVALID_BODY,
+            "field grantee: org:<org>, practitioner:<org>/<id> or study:<study>",
+        )
+    return kind
+
+
+def grant(ctx: Context, msg: Grant) -> None:
+    check_pid(msg.pid)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    kind = _check_grantee(ctx.state, msg.grantee)
+    purpose = check_purpose(msg.purpose)
+    if (kind == "study") != (purpose == "research"):
+        raise TxError(
+            Code.INVALID_BODY,
+            "field purpose: research consents go to a study, and a study only gets research",
+        )
+    categories = check_categories(msg.categories)
+    if msg.custodian != "*":
+        check_id(msg.custodian, "custodian")
+        if not ctx.state.has(f"gov/member/{msg.custodian}"):
+            raise TxError(Code.NOT_FOUND, f"field custodian: {msg.custodian!r} is not a member")
+    if msg.start_ms < 0:
+        raise TxError(Code.INVALID_BODY, "field start_ms: must not be negative")
+    if msg.end_ms and msg.end_ms <= msg.start_ms:
+        raise TxError(Code.INVALID_BODY, "field end_ms: must be after start_ms (or 0: no end)")
+    if msg.end_ms and msg.end_ms <= ctx.time_ms:
+        raise TxError(Code.INVALID_BODY, "field end_ms: the period is already over")
+    if erasure_requested(ctx.state, msg.pid) is not None:
+        raise TxError(Code.REFUSED, "the patient asked for erasure")
+    cid = int(ctx.state.get("consent/seq") or 0) + 1
+    ctx.state.put("consent/seq", cid)
+    record = {
+        "id": cid,
+        "pid": msg.pid,
+        "grantee": msg.grantee,
+        "categories": categories,
+        "purpose": purpose,
+        "start_ms": msg.start_ms,
+        "end_ms": msg.end_ms,
+        "custodian": msg.custodian,
+        "status": "active",
+        "signed": who.to_obj(),
+        "time": ctx.time_ms,
+        "tx": ctx.tx_id,
+    }
+    gkey = grantee_key(msg.grantee)
+    ctx.state.put(f"consent/id/{cid:012d}", record)
+    ctx.state.put(f"consent/by/{msg.pid}/{gkey}/{cid:012d}", _index_value(record))
+    ctx.state.put(f"consent/to/{gkey}/{cid:012d}", msg.pid)
+    ctx.emit(
+        "consent.granted",
+        id=cid,
+        pid=msg.pid,
+        grantee=msg.grantee,
+        purpose=purpose,
+        by=who.by,
+    )
+
+
+def _index_value(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record["id"],
+        "categories": record["categories"],
+        "purpose": record["purpose"],
+        "start_ms": record["start_ms"],
+        "end_ms": record["end_ms"],
+        "custodian": record["custodian"],
+        "revoked_ms": record.get("revoked", {}).get("time", 0),
+    }
+
+
+def get_consent(state: StateView, cid: int) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = state.get(f"consent/id/{cid:012d}")
+    return found
+
+
+def revoke(ctx: Context, msg: Revoke) -> None:
+    record = get_consent(ctx.state, msg.id)
+    if record is None:
+        raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
+    if record["status"] != "active":
+        raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
+    if len(msg.reason) > MAX_REASON:
+        raise TxError(Code.INVALID_BODY, f"field reason: at most {MAX_REASON} characters")
+    pid = record["pid"]
+    who: ActingFor
+    if patient_of_key(ctx.state, ctx.signer) is None and not msg.evidence_hash:
+        # The hospital that recorded the consent may withdraw its own record (a mistake, a
+        # paper revocation it holds); any other hospital needs the patient's evidence.
+        org, practitioner = acting_org(ctx)
+        if record["signed"]["org"] != org:
+            raise TxError(
+                Code.UNAUTHORIZED,
+                "only the patient, the recording hospital, or a hospital with the patient's "
+                "evidence (evidence_hash) may revoke this consent",
+            )
+        who = ActingFor("hospital", org, practitioner or "", b"")
+    else:
+        who = acting_for_patient(ctx, pid, msg.evidence_hash)
+    record["status"] = "revoked"
+    record["revoked"] = {"time": ctx.time_ms, "reason": msg.reason, "tx": ctx.tx_id, **who.to_obj()}
+    gkey = grantee_key(record["grantee"])
+    ctx.state.put(f"consent/id/{msg.id:012d}", record)
+    ctx.state.put(f"consent/by/{pid}/{gkey}/{msg.id:012d}", _index_value(record))
+    ctx.emit("consent.revoked", id=msg.id, pid=pid, grantee=record["grantee"], by=who.by)
+
+
+# -- what authorize asks --------------------------------------------------------------------
+
+
+def check(
+    entry: dict[str, Any], custodian: str, category: str, purpose: str, at_ms: int
+) -> tuple[int, str | None]:
+    """(checks passed, None) if this consent covers the access, else (checks passed, why not).
+
+    The count lets authorize report the reason of the consent that came closest.
+    """
+    cid = entry["id"]
+    if entry["custodian"] != "*" and entry["custodian"] != custodian:
+        return 0, (
+            f"other hospital: consent {cid} covers records held by {entry['custodian']}, "
+            f"not {custodian}"
+        )
+    if entry["purpose"] != purpose:
+        return 1, f"other purpose: consent {cid} is for {entry['purpose']}, not {purpose}"
+    if not covers(entry["categories"], category):
+        cats = ", ".join(entry["categories"])
+        return 2, f"other category: consent {cid} covers {cats}, not {category}"
+    revoked = entry["revoked_ms"]
+    if revoked and at_ms >= revoked:
+        return 3, f"consent revoked: consent {cid} was revoked"
+    if at_ms < entry["start_ms"]:
+        return 4, f"consent not yet valid: consent {cid} starts later"
+    if entry["end_ms"] and at_ms >= entry["end_ms"]:
+        return 4, f"consent expired: consent {cid} ended"
+    return 5, None
+
+
+def entries_for(state: StateView, pid: str, grantee: str) -> list[dict[str, Any]]:
+    """The index entries of one grantee for one patient: one short range read."""
+    return [v for _, v in state.scan(f"consent/by/{pid}/{grantee_key(grantee)}/")]
+
+
+def holders(state: StateView, pid: str) -> dict[str, list[str]]:
+    """Hospitals a consent may have let copy this patient's data (their sync agents prefetch)."""
+    found: dict[str, list[str]] = {}
+    for key, entry in state.scan(f"consent/by/{pid}/"):
+        gkey = key.split("/")[3]
+        org = grantee_org(state, gkey)
+        if org is not None:
+            found.setdefault(org, []).append(f"consent:{entry['id']}")
+    return found
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def q_get(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    cid = args.get("id")
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        raise TxError(Code.INVALID_BODY, "consent/get needs an integer id")
+    return get_consent(state, cid)
+
+
+def q_list(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """A patient's consents (optionally one grantee's), oldest first."""
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "consent/list needs pid")
+    grantee = args.get("grantee")
+    prefix = f"consent/by/{pid}/" + (f"{grantee_key(grantee)}/" if isinstance(grantee, str) else "")
+    ids = sorted(int(v["id"]) for _, v in state.scan(prefix))
+    found = [get_consent(state, i) for i in ids]
+    return [c for c in found if c is not None]
+
+
+def q_granted_to(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Consents given to one grantee, oldest first (what its sync agent may prefetch)."""
+    grantee = args.get("grantee")
+    if not isinstance(grantee, str):
+        raise TxError(Code.INVALID_BODY, "consent/granted_to needs grantee")
+    found = []
+    for key, _ in state.scan(f"consent/to/{grantee_key(grantee)}/"):
+        record = get_consent(state, int(key.rsplit("/", 1)[1]))
+        if record is not None:
+            found.append(record)
+    return found
+
+
+CONTRACTS = [
+    Contract(
+        name="consent",
+        version=1,
+        messages={
+            "consent.grant": Message("consent.grant", Grant, grant),
+            "consent.revoke": Message("consent.revoke", Revoke, revoke),
+        },
+        queries={
+            "consent/get": q_get,
+            "consent/list": q_list,
+            "consent/granted_to": q_granted_to,
+        },
+    )
+]

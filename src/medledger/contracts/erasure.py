@@ -1,0 +1,282 @@
+"""Erasure: a patient's request, every holder's attestation, a deadline, a public status.
+
+`erasure.request` (the patient's key, or a hospital on their behalf with the evidence's hash)
+finds every holder of the patient's data from the chain itself, at that block:
+    custodians    hospitals with records in the index (`records`)
+    copy holders  hospitals a consent let prefetch copies, hospitals a referral delivered
+                  records to, a study's sponsor and the custodians that released data to it
+
+Each holder must attest its crypto-shredding (`erasure.attest`, by its DPO or organisation
+key) before the deadline (30 days, GDPR art. 12(3)); an attestation may simply reference the
+holder's `records.shredded` entry (leave `digest` empty). A custodian's own care records are
+under legal retention (20 years from the record, French hospital files): its erasure is
+refused with that reason (`retention until YYYY-MM-DD`), while its copies of other hospitals'
+records, and every copy held elsewhere, must still be erased. Unattested obligations are
+flagged at the deadline (`erasure.overdue`). From the request on, `authorize` lets no one but
+the custodian read the patient's records, and no new consent, enrolment or referral is
+accepted for them.
+
+State (prefix `erasure/`):
+    erasure/seq                                  last request id
+    erasure/req/<id:012d>                        the request and its overall status
+    erasure/ob/<id:012d>/<holder>                one holder's obligation
+    erasure/pid/<pid>                            the patient's request (patients.erasure_requested)
+    erasure/due/<deadline:016d>/<id:012d>        deadlines
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts import consent, referral, research
+from medledger.contracts.common import DAY_MS
+from medledger.contracts.patients import acting_for_patient, check_hash, erasure_requested
+from medledger.contracts.policies import DueQueue, params
+from medledger.contracts.records import acting_org, check_pid
+from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.store import StateView
+
+DUE = DueQueue("erasure/due/")
+_EPOCH = datetime.date(1970, 1, 1)
+
+
+@dataclass
+class Request:
+    pid: str
+    evidence_hash: bytes = b""
+
+
+@dataclass
+class Attest:
+    request: int
+    digest: bytes = b""  # hash of the vault's erasure receipt; empty: use records.shredded's
+    records: int = 0  # how many records (or copies) were destroyed
+
+
+def iso_date(ms: int) -> str:
+    return (_EPOCH + datetime.timedelta(days=ms // DAY_MS)).isoformat()
+
+
+def add_years(ms: int, years: int) -> int:
+    """The same instant `years` calendar years later (29 February -> 28 February), integers only."""
+    day = _EPOCH + datetime.timedelta(days=ms // DAY_MS)
+    try:
+        later = day.replace(year=day.year + years)
+    except ValueError:
+        later = day.replace(year=day.year + years, day=28)
+    return (later - _EPOCH).days * DAY_MS + ms % DAY_MS
+
+
+def _custodians(state: StateView, pid: str) -> dict[str, tuple[int, int]]:
+    """custodian -> (number of records, time of the latest) for this patient."""
+    found: dict[str, tuple[int, int]] = {}
+    for key, custodian in state.scan(f"rec/pid/{pid}/"):
+        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
+        if entry is None:
+            continue
+        n, latest = found.get(custodian, (0, 0))
+        found[custodian] = (n + 1, max(latest, int(entry["time"])))
+    return found
+
+
+def _copy_holders(state: StateView, pid: str) -> dict[str, list[str]]:
+    merged: dict[str, list[str]] = {}
+    for source in (consent.holders, referral.holders, research.holders):
+        for org, why in source(state, pid).items():
+            merged.setdefault(org, []).extend(why)
+    return merged
+
+
+def get_request(state: StateView, rid: int) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = state.get(f"erasure/req/{rid:012d}")
+    return found
+
+
+def obligations(state: StateView, rid: int) -> list[dict[str, Any]]:
+    return [o for _, o in state.scan(f"erasure/ob/{rid:012d}/")]
+
+
+def _settle(ctx: Context, req: dict[str, Any]) -> None:
+    """Recompute the request's status from its obligations: done, overdue or open."""
+    statuses = {o["status"] for o in obligations(ctx.state, req["id"])}
+    before = req["status"]
+    if statuses <= {"attested", "refused"}:
+        req["status"] = "done"
+    elif "overdue" in statuses:
+        req["status"] = "overdue"
+    else:
+        req["status"] = "open"
+    ctx.state.put(f"erasure/req/{req['id']:012d}", req)
+    if req["status"] == "done" and before != "done":
+        DUE.remove(ctx.state, req["deadline"], req["id"])
+        ctx.emit("erasure.completed", id=req["id"], pid=req["pid"])
+
+
+def request(ctx: Context, msg: Request) -> None:
+    check_pid(msg.pid)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    if erasure_requested(ctx.state, msg.pid) is not None:
+        raise TxError(Code.CONFLICT, "this patient's erasure was already requested")
+    p = params(ctx.state)
+    rid = int(ctx.state.get("erasure/seq") or 0) + 1
+    ctx.state.put("erasure/seq", rid)
+    deadline = ctx.time_ms + p["erasure_deadline_ms"]
+    custodians = _custodians(ctx.state, msg.pid)
+    copies = _copy_holders(ctx.state, msg.pid)
+    holders = sorted(set(custodians) | set(copies))
+    for org in holders:
+        ob: dict[str, Any] = {"holder": org, "custody": None, "copies": None, "attestation": None}
+        if org in custodians:
+            n, latest = custodians[org]
+            until = add_years(latest, p["retention_years"])
+            retained = until > ctx.time_ms
+            ob["custody"] = {
+                "records": n,
+                "retention_until": until,
+                "status": "refused" if retained else "pending",
+                "reason": f"retention until {iso_date(until)}" if retained else "",
+            }
+        if org in copies:
+            ob["copies"] = {"sources": sorted(set(copies[org])), "status": "pending"}
+        parts = [x for x in (ob["custody"], ob["copies"]) if x is not None]
+        ob["status"] = "pending" if any(x["status"] == "pending" for x in parts) else "refused"
+        ob["reason"] = ob["custody"]["reason"] if ob["status"] == "refused" else ""
+        ctx.state.put(f"erasure/ob/{rid:012d}/{org}", ob)
+        ctx.emit(
+            "erasure.notify",
+            id=rid,
+            pid=msg.pid,
+            holder=org,
+            action="erase" if ob["status"] == "pending" else "retain",
+        )
+    req = {
+        "id": rid,
+        "pid": msg.pid,
+        "signed": who.to_obj(),
+        "time": ctx.time_ms,
+        "deadline": deadline,
+        "holders": holders,
+        "status": "open",
+        "tx": ctx.tx_id,
+    }
+    ctx.state.put(f"erasure/req/{rid:012d}", req)
+    ctx.state.put(f"erasure/pid/{msg.pid}", rid)
+    DUE.add(ctx.state, deadline, rid)
+    ctx.emit("erasure.requested", id=rid, pid=msg.pid, holders=len(holders), deadline=deadline)
+    _settle(ctx, req)
+
+
+def attest(ctx: Context, msg: Attest) -> None:
+    org, practitioner = acting_org(ctx, role="dpo")
+    req = get_request(ctx.state, msg.request)
+    if req is None:
+        raise TxError(Code.NOT_FOUND, f"no erasure request {msg.request}")
+    key = f"erasure/ob/{msg.request:012d}/{org}"
+    ob = ctx.state.get(key)
+    if ob is None:
+        raise TxError(Code.NOT_FOUND, f"{org} holds nothing under erasure request {msg.request}")
+    if ob["status"] == "attested":
+        raise TxError(Code.CONFLICT, f"{org} already attested erasure request {msg.request}")
+    custody = ob["custody"]
+    if (
+        custody is not None
+        and custody["status"] == "refused"
+        and custody["retention_until"] <= ctx.time_ms
+    ):
+        custody["status"] = "pending"  # the retention period has run out since
+        custody["reason"] = ""
+    parts = [x for x in (custody, ob["copies"]) if x is not None and x["status"] != "refused"]
+    if not parts:
+        raise TxError(Code.REFUSED, f"care records under legal {custody['reason']}")
+    if msg.records < 0:
+        raise TxError(Code.INVALID_BODY, "field records: must not be negative")
+    digest = msg.digest
+    if digest:
+        check_hash(digest, "digest")
+    else:
+        shredded = ctx.state.get(f"rec/shredded/{org}/{req['pid']}")
+        if shredded is None:
+            raise TxError(
+                Code.INVALID_BODY,
+                "field digest: required unless this hospital posted records.shredded first",
+            )
+        digest = bytes(shredded["digest"])
+    for part in parts:
+        part["status"] = "attested"
+    late = ctx.time_ms > req["deadline"]
+    ob["attestation"] = {
+        "digest": digest,
+        "records": msg.records,
+        "by": practitioner or "",
+        "time": ctx.time_ms,
+        "late": late,
+        "tx": ctx.tx_id,
+    }
+    ob["status"] = "attested"
+    ob["reason"] = custody["reason"] if custody is not None else ""
+    ctx.state.put(key, ob)
+    ctx.emit("erasure.attested", id=msg.request, pid=req["pid"], holder=org, late=int(late))
+    _settle(ctx, req)
+
+
+def end_block(ctx: Context) -> None:
+    for rid in DUE.pop_due(ctx.state, ctx.time_ms):
+        req = get_request(ctx.state, rid)
+        if req is None or req["status"] == "done":
+            continue
+        for ob in obligations(ctx.state, rid):
+            if ob["status"] != "pending":
+                continue
+            ob["status"] = "overdue"
+            ctx.state.put(f"erasure/ob/{rid:012d}/{ob['holder']}", ob)
+            ctx.emit("erasure.overdue", id=rid, pid=req["pid"], holder=ob["holder"])
+        _settle(ctx, req)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def q_status(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    """A request with every holder's obligation: by id, or the patient's (pid)."""
+    rid = args.get("id")
+    if rid is None and isinstance(args.get("pid"), str):
+        rid = erasure_requested(state, args["pid"])
+        if rid is None:
+            return None
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        raise TxError(Code.INVALID_BODY, "erasure/status needs an integer id or a pid")
+    req = get_request(state, rid)
+    if req is None:
+        return None
+    return {**req, "obligations": obligations(state, rid)}
+
+
+def q_list(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Requests, newest first; `holder` keeps those where that hospital has an obligation."""
+    holder, status = args.get("holder"), args.get("status")
+    found = []
+    for _, req in state.scan("erasure/req/"):
+        if holder is not None and holder not in req["holders"]:
+            continue
+        if status is not None and req["status"] != status:
+            continue
+        found.append(req)
+    found.reverse()
+    return found
+
+
+CONTRACTS = [
+    Contract(
+        name="erasure",
+        version=1,
+        messages={
+            "erasure.request": Message("erasure.request", Request, request),
+            "erasure.attest": Message("erasure.attest", Attest, attest),
+        },
+        queries={"erasure/status": q_status, "erasure/list": q_list},
+        end_block=end_block,
+    )
+]

@@ -1,0 +1,329 @@
+"""Research (decentralised science): studies, dynamic consent, and traceable dataset releases.
+
+A sponsor hospital registers a study: the hash of its protocol, its ethics approval reference,
+the data categories it needs and its minimum cohort size. Patients enrol and withdraw at any
+time (their own key, or a hospital on their behalf with the evidence's hash). A custodian then
+releases a pseudonymised dataset by posting its hash, its counts and the list of its members'
+*study tokens*:
+
+    token = SHA-256("medledger/study-member" 0x00 study 0x00 pid)
+
+The chain already knows which pids enrolled in which study (the enrolment txs carry them), so
+a token reveals nothing new; but the chain can check, token by token, that every member is
+enrolled and has not withdrawn, and refuse the release otherwise, or when the cohort is under
+the study's minimum (a small cohort re-identifies people). The release keeps the Merkle root
+of the sorted tokens, so any result can later be traced to exactly the data it used.
+
+State (prefix `research/`):
+    research/study/<study>                     the study
+    research/enrol/<study>/<pid>               enrolment: status, history, releases
+    research/token/<study>/<token hex>         token -> pid (release checks)
+    research/pid/<pid>/<study>                 a patient's studies (erasure, portal)
+    research/release/<study>/<seq:06d>         a release: custodian, dataset hash, counts, root
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts.categories import ALL, check_categories
+from medledger.contracts.common import check_id
+from medledger.contracts.patients import acting_for_patient, check_hash, erasure_requested
+from medledger.contracts.records import acting_org, check_pid
+from medledger.ledger import merkle
+from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.errors import Code, TxError
+from medledger.ledger.store import StateView
+
+MAX_MEMBERS = 12_000  # 32 bytes each: a release fits well inside one tx
+MAX_COUNTS = 16
+
+
+@dataclass
+class Register:
+    study: str
+    protocol_hash: bytes
+    ethics_ref: str
+    categories: list[str]
+    min_cohort: int
+    title: str = ""
+    end_ms: int = 0
+
+
+@dataclass
+class Enrol:
+    study: str
+    pid: str
+    evidence_hash: bytes = b""
+
+
+@dataclass
+class Withdraw:
+    study: str
+    pid: str
+    evidence_hash: bytes = b""
+
+
+@dataclass
+class Release:
+    study: str
+    dataset_hash: bytes
+    members: list[bytes]
+    counts: dict[str, int]
+
+
+@dataclass
+class Close:
+    study: str
+
+
+def member_token(study: str, pid: str) -> bytes:
+    return hashlib.sha256(
+        b"medledger/study-member\x00" + study.encode() + b"\x00" + pid.encode()
+    ).digest()
+
+
+def get_study(state: StateView, study: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = state.get(f"research/study/{study}")
+    return found
+
+
+def study_open(study: dict[str, Any], at_ms: int) -> bool:
+    return bool(study["status"] == "open" and (study["end_ms"] == 0 or at_ms < study["end_ms"]))
+
+
+def _require_study(ctx: Context, study_id: str, *, open_: bool = True) -> dict[str, Any]:
+    study = get_study(ctx.state, study_id)
+    if study is None:
+        raise TxError(Code.NOT_FOUND, f"no study {study_id!r}")
+    if open_ and not study_open(study, ctx.time_ms):
+        raise TxError(Code.REFUSED, f"study {study_id} is closed")
+    return study
+
+
+def register(ctx: Context, msg: Register) -> None:
+    sponsor, practitioner = acting_org(ctx, role="researcher")
+    check_id(msg.study, "study")
+    if ctx.state.has(f"research/study/{msg.study}"):
+        raise TxError(Code.CONFLICT, f"study {msg.study!r} already exists")
+    check_hash(msg.protocol_hash, "protocol_hash")
+    if not 0 < len(msg.ethics_ref) <= 128:
+        raise TxError(Code.INVALID_BODY, "field ethics_ref: the approval reference, 1..128 chars")
+    categories = check_categories(msg.categories)
+    if categories == [ALL]:
+        raise TxError(Code.INVALID_BODY, "field categories: a study names the data it needs")
+    if msg.min_cohort < 1:
+        raise TxError(Code.INVALID_BODY, "field min_cohort: at least 1")
+    if len(msg.title) > 200:
+        raise TxError(Code.INVALID_BODY, "field title: at most 200 characters")
+    if msg.end_ms and msg.end_ms <= ctx.time_ms:
+        raise TxError(Code.INVALID_BODY, "field end_ms: already past")
+    ctx.state.put(
+        f"research/study/{msg.study}",
+        {
+            "id": msg.study,
+            "sponsor": sponsor,
+            "by": practitioner or "",
+            "protocol_hash": msg.protocol_hash,
+            "ethics_ref": msg.ethics_ref,
+            "categories": categories,
+            "min_cohort": msg.min_cohort,
+            "title": msg.title,
+            "end_ms": msg.end_ms,
+            "status": "open",
+            "enrolled": 0,
+            "releases": 0,
+            "time": ctx.time_ms,
+            "tx": ctx.tx_id,
+        },
+    )
+    ctx.emit("study.registered", study=msg.study, sponsor=sponsor)
+
+
+def enrol(ctx: Context, msg: Enrol) -> None:
+    study = _require_study(ctx, msg.study)
+    check_pid(msg.pid)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    if erasure_requested(ctx.state, msg.pid) is not None:
+        raise TxError(Code.REFUSED, "the patient asked for erasure")
+    key = f"research/enrol/{msg.study}/{msg.pid}"
+    current = ctx.state.get(key)
+    if current is not None and current["status"] == "enrolled":
+        raise TxError(Code.CONFLICT, f"already enrolled in {msg.study}")
+    record = current or {"pid": msg.pid, "study": msg.study, "history": [], "releases": []}
+    record.update(status="enrolled", since=ctx.time_ms, by=who.to_obj())
+    record["history"].append([ctx.time_ms, "enrolled", who.by])
+    ctx.state.put(key, record)
+    ctx.state.put(f"research/token/{msg.study}/{member_token(msg.study, msg.pid).hex()}", msg.pid)
+    ctx.state.put(f"research/pid/{msg.pid}/{msg.study}", 1)
+    study["enrolled"] += 1
+    ctx.state.put(f"research/study/{msg.study}", study)
+    ctx.emit("study.enrolled", study=msg.study, pid=msg.pid, by=who.by)
+
+
+def withdraw(ctx: Context, msg: Withdraw) -> None:
+    study = _require_study(ctx, msg.study, open_=False)
+    check_pid(msg.pid)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    key = f"research/enrol/{msg.study}/{msg.pid}"
+    current = ctx.state.get(key)
+    if current is None or current["status"] != "enrolled":
+        raise TxError(Code.CONFLICT, f"not enrolled in {msg.study}")
+    current.update(status="withdrawn", withdrawn=ctx.time_ms, by=who.to_obj())
+    current["history"].append([ctx.time_ms, "withdrawn", who.by])
+    ctx.state.put(key, current)
+    study["enrolled"] -= 1
+    ctx.state.put(f"research/study/{msg.study}", study)
+    ctx.emit("study.withdrawn", study=msg.study, pid=msg.pid, by=who.by)
+
+
+def release(ctx: Context, msg: Release) -> None:
+    custodian, practitioner = acting_org(ctx, role="researcher")
+    study = _require_study(ctx, msg.study)
+    check_hash(msg.dataset_hash, "dataset_hash")
+    n = len(msg.members)
+    if n > MAX_MEMBERS:
+        raise TxError(Code.INVALID_BODY, f"field members: at most {MAX_MEMBERS} per release")
+    for i, token in enumerate(msg.members):
+        if len(token) != 32:
+            raise TxError(Code.INVALID_BODY, f"field members[{i}]: a 32-byte study token")
+    if len(set(msg.members)) != n:
+        raise TxError(Code.INVALID_BODY, "field members: a member is listed twice")
+    if not 0 < len(msg.counts) <= MAX_COUNTS:
+        raise TxError(Code.INVALID_BODY, f"field counts: 1..{MAX_COUNTS} counts")
+    for name, value in msg.counts.items():
+        check_id(name, f"counts.{name}")
+        if value < 0:
+            raise TxError(Code.INVALID_BODY, f"field counts.{name}: must not be negative")
+    if msg.counts.get("patients") != n:
+        raise TxError(Code.INVALID_BODY, "field counts.patients: must equal the number of members")
+    if n < study["min_cohort"]:
+        raise TxError(
+            Code.REFUSED,
+            f"cohort of {n} is under study {msg.study}'s minimum of {study['min_cohort']}",
+        )
+    enrolments: list[tuple[str, dict[str, Any]]] = []
+    for i, token in enumerate(msg.members):
+        pid = ctx.state.get(f"research/token/{msg.study}/{token.hex()}")
+        if pid is None:
+            raise TxError(Code.REFUSED, f"members[{i}]: not enrolled in study {msg.study}")
+        enrolment = ctx.state.get(f"research/enrol/{msg.study}/{pid}")
+        if enrolment["status"] != "enrolled":
+            raise TxError(Code.REFUSED, f"members[{i}]: the patient withdrew from {msg.study}")
+        if erasure_requested(ctx.state, pid) is not None:
+            raise TxError(Code.REFUSED, f"members[{i}]: the patient asked for erasure")
+        enrolments.append((pid, enrolment))
+    seq = int(study["releases"]) + 1
+    study["releases"] = seq
+    ctx.state.put(f"research/study/{msg.study}", study)
+    ctx.state.put(
+        f"research/release/{msg.study}/{seq:06d}",
+        {
+            "seq": seq,
+            "study": msg.study,
+            "custodian": custodian,
+            "by": practitioner or "",
+            "dataset_hash": msg.dataset_hash,
+            "counts": dict(sorted(msg.counts.items())),
+            "members": n,
+            "members_root": merkle.root(sorted(msg.members)),
+            "time": ctx.time_ms,
+            "tx": ctx.tx_id,
+        },
+    )
+    for pid, enrolment in enrolments:
+        enrolment["releases"].append([seq, custodian])
+        ctx.state.put(f"research/enrol/{msg.study}/{pid}", enrolment)
+    ctx.emit("study.released", study=msg.study, release=seq, custodian=custodian, patients=n)
+
+
+def close(ctx: Context, msg: Close) -> None:
+    org, _ = acting_org(ctx, role="researcher")
+    study = _require_study(ctx, msg.study, open_=False)
+    if study["sponsor"] != org:
+        raise TxError(Code.UNAUTHORIZED, f"only the sponsor {study['sponsor']} closes the study")
+    if study["status"] != "open":
+        raise TxError(Code.CONFLICT, f"study {msg.study} is already closed")
+    study.update(status="closed", closed=ctx.time_ms)
+    ctx.state.put(f"research/study/{msg.study}", study)
+    ctx.emit("study.closed", study=msg.study)
+
+
+def holders(state: StateView, pid: str) -> dict[str, list[str]]:
+    """Hospitals that received this patient's data through a study: sponsor and releasers."""
+    found: dict[str, list[str]] = {}
+    for key, _ in state.scan(f"research/pid/{pid}/"):
+        study_id = key.rsplit("/", 1)[1]
+        enrolment = state.get(f"research/enrol/{study_id}/{pid}")
+        if not enrolment or not enrolment["releases"]:
+            continue
+        study = get_study(state, study_id)
+        if study is not None:
+            found.setdefault(study["sponsor"], []).append(f"study:{study_id}")
+        for seq, custodian in enrolment["releases"]:
+            found.setdefault(custodian, []).append(f"release:{study_id}/{seq}")
+    return found
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def q_study(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    return get_study(state, str(args.get("study")))
+
+
+def q_studies(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for _, s in state.scan("research/study/")]
+
+
+def q_enrolment(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = state.get(
+        f"research/enrol/{args.get('study')}/{args.get('pid')}"
+    )
+    return found
+
+
+def q_of_patient(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    pid = str(args.get("pid"))
+    found = []
+    for key, _ in state.scan(f"research/pid/{pid}/"):
+        enrolment = state.get(f"research/enrol/{key.rsplit('/', 1)[1]}/{pid}")
+        if enrolment is not None:
+            found.append(enrolment)
+    return found
+
+
+def q_releases(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for _, r in state.scan(f"research/release/{args.get('study')}/")]
+
+
+def q_token(state: StateView, args: dict[str, Any]) -> bytes:
+    study, pid = args.get("study"), args.get("pid")
+    if not isinstance(study, str) or not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "research/token needs study and pid")
+    return member_token(study, pid)
+
+
+CONTRACTS = [
+    Contract(
+        name="research",
+        version=1,
+        messages={
+            "research.register": Message("research.register", Register, register),
+            "research.enrol": Message("research.enrol", Enrol, enrol),
+            "research.withdraw": Message("research.withdraw", Withdraw, withdraw),
+            "research.release": Message("research.release", Release, release),
+            "research.close": Message("research.close", Close, close),
+        },
+        queries={
+            "research/study": q_study,
+            "research/studies": q_studies,
+            "research/enrolment": q_enrolment,
+            "research/of_patient": q_of_patient,
+            "research/releases": q_releases,
+            "research/token": q_token,
+        },
+    )
+]

@@ -1,0 +1,162 @@
+"""The care commands as a user runs them: consent, emergency, referral, study, policy, authorize."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from medledger.cli import app
+from medledger.ledger.keys import SigningKey
+from medledger.node import Node
+
+runner = CliRunner()
+PID = hashlib.sha256(b"cli patient").hexdigest()
+OTHER = hashlib.sha256(b"cli patient 2").hexdigest()
+
+
+def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_care_commands(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    lyon = str(net / "hospitals" / "chu-lyon")
+    paris = str(net / "hospitals" / "aphp-paris")
+    run("practitioner", "add", "-H", lyon, "--id", "dr-martin", "--roles", "physician,emergency")
+    run("practitioner", "add", "-H", lyon, "--id", "dpo-lyon", "--roles", "dpo")
+    run("practitioner", "add", "-H", paris, "--id", "res-paris", "--roles", "researcher")
+    with Node.open(Path(lyon)) as node:  # what `ingest` would register
+        node.wallet.send(
+            "records.register",
+            {
+                "entries": [
+                    {
+                        "rid": "r-1",
+                        "pid": PID,
+                        "commitment": hashlib.sha256(b"r-1").digest(),
+                        "meta_ct": b"ct",
+                    }
+                ]
+            },
+        )
+    form = tmp_path / "form.pdf"
+    form.write_bytes(b"signed consent form")
+    patient_key = tmp_path / "patient.key"
+    key = SigningKey.generate()
+    key.save(patient_key)
+
+    # -- consent -----------------------------------------------------------------------------
+    out = run(
+        "consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
+        "--evidence-file", str(form),
+    )  # fmt: skip
+    assert "key bound" in out.output
+    out = run(
+        "consent", "grant", "-H", lyon, "--patient", PID, "--grantee", "org:aphp-paris",
+        "--categories", "labs", "--purpose", "treatment", "--patient-key", str(patient_key),
+    )  # fmt: skip
+    assert "consent 1 granted to org:aphp-paris" in out.output and "patient" in out.output
+    bad = run(
+        "consent", "grant", "-H", lyon, "--patient", PID, "--grantee", "org:aphp-paris",
+        "--categories", "labs", "--purpose", "treatment", code=1,
+    )  # fmt: skip
+    assert "evidence_hash" in bad.output
+    assert "org:aphp-paris" in run("consent", "list", "-H", paris, "--patient", PID).output
+    exported = run("consent", "export", "-H", paris, "--id", "1", "--fhir", "R5").output
+    resource = json.loads(exported)
+    assert resource["resourceType"] == "Consent" and resource["decision"] == "permit"
+    fhir_file = tmp_path / "consent.json"
+    fhir_file.write_text(exported)
+    out = run("consent", "import", "-H", paris, str(fhir_file), "--evidence-file", str(form))
+    assert "consent 2 imported" in out.output
+
+    # -- authorize ---------------------------------------------------------------------------
+    out = run(
+        "authorize", "-H", paris, "--actor", "aphp-paris", "--patient", PID,
+        "--purpose", "treatment", "--custodian", "chu-lyon", "--rid", "r-1",
+    )  # fmt: skip
+    assert "ALLOWED basis consent:1" in out.output
+    out = run(
+        "authorize", "-H", paris, "--actor", "aphp-paris", "--patient", PID,
+        "--purpose", "treatment", "--custodian", "chu-lyon", "--category", "imaging", code=3,
+    )  # fmt: skip
+    assert "DENIED other category" in out.output
+    run("consent", "revoke", "-H", lyon, "--id", "1", "--patient-key", str(patient_key))
+
+    # -- emergency ---------------------------------------------------------------------------
+    out = run(
+        "emergency", "open", "-H", lyon, "--as", "dr-martin", "--patient", OTHER,
+        "--reason", "unconscious", "--note", "found unconscious, no relative", "--hours", "2",
+    )  # fmt: skip
+    assert "emergency access 1 open" in out.output
+    out = run(
+        "authorize", "-H", lyon, "--actor", "dr-martin", "--patient", OTHER,
+        "--purpose", "emergency", "--custodian", "aphp-paris",
+    )  # fmt: skip
+    assert "ALLOWED basis emergency:1" in out.output
+    assert "pending" in run("emergency", "list", "-H", lyon, "--unreviewed").output
+    out = run(
+        "emergency", "review", "-H", lyon, "--as", "dpo-lyon", "--id", "1",
+        "--verdict", "approved",
+    )  # fmt: skip
+    assert "approved" in out.output
+
+    # -- referral ----------------------------------------------------------------------------
+    out = run(
+        "referral", "create", "-H", lyon, "--as", "dr-martin", "--patient", PID,
+        "--to", "aphp-paris", "--date", "2099-01-01", "--categories", "labs,imaging",
+        "--letter", str(form), "--rids", "r-1", "--evidence-file", str(form),
+    )  # fmt: skip
+    assert "referral 1 to aphp-paris" in out.output
+    assert "must deliver by" in run("referral", "admit", "-H", paris, "--id", "1").output
+    assert "1 records delivered" in run("referral", "deliver", "-H", lyon, "--id", "1").output
+    commitment = hashlib.sha256(b"r-1").hexdigest()
+    run("referral", "confirm", "-H", paris, "--id", "1", "--commitments", commitment)
+    status = run("referral", "status", "-H", paris, "--id", "1").output
+    assert "confirmed" in status and "obligation fulfilled" in status
+
+    # -- study -------------------------------------------------------------------------------
+    protocol = tmp_path / "protocol.pdf"
+    protocol.write_bytes(b"protocol v1")
+    run(
+        "study", "register", "-H", paris, "--as", "res-paris", "--id", "diab",
+        "--protocol", str(protocol), "--ethics", "CPP-2026-42", "--categories", "labs",
+        "--min-cohort", "2",
+    )  # fmt: skip
+    run("study", "enrol", "-H", lyon, "--id", "diab", "--patient", PID,
+        "--patient-key", str(patient_key))  # fmt: skip
+    pids = tmp_path / "pids.txt"
+    pids.write_text(PID + "\n")
+    dataset = tmp_path / "dataset.parquet"
+    dataset.write_bytes(b"rows")
+    out = run(
+        "study", "release", "-H", lyon, "--id", "diab", "--dataset", str(dataset),
+        "--patients", str(pids), code=1,
+    )  # fmt: skip
+    assert "cohort of 1 is under" in out.output
+    run("study", "withdraw", "-H", lyon, "--id", "diab", "--patient", PID,
+        "--evidence-file", str(form))  # fmt: skip
+    assert "enrolled 0" in run("study", "show", "-H", paris, "--id", "diab").output
+
+    # -- policy ------------------------------------------------------------------------------
+    cedar = tmp_path / "no-imaging.cedar"
+    cedar.write_text('forbid(principal, action, resource == Category::"imaging");\n')
+    assert (
+        "proposal 1 created"
+        in run("policy", "set", "-H", lyon, "--id", "x", "--file", str(cedar)).output
+    )
+    assert "executed" in run("member", "vote", "-H", paris, "1").output
+    out = run("policy", "show", "-H", paris)
+    assert "policy x" in out.output and "emergency_max_ms" in out.output
+    broken = tmp_path / "broken.cedar"
+    broken.write_text("forbid(")
+    assert (
+        "does not parse"
+        in run("policy", "set", "-H", lyon, "--id", "y", "--file", str(broken), code=1).output
+    )
