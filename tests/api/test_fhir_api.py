@@ -90,8 +90,11 @@ def test_pages_render_for_a_signed_in_patient_and_the_explorer_verifies(api: Api
     assert r.status_code == 200 and "My records" in r.text
     assert "Who accessed my data" in r.text
     explorer = api.client.get("/explorer").text
-    assert "chu-lyon" in explorer and "records.register" in explorer
-    assert api.pid not in explorer  # no personal data, not even pseudonyms, on the explorer
+    assert "chu-lyon" in explorer and "Latest blocks" in explorer
+    block = api.client.get("/explorer/block/2").text  # block 1 registered dr-martin
+    assert "records.register" in block
+    for text in (explorer, block):  # no personal data, not even pseudonyms, on the explorer
+        assert api.pid not in text
     verified = api.client.post("/explorer/verify")
     assert verified.status_code == 200 and "ok: replayed" in verified.text
 

@@ -161,7 +161,7 @@ class LocalRecords:
 
 
 def _meta_of(svc: HospitalServices, info: Any) -> dict[str, Any]:
-    return {"custodian": info.custodian, "type": info.resource_type, "rid": info.rid}
+    return svc.record_meta(info)
 
 
 def _page(request: Request, offset: int, count: int, total: int) -> list[tuple[str, str]]:

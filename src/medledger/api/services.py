@@ -42,6 +42,7 @@ class HospitalServices:
     base_url: str = "http://127.0.0.1"
     trusted_issuers: dict[str, bytes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _meta_cache: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ingestor = Ingestor(self.node, self.vault)
@@ -79,6 +80,26 @@ class HospitalServices:
         return SigningKey.from_file(path).public_key
 
     # -- deciding and recording ---------------------------------------------------------
+    def record_meta(self, info: Any) -> dict[str, Any]:
+        """What authorize needs to know of a stored record: custodian, type and category."""
+        cache_key = (info.rid, info.version)
+        meta = self._meta_cache.get(cache_key)
+        if meta is None:
+            import orjson
+
+            from medledger.interop.metadata import category_of
+
+            resource = orjson.loads(self.vault.get(info.rid, info.version))
+            meta = {
+                "custodian": info.custodian,
+                "type": info.resource_type,
+                "category": category_of(resource),
+            }
+            if len(self._meta_cache) > 50_000:
+                self._meta_cache.clear()
+            self._meta_cache[cache_key] = meta
+        return meta
+
     def decide(self, claims: Claims, pid: str, meta: dict[str, Any], purpose: str) -> Decision:
         """Patients may read their own data; everyone else goes through the ledger's authorize."""
         if claims.patient is not None:
@@ -94,7 +115,7 @@ class HospitalServices:
         result = self.node.engine.query(
             "authorize/check",
             {
-                "actor": key,
+                "key": key,
                 "pid": pid,
                 "meta": meta,
                 "purpose": purpose,
