@@ -1,0 +1,495 @@
+"""CometBFT's built-in kvstore app versus medledger, same 4-validator network, same machine.
+
+For each app: four validators on loopback with the configuration `medledger init --engine
+cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
+
+1. latency: an open-loop offered load of `rate` tx/s for `latency_s` seconds; a tx's commit
+   latency runs from handing it to its node (broadcast_tx_sync) to the moment node 0's RPC
+   first reports the height of the block that contains it (polled every 20 ms);
+2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
+   node accepts, pausing while its mempool holds more than `mempool_high` txs, for
+   `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
+   that window / the window's length in block time.
+
+Each stream is one signer submitting in order, one tx per request: a signer's nonces must
+reach CheckTx in order, and CometBFT's socket ABCI client forwards CheckTx requests to the app
+on a 20 ms flush timer, so throughput needs many requests in flight (kvstore runs in-process
+and has no such timer). kvstore txs are `key=value`; medledger txs are real signed
+`identity.register` txs by `streams` member organisations added to the genesis (four
+validating hospitals plus non-validating members), so CheckTx verifies an Ed25519 signature
+and every block writes SQLite. Run:
+
+    .venv/bin/python bench/bench_cometbft.py                  # both apps, block time 1 s
+    .venv/bin/medledger bench cometbft --set block_time_ms=500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import calendar
+import hashlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from medledger.consensus.cometbft import processes, testnet
+
+CHAIN = "medledger-bench"
+HOSPITALS = 4
+# Pause a node's streams while its mempool holds more than this: every tx left in a mempool is
+# re-checked after each block, so an unbounded backlog would measure rechecks, not throughput.
+MEMPOOL_HIGH = 2000
+
+
+# --------------------------------------------------------------------------- networks
+
+
+@dataclass
+class Network:
+    app: str
+    dir: Path
+    urls: list[str]
+    streams: int
+    make_txs: Callable[[int, int], list[bytes]]  # (stream, count) -> txs in submission order
+
+    def url(self, stream: int) -> str:
+        return self.urls[stream % len(self.urls)]
+
+
+def _kvstore_network(directory: Path, block_time_ms: int, streams: int) -> Network:
+    orgs = [f"hospital-{i + 1}" for i in range(HOSPITALS)]
+    keys = testnet.prepare(directory, orgs, block_time_ms, CHAIN)
+    validators = [(o, keys[o], 10) for o in orgs]
+    testnet.write_genesis(directory, CHAIN, int(time.time() * 1000), validators)
+    processes.start_cometbfts(directory, orgs, extra_args=["--proxy_app=kvstore"])
+    counters = [itertools.count() for _ in range(streams)]
+
+    def make_txs(stream: int, count: int) -> list[bytes]:
+        return [f"s{stream}-{next(counters[stream])}=v".encode() for _ in range(count)]
+
+    return Network("kvstore", directory, _urls(directory), streams, make_txs)
+
+
+def _medledger_network(directory: Path, block_time_ms: int, streams: int) -> Network:
+    """Four validating hospitals, plus `streams` non-validating member organisations.
+
+    A signer's txs must reach CheckTx in nonce order, so each signer is one sequential
+    stream; concurrency (which CometBFT's socket ABCI client needs: it flushes CheckTx
+    requests to the app every 20 ms) comes from many signers, as from many hospitals' users.
+    """
+    from medledger.ledger.genesis import Genesis, GenesisMember
+    from medledger.ledger.keys import SigningKey
+    from medledger.ledger.tx import sign_tx
+    from medledger.network import create_consortium
+
+    create_consortium(
+        directory,
+        HOSPITALS,
+        engine="cometbft",
+        chain_id=CHAIN,
+        block_time_ms=block_time_ms,
+        genesis_time_ms=int(time.time() * 1000),
+    )
+    keys = [
+        SigningKey(hashlib.sha256(f"bench-signer-{i}".encode()).digest()) for i in range(streams)
+    ]
+    genesis = Genesis.load(directory / "genesis.json")
+    extra = [GenesisMember(f"signer-{i}", f"Signer {i}", k.public_key) for i, k in enumerate(keys)]
+    genesis = Genesis(
+        chain_id=genesis.chain_id,
+        time_ms=genesis.time_ms,
+        members=[*genesis.members, *extra],
+        engine=genesis.engine,
+        solo_key=genesis.solo_key,
+        params=genesis.params,
+        contracts=genesis.contracts,
+    )
+    genesis.save(directory / "genesis.json")
+    processes.up(directory)
+    nonces = [0] * streams
+
+    def make_txs(stream: int, count: int) -> list[bytes]:
+        out = []
+        for _ in range(count):
+            nonces[stream] += 1
+            n = nonces[stream]
+            body = {"practitioner": f"p{n}", "key": os.urandom(32), "roles": ["nurse"]}
+            out.append(sign_tx(keys[stream], CHAIN, "identity.register", body, n))
+        return out
+
+    return Network("medledger", directory, _urls(directory), streams, make_txs)
+
+
+def _urls(directory: Path) -> list[str]:
+    return [a.rpc_url for a in testnet.consortium_addresses(directory).values()]
+
+
+# --------------------------------------------------------------------------- rpc
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection posting JSON-RPC: lighter than a general client, so
+    the load generator leaves the CPU to the nodes it measures."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.split("://", 1)[1].rpartition(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, payload: bytes) -> Any:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST / HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + payload)
+        await self.reader.readline()  # status line
+        length = -1
+        chunked = False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value:
+                chunked = True
+        if chunked:
+            body = b""
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        else:
+            body = await self.reader.readexactly(length)
+        return orjson.loads(body)
+
+    async def broadcast(self, tx: bytes) -> tuple[int, str]:
+        """(CheckTx code, log); code -1 when the mempool refused it (full, cache, ...)."""
+        answer = await self.post(
+            orjson.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "broadcast_tx_sync",
+                    "params": {"tx": base64.b64encode(tx).decode()},
+                }
+            )
+        )
+        if "result" in answer:
+            return int(answer["result"]["code"]), str(answer["result"]["log"])
+        return -1, str(answer.get("error", {}).get("data", ""))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _call(client: httpx.AsyncClient, url: str, method: str, **params: Any) -> Any:
+    r = await client.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    return r.json()["result"]
+
+
+async def _height(client: httpx.AsyncClient, url: str) -> int:
+    return int((await _call(client, url, "status"))["sync_info"]["latest_block_height"])
+
+
+async def _block_metas(
+    client: httpx.AsyncClient, url: str, lo: int, hi: int
+) -> list[dict[str, Any]]:
+    metas: list[dict[str, Any]] = []
+    h = hi
+    while h >= lo:
+        low = max(lo, h - 19)
+        result = await _call(client, url, "blockchain", minHeight=str(low), maxHeight=str(h))
+        metas.extend(result["block_metas"])
+        h = low - 1
+    return sorted(metas, key=lambda m: int(m["header"]["height"]))
+
+
+def _block_time_s(meta: dict[str, Any]) -> float:
+    text = meta["header"]["time"]  # RFC 3339 with nanoseconds
+    main, _, frac = text.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+    return seconds + float(f"0.{frac or '0'}")
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Counts:
+    accepted: int = 0
+    rejected: int = 0
+    refused: int = 0  # mempool full or other RPC-level refusal
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, code: int, log: str) -> None:
+        if code == 0:
+            self.accepted += 1
+            return
+        if code < 0:
+            self.refused += 1
+        else:
+            self.rejected += 1
+        key = f"{code}: {log[:60]}"
+        self.codes[key] = self.codes.get(key, 0) + 1
+
+
+async def _saturate(
+    net: Network, seconds: float, warmup: float, max_rate: int, mempool_high: int
+) -> dict[str, Any]:
+    counts = Counts()
+    stop = asyncio.Event()
+    paused = {url: False for url in net.urls}
+    per_stream = int(max_rate * (seconds + warmup) / net.streams) + 1
+    backlog = [net.make_txs(i, per_stream) for i in range(net.streams)]
+    async with httpx.AsyncClient(timeout=30) as client:
+        start_height = await _height(client, net.urls[0])
+
+        async def monitor() -> None:
+            while not stop.is_set():
+                for url in net.urls:
+                    total = int((await _call(client, url, "num_unconfirmed_txs"))["total"])
+                    paused[url] = total > mempool_high
+                await asyncio.sleep(0.05)
+
+        async def stream(i: int) -> None:
+            conn = _Conn(net.url(i))
+            try:
+                for tx in backlog[i]:
+                    while paused[net.url(i)] and not stop.is_set():
+                        await asyncio.sleep(0.02)
+                    if stop.is_set():
+                        return
+                    counts.add(*await conn.broadcast(tx))
+            finally:
+                conn.close()
+
+        tasks = [asyncio.create_task(stream(i)) for i in range(net.streams)]
+        watcher = asyncio.create_task(monitor())
+        await asyncio.sleep(warmup)
+        h0 = await _height(client, net.urls[0])
+        await asyncio.sleep(seconds)
+        h1 = await _height(client, net.urls[0])
+        exhausted = all(t.done() for t in tasks)
+        stop.set()
+        await asyncio.gather(*tasks, watcher)
+        metas = await _block_metas(client, net.urls[0], h0, h1)
+    committed = sum(int(m["num_txs"]) for m in metas[1:])  # blocks after h0, up to h1
+    span = _block_time_s(metas[-1]) - _block_time_s(metas[0])
+    return {
+        "committed_tx_per_s": round(committed / span, 1) if span > 0 else 0.0,
+        "committed_in_window": committed,
+        "window_s": round(span, 2),
+        "blocks_in_window": len(metas) - 1,
+        "mean_txs_per_block": round(committed / max(1, len(metas) - 1), 1),
+        "submitted_accepted": counts.accepted,
+        "checktx_rejected": counts.rejected,
+        "mempool_refused": counts.refused,
+        "refusals": counts.codes,
+        "load_exhausted_early": exhausted,
+        "start_height": start_height,
+    }
+
+
+async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
+    total = int(rate * seconds)
+    per_stream = [net.make_txs(i, total // net.streams + 1) for i in range(net.streams)]
+    sent: dict[bytes, float] = {}
+    committed: dict[bytes, float] = {}
+    counts = Counts()
+    done_sending = asyncio.Event()
+    async with httpx.AsyncClient(timeout=30) as client:
+        last = await _height(client, net.urls[0])
+
+        async def watch() -> None:
+            nonlocal last
+            deadline = None
+            while True:
+                if done_sending.is_set():
+                    if deadline is None:
+                        deadline = time.monotonic() + 30
+                    if len(committed) >= len(sent) or time.monotonic() > deadline:
+                        return
+                h = await _height(client, net.urls[0])
+                seen = time.monotonic()
+                for height in range(last + 1, h + 1):
+                    block = await _call(client, net.urls[0], "block", height=str(height))
+                    for tx in block["block"]["data"]["txs"] or []:
+                        tid = hashlib.sha256(base64.b64decode(tx)).digest()
+                        if tid in sent:
+                            committed[tid] = seen
+                last = max(last, h)
+                await asyncio.sleep(0.02)
+
+        t0 = time.monotonic() + 0.2
+
+        async def stream(i: int) -> None:
+            conn = _Conn(net.url(i))
+            try:
+                for k, tx in enumerate(per_stream[i]):
+                    due = t0 + (k * net.streams + i) / rate
+                    if due - t0 >= seconds:
+                        return
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tid = hashlib.sha256(tx).digest()
+                    sent[tid] = time.monotonic()
+                    code, log = await conn.broadcast(tx)
+                    counts.add(code, log)
+                    if code != 0:
+                        sent.pop(tid, None)
+            finally:
+                conn.close()
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(stream(i) for i in range(net.streams)))
+        elapsed = time.monotonic() - t0
+        done_sending.set()
+        await watcher
+    lat = sorted(committed[t] - sent[t] for t in committed)
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else float("nan")
+
+    return {
+        "offered_tx_per_s": rate,
+        "achieved_offered_tx_per_s": round((counts.accepted + counts.rejected) / elapsed, 1),
+        "accepted": counts.accepted,
+        "checktx_rejected": counts.rejected,
+        "mempool_refused": counts.refused,
+        "refusals": counts.codes,
+        "committed": len(lat),
+        "lost": len(sent) - len(lat),
+        "p50_s": pct(0.50),
+        "p95_s": pct(0.95),
+        "p99_s": pct(0.99),
+        "mean_s": round(statistics.fmean(lat), 3) if lat else float("nan"),
+    }
+
+
+def _bench_app(
+    app: str,
+    block_time_ms: int,
+    saturation_s: int,
+    warmup_s: int,
+    rate: int,
+    latency_s: int,
+    streams: int,
+    max_rate: int,
+    mempool_high: int,
+) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
+    try:
+        make = _kvstore_network if app == "kvstore" else _medledger_network
+        net = make(directory, block_time_ms, streams)
+        time.sleep(2)  # a few empty blocks: every node connected and in consensus
+        result: dict[str, Any] = {}
+        if latency_s > 0:  # first, on a fresh chain and an empty mempool
+            result["latency"] = asyncio.run(_latency(net, rate, latency_s))
+            time.sleep(2)
+        if saturation_s > 0:
+            result["saturation"] = asyncio.run(
+                _saturate(net, saturation_s, warmup_s, max_rate, mempool_high)
+            )
+        return result
+    finally:
+        processes.down(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(
+    block_time_ms: int = 1000,
+    saturation_s: int = 20,
+    warmup_s: int = 4,
+    rate: int = 500,
+    latency_s: int = 20,
+    kvstore: int = 1,
+    medledger: int = 1,
+    streams: int = 64,
+    max_rate: int = 3000,
+    mempool_high: int = MEMPOOL_HIGH,
+) -> dict[str, Any]:
+    """Run the comparison; returns figures as a JSON-able dict (see module docstring)."""
+    out: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "cometbft": testnet.COMETBFT_VERSION,
+        "validators": HOSPITALS,
+        "block_time_ms": block_time_ms,
+        "client_streams": streams,
+        "mempool_high": mempool_high,
+    }
+    apps = [a for a, on in (("kvstore", kvstore), ("medledger", medledger)) if on]
+    for app in apps:
+        print(f"bench: {app} ...", file=sys.stderr, flush=True)
+        limit = max_rate if app == "medledger" else 4 * max_rate  # pre-signed tx budget
+        out[app] = _bench_app(
+            app,
+            block_time_ms,
+            saturation_s,
+            warmup_s,
+            rate,
+            latency_s,
+            streams,
+            limit,
+            mempool_high,
+        )
+    try:
+        ratio = (
+            out["medledger"]["saturation"]["committed_tx_per_s"]
+            / out["kvstore"]["saturation"]["committed_tx_per_s"]
+        )
+        out["medledger_vs_kvstore"] = round(ratio, 3)
+    except (KeyError, ZeroDivisionError):
+        pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in (
+        ("block_time_ms", 1000),
+        ("saturation_s", 20),
+        ("warmup_s", 4),
+        ("rate", 500),
+        ("latency_s", 20),
+        ("kvstore", 1),
+        ("medledger", 1),
+        ("streams", 64),
+        ("max_rate", 3000),
+        ("mempool_high", MEMPOOL_HIGH),
+    ):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    args = parser.parse_args()
+    print(json.dumps(run(**vars(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,526 @@
+"""The ABCI 2.0 socket server CometBFT v0.38 drives medledger through.
+
+CometBFT opens four connections to the app (consensus, mempool, query, snapshot) and sends
+uvarint-length-prefixed `tendermint.abci.Request` messages on each; it expects one `Response`
+per request, in request order, and pipelines requests (a burst of CheckTx then a Flush). So each
+connection is a loop that parses every complete frame it has received, answers them in order
+and writes all answers at once.
+
+The application is not thread-safe and its calls are synchronous: every call into it holds one
+re-entrant lock (shared with `CometEngine`, whose query/height/blocks come from other threads).
+The calls run on the event loop thread itself, which serialises the four connections exactly
+like CometBFT's own Go socket server (one app mutex) and avoids a thread hop per CheckTx.
+
+Errors: a failing consensus method (InitChain, PrepareProposal, ProcessProposal, FinalizeBlock,
+Commit, ...) is answered with a `ResponseException` and logged; CometBFT then stops the node,
+which is the safe outcome (better a halted replica than a diverging one). CheckTx and Query
+carry untrusted input on connections whose exception would also stop the node, so there an
+unexpected exception is logged with its traceback and answered with code `INTERNAL_ERROR`: a
+malformed tx must not be a way to shut hospitals' nodes down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from medledger.consensus.cometbft.abci_proto import abci, crypto_keys
+from medledger.consensus.cometbft.framing import FramingError, frame, split_frames
+from medledger.ledger.results import (
+    AppInfo,
+    BlockOutcome,
+    Event,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+)
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "medledger"
+APP_VERSION = 0  # ABCI app protocol version; kept 0 to match the genesis consensus params
+INTERNAL_ERROR = 100  # CheckTx / Query code when the application raised instead of answering
+
+_READ_SIZE = 1 << 16
+_SLICE = 32  # requests answered before yielding to the other connections
+
+
+class AbciApplication(Protocol):
+    """What the server needs from `medledger.ledger.app.Application`."""
+
+    def info(self) -> AppInfo: ...
+    def init_chain(self) -> bytes: ...
+    def genesis_validators(self) -> list[ValidatorUpdate]: ...
+    def check_tx(self, tx: bytes, recheck: bool = False) -> TxResult: ...
+    def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]: ...
+    def finalize_block(
+        self,
+        txs: list[bytes],
+        height: int,
+        time_ms: int,
+        consensus_hash: bytes = b"",
+        proposer: bytes = b"",
+    ) -> BlockOutcome: ...
+    def commit(self) -> Any: ...
+    def query(self, path: str, data: bytes) -> QueryResult: ...
+
+
+def timestamp_ms(ts: Any) -> int:
+    """A google.protobuf.Timestamp as integer milliseconds since the epoch (block time)."""
+    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
+
+
+def proto_txs_size(txs: Sequence[bytes]) -> int:
+    """Bytes the txs take in a block's `Data` message, as CometBFT counts against max_tx_bytes.
+
+    CometBFT (types.ComputeProtoSizeForTxs) counts each tx as a repeated-bytes field: one tag
+    byte, the uvarint length and the bytes.
+    """
+    return sum(_tx_field_size(tx) for tx in txs)
+
+
+def _tx_field_size(tx: bytes) -> int:
+    n = len(tx)
+    varint = 1
+    while n >= 0x80:
+        n >>= 7
+        varint += 1
+    return 1 + varint + len(tx)
+
+
+def _txs_digest(height: int, time_ms: int, txs: Sequence[bytes]) -> bytes:
+    h = hashlib.sha256(f"{height}:{time_ms}:{len(txs)}".encode())
+    for tx in txs:
+        h.update(len(tx).to_bytes(8, "big"))
+        h.update(tx)
+    return h.digest()
+
+
+def _events(events: Sequence[Event]) -> list[Any]:
+    return [
+        abci.Event(
+            type=e.type,
+            attributes=[abci.EventAttribute(key=k, value=v, index=True) for k, v in e.attrs],
+        )
+        for e in events
+    ]
+
+
+def _validator_updates(updates: Sequence[ValidatorUpdate]) -> list[Any]:
+    out = []
+    for u in updates:
+        if len(u.pub_key) != 32:
+            raise ValueError(f"validator key of {len(u.pub_key)} bytes; Ed25519 keys are 32")
+        out.append(
+            abci.ValidatorUpdate(pub_key=crypto_keys.PublicKey(ed25519=u.pub_key), power=u.power)
+        )
+    return out
+
+
+@dataclass
+class ServerStats:
+    """Counters for logs and benchmarks: what CometBFT asked, what we refused."""
+
+    requests: int = 0
+    check_tx: int = 0
+    check_tx_rejected: int = 0
+    prepared_dropped: int = 0
+    proposals_rejected: int = 0
+    exceptions: int = 0
+
+
+class AbciServer:
+    """Answers CometBFT's ABCI requests from one medledger application.
+
+    `handle` is the pure request -> response part (synchronous, usable without sockets);
+    `start`/`close` run it on an asyncio TCP or unix socket.
+    """
+
+    def __init__(self, app: AbciApplication, lock: Any = None) -> None:
+        self.app = app
+        # The application's own lock when it has one, so that everyone who touches it in this
+        # process (engine, API, sync agent) is serialised with CometBFT's calls.
+        if lock is None:
+            lock = getattr(app, "lock", None) or threading.RLock()
+        self.lock = lock
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        # The proposal this node prepared last, so its own ProcessProposal does not re-simulate.
+        self._prepared: bytes | None = None
+        self._handlers: dict[str, Callable[[Any], Any]] = {
+            "echo": self._echo,
+            "flush": self._flush,
+            "info": self._info,
+            "init_chain": self._init_chain,
+            "query": self._query,
+            "check_tx": self._check_tx,
+            "commit": self._commit,
+            "list_snapshots": self._list_snapshots,
+            "offer_snapshot": self._offer_snapshot,
+            "load_snapshot_chunk": self._load_snapshot_chunk,
+            "apply_snapshot_chunk": self._apply_snapshot_chunk,
+            "prepare_proposal": self._prepare_proposal,
+            "process_proposal": self._process_proposal,
+            "extend_vote": self._extend_vote,
+            "verify_vote_extension": self._verify_vote_extension,
+            "finalize_block": self._finalize_block,
+        }
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: Any) -> Any:
+        """Answer one `abci.Request` with one `abci.Response` (an exception response on error)."""
+        self.stats.requests += 1
+        method = request.WhichOneof("value")
+        handler = self._handlers.get(method) if method else None
+        if handler is None:
+            self.stats.exceptions += 1
+            log.error("ABCI request with no known method: %r", method)
+            return abci.Response(exception=abci.ResponseException(error=f"unknown {method!r}"))
+        try:
+            answer = handler(getattr(request, method))
+        except Exception as exc:
+            self.stats.exceptions += 1
+            log.exception("ABCI %s failed; answering with an exception response", method)
+            return abci.Response(
+                exception=abci.ResponseException(error=f"{method}: {type(exc).__name__}: {exc}")
+            )
+        return abci.Response(**{method: answer})
+
+    def handle_bytes(self, raw: bytes) -> bytes:
+        """Serialized request in, serialized response out (no framing)."""
+        request = abci.Request()
+        try:
+            request.ParseFromString(raw)
+        except Exception as exc:  # protobuf's DecodeError, or anything the parser raises
+            self.stats.exceptions += 1
+            log.error("undecodable ABCI request (%d bytes): %s", len(raw), exc)
+            response = abci.Response(exception=abci.ResponseException(error=f"decode: {exc}"))
+            return bytes(response.SerializeToString())
+        return bytes(self.handle(request).SerializeToString())
+
+    # ------------------------------------------------------------------ methods
+
+    def _echo(self, req: Any) -> Any:
+        return abci.ResponseEcho(message=req.message)
+
+    def _flush(self, req: Any) -> Any:
+        return abci.ResponseFlush()
+
+    def _info(self, req: Any) -> Any:
+        with self.lock:
+            info = self.app.info()
+        return abci.ResponseInfo(
+            data=APP_NAME,
+            version=_package_version(),
+            app_version=APP_VERSION,
+            last_block_height=info.height,
+            last_block_app_hash=info.app_hash,
+        )
+
+    def _init_chain(self, req: Any) -> Any:
+        with self.lock:
+            app_hash = self.app.init_chain()
+            validators = self.app.genesis_validators()
+        ours = sorted((v.pub_key, v.power) for v in validators)
+        theirs = sorted((v.pub_key.ed25519, v.power) for v in req.validators)
+        if validators and ours != theirs:
+            # CometBFT will take the app's set; say so, since it usually means the two
+            # genesis files were not written from the same list of hospitals.
+            log.warning(
+                "InitChain: CometBFT genesis has %d validators, the ledger genesis %d; "
+                "the ledger's set is used",
+                len(theirs),
+                len(ours),
+            )
+        return abci.ResponseInitChain(app_hash=app_hash, validators=_validator_updates(validators))
+
+    def _query(self, req: Any) -> Any:
+        try:
+            with self.lock:
+                result = self.app.query(req.path, bytes(req.data))
+        except Exception as exc:
+            log.exception("Query %r raised", req.path)
+            return abci.ResponseQuery(
+                code=INTERNAL_ERROR, log=f"internal error: {type(exc).__name__}: {exc}"
+            )
+        return abci.ResponseQuery(
+            code=result.code, value=result.value, log=result.log, height=result.height
+        )
+
+    def _check_tx(self, req: Any) -> Any:
+        self.stats.check_tx += 1
+        recheck = req.type == abci.RECHECK
+        try:
+            with self.lock:
+                result = self.app.check_tx(bytes(req.tx), recheck=recheck)
+        except Exception as exc:
+            log.exception("CheckTx raised on a %d-byte tx", len(req.tx))
+            self.stats.check_tx_rejected += 1
+            return abci.ResponseCheckTx(
+                code=INTERNAL_ERROR, log=f"internal error: {type(exc).__name__}: {exc}"
+            )
+        if result.code != 0:
+            self.stats.check_tx_rejected += 1
+        # CheckTx events are left out: CometBFT v0.38 neither indexes nor uses them, and
+        # converting them cost a few percent of the app's CPU under load.
+        return abci.ResponseCheckTx(code=result.code, log=result.log)
+
+    def _prepare_proposal(self, req: Any) -> Any:
+        txs = [bytes(tx) for tx in req.txs]
+        time_ms = timestamp_ms(req.time)
+        with self.lock:
+            results = self.app.simulate_block(txs, req.height, time_ms) if txs else []
+        if len(results) != len(txs):
+            raise RuntimeError(f"simulate_block gave {len(results)} results for {len(txs)} txs")
+        kept: list[bytes] = []
+        size = 0
+        for tx, result in zip(txs, results, strict=True):
+            if result.code != 0:
+                continue
+            tx_size = _tx_field_size(tx)
+            if size + tx_size > req.max_tx_bytes:
+                # Stop rather than skip: later txs were simulated after this one, so they may
+                # depend on it (a nonce, a record it creates).
+                break
+            kept.append(tx)
+            size += tx_size
+        dropped = len(txs) - len(kept)
+        if dropped:
+            self.stats.prepared_dropped += dropped
+            log.info("PrepareProposal h=%d: dropped %d of %d txs", req.height, dropped, len(txs))
+        self._prepared = _txs_digest(req.height, time_ms, kept)
+        return abci.ResponsePrepareProposal(txs=kept)
+
+    def _process_proposal(self, req: Any) -> Any:
+        txs = [bytes(tx) for tx in req.txs]
+        time_ms = timestamp_ms(req.time)
+        if not txs or self._prepared == _txs_digest(req.height, time_ms, txs):
+            # Our own proposal: every tx was just simulated valid on this same state.
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
+        with self.lock:
+            results = self.app.simulate_block(txs, req.height, time_ms)
+        bad = [i for i, r in enumerate(results) if r.code != 0]
+        if bad or len(results) != len(txs):
+            self.stats.proposals_rejected += 1
+            first = results[bad[0]] if bad else None
+            log.warning(
+                "ProcessProposal h=%d: rejecting a block with %d invalid txs of %d (first: %s)",
+                req.height,
+                len(bad),
+                len(txs),
+                f"code {first.code} {first.log}" if first else "result count mismatch",
+            )
+            return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.REJECT)
+        return abci.ResponseProcessProposal(status=abci.ResponseProcessProposal.ACCEPT)
+
+    def _finalize_block(self, req: Any) -> Any:
+        txs = [bytes(tx) for tx in req.txs]
+        with self.lock:
+            # Positional: the block hash is the record's consensus_hash, the proposer its
+            # CometBFT address (20 bytes).
+            outcome = self.app.finalize_block(
+                txs,
+                req.height,
+                timestamp_ms(req.time),
+                bytes(req.hash),
+                bytes(req.proposer_address),
+            )
+        if len(outcome.results) != len(txs):
+            raise RuntimeError(
+                f"finalize_block gave {len(outcome.results)} results for {len(txs)} txs"
+            )
+        return abci.ResponseFinalizeBlock(
+            tx_results=[
+                abci.ExecTxResult(code=r.code, log=r.log, events=_events(r.events))
+                for r in outcome.results
+            ],
+            validator_updates=_validator_updates(outcome.validator_updates),
+            app_hash=outcome.app_hash,
+            events=_events(getattr(outcome, "events", ())),
+        )
+
+    def _commit(self, req: Any) -> Any:
+        self._prepared = None
+        with self.lock:
+            self.app.commit()
+        return abci.ResponseCommit(retain_height=0)
+
+    # Vote extensions are disabled (vote_extensions_enable_height = 0): CometBFT never calls
+    # these two, but every v0.38 method gets an answer.
+    def _extend_vote(self, req: Any) -> Any:
+        return abci.ResponseExtendVote(vote_extension=b"")
+
+    def _verify_vote_extension(self, req: Any) -> Any:
+        status = (
+            abci.ResponseVerifyVoteExtension.REJECT
+            if req.vote_extension
+            else abci.ResponseVerifyVoteExtension.ACCEPT
+        )
+        return abci.ResponseVerifyVoteExtension(status=status)
+
+    # State sync is not offered: new hospitals replay the chain with block sync, which
+    # re-executes (and so re-verifies) every block. These answers make that explicit.
+    def _list_snapshots(self, req: Any) -> Any:
+        return abci.ResponseListSnapshots()
+
+    def _offer_snapshot(self, req: Any) -> Any:
+        return abci.ResponseOfferSnapshot(result=abci.ResponseOfferSnapshot.REJECT)
+
+    def _load_snapshot_chunk(self, req: Any) -> Any:
+        return abci.ResponseLoadSnapshotChunk()
+
+    def _apply_snapshot_chunk(self, req: Any) -> Any:
+        return abci.ResponseApplySnapshotChunk(result=abci.ResponseApplySnapshotChunk.ABORT)
+
+    # ------------------------------------------------------------------ sockets
+
+    async def start(self, address: str) -> None:
+        """Listen on `tcp://HOST:PORT` or `unix://PATH`; returns once bound."""
+        kind, where = parse_address(address)
+        if kind == "unix":
+            path = Path(where)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._server = await asyncio.start_unix_server(self._connection, path=str(path))
+        else:
+            host, port = where
+            self._server = await asyncio.start_server(
+                self._connection, host=host, port=port, reuse_address=True
+            )
+        log.info("ABCI server listening on %s", address)
+
+    @property
+    def bound_address(self) -> str:
+        """The address actually bound (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        sock = self._server.sockets[0]
+        name = sock.getsockname()
+        if isinstance(name, tuple):
+            return f"tcp://{name[0]}:{name[1]}"
+        return f"unix://{name}"
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection (CometBFT will see them close)."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        peer = writer.get_extra_info("peername") or "unix"
+        log.debug("ABCI connection from %s", peer)
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await reader.read(_READ_SIZE)
+                if not chunk:
+                    break
+                buf += chunk
+                messages = split_frames(buf)
+                for start in range(0, len(messages), _SLICE):
+                    if start:
+                        # Let the other connections run between slices: a burst of CheckTx on
+                        # the mempool connection must not hold up the consensus connection.
+                        await asyncio.sleep(0)
+                    part = messages[start : start + _SLICE]
+                    writer.write(b"".join(frame(self.handle_bytes(m)) for m in part))
+                await writer.drain()
+        except FramingError as exc:
+            log.error("ABCI connection from %s: %s; closing it", peer, exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            log.debug("ABCI connection from %s closed", peer)
+
+
+class AbciServerThread:
+    """Runs an `AbciServer` on its own event loop in a daemon thread.
+
+    The node process's main thread stays free for the API and the engine's callers; the
+    loop thread is the only one that talks to CometBFT.
+    """
+
+    def __init__(self, server: AbciServer, address: str) -> None:
+        self.server = server
+        self.address = address
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="abci-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"ABCI server did not bind {self.address} within {timeout}s")
+        if self._error is not None:
+            raise RuntimeError(f"ABCI server could not listen on {self.address}") from self._error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.server.start(self.address))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.server.close())
+            loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+
+    @property
+    def bound_address(self) -> str:
+        return self.server.bound_address
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    """`tcp://host:port` -> ("tcp", (host, port)); `unix://path` -> ("unix", path)."""
+    if address.startswith("unix://"):
+        return "unix", address[len("unix://") :]
+    rest = address[len("tcp://") :] if address.startswith("tcp://") else address
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not an ABCI address: {address!r} (tcp://HOST:PORT or unix://PATH)")
+    return "tcp", (host, int(port))
+
+
+@functools.cache
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("medledger")
+    except Exception:
+        return "0"

@@ -1,0 +1,503 @@
+"""CometBFT homes for a consortium on one machine: keys, config, peers and the shared genesis.
+
+Layout (next to the hospital homes the rest of medledger writes):
+
+    DIR/hospitals/<org>/cometbft/           `cometbft init --home` output, tuned by `prepare`
+    DIR/hospitals/<org>/config.json         gets a "cometbft" section (addresses, node id)
+
+Every node listens on 127.0.0.1 only, on its own ports (p2p, rpc, abci, and a reserved one for
+prometheus, disabled), and has every other node as a persistent peer. The config is the one
+file CometBFT reads, so processes and tools derive addresses from it (`node_addresses`) rather
+than from a second copy that could drift.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+COMETBFT_VERSION = "0.38.25"
+PORTS_PER_NODE = 4  # p2p, rpc, abci, prometheus (reserved: prometheus stays disabled)
+DEFAULT_POWER = 10
+
+_REPO_ROOT = Path(__file__).resolve().parents[4]
+
+
+class TestnetError(RuntimeError):
+    """A CometBFT home or binary is missing or not what medledger expects."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+# --------------------------------------------------------------------------- binary & paths
+
+
+def cometbft_binary() -> str:
+    """The pinned CometBFT: $MEDLEDGER_COMETBFT, the project's .tools/bin, or PATH."""
+    candidates = [
+        os.environ.get("MEDLEDGER_COMETBFT", ""),
+        str(_REPO_ROOT / ".tools" / "bin" / "cometbft"),
+        shutil.which("cometbft") or "",
+    ]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise TestnetError(
+        "cometbft not found: run `make cometbft` (builds v0.38.25 into .tools/bin) "
+        "or set MEDLEDGER_COMETBFT"
+    )
+
+
+def hospital_home(consortium_dir: Path, org: str) -> Path:
+    return consortium_dir / "hospitals" / org
+
+
+def cometbft_home(consortium_dir: Path, org: str) -> Path:
+    return hospital_home(consortium_dir, org) / "cometbft"
+
+
+def list_hospitals(consortium_dir: Path) -> list[str]:
+    """Hospitals with a CometBFT home: consortium.json's order first, then any added later."""
+    orgs: list[str] = []
+    meta = consortium_dir / "consortium.json"
+    if meta.exists():
+        orgs = [o for o in json.loads(meta.read_text()).get("hospitals", [])]
+    root = consortium_dir / "hospitals"
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.name not in orgs:
+                orgs.append(child.name)
+    return [
+        o for o in orgs if (cometbft_home(consortium_dir, o) / "config" / "config.toml").exists()
+    ]
+
+
+# --------------------------------------------------------------------------- keys & ids
+
+
+def validator_pubkey(cmt_home: Path) -> bytes:
+    """The node's consensus (validator) Ed25519 public key, 32 raw bytes."""
+    key = json.loads((cmt_home / "config" / "priv_validator_key.json").read_text())
+    if key["pub_key"]["type"] != "tendermint/PubKeyEd25519":
+        raise TestnetError(f"{cmt_home}: validator key type {key['pub_key']['type']}")
+    return base64.b64decode(key["pub_key"]["value"])
+
+
+def validator_address(pub_key: bytes) -> str:
+    """CometBFT's address of an Ed25519 key: first 20 bytes of SHA-256, upper-case hex."""
+    return hashlib.sha256(pub_key).digest()[:20].hex().upper()
+
+
+def node_id(cmt_home: Path) -> str:
+    """The p2p node id (what `cometbft show-node-id` prints), from node_key.json."""
+    key = json.loads((cmt_home / "config" / "node_key.json").read_text())
+    priv = base64.b64decode(key["priv_key"]["value"])
+    return hashlib.sha256(priv[32:]).digest()[:20].hex()
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    """Where one hospital's CometBFT listens and where it expects its app."""
+
+    org: str
+    node_id: str
+    p2p: str  # host:port
+    rpc_url: str  # http://127.0.0.1:port
+    abci: str  # tcp://127.0.0.1:port
+
+    @property
+    def peer(self) -> str:
+        return f"{self.node_id}@{self.p2p}"
+
+
+def _strip_tcp(addr: str) -> str:
+    return addr.split("://", 1)[1] if "://" in addr else addr
+
+
+def node_addresses(cmt_home: Path, org: str = "") -> NodeAddresses:
+    """Read the addresses back from the node's config.toml (the one source of truth)."""
+    config = tomllib.loads((cmt_home / "config" / "config.toml").read_text())
+    rpc = _strip_tcp(config["rpc"]["laddr"])
+    return NodeAddresses(
+        org=org or str(config.get("moniker", "")),
+        node_id=node_id(cmt_home),
+        p2p=_strip_tcp(config["p2p"]["laddr"]),
+        rpc_url=f"http://{rpc}",
+        abci=config["proxy_app"],
+    )
+
+
+def consortium_addresses(consortium_dir: Path) -> dict[str, NodeAddresses]:
+    return {
+        org: node_addresses(cometbft_home(consortium_dir, org), org)
+        for org in list_hospitals(consortium_dir)
+    }
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, exclude: set[int] | None = None) -> list[int]:
+    """Ports that are free now, below the kernel's ephemeral range.
+
+    Below it because CometBFT's own outgoing connections take ephemeral ports: a listening port
+    picked from that range could be taken by a peer connection while its node is restarting.
+    """
+    exclude = set(exclude or ())
+    low, high = 20000, max(20000 + 10 * count, _ephemeral_low() - 1)
+    rng = random.Random()
+    out: list[int] = []
+    tries = 0
+    while len(out) < count:
+        tries += 1
+        if tries > 100 * count + 1000:
+            raise TestnetError(f"no {count} free loopback ports in {low}-{high}")
+        port = rng.randint(low, high)
+        if port in exclude or port in out or not _bindable(port):
+            continue
+        out.append(port)
+    return out
+
+
+def _used_ports(consortium_dir: Path) -> set[int]:
+    """Every port an existing node's config names, running or not."""
+    used: set[int] = set()
+    for org in list_hospitals(consortium_dir):
+        path = cometbft_home(consortium_dir, org) / "config" / "config.toml"
+        config = tomllib.loads(path.read_text())
+        for addr in (
+            config["proxy_app"],
+            config["rpc"]["laddr"],
+            config["p2p"]["laddr"],
+            config["instrumentation"]["prometheus_listen_addr"],
+        ):
+            port = str(addr).rsplit(":", 1)[-1]
+            if port.isdigit():
+                used.add(int(port))
+    return used
+
+
+def _node_ports(index: int, base_port: int | None, exclude: set[int]) -> list[int]:
+    if base_port is not None:
+        first = base_port + 10 * index
+        return [first + i for i in range(PORTS_PER_NODE)]
+    return free_ports(PORTS_PER_NODE, exclude)
+
+
+# --------------------------------------------------------------------------- config.toml
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def set_config(text: str, settings: dict[str, dict[str, Any]]) -> str:
+    """Replace `key = value` lines in given sections of a config.toml, keeping its comments.
+
+    `settings` maps a section name ("" for the top level) to keys; a key absent from the
+    template is an error, so a CometBFT upgrade that renames one is noticed, not ignored.
+    """
+    lines = text.splitlines()
+    section = ""
+    seen: set[tuple[str, str]] = set()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[([A-Za-z0-9_.-]+)\]", stripped)
+        if header:
+            section = header.group(1)
+            continue
+        match = re.match(r"^([A-Za-z0-9_-]+)\s*=", stripped)
+        if match and match.group(1) in settings.get(section, {}):
+            key = match.group(1)
+            lines[i] = f"{key} = {_toml_value(settings[section][key])}"
+            seen.add((section, key))
+    missing = [(s, k) for s, keys in settings.items() for k in keys if (s, k) not in seen]
+    if missing:
+        raise TestnetError(f"config.toml has no {missing}: unexpected CometBFT template")
+    return "\n".join(lines) + "\n"
+
+
+def _duration(ms: int) -> str:
+    return f"{ms}ms"
+
+
+def node_settings(
+    org: str, ports: list[int], peers: list[str], block_time_ms: int
+) -> dict[str, dict[str, Any]]:
+    """The config medledger runs CometBFT with; each choice says why."""
+    p2p, rpc, abci, prometheus = ports
+    return {
+        "": {
+            "moniker": org,
+            "proxy_app": f"tcp://127.0.0.1:{abci}",
+            # Blocks, consensus steps and the start-up handshake/replay at info; the chatty
+            # modules (p2p, mempool, rpc) at error.
+            "log_level": "main:info,state:info,consensus:info,statesync:info,*:error",
+        },
+        "rpc": {
+            "laddr": f"tcp://127.0.0.1:{rpc}",  # loopback only: the API is the public face
+            "pprof_laddr": "",
+            "max_request_batch_size": 100,  # lets a client hand over txs in batches
+        },
+        "p2p": {
+            "laddr": f"tcp://127.0.0.1:{p2p}",
+            "external_address": f"127.0.0.1:{p2p}",
+            "persistent_peers": ",".join(peers),
+            # All nodes share one IP and use loopback addresses: CometBFT's defaults would
+            # refuse both.
+            "addr_book_strict": False,
+            "allow_duplicate_ip": True,
+            # A restarted hospital must be redialled within seconds, not hours of backoff.
+            "persistent_peers_max_dial_period": "10s",
+            # Loopback has no bandwidth to save: flush sooner, allow more than 5 MB/s.
+            "flush_throttle_timeout": "10ms",
+            "send_rate": 20_480_000,
+            "recv_rate": 20_480_000,
+        },
+        "mempool": {
+            # Room for a few seconds of saturation load; the cache (duplicate filter) larger.
+            "size": 20000,
+            "cache_size": 40000,
+            "recheck": True,  # txs left in the mempool are re-validated after each block
+        },
+        "consensus": {
+            "timeout_commit": _duration(block_time_ms),
+            # A steady heartbeat: liveness is visible in `net status`, and the app hash of the
+            # last tx block reaches a header (for `verify`) within one block time.
+            "create_empty_blocks": True,
+            "create_empty_blocks_interval": "0s",
+        },
+        # The app keeps its own per-height record and tx index; CometBFT's would duplicate it.
+        "tx_index": {"indexer": "null"},
+        "instrumentation": {
+            "prometheus": False,
+            "prometheus_listen_addr": f"127.0.0.1:{prometheus}",
+        },
+    }
+
+
+def _init_home(cmt_home: Path) -> None:
+    if (cmt_home / "config" / "config.toml").exists():
+        return  # keep its keys: prepare is re-runnable
+    cmt_home.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [cometbft_binary(), "init", "--home", str(cmt_home)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise TestnetError(f"cometbft init --home {cmt_home} failed: {result.stderr.strip()}")
+
+
+def _configure(cmt_home: Path, settings: dict[str, dict[str, Any]]) -> None:
+    path = cmt_home / "config" / "config.toml"
+    path.write_text(set_config(path.read_text(), settings))
+
+
+def _update_hospital_config(consortium_dir: Path, org: str, addr: NodeAddresses) -> None:
+    """Record the node's addresses in the hospital's config.json (merging, never replacing)."""
+    path = hospital_home(consortium_dir, org) / "config.json"
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    toml = cometbft_home(consortium_dir, org) / "config" / "config.toml"
+    prometheus = tomllib.loads(toml.read_text())["instrumentation"]["prometheus_listen_addr"]
+    raw["cometbft"] = {
+        "home": "cometbft",
+        "node_id": addr.node_id,
+        "p2p": addr.p2p,
+        "rpc": addr.rpc_url,
+        "abci": addr.abci,
+        "prometheus": prometheus,  # disabled, but reserved: other services keep clear of it
+    }
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def prepare(
+    consortium_dir: Path,
+    hospital_ids: list[str],
+    block_time_ms: int,
+    chain_id: str,
+    base_port: int | None = None,
+) -> dict[str, bytes]:
+    """Create and configure one CometBFT home per hospital; return their validator keys.
+
+    Ports: with `base_port`, hospital i gets base_port + 10*i + (0 p2p, 1 rpc, 2 abci,
+    3 prometheus); without, free loopback ports. `chain_id` is written by `write_genesis`.
+    """
+    if not hospital_ids:
+        raise TestnetError("no hospitals")
+    if block_time_ms <= 0:
+        raise TestnetError("block time must be positive")
+    consortium_dir = consortium_dir.resolve()
+    homes = {org: cometbft_home(consortium_dir, org) for org in hospital_ids}
+    for home in homes.values():
+        _init_home(home)
+    exclude: set[int] = set()
+    ports: dict[str, list[int]] = {}
+    for i, org in enumerate(hospital_ids):
+        ports[org] = _node_ports(i, base_port, exclude)
+        exclude.update(ports[org])
+    peers = {org: f"{node_id(homes[org])}@127.0.0.1:{ports[org][0]}" for org in hospital_ids}
+    keys: dict[str, bytes] = {}
+    for org in hospital_ids:
+        others = [peers[o] for o in hospital_ids if o != org]
+        _configure(homes[org], node_settings(org, ports[org], others, block_time_ms))
+        _update_hospital_config(consortium_dir, org, node_addresses(homes[org], org))
+        keys[org] = validator_pubkey(homes[org])
+    return keys
+
+
+def _format_time(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _default_consensus_params(homes: list[Path]) -> dict[str, Any]:
+    for home in homes:
+        path = home / "config" / "genesis.json"
+        if path.exists():
+            params: dict[str, Any] = json.loads(path.read_text())["consensus_params"]
+            return params
+    raise TestnetError("no CometBFT genesis to take default consensus params from")
+
+
+def genesis_doc(
+    chain_id: str,
+    genesis_time_ms: int,
+    validators: list[tuple[str, bytes, int]],
+    consensus_params: dict[str, Any],
+) -> dict[str, Any]:
+    """CometBFT's genesis.json content for these validators (power 0 / no key: left out)."""
+    vals = [
+        {
+            "address": validator_address(key),
+            "pub_key": {
+                "type": "tendermint/PubKeyEd25519",
+                "value": base64.b64encode(key).decode(),
+            },
+            "power": str(power),
+            "name": org,
+        }
+        for org, key, power in validators
+        if key and power > 0
+    ]
+    if not vals:
+        raise TestnetError("a CometBFT genesis needs at least one validator with power > 0")
+    return {
+        "genesis_time": _format_time(genesis_time_ms),
+        "chain_id": chain_id,
+        "initial_height": "1",
+        "consensus_params": consensus_params,
+        "validators": vals,
+        "app_hash": "",
+    }
+
+
+def write_genesis(
+    consortium_dir: Path,
+    chain_id: str,
+    genesis_time_ms: int,
+    validators: list[tuple[str, bytes, int]],
+) -> None:
+    """Write the same genesis.json into every hospital's CometBFT home.
+
+    Consensus params are CometBFT's defaults (vote extensions off); validators are the
+    hospitals', named by org so that `cometbft` logs and RPC show who is who.
+    """
+    consortium_dir = consortium_dir.resolve()
+    homes = [cometbft_home(consortium_dir, org) for org in list_hospitals(consortium_dir)]
+    if not homes:
+        raise TestnetError(f"{consortium_dir}: no CometBFT homes (run prepare first)")
+    doc = genesis_doc(chain_id, genesis_time_ms, validators, _default_consensus_params(homes))
+    text = json.dumps(doc, indent=2) + "\n"
+    for home in homes:
+        path = home / "config" / "genesis.json"
+        tmp = path.with_name("genesis.json.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def block_time_ms(cmt_home: Path) -> int:
+    """The block time a node runs with (its timeout_commit)."""
+    config = tomllib.loads((cmt_home / "config" / "config.toml").read_text())
+    value = str(config["consensus"]["timeout_commit"])
+    match = re.fullmatch(r"(\d+)(ms|s)", value)
+    if not match:
+        raise TestnetError(f"{cmt_home}: timeout_commit {value!r} is not in ms or s")
+    return int(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+
+
+def add_hospital(
+    consortium_dir: Path, org: str, base_port: int | None = None, index: int | None = None
+) -> bytes:
+    """Give a new hospital a CometBFT home that joins the running network.
+
+    Same config as the others, every existing node as a persistent peer, the consortium's
+    genesis copied. The node block-syncs the chain through its app (re-executing every block),
+    and starts validating once governance admits it and the app returns its validator update.
+    Existing nodes get it as a persistent peer too (effective when they restart). Returns its
+    validator public key, which the governance proposal names.
+    """
+    consortium_dir = consortium_dir.resolve()
+    existing = [o for o in list_hospitals(consortium_dir) if o != org]
+    if not existing:
+        raise TestnetError(f"{consortium_dir}: no existing hospitals to join")
+    first = cometbft_home(consortium_dir, existing[0])
+    home = cometbft_home(consortium_dir, org)
+    _init_home(home)
+    addrs = {o: node_addresses(cometbft_home(consortium_dir, o), o) for o in existing}
+    position = index if index is not None else len(existing)
+    ports = _node_ports(position, base_port, _used_ports(consortium_dir))
+    settings = node_settings(org, ports, [a.peer for a in addrs.values()], block_time_ms(first))
+    _configure(home, settings)
+    shutil.copyfile(first / "config" / "genesis.json", home / "config" / "genesis.json")
+    mine = node_addresses(home, org)
+    _update_hospital_config(consortium_dir, org, mine)
+    for o in existing:
+        other = cometbft_home(consortium_dir, o)
+        config = tomllib.loads((other / "config" / "config.toml").read_text())
+        peers = [p for p in str(config["p2p"]["persistent_peers"]).split(",") if p]
+        if mine.peer not in peers:
+            peers.append(mine.peer)
+            _configure(other, {"p2p": {"persistent_peers": ",".join(peers)}})
+    return validator_pubkey(home)

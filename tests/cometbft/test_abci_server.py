@@ -1,0 +1,296 @@
+"""The ABCI socket server without CometBFT: framing, every v0.38 method, order, errors."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medledger.consensus.cometbft.abci_proto import abci
+from medledger.consensus.cometbft.abci_server import (
+    INTERNAL_ERROR,
+    AbciServer,
+    AbciServerThread,
+    parse_address,
+    proto_txs_size,
+)
+from medledger.consensus.cometbft.framing import (
+    FramingError,
+    encode_uvarint,
+    frame,
+    split_frames,
+)
+
+from .fake_app import GENESIS_HASH, FakeApp
+
+
+def test_uvarint_matches_go_encoding() -> None:
+    assert encode_uvarint(0) == b"\x00"
+    assert encode_uvarint(127) == b"\x7f"
+    assert encode_uvarint(128) == b"\x80\x01"
+    assert encode_uvarint(300) == b"\xac\x02"
+    assert encode_uvarint(2**63) == b"\x80" * 9 + b"\x01"
+
+
+def test_split_frames_keeps_partial_tail() -> None:
+    data = frame(b"abc") + frame(b"x" * 200) + frame(b"")
+    buf = bytearray(data[:-1])  # the last (empty) frame's length byte is missing
+    assert split_frames(buf) == [b"abc", b"x" * 200]
+    assert buf == b""
+    buf += data[-1:]
+    assert split_frames(buf) == [b""]
+    half = bytearray(frame(b"y" * 300)[:2])
+    assert split_frames(half) == [] and len(half) == 2
+
+
+def test_split_frames_refuses_oversized_and_garbage_lengths() -> None:
+    with pytest.raises(FramingError):
+        split_frames(bytearray(encode_uvarint(200 * 1024 * 1024)))
+    with pytest.raises(FramingError):
+        split_frames(bytearray(b"\xff" * 11))
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> FakeApp:
+    return FakeApp.open(tmp_path)
+
+
+@pytest.fixture
+def served(app: FakeApp) -> Iterator[tuple[AbciServer, str]]:
+    server = AbciServer(app)
+    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
+    thread.start()
+    try:
+        yield server, thread.bound_address
+    finally:
+        thread.stop()
+
+
+def _roundtrip(address: str, requests: list[object], chunk: int = 0) -> list[object]:
+    """Send pipelined requests on one connection (optionally in tiny pieces); read answers."""
+    _, (host, port) = parse_address(address)
+    payload = b"".join(frame(r.SerializeToString()) for r in requests)  # type: ignore[attr-defined]
+    answers: list[object] = []
+    with socket.create_connection((host, port), timeout=10) as s:
+        if chunk:
+            for i in range(0, len(payload), chunk):
+                s.sendall(payload[i : i + chunk])
+        else:
+            s.sendall(payload)
+        buf = bytearray()
+        while len(answers) < len(requests):
+            data = s.recv(65536)
+            assert data, "server closed the connection"
+            buf += data
+            answers += [abci.Response.FromString(m) for m in split_frames(buf)]
+    return answers
+
+
+def _ts(ms: int) -> dict[str, int]:
+    return {"seconds": ms // 1000, "nanos": (ms % 1000) * 1_000_000}
+
+
+def _every_method() -> list[object]:
+    return [
+        abci.Request(echo=abci.RequestEcho(message="hi")),
+        abci.Request(flush=abci.RequestFlush()),
+        abci.Request(info=abci.RequestInfo(version="0.38.25")),
+        abci.Request(init_chain=abci.RequestInitChain(chain_id="t", initial_height=1)),
+        abci.Request(query=abci.RequestQuery(path="/get", data=b"k")),
+        abci.Request(check_tx=abci.RequestCheckTx(tx=b"k=v")),
+        abci.Request(list_snapshots=abci.RequestListSnapshots()),
+        abci.Request(offer_snapshot=abci.RequestOfferSnapshot()),
+        abci.Request(load_snapshot_chunk=abci.RequestLoadSnapshotChunk()),
+        abci.Request(apply_snapshot_chunk=abci.RequestApplySnapshotChunk()),
+        abci.Request(
+            prepare_proposal=abci.RequestPrepareProposal(
+                max_tx_bytes=1 << 20, txs=[b"k=v"], height=1, time=_ts(1_000)
+            )
+        ),
+        abci.Request(
+            process_proposal=abci.RequestProcessProposal(txs=[b"k=v"], height=1, time=_ts(1_000))
+        ),
+        abci.Request(extend_vote=abci.RequestExtendVote(height=1)),
+        abci.Request(verify_vote_extension=abci.RequestVerifyVoteExtension(height=1)),
+        abci.Request(
+            finalize_block=abci.RequestFinalizeBlock(
+                txs=[b"k=v"], height=1, time=_ts(1_000), hash=b"\x01" * 32
+            )
+        ),
+        abci.Request(commit=abci.RequestCommit()),
+        abci.Request(info=abci.RequestInfo()),
+        abci.Request(query=abci.RequestQuery(path="/get", data=b"k")),
+        abci.Request(flush=abci.RequestFlush()),
+    ]
+
+
+def test_every_v038_method_is_answered_in_order(served: tuple[AbciServer, str]) -> None:
+    server, address = served
+    requests = _every_method()
+    answers = _roundtrip(address, requests)
+    assert [a.WhichOneof("value") for a in answers] == [  # type: ignore[attr-defined]
+        r.WhichOneof("value")  # type: ignore[attr-defined]
+        for r in requests
+    ]
+    by_index = {i: a for i, a in enumerate(answers)}
+    assert by_index[0].echo.message == "hi"  # type: ignore[attr-defined]
+    assert by_index[2].info.last_block_height == 0  # type: ignore[attr-defined]
+    assert by_index[3].init_chain.app_hash == GENESIS_HASH  # type: ignore[attr-defined]
+    assert by_index[4].query.code == 10  # not found yet  # type: ignore[attr-defined]
+    assert by_index[5].check_tx.code == 0  # type: ignore[attr-defined]
+    assert list(by_index[10].prepare_proposal.txs) == [b"k=v"]  # type: ignore[attr-defined]
+    accept = abci.ResponseProcessProposal.ACCEPT
+    assert by_index[11].process_proposal.status == accept  # type: ignore[attr-defined]
+    fin = by_index[14].finalize_block  # type: ignore[attr-defined]
+    assert [r.code for r in fin.tx_results] == [0] and len(fin.app_hash) == 32
+    after = by_index[16].info  # type: ignore[attr-defined]
+    assert (after.last_block_height, after.last_block_app_hash) == (1, fin.app_hash)
+    assert by_index[17].query.value == b"v"  # type: ignore[attr-defined]
+    assert server.stats.exceptions == 0
+
+
+def test_requests_split_across_reads_are_reassembled(served: tuple[AbciServer, str]) -> None:
+    _, address = served
+    requests = [abci.Request(echo=abci.RequestEcho(message=f"m{i}" * 50)) for i in range(20)]
+    answers = _roundtrip(address, requests, chunk=7)
+    assert [a.echo.message for a in answers] == [f"m{i}" * 50 for i in range(20)]  # type: ignore[attr-defined]
+
+
+def test_four_connections_at_once_each_get_their_answers(
+    served: tuple[AbciServer, str],
+) -> None:
+    _, address = served
+    results: dict[int, list[str]] = {}
+
+    def client(n: int) -> None:
+        reqs = [abci.Request(echo=abci.RequestEcho(message=f"{n}-{i}")) for i in range(300)]
+        results[n] = [a.echo.message for a in _roundtrip(address, reqs)]  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert {n: r for n, r in results.items()} == {
+        n: [f"{n}-{i}" for i in range(300)] for n in range(4)
+    }
+
+
+def test_check_tx_runs_the_app_and_reports_its_code(served: tuple[AbciServer, str]) -> None:
+    _, address = served
+    reqs = [
+        abci.Request(check_tx=abci.RequestCheckTx(tx=b"a=1")),
+        abci.Request(check_tx=abci.RequestCheckTx(tx=b"bad=1")),
+        abci.Request(check_tx=abci.RequestCheckTx(tx=b"garbage", type=abci.RECHECK)),
+        abci.Request(check_tx=abci.RequestCheckTx(tx=b"explode")),
+    ]
+    codes = [(a.check_tx.code, a.check_tx.log) for a in _roundtrip(address, reqs)]  # type: ignore[attr-defined]
+    assert codes[:3] == [(0, ""), (4, "bad tx"), (1, "malformed")]
+    # An app exception on untrusted input is a refusal, not a node-stopping exception.
+    assert codes[3][0] == INTERNAL_ERROR and "RuntimeError" in codes[3][1]
+
+
+def test_prepare_drops_invalid_txs_and_respects_max_tx_bytes(app: FakeApp) -> None:
+    server = AbciServer(app)
+    txs = [b"a=1", b"bad", b"b=2", b"a=again", b"c=3", b"d=4"]
+    budget = proto_txs_size([b"a=1", b"b=2", b"c=3"])
+    req = abci.Request(
+        prepare_proposal=abci.RequestPrepareProposal(
+            max_tx_bytes=budget, txs=txs, height=1, time=_ts(5_000)
+        )
+    )
+    kept = list(server.handle(req).prepare_proposal.txs)
+    assert kept == [b"a=1", b"b=2", b"c=3"]  # "bad" and the replayed key dropped, d=4 too big
+    assert proto_txs_size(kept) <= budget
+    assert server.stats.prepared_dropped == 3
+
+
+def test_process_proposal_rejects_a_block_with_an_invalid_tx(app: FakeApp) -> None:
+    server = AbciServer(app)
+
+    def process(txs: list[bytes]) -> int:
+        req = abci.RequestProcessProposal(txs=txs, height=1, time=_ts(5_000))
+        return int(server.handle(abci.Request(process_proposal=req)).process_proposal.status)
+
+    assert process([b"a=1", b"b=2"]) == abci.ResponseProcessProposal.ACCEPT
+    assert process([b"a=1", b"bad=2"]) == abci.ResponseProcessProposal.REJECT
+    assert process([b"a=1", b"a=1"]) == abci.ResponseProcessProposal.REJECT
+    assert server.stats.proposals_rejected == 2
+
+
+def test_own_proposal_is_not_simulated_twice(app: FakeApp) -> None:
+    server = AbciServer(app)
+    calls = []
+    original = app.simulate_block
+
+    def counting(txs: list[bytes], height: int, time_ms: int) -> list[object]:
+        calls.append(len(txs))
+        return original(txs, height, time_ms)  # type: ignore[return-value]
+
+    app.simulate_block = counting  # type: ignore[method-assign,assignment]
+    prep = abci.RequestPrepareProposal(max_tx_bytes=1000, txs=[b"a=1"], height=1, time=_ts(9))
+    server.handle(abci.Request(prepare_proposal=prep))
+    proc = abci.RequestProcessProposal(txs=[b"a=1"], height=1, time=_ts(9))
+    status = server.handle(abci.Request(process_proposal=proc)).process_proposal.status
+    assert status == abci.ResponseProcessProposal.ACCEPT
+    assert calls == [1]
+
+
+def test_a_failing_consensus_method_gets_an_exception_response(app: FakeApp) -> None:
+    server = AbciServer(app)
+    req = abci.RequestFinalizeBlock(txs=[], height=7, time=_ts(1))  # app is at height 0
+    response = server.handle(abci.Request(finalize_block=req))
+    assert response.WhichOneof("value") == "exception"
+    assert "finalize_block" in response.exception.error
+    commit = server.handle(abci.Request(commit=abci.RequestCommit()))
+    assert commit.WhichOneof("value") == "exception"  # commit without finalize
+    assert server.stats.exceptions == 2
+
+
+def test_undecodable_request_is_answered_not_dropped(served: tuple[AbciServer, str]) -> None:
+    _, address = served
+    _, (host, port) = parse_address(address)
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(frame(b"\xff\xff\xff") + frame(abci.Request(flush={}).SerializeToString()))
+        buf = bytearray()
+        answers: list[bytes] = []
+        while len(answers) < 2:
+            buf += s.recv(4096)
+            answers += split_frames(buf)
+    first = abci.Response.FromString(answers[0])
+    assert first.WhichOneof("value") == "exception"
+    assert abci.Response.FromString(answers[1]).WhichOneof("value") == "flush"
+
+
+def test_info_and_finalize_carry_validator_updates(tmp_path: Path) -> None:
+    from medledger.ledger.results import ValidatorUpdate
+
+    key = b"\x07" * 32
+    app = FakeApp(tmp_path / "s.json", validators=[ValidatorUpdate(key, 10)])
+    server = AbciServer(app)
+    init = server.handle(abci.Request(init_chain=abci.RequestInitChain())).init_chain
+    assert [(v.pub_key.ed25519, v.power) for v in init.validators] == [(key, 10)]
+
+
+def test_real_ledger_app_check_tx_over_abci(tmp_path: Path) -> None:
+    from ..ledger.helpers import make_net
+
+    net = make_net(2)
+    ledger = net.app(tmp_path / "ledger.db")
+    server = AbciServer(ledger)
+    body = {"practitioner": "dr-x", "key": b"\x01" * 32, "roles": ["nurse"]}
+    good = net.tx(net.orgs["h0"], "identity.register", body)
+    forged = bytearray(good)
+    forged[-5] ^= 1  # inside the signature
+    replay = net.tx(net.orgs["h0"], "identity.register", {**body, "practitioner": "dr-y"}, 1)
+
+    def check(tx: bytes) -> int:
+        req = abci.Request(check_tx=abci.RequestCheckTx(tx=tx))
+        return int(server.handle(req).check_tx.code)
+
+    assert check(good) == 0
+    assert check(bytes(forged)) == 4  # BAD_SIGNATURE
+    assert check(replay) == 5  # BAD_NONCE: nonce 1 is taken by the first tx
