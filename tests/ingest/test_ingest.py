@@ -130,7 +130,34 @@ def test_bad_inputs_are_rejected_naming_file_and_field(
     assert vault.patients() == []
 
 
-def test_erasure_leaves_nothing_readable(hospital, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_shredding_leaves_nothing_readable(hospital) -> None:  # type: ignore[no-untyped-def]
+    from medledger.shredding import shred
+
+    node, vault, ingestor = hospital
+    bundle = _bundles("chu-lyon")[0]
+    patient = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    family = patient["name"][0]["family"]
+    result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
+    (pid,) = result.pids
+
+    done = shred(node, vault, pid)
+    assert done.records == len(bundle["entry"]) and done.purged_rows == len(bundle["entry"])
+
+    vault_path = node.config.vault_config().path
+    raw = b"".join(p.read_bytes() for p in vault_path.parent.glob(vault_path.name + "*"))
+    assert family.encode() not in raw
+    with pytest.raises(PatientErased):
+        vault.get(result.rids[0])
+    with pytest.raises(PatientErased):  # so no remaining chain entry can be opened
+        vault.metadata_key(pid)
+    assert node.engine.query("records/shredded", {"holder": "chu-lyon", "pid": pid})
+    entries = node.engine.query("records/of_patient", {"pid": pid})
+    assert entries and all(e["shredded"] for e in entries)
+
+
+def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
     from medledger.cli import app
@@ -141,25 +168,19 @@ def test_erasure_leaves_nothing_readable(hospital, tmp_path: Path) -> None:  # t
         e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
     )
     ins = patient["identifier"][0]["value"]
-    family = patient["name"][0]["family"]
     result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
-    (pid,) = result.pids
     home = node.config.home
-    vault_path = node.config.vault_config().path
     node.close()
     vault.close()
+    letter = tmp_path / "request.pdf"
+    letter.write_bytes(b"signed erasure request of the patient")
 
-    out = CliRunner().invoke(app, ["erase", "-H", str(home), "--patient", ins])
-    assert out.exit_code == 0, out.output
-    assert "attested on the chain" in out.output
-
-    raw = b"".join(p.read_bytes() for p in vault_path.parent.glob(vault_path.name + "*"))
-    assert family.encode() not in raw
-    with Node.open(home) as again, Vault.open(again.config.vault_config()) as v2:
-        with pytest.raises(PatientErased):
-            v2.get(result.rids[0])
-        with pytest.raises(PatientErased):  # so no remaining chain entry can be opened
-            v2.metadata_key(pid)
-        assert again.engine.query("records/shredded", {"holder": "chu-lyon", "pid": pid})
-        entries = again.engine.query("records/of_patient", {"pid": pid})
-        assert entries and all(e["shredded"] for e in entries)
+    no_request = CliRunner().invoke(app, ["erase", "-H", str(home), "--patient", ins])
+    assert no_request.exit_code == 1 and "--evidence" in no_request.output
+    out = CliRunner().invoke(
+        app, ["erase", "-H", str(home), "--patient", ins, "--evidence", str(letter)]
+    )
+    assert out.exit_code == 1
+    assert "refused here: care records under legal retention until 20" in out.output
+    with Vault.open(Node.open(home).config.vault_config()) as again:
+        assert json.loads(again.get(result.rids[0]))  # nothing was shredded

@@ -75,12 +75,20 @@ def register(app: typer.Typer) -> None:
     def erase(
         home: HomeOption,
         patient: Annotated[str, typer.Option(help="The patient's INS (or pid, 64 hex).")],
+        evidence: Annotated[
+            Path | None,
+            typer.Option(help="The patient's signed request, to file it on their behalf."),
+        ] = None,
     ) -> None:
-        """Crypto-shred a patient: destroy their keys, purge ciphertexts, attest on the chain."""
+        """Carry out a patient's erasure here: crypto-shred and attest, or say why not."""
+        import hashlib
+
         from medledger.node import Node
         from medledger.patients import resolve_pid
+        from medledger.shredding import carry_out
         from medledger.vault import Vault
 
+        evidence_hash = hashlib.sha256(evidence.read_bytes()).digest() if evidence else b""
         with (
             user_errors(),
             Node.open(home) as node,
@@ -92,22 +100,15 @@ def register(app: typer.Typer) -> None:
                 set(vault.patients()).__contains__,
                 lambda p: bool(node.engine.query("records/of_patient", {"pid": p})),
             )
-            receipt = vault.erase(pid)
-            console.print(
-                f"erased patient {pid[:16]}…: keys destroyed, {receipt.records_shredded} record "
-                f"versions and {receipt.copies_shredded} copies unreadable from now on"
-            )
-            committed = node.wallet.send(
-                "records.shredded",
-                {
-                    "pid": pid,
-                    "digest": receipt.digest,
-                    "records": receipt.records_shredded,
-                    "copies": receipt.copies_shredded,
-                },
-            )
-            report = vault.purge_pending()
+            outcome = carry_out(node, vault, pid, evidence_hash)
+        if outcome.status == "refused":
+            fail(f"erasure request {outcome.request}: refused here: {outcome.reason}")
+        if outcome.shred is None:
+            console.print(f"erasure request {outcome.request}: {outcome.reason}")
+            return
+        r = outcome.shred
         console.print(
-            f"attested on the chain in block {committed.height}; "
-            f"{report.rows_deleted} ciphertext rows purged"
+            f"erasure request {outcome.request}: patient {pid[:16]}… crypto-shredded here: keys "
+            f"destroyed, {r.records} record versions and {r.copies} copies unreadable, "
+            f"{r.purged_rows} ciphertext rows purged; attested on the chain (block {r.height})"
         )
