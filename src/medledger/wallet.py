@@ -8,12 +8,15 @@ which keeps working while earlier txs of the same signer still wait in the mempo
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
 from typing import Any
 
 from medledger.consensus.engine import Committed, Engine, Submitted
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
+
+_MAX_RESENDS = 2
+_LOSS_CHECK_S = 3.0
 
 
 class TxRejected(Exception):
@@ -25,12 +28,6 @@ class TxRejected(Exception):
         self.code = code
         self.log = log
         self.stage = stage
-
-
-@dataclass(frozen=True)
-class Sent:
-    tx_id: bytes
-    committed: Committed | None
 
 
 class Wallet:
@@ -52,19 +49,45 @@ class Wallet:
 
     def submit(self, kind: str, body: dict[str, Any]) -> Submitted:
         """Sign and submit; nonces reach the mempool in order, whatever the threads do."""
+        return self._submit(kind, body)[0]
+
+    def _submit(self, kind: str, body: dict[str, Any]) -> tuple[Submitted, int]:
         with self._lock:
-            tx = sign_tx(self.key, self.chain_id, kind, body, self._next_nonce())
+            nonce = self._next_nonce()
+            tx = sign_tx(self.key, self.chain_id, kind, body, nonce)
             submitted = self.engine.submit(tx)
             if not submitted.accepted:
                 self._last_nonce -= 1  # the nonce was not spent
-            return submitted
+            return submitted, nonce
 
     def send(self, kind: str, body: dict[str, Any], *, timeout: float = 30.0) -> Committed:
-        """Sign, submit and wait for the commit; raise TxRejected when refused."""
-        submitted = self.submit(kind, body)
-        if not submitted.accepted:
-            raise TxRejected(kind, submitted.check.code, submitted.check.log, "check")
-        committed = self.engine.wait_for_commit(submitted.tx_id, timeout)
-        if not committed.result.ok:
-            raise TxRejected(kind, committed.result.code, committed.result.log, "execution")
-        return committed
+        """Sign, submit and wait for the commit; raise TxRejected when refused.
+
+        On a BFT network a validator may receive nonce n+1 before n and then drop n, which can
+        never commit once n+1 has. Such a tx is detected (the chain's nonce passed it and it is
+        not committed) and sent again with a fresh nonce: it cannot have executed.
+        """
+        deadline = time.monotonic() + timeout
+        for _ in range(_MAX_RESENDS + 1):
+            submitted, nonce = self._submit(kind, body)
+            if not submitted.accepted:
+                raise TxRejected(kind, submitted.check.code, submitted.check.log, "check")
+            committed = self._await(submitted.tx_id, nonce, deadline)
+            if committed is None:
+                continue  # dropped: send again
+            if not committed.result.ok:
+                raise TxRejected(kind, committed.result.code, committed.result.log, "execution")
+            return committed
+        raise TimeoutError(f"{kind}: dropped {_MAX_RESENDS + 1} times by the network")
+
+    def _await(self, tx_id: bytes, nonce: int, deadline: float) -> Committed | None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"tx {tx_id.hex()[:16]} not committed in time")
+            try:
+                return self.engine.wait_for_commit(tx_id, min(_LOSS_CHECK_S, remaining))
+            except TimeoutError:
+                on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
+                if on_chain >= nonce and self.engine.query("ledger/tx", {"id": tx_id}) is None:
+                    return None

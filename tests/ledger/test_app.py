@@ -213,3 +213,19 @@ def _fuzz_app():  # type: ignore[no-untyped-def]
     if _FUZZ_APP is None:
         _FUZZ_APP = _FUZZ_NET.app()
     return _FUZZ_APP
+
+
+def test_a_simulated_block_is_reused_by_finalize_and_gives_the_same_outcome() -> None:
+    net = make_net()
+    a, b = net.app(), net.app()
+    txs = [net.tx(net.orgs["h0"], "identity.register", register_body(f"s{i}")) for i in range(3)]
+    simulated = a.simulate_block(txs, 1, 1_790_000_001_000)
+    assert a._simulated is not None  # kept for the FinalizeBlock that follows
+    out_a = a.finalize_block(txs, 1, 1_790_000_001_000)
+    out_b = b.finalize_block(txs, 1, 1_790_000_001_000)  # executed from scratch
+    assert [r.code for r in simulated] == [r.code for r in out_a.results] == [0, 0, 0]
+    assert out_a.app_hash == out_b.app_hash
+    # A different time is a different block: nothing is reused.
+    c = net.app()
+    c.simulate_block(txs, 1, 1_790_000_001_000)
+    assert c.finalize_block(txs, 1, 1_790_000_002_000).app_hash != out_a.app_hash

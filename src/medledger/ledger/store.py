@@ -54,6 +54,7 @@ class Store:
         # Committed values read recently (None for a known absence). Only commit() changes
         # committed state, and it updates this cache in the same step.
         self._cache: dict[bytes, bytes | None] = {}
+        self._meta_cache: dict[str, bytes | None] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -88,8 +89,11 @@ class Store:
 
     # -- height and app hash -----------------------------------------------------------
     def _meta(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        # Read on every CheckTx: cached, and refreshed by commit() in the same step it writes.
+        if key not in self._meta_cache:
+            row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+            self._meta_cache[key] = None if row is None else bytes(row[0])
+        return self._meta_cache[key]
 
     @property
     def initialized(self) -> bool:
@@ -149,15 +153,17 @@ class Store:
                     "INSERT OR IGNORE INTO tx_index (id, height, idx) VALUES (?, ?, ?)",
                     [(codec.sha256(t), record.height, i) for i, t in enumerate(record.txs)],
                 )
-            meta = [("height", str(height).encode()), ("app_hash", app_hash)]
+            meta: dict[str, bytes | None] = {"height": str(height).encode(), "app_hash": app_hash}
             if record is not None:
-                meta.append(("time", str(record.header.time_ms).encode()))
-            db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", meta)
+                meta["time"] = str(record.header.time_ms).encode()
+            db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             self._cache.clear()
+            self._meta_cache.clear()
             raise
+        self._meta_cache.update(meta)
         if len(self._cache) + len(writes) >= _CACHE_SIZE:
             self._cache.clear()
         self._cache.update(writes)
