@@ -19,7 +19,7 @@ from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import BlockRecord
 
-MAX_BLOCK_TXS = 5000
+MAX_BLOCK_TXS = 20_000
 
 
 class SoloEngine:
@@ -49,6 +49,7 @@ class SoloEngine:
         self.clock = clock
         self._mempool: list[bytes] = []
         self._mempool_ids: set[bytes] = set()
+        self._block_time = 0
         self._cond = threading.Condition(app.lock)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -59,20 +60,29 @@ class SoloEngine:
 
     # -- Engine interface -------------------------------------------------------------
     def submit(self, tx: bytes) -> Submitted:
-        tid = codec.sha256(tx)
-        self.app.preverify(tx)
-        with self._cond:
-            if tid in self._mempool_ids:
-                return Submitted(tid, self.app.check_tx(tx))
-            result = self.app.check_tx(tx)
-            if result.ok:
-                self._mempool.append(tx)
-                self._mempool_ids.add(tid)
-                self._cond.notify_all()
-            return Submitted(tid, result)
+        return self.submit_many([tx])[0]
 
     def submit_many(self, txs: list[bytes]) -> list[Submitted]:
-        return [self.submit(t) for t in txs]
+        """Submit a batch: signatures are checked first outside the lock (on another core than
+        the block being executed), then the batch is checked in order under one lock."""
+        for tx in txs:
+            self.app.preverify(tx)
+        out = []
+        with self._cond:
+            for tx in txs:
+                tid = codec.sha256(tx)
+                if tid in self._mempool_ids:
+                    out.append(Submitted(tid, self.app.check_tx(tx)))
+                    continue
+                if not self._mempool:
+                    self._open_block()
+                result = self.app.check_tx(tx)
+                if result.ok:
+                    self._mempool.append(tx)
+                    self._mempool_ids.add(tid)
+                out.append(Submitted(tid, result))
+            self._cond.notify_all()
+        return out
 
     def wait_for_commit(self, tx_id: bytes, timeout: float = 30.0) -> Committed:
         deadline = time.monotonic() + timeout
@@ -138,13 +148,18 @@ class SoloEngine:
             return None
         txs = self._mempool[:MAX_BLOCK_TXS]
         rest = self._mempool[MAX_BLOCK_TXS:]
-        time_ms = max(int(self.clock() * 1000), self.app.last_time_ms + 1)
-        self.app.finalize_block(txs, self.app.height + 1, time_ms, proposer=self.key.public_key)
+        if not self._mempool:
+            self._open_block()  # an empty block, asked for
+        self.app.finalize_block(
+            txs, self.app.height + 1, self._block_time, proposer=self.key.public_key
+        )
         record = self.app.commit(self.key.sign(self.app.pending_header_bytes))
         for t in txs:
             self._mempool_ids.discard(codec.sha256(t))
         # Recheck what is left against the new state, like CometBFT's mempool recheck.
         self._mempool = []
+        if rest:
+            self._open_block()
         for t in rest:
             if self.app.check_tx(t, recheck=True).ok:
                 self._mempool.append(t)
@@ -152,6 +167,11 @@ class SoloEngine:
                 self._mempool_ids.discard(codec.sha256(t))
         self._cond.notify_all()
         return record
+
+    def _open_block(self) -> None:
+        """Fix the next block's height and time now, so that checking a tx is executing it."""
+        self._block_time = max(int(self.clock() * 1000), self.app.last_time_ms + 1)
+        self.app.open_block(self.app.height + 1, self._block_time)
 
     def _run(self) -> None:
         while True:

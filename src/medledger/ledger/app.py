@@ -43,6 +43,23 @@ def nonce_key(signer: bytes) -> str:
 
 
 @dataclass
+class _CheckState:
+    """The mempool's view: committed state plus the accepted txs, executed as the next block.
+
+    When an engine knows the next block's height and time in advance (the solo engine fixes
+    them when the block opens) and the block holds exactly the accepted txs in order, this
+    execution is the block's: `finalize_block` reuses it instead of running every tx again.
+    """
+
+    view: StateView
+    height: int
+    time_ms: int
+    accepted: list[bytes]
+    results: list[TxResult]
+    updates: list[ValidatorUpdate]
+
+
+@dataclass
 class _Pending:
     view: StateView
     header: BlockHeader
@@ -62,7 +79,7 @@ class Application:
         self.registry = registry
         self.chain_id = genesis.chain_id
         self._pending: _Pending | None = None
-        self._check_view = StateView(store)
+        self._check = self._fresh_check()
         # Decoding and signatures are pure functions of the bytes, so a tx verified once need
         # not be decoded or verified again; replay (verify) never uses this cache.
         self._verified: OrderedDict[bytes, Tx] = OrderedDict()
@@ -121,7 +138,7 @@ class Application:
             app_hash = codec.sha256(self.genesis.hash() + writes_digest(view.log))
             view.put_raw(b"meta/genesis_app_hash", app_hash)
             self.store.commit(view.writes, 0, app_hash, None)
-            self._check_view = StateView(self.store)
+            self._check = self._fresh_check()
             return app_hash
 
     def genesis_validators(self) -> list[ValidatorUpdate]:
@@ -206,16 +223,44 @@ class Application:
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
 
+    def _fresh_check(self, height: int | None = None, time_ms: int | None = None) -> _CheckState:
+        return _CheckState(
+            StateView(self.store),
+            self.store.height + 1 if height is None else height,
+            self.last_time_ms if time_ms is None else time_ms,
+            [],
+            [],
+            [],
+        )
+
     def check_tx(self, tx: bytes, recheck: bool = False) -> TxResult:
-        """Full validation against committed state plus the mempool's accepted txs."""
+        """Full validation against committed state plus the mempool's accepted txs.
+
+        A refused tx leaves no trace (not even its nonce), since it never enters the mempool.
+        """
         with self.lock:
-            time_ms = self.last_time_ms
+            check = self._check
             self._pending_validator_updates = []
-            return self._execute(tx, self._check_view, self.store.height + 1, time_ms, True)
+            child = StateView(check.view)
+            result = self._execute(tx, child, check.height, check.time_ms, True)
+            if result.ok:
+                child.merge_into(check.view)
+                check.accepted.append(tx)
+                check.results.append(result)
+                check.updates.extend(self._pending_validator_updates)
+            return result
+
+    def open_block(self, height: int, time_ms: int) -> None:
+        """Start checking txs as the block of this height and time (the engine rechecks)."""
+        with self.lock:
+            if height != self.store.height + 1:
+                raise ValueError(f"open_block at height {height}, expected {self.store.height + 1}")
+            self._check = self._fresh_check(height, time_ms)
 
     def reset_check_state(self) -> None:
         """Forget the mempool's effects (after a commit; the engine rechecks what is left)."""
-        self._check_view = StateView(self.store)
+        with self.lock:
+            self._check = self._fresh_check()
 
     def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]:
         """Execute a candidate block on a scratch overlay; changes nothing.
@@ -257,7 +302,16 @@ class Application:
                 codec.sha256(b"".join(map(codec.sha256, txs))),
             )
             simulated, self._simulated = self._simulated, None
-            if trust_cache and simulated is not None and simulated[0] == key:
+            check = self._check
+            if (
+                trust_cache
+                and (check.height, check.time_ms) == (height, time_ms)
+                and check.accepted == txs
+            ):
+                view, results = check.view, list(check.results)
+                self._pending_validator_updates = list(check.updates)
+                self._check = self._fresh_check()
+            elif trust_cache and simulated is not None and simulated[0] == key:
                 _, view, results, updates = simulated
                 self._pending_validator_updates = list(updates)
             else:
@@ -306,7 +360,7 @@ class Application:
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
             self._pending = None
             self._simulated = None
-            self._check_view = StateView(self.store)
+            self._check = self._fresh_check()
         for listener in list(self._listeners):
             listener(record)
         return record

@@ -268,7 +268,7 @@ class StateView:
         return None if raw is None else codec.decode_trusted(raw)
 
     def put(self, key: str, value: Any) -> None:
-        self.put_raw(key.encode(), codec.encode(value))
+        self.put_raw(key.encode(), codec.encode_trusted(value))
 
     def delete(self, key: str) -> None:
         self.put_raw(key.encode(), None)
