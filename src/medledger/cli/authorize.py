@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 meta["study"] = study
             args = {
                 **_actor_args(actor, node.config.org, members),
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "purpose": purpose,
                 "meta": meta,
                 "at_ms": when_ms(at, "--at") if at else now_ms(),

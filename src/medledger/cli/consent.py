@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from medledger.node import Node
     from medledger.wallet import Wallet
 
-PatientOption = Annotated[str, typer.Option("--patient", help="The patient's pid (64 hex).")]
+PatientOption = Annotated[
+    str, typer.Option("--patient", help="The patient's INS, or their pid (64 hex).")
+]
 AsOption = Annotated[
     str, typer.Option("--as", help="Sign as this practitioner of your hospital (default: org key).")
 ]
@@ -39,10 +41,16 @@ EvidenceOption = Annotated[
 EvidenceHashOption = Annotated[str, typer.Option(help="Or the evidence's SHA-256, hex.")]
 
 
-def pid_arg(value: str) -> str:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError("--patient: a pid is 64 lowercase hex characters")
-    return value
+def pid_arg(value: str, home: Path) -> str:
+    """A pid as such, or a patient's INS pseudonymised under the consortium key (the INS itself
+    goes nowhere else)."""
+    from medledger.network import load_config
+    from medledger.patients import resolve_pid
+
+    text = value.strip().lower()
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text
+    return resolve_pid(load_config(home).pseudonym_key(), value)
 
 
 def when_ms(value: str, option: str) -> int:
@@ -142,7 +150,7 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             body = {
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "grantee": grantee,
                 "categories": csv(categories),
                 "purpose": purpose,
@@ -190,7 +198,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            rows = node.engine.query("consent/list", {"pid": pid_arg(patient)})
+            rows = node.engine.query("consent/list", {"pid": pid_arg(patient, home)})
         if not rows:
             console.print("no consent")
             return
@@ -258,7 +266,7 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             body = {
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "key": hex32(key, "--key"),
                 "evidence_hash": evidence(evidence_file, evidence_hash),
             }

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             body = {
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "reason": reason,
                 "reason_hash": hashlib.sha256(note.encode()).digest() if note else b"",
                 "duration_ms": hours * 3600 * 1000,

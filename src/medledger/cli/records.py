@@ -31,12 +31,7 @@ def register(app: typer.Typer) -> None:
             Node.open(home) as node,
             Vault.open(node.config.vault_config()) as vault,
         ):
-            pid = resolve_pid(
-                node.config.pseudonym_key(),
-                patient,
-                set(vault.patients()).__contains__,
-                lambda p: bool(node.engine.query("records/of_patient", {"pid": p})),
-            )
+            pid = resolve_pid(node.config.pseudonym_key(), patient)
             entries = node.engine.query("records/of_patient", {"pid": pid})
             try:
                 key: bytes | None = vault.metadata_key(pid)

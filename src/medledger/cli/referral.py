@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             if letter is None and not letter_hash:
                 fail("--letter (or --letter-hash): the referral letter's hash is required")
             body = {
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "to": to,
                 "date_ms": when_ms(date, "--date"),
                 "categories": csv(categories),

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             body = {
                 "study": study_id,
-                "pid": pid_arg(patient),
+                "pid": pid_arg(patient, home),
                 "evidence_hash": evidence(evidence_file, evidence_hash),
             }
             with Node.open(home) as node:
@@ -150,7 +150,9 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             pids = [
-                pid_arg(line.strip()) for line in patients.read_text().splitlines() if line.strip()
+                pid_arg(line.strip(), home)
+                for line in patients.read_text().splitlines()
+                if line.strip()
             ]
             if not pids:
                 fail(f"{patients}: no pid")

@@ -94,12 +94,7 @@ def register(app: typer.Typer) -> None:
             Node.open(home) as node,
             Vault.open(node.config.vault_config()) as vault,
         ):
-            pid = resolve_pid(
-                node.config.pseudonym_key(),
-                patient,
-                set(vault.patients()).__contains__,
-                lambda p: bool(node.engine.query("records/of_patient", {"pid": p})),
-            )
+            pid = resolve_pid(node.config.pseudonym_key(), patient)
             outcome = carry_out(node, vault, pid, evidence_hash)
         if outcome.status == "refused":
             fail(f"erasure request {outcome.request}: refused here: {outcome.reason}")

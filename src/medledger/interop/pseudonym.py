@@ -32,6 +32,7 @@ from medledger.interop.ins import (
 )
 
 MIN_KEY_BYTES = 16
+INS_SYSTEM_TAG = "urn:medledger:ins"
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 #: When a Patient carries several INS, the one used for the pid (real NIR first).
 _INS_PREFERENCE = (INS_NIR_SYSTEM, INS_NIA_SYSTEM, INS_NIR_TEST_SYSTEM, INS_NIR_DEMO_SYSTEM)
@@ -61,7 +62,9 @@ def canonical_identifier(system: str, value: str) -> str:
     if "|" in system:
         raise ValueError("the identifier system may not contain '|'")
     if is_ins_system(system):
-        value = parse_ins(value).value
+        # One national number space: the same INS gives the same pid whichever INS system
+        # (NIR, NIA, test or demo NIR) a hospital filed it under.
+        return f"{INS_SYSTEM_TAG}|{parse_ins(value).value}"
     else:
         value = unicodedata.normalize("NFC", value.strip())
         if not value:

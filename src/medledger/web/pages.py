@@ -194,9 +194,7 @@ decision. Each line has a proof you can check offline with
         if not patient:
             return page("Clinician view", svc.node.config.name, form)
         try:
-            pid = resolve_pid(
-                svc.node.config.pseudonym_key(), patient, set(svc.vault.patients()).__contains__
-            )
+            pid = resolve_pid(svc.node.config.pseudonym_key(), patient)
         except ValueError as exc:
             return page(
                 "Clinician view", svc.node.config.name, form + f'<p class="bad">{e(exc)}</p>', 400
