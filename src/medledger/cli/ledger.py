@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
             config, store = _open_store(home)
             genesis = config.genesis()
             try:
-                with Progress(console=console, transient=True) as progress:
+                # A snapshot: a running node may keep committing while we replay.
+                with store.snapshot(), Progress(console=console, transient=True) as progress:
                     task = progress.add_task("replaying", total=store.height or 1)
                     report = verify_history(
                         store,

@@ -7,6 +7,7 @@ SQLite transaction: a process killed mid-block leaves the store at the previous 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -58,6 +59,15 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read one consistent state while another connection keeps committing (WAL)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     # -- committed state ---------------------------------------------------------------
     def get_raw(self, key: bytes) -> bytes | None:

@@ -7,6 +7,8 @@ decided and recorded on the chain exactly like an API read.
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC
 from typing import Annotated, Any
 
 import anyio
@@ -155,8 +157,67 @@ decision. Each line has a proof you can check offline with
                 trail_rows,
                 "nobody accessed your data yet",
             )
-        }"""
+        }{_portal_sections(svc, pid)}"""
         return page("My health records", svc.node.config.name, body)
+
+    def _patient(request: Request) -> tuple[HospitalServices, Claims, str]:
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None or claims.patient is None:
+            raise FhirError(401, "login", "sign in as a patient first")
+        return svc, claims, claims.patient
+
+    @router.post("/portal/consent")
+    def grant(
+        request: Request,
+        grantee: Annotated[str, Form()],
+        purpose: Annotated[str, Form()],
+        categories: Annotated[str, Form()] = "*",
+        end: Annotated[str, Form()] = "",
+    ) -> Response:
+        import time
+        from datetime import date, datetime
+
+        svc, claims, pid = _patient(request)
+        end_ms = 0
+        if end:
+            day = date.fromisoformat(end)
+            end_ms = int(
+                datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
+            )
+        cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
+        body = {
+            "pid": pid,
+            "grantee": grantee,
+            "categories": cats,
+            "purpose": purpose,
+            "start_ms": int(time.time() * 1000),
+            "end_ms": end_ms,
+        }
+        return _act(svc, claims, "consent.grant", body, "#consents")
+
+    @router.post("/portal/consent/{cid}/revoke")
+    def revoke(request: Request, cid: int) -> Response:
+        svc, claims, _ = _patient(request)
+        return _act(
+            svc,
+            claims,
+            "consent.revoke",
+            {"id": cid, "reason": "revoked by the patient"},
+            "#consents",
+        )
+
+    @router.post("/portal/study/{study}/{action}")
+    def study(request: Request, study: str, action: str) -> Response:
+        svc, claims, pid = _patient(request)
+        if action not in ("enrol", "withdraw"):
+            raise FhirError(404, "not-found", "no such action")
+        return _act(svc, claims, f"research.{action}", {"study": study, "pid": pid}, "#studies")
+
+    @router.post("/portal/erasure")
+    def erasure(request: Request) -> Response:
+        svc, claims, pid = _patient(request)
+        return _act(svc, claims, "erasure.request", {"pid": pid}, "#erasure")
 
     @router.get("/portal/proof/{tx}")
     def proof(request: Request, tx: str) -> Response:
@@ -200,34 +261,40 @@ decision. Each line has a proof you can check offline with
                 "Clinician view", svc.node.config.name, form + f'<p class="bad">{e(exc)}</p>', 400
             )
         rows = []
-        allowed_rids = []
         denial = ""
+        # Treatment first; a running break-the-glass opening of this clinician is the
+        # emergency basis for what treatment alone does not reach.
+        granted: dict[tuple[str, str], list[str]] = {}
         for r in _timeline_rows(svc, pid):
-            decision = svc.decide(
-                claims,
-                pid,
-                {"custodian": r["source"], "type": r["type"], "category": r["category"]},
-                "treatment",
-            )
+            meta = {"custodian": r["source"], "type": r["type"], "category": r["category"]}
+            purpose = "treatment"
+            decision = svc.decide(claims, pid, meta, purpose)
+            if not decision.allowed:
+                emergency = svc.decide(claims, pid, meta, "emergency")
+                if emergency.allowed:
+                    purpose, decision = "emergency", emergency
             if decision.allowed:
                 rows.append(r)
-                allowed_rids.append(r["rid"])
+                granted.setdefault((purpose, decision.basis), []).append(r["rid"])
             else:
                 denial = decision.reason
-        if allowed_rids:
-            from medledger.api.services import Decision
+        from medledger.api.services import Decision
 
+        for (purpose, basis), rids in sorted(granted.items()):
             svc.record_access(
-                claims,
-                pid,
-                "read",
-                "treatment",
-                Decision(True, "custodian", ""),
-                allowed_rids,
-                wait=False,
+                claims, pid, "read", purpose, Decision(True, basis, ""), rids, wait=False
             )
         warnings = duplicate_exams(rows)
         warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings)
+        if denial:
+            warn_html += f"""<div class="card"><p class="bad">Some records are not yours to see:
+{e(denial)}.</p><form method="post" action="/clinician/break-glass">
+<input type="hidden" name="patient" value="{e(pid)}"><b>Break the glass</b> (emergency access,
+reviewed by your DPO, the patient is told): <select name="reason">
+<option>life-threatening</option><option>unconscious</option><option>unable-to-consent</option>
+<option>urgent-care</option><option>other</option></select>
+<input name="note" placeholder="justification" size="40" required>
+<button id="break-glass">Open emergency access</button></form></div>"""
         body = (
             form
             + warn_html
@@ -241,6 +308,35 @@ decision. Each line has a proof you can check offline with
             )
         )
         return page(f"Patient {pid[:12]}…", svc.node.config.name, body)
+
+    @router.post("/clinician/break-glass")
+    def break_glass(
+        request: Request,
+        patient: Annotated[str, Form()],
+        reason: Annotated[str, Form()],
+        note: Annotated[str, Form()],
+    ) -> Response:
+        from medledger.wallet import TxRejected
+
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None or not claims.subject.startswith("Practitioner/"):
+            return _login_form(svc, "/clinician")
+        practitioner = claims.subject.removeprefix("Practitioner/")
+        try:
+            wallet = svc.node.practitioner_wallet(practitioner)
+            wallet.send(
+                "emergency.open",
+                {
+                    "pid": patient,
+                    "reason": reason,
+                    "reason_hash": hashlib.sha256(note.encode()).digest(),
+                },
+            )
+        except (TxRejected, ValueError) as exc:
+            text = exc.log if isinstance(exc, TxRejected) else str(exc)
+            return page("Refused", svc.node.config.name, f'<p class="bad">{e(text)}</p>', 409)
+        return RedirectResponse(f"/clinician?patient={patient}", status_code=303)
 
     # -- network explorer ---------------------------------------------------------------------
     @router.get("/explorer")
@@ -336,6 +432,88 @@ App hash <code>{e(hd.app_hash.hex())}</code></div>
     return router
 
 
+def _on_behalf(svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any]) -> None:
+    """The hospital signs for the patient; the evidence is the patient's authenticated request
+    (their token's claims and what they asked), whose hash goes on the chain."""
+    evidence = hashlib.sha256(
+        orjson.dumps({"token": claims.raw, "kind": kind, "body": body}, default=str)
+    ).digest()
+    svc.node.wallet.send(kind, {**body, "evidence_hash": evidence})
+
+
+def _act(
+    svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any], anchor: str
+) -> Response:
+    from medledger.wallet import TxRejected
+
+    try:
+        _on_behalf(svc, claims, kind, body)
+    except TxRejected as exc:
+        return page(
+            "Refused",
+            svc.node.config.name,
+            f'<p class="bad">{e(exc.log)}</p><p><a href="/portal{anchor}">back</a></p>',
+            409,
+        )
+    return RedirectResponse(f"/portal{anchor}", status_code=303)
+
+
+def _portal_sections(svc: HospitalServices, pid: str) -> str:
+    """Consents (grant, revoke), studies (enrol, withdraw) and erasure, from the ledger."""
+    engine = svc.node.engine
+    consent_rows = [
+        [
+            e(c["id"]),
+            e(c["grantee"]),
+            e(", ".join(c["categories"])),
+            e(c["purpose"]),
+            e(when(c["start_ms"])) + (" → " + e(when(c["end_ms"])) if c["end_ms"] else ""),
+            e(c["status"]),
+            f'<form class="inline" method="post" action="/portal/consent/{c["id"]}/revoke"><button>Revoke</button></form>'
+            if c["status"] == "active"
+            else "",
+        ]
+        for c in engine.query("consent/list", {"pid": pid})
+    ]
+    mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
+    study_rows = []
+    for st in engine.query("research/studies", {}):
+        enrolled = mine.get(st["study"], {}).get("status") == "enrolled"
+        action = "withdraw" if enrolled else "enrol"
+        study_rows.append(
+            [
+                e(st["study"]),
+                e(st.get("title", "")),
+                e(", ".join(st["categories"])),
+                "enrolled" if enrolled else "not enrolled",
+                f'<form class="inline" method="post" action="/portal/study/{e(st["study"])}/{action}"><button>{action.capitalize()}</button></form>',
+            ]
+        )
+    erasure = engine.query("erasure/status", {"pid": pid})
+    if erasure is None:
+        erasure_html = """<form method="post" action="/portal/erasure"><p>You may ask every hospital to
+erase your data. Care records under legal retention (20 years) are kept by the hospital that made
+them; copies held elsewhere are erased.</p><button>Request erasure</button></form>"""
+    else:
+        erasure_html = f"<p>Request {e(erasure['id'])}: <b>{e(erasure['status'])}</b></p>" + table(
+            ["hospital", "status", "reason"],
+            [[e(o["holder"]), e(o["status"]), e(o["reason"])] for o in erasure["obligations"]],
+        )
+    options = "".join(
+        f'<option value="org:{e(m["org"])}">{e(m["name"])}</option>'
+        for m in engine.query("governance/members", {})
+        if m["org"] != svc.org
+    )
+    return f"""
+<h2 id="consents">My consents</h2>{table(["#", "who", "data", "purpose", "period", "status", ""], consent_rows, "no consent")}
+<form method="post" action="/portal/consent"><b>Grant a consent:</b> <select name="grantee">{options}</select>
+<input name="categories" value="*" size="30" title="comma-separated categories, or *">
+<select name="purpose"><option>treatment</option><option>research</option></select>
+<label>until <input name="end" type="date"></label><button>Grant</button></form>
+<h2 id="studies">Research studies</h2>{table(["study", "title", "data", "me", ""], study_rows, "no study open")}
+<h2 id="erasure">Erasure</h2>{erasure_html}"""
+
+
 def _kinds(txs: list[bytes]) -> str:
     from collections import Counter
 
@@ -355,7 +533,8 @@ def _verify(svc: HospitalServices) -> tuple[bool, str]:
         return False, "this node keeps no ledger replica"
     store = Store(app.store.path)  # a second connection: reads committed data only
     try:
-        report = verify_history(store, app.genesis, default_registry())
+        with store.snapshot():
+            report = verify_history(store, app.genesis, default_registry())
     except VerifyError as exc:
         return False, f"verification failed at {exc}"
     finally:
