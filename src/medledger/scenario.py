@@ -1,0 +1,329 @@
+"""The demo scenario, told in plain words: what `make demo` plays on a running network.
+
+It acts only through what a hospital has: its node (wallets, queries), its vault and its
+ingestion; the hospitals' own node processes (sync agents, gateways) do the rest, such as
+prefetching records a consent entitles them to, or delivering a referral's file. It works the
+same on the solo sandbox and on the CometBFT network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medledger.ingest import Ingestor
+from medledger.interop.synth import generate
+from medledger.ledger.keys import SigningKey
+from medledger.node import Node
+from medledger.vault import Vault
+from medledger.wallet import TxRejected
+
+DAY_MS = 24 * 3600 * 1000
+Say = Callable[[str], None]
+
+
+@dataclass
+class Hospital:
+    node: Node
+    vault: Vault
+
+    @property
+    def org(self) -> str:
+        return self.node.config.org
+
+    @property
+    def name(self) -> str:
+        return self.node.config.name
+
+
+@dataclass
+class Story:
+    """What the scenario made, for the summary (tokens, ids)."""
+
+    patient_ins: str = ""
+    patient_pid: str = ""
+    practitioners: dict[str, list[str]] = field(default_factory=dict)
+    facts: list[str] = field(default_factory=list)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60.0, every: float = 0.25) -> Any:
+    """What another hospital's node does happens on its own time: wait for it, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def _register(h: Hospital, practitioner: str, roles: list[str], story: Story) -> None:
+    path = h.node.config.practitioner_key_path(practitioner)
+    key = SigningKey.from_file(path) if path.exists() else SigningKey.generate()
+    known = h.node.engine.query("identity/practitioners", {"org": h.org})
+    if not any(p["id"] == practitioner for p in known):
+        h.node.wallet.send(
+            "identity.register",
+            {"practitioner": practitioner, "key": key.public_key, "roles": roles},
+        )
+        key.save(path)
+    story.practitioners.setdefault(h.org, []).append(practitioner)
+
+
+def _evidence(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def play(
+    hospitals: list[Hospital], say: Say, *, patients: int = 6, seed: int = 7, wait: float = 60.0
+) -> Story:
+    lyon, paris, bordeaux, lille = hospitals[:4]
+    story = Story()
+    now = int(time.time() * 1000)
+
+    say(f"Four hospitals run the consortium: {', '.join(h.name for h in hospitals)}.")
+    for h in hospitals:
+        _register(h, "dpo", ["dpo"], story)
+    _register(lyon, "dr-martin", ["physician"], story)
+    _register(paris, "dr-dubois", ["physician"], story)
+    _register(bordeaux, "dr-urgence", ["physician", "emergency"], story)
+    _register(lille, "dr-chercheuse", ["researcher"], story)
+    say("Each registers its practitioners and its DPO on the chain (keys stay at the hospital).")
+
+    # -- synthetic chronic patients, ingested where they are followed -----------------------
+    orgs = [lyon.org, paris.org, bordeaux.org]
+    bundles = generate(patients, orgs, seed=seed)
+    pids_at: dict[str, set[str]] = {}
+    for h in hospitals[:3]:
+        ingestor = Ingestor(h.node, h.vault)
+        n = 0
+        for i, bundle in enumerate(bundles.get(h.org, [])):
+            result = ingestor.ingest_bytes(orjson.dumps(bundle), f"{h.org}-{i}.json")
+            if result.rejections:
+                raise RuntimeError(f"demo data refused: {result.rejections[0]}")
+            n += result.accepted
+            for pid in result.pids:
+                pids_at.setdefault(pid, set()).add(h.org)
+        say(f"{h.name} ingests its synthetic FHIR records: {n} resources, encrypted in its vault.")
+    say("On the chain: only pseudonyms, salted commitments and sealed metadata.")
+
+    # -- a chronic patient followed in three hospitals --------------------------------------
+    chronic = next((p for p, at in sorted(pids_at.items()) if len(at) == 3), None)
+    chronic = chronic or next(iter(sorted(pids_at)))
+    story.patient_pid = chronic
+    story.patient_ins = _ins_of(bundles, lyon.org, lyon.node.config.pseudonym_key(), chronic)
+    at = ", ".join(sorted(pids_at[chronic]))
+    say(f"Patient {chronic[:12]}… has a chronic disease and is followed at {at}.")
+
+    consent = lyon.node.wallet.send(
+        "consent.grant",
+        {
+            "pid": chronic,
+            "grantee": f"org:{paris.org}",
+            "categories": ["*"],
+            "purpose": "treatment",
+            "start_ms": now - 60_000,
+            "end_ms": now + 365 * DAY_MS,
+            "evidence_hash": _evidence("signed consent form, chronic follow-up"),
+        },
+    )
+    consent_id = int(
+        next(e.get("id") for e in consent.result.events if e.type == "consent.granted") or 0
+    )
+    say(
+        f"The patient consents (form signed at {lyon.name}, consent {consent_id}): "
+        f"{paris.name} may read their records for treatment."
+    )
+    copies = eventually(
+        lambda: [
+            i for i in paris.vault.records_of(chronic) if i.is_copy and i.custodian == lyon.org
+        ],
+        timeout=wait,
+    )
+    if copies:
+        say(
+            f"Within seconds {paris.name}'s sync agent fetched the metadata key, read the new "
+            f"index entries from its own replica and prefetched {len(copies)} records from "
+            f"{lyon.name} over mutual TLS, each read recorded on the chain."
+        )
+    else:
+        say(f"({paris.name} has not prefetched the records yet: is its node running?)")
+
+    # -- a referral for surgery, the file transferred automatically -------------------------
+    surgery = now + 3 * DAY_MS
+    rids = [i.rid for i in lyon.vault.records_of(chronic, include_copies=False)][:10]
+    referral = lyon.node.wallet.send(
+        "referral.create",
+        {
+            "pid": chronic,
+            "to": paris.org,
+            "date_ms": surgery,
+            "categories": ["labs", "conditions", "imaging", "medications", "allergies"],
+            "procedure_hash": _evidence("referral letter: coronary bypass"),
+            "rids": rids,
+            "consent": consent_id,
+        },
+    )
+    ref_id = int(
+        next(e.get("id") for e in referral.result.events if e.type.startswith("referral.")) or 0
+    )
+    paris.node.wallet.send("referral.admit", {"id": ref_id})
+    say(
+        f"{lyon.name} refers the patient to {paris.name} for surgery in 3 days (referral "
+        f"{ref_id}); {paris.name} records the admission: {lyon.name} must now deliver "
+        f"{len(rids)} records by the deadline."
+    )
+    status = eventually(
+        lambda: (
+            (s := paris.node.engine.query("referral/status", {"id": ref_id}))
+            and s.get("status") in ("confirmed", "delivered")
+            and s
+        ),
+        timeout=wait * 1.5,
+    )
+    if status:
+        say(
+            f"The sync agents did the paperwork: {lyon.name} pushed the file, {paris.name} "
+            f"checked every commitment and confirmed (referral {ref_id}: {status['status']})."
+        )
+    else:
+        say(f"(referral {ref_id} not delivered yet: the nodes' sync agents deliver it)")
+
+    # -- an emergency access at night -------------------------------------------------------
+    other = next((p for p in sorted(pids_at) if bordeaux.org not in pids_at[p]), chronic)
+    urgence = bordeaux.node.practitioner_wallet("dr-urgence")
+    opened = urgence.send(
+        "emergency.open",
+        {
+            "pid": other,
+            "reason": "unconscious",
+            "reason_hash": _evidence("found unconscious, 3 am"),
+        },
+    )
+    eid = int(next(e.get("id") for e in opened.result.events if e.type == "emergency.opened") or 0)
+    say(
+        f"3 a.m.: an unconscious patient arrives at {bordeaux.name}. dr-urgence breaks the glass "
+        f"(emergency access {eid}, 24 h): the patient and the custodians' DPOs are notified."
+    )
+    bordeaux.node.practitioner_wallet("dpo").send(
+        "emergency.review", {"id": eid, "verdict": "approved", "note_hash": _evidence("justified")}
+    )
+    say(f"In the morning {bordeaux.name}'s DPO reviews it and approves it.")
+
+    # -- a research study's dataset release -------------------------------------------------
+    study = "hf-cohort-2026"
+    if not lille.node.engine.query("research/study", {"study": study}):
+        lille.node.practitioner_wallet("dr-chercheuse").send(
+            "research.register",
+            {
+                "study": study,
+                "protocol_hash": _evidence("protocol v3"),
+                "ethics_ref": "CPP-2026-0142",
+                "categories": ["labs", "conditions"],
+                "min_cohort": 3,
+                "title": "Heart failure outcomes",
+            },
+        )
+    cohort = sorted(pids_at)[:4]
+    for pid in cohort:
+        holder = next(h for h in hospitals[:3] if h.org in pids_at[pid])
+        holder.node.wallet.send(
+            "research.enrol",
+            {"study": study, "pid": pid, "evidence_hash": _evidence(f"opt-in {pid}")},
+        )
+    withdrawn = cohort[-1]
+    holder = next(h for h in hospitals[:3] if h.org in pids_at[withdrawn])
+    holder.node.wallet.send(
+        "research.withdraw",
+        {"study": study, "pid": withdrawn, "evidence_hash": _evidence("opt-out")},
+    )
+    say(
+        f"{lille.name} registers study {study} (ethics CPP-2026-0142); "
+        "4 patients opt in, one withdraws."
+    )
+    from medledger.contracts.research import member_token
+
+    try:
+        lyon.node.wallet.send(
+            "research.release",
+            {
+                "study": study,
+                "dataset_hash": _evidence("dataset-with-withdrawn"),
+                "members": [member_token(study, p) for p in cohort],
+                "counts": {"patients": 4},
+            },
+        )
+    except TxRejected as exc:
+        say(f"A release including the withdrawn patient is refused by the contract: {exc.log}.")
+    kept = cohort[:-1]
+    lyon.node.wallet.send(
+        "research.release",
+        {
+            "study": study,
+            "dataset_hash": _evidence("dataset v1"),
+            "members": [member_token(study, p) for p in kept],
+            "counts": {"patients": len(kept)},
+        },
+    )
+    say(
+        f"The pseudonymised dataset of {len(kept)} patients is released: "
+        "its hash and counts are on the chain."
+    )
+
+    # -- erasure: refused for care records, carried out for the copies ----------------------
+    paris.node.wallet.send(
+        "erasure.request", {"pid": chronic, "evidence_hash": _evidence("erasure request letter")}
+    )
+    erasure = paris.node.engine.query("erasure/status", {"pid": chronic})
+    refused = [
+        o["holder"]
+        for o in erasure["obligations"]
+        if o.get("custody") and o["custody"]["status"] == "refused"
+    ]
+    say(
+        f"The patient asks for erasure (request {erasure['id']}). The contract refuses it for "
+        f"the care records of {', '.join(refused) or 'no one'} (legal retention, 20 years)."
+    )
+    done = eventually(
+        lambda: (
+            (s := paris.node.engine.query("erasure/status", {"pid": chronic}))
+            and any(
+                o["holder"] == paris.org and o["status"] == "attested" for o in s["obligations"]
+            )
+            and s
+        ),
+        timeout=wait,
+    )
+    if done:
+        say(f"{paris.name}'s node crypto-shredded its copies and attested it on the chain.")
+    else:
+        say(f"({paris.name}'s copies are erased by its node's sync agent when it runs.)")
+    return story
+
+
+def _ins_of(bundles: dict[str, list[dict[str, Any]]], org: str, key: bytes, pid: str) -> str:
+    from medledger.interop.pseudonym import patient_pid
+
+    for bundle in bundles.get(org, []):
+        for entry in bundle["entry"]:
+            r = entry["resource"]
+            if r["resourceType"] == "Patient" and patient_pid(key, r) == pid:
+                return next(
+                    i["value"]
+                    for i in r["identifier"]
+                    if "1.2.250.1.213.1.4" in i.get("system", "")
+                )
+    return ""
+
+
+def hospitals_of(directory: Path) -> list[Path]:
+    from medledger.network import hospital_homes
+
+    return hospital_homes(directory)
