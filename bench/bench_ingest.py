@@ -21,7 +21,9 @@ from medledger.node import Node
 from medledger.vault import Vault
 
 
-def run(patients: int = 40, erase_small: int = 10, erase_large: int = 10_000) -> dict[str, Any]:
+def run(
+    patients: int = 40, erase_small: int = 10, erase_large: int = 10_000, workers: int = 2
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
         org = "chu-lyon"
@@ -31,14 +33,15 @@ def run(patients: int = 40, erase_small: int = 10, erase_large: int = 10_000) ->
         with Node.open(homes[0]) as node, Vault.open(node.config.vault_config()) as vault:
             ingestor = Ingestor(node, vault)
             start = time.perf_counter()
-            for i, data in enumerate(payloads):
-                result = ingestor.ingest_bytes(data, f"bundle-{i}.json")
+            inputs = [(data, f"bundle-{i}.json") for i, data in enumerate(payloads)]
+            for result in ingestor.ingest_many(inputs, workers=workers):
                 if result.rejections:
                     raise RuntimeError(result.rejections[0])
             elapsed = time.perf_counter() - start
             small, large = _erase_times(vault, erase_small, erase_large)
     return {
         "bundles": len(payloads),
+        "validation_workers": workers,
         "resources": resources,
         "seconds": round(elapsed, 3),
         "resources_per_s": round(resources / elapsed),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,16 +62,42 @@ class Ingestor:
             return UnitResult(source, rejections=[Rejection(source, "", f"cannot read: {exc}")])
         return self.ingest_bytes(data, source)
 
-    def ingest_bytes(self, data: bytes, source: str) -> UnitResult:
-        from medledger.interop.fhir import parse_fhir
-        from medledger.interop.hl7v2 import parse_hl7v2
+    def ingest_many(
+        self, inputs: Iterable[tuple[bytes, str]], workers: int = 2
+    ) -> Iterator[UnitResult]:
+        """Ingest several inputs, validating them in `workers` processes ahead of storing.
 
+        Validation (fhir.resources) is most of the work and needs nothing of this hospital, so
+        it runs in parallel, a bounded number of inputs ahead; storing and registering stay in
+        this process, in input order. An input that does not validate on its own (say, it
+        refers to a patient stored earlier) is validated again here, where references to this
+        hospital's records resolve.
+        """
+        if workers <= 1:
+            for data, source in inputs:
+                yield self.ingest_bytes(data, source)
+            return
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import Future, ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("forkserver")
+        window: deque[tuple[bytes, str, Future[list[Any] | None]]] = deque()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for data, source in inputs:
+                window.append((data, source, pool.submit(_parse_alone, data, source)))
+                if len(window) > workers * 4:
+                    d, src, future = window.popleft()
+                    yield self.ingest_bytes(d, src, parsed=future.result())
+            while window:
+                d, src, future = window.popleft()
+                yield self.ingest_bytes(d, src, parsed=future.result())
+
+    def ingest_bytes(self, data: bytes, source: str, parsed: list[Any] | None = None) -> UnitResult:
         result = UnitResult(source)
         try:
-            if source.lower().endswith(_HL7_SUFFIXES) or data.lstrip().startswith(b"MSH"):
-                parsed = parse_hl7v2(data, source, resolve=self._resolve)
-            else:
-                parsed = parse_fhir(data, source, resolve=self._resolve)
+            if parsed is None:
+                parsed = _parse(data, source, self._resolve)
         except InputError as exc:
             result.rejections = [
                 Rejection(source, p.location().removeprefix(source).lstrip(", "), p.message)
@@ -208,6 +234,23 @@ class Ingestor:
             for item in keep
         ]
         return keep, replaced
+
+
+def _parse(data: bytes, source: str, resolve: Callable[[str], str | None] | None) -> list[Any]:
+    from medledger.interop.fhir import parse_fhir
+    from medledger.interop.hl7v2 import parse_hl7v2
+
+    if source.lower().endswith(_HL7_SUFFIXES) or data.lstrip().startswith(b"MSH"):
+        return parse_hl7v2(data, source, resolve=resolve)
+    return parse_fhir(data, source, resolve=resolve)
+
+
+def _parse_alone(data: bytes, source: str) -> list[Any] | None:
+    """In a worker process: validate without this hospital's records (None: redo at home)."""
+    try:
+        return _parse(data, source, None)
+    except InputError:
+        return None
 
 
 def _with_id(data: bytes, rid: str) -> bytes:

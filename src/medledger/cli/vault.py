@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         files: Annotated[
             list[Path], typer.Argument(help="FHIR JSON/NDJSON or HL7 v2 files, or folders.")
         ],
+        workers: Annotated[int, typer.Option(help="Processes validating ahead (1: none).")] = 2,
     ) -> None:
         """Validate, encrypt into the vault and register on the chain; a file is all or nothing."""
         from medledger.ingest import Ingestor
@@ -53,9 +54,10 @@ def register(app: typer.Typer) -> None:
                 transient=True,
             ) as progress:
                 task = progress.add_task("ingesting", total=len(paths))
-                for path in paths:
-                    progress.update(task, description=f"ingesting {path.name}")
-                    results.append(ingestor.ingest_path(path))
+                inputs = ((p.read_bytes(), p.name) for p in paths)
+                for result in ingestor.ingest_many(inputs, workers=workers):
+                    progress.update(task, description=f"ingested {result.source}")
+                    results.append(result)
                     progress.advance(task)
         accepted = sum(r.accepted for r in results)
         rejected = [rej for r in results for rej in r.rejections]

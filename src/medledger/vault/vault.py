@@ -77,6 +77,7 @@ _RID_RE = re.compile(r"[\x21-\x7e]{1,256}")
 _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 _CUSTODIAN_RE = re.compile(r"[\x21-\x7e]{1,128}")
 _LABEL_ERASURE = b"medledger/vault/v1/erasure"
+_UNWRAPPED_CACHE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ class Vault:
         self._lock = threading.RLock()
         self._batch_depth = 0
         self._compact_due = False
+        self._unwrapped: dict[tuple[str, int, bytes], PatientKeys] = {}
         self._bind_meta()
 
     @classmethod
@@ -205,7 +207,19 @@ class Vault:
         return pid
 
     def _keys(self, pid: str, generation: int, wrapped: bytes) -> PatientKeys:
-        return self._keyring.unwrap(pid, generation, wrapped)
+        """Unwrap a patient key, remembering it for the next records of the same patient.
+
+        The cache is keyed by the wrapped bytes read from the store, so it can only ever
+        answer for a key row that still exists; erase() also forgets the patient's entry.
+        """
+        cache_key = (pid, generation, wrapped)
+        keys = self._unwrapped.get(cache_key)
+        if keys is None:
+            keys = self._keyring.unwrap(pid, generation, wrapped)
+            if len(self._unwrapped) >= _UNWRAPPED_CACHE:
+                self._unwrapped.clear()
+            self._unwrapped[cache_key] = keys
+        return keys
 
     def _ctx(self, row: RecordRow) -> RecordContext:
         return RecordContext(
@@ -510,6 +524,8 @@ class Vault:
                         pid, key.generation, key.wrapped, key.n_records, key.n_copies, key.manifest
                     )
             self._compact_due = True
+            for cached in [k for k in self._unwrapped if k[0] == pid]:
+                del self._unwrapped[cached]
             if purge:
                 self._purge(only_pid=pid)
         return receipt
