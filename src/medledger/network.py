@@ -278,4 +278,7 @@ def create_consortium(
             "block_time_ms": block_time_ms,
         },
     )
+    from medledger.exchange.pki import setup_exchange
+
+    setup_exchange(directory, homes, chain_id, base_port=base_port)  # CA, TLS certs, gateways
     return homes

@@ -1,0 +1,313 @@
+"""The requesting side of the exchange: signed calls to other hospitals' gateways over mTLS.
+
+Calls go only to the addresses in the hospital's directory (config.json `exchange.peers`),
+over TLS 1.3 pinned to the consortium CA, and the server's certificate must name the hospital
+dialled. Each request is signed by the practitioner or hospital on whose behalf it is made.
+Whatever comes back is checked against this hospital's own replica of the ledger: a record's
+bytes must hash, with the salt served, to the commitment its custodian registered, so a
+custodian (or anyone between) cannot serve something else than what the index promises.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+from nacl.public import PrivateKey, SealedBox
+
+from medledger.exchange.pki import TlsFiles, client_context, peer_org
+from medledger.exchange.signing import RequestSigner
+from medledger.indexing import check_commitment
+from medledger.ledger.keys import SigningKey
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+
+PREFIX = "/exchange/v1"
+
+
+class ExchangeError(Exception):
+    """A peer refused or failed; `status` is its HTTP status (0 when it could not be reached)."""
+
+    def __init__(self, org: str, status: int, reason: str) -> None:
+        super().__init__(f"{org}: {reason}" + (f" (HTTP {status})" if status else ""))
+        self.org = org
+        self.status = status
+        self.reason = reason
+
+    @property
+    def refused(self) -> bool:
+        """True for a decision (403, 404, 410), false for a failure worth retrying."""
+        return self.status in (400, 401, 403, 404, 409, 410)
+
+
+class IntegrityError(ExchangeError):
+    """What a peer served does not match the ledger (wrong commitment, version or custodian)."""
+
+
+@dataclass(frozen=True)
+class FetchedRecord:
+    """A record received from its custodian, already checked against its commitment."""
+
+    custodian: str
+    pid: str
+    rid: str
+    version: int
+    resource_type: str
+    resource: bytes
+    salt: bytes
+    basis: str
+    commitment: bytes
+
+
+@dataclass(frozen=True)
+class Fetched:
+    records: list[FetchedRecord]
+    denied: list[dict[str, str]]
+    missing: list[str]
+
+
+class Directory:
+    """org -> gateway URL; shared by a process's hospitals, updatable (sandbox, port 0)."""
+
+    def __init__(self, peers: dict[str, str] | None = None) -> None:
+        self._peers = dict(peers or {})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any]) -> Directory:
+        return cls(dict((raw.get("exchange") or {}).get("peers") or {}))
+
+    def url(self, org: str) -> str:
+        with self._lock:
+            found = self._peers.get(org)
+        if found is None:
+            raise ExchangeError(org, 0, "not in this hospital's gateway directory")
+        return found.rstrip("/")
+
+    def set(self, org: str, url: str) -> None:
+        with self._lock:
+            self._peers[org] = url
+
+    def orgs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._peers)
+
+
+def verify_fetched(
+    state_entry_versions: list[dict[str, Any]], record: dict[str, Any], custodian: str, pid: str
+) -> bytes:
+    """The registered commitment of the version served, after checking the bytes against it."""
+    version = record.get("version")
+    match = next((v for v in state_entry_versions if v.get("version") == version), None)
+    rid = record.get("rid", "?")
+    if match is None:
+        raise IntegrityError(custodian, 0, f"record {rid} v{version} is not in the index")
+    if match["custodian"] != custodian or match["pid"] != pid:
+        raise IntegrityError(custodian, 0, f"record {rid} is not held by {custodian} for pid")
+    resource = base64.b64decode(record["resource"])
+    salt = base64.b64decode(record["salt"])
+    if not check_commitment(salt, resource, bytes(match["commitment"])):
+        raise IntegrityError(custodian, 0, f"record {rid} v{version} does not match its commitment")
+    return bytes(match["commitment"])
+
+
+class ExchangeClient:
+    """Calls other hospitals' gateways for one hospital, signed by `signer`.
+
+    `signer` defaults to the hospital's organisation key; pass a practitioner's key to act on
+    their behalf (their hospital's client certificate still carries the connection).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        signer: SigningKey | None = None,
+        directory: Directory | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.node = node
+        self.org = node.config.org
+        self.signer = RequestSigner(signer or node.org_key)
+        self.directory = directory or Directory.from_config(node.config.raw)
+        files = TlsFiles.of_home(node.config.home, node.config.raw)
+        self._ssl = client_context(files)
+        self._timeout = timeout
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def with_signer(self, signer: SigningKey) -> ExchangeClient:
+        """The same connections, signing as someone else (a practitioner)."""
+        other = ExchangeClient.__new__(ExchangeClient)
+        other.__dict__.update(self.__dict__)
+        other.signer = RequestSigner(signer)
+        return other
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    def _client(self, org: str) -> httpx.Client:
+        base = self.directory.url(org)
+        with self._lock:
+            client = self._clients.get(base)
+            if client is None:
+                client = httpx.Client(
+                    base_url=base,
+                    verify=self._ssl,
+                    timeout=httpx.Timeout(self._timeout, connect=5.0),
+                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                )
+                self._clients[base] = client
+        return client
+
+    @staticmethod
+    def _check_server(org: str, response: httpx.Response) -> None:
+        """The server certificate must name the hospital dialled, not just any member."""
+        stream = response.extensions.get("network_stream")
+        if stream is None:
+            return
+        ssl_object = stream.get_extra_info("ssl_object")
+        if ssl_object is None:
+            raise ExchangeError(org, 0, "the connection is not TLS")
+        if peer_org(ssl_object.getpeercert()) != org:
+            raise ExchangeError(org, 0, "the server's certificate names another hospital")
+
+    def post(self, org: str, name: str, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Signed POST to a peer; returns (answer, Server-Timing header)."""
+        body = orjson.dumps(payload)
+        path = f"{PREFIX}/{name}"
+        headers = self.signer.headers("POST", path, body, org)
+        headers["content-type"] = "application/json"
+        try:
+            response = self._client(org).post(path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ExchangeError(org, 0, f"unreachable: {type(exc).__name__}: {exc}") from None
+        self._check_server(org, response)
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            answer = {"error": response.text[:200]}
+        if response.status_code != 200:
+            raise ExchangeError(org, response.status_code, str(answer.get("error", "refused")))
+        return answer, response.headers.get("server-timing", "")
+
+    # -- what a hospital asks --------------------------------------------------------------
+    def _ask(self, pid: str, purpose: str, study: str | None, **more: Any) -> dict[str, Any]:
+        # The height this hospital's replica has reached: the custodian answers from a state
+        # at least as recent (see Gateway._catch_up).
+        height = self.node.engine.height()
+        body: dict[str, Any] = {"pid": pid, "purpose": purpose, "height": height, **more}
+        if study is not None:
+            body["study"] = study  # a research access names its study
+        return body
+
+    def index(
+        self, custodian: str, pid: str, purpose: str = "treatment", study: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The patient's entries at `custodian` that this caller may see, metadata opened."""
+        answer, _ = self.post(custodian, "index", self._ask(pid, purpose, study))
+        entries: list[dict[str, Any]] = answer["entries"]
+        return entries
+
+    def fetch(
+        self,
+        custodian: str,
+        pid: str,
+        rids: list[str],
+        purpose: str = "treatment",
+        study: str | None = None,
+    ) -> Fetched:
+        """Records from their custodian, each checked against its commitment on the ledger."""
+        answer, _ = self.post(custodian, "records", self._ask(pid, purpose, study, rids=rids))
+        return self.check_records(custodian, pid, answer)
+
+    def check_records(self, custodian: str, pid: str, answer: dict[str, Any]) -> Fetched:
+        out = []
+        for rec in answer.get("records", []):
+            versions = self.node.engine.query("records/versions", {"rid": rec["rid"]})
+            commitment = verify_fetched(versions, rec, custodian, pid)
+            out.append(
+                FetchedRecord(
+                    custodian=custodian,
+                    pid=pid,
+                    rid=rec["rid"],
+                    version=int(rec["version"]),
+                    resource_type=str(rec["resource_type"]),
+                    resource=base64.b64decode(rec["resource"]),
+                    salt=base64.b64decode(rec["salt"]),
+                    basis=str(rec.get("basis", "")),
+                    commitment=commitment,
+                )
+            )
+        return Fetched(out, list(answer.get("denied", [])), list(answer.get("missing", [])))
+
+    def metadata_key(
+        self, custodian: str, pid: str, purpose: str = "treatment", study: str | None = None
+    ) -> bytes:
+        """The custodian's metadata key for this patient, opened with this hospital's box key."""
+        answer, _ = self.post(custodian, "metadata-key", self._ask(pid, purpose, study))
+        sealed = base64.b64decode(answer["sealed"])
+        key = SealedBox(PrivateKey(self.node.config.box_key())).decrypt(sealed)
+        if len(key) != 32:
+            raise IntegrityError(custodian, 0, "the metadata key is not 32 bytes")
+        return bytes(key)
+
+    def deliver(self, receiver: str, payload: dict[str, Any]) -> dict[str, Any]:
+        answer, _ = self.post(receiver, "deliveries", payload)
+        return answer
+
+    # -- event stream ------------------------------------------------------------------------
+    def events(
+        self,
+        org: str,
+        *,
+        from_height: int | None = None,
+        last_event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Events from a node's stream, as dicts with `id`, `event` and decoded `data`.
+
+        Signed like every request; the stream stays open until the caller stops iterating.
+        """
+        path = f"{PREFIX}/events" + (f"?from={from_height}" if from_height is not None else "")
+        headers = self.signer.headers("GET", path, b"", org)
+        headers["accept"] = "text/event-stream"
+        if last_event_id is not None:
+            headers["last-event-id"] = last_event_id
+        client = self._client(org)
+        read_timeout = httpx.Timeout(timeout or self._timeout, connect=5.0)
+        with client.stream("GET", path, headers=headers, timeout=read_timeout) as response:
+            self._check_server(org, response)
+            if response.status_code != 200:
+                response.read()
+                raise ExchangeError(org, response.status_code, response.text[:200])
+            yield from parse_sse(response.iter_lines())
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Server-Sent Events framing: fields until a blank line; comments (pings) skipped."""
+    event: dict[str, Any] = {}
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                event["data"] = orjson.loads("\n".join(data))
+                yield event
+            event, data = {}, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name in ("id", "event", "retry"):
+            event[name] = value

@@ -1,0 +1,500 @@
+"""The custodian's gateway: what other hospitals may ask of this hospital's vault.
+
+Every request arrives over mutual TLS (the client certificate names a hospital), carries an
+Ed25519 signature by a practitioner's or hospital's key (checked, and kept as evidence, see
+signing.py), and the signer's hospital must be the one the certificate names. Then, for each
+record concerned, the consortium's `authorize` decides on this node's replica; the decision,
+granted or denied, becomes an `access.log` entry carrying the hash of the signed request, and
+nothing is served before that entry is committed: a read that is not in the audit trail never
+happened. Denials are committed too, with their reason.
+
+    POST /exchange/v1/index          {pid, purpose}          the patient's entries here that
+                                                             the caller may see, decrypted
+    POST /exchange/v1/records        {pid, rids, purpose}    resources (exact bytes) + salts;
+                                                             the caller checks the commitments
+    POST /exchange/v1/metadata-key   {pid, purpose}          the patient's metadata key, sealed
+                                                             to the caller hospital's X25519 key
+    POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
+    GET  /exchange/v1/events         Server-Sent Events (events.py)
+    GET  /exchange/v1/health         mTLS only: who and at what height
+
+Bodies and answers are JSON; resource bytes and salts travel base64-encoded so that the bytes
+the commitment was made on arrive unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from nacl.public import PublicKey, SealedBox
+from starlette.concurrency import run_in_threadpool
+
+from medledger.contracts.identity import Actor
+from medledger.exchange.policy import Decision, Policy, record_meta
+from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
+from medledger.indexing import MetadataError, open_meta
+from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
+from medledger.wallet import TxRejected
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/exchange/v1"
+PURPOSES = ("treatment", "emergency", "research")
+MAX_RIDS = 500
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the verified signed request and the actor its key is on the chain."""
+
+    request: SignedRequest
+    actor: Actor
+
+    @property
+    def label(self) -> str:
+        """The access entry's `actor`: "practitioner:<org>/<id>" or "org:<org>"."""
+        if self.actor.practitioner is None:
+            return f"org:{self.actor.org}"
+        return f"practitioner:{self.actor.org}/{self.actor.practitioner}"
+
+
+@dataclass
+class Timing:
+    """Where a request's time went; sent back in a Server-Timing header (the bench uses it)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    commit: float = 0.0
+
+    def header(self) -> str:
+        total = (time.perf_counter() - self.start) * 1000
+        return f"commit;dur={self.commit * 1000:.2f}, total;dur={total:.2f}"
+
+
+class Refused(Exception):
+    """An answer other than 200, with the reason the caller is told."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise Refused(400, f"{what}: base64 text expected")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise Refused(400, f"{what}: not base64") from None
+
+
+DeliveryHandler = Callable[[Caller, dict[str, Any]], dict[str, Any]]
+
+
+class Gateway:
+    """The custodian side, independent of HTTP (the FastAPI app below is a thin shell)."""
+
+    def __init__(
+        self,
+        node: Node,
+        vault: Vault,
+        evidence: EvidenceStore,
+        policy: Policy,
+        on_delivery: DeliveryHandler | None = None,
+        commit_timeout: float = 30.0,
+        catch_up_timeout: float = 10.0,
+    ) -> None:
+        self.node = node
+        self.vault = vault
+        self.evidence = evidence
+        self.policy = policy
+        self.org = node.config.org
+        self.on_delivery = on_delivery
+        self.commit_timeout = commit_timeout
+        self.catch_up_timeout = catch_up_timeout
+
+    # -- who is asking -----------------------------------------------------------------
+    def authenticate(
+        self,
+        method: str,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        peer: str | None,
+        keep_body: bool = True,
+    ) -> Caller:
+        """Signature, time and nonce (evidence kept), then the signer's identity on the chain."""
+        if peer is None:
+            raise Refused(403, "no client certificate from the consortium CA")
+        try:
+            signed = self.evidence.verify(
+                method=method,
+                target=target,
+                body=body,
+                headers=headers,
+                audience=self.org,
+                peer=peer,
+                keep_body=keep_body,
+            )
+        except RequestRefused as exc:
+            raise Refused(exc.status, exc.reason) from None
+        actor = self.policy.actor(signed.key)
+        if actor is None or not actor.active:
+            self.evidence.set_outcome(signed.evidence_id, "refused", "unknown or revoked key")
+            raise Refused(401, "the signing key is not an active hospital or practitioner key")
+        if actor.org != peer:
+            reason = f"signed by a key of {actor.org} over a connection certified for {peer}"
+            self.evidence.set_outcome(signed.evidence_id, "refused", reason)
+            raise Refused(403, reason)
+        return Caller(signed, actor)
+
+    # -- the audit trail ---------------------------------------------------------------
+    def _entry(
+        self, caller: Caller, pid: str, action: str, purpose: str, rids: list[str], d: Decision
+    ) -> dict[str, Any]:
+        return {
+            "actor": caller.label,
+            "actor_org": caller.actor.org,
+            "pid": pid,
+            "action": action,
+            "purpose": purpose,
+            "outcome": "granted" if d.allowed else "denied",
+            "basis": d.basis if d.allowed else "",
+            "reason": "" if d.allowed else (d.reason or "denied")[:300],
+            "rids": rids,
+            "request": caller.request.digest,
+        }
+
+    def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
+        """Write the access entries and wait until the network has committed them.
+
+        Only the wait counts as `commit` in the timing: that is the block interval, which the
+        latency figures exclude; signing and CheckTx are the gateway's own cost.
+        """
+        wallet = self.node.wallet
+        try:
+            submitted = wallet.submit("access.log", {"entries": entries})
+            if not submitted.accepted:
+                raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")
+            started = time.perf_counter()
+            try:
+                committed = self.node.engine.wait_for_commit(submitted.tx_id, self.commit_timeout)
+            finally:
+                timing.commit += time.perf_counter() - started
+            if not committed.result.ok:
+                raise TxRejected(
+                    "access.log", committed.result.code, committed.result.log, "execution"
+                )
+        except (TxRejected, TimeoutError) as exc:
+            raise Refused(503, f"the access could not be recorded on the ledger: {exc}") from None
+
+    def _grouped(
+        self,
+        caller: Caller,
+        pid: str,
+        action: str,
+        purpose: str,
+        decisions: list[tuple[str, Decision]],
+    ) -> list[dict[str, Any]]:
+        """One access entry per basis granted and per reason denied (one tx for all)."""
+        groups: dict[tuple[bool, str], list[str]] = {}
+        first: dict[tuple[bool, str], Decision] = {}
+        for rid, d in decisions:
+            k = (d.allowed, d.basis if d.allowed else d.reason)
+            groups.setdefault(k, []).append(rid)
+            first.setdefault(k, d)
+        return [
+            self._entry(caller, pid, action, purpose, rids, first[k]) for k, rids in groups.items()
+        ]
+
+    # -- reading this custodian's index --------------------------------------------------
+    def _entries(self, pid: str, rids: list[str] | None = None) -> list[dict[str, Any]]:
+        """This custodian's live index entries for the patient (from its own replica)."""
+        with self.policy.state() as state:
+            if rids is None:
+                from medledger.contracts.records import entries_of
+
+                found = entries_of(state, pid, self.org)
+            else:
+                found = []
+                for rid in rids:
+                    entry = state.get(f"rec/entry/{rid}")
+                    if entry is not None and entry["pid"] == pid and entry["custodian"] == self.org:
+                        found.append(entry)
+        return [e for e in found if not e.get("shredded")]
+
+    def _decide_all(
+        self,
+        caller: Caller,
+        pid: str,
+        entries: list[dict[str, Any]],
+        purpose: str,
+        study: str | None = None,
+    ) -> list[tuple[dict[str, Any], dict[str, Any] | None, Decision]]:
+        """(entry, opened metadata, decision) for each entry, all on one view of the state."""
+        try:
+            key = self.vault.metadata_key(pid)
+        except PatientErased:
+            raise Refused(410, "this patient's data was erased here") from None
+        except UnknownPatient:
+            raise Refused(404, "no records of this patient here") from None
+        out: list[tuple[dict[str, Any], dict[str, Any] | None, Decision]] = []
+        now = int(time.time() * 1000)
+        with self.policy.state() as state:
+            for entry in entries:
+                try:
+                    meta = open_meta(key, entry["rid"], entry["version"], entry["meta_ct"])
+                except MetadataError:
+                    out.append((entry, None, Decision(False, "", "record metadata unreadable")))
+                    continue
+                about = record_meta(entry, meta)
+                if study is not None:
+                    about["study"] = study
+                d = self.policy.decide(caller.actor, pid, about, purpose, now, state=state)
+                out.append((entry, meta, d))
+        return out
+
+    def _catch_up(self, height: int) -> None:
+        """Wait until this replica has the block the requester has seen (or answer 503).
+
+        Each hospital has its own replica and they commit a block at slightly different
+        moments: a requester that saw a record in block h may ask before the custodian's own
+        replica has committed h. Reading at least at the requester's height makes the
+        custodian's answer consistent with what the requester saw.
+        """
+        deadline = time.monotonic() + self.catch_up_timeout
+        while self.node.engine.height() < height:
+            if time.monotonic() > deadline:
+                raise Refused(503, f"this replica has not reached block {height} yet")
+            time.sleep(0.005)
+
+    def _args(self, body: bytes, *, rids: bool = False) -> tuple[str, str, list[str], str | None]:
+        """(pid, purpose, rids, study) from a JSON body, or a 400."""
+        try:
+            args = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Refused(400, "body: not JSON") from None
+        if not isinstance(args, dict):
+            raise Refused(400, "body: a JSON object expected")
+        pid, purpose = args.get("pid"), args.get("purpose", "treatment")
+        study = args.get("study")
+        if not isinstance(pid, str) or len(pid) != 64:
+            raise Refused(400, "pid: 64 hex characters expected")
+        if purpose not in PURPOSES:
+            raise Refused(400, f"purpose: one of {', '.join(PURPOSES)}")
+        if study is not None and not isinstance(study, str):
+            raise Refused(400, "study: a study id expected")
+        height = args.get("height", 0)
+        if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+            raise Refused(400, "height: a block height expected")
+        self._catch_up(height)
+        wanted: list[str] = []
+        if rids:
+            wanted = args.get("rids")  # type: ignore[assignment]
+            if (
+                not isinstance(wanted, list)
+                or not 0 < len(wanted) <= MAX_RIDS
+                or not all(isinstance(r, str) for r in wanted)
+            ):
+                raise Refused(400, f"rids: 1..{MAX_RIDS} record ids expected")
+        return pid, purpose, wanted, study
+
+    # -- endpoints -----------------------------------------------------------------------
+    def index(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        pid, purpose, _, study = self._args(body)
+        entries = self._entries(pid)
+        if not entries:
+            return {"custodian": self.org, "pid": pid, "entries": []}
+        decided = self._decide_all(caller, pid, entries, purpose, study)
+        allowed = [(e, m, d) for e, m, d in decided if d.allowed]
+        if allowed:
+            log_entries = self._grouped(
+                caller, pid, "search", purpose, [(e["rid"], d) for e, _, d in allowed]
+            )
+        else:
+            d = decided[0][2]
+            log_entries = [self._entry(caller, pid, "search", purpose, [], d)]
+        self._commit(log_entries, timing)
+        self.evidence.set_outcome(caller.request.evidence_id, "served" if allowed else "denied")
+        if not allowed:
+            raise Refused(403, decided[0][2].reason or "denied")
+        return {
+            "custodian": self.org,
+            "pid": pid,
+            "entries": [
+                {
+                    "rid": e["rid"],
+                    "version": e["version"],
+                    "commitment": b64(e["commitment"]),
+                    "meta": m,
+                    "basis": d.basis,
+                    "time": e["time"],
+                }
+                for e, m, d in allowed
+            ],
+        }
+
+    def records(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        pid, purpose, rids, study = self._args(body, rids=True)
+        entries = self._entries(pid, rids)
+        known = {e["rid"] for e in entries}
+        missing = [r for r in rids if r not in known]
+        decided = self._decide_all(caller, pid, entries, purpose, study) if entries else []
+        allowed = [(e, d) for e, _, d in decided if d.allowed]
+        denied = [(e, d) for e, _, d in decided if not d.allowed]
+        if decided:
+            self._commit(
+                self._grouped(caller, pid, "read", purpose, [(e["rid"], d) for e, _, d in decided]),
+                timing,
+            )
+        served = []
+        for entry, d in allowed:
+            rid, version = entry["rid"], entry["version"]
+            try:
+                data = self.vault.get(rid, version)
+                info = self.vault.info(rid, version)
+                salt = self.vault.salt(pid, rid, version)
+            except (RecordNotFound, PatientErased):
+                missing.append(rid)
+                continue
+            served.append(
+                {
+                    "rid": rid,
+                    "version": version,
+                    "resource_type": info.resource_type,
+                    "resource": b64(data),
+                    "salt": b64(salt),
+                    "basis": d.basis,
+                }
+            )
+        outcome = "served" if served else "denied"
+        self.evidence.set_outcome(caller.request.evidence_id, outcome)
+        if not served and denied:
+            raise Refused(403, denied[0][1].reason or "denied")
+        return {
+            "custodian": self.org,
+            "pid": pid,
+            "records": served,
+            "denied": [{"rid": e["rid"], "reason": d.reason} for e, d in denied],
+            "missing": missing,
+        }
+
+    def metadata_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The patient's metadata key, sealed to the caller's hospital, if any record is allowed.
+
+        The key opens the metadata of every entry of this patient here (it is per patient), so
+        it is released only on a basis that allows at least one of them; each record itself is
+        still decided one by one when fetched.
+        """
+        pid, purpose, _, study = self._args(body)
+        entries = self._entries(pid)
+        if not entries:
+            raise Refused(404, "no records of this patient here yet")
+        decided = self._decide_all(caller, pid, entries, purpose, study)
+        grant = next((d for _, _, d in decided if d.allowed), None)
+        decision = grant or decided[0][2]
+        self._commit([self._entry(caller, pid, "search", purpose, [], decision)], timing)
+        if grant is None:
+            self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)
+            raise Refused(403, decision.reason or "denied")
+        box_key = self._box_key(caller.actor.org)
+        sealed = SealedBox(PublicKey(box_key)).encrypt(self.vault.metadata_key(pid))
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        return {"custodian": self.org, "pid": pid, "sealed": b64(sealed), "basis": grant.basis}
+
+    def _box_key(self, org: str) -> bytes:
+        for member in self.node.engine.query("governance/members"):
+            if member["org"] == org and member.get("box_key"):
+                return bytes(member["box_key"])
+        raise Refused(409, f"{org} has no X25519 box key on the chain")
+
+    def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        if self.on_delivery is None:
+            raise Refused(503, "this node does not receive deliveries")
+        try:
+            args = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Refused(400, "body: not JSON") from None
+        if not isinstance(args, dict):
+            raise Refused(400, "body: a JSON object expected")
+        result = self.on_delivery(caller, args)
+        self.evidence.set_outcome(caller.request.evidence_id, "accepted")
+        return result
+
+
+# --------------------------------------------------------------------------- HTTP shell
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status, headers=headers, media_type="application/json")
+
+
+def peer_of(request: Request) -> str | None:
+    """The hospital the client certificate names (set per connection by server.py)."""
+    return getattr(request.state, "peer_org", None)
+
+
+def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
+    """The FastAPI app a hospital's gateway serves (docs off: it is machine to machine)."""
+    app = FastAPI(
+        title=f"medledger gateway — {gateway.org}",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    handlers: dict[str, tuple[Callable[[Caller, bytes, Timing], dict[str, Any]], bool]] = {
+        "index": (gateway.index, True),
+        "records": (gateway.records, True),
+        "metadata-key": (gateway.metadata_key, True),
+        "deliveries": (gateway.delivery, False),  # holds clinical data: not kept as evidence
+    }
+
+    def run(
+        name: str, target: str, body: bytes, headers: dict[str, str], peer: str | None
+    ) -> Response:
+        fn, keep = handlers[name]
+        timing = Timing()
+        try:
+            caller = gateway.authenticate("POST", target, body, headers, peer, keep_body=keep)
+            result = fn(caller, body, timing)
+        except Refused as exc:
+            return json_response(
+                {"error": exc.reason}, exc.status, {"Server-Timing": timing.header()}
+            )
+        return json_response(result, headers={"Server-Timing": timing.header()})
+
+    async def endpoint(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in handlers:
+            return json_response({"error": f"no endpoint {name}"}, 404)
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await run_in_threadpool(run, name, target, body, headers, peer_of(request))
+
+    app.add_api_route(PREFIX + "/{name}", endpoint, methods=["POST"])
+
+    @app.get(PREFIX + "/health")
+    def health(request: Request) -> Response:
+        return json_response(
+            {"org": gateway.org, "height": gateway.node.engine.height(), "peer": peer_of(request)}
+        )
+
+    if events is not None:
+        events.mount(app, gateway)
+    return app

@@ -1,0 +1,102 @@
+"""The exchange's one question to the ledger: may this actor see this record, and on what basis?
+
+Both sides ask it of their own replica. The custodian's gateway asks before serving; the
+requester's sync agent asks before requesting, so it only asks for what the custodian will
+grant (and does not fill the audit trail with denials it could foresee). The answer comes from
+the consortium's single `authorize` (medledger.contracts.authorize), evaluated on committed
+state: the same function on the same state, so both sides agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from medledger.contracts.identity import Actor, resolve_actor
+from medledger.ledger.store import StateView
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+
+AuthorizeFn = Callable[[StateView, Actor, str, dict[str, Any], str, int], Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    basis: str  # e.g. "consent:12", "referral:3", "custodian"
+    reason: str  # why not, when refused
+
+
+def load_authorize() -> AuthorizeFn:
+    """The consortium's authorize; imported late so the exchange loads without it."""
+    from medledger.contracts.authorize import authorize
+
+    fn: AuthorizeFn = authorize
+    return fn
+
+
+def record_meta(entry: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What authorize is told of a record: its opened metadata plus where it is held."""
+    return {
+        **meta,
+        "rid": entry["rid"],
+        "custodian": entry["custodian"],
+        "version": entry["version"],
+        "time": entry.get("time", 0),
+    }
+
+
+class Policy:
+    """Decisions on this node's committed replica state."""
+
+    def __init__(self, node: Node, authorize: AuthorizeFn | None = None) -> None:
+        if node.app is None:
+            raise ValueError("the exchange needs the node's own ledger replica (run the node)")
+        self.node = node
+        self._authorize = authorize
+
+    @property
+    def authorize(self) -> AuthorizeFn:
+        if self._authorize is None:
+            self._authorize = load_authorize()
+        return self._authorize
+
+    @contextmanager
+    def state(self) -> Iterator[StateView]:
+        """A read-only view of committed state, held steady against a concurrent commit."""
+        app = self.node.app
+        assert app is not None
+        outer = getattr(self.node.engine, "lock", None)  # CometEngine serialises ABCI calls
+        with outer if outer is not None else nullcontext(), app.lock:
+            yield StateView(app.store)
+
+    def actor(self, key: bytes) -> Actor | None:
+        with self.state() as state:
+            return resolve_actor(state, key)
+
+    def decide(
+        self,
+        actor: Actor,
+        pid: str,
+        meta: dict[str, Any],
+        purpose: str,
+        at_ms: int | None = None,
+        state: StateView | None = None,
+    ) -> Decision:
+        """authorize's verdict; any failure inside it is a refusal (fail closed)."""
+        at = int(time.time() * 1000) if at_ms is None else at_ms
+        try:
+            if state is None:
+                with self.state() as view:
+                    result = self.authorize(view, actor, pid, meta, purpose, at)
+            else:
+                result = self.authorize(state, actor, pid, meta, purpose, at)
+        except ImportError:
+            return Decision(False, "", "authorization unavailable on this node")
+        except Exception as exc:  # a bug or bad input must never open access
+            return Decision(False, "", f"authorization failed: {type(exc).__name__}")
+        return Decision(bool(result.allowed), str(result.basis or ""), str(result.reason or ""))

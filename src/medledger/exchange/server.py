@@ -1,0 +1,117 @@
+"""Serving an ASGI app over mutual TLS from a background thread (uvicorn).
+
+uvicorn does not tell the application which client certificate a connection presented, and the
+gateway needs it: the certificate's hospital must be the signer's. So connections use a small
+subclass of uvicorn's h11 protocol that reads the verified peer certificate once per
+connection and puts its hospital into every request's `request.state.peer_org`.
+
+The server runs in its own thread and event loop, so a node process can run its ledger engine,
+its gateway and its sync agent side by side, and a sandbox can run several hospitals' gateways
+in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from medledger.exchange.pki import peer_org
+
+log = logging.getLogger(__name__)
+
+
+class _MtlsH11Protocol(H11Protocol):
+    """h11 protocol that exposes the verified client certificate's hospital to the app."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        org = None
+        if ssl_object is not None:
+            org = peer_org(ssl_object.getpeercert())
+        self.app_state = {**self.app_state, "peer_org": org}
+
+
+class ServerThread:
+    """An ASGI app served over TLS by uvicorn in a daemon thread."""
+
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        name: str = "gateway",
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http=_MtlsH11Protocol,
+            ssl_context_factory=(lambda _c, _d: ssl_context) if ssl_context else None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+        )
+        self.server = uvicorn.Server(config)
+        self.host = host
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except BaseException as exc:  # SystemExit when the port is taken
+            self._error = exc
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise OSError(
+                    f"{self.name}: could not listen on {self.host}:{self.server.config.port}"
+                    + (f" ({self._error})" if self._error else "")
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: not listening after {timeout}s")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        servers = getattr(self.server, "servers", [])
+        for s in servers:
+            for sock in s.sockets or ():
+                return int(sock.getsockname()[1])
+        return int(self.server.config.port)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def stop(self, grace: float = 0.5, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish for `grace` seconds, then close.
+
+        Idle keep-alive TLS connections from peers would otherwise hold the shutdown until
+        uvicorn's own timeout (their close_notify never comes while the peer is idle).
+        """
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(grace)
+            if self._thread.is_alive():
+                self.server.force_exit = True
+                self._thread.join(timeout)
+            self._thread = None

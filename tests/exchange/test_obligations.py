@@ -1,0 +1,126 @@
+"""What the sync agents do on their own: referral deliveries, and erasure reaching copies."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from medledger.exchange.client import ExchangeError
+
+from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, wait_for
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def _referral(sandbox: Sandbox, rid: int) -> dict:  # type: ignore[type-arg]
+    found: dict = sandbox.root.engine.query("referral/status", {"id": rid})  # type: ignore[type-arg]
+    return found
+
+
+def test_a_referral_is_delivered_and_confirmed_end_to_end(sandbox: Sandbox) -> None:
+    pid, _ = sandbox.ingest(A, bundles(1)[0])
+    a, b = sandbox.h[A].node, sandbox.h[B].node
+    categories = ["conditions", "labs"]
+    a.wallet.send(
+        "referral.create",
+        {
+            "pid": pid,
+            "to": B,
+            "date_ms": int(time.time() * 1000) + DAY_MS,
+            "categories": categories,
+            "procedure_hash": hashlib.sha256(b"referral letter").digest(),
+            "evidence_hash": EVIDENCE,
+        },
+    )
+    b.wallet.send("referral.admit", {"id": 1})  # B records the admission: the obligation starts
+    wait_for(lambda: _referral(sandbox, 1)["status"] == "confirmed", what="referral confirmed")
+
+    ref = _referral(sandbox, 1)
+    delivered = ref["obligation"]["delivered"]
+    assert ref["obligation"]["status"] == "fulfilled" and not delivered["late"]
+    # A pushed exactly the records of the named categories, and B holds them as copies.
+    index = {e["rid"]: e["meta"] for e in sandbox.x(B).client.index(A, pid)}
+    assert delivered["rids"] and all(index[r]["category"] in categories for r in delivered["rids"])
+    expected = {r for r, meta in index.items() if meta["category"] in categories}
+    assert set(delivered["rids"]) == expected
+    copies = {i.rid for i in sandbox.h[B].vault.records_of(pid) if i.is_copy}
+    assert expected <= copies
+    # The push is in the audit trail (an export on the referral's basis) and in B's evidence.
+    exports = [e for e in sandbox.trail(pid) if e["action"] == "export"]
+    assert [(e["actor_org"], e["basis"], e["outcome"]) for e in exports] == [
+        (B, "referral:1", "granted")
+    ]
+    received = [r for r in sandbox.x(B).evidence.rows() if r["target"].endswith("/deliveries")]
+    assert received and received[0]["outcome"] == "accepted" and received[0]["body"] is None
+
+
+def test_only_the_referring_hospital_may_deliver(sandbox: Sandbox) -> None:
+    pid, _ = sandbox.ingest(A, bundles(1)[0])
+    sandbox.h[A].node.wallet.send(
+        "referral.create",
+        {
+            "pid": pid,
+            "to": B,
+            "date_ms": int(time.time() * 1000) + DAY_MS,
+            "categories": ["labs"],
+            "procedure_hash": hashlib.sha256(b"letter").digest(),
+            "evidence_hash": EVIDENCE,
+        },
+    )
+    with pytest.raises(ExchangeError) as refused:
+        sandbox.x(C).client.deliver(B, {"referral": 1, "pid": pid, "records": []})
+    assert refused.value.status == 403
+
+
+def _prefetched(sandbox: Sandbox) -> tuple[str, int]:
+    pid, rids = sandbox.ingest(A, bundles(1)[0])
+    sandbox.consent(A, pid, B)
+    vault_b = sandbox.h[B].vault
+    wait_for(lambda: len(vault_b.records_of(pid)) == len(rids), what="prefetch")
+    return pid, len(rids)
+
+
+def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
+    sandbox: Sandbox,
+) -> None:
+    pid, n = _prefetched(sandbox)
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+    vault_b = sandbox.h[B].vault
+    wait_for(lambda: vault_b.is_erased(pid), what="copies erased at B")
+
+    def status() -> dict:  # type: ignore[type-arg]
+        found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
+        return found
+
+    wait_for(
+        lambda: {o["holder"]: o["status"] for o in status()["obligations"]}.get(B) == "attested",
+        what="B's attestation",
+    )
+    obligations = {o["holder"]: o for o in status()["obligations"]}
+    assert obligations[A]["status"] == "refused"
+    assert obligations[A]["reason"].startswith("retention until")
+    shredded = sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid})
+    assert shredded["copies"] == n and shredded["records"] == 0
+    assert sandbox.x(B).store.key(A, pid) is None  # the custodian's metadata key is gone too
+    assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
+
+
+def test_a_custodian_shredding_its_records_erases_the_copies(sandbox: Sandbox) -> None:
+    pid, n = _prefetched(sandbox)
+    receipt = sandbox.h[A].vault.erase(pid)
+    sandbox.h[A].node.wallet.send(
+        "records.shredded",
+        {"pid": pid, "digest": receipt.digest, "records": receipt.records_shredded, "copies": 0},
+    )
+    vault_b = sandbox.h[B].vault
+    wait_for(lambda: vault_b.is_erased(pid), what="copies erased at B")
+    shredded = wait_for(
+        lambda: sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid}),
+        what="B's attestation",
+    )
+    assert shredded["copies"] == n
+    # And nothing comes back: the custodian refuses, the vault refuses.
+    with pytest.raises(ExchangeError):
+        sandbox.x(B).client.metadata_key(A, pid)
