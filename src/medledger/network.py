@@ -281,4 +281,25 @@ def create_consortium(
     from medledger.exchange.pki import setup_exchange
 
     setup_exchange(directory, homes, chain_id, base_port=base_port)  # CA, TLS certs, gateways
+    _assign_api_ports(homes, base_port)
     return homes
+
+
+def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
+    """Each hospital's API (FHIR, portal, explorer) gets its own loopback port."""
+    from medledger.exchange.pki import _free_port
+
+    configs = [load_config(home) for home in homes]
+    used = {
+        int(v.rsplit(":", 1)[1])
+        for c in configs
+        for section in ("cometbft", "exchange")
+        for v in (c.raw.get(section) or {}).values()
+        if isinstance(v, str) and v.rsplit(":", 1)[-1].isdigit()
+    }
+    for i, c in enumerate(configs):
+        port = base_port + 10 * i + 9 if base_port is not None else _free_port(used)
+        used.add(port)
+        raw = dict(c.raw)
+        raw["api"] = {"listen": f"127.0.0.1:{port}"}
+        save_config(c.home, raw)

@@ -156,6 +156,24 @@ def play(
     else:
         say(f"({paris.name} has not prefetched the records yet: is its node running?)")
 
+    lyon.node.wallet.send(
+        "consent.grant",
+        {
+            "pid": chronic,
+            "grantee": f"org:{lille.org}",
+            "categories": ["labs", "conditions"],
+            "purpose": "treatment",
+            "start_ms": now - 60_000,
+            "end_ms": now + 90 * DAY_MS,
+            "evidence_hash": _evidence("signed consent form, second opinion"),
+        },
+    )
+    second = eventually(lambda: [i for i in lille.vault.records_of(chronic) if i.is_copy], wait)
+    say(
+        f"For a second opinion the patient also lets {lille.name} see their labs and conditions: "
+        f"{len(second)} records copied there, re-encrypted under {lille.name}'s own keys."
+    )
+
     # -- a referral for surgery, the file transferred automatically -------------------------
     surgery = now + 3 * DAY_MS
     rids = [i.rid for i in lyon.vault.records_of(chronic, include_copies=False)][:10]
@@ -293,18 +311,21 @@ def play(
     )
     done = eventually(
         lambda: (
-            (s := paris.node.engine.query("erasure/status", {"pid": chronic}))
+            (s := lille.node.engine.query("erasure/status", {"pid": chronic}))
             and any(
-                o["holder"] == paris.org and o["status"] == "attested" for o in s["obligations"]
+                o["holder"] == lille.org and o["status"] == "attested" for o in s["obligations"]
             )
             and s
         ),
         timeout=wait,
     )
     if done:
-        say(f"{paris.name}'s node crypto-shredded its copies and attested it on the chain.")
+        say(
+            f"{lille.name}, which held only copies, crypto-shredded them (the patient's key "
+            "destroyed, in constant time) and attested it on the chain."
+        )
     else:
-        say(f"({paris.name}'s copies are erased by its node's sync agent when it runs.)")
+        say(f"({lille.name}'s copies are erased by its node's sync agent when it runs.)")
     return story
 
 

@@ -31,14 +31,21 @@ def test_net_up_status_down(tmp_path: Path) -> None:
         assert again.exit_code == 0, again.output
         import time
 
-        time.sleep(1.5)
-        result = runner.invoke(app, ["net", "status", str(d), "--json"])
-        assert result.exit_code == 0, result.output
-        rows = json.loads(result.output)
+        def ready(rows: list[dict[str, object]]) -> bool:
+            return all(r["validator"] and r["peers"] == 3 and r["height"] >= 1 for r in rows)
+
+        deadline = time.monotonic() + 30  # peers connect within a few seconds of each other
+        while True:
+            result = runner.invoke(app, ["net", "status", str(d), "--json"])
+            assert result.exit_code == 0, result.output
+            rows = json.loads(result.output)
+            if ready(rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert [r["org"] for r in rows] == json.loads((d / "consortium.json").read_text())[
             "hospitals"
         ]
-        assert all(r["validator"] and r["peers"] == 3 and r["height"] >= 1 for r in rows), rows
+        assert ready(rows), rows
         table = runner.invoke(app, ["net", "status", str(d)])
         assert table.exit_code == 0 and "chu-lyon" in table.output
     finally:

@@ -1,12 +1,18 @@
-"""`medledger demo`: a consortium in action, narrated in plain words."""
+"""`medledger demo`: a four-hospital network plays the scenario, then keeps serving.
+
+On CometBFT (the default) it starts every hospital's CometBFT and node processes on loopback;
+with `--solo` the whole sandbox runs in this process on the solo engine. Then it loads
+synthetic patients and plays the scenario of `medledger.scenario`, prints each hospital's URLs
+and demo tokens, and serves until Ctrl-C (`--no-serve` stops after the scenario).
+"""
 
 from __future__ import annotations
 
 import shutil
-import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,89 +26,151 @@ def say(text: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
+        solo: Annotated[bool, typer.Option("--solo", help="The in-process solo engine.")] = False,
+        no_serve: Annotated[
+            bool, typer.Option("--no-serve", help="Exit after the scenario.")
+        ] = False,
         directory: Annotated[
-            Path | None, typer.Option(help="Keep the demo consortium here (default: temporary).")
-        ] = None,
+            Path, typer.Option(help="Where the demo consortium lives (made afresh).")
+        ] = Path("demo-net"),
+        block_time: Annotated[str, typer.Option(help="CometBFT block time.")] = "1s",
+        patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 6,
     ) -> None:
-        """Create a consortium, admit a hospital by vote, register practitioners, verify."""
-        from medledger.contracts import default_registry
-        from medledger.ledger.keys import SigningKey
-        from medledger.ledger.replay import verify_history
+        """Start a 4-hospital network, load synthetic patients and play the scenario."""
+        from medledger.cli.init import parse_duration_ms
         from medledger.network import create_consortium
-        from medledger.node import Node
 
-        keep = directory is not None
-        base = directory or Path(tempfile.mkdtemp(prefix="medledger-demo-"))
-        if keep and base.exists() and any(base.iterdir()):
-            shutil.rmtree(base)
         with user_errors():
-            say("Three university hospitals found a consortium on the solo engine.")
+            if directory.exists():
+                _stop_previous(directory)
+                shutil.rmtree(directory)
+            engine = "solo" if solo else "cometbft"
+            say(f"Creating a consortium of 4 hospitals on the {engine} engine in {directory}/.")
             homes = create_consortium(
-                base / "net", 3, engine="solo", genesis_time_ms=int(time.time() * 1000)
+                directory,
+                4,
+                engine=engine,
+                chain_id=f"medledger-demo-{engine}",
+                block_time_ms=parse_duration_ms(block_time),
+                genesis_time_ms=int(time.time() * 1000),
             )
-            lyon, paris, bordeaux = homes
-            nantes_key = SigningKey.generate()
-            with Node.open(lyon, serve=True, interval=0.05) as node:
-                members = [m["org"] for m in node.engine.query("governance/members", {})]
-                say(f"Founding members: {', '.join(members)}.")
+            if solo:
+                _run_solo(homes, patients, serve=not no_serve)
+            else:
+                _run_cometbft(directory, homes, patients, serve=not no_serve)
 
-                say("CHU de Lyon proposes to admit CHU de Nantes.")
-                c = node.wallet.send(
-                    "governance.propose",
-                    {
-                        "action": "admit_member",
-                        "args": {
-                            "org": "chu-nantes",
-                            "name": "CHU de Nantes",
-                            "key": nantes_key.public_key,
-                        },
-                        "note": "regional cardiology network",
-                    },
-                )
-                say(f"Proposal 1 is open (block {c.height}); Lyon's own vote counts for it.")
-                paris_wallet = node.sibling(paris).wallet
-                c = paris_wallet.send("governance.vote", {"proposal": 1, "approve": True})
-                executed = any(e.type == "member.admitted" for e in c.result.events)
-                say(
-                    "AP-HP Paris votes for: 2 of 3 members reached the two-thirds threshold, "
-                    f"so the admission executed in block {c.height}: "
-                    + ("CHU de Nantes is a member." if executed else "nothing happened?!")
-                )
 
-                staff = [
-                    (node, "dr-martin", ["physician"]),
-                    (node, "nurse-dubois", ["nurse"]),
-                    (node, "dr-urgence", ["physician", "emergency"]),
-                ]
-                for owner, pid, roles in staff:
-                    owner.wallet.send(
-                        "identity.register",
-                        {
-                            "practitioner": pid,
-                            "key": SigningKey.generate().public_key,
-                            "roles": roles,
-                        },
-                    )
-                    say(f"CHU de Lyon registers {pid} as {', '.join(roles)}.")
-                bordeaux_wallet = node.sibling(bordeaux).wallet
-                from medledger.wallet import TxRejected
+def _stop_previous(directory: Path) -> None:
+    """A previous demo's CometBFT processes, if any are still running there."""
+    if (directory / "hospitals").exists() and any(directory.glob("hospitals/*/cometbft")):
+        from medledger.consensus.cometbft import processes
 
-                try:
-                    bordeaux_wallet.send("identity.revoke", {"practitioner": "dr-martin"})
-                except TxRejected as exc:
-                    say(f"CHU de Bordeaux tries to revoke Lyon's dr-martin: refused ({exc.log}).")
-                node.wallet.send(
-                    "identity.revoke", {"practitioner": "nurse-dubois", "reason": "left"}
-                )
-                say("CHU de Lyon revokes nurse-dubois, who left the hospital.")
-                height = node.engine.height()
-                assert node.app is not None
-                report = verify_history(node.app.store, node.app.genesis, default_registry())
-            say(
-                f"Verification replayed all {report.height} blocks from genesis: every signature, "
-                f"nonce, Merkle root and app hash matches ({report.txs} txs, "
-                f"app hash {report.app_hash.hex()[:16]}...)."
+        processes.down(directory)
+
+
+def _hospitals(nodes: list[Any]) -> list[Any]:
+    from medledger.scenario import Hospital
+    from medledger.vault import Vault
+
+    return [Hospital(n, Vault.open(n.config.vault_config())) for n in nodes]
+
+
+def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
+    from medledger.exchange.client import Directory
+    from medledger.node import Node
+    from medledger.runtime import HospitalRuntime
+    from medledger.scenario import play
+
+    root = Node.open(homes[0], serve=True, interval=0.05)
+    nodes = [root] + [root.sibling(h) for h in homes[1:]]
+    hospitals = _hospitals(nodes)
+    peers = Directory.from_config(root.config.raw)
+    runtimes = [HospitalRuntime(h.node, h.vault, directory=peers).start() for h in hospitals]
+    try:
+        story = play(hospitals, say, patients=patients)
+        _summary(story, hospitals, [r.api_url for r in runtimes])
+        if serve:
+            _serve_until_interrupted()
+    finally:
+        for r in runtimes:
+            r.stop()
+        for h in hospitals:
+            h.vault.close()
+        root.close()
+
+
+def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool) -> None:
+    from medledger.consensus.cometbft import processes
+    from medledger.node import Node
+    from medledger.runtime import api_address
+    from medledger.scenario import eventually, play
+
+    say("Starting each hospital's CometBFT validator and node (ledger, gateway, sync agent, API).")
+    processes.up(directory)
+    hospitals = []
+    try:
+        nodes = [Node.open(h) for h in homes]
+        if not eventually(lambda: all(n.engine.height() >= 1 for n in nodes), timeout=60):
+            raise TimeoutError("the network made no block within 60 s (see demo-net/logs)")
+        hospitals = _hospitals(nodes)
+        story = play(hospitals, say, patients=patients)
+        urls = []
+        for n in nodes:
+            host, port = api_address(n.config.raw)
+            urls.append(f"http://{host}:{port}")
+        _summary(story, hospitals, urls)
+        if serve:
+            console.print(f"(logs in {directory}/logs; `medledger net status {directory}`)")
+            _serve_until_interrupted()
+    finally:
+        for h in hospitals:
+            h.vault.close()
+        say("Stopping the network.")
+        processes.down(directory)
+
+
+def _summary(story: Any, hospitals: list[Any], urls: list[str]) -> None:
+    from medledger.api.services import issuer_key
+    from medledger.api.tokens import mint
+
+    console.rule("The network is yours")
+    now = int(time.time())
+    for h, url in zip(hospitals, urls, strict=True):
+        console.print(f"[bold]{h.name}[/] ({h.org}): {url}/  ·  FHIR {url}/fhir  ·  {url}/explorer")
+
+        def token(sub: str, scope: str, patient: str | None = None, h: Any = h) -> str:
+            claims: dict[str, object] = {
+                "iss": f"urn:medledger:{h.org}:issuer",
+                "aud": f"urn:medledger:{h.org}:fhir",
+                "sub": sub,
+                "scope": scope,
+                "iat": now,
+                "exp": now + 12 * 3600,
+            }
+            if patient:
+                claims["patient"] = patient
+            return mint(issuer_key(h.node.config.home), claims)
+
+        for practitioner in story.practitioners.get(h.org, []):
+            if practitioner != "dpo":
+                tok = token(f"Practitioner/{practitioner}", "user/*.cruds")
+                console.print(f"  clinician {practitioner}: {tok}", soft_wrap=True)
+        if h is hospitals[0] and story.patient_pid:
+            console.print(
+                f"  patient (INS {story.patient_ins}) for the portal: "
+                f"{token(f'Patient/{story.patient_pid}', 'patient/*.rs', story.patient_pid)}",
+                soft_wrap=True,
             )
-            say(f"Chain height {height}. Try: medledger ledger show --home {lyon}")
-        if not keep:
-            console.print(f"(demo consortium in {base}; pass --directory to choose where)")
+    console.print(
+        "Paste a token into a page's sign-in form, or send it as `Authorization: Bearer`."
+    )
+
+
+def _serve_until_interrupted() -> None:
+    console.print("[bold]Serving until Ctrl-C.[/]")
+    stop = threading.Event()
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        console.print("stopping…")

@@ -25,8 +25,8 @@ import typer
 from medledger.cli._common import HomeOption, console, fail, user_errors
 
 if TYPE_CHECKING:
-    from medledger.exchange.service import HospitalExchange
     from medledger.node import Node
+    from medledger.runtime import HospitalRuntime
     from medledger.vault import Vault
 
 log = logging.getLogger("medledger.node")
@@ -60,10 +60,10 @@ def _logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _start_exchange(node: Node, vault: Vault, sync: bool, **options: Any) -> HospitalExchange:
-    from medledger.exchange.service import HospitalExchange
+def _start(node: Node, vault: Vault, sync: bool, **options: Any) -> HospitalRuntime:
+    from medledger.runtime import HospitalRuntime
 
-    return HospitalExchange(node, vault, **options).start(sync=sync)
+    return HospitalRuntime(node, vault, **options).start(sync=sync)
 
 
 def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
@@ -82,20 +82,22 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
     app = open_application(home)
     engine = engine_for_home(home, app).start()
     log.info("%s: replica serving ABCI on %s", config.org, engine.abci_address)
-    exchange: HospitalExchange | None = None
+    runtime: HospitalRuntime | None = None
     vault: Vault | None = None
     try:
         node = Node(config, app, engine)
         try:
             vault = Vault.open(config.vault_config())
-            exchange = _start_exchange(node, vault, sync)
-            log.info("%s: gateway on %s", config.org, exchange.url)
+            runtime = _start(node, vault, sync)
+            log.info(
+                "%s: gateway on %s, API on %s", config.org, runtime.exchange.url, runtime.api_url
+            )
         except Exception:
             log.exception("%s: the exchange did not start; the replica keeps running", config.org)
         stop.wait()
     finally:
-        if exchange is not None:
-            exchange.stop()
+        if runtime is not None:
+            runtime.stop()
         engine.close()
         with engine.lock:
             app.close()
@@ -109,12 +111,15 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
     from medledger.vault import Vault
 
     with Node.open(home, serve=True) as node, Vault.open(node.config.vault_config()) as vault:
-        exchange = _start_exchange(node, vault, sync)
-        console.print(f"{node.config.org}: gateway on {exchange.url}; Ctrl-C to stop")
+        runtime = _start(node, vault, sync)
+        console.print(
+            f"{node.config.org}: gateway {runtime.exchange.url}, API {runtime.api_url}; "
+            "Ctrl-C to stop"
+        )
         try:
             stop.wait()
         finally:
-            exchange.stop()
+            runtime.stop()
 
 
 def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
@@ -132,7 +137,7 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
         raise ConfigError(
             f"{directory} uses the {first.engine} engine: start it with `medledger net up`"
         )
-    exchanges: list[HospitalExchange] = []
+    runtimes: list[HospitalRuntime] = []
     vaults: list[Vault] = []
     root = Node.open(homes[0], serve=True)
     try:
@@ -141,14 +146,14 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
             node = root if home == homes[0] else root.sibling(home)
             vault = Vault.open(node.config.vault_config())
             vaults.append(vault)
-            exchanges.append(_start_exchange(node, vault, sync, directory=peers))
-        for x in exchanges:
-            console.print(f"  {x.org:<16} gateway {x.url}")
-        console.print(f"{len(exchanges)} hospitals running on the solo engine; Ctrl-C to stop")
+            runtimes.append(_start(node, vault, sync, directory=peers))
+        for r in runtimes:
+            console.print(f"  {r.org:<16} API {r.api_url}  gateway {r.exchange.url}")
+        console.print(f"{len(runtimes)} hospitals running on the solo engine; Ctrl-C to stop")
         stop.wait()
     finally:
-        for x in exchanges:
-            x.stop()
+        for r in runtimes:
+            r.stop()
         for v in vaults:
             v.close()
         root.close()

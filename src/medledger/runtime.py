@@ -1,0 +1,64 @@
+"""What a running hospital node serves besides its ledger: the exchange and the API.
+
+`HospitalRuntime` starts, for one hospital's node and vault, its mTLS gateway, sync agent and
+event stream (`exchange.service.HospitalExchange`) and its API and pages (`api.app`, plain
+HTTP on loopback by default), and stops them in order. `medledger node run`, `medledger
+sandbox run` and the demo all use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medledger.node import Node
+from medledger.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+def api_address(raw: dict[str, Any]) -> tuple[str, int]:
+    """The API's host and port from config.json (`api.listen`, made by init); port 0: any."""
+    listen = (raw.get("api") or {}).get("listen", "127.0.0.1:0")
+    host, _, port = str(listen).rpartition(":")
+    return host or "127.0.0.1", int(port or 0)
+
+
+class HospitalRuntime:
+    def __init__(self, node: Node, vault: Vault, **exchange_options: Any) -> None:
+        from medledger.api.app import create_app
+        from medledger.api.services import HospitalServices
+        from medledger.exchange.server import ServerThread
+        from medledger.exchange.service import HospitalExchange
+
+        self.node = node
+        self.vault = vault
+        self.exchange = HospitalExchange(node, vault, **exchange_options)
+        self.services = HospitalServices(node, vault)
+        host, port = api_address(node.config.raw)
+        self.api = ServerThread(create_app(self.services), host, port, None, name="api")
+        self._started: list[Any] = []
+
+    @property
+    def org(self) -> str:
+        return self.node.config.org
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api.host}:{self.api.port}"
+
+    def start(self, sync: bool = True) -> HospitalRuntime:
+        self.exchange.start(sync=sync)
+        self._started.append(self.exchange)
+        self.api.start()
+        self._started.append(self.api)
+        log.info("%s: gateway %s, API %s", self.org, self.exchange.url, self.api_url)
+        return self
+
+    def stop(self) -> None:
+        for part in reversed(self._started):
+            try:
+                part.stop()
+            except Exception:  # stop the rest whatever one of them does
+                log.exception("%s: stopping %s failed", self.org, type(part).__name__)
+        self._started.clear()
