@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 from medledger.consensus.engine import Committed, Engine, Submitted
+from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
 
 _MAX_RESENDS = 2
+_NONCE_RETRIES = 8
 _LOSS_CHECK_S = 3.0
 
 
@@ -52,12 +54,26 @@ class Wallet:
         return self._submit(kind, body)[0]
 
     def _submit(self, kind: str, body: dict[str, Any]) -> tuple[Submitted, int]:
+        """Sign with the next nonce and submit.
+
+        Another process may sign with the same key (a hospital's node and an operator's CLI
+        command both use the organisation key), so a nonce can be taken by a tx this wallet
+        never saw, still in the mempool. Nonces need only rise, so on such a refusal the
+        wallet skips ahead, further each time, and signs again: the refused tx never ran.
+        """
+        skip = 1
         with self._lock:
-            nonce = self._next_nonce()
-            tx = sign_tx(self.key, self.chain_id, kind, body, nonce)
-            submitted = self.engine.submit(tx)
-            if not submitted.accepted:
-                self._last_nonce -= 1  # the nonce was not spent
+            for _ in range(_NONCE_RETRIES):
+                nonce = self._next_nonce()
+                tx = sign_tx(self.key, self.chain_id, kind, body, nonce)
+                submitted = self.engine.submit(tx)
+                if submitted.accepted:
+                    return submitted, nonce
+                if submitted.check.code != Code.BAD_NONCE:
+                    self._last_nonce -= 1  # the nonce was not spent
+                    return submitted, nonce
+                self._last_nonce += skip
+                skip *= 2
             return submitted, nonce
 
     def send(self, kind: str, body: dict[str, Any], *, timeout: float = 30.0) -> Committed:

@@ -48,3 +48,31 @@ def test_a_dropped_tx_is_sent_again_with_a_fresh_nonce() -> None:
     committed = wallet.send("identity.revoke", {"practitioner": "x"}, timeout=30)
     assert committed.result.ok
     assert engine.sent == [1, 3]  # nonce 2 was taken by the tx that overtook ours
+
+
+class SharedKeyEngine:
+    """Another process signs with the same key: nonces 1..3 are already in the mempool."""
+
+    def __init__(self) -> None:
+        self.taken = {1, 2, 3}
+        self.sent: list[int] = []
+
+    def submit(self, tx: bytes) -> Submitted:
+        decoded = decode_tx(tx)
+        self.sent.append(decoded.nonce)
+        if decoded.nonce <= max(self.taken):
+            return Submitted(decoded.id, TxResult(5, "nonce already used"))
+        return Submitted(decoded.id, TxResult(0))
+
+    def query(self, path: str, data: Any = None) -> Any:
+        assert path == "ledger/nonce"
+        return 0  # nothing committed yet: the other process's txs still wait in the mempool
+
+
+def test_a_nonce_taken_by_another_process_is_skipped() -> None:
+    engine = SharedKeyEngine()
+    wallet = Wallet(SigningKey.generate(), "c", engine)  # type: ignore[arg-type]
+    submitted = wallet.submit("identity.revoke", {"practitioner": "x"})
+    assert submitted.accepted
+    assert engine.sent[0] == 1 and engine.sent[-1] > 3
+    assert engine.sent == sorted(engine.sent)  # nonces only ever rise
