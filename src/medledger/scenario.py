@@ -201,7 +201,7 @@ def play(
     status = eventually(
         lambda: (
             (s := paris.node.engine.query("referral/status", {"id": ref_id}))
-            and s.get("status") in ("confirmed", "delivered")
+            and s.get("status") == "confirmed"
             and s
         ),
         timeout=wait * 1.5,
