@@ -38,11 +38,37 @@ def test_no_token_or_a_forged_one_is_401_with_an_operation_outcome(api: Api) -> 
         ("patient/Observation.r", "/fhir/Observation?patient={rid}", 403),
         ("patient/*.rs", "/fhir/AuditEvent?patient={rid}", 200),
         ("patient/Condition.rs", "/fhir/AuditEvent?patient={rid}", 403),
+        ("patient/*.rs", "/fhir/Consent?patient={rid}", 200),
+        ("patient/Consent.s", "/fhir/Consent?patient={rid}", 200),
+        ("patient/Observation.rs", "/fhir/Consent?patient={rid}", 403),
+        ("patient/*.rs", "/fhir/Patient/{rid}/$everything", 200),
+        ("patient/Observation.rs", "/fhir/Patient/{rid}/$everything", 403),
     ],
 )
 def test_each_scope_against_each_endpoint(api: Api, scope: str, path: str, status: int) -> None:
     headers = api.token(f"Patient/{api.pid}", scope, api.pid)
     r = api.client.get(path.format(rid=api.patient_rid), headers=headers)
+    assert r.status_code == status, r.text
+    if status != 200:
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize(
+    ("sub", "scope", "path", "status"),
+    [
+        ("Practitioner/dr-martin", "user/*.rs", "/fhir/Patient/{rid}", 200),
+        ("Practitioner/dr-martin", "user/*.read", "/fhir/Observation?patient={rid}", 200),
+        ("Practitioner/dr-martin", "user/*.cruds", "/fhir/Patient/{rid}/$everything", 200),
+        ("Practitioner/dr-martin", "user/*.c", "/fhir/Patient/{rid}", 403),
+        ("Practitioner/dr-martin", "user/Condition.rs", "/fhir/Observation?patient={rid}", 403),
+        ("Practitioner/dr-nobody", "user/*.rs", "/fhir/Patient/{rid}", 403),
+        ("Device/chu-lyon-system", "system/*.rs", "/fhir/Observation?patient={rid}", 200),
+        ("Device/chu-lyon-system", "system/*.c", "/fhir/Observation?patient={rid}", 403),
+        ("Practitioner/dr-martin", "patient/*.rs", "/fhir/Patient/{rid}", 403),
+    ],
+)
+def test_user_and_system_scopes(api: Api, sub: str, scope: str, path: str, status: int) -> None:
+    r = api.client.get(path.format(rid=api.patient_rid), headers=api.token(sub, scope))
     assert r.status_code == status, r.text
     if status != 200:
         assert r.json()["resourceType"] == "OperationOutcome"

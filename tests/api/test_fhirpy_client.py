@@ -90,6 +90,51 @@ def test_fhirpy_metadata_create_search_everything_and_audit(served: tuple[Api, s
         page = client.execute(link.path.split("/fhir/", 1)[1], method="get", params=params)
     assert len(seen) == len(set(seen)) == len(bundle["entry"])
 
+    # Consent: created through the consent contract, read back and searched as FHIR
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": "2026-11-28T10:00:00Z",
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2026-11-28T10:00:00Z", "end": "2027-11-28T10:00:00Z"},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {
+                        "identifier": {"system": "urn:medledger:org", "value": "aphp-paris"}
+                    },
+                }
+            ],
+            "purpose": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
+            ],
+            "class": [{"system": "urn:medledger:category", "code": "labs"}],
+        },
+    }
+    created = client.execute("Consent", method="post", data=consent)
+    assert created["resourceType"] == "Consent" and created["status"] == "active"
+    found = client.resources("Consent").search(patient=patient_id).fetch_all()
+    assert [c["id"] for c in found] == [created["id"]]
+    assert client.reference("Consent", created["id"]).to_resource()["status"] == "active"
+
     # every read above is on the chain, as BALP AuditEvents
     eventually(
         lambda: (

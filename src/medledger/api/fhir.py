@@ -7,6 +7,7 @@ is written on the chain before (remote) or as (local) the data is served.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any
 
@@ -199,6 +200,88 @@ def make_router() -> APIRouter:
         return fhir_response(
             _bundle(entries, len(events), _page(request, offset, count, len(events)))
         )
+
+    # -- Consent: the consent contract, seen as FHIR ----------------------------------------
+    @router.post("/Consent")
+    async def create_consent(
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], request: Request
+    ) -> Response:
+        import anyio
+
+        from medledger.interop.fhir_consent import PID_SYSTEM, FhirConsentError, from_fhir, to_fhir
+
+        require(claims, "Consent", "create")
+        raw = await request.body()
+        try:
+            resource = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise FhirError(400, "invalid", f"body is not JSON: {exc}") from None
+        records = LocalRecords(svc)
+        for field in ("patient", "subject"):  # Patient/<id> here becomes the patient's pid
+            ref = resource.get(field) if isinstance(resource, dict) else None
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                pid = records.pid_of(ref["reference"])
+                resource[field] = {"identifier": {"system": PID_SYSTEM, "value": pid}}
+        try:
+            body = from_fhir(resource)
+        except FhirConsentError as exc:
+            raise FhirError(422, "invalid", str(exc)) from None
+        if claims.patient is not None and claims.patient != body["pid"]:
+            raise FhirError(403, "forbidden", "a patient token only consents for its own patient")
+        # The hospital records it on the patient's behalf; the evidence is this request.
+        body["evidence_hash"] = hashlib.sha256(orjson.dumps(claims.raw) + raw).digest()
+        from medledger.wallet import TxRejected
+
+        try:
+            committed = await anyio.to_thread.run_sync(
+                lambda: svc.node.wallet.send("consent.grant", body)
+            )
+        except TxRejected as exc:
+            raise FhirError(422, "business-rule", exc.log) from None
+        cid = int(
+            next(e.get("id") for e in committed.result.events if e.type == "consent.granted") or 0
+        )
+        consent = svc.node.engine.query("consent/get", {"id": cid})
+        return fhir_response(
+            orjson.dumps(to_fhir(consent, "R4")),
+            201,
+            {"Location": f"{request.base_url}fhir/Consent/medledger-consent-{cid}"},
+        )
+
+    @router.get("/Consent/{fid}")
+    def read_consent(
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], fid: str
+    ) -> Response:
+        from medledger.interop.fhir_consent import to_fhir
+
+        require(claims, "Consent", "read")
+        number = fid.removeprefix("medledger-consent-")
+        if not number.isdigit():
+            raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
+        consent = svc.node.engine.query("consent/get", {"id": int(number)})
+        if consent is None or (claims.patient is not None and consent["pid"] != claims.patient):
+            raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
+        return fhir_response(orjson.dumps(to_fhir(consent, "R4")))
+
+    @router.get("/Consent")
+    def search_consents(
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], patient: str, request: Request
+    ) -> Response:
+        from medledger.interop.fhir_consent import to_fhir
+
+        require(claims, "Consent", "search")
+        pid = LocalRecords(svc).pid_of(patient)
+        if claims.patient is not None and claims.patient != pid:
+            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
+        found = svc.node.engine.query("consent/list", {"pid": pid})
+        entries = [
+            (
+                f"{request.base_url}fhir/Consent/medledger-consent-{c['id']}",
+                orjson.dumps(to_fhir(c, "R4")),
+            )
+            for c in found
+        ]
+        return fhir_response(_bundle(entries, len(entries), [("self", str(request.url))]))
 
     @router.get("/Patient/{rid}/$everything")
     def everything(
