@@ -6,18 +6,11 @@ from typing import Any
 
 import pytest
 
-from medledger.contracts import categories
 from medledger.interop.fhir_consent import FhirConsentError, from_fhir, to_fhir
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 
 from .test_authorize import EVIDENCE, World, pid_of
-
-
-def test_the_consent_vocabulary_is_interops() -> None:
-    from medledger.interop.metadata import CATEGORIES
-
-    assert categories.CATEGORIES == CATEGORIES
 
 
 def test_binding_a_patient_key() -> None:

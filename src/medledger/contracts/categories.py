@@ -1,9 +1,8 @@
 """The consent vocabulary: data categories and purposes that consents, referrals and studies name.
 
-A copy of `medledger.interop.metadata.CATEGORIES` (the categories a record's metadata is
-classified into when it is ingested): contracts may not import interop (arrows point to the
-ledger), and the vocabulary is part of the consensus rules, so it must not change under a
-running chain without a new contract version. A test checks the two lists stay equal.
+Ingestion (`medledger.interop.metadata`) classifies every record into these categories. The
+vocabulary is part of the consensus rules, so it must not change under a running chain
+without a new contract version.
 """
 
 from __future__ import annotations

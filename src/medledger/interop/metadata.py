@@ -17,25 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: The consent categories, in the order a patient portal should show them.
-CATEGORIES: tuple[str, ...] = (
-    "demographics",
-    "encounters",
-    "conditions",
-    "allergies",
-    "medications",
-    "immunizations",
-    "labs",
-    "vital-signs",
-    "observations",
-    "diagnostic-reports",
-    "imaging",
-    "procedures",
-    "care-plans",
-    "documents",
-    "administrative",
-    "other",
-)
+# The consent categories are part of the consensus rules, so they live with the contracts.
+from medledger.contracts.categories import CATEGORIES as CATEGORIES
 
 _BY_TYPE: dict[str, str] = {
     "Patient": "demographics",
