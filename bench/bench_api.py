@@ -20,13 +20,10 @@ import orjson
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
-from medledger.exchange.client import Directory
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.network import create_consortium
-from medledger.node import Node
-from medledger.runtime import HospitalRuntime
-from medledger.vault import Vault
+from medledger.runtime import Sandbox
 
 
 def _grow(bundle: dict[str, Any], target: int) -> dict[str, Any]:
@@ -54,16 +51,10 @@ def _pcts(samples: list[float]) -> dict[str, float]:
 def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
-        root = Node.open(homes[0], serve=True, interval=0.05)
-        nodes = [root, root.sibling(homes[1]), root.sibling(homes[2])]
-        vaults = [Vault.open(n.config.vault_config()) for n in nodes]
-        peers = Directory.from_config(root.config.raw)
-        runtimes = [
-            HospitalRuntime(n, v, directory=peers).start()
-            for n, v in zip(nodes, vaults, strict=True)
-        ]
+        sandbox = Sandbox(homes)
+        runtimes = sandbox.runtimes
         try:
-            orgs = [n.config.org for n in nodes]
+            orgs = [r.org for r in runtimes]
             data = generate(1, orgs, seed=3)
             pid = ""
             now = int(time.time() * 1000)
@@ -143,11 +134,7 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                     assert r.status_code == 200, r.text
                 served = len(r.json()["entry"])
         finally:
-            for rt in runtimes:
-                rt.stop()
-            for v in vaults:
-                v.close()
-            root.close()
+            sandbox.close()
     return {
         "resources_held_for_patient": held_count,
         "everything_entries": served,

@@ -9,6 +9,7 @@ sandbox run` and the demo all use it.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from medledger.node import Node
@@ -62,3 +63,41 @@ class HospitalRuntime:
             except Exception:  # stop the rest whatever one of them does
                 log.exception("%s: stopping %s failed", self.org, type(part).__name__)
         self._started.clear()
+
+
+class Sandbox:
+    """Every hospital of a solo consortium in this process: one engine, one runtime each.
+
+    The solo ledger has one writer, so a sandbox network of several hospitals lives in one
+    process; each hospital still has its own vault, gateway, sync agent and API.
+    """
+
+    def __init__(self, homes: list[Path], *, interval: float = 0.05, sync: bool = True) -> None:
+        from medledger.exchange.client import Directory
+
+        self.root = Node.open(homes[0], serve=True, interval=interval)
+        self.vaults: list[Vault] = []
+        self.runtimes: list[HospitalRuntime] = []
+        try:
+            peers = Directory.from_config(self.root.config.raw)
+            for home in homes:
+                node = self.root if home == homes[0] else self.root.sibling(home)
+                vault = Vault.open(node.config.vault_config())
+                self.vaults.append(vault)
+                self.runtimes.append(HospitalRuntime(node, vault, directory=peers).start(sync))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for runtime in self.runtimes:
+            runtime.stop()
+        for vault in self.vaults:
+            vault.close()
+        self.root.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

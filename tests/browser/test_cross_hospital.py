@@ -10,12 +10,9 @@ import pytest
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
-from medledger.exchange.client import Directory
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
-from medledger.node import Node
-from medledger.runtime import HospitalRuntime
-from medledger.vault import Vault
+from medledger.runtime import Sandbox
 
 from ..api.conftest import eventually
 
@@ -25,14 +22,9 @@ pytestmark = pytest.mark.browser
 def test_the_patient_sees_the_read_made_by_another_hospital(
     consortium: list[Path], browser, shot
 ) -> None:  # type: ignore[no-untyped-def]
-    root = Node.open(consortium[0], serve=True, interval=0.05)
-    nodes = [root, root.sibling(consortium[1])]
-    vaults = [Vault.open(n.config.vault_config()) for n in nodes]
-    peers = Directory.from_config(root.config.raw)
-    runtimes = [
-        HospitalRuntime(n, v, directory=peers).start() for n, v in zip(nodes, vaults, strict=True)
-    ]
-    lyon, paris = runtimes
+    sandbox = Sandbox(consortium[:2])
+    lyon, paris = sandbox.runtimes
+    root = sandbox.root
     try:
         bundle = generate(1, ["chu-lyon", "aphp-paris"], seed=9)["chu-lyon"][0]
         result = Ingestor(lyon.node, lyon.vault).ingest_bytes(orjson.dumps(bundle), "p.json")
@@ -82,8 +74,4 @@ def test_the_patient_sees_the_read_made_by_another_hospital(
         finally:
             page.close()
     finally:
-        for r in runtimes:
-            r.stop()
-        for v in vaults:
-            v.close()
-        root.close()
+        sandbox.close()

@@ -76,27 +76,15 @@ def _hospitals(nodes: list[Any]) -> list[Any]:
 
 
 def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
-    from medledger.exchange.client import Directory
-    from medledger.node import Node
-    from medledger.runtime import HospitalRuntime
-    from medledger.scenario import play
+    from medledger.runtime import Sandbox
+    from medledger.scenario import Hospital, play
 
-    root = Node.open(homes[0], serve=True, interval=0.05)
-    nodes = [root] + [root.sibling(h) for h in homes[1:]]
-    hospitals = _hospitals(nodes)
-    peers = Directory.from_config(root.config.raw)
-    runtimes = [HospitalRuntime(h.node, h.vault, directory=peers).start() for h in hospitals]
-    try:
+    with Sandbox(homes) as sandbox:
+        hospitals = [Hospital(r.node, r.vault) for r in sandbox.runtimes]
         story = play(hospitals, say, patients=patients)
-        _summary(story, hospitals, [r.api_url for r in runtimes])
+        _summary(story, hospitals, [r.api_url for r in sandbox.runtimes])
         if serve:
             _serve_until_interrupted()
-    finally:
-        for r in runtimes:
-            r.stop()
-        for h in hospitals:
-            h.vault.close()
-        root.close()
 
 
 def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool) -> None:

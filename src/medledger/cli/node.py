@@ -124,10 +124,7 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
 
 def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
     """Every hospital of a solo consortium in this process, sharing one engine and ledger."""
-    from medledger.exchange.client import Directory
     from medledger.network import ConfigError, hospital_homes, load_config
-    from medledger.node import Node
-    from medledger.vault import Vault
 
     homes = hospital_homes(directory)
     if not homes:
@@ -137,26 +134,15 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
         raise ConfigError(
             f"{directory} uses the {first.engine} engine: start it with `medledger net up`"
         )
-    runtimes: list[HospitalRuntime] = []
-    vaults: list[Vault] = []
-    root = Node.open(homes[0], serve=True)
-    try:
-        peers = Directory.from_config(first.raw)
-        for home in homes:
-            node = root if home == homes[0] else root.sibling(home)
-            vault = Vault.open(node.config.vault_config())
-            vaults.append(vault)
-            runtimes.append(_start(node, vault, sync, directory=peers))
-        for r in runtimes:
+    from medledger.runtime import Sandbox
+
+    with Sandbox(homes, interval=0.2, sync=sync) as sandbox:
+        for r in sandbox.runtimes:
             console.print(f"  {r.org:<16} API {r.api_url}  gateway {r.exchange.url}")
-        console.print(f"{len(runtimes)} hospitals running on the solo engine; Ctrl-C to stop")
+        console.print(
+            f"{len(sandbox.runtimes)} hospitals running on the solo engine; Ctrl-C to stop"
+        )
         stop.wait()
-    finally:
-        for r in runtimes:
-            r.stop()
-        for v in vaults:
-            v.close()
-        root.close()
 
 
 def register(app: typer.Typer) -> None:
