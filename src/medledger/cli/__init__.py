@@ -21,6 +21,8 @@ app = typer.Typer(
 
 def _register_all() -> None:
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):  # _common, __main__: not command groups
+            continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         register = getattr(module, "register", None)
         if register is not None:

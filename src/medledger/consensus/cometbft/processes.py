@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import signal
 import socket
@@ -50,12 +49,9 @@ class ProcInfo:
 
 
 def default_app_command(consortium_dir: Path, org: str) -> list[str]:
-    """`medledger node run --home H` once the CLI has it, else this package's run_app."""
+    """`medledger node run --home H`: the hospital's whole node (ledger, exchange, API)."""
     home = str(testnet.hospital_home(consortium_dir, org))
-    exe = Path(sys.executable).parent / "medledger"
-    if exe.exists() and importlib.util.find_spec("medledger.cli.node") is not None:
-        return [str(exe), "node", "run", "--home", home]
-    return [sys.executable, "-m", "medledger.consensus.cometbft.run_app", "--home", home]
+    return [sys.executable, "-m", "medledger.cli", "node", "run", "--home", home]
 
 
 def cometbft_command(consortium_dir: Path, org: str) -> list[str]:

@@ -1,0 +1,5 @@
+"""`python -m medledger.cli`: the same as the `medledger` command."""
+
+from medledger.cli import main
+
+main()
