@@ -130,6 +130,27 @@ def make_router() -> APIRouter:
             )
         trail = svc.node.engine.query("access/of_patient", {"pid": pid})
         record_rows = [[e(r["date"]), e(r["type"]), e(r["title"]), e(r["source"])] for r in records]
+        # The chain knows every hospital's index entries for this patient; those held
+        # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
+        held = {r["rid"] for r in records}
+        elsewhere = [
+            entry
+            for entry in svc.node.engine.query("records/of_patient", {"pid": pid})
+            if entry["rid"] not in held and not entry["shredded"]
+        ]
+        by_custodian: dict[str, list[int]] = {}
+        for entry in elsewhere:
+            by_custodian.setdefault(entry["custodian"], []).append(entry["time"])
+        for custodian, times in sorted(by_custodian.items()):
+            record_rows.append(
+                [
+                    e(when(max(times))[:10]),
+                    f"{len(times)} records",
+                    '<span class="muted">held there; details sealed (grant that hospital\'s '
+                    "records to this one to see them here)</span>",
+                    e(custodian),
+                ]
+            )
         trail_rows = [
             [
                 e(when(a["time"])),
@@ -362,13 +383,20 @@ reviewed by your DPO, the patient is told): <select name="reason">
                     ]
                 )
         members = engine.query("governance/members", {})
+        health = _hospitals_health(svc)
         validators = [
-            [e(m["org"]), e(m["name"]), e(m["power"]), f"<code>{e(m['key'].hex()[:16])}</code>"]
+            [
+                e(m["org"]),
+                e(m["name"]),
+                e(m["power"]),
+                f"<code>{e(m['key'].hex()[:16])}</code>",
+                health.get(m["org"], '<span class="muted">no address known</span>'),
+            ]
             for m in members
         ]
         body = f"""<div class="card">Engine <b>{e(svc.node.config.engine)}</b>, height <b>{top}</b>.
 <form class="inline" method="post" action="/explorer/verify"><button>Verify the chain</button></form></div>
-<h2>Hospitals and validators</h2>{table(["hospital", "name", "voting power", "key"], validators)}
+<h2>Hospitals and validators</h2>{table(["hospital", "name", "voting power", "key", "health"], validators)}
 <h2>Latest blocks</h2>{table(["height", "time", "txs", "kinds", "app hash"], blocks)}
 <p class="muted">No personal data is on the chain: only pseudonyms, commitments and sealed
 metadata, so this page shows tx kinds and signers, never bodies.</p>"""
@@ -512,6 +540,38 @@ them; copies held elsewhere are erased.</p><button>Request erasure</button></for
 <label>until <input name="end" type="date"></label><button>Grant</button></form>
 <h2 id="studies">Research studies</h2>{table(["study", "title", "data", "me", ""], study_rows, "no study open")}
 <h2 id="erasure">Erasure</h2>{erasure_html}"""
+
+
+def _hospitals_health(svc: HospitalServices) -> dict[str, str]:
+    """Each hospital's node as its own /health reports it (height, app hash), or why not."""
+    import httpx
+
+    from medledger.network import hospital_homes, load_config
+    from medledger.runtime import api_address
+
+    out: dict[str, str] = {}
+    try:
+        homes = hospital_homes(svc.node.config.consortium_dir)
+    except Exception:
+        return out
+    mine = svc.node.app.info() if svc.node.app is not None else None
+    for home in homes:
+        try:
+            config = load_config(home)
+            host, port = api_address(config.raw)
+            if not port:
+                continue
+            data = httpx.get(f"http://{host}:{port}/health", timeout=0.5).json()
+        except Exception as exc:
+            out[home.name] = f'<span class="bad">unreachable ({e(type(exc).__name__)})</span>'
+            continue
+        same = mine is not None and data.get("height") == mine.height
+        agree = same and data.get("app_hash") == mine.app_hash.hex()
+        note = " · same app hash as here" if agree else ""
+        out[str(data.get("org"))] = (
+            f'<span class="ok">up</span>, height {e(data.get("height"))}{e(note)}'
+        )
+    return out
 
 
 def _kinds(txs: list[bytes]) -> str:
