@@ -153,3 +153,30 @@ def test_duplicate_exams_across_hospitals_are_flagged() -> None:
     ]
     (warning,) = duplicate_exams(rows)
     assert "HbA1c" in warning and "15 days apart" in warning
+
+
+def test_a_clinician_requests_access_and_the_patient_grants_it_in_the_portal(api: Api) -> None:
+    from fastapi.testclient import TestClient
+
+    from medledger.api.app import create_app
+
+    clinician = TestClient(create_app(api.services))
+    patient = TestClient(create_app(api.services))
+    staff = api.token("Practitioner/dr-martin", "user/*.rs")["Authorization"][7:]
+    clinician.post("/login", data={"token": staff, "next": "/clinician"})
+    r = clinician.post(
+        "/clinician/request-access",
+        data={"patient": api.pid, "categories": "labs,conditions", "note": "pre-op review"},
+    )
+    assert r.status_code == 200 and "on the ledger" in r.text
+    mine = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)["Authorization"][7:]
+    page = patient.post("/login", data={"token": mine, "next": "/portal"}).text
+    section = page[page.index("Access requests") : page.index("My consents")]
+    assert "chu-lyon/dr-martin" in section and "conditions, labs" in section, section
+    granted = patient.post(
+        "/portal/consent",
+        data={"grantee": "org:chu-lyon", "categories": "labs,conditions", "purpose": "treatment"},
+    )
+    assert granted.status_code == 200  # redirected back to the portal
+    (request,) = api.services.node.engine.query("consent/requests", {"pid": api.pid})
+    assert request["granted"] is True

@@ -71,6 +71,16 @@ class Revoke:
     reason: str = ""
 
 
+@dataclass
+class RequestAccess:
+    """A hospital (or one of its practitioners) asks the patient for a consent."""
+
+    pid: str
+    categories: list[str]
+    purpose: str
+    reason_hash: bytes = b""  # SHA-256 of the written request kept off chain
+
+
 def grantee_key(grantee: str) -> str:
     """The grantee as one key segment (ids never contain ':', so this is reversible)."""
     return grantee.replace("/", ":")
@@ -297,6 +307,52 @@ def q_granted_to(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]
     return found
 
 
+def request_access(ctx: Context, msg: RequestAccess) -> None:
+    """Record the request where the patient's portal finds it; it decides nothing by itself."""
+    org, practitioner = acting_org(ctx)
+    check_pid(msg.pid)
+    categories = check_categories(msg.categories)
+    purpose = check_purpose(msg.purpose)
+    if msg.reason_hash and len(msg.reason_hash) != 32:
+        raise TxError(Code.INVALID_BODY, "field reason_hash: must be 32 bytes")
+    seq = int(ctx.state.get("consent/req_seq") or 0) + 1
+    ctx.state.put("consent/req_seq", seq)
+    ctx.state.put(
+        f"consent/req/{msg.pid}/{seq:012d}",
+        {
+            "id": seq,
+            "pid": msg.pid,
+            "org": org,
+            "practitioner": practitioner or "",
+            "categories": categories,
+            "purpose": purpose,
+            "reason_hash": msg.reason_hash,
+            "time": ctx.time_ms,
+        },
+    )
+    ctx.emit("consent.requested", id=seq, pid=msg.pid, org=org, purpose=purpose)
+
+
+def q_requests(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """A patient's access requests, oldest first; `granted` once that hospital holds an
+    active consent for that purpose given after the request."""
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "consent/requests needs pid")
+    consents = q_list(state, {"pid": pid})
+    out = []
+    for _, req in state.scan(f"consent/req/{pid}/"):
+        req["granted"] = any(
+            c["grantee"] == f"org:{req['org']}"
+            and c["purpose"] == req["purpose"]
+            and c["status"] == "active"
+            and c["time"] >= req["time"]
+            for c in consents
+        )
+        out.append(req)
+    return out
+
+
 CONTRACTS = [
     Contract(
         name="consent",
@@ -304,11 +360,13 @@ CONTRACTS = [
         messages={
             "consent.grant": Message("consent.grant", Grant, grant),
             "consent.revoke": Message("consent.revoke", Revoke, revoke),
+            "consent.request": Message("consent.request", RequestAccess, request_access),
         },
         queries={
             "consent/get": q_get,
             "consent/list": q_list,
             "consent/granted_to": q_granted_to,
+            "consent/requests": q_requests,
         },
     )
 ]

@@ -315,7 +315,12 @@ reviewed by your DPO, the patient is told): <select name="reason">
 <option>life-threatening</option><option>unconscious</option><option>unable-to-consent</option>
 <option>urgent-care</option><option>other</option></select>
 <input name="note" placeholder="justification" size="40" required>
-<button id="break-glass">Open emergency access</button></form></div>"""
+<button id="break-glass">Open emergency access</button></form>
+<form method="post" action="/clinician/request-access">
+<input type="hidden" name="patient" value="{e(pid)}"><b>Or ask the patient</b> for access:
+<input name="categories" value="*" size="24" title="comma-separated categories, or *">
+<input name="note" placeholder="why (sent to the patient)" size="30" required>
+<button id="request-access">Request access</button></form></div>"""
         body = (
             form
             + warn_html
@@ -329,6 +334,40 @@ reviewed by your DPO, the patient is told): <select name="reason">
             )
         )
         return page(f"Patient {pid[:12]}…", svc.node.config.name, body)
+
+    @router.post("/clinician/request-access")
+    def request_access(
+        request: Request,
+        patient: Annotated[str, Form()],
+        note: Annotated[str, Form()],
+        categories: Annotated[str, Form()] = "*",
+    ) -> Response:
+        from medledger.wallet import TxRejected
+
+        svc = _svc(request)
+        claims = _claims(request)
+        if claims is None or not claims.subject.startswith("Practitioner/"):
+            return _login_form(svc, "/clinician")
+        practitioner = claims.subject.removeprefix("Practitioner/")
+        cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
+        try:
+            svc.node.practitioner_wallet(practitioner).send(
+                "consent.request",
+                {
+                    "pid": patient,
+                    "categories": cats,
+                    "purpose": "treatment",
+                    "reason_hash": hashlib.sha256(note.encode()).digest(),
+                },
+            )
+        except (TxRejected, ValueError) as exc:
+            text = exc.log if isinstance(exc, TxRejected) else str(exc)
+            return page("Refused", svc.node.config.name, f'<p class="bad">{e(text)}</p>', 409)
+        body = (
+            '<p class="ok">Your request is on the ledger: the patient sees it in their portal '
+            f'and may grant it.</p><p><a href="/clinician?patient={e(patient)}">back</a></p>'
+        )
+        return page("Access requested", svc.node.config.name, body)
 
     @router.post("/clinician/break-glass")
     def break_glass(
@@ -503,6 +542,24 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
         ]
         for c in engine.query("consent/list", {"pid": pid})
     ]
+    requests = [
+        [
+            e(when(r["time"])),
+            e(r["org"] + (f"/{r['practitioner']}" if r["practitioner"] else "")),
+            e(", ".join(r["categories"])),
+            e(r["purpose"]),
+            "granted"
+            if r["granted"]
+            else (
+                '<form class="inline" method="post" action="/portal/consent">'
+                f'<input type="hidden" name="grantee" value="org:{e(r["org"])}">'
+                f'<input type="hidden" name="categories" value="{e(",".join(r["categories"]))}">'
+                f'<input type="hidden" name="purpose" value="{e(r["purpose"])}">'
+                "<button>Grant</button></form>"
+            ),
+        ]
+        for r in engine.query("consent/requests", {"pid": pid})
+    ]
     mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
     study_rows = []
     for st in engine.query("research/studies", {}):
@@ -533,6 +590,7 @@ them; copies held elsewhere are erased.</p><button>Request erasure</button></for
         if m["org"] != svc.org
     )
     return f"""
+<h2 id="requests">Access requests</h2>{table(["when", "who", "data", "purpose", ""], requests, "no request")}
 <h2 id="consents">My consents</h2>{table(["#", "who", "data", "purpose", "period", "status", ""], consent_rows, "no consent")}
 <form method="post" action="/portal/consent"><b>Grant a consent:</b> <select name="grantee">{options}</select>
 <input name="categories" value="*" size="30" title="comma-separated categories, or *">
