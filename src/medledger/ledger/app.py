@@ -177,7 +177,13 @@ class Application:
         return tx
 
     def _execute(
-        self, raw: bytes, view: StateView, height: int, time_ms: int, trust_cache: bool
+        self,
+        raw: bytes,
+        view: StateView,
+        height: int,
+        time_ms: int,
+        trust_cache: bool,
+        spend_failed: bool = True,
     ) -> TxResult:
         try:
             tx = self._authentic_tx(raw, trust_cache)
@@ -202,10 +208,12 @@ class Application:
             msg = parse_message(message.cls, tx.body)
             message.handler(ctx, msg)
         except TxError as exc:
-            view.put(nonce_key(tx.signer), tx.nonce)
+            if spend_failed:
+                view.put(nonce_key(tx.signer), tx.nonce)
             return TxResult(int(exc.code), exc.message)
         except Exception as exc:
-            view.put(nonce_key(tx.signer), tx.nonce)
+            if spend_failed:
+                view.put(nonce_key(tx.signer), tx.nonce)
             return TxResult(int(Code.INVALID_BODY), f"{tx.kind}: {type(exc).__name__}: {exc}")
         tx_view.put(nonce_key(tx.signer), tx.nonce)
         tx_view.merge_into(view)
@@ -241,10 +249,10 @@ class Application:
         with self.lock:
             check = self._check
             self._pending_validator_updates = []
-            child = StateView(check.view)
-            result = self._execute(tx, child, check.height, check.time_ms, True)
+            result = self._execute(
+                tx, check.view, check.height, check.time_ms, True, spend_failed=False
+            )
             if result.ok:
-                child.merge_into(check.view)
                 check.accepted.append(tx)
                 check.results.append(result)
                 check.updates.extend(self._pending_validator_updates)

@@ -150,8 +150,8 @@ class Store:
                         record.height,
                         record.header_bytes,
                         record.signature,
-                        codec.encode(record.txs),
-                        codec.encode(
+                        codec.encode_trusted(record.txs),
+                        codec.encode_trusted(
                             [
                                 [r.to_obj() for r in record.results],
                                 [e.to_obj() for e in record.events],
