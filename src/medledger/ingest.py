@@ -262,19 +262,3 @@ def _with_id(data: bytes, rid: str) -> bytes:
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def ingest_files(
-    node: Node,
-    vault: Vault,
-    paths: list[Path],
-    on_progress: Callable[[UnitResult], None] | None = None,
-) -> list[UnitResult]:
-    ingestor = Ingestor(node, vault)
-    results = []
-    for path in paths:
-        result = ingestor.ingest_path(path)
-        results.append(result)
-        if on_progress is not None:
-            on_progress(result)
-    return results

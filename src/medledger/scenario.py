@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -342,9 +341,3 @@ def _ins_of(bundles: dict[str, list[dict[str, Any]]], org: str, key: bytes, pid:
                     if "1.2.250.1.213.1.4" in i.get("system", "")
                 )
     return ""
-
-
-def hospitals_of(directory: Path) -> list[Path]:
-    from medledger.network import hospital_homes
-
-    return hospital_homes(directory)

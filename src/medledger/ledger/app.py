@@ -265,11 +265,6 @@ class Application:
                 raise ValueError(f"open_block at height {height}, expected {self.store.height + 1}")
             self._check = self._fresh_check(height, time_ms)
 
-    def reset_check_state(self) -> None:
-        """Forget the mempool's effects (after a commit; the engine rechecks what is left)."""
-        with self.lock:
-            self._check = self._fresh_check()
-
     def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]:
         """Execute a candidate block on a scratch overlay; changes nothing.
 

@@ -203,8 +203,3 @@ def parse_message(cls: type[M], body: dict[str, Any]) -> M:
             raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
     result: M = build(**values)
     return result
-
-
-def message_body(msg: Any) -> dict[str, Any]:
-    """The tx body of a message dataclass (the inverse of parse_message)."""
-    return dataclasses.asdict(msg)
