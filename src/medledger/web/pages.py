@@ -264,7 +264,7 @@ decision. Each line has a proof you can check offline with
 
     # -- clinician view ---------------------------------------------------------------------
     @router.get("/clinician")
-    def clinician(request: Request, patient: str = "") -> Response:
+    def clinician(request: Request, patient: str = "", window: int | None = None) -> Response:
         from medledger.patients import resolve_pid
 
         svc = _svc(request)
@@ -305,7 +305,10 @@ decision. Each line has a proof you can check offline with
             svc.record_access(
                 claims, pid, "read", purpose, Decision(True, basis, ""), rids, wait=False
             )
-        warnings = duplicate_exams(rows)
+        # The window is the hospital's choice (config.json `clinician.duplicate_window_days`),
+        # and a clinician may widen or narrow it for one look (`?window=DAYS`).
+        default = int((svc.node.config.raw.get("clinician") or {}).get("duplicate_window_days", 42))
+        warnings = duplicate_exams(rows, window if window is not None else default)
         warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings)
         if denial:
             warn_html += f"""<div class="card"><p class="bad">Some records are not yours to see:
