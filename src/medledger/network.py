@@ -303,3 +303,95 @@ def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
         raw = dict(c.raw)
         raw["api"] = {"listen": f"127.0.0.1:{port}"}
         save_config(c.home, raw)
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A hospital's home made to join an existing consortium, and what the vote needs."""
+
+    home: Path
+    org: str
+    name: str
+    key: bytes
+    box_key: bytes
+    validator_key: bytes
+
+
+def add_hospital(directory: Path, org: str, name: str) -> Joining:
+    """Make a home for a hospital joining a running consortium (keys, certificates, config).
+
+    It becomes a member only when the others vote it in (`member propose admit`); on CometBFT
+    its node block-syncs the chain and validates once the vote gives it power. The running
+    hospitals learn its gateway address when they restart.
+    """
+    import re as _re
+
+    from nacl.public import PrivateKey
+
+    from medledger.exchange.pki import _free_port, issue_hospital
+    from medledger.vault import create_kek_file
+
+    meta = load_consortium(directory)
+    if not _re.match(r"^[a-z0-9][a-z0-9._-]{0,63}$", org):
+        raise ConfigError(f"--org: {org!r} is not a valid id (a-z, 0-9, '.', '_', '-')")
+    if org in meta["hospitals"]:
+        raise ConfigError(f"{org} already has a home in {directory}")
+    existing = [load_config(h) for h in hospital_homes(directory)]
+    if not existing:
+        raise ConfigError(f"{directory}: no hospital to join")
+    home = directory / "hospitals" / org
+    (home / "keys").mkdir(parents=True, exist_ok=False)
+    os.chmod(home / "keys", 0o700)
+    key = SigningKey.generate()
+    key.save(home / "keys" / "org.key")
+    box = PrivateKey.generate()
+    write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
+    write_secret(home / "keys" / "pseudonym.key", existing[0].pseudonym_key().hex() + "\n")
+    create_kek_file(home / "keys" / "vault.kek")
+    first = existing[0].raw
+    save_config(
+        home,
+        {
+            "org": org,
+            "name": name,
+            "chain_id": meta["chain_id"],
+            "engine": meta["engine"],
+            "consortium_dir": "../..",
+            "block_time_ms": meta.get("block_time_ms", 1000),
+            "vault": {"backend": "sqlite", "path": "vault.db"},
+        },
+    )
+    validator_key = b""
+    if meta["engine"] == "cometbft":
+        from medledger.consensus.cometbft import testnet
+
+        validator_key = testnet.add_hospital(directory, org)
+    issue_hospital(directory / "ca", home, org)
+    used = {
+        int(v.rsplit(":", 1)[1])
+        for c in [*existing, load_config(home)]
+        for section in ("cometbft", "exchange", "api")
+        for v in (c.raw.get(section) or {}).values()
+        if isinstance(v, str) and v.rsplit(":", 1)[-1].isdigit()
+    }
+    gateway = _free_port(used)
+    api = _free_port(used | {gateway})
+    peers = dict((first.get("exchange") or {}).get("peers", {}))
+    peers[org] = f"https://127.0.0.1:{gateway}"
+    raw = dict(load_config(home).raw)
+    raw["exchange"] = {
+        "listen": f"127.0.0.1:{gateway}",
+        "tls": (first.get("exchange") or {}).get("tls", "keys/tls"),
+        "peers": peers,
+    }
+    raw["api"] = {"listen": f"127.0.0.1:{api}"}
+    save_config(home, raw)
+    for c in existing:  # the others dial it once they restart
+        other = dict(c.raw)
+        exchange = dict(other.get("exchange") or {})
+        exchange["peers"] = {**exchange.get("peers", {}), org: peers[org]}
+        other["exchange"] = exchange
+        save_config(c.home, other)
+    meta["hospitals"] = [*meta["hospitals"], org]
+    save_consortium(directory, meta)
+    return Joining(home, org, name, key.public_key, bytes(box.public_key), validator_key)

@@ -100,3 +100,26 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     assert "already exists" in again.output
     bad = run("init", str(tmp_path / "m"), "--engine", "paxos", ok=False)
     assert "unknown engine" in bad.output
+
+
+def test_a_hospital_joins_by_vote(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    out = run("hospital", "add", str(net), "--org", "chu-nantes", "--name", "CHU de Nantes")
+    line = next(x for x in out.output.splitlines() if "member propose admit" in x)
+    args = line.split("medledger ", 1)[1].replace(
+        "<a member's home>", str(net / "hospitals" / "chu-lyon")
+    )
+    import shlex
+
+    run(*shlex.split(args))
+    assert (
+        "chu-nantes is now a member"
+        in run("member", "vote", "-H", str(net / "hospitals" / "aphp-paris"), "1").output
+    )
+    nantes = net / "hospitals" / "chu-nantes"
+    run("practitioner", "add", "-H", str(nantes), "--id", "dr-n", "--roles", "nurse")
+    members = run("member", "list", "-H", str(nantes)).output
+    assert "CHU de Nantes" in members
+    again = run("hospital", "add", str(net), "--org", "chu-nantes", "--name", "x", ok=False)
+    assert "already has a home" in again.output

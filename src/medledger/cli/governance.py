@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Option(help="Its name.")],
         key: Annotated[str, typer.Option(help="Its organisation public key, hex.")],
         validator_key: Annotated[str, typer.Option(help="Its consensus key, hex.")] = "",
+        box_key: Annotated[str, typer.Option(help="Its X25519 key for sealed metadata keys.")] = "",
         power: Annotated[int, typer.Option(help="Validator voting power.")] = 0,
         note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
     ) -> None:
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             args: dict[str, object] = {"org": org, "name": name, "key": _hex(key, "--key")}
+            if box_key:
+                args["box_key"] = _hex(box_key, "--box-key")
             if validator_key:
                 args["validator_key"] = _hex(validator_key, "--validator-key")
                 args["power"] = power
