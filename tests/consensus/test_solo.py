@@ -56,3 +56,20 @@ def test_a_second_writer_is_refused_while_the_ledger_is_open(consortium: list[Pa
 def test_wait_for_an_unknown_tx_says_so(node: Node) -> None:
     with pytest.raises(LookupError, match="neither pending nor committed"):
         node.engine.wait_for_commit(b"\x00" * 32, timeout=1)
+
+
+def test_a_store_fault_stops_the_engine_loudly(consortium: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with Node.open(consortium[0], serve=True, interval=0.02) as node:
+        assert node.app is not None
+
+        def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise OSError("disk full")
+
+        monkeypatch.setattr(node.app.store, "commit", broken)
+        body = {"practitioner": "p", "key": SigningKey.generate().public_key, "roles": ["nurse"]}
+        with pytest.raises((RuntimeError, TimeoutError)) as err:
+            node.wallet.send("identity.register", body, timeout=5)
+        assert "stopped producing blocks" in str(err.value)
+        with pytest.raises(RuntimeError, match="restart the node"):
+            node.wallet.submit("identity.register", body)
+        monkeypatch.undo()

@@ -37,7 +37,7 @@ def test_verify_accepts_an_untouched_chain(tmp_path: Path) -> None:
     assert (report.height, report.txs) == (4, 8)
 
 
-@pytest.mark.parametrize("column", ["txs", "header"])
+@pytest.mark.parametrize("column", ["txs", "header", "results"])
 def test_one_changed_byte_is_caught_at_its_height(tmp_path: Path, column: str) -> None:
     net = _chain(tmp_path / "l.db")
     store = Store(tmp_path / "l.db")
@@ -109,3 +109,19 @@ def test_a_process_killed_during_a_block_leaves_the_previous_height(tmp_path: Pa
     assert app.height == 5
     verify_history(app.store, net.genesis, default_registry())
     assert os.path.exists(db)
+
+
+def test_a_rewritten_event_is_caught(tmp_path: Path) -> None:
+    from medledger.ledger import codec
+
+    net = _chain(tmp_path / "l.db")
+    store = Store(tmp_path / "l.db")
+    (blob,) = store.execute("SELECT results FROM blocks WHERE height = 2")[0]
+    results, events = codec.decode(bytes(blob))
+    results[0][2][0][1][1][1] = "someone-else"  # the practitioner named by the event
+    store.execute(
+        "UPDATE blocks SET results = ? WHERE height = 2", (codec.encode([results, events]),)
+    )
+    with pytest.raises(VerifyError, match="log or events") as err:
+        verify_history(store, net.genesis, default_registry())
+    assert err.value.height == 2

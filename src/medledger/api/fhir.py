@@ -191,8 +191,7 @@ def make_router() -> APIRouter:
     ) -> Response:
         require(claims, "AuditEvent", "search")
         pid = LocalRecords(svc).pid_of(patient)
-        if claims.patient is not None and claims.patient != pid:
-            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
+        _gate_patient_data(svc, claims, pid, "AuditEvent", "search")
         trail = svc.node.engine.query("access/of_patient", {"pid": pid})
         events = [orjson.dumps(to_audit_event(e, f"Patient/{patient}")) for e in trail]
         page = events[offset : offset + count]
@@ -261,6 +260,7 @@ def make_router() -> APIRouter:
         consent = svc.node.engine.query("consent/get", {"id": int(number)})
         if consent is None or (claims.patient is not None and consent["pid"] != claims.patient):
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
+        _gate_patient_data(svc, claims, consent["pid"], "Consent", "read")
         return fhir_response(orjson.dumps(to_fhir(consent, "R4")))
 
     @router.get("/Consent")
@@ -271,8 +271,7 @@ def make_router() -> APIRouter:
 
         require(claims, "Consent", "search")
         pid = LocalRecords(svc).pid_of(patient)
-        if claims.patient is not None and claims.patient != pid:
-            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
+        _gate_patient_data(svc, claims, pid, "Consent", "search")
         found = svc.node.engine.query("consent/list", {"pid": pid})
         entries = [
             (
@@ -360,6 +359,25 @@ def make_router() -> APIRouter:
     return router
 
 
+def _gate_patient_data(
+    svc: HospitalServices, claims: Claims, pid: str, kind: str, action: str
+) -> None:
+    """Consents and the access trail are the patient's data too: the patient themself, or
+    someone `authorize` allows at this hospital, and the access is recorded either way."""
+    from medledger.api.services import Decision
+
+    if claims.patient is not None:
+        if claims.patient != pid:
+            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
+        decision = Decision(True, "patient", "")
+    else:
+        meta = {"custodian": svc.org, "category": "administrative", "type": kind}
+        decision = svc.decide(claims, pid, meta, "treatment")
+    svc.record_access(claims, pid, action, "treatment", decision, [], wait=False)
+    if not decision.allowed:
+        raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+
+
 def _supported(resource_type: str) -> None:
     if resource_type not in SUPPORTED:
         raise FhirError(404, "not-supported", f"resource type {resource_type} is not served here")
@@ -375,27 +393,25 @@ def _serve_search(
     count: int,
     action: str,
 ) -> Response:
+    from medledger.api.services import Decision
+
     allowed = []
-    reasons = set()
+    denied: dict[str, list[str]] = {}  # reason -> rids
     for info in infos:
         decision = svc.decide(claims, pid, _meta_of(svc, info), "treatment")
         if decision.allowed:
             allowed.append((info, decision))
         else:
-            reasons.add(decision.reason)
+            denied.setdefault(decision.reason, []).append(info.rid)
     page = allowed[offset : offset + count]
-    if infos and not allowed:
-        denial = next(iter(sorted(reasons)))
-        from medledger.api.services import Decision
-
+    for reason, rids in sorted(denied.items()):  # every refusal is on the chain too
         svc.record_access(
-            claims, pid, action, "treatment", Decision(False, "", denial), [], wait=False
+            claims, pid, action, "treatment", Decision(False, "", reason), rids, wait=False
         )
-        raise FhirError(403, "forbidden", f"access denied: {denial}")
+    if infos and not allowed:
+        raise FhirError(403, "forbidden", f"access denied: {min(denied)}")
     if page:
         basis = ",".join(sorted({d.basis for _, d in page}))
-        from medledger.api.services import Decision
-
         svc.record_access(
             claims,
             pid,

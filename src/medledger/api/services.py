@@ -7,6 +7,7 @@ denial on the chain, and serves the vault's bytes as they were received.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from medledger.ingest import Ingestor
 from medledger.ledger.keys import SigningKey, write_secret
 from medledger.node import Node
 from medledger.vault import Vault
+
+_PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_RIDS_PER_ENTRY = 200
 
 
 def issuer_key(home: Path) -> SigningKey:
@@ -72,8 +76,8 @@ class HospitalServices:
 
     def practitioner_key(self, claims: Claims) -> bytes | None:
         kind, _, ident = claims.subject.partition("/")
-        if kind != "Practitioner":
-            return None
+        if kind != "Practitioner" or not _PRACTITIONER_ID.match(ident):
+            return None  # never a path outside keys/practitioners/
         path = self.node.config.practitioner_key_path(ident)
         if not path.exists():
             return None
@@ -110,8 +114,12 @@ class HospitalServices:
             key = self.practitioner_key(claims)
             if key is None:
                 return Decision(False, "", f"{claims.subject} is not a practitioner of {self.org}")
+        elif claims.subject.startswith("Device/") and any(
+            s.startswith("system/") for s in claims.scopes
+        ):
+            key = self.node.org_key.public_key  # a backend service acting for the hospital
         else:
-            key = self.node.org_key.public_key
+            return Decision(False, "", f"{claims.subject} is neither a practitioner nor a system")
         result = self.node.engine.query(
             "authorize/check",
             {
@@ -136,7 +144,7 @@ class HospitalServices:
         wait: bool,
     ) -> None:
         """Write the access (or denial) on the chain; `wait` until committed for remote reads."""
-        entry = {
+        base = {
             "actor": self.actor_of(claims),
             "actor_org": self.org,
             "pid": pid,
@@ -145,12 +153,14 @@ class HospitalServices:
             "outcome": "granted" if decision.allowed else "denied",
             "basis": decision.basis,
             "reason": decision.reason,
-            "rids": rids[:200],
         }
+        # Every record served is named: large pages become several entries of one tx.
+        chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]
+        entries = [{**base, "rids": chunk} for chunk in chunks] or [{**base, "rids": []}]
         if wait:
-            self.node.wallet.send("access.log", {"entries": [entry]})
+            self.node.wallet.send("access.log", {"entries": entries})
         else:
-            submitted = self.node.wallet.submit("access.log", {"entries": [entry]})
+            submitted = self.node.wallet.submit("access.log", {"entries": entries})
             if not submitted.accepted:
                 from medledger.wallet import TxRejected
 

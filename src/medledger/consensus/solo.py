@@ -8,6 +8,7 @@ check who produced each block.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from medledger.ledger import codec
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import BlockRecord
+
+log = logging.getLogger(__name__)
 
 MAX_BLOCK_TXS = 20_000
 _PARALLEL_VERIFY_MIN = 128
@@ -53,6 +56,7 @@ class SoloEngine:
         self._mempool_ids: set[bytes] = set()
         self._verifier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._block_time = 0
+        self._failure: Exception | None = None
         self._cond = threading.Condition(app.lock)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -68,6 +72,7 @@ class SoloEngine:
     def submit_many(self, txs: list[bytes]) -> list[Submitted]:
         """Submit a batch: signatures are checked first outside the lock (on another core than
         the block being executed), then the batch is checked in order under one lock."""
+        self._raise_if_failed()
         if len(txs) >= _PARALLEL_VERIFY_MIN:
             # Signature checks release the GIL: spread a batch over both cores.
             half = len(txs) // 2
@@ -94,6 +99,12 @@ class SoloEngine:
             self._cond.notify_all()
         return out
 
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(
+                f"the solo engine stopped producing blocks: {self._failure!r}; restart the node"
+            ) from self._failure
+
     def _preverify_all(self, txs: list[bytes]) -> None:
         for tx in txs:
             self.app.preverify(tx)
@@ -113,6 +124,7 @@ class SoloEngine:
                         raise LookupError(f"tx {tx_id.hex()} is neither pending nor committed")
                     self._cut_block_locked()
                     continue
+                self._raise_if_failed()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"tx {tx_id.hex()} not committed within {timeout}s")
@@ -200,4 +212,11 @@ class SoloEngine:
             with self._cond:
                 if self._stopping:
                     return
-                self._cut_block_locked()
+                try:
+                    self._cut_block_locked()
+                except Exception as exc:  # a disk or store fault: stop producing, say so
+                    log.exception("the solo engine stopped producing blocks")
+                    self._failure = exc
+                    self._stopping = True
+                    self._cond.notify_all()
+                    return

@@ -75,12 +75,19 @@ def verify_history(
             proposer=header.proposer,
             trust_cache=False,
         )
+        if len(record.results) != len(record.txs):
+            raise VerifyError(height, f"{len(record.results)} results for {len(record.txs)} txs")
         for i, (got, stored) in enumerate(zip(outcome.results, record.results, strict=True)):
-            if got.code != stored.code:
+            # The whole result (code, log, events): the event stream and the sync agents
+            # act on stored events, so they must be the ones the txs really produced.
+            if got.to_obj() != stored.to_obj():
+                what = "code" if got.code != stored.code else "log or events"
                 raise VerifyError(
                     height,
-                    f"tx {i} ({ids[i].hex()[:16]}): result {got.code} != stored {stored.code}",
+                    f"tx {i} ({ids[i].hex()[:16]}): stored result {what} differs from the replay",
                 )
+        if [e.to_obj() for e in outcome.events] != [e.to_obj() for e in record.events]:
+            raise VerifyError(height, "stored end-of-block events differ from the replay")
         if outcome.app_hash != header.app_hash:
             raise VerifyError(height, "app_hash differs from the replayed state")
         replica.commit(signature)

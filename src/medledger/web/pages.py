@@ -8,6 +8,7 @@ decided and recorded on the chain exactly like an API read.
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from medledger.api.tokens import Claims, TokenError, verify_token
 from medledger.web.render import e, page, table, when
 
 COOKIE = "medledger_token"
+_VERIFYING = threading.Lock()  # one replay from genesis at a time
 
 
 def _svc(request: Request) -> HospitalServices:
@@ -219,7 +221,10 @@ decision. Each line has a proof you can check offline with
 
     @router.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
-        svc, claims, _ = _patient(request)
+        svc, claims, pid = _patient(request)
+        consent = svc.node.engine.query("consent/get", {"id": cid})
+        if consent is None or consent["pid"] != pid:  # only one's own consents
+            raise FhirError(404, "not-found", f"no consent {cid} of yours")
         return _act(
             svc,
             claims,
@@ -271,8 +276,8 @@ decision. Each line has a proof you can check offline with
         claims = _claims(request)
         if claims is None or not claims.subject.startswith("Practitioner/"):
             return _login_form(svc, "/clinician")
-        form = f"""<form method="get" action="/clinician"><label>Patient INS
-<input name="patient" value="{e(patient)}" required></label><button>Find</button></form>"""
+        form = """<form method="post" action="/clinician/find"><label>Patient INS
+<input name="patient" required></label><button>Find</button></form>"""
         if not patient:
             return page("Clinician view", svc.node.config.name, form)
         try:
@@ -286,6 +291,7 @@ decision. Each line has a proof you can check offline with
         # Treatment first; a running break-the-glass opening of this clinician is the
         # emergency basis for what treatment alone does not reach.
         granted: dict[tuple[str, str], list[str]] = {}
+        refused: dict[str, list[str]] = {}
         for r in _timeline_rows(svc, pid):
             meta = {"custodian": r["source"], "type": r["type"], "category": r["category"]}
             purpose = "treatment"
@@ -299,8 +305,13 @@ decision. Each line has a proof you can check offline with
                 granted.setdefault((purpose, decision.basis), []).append(r["rid"])
             else:
                 denial = decision.reason
+                refused.setdefault(decision.reason, []).append(r["rid"])
         from medledger.api.services import Decision
 
+        for reason, rids in sorted(refused.items()):  # refusals are on the chain too
+            svc.record_access(
+                claims, pid, "read", "treatment", Decision(False, "", reason), rids, wait=False
+            )
         for (purpose, basis), rids in sorted(granted.items()):
             svc.record_access(
                 claims, pid, "read", purpose, Decision(True, basis, ""), rids, wait=False
@@ -337,6 +348,19 @@ reviewed by your DPO, the patient is told): <select name="reason">
             )
         )
         return page(f"Patient {pid[:12]}…", svc.node.config.name, body)
+
+    @router.post("/clinician/find")
+    def find(request: Request, patient: Annotated[str, Form()]) -> Response:
+        """The INS is typed in a form and turned into the pid at once: it never appears in a
+        URL, a log line or the browser's history."""
+        from medledger.patients import resolve_pid
+
+        svc = _svc(request)
+        try:
+            pid = resolve_pid(svc.node.config.pseudonym_key(), patient)
+        except ValueError as exc:
+            return page("Clinician view", svc.node.config.name, f'<p class="bad">{e(exc)}</p>', 400)
+        return RedirectResponse(f"/clinician?patient={pid}", status_code=303)
 
     @router.post("/clinician/request-access")
     def request_access(
@@ -481,7 +505,19 @@ App hash <code>{e(hd.app_hash.hex())}</code></div>
     @router.post("/explorer/verify")
     async def verify(request: Request) -> Response:
         svc = _svc(request)
-        result = await anyio.to_thread.run_sync(_verify, svc)
+        if _claims(request) is None:  # a replay from genesis is costly: signed-in users only
+            return _login_form(svc, "/explorer")
+        if not _VERIFYING.acquire(blocking=False):
+            return page(
+                "Verification",
+                svc.node.config.name,
+                "<p>A verification is already running; try again when it ends.</p>",
+                429,
+            )
+        try:
+            result = await anyio.to_thread.run_sync(_verify, svc)
+        finally:
+            _VERIFYING.release()
         ok, text = result
         body = (
             f'<p class="{"ok" if ok else "bad"}">{e(text)}</p><p><a href="/explorer">back</a></p>'
