@@ -165,7 +165,6 @@ class Ingestor:
         entries: list[dict[str, Any]] = []
         unit_rids: list[str] = []
         unit_pids: set[str] = set()
-        amendments: list[tuple[str, int, bytes, bytes]] = []
         with self.vault.batch():
             for item in items:
                 pid = pids.get(item.patient_ref or "")
@@ -194,21 +193,16 @@ class Ingestor:
                 meta = extract_metadata(orjson.loads(data))
                 sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta)
                 digest = commitment(stored.salt, data)
-                if version == 1:
-                    entries.append(
-                        {"rid": rid, "pid": pid, "commitment": digest, "meta_ct": sealed}
-                    )
-                else:
-                    amendments.append((rid, version, digest, sealed))
+                entries.append(
+                    {"rid": rid, "pid": pid, "commitment": digest, "meta_ct": sealed}
+                    | ({"version": version} if version > 1 else {})
+                )
                 unit_rids.append(rid)
                 unit_pids.add(pid)
-            # The chain decides; an exception here rolls the vault batch back.
+            # The chain decides, in one tx for the whole unit (new records and new versions
+            # alike); an exception here rolls the vault batch back.
             if entries:
                 self.node.wallet.send("records.register", {"entries": entries})
-            for rid, _version, digest, sealed in amendments:
-                self.node.wallet.send(
-                    "records.amend", {"rid": rid, "commitment": digest, "meta_ct": sealed}
-                )
         result.accepted += len(items)
         result.rids += unit_rids
         result.pids |= unit_pids

@@ -184,3 +184,20 @@ def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_p
     assert "refused here: care records under legal retention until 20" in out.output
     with Vault.open(Node.open(home).config.vault_config()) as again:
         assert json.loads(again.get(result.rids[0]))  # nothing was shredded
+
+
+def test_an_hl7_update_amends_the_patient_in_one_tx(hospital) -> None:  # type: ignore[no-untyped-def]
+    node, vault, ingestor = hospital
+    data = Path(__file__).resolve().parents[1] / "data" / "hl7"
+    first = ingestor.ingest_bytes((data / "adt_a01.hl7").read_bytes(), "adt_a01.hl7")
+    assert not first.rejections
+    patient = next(r for r in first.rids if vault.info(r).resource_type == "Patient")
+    height = node.engine.height()
+    update = ingestor.ingest_bytes((data / "adt_a08.hl7").read_bytes(), "adt_a08.hl7")
+    assert not update.rejections
+    assert node.engine.height() == height + 1  # one tx, one block for the whole message
+    versions = node.engine.query("records/versions", {"rid": patient})
+    # The same patient (same INS): a new version of the Patient, not a new record.
+    assert patient in update.rids
+    assert [v["version"] for v in versions] == [1, 2]
+    assert vault.versions(patient) == [1, 2]

@@ -38,6 +38,7 @@ class Entry:
     pid: str
     commitment: bytes
     meta_ct: bytes
+    version: int = 1  # above 1: the next version of a record this hospital holds
 
 
 @dataclass
@@ -101,9 +102,24 @@ def register(ctx: Context, msg: Register) -> None:
         if not isinstance(raw, dict):
             raise TxError(Code.INVALID_BODY, f"field entries[{i}]: expected a map")
         entry = _check_entry(i, raw)
-        if entry.rid in seen or ctx.state.has(f"rec/entry/{entry.rid}"):
-            raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} already exists")
+        if entry.rid in seen:
+            raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} is repeated")
         seen.add(entry.rid)
+        if entry.version != 1:
+            # A bundle may carry updates too (HL7 A08): the whole unit stays one tx.
+            _amend(
+                ctx,
+                custodian,
+                practitioner,
+                entry.rid,
+                entry.version,
+                entry.commitment,
+                entry.meta_ct,
+                f"entries[{i}]: ",
+            )
+            continue
+        if ctx.state.has(f"rec/entry/{entry.rid}"):
+            raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} already exists")
         record = {
             "rid": entry.rid,
             "pid": entry.pid,
@@ -124,38 +140,46 @@ def register(ctx: Context, msg: Register) -> None:
 def amend(ctx: Context, msg: Amend) -> None:
     custodian, practitioner = acting_org(ctx)
     record = ctx.state.get(f"rec/entry/{msg.rid}")
+    version = (record["version"] + 1) if record is not None else 2
+    _amend(ctx, custodian, practitioner, msg.rid, version, msg.commitment, msg.meta_ct, "")
+
+
+def _amend(
+    ctx: Context,
+    custodian: str,
+    practitioner: str | None,
+    rid: str,
+    version: int,
+    commitment: bytes,
+    meta_ct: bytes,
+    where: str,
+) -> None:
+    record = ctx.state.get(f"rec/entry/{rid}")
     if record is None:
-        raise TxError(Code.NOT_FOUND, f"no record {msg.rid}")
+        raise TxError(Code.NOT_FOUND, f"{where}no record {rid}")
     if record["custodian"] != custodian:
-        raise TxError(Code.UNAUTHORIZED, f"record {msg.rid} belongs to {record['custodian']}")
+        raise TxError(Code.UNAUTHORIZED, f"{where}record {rid} belongs to {record['custodian']}")
     if ctx.state.has(f"rec/shredded/{custodian}/{record['pid']}"):
-        raise TxError(Code.REFUSED, f"record {msg.rid}: the patient's data was erased")
+        raise TxError(Code.REFUSED, f"{where}record {rid}: the patient's data was erased")
+    if version != record["version"] + 1:
+        raise TxError(
+            Code.CONFLICT,
+            f"{where}record {rid} is at version {record['version']}, not {version - 1}",
+        )
     _check_entry(
-        0,
-        {
-            "rid": msg.rid,
-            "pid": record["pid"],
-            "commitment": msg.commitment,
-            "meta_ct": msg.meta_ct,
-        },
+        0, {"rid": rid, "pid": record["pid"], "commitment": commitment, "meta_ct": meta_ct}
     )
     record.update(
-        version=record["version"] + 1,
-        commitment=msg.commitment,
-        meta_ct=msg.meta_ct,
+        version=version,
+        commitment=commitment,
+        meta_ct=meta_ct,
         by=practitioner or "",
         time=ctx.time_ms,
         tx=ctx.tx_id,
     )
-    ctx.state.put(f"rec/entry/{msg.rid}", record)
-    ctx.state.put(f"rec/version/{msg.rid}/{record['version']:08d}", record)
-    ctx.emit(
-        "record.amended",
-        rid=msg.rid,
-        pid=record["pid"],
-        custodian=custodian,
-        version=record["version"],
-    )
+    ctx.state.put(f"rec/entry/{rid}", record)
+    ctx.state.put(f"rec/version/{rid}/{version:08d}", record)
+    ctx.emit("record.amended", rid=rid, pid=record["pid"], custodian=custodian, version=version)
 
 
 def shredded(ctx: Context, msg: Shredded) -> None:
