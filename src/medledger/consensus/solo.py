@@ -19,7 +19,7 @@ from medledger.consensus.engine import Committed, Submitted
 from medledger.ledger import codec
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
-from medledger.ledger.results import BlockRecord
+from medledger.ledger.results import BlockRecord, TxResult
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class SoloEngine:
         with self._cond:
             for tx in txs:
                 tid = codec.sha256(tx)
-                if tid in self._mempool_ids:
-                    out.append(Submitted(tid, self.app.check_tx(tx)))
+                if tid in self._mempool_ids:  # the same tx again: it is already on its way
+                    out.append(Submitted(tid, TxResult(0, "already in the mempool")))
                     continue
                 if not self._mempool:
                     self._open_block()
