@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,7 @@ class Ingestor:
         pids = self._patient_pids(parsed, source)
         items, replaced = self._honour_conditional_patients(parsed, pids)
         entries: list[dict[str, Any]] = []
+        disclosures = _Disclosures(self.node, self.org)
         unit_rids: list[str] = []
         unit_pids: set[str] = set()
         with self.vault.batch():
@@ -191,6 +193,7 @@ class Ingestor:
                     pid, rid, version, data, resource_type=item.resource_type, custodian=self.org
                 )
                 meta = extract_metadata(orjson.loads(data))
+                disclosures.add(pid, rid, meta)
                 sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta)
                 digest = commitment(stored.salt, data)
                 entries.append(
@@ -202,7 +205,10 @@ class Ingestor:
             # The chain decides, in one tx for the whole unit (new records and new versions
             # alike); an exception here rolls the vault batch back.
             if entries:
-                self.node.wallet.send("records.register", {"entries": entries})
+                body: dict[str, Any] = {"entries": entries}
+                if disclosures.found:
+                    body["disclosures"] = disclosures.as_body()
+                self.node.wallet.send("records.register", body)
         result.accepted += len(items)
         result.rids += unit_rids
         result.pids |= unit_pids
@@ -228,6 +234,52 @@ class Ingestor:
             for item in keep
         ]
         return keep, replaced
+
+
+class _Disclosures:
+    """Which other hospitals are entitled (for treatment) to each new record, by `authorize`.
+
+    Their disclosure is logged in the registration's own tx, so that an entitled hospital's
+    sync agent is served the record as soon as it sees it (see `records.register`).
+    """
+
+    def __init__(self, node: Node, org: str) -> None:
+        self.node = node
+        self.org = org
+        self.now = int(time.time() * 1000)
+        members = node.engine.query("governance/members", {})
+        self.others = [str(m["org"]) for m in members if m["org"] != org]
+        self._decided: dict[tuple[str, str, str, str], str] = {}
+        self.found: dict[tuple[str, str], list[str]] = {}  # (org, basis) -> rids
+
+    def add(self, pid: str, rid: str, meta: dict[str, Any]) -> None:
+        for other in self.others:
+            key = (pid, other, str(meta.get("category")), str(meta.get("type")))
+            if key not in self._decided:
+                decision = self.node.engine.query(
+                    "authorize/check",
+                    {
+                        "actor": other,
+                        "pid": pid,
+                        "meta": {
+                            "custodian": self.org,
+                            "category": meta.get("category"),
+                            "type": meta.get("type") or "",
+                        },
+                        "purpose": "treatment",
+                        "at_ms": self.now,
+                    },
+                )
+                self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
+            basis = self._decided[key]
+            if basis:
+                self.found.setdefault((other, basis), []).append(rid)
+
+    def as_body(self) -> list[dict[str, Any]]:
+        return [
+            {"org": org, "basis": basis, "rids": rids}
+            for (org, basis), rids in sorted(self.found.items())
+        ]
 
 
 def _parse(data: bytes, source: str, resolve: Callable[[str], str | None] | None) -> list[Any]:

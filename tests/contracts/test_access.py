@@ -52,3 +52,48 @@ def test_entries_must_say_why() -> None:
         result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [entry]}))
         assert result.code == Code.INVALID_BODY, result
         assert field in result.log
+
+
+def test_a_registration_can_log_the_records_disclosure_to_an_entitled_hospital() -> None:
+    from medledger.contracts.records import disclosed
+    from medledger.ledger.store import StateView
+
+    net = make_net()
+    app = net.app()
+    entries = [
+        {"rid": f"r{i}", "pid": PID, "commitment": bytes([i]) * 32, "meta_ct": b"\x01" * 40}
+        for i in range(3)
+    ]
+    body = {
+        "entries": entries,
+        "disclosures": [{"org": "h1", "basis": "consent:4", "rids": ["r0", "r2"]}],
+    }
+    assert (
+        run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
+    )
+    (export,) = [
+        e for e in app.query_obj("access/of_patient", {"pid": PID}) if e["action"] == "export"
+    ]
+    assert (export["actor_org"], export["custodian"], export["basis"], export["rids"]) == (
+        "h1",
+        "h0",
+        "consent:4",
+        ["r0", "r2"],
+    )
+    state = StateView(app.store)
+    assert disclosed(state, "h1", "r0") and not disclosed(state, "h1", "r1")
+
+
+def test_a_disclosure_names_another_member_and_records_of_its_own_tx() -> None:
+    net = make_net()
+    app = net.app()
+    entry = {"rid": "r9", "pid": PID, "commitment": b"\x02" * 32, "meta_ct": b"\x01" * 40}
+    for disclosure, field in [
+        ({"org": "h0", "basis": "consent:1", "rids": ["r9"]}, "org"),
+        ({"org": "nobody", "basis": "consent:1", "rids": ["r9"]}, "org"),
+        ({"org": "h1", "basis": "", "rids": ["r9"]}, "basis"),
+        ({"org": "h1", "basis": "consent:1", "rids": ["elsewhere"]}, "rids"),
+    ]:
+        body = {"entries": [entry], "disclosures": [disclosure]}
+        result = app.check_tx(net.tx(net.orgs["h0"], "records.register", body))
+        assert result.code == Code.INVALID_BODY and field in result.log, result

@@ -43,13 +43,18 @@ def test_written_at_a_is_readable_at_b_and_prefetched_into_b_vault(sandbox: Sand
         what="new record prefetched",
     )
 
-    # Every read is on the chain: B's reads, with the consent as basis and the request hash.
-    reads = [e for e in sandbox.trail(pid) if e["action"] == "read"]
-    assert reads and all(e["actor_org"] == B and e["custodian"] == A for e in reads)
-    assert all(e["basis"] == f"consent:{consent_id}" for e in reads)
-    assert all(len(e["request"]) == 32 for e in reads)
-    read_rids = {r for e in reads for r in e["rids"]}
-    assert read_rids == set(rids) | set(new_rids)
+    # Every record B got is on the chain, with the consent as basis: the ones written before
+    # the consent as B's reads (with the signed request's hash); the one written after it as
+    # its disclosure to B, logged in its own registration tx.
+    trail = sandbox.trail(pid)
+    reads = [e for e in trail if e["action"] == "read"]
+    exports = [e for e in trail if e["action"] == "export"]
+    for e in reads + exports:
+        assert e["actor_org"] == B and e["custodian"] == A
+        assert e["basis"] == f"consent:{consent_id}"
+    assert reads and all(len(e["request"]) == 32 for e in reads)
+    assert {r for e in reads for r in e["rids"]} == set(rids)
+    assert {r for e in exports for r in e["rids"]} == set(new_rids)
 
 
 def test_without_consent_b_is_refused_and_the_trail_shows_the_denial(sandbox: Sandbox) -> None:

@@ -82,38 +82,44 @@ def log(ctx: Context, msg: Log) -> None:
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     for n, raw in enumerate(msg.entries):
-        e = _check(n, raw)
-        suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
-        key = f"acc/pid/{e.pid}/{suffix}"
-        ctx.state.put(
-            key,
-            {
-                "actor": e.actor,
-                "actor_org": e.actor_org,
-                "custodian": custodian,
-                "pid": e.pid,
-                "rids": e.rids,
-                "action": e.action,
-                "purpose": e.purpose,
-                "basis": e.basis,
-                "outcome": e.outcome,
-                "reason": e.reason,
-                "request": e.request,
-                "time": ctx.time_ms,
-                "height": ctx.height,
-                "tx": ctx.tx_id,
-                "n": n,
-            },
-        )
-        ctx.state.put(f"acc/org/{custodian}/{suffix}", key)
-        ctx.emit(
-            "access.logged",
-            pid=e.pid,
-            custodian=custodian,
-            actor_org=e.actor_org,
-            action=e.action,
-            outcome=e.outcome,
-        )
+        record_entry(ctx, custodian, n, _check(n, raw))
+
+
+def record_entry(ctx: Context, custodian: str, n: int, e: Entry) -> str:
+    """Write one access entry (the n-th of its tx); returns its key. Other contracts use it
+    to record accesses that happen as part of their own txs (a disclosure at registration)."""
+    suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
+    key = f"acc/pid/{e.pid}/{suffix}"
+    ctx.state.put(
+        key,
+        {
+            "actor": e.actor,
+            "actor_org": e.actor_org,
+            "custodian": custodian,
+            "pid": e.pid,
+            "rids": e.rids,
+            "action": e.action,
+            "purpose": e.purpose,
+            "basis": e.basis,
+            "outcome": e.outcome,
+            "reason": e.reason,
+            "request": e.request,
+            "time": ctx.time_ms,
+            "height": ctx.height,
+            "tx": ctx.tx_id,
+            "n": n,
+        },
+    )
+    ctx.state.put(f"acc/org/{custodian}/{suffix}", key)
+    ctx.emit(
+        "access.logged",
+        pid=e.pid,
+        custodian=custodian,
+        actor_org=e.actor_org,
+        action=e.action,
+        outcome=e.outcome,
+    )
+    return key
 
 
 def q_of_patient(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,12 +19,12 @@ State (prefix `rec/`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts.common import check_id
 from medledger.contracts.identity import resolve_actor
-from medledger.ledger.contract import Context, Contract, Message
+from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
@@ -42,8 +42,18 @@ class Entry:
 
 
 @dataclass
+class Disclosure:
+    """Records of this tx made available to an entitled hospital at once (see register)."""
+
+    org: str
+    basis: str  # what entitles it: consent:<id>, referral:<id>, ...
+    rids: list[str]
+
+
+@dataclass
 class Register:
     entries: list[dict[str, Any]]
+    disclosures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +108,8 @@ def register(ctx: Context, msg: Register) -> None:
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     seen: set[str] = set()
+    if len(msg.disclosures) > len(msg.entries) * 8:
+        raise TxError(Code.INVALID_BODY, "field disclosures: too many")
     for i, raw in enumerate(msg.entries):
         if not isinstance(raw, dict):
             raise TxError(Code.INVALID_BODY, f"field entries[{i}]: expected a map")
@@ -135,6 +147,63 @@ def register(ctx: Context, msg: Register) -> None:
         ctx.state.put(f"rec/version/{entry.rid}/{1:08d}", record)
         ctx.state.put(f"rec/pid/{entry.pid}/{entry.rid}", custodian)
         ctx.emit("record.registered", rid=entry.rid, pid=entry.pid, custodian=custodian)
+    if msg.disclosures:
+        # The pid as the index now holds it (an amendment keeps its record's pid).
+        pids = {rid: str(ctx.state.get(f"rec/entry/{rid}")["pid"]) for rid in seen}
+        _disclose(ctx, custodian, msg, pids)
+
+
+def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str]) -> None:
+    """Record, in the registration's own tx, that entitled hospitals may have the new records.
+
+    A hospital entitled to a patient (by consent or referral) fetches each new record as soon
+    as it sees it; the custodian serves a fetch only once its access entry is committed. With
+    the disclosure logged here, that entry commits with the record itself, so the entitled
+    hospital is served without waiting for one more block. The custodian attests the basis,
+    as it does in `access.log`.
+    """
+    from medledger.contracts.access import Entry as AccessEntry
+    from medledger.contracts.access import record_entry
+
+    n = 0
+    for i, raw in enumerate(msg.disclosures):
+        if not isinstance(raw, dict):
+            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}]: expected a map")
+        try:
+            d = parse_message(Disclosure, raw)
+        except TxError as exc:
+            raise TxError(exc.code, f"disclosures[{i}]: {exc.message}") from None
+        if d.org == custodian or not ctx.state.has(f"gov/member/{d.org}"):
+            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].org: not another member")
+        if not d.basis:
+            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].basis: required")
+        by_pid: dict[str, list[str]] = {}
+        for rid in d.rids:
+            if rid not in pids:
+                raise TxError(
+                    Code.INVALID_BODY, f"field disclosures[{i}].rids: {rid} is not in this tx"
+                )
+            by_pid.setdefault(pids[rid], []).append(rid)
+        for pid, rids in sorted(by_pid.items()):
+            entry = AccessEntry(
+                actor=f"org:{d.org}",
+                actor_org=d.org,
+                pid=pid,
+                action="export",
+                purpose="treatment",
+                outcome="granted",
+                basis=d.basis,
+                rids=rids,
+            )
+            key = record_entry(ctx, custodian, n, entry)
+            n += 1
+            for rid in rids:
+                ctx.state.put(f"rec/disclosed/{d.org}/{rid}", key)
+
+
+def disclosed(state: StateView, org: str, rid: str) -> bool:
+    """Whether the records' own tx already recorded this record's disclosure to org."""
+    return state.has(f"rec/disclosed/{org}/{rid}")
 
 
 def amend(ctx: Context, msg: Amend) -> None:

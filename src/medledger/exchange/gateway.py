@@ -38,6 +38,7 @@ from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
 from medledger.contracts.identity import Actor
+from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Decision, Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
 from medledger.indexing import MetadataError, open_meta
@@ -357,11 +358,17 @@ class Gateway:
         decided = self._decide_all(caller, pid, entries, purpose, study) if entries else []
         allowed = [(e, d) for e, _, d in decided if d.allowed]
         denied = [(e, d) for e, _, d in decided if not d.allowed]
-        if decided:
-            self._commit(
-                self._grouped(caller, pid, "read", purpose, [(e["rid"], d) for e, _, d in decided]),
-                timing,
-            )
+        # Records whose disclosure to the caller's hospital was logged in their own
+        # registration tx are already on the chain: serve them without another block.
+        with self.policy.state() as state:
+            covered = {
+                e["rid"]
+                for e, _, d in decided
+                if d.allowed and disclosed(state, caller.actor.org, e["rid"])
+            }
+        to_log = [(e["rid"], d) for e, _, d in decided if e["rid"] not in covered]
+        if to_log:
+            self._commit(self._grouped(caller, pid, "read", purpose, to_log), timing)
         served = []
         for entry, d in allowed:
             rid, version = entry["rid"], entry["version"]
