@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 200
 MAX_BACKOFF_S = 60.0
-MAX_ATTEMPTS = 12  # about ten minutes of retries, then the job is given up (and kept in `done`)
+MAX_ATTEMPTS = 15  # about six minutes of retries, then the job is given up (and kept in `done`)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursor (id INTEGER PRIMARY KEY CHECK (id = 1), height INTEGER NOT NULL);
@@ -223,7 +223,8 @@ class SyncStore:
         if job.attempts + 1 >= MAX_ATTEMPTS:
             self.finish(job, "failed", error)
             return
-        delay = min(MAX_BACKOFF_S, 0.5 * 2**job.attempts)
+        # A first retry soon: most failures are a replica a few ms behind its peers.
+        delay = min(MAX_BACKOFF_S, 0.1 * 2**job.attempts)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET attempts = attempts + 1, next_ms = ?, last_error = ? "
