@@ -25,3 +25,14 @@ def node(consortium: list[Path]) -> Iterator[Node]:
     """The first hospital's node, blocks cut on demand (deterministic)."""
     with Node.open(consortium[0]) as n:
         yield n
+
+
+@pytest.fixture(scope="session")
+def cometbft_binary() -> Path:
+    """The pinned CometBFT that `make test` builds; its absence is a failure, never a skip."""
+    from medledger.consensus.cometbft import testnet
+
+    try:
+        return Path(testnet.cometbft_binary())
+    except testnet.TestnetError as exc:
+        pytest.fail(f"CometBFT is not built ({exc}): run `make cometbft` (make test does)")

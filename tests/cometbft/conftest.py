@@ -27,17 +27,7 @@ BLOCK_TIME_MS = 200
 CHAIN = "medledger-cmt-test"
 
 
-def _cometbft_available() -> bool:
-    try:
-        testnet.cometbft_binary()
-    except testnet.TestnetError:
-        return False
-    return True
-
-
-requires_cometbft = pytest.mark.skipif(
-    not _cometbft_available(), reason="cometbft not built (make cometbft)"
-)
+requires_cometbft = pytest.mark.usefixtures("cometbft_binary")  # fails if it is not built
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -191,9 +181,7 @@ class Load:
 
 
 @pytest.fixture(scope="module")
-def cmt_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CmtNet]:
-    if not _cometbft_available():
-        pytest.skip("cometbft not built (make cometbft)")
+def cmt_net(tmp_path_factory: pytest.TempPathFactory, cometbft_binary: Path) -> Iterator[CmtNet]:
     directory = tmp_path_factory.mktemp("cmtnet")
     homes = create_consortium(
         directory,

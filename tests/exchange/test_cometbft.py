@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from medledger.consensus.cometbft import processes, testnet
+from medledger.consensus.cometbft import processes
 from medledger.exchange.client import ExchangeClient
 from medledger.ingest import Ingestor
 from medledger.network import create_consortium
@@ -19,19 +19,10 @@ from medledger.vault import Vault
 
 from .conftest import EVIDENCE, A, B, bundles, wait_for
 
-
-def _cometbft_available() -> bool:
-    try:
-        testnet.cometbft_binary()
-    except testnet.TestnetError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.cometbft,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not _cometbft_available(), reason="cometbft not built (make cometbft)"),
+    pytest.mark.usefixtures("cometbft_binary"),  # fails if CometBFT is not built
 ]
 
 
