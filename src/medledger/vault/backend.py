@@ -8,8 +8,9 @@ of its SQL in its own module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
 
@@ -126,3 +127,33 @@ class Backend(Protocol):
         (e.g. a reader holds an old snapshot), in which case a later purge retries.
         """
         ...
+
+
+def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None]:
+    """Decode the backends' record query: (rid, version, pid, generation, resource_type,
+    custodian, is_copy, nonce, ciphertext, salt_ct, wrapped key or NULL once erased)."""
+    record = RecordRow(
+        rid=row[0],
+        version=int(row[1]),
+        pid=row[2],
+        generation=int(row[3]),
+        resource_type=row[4],
+        custodian=row[5],
+        is_copy=bool(row[6]),
+        nonce=bytes(row[7]),
+        ciphertext=bytes(row[8]),
+        salt_ct=None if row[9] is None else bytes(row[9]),
+    )
+    return record, None if row[10] is None else bytes(row[10])
+
+
+def info_from_row(row: Sequence[Any]) -> RecordInfo:
+    """Decode (pid, rid, version, resource_type, custodian, is_copy)."""
+    return RecordInfo(
+        pid=row[0],
+        rid=row[1],
+        version=int(row[2]),
+        resource_type=row[3],
+        custodian=row[4],
+        is_copy=bool(row[5]),
+    )

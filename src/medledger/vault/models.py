@@ -115,6 +115,17 @@ class RecordRow:
     ciphertext: bytes = field(repr=False)
     salt_ct: bytes | None = field(default=None, repr=False)
 
+    def info(self) -> RecordInfo:
+        """What may be said of this version without decrypting it."""
+        return RecordInfo(
+            pid=self.pid,
+            rid=self.rid,
+            version=self.version,
+            resource_type=self.resource_type,
+            custodian=self.custodian,
+            is_copy=self.is_copy,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RidState:

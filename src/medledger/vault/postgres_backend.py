@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from medledger.vault.backend import SCHEMA_VERSION
+from medledger.vault.backend import SCHEMA_VERSION, info_from_row, record_from_row
 from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
 
 _SCHEMA = (
@@ -255,19 +255,7 @@ class PostgresBackend:
             row = self._one(base + " AND r.version = %s", (rid, version))
         if row is None:
             return None
-        record = RecordRow(
-            rid=row[0],
-            version=int(row[1]),
-            pid=row[2],
-            generation=int(row[3]),
-            resource_type=row[4],
-            custodian=row[5],
-            is_copy=bool(row[6]),
-            nonce=bytes(row[7]),
-            ciphertext=bytes(row[8]),
-            salt_ct=None if row[9] is None else bytes(row[9]),
-        )
-        return record, None if row[10] is None else bytes(row[10])
+        return record_from_row(row)
 
     def versions(self, rid: str) -> list[int]:
         rows = self._conn.execute(
@@ -283,17 +271,7 @@ class PostgresBackend:
         if not include_copies:
             sql += " AND NOT is_copy"
         rows = self._conn.execute(sql + " ORDER BY rid, version", (pid, generation)).fetchall()
-        return [
-            RecordInfo(
-                pid=r[0],
-                rid=r[1],
-                version=int(r[2]),
-                resource_type=r[3],
-                custodian=r[4],
-                is_copy=bool(r[5]),
-            )
-            for r in rows
-        ]
+        return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:
         rows = self._conn.execute("SELECT pid FROM patient_keys ORDER BY pid").fetchall()

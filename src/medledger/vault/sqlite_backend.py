@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medledger.vault.backend import SCHEMA_VERSION
+from medledger.vault.backend import SCHEMA_VERSION, info_from_row, record_from_row
 from medledger.vault.errors import VaultConfigError
 from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
 
@@ -274,19 +274,7 @@ class SQLiteBackend:
             row = self._conn.execute(base + " AND r.version = ?", (rid, version)).fetchone()
         if row is None:
             return None
-        record = RecordRow(
-            rid=row[0],
-            version=row[1],
-            pid=row[2],
-            generation=row[3],
-            resource_type=row[4],
-            custodian=row[5],
-            is_copy=bool(row[6]),
-            nonce=bytes(row[7]),
-            ciphertext=bytes(row[8]),
-            salt_ct=None if row[9] is None else bytes(row[9]),
-        )
-        return record, None if row[10] is None else bytes(row[10])
+        return record_from_row(row)
 
     def versions(self, rid: str) -> list[int]:
         rows = self._conn.execute(
@@ -302,17 +290,7 @@ class SQLiteBackend:
         if not include_copies:
             sql += " AND is_copy = 0"
         rows = self._conn.execute(sql + " ORDER BY rid, version", (pid, generation)).fetchall()
-        return [
-            RecordInfo(
-                pid=r[0],
-                rid=r[1],
-                version=r[2],
-                resource_type=r[3],
-                custodian=r[4],
-                is_copy=bool(r[5]),
-            )
-            for r in rows
-        ]
+        return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT pid FROM patient_keys ORDER BY pid")]

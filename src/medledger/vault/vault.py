@@ -425,14 +425,7 @@ class Vault:
         """The clear attributes of a record version (latest by default), without decrypting."""
         with self._lock:
             row, _wrapped = self._fetch_row(rid, version)
-        return RecordInfo(
-            pid=row.pid,
-            rid=row.rid,
-            version=row.version,
-            resource_type=row.resource_type,
-            custodian=row.custodian,
-            is_copy=row.is_copy,
-        )
+        return row.info()
 
     def versions(self, rid: str) -> list[int]:
         """The stored versions of a rid, ascending."""
