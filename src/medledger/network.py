@@ -285,18 +285,23 @@ def create_consortium(
     return homes
 
 
+def ports_in_use(configs: list[HospitalConfig]) -> set[int]:
+    """Every loopback port the hospitals' configs name (CometBFT, gateway, API)."""
+    return {
+        int(v.rsplit(":", 1)[1])
+        for c in configs
+        for section in ("cometbft", "exchange", "api")
+        for v in (c.raw.get(section) or {}).values()
+        if isinstance(v, str) and v.rsplit(":", 1)[-1].isdigit()
+    }
+
+
 def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
     """Each hospital's API (FHIR, portal, explorer) gets its own loopback port."""
     from medledger.exchange.pki import _free_port
 
     configs = [load_config(home) for home in homes]
-    used = {
-        int(v.rsplit(":", 1)[1])
-        for c in configs
-        for section in ("cometbft", "exchange")
-        for v in (c.raw.get(section) or {}).values()
-        if isinstance(v, str) and v.rsplit(":", 1)[-1].isdigit()
-    }
+    used = ports_in_use(configs)
     for i, c in enumerate(configs):
         port = base_port + 10 * i + 9 if base_port is not None else _free_port(used)
         used.add(port)
@@ -367,13 +372,7 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
 
         validator_key = testnet.add_hospital(directory, org)
     issue_hospital(directory / "ca", home, org)
-    used = {
-        int(v.rsplit(":", 1)[1])
-        for c in [*existing, load_config(home)]
-        for section in ("cometbft", "exchange", "api")
-        for v in (c.raw.get(section) or {}).values()
-        if isinstance(v, str) and v.rsplit(":", 1)[-1].isdigit()
-    }
+    used = ports_in_use([*existing, load_config(home)])
     gateway = _free_port(used)
     api = _free_port(used | {gateway})
     peers = dict((first.get("exchange") or {}).get("peers", {}))
