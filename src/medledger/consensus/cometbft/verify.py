@@ -82,6 +82,9 @@ class _Headers:
 
     def get(self, height: int) -> dict[str, Any] | None:
         if height > self.top:
+            # The network keeps committing while we check: ask again before saying "missing".
+            self.top = self.rpc.height()
+        if height > self.top:
             return None
         if height not in self.cache:
             high = min(self.top, height + _BATCH - 1)
