@@ -193,6 +193,23 @@ def test_check_tx_runs_the_app_and_reports_its_code(served: tuple[AbciServer, st
     assert codes[3][0] == INTERNAL_ERROR and "RuntimeError" in codes[3][1]
 
 
+def test_stats_count_rechecks_apart_and_log_a_summary(
+    app: FakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = AbciServer(app, stats_interval_s=0)
+    for tx, kind in ((b"a=1", abci.NEW), (b"b=2", abci.NEW), (b"a=1", abci.RECHECK)):
+        server.handle(abci.Request(check_tx=abci.RequestCheckTx(tx=tx, type=kind)))
+    assert server.stats.calls == {"check_tx": 2, "recheck_tx": 1}
+    assert all(cpu >= 0 for cpu in server.stats.cpu_s.values())
+    server.handle(abci.Request(finalize_block=abci.RequestFinalizeBlock(height=1, time=_ts(9))))
+    with caplog.at_level("INFO", logger="medledger.consensus.cometbft.abci_server"):
+        server.handle(abci.Request(commit=abci.RequestCommit()))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ABCI last"))
+    assert "check_tx 2x" in line and "recheck_tx 1x" in line and "finalize_block 1x" in line
+    # The counters restart: the commit that logged the line is the next interval's first call.
+    assert server.stats.calls == {"commit": 1}
+
+
 def test_prepare_drops_invalid_txs_and_respects_max_tx_bytes(app: FakeApp) -> None:
     server = AbciServer(app)
     txs = [b"a=1", b"bad", b"b=2", b"a=again", b"c=3", b"d=4"]

@@ -329,12 +329,12 @@ class Application:
                     contract.end_block(end_ctx)
             self._pending_validator_updates.extend(end_ctx.validator_updates)
             app_hash = codec.sha256(self.store.app_hash + writes_digest(view.log))
-            prev = self.store.block(height - 1)
+            prev_hash = self.store.block_hash(height - 1)
             header = BlockHeader(
                 chain=self.chain_id,
                 height=height,
                 time_ms=time_ms,
-                prev_hash=prev.hash if prev else self.genesis.hash(),
+                prev_hash=self.genesis.hash() if prev_hash is None else prev_hash,
                 tx_root=merkle.root([codec.sha256(t) for t in txs]),
                 app_hash=app_hash,
                 proposer=proposer,

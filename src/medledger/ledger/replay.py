@@ -55,7 +55,7 @@ def verify_history(
             raise VerifyError(height, "block record missing")
         header_bytes, signature, txs_bytes, results_bytes = raw
         try:
-            record = decode_record(header_bytes, signature, txs_bytes, results_bytes)
+            record = decode_record(header_bytes, signature, txs_bytes, results_bytes, strict=True)
             header = record.header
             if header.encode() != header_bytes:
                 raise ValueError("header is not canonical")

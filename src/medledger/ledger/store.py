@@ -187,6 +187,11 @@ class Store:
             return None
         return decode_record(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
 
+    def block_hash(self, height: int) -> bytes | None:
+        """The hash of a committed block's header, without decoding the block's txs."""
+        row = self._db.execute("SELECT header FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else codec.sha256(bytes(row[0]))
+
     def raw_block(self, height: int) -> tuple[bytes, bytes, bytes, bytes] | None:
         row = self._db.execute(
             "SELECT header, signature, txs, results FROM blocks WHERE height = ?", (height,)
@@ -210,9 +215,14 @@ class Store:
         return self._db.execute(sql, params).fetchall()
 
 
-def decode_record(header: bytes, signature: bytes, txs: bytes, results: bytes) -> BlockRecord:
-    tx_list = codec.decode(txs)
-    outcome = codec.decode(results)
+def decode_record(
+    header: bytes, signature: bytes, txs: bytes, results: bytes, strict: bool = False
+) -> BlockRecord:
+    """A stored block record. This replica encoded it, so everyday reads skip the canonical
+    re-check; `verify` reads strictly (`strict=True`), since it is looking for tampering."""
+    decode = codec.decode if strict else codec.decode_trusted
+    tx_list = decode(txs)
+    outcome = decode(results)
     if not isinstance(tx_list, list) or not isinstance(outcome, list) or len(outcome) != 2:
         raise ValueError("block record is not well formed")
     result_list, events = outcome

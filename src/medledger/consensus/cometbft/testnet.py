@@ -301,6 +301,10 @@ def node_settings(
             # last tx block reaches a header (for `verify`) within one block time.
             "create_empty_blocks": True,
             "create_empty_blocks_interval": "0s",
+            # How long a peer's gossip routine sleeps when it has nothing new to send. The
+            # default 100 ms is paid at each step (block parts, prevotes, precommits), which
+            # added ≈ 0.4 s to every height on loopback; 10 ms costs little CPU in Go.
+            "peer_gossip_sleep_duration": "10ms",
         },
         # The app keeps its own per-height record and tx index; CometBFT's would duplicate it.
         "tx_index": {"indexer": "null"},
