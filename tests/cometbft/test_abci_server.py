@@ -210,6 +210,111 @@ def test_stats_count_rechecks_apart_and_log_a_summary(
     assert server.stats.calls == {"commit": 1}
 
 
+class _Socket:
+    """One client connection, like one of CometBFT's four, for requests one at a time."""
+
+    def __init__(self, address: str) -> None:
+        _, (host, port) = parse_address(address)
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.buf = bytearray()
+
+    def send(self, request: object) -> None:
+        self.sock.sendall(frame(request.SerializeToString()))  # type: ignore[attr-defined]
+
+    def answer(self, timeout: float) -> object | None:
+        """The next response, or None when none came within timeout seconds."""
+        self.sock.settimeout(timeout)
+        while True:
+            frames = split_frames(self.buf)
+            if frames:
+                assert len(frames) == 1
+                return abci.Response.FromString(frames[0])
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            assert data, "server closed the connection"
+            self.buf += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _check(tx: bytes) -> object:
+    return abci.Request(check_tx=abci.RequestCheckTx(tx=tx))
+
+
+def test_check_tx_waits_while_this_node_decides_a_proposal(app: FakeApp) -> None:
+    server = AbciServer(app, proposal_hold_s=30)
+    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
+    thread.start()
+    mempool, consensus = _Socket(thread.bound_address), _Socket(thread.bound_address)
+    try:
+        mempool.send(_check(b"a=1"))
+        assert mempool.answer(5) is not None  # this socket is now the mempool connection
+        consensus.send(
+            abci.Request(
+                process_proposal=abci.RequestProcessProposal(
+                    txs=[b"a=1"], height=1, time=_ts(1_000)
+                )
+            )
+        )
+        assert consensus.answer(5) is not None
+        mempool.send(_check(b"b=2"))
+        assert mempool.answer(0.3) is None  # held: the height waits for this node's votes
+        consensus.send(
+            abci.Request(
+                finalize_block=abci.RequestFinalizeBlock(txs=[b"a=1"], height=1, time=_ts(1_000))
+            )
+        )
+        assert consensus.answer(5) is not None
+        held = mempool.answer(5)  # released by FinalizeBlock, long before the 30 s bound
+        assert held is not None and held.check_tx.code == 0  # type: ignore[attr-defined]
+    finally:
+        mempool.close()
+        consensus.close()
+        thread.stop()
+
+
+def test_a_round_that_never_finalizes_holds_check_tx_only_briefly(app: FakeApp) -> None:
+    server = AbciServer(app, proposal_hold_s=0.3)
+    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
+    thread.start()
+    mempool, consensus = _Socket(thread.bound_address), _Socket(thread.bound_address)
+    try:
+        mempool.send(_check(b"a=1"))
+        assert mempool.answer(5) is not None
+        prepare = abci.RequestPrepareProposal(
+            max_tx_bytes=1000, txs=[b"a=1"], height=1, time=_ts(1_000)
+        )
+        consensus.send(abci.Request(prepare_proposal=prepare))
+        assert consensus.answer(5) is not None
+        mempool.send(_check(b"b=2"))
+        assert mempool.answer(5) is not None  # after the 0.3 s bound, with no FinalizeBlock
+    finally:
+        mempool.close()
+        consensus.close()
+        thread.stop()
+
+
+def test_a_connection_that_also_carries_consensus_is_never_held(app: FakeApp) -> None:
+    server = AbciServer(app, proposal_hold_s=30)
+    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
+    thread.start()
+    both = _Socket(thread.bound_address)
+    try:
+        both.send(_check(b"a=1"))
+        assert both.answer(5) is not None
+        proposal = abci.RequestProcessProposal(txs=[b"a=1"], height=1, time=_ts(1_000))
+        both.send(abci.Request(process_proposal=proposal))
+        assert both.answer(5) is not None
+        both.send(_check(b"b=2"))
+        assert both.answer(5) is not None  # not the mempool connection: answered at once
+    finally:
+        both.close()
+        thread.stop()
+
+
 def test_prepare_drops_invalid_txs_and_respects_max_tx_bytes(app: FakeApp) -> None:
     server = AbciServer(app)
     txs = [b"a=1", b"bad", b"b=2", b"a=again", b"c=3", b"d=4"]

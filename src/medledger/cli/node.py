@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from medledger import heap
 from medledger.cli._common import HomeOption, console, fail, user_errors
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
             )
         except Exception:
             log.exception("%s: the exchange did not start; the replica keeps running", config.org)
+        heap.settle()
         stop.wait()
     finally:
         if runtime is not None:
@@ -116,6 +118,7 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
             f"{node.config.org}: gateway {runtime.exchange.url}, API {runtime.api_url}; "
             "Ctrl-C to stop"
         )
+        heap.settle()
         try:
             stop.wait()
         finally:
@@ -142,6 +145,7 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
         console.print(
             f"{len(sandbox.runtimes)} hospitals running on the solo engine; Ctrl-C to stop"
         )
+        heap.settle()
         stop.wait()
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medledger import heap
 from medledger.consensus.cometbft.engine import CometEngine
 from medledger.consensus.cometbft.testnet import node_addresses
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     home = args.home.resolve()
     app = _factory(args.app)(home) if args.app else open_application(home)
+    heap.settle()
     serve_forever(home, app)
     return 0
 
