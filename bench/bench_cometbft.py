@@ -9,7 +9,9 @@ cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
 2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
    node accepts, pausing while its mempool holds more than `mempool_high` txs, for
    `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
-   that window / the window's length in block time.
+   that window / the window's length in block time. It also reports the CPU the four apps,
+   the four CometBFTs and this load generator used during the window (cores, and ms per
+   committed tx; Linux /proc), which shows what the two cores were spent on.
 
 Each stream is one signer submitting in order, one tx per request: a signer's nonces must
 reach CheckTx in order, and CometBFT's socket ABCI client forwards CheckTx requests to the app
@@ -235,6 +237,27 @@ def _block_time_s(meta: dict[str, Any]) -> float:
     return seconds + float(f"0.{frac or '0'}")
 
 
+# --------------------------------------------------------------------------- cpu
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_snapshot(net: Network) -> dict[str, float]:
+    """CPU seconds so far of the apps, the CometBFTs and this load generator."""
+    totals = {"apps": 0.0, "cometbft": 0.0, "load_generator": 0.0}
+    for org in testnet.list_hospitals(net.dir):
+        for role, key in (("app", "apps"), ("cometbft", "cometbft")):
+            pid = processes.read_pid(net.dir, org, role)
+            if pid is not None:
+                totals[key] += _cpu_seconds(pid)
+    totals["load_generator"] = _cpu_seconds(os.getpid())
+    return totals
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -291,15 +314,24 @@ async def _saturate(
         watcher = asyncio.create_task(monitor())
         await asyncio.sleep(warmup)
         h0 = await _height(client, net.urls[0])
+        cpu0, t0 = _cpu_snapshot(net), time.monotonic()
         await asyncio.sleep(seconds)
         h1 = await _height(client, net.urls[0])
+        cpu1, t1 = _cpu_snapshot(net), time.monotonic()
         exhausted = all(t.done() for t in tasks)
         stop.set()
         await asyncio.gather(*tasks, watcher)
         metas = await _block_metas(client, net.urls[0], h0, h1)
     committed = sum(int(m["num_txs"]) for m in metas[1:])  # blocks after h0, up to h1
     span = _block_time_s(metas[-1]) - _block_time_s(metas[0])
+    cores = {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu0}
+    per_tx = committed / span if span > 0 and committed else 0.0
     return {
+        # Where the machine's CPU went during the window, in cores; and per committed tx.
+        "cpu_cores": cores,
+        "cpu_ms_per_tx": {k: round(1000 * v / per_tx, 3) for k, v in cores.items()}
+        if per_tx
+        else {},
         "committed_tx_per_s": round(committed / span, 1) if span > 0 else 0.0,
         "committed_in_window": committed,
         "window_s": round(span, 2),
