@@ -416,3 +416,24 @@ def test_real_ledger_app_check_tx_over_abci(tmp_path: Path) -> None:
     assert check(good) == 0
     assert check(bytes(forged)) == 4  # BAD_SIGNATURE
     assert check(replay) == 5  # BAD_NONCE: nonce 1 is taken by the first tx
+
+
+def test_unix_socket_address_is_served_and_seen_as_ready(app: FakeApp, tmp_path: Path) -> None:
+    from medledger.consensus.cometbft.processes import accepts_connections
+
+    address = f"unix://{tmp_path / 'abci.sock'}"
+    thread = AbciServerThread(AbciServer(app), address)
+    thread.start()
+    try:
+        assert accepts_connections(address)  # what `net up` waits for before CometBFT starts
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(tmp_path / "abci.sock"))
+            s.sendall(frame(abci.Request(echo=abci.RequestEcho(message="u")).SerializeToString()))
+            buf = bytearray()
+            while not (frames := split_frames(buf)):
+                buf += s.recv(4096)
+        assert abci.Response.FromString(frames[0]).echo.message == "u"
+    finally:
+        thread.stop()
+    assert not accepts_connections(address)

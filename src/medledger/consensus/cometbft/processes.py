@@ -167,9 +167,15 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _port_open(address: str) -> bool:
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
+def accepts_connections(address: str) -> bool:
+    """True when something accepts connections at `tcp://HOST:PORT` or `unix://PATH`."""
     try:
+        if address.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(0.5)
+                s.connect(address[len("unix://") :])
+            return True
+        host, _, port = address.split("://", 1)[-1].rpartition(":")
         with socket.create_connection((host, int(port)), timeout=0.5):
             return True
     except OSError:
@@ -217,7 +223,8 @@ def start_apps(
             started[org] = _spawn(consortium_dir, org, "app", command(consortium_dir, org), env)
     for org, pid in started.items():
         abci = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).abci
-        _wait(consortium_dir, org, "app", pid, functools.partial(_port_open, abci), timeout)
+        ready = functools.partial(accepts_connections, abci)
+        _wait(consortium_dir, org, "app", pid, ready, timeout)
 
 
 def start_cometbfts(
