@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -244,75 +245,55 @@ def _check(tx: bytes) -> object:
     return abci.Request(check_tx=abci.RequestCheckTx(tx=tx))
 
 
-def test_check_tx_waits_while_this_node_decides_a_proposal(app: FakeApp) -> None:
-    server = AbciServer(app, proposal_hold_s=30)
-    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
+@contextlib.contextmanager
+def _sockets(app: FakeApp, hold_s: float, count: int) -> Iterator[list[_Socket]]:
+    """A served app whose proposals hold CheckTx at most hold_s, and `count` connections."""
+    thread = AbciServerThread(AbciServer(app, proposal_hold_s=hold_s), "tcp://127.0.0.1:0")
     thread.start()
-    mempool, consensus = _Socket(thread.bound_address), _Socket(thread.bound_address)
+    sockets = [_Socket(thread.bound_address) for _ in range(count)]
     try:
-        mempool.send(_check(b"a=1"))
-        assert mempool.answer(5) is not None  # this socket is now the mempool connection
-        consensus.send(
-            abci.Request(
-                process_proposal=abci.RequestProcessProposal(
-                    txs=[b"a=1"], height=1, time=_ts(1_000)
-                )
-            )
-        )
-        assert consensus.answer(5) is not None
-        mempool.send(_check(b"b=2"))
-        assert mempool.answer(0.3) is None  # held: the height waits for this node's votes
-        consensus.send(
-            abci.Request(
-                finalize_block=abci.RequestFinalizeBlock(txs=[b"a=1"], height=1, time=_ts(1_000))
-            )
-        )
-        assert consensus.answer(5) is not None
-        held = mempool.answer(5)  # released by FinalizeBlock, long before the 30 s bound
-        assert held is not None and held.check_tx.code == 0  # type: ignore[attr-defined]
+        sockets[0].send(_check(b"a=1"))
+        assert sockets[0].answer(5) is not None  # the first carries CheckTx: the mempool one
+        yield sockets
     finally:
-        mempool.close()
-        consensus.close()
+        for s in sockets:
+            s.close()
         thread.stop()
 
 
+def test_check_tx_waits_while_this_node_decides_a_proposal(app: FakeApp) -> None:
+    with _sockets(app, hold_s=30, count=2) as (mempool, consensus):
+        proposal = abci.RequestProcessProposal(txs=[b"a=1"], height=1, time=_ts(1_000))
+        consensus.send(abci.Request(process_proposal=proposal))
+        assert consensus.answer(5) is not None
+        mempool.send(_check(b"b=2"))
+        assert mempool.answer(0.3) is None  # held: the height waits for this node's votes
+        finalize = abci.RequestFinalizeBlock(txs=[b"a=1"], height=1, time=_ts(1_000))
+        consensus.send(abci.Request(finalize_block=finalize))
+        assert consensus.answer(5) is not None
+        held = mempool.answer(5)  # released by FinalizeBlock, long before the 30 s bound
+        assert held is not None and held.check_tx.code == 0  # type: ignore[attr-defined]
+
+
 def test_a_round_that_never_finalizes_holds_check_tx_only_briefly(app: FakeApp) -> None:
-    server = AbciServer(app, proposal_hold_s=0.3)
-    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
-    thread.start()
-    mempool, consensus = _Socket(thread.bound_address), _Socket(thread.bound_address)
-    try:
-        mempool.send(_check(b"a=1"))
-        assert mempool.answer(5) is not None
+    with _sockets(app, hold_s=0.3, count=2) as (mempool, consensus):
         prepare = abci.RequestPrepareProposal(
             max_tx_bytes=1000, txs=[b"a=1"], height=1, time=_ts(1_000)
         )
         consensus.send(abci.Request(prepare_proposal=prepare))
         assert consensus.answer(5) is not None
         mempool.send(_check(b"b=2"))
-        assert mempool.answer(5) is not None  # after the 0.3 s bound, with no FinalizeBlock
-    finally:
-        mempool.close()
-        consensus.close()
-        thread.stop()
+        assert mempool.answer(0.1) is None  # held at first,
+        assert mempool.answer(5) is not None  # then released by the 0.3 s bound alone
 
 
 def test_a_connection_that_also_carries_consensus_is_never_held(app: FakeApp) -> None:
-    server = AbciServer(app, proposal_hold_s=30)
-    thread = AbciServerThread(server, "tcp://127.0.0.1:0")
-    thread.start()
-    both = _Socket(thread.bound_address)
-    try:
-        both.send(_check(b"a=1"))
-        assert both.answer(5) is not None
+    with _sockets(app, hold_s=30, count=1) as (both,):
         proposal = abci.RequestProcessProposal(txs=[b"a=1"], height=1, time=_ts(1_000))
         both.send(abci.Request(process_proposal=proposal))
         assert both.answer(5) is not None
         both.send(_check(b"b=2"))
         assert both.answer(5) is not None  # not the mempool connection: answered at once
-    finally:
-        both.close()
-        thread.stop()
 
 
 def test_prepare_drops_invalid_txs_and_respects_max_tx_bytes(app: FakeApp) -> None:
