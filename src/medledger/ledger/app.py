@@ -35,7 +35,10 @@ from medledger.ledger.results import (
 from medledger.ledger.store import StateView, Store, writes_digest
 from medledger.ledger.tx import Tx, decode_tx, verify_signature
 
-_VERIFIED_CACHE_SIZE = 200_000
+# Txs decoded and signature-checked, kept until they are rechecked and executed in a block:
+# room for a full CometBFT mempool (20,000 txs as `medledger init` configures it) and more,
+# without a node's memory growing with every tx it has ever seen (docs/benchmarks.md).
+_VERIFIED_CACHE_SIZE = 50_000
 
 
 def nonce_key(signer: bytes) -> str:
