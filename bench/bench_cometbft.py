@@ -241,8 +241,11 @@ def _block_time_s(meta: dict[str, Any]) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds a process has used so far (Linux /proc); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -324,7 +327,9 @@ async def _saturate(
         metas = await _block_metas(client, net.urls[0], h0, h1)
     committed = sum(int(m["num_txs"]) for m in metas[1:])  # blocks after h0, up to h1
     span = _block_time_s(metas[-1]) - _block_time_s(metas[0])
-    cores = {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu0}
+    # CPU over the wall-clock window, txs over the block-time window: both ≈ saturation_s, so
+    # ms per tx is close, not exact (and meaningless if a node restarted meanwhile).
+    cores = {k: round(max(0.0, cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu0}
     per_tx = committed / span if span > 0 and committed else 0.0
     return {
         # Where the machine's CPU went during the window, in cores; and per committed tx.

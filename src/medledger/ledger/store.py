@@ -179,13 +179,16 @@ class Store:
         self._cache.update(writes)
 
     # -- history -----------------------------------------------------------------------
-    def block(self, height: int) -> BlockRecord | None:
+    def block(self, height: int, strict: bool = False) -> BlockRecord | None:
+        """A committed block's record (`strict`: with the canonical re-check, for verify)."""
         row = self._db.execute(
             "SELECT header, signature, txs, results FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             return None
-        return decode_record(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+        return decode_record(
+            bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]), strict=strict
+        )
 
     def block_hash(self, height: int) -> bytes | None:
         """The hash of a committed block's header, without decoding the block's txs."""

@@ -151,7 +151,7 @@ def check_home(config: Any, store: Any) -> list[str]:
     from medledger.consensus.cometbft.rpc import RpcUnavailable
 
     url = rpc_url_for(config)
-    records = (store.block(h) for h in range(1, store.height + 1))
+    records = (store.block(h, strict=True) for h in range(1, store.height + 1))
     try:
         return check_app_hashes(url, (r for r in records if r is not None))
     except RpcUnavailable:
