@@ -51,11 +51,9 @@ APP_VERSION = 0  # ABCI app protocol version; kept 0 to match the genesis consen
 INTERNAL_ERROR = 100  # CheckTx / Query code when the application raised instead of answering
 
 _READ_SIZE = 1 << 16
-# What a connection may buffer before asyncio stops reading its socket. Large, so that while
-# the mempool connection is held (`_consensus_first`) CometBFT's writes still go through: a
-# blocked socket client would block the peers' receive routines that call CheckTx, and with
-# them the votes this node waits for. One second of CheckTx at 10,000 tx/s is ≈ 3 MiB.
-_BUFFER_LIMIT = 1 << 25
+# The most a held mempool connection buffers before the hold gives way (see
+# `_consensus_first`): far more than a proposal's worth of CheckTx at the rates a node sustains.
+_HOLD_BACKLOG = 1 << 19
 _SLICE = 32  # requests answered before yielding to the other connections
 
 
@@ -466,23 +464,33 @@ class AbciServer:
     def _proposal_decided(self) -> None:
         self._proposal_deadline = 0.0
 
-    async def _consensus_first(self) -> None:
+    async def _consensus_first(self, reader: asyncio.StreamReader, buf: bytearray) -> bool:
         """Hold the mempool connection while this node works on a proposal.
 
         From PrepareProposal or ProcessProposal to FinalizeBlock, a height is waiting for this
         node's verdict and its votes; new txs cannot enter that block anyway. Checking them
         meanwhile only takes CPU from the proposal (on a shared machine, from the other
-        nodes' too). CometBFT flushes the mempool connection before Commit, after
-        FinalizeBlock, so the hold cannot block it; a round that never reaches FinalizeBlock
-        releases it after `proposal_hold_s`. The socket is still read meanwhile (see
-        `_BUFFER_LIMIT`): only the checking waits. Measured: p95 commit latency at 500 tx/s fell
-        by about 0.1 s (docs/benchmarks.md).
+        nodes' too). Measured: p95 commit latency at 500 tx/s fell by about 0.1 s
+        (docs/benchmarks.md).
+
+        The socket is still read meanwhile, into `buf`: a CometBFT whose writes to the app
+        blocked would block the peers' receive routines that call CheckTx, and the votes they
+        carry. The hold ends at FinalizeBlock (CometBFT flushes this connection only before
+        Commit, after it), after `proposal_hold_s` for a round that never finalizes, or once
+        `_HOLD_BACKLOG` bytes wait. False when CometBFT closed the connection.
         """
-        while True:
+        while len(buf) < _HOLD_BACKLOG:
             remaining = self._proposal_deadline - time.monotonic()
             if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, 0.005))
+                return True
+            try:
+                chunk = await asyncio.wait_for(reader.read(_READ_SIZE), min(remaining, 0.005))
+            except TimeoutError:
+                continue
+            if not chunk:
+                return False
+            buf += chunk
+        return True
 
     # ------------------------------------------------------------------ sockets
 
@@ -493,13 +501,11 @@ class AbciServer:
             path = Path(where)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            self._server = await asyncio.start_unix_server(
-                self._connection, path=str(path), limit=_BUFFER_LIMIT
-            )
+            self._server = await asyncio.start_unix_server(self._connection, path=str(path))
         else:
             host, port = where
             self._server = await asyncio.start_server(
-                self._connection, host=host, port=port, reuse_address=True, limit=_BUFFER_LIMIT
+                self._connection, host=host, port=port, reuse_address=True
             )
         log.info("ABCI server listening on %s", address)
 
@@ -533,18 +539,20 @@ class AbciServer:
         connection = _Connection()
         try:
             while True:
-                chunk = await reader.read(_READ_SIZE)
-                if not chunk:
-                    break
-                buf += chunk
                 messages = split_frames(buf)
+                if not messages:
+                    chunk = await reader.read(_READ_SIZE)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    continue
                 for start in range(0, len(messages), _SLICE):
                     if start:
                         # Let the other connections run between slices: a burst of CheckTx on
                         # the mempool connection must not hold up the consensus connection.
                         await asyncio.sleep(0)
-                    if connection.is_mempool:
-                        await self._consensus_first()
+                    if connection.is_mempool and not await self._consensus_first(reader, buf):
+                        return
                     part = messages[start : start + _SLICE]
                     writer.write(b"".join(frame(self.handle_bytes(m, connection)) for m in part))
                 await writer.drain()
