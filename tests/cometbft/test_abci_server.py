@@ -275,12 +275,12 @@ def test_check_tx_waits_while_this_node_decides_a_proposal(app: FakeApp) -> None
         assert held is not None and held.check_tx.code == 0  # type: ignore[attr-defined]
 
 
-def test_a_held_mempool_connection_is_still_read_and_gives_way_to_a_backlog(
+def test_a_held_mempool_connection_gives_way_before_cometbft_would_block(
     app: FakeApp,
 ) -> None:
-    """While CheckTx waits, CometBFT can still write to the app (a blocked socket client would
-    block the peers' receive routines that call CheckTx, and the votes they carry); a backlog
-    past `_HOLD_BACKLOG` ends the hold before FinalizeBlock."""
+    """A held connection whose buffer fills is read and checked again: a CometBFT whose writes
+    to the app blocked would block the peers' receive routines that call CheckTx, and the
+    votes they carry. Without FinalizeBlock, some answers come back early."""
     n = 10_000
     burst = b"".join(
         frame(_check(b"k%d=%s" % (i, b"v" * 900)).SerializeToString()) for i in range(n)
@@ -294,7 +294,7 @@ def test_a_held_mempool_connection_is_still_read_and_gives_way_to_a_backlog(
         early = []
         while (a := mempool.answer(1)) is not None:  # no FinalizeBlock yet: the backlog
             early.append(a)
-        assert 0 < len(early) < n  # gave way while past the threshold, held again under it
+        assert 0 < len(early) < n  # gave way while the buffer was full, held again after
         finalize = abci.RequestFinalizeBlock(txs=[b"a=1"], height=1, time=_ts(1_000))
         consensus.send(abci.Request(finalize_block=finalize))
         assert consensus.answer(5) is not None
