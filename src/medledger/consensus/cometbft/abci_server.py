@@ -530,13 +530,11 @@ class AbciServer:
         connection = _Connection()
         try:
             while True:
+                chunk = await reader.read(_READ_SIZE)
+                if not chunk:
+                    break
+                buf += chunk
                 messages = split_frames(buf)
-                if not messages:
-                    chunk = await reader.read(_READ_SIZE)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    continue
                 for start in range(0, len(messages), _SLICE):
                     if start:
                         # Let the other connections run between slices: a burst of CheckTx on
