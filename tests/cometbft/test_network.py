@@ -21,6 +21,12 @@ from .crash_app import CRASH_FLAG, crash_app_command, crash_app_env
 pytestmark = [pytest.mark.cometbft, pytest.mark.timeout(180)]
 
 
+@pytest.fixture(autouse=True)
+def _all_nodes_up(cmt_net: CmtNet) -> None:
+    """Each test starts from four running nodes, even after a failed test left one down."""
+    processes.start_hospitals(cmt_net.dir, cmt_net.orgs)
+
+
 def _committed(net: CmtNet, org: str, upto: int) -> set[bytes]:
     return {t for _, ids in net.records(org, upto) for t in ids}
 
@@ -113,13 +119,9 @@ def test_kill_9_of_an_app_mid_load_replays_to_the_same_app_hash(cmt_net: CmtNet)
     with Load(net, rate=60) as load:
         time.sleep(2)
         processes.kill_app(net.dir, victim)
-        # CometBFT notices its app is gone and stops by itself.
-        wait_until(
-            lambda: processes.read_pid(net.dir, victim, "cometbft") is None,
-            20,
-            "CometBFT to exit after its app died",
-        )
         time.sleep(1)
+        # Restarts the pair: CometBFT has usually exited by itself; if it hung in its own
+        # shutdown (see stop_orphaned_cometbfts), it is killed first.
         processes.start_hospitals(net.dir, [victim])
         time.sleep(2)
     assert load.all_accepted()
@@ -144,12 +146,9 @@ def test_app_dying_between_finalize_and_commit_is_replayed(cmt_net: CmtNet) -> N
         time.sleep(1.5)
         flag.touch()  # the victim's next commit exits the process before persisting
         wait_until(
-            lambda: (
-                processes.read_pid(net.dir, victim, "app") is None
-                and processes.read_pid(net.dir, victim, "cometbft") is None
-            ),
+            lambda: processes.read_pid(net.dir, victim, "app") is None,
             20,
-            "the app to die at commit and CometBFT to stop",
+            "the app to die at commit",
         )
         processes.start_hospitals(net.dir, [victim])
         time.sleep(2)

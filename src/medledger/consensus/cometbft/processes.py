@@ -32,6 +32,8 @@ AppCommand = Callable[[Path, str], list[str]]
 
 _children: dict[int, subprocess.Popen[bytes]] = {}  # our own children, to reap them
 
+ORPHAN_GRACE_S = 5.0  # seconds a CometBFT whose app is gone gets to exit after SIGTERM
+
 
 class ProcessError(RuntimeError):
     """A process did not start or stop as expected; the message points at its log."""
@@ -254,11 +256,7 @@ def start_hospitals(
     """Start what is not running of each hospital's pair: all apps first, then all CometBFTs."""
     consortium_dir = consortium_dir.resolve()
     orgs = orgs if orgs is not None else testnet.list_hospitals(consortium_dir)
-    # A CometBFT whose app died has exited on its own; one still up without its app would
-    # not survive the app's restart handshake, so restart the pair.
-    for org in orgs:
-        if read_pid(consortium_dir, org, "app") is None:
-            stop_process(consortium_dir, org, "cometbft")
+    stop_orphaned_cometbfts(consortium_dir, orgs)
     start_apps(consortium_dir, orgs, app_command, env, timeout)
     start_cometbfts(consortium_dir, orgs, timeout=timeout)
 
@@ -314,8 +312,29 @@ def stop_process(
     return True
 
 
+def stop_orphaned_cometbfts(
+    consortium_dir: Path, orgs: list[str], grace: float = ORPHAN_GRACE_S
+) -> list[str]:
+    """Stop each CometBFT whose app is gone; return their orgs.
+
+    Such a CometBFT usually exits by itself. When its app died in the middle of a request,
+    v0.38 can instead hang in its own shutdown: a request its socket client queues after it
+    stopped is never answered, so the consensus routine, and Node.Stop with it, wait forever
+    (it then ignores further SIGTERMs). It serves nothing in that state, its stores are
+    crash-safe, and it would not survive its app's restart handshake anyway: SIGTERM, then
+    SIGKILL after `grace` seconds.
+    """
+    stopped = []
+    for org in orgs:
+        if read_pid(consortium_dir, org, "app") is None and stop_process(
+            consortium_dir, org, "cometbft", timeout=grace
+        ):
+            stopped.append(org)
+    return stopped
+
+
 def kill_app(consortium_dir: Path, org: str) -> bool:
-    """SIGKILL a hospital's app process (crash tests): CometBFT notices and exits by itself."""
+    """SIGKILL a hospital's app process (crash tests); `start_hospitals` restarts the pair."""
     return stop_process(consortium_dir.resolve(), org, "app", timeout=0, sig=signal.SIGKILL)
 
 
