@@ -19,7 +19,13 @@ from medledger.vault.errors import (
     WrongKEKError,
 )
 from medledger.vault.keys import create_kek_file, load_kek
-from medledger.vault.models import ErasureReceipt, PurgeReport, RecordInfo, StoredRecord
+from medledger.vault.models import (
+    ErasureReceipt,
+    ProvisionalUnit,
+    PurgeReport,
+    RecordInfo,
+    StoredRecord,
+)
 from medledger.vault.vault import Vault, VaultConfig
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "InsecureKeyFileError",
     "KeyFileError",
     "PatientErased",
+    "ProvisionalUnit",
     "PurgeReport",
     "RecordConflict",
     "RecordInfo",

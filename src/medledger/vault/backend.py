@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
+import orjson
+
+from medledger.vault.models import (
+    ErasureRow,
+    KeyRow,
+    ProvisionalUnit,
+    RecordInfo,
+    RecordRow,
+    RidState,
+)
 
 SCHEMA_VERSION = 1
 
@@ -110,6 +119,28 @@ class Backend(Protocol):
         """Pids that have a live key, sorted."""
         ...
 
+    def delete_record(self, rid: str, version: int) -> RecordRow | None:
+        """Delete one record version; return the row deleted, or None if there was none."""
+        ...
+
+    # A provisional unit's records are a JSON list of [rid, version] (see ProvisionalUnit).
+
+    def insert_provisional(self, unit: str, records: bytes, updated_at: float) -> None:
+        """Start a provisional unit (no claim yet)."""
+        ...
+
+    def set_provisional_claim(self, unit: str, claim: bytes, updated_at: float) -> bool:
+        """Record the unit's claim; False if the unit is not (or no longer) provisional."""
+        ...
+
+    def delete_provisional(self, unit: str) -> bool:
+        """Forget a settled unit; False if it was not there."""
+        ...
+
+    def list_provisional(self, unit: str | None = None) -> list[ProvisionalUnit]:
+        """Provisional units (one, or all), oldest first."""
+        ...
+
     def pending_erasures(self) -> list[tuple[str, int]]:
         """(pid, generation) pairs erased but whose ciphertext rows are not purged yet."""
         ...
@@ -156,4 +187,15 @@ def info_from_row(row: Sequence[Any]) -> RecordInfo:
         resource_type=row[3],
         custodian=row[4],
         is_copy=bool(row[5]),
+    )
+
+
+def provisional_from_row(row: Sequence[Any]) -> ProvisionalUnit:
+    """Decode (unit, claim or NULL, records JSON, updated_at)."""
+    records = tuple((str(rid), int(version)) for rid, version in orjson.loads(bytes(row[2])))
+    return ProvisionalUnit(
+        unit=str(row[0]),
+        claim=None if row[1] is None else bytes(row[1]),
+        records=records,
+        updated_at=float(row[3]),
     )

@@ -25,6 +25,7 @@ from medledger.vault.keys import NONCE_SIZE, PatientKeys, encode_fields
 _LABEL_RECORD_AAD = b"medledger/vault/v1/record-aad"
 _LABEL_SALT_AAD = b"medledger/vault/v1/salt-aad"
 _LABEL_MANIFEST = b"medledger/vault/v1/manifest"
+_LABEL_WITHDRAWN = b"medledger/vault/v1/withdrawn"
 
 EMPTY_MANIFEST = hashlib.sha256(_LABEL_MANIFEST).digest()
 
@@ -105,4 +106,16 @@ def extend_manifest(manifest: bytes, ctx: RecordContext, ciphertext: bytes) -> b
     records.
     """
     item = encode_fields(ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest())
+    return hashlib.sha256(manifest + item).digest()
+
+
+def withdraw_from_manifest(manifest: bytes, ctx: RecordContext, ciphertext: bytes) -> bytes:
+    """Fold the withdrawal of one stored version (its registration failed) into the manifest.
+
+    A running hash cannot forget an item, so the manifest records that the version was
+    removed again: it stays a faithful, ordered account of what this key protected.
+    """
+    item = encode_fields(
+        _LABEL_WITHDRAWN, ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest()
+    )
     return hashlib.sha256(manifest + item).digest()

@@ -64,6 +64,21 @@ class ErasureReceipt:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvisionalUnit:
+    """Record versions stored on condition that their registration elsewhere succeeds.
+
+    The vault does not know what the registration is (for ingestion, a signed ledger tx,
+    kept in `claim` once made). Until `Vault.confirm` or `Vault.withdraw` settles it, the
+    unit survives crashes, so whoever resumes can find out how the registration ended.
+    """
+
+    unit: str
+    claim: bytes | None = field(repr=False)
+    records: tuple[tuple[str, int], ...]
+    updated_at: float  # seconds since the epoch, when held or last claimed
+
+
+@dataclass(frozen=True, slots=True)
 class PurgeReport:
     """What Vault.purge_pending() removed."""
 

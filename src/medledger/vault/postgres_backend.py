@@ -21,8 +21,20 @@ from typing import Any
 
 import psycopg
 
-from medledger.vault.backend import SCHEMA_VERSION, info_from_row, record_from_row
-from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
+from medledger.vault.backend import (
+    SCHEMA_VERSION,
+    info_from_row,
+    provisional_from_row,
+    record_from_row,
+)
+from medledger.vault.models import (
+    ErasureRow,
+    KeyRow,
+    ProvisionalUnit,
+    RecordInfo,
+    RecordRow,
+    RidState,
+)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -65,6 +77,12 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS shredded_rids (
         rid TEXT PRIMARY KEY,
         pid TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS provisional_units (
+        unit       TEXT PRIMARY KEY,
+        claim      BYTEA,
+        records    BYTEA NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
     )""",
 )
 
@@ -278,6 +296,43 @@ class PostgresBackend:
         return [str(r[0]) for r in rows]
 
     # --------------------------------------------------------------- purge
+
+    def delete_record(self, rid: str, version: int) -> RecordRow | None:
+        row = self._one(
+            "DELETE FROM records WHERE rid = %s AND version = %s RETURNING "
+            "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
+            "ciphertext, salt_ct, NULL",
+            (rid, version),
+        )
+        return None if row is None else record_from_row(row)[0]
+
+    # -------------------------------------------------------- provisional
+
+    def insert_provisional(self, unit: str, records: bytes, updated_at: float) -> None:
+        self._conn.execute(
+            "INSERT INTO provisional_units (unit, claim, records, updated_at) "
+            "VALUES (%s, NULL, %s, %s)",
+            (unit, records, updated_at),
+        )
+
+    def set_provisional_claim(self, unit: str, claim: bytes, updated_at: float) -> bool:
+        cur = self._conn.execute(
+            "UPDATE provisional_units SET claim = %s, updated_at = %s WHERE unit = %s",
+            (claim, updated_at, unit),
+        )
+        return cur.rowcount == 1
+
+    def delete_provisional(self, unit: str) -> bool:
+        cur = self._conn.execute("DELETE FROM provisional_units WHERE unit = %s", (unit,))
+        return cur.rowcount == 1
+
+    def list_provisional(self, unit: str | None = None) -> list[ProvisionalUnit]:
+        sql = "SELECT unit, claim, records, updated_at FROM provisional_units"
+        params: tuple[Any, ...] = ()
+        if unit is not None:
+            sql, params = sql + " WHERE unit = %s", (unit,)
+        rows = self._conn.execute(sql + " ORDER BY updated_at, unit", params).fetchall()
+        return [provisional_from_row(r) for r in rows]
 
     def pending_erasures(self) -> list[tuple[str, int]]:
         rows = self._conn.execute(

@@ -16,9 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medledger.vault.backend import SCHEMA_VERSION, info_from_row, record_from_row
+from medledger.vault.backend import (
+    SCHEMA_VERSION,
+    info_from_row,
+    provisional_from_row,
+    record_from_row,
+)
 from medledger.vault.errors import VaultConfigError
-from medledger.vault.models import ErasureRow, KeyRow, RecordInfo, RecordRow, RidState
+from medledger.vault.models import (
+    ErasureRow,
+    KeyRow,
+    ProvisionalUnit,
+    RecordInfo,
+    RecordRow,
+    RidState,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -61,6 +73,12 @@ CREATE INDEX IF NOT EXISTS records_by_patient ON records (pid, generation, is_co
 CREATE TABLE IF NOT EXISTS shredded_rids (
     rid TEXT PRIMARY KEY,
     pid TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS provisional_units (
+    unit       TEXT PRIMARY KEY,
+    claim      BLOB,
+    records    BLOB NOT NULL,
+    updated_at REAL NOT NULL
 ) STRICT;
 """
 
@@ -294,6 +312,43 @@ class SQLiteBackend:
 
     def patients(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT pid FROM patient_keys ORDER BY pid")]
+
+    def delete_record(self, rid: str, version: int) -> RecordRow | None:
+        row = self._conn.execute(
+            "DELETE FROM records WHERE rid = ? AND version = ? RETURNING "
+            "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
+            "ciphertext, salt_ct, NULL",
+            (rid, version),
+        ).fetchone()
+        return None if row is None else record_from_row(row)[0]
+
+    # -------------------------------------------------------- provisional
+
+    def insert_provisional(self, unit: str, records: bytes, updated_at: float) -> None:
+        self._conn.execute(
+            "INSERT INTO provisional_units (unit, claim, records, updated_at) "
+            "VALUES (?, NULL, ?, ?)",
+            (unit, records, updated_at),
+        )
+
+    def set_provisional_claim(self, unit: str, claim: bytes, updated_at: float) -> bool:
+        cur = self._conn.execute(
+            "UPDATE provisional_units SET claim = ?, updated_at = ? WHERE unit = ?",
+            (claim, updated_at, unit),
+        )
+        return cur.rowcount == 1
+
+    def delete_provisional(self, unit: str) -> bool:
+        cur = self._conn.execute("DELETE FROM provisional_units WHERE unit = ?", (unit,))
+        return cur.rowcount == 1
+
+    def list_provisional(self, unit: str | None = None) -> list[ProvisionalUnit]:
+        sql = "SELECT unit, claim, records, updated_at FROM provisional_units"
+        params: tuple[Any, ...] = ()
+        if unit is not None:
+            sql, params = sql + " WHERE unit = ?", (unit,)
+        rows = self._conn.execute(sql + " ORDER BY updated_at, unit", params).fetchall()
+        return [provisional_from_row(r) for r in rows]
 
     # --------------------------------------------------------------- purge
 

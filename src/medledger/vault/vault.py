@@ -18,6 +18,15 @@ which is the only step whose cost grows with the number of records. The
 receipt's digest is computed from counters and a running manifest hash kept on
 the key row, so it needs no scan either.
 
+Provisional units
+-----------------
+Records that count only once registered elsewhere (ingestion registers them
+on the chain) are stored and marked provisional (hold) in one transaction,
+before the registration is sent; the unit keeps the signed registration
+(claim) and is settled by confirm() or withdraw(). So a crash at any point
+leaves either nothing, or the records plus what is needed to learn how their
+registration ended: never a registration whose records are gone.
+
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
 If the patient comes back to the hospital, reinstate(pid) must be called
@@ -29,7 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +60,7 @@ from medledger.vault.envelope import (
     open_salt,
     seal_record,
     seal_salt,
+    withdraw_from_manifest,
 )
 from medledger.vault.errors import (
     PatientErased,
@@ -64,6 +76,7 @@ from medledger.vault.models import (
     ErasureReceipt,
     ErasureRow,
     KeyRow,
+    ProvisionalUnit,
     PurgeReport,
     RecordInfo,
     RecordRow,
@@ -410,6 +423,77 @@ class Vault:
             is_copy=bool(is_copy),
             salt=salt if salt is not None else keys.salt(rid, version),
         )
+
+    # ------------------------------------------------------ provisional units
+
+    def hold(self, records: list[tuple[str, int]]) -> str:
+        """Mark record versions stored in this batch as provisional; return the unit's id.
+
+        For records that count only once registered elsewhere (ingestion registers them on
+        the chain). Called inside the batch that stores them, so the records and the unit
+        commit together: after a crash, the unit says what may need to be withdrawn.
+        Settle it with `confirm` or `withdraw`.
+        """
+        if not self._batch_depth:
+            raise VaultError("hold() must be called inside the batch that stores the records")
+        if not records:
+            raise ValueError("a provisional unit needs at least one record version")
+        unit = secrets.token_hex(16)
+        body = orjson.dumps([[rid, int(version)] for rid, version in records])
+        with self._lock, self._backend.transaction():
+            self._backend.insert_provisional(unit, body, time.time())
+        return unit
+
+    def claim(self, unit: str, claim: bytes) -> None:
+        """Keep, durably, what registers the unit (a signed tx) before it is sent."""
+        self._refuse_in_batch("claim")
+        with self._lock, self._backend.transaction():
+            if not self._backend.set_provisional_claim(unit, bytes(claim), time.time()):
+                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+
+    def confirm(self, unit: str) -> None:
+        """The registration succeeded: the unit's records are ordinary records from now on."""
+        self._refuse_in_batch("confirm")
+        with self._lock, self._backend.transaction():
+            if not self._backend.delete_provisional(unit):
+                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+
+    def withdraw(self, unit: str) -> int:
+        """The registration failed: delete the unit's record versions; return how many.
+
+        One transaction: the versions go, the patient's counters go down and the manifest
+        records the withdrawal, and the unit is forgotten. Versions of an erased patient are
+        already unreadable and are simply deleted.
+        """
+        self._refuse_in_batch("withdraw")
+        with self._lock, self._backend.transaction():
+            units = self._backend.list_provisional(unit)
+            if not units:
+                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+            deleted = 0
+            for rid, version in units[0].records:
+                row = self._backend.delete_record(rid, version)
+                if row is None:
+                    continue
+                deleted += 1
+                key = self._backend.lock_key(row.pid)
+                if key is None or key.generation != row.generation:
+                    continue
+                manifest = withdraw_from_manifest(key.manifest, self._ctx(row), row.ciphertext)
+                self._backend.update_key_counters(
+                    row.pid,
+                    key.generation,
+                    key.n_records - (0 if row.is_copy else 1),
+                    key.n_copies - (1 if row.is_copy else 0),
+                    manifest,
+                )
+            self._backend.delete_provisional(unit)
+        return deleted
+
+    def provisional(self) -> list[ProvisionalUnit]:
+        """Units not settled yet, oldest first."""
+        with self._lock:
+            return self._backend.list_provisional()
 
     def get(self, rid: str, version: int | None = None) -> bytes:
         """The exact JSON bytes stored for a record version (the latest by default).

@@ -1,0 +1,115 @@
+"""Provisional units: records that count only once their registration elsewhere succeeds.
+
+Ingestion stores a unit's records and marks them provisional in one vault transaction, before
+the chain sees them; the unit is then confirmed or withdrawn. These tests run on SQLite and
+PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from medledger.vault import RecordNotFound, Vault, VaultError
+from tests.vault.conftest import HOSPITAL, VaultEnv, make_pid
+from tests.vault.test_vault import PATIENT, obs
+
+PID = make_pid("provisional-1")
+
+
+def _store_unit(vault: Vault, first_obs: int = 1) -> str:
+    with vault.batch():
+        vault.put(PID, "Patient-p1", 1, PATIENT, resource_type="Patient", custodian=HOSPITAL)
+        vault.put(
+            PID,
+            f"Obs-{first_obs}",
+            1,
+            obs(first_obs),
+            resource_type="Observation",
+            custodian=HOSPITAL,
+        )
+        return vault.hold([("Patient-p1", 1), (f"Obs-{first_obs}", 1)])
+
+
+def test_a_held_unit_survives_reopening_until_confirmed(vault_env: VaultEnv) -> None:
+    vault = vault_env.open()
+    unit = _store_unit(vault)
+    vault.claim(unit, b"signed-tx-bytes")
+    vault.close()
+
+    reopened = vault_env.open()  # as after a crash: the unit and its records are still there
+    [pending] = reopened.provisional()
+    assert pending.unit == unit
+    assert pending.claim == b"signed-tx-bytes"
+    assert pending.records == (("Patient-p1", 1), ("Obs-1", 1))
+    assert reopened.get("Patient-p1") == PATIENT
+
+    reopened.confirm(unit)
+    assert reopened.provisional() == []
+    assert reopened.get("Obs-1") == obs(1)
+    with pytest.raises(VaultError, match="already settled"):
+        reopened.confirm(unit)
+
+
+def test_withdraw_deletes_the_units_records_and_counts_them_out(vault: Vault) -> None:
+    unit = _store_unit(vault)
+    assert vault.withdraw(unit) == 2
+    assert vault.provisional() == []
+    for rid in ("Patient-p1", "Obs-1"):
+        with pytest.raises(RecordNotFound):
+            vault.get(rid)
+    # The rids are free again (a corrected file can be ingested with the same ids)...
+    kept = _store_unit(vault, first_obs=2)
+    vault.confirm(kept)
+    # ...and the erasure receipt counts only what the key protected at the end.
+    receipt = vault.erase(PID)
+    assert (receipt.records_shredded, receipt.copies_shredded) == (2, 0)
+
+
+def test_the_manifest_remembers_a_withdrawal(vault_env: VaultEnv) -> None:
+    vault = vault_env.open()
+    vault.put(PID, "Obs-9", 1, obs(9), resource_type="Observation", custodian=HOSPITAL)
+
+    def key_state() -> tuple[int, bytes]:
+        [(n, manifest)] = vault_env.execute(
+            "SELECT n_records, manifest FROM patient_keys WHERE pid = ?", (PID,)
+        )
+        return int(n), bytes(manifest)
+
+    before = key_state()
+    unit = _store_unit(vault)
+    held = key_state()
+    vault.withdraw(unit)
+    after = key_state()
+    assert (before[0], held[0], after[0]) == (1, 3, 1)
+    # The same records as before, but the running hash keeps the history.
+    assert len({before[1], held[1], after[1]}) == 3
+
+
+def test_hold_outside_a_batch_is_refused(vault: Vault) -> None:
+    vault.put(PID, "Obs-1", 1, obs(1), resource_type="Observation", custodian=HOSPITAL)
+    with pytest.raises(VaultError, match="inside the batch"):
+        vault.hold([("Obs-1", 1)])
+
+
+def test_a_failed_batch_leaves_neither_records_nor_unit(vault: Vault) -> None:
+    with pytest.raises(RuntimeError), vault.batch():
+        vault.put(PID, "Obs-1", 1, obs(1), resource_type="Observation", custodian=HOSPITAL)
+        vault.hold([("Obs-1", 1)])
+        raise RuntimeError("the chain refused")
+    assert vault.provisional() == []
+    with pytest.raises(RecordNotFound):
+        vault.get("Obs-1")
+
+
+def test_withdrawing_after_an_erasure_deletes_the_unreadable_rows(vault: Vault) -> None:
+    unit = _store_unit(vault)
+    vault.erase(PID)
+    assert vault.withdraw(unit) == 2
+    assert vault.provisional() == []
+
+
+def test_settling_an_unknown_unit_names_it(vault: Vault) -> None:
+    with pytest.raises(VaultError, match="provisional unit nope is unknown"):
+        vault.withdraw("nope")
+    with pytest.raises(VaultError, match="provisional unit nope is unknown"):
+        vault.claim("nope", b"tx")
