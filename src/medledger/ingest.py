@@ -1,10 +1,11 @@
 """Ingestion: FHIR or HL7 v2 files into a hospital's vault and onto the shared index.
 
 For each input unit (a file; NDJSON in chunks), all or nothing: the resources are validated,
-pseudonymised to their patient's pid, encrypted into the vault inside one vault transaction,
-and their index entries (commitment + sealed metadata) are registered on the chain in one tx.
-The vault transaction commits only once that tx is committed; if the chain refuses it, the
-vault rolls back and nothing of the unit remains anywhere.
+pseudonymised to their patient's pid, encrypted into the vault and held provisional in one
+vault transaction, then their index entries (commitment + sealed metadata) are registered on
+the chain in one tx. The unit is confirmed once that tx commits; if the chain refuses it, its
+records are withdrawn and nothing of the unit remains anywhere. `registrations` says how a
+crash in between loses nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 
 import orjson
 
+from medledger import registrations
 from medledger.indexing import commitment, seal_meta
 from medledger.interop.errors import InputError
 from medledger.node import Node
+from medledger.registrations import RegistrationPending
 from medledger.vault import Vault
 from medledger.wallet import TxRejected
 
@@ -115,6 +118,8 @@ class Ingestor:
                 result.rejections.append(Rejection(source, where, exc.message))
             except TxRejected as exc:
                 result.rejections.append(Rejection(source, "", f"refused by the ledger: {exc}"))
+            except RegistrationPending as exc:
+                result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
         return result
 
     # -- internals ---------------------------------------------------------------------------
@@ -167,6 +172,7 @@ class Ingestor:
         disclosures = _Disclosures(self.node, self.org)
         unit_rids: list[str] = []
         unit_pids: set[str] = set()
+        held: list[tuple[str, int]] = []
         with self.vault.batch():
             for item in items:
                 pid = pids.get(item.patient_ref or "")
@@ -202,13 +208,15 @@ class Ingestor:
                 )
                 unit_rids.append(rid)
                 unit_pids.add(pid)
-            # The chain decides, in one tx for the whole unit (new records and new versions
-            # alike); an exception here rolls the vault batch back.
-            if entries:
-                body: dict[str, Any] = {"entries": entries}
-                if disclosures.found:
-                    body["disclosures"] = disclosures.as_body()
-                self.node.wallet.send("records.register", body)
+                held.append((rid, version))
+            unit = self.vault.hold(held) if held else None
+        # The chain decides, in one tx for the whole unit (new records and new versions
+        # alike), after the vault committed: the vault lock is not held while it decides.
+        if unit is not None:
+            body: dict[str, Any] = {"entries": entries}
+            if disclosures.found:
+                body["disclosures"] = disclosures.as_body()
+            registrations.register(self.node.wallet, self.vault, unit, "records.register", body)
         result.accepted += len(items)
         result.rids += unit_rids
         result.pids |= unit_pids

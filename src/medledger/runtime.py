@@ -1,8 +1,9 @@
 """What a running hospital node serves besides its ledger: the exchange and the API.
 
 `HospitalRuntime` starts, for one hospital's node and vault, its mTLS gateway, sync agent and
-event stream (`exchange.service.HospitalExchange`) and its API and pages (`api.app`, plain
-HTTP on loopback by default), and stops them in order. `medledger node run`, `medledger
+event stream (`exchange.service.HospitalExchange`), the reconciler of provisional records
+(`registrations.Reconciler`) and its API and pages (`api.app`, plain HTTP on loopback by
+default), and stops them in order. `medledger node run`, `medledger
 sandbox run` and the demo all use it.
 """
 
@@ -49,8 +50,11 @@ class HospitalRuntime:
         return f"http://{self.api.host}:{self.api.port}"
 
     def start(self, sync: bool = True) -> HospitalRuntime:
+        from medledger.registrations import Reconciler
+
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)
+        self._started.append(Reconciler(self.node.engine, self.vault).start())
         self.api.start()
         self._started.append(self.api)
         log.info("%s: gateway %s, API %s", self.org, self.exchange.url, self.api_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from medledger.consensus.engine import Committed, Engine, Submitted
@@ -19,6 +20,9 @@ from medledger.ledger.tx import sign_tx
 _MAX_RESENDS = 2
 _NONCE_RETRIES = 8
 _LOSS_CHECK_S = 3.0
+
+
+OnSigned = Callable[[bytes], None]
 
 
 class TxRejected(Exception):
@@ -53,7 +57,9 @@ class Wallet:
         """Sign and submit; nonces reach the mempool in order, whatever the threads do."""
         return self._submit(kind, body)[0]
 
-    def _submit(self, kind: str, body: dict[str, Any]) -> tuple[Submitted, int]:
+    def _submit(
+        self, kind: str, body: dict[str, Any], on_signed: OnSigned | None = None
+    ) -> tuple[Submitted, int]:
         """Sign with the next nonce and submit.
 
         Another process may sign with the same key (a hospital's node and an operator's CLI
@@ -66,6 +72,8 @@ class Wallet:
             for _ in range(_NONCE_RETRIES):
                 nonce = self._next_nonce()
                 tx = sign_tx(self.key, self.chain_id, kind, body, nonce)
+                if on_signed is not None:
+                    on_signed(tx)
                 submitted = self.engine.submit(tx)
                 if submitted.accepted:
                     return submitted, nonce
@@ -76,16 +84,26 @@ class Wallet:
                 skip *= 2
             return submitted, nonce
 
-    def send(self, kind: str, body: dict[str, Any], *, timeout: float = 30.0) -> Committed:
+    def send(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        timeout: float = 30.0,
+        on_signed: OnSigned | None = None,
+    ) -> Committed:
         """Sign, submit and wait for the commit; raise TxRejected when refused.
 
         On a BFT network a validator may receive nonce n+1 before n and then drop n, which can
         never commit once n+1 has. Such a tx is detected (the chain's nonce passed it and it is
         not committed) and sent again with a fresh nonce: it cannot have executed.
+        `on_signed(tx)` is called with each signed tx before it is submitted, so a caller can
+        keep it durably and later learn its fate (TxRejected means none of them committed;
+        TimeoutError means the last one still may).
         """
         deadline = time.monotonic() + timeout
         for _ in range(_MAX_RESENDS + 1):
-            submitted, nonce = self._submit(kind, body)
+            submitted, nonce = self._submit(kind, body, on_signed)
             if not submitted.accepted:
                 raise TxRejected(kind, submitted.check.code, submitted.check.log, "check")
             committed = self._await(submitted.tx_id, nonce, deadline)

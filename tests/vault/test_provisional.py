@@ -57,6 +57,7 @@ def test_withdraw_deletes_the_units_records_and_counts_them_out(vault: Vault) ->
     for rid in ("Patient-p1", "Obs-1"):
         with pytest.raises(RecordNotFound):
             vault.get(rid)
+    assert vault.patients() == []  # the unit brought the patient: no key row is left either
     # The rids are free again (a corrected file can be ingested with the same ids)...
     kept = _store_unit(vault, first_obs=2)
     vault.confirm(kept)

@@ -61,3 +61,40 @@ def register(app: typer.Typer) -> None:
             )
         console.print(f"patient {pid[:16]}…: {len(entries)} entries")
         console.print(table)
+
+    @records.command("pending")
+    def pending(
+        home: HomeOption,
+        settle: Annotated[
+            bool,
+            typer.Option(
+                "--settle",
+                help="Settle what has an outcome now (units older than the lease, 120 s).",
+            ),
+        ] = False,
+    ) -> None:
+        """Ingested records whose chain registration is not settled yet (after a crash or a
+        timeout); the running node settles them once a minute."""
+        import time
+
+        from medledger.node import Node
+        from medledger.registrations import reconcile
+        from medledger.vault import Vault
+
+        with (
+            user_errors(),
+            Node.open(home) as node,
+            Vault.open(node.config.vault_config()) as vault,
+        ):
+            if settle:
+                report = reconcile(node.engine, vault)
+                console.print(f"settled: {report.summary()}")
+            units = vault.provisional()
+        table = Table("unit", "records", "registration", "age")
+        now = time.time()
+        for u in units:
+            state = "signed, outcome unknown" if u.claim is not None else "never signed"
+            table.add_row(u.unit[:12], str(len(u.records)), state, f"{now - u.updated_at:.0f}s")
+        console.print(f"{len(units)} provisional units")
+        if units:
+            console.print(table)

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         """Validate, encrypt into the vault and register on the chain; a file is all or nothing."""
         from medledger.ingest import Ingestor
         from medledger.node import Node
+        from medledger.registrations import reconcile
         from medledger.vault import Vault
 
         paths = _expand(files)
@@ -44,6 +45,9 @@ def register(app: typer.Typer) -> None:
             Node.open(home) as node,
             Vault.open(node.config.vault_config()) as vault,
         ):
+            settled = reconcile(node.engine, vault)  # what an earlier crash left undecided
+            if settled.settled:
+                console.print(f"earlier ingestions: {settled.summary()}")
             ingestor = Ingestor(node, vault)
             results = []
             with Progress(

@@ -462,7 +462,8 @@ class Vault:
         """The registration failed: delete the unit's record versions; return how many.
 
         One transaction: the versions go, the patient's counters go down and the manifest
-        records the withdrawal, and the unit is forgotten. Versions of an erased patient are
+        records the withdrawal, and the unit is forgotten. A patient the unit brought (no
+        record left, never erased) loses the key row too. Versions of an erased patient are
         already unreadable and are simply deleted.
         """
         self._refuse_in_batch("withdraw")
@@ -479,13 +480,16 @@ class Vault:
                 key = self._backend.lock_key(row.pid)
                 if key is None or key.generation != row.generation:
                     continue
+                n_records = key.n_records - (0 if row.is_copy else 1)
+                n_copies = key.n_copies - (1 if row.is_copy else 0)
+                if n_records == n_copies == 0 and self._backend.latest_erasure(row.pid) is None:
+                    # The unit brought this patient here: leave no trace of them either.
+                    self._backend.delete_key(row.pid, key.generation)
+                    self._unwrapped.pop((row.pid, key.generation, key.wrapped), None)
+                    continue
                 manifest = withdraw_from_manifest(key.manifest, self._ctx(row), row.ciphertext)
                 self._backend.update_key_counters(
-                    row.pid,
-                    key.generation,
-                    key.n_records - (0 if row.is_copy else 1),
-                    key.n_copies - (1 if row.is_copy else 0),
-                    manifest,
+                    row.pid, key.generation, n_records, n_copies, manifest
                 )
             self._backend.delete_provisional(unit)
         return deleted

@@ -1,0 +1,184 @@
+"""A crash or a timeout between the vault and the chain loses nothing and leaves nothing half-done.
+
+Each crash is real: a child process ingests a bundle and dies (`os._exit`, no clean-up) at
+one step of `registrations.register`; this process then opens the same node and vault, as a
+restarted node would, and reconciles.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from medledger.indexing import check_commitment
+from medledger.ingest import Ingestor
+from medledger.interop.synth import generate
+from medledger.node import Node
+from medledger.registrations import LEASE_S, reconcile
+from medledger.vault import RecordNotFound, Vault
+
+_CHILD = """
+import os, sys
+from pathlib import Path
+import orjson
+from medledger.ingest import Ingestor
+from medledger.node import Node
+from medledger.vault import Vault
+
+home, bundle, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def die(*args, **kwargs):
+    os._exit(17)
+
+with Node.open(home) as node, Vault.open(node.config.vault_config()) as vault:
+    if step == "before-claim":
+        vault.claim = die
+    elif step == "before-submit":
+        node.engine.submit = die
+    elif step == "after-commit":
+        vault.confirm = die
+    Ingestor(node, vault).ingest_bytes(bundle.read_bytes(), bundle.name)
+sys.exit("the child should have died")
+"""
+
+
+def _bundle(tmp_path: Path) -> Path:
+    path = tmp_path / "p1.json"
+    path.write_bytes(orjson.dumps(generate(2, ["chu-lyon", "aphp-paris"], seed=5)["chu-lyon"][0]))
+    return path
+
+
+def _crash_while_ingesting(home: Path, bundle: Path, step: str) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_CHILD), str(home), str(bundle), step],
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == 17, child.stderr.decode()[-2000:]
+
+
+def _registered(node: Node, vault: Vault) -> list[dict]:  # type: ignore[type-arg]
+    return [
+        e for pid in vault.patients() for e in node.engine.query("records/of_patient", {"pid": pid})
+    ]
+
+
+def test_a_crash_after_the_chain_commit_keeps_the_records(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    """The case that lost records before: registered on the chain, vault not yet committed."""
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "after-commit")
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        [unit] = vault.provisional()
+        assert unit.claim is not None
+        entries = _registered(node, vault)
+        assert sorted(e["rid"] for e in entries) == sorted(rid for rid, _ in unit.records)
+
+        report = reconcile(node.engine, vault, min_age_s=0)
+
+        assert report.confirmed == [unit.unit] and report.withdrawn == []
+        assert vault.provisional() == []
+        for entry in entries:  # every registered record is there, and is what was committed
+            data = vault.get(entry["rid"])
+            salt = vault.salt(entry["pid"], entry["rid"], 1)
+            assert check_commitment(salt, data, entry["commitment"])
+
+
+def test_a_crash_before_signing_withdraws_the_records(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-claim")
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        [unit] = vault.provisional()
+        assert unit.claim is None
+        height = node.engine.height()
+
+        report = reconcile(node.engine, vault, min_age_s=0)
+
+        assert report.withdrawn == [unit.unit]
+        assert vault.provisional() == [] and vault.patients() == []
+        for rid, _ in unit.records:
+            with pytest.raises(RecordNotFound):
+                vault.get(rid)
+        assert node.engine.height() == height  # nothing went to the chain
+
+
+def test_a_signed_tx_that_was_never_sent_is_sent_by_reconcile(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        [unit] = vault.provisional()
+        assert _registered(node, vault) == []
+
+        report = reconcile(node.engine, vault, min_age_s=0)
+
+        assert report.confirmed == [unit.unit]
+        assert sorted(e["rid"] for e in _registered(node, vault)) == sorted(
+            rid for rid, _ in unit.records
+        )
+
+
+def test_a_tx_whose_nonce_was_used_by_another_is_withdrawn(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        [unit] = vault.provisional()
+        # The restarted node signs something else first: its wallet takes the same nonce.
+        node.wallet.send("identity.register", _practitioner())
+
+        report = reconcile(node.engine, vault, min_age_s=0)
+
+        assert report.withdrawn == [unit.unit]
+        assert vault.patients() == [] and _registered(node, vault) == []
+
+
+def test_reconcile_leaves_a_recent_unit_to_the_ingestion_that_may_still_own_it(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        report = reconcile(node.engine, vault)  # the default lease: LEASE_S
+        assert (report.too_recent, report.settled) == (1, 0)
+        assert len(vault.provisional()) == 1
+        assert LEASE_S >= 60
+
+
+def test_a_registration_that_times_out_is_reported_and_settled_later(
+    consortium: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        send = node.wallet.send
+
+        def impatient(kind: str, body: dict[str, object], **kwargs: object) -> object:
+            return send(kind, body, **(kwargs | {"timeout": 0.5}))
+
+        def no_block_yet(tx_id: bytes, timeout: float = 30.0) -> object:
+            raise TimeoutError("no block yet")
+
+        monkeypatch.setattr(node.wallet, "send", impatient)
+        monkeypatch.setattr(node.engine, "wait_for_commit", no_block_yet)
+        result = Ingestor(node, vault).ingest_bytes(_bundle(tmp_path).read_bytes(), "p1.json")
+        assert result.accepted == 0
+        assert "registration pending" in result.rejections[0].reason
+        assert "not committed in time" in result.rejections[0].reason
+        [unit] = vault.provisional()
+        assert unit.claim is not None
+
+        monkeypatch.undo()  # the network recovers
+        report = reconcile(node.engine, vault, min_age_s=0)
+
+        assert report.confirmed == [unit.unit]
+        assert len(_registered(node, vault)) == len(unit.records)
+
+
+def _practitioner() -> dict[str, object]:
+    from medledger.ledger.keys import SigningKey
+
+    return {"practitioner": "dr-x", "key": SigningKey.generate().public_key, "roles": ["nurse"]}
