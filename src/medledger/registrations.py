@@ -27,7 +27,7 @@ from typing import Any, Literal
 from medledger.consensus.engine import Committed, Engine
 from medledger.ledger.errors import Code
 from medledger.ledger.tx import decode_tx
-from medledger.vault import ProvisionalUnit, Vault
+from medledger.vault import ProvisionalUnit, Vault, VaultError
 from medledger.wallet import TxRejected, Wallet
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,18 @@ def reconcile(
             report.too_recent += 1
             continue
         fate = _fate(engine, unit, wait_s)
-        if fate == "committed":
-            vault.confirm(unit.unit)
-            report.confirmed.append(unit.unit)
-        elif fate == "failed":
-            vault.withdraw(unit.unit)
-            report.withdrawn.append(unit.unit)
-        else:
-            report.undecided.append(unit.unit)
+        try:
+            if fate == "committed":
+                vault.confirm(unit.unit)
+                report.confirmed.append(unit.unit)
+            elif fate == "failed":
+                vault.withdraw(unit.unit)
+                report.withdrawn.append(unit.unit)
+            else:
+                report.undecided.append(unit.unit)
+        except VaultError:  # settled meanwhile by another process (node and CLI both reconcile)
+            log.info("provisional unit %s: settled elsewhere", unit.unit)
+            continue
         log.info("provisional unit %s (%d records): %s", unit.unit, len(unit.records), fate)
     return report
 
