@@ -182,3 +182,26 @@ def _practitioner() -> dict[str, object]:
     from medledger.ledger.keys import SigningKey
 
     return {"practitioner": "dr-x", "key": SigningKey.generate().public_key, "roles": ["nurse"]}
+
+
+def test_a_running_node_settles_leftovers_in_the_background(
+    consortium: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from medledger import registrations
+
+    _crash_while_ingesting(consortium[0], _bundle(tmp_path), "after-commit")
+    monkeypatch.setattr(registrations, "LEASE_S", 0.0)
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        reconciler = registrations.Reconciler(node.engine, vault, interval_s=0.05).start()
+        try:
+            deadline = time.monotonic() + 10
+            while vault.provisional() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            reconciler.stop()
+        assert vault.provisional() == []
+        assert len(_registered(node, vault)) > 0
+        for entry in _registered(node, vault):
+            vault.get(entry["rid"])  # confirmed, not withdrawn
