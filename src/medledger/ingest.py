@@ -24,7 +24,7 @@ from medledger import registrations
 from medledger.indexing import commitment, seal_meta
 from medledger.interop.errors import InputError
 from medledger.node import Node
-from medledger.registrations import RegistrationPending
+from medledger.registrations import RegistrationFailed, RegistrationPending
 from medledger.vault import Vault
 from medledger.wallet import TxRejected
 
@@ -120,6 +120,8 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"refused by the ledger: {exc}"))
             except RegistrationPending as exc:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
+            except RegistrationFailed as exc:
+                result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
         return result
 
     # -- internals ---------------------------------------------------------------------------

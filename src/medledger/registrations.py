@@ -13,11 +13,13 @@ unit left over, by a crash or by a tx that did not commit in time, is settled by
 `reconcile`, which the node runs once a minute and `medledger ingest` runs before it starts:
 committed, it is confirmed; failed, or no longer able to commit (never signed, or its
 signer's nonce moved past it), it is withdrawn; otherwise the same signed bytes are submitted
-again and the unit waits for the next round.
+again and the unit waits for the next round. A unit is settled only if it still holds the
+claim that was judged, so a reconciliation never undoes an owner that signed a newer tx.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,31 +29,34 @@ from typing import Any, Literal
 from medledger.consensus.engine import Committed, Engine
 from medledger.ledger.errors import Code
 from medledger.ledger.tx import decode_tx
-from medledger.vault import ProvisionalUnit, Vault, VaultError
+from medledger.vault import ProvisionalUnit, UnitSettled, Vault
 from medledger.wallet import TxRejected, Wallet
 
 log = logging.getLogger(__name__)
 
 #: A unit younger than this may belong to an ingestion still running in another process
-#: (its wallet waits 30 s per attempt), so `reconcile` leaves it alone.
+#: (its wallet waits 30 s per attempt), so `reconcile` leaves it alone. Correctness does not
+#: rest on it: a unit is only settled if it still holds the claim that was judged.
 LEASE_S = 120.0
 
 Fate = Literal["committed", "failed", "undecided"]
 
-# A refusal at CheckTx that settles nothing: the nonce may be taken by a tx still in the
-# mempool, or the mempool itself refused (full, ...) rather than the ledger's rules.
-_UNDECIDED_REFUSALS = {int(Code.BAD_NONCE)}
+_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK)}
 
 
 class RegistrationPending(Exception):
-    """The registration tx did not commit in time; its unit stays provisional."""
+    """A registration tx was sent but its outcome is unknown; its unit stays provisional."""
 
     def __init__(self, unit: str, reason: str) -> None:
         super().__init__(
-            f"not committed in time ({reason}); the records are kept provisional and the "
-            "node settles them once the chain decides"
+            f"not settled ({reason}); the records are kept provisional and the node confirms "
+            "or withdraws them once the chain decides (`medledger records pending`)"
         )
         self.unit = unit
+
+
+class RegistrationFailed(Exception):
+    """Nothing was registered and nothing of the unit was kept."""
 
 
 def register(
@@ -63,18 +68,52 @@ def register(
     *,
     timeout: float = 30.0,
 ) -> Committed:
-    """Steps 2 to 4 for a unit already held: raise TxRejected (withdrawn) or RegistrationPending."""
+    """Steps 2 to 4 for a held unit.
+
+    Raises TxRejected (the chain refused it for good: withdrawn), RegistrationFailed
+    (nothing was submitted: withdrawn) or RegistrationPending (a tx may still commit: kept).
+    """
+    claims: list[bytes] = []
+
+    def keep(tx: bytes) -> None:
+        vault.claim(unit, tx)
+        claims.append(tx)
+
     try:
-        committed = wallet.send(
-            kind, body, timeout=timeout, on_signed=lambda tx: vault.claim(unit, tx)
-        )
-    except TxRejected:
-        vault.withdraw(unit)
+        committed = wallet.send(kind, body, timeout=timeout, on_signed=keep)
+    except TxRejected as exc:
+        if not _final(exc):
+            raise RegistrationPending(unit, str(exc)) from None
+        with contextlib.suppress(UnitSettled):
+            vault.withdraw(unit, claims[-1] if claims else None)
         raise
-    except TimeoutError as exc:
-        raise RegistrationPending(unit, str(exc)) from None
-    vault.confirm(unit)
+    except UnitSettled:  # raised by keep(), before the tx it was keeping was submitted
+        raise RegistrationFailed(
+            "withdrawn by a reconciliation while it waited (it outlived the lease); nothing was "
+            "registered, send the file again"
+        ) from None
+    except Exception as exc:
+        if claims:
+            raise RegistrationPending(unit, f"{type(exc).__name__}: {exc}") from None
+        with contextlib.suppress(UnitSettled):
+            vault.withdraw(unit, None)
+        raise RegistrationFailed(
+            f"the ledger could not be reached ({type(exc).__name__}: {exc}); nothing was kept"
+        ) from None
+    with contextlib.suppress(UnitSettled):  # a reconciliation saw the commit first
+        vault.confirm(unit, claims[-1])
     return committed
+
+
+def _final(exc: TxRejected) -> bool:
+    """Whether a refusal means that none of the unit's txs can ever commit.
+
+    Executed and failed: final. Refused at CheckTx by the ledger's rules: final too, because
+    the wallet signs a new tx only once the previous one can no longer commit, and a refused
+    tx is not gossiped. A mempool refusal (full, or no answer in time) is not: the tx may
+    have been queued all the same.
+    """
+    return exc.stage == "execution" or exc.code in _LEDGER_CODES
 
 
 @dataclass
@@ -82,6 +121,7 @@ class ReconcileReport:
     confirmed: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "unit: what went wrong"; retried later
     too_recent: int = 0  # units left alone: within their lease
 
     @property
@@ -89,10 +129,11 @@ class ReconcileReport:
         return len(self.confirmed) + len(self.withdrawn)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{len(self.confirmed)} confirmed, {len(self.withdrawn)} withdrawn, "
             f"{len(self.undecided)} still undecided, {self.too_recent} too recent to touch"
         )
+        return text + "".join(f"; error: {e}" for e in self.errors)
 
 
 def reconcile(
@@ -102,7 +143,14 @@ def reconcile(
     min_age_s: float | None = None,
     wait_s: float = 5.0,
 ) -> ReconcileReport:
-    """Settle every provisional unit older than `min_age_s` (LEASE_S) that has an outcome."""
+    """Settle every provisional unit older than `min_age_s` (LEASE_S) that has an outcome.
+
+    Only two facts settle a unit: its tx is in a block (confirmed if it succeeded, withdrawn
+    if it failed), or its signer's nonce moved past it while it is in no block (withdrawn; a
+    unit never signed, likewise). Anything else, a refusal at CheckTx included (this replica
+    may be behind, or a copy may sit in another validator's mempool), leaves it undecided:
+    the same bytes are submitted again, and the next tx the hospital signs settles it.
+    """
     min_age_s = LEASE_S if min_age_s is None else min_age_s
     report = ReconcileReport()
     now = time.time()
@@ -110,18 +158,27 @@ def reconcile(
         if now - unit.updated_at < min_age_s:
             report.too_recent += 1
             continue
-        fate = _fate(engine, unit, wait_s)
+        try:
+            fate = _fate(engine, unit, wait_s)
+        except Exception as exc:  # one unit's trouble must not stop the others
+            report.errors.append(f"{unit.unit}: {type(exc).__name__}: {exc}")
+            continue
         try:
             if fate == "committed":
-                vault.confirm(unit.unit)
+                vault.confirm(unit.unit, unit.claim)
                 report.confirmed.append(unit.unit)
             elif fate == "failed":
-                vault.withdraw(unit.unit)
+                count = vault.withdraw(unit.unit, unit.claim)
                 report.withdrawn.append(unit.unit)
+                log.warning(
+                    "provisional unit %s withdrawn: its registration cannot commit; "
+                    "%d record versions deleted, ingest them again",
+                    unit.unit,
+                    count,
+                )
             else:
                 report.undecided.append(unit.unit)
-        except VaultError:  # settled meanwhile by another process (node and CLI both reconcile)
-            log.info("provisional unit %s: settled elsewhere", unit.unit)
+        except UnitSettled:  # settled meanwhile, or its owner signed a newer tx: not ours
             continue
         log.info("provisional unit %s (%d records): %s", unit.unit, len(unit.records), fate)
     return report
@@ -138,11 +195,8 @@ def _fate(engine: Engine, unit: ProvisionalUnit, wait_s: float) -> Fate:
         return "committed" if committed.result.ok else "failed"
     if passed:
         return "failed"
-    submitted = engine.submit(unit.claim)
-    if not submitted.accepted:
-        code = submitted.check.code
-        known = code in {int(c) for c in Code}
-        return "failed" if known and code not in _UNDECIDED_REFUSALS else "undecided"
+    if not engine.submit(unit.claim).accepted:
+        return "undecided"
     try:
         committed = engine.wait_for_commit(tx.id, wait_s)
     except TimeoutError:

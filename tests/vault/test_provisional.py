@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from medledger.vault import RecordNotFound, Vault, VaultError
+from medledger.vault import RecordNotFound, UnitSettled, Vault, VaultError
 from tests.vault.conftest import HOSPITAL, VaultEnv, make_pid
 from tests.vault.test_vault import PATIENT, obs
 
@@ -114,3 +114,29 @@ def test_settling_an_unknown_unit_names_it(vault: Vault) -> None:
         vault.withdraw("nope")
     with pytest.raises(VaultError, match="provisional unit nope is unknown"):
         vault.claim("nope", b"tx")
+
+
+def test_a_unit_is_not_settled_on_a_claim_it_no_longer_holds(vault: Vault) -> None:
+    """A reconciliation judged the old claim; the owner signed a newer tx meanwhile."""
+    unit = _store_unit(vault)
+    vault.claim(unit, b"tx-1")
+    judged = vault.provisional()[0].claim
+    vault.claim(unit, b"tx-2")  # the owner resends
+    with pytest.raises(UnitSettled, match="newer claim"):
+        vault.withdraw(unit, judged)
+    assert vault.get("Obs-1") == obs(1)  # nothing was deleted
+    with pytest.raises(UnitSettled, match="newer claim"):
+        vault.confirm(unit, None)
+    vault.confirm(unit, b"tx-2")
+    assert vault.provisional() == []
+
+
+def test_a_withdrawn_rid_purged_by_an_erasure_can_be_used_again(vault: Vault) -> None:
+    unit = _store_unit(vault)
+    receipt = vault.erase(PID, purge=True)  # the erasure destroyed the unit's records too
+    assert receipt.records_shredded == 2
+    assert vault.withdraw(unit) == 0
+    vault.reinstate(PID)
+    # Never registered anywhere, so no tombstone keeps the rid from a new ingestion.
+    vault.put(PID, "Obs-1", 1, obs(1), resource_type="Observation", custodian=HOSPITAL)
+    assert vault.get("Obs-1") == obs(1)

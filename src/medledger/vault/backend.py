@@ -133,6 +133,14 @@ class Backend(Protocol):
         """Record the unit's claim; False if the unit is not (or no longer) provisional."""
         ...
 
+    def lock_provisional(self, unit: str) -> ProvisionalUnit | None:
+        """Read one unit and hold it stable until the transaction ends."""
+        ...
+
+    def forget_shredded(self, rid: str) -> None:
+        """Drop a rid's erasure tombstone (a withdrawn rid that was never registered)."""
+        ...
+
     def delete_provisional(self, unit: str) -> bool:
         """Forget a settled unit; False if it was not there."""
         ...

@@ -83,3 +83,7 @@ class RecordConflict(VaultError):
         super().__init__(message)
         self.rid = rid
         self.version = version
+
+
+class UnitSettled(VaultError):
+    """A provisional unit is gone (settled by someone else) or its claim changed meanwhile."""

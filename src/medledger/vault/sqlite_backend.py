@@ -338,6 +338,16 @@ class SQLiteBackend:
         )
         return cur.rowcount == 1
 
+    def lock_provisional(self, unit: str) -> ProvisionalUnit | None:
+        row = self._conn.execute(
+            "SELECT unit, claim, records, updated_at FROM provisional_units WHERE unit = ?",
+            (unit,),
+        ).fetchone()
+        return None if row is None else provisional_from_row(row)
+
+    def forget_shredded(self, rid: str) -> None:
+        self._conn.execute("DELETE FROM shredded_rids WHERE rid = ?", (rid,))
+
     def delete_provisional(self, unit: str) -> bool:
         cur = self._conn.execute("DELETE FROM provisional_units WHERE unit = ?", (unit,))
         return cur.rowcount == 1

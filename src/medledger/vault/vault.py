@@ -66,6 +66,7 @@ from medledger.vault.errors import (
     PatientErased,
     RecordConflict,
     RecordNotFound,
+    UnitSettled,
     UnknownPatient,
     VaultConfigError,
     VaultError,
@@ -82,6 +83,13 @@ from medledger.vault.models import (
     RecordRow,
     StoredRecord,
 )
+
+
+class _Any:
+    """The default of `confirm`/`withdraw`'s claim: settle whatever the unit holds."""
+
+
+_ANY = _Any()
 
 #: A pid is an HMAC-SHA256 pseudonym: 64 lowercase hex digits, or 43 base64url characters.
 #: Anything else (an INS, a name, a local MRN) is refused, because pids are stored in clear.
@@ -449,32 +457,38 @@ class Vault:
         self._refuse_in_batch("claim")
         with self._lock, self._backend.transaction():
             if not self._backend.set_provisional_claim(unit, bytes(claim), time.time()):
-                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+                raise UnitSettled(f"provisional unit {unit} is unknown or already settled")
 
-    def confirm(self, unit: str) -> None:
-        """The registration succeeded: the unit's records are ordinary records from now on."""
+    def confirm(self, unit: str, claim: bytes | None | _Any = _ANY) -> None:
+        """The registration succeeded: the unit's records are ordinary records from now on.
+
+        With `claim`, only if the unit still holds that claim (see `withdraw`); raises
+        UnitSettled if the unit is gone or holds another claim.
+        """
         self._refuse_in_batch("confirm")
         with self._lock, self._backend.transaction():
-            if not self._backend.delete_provisional(unit):
-                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+            self._settling(unit, claim)
+            self._backend.delete_provisional(unit)
 
-    def withdraw(self, unit: str) -> int:
+    def withdraw(self, unit: str, claim: bytes | None | _Any = _ANY) -> int:
         """The registration failed: delete the unit's record versions; return how many.
 
         One transaction: the versions go, the patient's counters go down and the manifest
         records the withdrawal, and the unit is forgotten. A patient the unit brought (no
         record left, never erased) loses the key row too. Versions of an erased patient are
-        already unreadable and are simply deleted.
+        already unreadable and are simply deleted, with the tombstone of a rid they brought.
+        With `claim`, only if the unit still holds the claim that was judged: an owner that
+        signed a newer tx meanwhile keeps its records (UnitSettled is raised).
         """
         self._refuse_in_batch("withdraw")
         with self._lock, self._backend.transaction():
-            units = self._backend.list_provisional(unit)
-            if not units:
-                raise VaultError(f"provisional unit {unit} is unknown or already settled")
+            held = self._settling(unit, claim)
             deleted = 0
-            for rid, version in units[0].records:
+            for rid, version in held.records:
                 row = self._backend.delete_record(rid, version)
                 if row is None:
+                    if version == 1 and not self._backend.versions(rid):
+                        self._backend.forget_shredded(rid)  # purged after an erasure
                     continue
                 deleted += 1
                 key = self._backend.lock_key(row.pid)
@@ -493,6 +507,14 @@ class Vault:
                 )
             self._backend.delete_provisional(unit)
         return deleted
+
+    def _settling(self, unit: str, claim: bytes | None | _Any) -> ProvisionalUnit:
+        held = self._backend.lock_provisional(unit)
+        if held is None:
+            raise UnitSettled(f"provisional unit {unit} is unknown or already settled")
+        if not isinstance(claim, _Any) and held.claim != claim:
+            raise UnitSettled(f"provisional unit {unit} holds a newer claim")
+        return held
 
     def provisional(self) -> list[ProvisionalUnit]:
         """Units not settled yet, oldest first."""
