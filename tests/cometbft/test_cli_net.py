@@ -65,3 +65,20 @@ def test_net_refuses_a_solo_consortium(tmp_path: Path) -> None:
     result = runner.invoke(app, ["net", "up", str(d)])
     assert result.exit_code == 1
     assert "solo" in result.output
+
+
+def test_commands_on_a_stopped_network_say_so_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    d = tmp_path / "net"
+    assert runner.invoke(app, ["init", str(d), "--engine", "cometbft"]).exit_code == 0
+    synth = tmp_path / "synth"
+    made = runner.invoke(
+        app, ["synth", "--patients", "1", "--hospitals", "chu-lyon", "--out", str(synth)]
+    )
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(
+        app, ["ingest", "--home", str(d / "hospitals" / "chu-lyon"), str(synth / "chu-lyon")]
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the node" in result.output
+    assert "Traceback" not in result.output

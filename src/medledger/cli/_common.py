@@ -30,6 +30,7 @@ def user_errors() -> Iterator[None]:
     """Known failures become one clear line and a non-zero exit, never a traceback."""
     from medledger.ledger.keys import KeyFileError
     from medledger.network import ConfigError
+    from medledger.vault.errors import VaultError
     from medledger.wallet import TxRejected
 
     try:
@@ -38,6 +39,10 @@ def user_errors() -> Iterator[None]:
         fail(str(exc))
     except FileNotFoundError as exc:
         fail(f"{exc.filename}: not found")
+    except ConnectionError as exc:
+        fail(f"cannot reach the node: {exc} (is it running? `medledger net status`)")
+    except VaultError as exc:
+        fail(f"vault: {exc}")
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
