@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,27 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
 
     wait_until(signs, 30, "a commit signed by the new validator")
     net.assert_same_state(net.orgs)
+
+
+@pytest.mark.parametrize("step", ["after-commit", "before-submit"])
+def test_an_ingestion_killed_mid_registration_loses_nothing(
+    cmt_net: CmtNet, tmp_path: Path, step: str
+) -> None:
+    """Against the live network: the child's tx goes through CometBFT's mempool and blocks."""
+    from medledger.network import load_config
+    from medledger.registrations import reconcile
+    from medledger.vault import Vault
+    from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting
+
+    org = cmt_net.orgs[0]
+    home = cmt_net.home(org)
+    _crash_while_ingesting(home, _bundle(tmp_path), step)
+    with cmt_net.engine(org) as engine, Vault.open(load_config(home).vault_config()) as vault:
+        [unit] = vault.provisional()
+        report = reconcile(engine, vault, min_age_s=0, wait_s=30)
+        assert report.confirmed == [unit.unit], report.summary()
+        pids = {vault.info(rid).pid for rid, _ in unit.records}
+        registered = {
+            e["rid"] for pid in pids for e in engine.query("records/of_patient", {"pid": pid})
+        }
+        assert {rid for rid, _ in unit.records} <= registered
