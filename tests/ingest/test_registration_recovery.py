@@ -7,9 +7,11 @@ restarted node would, and reconciles.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -62,6 +64,13 @@ def _crash_while_ingesting(home: Path, bundle: Path, step: str) -> None:
     assert child.returncode == 17, child.stderr.decode()[-2000:]
 
 
+@contextlib.contextmanager
+def _restarted(home: Path) -> Iterator[tuple[Node, Vault]]:
+    """The hospital's node and vault, opened afresh as a restarted node opens them."""
+    with Node.open(home) as node, Vault.open(node.config.vault_config()) as vault:
+        yield node, vault
+
+
 def _registered(node: Node, vault: Vault) -> list[dict]:  # type: ignore[type-arg]
     return [
         e for pid in vault.patients() for e in node.engine.query("records/of_patient", {"pid": pid})
@@ -73,7 +82,7 @@ def test_a_crash_after_the_chain_commit_keeps_the_records(
 ) -> None:
     """The case that lost records before: registered on the chain, vault not yet committed."""
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "after-commit")
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         [unit] = vault.provisional()
         assert unit.claim is not None
         entries = _registered(node, vault)
@@ -93,7 +102,7 @@ def test_a_crash_before_signing_withdraws_the_records(
     consortium: list[Path], tmp_path: Path
 ) -> None:
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-claim")
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         [unit] = vault.provisional()
         assert unit.claim is None
         height = node.engine.height()
@@ -112,7 +121,7 @@ def test_a_signed_tx_that_was_never_sent_is_sent_by_reconcile(
     consortium: list[Path], tmp_path: Path
 ) -> None:
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         [unit] = vault.provisional()
         assert _registered(node, vault) == []
 
@@ -128,7 +137,7 @@ def test_a_tx_whose_nonce_was_used_by_another_is_withdrawn(
     consortium: list[Path], tmp_path: Path
 ) -> None:
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         [unit] = vault.provisional()
         # The restarted node signs something else first: its wallet takes the same nonce.
         node.wallet.send("identity.register", _practitioner())
@@ -143,7 +152,7 @@ def test_reconcile_leaves_a_recent_unit_to_the_ingestion_that_may_still_own_it(
     consortium: list[Path], tmp_path: Path
 ) -> None:
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "before-submit")
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         report = reconcile(node.engine, vault)  # the default lease: LEASE_S, 120 s
         assert (report.too_recent, report.settled) == (1, 0)
         assert len(vault.provisional()) == 1
@@ -152,7 +161,7 @@ def test_reconcile_leaves_a_recent_unit_to_the_ingestion_that_may_still_own_it(
 def test_a_registration_that_times_out_is_reported_and_settled_later(
     consortium: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         send = node.wallet.send
 
         def impatient(kind: str, body: dict[str, object], **kwargs: object) -> object:
@@ -192,7 +201,7 @@ def test_a_running_node_settles_leftovers_in_the_background(
 
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "after-commit")
     monkeypatch.setattr(registrations, "LEASE_S", 0.0)
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         reconciler = registrations.Reconciler(node.engine, vault, interval_s=0.05).start()
         try:
             deadline = time.monotonic() + 10
@@ -212,7 +221,7 @@ def test_a_refusal_at_check_tx_is_not_final_but_the_next_tx_of_the_hospital_sett
     """This replica may be behind, or a copy may wait in another validator's mempool."""
     from medledger.ledger.tx import sign_tx
 
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         bundle = generate(2, ["chu-lyon", "aphp-paris"], seed=5)["chu-lyon"][0]
         patient = next(e["resource"] for e in bundle["entry"])
         pid = "a" * 64
@@ -239,7 +248,7 @@ def test_a_refusal_at_check_tx_is_not_final_but_the_next_tx_of_the_hospital_sett
 def test_an_unreachable_ledger_before_signing_keeps_nothing(
     consortium: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         ingestor = Ingestor(node, vault)  # asks the ledger for the members first
         query = node.engine.query
 
@@ -258,7 +267,7 @@ def test_an_unreachable_ledger_before_signing_keeps_nothing(
 def test_an_unreachable_ledger_after_signing_keeps_the_unit(
     consortium: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+    with _restarted(consortium[0]) as (node, vault):
         submit = node.engine.submit
 
         def lost(tx: bytes) -> object:

@@ -145,8 +145,8 @@ class Backend(Protocol):
         """Forget a settled unit; False if it was not there."""
         ...
 
-    def list_provisional(self, unit: str | None = None) -> list[ProvisionalUnit]:
-        """Provisional units (one, or all), oldest first."""
+    def list_provisional(self) -> list[ProvisionalUnit]:
+        """Every provisional unit, oldest first."""
         ...
 
     def pending_erasures(self) -> list[tuple[str, int]]:

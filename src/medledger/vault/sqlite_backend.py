@@ -352,12 +352,11 @@ class SQLiteBackend:
         cur = self._conn.execute("DELETE FROM provisional_units WHERE unit = ?", (unit,))
         return cur.rowcount == 1
 
-    def list_provisional(self, unit: str | None = None) -> list[ProvisionalUnit]:
-        sql = "SELECT unit, claim, records, updated_at FROM provisional_units"
-        params: tuple[Any, ...] = ()
-        if unit is not None:
-            sql, params = sql + " WHERE unit = ?", (unit,)
-        rows = self._conn.execute(sql + " ORDER BY updated_at, unit", params).fetchall()
+    def list_provisional(self) -> list[ProvisionalUnit]:
+        rows = self._conn.execute(
+            "SELECT unit, claim, records, updated_at FROM provisional_units "
+            "ORDER BY updated_at, unit"
+        ).fetchall()
         return [provisional_from_row(r) for r in rows]
 
     # --------------------------------------------------------------- purge
