@@ -102,9 +102,9 @@ def extend_manifest(manifest: bytes, ctx: RecordContext, ciphertext: bytes) -> b
     """Fold one stored version into the patient's running manifest hash.
 
     The manifest commits to every (rid, version, copy flag, ciphertext digest)
-    stored under a patient key (and, separately, under each key set), in order. Kept on the key row, it lets erase()
-    produce a digest of everything it destroys in O(1), without reading the
-    records.
+    stored under a patient key (and, separately, under each key set), in order.
+    Kept on the key rows, it lets erase() and erase_copies() produce a digest of
+    everything they destroy without reading the records.
     """
     item = encode_fields(ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest())
     return hashlib.sha256(manifest + item).digest()

@@ -426,9 +426,7 @@ class PostgresBackend:
         )
         if not include_copies:
             sql += " AND NOT r.is_copy"
-        rows = self._conn.execute(
-            sql + " ORDER BY r.rid, r.version", (pid, generation)
-        ).fetchall()
+        rows = self._conn.execute(sql + " ORDER BY r.rid, r.version", (pid, generation)).fetchall()
         return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:

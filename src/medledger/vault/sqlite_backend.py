@@ -183,7 +183,9 @@ class SQLiteBackend:
     def _check_schema_version(self) -> None:
         """Refuse a vault written by an older schema (see SCHEMA_REFUSAL) before touching it."""
         c = self._conn
-        if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+        if c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone():
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             found = None if row is None else bytes(row[0]).decode()
             if found is not None and found != str(SCHEMA_VERSION):
@@ -443,9 +445,7 @@ class SQLiteBackend:
         )
         if not include_copies:
             sql += " AND r.is_copy = 0"
-        rows = self._conn.execute(
-            sql + " ORDER BY r.rid, r.version", (pid, generation)
-        ).fetchall()
+        rows = self._conn.execute(sql + " ORDER BY r.rid, r.version", (pid, generation)).fetchall()
         return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:
