@@ -10,6 +10,7 @@ import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.interop.synth import bundle_label, generate
+from medledger.shredding import carry_out
 from medledger.vault import PatientErased
 
 from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, wait_for
@@ -193,3 +194,25 @@ def test_a_custodian_shredding_reaches_copies_held_beside_own_records(sandbox: S
     assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
     assert not vault_b.is_erased(pid)
     assert sandbox.x(B).store.key(A, pid) is None
+
+
+def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(
+    sandbox: Sandbox,
+) -> None:
+    """`medledger erase` at a custodian that also holds copies: on main it refused it all."""
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    b = sandbox.h[B]
+    assert b.exchange is not None
+    b.exchange.stop()  # B's DPO acts by hand; no sync agent races it
+    b.exchange = None
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+
+    outcome = carry_out(b.node, b.vault, pid)
+    assert outcome.status == "erased" and "retention until" in outcome.reason
+    assert outcome.shred is not None
+    assert (outcome.shred.records, outcome.shred.copies) == (0, len(copied))
+    status = sandbox.root.engine.query("erasure/status", {"pid": pid})
+    ob = next(o for o in status["obligations"] if o["holder"] == B)
+    assert ob["status"] == "attested" and ob["custody"]["status"] == "refused"
+    assert sorted(i.rid for i in b.vault.records_of(pid)) == sorted(own)
+    assert carry_out(b.node, b.vault, pid).reason == "already attested"
