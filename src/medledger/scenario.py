@@ -323,10 +323,10 @@ def play(
         say(f"({lille.name}'s copies are erased by its node's sync agent when it runs.)")
     mine = eventually(lambda: attested(paris), timeout=wait)
     if mine:
-        kept = paris.vault.records_of(chronic, include_copies=False)
+        retained = paris.vault.records_of(chronic, include_copies=False)
         left = [i for i in paris.vault.records_of(chronic) if i.is_copy]
         say(
-            f"{paris.name} keeps its own care records ({len(kept)} record versions, still "
+            f"{paris.name} keeps its own care records ({len(retained)} record versions, still "
             f"readable, under legal retention) and crypto-shredded the "
             f"{mine['attestation']['records']} copies of other hospitals' records apart (their "
             f"key sets destroyed; {len(left)} copies left), attested on the chain."

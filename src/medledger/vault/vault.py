@@ -697,6 +697,7 @@ class Vault:
     def records_of(self, pid: str, include_copies: bool = True) -> list[RecordInfo]:
         """Every stored version of a patient's records, ordered by (rid, version).
 
+        Copies shredded apart (erase_copies) are left out even before their purge.
         Empty for a pid never seen; PatientErased for an erased one.
         """
         pid = self._pid(pid)
