@@ -249,3 +249,48 @@ def test_a_vault_of_the_old_schema_is_refused_with_a_clear_message(vault_env: Va
         finally:
             conn.close()
         assert tables == ["meta", "sqlite_autoindex_meta_1"]
+
+
+def _calls_of_erase_copies(vault: Vault, pid: str) -> list[str]:
+    calls: list[str] = []
+    backend = vault._backend  # the test inspects the work erase_copies() asks for
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(backend, name)
+            if not callable(attr):
+                return attr
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return attr(*args, **kwargs)
+
+            return call
+
+    vault._backend = Recorder()
+    try:
+        vault.erase_copies(pid, PARIS)
+    finally:
+        vault._backend = backend
+    return calls
+
+
+def test_shredding_copies_does_not_grow_with_the_number_of_copies(vault: Vault) -> None:
+    """The ciphertext rows are only touched by the purge, as for a whole erasure."""
+    small, large = make_pid("ten copies"), make_pid("thousand copies")
+    for pid, n in ((small, 10), (large, 1000)):
+        with vault.batch():
+            vault.put(pid, f"{pid[:8]}-own", 1, _resource("own", OWN_TEXT), **_own())
+            for i in range(n):
+                rid = f"{pid[:8]}-{i}"
+                vault.put(pid, rid, 1, _resource(rid, PARIS_TEXT), **_paris_copy())
+    assert _calls_of_erase_copies(vault, small) == _calls_of_erase_copies(vault, large)
+    assert vault.purge_pending().rows_deleted == 1010
+
+
+def _own() -> dict[str, Any]:
+    return {"resource_type": "Observation", "custodian": HOSPITAL}
+
+
+def _paris_copy() -> dict[str, Any]:
+    return {"resource_type": "Observation", "custodian": PARIS, "is_copy": True}
