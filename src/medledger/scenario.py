@@ -308,23 +308,31 @@ def play(
         f"The patient asks for erasure (request {erasure['id']}). The contract refuses it for "
         f"the care records of {', '.join(refused) or 'no one'} (legal retention, 20 years)."
     )
-    done = eventually(
-        lambda: (
-            (s := lille.node.engine.query("erasure/status", {"pid": chronic}))
-            and any(
-                o["holder"] == lille.org and o["status"] == "attested" for o in s["obligations"]
-            )
-            and s
-        ),
-        timeout=wait,
-    )
-    if done:
+
+    def attested(h: Hospital) -> dict[str, Any] | None:
+        status = h.node.engine.query("erasure/status", {"pid": chronic})
+        found = [o for o in status["obligations"] if o["holder"] == h.org] if status else []
+        return found[0] if found and found[0]["status"] == "attested" else None
+
+    if eventually(lambda: attested(lille), timeout=wait):
         say(
             f"{lille.name}, which held only copies, crypto-shredded them (the patient's key "
             "destroyed, in constant time) and attested it on the chain."
         )
     else:
         say(f"({lille.name}'s copies are erased by its node's sync agent when it runs.)")
+    mine = eventually(lambda: attested(paris), timeout=wait)
+    if mine:
+        retained = paris.vault.records_of(chronic, include_copies=False)
+        left = [i for i in paris.vault.records_of(chronic) if i.is_copy]
+        say(
+            f"{paris.name} keeps its own care records ({len(retained)} record versions, still "
+            f"readable, under legal retention) and crypto-shredded the "
+            f"{mine['attestation']['records']} copies of other hospitals' records apart (their "
+            f"key sets destroyed; {len(left)} copies left), attested on the chain."
+        )
+    else:
+        say(f"({paris.name}'s copies are erased apart by its node's sync agent when it runs.)")
     return story
 
 

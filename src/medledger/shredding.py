@@ -4,10 +4,15 @@
 nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), attest it on
 the chain with `records.shredded`, then purge the ciphertexts.
 
+`shred_copies` shreds only the copies held of other hospitals' records (their key sets, see
+vault/keys.py), apart from this hospital's own records, and attests with the vault's receipt
+digest: no `records.shredded`, which would say that the own records were erased.
+
 `carry_out` is the rule: a patient's erasure request lives in the `erasure` contract, which
 decides per holder. A custodian whose care records are under legal retention (20 years for
-French hospital files) is refused with that reason and shreds nothing; a holder of copies
-shreds them and attests before the deadline.
+French hospital files) is refused with that reason for them and keeps them; the copies it
+holds of other hospitals' records are shredded apart and attested, like every holder of
+copies must before the deadline.
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     )
 
 
+def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResult:
+    """Shred every copy held of other custodians' records of the patient, keep the own
+    records, and attest erasure request `request` with the receipt's digest."""
+    receipt = vault.erase_copies(pid)
+    committed = node.wallet.send(
+        "erasure.attest",
+        {"request": request, "digest": receipt.digest, "records": receipt.copies_shredded},
+    )
+    purged = vault.purge_pending()
+    return ShredResult(pid, 0, receipt.copies_shredded, committed.height, purged.rows_deleted)
+
+
 def carry_out(node: Node, vault: Vault, pid: str, evidence_hash: bytes = b"") -> ErasureOutcome:
     """File the request if none exists (on the patient's behalf, with the evidence's hash),
     then do what the erasure contract says this hospital must do."""
@@ -84,12 +101,13 @@ def carry_out(node: Node, vault: Vault, pid: str, evidence_hash: bytes = b"") ->
         return ErasureOutcome(request, "erased", "already attested", None)
     custody = mine.get("custody")
     if custody is not None and custody["status"] == "refused":
-        # The vault erases a patient as a whole: copies cannot go while care records stay.
+        # The care records stay (legal retention); the copies held with them go, apart.
+        result = shred_copies(node, vault, pid, request)
         return ErasureOutcome(
             request,
-            "refused",
-            f"care records under legal {custody['reason']}; copies held with them stay too",
-            None,
+            "erased",
+            f"copies erased; care records kept under legal {custody['reason']}",
+            result,
         )
     result = shred(node, vault, pid)
     node.wallet.send(

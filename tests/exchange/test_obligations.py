@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import time
 
+import orjson
 import pytest
 
 from medledger.exchange.client import ExchangeError
+from medledger.interop.synth import bundle_label, generate
+from medledger.shredding import carry_out
+from medledger.vault import PatientErased
 
 from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, wait_for
 
@@ -124,3 +128,93 @@ def test_a_custodian_shredding_its_records_erases_the_copies(sandbox: Sandbox) -
     # And nothing comes back: the custodian refuses, the vault refuses.
     with pytest.raises(ExchangeError):
         sandbox.x(B).client.metadata_key(A, pid)
+
+
+def _followed_at_a_and_b(sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
+    """A patient with care records at A and at B, and B holding copies of A's records."""
+    by_org = generate(6, [A, B, C], seed=3)
+    at_b = {bundle_label(b): b for b in by_org[B]}
+    bundle_a = next(b for b in by_org[A] if bundle_label(b) in at_b)
+    pid, copied = sandbox.ingest(A, bundle_a)
+    pid_b, own = sandbox.ingest(B, at_b[bundle_label(bundle_a)])
+    assert pid_b == pid
+    sandbox.consent(A, pid, B)
+    vault_b = sandbox.h[B].vault
+    wait_for(
+        lambda: len([i for i in vault_b.records_of(pid) if i.is_copy]) == len(copied),
+        what="prefetch",
+    )
+    return pid, copied, own
+
+
+def test_a_holder_with_its_own_records_erases_the_copies_apart_and_attests(
+    sandbox: Sandbox,
+) -> None:
+    """Issue 11 item 3: on main B's job ended "the vault cannot erase the copies apart"."""
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+
+    def obligation_of_b() -> dict:  # type: ignore[type-arg]
+        found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
+        return next(o for o in found["obligations"] if o["holder"] == B)
+
+    wait_for(lambda: obligation_of_b()["status"] == "attested", what="B's attestation")
+    ob = obligation_of_b()
+    # B's care records stay under legal retention; its copies of A's records are attested.
+    assert ob["custody"]["status"] == "refused" and ob["copies"]["status"] == "attested"
+    assert ob["attestation"]["records"] == len(copied)
+    # The digest attested is the vault's receipt, which a retry would reproduce exactly.
+    assert ob["attestation"]["digest"] == sandbox.h[B].vault.erase_copies(pid).digest
+    # No records.shredded for B: that would tell every node that B's own records are gone.
+    assert sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid}) is None
+    assert not any(
+        e["shredded"]
+        for e in sandbox.root.engine.query("records/of_patient", {"pid": pid, "custodian": B})
+    )
+    vault_b = sandbox.h[B].vault
+    assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
+    for rid in copied:
+        with pytest.raises(PatientErased):
+            vault_b.get(rid)
+    assert all(orjson.loads(vault_b.get(rid)) for rid in own)  # still readable at B
+    assert sandbox.x(B).store.key(A, pid) is None  # A's metadata key is gone too
+    outcomes = [j["detail"] for j in sandbox.x(B).store.history() if j["kind"] == "erase"]
+    assert any("copies erased apart from the own care records, attested" in d for d in outcomes)
+
+
+def test_a_custodian_shredding_reaches_copies_held_beside_own_records(sandbox: Sandbox) -> None:
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    receipt = sandbox.h[A].vault.erase(pid)
+    sandbox.h[A].node.wallet.send(
+        "records.shredded",
+        {"pid": pid, "digest": receipt.digest, "records": receipt.records_shredded, "copies": 0},
+    )
+    vault_b = sandbox.h[B].vault
+    wait_for(
+        lambda: not [i for i in vault_b.records_of(pid) if i.is_copy], what="A's copies erased at B"
+    )
+    assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
+    assert not vault_b.is_erased(pid)
+    assert sandbox.x(B).store.key(A, pid) is None
+
+
+def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(
+    sandbox: Sandbox,
+) -> None:
+    """`medledger erase` at a custodian that also holds copies: on main it refused it all."""
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    b = sandbox.h[B]
+    assert b.exchange is not None
+    b.exchange.stop()  # B's DPO acts by hand; no sync agent races it
+    b.exchange = None
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+
+    outcome = carry_out(b.node, b.vault, pid)
+    assert outcome.status == "erased" and "retention until" in outcome.reason
+    assert outcome.shred is not None
+    assert (outcome.shred.records, outcome.shred.copies) == (0, len(copied))
+    status = sandbox.root.engine.query("erasure/status", {"pid": pid})
+    ob = next(o for o in status["obligations"] if o["holder"] == B)
+    assert ob["status"] == "attested" and ob["custody"]["status"] == "refused"
+    assert sorted(i.rid for i in b.vault.records_of(pid)) == sorted(own)
+    assert carry_out(b.node, b.vault, pid).reason == "already attested"

@@ -161,13 +161,38 @@ def test_derived_keys_and_salts_are_distinct() -> None:
     ring = KeyRing(secrets.token_bytes(32), "hosp-a")
     a = ring.unwrap(PID_A, 1, ring.new_wrapped_key(PID_A, 1))
     b = ring.unwrap(PID_B, 1, ring.new_wrapped_key(PID_B, 1))
-    derived = {a.record_key, a.metadata_key, a.salt_key, b.record_key, b.metadata_key, b.salt_key}
-    assert len(derived) == 6 and all(len(k) == 32 for k in derived)
-    salts = {a.salt("r1", 1), a.salt("r1", 2), a.salt("r2", 1), b.salt("r1", 1)}
-    assert len(salts) == 4
-    assert a.salt("r1", 1) == a.salt("r1", 1)
-    assert repr(a.record_key) not in repr(a) and repr(a.salt_key) not in repr(a)
+    # Under each patient key: the own records' set and one set per custodian of copies.
+    a_own = a.unwrap_set_key("hosp-a", False, "k1", a.new_wrapped_set_key("hosp-a", False, "k1"))
+    a_copies = a.unwrap_set_key("hosp-b", True, "k2", a.new_wrapped_set_key("hosp-b", True, "k2"))
+    b_own = b.unwrap_set_key("hosp-a", False, "k3", b.new_wrapped_set_key("hosp-a", False, "k3"))
+    derived = {a.metadata_key, a.set_wrap_key, b.metadata_key, b.set_wrap_key}
+    derived |= {k for s in (a_own, a_copies, b_own) for k in (s.record_key, s.salt_key)}
+    assert len(derived) == 10 and all(len(k) == 32 for k in derived)
+    salts = {a_own.salt("r1", 1), a_own.salt("r1", 2), a_own.salt("r2", 1), b_own.salt("r1", 1)}
+    salts.add(a_copies.salt("r1", 1))
+    assert len(salts) == 5
+    assert a_own.salt("r1", 1) == a_own.salt("r1", 1)
+    assert repr(a_own.record_key) not in repr(a_own) and repr(a_own.salt_key) not in repr(a_own)
+    assert repr(a.metadata_key) not in repr(a) and repr(a.set_wrap_key) not in repr(a)
     assert kek_fingerprint(b"k" * 32) != kek_fingerprint(b"l" * 32)
+
+
+def test_set_key_is_bound_to_its_patient_custodian_and_set() -> None:
+    ring = KeyRing(secrets.token_bytes(32), "hosp-a")
+    a = ring.unwrap(PID_A, 1, ring.new_wrapped_key(PID_A, 1))
+    b = ring.unwrap(PID_B, 1, ring.new_wrapped_key(PID_B, 1))
+    wrapped = a.new_wrapped_set_key("hosp-b", True, "k1")
+    assert a.unwrap_set_key("hosp-b", True, "k1", wrapped) == a.unwrap_set_key(
+        "hosp-b", True, "k1", wrapped
+    )
+    for custodian, is_copy, kid, patient in (
+        ("hosp-c", True, "k1", a),  # presented as another custodian's copies
+        ("hosp-b", False, "k1", a),  # as own records
+        ("hosp-b", True, "k2", a),  # as another set
+        ("hosp-b", True, "k1", b),  # under another patient's key
+    ):
+        with pytest.raises(VaultIntegrityError, match="key set"):
+            patient.unwrap_set_key(custodian, is_copy, kid, wrapped)
 
 
 def test_keyring_repr_hides_the_kek() -> None:

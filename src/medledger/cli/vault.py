@@ -112,4 +112,5 @@ def register(app: typer.Typer) -> None:
             f"erasure request {outcome.request}: patient {pid[:16]}… crypto-shredded here: keys "
             f"destroyed, {r.records} record versions and {r.copies} copies unreadable, "
             f"{r.purged_rows} ciphertext rows purged; attested on the chain (block {r.height})"
+            + (f"; {outcome.reason}" if outcome.reason else "")
         )

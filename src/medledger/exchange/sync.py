@@ -782,10 +782,11 @@ class SyncAgent:
         """Crypto-shred the copies held here, then attest on the chain.
 
         Only copies: a hospital's own care records are erased by its DPO (`medledger erase`),
-        never by the agent. The vault erases a patient as a whole (one key per patient), so
-        copies can be erased alone only when this hospital holds no care records of its own
-        for the patient; otherwise the job ends with that reason and the erasure contract
-        keeps the obligation open (and flags it at its deadline).
+        never by the agent. A holder of copies only erases the patient as a whole (their
+        patient key), posts `records.shredded` and attests with it. A holder that also keeps
+        its own care records (under legal retention) shreds the copies apart (their key
+        sets, see vault/keys.py) and attests with the vault's receipt digest itself: a
+        `records.shredded` entry would tell every node that its own records were erased.
         """
         pid = job.pid
         try:
@@ -798,7 +799,7 @@ class SyncAgent:
         if job.ref == 0 and not any(i.custodian == job.custodian for i in copies):
             return "no copy of that custodian held here"
         if own:
-            return "own care records held here: the vault cannot erase the copies apart"
+            return self._erase_copies_apart(job)
         receipt = self.vault.erase(pid)
         self.store.forget_keys(pid)
         with self.store.tx() as db:
@@ -818,6 +819,30 @@ class SyncAgent:
         self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies erased" + (", attested" if attested else "")
 
+    def _erase_copies_apart(self, job: Job) -> str:
+        """Shred the copies (of every custodian for a request; of the one that shredded
+        otherwise) while this hospital's own care records stay, and attest a request."""
+        pid = job.pid
+        custodian = job.custodian if job.ref == 0 else None
+        receipt = self.vault.erase_copies(pid, custodian)  # idempotent: a retry attests the same
+        self.store.forget_keys(pid, custodian)
+        with self.store.tx() as db:
+            if custodian is None:
+                db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
+                db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
+            else:
+                db.execute(
+                    "DELETE FROM jobs WHERE pid = ? AND kind = 'sync' AND custodian = ?",
+                    (pid, custodian),
+                )
+        attested = job.ref != 0 and self._attest(
+            pid, job.ref, receipt.copies_shredded, receipt.digest, copies_only=True
+        )
+        self.vault.purge_pending()
+        return f"{receipt.copies_shredded} copies erased apart from the own care records" + (
+            ", attested" if attested else ""
+        )
+
     def _obligation(self, pid: str, request: int) -> dict[str, Any] | None:
         try:
             status = self.node.engine.query(
@@ -834,11 +859,23 @@ class SyncAgent:
                 return found
         return None
 
-    def _attest(self, pid: str, request: int, count: int) -> bool:
+    def _attest(
+        self,
+        pid: str,
+        request: int,
+        count: int,
+        digest: bytes = b"",
+        copies_only: bool = False,
+    ) -> bool:
         ob = self._obligation(pid, request)
         if ob is None or ob["status"] != "pending":
             return False
+        custody = ob.get("custody")
+        if copies_only and custody is not None and custody["status"] != "refused":
+            # The care records' retention has run out: attesting now would attest their
+            # erasure too, which is the DPO's act (`medledger erase`), not the agent's.
+            return False
         self.node.wallet.send(
-            "erasure.attest", {"request": ob["request"], "digest": b"", "records": count}
+            "erasure.attest", {"request": ob["request"], "digest": digest, "records": count}
         )
         return True

@@ -1,9 +1,13 @@
 """medledger.vault: each hospital's off-chain, encrypted record store.
 
-Records are AES-256-GCM ciphertexts under per-patient data keys wrapped by the
-hospital's key-encryption key; erasing a patient destroys their one wrapped
-key (crypto-shredding). SQLite and PostgreSQL backends. Knows nothing of the
-ledger.
+Records are AES-256-GCM ciphertexts under key sets: per patient, one set key
+for the hospital's own records and one per custodian for the copies held of
+other hospitals' records, each wrapped under the patient key, itself wrapped
+by the hospital's key-encryption key (see keys.py). Erasing a patient destroys
+their one wrapped patient key (crypto-shredding, constant time);
+`erase_copies` destroys copy sets' keys apart, so copies go while the own
+records under legal retention stay. SQLite and PostgreSQL backends. Knows
+nothing of the ledger.
 """
 
 from medledger.vault.errors import (

@@ -15,15 +15,25 @@ from typing import Any, Protocol
 import orjson
 
 from medledger.vault.models import (
+    CopyErasureRow,
     ErasureRow,
     KeyRow,
     ProvisionalUnit,
     RecordInfo,
     RecordRow,
     RidState,
+    SetRow,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 kept one data key per patient for own records and copies alike. Version 2 (key
+# sets per patient and custodian) changes how every record is encrypted, so a version-1
+# vault cannot be converted without its plaintexts: it is refused with this message.
+SCHEMA_REFUSAL = (
+    "this vault has schema version {found}; this medledger needs version {needed} (a key set "
+    "per patient and custodian, so that copies can be erased apart). There is no in-place "
+    "migration: move the old vault away and re-ingest the hospital's records"
+)
 
 
 class Backend(Protocol):
@@ -78,6 +88,56 @@ class Backend(Protocol):
         """Delete the key row: the crypto-shredding commit point. O(1), by primary key."""
         ...
 
+    def lock_set(self, pid: str, generation: int, custodian: str, is_copy: bool) -> SetRow | None:
+        """The live key set of (patient, generation, custodian, copy flag), if any.
+
+        Called after lock_key in the same transaction, which already serialises writers
+        of the patient.
+        """
+        ...
+
+    def read_set(self, kid: str) -> SetRow | None:
+        """A live key set by its id."""
+        ...
+
+    def sets_of(self, pid: str, generation: int) -> list[SetRow]:
+        """Every live key set of one patient key generation, by (is_copy, custodian)."""
+        ...
+
+    def insert_set(self, row: SetRow) -> bool:
+        """Insert a key set; False if that (pid, generation, custodian, copy flag) has one."""
+        ...
+
+    def update_set_counters(self, kid: str, n_records: int, manifest: bytes) -> None:
+        """Store the set's running record count and manifest hash."""
+        ...
+
+    def delete_set(self, kid: str) -> bool:
+        """Delete a key set row: the commit point of shredding copies apart. By primary key."""
+        ...
+
+    def delete_sets(self, pid: str, generation: int) -> None:
+        """Delete every key set row of a patient key generation (the patient key is gone)."""
+        ...
+
+    def insert_copy_erasure(self, row: CopyErasureRow) -> None:
+        """Write the tombstone of a copy set shredded apart."""
+        ...
+
+    def copy_erasures(
+        self, pid: str, generation: int, custodian: str | None
+    ) -> list[CopyErasureRow]:
+        """Tombstones of copy sets shredded at this generation (of one custodian, or all)."""
+        ...
+
+    def pending_copy_erasures(self) -> list[tuple[str, str]]:
+        """(kid, pid) of copy sets shredded whose ciphertext rows are not purged yet."""
+        ...
+
+    def purge_set(self, kid: str) -> int:
+        """Tombstone the set's rids, delete its ciphertext rows, mark its erasure purged."""
+        ...
+
     def latest_erasure(self, pid: str) -> ErasureRow | None:
         """The most recent erasure tombstone of the pid, if any."""
         ...
@@ -98,12 +158,15 @@ class Backend(Protocol):
         """Insert one record version; False if (rid, version) already exists."""
         ...
 
-    def fetch_record(self, rid: str, version: int | None) -> tuple[RecordRow, bytes | None] | None:
-        """The record version (latest if None) and the wrapped key of its generation.
+    def fetch_record(
+        self, rid: str, version: int | None
+    ) -> tuple[RecordRow, bytes | None, bytes | None] | None:
+        """The record version (latest if None), the wrapped patient key of its generation
+        and the wrapped key of its key set.
 
-        The key is None when that generation was erased but its rows are not
-        purged yet. Reading both in one statement means a concurrent erasure
-        is either fully seen or not at all.
+        A key is None when it was erased (the patient, or the copy set) but the
+        rows are not purged yet. Reading all in one statement means a concurrent
+        erasure is either fully seen or not at all.
         """
         ...
 
@@ -112,7 +175,8 @@ class Backend(Protocol):
         ...
 
     def list_records(self, pid: str, generation: int, include_copies: bool) -> list[RecordInfo]:
-        """Attributes of every stored version of one patient key generation, by (rid, version)."""
+        """Attributes of every stored version of one patient key generation whose key set is
+        live (copies shredded apart are left out), by (rid, version)."""
         ...
 
     def patients(self) -> list[str]:
@@ -154,7 +218,8 @@ class Backend(Protocol):
         ...
 
     def purge(self, pid: str, generation: int) -> int:
-        """Tombstone the rids, delete the ciphertext rows and mark the erasure purged."""
+        """Tombstone the rids, delete the ciphertext rows and the generation's key set rows,
+        and mark the erasure (and the generation's copy erasures) purged."""
         ...
 
     def compact(self) -> bool:
@@ -168,9 +233,10 @@ class Backend(Protocol):
         ...
 
 
-def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None]:
+def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None, bytes | None]:
     """Decode the backends' record query: (rid, version, pid, generation, resource_type,
-    custodian, is_copy, nonce, ciphertext, salt_ct, wrapped key or NULL once erased)."""
+    custodian, is_copy, nonce, ciphertext, salt_ct, kid, wrapped patient key or NULL once
+    erased, wrapped set key or NULL once erased)."""
     record = RecordRow(
         rid=row[0],
         version=int(row[1]),
@@ -182,8 +248,43 @@ def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None]:
         nonce=bytes(row[7]),
         ciphertext=bytes(row[8]),
         salt_ct=None if row[9] is None else bytes(row[9]),
+        kid=str(row[10]),
     )
-    return record, None if row[10] is None else bytes(row[10])
+    return (
+        record,
+        None if row[11] is None else bytes(row[11]),
+        None if row[12] is None else bytes(row[12]),
+    )
+
+
+def set_from_row(row: Sequence[Any] | None) -> SetRow | None:
+    """Decode (kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest)."""
+    if row is None:
+        return None
+    return SetRow(
+        kid=str(row[0]),
+        pid=str(row[1]),
+        generation=int(row[2]),
+        custodian=str(row[3]),
+        is_copy=bool(row[4]),
+        wrapped=bytes(row[5]),
+        n_records=int(row[6]),
+        manifest=bytes(row[7]),
+    )
+
+
+def copy_erasure_from_row(row: Sequence[Any]) -> CopyErasureRow:
+    """Decode (kid, pid, generation, custodian, erased_at, n_copies, digest, purged)."""
+    return CopyErasureRow(
+        kid=str(row[0]),
+        pid=str(row[1]),
+        generation=int(row[2]),
+        custodian=str(row[3]),
+        erased_at=str(row[4]),
+        n_copies=int(row[5]),
+        digest=bytes(row[6]),
+        purged=bool(row[7]),
+    )
 
 
 def info_from_row(row: Sequence[Any]) -> RecordInfo:

@@ -1,4 +1,4 @@
-"""Record encryption: AES-256-GCM under the patient's record key.
+"""Record encryption: AES-256-GCM under the record key of the record's key set.
 
 Each record version is sealed with a fresh random 96-bit nonce. The associated
 data binds the ciphertext to everything the vault stores in clear next to it
@@ -6,7 +6,7 @@ data binds the ciphertext to everything the vault stores in clear next to it
 ciphertext to another row, or editing one of those clear columns, makes the
 tag check fail, and the failure names the rid and version concerned.
 
-A patient key encrypts at most a few thousand records in practice, far below
+A key set encrypts at most a few thousand records in practice, far below
 the 2**32 messages per key that random 96-bit nonces allow.
 """
 
@@ -20,12 +20,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medledger.vault.errors import VaultIntegrityError
-from medledger.vault.keys import NONCE_SIZE, PatientKeys, encode_fields
+from medledger.vault.keys import NONCE_SIZE, RecordKeys, encode_fields
 
 _LABEL_RECORD_AAD = b"medledger/vault/v1/record-aad"
 _LABEL_SALT_AAD = b"medledger/vault/v1/salt-aad"
 _LABEL_MANIFEST = b"medledger/vault/v1/manifest"
 _LABEL_WITHDRAWN = b"medledger/vault/v1/withdrawn"
+_LABEL_COPIES_ERASED = b"medledger/vault/v2/copies-erased"
 
 EMPTY_MANIFEST = hashlib.sha256(_LABEL_MANIFEST).digest()
 
@@ -56,13 +57,13 @@ class RecordContext:
         )
 
 
-def seal_record(keys: PatientKeys, ctx: RecordContext, plaintext: bytes) -> tuple[bytes, bytes]:
+def seal_record(keys: RecordKeys, ctx: RecordContext, plaintext: bytes) -> tuple[bytes, bytes]:
     """Encrypt one record version; returns (nonce, ciphertext with its 16-byte tag)."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     return nonce, AESGCM(keys.record_key).encrypt(nonce, plaintext, ctx.aad())
 
 
-def open_record(keys: PatientKeys, ctx: RecordContext, nonce: bytes, ciphertext: bytes) -> bytes:
+def open_record(keys: RecordKeys, ctx: RecordContext, nonce: bytes, ciphertext: bytes) -> bytes:
     """Decrypt one record version, or raise VaultIntegrityError naming its rid and version."""
     try:
         if len(nonce) != NONCE_SIZE:
@@ -77,14 +78,14 @@ def open_record(keys: PatientKeys, ctx: RecordContext, nonce: bytes, ciphertext:
         ) from None
 
 
-def seal_salt(keys: PatientKeys, ctx: RecordContext, salt: bytes) -> bytes:
+def seal_salt(keys: RecordKeys, ctx: RecordContext, salt: bytes) -> bytes:
     """Encrypt a salt received with a copy (the custodian's), bound to the record: nonce || ct."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     aad = encode_fields(_LABEL_SALT_AAD, ctx.aad())
     return nonce + AESGCM(keys.salt_value_key()).encrypt(nonce, salt, aad)
 
 
-def open_salt(keys: PatientKeys, ctx: RecordContext, sealed: bytes) -> bytes:
+def open_salt(keys: RecordKeys, ctx: RecordContext, sealed: bytes) -> bytes:
     """Decrypt a stored copy salt, or raise VaultIntegrityError."""
     aad = encode_fields(_LABEL_SALT_AAD, ctx.aad())
     try:
@@ -101,9 +102,9 @@ def extend_manifest(manifest: bytes, ctx: RecordContext, ciphertext: bytes) -> b
     """Fold one stored version into the patient's running manifest hash.
 
     The manifest commits to every (rid, version, copy flag, ciphertext digest)
-    stored under a patient key, in order. Kept on the key row, it lets erase()
-    produce a digest of everything it destroys in O(1), without reading the
-    records.
+    stored under a patient key (and, separately, under each key set), in order.
+    Kept on the key rows, it lets erase() and erase_copies() produce a digest of
+    everything they destroy without reading the records.
     """
     item = encode_fields(ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest())
     return hashlib.sha256(manifest + item).digest()
@@ -119,3 +120,13 @@ def withdraw_from_manifest(manifest: bytes, ctx: RecordContext, ciphertext: byte
         _LABEL_WITHDRAWN, ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest()
     )
     return hashlib.sha256(manifest + item).digest()
+
+
+def copies_erased_in_manifest(manifest: bytes, set_digest: bytes) -> bytes:
+    """Fold the shredding of one copy set (the digest of its receipt) into the patient manifest.
+
+    The patient key's manifest keeps covering everything it ever protected, so the
+    receipt of a later erasure of the whole patient still commits to those copies
+    and to the fact that they were shredded apart first.
+    """
+    return hashlib.sha256(manifest + encode_fields(_LABEL_COPIES_ERASED, set_digest)).digest()

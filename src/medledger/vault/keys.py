@@ -1,23 +1,32 @@
-"""Key-encryption key (KEK) handling and per-patient key material.
+"""Key-encryption key (KEK) handling and the key hierarchy below it.
 
 Key hierarchy (all keys 32 bytes):
 
     KEK (key file mode 0600, or environment variable)
      +- wrapping key   = HKDF(KEK, info="medledger/vault/v1/wrap")
-     |    wraps, with AES-256-GCM, one random data key per (patient, generation);
+     |    wraps, with AES-256-GCM, one random patient key per (patient, generation);
      |    the associated data binds each wrapped key to the hospital, pid and generation
      +- fingerprint    = HMAC(KEK, "medledger/vault/v1/kek-fingerprint")[:16]
           stored in the vault so that a wrong KEK is refused at open time
 
-    patient data key DK (random, stored only wrapped)
-     +- record key     = HKDF(DK, info="medledger/vault/v1/record"   || hospital || pid || gen)
-     +- metadata key   = HKDF(DK, info="medledger/vault/v1/metadata" || hospital || pid || gen)
-     +- salt key       = HKDF(DK, info="medledger/vault/v1/salt"     || hospital || pid || gen)
+    patient key PK (random, stored only wrapped under the KEK)
+     +- metadata key   = HKDF(PK, info="medledger/vault/v1/metadata" || hospital || pid || gen)
+     +- set wrapping   = HKDF(PK, info="medledger/vault/v2/set-wrap" || hospital || pid || gen)
+          wraps one random set key per (patient, custodian) key set:
+          the hospital's own records form one set (custodian = this hospital), the copies
+          held of each other custodian's records one set each; the associated data binds a
+          wrapped set key to the hospital, pid, generation, custodian, copy flag and set id
+
+    set key SK (random, stored only wrapped under the patient key)
+     +- record key     = HKDF(SK, info="medledger/vault/v2/record" || set context)
+     +- salt key       = HKDF(SK, info="medledger/vault/v2/salt"   || set context)
           salt(rid, version) = HMAC-SHA256(salt key, rid || version)
 
-Everything a patient has (record keys, salts, metadata key) is derived from the
-one wrapped data key, so deleting that single row crypto-shreds the patient in
-constant time: no per-record key or salt has to be found and destroyed.
+Two levels, for two kinds of erasure. Deleting the one wrapped patient key row
+crypto-shreds the whole patient in constant time: every set key was wrapped
+under it. Deleting one wrapped set key row shreds the copies held of one
+custodian's records apart, while the hospital's own records (under legal
+retention) and the copies of other custodians stay readable.
 """
 
 from __future__ import annotations
@@ -47,10 +56,12 @@ DEFAULT_KEK_ENV = "MEDLEDGER_KEK"
 _LABEL_WRAP = b"medledger/vault/v1/wrap"
 _LABEL_FINGERPRINT = b"medledger/vault/v1/kek-fingerprint"
 _LABEL_PATIENT_KEY_AAD = b"medledger/vault/v1/patient-key"
-_LABEL_RECORD = b"medledger/vault/v1/record"
 _LABEL_METADATA = b"medledger/vault/v1/metadata"
-_LABEL_SALT = b"medledger/vault/v1/salt"
 _LABEL_SALT_VALUE = b"medledger/vault/v1/salt-value"
+_LABEL_SET_WRAP = b"medledger/vault/v2/set-wrap"
+_LABEL_SET_KEY_AAD = b"medledger/vault/v2/set-key"
+_LABEL_SET_RECORD = b"medledger/vault/v2/record"
+_LABEL_SET_SALT = b"medledger/vault/v2/salt"
 
 
 def encode_fields(*fields: bytes | str | int) -> bytes:
@@ -204,13 +215,17 @@ def kek_fingerprint(kek: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class PatientKeys:
-    """Keys derived from one patient's data key; never stored, recomputed on demand."""
+class RecordKeys:
+    """Keys derived from one key set's data key; never stored, recomputed on demand.
+
+    A key set is one patient's own records, or the copies held of one custodian's
+    records for that patient (see the module docstring).
+    """
 
     pid: str
     generation: int
+    kid: str
     record_key: bytes = field(repr=False)
-    metadata_key: bytes = field(repr=False)
     salt_key: bytes = field(repr=False)
 
     def salt(self, rid: str, version: int) -> bytes:
@@ -220,6 +235,53 @@ class PatientKeys:
     def salt_value_key(self) -> bytes:
         """Key that encrypts salts received with copies (the custodian's salts)."""
         return hkdf(self.salt_key, _LABEL_SALT_VALUE)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKeys:
+    """Keys derived from one patient key; never stored, recomputed on demand."""
+
+    hospital_id: str
+    pid: str
+    generation: int
+    metadata_key: bytes = field(repr=False)
+    set_wrap_key: bytes = field(repr=False)
+
+    def _set_aad(self, custodian: str, is_copy: bool, kid: str) -> bytes:
+        return encode_fields(
+            _LABEL_SET_KEY_AAD, self.hospital_id, self.pid, self.generation, custodian, is_copy, kid
+        )
+
+    def new_wrapped_set_key(self, custodian: str, is_copy: bool, kid: str) -> bytes:
+        """Draw a fresh random set key and return it wrapped: nonce || ciphertext+tag."""
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        set_key = secrets.token_bytes(KEY_SIZE)
+        aad = self._set_aad(custodian, is_copy, kid)
+        return nonce + AESGCM(self.set_wrap_key).encrypt(nonce, set_key, aad)
+
+    def unwrap_set_key(self, custodian: str, is_copy: bool, kid: str, wrapped: bytes) -> RecordKeys:
+        """Unwrap a key set's data key and derive its record and salt keys.
+
+        Fails with VaultIntegrityError when the wrapped set key was changed, or
+        moved to another patient, generation, custodian or set.
+        """
+        try:
+            set_key = AESGCM(self.set_wrap_key).decrypt(
+                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], self._set_aad(custodian, is_copy, kid)
+            )
+        except InvalidTag:
+            raise VaultIntegrityError(
+                f"the key set {kid} of patient {self.pid} ({'copies of ' if is_copy else ''}"
+                f"{custodian}) failed authentication: the key row was altered or moved"
+            ) from None
+        ctx = (self.hospital_id, self.pid, self.generation, custodian, is_copy, kid)
+        return RecordKeys(
+            pid=self.pid,
+            generation=self.generation,
+            kid=kid,
+            record_key=hkdf(set_key, encode_fields(_LABEL_SET_RECORD, *ctx)),
+            salt_key=hkdf(set_key, encode_fields(_LABEL_SET_SALT, *ctx)),
+        )
 
 
 class KeyRing:
@@ -252,13 +314,13 @@ class KeyRing:
         return encode_fields(_LABEL_PATIENT_KEY_AAD, self.hospital_id, pid, generation)
 
     def new_wrapped_key(self, pid: str, generation: int) -> bytes:
-        """Draw a fresh random data key and return it wrapped: nonce || ciphertext+tag."""
+        """Draw a fresh random patient key and return it wrapped: nonce || ciphertext+tag."""
         nonce = secrets.token_bytes(NONCE_SIZE)
         data_key = secrets.token_bytes(KEY_SIZE)
         return nonce + self._wrap.encrypt(nonce, data_key, self._aad(pid, generation))
 
     def unwrap(self, pid: str, generation: int, wrapped: bytes) -> PatientKeys:
-        """Unwrap a patient's data key and derive its keys.
+        """Unwrap a patient key and derive its metadata key and set wrapping key.
 
         Fails with VaultIntegrityError when the wrapped key was changed, moved
         to another pid or generation, or when the KEK is not the one that
@@ -275,9 +337,9 @@ class KeyRing:
             ) from None
         ctx = (self.hospital_id, pid, generation)
         return PatientKeys(
+            hospital_id=self.hospital_id,
             pid=pid,
             generation=generation,
-            record_key=hkdf(data_key, encode_fields(_LABEL_RECORD, *ctx)),
             metadata_key=hkdf(data_key, encode_fields(_LABEL_METADATA, *ctx)),
-            salt_key=hkdf(data_key, encode_fields(_LABEL_SALT, *ctx)),
+            set_wrap_key=hkdf(data_key, encode_fields(_LABEL_SET_WRAP, *ctx)),
         )

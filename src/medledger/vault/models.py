@@ -39,14 +39,20 @@ class StoredRecord(RecordInfo):
 class ErasureReceipt:
     """Proof, for the erasure contract, that a patient's key material was destroyed.
 
-    `records_shredded` and `copies_shredded` count the record versions (own
-    records and copies held for other custodians) that became undecryptable
-    when the key row was deleted; their ciphertext rows are then removed by
+    Of the whole patient (Vault.erase, `copies_of` empty): `records_shredded`
+    and `copies_shredded` count the record versions (own records and copies
+    held for other custodians) that became undecryptable when the patient key
+    row was deleted; their ciphertext rows are then removed by
     Vault.purge_pending() (or at once with erase(pid, purge=True)).
     `digest` = SHA-256 over the hospital, pid, key generation, counts, erasure
     time, the fingerprint of the destroyed wrapped key and the manifest hash of
     every ciphertext it protected: a fixed commitment to what was destroyed,
     fit to be attested on chain.
+
+    Of copies only (Vault.erase_copies): `copies_of` names the custodians whose
+    copies were shredded (their key sets destroyed), `records_shredded` is 0,
+    and `digest` commits to each destroyed set (custodian, set id, count, time,
+    wrapped set key fingerprint, manifest); the own records are untouched.
     """
 
     hospital_id: str
@@ -56,6 +62,7 @@ class ErasureReceipt:
     copies_shredded: int
     erased_at: datetime
     digest: bytes
+    copies_of: tuple[str, ...] = ()
 
     @property
     def digest_hex(self) -> str:
@@ -85,6 +92,7 @@ class PurgeReport:
     patients: int
     rows_deleted: int
     storage_compacted: bool
+    copy_sets: int = 0  # sets of copies shredded apart (Vault.erase_copies) purged
 
 
 # ------------------------------------------------------------- backend rows
@@ -92,7 +100,7 @@ class PurgeReport:
 
 @dataclass(frozen=True, slots=True)
 class KeyRow:
-    """A patient's wrapped data key, with the running counters kept beside it."""
+    """A patient's wrapped patient key, with the running counters kept beside it."""
 
     pid: str
     generation: int
@@ -100,6 +108,39 @@ class KeyRow:
     n_records: int
     n_copies: int
     manifest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetRow:
+    """One key set: a patient's own records, or the copies held of one custodian's records.
+
+    `wrapped` is the set key wrapped under the patient key; `kid` (random) names the
+    set, so records of a set shredded earlier never mix with a later set of the same
+    custodian.
+    """
+
+    kid: str
+    pid: str
+    generation: int
+    custodian: str  # this hospital for its own records
+    is_copy: bool
+    wrapped: bytes = field(repr=False)
+    n_records: int
+    manifest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CopyErasureRow:
+    """A tombstone: the copy set `kid` (copies of `custodian`'s records) was shredded."""
+
+    kid: str
+    pid: str
+    generation: int
+    custodian: str
+    erased_at: str
+    n_copies: int
+    digest: bytes
+    purged: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +170,7 @@ class RecordRow:
     nonce: bytes
     ciphertext: bytes = field(repr=False)
     salt_ct: bytes | None = field(default=None, repr=False)
+    kid: str = ""  # the key set whose key encrypts it
 
     def info(self) -> RecordInfo:
         """What may be said of this version without decrypting it."""
@@ -144,8 +186,9 @@ class RecordRow:
 
 @dataclass(frozen=True, slots=True)
 class RidState:
-    """Owner, key generation and latest version of a rid, for put's checks."""
+    """Owner, key generation, key set and latest version of a rid, for put's checks."""
 
     pid: str
     generation: int
     max_version: int
+    kid: str

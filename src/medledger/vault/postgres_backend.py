@@ -22,18 +22,24 @@ from typing import Any
 import psycopg
 
 from medledger.vault.backend import (
+    SCHEMA_REFUSAL,
     SCHEMA_VERSION,
+    copy_erasure_from_row,
     info_from_row,
     provisional_from_row,
     record_from_row,
+    set_from_row,
 )
+from medledger.vault.errors import VaultConfigError
 from medledger.vault.models import (
+    CopyErasureRow,
     ErasureRow,
     KeyRow,
     ProvisionalUnit,
     RecordInfo,
     RecordRow,
     RidState,
+    SetRow,
 )
 
 _SCHEMA = (
@@ -60,6 +66,30 @@ _SCHEMA = (
         PRIMARY KEY (pid, generation)
     )""",
     "CREATE INDEX IF NOT EXISTS erasures_pending ON erasures (pid, generation) WHERE NOT purged",
+    """CREATE TABLE IF NOT EXISTS key_sets (
+        kid        TEXT PRIMARY KEY,
+        pid        TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        custodian  TEXT NOT NULL,
+        is_copy    BOOLEAN NOT NULL,
+        wrapped    BYTEA NOT NULL,
+        n_records  BIGINT NOT NULL,
+        manifest   BYTEA NOT NULL,
+        UNIQUE (pid, generation, custodian, is_copy)
+    )""",
+    """CREATE TABLE IF NOT EXISTS copy_erasures (
+        kid        TEXT PRIMARY KEY,
+        pid        TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        custodian  TEXT NOT NULL,
+        erased_at  TEXT NOT NULL,
+        n_copies   BIGINT NOT NULL,
+        digest     BYTEA NOT NULL,
+        purged     BOOLEAN NOT NULL DEFAULT FALSE
+    )""",
+    "CREATE INDEX IF NOT EXISTS copy_erasures_by_patient "
+    "ON copy_erasures (pid, generation, custodian)",
+    "CREATE INDEX IF NOT EXISTS copy_erasures_pending ON copy_erasures (kid) WHERE NOT purged",
     """CREATE TABLE IF NOT EXISTS records (
         rid           TEXT NOT NULL,
         version       BIGINT NOT NULL,
@@ -71,9 +101,11 @@ _SCHEMA = (
         nonce         BYTEA NOT NULL,
         ciphertext    BYTEA NOT NULL,
         salt_ct       BYTEA,
+        kid           TEXT NOT NULL,
         PRIMARY KEY (rid, version)
     )""",
     "CREATE INDEX IF NOT EXISTS records_by_patient ON records (pid, generation, is_copy)",
+    "CREATE INDEX IF NOT EXISTS records_by_set ON records (kid)",
     """CREATE TABLE IF NOT EXISTS shredded_rids (
         rid TEXT PRIMARY KEY,
         pid TEXT NOT NULL
@@ -92,9 +124,11 @@ _LOCK_RID = 0x6D6C0002
 
 _RECORD_COLS = (
     "r.rid, r.version, r.pid, r.generation, r.resource_type, r.custodian, r.is_copy, "
-    "r.nonce, r.ciphertext, r.salt_ct"
+    "r.nonce, r.ciphertext, r.salt_ct, r.kid"
 )
 _KEY_COLS = "pid, generation, wrapped, n_records, n_copies, manifest"
+_SET_COLS = "kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest"
+_COPY_ERASURE_COLS = "kid, pid, generation, custodian, erased_at, n_copies, digest, purged"
 
 
 def _key_row(row: tuple[Any, ...] | None) -> KeyRow | None:
@@ -120,15 +154,30 @@ class PostgresBackend:
             dsn, autocommit=True, connect_timeout=connect_timeout
         )
         self._lock = threading.RLock()
-        with self.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SCHEMA,))
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO NOTHING",
-                (str(SCHEMA_VERSION).encode(),),
-            )
+        try:
+            with self.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SCHEMA,))
+                self._check_schema_version()
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (str(SCHEMA_VERSION).encode(),),
+                )
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _check_schema_version(self) -> None:
+        """Refuse a vault written by an older schema (see SCHEMA_REFUSAL) before touching it."""
+        exists = self._one("SELECT to_regclass('meta') IS NOT NULL", ())
+        if exists is None or not exists[0]:
+            return
+        row = self._one("SELECT value FROM meta WHERE key = 'schema_version'", ())
+        found = None if row is None else bytes(row[0]).decode()
+        if found is not None and found != str(SCHEMA_VERSION):
+            raise VaultConfigError(SCHEMA_REFUSAL.format(found=found, needed=SCHEMA_VERSION))
 
     # ------------------------------------------------------------ plumbing
 
@@ -188,6 +237,88 @@ class PostgresBackend:
         )
         return cur.rowcount == 1
 
+    # ------------------------------------------------------------ key sets
+
+    def lock_set(self, pid: str, generation: int, custodian: str, is_copy: bool) -> SetRow | None:
+        return set_from_row(
+            self._one(
+                f"SELECT {_SET_COLS} FROM key_sets "
+                "WHERE pid = %s AND generation = %s AND custodian = %s AND is_copy = %s "
+                "FOR UPDATE",
+                (pid, generation, custodian, is_copy),
+            )
+        )
+
+    def read_set(self, kid: str) -> SetRow | None:
+        return set_from_row(self._one(f"SELECT {_SET_COLS} FROM key_sets WHERE kid = %s", (kid,)))
+
+    def sets_of(self, pid: str, generation: int) -> list[SetRow]:
+        rows = self._conn.execute(
+            f"SELECT {_SET_COLS} FROM key_sets WHERE pid = %s AND generation = %s "
+            "ORDER BY is_copy, custodian",
+            (pid, generation),
+        ).fetchall()
+        return [r for r in map(set_from_row, rows) if r is not None]
+
+    def insert_set(self, row: SetRow) -> bool:
+        cur = self._conn.execute(
+            f"INSERT INTO key_sets ({_SET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                row.is_copy,
+                row.wrapped,
+                row.n_records,
+                row.manifest,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def update_set_counters(self, kid: str, n_records: int, manifest: bytes) -> None:
+        self._conn.execute(
+            "UPDATE key_sets SET n_records = %s, manifest = %s WHERE kid = %s",
+            (n_records, manifest, kid),
+        )
+
+    def delete_set(self, kid: str) -> bool:
+        cur = self._conn.execute("DELETE FROM key_sets WHERE kid = %s", (kid,))
+        return cur.rowcount == 1
+
+    def delete_sets(self, pid: str, generation: int) -> None:
+        self._conn.execute(
+            "DELETE FROM key_sets WHERE pid = %s AND generation = %s", (pid, generation)
+        )
+
+    def insert_copy_erasure(self, row: CopyErasureRow) -> None:
+        self._conn.execute(
+            f"INSERT INTO copy_erasures ({_COPY_ERASURE_COLS}) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                row.erased_at,
+                row.n_copies,
+                row.digest,
+                row.purged,
+            ),
+        )
+
+    def copy_erasures(
+        self, pid: str, generation: int, custodian: str | None
+    ) -> list[CopyErasureRow]:
+        sql = f"SELECT {_COPY_ERASURE_COLS} FROM copy_erasures WHERE pid = %s AND generation = %s"
+        params: tuple[Any, ...] = (pid, generation)
+        if custodian is not None:
+            sql += " AND custodian = %s"
+            params += (custodian,)
+        rows = self._conn.execute(sql + " ORDER BY erased_at, kid", params).fetchall()
+        return [copy_erasure_from_row(r) for r in rows]
+
     # ------------------------------------------------------------ erasures
 
     def latest_erasure(self, pid: str) -> ErasureRow | None:
@@ -229,13 +360,15 @@ class PostgresBackend:
         # Serialise concurrent puts of one rid (whatever their pid) until commit.
         self._conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_RID, rid))
         row = self._one(
-            "SELECT pid, generation, version FROM records WHERE rid = %s "
+            "SELECT pid, generation, version, kid FROM records WHERE rid = %s "
             "ORDER BY version DESC LIMIT 1",
             (rid,),
         )
         if row is None:
             return None
-        return RidState(pid=row[0], generation=int(row[1]), max_version=int(row[2]))
+        return RidState(
+            pid=row[0], generation=int(row[1]), max_version=int(row[2]), kid=str(row[3])
+        )
 
     def shredded_owner(self, rid: str) -> str | None:
         row = self._one("SELECT pid FROM shredded_rids WHERE rid = %s", (rid,))
@@ -244,8 +377,8 @@ class PostgresBackend:
     def insert_record(self, row: RecordRow) -> bool:
         cur = self._conn.execute(
             "INSERT INTO records (rid, version, pid, generation, resource_type, custodian, "
-            "is_copy, nonce, ciphertext, salt_ct) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "is_copy, nonce, ciphertext, salt_ct, kid) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (rid, version) DO NOTHING",
             (
                 row.rid,
@@ -258,14 +391,18 @@ class PostgresBackend:
                 row.nonce,
                 row.ciphertext,
                 row.salt_ct,
+                row.kid,
             ),
         )
         return cur.rowcount == 1
 
-    def fetch_record(self, rid: str, version: int | None) -> tuple[RecordRow, bytes | None] | None:
+    def fetch_record(
+        self, rid: str, version: int | None
+    ) -> tuple[RecordRow, bytes | None, bytes | None] | None:
         base = (
-            f"SELECT {_RECORD_COLS}, k.wrapped FROM records r LEFT JOIN patient_keys k "
-            "ON k.pid = r.pid AND k.generation = r.generation WHERE r.rid = %s"
+            f"SELECT {_RECORD_COLS}, k.wrapped, s.wrapped FROM records r LEFT JOIN patient_keys k "
+            "ON k.pid = r.pid AND k.generation = r.generation "
+            "LEFT JOIN key_sets s ON s.kid = r.kid WHERE r.rid = %s"
         )
         if version is None:
             row = self._one(base + " ORDER BY r.version DESC LIMIT 1", (rid,))
@@ -283,12 +420,13 @@ class PostgresBackend:
 
     def list_records(self, pid: str, generation: int, include_copies: bool) -> list[RecordInfo]:
         sql = (
-            "SELECT pid, rid, version, resource_type, custodian, is_copy FROM records "
-            "WHERE pid = %s AND generation = %s"
+            "SELECT r.pid, r.rid, r.version, r.resource_type, r.custodian, r.is_copy "
+            "FROM records r JOIN key_sets s ON s.kid = r.kid "
+            "WHERE r.pid = %s AND r.generation = %s"
         )
         if not include_copies:
-            sql += " AND NOT is_copy"
-        rows = self._conn.execute(sql + " ORDER BY rid, version", (pid, generation)).fetchall()
+            sql += " AND NOT r.is_copy"
+        rows = self._conn.execute(sql + " ORDER BY r.rid, r.version", (pid, generation)).fetchall()
         return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:
@@ -301,7 +439,7 @@ class PostgresBackend:
         row = self._one(
             "DELETE FROM records WHERE rid = %s AND version = %s RETURNING "
             "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
-            "ciphertext, salt_ct, NULL",
+            "ciphertext, salt_ct, kid, NULL, NULL",
             (rid, version),
         )
         return None if row is None else record_from_row(row)[0]
@@ -361,12 +499,36 @@ class PostgresBackend:
             "DELETE FROM records WHERE pid = %s AND generation = %s", (pid, generation)
         )
         self._conn.execute(
+            "DELETE FROM key_sets WHERE pid = %s AND generation = %s", (pid, generation)
+        )
+        self._conn.execute(
             "UPDATE erasures SET purged = TRUE WHERE pid = %s AND generation = %s",
+            (pid, generation),
+        )
+        self._conn.execute(
+            "UPDATE copy_erasures SET purged = TRUE WHERE pid = %s AND generation = %s",
             (pid, generation),
         )
         return int(cur.rowcount)
 
+    def pending_copy_erasures(self) -> list[tuple[str, str]]:
+        rows = self._conn.execute(
+            "SELECT kid, pid FROM copy_erasures WHERE NOT purged ORDER BY pid, kid"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def purge_set(self, kid: str) -> int:
+        self._conn.execute(
+            "INSERT INTO shredded_rids (rid, pid) "
+            "SELECT DISTINCT rid, pid FROM records WHERE kid = %s "
+            "ON CONFLICT (rid) DO NOTHING",
+            (kid,),
+        )
+        cur = self._conn.execute("DELETE FROM records WHERE kid = %s", (kid,))
+        self._conn.execute("UPDATE copy_erasures SET purged = TRUE WHERE kid = %s", (kid,))
+        return int(cur.rowcount)
+
     def compact(self) -> bool:
         with self._lock:
-            self._conn.execute("VACUUM patient_keys, records")
+            self._conn.execute("VACUUM patient_keys, key_sets, records")
             return True

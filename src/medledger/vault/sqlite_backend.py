@@ -17,19 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from medledger.vault.backend import (
+    SCHEMA_REFUSAL,
     SCHEMA_VERSION,
+    copy_erasure_from_row,
     info_from_row,
     provisional_from_row,
     record_from_row,
+    set_from_row,
 )
 from medledger.vault.errors import VaultConfigError
 from medledger.vault.models import (
+    CopyErasureRow,
     ErasureRow,
     KeyRow,
     ProvisionalUnit,
     RecordInfo,
     RecordRow,
     RidState,
+    SetRow,
 )
 
 _SCHEMA = """
@@ -56,6 +61,29 @@ CREATE TABLE IF NOT EXISTS erasures (
     PRIMARY KEY (pid, generation)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS erasures_pending ON erasures (pid, generation) WHERE purged = 0;
+CREATE TABLE IF NOT EXISTS key_sets (
+    kid        TEXT PRIMARY KEY,
+    pid        TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    custodian  TEXT NOT NULL,
+    is_copy    INTEGER NOT NULL,
+    wrapped    BLOB NOT NULL,
+    n_records  INTEGER NOT NULL,
+    manifest   BLOB NOT NULL,
+    UNIQUE (pid, generation, custodian, is_copy)
+) STRICT;
+CREATE TABLE IF NOT EXISTS copy_erasures (
+    kid        TEXT PRIMARY KEY,
+    pid        TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    custodian  TEXT NOT NULL,
+    erased_at  TEXT NOT NULL,
+    n_copies   INTEGER NOT NULL,
+    digest     BLOB NOT NULL,
+    purged     INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS copy_erasures_by_patient ON copy_erasures (pid, generation, custodian);
+CREATE INDEX IF NOT EXISTS copy_erasures_pending ON copy_erasures (kid) WHERE purged = 0;
 CREATE TABLE IF NOT EXISTS records (
     rid           TEXT NOT NULL,
     version       INTEGER NOT NULL,
@@ -67,9 +95,11 @@ CREATE TABLE IF NOT EXISTS records (
     nonce         BLOB NOT NULL,
     ciphertext    BLOB NOT NULL,
     salt_ct       BLOB,
+    kid           TEXT NOT NULL,
     PRIMARY KEY (rid, version)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS records_by_patient ON records (pid, generation, is_copy);
+CREATE INDEX IF NOT EXISTS records_by_set ON records (kid);
 CREATE TABLE IF NOT EXISTS shredded_rids (
     rid TEXT PRIMARY KEY,
     pid TEXT NOT NULL
@@ -84,9 +114,11 @@ CREATE TABLE IF NOT EXISTS provisional_units (
 
 _RECORD_COLS = (
     "r.rid, r.version, r.pid, r.generation, r.resource_type, r.custodian, r.is_copy, "
-    "r.nonce, r.ciphertext, r.salt_ct"
+    "r.nonce, r.ciphertext, r.salt_ct, r.kid"
 )
 _KEY_COLS = "pid, generation, wrapped, n_records, n_copies, manifest"
+_SET_COLS = "kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest"
+_COPY_ERASURE_COLS = "kid, pid, generation, custodian, erased_at, n_copies, digest, purged"
 
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
@@ -135,13 +167,31 @@ class SQLiteBackend:
         c.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if c.execute("PRAGMA secure_delete").fetchone()[0] != 1:
             raise VaultConfigError("this SQLite build refuses secure_delete; refusing to run")
-        with self.transaction():
-            for statement in _split(_SCHEMA):
-                c.execute(statement)
-            c.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION).encode(),),
-            )
+        try:
+            with self.transaction():
+                self._check_schema_version()
+                for statement in _split(_SCHEMA):
+                    c.execute(statement)
+                c.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION).encode(),),
+                )
+        except BaseException:
+            c.close()
+            raise
+
+    def _check_schema_version(self) -> None:
+        """Refuse a vault written by an older schema (see SCHEMA_REFUSAL) before touching it."""
+        c = self._conn
+        if c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone():
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = None if row is None else bytes(row[0]).decode()
+            if found is not None and found != str(SCHEMA_VERSION):
+                raise VaultConfigError(
+                    f"{self.path}: " + SCHEMA_REFUSAL.format(found=found, needed=SCHEMA_VERSION)
+                )
 
     # ------------------------------------------------------------ plumbing
 
@@ -212,6 +262,87 @@ class SQLiteBackend:
         )
         return cur.rowcount == 1
 
+    # ------------------------------------------------------------ key sets
+
+    def lock_set(self, pid: str, generation: int, custodian: str, is_copy: bool) -> SetRow | None:
+        return set_from_row(
+            self._conn.execute(
+                f"SELECT {_SET_COLS} FROM key_sets "
+                "WHERE pid = ? AND generation = ? AND custodian = ? AND is_copy = ?",
+                (pid, generation, custodian, int(is_copy)),
+            ).fetchone()
+        )
+
+    def read_set(self, kid: str) -> SetRow | None:
+        return set_from_row(
+            self._conn.execute(f"SELECT {_SET_COLS} FROM key_sets WHERE kid = ?", (kid,)).fetchone()
+        )
+
+    def sets_of(self, pid: str, generation: int) -> list[SetRow]:
+        rows = self._conn.execute(
+            f"SELECT {_SET_COLS} FROM key_sets WHERE pid = ? AND generation = ? "
+            "ORDER BY is_copy, custodian",
+            (pid, generation),
+        ).fetchall()
+        return [r for r in map(set_from_row, rows) if r is not None]
+
+    def insert_set(self, row: SetRow) -> bool:
+        cur = self._conn.execute(
+            f"INSERT OR IGNORE INTO key_sets ({_SET_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                int(row.is_copy),
+                row.wrapped,
+                row.n_records,
+                row.manifest,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def update_set_counters(self, kid: str, n_records: int, manifest: bytes) -> None:
+        self._conn.execute(
+            "UPDATE key_sets SET n_records = ?, manifest = ? WHERE kid = ?",
+            (n_records, manifest, kid),
+        )
+
+    def delete_set(self, kid: str) -> bool:
+        cur = self._conn.execute("DELETE FROM key_sets WHERE kid = ?", (kid,))
+        return cur.rowcount == 1
+
+    def delete_sets(self, pid: str, generation: int) -> None:
+        self._conn.execute(
+            "DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+
+    def insert_copy_erasure(self, row: CopyErasureRow) -> None:
+        self._conn.execute(
+            f"INSERT INTO copy_erasures ({_COPY_ERASURE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                row.erased_at,
+                row.n_copies,
+                row.digest,
+                int(row.purged),
+            ),
+        )
+
+    def copy_erasures(
+        self, pid: str, generation: int, custodian: str | None
+    ) -> list[CopyErasureRow]:
+        sql = f"SELECT {_COPY_ERASURE_COLS} FROM copy_erasures WHERE pid = ? AND generation = ?"
+        params: tuple[Any, ...] = (pid, generation)
+        if custodian is not None:
+            sql += " AND custodian = ?"
+            params += (custodian,)
+        rows = self._conn.execute(sql + " ORDER BY erased_at, kid", params).fetchall()
+        return [copy_erasure_from_row(r) for r in rows]
+
     # ------------------------------------------------------------ erasures
 
     def latest_erasure(self, pid: str) -> ErasureRow | None:
@@ -251,11 +382,13 @@ class SQLiteBackend:
 
     def rid_state(self, rid: str) -> RidState | None:
         row = self._conn.execute(
-            "SELECT pid, generation, version FROM records WHERE rid = ? "
+            "SELECT pid, generation, version, kid FROM records WHERE rid = ? "
             "ORDER BY version DESC LIMIT 1",
             (rid,),
         ).fetchone()
-        return None if row is None else RidState(pid=row[0], generation=row[1], max_version=row[2])
+        if row is None:
+            return None
+        return RidState(pid=row[0], generation=row[1], max_version=row[2], kid=row[3])
 
     def shredded_owner(self, rid: str) -> str | None:
         row = self._conn.execute("SELECT pid FROM shredded_rids WHERE rid = ?", (rid,)).fetchone()
@@ -264,8 +397,8 @@ class SQLiteBackend:
     def insert_record(self, row: RecordRow) -> bool:
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO records (rid, version, pid, generation, resource_type, "
-            "custodian, is_copy, nonce, ciphertext, salt_ct) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "custodian, is_copy, nonce, ciphertext, salt_ct, kid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.rid,
                 row.version,
@@ -277,14 +410,18 @@ class SQLiteBackend:
                 row.nonce,
                 row.ciphertext,
                 row.salt_ct,
+                row.kid,
             ),
         )
         return cur.rowcount == 1
 
-    def fetch_record(self, rid: str, version: int | None) -> tuple[RecordRow, bytes | None] | None:
+    def fetch_record(
+        self, rid: str, version: int | None
+    ) -> tuple[RecordRow, bytes | None, bytes | None] | None:
         base = (
-            f"SELECT {_RECORD_COLS}, k.wrapped FROM records r LEFT JOIN patient_keys k "
-            "ON k.pid = r.pid AND k.generation = r.generation WHERE r.rid = ?"
+            f"SELECT {_RECORD_COLS}, k.wrapped, s.wrapped FROM records r LEFT JOIN patient_keys k "
+            "ON k.pid = r.pid AND k.generation = r.generation "
+            "LEFT JOIN key_sets s ON s.kid = r.kid WHERE r.rid = ?"
         )
         if version is None:
             row = self._conn.execute(base + " ORDER BY r.version DESC LIMIT 1", (rid,)).fetchone()
@@ -302,12 +439,13 @@ class SQLiteBackend:
 
     def list_records(self, pid: str, generation: int, include_copies: bool) -> list[RecordInfo]:
         sql = (
-            "SELECT pid, rid, version, resource_type, custodian, is_copy FROM records "
-            "WHERE pid = ? AND generation = ?"
+            "SELECT r.pid, r.rid, r.version, r.resource_type, r.custodian, r.is_copy "
+            "FROM records r JOIN key_sets s ON s.kid = r.kid "
+            "WHERE r.pid = ? AND r.generation = ?"
         )
         if not include_copies:
-            sql += " AND is_copy = 0"
-        rows = self._conn.execute(sql + " ORDER BY rid, version", (pid, generation)).fetchall()
+            sql += " AND r.is_copy = 0"
+        rows = self._conn.execute(sql + " ORDER BY r.rid, r.version", (pid, generation)).fetchall()
         return [info_from_row(r) for r in rows]
 
     def patients(self) -> list[str]:
@@ -317,7 +455,7 @@ class SQLiteBackend:
         row = self._conn.execute(
             "DELETE FROM records WHERE rid = ? AND version = ? RETURNING "
             "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
-            "ciphertext, salt_ct, NULL",
+            "ciphertext, salt_ct, kid, NULL, NULL",
             (rid, version),
         ).fetchone()
         return None if row is None else record_from_row(row)[0]
@@ -377,8 +515,31 @@ class SQLiteBackend:
             "DELETE FROM records WHERE pid = ? AND generation = ?", (pid, generation)
         )
         self._conn.execute(
+            "DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        self._conn.execute(
             "UPDATE erasures SET purged = 1 WHERE pid = ? AND generation = ?", (pid, generation)
         )
+        self._conn.execute(
+            "UPDATE copy_erasures SET purged = 1 WHERE pid = ? AND generation = ?",
+            (pid, generation),
+        )
+        return int(cur.rowcount)
+
+    def pending_copy_erasures(self) -> list[tuple[str, str]]:
+        rows = self._conn.execute(
+            "SELECT kid, pid FROM copy_erasures WHERE purged = 0 ORDER BY pid, kid"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def purge_set(self, kid: str) -> int:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO shredded_rids (rid, pid) "
+            "SELECT DISTINCT rid, pid FROM records WHERE kid = ?",
+            (kid,),
+        )
+        cur = self._conn.execute("DELETE FROM records WHERE kid = ?", (kid,))
+        self._conn.execute("UPDATE copy_erasures SET purged = 1 WHERE kid = ?", (kid,))
         return int(cur.rowcount)
 
     def compact(self) -> bool:

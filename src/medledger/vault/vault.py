@@ -1,10 +1,14 @@
 """One hospital's off-chain vault: encrypted FHIR records and crypto-shredding.
 
 The vault knows nothing of the ledger. It stores each record version as
-AES-256-GCM ciphertext under a per-patient data key (see keys.py), gives the
-chain-index code what it needs to publish commitments and encrypted metadata
-(per-record salts, the per-patient metadata key), and erases a patient by
-destroying the one row that holds their wrapped key.
+AES-256-GCM ciphertext under the key of its key set (see keys.py): one set for
+the hospital's own records of a patient, one per custodian for the copies held
+of other hospitals' records of that patient, every set key wrapped under the
+patient key. It gives the chain-index code what it needs to publish
+commitments and encrypted metadata (per-record salts, the per-patient metadata
+key), erases a patient by destroying the one row that holds their wrapped
+patient key, and erases the copies held of a custodian's records apart by
+destroying that set's key row.
 
 Erasure, and why it takes constant time
 ---------------------------------------
@@ -17,6 +21,17 @@ per erased patient, then a WAL truncation on SQLite / VACUUM on PostgreSQL),
 which is the only step whose cost grows with the number of records. The
 receipt's digest is computed from counters and a running manifest hash kept on
 the key row, so it needs no scan either.
+
+Erasing copies apart
+--------------------
+erase_copies(pid, custodian) does the same for the copies held of one
+custodian's records (or of every custodian): one transaction deletes each copy
+set's key row (its commit point), writes a copy-erasure tombstone with the
+set's digest, and folds it into the patient's counters and manifest. The own
+records (under legal retention) and the other custodians' copies stay
+readable; the shredded set's ciphertexts, salts and rids go with the next
+purge. Later copies of that custodian's records for the patient are refused
+(PatientErased) until reinstate(pid, custodian=...).
 
 Provisional units
 -----------------
@@ -55,6 +70,7 @@ from medledger.vault.backend import Backend
 from medledger.vault.envelope import (
     EMPTY_MANIFEST,
     RecordContext,
+    copies_erased_in_manifest,
     extend_manifest,
     open_record,
     open_salt,
@@ -70,10 +86,19 @@ from medledger.vault.errors import (
     UnknownPatient,
     VaultConfigError,
     VaultError,
+    VaultIntegrityError,
     WrongKEKError,
 )
-from medledger.vault.keys import DEFAULT_KEK_ENV, KeyRing, PatientKeys, encode_fields, load_kek
+from medledger.vault.keys import (
+    DEFAULT_KEK_ENV,
+    KeyRing,
+    PatientKeys,
+    RecordKeys,
+    encode_fields,
+    load_kek,
+)
 from medledger.vault.models import (
+    CopyErasureRow,
     ErasureReceipt,
     ErasureRow,
     KeyRow,
@@ -81,6 +106,7 @@ from medledger.vault.models import (
     PurgeReport,
     RecordInfo,
     RecordRow,
+    SetRow,
     StoredRecord,
 )
 
@@ -98,6 +124,8 @@ _RID_RE = re.compile(r"[\x21-\x7e]{1,256}")
 _RESOURCE_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 _CUSTODIAN_RE = re.compile(r"[\x21-\x7e]{1,128}")
 _LABEL_ERASURE = b"medledger/vault/v1/erasure"
+_LABEL_COPY_SET_ERASURE = b"medledger/vault/v2/copy-set-erasure"
+_LABEL_COPIES_RECEIPT = b"medledger/vault/v2/copies-erasure"
 _UNWRAPPED_CACHE = 1024
 
 
@@ -146,6 +174,7 @@ class Vault:
         self._batch_depth = 0
         self._compact_due = False
         self._unwrapped: dict[tuple[str, int, bytes], PatientKeys] = {}
+        self._unwrapped_sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
         self._bind_meta()
 
     @classmethod
@@ -242,6 +271,37 @@ class Vault:
             self._unwrapped[cache_key] = keys
         return keys
 
+    def _set_keys(self, pid: str, generation: int, wrapped: bytes, key_set: SetRow) -> RecordKeys:
+        """Unwrap a key set's key under the patient key (both as read from the store), cached.
+
+        Cached by the wrapped bytes of both rows, so the cache only answers for rows
+        that still exist; erase() and erase_copies() also forget the entries they destroy.
+        """
+        cache_key = (key_set.kid, key_set.wrapped, wrapped)
+        keys = self._unwrapped_sets.get(cache_key)
+        if keys is None:
+            patient = self._keys(pid, generation, wrapped)
+            keys = patient.unwrap_set_key(
+                key_set.custodian, key_set.is_copy, key_set.kid, key_set.wrapped
+            )
+            if len(self._unwrapped_sets) >= _UNWRAPPED_CACHE:
+                self._unwrapped_sets.clear()
+            self._unwrapped_sets[cache_key] = keys
+        return keys
+
+    def _forget_cached(self, pid: str, kids: set[str] | None = None) -> None:
+        """Drop cached keys of a patient (all of them, or only of the sets `kids`)."""
+        if kids is None:
+            for cached in [k for k in self._unwrapped if k[0] == pid]:
+                del self._unwrapped[cached]
+            kids = {k.kid for k in self._unwrapped_sets.values() if k.pid == pid}
+        for cached_set in [k for k in self._unwrapped_sets if k[0] in kids]:
+            del self._unwrapped_sets[cached_set]
+
+    def _scope(self, custodian: str, is_copy: bool) -> tuple[str, bool]:
+        """The key set a record belongs to: own records share one, copies one per custodian."""
+        return (custodian, True) if is_copy else (self.hospital_id, False)
+
     def _ctx(self, row: RecordRow) -> RecordContext:
         return RecordContext(
             hospital_id=self.hospital_id,
@@ -281,22 +341,84 @@ class Vault:
             raise VaultError(f"the key of patient {pid} vanished while being created; retry")
         return existing
 
-    def _fetch_row(self, rid: str, version: int | None) -> tuple[RecordRow, bytes]:
-        """The record row and its live wrapped key, or the precise reason there is none."""
+    def _live_set_for_write(
+        self, key: KeyRow, custodian: str, is_copy: bool
+    ) -> tuple[SetRow, RecordKeys]:
+        """The key set records of (custodian, copy flag) go to; created on first use.
+
+        Refused (PatientErased) for copies of a custodian whose copies of this patient were
+        erased here, until reinstate(pid, custodian=...): a late sync or delivery must not
+        silently bring them back.
+        """
+        scope_custodian, scope_copy = self._scope(custodian, is_copy)
+        key_set = self._backend.lock_set(key.pid, key.generation, scope_custodian, scope_copy)
+        if key_set is None:
+            if scope_copy and self._backend.copy_erasures(key.pid, key.generation, custodian):
+                raise PatientErased(
+                    key.pid,
+                    f"the copies of {custodian}'s records of patient {key.pid} were erased here; "
+                    "call reinstate(pid, custodian=...) before storing new ones",
+                )
+            key_set = self._create_set(key, scope_custodian, scope_copy)
+        return key_set, self._set_keys(key.pid, key.generation, key.wrapped, key_set)
+
+    def _create_set(self, key: KeyRow, custodian: str, is_copy: bool) -> SetRow:
+        kid = secrets.token_hex(16)
+        patient = self._keys(key.pid, key.generation, key.wrapped)
+        row = SetRow(
+            kid=kid,
+            pid=key.pid,
+            generation=key.generation,
+            custodian=custodian,
+            is_copy=is_copy,
+            wrapped=patient.new_wrapped_set_key(custodian, is_copy, kid),
+            n_records=0,
+            manifest=EMPTY_MANIFEST,
+        )
+        if self._backend.insert_set(row):
+            return row
+        existing = self._backend.lock_set(key.pid, key.generation, custodian, is_copy)
+        if existing is None:
+            raise VaultError(f"a key set of patient {key.pid} vanished while being created; retry")
+        return existing
+
+    def _fetch_row(self, rid: str, version: int | None) -> tuple[RecordRow, bytes, bytes]:
+        """The record row and its live wrapped keys (patient, set), or the precise reason
+        there are none."""
         found = self._backend.fetch_record(rid, version)
         if found is None:
             owner = self._backend.shredded_owner(rid)
             if owner is not None:
-                raise PatientErased(owner, f"record {rid} belonged to an erased patient")
+                raise PatientErased(owner, f"record {rid} was erased here (crypto-shredded)")
             raise RecordNotFound(rid, version)
-        row, wrapped = found
+        row, wrapped, set_wrapped = found
         if wrapped is None:
             raise PatientErased(row.pid, f"record {rid} belongs to an erased patient")
-        return row, wrapped
+        if set_wrapped is None:
+            raise PatientErased(
+                row.pid, f"record {rid} is a copy of {row.custodian}'s records erased here"
+            )
+        return row, wrapped, set_wrapped
 
-    def _fetch(self, rid: str, version: int | None) -> tuple[RecordRow, PatientKeys]:
-        row, wrapped = self._fetch_row(rid, version)
-        return row, self._keys(row.pid, row.generation, wrapped)
+    def _fetch(self, rid: str, version: int | None) -> tuple[RecordRow, RecordKeys]:
+        row, wrapped, set_wrapped = self._fetch_row(rid, version)
+        custodian, is_copy = self._scope(row.custodian, row.is_copy)
+        key_set = SetRow(
+            kid=row.kid,
+            pid=row.pid,
+            generation=row.generation,
+            custodian=custodian,
+            is_copy=is_copy,
+            wrapped=set_wrapped,
+            n_records=0,
+            manifest=b"",
+        )
+        try:
+            return row, self._set_keys(row.pid, row.generation, wrapped, key_set)
+        except VaultIntegrityError as exc:
+            raise VaultIntegrityError(
+                f"record {rid} version {row.version}: {exc}", rid=rid, version=row.version
+            ) from None
 
     # ------------------------------------------------------------------ batch
 
@@ -370,6 +492,7 @@ class Vault:
 
         with self._lock, self._backend.transaction():
             key = self._live_key_for_write(pid)
+            key_set, keys = self._live_set_for_write(key, custodian, bool(is_copy))
             state = self._backend.rid_state(rid)
             if state is None:
                 owner = self._backend.shredded_owner(rid)
@@ -381,6 +504,15 @@ class Vault:
                 )
             elif state.generation != key.generation:
                 raise PatientErased(pid, f"rid {rid} belongs to this patient's erased data")
+            elif state.kid != key_set.kid:
+                if self._backend.read_set(state.kid) is None:
+                    raise PatientErased(pid, f"rid {rid} belongs to copies erased here")
+                raise RecordConflict(
+                    f"rid {rid} is held under another key set (own records or another "
+                    "custodian's copies): a rid never moves between them",
+                    rid=rid,
+                    version=version,
+                )
             elif version <= state.max_version:
                 raise RecordConflict(
                     f"rid {rid}: version {version} is not above the stored version "
@@ -388,7 +520,6 @@ class Vault:
                     rid=rid,
                     version=version,
                 )
-            keys = self._keys(pid, key.generation, key.wrapped)
             ctx = RecordContext(
                 hospital_id=self.hospital_id,
                 pid=pid,
@@ -410,6 +541,7 @@ class Vault:
                 nonce=nonce,
                 ciphertext=ciphertext,
                 salt_ct=None if salt is None else seal_salt(keys, ctx, salt),
+                kid=key_set.kid,
             )
             if not self._backend.insert_record(row):
                 raise RecordConflict(
@@ -421,6 +553,11 @@ class Vault:
                 key.n_records + (0 if is_copy else 1),
                 key.n_copies + (1 if is_copy else 0),
                 extend_manifest(key.manifest, ctx, ciphertext),
+            )
+            self._backend.update_set_counters(
+                key_set.kid,
+                key_set.n_records + 1,
+                extend_manifest(key_set.manifest, ctx, ciphertext),
             )
         return StoredRecord(
             pid=pid,
@@ -494,16 +631,30 @@ class Vault:
                 key = self._backend.lock_key(row.pid)
                 if key is None or key.generation != row.generation:
                     continue
+                key_set = self._backend.read_set(row.kid)
+                if key_set is None:
+                    continue  # copies erased apart: already out of the counters
                 n_records = key.n_records - (0 if row.is_copy else 1)
                 n_copies = key.n_copies - (1 if row.is_copy else 0)
-                if n_records == n_copies == 0 and self._backend.latest_erasure(row.pid) is None:
+                if (
+                    n_records == n_copies == 0
+                    and self._backend.latest_erasure(row.pid) is None
+                    and not self._backend.copy_erasures(row.pid, key.generation, None)
+                ):
                     # The unit brought this patient here: leave no trace of them either.
+                    self._backend.delete_sets(row.pid, key.generation)
                     self._backend.delete_key(row.pid, key.generation)
-                    self._unwrapped.pop((row.pid, key.generation, key.wrapped), None)
+                    self._forget_cached(row.pid)
                     continue
-                manifest = withdraw_from_manifest(key.manifest, self._ctx(row), row.ciphertext)
+                ctx = self._ctx(row)
+                manifest = withdraw_from_manifest(key.manifest, ctx, row.ciphertext)
                 self._backend.update_key_counters(
                     row.pid, key.generation, n_records, n_copies, manifest
+                )
+                self._backend.update_set_counters(
+                    key_set.kid,
+                    key_set.n_records - 1,
+                    withdraw_from_manifest(key_set.manifest, ctx, row.ciphertext),
                 )
             self._backend.delete_provisional(unit)
         return deleted
@@ -534,7 +685,7 @@ class Vault:
     def info(self, rid: str, version: int | None = None) -> RecordInfo:
         """The clear attributes of a record version (latest by default), without decrypting."""
         with self._lock:
-            row, _wrapped = self._fetch_row(rid, version)
+            row, _wrapped, _set_wrapped = self._fetch_row(rid, version)
         return row.info()
 
     def versions(self, rid: str) -> list[int]:
@@ -546,6 +697,7 @@ class Vault:
     def records_of(self, pid: str, include_copies: bool = True) -> list[RecordInfo]:
         """Every stored version of a patient's records, ordered by (rid, version).
 
+        Copies shredded apart (erase_copies) are left out even before their purge.
         Empty for a pid never seen; PatientErased for an erased one.
         """
         pid = self._pid(pid)
@@ -627,11 +779,111 @@ class Vault:
                         pid, key.generation, key.wrapped, key.n_records, key.n_copies, key.manifest
                     )
             self._compact_due = True
-            for cached in [k for k in self._unwrapped if k[0] == pid]:
-                del self._unwrapped[cached]
+            self._forget_cached(pid)
             if purge:
                 self._purge(only_pid=pid)
         return receipt
+
+    def erase_copies(
+        self, pid: str, custodian: str | None = None, *, purge: bool = False
+    ) -> ErasureReceipt:
+        """Crypto-shred the copies held of `custodian`'s records of a patient (of every
+        custodian when None), apart from this hospital's own records.
+
+        One transaction: each copy set's key row is deleted (from then on its records and
+        the custodian's salts cannot be decrypted), a tombstone keeps the set's digest, and
+        the patient's counters and manifest account for it. The own records and the other
+        custodians' copies stay readable. The ciphertext rows go with purge_pending(), or at
+        once with `purge=True`. The work grows with the number of custodians, not records.
+
+        The receipt covers every copy set of the patient (of that custodian) shredded at
+        this key generation, so calling again returns the same receipt: a crash between
+        this and the attestation on chain is repaired by simply retrying. Raises
+        PatientErased if the whole patient was erased (nothing is left to shred apart).
+        """
+        pid = self._pid(pid)
+        if custodian is not None:
+            _check(_CUSTODIAN_RE, custodian, "custodian")
+        self._refuse_in_batch("erase_copies")
+        with self._lock:
+            shredded: set[str] = set()
+            with self._backend.transaction():
+                key = self._backend.lock_key(pid)
+                if key is None:
+                    if self._backend.latest_erasure(pid) is not None:
+                        raise PatientErased(pid)
+                    return self._copies_receipt(pid, 0, custodian, [])
+                manifest, n_copies = key.manifest, key.n_copies
+                erased_at = datetime.now(UTC).isoformat(timespec="microseconds")
+                for key_set in self._backend.sets_of(pid, key.generation):
+                    if not key_set.is_copy or custodian not in (None, key_set.custodian):
+                        continue
+                    if not self._backend.delete_set(key_set.kid):  # the commit point
+                        raise VaultError(f"the key set {key_set.kid} could not be deleted")
+                    tombstone = self._copy_erasure(key_set, erased_at)
+                    self._backend.insert_copy_erasure(tombstone)
+                    manifest = copies_erased_in_manifest(manifest, tombstone.digest)
+                    n_copies -= key_set.n_records
+                    shredded.add(key_set.kid)
+                if shredded:
+                    self._backend.update_key_counters(
+                        pid, key.generation, key.n_records, n_copies, manifest
+                    )
+                done = self._backend.copy_erasures(pid, key.generation, custodian)
+                receipt = self._copies_receipt(pid, key.generation, custodian, done)
+            if shredded:
+                self._compact_due = True
+                self._forget_cached(pid, shredded)
+            if purge:
+                self._purge(only_pid=pid)
+        return receipt
+
+    def _copy_erasure(self, key_set: SetRow, erased_at: str) -> CopyErasureRow:
+        digest = hashlib.sha256(
+            encode_fields(
+                _LABEL_COPY_SET_ERASURE,
+                self.hospital_id,
+                key_set.pid,
+                key_set.generation,
+                key_set.custodian,
+                key_set.kid,
+                key_set.n_records,
+                erased_at,
+                hashlib.sha256(key_set.wrapped).digest(),
+                key_set.manifest,
+            )
+        ).digest()
+        return CopyErasureRow(
+            kid=key_set.kid,
+            pid=key_set.pid,
+            generation=key_set.generation,
+            custodian=key_set.custodian,
+            erased_at=erased_at,
+            n_copies=key_set.n_records,
+            digest=digest,
+            purged=False,
+        )
+
+    def _copies_receipt(
+        self, pid: str, generation: int, custodian: str | None, done: list[CopyErasureRow]
+    ) -> ErasureReceipt:
+        """One receipt for the copy sets shredded at this generation (of one custodian)."""
+        done = sorted(done, key=lambda r: r.kid)
+        parts: list[bytes | str | int] = [_LABEL_COPIES_RECEIPT, self.hospital_id, pid]
+        parts += [generation, custodian or ""]
+        for row in done:
+            parts += [row.custodian, row.kid, row.digest]
+        erased_at = max((r.erased_at for r in done), default=None)
+        return ErasureReceipt(
+            hospital_id=self.hospital_id,
+            pid=pid,
+            generation=generation,
+            records_shredded=0,
+            copies_shredded=sum(r.n_copies for r in done),
+            erased_at=datetime.fromisoformat(erased_at) if erased_at else datetime.now(UTC),
+            digest=hashlib.sha256(encode_fields(*parts)).digest(),
+            copies_of=tuple(sorted({r.custodian for r in done})),
+        )
 
     def _write_erasure(
         self,
@@ -697,25 +949,42 @@ class Vault:
         for pid, generation in pending:
             with self._backend.transaction():
                 deleted += self._backend.purge(pid, generation)
+        sets = [k for k, p in self._backend.pending_copy_erasures() if only_pid in (None, p)]
+        for kid in sets:
+            with self._backend.transaction():
+                deleted += self._backend.purge_set(kid)
         compacted = True
-        if pending or self._compact_due:
+        if pending or sets or self._compact_due:
             compacted = self._backend.compact()
             self._compact_due = not compacted
-        return PurgeReport(patients=len(pending), rows_deleted=deleted, storage_compacted=compacted)
+        return PurgeReport(
+            patients=len(pending),
+            rows_deleted=deleted,
+            storage_compacted=compacted,
+            copy_sets=len(sets),
+        )
 
-    def reinstate(self, pid: str) -> int:
+    def reinstate(self, pid: str, *, custodian: str | None = None) -> int:
         """Give an erased patient a new key generation, for new data only; returns it.
 
-        Purges what is left of the erased generation first. Nothing erased
-        becomes readable again, and erased rids stay unusable.
+        With `custodian`, accept copies of that custodian's records of the patient again
+        after erase_copies (a new key set); returns the patient's generation. Purges what
+        is left of the erased data first. Nothing erased becomes readable again, and
+        erased rids stay unusable.
         """
         pid = self._pid(pid)
+        if custodian is not None:
+            _check(_CUSTODIAN_RE, custodian, "custodian")
         self._refuse_in_batch("reinstate")
         with self._lock:
             self._purge(only_pid=pid)
             with self._backend.transaction():
                 key = self._backend.lock_key(pid)
                 if key is not None:
+                    if custodian is not None and (
+                        self._backend.lock_set(pid, key.generation, custodian, True) is None
+                    ):
+                        self._create_set(key, custodian, True)
                     return key.generation
                 previous = self._backend.latest_erasure(pid)
                 generation = 1 if previous is None else previous.generation + 1
