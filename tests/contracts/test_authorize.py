@@ -71,8 +71,8 @@ class World:
             )
         self.block(*regs)
         self.pid = pid_of("alice")
-        self.patient = self.bind("alice")
         self.records("h0", self.pid, ["r-labs", "r-doc", "r-img"])
+        self.patient = self.bind("alice")  # by h0, a custodian of alice
 
     # -- driving the chain ---------------------------------------------------------------
     def block(self, *txs: bytes, at: int | None = None) -> BlockOutcome:

@@ -2,7 +2,8 @@
 
 A sponsor hospital registers a study: the hash of its protocol, its ethics approval reference,
 the data categories it needs and its minimum cohort size. Patients enrol and withdraw at any
-time (their own key, or a hospital on their behalf with the evidence's hash). A custodian then
+time (their own key, or on their behalf a custodian of the patient with the evidence's hash and
+who took the request: `patients.acting_for_patient`). A custodian then
 releases a pseudonymised dataset by posting its hash, its counts and the list of its members'
 *study tokens*:
 
@@ -57,6 +58,8 @@ class Enrol:
     study: str
     pid: str
     evidence_hash: bytes = b""
+    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
+    channel: str = ""
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Withdraw:
     study: str
     pid: str
     evidence_hash: bytes = b""
+    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
+    channel: str = ""
 
 
 @dataclass
@@ -145,7 +150,7 @@ def register(ctx: Context, msg: Register) -> None:
 def enrol(ctx: Context, msg: Enrol) -> None:
     study = _require_study(ctx, msg.study)
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     if erasure_requested(ctx.state, msg.pid) is not None:
         raise TxError(Code.REFUSED, "the patient asked for erasure")
     key = f"research/enrol/{msg.study}/{msg.pid}"
@@ -166,7 +171,7 @@ def enrol(ctx: Context, msg: Enrol) -> None:
 def withdraw(ctx: Context, msg: Withdraw) -> None:
     study = _require_study(ctx, msg.study, open_=False)
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     key = f"research/enrol/{msg.study}/{msg.pid}"
     current = ctx.state.get(key)
     if current is None or current["status"] != "enrolled":
