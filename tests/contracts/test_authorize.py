@@ -107,6 +107,8 @@ class World:
     def bind(self, name: str) -> SigningKey:
         key = SigningKey(hashlib.sha256(b"patient:" + name.encode()).digest())
         self.keys[f"patient:{name}"] = key
+        if not self.q("records/of_patient", {"pid": pid_of(name), "custodian": "h0"}):
+            self.records("h0", pid_of(name), [f"r-{name}"])  # only a custodian binds a key
         self.ok(
             "h0",
             "patients.bind",

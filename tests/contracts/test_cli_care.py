@@ -73,7 +73,15 @@ def test_care_commands(tmp_path: Path) -> None:
     assert resource["resourceType"] == "Consent" and resource["decision"] == "permit"
     fhir_file = tmp_path / "consent.json"
     fhir_file.write_text(exported)
-    out = run("consent", "import", "-H", paris, str(fhir_file), "--evidence-file", str(form))
+    # Paris never treated the patient: it cannot record a consent in their name.
+    out = run("consent", "import", "-H", paris, str(fhir_file), "--evidence-file", str(form),
+              "--practitioner", "res-paris", code=1)  # fmt: skip
+    assert "res-paris lacks a role allowed to take a patient's request" in out.output
+    out = run("consent", "import", "-H", lyon, str(fhir_file), "--evidence-file", str(form),
+              code=1)  # fmt: skip
+    assert "--practitioner" in out.output
+    out = run("consent", "import", "-H", lyon, str(fhir_file), "--evidence-file", str(form),
+              "--practitioner", "dr-martin")  # fmt: skip
     assert "consent 2 imported" in out.output
 
     # -- authorize ---------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def test_care_commands(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "cohort of 1 is under" in out.output
     run("study", "withdraw", "-H", lyon, "--id", "diab", "--patient", PID,
-        "--evidence-file", str(form))  # fmt: skip
+        "--evidence-file", str(form), "--practitioner", "dr-martin")  # fmt: skip
     assert "enrolled 0" in run("study", "show", "-H", paris, "--id", "diab").output
 
     # -- policy ------------------------------------------------------------------------------
