@@ -5,8 +5,8 @@ A patient has no account on the chain, only a pseudonym. A hospital that has met
 the pid, with the hash of its evidence (the signed form, the portal's login record), so that a
 contested binding can be traced to a hospital and a document. Only a custodian of the patient
 (same test as below) may bind or rebind: a bound key acts as the patient, so a member that
-never treated them must not be able to bind a key of its own to their pid. A rebinding (lost phone) is the
-same tx and emits `patient.key_replaced`, which the portal shows to the patient.
+never treated them must not be able to bind a key of its own to their pid. A rebinding (lost
+phone) is the same tx and emits `patient.key_replaced`, which the portal shows to the patient.
 
 Everything a patient may do (consent, enrol, withdraw, request erasure, revoke) is signed in
 one of two ways, and `acting_for_patient` is the one place that decides which, refusing
