@@ -113,6 +113,12 @@ def test_a_physician_of_a_custodian_records_it_and_is_named_on_the_chain(api: Ap
         recorded["signed"]["channel"] == "desk" and len(recorded["signed"]["evidence_hash"]) == 32
     )
     assert recorded["self_granted"] is True  # notified to the patient and other custodians
+    # The patient's portal tells them.
+    browser = TestClient(create_app(api.services))
+    token = api.token(f"Patient/{api.pid}", "patient/*.cruds", api.pid)["Authorization"][7:]
+    page = browser.post("/login", data={"token": token, "next": "/portal"}).text
+    assert "chu-lyon granted itself this access on your behalf" in page
+    assert "request taken by dr-martin" in page
 
 
 def test_a_patient_token_consents_only_for_its_own_patient(api: Api) -> None:
