@@ -158,9 +158,7 @@ def test_a_self_grant_notifies_the_patient_and_the_other_custodians() -> None:
     assert [e.type for e in other.events] == ["consent.granted"]
 
 
-def test_a_dpo_of_another_custodian_contests_and_access_is_suspended_until_the_patient_confirms() -> (
-    None
-):
+def test_a_contest_by_another_custodians_dpo_suspends_access_until_the_patient_confirms() -> None:
     w = World()
     cid = self_grant(w)
     granted_at = w.now
@@ -239,3 +237,21 @@ def test_a_dpo_of_a_hospital_that_is_no_custodian_cannot_contest() -> None:
     assert stranger.code == Code.UNAUTHORIZED and "not a custodian" in stranger.log
     w.ok("h0/dpo-a", "consent.contest", contest)
     assert not w.auth("h1/dr-b").allowed
+
+
+def test_a_sponsor_enrolling_a_patient_it_treats_in_its_own_study_is_notified() -> None:
+    w = World()
+    w.records("h1", w.pid, ["r-h1-labs"])  # h1 treats alice too, and sponsors s1
+    w.study("s1")
+    body = {"study": "s1", "pid": w.pid, "evidence_hash": EVIDENCE, "taken_by": "dr-b"}
+    result = w.ok("h1", "research.enrol", body)
+    kinds = [(e.type, e.get("custodian")) for e in result.events]
+    assert kinds == [
+        ("study.enrolled", None),
+        ("study.self_enrolled", None),
+        ("study.notify", "h0"),
+    ]
+    # Enrolled by another custodian than the sponsor: nobody is notified.
+    w.ok("patient:alice", "research.withdraw", {"study": "s1", "pid": w.pid})
+    again = w.ok("h0", "research.enrol", {**body, "taken_by": "dr-a"})
+    assert [e.type for e in again.events] == ["study.enrolled"]
