@@ -1,4 +1,4 @@
-"""`medledger consent grant|revoke|list|export|import|bind-key`: a patient's consents.
+"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key`: consents.
 
 A consent is signed by the patient's own key (`--patient-key FILE`) or, on the patient's
 behalf, by a hospital that holds their care records (a custodian), with the evidence
@@ -247,6 +247,47 @@ def register(app: typer.Typer) -> None:
                     body = taken_by(node, body, practitioner, as_, required=required)
                 c = signer(node, as_, patient_key).send("consent.revoke", body)
         console.print(f"consent {consent_id} revoked (block {c.height})")
+
+    @consent.command("contest")
+    def contest(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
+        reason: Annotated[
+            str,
+            typer.Option(help="no-care-relationship, evidence-doubtful, patient-denies or other."),
+        ],
+        as_: Annotated[str, typer.Option("--as", help="Your hospital's DPO who contests it.")],
+        note: Annotated[
+            Path | None, typer.Option(help="The DPO's written note; its SHA-256 goes on the chain.")
+        ] = None,
+        note_hash: Annotated[str, typer.Option(help="Or the note's SHA-256, hex.")] = "",
+    ) -> None:
+        """Contest a hospital's grant to itself in the patient's name (a DPO of another
+        custodian): the consent is suspended until the patient's own key confirms it."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {"id": consent_id, "reason": reason, "evidence_hash": evidence(note, note_hash)}
+            if not body["evidence_hash"]:
+                fail("--note: the DPO's written note (its SHA-256) is needed")
+            with Node.open(home) as node:
+                c = signer(node, as_).send("consent.contest", body)
+        console.print(f"consent {consent_id} contested: suspended (block {c.height})")
+
+    @consent.command("confirm")
+    def confirm(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
+        patient_key: Annotated[
+            Path, typer.Option("--patient-key", help="The patient's own key file (hex seed).")
+        ],
+    ) -> None:
+        """Confirm, with the patient's own key, a consent a hospital recorded on their behalf."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = signer(node, "", patient_key).send("consent.confirm", {"id": consent_id})
+        console.print(f"consent {consent_id} confirmed by the patient (block {c.height})")
 
     @consent.command("list")
     def list_(home: HomeOption, patient: PatientOption) -> None:
