@@ -131,14 +131,15 @@ def play(
             "start_ms": now - 60_000,
             "end_ms": now + 365 * DAY_MS,
             "evidence_hash": _evidence("signed consent form, chronic follow-up"),
+            "taken_by": "dr-martin",  # Lyon treats the patient; dr-martin took the form
         },
     )
     consent_id = int(
         next(e.get("id") for e in consent.result.events if e.type == "consent.granted") or 0
     )
     say(
-        f"The patient consents (form signed at {lyon.name}, consent {consent_id}): "
-        f"{paris.name} may read their records for treatment."
+        f"The patient consents (form signed at {lyon.name}, which treats them, and taken by "
+        f"dr-martin; consent {consent_id}): {paris.name} may read their records for treatment."
     )
     copies = eventually(
         lambda: [
@@ -165,6 +166,7 @@ def play(
             "start_ms": now - 60_000,
             "end_ms": now + 90 * DAY_MS,
             "evidence_hash": _evidence("signed consent form, second opinion"),
+            "taken_by": "dr-martin",
         },
     )
     second = eventually(lambda: [i for i in lille.vault.records_of(chronic) if i.is_copy], wait)
@@ -172,6 +174,24 @@ def play(
         f"For a second opinion the patient also lets {lille.name} see their labs and conditions: "
         f"{len(second)} records copied there, re-encrypted under {lille.name}'s own keys."
     )
+    try:  # holding copies is not treating the patient: Lille cannot act in their name
+        lille.node.wallet.send(
+            "consent.grant",
+            {
+                "pid": chronic,
+                "grantee": f"org:{lille.org}",
+                "categories": ["*"],
+                "purpose": "treatment",
+                "start_ms": now,
+                "evidence_hash": _evidence("a form nobody signed"),
+                "taken_by": "dpo",
+            },
+        )
+    except TxRejected as exc:
+        say(
+            f"{lille.name} tries to widen its own access in the patient's name: "
+            f"refused ({exc.log})."
+        )
 
     # -- a referral for surgery, the file transferred automatically -------------------------
     surgery = now + 3 * DAY_MS
@@ -249,17 +269,29 @@ def play(
             },
         )
     cohort = sorted(pids_at)[:4]
+    # Each patient opts in (or out) at a hospital that treats them, with one of its physicians.
+    desk = {lyon.org: "dr-martin", paris.org: "dr-dubois", bordeaux.org: "dr-urgence"}
     for pid in cohort:
         holder = next(h for h in hospitals[:3] if h.org in pids_at[pid])
         holder.node.wallet.send(
             "research.enrol",
-            {"study": study, "pid": pid, "evidence_hash": _evidence(f"opt-in {pid}")},
+            {
+                "study": study,
+                "pid": pid,
+                "evidence_hash": _evidence(f"opt-in {pid}"),
+                "taken_by": desk[holder.org],
+            },
         )
     withdrawn = cohort[-1]
     holder = next(h for h in hospitals[:3] if h.org in pids_at[withdrawn])
     holder.node.wallet.send(
         "research.withdraw",
-        {"study": study, "pid": withdrawn, "evidence_hash": _evidence("opt-out")},
+        {
+            "study": study,
+            "pid": withdrawn,
+            "evidence_hash": _evidence("opt-out"),
+            "taken_by": desk[holder.org],
+        },
     )
     say(
         f"{lille.name} registers study {study} (ethics CPP-2026-0142); "
@@ -295,10 +327,19 @@ def play(
     )
 
     # -- erasure: refused for care records, carried out for the copies ----------------------
-    paris.node.wallet.send(
-        "erasure.request", {"pid": chronic, "evidence_hash": _evidence("erasure request letter")}
+    # Filed by a hospital that treats the patient (Paris if it does), its DPO taking the letter.
+    filer = paris if paris.org in pids_at[chronic] else lyon
+    if filer.org not in pids_at[chronic]:
+        filer = next(h for h in hospitals[:3] if h.org in pids_at[chronic])
+    filer.node.wallet.send(
+        "erasure.request",
+        {
+            "pid": chronic,
+            "evidence_hash": _evidence("erasure request letter"),
+            "taken_by": "dpo",
+        },
     )
-    erasure = paris.node.engine.query("erasure/status", {"pid": chronic})
+    erasure = filer.node.engine.query("erasure/status", {"pid": chronic})
     refused = [
         o["holder"]
         for o in erasure["obligations"]

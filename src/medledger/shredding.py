@@ -74,9 +74,12 @@ def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResul
     return ShredResult(pid, 0, receipt.copies_shredded, committed.height, purged.rows_deleted)
 
 
-def carry_out(node: Node, vault: Vault, pid: str, evidence_hash: bytes = b"") -> ErasureOutcome:
-    """File the request if none exists (on the patient's behalf, with the evidence's hash),
-    then do what the erasure contract says this hospital must do."""
+def carry_out(
+    node: Node, vault: Vault, pid: str, evidence_hash: bytes = b"", taken_by: str = ""
+) -> ErasureOutcome:
+    """File the request if none exists (on the patient's behalf, with the evidence's hash and
+    `taken_by`, the practitioner who took it), then do what the erasure contract says this
+    hospital must do."""
     status: dict[str, Any] | None = node.engine.query("erasure/status", {"pid": pid})
     if status is None:
         if not evidence_hash:
@@ -84,7 +87,8 @@ def carry_out(node: Node, vault: Vault, pid: str, evidence_hash: bytes = b"") ->
                 "no erasure request is on the chain for this patient: give --evidence FILE "
                 "(the patient's signed request) to file one on their behalf"
             )
-        node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": evidence_hash})
+        body = {"pid": pid, "evidence_hash": evidence_hash, "taken_by": taken_by}
+        node.wallet.send("erasure.request", body)
         status = node.engine.query("erasure/status", {"pid": pid})
         assert status is not None
     request = int(status["id"])

@@ -40,6 +40,7 @@ def test_the_patient_sees_the_read_made_by_another_hospital(
                 "start_ms": now - 1000,
                 "end_ms": 0,
                 "evidence_hash": b"\x01" * 32,
+                "channel": "portal",  # the patient asked on Lyon's portal
             },
         )
         # AP-HP Paris's sync agent fetches the records through Lyon's gateway: each read is

@@ -13,6 +13,9 @@ PID = "ef" * 32
 def test_a_request_is_recorded_then_granted_by_a_consent() -> None:
     net = make_net()
     app = net.app()
+    # h0 holds the patient's care records: the patient signs in on its portal.
+    record = {"rid": "r-1", "pid": PID, "commitment": b"\x01" * 32, "meta_ct": b"ct"}
+    run_block(app, [net.tx(net.orgs["h0"], "records.register", {"entries": [record]})], net.solo)
     ask = {"pid": PID, "categories": ["labs"], "purpose": "treatment", "reason_hash": b"\x03" * 32}
     run_block(app, [net.tx(net.orgs["h1"], "consent.request", ask)], net.solo)
     (req,) = app.query_obj("consent/requests", {"pid": PID})
@@ -31,7 +34,8 @@ def test_a_request_is_recorded_then_granted_by_a_consent() -> None:
         "purpose": "treatment",
         "start_ms": T0,
         "end_ms": 0,
-        "evidence_hash": b"\x04" * 32,
+        "evidence_hash": b"\x04" * 32,  # the patient's authenticated portal request
+        "channel": "portal",
     }
     run_block(app, [net.tx(net.orgs["h0"], "consent.grant", grant)], net.solo)
     (req,) = app.query_obj("consent/requests", {"pid": PID})

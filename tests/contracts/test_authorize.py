@@ -71,8 +71,8 @@ class World:
             )
         self.block(*regs)
         self.pid = pid_of("alice")
-        self.patient = self.bind("alice")
         self.records("h0", self.pid, ["r-labs", "r-doc", "r-img"])
+        self.patient = self.bind("alice")  # by h0, a custodian of alice
 
     # -- driving the chain ---------------------------------------------------------------
     def block(self, *txs: bytes, at: int | None = None) -> BlockOutcome:
@@ -107,6 +107,8 @@ class World:
     def bind(self, name: str) -> SigningKey:
         key = SigningKey(hashlib.sha256(b"patient:" + name.encode()).digest())
         self.keys[f"patient:{name}"] = key
+        if not self.q("records/of_patient", {"pid": pid_of(name), "custodian": "h0"}):
+            self.records("h0", pid_of(name), [f"r-{name}"])  # only a custodian binds a key
         self.ok(
             "h0",
             "patients.bind",

@@ -73,7 +73,15 @@ def test_care_commands(tmp_path: Path) -> None:
     assert resource["resourceType"] == "Consent" and resource["decision"] == "permit"
     fhir_file = tmp_path / "consent.json"
     fhir_file.write_text(exported)
-    out = run("consent", "import", "-H", paris, str(fhir_file), "--evidence-file", str(form))
+    # Paris never treated the patient: it cannot record a consent in their name.
+    out = run("consent", "import", "-H", paris, str(fhir_file), "--evidence-file", str(form),
+              "--practitioner", "res-paris", code=1)  # fmt: skip
+    assert "res-paris lacks a role allowed to take a patient's request" in out.output
+    out = run("consent", "import", "-H", lyon, str(fhir_file), "--evidence-file", str(form),
+              code=1)  # fmt: skip
+    assert "--practitioner" in out.output
+    out = run("consent", "import", "-H", lyon, str(fhir_file), "--evidence-file", str(form),
+              "--practitioner", "dr-martin")  # fmt: skip
     assert "consent 2 imported" in out.output
 
     # -- authorize ---------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def test_care_commands(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "cohort of 1 is under" in out.output
     run("study", "withdraw", "-H", lyon, "--id", "diab", "--patient", PID,
-        "--evidence-file", str(form))  # fmt: skip
+        "--evidence-file", str(form), "--practitioner", "dr-martin")  # fmt: skip
     assert "enrolled 0" in run("study", "show", "-H", paris, "--id", "diab").output
 
     # -- policy ------------------------------------------------------------------------------
@@ -160,3 +168,46 @@ def test_care_commands(tmp_path: Path) -> None:
         "does not parse"
         in run("policy", "set", "-H", lyon, "--id", "y", "--file", str(broken), code=1).output
     )
+
+
+def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_patient(
+    tmp_path: Path,
+) -> None:
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "2")
+    lyon = str(net / "hospitals" / "chu-lyon")
+    paris = str(net / "hospitals" / "aphp-paris")
+    run("practitioner", "add", "-H", lyon, "--id", "dr-martin", "--roles", "physician")
+    run("practitioner", "add", "-H", lyon, "--id", "nurse-lyon", "--roles", "nurse")
+    run("practitioner", "add", "-H", paris, "--id", "dpo-paris", "--roles", "dpo")
+    for home, rid in ((lyon, "r-lyon"), (paris, "r-paris")):  # both treat the patient
+        with Node.open(Path(home)) as node:
+            entry = {"rid": rid, "pid": PID, "commitment": b"\x01" * 32, "meta_ct": b"ct"}
+            node.wallet.send("records.register", {"entries": [entry]})
+    form = tmp_path / "form.pdf"
+    form.write_bytes(b"the patient asks Lyon to fetch their file from Paris")
+    patient_key = tmp_path / "patient.key"
+    key = SigningKey.generate()
+    key.save(patient_key)
+    run("consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
+        "--evidence-file", str(form))  # fmt: skip
+
+    # The nurse who took the request is named; Lyon grants itself Paris's records.
+    out = run(
+        "consent", "grant", "-H", lyon, "--patient", PID, "--grantee", "org:chu-lyon",
+        "--categories", "labs", "--purpose", "treatment", "--custodian", "aphp-paris",
+        "--evidence-file", str(form), "--practitioner", "nurse-lyon",
+    )  # fmt: skip
+    assert "consent 1 granted to org:chu-lyon" in out.output
+    ask = ("authorize", "-H", lyon, "--actor", "chu-lyon/dr-martin", "--patient", PID,
+           "--purpose", "treatment", "--custodian", "aphp-paris")  # fmt: skip
+    assert "ALLOWED basis consent:1" in run(*ask).output
+
+    note = tmp_path / "note.txt"
+    note.write_text("we never saw a request from this patient")
+    out = run("consent", "contest", "-H", paris, "--as", "dpo-paris", "--id", "1",
+              "--reason", "patient-denies", "--note", str(note))  # fmt: skip
+    assert "suspended" in out.output
+    assert "DENIED consent contested" in run(*ask, code=3).output
+    run("consent", "confirm", "-H", lyon, "--id", "1", "--patient-key", str(patient_key))
+    assert "ALLOWED basis consent:1" in run(*ask).output

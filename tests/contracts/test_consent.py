@@ -22,9 +22,13 @@ def test_binding_a_patient_key() -> None:
     new = SigningKey.generate()
     body = {"pid": w.pid, "key": new.public_key, "evidence_hash": EVIDENCE}
     assert w.send("h1/dr-b", "patients.bind", body).code == Code.UNAUTHORIZED
+    stranger = w.send("h1/admin-b", "patients.bind", body)
+    assert stranger.code == Code.UNAUTHORIZED and "not a custodian" in stranger.log
+    w.records("h1", w.pid, ["r-h1"])  # h1 now treats alice: its admin may rebind her key
     result = w.ok("h1/admin-b", "patients.bind", body)
     assert [e.type for e in result.events] == ["patient.key_replaced"]
     assert w.q("patients/of_key", {"key": w.patient.public_key}) is None
+    w.records("h0", pid_of("bob"), ["r-bob"])
     taken = {"pid": pid_of("bob"), "key": new.public_key, "evidence_hash": EVIDENCE}
     assert w.send("h0", "patients.bind", taken).code == Code.CONFLICT
     org_key = {"pid": pid_of("bob"), "key": w.keys["h1"].public_key, "evidence_hash": EVIDENCE}
@@ -48,6 +52,7 @@ def test_on_behalf_consents_record_the_evidence_and_the_recorder_may_revoke() ->
         "org": "h0",
         "practitioner": "dr-a",
         "evidence_hash": EVIDENCE,
+        "channel": "desk",
     }
     assert consent["categories"] == ["imaging", "labs"]  # canonical order
     assert w.send("h1", "consent.revoke", {"id": 1}).code == Code.UNAUTHORIZED
@@ -57,10 +62,13 @@ def test_on_behalf_consents_record_the_evidence_and_the_recorder_may_revoke() ->
     assert revoked["status"] == "revoked" and revoked["revoked"]["by"] == "hospital"
 
 
-def test_another_hospital_revokes_with_the_patients_evidence() -> None:
+def test_a_custodian_revokes_with_the_patients_evidence_a_stranger_cannot() -> None:
     w = World()
     w.grant("org:h1")
-    result = w.ok("h2", "consent.revoke", {"id": 1, "evidence_hash": EVIDENCE})
+    stranger = w.send("h2", "consent.revoke", {"id": 1, "evidence_hash": EVIDENCE})
+    assert stranger.code == Code.UNAUTHORIZED and "not a custodian" in stranger.log
+    body = {"id": 1, "evidence_hash": EVIDENCE, "taken_by": "dr-a"}
+    result = w.ok("h0", "consent.revoke", body)
     assert dict(result.events[0].attrs)["by"] == "hospital"
 
 
@@ -88,6 +96,9 @@ def test_listing_consents_of_a_patient_and_of_a_grantee() -> None:
         ({"end_ms": 1}, Code.INVALID_BODY, "end_ms"),
         ({"custodian": "nowhere"}, Code.NOT_FOUND, "custodian"),
         ({"evidence_hash": b"short"}, Code.INVALID_BODY, "evidence_hash"),
+        ({"evidence_hash": EVIDENCE}, Code.INVALID_BODY, "taken_by"),
+        ({"evidence_hash": EVIDENCE, "taken_by": "ghost"}, Code.UNAUTHORIZED, "taken_by"),
+        ({"evidence_hash": EVIDENCE, "channel": "fax"}, Code.INVALID_BODY, "channel"),
     ],
 )
 def test_grant_errors_name_the_field(extra: dict[str, Any], code: Code, fragment: str) -> None:
@@ -133,7 +144,7 @@ def test_fhir_consent_round_trip(version: str, grant: int) -> None:
     on_behalf = grant == 1
     body = {"pid": w.pid, "start_ms": w.now - 5, **spec}
     if on_behalf:
-        body["evidence_hash"] = EVIDENCE
+        body.update(evidence_hash=EVIDENCE, taken_by="dr-a")
     w.ok("h0" if on_behalf else "patient:alice", "consent.grant", body)
     consent = w.q("consent/get", {"id": 1})
 
@@ -155,7 +166,7 @@ def test_fhir_consent_round_trip(version: str, grant: int) -> None:
     }
     assert parsed == expected
     # And the parsed body is a valid grant again.
-    w.ok("h0", "consent.grant", {**parsed, "evidence_hash": EVIDENCE})
+    w.ok("h0", "consent.grant", {**parsed, "evidence_hash": EVIDENCE, "taken_by": "dr-a"})
 
 
 def test_fhir_export_of_a_revoked_consent_is_inactive() -> None:

@@ -81,7 +81,7 @@ def test_every_holder_is_found_and_the_custodian_is_refused_for_retention() -> N
 def test_unattested_obligations_are_flagged_overdue_at_the_deadline() -> None:
     w = World()
     w.grant("org:h1")
-    w.ok("h0", "erasure.request", {"pid": w.pid, "evidence_hash": RECEIPT})
+    w.ok("h0", "erasure.request", {"pid": w.pid, "evidence_hash": RECEIPT, "taken_by": "dpo-a"})
     deadline = w.q("erasure/status", {"id": 1})["deadline"]
     assert deadline == w.now + 30 * DAY_MS
     out = w.block(at=deadline)

@@ -84,7 +84,8 @@ class Sandbox:
         return pid, result.rids
 
     def consent(self, by: str, pid: str, grantee: str, **over: Any) -> int:
-        """A treatment consent recorded by hospital `by` on the patient's behalf."""
+        """A treatment consent recorded by hospital `by`, a custodian of the patient, on the
+        patient's behalf: the patient asked for it on `by`'s portal."""
         body = {
             "pid": pid,
             "grantee": f"org:{grantee}",
@@ -92,6 +93,7 @@ class Sandbox:
             "purpose": "treatment",
             "start_ms": 0,
             "evidence_hash": EVIDENCE,
+            "channel": "portal",
             **over,
         }
         committed = self.h[by].node.wallet.send("consent.grant", body)

@@ -63,6 +63,7 @@ def test_written_at_a_reaches_b_through_the_real_network(network: list[Path]) ->
                 "purpose": "treatment",
                 "start_ms": 0,
                 "evidence_hash": EVIDENCE,
+                "channel": "portal",  # the patient asked on A's portal
             },
         )
         # B's node (another process, its own replica) fetched the key and every record.

@@ -14,6 +14,7 @@ import pytest
 
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.events import StreamEvent, Viewer, block_events, parse_resume
+from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 
 from .conftest import A, B, C, Sandbox, bundles, close_sandbox, observation, open_sandbox
@@ -133,6 +134,25 @@ def test_visibility_per_viewer(sandbox: Sandbox) -> None:
     assert visibility.visible(Viewer(B), ev("member.admitted", proposal="3"))  # consortium-wide
     assert not visibility.visible(Viewer(B), ev("emergency.notify", pid=pid_c, custodian=C))
     assert visibility.visible(Viewer(C), ev("emergency.notify", pid=pid_c, custodian=C))
+
+
+def test_a_self_grant_reaches_the_patient_and_the_other_custodians_streams(
+    sandbox: Sandbox,
+) -> None:
+    both = generate(1, [A, C], seed=5)
+    pid, _ = sandbox.ingest(A, both[A][0])
+    assert sandbox.ingest(C, both[C][0])[0] == pid  # followed at A and at C
+    # A records, in the patient's name, a consent giving itself what C holds.
+    sandbox.consent(A, pid, A, custodian=C)
+    stream = sandbox.x(B).events
+    events = [ev for block in sandbox.root.engine.blocks(1) for ev in block_events(block)]
+    told = next(ev for ev in events if ev.type == "consent.self_granted")
+    notify = next(ev for ev in events if ev.type == "consent.notify")
+    assert notify.attrs["custodian"] == C and told.attrs["org"] == A
+    visibility = stream.visibility
+    assert visibility.visible(Viewer(pid=pid), told)  # the patient's stream
+    assert visibility.visible(Viewer(C, "dpo"), notify)  # C's DPO queue
+    assert not visibility.visible(Viewer(B), notify)  # B has nothing of this patient
 
 
 def test_resume_points() -> None:

@@ -90,7 +90,8 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     sandbox: Sandbox,
 ) -> None:
     pid, n = _prefetched(sandbox)
-    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+    asked = {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}  # on A's portal
+    sandbox.h[A].node.wallet.send("erasure.request", asked)
     vault_b = sandbox.h[B].vault
     wait_for(lambda: vault_b.is_erased(pid), what="copies erased at B")
 

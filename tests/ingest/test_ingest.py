@@ -169,6 +169,8 @@ def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_p
     )
     ins = patient["identifier"][0]["value"]
     result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
+    dpo = {"practitioner": "dpo", "key": b"\x07" * 32, "roles": ["dpo"]}
+    node.wallet.send("identity.register", dpo)  # who takes the patient's request
     home = node.config.home
     node.close()
     vault.close()
@@ -179,6 +181,12 @@ def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_p
     assert no_request.exit_code == 1 and "--evidence" in no_request.output
     out = CliRunner().invoke(
         app, ["erase", "-H", str(home), "--patient", ins, "--evidence", str(letter)]
+    )
+    assert out.exit_code == 1 and "--practitioner" in out.output
+    out = CliRunner().invoke(
+        app,
+        ["erase", "-H", str(home), "--patient", ins, "--evidence", str(letter)]
+        + ["--practitioner", "dpo"],
     )
     assert out.exit_code == 1
     assert "refused here: care records under legal retention until 20" in out.output

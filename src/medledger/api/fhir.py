@@ -225,10 +225,19 @@ def make_router() -> APIRouter:
             body = from_fhir(resource)
         except FhirConsentError as exc:
             raise FhirError(422, "invalid", str(exc)) from None
-        if claims.patient is not None and claims.patient != body["pid"]:
-            raise FhirError(403, "forbidden", "a patient token only consents for its own patient")
+        if claims.patient is not None:
+            if claims.patient != body["pid"]:
+                raise FhirError(
+                    403, "forbidden", "a patient token only consents for its own patient"
+                )
+            # The patient asked for it themself, authenticated here: no practitioner took it.
+            body["channel"] = "portal"
+        else:
+            # Checked before anything is signed: who took the request, on the chain, now.
+            body["taken_by"] = _request_taker(svc, claims)
         # The hospital records it on the patient's behalf; the evidence is this request.
         body["evidence_hash"] = hashlib.sha256(orjson.dumps(claims.raw) + raw).digest()
+        from medledger.ledger.errors import Code
         from medledger.wallet import TxRejected
 
         try:
@@ -236,6 +245,8 @@ def make_router() -> APIRouter:
                 lambda: svc.node.wallet.send("consent.grant", body)
             )
         except TxRejected as exc:
+            if exc.code == Code.UNAUTHORIZED:  # e.g. not a custodian of this patient
+                raise FhirError(403, "forbidden", exc.log) from None
             raise FhirError(422, "business-rule", exc.log) from None
         cid = int(
             next(e.get("id") for e in committed.result.events if e.type == "consent.granted") or 0
@@ -357,6 +368,38 @@ def make_router() -> APIRouter:
         return await _ingest(svc, claims, request, "transaction.json")
 
     return router
+
+
+def _request_taker(svc: HospitalServices, claims: Claims) -> str:
+    """The practitioner behind this token, if they may take a patient's request (else 403).
+
+    Read on the chain at this moment: a revoked practitioner's unexpired token is refused, as
+    is a role the consent rules do not allow (patients.REQUEST_ROLES).
+    """
+    from medledger.contracts.patients import REQUEST_ROLES
+
+    kind, _, ident = claims.subject.partition("/")
+    if kind != "Practitioner":
+        raise FhirError(
+            403,
+            "forbidden",
+            f"{claims.subject}: a consent in a patient's name is taken by a practitioner of "
+            f"{svc.org}, or asked by the patient themself",
+        )
+    key = svc.practitioner_key(claims)
+    actor = None if key is None else svc.node.engine.query("identity/actor", {"key": key})
+    if actor is None or actor["org"] != svc.org or actor["practitioner"] != ident:
+        raise FhirError(403, "forbidden", f"{claims.subject} is not a practitioner of {svc.org}")
+    if not actor["active"]:
+        raise FhirError(403, "forbidden", f"practitioner {svc.org}/{ident} is revoked")
+    if not REQUEST_ROLES.intersection(actor["roles"]):
+        raise FhirError(
+            403,
+            "forbidden",
+            f"practitioner {svc.org}/{ident} lacks a role allowed to take a patient's request "
+            f"({', '.join(sorted(REQUEST_ROLES))})",
+        )
+    return ident
 
 
 def _gate_patient_data(

@@ -1,9 +1,12 @@
-"""`medledger consent grant|revoke|list|export|import|bind-key`: a patient's consents.
+"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key`: consents.
 
-A consent is signed by the patient's own key (`--patient-key FILE`) or by the hospital on the
-patient's behalf, with the evidence (`--evidence FILE`: the signed form; only its SHA-256 goes
-on the chain). `--as ID` signs with one of the hospital's practitioners' keys instead of the
-organisation key. `--patient` is the patient's pid (64 hex characters).
+A consent is signed by the patient's own key (`--patient-key FILE`) or, on the patient's
+behalf, by a hospital that holds their care records (a custodian), with the evidence
+(`--evidence FILE`: the signed form; only its SHA-256 goes on the chain) and the practitioner
+who took the request: `--practitioner ID` (the organisation key signs and names them) or
+`--as ID` (that practitioner's own key signs). Either is checked on the chain before anything
+is signed: active, with a role allowed to take a patient's request. `--patient` is the
+patient's pid (64 hex characters) or INS.
 
 The helpers here (times, hashes, signers) are shared by the other care commands.
 """
@@ -39,6 +42,14 @@ EvidenceOption = Annotated[
     typer.Option(help="The evidence file (signed form); its SHA-256 goes on the chain."),
 ]
 EvidenceHashOption = Annotated[str, typer.Option(help="Or the evidence's SHA-256, hex.")]
+TakenByOption = Annotated[
+    str,
+    typer.Option(
+        "--practitioner",
+        help="The practitioner of your hospital who took the patient's request (on their "
+        "behalf, signed by the organisation key).",
+    ),
+]
 
 
 def pid_arg(value: str, home: Path) -> str:
@@ -115,6 +126,41 @@ def signer(node: Node, practitioner: str = "", patient_key: Path | None = None) 
     return node.wallet
 
 
+def taken_by(
+    node: Node, body: dict[str, Any], practitioner: str, as_: str, *, required: bool = True
+) -> dict[str, Any]:
+    """Name who took a patient's request, checked on the chain before signing anything.
+
+    With `--as`, the signer is that practitioner; with `--practitioner`, the organisation key
+    signs and the body names them (`taken_by`). The contract checks the same again.
+    """
+    from medledger.contracts.patients import REQUEST_ROLES
+
+    if practitioner and as_ and practitioner != as_:
+        raise ValueError("--practitioner: with --as, the practitioner who signs took the request")
+    who = practitioner or as_
+    if not who:
+        if required:
+            raise ValueError(
+                "--practitioner: name the practitioner who took the patient's request "
+                "(or sign with the patient's key: --patient-key)"
+            )
+        return body
+    org = node.config.org
+    known = node.engine.query("identity/practitioners", {"org": org})
+    found = next((p for p in known if p["id"] == who), None)
+    if found is None:
+        raise ValueError(f"--practitioner: {org} has no practitioner {who!r}")
+    if not found["active"]:
+        raise ValueError(f"--practitioner: practitioner {org}/{who} is revoked")
+    if not REQUEST_ROLES.intersection(found["roles"]):
+        raise ValueError(
+            f"--practitioner: {org}/{who} lacks a role allowed to take a patient's request "
+            f"({', '.join(sorted(REQUEST_ROLES))})"
+        )
+    return {**body, "taken_by": who} if practitioner and not as_ else body
+
+
 def event(committed: Any, kind: str) -> dict[str, str]:
     for e in committed.result.events:
         if e.type == kind:
@@ -144,6 +190,7 @@ def register(app: typer.Typer) -> None:
         evidence_hash: EvidenceHashOption = "",
         patient_key: PatientKeyOption = None,
         as_: AsOption = "",
+        practitioner: TakenByOption = "",
     ) -> None:
         """Record a consent, signed by the patient or on their behalf with evidence."""
         from medledger.node import Node
@@ -160,6 +207,10 @@ def register(app: typer.Typer) -> None:
                 "evidence_hash": evidence(evidence_file, evidence_hash),
             }
             with Node.open(home) as node:
+                if patient_key is None:
+                    # Without evidence the contract's refusal says what is missing first.
+                    required = bool(body["evidence_hash"])
+                    body = taken_by(node, body, practitioner, as_, required=required)
                 c = signer(node, as_, patient_key).send("consent.grant", body)
         e = event(c, "consent.granted")
         console.print(
@@ -178,6 +229,7 @@ def register(app: typer.Typer) -> None:
         evidence_hash: EvidenceHashOption = "",
         patient_key: PatientKeyOption = None,
         as_: AsOption = "",
+        practitioner: TakenByOption = "",
     ) -> None:
         """Revoke a consent (the patient, the recording hospital, or with evidence)."""
         from medledger.node import Node
@@ -189,8 +241,53 @@ def register(app: typer.Typer) -> None:
                 "evidence_hash": evidence(evidence_file, evidence_hash),
             }
             with Node.open(home) as node:
+                if patient_key is None:
+                    # The recording hospital withdraws its own record without evidence.
+                    required = bool(body["evidence_hash"])
+                    body = taken_by(node, body, practitioner, as_, required=required)
                 c = signer(node, as_, patient_key).send("consent.revoke", body)
         console.print(f"consent {consent_id} revoked (block {c.height})")
+
+    @consent.command("contest")
+    def contest(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
+        reason: Annotated[
+            str,
+            typer.Option(help="no-care-relationship, evidence-doubtful, patient-denies or other."),
+        ],
+        as_: Annotated[str, typer.Option("--as", help="Your hospital's DPO who contests it.")],
+        note: Annotated[
+            Path | None, typer.Option(help="The DPO's written note; its SHA-256 goes on the chain.")
+        ] = None,
+        note_hash: Annotated[str, typer.Option(help="Or the note's SHA-256, hex.")] = "",
+    ) -> None:
+        """Contest a hospital's grant to itself in the patient's name (a DPO of another
+        custodian): the consent is suspended until the patient's own key confirms it."""
+        from medledger.node import Node
+
+        with user_errors():
+            body = {"id": consent_id, "reason": reason, "evidence_hash": evidence(note, note_hash)}
+            if not body["evidence_hash"]:
+                fail("--note: the DPO's written note (its SHA-256) is needed")
+            with Node.open(home) as node:
+                c = signer(node, as_).send("consent.contest", body)
+        console.print(f"consent {consent_id} contested: suspended (block {c.height})")
+
+    @consent.command("confirm")
+    def confirm(
+        home: HomeOption,
+        consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
+        patient_key: Annotated[
+            Path, typer.Option("--patient-key", help="The patient's own key file (hex seed).")
+        ],
+    ) -> None:
+        """Confirm, with the patient's own key, a consent a hospital recorded on their behalf."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = signer(node, "", patient_key).send("consent.confirm", {"id": consent_id})
+        console.print(f"consent {consent_id} confirmed by the patient (block {c.height})")
 
     @consent.command("list")
     def list_(home: HomeOption, patient: PatientOption) -> None:
@@ -234,6 +331,7 @@ def register(app: typer.Typer) -> None:
         evidence_file: EvidenceOption = None,
         evidence_hash: EvidenceHashOption = "",
         as_: AsOption = "",
+        practitioner: TakenByOption = "",
     ) -> None:
         """Grant the consent a FHIR Consent resource describes, on the patient's behalf."""
         from medledger.interop.fhir_consent import from_fhir
@@ -247,6 +345,7 @@ def register(app: typer.Typer) -> None:
             if not body["evidence_hash"]:
                 fail("--evidence: the hash of the signed consent is needed on the patient's behalf")
             with Node.open(home) as node:
+                body = taken_by(node, body, practitioner, as_)
                 c = signer(node, as_).send("consent.grant", body)
         console.print(
             f"consent {event(c, 'consent.granted').get('id')} imported (block {c.height})"

@@ -18,12 +18,14 @@ from medledger.cli.consent import (
     EvidenceOption,
     PatientKeyOption,
     PatientOption,
+    TakenByOption,
     csv,
     event,
     evidence,
     file_hash,
     pid_arg,
     signer,
+    taken_by,
     when_ms,
 )
 
@@ -74,6 +76,7 @@ def register(app: typer.Typer) -> None:
         evidence_hash: str,
         patient_key: Path | None,
         as_: str,
+        practitioner: str,
     ) -> int:
         from medledger.node import Node
 
@@ -84,6 +87,9 @@ def register(app: typer.Typer) -> None:
                 "evidence_hash": evidence(evidence_file, evidence_hash),
             }
             with Node.open(home) as node:
+                if patient_key is None:
+                    required = bool(body["evidence_hash"])
+                    body = taken_by(node, body, practitioner, as_, required=required)
                 c = signer(node, as_, patient_key).send(kind, body)
         return c.height
 
@@ -96,8 +102,9 @@ def register(app: typer.Typer) -> None:
         evidence_hash: EvidenceHashOption = "",
         patient_key: PatientKeyOption = None,
         as_: AsOption = "",
+        practitioner: TakenByOption = "",
     ) -> None:
-        """Enrol a patient (their key, or on their behalf with evidence)."""
+        """Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner)."""
         height = _patient_act(
             "research.enrol",
             home,
@@ -107,6 +114,7 @@ def register(app: typer.Typer) -> None:
             evidence_hash,
             patient_key,
             as_,
+            practitioner,
         )
         console.print(f"enrolled in {study_id} (block {height})")
 
@@ -119,6 +127,7 @@ def register(app: typer.Typer) -> None:
         evidence_hash: EvidenceHashOption = "",
         patient_key: PatientKeyOption = None,
         as_: AsOption = "",
+        practitioner: TakenByOption = "",
     ) -> None:
         """Withdraw a patient: no later release may include them."""
         height = _patient_act(
@@ -130,6 +139,7 @@ def register(app: typer.Typer) -> None:
             evidence_hash,
             patient_key,
             as_,
+            practitioner,
         )
         console.print(f"withdrawn from {study_id} (block {height})")
 

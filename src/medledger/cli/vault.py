@@ -85,6 +85,12 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="The patient's signed request, to file it on their behalf."),
         ] = None,
+        practitioner: Annotated[
+            str,
+            typer.Option(
+                help="Who took the patient's request (with --evidence): a practitioner here."
+            ),
+        ] = "",
     ) -> None:
         """Carry out a patient's erasure here: crypto-shred and attest, or say why not."""
         import hashlib
@@ -101,7 +107,11 @@ def register(app: typer.Typer) -> None:
             Vault.open(node.config.vault_config()) as vault,
         ):
             pid = resolve_pid(node.config.pseudonym_key(), patient)
-            outcome = carry_out(node, vault, pid, evidence_hash)
+            if evidence_hash and node.engine.query("erasure/status", {"pid": pid}) is None:
+                from medledger.cli.consent import taken_by
+
+                taken_by(node, {}, practitioner, "")  # checked before anything is signed
+            outcome = carry_out(node, vault, pid, evidence_hash, practitioner)
         if outcome.status == "refused":
             fail(f"erasure request {outcome.request}: refused here: {outcome.reason}")
         if outcome.shred is None:

@@ -15,7 +15,8 @@ what granted it (`basis`), so that the access entry on the chain points to it:
 Then the consortium's Cedar policies are asked (policies.py) and a `forbid` wins over any
 basis. When denied, `reason` starts with a stable phrase a client can match, then details:
     unknown actor, actor revoked, invalid request, role, erased, no consent, consent revoked,
-    consent expired, consent not yet valid, other hospital, other purpose, other category,
+    consent contested, consent expired, consent not yet valid, other hospital, other purpose,
+    other category,
     emergency without role, no emergency access, emergency expired, referral cancelled,
     referral outside window, not enrolled, enrolment withdrawn, study closed, policy forbid,
     policy error

@@ -2,18 +2,29 @@
 
 A consent says who (grantee), what (categories, or `*`), why (purpose), when (period), and
 whose records (custodian scope: one hospital's, or `*` for any). It is signed by the patient's
-own key (see patients.py) or by a hospital on the patient's behalf, with the hash of the
-evidence (the signed form): then the chain can always point to a document.
+own key, or on the patient's behalf by a hospital that is a custodian of the patient, with the
+evidence's hash and who took the request (`taken_by`, `channel`): the rule is
+`patients.acting_for_patient`. A member that never treated the patient can grant nothing.
+
+Self-grants: when a hospital grants itself (`org:<itself>`, one of its practitioners, or a
+study it sponsors) in the patient's name, the contract notifies at once: `consent.self_granted`
+(carries the pid: the patient's portal and event stream show it) and one `consent.notify` per
+OTHER custodian of the patient (to its DPO's queue, like `emergency.notify`). A DPO of one of
+those custodians may `consent.contest` it (a reason code from CONTEST_REASONS and the hash of
+their written note): from then on the consent is `contested` and `authorize` denies with
+"consent contested", until the patient's own key confirms it (`consent.confirm`; after a
+confirmation it can no longer be contested) or it is revoked. Only self-grants are contested:
+a consent to another hospital gives the signer nothing.
 
 Grantees:
     org:<org>                     every practitioner of that hospital (with a role for the purpose)
     practitioner:<org>/<id>       that practitioner only
     study:<study>                 a registered study; research consents go only to studies
 
-Revocation: by the patient's key; by the hospital that recorded the consent; or by any
-hospital on the patient's behalf with the evidence's hash. Revocation is not retroactive: an
-access made while the consent held stays lawful, so `authorize` at an earlier time still
-allows it (audits replay decisions at their time).
+Revocation: by the patient's key; by the hospital that recorded the consent; or on the
+patient's behalf by the same rule as a grant (a custodian, evidence, who took it).
+Revocation is not retroactive: an access made while the consent held stays lawful, so
+`authorize` at an earlier time still allows it (audits replay decisions at their time).
 
 `authorize` must stay O(log n) with millions of consents: it reads one short key range per
 grantee it could match, `consent/by/<pid>/<grantee>/`, whose values carry everything the
@@ -21,7 +32,8 @@ decision needs (no second read).
 
 State (prefix `consent/`):
     consent/seq                               last consent id
-    consent/id/<id:012d>                      the consent, with who signed it and its revocation
+    consent/id/<id:012d>                      the consent, with who signed it, its contest,
+                                              confirmation and revocation
     consent/by/<pid>/<grantee key>/<id:012d>  what authorize reads (grantee key: '/' -> ':')
     consent/to/<grantee key>/<id:012d>        pid: what a grantee's sync agent follows
 """
@@ -37,19 +49,23 @@ from medledger.contracts.categories import (
     covers,
 )
 from medledger.contracts.common import check_id
+from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import (
     ActingFor,
     acting_for_patient,
+    check_hash,
     erasure_requested,
     patient_of_key,
 )
-from medledger.contracts.records import acting_org, check_pid
+from medledger.contracts.records import acting_org, check_pid, custodians_of, is_custodian
 from medledger.contracts.research import get_study
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
 MAX_REASON = 200
+#: Why a DPO contests a self-grant (codes: the chain holds no free text about a patient).
+CONTEST_REASONS = ("no-care-relationship", "evidence-doubtful", "patient-denies", "other")
 
 
 @dataclass
@@ -62,6 +78,8 @@ class Grant:
     end_ms: int = 0  # 0: until revoked
     custodian: str = "*"
     evidence_hash: bytes = b""
+    taken_by: str = ""  # the practitioner who took the request (organisation key signing)
+    channel: str = ""  # "desk" (default) or "portal": see patients.py
 
 
 @dataclass
@@ -69,6 +87,24 @@ class Revoke:
     id: int
     evidence_hash: bytes = b""
     reason: str = ""
+    taken_by: str = ""
+    channel: str = ""
+
+
+@dataclass
+class Contest:
+    """A DPO of another custodian contests a hospital's grant to itself in the patient's name."""
+
+    id: int
+    reason: str  # a code from CONTEST_REASONS
+    evidence_hash: bytes  # SHA-256 of the DPO's written note, kept off chain
+
+
+@dataclass
+class Confirm:
+    """The patient's own key confirms a consent signed on their behalf."""
+
+    id: int
 
 
 @dataclass
@@ -126,7 +162,7 @@ def _check_grantee(state: StateView, grantee: str) -> str:
 
 def grant(ctx: Context, msg: Grant) -> None:
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     kind = _check_grantee(ctx.state, msg.grantee)
     purpose = check_purpose(msg.purpose)
     if (kind == "study") != (purpose == "research"):
@@ -163,6 +199,9 @@ def grant(ctx: Context, msg: Grant) -> None:
         "time": ctx.time_ms,
         "tx": ctx.tx_id,
     }
+    self_grant = who.on_behalf and grantee_org(ctx.state, msg.grantee) == who.org
+    if self_grant:
+        record["self_granted"] = True
     gkey = grantee_key(msg.grantee)
     ctx.state.put(f"consent/id/{cid:012d}", record)
     ctx.state.put(f"consent/by/{msg.pid}/{gkey}/{cid:012d}", _index_value(record))
@@ -175,10 +214,33 @@ def grant(ctx: Context, msg: Grant) -> None:
         purpose=purpose,
         by=who.by,
     )
+    if self_grant:
+        _notify_self_grant(ctx, record, who)
+
+
+def _notify_self_grant(ctx: Context, record: dict[str, Any], who: ActingFor) -> None:
+    """A hospital granted itself access in the patient's name: tell the patient and the others.
+
+    `consent.self_granted` carries the pid (the patient's portal and stream show it); each
+    other custodian's DPO gets a `consent.notify` naming it, and may contest the consent.
+    """
+    pid = record["pid"]
+    ctx.emit(
+        "consent.self_granted",
+        id=record["id"],
+        pid=pid,
+        org=who.org,
+        practitioner=who.practitioner,
+        channel=who.channel,
+        grantee=record["grantee"],
+    )
+    for custodian in custodians_of(ctx.state, pid):
+        if custodian != who.org:
+            ctx.emit("consent.notify", id=record["id"], pid=pid, custodian=custodian, org=who.org)
 
 
 def _index_value(record: dict[str, Any]) -> dict[str, Any]:
-    return {
+    value = {
         "id": record["id"],
         "categories": record["categories"],
         "purpose": record["purpose"],
@@ -187,6 +249,11 @@ def _index_value(record: dict[str, Any]) -> dict[str, Any]:
         "custodian": record["custodian"],
         "revoked_ms": record.get("revoked", {}).get("time", 0),
     }
+    if "contest" in record:
+        # Suspended from the contest until the patient's key confirms it (0: not yet).
+        value["contested_ms"] = record["contest"]["time"]
+        value["confirmed_ms"] = (record.get("confirmed") or {}).get("time", 0)
+    return value
 
 
 def get_consent(state: StateView, cid: int) -> dict[str, Any] | None:
@@ -198,7 +265,7 @@ def revoke(ctx: Context, msg: Revoke) -> None:
     record = get_consent(ctx.state, msg.id)
     if record is None:
         raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
-    if record["status"] != "active":
+    if record["status"] not in ("active", "contested"):
         raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
     if len(msg.reason) > MAX_REASON:
         raise TxError(Code.INVALID_BODY, f"field reason: at most {MAX_REASON} characters")
@@ -214,15 +281,92 @@ def revoke(ctx: Context, msg: Revoke) -> None:
                 "only the patient, the recording hospital, or a hospital with the patient's "
                 "evidence (evidence_hash) may revoke this consent",
             )
-        who = ActingFor("hospital", org, practitioner or "", b"")
+        who = ActingFor("hospital", org, practitioner or "", b"", "recorder")
     else:
-        who = acting_for_patient(ctx, pid, msg.evidence_hash)
+        who = acting_for_patient(ctx, pid, msg.evidence_hash, msg.taken_by, msg.channel)
     record["status"] = "revoked"
     record["revoked"] = {"time": ctx.time_ms, "reason": msg.reason, "tx": ctx.tx_id, **who.to_obj()}
     gkey = grantee_key(record["grantee"])
     ctx.state.put(f"consent/id/{msg.id:012d}", record)
     ctx.state.put(f"consent/by/{pid}/{gkey}/{msg.id:012d}", _index_value(record))
     ctx.emit("consent.revoked", id=msg.id, pid=pid, grantee=record["grantee"], by=who.by)
+
+
+def contest(ctx: Context, msg: Contest) -> None:
+    record = get_consent(ctx.state, msg.id)
+    if record is None:
+        raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
+    pid = record["pid"]
+    actor = resolve_actor(ctx.state, ctx.signer)
+    if actor is None or not actor.active or actor.is_org or "dpo" not in actor.roles:
+        raise TxError(
+            Code.UNAUTHORIZED, "a contest is signed by an active DPO of another custodian"
+        )
+    if not record.get("self_granted"):
+        raise TxError(
+            Code.REFUSED,
+            f"consent {msg.id} is not a hospital's grant to itself on the patient's behalf",
+        )
+    if actor.org == record["signed"]["org"]:
+        raise TxError(Code.UNAUTHORIZED, "the granting hospital does not contest its own consent")
+    if not is_custodian(ctx.state, pid, actor.org):
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"not a custodian of this patient: {actor.org} holds none of their care records",
+        )
+    if msg.reason not in CONTEST_REASONS:
+        raise TxError(Code.INVALID_BODY, f"field reason: one of {', '.join(CONTEST_REASONS)}")
+    check_hash(msg.evidence_hash, "evidence_hash")
+    if record["status"] != "active":
+        raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
+    if record.get("confirmed"):
+        raise TxError(Code.CONFLICT, f"the patient confirmed consent {msg.id} with their own key")
+    record["status"] = "contested"
+    record["contest"] = {
+        "org": actor.org,
+        "practitioner": actor.practitioner,
+        "reason": msg.reason,
+        "evidence_hash": msg.evidence_hash,
+        "time": ctx.time_ms,
+        "tx": ctx.tx_id,
+    }
+    _store(ctx, record)
+    ctx.emit(
+        "consent.contested",
+        id=msg.id,
+        pid=pid,
+        custodian=actor.org,
+        grantee=record["grantee"],
+        reason=msg.reason,
+    )
+
+
+def confirm(ctx: Context, msg: Confirm) -> None:
+    record = get_consent(ctx.state, msg.id)
+    if record is None:
+        raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
+    pid = record["pid"]
+    if patient_of_key(ctx.state, ctx.signer) != pid:
+        raise TxError(Code.UNAUTHORIZED, "only the patient's own bound key confirms a consent")
+    if record["signed"]["by"] != "hospital":
+        raise TxError(Code.CONFLICT, f"consent {msg.id} was signed with the patient's own key")
+    if record["status"] not in ("active", "contested"):
+        raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
+    if record.get("confirmed"):
+        raise TxError(Code.CONFLICT, f"consent {msg.id} is already confirmed")
+    record["status"] = "active"
+    record["confirmed"] = {"time": ctx.time_ms, "tx": ctx.tx_id}
+    _store(ctx, record)
+    ctx.emit("consent.confirmed", id=msg.id, pid=pid, grantee=record["grantee"])
+
+
+def _store(ctx: Context, record: dict[str, Any]) -> None:
+    cid = record["id"]
+    ctx.state.put(f"consent/id/{cid:012d}", record)
+    ctx.state.put(
+        f"consent/by/{record['pid']}/{grantee_key(record['grantee'])}/{cid:012d}",
+        _index_value(record),
+    )
 
 
 # -- what authorize asks --------------------------------------------------------------------
@@ -249,6 +393,12 @@ def check(
     revoked = entry["revoked_ms"]
     if revoked and at_ms >= revoked:
         return 3, f"consent revoked: consent {cid} was revoked"
+    contested, confirmed = entry.get("contested_ms", 0), entry.get("confirmed_ms", 0)
+    if contested and at_ms >= contested and not (confirmed and at_ms >= confirmed):
+        return 3, (
+            f"consent contested: consent {cid} is suspended since another custodian's DPO "
+            "contested it (the patient's own key may confirm it)"
+        )
     if at_ms < entry["start_ms"]:
         return 4, f"consent not yet valid: consent {cid} starts later"
     if entry["end_ms"] and at_ms >= entry["end_ms"]:
@@ -361,6 +511,8 @@ CONTRACTS = [
             "consent.grant": Message("consent.grant", Grant, grant),
             "consent.revoke": Message("consent.revoke", Revoke, revoke),
             "consent.request": Message("consent.request", RequestAccess, request_access),
+            "consent.contest": Message("consent.contest", Contest, contest),
+            "consent.confirm": Message("consent.confirm", Confirm, confirm),
         },
         queries={
             "consent/get": q_get,

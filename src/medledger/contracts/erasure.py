@@ -1,7 +1,9 @@
 """Erasure: a patient's request, every holder's attestation, a deadline, a public status.
 
-`erasure.request` (the patient's key, or a hospital on their behalf with the evidence's hash)
-finds every holder of the patient's data from the chain itself, at that block:
+`erasure.request` (the patient's key, or on their behalf a custodian of the patient with the
+evidence's hash and the practitioner who took it: `patients.acting_for_patient`; a hospital
+that never treated the patient cannot have their records made unreadable) finds every holder
+of the patient's data from the chain itself, at that block:
     custodians    hospitals with records in the index (`records`)
     copy holders  hospitals a consent let prefetch copies, hospitals a referral delivered
                   records to, a study's sponsor and the custodians that released data to it
@@ -47,6 +49,8 @@ _EPOCH = datetime.date(1970, 1, 1)
 class Request:
     pid: str
     evidence_hash: bytes = b""
+    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
+    channel: str = ""
 
 
 @dataclass
@@ -117,7 +121,7 @@ def _settle(ctx: Context, req: dict[str, Any]) -> None:
 
 def request(ctx: Context, msg: Request) -> None:
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     if erasure_requested(ctx.state, msg.pid) is not None:
         raise TxError(Code.CONFLICT, "this patient's erasure was already requested")
     p = params(ctx.state)

@@ -277,6 +277,22 @@ def is_shredded(state: StateView, holder: str, pid: str) -> bool:
     return state.has(f"rec/shredded/{holder}/{pid}")
 
 
+def custodians_of(state: StateView, pid: str) -> list[str]:
+    """Hospitals holding this patient's care records in the index (their own, not copies)."""
+    return sorted({str(holder) for _, holder in state.scan(f"rec/pid/{pid}/")})
+
+
+def is_custodian(state: StateView, pid: str, org: str) -> bool:
+    """Whether org holds care records of this patient that it can still read.
+
+    Copies held elsewhere are not in the index under the holder, so they never count; a
+    hospital that destroyed the patient's keys (records.shredded) no longer counts either.
+    """
+    if is_shredded(state, org, pid):
+        return False
+    return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
+
+
 def entries_of(state: StateView, pid: str, custodian: str | None = None) -> list[dict[str, Any]]:
     found = []
     for key, holder in state.scan(f"rec/pid/{pid}/"):

@@ -2,7 +2,11 @@
 
 A sponsor hospital registers a study: the hash of its protocol, its ethics approval reference,
 the data categories it needs and its minimum cohort size. Patients enrol and withdraw at any
-time (their own key, or a hospital on their behalf with the evidence's hash). A custodian then
+time (their own key, or on their behalf a custodian of the patient with the evidence's hash and
+who took the request: `patients.acting_for_patient`). A sponsor enrolling, in the patient's
+name, a patient it treats into its own study gives itself research access: like a self-grant
+(consent.py) it is told at once to the patient (`study.self_enrolled`, with the pid) and to
+each other custodian's DPO (`study.notify`). A custodian then
 releases a pseudonymised dataset by posting its hash, its counts and the list of its members'
 *study tokens*:
 
@@ -31,7 +35,7 @@ from typing import Any
 from medledger.contracts.categories import ALL, check_categories
 from medledger.contracts.common import check_id
 from medledger.contracts.patients import acting_for_patient, check_hash, erasure_requested
-from medledger.contracts.records import acting_org, check_pid
+from medledger.contracts.records import acting_org, check_pid, custodians_of
 from medledger.ledger import merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -57,6 +61,8 @@ class Enrol:
     study: str
     pid: str
     evidence_hash: bytes = b""
+    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
+    channel: str = ""
 
 
 @dataclass
@@ -64,6 +70,8 @@ class Withdraw:
     study: str
     pid: str
     evidence_hash: bytes = b""
+    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
+    channel: str = ""
 
 
 @dataclass
@@ -145,7 +153,7 @@ def register(ctx: Context, msg: Register) -> None:
 def enrol(ctx: Context, msg: Enrol) -> None:
     study = _require_study(ctx, msg.study)
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     if erasure_requested(ctx.state, msg.pid) is not None:
         raise TxError(Code.REFUSED, "the patient asked for erasure")
     key = f"research/enrol/{msg.study}/{msg.pid}"
@@ -161,12 +169,26 @@ def enrol(ctx: Context, msg: Enrol) -> None:
     study["enrolled"] += 1
     ctx.state.put(f"research/study/{msg.study}", study)
     ctx.emit("study.enrolled", study=msg.study, pid=msg.pid, by=who.by)
+    if who.on_behalf and study["sponsor"] == who.org:
+        ctx.emit(
+            "study.self_enrolled",
+            study=msg.study,
+            pid=msg.pid,
+            org=who.org,
+            practitioner=who.practitioner,
+            channel=who.channel,
+        )
+        for custodian in custodians_of(ctx.state, msg.pid):
+            if custodian != who.org:
+                ctx.emit(
+                    "study.notify", study=msg.study, pid=msg.pid, custodian=custodian, org=who.org
+                )
 
 
 def withdraw(ctx: Context, msg: Withdraw) -> None:
     study = _require_study(ctx, msg.study, open_=False)
     check_pid(msg.pid)
-    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash)
+    who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     key = f"research/enrol/{msg.study}/{msg.pid}"
     current = ctx.state.get(key)
     if current is None or current["status"] != "enrolled":

@@ -15,6 +15,11 @@ What a caller may see:
     its practitioners         to, ...), events about a patient their hospital holds records or
                               copies of, or is entitled to, and consortium-wide events that
                               name no patient (governance, policies, studies)
+
+Notifications are such events: `emergency.notify` and `consent.notify` name the custodian
+whose DPO must hear of an emergency opening or of a hospital's grant to itself in a
+patient's name (its queue is its stream filtered on those types); `consent.self_granted`
+carries the pid, so the patient's own stream shows it.
 """
 
 from __future__ import annotations

@@ -539,12 +539,14 @@ App hash <code>{e(hd.app_hash.hex())}</code></div>
 
 
 def _on_behalf(svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any]) -> None:
-    """The hospital signs for the patient; the evidence is the patient's authenticated request
-    (their token's claims and what they asked), whose hash goes on the chain."""
+    """The hospital signs for the patient through its portal (channel `portal`, no practitioner
+    took it); the evidence is the patient's authenticated request (their token's claims and
+    what they asked), whose hash goes on the chain. Only a custodian of the patient may: the
+    contract refuses any other hospital (patients.acting_for_patient)."""
     evidence = hashlib.sha256(
         orjson.dumps({"token": claims.raw, "kind": kind, "body": body}, default=str)
     ).digest()
-    svc.node.wallet.send(kind, {**body, "evidence_hash": evidence})
+    svc.node.wallet.send(kind, {**body, "evidence_hash": evidence, "channel": "portal"})
 
 
 def _act(
@@ -552,16 +554,47 @@ def _act(
 ) -> Response:
     from medledger.wallet import TxRejected
 
-    try:
-        _on_behalf(svc, claims, kind, body)
-    except TxRejected as exc:
+    refusal = _not_custodian(svc, claims)  # checked before signing anything
+    if refusal is None:
+        try:
+            _on_behalf(svc, claims, kind, body)
+        except TxRejected as exc:
+            refusal = exc.log
+    if refusal is not None:
         return page(
             "Refused",
             svc.node.config.name,
-            f'<p class="bad">{e(exc.log)}</p><p><a href="/portal{anchor}">back</a></p>',
+            f'<p class="bad">{e(refusal)}</p><p><a href="/portal{anchor}">back</a></p>',
             409,
         )
     return RedirectResponse(f"/portal{anchor}", status_code=303)
+
+
+def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
+    """Why this hospital's portal may not act for the signed-in patient, if it may not: only a
+    custodian of the patient acts in their name (the contract refuses anyone else too)."""
+    held = svc.node.engine.query(
+        "records/of_patient", {"pid": claims.patient, "custodian": svc.org}
+    )
+    if any(not entry["shredded"] for entry in held):
+        return None
+    return (
+        f"not a custodian of this patient: {svc.org} holds none of your care records, so it "
+        "cannot act in your name; ask a hospital that treats you"
+    )
+
+
+def _self_grant_note(consent: dict[str, Any]) -> str:
+    """Tell the patient when a hospital gave itself access in their name, and any contest."""
+    if not consent.get("self_granted"):
+        return ""
+    signed = consent["signed"]
+    taker = f", request taken by {signed['practitioner']}" if signed["practitioner"] else ""
+    note = f"{signed['org']} granted itself this access on your behalf ({signed['channel']}{taker})"
+    contest = consent.get("contest")
+    if contest:
+        note += f"; contested by {contest['org']}'s DPO ({contest['reason']})"
+    return f'<br><span class="bad">{e(note)}</span>'
 
 
 def _portal_sections(svc: HospitalServices, pid: str) -> str:
@@ -574,9 +607,9 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
             e(", ".join(c["categories"])),
             e(c["purpose"]),
             e(when(c["start_ms"])) + (" → " + e(when(c["end_ms"])) if c["end_ms"] else ""),
-            e(c["status"]),
+            e(c["status"]) + _self_grant_note(c),
             f'<form class="inline" method="post" action="/portal/consent/{c["id"]}/revoke"><button>Revoke</button></form>'
-            if c["status"] == "active"
+            if c["status"] in ("active", "contested")
             else "",
         ]
         for c in engine.query("consent/list", {"pid": pid})
