@@ -153,7 +153,9 @@ def test_a_holder_with_its_own_records_erases_the_copies_apart_and_attests(
 ) -> None:
     """Issue 11 item 3: on main B's job ended "the vault cannot erase the copies apart"."""
     pid, copied, own = _followed_at_a_and_b(sandbox)
-    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+    sandbox.h[A].node.wallet.send(
+        "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
+    )
 
     def obligation_of_b() -> dict:  # type: ignore[type-arg]
         found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
@@ -208,7 +210,9 @@ def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(
     assert b.exchange is not None
     b.exchange.stop()  # B's DPO acts by hand; no sync agent races it
     b.exchange = None
-    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+    sandbox.h[A].node.wallet.send(
+        "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
+    )
 
     outcome = carry_out(b.node, b.vault, pid)
     assert outcome.status == "erased" and "retention until" in outcome.reason
