@@ -169,7 +169,10 @@ def test_a_category_restricted_scope_serves_only_that_category(api: Api) -> None
     r = api.client.get(f"/fhir/Observation?patient={api.patient_rid}&_count=100", headers=headers)
     assert r.status_code == 200
     codes = [
-        c["code"] for e in r.json()["entry"] for cc in e["resource"]["category"] for c in cc["coding"]
+        c["code"]
+        for e in r.json()["entry"]
+        for cc in e["resource"]["category"]
+        for c in cc["coding"]
     ]
     assert codes and set(codes) == {"laboratory"}
     vital = next(

@@ -56,7 +56,9 @@ def test_a_named_author_is_recorded_and_the_write_is_on_the_trail() -> None:
     assert created["tx"] == entry["tx"]  # one tx: the record and its audit are inseparable
     amended = {**_entries("r1")[0], "version": 2, "commitment": b"\x09" * 32}
     body = {"entries": [amended], "author": "org:h0"}
-    assert run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
+    assert (
+        run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
+    )
     latest = app.query_obj("access/of_patient", {"pid": PID})[-1]
     assert (latest["action"], latest["actor"], latest["rids"]) == ("update", "org:h0", ["r1"])
 
@@ -82,6 +84,8 @@ def test_an_author_who_may_not_write_is_refused_and_nothing_is_registered() -> N
 def test_without_an_author_the_hospital_itself_registers_as_before() -> None:
     net, app = _world()
     body = {"entries": _entries("r1")}
-    assert run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
+    assert (
+        run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
+    )
     assert app.query_obj("records/entry", {"rid": "r1"})["by"] == ""
     assert app.query_obj("access/of_patient", {"pid": PID}) == []
