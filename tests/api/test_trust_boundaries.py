@@ -333,3 +333,12 @@ def test_a_token_time_that_is_not_an_integer_is_refused(
         f"/fhir/Patient/{api.patient_rid}", headers={"Authorization": f"Bearer {token}"}
     )
     assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "/\\evil.example/x", "https://evil.example"]
+)
+def test_signing_in_never_redirects_to_another_site(api: Api, target: str) -> None:
+    token = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)["Authorization"][7:]
+    r = api.client.post("/login", data={"token": token, "next": target}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
