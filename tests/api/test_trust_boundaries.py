@@ -154,6 +154,25 @@ def test_posting_a_consent_needs_a_consent_write_scope(api: Api) -> None:
     assert len(api.services.node.engine.query("consent/list", {"pid": api.pid})) == 1
 
 
+def test_a_practitioner_token_that_reads_nothing_cannot_break_the_glass(api: Api) -> None:
+    from medledger.web.pages import csrf_token
+
+    _practitioner(api, "dr-urg", ["physician", "emergency"])
+    headers = api.token("Practitioner/dr-urg", "launch")
+    client, _ = _signed_in(api, headers)
+    svc = api.services
+    claims = verify_token(headers["Authorization"][7:], svc.trusted_issuers, svc.audience)
+    form = {
+        "patient": api.pid,
+        "reason": "unconscious",
+        "note": "n",
+        "csrf": csrf_token(svc, claims),
+    }
+    r = client.post("/clinician/break-glass", data=form, follow_redirects=False)
+    assert r.status_code == 401 and "allow no reading" in r.text
+    assert svc.node.engine.query("emergency/list", {"org": "chu-lyon"}) == []
+
+
 def test_everything_serves_only_the_types_of_the_scopes(api: Api) -> None:
     headers = api.token(f"Patient/{api.pid}", "patient/Patient.rs", api.pid)
     r = api.client.get(f"/fhir/Patient/{api.patient_rid}/$everything", headers=headers)

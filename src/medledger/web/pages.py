@@ -104,6 +104,20 @@ async def _guard_post(request: Request) -> None:
         raise FhirError(403, "forbidden", "this form has no valid CSRF token: reload the page")
 
 
+def _clinician(claims: Claims | None) -> bool:
+    """A practitioner whose scopes let them read records as a user (`user/...r`): the
+    clinician view, break-the-glass and access requests all lead to reading records."""
+    if claims is None or not claims.subject.startswith("Practitioner/"):
+        return False
+    return any(g.level == "user" and "r" in g.letters for g in grants(claims.scopes))
+
+
+def _clinician_refusal(claims: Claims | None) -> str:
+    if claims is None or not claims.subject.startswith("Practitioner/"):
+        return ""
+    return "your token's scopes allow no reading of records (a user/ read scope is needed)"
+
+
 def _patient_claims(request: Request, resource_type: str, interaction: str) -> Claims:
     """A signed-in patient whose scopes allow this FHIR interaction (403 otherwise)."""
     from medledger.api.auth import require
@@ -380,8 +394,8 @@ decision. Each line has a proof you can check offline with
     def clinician(request: Request, patient: str = "", window: int | None = None) -> Response:
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         csrf = csrf_token(svc, claims)
         form = """<form method="post" action="/clinician/find"><label>Patient INS
 <input name="patient" required></label><button>Find</button></form>"""
@@ -468,8 +482,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")  # no INS-to-pid lookups for strangers
+        if not _clinician(claims):  # no INS-to-pid lookups for strangers
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         try:
             pid = resolve_pid(svc.node.config.pseudonym_key(), patient)
         except ValueError as exc:
@@ -487,8 +501,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
         try:
@@ -521,8 +535,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         try:
             wallet = svc.node.practitioner_wallet(practitioner)
