@@ -500,7 +500,8 @@ async def _ingest(
 
 def _check_write_scopes(claims: Claims, body: bytes, resource_type: str | None) -> None:
     """The body creates only what the scopes allow: the route's type, or for a transaction
-    each entry's type (a `Bundle.c` scope alone creates nothing)."""
+    each entry's type, created (or updated, for a PUT); a `Bundle.c` scope alone creates
+    nothing."""
     try:
         resource = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -520,8 +521,10 @@ def _check_write_scopes(claims: Claims, body: bytes, resource_type: str | None) 
     for i, entry in enumerate(entries if isinstance(entries, list) else []):
         inner = entry.get("resource") if isinstance(entry, dict) else None
         kind = inner.get("resourceType") if isinstance(inner, dict) else None
+        req = entry.get("request") if isinstance(entry, dict) else None
+        method = req.get("method") if isinstance(req, dict) else None
         if isinstance(kind, str):
             try:
-                require(claims, kind, "create")
+                require(claims, kind, "update" if method == "PUT" else "create")
             except FhirError as exc:
                 raise FhirError(exc.status, exc.code, f"entry[{i}]: {exc.diagnostics}") from None
