@@ -97,7 +97,11 @@ class Ingestor:
                 d, src, future = window.popleft()
                 yield self.ingest_bytes(d, src, parsed=future.result())
 
-    def ingest_bytes(self, data: bytes, source: str, parsed: list[Any] | None = None) -> UnitResult:
+    def ingest_bytes(
+        self, data: bytes, source: str, parsed: list[Any] | None = None, author: str = ""
+    ) -> UnitResult:
+        """`author` names who wrote the records (the API's caller, see `records.register`);
+        "" for the hospital's own feeds."""
         result = UnitResult(source)
         try:
             if parsed is None:
@@ -112,7 +116,7 @@ class Ingestor:
         chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
         for chunk in chunks:
             try:
-                self._store_unit(chunk, source, result)
+                self._store_unit(chunk, source, result, author)
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
                 result.rejections.append(Rejection(source, where, exc.message))
@@ -165,7 +169,9 @@ class Ingestor:
                 return info.rid
         return None
 
-    def _store_unit(self, parsed: list[Any], source: str, result: UnitResult) -> None:
+    def _store_unit(
+        self, parsed: list[Any], source: str, result: UnitResult, author: str = ""
+    ) -> None:
         from medledger.interop.metadata import extract_metadata
 
         pids = self._patient_pids(parsed, source)
@@ -218,6 +224,8 @@ class Ingestor:
             body: dict[str, Any] = {"entries": entries}
             if disclosures.found:
                 body["disclosures"] = disclosures.as_body()
+            if author:
+                body["author"] = author
             registrations.register(self.node.wallet, self.vault, unit, "records.register", body)
         result.accepted += len(items)
         result.rids += unit_rids

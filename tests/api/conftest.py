@@ -68,6 +68,15 @@ def api(consortium: list[Path]) -> Iterator[Api]:
             yield Api(client, svc, patient_rid, pid, result.rids)
 
 
+def csrf(html: str) -> str:
+    """The CSRF token a page's forms carry (every POST of a signed-in session needs it)."""
+    import re
+
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "the page has no CSRF field"
+    return found.group(1)
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll until check() holds: for what the node commits in the background (access logs)."""
     deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import Api, eventually
+from .conftest import Api, csrf, eventually
 
 
 def test_metadata_and_smart_configuration_need_no_token(api: Api) -> None:
@@ -121,7 +121,7 @@ def test_pages_render_for_a_signed_in_patient_and_the_explorer_verifies(api: Api
     assert "records.register" in block
     for text in (explorer, block):  # no personal data, not even pseudonyms, on the explorer
         assert api.pid not in text
-    verified = api.client.post("/explorer/verify")
+    verified = api.client.post("/explorer/verify", data={"csrf": csrf(explorer)})
     assert verified.status_code == 200 and "ok: replayed" in verified.text, verified.text[-600:]
 
 
@@ -163,19 +163,30 @@ def test_a_clinician_requests_access_and_the_patient_grants_it_in_the_portal(api
     clinician = TestClient(create_app(api.services))
     patient = TestClient(create_app(api.services))
     staff = api.token("Practitioner/dr-martin", "user/*.rs")["Authorization"][7:]
-    clinician.post("/login", data={"token": staff, "next": "/clinician"})
+    form = clinician.post("/login", data={"token": staff, "next": "/clinician"}).text
     r = clinician.post(
         "/clinician/request-access",
-        data={"patient": api.pid, "categories": "labs,conditions", "note": "pre-op review"},
+        data={
+            "patient": api.pid,
+            "categories": "labs,conditions",
+            "note": "pre-op review",
+            "csrf": csrf(form),
+        },
     )
     assert r.status_code == 200 and "on the ledger" in r.text
-    mine = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)["Authorization"][7:]
+    scopes = "patient/*.rs patient/Consent.c"  # reading, and granting consents
+    mine = api.token(f"Patient/{api.pid}", scopes, api.pid)["Authorization"][7:]
     page = patient.post("/login", data={"token": mine, "next": "/portal"}).text
     section = page[page.index("Access requests") : page.index("My consents")]
     assert "chu-lyon/dr-martin" in section and "conditions, labs" in section, section
     granted = patient.post(
         "/portal/consent",
-        data={"grantee": "org:chu-lyon", "categories": "labs,conditions", "purpose": "treatment"},
+        data={
+            "grantee": "org:chu-lyon",
+            "categories": "labs,conditions",
+            "purpose": "treatment",
+            "csrf": csrf(page),
+        },
     )
     assert granted.status_code == 200  # redirected back to the portal
     (request,) = api.services.node.engine.query("consent/requests", {"pid": api.pid})

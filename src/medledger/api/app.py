@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Any
+
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, Response
 
 from medledger.api.fhir import make_router
 from medledger.api.outcomes import FhirError, fhir_error_handler, fhir_response, outcome
@@ -25,6 +29,12 @@ def create_app(services: HospitalServices) -> FastAPI:
         return fhir_response(outcome("error", "invalid", f"{where}: {first.get('msg', '')}"), 400)
 
     app.add_exception_handler(RequestValidationError, invalid)
+
+    async def too_large(request: Request, exc: Exception) -> Response:
+        return _too_large(request.url.path, services)
+
+    app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_middleware(BodyLimit, services=services)
 
     @app.get("/.well-known/smart-configuration")
     def smart_configuration() -> dict[str, object]:
@@ -55,3 +65,56 @@ def create_app(services: HospitalServices) -> FastAPI:
 
     app.include_router(make_pages())
     return app
+
+
+class BodyTooLarge(HTTPException):
+    """A request body went past its limit while it was being read."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body too large")
+
+
+def _limit(path: str, services: HospitalServices) -> int:
+    return services.max_body_bytes if path.startswith("/fhir") else services.max_form_bytes
+
+
+def _too_large(path: str, services: HospitalServices) -> Response:
+    limit = _limit(path, services)
+    text = f"request body is larger than this server accepts here ({limit} bytes)"
+    if path.startswith("/fhir"):
+        return fhir_response(outcome("error", "too-costly", text), 413)
+    return HTMLResponse(f"<p>{text}</p>", status_code=413)
+
+
+class BodyLimit:
+    """Bounds every request body (FHIR writes: `api.max_body_bytes`; forms: `api.max_form_bytes`).
+
+    A declared Content-Length over the limit is refused before a byte is read; a body without
+    one (chunked) is counted as it arrives and refused as soon as it passes the limit, so a
+    huge upload never sits in memory."""
+
+    def __init__(self, app: Any, services: HospitalServices) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = _limit(scope["path"], self.services)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(scope["path"], self.services)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, bounded, send)

@@ -3,6 +3,13 @@
 Resources are served as the vault holds them (the bytes received); Bundles are assembled by
 concatenating those bytes, never re-serialised through models. Every access, allowed or not,
 is written on the chain before (remote) or as (local) the data is served.
+
+Scopes decide first (`auth.require`): a resource type or category the token's scopes do not
+reach is never served, not even inside `$everything`. A write (create, transaction) is allowed
+only to an active practitioner of this hospital with a care role, or to its system clients
+(`HospitalServices.author_of`), checked before the body is read; the registration names that
+author and writes the `create` entries of the access trail in the same tx. Request bodies are
+bounded (`api.max_body_bytes`, 413 beyond it; see `app.BodyLimit`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from medledger.api.audit import to_audit_event
-from medledger.api.auth import authenticated, require
+from medledger.api.auth import authenticated, require, scope_permission
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims
@@ -305,7 +312,7 @@ def make_router() -> APIRouter:
         require(claims, "Patient", "read")
         records = LocalRecords(svc)
         pid = records.pid_of(rid)
-        infos = records.latest(pid)
+        infos = _in_scope(svc, claims, records.latest(pid), "read")
         return _serve_search(svc, claims, request, pid, infos, offset, count, "export")
 
     @router.get("/{resource_type}/{rid}")
@@ -322,6 +329,10 @@ def make_router() -> APIRouter:
                 raise RecordNotFound(rid)
         except (RecordNotFound, PatientErased):
             raise FhirError(404, "not-found", f"{resource_type}/{rid} is not known here") from None
+        if not _in_scope(svc, claims, [info], "read"):
+            raise FhirError(
+                403, "forbidden", f"{resource_type}/{rid} is outside the categories of your scopes"
+            )
         decision = svc.decide(claims, info.pid, _meta_of(svc, info), "treatment")
         svc.record_access(claims, info.pid, "read", "treatment", decision, [rid], wait=False)
         if not decision.allowed:
@@ -346,7 +357,7 @@ def make_router() -> APIRouter:
             raise FhirError(400, "required", "search needs a patient parameter", "patient")
         records = LocalRecords(svc)
         pid = records.pid_of(patient)
-        infos = records.latest(pid, (resource_type,))
+        infos = _in_scope(svc, claims, records.latest(pid, (resource_type,)), "search")
         return _serve_search(svc, claims, request, pid, infos, offset, count, "search")
 
     @router.post("/{resource_type}")
@@ -358,14 +369,14 @@ def make_router() -> APIRouter:
     ) -> Response:
         _supported(resource_type)
         require(claims, resource_type, "create")
-        return await _ingest(svc, claims, request, f"{resource_type}.json")
+        return await _ingest(svc, claims, request, f"{resource_type}.json", resource_type)
 
     @router.post("")
     async def transaction(
         svc: Svc, claims: Annotated[Claims, Depends(authenticated)], request: Request
     ) -> Response:
         require(claims, "Bundle", "create")
-        return await _ingest(svc, claims, request, "transaction.json")
+        return await _ingest(svc, claims, request, "transaction.json", None)
 
     return router
 
@@ -421,6 +432,24 @@ def _gate_patient_data(
         raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
 
 
+def _in_scope(
+    svc: HospitalServices, claims: Claims, infos: list[Any], interaction: str
+) -> list[Any]:
+    """The records the token's scopes reach: their type, and a category restriction if any
+    (matched on the resource's own category codings, as a FHIR search would)."""
+    kept = []
+    for info in infos:
+        allowed = scope_permission(claims, info.resource_type, interaction)
+        if not allowed or (allowed.levels == {"patient"} and claims.patient is None):
+            continue
+        if allowed.categories is not None and not allowed.covers(
+            orjson.loads(svc.vault.get(info.rid, info.version))
+        ):
+            continue
+        kept.append(info)
+    return kept
+
+
 def _supported(resource_type: str) -> None:
     if resource_type not in SUPPORTED:
         raise FhirError(404, "not-supported", f"resource type {resource_type} is not served here")
@@ -471,13 +500,22 @@ def _serve_search(
     )
 
 
-async def _ingest(svc: HospitalServices, claims: Claims, request: Request, source: str) -> Response:
+async def _ingest(
+    svc: HospitalServices,
+    claims: Claims,
+    request: Request,
+    source: str,
+    resource_type: str | None,
+) -> Response:
     import anyio
 
-    body = await request.body()
-    if claims.patient is not None:
-        raise FhirError(403, "forbidden", "patients cannot create records through this API")
-    result = await anyio.to_thread.run_sync(svc.ingestor.ingest_bytes, body, source)
+    # Who writes is checked on the chain before the body is even read.
+    author = await anyio.to_thread.run_sync(svc.author_of, claims)
+    body = await request.body()  # bounded by app.BodyLimit
+    _check_write_scopes(claims, body, resource_type)
+    result = await anyio.to_thread.run_sync(
+        lambda: svc.ingestor.ingest_bytes(body, source, author=author)
+    )
     if result.rejections:
         first = result.rejections[0]
         raise FhirError(422, "invalid", f"{first.where}: {first.reason}".strip(": "), first.where)
@@ -501,3 +539,35 @@ async def _ingest(svc: HospitalServices, claims: Claims, request: Request, sourc
         orjson.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}),
         200,
     )
+
+
+def _check_write_scopes(claims: Claims, body: bytes, resource_type: str | None) -> None:
+    """The body creates only what the scopes allow: the route's type, or for a transaction
+    each entry's type, created (or updated, for a PUT); a `Bundle.c` scope alone creates
+    nothing."""
+    try:
+        resource = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, "invalid", f"body is not JSON: {exc}") from None
+    if not isinstance(resource, dict):
+        raise FhirError(400, "invalid", "body is not a FHIR resource (a JSON object)")
+    found = resource.get("resourceType")
+    if resource_type is not None:
+        if found != resource_type:
+            raise FhirError(
+                400, "invalid", f"resourceType: {found!r} posted to /fhir/{resource_type}"
+            )
+        return
+    if found != "Bundle":
+        raise FhirError(400, "invalid", "resourceType: a transaction is a Bundle")
+    entries = resource.get("entry")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        inner = entry.get("resource") if isinstance(entry, dict) else None
+        kind = inner.get("resourceType") if isinstance(inner, dict) else None
+        req = entry.get("request") if isinstance(entry, dict) else None
+        method = req.get("method") if isinstance(req, dict) else None
+        if isinstance(kind, str):
+            try:
+                require(claims, kind, "update" if method == "PUT" else "create")
+            except FhirError as exc:
+                raise FhirError(exc.status, exc.code, f"entry[{i}]: {exc.diagnostics}") from None

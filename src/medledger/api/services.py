@@ -2,11 +2,17 @@
 
 The API is a thin layer: it authenticates the caller, asks `decide` whether the access is
 allowed (the consortium's single `authorize`, through the ledger), records every access or
-denial on the chain, and serves the vault's bytes as they were received.
+denial on the chain, and serves the vault's bytes as they were received. A write is allowed
+by `author_of`: the token's practitioner as the chain knows them at that moment.
+
+Signed-out tokens (`SignedOut`) are kept in the hospital home (`signed-out-tokens`, one
+`<token sha-256> <exp>` a line) until they expire, so a restart of the node does not bring a
+signed-out token back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims
 from medledger.ingest import Ingestor
 from medledger.ledger.keys import SigningKey, write_secret
@@ -22,6 +29,10 @@ from medledger.vault import Vault
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RIDS_PER_ENTRY = 200
+#: Request bodies: FHIR writes up to this many bytes (config.json `api.max_body_bytes`),
+#: page forms up to `api.max_form_bytes`. Larger ones are refused with 413 unread.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_FORM_BYTES = 64 * 1024
 
 
 def issuer_key(home: Path) -> SigningKey:
@@ -30,6 +41,33 @@ def issuer_key(home: Path) -> SigningKey:
     if not path.exists():
         write_secret(path, SigningKey.generate().seed.hex() + "\n")
     return SigningKey.from_file(path)
+
+
+class SignedOut:
+    """Tokens signed out before their expiry (by their SHA-256), kept in a file until then."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._until: dict[str, int] = {}
+        now = time.time()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                token_id, _, exp = line.partition(" ")
+                if exp.isdigit() and int(exp) >= now:
+                    self._until[token_id] = int(exp)
+
+    def revoke(self, token_id: str, expires: int) -> None:
+        with self._lock:
+            now = time.time()
+            self._until = {t: e for t, e in self._until.items() if e >= now}
+            self._until[token_id] = expires
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{t} {e}\n" for t, e in sorted(self._until.items())))
+            tmp.replace(self.path)
+
+    def revoked(self, token_id: str) -> bool:
+        return token_id in self._until
 
 
 @dataclass(frozen=True)
@@ -52,6 +90,12 @@ class HospitalServices:
         self.ingestor = Ingestor(self.node, self.vault)
         key = issuer_key(self.node.config.home)
         self.trusted_issuers.setdefault(self.issuer_id, key.public_key)
+        self.signed_out = SignedOut(self.node.config.home / "signed-out-tokens")
+        # The pages' CSRF tokens are keyed by this secret (derived, so they survive a restart).
+        self.csrf_secret = hashlib.sha256(b"medledger page forms\0" + key.seed).digest()
+        api = self.node.config.raw.get("api") or {}
+        self.max_body_bytes = int(api.get("max_body_bytes", MAX_BODY_BYTES))
+        self.max_form_bytes = int(api.get("max_form_bytes", MAX_FORM_BYTES))
 
     @property
     def org(self) -> str:
@@ -82,6 +126,42 @@ class HospitalServices:
         if not path.exists():
             return None
         return SigningKey.from_file(path).public_key
+
+    def author_of(self, claims: Claims) -> str:
+        """Who writes a record, as the access trail names them; 403 unless they may, now.
+
+        A practitioner must be registered by this hospital on the chain, active (a revoked
+        practitioner's unexpired token writes nothing) and hold a care role; a backend service
+        with a system/ scope writes as the hospital itself; a patient writes no records."""
+        from medledger.contracts.records import WRITER_ROLES
+
+        kind, _, ident = claims.subject.partition("/")
+        if claims.patient is not None or kind == "Patient":
+            raise FhirError(403, "forbidden", "patients cannot create records through this API")
+        if kind == "Device" and any(s.startswith("system/") for s in claims.scopes):
+            return f"org:{self.org}"
+        if kind != "Practitioner":
+            raise FhirError(
+                403, "forbidden", f"{claims.subject} is neither a practitioner nor a system"
+            )
+        key = self.practitioner_key(claims)
+        actor = None if key is None else self.node.engine.query("identity/actor", {"key": key})
+        if actor is None or actor["org"] != self.org or actor["practitioner"] != ident:
+            raise FhirError(
+                403, "forbidden", f"{claims.subject} is not a practitioner registered by {self.org}"
+            )
+        if not actor["active"]:
+            raise FhirError(
+                403, "forbidden", f"{claims.subject} is revoked at {self.org}: writes nothing"
+            )
+        if not WRITER_ROLES.intersection(actor["roles"]):
+            raise FhirError(
+                403,
+                "forbidden",
+                f"role: {', '.join(actor['roles'])} may not write records "
+                f"(needs one of {', '.join(sorted(WRITER_ROLES))})",
+            )
+        return f"practitioner:{self.org}/{ident}"
 
     # -- deciding and recording ---------------------------------------------------------
     def record_meta(self, info: Any) -> dict[str, Any]:

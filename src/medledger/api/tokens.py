@@ -2,12 +2,14 @@
 
 A hospital normally trusts its own identity provider; for demos and tests each hospital home
 has a built-in issuer key (`keys/issuer.key`), and `medledger token` mints tokens with it.
-Only what the API needs is implemented: EdDSA signatures, `exp`/`nbf`/`iat`, `iss` and `aud`.
+Only what the API needs is implemented: EdDSA signatures, `exp`/`nbf`/`iat` (integers, or
+the token is refused), `iss` and `aud`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,7 @@ class Claims:
     issuer: str
     expires: int
     raw: dict[str, Any]
+    token_id: str = ""  # SHA-256 of the compact token: what a logout revokes
 
 
 def verify_token(
@@ -70,11 +73,16 @@ def verify_token(
     if not verify(keys[issuer], f"{parts[0]}.{parts[1]}".encode(), _unb64(parts[2])):
         raise TokenError("token signature does not verify")
     t = time.time() if now is None else now
+    for name in ("exp", "nbf", "iat"):  # a time we cannot read is refused, never ignored
+        value = claims.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TokenError(f"token claim {name} must be an integer (seconds since 1970)")
     exp = claims.get("exp")
-    if not isinstance(exp, int) or exp < t:
+    if exp is None:
+        raise TokenError("token needs an exp claim")
+    if exp < t:
         raise TokenError("token expired")
-    nbf = claims.get("nbf", 0)
-    if isinstance(nbf, int) and nbf > t + 60:
+    if claims.get("nbf", 0) > t + 60:
         raise TokenError("token not valid yet")
     aud = claims.get("aud")
     if aud != audience and not (isinstance(aud, list) and audience in aud):
@@ -91,4 +99,5 @@ def verify_token(
         issuer=issuer,
         expires=exp,
         raw=claims,
+        token_id=hashlib.sha256(token.encode()).hexdigest(),
     )

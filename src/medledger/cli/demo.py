@@ -117,6 +117,9 @@ def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool
         processes.down(directory)
 
 
+_PORTAL_SCOPES = "patient/*.rs patient/Consent.cu patient/Patient.d"
+
+
 def _summary(story: Any, hospitals: list[Any], urls: list[str]) -> None:
     from medledger.api.services import issuer_key
     from medledger.api.tokens import mint
@@ -146,7 +149,8 @@ def _summary(story: Any, hospitals: list[Any], urls: list[str]) -> None:
         if h is hospitals[0] and story.patient_pid:
             console.print(
                 f"  patient (INS {story.patient_ins}) for the portal: "
-                f"{token(f'Patient/{story.patient_pid}', 'patient/*.rs', story.patient_pid)}",
+                # read everything of theirs; grant and revoke consents; ask for erasure
+                f"{token(f'Patient/{story.patient_pid}', _PORTAL_SCOPES, story.patient_pid)}",
                 soft_wrap=True,
             )
     console.print(

@@ -6,9 +6,15 @@ it, and `meta_ct` is its metadata (type, category, code, date, title) encrypted 
 custodian's metadata key for that patient. No clinical value or identifier is readable here.
 
 A bundle registers in one tx (`records.register` takes a list), so it is all or nothing on
-the chain too. `records.amend` chains versions. `records.shredded` records that a holder
-destroyed a patient's keys: one write, whatever the number of entries, since every remaining
-entry of that patient at that holder is now undecryptable.
+the chain too. A registration may name its `author`: `practitioner:<custodian>/<id>` (active,
+with a care role: physician, nurse or emergency) or `org:<custodian>` (a system client of the
+hospital). The entries then record that practitioner as `by`, and the same tx writes the
+write on the access trail: one `create` (new records) or `update` (new versions) entry per
+patient, naming the author and the rids. Without an author (the hospital's own feeds: CLI
+and node ingestion) the hospital itself is the author and the index entry is the record.
+`records.amend` chains versions. `records.shredded` records that a holder destroyed a
+patient's keys: one write, whatever the number of entries, since every remaining entry of
+that patient at that holder is now undecryptable.
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
@@ -22,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_message
@@ -30,6 +37,8 @@ from medledger.ledger.store import StateView
 
 MAX_META_CT = 2048
 MAX_ENTRIES = 2000
+#: Roles that may author records (the care roles; an organisation key may too).
+WRITER_ROLES = PURPOSE_ROLES["treatment"]
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Disclosure:
 class Register:
     entries: list[dict[str, Any]]
     disclosures: list[dict[str, Any]] = field(default_factory=list)
+    author: str = ""  # who wrote them (see module doc); "" is the signing hospital itself
 
 
 @dataclass
@@ -103,8 +113,54 @@ def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
     return entry
 
 
+def _author(ctx: Context, custodian: str, practitioner: str | None, author: str) -> str | None:
+    """The practitioner id the author names (None: the hospital), refusing any other."""
+    if author == f"org:{custodian}" and practitioner is None:
+        return None
+    org, _, ident = author.removeprefix("practitioner:").partition("/")
+    if not author.startswith("practitioner:") or org != custodian:
+        raise TxError(
+            Code.UNAUTHORIZED, f"field author: not org:{custodian} or one of its practitioners"
+        )
+    check_id(ident, "author")
+    if practitioner is not None and practitioner != ident:
+        raise TxError(Code.UNAUTHORIZED, "field author: a practitioner signs only as themself")
+    record = ctx.state.get(f"id/prac/{custodian}/{ident}")
+    if record is None or not record["active"]:
+        raise TxError(Code.UNAUTHORIZED, f"field author: {author} is not an active practitioner")
+    if not WRITER_ROLES.intersection(record["roles"]):
+        raise TxError(Code.UNAUTHORIZED, f"field author: {author} has no role that writes records")
+    return ident
+
+
+def _log_writes(ctx: Context, custodian: str, author: str, pids: dict[str, str], n: int) -> None:
+    """The registration's writes on the access trail, in its own tx (see module doc)."""
+    from medledger.contracts.access import Entry as AccessEntry
+    from medledger.contracts.access import record_entry
+
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for rid, pid in sorted(pids.items()):  # a defined order: the rids land on the chain
+        action = "create" if ctx.state.get(f"rec/entry/{rid}")["version"] == 1 else "update"
+        by_key.setdefault((pid, action), []).append(rid)
+    for (pid, action), rids in sorted(by_key.items()):
+        entry = AccessEntry(
+            actor=author,
+            actor_org=custodian,
+            pid=pid,
+            action=action,
+            purpose="treatment",
+            outcome="granted",
+            basis="custodian",
+            rids=rids,
+        )
+        record_entry(ctx, custodian, n, entry)
+        n += 1
+
+
 def register(ctx: Context, msg: Register) -> None:
     custodian, practitioner = acting_org(ctx)
+    if msg.author:
+        practitioner = _author(ctx, custodian, practitioner, msg.author)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     seen: set[str] = set()
@@ -147,13 +203,14 @@ def register(ctx: Context, msg: Register) -> None:
         ctx.state.put(f"rec/version/{entry.rid}/{1:08d}", record)
         ctx.state.put(f"rec/pid/{entry.pid}/{entry.rid}", custodian)
         ctx.emit("record.registered", rid=entry.rid, pid=entry.pid, custodian=custodian)
-    if msg.disclosures:
-        # The pid as the index now holds it (an amendment keeps its record's pid).
-        pids = {rid: str(ctx.state.get(f"rec/entry/{rid}")["pid"]) for rid in seen}
-        _disclose(ctx, custodian, msg, pids)
+    # The pid as the index now holds it (an amendment keeps its record's pid).
+    pids = {rid: str(ctx.state.get(f"rec/entry/{rid}")["pid"]) for rid in seen}
+    n = _disclose(ctx, custodian, msg, pids) if msg.disclosures else 0
+    if msg.author:
+        _log_writes(ctx, custodian, msg.author, pids, n)
 
 
-def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str]) -> None:
+def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str]) -> int:
     """Record, in the registration's own tx, that entitled hospitals may have the new records.
 
     A hospital entitled to a patient (by consent or referral) fetches each new record as soon
@@ -199,6 +256,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
             n += 1
             for rid in rids:
                 ctx.state.put(f"rec/disclosed/{d.org}/{rid}", key)
+    return n  # the number of access entries written, for the next ones of this tx
 
 
 def disclosed(state: StateView, org: str, rid: str) -> bool:

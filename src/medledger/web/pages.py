@@ -1,29 +1,45 @@
 """The pages: patient portal, clinician view, network explorer.
 
 Pages are rendered on the server from the same services the FHIR API uses; the caller's
-bearer token sits in an HttpOnly cookie set by the login form, and every read a page makes is
-decided and recorded on the chain exactly like an API read.
+bearer token sits in an HttpOnly cookie set by the login form (`Secure` over https), and every
+read a page makes is decided and recorded on the chain exactly like an API read.
+
+The pages apply the token's SMART scopes through the API's own `auth.require`: a page shows
+only the resource types (and categories) the scopes let the API serve, and an action needs
+the scope of the FHIR write it amounts to (a consent: `Consent` create or update; an erasure
+request: `Patient` delete).
+
+Every POST is refused when its Origin (or Referer) is another site, the sign-in form
+included, and a signed-in POST must carry the session's CSRF token (an HMAC of the token, in a
+hidden field that `render.page` adds to every POST form). Signing out revokes the token on the
+server (`HospitalServices.signed_out`) until it expires, so a copy of it is useless after.
+The clinician finds a patient by INS only through a POST form; URLs carry pids, never an INS.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 import threading
 from datetime import UTC
 from typing import Annotated, Any
 
 import anyio
 import orjson
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from medledger.api.auth import allows
 from medledger.api.fhir import LocalRecords
 from medledger.api.outcomes import FhirError
+from medledger.api.scopes import ScopeError, grants
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, TokenError, verify_token
 from medledger.web.render import e, page, table, when
 
 COOKIE = "medledger_token"
+_PID = re.compile(r"^[0-9a-f]{64}$")
 _VERIFYING = threading.Lock()  # one replay from genesis at a time
 
 
@@ -38,9 +54,79 @@ def _claims(request: Request) -> Claims | None:
         return None
     svc = _svc(request)
     try:
-        return verify_token(token, svc.trusted_issuers, svc.audience)
-    except TokenError:
+        claims = verify_token(token, svc.trusted_issuers, svc.audience)
+        grants(claims.scopes)  # a scope the server cannot honour exactly signs nobody in
+    except (TokenError, ScopeError):
         return None
+    if svc.signed_out.revoked(claims.token_id):
+        return None
+    return claims
+
+
+def csrf_token(svc: HospitalServices, claims: Claims | None) -> str:
+    """The session's CSRF token: bound to the signed-in token, useless with any other."""
+    if claims is None:
+        return ""
+    return hmac.new(svc.csrf_secret, claims.token_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _same_site(request: Request) -> bool:
+    """Whether a POST comes from this site's own pages (by Origin, else Referer). A client
+    that sends neither is no browser acting for someone else; a browser always sends Origin
+    on a cross-site POST."""
+    from urllib.parse import urlsplit
+
+    own = str(request.base_url).rstrip("/")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin == own
+    referer = request.headers.get("referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}" == own
+    return True
+
+
+async def _guard_post(request: Request) -> None:
+    """Every page POST: same site, and the session's CSRF token when someone is signed in."""
+    if request.method != "POST":
+        return
+    if not _same_site(request):
+        raise FhirError(403, "forbidden", "a form posted from another site is refused")
+    claims = _claims(request)
+    if claims is None or request.url.path == "/login":
+        return  # nobody signed in: the handler refuses, nothing is done in anyone's name
+    form = await request.form()
+    sent = form.get("csrf")
+    if not isinstance(sent, str) or not hmac.compare_digest(
+        sent, csrf_token(_svc(request), claims)
+    ):
+        raise FhirError(403, "forbidden", "this form has no valid CSRF token: reload the page")
+
+
+def _clinician(claims: Claims | None) -> bool:
+    """A practitioner whose scopes let them read records as a user (`user/...r`): the
+    clinician view, break-the-glass and access requests all lead to reading records."""
+    if claims is None or not claims.subject.startswith("Practitioner/"):
+        return False
+    return any(g.level == "user" and "r" in g.letters for g in grants(claims.scopes))
+
+
+def _clinician_refusal(claims: Claims | None) -> str:
+    if claims is None or not claims.subject.startswith("Practitioner/"):
+        return ""
+    return "your token's scopes allow no reading of records (a user/ read scope is needed)"
+
+
+def _patient_claims(request: Request, resource_type: str, interaction: str) -> Claims:
+    """A signed-in patient whose scopes allow this FHIR interaction (403 otherwise)."""
+    from medledger.api.auth import require
+
+    claims = _claims(request)
+    if claims is None or claims.patient is None:
+        raise FhirError(401, "login", "sign in as a patient first")
+    require(claims, resource_type, interaction)
+    return claims
 
 
 def _login_form(svc: HospitalServices, target: str, message: str = "") -> Response:
@@ -53,13 +139,20 @@ def _login_form(svc: HospitalServices, target: str, message: str = "") -> Respon
     return page("Sign in", svc.node.config.name, body, 401 if message else 200)
 
 
-def _timeline_rows(svc: HospitalServices, pid: str) -> list[dict[str, Any]]:
-    """Local records of the patient, newest first, with their source hospital."""
+def _timeline_rows(svc: HospitalServices, pid: str, claims: Claims) -> list[dict[str, Any]]:
+    """Local records of the patient that the token's scopes reach (as an API search would),
+    newest first, with their source hospital."""
     from medledger.interop.metadata import extract_metadata
 
     rows = []
     for info in LocalRecords(svc).latest(pid):
-        meta = extract_metadata(orjson.loads(svc.vault.get(info.rid)))
+        allowed = allows(claims, info.resource_type, "search")
+        if allowed is None:
+            continue
+        resource = orjson.loads(svc.vault.get(info.rid))
+        if not allowed.covers(resource):
+            continue
+        meta = extract_metadata(resource)
         rows.append(
             {
                 "rid": info.rid,
@@ -77,7 +170,7 @@ def _timeline_rows(svc: HospitalServices, pid: str) -> list[dict[str, Any]]:
 
 
 def make_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(_guard_post)])
 
     @router.get("/")
     def home(request: Request) -> Response:
@@ -96,18 +189,34 @@ def make_router() -> APIRouter:
     ) -> Response:
         svc = _svc(request)
         try:
-            verify_token(token.strip(), svc.trusted_issuers, svc.audience)
-        except TokenError as exc:
+            claims = verify_token(token.strip(), svc.trusted_issuers, svc.audience)
+            grants(claims.scopes)
+        except (TokenError, ScopeError) as exc:
             return _login_form(svc, next, f"That token was refused: {exc}.")
+        if svc.signed_out.revoked(claims.token_id):
+            return _login_form(svc, next, "That token was refused: it was signed out.")
         target = next if next.startswith("/") and not next.startswith("//") else "/"
+        if "\\" in target:  # browsers read /\host as //host
+            target = "/"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+        response.set_cookie(
+            COOKIE,
+            token.strip(),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     @router.get("/logout")
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        claims = _claims(request)
+        if claims is not None:  # the token itself stops working, not just this cookie
+            _svc(request).signed_out.revoke(claims.token_id, claims.expires)
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(COOKIE)
+        response.delete_cookie(
+            COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+        )
         return response
 
     # -- patient portal -------------------------------------------------------------------
@@ -119,7 +228,7 @@ def make_router() -> APIRouter:
             return _login_form(svc, "/portal")
         pid = claims.patient
         decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
-        records = _timeline_rows(svc, pid)
+        records = _timeline_rows(svc, pid, claims)
         if records:
             svc.record_access(
                 claims,
@@ -135,11 +244,14 @@ def make_router() -> APIRouter:
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
         held = {r["rid"] for r in records}
+        everything = allows(claims, "*", "search")  # counts of every type: for *-scopes only
         elsewhere = [
             entry
             for entry in svc.node.engine.query("records/of_patient", {"pid": pid})
             if entry["rid"] not in held and not entry["shredded"]
         ]
+        if everything is None or everything.categories is not None:
+            elsewhere = []
         by_custodian: dict[str, list[int]] = {}
         for entry in elsewhere:
             by_custodian.setdefault(entry["custodian"], []).append(entry["time"])
@@ -167,6 +279,21 @@ def make_router() -> APIRouter:
             ]
             for a in reversed(trail)
         ]
+        no_scope = '<p class="muted">Your sign-in does not allow this (token scopes).</p>'
+        sections = (
+            _portal_sections(svc, pid)
+            if allows(claims, "Consent", "search")
+            else f'<h2 id="consents">My consents</h2>{no_scope}'
+        )
+        who = (
+            table(
+                ["when", "who", "hospital", "action", "purpose", "outcome", "basis", "proof"],
+                trail_rows,
+                "nobody accessed your data yet",
+            )
+            if allows(claims, "AuditEvent", "search")
+            else no_scope
+        )
         body = f"""<p class="muted">Signed in as patient <code>{e(pid[:16])}…</code>
 (<a href="/logout">sign out</a>)</p>
 <h2>My records</h2>{table(["date", "type", "what", "hospital"], record_rows)}
@@ -174,21 +301,16 @@ def make_router() -> APIRouter:
 <p class="muted">From the ledger: every read, search or refusal, with the basis of the
 decision. Each line has a proof you can check offline with
 <code>medledger ledger check-proof FILE --genesis genesis.json</code>.</p>
-{
-            table(
-                ["when", "who", "hospital", "action", "purpose", "outcome", "basis", "proof"],
-                trail_rows,
-                "nobody accessed your data yet",
-            )
-        }{_portal_sections(svc, pid)}"""
-        return page("My health records", svc.node.config.name, body)
+{who}{sections}"""
+        return page("My health records", svc.node.config.name, body, csrf=csrf_token(svc, claims))
 
-    def _patient(request: Request) -> tuple[HospitalServices, Claims, str]:
-        svc = _svc(request)
-        claims = _claims(request)
-        if claims is None or claims.patient is None:
-            raise FhirError(401, "login", "sign in as a patient first")
-        return svc, claims, claims.patient
+    def _patient(
+        request: Request, resource_type: str, interaction: str
+    ) -> tuple[HospitalServices, Claims, str]:
+        """The signed-in patient, if their scopes allow the FHIR write this action is."""
+        claims = _patient_claims(request, resource_type, interaction)
+        assert claims.patient is not None
+        return _svc(request), claims, claims.patient
 
     @router.post("/portal/consent")
     def grant(
@@ -201,7 +323,7 @@ decision. Each line has a proof you can check offline with
         import time
         from datetime import date, datetime
 
-        svc, claims, pid = _patient(request)
+        svc, claims, pid = _patient(request, "Consent", "create")
         end_ms = 0
         if end:
             day = date.fromisoformat(end)
@@ -221,7 +343,7 @@ decision. Each line has a proof you can check offline with
 
     @router.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
-        svc, claims, pid = _patient(request)
+        svc, claims, pid = _patient(request, "Consent", "update")
         consent = svc.node.engine.query("consent/get", {"id": cid})
         if consent is None or consent["pid"] != pid:  # only one's own consents
             raise FhirError(404, "not-found", f"no consent {cid} of yours")
@@ -235,14 +357,14 @@ decision. Each line has a proof you can check offline with
 
     @router.post("/portal/study/{study}/{action}")
     def study(request: Request, study: str, action: str) -> Response:
-        svc, claims, pid = _patient(request)
+        svc, claims, pid = _patient(request, "Consent", "create" if action == "enrol" else "update")
         if action not in ("enrol", "withdraw"):
             raise FhirError(404, "not-found", "no such action")
         return _act(svc, claims, f"research.{action}", {"study": study, "pid": pid}, "#studies")
 
     @router.post("/portal/erasure")
     def erasure(request: Request) -> Response:
-        svc, claims, pid = _patient(request)
+        svc, claims, pid = _patient(request, "Patient", "delete")
         return _act(svc, claims, "erasure.request", {"pid": pid}, "#erasure")
 
     @router.get("/portal/proof/{tx}")
@@ -250,18 +372,18 @@ decision. Each line has a proof you can check offline with
         from medledger.ledger.proofs import prove_tx
 
         svc = _svc(request)
-        claims = _claims(request)
-        if claims is None:
-            raise FhirError(401, "login", "sign in first")
+        claims = _patient_claims(request, "AuditEvent", "search")
         app = svc.node.app
         if app is None:
             raise FhirError(404, "not-found", "this node keeps no ledger replica")
-        try:
-            found = prove_tx(app.store, bytes.fromhex(tx))
-        except ValueError:
-            found = None
+        # Only the txs of the patient's own trail and records: a tx id is no key to others'.
+        engine, pid = svc.node.engine, claims.patient
+        own = {a["tx"].hex() for a in engine.query("access/of_patient", {"pid": pid})} | {
+            r["tx"].hex() for r in engine.query("records/of_patient", {"pid": pid})
+        }
+        found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
         if found is None:
-            raise FhirError(404, "not-found", f"tx {tx} is not committed")
+            raise FhirError(404, "not-found", f"tx {tx} is not one of your records or accesses")
         return JSONResponse(
             found.to_json(),
             headers={"Content-Disposition": f'attachment; filename="proof-{tx[:16]}.json"'},
@@ -270,21 +392,24 @@ decision. Each line has a proof you can check offline with
     # -- clinician view ---------------------------------------------------------------------
     @router.get("/clinician")
     def clinician(request: Request, patient: str = "", window: int | None = None) -> Response:
-        from medledger.patients import resolve_pid
-
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
+        csrf = csrf_token(svc, claims)
         form = """<form method="post" action="/clinician/find"><label>Patient INS
 <input name="patient" required></label><button>Find</button></form>"""
         if not patient:
-            return page("Clinician view", svc.node.config.name, form)
-        try:
-            pid = resolve_pid(svc.node.config.pseudonym_key(), patient)
-        except ValueError as exc:
+            return page("Clinician view", svc.node.config.name, form, csrf=csrf)
+        pid = patient.strip().lower()
+        if not _PID.match(pid):  # an INS never travels in a URL: it is typed in the form
             return page(
-                "Clinician view", svc.node.config.name, form + f'<p class="bad">{e(exc)}</p>', 400
+                "Clinician view",
+                svc.node.config.name,
+                form + '<p class="bad">patient: a pid (64 hex characters); type an INS in the '
+                "form above</p>",
+                400,
+                csrf=csrf,
             )
         rows = []
         denial = ""
@@ -292,7 +417,7 @@ decision. Each line has a proof you can check offline with
         # emergency basis for what treatment alone does not reach.
         granted: dict[tuple[str, str], list[str]] = {}
         refused: dict[str, list[str]] = {}
-        for r in _timeline_rows(svc, pid):
+        for r in _timeline_rows(svc, pid, claims):
             meta = {"custodian": r["source"], "type": r["type"], "category": r["category"]}
             purpose = "treatment"
             decision = svc.decide(claims, pid, meta, purpose)
@@ -347,7 +472,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
                 f"no record you may see ({denial})" if denial else "no record",
             )
         )
-        return page(f"Patient {pid[:12]}…", svc.node.config.name, body)
+        return page(f"Patient {pid[:12]}…", svc.node.config.name, body, csrf=csrf)
 
     @router.post("/clinician/find")
     def find(request: Request, patient: Annotated[str, Form()]) -> Response:
@@ -356,6 +481,9 @@ reviewed by your DPO, the patient is told): <select name="reason">
         from medledger.patients import resolve_pid
 
         svc = _svc(request)
+        claims = _claims(request)
+        if not _clinician(claims):  # no INS-to-pid lookups for strangers
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         try:
             pid = resolve_pid(svc.node.config.pseudonym_key(), patient)
         except ValueError as exc:
@@ -373,8 +501,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
         try:
@@ -407,8 +535,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or not claims.subject.startswith("Practitioner/"):
-            return _login_form(svc, "/clinician")
+        if not _clinician(claims):
+            return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         try:
             wallet = svc.node.practitioner_wallet(practitioner)
@@ -466,7 +594,8 @@ reviewed by your DPO, the patient is told): <select name="reason">
 <h2>Latest blocks</h2>{table(["height", "time", "txs", "kinds", "app hash"], blocks)}
 <p class="muted">No personal data is on the chain: only pseudonyms, commitments and sealed
 metadata, so this page shows tx kinds and signers, never bodies.</p>"""
-        return page("Network explorer", svc.node.config.name, body)
+        csrf = csrf_token(svc, _claims(request))
+        return page("Network explorer", svc.node.config.name, body, csrf=csrf)
 
     @router.get("/explorer/block/{height}")
     def block(request: Request, height: int) -> Response:
@@ -474,7 +603,9 @@ metadata, so this page shows tx kinds and signers, never bodies.</p>"""
 
         svc = _svc(request)
         app = svc.node.app
-        record = app.block(height) if app is not None else None
+        # Only heights this node committed are looked up (a huge one must not reach SQLite).
+        known = app is not None and 0 <= height <= svc.node.engine.height()
+        record = app.block(height) if known and app is not None else None
         if record is None:
             return page("No such block", svc.node.config.name, "<p>Not committed here.</p>", 404)
         rows = []

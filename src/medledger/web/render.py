@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
@@ -42,7 +43,15 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], empty: str = "n
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def page(title: str, hospital: str, body: str, status: int = 200) -> HTMLResponse:
+_POST_FORM = re.compile(r'(<form\b[^>]*\bmethod="post"[^>]*>)')
+
+
+def page(title: str, hospital: str, body: str, status: int = 200, csrf: str = "") -> HTMLResponse:
+    """The layout around `body`. With `csrf` (the signed-in session's token), every POST form
+    of the page carries it in a hidden field, so that no form can forget it."""
+    if csrf:
+        hidden = f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+        body = _POST_FORM.sub(lambda m: m.group(1) + hidden, body)
     html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{e(title)} — medledger</title><meta name="viewport" content="width=device-width">
 <style>{_STYLE}</style></head><body>
