@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from medledger.contracts.authorize import Decision, authorize
 from medledger.contracts.categories import CATEGORIES, PURPOSES
 from medledger.contracts.common import DAY_MS
+from medledger.contracts.records import META_CT_SIZES
 from medledger.contracts.research import member_token
 from medledger.ledger import codec
 from medledger.ledger.errors import Code
@@ -119,7 +120,14 @@ class World:
         for rid in rids:
             commitment = hashlib.sha256(b"commitment:" + rid.encode()).digest()
             self.commitments[rid] = commitment
-            entries.append({"rid": rid, "pid": pid, "commitment": commitment, "meta_ct": b"ct"})
+            entries.append(
+                {
+                    "rid": rid,
+                    "pid": pid,
+                    "commitment": commitment,
+                    "meta_ct": b"c" * META_CT_SIZES[0],
+                }
+            )
         self.ok(org, "records.register", {"entries": entries}, at=at)
 
     def grant(self, grantee: str, **extra: Any) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from medledger.cli import app
+from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 
@@ -40,7 +41,7 @@ def test_care_commands(tmp_path: Path) -> None:
                         "rid": "r-1",
                         "pid": PID,
                         "commitment": hashlib.sha256(b"r-1").digest(),
-                        "meta_ct": b"ct",
+                        "meta_ct": b"c" * META_CT_SIZES[0],
                     }
                 ]
             },

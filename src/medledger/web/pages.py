@@ -158,6 +158,9 @@ def make_router() -> APIRouter:
                 e(when(a["time"])),
                 e(a["actor"]),
                 e(a["actor_org"]),
+                # The entry's signer, not a claim of the tx: who answers for this line.
+                f'<span title="{e(a.get("signer", ""))}">served and signed by '
+                f"{e(a['custodian'])}</span>",
                 e(a["action"]),
                 e(a["purpose"]),
                 f'<span class="{"ok" if a["outcome"] == "granted" else "bad"}">'
@@ -176,7 +179,17 @@ decision. Each line has a proof you can check offline with
 <code>medledger ledger check-proof FILE --genesis genesis.json</code>.</p>
 {
             table(
-                ["when", "who", "hospital", "action", "purpose", "outcome", "basis", "proof"],
+                [
+                    "when",
+                    "who",
+                    "of",
+                    "served by",
+                    "action",
+                    "purpose",
+                    "outcome",
+                    "basis",
+                    "proof",
+                ],
                 trail_rows,
                 "nobody accessed your data yet",
             )
