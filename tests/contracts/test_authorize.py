@@ -29,6 +29,8 @@ from medledger.ledger.store import StateView
 
 from ..ledger.helpers import T0, make_net, run_block
 
+#: The hash of a break-the-glass justification ("unconscious" and a note, kept off chain).
+JUSTIFICATION = hashlib.sha256(b"unconscious, found at 3 am").digest()
 HOUR = 3600 * 1000
 EVIDENCE = hashlib.sha256(b"signed paper form").digest()
 
@@ -154,7 +156,9 @@ class World:
         self.ok("h1/res-b", "research.register", body)
 
     def open_emergency(self, who: str = "h1/er-b", **extra: Any) -> TxResult:
-        return self.ok(who, "emergency.open", {"pid": self.pid, "reason": "unconscious", **extra})
+        return self.ok(
+            who, "emergency.open", {"pid": self.pid, "reason_hash": JUSTIFICATION, **extra}
+        )
 
     def refer(self, date_ms: int, **extra: Any) -> TxResult:
         body = {
@@ -538,7 +542,7 @@ TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         "revoke",
     ),
     "emergency without the role": (
-        lambda w: w.send("h1/dr-b", "emergency.open", {"pid": w.pid, "reason": "unconscious"}),
+        lambda w: w.send("h1/dr-b", "emergency.open", {"pid": w.pid, "reason_hash": JUSTIFICATION}),
         Code.UNAUTHORIZED,
         "emergency",
     ),
@@ -551,7 +555,7 @@ TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         lambda w: w.send(
             "h1/er-b",
             "emergency.open",
-            {"pid": w.pid, "reason": "unconscious", "duration_ms": 4 * DAY_MS},
+            {"pid": w.pid, "reason_hash": JUSTIFICATION, "duration_ms": 4 * DAY_MS},
         ),
         Code.INVALID_BODY,
         "duration_ms",

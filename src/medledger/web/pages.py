@@ -424,15 +424,12 @@ reviewed by your DPO, the patient is told): <select name="reason">
             return _login_form(svc, "/clinician")
         practitioner = claims.subject.removeprefix("Practitioner/")
         try:
+            from medledger.notes import NoteStore, emergency_justification
+
             wallet = svc.node.practitioner_wallet(practitioner)
-            wallet.send(
-                "emergency.open",
-                {
-                    "pid": patient,
-                    "reason": reason,
-                    "reason_hash": hashlib.sha256(note.encode()).digest(),
-                },
-            )
+            # The reason code and note stay here for the DPO; the chain gets their hash.
+            justification = emergency_justification(NoteStore(svc.node.config.home), reason, note)
+            wallet.send("emergency.open", {"pid": patient, "reason_hash": justification})
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
             return page("Refused", svc.node.config.name, f'<p class="bad">{e(text)}</p>', 409)
@@ -614,16 +611,20 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
     ]
     mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
     study_rows = []
+    from medledger.notes import NoteStore, title_of_study
+
+    notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
     for st in engine.query("research/studies", {}):
-        enrolled = mine.get(st["study"], {}).get("status") == "enrolled"
+        enrolled = mine.get(st["id"], {}).get("status") == "enrolled"
         action = "withdraw" if enrolled else "enrol"
+        title = title_of_study(notes, st)
         study_rows.append(
             [
-                e(st["study"]),
-                e(st.get("title", "")),
+                e(st["id"]),
+                e(title) if title else f'<span class="muted">ethics {e(st["ethics_ref"])}</span>',
                 e(", ".join(st["categories"])),
                 "enrolled" if enrolled else "not enrolled",
-                f'<form class="inline" method="post" action="/portal/study/{e(st["study"])}/{action}"><button>{action.capitalize()}</button></form>',
+                f'<form class="inline" method="post" action="/portal/study/{e(st["id"])}/{action}"><button>{action.capitalize()}</button></form>',
             ]
         )
     erasure = engine.query("erasure/status", {"pid": pid})
