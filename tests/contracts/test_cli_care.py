@@ -101,7 +101,12 @@ def test_care_commands(tmp_path: Path) -> None:
         "--purpose", "emergency", "--custodian", "aphp-paris",
     )  # fmt: skip
     assert "ALLOWED basis emergency:1" in out.output
-    assert "pending" in run("emergency", "list", "-H", lyon, "--unreviewed").output
+    listed = run("emergency", "list", "-H", lyon, "--unreviewed").output
+    # Lyon's DPO reads the reason from Lyon's notes; the chain holds only its salted hash.
+    assert "pending" in listed and "unconscio" in listed, listed
+    with Node.open(Path(lyon)) as node:
+        (opening,) = node.engine.query("emergency/list", {"org": "chu-lyon"})
+    assert "reason" not in opening and len(opening["reason_hash"]) == 32
     out = run(
         "emergency", "review", "-H", lyon, "--as", "dpo-lyon", "--id", "1",
         "--verdict", "approved",
@@ -128,8 +133,11 @@ def test_care_commands(tmp_path: Path) -> None:
     run(
         "study", "register", "-H", paris, "--as", "res-paris", "--id", "diab",
         "--protocol", str(protocol), "--ethics", "CPP-2026-42", "--categories", "labs",
-        "--min-cohort", "2",
+        "--min-cohort", "2", "--title", "Diabetes outcomes",
     )  # fmt: skip
+    # The sponsor shows its study's title; the chain, and so every other member, has its hash.
+    assert "Diabetes outcomes" in run("study", "show", "-H", paris, "--id", "diab").output
+    assert "Diabetes" not in run("study", "show", "-H", lyon, "--id", "diab").output
     run("study", "enrol", "-H", lyon, "--id", "diab", "--patient", PID,
         "--patient-key", str(patient_key))  # fmt: skip
     pids = tmp_path / "pids.txt"
