@@ -8,7 +8,6 @@ the DPO who reviews its practitioners' openings; other hospitals see that one wa
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 import typer
@@ -65,17 +64,17 @@ def register(app: typer.Typer) -> None:
         as_: Annotated[str, typer.Option("--as", help="The reviewing DPO.")],
         opening: Annotated[int, typer.Option("--id", help="The emergency access's number.")],
         verdict: Annotated[str, typer.Option(help="approved or flagged (ends the access).")],
-        note: Annotated[str, typer.Option(help="Review notes (only their hash).")] = "",
+        note: Annotated[str, typer.Option(help="Review notes (kept here; only a hash).")] = "",
     ) -> None:
         """Review an emergency access of your hospital's practitioner."""
         from medledger.node import Node
+        from medledger.notes import NoteStore
 
         with user_errors():
-            body = {
-                "id": opening,
-                "verdict": verdict,
-                "note_hash": hashlib.sha256(note.encode()).digest() if note else b"",
-            }
+            # Kept here like the justification; a plain hash of a short note could be guessed.
+            notes = NoteStore(home)
+            kept = notes.keep("emergency-review", id=str(opening), note=note) if note else b""
+            body = {"id": opening, "verdict": verdict, "note_hash": kept}
             with Node.open(home) as node:
                 c = signer(node, as_).send("emergency.review", body)
         console.print(f"emergency access {opening} {verdict} (block {c.height})")
