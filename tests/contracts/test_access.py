@@ -120,6 +120,9 @@ def test_a_patient_at_their_hospital_is_logged_and_so_is_another_patients_refuse
         ({"outcome": "denied", "basis": "", "reason": "x" * (MAX_REASON + 1)}, "reason"),
         ({"rids": [f"r{i}" for i in range(MAX_RIDS + 1)]}, "rids"),
         ({"basis": "consent:" + "1" * MAX_BASIS}, "basis: at most"),
+        # a basis is a code, never text that could say something of the patient
+        ({"basis": "HIV clinic follow-up"}, "is not a basis"),
+        ({"basis": "consent:HIV follow-up"}, "not a valid id"),
         ({"actor": "practitioner:h1/" + "a" * 200}, "actor: at most"),
     ],
 )
@@ -132,7 +135,7 @@ def test_every_field_of_an_entry_is_bounded(over: dict, words: str) -> None:  # 
 
 def test_the_bounds_still_let_a_full_entry_and_a_full_tx_through() -> None:
     net, app = _with_dr_a()
-    full = _entry(rids=[f"r{i}" for i in range(MAX_RIDS)], basis="c" * MAX_BASIS)
+    full = _entry(rids=[f"r{i}" for i in range(MAX_RIDS)], basis="enrolment:" + "s" * 64)
     denial = _entry(outcome="denied", basis="", reason="x" * MAX_REASON, rids=[])
     many = [denial] * MAX_ENTRIES
     for entries in ([full], many):
@@ -198,6 +201,7 @@ def test_a_disclosure_names_another_member_and_records_of_its_own_tx() -> None:
         ({"org": "h1", "basis": "consent:1", "rids": ["elsewhere"]}, "rids"),
         ({"org": "h1", "basis": "c" * (MAX_BASIS + 1), "rids": ["r9"]}, "basis"),
         ({"org": "h1", "basis": "consent:1", "rids": ["r9", "r9"]}, "repeated"),
+        ({"org": "h1", "basis": "oncology", "rids": ["r9"]}, "is not a basis"),
     ]:
         body = {"entries": [entry], "disclosures": [disclosure]}
         result = app.check_tx(net.tx(net.orgs["h0"], "records.register", body))

@@ -21,6 +21,10 @@ Who may write what (a trail anyone could forge would prove nothing):
   and the actor must be a registered practitioner (or the organisation) of a member. So a
   hospital cannot, without a request it can be asked to show, attribute an act to another.
 
+`basis` is a code, not text: what authorize names (`custodian`, `patient`, `consent:<id>`,
+`referral:<id>`, `emergency:<id>`, `enrolment:<study>`), so that a hospital cannot write a
+diagnosis next to a pid in it.
+
 Bounds (free text on the chain can never be erased): `reason` at most `MAX_REASON`
 characters, `basis` at most `MAX_BASIS`, `rids` at most `MAX_RIDS` per entry (callers split a
 longer list into several entries), `MAX_ENTRIES` entries per tx.
@@ -48,6 +52,8 @@ MAX_ENTRIES = 500
 MAX_RIDS = 1000  # per entry
 MAX_REASON = 300  # characters: a denial's reason, as authorize words it
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
+BASES = ("custodian", "patient")  # bases without an id
+BASIS_KINDS = ("consent", "referral", "emergency", "enrolment")  # "<kind>:<id>"
 
 
 @dataclass
@@ -101,6 +107,8 @@ def _check(i: int, raw: Any) -> Entry:
         raise TxError(
             Code.INVALID_BODY, f"field entries[{i}].basis: at most {MAX_BASIS} characters"
         )
+    if e.basis:
+        check_basis(e.basis, f"entries[{i}].basis")
     if len(e.rids) > MAX_RIDS:
         raise TxError(
             Code.INVALID_BODY,
@@ -109,6 +117,21 @@ def _check(i: int, raw: Any) -> Entry:
     for j, rid in enumerate(e.rids):
         check_id(rid, f"entries[{i}].rids[{j}]")
     return e
+
+
+def check_basis(basis: str, field: str) -> str:
+    """A basis as authorize names it: `custodian`, `patient` or `<kind>:<id>`; never text."""
+    if basis in BASES:
+        return basis
+    kind, sep, ident = basis.partition(":")
+    if not sep or kind not in BASIS_KINDS:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field {field}: {basis[:40]!r} is not a basis ({', '.join(BASES)}, or "
+            f"{'|'.join(BASIS_KINDS)}:<id>)",
+        )
+    check_id(ident, field)
+    return basis
 
 
 def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:

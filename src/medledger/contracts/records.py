@@ -9,8 +9,8 @@ A ciphertext's length would still tell what it hides (one length per title: "Hea
 always gave the same size), so the metadata is padded before sealing to one of a few fixed
 sizes (`indexing.seal_meta`) and the contract accepts only those: `len(meta_ct)` must be one
 of `META_CT_SIZES`, so an unpadded ciphertext is refused by every replica, whatever the
-submitting node's software. A disclosure's `basis` is bounded (`MAX_BASIS`) and its rids are
-distinct records of the same tx.
+submitting node's software. A disclosure's `basis` is a code as in `access` (`consent:<id>`...,
+at most `MAX_BASIS` characters) and its rids are distinct records of the same tx.
 
 A bundle registers in one tx (`records.register` takes a list), so it is all or nothing on
 the chain too. `records.amend` chains versions. `records.shredded` records that a holder
@@ -180,7 +180,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
     as it does in `access.log`.
     """
     from medledger.contracts.access import Entry as AccessEntry
-    from medledger.contracts.access import record_entry
+    from medledger.contracts.access import check_basis, record_entry
 
     n = 0
     for i, raw in enumerate(msg.disclosures):
@@ -196,6 +196,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
             raise TxError(
                 Code.INVALID_BODY, f"field disclosures[{i}].basis: required, at most {MAX_BASIS}"
             )
+        check_basis(d.basis, f"disclosures[{i}].basis")
         if len(set(d.rids)) != len(d.rids):
             raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].rids: a record is repeated")
         by_pid: dict[str, list[str]] = {}
