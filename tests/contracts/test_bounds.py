@@ -74,6 +74,12 @@ CASES: dict[str, tuple[Callable[[World], TxResult], str]] = {
         ),
         "field reason: empty or one of",
     ),
+    "a consent's revocation reason is a code, not free text": (
+        lambda w: w.send(
+            "patient:alice", "consent.revoke", {"id": w.grant("org:h1"), "reason": "HIV+"}
+        ),
+        "field reason: empty or one of",
+    ),
     "a study's title is not on the chain": (
         lambda w: _study(w, title="Heart failure outcomes"),
         "field title: a study's title stays with its sponsor",

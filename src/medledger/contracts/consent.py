@@ -13,7 +13,8 @@ Grantees:
 Revocation: by the patient's key; by the hospital that recorded the consent; or by any
 hospital on the patient's behalf with the evidence's hash. Revocation is not retroactive: an
 access made while the consent held stays lawful, so `authorize` at an earlier time still
-allows it (audits replay decisions at their time).
+allows it (audits replay decisions at their time). Its `reason` sits beside the pid for ever,
+so it is a code from `REVOKE_REASONS` (or empty), never free text.
 
 `authorize` must stay O(log n) with millions of consents: it reads one short key range per
 grantee it could match, `consent/by/<pid>/<grantee>/`, whose values carry everything the
@@ -49,7 +50,7 @@ from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
-MAX_REASON = 200
+REVOKE_REASONS = ("patient-request", "entered-in-error", "superseded", "other")
 
 
 @dataclass
@@ -200,8 +201,11 @@ def revoke(ctx: Context, msg: Revoke) -> None:
         raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
     if record["status"] != "active":
         raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
-    if len(msg.reason) > MAX_REASON:
-        raise TxError(Code.INVALID_BODY, f"field reason: at most {MAX_REASON} characters")
+    if msg.reason and msg.reason not in REVOKE_REASONS:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field reason: empty or one of {', '.join(REVOKE_REASONS)} (no free text on chain)",
+        )
     pid = record["pid"]
     who: ActingFor
     if patient_of_key(ctx.state, ctx.signer) is None and not msg.evidence_hash:

@@ -242,7 +242,7 @@ decision. Each line has a proof you can check offline with
             svc,
             claims,
             "consent.revoke",
-            {"id": cid, "reason": "revoked by the patient"},
+            {"id": cid, "reason": "patient-request"},
             "#consents",
         )
 
@@ -391,14 +391,13 @@ reviewed by your DPO, the patient is told): <select name="reason">
         practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
         try:
+            from medledger.notes import NoteStore
+
+            # The note stays here, salted: a bare hash of a short note could be guessed.
+            kept = NoteStore(svc.node.config.home).keep("access-request", note=note)
             svc.node.practitioner_wallet(practitioner).send(
                 "consent.request",
-                {
-                    "pid": patient,
-                    "categories": cats,
-                    "purpose": "treatment",
-                    "reason_hash": hashlib.sha256(note.encode()).digest(),
-                },
+                {"pid": patient, "categories": cats, "purpose": "treatment", "reason_hash": kept},
             )
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
