@@ -217,7 +217,6 @@ def play(
     # -- an emergency access at night -------------------------------------------------------
     other = next((p for p in sorted(pids_at) if bordeaux.org not in pids_at[p]), chronic)
     urgence = bordeaux.node.practitioner_wallet("dr-urgence")
-
     # The reason stays at Bordeaux for its DPO; the chain gets the justification's hash.
     notes = NoteStore(bordeaux.node.config.home)
     justification = emergency_justification(notes, "unconscious", "found unconscious, 3 am")
