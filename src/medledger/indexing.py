@@ -4,6 +4,17 @@ The chain only ever sees `commitment = HMAC-SHA256(salt, resource bytes)` and `m
 record's metadata encrypted (AES-256-GCM) under the custodian's metadata key for that patient,
 bound to the record id and version. Whoever holds that key (the custodian, or a hospital it
 was sealed to after a consent) reads the index; once the key is shredded nobody can.
+
+Padding. A ciphertext is as long as its plaintext, and the metadata of one kind of record has
+one length ("Heart failure" always sealed to the same size): every member could read the
+diagnosis from the length alone. So the canonical CBOR of the metadata is padded, ISO/IEC
+7816-4 style (one 0x80 byte, then zeros), to the smallest of the fixed sizes
+`records.META_BUCKETS` (256 or 1024 bytes) that holds it; the contract refuses any other
+length. Opening strips the padding: the last non-zero byte must be the 0x80 marker, anything
+else is refused as tampered. A metadata too long for the largest bucket has its title (a
+display string only) shortened, with an ellipsis, until it fits; if even an empty title does
+not fit (a code or type kilobytes long), sealing refuses with `MetadataError` naming the
+record: such a value has no business in the index.
 """
 
 from __future__ import annotations
@@ -17,7 +28,10 @@ import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from medledger.contracts.records import META_BUCKETS
+
 _NONCE = 12
+_MARK = b"\x80"
 
 
 class MetadataError(ValueError):
@@ -36,16 +50,53 @@ def _aad(rid: str, version: int) -> bytes:
     return f"medledger/meta/v1/{rid}/{version}".encode()
 
 
+def _encode(meta: dict[str, Any]) -> bytes:
+    return cbor2.dumps({k: v for k, v in meta.items() if v is not None}, canonical=True)
+
+
+def pad(plain: bytes, rid: str = "?") -> bytes:
+    """`plain` + 0x80 + zeros, to the smallest bucket that holds it (ISO/IEC 7816-4)."""
+    for size in META_BUCKETS:
+        if len(plain) < size:  # at least one byte for the 0x80 marker
+            return plain + _MARK + bytes(size - len(plain) - 1)
+    raise MetadataError(
+        f"metadata of record {rid}: {len(plain)} bytes, more than the largest padded size "
+        f"({META_BUCKETS[-1] - 1})"
+    )
+
+
+def unpad(padded: bytes) -> bytes:
+    """The inverse of `pad`; refuses anything `pad` cannot have produced."""
+    if len(padded) not in META_BUCKETS:
+        raise ValueError(f"padded metadata of {len(padded)} bytes is not a bucket size")
+    end = len(padded.rstrip(b"\x00"))
+    if end == 0 or padded[end - 1 : end] != _MARK:
+        raise ValueError("padded metadata has no 0x80 marker")
+    return padded[: end - 1]
+
+
+def fit(meta: dict[str, Any], rid: str = "?") -> bytes:
+    """The metadata's padded plaintext, its title shortened if that is what it takes to fit."""
+    plain = _encode(meta)
+    title = meta.get("title")
+    if len(plain) < META_BUCKETS[-1] or not isinstance(title, str):
+        return pad(plain, rid)
+    over = len(plain) - META_BUCKETS[-1] + 1
+    cut = title.encode()[: max(0, len(title.encode()) - over - len("…".encode()))]
+    short = cut.decode(errors="ignore") + "…" if cut else ""
+    return pad(_encode({**meta, "title": short}), rid)
+
+
 def seal_meta(key: bytes, rid: str, version: int, meta: dict[str, Any]) -> bytes:
+    """The index's `meta_ct`: nonce + AES-GCM(padded metadata), a length from META_CT_SIZES."""
     nonce = os.urandom(_NONCE)
-    plain = cbor2.dumps({k: v for k, v in meta.items() if v is not None}, canonical=True)
-    return nonce + AESGCM(key).encrypt(nonce, plain, _aad(rid, version))
+    return nonce + AESGCM(key).encrypt(nonce, fit(meta, rid), _aad(rid, version))
 
 
 def open_meta(key: bytes, rid: str, version: int, sealed: bytes) -> dict[str, Any]:
     try:
-        plain = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(rid, version))
-    except (InvalidTag, ValueError):
+        padded = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(rid, version))
+        meta: dict[str, Any] = cbor2.loads(unpad(padded))
+    except (InvalidTag, ValueError, cbor2.CBORDecodeError):
         raise MetadataError(f"metadata of record {rid} v{version} does not open") from None
-    meta: dict[str, Any] = cbor2.loads(plain)
     return meta

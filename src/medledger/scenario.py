@@ -20,6 +20,7 @@ from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
+from medledger.notes import NoteStore, emergency_justification, study_title
 from medledger.vault import Vault
 from medledger.wallet import TxRejected
 
@@ -236,14 +237,10 @@ def play(
     # -- an emergency access at night -------------------------------------------------------
     other = next((p for p in sorted(pids_at) if bordeaux.org not in pids_at[p]), chronic)
     urgence = bordeaux.node.practitioner_wallet("dr-urgence")
-    opened = urgence.send(
-        "emergency.open",
-        {
-            "pid": other,
-            "reason": "unconscious",
-            "reason_hash": _evidence("found unconscious, 3 am"),
-        },
-    )
+    # The reason stays at Bordeaux for its DPO; the chain gets the justification's hash.
+    notes = NoteStore(bordeaux.node.config.home)
+    justification = emergency_justification(notes, "unconscious", "found unconscious, 3 am")
+    opened = urgence.send("emergency.open", {"pid": other, "reason_hash": justification})
     eid = int(next(e.get("id") for e in opened.result.events if e.type == "emergency.opened") or 0)
     say(
         f"3 a.m.: an unconscious patient arrives at {bordeaux.name}. dr-urgence breaks the glass "
@@ -255,7 +252,7 @@ def play(
     say(f"In the morning {bordeaux.name}'s DPO reviews it and approves it.")
 
     # -- a research study's dataset release -------------------------------------------------
-    study = "hf-cohort-2026"
+    study = "lille-2026-014"  # a study id is public: it names no condition
     if not lille.node.engine.query("research/study", {"study": study}):
         lille.node.practitioner_wallet("dr-chercheuse").send(
             "research.register",
@@ -265,7 +262,10 @@ def play(
                 "ethics_ref": "CPP-2026-0142",
                 "categories": ["labs", "conditions"],
                 "min_cohort": 3,
-                "title": "Heart failure outcomes",
+                # The title stays at Lille (the sponsor); the chain gets its salted hash.
+                "title_hash": study_title(
+                    NoteStore(lille.node.config.home), study, "Heart failure outcomes"
+                ),
             },
         )
     cohort = sorted(pids_at)[:4]

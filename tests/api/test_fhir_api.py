@@ -191,3 +191,35 @@ def test_a_clinician_requests_access_and_the_patient_grants_it_in_the_portal(api
     assert granted.status_code == 200  # redirected back to the portal
     (request,) = api.services.node.engine.query("consent/requests", {"pid": api.pid})
     assert request["granted"] is True
+
+
+def test_the_portal_says_who_served_and_signed_each_access_and_shows_its_own_study_titles(
+    api: Api,
+) -> None:
+    import hashlib
+
+    from medledger.notes import NoteStore, study_title
+
+    node = api.services.node
+    title_hash = study_title(NoteStore(node.config.home), "s-2026-01", "Heart failure outcomes")
+    node.wallet.send(
+        "research.register",
+        {
+            "study": "s-2026-01",
+            "protocol_hash": hashlib.sha256(b"protocol").digest(),
+            "ethics_ref": "CPP-2026-0142",
+            "categories": ["labs"],
+            "min_cohort": 3,
+            "title_hash": title_hash,
+        },
+    )
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    api.client.post("/login", data={"token": token, "next": "/portal"})
+    served = f"served and signed by {node.config.org}"
+    assert eventually(lambda: served in api.client.get("/portal").text)  # its own visit
+    page = api.client.get("/portal").text
+    # The sponsor shows the title it keeps; the chain holds only the salted hash.
+    assert "Heart failure outcomes" in page
+    (study,) = node.engine.query("research/studies", {})
+    assert "title" not in study and study["title_hash"] == title_hash

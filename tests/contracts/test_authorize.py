@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from medledger.contracts.authorize import Decision, authorize
 from medledger.contracts.categories import CATEGORIES, PURPOSES
 from medledger.contracts.common import DAY_MS
+from medledger.contracts.records import META_CT_SIZES
 from medledger.contracts.research import member_token
 from medledger.ledger import codec
 from medledger.ledger.errors import Code
@@ -28,6 +29,8 @@ from medledger.ledger.store import StateView
 
 from ..ledger.helpers import T0, make_net, run_block
 
+#: The hash of a break-the-glass justification ("unconscious" and a note, kept off chain).
+JUSTIFICATION = hashlib.sha256(b"unconscious, found at 3 am").digest()
 HOUR = 3600 * 1000
 EVIDENCE = hashlib.sha256(b"signed paper form").digest()
 
@@ -121,7 +124,14 @@ class World:
         for rid in rids:
             commitment = hashlib.sha256(b"commitment:" + rid.encode()).digest()
             self.commitments[rid] = commitment
-            entries.append({"rid": rid, "pid": pid, "commitment": commitment, "meta_ct": b"ct"})
+            entries.append(
+                {
+                    "rid": rid,
+                    "pid": pid,
+                    "commitment": commitment,
+                    "meta_ct": b"c" * META_CT_SIZES[0],
+                }
+            )
         self.ok(org, "records.register", {"entries": entries}, at=at)
 
     def grant(self, grantee: str, **extra: Any) -> int:
@@ -148,7 +158,9 @@ class World:
         self.ok("h1/res-b", "research.register", body)
 
     def open_emergency(self, who: str = "h1/er-b", **extra: Any) -> TxResult:
-        return self.ok(who, "emergency.open", {"pid": self.pid, "reason": "unconscious", **extra})
+        return self.ok(
+            who, "emergency.open", {"pid": self.pid, "reason_hash": JUSTIFICATION, **extra}
+        )
 
     def refer(self, date_ms: int, **extra: Any) -> TxResult:
         body = {
@@ -532,7 +544,7 @@ TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         "revoke",
     ),
     "emergency without the role": (
-        lambda w: w.send("h1/dr-b", "emergency.open", {"pid": w.pid, "reason": "unconscious"}),
+        lambda w: w.send("h1/dr-b", "emergency.open", {"pid": w.pid, "reason_hash": JUSTIFICATION}),
         Code.UNAUTHORIZED,
         "emergency",
     ),
@@ -545,7 +557,7 @@ TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         lambda w: w.send(
             "h1/er-b",
             "emergency.open",
-            {"pid": w.pid, "reason": "unconscious", "duration_ms": 4 * DAY_MS},
+            {"pid": w.pid, "reason_hash": JUSTIFICATION, "duration_ms": 4 * DAY_MS},
         ),
         Code.INVALID_BODY,
         "duration_ms",

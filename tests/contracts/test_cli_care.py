@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from medledger.cli import app
+from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 
@@ -40,7 +41,7 @@ def test_care_commands(tmp_path: Path) -> None:
                         "rid": "r-1",
                         "pid": PID,
                         "commitment": hashlib.sha256(b"r-1").digest(),
-                        "meta_ct": b"ct",
+                        "meta_ct": b"c" * META_CT_SIZES[0],
                     }
                 ]
             },
@@ -108,7 +109,12 @@ def test_care_commands(tmp_path: Path) -> None:
         "--purpose", "emergency", "--custodian", "aphp-paris",
     )  # fmt: skip
     assert "ALLOWED basis emergency:1" in out.output
-    assert "pending" in run("emergency", "list", "-H", lyon, "--unreviewed").output
+    listed = run("emergency", "list", "-H", lyon, "--unreviewed").output
+    # Lyon's DPO reads the reason from Lyon's notes; the chain holds only its salted hash.
+    assert "pending" in listed and "unconscio" in listed, listed
+    with Node.open(Path(lyon)) as node:
+        (opening,) = node.engine.query("emergency/list", {"org": "chu-lyon"})
+    assert "reason" not in opening and len(opening["reason_hash"]) == 32
     out = run(
         "emergency", "review", "-H", lyon, "--as", "dpo-lyon", "--id", "1",
         "--verdict", "approved",
@@ -135,8 +141,11 @@ def test_care_commands(tmp_path: Path) -> None:
     run(
         "study", "register", "-H", paris, "--as", "res-paris", "--id", "diab",
         "--protocol", str(protocol), "--ethics", "CPP-2026-42", "--categories", "labs",
-        "--min-cohort", "2",
+        "--min-cohort", "2", "--title", "Diabetes outcomes",
     )  # fmt: skip
+    # The sponsor shows its study's title; the chain, and so every other member, has its hash.
+    assert "Diabetes outcomes" in run("study", "show", "-H", paris, "--id", "diab").output
+    assert "Diabetes" not in run("study", "show", "-H", lyon, "--id", "diab").output
     run("study", "enrol", "-H", lyon, "--id", "diab", "--patient", PID,
         "--patient-key", str(patient_key))  # fmt: skip
     pids = tmp_path / "pids.txt"

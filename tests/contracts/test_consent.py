@@ -56,7 +56,7 @@ def test_on_behalf_consents_record_the_evidence_and_the_recorder_may_revoke() ->
     }
     assert consent["categories"] == ["imaging", "labs"]  # canonical order
     assert w.send("h1", "consent.revoke", {"id": 1}).code == Code.UNAUTHORIZED
-    w.ok("h0", "consent.revoke", {"id": 1, "reason": "entered on the wrong patient"})
+    w.ok("h0", "consent.revoke", {"id": 1, "reason": "entered-in-error"})
     assert w.send("h0", "consent.revoke", {"id": 1}).code == Code.CONFLICT
     revoked = w.q("consent/get", {"id": 1})
     assert revoked["status"] == "revoked" and revoked["revoked"]["by"] == "hospital"

@@ -7,7 +7,7 @@ import hashlib
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
 
-from .test_authorize import HOUR, World
+from .test_authorize import HOUR, JUSTIFICATION, World
 
 
 def _events(result, kind):  # type: ignore[no-untyped-def]
@@ -23,16 +23,22 @@ def test_opening_notifies_the_patient_and_each_custodian() -> None:
     assert int(opened["expires"]) == w.now + DAY_MS  # 24 h by default
     assert sorted(e["custodian"] for e in _events(result, "emergency.notify")) == ["h0", "h2"]
     opening = w.q("emergency/get", {"id": 1})
-    assert opening["status"] == "open" and opening["reason"] == "unconscious"
+    assert opening["status"] == "open" and opening["reason_hash"] == JUSTIFICATION
+    assert "reason" not in opening and "reason" not in opened  # no clinical fact on the chain
     assert [o["id"] for o in w.q("emergency/list", {"org": "h2"})] == [1]  # h2's DPO sees it
 
 
-def test_the_reason_other_needs_the_hash_of_a_written_justification() -> None:
+def test_a_justification_is_mandatory_and_its_reason_code_stays_off_chain() -> None:
+    """Issue 11 item 6: the reason code ("unconscious") sat in clear next to the pid."""
     w = World()
-    refused = w.send("h1/er-b", "emergency.open", {"pid": w.pid, "reason": "other"})
+    refused = w.send("h1/er-b", "emergency.open", {"pid": w.pid})
     assert refused.code == Code.INVALID_BODY and "reason_hash" in refused.log
     note = hashlib.sha256(b"written justification").digest()
-    w.ok("h1/er-b", "emergency.open", {"pid": w.pid, "reason": "other", "reason_hash": note})
+    in_clear = w.send("h1/er-b", "emergency.open", {"pid": w.pid, "reason": "unconscious"})
+    assert in_clear.code == Code.INVALID_BODY and "field reason:" in in_clear.log
+    both = {"pid": w.pid, "reason": "other", "reason_hash": note}
+    assert w.send("h1/er-b", "emergency.open", both).code == Code.INVALID_BODY
+    w.ok("h1/er-b", "emergency.open", {"pid": w.pid, "reason_hash": note})
 
 
 def test_expiry_is_emitted_by_end_block_at_block_time() -> None:
@@ -90,6 +96,6 @@ def test_the_threshold_and_durations_come_from_policy_parameters() -> None:
     too_long = w.send(
         "h1/er-b",
         "emergency.open",
-        {"pid": w.pid, "reason": "unconscious", "duration_ms": 3 * HOUR},
+        {"pid": w.pid, "reason_hash": JUSTIFICATION, "duration_ms": 3 * HOUR},
     )
     assert too_long.code == Code.INVALID_BODY

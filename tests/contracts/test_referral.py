@@ -112,7 +112,7 @@ def test_records_named_must_be_the_referring_hospitals() -> None:
 def test_cancel_before_admission_only() -> None:
     w = World()
     w.refer(w.now + DAY_MS)
-    w.ok("h1", "referral.cancel", {"id": 1, "reason": "patient moved"})
+    w.ok("h1", "referral.cancel", {"id": 1, "reason": "rescheduled"})
     assert w.auth("h1/dr-b").reason.startswith("referral cancelled")
     assert w.send("h1", "referral.admit", {"id": 1}).code == Code.CONFLICT
     assert [r["id"] for r in w.q("referral/list", {"org": "h1"})] == [1]

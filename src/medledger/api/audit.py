@@ -5,6 +5,11 @@ BALP (Basic Audit Log Patterns) says how a RESTful access is recorded: `type` is
 organisation, `entity` the patient (role 1) and the data touched (role 4), `purposeOfEvent`
 the HL7 PurposeOfUse. The ledger entry adds what BALP leaves to local policy: the basis of the
 decision, the tx that recorded it and its block, so that each AuditEvent can be proved.
+
+Agents: the actor (requestor), the requesting hospital when it is not the serving one, and
+the serving hospital (source role, also `source.observer`), which is the entry's signer on
+the chain: the contract takes it from the signing key, never from the entry's fields. A
+remote access also names the hash of the signed request the serving hospital keeps.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
                     ]
                 },
                 "who": {"identifier": {"system": "urn:medledger:org", "value": entry["custodian"]}},
+                "name": f"served and signed by {entry['custodian']}",
+                "altId": entry.get("signer") or f"org:{entry['custodian']}",
                 "requestor": False,
             },
         ],
@@ -138,4 +145,34 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
             },
         ],
     }
+    if entry["actor_org"] != entry["custodian"]:
+        event["agent"].insert(
+            1,
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                            "code": "PROV",
+                            "display": "healthcare provider",
+                        }
+                    ]
+                },
+                "who": {"identifier": {"system": "urn:medledger:org", "value": entry["actor_org"]}},
+                "requestor": True,
+            },
+        )
+    request = entry.get("request")
+    if request:
+        event["entity"].append(
+            {
+                "what": {
+                    "identifier": {
+                        "system": "urn:medledger:request",
+                        "value": request.hex() if isinstance(request, bytes) else str(request),
+                    }
+                },
+                "description": "SHA-256 of the signed request the serving hospital keeps",
+            }
+        )
     return event

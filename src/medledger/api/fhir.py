@@ -482,16 +482,12 @@ def _serve_search(
         )
     if infos and not allowed:
         raise FhirError(403, "forbidden", f"access denied: {min(denied)}")
-    if page:
-        basis = ",".join(sorted({d.basis for _, d in page}))
+    by_basis: dict[str, list[str]] = {}  # one entry per basis: each names exactly its own
+    for info, d in page:
+        by_basis.setdefault(d.basis, []).append(info.rid)
+    for basis, rids in sorted(by_basis.items()):
         svc.record_access(
-            claims,
-            pid,
-            action,
-            "treatment",
-            Decision(True, basis, ""),
-            [i.rid for i, _ in page],
-            wait=False,
+            claims, pid, action, "treatment", Decision(True, basis, ""), rids, wait=False
         )
     base = str(request.base_url)
     entries = [(f"{base}fhir/{i.resource_type}/{i.rid}", svc.vault.get(i.rid)) for i, _ in page]

@@ -28,11 +28,12 @@ from medledger.node import Node
 from medledger.vault import Vault
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_RIDS_PER_ENTRY = 200
 #: Request bodies: FHIR writes up to this many bytes (config.json `api.max_body_bytes`),
 #: page forms up to `api.max_form_bytes`. Larger ones are refused with 413 unread.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_FORM_BYTES = 64 * 1024
+_RIDS_PER_ENTRY = 200  # the contract takes up to access.MAX_RIDS
+_ENTRIES_PER_TX = 25  # 5,000 rids: well inside a tx's size limit
 
 
 def issuer_key(home: Path) -> SigningKey:
@@ -223,7 +224,13 @@ class HospitalServices:
         *,
         wait: bool,
     ) -> None:
-        """Write the access (or denial) on the chain; `wait` until committed for remote reads."""
+        """Write the access (or denial) on the chain; `wait` until committed for remote reads.
+
+        The contract bounds every field (access.MAX_REASON, MAX_BASIS, MAX_RIDS): a reason is
+        clipped, and a long list of records becomes several entries, in several txs if need be.
+        """
+        from medledger.contracts.access import MAX_REASON
+
         base = {
             "actor": self.actor_of(claims),
             "actor_org": self.org,
@@ -232,11 +239,15 @@ class HospitalServices:
             "purpose": purpose,
             "outcome": "granted" if decision.allowed else "denied",
             "basis": decision.basis,
-            "reason": decision.reason,
+            "reason": decision.reason[:MAX_REASON],
         }
         # Every record served is named: large pages become several entries of one tx.
         chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]
         entries = [{**base, "rids": chunk} for chunk in chunks] or [{**base, "rids": []}]
+        for start in range(0, len(entries), _ENTRIES_PER_TX):
+            self._log(entries[start : start + _ENTRIES_PER_TX], wait)
+
+    def _log(self, entries: list[dict[str, Any]], wait: bool) -> None:
         if wait:
             self.node.wallet.send("access.log", {"entries": entries})
         else:

@@ -223,7 +223,8 @@ def register(app: typer.Typer) -> None:
         home: HomeOption,
         consent_id: Annotated[int, typer.Option("--id", help="The consent's number.")],
         reason: Annotated[
-            str, typer.Option(help="Why (kept on the chain, no clinical data).")
+            str,
+            typer.Option(help="patient-request, entered-in-error, superseded or other (a code)."),
         ] = "",
         evidence_file: EvidenceOption = None,
         evidence_hash: EvidenceHashOption = "",

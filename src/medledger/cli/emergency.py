@@ -1,15 +1,17 @@
 """`medledger emergency open|review|list`: break-the-glass, and its review by the DPO.
 
-The written justification never goes on the chain: `--note` is hashed, and the text stays
-with the practitioner's hospital for the DPO's review.
+Neither the reason code nor the written justification goes on the chain (both say something
+about the patient's health): they are kept in the hospital's home (`medledger.notes`) and only
+their salted hash is posted. `list` shows the reason to the hospital that kept it, that is, to
+the DPO who reviews its practitioners' openings; other hospitals see that one was given.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
@@ -38,10 +40,11 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
+            from medledger.notes import NoteStore, emergency_justification
+
             body = {
                 "pid": pid_arg(patient, home),
-                "reason": reason,
-                "reason_hash": hashlib.sha256(note.encode()).digest() if note else b"",
+                "reason_hash": emergency_justification(NoteStore(home), reason, note),
                 "duration_ms": hours * 3600 * 1000,
             }
             with Node.open(home) as node:
@@ -61,17 +64,17 @@ def register(app: typer.Typer) -> None:
         as_: Annotated[str, typer.Option("--as", help="The reviewing DPO.")],
         opening: Annotated[int, typer.Option("--id", help="The emergency access's number.")],
         verdict: Annotated[str, typer.Option(help="approved or flagged (ends the access).")],
-        note: Annotated[str, typer.Option(help="Review notes (only their hash).")] = "",
+        note: Annotated[str, typer.Option(help="Review notes (kept here; only a hash).")] = "",
     ) -> None:
         """Review an emergency access of your hospital's practitioner."""
         from medledger.node import Node
+        from medledger.notes import NoteStore
 
         with user_errors():
-            body = {
-                "id": opening,
-                "verdict": verdict,
-                "note_hash": hashlib.sha256(note.encode()).digest() if note else b"",
-            }
+            # Kept here like the justification; a plain hash of a short note could be guessed.
+            notes = NoteStore(home)
+            kept = notes.keep("emergency-review", id=str(opening), note=note) if note else b""
+            body = {"id": opening, "verdict": verdict, "note_hash": kept}
             with Node.open(home) as node:
                 c = signer(node, as_).send("emergency.review", body)
         console.print(f"emergency access {opening} {verdict} (block {c.height})")
@@ -83,18 +86,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Emergency accesses by your practitioners or to your records, newest first."""
         from medledger.node import Node
+        from medledger.notes import NoteStore
 
         with user_errors(), Node.open(home) as node:
             args = {"org": node.config.org, "unreviewed": unreviewed}
             rows = node.engine.query("emergency/list", args)
+        notes = NoteStore(home)
         table = Table("id", "practitioner", "pid", "reason", "opened", "expires", "review")
         for o in rows:
             verdict = o["review"]["verdict"] if o["review"] else "[yellow]pending[/]"
+            kept = notes.get(bytes(o["reason_hash"]))
             table.add_row(
                 str(o["id"]),
                 f"{o['org']}/{o['practitioner']}",
                 o["pid"][:12],
-                o["reason"],
+                escape(f"{kept['reason']}: {kept['note']}")
+                if kept
+                else f"[dim]kept by {o['org']}[/]",
                 iso(o["opened"]),
                 iso(o["expires"]),
                 verdict,

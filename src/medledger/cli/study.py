@@ -46,12 +46,15 @@ def register(app: typer.Typer) -> None:
         ethics: Annotated[str, typer.Option(help="The ethics approval reference.")],
         categories: Annotated[str, typer.Option(help="Comma-separated data categories.")],
         min_cohort: Annotated[int, typer.Option(help="Smallest cohort a release may have.")],
-        title: Annotated[str, typer.Option()] = "",
+        title: Annotated[
+            str, typer.Option(help="Kept by your hospital; only its salted hash is posted.")
+        ] = "",
         end: Annotated[str, typer.Option(help="End of the study (date or ms).")] = "",
         as_: AsOption = "",
     ) -> None:
         """Register a study sponsored by your hospital."""
         from medledger.node import Node
+        from medledger.notes import NoteStore, study_title
 
         with user_errors():
             body = {
@@ -60,7 +63,7 @@ def register(app: typer.Typer) -> None:
                 "ethics_ref": ethics,
                 "categories": csv(categories),
                 "min_cohort": min_cohort,
-                "title": title,
+                "title_hash": study_title(NoteStore(home), study_id, title) if title else b"",
                 "end_ms": when_ms(end, "--end") if end else 0,
             }
             with Node.open(home) as node:
@@ -183,14 +186,17 @@ def register(app: typer.Typer) -> None:
     def show(home: HomeOption, study_id: StudyOption) -> None:
         """A study and its releases."""
         from medledger.node import Node
+        from medledger.notes import NoteStore, title_of_study
 
         with user_errors(), Node.open(home) as node:
             record = node.engine.query("research/study", {"study": study_id})
             releases = node.engine.query("research/releases", {"study": study_id})
         if record is None:
             fail(f"no study {study_id!r}")
+        title = title_of_study(NoteStore(home), record)
         console.print(
-            f"study {record['id']} ({record['status']}), sponsor {record['sponsor']}, ethics "
+            f"study {record['id']}{f' «{title}»' if title else ''} ({record['status']}), "
+            f"sponsor {record['sponsor']}, ethics "
             f"{record['ethics_ref']}; categories {', '.join(record['categories'])}; "
             f"min cohort {record['min_cohort']}; enrolled {record['enrolled']}"
         )

@@ -24,7 +24,9 @@ Grantees:
 Revocation: by the patient's key; by the hospital that recorded the consent; or on the
 patient's behalf by the same rule as a grant (a custodian, evidence, who took it).
 Revocation is not retroactive: an access made while the consent held stays lawful, so
-`authorize` at an earlier time still allows it (audits replay decisions at their time).
+`authorize` at an earlier time still allows it (audits replay decisions at their time). Its
+`reason` sits beside the pid for ever, so it is a code from `REVOKE_REASONS` (or empty),
+never free text.
 
 `authorize` must stay O(log n) with millions of consents: it reads one short key range per
 grantee it could match, `consent/by/<pid>/<grantee>/`, whose values carry everything the
@@ -63,9 +65,9 @@ from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
-MAX_REASON = 200
 #: Why a DPO contests a self-grant (codes: the chain holds no free text about a patient).
 CONTEST_REASONS = ("no-care-relationship", "evidence-doubtful", "patient-denies", "other")
+REVOKE_REASONS = ("patient-request", "entered-in-error", "superseded", "other")
 
 
 @dataclass
@@ -267,8 +269,11 @@ def revoke(ctx: Context, msg: Revoke) -> None:
         raise TxError(Code.NOT_FOUND, f"no consent {msg.id}")
     if record["status"] not in ("active", "contested"):
         raise TxError(Code.CONFLICT, f"consent {msg.id} is already {record['status']}")
-    if len(msg.reason) > MAX_REASON:
-        raise TxError(Code.INVALID_BODY, f"field reason: at most {MAX_REASON} characters")
+    if msg.reason and msg.reason not in REVOKE_REASONS:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field reason: empty or one of {', '.join(REVOKE_REASONS)} (no free text on chain)",
+        )
     pid = record["pid"]
     who: ActingFor
     if patient_of_key(ctx.state, ctx.signer) is None and not msg.evidence_hash:

@@ -2,9 +2,12 @@
 
 A practitioner with the `emergency` role opens access to a patient's records, at every
 hospital, without consent, for a limited time (24 h by default, at most the policy maximum),
-with a mandatory reason. The chain does not hold free text about a patient, so the reason is
-a code from `REASONS`; the practitioner's written justification stays in their hospital's
-vault and only its hash is posted (mandatory for `other`).
+with a mandatory justification. Even a reason code ("unconscious", "life-threatening") is a
+fact about the patient's health, so none goes on the chain: the justification (a code from
+`REASONS` and the practitioner's note, with a random salt) stays with the practitioner's
+hospital (`medledger.notes`), where its DPO reviews it, and only its SHA-256, `reason_hash`,
+is posted: mandatory, and it binds the hospital to the text it will show. A tx that still
+carries a `reason` is refused, naming the field.
 
 Everyone concerned hears of it at once: `emergency.opened` carries the pid (the patient's
 portal shows it) and one `emergency.notify` goes to each custodian holding the patient's
@@ -45,9 +48,9 @@ DUE = DueQueue("emergency/due/")
 @dataclass
 class Open:
     pid: str
-    reason: str  # a code from REASONS
-    reason_hash: bytes = b""  # SHA-256 of the written justification kept off chain
+    reason_hash: bytes = b""  # SHA-256 of the justification kept off chain (mandatory)
     duration_ms: int = 0  # 0: the policy default
+    reason: str = ""  # refused when given: the reason code is inside the justification
 
 
 @dataclass
@@ -73,15 +76,19 @@ def open_(ctx: Context, msg: Open) -> None:
     if "emergency" not in actor.roles:
         raise TxError(Code.UNAUTHORIZED, "signer lacks the 'emergency' role")
     check_pid(msg.pid)
-    if msg.reason not in REASONS:
+    if msg.reason:
         raise TxError(
             Code.INVALID_BODY,
-            f"field reason: a reason is mandatory, one of {', '.join(REASONS)}",
+            "field reason: a reason code tells about the patient's health and stays off chain, "
+            "in the justification whose hash is reason_hash",
         )
-    if msg.reason_hash:
-        check_hash(msg.reason_hash, "reason_hash")
-    elif msg.reason == "other":
-        raise TxError(Code.INVALID_BODY, "field reason_hash: required when the reason is 'other'")
+    if not msg.reason_hash:
+        raise TxError(
+            Code.INVALID_BODY,
+            "field reason_hash: a justification is mandatory (the SHA-256 of the reason code "
+            "and note your hospital keeps)",
+        )
+    check_hash(msg.reason_hash, "reason_hash")
     p = params(ctx.state)
     duration = msg.duration_ms or min(p["emergency_default_ms"], p["emergency_max_ms"])
     if not 0 < duration <= p["emergency_max_ms"]:
@@ -101,7 +108,6 @@ def open_(ctx: Context, msg: Open) -> None:
             "pid": msg.pid,
             "org": org,
             "practitioner": practitioner,
-            "reason": msg.reason,
             "reason_hash": msg.reason_hash,
             "opened": ctx.time_ms,
             "expires": expires,
@@ -123,7 +129,6 @@ def open_(ctx: Context, msg: Open) -> None:
         org=org,
         practitioner=practitioner,
         expires=expires,
-        reason=msg.reason,
     )
     for custodian in custodians:
         ctx.emit("emergency.notify", id=eid, pid=msg.pid, custodian=custodian)

@@ -4,6 +4,10 @@ A member proposes an action; members vote; the vote that reaches 2/3 of the curr
 executes it in the same tx. A proposal that more than 1/3 reject can never pass and is closed
 as rejected; one not decided by its expiry can no longer be voted on.
 
+Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
+most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
+argument is an id, a key, a number or a Cedar text (policies.MAX_POLICY_TEXT).
+
 State (prefix `gov/`):
     gov/member/<org>        the member: name, keys, validator power
     gov/key/<key hex>       organisation key -> org (signer lookup)
@@ -31,6 +35,9 @@ from medledger.ledger.errors import Code, TxError
 from medledger.ledger.genesis import Genesis
 from medledger.ledger.results import ValidatorUpdate
 from medledger.ledger.store import StateView
+
+MAX_NOTE = 500
+MAX_NAME = 100
 
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
@@ -129,6 +136,8 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
     limit = params(state)["max_validator_power"]
     if isinstance(parsed, AdmitMember):
         check_id(parsed.org, "args.org")
+        if len(parsed.name) > MAX_NAME:
+            raise TxError(Code.INVALID_BODY, f"field args.name: at most {MAX_NAME} characters")
         if state.has(f"gov/member/{parsed.org}"):
             raise TxError(Code.CONFLICT, f"{parsed.org} is already a member")
         if len(parsed.key) != 32:
@@ -234,6 +243,8 @@ def _settle(ctx: Context, pid: int, proposal: dict[str, Any]) -> None:
 
 def propose(ctx: Context, msg: Propose) -> None:
     org = require_member(ctx)
+    if len(msg.note) > MAX_NOTE:
+        raise TxError(Code.INVALID_BODY, f"field note: at most {MAX_NOTE} characters")
     _validate_action(ctx, msg.action, msg.args)
     pid = (ctx.state.get("gov/seq") or 0) + 1
     ctx.state.put("gov/seq", pid)

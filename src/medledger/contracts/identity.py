@@ -2,7 +2,8 @@
 
 A practitioner is known on chain by a local id chosen by the hospital (never a national
 identifier), the Ed25519 key they sign with, and roles. Only the hospital that registered a
-practitioner can change or revoke them.
+practitioner can change or revoke them. A revocation's `reason` is free text about an
+employee, kept for ever: at most `MAX_REASON` characters.
 
 State (prefix `id/`):
     id/prac/<org>/<practitioner>   the practitioner record
@@ -20,6 +21,7 @@ from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
 ROLES = ("physician", "nurse", "emergency", "dpo", "admin", "researcher")
+MAX_REASON = 200
 
 
 @dataclass
@@ -98,6 +100,8 @@ def update_roles(ctx: Context, msg: UpdateRoles) -> None:
 
 def revoke(ctx: Context, msg: Revoke) -> None:
     org, record = _own_practitioner(ctx, msg.practitioner)
+    if len(msg.reason) > MAX_REASON:
+        raise TxError(Code.INVALID_BODY, f"field reason: at most {MAX_REASON} characters")
     if not record["active"]:
         raise TxError(Code.CONFLICT, f"{msg.practitioner!r} is already revoked")
     record["active"] = False

@@ -5,6 +5,13 @@ An entry is `{rid, pid, custodian, commitment, meta_ct}`: `pid` is a pseudonym,
 it, and `meta_ct` is its metadata (type, category, code, date, title) encrypted under the
 custodian's metadata key for that patient. No clinical value or identifier is readable here.
 
+A ciphertext's length would still tell what it hides (one length per title: "Heart failure"
+always gave the same size), so the metadata is padded before sealing to one of a few fixed
+sizes (`indexing.seal_meta`) and the contract accepts only those: `len(meta_ct)` must be one
+of `META_CT_SIZES`, so an unpadded ciphertext is refused by every replica, whatever the
+submitting node's software. A disclosure's `basis` is a code as in `access` (`consent:<id>`...,
+at most `MAX_BASIS` characters) and its rids are distinct records of the same tx.
+
 A bundle registers in one tx (`records.register` takes a list), so it is all or nothing on
 the chain too. A registration may name its `author`: `practitioner:<custodian>/<id>` (active,
 with a care role: physician, nurse or emergency) or `org:<custodian>` (a system client of the
@@ -35,10 +42,15 @@ from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
-MAX_META_CT = 2048
+#: Padded plaintext sizes of the sealed metadata (see `indexing.seal_meta`): nearly every
+#: record fits the first; only very long codes or non-Latin titles need the second.
+META_BUCKETS = (256, 1024)
+#: AES-GCM adds a 12-byte nonce and a 16-byte tag: the only lengths a `meta_ct` may have.
+META_CT_SIZES = tuple(12 + size + 16 for size in META_BUCKETS)
 MAX_ENTRIES = 2000
 #: Roles that may author records (the care roles; an organisation key may too).
 WRITER_ROLES = PURPOSE_ROLES["treatment"]
+MAX_BASIS = 200
 
 
 @dataclass
@@ -108,8 +120,13 @@ def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
     check_pid(entry.pid, f"entries[{i}].pid")
     if len(entry.commitment) != 32:
         raise TxError(Code.INVALID_BODY, f"field entries[{i}].commitment: must be 32 bytes")
-    if not 0 < len(entry.meta_ct) <= MAX_META_CT:
-        raise TxError(Code.INVALID_BODY, f"field entries[{i}].meta_ct: 1..{MAX_META_CT} bytes")
+    if len(entry.meta_ct) not in META_CT_SIZES:
+        sizes = " or ".join(str(n) for n in META_CT_SIZES)
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field entries[{i}].meta_ct: {len(entry.meta_ct)} bytes; sealed metadata is padded "
+            f"to {sizes} bytes so that its length tells nothing",
+        )
     return entry
 
 
@@ -220,7 +237,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
     as it does in `access.log`.
     """
     from medledger.contracts.access import Entry as AccessEntry
-    from medledger.contracts.access import record_entry
+    from medledger.contracts.access import check_basis, record_entry
 
     n = 0
     for i, raw in enumerate(msg.disclosures):
@@ -232,8 +249,13 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
             raise TxError(exc.code, f"disclosures[{i}]: {exc.message}") from None
         if d.org == custodian or not ctx.state.has(f"gov/member/{d.org}"):
             raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].org: not another member")
-        if not d.basis:
-            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].basis: required")
+        if not 0 < len(d.basis) <= MAX_BASIS:
+            raise TxError(
+                Code.INVALID_BODY, f"field disclosures[{i}].basis: required, at most {MAX_BASIS}"
+            )
+        check_basis(d.basis, f"disclosures[{i}].basis")
+        if len(set(d.rids)) != len(d.rids):
+            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].rids: a record is repeated")
         by_pid: dict[str, list[str]] = {}
         for rid in d.rids:
             if rid not in pids:

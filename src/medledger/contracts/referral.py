@@ -16,6 +16,10 @@ hash to those commitments (B checks off chain; the chain checks B confirms exact
 delivered). An obligation not delivered by its deadline is flagged by end_block
 (`obligation.overdue`); a late delivery is still accepted and marked late.
 
+Either side may cancel a referral not yet admitted. Its reason sits next to the pid for ever,
+so it is a code from `CANCEL_REASONS` (or empty), never free text: "the tumour proved
+inoperable" would be a clinical fact. Lists are bounded: at most `MAX_RIDS` records.
+
 State (prefix `referral/`):
     referral/seq                                   last id
     referral/id/<id:012d>                          the referral and its obligation
@@ -39,6 +43,7 @@ from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
 MAX_RIDS = 500
+CANCEL_REASONS = ("patient-declined", "rescheduled", "entered-in-error", "other")
 DUE = DueQueue("referral/due/")
 
 
@@ -75,7 +80,7 @@ class Confirm:
 @dataclass
 class Cancel:
     id: int
-    reason: str = ""
+    reason: str = ""  # "" or a code from CANCEL_REASONS
 
 
 def get_referral(state: StateView, rid: int) -> dict[str, Any] | None:
@@ -285,6 +290,11 @@ def confirm(ctx: Context, msg: Confirm) -> None:
 
 
 def cancel(ctx: Context, msg: Cancel) -> None:
+    if msg.reason and msg.reason not in CANCEL_REASONS:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field reason: empty or one of {', '.join(CANCEL_REASONS)} (no free text on chain)",
+        )
     ref = get_referral(ctx.state, msg.id)
     if ref is None:
         raise TxError(Code.NOT_FOUND, f"no referral {msg.id}")
@@ -295,8 +305,6 @@ def cancel(ctx: Context, msg: Cancel) -> None:
         )
     if ref["status"] != "created":
         raise TxError(Code.CONFLICT, f"referral {msg.id} is {ref['status']}: too late to cancel")
-    if len(msg.reason) > 200:
-        raise TxError(Code.INVALID_BODY, "field reason: at most 200 characters")
     ref["status"] = "cancelled"
     ref["cancelled"] = {"by": org, "reason": msg.reason, "time": ctx.time_ms}
     _save(ctx.state, ref)

@@ -1,14 +1,20 @@
 """Research (decentralised science): studies, dynamic consent, and traceable dataset releases.
 
 A sponsor hospital registers a study: the hash of its protocol, its ethics approval reference,
-the data categories it needs and its minimum cohort size. Patients enrol and withdraw at any
-time (their own key, or on their behalf a custodian of the patient with the evidence's hash and
-who took the request: `patients.acting_for_patient`). A sponsor enrolling, in the patient's
-name, a patient it treats into its own study gives itself research access: like a self-grant
-(consent.py) it is told at once to the patient (`study.self_enrolled`, with the pid) and to
-each other custodian's DPO (`study.notify`). A custodian then
-releases a pseudonymised dataset by posting its hash, its counts and the list of its members'
-*study tokens*:
+the data categories it needs and its minimum cohort size. Its title is no part of the chain:
+"Heart failure outcomes" next to the pids that enrol would tell every member what those
+patients suffer from. The sponsor keeps the title (`medledger.notes`, with a random salt) and
+posts only `title_hash`, so a title shown elsewhere can be checked; a non-empty `title` is
+refused. The study id is public: the sponsor must choose one that names no condition (the
+portal shows it). Free-text `ethics_ref` is at most `MAX_ETHICS_REF` characters.
+
+Patients enrol and withdraw at any time (their own key, or on their behalf a custodian of the
+patient with the evidence's hash and who took the request: `patients.acting_for_patient`). A
+sponsor enrolling, in the patient's name, a patient it treats into its own study gives itself
+research access: like a self-grant (consent.py) it is told at once to the patient
+(`study.self_enrolled`, with the pid) and to each other custodian's DPO (`study.notify`). A
+custodian then releases a pseudonymised dataset by posting its hash, its counts and the list
+of its members' *study tokens*:
 
     token = SHA-256("medledger/study-member" 0x00 study 0x00 pid)
 
@@ -43,6 +49,7 @@ from medledger.ledger.store import StateView
 
 MAX_MEMBERS = 12_000  # 32 bytes each: a release fits well inside one tx
 MAX_COUNTS = 16
+MAX_ETHICS_REF = 128
 
 
 @dataclass
@@ -52,8 +59,9 @@ class Register:
     ethics_ref: str
     categories: list[str]
     min_cohort: int
-    title: str = ""
+    title_hash: bytes = b""  # SHA-256 of the title document the sponsor keeps off chain
     end_ms: int = 0
+    title: str = ""  # refused when given: no free-text title on the chain
 
 
 @dataclass
@@ -117,15 +125,23 @@ def register(ctx: Context, msg: Register) -> None:
     if ctx.state.has(f"research/study/{msg.study}"):
         raise TxError(Code.CONFLICT, f"study {msg.study!r} already exists")
     check_hash(msg.protocol_hash, "protocol_hash")
-    if not 0 < len(msg.ethics_ref) <= 128:
-        raise TxError(Code.INVALID_BODY, "field ethics_ref: the approval reference, 1..128 chars")
+    if not 0 < len(msg.ethics_ref) <= MAX_ETHICS_REF:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field ethics_ref: the approval reference, 1..{MAX_ETHICS_REF} characters",
+        )
     categories = check_categories(msg.categories)
     if categories == [ALL]:
         raise TxError(Code.INVALID_BODY, "field categories: a study names the data it needs")
     if msg.min_cohort < 1:
         raise TxError(Code.INVALID_BODY, "field min_cohort: at least 1")
-    if len(msg.title) > 200:
-        raise TxError(Code.INVALID_BODY, "field title: at most 200 characters")
+    if msg.title:
+        raise TxError(
+            Code.INVALID_BODY,
+            "field title: a study's title stays with its sponsor, off chain; post title_hash",
+        )
+    if msg.title_hash:
+        check_hash(msg.title_hash, "title_hash")
     if msg.end_ms and msg.end_ms <= ctx.time_ms:
         raise TxError(Code.INVALID_BODY, "field end_ms: already past")
     ctx.state.put(
@@ -138,7 +154,7 @@ def register(ctx: Context, msg: Register) -> None:
             "ethics_ref": msg.ethics_ref,
             "categories": categories,
             "min_cohort": msg.min_cohort,
-            "title": msg.title,
+            "title_hash": msg.title_hash,
             "end_ms": msg.end_ms,
             "status": "open",
             "enrolled": 0,

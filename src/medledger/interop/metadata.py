@@ -4,7 +4,9 @@ Each record's index entry on the chain carries `meta_ct`, these few fields encry
 custodian's key for the patient. They let a clinician's timeline list "HbA1c, 2024-03-02,
 labs" across hospitals, and let consent contracts decide by category, without fetching the
 resource. So the fields are deliberately small and never copy a direct identifier: a Patient's
-title is "Patient", not a name, and its date is not the birth date.
+title is "Patient", not a name, and its date is not the birth date. They are bounded
+(`TITLE_MAX` characters of title, `CODE_MAX` of code) so that, sealed and padded
+(`indexing.seal_meta`), they always fit the fixed sizes the chain accepts.
 
 `CATEGORIES` is the fixed vocabulary consents are written in ("share my labs and imaging with
 hospital B"). Mapping is by resource type, refined by Observation.category and
@@ -99,6 +101,8 @@ VITAL_SIGN_LOINC = frozenset(
     }
 )
 TITLE_MAX = 80
+#: A `system|code` longer than this is not a code: it is left out of the index.
+CODE_MAX = 200
 LOINC = "http://loinc.org"
 _MEDICATION_TYPES = frozenset(
     {"MedicationRequest", "MedicationStatement", "MedicationAdministration", "MedicationDispense"}
@@ -169,11 +173,13 @@ def _first_code(concept: Any) -> str | None:
         and isinstance(concept.get("code"), str)
         and isinstance(concept.get("system"), str)
     ):
-        return f"{concept['system']}|{concept['code']}"
+        found = f"{concept['system']}|{concept['code']}"
+        return found if len(found) <= CODE_MAX else None
     for coding in _codings(concept):
         system, code = coding.get("system"), coding.get("code")
         if isinstance(system, str) and isinstance(code, str):
-            return f"{system}|{code}"
+            found = f"{system}|{code}"
+            return found if len(found) <= CODE_MAX else None
     return None
 
 

@@ -270,6 +270,9 @@ def make_router() -> APIRouter:
                 e(when(a["time"])),
                 e(a["actor"]),
                 e(a["actor_org"]),
+                # The entry's signer, not a claim of the tx: who answers for this line.
+                f'<span title="{e(a.get("signer", ""))}">served and signed by '
+                f"{e(a['custodian'])}</span>",
                 e(a["action"]),
                 e(a["purpose"]),
                 f'<span class="{"ok" if a["outcome"] == "granted" else "bad"}">'
@@ -287,7 +290,17 @@ def make_router() -> APIRouter:
         )
         who = (
             table(
-                ["when", "who", "hospital", "action", "purpose", "outcome", "basis", "proof"],
+                [
+                    "when",
+                    "who",
+                    "of",
+                    "served by",
+                    "action",
+                    "purpose",
+                    "outcome",
+                    "basis",
+                    "proof",
+                ],
                 trail_rows,
                 "nobody accessed your data yet",
             )
@@ -351,7 +364,7 @@ decision. Each line has a proof you can check offline with
             svc,
             claims,
             "consent.revoke",
-            {"id": cid, "reason": "revoked by the patient"},
+            {"id": cid, "reason": "patient-request"},
             "#consents",
         )
 
@@ -506,14 +519,13 @@ reviewed by your DPO, the patient is told): <select name="reason">
         practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
         try:
+            from medledger.notes import NoteStore
+
+            # The note stays here, salted: a bare hash of a short note could be guessed.
+            kept = NoteStore(svc.node.config.home).keep("access-request", note=note)
             svc.node.practitioner_wallet(practitioner).send(
                 "consent.request",
-                {
-                    "pid": patient,
-                    "categories": cats,
-                    "purpose": "treatment",
-                    "reason_hash": hashlib.sha256(note.encode()).digest(),
-                },
+                {"pid": patient, "categories": cats, "purpose": "treatment", "reason_hash": kept},
             )
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
@@ -539,15 +551,12 @@ reviewed by your DPO, the patient is told): <select name="reason">
             return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         try:
+            from medledger.notes import NoteStore, emergency_justification
+
             wallet = svc.node.practitioner_wallet(practitioner)
-            wallet.send(
-                "emergency.open",
-                {
-                    "pid": patient,
-                    "reason": reason,
-                    "reason_hash": hashlib.sha256(note.encode()).digest(),
-                },
-            )
+            # The reason code and note stay here for the DPO; the chain gets their hash.
+            justification = emergency_justification(NoteStore(svc.node.config.home), reason, note)
+            wallet.send("emergency.open", {"pid": patient, "reason_hash": justification})
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
             return page("Refused", svc.node.config.name, f'<p class="bad">{e(text)}</p>', 409)
@@ -765,16 +774,20 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
     ]
     mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
     study_rows = []
+    from medledger.notes import NoteStore, title_of_study
+
+    notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
     for st in engine.query("research/studies", {}):
-        enrolled = mine.get(st["study"], {}).get("status") == "enrolled"
+        enrolled = mine.get(st["id"], {}).get("status") == "enrolled"
         action = "withdraw" if enrolled else "enrol"
+        title = title_of_study(notes, st)
         study_rows.append(
             [
-                e(st["study"]),
-                e(st.get("title", "")),
+                e(st["id"]),
+                e(title) if title else f'<span class="muted">ethics {e(st["ethics_ref"])}</span>',
                 e(", ".join(st["categories"])),
                 "enrolled" if enrolled else "not enrolled",
-                f'<form class="inline" method="post" action="/portal/study/{e(st["study"])}/{action}"><button>{action.capitalize()}</button></form>',
+                f'<form class="inline" method="post" action="/portal/study/{e(st["id"])}/{action}"><button>{action.capitalize()}</button></form>',
             ]
         )
     erasure = engine.query("erasure/status", {"pid": pid})

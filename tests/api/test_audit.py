@@ -1,0 +1,52 @@
+"""Access entries as AuditEvents: who asked, for which hospital, and who served and signed."""
+
+from __future__ import annotations
+
+from medledger.api.audit import to_audit_event
+
+
+def _entry(**over: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "actor": "practitioner:aphp-paris/dr-b",
+        "actor_org": "aphp-paris",
+        "custodian": "chu-lyon",
+        "signer": "org:chu-lyon",
+        "pid": "ab" * 32,
+        "rids": ["r1"],
+        "action": "read",
+        "purpose": "treatment",
+        "basis": "consent:7",
+        "outcome": "granted",
+        "reason": "",
+        "request": b"\x07" * 32,
+        "time": 1_790_000_000_000,
+        "height": 12,
+        "tx": b"\x01" * 32,
+        "n": 0,
+    }
+    entry.update(over)
+    return entry
+
+
+def _ids(event: dict, system: str) -> list[str]:  # type: ignore[type-arg]
+    found = [a["who"]["identifier"] for a in event["agent"]]
+    found += [e["what"]["identifier"] for e in event["entity"] if "identifier" in e["what"]]
+    return [i["value"] for i in found if i["system"] == system]
+
+
+def test_a_remote_read_names_the_requesting_hospital_the_server_and_the_signed_request() -> None:
+    event = to_audit_event(_entry(), "Patient/p1")
+    assert _ids(event, "urn:medledger:actor") == ["practitioner:aphp-paris/dr-b"]
+    assert _ids(event, "urn:medledger:org") == ["aphp-paris", "chu-lyon"]
+    source = event["agent"][-1]
+    assert source["name"] == "served and signed by chu-lyon" and not source["requestor"]
+    assert source["altId"] == "org:chu-lyon"
+    assert event["source"]["observer"]["identifier"]["value"] == "chu-lyon"
+    assert _ids(event, "urn:medledger:request") == ["07" * 32]
+
+
+def test_a_local_read_has_one_organisation_agent_and_no_request() -> None:
+    local = _entry(actor="practitioner:chu-lyon/dr-a", actor_org="chu-lyon", request=b"")
+    event = to_audit_event(local, "Patient/p1")
+    assert _ids(event, "urn:medledger:org") == ["chu-lyon"]
+    assert _ids(event, "urn:medledger:request") == []
