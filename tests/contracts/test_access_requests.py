@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medledger.ledger.errors import Code
 
-from ..ledger.helpers import T0, make_net, run_block
+from ..ledger.helpers import META_CT, T0, make_net, run_block
 
 PID = "ef" * 32
 
@@ -14,7 +14,7 @@ def test_a_request_is_recorded_then_granted_by_a_consent() -> None:
     net = make_net()
     app = net.app()
     # h0 holds the patient's care records: the patient signs in on its portal.
-    record = {"rid": "r-1", "pid": PID, "commitment": b"\x01" * 32, "meta_ct": b"ct"}
+    record = {"rid": "r-1", "pid": PID, "commitment": b"\x01" * 32, "meta_ct": META_CT}
     run_block(app, [net.tx(net.orgs["h0"], "records.register", {"entries": [record]})], net.solo)
     ask = {"pid": PID, "categories": ["labs"], "purpose": "treatment", "reason_hash": b"\x03" * 32}
     run_block(app, [net.tx(net.orgs["h1"], "consent.request", ask)], net.solo)

@@ -191,7 +191,8 @@ def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_
     run("practitioner", "add", "-H", paris, "--id", "dpo-paris", "--roles", "dpo")
     for home, rid in ((lyon, "r-lyon"), (paris, "r-paris")):  # both treat the patient
         with Node.open(Path(home)) as node:
-            entry = {"rid": rid, "pid": PID, "commitment": b"\x01" * 32, "meta_ct": b"ct"}
+            meta_ct = b"\x01" * META_CT_SIZES[0]
+            entry = {"rid": rid, "pid": PID, "commitment": b"\x01" * 32, "meta_ct": meta_ct}
             node.wallet.send("records.register", {"entries": [entry]})
     form = tmp_path / "form.pdf"
     form.write_bytes(b"the patient asks Lyon to fetch their file from Paris")

@@ -8,14 +8,14 @@ from typing import Any
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 
-from ..ledger.helpers import make_net, run_block
+from ..ledger.helpers import META_CT, make_net, run_block
 
 PID = "ab" * 32
 
 
 def _entries(*rids: str) -> list[dict[str, Any]]:
     return [
-        {"rid": rid, "pid": PID, "commitment": bytes([i]) * 32, "meta_ct": b"\x01" * 40}
+        {"rid": rid, "pid": PID, "commitment": bytes([i]) * 32, "meta_ct": META_CT}
         for i, rid in enumerate(rids)
     ]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.contracts import default_registry, default_versions
+from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.app import Application
 from medledger.ledger.genesis import Genesis, GenesisMember
 from medledger.ledger.keys import SigningKey
@@ -14,6 +15,8 @@ from medledger.ledger.tx import sign_tx
 
 CHAIN = "medledger-test"
 T0 = 1_790_000_000_000
+#: A sealed-metadata stand-in of a size the records contract accepts (padded metadata).
+META_CT = b"\x01" * META_CT_SIZES[0]
 
 
 @dataclass
