@@ -1,0 +1,144 @@
+"""What one member can cost a custodian: far-future heights, big bodies, many requests at once.
+
+Every member has a valid certificate and keys, so these are the requests a misbehaving or
+compromised hospital can send; none of them may hold the custodian's workers for long or keep
+another hospital from being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from medledger.exchange.client import ExchangeError
+from medledger.exchange.gateway import Caller, Gateway, PeerSlots, Refused, Timing, read_body
+from medledger.exchange.signing import RequestSigner
+
+from .conftest import A, B, C, Sandbox, wait_for
+
+PID = "ab" * 32  # a patient chu-lyon knows nothing of: the index answer is empty
+
+
+def _signed_post(sandbox: Sandbox, name: str, body: bytes, **kw: Any) -> httpx.Response:
+    """A genuine request from aphp-paris to chu-lyon, with whatever body it chooses to send."""
+    path = f"/exchange/v1/{name}"
+    headers = RequestSigner(sandbox.h[B].node.org_key).headers("POST", path, body, A)
+    client = sandbox.x(B).client._client(A)
+    return client.post(path, headers={**headers, "content-type": "application/json"}, **kw)
+
+
+def test_a_height_far_beyond_the_custodian_is_refused_at_once(sandbox: Sandbox) -> None:
+    client = sandbox.x(B).client
+    with pytest.raises(ExchangeError) as far:
+        client.post(A, "index", {"pid": PID, "purpose": "treatment", "height": 10**12})
+    assert far.value.status == 503
+    assert "blocks ahead of this replica" in far.value.reason
+    assert not far.value.refused  # a lagging replica is worth asking again later
+    # A height this replica has reached is served as before.
+    near = sandbox.h[A].node.engine.height()
+    answer, _ = client.post(A, "index", {"pid": PID, "purpose": "treatment", "height": near})
+    assert answer["entries"] == []
+
+
+def test_an_oversize_body_is_refused_with_413(sandbox: Sandbox) -> None:
+    limit = sandbox.x(A).gateway.query_body_limit
+    big = orjson.dumps({"pid": PID, "purpose": "treatment", "padding": "x" * (2 * limit)})
+    declared = _signed_post(sandbox, "index", big, content=big)
+    assert declared.status_code == 413
+    assert f"limit of {limit}" in declared.json()["error"]
+    # Without a Content-Length (chunked), the body is refused once the chunks pass the limit.
+    chunks = [big[i : i + 16384] for i in range(0, len(big), 16384)]
+    chunked = _signed_post(sandbox, "index", big, content=iter(chunks))
+    assert chunked.status_code == 413
+    # A body within the limit still goes through.
+    small = orjson.dumps({"pid": PID, "purpose": "treatment"})
+    assert _signed_post(sandbox, "index", small, content=small).status_code == 200
+
+
+def test_a_chunked_body_is_not_read_past_the_limit() -> None:
+    consumed = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        for _ in range(1000):  # 1000 chunks of 1 KiB offered
+            consumed += 1
+            yield b"x" * 1024
+
+    with pytest.raises(Refused) as too_big:
+        asyncio.run(read_body(None, chunks(), 10 * 1024))
+    assert too_big.value.status == 413
+    assert consumed == 11  # stopped at the first chunk past 10 KiB
+    with pytest.raises(Refused) as declared:
+        asyncio.run(read_body("50000000", chunks(), 10 * 1024))
+    assert declared.value.status == 413 and "50000000 bytes" in declared.value.reason
+    assert consumed == 11  # refused on the header: not a chunk more was read
+
+
+def test_one_hospital_flooding_a_gateway_does_not_starve_another(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = sandbox.x(A).gateway
+    limit = gateway.peers.limit
+    real_index = Gateway.index
+    release = threading.Event()
+    held: list[str] = []
+    lock = threading.Lock()
+
+    def slow_index(self: Gateway, caller: Caller, body: bytes, timing: Timing) -> Any:
+        """aphp-paris's requests stay in their worker until the test lets them go."""
+        if caller.actor.org == B:
+            with lock:
+                held.append(caller.label)
+            release.wait(60)
+        return real_index(self, caller, body, timing)
+
+    monkeypatch.setattr(gateway, "index", slow_index.__get__(gateway))
+    flood = limit + 4
+    outcomes: list[int] = []
+
+    def ask() -> None:
+        try:
+            sandbox.x(B).client.post(A, "index", {"pid": PID, "purpose": "treatment"})
+            status = 200
+        except ExchangeError as exc:
+            status = exc.status
+        with lock:
+            outcomes.append(status)
+
+    threads = [threading.Thread(target=ask) for _ in range(flood)]
+    try:
+        for t in threads:
+            t.start()
+        # `limit` requests are held in workers; the others are turned away at once.
+        wait_for(lambda: len(outcomes) == flood - limit, what="the excess answered")
+        assert outcomes == [429] * (flood - limit)
+        wait_for(lambda: len(held) == limit, what="aphp-paris's requests in workers")
+        assert gateway.peers.busy(B) == limit
+        # While aphp-paris holds all it may, chu-bordeaux is served.
+        answer, _ = sandbox.x(C).client.post(A, "index", {"pid": PID, "purpose": "treatment"})
+        assert answer["entries"] == [] and not release.is_set()
+        assert len(held) == limit
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert sorted(outcomes) == [200] * limit + [429] * (flood - limit)
+    assert gateway.peers.busy(B) == 0
+
+
+def test_peer_slots_count_each_hospital_apart() -> None:
+    slots = PeerSlots(2)
+    assert slots.acquire(B) and slots.acquire(B)
+    assert not slots.acquire(B)  # a third at once is refused...
+    assert slots.acquire(C)  # ...but not another hospital's first
+    slots.release(B)
+    assert slots.acquire(B)
+    for peer in (B, B, C):
+        slots.release(peer)
+    assert slots.busy(B) == slots.busy(C) == 0
