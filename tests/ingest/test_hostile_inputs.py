@@ -1,4 +1,4 @@
-"""Inputs that used to stop a batch or exhaust memory: each is refused, named, and the batch goes on.
+"""Inputs that used to stop a batch or exhaust memory: each is refused and named; the batch goes on.
 
 A number too large for JSON (an OBX-5 of 20 digits) ended a batch with a traceback, storing
 the files before it and not those after; a 50 MB Bundle was read and validated whole. Now every
