@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from medledger.exchange.client import ExchangeError
-from medledger.exchange.gateway import Caller, Gateway, PeerSlots, Refused, Timing, read_body
+from medledger.exchange.gateway import Caller, Gateway, Refused, Timing
 from medledger.exchange.signing import RequestSigner
 
 from .conftest import A, B, C, Sandbox, wait_for
@@ -62,6 +62,8 @@ def test_an_oversize_body_is_refused_with_413(sandbox: Sandbox) -> None:
 
 
 def test_a_chunked_body_is_not_read_past_the_limit() -> None:
+    from medledger.exchange.gateway import read_body
+
     consumed = 0
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -133,6 +135,8 @@ def test_one_hospital_flooding_a_gateway_does_not_starve_another(
 
 
 def test_peer_slots_count_each_hospital_apart() -> None:
+    from medledger.exchange.gateway import PeerSlots
+
     slots = PeerSlots(2)
     assert slots.acquire(B) and slots.acquire(B)
     assert not slots.acquire(B)  # a third at once is refused...

@@ -17,12 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.cli import app
-from medledger.ingest import MAX_BYTES, Ingestor
+from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
 from medledger.vault import Vault
 
 HL7 = Path(__file__).resolve().parent.parent / "data" / "hl7"
+MAX_BYTES = 20 * 1024 * 1024  # the default limit (ingest.max_bytes)
 
 
 @pytest.fixture
