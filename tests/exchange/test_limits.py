@@ -8,6 +8,7 @@ another hospital from being served.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from medledger.exchange.client import ExchangeError
 from medledger.exchange.gateway import Caller, Gateway, Refused, Timing
 from medledger.exchange.signing import RequestSigner
 
-from .conftest import A, B, C, Sandbox, wait_for
+from .conftest import A, B, C, Sandbox, bundles, wait_for
 
 PID = "ab" * 32  # a patient chu-lyon knows nothing of: the index answer is empty
 
@@ -146,3 +147,33 @@ def test_peer_slots_count_each_hospital_apart() -> None:
     for peer in (B, B, C):
         slots.release(peer)
     assert slots.busy(B) == slots.busy(C) == 0
+
+
+def test_an_answer_too_large_is_not_read_whole(sandbox: Sandbox) -> None:
+    # chu-lyon holds a patient; its index answer to aphp-paris is a few kilobytes.
+    pid, _ = sandbox.ingest(A, bundles(1)[0])
+    sandbox.consent(A, pid, B)
+    client = sandbox.x(B).client
+    assert client.index(A, pid)  # within the default limit
+    client.max_answer = 1000
+    with pytest.raises(ExchangeError) as big:
+        client.index(A, pid)
+    assert big.value.status == 0 and "over 1000" in big.value.reason
+
+
+def test_a_failure_in_the_gateway_is_a_500_that_logs_no_value(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = sandbox.x(A).gateway
+
+    def broken(caller: Caller, body: bytes, timing: Timing) -> Any:
+        raise ValueError(f"cannot handle {body.decode()} for PAT-TROIS 279035121518989")
+
+    monkeypatch.setattr(gateway, "index", broken)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ExchangeError) as failed:
+        sandbox.x(B).client.post(A, "index", {"pid": PID, "purpose": "treatment"})
+    assert failed.value.status == 500 and "internal error" in failed.value.reason
+    (logged,) = [r for r in caplog.records if r.name == "medledger.exchange.gateway"]
+    assert "index request failed: ValueError at test_limits.py" in logged.getMessage()
+    for value in (PID, "PAT-TROIS", "279035121518989"):
+        assert value not in caplog.text and value not in failed.value.reason

@@ -41,8 +41,10 @@ import base64
 import logging
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -583,6 +585,14 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
             return json_response(
                 {"error": exc.reason}, exc.status, {"Server-Timing": timing.header()}
             )
+        except Exception as exc:  # noqa: BLE001 - answered here, not by uvicorn's traceback
+            # The message and the traceback's text may quote the request (a pid, a resource):
+            # the log says what failed and where in our code, never with what values.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+            kind = type(exc).__name__
+            log.error("%s: %s request failed: %s at %s", gateway.org, name, kind, where)
+            return json_response({"error": "internal error (logged at the custodian)"}, 500)
         return json_response(result, headers={"Server-Timing": timing.header()})
 
     async def endpoint(request: Request) -> Response:
