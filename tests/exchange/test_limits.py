@@ -177,3 +177,23 @@ def test_a_failure_in_the_gateway_is_a_500_that_logs_no_value(
     assert "index request failed: ValueError at test_limits.py" in logged.getMessage()
     for value in (PID, "PAT-TROIS", "279035121518989"):
         assert value not in caplog.text and value not in failed.value.reason
+
+
+def test_event_streams_are_bounded_per_hospital(sandbox: Sandbox) -> None:
+    from contextlib import ExitStack
+
+    gateway = sandbox.x(A).gateway
+    path = "/exchange/v1/events"
+
+    def open_stream(org: str, stack: ExitStack) -> httpx.Response:
+        headers = RequestSigner(sandbox.h[org].node.org_key).headers("GET", path, b"", A)
+        client = sandbox.x(org).client._client(A)
+        return stack.enter_context(client.stream("GET", path, headers=headers, timeout=10))
+
+    with ExitStack() as stack:
+        opened = [open_stream(B, stack) for _ in range(gateway.streams.limit)]
+        assert [r.status_code for r in opened] == [200] * gateway.streams.limit
+        refused = open_stream(B, stack)
+        assert refused.status_code == 429
+        assert "event streams open here already" in refused.read().decode()
+        assert open_stream(C, stack).status_code == 200  # another hospital is not held back

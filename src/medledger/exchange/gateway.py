@@ -30,6 +30,7 @@ misbehaving or compromised one must not be able to stall a custodian):
 - at most `PER_PEER_REQUESTS` requests of one hospital (the one its client certificate names)
   are in the gateway's workers at a time; more are answered 429 at once, so one hospital can
   never hold all the workers and starve the others;
+- at most `PER_PEER_STREAMS` event streams of one hospital are open at a time (429 past it);
 - the `height` a requester says it has seen is waited for only if it is at most `MAX_AHEAD`
   blocks beyond this replica, and for at most `catch_up_timeout` seconds; a height further
   ahead is answered 503 at once (a replica that far behind cannot serve consistently anyway).
@@ -75,6 +76,8 @@ QUERY_BODY_LIMIT = 256 * 1024
 DELIVERY_BODY_LIMIT = 32 * 1024 * 1024
 #: Requests one hospital may have in the gateway's workers at once (the pool has 40 threads).
 PER_PEER_REQUESTS = 8
+#: Event streams one hospital may hold open at once (a consumer follows one).
+PER_PEER_STREAMS = 4
 #: How far beyond this replica's height a requester's `height` may be and still be waited for.
 MAX_AHEAD = 5
 
@@ -212,6 +215,7 @@ class Gateway:
         self.commit_timeout = commit_timeout
         self.catch_up_timeout = catch_up_timeout
         self.peers = PeerSlots(per_peer)
+        self.streams = PeerSlots(PER_PEER_STREAMS)
         self.query_body_limit = query_body_limit
         self.delivery_body_limit = delivery_body_limit
 
@@ -627,4 +631,35 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
 
     if events is not None:
         events.mount(app, gateway)
+        app.add_middleware(StreamSlots, slots=gateway.streams)
     return app
+
+
+class StreamSlots:
+    """ASGI middleware: at most `slots.limit` open event streams per hospital.
+
+    A stream holds no worker while it waits, but each one polls the ledger from the thread
+    pool: thousands of streams from one member would crowd the others' requests out. A
+    hospital's consumer follows one stream; a few more allow for reconnections.
+    """
+
+    def __init__(self, app: Any, slots: PeerSlots) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != PREFIX + "/events":
+            await self.app(scope, receive, send)
+            return
+        peer = (scope.get("state") or {}).get("peer_org")
+        if peer is None:  # refused by the endpoint itself (no client certificate)
+            await self.app(scope, receive, send)
+            return
+        if not self.slots.acquire(peer):
+            reason = f"{peer} has {self.slots.limit} event streams open here already"
+            await json_response({"error": reason}, 429, {"Retry-After": "5"})(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release(peer)
