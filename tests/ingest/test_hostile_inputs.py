@@ -135,3 +135,15 @@ def test_no_patient_value_reaches_the_logs_while_ingesting(
     logged = caplog.text + "".join(r.getMessage() for r in caplog.records)
     for value in ("PAT-TROIS", "Dominique", "279035121518989", "00451287", "19790328", "7400000"):
         assert value not in logged  # ...its values are not
+
+
+def test_the_limits_are_set_per_hospital_in_its_config(consortium: list[Path]) -> None:
+    config = consortium[0] / "config.json"
+    raw = orjson.loads(config.read_bytes())
+    raw["ingest"] = {"max_bytes": 1000, "max_resources": 5}
+    config.write_bytes(orjson.dumps(raw))
+    with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
+        ingestor = Ingestor(node, vault)
+        assert (ingestor.max_bytes, ingestor.max_resources) == (1000, 5)
+        (refused,) = ingestor.ingest_bytes(_bundle(), "p.json").rejections
+        assert "limit of 1000 bytes (ingest.max_bytes)" in refused.reason
