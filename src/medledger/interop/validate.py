@@ -220,16 +220,16 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 def number_out_of_range(value: Any, kind: int = _DECIMAL) -> str | None:
     """Why a JSON number cannot be taken for a FHIR decimal/integer64 (None if it can)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
     # NaN compares unequal to itself; inf and the huge fail the bounds.
-    if kind == _DECIMAL and number and not -_DECIMAL_LIMIT < value < _DECIMAL_LIMIT:
+    if kind == _DECIMAL and is_number and not -_DECIMAL_LIMIT < value < _DECIMAL_LIMIT:
         return f"number out of range (at most {DECIMAL_DIGITS} digits before the point)"
     if kind == _INTEGER64:
         try:
-            number = int(value)
+            integer = int(value)
         except (TypeError, ValueError):
             return None  # reported as a type problem
-        if not _INT64[0] <= number <= _INT64[1]:
+        if not _INT64[0] <= integer <= _INT64[1]:
             return "number out of range (integer64: a signed 64-bit integer)"
     return None
 
