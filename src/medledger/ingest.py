@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class Ingestor:
         source = path.name
         try:
             with path.open("rb") as f:
-                size = path.stat().st_size
+                size = os.fstat(f.fileno()).st_size
                 if size > self.max_bytes:
                     return self._too_large(source, size)
                 data = f.read(self.max_bytes + 1)  # the file may have grown since
@@ -204,6 +205,12 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
             except RegistrationFailed as exc:
                 result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - the batch goes on with the next file
+                # The vault batch rolled back; a unit already held is settled by reconcile.
+                kind = type(exc).__name__
+                log.error("ingesting %s: unexpected %s while storing it", source, kind)
+                reason = f"could not be stored ({kind}); see the node's log"
+                result.rejections.append(Rejection(source, "", reason))
         return result
 
     def _precheck(self, data: bytes, source: str) -> InputError | None:
@@ -409,7 +416,7 @@ def _count_resources(data: bytes, source: str) -> int:
     OBR or OBX becomes at most one resource). The exact count is checked again after parsing.
     """
     if _is_hl7(data, source):
-        return data.count(b"\r") + data.count(b"\n") + 1
+        return max(data.count(b"\r"), data.count(b"\n")) + 1
     if source.lower().endswith((".ndjson", ".jsonl")):
         return data.count(b"\n") + 1
     return data.count(b'"resource"') or 1

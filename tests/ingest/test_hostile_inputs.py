@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -147,3 +148,29 @@ def test_the_limits_are_set_per_hospital_in_its_config(consortium: list[Path]) -
         assert (ingestor.max_bytes, ingestor.max_resources) == (1000, 5)
         (refused,) = ingestor.ingest_bytes(_bundle(), "p.json").rejections
         assert "limit of 1000 bytes (ingest.max_bytes)" in refused.reason
+
+
+def test_an_unforeseen_failure_while_storing_refuses_that_file_only(
+    hospital: tuple[Node, Vault, Ingestor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medledger.interop import metadata
+
+    node, vault, ingestor = hospital
+    real = metadata.extract_metadata
+    calls = 0
+
+    def breaks_once(resource: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first resource of the first file
+            raise KeyError(resource["resourceType"])
+        return real(resource)
+
+    monkeypatch.setattr(metadata, "extract_metadata", breaks_once)
+    first, second = ingestor.ingest_many([(_bundle(0), "a.json"), (_bundle(1), "b.json")], 1)
+    assert first.accepted == 0
+    assert [r.reason for r in first.rejections] == [
+        "could not be stored (KeyError); see the node's log"
+    ]
+    assert second.rejections == [] and second.accepted > 0
+    assert vault.patients() == list(second.pids)  # nothing of the first file stayed
