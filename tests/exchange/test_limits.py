@@ -197,3 +197,45 @@ def test_event_streams_are_bounded_per_hospital(sandbox: Sandbox) -> None:
         assert refused.status_code == 429
         assert "event streams open here already" in refused.read().decode()
         assert open_stream(C, stack).status_code == 200  # another hospital is not held back
+
+
+def test_one_hospital_cannot_hold_every_connection(sandbox: Sandbox) -> None:
+    import socket
+    import ssl
+
+    from medledger.exchange import pki
+    from medledger.exchange import server as gateway_server
+
+    limit = gateway_server.MAX_PEER_CONNECTIONS
+    uvicorn_server = sandbox.x(A).server.server
+    url = httpx.URL(sandbox.x(A).url)
+    ctx = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home))
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection((url.host, url.port), timeout=10)
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+
+    def held() -> int:
+        return gateway_server.open_connections(uvicorn_server, B)
+
+    before = held()
+    sockets: list[ssl.SSLSocket] = []
+    try:
+        # aphp-paris opens idle connections (no request on them) up to the limit...
+        sockets += [connect() for _ in range(limit - before)]
+        wait_for(lambda: held() == limit, what="aphp-paris's connections counted")
+        # ...one more is closed by the server as soon as it knows whose it is.
+        extra = connect()
+        sockets.append(extra)
+        try:
+            closed = extra.recv(1) == b""
+        except (ConnectionError, ssl.SSLError):  # a reset or a TLS alert: closed all the same
+            closed = True  # (a timeout is no answer: it fails the test)
+        assert closed and held() == limit
+        # chu-bordeaux still gets in and is served.
+        answer, _ = sandbox.x(C).client.post(A, "index", {"pid": PID, "purpose": "treatment"})
+        assert answer["entries"] == []
+    finally:
+        for s in sockets:
+            s.close()
+    wait_for(lambda: held() == before, what="aphp-paris's connections released")
