@@ -6,12 +6,20 @@ vault transaction, then their index entries (commitment + sealed metadata) are r
 the chain in one tx. The unit is confirmed once that tx commits; if the chain refuses it, its
 records are withdrawn and nothing of the unit remains anywhere. `registrations` says how a
 crash in between loses nothing.
+
+Limits: an input larger than `max_bytes` (20 MiB by default) is refused before it is read
+(files) or parsed (bytes), and one with more than `max_resources` resources (10,000) before
+it is validated; both are set per hospital in config.json (`ingest.max_bytes`,
+`ingest.max_resources`). Every refusal names the input and, where it can, the entry and field;
+an input that breaks the parser in an unforeseen way is refused too, and the batch goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,8 +36,12 @@ from medledger.registrations import RegistrationFailed, RegistrationPending
 from medledger.vault import Vault
 from medledger.wallet import TxRejected
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1000  # resources per chain tx for NDJSON bulk files (a Bundle is never split)
 _HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7")
+MAX_BYTES = 20 * 1024 * 1024  # a 50 MB Bundle took 446 MB of memory to validate
+MAX_RESOURCES = 10_000
 
 
 @dataclass
@@ -51,23 +63,61 @@ class UnitResult:
 class Ingestor:
     """Ingests files for one hospital: its node (to reach the chain) and its vault."""
 
-    def __init__(self, node: Node, vault: Vault) -> None:
+    def __init__(
+        self,
+        node: Node,
+        vault: Vault,
+        max_bytes: int | None = None,
+        max_resources: int | None = None,
+    ) -> None:
         self.node = node
         self.vault = vault
         self.org = node.config.org
         self.pseudonym_key = node.config.pseudonym_key()
+        configured = node.config.raw.get("ingest")
+        limits: dict[str, Any] = configured if isinstance(configured, dict) else {}
+        self.max_bytes = int(max_bytes or limits.get("max_bytes") or MAX_BYTES)
+        self.max_resources = int(max_resources or limits.get("max_resources") or MAX_RESOURCES)
 
     # -- entry points ----------------------------------------------------------------------
     def ingest_path(self, path: Path) -> UnitResult:
+        read = self.read_file(path)
+        return read if isinstance(read, UnitResult) else self.ingest_bytes(*read)
+
+    def read_file(self, path: Path) -> tuple[bytes, str] | UnitResult:
+        """(bytes, name) of a file, or its refusal when unreadable or above `max_bytes`.
+
+        A file too large is refused on its size, before a byte of it is read.
+        """
         source = path.name
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_bytes:
+                    return self._too_large(source, size)
+                data = f.read(self.max_bytes + 1)  # the file may have grown since
         except OSError as exc:
-            return UnitResult(source, rejections=[Rejection(source, "", f"cannot read: {exc}")])
-        return self.ingest_bytes(data, source)
+            reason = f"cannot read: {exc.strerror or type(exc).__name__}"
+            return UnitResult(source, rejections=[Rejection(source, "", reason)])
+        if len(data) > self.max_bytes:
+            return self._too_large(source, None)
+        return data, source
+
+    def read_files(self, paths: Iterable[Path]) -> Iterator[tuple[bytes, str] | UnitResult]:
+        """`read_file` for each path, lazily: the input of `ingest_many`."""
+        for path in paths:
+            yield self.read_file(path)
+
+    def _too_large(self, source: str, size: int | None) -> UnitResult:
+        what = f"{size} bytes" if size is not None else "larger"
+        reason = (
+            f"the file is too large: {what}, more than the ingestion limit of {self.max_bytes} "
+            "bytes (ingest.max_bytes); split it"
+        )
+        return UnitResult(source, rejections=[Rejection(source, "", reason)])
 
     def ingest_many(
-        self, inputs: Iterable[tuple[bytes, str]], workers: int = 2
+        self, inputs: Iterable[tuple[bytes, str] | UnitResult], workers: int = 2
     ) -> Iterator[UnitResult]:
         """Ingest several inputs, validating them in `workers` processes ahead of storing.
 
@@ -78,39 +128,73 @@ class Ingestor:
         hospital's records resolve.
         """
         if workers <= 1:
-            for data, source in inputs:
-                yield self.ingest_bytes(data, source)
+            for given in inputs:
+                yield given if isinstance(given, UnitResult) else self.ingest_bytes(*given)
             return
         import multiprocessing
         from collections import deque
         from concurrent.futures import Future, ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("forkserver")
-        window: deque[tuple[bytes, str, Future[list[Any] | None]]] = deque()
+        window: deque[UnitResult | tuple[bytes, str, Future[list[Any] | None] | None]]
+        window = deque()
+
+        def settle(
+            item: UnitResult | tuple[bytes, str, Future[list[Any] | None] | None],
+        ) -> UnitResult:
+            if isinstance(item, UnitResult):
+                return item  # refused before reading (a file too large, unreadable)
+            data, source, future = item
+            parsed = None
+            if future is not None:
+                try:
+                    parsed = future.result()
+                except Exception:  # noqa: BLE001 - a worker crash: validate again here
+                    parsed = None
+            return self.ingest_bytes(data, source, parsed=parsed)
+
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for data, source in inputs:
-                window.append((data, source, pool.submit(_parse_alone, data, source)))
+            for given in inputs:
+                if isinstance(given, UnitResult):
+                    window.append(given)
+                else:
+                    data, source = given
+                    # Too large or too many: refused by ingest_bytes, not shipped to a worker.
+                    ahead = self._precheck(data, source) is None
+                    future = pool.submit(_parse_alone, data, source) if ahead else None
+                    window.append((data, source, future))
                 if len(window) > workers * 4:
-                    d, src, future = window.popleft()
-                    yield self.ingest_bytes(d, src, parsed=future.result())
+                    yield settle(window.popleft())
             while window:
-                d, src, future = window.popleft()
-                yield self.ingest_bytes(d, src, parsed=future.result())
+                yield settle(window.popleft())
 
     def ingest_bytes(
         self, data: bytes, source: str, parsed: list[Any] | None = None, author: str = ""
     ) -> UnitResult:
-        """`author` names who wrote the records (the API's caller, see `records.register`);
+        """Ingest one input (a file's bytes); every problem comes back as a `Rejection`.
+
+        `author` names who wrote the records (the API's caller, see `records.register`);
         "" for the hospital's own feeds."""
         result = UnitResult(source)
         try:
             if parsed is None:
+                refused = self._precheck(data, source)
+                if refused is not None:
+                    raise refused
                 parsed = _parse(data, source, self._resolve)
+            if len(parsed) > self.max_resources:
+                raise _too_many(source, len(parsed), self.max_resources)
         except InputError as exc:
             result.rejections = [
                 Rejection(source, p.location().removeprefix(source).lstrip(", "), p.message)
                 for p in exc.problems
             ]
+            return result
+        except Exception as exc:  # noqa: BLE001 - any input gets an answer, never a traceback
+            # Only the type: a library's message may quote the input (a name, an INS).
+            log.error("ingesting %s: unexpected %s while reading it", source, type(exc).__name__)
+            reason = f"the file could not be read ({type(exc).__name__}); nothing of it stored"
+            result.rejections = [Rejection(source, "", reason)]
             return result
         bundle_like = not source.lower().endswith((".ndjson", ".jsonl"))
         chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
@@ -126,7 +210,28 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
             except RegistrationFailed as exc:
                 result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - the batch goes on with the next file
+                # The vault batch rolled back; a unit already held is settled by reconcile.
+                kind = type(exc).__name__
+                log.error("ingesting %s: unexpected %s while storing it", source, kind)
+                reason = f"could not be stored ({kind}); see the node's log"
+                result.rejections.append(Rejection(source, "", reason))
         return result
+
+    def _precheck(self, data: bytes, source: str) -> InputError | None:
+        """The refusal of an input too large or with too many resources, known before parsing."""
+        if len(data) > self.max_bytes:
+            return InputError(
+                source,
+                None,
+                None,
+                f"the file is too large: {len(data)} bytes, more than the ingestion limit of "
+                f"{self.max_bytes} bytes (ingest.max_bytes); split it",
+            )
+        count = _count_resources(data, source)
+        if count > self.max_resources:
+            return _too_many(source, count, self.max_resources)
+        return None
 
     # -- internals ---------------------------------------------------------------------------
     def _resolve(self, reference: str) -> str | None:
@@ -304,16 +409,43 @@ def _parse(data: bytes, source: str, resolve: Callable[[str], str | None] | None
     from medledger.interop.fhir import parse_fhir
     from medledger.interop.hl7v2 import parse_hl7v2
 
-    if source.lower().endswith(_HL7_SUFFIXES) or data.lstrip().startswith(b"MSH"):
+    if _is_hl7(data, source):
         return parse_hl7v2(data, source, resolve=resolve)
     return parse_fhir(data, source, resolve=resolve)
+
+
+def _is_hl7(data: bytes, source: str) -> bool:
+    return source.lower().endswith(_HL7_SUFFIXES) or data.lstrip().startswith(b"MSH")
+
+
+def _count_resources(data: bytes, source: str) -> int:
+    """An upper bound of the resources an input holds, counted without parsing it.
+
+    NDJSON: its lines; a Bundle: its `"resource"` keys; HL7 v2: its segments (each PID, PV1,
+    OBR or OBX becomes at most one resource). The exact count is checked again after parsing.
+    """
+    if _is_hl7(data, source):
+        return max(data.count(b"\r"), data.count(b"\n")) + 1
+    if source.lower().endswith((".ndjson", ".jsonl")):
+        return data.count(b"\n") + 1
+    return data.count(b'"resource"') or 1
+
+
+def _too_many(source: str, count: int, limit: int) -> InputError:
+    return InputError(
+        source,
+        None,
+        None,
+        f"too many resources: {count}, more than the ingestion limit of {limit} "
+        "(ingest.max_resources); split the file",
+    )
 
 
 def _parse_alone(data: bytes, source: str) -> list[Any] | None:
     """In a worker process: validate without this hospital's records (None: redo at home)."""
     try:
         return _parse(data, source, None)
-    except InputError:
+    except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
 
 

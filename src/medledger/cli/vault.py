@@ -32,6 +32,10 @@ def register(app: typer.Typer) -> None:
             list[Path], typer.Argument(help="FHIR JSON/NDJSON or HL7 v2 files, or folders.")
         ],
         workers: Annotated[int, typer.Option(help="Processes validating ahead (1: none).")] = 2,
+        max_mb: Annotated[
+            int | None,
+            typer.Option(help="Largest file taken, in MiB (default: ingest.max_bytes, 20 MiB)."),
+        ] = None,
     ) -> None:
         """Validate, encrypt into the vault and register on the chain; a file is all or nothing."""
         from medledger.ingest import Ingestor
@@ -48,7 +52,7 @@ def register(app: typer.Typer) -> None:
             settled = reconcile(node.engine, vault)  # what an earlier crash left undecided
             if settled.settled:
                 console.print(f"earlier ingestions: {settled.summary()}")
-            ingestor = Ingestor(node, vault)
+            ingestor = Ingestor(node, vault, max_bytes=max_mb * 1024 * 1024 if max_mb else None)
             results = []
             with Progress(
                 TextColumn("{task.description}"),
@@ -58,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 transient=True,
             ) as progress:
                 task = progress.add_task("ingesting", total=len(paths))
-                inputs = ((p.read_bytes(), p.name) for p in paths)
+                inputs = ingestor.read_files(paths)  # a file too large is refused unread
                 for result in ingestor.ingest_many(inputs, workers=workers):
                     progress.update(task, description=f"ingested {result.source}")
                     results.append(result)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from medledger.node import Node
 
 PREFIX = "/exchange/v1"
+#: Largest answer read from a peer (a records answer: up to 500 resources, base64-encoded).
+MAX_ANSWER = 64 * 1024 * 1024
 
 
 class ExchangeError(Exception):
@@ -130,8 +132,10 @@ class ExchangeClient:
         signer: SigningKey | None = None,
         directory: Directory | None = None,
         timeout: float = 60.0,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         self.node = node
+        self.max_answer = max_answer
         self.org = node.config.org
         self.signer = RequestSigner(signer or node.org_key)
         self.directory = directory or Directory.from_config(node.config.raw)
@@ -187,17 +191,36 @@ class ExchangeClient:
         headers = self.signer.headers("POST", path, body, org)
         headers["content-type"] = "application/json"
         try:
-            response = self._client(org).post(path, content=body, headers=headers)
+            with self._client(org).stream("POST", path, content=body, headers=headers) as response:
+                self._check_server(org, response)
+                content = self._read_answer(org, response)
         except httpx.HTTPError as exc:
             raise ExchangeError(org, 0, f"unreachable: {type(exc).__name__}: {exc}") from None
-        self._check_server(org, response)
         try:
-            answer = orjson.loads(response.content)
+            answer = orjson.loads(content)
         except orjson.JSONDecodeError:
-            answer = {"error": response.text[:200]}
+            answer = {"error": content[:200].decode(errors="replace")}
+        if not isinstance(answer, dict):
+            answer = {"error": "the answer is not a JSON object"}
+            if response.status_code == 200:
+                raise ExchangeError(org, 0, answer["error"])
         if response.status_code != 200:
             raise ExchangeError(org, response.status_code, str(answer.get("error", "refused")))
         return answer, response.headers.get("server-timing", "")
+
+    def _read_answer(self, org: str, response: httpx.Response) -> bytes:
+        """The answer's bytes, read only up to `max_answer`: a peer cannot exhaust our memory."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_answer:
+            raise ExchangeError(org, 0, f"answer of {declared} bytes, over {self.max_answer}")
+        parts: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_answer:
+                raise ExchangeError(org, 0, f"answer over {self.max_answer} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
     # -- what a hospital asks --------------------------------------------------------------
     def _ask(self, pid: str, purpose: str, study: str | None, **more: Any) -> dict[str, Any]:

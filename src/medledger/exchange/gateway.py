@@ -20,15 +20,32 @@ happened. Denials are committed too, with their reason.
 
 Bodies and answers are JSON; resource bytes and salts travel base64-encoded so that the bytes
 the commitment was made on arrive unchanged.
+
+What one member can cost another (every member holds a valid certificate and keys, so a
+misbehaving or compromised one must not be able to stall a custodian):
+
+- a body is refused with 413 past its endpoint's limit (`QUERY_BODY_LIMIT` for the questions,
+  `DELIVERY_BODY_LIMIT` for deliveries), on its Content-Length or, without one, as soon as the
+  chunks read exceed it: a body is never read whole before its size is known to be acceptable;
+- at most `PER_PEER_REQUESTS` requests of one hospital (the one its client certificate names)
+  are in the gateway's workers at a time; more are answered 429 at once, so one hospital can
+  never hold all the workers and starve the others;
+- at most `PER_PEER_STREAMS` event streams of one hospital are open at a time (429 past it);
+- the `height` a requester says it has seen is waited for only if it is at most `MAX_AHEAD`
+  blocks beyond this replica, and for at most `catch_up_timeout` seconds; a height further
+  ahead is answered 503 at once (a replica that far behind cannot serve consistently anyway).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,6 +70,16 @@ log = logging.getLogger(__name__)
 PREFIX = "/exchange/v1"
 PURPOSES = ("treatment", "emergency", "research")
 MAX_RIDS = 500
+#: Largest body of a question (index, records, metadata-key): 500 rids fit in a tenth of it.
+QUERY_BODY_LIMIT = 256 * 1024
+#: Largest referral delivery (resources base64-encoded): about a 20 MB ingestion's worth.
+DELIVERY_BODY_LIMIT = 32 * 1024 * 1024
+#: Requests one hospital may have in the gateway's workers at once (the pool has 40 threads).
+PER_PEER_REQUESTS = 8
+#: Event streams one hospital may hold open at once (a consumer follows one).
+PER_PEER_STREAMS = 4
+#: How far beyond this replica's height a requester's `height` may be and still be waited for.
+MAX_AHEAD = 5
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,62 @@ def unb64(text: Any, what: str) -> bytes:
 DeliveryHandler = Callable[[Caller, dict[str, Any]], dict[str, Any]]
 
 
+class PeerSlots:
+    """At most `limit` requests per hospital at a time: one member cannot hold every worker.
+
+    Keyed by the hospital the TLS client certificate names (checked by the handshake, before
+    any byte of the request is read), so a member cannot spread its requests over other names.
+    """
+
+    def __init__(self, limit: int = PER_PEER_REQUESTS) -> None:
+        self.limit = limit
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, peer: str) -> bool:
+        """Take a slot for `peer`; False (take nothing) when it already has `limit`."""
+        with self._lock:
+            busy = self._busy.get(peer, 0)
+            if busy >= self.limit:
+                return False
+            self._busy[peer] = busy + 1
+            return True
+
+    def release(self, peer: str) -> None:
+        with self._lock:
+            busy = self._busy.get(peer, 0) - 1
+            if busy > 0:
+                self._busy[peer] = busy
+            else:
+                self._busy.pop(peer, None)
+
+    def busy(self, peer: str) -> int:
+        """How many of `peer`'s requests are being served now."""
+        with self._lock:
+            return self._busy.get(peer, 0)
+
+
+async def read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The request body, or a 413 as soon as it is known to exceed `limit` bytes.
+
+    `declared` is the Content-Length header (refused at once when too large); without one
+    (chunked transfer), chunks are read only until the total passes the limit.
+    """
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise Refused(400, "Content-Length: a number of bytes expected")
+        if int(declared) > limit:
+            raise Refused(413, f"body: {int(declared)} bytes, more than the limit of {limit}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"body: more than the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class Gateway:
     """The custodian side, independent of HTTP (the FastAPI app below is a thin shell)."""
 
@@ -118,7 +201,10 @@ class Gateway:
         policy: Policy,
         on_delivery: DeliveryHandler | None = None,
         commit_timeout: float = 30.0,
-        catch_up_timeout: float = 10.0,
+        catch_up_timeout: float = 5.0,
+        per_peer: int = PER_PEER_REQUESTS,
+        query_body_limit: int = QUERY_BODY_LIMIT,
+        delivery_body_limit: int = DELIVERY_BODY_LIMIT,
     ) -> None:
         self.node = node
         self.vault = vault
@@ -128,6 +214,10 @@ class Gateway:
         self.on_delivery = on_delivery
         self.commit_timeout = commit_timeout
         self.catch_up_timeout = catch_up_timeout
+        self.peers = PeerSlots(per_peer)
+        self.streams = PeerSlots(PER_PEER_STREAMS)
+        self.query_body_limit = query_body_limit
+        self.delivery_body_limit = delivery_body_limit
 
     # -- who is asking -----------------------------------------------------------------
     def authenticate(
@@ -277,7 +367,20 @@ class Gateway:
         moments: a requester that saw a record in block h may ask before the custodian's own
         replica has committed h. Reading at least at the requester's height makes the
         custodian's answer consistent with what the requester saw.
+
+        Only a height that can arrive soon is waited for: one more than `MAX_AHEAD` blocks
+        beyond this replica is refused at once, since waiting holds a worker and any member
+        may name any height (10**12 held a worker for the whole timeout).
         """
+        mine = self.node.engine.height()
+        if height <= mine:
+            return
+        if height - mine > MAX_AHEAD:
+            raise Refused(
+                503,
+                f"height: block {height} is {height - mine} blocks ahead of this replica "
+                f"(at {mine}; at most {MAX_AHEAD} are waited for)",
+            )
         deadline = time.monotonic() + self.catch_up_timeout
         while self.node.engine.height() < height:
             if time.monotonic() > deadline:
@@ -464,17 +567,20 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    handlers: dict[str, tuple[Callable[[Caller, bytes, Timing], dict[str, Any]], bool]] = {
-        "index": (gateway.index, True),
-        "records": (gateway.records, True),
-        "metadata-key": (gateway.metadata_key, True),
-        "deliveries": (gateway.delivery, False),  # holds clinical data: not kept as evidence
+    # endpoint -> (Gateway method, body kept as evidence, body size limit)
+    handlers: dict[str, tuple[str, bool, int]] = {
+        "index": ("index", True, gateway.query_body_limit),
+        "records": ("records", True, gateway.query_body_limit),
+        "metadata-key": ("metadata_key", True, gateway.query_body_limit),
+        # holds clinical data: not kept as evidence
+        "deliveries": ("delivery", False, gateway.delivery_body_limit),
     }
 
     def run(
         name: str, target: str, body: bytes, headers: dict[str, str], peer: str | None
     ) -> Response:
-        fn, keep = handlers[name]
+        method, keep, _ = handlers[name]
+        fn: Callable[[Caller, bytes, Timing], dict[str, Any]] = getattr(gateway, method)
         timing = Timing()
         try:
             caller = gateway.authenticate("POST", target, body, headers, peer, keep_body=keep)
@@ -483,16 +589,37 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
             return json_response(
                 {"error": exc.reason}, exc.status, {"Server-Timing": timing.header()}
             )
+        except Exception as exc:  # noqa: BLE001 - answered here, not by uvicorn's traceback
+            # The message and the traceback's text may quote the request (a pid, a resource):
+            # the log says what failed and where in our code, never with what values.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+            kind = type(exc).__name__
+            log.error("%s: %s request failed: %s at %s", gateway.org, name, kind, where)
+            return json_response({"error": "internal error (logged at the custodian)"}, 500)
         return json_response(result, headers={"Server-Timing": timing.header()})
 
     async def endpoint(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in handlers:
             return json_response({"error": f"no endpoint {name}"}, 404)
-        body = await request.body()
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run_in_threadpool(run, name, target, body, headers, peer_of(request))
+        peer = peer_of(request)
+        if peer is None:
+            return json_response({"error": "no client certificate from the consortium CA"}, 403)
+        if not gateway.peers.acquire(peer):
+            reason = f"{peer} has {gateway.peers.limit} requests in progress here already"
+            return json_response({"error": reason}, 429, {"Retry-After": "1"})
+        try:
+            declared = request.headers.get("content-length")
+            try:
+                body = await read_body(declared, request.stream(), handlers[name][2])
+            except Refused as exc:
+                return json_response({"error": exc.reason}, exc.status, {"Connection": "close"})
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            return await run_in_threadpool(run, name, target, body, headers, peer)
+        finally:
+            gateway.peers.release(peer)
 
     app.add_api_route(PREFIX + "/{name}", endpoint, methods=["POST"])
 
@@ -504,4 +631,35 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
 
     if events is not None:
         events.mount(app, gateway)
+        app.add_middleware(StreamSlots, slots=gateway.streams)
     return app
+
+
+class StreamSlots:
+    """ASGI middleware: at most `slots.limit` open event streams per hospital.
+
+    A stream holds no worker while it waits, but each one polls the ledger from the thread
+    pool: thousands of streams from one member would crowd the others' requests out. A
+    hospital's consumer follows one stream; a few more allow for reconnections.
+    """
+
+    def __init__(self, app: Any, slots: PeerSlots) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != PREFIX + "/events":
+            await self.app(scope, receive, send)
+            return
+        peer = (scope.get("state") or {}).get("peer_org")
+        if peer is None:  # refused by the endpoint itself (no client certificate)
+            await self.app(scope, receive, send)
+            return
+        if not self.slots.acquire(peer):
+            reason = f"{peer} has {self.slots.limit} event streams open here already"
+            await json_response({"error": reason}, 429, {"Retry-After": "5"})(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release(peer)

@@ -5,6 +5,11 @@ gateway needs it: the certificate's hospital must be the signer's. So connection
 subclass of uvicorn's h11 protocol that reads the verified peer certificate once per
 connection and puts its hospital into every request's `request.state.peer_org`.
 
+The same protocol bounds the connections one hospital may hold open at once
+(`MAX_PEER_CONNECTIONS`): past it, a new connection is closed as soon as its certificate is
+known, so that a member opening thousands cannot exhaust the server's file descriptors and
+lock the other hospitals out. (Its requests and streams are bounded in gateway.py.)
+
 The server runs in its own thread and event loop, so a node process can run its ledger engine,
 its gateway and its sync agent side by side, and a sandbox can run several hospitals' gateways
 in one process.
@@ -17,18 +22,30 @@ import logging
 import ssl
 import threading
 import time
+import weakref
+from collections import Counter
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from medledger.exchange.pki import peer_org
 
 log = logging.getLogger(__name__)
 
 
+#: Connections one hospital may hold open to a server at once (its client pools 32).
+MAX_PEER_CONNECTIONS = 64
+
+# Open connections per hospital, per server (a process may serve several gateways).
+_open: weakref.WeakKeyDictionary[ServerState, Counter[str]] = weakref.WeakKeyDictionary()
+
+
 class _MtlsH11Protocol(H11Protocol):
     """h11 protocol that exposes the verified client certificate's hospital to the app."""
+
+    _counted: str | None = None  # the hospital this connection is counted for
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -37,6 +54,31 @@ class _MtlsH11Protocol(H11Protocol):
         if ssl_object is not None:
             org = peer_org(ssl_object.getpeercert())
         self.app_state = {**self.app_state, "peer_org": org}
+        if org is None:
+            return
+        counts = _open.setdefault(self.server_state, Counter())
+        if counts[org] >= MAX_PEER_CONNECTIONS:
+            log.warning("%s holds %d connections already: closing a new one", org, counts[org])
+            transport.close()
+            return
+        counts[org] += 1
+        self._counted = org
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted is not None:
+            counts = _open.get(self.server_state)
+            if counts is not None:
+                counts[self._counted] -= 1
+                if counts[self._counted] <= 0:
+                    del counts[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
+
+
+def open_connections(server: uvicorn.Server, org: str) -> int:
+    """How many connections `org` holds open to `server` now."""
+    counts = _open.get(server.server_state)
+    return counts[org] if counts is not None else 0
 
 
 class ServerThread:

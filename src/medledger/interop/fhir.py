@@ -655,7 +655,20 @@ def _finish(
         if item.raw is not None and not item.changed:
             json_bytes = item.raw
         else:
-            json_bytes = orjson.dumps(item.resource)
+            try:
+                json_bytes = orjson.dumps(item.resource)
+            except orjson.JSONEncodeError:
+                # Validation bounds every number; this is the last line should one slip by.
+                problems.append(
+                    InputError(
+                        source,
+                        item.label,
+                        None,
+                        "the resource cannot be written as JSON (a number out of range?)",
+                        resource_type=item.resource_type,
+                    )
+                )
+                continue
         out.append(
             ParsedResource(
                 resource_type=item.resource_type,
@@ -671,6 +684,7 @@ def _finish(
                 resource=item.resource,
             )
         )
+    raise_all(problems)
     return out
 
 

@@ -26,7 +26,9 @@ zone (Europe/Paris by default), since FHIR requires an offset on any time.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from medledger.interop.ins import (
     parse_ins,
 )
 from medledger.interop.metadata import VITAL_SIGN_LOINC
+from medledger.interop.validate import DECIMAL_DIGITS
 
 SUPPORTED_MESSAGES = ("ADT^A01", "ADT^A04", "ADT^A08", "ORU^R01")
 DEFAULT_TIMEZONE = "Europe/Paris"
@@ -115,6 +118,43 @@ _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _ID_NAMESPACE = uuid.UUID("9a1d6f0e-4c1b-5d8e-9a63-6d65646c6467")
+
+
+# --------------------------------------------------------------------------- the library's logs
+
+
+class _WithoutValues(logging.Filter):
+    """Keep python-hl7's log events, drop the values they quote.
+
+    The library logs whole fields when it meets an escape it cannot decode (`Error decoding
+    value [Q], field [PAT-TROIS\\Q\\]`): a patient's name or identifier would end up in the
+    node's log. Its messages are fixed texts followed by the values in brackets; only the text
+    before the first bracket is kept, without arguments or traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        what = str(record.msg).split("[", 1)[0].strip().rstrip(",") or "event"
+        record.msg = f"python-hl7: {what} (values withheld)"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def quiet_hl7_loggers() -> None:
+    """Put the filter on every python-hl7 logger (they are named after the library's files)."""
+    for name, module in list(sys.modules.items()):
+        if name != "hl7" and not name.startswith("hl7."):
+            continue
+        logger = getattr(module, "logger", None)
+        if isinstance(logger, logging.Logger) and not any(
+            isinstance(f, _WithoutValues) for f in logger.filters
+        ):
+            logger.addFilter(_WithoutValues())
+
+
+quiet_hl7_loggers()
 
 
 # --------------------------------------------------------------------------- reading
@@ -293,8 +333,12 @@ def _concept(segment: Any, field: int, rep: int = 1) -> dict[str, Any] | None:
 
 
 def _number(text: str) -> int | float:
+    """An NM value; ValueError when it is not a number or beyond what FHIR decimals carry here."""
     if not _NUMBER.match(text):
         raise ValueError("value is not a valid number")
+    whole = text.lstrip("+-").split(".")[0].lstrip("0")
+    if len(whole) > DECIMAL_DIGITS or len(text) > 4 * DECIMAL_DIGITS:
+        raise ValueError(f"number out of range (at most {DECIMAL_DIGITS} digits before the point)")
     return float(text) if "." in text else int(text)
 
 

@@ -211,6 +211,29 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+#: Decimals are bounded in magnitude: beyond, JSON libraries (orjson, and most readers of the
+#: stored bytes) lose or refuse the number, and no clinical quantity comes near.
+DECIMAL_DIGITS = 18
+_DECIMAL_LIMIT = 10**DECIMAL_DIGITS
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def number_out_of_range(value: Any, kind: int = _DECIMAL) -> str | None:
+    """Why a JSON number cannot be taken for a FHIR decimal/integer64 (None if it can)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    # NaN compares unequal to itself; inf and the huge fail the bounds.
+    if kind == _DECIMAL and is_number and not -_DECIMAL_LIMIT < value < _DECIMAL_LIMIT:
+        return f"number out of range (at most {DECIMAL_DIGITS} digits before the point)"
+    if kind == _INTEGER64:
+        try:
+            integer = int(value)
+        except (TypeError, ValueError):
+            return None  # reported as a type problem
+        if not _INT64[0] <= integer <= _INT64[1]:
+            return "number out of range (integer64: a signed 64-bit integer)"
+    return None
+
+
 def _check_value(
     spec: _Field,
     value: Any,
@@ -250,6 +273,10 @@ def _check_value(
                 path, f"expected {_KIND_NAMES[kind]} ({spec.fhir_type}), got {_json_kind(value)}"
             )
         )
+        return
+    out_of_range = number_out_of_range(value, kind)
+    if out_of_range:
+        problems.append(Problem(path, out_of_range))
 
 
 def walk(
