@@ -228,6 +228,42 @@ def test_a_custodian_shredding_reaches_copies_held_beside_own_records(sandbox: S
     assert sandbox.x(B).store.key(A, pid) is None
 
 
+def test_the_agent_does_not_attest_when_the_own_records_retention_has_run_out(
+    sandbox: Sandbox,
+) -> None:
+    """Attesting would attest the own care records' erasure too: that is the DPO's act."""
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    # 21 years on, by the chain's clock: B's (and A's) care records are past their retention.
+    sandbox.root.engine.clock = lambda: time.time() + 21 * 366 * DAY_MS / 1000  # type: ignore[attr-defined]
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+
+    def obligation_of_b() -> dict:  # type: ignore[type-arg]
+        found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
+        return next(o for o in found["obligations"] if o["holder"] == B)
+
+    assert obligation_of_b()["custody"]["status"] == "pending"  # no retention left to refuse it
+    wait_for(lambda: _erase_jobs(sandbox, B), what="B's erase job")
+    # The agent shreds the copies apart, but leaves the obligation to B's DPO.
+    assert _erase_jobs(sandbox, B) == [
+        f"{len(copied)} copies erased apart from the own care records"
+    ]
+    assert obligation_of_b()["status"] == "pending"
+    vault_b = sandbox.h[B].vault
+    assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
+    for rid in copied:
+        with pytest.raises(PatientErased):
+            vault_b.get(rid)
+
+    b = sandbox.h[B]
+    assert b.exchange is not None
+    b.exchange.stop()
+    b.exchange = None
+    outcome = carry_out(b.node, b.vault, pid)  # the DPO erases the own records, and attests
+    assert outcome.status == "erased" and outcome.shred is not None
+    assert outcome.shred.records == len(own) and b.vault.is_erased(pid)
+    assert obligation_of_b()["status"] == "attested"
+
+
 def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(
     sandbox: Sandbox,
 ) -> None:
