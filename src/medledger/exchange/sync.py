@@ -832,9 +832,9 @@ class SyncAgent:
                 "DELETE FROM jobs WHERE pid = ? AND kind = 'sync' AND custodian = ?",
                 (pid, custodian),
             )
-        self.vault.purge_pending()
         if not receipt.copies_shredded:
             return f"no copy of {custodian}'s records held here"
+        self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies of {custodian}'s records erased"
 
     def _erase_copies_apart(self, job: Job) -> str:
