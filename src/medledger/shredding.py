@@ -17,11 +17,16 @@ copies must before the deadline.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from medledger.node import Node
 from medledger.vault import Vault
+
+MAX_REASON = 500
 
 
 @dataclass(frozen=True)
@@ -119,3 +124,84 @@ def carry_out(
         {"request": request, "digest": b"", "records": result.records + result.copies},
     )
     return ErasureOutcome(request, "erased", "", result)
+
+
+@dataclass(frozen=True)
+class ReinstateOutcome:
+    status: str  # "reinstated", "refused", "nothing-to-do"
+    reason: str  # why refused, or on what basis reinstated
+    generation: int = 0
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="seconds")
+
+
+def reinstate_copies(
+    node: Node, vault: Vault, pid: str, custodian: str, force_reason: str | None = None
+) -> ReinstateOutcome:
+    """Accept copies of `custodian`'s records of the patient here again, if the DPO may.
+
+    Refused while the patient's erasure request stands, even forced: every copy must go.
+    Otherwise allowed when the chain shows records of the patient that the custodian
+    registered after its `records.shredded`, or forced with a reason (1 to 500 characters,
+    recorded in the home's `reinstatements.jsonl`). Erased copies stay unreadable for ever.
+    """
+    if force_reason is not None:
+        force_reason = force_reason.strip()
+        if not 0 < len(force_reason) <= MAX_REASON:
+            raise ValueError(
+                f"--reason: say in 1 to {MAX_REASON} characters why the copies may come back "
+                "although the chain shows nothing new"
+            )
+    request: dict[str, Any] | None = node.engine.query("erasure/status", {"pid": pid})
+    if request is not None:
+        return ReinstateOutcome(
+            "refused", f"erasure request {request['id']} of this patient stands: no copy comes back"
+        )
+    if vault.is_erased(pid):
+        return ReinstateOutcome(
+            "refused", "the patient was erased as a whole here, not only one custodian's copies"
+        )
+    refused_since = vault.copies_refused(pid, custodian)
+    if refused_since is None:
+        return ReinstateOutcome(
+            "nothing-to-do", f"copies of {custodian}'s records of this patient are not refused here"
+        )
+    shredded: dict[str, Any] | None = node.engine.query(
+        "records/shredded", {"holder": custodian, "pid": pid}
+    )
+    newer: list[dict[str, Any]] = []
+    if shredded is not None:
+        newer = [
+            e
+            for e in node.engine.query("records/of_patient", {"pid": pid, "custodian": custodian})
+            if int(e["time"]) > int(shredded["time"])
+        ]
+    if newer:
+        assert shredded is not None
+        basis = (
+            f"{len(newer)} record{'s' if len(newer) > 1 else ''} registered by {custodian} "
+            f"since its shredding of {_iso(int(shredded['time']))}"
+        )
+    elif force_reason is not None:
+        basis = f"forced by the DPO: {force_reason}"
+    else:
+        since = "" if shredded is None else f" of {_iso(int(shredded['time']))}"
+        return ReinstateOutcome(
+            "refused",
+            f"the chain shows no record of {custodian}'s for this patient registered since its "
+            f"shredding{since}; if you know better, give --force and --reason",
+        )
+    generation = vault.reinstate(pid, custodian=custodian)
+    entry = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "pid": pid,
+        "custodian": custodian,
+        "copies_erased_at": refused_since.isoformat(timespec="seconds"),
+        "forced": not newer,
+        "basis": basis,
+    }
+    with open(node.config.home / "reinstatements.jsonl", "ab") as log:
+        log.write(orjson.dumps(entry) + b"\n")
+    return ReinstateOutcome("reinstated", basis, generation)

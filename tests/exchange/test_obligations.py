@@ -112,23 +112,53 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
 
 
+def _copies_from_a_and_c(sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
+    """A patient with care records at A and at C, and B holding copies of both (only copies)."""
+    by_org = generate(6, [A, B, C], seed=3)
+    at_c = {bundle_label(b): b for b in by_org[C]}
+    bundle_a = next(b for b in by_org[A] if bundle_label(b) in at_c)
+    pid, from_a = sandbox.ingest(A, bundle_a)
+    pid_c, from_c = sandbox.ingest(C, at_c[bundle_label(bundle_a)])
+    assert pid_c == pid
+    sandbox.consent(A, pid, B)
+    vault_b = sandbox.h[B].vault
+    wait_for(lambda: len(vault_b.records_of(pid)) == len(from_a) + len(from_c), what="prefetch")
+    return pid, from_a, from_c
+
+
+def _erase_jobs(sandbox: Sandbox, org: str) -> list[str]:
+    return [j["detail"] for j in sandbox.x(org).store.history() if j["kind"] == "erase"]
+
+
 def test_a_custodian_shredding_its_records_erases_the_copies(sandbox: Sandbox) -> None:
-    pid, n = _prefetched(sandbox)
+    """Only that custodian's copies go: on main B erased the whole patient, C's copies too."""
+    pid, from_a, from_c = _copies_from_a_and_c(sandbox)
     receipt = sandbox.h[A].vault.erase(pid)
     sandbox.h[A].node.wallet.send(
         "records.shredded",
         {"pid": pid, "digest": receipt.digest, "records": receipt.records_shredded, "copies": 0},
     )
+    wait_for(lambda: _erase_jobs(sandbox, B), what="B's erase job")
+    assert _erase_jobs(sandbox, B) == [f"{len(from_a)} copies of {A}'s records erased"]
     vault_b = sandbox.h[B].vault
-    wait_for(lambda: vault_b.is_erased(pid), what="copies erased at B")
-    shredded = wait_for(
-        lambda: sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid}),
-        what="B's attestation",
-    )
-    assert shredded["copies"] == n
-    # And nothing comes back: the custodian refuses, the vault refuses.
+    assert not vault_b.is_erased(pid)
+    for rid in from_a:
+        with pytest.raises(PatientErased):
+            vault_b.get(rid)
+    # C's records still exist at C, and B may lawfully keep their copies (and C's key).
+    assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(from_c)
+    assert all(orjson.loads(vault_b.get(rid)) for rid in from_c)
+    assert sandbox.x(B).store.key(A, pid) is None
+    assert sandbox.x(B).store.key(C, pid) is not None
+    # B erased no patient of its own: no records.shredded would tell the network otherwise.
+    assert sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid}) is None
+    # And nothing of A's comes back: A's gateway refuses, B's vault refuses a late copy.
     with pytest.raises(ExchangeError):
         sandbox.x(B).client.metadata_key(A, pid)
+    with pytest.raises(PatientErased, match="reinstate"):
+        vault_b.put(
+            pid, "late-copy", 1, b"{}", resource_type="Observation", custodian=A, is_copy=True
+        )
 
 
 def _followed_at_a_and_b(sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
@@ -199,6 +229,42 @@ def test_a_custodian_shredding_reaches_copies_held_beside_own_records(sandbox: S
     assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
     assert not vault_b.is_erased(pid)
     assert sandbox.x(B).store.key(A, pid) is None
+
+
+def test_the_agent_does_not_attest_when_the_own_records_retention_has_run_out(
+    sandbox: Sandbox,
+) -> None:
+    """Attesting would attest the own care records' erasure too: that is the DPO's act."""
+    pid, copied, own = _followed_at_a_and_b(sandbox)
+    # 21 years on, by the chain's clock: B's (and A's) care records are past their retention.
+    sandbox.root.engine.clock = lambda: time.time() + 21 * 366 * DAY_MS / 1000  # type: ignore[attr-defined]
+    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+
+    def obligation_of_b() -> dict:  # type: ignore[type-arg]
+        found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
+        return next(o for o in found["obligations"] if o["holder"] == B)
+
+    assert obligation_of_b()["custody"]["status"] == "pending"  # no retention left to refuse it
+    wait_for(lambda: _erase_jobs(sandbox, B), what="B's erase job")
+    # The agent shreds the copies apart, but leaves the obligation to B's DPO.
+    assert _erase_jobs(sandbox, B) == [
+        f"{len(copied)} copies erased apart from the own care records"
+    ]
+    assert obligation_of_b()["status"] == "pending"
+    vault_b = sandbox.h[B].vault
+    assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
+    for rid in copied:
+        with pytest.raises(PatientErased):
+            vault_b.get(rid)
+
+    b = sandbox.h[B]
+    assert b.exchange is not None
+    b.exchange.stop()
+    b.exchange = None
+    outcome = carry_out(b.node, b.vault, pid)  # the DPO erases the own records, and attests
+    assert outcome.status == "erased" and outcome.shred is not None
+    assert outcome.shred.records == len(own) and b.vault.is_erased(pid)
+    assert obligation_of_b()["status"] == "attested"
 
 
 def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(

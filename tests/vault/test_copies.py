@@ -142,6 +142,23 @@ def test_all_copies_go_at_once_and_the_whole_patient_still_erases(vault_env: Vau
     assert vault_env.execute("SELECT COUNT(*) FROM records") == [(0,)]
 
 
+def test_the_vault_says_whose_copies_it_refuses_until_reinstated(vault_env: VaultEnv) -> None:
+    vault = vault_env.open()
+    _fill(vault)
+    assert vault.copies_refused(PID, PARIS) is None  # never shredded
+    vault.erase_copies(PID, PARIS)
+    since = vault.copies_refused(PID, PARIS)
+    assert since is not None and since.tzinfo is not None
+    assert vault.copies_refused(PID, LILLE) is None  # Lille's copies are still taken
+    vault.reinstate(PID, custodian=PARIS)
+    assert vault.copies_refused(PID, PARIS) is None
+    vault.erase_copies(PID, LILLE)
+    vault.erase(PID)
+    assert vault.copies_refused(PID, LILLE) is None  # erased as a whole: see is_erased
+    with pytest.raises(ValueError, match="custodian"):
+        vault.copies_refused(PID, "not a custodian!")
+
+
 def test_a_rid_never_moves_between_key_sets(vault: Vault) -> None:
     _fill(vault)
     with pytest.raises(RecordConflict, match="another key set"):

@@ -1,4 +1,5 @@
-"""`medledger ingest` and `medledger erase`: a hospital's records in and out of its vault."""
+"""`medledger ingest`, `medledger erase` and `medledger vault reinstate`: a hospital's records
+in and out of its vault."""
 
 from __future__ import annotations
 
@@ -127,4 +128,59 @@ def register(app: typer.Typer) -> None:
             f"destroyed, {r.records} record versions and {r.copies} copies unreadable, "
             f"{r.purged_rows} ciphertext rows purged; attested on the chain (block {r.height})"
             + (f"; {outcome.reason}" if outcome.reason else "")
+        )
+
+    vault_app = typer.Typer(help="The hospital's vault, for its DPO.", no_args_is_help=True)
+    app.add_typer(vault_app, name="vault")
+
+    @vault_app.command("reinstate")
+    def reinstate(
+        home: HomeOption,
+        patient: Annotated[str, typer.Option(help="The patient's INS (or pid, 64 hex).")],
+        custodian: Annotated[
+            str, typer.Option(help="The hospital whose records' copies may come back.")
+        ],
+        force: Annotated[
+            bool,
+            typer.Option("--force", help="Even if the chain shows nothing new (needs --reason)."),
+        ] = False,
+        reason: Annotated[
+            str | None,
+            typer.Option(help="Why, with --force (kept in the home's reinstatements.jsonl)."),
+        ] = None,
+    ) -> None:
+        """Accept copies of a custodian's records of a patient again, after that custodian
+        shredded them and this node's sync agent erased the copies held here.
+
+        Until then the vault refuses every new copy of them. Allowed when the chain shows
+        records of the patient that the custodian registered after its shredding (it holds
+        new care records); otherwise only with --force and a --reason, which stay in this
+        hospital's home (never on the chain). Refused, even forced, while the patient's
+        erasure request stands. Nothing erased becomes readable again: only new copies are
+        accepted, fetched by the sync agent when it has a basis for them.
+        """
+        from medledger.node import Node
+        from medledger.patients import resolve_pid
+        from medledger.shredding import reinstate_copies
+        from medledger.vault import Vault
+
+        if force != (reason is not None):
+            fail("--force and --reason go together: say why the copies may come back")
+        with (
+            user_errors(),
+            Node.open(home) as node,
+            Vault.open(node.config.vault_config()) as vault,
+        ):
+            pid = resolve_pid(node.config.pseudonym_key(), patient)
+            outcome = reinstate_copies(node, vault, pid, custodian, reason)
+        if outcome.status == "refused":
+            fail(
+                f"copies of {custodian}'s records of patient {pid[:16]}…: refused: {outcome.reason}"
+            )
+        if outcome.status == "nothing-to-do":
+            console.print(f"nothing to reinstate: {outcome.reason}")
+            return
+        console.print(
+            f"copies of {custodian}'s records of patient {pid[:16]}… are accepted here again "
+            f"({outcome.reason}); the copies erased before stay unreadable"
         )

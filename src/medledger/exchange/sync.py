@@ -782,23 +782,23 @@ class SyncAgent:
         """Crypto-shred the copies held here, then attest on the chain.
 
         Only copies: a hospital's own care records are erased by its DPO (`medledger erase`),
-        never by the agent. A holder of copies only erases the patient as a whole (their
+        never by the agent. A custodian that shredded its records (`records.shredded`, no
+        request) takes only the copies of its records with it: the copies of other
+        custodians, whose records still exist, may lawfully stay. A patient's erasure request
+        takes every copy. A holder of copies only then erases the patient as a whole (their
         patient key), posts `records.shredded` and attests with it. A holder that also keeps
         its own care records (under legal retention) shreds the copies apart (their key
         sets, see vault/keys.py) and attests with the vault's receipt digest itself: a
         `records.shredded` entry would tell every node that its own records were erased.
         """
         pid = job.pid
+        if job.ref == 0:
+            return self._erase_copies_of(pid, job.custodian)
         try:
             infos = self.vault.records_of(pid)
         except PatientErased:
             infos = []
-        own = [i for i in infos if not i.is_copy]
-        copies = [i for i in infos if i.is_copy]
-        # A custodian shredded (no request id): only the copies of its records concern us.
-        if job.ref == 0 and not any(i.custodian == job.custodian for i in copies):
-            return "no copy of that custodian held here"
-        if own:
+        if any(not i.is_copy for i in infos):
             return self._erase_copies_apart(job)
         receipt = self.vault.erase(pid)
         self.store.forget_keys(pid)
@@ -819,23 +819,34 @@ class SyncAgent:
         self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies erased" + (", attested" if attested else "")
 
-    def _erase_copies_apart(self, job: Job) -> str:
-        """Shred the copies (of every custodian for a request; of the one that shredded
-        otherwise) while this hospital's own care records stay, and attest a request."""
-        pid = job.pid
-        custodian = job.custodian if job.ref == 0 else None
-        receipt = self.vault.erase_copies(pid, custodian)  # idempotent: a retry attests the same
+    def _erase_copies_of(self, pid: str, custodian: str) -> str:
+        """The custodian shredded its records of the patient: shred the copies held of them
+        (their key set) and forget its metadata key, nothing else. No request asks for an
+        attestation, and no `records.shredded` is posted: this hospital erased no patient.
+        From then on the vault refuses new copies of that custodian's records of the patient
+        until the DPO reinstates them (`medledger vault reinstate`)."""
+        receipt = self.vault.erase_copies(pid, custodian)  # PatientErased: nothing left here
         self.store.forget_keys(pid, custodian)
         with self.store.tx() as db:
-            if custodian is None:
-                db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
-                db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
-            else:
-                db.execute(
-                    "DELETE FROM jobs WHERE pid = ? AND kind = 'sync' AND custodian = ?",
-                    (pid, custodian),
-                )
-        attested = job.ref != 0 and self._attest(
+            db.execute(
+                "DELETE FROM jobs WHERE pid = ? AND kind = 'sync' AND custodian = ?",
+                (pid, custodian),
+            )
+        if not receipt.copies_shredded:
+            return f"no copy of {custodian}'s records held here"
+        self.vault.purge_pending()
+        return f"{receipt.copies_shredded} copies of {custodian}'s records erased"
+
+    def _erase_copies_apart(self, job: Job) -> str:
+        """Shred every copy of the patient held here while this hospital's own care records
+        stay, and attest the request with the vault's receipt."""
+        pid = job.pid
+        receipt = self.vault.erase_copies(pid)  # idempotent: a retry attests the same
+        self.store.forget_keys(pid)
+        with self.store.tx() as db:
+            db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
+            db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
+        attested = self._attest(
             pid, job.ref, receipt.copies_shredded, receipt.digest, copies_only=True
         )
         self.vault.purge_pending()

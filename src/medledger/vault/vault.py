@@ -748,6 +748,24 @@ class Vault:
                 return False
             return self._backend.latest_erasure(pid) is not None
 
+    def copies_refused(self, pid: str, custodian: str) -> datetime | None:
+        """When the copies of `custodian`'s records of a live patient were shredded apart
+        here and not reinstated since (new ones are refused): the latest shredding's time.
+        None otherwise (never shredded, reinstated, or the patient erased as a whole)."""
+        pid = self._pid(pid)
+        _check(_CUSTODIAN_RE, custodian, "custodian")
+        with self._lock:
+            key = self._backend.read_key(pid)
+            if key is None:
+                return None
+            if any(
+                s.is_copy and s.custodian == custodian
+                for s in self._backend.sets_of(pid, key.generation)
+            ):
+                return None
+            done = self._backend.copy_erasures(pid, key.generation, custodian)
+        return datetime.fromisoformat(max(r.erased_at for r in done)) if done else None
+
     # ---------------------------------------------------------------- erasure
 
     def erase(self, pid: str, *, purge: bool = False) -> ErasureReceipt:
