@@ -34,6 +34,7 @@ from medledger.interop.errors import InputError
 from medledger.node import Node
 from medledger.registrations import RegistrationFailed, RegistrationPending
 from medledger.vault import Vault
+from medledger.vault.errors import VaultError
 from medledger.wallet import TxRejected
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,8 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
             except RegistrationFailed as exc:
                 result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except (ConnectionError, VaultError):
+                raise  # the node or the vault is down: no file can go in, say so once
             except Exception as exc:  # noqa: BLE001 - the batch goes on with the next file
                 # The vault batch rolled back; a unit already held is settled by reconcile.
                 kind = type(exc).__name__

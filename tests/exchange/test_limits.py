@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -24,6 +25,12 @@ from medledger.exchange.signing import RequestSigner
 from .conftest import A, B, C, Sandbox, bundles, wait_for
 
 PID = "ab" * 32  # a patient chu-lyon knows nothing of: the index answer is empty
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine on a fresh loop in its own thread (whatever loop this thread runs)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _signed_post(sandbox: Sandbox, name: str, body: bytes, **kw: Any) -> httpx.Response:
@@ -74,11 +81,11 @@ def test_a_chunked_body_is_not_read_past_the_limit() -> None:
             yield b"x" * 1024
 
     with pytest.raises(Refused) as too_big:
-        asyncio.run(read_body(None, chunks(), 10 * 1024))
+        _run(read_body(None, chunks(), 10 * 1024))
     assert too_big.value.status == 413
     assert consumed == 11  # stopped at the first chunk past 10 KiB
     with pytest.raises(Refused) as declared:
-        asyncio.run(read_body("50000000", chunks(), 10 * 1024))
+        _run(read_body("50000000", chunks(), 10 * 1024))
     assert declared.value.status == 413 and "50000000 bytes" in declared.value.reason
     assert consumed == 11  # refused on the header: not a chunk more was read
 
