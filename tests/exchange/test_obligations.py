@@ -238,7 +238,9 @@ def test_the_agent_does_not_attest_when_the_own_records_retention_has_run_out(
     pid, copied, own = _followed_at_a_and_b(sandbox)
     # 21 years on, by the chain's clock: B's (and A's) care records are past their retention.
     sandbox.root.engine.clock = lambda: time.time() + 21 * 366 * DAY_MS / 1000  # type: ignore[attr-defined]
-    sandbox.h[A].node.wallet.send("erasure.request", {"pid": pid, "evidence_hash": EVIDENCE})
+    sandbox.h[A].node.wallet.send(
+        "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
+    )
 
     def obligation_of_b() -> dict:  # type: ignore[type-arg]
         found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
