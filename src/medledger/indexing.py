@@ -1,9 +1,15 @@
 """The custodian's side of the shared records index: commitments and sealed metadata.
 
 The chain only ever sees `commitment = HMAC-SHA256(salt, resource bytes)` and `meta_ct`, the
-record's metadata encrypted (AES-256-GCM) under the custodian's metadata key for that patient,
-bound to the record id and version. Whoever holds that key (the custodian, or a hospital it
-was sealed to after a consent) reads the index; once the key is shredded nobody can.
+record's metadata encrypted (AES-256-GCM) under a key of the record's category, bound to the
+record id and version. The custodian keeps one metadata key per patient (vault/keys.py); each
+category has its own key derived from it, `HKDF-SHA256(metadata key, info="medledger/meta/v2/
+category/" || category)`. The custodian reads every entry (it derives all sixteen); another
+hospital is sealed only the keys of the categories `authorize` grants it (exchange/gateway.py
+`metadata_key`): a consent for labs opens the labs entries and nothing else. Nothing on the
+chain says an entry's category: a holder tries its few keys (at most sixteen), and AES-GCM's
+tag tells which one opens it; the category inside must be the key's. Once the patient's
+metadata key is shredded nobody can derive any of them.
 
 Padding. A ciphertext is as long as its plaintext, and the metadata of one kind of record has
 one length ("Heart failure" always sealed to the same size): every member could read the
@@ -22,12 +28,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.contracts.records import META_BUCKETS
 
 _NONCE = 12
@@ -46,8 +56,34 @@ def check_commitment(salt: bytes, resource: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(commitment(salt, resource), expected)
 
 
+#: Sealed without a category (never by ingestion, which classifies every record): "other".
+DEFAULT_CATEGORY = "other"
+
+
 def _aad(rid: str, version: int) -> bytes:
-    return f"medledger/meta/v1/{rid}/{version}".encode()
+    return f"medledger/meta/v2/{rid}/{version}".encode()
+
+
+def category_key(meta_key: bytes, category: str) -> bytes:
+    """The key that seals the metadata of the patient's records of `category`."""
+    if category not in CATEGORY_SET:
+        raise MetadataError(f"category {category!r}: not in the consent vocabulary")
+    info = f"medledger/meta/v2/category/{category}".encode()
+    return HKDF(hashes.SHA256(), 32, None, info).derive(meta_key)
+
+
+def category_keys(
+    meta_key: bytes, categories: tuple[str, ...] | list[str] = CATEGORIES
+) -> dict[str, bytes]:
+    """{category: key} for the given categories (all sixteen by default: the custodian)."""
+    return {c: category_key(meta_key, c) for c in categories}
+
+
+def category_of(meta: Mapping[str, Any]) -> str:
+    category = meta.get("category") or DEFAULT_CATEGORY
+    if category not in CATEGORY_SET:
+        raise MetadataError(f"category {category!r}: not in the consent vocabulary")
+    return str(category)
 
 
 def _encode(meta: dict[str, Any]) -> bytes:
@@ -87,16 +123,37 @@ def fit(meta: dict[str, Any], rid: str = "?") -> bytes:
     return pad(_encode({**meta, "title": short}), rid)
 
 
-def seal_meta(key: bytes, rid: str, version: int, meta: dict[str, Any]) -> bytes:
-    """The index's `meta_ct`: nonce + AES-GCM(padded metadata), a length from META_CT_SIZES."""
+def seal_meta(meta_key: bytes, rid: str, version: int, meta: dict[str, Any]) -> bytes:
+    """The index's `meta_ct`: nonce + AES-GCM(padded metadata), a length from META_CT_SIZES.
+
+    `meta_key` is the patient's metadata key at the custodian; the entry is sealed under the
+    key of its category (derived here), so only that category's key holders open it.
+    """
+    key = category_key(meta_key, category_of(meta))
     nonce = os.urandom(_NONCE)
     return nonce + AESGCM(key).encrypt(nonce, fit(meta, rid), _aad(rid, version))
 
 
-def open_meta(key: bytes, rid: str, version: int, sealed: bytes) -> dict[str, Any]:
-    try:
-        padded = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(rid, version))
-        meta: dict[str, Any] = cbor2.loads(unpad(padded))
-    except (InvalidTag, ValueError, cbor2.CBORDecodeError):
-        raise MetadataError(f"metadata of record {rid} v{version} does not open") from None
-    return meta
+def open_meta(
+    keys: bytes | Mapping[str, bytes], rid: str, version: int, sealed: bytes
+) -> dict[str, Any]:
+    """The entry's metadata, opened with the patient's metadata key (bytes: the custodian,
+    who derives every category's key) or with the category keys a holder was sealed
+    ({category: key}); `MetadataError` when none opens it (a category not granted, a key
+    shredded or rotated, tampered bytes)."""
+    if isinstance(keys, bytes | bytearray):
+        keys = category_keys(bytes(keys))
+    aad = _aad(rid, version)
+    for category, key in keys.items():
+        try:
+            padded = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
+        except (InvalidTag, ValueError):
+            continue  # not this category's key: try the next one
+        try:
+            meta: dict[str, Any] = cbor2.loads(unpad(padded))
+        except (ValueError, cbor2.CBORDecodeError):
+            break
+        if not isinstance(meta, dict) or category_of(meta) != category:
+            break  # sealed under another category's key than it says: refused as tampered
+        return meta
+    raise MetadataError(f"metadata of record {rid} v{version} does not open")

@@ -12,7 +12,8 @@ happened. Denials are committed too, with their reason.
                                                              the caller may see, decrypted
     POST /exchange/v1/records        {pid, rids, purpose}    resources (exact bytes) + salts;
                                                              the caller checks the commitments
-    POST /exchange/v1/metadata-key   {pid, purpose}          the patient's metadata key, sealed
+    POST /exchange/v1/metadata-key   {pid, purpose}          the keys of the categories the
+                                                             caller may see (indexing.py), sealed
                                                              to the caller hospital's X25519 key
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
     GET  /exchange/v1/events         Server-Sent Events (events.py)
@@ -48,17 +49,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
+from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Decision, Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
-from medledger.indexing import MetadataError, open_meta
+from medledger.indexing import MetadataError, category_keys, open_meta
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
 from medledger.wallet import TxRejected
 
@@ -339,7 +342,7 @@ class Gateway:
     ) -> list[tuple[dict[str, Any], dict[str, Any] | None, Decision]]:
         """(entry, opened metadata, decision) for each entry, all on one view of the state."""
         try:
-            key = self.vault.metadata_key(pid)
+            keys = category_keys(self.vault.metadata_key(pid))
         except PatientErased:
             raise Refused(410, "this patient's data was erased here") from None
         except UnknownPatient:
@@ -349,7 +352,7 @@ class Gateway:
         with self.policy.state() as state:
             for entry in entries:
                 try:
-                    meta = open_meta(key, entry["rid"], entry["version"], entry["meta_ct"])
+                    meta = open_meta(keys, entry["rid"], entry["version"], entry["meta_ct"])
                 except MetadataError:
                     out.append((entry, None, Decision(False, "", "record metadata unreadable")))
                     continue
@@ -505,27 +508,55 @@ class Gateway:
         }
 
     def metadata_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
-        """The patient's metadata key, sealed to the caller's hospital, if any record is allowed.
+        """The keys of the categories the caller may see, sealed to the caller's hospital.
 
-        The key opens the metadata of every entry of this patient here (it is per patient), so
-        it is released only on a basis that allows at least one of them; each record itself is
-        still decided one by one when fetched.
+        Each category's key opens the metadata of every entry of that category of the patient
+        here, today's and later ones: it is released only for a category `authorize` allows
+        the caller (asked per category, on this replica, as for any record of it; the record
+        type is not known, so a policy that forbids one type of record does not withhold its
+        category's key, only the records). A consent for labs gets the labs key, a study its
+        categories, an emergency every category while it lasts. Each record itself is still
+        decided one by one when fetched.
         """
         pid, purpose, _, study = self._args(body)
         entries = self._entries(pid)
         if not entries:
             raise Refused(404, "no records of this patient here yet")
-        decided = self._decide_all(caller, pid, entries, purpose, study)
-        grant = next((d for _, _, d in decided if d.allowed), None)
-        decision = grant or decided[0][2]
-        self._commit([self._entry(caller, pid, "search", purpose, [], decision)], timing)
-        if grant is None:
+        try:
+            meta_key = self.vault.metadata_key(pid)
+        except PatientErased:
+            raise Refused(410, "this patient's data was erased here") from None
+        except UnknownPatient:
+            raise Refused(404, "no records of this patient here") from None
+        decided: list[tuple[str, Decision]] = []
+        now = int(time.time() * 1000)
+        with self.policy.state() as state:
+            for category in CATEGORIES:
+                about: dict[str, Any] = {"custodian": self.org, "category": category, "type": ""}
+                if study is not None:
+                    about["study"] = study
+                d = self.policy.decide(caller.actor, pid, about, purpose, now, state=state)
+                decided.append((category, d))
+        granted = [(c, d) for c, d in decided if d.allowed]
+        decision = granted[0][1] if granted else decided[0][1]
+        bases = {d.basis: d for _, d in granted} or {"": decision}  # one entry per basis
+        self._commit(
+            [self._entry(caller, pid, "search", purpose, [], d) for d in bases.values()], timing
+        )
+        if not granted:
             self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)
             raise Refused(403, decision.reason or "denied")
+        keys = category_keys(meta_key, [c for c, _ in granted])
         box_key = self._box_key(caller.actor.org)
-        sealed = SealedBox(PublicKey(box_key)).encrypt(self.vault.metadata_key(pid))
+        sealed = SealedBox(PublicKey(box_key)).encrypt(cbor2.dumps(keys, canonical=True))
         self.evidence.set_outcome(caller.request.evidence_id, "served")
-        return {"custodian": self.org, "pid": pid, "sealed": b64(sealed), "basis": grant.basis}
+        return {
+            "custodian": self.org,
+            "pid": pid,
+            "sealed": b64(sealed),
+            "categories": sorted(keys),
+            "basis": decision.basis,
+        }
 
     def _box_key(self, org: str) -> bytes:
         for member in self.node.engine.query("governance/members"):
