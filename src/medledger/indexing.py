@@ -11,6 +11,16 @@ chain says an entry's category: a holder tries its few keys (at most sixteen), a
 tag tells which one opens it; the category inside must be the key's. Once the patient's
 metadata key is shredded nobody can derive any of them.
 
+Epochs. A key, once sealed to a hospital, cannot be taken back; so the keys also depend on
+the patient's epoch, the count of their entitlements that have ended (revoked or expired
+consents, withdrawn enrolments, cancelled or past referrals, past emergency openings:
+`authorize.meta_epoch`, computed from chain state and time). The custodian seals under the
+epoch current when it registers, written in clear as the first 4 bytes of the nonce (the
+number of ended entitlements tells nothing of health). The gateway seals a hospital the keys
+of the epochs of the entries it holds, and of the current one, only for the categories
+`authorize` grants it now: a hospital whose consent was revoked keeps the keys it had, so
+it still opens the entries registered before, but not those registered after.
+
 Padding. A ciphertext is as long as its plaintext, and the metadata of one kind of record has
 one length ("Heart failure" always sealed to the same size): every member could read the
 diagnosis from the length alone. So the canonical CBOR of the metadata is padded, ISO/IEC
@@ -58,25 +68,63 @@ def check_commitment(salt: bytes, resource: bytes, expected: bytes) -> bool:
 
 #: Sealed without a category (never by ingestion, which classifies every record): "other".
 DEFAULT_CATEGORY = "other"
+#: The epoch is the nonce's first 4 bytes (big-endian); the other 8 are random. A key of one
+#: (patient, category, epoch) seals a handful of entries: 64 random bits never repeat there.
+_EPOCH = 4
+MAX_EPOCH = 2**32 - 1
+
+#: A holder's keys: {epoch: {category: key}}.
+MetaKeys = Mapping[int, Mapping[str, bytes]]
 
 
 def _aad(rid: str, version: int) -> bytes:
     return f"medledger/meta/v2/{rid}/{version}".encode()
 
 
-def category_key(meta_key: bytes, category: str) -> bytes:
-    """The key that seals the metadata of the patient's records of `category`."""
+def category_key(meta_key: bytes, category: str, epoch: int = 0) -> bytes:
+    """The key that seals the metadata of the patient's records of `category` in `epoch`."""
     if category not in CATEGORY_SET:
         raise MetadataError(f"category {category!r}: not in the consent vocabulary")
-    info = f"medledger/meta/v2/category/{category}".encode()
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise MetadataError(f"epoch {epoch}: 0..{MAX_EPOCH}")
+    info = f"medledger/meta/v2/category/{category}/epoch/{epoch}".encode()
     return HKDF(hashes.SHA256(), 32, None, info).derive(meta_key)
 
 
 def category_keys(
-    meta_key: bytes, categories: tuple[str, ...] | list[str] = CATEGORIES
-) -> dict[str, bytes]:
-    """{category: key} for the given categories (all sixteen by default: the custodian)."""
-    return {c: category_key(meta_key, c) for c in categories}
+    meta_key: bytes,
+    categories: tuple[str, ...] | list[str] = CATEGORIES,
+    epochs: list[int] | tuple[int, ...] = (0,),
+) -> dict[int, dict[str, bytes]]:
+    """{epoch: {category: key}} for the given categories and epochs."""
+    return {e: {c: category_key(meta_key, c, e) for c in categories} for e in epochs}
+
+
+class CustodianKeys(Mapping[int, Mapping[str, bytes]]):
+    """Every category's keys of every epoch, derived from the patient's metadata key when
+    first asked (the custodian opens whatever epoch an entry names)."""
+
+    def __init__(self, meta_key: bytes) -> None:
+        self._meta_key = meta_key
+        self._derived: dict[int, dict[str, bytes]] = {}
+
+    def __getitem__(self, epoch: int) -> Mapping[str, bytes]:
+        if not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+            raise KeyError(epoch)
+        if epoch not in self._derived:
+            self._derived[epoch] = category_keys(self._meta_key, epochs=(epoch,))[epoch]
+        return self._derived[epoch]
+
+    def __iter__(self) -> Any:
+        return iter(self._derived)
+
+    def __len__(self) -> int:
+        return len(self._derived)
+
+
+def epoch_of(sealed: bytes) -> int:
+    """The epoch a `meta_ct` was sealed in (in clear in its framing: not sensitive)."""
+    return int.from_bytes(sealed[:_EPOCH], "big")
 
 
 def category_of(meta: Mapping[str, Any]) -> str:
@@ -123,28 +171,29 @@ def fit(meta: dict[str, Any], rid: str = "?") -> bytes:
     return pad(_encode({**meta, "title": short}), rid)
 
 
-def seal_meta(meta_key: bytes, rid: str, version: int, meta: dict[str, Any]) -> bytes:
+def seal_meta(
+    meta_key: bytes, rid: str, version: int, meta: dict[str, Any], epoch: int = 0
+) -> bytes:
     """The index's `meta_ct`: nonce + AES-GCM(padded metadata), a length from META_CT_SIZES.
 
     `meta_key` is the patient's metadata key at the custodian; the entry is sealed under the
-    key of its category (derived here), so only that category's key holders open it.
+    key of its category and of the patient's current `epoch` (`authorize.meta_epoch`), which
+    the nonce's first bytes carry, so only that category's key holders of that epoch open it.
     """
-    key = category_key(meta_key, category_of(meta))
-    nonce = os.urandom(_NONCE)
+    key = category_key(meta_key, category_of(meta), epoch)
+    nonce = epoch.to_bytes(_EPOCH, "big") + os.urandom(_NONCE - _EPOCH)
     return nonce + AESGCM(key).encrypt(nonce, fit(meta, rid), _aad(rid, version))
 
 
-def open_meta(
-    keys: bytes | Mapping[str, bytes], rid: str, version: int, sealed: bytes
-) -> dict[str, Any]:
+def open_meta(keys: bytes | MetaKeys, rid: str, version: int, sealed: bytes) -> dict[str, Any]:
     """The entry's metadata, opened with the patient's metadata key (bytes: the custodian,
-    who derives every category's key) or with the category keys a holder was sealed
-    ({category: key}); `MetadataError` when none opens it (a category not granted, a key
-    shredded or rotated, tampered bytes)."""
+    who derives every key) or with the keys a holder was sealed ({epoch: {category: key}});
+    `MetadataError` when none opens it (a category or epoch not granted, a key shredded or
+    rotated, tampered bytes)."""
     if isinstance(keys, bytes | bytearray):
-        keys = category_keys(bytes(keys))
+        keys = CustodianKeys(bytes(keys))
     aad = _aad(rid, version)
-    for category, key in keys.items():
+    for category, key in keys.get(epoch_of(sealed), {}).items():
         try:
             padded = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
         except (InvalidTag, ValueError):

@@ -276,9 +276,9 @@ class ExchangeClient:
 
     def metadata_key(
         self, custodian: str, pid: str, purpose: str = "treatment", study: str | None = None
-    ) -> dict[str, bytes]:
-        """The custodian's metadata keys for this patient, {category: key}, of the categories
-        it grants this caller (indexing.py), opened with this hospital's box key."""
+    ) -> dict[int, dict[str, bytes]]:
+        """The custodian's metadata keys for this patient, {epoch: {category: key}}, of the
+        categories it grants this caller (indexing.py), opened with this hospital's box key."""
         answer, _ = self.post(custodian, "metadata-key", self._ask(pid, purpose, study))
         sealed = base64.b64decode(answer["sealed"])
         opened = SealedBox(PrivateKey(self.node.config.box_key())).decrypt(sealed)
@@ -288,12 +288,20 @@ class ExchangeClient:
             keys = None
         if (
             not isinstance(keys, dict)
-            or not 0 < len(keys) <= len(CATEGORIES)
-            or not all(c in CATEGORY_SET for c in keys)
-            or not all(isinstance(k, bytes) and len(k) == 32 for k in keys.values())
+            or not keys
+            or not all(
+                isinstance(epoch, int)
+                and isinstance(of_epoch, dict)
+                and 0 < len(of_epoch) <= len(CATEGORIES)
+                and all(c in CATEGORY_SET for c in of_epoch)
+                and all(isinstance(k, bytes) and len(k) == 32 for k in of_epoch.values())
+                for epoch, of_epoch in keys.items()
+            )
         ):
-            raise IntegrityError(custodian, 0, "the metadata keys are not {category: 32 bytes}")
-        return {str(c): bytes(k) for c, k in keys.items()}
+            raise IntegrityError(
+                custodian, 0, "the metadata keys are not {epoch: {category: 32 bytes}}"
+            )
+        return {int(e): {str(c): bytes(k) for c, k in ks.items()} for e, ks in keys.items()}
 
     def deliver(self, receiver: str, payload: dict[str, Any]) -> dict[str, Any]:
         answer, _ = self.post(receiver, "deliveries", payload)

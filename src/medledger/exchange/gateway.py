@@ -67,7 +67,7 @@ from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Decision, Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
-from medledger.indexing import MetadataError, category_keys, open_meta
+from medledger.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
 from medledger.wallet import TxRejected
 
@@ -408,7 +408,7 @@ class Gateway:
     ) -> list[tuple[dict[str, Any], dict[str, Any] | None, Decision]]:
         """(entry, opened metadata, decision) for each entry, all on one view of the state."""
         try:
-            keys = category_keys(self.vault.metadata_key(pid))
+            keys = CustodianKeys(self.vault.metadata_key(pid))
         except PatientErased:
             raise Refused(410, "this patient's data was erased here") from None
         except UnknownPatient:
@@ -576,13 +576,16 @@ class Gateway:
     def metadata_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         """The keys of the categories the caller may see, sealed to the caller's hospital.
 
-        Each category's key opens the metadata of every entry of that category of the patient
-        here, today's and later ones: it is released only for a category `authorize` allows
-        the caller (asked per category, on this replica, as for any record of it; the record
-        type is not known, so a policy that forbids one type of record does not withhold its
-        category's key, only the records). A consent for labs gets the labs key, a study its
-        categories, an emergency every category while it lasts. Each record itself is still
-        decided one by one when fetched.
+        A category's key of an epoch opens the metadata of every entry of that category of the
+        patient here sealed in that epoch, including those registered later in the same epoch:
+        it is released only for a category `authorize` allows the caller now (asked per
+        category, on this replica, as for any record of it; the record type is not known, so a
+        policy that forbids one type of record does not withhold its category's key, only the
+        records). A consent for labs gets the labs keys, a study its categories, an emergency
+        every category while it lasts. The epochs are those of the entries here and the
+        patient's current one (`authorize.meta_epoch`): once an entitlement ends, the epoch
+        moves on and a hospital no longer granted gets none of the new epoch's keys. Each
+        record itself is still decided one by one when fetched.
         """
         pid, purpose, _, study = self._args(body)
         entries = self._entries(pid)
@@ -594,9 +597,12 @@ class Gateway:
             raise Refused(410, "this patient's data was erased here") from None
         except UnknownPatient:
             raise Refused(404, "no records of this patient here") from None
+        from medledger.contracts.authorize import meta_epoch  # late, as policy.load_authorize
+
         decided: list[tuple[str, Decision]] = []
         now = int(time.time() * 1000)
         with self.policy.state() as state:
+            epochs = {epoch_of(e["meta_ct"]) for e in entries} | {meta_epoch(state, pid, now)}
             for category in CATEGORIES:
                 about: dict[str, Any] = {"custodian": self.org, "category": category, "type": ""}
                 if study is not None:
@@ -612,7 +618,8 @@ class Gateway:
         if not granted:
             self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)
             raise Refused(403, decision.reason or "denied")
-        keys = category_keys(meta_key, [c for c, _ in granted])
+        categories = [c for c, _ in granted]
+        keys = category_keys(meta_key, categories, sorted(epochs))
         box_key = self._box_key(caller.actor.org)
         sealed = SealedBox(PublicKey(box_key)).encrypt(cbor2.dumps(keys, canonical=True))
         self.evidence.set_outcome(caller.request.evidence_id, "served")
@@ -620,7 +627,8 @@ class Gateway:
             "custodian": self.org,
             "pid": pid,
             "sealed": b64(sealed),
-            "categories": sorted(keys),
+            "categories": categories,
+            "epochs": sorted(epochs),
             "basis": decision.basis,
         }
 

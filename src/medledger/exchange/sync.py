@@ -59,7 +59,7 @@ from medledger.exchange.client import (
 from medledger.exchange.events import block_events
 from medledger.exchange.gateway import Caller, Refused, b64
 from medledger.exchange.policy import Policy, record_meta
-from medledger.indexing import MetadataError, check_commitment, open_meta
+from medledger.indexing import MetadataError, check_commitment, epoch_of, open_meta
 from medledger.ledger.results import BlockRecord
 from medledger.vault import PatientErased, RecordConflict, RecordNotFound, Vault
 from medledger.wallet import TxRejected
@@ -158,8 +158,8 @@ class SyncStore:
     def _aad(self, custodian: str, pid: str) -> bytes:
         return f"{custodian}/{pid}".encode()
 
-    def keys(self, custodian: str, pid: str) -> dict[str, bytes] | None:
-        """The custodian's category keys held for the patient ({category: key}), or None."""
+    def keys(self, custodian: str, pid: str) -> dict[int, dict[str, bytes]] | None:
+        """The custodian's keys held for the patient ({epoch: {category: key}}), or None."""
         with self._lock:
             row = self._db.execute(
                 "SELECT key_ct FROM grants WHERE custodian = ? AND pid = ?", (custodian, pid)
@@ -171,11 +171,11 @@ class SyncStore:
             keys = cbor2.loads(self._aead.decrypt(blob[:12], blob[12:], self._aad(custodian, pid)))
         except (InvalidTag, cbor2.CBORDecodeError, ValueError):
             return None
-        if not isinstance(keys, dict):  # a single key of before the category keys: ask again
-            return None
-        return {str(c): bytes(k) for c, k in keys.items()}
+        if not isinstance(keys, dict) or not all(isinstance(v, dict) for v in keys.values()):
+            return None  # a single key of before the category keys: ask again
+        return {int(e): {str(c): bytes(k) for c, k in ks.items()} for e, ks in keys.items()}
 
-    def put_keys(self, custodian: str, pid: str, keys: dict[str, bytes]) -> None:
+    def put_keys(self, custodian: str, pid: str, keys: dict[int, dict[str, bytes]]) -> None:
         nonce = os.urandom(12)
         plain = cbor2.dumps(keys, canonical=True)
         blob = nonce + self._aead.encrypt(nonce, plain, self._aad(custodian, pid))
@@ -250,6 +250,11 @@ class SyncStore:
             )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _categories(keys: dict[int, dict[str, bytes]]) -> set[str]:
+    """The categories whose keys are held for the latest epoch held."""
+    return set(keys[max(keys)]) if keys else set()
 
 
 def _add_job(
@@ -535,12 +540,18 @@ class SyncAgent:
         entitled = self._entitled(custodian, pid, purpose, study or None)
         if not entitled:
             return "nothing grants this hospital access there"
+        # Ask again when a category now granted has no key here, or an entry names an epoch
+        # whose keys this hospital lacks (an entitlement ended since: the epoch moved on).
+        epochs = {epoch_of(e["meta_ct"]) for e in entries}
         keys = self.store.keys(custodian, pid)
-        if keys is None or not entitled <= set(keys):
+        if keys is None or not entitled <= _categories(keys) or not epochs <= set(keys):
             keys = self.client.metadata_key(custodian, pid, purpose, study or None)
             self.store.put_keys(custodian, pid, keys)
+            if not epochs <= set(keys):  # the custodian's replica is behind this one's
+                raise ExchangeError(custodian, 0, "metadata keys of a later epoch not served yet")
         if purpose == "research":
-            return f"metadata keys held for {', '.join(sorted(keys))} (research: no copies)"
+            held = ", ".join(sorted(_categories(keys)))
+            return f"metadata keys held for {held} (research: no copies)"
         held: dict[str, int] = {}
         for info in self.vault.records_of(pid):
             if info.is_copy and info.custodian == custodian:
@@ -582,7 +593,7 @@ class SyncAgent:
         self,
         entries: list[dict[str, Any]],
         held: dict[str, int],
-        keys: dict[str, bytes],
+        keys: dict[int, dict[str, bytes]],
         pid: str,
         purpose: str,
     ) -> list[str]:
