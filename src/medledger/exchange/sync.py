@@ -374,8 +374,13 @@ class SyncAgent:
                     "VALUES (?, ?, ?, ?)",
                     (pid, purpose, source, record.header.time_ms),
                 )
+            ended: set[str] = set()
             for pid, source in dropped:
-                db.execute("DELETE FROM interest WHERE pid = ? AND source = ?", (pid, source))
+                gone = db.execute(
+                    "DELETE FROM interest WHERE pid = ? AND source = ?", (pid, source)
+                )
+                if gone.rowcount:
+                    ended.add(pid)
             for kind, custodian, pid, purpose, ref in todo:
                 if kind == "sync":
                     purposes = [purpose] if purpose else self._purposes(db, pid)
@@ -388,9 +393,9 @@ class SyncAgent:
                 "ON CONFLICT (id) DO UPDATE SET height = excluded.height",
                 (record.height,),
             )
-        # An entitlement ended: forget every key of the patient, whatever else remains; the
-        # next sync asks again for only the categories still granted.
-        for pid, _ in dropped:
+        # An entitlement of this hospital ended: forget every key of the patient, whatever
+        # else remains; the next sync asks again for only the categories still granted.
+        for pid in ended:
             self.store.forget_keys(pid)
 
     @staticmethod
