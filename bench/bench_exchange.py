@@ -119,7 +119,7 @@ def _writes(
     vault_a: Vault,
     node_b: Node,
     vault_b: Vault,
-    key_b: Callable[[], bytes | None],
+    key_b: Callable[[], dict[str, bytes] | None],
     pid: str,
     n: int,
     arrival_s: float,
@@ -153,7 +153,7 @@ def _writes(
 
 
 def _wait_index(
-    node_b: Node, key_b: Callable[[], bytes | None], rid: str, timeout: float = 30.0
+    node_b: Node, key_b: Callable[[], dict[str, bytes] | None], rid: str, timeout: float = 30.0
 ) -> None:
     """Until B's own replica has the entry and B's copy of the metadata key opens it."""
     deadline = time.monotonic() + timeout
@@ -202,7 +202,7 @@ def run_solo(fetches: int, writes: int, interval_ms: int = 50) -> dict[str, Any]
             xb.agent.start()
             xb.agent.wait_idle(60)
             write = _writes(
-                root, va, b, vb, lambda: xb.store.key(A, pid), pid, writes, interval_ms / 1000
+                root, va, b, vb, lambda: xb.store.keys(A, pid), pid, writes, interval_ms / 1000
             )
         finally:
             xb.stop()

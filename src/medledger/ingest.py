@@ -271,6 +271,13 @@ class Ingestor:
                     pids[ref] = self.vault.info(ref).pid
         return pids
 
+    def _epoch(self, pid: str) -> int:
+        """The patient's metadata epoch now, on this node's replica (authorize.meta_epoch)."""
+        epoch = self.node.engine.query(
+            "authorize/epoch", {"pid": pid, "at_ms": int(time.time() * 1000)}
+        )
+        return int(epoch)
+
     def _existing_patient(self, pid: str) -> str | None:
         for info in self.vault.records_of(pid, include_copies=False):
             if info.resource_type == "Patient":
@@ -289,6 +296,7 @@ class Ingestor:
         unit_rids: list[str] = []
         unit_pids: set[str] = set()
         held: list[tuple[str, int]] = []
+        epochs: dict[str, int] = {}
         with self.vault.batch():
             for item in items:
                 pid = pids.get(item.patient_ref or "")
@@ -316,7 +324,9 @@ class Ingestor:
                 )
                 meta = extract_metadata(orjson.loads(data))
                 disclosures.add(pid, rid, meta)
-                sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta)
+                if pid not in epochs:  # sealed in the patient's epoch (indexing.py)
+                    epochs[pid] = self._epoch(pid)
+                sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta, epochs[pid])
                 digest = commitment(stored.salt, data)
                 entries.append(
                     {"rid": rid, "pid": pid, "commitment": digest, "meta_ct": sealed}

@@ -3,9 +3,11 @@
 Some facts must be written down and traceable, yet never sit on the chain for ever next to a
 pid or a cohort: a break-the-glass justification (its reason code, "unconscious", is a fact
 about the patient's health, and its note even more), a study's title ("Heart failure
-outcomes" beside the pids enrolled). The chain keeps `SHA-256(document)`; the hospital that
-wrote the document keeps it here, in its home (`notes/<hash hex>.json`, mode 0600), and shows
-it to whom may see it: its DPO reviewing the opening, the patients of its portal.
+outcomes" beside the pids enrolled), a referral letter (a template letter, "referral letter:
+coronary bypass", is found again from its plain hash by trying the few procedures). The chain
+keeps `SHA-256(document)`; the hospital that wrote the document keeps it here, in its home
+(`notes/<hash hex>.json`, mode 0600), and shows it to whom may see it: its DPO reviewing the
+opening, the patients of its portal.
 
 Each document carries 16 random bytes (`salt`): without them its hash could be found by
 trying the few reason codes or the likely titles. The stored bytes are exactly the hashed
@@ -87,3 +89,25 @@ def title_of_study(store: NoteStore, study: dict[str, Any]) -> str | None:
     if kept is None or kept.get("kind") != "study" or kept.get("study") != study.get("id"):
         return None
     return str(kept["title"])
+
+
+def referral_letter(store: NoteStore, letter: bytes, name: str = "") -> bytes:
+    """Keep a referral letter's record at the referring hospital; returns the salted hash
+    `referral.create` posts as `procedure_hash` (never the letter's own SHA-256).
+
+    The note holds the letter's SHA-256, so the letter (kept in the hospital's files) is
+    checked against it, and the letter's text too when it is short UTF-8 text.
+    """
+    try:
+        text = letter.decode()
+    except UnicodeDecodeError:
+        text = ""
+    if len(text) > MAX_FIELD:
+        text = ""
+    digest = hashlib.sha256(letter).hexdigest()
+    return store.keep("referral", letter_sha256=digest, name=name[:200], text=text)
+
+
+def referral_letter_hash(store: NoteStore, letter_sha256: bytes) -> bytes:
+    """As `referral_letter`, for a letter given by its SHA-256 only (`--letter-hash`)."""
+    return store.keep("referral", letter_sha256=letter_sha256.hex(), name="", text="")

@@ -20,7 +20,7 @@ from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
-from medledger.notes import NoteStore, emergency_justification, study_title
+from medledger.notes import NoteStore, emergency_justification, referral_letter, study_title
 from medledger.vault import Vault
 from medledger.wallet import TxRejected
 
@@ -204,7 +204,11 @@ def play(
             "to": paris.org,
             "date_ms": surgery,
             "categories": ["labs", "conditions", "imaging", "medications", "allergies"],
-            "procedure_hash": _evidence("referral letter: coronary bypass"),
+            # The letter stays at Lyon; the chain gets its salted hash (a template letter's
+            # plain hash would be found again by trying the likely procedures).
+            "procedure_hash": referral_letter(
+                NoteStore(lyon.node.config.home), b"referral letter: coronary bypass"
+            ),
             "rids": rids,
             "consent": consent_id,
         },

@@ -12,6 +12,7 @@ from medledger.cli import app
 from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
+from medledger.notes import NoteStore
 
 runner = CliRunner()
 PID = hashlib.sha256(b"cli patient").hexdigest()
@@ -128,6 +129,15 @@ def test_care_commands(tmp_path: Path) -> None:
         "--letter", str(form), "--rids", "r-1", "--evidence-file", str(form),
     )  # fmt: skip
     assert "referral 1 to aphp-paris" in out.output
+    # The letter's hash on the chain is salted: hashing a guessed letter does not find it.
+    with Node.open(Path(lyon)) as node:
+        posted = bytes(node.engine.query("referral/status", {"id": 1})["procedure_hash"])
+    assert posted != hashlib.sha256(form.read_bytes()).digest()
+    kept = NoteStore(Path(lyon)).get(posted)
+    assert (
+        kept is not None
+        and kept["letter_sha256"] == hashlib.sha256(b"signed consent form").hexdigest()
+    )
     assert "must deliver by" in run("referral", "admit", "-H", paris, "--id", "1").output
     assert "1 records delivered" in run("referral", "deliver", "-H", lyon, "--id", "1").output
     commitment = hashlib.sha256(b"r-1").hexdigest()

@@ -246,3 +246,63 @@ def test_one_hospital_cannot_hold_every_connection(sandbox: Sandbox) -> None:
         for s in sockets:
             s.close()
     wait_for(lambda: held() == before, what="aphp-paris's connections released")
+
+
+def test_body_budget_bounds_each_hospital_and_the_gateway() -> None:
+    """Issue 11 review, item 8: 8 deliveries of 32 MB per peer were held in memory at once."""
+    from medledger.exchange.gateway import BodyBudget
+
+    budget = BodyBudget(total=100, per_peer=60)
+    budget.take(B, 50)
+    with pytest.raises(Refused) as own:
+        budget.take(B, 20)  # past aphp-paris's own budget: 429, its own doing
+    assert own.value.status == 429 and "budget of 60" in own.value.reason
+    budget.take(C, 50)
+    with pytest.raises(Refused) as full:
+        budget.take("chu-lille", 10)  # past the gateway's total: 503, try again later
+    assert full.value.status == 503
+    assert (budget.held(B), budget.held(C), budget.held()) == (50, 50, 100)
+    budget.give(B, 50)
+    budget.take("chu-lille", 10)  # room again once a body is done with
+    assert budget.held() == 60
+
+
+def test_a_chunked_body_stops_at_the_memory_budget() -> None:
+    from medledger.exchange.gateway import BodyBudget, read_body
+
+    budget = BodyBudget(total=10 * 1024, per_peer=4 * 1024)
+    consumed = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        for _ in range(100):  # 100 KiB offered, well within the 1 MiB size limit
+            consumed += 1
+            yield b"x" * 1024
+
+    with pytest.raises(Refused) as refused:
+        _run(read_body(None, chunks(), 1024 * 1024, lambda n: budget.take(B, n)))
+    assert refused.value.status == 429
+    assert consumed == 5  # the fifth KiB is refused: nothing more is read
+    # A declared length is reserved whole before a byte is read.
+    consumed = 0
+    with pytest.raises(Refused):
+        _run(read_body("8192", chunks(), 1024 * 1024, lambda n: budget.take(C, n)))
+    assert consumed == 0
+
+
+def test_the_gateway_refuses_a_body_past_the_budget_and_frees_what_it_held(
+    sandbox: Sandbox,
+) -> None:
+    from medledger.exchange.gateway import BodyBudget
+
+    gateway = sandbox.x(A).gateway
+    gateway.bodies = BodyBudget(total=64 * 1024, per_peer=16 * 1024)
+    big = orjson.dumps({"pid": PID, "purpose": "treatment", "padding": "x" * 20000})
+    assert len(big) < gateway.query_body_limit  # within the size limit, past the budget
+    refused = _signed_post(sandbox, "index", big, content=big)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    chunks = [big[i : i + 4096] for i in range(0, len(big), 4096)]
+    assert _signed_post(sandbox, "index", big, content=iter(chunks)).status_code == 429
+    small = orjson.dumps({"pid": PID, "purpose": "treatment"})
+    assert _signed_post(sandbox, "index", small, content=small).status_code == 200
+    assert gateway.bodies.held() == 0  # every body's bytes given back, served or refused

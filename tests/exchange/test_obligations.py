@@ -108,7 +108,7 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     assert obligations[A]["reason"].startswith("retention until")
     shredded = sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid})
     assert shredded["copies"] == n and shredded["records"] == 0
-    assert sandbox.x(B).store.key(A, pid) is None  # the custodian's metadata key is gone too
+    assert sandbox.x(B).store.keys(A, pid) is None  # the custodian's metadata key is gone too
     assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
 
 
@@ -148,8 +148,8 @@ def test_a_custodian_shredding_its_records_erases_the_copies(sandbox: Sandbox) -
     # C's records still exist at C, and B may lawfully keep their copies (and C's key).
     assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(from_c)
     assert all(orjson.loads(vault_b.get(rid)) for rid in from_c)
-    assert sandbox.x(B).store.key(A, pid) is None
-    assert sandbox.x(B).store.key(C, pid) is not None
+    assert sandbox.x(B).store.keys(A, pid) is None
+    assert sandbox.x(B).store.keys(C, pid) is not None
     # B erased no patient of its own: no records.shredded would tell the network otherwise.
     assert sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid}) is None
     # And nothing of A's comes back: A's gateway refuses, B's vault refuses a late copy.
@@ -210,7 +210,7 @@ def test_a_holder_with_its_own_records_erases_the_copies_apart_and_attests(
         with pytest.raises(PatientErased):
             vault_b.get(rid)
     assert all(orjson.loads(vault_b.get(rid)) for rid in own)  # still readable at B
-    assert sandbox.x(B).store.key(A, pid) is None  # A's metadata key is gone too
+    assert sandbox.x(B).store.keys(A, pid) is None  # A's metadata key is gone too
     outcomes = [j["detail"] for j in sandbox.x(B).store.history() if j["kind"] == "erase"]
     assert any("copies erased apart from the own care records, attested" in d for d in outcomes)
 
@@ -228,7 +228,7 @@ def test_a_custodian_shredding_reaches_copies_held_beside_own_records(sandbox: S
     )
     assert sorted(i.rid for i in vault_b.records_of(pid)) == sorted(own)
     assert not vault_b.is_erased(pid)
-    assert sandbox.x(B).store.key(A, pid) is None
+    assert sandbox.x(B).store.keys(A, pid) is None
 
 
 def test_the_agent_does_not_attest_when_the_own_records_retention_has_run_out(

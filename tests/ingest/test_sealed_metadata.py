@@ -6,11 +6,22 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import cbor2
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medledger.contracts.records import META_BUCKETS, META_CT_SIZES
-from medledger.indexing import MetadataError, open_meta, pad, seal_meta, unpad
+from medledger.indexing import (
+    MetadataError,
+    category_key,
+    category_keys,
+    epoch_of,
+    open_meta,
+    pad,
+    seal_meta,
+    unpad,
+)
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
@@ -51,3 +62,34 @@ def test_padding_is_unambiguous_and_a_long_title_is_shortened_to_fit() -> None:
     assert title.endswith("…") and set(title[:-1]) == {"é"}
     with pytest.raises(MetadataError, match="record r2"):
         seal_meta(key, "r2", 1, {"type": "Observation", "code": "x" * 2000})
+
+
+def test_a_category_key_of_an_epoch_opens_only_its_category_and_epoch() -> None:
+    """Issue 11 review, item 3: one key per (custodian, patient) opened every category."""
+    root = os.urandom(32)
+    labs = {"type": "Observation", "category": "labs", "code": "4548-4"}
+    meds = {"type": "MedicationRequest", "category": "medications", "title": "insulin glargine"}
+    sealed_labs = seal_meta(root, "r1", 1, labs, epoch=2)
+    sealed_meds = seal_meta(root, "r2", 1, meds, epoch=2)
+    assert len(sealed_labs) == len(sealed_meds) and epoch_of(sealed_labs) == 2
+    # The custodian (the patient's metadata key) opens both.
+    assert open_meta(root, "r2", 1, sealed_meds)["title"] == "insulin glargine"
+    # A holder of the labs key of epoch 2 opens the labs entry only.
+    holder = category_keys(root, ["labs"], [2])
+    assert open_meta(holder, "r1", 1, sealed_labs)["code"] == "4548-4"
+    with pytest.raises(MetadataError):
+        open_meta(holder, "r2", 1, sealed_meds)
+    # ... and nothing of another epoch, before or after.
+    with pytest.raises(MetadataError):
+        open_meta(category_keys(root, ["labs"], [1]), "r1", 1, sealed_labs)
+    later = seal_meta(root, "r3", 1, labs, epoch=3)
+    with pytest.raises(MetadataError):
+        open_meta(holder, "r3", 1, later)
+    # An entry sealed under the medications key whose inside says "labs" is refused as
+    # tampered: the category inside must be the one of the key that opened it.
+    nonce = (2).to_bytes(4, "big") + os.urandom(8)
+    inside = pad(cbor2.dumps({**meds, "category": "labs"}, canonical=True))
+    aead = AESGCM(category_key(root, "medications", 2))
+    lying = nonce + aead.encrypt(nonce, inside, b"medledger/meta/v2/r4/1")
+    with pytest.raises(MetadataError):
+        open_meta(root, "r4", 1, lying)

@@ -22,7 +22,6 @@ from medledger.cli.consent import (
     csv,
     event,
     evidence,
-    file_hash,
     hex32,
     iso,
     pid_arg,
@@ -45,9 +44,12 @@ def register(app: typer.Typer) -> None:
         date: Annotated[str, typer.Option(help="The procedure's date (ISO date or ms).")],
         categories: Annotated[str, typer.Option(help="Comma-separated categories B needs.")],
         letter: Annotated[
-            Path | None, typer.Option(help="The referral letter (only its SHA-256).")
+            Path | None,
+            typer.Option(help="The referral letter (kept here; the chain gets a salted hash)."),
         ] = None,
-        letter_hash: Annotated[str, typer.Option(help="Or its SHA-256, hex.")] = "",
+        letter_hash: Annotated[
+            str, typer.Option(help="Or its SHA-256, hex (salted here too).")
+        ] = "",
         rids: Annotated[str, typer.Option(help="Comma-separated records to deliver.")] = "",
         consent: Annotated[int, typer.Option(help="A consent granting B treatment.")] = 0,
         evidence_file: EvidenceOption = None,
@@ -56,8 +58,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Refer a patient to another hospital for a procedure on a date."""
         from medledger.node import Node
+        from medledger.notes import NoteStore, referral_letter, referral_letter_hash
 
         with user_errors():
+            notes = NoteStore(home)
             if letter is None and not letter_hash:
                 fail("--letter (or --letter-hash): the referral letter's hash is required")
             body = {
@@ -65,9 +69,11 @@ def register(app: typer.Typer) -> None:
                 "to": to,
                 "date_ms": when_ms(date, "--date"),
                 "categories": csv(categories),
-                "procedure_hash": file_hash(letter)
+                # Salted and kept in this hospital's notes: a letter's plain hash is found
+                # again by hashing the likely template letters.
+                "procedure_hash": referral_letter(notes, letter.read_bytes(), letter.name)
                 if letter
-                else hex32(letter_hash, "--letter-hash"),
+                else referral_letter_hash(notes, hex32(letter_hash, "--letter-hash")),
                 "rids": csv(rids),
                 "consent": consent,
                 "evidence_hash": evidence(evidence_file, evidence_hash),

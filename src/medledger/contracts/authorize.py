@@ -314,6 +314,52 @@ def _enrolment(
     return f"enrolment:{study}"
 
 
+def meta_epoch(state: StateView, pid: str, at_ms: int) -> int:
+    """The patient's metadata epoch at `at_ms`: how many of their entitlements have ended.
+
+    Counted: consents revoked or past their end, enrolments withdrawn (each withdrawal) or
+    in a study closed or past its end, referrals cancelled or past their window, emergency
+    openings past their end. It never decreases (an ended entitlement stays ended), and only
+    state and time enter it, so every replica computes the same. Custodians seal the
+    patient's index metadata under keys of this epoch (indexing.py), and the gateway seals a
+    hospital the keys of the current epoch only while `authorize` still grants it: a
+    hospital whose entitlement ended cannot open what is registered after.
+    """
+    ended = 0
+    for _, c in state.scan(f"consent/by/{pid}/"):
+        end = int(c.get("end_ms") or 0)
+        if int(c.get("revoked_ms") or 0) or (end and end <= at_ms):
+            ended += 1
+    for key, _ in state.scan(f"research/pid/{pid}/"):
+        study_id = key.rsplit("/", 1)[1]
+        enrolment = state.get(f"research/enrol/{study_id}/{pid}") or {}
+        ended += sum(1 for h in enrolment.get("history", []) if h[1] == "withdrawn")
+        study = get_study(state, study_id)
+        if enrolment.get("status") == "enrolled" and (
+            study is None or not study_open(study, at_ms)
+        ):
+            ended += 1
+    for _, r in state.scan(f"referral/to/{pid}/"):
+        end = int(r.get("end_ms") or 0)
+        if r.get("status") == "cancelled" or (end and end <= at_ms):
+            ended += 1
+    for _, e in state.scan(f"emergency/by/{pid}/"):
+        if int(e.get("expires") or 0) <= at_ms:
+            ended += 1
+    return ended
+
+
+def q_epoch(state: StateView, args: dict[str, Any]) -> int:
+    """`authorize/epoch {pid, at_ms}` -> the patient's metadata epoch (see `meta_epoch`)."""
+    pid, at_ms = args.get("pid"), args.get("at_ms")
+    if not _valid_pid(pid):
+        raise TxError(Code.INVALID_BODY, "authorize/epoch needs pid (64 lowercase hex)")
+    if not isinstance(at_ms, int) or isinstance(at_ms, bool):
+        raise TxError(Code.INVALID_BODY, "authorize/epoch needs at_ms (integer ms)")
+    assert isinstance(pid, str)
+    return meta_epoch(state, pid, at_ms)
+
+
 def q_check(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
     """`authorize/check {key | actor, pid, purpose, meta, at_ms}` -> the decision."""
     key, ref = args.get("key"), args.get("actor")
@@ -339,6 +385,6 @@ CONTRACTS = [
         name="authorize",
         version=1,
         messages={},
-        queries={"authorize/check": q_check},
+        queries={"authorize/check": q_check, "authorize/epoch": q_epoch},
     )
 ]

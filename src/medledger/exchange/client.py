@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import httpx
 import orjson
 from nacl.public import PrivateKey, SealedBox
 
+from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.exchange.pki import TlsFiles, client_context, peer_org
 from medledger.exchange.signing import RequestSigner
 from medledger.indexing import check_commitment
@@ -274,14 +276,32 @@ class ExchangeClient:
 
     def metadata_key(
         self, custodian: str, pid: str, purpose: str = "treatment", study: str | None = None
-    ) -> bytes:
-        """The custodian's metadata key for this patient, opened with this hospital's box key."""
+    ) -> dict[int, dict[str, bytes]]:
+        """The custodian's metadata keys for this patient, {epoch: {category: key}}, of the
+        categories it grants this caller (indexing.py), opened with this hospital's box key."""
         answer, _ = self.post(custodian, "metadata-key", self._ask(pid, purpose, study))
         sealed = base64.b64decode(answer["sealed"])
-        key = SealedBox(PrivateKey(self.node.config.box_key())).decrypt(sealed)
-        if len(key) != 32:
-            raise IntegrityError(custodian, 0, "the metadata key is not 32 bytes")
-        return bytes(key)
+        opened = SealedBox(PrivateKey(self.node.config.box_key())).decrypt(sealed)
+        try:
+            keys = cbor2.loads(opened)
+        except (cbor2.CBORDecodeError, ValueError):
+            keys = None
+        if (
+            not isinstance(keys, dict)
+            or not keys
+            or not all(
+                isinstance(epoch, int)
+                and isinstance(of_epoch, dict)
+                and 0 < len(of_epoch) <= len(CATEGORIES)
+                and all(c in CATEGORY_SET for c in of_epoch)
+                and all(isinstance(k, bytes) and len(k) == 32 for k in of_epoch.values())
+                for epoch, of_epoch in keys.items()
+            )
+        ):
+            raise IntegrityError(
+                custodian, 0, "the metadata keys are not {epoch: {category: 32 bytes}}"
+            )
+        return {int(e): {str(c): bytes(k) for c, k in ks.items()} for e, ks in keys.items()}
 
     def deliver(self, receiver: str, payload: dict[str, Any]) -> dict[str, Any]:
         answer, _ = self.post(receiver, "deliveries", payload)

@@ -12,7 +12,8 @@ happened. Denials are committed too, with their reason.
                                                              the caller may see, decrypted
     POST /exchange/v1/records        {pid, rids, purpose}    resources (exact bytes) + salts;
                                                              the caller checks the commitments
-    POST /exchange/v1/metadata-key   {pid, purpose}          the patient's metadata key, sealed
+    POST /exchange/v1/metadata-key   {pid, purpose}          the keys of the categories the
+                                                             caller may see (indexing.py), sealed
                                                              to the caller hospital's X25519 key
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
     GET  /exchange/v1/events         Server-Sent Events (events.py)
@@ -27,6 +28,12 @@ misbehaving or compromised one must not be able to stall a custodian):
 - a body is refused with 413 past its endpoint's limit (`QUERY_BODY_LIMIT` for the questions,
   `DELIVERY_BODY_LIMIT` for deliveries), on its Content-Length or, without one, as soon as the
   chunks read exceed it: a body is never read whole before its size is known to be acceptable;
+- the bodies being read or served are held in memory, and what they may hold is bounded:
+  at most `BODY_BUDGET` bytes over all peers, and `PER_PEER_BODY_BUDGET` (one delivery and a
+  full set of questions) for one hospital; a body that would pass either is refused at once,
+  429 for the peer's own budget, 503 for the total (both with Retry-After), before it is read
+  (on its Content-Length) or as soon as its chunks pass it. Without them, 8 deliveries of
+  32 MB in flight per peer held 256 MB per misbehaving member;
 - at most `PER_PEER_REQUESTS` requests of one hospital (the one its client certificate names)
   are in the gateway's workers at a time; more are answered 429 at once, so one hospital can
   never hold all the workers and starve the others;
@@ -48,17 +55,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
+from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Decision, Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
-from medledger.indexing import MetadataError, open_meta
+from medledger.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
 from medledger.wallet import TxRejected
 
@@ -76,6 +85,10 @@ QUERY_BODY_LIMIT = 256 * 1024
 DELIVERY_BODY_LIMIT = 32 * 1024 * 1024
 #: Requests one hospital may have in the gateway's workers at once (the pool has 40 threads).
 PER_PEER_REQUESTS = 8
+#: Bytes of request bodies held in memory at once, over all peers.
+BODY_BUDGET = 64 * 1024 * 1024
+#: ... and for one peer: one delivery and its questions (not eight deliveries).
+PER_PEER_BODY_BUDGET = DELIVERY_BODY_LIMIT + PER_PEER_REQUESTS * QUERY_BODY_LIMIT
 #: Event streams one hospital may hold open at once (a consumer follows one).
 PER_PEER_STREAMS = 4
 #: How far beyond this replica's height a requester's `height` may be and still be waited for.
@@ -169,23 +182,77 @@ class PeerSlots:
             return self._busy.get(peer, 0)
 
 
-async def read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+class BodyBudget:
+    """The bytes of request bodies held in memory: at most `total` over all peers and
+    `per_peer` for one hospital (named by its client certificate, as for `PeerSlots`)."""
+
+    def __init__(self, total: int = BODY_BUDGET, per_peer: int = PER_PEER_BODY_BUDGET) -> None:
+        self.total = total
+        self.per_peer = per_peer
+        self._held: dict[str, int] = {}
+        self._sum = 0
+        self._lock = threading.Lock()
+
+    def take(self, peer: str, n: int) -> None:
+        """Hold `n` more bytes for `peer`, or refuse (429: its own budget; 503: the total)."""
+        with self._lock:
+            mine = self._held.get(peer, 0)
+            if mine + n > self.per_peer:
+                raise Refused(
+                    429,
+                    f"{peer} has {mine} bytes of bodies in progress here; "
+                    f"{n} more would pass its budget of {self.per_peer}",
+                )
+            if self._sum + n > self.total:
+                raise Refused(
+                    503, f"this gateway holds {self._sum} bytes of bodies (budget {self.total})"
+                )
+            self._held[peer] = mine + n
+            self._sum += n
+
+    def give(self, peer: str, n: int) -> None:
+        with self._lock:
+            left = self._held.get(peer, 0) - n
+            if left > 0:
+                self._held[peer] = left
+            else:
+                self._held.pop(peer, None)
+            self._sum = max(0, self._sum - n)
+
+    def held(self, peer: str | None = None) -> int:
+        """Bytes held now, for `peer` or over all."""
+        with self._lock:
+            return self._sum if peer is None else self._held.get(peer, 0)
+
+
+async def read_body(
+    declared: str | None,
+    chunks: AsyncIterator[bytes],
+    limit: int,
+    take: Callable[[int], None] | None = None,
+) -> bytes:
     """The request body, or a 413 as soon as it is known to exceed `limit` bytes.
 
     `declared` is the Content-Length header (refused at once when too large); without one
-    (chunked transfer), chunks are read only until the total passes the limit.
+    (chunked transfer), chunks are read only until the total passes the limit. `take(n)`
+    reserves memory for n bytes before they are read (the declared length at once, else
+    each chunk as it comes) and raises `Refused` when the budget has no room.
     """
     if declared is not None:
         if not declared.strip().isdigit():
             raise Refused(400, "Content-Length: a number of bytes expected")
         if int(declared) > limit:
             raise Refused(413, f"body: {int(declared)} bytes, more than the limit of {limit}")
+        if take is not None:
+            take(int(declared))
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise Refused(413, f"body: more than the limit of {limit} bytes")
+        if take is not None and declared is None:
+            take(len(chunk))
         parts.append(chunk)
     return b"".join(parts)
 
@@ -205,6 +272,7 @@ class Gateway:
         per_peer: int = PER_PEER_REQUESTS,
         query_body_limit: int = QUERY_BODY_LIMIT,
         delivery_body_limit: int = DELIVERY_BODY_LIMIT,
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self.node = node
         self.vault = vault
@@ -218,6 +286,7 @@ class Gateway:
         self.streams = PeerSlots(PER_PEER_STREAMS)
         self.query_body_limit = query_body_limit
         self.delivery_body_limit = delivery_body_limit
+        self.bodies = body_budget or BodyBudget()
 
     # -- who is asking -----------------------------------------------------------------
     def authenticate(
@@ -339,7 +408,7 @@ class Gateway:
     ) -> list[tuple[dict[str, Any], dict[str, Any] | None, Decision]]:
         """(entry, opened metadata, decision) for each entry, all on one view of the state."""
         try:
-            key = self.vault.metadata_key(pid)
+            keys = CustodianKeys(self.vault.metadata_key(pid))
         except PatientErased:
             raise Refused(410, "this patient's data was erased here") from None
         except UnknownPatient:
@@ -349,7 +418,7 @@ class Gateway:
         with self.policy.state() as state:
             for entry in entries:
                 try:
-                    meta = open_meta(key, entry["rid"], entry["version"], entry["meta_ct"])
+                    meta = open_meta(keys, entry["rid"], entry["version"], entry["meta_ct"])
                 except MetadataError:
                     out.append((entry, None, Decision(False, "", "record metadata unreadable")))
                     continue
@@ -505,27 +574,63 @@ class Gateway:
         }
 
     def metadata_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
-        """The patient's metadata key, sealed to the caller's hospital, if any record is allowed.
+        """The keys of the categories the caller may see, sealed to the caller's hospital.
 
-        The key opens the metadata of every entry of this patient here (it is per patient), so
-        it is released only on a basis that allows at least one of them; each record itself is
-        still decided one by one when fetched.
+        A category's key of an epoch opens the metadata of every entry of that category of the
+        patient here sealed in that epoch, including those registered later in the same epoch:
+        it is released only for a category `authorize` allows the caller now (asked per
+        category, on this replica, as for any record of it; the record type is not known, so a
+        policy that forbids one type of record does not withhold its category's key, only the
+        records). A consent for labs gets the labs keys, a study its categories, an emergency
+        every category while it lasts. The epochs are those of the entries here and the
+        patient's current one (`authorize.meta_epoch`): once an entitlement ends, the epoch
+        moves on and a hospital no longer granted gets none of the new epoch's keys. Each
+        record itself is still decided one by one when fetched.
         """
         pid, purpose, _, study = self._args(body)
         entries = self._entries(pid)
         if not entries:
             raise Refused(404, "no records of this patient here yet")
-        decided = self._decide_all(caller, pid, entries, purpose, study)
-        grant = next((d for _, _, d in decided if d.allowed), None)
-        decision = grant or decided[0][2]
-        self._commit([self._entry(caller, pid, "search", purpose, [], decision)], timing)
-        if grant is None:
+        try:
+            meta_key = self.vault.metadata_key(pid)
+        except PatientErased:
+            raise Refused(410, "this patient's data was erased here") from None
+        except UnknownPatient:
+            raise Refused(404, "no records of this patient here") from None
+        from medledger.contracts.authorize import meta_epoch  # late, as policy.load_authorize
+
+        decided: list[tuple[str, Decision]] = []
+        now = int(time.time() * 1000)
+        with self.policy.state() as state:
+            epochs = {epoch_of(e["meta_ct"]) for e in entries} | {meta_epoch(state, pid, now)}
+            for category in CATEGORIES:
+                about: dict[str, Any] = {"custodian": self.org, "category": category, "type": ""}
+                if study is not None:
+                    about["study"] = study
+                d = self.policy.decide(caller.actor, pid, about, purpose, now, state=state)
+                decided.append((category, d))
+        granted = [(c, d) for c, d in decided if d.allowed]
+        decision = granted[0][1] if granted else decided[0][1]
+        bases = {d.basis: d for _, d in granted} or {"": decision}  # one entry per basis
+        self._commit(
+            [self._entry(caller, pid, "search", purpose, [], d) for d in bases.values()], timing
+        )
+        if not granted:
             self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)
             raise Refused(403, decision.reason or "denied")
+        categories = [c for c, _ in granted]
+        keys = category_keys(meta_key, categories, sorted(epochs))
         box_key = self._box_key(caller.actor.org)
-        sealed = SealedBox(PublicKey(box_key)).encrypt(self.vault.metadata_key(pid))
+        sealed = SealedBox(PublicKey(box_key)).encrypt(cbor2.dumps(keys, canonical=True))
         self.evidence.set_outcome(caller.request.evidence_id, "served")
-        return {"custodian": self.org, "pid": pid, "sealed": b64(sealed), "basis": grant.basis}
+        return {
+            "custodian": self.org,
+            "pid": pid,
+            "sealed": b64(sealed),
+            "categories": categories,
+            "epochs": sorted(epochs),
+            "basis": decision.basis,
+        }
 
     def _box_key(self, org: str) -> bytes:
         for member in self.node.engine.query("governance/members"):
@@ -609,16 +714,27 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         if not gateway.peers.acquire(peer):
             reason = f"{peer} has {gateway.peers.limit} requests in progress here already"
             return json_response({"error": reason}, 429, {"Retry-After": "1"})
+        held, who = 0, peer
+
+        def take(n: int) -> None:
+            nonlocal held
+            gateway.bodies.take(who, n)
+            held += n
+
         try:
             declared = request.headers.get("content-length")
             try:
-                body = await read_body(declared, request.stream(), handlers[name][2])
+                body = await read_body(declared, request.stream(), handlers[name][2], take)
             except Refused as exc:
-                return json_response({"error": exc.reason}, exc.status, {"Connection": "close"})
+                more = {"Connection": "close"}
+                if exc.status in (429, 503):
+                    more["Retry-After"] = "1"
+                return json_response({"error": exc.reason}, exc.status, more)
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             headers = {k.lower(): v for k, v in request.headers.items()}
             return await run_in_threadpool(run, name, target, body, headers, peer)
         finally:
+            gateway.bodies.give(peer, held)
             gateway.peers.release(peer)
 
     app.add_api_route(PREFIX + "/{name}", endpoint, methods=["POST"])

@@ -13,13 +13,16 @@ transaction, so that a crash never loses one:
     erasure.notify to this hospital, or records.shredded by the custodian of copies held here
                                                                  -> `erase`
 
-A `sync` job obtains the custodian's metadata key for the patient when it lacks it (sealed to
-this hospital's X25519 key, kept encrypted here), opens the custodian's index entries from its
-own replica, asks `authorize` locally what the custodian will grant (the same function on the
-same state), fetches those records it does not hold yet, checks each against its commitment,
-and stores them in its vault re-encrypted under its own keys, marked as copies with the
-custodian's salt (so the commitment stays checkable, and erasure reaches them). A refusal ends
-a job; an unreachable peer is retried with backoff.
+A `sync` job obtains the custodian's metadata keys for the patient when it lacks one of the
+categories `authorize` grants it (asked on this replica, category by category, as the gateway
+will; the keys come sealed to this hospital's X25519 key, one per category granted, and are
+kept encrypted here), opens those of the custodian's index entries its keys open from its own
+replica (the others are of categories not granted: they stay closed), asks `authorize` locally
+what the custodian will grant (the same function on the same state), fetches those records it
+does not hold yet, checks each against its commitment, and stores them in its vault
+re-encrypted under its own keys, marked as copies with the custodian's salt (so the commitment
+stays checkable, and erasure reaches them). A refusal ends a job; an unreachable peer is
+retried with backoff.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -55,7 +59,7 @@ from medledger.exchange.client import (
 from medledger.exchange.events import block_events
 from medledger.exchange.gateway import Caller, Refused, b64
 from medledger.exchange.policy import Policy, record_meta
-from medledger.indexing import MetadataError, check_commitment, open_meta
+from medledger.indexing import MetadataError, check_commitment, epoch_of, open_meta
 from medledger.ledger.results import BlockRecord
 from medledger.vault import PatientErased, RecordConflict, RecordNotFound, Vault
 from medledger.wallet import TxRejected
@@ -154,7 +158,8 @@ class SyncStore:
     def _aad(self, custodian: str, pid: str) -> bytes:
         return f"{custodian}/{pid}".encode()
 
-    def key(self, custodian: str, pid: str) -> bytes | None:
+    def keys(self, custodian: str, pid: str) -> dict[int, dict[str, bytes]] | None:
+        """The custodian's keys held for the patient ({epoch: {category: key}}), or None."""
         with self._lock:
             row = self._db.execute(
                 "SELECT key_ct FROM grants WHERE custodian = ? AND pid = ?", (custodian, pid)
@@ -163,13 +168,17 @@ class SyncStore:
             return None
         blob = bytes(row[0])
         try:
-            return self._aead.decrypt(blob[:12], blob[12:], self._aad(custodian, pid))
-        except InvalidTag:
+            keys = cbor2.loads(self._aead.decrypt(blob[:12], blob[12:], self._aad(custodian, pid)))
+        except (InvalidTag, cbor2.CBORDecodeError, ValueError):
             return None
+        if not isinstance(keys, dict) or not all(isinstance(v, dict) for v in keys.values()):
+            return None  # a single key of before the category keys: ask again
+        return {int(e): {str(c): bytes(k) for c, k in ks.items()} for e, ks in keys.items()}
 
-    def put_key(self, custodian: str, pid: str, key: bytes) -> None:
+    def put_keys(self, custodian: str, pid: str, keys: dict[int, dict[str, bytes]]) -> None:
         nonce = os.urandom(12)
-        blob = nonce + self._aead.encrypt(nonce, key, self._aad(custodian, pid))
+        plain = cbor2.dumps(keys, canonical=True)
+        blob = nonce + self._aead.encrypt(nonce, plain, self._aad(custodian, pid))
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO grants (custodian, pid, key_ct, obtained_ms) "
@@ -241,6 +250,11 @@ class SyncStore:
             )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _categories(keys: dict[int, dict[str, bytes]]) -> set[str]:
+    """The categories whose keys are held for the latest epoch held."""
+    return set(keys[max(keys)]) if keys else set()
 
 
 def _add_job(
@@ -360,8 +374,13 @@ class SyncAgent:
                     "VALUES (?, ?, ?, ?)",
                     (pid, purpose, source, record.header.time_ms),
                 )
+            ended: set[str] = set()
             for pid, source in dropped:
-                db.execute("DELETE FROM interest WHERE pid = ? AND source = ?", (pid, source))
+                gone = db.execute(
+                    "DELETE FROM interest WHERE pid = ? AND source = ?", (pid, source)
+                )
+                if gone.rowcount:
+                    ended.add(pid)
             for kind, custodian, pid, purpose, ref in todo:
                 if kind == "sync":
                     purposes = [purpose] if purpose else self._purposes(db, pid)
@@ -374,11 +393,10 @@ class SyncAgent:
                 "ON CONFLICT (id) DO UPDATE SET height = excluded.height",
                 (record.height,),
             )
-        for pid, _ in dropped:
-            with self.store.tx() as db:
-                left = db.execute("SELECT 1 FROM interest WHERE pid = ?", (pid,)).fetchone()
-            if left is None:
-                self.store.forget_keys(pid)
+        # An entitlement of this hospital ended: forget every key of the patient, whatever
+        # else remains; the next sync asks again for only the categories still granted.
+        for pid in ended:
+            self.store.forget_keys(pid)
 
     @staticmethod
     def _purposes(db: sqlite3.Connection, pid: str) -> list[str]:
@@ -524,19 +542,26 @@ class SyncAgent:
         ]
         if not entries:
             return "nothing held there"
-        key = self.store.key(custodian, pid)
-        if key is None:
-            if not self._may_ask(custodian, pid, purpose, study or None):
-                return "nothing grants this hospital access there"
-            key = self.client.metadata_key(custodian, pid, purpose, study or None)
-            self.store.put_key(custodian, pid, key)
+        entitled = self._entitled(custodian, pid, purpose, study or None)
+        if not entitled:
+            return "nothing grants this hospital access there"
+        # Ask again when a category now granted has no key here, or an entry names an epoch
+        # whose keys this hospital lacks (an entitlement ended since: the epoch moved on).
+        epochs = {epoch_of(e["meta_ct"]) for e in entries}
+        keys = self.store.keys(custodian, pid)
+        if keys is None or not entitled <= _categories(keys) or not epochs <= set(keys):
+            keys = self.client.metadata_key(custodian, pid, purpose, study or None)
+            self.store.put_keys(custodian, pid, keys)
+            if not epochs <= set(keys):  # the custodian's replica is behind this one's
+                raise ExchangeError(custodian, 0, "metadata keys of a later epoch not served yet")
         if purpose == "research":
-            return "metadata key held (research: no copies)"
+            held = ", ".join(sorted(_categories(keys)))
+            return f"metadata keys held for {held} (research: no copies)"
         held: dict[str, int] = {}
         for info in self.vault.records_of(pid):
             if info.is_copy and info.custodian == custodian:
                 held[info.rid] = max(held.get(info.rid, 0), info.version)
-        wanted = self._wanted(entries, held, key, custodian, pid, purpose)
+        wanted = self._wanted(entries, held, keys, pid, purpose)
         stored, missing = 0, []
         for i in range(0, len(wanted), FETCH_CHUNK):
             fetched = self.client.fetch(custodian, pid, wanted[i : i + FETCH_CHUNK], purpose)
@@ -546,36 +571,42 @@ class SyncAgent:
             raise ExchangeError(custodian, 0, f"{len(missing)} records not served yet")
         return f"{stored} records copied"
 
-    def _may_ask(self, custodian: str, pid: str, purpose: str, study: str | None) -> bool:
-        """Could any category of this custodian's records be granted to this hospital now?
+    def _entitled(self, custodian: str, pid: str, purpose: str, study: str | None) -> set[str]:
+        """The categories of this custodian's records authorize grants this hospital now.
 
-        Asked before requesting a metadata key (whose entries cannot be read yet): the same
-        authorize, on this replica, for each category, so a hospital never asks, and fills the
-        custodian's audit trail with a denial, where nothing can grant it access.
+        Asked before requesting metadata keys (whose entries cannot be read yet): the same
+        authorize, on this replica, for each category, as the gateway asks before sealing
+        them. So a hospital never asks, and fills the custodian's audit trail with a denial,
+        where nothing can grant it access, and asks again when a new entitlement (a broader
+        consent, an emergency) covers a category whose key it lacks.
         """
         now = _now_ms()
+        granted: set[str] = set()
         with self.policy.state() as state:
             me = resolve_actor(state, self.node.org_key.public_key)
             if me is None:
-                return False
+                return granted
             for category in CATEGORIES:
                 meta: dict[str, Any] = {"custodian": custodian, "category": category, "type": ""}
                 if study is not None:
                     meta["study"] = study
                 if self.policy.decide(me, pid, meta, purpose, now, state=state).allowed:
-                    return True
-        return False
+                    granted.add(category)
+        return granted
 
     def _wanted(
         self,
         entries: list[dict[str, Any]],
         held: dict[str, int],
-        key: bytes,
-        custodian: str,
+        keys: dict[int, dict[str, bytes]],
         pid: str,
         purpose: str,
     ) -> list[str]:
-        """The entries not held yet that authorize will let this hospital read now."""
+        """The entries not held yet that authorize will let this hospital read now.
+
+        Only the entries of the categories whose keys this hospital holds open; the others are
+        of categories it is not granted, and stay closed (nothing says which they are).
+        """
         wanted: list[str] = []
         now = _now_ms()
         with self.policy.state() as state:
@@ -586,11 +617,9 @@ class SyncAgent:
                 if held.get(e["rid"], 0) >= e["version"]:
                     continue
                 try:
-                    meta = open_meta(key, e["rid"], e["version"], e["meta_ct"])
+                    meta = open_meta(keys, e["rid"], e["version"], e["meta_ct"])
                 except MetadataError:
-                    # The custodian re-keyed the patient (erased and came back): ask again.
-                    self.store.forget_keys(pid, custodian)
-                    raise ExchangeError(custodian, 0, "metadata key out of date") from None
+                    continue
                 d = self.policy.decide(me, pid, record_meta(e, meta), purpose, now, state=state)
                 if d.allowed:
                     wanted.append(e["rid"])
