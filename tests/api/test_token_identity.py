@@ -105,8 +105,7 @@ def test_a_signed_out_token_stays_out_with_its_signature_re_encoded(api: Api) ->
     variants = [f"{head}.{body}.{sig}==", f"{head}.{body}.!!!!{sig}", f"{head}==.{body}.{sig}"]
     read = f"/fhir/Patient/{api.patient_rid}"
     answers = [
-        api.client.get(read, headers={"Authorization": f"Bearer {v}"}).status_code
-        for v in variants
+        api.client.get(read, headers={"Authorization": f"Bearer {v}"}).status_code for v in variants
     ]
     assert answers == [401, 401, 401]
 
@@ -119,7 +118,9 @@ def test_a_signed_out_token_stays_out_with_its_signature_re_encoded(api: Api) ->
         (lambda t: t[:10] + "+" + t[11:], "not base64url"),
     ],
 )
-def test_a_token_is_decoded_strictly_with_the_reason_named(api: Api, spelling: Any, why: str) -> None:
+def test_a_token_is_decoded_strictly_with_the_reason_named(
+    api: Api, spelling: Any, why: str
+) -> None:
     token = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)["Authorization"][7:]
     r = api.client.get(
         f"/fhir/Patient/{api.patient_rid}", headers={"Authorization": f"Bearer {spelling(token)}"}

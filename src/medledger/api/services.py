@@ -204,9 +204,8 @@ class HospitalServices:
         if claims.subject.startswith("Practitioner/"):
             key = self.practitioner_key(claims)
             if key is None:
-                return Decision(
-                    False, "", f"unknown actor: {claims.subject} is not a practitioner of {self.org}"
-                )
+                why = f"unknown actor: {claims.subject} is not a practitioner of {self.org}"
+                return Decision(False, "", why)
         elif claims.subject.startswith("Device/") and any(
             s.startswith("system/") for s in claims.scopes
         ):
@@ -240,10 +239,11 @@ class HospitalServices:
     ) -> None:
         """Write the access (or denial) on the chain; `wait` until committed for remote reads.
 
-        The contract bounds every field (access.MAX_REASON, MAX_BASIS, MAX_RIDS): a reason is
-        clipped, and a long list of records becomes several entries, in several txs if need be.
+        The contract bounds every field (MAX_BASIS, MAX_RIDS): a long list of records becomes
+        several entries, in several txs if need be. A denial's reason goes on the chain as its
+        code (access.denial_code); the wording is the caller's answer, never on the chain.
         """
-        from medledger.contracts.access import MAX_REASON
+        from medledger.contracts.access import denial_code
 
         base = {
             "actor": self.actor_of(claims),
@@ -253,7 +253,7 @@ class HospitalServices:
             "purpose": purpose,
             "outcome": "granted" if decision.allowed else "denied",
             "basis": decision.basis,
-            "reason": decision.reason[:MAX_REASON],
+            "reason": "" if decision.allowed else denial_code(decision.reason),
         }
         # Every record served is named: large pages become several entries of one tx.
         chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]

@@ -36,6 +36,7 @@ from medledger.api.outcomes import FhirError
 from medledger.api.scopes import ScopeError, grants
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, TokenError, patient_of, verify_token
+from medledger.contracts.access import reason_in_words
 from medledger.web.render import e, page, table, when
 
 COOKIE = "medledger_token"
@@ -118,9 +119,7 @@ def _clinician_refusal(claims: Claims | None) -> str:
     return "your token's scopes allow no reading of records (a user/ read scope is needed)"
 
 
-def _patient_claims(
-    request: Request, resource_type: str, interaction: str
-) -> tuple[Claims, str]:
+def _patient_claims(request: Request, resource_type: str, interaction: str) -> tuple[Claims, str]:
     """A signed-in patient whose scopes allow this FHIR interaction (403 otherwise), and their
     pid. Only a token that IS the patient (`patient_of`): a practitioner's launch context is
     not a patient sign-in."""
@@ -274,7 +273,9 @@ def make_router() -> APIRouter:
             [
                 e(when(a["time"])),
                 e(a["actor"]),
-                e(a["actor_org"]),
+                # A remote act is backed by its hospital's request, verified on the chain.
+                e(a["actor_org"])
+                + (f" (signed by {e(a['request_signer'])})" if a.get("request_signer") else ""),
                 # The entry's signer, not a claim of the tx: who answers for this line.
                 f'<span title="{e(a.get("signer", ""))}">served and signed by '
                 f"{e(a['custodian'])}</span>",
@@ -282,7 +283,7 @@ def make_router() -> APIRouter:
                 e(a["purpose"]),
                 f'<span class="{"ok" if a["outcome"] == "granted" else "bad"}">'
                 f"{e(a['outcome'])}</span>",
-                e(a["basis"] or a["reason"]),
+                e(a["basis"] or reason_in_words(a["reason"])),
                 f'<a href="/portal/proof/{a["tx"].hex()}">proof</a> (block {a["height"]})',
             ]
             for a in reversed(trail)
