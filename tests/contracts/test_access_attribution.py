@@ -168,3 +168,12 @@ def test_every_denial_code_commits_and_reads_in_words() -> None:
 def test_a_granted_entry_has_no_reason() -> None:
     result = _log(_entry(reason="no consent"))
     assert result.code == Code.INVALID_BODY and "only a denial" in result.log
+
+
+def test_every_phrase_authorize_names_is_a_denial_code() -> None:
+    from medledger.contracts import authorize
+
+    doc = authorize.__doc__ or ""
+    listed = doc.split("then details:")[1].split("When several")[0].split("(These")[0]
+    phrases = {p.strip() for p in listed.replace("\n", " ").split(",") if p.strip()}
+    assert len(phrases) > 20 and phrases <= set(DENIAL_REASONS), phrases - set(DENIAL_REASONS)
