@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -31,11 +32,19 @@ _nonces = itertools.count(1)
 
 
 def signed_request(
-    key: SigningKey, audience: str = "h0", time_ms: int = T0, target: str = "/exchange/v1/records"
+    key: SigningKey,
+    audience: str = "h0",
+    time_ms: int = T0,
+    target: str = "/exchange/v1/records",
+    asked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A request as the exchange signs it (exchange/signing.py), addressed to `audience`."""
+    """A request as the exchange signs it (exchange/signing.py), addressed to `audience`,
+    asking `asked` (by default PID's records r1 and r2 for treatment)."""
     nonce = next(_nonces).to_bytes(16, "big")
-    body_hash = hashlib.sha256(b'{"pid": "..."}').digest()
+    if asked is None:
+        asked = {"pid": PID, "purpose": "treatment", "rids": ["r1", "r2"], "height": 2}
+    body = json.dumps(asked).encode()
+    body_hash = hashlib.sha256(body).digest()
     signed = request_bytes("POST", target, body_hash, time_ms, nonce, audience)
     return {
         "key": key.public_key,
@@ -45,6 +54,7 @@ def signed_request(
         "method": "POST",
         "target": target,
         "body_hash": body_hash,
+        "body": body,
     }
 
 
@@ -79,7 +89,8 @@ def _entry(**over):  # type: ignore[no-untyped-def]
     e.update(over)
     # A remote access carries its hospital's signed request; `request=None`: none at all.
     if "request" not in over and e["actor_org"] != "h0":
-        e["request"] = signed_request(_signer_of(str(e["actor"]), str(e["actor_org"])))
+        asked = {"pid": e["pid"], "purpose": e["purpose"], "rids": e["rids"]}
+        e["request"] = signed_request(_signer_of(str(e["actor"]), str(e["actor_org"])), asked=asked)
     if e.get("request") is None:
         e.pop("request", None)
     return e

@@ -110,6 +110,31 @@ def test_a_remote_entry_without_the_actors_request_for_this_custodian_is_refused
     assert words in result.log, result.log
 
 
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        # h1 asked about PID; h0 cannot log it as a read of another patient, purpose or record
+        ({"pid": "cd" * 32}, "pid: the signed request asked about another"),
+        ({"purpose": "research"}, "purpose: the signed request asked for another"),
+        ({"rids": ["r1", "r9"]}, "rids: records the signed request did not ask"),
+    ],
+)
+def test_an_entry_is_about_what_the_signed_request_asked(over: dict[str, Any], words: str) -> None:
+    asked = {"pid": PID, "purpose": "treatment", "rids": ["r1", "r2"]}
+    result = _log(_entry(**over, request=signed_request(DR_A, asked=asked)))
+    assert result.code == Code.UNAUTHORIZED and words in result.log, result.log
+
+
+def test_the_request_body_must_be_the_one_signed_and_travel_with_the_first_entry() -> None:
+    request = signed_request(DR_A)
+    swapped = {**request, "body": b'{"pid": "' + PID.encode() + b'"}'}
+    result = _log(_entry(request=swapped))
+    assert result.code == Code.UNAUTHORIZED and "does not hash to body_hash" in result.log
+    bare = {k: v for k, v in request.items() if k != "body"}
+    result = _log(_entry(request=bare))
+    assert result.code == Code.INVALID_BODY and "carries its body" in result.log
+
+
 def test_an_organisation_actor_is_backed_only_by_the_organisation_key() -> None:
     entry = _entry(actor="org:h1", request=signed_request(DR_A))
     result = _log(entry)
@@ -119,7 +144,9 @@ def test_an_organisation_actor_is_backed_only_by_the_organisation_key() -> None:
 def test_one_request_backs_the_entries_of_one_tx_only() -> None:
     net, app = _with_dr_a()
     request = signed_request(DR_A)
-    first = [_entry(request=request), _entry(request=request, rids=["r3"])]  # one tx: fine
+    # One tx, one entry per basis (as the gateway groups them): the body travels once.
+    without_body = {k: v for k, v in request.items() if k != "body"}
+    first = [_entry(request=request, rids=["r1"]), _entry(request=without_body, rids=["r2"])]
     txs = [net.tx(net.orgs["h0"], "access.log", {"entries": first})]
     assert run_block(app, txs, net.solo).results[0].ok
     replay = _entry(request=request, pid="cd" * 32)

@@ -23,10 +23,10 @@ Who may write what (a trail anyone could forge would prove nothing):
   the actor's own registered key, or its hospital's organisation key (for an `org:` actor,
   only the organisation key); the request time is within `REQUEST_WINDOW_MS` of the block
   time; and one request backs the entries of one tx only (`acc/req/`), so a request cannot be
-  replayed into other entries later. So a hospital cannot attribute an act to another without
-  that hospital's signature. What the signature does not show the chain is the request body
-  (only its hash): an entry naming another pid than the one asked for is provable by the
-  requester, who holds its body, not refused here.
+  replayed into other entries later; the request's body (JSON, hashed into the signature) is
+  carried by the first entry citing it in the tx, and the entry must be about what it asked:
+  its `pid`, its `purpose` (default treatment), and, if it lists `rids`, only those. So a
+  hospital cannot attribute an act to another without that hospital's signed question.
   The state keeps the request's digest (sha256 of the signed bytes and the signature, the key
   of the custodian's evidence table) and who signed it (`request_signer`).
 
@@ -39,7 +39,8 @@ add); `denial_code` turns a worded reason into its code. The wording stays with 
 
 Bounds (free text on the chain can never be erased): `basis` at most `MAX_BASIS`, `rids` at
 most `MAX_RIDS` per entry (callers split a longer list into several entries), a request's
-`target` at most `MAX_TARGET`, `MAX_ENTRIES` entries per tx.
+`target` at most `MAX_TARGET` and its `body` at most `MAX_REQUEST_BODY` bytes, `MAX_ENTRIES`
+entries per tx.
 
 State (prefix `acc/`):
     acc/pid/<pid>/<time:016d>/<tx id hex>/<n:04d>   one entry, in time order per patient
@@ -50,6 +51,7 @@ State (prefix `acc/`):
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,7 @@ MAX_ENTRIES = 500
 MAX_RIDS = 1000  # per entry
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
 MAX_TARGET = 512  # a signed request's path (the exchange's are short)
+MAX_REQUEST_BODY = 96 * 1024  # an exchange question: pid, purpose, up to 1000 rids
 BASES = ("custodian", "patient")  # bases without an id
 BASIS_KINDS = ("consent", "referral", "emergency", "enrolment")  # "<kind>:<id>"
 #: How far a remote request's time may be from the block time of the entry it backs: the
@@ -162,7 +165,10 @@ class Request:
     signature: bytes  # Ed25519, 64 bytes, over `request_bytes(..., audience=custodian)`
     method: str
     target: str
-    body_hash: bytes  # sha256 of the request body, which both hospitals keep
+    body_hash: bytes  # sha256 of the request body
+    # The body itself (JSON: pid, purpose, rids...), carried by the first entry of a tx that
+    # cites this request; the tx's other entries citing it may leave it out.
+    body: bytes = b""
 
 
 @dataclass
@@ -295,9 +301,12 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
         raise TxError(Code.NOT_FOUND, f"{where}: {org} registered no practitioner {practitioner}")
 
 
-def _check_request(ctx: Context, i: int, e: Entry, custodian: str) -> tuple[bytes, str]:
+def _check_request(
+    ctx: Context, i: int, e: Entry, custodian: str, asked: dict[bytes, dict[str, Any]]
+) -> tuple[bytes, str]:
     """A remote entry's request: signed by the actor (or its hospital) for this custodian,
-    recently, and backing no other tx. Returns (digest, who signed it)."""
+    recently, backing no other tx, and asking about this entry's patient, purpose and records.
+    `asked` keeps the bodies already read in this tx, by digest. Returns (digest, signer)."""
     where = f"field entries[{i}].request"
     assert e.request is not None
     try:
@@ -342,19 +351,58 @@ def _check_request(ctx: Context, i: int, e: Entry, custodian: str) -> tuple[byte
             Code.UNAUTHORIZED, f"{where}: this request already backs the entries of another tx"
         )
     ctx.state.put(f"acc/req/{digest.hex()}", ctx.tx_id)
+    if req.body:
+        asked[digest] = _request_body(i, req)
+    elif digest not in asked:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"{where}.body: the first entry citing a request carries its body",
+        )
+    _check_asked(i, e, asked[digest])
     return digest, label
+
+
+def _request_body(i: int, req: Request) -> dict[str, Any]:
+    """The signed request's body, a JSON map (its hash is what the signature covers)."""
+    where = f"field entries[{i}].request.body"
+    if len(req.body) > MAX_REQUEST_BODY:
+        raise TxError(Code.INVALID_BODY, f"{where}: at most {MAX_REQUEST_BODY} bytes")
+    if hashlib.sha256(req.body).digest() != req.body_hash:
+        raise TxError(Code.UNAUTHORIZED, f"{where}: does not hash to body_hash")
+    try:
+        body = json.loads(req.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise TxError(Code.INVALID_BODY, f"{where}: a JSON object expected")
+    return body
+
+
+def _check_asked(i: int, e: Entry, body: dict[str, Any]) -> None:
+    """The entry is about what the request asked: its pid, its purpose, among its records."""
+    where = f"field entries[{i}]"
+    if body.get("pid") != e.pid:
+        raise TxError(Code.UNAUTHORIZED, f"{where}.pid: the signed request asked about another")
+    if body.get("purpose", "treatment") != e.purpose:
+        raise TxError(
+            Code.UNAUTHORIZED, f"{where}.purpose: the signed request asked for another purpose"
+        )
+    wanted = body.get("rids")
+    if isinstance(wanted, list) and not set(e.rids) <= set(wanted):
+        raise TxError(Code.UNAUTHORIZED, f"{where}.rids: records the signed request did not ask")
 
 
 def log(ctx: Context, msg: Log) -> None:
     custodian, _ = acting_org(ctx)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    asked: dict[bytes, dict[str, Any]] = {}  # the bodies of the requests cited, by digest
     for n, raw in enumerate(msg.entries):
         entry = _check(n, raw)
         _check_actor(ctx, n, entry, custodian)
         digest, signer = b"", ""
         if entry.request is not None:
-            digest, signer = _check_request(ctx, n, entry, custodian)
+            digest, signer = _check_request(ctx, n, entry, custodian, asked)
         record_entry(ctx, custodian, n, entry, digest, signer)
 
 

@@ -281,6 +281,13 @@ class Gateway:
         latency figures exclude; signing and CheckTx are the gateway's own cost.
         """
         wallet = self.node.wallet
+        signed: set[bytes] = set()  # a request's body travels with its first entry only
+        for entry in entries:
+            request = entry.get("request")
+            if request is not None:
+                if request["signature"] in signed:
+                    entry["request"] = {k: v for k, v in request.items() if k != "body"}
+                signed.add(request["signature"])
         try:
             submitted = wallet.submit("access.log", {"entries": entries})
             if not submitted.accepted:

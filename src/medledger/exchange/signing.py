@@ -89,6 +89,7 @@ class SignedRequest:
     audience: str
     digest: bytes  # sha256 of the signed bytes and the signature: the access entry keeps it
     evidence_id: int
+    body: bytes = b""  # what was signed (its hash): the contract checks the pid against it
 
     def request_fields(self) -> dict[str, object]:
         """The access entry's `request`: what the contract needs to verify this signature."""
@@ -100,6 +101,7 @@ class SignedRequest:
             "method": self.method.upper(),
             "target": self.target,
             "body_hash": self.body_hash,
+            "body": self.body,
         }
 
 
@@ -241,4 +243,5 @@ class EvidenceStore:
             audience=audience,
             digest=digest,
             evidence_id=evidence_id,
+            body=body,
         )
