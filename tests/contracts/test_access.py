@@ -2,27 +2,73 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+from typing import Any
+
 import pytest
 
-from medledger.contracts.access import MAX_ENTRIES, MAX_REASON, MAX_RIDS
+from medledger.contracts.access import (
+    DENIAL_REASONS,
+    MAX_ENTRIES,
+    MAX_REASON,
+    MAX_RIDS,
+    request_bytes,
+)
 from medledger.contracts.records import MAX_BASIS, META_CT_SIZES
 from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 
-from ..ledger.helpers import Net, make_net, run_block
+from ..ledger.helpers import T0, Net, make_net, run_block
 
 PID = "ab" * 32
 OTHER_PID = "cd" * 32
-REQUEST = b"\x07" * 32  # the hash of h1's signed request, which h0 keeps as evidence
 META_CT = b"\x01" * META_CT_SIZES[0]
+DR_A = SigningKey(b"\x05" * 32)  # h1's practitioner dr-a
+ORG_KEYS = make_net().orgs  # the same keys in every make_net()
+_nonces = itertools.count(1)
+
+
+def signed_request(
+    key: SigningKey,
+    audience: str = "h0",
+    time_ms: int = T0,
+    target: str = "/exchange/v1/records",
+    asked: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A request as the exchange signs it (exchange/signing.py), addressed to `audience`,
+    asking `asked` (by default PID's records r1 and r2 for treatment)."""
+    nonce = next(_nonces).to_bytes(16, "big")
+    if asked is None:
+        asked = {"pid": PID, "purpose": "treatment", "rids": ["r1", "r2"], "height": 2}
+    body = json.dumps(asked).encode()
+    body_hash = hashlib.sha256(body).digest()
+    signed = request_bytes("POST", target, body_hash, time_ms, nonce, audience)
+    return {
+        "key": key.public_key,
+        "time_ms": time_ms,
+        "nonce": nonce,
+        "signature": key.sign(signed),
+        "method": "POST",
+        "target": target,
+        "body_hash": body_hash,
+        "body": body,
+    }
+
+
+def _signer_of(actor: str, actor_org: str) -> SigningKey:
+    if actor == "practitioner:h1/dr-a":
+        return DR_A
+    return ORG_KEYS.get(actor_org, SigningKey(b"\x09" * 32))
 
 
 def _with_dr_a() -> tuple[Net, Application]:
     """Three members; h1 registered its practitioner dr-a."""
     net = make_net()
     app = net.app()
-    body = {"practitioner": "dr-a", "key": SigningKey(b"\x05" * 32).public_key, "roles": ["nurse"]}
+    body = {"practitioner": "dr-a", "key": DR_A.public_key, "roles": ["nurse"]}
     assert (
         run_block(app, [net.tx(net.orgs["h1"], "identity.register", body)], net.solo).results[0].ok
     )
@@ -39,9 +85,14 @@ def _entry(**over):  # type: ignore[no-untyped-def]
         "outcome": "granted",
         "basis": "consent:7",
         "rids": ["r1", "r2"],
-        "request": REQUEST,
     }
     e.update(over)
+    # A remote access carries its hospital's signed request; `request=None`: none at all.
+    if "request" not in over and e["actor_org"] != "h0":
+        asked = {"pid": e["pid"], "purpose": e["purpose"], "rids": e["rids"]}
+        e["request"] = signed_request(_signer_of(str(e["actor"]), str(e["actor_org"])), asked=asked)
+    if e.get("request") is None:
+        e.pop("request", None)
     return e
 
 
@@ -63,10 +114,10 @@ def test_granted_and_denied_accesses_are_kept_in_order() -> None:
 def test_a_hospital_cannot_attribute_an_access_to_another_without_its_signed_request() -> None:
     """Issue 11 item 5: h0 signed an entry naming h1's practitioner as actor, and it committed."""
     net, app = _with_dr_a()
-    forged = _entry(request=b"")
+    forged = _entry(request=None)
     result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [forged]}))
     assert result.code == Code.UNAUTHORIZED and "request" in result.log, result
-    # With the request's hash h0 answers for it, and the trail says h0 served it.
+    # With h1's signed request, every replica checks h1 asked; the trail says h0 served it.
     assert (
         run_block(app, [net.tx(net.orgs["h0"], "access.log", {"entries": [_entry()]})], net.solo)
         .results[0]
@@ -103,9 +154,13 @@ def test_the_actor_is_someone_of_actor_org(over: dict, code: Code, words: str) -
 
 def test_a_patient_at_their_hospital_is_logged_and_so_is_another_patients_refused_attempt() -> None:
     net, app = _with_dr_a()
-    own = _entry(actor=f"patient:{PID}", actor_org="h0", request=b"", purpose="patient-request")
+    own = _entry(actor=f"patient:{PID}", actor_org="h0", purpose="patient-request")
     attempt = _entry(
-        actor=f"patient:{OTHER_PID}", actor_org="h0", outcome="denied", basis="", reason="not you"
+        actor=f"patient:{OTHER_PID}",
+        actor_org="h0",
+        outcome="denied",
+        basis="",
+        reason="other patient",
     )
     txs = [net.tx(net.orgs["h0"], "access.log", {"entries": [own, attempt]})]
     assert run_block(app, txs, net.solo).results[0].ok
@@ -115,9 +170,9 @@ def test_a_patient_at_their_hospital_is_logged_and_so_is_another_patients_refuse
     ("over", "words"),
     [
         # Issue 11 item 5: a 400 KB reason and 20,000 rids in one entry had committed.
-        ({"outcome": "denied", "basis": "", "reason": "x" * 400_000}, "reason: at most"),
+        ({"outcome": "denied", "basis": "", "reason": "x" * 400_000}, "not a denial code"),
         ({"rids": [f"r{i}" for i in range(20_000)]}, "rids: at most"),
-        ({"outcome": "denied", "basis": "", "reason": "x" * (MAX_REASON + 1)}, "reason"),
+        ({"outcome": "denied", "basis": "", "reason": "x" * MAX_REASON}, "not a denial code"),
         ({"rids": [f"r{i}" for i in range(MAX_RIDS + 1)]}, "rids"),
         ({"basis": "consent:" + "1" * MAX_BASIS}, "basis: at most"),
         # a basis is a code, never text that could say something of the patient
@@ -136,7 +191,8 @@ def test_every_field_of_an_entry_is_bounded(over: dict, words: str) -> None:  # 
 def test_the_bounds_still_let_a_full_entry_and_a_full_tx_through() -> None:
     net, app = _with_dr_a()
     full = _entry(rids=[f"r{i}" for i in range(MAX_RIDS)], basis="enrolment:" + "s" * 64)
-    denial = _entry(outcome="denied", basis="", reason="x" * MAX_REASON, rids=[])
+    longest = max(DENIAL_REASONS, key=len)
+    denial = _entry(outcome="denied", basis="", reason=longest, rids=[])
     many = [denial] * MAX_ENTRIES
     for entries in ([full], many):
         txs = [net.tx(net.orgs["h0"], "access.log", {"entries": entries})]

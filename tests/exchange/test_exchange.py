@@ -53,6 +53,10 @@ def test_written_at_a_is_readable_at_b_and_prefetched_into_b_vault(sandbox: Sand
         assert e["actor_org"] == B and e["custodian"] == A
         assert e["basis"] == f"consent:{consent_id}"
     assert reads and all(len(e["request"]) == 32 for e in reads)
+    # Each read rests on B's signed request, verified on the chain; A's evidence keeps it.
+    assert {e["request_signer"].partition(":")[2].partition("/")[0] for e in reads} == {B}
+    kept = {bytes(r["digest"]) for r in sandbox.x(A).evidence.rows() if r["digest"]}
+    assert {bytes(e["request"]) for e in reads} <= kept
     assert {r for e in reads for r in e["rids"]} == set(rids)
     assert {r for e in exports for r in e["rids"]} == set(new_rids)
 

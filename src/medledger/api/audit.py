@@ -17,6 +17,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from medledger.contracts.access import reason_in_words
+
 _ACTION = {
     "read": ("R", "read"),
     "search": ("E", "search-type"),
@@ -62,7 +64,9 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
         "action": action,
         "recorded": recorded,
         "outcome": "4" if denied else "0",
-        "outcomeDesc": entry["reason"] if denied else f"allowed by {entry['basis']}",
+        "outcomeDesc": reason_in_words(entry["reason"])
+        if denied
+        else f"allowed by {entry['basis']}",
         "purposeOfEvent": [
             {"coding": [{"system": _V3_ACT, "code": purpose_code, "display": purpose_display}]}
         ],

@@ -26,7 +26,7 @@ from medledger.api.audit import to_audit_event
 from medledger.api.auth import authenticated, require, scope_permission
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
-from medledger.api.tokens import Claims
+from medledger.api.tokens import Claims, outside_launch, patient_of
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
 PATIENT_COMPARTMENT = (
@@ -232,11 +232,9 @@ def make_router() -> APIRouter:
             body = from_fhir(resource)
         except FhirConsentError as exc:
             raise FhirError(422, "invalid", str(exc)) from None
-        if claims.patient is not None:
-            if claims.patient != body["pid"]:
-                raise FhirError(
-                    403, "forbidden", "a patient token only consents for its own patient"
-                )
+        if outside_launch(claims, body["pid"]):
+            raise FhirError(403, "forbidden", "a token only consents for its own patient")
+        if patient_of(claims) is not None:
             # The patient asked for it themself, authenticated here: no practitioner took it.
             body["channel"] = "portal"
         else:
@@ -276,7 +274,7 @@ def make_router() -> APIRouter:
         if not number.isdigit():
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
         consent = svc.node.engine.query("consent/get", {"id": int(number)})
-        if consent is None or (claims.patient is not None and consent["pid"] != claims.patient):
+        if consent is None or outside_launch(claims, consent["pid"]):
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
         _gate_patient_data(svc, claims, consent["pid"], "Consent", "read")
         return fhir_response(orjson.dumps(to_fhir(consent, "R4")))
@@ -311,7 +309,7 @@ def make_router() -> APIRouter:
     ) -> Response:
         require(claims, "Patient", "read")
         records = LocalRecords(svc)
-        pid = records.pid_of(rid)
+        pid = _within_launch(claims, records.pid_of(rid))
         infos = _in_scope(svc, claims, records.latest(pid), "read")
         return _serve_search(svc, claims, request, pid, infos, offset, count, "export")
 
@@ -356,7 +354,7 @@ def make_router() -> APIRouter:
         if patient is None:
             raise FhirError(400, "required", "search needs a patient parameter", "patient")
         records = LocalRecords(svc)
-        pid = records.pid_of(patient)
+        pid = _within_launch(claims, records.pid_of(patient))
         infos = _in_scope(svc, claims, records.latest(pid, (resource_type,)), "search")
         return _serve_search(svc, claims, request, pid, infos, offset, count, "search")
 
@@ -379,6 +377,13 @@ def make_router() -> APIRouter:
         return await _ingest(svc, claims, request, "transaction.json", None)
 
     return router
+
+
+def _within_launch(claims: Claims, pid: str) -> str:
+    """The pid, unless the token's launch context limits it to another patient (403)."""
+    if outside_launch(claims, pid):
+        raise FhirError(403, "forbidden", "the token's launch context is another patient")
+    return pid
 
 
 def _request_taker(svc: HospitalServices, claims: Claims) -> str:
@@ -418,15 +423,8 @@ def _gate_patient_data(
 ) -> None:
     """Consents and the access trail are the patient's data too: the patient themself, or
     someone `authorize` allows at this hospital, and the access is recorded either way."""
-    from medledger.api.services import Decision
-
-    if claims.patient is not None:
-        if claims.patient != pid:
-            raise FhirError(403, "forbidden", "a patient token only reaches its own patient")
-        decision = Decision(True, "patient", "")
-    else:
-        meta = {"custodian": svc.org, "category": "administrative", "type": kind}
-        decision = svc.decide(claims, pid, meta, "treatment")
+    meta = {"custodian": svc.org, "category": "administrative", "type": kind}
+    decision = svc.decide(claims, pid, meta, "treatment")  # the patient themself: `patient_of`
     svc.record_access(claims, pid, action, "treatment", decision, [], wait=False)
     if not decision.allowed:
         raise FhirError(403, "forbidden", f"access denied: {decision.reason}")

@@ -6,8 +6,9 @@ denial on the chain, and serves the vault's bytes as they were received. A write
 by `author_of`: the token's practitioner as the chain knows them at that moment.
 
 Signed-out tokens (`SignedOut`) are kept in the hospital home (`signed-out-tokens`, one
-`<token sha-256> <exp>` a line) until they expire, so a restart of the node does not bring a
-signed-out token back.
+`<token id> <exp>` a line) until they expire, so a restart of the node does not bring a
+signed-out token back. The id is `tokens.content_id`: the hash of the decoded header and
+payload, so no re-spelling of a token (tokens decode strictly anyway) escapes a sign-out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.api.outcomes import FhirError
-from medledger.api.tokens import Claims
+from medledger.api.tokens import Claims, outside_launch, patient_of
 from medledger.ingest import Ingestor
 from medledger.ledger.keys import SigningKey, write_secret
 from medledger.node import Node
@@ -45,7 +46,7 @@ def issuer_key(home: Path) -> SigningKey:
 
 
 class SignedOut:
-    """Tokens signed out before their expiry (by their SHA-256), kept in a file until then."""
+    """Tokens signed out before their expiry (by `Claims.token_id`), kept in a file until then."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -116,7 +117,7 @@ class HospitalServices:
         if kind == "Practitioner":
             return f"practitioner:{self.org}/{ident}"
         if kind == "Patient":
-            return f"patient:{claims.patient or ident}"
+            return f"patient:{ident}"  # who signed in, whatever launch context they carry
         return f"org:{self.org}"
 
     def practitioner_key(self, claims: Claims) -> bytes | None:
@@ -137,7 +138,7 @@ class HospitalServices:
         from medledger.contracts.records import WRITER_ROLES
 
         kind, _, ident = claims.subject.partition("/")
-        if claims.patient is not None or kind == "Patient":
+        if kind == "Patient" or claims.patient is not None:  # no writes in a launch context
             raise FhirError(403, "forbidden", "patients cannot create records through this API")
         if kind == "Device" and any(s.startswith("system/") for s in claims.scopes):
             return f"org:{self.org}"
@@ -186,21 +187,33 @@ class HospitalServices:
         return meta
 
     def decide(self, claims: Claims, pid: str, meta: dict[str, Any], purpose: str) -> Decision:
-        """Patients may read their own data; everyone else goes through the ledger's authorize."""
-        if claims.patient is not None:
-            if claims.patient == pid:
+        """Patients may read their own data; everyone else goes through the ledger's authorize.
+
+        A token is the patient only by `patient_of` (subject and launch context agree); a
+        practitioner's launch context narrows them to that patient and grants nothing: they
+        are still authorized as themselves (status, role, consent...)."""
+        own = patient_of(claims)
+        if own is not None:
+            if own == pid:
                 return Decision(True, "patient", "")
-            return Decision(False, "", "a patient token only reaches its own patient")
+            return Decision(False, "", "other patient: a patient token only reaches its own")
+        if outside_launch(claims, pid):
+            return Decision(
+                False, "", "other patient: the token's launch context is another patient"
+            )
         if claims.subject.startswith("Practitioner/"):
             key = self.practitioner_key(claims)
             if key is None:
-                return Decision(False, "", f"{claims.subject} is not a practitioner of {self.org}")
+                why = f"unknown actor: {claims.subject} is not a practitioner of {self.org}"
+                return Decision(False, "", why)
         elif claims.subject.startswith("Device/") and any(
             s.startswith("system/") for s in claims.scopes
         ):
             key = self.node.org_key.public_key  # a backend service acting for the hospital
         else:
-            return Decision(False, "", f"{claims.subject} is neither a practitioner nor a system")
+            return Decision(
+                False, "", f"unknown actor: {claims.subject} is neither a practitioner nor a system"
+            )
         result = self.node.engine.query(
             "authorize/check",
             {
@@ -226,10 +239,11 @@ class HospitalServices:
     ) -> None:
         """Write the access (or denial) on the chain; `wait` until committed for remote reads.
 
-        The contract bounds every field (access.MAX_REASON, MAX_BASIS, MAX_RIDS): a reason is
-        clipped, and a long list of records becomes several entries, in several txs if need be.
+        The contract bounds every field (MAX_BASIS, MAX_RIDS): a long list of records becomes
+        several entries, in several txs if need be. A denial's reason goes on the chain as its
+        code (access.denial_code); the wording is the caller's answer, never on the chain.
         """
-        from medledger.contracts.access import MAX_REASON
+        from medledger.contracts.access import denial_code
 
         base = {
             "actor": self.actor_of(claims),
@@ -239,7 +253,7 @@ class HospitalServices:
             "purpose": purpose,
             "outcome": "granted" if decision.allowed else "denied",
             "basis": decision.basis,
-            "reason": decision.reason[:MAX_REASON],
+            "reason": "" if decision.allowed else denial_code(decision.reason),
         }
         # Every record served is named: large pages become several entries of one tx.
         chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]

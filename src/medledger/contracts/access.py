@@ -17,32 +17,50 @@ Who may write what (a trail anyone could forge would prove nothing):
   signer's hospital, and the pid is the entry's own, except in a denial: another patient's
   refused attempt is evidence worth keeping).
 - An entry whose `actor_org` is another hospital is a remote access: it must carry `request`,
-  the hash of that hospital's signed request which the serving hospital keeps as evidence,
-  and the actor must be a registered practitioner (or the organisation) of a member. So a
-  hospital cannot, without a request it can be asked to show, attribute an act to another.
+  that hospital's signed exchange request itself (`Request`: key, time, nonce, signature,
+  method, target, body hash; exchange/signing.py), and every replica checks it: the signature
+  verifies over those fields with the serving hospital (the signer's) as audience; the key is
+  the actor's own registered key, or its hospital's organisation key (for an `org:` actor,
+  only the organisation key); the request time is within `REQUEST_WINDOW_MS` of the block
+  time; and one request backs the entries of one tx only (`acc/req/`), so a request cannot be
+  replayed into other entries later; the request's body (JSON, hashed into the signature) is
+  carried by the first entry citing it in the tx, and the entry must be about what it asked:
+  its `pid`, its `purpose` (default treatment), and, if it lists `rids`, only those. So a
+  hospital cannot attribute an act to another without that hospital's signed question.
+  The state keeps the request's digest (sha256 of the signed bytes and the signature, the key
+  of the custodian's evidence table) and who signed it (`request_signer`).
 
 `basis` is a code, not text: what authorize names (`custodian`, `patient`, `consent:<id>`,
 `referral:<id>`, `emergency:<id>`, `enrolment:<study>`), so that a hospital cannot write a
-diagnosis next to a pid in it.
+diagnosis next to a pid in it. A denial's `reason` is a code too: one of `DENIAL_REASONS`
+(the stable phrase authorize starts its reasons with, and the few the API and the gateway
+add); `denial_code` turns a worded reason into its code. The wording stays with the caller
+(the HTTP answer, the node's log), never on the chain.
 
-Bounds (free text on the chain can never be erased): `reason` at most `MAX_REASON`
-characters, `basis` at most `MAX_BASIS`, `rids` at most `MAX_RIDS` per entry (callers split a
-longer list into several entries), `MAX_ENTRIES` entries per tx.
+Bounds (free text on the chain can never be erased): `basis` at most `MAX_BASIS`, `rids` at
+most `MAX_RIDS` per entry (callers split a longer list into several entries), a request's
+`target` at most `MAX_TARGET` and its `body` at most `MAX_REQUEST_BODY` bytes, `MAX_ENTRIES`
+entries per tx.
 
 State (prefix `acc/`):
     acc/pid/<pid>/<time:016d>/<tx id hex>/<n:04d>   one entry, in time order per patient
     acc/org/<org>/<time:016d>/<tx id hex>/<n:04d>   -> same entry key (who served what)
+    acc/req/<request digest hex>                    -> the tx id whose entries it backs
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts.common import check_id
+from medledger.contracts.identity import resolve_actor
 from medledger.contracts.records import MAX_BASIS, acting_org, check_pid
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
+from medledger.ledger.keys import verify
 from medledger.ledger.store import StateView
 
 ACTIONS = ("read", "search", "create", "update", "export", "delete", "break-glass")
@@ -50,10 +68,107 @@ OUTCOMES = ("granted", "denied")
 PURPOSES = ("treatment", "emergency", "research", "patient-request", "audit", "operations")
 MAX_ENTRIES = 500
 MAX_RIDS = 1000  # per entry
-MAX_REASON = 300  # characters: a denial's reason, as authorize words it
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
+MAX_TARGET = 512  # a signed request's path (the exchange's are short)
+MAX_REQUEST_BODY = 96 * 1024  # an exchange question: pid, purpose, up to 1000 rids
 BASES = ("custodian", "patient")  # bases without an id
 BASIS_KINDS = ("consent", "referral", "emergency", "enrolment")  # "<kind>:<id>"
+#: How far a remote request's time may be from the block time of the entry it backs: the
+#: gateway accepts requests within 60 s of its clock, then commits the entry before serving.
+REQUEST_WINDOW_MS = 10 * 60_000
+#: The domain of a signed exchange request (exchange/signing.py signs `request_bytes`).
+REQUEST_DOMAIN = b"medledger/exchange/v1"
+
+#: A denial's reason on the chain: a code, and what the patient's portal says of it.
+#: First the stable phrases `authorize` starts its reasons with (authorize.py's docstring),
+#: then those of the API and the gateway. Never free text: nothing said of the patient.
+DENIAL_REASONS: dict[str, str] = {
+    "unknown actor": "the requester is not a known hospital or practitioner",
+    "actor revoked": "the practitioner or their hospital is no longer active",
+    "invalid request": "the request was malformed",
+    "role": "the practitioner's role does not allow it",
+    "erased": "your records there were erased",
+    "no consent": "no consent of yours covered it",
+    "consent revoked": "your consent had been revoked",
+    "consent contested": "your consent was suspended (contested)",
+    "consent expired": "your consent had expired",
+    "consent not yet valid": "your consent had not started yet",
+    "other hospital": "your consent names another hospital",
+    "other purpose": "your consent is for another purpose",
+    "other category": "your consent does not cover this kind of record",
+    "emergency without role": "break-the-glass by someone without the emergency role",
+    "no emergency access": "no emergency access was opened",
+    "emergency expired": "the emergency access had expired",
+    "referral cancelled": "the referral was cancelled",
+    "referral outside window": "outside the referral's time window",
+    "not enrolled": "you are not enrolled in that study",
+    "enrolment withdrawn": "you withdrew from that study",
+    "study closed": "the study is closed",
+    "policy forbid": "a consortium policy forbids it",
+    "policy error": "a consortium policy could not be evaluated (refused)",
+    # the API, the pages and the gateway
+    "other patient": "the sign-in was for another patient",
+    "authorization unavailable": "the hospital could not check the authorization (refused)",
+    "authorization failed": "the authorization check failed (refused)",
+    "record metadata unreadable": "the record's description could not be read (refused)",
+    "denied": "refused",
+}
+#: The longest code, for callers that size a column.
+MAX_REASON = max(len(code) for code in DENIAL_REASONS)
+
+
+def denial_code(reason: str) -> str:
+    """The code of a worded denial reason: the longest code it starts with ("denied" if none).
+
+    `authorize` words a reason as "<code>: details" (or "policy forbid <names>"); the details
+    stay with the caller, the code goes on the chain."""
+    best = ""
+    for code in DENIAL_REASONS:
+        if (reason == code or reason.startswith((code + ":", code + " "))) and len(code) > len(
+            best
+        ):
+            best = code
+    return best or "denied"
+
+
+def reason_in_words(code: str) -> str:
+    """A denial code as the patient's portal and the AuditEvent say it."""
+    words = DENIAL_REASONS.get(code)
+    return code if words is None else f"{code}: {words}"
+
+
+def request_bytes(
+    method: str, target: str, body_hash: bytes, time_ms: int, nonce: bytes, audience: str
+) -> bytes:
+    """What an exchange request's Ed25519 signature covers (one definition, used by
+    exchange/signing.py to sign and check, and here to verify an entry's request)."""
+    return b"\n".join(
+        [
+            REQUEST_DOMAIN,
+            method.upper().encode(),
+            target.encode(),
+            body_hash.hex().encode(),
+            str(time_ms).encode(),
+            nonce.hex().encode(),
+            audience.encode(),
+        ]
+    )
+
+
+@dataclass
+class Request:
+    """Another hospital's signed request, as the serving hospital received it."""
+
+    key: bytes  # the requester's registered key (practitioner's, or its organisation's)
+    time_ms: int
+    nonce: bytes  # 16 bytes
+    signature: bytes  # Ed25519, 64 bytes, over `request_bytes(..., audience=custodian)`
+    method: str
+    target: str
+    body_hash: bytes  # sha256 of the request body
+    # The body itself (JSON: pid, purpose, rids...), carried by the first entry of a tx that
+    # cites this request; the tx's other entries citing it may leave it out.
+    body: bytes = b""
 
 
 @dataclass
@@ -67,7 +182,7 @@ class Entry:
     basis: str = ""
     reason: str = ""
     rids: list[str] = field(default_factory=list)
-    request: bytes = b""  # hash of the signed request kept as evidence, if remote
+    request: dict[str, Any] | None = None  # the requester's signed request (`Request`), if remote
 
 
 @dataclass
@@ -97,11 +212,14 @@ def _check(i: int, raw: Any) -> Entry:
         raise TxError(Code.INVALID_BODY, f"field entries[{i}].basis: a granted access needs one")
     if e.outcome == "denied" and not e.reason:
         raise TxError(Code.INVALID_BODY, f"field entries[{i}].reason: a denial needs one")
-    if e.request and len(e.request) != 32:
-        raise TxError(Code.INVALID_BODY, f"field entries[{i}].request: must be 32 bytes")
-    if len(e.reason) > MAX_REASON:
+    if e.outcome == "granted" and e.reason:
+        raise TxError(Code.INVALID_BODY, f"field entries[{i}].reason: only a denial has one")
+    if e.reason and e.reason not in DENIAL_REASONS:
+        # Never free text next to a pid: the detailed wording stays with the caller.
         raise TxError(
-            Code.INVALID_BODY, f"field entries[{i}].reason: at most {MAX_REASON} characters"
+            Code.INVALID_BODY,
+            f"field entries[{i}].reason: {e.reason[:40]!r} is not a denial code "
+            "(access.DENIAL_REASONS; access.denial_code maps a worded reason to its code)",
         )
     if len(e.basis) > MAX_BASIS:
         raise TxError(
@@ -164,13 +282,18 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
     if org != e.actor_org:
         raise TxError(Code.UNAUTHORIZED, f"{where}: {e.actor!r} is not of {e.actor_org}")
     if e.actor_org == custodian:
+        if e.request is not None:
+            raise TxError(
+                Code.INVALID_BODY,
+                f"field entries[{i}].request: only an access by another hospital carries one",
+            )
         return
-    # A remote access: another hospital asked, and the signer holds its signed request.
-    if not e.request:
+    # A remote access: another hospital asked, and its signed request must show it.
+    if e.request is None:
         raise TxError(
             Code.UNAUTHORIZED,
             f"field entries[{i}].request: an access by {e.actor_org}, served by {custodian}, "
-            "needs the hash of its signed request",
+            "needs its signed request",
         )
     if not ctx.state.has(f"gov/member/{e.actor_org}"):
         raise TxError(Code.NOT_FOUND, f"field entries[{i}].actor_org: not a member hospital")
@@ -178,22 +301,121 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
         raise TxError(Code.NOT_FOUND, f"{where}: {org} registered no practitioner {practitioner}")
 
 
+def _check_request(
+    ctx: Context, i: int, e: Entry, custodian: str, asked: dict[bytes, dict[str, Any]]
+) -> tuple[bytes, str]:
+    """A remote entry's request: signed by the actor (or its hospital) for this custodian,
+    recently, backing no other tx, and asking about this entry's patient, purpose and records.
+    `asked` keeps the bodies already read in this tx, by digest. Returns (digest, signer)."""
+    where = f"field entries[{i}].request"
+    assert e.request is not None
+    try:
+        req = parse_message(Request, e.request)
+    except TxError as exc:
+        raise TxError(exc.code, f"entries[{i}].request: {exc.message}") from None
+    if not 0 < len(req.method) <= 8 or not 0 < len(req.target) <= MAX_TARGET:
+        raise TxError(
+            Code.INVALID_BODY, f"{where}: method at most 8, target at most {MAX_TARGET} characters"
+        )
+    if len(req.nonce) != 16 or len(req.body_hash) != 32 or len(req.key) != 32:
+        raise TxError(Code.INVALID_BODY, f"{where}: key and body_hash are 32 bytes, nonce 16 bytes")
+    signer = resolve_actor(ctx.state, req.key)
+    if signer is None or signer.org != e.actor_org:
+        raise TxError(Code.UNAUTHORIZED, f"{where}.key: not a registered key of {e.actor_org}")
+    label = (
+        f"org:{signer.org}"
+        if signer.practitioner is None
+        else f"practitioner:{signer.org}/{signer.practitioner}"
+    )
+    if signer.practitioner is not None and label != e.actor:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"{where}.key: signed by {label}, not by {e.actor} or its hospital's key",
+        )
+    signed = request_bytes(req.method, req.target, req.body_hash, req.time_ms, req.nonce, custodian)
+    if not verify(req.key, signed, req.signature):
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"{where}.signature: does not verify (over the request, addressed to {custodian})",
+        )
+    if abs(ctx.time_ms - req.time_ms) > REQUEST_WINDOW_MS:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"{where}.time_ms: {req.time_ms} is more than {REQUEST_WINDOW_MS // 60_000} min "
+            f"from the block time {ctx.time_ms}",
+        )
+    digest = hashlib.sha256(signed + req.signature).digest()
+    used = ctx.state.get(f"acc/req/{digest.hex()}")
+    if used is not None and used != ctx.tx_id:
+        raise TxError(
+            Code.UNAUTHORIZED, f"{where}: this request already backs the entries of another tx"
+        )
+    ctx.state.put(f"acc/req/{digest.hex()}", ctx.tx_id)
+    if req.body:
+        asked[digest] = _request_body(i, req)
+    elif digest not in asked:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"{where}.body: the first entry citing a request carries its body",
+        )
+    _check_asked(i, e, asked[digest])
+    return digest, label
+
+
+def _request_body(i: int, req: Request) -> dict[str, Any]:
+    """The signed request's body, a JSON map (its hash is what the signature covers)."""
+    where = f"field entries[{i}].request.body"
+    if len(req.body) > MAX_REQUEST_BODY:
+        raise TxError(Code.INVALID_BODY, f"{where}: at most {MAX_REQUEST_BODY} bytes")
+    if hashlib.sha256(req.body).digest() != req.body_hash:
+        raise TxError(Code.UNAUTHORIZED, f"{where}: does not hash to body_hash")
+    try:
+        body = json.loads(req.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise TxError(Code.INVALID_BODY, f"{where}: a JSON object expected")
+    return body
+
+
+def _check_asked(i: int, e: Entry, body: dict[str, Any]) -> None:
+    """The entry is about what the request asked: its pid, its purpose, among its records."""
+    where = f"field entries[{i}]"
+    if body.get("pid") != e.pid:
+        raise TxError(Code.UNAUTHORIZED, f"{where}.pid: the signed request asked about another")
+    if body.get("purpose", "treatment") != e.purpose:
+        raise TxError(
+            Code.UNAUTHORIZED, f"{where}.purpose: the signed request asked for another purpose"
+        )
+    wanted = body.get("rids")
+    if isinstance(wanted, list) and not set(e.rids) <= set(wanted):
+        raise TxError(Code.UNAUTHORIZED, f"{where}.rids: records the signed request did not ask")
+
+
 def log(ctx: Context, msg: Log) -> None:
     custodian, _ = acting_org(ctx)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    asked: dict[bytes, dict[str, Any]] = {}  # the bodies of the requests cited, by digest
     for n, raw in enumerate(msg.entries):
         entry = _check(n, raw)
         _check_actor(ctx, n, entry, custodian)
-        record_entry(ctx, custodian, n, entry)
+        digest, signer = b"", ""
+        if entry.request is not None:
+            digest, signer = _check_request(ctx, n, entry, custodian, asked)
+        record_entry(ctx, custodian, n, entry, digest, signer)
 
 
-def record_entry(ctx: Context, custodian: str, n: int, e: Entry) -> str:
+def record_entry(
+    ctx: Context, custodian: str, n: int, e: Entry, request: bytes = b"", request_signer: str = ""
+) -> str:
     """Write one access entry (the n-th of its tx); returns its key. Other contracts use it
     to record accesses that happen as part of their own txs (a disclosure at registration).
 
     `custodian` is the signer's hospital (the callers take it from `acting_org`), and the
-    signing key is named beside it: the entry says who served it, not who claims to have."""
+    signing key is named beside it: the entry says who served it, not who claims to have.
+    `request` is the digest of the remote request the entry rests on, checked by the caller
+    (`_check_request`), and `request_signer` who signed it."""
     org, practitioner = acting_org(ctx)
     signer = f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
     suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
@@ -212,7 +434,8 @@ def record_entry(ctx: Context, custodian: str, n: int, e: Entry) -> str:
             "basis": e.basis,
             "outcome": e.outcome,
             "reason": e.reason,
-            "request": e.request,
+            "request": request,
+            "request_signer": request_signer,
             "time": ctx.time_ms,
             "height": ctx.height,
             "tx": ctx.tx_id,

@@ -20,6 +20,7 @@ basis. When denied, `reason` starts with a stable phrase a client can match, the
     emergency without role, no emergency access, emergency expired, referral cancelled,
     referral outside window, not enrolled, enrolment withdrawn, study closed, policy forbid,
     policy error
+(These phrases are the codes of `access.DENIAL_REASONS`: the chain keeps only the code.)
 When several grants came close, the reason is that of the one that passed the most checks
 (the most useful to the person denied), so a matrix of cases gives a predictable reason.
 

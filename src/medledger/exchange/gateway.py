@@ -4,9 +4,10 @@ Every request arrives over mutual TLS (the client certificate names a hospital),
 Ed25519 signature by a practitioner's or hospital's key (checked, and kept as evidence, see
 signing.py), and the signer's hospital must be the one the certificate names. Then, for each
 record concerned, the consortium's `authorize` decides on this node's replica; the decision,
-granted or denied, becomes an `access.log` entry carrying the hash of the signed request, and
-nothing is served before that entry is committed: a read that is not in the audit trail never
-happened. Denials are committed too, with their reason.
+granted or denied, becomes an `access.log` entry carrying the signed request (which every
+replica verifies: the requester's key, this custodian as audience, the time), and nothing is
+served before that entry is committed: a read that is not in the audit trail never happened.
+Denials are committed too, with their reason's code (the wording stays in the evidence).
 
     POST /exchange/v1/index          {pid, purpose}          the patient's entries here that
                                                              the caller may see, decrypted
@@ -62,6 +63,7 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
+from medledger.contracts.access import denial_code
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
@@ -335,9 +337,10 @@ class Gateway:
             "purpose": purpose,
             "outcome": "granted" if d.allowed else "denied",
             "basis": d.basis if d.allowed else "",
-            "reason": "" if d.allowed else (d.reason or "denied")[:300],
+            # The chain gets the reason's code; the wording stays in the evidence table.
+            "reason": "" if d.allowed else denial_code(d.reason),
             "rids": rids,
-            "request": caller.request.digest,
+            "request": caller.request.request_fields(),  # every replica verifies it
         }
 
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
@@ -347,6 +350,13 @@ class Gateway:
         latency figures exclude; signing and CheckTx are the gateway's own cost.
         """
         wallet = self.node.wallet
+        signed: set[bytes] = set()  # a request's body travels with its first entry only
+        for entry in entries:
+            request = entry.get("request")
+            if request is not None:
+                if request["signature"] in signed:
+                    entry["request"] = {k: v for k, v in request.items() if k != "body"}
+                signed.add(request["signature"])
         try:
             submitted = wallet.submit("access.log", {"entries": entries})
             if not submitted.accepted:

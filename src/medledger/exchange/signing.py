@@ -12,7 +12,8 @@ request cannot be replayed to another hospital). A request is accepted only with
 within 60 s of the receiver's clock and a nonce never seen before from that key. Every
 request, accepted or refused, is written to the evidence table before it is acted upon; the
 access entry on the chain carries the hash of the signed request, which ties the audit trail
-to this evidence.
+to this evidence: it carries the signed request itself (`request_fields`), which every
+replica verifies (contracts/access.py), and keeps its digest.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medledger.contracts.access import REQUEST_DOMAIN, request_bytes
 from medledger.ledger.keys import SigningKey, verify
 
-DOMAIN = b"medledger/exchange/v1"
+DOMAIN = REQUEST_DOMAIN
 WINDOW_MS = 60_000
 NONCE_BYTES = 16
 
@@ -50,17 +52,8 @@ class RequestRefused(Exception):
 def signing_bytes(
     method: str, target: str, body: bytes, time_ms: int, nonce: bytes, audience: str
 ) -> bytes:
-    return b"\n".join(
-        [
-            DOMAIN,
-            method.upper().encode(),
-            target.encode(),
-            hashlib.sha256(body).hexdigest().encode(),
-            str(time_ms).encode(),
-            nonce.hex().encode(),
-            audience.encode(),
-        ]
-    )
+    # One definition with the access contract, which verifies these signatures on the chain.
+    return request_bytes(method, target, hashlib.sha256(body).digest(), time_ms, nonce, audience)
 
 
 class RequestSigner:
@@ -94,8 +87,22 @@ class SignedRequest:
     target: str
     body_hash: bytes
     audience: str
-    digest: bytes  # sha256 of the signed bytes and the signature: the access entry's `request`
+    digest: bytes  # sha256 of the signed bytes and the signature: the access entry keeps it
     evidence_id: int
+    body: bytes = b""  # what was signed (its hash): the contract checks the pid against it
+
+    def request_fields(self) -> dict[str, object]:
+        """The access entry's `request`: what the contract needs to verify this signature."""
+        return {
+            "key": self.key,
+            "time_ms": self.time_ms,
+            "nonce": self.nonce,
+            "signature": self.signature,
+            "method": self.method.upper(),
+            "target": self.target,
+            "body_hash": self.body_hash,
+            "body": self.body,
+        }
 
 
 _SCHEMA = """
@@ -236,4 +243,5 @@ class EvidenceStore:
             audience=audience,
             digest=digest,
             evidence_id=evidence_id,
+            body=body,
         )

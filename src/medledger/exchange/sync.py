@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from medledger.contracts.access import denial_code
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import resolve_actor
 from medledger.exchange.client import (
@@ -694,21 +695,26 @@ class SyncAgent:
             rids.append(rid)
             commitments.append(bytes(entry["commitment"]))
         payload = {"referral": job.ref, "pid": pid, "records": records}
-        # The hash of the body B receives (B's evidence keeps it): the entry points to it.
-        digest = hashlib.sha256(orjson.dumps(payload)).digest()
+        # The hash of the body the receiver gets (its evidence keeps the body): in our log.
+        digest = hashlib.sha256(orjson.dumps(payload)).hexdigest()
+        log.info(
+            "%s: referral %s delivery to %s, body sha256 %s", self.org, job.ref, receiver, digest
+        )
         denied = [(e, d) for e, d in chosen if not d.allowed]
         decision = denied[0][1] if denied else chosen[0][1]
+        # The push is this hospital's own act (the receiver signed no request, and an entry
+        # naming another hospital's actor needs its signed request): the basis, the referral,
+        # says to whom.
         entry_log = {
-            "actor": f"org:{receiver}",
-            "actor_org": receiver,
+            "actor": f"org:{self.org}",
+            "actor_org": self.org,
             "pid": pid,
             "action": "export",
             "purpose": "treatment",
             "outcome": "denied" if denied else "granted",
             "basis": "" if denied else decision.basis,
-            "reason": decision.reason[:300] if denied else "",
+            "reason": denial_code(decision.reason) if denied else "",
             "rids": rids,
-            "request": digest,
         }
         self.node.wallet.send("access.log", {"entries": [entry_log]})
         if denied:

@@ -35,7 +35,8 @@ from medledger.api.fhir import LocalRecords
 from medledger.api.outcomes import FhirError
 from medledger.api.scopes import ScopeError, grants
 from medledger.api.services import HospitalServices
-from medledger.api.tokens import Claims, TokenError, verify_token
+from medledger.api.tokens import Claims, TokenError, patient_of, verify_token
+from medledger.contracts.access import reason_in_words
 from medledger.web.render import e, page, table, when
 
 COOKIE = "medledger_token"
@@ -118,15 +119,18 @@ def _clinician_refusal(claims: Claims | None) -> str:
     return "your token's scopes allow no reading of records (a user/ read scope is needed)"
 
 
-def _patient_claims(request: Request, resource_type: str, interaction: str) -> Claims:
-    """A signed-in patient whose scopes allow this FHIR interaction (403 otherwise)."""
+def _patient_claims(request: Request, resource_type: str, interaction: str) -> tuple[Claims, str]:
+    """A signed-in patient whose scopes allow this FHIR interaction (403 otherwise), and their
+    pid. Only a token that IS the patient (`patient_of`): a practitioner's launch context is
+    not a patient sign-in."""
     from medledger.api.auth import require
 
     claims = _claims(request)
-    if claims is None or claims.patient is None:
+    pid = None if claims is None else patient_of(claims)
+    if claims is None or pid is None:
         raise FhirError(401, "login", "sign in as a patient first")
     require(claims, resource_type, interaction)
-    return claims
+    return claims, pid
 
 
 def _login_form(svc: HospitalServices, target: str, message: str = "") -> Response:
@@ -224,9 +228,9 @@ def make_router() -> APIRouter:
     def portal(request: Request) -> Response:
         svc = _svc(request)
         claims = _claims(request)
-        if claims is None or claims.patient is None:
+        pid = None if claims is None else patient_of(claims)
+        if claims is None or pid is None:
             return _login_form(svc, "/portal")
-        pid = claims.patient
         decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
         records = _timeline_rows(svc, pid, claims)
         if records:
@@ -269,7 +273,9 @@ def make_router() -> APIRouter:
             [
                 e(when(a["time"])),
                 e(a["actor"]),
-                e(a["actor_org"]),
+                # A remote act is backed by its hospital's request, verified on the chain.
+                e(a["actor_org"])
+                + (f" (signed by {e(a['request_signer'])})" if a.get("request_signer") else ""),
                 # The entry's signer, not a claim of the tx: who answers for this line.
                 f'<span title="{e(a.get("signer", ""))}">served and signed by '
                 f"{e(a['custodian'])}</span>",
@@ -277,7 +283,7 @@ def make_router() -> APIRouter:
                 e(a["purpose"]),
                 f'<span class="{"ok" if a["outcome"] == "granted" else "bad"}">'
                 f"{e(a['outcome'])}</span>",
-                e(a["basis"] or a["reason"]),
+                e(a["basis"] or reason_in_words(a["reason"])),
                 f'<a href="/portal/proof/{a["tx"].hex()}">proof</a> (block {a["height"]})',
             ]
             for a in reversed(trail)
@@ -321,9 +327,8 @@ decision. Each line has a proof you can check offline with
         request: Request, resource_type: str, interaction: str
     ) -> tuple[HospitalServices, Claims, str]:
         """The signed-in patient, if their scopes allow the FHIR write this action is."""
-        claims = _patient_claims(request, resource_type, interaction)
-        assert claims.patient is not None
-        return _svc(request), claims, claims.patient
+        claims, pid = _patient_claims(request, resource_type, interaction)
+        return _svc(request), claims, pid
 
     @router.post("/portal/consent")
     def grant(
@@ -385,12 +390,12 @@ decision. Each line has a proof you can check offline with
         from medledger.ledger.proofs import prove_tx
 
         svc = _svc(request)
-        claims = _patient_claims(request, "AuditEvent", "search")
+        _, pid = _patient_claims(request, "AuditEvent", "search")
         app = svc.node.app
         if app is None:
             raise FhirError(404, "not-found", "this node keeps no ledger replica")
         # Only the txs of the patient's own trail and records: a tx id is no key to others'.
-        engine, pid = svc.node.engine, claims.patient
+        engine = svc.node.engine
         own = {a["tx"].hex() for a in engine.query("access/of_patient", {"pid": pid})} | {
             r["tx"].hex() for r in engine.query("records/of_patient", {"pid": pid})
         }
