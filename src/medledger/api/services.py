@@ -12,6 +12,7 @@ signed-out token back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -23,8 +24,9 @@ from typing import Any
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims
 from medledger.ingest import Ingestor
-from medledger.ledger.keys import SigningKey, write_secret
+from medledger.ledger.keys import SigningKey
 from medledger.node import Node
+from medledger.secretfile import SecretFileExists, write_secret
 from medledger.vault import Vault
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -40,7 +42,9 @@ def issuer_key(home: Path) -> SigningKey:
     """The hospital's built-in token issuer key (made on first use, mode 0600)."""
     path = home / "keys" / "issuer.key"
     if not path.exists():
-        write_secret(path, SigningKey.generate().seed.hex() + "\n")
+        # Never replaced once made: a second worker racing here keeps the first one's key.
+        with contextlib.suppress(SecretFileExists):
+            write_secret(path, SigningKey.generate().seed.hex() + "\n")
     return SigningKey.from_file(path)
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medledger.ledger.keys import write_secret
+from medledger.secretfile import write_secret
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -143,7 +143,7 @@ def create_ca(ca_dir: Path, chain_id: str) -> tuple[x509.Certificate, ec.Ellipti
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_secret(ca_dir / "ca.key", _key_pem(key))
+    write_secret(ca_dir / "ca.key", _key_pem(key), overwrite=True)
     (ca_dir / "ca.pem").write_bytes(_cert_pem(cert))
     return cert, key
 
@@ -218,9 +218,9 @@ def issue_hospital(
     files.ca.write_bytes(_cert_pem(ca_cert))
     server, server_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.SERVER_AUTH, list(hosts))
     client, client_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.CLIENT_AUTH, [])
-    write_secret(files.server_key, _key_pem(server_key))
+    write_secret(files.server_key, _key_pem(server_key), overwrite=True)
     files.server_cert.write_bytes(_cert_pem(server))
-    write_secret(files.client_key, _key_pem(client_key))
+    write_secret(files.client_key, _key_pem(client_key), overwrite=True)
     files.client_cert.write_bytes(_cert_pem(client))
     return files
 
