@@ -285,12 +285,12 @@ def ports_in_use(configs: list[HospitalConfig]) -> set[int]:
 
 def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
     """Each hospital's API (FHIR, portal, explorer) gets its own loopback port."""
-    from medledger.exchange.pki import _free_port
+    from medledger.netutil import free_port
 
     configs = [load_config(home) for home in homes]
     used = ports_in_use(configs)
     for i, c in enumerate(configs):
-        port = base_port + 10 * i + 9 if base_port is not None else _free_port(used)
+        port = base_port + 10 * i + 9 if base_port is not None else free_port(used)
         used.add(port)
         raw = dict(c.raw)
         raw["api"] = {"listen": f"127.0.0.1:{port}"}
@@ -320,7 +320,8 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
 
     from nacl.public import PrivateKey
 
-    from medledger.exchange.pki import _free_port, issue_hospital
+    from medledger.exchange.pki import issue_hospital
+    from medledger.netutil import free_port
     from medledger.vault import create_kek_file
 
     meta = load_consortium(directory)
@@ -360,8 +361,8 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
         validator_key = testnet.add_hospital(directory, org)
     issue_hospital(directory / "ca", home, org)
     used = ports_in_use([*existing, load_config(home)])
-    gateway = _free_port(used)
-    api = _free_port(used | {gateway})
+    gateway = free_port(used)
+    api = free_port(used | {gateway})
     peers = dict((first.get("exchange") or {}).get("peers", {}))
     peers[org] = f"https://127.0.0.1:{gateway}"
     raw = dict(load_config(home).raw)

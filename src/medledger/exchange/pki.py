@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medledger.netutil import free_port
 from medledger.secretfile import write_secret
 
 CA_DAYS = 3650
@@ -228,15 +228,6 @@ def issue_hospital(
 # --------------------------------------------------------------------------- set-up at init
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _ports_in(raw: dict[str, Any]) -> set[int]:
     """Ports a hospital's config already names (its CometBFT node's), to stay clear of them."""
     used: set[int] = set()
@@ -245,22 +236,6 @@ def _ports_in(raw: dict[str, Any]) -> set[int]:
         if tail.isdigit():
             used.add(int(tail))
     return used
-
-
-def _free_port(exclude: set[int]) -> int:
-    """A port free now, below the ephemeral range (outgoing connections never take it)."""
-    import random
-
-    try:
-        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low_ephemeral = 32768
-    rng = random.Random()
-    for _ in range(2000):
-        port = rng.randint(20000, max(20001, low_ephemeral - 1))
-        if port not in exclude and _bindable(port):
-            return port
-    raise PkiError("no free loopback port for a gateway")
 
 
 def setup_exchange(
@@ -284,7 +259,7 @@ def setup_exchange(
         if base_port is not None:
             port = base_port + 10 * i + GATEWAY_PORT_OFFSET
         else:
-            port = _free_port(exclude)
+            port = free_port(exclude)
         exclude.add(port)
         listen[c.org] = port
         issue_hospital(consortium_dir / "ca", c.home, c.org)
