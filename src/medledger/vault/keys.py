@@ -129,10 +129,11 @@ def parse_key_text(raw: bytes, *, allow_raw: bool = True) -> bytes:
 def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
     """Load the hospital's key-encryption key from a key file, else from an env variable.
 
-    The key file must be a regular file that neither group nor others can read
-    or write (mode 0600 or stricter): anything looser is refused with
-    InsecureKeyFileError instead of being silently used. The mode is checked on
-    the opened descriptor, so a file swapped between check and read is caught.
+    The key file is read by medledger.secretfile: it must be a regular file (not
+    a link) that neither group nor others can read or write (mode 0600 or
+    stricter); anything looser is refused with InsecureKeyFileError instead of
+    being silently used. The mode is checked on the opened descriptor, so a file
+    swapped between check and read is caught.
     """
     if path is not None:
         try:
@@ -161,11 +162,12 @@ def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
 def create_kek_file(path: Path, *, overwrite: bool = False) -> bytes:
     """Write a new random KEK to `path` (mode 0600 from creation on) and return it.
 
-    The key is written to a temporary file created 0600 in the same folder,
-    fsynced, then moved into place atomically, so a crash never leaves a
-    half-written or briefly world-readable key. Without `overwrite` an existing
-    file is never replaced (os.link fails atomically if the name exists):
-    replacing a KEK would make every record of the vault unreadable.
+    The key is written by medledger.secretfile.write_secret: to a temporary
+    file created 0600 in the same folder, fsynced, then moved into place
+    atomically, so a crash never leaves a half-written or briefly world-readable
+    key. Without `overwrite` an existing file is never replaced (os.link fails
+    atomically if the name exists): replacing a KEK would make every record of
+    the vault unreadable.
     """
     key = secrets.token_bytes(KEY_SIZE)
     try:
