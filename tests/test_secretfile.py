@@ -67,8 +67,9 @@ def test_symlink_missing_and_malformed_are_refused(tmp_path: Path) -> None:
         read_secret(link)
     with pytest.raises(SecretFileMissing, match=f"{tmp_path / 'absent'} does not exist"):
         read_secret(tmp_path / "absent")
-    with pytest.raises(FileNotFoundError):  # callers that ask for the OS error still get it
+    with pytest.raises(FileNotFoundError) as missing:  # callers asking for the OS error get it
         read_secret(tmp_path / "absent")
+    assert missing.value.filename == str(tmp_path / "absent")
     with pytest.raises(InsecureSecretFile, match="not a regular file"):
         read_secret(tmp_path)
     short = tmp_path / "short"

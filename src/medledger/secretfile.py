@@ -35,6 +35,13 @@ class SecretFileError(ValueError):
 class SecretFileMissing(SecretFileError, FileNotFoundError):
     """The secret file does not exist (also a FileNotFoundError, for callers that ask)."""
 
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.filename = str(path)  # where the OS error would name it
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 class InsecureSecretFile(SecretFileError):
     """The secret file is a link, not a regular file, or group/others may access it."""
@@ -51,7 +58,7 @@ def read_secret(path: Path, *, what: str = "secret file") -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
-        raise SecretFileMissing(f"{what} {path} does not exist") from None
+        raise SecretFileMissing(f"{what} {path} does not exist", path) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InsecureSecretFile(

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medledger.netutil import free_port
-from medledger.secretfile import write_secret
+from medledger.secretfile import read_secret, write_secret
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -151,7 +151,7 @@ def create_ca(ca_dir: Path, chain_id: str) -> tuple[x509.Certificate, ec.Ellipti
 def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+        key = serialization.load_pem_private_key(read_secret(ca_dir / "ca.key"), None)
     except FileNotFoundError as exc:
         raise PkiError(f"{exc.filename}: the consortium CA is missing") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
