@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from medledger.ledger.genesis import Genesis, GenesisMember
-from medledger.ledger.keys import SigningKey, write_secret
+from medledger.ledger.keys import SigningKey
+from medledger.secretfile import read_hex_secret, write_secret
 
 HOSPITAL_NAMES = [
     ("chu-lyon", "CHU de Lyon"),
@@ -72,11 +73,11 @@ class HospitalConfig:
 
     def pseudonym_key(self) -> bytes:
         """The consortium's pseudonymisation key: the same pid for a patient in every hospital."""
-        return read_secret(self.home / "keys" / "pseudonym.key")
+        return read_hex_secret(self.home / "keys" / "pseudonym.key")
 
     def box_key(self) -> bytes:
         """This hospital's X25519 private key, to open metadata keys sealed to it."""
-        return read_secret(self.home / "keys" / "box.key")
+        return read_hex_secret(self.home / "keys" / "box.key")
 
     def vault_config(self):  # type: ignore[no-untyped-def]
         from medledger.vault import VaultConfig
@@ -90,20 +91,6 @@ class HospitalConfig:
             dsn=vault.get("dsn") or os.environ.get("MEDLEDGER_VAULT_DSN"),
             kek_path=self.home / "keys" / "vault.kek",
         )
-
-
-def read_secret(path: Path) -> bytes:
-    """A 32-byte secret stored hex in a 0600 file; refuses looser modes."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(f"{path}: secret file must not be readable by others (mode {mode:o})")
-    try:
-        data = bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        raise ConfigError(f"{path}: not a hex secret") from None
-    if len(data) != 32:
-        raise ConfigError(f"{path}: expected 32 bytes")
-    return data
 
 
 def load_config(home: Path) -> HospitalConfig:
@@ -298,12 +285,12 @@ def ports_in_use(configs: list[HospitalConfig]) -> set[int]:
 
 def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
     """Each hospital's API (FHIR, portal, explorer) gets its own loopback port."""
-    from medledger.exchange.pki import _free_port
+    from medledger.netutil import free_port
 
     configs = [load_config(home) for home in homes]
     used = ports_in_use(configs)
     for i, c in enumerate(configs):
-        port = base_port + 10 * i + 9 if base_port is not None else _free_port(used)
+        port = base_port + 10 * i + 9 if base_port is not None else free_port(used)
         used.add(port)
         raw = dict(c.raw)
         raw["api"] = {"listen": f"127.0.0.1:{port}"}
@@ -333,7 +320,8 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
 
     from nacl.public import PrivateKey
 
-    from medledger.exchange.pki import _free_port, issue_hospital
+    from medledger.exchange.pki import issue_hospital
+    from medledger.netutil import free_port
     from medledger.vault import create_kek_file
 
     meta = load_consortium(directory)
@@ -373,8 +361,8 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
         validator_key = testnet.add_hospital(directory, org)
     issue_hospital(directory / "ca", home, org)
     used = ports_in_use([*existing, load_config(home)])
-    gateway = _free_port(used)
-    api = _free_port(used | {gateway})
+    gateway = free_port(used)
+    api = free_port(used | {gateway})
     peers = dict((first.get("exchange") or {}).get("peers", {}))
     peers[org] = f"https://127.0.0.1:{gateway}"
     raw = dict(load_config(home).raw)

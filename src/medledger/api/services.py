@@ -13,6 +13,7 @@ payload, so no re-spelling of a token (tokens decode strictly anyway) escapes a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -24,8 +25,9 @@ from typing import Any
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
 from medledger.ingest import Ingestor
-from medledger.ledger.keys import SigningKey, write_secret
+from medledger.ledger.keys import SigningKey
 from medledger.node import Node
+from medledger.secretfile import SecretFileExists, write_secret
 from medledger.vault import Vault
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -41,7 +43,9 @@ def issuer_key(home: Path) -> SigningKey:
     """The hospital's built-in token issuer key (made on first use, mode 0600)."""
     path = home / "keys" / "issuer.key"
     if not path.exists():
-        write_secret(path, SigningKey.generate().seed.hex() + "\n")
+        # Never replaced once made: a second worker racing here keeps the first one's key.
+        with contextlib.suppress(SecretFileExists):
+            write_secret(path, SigningKey.generate().seed.hex() + "\n")
     return SigningKey.from_file(path)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medledger.ledger.keys import write_secret
+from medledger.netutil import free_port
+from medledger.secretfile import read_secret, write_secret
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -143,7 +143,7 @@ def create_ca(ca_dir: Path, chain_id: str) -> tuple[x509.Certificate, ec.Ellipti
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_secret(ca_dir / "ca.key", _key_pem(key))
+    write_secret(ca_dir / "ca.key", _key_pem(key), overwrite=True)
     (ca_dir / "ca.pem").write_bytes(_cert_pem(cert))
     return cert, key
 
@@ -151,7 +151,7 @@ def create_ca(ca_dir: Path, chain_id: str) -> tuple[x509.Certificate, ec.Ellipti
 def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+        key = serialization.load_pem_private_key(read_secret(ca_dir / "ca.key"), None)
     except FileNotFoundError as exc:
         raise PkiError(f"{exc.filename}: the consortium CA is missing") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -218,23 +218,14 @@ def issue_hospital(
     files.ca.write_bytes(_cert_pem(ca_cert))
     server, server_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.SERVER_AUTH, list(hosts))
     client, client_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.CLIENT_AUTH, [])
-    write_secret(files.server_key, _key_pem(server_key))
+    write_secret(files.server_key, _key_pem(server_key), overwrite=True)
     files.server_cert.write_bytes(_cert_pem(server))
-    write_secret(files.client_key, _key_pem(client_key))
+    write_secret(files.client_key, _key_pem(client_key), overwrite=True)
     files.client_cert.write_bytes(_cert_pem(client))
     return files
 
 
 # --------------------------------------------------------------------------- set-up at init
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ports_in(raw: dict[str, Any]) -> set[int]:
@@ -245,22 +236,6 @@ def _ports_in(raw: dict[str, Any]) -> set[int]:
         if tail.isdigit():
             used.add(int(tail))
     return used
-
-
-def _free_port(exclude: set[int]) -> int:
-    """A port free now, below the ephemeral range (outgoing connections never take it)."""
-    import random
-
-    try:
-        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low_ephemeral = 32768
-    rng = random.Random()
-    for _ in range(2000):
-        port = rng.randint(20000, max(20001, low_ephemeral - 1))
-        if port not in exclude and _bindable(port):
-            return port
-    raise PkiError("no free loopback port for a gateway")
 
 
 def setup_exchange(
@@ -284,7 +259,7 @@ def setup_exchange(
         if base_port is not None:
             port = base_port + 10 * i + GATEWAY_PORT_OFFSET
         else:
-            port = _free_port(exclude)
+            port = free_port(exclude)
         exclude.add(port)
         listen[c.org] = port
         issue_hospital(consortium_dir / "ca", c.home, c.org)

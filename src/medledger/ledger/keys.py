@@ -1,7 +1,8 @@
 """Ed25519 signing keys (pynacl) and their files.
 
-Key files hold the 32-byte seed in hex, mode 0600, written atomically so that a crash never
-leaves a half-written key behind.
+Key files hold the 32-byte seed in hex; they are read and written by medledger.secretfile
+(mode 0600, no symbolic link, written atomically so that a crash never leaves a half-written
+key behind).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from medledger.secretfile import SecretFileError, read_hex_secret, write_secret
 
-class KeyFileError(ValueError):
-    pass
+
+class KeyFileError(SecretFileError):
+    """A key (or key file) is not a usable Ed25519 seed."""
 
 
 class SigningKey:
@@ -33,33 +36,13 @@ class SigningKey:
 
     @classmethod
     def from_file(cls, path: Path) -> SigningKey:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise KeyFileError(f"{path}: key file must not be readable by others (mode {mode:o})")
-        try:
-            seed = bytes.fromhex(path.read_text().strip())
-        except ValueError:
-            raise KeyFileError(f"{path}: not a hex Ed25519 seed") from None
-        return cls(seed)
+        return cls(read_hex_secret(path, what="key file"))
 
     def save(self, path: Path) -> None:
-        write_secret(path, self.seed.hex() + "\n")
+        write_secret(path, self.seed.hex() + "\n", overwrite=True)
 
     def sign(self, message: bytes) -> bytes:
         return bytes(self._key.sign(message).signature)
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write a secret file atomically with mode 0600 from its first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -2,17 +2,15 @@
 
 Backends only move rows: they never see a key or a plaintext, and all the
 vault's logic (encryption, checks, erasure) lives above them in vault.py, so
-SQLite and PostgreSQL behave the same by construction. Each backend keeps all
-of its SQL in its own module.
+SQLite and PostgreSQL behave the same by construction. Both run the one SQL
+body in sql.py; sqlite_backend.py and postgres_backend.py hold only what their
+database does its own way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from medledger.vault.models import (
     CopyErasureRow,
@@ -231,80 +229,3 @@ class Backend(Protocol):
         (e.g. a reader holds an old snapshot), in which case a later purge retries.
         """
         ...
-
-
-def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None, bytes | None]:
-    """Decode the backends' record query: (rid, version, pid, generation, resource_type,
-    custodian, is_copy, nonce, ciphertext, salt_ct, kid, wrapped patient key or NULL once
-    erased, wrapped set key or NULL once erased)."""
-    record = RecordRow(
-        rid=row[0],
-        version=int(row[1]),
-        pid=row[2],
-        generation=int(row[3]),
-        resource_type=row[4],
-        custodian=row[5],
-        is_copy=bool(row[6]),
-        nonce=bytes(row[7]),
-        ciphertext=bytes(row[8]),
-        salt_ct=None if row[9] is None else bytes(row[9]),
-        kid=str(row[10]),
-    )
-    return (
-        record,
-        None if row[11] is None else bytes(row[11]),
-        None if row[12] is None else bytes(row[12]),
-    )
-
-
-def set_from_row(row: Sequence[Any] | None) -> SetRow | None:
-    """Decode (kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest)."""
-    if row is None:
-        return None
-    return SetRow(
-        kid=str(row[0]),
-        pid=str(row[1]),
-        generation=int(row[2]),
-        custodian=str(row[3]),
-        is_copy=bool(row[4]),
-        wrapped=bytes(row[5]),
-        n_records=int(row[6]),
-        manifest=bytes(row[7]),
-    )
-
-
-def copy_erasure_from_row(row: Sequence[Any]) -> CopyErasureRow:
-    """Decode (kid, pid, generation, custodian, erased_at, n_copies, digest, purged)."""
-    return CopyErasureRow(
-        kid=str(row[0]),
-        pid=str(row[1]),
-        generation=int(row[2]),
-        custodian=str(row[3]),
-        erased_at=str(row[4]),
-        n_copies=int(row[5]),
-        digest=bytes(row[6]),
-        purged=bool(row[7]),
-    )
-
-
-def info_from_row(row: Sequence[Any]) -> RecordInfo:
-    """Decode (pid, rid, version, resource_type, custodian, is_copy)."""
-    return RecordInfo(
-        pid=row[0],
-        rid=row[1],
-        version=int(row[2]),
-        resource_type=row[3],
-        custodian=row[4],
-        is_copy=bool(row[5]),
-    )
-
-
-def provisional_from_row(row: Sequence[Any]) -> ProvisionalUnit:
-    """Decode (unit, claim or NULL, records JSON, updated_at)."""
-    records = tuple((str(rid), int(version)) for rid, version in orjson.loads(bytes(row[2])))
-    return ProvisionalUnit(
-        unit=str(row[0]),
-        claim=None if row[1] is None else bytes(row[1]),
-        records=records,
-        updated_at=float(row[3]),
-    )

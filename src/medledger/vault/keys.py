@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from medledger.secretfile import (
+    InsecureSecretFile,
+    SecretFileError,
+    SecretFileExists,
+    SecretFileMissing,
+    read_secret,
+    write_secret,
+)
 from medledger.vault.errors import InsecureKeyFileError, KeyFileError, VaultIntegrityError
 
 KEY_SIZE = 32
@@ -122,33 +129,21 @@ def parse_key_text(raw: bytes, *, allow_raw: bool = True) -> bytes:
 def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
     """Load the hospital's key-encryption key from a key file, else from an env variable.
 
-    The key file must be a regular file that neither group nor others can read
-    or write (mode 0600 or stricter): anything looser is refused with
-    InsecureKeyFileError instead of being silently used. The mode is checked on
-    the opened descriptor, so a file swapped between check and read is caught.
+    The key file is read by medledger.secretfile: it must be a regular file (not
+    a link) that neither group nor others can read or write (mode 0600 or
+    stricter); anything looser is refused with InsecureKeyFileError instead of
+    being silently used. The mode is checked on the opened descriptor, so a file
+    swapped between check and read is caught.
     """
     if path is not None:
-        path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError as exc:
-            raise KeyFileError(f"key file {path} does not exist (create it with init)") from exc
-        except OSError as exc:
-            raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from exc
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise KeyFileError(f"key file {path} is not a regular file")
-            mode = stat.S_IMODE(st.st_mode)
-            if mode & 0o077:
-                raise InsecureKeyFileError(
-                    f"key file {path} has mode {mode:04o}: group/others may access it; "
-                    f"refusing to use it (fix with: chmod 600 {path})"
-                )
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                raw = fh.read(4096)
-        finally:
-            os.close(fd)
+            raw = read_secret(Path(path), what="key file")
+        except SecretFileMissing:
+            raise KeyFileError(f"key file {path} does not exist (create it with init)") from None
+        except InsecureSecretFile as exc:
+            raise InsecureKeyFileError(str(exc)) from None
+        except SecretFileError as exc:
+            raise KeyFileError(str(exc)) from None
         try:
             return parse_key_text(raw)
         except ValueError as exc:
@@ -167,42 +162,18 @@ def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
 def create_kek_file(path: Path, *, overwrite: bool = False) -> bytes:
     """Write a new random KEK to `path` (mode 0600 from creation on) and return it.
 
-    The key is written to a temporary file created 0600 in the same folder,
-    fsynced, then moved into place atomically, so a crash never leaves a
-    half-written or briefly world-readable key. Without `overwrite` an existing
-    file is never replaced (os.link fails atomically if the name exists):
-    replacing a KEK would make every record of the vault unreadable.
+    The key is written by medledger.secretfile.write_secret: to a temporary
+    file created 0600 in the same folder, fsynced, then moved into place
+    atomically, so a crash never leaves a half-written or briefly world-readable
+    key. Without `overwrite` an existing file is never replaced (os.link fails
+    atomically if the name exists): replacing a KEK would make every record of
+    the vault unreadable.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(KEY_SIZE)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyFileError(f"key file {path} already exists; not overwriting it") from None
-            finally:
-                os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_secret(Path(path), key.hex() + "\n", overwrite=overwrite)
+    except SecretFileExists:
+        raise KeyFileError(f"key file {path} already exists; not overwriting it") from None
     return key
 
 

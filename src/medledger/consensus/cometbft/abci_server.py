@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medledger.consensus.cometbft.abci_proto import abci, crypto_keys
-from medledger.consensus.cometbft.framing import FramingError, frame, split_frames
+from medledger.consensus.cometbft.framing import (
+    FramingError,
+    encode_uvarint,
+    frame,
+    split_frames,
+)
 from medledger.ledger.results import (
     AppInfo,
     BlockOutcome,
@@ -89,12 +94,7 @@ def proto_txs_size(txs: Sequence[bytes]) -> int:
 
 
 def _tx_field_size(tx: bytes) -> int:
-    n = len(tx)
-    varint = 1
-    while n >= 0x80:
-        n >>= 7
-        varint += 1
-    return 1 + varint + len(tx)
+    return 1 + len(encode_uvarint(len(tx))) + len(tx)
 
 
 def _txs_digest(height: int, time_ms: int, txs: Sequence[bytes]) -> bytes:

@@ -17,16 +17,16 @@ import base64
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from medledger.netutil import free_ports
 
 COMETBFT_VERSION = "0.38.25"
 PORTS_PER_NODE = 4  # p2p, rpc, abci, prometheus (reserved: prometheus stays disabled)
@@ -150,44 +150,6 @@ def consortium_addresses(consortium_dir: Path) -> dict[str, NodeAddresses]:
 
 
 # --------------------------------------------------------------------------- ports
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, exclude: set[int] | None = None) -> list[int]:
-    """Ports that are free now, below the kernel's ephemeral range.
-
-    Below it because CometBFT's own outgoing connections take ephemeral ports: a listening port
-    picked from that range could be taken by a peer connection while its node is restarting.
-    """
-    exclude = set(exclude or ())
-    low, high = 20000, max(20000 + 10 * count, _ephemeral_low() - 1)
-    rng = random.Random()
-    out: list[int] = []
-    tries = 0
-    while len(out) < count:
-        tries += 1
-        if tries > 100 * count + 1000:
-            raise TestnetError(f"no {count} free loopback ports in {low}-{high}")
-        port = rng.randint(low, high)
-        if port in exclude or port in out or not _bindable(port):
-            continue
-        out.append(port)
-    return out
 
 
 def _used_ports(consortium_dir: Path) -> set[int]:

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from medledger.consensus.cometbft.framing import encode_uvarint
 from medledger.consensus.cometbft.rpc import CometRpc
 from medledger.ledger.results import BlockRecord, TxResult
 
@@ -59,17 +60,8 @@ def results_hash(results: list[TxResult]) -> bytes:
         if r.code == 0:
             leaves.append(b"")
         else:
-            leaves.append(b"\x08" + _uvarint(r.code))
+            leaves.append(b"\x08" + encode_uvarint(r.code))
     return merkle_root(leaves)
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class _Headers:

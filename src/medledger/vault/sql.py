@@ -1,0 +1,673 @@
+"""The vault's SQL, written once for both databases.
+
+`SQLBackend` implements every operation of the `Backend` interface (backend.py)
+with one body of SQL. What truly differs between SQLite and PostgreSQL lives in
+a small `Dialect` object per database (sqlite_backend.py, postgres_backend.py):
+connecting, opening transactions, placeholder syntax, "insert unless it is
+already there", boolean literals and column types, row locks, and compaction.
+So the two backends cannot drift apart: a new query is written here once.
+
+Queries are written with `?` placeholders; `Dialect.sql()` turns them into the
+database's own syntax. Booleans are bound as Python bools (SQLite stores them
+as 0/1 in its INTEGER columns) and decoded with bool().
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+
+import orjson
+
+from medledger.vault.backend import SCHEMA_REFUSAL, SCHEMA_VERSION
+from medledger.vault.errors import VaultConfigError
+from medledger.vault.models import (
+    CopyErasureRow,
+    ErasureRow,
+    KeyRow,
+    ProvisionalUnit,
+    RecordInfo,
+    RecordRow,
+    RidState,
+    SetRow,
+)
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the backend reads (sqlite3 and psycopg alike)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Dialect(Protocol):
+    """What differs between the databases; everything else is in SQLBackend."""
+
+    name: str
+    # Literals and column types substituted into the schema and the queries.
+    true: str
+    false: str
+    types: dict[str, str]  # keys: int, blob, bool, real, strict (a table suffix)
+    for_update: str  # appended to a SELECT that must hold its rows ("" where a
+    #                  transaction already holds the database's write lock)
+    meta_exists: str  # a query returning a row iff the meta table exists
+    location: str  # names the vault in a refusal ("" when that could leak a secret)
+
+    def sql(self, statement: str) -> str:
+        """Rewrite `?` placeholders into the database's own syntax."""
+        ...
+
+    def execute(self, statement: str, params: Sequence[Any]) -> Cursor:
+        """Run one statement (already rewritten by sql()) on the connection."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Outermost level: a real transaction; nested levels: savepoints."""
+        ...
+
+    def insert_or_ignore(self, body: str, conflict: str) -> str:
+        """`INSERT INTO <body>` that skips rows clashing with `conflict` (a unique key,
+        or "" for any)."""
+        ...
+
+    def lock_schema(self) -> None:
+        """Serialise schema creation between processes (inside the first transaction)."""
+        ...
+
+    def lock_rid(self, rid: str) -> None:
+        """Serialise puts of one rid until the transaction ends."""
+        ...
+
+    def compact(self) -> bool:
+        """Drop residual copies of freed bytes (see Backend.compact)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+# One schema (version 2) for both databases; {…} are the dialect's types and literals.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value {blob} NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS patient_keys (
+    pid        TEXT PRIMARY KEY,
+    generation {int} NOT NULL,
+    wrapped    {blob} NOT NULL,
+    n_records  {int} NOT NULL,
+    n_copies   {int} NOT NULL,
+    manifest   {blob} NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS erasures (
+    pid        TEXT NOT NULL,
+    generation {int} NOT NULL,
+    erased_at  TEXT NOT NULL,
+    n_records  {int} NOT NULL,
+    n_copies   {int} NOT NULL,
+    digest     {blob} NOT NULL,
+    purged     {bool} NOT NULL DEFAULT {false},
+    PRIMARY KEY (pid, generation)
+){strict};
+CREATE INDEX IF NOT EXISTS erasures_pending ON erasures (pid, generation) WHERE purged = {false};
+CREATE TABLE IF NOT EXISTS key_sets (
+    kid        TEXT PRIMARY KEY,
+    pid        TEXT NOT NULL,
+    generation {int} NOT NULL,
+    custodian  TEXT NOT NULL,
+    is_copy    {bool} NOT NULL,
+    wrapped    {blob} NOT NULL,
+    n_records  {int} NOT NULL,
+    manifest   {blob} NOT NULL,
+    UNIQUE (pid, generation, custodian, is_copy)
+){strict};
+CREATE TABLE IF NOT EXISTS copy_erasures (
+    kid        TEXT PRIMARY KEY,
+    pid        TEXT NOT NULL,
+    generation {int} NOT NULL,
+    custodian  TEXT NOT NULL,
+    erased_at  TEXT NOT NULL,
+    n_copies   {int} NOT NULL,
+    digest     {blob} NOT NULL,
+    purged     {bool} NOT NULL DEFAULT {false}
+){strict};
+CREATE INDEX IF NOT EXISTS copy_erasures_by_patient ON copy_erasures (pid, generation, custodian);
+CREATE INDEX IF NOT EXISTS copy_erasures_pending ON copy_erasures (kid) WHERE purged = {false};
+CREATE TABLE IF NOT EXISTS records (
+    rid           TEXT NOT NULL,
+    version       {int} NOT NULL,
+    pid           TEXT NOT NULL,
+    generation    {int} NOT NULL,
+    resource_type TEXT NOT NULL,
+    custodian     TEXT NOT NULL,
+    is_copy       {bool} NOT NULL,
+    nonce         {blob} NOT NULL,
+    ciphertext    {blob} NOT NULL,
+    salt_ct       {blob},
+    kid           TEXT NOT NULL,
+    PRIMARY KEY (rid, version)
+){strict};
+CREATE INDEX IF NOT EXISTS records_by_patient ON records (pid, generation, is_copy);
+CREATE INDEX IF NOT EXISTS records_by_set ON records (kid);
+CREATE TABLE IF NOT EXISTS shredded_rids (
+    rid TEXT PRIMARY KEY,
+    pid TEXT NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS provisional_units (
+    unit       TEXT PRIMARY KEY,
+    claim      {blob},
+    records    {blob} NOT NULL,
+    updated_at {real} NOT NULL
+){strict};
+"""
+
+_RECORD_COLS = (
+    "r.rid, r.version, r.pid, r.generation, r.resource_type, r.custodian, r.is_copy, "
+    "r.nonce, r.ciphertext, r.salt_ct, r.kid"
+)
+_KEY_COLS = "pid, generation, wrapped, n_records, n_copies, manifest"
+_SET_COLS = "kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest"
+_COPY_ERASURE_COLS = "kid, pid, generation, custodian, erased_at, n_copies, digest, purged"
+_ERASURE_COLS = "pid, generation, erased_at, n_records, n_copies, digest, purged"
+_PROVISIONAL_COLS = "unit, claim, records, updated_at"
+
+
+def schema_statements(dialect: Dialect) -> list[str]:
+    """The schema's statements in the dialect's types, one by one (SQLite's executescript
+    would COMMIT the surrounding transaction)."""
+    script = _SCHEMA.format(false=dialect.false, **dialect.types)
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+class SQLBackend:
+    """The `Backend` operations over one connection, in the SQL of `dialect`.
+
+    One connection, used under a lock by the Vault (and by compact(), which
+    runs outside the Vault's transactions).
+    """
+
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
+        self.name = dialect.name
+        self._lock = threading.RLock()
+        try:
+            with self.transaction():
+                dialect.lock_schema()
+                self._check_schema_version()
+                for statement in schema_statements(dialect):
+                    dialect.execute(statement, ())
+                self.set_meta_if_absent("schema_version", str(SCHEMA_VERSION).encode())
+        except BaseException:
+            dialect.close()
+            raise
+
+    def _run(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.dialect.execute(self.dialect.sql(statement), params)
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._run(statement, params).fetchone()
+
+    def _all(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._run(statement, params).fetchall()
+
+    def _check_schema_version(self) -> None:
+        """Refuse a vault written by an older schema (see SCHEMA_REFUSAL) before touching it."""
+        if self._one(self.dialect.meta_exists) is None:
+            return
+        row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        found = None if row is None else bytes(row[0]).decode()
+        if found is not None and found != str(SCHEMA_VERSION):
+            where = f"{self.dialect.location}: " if self.dialect.location else ""
+            raise VaultConfigError(
+                where + SCHEMA_REFUSAL.format(found=found, needed=SCHEMA_VERSION)
+            )
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Open a (possibly nested) transaction; commit on success, roll back on error."""
+        with self._lock, self.dialect.transaction():
+            yield
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.dialect.close()
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else bytes(row[0])
+
+    def set_meta_if_absent(self, key: str, value: bytes) -> None:
+        self._run(
+            self.dialect.insert_or_ignore("meta (key, value) VALUES (?, ?)", "(key)"),
+            (key, value),
+        )
+
+    # ---------------------------------------------------------------- keys
+
+    def lock_key(self, pid: str) -> KeyRow | None:
+        return key_from_row(
+            self._one(
+                f"SELECT {_KEY_COLS} FROM patient_keys WHERE pid = ?{self.dialect.for_update}",
+                (pid,),
+            )
+        )
+
+    def read_key(self, pid: str) -> KeyRow | None:
+        return key_from_row(
+            self._one(f"SELECT {_KEY_COLS} FROM patient_keys WHERE pid = ?", (pid,))
+        )
+
+    def insert_key(self, row: KeyRow) -> bool:
+        cur = self._run(
+            self.dialect.insert_or_ignore(
+                f"patient_keys ({_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?)", "(pid)"
+            ),
+            (row.pid, row.generation, row.wrapped, row.n_records, row.n_copies, row.manifest),
+        )
+        return cur.rowcount == 1
+
+    def update_key_counters(
+        self, pid: str, generation: int, n_records: int, n_copies: int, manifest: bytes
+    ) -> None:
+        self._run(
+            "UPDATE patient_keys SET n_records = ?, n_copies = ?, manifest = ? "
+            "WHERE pid = ? AND generation = ?",
+            (n_records, n_copies, manifest, pid, generation),
+        )
+
+    def delete_key(self, pid: str, generation: int) -> bool:
+        cur = self._run(
+            "DELETE FROM patient_keys WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------ key sets
+
+    def lock_set(self, pid: str, generation: int, custodian: str, is_copy: bool) -> SetRow | None:
+        return set_from_row(
+            self._one(
+                f"SELECT {_SET_COLS} FROM key_sets "
+                "WHERE pid = ? AND generation = ? AND custodian = ? AND is_copy = ?"
+                + self.dialect.for_update,
+                (pid, generation, custodian, is_copy),
+            )
+        )
+
+    def read_set(self, kid: str) -> SetRow | None:
+        return set_from_row(self._one(f"SELECT {_SET_COLS} FROM key_sets WHERE kid = ?", (kid,)))
+
+    def sets_of(self, pid: str, generation: int) -> list[SetRow]:
+        rows = self._all(
+            f"SELECT {_SET_COLS} FROM key_sets WHERE pid = ? AND generation = ? "
+            "ORDER BY is_copy, custodian",
+            (pid, generation),
+        )
+        return [r for r in map(set_from_row, rows) if r is not None]
+
+    def insert_set(self, row: SetRow) -> bool:
+        # No conflict target: the kid and the (pid, generation, custodian, copy flag) are
+        # both unique, and a clash on either means a concurrent put made the set.
+        cur = self._run(
+            self.dialect.insert_or_ignore(
+                f"key_sets ({_SET_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ""
+            ),
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                row.is_copy,
+                row.wrapped,
+                row.n_records,
+                row.manifest,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def update_set_counters(self, kid: str, n_records: int, manifest: bytes) -> None:
+        self._run(
+            "UPDATE key_sets SET n_records = ?, manifest = ? WHERE kid = ?",
+            (n_records, manifest, kid),
+        )
+
+    def delete_set(self, kid: str) -> bool:
+        cur = self._run("DELETE FROM key_sets WHERE kid = ?", (kid,))
+        return cur.rowcount == 1
+
+    def delete_sets(self, pid: str, generation: int) -> None:
+        self._run("DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation))
+
+    def insert_copy_erasure(self, row: CopyErasureRow) -> None:
+        self._run(
+            f"INSERT INTO copy_erasures ({_COPY_ERASURE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.kid,
+                row.pid,
+                row.generation,
+                row.custodian,
+                row.erased_at,
+                row.n_copies,
+                row.digest,
+                row.purged,
+            ),
+        )
+
+    def copy_erasures(
+        self, pid: str, generation: int, custodian: str | None
+    ) -> list[CopyErasureRow]:
+        sql = f"SELECT {_COPY_ERASURE_COLS} FROM copy_erasures WHERE pid = ? AND generation = ?"
+        params: tuple[Any, ...] = (pid, generation)
+        if custodian is not None:
+            sql += " AND custodian = ?"
+            params += (custodian,)
+        return [
+            copy_erasure_from_row(r) for r in self._all(sql + " ORDER BY erased_at, kid", params)
+        ]
+
+    # ------------------------------------------------------------ erasures
+
+    def latest_erasure(self, pid: str) -> ErasureRow | None:
+        row = self._one(
+            f"SELECT {_ERASURE_COLS} FROM erasures WHERE pid = ? ORDER BY generation DESC LIMIT 1",
+            (pid,),
+        )
+        if row is None:
+            return None
+        return ErasureRow(
+            pid=row[0],
+            generation=int(row[1]),
+            erased_at=row[2],
+            n_records=int(row[3]),
+            n_copies=int(row[4]),
+            digest=bytes(row[5]),
+            purged=bool(row[6]),
+        )
+
+    def insert_erasure(self, row: ErasureRow) -> None:
+        self._run(
+            f"INSERT INTO erasures ({_ERASURE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.pid,
+                row.generation,
+                row.erased_at,
+                row.n_records,
+                row.n_copies,
+                row.digest,
+                row.purged,
+            ),
+        )
+
+    # ------------------------------------------------------------- records
+
+    def rid_state(self, rid: str) -> RidState | None:
+        self.dialect.lock_rid(rid)
+        row = self._one(
+            "SELECT pid, generation, version, kid FROM records WHERE rid = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (rid,),
+        )
+        if row is None:
+            return None
+        return RidState(
+            pid=row[0], generation=int(row[1]), max_version=int(row[2]), kid=str(row[3])
+        )
+
+    def shredded_owner(self, rid: str) -> str | None:
+        row = self._one("SELECT pid FROM shredded_rids WHERE rid = ?", (rid,))
+        return None if row is None else str(row[0])
+
+    def insert_record(self, row: RecordRow) -> bool:
+        cur = self._run(
+            self.dialect.insert_or_ignore(
+                "records (rid, version, pid, generation, resource_type, custodian, is_copy, "
+                "nonce, ciphertext, salt_ct, kid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(rid, version)",
+            ),
+            (
+                row.rid,
+                row.version,
+                row.pid,
+                row.generation,
+                row.resource_type,
+                row.custodian,
+                row.is_copy,
+                row.nonce,
+                row.ciphertext,
+                row.salt_ct,
+                row.kid,
+            ),
+        )
+        return cur.rowcount == 1
+
+    def fetch_record(
+        self, rid: str, version: int | None
+    ) -> tuple[RecordRow, bytes | None, bytes | None] | None:
+        base = (
+            f"SELECT {_RECORD_COLS}, k.wrapped, s.wrapped FROM records r LEFT JOIN patient_keys k "
+            "ON k.pid = r.pid AND k.generation = r.generation "
+            "LEFT JOIN key_sets s ON s.kid = r.kid WHERE r.rid = ?"
+        )
+        if version is None:
+            row = self._one(base + " ORDER BY r.version DESC LIMIT 1", (rid,))
+        else:
+            row = self._one(base + " AND r.version = ?", (rid, version))
+        if row is None:
+            return None
+        return record_from_row(row)
+
+    def versions(self, rid: str) -> list[int]:
+        rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
+        return [int(r[0]) for r in rows]
+
+    def list_records(self, pid: str, generation: int, include_copies: bool) -> list[RecordInfo]:
+        sql = (
+            "SELECT r.pid, r.rid, r.version, r.resource_type, r.custodian, r.is_copy "
+            "FROM records r JOIN key_sets s ON s.kid = r.kid "
+            "WHERE r.pid = ? AND r.generation = ?"
+        )
+        if not include_copies:
+            sql += f" AND r.is_copy = {self.dialect.false}"
+        rows = self._all(sql + " ORDER BY r.rid, r.version", (pid, generation))
+        return [info_from_row(r) for r in rows]
+
+    def patients(self) -> list[str]:
+        return [str(r[0]) for r in self._all("SELECT pid FROM patient_keys ORDER BY pid")]
+
+    def delete_record(self, rid: str, version: int) -> RecordRow | None:
+        row = self._one(
+            "DELETE FROM records WHERE rid = ? AND version = ? RETURNING "
+            "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
+            "ciphertext, salt_ct, kid, NULL, NULL",
+            (rid, version),
+        )
+        return None if row is None else record_from_row(row)[0]
+
+    # -------------------------------------------------------- provisional
+
+    def insert_provisional(self, unit: str, records: bytes, updated_at: float) -> None:
+        self._run(
+            f"INSERT INTO provisional_units ({_PROVISIONAL_COLS}) VALUES (?, NULL, ?, ?)",
+            (unit, records, updated_at),
+        )
+
+    def set_provisional_claim(self, unit: str, claim: bytes, updated_at: float) -> bool:
+        cur = self._run(
+            "UPDATE provisional_units SET claim = ?, updated_at = ? WHERE unit = ?",
+            (claim, updated_at, unit),
+        )
+        return cur.rowcount == 1
+
+    def lock_provisional(self, unit: str) -> ProvisionalUnit | None:
+        row = self._one(
+            f"SELECT {_PROVISIONAL_COLS} FROM provisional_units WHERE unit = ?"
+            + self.dialect.for_update,
+            (unit,),
+        )
+        return None if row is None else provisional_from_row(row)
+
+    def forget_shredded(self, rid: str) -> None:
+        self._run("DELETE FROM shredded_rids WHERE rid = ?", (rid,))
+
+    def delete_provisional(self, unit: str) -> bool:
+        cur = self._run("DELETE FROM provisional_units WHERE unit = ?", (unit,))
+        return cur.rowcount == 1
+
+    def list_provisional(self) -> list[ProvisionalUnit]:
+        rows = self._all(
+            f"SELECT {_PROVISIONAL_COLS} FROM provisional_units ORDER BY updated_at, unit"
+        )
+        return [provisional_from_row(r) for r in rows]
+
+    # --------------------------------------------------------------- purge
+
+    def pending_erasures(self) -> list[tuple[str, int]]:
+        rows = self._all(
+            f"SELECT pid, generation FROM erasures WHERE purged = {self.dialect.false} "
+            "ORDER BY pid, generation"
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def purge(self, pid: str, generation: int) -> int:
+        self._run(
+            self.dialect.insert_or_ignore(
+                "shredded_rids (rid, pid) "
+                "SELECT DISTINCT rid, pid FROM records WHERE pid = ? AND generation = ?",
+                "(rid)",
+            ),
+            (pid, generation),
+        )
+        cur = self._run("DELETE FROM records WHERE pid = ? AND generation = ?", (pid, generation))
+        self._run("DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation))
+        for table in ("erasures", "copy_erasures"):
+            self._run(
+                f"UPDATE {table} SET purged = {self.dialect.true} WHERE pid = ? AND generation = ?",
+                (pid, generation),
+            )
+        return int(cur.rowcount)
+
+    def pending_copy_erasures(self) -> list[tuple[str, str]]:
+        rows = self._all(
+            f"SELECT kid, pid FROM copy_erasures WHERE purged = {self.dialect.false} "
+            "ORDER BY pid, kid"
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def purge_set(self, kid: str) -> int:
+        self._run(
+            self.dialect.insert_or_ignore(
+                "shredded_rids (rid, pid) SELECT DISTINCT rid, pid FROM records WHERE kid = ?",
+                "(rid)",
+            ),
+            (kid,),
+        )
+        cur = self._run("DELETE FROM records WHERE kid = ?", (kid,))
+        self._run(f"UPDATE copy_erasures SET purged = {self.dialect.true} WHERE kid = ?", (kid,))
+        return int(cur.rowcount)
+
+    def compact(self) -> bool:
+        with self._lock:
+            return self.dialect.compact()
+
+
+# ------------------------------------------------------------------ row decoding
+
+
+def key_from_row(row: Sequence[Any] | None) -> KeyRow | None:
+    """Decode (pid, generation, wrapped, n_records, n_copies, manifest)."""
+    if row is None:
+        return None
+    return KeyRow(
+        pid=row[0],
+        generation=int(row[1]),
+        wrapped=bytes(row[2]),
+        n_records=int(row[3]),
+        n_copies=int(row[4]),
+        manifest=bytes(row[5]),
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> tuple[RecordRow, bytes | None, bytes | None]:
+    """Decode the record query: (rid, version, pid, generation, resource_type,
+    custodian, is_copy, nonce, ciphertext, salt_ct, kid, wrapped patient key or NULL once
+    erased, wrapped set key or NULL once erased)."""
+    record = RecordRow(
+        rid=row[0],
+        version=int(row[1]),
+        pid=row[2],
+        generation=int(row[3]),
+        resource_type=row[4],
+        custodian=row[5],
+        is_copy=bool(row[6]),
+        nonce=bytes(row[7]),
+        ciphertext=bytes(row[8]),
+        salt_ct=None if row[9] is None else bytes(row[9]),
+        kid=str(row[10]),
+    )
+    return (
+        record,
+        None if row[11] is None else bytes(row[11]),
+        None if row[12] is None else bytes(row[12]),
+    )
+
+
+def set_from_row(row: Sequence[Any] | None) -> SetRow | None:
+    """Decode (kid, pid, generation, custodian, is_copy, wrapped, n_records, manifest)."""
+    if row is None:
+        return None
+    return SetRow(
+        kid=str(row[0]),
+        pid=str(row[1]),
+        generation=int(row[2]),
+        custodian=str(row[3]),
+        is_copy=bool(row[4]),
+        wrapped=bytes(row[5]),
+        n_records=int(row[6]),
+        manifest=bytes(row[7]),
+    )
+
+
+def copy_erasure_from_row(row: Sequence[Any]) -> CopyErasureRow:
+    """Decode (kid, pid, generation, custodian, erased_at, n_copies, digest, purged)."""
+    return CopyErasureRow(
+        kid=str(row[0]),
+        pid=str(row[1]),
+        generation=int(row[2]),
+        custodian=str(row[3]),
+        erased_at=str(row[4]),
+        n_copies=int(row[5]),
+        digest=bytes(row[6]),
+        purged=bool(row[7]),
+    )
+
+
+def info_from_row(row: Sequence[Any]) -> RecordInfo:
+    """Decode (pid, rid, version, resource_type, custodian, is_copy)."""
+    return RecordInfo(
+        pid=row[0],
+        rid=row[1],
+        version=int(row[2]),
+        resource_type=row[3],
+        custodian=row[4],
+        is_copy=bool(row[5]),
+    )
+
+
+def provisional_from_row(row: Sequence[Any]) -> ProvisionalUnit:
+    """Decode (unit, claim or NULL, records JSON, updated_at)."""
+    records = tuple((str(rid), int(version)) for rid, version in orjson.loads(bytes(row[2])))
+    return ProvisionalUnit(
+        unit=str(row[0]),
+        claim=None if row[1] is None else bytes(row[1]),
+        records=records,
+        updated_at=float(row[3]),
+    )
