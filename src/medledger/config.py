@@ -99,13 +99,6 @@ class ExchangeSection(_Model):
     def _check_listen(cls, value: str | None) -> str | None:
         return None if value is None else _address(value)
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The gateway's (host, port); refused when init did not give one."""
-        if self.listen is None:
-            raise ConfigError("config.json: no exchange.listen (re-run `medledger init`)")
-        return _split_address(self.listen)
-
 
 class VaultSection(_Model):
     """Where the hospital's vault lives: a SQLite file under the home, or PostgreSQL."""
@@ -183,6 +176,14 @@ class HospitalConfig(_Model):
     @property
     def org_key_path(self) -> Path:
         return self.home / "keys" / "org.key"
+
+    @property
+    def gateway_address(self) -> tuple[str, int]:
+        """The gateway's (host, port) (`exchange.listen`); refused when init did not give one."""
+        if self.exchange.listen is None:
+            path = self.home / "config.json"
+            raise ConfigError(f"{path}: exchange.listen: missing (re-run `medledger init`)")
+        return _split_address(self.exchange.listen)
 
     @property
     def tls_dir(self) -> Path:

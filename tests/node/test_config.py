@@ -46,14 +46,26 @@ def test_a_home_made_by_init_loads_with_typed_sections(consortium: list[Path]) -
     assert config.consortium_dir == consortium[0].parent.parent.resolve()
     host, port = config.api.address
     assert host == "127.0.0.1" and port > 0
-    assert config.exchange.address[1] > 0
+    assert config.gateway_address[1] > 0
     assert set(config.exchange.peers) == {"chu-lyon", "aphp-paris", "chu-bordeaux"}
     assert config.vault.backend == "sqlite"
     assert config.vault_config().path == config.home / "vault.db"
     assert config.tls_dir == config.home / "keys" / "tls"
     assert config.clinician.duplicate_window_days == 42  # the default when unset
     assert config.ingest.max_bytes is None  # unset: the ingestor's own default
-    assert config.ports() >= {port, config.exchange.address[1]}
+    assert config.ports() >= {port, config.gateway_address[1]}
+
+
+def test_a_home_without_a_gateway_address_says_so_when_one_is_needed(
+    consortium: list[Path],
+) -> None:
+    home = consortium[0]
+    raw = _raw(home)
+    del raw["exchange"]["listen"]
+    _write(home, raw)
+    config = load_config(home)  # a CLI command that never serves still works
+    with pytest.raises(ConfigError, match=r"config.json: exchange.listen: missing"):
+        _ = config.gateway_address
 
 
 @pytest.mark.parametrize(

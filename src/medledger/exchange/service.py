@@ -58,7 +58,7 @@ class HospitalExchange:
         )
         self.events = EventStream(node, vault, self.policy)
         self.app = create_app(self.gateway, self.events)
-        cfg_host, cfg_port = node.config.exchange.address
+        cfg_host, cfg_port = node.config.gateway_address
         self.server = ServerThread(
             self.app,
             host or cfg_host,
