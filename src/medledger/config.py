@@ -61,6 +61,12 @@ def _split_address(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _engine(value: str) -> str:
+    if value not in ENGINES:
+        raise ValueError(f"unknown engine {value!r} (solo or cometbft)")
+    return value
+
+
 def _address(value: str) -> str:
     _split_address(value)
     return value
@@ -155,9 +161,7 @@ class HospitalConfig(_Model):
     @field_validator("engine")
     @classmethod
     def _check_engine(cls, value: str) -> str:
-        if value not in ENGINES:
-            raise ValueError(f"unknown engine {value!r} (solo or cometbft)")
-        return value
+        return _engine(value)
 
     @property
     def consortium_dir(self) -> Path:
@@ -329,6 +333,11 @@ class Consortium(_Model):
     engine: str
     hospitals: list[str]
     block_time_ms: int = Field(default=1000, gt=0)
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        return _engine(value)
 
 
 def load_consortium(consortium_dir: Path) -> Consortium:
