@@ -22,7 +22,7 @@ from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
-from medledger.network import create_consortium
+from medledger.provisioning import create_consortium
 from medledger.runtime import Sandbox
 
 

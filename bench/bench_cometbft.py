@@ -97,7 +97,7 @@ def _medledger_network(directory: Path, block_time_ms: int, streams: int) -> Net
     from medledger.ledger.genesis import Genesis, GenesisMember
     from medledger.ledger.keys import SigningKey
     from medledger.ledger.tx import sign_tx
-    from medledger.network import create_consortium
+    from medledger.provisioning import create_consortium
 
     create_consortium(
         directory,

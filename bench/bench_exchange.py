@@ -36,8 +36,8 @@ from medledger.exchange.sync import SyncStore
 from medledger.indexing import open_meta
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
-from medledger.network import create_consortium
 from medledger.node import Node
+from medledger.provisioning import create_consortium
 from medledger.vault import RecordNotFound, Vault
 
 A, B = "chu-lyon", "aphp-paris"

@@ -16,8 +16,8 @@ import orjson
 
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
-from medledger.network import create_consortium
 from medledger.node import Node
+from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 
 

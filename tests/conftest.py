@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medledger.network import create_consortium
 from medledger.node import Node
+from medledger.provisioning import create_consortium
 
 
 @pytest.fixture

@@ -75,10 +75,9 @@ class Ingestor:
         self.vault = vault
         self.org = node.config.org
         self.pseudonym_key = node.config.pseudonym_key()
-        configured = node.config.raw.get("ingest")
-        limits: dict[str, Any] = configured if isinstance(configured, dict) else {}
-        self.max_bytes = int(max_bytes or limits.get("max_bytes") or MAX_BYTES)
-        self.max_resources = int(max_resources or limits.get("max_resources") or MAX_RESOURCES)
+        limits = node.config.ingest
+        self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
+        self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
 
     # -- entry points ----------------------------------------------------------------------
     def ingest_path(self, path: Path) -> UnitResult:

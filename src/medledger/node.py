@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medledger.config import ConfigError, HospitalConfig, load_config
 from medledger.consensus.engine import Engine
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
-from medledger.network import ConfigError, HospitalConfig, load_config
 from medledger.wallet import Wallet
 
 

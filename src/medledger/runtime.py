@@ -19,13 +19,6 @@ from medledger.vault import Vault
 log = logging.getLogger(__name__)
 
 
-def api_address(raw: dict[str, Any]) -> tuple[str, int]:
-    """The API's host and port from config.json (`api.listen`, made by init); port 0: any."""
-    listen = (raw.get("api") or {}).get("listen", "127.0.0.1:0")
-    host, _, port = str(listen).rpartition(":")
-    return host or "127.0.0.1", int(port or 0)
-
-
 class HospitalRuntime:
     def __init__(self, node: Node, vault: Vault, **exchange_options: Any) -> None:
         from medledger.api.app import create_app
@@ -37,7 +30,7 @@ class HospitalRuntime:
         self.vault = vault
         self.exchange = HospitalExchange(node, vault, **exchange_options)
         self.services = HospitalServices(node, vault)
-        host, port = api_address(node.config.raw)
+        host, port = node.config.api.address
         self.api = ServerThread(create_app(self.services), host, port, None, name="api")
         self._started: list[Any] = []
 
@@ -83,7 +76,7 @@ class Sandbox:
         self.vaults: list[Vault] = []
         self.runtimes: list[HospitalRuntime] = []
         try:
-            peers = Directory.from_config(self.root.config.raw)
+            peers = Directory(self.root.config.exchange.peers)
             for home in homes:
                 node = self.root if home == homes[0] else self.root.sibling(home)
                 vault = Vault.open(node.config.vault_config())

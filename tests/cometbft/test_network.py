@@ -190,8 +190,8 @@ def test_two_of_four_stopped_halts_without_fork_then_resumes(cmt_net: CmtNet) ->
 
 
 def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) -> None:
+    from medledger.config import load_config, load_consortium, save_config, save_consortium
     from medledger.ledger.keys import SigningKey
-    from medledger.network import load_consortium, save_config, save_consortium
 
     net = cmt_net
     new = "chu-nantes"
@@ -200,19 +200,20 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
     (home / "keys").mkdir(parents=True)
     key.save(home / "keys" / "org.key")
     validator_key = testnet.add_hospital(net.dir, new)
-    first = net.home(net.orgs[0])
-    raw = json.loads((first / "config.json").read_text())
-    raw.update(
-        {
-            "org": new,
-            "name": "CHU de Nantes",
-            "cometbft": json.loads((home / "config.json").read_text())["cometbft"],
-        }
+    first = load_config(net.home(net.orgs[0]))
+    recorded = json.loads((home / "config.json").read_text())["cometbft"]
+    save_config(
+        first.model_copy(
+            update={
+                "home": home.resolve(),
+                "org": new,
+                "name": "CHU de Nantes",
+                "cometbft": first.cometbft.model_validate(recorded),
+            }
+        )
     )
-    save_config(home, raw)
     meta = load_consortium(net.dir)
-    meta["hospitals"].append(new)
-    save_consortium(net.dir, meta)
+    save_consortium(net.dir, meta.model_copy(update={"hospitals": [*meta.hospitals, new]}))
     processes.start_hospitals(net.dir, [new])
     net.orgs.append(new)
     # It block-syncs the chain through its own app...
@@ -260,7 +261,7 @@ def test_an_ingestion_killed_mid_registration_loses_nothing(
     cmt_net: CmtNet, tmp_path: Path, step: str
 ) -> None:
     """Against the live network: the child's tx goes through CometBFT's mempool and blocks."""
-    from medledger.network import load_config
+    from medledger.config import load_config
     from medledger.registrations import reconcile
     from medledger.vault import Vault
     from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting

@@ -21,8 +21,8 @@ from medledger.exchange.client import Directory
 from medledger.exchange.service import HospitalExchange
 from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
-from medledger.network import create_consortium
 from medledger.node import Node
+from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 
 A, B, C = "chu-lyon", "aphp-paris", "chu-bordeaux"

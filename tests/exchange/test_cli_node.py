@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from medledger.exchange import pki
-from medledger.network import create_consortium
+from medledger.provisioning import create_consortium
 
 MEDLEDGER = str(Path(sys.executable).parent / "medledger")
 

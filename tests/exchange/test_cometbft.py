@@ -13,8 +13,8 @@ import pytest
 from medledger.consensus.cometbft import processes
 from medledger.exchange.client import ExchangeClient
 from medledger.ingest import Ingestor
-from medledger.network import create_consortium
 from medledger.node import Node
+from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 
 from .conftest import EVIDENCE, A, B, bundles, wait_for

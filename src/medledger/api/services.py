@@ -99,9 +99,9 @@ class HospitalServices:
         self.signed_out = SignedOut(self.node.config.home / "signed-out-tokens")
         # The pages' CSRF tokens are keyed by this secret (derived, so they survive a restart).
         self.csrf_secret = hashlib.sha256(b"medledger page forms\0" + key.seed).digest()
-        api = self.node.config.raw.get("api") or {}
-        self.max_body_bytes = int(api.get("max_body_bytes", MAX_BODY_BYTES))
-        self.max_form_bytes = int(api.get("max_form_bytes", MAX_FORM_BYTES))
+        api = self.node.config.api
+        self.max_body_bytes = api.max_body_bytes or MAX_BODY_BYTES
+        self.max_form_bytes = api.max_form_bytes or MAX_FORM_BYTES
 
     @property
     def org(self) -> str:

@@ -28,8 +28,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures become one clear line and a non-zero exit, never a traceback."""
+    from medledger.config import ConfigError
     from medledger.ledger.keys import KeyFileError
-    from medledger.network import ConfigError
     from medledger.vault.errors import VaultError
     from medledger.wallet import TxRejected
 

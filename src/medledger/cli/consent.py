@@ -55,7 +55,7 @@ TakenByOption = Annotated[
 def pid_arg(value: str, home: Path) -> str:
     """A pid as such, or a patient's INS pseudonymised under the consortium key (the INS itself
     goes nowhere else)."""
-    from medledger.network import load_config
+    from medledger.config import load_config
     from medledger.patients import resolve_pid
 
     text = value.strip().lower()

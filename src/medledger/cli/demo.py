@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start a 4-hospital network, load synthetic patients and play the scenario."""
         from medledger.cli.init import parse_duration_ms
-        from medledger.network import create_consortium
+        from medledger.provisioning import create_consortium
 
         with user_errors():
             if directory.exists():
@@ -90,7 +90,6 @@ def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
 def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool) -> None:
     from medledger.consensus.cometbft import processes
     from medledger.node import Node
-    from medledger.runtime import api_address
     from medledger.scenario import eventually, play
 
     say("Starting each hospital's CometBFT validator and node (ledger, gateway, sync agent, API).")
@@ -104,7 +103,7 @@ def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool
         story = play(hospitals, say, patients=patients)
         urls = []
         for n in nodes:
-            host, port = api_address(n.config.raw)
+            host, port = n.config.api.address
             urls.append(f"http://{host}:{port}")
         _summary(story, hospitals, urls)
         if serve:

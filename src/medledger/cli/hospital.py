@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         power: Annotated[int, typer.Option(help="Validator power to propose (CometBFT).")] = 10,
     ) -> None:
         """Make the joining hospital's home and print the vote that admits it."""
-        from medledger.network import add_hospital
+        from medledger.provisioning import add_hospital
 
         with user_errors():
             joining = add_hospital(directory, org, name)

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         ] = "1s",
     ) -> None:
         """Create a consortium: keys (mode 0600), genesis, one home per hospital."""
-        from medledger.network import create_consortium
+        from medledger.provisioning import create_consortium
 
         with user_errors():
             homes = create_consortium(

@@ -74,8 +74,8 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
     are missing), the replica keeps serving CometBFT and the failure is logged, since a
     validator that stops voting would weaken the whole network.
     """
+    from medledger.config import load_config
     from medledger.consensus.cometbft.run_app import engine_for_home, open_application
-    from medledger.network import load_config
     from medledger.node import Node
     from medledger.vault import Vault
 
@@ -127,7 +127,7 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
 
 def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
     """Every hospital of a solo consortium in this process, sharing one engine and ledger."""
-    from medledger.network import ConfigError, hospital_homes, load_config
+    from medledger.config import ConfigError, hospital_homes, load_config
 
     homes = hospital_homes(directory)
     if not homes:
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Run the hospital's node: ledger engine, vault, mTLS gateway, sync agent, events."""
-        from medledger.network import load_config
+        from medledger.config import load_config
 
         _logging(log_level)
         stop = _stop_event()

@@ -83,10 +83,6 @@ class Directory:
         self._peers = dict(peers or {})
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> Directory:
-        return cls(dict((raw.get("exchange") or {}).get("peers") or {}))
-
     def url(self, org: str) -> str:
         with self._lock:
             found = self._peers.get(org)
@@ -140,8 +136,8 @@ class ExchangeClient:
         self.max_answer = max_answer
         self.org = node.config.org
         self.signer = RequestSigner(signer or node.org_key)
-        self.directory = directory or Directory.from_config(node.config.raw)
-        files = TlsFiles.of_home(node.config.home, node.config.raw)
+        self.directory = directory or Directory(node.config.exchange.peers)
+        files = TlsFiles(node.config.tls_dir)
         self._ssl = client_context(files)
         self._timeout = timeout
         self._clients: dict[str, httpx.Client] = {}

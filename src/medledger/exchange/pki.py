@@ -32,12 +32,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medledger.netutil import free_port
+from medledger.config import TLS_DIR
 from medledger.secretfile import read_secret, write_secret
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
-TLS_DIR = "keys/tls"
 GATEWAY_PORT_OFFSET = 4  # with a base port, hospital i listens on base + 10 i + 4
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -73,9 +72,9 @@ class TlsFiles:
         return self.directory / "client.key"
 
     @classmethod
-    def of_home(cls, home: Path, raw_config: dict[str, Any] | None = None) -> TlsFiles:
-        sub = ((raw_config or {}).get("exchange") or {}).get("tls", TLS_DIR)
-        return cls(home / sub)
+    def of_home(cls, home: Path, tls: str = TLS_DIR) -> TlsFiles:
+        """The files under a hospital's home (`tls`: its config's `exchange.tls`)."""
+        return cls(home / tls)
 
 
 # --------------------------------------------------------------------------- issuing
@@ -226,52 +225,6 @@ def issue_hospital(
 
 
 # --------------------------------------------------------------------------- set-up at init
-
-
-def _ports_in(raw: dict[str, Any]) -> set[int]:
-    """Ports a hospital's config already names (its CometBFT node's), to stay clear of them."""
-    used: set[int] = set()
-    for value in (raw.get("cometbft") or {}).values():
-        tail = str(value).rsplit(":", 1)[-1]
-        if tail.isdigit():
-            used.add(int(tail))
-    return used
-
-
-def setup_exchange(
-    consortium_dir: Path, homes: list[Path], chain_id: str, base_port: int | None = None
-) -> None:
-    """What `medledger init` adds for the exchange: the CA, each hospital's certificates, and
-    each hospital's gateway address plus the directory of its peers' gateways in config.json.
-
-    The directory (org -> URL) is what X-Road calls the global configuration: a hospital only
-    ever talks to the addresses it lists, over TLS pinned to the consortium CA.
-    """
-    from medledger.network import load_config, save_config
-
-    create_ca(consortium_dir / "ca", chain_id)
-    configs = [load_config(home) for home in homes]
-    exclude: set[int] = set()
-    for c in configs:
-        exclude |= _ports_in(c.raw)
-    listen: dict[str, int] = {}
-    for i, c in enumerate(configs):
-        if base_port is not None:
-            port = base_port + 10 * i + GATEWAY_PORT_OFFSET
-        else:
-            port = free_port(exclude)
-        exclude.add(port)
-        listen[c.org] = port
-        issue_hospital(consortium_dir / "ca", c.home, c.org)
-    peers = {org: f"https://127.0.0.1:{port}" for org, port in listen.items()}
-    for c in configs:
-        raw = dict(c.raw)
-        raw["exchange"] = {
-            "listen": f"127.0.0.1:{listen[c.org]}",
-            "tls": TLS_DIR,
-            "peers": peers,
-        }
-        save_config(c.home, raw)
 
 
 # --------------------------------------------------------------------------- TLS contexts

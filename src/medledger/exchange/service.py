@@ -10,7 +10,6 @@ hospital in a single process, sharing the solo engine and one directory of gatew
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medledger.exchange.client import Directory, ExchangeClient
@@ -21,23 +20,12 @@ from medledger.exchange.policy import AuthorizeFn, Policy
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
 from medledger.exchange.sync import SyncAgent, SyncStore
-from medledger.network import ConfigError
 
 if TYPE_CHECKING:
     from medledger.node import Node
     from medledger.vault import Vault
 
 log = logging.getLogger(__name__)
-
-
-def listen_address(raw: dict[str, object]) -> tuple[str, int]:
-    """The gateway's host and port from config.json (`exchange.listen`, made by init)."""
-    exchange = raw.get("exchange")
-    listen = exchange.get("listen") if isinstance(exchange, dict) else None
-    if not isinstance(listen, str) or ":" not in listen:
-        raise ConfigError("config.json: no exchange.listen (re-run `medledger init`)")
-    host, _, port = listen.rpartition(":")
-    return host, int(port)
 
 
 class HospitalExchange:
@@ -59,7 +47,7 @@ class HospitalExchange:
         self.org = node.config.org
         home = node.config.home
         folder = home / "exchange"
-        self.directory = directory or Directory.from_config(node.config.raw)
+        self.directory = directory or Directory(node.config.exchange.peers)
         self.policy = Policy(node, authorize)
         self.evidence = EvidenceStore(folder / "evidence.db")
         self.store = SyncStore(folder / "sync.db", node.config.box_key())
@@ -70,12 +58,12 @@ class HospitalExchange:
         )
         self.events = EventStream(node, vault, self.policy)
         self.app = create_app(self.gateway, self.events)
-        cfg_host, cfg_port = listen_address(node.config.raw)
+        cfg_host, cfg_port = node.config.gateway_address
         self.server = ServerThread(
             self.app,
             host or cfg_host,
             cfg_port if port is None else port,
-            server_context(TlsFiles.of_home(Path(home), node.config.raw)),
+            server_context(TlsFiles(node.config.tls_dir)),
             name=f"gateway-{self.org}",
         )
         self._started = False

@@ -461,7 +461,7 @@ decision. Each line has a proof you can check offline with
             )
         # The window is the hospital's choice (config.json `clinician.duplicate_window_days`),
         # and a clinician may widen or narrow it for one look (`?window=DAYS`).
-        default = int((svc.node.config.raw.get("clinician") or {}).get("duplicate_window_days", 42))
+        default = svc.node.config.clinician.duplicate_window_days
         warnings = duplicate_exams(rows, window if window is not None else default)
         warn_html = "".join(f'<p class="warn">{e(w)}</p>' for w in warnings)
         if denial:
@@ -825,8 +825,7 @@ def _hospitals_health(svc: HospitalServices) -> dict[str, str]:
     """Each hospital's node as its own /health reports it (height, app hash), or why not."""
     import httpx
 
-    from medledger.network import hospital_homes, load_config
-    from medledger.runtime import api_address
+    from medledger.config import hospital_homes, load_config
 
     out: dict[str, str] = {}
     try:
@@ -837,7 +836,7 @@ def _hospitals_health(svc: HospitalServices) -> dict[str, str]:
     for home in homes:
         try:
             config = load_config(home)
-            host, port = api_address(config.raw)
+            host, port = config.api.address
             if not port:
                 continue
             data = httpx.get(f"http://{host}:{port}/health", timeout=0.5).json()

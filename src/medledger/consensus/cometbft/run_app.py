@@ -28,8 +28,8 @@ log = logging.getLogger("medledger.app")
 
 def open_application(home: Path) -> Any:
     """The hospital's ledger replica, as its config.json describes it."""
+    from medledger.config import load_config
     from medledger.ledger.app import Application
-    from medledger.network import load_config
 
     config = load_config(home)
     return Application.open(config.ledger_db, config.genesis())

@@ -125,13 +125,12 @@ def check_app_hashes(rpc_url: str, records: Iterable[BlockRecord]) -> list[str]:
 
 def rpc_url_for(config: Any) -> str:
     """A hospital's CometBFT RPC URL from its config (the "cometbft" section or config.toml)."""
-    section = config.raw.get("cometbft") or {}
-    url = section.get("rpc")
-    if url:
-        return str(url)
+    section = config.cometbft
+    if section.rpc:
+        return str(section.rpc)
     from medledger.consensus.cometbft.testnet import node_addresses
 
-    return node_addresses(config.home / section.get("home", "cometbft")).rpc_url
+    return node_addresses(config.home / section.home).rpc_url
 
 
 def check_home(config: Any, store: Any) -> list[str]:
