@@ -24,6 +24,14 @@ def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
     return result
 
 
+def bind_young_custody(proposer: str, voter: str) -> None:
+    """Let a custodian of a minute bind a patient's first key (custody_min_age_ms is 24 h by
+    default): the consortium votes it down to 0, as a test network must, its records being
+    seconds old."""
+    run("policy", "param", "-H", proposer, "--name", "custody_min_age_ms", "--value", "0")
+    assert "executed" in run("member", "vote", "-H", voter, "1").output
+
+
 def test_care_commands(tmp_path: Path) -> None:
     net = tmp_path / "net"
     run("init", str(net), "--hospitals", "3")
@@ -53,6 +61,7 @@ def test_care_commands(tmp_path: Path) -> None:
     key.save(patient_key)
 
     # -- consent -----------------------------------------------------------------------------
+    bind_young_custody(lyon, paris)
     out = run(
         "consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
         "--evidence-file", str(form),
@@ -165,10 +174,10 @@ def test_care_commands(tmp_path: Path) -> None:
     cedar = tmp_path / "no-imaging.cedar"
     cedar.write_text('forbid(principal, action, resource == Category::"imaging");\n')
     assert (
-        "proposal 1 created"
+        "proposal 2 created"
         in run("policy", "set", "-H", lyon, "--id", "x", "--file", str(cedar)).output
     )
-    assert "executed" in run("member", "vote", "-H", paris, "1").output
+    assert "executed" in run("member", "vote", "-H", paris, "2").output
     out = run("policy", "show", "-H", paris)
     assert "policy x" in out.output and "emergency_max_ms" in out.output
     broken = tmp_path / "broken.cedar"
@@ -199,6 +208,7 @@ def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_
     patient_key = tmp_path / "patient.key"
     key = SigningKey.generate()
     key.save(patient_key)
+    bind_young_custody(lyon, paris)
     run("consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
         "--evidence-file", str(form))  # fmt: skip
 
