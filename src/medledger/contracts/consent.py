@@ -103,7 +103,7 @@ class Revoke:
 
 @dataclass
 class Contest:
-    """A DPO of an earlier custodian contests a consent a hospital granted on the patient's behalf."""
+    """An earlier custodian's DPO contests a consent a hospital granted in the patient's name."""
 
     id: int
     reason: str  # a code from CONTEST_REASONS

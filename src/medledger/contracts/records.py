@@ -20,7 +20,9 @@ without an author, writes itself on the patient's access trail in the same tx: o
 (new records) or `update` (new versions) entry per patient, naming the rids and the author
 (without one, the signing key: `org:<custodian>` for the hospital's own feeds, CLI and node
 ingestion, or the signing practitioner). So no index entry, not even a junk one, is ever
-invisible on the patient's trail. `records.amend` chains versions.
+invisible on the patient's trail. `records.amend` chains versions. `records.shredded`
+records that a holder destroyed a patient's keys: one write, whatever the number of entries,
+since every remaining entry of that patient at that holder is now undecryptable.
 
 Custody. The chain cannot know whether a hospital really treated a patient, and one index
 entry is all it takes to be a custodian (`is_custodian`), which lets a hospital act in the
@@ -31,9 +33,7 @@ once, `custody_since`); a hospital that joins a patient who already has custodia
 `records.notify` per earlier custodian (its DPO's queue). The date is what the other
 contracts weigh: only a custodian whose custody began before an act may contest or cancel it
 (consent.py, erasure.py, patients.py), and a first key binding needs custody at least
-`custody_min_age_ms` old. A shredding (`records.shredded`) ends the holder's custody. `records.shredded` records that a holder destroyed a
-patient's keys: one write, whatever the number of entries, since every remaining entry of
-that patient at that holder is now undecryptable.
+`custody_min_age_ms` old. A shredding (`records.shredded`) ends the holder's custody.
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry

@@ -13,8 +13,9 @@ patient with the evidence's hash and who took the request: `patients.acting_for_
 sponsor enrolling, in the patient's name, a patient it treats into its own study gives itself
 research access: like a self-grant (consent.py) it is told at once to the patient
 (`study.self_enrolled`, with the pid) and to each other custodian's DPO (`study.notify`).
-Every enrolment or withdrawal a hospital signs in the patient's name is also notified like
-any on-behalf act (`patients.announce_on_behalf`: `patient.acted_for`, `patient.notify`). A
+Every enrolment or withdrawal a hospital signs in the patient's name is notified like any
+on-behalf act (`patients.announce_on_behalf`: `patient.acted_for`, and per other custodian
+`study.notify` for an enrolment, `patient.notify` for a withdrawal). A
 custodian then releases a pseudonymised dataset by posting its hash, its counts and the list
 of its members' *study tokens*:
 
@@ -48,7 +49,7 @@ from medledger.contracts.patients import (
     check_hash,
     erasure_requested,
 )
-from medledger.contracts.records import acting_org, check_pid, custodians_of
+from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger import merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -192,7 +193,6 @@ def enrol(ctx: Context, msg: Enrol) -> None:
     study["enrolled"] += 1
     ctx.state.put(f"research/study/{msg.study}", study)
     ctx.emit("study.enrolled", study=msg.study, pid=msg.pid, by=who.by)
-    announce_on_behalf(ctx, msg.pid, who, "research.enrol", study=msg.study)
     if who.on_behalf and study["sponsor"] == who.org:
         ctx.emit(
             "study.self_enrolled",
@@ -202,11 +202,8 @@ def enrol(ctx: Context, msg: Enrol) -> None:
             practitioner=who.practitioner,
             channel=who.channel,
         )
-        for custodian in custodians_of(ctx.state, msg.pid):
-            if custodian != who.org:
-                ctx.emit(
-                    "study.notify", study=msg.study, pid=msg.pid, custodian=custodian, org=who.org
-                )
+    # The patient and each other custodian's DPO (study.notify) hear of any on-behalf enrolment.
+    announce_on_behalf(ctx, msg.pid, who, "research.enrol", notify="study.notify", study=msg.study)
 
 
 def withdraw(ctx: Context, msg: Withdraw) -> None:
