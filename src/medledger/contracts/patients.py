@@ -58,6 +58,8 @@ State (prefix `patients/`):
     patients/rebind/<id:012d>   a rebinding: pending, done or cancelled
     patients/pending/<pid>      the patient's pending rebinding id
     patients/due/<time:016d>/<id:012d>   when pending rebindings take effect (DueQueue)
+    patients/acted/<pid>/<time:016d>/<tx id hex>  an act in the patient's name (the portal's
+                                                  notices: org, act, channel, taken_by, ref)
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from medledger.contracts.records import (
     acting_org,
     check_pid,
     custodians_of,
+    custodies,
     custody_since,
     is_custodian,
 )
@@ -215,6 +218,17 @@ def announce_on_behalf(
     """
     if not who.on_behalf:
         return
+    ctx.state.put(
+        f"patients/acted/{pid}/{ctx.time_ms:016d}/{ctx.tx_id.hex()}",
+        {
+            "org": who.org,
+            "act": act,
+            "channel": who.channel,
+            "taken_by": who.practitioner,
+            "ref": {k: str(v) for k, v in ref.items()},
+            "time": ctx.time_ms,
+        },
+    )
     ctx.emit(
         "patient.acted_for",
         pid=pid,
@@ -417,6 +431,24 @@ def q_pending(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     return pending_rebind(state, pid) if isinstance(pid, str) else None
 
 
+#: How many of the latest acts in a patient's name `patients/notices` returns.
+MAX_NOTICES = 50
+
+
+def q_notices(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
+    """What the patient's portal warns about: who holds their records since when, the latest
+    acts hospitals signed in their name (newest first), and a pending key rebinding."""
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "patients/notices needs pid")
+    acts = [v for _, v in state.scan(f"patients/acted/{pid}/")]
+    return {
+        "custodians": custodies(state, pid),
+        "acts": acts[::-1][:MAX_NOTICES],
+        "rebind": pending_rebind(state, pid),
+    }
+
+
 def q_of_key(state: StateView, args: dict[str, Any]) -> str | None:
     key = args.get("key")
     if not isinstance(key, bytes):
@@ -432,7 +464,12 @@ CONTRACTS = [
             "patients.bind": Message("patients.bind", Bind, bind),
             "patients.cancel_bind": Message("patients.cancel_bind", CancelBind, cancel_bind),
         },
-        queries={"patients/key": q_key, "patients/of_key": q_of_key, "patients/pending": q_pending},
+        queries={
+            "patients/key": q_key,
+            "patients/of_key": q_of_key,
+            "patients/pending": q_pending,
+            "patients/notices": q_notices,
+        },
         end_block=end_block,
     )
 ]

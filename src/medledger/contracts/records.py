@@ -403,6 +403,16 @@ def custody_since(state: StateView, pid: str, org: str) -> int | None:
     return None if since is None else int(since)
 
 
+def custodies(state: StateView, pid: str) -> dict[str, int]:
+    """Every hospital whose custody of the pid runs now -> since when (the portal lists them)."""
+    found = {}
+    for key, since in state.scan(f"rec/custody/{pid}/"):
+        org = key.rsplit("/", 1)[1]
+        if not is_shredded(state, org, pid):
+            found[org] = int(since)
+    return found
+
+
 def is_custodian(state: StateView, pid: str, org: str) -> bool:
     """Whether org holds care records of this patient that it can still read.
 
