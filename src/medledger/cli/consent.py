@@ -374,4 +374,12 @@ def register(app: typer.Typer) -> None:
                 fail("--evidence: how the patient's identity was checked (its SHA-256)")
             with Node.open(home) as node:
                 c = signer(node, as_).send("patients.bind", body)
+        pending = [e for e in c.result.events if e.type == "patient.rebind_pending"]
+        if pending:  # replacing a bound key waits (contracts/patients.py)
+            effective = iso(int(pending[0].get("effective_ms") or 0))
+            console.print(
+                f"key rebinding pending (block {c.height}): it replaces the patient's key at "
+                f"{effective} unless their current key or an earlier custodian's DPO cancels it"
+            )
+            return
         console.print(f"key bound to the patient (block {c.height})")
