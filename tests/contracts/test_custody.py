@@ -314,3 +314,20 @@ def test_a_recording_hospitals_researcher_cannot_revoke_its_consents() -> None:
     assert refused.code == Code.UNAUTHORIZED and "lacks a role" in refused.log
     result = w.ok("h0/dpo-a", "consent.revoke", {"id": cid})
     assert events(result, "patient.acted_for")[0]["channel"] == "recorder"
+
+
+def test_the_patients_notices_list_holders_acts_in_their_name_and_a_pending_rebinding() -> None:
+    w = World()
+    junk(w, "h1")
+    w.ok("h1", "consent.grant", body(w, "org:h1", taken_by="dr-b"))
+    mine = SigningKey(b"\x0b" * 32)
+    w.ok("h1", "patients.bind", {"pid": w.pid, "key": mine.public_key, "evidence_hash": NOTE})
+    notices = w.q("patients/notices", {"pid": w.pid})
+    assert set(notices["custodians"]) == {"h0", "h1"}
+    assert notices["custodians"]["h1"] == custody_since(w.state, w.pid, "h1")
+    assert [(a["org"], a["act"]) for a in notices["acts"]] == [
+        ("h1", "patients.bind"),  # newest first
+        ("h1", "consent.grant"),
+        ("h0", "patients.bind"),  # alice's first key, bound at h0 in World
+    ]
+    assert notices["rebind"]["effective_ms"] == w.now + DELAY

@@ -410,9 +410,15 @@ def end_block(ctx: Context) -> None:
             continue
         ctx.state.delete(f"patients/pending/{binding['pid']}")
         hexkey = bytes(binding["key"]).hex()
-        if ctx.state.has(f"patients/bykey/{hexkey}") or ctx.state.has(f"id/key/{hexkey}"):
+        key = bytes(binding["key"])
+        if (
+            ctx.state.has(f"patients/bykey/{hexkey}")
+            or ctx.state.has(f"id/key/{hexkey}")
+            or member_of_key(ctx.state, key)
+        ):
             # The key was bound elsewhere meanwhile: the rebinding cannot happen.
             binding["status"] = "failed"
+            ctx.emit("patient.rebind_failed", id=seq, pid=binding["pid"], org=binding["org"])
         else:
             binding["status"] = "done"
             _set_key(ctx, binding)
