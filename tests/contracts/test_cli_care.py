@@ -231,3 +231,18 @@ def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_
     assert "DENIED consent contested" in run(*ask, code=3).output
     run("consent", "confirm", "-H", lyon, "--id", "1", "--patient-key", str(patient_key))
     assert "ALLOWED basis consent:1" in run(*ask).output
+
+    # Irreversible acts in the patient's name wait 72 h; Paris's DPO (a custodian since before)
+    # cancels a rebinding of the key and an erasure request Lyon filed.
+    other = SigningKey.generate()
+    out = run("consent", "bind-key", "-H", lyon, "--patient", PID, "--key",
+              other.public_key.hex(), "--evidence-file", str(form))  # fmt: skip
+    assert "key rebinding pending" in out.output
+    out = run("consent", "cancel", "-H", paris, "--patient", PID, "--what", "key",
+              "--as", "dpo-paris")  # fmt: skip
+    assert "key rebinding cancelled" in out.output
+    run("erase", "-H", lyon, "--patient", PID, "--evidence", str(form),
+        "--practitioner", "nurse-lyon")  # fmt: skip
+    out = run("consent", "cancel", "-H", paris, "--patient", PID, "--what", "erasure",
+              "--as", "dpo-paris")  # fmt: skip
+    assert "erasure request 1 cancelled" in out.output
