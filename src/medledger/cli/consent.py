@@ -1,4 +1,7 @@
-"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key`: consents.
+"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key|cancel`: consents.
+
+`cancel` stops, within its 72 h, an erasure request or a key rebinding a hospital filed in the
+patient's name (the patient's key, or a DPO of a custodian since before it).
 
 A consent is signed by the patient's own key (`--patient-key FILE`) or, on the patient's
 behalf, by a hospital that holds their care records (a custodian), with the evidence
