@@ -73,7 +73,6 @@ from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import (
     acting_org,
     check_pid,
-    custodians_of,
     custodies,
     custody_since,
     is_custodian,
@@ -238,7 +237,7 @@ def announce_on_behalf(
         taken_by=who.practitioner,
         **ref,
     )
-    for custodian in custodians_of(ctx.state, pid):
+    for custodian in sorted(custodies(ctx.state, pid)):  # current ones: not after a shredding
         if custodian != who.org:
             ctx.emit(notify, pid=pid, custodian=custodian, org=who.org, act=act, **ref)
 
