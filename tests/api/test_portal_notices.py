@@ -19,6 +19,7 @@ def test_an_erasure_asked_on_the_portal_is_pending_and_listed_as_an_act_in_my_na
     token = api.token(f"Patient/{api.pid}", "patient/*.cruds", api.pid)["Authorization"][7:]
     page = browser.post("/login", data={"token": token, "next": "/portal"}).text
     assert "no hospital acted in your name" in page
+    assert "takes effect after 72 hours" in page
     asked = browser.post("/portal/erasure", data=_hidden_fields(page))
     assert asked.status_code == 200, asked.text  # the redirect back to the portal, followed
     assert "<b>pending</b> until" in asked.text and "Nothing is erased before then" in asked.text

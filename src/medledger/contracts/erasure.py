@@ -169,6 +169,7 @@ def request(ctx: Context, msg: Request) -> None:
         ctx.state.put(f"erasure/req/{pending['id']:012d}", pending)
         ctx.state.delete(f"erasure/pending/{msg.pid}")
         WAIT.remove(ctx.state, pending["effective_ms"], pending["id"])
+        ctx.emit("erasure.cancelled", id=pending["id"], pid=msg.pid, by="superseded")
     rid = int(ctx.state.get("erasure/seq") or 0) + 1
     ctx.state.put("erasure/seq", rid)
     req: dict[str, Any] = {

@@ -800,9 +800,11 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
             "treats you can cancel it.</p>"
         )
     elif erasure is None:
-        erasure_html = """<form method="post" action="/portal/erasure"><p>You may ask every hospital to
+        hours = engine.query("policies/params", {})["on_behalf_delay_ms"] // (3600 * 1000)
+        erasure_html = f"""<form method="post" action="/portal/erasure"><p>You may ask every hospital to
 erase your data. Care records under legal retention (20 years) are kept by the hospital that made
-them; copies held elsewhere are erased.</p><button>Request erasure</button></form>"""
+them; copies held elsewhere are erased. Asked here, the request takes effect after {hours} hours,
+and the other hospitals that treat you are told.</p><button>Request erasure</button></form>"""
     else:
         erasure_html = f"<p>Request {e(erasure['id'])}: <b>{e(erasure['status'])}</b></p>" + table(
             ["hospital", "status", "reason"],
