@@ -79,8 +79,11 @@ def create_consortium(
     block_time_ms: int = 1000,
     genesis_time_ms: int,
     base_port: int | None = None,
+    params: dict[str, int] | None = None,
 ) -> list[Path]:
-    """Make keys, genesis and one home per hospital; refuse to overwrite an existing one."""
+    """Make keys, genesis and one home per hospital; refuse to overwrite an existing one.
+
+    `params` overrides care-contract parameters in the genesis (policies.DEFAULT_PARAMS)."""
     if engine not in ("solo", "cometbft"):
         raise ConfigError(f"--engine: unknown engine {engine!r} (solo or cometbft)")
     if not 1 <= hospitals <= 64:
@@ -149,7 +152,7 @@ def create_consortium(
         members=members,
         engine=engine,
         solo_key=solo_key,
-        params={},
+        params=dict(params or {}),
         contracts=default_versions(),
     )
     genesis.save(directory / "genesis.json")

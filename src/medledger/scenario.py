@@ -22,7 +22,7 @@ from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.notes import NoteStore, emergency_justification, referral_letter, study_title
 from medledger.vault import Vault
-from medledger.wallet import TxRejected
+from medledger.wallet import TxRejected, Wallet
 
 DAY_MS = 24 * 3600 * 1000
 Say = Callable[[str], None]
@@ -343,6 +343,26 @@ def play(
             "taken_by": "dpo",
         },
     )
+    waiting = filer.node.engine.query("erasure/pending", {"pid": chronic})
+    hours = (waiting["effective_ms"] - waiting["time"]) // (3600 * 1000)
+    say(
+        f"The patient asks {filer.name}'s DPO for erasure. Filed in the patient's name by a "
+        f"hospital, it waits {hours} h (request {waiting['id']}): the patient and the other "
+        "hospitals that treat them are told, and may cancel it."
+    )
+    # The patient does not wait: they sign it with their own key, bound at the desk.
+    patient_key = SigningKey.generate()
+    filer.node.wallet.send(
+        "patients.bind",
+        {
+            "pid": chronic,
+            "key": patient_key.public_key,
+            "evidence_hash": _evidence("identity check at the desk"),
+        },
+    )
+    Wallet(patient_key, filer.node.config.chain_id, filer.node.engine).send(
+        "erasure.request", {"pid": chronic}
+    )
     erasure = filer.node.engine.query("erasure/status", {"pid": chronic})
     refused = [
         o["holder"]
@@ -350,7 +370,8 @@ def play(
         if o.get("custody") and o["custody"]["status"] == "refused"
     ]
     say(
-        f"The patient asks for erasure (request {erasure['id']}). The contract refuses it for "
+        f"Signed with the patient's own key, bound at {filer.name}, erasure request "
+        f"{erasure['id']} takes effect at once. The contract refuses it for "
         f"the care records of {', '.join(refused) or 'no one'} (legal retention, 20 years)."
     )
 

@@ -41,7 +41,7 @@ class ShredResult:
 @dataclass(frozen=True)
 class ErasureOutcome:
     request: int
-    status: str  # "erased", "refused", "nothing-held"
+    status: str  # "erased", "refused", "nothing-held", "pending" (filed, not yet in effect)
     reason: str
     shred: ShredResult | None
 
@@ -84,18 +84,31 @@ def carry_out(
 ) -> ErasureOutcome:
     """File the request if none exists (on the patient's behalf, with the evidence's hash and
     `taken_by`, the practitioner who took it), then do what the erasure contract says this
-    hospital must do."""
+    hospital must do.
+
+    A request filed on the patient's behalf is pending for the consortium's
+    `on_behalf_delay_ms` (72 h): the outcome is then "pending", with when it takes effect."""
     status: dict[str, Any] | None = node.engine.query("erasure/status", {"pid": pid})
     if status is None:
-        if not evidence_hash:
-            raise ValueError(
-                "no erasure request is on the chain for this patient: give --evidence FILE "
-                "(the patient's signed request) to file one on their behalf"
+        if node.engine.query("erasure/pending", {"pid": pid}) is None:
+            if not evidence_hash:
+                raise ValueError(
+                    "no erasure request is on the chain for this patient: give --evidence FILE "
+                    "(the patient's signed request) to file one on their behalf"
+                )
+            body = {"pid": pid, "evidence_hash": evidence_hash, "taken_by": taken_by}
+            node.wallet.send("erasure.request", body)
+            status = node.engine.query("erasure/status", {"pid": pid})
+        if status is None:
+            pending: dict[str, Any] = node.engine.query("erasure/pending", {"pid": pid})
+            return ErasureOutcome(
+                int(pending["id"]),
+                "pending",
+                f"pending until {_iso(int(pending['effective_ms']))}: filed on the patient's "
+                "behalf, it takes effect then unless the patient's key or an earlier "
+                "custodian's DPO cancels it (erasure.cancel); run this again after that time",
+                None,
             )
-        body = {"pid": pid, "evidence_hash": evidence_hash, "taken_by": taken_by}
-        node.wallet.send("erasure.request", body)
-        status = node.engine.query("erasure/status", {"pid": pid})
-        assert status is not None
     request = int(status["id"])
     mine = next((o for o in status["obligations"] if o["holder"] == node.config.org), None)
     if mine is None:

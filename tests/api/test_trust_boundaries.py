@@ -88,7 +88,7 @@ def test_an_api_write_names_its_author_and_is_on_the_access_trail(api: Api) -> N
     rid = r.headers["Location"].split("/Observation/")[1].split("/")[0]
     entry = api.services.node.engine.query("records/entry", {"rid": rid})
     assert entry["by"] == "dr-martin"
-    (created,) = [e for e in _trail(api) if e["action"] == "create"]
+    (created,) = [e for e in _trail(api) if e["action"] == "create" and rid in e["rids"]]
     assert created["actor"] == "practitioner:chu-lyon/dr-martin"
     assert created["rids"] == [rid] and created["tx"] == entry["tx"]
     audit = api.client.get(
@@ -102,7 +102,8 @@ def test_a_system_client_writes_as_the_hospital(api: Api) -> None:
     headers = api.token("Device/chu-lyon-system", "system/Observation.c")
     r = api.client.post("/fhir/Observation", content=_observation(api, "obs-sys"), headers=headers)
     assert r.status_code == 201, r.text
-    (created,) = [e for e in _trail(api) if e["action"] == "create"]
+    rid = r.headers["Location"].split("/Observation/")[1].split("/")[0]
+    (created,) = [e for e in _trail(api) if e["action"] == "create" and rid in e["rids"]]
     assert created["actor"] == "org:chu-lyon"
 
 

@@ -112,10 +112,13 @@ class World:
         self.keys[f"patient:{name}"] = key
         if not self.q("records/of_patient", {"pid": pid_of(name), "custodian": "h0"}):
             self.records("h0", pid_of(name), [f"r-{name}"])  # only a custodian binds a key
+        # A first key is bound by a custodian of at least a day (custody_min_age_ms).
+        since = self.state.get(f"rec/custody/{pid_of(name)}/h0")
         self.ok(
             "h0",
             "patients.bind",
             {"pid": pid_of(name), "key": key.public_key, "evidence_hash": EVIDENCE},
+            at=max(self.now + 1000, int(since) + DAY_MS),
         )
         return key
 

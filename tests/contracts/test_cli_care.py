@@ -25,6 +25,14 @@ def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
     return result
 
 
+def bind_young_custody(proposer: str, voter: str) -> None:
+    """Let a custodian of a minute bind a patient's first key (custody_min_age_ms is 24 h by
+    default): the consortium votes it down to 0, as a test network must, its records being
+    seconds old."""
+    run("policy", "param", "-H", proposer, "--name", "custody_min_age_ms", "--value", "0")
+    assert "executed" in run("member", "vote", "-H", voter, "1").output
+
+
 def test_care_commands(tmp_path: Path) -> None:
     net = tmp_path / "net"
     run("init", str(net), "--hospitals", "3")
@@ -54,6 +62,7 @@ def test_care_commands(tmp_path: Path) -> None:
     key.save(patient_key)
 
     # -- consent -----------------------------------------------------------------------------
+    bind_young_custody(lyon, paris)
     out = run(
         "consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
         "--evidence-file", str(form),
@@ -175,10 +184,10 @@ def test_care_commands(tmp_path: Path) -> None:
     cedar = tmp_path / "no-imaging.cedar"
     cedar.write_text('forbid(principal, action, resource == Category::"imaging");\n')
     assert (
-        "proposal 1 created"
+        "proposal 2 created"
         in run("policy", "set", "-H", lyon, "--id", "x", "--file", str(cedar)).output
     )
-    assert "executed" in run("member", "vote", "-H", paris, "1").output
+    assert "executed" in run("member", "vote", "-H", paris, "2").output
     out = run("policy", "show", "-H", paris)
     assert "policy x" in out.output and "emergency_max_ms" in out.output
     broken = tmp_path / "broken.cedar"
@@ -209,6 +218,7 @@ def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_
     patient_key = tmp_path / "patient.key"
     key = SigningKey.generate()
     key.save(patient_key)
+    bind_young_custody(lyon, paris)
     run("consent", "bind-key", "-H", lyon, "--patient", PID, "--key", key.public_key.hex(),
         "--evidence-file", str(form))  # fmt: skip
 
@@ -231,3 +241,18 @@ def test_a_self_grant_contested_by_another_custodians_dpo_then_confirmed_by_the_
     assert "DENIED consent contested" in run(*ask, code=3).output
     run("consent", "confirm", "-H", lyon, "--id", "1", "--patient-key", str(patient_key))
     assert "ALLOWED basis consent:1" in run(*ask).output
+
+    # Irreversible acts in the patient's name wait 72 h; Paris's DPO (a custodian since before)
+    # cancels a rebinding of the key and an erasure request Lyon filed.
+    other = SigningKey.generate()
+    out = run("consent", "bind-key", "-H", lyon, "--patient", PID, "--key",
+              other.public_key.hex(), "--evidence-file", str(form))  # fmt: skip
+    assert "key rebinding pending" in out.output
+    out = run("consent", "cancel", "-H", paris, "--patient", PID, "--what", "key",
+              "--as", "dpo-paris")  # fmt: skip
+    assert "key rebinding cancelled" in out.output
+    run("erase", "-H", lyon, "--patient", PID, "--evidence", str(form),
+        "--practitioner", "nurse-lyon")  # fmt: skip
+    out = run("consent", "cancel", "-H", paris, "--patient", PID, "--what", "erasure",
+              "--as", "dpo-paris")  # fmt: skip
+    assert "erasure request 1 cancelled" in out.output

@@ -26,8 +26,18 @@ def test_binding_a_patient_key() -> None:
     assert stranger.code == Code.UNAUTHORIZED and "not a custodian" in stranger.log
     w.records("h1", w.pid, ["r-h1"])  # h1 now treats alice: its admin may rebind her key
     result = w.ok("h1/admin-b", "patients.bind", body)
-    assert [e.type for e in result.events] == ["patient.key_replaced"]
+    # A rebinding waits 72 h (on_behalf_delay_ms), the old key working meanwhile.
+    assert [e.type for e in result.events] == [
+        "patient.rebind_pending",
+        "patient.acted_for",
+        "patient.notify",
+    ]
+    effective = w.q("patients/pending", {"pid": w.pid})["effective_ms"]
+    assert w.q("patients/of_key", {"key": w.patient.public_key}) == w.pid
+    out = w.block(at=effective)
+    assert [e.type for e in out.events] == ["patient.key_replaced"]
     assert w.q("patients/of_key", {"key": w.patient.public_key}) is None
+    assert w.q("patients/of_key", {"key": new.public_key}) == w.pid
     w.records("h0", pid_of("bob"), ["r-bob"])
     taken = {"pid": pid_of("bob"), "key": new.public_key, "evidence_hash": EVIDENCE}
     assert w.send("h0", "patients.bind", taken).code == Code.CONFLICT

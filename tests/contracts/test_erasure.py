@@ -82,8 +82,12 @@ def test_unattested_obligations_are_flagged_overdue_at_the_deadline() -> None:
     w = World()
     w.grant("org:h1")
     w.ok("h0", "erasure.request", {"pid": w.pid, "evidence_hash": RECEIPT, "taken_by": "dpo-a"})
+    # Filed on the patient's behalf: it opens after on_behalf_delay_ms, the deadline runs
+    # from then.
+    effective = w.q("erasure/pending", {"pid": w.pid})["effective_ms"]
+    w.block(at=effective)
     deadline = w.q("erasure/status", {"id": 1})["deadline"]
-    assert deadline == w.now + 30 * DAY_MS
+    assert deadline == effective + 30 * DAY_MS
     out = w.block(at=deadline)
     assert [(e.type, dict(e.attrs)["holder"]) for e in out.events] == [("erasure.overdue", "h1")]
     status = w.q("erasure/status", {"id": 1})

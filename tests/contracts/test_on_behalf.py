@@ -127,7 +127,7 @@ def test_a_custodian_with_practitioner_and_evidence_acts_for_the_patient() -> No
     w.ok("h0/dr-a", "research.enrol", {"study": "s1", "pid": w.pid, "evidence_hash": EVIDENCE})
     erasure = {"pid": w.pid, "evidence_hash": EVIDENCE, "taken_by": "dpo-a"}
     w.ok("h0", "erasure.request", erasure)
-    assert w.q("erasure/status", {"pid": w.pid})["signed"]["practitioner"] == "dpo-a"
+    assert w.q("erasure/pending", {"pid": w.pid})["signed"]["practitioner"] == "dpo-a"
 
 
 # -- self-grants: notified, contested, confirmed -----------------------------------------------
@@ -153,9 +153,14 @@ def test_a_self_grant_notifies_the_patient_and_the_other_custodians() -> None:
     assert notified == ["h1", "h2"]  # every other custodian, not h0 itself
     assert all(events[("consent.notify", c)]["pid"] == w.pid for c in notified)
     assert w.q("consent/get", {"id": granted_id(result)})["self_granted"] is True
-    # A consent to another hospital is not a self-grant: nobody is notified of it.
+    # A consent to another hospital is no self-grant, but it is notified all the same.
     other = w.ok("h0", "consent.grant", consent_body(w, "org:h1", taken_by="dr-a"))
-    assert [e.type for e in other.events] == ["consent.granted"]
+    assert [(e.type, e.get("custodian")) for e in other.events] == [
+        ("consent.granted", None),
+        ("patient.acted_for", None),
+        ("consent.notify", "h1"),
+        ("consent.notify", "h2"),
+    ]
 
 
 def test_a_contest_by_another_custodians_dpo_suspends_access_until_the_patient_confirms() -> None:
@@ -213,10 +218,11 @@ def test_who_may_contest() -> None:
     assert bad_reason.code == Code.INVALID_BODY and "field reason" in bad_reason.log
     no_note = w.send("h1/dpo-b", "consent.contest", {**contest, "evidence_hash": b""})
     assert no_note.code == Code.INVALID_BODY and "evidence_hash" in no_note.log
-    # A consent to another hospital gives its signer nothing: it is not contested.
-    other = granted_id(w.ok("h0", "consent.grant", consent_body(w, "org:h2", taken_by="dr-a")))
-    refused = w.send("h1/dpo-b", "consent.contest", {**contest, "id": other})
-    assert refused.code == Code.REFUSED
+    # A consent the patient signed with their own key is never contested.
+    own = {k: v for k, v in consent_body(w, "org:h2").items() if k != "evidence_hash"}
+    mine = granted_id(w.ok("patient:alice", "consent.grant", own))
+    refused = w.send("h1/dpo-b", "consent.contest", {**contest, "id": mine})
+    assert refused.code == Code.REFUSED and "own key" in refused.log
 
 
 def test_a_dpo_of_a_hospital_that_is_no_custodian_cannot_contest() -> None:
@@ -249,9 +255,14 @@ def test_a_sponsor_enrolling_a_patient_it_treats_in_its_own_study_is_notified() 
     assert kinds == [
         ("study.enrolled", None),
         ("study.self_enrolled", None),
+        ("patient.acted_for", None),
         ("study.notify", "h0"),
     ]
-    # Enrolled by another custodian than the sponsor: nobody is notified.
+    # Enrolled by another custodian than the sponsor: no self-enrolment, still notified.
     w.ok("patient:alice", "research.withdraw", {"study": "s1", "pid": w.pid})
     again = w.ok("h0", "research.enrol", {**body, "taken_by": "dr-a"})
-    assert [e.type for e in again.events] == ["study.enrolled"]
+    assert [(e.type, e.get("custodian")) for e in again.events] == [
+        ("study.enrolled", None),
+        ("patient.acted_for", None),
+        ("study.notify", "h1"),
+    ]

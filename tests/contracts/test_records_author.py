@@ -81,11 +81,13 @@ def test_an_author_who_may_not_write_is_refused_and_nothing_is_registered() -> N
     assert app.query_obj("access/of_patient", {"pid": PID}) == []
 
 
-def test_without_an_author_the_hospital_itself_registers_as_before() -> None:
+def test_without_an_author_the_hospital_itself_registers_and_is_named_on_the_trail() -> None:
     net, app = _world()
     body = {"entries": _entries("r1")}
     assert (
         run_block(app, [net.tx(net.orgs["h0"], "records.register", body)], net.solo).results[0].ok
     )
     assert app.query_obj("records/entry", {"rid": "r1"})["by"] == ""
-    assert app.query_obj("access/of_patient", {"pid": PID}) == []
+    # Every registration is on the patient's trail: here the hospital's own key wrote it.
+    [entry] = app.query_obj("access/of_patient", {"pid": PID})
+    assert (entry["actor"], entry["action"], entry["rids"]) == ("org:h0", "create", ["r1"])

@@ -100,6 +100,24 @@ class Sandbox:
         (event,) = [e for e in committed.result.events if e.type == "consent.granted"]
         return int(event.get("id") or 0)
 
+    def erasure_takes_effect(self, pid: str) -> None:
+        """A request filed on the patient's behalf waits on_behalf_delay_ms (72 h): move the
+        chain's clock past it and cut a block, whose end opens the request."""
+        engine: Any = self.root.engine
+        pending = engine.query("erasure/pending", {"pid": pid})
+        assert pending is not None, "no pending erasure request"
+        ahead = (pending["effective_ms"] - time.time() * 1000) / 1000 + 1
+        base = engine.clock
+        engine.clock = lambda: base() + max(ahead, 0)
+        engine.empty_blocks = True  # a block with no tx runs end_block too
+        try:
+            wait_for(
+                lambda: engine.query("erasure/status", {"pid": pid}) is not None,
+                what="the erasure request in effect",
+            )
+        finally:
+            engine.empty_blocks = False
+
     def trail(self, pid: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.root.engine.query("access/of_patient", {"pid": pid})
         return found

@@ -70,11 +70,16 @@ def test_written_at_a_reaches_b_through_the_real_network(network: list[Path]) ->
         wait_for(lambda: len(vault_b.records_of(pid)) == len(result.rids), 60, "prefetch at B")
         trail = node_a.engine.query("access/of_patient", {"pid": pid})
         assert {(e["actor_org"], e["custodian"], e["outcome"]) for e in trail} == {
-            (B, A, "granted")
+            (A, A, "granted"),  # A's registration of the records
+            (B, A, "granted"),
         }
         # B's node streams the events about its new patient.
         seen = list(islice(client.events(B, from_height=1, timeout=10), 3))
-        assert {e["event"] for e in seen} <= {"record.registered", "consent.granted"}
+        assert {e["event"] for e in seen} <= {
+            "record.registered",
+            "consent.granted",
+            "patient.acted_for",
+        }
         assert all(e["data"]["attrs"]["pid"] == pid for e in seen)
     finally:
         client.close()

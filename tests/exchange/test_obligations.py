@@ -93,6 +93,7 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     pid, n = _prefetched(sandbox)
     asked = {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}  # on A's portal
     sandbox.h[A].node.wallet.send("erasure.request", asked)
+    sandbox.erasure_takes_effect(pid)
     vault_b = sandbox.h[B].vault
     wait_for(lambda: vault_b.is_erased(pid), what="copies erased at B")
 
@@ -187,6 +188,7 @@ def test_a_holder_with_its_own_records_erases_the_copies_apart_and_attests(
     sandbox.h[A].node.wallet.send(
         "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
     )
+    sandbox.erasure_takes_effect(pid)
 
     def obligation_of_b() -> dict:  # type: ignore[type-arg]
         found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
@@ -239,9 +241,9 @@ def test_the_agent_does_not_attest_when_the_own_records_retention_has_run_out(
     pid, copied, own = _followed_at_a_and_b(sandbox)
     # 21 years on, by the chain's clock: B's (and A's) care records are past their retention.
     sandbox.root.engine.clock = lambda: time.time() + 21 * 366 * DAY_MS / 1000  # type: ignore[attr-defined]
-    sandbox.h[A].node.wallet.send(
-        "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
-    )
+    asked = {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}  # on A's portal
+    sandbox.h[A].node.wallet.send("erasure.request", asked)
+    sandbox.erasure_takes_effect(pid)
 
     def obligation_of_b() -> dict:  # type: ignore[type-arg]
         found: dict = sandbox.root.engine.query("erasure/status", {"pid": pid})  # type: ignore[type-arg]
@@ -282,6 +284,8 @@ def test_the_dpo_carries_out_an_erasure_of_copies_held_beside_retained_records(
     sandbox.h[A].node.wallet.send(
         "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
     )
+    assert carry_out(b.node, b.vault, pid).status == "pending"  # 72 h to cancel it
+    sandbox.erasure_takes_effect(pid)
 
     outcome = carry_out(b.node, b.vault, pid)
     assert outcome.status == "erased" and "retention until" in outcome.reason

@@ -103,9 +103,9 @@ def test_no_copy_comes_back_while_the_patients_erasure_request_stands(sandbox: S
     assert b.exchange is not None
     b.exchange.stop()  # B's DPO acts before its agent carries the request out
     b.exchange = None
-    sandbox.h[C].node.wallet.send(
-        "erasure.request", {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
-    )
+    asked = {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}  # on C's portal
+    sandbox.h[C].node.wallet.send("erasure.request", asked)
+    sandbox.erasure_takes_effect(pid)
     outcome = reinstate_copies(b.node, b.vault, pid, A, "the patient came back to chu-lyon")
     assert outcome.status == "refused"
     assert outcome.reason == "erasure request 1 of this patient stands: no copy comes back"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import orjson
@@ -188,6 +189,14 @@ def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_p
         ["erase", "-H", str(home), "--patient", ins, "--evidence", str(letter)]
         + ["--practitioner", "dpo"],
     )
+    # Filed on the patient's behalf: it waits 72 h (on_behalf_delay_ms), cancellable.
+    assert out.exit_code == 0 and "erasure request 1: pending until" in out.output
+    with Node.open(home) as later:  # three days on, by the chain's clock
+        later.engine.clock = lambda: time.time() + 3 * 24 * 3600 + 60  # type: ignore[attr-defined]
+        later.wallet.send(
+            "identity.register", {**dpo, "practitioner": "dpo-2", "key": b"\x08" * 32}
+        )
+    out = CliRunner().invoke(app, ["erase", "-H", str(home), "--patient", ins])
     assert out.exit_code == 1
     assert "refused here: care records under legal retention until 20" in out.output
     with Vault.open(Node.open(home).config.vault_config()) as again:

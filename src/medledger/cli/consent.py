@@ -1,4 +1,7 @@
-"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key`: consents.
+"""`medledger consent grant|revoke|contest|confirm|list|export|import|bind-key|cancel`: consents.
+
+`cancel` stops, within its 72 h, an erasure request or a key rebinding a hospital filed in the
+patient's name (the patient's key, or a DPO of a custodian since before it).
 
 A consent is signed by the patient's own key (`--patient-key FILE`) or, on the patient's
 behalf, by a hospital that holds their care records (a custodian), with the evidence
@@ -263,8 +266,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         note_hash: Annotated[str, typer.Option(help="Or the note's SHA-256, hex.")] = "",
     ) -> None:
-        """Contest a hospital's grant to itself in the patient's name (a DPO of another
-        custodian): the consent is suspended until the patient's own key confirms it."""
+        """Contest a consent a hospital granted in the patient's name (a DPO of a custodian
+        since before it): the consent is suspended until the patient's own key confirms it."""
         from medledger.node import Node
 
         with user_errors():
@@ -352,6 +355,38 @@ def register(app: typer.Typer) -> None:
             f"consent {event(c, 'consent.granted').get('id')} imported (block {c.height})"
         )
 
+    @consent.command("cancel")
+    def cancel(
+        home: HomeOption,
+        patient: PatientOption,
+        what: Annotated[
+            str, typer.Option(help="erasure (a pending request) or key (a pending rebinding).")
+        ],
+        patient_key: PatientKeyOption = None,
+        as_: AsOption = "",
+    ) -> None:
+        """Stop, within its 72 h, an erasure request or a key rebinding a hospital filed in the
+        patient's name: with the patient's own key, or as a DPO of a custodian since before."""
+        from medledger.node import Node
+
+        with user_errors():
+            if what not in ("erasure", "key"):
+                fail("--what: erasure or key")
+            if not as_ and patient_key is None:
+                fail("--as DPO or --patient-key: who cancels it")
+            with Node.open(home) as node:
+                pid = pid_arg(patient, home)
+                if what == "key":
+                    c = signer(node, as_, patient_key).send("patients.cancel_bind", {"pid": pid})
+                    console.print(f"key rebinding cancelled (block {c.height})")
+                    return
+                pending = node.engine.query("erasure/pending", {"pid": pid})
+                if pending is None:
+                    fail("no erasure request of this patient is pending")
+                body = {"request": int(pending["id"])}
+                c = signer(node, as_, patient_key).send("erasure.cancel", body)
+        console.print(f"erasure request {pending['id']} cancelled (block {c.height})")
+
     @consent.command("bind-key")
     def bind_key(
         home: HomeOption,
@@ -374,4 +409,12 @@ def register(app: typer.Typer) -> None:
                 fail("--evidence: how the patient's identity was checked (its SHA-256)")
             with Node.open(home) as node:
                 c = signer(node, as_).send("patients.bind", body)
+        pending = [e for e in c.result.events if e.type == "patient.rebind_pending"]
+        if pending:  # replacing a bound key waits (contracts/patients.py)
+            effective = iso(int(pending[0].get("effective_ms") or 0))
+            console.print(
+                f"key rebinding pending (block {c.height}): it replaces the patient's key at "
+                f"{effective} unless their current key or an earlier custodian's DPO cancels it"
+            )
+            return
         console.print(f"key bound to the patient (block {c.height})")

@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
                 chain_id=f"medledger-demo-{engine}",
                 block_time_ms=parse_duration_ms(block_time),
                 genesis_time_ms=int(time.time() * 1000),
+                # The demo's records are minutes old: its consortium lets a custodian bind a
+                # patient's first key at once (24 h elsewhere), so the story can show a
+                # patient signing with their own key.
+                params={"custody_min_age_ms": 0},
             )
             if solo:
                 _run_solo(homes, patients, serve=not no_serve)

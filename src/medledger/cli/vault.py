@@ -112,7 +112,11 @@ def register(app: typer.Typer) -> None:
             Vault.open(node.config.vault_config()) as vault,
         ):
             pid = resolve_pid(node.config.pseudonym_key(), patient)
-            if evidence_hash and node.engine.query("erasure/status", {"pid": pid}) is None:
+            if (
+                evidence_hash
+                and node.engine.query("erasure/status", {"pid": pid}) is None
+                and node.engine.query("erasure/pending", {"pid": pid}) is None
+            ):
                 from medledger.cli.consent import taken_by
 
                 taken_by(node, {}, practitioner, "")  # checked before anything is signed

@@ -6,23 +6,29 @@ own key, or on the patient's behalf by a hospital that is a custodian of the pat
 evidence's hash and who took the request (`taken_by`, `channel`): the rule is
 `patients.acting_for_patient`. A member that never treated the patient can grant nothing.
 
-Self-grants: when a hospital grants itself (`org:<itself>`, one of its practitioners, or a
-study it sponsors) in the patient's name, the contract notifies at once: `consent.self_granted`
-(carries the pid: the patient's portal and event stream show it) and one `consent.notify` per
-OTHER custodian of the patient (to its DPO's queue, like `emergency.notify`). A DPO of one of
-those custodians may `consent.contest` it (a reason code from CONTEST_REASONS and the hash of
-their written note): from then on the consent is `contested` and `authorize` denies with
-"consent contested", until the patient's own key confirms it (`consent.confirm`; after a
-confirmation it can no longer be contested) or it is revoked. Only self-grants are contested:
-a consent to another hospital gives the signer nothing.
+Notices and contests: every consent a hospital grants in the patient's name, to anyone, is
+notified at once (`patients.announce_on_behalf`): `patient.acted_for` (the patient's portal
+and stream) and one `consent.notify` per OTHER custodian of the patient (to its DPO's queue,
+like `emergency.notify`); a grant to itself (`org:<itself>`, one of its practitioners, or a
+study it sponsors) also emits `consent.self_granted`. A grant to an accomplice is as
+dangerous as one to itself, so any such consent may be contested by an active DPO of another
+custodian *whose custody began before the consent was granted* (`records.custody_since`: a
+hospital that made itself a custodian afterwards cannot suspend a consent it was not there
+for) with a reason code from CONTEST_REASONS and the hash of their written note: from then on
+the consent is `contested` and `authorize` denies with "consent contested", until the
+patient's own key confirms it (`consent.confirm`; after a confirmation it can no longer be
+contested) or it is revoked. A consent the patient signed with their own key is never
+contested.
 
 Grantees:
     org:<org>                     every practitioner of that hospital (with a role for the purpose)
     practitioner:<org>/<id>       that practitioner only
     study:<study>                 a registered study; research consents go only to studies
 
-Revocation: by the patient's key; by the hospital that recorded the consent; or on the
-patient's behalf by the same rule as a grant (a custodian, evidence, who took it).
+Revocation: by the patient's key; by the hospital that recorded the consent (its
+organisation key, or a practitioner with a role that takes a patient's request,
+`patients.REQUEST_ROLES`); or on the patient's behalf by the same rule as a grant (a
+custodian, evidence, who took it). A hospital's revocation is notified like a grant.
 Revocation is not retroactive: an access made while the consent held stays lawful, so
 `authorize` at an earlier time still allows it (audits replay decisions at their time). Its
 `reason` sits beside the pid for ever, so it is a code from `REVOKE_REASONS` (or empty),
@@ -53,13 +59,15 @@ from medledger.contracts.categories import (
 from medledger.contracts.common import check_id
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import (
+    REQUEST_ROLES,
     ActingFor,
     acting_for_patient,
+    announce_on_behalf,
     check_hash,
     erasure_requested,
     patient_of_key,
 )
-from medledger.contracts.records import acting_org, check_pid, custodians_of, is_custodian
+from medledger.contracts.records import acting_org, check_pid, custody_since
 from medledger.contracts.research import get_study
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -95,7 +103,7 @@ class Revoke:
 
 @dataclass
 class Contest:
-    """A DPO of another custodian contests a hospital's grant to itself in the patient's name."""
+    """An earlier custodian's DPO contests a consent a hospital granted in the patient's name."""
 
     id: int
     reason: str  # a code from CONTEST_REASONS
@@ -217,28 +225,17 @@ def grant(ctx: Context, msg: Grant) -> None:
         by=who.by,
     )
     if self_grant:
-        _notify_self_grant(ctx, record, who)
-
-
-def _notify_self_grant(ctx: Context, record: dict[str, Any], who: ActingFor) -> None:
-    """A hospital granted itself access in the patient's name: tell the patient and the others.
-
-    `consent.self_granted` carries the pid (the patient's portal and stream show it); each
-    other custodian's DPO gets a `consent.notify` naming it, and may contest the consent.
-    """
-    pid = record["pid"]
-    ctx.emit(
-        "consent.self_granted",
-        id=record["id"],
-        pid=pid,
-        org=who.org,
-        practitioner=who.practitioner,
-        channel=who.channel,
-        grantee=record["grantee"],
-    )
-    for custodian in custodians_of(ctx.state, pid):
-        if custodian != who.org:
-            ctx.emit("consent.notify", id=record["id"], pid=pid, custodian=custodian, org=who.org)
+        ctx.emit(
+            "consent.self_granted",
+            id=cid,
+            pid=msg.pid,
+            org=who.org,
+            practitioner=who.practitioner,
+            channel=who.channel,
+            grantee=msg.grantee,
+        )
+    # The patient and each other custodian's DPO hear of it; those DPOs may contest it.
+    announce_on_behalf(ctx, msg.pid, who, "consent.grant", notify="consent.notify", id=cid)
 
 
 def _index_value(record: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +283,14 @@ def revoke(ctx: Context, msg: Revoke) -> None:
                 "only the patient, the recording hospital, or a hospital with the patient's "
                 "evidence (evidence_hash) may revoke this consent",
             )
+        if practitioner is not None:
+            roles = ctx.state.get(f"id/prac/{org}/{practitioner}")["roles"]
+            if not REQUEST_ROLES.intersection(roles):
+                raise TxError(
+                    Code.UNAUTHORIZED,
+                    f"practitioner {org}/{practitioner} lacks a role allowed to take a "
+                    f"patient's request ({', '.join(sorted(REQUEST_ROLES))})",
+                )
         who = ActingFor("hospital", org, practitioner or "", b"", "recorder")
     else:
         who = acting_for_patient(ctx, pid, msg.evidence_hash, msg.taken_by, msg.channel)
@@ -295,6 +300,7 @@ def revoke(ctx: Context, msg: Revoke) -> None:
     ctx.state.put(f"consent/id/{msg.id:012d}", record)
     ctx.state.put(f"consent/by/{pid}/{gkey}/{msg.id:012d}", _index_value(record))
     ctx.emit("consent.revoked", id=msg.id, pid=pid, grantee=record["grantee"], by=who.by)
+    announce_on_behalf(ctx, pid, who, "consent.revoke", id=msg.id)
 
 
 def contest(ctx: Context, msg: Contest) -> None:
@@ -307,17 +313,25 @@ def contest(ctx: Context, msg: Contest) -> None:
         raise TxError(
             Code.UNAUTHORIZED, "a contest is signed by an active DPO of another custodian"
         )
-    if not record.get("self_granted"):
+    if record["signed"]["by"] != "hospital":
         raise TxError(
             Code.REFUSED,
-            f"consent {msg.id} is not a hospital's grant to itself on the patient's behalf",
+            f"consent {msg.id} was signed with the patient's own key, not by a hospital on "
+            "their behalf",
         )
     if actor.org == record["signed"]["org"]:
         raise TxError(Code.UNAUTHORIZED, "the granting hospital does not contest its own consent")
-    if not is_custodian(ctx.state, pid, actor.org):
+    since = custody_since(ctx.state, pid, actor.org)
+    if since is None:
         raise TxError(
             Code.UNAUTHORIZED,
             f"not a custodian of this patient: {actor.org} holds none of their care records",
+        )
+    if since >= record["time"]:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"{actor.org}'s custody of this patient began after consent {msg.id} was granted: "
+            "only earlier custodians contest it",
         )
     if msg.reason not in CONTEST_REASONS:
         raise TxError(Code.INVALID_BODY, f"field reason: one of {', '.join(CONTEST_REASONS)}")

@@ -1,9 +1,21 @@
 """Erasure: a patient's request, every holder's attestation, a deadline, a public status.
 
-`erasure.request` (the patient's key, or on their behalf a custodian of the patient with the
-evidence's hash and the practitioner who took it: `patients.acting_for_patient`; a hospital
-that never treated the patient cannot have their records made unreadable) finds every holder
-of the patient's data from the chain itself, at that block:
+`erasure.request` is signed by the patient's key, or on their behalf by a custodian of the
+patient with the evidence's hash and the practitioner who took it
+(`patients.acting_for_patient`; a hospital that never treated the patient cannot have their
+records made unreadable).
+
+An erasure cannot be undone, and any member can make itself a custodian with one record
+(records.py). So a request a hospital files on the patient's behalf is only *pending* for
+`on_behalf_delay_ms` (policy, 72 h): `erasure.pending` (pid, effective_ms) and the on-behalf
+notices (`patient.acted_for`, one `patient.notify` per other custodian) tell the patient and
+the others; until then the patient's key, or an active DPO of another custodian whose custody
+began before the request, may cancel it (`erasure.cancel`), and nothing else happens: no
+obligation, no notice to the holders, `patients.erasure_requested` stays None (authorize,
+consent, research and referral go on as before), `erasure/status` by pid answers None (the
+pending request is at `erasure/pending`). At `effective_ms` the block's end opens it. A
+request signed by the patient's own key opens at once. Opening it finds every holder of the
+patient's data from the chain itself, at that block:
     custodians    hospitals with records in the index (`records`)
     copy holders  hospitals a consent let prefetch copies, hospitals a referral delivered
                   records to, a study's sponsor and the custodians that released data to it
@@ -21,6 +33,9 @@ accepted for them.
 State (prefix `erasure/`):
     erasure/seq                                  last request id
     erasure/req/<id:012d>                        the request and its overall status
+                                                 (pending, cancelled, open, overdue, done)
+    erasure/pending/<pid>                        the patient's pending request id
+    erasure/wait/<effective:016d>/<id:012d>      pending requests, by when they open
     erasure/ob/<id:012d>/<holder>                one holder's obligation
     erasure/pid/<pid>                            the patient's request (patients.erasure_requested)
     erasure/due/<deadline:016d>/<id:012d>        deadlines
@@ -34,7 +49,13 @@ from typing import Any
 
 from medledger.contracts import consent, referral, research
 from medledger.contracts.common import DAY_MS
-from medledger.contracts.patients import acting_for_patient, check_hash, erasure_requested
+from medledger.contracts.patients import (
+    acting_for_patient,
+    announce_on_behalf,
+    check_hash,
+    erasure_requested,
+    may_cancel,
+)
 from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger.contract import Context, Contract, Message
@@ -42,6 +63,7 @@ from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
 DUE = DueQueue("erasure/due/")
+WAIT = DueQueue("erasure/wait/")
 _EPOCH = datetime.date(1970, 1, 1)
 
 
@@ -51,6 +73,13 @@ class Request:
     evidence_hash: bytes = b""
     taken_by: str = ""  # who took the request (see patients.acting_for_patient)
     channel: str = ""
+
+
+@dataclass
+class Cancel:
+    """The patient's key, or an earlier custodian's DPO, stops a pending request."""
+
+    request: int
 
 
 @dataclass
@@ -119,17 +148,59 @@ def _settle(ctx: Context, req: dict[str, Any]) -> None:
         ctx.emit("erasure.completed", id=req["id"], pid=req["pid"])
 
 
+def pending_request(state: StateView, pid: str) -> dict[str, Any] | None:
+    """The patient's request still waiting to open (filed on their behalf), if any."""
+    rid = state.get(f"erasure/pending/{pid}")
+    return None if rid is None else get_request(state, int(rid))
+
+
 def request(ctx: Context, msg: Request) -> None:
     check_pid(msg.pid)
     who = acting_for_patient(ctx, msg.pid, msg.evidence_hash, msg.taken_by, msg.channel)
     if erasure_requested(ctx.state, msg.pid) is not None:
         raise TxError(Code.CONFLICT, "this patient's erasure was already requested")
-    p = params(ctx.state)
+    pending = pending_request(ctx.state, msg.pid)
+    if pending is not None:
+        if who.on_behalf:
+            raise TxError(Code.CONFLICT, "this patient's erasure is already pending")
+        # The patient's own key asks for it now: the pending one gives way to theirs.
+        pending["status"] = "cancelled"
+        pending["cancelled"] = {"by": "superseded", "time": ctx.time_ms, "tx": ctx.tx_id}
+        ctx.state.put(f"erasure/req/{pending['id']:012d}", pending)
+        ctx.state.delete(f"erasure/pending/{msg.pid}")
+        WAIT.remove(ctx.state, pending["effective_ms"], pending["id"])
+        ctx.emit("erasure.cancelled", id=pending["id"], pid=msg.pid, by="superseded")
     rid = int(ctx.state.get("erasure/seq") or 0) + 1
     ctx.state.put("erasure/seq", rid)
+    req: dict[str, Any] = {
+        "id": rid,
+        "pid": msg.pid,
+        "signed": who.to_obj(),
+        "time": ctx.time_ms,
+        "holders": [],
+        "status": "pending",
+        "tx": ctx.tx_id,
+    }
+    if who.on_behalf:
+        effective = ctx.time_ms + params(ctx.state)["on_behalf_delay_ms"]
+        req["effective_ms"] = effective
+        ctx.state.put(f"erasure/req/{rid:012d}", req)
+        ctx.state.put(f"erasure/pending/{msg.pid}", rid)
+        WAIT.add(ctx.state, effective, rid)
+        ctx.emit("erasure.pending", id=rid, pid=msg.pid, org=who.org, effective_ms=effective)
+        announce_on_behalf(ctx, msg.pid, who, "erasure.request", id=rid)
+        return
+    req["effective_ms"] = ctx.time_ms
+    _open(ctx, req)
+
+
+def _open(ctx: Context, req: dict[str, Any]) -> None:
+    """The request takes effect: every holder's obligation, from the chain at this block."""
+    p = params(ctx.state)
+    rid, pid = req["id"], req["pid"]
     deadline = ctx.time_ms + p["erasure_deadline_ms"]
-    custodians = _custodians(ctx.state, msg.pid)
-    copies = _copy_holders(ctx.state, msg.pid)
+    custodians = _custodians(ctx.state, pid)
+    copies = _copy_holders(ctx.state, pid)
     holders = sorted(set(custodians) | set(copies))
     for org in holders:
         ob: dict[str, Any] = {"holder": org, "custody": None, "copies": None, "attestation": None}
@@ -152,25 +223,33 @@ def request(ctx: Context, msg: Request) -> None:
         ctx.emit(
             "erasure.notify",
             id=rid,
-            pid=msg.pid,
+            pid=pid,
             holder=org,
             action="erase" if ob["status"] == "pending" else "retain",
         )
-    req = {
-        "id": rid,
-        "pid": msg.pid,
-        "signed": who.to_obj(),
-        "time": ctx.time_ms,
-        "deadline": deadline,
-        "holders": holders,
-        "status": "open",
-        "tx": ctx.tx_id,
-    }
+    req.update(deadline=deadline, holders=holders, status="open")
     ctx.state.put(f"erasure/req/{rid:012d}", req)
-    ctx.state.put(f"erasure/pid/{msg.pid}", rid)
+    ctx.state.put(f"erasure/pid/{pid}", rid)
     DUE.add(ctx.state, deadline, rid)
-    ctx.emit("erasure.requested", id=rid, pid=msg.pid, holders=len(holders), deadline=deadline)
+    ctx.emit("erasure.requested", id=rid, pid=pid, holders=len(holders), deadline=deadline)
     _settle(ctx, req)
+
+
+def cancel(ctx: Context, msg: Cancel) -> None:
+    req = get_request(ctx.state, msg.request)
+    if req is None:
+        raise TxError(Code.NOT_FOUND, f"no erasure request {msg.request}")
+    if req["status"] != "pending":
+        raise TxError(
+            Code.CONFLICT, f"erasure request {msg.request} is {req['status']}, not pending"
+        )
+    by = may_cancel(ctx.state, ctx.signer, req["pid"], req["signed"]["org"], req["time"])
+    req["status"] = "cancelled"
+    req["cancelled"] = {"by": by, "time": ctx.time_ms, "tx": ctx.tx_id}
+    ctx.state.put(f"erasure/req/{msg.request:012d}", req)
+    ctx.state.delete(f"erasure/pending/{req['pid']}")
+    WAIT.remove(ctx.state, req["effective_ms"], msg.request)
+    ctx.emit("erasure.cancelled", id=msg.request, pid=req["pid"], by=by)
 
 
 def attest(ctx: Context, msg: Attest) -> None:
@@ -227,6 +306,12 @@ def attest(ctx: Context, msg: Attest) -> None:
 
 
 def end_block(ctx: Context) -> None:
+    for rid in WAIT.pop_due(ctx.state, ctx.time_ms):
+        req = get_request(ctx.state, rid)
+        if req is None or req["status"] != "pending":
+            continue
+        ctx.state.delete(f"erasure/pending/{req['pid']}")
+        _open(ctx, req)
     for rid in DUE.pop_due(ctx.state, ctx.time_ms):
         req = get_request(ctx.state, rid)
         if req is None or req["status"] == "done":
@@ -258,6 +343,14 @@ def q_status(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     return {**req, "obligations": obligations(state, rid)}
 
 
+def q_pending(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The patient's request still waiting to open, with `effective_ms` (or None)."""
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "erasure/pending needs pid")
+    return pending_request(state, pid)
+
+
 def q_list(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
     """Requests, newest first; `holder` keeps those where that hospital has an obligation."""
     holder, status = args.get("holder"), args.get("status")
@@ -279,8 +372,13 @@ CONTRACTS = [
         messages={
             "erasure.request": Message("erasure.request", Request, request),
             "erasure.attest": Message("erasure.attest", Attest, attest),
+            "erasure.cancel": Message("erasure.cancel", Cancel, cancel),
         },
-        queries={"erasure/status": q_status, "erasure/list": q_list},
+        queries={
+            "erasure/status": q_status,
+            "erasure/list": q_list,
+            "erasure/pending": q_pending,
+        },
         end_block=end_block,
     )
 ]

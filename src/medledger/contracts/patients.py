@@ -6,7 +6,16 @@ the pid, with the hash of its evidence (the signed form, the portal's login reco
 contested binding can be traced to a hospital and a document. Only a custodian of the patient
 (same test as below) may bind or rebind: a bound key acts as the patient, so a member that
 never treated them must not be able to bind a key of its own to their pid. A rebinding (lost
-phone) is the same tx and emits `patient.key_replaced`, which the portal shows to the patient.
+phone) is the same tx, but it does not take effect at once: a custodian can be any member
+that registered one record (records.py), and a key of its own on the pid would let it act as
+the patient, unnotified and uncontestable. So a rebinding waits `on_behalf_delay_ms` (policy,
+72 h): `patient.rebind_pending` (with `effective_ms`) tells the patient; until then the old
+key keeps working, and the old key, or an active DPO of another custodian whose custody began
+before the rebinding, may cancel it (`patients.cancel_bind`, `patient.rebind_cancelled`). At
+`effective_ms` the block's end swaps the keys and emits `patient.key_replaced`. A first
+binding (no key yet) takes effect at once, but only from a custodian whose custody is at least
+`custody_min_age_ms` old (policy, 24 h): a hospital that just made itself a custodian cannot
+bind its own key before the earlier custodians have seen `records.custodian_joined`.
 
 Everything a patient may do (consent, enrol, withdraw, request erasure, revoke) is signed in
 one of two ways, and `acting_for_patient` is the one place that decides which, refusing
@@ -34,11 +43,23 @@ everything else:
 
 Refusals are `UNAUTHORIZED` with the reason ("not a custodian of this patient: ...",
 "practitioner <org>/<id> is revoked", "... lacks a role allowed to take a patient's request").
-What a hospital grants *itself* this way is also notified (consent.py).
+
+Every act a hospital signs in the patient's name is notified, whatever it is (consent grant
+or revoke, enrolment, withdrawal, erasure request, key binding) and whoever took it (desk,
+portal, the recording hospital): `announce_on_behalf` emits `patient.acted_for` (pid, org, act,
+channel, taken_by: the patient's stream and portal) and one notification per OTHER custodian
+of the patient (`patient.notify`, or the contract's own type such as `consent.notify` when the
+act can be contested there), for its DPO's queue. Nothing done in a patient's name is silent.
 
 State (prefix `patients/`):
     patients/key/<pid>          the bound key, who attested it, evidence hash, time
     patients/bykey/<key hex>    key -> pid (signer lookup)
+    patients/seq                last pending rebinding id
+    patients/rebind/<id:012d>   a rebinding: pending, done or cancelled
+    patients/pending/<pid>      the patient's pending rebinding id
+    patients/due/<time:016d>/<id:012d>   when pending rebindings take effect (DueQueue)
+    patients/acted/<pid>/<time:016d>/<tx id hex>  an act in the patient's name (the portal's
+                                                  notices: org, act, channel, taken_by, ref)
 """
 
 from __future__ import annotations
@@ -48,7 +69,14 @@ from typing import Any
 
 from medledger.contracts.common import check_id, member_of_key
 from medledger.contracts.identity import resolve_actor
-from medledger.contracts.records import acting_org, check_pid, is_custodian
+from medledger.contracts.policies import DueQueue, params
+from medledger.contracts.records import (
+    acting_org,
+    check_pid,
+    custodies,
+    custody_since,
+    is_custodian,
+)
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -60,6 +88,15 @@ class Bind:
     key: bytes
     evidence_hash: bytes
 
+
+@dataclass
+class CancelBind:
+    """The patient's (old) key, or an earlier custodian's DPO, stops a pending rebinding."""
+
+    pid: str
+
+
+DUE = DueQueue("patients/due/")
 
 #: Roles that may take a patient's request at a custodian's desk (consent, enrolment, erasure).
 REQUEST_ROLES = frozenset({"physician", "nurse", "admin", "dpo"})
@@ -170,6 +207,73 @@ def acting_for_patient(
     return ActingFor("hospital", org, practitioner, evidence_hash, "desk")
 
 
+def announce_on_behalf(
+    ctx: Context, pid: str, who: ActingFor, act: str, notify: str = "patient.notify", **ref: Any
+) -> None:
+    """Tell the patient and every other custodian that a hospital acted in the patient's name.
+
+    `act` is the message type; `ref` names what it made (a consent id, a request id). Nothing
+    is emitted when the patient signed with their own key.
+    """
+    if not who.on_behalf:
+        return
+    ctx.state.put(
+        f"patients/acted/{pid}/{ctx.time_ms:016d}/{ctx.tx_id.hex()}",
+        {
+            "org": who.org,
+            "act": act,
+            "channel": who.channel,
+            "taken_by": who.practitioner,
+            "ref": {k: str(v) for k, v in ref.items()},
+            "time": ctx.time_ms,
+        },
+    )
+    ctx.emit(
+        "patient.acted_for",
+        pid=pid,
+        org=who.org,
+        act=act,
+        channel=who.channel,
+        taken_by=who.practitioner,
+        **ref,
+    )
+    for custodian in sorted(custodies(ctx.state, pid)):  # current ones: not after a shredding
+        if custodian != who.org:
+            ctx.emit(notify, pid=pid, custodian=custodian, org=who.org, act=act, **ref)
+
+
+def may_cancel(state: StateView, signer: bytes, pid: str, org: str, since_ms: int) -> str:
+    """Who may stop an act `org` filed in the patient's name at `since_ms`, or refuse.
+
+    The patient's own key, or an active DPO (practitioner key) of another custodian whose
+    custody began before the act: a custodian that appeared afterwards may be the attacker's
+    accomplice. Returns "patient" or "<org>/<dpo id>".
+    """
+    if patient_of_key(state, signer) == pid:
+        return "patient"
+    actor = resolve_actor(state, signer)
+    if actor is None or not actor.active or actor.is_org or "dpo" not in actor.roles:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            "signer is neither the patient's key nor an active DPO of another custodian",
+        )
+    if actor.org == org:
+        raise TxError(Code.UNAUTHORIZED, "the hospital that filed it does not cancel its own act")
+    since = custody_since(state, pid, actor.org)
+    if since is None:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"not a custodian of this patient: {actor.org} holds none of their care records",
+        )
+    if since >= since_ms:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"{actor.org}'s custody of this patient began after the act: only earlier "
+            "custodians (or the patient's key) may stop it",
+        )
+    return f"{actor.org}/{actor.practitioner}"
+
+
 def _taker(
     state: StateView, org: str, signer: str | None, taken_by: str
 ) -> tuple[str, tuple[str, ...]]:
@@ -212,7 +316,8 @@ def bind(ctx: Context, msg: Bind) -> None:
     org, practitioner = acting_org(ctx, role="admin")
     check_pid(msg.pid)
     check_hash(msg.evidence_hash, "evidence_hash")
-    if not is_custodian(ctx.state, msg.pid, org):
+    since = custody_since(ctx.state, msg.pid, org)
+    if since is None:
         raise TxError(
             Code.UNAUTHORIZED,
             f"not a custodian of this patient: {org} holds none of their care records, so it "
@@ -226,31 +331,127 @@ def bind(ctx: Context, msg: Bind) -> None:
         raise TxError(Code.CONFLICT, "field key: this key is already bound to a patient")
     if member_of_key(ctx.state, msg.key) or ctx.state.has(f"id/key/{hexkey}"):
         raise TxError(Code.CONFLICT, "field key: this key belongs to a hospital or practitioner")
-    previous = ctx.state.get(f"patients/key/{msg.pid}")
+    if ctx.state.has(f"patients/pending/{msg.pid}"):
+        raise TxError(Code.CONFLICT, "a rebinding of this patient's key is already pending")
+    p = params(ctx.state)
+    binding = {
+        "pid": msg.pid,
+        "key": msg.key,
+        "org": org,
+        "practitioner": practitioner or "",
+        "evidence_hash": msg.evidence_hash,
+        "time": ctx.time_ms,
+        "tx": ctx.tx_id,
+    }
+    who = ActingFor("hospital", org, practitioner or "", msg.evidence_hash, "desk")
+    if ctx.state.get(f"patients/key/{msg.pid}") is None:
+        if ctx.time_ms - since < p["custody_min_age_ms"]:
+            raise TxError(
+                Code.REFUSED,
+                f"{org}'s custody of this patient is younger than custody_min_age_ms "
+                f"({p['custody_min_age_ms']} ms): it binds their first key later",
+            )
+        _set_key(ctx, binding)
+        ctx.emit("patient.key_bound", pid=msg.pid, org=org)
+        announce_on_behalf(ctx, msg.pid, who, "patients.bind")
+        return
+    # Replacing a key: it waits, cancellable (module docstring).
+    seq = int(ctx.state.get("patients/seq") or 0) + 1
+    ctx.state.put("patients/seq", seq)
+    effective = ctx.time_ms + p["on_behalf_delay_ms"]
+    binding.update(id=seq, status="pending", effective_ms=effective)
+    ctx.state.put(f"patients/rebind/{seq:012d}", binding)
+    ctx.state.put(f"patients/pending/{msg.pid}", seq)
+    DUE.add(ctx.state, effective, seq)
+    ctx.emit("patient.rebind_pending", id=seq, pid=msg.pid, org=org, effective_ms=effective)
+    announce_on_behalf(ctx, msg.pid, who, "patients.bind", id=seq)
+
+
+def _set_key(ctx: Context, binding: dict[str, Any]) -> None:
+    pid = binding["pid"]
+    previous = ctx.state.get(f"patients/key/{pid}")
     if previous is not None:
         ctx.state.delete(f"patients/bykey/{bytes(previous['key']).hex()}")
     ctx.state.put(
-        f"patients/key/{msg.pid}",
-        {
-            "pid": msg.pid,
-            "key": msg.key,
-            "org": org,
-            "practitioner": practitioner or "",
-            "evidence_hash": msg.evidence_hash,
-            "time": ctx.time_ms,
-            "tx": ctx.tx_id,
-        },
+        f"patients/key/{pid}",
+        {k: binding[k] for k in ("pid", "key", "org", "practitioner", "evidence_hash", "tx")}
+        | {"time": ctx.time_ms},
     )
-    ctx.state.put(f"patients/bykey/{hexkey}", msg.pid)
-    if previous is None:
-        ctx.emit("patient.key_bound", pid=msg.pid, org=org)
-    else:
-        ctx.emit("patient.key_replaced", pid=msg.pid, org=org)
+    ctx.state.put(f"patients/bykey/{bytes(binding['key']).hex()}", pid)
+
+
+def pending_rebind(state: StateView, pid: str) -> dict[str, Any] | None:
+    seq = state.get(f"patients/pending/{pid}")
+    found: dict[str, Any] | None = (
+        None if seq is None else state.get(f"patients/rebind/{int(seq):012d}")
+    )
+    return found
+
+
+def cancel_bind(ctx: Context, msg: CancelBind) -> None:
+    check_pid(msg.pid)
+    binding = pending_rebind(ctx.state, msg.pid)
+    if binding is None:
+        raise TxError(Code.NOT_FOUND, "no rebinding of this patient's key is pending")
+    by = may_cancel(ctx.state, ctx.signer, msg.pid, binding["org"], binding["time"])
+    binding["status"] = "cancelled"
+    binding["cancelled"] = {"by": by, "time": ctx.time_ms, "tx": ctx.tx_id}
+    ctx.state.put(f"patients/rebind/{binding['id']:012d}", binding)
+    ctx.state.delete(f"patients/pending/{msg.pid}")
+    DUE.remove(ctx.state, binding["effective_ms"], binding["id"])
+    ctx.emit("patient.rebind_cancelled", id=binding["id"], pid=msg.pid, by=by)
+
+
+def end_block(ctx: Context) -> None:
+    for seq in DUE.pop_due(ctx.state, ctx.time_ms):
+        binding = ctx.state.get(f"patients/rebind/{seq:012d}")
+        if binding is None or binding["status"] != "pending":
+            continue
+        ctx.state.delete(f"patients/pending/{binding['pid']}")
+        hexkey = bytes(binding["key"]).hex()
+        key = bytes(binding["key"])
+        if (
+            ctx.state.has(f"patients/bykey/{hexkey}")
+            or ctx.state.has(f"id/key/{hexkey}")
+            or member_of_key(ctx.state, key)
+        ):
+            # The key was bound elsewhere meanwhile: the rebinding cannot happen.
+            binding["status"] = "failed"
+            ctx.emit("patient.rebind_failed", id=seq, pid=binding["pid"], org=binding["org"])
+        else:
+            binding["status"] = "done"
+            _set_key(ctx, binding)
+            ctx.emit("patient.key_replaced", pid=binding["pid"], org=binding["org"])
+        ctx.state.put(f"patients/rebind/{seq:012d}", binding)
 
 
 def q_key(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     found: dict[str, Any] | None = state.get(f"patients/key/{args.get('pid')}")
     return found
+
+
+def q_pending(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The patient's pending key rebinding, with its effective time (or None)."""
+    pid = args.get("pid")
+    return pending_rebind(state, pid) if isinstance(pid, str) else None
+
+
+#: How many of the latest acts in a patient's name `patients/notices` returns.
+MAX_NOTICES = 50
+
+
+def q_notices(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
+    """What the patient's portal warns about: who holds their records since when, the latest
+    acts hospitals signed in their name (newest first), and a pending key rebinding."""
+    pid = args.get("pid")
+    if not isinstance(pid, str):
+        raise TxError(Code.INVALID_BODY, "patients/notices needs pid")
+    acts = [v for _, v in state.scan(f"patients/acted/{pid}/")]
+    return {
+        "custodians": custodies(state, pid),
+        "acts": acts[::-1][:MAX_NOTICES],
+        "rebind": pending_rebind(state, pid),
+    }
 
 
 def q_of_key(state: StateView, args: dict[str, Any]) -> str | None:
@@ -264,7 +465,16 @@ CONTRACTS = [
     Contract(
         name="patients",
         version=1,
-        messages={"patients.bind": Message("patients.bind", Bind, bind)},
-        queries={"patients/key": q_key, "patients/of_key": q_of_key},
+        messages={
+            "patients.bind": Message("patients.bind", Bind, bind),
+            "patients.cancel_bind": Message("patients.cancel_bind", CancelBind, cancel_bind),
+        },
+        queries={
+            "patients/key": q_key,
+            "patients/of_key": q_of_key,
+            "patients/pending": q_pending,
+            "patients/notices": q_notices,
+        },
+        end_block=end_block,
     )
 ]

@@ -62,9 +62,16 @@ DEFAULT_PARAMS: dict[str, int] = {
     "referral_delivery_ms": 2 * DAY_MS,  # the referring hospital delivers within this
     "erasure_deadline_ms": 30 * DAY_MS,  # GDPR art. 12(3): one month
     "retention_years": 20,  # French hospital files (Code de la santé publique R1112-7)
+    # An erasure or a key rebinding filed by a hospital in the patient's name waits this long,
+    # cancellable by the patient's key or an earlier custodian's DPO (patients.py, erasure.py).
+    "on_behalf_delay_ms": 3 * DAY_MS,
+    # A hospital binds a patient's first key only once its custody is at least this old.
+    "custody_min_age_ms": DAY_MS,
 }
 #: Parameters that may be zero (the others must be at least 1).
-_MAY_BE_ZERO = frozenset({"emergency_threshold", "referral_before_ms", "referral_after_ms"})
+_MAY_BE_ZERO = frozenset(
+    {"emergency_threshold", "referral_before_ms", "referral_after_ms", "custody_min_age_ms"}
+)
 
 MAX_POLICY_TEXT = 16 * 1024
 

@@ -15,19 +15,32 @@ at most `MAX_BASIS` characters) and its rids are distinct records of the same tx
 A bundle registers in one tx (`records.register` takes a list), so it is all or nothing on
 the chain too. A registration may name its `author`: `practitioner:<custodian>/<id>` (active,
 with a care role: physician, nurse or emergency) or `org:<custodian>` (a system client of the
-hospital). The entries then record that practitioner as `by`, and the same tx writes the
-write on the access trail: one `create` (new records) or `update` (new versions) entry per
-patient, naming the author and the rids. Without an author (the hospital's own feeds: CLI
-and node ingestion) the hospital itself is the author and the index entry is the record.
-`records.amend` chains versions. `records.shredded` records that a holder destroyed a
-patient's keys: one write, whatever the number of entries, since every remaining entry of
-that patient at that holder is now undecryptable.
+hospital). The entries then record that practitioner as `by`. Every registration, with or
+without an author, writes itself on the patient's access trail in the same tx: one `create`
+(new records) or `update` (new versions) entry per patient, naming the rids and the author
+(without one, the signing key: `org:<custodian>` for the hospital's own feeds, CLI and node
+ingestion, or the signing practitioner). So no index entry, not even a junk one, is ever
+invisible on the patient's trail. `records.amend` chains versions. `records.shredded`
+records that a holder destroyed a patient's keys: one write, whatever the number of entries,
+since every remaining entry of that patient at that holder is now undecryptable.
+
+Custody. The chain cannot know whether a hospital really treated a patient, and one index
+entry is all it takes to be a custodian (`is_custodian`), which lets a hospital act in the
+patient's name (`patients.acting_for_patient`). So custody is made visible and dated: the
+first care record a hospital registers for a pid starts its custody (`rec/custody`, written
+once, `custody_since`); a hospital that joins a patient who already has custodians emits
+`records.custodian_joined` (pid, org: the patient's stream and portal) and one
+`records.notify` per earlier custodian (its DPO's queue). The date is what the other
+contracts weigh: only a custodian whose custody began before an act may contest or cancel it
+(consent.py, erasure.py, patients.py), and a first key binding needs custody at least
+`custody_min_age_ms` old. A shredding (`records.shredded`) ends the holder's custody.
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
     rec/version/<rid>/<version:08d>         each version's commitment and metadata
     rec/pid/<pid>/<rid>                     a patient's entries, by custodian
     rec/shredded/<holder>/<pid>             crypto-shredding attestation
+    rec/custody/<pid>/<org>                 since_ms: when org's custody of the pid began
 """
 
 from __future__ import annotations
@@ -152,26 +165,42 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
 
 def _log_writes(ctx: Context, custodian: str, author: str, pids: dict[str, str], n: int) -> None:
     """The registration's writes on the access trail, in its own tx (see module doc)."""
+    from medledger.contracts.access import MAX_RIDS, record_entry
     from medledger.contracts.access import Entry as AccessEntry
-    from medledger.contracts.access import record_entry
 
     by_key: dict[tuple[str, str], list[str]] = {}
     for rid, pid in sorted(pids.items()):  # a defined order: the rids land on the chain
         action = "create" if ctx.state.get(f"rec/entry/{rid}")["version"] == 1 else "update"
         by_key.setdefault((pid, action), []).append(rid)
     for (pid, action), rids in sorted(by_key.items()):
-        entry = AccessEntry(
-            actor=author,
-            actor_org=custodian,
-            pid=pid,
-            action=action,
-            purpose="treatment",
-            outcome="granted",
-            basis="custodian",
-            rids=rids,
-        )
-        record_entry(ctx, custodian, n, entry)
-        n += 1
+        for start in range(0, len(rids), MAX_RIDS):  # an entry names at most MAX_RIDS rids
+            entry = AccessEntry(
+                actor=author,
+                actor_org=custodian,
+                pid=pid,
+                action=action,
+                purpose="treatment",
+                outcome="granted",
+                basis="custodian",
+                rids=rids[start : start + MAX_RIDS],
+            )
+            record_entry(ctx, custodian, n, entry)
+            n += 1
+
+
+def _start_custody(ctx: Context, pid: str, org: str) -> None:
+    """The first care record of pid at org starts its custody; earlier custodians hear of it."""
+    key = f"rec/custody/{pid}/{org}"
+    if ctx.state.has(key):
+        return
+    earlier = sorted(
+        k.rsplit("/", 1)[1] for k, _ in ctx.state.scan(f"rec/custody/{pid}/") if k != key
+    )
+    ctx.state.put(key, ctx.time_ms)
+    if earlier:
+        ctx.emit("records.custodian_joined", pid=pid, org=org)
+        for custodian in earlier:
+            ctx.emit("records.notify", pid=pid, custodian=custodian, org=org)
 
 
 def register(ctx: Context, msg: Register) -> None:
@@ -219,12 +248,14 @@ def register(ctx: Context, msg: Register) -> None:
         ctx.state.put(f"rec/entry/{entry.rid}", record)
         ctx.state.put(f"rec/version/{entry.rid}/{1:08d}", record)
         ctx.state.put(f"rec/pid/{entry.pid}/{entry.rid}", custodian)
+        _start_custody(ctx, entry.pid, custodian)
         ctx.emit("record.registered", rid=entry.rid, pid=entry.pid, custodian=custodian)
     # The pid as the index now holds it (an amendment keeps its record's pid).
     pids = {rid: str(ctx.state.get(f"rec/entry/{rid}")["pid"]) for rid in seen}
     n = _disclose(ctx, custodian, msg, pids) if msg.disclosures else 0
-    if msg.author:
-        _log_writes(ctx, custodian, msg.author, pids, n)
+    # Always on the patient's trail, named after the author or else the signing key.
+    signed_as = f"practitioner:{custodian}/{practitioner}" if practitioner else f"org:{custodian}"
+    _log_writes(ctx, custodian, msg.author or signed_as, pids, n)
 
 
 def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str]) -> int:
@@ -350,6 +381,8 @@ def shredded(ctx: Context, msg: Shredded) -> None:
             "tx": ctx.tx_id,
         },
     )
+    # Its custody ends: a later record starts a new one (is_custodian stays false meanwhile).
+    ctx.state.delete(f"rec/custody/{msg.pid}/{holder}")
     ctx.emit("record.shredded", pid=msg.pid, holder=holder, records=msg.records)
 
 
@@ -360,6 +393,24 @@ def is_shredded(state: StateView, holder: str, pid: str) -> bool:
 def custodians_of(state: StateView, pid: str) -> list[str]:
     """Hospitals holding this patient's care records in the index (their own, not copies)."""
     return sorted({str(holder) for _, holder in state.scan(f"rec/pid/{pid}/")})
+
+
+def custody_since(state: StateView, pid: str, org: str) -> int | None:
+    """When org's custody of the pid began (block time, ms), None if it holds none now."""
+    if is_shredded(state, org, pid):
+        return None
+    since = state.get(f"rec/custody/{pid}/{org}")
+    return None if since is None else int(since)
+
+
+def custodies(state: StateView, pid: str) -> dict[str, int]:
+    """Every hospital whose custody of the pid runs now -> since when (the portal lists them)."""
+    found = {}
+    for key, since in state.scan(f"rec/custody/{pid}/"):
+        org = key.rsplit("/", 1)[1]
+        if not is_shredded(state, org, pid):
+            found[org] = int(since)
+    return found
 
 
 def is_custodian(state: StateView, pid: str, org: str) -> bool:

@@ -12,7 +12,10 @@ Patients enrol and withdraw at any time (their own key, or on their behalf a cus
 patient with the evidence's hash and who took the request: `patients.acting_for_patient`). A
 sponsor enrolling, in the patient's name, a patient it treats into its own study gives itself
 research access: like a self-grant (consent.py) it is told at once to the patient
-(`study.self_enrolled`, with the pid) and to each other custodian's DPO (`study.notify`). A
+(`study.self_enrolled`, with the pid) and to each other custodian's DPO (`study.notify`).
+Every enrolment or withdrawal a hospital signs in the patient's name is notified like any
+on-behalf act (`patients.announce_on_behalf`: `patient.acted_for`, and per other custodian
+`study.notify` for an enrolment, `patient.notify` for a withdrawal). A
 custodian then releases a pseudonymised dataset by posting its hash, its counts and the list
 of its members' *study tokens*:
 
@@ -40,8 +43,13 @@ from typing import Any
 
 from medledger.contracts.categories import ALL, check_categories
 from medledger.contracts.common import check_id
-from medledger.contracts.patients import acting_for_patient, check_hash, erasure_requested
-from medledger.contracts.records import acting_org, check_pid, custodians_of
+from medledger.contracts.patients import (
+    acting_for_patient,
+    announce_on_behalf,
+    check_hash,
+    erasure_requested,
+)
+from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger import merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -194,11 +202,8 @@ def enrol(ctx: Context, msg: Enrol) -> None:
             practitioner=who.practitioner,
             channel=who.channel,
         )
-        for custodian in custodians_of(ctx.state, msg.pid):
-            if custodian != who.org:
-                ctx.emit(
-                    "study.notify", study=msg.study, pid=msg.pid, custodian=custodian, org=who.org
-                )
+    # The patient and each other custodian's DPO (study.notify) hear of any on-behalf enrolment.
+    announce_on_behalf(ctx, msg.pid, who, "research.enrol", notify="study.notify", study=msg.study)
 
 
 def withdraw(ctx: Context, msg: Withdraw) -> None:
@@ -215,6 +220,7 @@ def withdraw(ctx: Context, msg: Withdraw) -> None:
     study["enrolled"] -= 1
     ctx.state.put(f"research/study/{msg.study}", study)
     ctx.emit("study.withdrawn", study=msg.study, pid=msg.pid, by=who.by)
+    announce_on_behalf(ctx, msg.pid, who, "research.withdraw", study=msg.study)
 
 
 def release(ctx: Context, msg: Release) -> None:

@@ -16,10 +16,12 @@ What a caller may see:
                               copies of, or is entitled to, and consortium-wide events that
                               name no patient (governance, policies, studies)
 
-Notifications are such events: `emergency.notify` and `consent.notify` name the custodian
-whose DPO must hear of an emergency opening or of a hospital's grant to itself in a
-patient's name (its queue is its stream filtered on those types); `consent.self_granted`
-carries the pid, so the patient's own stream shows it.
+Notifications are such events: `emergency.notify`, `consent.notify`, `study.notify`,
+`patient.notify` and `records.notify` name the custodian whose DPO must hear of an emergency
+opening, of any act a hospital signed in a patient's name, or of a new custodian of one of its
+patients (its queue is its stream filtered on those types); `patient.acted_for`,
+`consent.self_granted`, `records.custodian_joined`, `erasure.pending` and
+`patient.rebind_pending` carry the pid, so the patient's own stream shows them.
 """
 
 from __future__ import annotations

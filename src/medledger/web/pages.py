@@ -796,10 +796,20 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
             ]
         )
     erasure = engine.query("erasure/status", {"pid": pid})
-    if erasure is None:
-        erasure_html = """<form method="post" action="/portal/erasure"><p>You may ask every hospital to
+    waiting = engine.query("erasure/pending", {"pid": pid}) if erasure is None else None
+    if waiting is not None:
+        erasure_html = (
+            f"<p>Request {e(waiting['id'])}, filed in your name by {e(waiting['signed']['org'])}:"
+            f" <b>pending</b> until {e(when(waiting['effective_ms']))}. Nothing is erased "
+            "before then; if you did not ask for it, your own key or another hospital that "
+            "treats you can cancel it.</p>"
+        )
+    elif erasure is None:
+        hours = engine.query("policies/params", {})["on_behalf_delay_ms"] // (3600 * 1000)
+        erasure_html = f"""<form method="post" action="/portal/erasure"><p>You may ask every hospital to
 erase your data. Care records under legal retention (20 years) are kept by the hospital that made
-them; copies held elsewhere are erased.</p><button>Request erasure</button></form>"""
+them; copies held elsewhere are erased. Asked here, the request takes effect after {hours} hours,
+and the other hospitals that treat you are told.</p><button>Request erasure</button></form>"""
     else:
         erasure_html = f"<p>Request {e(erasure['id'])}: <b>{e(erasure['status'])}</b></p>" + table(
             ["hospital", "status", "reason"],
@@ -818,7 +828,36 @@ them; copies held elsewhere are erased.</p><button>Request erasure</button></for
 <select name="purpose"><option>treatment</option><option>research</option></select>
 <label>until <input name="end" type="date"></label><button>Grant</button></form>
 <h2 id="studies">Research studies</h2>{table(["study", "title", "data", "me", ""], study_rows, "no study open")}
-<h2 id="erasure">Erasure</h2>{erasure_html}"""
+<h2 id="erasure">Erasure</h2>{erasure_html}
+{_notices_html(engine.query("patients/notices", {"pid": pid}))}"""
+
+
+def _notices_html(notices: dict[str, Any]) -> str:
+    """Who holds the patient's records since when, what hospitals signed in their name, and a
+    pending key rebinding: a hospital cannot act for them unseen (contracts/patients.py)."""
+    holders = table(
+        ["hospital", "your records there since"],
+        [[e(org), e(when(since))] for org, since in sorted(notices["custodians"].items())],
+        "no hospital holds your records",
+    )
+    acts = table(
+        ["when", "hospital", "what", "how", "taken by"],
+        [
+            [e(when(a["time"])), e(a["org"]), e(a["act"]), e(a["channel"]), e(a["taken_by"])]
+            for a in notices["acts"]
+        ],
+        "no hospital acted in your name",
+    )
+    rebind = notices["rebind"]
+    key_note = (
+        f'<p class="bad">{e(rebind["org"])} asked to replace your key: it takes effect at '
+        f"{e(when(rebind['effective_ms']))} unless your current key or another hospital that "
+        "treats you cancels it.</p>"
+        if rebind
+        else ""
+    )
+    return f"""<h2 id="notices">Acts in my name</h2>{key_note}{acts}
+<h3>Hospitals holding my records</h3>{holders}"""
 
 
 def _hospitals_health(svc: HospitalServices) -> dict[str, str]:
