@@ -20,10 +20,10 @@ import orjson
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
-from medledger.ingest import Ingestor
+from medledger.cli._runtime import Sandbox
 from medledger.interop.synth import generate
+from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
-from medledger.runtime import Sandbox
 
 
 def _grow(bundle: dict[str, Any], target: int) -> dict[str, Any]:

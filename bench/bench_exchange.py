@@ -33,10 +33,10 @@ import orjson
 from medledger.exchange.client import Directory, ExchangeClient
 from medledger.exchange.service import HospitalExchange
 from medledger.exchange.sync import SyncStore
-from medledger.indexing import open_meta
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
+from medledger.node.indexing import open_meta
+from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 from medledger.vault import RecordNotFound, Vault
 

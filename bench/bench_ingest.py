@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
+from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from medledger.netutil import LOWEST_PORT, bindable, ephemeral_low, free_port, free_ports
+from medledger.host.ports import LOWEST_PORT, bindable, ephemeral_low, free_port, free_ports
 
 
 def test_free_ports_are_distinct_bindable_below_the_ephemeral_range() -> None:

@@ -1,4 +1,4 @@
-"""One reader and one writer for every secret file (medledger.secretfile)."""
+"""One reader and one writer for every secret file (medledger.host.secretfile)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medledger.ledger.keys import SigningKey
-from medledger.secretfile import (
+from medledger.host.secretfile import (
     InsecureSecretFile,
     SecretFileError,
     SecretFileExists,
@@ -17,6 +16,7 @@ from medledger.secretfile import (
     read_secret,
     write_secret,
 )
+from medledger.ledger.keys import SigningKey
 
 
 def test_written_secret_reads_back_mode_0600_without_temp_files(tmp_path: Path) -> None:

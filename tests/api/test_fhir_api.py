@@ -203,7 +203,7 @@ def test_the_portal_says_who_served_and_signed_each_access_and_shows_its_own_stu
 ) -> None:
     import hashlib
 
-    from medledger.notes import NoteStore, study_title
+    from medledger.node.notes import NoteStore, study_title
 
     node = api.services.node
     title_hash = study_title(NoteStore(node.config.home), "s-2026-01", "Heart failure outcomes")

@@ -7,7 +7,7 @@ import pytest
 
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
-from medledger.notes import NoteStore
+from medledger.node.notes import NoteStore
 
 pytestmark = pytest.mark.browser
 

@@ -10,9 +10,9 @@ import pytest
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
-from medledger.ingest import Ingestor
+from medledger.cli._runtime import Sandbox
 from medledger.interop.synth import generate
-from medledger.runtime import Sandbox
+from medledger.node.ingest import Ingestor
 
 from ..api.conftest import eventually
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medledger import registrations
 from medledger.cli import app
+from medledger.node import registrations
 from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting
 
 runner = CliRunner()

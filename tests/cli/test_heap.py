@@ -1,4 +1,4 @@
-"""A node process hides its start-up heap from the garbage collector (medledger.heap)."""
+"""A node process hides its start-up heap from the garbage collector (medledger.node.heap)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 def test_settle_freezes_the_start_up_heap_and_spaces_out_collections() -> None:
     # In a child process: freezing would otherwise change the collector of the test run.
     code = (
-        "import gc, json; from medledger import heap; heap.settle(); "
+        "import gc, json; from medledger.node import heap; heap.settle(); "
         "print(json.dumps([gc.get_freeze_count(), list(gc.get_threshold())]))"
     )
     out = subprocess.run(

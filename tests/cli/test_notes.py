@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medledger.notes import (
+from medledger.node.notes import (
     NoteStore,
     emergency_justification,
     referral_letter,

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from medledger.config import load_config
 from medledger.consensus.cometbft import processes, testnet
 from medledger.consensus.cometbft.client import RpcEngine
 from medledger.consensus.cometbft.rpc import CometRpc, RpcError, RpcUnavailable
 from medledger.ledger import codec
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
+from medledger.node.config import load_config
 from medledger.provisioning import create_consortium
 
 BLOCK_TIME_MS = 200

@@ -190,8 +190,8 @@ def test_two_of_four_stopped_halts_without_fork_then_resumes(cmt_net: CmtNet) ->
 
 
 def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) -> None:
-    from medledger.config import load_config, load_consortium, save_config, save_consortium
     from medledger.ledger.keys import SigningKey
+    from medledger.node.config import load_config, load_consortium, save_config, save_consortium
 
     net = cmt_net
     new = "chu-nantes"
@@ -261,8 +261,8 @@ def test_an_ingestion_killed_mid_registration_loses_nothing(
     cmt_net: CmtNet, tmp_path: Path, step: str
 ) -> None:
     """Against the live network: the child's tx goes through CometBFT's mempool and blocks."""
-    from medledger.config import load_config
-    from medledger.registrations import reconcile
+    from medledger.node.config import load_config
+    from medledger.node.registrations import reconcile
     from medledger.vault import Vault
     from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting
 

@@ -8,7 +8,7 @@ from medledger.consensus.engine import Committed, Submitted
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
-from medledger.wallet import Wallet
+from medledger.node.wallet import Wallet
 
 
 class DroppingEngine:

@@ -12,7 +12,7 @@ from medledger.cli import app
 from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
-from medledger.notes import NoteStore
+from medledger.node.notes import NoteStore
 
 runner = CliRunner()
 PID = hashlib.sha256(b"cli patient").hexdigest()

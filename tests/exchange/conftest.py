@@ -19,9 +19,9 @@ import pytest
 
 from medledger.exchange.client import Directory
 from medledger.exchange.service import HospitalExchange
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
+from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 

@@ -12,8 +12,8 @@ import pytest
 
 from medledger.consensus.cometbft import processes
 from medledger.exchange.client import ExchangeClient
-from medledger.ingest import Ingestor
 from medledger.node import Node
+from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
 

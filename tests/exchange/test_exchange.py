@@ -8,9 +8,9 @@ import orjson
 import pytest
 
 from medledger.exchange.client import ExchangeError, IntegrityError, verify_fetched
-from medledger.indexing import check_commitment
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
+from medledger.node.indexing import check_commitment
 
 from .conftest import A, B, C, Sandbox, bundles, observation, wait_for
 
@@ -139,7 +139,7 @@ def test_the_signer_must_belong_to_the_hospital_of_the_certificate(sandbox: Sand
 
 def test_a_tampered_record_is_caught_by_the_requester() -> None:
     salt, resource = b"s" * 32, b'{"resourceType":"Observation"}'
-    from medledger.indexing import commitment
+    from medledger.node.indexing import commitment
 
     versions = [
         {"version": 1, "custodian": A, "pid": "p" * 64, "commitment": commitment(salt, resource)}

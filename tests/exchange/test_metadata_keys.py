@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from medledger.exchange.client import ExchangeError
-from medledger.indexing import MetadataError, epoch_of, open_meta
-from medledger.ingest import Ingestor
 from medledger.ledger.keys import SigningKey
+from medledger.node.indexing import MetadataError, epoch_of, open_meta
+from medledger.node.ingest import Ingestor
 
 from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, observation, wait_for
 

@@ -10,7 +10,7 @@ import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.interop.synth import bundle_label, generate
-from medledger.shredding import carry_out
+from medledger.node.shredding import carry_out
 from medledger.vault import PatientErased
 
 from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, wait_for

@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.cli import app
-from medledger.ingest import Ingestor
 from medledger.interop.synth import bundle_label, generate
 from medledger.node import Node
-from medledger.shredding import reinstate_copies
+from medledger.node.ingest import Ingestor
+from medledger.node.shredding import reinstate_copies
 from medledger.vault import PatientErased, Vault
 
 from .conftest import EVIDENCE, A, B, C, Sandbox, close_sandbox, open_sandbox, wait_for

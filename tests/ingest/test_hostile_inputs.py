@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.cli import app
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
+from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 
 HL7 = Path(__file__).resolve().parent.parent / "data" / "hl7"

@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from medledger.indexing import check_commitment, open_meta
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
+from medledger.node.indexing import check_commitment, open_meta
+from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 from medledger.vault.errors import PatientErased
 
@@ -82,7 +82,7 @@ def test_a_bundle_is_all_or_nothing_in_the_vault_and_on_the_chain(hospital) -> N
 
 def test_a_chain_refusal_rolls_the_vault_back(hospital, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     node, vault, ingestor = hospital
-    from medledger.wallet import TxRejected
+    from medledger.node.wallet import TxRejected
 
     def refuse(kind, body, **kw):  # type: ignore[no-untyped-def]
         raise TxRejected(kind, 9, "refused for the test", "check")
@@ -132,7 +132,7 @@ def test_bad_inputs_are_rejected_naming_file_and_field(
 
 
 def test_shredding_leaves_nothing_readable(hospital) -> None:  # type: ignore[no-untyped-def]
-    from medledger.shredding import shred
+    from medledger.node.shredding import shred
 
     node, vault, ingestor = hospital
     bundle = _bundles("chu-lyon")[0]

@@ -17,18 +17,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from medledger.indexing import check_commitment
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.node import Node
-from medledger.registrations import reconcile
+from medledger.node.indexing import check_commitment
+from medledger.node.ingest import Ingestor
+from medledger.node.registrations import reconcile
 from medledger.vault import RecordNotFound, Vault
 
 _CHILD = """
 import os, sys
 from pathlib import Path
 import orjson
-from medledger.ingest import Ingestor
+from medledger.node.ingest import Ingestor
 from medledger.node import Node
 from medledger.vault import Vault
 
@@ -197,7 +197,7 @@ def test_a_running_node_settles_leftovers_in_the_background(
 ) -> None:
     import time
 
-    from medledger import registrations
+    from medledger.node import registrations
 
     _crash_while_ingesting(consortium[0], _bundle(tmp_path), "after-commit")
     monkeypatch.setattr(registrations, "LEASE_S", 0.0)

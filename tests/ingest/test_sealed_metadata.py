@@ -12,7 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medledger.contracts.records import META_BUCKETS, META_CT_SIZES
-from medledger.indexing import (
+from medledger.interop.synth import generate
+from medledger.node import Node
+from medledger.node.indexing import (
     MetadataError,
     category_key,
     category_keys,
@@ -22,9 +24,7 @@ from medledger.indexing import (
     seal_meta,
     unpad,
 )
-from medledger.ingest import Ingestor
-from medledger.interop.synth import generate
-from medledger.node import Node
+from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medledger.cli import app
-from medledger.config import (
+from medledger.node.config import (
     ConfigError,
     HospitalConfig,
     load_config,

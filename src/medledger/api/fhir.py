@@ -243,7 +243,7 @@ def make_router() -> APIRouter:
         # The hospital records it on the patient's behalf; the evidence is this request.
         body["evidence_hash"] = hashlib.sha256(orjson.dumps(claims.raw) + raw).digest()
         from medledger.ledger.errors import Code
-        from medledger.wallet import TxRejected
+        from medledger.node.wallet import TxRejected
 
         try:
             committed = await anyio.to_thread.run_sync(

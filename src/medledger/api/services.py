@@ -24,10 +24,10 @@ from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
-from medledger.ingest import Ingestor
+from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
-from medledger.secretfile import SecretFileExists, write_secret
+from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -271,6 +271,6 @@ class HospitalServices:
         else:
             submitted = self.node.wallet.submit("access.log", {"entries": entries})
             if not submitted.accepted:
-                from medledger.wallet import TxRejected
+                from medledger.node.wallet import TxRejected
 
                 raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")

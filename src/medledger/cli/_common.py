@@ -28,10 +28,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Known failures become one clear line and a non-zero exit, never a traceback."""
-    from medledger.config import ConfigError
     from medledger.ledger.keys import KeyFileError
+    from medledger.node.config import ConfigError
+    from medledger.node.wallet import TxRejected
     from medledger.vault.errors import VaultError
-    from medledger.wallet import TxRejected
 
     try:
         yield

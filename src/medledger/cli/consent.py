@@ -28,7 +28,7 @@ from medledger.cli._common import HomeOption, console, fail, user_errors
 
 if TYPE_CHECKING:
     from medledger.node import Node
-    from medledger.wallet import Wallet
+    from medledger.node.wallet import Wallet
 
 PatientOption = Annotated[
     str, typer.Option("--patient", help="The patient's INS, or their pid (64 hex).")
@@ -58,8 +58,8 @@ TakenByOption = Annotated[
 def pid_arg(value: str, home: Path) -> str:
     """A pid as such, or a patient's INS pseudonymised under the consortium key (the INS itself
     goes nowhere else)."""
-    from medledger.config import load_config
-    from medledger.patients import resolve_pid
+    from medledger.node.config import load_config
+    from medledger.node.patients import resolve_pid
 
     text = value.strip().lower()
     if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
@@ -120,7 +120,7 @@ def csv(value: str) -> list[str]:
 def signer(node: Node, practitioner: str = "", patient_key: Path | None = None) -> Wallet:
     """The wallet to sign with: the patient's key, a practitioner's, or the hospital's."""
     from medledger.ledger.keys import SigningKey
-    from medledger.wallet import Wallet
+    from medledger.node.wallet import Wallet
 
     if patient_key is not None:
         return Wallet(SigningKey.from_file(patient_key), node.config.chain_id, node.engine)

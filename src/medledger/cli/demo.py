@@ -2,7 +2,7 @@
 
 On CometBFT (the default) it starts every hospital's CometBFT and node processes on loopback;
 with `--solo` the whole sandbox runs in this process on the solo engine. Then it loads
-synthetic patients and plays the scenario of `medledger.scenario`, prints each hospital's URLs
+synthetic patients and plays the scenario of `medledger.cli._scenario`, prints each hospital's URLs
 and demo tokens, and serves until Ctrl-C (`--no-serve` stops after the scenario).
 """
 
@@ -73,15 +73,15 @@ def _stop_previous(directory: Path) -> None:
 
 
 def _hospitals(nodes: list[Any]) -> list[Any]:
-    from medledger.scenario import Hospital
+    from medledger.cli._scenario import Hospital
     from medledger.vault import Vault
 
     return [Hospital(n, Vault.open(n.config.vault_config())) for n in nodes]
 
 
 def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
-    from medledger.runtime import Sandbox
-    from medledger.scenario import Hospital, play
+    from medledger.cli._runtime import Sandbox
+    from medledger.cli._scenario import Hospital, play
 
     with Sandbox(homes) as sandbox:
         hospitals = [Hospital(r.node, r.vault) for r in sandbox.runtimes]
@@ -92,9 +92,9 @@ def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
 
 
 def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool) -> None:
+    from medledger.cli._scenario import eventually, play
     from medledger.consensus.cometbft import processes
     from medledger.node import Node
-    from medledger.scenario import eventually, play
 
     say("Starting each hospital's CometBFT validator and node (ledger, gateway, sync agent, API).")
     processes.up(directory)

@@ -1,7 +1,7 @@
 """`medledger emergency open|review|list`: break-the-glass, and its review by the DPO.
 
 Neither the reason code nor the written justification goes on the chain (both say something
-about the patient's health): they are kept in the hospital's home (`medledger.notes`) and only
+about the patient's health): they are kept in the hospital's home (`medledger.node.notes`) and only
 their salted hash is posted. `list` shows the reason to the hospital that kept it, that is, to
 the DPO who reviews its practitioners' openings; other hospitals see that one was given.
 """
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            from medledger.notes import NoteStore, emergency_justification
+            from medledger.node.notes import NoteStore, emergency_justification
 
             body = {
                 "pid": pid_arg(patient, home),
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Review an emergency access of your hospital's practitioner."""
         from medledger.node import Node
-        from medledger.notes import NoteStore
+        from medledger.node.notes import NoteStore
 
         with user_errors():
             # Kept here like the justification; a plain hash of a short note could be guessed.
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Emergency accesses by your practitioners or to your records, newest first."""
         from medledger.node import Node
-        from medledger.notes import NoteStore
+        from medledger.node.notes import NoteStore
 
         with user_errors(), Node.open(home) as node:
             args = {"org": node.config.org, "unreviewed": unreviewed}

@@ -14,8 +14,8 @@ from medledger.cli._common import HomeOption, console, fail, short, user_errors
 
 
 def _open_store(home: Path):  # type: ignore[no-untyped-def]
-    from medledger.config import load_config
     from medledger.ledger.store import Store
+    from medledger.node.config import load_config
 
     config = load_config(home)
     if not config.ledger_db.exists():

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medledger import heap
 from medledger.cli._common import HomeOption, console, fail, user_errors
+from medledger.node import heap
 
 if TYPE_CHECKING:
+    from medledger.cli._runtime import HospitalRuntime
     from medledger.node import Node
-    from medledger.runtime import HospitalRuntime
     from medledger.vault import Vault
 
 log = logging.getLogger("medledger.node")
@@ -62,7 +62,7 @@ def _logging(level: str) -> None:
 
 
 def _start(node: Node, vault: Vault, sync: bool, **options: Any) -> HospitalRuntime:
-    from medledger.runtime import HospitalRuntime
+    from medledger.cli._runtime import HospitalRuntime
 
     return HospitalRuntime(node, vault, **options).start(sync=sync)
 
@@ -74,9 +74,9 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
     are missing), the replica keeps serving CometBFT and the failure is logged, since a
     validator that stops voting would weaken the whole network.
     """
-    from medledger.config import load_config
     from medledger.consensus.cometbft.run_app import engine_for_home, open_application
     from medledger.node import Node
+    from medledger.node.config import load_config
     from medledger.vault import Vault
 
     config = load_config(home)
@@ -127,7 +127,7 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
 
 def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
     """Every hospital of a solo consortium in this process, sharing one engine and ledger."""
-    from medledger.config import ConfigError, hospital_homes, load_config
+    from medledger.node.config import ConfigError, hospital_homes, load_config
 
     homes = hospital_homes(directory)
     if not homes:
@@ -137,7 +137,7 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
         raise ConfigError(
             f"{directory} uses the {first.engine} engine: start it with `medledger net up`"
         )
-    from medledger.runtime import Sandbox
+    from medledger.cli._runtime import Sandbox
 
     with Sandbox(homes, interval=0.2, sync=sync) as sandbox:
         for r in sandbox.runtimes:
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     ) -> None:
         """Run the hospital's node: ledger engine, vault, mTLS gateway, sync agent, events."""
-        from medledger.config import load_config
+        from medledger.node.config import load_config
 
         _logging(log_level)
         stop = _stop_event()

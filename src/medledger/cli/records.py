@@ -20,9 +20,9 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[str, typer.Option(help="The patient's INS (or pid).")],
     ) -> None:
         """A patient's index entries on the chain, with the metadata this hospital can open."""
-        from medledger.indexing import MetadataError, open_meta
         from medledger.node import Node
-        from medledger.patients import resolve_pid
+        from medledger.node.indexing import MetadataError, open_meta
+        from medledger.node.patients import resolve_pid
         from medledger.vault import Vault
         from medledger.vault.errors import VaultError
 
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from medledger.node import Node
-        from medledger.registrations import reconcile
+        from medledger.node.registrations import reconcile
         from medledger.vault import Vault
 
         with (

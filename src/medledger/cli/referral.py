@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Refer a patient to another hospital for a procedure on a date."""
         from medledger.node import Node
-        from medledger.notes import NoteStore, referral_letter, referral_letter_hash
+        from medledger.node.notes import NoteStore, referral_letter, referral_letter_hash
 
         with user_errors():
             notes = NoteStore(home)

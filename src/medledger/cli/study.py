@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Register a study sponsored by your hospital."""
         from medledger.node import Node
-        from medledger.notes import NoteStore, study_title
+        from medledger.node.notes import NoteStore, study_title
 
         with user_errors():
             body = {
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
     def show(home: HomeOption, study_id: StudyOption) -> None:
         """A study and its releases."""
         from medledger.node import Node
-        from medledger.notes import NoteStore, title_of_study
+        from medledger.node.notes import NoteStore, title_of_study
 
         with user_errors(), Node.open(home) as node:
             record = node.engine.query("research/study", {"study": study_id})

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
         """Mint a bearer token (EdDSA JWT) signed by the hospital's built-in issuer."""
         from medledger.api.services import issuer_key
         from medledger.api.tokens import mint
-        from medledger.config import load_config
-        from medledger.patients import resolve_pid
+        from medledger.node.config import load_config
+        from medledger.node.patients import resolve_pid
 
         with user_errors():
             config = load_config(home)

@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Validate, encrypt into the vault and register on the chain; a file is all or nothing."""
-        from medledger.ingest import Ingestor
         from medledger.node import Node
-        from medledger.registrations import reconcile
+        from medledger.node.ingest import Ingestor
+        from medledger.node.registrations import reconcile
         from medledger.vault import Vault
 
         paths = _expand(files)
@@ -101,8 +101,8 @@ def register(app: typer.Typer) -> None:
         import hashlib
 
         from medledger.node import Node
-        from medledger.patients import resolve_pid
-        from medledger.shredding import carry_out
+        from medledger.node.patients import resolve_pid
+        from medledger.node.shredding import carry_out
         from medledger.vault import Vault
 
         evidence_hash = hashlib.sha256(evidence.read_bytes()).digest() if evidence else b""
@@ -164,8 +164,8 @@ def register(app: typer.Typer) -> None:
         accepted, fetched by the sync agent when it has a basis for them.
         """
         from medledger.node import Node
-        from medledger.patients import resolve_pid
-        from medledger.shredding import reinstate_copies
+        from medledger.node.patients import resolve_pid
+        from medledger.node.shredding import reinstate_copies
         from medledger.vault import Vault
 
         if force != (reason is not None):

@@ -5,7 +5,7 @@ hospital, without consent, for a limited time (24 h by default, at most the poli
 with a mandatory justification. Even a reason code ("unconscious", "life-threatening") is a
 fact about the patient's health, so none goes on the chain: the justification (a code from
 `REASONS` and the practitioner's note, with a random salt) stays with the practitioner's
-hospital (`medledger.notes`), where its DPO reviews it, and only its SHA-256, `reason_hash`,
+hospital (`medledger.node.notes`), where its DPO reviews it, and only its SHA-256, `reason_hash`,
 is posted: mandatory, and it binds the hospital to the text it will show. A tx that still
 carries a `reason` is refused, naming the field.
 

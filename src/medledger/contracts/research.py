@@ -3,7 +3,7 @@
 A sponsor hospital registers a study: the hash of its protocol, its ethics approval reference,
 the data categories it needs and its minimum cohort size. Its title is no part of the chain:
 "Heart failure outcomes" next to the pids that enrol would tell every member what those
-patients suffer from. The sponsor keeps the title (`medledger.notes`, with a random salt) and
+patients suffer from. The sponsor keeps the title (`medledger.node.notes`, with a random salt) and
 posts only `title_hash`, so a title shown elsewhere can be checked; a non-empty `title` is
 refused. The study id is public: the sponsor must choose one that names no condition (the
 portal shows it). Free-text `ethics_ref` is at most `MAX_ETHICS_REF` characters.

@@ -24,8 +24,8 @@ from nacl.public import PrivateKey, SealedBox
 from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.exchange.pki import TlsFiles, client_context, peer_org
 from medledger.exchange.signing import RequestSigner
-from medledger.indexing import check_commitment
 from medledger.ledger.keys import SigningKey
+from medledger.node.indexing import check_commitment
 
 if TYPE_CHECKING:
     from medledger.node import Node

@@ -69,9 +69,9 @@ from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Decision, Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
-from medledger.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
+from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
+from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
-from medledger.wallet import TxRejected
 
 if TYPE_CHECKING:
     from medledger.node import Node

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medledger.config import TLS_DIR
-from medledger.secretfile import read_secret, write_secret
+from medledger.host.secretfile import read_secret, write_secret
+from medledger.node.config import TLS_DIR
 
 CA_DAYS = 3650
 LEAF_DAYS = 825

@@ -60,10 +60,10 @@ from medledger.exchange.client import (
 from medledger.exchange.events import block_events
 from medledger.exchange.gateway import Caller, Refused, b64
 from medledger.exchange.policy import Policy, record_meta
-from medledger.indexing import MetadataError, check_commitment, epoch_of, open_meta
 from medledger.ledger.results import BlockRecord
+from medledger.node.indexing import MetadataError, check_commitment, epoch_of, open_meta
+from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordConflict, RecordNotFound, Vault
-from medledger.wallet import TxRejected
 
 if TYPE_CHECKING:
     from medledger.exchange.events import StreamEvent

@@ -1,6 +1,6 @@
 """Ed25519 signing keys (pynacl) and their files.
 
-Key files hold the 32-byte seed in hex; they are read and written by medledger.secretfile
+Key files hold the 32-byte seed in hex; they are read and written by medledger.host.secretfile
 (mode 0600, no symbolic link, written atomically so that a crash never leaves a half-written
 key behind).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from medledger.secretfile import SecretFileError, read_hex_secret, write_secret
+from medledger.host.secretfile import SecretFileError, read_hex_secret, write_secret
 
 
 class KeyFileError(SecretFileError):

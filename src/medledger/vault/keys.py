@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from medledger.secretfile import (
+from medledger.host.secretfile import (
     InsecureSecretFile,
     SecretFileError,
     SecretFileExists,
@@ -129,7 +129,7 @@ def parse_key_text(raw: bytes, *, allow_raw: bool = True) -> bytes:
 def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
     """Load the hospital's key-encryption key from a key file, else from an env variable.
 
-    The key file is read by medledger.secretfile: it must be a regular file (not
+    The key file is read by medledger.host.secretfile: it must be a regular file (not
     a link) that neither group nor others can read or write (mode 0600 or
     stricter); anything looser is refused with InsecureKeyFileError instead of
     being silently used. The mode is checked on the opened descriptor, so a file
@@ -162,7 +162,7 @@ def load_kek(path: Path | None, env_var: str = DEFAULT_KEK_ENV) -> bytes:
 def create_kek_file(path: Path, *, overwrite: bool = False) -> bytes:
     """Write a new random KEK to `path` (mode 0600 from creation on) and return it.
 
-    The key is written by medledger.secretfile.write_secret: to a temporary
+    The key is written by medledger.host.secretfile.write_secret: to a temporary
     file created 0600 in the same folder, fsynced, then moved into place
     atomically, so a crash never leaves a half-written or briefly world-readable
     key. Without `overwrite` an existing file is never replaced (os.link fails

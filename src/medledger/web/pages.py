@@ -496,7 +496,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
     def find(request: Request, patient: Annotated[str, Form()]) -> Response:
         """The INS is typed in a form and turned into the pid at once: it never appears in a
         URL, a log line or the browser's history."""
-        from medledger.patients import resolve_pid
+        from medledger.node.patients import resolve_pid
 
         svc = _svc(request)
         claims = _claims(request)
@@ -515,7 +515,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
         note: Annotated[str, Form()],
         categories: Annotated[str, Form()] = "*",
     ) -> Response:
-        from medledger.wallet import TxRejected
+        from medledger.node.wallet import TxRejected
 
         svc = _svc(request)
         claims = _claims(request)
@@ -524,7 +524,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
         practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
         try:
-            from medledger.notes import NoteStore
+            from medledger.node.notes import NoteStore
 
             # The note stays here, salted: a bare hash of a short note could be guessed.
             kept = NoteStore(svc.node.config.home).keep("access-request", note=note)
@@ -548,7 +548,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
         reason: Annotated[str, Form()],
         note: Annotated[str, Form()],
     ) -> Response:
-        from medledger.wallet import TxRejected
+        from medledger.node.wallet import TxRejected
 
         svc = _svc(request)
         claims = _claims(request)
@@ -556,7 +556,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
             return _login_form(svc, "/clinician", _clinician_refusal(claims))
         practitioner = claims.subject.removeprefix("Practitioner/")
         try:
-            from medledger.notes import NoteStore, emergency_justification
+            from medledger.node.notes import NoteStore, emergency_justification
 
             wallet = svc.node.practitioner_wallet(practitioner)
             # The reason code and note stay here for the DPO; the chain gets their hash.
@@ -697,7 +697,7 @@ def _on_behalf(svc: HospitalServices, claims: Claims, kind: str, body: dict[str,
 def _act(
     svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any], anchor: str
 ) -> Response:
-    from medledger.wallet import TxRejected
+    from medledger.node.wallet import TxRejected
 
     refusal = _not_custodian(svc, claims)  # checked before signing anything
     if refusal is None:
@@ -779,7 +779,7 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
     ]
     mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
     study_rows = []
-    from medledger.notes import NoteStore, title_of_study
+    from medledger.node.notes import NoteStore, title_of_study
 
     notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
     for st in engine.query("research/studies", {}):
@@ -864,7 +864,7 @@ def _hospitals_health(svc: HospitalServices) -> dict[str, str]:
     """Each hospital's node as its own /health reports it (height, app hash), or why not."""
     import httpx
 
-    from medledger.config import hospital_homes, load_config
+    from medledger.node.config import hospital_homes, load_config
 
     out: dict[str, str] = {}
     try:

@@ -35,7 +35,7 @@ class RpcEngine:
 
     @classmethod
     def for_home(cls, config: Any) -> RpcEngine:
-        """From a `medledger.config.HospitalConfig` (its "cometbft" section, or config.toml)."""
+        """From a `medledger.node.config.HospitalConfig` ("cometbft" section, or config.toml)."""
         from medledger.consensus.cometbft.verify import rpc_url_for
 
         return cls(rpc_url_for(config), config.ledger_db)

@@ -19,17 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medledger import heap
 from medledger.consensus.cometbft.engine import CometEngine
 from medledger.consensus.cometbft.testnet import node_addresses
+from medledger.node import heap
 
 log = logging.getLogger("medledger.app")
 
 
 def open_application(home: Path) -> Any:
     """The hospital's ledger replica, as its config.json describes it."""
-    from medledger.config import load_config
     from medledger.ledger.app import Application
+    from medledger.node.config import load_config
 
     config = load_config(home)
     return Application.open(config.ledger_db, config.genesis())

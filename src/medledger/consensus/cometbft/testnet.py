@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medledger.netutil import free_ports
+from medledger.host.ports import free_ports
 
 COMETBFT_VERSION = "0.38.25"
 PORTS_PER_NODE = 4  # p2p, rpc, abci, prometheus (reserved: prometheus stays disabled)

@@ -43,7 +43,7 @@ class HospitalRuntime:
         return f"http://{self.api.host}:{self.api.port}"
 
     def start(self, sync: bool = True) -> HospitalRuntime:
-        from medledger.registrations import Reconciler
+        from medledger.node.registrations import Reconciler
 
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medledger.config import ConfigError, HospitalConfig, load_config
 from medledger.consensus.engine import Engine
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
-from medledger.wallet import Wallet
+from medledger.node.config import ConfigError, HospitalConfig, load_config
+from medledger.node.wallet import Wallet
 
 
 class LedgerBusy(ConfigError):

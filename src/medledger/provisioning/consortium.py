@@ -26,7 +26,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medledger.config import (
+from medledger.exchange import pki
+from medledger.host.ports import free_port
+from medledger.host.secretfile import write_secret
+from medledger.ledger.genesis import Genesis, GenesisMember
+from medledger.ledger.keys import SigningKey
+from medledger.node.config import (
     TLS_DIR,
     ApiSection,
     CometbftSection,
@@ -41,11 +46,6 @@ from medledger.config import (
     save_config,
     save_consortium,
 )
-from medledger.exchange import pki
-from medledger.ledger.genesis import Genesis, GenesisMember
-from medledger.ledger.keys import SigningKey
-from medledger.netutil import free_port
-from medledger.secretfile import write_secret
 
 HOSPITAL_NAMES = [
     ("chu-lyon", "CHU de Lyon"),

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medledger.host.secretfile import read_hex_secret
 from medledger.ledger.genesis import Genesis
 from medledger.ledger.keys import SigningKey
-from medledger.secretfile import read_hex_secret
 
 if TYPE_CHECKING:
     from medledger.vault import VaultConfig

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from medledger.consensus.engine import Committed, Engine
 from medledger.ledger.errors import Code
 from medledger.ledger.tx import decode_tx
+from medledger.node.wallet import TxRejected, Wallet
 from medledger.vault import ProvisionalUnit, UnitSettled, Vault
-from medledger.wallet import TxRejected, Wallet
 
 log = logging.getLogger(__name__)
 

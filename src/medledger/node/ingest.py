@@ -28,14 +28,13 @@ from typing import Any
 
 import orjson
 
-from medledger import registrations
-from medledger.indexing import commitment, seal_meta
 from medledger.interop.errors import InputError
-from medledger.node import Node
-from medledger.registrations import RegistrationFailed, RegistrationPending
+from medledger.node import Node, registrations
+from medledger.node.indexing import commitment, seal_meta
+from medledger.node.registrations import RegistrationFailed, RegistrationPending
+from medledger.node.wallet import TxRejected
 from medledger.vault import Vault
 from medledger.vault.errors import VaultError
-from medledger.wallet import TxRejected
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 
-from medledger.ingest import Ingestor
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
-from medledger.notes import NoteStore, emergency_justification, referral_letter, study_title
+from medledger.node.ingest import Ingestor
+from medledger.node.notes import NoteStore, emergency_justification, referral_letter, study_title
+from medledger.node.wallet import TxRejected, Wallet
 from medledger.vault import Vault
-from medledger.wallet import TxRejected, Wallet
 
 DAY_MS = 24 * 3600 * 1000
 Say = Callable[[str], None]
