@@ -49,8 +49,11 @@ def hospitals_health(svc: HospitalServices) -> dict[str, NodeHealth]:
         except Exception as exc:
             out[home.name] = NodeHealth(up=False, error=type(exc).__name__)
             continue
-        same = mine is not None and data.get("height") == mine.height
-        agree = same and data.get("app_hash") == mine.app_hash.hex()
+        agree = (
+            mine is not None
+            and data.get("height") == mine.height
+            and data.get("app_hash") == mine.app_hash.hex()
+        )
         out[str(data.get("org"))] = NodeHealth(
             up=True, height=data.get("height"), same_app_hash=agree
         )
