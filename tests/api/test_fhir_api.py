@@ -131,7 +131,7 @@ def test_pages_render_for_a_signed_in_patient_and_the_explorer_verifies(api: Api
 
 
 def test_duplicate_exams_across_hospitals_are_flagged() -> None:
-    from medledger.web.pages import duplicate_exams
+    from medledger.web.clinician_rules import duplicate_exams
 
     rows = [
         {

@@ -156,7 +156,7 @@ def test_posting_a_consent_needs_a_consent_write_scope(api: Api) -> None:
 
 
 def test_a_practitioner_token_that_reads_nothing_cannot_break_the_glass(api: Api) -> None:
-    from medledger.web.pages import csrf_token
+    from medledger.web.auth import csrf_token
 
     _practitioner(api, "dr-urg", ["physician", "emergency"])
     headers = api.token("Practitioner/dr-urg", "launch")

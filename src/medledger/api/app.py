@@ -61,9 +61,9 @@ def create_app(services: HospitalServices) -> FastAPI:
         }
 
     app.include_router(make_router())
-    from medledger.web.pages import make_router as make_pages
+    from medledger.web import router as pages
 
-    app.include_router(make_pages())
+    app.include_router(pages())
     return app
 
 

@@ -1,1 +1,24 @@
-"""Server-rendered pages: patient portal, clinician view, network explorer (no build step)."""
+"""Server-rendered pages: the patient portal, the clinician view, the network explorer.
+
+The package owns the pages' routes and their HTML (Jinja2 templates in `templates/`, with
+`render.py` the only place that renders them). Each module is one router with one public
+`router()`: `auth` (sign-in/out, cookie, CSRF and Origin checks), `home`, `portal`,
+`clinician` (with its advice rules in `clinician_rules`), `explorer` and `health`; `records`
+is the timeline both portal and clinician show. Pages read and act through the API's
+services, scopes and tokens (`medledger.api`) and the node; nothing below imports `web`, and
+`api/app.py` mounts `router()`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def router() -> APIRouter:
+    """Every page route, as `api/app.py` mounts them."""
+    from medledger.web import auth, clinician, explorer, health, home, portal
+
+    pages = APIRouter()
+    for module in (home, auth, portal, clinician, explorer, health):
+        pages.include_router(module.router())
+    return pages

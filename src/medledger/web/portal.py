@@ -1,0 +1,303 @@
+"""The patient portal: my records, who accessed my data (with proofs), consents, access
+requests, studies, erasure, and the acts hospitals took in my name.
+
+Every read the portal makes is decided and recorded on the chain exactly like an API read,
+and it shows only the resource types (and categories) the token's scopes let the API serve.
+An action needs the scope of the FHIR write it amounts to (a consent: `Consent` create or
+update; an erasure request: `Patient` delete), and the hospital signs it for the patient only
+when it is one of their custodians (the contract refuses any other hospital too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from medledger.api.auth import allows
+from medledger.api.outcomes import FhirError
+from medledger.api.services import HospitalServices
+from medledger.api.tokens import Claims, patient_of
+from medledger.contracts.access import reason_in_words
+from medledger.web.auth import (
+    csrf_token,
+    guard_post,
+    login_form,
+    patient_claims,
+    services,
+    signed_in,
+)
+from medledger.web.records import timeline_rows
+from medledger.web.render import message, render, when
+
+
+def router() -> APIRouter:
+    """The portal page, its actions (each a POST signed by the hospital in the patient's
+    name) and the proofs of the patient's own txs."""
+    routes = APIRouter(dependencies=[Depends(guard_post)])
+
+    @routes.get("/portal")
+    def portal(request: Request) -> Response:
+        svc = services(request)
+        claims = signed_in(request)
+        pid = None if claims is None else patient_of(claims)
+        if claims is None or pid is None:
+            return login_form(request, "/portal")
+        decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
+        records = timeline_rows(svc, pid, claims)
+        if records:
+            svc.record_access(
+                claims,
+                pid,
+                "read",
+                "patient-request",
+                decision,
+                [r["rid"] for r in records],
+                wait=False,
+            )
+        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        # The chain knows every hospital's index entries for this patient; those held
+        # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
+        held = {r["rid"] for r in records}
+        everything = allows(claims, "*", "search")  # counts of every type: for *-scopes only
+        elsewhere = [
+            entry
+            for entry in svc.node.engine.query("records/of_patient", {"pid": pid})
+            if entry["rid"] not in held and not entry["shredded"]
+        ]
+        if everything is None or everything.categories is not None:
+            elsewhere = []
+        by_custodian: dict[str, list[int]] = {}
+        for entry in elsewhere:
+            by_custodian.setdefault(entry["custodian"], []).append(entry["time"])
+        sealed = [
+            {"date": when(max(times))[:10], "count": len(times), "source": custodian}
+            for custodian, times in sorted(by_custodian.items())
+        ]
+        accesses = [
+            {
+                **a,
+                "basis": a["basis"] or reason_in_words(a["reason"]),
+                "tx": a["tx"].hex(),
+                "signer": a.get("signer", ""),
+                "request_signer": a.get("request_signer") or "",
+            }
+            for a in reversed(trail)
+        ]
+        sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None
+        return render(
+            request,
+            "portal.html",
+            "My health records",
+            csrf=csrf_token(svc, claims),
+            pid=pid,
+            records=records,
+            sealed=sealed,
+            accesses=accesses if allows(claims, "AuditEvent", "search") else None,
+            sections=sections,
+        )
+
+    def _patient(
+        request: Request, resource_type: str, interaction: str
+    ) -> tuple[HospitalServices, Claims, str]:
+        """The signed-in patient, if their scopes allow the FHIR write this action is."""
+        claims, pid = patient_claims(request, resource_type, interaction)
+        return services(request), claims, pid
+
+    @routes.post("/portal/consent")
+    def grant(
+        request: Request,
+        grantee: Annotated[str, Form()],
+        purpose: Annotated[str, Form()],
+        categories: Annotated[str, Form()] = "*",
+        end: Annotated[str, Form()] = "",
+    ) -> Response:
+        import time
+        from datetime import date, datetime
+
+        svc, claims, pid = _patient(request, "Consent", "create")
+        end_ms = 0
+        if end:
+            day = date.fromisoformat(end)
+            end_ms = int(
+                datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
+            )
+        cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
+        body = {
+            "pid": pid,
+            "grantee": grantee,
+            "categories": cats,
+            "purpose": purpose,
+            "start_ms": int(time.time() * 1000),
+            "end_ms": end_ms,
+        }
+        return _act(request, svc, claims, "consent.grant", body, "#consents")
+
+    @routes.post("/portal/consent/{cid}/revoke")
+    def revoke(request: Request, cid: int) -> Response:
+        svc, claims, pid = _patient(request, "Consent", "update")
+        consent = svc.node.engine.query("consent/get", {"id": cid})
+        if consent is None or consent["pid"] != pid:  # only one's own consents
+            raise FhirError(404, "not-found", f"no consent {cid} of yours")
+        return _act(
+            request,
+            svc,
+            claims,
+            "consent.revoke",
+            {"id": cid, "reason": "patient-request"},
+            "#consents",
+        )
+
+    @routes.post("/portal/study/{study}/{action}")
+    def study(request: Request, study: str, action: str) -> Response:
+        svc, claims, pid = _patient(request, "Consent", "create" if action == "enrol" else "update")
+        if action not in ("enrol", "withdraw"):
+            raise FhirError(404, "not-found", "no such action")
+        return _act(
+            request, svc, claims, f"research.{action}", {"study": study, "pid": pid}, "#studies"
+        )
+
+    @routes.post("/portal/erasure")
+    def erasure(request: Request) -> Response:
+        svc, claims, pid = _patient(request, "Patient", "delete")
+        return _act(request, svc, claims, "erasure.request", {"pid": pid}, "#erasure")
+
+    @routes.get("/portal/proof/{tx}")
+    def proof(request: Request, tx: str) -> Response:
+        from medledger.ledger.proofs import prove_tx
+
+        svc = services(request)
+        _, pid = patient_claims(request, "AuditEvent", "search")
+        app = svc.node.app
+        if app is None:
+            raise FhirError(404, "not-found", "this node keeps no ledger replica")
+        # Only the txs of the patient's own trail and records: a tx id is no key to others'.
+        engine = svc.node.engine
+        own = {a["tx"].hex() for a in engine.query("access/of_patient", {"pid": pid})} | {
+            r["tx"].hex() for r in engine.query("records/of_patient", {"pid": pid})
+        }
+        found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
+        if found is None:
+            raise FhirError(404, "not-found", f"tx {tx} is not one of your records or accesses")
+        return JSONResponse(
+            found.to_json(),
+            headers={"Content-Disposition": f'attachment; filename="proof-{tx[:16]}.json"'},
+        )
+
+    return routes
+
+
+def _on_behalf(svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any]) -> None:
+    """The hospital signs for the patient through its portal (channel `portal`, no practitioner
+    took it); the evidence is the patient's authenticated request (their token's claims and
+    what they asked), whose hash goes on the chain. Only a custodian of the patient may: the
+    contract refuses any other hospital (patients.acting_for_patient)."""
+    evidence = hashlib.sha256(
+        orjson.dumps({"token": claims.raw, "kind": kind, "body": body}, default=str)
+    ).digest()
+    svc.node.wallet.send(kind, {**body, "evidence_hash": evidence, "channel": "portal"})
+
+
+def _act(
+    request: Request,
+    svc: HospitalServices,
+    claims: Claims,
+    kind: str,
+    body: dict[str, Any],
+    anchor: str,
+) -> Response:
+    from medledger.node.wallet import TxRejected
+
+    refusal = _not_custodian(svc, claims)  # checked before signing anything
+    if refusal is None:
+        try:
+            _on_behalf(svc, claims, kind, body)
+        except TxRejected as exc:
+            refusal = exc.log
+    if refusal is not None:
+        return message(request, "Refused", refusal, 409, cls="bad", back=f"/portal{anchor}")
+    return RedirectResponse(f"/portal{anchor}", status_code=303)
+
+
+def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
+    """Why this hospital's portal may not act for the signed-in patient, if it may not: only a
+    custodian of the patient acts in their name (the contract refuses anyone else too)."""
+    held = svc.node.engine.query(
+        "records/of_patient", {"pid": claims.patient, "custodian": svc.org}
+    )
+    if any(not entry["shredded"] for entry in held):
+        return None
+    return (
+        f"not a custodian of this patient: {svc.org} holds none of your care records, so it "
+        "cannot act in your name; ask a hospital that treats you"
+    )
+
+
+def _self_grant_note(consent: dict[str, Any]) -> str:
+    """Tell the patient when a hospital gave itself access in their name, and any contest."""
+    if not consent.get("self_granted"):
+        return ""
+    signed = consent["signed"]
+    taker = f", request taken by {signed['practitioner']}" if signed["practitioner"] else ""
+    note = f"{signed['org']} granted itself this access on your behalf ({signed['channel']}{taker})"
+    contest = consent.get("contest")
+    if contest:
+        note += f"; contested by {contest['org']}'s DPO ({contest['reason']})"
+    return note
+
+
+def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
+    """Consents (grant, revoke), studies (enrol, withdraw), erasure and the acts in the
+    patient's name, from the ledger, as data for `portal.html`."""
+    engine = svc.node.engine
+    consents = [
+        {
+            **c,
+            "period": when(c["start_ms"]) + (" → " + when(c["end_ms"]) if c["end_ms"] else ""),
+            "note": _self_grant_note(c),
+            "revocable": c["status"] in ("active", "contested"),
+        }
+        for c in engine.query("consent/list", {"pid": pid})
+    ]
+    requests = [
+        {**r, "who": r["org"] + (f"/{r['practitioner']}" if r["practitioner"] else "")}
+        for r in engine.query("consent/requests", {"pid": pid})
+    ]
+    mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
+    from medledger.node.notes import NoteStore, title_of_study
+
+    notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
+    studies = []
+    for st in engine.query("research/studies", {}):
+        enrolled = mine.get(st["id"], {}).get("status") == "enrolled"
+        studies.append(
+            {
+                **st,
+                "title": title_of_study(notes, st),
+                "enrolled": enrolled,
+                "action": "withdraw" if enrolled else "enrol",
+            }
+        )
+    erasure = engine.query("erasure/status", {"pid": pid})
+    waiting = engine.query("erasure/pending", {"pid": pid}) if erasure is None else None
+    hours = None
+    if erasure is None and waiting is None:
+        hours = engine.query("policies/params", {})["on_behalf_delay_ms"] // (3600 * 1000)
+    members = [m for m in engine.query("governance/members", {}) if m["org"] != svc.org]
+    notices = engine.query("patients/notices", {"pid": pid})
+    return {
+        "consents": consents,
+        "requests": requests,
+        "studies": studies,
+        "erasure": erasure,
+        "waiting": waiting,
+        "hours": hours,
+        "members": members,
+        "custodians": sorted(notices["custodians"].items()),
+        "acts": notices["acts"],
+        "rebind": notices["rebind"],
+    }
