@@ -45,11 +45,12 @@ def test_a_read_view_sees_the_committed_state_while_a_block_is_cut(node: Node) -
 
     cutter = threading.Thread(target=cut)
     with node.engine.read_view() as view:
+        # The view holds the lock blocks are cut under: no block commits while it is open.
+        assert held_by_another_thread(node.app.lock)
         before = resolve_actor(view, key)
         cutter.start()
         assert cutting.wait(10)
-        # The block waits for the view: the view still shows the height it opened on.
-        assert held_by_another_thread(node.app.lock)
+        # The block waits for the view, which still shows the height it opened on.
         assert resolve_actor(view, key) is None and before is None
         assert not committed.is_set()
     cutter.join(10)
@@ -66,7 +67,8 @@ def test_the_cometbft_engine_view_holds_the_abci_lock_and_the_apps() -> None:
     engine = CometEngine(app, "tcp://127.0.0.1:0", "http://127.0.0.1:9")  # not started
     try:
         with engine.read_view() as view:
-            # No ABCI call (a commit among them) and no other reader of the app runs meanwhile.
+            # No ABCI call (a commit among them) and no other reader of the app runs meanwhile
+            # (the ABCI server serves under the app's own lock when the app has one).
             assert held_by_another_thread(engine.lock)
             assert held_by_another_thread(app.lock)
             member = resolve_actor(view, net.orgs["h1"].public_key)
