@@ -101,8 +101,7 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
         if runtime is not None:
             runtime.stop()
         engine.close()
-        with engine.lock:
-            app.close()
+        engine.close_app()
         if vault is not None:
             vault.close()
         log.info("%s: stopped", config.org)

@@ -8,10 +8,12 @@ which one orders the transactions.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medledger.ledger.results import BlockRecord, TxResult
+from medledger.ledger.store import StateView
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class Engine(Protocol):
 
     def height(self) -> int:
         """Last committed height."""
+        ...
+
+    def read_view(self) -> AbstractContextManager[StateView]:
+        """A read-only view of the last committed state, steady against a concurrent commit
+        (the engine takes whatever lock it needs inside); only engines with a local replica."""
         ...
 
     def blocks(self, from_height: int = 1, follow: bool = False) -> Iterator[BlockRecord]:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from medledger.consensus.engine import Committed, Submitted
@@ -20,6 +21,7 @@ from medledger.ledger import codec
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import BlockRecord, TxResult
+from medledger.ledger.store import StateView
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,10 @@ class SoloEngine:
 
     def query(self, path: str, data: Any = None) -> Any:
         return self.app.query_obj(path, data)
+
+    def read_view(self) -> AbstractContextManager[StateView]:
+        """The last committed state; the app lock is the one blocks are cut under."""
+        return self.app.read_view()
 
     def height(self) -> int:
         return self.app.height

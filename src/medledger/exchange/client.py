@@ -68,6 +68,24 @@ class FetchedRecord:
     basis: str
     commitment: bytes
 
+    @classmethod
+    def from_wire(
+        cls, rec: dict[str, Any], custodian: str, pid: str, basis: str, commitment: bytes
+    ) -> FetchedRecord:
+        """A record as a custodian sends it (bytes in base64), once `verify_fetched` has
+        checked it against `commitment`: a fetch's answer and a referral's delivery alike."""
+        return cls(
+            custodian=custodian,
+            pid=pid,
+            rid=rec["rid"],
+            version=int(rec["version"]),
+            resource_type=str(rec["resource_type"]),
+            resource=base64.b64decode(rec["resource"]),
+            salt=base64.b64decode(rec["salt"]),
+            basis=basis,
+            commitment=commitment,
+        )
+
 
 @dataclass(frozen=True)
 class Fetched:
@@ -256,17 +274,7 @@ class ExchangeClient:
             versions = self.node.engine.query("records/versions", {"rid": rec["rid"]})
             commitment = verify_fetched(versions, rec, custodian, pid)
             out.append(
-                FetchedRecord(
-                    custodian=custodian,
-                    pid=pid,
-                    rid=rec["rid"],
-                    version=int(rec["version"]),
-                    resource_type=str(rec["resource_type"]),
-                    resource=base64.b64decode(rec["resource"]),
-                    salt=base64.b64decode(rec["salt"]),
-                    basis=str(rec.get("basis", "")),
-                    commitment=commitment,
-                )
+                FetchedRecord.from_wire(rec, custodian, pid, str(rec.get("basis", "")), commitment)
             )
         return Fetched(out, list(answer.get("denied", [])), list(answer.get("missing", [])))
 

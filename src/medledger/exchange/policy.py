@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +68,8 @@ class Policy:
     @contextmanager
     def state(self) -> Iterator[StateView]:
         """A read-only view of committed state, held steady against a concurrent commit."""
-        app = self.node.app
-        assert app is not None
-        outer = getattr(self.node.engine, "lock", None)  # CometEngine serialises ABCI calls
-        with outer if outer is not None else nullcontext(), app.lock:
-            yield StateView(app.store)
+        with self.node.engine.read_view() as view:
+            yield view
 
     def actor(self, key: bytes) -> Actor | None:
         with self.state() as state:

@@ -4,7 +4,7 @@
 hospital in a single process, sharing the solo engine and one directory of gateway addresses.
 
     HOME/exchange/evidence.db   every signed request received (signing.py)
-    HOME/exchange/sync.db       the sync agent's cursor, metadata keys and jobs (sync.py)
+    HOME/exchange/sync.db       the sync agent's cursor, metadata keys and jobs (sync/store.py)
 """
 
 from __future__ import annotations

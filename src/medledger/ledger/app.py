@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,6 +371,18 @@ class Application:
         for listener in list(self._listeners):
             listener(record)
         return record
+
+    @contextmanager
+    def read_view(self) -> Iterator[StateView]:
+        """The last committed state, held steady while the caller reads several keys.
+
+        The app lock is held until the block exits, so a block executed meanwhile commits
+        only after it: every read inside sees one height. What is written to the view stays
+        in the view (a StateView buffers writes); the store is never touched. Keep the reads
+        short: the next commit waits for them.
+        """
+        with self.lock:
+            yield StateView(self.store)
 
     def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
         self._listeners.append(fn)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from medledger.consensus.engine import Committed, Submitted
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.results import BlockRecord, Event, TxResult
+from medledger.ledger.store import StateView
 
 
 class RpcEngine:
@@ -88,6 +90,10 @@ class RpcEngine:
                 enum_code = Code.MALFORMED
             raise TxError(enum_code, str(response.get("log", "")))
         return codec.decode(b64(response.get("value")))
+
+    def read_view(self) -> AbstractContextManager[StateView]:
+        """No view here: this engine reads a remote node's state through its RPC (`query`)."""
+        raise NotImplementedError("a remote engine holds no replica to view: use query")
 
     def height(self) -> int:
         return int(self.rpc.abci_info().get("last_block_height", 0))

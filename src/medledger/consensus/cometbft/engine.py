@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from medledger.consensus.cometbft.abci_server import AbciServer, AbciServerThread
@@ -22,6 +23,7 @@ from medledger.consensus.engine import Committed, Submitted
 from medledger.ledger import codec
 from medledger.ledger.errors import Code
 from medledger.ledger.results import BlockRecord, TxResult
+from medledger.ledger.store import StateView
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,13 @@ class CometEngine:
             raw = data if isinstance(data, bytes) else codec.encode(data or {})
             return self.app.query(path, raw)
 
+    @contextmanager
+    def read_view(self) -> Iterator[StateView]:
+        """The last committed state, steady while read: the ABCI lock first (CometBFT's calls
+        are served under it, a commit among them), then the app's, as a query takes them."""
+        with self.lock, self.app.read_view() as view:
+            yield view
+
     def height(self) -> int:
         with self.lock:
             return int(self.app.info().height)
@@ -180,6 +189,11 @@ class CometEngine:
             with self._cond:
                 if not self._closed:
                     self._cond.wait(1.0)
+
+    def close_app(self) -> None:
+        """Close the application once no ABCI call runs in it (after `close`)."""
+        with self.lock:
+            self.app.close()
 
     def close(self) -> None:
         """Stop serving ABCI (CometBFT will stop too) and release the RPC client."""
