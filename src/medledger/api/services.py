@@ -24,6 +24,7 @@ from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
+from medledger.contracts import queries
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
@@ -151,7 +152,7 @@ class HospitalServices:
                 403, "forbidden", f"{claims.subject} is neither a practitioner nor a system"
             )
         key = self.practitioner_key(claims)
-        actor = None if key is None else self.node.engine.query("identity/actor", {"key": key})
+        actor = None if key is None else queries.actor_of_key(self.node.engine, key)
         if actor is None or actor["org"] != self.org or actor["practitioner"] != ident:
             raise FhirError(
                 403, "forbidden", f"{claims.subject} is not a practitioner registered by {self.org}"

@@ -63,6 +63,7 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
+from medledger.contracts import queries
 from medledger.contracts.access import denial_code
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
@@ -643,7 +644,7 @@ class Gateway:
         }
 
     def _box_key(self, org: str) -> bytes:
-        for member in self.node.engine.query("governance/members"):
+        for member in queries.members(self.node.engine):
             if member["org"] == org and member.get("box_key"):
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")

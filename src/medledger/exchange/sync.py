@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from medledger.contracts import queries
 from medledger.contracts.access import denial_code
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import resolve_actor
@@ -405,12 +406,12 @@ class SyncAgent:
         return [r[0] for r in rows]
 
     def _custodians(self, pid: str) -> list[str]:
-        entries = self.node.engine.query("records/of_patient", {"pid": pid})
+        entries = queries.records_of_patient(self.node.engine, pid)
         return sorted({e["custodian"] for e in entries if e["custodian"] != self.org})
 
     def _study_sponsor(self, study: str) -> str | None:
         try:
-            found = self.node.engine.query("research/study", {"study": study})
+            found = queries.study(self.node.engine, study)
         except Exception:
             return None
         return None if not found else str(found.get("sponsor"))
@@ -476,7 +477,7 @@ class SyncAgent:
 
     def _referral(self, ref: int) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] | None = self.node.engine.query("referral/status", {"id": ref})
+            found: dict[str, Any] | None = queries.referral_status(self.node.engine, ref)
         except Exception:
             return None
         return found
@@ -726,7 +727,7 @@ class SyncAgent:
         return f"{len(rids)} records delivered to {receiver}"
 
     def _member_key(self, org: str) -> bytes:
-        for member in self.node.engine.query("governance/members"):
+        for member in queries.members(self.node.engine):
             if member["org"] == org:
                 return bytes(member["key"])
         raise Refused(409, f"{org} is not a member")
@@ -746,7 +747,7 @@ class SyncAgent:
             raise Refused(409, f"referral {ref_id} is {ref['status']}")
         checked = []
         for rec in records:
-            versions = self.node.engine.query("records/versions", {"rid": rec.get("rid")})
+            versions = queries.record_versions(self.node.engine, rec.get("rid"))
             try:
                 commitment = verify_fetched(versions, rec, ref["from"], pid)
             except ExchangeError as exc:
@@ -840,7 +841,7 @@ class SyncAgent:
         with self.store.tx() as db:
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
-        if self.node.engine.query("records/shredded", {"holder": self.org, "pid": pid}) is None:
+        if queries.shredded(self.node.engine, self.org, pid) is None:
             self.node.wallet.send(
                 "records.shredded",
                 {

@@ -36,6 +36,7 @@ from medledger.api.outcomes import FhirError
 from medledger.api.scopes import ScopeError, grants
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, TokenError, patient_of, verify_token
+from medledger.contracts import queries
 from medledger.contracts.access import reason_in_words
 from medledger.web.render import e, page, table, when
 
@@ -243,7 +244,7 @@ def make_router() -> APIRouter:
                 [r["rid"] for r in records],
                 wait=False,
             )
-        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        trail = queries.access_of_patient(svc.node.engine, pid)
         record_rows = [[e(r["date"]), e(r["type"]), e(r["title"]), e(r["source"])] for r in records]
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
@@ -251,7 +252,7 @@ def make_router() -> APIRouter:
         everything = allows(claims, "*", "search")  # counts of every type: for *-scopes only
         elsewhere = [
             entry
-            for entry in svc.node.engine.query("records/of_patient", {"pid": pid})
+            for entry in queries.records_of_patient(svc.node.engine, pid)
             if entry["rid"] not in held and not entry["shredded"]
         ]
         if everything is None or everything.categories is not None:
@@ -362,7 +363,7 @@ decision. Each line has a proof you can check offline with
     @router.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
         svc, claims, pid = _patient(request, "Consent", "update")
-        consent = svc.node.engine.query("consent/get", {"id": cid})
+        consent = queries.consent_get(svc.node.engine, cid)
         if consent is None or consent["pid"] != pid:  # only one's own consents
             raise FhirError(404, "not-found", f"no consent {cid} of yours")
         return _act(
@@ -396,8 +397,8 @@ decision. Each line has a proof you can check offline with
             raise FhirError(404, "not-found", "this node keeps no ledger replica")
         # Only the txs of the patient's own trail and records: a tx id is no key to others'.
         engine = svc.node.engine
-        own = {a["tx"].hex() for a in engine.query("access/of_patient", {"pid": pid})} | {
-            r["tx"].hex() for r in engine.query("records/of_patient", {"pid": pid})
+        own = {a["tx"].hex() for a in queries.access_of_patient(engine, pid)} | {
+            r["tx"].hex() for r in queries.records_of_patient(engine, pid)
         }
         found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
         if found is None:
@@ -590,7 +591,7 @@ reviewed by your DPO, the patient is told): <select name="reason">
                         f"<code>{e(record.header.app_hash.hex()[:16])}</code>",
                     ]
                 )
-        members = engine.query("governance/members", {})
+        members = queries.members(engine)
         health = _hospitals_health(svc)
         validators = [
             [
@@ -757,7 +758,7 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
             if c["status"] in ("active", "contested")
             else "",
         ]
-        for c in engine.query("consent/list", {"pid": pid})
+        for c in queries.consent_list(engine, pid)
     ]
     requests = [
         [
@@ -775,14 +776,14 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
                 "<button>Grant</button></form>"
             ),
         ]
-        for r in engine.query("consent/requests", {"pid": pid})
+        for r in queries.consent_requests(engine, pid)
     ]
-    mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
+    mine = {r["study"]: r for r in queries.research_of_patient(engine, pid)}
     study_rows = []
     from medledger.node.notes import NoteStore, title_of_study
 
     notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
-    for st in engine.query("research/studies", {}):
+    for st in queries.studies(engine):
         enrolled = mine.get(st["id"], {}).get("status") == "enrolled"
         action = "withdraw" if enrolled else "enrol"
         title = title_of_study(notes, st)
@@ -795,8 +796,8 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
                 f'<form class="inline" method="post" action="/portal/study/{e(st["id"])}/{action}"><button>{action.capitalize()}</button></form>',
             ]
         )
-    erasure = engine.query("erasure/status", {"pid": pid})
-    waiting = engine.query("erasure/pending", {"pid": pid}) if erasure is None else None
+    erasure = queries.erasure_status(engine, pid)
+    waiting = queries.erasure_pending(engine, pid) if erasure is None else None
     if waiting is not None:
         erasure_html = (
             f"<p>Request {e(waiting['id'])}, filed in your name by {e(waiting['signed']['org'])}:"
@@ -805,7 +806,7 @@ def _portal_sections(svc: HospitalServices, pid: str) -> str:
             "treats you can cancel it.</p>"
         )
     elif erasure is None:
-        hours = engine.query("policies/params", {})["on_behalf_delay_ms"] // (3600 * 1000)
+        hours = queries.policy_params(engine)["on_behalf_delay_ms"] // (3600 * 1000)
         erasure_html = f"""<form method="post" action="/portal/erasure"><p>You may ask every hospital to
 erase your data. Care records under legal retention (20 years) are kept by the hospital that made
 them; copies held elsewhere are erased. Asked here, the request takes effect after {hours} hours,
@@ -817,7 +818,7 @@ and the other hospitals that treat you are told.</p><button>Request erasure</but
         )
     options = "".join(
         f'<option value="org:{e(m["org"])}">{e(m["name"])}</option>'
-        for m in engine.query("governance/members", {})
+        for m in queries.members(engine)
         if m["org"] != svc.org
     )
     return f"""
@@ -829,7 +830,7 @@ and the other hospitals that treat you are told.</p><button>Request erasure</but
 <label>until <input name="end" type="date"></label><button>Grant</button></form>
 <h2 id="studies">Research studies</h2>{table(["study", "title", "data", "me", ""], study_rows, "no study open")}
 <h2 id="erasure">Erasure</h2>{erasure_html}
-{_notices_html(engine.query("patients/notices", {"pid": pid}))}"""
+{_notices_html(queries.patient_notices(engine, pid))}"""
 
 
 def _notices_html(notices: dict[str, Any]) -> str:
