@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts.common import check_id
+from medledger.contracts.governance import is_member
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.records import MAX_BASIS, acting_org, check_pid
 from medledger.ledger.contract import Context, Contract, Message, parse_message
@@ -295,7 +296,7 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
             f"field entries[{i}].request: an access by {e.actor_org}, served by {custodian}, "
             "needs its signed request",
         )
-    if not ctx.state.has(f"gov/member/{e.actor_org}"):
+    if not is_member(ctx.state, e.actor_org):
         raise TxError(Code.NOT_FOUND, f"field entries[{i}].actor_org: not a member hospital")
     if practitioner is not None and not ctx.state.has(f"id/prac/{org}/{practitioner}"):
         raise TxError(Code.NOT_FOUND, f"{where}: {org} registered no practitioner {practitioner}")

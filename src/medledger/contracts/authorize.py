@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, emergency, referral
+from medledger.contracts import consent, emergency, governance, referral
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
@@ -66,7 +66,7 @@ def _deny(reason: str) -> Decision:
 def actor_from_ref(state: StateView, ref: str) -> Actor | None:
     """An actor named as `<org>` (the hospital itself) or `<org>/<practitioner>`."""
     org, _, practitioner = ref.partition("/")
-    member = state.get(f"gov/member/{org}")
+    member = governance.member(state, org)
     if not practitioner:
         return None if member is None else Actor(org, None, ("organisation",), True)
     record = state.get(f"id/prac/{org}/{practitioner}")

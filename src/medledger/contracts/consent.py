@@ -57,6 +57,7 @@ from medledger.contracts.categories import (
     covers,
 )
 from medledger.contracts.common import check_id
+from medledger.contracts.governance import is_member
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import (
     REQUEST_ROLES,
@@ -149,7 +150,7 @@ def _check_grantee(state: StateView, grantee: str) -> str:
     kind, _, rest = grantee.partition(":")
     if kind == "org":
         check_id(rest, "grantee")
-        if not state.has(f"gov/member/{rest}"):
+        if not is_member(state, rest):
             raise TxError(Code.NOT_FOUND, f"field grantee: {rest!r} is not a member hospital")
     elif kind == "practitioner":
         org, _, practitioner = rest.partition("/")
@@ -183,7 +184,7 @@ def grant(ctx: Context, msg: Grant) -> None:
     categories = check_categories(msg.categories)
     if msg.custodian != "*":
         check_id(msg.custodian, "custodian")
-        if not ctx.state.has(f"gov/member/{msg.custodian}"):
+        if not is_member(ctx.state, msg.custodian):
             raise TxError(Code.NOT_FOUND, f"field custodian: {msg.custodian!r} is not a member")
     if msg.start_ms < 0:
         raise TxError(Code.INVALID_BODY, "field start_ms: must not be negative")

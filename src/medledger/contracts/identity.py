@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts.common import check_id, member_of_key, require_member
+from medledger.contracts.common import check_id
+from medledger.contracts.governance import is_member, member_of_key, require_member
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -134,8 +135,7 @@ def resolve_actor(state: StateView, key: bytes) -> Actor | None:
         return None
     org, practitioner = ref
     record = state.get(f"id/prac/{org}/{practitioner}")
-    member = state.get(f"gov/member/{org}")
-    active = bool(record["active"]) and member is not None
+    active = bool(record["active"]) and is_member(state, org)
     return Actor(org, practitioner, tuple(record["roles"]), active)
 
 

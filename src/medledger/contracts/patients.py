@@ -67,7 +67,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts.common import check_id, member_of_key
+from medledger.contracts.common import check_id
+from medledger.contracts.governance import member_of_key
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import (

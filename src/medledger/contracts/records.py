@@ -50,6 +50,7 @@ from typing import Any
 
 from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id
+from medledger.contracts.governance import is_member
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
@@ -278,7 +279,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
             d = parse_message(Disclosure, raw)
         except TxError as exc:
             raise TxError(exc.code, f"disclosures[{i}]: {exc.message}") from None
-        if d.org == custodian or not ctx.state.has(f"gov/member/{d.org}"):
+        if d.org == custodian or not is_member(ctx.state, d.org):
             raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].org: not another member")
         if not 0 < len(d.basis) <= MAX_BASIS:
             raise TxError(

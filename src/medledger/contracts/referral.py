@@ -35,6 +35,7 @@ from typing import Any
 from medledger.contracts.categories import ALL, check_categories, covers
 from medledger.contracts.common import check_id
 from medledger.contracts.consent import get_consent
+from medledger.contracts.governance import is_member
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import acting_org, check_pid, is_shredded
@@ -146,7 +147,7 @@ def create(ctx: Context, msg: Create) -> None:
     check_id(msg.to, "to")
     if msg.to == origin:
         raise TxError(Code.INVALID_BODY, "field to: a hospital does not refer to itself")
-    if not ctx.state.has(f"gov/member/{msg.to}"):
+    if not is_member(ctx.state, msg.to):
         raise TxError(Code.NOT_FOUND, f"field to: {msg.to!r} is not a member hospital")
     categories = check_categories(msg.categories)
     if categories == [ALL]:
