@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, emergency, governance, referral
+from medledger.contracts import consent, emergency, governance, records, referral
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
@@ -134,7 +134,7 @@ def authorize(
     rid = record_meta.get("rid")
     if rid is not None:
         # When the record is named, its index entry must say the same (pid and custodian).
-        entry = state.get(f"rec/entry/{rid}") if isinstance(rid, str) else None
+        entry = records.entry(state, rid) if isinstance(rid, str) else None
         if entry is None or entry["pid"] != pid or entry["custodian"] != custodian:
             return _deny(f"invalid request: {rid!r} is not this patient's record at {custodian}")
 

@@ -35,7 +35,7 @@ from typing import Any
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import check_hash
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import check_pid
+from medledger.contracts.records import check_pid, custodians_of
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -66,7 +66,7 @@ def get_opening(state: StateView, eid: int) -> dict[str, Any] | None:
 
 
 def _custodians(state: StateView, pid: str) -> list[str]:
-    return sorted({str(c) for _, c in state.scan(f"rec/pid/{pid}/")})
+    return custodians_of(state, pid)
 
 
 def open_(ctx: Context, msg: Open) -> None:

@@ -47,7 +47,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, referral, research
+from medledger.contracts import consent, records, referral, research
 from medledger.contracts.common import DAY_MS
 from medledger.contracts.patients import (
     acting_for_patient,
@@ -106,10 +106,7 @@ def add_years(ms: int, years: int) -> int:
 def _custodians(state: StateView, pid: str) -> dict[str, tuple[int, int]]:
     """custodian -> (number of records, time of the latest) for this patient."""
     found: dict[str, tuple[int, int]] = {}
-    for key, custodian in state.scan(f"rec/pid/{pid}/"):
-        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
-        if entry is None:
-            continue
+    for custodian, entry in records.indexed(state, pid):
         n, latest = found.get(custodian, (0, 0))
         found[custodian] = (n + 1, max(latest, int(entry["time"])))
     return found

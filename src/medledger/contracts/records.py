@@ -45,6 +45,7 @@ State (prefix `rec/`):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,15 +426,27 @@ def is_custodian(state: StateView, pid: str, org: str) -> bool:
     return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
 
 
+def entry(state: StateView, rid: str) -> dict[str, Any] | None:
+    """A record's index entry (pid, custodian, version, hashes), or None."""
+    found: dict[str, Any] | None = state.get(f"rec/entry/{rid}")
+    return found
+
+
+def indexed(state: StateView, pid: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(holder, index entry) of each care record of the pid, in the index's key order."""
+    for key, holder in state.scan(f"rec/pid/{pid}/"):
+        found = entry(state, key.rsplit("/", 1)[1])
+        if found is not None:
+            yield str(holder), found
+
+
 def entries_of(state: StateView, pid: str, custodian: str | None = None) -> list[dict[str, Any]]:
     found = []
-    for key, holder in state.scan(f"rec/pid/{pid}/"):
+    for holder, record in indexed(state, pid):
         if custodian is not None and holder != custodian:
             continue
-        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
-        if entry is not None:
-            entry["shredded"] = is_shredded(state, entry["custodian"], pid)
-            found.append(entry)
+        record["shredded"] = is_shredded(state, record["custodian"], pid)
+        found.append(record)
     return found
 
 
@@ -446,8 +459,7 @@ def q_of_patient(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def q_entry(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
-    entry: dict[str, Any] | None = state.get(f"rec/entry/{args.get('rid')}")
-    return entry
+    return entry(state, str(args.get("rid")))
 
 
 def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:

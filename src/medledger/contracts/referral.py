@@ -39,6 +39,7 @@ from medledger.contracts.governance import is_member
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import acting_org, check_pid, is_shredded
+from medledger.contracts.records import entry as record_entry
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -106,7 +107,7 @@ def _save(state: StateView, ref: dict[str, Any]) -> None:
 
 
 def _record_of(state: StateView, rid: str, pid: str, custodian: str, where: str) -> dict[str, Any]:
-    entry: dict[str, Any] | None = state.get(f"rec/entry/{rid}")
+    entry = record_entry(state, rid)
     if entry is None or entry["pid"] != pid or entry["custodian"] != custodian:
         raise TxError(
             Code.NOT_FOUND, f"field {where}: {rid!r} is not a record of {custodian} for this pid"

@@ -63,7 +63,7 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
-from medledger.contracts import queries
+from medledger.contracts import queries, records
 from medledger.contracts.access import denial_code
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
@@ -404,7 +404,7 @@ class Gateway:
             else:
                 found = []
                 for rid in rids:
-                    entry = state.get(f"rec/entry/{rid}")
+                    entry = records.entry(state, rid)
                     if entry is not None and entry["pid"] == pid and entry["custodian"] == self.org:
                         found.append(entry)
         return [e for e in found if not e.get("shredded")]
