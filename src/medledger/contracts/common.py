@@ -19,3 +19,9 @@ def check_id(value: str, field: str) -> str:
             f"field {field}: {value!r} is not a valid id (a-z, 0-9, '.', '_', '-'; max 64)",
         )
     return value
+
+
+def check_pid(pid: str, field: str = "pid") -> str:
+    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
+        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
+    return pid

@@ -49,10 +49,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts.access import MAX_BASIS, MAX_RIDS, check_basis, record_entry
+from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
-from medledger.contracts.common import check_id
+from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.governance import is_member
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.identity import acting_org
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -65,7 +67,6 @@ META_CT_SIZES = tuple(12 + size + 16 for size in META_BUCKETS)
 MAX_ENTRIES = 2000
 #: Roles that may author records (the care roles; an organisation key may too).
 WRITER_ROLES = PURPOSE_ROLES["treatment"]
-MAX_BASIS = 200
 
 
 @dataclass
@@ -108,25 +109,7 @@ class Shredded:
     copies: int = 0
 
 
-def check_pid(pid: str, field: str = "pid") -> str:
-    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
-        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
-    return pid
-
-
-def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
-    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
-    actor = resolve_actor(ctx.state, ctx.signer)
-    if actor is None or not actor.active:
-        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
-    if role is not None and not actor.is_org and role not in actor.roles:
-        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
-    return actor.org, actor.practitioner
-
-
 def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
-    from medledger.ledger.contract import parse_message
-
     try:
         entry = parse_message(Entry, raw)
     except TxError as exc:
@@ -167,9 +150,6 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
 
 def _log_writes(ctx: Context, custodian: str, author: str, pids: dict[str, str], n: int) -> None:
     """The registration's writes on the access trail, in its own tx (see module doc)."""
-    from medledger.contracts.access import MAX_RIDS, record_entry
-    from medledger.contracts.access import Entry as AccessEntry
-
     by_key: dict[tuple[str, str], list[str]] = {}
     for rid, pid in sorted(pids.items()):  # a defined order: the rids land on the chain
         action = "create" if ctx.state.get(f"rec/entry/{rid}")["version"] == 1 else "update"
@@ -269,9 +249,6 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
     hospital is served without waiting for one more block. The custodian attests the basis,
     as it does in `access.log`.
     """
-    from medledger.contracts.access import Entry as AccessEntry
-    from medledger.contracts.access import check_basis, record_entry
-
     n = 0
     for i, raw in enumerate(msg.disclosures):
         if not isinstance(raw, dict):
