@@ -464,7 +464,7 @@ def _serve_search(
     count: int,
     action: str,
 ) -> Response:
-    from medledger.api.services import Decision
+    from medledger.contracts.authorize import Decision
 
     allowed = []
     denied: dict[str, list[str]] = {}  # reason -> rids

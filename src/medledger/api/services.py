@@ -25,6 +25,7 @@ from typing import Any
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
 from medledger.contracts import queries
+from medledger.contracts.authorize import Decision
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
@@ -75,13 +76,6 @@ class SignedOut:
 
     def revoked(self, token_id: str) -> bool:
         return token_id in self._until
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    basis: str
-    reason: str
 
 
 @dataclass
@@ -219,8 +213,8 @@ class HospitalServices:
             return Decision(
                 False, "", f"unknown actor: {claims.subject} is neither a practitioner nor a system"
             )
-        result = self.node.engine.query(
-            "authorize/check",
+        result = queries.authorize_check(
+            self.node.engine,
             {
                 "key": key,
                 "pid": pid,
@@ -229,7 +223,7 @@ class HospitalServices:
                 "at_ms": int(time.time() * 1000),
             },
         )
-        return Decision(bool(result["allowed"]), str(result["basis"]), str(result["reason"]))
+        return Decision.from_obj(result)
 
     def record_access(
         self,

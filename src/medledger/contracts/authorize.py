@@ -58,6 +58,11 @@ class Decision:
     def to_obj(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "basis": self.basis, "reason": self.reason}
 
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> Decision:
+        """A decision read back from the `authorize/check` query (see to_obj)."""
+        return cls(bool(obj["allowed"]), str(obj["basis"]), str(obj["reason"]))
+
 
 def _deny(reason: str) -> Decision:
     return Decision(False, "", reason)

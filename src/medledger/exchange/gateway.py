@@ -65,10 +65,11 @@ from starlette.concurrency import run_in_threadpool
 
 from medledger.contracts import queries, records
 from medledger.contracts.access import denial_code
+from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
-from medledger.exchange.policy import Decision, Policy, record_meta
+from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected

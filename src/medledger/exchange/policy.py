@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medledger.contracts.authorize import Decision
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.ledger.store import StateView
 
@@ -22,13 +22,6 @@ if TYPE_CHECKING:
     from medledger.node import Node
 
 AuthorizeFn = Callable[[StateView, Actor, str, dict[str, Any], str, int], Any]
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    basis: str  # e.g. "consent:12", "referral:3", "custodian"
-    reason: str  # why not, when refused
 
 
 def load_authorize() -> AuthorizeFn:
