@@ -242,21 +242,23 @@ class HospitalServices:
         several entries, in several txs if need be. A denial's reason goes on the chain as its
         code (access.denial_code); the wording is the caller's answer, never on the chain.
         """
-        from medledger.contracts.access import denial_code
+        from medledger.contracts.access import log_entry
 
-        base = {
-            "actor": self.actor_of(claims),
-            "actor_org": self.org,
-            "pid": pid,
-            "action": action,
-            "purpose": purpose,
-            "outcome": "granted" if decision.allowed else "denied",
-            "basis": decision.basis,
-            "reason": "" if decision.allowed else denial_code(decision.reason),
-        }
+        actor = self.actor_of(claims)
         # Every record served is named: large pages become several entries of one tx.
         chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]
-        entries = [{**base, "rids": chunk} for chunk in chunks] or [{**base, "rids": []}]
+        entries = [
+            log_entry(
+                actor=actor,
+                actor_org=self.org,
+                pid=pid,
+                action=action,
+                purpose=purpose,
+                decision=decision,
+                rids=chunk,
+            )
+            for chunk in chunks or [[]]
+        ]
         for start in range(0, len(entries), _ENTRIES_PER_TX):
             self._log(entries[start : start + _ENTRIES_PER_TX], wait)
 

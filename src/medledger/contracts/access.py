@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.governance import is_member
@@ -62,6 +62,9 @@ from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import verify
 from medledger.ledger.store import StateView
+
+if TYPE_CHECKING:
+    from medledger.contracts.authorize import Decision  # authorize reads records, which logs here
 
 ACTIONS = ("read", "search", "create", "update", "export", "delete", "break-glass")
 OUTCOMES = ("granted", "denied")
@@ -130,6 +133,39 @@ def denial_code(reason: str) -> str:
         ):
             best = code
     return best or "denied"
+
+
+def log_entry(
+    *,
+    actor: str,
+    actor_org: str,
+    pid: str,
+    action: str,
+    purpose: str,
+    decision: Decision,
+    rids: list[str],
+    request: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one builder of an `access.log` entry from a decision, for every caller off-chain.
+
+    A denial carries no basis and only its reason's code (denial_code): the wording stays
+    with the caller, never on the chain. `request` is the signed request of another
+    hospital's actor (see module doc); a hospital's own act has none.
+    """
+    entry: dict[str, Any] = {
+        "actor": actor,
+        "actor_org": actor_org,
+        "pid": pid,
+        "action": action,
+        "purpose": purpose,
+        "outcome": "granted" if decision.allowed else "denied",
+        "basis": decision.basis if decision.allowed else "",
+        "reason": "" if decision.allowed else denial_code(decision.reason),
+        "rids": rids,
+    }
+    if request is not None:
+        entry["request"] = request
+    return entry
 
 
 def reason_in_words(code: str) -> str:

@@ -64,7 +64,7 @@ from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
 from medledger.contracts import queries, records
-from medledger.contracts.access import denial_code
+from medledger.contracts.access import log_entry
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
@@ -331,19 +331,17 @@ class Gateway:
     def _entry(
         self, caller: Caller, pid: str, action: str, purpose: str, rids: list[str], d: Decision
     ) -> dict[str, Any]:
-        return {
-            "actor": caller.label,
-            "actor_org": caller.actor.org,
-            "pid": pid,
-            "action": action,
-            "purpose": purpose,
-            "outcome": "granted" if d.allowed else "denied",
-            "basis": d.basis if d.allowed else "",
-            # The chain gets the reason's code; the wording stays in the evidence table.
-            "reason": "" if d.allowed else denial_code(d.reason),
-            "rids": rids,
-            "request": caller.request.request_fields(),  # every replica verifies it
-        }
+        # The chain gets the reason's code; the wording stays in the evidence table.
+        return log_entry(
+            actor=caller.label,
+            actor_org=caller.actor.org,
+            pid=pid,
+            action=action,
+            purpose=purpose,
+            decision=d,
+            rids=rids,
+            request=caller.request.request_fields(),  # every replica verifies it
+        )
 
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
         """Write the access entries and wait until the network has committed them.

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medledger.contracts import queries
-from medledger.contracts.access import denial_code
+from medledger.contracts.access import log_entry
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import resolve_actor
 from medledger.exchange.client import (
@@ -706,17 +706,15 @@ class SyncAgent:
         # The push is this hospital's own act (the receiver signed no request, and an entry
         # naming another hospital's actor needs its signed request): the basis, the referral,
         # says to whom.
-        entry_log = {
-            "actor": f"org:{self.org}",
-            "actor_org": self.org,
-            "pid": pid,
-            "action": "export",
-            "purpose": "treatment",
-            "outcome": "denied" if denied else "granted",
-            "basis": "" if denied else decision.basis,
-            "reason": denial_code(decision.reason) if denied else "",
-            "rids": rids,
-        }
+        entry_log = log_entry(
+            actor=f"org:{self.org}",
+            actor_org=self.org,
+            pid=pid,
+            action="export",
+            purpose="treatment",
+            decision=decision,
+            rids=rids,
+        )
         self.node.wallet.send("access.log", {"entries": [entry_log]})
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
