@@ -55,6 +55,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from medledger.contracts import identity
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
@@ -334,7 +335,7 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
         )
     if not is_member(ctx.state, e.actor_org):
         raise TxError(Code.NOT_FOUND, f"field entries[{i}].actor_org: not a member hospital")
-    if practitioner is not None and not ctx.state.has(f"id/prac/{org}/{practitioner}"):
+    if practitioner is not None and not identity.is_practitioner(ctx.state, org, practitioner):
         raise TxError(Code.NOT_FOUND, f"{where}: {org} registered no practitioner {practitioner}")
 
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, emergency, governance, records, referral
+from medledger.contracts import consent, emergency, governance, identity, records, referral
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
@@ -74,7 +74,7 @@ def actor_from_ref(state: StateView, ref: str) -> Actor | None:
     member = governance.member(state, org)
     if not practitioner:
         return None if member is None else Actor(org, None, ("organisation",), True)
-    record = state.get(f"id/prac/{org}/{practitioner}")
+    record = identity.practitioner(state, org, practitioner)
     if record is None:
         return None
     active = bool(record["active"]) and member is not None

@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medledger.contracts import identity
 from medledger.contracts.categories import (
     check_categories,
     check_purpose,
@@ -156,7 +157,7 @@ def _check_grantee(state: StateView, grantee: str) -> str:
         org, _, practitioner = rest.partition("/")
         check_id(org, "grantee")
         check_id(practitioner, "grantee")
-        record = state.get(f"id/prac/{org}/{practitioner}")
+        record = identity.practitioner(state, org, practitioner)
         if record is None or not record["active"]:
             raise TxError(Code.NOT_FOUND, f"field grantee: no active practitioner {rest!r}")
     elif kind == "study":
@@ -285,7 +286,7 @@ def revoke(ctx: Context, msg: Revoke) -> None:
                 "evidence (evidence_hash) may revoke this consent",
             )
         if practitioner is not None:
-            roles = ctx.state.get(f"id/prac/{org}/{practitioner}")["roles"]
+            roles = identity.roles_of(ctx.state, org, practitioner)
             if not REQUEST_ROLES.intersection(roles):
                 raise TxError(
                     Code.UNAUTHORIZED,

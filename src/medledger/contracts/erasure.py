@@ -277,7 +277,7 @@ def attest(ctx: Context, msg: Attest) -> None:
     if digest:
         check_hash(digest, "digest")
     else:
-        shredded = ctx.state.get(f"rec/shredded/{org}/{req['pid']}")
+        shredded = records.shred_statement(ctx.state, org, req["pid"])
         if shredded is None:
             raise TxError(
                 Code.INVALID_BODY,

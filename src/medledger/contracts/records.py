@@ -49,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts import identity
 from medledger.contracts.access import MAX_BASIS, MAX_RIDS, check_basis, record_entry
 from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
@@ -140,7 +141,7 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
     check_id(ident, "author")
     if practitioner is not None and practitioner != ident:
         raise TxError(Code.UNAUTHORIZED, "field author: a practitioner signs only as themself")
-    record = ctx.state.get(f"id/prac/{custodian}/{ident}")
+    record = identity.practitioner(ctx.state, custodian, ident)
     if record is None or not record["active"]:
         raise TxError(Code.UNAUTHORIZED, f"field author: {author} is not an active practitioner")
     if not WRITER_ROLES.intersection(record["roles"]):
@@ -369,6 +370,12 @@ def is_shredded(state: StateView, holder: str, pid: str) -> bool:
     return state.has(f"rec/shredded/{holder}/{pid}")
 
 
+def shred_statement(state: StateView, holder: str, pid: str) -> dict[str, Any] | None:
+    """The holder's records.shredded statement for the pid (digest, counts), or None."""
+    found: dict[str, Any] | None = state.get(f"rec/shredded/{holder}/{pid}")
+    return found
+
+
 def custodians_of(state: StateView, pid: str) -> list[str]:
     """Hospitals holding this patient's care records in the index (their own, not copies)."""
     return sorted({str(holder) for _, holder in state.scan(f"rec/pid/{pid}/")})
@@ -444,8 +451,7 @@ def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = state.get(f"rec/shredded/{args.get('holder')}/{args.get('pid')}")
-    return found
+    return shred_statement(state, str(args.get("holder")), str(args.get("pid")))
 
 
 CONTRACTS = [
