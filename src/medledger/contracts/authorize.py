@@ -35,7 +35,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, emergency, governance, identity, records, referral
+from medledger.contracts import (
+    consent,
+    emergency,
+    governance,
+    identity,
+    records,
+    referral,
+    research,
+)
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
@@ -304,7 +312,7 @@ def _enrolment(
         cats = ", ".join(record["categories"])
         closest.offer(2, 0, f"other category: study {study} covers {cats}, not {category}")
         return None
-    enrolment = state.get(f"research/enrol/{study}/{pid}")
+    enrolment = research.enrolment_of(state, study, pid)
     if enrolment is None:
         closest.offer(3, 0, f"not enrolled: the patient is not enrolled in {study}")
         return None
@@ -332,24 +340,23 @@ def meta_epoch(state: StateView, pid: str, at_ms: int) -> int:
     hospital whose entitlement ended cannot open what is registered after.
     """
     ended = 0
-    for _, c in state.scan(f"consent/by/{pid}/"):
+    for c in consent.index_of(state, pid):
         end = int(c.get("end_ms") or 0)
         if int(c.get("revoked_ms") or 0) or (end and end <= at_ms):
             ended += 1
-    for key, _ in state.scan(f"research/pid/{pid}/"):
-        study_id = key.rsplit("/", 1)[1]
-        enrolment = state.get(f"research/enrol/{study_id}/{pid}") or {}
+    for study_id in research.studies_of(state, pid):
+        enrolment = research.enrolment_of(state, study_id, pid) or {}
         ended += sum(1 for h in enrolment.get("history", []) if h[1] == "withdrawn")
         study = get_study(state, study_id)
         if enrolment.get("status") == "enrolled" and (
             study is None or not study_open(study, at_ms)
         ):
             ended += 1
-    for _, r in state.scan(f"referral/to/{pid}/"):
+    for r in referral.index_of(state, pid):
         end = int(r.get("end_ms") or 0)
         if r.get("status") == "cancelled" or (end and end <= at_ms):
             ended += 1
-    for _, e in state.scan(f"emergency/by/{pid}/"):
+    for e in emergency.index_of(state, pid):
         if int(e.get("expires") or 0) <= at_ms:
             ended += 1
     return ended

@@ -432,6 +432,11 @@ def entries_for(state: StateView, pid: str, grantee: str) -> list[dict[str, Any]
     return [v for _, v in state.scan(f"consent/by/{pid}/{grantee_key(grantee)}/")]
 
 
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every index entry of the patient's consents (what authorize and meta_epoch read)."""
+    return [v for _, v in state.scan(f"consent/by/{pid}/")]
+
+
 def holders(state: StateView, pid: str) -> dict[str, list[str]]:
     """Hospitals a consent may have let copy this patient's data (their sync agents prefetch)."""
     found: dict[str, list[str]] = {}

@@ -234,6 +234,11 @@ def end_block(ctx: Context) -> None:
 # -- what authorize asks --------------------------------------------------------------------
 
 
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every emergency opening's index entry for the patient, by any practitioner."""
+    return [v for _, v in state.scan(f"emergency/by/{pid}/")]
+
+
 def openings_of(
     state: StateView, pid: str, org: str, practitioner: str
 ) -> list[tuple[int, int, int, bool]]:

@@ -340,6 +340,11 @@ def entries_for(state: StateView, pid: str, org: str) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"referral/to/{pid}/{org}/")]
 
 
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every index entry of referrals of the patient, to any hospital."""
+    return [v for _, v in state.scan(f"referral/to/{pid}/")]
+
+
 def check(
     state: StateView,
     entry: dict[str, Any],

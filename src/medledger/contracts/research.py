@@ -295,6 +295,17 @@ def close(ctx: Context, msg: Close) -> None:
     ctx.emit("study.closed", study=msg.study)
 
 
+def enrolment_of(state: StateView, study: str, pid: str) -> dict[str, Any] | None:
+    """A patient's enrolment in a study (status, history, releases), or None."""
+    found: dict[str, Any] | None = state.get(f"research/enrol/{study}/{pid}")
+    return found
+
+
+def studies_of(state: StateView, pid: str) -> list[str]:
+    """The studies a patient was ever enrolled in, in key order."""
+    return [key.rsplit("/", 1)[1] for key, _ in state.scan(f"research/pid/{pid}/")]
+
+
 def holders(state: StateView, pid: str) -> dict[str, list[str]]:
     """Hospitals that received this patient's data through a study: sponsor and releasers."""
     found: dict[str, list[str]] = {}
