@@ -24,7 +24,7 @@ from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
-from medledger.contracts import queries
+from medledger.contracts import access, queries
 from medledger.contracts.authorize import Decision
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
@@ -264,9 +264,9 @@ class HospitalServices:
 
     def _log(self, entries: list[dict[str, Any]], wait: bool) -> None:
         if wait:
-            self.node.wallet.send("access.log", {"entries": entries})
+            self.node.wallet.send_message(access.Log(entries))
         else:
-            submitted = self.node.wallet.submit("access.log", {"entries": entries})
+            submitted = self.node.wallet.submit_message(access.Log(entries))
             if not submitted.accepted:
                 from medledger.node.wallet import TxRejected
 

@@ -63,7 +63,7 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
-from medledger.contracts import queries, records
+from medledger.contracts import access, queries, records
 from medledger.contracts.access import log_entry
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
@@ -358,7 +358,7 @@ class Gateway:
                     entry["request"] = {k: v for k, v in request.items() if k != "body"}
                 signed.add(request["signature"])
         try:
-            submitted = wallet.submit("access.log", {"entries": entries})
+            submitted = wallet.submit_message(access.Log(entries))
             if not submitted.accepted:
                 raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")
             started = time.perf_counter()

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from medledger.contracts import queries
+from medledger.contracts import access, queries
 from medledger.contracts.access import log_entry
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import resolve_actor
@@ -715,7 +715,7 @@ class SyncAgent:
             decision=decision,
             rids=rids,
         )
-        self.node.wallet.send("access.log", {"entries": [entry_log]})
+        self.node.wallet.send_message(access.Log([entry_log]))
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
         self.client.deliver(receiver, payload)

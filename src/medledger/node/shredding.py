@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from medledger.contracts import queries
+from medledger.contracts import erasure, queries
 from medledger.node import Node
 from medledger.vault import Vault
 
@@ -97,8 +97,9 @@ def carry_out(
                     "no erasure request is on the chain for this patient: give --evidence FILE "
                     "(the patient's signed request) to file one on their behalf"
                 )
-            body = {"pid": pid, "evidence_hash": evidence_hash, "taken_by": taken_by}
-            node.wallet.send("erasure.request", body)
+            node.wallet.send_message(
+                erasure.Request(pid=pid, evidence_hash=evidence_hash, taken_by=taken_by)
+            )
             status = queries.erasure_status(node.engine, pid)
         if status is None:
             pending: dict[str, Any] = queries.erasure_pending(node.engine, pid)
