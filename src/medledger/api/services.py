@@ -28,7 +28,7 @@ from medledger.contracts import access, queries
 from medledger.contracts.authorize import Decision
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
-from medledger.node import Node
+from medledger.node import Node, decisions
 from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 
@@ -213,17 +213,7 @@ class HospitalServices:
             return Decision(
                 False, "", f"unknown actor: {claims.subject} is neither a practitioner nor a system"
             )
-        result = queries.authorize_check(
-            self.node.engine,
-            {
-                "key": key,
-                "pid": pid,
-                "meta": meta,
-                "purpose": purpose,
-                "at_ms": int(time.time() * 1000),
-            },
-        )
-        return Decision.from_obj(result)
+        return decisions.decide(self.node.engine, key, pid, meta, purpose)
 
     def record_access(
         self,
