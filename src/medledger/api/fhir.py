@@ -258,6 +258,7 @@ def make_router() -> APIRouter:
             next(e.get("id") for e in committed.result.events if e.type == "consent.granted") or 0
         )
         consent = queries.consent_get(svc.node.engine, cid)
+        assert consent is not None  # committed just above
         return fhir_response(
             orjson.dumps(to_fhir(consent, "R4")),
             201,

@@ -345,6 +345,7 @@ def play(
         },
     )
     waiting = queries.erasure_pending(filer.node.engine, chronic)
+    assert waiting is not None  # filed on the patient's behalf just above
     hours = (waiting["effective_ms"] - waiting["time"]) // (3600 * 1000)
     say(
         f"The patient asks {filer.name}'s DPO for erasure. Filed in the patient's name by a "
@@ -365,6 +366,7 @@ def play(
         "erasure.request", {"pid": chronic}
     )
     erasure = queries.erasure_status(filer.node.engine, chronic)
+    assert erasure is not None  # requested with the patient's key just above
     refused = [
         o["holder"]
         for o in erasure["obligations"]

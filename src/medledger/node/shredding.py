@@ -102,7 +102,8 @@ def carry_out(
             )
             status = queries.erasure_status(node.engine, pid)
         if status is None:
-            pending: dict[str, Any] = queries.erasure_pending(node.engine, pid)
+            pending = queries.erasure_pending(node.engine, pid)
+            assert pending is not None  # filed just now, or found waiting above
             return ErasureOutcome(
                 int(pending["id"]),
                 "pending",
