@@ -20,12 +20,13 @@ PID = "ab" * 32
 class Recorder:
     """An engine that only records the queries asked of it."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Any = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.answer = [] if answer is None else answer
 
     def query(self, path: str, data: Any = None) -> Any:
         self.calls.append((path, data))
-        return []
+        return self.answer
 
 
 def test_every_typed_read_asks_a_path_a_contract_registers() -> None:
@@ -64,6 +65,16 @@ def test_every_typed_read_asks_a_path_a_contract_registers() -> None:
     assert ("records/of_patient", {"pid": PID, "custodian": "h1"}) in engine.calls
     assert ("emergency/list", {"unreviewed": True, "org": "h1"}) in engine.calls
     assert ("identity/practitioners", {"org": "h1"}) in engine.calls
+
+
+def test_the_ledgers_own_reads_nonce_and_tx_location() -> None:
+    ledger = Recorder(answer=7)
+    assert queries.nonce(ledger, b"\x02" * 32) == 7
+    queries.tx_location(ledger, b"\x03" * 32)
+    assert ledger.calls == [
+        ("ledger/nonce", {"signer": b"\x02" * 32}),
+        ("ledger/tx", {"id": b"\x03" * 32}),
+    ]
 
 
 def test_typed_reads_over_a_solo_node(node: Node) -> None:

@@ -4,8 +4,8 @@ Callers in the node, the API, the pages, the exchange and the CLI read the chain
 these functions and never spell a query path or a state key. Each function calls the
 engine's `query(path, args)` underneath, so the same call works over the in-process solo
 engine and over ABCI for the CometBFT RpcEngine; the paths are the ones the contracts
-register (see each contract's `CONTRACTS`), so adding a read here changes no state and no
-app hash.
+register (see each contract's `CONTRACTS`) plus the ledger's own two (`ledger/nonce`,
+`ledger/tx`), so adding a read here changes no state and no app hash.
 
 The argument is anything with the engine's `query` method (the `Engine` protocol); it is
 typed structurally here so the contracts layer does not import the consensus layer.
@@ -22,6 +22,20 @@ class Queryable(Protocol):
     """What these reads need of an engine: its committed-state query."""
 
     def query(self, path: str, data: Any = None) -> Any: ...
+
+
+# --- the ledger itself (answered by ledger/app.py, not by a contract) --------------------
+
+
+def nonce(engine: Queryable, signer: bytes) -> int:
+    """The last nonce the chain accepted from this signer (0 before its first tx)."""
+    return int(engine.query("ledger/nonce", {"signer": signer}))
+
+
+def tx_location(engine: Queryable, tx_id: bytes) -> Row | None:
+    """Where a committed tx is (`height`, `index`), or None if it is not committed."""
+    found: Row | None = engine.query("ledger/tx", {"id": tx_id})
+    return found
 
 
 # --- access ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medledger.consensus.engine import Committed, Engine, Submitted
+from medledger.contracts import queries
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
@@ -49,7 +50,7 @@ class Wallet:
         return self.key.public_key
 
     def _next_nonce(self) -> int:
-        on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
+        on_chain = queries.nonce(self.engine, self.key.public_key)
         self._last_nonce = max(self._last_nonce, on_chain) + 1
         return self._last_nonce
 
@@ -135,6 +136,6 @@ class Wallet:
             try:
                 return self.engine.wait_for_commit(tx_id, min(_LOSS_CHECK_S, remaining))
             except TimeoutError:
-                on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
-                if on_chain >= nonce and self.engine.query("ledger/tx", {"id": tx_id}) is None:
+                on_chain = queries.nonce(self.engine, self.key.public_key)
+                if on_chain >= nonce and queries.tx_location(self.engine, tx_id) is None:
                     return None
