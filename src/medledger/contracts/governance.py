@@ -15,6 +15,9 @@ State (prefix `gov/`):
     gov/seq                 last proposal number
     gov/params              consortium parameters (proposal lifetime, ...)
     gov/contract/<name>     the active version of each contract
+
+Only this module spells these keys; the other contracts ask `is_member`, `member`,
+`member_of_key`, `require_member` and `members`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ employee, kept for ever: at most `MAX_REASON` characters.
 State (prefix `id/`):
     id/prac/<org>/<practitioner>   the practitioner record
     id/key/<key hex>               signing key -> (org, practitioner)
+
+Only this module spells these keys; the other contracts ask `resolve_actor`, `acting_org`
+(the signer's hospital and practitioner, refusing revoked keys), `practitioner`, `roles_of`,
+`is_practitioner` and `key_registered`.
 """
 
 from __future__ import annotations

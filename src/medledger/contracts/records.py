@@ -41,6 +41,11 @@ State (prefix `rec/`):
     rec/pid/<pid>/<rid>                     a patient's entries, by custodian
     rec/shredded/<holder>/<pid>             crypto-shredding attestation
     rec/custody/<pid>/<org>                 since_ms: when org's custody of the pid began
+
+Only this module spells these keys; the other contracts and the exchange ask `entry`,
+`indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
+`is_shredded`, `shred_statement` and `disclosed`. Writes are logged through access.py
+(`record_entry`), which imports nothing of this module.
 """
 
 from __future__ import annotations
