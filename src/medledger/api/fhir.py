@@ -27,6 +27,7 @@ from medledger.api.auth import authenticated, require, scope_permission
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
+from medledger.contracts import queries
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
 PATIENT_COMPARTMENT = (
@@ -199,7 +200,7 @@ def make_router() -> APIRouter:
         require(claims, "AuditEvent", "search")
         pid = LocalRecords(svc).pid_of(patient)
         _gate_patient_data(svc, claims, pid, "AuditEvent", "search")
-        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        trail = queries.access_of_patient(svc.node.engine, pid)
         events = [orjson.dumps(to_audit_event(e, f"Patient/{patient}")) for e in trail]
         page = events[offset : offset + count]
         entries = [(f"{request.base_url}fhir/AuditEvent/{i}", raw) for i, raw in enumerate(page)]
@@ -256,7 +257,8 @@ def make_router() -> APIRouter:
         cid = int(
             next(e.get("id") for e in committed.result.events if e.type == "consent.granted") or 0
         )
-        consent = svc.node.engine.query("consent/get", {"id": cid})
+        consent = queries.consent_get(svc.node.engine, cid)
+        assert consent is not None  # committed just above
         return fhir_response(
             orjson.dumps(to_fhir(consent, "R4")),
             201,
@@ -273,7 +275,7 @@ def make_router() -> APIRouter:
         number = fid.removeprefix("medledger-consent-")
         if not number.isdigit():
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
-        consent = svc.node.engine.query("consent/get", {"id": int(number)})
+        consent = queries.consent_get(svc.node.engine, int(number))
         if consent is None or outside_launch(claims, consent["pid"]):
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
         _gate_patient_data(svc, claims, consent["pid"], "Consent", "read")
@@ -288,7 +290,7 @@ def make_router() -> APIRouter:
         require(claims, "Consent", "search")
         pid = LocalRecords(svc).pid_of(patient)
         _gate_patient_data(svc, claims, pid, "Consent", "search")
-        found = svc.node.engine.query("consent/list", {"pid": pid})
+        found = queries.consent_list(svc.node.engine, pid)
         entries = [
             (
                 f"{request.base_url}fhir/Consent/medledger-consent-{c['id']}",
@@ -403,7 +405,7 @@ def _request_taker(svc: HospitalServices, claims: Claims) -> str:
             f"{svc.org}, or asked by the patient themself",
         )
     key = svc.practitioner_key(claims)
-    actor = None if key is None else svc.node.engine.query("identity/actor", {"key": key})
+    actor = None if key is None else queries.actor_of_key(svc.node.engine, key)
     if actor is None or actor["org"] != svc.org or actor["practitioner"] != ident:
         raise FhirError(403, "forbidden", f"{claims.subject} is not a practitioner of {svc.org}")
     if not actor["active"]:
@@ -463,7 +465,7 @@ def _serve_search(
     count: int,
     action: str,
 ) -> Response:
-    from medledger.api.services import Decision
+    from medledger.contracts.authorize import Decision
 
     allowed = []
     denied: dict[str, list[str]] = {}  # reason -> rids

@@ -24,9 +24,11 @@ from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
+from medledger.contracts import access, queries
+from medledger.contracts.authorize import Decision
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
-from medledger.node import Node
+from medledger.node import Node, decisions
 from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
 
@@ -74,13 +76,6 @@ class SignedOut:
 
     def revoked(self, token_id: str) -> bool:
         return token_id in self._until
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    basis: str
-    reason: str
 
 
 @dataclass
@@ -151,7 +146,7 @@ class HospitalServices:
                 403, "forbidden", f"{claims.subject} is neither a practitioner nor a system"
             )
         key = self.practitioner_key(claims)
-        actor = None if key is None else self.node.engine.query("identity/actor", {"key": key})
+        actor = None if key is None else queries.actor_of_key(self.node.engine, key)
         if actor is None or actor["org"] != self.org or actor["practitioner"] != ident:
             raise FhirError(
                 403, "forbidden", f"{claims.subject} is not a practitioner registered by {self.org}"
@@ -218,17 +213,7 @@ class HospitalServices:
             return Decision(
                 False, "", f"unknown actor: {claims.subject} is neither a practitioner nor a system"
             )
-        result = self.node.engine.query(
-            "authorize/check",
-            {
-                "key": key,
-                "pid": pid,
-                "meta": meta,
-                "purpose": purpose,
-                "at_ms": int(time.time() * 1000),
-            },
-        )
-        return Decision(bool(result["allowed"]), str(result["basis"]), str(result["reason"]))
+        return decisions.decide(self.node.engine, key, pid, meta, purpose)
 
     def record_access(
         self,
@@ -247,29 +232,31 @@ class HospitalServices:
         several entries, in several txs if need be. A denial's reason goes on the chain as its
         code (access.denial_code); the wording is the caller's answer, never on the chain.
         """
-        from medledger.contracts.access import denial_code
+        from medledger.contracts.access import log_entry
 
-        base = {
-            "actor": self.actor_of(claims),
-            "actor_org": self.org,
-            "pid": pid,
-            "action": action,
-            "purpose": purpose,
-            "outcome": "granted" if decision.allowed else "denied",
-            "basis": decision.basis,
-            "reason": "" if decision.allowed else denial_code(decision.reason),
-        }
+        actor = self.actor_of(claims)
         # Every record served is named: large pages become several entries of one tx.
         chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]
-        entries = [{**base, "rids": chunk} for chunk in chunks] or [{**base, "rids": []}]
+        entries = [
+            log_entry(
+                actor=actor,
+                actor_org=self.org,
+                pid=pid,
+                action=action,
+                purpose=purpose,
+                decision=decision,
+                rids=chunk,
+            )
+            for chunk in chunks or [[]]
+        ]
         for start in range(0, len(entries), _ENTRIES_PER_TX):
             self._log(entries[start : start + _ENTRIES_PER_TX], wait)
 
     def _log(self, entries: list[dict[str, Any]], wait: bool) -> None:
         if wait:
-            self.node.wallet.send("access.log", {"entries": entries})
+            self.node.wallet.send_message(access.Log(entries))
         else:
-            submitted = self.node.wallet.submit("access.log", {"entries": entries})
+            submitted = self.node.wallet.submit_message(access.Log(entries))
             if not submitted.accepted:
                 from medledger.node.wallet import TxRejected
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from medledger.contracts import queries
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
@@ -67,7 +68,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, every: float = 0
 def _register(h: Hospital, practitioner: str, roles: list[str], story: Story) -> None:
     path = h.node.config.practitioner_key_path(practitioner)
     key = SigningKey.from_file(path) if path.exists() else SigningKey.generate()
-    known = h.node.engine.query("identity/practitioners", {"org": h.org})
+    known = queries.practitioners(h.node.engine, h.org)
     if not any(p["id"] == practitioner for p in known):
         h.node.wallet.send(
             "identity.register",
@@ -224,7 +225,7 @@ def play(
     )
     status = eventually(
         lambda: (
-            (s := paris.node.engine.query("referral/status", {"id": ref_id}))
+            (s := queries.referral_status(paris.node.engine, ref_id))
             and s.get("status") == "confirmed"
             and s
         ),
@@ -257,7 +258,7 @@ def play(
 
     # -- a research study's dataset release -------------------------------------------------
     study = "lille-2026-014"  # a study id is public: it names no condition
-    if not lille.node.engine.query("research/study", {"study": study}):
+    if not queries.study(lille.node.engine, study):
         lille.node.practitioner_wallet("dr-chercheuse").send(
             "research.register",
             {
@@ -343,7 +344,8 @@ def play(
             "taken_by": "dpo",
         },
     )
-    waiting = filer.node.engine.query("erasure/pending", {"pid": chronic})
+    waiting = queries.erasure_pending(filer.node.engine, chronic)
+    assert waiting is not None  # filed on the patient's behalf just above
     hours = (waiting["effective_ms"] - waiting["time"]) // (3600 * 1000)
     say(
         f"The patient asks {filer.name}'s DPO for erasure. Filed in the patient's name by a "
@@ -363,7 +365,8 @@ def play(
     Wallet(patient_key, filer.node.config.chain_id, filer.node.engine).send(
         "erasure.request", {"pid": chronic}
     )
-    erasure = filer.node.engine.query("erasure/status", {"pid": chronic})
+    erasure = queries.erasure_status(filer.node.engine, chronic)
+    assert erasure is not None  # requested with the patient's key just above
     refused = [
         o["holder"]
         for o in erasure["obligations"]
@@ -376,7 +379,7 @@ def play(
     )
 
     def attested(h: Hospital) -> dict[str, Any] | None:
-        status = h.node.engine.query("erasure/status", {"pid": chronic})
+        status = queries.erasure_status(h.node.engine, chronic)
         found = [o for o in status["obligations"] if o["holder"] == h.org] if status else []
         return found[0] if found and found[0]["status"] == "attested" else None
 

@@ -12,6 +12,7 @@ import typer
 
 from medledger.cli._common import HomeOption, console, user_errors
 from medledger.cli.consent import PatientOption, now_ms, pid_arg, when_ms
+from medledger.contracts import queries
 
 DENIED = 3
 
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            members = {m["org"] for m in node.engine.query("governance/members", {})}
+            members = {m["org"] for m in queries.members(node.engine)}
             meta: dict[str, object] = {
                 "custodian": custodian or node.config.org,
                 "category": category,
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 "meta": meta,
                 "at_ms": when_ms(at, "--at") if at else now_ms(),
             }
-            decision = node.engine.query("authorize/check", args)
+            decision = queries.authorize_check(node.engine, args)
         if decision["allowed"]:
             console.print(f"[green]ALLOWED[/] basis {decision['basis']}", highlight=False)
             return

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medledger.cli._common import HomeOption, console, fail, user_errors
+from medledger.contracts import queries
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -150,7 +151,7 @@ def taken_by(
             )
         return body
     org = node.config.org
-    known = node.engine.query("identity/practitioners", {"org": org})
+    known = queries.practitioners(node.engine, org)
     found = next((p for p in known if p["id"] == who), None)
     if found is None:
         raise ValueError(f"--practitioner: {org} has no practitioner {who!r}")
@@ -299,7 +300,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            rows = node.engine.query("consent/list", {"pid": pid_arg(patient, home)})
+            rows = queries.consent_list(node.engine, pid_arg(patient, home))
         if not rows:
             console.print("no consent")
             return
@@ -323,7 +324,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            record = node.engine.query("consent/get", {"id": consent_id})
+            record = queries.consent_get(node.engine, consent_id)
             if record is None:
                 fail(f"no consent {consent_id}")
             typer.echo(json.dumps(to_fhir(record, version), indent=2))
@@ -380,7 +381,7 @@ def register(app: typer.Typer) -> None:
                     c = signer(node, as_, patient_key).send("patients.cancel_bind", {"pid": pid})
                     console.print(f"key rebinding cancelled (block {c.height})")
                     return
-                pending = node.engine.query("erasure/pending", {"pid": pid})
+                pending = queries.erasure_pending(node.engine, pid)
                 if pending is None:
                     fail("no erasure request of this patient is pending")
                 body = {"request": int(pending["id"])}

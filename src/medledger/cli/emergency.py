@@ -16,6 +16,7 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
 from medledger.cli.consent import PatientOption, event, iso, pid_arg, signer
+from medledger.contracts import queries
 
 
 def register(app: typer.Typer) -> None:
@@ -89,8 +90,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node.notes import NoteStore
 
         with user_errors(), Node.open(home) as node:
-            args = {"org": node.config.org, "unreviewed": unreviewed}
-            rows = node.engine.query("emergency/list", args)
+            rows = queries.emergency_list(node.engine, org=node.config.org, unreviewed=unreviewed)
         notes = NoteStore(home)
         table = Table("id", "practitioner", "pid", "reason", "opened", "expires", "review")
         for o in rows:

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
+from medledger.contracts import queries
 
 
 def _hex(value: str, field: str) -> bytes:
@@ -121,8 +122,8 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            members = node.engine.query("governance/members", {})
-            proposals = node.engine.query("governance/proposals", {"status": "open"})
+            members = queries.members(node.engine)
+            proposals = queries.proposals(node.engine, "open")
         table = Table("hospital", "name", "validator power", "key")
         for m in members:
             table.add_row(m["org"], m["name"], str(m["power"]), m["key"].hex()[:16])

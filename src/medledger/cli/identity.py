@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, fail, short, user_errors
+from medledger.contracts import queries
 
 
 def _roles(text: str) -> list[str]:
@@ -87,8 +88,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            args = {} if all_hospitals else {"org": node.config.org}
-            rows = node.engine.query("identity/practitioners", args)
+            rows = queries.practitioners(node.engine, None if all_hospitals else node.config.org)
         table = Table("hospital", "id", "roles", "status", "key")
         for p in rows:
             status = "active" if p["active"] else "[red]revoked[/]"

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
+from medledger.contracts import queries
 
 
 def _propose(home: Path, action: str, args: dict[str, object], note: str) -> None:
@@ -73,9 +74,9 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            docs = node.engine.query("policies/list", {})
-            params = node.engine.query("policies/params", {})
-            text = node.engine.query("policies/schema", {}) if schema else ""
+            docs = queries.policy_list(node.engine)
+            params = queries.policy_params(node.engine)
+            text = queries.policy_schema(node.engine) if schema else ""
         if schema:
             console.print(text, highlight=False)
             return

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
+from medledger.contracts import queries
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
             Vault.open(node.config.vault_config()) as vault,
         ):
             pid = resolve_pid(node.config.pseudonym_key(), patient)
-            entries = node.engine.query("records/of_patient", {"pid": pid})
+            entries = queries.records_of_patient(node.engine, pid)
             try:
                 key: bytes | None = vault.metadata_key(pid)
             except VaultError:

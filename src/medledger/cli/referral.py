@@ -28,6 +28,7 @@ from medledger.cli.consent import (
     signer,
     when_ms,
 )
+from medledger.contracts import queries
 
 IdOption = Annotated[int, typer.Option("--id", help="The referral's number.")]
 
@@ -108,7 +109,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            ref = node.engine.query("referral/status", {"id": referral_id})
+            ref = queries.referral_status(node.engine, referral_id)
             if ref is None:
                 fail(f"no referral {referral_id}")
             chosen = csv(rids) or list(ref["rids"])
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
                 fail("--rids: the referral names no record; say which were delivered")
             commitments = []
             for rid in chosen:
-                entry = node.engine.query("records/entry", {"rid": rid})
+                entry = queries.record_entry(node.engine, rid)
                 if entry is None:
                     fail(f"--rids: no record {rid}")
                 commitments.append(entry["commitment"])
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            ref = node.engine.query("referral/status", {"id": referral_id})
+            ref = queries.referral_status(node.engine, referral_id)
         if ref is None:
             fail(f"no referral {referral_id}")
         console.print(

@@ -28,6 +28,7 @@ from medledger.cli.consent import (
     taken_by,
     when_ms,
 )
+from medledger.contracts import queries
 
 StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
 
@@ -189,8 +190,8 @@ def register(app: typer.Typer) -> None:
         from medledger.node.notes import NoteStore, title_of_study
 
         with user_errors(), Node.open(home) as node:
-            record = node.engine.query("research/study", {"study": study_id})
-            releases = node.engine.query("research/releases", {"study": study_id})
+            record = queries.study(node.engine, study_id)
+            releases = queries.study_releases(node.engine, study_id)
         if record is None:
             fail(f"no study {study_id!r}")
         title = title_of_study(NoteStore(home), record)

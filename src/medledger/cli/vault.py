@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, fail, user_errors
+from medledger.contracts import queries
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -114,8 +115,8 @@ def register(app: typer.Typer) -> None:
             pid = resolve_pid(node.config.pseudonym_key(), patient)
             if (
                 evidence_hash
-                and node.engine.query("erasure/status", {"pid": pid}) is None
-                and node.engine.query("erasure/pending", {"pid": pid}) is None
+                and queries.erasure_status(node.engine, pid) is None
+                and queries.erasure_pending(node.engine, pid) is None
             ):
                 from medledger.cli.consent import taken_by
 

@@ -53,21 +53,26 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
-from medledger.contracts.records import MAX_BASIS, acting_org, check_pid
+from medledger.contracts import identity
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.governance import is_member
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import verify
 from medledger.ledger.store import StateView
+
+if TYPE_CHECKING:
+    from medledger.contracts.authorize import Decision  # authorize reads records, which logs here
 
 ACTIONS = ("read", "search", "create", "update", "export", "delete", "break-glass")
 OUTCOMES = ("granted", "denied")
 PURPOSES = ("treatment", "emergency", "research", "patient-request", "audit", "operations")
 MAX_ENTRIES = 500
 MAX_RIDS = 1000  # per entry
+MAX_BASIS = 200
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
 MAX_TARGET = 512  # a signed request's path (the exchange's are short)
 MAX_REQUEST_BODY = 96 * 1024  # an exchange question: pid, purpose, up to 1000 rids
@@ -129,6 +134,39 @@ def denial_code(reason: str) -> str:
         ):
             best = code
     return best or "denied"
+
+
+def log_entry(
+    *,
+    actor: str,
+    actor_org: str,
+    pid: str,
+    action: str,
+    purpose: str,
+    decision: Decision,
+    rids: list[str],
+    request: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one builder of an `access.log` entry from a decision, for every caller off-chain.
+
+    A denial carries no basis and only its reason's code (denial_code): the wording stays
+    with the caller, never on the chain. `request` is the signed request of another
+    hospital's actor (see module doc); a hospital's own act has none.
+    """
+    entry: dict[str, Any] = {
+        "actor": actor,
+        "actor_org": actor_org,
+        "pid": pid,
+        "action": action,
+        "purpose": purpose,
+        "outcome": "granted" if decision.allowed else "denied",
+        "basis": decision.basis if decision.allowed else "",
+        "reason": "" if decision.allowed else denial_code(decision.reason),
+        "rids": rids,
+    }
+    if request is not None:
+        entry["request"] = request
+    return entry
 
 
 def reason_in_words(code: str) -> str:
@@ -295,9 +333,9 @@ def _check_actor(ctx: Context, i: int, e: Entry, custodian: str) -> None:
             f"field entries[{i}].request: an access by {e.actor_org}, served by {custodian}, "
             "needs its signed request",
         )
-    if not ctx.state.has(f"gov/member/{e.actor_org}"):
+    if not is_member(ctx.state, e.actor_org):
         raise TxError(Code.NOT_FOUND, f"field entries[{i}].actor_org: not a member hospital")
-    if practitioner is not None and not ctx.state.has(f"id/prac/{org}/{practitioner}"):
+    if practitioner is not None and not identity.is_practitioner(ctx.state, org, practitioner):
         raise TxError(Code.NOT_FOUND, f"{where}: {org} registered no practitioner {practitioner}")
 
 

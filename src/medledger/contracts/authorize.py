@@ -35,7 +35,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, emergency, referral
+from medledger.contracts import (
+    consent,
+    emergency,
+    governance,
+    identity,
+    records,
+    referral,
+    research,
+)
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
@@ -58,6 +66,11 @@ class Decision:
     def to_obj(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "basis": self.basis, "reason": self.reason}
 
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> Decision:
+        """A decision read back from the `authorize/check` query (see to_obj)."""
+        return cls(bool(obj["allowed"]), str(obj["basis"]), str(obj["reason"]))
+
 
 def _deny(reason: str) -> Decision:
     return Decision(False, "", reason)
@@ -66,10 +79,10 @@ def _deny(reason: str) -> Decision:
 def actor_from_ref(state: StateView, ref: str) -> Actor | None:
     """An actor named as `<org>` (the hospital itself) or `<org>/<practitioner>`."""
     org, _, practitioner = ref.partition("/")
-    member = state.get(f"gov/member/{org}")
+    member = governance.member(state, org)
     if not practitioner:
         return None if member is None else Actor(org, None, ("organisation",), True)
-    record = state.get(f"id/prac/{org}/{practitioner}")
+    record = identity.practitioner(state, org, practitioner)
     if record is None:
         return None
     active = bool(record["active"]) and member is not None
@@ -134,7 +147,7 @@ def authorize(
     rid = record_meta.get("rid")
     if rid is not None:
         # When the record is named, its index entry must say the same (pid and custodian).
-        entry = state.get(f"rec/entry/{rid}") if isinstance(rid, str) else None
+        entry = records.entry(state, rid) if isinstance(rid, str) else None
         if entry is None or entry["pid"] != pid or entry["custodian"] != custodian:
             return _deny(f"invalid request: {rid!r} is not this patient's record at {custodian}")
 
@@ -299,7 +312,7 @@ def _enrolment(
         cats = ", ".join(record["categories"])
         closest.offer(2, 0, f"other category: study {study} covers {cats}, not {category}")
         return None
-    enrolment = state.get(f"research/enrol/{study}/{pid}")
+    enrolment = research.enrolment_of(state, study, pid)
     if enrolment is None:
         closest.offer(3, 0, f"not enrolled: the patient is not enrolled in {study}")
         return None
@@ -327,24 +340,23 @@ def meta_epoch(state: StateView, pid: str, at_ms: int) -> int:
     hospital whose entitlement ended cannot open what is registered after.
     """
     ended = 0
-    for _, c in state.scan(f"consent/by/{pid}/"):
+    for c in consent.index_of(state, pid):
         end = int(c.get("end_ms") or 0)
         if int(c.get("revoked_ms") or 0) or (end and end <= at_ms):
             ended += 1
-    for key, _ in state.scan(f"research/pid/{pid}/"):
-        study_id = key.rsplit("/", 1)[1]
-        enrolment = state.get(f"research/enrol/{study_id}/{pid}") or {}
+    for study_id in research.studies_of(state, pid):
+        enrolment = research.enrolment_of(state, study_id, pid) or {}
         ended += sum(1 for h in enrolment.get("history", []) if h[1] == "withdrawn")
         study = get_study(state, study_id)
         if enrolment.get("status") == "enrolled" and (
             study is None or not study_open(study, at_ms)
         ):
             ended += 1
-    for _, r in state.scan(f"referral/to/{pid}/"):
+    for r in referral.index_of(state, pid):
         end = int(r.get("end_ms") or 0)
         if r.get("status") == "cancelled" or (end and end <= at_ms):
             ended += 1
-    for _, e in state.scan(f"emergency/by/{pid}/"):
+    for e in emergency.index_of(state, pid):
         if int(e.get("expires") or 0) <= at_ms:
             ended += 1
     return ended

@@ -51,13 +51,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medledger.contracts import identity
 from medledger.contracts.categories import (
     check_categories,
     check_purpose,
     covers,
 )
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.governance import is_member
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.contracts.patients import (
     REQUEST_ROLES,
     ActingFor,
@@ -67,7 +69,7 @@ from medledger.contracts.patients import (
     erasure_requested,
     patient_of_key,
 )
-from medledger.contracts.records import acting_org, check_pid, custody_since
+from medledger.contracts.records import custody_since
 from medledger.contracts.research import get_study
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -149,13 +151,13 @@ def _check_grantee(state: StateView, grantee: str) -> str:
     kind, _, rest = grantee.partition(":")
     if kind == "org":
         check_id(rest, "grantee")
-        if not state.has(f"gov/member/{rest}"):
+        if not is_member(state, rest):
             raise TxError(Code.NOT_FOUND, f"field grantee: {rest!r} is not a member hospital")
     elif kind == "practitioner":
         org, _, practitioner = rest.partition("/")
         check_id(org, "grantee")
         check_id(practitioner, "grantee")
-        record = state.get(f"id/prac/{org}/{practitioner}")
+        record = identity.practitioner(state, org, practitioner)
         if record is None or not record["active"]:
             raise TxError(Code.NOT_FOUND, f"field grantee: no active practitioner {rest!r}")
     elif kind == "study":
@@ -183,7 +185,7 @@ def grant(ctx: Context, msg: Grant) -> None:
     categories = check_categories(msg.categories)
     if msg.custodian != "*":
         check_id(msg.custodian, "custodian")
-        if not ctx.state.has(f"gov/member/{msg.custodian}"):
+        if not is_member(ctx.state, msg.custodian):
             raise TxError(Code.NOT_FOUND, f"field custodian: {msg.custodian!r} is not a member")
     if msg.start_ms < 0:
         raise TxError(Code.INVALID_BODY, "field start_ms: must not be negative")
@@ -284,7 +286,7 @@ def revoke(ctx: Context, msg: Revoke) -> None:
                 "evidence (evidence_hash) may revoke this consent",
             )
         if practitioner is not None:
-            roles = ctx.state.get(f"id/prac/{org}/{practitioner}")["roles"]
+            roles = identity.roles_of(ctx.state, org, practitioner)
             if not REQUEST_ROLES.intersection(roles):
                 raise TxError(
                     Code.UNAUTHORIZED,
@@ -428,6 +430,11 @@ def check(
 def entries_for(state: StateView, pid: str, grantee: str) -> list[dict[str, Any]]:
     """The index entries of one grantee for one patient: one short range read."""
     return [v for _, v in state.scan(f"consent/by/{pid}/{grantee_key(grantee)}/")]
+
+
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every index entry of the patient's consents (what authorize and meta_epoch read)."""
+    return [v for _, v in state.scan(f"consent/by/{pid}/")]
 
 
 def holders(state: StateView, pid: str) -> dict[str, list[str]]:

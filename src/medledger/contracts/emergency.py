@@ -32,10 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medledger.contracts.common import check_pid
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import check_hash
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import check_pid
+from medledger.contracts.records import custodians_of
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -66,7 +67,7 @@ def get_opening(state: StateView, eid: int) -> dict[str, Any] | None:
 
 
 def _custodians(state: StateView, pid: str) -> list[str]:
-    return sorted({str(c) for _, c in state.scan(f"rec/pid/{pid}/")})
+    return custodians_of(state, pid)
 
 
 def open_(ctx: Context, msg: Open) -> None:
@@ -231,6 +232,11 @@ def end_block(ctx: Context) -> None:
 
 
 # -- what authorize asks --------------------------------------------------------------------
+
+
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every emergency opening's index entry for the patient, by any practitioner."""
+    return [v for _, v in state.scan(f"emergency/by/{pid}/")]
 
 
 def openings_of(

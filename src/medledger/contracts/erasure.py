@@ -47,8 +47,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts import consent, referral, research
-from medledger.contracts.common import DAY_MS
+from medledger.contracts import consent, records, referral, research
+from medledger.contracts.common import DAY_MS, check_pid
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import (
     acting_for_patient,
     announce_on_behalf,
@@ -57,7 +58,6 @@ from medledger.contracts.patients import (
     may_cancel,
 )
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -106,10 +106,7 @@ def add_years(ms: int, years: int) -> int:
 def _custodians(state: StateView, pid: str) -> dict[str, tuple[int, int]]:
     """custodian -> (number of records, time of the latest) for this patient."""
     found: dict[str, tuple[int, int]] = {}
-    for key, custodian in state.scan(f"rec/pid/{pid}/"):
-        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
-        if entry is None:
-            continue
+    for custodian, entry in records.indexed(state, pid):
         n, latest = found.get(custodian, (0, 0))
         found[custodian] = (n + 1, max(latest, int(entry["time"])))
     return found
@@ -280,7 +277,7 @@ def attest(ctx: Context, msg: Attest) -> None:
     if digest:
         check_hash(digest, "digest")
     else:
-        shredded = ctx.state.get(f"rec/shredded/{org}/{req['pid']}")
+        shredded = records.shred_statement(ctx.state, org, req["pid"])
         if shredded is None:
             raise TxError(
                 Code.INVALID_BODY,

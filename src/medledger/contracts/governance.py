@@ -15,6 +15,9 @@ State (prefix `gov/`):
     gov/seq                 last proposal number
     gov/params              consortium parameters (proposal lifetime, ...)
     gov/contract/<name>     the active version of each contract
+
+Only this module spells these keys; the other contracts ask `is_member`, `member`,
+`member_of_key`, `require_member` and `members`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.contracts.common import DAY_MS, check_id, members, require_member
+from medledger.contracts.common import DAY_MS, check_id
 from medledger.ledger.contract import (
     Context,
     Contract,
@@ -38,6 +41,47 @@ from medledger.ledger.store import StateView
 
 MAX_NOTE = 500
 MAX_NAME = 100
+
+
+# -- the membership every contract reads (governance alone spells its keys) ----------------
+
+
+def _member_key(org: str) -> str:
+    return f"gov/member/{org}"
+
+
+def _org_key(key: bytes) -> str:
+    return f"gov/key/{key.hex()}"
+
+
+def member(state: StateView, org: str) -> dict[str, Any] | None:
+    """A current member's record (name, keys, power), or None."""
+    found: dict[str, Any] | None = state.get(_member_key(org))
+    return found
+
+
+def is_member(state: StateView, org: str) -> bool:
+    return state.has(_member_key(org))
+
+
+def member_of_key(state: StateView, key: bytes) -> str | None:
+    """The org id whose organisation key this is, if it is a current member."""
+    org = state.get(_org_key(key))
+    if org is None:
+        return None
+    return str(org) if is_member(state, str(org)) else None
+
+
+def require_member(ctx: Context) -> str:
+    org = member_of_key(ctx.state, ctx.signer)
+    if org is None:
+        raise TxError(Code.UNAUTHORIZED, "signer is not a member hospital's organisation key")
+    return org
+
+
+def members(state: StateView) -> list[dict[str, Any]]:
+    return [m for _, m in state.scan("gov/member/")]
+
 
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
@@ -138,11 +182,11 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
         check_id(parsed.org, "args.org")
         if len(parsed.name) > MAX_NAME:
             raise TxError(Code.INVALID_BODY, f"field args.name: at most {MAX_NAME} characters")
-        if state.has(f"gov/member/{parsed.org}"):
+        if state.has(_member_key(parsed.org)):
             raise TxError(Code.CONFLICT, f"{parsed.org} is already a member")
         if len(parsed.key) != 32:
             raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
-        if state.has(f"gov/key/{parsed.key.hex()}"):
+        if state.has(_org_key(parsed.key)):
             raise TxError(Code.CONFLICT, "field args.key: this key already belongs to a member")
         if parsed.validator_key and len(parsed.validator_key) != 32:
             raise TxError(Code.INVALID_BODY, "field args.validator_key: must be 32 bytes")
@@ -153,7 +197,7 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
         if parsed.power and not parsed.validator_key:
             raise TxError(Code.INVALID_BODY, "field args.power: a validator needs validator_key")
     elif isinstance(parsed, RemoveMember | SetPower):
-        if not state.has(f"gov/member/{parsed.org}"):
+        if not state.has(_member_key(parsed.org)):
             raise TxError(Code.NOT_FOUND, f"{parsed.org} is not a member")
         if isinstance(parsed, RemoveMember) and len(members(state)) <= 1:
             raise TxError(Code.REFUSED, "the last member cannot be removed")
@@ -187,24 +231,24 @@ def _apply(ctx: Context, action: str, parsed: Any) -> None:
             "box_key": parsed.box_key,
             "since": ctx.time_ms,
         }
-        state.put(f"gov/member/{parsed.org}", member)
-        state.put(f"gov/key/{parsed.key.hex()}", parsed.org)
+        state.put(_member_key(parsed.org), member)
+        state.put(_org_key(parsed.key), parsed.org)
         if parsed.power:
             _validator_update(ctx, member, parsed.power)
         ctx.emit("member.admitted", org=parsed.org)
     elif isinstance(parsed, RemoveMember):
-        member = state.get(f"gov/member/{parsed.org}")
-        state.delete(f"gov/member/{parsed.org}")
-        state.delete(f"gov/key/{member['key'].hex()}")
+        member = state.get(_member_key(parsed.org))
+        state.delete(_member_key(parsed.org))
+        state.delete(_org_key(member["key"]))
         if member.get("power"):
             _validator_update(ctx, member, 0)
         ctx.emit("member.removed", org=parsed.org)
     elif isinstance(parsed, SetPower):
-        member = state.get(f"gov/member/{parsed.org}")
+        member = state.get(_member_key(parsed.org))
         if parsed.power and not member.get("validator_key"):
             raise TxError(Code.REFUSED, f"{parsed.org} has no validator key")
         member["power"] = parsed.power
-        state.put(f"gov/member/{parsed.org}", member)
+        state.put(_member_key(parsed.org), member)
         _validator_update(ctx, member, parsed.power)
         ctx.emit("member.power", org=parsed.org, power=parsed.power)
     elif isinstance(parsed, ActivateContract):
@@ -283,7 +327,7 @@ def vote(ctx: Context, msg: Vote) -> None:
 def genesis(state: StateView, g: Genesis) -> None:
     for m in g.members:
         state.put(
-            f"gov/member/{m.org}",
+            _member_key(m.org),
             {
                 "org": m.org,
                 "name": m.name,
@@ -294,7 +338,7 @@ def genesis(state: StateView, g: Genesis) -> None:
                 "since": g.time_ms,
             },
         )
-        state.put(f"gov/key/{m.key.hex()}", m.org)
+        state.put(_org_key(m.key), m.org)
     overrides = {k: int(v) for k, v in g.params.items() if k in DEFAULT_PARAMS}
     if overrides:
         state.put("gov/params", overrides)

@@ -8,6 +8,10 @@ employee, kept for ever: at most `MAX_REASON` characters.
 State (prefix `id/`):
     id/prac/<org>/<practitioner>   the practitioner record
     id/key/<key hex>               signing key -> (org, practitioner)
+
+Only this module spells these keys; the other contracts ask `resolve_actor`, `acting_org`
+(the signer's hospital and practitioner, refusing revoked keys), `practitioner`, `roles_of`,
+`is_practitioner` and `key_registered`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts.common import check_id, member_of_key, require_member
+from medledger.contracts.common import check_id
+from medledger.contracts.governance import is_member, member_of_key, require_member
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
 ROLES = ("physician", "nurse", "emergency", "dpo", "admin", "researcher")
 MAX_REASON = 200
+
+
+# -- the practitioner registry every contract reads (identity alone spells its keys) ------
+
+
+def _prac_key(org: str, practitioner: str) -> str:
+    return f"id/prac/{org}/{practitioner}"
+
+
+def _key_key(key: bytes) -> str:
+    return f"id/key/{key.hex()}"
+
+
+def practitioner(state: StateView, org: str, ident: str) -> dict[str, Any] | None:
+    """A practitioner's record (roles, active, key), or None if org registered no such id."""
+    found: dict[str, Any] | None = state.get(_prac_key(org, ident))
+    return found
+
+
+def roles_of(state: StateView, org: str, ident: str) -> tuple[str, ...]:
+    """The roles of a practitioner known to be registered (a signer already resolved)."""
+    record = state.get(_prac_key(org, ident))
+    return tuple(record["roles"])
+
+
+def is_practitioner(state: StateView, org: str, ident: str) -> bool:
+    return state.has(_prac_key(org, ident))
+
+
+def key_registered(state: StateView, key: bytes) -> bool:
+    """Whether a practitioner already signs with this key."""
+    return state.has(_key_key(key))
 
 
 @dataclass
@@ -58,7 +95,7 @@ def _check_roles(roles: list[str]) -> list[str]:
 
 def _own_practitioner(ctx: Context, practitioner: str) -> tuple[str, dict[str, Any]]:
     org = require_member(ctx)
-    record = ctx.state.get(f"id/prac/{org}/{practitioner}")
+    record = ctx.state.get(_prac_key(org, practitioner))
     if record is None:
         raise TxError(Code.NOT_FOUND, f"{org} has no practitioner {practitioner!r}")
     return org, record
@@ -70,12 +107,12 @@ def register(ctx: Context, msg: Register) -> None:
     roles = _check_roles(msg.roles)
     if len(msg.key) != 32:
         raise TxError(Code.INVALID_BODY, "field key: must be a 32-byte Ed25519 key")
-    if ctx.state.has(f"id/prac/{org}/{msg.practitioner}"):
+    if ctx.state.has(_prac_key(org, msg.practitioner)):
         raise TxError(Code.CONFLICT, f"{org} already registered {msg.practitioner!r}")
-    if ctx.state.has(f"id/key/{msg.key.hex()}") or member_of_key(ctx.state, msg.key):
+    if ctx.state.has(_key_key(msg.key)) or member_of_key(ctx.state, msg.key):
         raise TxError(Code.CONFLICT, "field key: this key is already registered")
     ctx.state.put(
-        f"id/prac/{org}/{msg.practitioner}",
+        _prac_key(org, msg.practitioner),
         {
             "org": org,
             "id": msg.practitioner,
@@ -85,7 +122,7 @@ def register(ctx: Context, msg: Register) -> None:
             "since": ctx.time_ms,
         },
     )
-    ctx.state.put(f"id/key/{msg.key.hex()}", [org, msg.practitioner])
+    ctx.state.put(_key_key(msg.key), [org, msg.practitioner])
     ctx.emit("practitioner.registered", org=org, practitioner=msg.practitioner)
 
 
@@ -94,7 +131,7 @@ def update_roles(ctx: Context, msg: UpdateRoles) -> None:
     if not record["active"]:
         raise TxError(Code.CONFLICT, f"{msg.practitioner!r} is revoked")
     record["roles"] = _check_roles(msg.roles)
-    ctx.state.put(f"id/prac/{org}/{msg.practitioner}", record)
+    ctx.state.put(_prac_key(org, msg.practitioner), record)
     ctx.emit("practitioner.roles", org=org, practitioner=msg.practitioner)
 
 
@@ -107,7 +144,7 @@ def revoke(ctx: Context, msg: Revoke) -> None:
     record["active"] = False
     record["revoked"] = ctx.time_ms
     record["revoke_reason"] = msg.reason
-    ctx.state.put(f"id/prac/{org}/{msg.practitioner}", record)
+    ctx.state.put(_prac_key(org, msg.practitioner), record)
     ctx.emit("practitioner.revoked", org=org, practitioner=msg.practitioner)
 
 
@@ -129,14 +166,23 @@ def resolve_actor(state: StateView, key: bytes) -> Actor | None:
     org = member_of_key(state, key)
     if org is not None:
         return Actor(org, None, ("organisation",), True)
-    ref = state.get(f"id/key/{key.hex()}")
+    ref = state.get(_key_key(key))
     if ref is None:
         return None
     org, practitioner = ref
-    record = state.get(f"id/prac/{org}/{practitioner}")
-    member = state.get(f"gov/member/{org}")
-    active = bool(record["active"]) and member is not None
+    record = state.get(_prac_key(org, practitioner))
+    active = bool(record["active"]) and is_member(state, org)
     return Actor(org, practitioner, tuple(record["roles"]), active)
+
+
+def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
+    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
+    actor = resolve_actor(ctx.state, ctx.signer)
+    if actor is None or not actor.active:
+        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
+    if role is not None and not actor.is_org and role not in actor.roles:
+        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
+    return actor.org, actor.practitioner
 
 
 def q_practitioners(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -67,16 +67,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts.common import check_id, member_of_key
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts import identity
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.governance import member_of_key
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import (
-    acting_org,
-    check_pid,
-    custodies,
-    custody_since,
-    is_custodian,
-)
+from medledger.contracts.records import custodies, custody_since, is_custodian
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -284,15 +280,14 @@ def _taker(
                 Code.UNAUTHORIZED,
                 "field taken_by: a practitioner signs only the requests they took themself",
             )
-        record = state.get(f"id/prac/{org}/{signer}")
-        return signer, tuple(record["roles"])
+        return signer, identity.roles_of(state, org, signer)
     if not taken_by:
         raise TxError(
             Code.INVALID_BODY,
             "field taken_by: name the practitioner who took the patient's request",
         )
     check_id(taken_by, "taken_by")
-    record = state.get(f"id/prac/{org}/{taken_by}")
+    record = identity.practitioner(state, org, taken_by)
     if record is None:
         raise TxError(Code.UNAUTHORIZED, f"field taken_by: {org} has no practitioner {taken_by!r}")
     if not record["active"]:
@@ -329,7 +324,7 @@ def bind(ctx: Context, msg: Bind) -> None:
     owner = ctx.state.get(f"patients/bykey/{hexkey}")
     if owner is not None:
         raise TxError(Code.CONFLICT, "field key: this key is already bound to a patient")
-    if member_of_key(ctx.state, msg.key) or ctx.state.has(f"id/key/{hexkey}"):
+    if member_of_key(ctx.state, msg.key) or identity.key_registered(ctx.state, msg.key):
         raise TxError(Code.CONFLICT, "field key: this key belongs to a hospital or practitioner")
     if ctx.state.has(f"patients/pending/{msg.pid}"):
         raise TxError(Code.CONFLICT, "a rebinding of this patient's key is already pending")
@@ -412,7 +407,7 @@ def end_block(ctx: Context) -> None:
         key = bytes(binding["key"])
         if (
             ctx.state.has(f"patients/bykey/{hexkey}")
-            or ctx.state.has(f"id/key/{hexkey}")
+            or identity.key_registered(ctx.state, key)
             or member_of_key(ctx.state, key)
         ):
             # The key was bound elsewhere meanwhile: the rebinding cannot happen.

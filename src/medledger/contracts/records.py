@@ -41,16 +41,26 @@ State (prefix `rec/`):
     rec/pid/<pid>/<rid>                     a patient's entries, by custodian
     rec/shredded/<holder>/<pid>             crypto-shredding attestation
     rec/custody/<pid>/<org>                 since_ms: when org's custody of the pid began
+
+Only this module spells these keys; the other contracts and the exchange ask `entry`,
+`indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
+`is_shredded`, `shred_statement` and `disclosed`. Writes are logged through access.py
+(`record_entry`), which imports nothing of this module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts import identity
+from medledger.contracts.access import MAX_BASIS, MAX_RIDS, check_basis, record_entry
+from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.governance import is_member
+from medledger.contracts.identity import acting_org
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -63,7 +73,6 @@ META_CT_SIZES = tuple(12 + size + 16 for size in META_BUCKETS)
 MAX_ENTRIES = 2000
 #: Roles that may author records (the care roles; an organisation key may too).
 WRITER_ROLES = PURPOSE_ROLES["treatment"]
-MAX_BASIS = 200
 
 
 @dataclass
@@ -106,25 +115,7 @@ class Shredded:
     copies: int = 0
 
 
-def check_pid(pid: str, field: str = "pid") -> str:
-    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
-        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
-    return pid
-
-
-def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
-    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
-    actor = resolve_actor(ctx.state, ctx.signer)
-    if actor is None or not actor.active:
-        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
-    if role is not None and not actor.is_org and role not in actor.roles:
-        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
-    return actor.org, actor.practitioner
-
-
 def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
-    from medledger.ledger.contract import parse_message
-
     try:
         entry = parse_message(Entry, raw)
     except TxError as exc:
@@ -155,7 +146,7 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
     check_id(ident, "author")
     if practitioner is not None and practitioner != ident:
         raise TxError(Code.UNAUTHORIZED, "field author: a practitioner signs only as themself")
-    record = ctx.state.get(f"id/prac/{custodian}/{ident}")
+    record = identity.practitioner(ctx.state, custodian, ident)
     if record is None or not record["active"]:
         raise TxError(Code.UNAUTHORIZED, f"field author: {author} is not an active practitioner")
     if not WRITER_ROLES.intersection(record["roles"]):
@@ -165,9 +156,6 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
 
 def _log_writes(ctx: Context, custodian: str, author: str, pids: dict[str, str], n: int) -> None:
     """The registration's writes on the access trail, in its own tx (see module doc)."""
-    from medledger.contracts.access import MAX_RIDS, record_entry
-    from medledger.contracts.access import Entry as AccessEntry
-
     by_key: dict[tuple[str, str], list[str]] = {}
     for rid, pid in sorted(pids.items()):  # a defined order: the rids land on the chain
         action = "create" if ctx.state.get(f"rec/entry/{rid}")["version"] == 1 else "update"
@@ -267,9 +255,6 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
     hospital is served without waiting for one more block. The custodian attests the basis,
     as it does in `access.log`.
     """
-    from medledger.contracts.access import Entry as AccessEntry
-    from medledger.contracts.access import check_basis, record_entry
-
     n = 0
     for i, raw in enumerate(msg.disclosures):
         if not isinstance(raw, dict):
@@ -278,7 +263,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
             d = parse_message(Disclosure, raw)
         except TxError as exc:
             raise TxError(exc.code, f"disclosures[{i}]: {exc.message}") from None
-        if d.org == custodian or not ctx.state.has(f"gov/member/{d.org}"):
+        if d.org == custodian or not is_member(ctx.state, d.org):
             raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].org: not another member")
         if not 0 < len(d.basis) <= MAX_BASIS:
             raise TxError(
@@ -390,6 +375,12 @@ def is_shredded(state: StateView, holder: str, pid: str) -> bool:
     return state.has(f"rec/shredded/{holder}/{pid}")
 
 
+def shred_statement(state: StateView, holder: str, pid: str) -> dict[str, Any] | None:
+    """The holder's records.shredded statement for the pid (digest, counts), or None."""
+    found: dict[str, Any] | None = state.get(f"rec/shredded/{holder}/{pid}")
+    return found
+
+
 def custodians_of(state: StateView, pid: str) -> list[str]:
     """Hospitals holding this patient's care records in the index (their own, not copies)."""
     return sorted({str(holder) for _, holder in state.scan(f"rec/pid/{pid}/")})
@@ -424,15 +415,27 @@ def is_custodian(state: StateView, pid: str, org: str) -> bool:
     return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
 
 
+def entry(state: StateView, rid: str) -> dict[str, Any] | None:
+    """A record's index entry (pid, custodian, version, hashes), or None."""
+    found: dict[str, Any] | None = state.get(f"rec/entry/{rid}")
+    return found
+
+
+def indexed(state: StateView, pid: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(holder, index entry) of each care record of the pid, in the index's key order."""
+    for key, holder in state.scan(f"rec/pid/{pid}/"):
+        found = entry(state, key.rsplit("/", 1)[1])
+        if found is not None:
+            yield str(holder), found
+
+
 def entries_of(state: StateView, pid: str, custodian: str | None = None) -> list[dict[str, Any]]:
     found = []
-    for key, holder in state.scan(f"rec/pid/{pid}/"):
+    for holder, record in indexed(state, pid):
         if custodian is not None and holder != custodian:
             continue
-        entry = state.get(f"rec/entry/{key.rsplit('/', 1)[1]}")
-        if entry is not None:
-            entry["shredded"] = is_shredded(state, entry["custodian"], pid)
-            found.append(entry)
+        record["shredded"] = is_shredded(state, record["custodian"], pid)
+        found.append(record)
     return found
 
 
@@ -445,8 +448,7 @@ def q_of_patient(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def q_entry(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
-    entry: dict[str, Any] | None = state.get(f"rec/entry/{args.get('rid')}")
-    return entry
+    return entry(state, str(args.get("rid")))
 
 
 def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -454,8 +456,7 @@ def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = state.get(f"rec/shredded/{args.get('holder')}/{args.get('pid')}")
-    return found
+    return shred_statement(state, str(args.get("holder")), str(args.get("pid")))
 
 
 CONTRACTS = [

@@ -33,11 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts.categories import ALL, check_categories, covers
-from medledger.contracts.common import check_id
+from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.consent import get_consent
+from medledger.contracts.governance import is_member
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import acting_org, check_pid, is_shredded
+from medledger.contracts.records import entry as record_entry
+from medledger.contracts.records import is_shredded
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -105,7 +108,7 @@ def _save(state: StateView, ref: dict[str, Any]) -> None:
 
 
 def _record_of(state: StateView, rid: str, pid: str, custodian: str, where: str) -> dict[str, Any]:
-    entry: dict[str, Any] | None = state.get(f"rec/entry/{rid}")
+    entry = record_entry(state, rid)
     if entry is None or entry["pid"] != pid or entry["custodian"] != custodian:
         raise TxError(
             Code.NOT_FOUND, f"field {where}: {rid!r} is not a record of {custodian} for this pid"
@@ -146,7 +149,7 @@ def create(ctx: Context, msg: Create) -> None:
     check_id(msg.to, "to")
     if msg.to == origin:
         raise TxError(Code.INVALID_BODY, "field to: a hospital does not refer to itself")
-    if not ctx.state.has(f"gov/member/{msg.to}"):
+    if not is_member(ctx.state, msg.to):
         raise TxError(Code.NOT_FOUND, f"field to: {msg.to!r} is not a member hospital")
     categories = check_categories(msg.categories)
     if categories == [ALL]:
@@ -335,6 +338,11 @@ def end_block(ctx: Context) -> None:
 
 def entries_for(state: StateView, pid: str, org: str) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"referral/to/{pid}/{org}/")]
+
+
+def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:
+    """Every index entry of referrals of the patient, to any hospital."""
+    return [v for _, v in state.scan(f"referral/to/{pid}/")]
 
 
 def check(

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from medledger.contracts.categories import ALL, check_categories
-from medledger.contracts.common import check_id
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import (
     acting_for_patient,
     announce_on_behalf,
     check_hash,
     erasure_requested,
 )
-from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger import merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -293,6 +293,17 @@ def close(ctx: Context, msg: Close) -> None:
     study.update(status="closed", closed=ctx.time_ms)
     ctx.state.put(f"research/study/{msg.study}", study)
     ctx.emit("study.closed", study=msg.study)
+
+
+def enrolment_of(state: StateView, study: str, pid: str) -> dict[str, Any] | None:
+    """A patient's enrolment in a study (status, history, releases), or None."""
+    found: dict[str, Any] | None = state.get(f"research/enrol/{study}/{pid}")
+    return found
+
+
+def studies_of(state: StateView, pid: str) -> list[str]:
+    """The studies a patient was ever enrolled in, in key order."""
+    return [key.rsplit("/", 1)[1] for key, _ in state.scan(f"research/pid/{pid}/")]
 
 
 def holders(state: StateView, pid: str) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ import httpx
 import orjson
 from nacl.public import PrivateKey, SealedBox
 
+from medledger.contracts import queries
 from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.exchange.pki import TlsFiles, client_context, peer_org
 from medledger.exchange.signing import RequestSigner
@@ -271,7 +272,7 @@ class ExchangeClient:
     def check_records(self, custodian: str, pid: str, answer: dict[str, Any]) -> Fetched:
         out = []
         for rec in answer.get("records", []):
-            versions = self.node.engine.query("records/versions", {"rid": rec["rid"]})
+            versions = queries.record_versions(self.node.engine, rec["rid"])
             commitment = verify_fetched(versions, rec, custodian, pid)
             out.append(
                 FetchedRecord.from_wire(rec, custodian, pid, str(rec.get("basis", "")), commitment)

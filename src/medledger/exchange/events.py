@@ -39,7 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from medledger.contracts import consent, referral
+from medledger.contracts import consent, records, referral
 from medledger.exchange.policy import Policy
 from medledger.ledger import codec
 from medledger.ledger.results import BlockRecord, Event
@@ -151,7 +151,7 @@ class Visibility:
         A few short range reads on the replica (the contracts' own indexes by patient).
         """
         with self.policy.state() as state:
-            if any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/")):
+            if org in records.custodians_of(state, pid):
                 return True
             if consent.entries_for(state, pid, f"org:{org}"):
                 return True

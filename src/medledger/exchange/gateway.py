@@ -63,11 +63,13 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
-from medledger.contracts.access import denial_code
+from medledger.contracts import access, queries, records
+from medledger.contracts.access import log_entry
+from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
-from medledger.exchange.policy import Decision, Policy, record_meta
+from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
@@ -329,19 +331,17 @@ class Gateway:
     def _entry(
         self, caller: Caller, pid: str, action: str, purpose: str, rids: list[str], d: Decision
     ) -> dict[str, Any]:
-        return {
-            "actor": caller.label,
-            "actor_org": caller.actor.org,
-            "pid": pid,
-            "action": action,
-            "purpose": purpose,
-            "outcome": "granted" if d.allowed else "denied",
-            "basis": d.basis if d.allowed else "",
-            # The chain gets the reason's code; the wording stays in the evidence table.
-            "reason": "" if d.allowed else denial_code(d.reason),
-            "rids": rids,
-            "request": caller.request.request_fields(),  # every replica verifies it
-        }
+        # The chain gets the reason's code; the wording stays in the evidence table.
+        return log_entry(
+            actor=caller.label,
+            actor_org=caller.actor.org,
+            pid=pid,
+            action=action,
+            purpose=purpose,
+            decision=d,
+            rids=rids,
+            request=caller.request.request_fields(),  # every replica verifies it
+        )
 
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
         """Write the access entries and wait until the network has committed them.
@@ -358,7 +358,7 @@ class Gateway:
                     entry["request"] = {k: v for k, v in request.items() if k != "body"}
                 signed.add(request["signature"])
         try:
-            submitted = wallet.submit("access.log", {"entries": entries})
+            submitted = wallet.submit_message(access.Log(entries))
             if not submitted.accepted:
                 raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")
             started = time.perf_counter()
@@ -403,7 +403,7 @@ class Gateway:
             else:
                 found = []
                 for rid in rids:
-                    entry = state.get(f"rec/entry/{rid}")
+                    entry = records.entry(state, rid)
                     if entry is not None and entry["pid"] == pid and entry["custodian"] == self.org:
                         found.append(entry)
         return [e for e in found if not e.get("shredded")]
@@ -643,7 +643,7 @@ class Gateway:
         }
 
     def _box_key(self, org: str) -> bytes:
-        for member in self.node.engine.query("governance/members"):
+        for member in queries.members(self.node.engine):
             if member["org"] == org and member.get("box_key"):
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")

@@ -10,25 +10,19 @@ state: the same function on the same state, so both sides agree.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medledger.contracts.authorize import Decision
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.ledger.store import StateView
+from medledger.node import decisions
 
 if TYPE_CHECKING:
     from medledger.node import Node
 
-AuthorizeFn = Callable[[StateView, Actor, str, dict[str, Any], str, int], Any]
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    basis: str  # e.g. "consent:12", "referral:3", "custodian"
-    reason: str  # why not, when refused
+AuthorizeFn = decisions.AuthorizeFn
 
 
 def load_authorize() -> AuthorizeFn:
@@ -86,14 +80,11 @@ class Policy:
     ) -> Decision:
         """authorize's verdict; any failure inside it is a refusal (fail closed)."""
         at = int(time.time() * 1000) if at_ms is None else at_ms
-        try:
+
+        def ask() -> Any:
             if state is None:
                 with self.state() as view:
-                    result = self.authorize(view, actor, pid, meta, purpose, at)
-            else:
-                result = self.authorize(state, actor, pid, meta, purpose, at)
-        except ImportError:
-            return Decision(False, "", "authorization unavailable on this node")
-        except Exception as exc:  # a bug or bad input must never open access
-            return Decision(False, "", f"authorization failed: {type(exc).__name__}")
-        return Decision(bool(result.allowed), str(result.basis or ""), str(result.reason or ""))
+                    return self.authorize(view, actor, pid, meta, purpose, at)
+            return self.authorize(state, actor, pid, meta, purpose, at)
+
+        return decisions.fail_closed(ask)

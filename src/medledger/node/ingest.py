@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from medledger.contracts import queries
 from medledger.interop.errors import InputError
 from medledger.node import Node, registrations
 from medledger.node.indexing import commitment, seal_meta
@@ -381,7 +382,7 @@ class _Disclosures:
         self.node = node
         self.org = org
         self.now = int(time.time() * 1000)
-        members = node.engine.query("governance/members", {})
+        members = queries.members(node.engine)
         self.others = [str(m["org"]) for m in members if m["org"] != org]
         self._decided: dict[tuple[str, str, str, str], str] = {}
         self.found: dict[tuple[str, str], list[str]] = {}  # (org, basis) -> rids

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from medledger.consensus.engine import Committed, Engine
+from medledger.contracts import queries
 from medledger.ledger.errors import Code
 from medledger.ledger.tx import decode_tx
 from medledger.node.wallet import TxRejected, Wallet
@@ -189,8 +190,8 @@ def _fate(engine: Engine, unit: ProvisionalUnit, wait_s: float) -> Fate:
         return "failed"  # never signed, so never submitted
     tx = decode_tx(unit.claim)
     # The nonce first: once it has passed the tx, the tx's presence (or absence) is final.
-    passed = int(engine.query("ledger/nonce", {"signer": tx.signer})) >= tx.nonce
-    if engine.query("ledger/tx", {"id": tx.id}) is not None:
+    passed = queries.nonce(engine, tx.signer) >= tx.nonce
+    if queries.tx_location(engine, tx.id) is not None:
         committed = engine.wait_for_commit(tx.id, 0.0)
         return "committed" if committed.result.ok else "failed"
     if passed:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from medledger.contracts import erasure, queries
 from medledger.node import Node
 from medledger.vault import Vault
 
@@ -88,19 +89,21 @@ def carry_out(
 
     A request filed on the patient's behalf is pending for the consortium's
     `on_behalf_delay_ms` (72 h): the outcome is then "pending", with when it takes effect."""
-    status: dict[str, Any] | None = node.engine.query("erasure/status", {"pid": pid})
+    status: dict[str, Any] | None = queries.erasure_status(node.engine, pid)
     if status is None:
-        if node.engine.query("erasure/pending", {"pid": pid}) is None:
+        if queries.erasure_pending(node.engine, pid) is None:
             if not evidence_hash:
                 raise ValueError(
                     "no erasure request is on the chain for this patient: give --evidence FILE "
                     "(the patient's signed request) to file one on their behalf"
                 )
-            body = {"pid": pid, "evidence_hash": evidence_hash, "taken_by": taken_by}
-            node.wallet.send("erasure.request", body)
-            status = node.engine.query("erasure/status", {"pid": pid})
+            node.wallet.send_message(
+                erasure.Request(pid=pid, evidence_hash=evidence_hash, taken_by=taken_by)
+            )
+            status = queries.erasure_status(node.engine, pid)
         if status is None:
-            pending: dict[str, Any] = node.engine.query("erasure/pending", {"pid": pid})
+            pending = queries.erasure_pending(node.engine, pid)
+            assert pending is not None  # filed just now, or found waiting above
             return ErasureOutcome(
                 int(pending["id"]),
                 "pending",
@@ -167,7 +170,7 @@ def reinstate_copies(
                 f"--reason: say in 1 to {MAX_REASON} characters why the copies may come back "
                 "although the chain shows nothing new"
             )
-    request: dict[str, Any] | None = node.engine.query("erasure/status", {"pid": pid})
+    request: dict[str, Any] | None = queries.erasure_status(node.engine, pid)
     if request is not None:
         return ReinstateOutcome(
             "refused", f"erasure request {request['id']} of this patient stands: no copy comes back"
@@ -188,7 +191,7 @@ def reinstate_copies(
     if shredded is not None:
         newer = [
             e
-            for e in node.engine.query("records/of_patient", {"pid": pid, "custodian": custodian})
+            for e in queries.records_of_patient(node.engine, pid, custodian)
             if int(e["time"]) > int(shredded["time"])
         ]
     if newer:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medledger.consensus.engine import Committed, Engine, Submitted
+from medledger.contracts import queries
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
@@ -49,7 +50,7 @@ class Wallet:
         return self.key.public_key
 
     def _next_nonce(self) -> int:
-        on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
+        on_chain = queries.nonce(self.engine, self.key.public_key)
         self._last_nonce = max(self._last_nonce, on_chain) + 1
         return self._last_nonce
 
@@ -114,6 +115,19 @@ class Wallet:
             return committed
         raise TimeoutError(f"{kind}: dropped {_MAX_RESENDS + 1} times by the network")
 
+    def send_message(self, msg: Any, *, timeout: float = 30.0) -> Committed:
+        """`send` a contract's message dataclass (e.g. `erasure.Request(...)`): its kind and
+        body come from the contract's own declaration (contracts.messages)."""
+        from medledger.contracts.messages import body_of, kind_of
+
+        return self.send(kind_of(msg), body_of(msg), timeout=timeout)
+
+    def submit_message(self, msg: Any) -> Submitted:
+        """`submit` a contract's message dataclass, without waiting for its commit."""
+        from medledger.contracts.messages import body_of, kind_of
+
+        return self.submit(kind_of(msg), body_of(msg))
+
     def _await(self, tx_id: bytes, nonce: int, deadline: float) -> Committed | None:
         while True:
             remaining = deadline - time.monotonic()
@@ -122,6 +136,6 @@ class Wallet:
             try:
                 return self.engine.wait_for_commit(tx_id, min(_LOSS_CHECK_S, remaining))
             except TimeoutError:
-                on_chain = int(self.engine.query("ledger/nonce", {"signer": self.key.public_key}))
-                if on_chain >= nonce and self.engine.query("ledger/tx", {"id": tx_id}) is None:
+                on_chain = queries.nonce(self.engine, self.key.public_key)
+                if on_chain >= nonce and queries.tx_location(self.engine, tx_id) is None:
                     return None

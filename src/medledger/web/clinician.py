@@ -69,7 +69,7 @@ def router() -> APIRouter:
             else:
                 denial = decision.reason
                 refused.setdefault(decision.reason, []).append(r["rid"])
-        from medledger.api.services import Decision
+        from medledger.contracts.authorize import Decision
 
         for reason, rids in sorted(refused.items()):  # refusals are on the chain too
             svc.record_access(

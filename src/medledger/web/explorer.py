@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from medledger.api.services import HospitalServices
+from medledger.contracts import queries
 from medledger.web.auth import csrf_token, guard_post, login_form, services, signed_in
 from medledger.web.health import hospitals_health
 from medledger.web.render import message, render
@@ -48,7 +49,7 @@ def router() -> APIRouter:
                         "app_hash": record.header.app_hash.hex()[:16],
                     }
                 )
-        members = engine.query("governance/members", {})
+        members = queries.members(engine)
         health = hospitals_health(svc)
         validators = [
             {**m, "key": m["key"].hex()[:16], "health": health.get(m["org"])} for m in members

@@ -22,6 +22,7 @@ from medledger.api.auth import allows
 from medledger.api.outcomes import FhirError
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, patient_of
+from medledger.contracts import queries
 from medledger.contracts.access import reason_in_words
 from medledger.web.auth import (
     csrf_token,
@@ -59,14 +60,14 @@ def router() -> APIRouter:
                 [r["rid"] for r in records],
                 wait=False,
             )
-        trail = svc.node.engine.query("access/of_patient", {"pid": pid})
+        trail = queries.access_of_patient(svc.node, pid)
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
         held = {r["rid"] for r in records}
         everything = allows(claims, "*", "search")  # counts of every type: for *-scopes only
         elsewhere = [
             entry
-            for entry in svc.node.engine.query("records/of_patient", {"pid": pid})
+            for entry in queries.records_of_patient(svc.node, pid)
             if entry["rid"] not in held and not entry["shredded"]
         ]
         if everything is None or everything.categories is not None:
@@ -140,7 +141,7 @@ def router() -> APIRouter:
     @routes.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
         svc, claims, pid = _patient(request, "Consent", "update")
-        consent = svc.node.engine.query("consent/get", {"id": cid})
+        consent = queries.consent_get(svc.node, cid)
         if consent is None or consent["pid"] != pid:  # only one's own consents
             raise FhirError(404, "not-found", f"no consent {cid} of yours")
         return _act(
@@ -177,8 +178,8 @@ def router() -> APIRouter:
             raise FhirError(404, "not-found", "this node keeps no ledger replica")
         # Only the txs of the patient's own trail and records: a tx id is no key to others'.
         engine = svc.node.engine
-        own = {a["tx"].hex() for a in engine.query("access/of_patient", {"pid": pid})} | {
-            r["tx"].hex() for r in engine.query("records/of_patient", {"pid": pid})
+        own = {a["tx"].hex() for a in queries.access_of_patient(engine, pid)} | {
+            r["tx"].hex() for r in queries.records_of_patient(engine, pid)
         }
         found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
         if found is None:
@@ -226,9 +227,7 @@ def _act(
 def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
     """Why this hospital's portal may not act for the signed-in patient, if it may not: only a
     custodian of the patient acts in their name (the contract refuses anyone else too)."""
-    held = svc.node.engine.query(
-        "records/of_patient", {"pid": claims.patient, "custodian": svc.org}
-    )
+    held = queries.records_of_patient(svc.node.engine, claims.patient, svc.org)
     if any(not entry["shredded"] for entry in held):
         return None
     return (
@@ -261,18 +260,18 @@ def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
             "note": _self_grant_note(c),
             "revocable": c["status"] in ("active", "contested"),
         }
-        for c in engine.query("consent/list", {"pid": pid})
+        for c in queries.consent_list(engine, pid)
     ]
     requests = [
         {**r, "who": r["org"] + (f"/{r['practitioner']}" if r["practitioner"] else "")}
-        for r in engine.query("consent/requests", {"pid": pid})
+        for r in queries.consent_requests(engine, pid)
     ]
-    mine = {r["study"]: r for r in engine.query("research/of_patient", {"pid": pid})}
+    mine = {r["study"]: r for r in queries.research_of_patient(engine, pid)}
     from medledger.node.notes import NoteStore, title_of_study
 
     notes = NoteStore(svc.node.config.home)  # titles of the studies this hospital sponsors
     studies = []
-    for st in engine.query("research/studies", {}):
+    for st in queries.studies(engine):
         enrolled = mine.get(st["id"], {}).get("status") == "enrolled"
         studies.append(
             {
@@ -282,13 +281,13 @@ def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
                 "action": "withdraw" if enrolled else "enrol",
             }
         )
-    erasure = engine.query("erasure/status", {"pid": pid})
-    waiting = engine.query("erasure/pending", {"pid": pid}) if erasure is None else None
+    erasure = queries.erasure_status(engine, pid)
+    waiting = queries.erasure_pending(engine, pid) if erasure is None else None
     hours = None
     if erasure is None and waiting is None:
-        hours = engine.query("policies/params", {})["on_behalf_delay_ms"] // (3600 * 1000)
-    members = [m for m in engine.query("governance/members", {}) if m["org"] != svc.org]
-    notices = engine.query("patients/notices", {"pid": pid})
+        hours = queries.policy_params(engine)["on_behalf_delay_ms"] // (3600 * 1000)
+    members = [m for m in queries.members(engine) if m["org"] != svc.org]
+    notices = queries.patient_notices(engine, pid)
     return {
         "consents": consents,
         "requests": requests,

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from medledger.contracts.access import denial_code
+from medledger.contracts import access, queries
+from medledger.contracts.access import log_entry
 from medledger.contracts.identity import resolve_actor
 from medledger.exchange.client import (
     ExchangeError,
@@ -43,9 +44,7 @@ class DeliveryJobs(AgentBase):
         pid, receiver = ref["pid"], ref["to"]
         mine = {
             e["rid"]: e
-            for e in self.node.engine.query(
-                "records/of_patient", {"pid": pid, "custodian": self.org}
-            )
+            for e in queries.records_of_patient(self.node.engine, pid, self.org)
             if not e.get("shredded")
         }
         key = self.vault.metadata_key(pid)
@@ -92,18 +91,16 @@ class DeliveryJobs(AgentBase):
         # The push is this hospital's own act (the receiver signed no request, and an entry
         # naming another hospital's actor needs its signed request): the basis, the referral,
         # says to whom.
-        entry_log = {
-            "actor": f"org:{self.org}",
-            "actor_org": self.org,
-            "pid": pid,
-            "action": "export",
-            "purpose": "treatment",
-            "outcome": "denied" if denied else "granted",
-            "basis": "" if denied else decision.basis,
-            "reason": denial_code(decision.reason) if denied else "",
-            "rids": rids,
-        }
-        self.node.wallet.send("access.log", {"entries": [entry_log]})
+        entry_log = log_entry(
+            actor=f"org:{self.org}",
+            actor_org=self.org,
+            pid=pid,
+            action="export",
+            purpose="treatment",
+            decision=decision,
+            rids=rids,
+        )
+        self.node.wallet.send_message(access.Log([entry_log]))
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
         self.client.deliver(receiver, payload)
@@ -113,7 +110,7 @@ class DeliveryJobs(AgentBase):
         return f"{len(rids)} records delivered to {receiver}"
 
     def _member_key(self, org: str) -> bytes:
-        for member in self.node.engine.query("governance/members"):
+        for member in queries.members(self.node.engine):
             if member["org"] == org:
                 return bytes(member["key"])
         raise Refused(409, f"{org} is not a member")
@@ -133,7 +130,7 @@ class DeliveryJobs(AgentBase):
             raise Refused(409, f"referral {ref_id} is {ref['status']}")
         checked = []
         for rec in records:
-            versions = self.node.engine.query("records/versions", {"rid": rec.get("rid")})
+            versions = queries.record_versions(self.node.engine, rec.get("rid"))
             try:
                 commitment = verify_fetched(versions, rec, ref["from"], pid)
             except ExchangeError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medledger.contracts import queries
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import Job
 from medledger.vault import PatientErased
@@ -39,7 +40,7 @@ class ErasureJobs(AgentBase):
         with self.store.tx() as db:
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
-        if self.node.engine.query("records/shredded", {"holder": self.org, "pid": pid}) is None:
+        if queries.shredded(self.node.engine, self.org, pid) is None:
             self.node.wallet.send(
                 "records.shredded",
                 {
@@ -90,9 +91,7 @@ class ErasureJobs(AgentBase):
 
     def _obligation(self, pid: str, request: int) -> dict[str, Any] | None:
         try:
-            status = self.node.engine.query(
-                "erasure/status", {"id": request} if request else {"pid": pid}
-            )
+            status = queries.erasure_status(self.node.engine, pid, request)
         except Exception:
             return None
         if not status:

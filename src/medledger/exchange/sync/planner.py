@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from medledger.contracts import queries
 from medledger.exchange.events import block_events
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import _add_job
@@ -85,12 +86,12 @@ class Planner(AgentBase):
         return [r[0] for r in rows]
 
     def _custodians(self, pid: str) -> list[str]:
-        entries = self.node.engine.query("records/of_patient", {"pid": pid})
+        entries = queries.records_of_patient(self.node.engine, pid)
         return sorted({e["custodian"] for e in entries if e["custodian"] != self.org})
 
     def _study_sponsor(self, study: str) -> str | None:
         try:
-            found = self.node.engine.query("research/study", {"study": study})
+            found = queries.study(self.node.engine, study)
         except Exception:
             return None
         return None if not found else str(found.get("sponsor"))
@@ -156,7 +157,7 @@ class Planner(AgentBase):
 
     def _referral(self, ref: int) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] | None = self.node.engine.query("referral/status", {"id": ref})
+            found: dict[str, Any] | None = queries.referral_status(self.node.engine, ref)
         except Exception:
             return None
         return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medledger.contracts import queries
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import resolve_actor
 from medledger.exchange.client import ExchangeError
@@ -42,9 +43,7 @@ class PrefetchJobs(AgentBase):
             return "patient erased here"
         entries = [
             e
-            for e in self.node.engine.query(
-                "records/of_patient", {"pid": pid, "custodian": custodian}
-            )
+            for e in queries.records_of_patient(self.node.engine, pid, custodian)
             if not e.get("shredded")
         ]
         if not entries:
