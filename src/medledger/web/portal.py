@@ -60,14 +60,14 @@ def router() -> APIRouter:
                 [r["rid"] for r in records],
                 wait=False,
             )
-        trail = queries.access_of_patient(svc.node, pid)
+        trail = queries.access_of_patient(svc.node.engine, pid)
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
         held = {r["rid"] for r in records}
         everything = allows(claims, "*", "search")  # counts of every type: for *-scopes only
         elsewhere = [
             entry
-            for entry in queries.records_of_patient(svc.node, pid)
+            for entry in queries.records_of_patient(svc.node.engine, pid)
             if entry["rid"] not in held and not entry["shredded"]
         ]
         if everything is None or everything.categories is not None:
@@ -141,7 +141,7 @@ def router() -> APIRouter:
     @routes.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
         svc, claims, pid = _patient(request, "Consent", "update")
-        consent = queries.consent_get(svc.node, cid)
+        consent = queries.consent_get(svc.node.engine, cid)
         if consent is None or consent["pid"] != pid:  # only one's own consents
             raise FhirError(404, "not-found", f"no consent {cid} of yours")
         return _act(
