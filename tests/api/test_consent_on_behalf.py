@@ -10,8 +10,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
 from medledger.interop.fhir_consent import ORG_SYSTEM, PID_SYSTEM
+from medledger.web.site import create_app
 
 from .conftest import Api, _save_key
 

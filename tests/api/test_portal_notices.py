@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
+from medledger.web.site import create_app
 
 from .conftest import Api
 from .test_consent_on_behalf import _hidden_fields

@@ -10,11 +10,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
 from medledger.api.services import HospitalServices, issuer_key
 from medledger.api.tokens import TokenError, mint, verify_token
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
+from medledger.web.site import create_app
 
 from .conftest import Api, csrf, eventually
 

@@ -406,7 +406,7 @@ def test_info_and_finalize_carry_validator_updates(tmp_path: Path) -> None:
 
 
 def test_real_ledger_app_check_tx_over_abci(tmp_path: Path) -> None:
-    from ..ledger.helpers import make_net
+    from tests.support.ledger import make_net
 
     net = make_net(2)
     ledger = net.app(tmp_path / "ledger.db")

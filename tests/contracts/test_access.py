@@ -20,8 +20,7 @@ from medledger.contracts.records import MAX_BASIS, META_CT_SIZES
 from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from ..ledger.helpers import T0, Net, make_net, run_block
+from tests.support.ledger import T0, Net, make_net, run_block
 
 PID = "ab" * 32
 OTHER_PID = "cd" * 32

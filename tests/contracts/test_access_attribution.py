@@ -16,10 +16,10 @@ import pytest
 from medledger.contracts.access import DENIAL_REASONS, denial_code, reason_in_words
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
+from tests.support.ledger import T0, run_block
+from tests.support.world import World
 
-from ..ledger.helpers import T0, run_block
 from .test_access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
-from .test_authorize import World
 
 
 def _log(entry: dict[str, Any], by: str = "h0") -> Any:

@@ -9,8 +9,7 @@ import pytest
 from medledger.interop.fhir_consent import FhirConsentError, from_fhir, to_fhir
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from .test_authorize import EVIDENCE, World, pid_of
+from tests.support.world import EVIDENCE, World, pid_of
 
 
 def test_binding_a_patient_key() -> None:

@@ -17,8 +17,7 @@ from medledger.contracts.records import META_CT_SIZES, custody_since
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import TxResult
-
-from .test_authorize import EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 NOTE = b"\x05" * 32  # the hash of a DPO's written note
 DELAY = 3 * DAY_MS  # on_behalf_delay_ms by default

@@ -6,8 +6,7 @@ import hashlib
 
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
-
-from .test_authorize import HOUR, JUSTIFICATION, World
+from tests.support.world import HOUR, JUSTIFICATION, World
 
 
 def _events(result, kind):  # type: ignore[no-untyped-def]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from ..ledger.helpers import T0, make_net, run_block
+from tests.support.ledger import T0, make_net, run_block
 
 
 def _admit(net, org: str = "h9", **extra):  # type: ignore[no-untyped-def]

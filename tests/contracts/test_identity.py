@@ -6,8 +6,7 @@ from medledger.contracts.identity import resolve_actor
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.store import StateView
-
-from ..ledger.helpers import make_net, run_block
+from tests.support.ledger import make_net, run_block
 
 
 def test_register_update_and_revoke() -> None:

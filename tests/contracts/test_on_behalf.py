@@ -11,8 +11,7 @@ from typing import Any
 
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from .test_authorize import EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 NOTE = b"\x05" * 32  # the hash of a DPO's written note
 

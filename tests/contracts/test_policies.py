@@ -6,8 +6,7 @@ from medledger.contracts import policies
 from medledger.contracts.categories import CATEGORIES
 from medledger.ledger.errors import Code
 from medledger.ledger.store import StateView
-
-from .test_authorize import World
+from tests.support.world import World
 
 
 def _propose(w: World, action: str, args: dict[str, object]):  # type: ignore[no-untyped-def]

@@ -7,8 +7,7 @@ from typing import Any
 
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from ..ledger.helpers import META_CT, make_net, run_block
+from tests.support.ledger import META_CT, make_net, run_block
 
 PID = "ab" * 32
 

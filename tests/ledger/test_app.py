@@ -10,8 +10,7 @@ from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
 from medledger.ledger.tx import sign_tx
-
-from .helpers import CHAIN, make_net, run_block
+from tests.support.ledger import CHAIN, make_net, run_block
 
 
 def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):  # type: ignore[no-untyped-def]

@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
                 and node.engine.query("erasure/status", {"pid": pid}) is None
                 and node.engine.query("erasure/pending", {"pid": pid}) is None
             ):
-                from medledger.cli.consent import taken_by
+                from medledger.cli._common import taken_by
 
                 taken_by(node, {}, practitioner, "")  # checked before anything is signed
             outcome = carry_out(node, vault, pid, evidence_hash, practitioner)

@@ -55,9 +55,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
-from medledger.contracts.records import MAX_BASIS, acting_org, check_pid
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import verify
@@ -68,6 +67,7 @@ OUTCOMES = ("granted", "denied")
 PURPOSES = ("treatment", "emergency", "research", "patient-request", "audit", "operations")
 MAX_ENTRIES = 500
 MAX_RIDS = 1000  # per entry
+MAX_BASIS = 200  # also bounds a record registration's disclosures
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
 MAX_TARGET = 512  # a signed request's path (the exchange's are short)
 MAX_REQUEST_BODY = 96 * 1024  # an exchange question: pid, purpose, up to 1000 rids

@@ -42,3 +42,9 @@ def require_member(ctx: Context) -> str:
 
 def members(state: StateView) -> list[dict[str, Any]]:
     return [m for _, m in state.scan("gov/member/")]
+
+
+def check_pid(pid: str, field: str = "pid") -> str:
+    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
+        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
+    return pid

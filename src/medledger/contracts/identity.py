@@ -172,3 +172,13 @@ CONTRACTS = [
         queries={"identity/practitioners": q_practitioners, "identity/actor": q_actor},
     )
 ]
+
+
+def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
+    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
+    actor = resolve_actor(ctx.state, ctx.signer)
+    if actor is None or not actor.active:
+        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
+    if role is not None and not actor.is_org and role not in actor.roles:
+        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
+    return actor.org, actor.practitioner

@@ -48,9 +48,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts.access import MAX_BASIS
 from medledger.contracts.categories import PURPOSE_ROLES
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.identity import acting_org
 from medledger.ledger.contract import Context, Contract, Message, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -63,7 +64,6 @@ META_CT_SIZES = tuple(12 + size + 16 for size in META_BUCKETS)
 MAX_ENTRIES = 2000
 #: Roles that may author records (the care roles; an organisation key may too).
 WRITER_ROLES = PURPOSE_ROLES["treatment"]
-MAX_BASIS = 200
 
 
 @dataclass
@@ -104,22 +104,6 @@ class Shredded:
     digest: bytes  # hash of the vault's erasure receipt
     records: int
     copies: int = 0
-
-
-def check_pid(pid: str, field: str = "pid") -> str:
-    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
-        raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
-    return pid
-
-
-def acting_org(ctx: Context, role: str | None = None) -> tuple[str, str | None]:
-    """The signer's hospital (and practitioner id), refusing revoked or unknown keys."""
-    actor = resolve_actor(ctx.state, ctx.signer)
-    if actor is None or not actor.active:
-        raise TxError(Code.UNAUTHORIZED, "signer is not an active hospital or practitioner key")
-    if role is not None and not actor.is_org and role not in actor.roles:
-        raise TxError(Code.UNAUTHORIZED, f"signer lacks the {role!r} role")
-    return actor.org, actor.practitioner
 
 
 def _check_entry(i: int, raw: dict[str, Any]) -> Entry:

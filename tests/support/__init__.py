@@ -1,0 +1,2 @@
+"""Helpers shared by test packages: a ledger net with known keys (`ledger`) and the
+three-hospital care world (`world`)."""
