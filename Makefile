@@ -38,7 +38,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed
-	$(BIN)/mypy src/medledger/ledger src/medledger/contracts
+	$(BIN)/mypy src tests
 
 pytest: setup
 	PATH="$(TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

@@ -12,14 +12,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "medledger"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _config() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+def _config() -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return config["tool"]["importlinter"]  # type: ignore[no-any-return]
 
 
 def _layers() -> list[set[str]]:

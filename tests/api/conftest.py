@@ -11,13 +11,13 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
 from medledger.api.services import HospitalServices, issuer_key
 from medledger.api.tokens import mint
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.vault import Vault
+from medledger.web.site import create_app
 
 
 @dataclass

@@ -318,7 +318,7 @@ def test_request_bodies_are_bounded_whether_declared_or_streamed(api: Api) -> No
     r = api.client.post("/fhir/Observation", content=big, headers=headers)
     assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
 
-    def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: sent chunked
+    def chunks():  # no Content-Length: sent chunked
         for _ in range(10):
             yield b"x" * 1000
 

@@ -11,12 +11,13 @@ import pytest
 
 from medledger.contracts.access import (
     DENIAL_REASONS,
+    MAX_BASIS,
     MAX_ENTRIES,
     MAX_REASON,
     MAX_RIDS,
     request_bytes,
 )
-from medledger.contracts.records import MAX_BASIS, META_CT_SIZES
+from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
@@ -74,8 +75,8 @@ def _with_dr_a() -> tuple[Net, Application]:
     return net, app
 
 
-def _entry(**over):  # type: ignore[no-untyped-def]
-    e = {
+def _entry(**over: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
         "actor": "practitioner:h1/dr-a",
         "actor_org": "h1",
         "pid": PID,

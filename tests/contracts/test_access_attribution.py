@@ -32,7 +32,7 @@ def _log(entry: dict[str, Any], by: str = "h0") -> Any:
 
 def test_a_hospital_attributes_a_read_to_another_hospitals_practitioner_with_any_hash() -> None:
     w = World()
-    entry = {
+    entry: dict[str, Any] = {
         "actor": "practitioner:h0/dr-a",  # alice's own physician at h0
         "actor_org": "h0",
         "pid": w.pid,

@@ -340,6 +340,20 @@ def _cohort(w: World, members: list[str], withdraw: str | None = None) -> TxResu
     )
 
 
+def _release_of_strangers(w: World) -> TxResult:
+    w.study()
+    return w.send(
+        "h0",
+        "research.release",
+        {
+            "study": "s1",
+            "dataset_hash": EVIDENCE,
+            "members": [member_token("s1", pid_of("x")), member_token("s1", pid_of("y"))],
+            "counts": {"patients": 2},
+        },
+    )
+
+
 TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
     "forged signature": (_forged, Code.BAD_SIGNATURE, "signature"),
     "replayed tx": (_replayed, Code.BAD_NONCE, "nonce"),
@@ -417,19 +431,7 @@ TX_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         "withdrew",
     ),
     "release with a patient never enrolled": (
-        lambda w: (
-            w.study(),
-            w.send(
-                "h0",
-                "research.release",
-                {
-                    "study": "s1",
-                    "dataset_hash": EVIDENCE,
-                    "members": [member_token("s1", pid_of("x")), member_token("s1", pid_of("y"))],
-                    "counts": {"patients": 2},
-                },
-            ),
-        )[1],
+        lambda w: _release_of_strangers(w),
         Code.REFUSED,
         "not enrolled",
     ),

@@ -52,7 +52,9 @@ def own(w: World, grantee: str) -> dict[str, Any]:
 
 
 def granted_id(result: TxResult) -> int:
-    return int(next(e.get("id") for e in result.events if e.type == "consent.granted"))
+    found = next(e.get("id") for e in result.events if e.type == "consent.granted")
+    assert found is not None
+    return int(found)
 
 
 def events(result: Any, kind: str) -> list[dict[str, Any]]:

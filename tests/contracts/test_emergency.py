@@ -9,7 +9,7 @@ from medledger.ledger.errors import Code
 from tests.support.world import HOUR, JUSTIFICATION, World
 
 
-def _events(result, kind):  # type: ignore[no-untyped-def]
+def _events(result, kind):
     return [dict(e.attrs) for e in result.events if e.type == kind]
 
 

@@ -14,7 +14,7 @@ from tests.support.world import World, pid_of
 RECEIPT = hashlib.sha256(b"vault erasure receipt").digest()
 
 
-def _holders(status):  # type: ignore[no-untyped-def]
+def _holders(status):
     return {o["holder"]: o for o in status["obligations"]}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
@@ -63,7 +65,7 @@ def test_registration_errors_name_the_field() -> None:
     app = net.app()
     h0 = net.orgs["h0"]
     key = SigningKey.generate().public_key
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"practitioner": "dr-a", "key": key, "roles": ["surgeon-general"]}, "roles"),
         ({"practitioner": "dr-a", "key": key, "roles": []}, "roles"),
         ({"practitioner": "dr-a", "key": b"short", "roles": ["nurse"]}, "key"),

@@ -9,7 +9,7 @@ from medledger.ledger.store import StateView
 from tests.support.world import World
 
 
-def _propose(w: World, action: str, args: dict[str, object]):  # type: ignore[no-untyped-def]
+def _propose(w: World, action: str, args: dict[str, object]):
     return w.send("h0", "governance.propose", {"action": action, "args": args})
 
 

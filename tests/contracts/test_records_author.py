@@ -19,7 +19,7 @@ def _entries(*rids: str) -> list[dict[str, Any]]:
     ]
 
 
-def _world():  # type: ignore[no-untyped-def]
+def _world():
     """h0 with dr-a (physician), dr-r (researcher) and dr-gone (revoked); h1 with dr-b."""
     net = make_net()
     app = net.app()

@@ -57,7 +57,7 @@ def test_a_referral_is_delivered_and_confirmed_end_to_end(sandbox: Sandbox) -> N
     assert [(e["actor_org"], e["basis"], e["outcome"]) for e in exports] == [
         (A, "referral:1", "granted")
     ]
-    received = [r for r in sandbox.x(B).evidence.rows() if r["target"].endswith("/deliveries")]
+    received = [r for r in sandbox.x(B).evidence.rows() if str(r["target"]).endswith("/deliveries")]
     assert received and received[0]["outcome"] == "accepted" and received[0]["body"] is None
 
 

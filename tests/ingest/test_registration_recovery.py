@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -164,7 +165,7 @@ def test_a_registration_that_times_out_is_reported_and_settled_later(
     with _restarted(consortium[0]) as (node, vault):
         send = node.wallet.send
 
-        def impatient(kind: str, body: dict[str, object], **kwargs: object) -> object:
+        def impatient(kind: str, body: dict[str, Any], **kwargs: Any) -> Any:
             return send(kind, body, **(kwargs | {"timeout": 0.5}))
 
         def no_block_yet(tx_id: bytes, timeout: float = 30.0) -> object:

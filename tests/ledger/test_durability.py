@@ -18,7 +18,7 @@ from tests.support.ledger import make_net, run_block
 from .test_app import register_body
 
 
-def _chain(path: Path, blocks: int = 4):  # type: ignore[no-untyped-def]
+def _chain(path: Path, blocks: int = 4):
     net = make_net()
     app = net.app(path)
     for i in range(blocks):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
+
+if TYPE_CHECKING:
+    from medledger.consensus.engine import Committed
+    from medledger.node import Node
 
 
 def _hex(value: str, field: str) -> bytes:
@@ -20,7 +24,7 @@ def _hex(value: str, field: str) -> bytes:
     return data
 
 
-def _report(node, committed) -> None:  # type: ignore[no-untyped-def]
+def _report(node: Node, committed: Committed) -> None:
     for event in committed.result.events:
         if event.type == "proposal.created":
             console.print(f"proposal {event.get('id')} created ({event.get('action')})")

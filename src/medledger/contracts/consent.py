@@ -56,8 +56,8 @@ from medledger.contracts.categories import (
     check_purpose,
     covers,
 )
-from medledger.contracts.common import check_id
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.contracts.patients import (
     REQUEST_ROLES,
     ActingFor,
@@ -67,7 +67,7 @@ from medledger.contracts.patients import (
     erasure_requested,
     patient_of_key,
 )
-from medledger.contracts.records import acting_org, check_pid, custody_since
+from medledger.contracts.records import custody_since
 from medledger.contracts.research import get_study
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError

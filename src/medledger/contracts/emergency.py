@@ -32,10 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medledger.contracts.common import check_pid
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.patients import check_hash
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import check_pid
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView

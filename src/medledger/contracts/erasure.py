@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from medledger.contracts import consent, referral, research
-from medledger.contracts.common import DAY_MS
+from medledger.contracts.common import DAY_MS, check_pid
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import (
     acting_for_patient,
     announce_on_behalf,
@@ -57,7 +58,6 @@ from medledger.contracts.patients import (
     may_cancel,
 )
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView

@@ -67,16 +67,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medledger.contracts.common import check_id, member_of_key
-from medledger.contracts.identity import resolve_actor
+from medledger.contracts.common import check_id, check_pid, member_of_key
+from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import (
-    acting_org,
-    check_pid,
-    custodies,
-    custody_since,
-    is_custodian,
-)
+from medledger.contracts.records import custodies, custody_since, is_custodian
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts.categories import ALL, check_categories, covers
-from medledger.contracts.common import check_id
+from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.consent import get_consent
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
-from medledger.contracts.records import acting_org, check_pid, is_shredded
+from medledger.contracts.records import is_shredded
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from medledger.contracts.categories import ALL, check_categories
-from medledger.contracts.common import check_id
+from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import (
     acting_for_patient,
     announce_on_behalf,
     check_hash,
     erasure_requested,
 )
-from medledger.contracts.records import acting_org, check_pid
 from medledger.ledger import merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
