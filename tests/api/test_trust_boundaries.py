@@ -16,7 +16,7 @@ from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.web.site import create_app
 
-from .conftest import Api, csrf, eventually
+from .conftest import Api, _signed_in, csrf, eventually
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
 
@@ -41,15 +41,6 @@ def _practitioner(api: Api, practitioner: str, roles: list[str]) -> None:
     node.wallet.send(
         "identity.register", {"practitioner": practitioner, "key": key.public_key, "roles": roles}
     )
-
-
-def _signed_in(api: Api, headers: dict[str, str], https: bool = False) -> tuple[TestClient, str]:
-    """A browser-like client signed in with this token; returns it and the landing page."""
-    base = "https://testserver" if https else "http://testserver"
-    client = TestClient(create_app(api.services), base_url=base)
-    token = headers["Authorization"].removeprefix("Bearer ")
-    landing = client.post("/login", data={"token": token, "next": "/portal"})
-    return client, landing.text
 
 
 def _trail(api: Api) -> list[dict[str, Any]]:

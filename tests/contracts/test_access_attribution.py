@@ -16,10 +16,9 @@ import pytest
 from medledger.contracts.access import DENIAL_REASONS, denial_code, reason_in_words
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
+from tests.support.access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
 from tests.support.ledger import T0, run_block
 from tests.support.world import World
-
-from .test_access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
 
 
 def _log(entry: dict[str, Any], by: str = "h0") -> Any:

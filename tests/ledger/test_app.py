@@ -10,12 +10,7 @@ from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
 from medledger.ledger.tx import sign_tx
-from tests.support.ledger import CHAIN, make_net, run_block
-
-
-def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):
-    key = key or SigningKey.generate()
-    return {"practitioner": name, "key": key.public_key, "roles": roles or ["physician"]}
+from tests.support.ledger import CHAIN, make_net, register_body, run_block
 
 
 def test_a_registration_commits_and_is_queryable() -> None:

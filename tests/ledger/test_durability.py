@@ -13,9 +13,7 @@ import pytest
 from medledger.contracts import default_registry
 from medledger.ledger.replay import VerifyError, verify_history
 from medledger.ledger.store import Store
-from tests.support.ledger import make_net, run_block
-
-from .test_app import register_body
+from tests.support.ledger import make_net, register_body, run_block
 
 
 def _chain(path: Path, blocks: int = 4):
@@ -63,7 +61,7 @@ _CHILD = textwrap.dedent(
     import os, sys
     sys.path.insert(0, {root!r})
     from tests.support.ledger import make_net, run_block
-    from tests.ledger.test_app import register_body
+    from tests.support.ledger import register_body
     net = make_net()
     for h in range(4):  # re-sign the same first four blocks' txs: nonces continue from there
         for j in range(2):

@@ -59,3 +59,8 @@ def run_block(app: Application, txs: list[bytes], solo: SigningKey, time_ms: int
     )
     app.commit(solo.sign(app.pending_header_bytes))
     return outcome
+
+
+def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):
+    key = key or SigningKey.generate()
+    return {"practitioner": name, "key": key.public_key, "roles": roles or ["physician"]}

@@ -7,21 +7,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, user_errors
+from medledger.cli._common import HomeOption, console, hex32, user_errors
 
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
     from medledger.node import Node
-
-
-def _hex(value: str, field: str) -> bytes:
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{field}: not hex") from None
-    if len(data) != 32:
-        raise ValueError(f"{field}: expected 32 bytes (64 hex digits), got {len(data)}")
-    return data
 
 
 def _report(node: Node, committed: Committed) -> None:
@@ -62,11 +52,11 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            args: dict[str, object] = {"org": org, "name": name, "key": _hex(key, "--key")}
+            args: dict[str, object] = {"org": org, "name": name, "key": hex32(key, "--key")}
             if box_key:
-                args["box_key"] = _hex(box_key, "--box-key")
+                args["box_key"] = hex32(box_key, "--box-key")
             if validator_key:
-                args["validator_key"] = _hex(validator_key, "--validator-key")
+                args["validator_key"] = hex32(validator_key, "--validator-key")
                 args["power"] = power
             with Node.open(home) as node:
                 c = node.wallet.send(
