@@ -35,9 +35,10 @@ demo: setup
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed
-	$(BIN)/mypy src/medledger/ledger src/medledger/contracts
+	$(BIN)/mypy src tests
 
 pytest: setup
 	PATH="$(TOOLS)/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)

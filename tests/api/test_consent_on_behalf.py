@@ -4,70 +4,17 @@ themself (issue 11, item 1). Refusals come before anything is signed, with the r
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
-from medledger.interop.fhir_consent import ORG_SYSTEM, PID_SYSTEM
+from medledger.web.site import create_app
 
-from .conftest import Api, _save_key
-
-STRANGER_PID = hashlib.sha256(b"a patient chu-lyon never treated").hexdigest()
-
-
-def consent(pid: str, grantee_org: str) -> dict[str, Any]:
-    """A FHIR R4 Consent: `grantee_org` may read the patient's labs for treatment."""
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"identifier": {"system": PID_SYSTEM, "value": pid}},
-        "provision": {
-            "type": "permit",
-            "period": {"start": "2026-11-28T10:00:00Z"},
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                "code": "IRCP",
-                            }
-                        ]
-                    },
-                    "reference": {"identifier": {"system": ORG_SYSTEM, "value": grantee_org}},
-                }
-            ],
-            "purpose": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
-            ],
-            "class": [{"system": "urn:medledger:category", "code": "labs"}],
-        },
-    }
-
-
-def post_consent(api: Api, headers: dict[str, str], body: dict[str, Any]) -> Any:
-    return api.client.post("/fhir/Consent", json=body, headers=headers)
+from .conftest import STRANGER_PID, Api, _hidden_fields, _save_key, consent, consents, post_consent
 
 
 def diagnostics(response: Any) -> str:
     return " ".join(i.get("diagnostics", "") for i in response.json().get("issue", []))
-
-
-def consents(api: Api, pid: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = api.services.node.engine.query("consent/list", {"pid": pid})
-    return found
 
 
 STAFF_SCOPE = "user/*.cruds"
@@ -129,17 +76,6 @@ def test_a_patient_token_consents_only_for_its_own_patient(api: Api) -> None:
     assert r.status_code == 201, r.text
     (recorded,) = consents(api, api.pid)
     assert (recorded["signed"]["channel"], recorded["signed"]["practitioner"]) == ("portal", "")
-
-
-def _hidden_fields(page: str) -> dict[str, str]:
-    """Hidden inputs of the rendered forms (e.g. an anti-CSRF token), posted back as is."""
-    fields = {}
-    for tag in re.findall(r"<input[^>]*type=\"hidden\"[^>]*>", page):
-        name = re.search(r'name="([^"]*)"', tag)
-        value = re.search(r'value="([^"]*)"', tag)
-        if name and value and name.group(1) not in ("grantee", "categories", "purpose"):
-            fields[name.group(1)] = value.group(1)
-    return fields
 
 
 def test_the_portal_of_a_hospital_that_never_treated_the_patient_refuses_to_act(

@@ -163,7 +163,7 @@ def test_duplicate_exams_across_hospitals_are_flagged() -> None:
 def test_a_clinician_requests_access_and_the_patient_grants_it_in_the_portal(api: Api) -> None:
     from fastapi.testclient import TestClient
 
-    from medledger.api.app import create_app
+    from medledger.web.site import create_app
 
     clinician = TestClient(create_app(api.services))
     patient = TestClient(create_app(api.services))

@@ -13,8 +13,8 @@ import pytest
 import uvicorn
 from fhirpy import SyncFHIRClient
 
-from medledger.api.app import create_app
 from medledger.interop.synth import generate
+from medledger.web.site import create_app
 
 from .conftest import Api, eventually
 

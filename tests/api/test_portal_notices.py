@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
+from medledger.web.site import create_app
 
-from .conftest import Api
-from .test_consent_on_behalf import _hidden_fields
+from .conftest import Api, _hidden_fields
 
 
 def test_an_erasure_asked_on_the_portal_is_pending_and_listed_as_an_act_in_my_name(

@@ -28,7 +28,7 @@ def test_v1_and_v2_scopes_grant_their_letters() -> None:
 
 def test_a_category_restriction_reaches_only_resources_with_that_coding() -> None:
     allowed = permission({f"patient/Observation.rs?category={LAB}"}, "Observation", "read")
-    assert allowed.categories == {LAB}
+    assert allowed.categories == frozenset({LAB})
     assert allowed.covers(_observation(LAB)) and not allowed.covers(_observation(VITALS))
     bare = permission({"patient/Observation.rs?category=vital-signs"}, "Observation", "read")
     assert bare.covers(_observation(VITALS)) and not bare.covers({"resourceType": "Observation"})

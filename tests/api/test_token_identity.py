@@ -12,9 +12,7 @@ import pytest
 
 from medledger.api.tokens import Claims, patient_of
 
-from .conftest import Api, eventually
-from .test_consent_on_behalf import STRANGER_PID, consent, consents, post_consent
-from .test_trust_boundaries import _signed_in
+from .conftest import STRANGER_PID, Api, _signed_in, consent, consents, eventually, post_consent
 
 
 def _claims(sub: str, patient: str | None) -> Claims:

@@ -10,13 +10,13 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from medledger.api.app import create_app
 from medledger.api.services import HospitalServices, issuer_key
 from medledger.api.tokens import TokenError, mint, verify_token
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
+from medledger.web.site import create_app
 
-from .conftest import Api, csrf, eventually
+from .conftest import Api, _signed_in, csrf, eventually
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
 
@@ -41,15 +41,6 @@ def _practitioner(api: Api, practitioner: str, roles: list[str]) -> None:
     node.wallet.send(
         "identity.register", {"practitioner": practitioner, "key": key.public_key, "roles": roles}
     )
-
-
-def _signed_in(api: Api, headers: dict[str, str], https: bool = False) -> tuple[TestClient, str]:
-    """A browser-like client signed in with this token; returns it and the landing page."""
-    base = "https://testserver" if https else "http://testserver"
-    client = TestClient(create_app(api.services), base_url=base)
-    token = headers["Authorization"].removeprefix("Bearer ")
-    landing = client.post("/login", data={"token": token, "next": "/portal"})
-    return client, landing.text
 
 
 def _trail(api: Api) -> list[dict[str, Any]]:
@@ -318,7 +309,7 @@ def test_request_bodies_are_bounded_whether_declared_or_streamed(api: Api) -> No
     r = api.client.post("/fhir/Observation", content=big, headers=headers)
     assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
 
-    def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: sent chunked
+    def chunks():  # no Content-Length: sent chunked
         for _ in range(10):
             yield b"x" * 1000
 

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import time
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -41,7 +42,7 @@ def _claims(**extra: object) -> dict[str, object]:
     }
 
 
-def _unsigned(header: dict[str, object], claims: dict[str, object], signature: bytes) -> str:
+def _unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes) -> str:
     return f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(claims))}.{_b64(signature)}"
 
 

@@ -31,11 +31,11 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def shot(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def shot(request: pytest.FixtureRequest):
     """shot(page, name): save a full-page screenshot under test-artifacts/screenshots/."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    def take(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+    def take(page, name: str) -> Path:
         path = ARTIFACTS / f"{request.node.name}-{name}.png"
         page.screenshot(path=str(path), full_page=True)
         return path

@@ -12,7 +12,7 @@ from medledger.node.notes import NoteStore
 pytestmark = pytest.mark.browser
 
 
-def test_break_the_glass_opens_a_copy_held_from_another_hospital(served, browser, shot) -> None:  # type: ignore[no-untyped-def]
+def test_break_the_glass_opens_a_copy_held_from_another_hospital(served, browser, shot) -> None:
     api, url = served
     base = url.removesuffix("/fhir")
     svc = api.services

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.browser
 
 def test_the_patient_sees_the_read_made_by_another_hospital(
     consortium: list[Path], browser, shot
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     sandbox = Sandbox(consortium[:2])
     lyon, paris = sandbox.runtimes
     root = sandbox.root

@@ -9,7 +9,7 @@ from ..api.conftest import eventually
 pytestmark = pytest.mark.browser
 
 
-def test_a_patient_sees_a_clinicians_read_with_its_basis(served, browser, shot) -> None:  # type: ignore[no-untyped-def]
+def test_a_patient_sees_a_clinicians_read_with_its_basis(served, browser, shot) -> None:
     api, url = served
     base = url.removesuffix("/fhir")
     staff = api.token("Practitioner/dr-martin", "user/*.rs")

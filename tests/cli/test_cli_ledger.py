@@ -15,7 +15,7 @@ from medledger.ledger.store import Store
 runner = CliRunner()
 
 
-def run(*args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+def run(*args: str, ok: bool = True):
     result = runner.invoke(app, list(args))
     if ok:
         assert result.exit_code == 0, result.output

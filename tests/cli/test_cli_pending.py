@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from medledger.cli import app
 from medledger.node import registrations
-from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting
+from tests.support.ingest import _bundle, _crash_while_ingesting
 
 runner = CliRunner()
 

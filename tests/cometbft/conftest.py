@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ class CmtNet:
             self.keys[org] = load_config(self.home(org)).org_key()
         return self.keys[org]
 
-    def tx(self, org: str, kind: str, body: dict[str, object], nonce: int | None = None) -> bytes:
+    def tx(self, org: str, kind: str, body: dict[str, Any], nonce: int | None = None) -> bytes:
         key = self.key(org)
         with self._lock:
             n = nonce if nonce is not None else self.nonces.get(key.public_key, 0) + 1

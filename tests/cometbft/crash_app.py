@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.consensus.cometbft import testnet
-from medledger.consensus.cometbft.run_app import open_application
+from medledger.node.run_app import open_application
 
 CRASH_FLAG = "crash-before-commit"
 _REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def crash_app_command() -> Any:
         return [
             sys.executable,
             "-m",
-            "medledger.consensus.cometbft.run_app",
+            "medledger.node.run_app",
             "--home",
             home,
             "--app",

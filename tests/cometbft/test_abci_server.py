@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,10 +71,10 @@ def served(app: FakeApp) -> Iterator[tuple[AbciServer, str]]:
         thread.stop()
 
 
-def _roundtrip(address: str, requests: list[object], chunk: int = 0) -> list[object]:
+def _roundtrip(address: str, requests: list[Any], chunk: int = 0) -> list[Any]:
     """Send pipelined requests on one connection (optionally in tiny pieces); read answers."""
     _, (host, port) = parse_address(address)
-    payload = b"".join(frame(r.SerializeToString()) for r in requests)  # type: ignore[attr-defined]
+    payload = b"".join(frame(r.SerializeToString()) for r in requests)
     answers: list[object] = []
     with socket.create_connection((host, port), timeout=10) as s:
         if chunk:
@@ -94,7 +95,7 @@ def _ts(ms: int) -> dict[str, int]:
     return {"seconds": ms // 1000, "nanos": (ms % 1000) * 1_000_000}
 
 
-def _every_method() -> list[object]:
+def _every_method() -> list[Any]:
     return [
         abci.Request(echo=abci.RequestEcho(message="hi")),
         abci.Request(flush=abci.RequestFlush()),
@@ -132,24 +133,21 @@ def test_every_v038_method_is_answered_in_order(served: tuple[AbciServer, str]) 
     server, address = served
     requests = _every_method()
     answers = _roundtrip(address, requests)
-    assert [a.WhichOneof("value") for a in answers] == [  # type: ignore[attr-defined]
-        r.WhichOneof("value")  # type: ignore[attr-defined]
-        for r in requests
-    ]
+    assert [a.WhichOneof("value") for a in answers] == [r.WhichOneof("value") for r in requests]
     by_index = {i: a for i, a in enumerate(answers)}
-    assert by_index[0].echo.message == "hi"  # type: ignore[attr-defined]
-    assert by_index[2].info.last_block_height == 0  # type: ignore[attr-defined]
-    assert by_index[3].init_chain.app_hash == GENESIS_HASH  # type: ignore[attr-defined]
-    assert by_index[4].query.code == 10  # not found yet  # type: ignore[attr-defined]
-    assert by_index[5].check_tx.code == 0  # type: ignore[attr-defined]
-    assert list(by_index[10].prepare_proposal.txs) == [b"k=v"]  # type: ignore[attr-defined]
+    assert by_index[0].echo.message == "hi"
+    assert by_index[2].info.last_block_height == 0
+    assert by_index[3].init_chain.app_hash == GENESIS_HASH
+    assert by_index[4].query.code == 10  # not found yet
+    assert by_index[5].check_tx.code == 0
+    assert list(by_index[10].prepare_proposal.txs) == [b"k=v"]
     accept = abci.ResponseProcessProposal.ACCEPT
-    assert by_index[11].process_proposal.status == accept  # type: ignore[attr-defined]
-    fin = by_index[14].finalize_block  # type: ignore[attr-defined]
+    assert by_index[11].process_proposal.status == accept
+    fin = by_index[14].finalize_block
     assert [r.code for r in fin.tx_results] == [0] and len(fin.app_hash) == 32
-    after = by_index[16].info  # type: ignore[attr-defined]
+    after = by_index[16].info
     assert (after.last_block_height, after.last_block_app_hash) == (1, fin.app_hash)
-    assert by_index[17].query.value == b"v"  # type: ignore[attr-defined]
+    assert by_index[17].query.value == b"v"
     assert server.stats.exceptions == 0
 
 
@@ -157,7 +155,7 @@ def test_requests_split_across_reads_are_reassembled(served: tuple[AbciServer, s
     _, address = served
     requests = [abci.Request(echo=abci.RequestEcho(message=f"m{i}" * 50)) for i in range(20)]
     answers = _roundtrip(address, requests, chunk=7)
-    assert [a.echo.message for a in answers] == [f"m{i}" * 50 for i in range(20)]  # type: ignore[attr-defined]
+    assert [a.echo.message for a in answers] == [f"m{i}" * 50 for i in range(20)]
 
 
 def test_four_connections_at_once_each_get_their_answers(
@@ -168,7 +166,7 @@ def test_four_connections_at_once_each_get_their_answers(
 
     def client(n: int) -> None:
         reqs = [abci.Request(echo=abci.RequestEcho(message=f"{n}-{i}")) for i in range(300)]
-        results[n] = [a.echo.message for a in _roundtrip(address, reqs)]  # type: ignore[attr-defined]
+        results[n] = [a.echo.message for a in _roundtrip(address, reqs)]
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in threads:
@@ -188,7 +186,7 @@ def test_check_tx_runs_the_app_and_reports_its_code(served: tuple[AbciServer, st
         abci.Request(check_tx=abci.RequestCheckTx(tx=b"garbage", type=abci.RECHECK)),
         abci.Request(check_tx=abci.RequestCheckTx(tx=b"explode")),
     ]
-    codes = [(a.check_tx.code, a.check_tx.log) for a in _roundtrip(address, reqs)]  # type: ignore[attr-defined]
+    codes = [(a.check_tx.code, a.check_tx.log) for a in _roundtrip(address, reqs)]
     assert codes[:3] == [(0, ""), (4, "bad tx"), (1, "malformed")]
     # An app exception on untrusted input is a refusal, not a node-stopping exception.
     assert codes[3][0] == INTERNAL_ERROR and "RuntimeError" in codes[3][1]
@@ -220,10 +218,10 @@ class _Socket:
         self.buf = bytearray()
         self.frames: list[bytes] = []
 
-    def send(self, request: object) -> None:
-        self.sock.sendall(frame(request.SerializeToString()))  # type: ignore[attr-defined]
+    def send(self, request: Any) -> None:
+        self.sock.sendall(frame(request.SerializeToString()))
 
-    def answer(self, timeout: float) -> object | None:
+    def answer(self, timeout: float) -> Any:
         """The next response, or None when none came within timeout seconds."""
         self.sock.settimeout(timeout)
         while True:
@@ -241,7 +239,7 @@ class _Socket:
         self.sock.close()
 
 
-def _check(tx: bytes) -> object:
+def _check(tx: bytes) -> Any:
     return abci.Request(check_tx=abci.RequestCheckTx(tx=tx))
 
 
@@ -272,7 +270,7 @@ def test_check_tx_waits_while_this_node_decides_a_proposal(app: FakeApp) -> None
         consensus.send(abci.Request(finalize_block=finalize))
         assert consensus.answer(5) is not None
         held = mempool.answer(5)  # released by FinalizeBlock, long before the 30 s bound
-        assert held is not None and held.check_tx.code == 0  # type: ignore[attr-defined]
+        assert held is not None and held.check_tx.code == 0
 
 
 def test_a_held_mempool_connection_gives_way_before_cometbft_would_block(
@@ -299,7 +297,7 @@ def test_a_held_mempool_connection_gives_way_before_cometbft_would_block(
         consensus.send(abci.Request(finalize_block=finalize))
         assert consensus.answer(5) is not None
         answers = early + [mempool.answer(10) for _ in range(n - len(early))]
-        assert all(a is not None and a.check_tx.code == 0 for a in answers)  # type: ignore[attr-defined]
+        assert all(a is not None and a.check_tx.code == 0 for a in answers)
 
 
 def test_a_round_that_never_finalizes_holds_check_tx_only_briefly(app: FakeApp) -> None:
@@ -406,7 +404,7 @@ def test_info_and_finalize_carry_validator_updates(tmp_path: Path) -> None:
 
 
 def test_real_ledger_app_check_tx_over_abci(tmp_path: Path) -> None:
-    from ..ledger.helpers import make_net
+    from tests.support.ledger import make_net
 
     net = make_net(2)
     ledger = net.app(tmp_path / "ledger.db")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -31,7 +32,7 @@ def test_net_up_status_down(tmp_path: Path) -> None:
         assert again.exit_code == 0, again.output
         import time
 
-        def ready(rows: list[dict[str, object]]) -> bool:
+        def ready(rows: list[dict[str, Any]]) -> bool:
             return all(r["validator"] and r["peers"] == 3 and r["height"] >= 1 for r in rows)
 
         deadline = time.monotonic() + 30  # peers connect within a few seconds of each other

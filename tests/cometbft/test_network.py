@@ -264,7 +264,7 @@ def test_an_ingestion_killed_mid_registration_loses_nothing(
     from medledger.node.config import load_config
     from medledger.node.registrations import reconcile
     from medledger.vault import Vault
-    from tests.ingest.test_registration_recovery import _bundle, _crash_while_ingesting
+    from tests.support.ingest import _bundle, _crash_while_ingesting
 
     org = cmt_net.orgs[0]
     home = cmt_net.home(org)

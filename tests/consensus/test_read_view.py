@@ -13,7 +13,7 @@ from medledger.consensus.cometbft.engine import CometEngine
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
-from tests.ledger.helpers import make_net
+from tests.support.ledger import make_net
 
 
 def held_by_another_thread(lock: Any) -> bool:

@@ -36,6 +36,7 @@ def test_auto_mode_commits_concurrent_submissions_and_streams_blocks(
             t.join()
         assert errors == []
         assert len(node.engine.query("identity/practitioners", {})) == 20
+        assert node.app is not None
         seen = 0
         for record in follower:
             seen += len(record.txs)
@@ -58,11 +59,11 @@ def test_wait_for_an_unknown_tx_says_so(node: Node) -> None:
         node.engine.wait_for_commit(b"\x00" * 32, timeout=1)
 
 
-def test_a_store_fault_stops_the_engine_loudly(consortium: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_store_fault_stops_the_engine_loudly(consortium: list[Path], monkeypatch) -> None:
     with Node.open(consortium[0], serve=True, interval=0.02) as node:
         assert node.app is not None
 
-        def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def broken(*args, **kwargs):
             raise OSError("disk full")
 
         monkeypatch.setattr(node.app.store, "commit", broken)

@@ -16,10 +16,9 @@ import pytest
 from medledger.contracts.access import DENIAL_REASONS, denial_code, reason_in_words
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from ..ledger.helpers import T0, run_block
-from .test_access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
-from .test_authorize import World
+from tests.support.access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
+from tests.support.ledger import T0, run_block
+from tests.support.world import World
 
 
 def _log(entry: dict[str, Any], by: str = "h0") -> Any:
@@ -32,7 +31,7 @@ def _log(entry: dict[str, Any], by: str = "h0") -> Any:
 
 def test_a_hospital_attributes_a_read_to_another_hospitals_practitioner_with_any_hash() -> None:
     w = World()
-    entry = {
+    entry: dict[str, Any] = {
         "actor": "practitioner:h0/dr-a",  # alice's own physician at h0
         "actor_org": "h0",
         "pid": w.pid,

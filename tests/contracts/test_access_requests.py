@@ -4,8 +4,7 @@ as granted once the patient consents."""
 from __future__ import annotations
 
 from medledger.ledger.errors import Code
-
-from ..ledger.helpers import META_CT, T0, make_net, run_block
+from tests.support.ledger import META_CT, T0, make_net, run_block
 
 PID = "ef" * 32
 

@@ -16,8 +16,7 @@ from medledger.contracts.policies import MAX_POLICY_TEXT
 from medledger.contracts.research import MAX_ETHICS_REF
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
-
-from .test_authorize import World
+from tests.support.world import World
 
 KEY = b"\x09" * 32
 HASH = hashlib.sha256(b"protocol").digest()

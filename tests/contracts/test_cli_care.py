@@ -19,7 +19,7 @@ PID = hashlib.sha256(b"cli patient").hexdigest()
 OTHER = hashlib.sha256(b"cli patient 2").hexdigest()
 
 
-def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
+def run(*args: str, code: int = 0):
     result = runner.invoke(app, list(args))
     assert result.exit_code == code, result.output
     return result

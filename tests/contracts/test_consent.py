@@ -9,8 +9,7 @@ import pytest
 from medledger.interop.fhir_consent import FhirConsentError, from_fhir, to_fhir
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from .test_authorize import EVIDENCE, World, pid_of
+from tests.support.world import EVIDENCE, World, pid_of
 
 
 def test_binding_a_patient_key() -> None:
@@ -127,7 +126,7 @@ def test_grant_errors_name_the_field(extra: dict[str, Any], code: Code, fragment
 
 # -- FHIR Consent ----------------------------------------------------------------------------
 
-GRANTS = [
+GRANTS: list[dict[str, Any]] = [
     {"grantee": "org:h1", "categories": ["labs", "imaging"], "purpose": "treatment"},
     {
         "grantee": "practitioner:h2/dr-c",
@@ -148,7 +147,7 @@ def test_fhir_consent_round_trip(version: str, grant: int) -> None:
 
     w = World()
     w.study("s1")
-    spec = dict(GRANTS[grant])
+    spec: dict[str, Any] = dict(GRANTS[grant])
     if spec.get("end_ms"):
         spec["end_ms"] = w.now + 86_400_000
     on_behalf = grant == 1

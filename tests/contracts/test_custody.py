@@ -17,8 +17,7 @@ from medledger.contracts.records import META_CT_SIZES, custody_since
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import TxResult
-
-from .test_authorize import EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 NOTE = b"\x05" * 32  # the hash of a DPO's written note
 DELAY = 3 * DAY_MS  # on_behalf_delay_ms by default
@@ -53,7 +52,9 @@ def own(w: World, grantee: str) -> dict[str, Any]:
 
 
 def granted_id(result: TxResult) -> int:
-    return int(next(e.get("id") for e in result.events if e.type == "consent.granted"))
+    found = next(e.get("id") for e in result.events if e.type == "consent.granted")
+    assert found is not None
+    return int(found)
 
 
 def events(result: Any, kind: str) -> list[dict[str, Any]]:

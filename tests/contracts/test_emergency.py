@@ -6,11 +6,10 @@ import hashlib
 
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
+from tests.support.world import HOUR, JUSTIFICATION, World
 
-from .test_authorize import HOUR, JUSTIFICATION, World
 
-
-def _events(result, kind):  # type: ignore[no-untyped-def]
+def _events(result, kind):
     return [dict(e.attrs) for e in result.events if e.type == kind]
 
 

@@ -8,14 +8,13 @@ from medledger.contracts.common import DAY_MS
 from medledger.contracts.erasure import add_years, iso_date
 from medledger.contracts.research import member_token
 from medledger.ledger.errors import Code
-
-from ..ledger.helpers import T0
-from .test_authorize import World, pid_of
+from tests.support.ledger import T0
+from tests.support.world import World, pid_of
 
 RECEIPT = hashlib.sha256(b"vault erasure receipt").digest()
 
 
-def _holders(status):  # type: ignore[no-untyped-def]
+def _holders(status):
     return {o["holder"]: o for o in status["obligations"]}
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
+from tests.support.ledger import T0, make_net, run_block
 
-from ..ledger.helpers import T0, make_net, run_block
 
-
-def _admit(net, org: str = "h9", **extra):  # type: ignore[no-untyped-def]
+def _admit(net, org: str = "h9", **extra):
     key = SigningKey.generate()
     args = {"org": org, "name": org.upper(), "key": key.public_key, **extra}
     return net.tx(
@@ -17,7 +16,7 @@ def _admit(net, org: str = "h9", **extra):  # type: ignore[no-untyped-def]
     ), key
 
 
-def _members(app) -> list[str]:  # type: ignore[no-untyped-def]
+def _members(app) -> list[str]:
     return [m["org"] for m in app.query_obj("governance/members", {})]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.store import StateView
-
-from ..ledger.helpers import make_net, run_block
+from tests.support.ledger import make_net, run_block
 
 
 def test_register_update_and_revoke() -> None:
@@ -64,7 +65,7 @@ def test_registration_errors_name_the_field() -> None:
     app = net.app()
     h0 = net.orgs["h0"]
     key = SigningKey.generate().public_key
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"practitioner": "dr-a", "key": key, "roles": ["surgeon-general"]}, "roles"),
         ({"practitioner": "dr-a", "key": key, "roles": []}, "roles"),
         ({"practitioner": "dr-a", "key": b"short", "roles": ["nurse"]}, "key"),

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from medledger.contracts.authorize import meta_epoch
 from medledger.contracts.common import DAY_MS
-
-from .test_authorize import HOUR, World
+from tests.support.world import HOUR, World
 
 
 def test_each_ended_entitlement_moves_the_epoch_on_and_it_never_goes_back() -> None:

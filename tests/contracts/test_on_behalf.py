@@ -11,8 +11,7 @@ from typing import Any
 
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from .test_authorize import EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 NOTE = b"\x05" * 32  # the hash of a DPO's written note
 
@@ -149,7 +148,7 @@ def test_a_self_grant_notifies_the_patient_and_the_other_custodians() -> None:
     events = {(e.type, e.get("custodian")): dict(e.attrs) for e in result.events}
     told = events[("consent.self_granted", None)]
     assert told["pid"] == w.pid and told["org"] == "h0" and told["practitioner"] == "dr-a"
-    notified = sorted(c for kind, c in events if kind == "consent.notify")
+    notified = sorted(str(c) for kind, c in events if kind == "consent.notify")
     assert notified == ["h1", "h2"]  # every other custodian, not h0 itself
     assert all(events[("consent.notify", c)]["pid"] == w.pid for c in notified)
     assert w.q("consent/get", {"id": granted_id(result)})["self_granted"] is True

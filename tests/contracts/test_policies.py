@@ -6,11 +6,10 @@ from medledger.contracts import policies
 from medledger.contracts.categories import CATEGORIES
 from medledger.ledger.errors import Code
 from medledger.ledger.store import StateView
+from tests.support.world import World
 
-from .test_authorize import World
 
-
-def _propose(w: World, action: str, args: dict[str, object]):  # type: ignore[no-untyped-def]
+def _propose(w: World, action: str, args: dict[str, object]):
     return w.send("h0", "governance.propose", {"action": action, "args": args})
 
 

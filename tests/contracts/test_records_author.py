@@ -7,8 +7,7 @@ from typing import Any
 
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-
-from ..ledger.helpers import META_CT, make_net, run_block
+from tests.support.ledger import META_CT, make_net, run_block
 
 PID = "ab" * 32
 
@@ -20,7 +19,7 @@ def _entries(*rids: str) -> list[dict[str, Any]]:
     ]
 
 
-def _world():  # type: ignore[no-untyped-def]
+def _world():
     """h0 with dr-a (physician), dr-r (researcher) and dr-gone (revoked); h1 with dr-b."""
     net = make_net()
     app = net.app()

@@ -6,8 +6,7 @@ import hashlib
 
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code
-
-from .test_authorize import World
+from tests.support.world import World
 
 
 def _admitted(w: World, rids: list[str] | None = None) -> None:

@@ -16,8 +16,7 @@ import pytest
 from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
-
-from .test_authorize import EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 NOTE = hashlib.sha256(b"a note kept off chain").digest()
 
@@ -52,7 +51,7 @@ def _entry(w: World, **fields: Any) -> dict[str, Any]:
     }
 
 
-def _study_of(w: World, sponsor: str) -> None:
+def _study_of(w: World, sponsor: str) -> TxResult:
     body = {
         "study": "s1",
         "protocol_hash": hashlib.sha256(b"protocol").digest(),
@@ -61,7 +60,7 @@ def _study_of(w: World, sponsor: str) -> None:
         "min_cohort": 2,
         "title_hash": NOTE,
     }
-    w.ok(sponsor, "research.register", body)
+    return w.ok(sponsor, "research.register", body)
 
 
 def _registration(w: World, author: str = "", **entry: Any) -> TxResult:

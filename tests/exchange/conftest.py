@@ -19,7 +19,7 @@ import pytest
 
 from medledger.exchange.client import Directory
 from medledger.exchange.service import HospitalExchange
-from medledger.interop.synth import generate
+from medledger.interop.synth import bundle_label, generate
 from medledger.node import Node
 from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
@@ -191,3 +191,21 @@ def sandbox(net_dir: tuple[Path, list[Path]]) -> Iterator[Sandbox]:
         yield sb
     finally:
         close_sandbox(sb)
+
+
+def _copies_from_a_and_c(sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
+    """A patient with care records at A and at C, and B holding copies of both (only copies)."""
+    by_org = generate(6, [A, B, C], seed=3)
+    at_c = {bundle_label(b): b for b in by_org[C]}
+    bundle_a = next(b for b in by_org[A] if bundle_label(b) in at_c)
+    pid, from_a = sandbox.ingest(A, bundle_a)
+    pid_c, from_c = sandbox.ingest(C, at_c[bundle_label(bundle_a)])
+    assert pid_c == pid
+    sandbox.consent(A, pid, B)
+    vault_b = sandbox.h[B].vault
+    wait_for(lambda: len(vault_b.records_of(pid)) == len(from_a) + len(from_c), what="prefetch")
+    return pid, from_a, from_c
+
+
+def _erase_jobs(sandbox: Sandbox, org: str) -> list[str]:
+    return [j["detail"] for j in sandbox.x(org).store.history() if j["kind"] == "erase"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import cast
 
 import orjson
 import pytest
@@ -55,7 +56,7 @@ def test_written_at_a_is_readable_at_b_and_prefetched_into_b_vault(sandbox: Sand
     assert reads and all(len(e["request"]) == 32 for e in reads)
     # Each read rests on B's signed request, verified on the chain; A's evidence keeps it.
     assert {e["request_signer"].partition(":")[2].partition("/")[0] for e in reads} == {B}
-    kept = {bytes(r["digest"]) for r in sandbox.x(A).evidence.rows() if r["digest"]}
+    kept = {bytes(cast(bytes, r["digest"])) for r in sandbox.x(A).evidence.rows() if r["digest"]}
     assert {bytes(e["request"]) for e in reads} <= kept
     assert {r for e in reads for r in e["rids"]} == set(rids)
     assert {r for e in exports for r in e["rids"]} == set(new_rids)

@@ -13,7 +13,17 @@ from medledger.interop.synth import bundle_label, generate
 from medledger.node.shredding import carry_out
 from medledger.vault import PatientErased
 
-from .conftest import EVIDENCE, A, B, C, Sandbox, bundles, wait_for
+from .conftest import (
+    EVIDENCE,
+    A,
+    B,
+    C,
+    Sandbox,
+    _copies_from_a_and_c,
+    _erase_jobs,
+    bundles,
+    wait_for,
+)
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -57,7 +67,7 @@ def test_a_referral_is_delivered_and_confirmed_end_to_end(sandbox: Sandbox) -> N
     assert [(e["actor_org"], e["basis"], e["outcome"]) for e in exports] == [
         (A, "referral:1", "granted")
     ]
-    received = [r for r in sandbox.x(B).evidence.rows() if r["target"].endswith("/deliveries")]
+    received = [r for r in sandbox.x(B).evidence.rows() if str(r["target"]).endswith("/deliveries")]
     assert received and received[0]["outcome"] == "accepted" and received[0]["body"] is None
 
 
@@ -112,24 +122,6 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     assert shredded["copies"] == n and shredded["records"] == 0
     assert sandbox.x(B).store.keys(A, pid) is None  # the custodian's metadata key is gone too
     assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
-
-
-def _copies_from_a_and_c(sandbox: Sandbox) -> tuple[str, list[str], list[str]]:
-    """A patient with care records at A and at C, and B holding copies of both (only copies)."""
-    by_org = generate(6, [A, B, C], seed=3)
-    at_c = {bundle_label(b): b for b in by_org[C]}
-    bundle_a = next(b for b in by_org[A] if bundle_label(b) in at_c)
-    pid, from_a = sandbox.ingest(A, bundle_a)
-    pid_c, from_c = sandbox.ingest(C, at_c[bundle_label(bundle_a)])
-    assert pid_c == pid
-    sandbox.consent(A, pid, B)
-    vault_b = sandbox.h[B].vault
-    wait_for(lambda: len(vault_b.records_of(pid)) == len(from_a) + len(from_c), what="prefetch")
-    return pid, from_a, from_c
-
-
-def _erase_jobs(sandbox: Sandbox, org: str) -> list[str]:
-    return [j["detail"] for j in sandbox.x(org).store.history() if j["kind"] == "erase"]
 
 
 def test_a_custodian_shredding_its_records_erases_the_copies(sandbox: Sandbox) -> None:

@@ -24,8 +24,18 @@ from medledger.node.ingest import Ingestor
 from medledger.node.shredding import reinstate_copies
 from medledger.vault import PatientErased, Vault
 
-from .conftest import EVIDENCE, A, B, C, Sandbox, close_sandbox, open_sandbox, wait_for
-from .test_obligations import _copies_from_a_and_c, _erase_jobs
+from .conftest import (
+    EVIDENCE,
+    A,
+    B,
+    C,
+    Sandbox,
+    _copies_from_a_and_c,
+    _erase_jobs,
+    close_sandbox,
+    open_sandbox,
+    wait_for,
+)
 
 LATE_COPY = orjson.dumps({"resourceType": "Observation", "status": "final"})
 

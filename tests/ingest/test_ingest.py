@@ -18,7 +18,7 @@ from medledger.vault.errors import PatientErased
 
 
 @pytest.fixture
-def hospital(consortium: list[Path]):  # type: ignore[no-untyped-def]
+def hospital(consortium: list[Path]):
     with Node.open(consortium[0]) as node, Vault.open(node.config.vault_config()) as vault:
         yield node, vault, Ingestor(node, vault)
 
@@ -27,7 +27,7 @@ def _bundles(org: str) -> list[dict]:  # type: ignore[type-arg]
     return generate(4, [org, "aphp-paris"], seed=3)[org]
 
 
-def test_a_bundle_round_trips_and_its_index_entries_open_for_the_custodian(hospital) -> None:  # type: ignore[no-untyped-def]
+def test_a_bundle_round_trips_and_its_index_entries_open_for_the_custodian(hospital) -> None:
     node, vault, ingestor = hospital
     bundle = _bundles("chu-lyon")[0]
     result = ingestor.ingest_bytes(orjson.dumps(bundle), "p1.json")
@@ -50,7 +50,7 @@ def test_a_bundle_round_trips_and_its_index_entries_open_for_the_custodian(hospi
     assert {json.loads(vault.get(r))["resourceType"] for r in result.rids} == originals
 
 
-def test_no_identifier_or_clinical_value_reaches_the_chain(hospital) -> None:  # type: ignore[no-untyped-def]
+def test_no_identifier_or_clinical_value_reaches_the_chain(hospital) -> None:
     node, vault, ingestor = hospital
     bundle = _bundles("chu-lyon")[0]
     patient = next(
@@ -68,7 +68,7 @@ def test_no_identifier_or_clinical_value_reaches_the_chain(hospital) -> None:  #
         assert value.encode() not in raw, value
 
 
-def test_a_bundle_is_all_or_nothing_in_the_vault_and_on_the_chain(hospital) -> None:  # type: ignore[no-untyped-def]
+def test_a_bundle_is_all_or_nothing_in_the_vault_and_on_the_chain(hospital) -> None:
     node, vault, ingestor = hospital
     bundle = _bundles("chu-lyon")[0]
     bundle["entry"][-1]["resource"]["status"] = 12  # wrong type in the last entry
@@ -80,11 +80,11 @@ def test_a_bundle_is_all_or_nothing_in_the_vault_and_on_the_chain(hospital) -> N
     assert node.engine.height() == 0
 
 
-def test_a_chain_refusal_rolls_the_vault_back(hospital, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_chain_refusal_rolls_the_vault_back(hospital, monkeypatch) -> None:
     node, vault, ingestor = hospital
     from medledger.node.wallet import TxRejected
 
-    def refuse(kind, body, **kw):  # type: ignore[no-untyped-def]
+    def refuse(kind, body, **kw):
         raise TxRejected(kind, 9, "refused for the test", "check")
 
     monkeypatch.setattr(node.wallet, "send", refuse)
@@ -121,7 +121,7 @@ def test_a_chain_refusal_rolls_the_vault_back(hospital, monkeypatch) -> None:  #
 )
 def test_bad_inputs_are_rejected_naming_file_and_field(
     hospital, name: str, content: bytes, words: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     _, vault, ingestor = hospital
     result = ingestor.ingest_bytes(content, name)
     assert result.accepted == 0
@@ -131,7 +131,7 @@ def test_bad_inputs_are_rejected_naming_file_and_field(
     assert vault.patients() == []
 
 
-def test_shredding_leaves_nothing_readable(hospital) -> None:  # type: ignore[no-untyped-def]
+def test_shredding_leaves_nothing_readable(hospital) -> None:
     from medledger.node.shredding import shred
 
     node, vault, ingestor = hospital
@@ -158,7 +158,7 @@ def test_shredding_leaves_nothing_readable(hospital) -> None:  # type: ignore[no
     assert entries and all(e["shredded"] for e in entries)
 
 
-def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from medledger.cli import app
@@ -203,7 +203,7 @@ def test_erase_at_the_custodian_is_refused_under_legal_retention(hospital, tmp_p
         assert json.loads(again.get(result.rids[0]))  # nothing was shredded
 
 
-def test_an_hl7_update_amends_the_patient_in_one_tx(hospital) -> None:  # type: ignore[no-untyped-def]
+def test_an_hl7_update_amends_the_patient_in_one_tx(hospital) -> None:
     node, vault, ingestor = hospital
     data = Path(__file__).resolve().parents[1] / "data" / "hl7"
     first = ingestor.ingest_bytes((data / "adt_a01.hl7").read_bytes(), "adt_a01.hl7")

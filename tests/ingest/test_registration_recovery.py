@@ -8,11 +8,9 @@ restarted node would, and reconciles.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,45 +21,7 @@ from medledger.node.indexing import check_commitment
 from medledger.node.ingest import Ingestor
 from medledger.node.registrations import reconcile
 from medledger.vault import RecordNotFound, Vault
-
-_CHILD = """
-import os, sys
-from pathlib import Path
-import orjson
-from medledger.node.ingest import Ingestor
-from medledger.node import Node
-from medledger.vault import Vault
-
-home, bundle, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-
-def die(*args, **kwargs):
-    os._exit(17)
-
-with Node.open(home) as node, Vault.open(node.config.vault_config()) as vault:
-    if step == "before-claim":
-        vault.claim = die
-    elif step == "before-submit":
-        node.engine.submit = die
-    elif step == "after-commit":
-        vault.confirm = die
-    Ingestor(node, vault).ingest_bytes(bundle.read_bytes(), bundle.name)
-sys.exit("the child should have died")
-"""
-
-
-def _bundle(tmp_path: Path) -> Path:
-    path = tmp_path / "p1.json"
-    path.write_bytes(orjson.dumps(generate(2, ["chu-lyon", "aphp-paris"], seed=5)["chu-lyon"][0]))
-    return path
-
-
-def _crash_while_ingesting(home: Path, bundle: Path, step: str) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_CHILD), str(home), str(bundle), step],
-        capture_output=True,
-        timeout=120,
-    )
-    assert child.returncode == 17, child.stderr.decode()[-2000:]
+from tests.support.ingest import _bundle, _crash_while_ingesting
 
 
 @contextlib.contextmanager
@@ -164,7 +124,7 @@ def test_a_registration_that_times_out_is_reported_and_settled_later(
     with _restarted(consortium[0]) as (node, vault):
         send = node.wallet.send
 
-        def impatient(kind: str, body: dict[str, object], **kwargs: object) -> object:
+        def impatient(kind: str, body: dict[str, Any], **kwargs: Any) -> Any:
             return send(kind, body, **(kwargs | {"timeout": 0.5}))
 
         def no_block_yet(tx_id: bytes, timeout: float = 30.0) -> object:

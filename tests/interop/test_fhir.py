@@ -4,6 +4,7 @@ reported (file, entry, field)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -31,7 +32,7 @@ def error_of(data: bytes, source: str = "input.json", **kwargs: object) -> Input
     return caught.value
 
 
-def loads(parsed: ParsedResource) -> dict[str, object]:
+def loads(parsed: ParsedResource) -> dict[str, Any]:
     return orjson.loads(parsed.json_bytes)  # type: ignore[no-any-return]
 
 

@@ -10,13 +10,7 @@ from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
 from medledger.ledger.tx import sign_tx
-
-from .helpers import CHAIN, make_net, run_block
-
-
-def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):  # type: ignore[no-untyped-def]
-    key = key or SigningKey.generate()
-    return {"practitioner": name, "key": key.public_key, "roles": roles or ["physician"]}
+from tests.support.ledger import CHAIN, make_net, register_body, run_block
 
 
 def test_a_registration_commits_and_is_queryable() -> None:
@@ -30,7 +24,7 @@ def test_a_registration_commits_and_is_queryable() -> None:
     assert app.height == 1
 
 
-def _rejections(net):  # type: ignore[no-untyped-def]
+def _rejections(net):
     h0, h1 = net.orgs["h0"], net.orgs["h1"]
     outsider = SigningKey.generate()
     good = net.tx(h0, "identity.register", register_body("dr-a"))
@@ -103,7 +97,7 @@ def test_a_member_voting_twice_is_refused() -> None:
     assert "already voted" in result.log
 
 
-def test_two_replicas_fed_the_same_blocks_agree_at_every_height(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_replicas_fed_the_same_blocks_agree_at_every_height(tmp_path) -> None:
     net = make_net()
     a, b = net.app(tmp_path / "a.db"), net.app(tmp_path / "b.db")
     assert a.info() == b.info()
@@ -208,7 +202,7 @@ _FUZZ_APP = None
 _seen: list[int] = []
 
 
-def _fuzz_app():  # type: ignore[no-untyped-def]
+def _fuzz_app():
     global _FUZZ_APP
     if _FUZZ_APP is None:
         _FUZZ_APP = _FUZZ_NET.app()

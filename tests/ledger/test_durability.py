@@ -13,12 +13,10 @@ import pytest
 from medledger.contracts import default_registry
 from medledger.ledger.replay import VerifyError, verify_history
 from medledger.ledger.store import Store
-
-from .helpers import make_net, run_block
-from .test_app import register_body
+from tests.support.ledger import make_net, register_body, run_block
 
 
-def _chain(path: Path, blocks: int = 4):  # type: ignore[no-untyped-def]
+def _chain(path: Path, blocks: int = 4):
     net = make_net()
     app = net.app(path)
     for i in range(blocks):
@@ -61,9 +59,9 @@ def test_a_state_row_edited_behind_the_ledger_is_caught(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent(
     """
     import os, sys
-    sys.path.insert(0, {tests!r})
-    from ledger.helpers import make_net, run_block
-    from ledger.test_app import register_body
+    sys.path.insert(0, {root!r})
+    from tests.support.ledger import make_net, run_block
+    from tests.support.ledger import register_body
     net = make_net()
     for h in range(4):  # re-sign the same first four blocks' txs: nonces continue from there
         for j in range(2):
@@ -91,9 +89,9 @@ def test_a_process_killed_during_a_block_leaves_the_previous_height(tmp_path: Pa
     store = Store(db)
     before = (store.height, store.app_hash, store.state_digest())
     store.close()
-    tests_dir = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the tests package
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD.format(tests=tests_dir, db=str(db))],
+        [sys.executable, "-c", _CHILD.format(root=root, db=str(db))],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
-from medledger.vault import Vault, VaultConfig
+from medledger.vault import (
+    Vault,
+    VaultConfig,
+)
 from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 HOSPITAL = "hosp-lyon"
@@ -153,3 +157,21 @@ def vault(vault_env: VaultEnv) -> Vault:
 @pytest.fixture
 def pid_factory() -> Callable[[str], str]:
     return make_pid
+
+
+# Deliberately odd formatting, key order and escapes: the vault must return these exact bytes.
+PATIENT = (
+    b'{"resourceType":"Patient",  "id":"p1",\n "name":[{"family":"Zephyrine-Quasimodo",'
+    b'"given":["Ol\\u00e9sia","Brunehaut"]}],"birthDate":"1961-02-29","zz":1.50, "aa":null}'
+)
+
+
+def obs(n: int, marker: str = "marker") -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Observation",
+            "id": f"o{n}",
+            "status": "final",
+            "note": [{"text": marker}],
+        }
+    )

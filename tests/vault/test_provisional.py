@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 
 from medledger.vault import RecordNotFound, UnitSettled, Vault, VaultError
-from tests.vault.conftest import HOSPITAL, VaultEnv, make_pid
-from tests.vault.test_vault import PATIENT, obs
+from tests.vault.conftest import HOSPITAL, PATIENT, VaultEnv, make_pid, obs
 
 PID = make_pid("provisional-1")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any, cast
 
 from medledger.vault.postgres_backend import PostgresDialect
 from medledger.vault.sql import schema_statements
 from medledger.vault.sqlite_backend import SQLiteDialect
 
 # Only renders SQL here, never runs any: no connection needed.
-_PG = PostgresDialect(None)
+_PG = PostgresDialect(cast(Any, None))
 
 
 def test_sqlite_schema_is_strict_with_integer_booleans(tmp_path: Path) -> None:

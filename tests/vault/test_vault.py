@@ -6,7 +6,6 @@ import secrets
 import threading
 from typing import Any
 
-import orjson
 import pytest
 
 from medledger.vault import (
@@ -19,32 +18,16 @@ from medledger.vault import (
     VaultIntegrityError,
     WrongKEKError,
 )
-from tests.vault.conftest import HOSPITAL, VaultEnv, make_pid
+from tests.vault.conftest import HOSPITAL, PATIENT, VaultEnv, make_pid, obs
 
 PID = make_pid("patient-1")
 OTHER = make_pid("patient-2")
 
-# Deliberately odd formatting, key order and escapes: the vault must return these exact bytes.
-PATIENT = (
-    b'{"resourceType":"Patient",  "id":"p1",\n "name":[{"family":"Zephyrine-Quasimodo",'
-    b'"given":["Ol\\u00e9sia","Brunehaut"]}],"birthDate":"1961-02-29","zz":1.50, "aa":null}'
-)
 OBSERVATION = (
     b'{"resourceType": "Observation", "id": "o1", "status": "final", '
     b'"code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]}, '
     b'"valueQuantity": {"value": 7.91, "unit": "%"}, "note": [{"text": "Xanthoprotein-Marmalade"}]}'
 )
-
-
-def obs(n: int, marker: str = "marker") -> bytes:
-    return orjson.dumps(
-        {
-            "resourceType": "Observation",
-            "id": f"o{n}",
-            "status": "final",
-            "note": [{"text": marker}],
-        }
-    )
 
 
 def put_patient(vault: Vault, pid: str = PID, rid: str = "Patient-p1", version: int = 1) -> None:

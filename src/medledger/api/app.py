@@ -1,4 +1,5 @@
-"""The FastAPI application one hospital's node serves."""
+"""The FastAPI application one hospital's node serves (the pages are mounted on it by
+`medledger.web.site`, above this package)."""
 
 from __future__ import annotations
 
@@ -61,9 +62,6 @@ def create_app(services: HospitalServices) -> FastAPI:
         }
 
     app.include_router(make_router())
-    from medledger.web import router as pages
-
-    app.include_router(pages())
     return app
 
 

@@ -2,6 +2,10 @@
 
 Each module of this package that defines `register(app)` adds its commands; modules import
 their heavy dependencies inside the command functions so that `medledger --help` stays fast.
+What the commands share (console, options, times, signers) is `_common`; the running node's
+exchange and API are wired in `_runtime`; the demo's story is `_scenario`.
+
+The top layer: may import every package; nothing imports it.
 """
 
 from __future__ import annotations

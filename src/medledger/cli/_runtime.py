@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 class HospitalRuntime:
     def __init__(self, node: Node, vault: Vault, **exchange_options: Any) -> None:
-        from medledger.api.app import create_app
         from medledger.api.services import HospitalServices
         from medledger.exchange.server import ServerThread
         from medledger.exchange.service import HospitalExchange
+        from medledger.web.site import create_app
 
         self.node = node
         self.vault = vault

@@ -412,9 +412,10 @@ def _ins_of(bundles: dict[str, list[dict[str, Any]]], org: str, key: bytes, pid:
         for entry in bundle["entry"]:
             r = entry["resource"]
             if r["resourceType"] == "Patient" and patient_pid(key, r) == pid:
-                return next(
+                ins: str = next(
                     i["value"]
                     for i in r["identifier"]
                     if "1.2.250.1.213.1.4" in i.get("system", "")
                 )
+                return ins
     return ""

@@ -10,8 +10,15 @@ from typing import Annotated
 
 import typer
 
-from medledger.cli._common import HomeOption, console, user_errors
-from medledger.cli.consent import PatientOption, now_ms, pid_arg, when_ms
+from medledger.cli._common import (
+    HomeOption,
+    PatientOption,
+    console,
+    now_ms,
+    pid_arg,
+    user_errors,
+    when_ms,
+)
 from medledger.contracts import queries
 
 DENIED = 3

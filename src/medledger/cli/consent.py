@@ -11,165 +11,41 @@ who took the request: `--practitioner ID` (the organisation key signs and names 
 is signed: active, with a role allowed to take a patient's request. `--patient` is the
 patient's pid (64 hex characters) or INS.
 
-The helpers here (times, hashes, signers) are shared by the other care commands.
+The helpers it shares with the other care commands (times, hashes, signers, options) live in
+`cli/_common.py`.
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from medledger.cli._common import HomeOption, console, fail, user_errors
+from medledger.cli._common import (
+    AsOption,
+    EvidenceHashOption,
+    EvidenceOption,
+    HomeOption,
+    PatientKeyOption,
+    PatientOption,
+    TakenByOption,
+    console,
+    csv,
+    event,
+    evidence,
+    fail,
+    hex32,
+    iso,
+    now_ms,
+    pid_arg,
+    signer,
+    taken_by,
+    user_errors,
+    when_ms,
+)
 from medledger.contracts import queries
-
-if TYPE_CHECKING:
-    from medledger.node import Node
-    from medledger.node.wallet import Wallet
-
-PatientOption = Annotated[
-    str, typer.Option("--patient", help="The patient's INS, or their pid (64 hex).")
-]
-AsOption = Annotated[
-    str, typer.Option("--as", help="Sign as this practitioner of your hospital (default: org key).")
-]
-PatientKeyOption = Annotated[
-    Path | None,
-    typer.Option("--patient-key", help="Sign with the patient's own key file (hex seed)."),
-]
-EvidenceOption = Annotated[
-    Path | None,
-    typer.Option(help="The evidence file (signed form); its SHA-256 goes on the chain."),
-]
-EvidenceHashOption = Annotated[str, typer.Option(help="Or the evidence's SHA-256, hex.")]
-TakenByOption = Annotated[
-    str,
-    typer.Option(
-        "--practitioner",
-        help="The practitioner of your hospital who took the patient's request (on their "
-        "behalf, signed by the organisation key).",
-    ),
-]
-
-
-def pid_arg(value: str, home: Path) -> str:
-    """A pid as such, or a patient's INS pseudonymised under the consortium key (the INS itself
-    goes nowhere else)."""
-    from medledger.node.config import load_config
-    from medledger.node.patients import resolve_pid
-
-    text = value.strip().lower()
-    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-        return text
-    return resolve_pid(load_config(home).pseudonym_key(), value)
-
-
-def when_ms(value: str, option: str) -> int:
-    """An instant given as integer ms, an ISO date (midnight UTC) or an ISO date-time."""
-    if value.isdigit():
-        return int(value)
-    try:
-        t = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{option}: {value!r} is not a date, date-time or ms") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.UTC)
-    return int(t.timestamp() * 1000)
-
-
-def now_ms() -> int:
-    """The CLI's "now": the wall clock (contracts use block time; this only fills defaults)."""
-    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-
-
-def iso(ms: int) -> str:
-    if not ms:
-        return "-"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def hex32(value: str, option: str) -> bytes:
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{option}: not hex") from None
-    if len(data) != 32:
-        raise ValueError(f"{option}: expected 32 bytes (64 hex digits), got {len(data)}")
-    return data
-
-
-def file_hash(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest()
-
-
-def evidence(path: Path | None, hex_value: str = "") -> bytes:
-    if path is not None:
-        return file_hash(path)
-    if hex_value:
-        return hex32(hex_value, "--evidence-hash")
-    return b""
-
-
-def csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def signer(node: Node, practitioner: str = "", patient_key: Path | None = None) -> Wallet:
-    """The wallet to sign with: the patient's key, a practitioner's, or the hospital's."""
-    from medledger.ledger.keys import SigningKey
-    from medledger.node.wallet import Wallet
-
-    if patient_key is not None:
-        return Wallet(SigningKey.from_file(patient_key), node.config.chain_id, node.engine)
-    if practitioner:
-        return node.practitioner_wallet(practitioner)
-    return node.wallet
-
-
-def taken_by(
-    node: Node, body: dict[str, Any], practitioner: str, as_: str, *, required: bool = True
-) -> dict[str, Any]:
-    """Name who took a patient's request, checked on the chain before signing anything.
-
-    With `--as`, the signer is that practitioner; with `--practitioner`, the organisation key
-    signs and the body names them (`taken_by`). The contract checks the same again.
-    """
-    from medledger.contracts.patients import REQUEST_ROLES
-
-    if practitioner and as_ and practitioner != as_:
-        raise ValueError("--practitioner: with --as, the practitioner who signs took the request")
-    who = practitioner or as_
-    if not who:
-        if required:
-            raise ValueError(
-                "--practitioner: name the practitioner who took the patient's request "
-                "(or sign with the patient's key: --patient-key)"
-            )
-        return body
-    org = node.config.org
-    known = queries.practitioners(node.engine, org)
-    found = next((p for p in known if p["id"] == who), None)
-    if found is None:
-        raise ValueError(f"--practitioner: {org} has no practitioner {who!r}")
-    if not found["active"]:
-        raise ValueError(f"--practitioner: practitioner {org}/{who} is revoked")
-    if not REQUEST_ROLES.intersection(found["roles"]):
-        raise ValueError(
-            f"--practitioner: {org}/{who} lacks a role allowed to take a patient's request "
-            f"({', '.join(sorted(REQUEST_ROLES))})"
-        )
-    return {**body, "taken_by": who} if practitioner and not as_ else body
-
-
-def event(committed: Any, kind: str) -> dict[str, str]:
-    for e in committed.result.events:
-        if e.type == kind:
-            return dict(e.attrs)
-    return {}
 
 
 def register(app: typer.Typer) -> None:

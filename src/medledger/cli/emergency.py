@@ -14,8 +14,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, user_errors
-from medledger.cli.consent import PatientOption, event, iso, pid_arg, signer
+from medledger.cli._common import (
+    HomeOption,
+    PatientOption,
+    console,
+    event,
+    iso,
+    pid_arg,
+    signer,
+    user_errors,
+)
 from medledger.contracts import queries
 
 

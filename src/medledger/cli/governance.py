@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, user_errors
+from medledger.cli._common import HomeOption, console, hex32, user_errors
 from medledger.contracts import queries
 
-
-def _hex(value: str, field: str) -> bytes:
-    try:
-        data = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{field}: not hex") from None
-    if len(data) != 32:
-        raise ValueError(f"{field}: expected 32 bytes (64 hex digits), got {len(data)}")
-    return data
+if TYPE_CHECKING:
+    from medledger.consensus.engine import Committed
+    from medledger.node import Node
 
 
-def _report(node, committed) -> None:  # type: ignore[no-untyped-def]
+def _report(node: Node, committed: Committed) -> None:
     for event in committed.result.events:
         if event.type == "proposal.created":
             console.print(f"proposal {event.get('id')} created ({event.get('action')})")
@@ -59,11 +53,11 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            args: dict[str, object] = {"org": org, "name": name, "key": _hex(key, "--key")}
+            args: dict[str, object] = {"org": org, "name": name, "key": hex32(key, "--key")}
             if box_key:
-                args["box_key"] = _hex(box_key, "--box-key")
+                args["box_key"] = hex32(box_key, "--box-key")
             if validator_key:
-                args["validator_key"] = _hex(validator_key, "--validator-key")
+                args["validator_key"] = hex32(validator_key, "--validator-key")
                 args["power"] = power
             with Node.open(home) as node:
                 c = node.wallet.send(

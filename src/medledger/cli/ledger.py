@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
@@ -12,8 +12,12 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, fail, short, user_errors
 
+if TYPE_CHECKING:
+    from medledger.ledger.store import Store
+    from medledger.node.config import HospitalConfig
 
-def _open_store(home: Path):  # type: ignore[no-untyped-def]
+
+def _open_store(home: Path) -> tuple[HospitalConfig, Store]:
     from medledger.ledger.store import Store
     from medledger.node.config import load_config
 

@@ -74,9 +74,9 @@ def run_cometbft_node(home: Path, sync: bool, stop: threading.Event) -> None:
     are missing), the replica keeps serving CometBFT and the failure is logged, since a
     validator that stops voting would weaken the whole network.
     """
-    from medledger.consensus.cometbft.run_app import engine_for_home, open_application
     from medledger.node import Node
     from medledger.node.config import load_config
+    from medledger.node.run_app import engine_for_home, open_application
     from medledger.vault import Vault
 
     config = load_config(home)

@@ -13,19 +13,22 @@ from typing import Annotated
 
 import typer
 
-from medledger.cli._common import HomeOption, console, fail, user_errors
-from medledger.cli.consent import (
+from medledger.cli._common import (
     AsOption,
     EvidenceHashOption,
     EvidenceOption,
+    HomeOption,
     PatientOption,
+    console,
     csv,
     event,
     evidence,
+    fail,
     hex32,
     iso,
     pid_arg,
     signer,
+    user_errors,
     when_ms,
 )
 from medledger.contracts import queries

@@ -11,21 +11,24 @@ from typing import Annotated
 
 import typer
 
-from medledger.cli._common import HomeOption, console, fail, user_errors
-from medledger.cli.consent import (
+from medledger.cli._common import (
     AsOption,
     EvidenceHashOption,
     EvidenceOption,
+    HomeOption,
     PatientKeyOption,
     PatientOption,
     TakenByOption,
+    console,
     csv,
     event,
     evidence,
+    fail,
     file_hash,
     pid_arg,
     signer,
     taken_by,
+    user_errors,
     when_ms,
 )
 from medledger.contracts import queries

@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 and queries.erasure_status(node.engine, pid) is None
                 and queries.erasure_pending(node.engine, pid) is None
             ):
-                from medledger.cli.consent import taken_by
+                from medledger.cli._common import taken_by
 
                 taken_by(node, {}, practitioner, "")  # checked before anything is signed
             outcome = carry_out(node, vault, pid, evidence_hash, practitioner)

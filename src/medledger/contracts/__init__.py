@@ -1,7 +1,11 @@
 """medledger's contracts, registered in one place.
 
 Each contract module owns its messages, state (a key prefix), handlers and queries, and
-exposes `CONTRACTS`: every version it knows. Governance activates one version of each.
+exposes `CONTRACTS`: every version it knows. Governance activates one version of each. The
+vocabulary of consent categories and purposes (`categories`) lives here too; `interop`
+classifies records into it.
+
+May import: ledger (and host). Pure functions over explicit state: no I/O, no clock.
 """
 
 from __future__ import annotations

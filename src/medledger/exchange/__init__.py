@@ -10,4 +10,7 @@ sync      the sync agent: metadata keys, prefetched copies, referral deliveries,
 events    the Server-Sent Events stream, derived from committed blocks
 server    uvicorn over mutual TLS in a thread, exposing the client certificate's hospital
 service   one hospital's exchange, wired (what `medledger node run` starts)
+
+May import: node, consensus, vault, interop, contracts, ledger, host; never api (its sibling),
+web, provisioning or cli.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -320,7 +320,7 @@ class ExchangeClient:
         from_height: int | None = None,
         last_event_id: str | None = None,
         timeout: float | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """Events from a node's stream, as dicts with `id`, `event` and decoded `data`.
 
         Signed like every request; the stream stays open until the caller stops iterating.

@@ -5,10 +5,14 @@ Pure functions, no I/O, no knowledge of the ledger or the vault:
 - `ins`, `pseudonym`: validate the French INS and derive the patient's pseudonym `pid`;
 - `fhir`: validate FHIR R4/R5 JSON (resources, Bundles, NDJSON), assign ids, rewrite references;
 - `hl7v2`: map HL7 v2 ADT and ORU messages to FHIR R4, then validate them the same way;
-- `metadata`: the small, encrypted-on-chain description of a record, and the consent categories;
+- `metadata`: the small, encrypted-on-chain description of a record, and the mapping of a
+  resource to a consent category (the vocabulary itself is `contracts.categories`);
 - `synth`: deterministic synthetic patients for demos and benchmarks.
 
 Every bad input raises `InputError`, which names the file, the entry and the field.
+
+May import: contracts (the category vocabulary), ledger, host; never its siblings vault and
+consensus.
 """
 
 from medledger.interop.errors import InputError

@@ -97,13 +97,9 @@ class Application:
         self.lock = threading.RLock()
 
     @classmethod
-    def open(
-        cls, db_path: Path | str, genesis: Genesis, registry: Registry | None = None
-    ) -> Application:
-        if registry is None:
-            from medledger.contracts import default_registry
-
-            registry = default_registry()
+    def open(cls, db_path: Path | str, genesis: Genesis, registry: Registry) -> Application:
+        """The replica stored at `db_path`; the caller hands in the contracts it runs (the
+        ledger sits below `contracts` and never imports them)."""
         return cls(Store(db_path), genesis, registry)
 
     def close(self) -> None:

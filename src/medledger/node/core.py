@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.consensus.engine import Engine
+from medledger.contracts import default_registry
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.node.config import ConfigError, HospitalConfig, load_config
@@ -62,7 +63,7 @@ class Node:
                 "(a running node or demo); stop it or use its API"
             ) from None
         try:
-            app = Application.open(config.ledger_db, config.genesis())
+            app = Application.open(config.ledger_db, config.genesis(), default_registry())
             producer = SigningKey.from_file(config.consortium_dir / "solo.key")
             engine = SoloEngine(app, producer, auto=serve, **options)
         except BaseException:

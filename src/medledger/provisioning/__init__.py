@@ -1,8 +1,8 @@
 """Setting a consortium up: its keys, genesis and hospital homes, and a hospital joining it.
 
 The only package that wires the exchange's PKI, the CometBFT testnet files and the vault's
-key together (`consortium`). It sits beside `web` and `cli` at the top of the layers: it may
-import every layer below, and nothing imports it but the CLI and the tests.
+key together (`consortium`). It sits beside `web`, below `cli`: it may import every layer
+below, and nothing imports it but the CLI and the tests.
 """
 
 from medledger.provisioning.consortium import (

@@ -5,8 +5,11 @@ The package owns the pages' routes and their HTML (Jinja2 templates in `template
 `router()`: `auth` (sign-in/out, cookie, CSRF and Origin checks), `home`, `portal`,
 `clinician` (with its advice rules in `clinician_rules`), `explorer` and `health`; `records`
 is the timeline both portal and clinician show. Pages read and act through the API's
-services, scopes and tokens (`medledger.api`) and the node; nothing below imports `web`, and
-`api/app.py` mounts `router()`.
+services, scopes and tokens (`medledger.api`) and the node. `site.create_app` is the
+hospital's whole HTTP site: the API with `router()` mounted on it (the API knows nothing of
+the pages).
+
+May import: api and everything below it; never exchange, provisioning (its sibling) or cli.
 """
 
 from __future__ import annotations

@@ -227,6 +227,7 @@ def _act(
 def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
     """Why this hospital's portal may not act for the signed-in patient, if it may not: only a
     custodian of the patient acts in their name (the contract refuses anyone else too)."""
+    assert claims.patient is not None  # a patient's portal: signed in as the patient
     held = queries.records_of_patient(svc.node.engine, claims.patient, svc.org)
     if any(not entry["shredded"] for entry in held):
         return None

@@ -3,6 +3,7 @@
 Modules: `abci_server` (the socket server CometBFT talks to), `engine` (the `Engine`
 implementation a hospital node uses), `testnet` (CometBFT homes, config and genesis),
 `processes` (start and stop each hospital's CometBFT and app processes), `verify` (app hashes
-against CometBFT's headers), `rpc` (a small client for CometBFT's JSON-RPC), `run_app` (an
-app-process entry point).
+against CometBFT's headers), `rpc` (a small client for CometBFT's JSON-RPC). The app
+process's entry point is `medledger.node.run_app`: it reads a hospital's config, which this
+package must not import.
 """

@@ -61,8 +61,8 @@ class PrefetchJobs(AgentBase):
             if not epochs <= set(keys):  # the custodian's replica is behind this one's
                 raise ExchangeError(custodian, 0, "metadata keys of a later epoch not served yet")
         if purpose == "research":
-            held = ", ".join(sorted(_categories(keys)))
-            return f"metadata keys held for {held} (research: no copies)"
+            categories = ", ".join(sorted(_categories(keys)))
+            return f"metadata keys held for {categories} (research: no copies)"
         held: dict[str, int] = {}
         for info in self.vault.records_of(pid):
             if info.is_copy and info.custodian == custodian:

@@ -1,10 +1,12 @@
 """A hospital's app process on CometBFT: open its ledger replica, serve ABCI, block.
 
-    python -m medledger.consensus.cometbft.run_app --home DIR/hospitals/<org> [--app mod:fn]
+    python -m medledger.node.run_app --home DIR/hospitals/<org> [--app mod:fn]
 
 `medledger node run --home H` does the same plus the API; both use `serve_forever`. `--app`
 names a factory `fn(home) -> app` (tests use a tiny fake application); by default the
 hospital's `Application` is opened from its config.json (ledger db, consortium genesis).
+It lives in `node` because it reads the hospital's configuration and chooses the contracts;
+`consensus` below it only serves whatever app it is handed.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ log = logging.getLogger("medledger.app")
 
 def open_application(home: Path) -> Any:
     """The hospital's ledger replica, as its config.json describes it."""
+    from medledger.contracts import default_registry
     from medledger.ledger.app import Application
     from medledger.node.config import load_config
 
     config = load_config(home)
-    return Application.open(config.ledger_db, config.genesis())
+    return Application.open(config.ledger_db, config.genesis(), default_registry())
 
 
 def engine_for_home(home: Path, app: Any) -> CometEngine:

@@ -52,10 +52,15 @@ def make_net(n: int = 3, seed: int = 1) -> Net:
     return Net(genesis, orgs, solo, {})
 
 
-def run_block(app: Application, txs: list[bytes], solo: SigningKey, time_ms: int | None = None):  # type: ignore[no-untyped-def]
+def run_block(app: Application, txs: list[bytes], solo: SigningKey, time_ms: int | None = None):
     height = app.height + 1
     outcome = app.finalize_block(
         txs, height, time_ms or T0 + height * 1000, proposer=solo.public_key
     )
     app.commit(solo.sign(app.pending_header_bytes))
     return outcome
+
+
+def register_body(name: str, key: SigningKey | None = None, roles: list[str] | None = None):
+    key = key or SigningKey.generate()
+    return {"practitioner": name, "key": key.public_key, "roles": roles or ["physician"]}
