@@ -32,6 +32,7 @@ from medledger.cli._common import (
     when_ms,
 )
 from medledger.contracts import queries
+from medledger.contracts.research import Enrol, Register, Release, Withdraw
 
 StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
 
@@ -61,21 +62,21 @@ def register(app: typer.Typer) -> None:
         from medledger.node.notes import NoteStore, study_title
 
         with user_errors():
-            body = {
-                "study": study_id,
-                "protocol_hash": file_hash(protocol),
-                "ethics_ref": ethics,
-                "categories": csv(categories),
-                "min_cohort": min_cohort,
-                "title_hash": study_title(NoteStore(home), study_id, title) if title else b"",
-                "end_ms": when_ms(end, "--end") if end else 0,
-            }
+            msg = Register(
+                study=study_id,
+                protocol_hash=file_hash(protocol),
+                ethics_ref=ethics,
+                categories=csv(categories),
+                min_cohort=min_cohort,
+                title_hash=study_title(NoteStore(home), study_id, title) if title else b"",
+                end_ms=when_ms(end, "--end") if end else 0,
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("research.register", body)
+                c = signer(node, as_).send_message(msg)
         console.print(f"study {study_id} registered (block {c.height})")
 
     def _patient_act(
-        kind: str,
+        kind: type[Enrol | Withdraw],
         home: Path,
         study_id: str,
         patient: str,
@@ -88,16 +89,16 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = {
-                "study": study_id,
-                "pid": pid_arg(patient, home),
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
+            msg = kind(
+                study=study_id,
+                pid=pid_arg(patient, home),
+                evidence_hash=evidence(evidence_file, evidence_hash),
+            )
             with Node.open(home) as node:
                 if patient_key is None:
-                    required = bool(body["evidence_hash"])
-                    body = taken_by(node, body, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send(kind, body)
+                    required = bool(msg.evidence_hash)
+                    msg.taken_by = taken_by(node, practitioner, as_, required=required)
+                c = signer(node, as_, patient_key).send_message(msg)
         return c.height
 
     @study.command("enrol")
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner)."""
         height = _patient_act(
-            "research.enrol",
+            Enrol,
             home,
             study_id,
             patient,
@@ -138,7 +139,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Withdraw a patient: no later release may include them."""
         height = _patient_act(
-            "research.withdraw",
+            Withdraw,
             home,
             study_id,
             patient,
@@ -173,14 +174,14 @@ def register(app: typer.Typer) -> None:
             ]
             if not pids:
                 fail(f"{patients}: no pid")
-            body = {
-                "study": study_id,
-                "dataset_hash": file_hash(dataset),
-                "members": [member_token(study_id, p) for p in pids],
-                "counts": {"patients": len(pids), "records": records},
-            }
+            msg = Release(
+                study=study_id,
+                dataset_hash=file_hash(dataset),
+                members=[member_token(study_id, p) for p in pids],
+                counts={"patients": len(pids), "records": records},
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("research.release", body)
+                c = signer(node, as_).send_message(msg)
         e = event(c, "study.released")
         console.print(
             f"release {e.get('release')} of {study_id}: {len(pids)} patients (block {c.height})"
