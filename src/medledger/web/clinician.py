@@ -15,6 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from medledger.contracts.consent import RequestAccess
+from medledger.contracts.emergency import Open
 from medledger.web.auth import (
     clinician_refusal,
     csrf_token,
@@ -131,9 +133,8 @@ def router() -> APIRouter:
 
             # The note stays here, salted: a bare hash of a short note could be guessed.
             kept = NoteStore(svc.node.config.home).keep("access-request", note=note)
-            svc.node.practitioner_wallet(practitioner).send(
-                "consent.request",
-                {"pid": patient, "categories": cats, "purpose": "treatment", "reason_hash": kept},
+            svc.node.practitioner_wallet(practitioner).send_message(
+                RequestAccess(pid=patient, categories=cats, purpose="treatment", reason_hash=kept)
             )
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
@@ -167,7 +168,7 @@ def router() -> APIRouter:
             wallet = svc.node.practitioner_wallet(practitioner)
             # The reason code and note stay here for the DPO; the chain gets their hash.
             justification = emergency_justification(NoteStore(svc.node.config.home), reason, note)
-            wallet.send("emergency.open", {"pid": patient, "reason_hash": justification})
+            wallet.send_message(Open(pid=patient, reason_hash=justification))
         except (TxRejected, ValueError) as exc:
             text = exc.log if isinstance(exc, TxRejected) else str(exc)
             return message(request, "Refused", text, 409, cls="bad")

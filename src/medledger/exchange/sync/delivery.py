@@ -17,6 +17,7 @@ import orjson
 from medledger.contracts import access, queries
 from medledger.contracts.access import log_entry
 from medledger.contracts.identity import resolve_actor
+from medledger.contracts.referral import Confirm, Deliver
 from medledger.exchange.client import (
     ExchangeError,
     FetchedRecord,
@@ -104,9 +105,7 @@ class DeliveryJobs(AgentBase):
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
         self.client.deliver(receiver, payload)
-        self.node.wallet.send(
-            "referral.deliver", {"id": job.ref, "rids": rids, "commitments": commitments}
-        )
+        self.node.wallet.send_message(Deliver(id=job.ref, rids=rids, commitments=commitments))
         return f"{len(rids)} records delivered to {receiver}"
 
     def _member_key(self, org: str) -> bytes:
@@ -164,10 +163,8 @@ class DeliveryJobs(AgentBase):
         for rid, c in zip(delivered["rids"], delivered["commitments"], strict=True):
             if not self._holds(pid, rid, bytes(c)):
                 raise ExchangeError(ref["from"], 0, f"record {rid} not received intact yet")
-        self.node.wallet.send(
-            "referral.confirm",
-            {"id": job.ref, "commitments": [bytes(c) for c in delivered["commitments"]]},
-        )
+        commitments = [bytes(c) for c in delivered["commitments"]]
+        self.node.wallet.send_message(Confirm(id=job.ref, commitments=commitments))
         return f"{len(delivered['rids'])} records confirmed"
 
     def _holds(self, pid: str, rid: str, commitment: bytes) -> bool:
