@@ -165,8 +165,6 @@ def router() -> APIRouter:
 
     @routes.get("/portal/proof/{tx}")
     def proof(request: Request, tx: str) -> Response:
-        from medledger.ledger.proofs import prove_tx
-
         svc = services(request)
         _, pid = patient_claims(request, "AuditEvent", "search")
         app = svc.node.app
@@ -177,7 +175,7 @@ def router() -> APIRouter:
         own = {a["tx"].hex() for a in queries.access_of_patient(engine, pid)} | {
             r["tx"].hex() for r in queries.records_of_patient(engine, pid)
         }
-        found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
+        found = app.prove(bytes.fromhex(tx)) if tx.lower() in own else None
         if found is None:
             raise FhirError(404, "not-found", f"tx {tx} is not one of your records or accesses")
         return JSONResponse(
