@@ -332,10 +332,11 @@ def make_router() -> APIRouter:
             raise FhirError(
                 403, "forbidden", f"{resource_type}/{rid} is outside the categories of your scopes"
             )
-        decision = svc.decide(claims, info.pid, _meta_of(svc, info), "treatment")
-        svc.record_access(claims, info.pid, "read", "treatment", decision, [rid], wait=False)
-        if not decision.allowed:
-            raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+        meta = _meta_of(svc, info)
+        audited = svc.decide_and_audit(claims, info.pid, meta, "treatment", "read", [rid])
+        svc.log(audited.entries, wait=False)
+        if not audited.decision.allowed:
+            raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
         return fhir_response(svc.vault.get(rid))
 
     @router.get("/{resource_type}")
@@ -425,10 +426,11 @@ def _gate_patient_data(
     """Consents and the access trail are the patient's data too: the patient themself, or
     someone `authorize` allows at this hospital, and the access is recorded either way."""
     meta = {"custodian": svc.org, "category": "administrative", "type": kind}
-    decision = svc.decide(claims, pid, meta, "treatment")  # the patient themself: `patient_of`
-    svc.record_access(claims, pid, action, "treatment", decision, [], wait=False)
-    if not decision.allowed:
-        raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+    # The patient themself is allowed by `decide` (`patient_of`).
+    audited = svc.decide_and_audit(claims, pid, meta, "treatment", action, [])
+    svc.log(audited.entries, wait=False)
+    if not audited.decision.allowed:
+        raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
 
 
 def _in_scope(

@@ -64,13 +64,13 @@ from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
 from medledger.contracts import access, queries, records
-from medledger.contracts.access import log_entry
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
+from medledger.node import decisions
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -328,20 +328,14 @@ class Gateway:
         return Caller(signed, actor)
 
     # -- the audit trail ---------------------------------------------------------------
-    def _entry(
+    def _audit(
         self, caller: Caller, pid: str, action: str, purpose: str, rids: list[str], d: Decision
-    ) -> dict[str, Any]:
-        # The chain gets the reason's code; the wording stays in the evidence table.
-        return log_entry(
-            actor=caller.label,
-            actor_org=caller.actor.org,
-            pid=pid,
-            action=action,
-            purpose=purpose,
-            decision=d,
-            rids=rids,
-            request=caller.request.request_fields(),  # every replica verifies it
-        )
+    ) -> list[dict[str, Any]]:
+        """The entry recording a decision on the caller's signed request (decisions.audit).
+        The chain gets the reason's code; the wording stays in the evidence table."""
+        request = caller.request.request_fields()  # every replica verifies it
+        access = decisions.Access(caller.label, caller.actor.org, pid, action, purpose, request)
+        return decisions.audit(access, d, rids)
 
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
         """Write the access entries and wait until the network has committed them.
@@ -379,17 +373,19 @@ class Gateway:
         pid: str,
         action: str,
         purpose: str,
-        decisions: list[tuple[str, Decision]],
+        decided: list[tuple[str, Decision]],
     ) -> list[dict[str, Any]]:
         """One access entry per basis granted and per reason denied (one tx for all)."""
         groups: dict[tuple[bool, str], list[str]] = {}
         first: dict[tuple[bool, str], Decision] = {}
-        for rid, d in decisions:
+        for rid, d in decided:
             k = (d.allowed, d.basis if d.allowed else d.reason)
             groups.setdefault(k, []).append(rid)
             first.setdefault(k, d)
         return [
-            self._entry(caller, pid, action, purpose, rids, first[k]) for k, rids in groups.items()
+            entry
+            for k, rids in groups.items()
+            for entry in self._audit(caller, pid, action, purpose, rids, first[k])
         ]
 
     # -- reading this custodian's index --------------------------------------------------
@@ -511,7 +507,7 @@ class Gateway:
             )
         else:
             d = decided[0][2]
-            log_entries = [self._entry(caller, pid, "search", purpose, [], d)]
+            log_entries = self._audit(caller, pid, "search", purpose, [], d)
         self._commit(log_entries, timing)
         self.evidence.set_outcome(caller.request.evidence_id, "served" if allowed else "denied")
         if not allowed:
@@ -623,7 +619,8 @@ class Gateway:
         decision = granted[0][1] if granted else decided[0][1]
         bases = {d.basis: d for _, d in granted} or {"": decision}  # one entry per basis
         self._commit(
-            [self._entry(caller, pid, "search", purpose, [], d) for d in bases.values()], timing
+            [e for d in bases.values() for e in self._audit(caller, pid, "search", purpose, [], d)],
+            timing,
         )
         if not granted:
             self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)

@@ -51,18 +51,12 @@ def router() -> APIRouter:
         pid = None if claims is None else patient_of(claims)
         if claims is None or pid is None:
             return login_form(request, "/portal")
-        decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
         records = timeline_rows(svc, pid, claims)
+        rids = [r["rid"] for r in records]
+        meta = {"custodian": svc.org}
+        audited = svc.decide_and_audit(claims, pid, meta, "patient-request", "read", rids)
         if records:
-            svc.record_access(
-                claims,
-                pid,
-                "read",
-                "patient-request",
-                decision,
-                [r["rid"] for r in records],
-                wait=False,
-            )
+            svc.log(audited.entries, wait=False)
         trail = queries.access_of_patient(svc.node.engine, pid)
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
