@@ -75,81 +75,45 @@ def register(app: typer.Typer) -> None:
                 c = signer(node, as_).send_message(msg)
         console.print(f"study {study_id} registered (block {c.height})")
 
-    def _patient_act(
-        kind: type[Enrol | Withdraw],
-        home: Path,
-        study_id: str,
-        patient: str,
-        evidence_file: Path | None,
-        evidence_hash: str,
-        patient_key: Path | None,
-        as_: str,
-        practitioner: str,
-    ) -> int:
-        from medledger.node import Node
+    def _patient_choice(kind: type[Enrol | Withdraw], done: str, doc: str) -> None:
+        """Register `study enrol` or `study withdraw`: the same options, the same signing."""
 
-        with user_errors():
-            msg = kind(
-                study=study_id,
-                pid=pid_arg(patient, home),
-                evidence_hash=evidence(evidence_file, evidence_hash),
-            )
-            with Node.open(home) as node:
-                if patient_key is None:
-                    required = bool(msg.evidence_hash)
-                    msg.taken_by = taken_by(node, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send_message(msg)
-        return c.height
+        def command(
+            home: HomeOption,
+            study_id: StudyOption,
+            patient: PatientOption,
+            evidence_file: EvidenceOption = None,
+            evidence_hash: EvidenceHashOption = "",
+            patient_key: PatientKeyOption = None,
+            as_: AsOption = "",
+            practitioner: TakenByOption = "",
+        ) -> None:
+            from medledger.node import Node
 
-    @study.command("enrol")
-    def enrol(
-        home: HomeOption,
-        study_id: StudyOption,
-        patient: PatientOption,
-        evidence_file: EvidenceOption = None,
-        evidence_hash: EvidenceHashOption = "",
-        patient_key: PatientKeyOption = None,
-        as_: AsOption = "",
-        practitioner: TakenByOption = "",
-    ) -> None:
-        """Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner)."""
-        height = _patient_act(
-            Enrol,
-            home,
-            study_id,
-            patient,
-            evidence_file,
-            evidence_hash,
-            patient_key,
-            as_,
-            practitioner,
-        )
-        console.print(f"enrolled in {study_id} (block {height})")
+            with user_errors():
+                msg = kind(
+                    study=study_id,
+                    pid=pid_arg(patient, home),
+                    evidence_hash=evidence(evidence_file, evidence_hash),
+                )
+                with Node.open(home) as node:
+                    if patient_key is None:
+                        required = bool(msg.evidence_hash)
+                        msg.taken_by = taken_by(node, practitioner, as_, required=required)
+                    c = signer(node, as_, patient_key).send_message(msg)
+            console.print(f"{done} {study_id} (block {c.height})")
 
-    @study.command("withdraw")
-    def withdraw(
-        home: HomeOption,
-        study_id: StudyOption,
-        patient: PatientOption,
-        evidence_file: EvidenceOption = None,
-        evidence_hash: EvidenceHashOption = "",
-        patient_key: PatientKeyOption = None,
-        as_: AsOption = "",
-        practitioner: TakenByOption = "",
-    ) -> None:
-        """Withdraw a patient: no later release may include them."""
-        height = _patient_act(
-            Withdraw,
-            home,
-            study_id,
-            patient,
-            evidence_file,
-            evidence_hash,
-            patient_key,
-            as_,
-            practitioner,
-        )
-        console.print(f"withdrawn from {study_id} (block {height})")
+        command.__doc__ = doc
+        study.command(kind.__name__.lower())(command)
+
+    _patient_choice(
+        Enrol,
+        "enrolled in",
+        "Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner).",
+    )
+    _patient_choice(
+        Withdraw, "withdrawn from", "Withdraw a patient: no later release may include them."
+    )
 
     @study.command("release")
     def release(
