@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from medledger.consensus.engine import Committed
     from medledger.node import Node
     from medledger.node.wallet import Wallet
 
@@ -191,6 +192,18 @@ def taken_by(node: Node, practitioner: str, as_: str, *, required: bool = True) 
             f"({', '.join(sorted(REQUEST_ROLES))})"
         )
     return who if practitioner and not as_ else ""
+
+
+def send_for_patient(
+    node: Node, msg: Any, practitioner: str, as_: str, patient_key: Path | None
+) -> Committed:
+    """Send a patient's act (a consent, its revocation, an enrolment...): signed with their own
+    key, or on their behalf naming who took the request (`taken_by`). The practitioner is
+    needed once evidence is given; without it the contract's refusal says what is missing
+    first (or, for a revocation, the recording hospital withdraws its own record)."""
+    if patient_key is None:
+        msg.taken_by = taken_by(node, practitioner, as_, required=bool(msg.evidence_hash))
+    return signer(node, as_, patient_key).send_message(msg)
 
 
 def event(committed: Any, kind: str) -> dict[str, str]:

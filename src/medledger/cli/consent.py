@@ -40,6 +40,7 @@ from medledger.cli._common import (
     iso,
     now_ms,
     pid_arg,
+    send_for_patient,
     signer,
     taken_by,
     user_errors,
@@ -90,11 +91,7 @@ def register(app: typer.Typer) -> None:
                 evidence_hash=evidence(evidence_file, evidence_hash),
             )
             with Node.open(home) as node:
-                if patient_key is None:
-                    # Without evidence the contract's refusal says what is missing first.
-                    required = bool(msg.evidence_hash)
-                    msg.taken_by = taken_by(node, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send_message(msg)
+                c = send_for_patient(node, msg, practitioner, as_, patient_key)
         e = event(c, "consent.granted")
         console.print(
             f"consent {e.get('id')} granted to {grantee} for {purpose} "
@@ -123,11 +120,8 @@ def register(app: typer.Typer) -> None:
                 id=consent_id, reason=reason, evidence_hash=evidence(evidence_file, evidence_hash)
             )
             with Node.open(home) as node:
-                if patient_key is None:
-                    # The recording hospital withdraws its own record without evidence.
-                    required = bool(msg.evidence_hash)
-                    msg.taken_by = taken_by(node, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send_message(msg)
+                # The recording hospital withdraws its own record without evidence.
+                c = send_for_patient(node, msg, practitioner, as_, patient_key)
         console.print(f"consent {consent_id} revoked (block {c.height})")
 
     @consent.command("contest")

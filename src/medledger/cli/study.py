@@ -26,8 +26,8 @@ from medledger.cli._common import (
     fail,
     file_hash,
     pid_arg,
+    send_for_patient,
     signer,
-    taken_by,
     user_errors,
     when_ms,
 )
@@ -97,10 +97,7 @@ def register(app: typer.Typer) -> None:
                     evidence_hash=evidence(evidence_file, evidence_hash),
                 )
                 with Node.open(home) as node:
-                    if patient_key is None:
-                        required = bool(msg.evidence_hash)
-                        msg.taken_by = taken_by(node, practitioner, as_, required=required)
-                    c = signer(node, as_, patient_key).send_message(msg)
+                    c = send_for_patient(node, msg, practitioner, as_, patient_key)
             console.print(f"{done} {study_id} (block {c.height})")
 
         command.__doc__ = doc
