@@ -464,12 +464,7 @@ class Gateway:
 
     def _args(self, body: bytes, *, rids: bool = False) -> tuple[str, str, list[str], str | None]:
         """(pid, purpose, rids, study) from a JSON body, or a 400."""
-        try:
-            args = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Refused(400, "body: not JSON") from None
-        if not isinstance(args, dict):
-            raise Refused(400, "body: a JSON object expected")
+        args = _json_object(body)
         pid, purpose = args.get("pid"), args.get("purpose", "treatment")
         study = args.get("study")
         if not isinstance(pid, str) or len(pid) != 64:
@@ -648,13 +643,7 @@ class Gateway:
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
-        try:
-            args = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Refused(400, "body: not JSON") from None
-        if not isinstance(args, dict):
-            raise Refused(400, "body: a JSON object expected")
-        result = self.on_delivery(caller, args)
+        result = self.on_delivery(caller, _json_object(body))
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
         return result
 
@@ -786,3 +775,14 @@ class StreamSlots:
             await self.app(scope, receive, send)
         finally:
             self.slots.release(peer)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 saying what it is not."""
+    try:
+        args = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Refused(400, "body: not JSON") from None
+    if not isinstance(args, dict):
+        raise Refused(400, "body: a JSON object expected")
+    return args
