@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import medledger.node.decisions as decisions
 from medledger.contracts.authorize import Decision
-from medledger.node import Node, decisions
+from medledger.node import Node
 
 PID = "12" * 32
 
