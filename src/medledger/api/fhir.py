@@ -28,6 +28,7 @@ from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
 from medledger.contracts import queries
+from medledger.contracts.consent import Grant
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
 PATIENT_COMPARTMENT = (
@@ -230,26 +231,24 @@ def make_router() -> APIRouter:
                 pid = records.pid_of(ref["reference"])
                 resource[field] = {"identifier": {"system": PID_SYSTEM, "value": pid}}
         try:
-            body = from_fhir(resource)
+            msg = Grant(**from_fhir(resource))
         except FhirConsentError as exc:
             raise FhirError(422, "invalid", str(exc)) from None
-        if outside_launch(claims, body["pid"]):
+        if outside_launch(claims, msg.pid):
             raise FhirError(403, "forbidden", "a token only consents for its own patient")
         if patient_of(claims) is not None:
             # The patient asked for it themself, authenticated here: no practitioner took it.
-            body["channel"] = "portal"
+            msg.channel = "portal"
         else:
             # Checked before anything is signed: who took the request, on the chain, now.
-            body["taken_by"] = _request_taker(svc, claims)
+            msg.taken_by = _request_taker(svc, claims)
         # The hospital records it on the patient's behalf; the evidence is this request.
-        body["evidence_hash"] = hashlib.sha256(orjson.dumps(claims.raw) + raw).digest()
+        msg.evidence_hash = hashlib.sha256(orjson.dumps(claims.raw) + raw).digest()
         from medledger.ledger.errors import Code
         from medledger.node.wallet import TxRejected
 
         try:
-            committed = await anyio.to_thread.run_sync(
-                lambda: svc.node.wallet.send("consent.grant", body)
-            )
+            committed = await anyio.to_thread.run_sync(lambda: svc.node.wallet.send_message(msg))
         except TxRejected as exc:
             if exc.code == Code.UNAUTHORIZED:  # e.g. not a custodian of this patient
                 raise FhirError(403, "forbidden", exc.log) from None
@@ -333,10 +332,11 @@ def make_router() -> APIRouter:
             raise FhirError(
                 403, "forbidden", f"{resource_type}/{rid} is outside the categories of your scopes"
             )
-        decision = svc.decide(claims, info.pid, _meta_of(svc, info), "treatment")
-        svc.record_access(claims, info.pid, "read", "treatment", decision, [rid], wait=False)
-        if not decision.allowed:
-            raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+        meta = _meta_of(svc, info)
+        audited = svc.decide_and_audit(claims, info.pid, meta, "treatment", "read", [rid])
+        svc.log(audited.entries, wait=False)
+        if not audited.decision.allowed:
+            raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
         return fhir_response(svc.vault.get(rid))
 
     @router.get("/{resource_type}")
@@ -426,10 +426,11 @@ def _gate_patient_data(
     """Consents and the access trail are the patient's data too: the patient themself, or
     someone `authorize` allows at this hospital, and the access is recorded either way."""
     meta = {"custodian": svc.org, "category": "administrative", "type": kind}
-    decision = svc.decide(claims, pid, meta, "treatment")  # the patient themself: `patient_of`
-    svc.record_access(claims, pid, action, "treatment", decision, [], wait=False)
-    if not decision.allowed:
-        raise FhirError(403, "forbidden", f"access denied: {decision.reason}")
+    # The patient themself is allowed by `decide` (`patient_of`).
+    audited = svc.decide_and_audit(claims, pid, meta, "treatment", action, [])
+    svc.log(audited.entries, wait=False)
+    if not audited.decision.allowed:
+        raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
 
 
 def _in_scope(

@@ -232,23 +232,33 @@ class HospitalServices:
         several entries, in several txs if need be. A denial's reason goes on the chain as its
         code (access.denial_code); the wording is the caller's answer, never on the chain.
         """
-        from medledger.contracts.access import log_entry
+        access = self.access(claims, pid, action, purpose)
+        self.log(decisions.audit(access, decision, rids, per_entry=_RIDS_PER_ENTRY), wait=wait)
 
-        actor = self.actor_of(claims)
-        # Every record served is named: large pages become several entries of one tx.
-        chunks = [rids[i : i + _RIDS_PER_ENTRY] for i in range(0, len(rids), _RIDS_PER_ENTRY)]
-        entries = [
-            log_entry(
-                actor=actor,
-                actor_org=self.org,
-                pid=pid,
-                action=action,
-                purpose=purpose,
-                decision=decision,
-                rids=chunk,
-            )
-            for chunk in chunks or [[]]
-        ]
+    def access(self, claims: Claims, pid: str, action: str, purpose: str) -> decisions.Access:
+        """The holder of `claims` acting at this hospital: a hospital's own act, no request."""
+        return decisions.Access(self.actor_of(claims), self.org, pid, action, purpose)
+
+    def decide_and_audit(
+        self,
+        claims: Claims,
+        pid: str,
+        meta: dict[str, Any],
+        purpose: str,
+        action: str,
+        rids: list[str],
+    ) -> decisions.Audited:
+        """`decide`, and the audit entries naming `rids` (write them with `log`)."""
+        return decisions.decide_and_audit(
+            lambda: self.decide(claims, pid, meta, purpose),
+            self.access(claims, pid, action, purpose),
+            rids,
+            per_entry=_RIDS_PER_ENTRY,
+        )
+
+    def log(self, entries: list[dict[str, Any]], *, wait: bool) -> None:
+        """Write access entries on the chain (several txs if need be); `wait` until committed
+        for remote reads, else submit and return (the log commits in the next block)."""
         for start in range(0, len(entries), _ENTRIES_PER_TX):
             self._log(entries[start : start + _ENTRIES_PER_TX], wait)
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from medledger.consensus.engine import Committed
     from medledger.node import Node
     from medledger.node.wallet import Wallet
 
@@ -158,13 +159,12 @@ def signer(node: Node, practitioner: str = "", patient_key: Path | None = None) 
     return node.wallet
 
 
-def taken_by(
-    node: Node, body: dict[str, Any], practitioner: str, as_: str, *, required: bool = True
-) -> dict[str, Any]:
-    """Name who took a patient's request, checked on the chain before signing anything.
+def taken_by(node: Node, practitioner: str, as_: str, *, required: bool = True) -> str:
+    """Who took a patient's request, checked on the chain before signing anything: the
+    message's `taken_by` ("" when the signer is the practitioner themself, or nobody is named).
 
     With `--as`, the signer is that practitioner; with `--practitioner`, the organisation key
-    signs and the body names them (`taken_by`). The contract checks the same again.
+    signs and the message names them (`taken_by`). The contract checks the same again.
     """
     from medledger.contracts import queries
     from medledger.contracts.patients import REQUEST_ROLES
@@ -178,7 +178,7 @@ def taken_by(
                 "--practitioner: name the practitioner who took the patient's request "
                 "(or sign with the patient's key: --patient-key)"
             )
-        return body
+        return ""
     org = node.config.org
     known = queries.practitioners(node.engine, org)
     found = next((p for p in known if p["id"] == who), None)
@@ -191,7 +191,19 @@ def taken_by(
             f"--practitioner: {org}/{who} lacks a role allowed to take a patient's request "
             f"({', '.join(sorted(REQUEST_ROLES))})"
         )
-    return {**body, "taken_by": who} if practitioner and not as_ else body
+    return who if practitioner and not as_ else ""
+
+
+def send_for_patient(
+    node: Node, msg: Any, practitioner: str, as_: str, patient_key: Path | None
+) -> Committed:
+    """Send a patient's act (a consent, its revocation, an enrolment...): signed with their own
+    key, or on their behalf naming who took the request (`taken_by`). The practitioner is
+    needed once evidence is given; without it the contract's refusal says what is missing
+    first (or, for a revocation, the recording hospital withdraws its own record)."""
+    if patient_key is None:
+        msg.taken_by = taken_by(node, practitioner, as_, required=bool(msg.evidence_hash))
+    return signer(node, as_, patient_key).send_message(msg)
 
 
 def event(committed: Any, kind: str) -> dict[str, str]:

@@ -16,7 +16,11 @@ from typing import Any
 
 import orjson
 
-from medledger.contracts import queries
+from medledger.contracts import emergency, identity, queries, research
+from medledger.contracts.consent import Grant
+from medledger.contracts.erasure import Request as ErasureRequest
+from medledger.contracts.patients import Bind
+from medledger.contracts.referral import Admit, Create
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
@@ -70,10 +74,7 @@ def _register(h: Hospital, practitioner: str, roles: list[str], story: Story) ->
     key = SigningKey.from_file(path) if path.exists() else SigningKey.generate()
     known = queries.practitioners(h.node.engine, h.org)
     if not any(p["id"] == practitioner for p in known):
-        h.node.wallet.send(
-            "identity.register",
-            {"practitioner": practitioner, "key": key.public_key, "roles": roles},
-        )
+        h.node.wallet.send_message(identity.Register(practitioner, key.public_key, roles))
         key.save(path)
     story.practitioners.setdefault(h.org, []).append(practitioner)
 
@@ -123,18 +124,17 @@ def play(
     at = ", ".join(sorted(pids_at[chronic]))
     say(f"Patient {chronic[:12]}… has a chronic disease and is followed at {at}.")
 
-    consent = lyon.node.wallet.send(
-        "consent.grant",
-        {
-            "pid": chronic,
-            "grantee": f"org:{paris.org}",
-            "categories": ["*"],
-            "purpose": "treatment",
-            "start_ms": now - 60_000,
-            "end_ms": now + 365 * DAY_MS,
-            "evidence_hash": _evidence("signed consent form, chronic follow-up"),
-            "taken_by": "dr-martin",  # Lyon treats the patient; dr-martin took the form
-        },
+    consent = lyon.node.wallet.send_message(
+        Grant(
+            pid=chronic,
+            grantee=f"org:{paris.org}",
+            categories=["*"],
+            purpose="treatment",
+            start_ms=now - 60_000,
+            end_ms=now + 365 * DAY_MS,
+            evidence_hash=_evidence("signed consent form, chronic follow-up"),
+            taken_by="dr-martin",  # Lyon treats the patient; dr-martin took the form
+        )
     )
     consent_id = int(
         next(e.get("id") for e in consent.result.events if e.type == "consent.granted") or 0
@@ -158,18 +158,17 @@ def play(
     else:
         say(f"({paris.name} has not prefetched the records yet: is its node running?)")
 
-    lyon.node.wallet.send(
-        "consent.grant",
-        {
-            "pid": chronic,
-            "grantee": f"org:{lille.org}",
-            "categories": ["labs", "conditions"],
-            "purpose": "treatment",
-            "start_ms": now - 60_000,
-            "end_ms": now + 90 * DAY_MS,
-            "evidence_hash": _evidence("signed consent form, second opinion"),
-            "taken_by": "dr-martin",
-        },
+    lyon.node.wallet.send_message(
+        Grant(
+            pid=chronic,
+            grantee=f"org:{lille.org}",
+            categories=["labs", "conditions"],
+            purpose="treatment",
+            start_ms=now - 60_000,
+            end_ms=now + 90 * DAY_MS,
+            evidence_hash=_evidence("signed consent form, second opinion"),
+            taken_by="dr-martin",
+        )
     )
     second = eventually(lambda: [i for i in lille.vault.records_of(chronic) if i.is_copy], wait)
     say(
@@ -177,17 +176,16 @@ def play(
         f"{len(second)} records copied there, re-encrypted under {lille.name}'s own keys."
     )
     try:  # holding copies is not treating the patient: Lille cannot act in their name
-        lille.node.wallet.send(
-            "consent.grant",
-            {
-                "pid": chronic,
-                "grantee": f"org:{lille.org}",
-                "categories": ["*"],
-                "purpose": "treatment",
-                "start_ms": now,
-                "evidence_hash": _evidence("a form nobody signed"),
-                "taken_by": "dpo",
-            },
+        lille.node.wallet.send_message(
+            Grant(
+                pid=chronic,
+                grantee=f"org:{lille.org}",
+                categories=["*"],
+                purpose="treatment",
+                start_ms=now,
+                evidence_hash=_evidence("a form nobody signed"),
+                taken_by="dpo",
+            )
         )
     except TxRejected as exc:
         say(
@@ -198,26 +196,25 @@ def play(
     # -- a referral for surgery, the file transferred automatically -------------------------
     surgery = now + 3 * DAY_MS
     rids = [i.rid for i in lyon.vault.records_of(chronic, include_copies=False)][:10]
-    referral = lyon.node.wallet.send(
-        "referral.create",
-        {
-            "pid": chronic,
-            "to": paris.org,
-            "date_ms": surgery,
-            "categories": ["labs", "conditions", "imaging", "medications", "allergies"],
+    referral = lyon.node.wallet.send_message(
+        Create(
+            pid=chronic,
+            to=paris.org,
+            date_ms=surgery,
+            categories=["labs", "conditions", "imaging", "medications", "allergies"],
             # The letter stays at Lyon; the chain gets its salted hash (a template letter's
             # plain hash would be found again by trying the likely procedures).
-            "procedure_hash": referral_letter(
+            procedure_hash=referral_letter(
                 NoteStore(lyon.node.config.home), b"referral letter: coronary bypass"
             ),
-            "rids": rids,
-            "consent": consent_id,
-        },
+            rids=rids,
+            consent=consent_id,
+        )
     )
     ref_id = int(
         next(e.get("id") for e in referral.result.events if e.type.startswith("referral.")) or 0
     )
-    paris.node.wallet.send("referral.admit", {"id": ref_id})
+    paris.node.wallet.send_message(Admit(ref_id))
     say(
         f"{lyon.name} refers the patient to {paris.name} for surgery in 3 days (referral "
         f"{ref_id}); {paris.name} records the admission: {lyon.name} must now deliver "
@@ -245,86 +242,79 @@ def play(
     # The reason stays at Bordeaux for its DPO; the chain gets the justification's hash.
     notes = NoteStore(bordeaux.node.config.home)
     justification = emergency_justification(notes, "unconscious", "found unconscious, 3 am")
-    opened = urgence.send("emergency.open", {"pid": other, "reason_hash": justification})
+    opened = urgence.send_message(emergency.Open(pid=other, reason_hash=justification))
     eid = int(next(e.get("id") for e in opened.result.events if e.type == "emergency.opened") or 0)
     say(
         f"3 a.m.: an unconscious patient arrives at {bordeaux.name}. dr-urgence breaks the glass "
         f"(emergency access {eid}, 24 h): the patient and the custodians' DPOs are notified."
     )
-    bordeaux.node.practitioner_wallet("dpo").send(
-        "emergency.review", {"id": eid, "verdict": "approved", "note_hash": _evidence("justified")}
+    bordeaux.node.practitioner_wallet("dpo").send_message(
+        emergency.Review(id=eid, verdict="approved", note_hash=_evidence("justified"))
     )
     say(f"In the morning {bordeaux.name}'s DPO reviews it and approves it.")
 
     # -- a research study's dataset release -------------------------------------------------
     study = "lille-2026-014"  # a study id is public: it names no condition
     if not queries.study(lille.node.engine, study):
-        lille.node.practitioner_wallet("dr-chercheuse").send(
-            "research.register",
-            {
-                "study": study,
-                "protocol_hash": _evidence("protocol v3"),
-                "ethics_ref": "CPP-2026-0142",
-                "categories": ["labs", "conditions"],
-                "min_cohort": 3,
+        lille.node.practitioner_wallet("dr-chercheuse").send_message(
+            research.Register(
+                study=study,
+                protocol_hash=_evidence("protocol v3"),
+                ethics_ref="CPP-2026-0142",
+                categories=["labs", "conditions"],
+                min_cohort=3,
                 # The title stays at Lille (the sponsor); the chain gets its salted hash.
-                "title_hash": study_title(
+                title_hash=study_title(
                     NoteStore(lille.node.config.home), study, "Heart failure outcomes"
                 ),
-            },
+            )
         )
     cohort = sorted(pids_at)[:4]
     # Each patient opts in (or out) at a hospital that treats them, with one of its physicians.
     desk = {lyon.org: "dr-martin", paris.org: "dr-dubois", bordeaux.org: "dr-urgence"}
     for pid in cohort:
         holder = next(h for h in hospitals[:3] if h.org in pids_at[pid])
-        holder.node.wallet.send(
-            "research.enrol",
-            {
-                "study": study,
-                "pid": pid,
-                "evidence_hash": _evidence(f"opt-in {pid}"),
-                "taken_by": desk[holder.org],
-            },
+        holder.node.wallet.send_message(
+            research.Enrol(
+                study=study,
+                pid=pid,
+                evidence_hash=_evidence(f"opt-in {pid}"),
+                taken_by=desk[holder.org],
+            )
         )
     withdrawn = cohort[-1]
     holder = next(h for h in hospitals[:3] if h.org in pids_at[withdrawn])
-    holder.node.wallet.send(
-        "research.withdraw",
-        {
-            "study": study,
-            "pid": withdrawn,
-            "evidence_hash": _evidence("opt-out"),
-            "taken_by": desk[holder.org],
-        },
+    holder.node.wallet.send_message(
+        research.Withdraw(
+            study=study,
+            pid=withdrawn,
+            evidence_hash=_evidence("opt-out"),
+            taken_by=desk[holder.org],
+        )
     )
     say(
         f"{lille.name} registers study {study} (ethics CPP-2026-0142); "
         "4 patients opt in, one withdraws."
     )
-    from medledger.contracts.research import member_token
-
     try:
-        lyon.node.wallet.send(
-            "research.release",
-            {
-                "study": study,
-                "dataset_hash": _evidence("dataset-with-withdrawn"),
-                "members": [member_token(study, p) for p in cohort],
-                "counts": {"patients": 4},
-            },
+        lyon.node.wallet.send_message(
+            research.Release(
+                study=study,
+                dataset_hash=_evidence("dataset-with-withdrawn"),
+                members=[research.member_token(study, p) for p in cohort],
+                counts={"patients": 4},
+            )
         )
     except TxRejected as exc:
         say(f"A release including the withdrawn patient is refused by the contract: {exc.log}.")
     kept = cohort[:-1]
-    lyon.node.wallet.send(
-        "research.release",
-        {
-            "study": study,
-            "dataset_hash": _evidence("dataset v1"),
-            "members": [member_token(study, p) for p in kept],
-            "counts": {"patients": len(kept)},
-        },
+    lyon.node.wallet.send_message(
+        research.Release(
+            study=study,
+            dataset_hash=_evidence("dataset v1"),
+            members=[research.member_token(study, p) for p in kept],
+            counts={"patients": len(kept)},
+        )
     )
     say(
         f"The pseudonymised dataset of {len(kept)} patients is released: "
@@ -336,13 +326,10 @@ def play(
     filer = paris if paris.org in pids_at[chronic] else lyon
     if filer.org not in pids_at[chronic]:
         filer = next(h for h in hospitals[:3] if h.org in pids_at[chronic])
-    filer.node.wallet.send(
-        "erasure.request",
-        {
-            "pid": chronic,
-            "evidence_hash": _evidence("erasure request letter"),
-            "taken_by": "dpo",
-        },
+    filer.node.wallet.send_message(
+        ErasureRequest(
+            pid=chronic, evidence_hash=_evidence("erasure request letter"), taken_by="dpo"
+        )
     )
     waiting = queries.erasure_pending(filer.node.engine, chronic)
     assert waiting is not None  # filed on the patient's behalf just above
@@ -354,16 +341,15 @@ def play(
     )
     # The patient does not wait: they sign it with their own key, bound at the desk.
     patient_key = SigningKey.generate()
-    filer.node.wallet.send(
-        "patients.bind",
-        {
-            "pid": chronic,
-            "key": patient_key.public_key,
-            "evidence_hash": _evidence("identity check at the desk"),
-        },
+    filer.node.wallet.send_message(
+        Bind(
+            pid=chronic,
+            key=patient_key.public_key,
+            evidence_hash=_evidence("identity check at the desk"),
+        )
     )
-    Wallet(patient_key, filer.node.config.chain_id, filer.node.engine).send(
-        "erasure.request", {"pid": chronic}
+    Wallet(patient_key, filer.node.config.chain_id, filer.node.engine).send_message(
+        ErasureRequest(pid=chronic)
     )
     erasure = queries.erasure_status(filer.node.engine, chronic)
     assert erasure is not None  # requested with the patient's key just above

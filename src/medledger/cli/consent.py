@@ -40,12 +40,16 @@ from medledger.cli._common import (
     iso,
     now_ms,
     pid_arg,
+    send_for_patient,
     signer,
     taken_by,
     user_errors,
     when_ms,
 )
 from medledger.contracts import queries
+from medledger.contracts.consent import Confirm, Contest, Grant, Revoke
+from medledger.contracts.erasure import Cancel
+from medledger.contracts.patients import Bind, CancelBind
 
 
 def register(app: typer.Typer) -> None:
@@ -76,22 +80,18 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = {
-                "pid": pid_arg(patient, home),
-                "grantee": grantee,
-                "categories": csv(categories),
-                "purpose": purpose,
-                "start_ms": when_ms(start, "--start") if start else now_ms(),
-                "end_ms": when_ms(end, "--end") if end else 0,
-                "custodian": custodian,
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
+            msg = Grant(
+                pid=pid_arg(patient, home),
+                grantee=grantee,
+                categories=csv(categories),
+                purpose=purpose,
+                start_ms=when_ms(start, "--start") if start else now_ms(),
+                end_ms=when_ms(end, "--end") if end else 0,
+                custodian=custodian,
+                evidence_hash=evidence(evidence_file, evidence_hash),
+            )
             with Node.open(home) as node:
-                if patient_key is None:
-                    # Without evidence the contract's refusal says what is missing first.
-                    required = bool(body["evidence_hash"])
-                    body = taken_by(node, body, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send("consent.grant", body)
+                c = send_for_patient(node, msg, practitioner, as_, patient_key)
         e = event(c, "consent.granted")
         console.print(
             f"consent {e.get('id')} granted to {grantee} for {purpose} "
@@ -116,17 +116,12 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = {
-                "id": consent_id,
-                "reason": reason,
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
+            msg = Revoke(
+                id=consent_id, reason=reason, evidence_hash=evidence(evidence_file, evidence_hash)
+            )
             with Node.open(home) as node:
-                if patient_key is None:
-                    # The recording hospital withdraws its own record without evidence.
-                    required = bool(body["evidence_hash"])
-                    body = taken_by(node, body, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send("consent.revoke", body)
+                # The recording hospital withdraws its own record without evidence.
+                c = send_for_patient(node, msg, practitioner, as_, patient_key)
         console.print(f"consent {consent_id} revoked (block {c.height})")
 
     @consent.command("contest")
@@ -148,11 +143,11 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = {"id": consent_id, "reason": reason, "evidence_hash": evidence(note, note_hash)}
-            if not body["evidence_hash"]:
+            msg = Contest(id=consent_id, reason=reason, evidence_hash=evidence(note, note_hash))
+            if not msg.evidence_hash:
                 fail("--note: the DPO's written note (its SHA-256) is needed")
             with Node.open(home) as node:
-                c = signer(node, as_).send("consent.contest", body)
+                c = signer(node, as_).send_message(msg)
         console.print(f"consent {consent_id} contested: suspended (block {c.height})")
 
     @consent.command("confirm")
@@ -167,7 +162,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = signer(node, "", patient_key).send("consent.confirm", {"id": consent_id})
+            c = signer(node, "", patient_key).send_message(Confirm(id=consent_id))
         console.print(f"consent {consent_id} confirmed by the patient (block {c.height})")
 
     @consent.command("list")
@@ -219,15 +214,15 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = from_fhir(json.loads(path.read_text()))
+            msg = Grant(**from_fhir(json.loads(path.read_text())))
             given = evidence(evidence_file, evidence_hash)
             if given:
-                body["evidence_hash"] = given
-            if not body["evidence_hash"]:
+                msg.evidence_hash = given
+            if not msg.evidence_hash:
                 fail("--evidence: the hash of the signed consent is needed on the patient's behalf")
             with Node.open(home) as node:
-                body = taken_by(node, body, practitioner, as_)
-                c = signer(node, as_).send("consent.grant", body)
+                msg.taken_by = taken_by(node, practitioner, as_)
+                c = signer(node, as_).send_message(msg)
         console.print(
             f"consent {event(c, 'consent.granted').get('id')} imported (block {c.height})"
         )
@@ -254,14 +249,14 @@ def register(app: typer.Typer) -> None:
             with Node.open(home) as node:
                 pid = pid_arg(patient, home)
                 if what == "key":
-                    c = signer(node, as_, patient_key).send("patients.cancel_bind", {"pid": pid})
+                    c = signer(node, as_, patient_key).send_message(CancelBind(pid=pid))
                     console.print(f"key rebinding cancelled (block {c.height})")
                     return
                 pending = queries.erasure_pending(node.engine, pid)
                 if pending is None:
                     fail("no erasure request of this patient is pending")
-                body = {"request": int(pending["id"])}
-                c = signer(node, as_, patient_key).send("erasure.cancel", body)
+                msg = Cancel(request=int(pending["id"]))
+                c = signer(node, as_, patient_key).send_message(msg)
         console.print(f"erasure request {pending['id']} cancelled (block {c.height})")
 
     @consent.command("bind-key")
@@ -277,15 +272,15 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
-            body = {
-                "pid": pid_arg(patient, home),
-                "key": hex32(key, "--key"),
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
-            if not body["evidence_hash"]:
+            msg = Bind(
+                pid=pid_arg(patient, home),
+                key=hex32(key, "--key"),
+                evidence_hash=evidence(evidence_file, evidence_hash),
+            )
+            if not msg.evidence_hash:
                 fail("--evidence: how the patient's identity was checked (its SHA-256)")
             with Node.open(home) as node:
-                c = signer(node, as_).send("patients.bind", body)
+                c = signer(node, as_).send_message(msg)
         pending = [e for e in c.result.events if e.type == "patient.rebind_pending"]
         if pending:  # replacing a bound key waits (contracts/patients.py)
             effective = iso(int(pending[0].get("effective_ms") or 0))

@@ -25,6 +25,7 @@ from medledger.cli._common import (
     user_errors,
 )
 from medledger.contracts import queries
+from medledger.contracts.emergency import Open, Review
 
 
 def register(app: typer.Typer) -> None:
@@ -51,13 +52,13 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from medledger.node.notes import NoteStore, emergency_justification
 
-            body = {
-                "pid": pid_arg(patient, home),
-                "reason_hash": emergency_justification(NoteStore(home), reason, note),
-                "duration_ms": hours * 3600 * 1000,
-            }
+            msg = Open(
+                pid=pid_arg(patient, home),
+                reason_hash=emergency_justification(NoteStore(home), reason, note),
+                duration_ms=hours * 3600 * 1000,
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("emergency.open", body)
+                c = signer(node, as_).send_message(msg)
         e = event(c, "emergency.opened")
         console.print(
             f"[bold yellow]emergency access {e.get('id')} open[/] until "
@@ -83,9 +84,9 @@ def register(app: typer.Typer) -> None:
             # Kept here like the justification; a plain hash of a short note could be guessed.
             notes = NoteStore(home)
             kept = notes.keep("emergency-review", id=str(opening), note=note) if note else b""
-            body = {"id": opening, "verdict": verdict, "note_hash": kept}
+            msg = Review(id=opening, verdict=verdict, note_hash=kept)
             with Node.open(home) as node:
-                c = signer(node, as_).send("emergency.review", body)
+                c = signer(node, as_).send_message(msg)
         console.print(f"emergency access {opening} {verdict} (block {c.height})")
 
     @emergency.command("list")

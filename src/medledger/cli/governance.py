@@ -9,6 +9,7 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, hex32, user_errors
 from medledger.contracts import queries
+from medledger.contracts.governance import Propose, Vote
 
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
@@ -60,9 +61,7 @@ def register(app: typer.Typer) -> None:
                 args["validator_key"] = hex32(validator_key, "--validator-key")
                 args["power"] = power
             with Node.open(home) as node:
-                c = node.wallet.send(
-                    "governance.propose", {"action": "admit_member", "args": args, "note": note}
-                )
+                c = node.wallet.send_message(Propose("admit_member", args, note))
                 _report(node, c)
 
     @propose.command("remove")
@@ -75,10 +74,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send(
-                "governance.propose",
-                {"action": "remove_member", "args": {"org": org}, "note": note},
-            )
+            c = node.wallet.send_message(Propose("remove_member", {"org": org}, note))
             _report(node, c)
 
     @propose.command("power")
@@ -91,10 +87,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send(
-                "governance.propose",
-                {"action": "set_power", "args": {"org": org, "power": power}},
-            )
+            c = node.wallet.send_message(Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
 
     @member.command("vote")
@@ -107,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send("governance.vote", {"proposal": proposal, "approve": not reject})
+            c = node.wallet.send_message(Vote(proposal=proposal, approve=not reject))
             _report(node, c)
 
     @member.command("list")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, fail, short, user_errors
 from medledger.contracts import queries
+from medledger.contracts.identity import Register, Revoke, UpdateRoles
 
 
 def _roles(text: str) -> list[str]:
@@ -39,9 +40,8 @@ def register(app: typer.Typer) -> None:
             if path.exists():
                 fail(f"{path}: a key for {practitioner!r} already exists")
             key = SigningKey.generate()
-            committed = node.wallet.send(
-                "identity.register",
-                {"practitioner": practitioner, "key": key.public_key, "roles": _roles(roles)},
+            committed = node.wallet.send_message(
+                Register(practitioner=practitioner, key=key.public_key, roles=_roles(roles))
             )
             key.save(path)  # only once the chain accepted it: no orphan key on refusal
         console.print(
@@ -59,9 +59,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send(
-                "identity.update_roles", {"practitioner": practitioner, "roles": _roles(roles)}
-            )
+            c = node.wallet.send_message(UpdateRoles(practitioner, _roles(roles)))
         console.print(f"{practitioner} now has roles {roles} (block {c.height})")
 
     @prac.command("revoke")
@@ -74,9 +72,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send(
-                "identity.revoke", {"practitioner": practitioner, "reason": reason}
-            )
+            c = node.wallet.send_message(Revoke(practitioner, reason))
         console.print(f"revoked {practitioner} (block {c.height})")
 
     @prac.command("list")

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, user_errors
 from medledger.contracts import queries
+from medledger.contracts.governance import Propose
 
 
 def _propose(home: Path, action: str, args: dict[str, object], note: str) -> None:
@@ -21,7 +22,7 @@ def _propose(home: Path, action: str, args: dict[str, object], note: str) -> Non
     from medledger.node import Node
 
     with user_errors(), Node.open(home) as node:
-        c = node.wallet.send("governance.propose", {"action": action, "args": args, "note": note})
+        c = node.wallet.send_message(Propose(action, dict(args), note))
         _report(node, c)
         for e in c.result.events:
             if e.type.startswith("policy."):

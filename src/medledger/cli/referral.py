@@ -32,6 +32,7 @@ from medledger.cli._common import (
     when_ms,
 )
 from medledger.contracts import queries
+from medledger.contracts.referral import Admit, Confirm, Create, Deliver
 
 IdOption = Annotated[int, typer.Option("--id", help="The referral's number.")]
 
@@ -68,22 +69,22 @@ def register(app: typer.Typer) -> None:
             notes = NoteStore(home)
             if letter is None and not letter_hash:
                 fail("--letter (or --letter-hash): the referral letter's hash is required")
-            body = {
-                "pid": pid_arg(patient, home),
-                "to": to,
-                "date_ms": when_ms(date, "--date"),
-                "categories": csv(categories),
+            msg = Create(
+                pid=pid_arg(patient, home),
+                to=to,
+                date_ms=when_ms(date, "--date"),
+                categories=csv(categories),
                 # Salted and kept in this hospital's notes: a letter's plain hash is found
                 # again by hashing the likely template letters.
-                "procedure_hash": referral_letter(notes, letter.read_bytes(), letter.name)
+                procedure_hash=referral_letter(notes, letter.read_bytes(), letter.name)
                 if letter
                 else referral_letter_hash(notes, hex32(letter_hash, "--letter-hash")),
-                "rids": csv(rids),
-                "consent": consent,
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
+                rids=csv(rids),
+                consent=consent,
+                evidence_hash=evidence(evidence_file, evidence_hash),
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("referral.create", body)
+                c = signer(node, as_).send_message(msg)
         console.print(
             f"referral {event(c, 'referral.created').get('id')} to {to} (block {c.height})"
         )
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = signer(node, as_).send("referral.admit", {"id": referral_id})
+            c = signer(node, as_).send_message(Admit(referral_id))
         e = event(c, "obligation.created")
         console.print(
             f"referral {referral_id} admitted; {e.get('from')} must deliver by "
@@ -124,8 +125,8 @@ def register(app: typer.Typer) -> None:
                 if entry is None:
                     fail(f"--rids: no record {rid}")
                 commitments.append(entry["commitment"])
-            body = {"id": referral_id, "rids": chosen, "commitments": commitments}
-            c = signer(node, as_).send("referral.deliver", body)
+            msg = Deliver(id=referral_id, rids=chosen, commitments=commitments)
+            c = signer(node, as_).send_message(msg)
         console.print(f"referral {referral_id}: {len(chosen)} records delivered (block {c.height})")
 
     @referral.command("confirm")
@@ -143,9 +144,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             values = [hex32(v, "--commitments") for v in csv(commitments)]
             with Node.open(home) as node:
-                c = signer(node, as_).send(
-                    "referral.confirm", {"id": referral_id, "commitments": values}
-                )
+                c = signer(node, as_).send_message(Confirm(referral_id, values))
         console.print(f"referral {referral_id}: delivery confirmed (block {c.height})")
 
     @referral.command("status")

@@ -26,12 +26,13 @@ from medledger.cli._common import (
     fail,
     file_hash,
     pid_arg,
+    send_for_patient,
     signer,
-    taken_by,
     user_errors,
     when_ms,
 )
 from medledger.contracts import queries
+from medledger.contracts.research import Enrol, Register, Release, Withdraw
 
 StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
 
@@ -61,94 +62,55 @@ def register(app: typer.Typer) -> None:
         from medledger.node.notes import NoteStore, study_title
 
         with user_errors():
-            body = {
-                "study": study_id,
-                "protocol_hash": file_hash(protocol),
-                "ethics_ref": ethics,
-                "categories": csv(categories),
-                "min_cohort": min_cohort,
-                "title_hash": study_title(NoteStore(home), study_id, title) if title else b"",
-                "end_ms": when_ms(end, "--end") if end else 0,
-            }
+            msg = Register(
+                study=study_id,
+                protocol_hash=file_hash(protocol),
+                ethics_ref=ethics,
+                categories=csv(categories),
+                min_cohort=min_cohort,
+                title_hash=study_title(NoteStore(home), study_id, title) if title else b"",
+                end_ms=when_ms(end, "--end") if end else 0,
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("research.register", body)
+                c = signer(node, as_).send_message(msg)
         console.print(f"study {study_id} registered (block {c.height})")
 
-    def _patient_act(
-        kind: str,
-        home: Path,
-        study_id: str,
-        patient: str,
-        evidence_file: Path | None,
-        evidence_hash: str,
-        patient_key: Path | None,
-        as_: str,
-        practitioner: str,
-    ) -> int:
-        from medledger.node import Node
+    def _patient_choice(kind: type[Enrol | Withdraw], done: str, doc: str) -> None:
+        """Register `study enrol` or `study withdraw`: the same options, the same signing."""
 
-        with user_errors():
-            body = {
-                "study": study_id,
-                "pid": pid_arg(patient, home),
-                "evidence_hash": evidence(evidence_file, evidence_hash),
-            }
-            with Node.open(home) as node:
-                if patient_key is None:
-                    required = bool(body["evidence_hash"])
-                    body = taken_by(node, body, practitioner, as_, required=required)
-                c = signer(node, as_, patient_key).send(kind, body)
-        return c.height
+        def command(
+            home: HomeOption,
+            study_id: StudyOption,
+            patient: PatientOption,
+            evidence_file: EvidenceOption = None,
+            evidence_hash: EvidenceHashOption = "",
+            patient_key: PatientKeyOption = None,
+            as_: AsOption = "",
+            practitioner: TakenByOption = "",
+        ) -> None:
+            from medledger.node import Node
 
-    @study.command("enrol")
-    def enrol(
-        home: HomeOption,
-        study_id: StudyOption,
-        patient: PatientOption,
-        evidence_file: EvidenceOption = None,
-        evidence_hash: EvidenceHashOption = "",
-        patient_key: PatientKeyOption = None,
-        as_: AsOption = "",
-        practitioner: TakenByOption = "",
-    ) -> None:
-        """Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner)."""
-        height = _patient_act(
-            "research.enrol",
-            home,
-            study_id,
-            patient,
-            evidence_file,
-            evidence_hash,
-            patient_key,
-            as_,
-            practitioner,
-        )
-        console.print(f"enrolled in {study_id} (block {height})")
+            with user_errors():
+                msg = kind(
+                    study=study_id,
+                    pid=pid_arg(patient, home),
+                    evidence_hash=evidence(evidence_file, evidence_hash),
+                )
+                with Node.open(home) as node:
+                    c = send_for_patient(node, msg, practitioner, as_, patient_key)
+            console.print(f"{done} {study_id} (block {c.height})")
 
-    @study.command("withdraw")
-    def withdraw(
-        home: HomeOption,
-        study_id: StudyOption,
-        patient: PatientOption,
-        evidence_file: EvidenceOption = None,
-        evidence_hash: EvidenceHashOption = "",
-        patient_key: PatientKeyOption = None,
-        as_: AsOption = "",
-        practitioner: TakenByOption = "",
-    ) -> None:
-        """Withdraw a patient: no later release may include them."""
-        height = _patient_act(
-            "research.withdraw",
-            home,
-            study_id,
-            patient,
-            evidence_file,
-            evidence_hash,
-            patient_key,
-            as_,
-            practitioner,
-        )
-        console.print(f"withdrawn from {study_id} (block {height})")
+        command.__doc__ = doc
+        study.command(kind.__name__.lower())(command)
+
+    _patient_choice(
+        Enrol,
+        "enrolled in",
+        "Enrol a patient (their key, or a custodian on their behalf: evidence, practitioner).",
+    )
+    _patient_choice(
+        Withdraw, "withdrawn from", "Withdraw a patient: no later release may include them."
+    )
 
     @study.command("release")
     def release(
@@ -173,14 +135,14 @@ def register(app: typer.Typer) -> None:
             ]
             if not pids:
                 fail(f"{patients}: no pid")
-            body = {
-                "study": study_id,
-                "dataset_hash": file_hash(dataset),
-                "members": [member_token(study_id, p) for p in pids],
-                "counts": {"patients": len(pids), "records": records},
-            }
+            msg = Release(
+                study=study_id,
+                dataset_hash=file_hash(dataset),
+                members=[member_token(study_id, p) for p in pids],
+                counts={"patients": len(pids), "records": records},
+            )
             with Node.open(home) as node:
-                c = signer(node, as_).send("research.release", body)
+                c = signer(node, as_).send_message(msg)
         e = event(c, "study.released")
         console.print(
             f"release {e.get('release')} of {study_id}: {len(pids)} patients (block {c.height})"

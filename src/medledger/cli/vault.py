@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
             ):
                 from medledger.cli._common import taken_by
 
-                taken_by(node, {}, practitioner, "")  # checked before anything is signed
+                taken_by(node, practitioner, "")  # checked before anything is signed
             outcome = carry_out(node, vault, pid, evidence_hash, practitioner)
         if outcome.status == "refused":
             fail(f"erasure request {outcome.request}: refused here: {outcome.reason}")

@@ -59,7 +59,7 @@ from medledger.contracts import identity
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
-from medledger.ledger.contract import Context, Contract, Message, parse_message
+from medledger.ledger.contract import Context, Contract, Message, parse_item, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import verify
 from medledger.ledger.store import StateView
@@ -229,12 +229,7 @@ class Log:
 
 
 def _check(i: int, raw: Any) -> Entry:
-    if not isinstance(raw, dict):
-        raise TxError(Code.INVALID_BODY, f"field entries[{i}]: expected a map")
-    try:
-        e = parse_message(Entry, raw)
-    except TxError as exc:
-        raise TxError(exc.code, f"entries[{i}]: {exc.message}") from None
+    e = parse_item(Entry, raw, f"entries[{i}]")
     check_pid(e.pid, f"entries[{i}].pid")
     check_id(e.actor_org, f"entries[{i}].actor_org")
     for name, value, allowed in (

@@ -61,7 +61,7 @@ from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org
-from medledger.ledger.contract import Context, Contract, Message, parse_message
+from medledger.ledger.contract import Context, Contract, Message, parse_item
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
 
@@ -115,11 +115,8 @@ class Shredded:
     copies: int = 0
 
 
-def _check_entry(i: int, raw: dict[str, Any]) -> Entry:
-    try:
-        entry = parse_message(Entry, raw)
-    except TxError as exc:
-        raise TxError(exc.code, f"entries[{i}]: {exc.message}") from None
+def _check_entry(i: int, raw: Any) -> Entry:
+    entry = parse_item(Entry, raw, f"entries[{i}]")
     check_id(entry.rid, f"entries[{i}].rid")
     check_pid(entry.pid, f"entries[{i}].pid")
     if len(entry.commitment) != 32:
@@ -201,8 +198,6 @@ def register(ctx: Context, msg: Register) -> None:
     if len(msg.disclosures) > len(msg.entries) * 8:
         raise TxError(Code.INVALID_BODY, "field disclosures: too many")
     for i, raw in enumerate(msg.entries):
-        if not isinstance(raw, dict):
-            raise TxError(Code.INVALID_BODY, f"field entries[{i}]: expected a map")
         entry = _check_entry(i, raw)
         if entry.rid in seen:
             raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} is repeated")
@@ -257,12 +252,7 @@ def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str])
     """
     n = 0
     for i, raw in enumerate(msg.disclosures):
-        if not isinstance(raw, dict):
-            raise TxError(Code.INVALID_BODY, f"field disclosures[{i}]: expected a map")
-        try:
-            d = parse_message(Disclosure, raw)
-        except TxError as exc:
-            raise TxError(exc.code, f"disclosures[{i}]: {exc.message}") from None
+        d = parse_item(Disclosure, raw, f"disclosures[{i}]")
         if d.org == custodian or not is_member(ctx.state, d.org):
             raise TxError(Code.INVALID_BODY, f"field disclosures[{i}].org: not another member")
         if not 0 < len(d.basis) <= MAX_BASIS:

@@ -73,7 +73,9 @@ class Register:
 
 
 @dataclass
-class Enrol:
+class _PatientChoice:
+    """A patient's opt-in or opt-out: their key, or a custodian on their behalf."""
+
     study: str
     pid: str
     evidence_hash: bytes = b""
@@ -82,12 +84,13 @@ class Enrol:
 
 
 @dataclass
-class Withdraw:
-    study: str
-    pid: str
-    evidence_hash: bytes = b""
-    taken_by: str = ""  # who took the request (see patients.acting_for_patient)
-    channel: str = ""
+class Enrol(_PatientChoice):
+    pass
+
+
+@dataclass
+class Withdraw(_PatientChoice):
+    pass
 
 
 @dataclass

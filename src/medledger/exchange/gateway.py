@@ -64,13 +64,13 @@ from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
 from medledger.contracts import access, queries, records
-from medledger.contracts.access import log_entry
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
+from medledger.node import decisions
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -328,20 +328,14 @@ class Gateway:
         return Caller(signed, actor)
 
     # -- the audit trail ---------------------------------------------------------------
-    def _entry(
+    def _audit(
         self, caller: Caller, pid: str, action: str, purpose: str, rids: list[str], d: Decision
-    ) -> dict[str, Any]:
-        # The chain gets the reason's code; the wording stays in the evidence table.
-        return log_entry(
-            actor=caller.label,
-            actor_org=caller.actor.org,
-            pid=pid,
-            action=action,
-            purpose=purpose,
-            decision=d,
-            rids=rids,
-            request=caller.request.request_fields(),  # every replica verifies it
-        )
+    ) -> list[dict[str, Any]]:
+        """The entry recording a decision on the caller's signed request (decisions.audit).
+        The chain gets the reason's code; the wording stays in the evidence table."""
+        request = caller.request.request_fields()  # every replica verifies it
+        access = decisions.Access(caller.label, caller.actor.org, pid, action, purpose, request)
+        return decisions.audit(access, d, rids)
 
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
         """Write the access entries and wait until the network has committed them.
@@ -379,17 +373,19 @@ class Gateway:
         pid: str,
         action: str,
         purpose: str,
-        decisions: list[tuple[str, Decision]],
+        decided: list[tuple[str, Decision]],
     ) -> list[dict[str, Any]]:
         """One access entry per basis granted and per reason denied (one tx for all)."""
         groups: dict[tuple[bool, str], list[str]] = {}
         first: dict[tuple[bool, str], Decision] = {}
-        for rid, d in decisions:
+        for rid, d in decided:
             k = (d.allowed, d.basis if d.allowed else d.reason)
             groups.setdefault(k, []).append(rid)
             first.setdefault(k, d)
         return [
-            self._entry(caller, pid, action, purpose, rids, first[k]) for k, rids in groups.items()
+            entry
+            for k, rids in groups.items()
+            for entry in self._audit(caller, pid, action, purpose, rids, first[k])
         ]
 
     # -- reading this custodian's index --------------------------------------------------
@@ -468,12 +464,7 @@ class Gateway:
 
     def _args(self, body: bytes, *, rids: bool = False) -> tuple[str, str, list[str], str | None]:
         """(pid, purpose, rids, study) from a JSON body, or a 400."""
-        try:
-            args = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Refused(400, "body: not JSON") from None
-        if not isinstance(args, dict):
-            raise Refused(400, "body: a JSON object expected")
+        args = _json_object(body)
         pid, purpose = args.get("pid"), args.get("purpose", "treatment")
         study = args.get("study")
         if not isinstance(pid, str) or len(pid) != 64:
@@ -511,7 +502,7 @@ class Gateway:
             )
         else:
             d = decided[0][2]
-            log_entries = [self._entry(caller, pid, "search", purpose, [], d)]
+            log_entries = self._audit(caller, pid, "search", purpose, [], d)
         self._commit(log_entries, timing)
         self.evidence.set_outcome(caller.request.evidence_id, "served" if allowed else "denied")
         if not allowed:
@@ -623,7 +614,8 @@ class Gateway:
         decision = granted[0][1] if granted else decided[0][1]
         bases = {d.basis: d for _, d in granted} or {"": decision}  # one entry per basis
         self._commit(
-            [self._entry(caller, pid, "search", purpose, [], d) for d in bases.values()], timing
+            [e for d in bases.values() for e in self._audit(caller, pid, "search", purpose, [], d)],
+            timing,
         )
         if not granted:
             self.evidence.set_outcome(caller.request.evidence_id, "denied", decision.reason)
@@ -651,13 +643,7 @@ class Gateway:
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
-        try:
-            args = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise Refused(400, "body: not JSON") from None
-        if not isinstance(args, dict):
-            raise Refused(400, "body: a JSON object expected")
-        result = self.on_delivery(caller, args)
+        result = self.on_delivery(caller, _json_object(body))
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
         return result
 
@@ -789,3 +775,14 @@ class StreamSlots:
             await self.app(scope, receive, send)
         finally:
             self.slots.release(peer)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 saying what it is not."""
+    try:
+        args = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Refused(400, "body: not JSON") from None
+    if not isinstance(args, dict):
+        raise Refused(400, "body: a JSON object expected")
+    return args

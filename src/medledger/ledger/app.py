@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medledger.ledger import codec, merkle
 from medledger.ledger.contract import Context, Registry, active_key, parse_message
@@ -35,6 +35,9 @@ from medledger.ledger.results import (
 )
 from medledger.ledger.store import StateView, Store, writes_digest
 from medledger.ledger.tx import Tx, decode_tx, verify_signature
+
+if TYPE_CHECKING:
+    from medledger.ledger.proofs import TxProof
 
 # Txs decoded and signature-checked, kept until they are rechecked and executed in a block:
 # room for a full CometBFT mempool (20,000 txs as `medledger init` configures it) and more,
@@ -379,6 +382,14 @@ class Application:
         """
         with self.lock:
             yield StateView(self.store)
+
+    def prove(self, tx_id: bytes) -> TxProof | None:
+        """The inclusion proof of a committed tx (ledger.proofs), None if none committed it;
+        read under the app lock, like every read of committed data."""
+        from medledger.ledger.proofs import prove_tx
+
+        with self.lock:
+            return prove_tx(self.store, tx_id)
 
     def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
         self._listeners.append(fn)

@@ -203,3 +203,13 @@ def parse_message(cls: type[M], body: dict[str, Any]) -> M:
             raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
     result: M = build(**values)
     return result
+
+
+def parse_item(cls: type[M], raw: Any, where: str) -> M:
+    """An item of a message's list (e.g. `entries[3]`) parsed as `cls`; refusals name it."""
+    if not isinstance(raw, dict):
+        raise TxError(Code.INVALID_BODY, f"field {where}: expected a map")
+    try:
+        return parse_message(cls, raw)
+    except TxError as exc:
+        raise TxError(exc.code, f"{where}: {exc.message}") from None

@@ -114,3 +114,17 @@ def _check_header(
         raise VerifyError(height, "prev_hash does not link to the previous block")
     if header.time_ms <= prev_time and height > 1:
         raise VerifyError(height, "time does not increase")
+
+
+def verify_replica(app: Application) -> VerifyReport:
+    """`verify_history` of a running replica's committed chain, under its genesis and registry.
+
+    The replay reads on a second connection to the ledger file, inside one snapshot: it sees
+    committed data only and never holds the app lock, so blocks keep committing meanwhile.
+    """
+    store = Store(app.store.path)
+    try:
+        with store.snapshot():
+            return verify_history(store, app.genesis, app.registry)
+    finally:
+        store.close()

@@ -285,13 +285,18 @@ def parse_config(home: Path, raw: object, path: Path | None = None) -> HospitalC
 def load_config(home: Path) -> HospitalConfig:
     """The hospital's config.json, validated once: every reader then uses typed fields."""
     path = home / "config.json"
+    raw = _read_json(path, "is --home a hospital home made by init?")
+    return parse_config(home, raw, path)
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    """A JSON file's content, or a ConfigError naming the file (and `hint` when missing)."""
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (is --home a hospital home made by init?)") from None
+        raise ConfigError(f"{path}: not found ({hint})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    return parse_config(home, raw, path)
 
 
 def config_json(config: HospitalConfig) -> dict[str, Any]:
@@ -329,12 +334,7 @@ class Consortium(_Model):
 
 def load_consortium(consortium_dir: Path) -> Consortium:
     path = consortium_dir / "consortium.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run `medledger init {consortium_dir}`)") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    raw = _read_json(path, f"run `medledger init {consortium_dir}`")
     try:
         return Consortium.model_validate(raw)
     except ValidationError as exc:

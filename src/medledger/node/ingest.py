@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from medledger.contracts import queries
+from medledger.contracts.records import Register
 from medledger.interop.errors import InputError
 from medledger.node import Node, registrations
 from medledger.node.indexing import commitment, seal_meta
@@ -338,12 +339,8 @@ class Ingestor:
         # The chain decides, in one tx for the whole unit (new records and new versions
         # alike), after the vault committed: the vault lock is not held while it decides.
         if unit is not None:
-            body: dict[str, Any] = {"entries": entries}
-            if disclosures.found:
-                body["disclosures"] = disclosures.as_body()
-            if author:
-                body["author"] = author
-            registrations.register(self.node.wallet, self.vault, unit, "records.register", body)
+            msg = Register(entries, disclosures.as_body(), author)  # defaults left out
+            registrations.register(self.node.wallet, self.vault, unit, msg)
         result.accepted += len(items)
         result.rids += unit_rids
         result.pids |= unit_pids

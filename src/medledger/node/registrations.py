@@ -24,10 +24,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from medledger.consensus.engine import Committed, Engine
 from medledger.contracts import queries
+from medledger.contracts.records import Register
 from medledger.ledger.errors import Code
 from medledger.ledger.tx import decode_tx
 from medledger.node.wallet import TxRejected, Wallet
@@ -64,8 +65,7 @@ def register(
     wallet: Wallet,
     vault: Vault,
     unit: str,
-    kind: str,
-    body: dict[str, Any],
+    msg: Register,
     *,
     timeout: float = 30.0,
 ) -> Committed:
@@ -81,7 +81,7 @@ def register(
         claims.append(tx)
 
     try:
-        committed = wallet.send(kind, body, timeout=timeout, on_signed=keep)
+        committed = wallet.send_message(msg, timeout=timeout, on_signed=keep)
     except TxRejected as exc:
         if not _final(exc):
             raise RegistrationPending(unit, str(exc)) from None

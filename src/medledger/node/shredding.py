@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from medledger.contracts import erasure, queries
+from medledger.contracts.records import Shredded
 from medledger.node import Node
 from medledger.vault import Vault
 
@@ -49,14 +50,13 @@ class ErasureOutcome:
 
 def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     receipt = vault.erase(pid)
-    committed = node.wallet.send(
-        "records.shredded",
-        {
-            "pid": pid,
-            "digest": receipt.digest,
-            "records": receipt.records_shredded,
-            "copies": receipt.copies_shredded,
-        },
+    committed = node.wallet.send_message(
+        Shredded(
+            pid=pid,
+            digest=receipt.digest,
+            records=receipt.records_shredded,
+            copies=receipt.copies_shredded,
+        )
     )
     purged = vault.purge_pending()
     return ShredResult(
@@ -72,9 +72,8 @@ def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResul
     """Shred every copy held of other custodians' records of the patient, keep the own
     records, and attest erasure request `request` with the receipt's digest."""
     receipt = vault.erase_copies(pid)
-    committed = node.wallet.send(
-        "erasure.attest",
-        {"request": request, "digest": receipt.digest, "records": receipt.copies_shredded},
+    committed = node.wallet.send_message(
+        erasure.Attest(request=request, digest=receipt.digest, records=receipt.copies_shredded)
     )
     purged = vault.purge_pending()
     return ShredResult(pid, 0, receipt.copies_shredded, committed.height, purged.rows_deleted)
@@ -135,9 +134,9 @@ def carry_out(
             result,
         )
     result = shred(node, vault, pid)
-    node.wallet.send(
-        "erasure.attest",
-        {"request": request, "digest": b"", "records": result.records + result.copies},
+    # No digest of its own: the erasure contract takes records.shredded's.
+    node.wallet.send_message(
+        erasure.Attest(request=request, records=result.records + result.copies)
     )
     return ErasureOutcome(request, "erased", "", result)
 

@@ -115,12 +115,14 @@ class Wallet:
             return committed
         raise TimeoutError(f"{kind}: dropped {_MAX_RESENDS + 1} times by the network")
 
-    def send_message(self, msg: Any, *, timeout: float = 30.0) -> Committed:
+    def send_message(
+        self, msg: Any, *, timeout: float = 30.0, on_signed: OnSigned | None = None
+    ) -> Committed:
         """`send` a contract's message dataclass (e.g. `erasure.Request(...)`): its kind and
         body come from the contract's own declaration (contracts.messages)."""
         from medledger.contracts.messages import body_of, kind_of
 
-        return self.send(kind_of(msg), body_of(msg), timeout=timeout)
+        return self.send(kind_of(msg), body_of(msg), timeout=timeout, on_signed=on_signed)
 
     def submit_message(self, msg: Any) -> Submitted:
         """`submit` a contract's message dataclass, without waiting for its commit."""

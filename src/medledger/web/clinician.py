@@ -10,11 +10,15 @@ form; URLs carry pids, never an INS.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from medledger.contracts.consent import RequestAccess
+from medledger.contracts.emergency import Open
+from medledger.node.notes import NoteStore, emergency_justification
 from medledger.web.auth import (
     clinician_refusal,
     csrf_token,
@@ -117,27 +121,18 @@ def router() -> APIRouter:
         note: Annotated[str, Form()],
         categories: Annotated[str, Form()] = "*",
     ) -> Response:
-        from medledger.node.wallet import TxRejected
-
-        svc = services(request)
-        claims = signed_in(request)
-        if not is_clinician(claims):
-            return login_form(request, "/clinician", clinician_refusal(claims))
-        assert claims is not None  # is_clinician says so
-        practitioner = claims.subject.removeprefix("Practitioner/")
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
-        try:
-            from medledger.node.notes import NoteStore
 
+        def ask(notes: NoteStore) -> RequestAccess:
             # The note stays here, salted: a bare hash of a short note could be guessed.
-            kept = NoteStore(svc.node.config.home).keep("access-request", note=note)
-            svc.node.practitioner_wallet(practitioner).send(
-                "consent.request",
-                {"pid": patient, "categories": cats, "purpose": "treatment", "reason_hash": kept},
+            kept = notes.keep("access-request", note=note)
+            return RequestAccess(
+                pid=patient, categories=cats, purpose="treatment", reason_hash=kept
             )
-        except (TxRejected, ValueError) as exc:
-            text = exc.log if isinstance(exc, TxRejected) else str(exc)
-            return message(request, "Refused", text, 409, cls="bad")
+
+        refused = _sign_as_clinician(request, ask)
+        if refused is not None:
+            return refused
         return message(
             request,
             "Access requested",
@@ -153,24 +148,34 @@ def router() -> APIRouter:
         reason: Annotated[str, Form()],
         note: Annotated[str, Form()],
     ) -> Response:
-        from medledger.node.wallet import TxRejected
-
-        svc = services(request)
-        claims = signed_in(request)
-        if not is_clinician(claims):
-            return login_form(request, "/clinician", clinician_refusal(claims))
-        assert claims is not None  # is_clinician says so
-        practitioner = claims.subject.removeprefix("Practitioner/")
-        try:
-            from medledger.node.notes import NoteStore, emergency_justification
-
-            wallet = svc.node.practitioner_wallet(practitioner)
+        def open_(notes: NoteStore) -> Open:
             # The reason code and note stay here for the DPO; the chain gets their hash.
-            justification = emergency_justification(NoteStore(svc.node.config.home), reason, note)
-            wallet.send("emergency.open", {"pid": patient, "reason_hash": justification})
-        except (TxRejected, ValueError) as exc:
-            text = exc.log if isinstance(exc, TxRejected) else str(exc)
-            return message(request, "Refused", text, 409, cls="bad")
+            return Open(pid=patient, reason_hash=emergency_justification(notes, reason, note))
+
+        refused = _sign_as_clinician(request, open_)
+        if refused is not None:
+            return refused
         return RedirectResponse(f"/clinician?patient={patient}", status_code=303)
 
     return routes
+
+
+def _sign_as_clinician(request: Request, build: Callable[[NoteStore], Any]) -> Response | None:
+    """Sign with the signed-in clinician's own key the message `build` makes (its notes kept
+    in the hospital's NoteStore); None once committed, else the page to answer: the login
+    form for anyone but a clinician, or a 409 naming the refusal."""
+    from medledger.node.wallet import TxRejected
+
+    svc = services(request)
+    claims = signed_in(request)
+    if not is_clinician(claims):
+        return login_form(request, "/clinician", clinician_refusal(claims))
+    assert claims is not None  # is_clinician says so
+    practitioner = claims.subject.removeprefix("Practitioner/")
+    try:
+        wallet = svc.node.practitioner_wallet(practitioner)
+        wallet.send_message(build(NoteStore(svc.node.config.home)))
+    except (TxRejected, ValueError) as exc:
+        text = exc.log if isinstance(exc, TxRejected) else str(exc)
+        return message(request, "Refused", text, 409, cls="bad")
+    return None

@@ -10,6 +10,7 @@ when it is one of their custodians (the contract refuses any other hospital too)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC
 from typing import Annotated, Any
@@ -22,8 +23,10 @@ from medledger.api.auth import allows
 from medledger.api.outcomes import FhirError
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, patient_of
-from medledger.contracts import queries
+from medledger.contracts import consent, queries, research
 from medledger.contracts.access import reason_in_words
+from medledger.contracts.erasure import Request as ErasureRequest
+from medledger.contracts.messages import body_of, kind_of
 from medledger.web.auth import (
     csrf_token,
     guard_post,
@@ -48,18 +51,12 @@ def router() -> APIRouter:
         pid = None if claims is None else patient_of(claims)
         if claims is None or pid is None:
             return login_form(request, "/portal")
-        decision = svc.decide(claims, pid, {"custodian": svc.org}, "patient-request")
         records = timeline_rows(svc, pid, claims)
+        rids = [r["rid"] for r in records]
+        meta = {"custodian": svc.org}
+        audited = svc.decide_and_audit(claims, pid, meta, "patient-request", "read", rids)
         if records:
-            svc.record_access(
-                claims,
-                pid,
-                "read",
-                "patient-request",
-                decision,
-                [r["rid"] for r in records],
-                wait=False,
-            )
+            svc.log(audited.entries, wait=False)
         trail = queries.access_of_patient(svc.node.engine, pid)
         # The chain knows every hospital's index entries for this patient; those held
         # elsewhere stay sealed here unless a consent brought their metadata key or a copy.
@@ -128,49 +125,40 @@ def router() -> APIRouter:
                 datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
             )
         cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
-        body = {
-            "pid": pid,
-            "grantee": grantee,
-            "categories": cats,
-            "purpose": purpose,
-            "start_ms": int(time.time() * 1000),
-            "end_ms": end_ms,
-        }
-        return _act(request, svc, claims, "consent.grant", body, "#consents")
+        msg = consent.Grant(
+            pid=pid,
+            grantee=grantee,
+            categories=cats,
+            purpose=purpose,
+            start_ms=int(time.time() * 1000),
+            end_ms=end_ms,
+        )
+        return _act(request, svc, claims, msg, "#consents")
 
     @routes.post("/portal/consent/{cid}/revoke")
     def revoke(request: Request, cid: int) -> Response:
         svc, claims, pid = _patient(request, "Consent", "update")
-        consent = queries.consent_get(svc.node.engine, cid)
-        if consent is None or consent["pid"] != pid:  # only one's own consents
+        found = queries.consent_get(svc.node.engine, cid)
+        if found is None or found["pid"] != pid:  # only one's own consents
             raise FhirError(404, "not-found", f"no consent {cid} of yours")
-        return _act(
-            request,
-            svc,
-            claims,
-            "consent.revoke",
-            {"id": cid, "reason": "patient-request"},
-            "#consents",
-        )
+        msg = consent.Revoke(id=cid, reason="patient-request")
+        return _act(request, svc, claims, msg, "#consents")
 
     @routes.post("/portal/study/{study}/{action}")
     def study(request: Request, study: str, action: str) -> Response:
         svc, claims, pid = _patient(request, "Consent", "create" if action == "enrol" else "update")
         if action not in ("enrol", "withdraw"):
             raise FhirError(404, "not-found", "no such action")
-        return _act(
-            request, svc, claims, f"research.{action}", {"study": study, "pid": pid}, "#studies"
-        )
+        act = research.Enrol if action == "enrol" else research.Withdraw
+        return _act(request, svc, claims, act(study=study, pid=pid), "#studies")
 
     @routes.post("/portal/erasure")
     def erasure(request: Request) -> Response:
         svc, claims, pid = _patient(request, "Patient", "delete")
-        return _act(request, svc, claims, "erasure.request", {"pid": pid}, "#erasure")
+        return _act(request, svc, claims, ErasureRequest(pid=pid), "#erasure")
 
     @routes.get("/portal/proof/{tx}")
     def proof(request: Request, tx: str) -> Response:
-        from medledger.ledger.proofs import prove_tx
-
         svc = services(request)
         _, pid = patient_claims(request, "AuditEvent", "search")
         app = svc.node.app
@@ -181,7 +169,7 @@ def router() -> APIRouter:
         own = {a["tx"].hex() for a in queries.access_of_patient(engine, pid)} | {
             r["tx"].hex() for r in queries.records_of_patient(engine, pid)
         }
-        found = prove_tx(app.store, bytes.fromhex(tx)) if tx.lower() in own else None
+        found = app.prove(bytes.fromhex(tx)) if tx.lower() in own else None
         if found is None:
             raise FhirError(404, "not-found", f"tx {tx} is not one of your records or accesses")
         return JSONResponse(
@@ -192,23 +180,25 @@ def router() -> APIRouter:
     return routes
 
 
-def _on_behalf(svc: HospitalServices, claims: Claims, kind: str, body: dict[str, Any]) -> None:
+#: What a patient asks their hospital's portal to sign on their behalf.
+PortalAct = consent.Grant | consent.Revoke | research.Enrol | research.Withdraw | ErasureRequest
+
+
+def _on_behalf(svc: HospitalServices, claims: Claims, msg: PortalAct) -> None:
     """The hospital signs for the patient through its portal (channel `portal`, no practitioner
     took it); the evidence is the patient's authenticated request (their token's claims and
     what they asked), whose hash goes on the chain. Only a custodian of the patient may: the
     contract refuses any other hospital (patients.acting_for_patient)."""
-    evidence = hashlib.sha256(
-        orjson.dumps({"token": claims.raw, "kind": kind, "body": body}, default=str)
-    ).digest()
-    svc.node.wallet.send(kind, {**body, "evidence_hash": evidence, "channel": "portal"})
+    asked = {"token": claims.raw, "kind": kind_of(msg), "body": body_of(msg)}
+    evidence = hashlib.sha256(orjson.dumps(asked, default=str)).digest()
+    svc.node.wallet.send_message(dataclasses.replace(msg, evidence_hash=evidence, channel="portal"))
 
 
 def _act(
     request: Request,
     svc: HospitalServices,
     claims: Claims,
-    kind: str,
-    body: dict[str, Any],
+    msg: PortalAct,
     anchor: str,
 ) -> Response:
     from medledger.node.wallet import TxRejected
@@ -216,7 +206,7 @@ def _act(
     refusal = _not_custodian(svc, claims)  # checked before signing anything
     if refusal is None:
         try:
-            _on_behalf(svc, claims, kind, body)
+            _on_behalf(svc, claims, msg)
         except TxRejected as exc:
             refusal = exc.log
     if refusal is not None:

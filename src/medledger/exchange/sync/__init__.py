@@ -1,17 +1,9 @@
 """The sync agent: the requesting side's real-time loop, driven by committed blocks.
 
 It follows this node's replica block by block (a cursor in its home makes it resume where it
-stopped) and turns events into jobs, kept in the same SQLite file as the cursor, in the same
-transaction, so that a crash never loses one:
-
-    consent.granted to this hospital, referral to it, enrolment in its study
-        -> interest in the patient; a `sync` job for each custodian of the patient
-    record.registered / record.amended at another custodian, for a patient of interest
-        -> a `sync` job for that custodian (jobs coalesce: one per custodian and patient)
-    obligation.created with this hospital as the referring one   -> `deliver`
-    referral.delivered to this hospital                          -> `confirm`
-    erasure.notify to this hospital, or records.shredded by the custodian of copies held here
-                                                                 -> `erase`
+stopped) and turns events into jobs (`sync`, `deliver`, `confirm`, `erase`: the table of which
+event makes which job is in planner.py), kept in the same SQLite file as the cursor, in the
+same transaction, so that a crash never loses one.
 
 A `sync` job obtains the custodian's metadata keys for the patient when it lacks one of the
 categories `authorize` grants it (asked on this replica, category by category, as the gateway

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from medledger.contracts import access, queries
-from medledger.contracts.access import log_entry
 from medledger.contracts.identity import resolve_actor
+from medledger.contracts.referral import Confirm, Deliver
 from medledger.exchange.client import (
     ExchangeError,
     FetchedRecord,
@@ -26,6 +26,7 @@ from medledger.exchange.gateway import Caller, Refused, b64
 from medledger.exchange.policy import record_meta
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import Job
+from medledger.node import decisions
 from medledger.node.indexing import check_commitment, open_meta
 from medledger.vault import PatientErased, RecordNotFound
 
@@ -91,22 +92,12 @@ class DeliveryJobs(AgentBase):
         # The push is this hospital's own act (the receiver signed no request, and an entry
         # naming another hospital's actor needs its signed request): the basis, the referral,
         # says to whom.
-        entry_log = log_entry(
-            actor=f"org:{self.org}",
-            actor_org=self.org,
-            pid=pid,
-            action="export",
-            purpose="treatment",
-            decision=decision,
-            rids=rids,
-        )
-        self.node.wallet.send_message(access.Log([entry_log]))
+        push = decisions.Access(f"org:{self.org}", self.org, pid, "export", "treatment")
+        self.node.wallet.send_message(access.Log(decisions.audit(push, decision, rids)))
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
         self.client.deliver(receiver, payload)
-        self.node.wallet.send(
-            "referral.deliver", {"id": job.ref, "rids": rids, "commitments": commitments}
-        )
+        self.node.wallet.send_message(Deliver(id=job.ref, rids=rids, commitments=commitments))
         return f"{len(rids)} records delivered to {receiver}"
 
     def _member_key(self, org: str) -> bytes:
@@ -164,10 +155,8 @@ class DeliveryJobs(AgentBase):
         for rid, c in zip(delivered["rids"], delivered["commitments"], strict=True):
             if not self._holds(pid, rid, bytes(c)):
                 raise ExchangeError(ref["from"], 0, f"record {rid} not received intact yet")
-        self.node.wallet.send(
-            "referral.confirm",
-            {"id": job.ref, "commitments": [bytes(c) for c in delivered["commitments"]]},
-        )
+        commitments = [bytes(c) for c in delivered["commitments"]]
+        self.node.wallet.send_message(Confirm(id=job.ref, commitments=commitments))
         return f"{len(delivered['rids'])} records confirmed"
 
     def _holds(self, pid: str, rid: str, commitment: bytes) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from medledger.contracts import queries
+from medledger.contracts.erasure import Attest
+from medledger.contracts.records import Shredded
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import Job
 from medledger.vault import PatientErased
@@ -41,14 +43,13 @@ class ErasureJobs(AgentBase):
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
         if queries.shredded(self.node.engine, self.org, pid) is None:
-            self.node.wallet.send(
-                "records.shredded",
-                {
-                    "pid": pid,
-                    "digest": receipt.digest,
-                    "records": receipt.records_shredded,
-                    "copies": receipt.copies_shredded,
-                },
+            self.node.wallet.send_message(
+                Shredded(
+                    pid=pid,
+                    digest=receipt.digest,
+                    records=receipt.records_shredded,
+                    copies=receipt.copies_shredded,
+                )
             )
         attested = self._attest(pid, job.ref, receipt.records_shredded + receipt.copies_shredded)
         self.vault.purge_pending()
@@ -119,7 +120,5 @@ class ErasureJobs(AgentBase):
             # The care records' retention has run out: attesting now would attest their
             # erasure too, which is the DPO's act (`medledger erase`), not the agent's.
             return False
-        self.node.wallet.send(
-            "erasure.attest", {"request": ob["request"], "digest": digest, "records": count}
-        )
+        self.node.wallet.send_message(Attest(request=ob["request"], digest=digest, records=count))
         return True
