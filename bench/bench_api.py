@@ -77,6 +77,7 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                             "start_ms": now - 1000,
                             "end_ms": 0,
                             "evidence_hash": b"\x02" * 32,
+                            "channel": "portal",  # the patient asked on its portal
                         },
                     )
             lyon = runtimes[0]

@@ -182,6 +182,7 @@ def _setup_patient(node_a: Node, vault_a: Vault) -> tuple[str, list[str]]:
             "purpose": "treatment",
             "start_ms": 0,
             "evidence_hash": EVIDENCE,
+            "channel": "portal",  # the patient asked on A's portal (A treats them)
         },
     )
     return pid, result.rids

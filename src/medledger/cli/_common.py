@@ -88,11 +88,12 @@ TakenByOption = Annotated[
 def pid_arg(value: str, home: Path) -> str:
     """A pid as such, or a patient's INS pseudonymised under the consortium key (the INS itself
     goes nowhere else)."""
+    from medledger.contracts.common import is_pid
     from medledger.node.config import load_config
     from medledger.node.patients import resolve_pid
 
     text = value.strip().lower()
-    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+    if is_pid(text):
         return text
     return resolve_pid(load_config(home).pseudonym_key(), value)
 

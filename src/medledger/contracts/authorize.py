@@ -45,6 +45,7 @@ from medledger.contracts import (
     research,
 )
 from medledger.contracts.categories import CATEGORY_SET, PURPOSE_ROLES, PURPOSES
+from medledger.contracts.common import is_pid
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.contracts.patients import erasure_requested, patient_of_key
 from medledger.contracts.policies import forbidding
@@ -53,8 +54,6 @@ from medledger.contracts.research import get_study, study_open
 from medledger.ledger.contract import Contract
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
-
-_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,6 @@ class _Closest:
             self.reason = reason
 
 
-def _valid_pid(pid: Any) -> bool:
-    return isinstance(pid, str) and len(pid) == 64 and _HEX.issuperset(pid)
-
-
 def authorize(
     state: StateView,
     actor: bytes | Actor | str,
@@ -123,7 +118,7 @@ def authorize(
     anything malformed is denied, with the reason.
     """
     # -- who, and is the request well formed ---------------------------------------------
-    if not _valid_pid(pid):
+    if not is_pid(pid):
         return _deny("invalid request: pid is 64 lowercase hex characters")
     if purpose not in PURPOSES:
         return _deny(f"invalid request: unknown purpose {purpose!r}")
@@ -365,7 +360,7 @@ def meta_epoch(state: StateView, pid: str, at_ms: int) -> int:
 def q_epoch(state: StateView, args: dict[str, Any]) -> int:
     """`authorize/epoch {pid, at_ms}` -> the patient's metadata epoch (see `meta_epoch`)."""
     pid, at_ms = args.get("pid"), args.get("at_ms")
-    if not _valid_pid(pid):
+    if not is_pid(pid):
         raise TxError(Code.INVALID_BODY, "authorize/epoch needs pid (64 lowercase hex)")
     if not isinstance(at_ms, int) or isinstance(at_ms, bool):
         raise TxError(Code.INVALID_BODY, "authorize/epoch needs at_ms (integer ms)")

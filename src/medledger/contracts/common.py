@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from medledger.ledger.errors import Code, TxError
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 DAY_MS = 24 * 3600 * 1000
+_HEX = frozenset("0123456789abcdef")
 
 
 def check_id(value: str, field: str) -> str:
@@ -21,7 +23,12 @@ def check_id(value: str, field: str) -> str:
     return value
 
 
+def is_pid(value: object) -> TypeGuard[str]:
+    """A pid: 64 lowercase hex characters (an HMAC-SHA256, never an identifier in clear)."""
+    return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
+
+
 def check_pid(pid: str, field: str = "pid") -> str:
-    if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
+    if not is_pid(pid):
         raise TxError(Code.INVALID_BODY, f"field {field}: a pid is 64 lowercase hex characters")
     return pid

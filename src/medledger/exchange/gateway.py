@@ -66,6 +66,7 @@ from starlette.concurrency import run_in_threadpool
 from medledger.contracts import access, queries, records
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
+from medledger.contracts.common import is_pid
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Policy, record_meta
@@ -467,7 +468,7 @@ class Gateway:
         args = _json_object(body)
         pid, purpose = args.get("pid"), args.get("purpose", "treatment")
         study = args.get("study")
-        if not isinstance(pid, str) or len(pid) != 64:
+        if not is_pid(pid):
             raise Refused(400, "pid: 64 hex characters expected")
         if purpose not in PURPOSES:
             raise Refused(400, f"purpose: one of {', '.join(PURPOSES)}")

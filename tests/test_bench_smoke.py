@@ -1,0 +1,44 @@
+"""Every benchmark still runs, at a tiny size: a rule change must not leave `medledger bench`
+broken unnoticed (the figures themselves live in docs/benchmarks.md, never in a test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+TINY: dict[str, dict[str, Any]] = {
+    "ledger": {"txs": 200, "hospitals": 2, "batch": 100},
+    "vault": {"records_small": 3, "records_large": 30, "runs": 1},
+    "ingest": {"patients": 3, "erase_small": 3, "erase_large": 30},
+    "authorize": {"patients": 50, "consents": 200, "queries": 50, "hospitals": 3},
+    "api": {"resources": 30, "rounds": 2},
+    "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
+}
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"bench_{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_the_benchmark_runs_at_a_tiny_size(name: str) -> None:
+    result = _load(name).run(**TINY[name])
+    assert isinstance(result, dict) and result, result
+
+
+def test_every_benchmark_but_the_cometbft_network_is_smoke_tested() -> None:
+    """bench_cometbft starts four CometBFT nodes per app: the network tests cover its harness."""
+    found = {p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py")}
+    assert found - set(TINY) == {"cometbft"}
