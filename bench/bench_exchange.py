@@ -254,7 +254,7 @@ def run_cometbft(block_time_ms: int, fetches: int, writes: int) -> dict[str, Any
                 va,
                 node_b,
                 vb,
-                lambda: store_b.key(A, pid),
+                lambda: store_b.keys(A, pid),
                 pid,
                 writes,
                 block_time_ms / 1000,
