@@ -65,6 +65,7 @@ def test_a_client_certificate_from_another_ca_is_refused(sandbox: Sandbox, tmp_p
     mixed.ca.write_bytes(real.ca.read_bytes())  # trusts the real server...
     mixed.client_cert.write_bytes(rogue.client_cert.read_bytes())  # ...but shows a rogue cert
     mixed.client_key.write_bytes(rogue.client_key.read_bytes())
+    mixed.client_key.chmod(0o600)  # a key file passes the secret-file checks
     with _raw_client(mixed) as client, pytest.raises(httpx.TransportError):
         client.get(url)
     # No client certificate at all.

@@ -68,6 +68,7 @@ from medledger.contracts.patients import (
     check_hash,
     erasure_requested,
     patient_of_key,
+    request_taker,
 )
 from medledger.contracts.records import custody_since
 from medledger.contracts.research import get_study
@@ -285,15 +286,21 @@ def revoke(ctx: Context, msg: Revoke) -> None:
                 "only the patient, the recording hospital, or a hospital with the patient's "
                 "evidence (evidence_hash) may revoke this consent",
             )
-        if practitioner is not None:
-            roles = identity.roles_of(ctx.state, org, practitioner)
+        if msg.channel not in ("", "desk"):
+            raise TxError(
+                Code.INVALID_BODY,
+                "field channel: the recording hospital withdraws its own record at the desk",
+            )
+        taker = ""
+        if practitioner is not None or msg.taken_by:  # checked like any request taken
+            taker, roles = request_taker(ctx.state, org, practitioner, msg.taken_by)
             if not REQUEST_ROLES.intersection(roles):
                 raise TxError(
                     Code.UNAUTHORIZED,
-                    f"practitioner {org}/{practitioner} lacks a role allowed to take a "
+                    f"practitioner {org}/{taker} lacks a role allowed to take a "
                     f"patient's request ({', '.join(sorted(REQUEST_ROLES))})",
                 )
-        who = ActingFor("hospital", org, practitioner or "", b"", "recorder")
+        who = ActingFor("hospital", org, taker, b"", "recorder")
     else:
         who = acting_for_patient(ctx, pid, msg.evidence_hash, msg.taken_by, msg.channel)
     record["status"] = "revoked"

@@ -193,7 +193,7 @@ def acting_for_patient(
                 Code.INVALID_BODY, "field taken_by: no practitioner takes a portal request"
             )
         return ActingFor("hospital", org, "", evidence_hash, "portal")
-    practitioner, roles = _taker(ctx.state, actor.org, actor.practitioner, taken_by)
+    practitioner, roles = request_taker(ctx.state, actor.org, actor.practitioner, taken_by)
     if not REQUEST_ROLES.intersection(roles):
         raise TxError(
             Code.UNAUTHORIZED,
@@ -270,7 +270,7 @@ def may_cancel(state: StateView, signer: bytes, pid: str, org: str, since_ms: in
     return f"{actor.org}/{actor.practitioner}"
 
 
-def _taker(
+def request_taker(
     state: StateView, org: str, signer: str | None, taken_by: str
 ) -> tuple[str, tuple[str, ...]]:
     """The practitioner who took the request at the desk, and their roles."""

@@ -236,9 +236,16 @@ def _check_files(*paths: Path) -> None:
             raise PkiError(f"{p}: missing (was this home made by `medledger init`?)")
 
 
+def _check_key(path: Path) -> None:
+    """A TLS private key passes the checks of every secret file (no link, not readable by
+    group or others) before `ssl` loads it from its path."""
+    read_secret(path, what="TLS key")
+
+
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """TLS 1.3 only; a client certificate from the consortium CA is required."""
     _check_files(files.ca, files.server_cert, files.server_key)
+    _check_key(files.server_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -250,6 +257,7 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
 def client_context(files: TlsFiles) -> ssl.SSLContext:
     """TLS 1.3 only; the server must show a consortium certificate for the address dialled."""
     _check_files(files.ca, files.client_cert, files.client_key)
+    _check_key(files.client_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED

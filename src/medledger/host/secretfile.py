@@ -56,7 +56,8 @@ def read_secret(path: Path, *, what: str = "secret file") -> bytes:
     that lets group or others access it. `what` names the file in errors ("key file")."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO planted in place of a key is refused below, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise SecretFileMissing(f"{what} {path} does not exist", path) from None
     except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from medledger.api.tokens import outside_launch
 from medledger.contracts.consent import RequestAccess
 from medledger.contracts.emergency import Open
 from medledger.node.notes import NoteStore, emergency_justification
@@ -33,6 +34,7 @@ from medledger.web.records import timeline_rows
 from medledger.web.render import message, render
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
+_OUTSIDE_LAUNCH = "your sign-in is limited to another patient (its launch context)"
 
 
 def router() -> APIRouter:
@@ -53,6 +55,8 @@ def router() -> APIRouter:
         pid = patient.strip().lower()
         if not _PID.match(pid):  # an INS never travels in a URL: it is typed in the form
             return render(request, "clinician.html", "Clinician view", 400, csrf, bad_pid=True)
+        if outside_launch(claims, pid):
+            return message(request, "Clinician view", _OUTSIDE_LAUNCH, 403, cls="bad")
         rows = []
         denial = ""
         # Treatment first; a running break-the-glass opening of this clinician is the
@@ -130,7 +134,7 @@ def router() -> APIRouter:
                 pid=patient, categories=cats, purpose="treatment", reason_hash=kept
             )
 
-        refused = _sign_as_clinician(request, ask)
+        refused = _sign_as_clinician(request, patient, ask)
         if refused is not None:
             return refused
         return message(
@@ -152,7 +156,7 @@ def router() -> APIRouter:
             # The reason code and note stay here for the DPO; the chain gets their hash.
             return Open(pid=patient, reason_hash=emergency_justification(notes, reason, note))
 
-        refused = _sign_as_clinician(request, open_)
+        refused = _sign_as_clinician(request, patient, open_)
         if refused is not None:
             return refused
         return RedirectResponse(f"/clinician?patient={patient}", status_code=303)
@@ -160,10 +164,13 @@ def router() -> APIRouter:
     return routes
 
 
-def _sign_as_clinician(request: Request, build: Callable[[NoteStore], Any]) -> Response | None:
-    """Sign with the signed-in clinician's own key the message `build` makes (its notes kept
-    in the hospital's NoteStore); None once committed, else the page to answer: the login
-    form for anyone but a clinician, or a 409 naming the refusal."""
+def _sign_as_clinician(
+    request: Request, pid: str, build: Callable[[NoteStore], Any]
+) -> Response | None:
+    """Sign with the signed-in clinician's own key the message `build` makes about patient
+    `pid` (its notes kept in the hospital's NoteStore); None once committed, else the page to
+    answer: the login form for anyone but a clinician, a 403 when the token's launch context
+    is another patient, or a 409 naming the refusal."""
     from medledger.node.wallet import TxRejected
 
     svc = services(request)
@@ -171,6 +178,8 @@ def _sign_as_clinician(request: Request, build: Callable[[NoteStore], Any]) -> R
     if not is_clinician(claims):
         return login_form(request, "/clinician", clinician_refusal(claims))
     assert claims is not None  # is_clinician says so
+    if outside_launch(claims, pid):  # a launch context narrows the token, as on the API
+        return message(request, "Refused", _OUTSIDE_LAUNCH, 403, cls="bad")
     practitioner = claims.subject.removeprefix("Practitioner/")
     try:
         wallet = svc.node.practitioner_wallet(practitioner)
