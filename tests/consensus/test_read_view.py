@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from medledger.consensus.cometbft.engine import CometEngine
 from medledger.contracts.identity import resolve_actor
 from medledger.ledger.keys import SigningKey
@@ -78,3 +80,14 @@ def test_the_cometbft_engine_view_holds_the_abci_lock_and_the_apps() -> None:
     finally:
         engine.close()
         engine.close_app()
+
+
+def test_an_rpc_engine_has_no_replica_to_view() -> None:
+    """The CLI's engine on a running CometBFT node reads through RPC queries; a committed view
+    would need a local replica, so it is refused by name rather than faked."""
+    from medledger.consensus.cometbft.client import RpcEngine
+    from medledger.consensus.engine import NoLocalReplica
+
+    engine = RpcEngine("http://127.0.0.1:1")  # never dialled
+    with pytest.raises(NoLocalReplica, match="read with query"):
+        engine.read_view()

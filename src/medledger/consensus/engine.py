@@ -38,6 +38,10 @@ class Committed:
     result: TxResult
 
 
+class NoLocalReplica(RuntimeError):
+    """A committed read view was asked of an engine that only reaches a remote node (its RPC)."""
+
+
 class Engine(Protocol):
     """Submit txs, wait for their commit, read state, follow committed blocks."""
 
@@ -59,7 +63,8 @@ class Engine(Protocol):
 
     def read_view(self) -> AbstractContextManager[StateView]:
         """A read-only view of the last committed state, steady against a concurrent commit
-        (the engine takes whatever lock it needs inside); only engines with a local replica."""
+        (the engine takes whatever lock it needs inside); an engine with no local replica
+        raises `NoLocalReplica`."""
         ...
 
     def blocks(self, from_height: int = 1, follow: bool = False) -> Iterator[BlockRecord]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from medledger.consensus.cometbft.engine import check_result_from_error, check_result_from_rpc
 from medledger.consensus.cometbft.rpc import CometRpc, RpcError, b64
-from medledger.consensus.engine import Committed, Submitted
+from medledger.consensus.engine import Committed, NoLocalReplica, Submitted
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.results import BlockRecord, Event, TxResult
@@ -93,7 +93,7 @@ class RpcEngine:
 
     def read_view(self) -> AbstractContextManager[StateView]:
         """No view here: this engine reads a remote node's state through its RPC (`query`)."""
-        raise NotImplementedError("a remote engine holds no replica to view: use query")
+        raise NoLocalReplica("this engine reaches a remote node over RPC: read with query()")
 
     def height(self) -> int:
         return int(self.rpc.abci_info().get("last_block_height", 0))
