@@ -85,12 +85,12 @@ class _PatientChoice:
 
 @dataclass
 class Enrol(_PatientChoice):
-    pass
+    """The patient opts in to a study (`research.enrol`)."""
 
 
 @dataclass
 class Withdraw(_PatientChoice):
-    pass
+    """The patient opts out of a study (`research.withdraw`)."""
 
 
 @dataclass
