@@ -28,6 +28,10 @@ HomeOption = Annotated[
 ]
 
 
+#: The exit status of a command whose tx was sent but whose fate is not known yet (EX_TEMPFAIL).
+PENDING_EXIT = 75
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -38,11 +42,16 @@ def user_errors() -> Iterator[None]:
     """Known failures become one clear line and a non-zero exit, never a traceback."""
     from medledger.ledger.keys import KeyFileError
     from medledger.node.config import ConfigError
+    from medledger.node.outbox import TxPending
     from medledger.node.wallet import TxRejected
     from medledger.vault.errors import VaultError
 
     try:
         yield
+    except TxPending as exc:
+        # Not an error: the act may well have happened. Say what is known, and how to learn more.
+        err_console.print(f"[bold yellow]pending:[/] {exc}", highlight=False)
+        raise typer.Exit(PENDING_EXIT) from None
     except (ConfigError, KeyFileError, TxRejected, ValueError, TimeoutError) as exc:
         fail(str(exc))
     except FileNotFoundError as exc:
@@ -196,7 +205,13 @@ def taken_by(node: Node, practitioner: str, as_: str, *, required: bool = True) 
 
 
 def send_for_patient(
-    node: Node, msg: Any, practitioner: str, as_: str, patient_key: Path | None
+    node: Node,
+    msg: Any,
+    practitioner: str,
+    as_: str,
+    patient_key: Path | None,
+    *,
+    volatile: tuple[str, ...] = (),
 ) -> Committed:
     """Send a patient's act (a consent, its revocation, an enrolment...): signed with their own
     key, or on their behalf naming who took the request (`taken_by`). The practitioner is
@@ -204,7 +219,15 @@ def send_for_patient(
     first (or, for a revocation, the recording hospital withdraws its own record)."""
     if patient_key is None:
         msg.taken_by = taken_by(node, practitioner, as_, required=bool(msg.evidence_hash))
-    return signer(node, as_, patient_key).send_message(msg)
+    return send(node, signer(node, as_, patient_key), msg, volatile=volatile)
+
+
+def send(node: Node, wallet: Wallet, msg: Any, *, volatile: tuple[str, ...] = ()) -> Committed:
+    """Send a signed act through the home's outbox (`node.outbox`): kept on disk before it
+    leaves, so that a lost answer says "pending", never "error", and a re-run acts once."""
+    from medledger.node.outbox import Outbox
+
+    return Outbox(node.config.home / "outbox").send(wallet, msg, volatile=volatile)
 
 
 def event(committed: Any, kind: str) -> dict[str, str]:

@@ -40,6 +40,7 @@ from medledger.cli._common import (
     iso,
     now_ms,
     pid_arg,
+    send,
     send_for_patient,
     signer,
     taken_by,
@@ -91,7 +92,9 @@ def register(app: typer.Typer) -> None:
                 evidence_hash=evidence(evidence_file, evidence_hash),
             )
             with Node.open(home) as node:
-                c = send_for_patient(node, msg, practitioner, as_, patient_key)
+                # A start left to "now" does not make a re-run after "pending" another act.
+                volatile = () if start else ("start_ms",)
+                c = send_for_patient(node, msg, practitioner, as_, patient_key, volatile=volatile)
         e = event(c, "consent.granted")
         console.print(
             f"consent {e.get('id')} granted to {grantee} for {purpose} "
@@ -147,7 +150,7 @@ def register(app: typer.Typer) -> None:
             if not msg.evidence_hash:
                 fail("--note: the DPO's written note (its SHA-256) is needed")
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         console.print(f"consent {consent_id} contested: suspended (block {c.height})")
 
     @consent.command("confirm")
@@ -162,7 +165,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = signer(node, "", patient_key).send_message(Confirm(id=consent_id))
+            c = send(node, signer(node, "", patient_key), Confirm(id=consent_id))
         console.print(f"consent {consent_id} confirmed by the patient (block {c.height})")
 
     @consent.command("list")
@@ -222,7 +225,7 @@ def register(app: typer.Typer) -> None:
                 fail("--evidence: the hash of the signed consent is needed on the patient's behalf")
             with Node.open(home) as node:
                 msg.taken_by = taken_by(node, practitioner, as_)
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         console.print(
             f"consent {event(c, 'consent.granted').get('id')} imported (block {c.height})"
         )
@@ -249,14 +252,14 @@ def register(app: typer.Typer) -> None:
             with Node.open(home) as node:
                 pid = pid_arg(patient, home)
                 if what == "key":
-                    c = signer(node, as_, patient_key).send_message(CancelBind(pid=pid))
+                    c = send(node, signer(node, as_, patient_key), CancelBind(pid=pid))
                     console.print(f"key rebinding cancelled (block {c.height})")
                     return
                 pending = queries.erasure_pending(node.engine, pid)
                 if pending is None:
                     fail("no erasure request of this patient is pending")
                 msg = Cancel(request=int(pending["id"]))
-                c = signer(node, as_, patient_key).send_message(msg)
+                c = send(node, signer(node, as_, patient_key), msg)
         console.print(f"erasure request {pending['id']} cancelled (block {c.height})")
 
     @consent.command("bind-key")
@@ -280,7 +283,7 @@ def register(app: typer.Typer) -> None:
             if not msg.evidence_hash:
                 fail("--evidence: how the patient's identity was checked (its SHA-256)")
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         pending = [e for e in c.result.events if e.type == "patient.rebind_pending"]
         if pending:  # replacing a bound key waits (contracts/patients.py)
             effective = iso(int(pending[0].get("effective_ms") or 0))

@@ -21,6 +21,7 @@ from medledger.cli._common import (
     event,
     iso,
     pid_arg,
+    send,
     signer,
     user_errors,
 )
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 duration_ms=hours * 3600 * 1000,
             )
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         e = event(c, "emergency.opened")
         console.print(
             f"[bold yellow]emergency access {e.get('id')} open[/] until "
@@ -86,7 +87,7 @@ def register(app: typer.Typer) -> None:
             kept = notes.keep("emergency-review", id=str(opening), note=note) if note else b""
             msg = Review(id=opening, verdict=verdict, note_hash=kept)
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         console.print(f"emergency access {opening} {verdict} (block {c.height})")
 
     @emergency.command("list")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, hex32, user_errors
+from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
 from medledger.contracts.governance import Propose, Vote
 
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
                 args["validator_key"] = hex32(validator_key, "--validator-key")
                 args["power"] = power
             with Node.open(home) as node:
-                c = node.wallet.send_message(Propose("admit_member", args, note))
+                c = send(node, node.wallet, Propose("admit_member", args, note))
                 _report(node, c)
 
     @propose.command("remove")
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send_message(Propose("remove_member", {"org": org}, note))
+            c = send(node, node.wallet, Propose("remove_member", {"org": org}, note))
             _report(node, c)
 
     @propose.command("power")
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send_message(Propose("set_power", {"org": org, "power": power}))
+            c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
 
     @member.command("vote")
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send_message(Vote(proposal=proposal, approve=not reject))
+            c = send(node, node.wallet, Vote(proposal=proposal, approve=not reject))
             _report(node, c)
 
     @member.command("list")

@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, fail, short, user_errors
+from medledger.cli._common import HomeOption, console, fail, send, short, user_errors
 from medledger.contracts import queries
 from medledger.contracts.identity import Register, Revoke, UpdateRoles
+from medledger.node.wallet import TxRejected
 
 
 def _roles(text: str) -> list[str]:
@@ -31,19 +32,38 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Comma-separated: physician,nurse,emergency,dpo,admin,researcher."),
         ],
     ) -> None:
-        """Create the practitioner's signing key (mode 0600) and register it with its roles."""
+        """Create the practitioner's signing key (mode 0600) and register it with its roles.
+
+        The key file is written (and synced) before the registration is sent: a registration
+        whose answer is lost still has its key. Run again after "pending", the command sends
+        the same registration with the same key, or says it is already done."""
         from medledger.ledger.keys import SigningKey
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
             path = node.config.practitioner_key_path(practitioner)
+            known = {p["id"]: p for p in queries.practitioners(node.engine, node.config.org)}
             if path.exists():
-                fail(f"{path}: a key for {practitioner!r} already exists")
-            key = SigningKey.generate()
-            committed = node.wallet.send_message(
-                Register(practitioner=practitioner, key=key.public_key, roles=_roles(roles))
-            )
-            key.save(path)  # only once the chain accepted it: no orphan key on refusal
+                key = SigningKey.from_file(path)
+                if practitioner in known:
+                    if bytes(known[practitioner]["key"]) != key.public_key:
+                        fail(f"{path}: {practitioner!r} is registered with another key")
+                    console.print(f"{practitioner} is already registered; key {path}")
+                    return
+                created = False  # an earlier run wrote it: the same key, the same act
+            else:
+                if practitioner in known:
+                    fail(f"--id: {node.config.org} already has a practitioner {practitioner!r}")
+                key = SigningKey.generate()
+                key.save(path)
+                created = True
+            msg = Register(practitioner=practitioner, key=key.public_key, roles=_roles(roles))
+            try:
+                committed = send(node, node.wallet, msg)
+            except TxRejected:
+                if created:
+                    path.unlink()  # refused: nothing on the chain knows this key
+                raise
         console.print(
             f"registered {practitioner} ({roles}) at {node.config.org}, "
             f"block {committed.height}; key {path}"
@@ -59,7 +79,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send_message(UpdateRoles(practitioner, _roles(roles)))
+            c = send(node, node.wallet, UpdateRoles(practitioner, _roles(roles)))
         console.print(f"{practitioner} now has roles {roles} (block {c.height})")
 
     @prac.command("revoke")
@@ -72,7 +92,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = node.wallet.send_message(Revoke(practitioner, reason))
+            c = send(node, node.wallet, Revoke(practitioner, reason))
         console.print(f"revoked {practitioner} (block {c.height})")
 
     @prac.command("list")

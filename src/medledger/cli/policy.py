@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medledger.cli._common import HomeOption, console, user_errors
+from medledger.cli._common import HomeOption, console, send, user_errors
 from medledger.contracts import queries
 from medledger.contracts.governance import Propose
 
@@ -22,7 +22,7 @@ def _propose(home: Path, action: str, args: dict[str, object], note: str) -> Non
     from medledger.node import Node
 
     with user_errors(), Node.open(home) as node:
-        c = node.wallet.send_message(Propose(action, dict(args), note))
+        c = send(node, node.wallet, Propose(action, dict(args), note))
         _report(node, c)
         for e in c.result.events:
             if e.type.startswith("policy."):

@@ -27,6 +27,7 @@ from medledger.cli._common import (
     hex32,
     iso,
     pid_arg,
+    send,
     signer,
     user_errors,
     when_ms,
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 evidence_hash=evidence(evidence_file, evidence_hash),
             )
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         console.print(
             f"referral {event(c, 'referral.created').get('id')} to {to} (block {c.height})"
         )
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            c = signer(node, as_).send_message(Admit(referral_id))
+            c = send(node, signer(node, as_), Admit(referral_id))
         e = event(c, "obligation.created")
         console.print(
             f"referral {referral_id} admitted; {e.get('from')} must deliver by "
@@ -126,7 +127,7 @@ def register(app: typer.Typer) -> None:
                     fail(f"--rids: no record {rid}")
                 commitments.append(entry["commitment"])
             msg = Deliver(id=referral_id, rids=chosen, commitments=commitments)
-            c = signer(node, as_).send_message(msg)
+            c = send(node, signer(node, as_), msg)
         console.print(f"referral {referral_id}: {len(chosen)} records delivered (block {c.height})")
 
     @referral.command("confirm")
@@ -144,7 +145,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             values = [hex32(v, "--commitments") for v in csv(commitments)]
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(Confirm(referral_id, values))
+                c = send(node, signer(node, as_), Confirm(referral_id, values))
         console.print(f"referral {referral_id}: delivery confirmed (block {c.height})")
 
     @referral.command("status")

@@ -26,6 +26,7 @@ from medledger.cli._common import (
     fail,
     file_hash,
     pid_arg,
+    send,
     send_for_patient,
     signer,
     user_errors,
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
                 end_ms=when_ms(end, "--end") if end else 0,
             )
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         console.print(f"study {study_id} registered (block {c.height})")
 
     def _patient_choice(kind: type[Enrol | Withdraw], done: str, doc: str) -> None:
@@ -142,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 counts={"patients": len(pids), "records": records},
             )
             with Node.open(home) as node:
-                c = signer(node, as_).send_message(msg)
+                c = send(node, signer(node, as_), msg)
         e = event(c, "study.released")
         console.print(
             f"release {e.get('release')} of {study_id}: {len(pids)} patients (block {c.height})"
