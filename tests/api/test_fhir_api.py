@@ -130,34 +130,74 @@ def test_pages_render_for_a_signed_in_patient_and_the_explorer_verifies(api: Api
     assert verified.status_code == 200 and "ok: replayed" in verified.text, verified.text[-600:]
 
 
-def test_duplicate_exams_across_hospitals_are_flagged() -> None:
+def test_duplicate_exams_across_hospitals_are_flagged_but_not_vital_signs() -> None:
     from medledger.web.clinician_rules import duplicate_exams
 
+    def row(code: str, day: str, title: str, source: str, category: str) -> dict[str, str]:
+        return {"type": "Observation", "code": f"http://loinc.org|{code}", "date": day,
+                "title": title, "source": source, "category": category}  # fmt: skip
+
     rows = [
-        {
-            "type": "Observation",
-            "code": "http://loinc.org|4548-4",
-            "date": "2026-01-05",
-            "title": "HbA1c",
-            "source": "chu-lyon",
-        },
-        {
-            "type": "Observation",
-            "code": "http://loinc.org|4548-4",
-            "date": "2026-01-20",
-            "title": "HbA1c",
-            "source": "aphp-paris",
-        },
-        {
-            "type": "Observation",
-            "code": "http://loinc.org|2345-7",
-            "date": "2026-01-20",
-            "title": "Glucose",
-            "source": "aphp-paris",
-        },
+        row("4548-4", "2026-01-05", "HbA1c", "chu-lyon", "labs"),
+        row("4548-4", "2026-01-20", "HbA1c", "aphp-paris", "labs"),
+        row("2345-7", "2026-01-20", "Glucose", "aphp-paris", "labs"),
+        # Weighed at both hospitals a week apart: taken at every visit, not an exam redone.
+        row("29463-7", "2026-01-05", "Body weight", "chu-lyon", "vital-signs"),
+        row("29463-7", "2026-01-12", "Body weight", "aphp-paris", "vital-signs"),
     ]
     (warning,) = duplicate_exams(rows)
     assert "HbA1c" in warning and "15 days apart" in warning
+    assert duplicate_exams(rows, window_days=10) == []  # the window is the hospital's choice
+
+
+def test_results_read_as_values_units_ranges_and_flags() -> None:
+    from datetime import date
+
+    from medledger.web.records import header_of, reading, trends
+
+    hba1c = {
+        "resourceType": "Observation",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+        "valueQuantity": {"value": 8.1, "unit": "%"},
+        "referenceRange": [{"low": {"value": 4.0}, "high": {"value": 6.0}}],
+    }
+    assert reading(hba1c) | {} == {
+        "value": "8.1 %", "number": 8.1, "unit": "%", "range": "4–6", "flag": "high"
+    }  # fmt: skip
+    pressure = {
+        "resourceType": "Observation",
+        "component": [
+            {"valueQuantity": {"value": 128, "unit": "mmHg"}},
+            {"valueQuantity": {"value": 82, "unit": "mmHg"}},
+        ],
+    }
+    assert reading(pressure)["value"] == "128/82 mmHg"
+    low = {"valueQuantity": {"value": 9.1, "unit": "g/dL"}, "interpretation": [
+        {"coding": [{"code": "L"}]}]}  # fmt: skip
+    assert reading(low)["flag"] == "low"
+
+    header = header_of(
+        {
+            "resourceType": "Patient",
+            "name": [{"use": "official", "family": "Martin", "given": ["Claire", "Anne"]}],
+            "gender": "female",
+            "birthDate": "1961-05-20",
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "261057512345678"}],
+        },
+        date(2026, 11, 30),
+    )
+    assert header["name"] == "Claire Anne Martin" and header["age"] == 65
+    assert header["identifiers"] == [{"label": "INS", "value": "261057512345678"}]
+
+    rows = [
+        {"code": "loinc|4548-4", "date": d, "number": v, "unit": "%", "value": f"{v} %",
+         "title": "HbA1c", "source": s}
+        for d, v, s in [("2025-01-01", 7.0, "chu-lyon"), ("2026-01-01", 8.1, "aphp-paris")]
+    ]  # fmt: skip
+    (chart,) = trends(rows)
+    assert chart["low"] == "7" and chart["high"] == "8.1"
+    assert [p["source"] for p in chart["points"]] == ["chu-lyon", "aphp-paris"]
+    assert chart["points"][0]["y"] > chart["points"][1]["y"]  # higher value, higher on screen
 
 
 def test_a_clinician_requests_access_and_the_patient_grants_it_in_the_portal(api: Api) -> None:

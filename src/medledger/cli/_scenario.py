@@ -321,37 +321,64 @@ def play(
         "its hash and counts are on the chain."
     )
 
-    # -- erasure: refused for care records, carried out for the copies ----------------------
-    # Filed by a hospital that treats the patient (Paris if it does), its DPO taking the letter.
-    filer = paris if paris.org in pids_at[chronic] else lyon
-    if filer.org not in pids_at[chronic]:
-        filer = next(h for h in hospitals[:3] if h.org in pids_at[chronic])
+    # -- erasure: another patient leaves; refused for care records, done for the copies -----
+    # The featured patient stays, so the served demo ends with their cross-hospital timeline.
+    # The leaver is followed at Paris (which files the request) and, if possible, elsewhere;
+    # consents first give Paris and Lille copies of the other hospitals' records.
+    others = [p for p in sorted(pids_at) if p != chronic]
+    leaver = next(
+        (p for p in others if paris.org in pids_at[p] and len(pids_at[p]) >= 2),
+        next((p for p in others if paris.org in pids_at[p]), others[0] if others else chronic),
+    )
+    filer = paris if paris.org in pids_at[leaver] else lyon
+    if filer.org not in pids_at[leaver]:
+        filer = next(h for h in hospitals[:3] if h.org in pids_at[leaver])
+    source = next((h for h in hospitals[:3] if h.org in pids_at[leaver] and h is not filer), None)
+    if source is not None:
+        for grantee, cats in ((filer, ["*"]), (lille, ["labs", "conditions"])):
+            source.node.wallet.send_message(
+                Grant(
+                    pid=leaver,
+                    grantee=f"org:{grantee.org}",
+                    categories=cats,
+                    purpose="treatment",
+                    start_ms=now - 60_000,
+                    end_ms=now + 90 * DAY_MS,
+                    evidence_hash=_evidence(f"consent form of another patient, {grantee.org}"),
+                    taken_by=desk[source.org],
+                )
+            )
+        eventually(lambda: [i for i in lille.vault.records_of(leaver) if i.is_copy], wait)
+        eventually(lambda: [i for i in filer.vault.records_of(leaver) if i.is_copy], wait)
     filer.node.wallet.send_message(
         ErasureRequest(
-            pid=chronic, evidence_hash=_evidence("erasure request letter"), taken_by="dpo"
+            pid=leaver, evidence_hash=_evidence("erasure request letter"), taken_by="dpo"
         )
     )
-    waiting = queries.erasure_pending(filer.node.engine, chronic)
+    waiting = queries.erasure_pending(filer.node.engine, leaver)
     assert waiting is not None  # filed on the patient's behalf just above
     hours = (waiting["effective_ms"] - waiting["time"]) // (3600 * 1000)
+    at = ", ".join(sorted(pids_at[leaver]))
     say(
-        f"The patient asks {filer.name}'s DPO for erasure. Filed in the patient's name by a "
-        f"hospital, it waits {hours} h (request {waiting['id']}): the patient and the other "
-        "hospitals that treat them are told, and may cancel it."
+        f"Another patient {leaver[:12]}…, followed at {at}, asks {filer.name}'s DPO for "
+        f"erasure (their consents had given {filer.name} and {lille.name} copies). Filed in "
+        f"the patient's name by a hospital, it waits {hours} h (request "
+        f"{waiting['id']}): the patient and the other hospitals that treat them are told, and "
+        "may cancel it."
     )
     # The patient does not wait: they sign it with their own key, bound at the desk.
     patient_key = SigningKey.generate()
     filer.node.wallet.send_message(
         Bind(
-            pid=chronic,
+            pid=leaver,
             key=patient_key.public_key,
             evidence_hash=_evidence("identity check at the desk"),
         )
     )
     Wallet(patient_key, filer.node.config.chain_id, filer.node.engine).send_message(
-        ErasureRequest(pid=chronic)
+        ErasureRequest(pid=leaver)
     )
-    erasure = queries.erasure_status(filer.node.engine, chronic)
+    erasure = queries.erasure_status(filer.node.engine, leaver)
     assert erasure is not None  # requested with the patient's key just above
     refused = [
         o["holder"]
@@ -365,7 +392,7 @@ def play(
     )
 
     def attested(h: Hospital) -> dict[str, Any] | None:
-        status = queries.erasure_status(h.node.engine, chronic)
+        status = queries.erasure_status(h.node.engine, leaver)
         found = [o for o in status["obligations"] if o["holder"] == h.org] if status else []
         return found[0] if found and found[0]["status"] == "attested" else None
 
@@ -378,8 +405,8 @@ def play(
         say(f"({lille.name}'s copies are erased by its node's sync agent when it runs.)")
     mine = eventually(lambda: attested(paris), timeout=wait)
     if mine:
-        retained = paris.vault.records_of(chronic, include_copies=False)
-        left = [i for i in paris.vault.records_of(chronic) if i.is_copy]
+        retained = paris.vault.records_of(leaver, include_copies=False)
+        left = [i for i in paris.vault.records_of(leaver) if i.is_copy]
         say(
             f"{paris.name} keeps its own care records ({len(retained)} record versions, still "
             f"readable, under legal retention) and crypto-shredded the "

@@ -86,7 +86,7 @@ def _run_solo(homes: list[Path], patients: int, serve: bool) -> None:
     with Sandbox(homes) as sandbox:
         hospitals = [Hospital(r.node, r.vault) for r in sandbox.runtimes]
         story = play(hospitals, say, patients=patients)
-        _summary(story, hospitals, [r.api_url for r in sandbox.runtimes])
+        _summary(story, hospitals, [r.api_url for r in sandbox.runtimes], serve)
         if serve:
             _serve_until_interrupted()
 
@@ -109,7 +109,7 @@ def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool
         for n in nodes:
             host, port = n.config.api.address
             urls.append(f"http://{host}:{port}")
-        _summary(story, hospitals, urls)
+        _summary(story, hospitals, urls, serve)
         if serve:
             console.print(f"(logs in {directory}/logs; `medledger net status {directory}`)")
             _serve_until_interrupted()
@@ -123,10 +123,18 @@ def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool
 _PORTAL_SCOPES = "patient/*.rs patient/Consent.cu patient/Patient.d"
 
 
-def _summary(story: Any, hospitals: list[Any], urls: list[str]) -> None:
+def _summary(story: Any, hospitals: list[Any], urls: list[str], serving: bool) -> None:
     from medledger.api.services import issuer_key
     from medledger.api.tokens import mint
 
+    if not serving:  # the servers stop with the story: no URL to hand out
+        console.rule("The story is over")
+        console.print(
+            "The network stopped with it (--no-serve). `make demo` (or `medledger demo`, "
+            "`--solo` for one process) keeps every hospital serving, and prints their URLs and "
+            "sign-in tokens."
+        )
+        return
     console.rule("The network is yours")
     now = int(time.time())
     for h, url in zip(hospitals, urls, strict=True):

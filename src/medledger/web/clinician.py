@@ -30,7 +30,7 @@ from medledger.web.auth import (
     signed_in,
 )
 from medledger.web.clinician_rules import duplicate_exams
-from medledger.web.records import timeline_rows
+from medledger.web.records import hospital_names, patient_header, timeline_rows, trends
 from medledger.web.render import message, render
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
@@ -91,13 +91,17 @@ def router() -> APIRouter:
         # and a clinician may widen or narrow it for one look (`?window=DAYS`).
         default = svc.node.config.clinician.duplicate_window_days
         warnings = duplicate_exams(rows, window if window is not None else default)
+        header = patient_header(svc, pid) if rows else {}
         return render(
             request,
             "clinician.html",
-            f"Patient {pid[:12]}…",
+            header.get("name") or f"Patient {pid[:12]}…",
             csrf=csrf,
             pid=pid,
+            header=header,
             rows=rows,
+            charts=trends(rows),
+            hospitals=hospital_names(svc),
             warnings=warnings,
             denial=denial,
         )

@@ -5,17 +5,16 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from medledger.web.records import EXAM_CATEGORIES
+
 
 def duplicate_exams(rows: list[dict[str, Any]], window_days: int = 42) -> list[str]:
     """Warn when the same exam (same LOINC or imaging code) was done at another hospital within
-    the window: the clinician may not need to order it again."""
+    the window: the clinician may not need to order it again. Exams only (labs, imaging,
+    procedures, reports): vital signs are taken at every visit on purpose."""
     by_code: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if (
-            r["type"] in ("Observation", "ImagingStudy", "DiagnosticReport")
-            and r["code"]
-            and r["date"]
-        ):
+        if r["category"] in EXAM_CATEGORIES and r["code"] and r["date"]:
             by_code.setdefault(r["code"], []).append(r)
     warnings = []
     for code, items in sorted(by_code.items()):

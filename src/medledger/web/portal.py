@@ -24,7 +24,6 @@ from medledger.api.outcomes import FhirError
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, patient_of
 from medledger.contracts import consent, queries, research
-from medledger.contracts.access import reason_in_words
 from medledger.contracts.erasure import Request as ErasureRequest
 from medledger.contracts.messages import body_of, kind_of
 from medledger.web.auth import (
@@ -35,8 +34,9 @@ from medledger.web.auth import (
     services,
     signed_in,
 )
-from medledger.web.records import timeline_rows
+from medledger.web.records import hospital_names, patient_header, timeline_rows
 from medledger.web.render import message, render, when
+from medledger.web.trail import grouped
 
 
 def router() -> APIRouter:
@@ -45,7 +45,7 @@ def router() -> APIRouter:
     routes = APIRouter(dependencies=[Depends(guard_post)])
 
     @routes.get("/portal")
-    def portal(request: Request) -> Response:
+    def portal(request: Request, who: str = "", outcome: str = "") -> Response:
         svc = services(request)
         claims = signed_in(request)
         pid = None if claims is None else patient_of(claims)
@@ -76,27 +76,35 @@ def router() -> APIRouter:
             {"date": when(max(times))[:10], "count": len(times), "source": custodian}
             for custodian, times in sorted(by_custodian.items())
         ]
-        accesses = [
-            {
-                **a,
-                "basis": a["basis"] or reason_in_words(a["reason"]),
-                "tx": a["tx"].hex(),
-                "signer": a.get("signer", ""),
-                "request_signer": a.get("request_signer") or "",
-            }
-            for a in reversed(trail)
-        ]
+        names = hospital_names(svc)
+        consents = {int(c["id"]): c for c in queries.consent_list(svc.node.engine, pid)}
+        outcome = outcome if outcome in ("granted", "denied") else ""
+        accesses = grouped(trail, names, pid, consents, who=who, outcome=outcome)
         sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None
+        header = patient_header(svc, pid) if records else {}
+        holding: dict[str, int] = {}
+        for r in records:
+            holding[r["source"]] = holding.get(r["source"], 0) + 1
+        for kept in sealed:
+            source = str(kept["source"])
+            holding[source] = holding.get(source, 0) + int(str(kept["count"]))
         return render(
             request,
             "portal.html",
             "My health records",
             csrf=csrf_token(svc, claims),
             pid=pid,
+            header=header,
+            hospitals=names,
+            holding=sorted(holding.items(), key=lambda h: names.get(h[0], h[0])),
             records=records,
             sealed=sealed,
             accesses=accesses if allows(claims, "AuditEvent", "search") else None,
+            trail_orgs=sorted({str(a["actor_org"]) for a in trail}),
+            who=who,
+            outcome=outcome,
             sections=sections,
+            categories=CATEGORY_WORDS,
         )
 
     def _patient(
@@ -111,9 +119,11 @@ def router() -> APIRouter:
         request: Request,
         grantee: Annotated[str, Form()],
         purpose: Annotated[str, Form()],
-        categories: Annotated[str, Form()] = "*",
+        categories: Annotated[list[str] | None, Form()] = None,
         end: Annotated[str, Form()] = "",
     ) -> Response:
+        """Categories come as one field per ticked box (the form), or one comma-separated
+        field (an access request's Grant button); none ticked means all."""
         import time
         from datetime import date, datetime
 
@@ -124,11 +134,11 @@ def router() -> APIRouter:
             end_ms = int(
                 datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
             )
-        cats = [c.strip() for c in categories.split(",") if c.strip()] or ["*"]
+        cats = [c.strip() for f in categories or [] for c in f.split(",") if c.strip()]
         msg = consent.Grant(
             pid=pid,
             grantee=grantee,
-            categories=cats,
+            categories=cats if cats and "*" not in cats else ["*"],
             purpose=purpose,
             start_ms=int(time.time() * 1000),
             end_ms=end_ms,
@@ -180,6 +190,27 @@ def router() -> APIRouter:
     return routes
 
 
+#: The consent categories in words, for the grant form and the consents table.
+CATEGORY_WORDS = {
+    "*": "all my records",
+    "demographics": "identity and contact details",
+    "encounters": "visits and stays",
+    "conditions": "diagnoses and conditions",
+    "allergies": "allergies",
+    "medications": "medications",
+    "immunizations": "vaccinations",
+    "labs": "laboratory results",
+    "vital-signs": "vital signs (weight, blood pressure...)",
+    "observations": "other observations",
+    "diagnostic-reports": "reports",
+    "imaging": "imaging",
+    "procedures": "procedures and operations",
+    "care-plans": "care plans",
+    "documents": "documents",
+    "administrative": "administrative data",
+    "other": "anything else",
+}
+
 #: What a patient asks their hospital's portal to sign on their behalf.
 PortalAct = consent.Grant | consent.Revoke | research.Enrol | research.Withdraw | ErasureRequest
 
@@ -227,6 +258,24 @@ def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
     )
 
 
+def data_in_words(categories: list[str]) -> str:
+    """Consent categories as a patient reads them ("laboratory results, imaging")."""
+    return ", ".join(CATEGORY_WORDS.get(c, c) for c in categories)
+
+
+def grantee_in_words(grantee: str, names: dict[str, str]) -> str:
+    """`org:chu-lyon` → "CHU de Lyon"; `practitioner:chu-lyon/dr-a` → "dr-a, CHU de Lyon"."""
+    kind, _, rest = grantee.partition(":")
+    if kind == "org":
+        return names.get(rest, rest)
+    if kind == "practitioner":
+        org, _, who = rest.partition("/")
+        return f"{who}, {names.get(org, org)}"
+    if kind == "study":
+        return f"study {rest}"
+    return grantee
+
+
 def _self_grant_note(consent: dict[str, Any]) -> str:
     """Tell the patient when a hospital gave itself access in their name, and any contest."""
     if not consent.get("self_granted"):
@@ -244,9 +293,12 @@ def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
     """Consents (grant, revoke), studies (enrol, withdraw), erasure and the acts in the
     patient's name, from the ledger, as data for `portal.html`."""
     engine = svc.node.engine
+    names = hospital_names(svc)
     consents = [
         {
             **c,
+            "grantee_words": grantee_in_words(str(c["grantee"]), names),
+            "data": data_in_words(c["categories"]),
             "period": when(c["start_ms"]) + (" → " + when(c["end_ms"]) if c["end_ms"] else ""),
             "note": _self_grant_note(c),
             "revocable": c["status"] in ("active", "contested"),
@@ -254,7 +306,12 @@ def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
         for c in queries.consent_list(engine, pid)
     ]
     requests = [
-        {**r, "who": r["org"] + (f"/{r['practitioner']}" if r["practitioner"] else "")}
+        {
+            **r,
+            "who": (f"{r['practitioner']}, " if r["practitioner"] else "")
+            + names.get(str(r["org"]), str(r["org"])),
+            "data": data_in_words(r["categories"]),
+        }
         for r in queries.consent_requests(engine, pid)
     ]
     mine = {r["study"]: r for r in queries.research_of_patient(engine, pid)}
@@ -268,6 +325,7 @@ def _sections(svc: HospitalServices, pid: str) -> dict[str, Any]:
             {
                 **st,
                 "title": title_of_study(notes, st),
+                "data": data_in_words(st["categories"]),
                 "enrolled": enrolled,
                 "action": "withdraw" if enrolled else "enrol",
             }

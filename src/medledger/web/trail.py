@@ -1,0 +1,107 @@
+"""The patient's access trail as they read it: grouped by who and day, in words.
+
+The ledger keeps one entry per read, search or refusal (with its proof); a patient wants to know
+who looked at their data, when, why and on what grounds: "Dr dubois, AP-HP Paris, for your
+treatment, under your consent #1 of 2026-03-03 — 4 reads". Each group keeps the proof links of
+its entries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from medledger.contracts.access import reason_in_words
+from medledger.web.render import when
+
+_PURPOSES = {
+    "treatment": "for your treatment",
+    "emergency": "in an emergency",
+    "research": "for research",
+    "patient-request": "at your request",
+    "export": "to export",
+}
+_ACTIONS = {"read": "read", "search": "searched", "export": "exported", "create": "wrote"}
+
+
+def actor_in_words(actor: str, names: Mapping[str, str], pid: str) -> str:
+    """`practitioner:aphp-paris/dr-a` → "dr-a, AP-HP Paris"; `org:chu-lille` → "CHU de Lille";
+    the patient's own pid → "you"."""
+    kind, _, rest = actor.partition(":")
+    if kind == "practitioner":
+        org, _, who = rest.partition("/")
+        return f"{who}, {names.get(org, org)}"
+    if kind == "org":
+        return names.get(rest, rest)
+    if actor == pid or rest == pid or actor == f"patient:{pid}":
+        return "you"
+    return actor
+
+
+def basis_in_words(basis: str, consents: Mapping[int, Mapping[str, Any]]) -> str:
+    """`consent:1` → "under your consent #1 of 2026-03-03"; `custodian` → "as the hospital that
+    made the record"..."""
+    kind, _, ident = basis.partition(":")
+    if kind == "consent" and ident.isdigit():
+        found = consents.get(int(ident))
+        day = when(int(found["start_ms"]))[:10] if found else ""
+        return f"under your consent #{ident}" + (f" of {day}" if day else "")
+    if kind == "custodian":
+        return "as the hospital that made the record"
+    if kind == "emergency":
+        return f"by emergency access #{ident} (reviewed by the hospital's DPO)"
+    if kind == "referral":
+        return f"under referral #{ident}"
+    if kind == "study":
+        return f"for study {ident}, which you joined"
+    if kind == "patient":
+        return "you, yourself"
+    return basis
+
+
+def grouped(
+    entries: Sequence[Mapping[str, Any]],
+    names: Mapping[str, str],
+    pid: str,
+    consents: Mapping[int, Mapping[str, Any]],
+    *,
+    who: str = "",
+    outcome: str = "",
+) -> list[dict[str, Any]]:
+    """The trail grouped by (actor, day, purpose, basis, outcome), newest first; `who` keeps
+    only one hospital's actors (its org code), `outcome` only "granted" or "denied"."""
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for a in sorted(entries, key=lambda e: int(e["time"]), reverse=True):
+        if who and a["actor_org"] != who:
+            continue
+        if outcome and a["outcome"] != outcome:
+            continue
+        day = when(int(a["time"]))[:10]
+        basis = str(a["basis"] or "")
+        key = (str(a["actor"]), day, str(a["purpose"]), basis, str(a["outcome"]))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {
+                "day": day,
+                "last": int(a["time"]),
+                "who": actor_in_words(str(a["actor"]), names, pid),
+                "org": names.get(str(a["actor_org"]), str(a["actor_org"])),
+                "why": _PURPOSES.get(str(a["purpose"]), str(a["purpose"])),
+                "grounds": basis_in_words(basis, consents)
+                if a["outcome"] == "granted"
+                else f"refused: {reason_in_words(str(a['reason']))}",
+                "granted": a["outcome"] == "granted",
+                "actions": {},
+                "served_by": set(),
+                "proofs": [],
+            }
+        actions: dict[str, int] = group["actions"]
+        verb = _ACTIONS.get(str(a["action"]), str(a["action"]))
+        actions[verb] = actions.get(verb, 0) + 1
+        group["served_by"].add(names.get(str(a["custodian"]), str(a["custodian"])))
+        group["proofs"].append({"tx": a["tx"], "height": a["height"]})
+    shown = []
+    for g in groups.values():
+        g["what"] = ", ".join(f"{verb} ×{n}" if n > 1 else verb for verb, n in g["actions"].items())
+        g["served_by"] = ", ".join(sorted(g["served_by"]))
+        shown.append(g)
+    return shown
