@@ -10,7 +10,9 @@ ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 
 def test_a_script_from_the_chain_renders_escaped_in_the_portal() -> None:
-    access = {
+    from medledger.web.trail import grouped
+
+    entry = {
         "time": 0,
         "actor": SCRIPT,
         "actor_org": "org-a",
@@ -21,14 +23,17 @@ def test_a_script_from_the_chain_renders_escaped_in_the_portal() -> None:
         "purpose": "treatment",
         "outcome": "granted",
         "basis": "consent",
+        "reason": "",
         "tx": "ab" * 32,
         "height": 3,
     }
+    (access,) = grouped([entry], {}, "f" * 64, {})
     study = {
         "id": SCRIPT,
         "title": "",
         "ethics_ref": "ETH-1",
         "categories": ["*"],
+        "data": "all my records",
         "enrolled": False,
         "action": "enrol",
     }
@@ -53,6 +58,9 @@ def test_a_script_from_the_chain_renders_escaped_in_the_portal() -> None:
         sealed=[],
         accesses=[access],
         sections=sections,
+        categories={"*": "all my records"},
+        hospitals={},
+        trail_orgs=[],
     )
     assert SCRIPT not in html
     assert f"<td>{ESCAPED}</td>" in html  # the actor and the study id, as text

@@ -69,8 +69,8 @@ def test_the_patient_sees_the_read_made_by_another_hospital(
             page.fill("input[name=token]", token)
             page.click("button[type=submit]")
             page.wait_for_selector("#who")
-            trail = page.locator("#who + p + table").inner_text()
-            assert "aphp-paris" in trail and "consent:" in trail
+            trail = page.locator("#trail-filter + table").inner_text()
+            assert "AP-HP Paris" in trail and "under your consent #" in trail
             shot(page, "read-by-another-hospital")
         finally:
             page.close()

@@ -28,12 +28,15 @@ def test_a_patient_sees_a_clinicians_read_with_its_basis(served, browser, shot) 
         page.fill("input[name=token]", token)
         page.click("button[type=submit]")
         page.wait_for_selector("#who")
-        rows = page.locator("table").nth(1).locator("tbody tr")
+        rows = page.locator("#trail-filter + table tbody tr")
         texts = [rows.nth(i).inner_text() for i in range(rows.count())]
-        assert any("practitioner:chu-lyon/dr-martin" in t and "custodian" in t for t in texts)
+        assert any(
+            "dr-martin, CHU de Lyon" in t and "as the hospital that made the record" in t
+            for t in texts
+        ), texts
         shot(page, "who-accessed-my-data")
         with page.expect_download() as download:
-            page.locator("a", has_text="proof").first.click()
+            page.locator("a[href^='/portal/proof/']").first.click()
         assert download.value.suggested_filename.startswith("proof-")
     finally:
         page.close()

@@ -38,7 +38,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start a 4-hospital network, load synthetic patients and play the scenario."""
         from medledger.cli.init import parse_duration_ms
-        from medledger.provisioning import create_consortium
 
         with user_errors():
             if directory.exists():
@@ -46,22 +45,53 @@ def register(app: typer.Typer) -> None:
                 shutil.rmtree(directory)
             engine = "solo" if solo else "cometbft"
             say(f"Creating a consortium of 4 hospitals on the {engine} engine in {directory}/.")
-            homes = create_consortium(
-                directory,
-                4,
-                engine=engine,
-                chain_id=f"medledger-demo-{engine}",
-                block_time_ms=parse_duration_ms(block_time),
-                genesis_time_ms=int(time.time() * 1000),
-                # The demo's records are minutes old: its consortium lets a custodian bind a
-                # patient's first key at once (24 h elsewhere), so the story can show a
-                # patient signing with their own key.
-                params={"custody_min_age_ms": 0},
-            )
+            homes = demo_consortium(directory, engine, parse_duration_ms(block_time))
             if solo:
                 _run_solo(homes, patients, serve=not no_serve)
             else:
                 _run_cometbft(directory, homes, patients, serve=not no_serve)
+
+
+def demo_consortium(directory: Path, engine: str, block_time_ms: int = 1000) -> list[Path]:
+    """The demo's four hospitals (the browser tests play the story on the same)."""
+    from medledger.provisioning import create_consortium
+
+    return create_consortium(
+        directory,
+        4,
+        engine=engine,
+        chain_id=f"medledger-demo-{engine}",
+        block_time_ms=block_time_ms,
+        genesis_time_ms=int(time.time() * 1000),
+        # The demo's records are minutes old: its consortium lets a custodian bind a patient's
+        # first key at once (24 h elsewhere), so the story can show a patient signing with
+        # their own key.
+        params={"custody_min_age_ms": 0},
+    )
+
+
+def demo_token(home: Path, org: str, subject: str, scope: str, patient: str | None = None) -> str:
+    """A sign-in token of the demo (12 h), minted by the hospital's own issuer."""
+    from medledger.api.services import issuer_key
+    from medledger.api.tokens import mint
+
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": f"urn:medledger:{org}:issuer",
+        "aud": f"urn:medledger:{org}:fhir",
+        "sub": subject,
+        "scope": scope,
+        "iat": now,
+        "exp": now + 12 * 3600,
+    }
+    if patient:
+        claims["patient"] = patient
+    return mint(issuer_key(home), claims)
+
+
+#: What the demo's patient may do in the portal: read everything of theirs, grant and revoke
+#: consents, ask for erasure.
+PORTAL_SCOPES = "patient/*.rs patient/Consent.cu patient/Patient.d"
 
 
 def _stop_previous(directory: Path) -> None:
@@ -120,13 +150,7 @@ def _run_cometbft(directory: Path, homes: list[Path], patients: int, serve: bool
         processes.down(directory)
 
 
-_PORTAL_SCOPES = "patient/*.rs patient/Consent.cu patient/Patient.d"
-
-
 def _summary(story: Any, hospitals: list[Any], urls: list[str], serving: bool) -> None:
-    from medledger.api.services import issuer_key
-    from medledger.api.tokens import mint
-
     if not serving:  # the servers stop with the story: no URL to hand out
         console.rule("The story is over")
         console.print(
@@ -136,33 +160,18 @@ def _summary(story: Any, hospitals: list[Any], urls: list[str], serving: bool) -
         )
         return
     console.rule("The network is yours")
-    now = int(time.time())
     for h, url in zip(hospitals, urls, strict=True):
         console.print(f"[bold]{h.name}[/] ({h.org}): {url}/  ·  FHIR {url}/fhir  ·  {url}/explorer")
-
-        def token(sub: str, scope: str, patient: str | None = None, h: Any = h) -> str:
-            claims: dict[str, object] = {
-                "iss": f"urn:medledger:{h.org}:issuer",
-                "aud": f"urn:medledger:{h.org}:fhir",
-                "sub": sub,
-                "scope": scope,
-                "iat": now,
-                "exp": now + 12 * 3600,
-            }
-            if patient:
-                claims["patient"] = patient
-            return mint(issuer_key(h.node.config.home), claims)
-
+        home = h.node.config.home
         for practitioner in story.practitioners.get(h.org, []):
             if practitioner != "dpo":
-                tok = token(f"Practitioner/{practitioner}", "user/*.cruds")
+                tok = demo_token(home, h.org, f"Practitioner/{practitioner}", "user/*.cruds")
                 console.print(f"  clinician {practitioner}: {tok}", soft_wrap=True)
         if h is hospitals[0] and story.patient_pid:
+            pid = story.patient_pid
+            tok = demo_token(home, h.org, f"Patient/{pid}", PORTAL_SCOPES, pid)
             console.print(
-                f"  patient (INS {story.patient_ins}) for the portal: "
-                # read everything of theirs; grant and revoke consents; ask for erasure
-                f"{token(f'Patient/{story.patient_pid}', _PORTAL_SCOPES, story.patient_pid)}",
-                soft_wrap=True,
+                f"  patient (INS {story.patient_ins}) for the portal: {tok}", soft_wrap=True
             )
     console.print(
         "Paste a token into a page's sign-in form, or send it as `Authorization: Bearer`."

@@ -68,8 +68,12 @@ def reading(resource: Mapping[str, Any]) -> dict[str, Any]:
             value = "/".join(numbers) + (f" {unit}" if unit else "")
     low, high = _range(resource)
     normal = ""
-    if low is not None or high is not None:
-        normal = "–".join(_num(x) if x is not None else "" for x in (low, high))
+    if low is not None and high is not None:
+        normal = f"{_num(low)}–{_num(high)}"
+    elif high is not None:
+        normal = f"≤ {_num(high)}"
+    elif low is not None:
+        normal = f"≥ {_num(low)}"
     return {
         "value": value,
         "number": number,
@@ -200,7 +204,7 @@ def _id_label(ident: Mapping[str, Any]) -> str:
 
 def trends(rows: list[dict[str, Any]], minimum: int = 2) -> list[dict[str, Any]]:
     """Repeated numeric results of one code (across hospitals), oldest first, with the points
-    of an inline SVG chart (600×140, the y axis from the lowest to the highest value)."""
+    of an inline SVG chart (360×110: x is the date, y from the lowest to the highest value)."""
     series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("number") is not None and r["code"] and r["date"]:
@@ -211,18 +215,20 @@ def trends(rows: list[dict[str, Any]], minimum: int = 2) -> list[dict[str, Any]]
             continue  # mixed units are not drawn on one axis
         points = sorted(points, key=lambda p: p["date"])
         values = [float(p["number"]) for p in points]
+        days = [_day(p["date"]) for p in points]
         lo, hi = min(values), max(values)
         span = (hi - lo) or 1.0
-        width, height, pad = 600, 140, 24
-        step = (width - 2 * pad) / max(1, len(points) - 1)
+        first, last = min(days), max(days)
+        width, height, pad = 360, 110, 20
+        when_span = (last - first) or 1
         drawn = [
             {
-                "x": round(pad + i * step, 1),
+                "x": round(pad + (d - first) / when_span * (width - 2 * pad), 1),
                 "y": round(height - pad - (v - lo) / span * (height - 2 * pad), 1),
                 "label": f"{p['date'][:10]}: {p['value']} ({p['source']})",
                 "source": p["source"],
             }
-            for i, (p, v) in enumerate(zip(points, values, strict=True))
+            for p, v, d in zip(points, values, days, strict=True)
         ]
         charts.append(
             {
@@ -240,6 +246,14 @@ def trends(rows: list[dict[str, Any]], minimum: int = 2) -> list[dict[str, Any]]
             }
         )
     return charts
+
+
+def _day(iso: str) -> int:
+    """Days since 1970 of an ISO date (the x axis of a trend); 0 when unreadable."""
+    try:
+        return date.fromisoformat(iso[:10]).toordinal()
+    except ValueError:
+        return 0
 
 
 def hospital_names(svc: HospitalServices) -> dict[str, str]:

@@ -92,16 +92,29 @@ def grouped(
                 "granted": a["outcome"] == "granted",
                 "actions": {},
                 "served_by": set(),
+                "signers": set(),
+                "requested_by": set(),
                 "proofs": [],
             }
         actions: dict[str, int] = group["actions"]
         verb = _ACTIONS.get(str(a["action"]), str(a["action"]))
         actions[verb] = actions.get(verb, 0) + 1
+        # Who answers for the line is the entry's signer (the serving hospital); a remote act
+        # carries its hospital's signed request, verified on the chain.
         group["served_by"].add(names.get(str(a["custodian"]), str(a["custodian"])))
-        group["proofs"].append({"tx": a["tx"], "height": a["height"]})
+        group["signers"].add(_hex(a.get("signer")))
+        if a.get("request_signer"):
+            group["requested_by"].add(actor_in_words(str(a["request_signer"]), names, pid))
+        group["proofs"].append({"tx": _hex(a["tx"]), "height": a["height"]})
     shown = []
     for g in groups.values():
         g["what"] = ", ".join(f"{verb} ×{n}" if n > 1 else verb for verb, n in g["actions"].items())
         g["served_by"] = ", ".join(sorted(g["served_by"]))
+        g["signers"] = " ".join(sorted(x for x in g["signers"] if x))
+        g["requested_by"] = ", ".join(sorted(g["requested_by"]))
         shown.append(g)
     return shown
+
+
+def _hex(value: object) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value or "")
