@@ -192,10 +192,11 @@ def test_a_bad_ins_key_is_refused_without_quoting_it(hl7_dir: Path) -> None:
 
 
 def test_unsupported_messages_and_values(hl7_dir: Path) -> None:
-    a03 = (hl7_dir / "adt_a01.hl7").read_bytes().replace(b"ADT^A01^ADT_A01", b"ADT^A03^ADT_A03")
-    assert str(error_of(a03, "a03.hl7")) == (
-        "a03.hl7, message 1, field MSH-9: unsupported message type ADT^A03 "
-        "(supported: ADT^A01, ADT^A04, ADT^A08, ORU^R01)"
+    a40 = (hl7_dir / "adt_a01.hl7").read_bytes().replace(b"ADT^A01^ADT_A01", b"ADT^A40^ADT_A39")
+    assert str(error_of(a40, "a40.hl7")) == (
+        "a40.hl7, message 1, field MSH-9: unsupported message type ADT^A40 (supported: "
+        "ADT^A01, ADT^A02, ADT^A03, ADT^A04, ADT^A08, ADT^A28, ADT^A31, ORU^R01, "
+        "PPR^PC1, PPR^PC2, PPR^PC3)"
     )
     oru = (hl7_dir / "oru_r01.hl7").read_bytes().replace(b"||1.32|", b"||1,32|")
     assert str(error_of(oru, "oru.hl7")) == (
