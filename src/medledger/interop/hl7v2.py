@@ -1021,7 +1021,7 @@ def _unit(obx: Any) -> dict[str, Any]:
 def _value(obx: Any, ctx: _MessageContext, entry: str) -> dict[str, Any] | None:
     """OBX-5 as the Observation's value[x], by OBX-2 value type (text for unknown types)."""
     value_type = _get(obx, 2).upper()
-    raw = _get(obx, 5)
+    raw = _get(obx, 5) or (_get(obx, 5, 1, 2) if value_type == "SN" else "")  # SN: `^182`
     if not raw:
         return None
     if value_type == "NM":
