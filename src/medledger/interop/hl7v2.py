@@ -217,9 +217,7 @@ class CodeMaps:
         systems: dict[str, str] = {}
         for name, uri in coding_systems.items():
             if not name.strip() or not _URI.match(uri):
-                raise ValueError(
-                    f"coding_systems.{name}: must map to a URI (http://... or urn:...)"
-                )
+                raise ValueError(f"coding_systems.{name}: must be a URI (http://... or urn:...)")
             systems[name.strip().upper()] = uri
         for table, codes in tables.items():
             if table not in _FIXED_TABLES and table not in CODED_FIELDS:
@@ -1343,6 +1341,9 @@ def message_to_bundle(segments: list[str], ctx: _MessageContext) -> dict[str, An
             problem = _problem(prb, patient_urn, ctx, entry)
             if problem is not None:
                 ctx.add(problem, _ei_key(prb, 4), f"PRB{number}")
+    if ctx.pending and ctx.mapped:  # about the message as a whole: told with its Patient
+        ctx.mapped[0].warnings += tuple(ctx.pending)
+        ctx.pending = []
     return {
         "resourceType": "Bundle",
         "type": "transaction",

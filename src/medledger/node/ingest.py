@@ -164,7 +164,8 @@ class Ingestor:
                     data, source = given
                     # Too large or too many: refused by ingest_bytes, not shipped to a worker.
                     ahead = self._precheck(data, source) is None
-                    future = pool.submit(_parse_alone, data, source, self.hl7_codes) if ahead else None
+                    codes = self.hl7_codes
+                    future = pool.submit(_parse_alone, data, source, codes) if ahead else None
                     window.append((data, source, future))
                 if len(window) > workers * 4:
                     yield settle(window.popleft())
