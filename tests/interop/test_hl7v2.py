@@ -553,3 +553,16 @@ def test_an_update_without_visit_number_leaves_the_encounter_alone(hl7_dir: Path
         "field PV1-19 (message 1): the visit number is empty: which visit this is about is "
         "unknown, its Encounter is left as it was",
     )
+
+
+def test_msh18_character_sets_and_hex_escapes_are_honoured(hl7_dir: Path) -> None:
+    text = third(hl7_dir, "adt_a31_v28.hl7").read_text("utf-8")
+    for charset, codec, prefix in (
+        ("8859/15", "iso8859-15", "€éa"),
+        ("8859/2", "iso8859-2", "Łéa"),
+    ):
+        data = text.replace("UNICODE UTF-8", charset).replace("Mme^^L", f"{prefix}^^L")
+        patient = loads(parse_hl7v2(data.encode(codec), "a31.hl7")[0])
+        assert patient["name"][0]["prefix"] == [prefix]
+    escaped = text.replace("D'ARC-MARTIN", "D\\X27\\ARC\\X2D\\MARTIN")  # hex escapes
+    assert loads(parse_hl7v2(escaped, "a31.hl7")[0])["name"][0]["family"] == "D'ARC-MARTIN"
