@@ -566,3 +566,25 @@ def test_msh18_character_sets_and_hex_escapes_are_honoured(hl7_dir: Path) -> Non
         assert patient["name"][0]["prefix"] == [prefix]
     escaped = text.replace("D'ARC-MARTIN", "D\\X27\\ARC\\X2D\\MARTIN")  # hex escapes
     assert loads(parse_hl7v2(escaped, "a31.hl7")[0])["name"][0]["family"] == "D'ARC-MARTIN"
+
+
+def test_a_result_status_fhir_cannot_hold_is_refused_and_an_odd_flag_reported(
+    hl7_dir: Path,
+) -> None:
+    data = third(hl7_dir, "epic_oru_r01.hl7").read_bytes()
+    odd_status = data.replace(b"|13.2|g/dL^g/dL^UCUM|12.0-16.0|N|||F|", b"|13.2|||N|||Q|")
+    assert str(error_of(odd_status, "epic.hl7")) == (
+        "epic.hl7, message 1, OBX 1, field OBX-11: the result status is not one of "
+        "F, C, A, P, R, S, I, X, D, W, nor mapped by the hospital's table "
+        "(config hl7.code_maps.OBX-11)"
+    )
+    codes = CodeMaps.build({}, {"OBX-11": {"Q": "preliminary"}})
+    observation = parse_hl7v2(odd_status, "epic.hl7", codes=codes)[1]
+    assert loads(observation)["status"] == "preliminary"
+    odd_flag = data.replace(b"|12.0-16.0|N|", b"|12.0-16.0|NORMAL|")
+    observation = parse_hl7v2(odd_flag, "epic.hl7")[1]
+    assert "interpretation" not in loads(observation)
+    assert observation.warnings == (
+        "field OBX-8 (message 1, OBX 1): the abnormal flag is not one of HL7's (table 0078): "
+        "left out",
+    )

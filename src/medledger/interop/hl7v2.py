@@ -25,10 +25,10 @@ message gives the same bytes (no clock, no random id in the content), so the sto
 once; an A08 of a visit updates the same Encounter.
 
 Local codes: a hospital's `CodeMaps` (config.json `hl7`) map its senders' local codes to
-standard ones (PID-8, PV1-2, DG1-6, AL1-2, AL1-4, and any coded field such as OBX-3). A coded
-value with no mapping is kept as sent, in the sender's local code system, with a warning; a value
-of a field FHIR fixes to a closed value set (gender, allergy category and severity) is refused
-unless mapped. Z segments are ignored with a warning naming them.
+standard ones (PID-8, PV1-2, DG1-6, AL1-2, AL1-4, OBX-11, OBR-25, and coded fields such as
+OBX-3). A coded value with no mapping is kept as sent, in the sender's local code system, with a
+warning; a value of a field FHIR fixes to a closed value set (gender, allergy category and
+severity, result status) is refused unless mapped. Z segments are ignored with a warning.
 
 The patient's identifier is the INS when PID-3 carries one (IHE PAM France: assigning authority
 `ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO`, identifier type `INS`), validated with its key;
@@ -190,6 +190,8 @@ _FIXED_TABLES: dict[str, tuple[Mapping[str, str], frozenset[str]]] = {
     "DG1-6": (_DIAGNOSIS_TYPE, frozenset({"encounter-diagnosis", "problem-list-item"})),
     "AL1-2": (_ALLERGEN_TYPE, frozenset({"food", "medication", "environment", "biologic"})),
     "AL1-4": (_ALLERGY_SEVERITY, frozenset(_ALLERGY_SEVERITY.values())),
+    "OBX-11": (_RESULT_STATUS, frozenset({*_RESULT_STATUS.values(), "amended", "unknown"})),
+    "OBR-25": (_REPORT_STATUS, frozenset({*_REPORT_STATUS.values(), "amended", "unknown"})),
 }
 #: Coded (CE/CWE) fields whose local codes a hospital may map to a standard `system|code`.
 CODED_FIELDS = ("OBR-4", "OBX-3", "OBX-5", "DG1-3", "AL1-3", "AL1-5", "PRB-3")
@@ -201,9 +203,10 @@ class CodeMaps:
 
     `coding_systems`: a coding-system name as senders write it in CE/CWE component 3 (`99LAB`,
     `CIM10`) -> its URI, in addition to HL7's names (`LN`, `SCT`, `I10`...).
-    `tables`: a field (`PID-8`, `PV1-2`, `DG1-6`, `AL1-2`, `AL1-4`, or a coded field of
-    `CODED_FIELDS` such as `OBX-3`) -> local code -> its FHIR code (coded fields: `system|code`),
-    in addition to (and before) HL7's own table. Build it with `CodeMaps.build`, which checks it.
+    `tables`: a field (`PID-8`, `PV1-2`, `DG1-6`, `AL1-2`, `AL1-4`, `OBX-11`, `OBR-25`, or a
+    coded field of `CODED_FIELDS` such as `OBX-3`) -> local code -> its FHIR code (coded fields:
+    `system|code`), in addition to (and before) HL7's own table. Build it with `CodeMaps.build`,
+    which checks it.
     """
 
     coding_systems: Mapping[str, str] = field(default_factory=dict)
@@ -968,7 +971,7 @@ def _observation(
         ctx.fail("OBX-3", "the observation identifier is missing", entry)
         return None
     observation: dict[str, Any] = {"resourceType": "Observation"}
-    status = _RESULT_STATUS.get(_get(obx, 11).upper(), "final")
+    status = _status_code(obx, "OBX-11", 11, "F, C, A, P, R, S, I, X, D, W", ctx, entry)
     observation["status"] = status
     loinc = {c["code"] for c in code.get("coding", []) if c.get("system") == LOINC}
     obs_category = "vital-signs" if loinc & VITAL_SIGN_LOINC else category
@@ -1000,10 +1003,32 @@ def _observation(
     flag = _get(obx, 8).upper()
     if flag in _INTERPRETATIONS:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flag}]}]
+    elif flag:
+        ctx.warn(
+            "field OBX-8", "the abnormal flag is not one of HL7's (table 0078): left out", entry
+        )
     reference_range = _reference_range(_get(obx, 7), observation.get("valueQuantity"))
     if reference_range:
         observation["referenceRange"] = [reference_range]
     return observation
+
+
+def _status_code(
+    segment: Any, name: str, position: int, codes: str, ctx: _MessageContext, entry: str
+) -> str:
+    """A result status (FHIR requires one of its own): final when empty, refused when unknown."""
+    code = _get(segment, position)
+    if not code:
+        return "final"
+    status = ctx.codes.fixed(name, code)
+    if status is None:
+        ctx.fail(
+            name,
+            f"the result status is not one of {codes}, "
+            f"nor mapped by the hospital's table (config hl7.code_maps.{name})",
+            entry,
+        )
+    return status or "final"
 
 
 def _unit(obx: Any) -> dict[str, Any]:
@@ -1083,7 +1108,7 @@ def _report(
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "status": _REPORT_STATUS.get(_get(obr, 25).upper(), "final"),
+        "status": _status_code(obr, "OBR-25", 25, "F, C, A, P, I, O, R, S, X", ctx, entry),
     }
     identifiers = []
     for position in (3, 2):  # filler then placer order number
