@@ -588,3 +588,23 @@ def test_a_result_status_fhir_cannot_hold_is_refused_and_an_odd_flag_reported(
         "field OBX-8 (message 1, OBX 1): the abnormal flag is not one of HL7's (table 0078): "
         "left out",
     )
+
+
+def test_a_result_message_for_two_patients_gives_each_their_own_results(hl7_dir: Path) -> None:
+    lucie = third(hl7_dir, "epic_oru_r01.hl7").read_bytes().rstrip(b"\r").split(b"\r")
+    eve = third(hl7_dir, "pyhl7_oru_r01_v24.hl7").read_bytes().rstrip(b"\r").split(b"\r")[1:]
+    parsed = parse_hl7v2(b"\r".join(lucie + eve), "two.hl7")  # ORU^R01: PID, ..., PID, ...
+    patients = by_type(parsed, "Patient")
+    assert len(patients) == 2
+    glucose = parsed[-2]
+    assert loads(glucose)["valueQuantity"]["value"] == 182
+    assert glucose.patient_ref == patients[1].id  # Eve's glucose, not Lucie's
+    assert all(p.patient_ref == patients[0].id for p in parsed[:5])
+    two_admissions = (
+        third(hl7_dir, "cerner_adt_a01_v23.hl7")
+        .read_bytes()
+        .replace(b"\nPV1|", b"\n" + b"PID|1||1^^^X&1.2.3&ISO^PI||DOE^JOHN||19700101|M\nPV1|", 1)
+    )
+    assert str(error_of(two_admissions, "a01.hl7")) == (
+        "a01.hl7, message 1, field PID: 2 PID segments: ADT^A01 is about one patient"
+    )

@@ -1339,33 +1339,39 @@ def message_to_bundle(segments: list[str], ctx: _MessageContext) -> dict[str, An
             "MSH-9", f"unsupported message type {kind} (supported: {', '.join(SUPPORTED_MESSAGES)})"
         )
         return None
-    pids = _segments(message, "PID")
-    if not pids:
+    groups = _patient_groups(message)
+    if not groups:
         ctx.fail("PID", "the PID segment is missing: the message does not say which patient")
+        return None
+    if len(groups) > 1 and kind != "ORU^R01":  # only a result message may carry several
+        ctx.fail("PID", f"{len(groups)} PID segments: {kind} is about one patient")
         return None
     for name in sorted({str(s[0]) for s in message if str(s[0]).startswith("Z")}):
         ctx.warn(f"segment {name}", "a local Z segment, ignored: its meaning is the sender's own")
-    patient = _patient(pids[0], msh, ctx)
-    if kind in _PATIENT_UPDATE:
-        if patient.search is None:
-            ctx.fail("PID-3", "an update needs a patient identifier")
-            return None
-        request = {"method": "PUT", "url": f"Patient?{patient.search}"}
-    else:
-        request = {"method": "POST", "url": "Patient"}
-        if patient.search:
-            request["ifNoneExist"] = patient.search
-    patient_urn = ctx.add(patient.resource, patient.key, "PID", request)
-    if kind.startswith("ADT^"):
-        _admission(message, msh, kind, patient_urn, patient.key, ctx)
-    elif kind == "ORU^R01":
-        _results(message, patient_urn, ctx)
-    else:
-        for number, prb in enumerate(_segments(message, "PRB"), start=1):
-            entry = f"{ctx.label}, PRB {number}"
-            problem = _problem(prb, patient_urn, ctx, entry)
-            if problem is not None:
-                ctx.add(problem, _ei_key(prb, 4), f"PRB{number}")
+    orders = 0
+    for number, (pid, group) in enumerate(groups, start=1):
+        patient = _patient(pid, msh, ctx)
+        if kind in _PATIENT_UPDATE:
+            if patient.search is None:
+                ctx.fail("PID-3", "an update needs a patient identifier")
+                return None
+            request = {"method": "PUT", "url": f"Patient?{patient.search}"}
+        else:
+            request = {"method": "POST", "url": "Patient"}
+            if patient.search:
+                request["ifNoneExist"] = patient.search
+        position = "PID" if number == 1 else f"PID{number}"
+        patient_urn = ctx.add(patient.resource, patient.key, position, request)
+        if kind.startswith("ADT^"):
+            _admission(message, msh, kind, patient_urn, patient.key, ctx)
+        elif kind == "ORU^R01":
+            orders = _results(group, patient_urn, ctx, orders)
+        else:
+            for count, prb in enumerate(_segments(message, "PRB"), start=1):
+                entry = f"{ctx.label}, PRB {count}"
+                problem = _problem(prb, patient_urn, ctx, entry)
+                if problem is not None:
+                    ctx.add(problem, _ei_key(prb, 4), f"PRB{count}")
     if ctx.pending and ctx.mapped:  # about the message as a whole: told with its Patient
         ctx.mapped[0].warnings += tuple(ctx.pending)
         ctx.pending = []
@@ -1425,21 +1431,36 @@ def _order_key(obr: Any) -> tuple[str, ...] | None:
     return _ei_key(obr, 3) or _ei_key(obr, 2)
 
 
-def _results(message: Any, patient_urn: str, ctx: _MessageContext) -> None:
+def _patient_groups(message: Any) -> list[tuple[Any, list[Any]]]:
+    """Each PID with the segments that follow it up to the next PID."""
     groups: list[tuple[Any, list[Any]]] = []
     for segment in message:
+        if str(segment[0]) == "PID":
+            groups.append((segment, []))
+        elif groups:
+            groups[-1][1].append(segment)
+    return groups
+
+
+def _results(segments: list[Any], patient_urn: str, ctx: _MessageContext, before: int) -> int:
+    """A patient's OBR/OBX -> DiagnosticReports and Observations; `before`: OBRs seen so far.
+
+    Returns the OBRs seen, this patient's included (orders are numbered across the message).
+    """
+    groups: list[tuple[Any, list[Any]]] = []
+    for segment in segments:
         name = str(segment[0])
         if name == "OBR":
             groups.append((segment, []))
         elif name == "OBX":
             if not groups:
                 ctx.fail("OBX", "an OBX segment comes before any OBR")
-                return
+                return before
             groups[-1][1].append(segment)
     if not groups:
         ctx.fail("OBR", "the OBR segment is missing: a result message needs its order")
-        return
-    for number, (obr, observations) in enumerate(groups, start=1):
+        return before
+    for number, (obr, observations) in enumerate(groups, start=before + 1):
         entry = f"{ctx.label}, OBR {_get(obr, 1) or number}"
         category = "laboratory" if (_get(obr, 24).upper() or "LAB") != "RAD" else "imaging"
         order = _order_key(obr)
@@ -1454,6 +1475,7 @@ def _results(message: Any, patient_urn: str, ctx: _MessageContext) -> None:
             results.append(ctx.add(observation, key, f"OBR{number}.OBX{position}"))
         report = _report(obr, patient_urn, results, ctx, entry)
         ctx.add(report, order, f"OBR{number}")
+    return before + len(groups)
 
 
 @dataclass(frozen=True)
