@@ -608,3 +608,21 @@ def test_a_result_message_for_two_patients_gives_each_their_own_results(hl7_dir:
     assert str(error_of(two_admissions, "a01.hl7")) == (
         "a01.hl7, message 1, field PID: 2 PID segments: ADT^A01 is about one patient"
     )
+
+
+def test_a_discharge_finishes_the_visit_the_admission_opened(hl7_dir: Path) -> None:
+    batch = third(hl7_dir, "batch_adt.hl7").read_bytes().decode()
+    admission = batch.split("\r")[2:6]
+    discharge = [
+        admission[0].replace("ADT^A01^ADT_A01|ADT0001", "ADT^A03^ADT_A03|ADT0003"),
+        *admission[1:3],
+        admission[3] + "|20240315120000",  # PV1-45 discharge date/time
+    ]
+    [_, opened] = parse_hl7v2("\r".join(admission), "a01.hl7")
+    [_, finished] = parse_hl7v2("\r".join(discharge), "a03.hl7")
+    assert finished.source_id == opened.source_id  # the same visit, a new version
+    assert loads(finished)["status"] == "finished"
+    assert loads(finished)["period"] == {
+        "start": "2024-03-11T08:30:00+01:00",
+        "end": "2024-03-15T12:00:00+01:00",
+    }
