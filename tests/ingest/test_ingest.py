@@ -218,3 +218,19 @@ def test_an_hl7_update_amends_the_patient_in_one_tx(hospital) -> None:
     assert patient in update.rids
     assert [v["version"] for v in versions] == [1, 2]
     assert vault.versions(patient) == [1, 2]
+
+
+def test_hl7_messages_are_mapped_with_the_hospitals_code_tables(consortium: list[Path]) -> None:
+    home = consortium[0]
+    config = json.loads((home / "config.json").read_text())
+    config["hl7"] = {"code_maps": {"PID-8": {"1": "male", "2": "female"}}}
+    (home / "config.json").write_text(json.dumps(config))
+    samples = Path(__file__).resolve().parents[1] / "data" / "hl7" / "thirdparty"
+    with Node.open(home) as node, Vault.open(node.config.vault_config()) as vault:
+        ingestor = Ingestor(node, vault)
+        local_sex = ingestor.ingest_path(samples / "adt_a04_local_sex.hl7")  # PID-8 `1`
+        assert local_sex.rejections == [] and local_sex.accepted == 2
+        admission = ingestor.ingest_path(samples / "cerner_adt_a01_v23.hl7")
+        assert admission.rejections == []
+        stored = sorted(vault.info(r).resource_type for r in admission.rids)
+        assert stored == ["AllergyIntolerance"] * 2 + ["Condition"] * 2 + ["Encounter", "Patient"]

@@ -191,3 +191,27 @@ def test_a_command_stops_on_a_bad_config_with_one_line(consortium: list[Path]) -
     assert out.exit_code == 1
     assert "config.json: api.listen: must be host:port" in out.output
     assert "Traceback" not in out.output
+
+
+def test_the_hospitals_hl7_tables_are_checked_at_load(consortium: list[Path]) -> None:
+    home = consortium[0]
+    raw = _raw(home)
+    raw["hl7"] = {
+        "coding_systems": {"99LAB": "https://lab.example.org/codes"},
+        "code_maps": {
+            "PID-8": {"1": "male", "2": "female"},
+            "OBX-3": {"GLU": "http://loinc.org|2345-7"},
+        },
+    }
+    _write(home, raw)
+    codes = load_config(home).hl7.codes()
+    assert codes.fixed("PID-8", "2") == "female"
+    assert codes.fixed("PID-8", "F") == "female"  # HL7's own codes still hold
+    assert codes.coded("OBX-3", "GLU") == ("http://loinc.org", "2345-7")
+    assert codes.system("99lab") == "https://lab.example.org/codes"
+    raw["hl7"]["code_maps"]["PID-8"]["3"] = "intersex"
+    _write(home, raw)
+    assert _refusal(home) == (
+        f"{home / 'config.json'}: hl7: code_maps.PID-8.3: must be one of female, male, other, "
+        "unknown"
+    )

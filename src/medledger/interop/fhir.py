@@ -82,6 +82,9 @@ class ParsedResource:
     request_url: str | None = field(default=None, repr=False)
     if_none_exist: str | None = field(default=None, repr=False)
     resource: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    source_system: str = ""
+    source_id: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- id factories

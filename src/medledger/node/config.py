@@ -17,6 +17,7 @@ later, far away, as a `KeyError`. Unknown keys are refused for the same reason: 
         cometbft   home (folder under HOME), node_id, p2p, rpc, abci, prometheus
         clinician  duplicate_window_days
         ingest     max_bytes, max_resources
+        hl7        coding_systems {name: URI}, code_maps {field: {local code: FHIR code}}
     DIR/consortium.json   chain_id, engine, hospitals, block_time_ms
     DIR/hospitals/<org>/  one home per hospital
 
@@ -32,13 +33,21 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medledger.host.secretfile import read_hex_secret
 from medledger.ledger.genesis import Genesis
 from medledger.ledger.keys import SigningKey
 
 if TYPE_CHECKING:
+    from medledger.interop.hl7v2 import CodeMaps
     from medledger.vault import VaultConfig
 
 ENGINES = ("solo", "cometbft")
@@ -139,6 +148,30 @@ class IngestSection(_Model):
     max_resources: int | None = Field(default=None, gt=0)
 
 
+class Hl7Section(_Model):
+    """How this hospital's HL7 v2 senders code things: their local codes -> standard ones.
+
+    `coding_systems` names their code systems (`{"99LAB": "http://lab.example/codes"}`);
+    `code_maps` maps a field's local codes (`{"PID-8": {"1": "male"}, "OBX-3": {"GLU":
+    "http://loinc.org|2345-7"}}`). Checked at load by `interop.hl7v2.CodeMaps.build`.
+    """
+
+    coding_systems: dict[str, str] = Field(default_factory=dict)
+    code_maps: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_tables(self) -> Hl7Section:
+        if self.coding_systems or self.code_maps:
+            self.codes()  # a wrong table is a ValueError naming it
+        return self
+
+    def codes(self) -> CodeMaps:
+        """The tables as the HL7 v2 mapping uses them."""
+        from medledger.interop.hl7v2 import CodeMaps
+
+        return CodeMaps.build(self.coding_systems, self.code_maps)
+
+
 # --------------------------------------------------------------------------- the home
 
 
@@ -158,6 +191,7 @@ class HospitalConfig(_Model):
     cometbft: CometbftSection = Field(default_factory=CometbftSection)
     clinician: ClinicianSection = Field(default_factory=ClinicianSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
+    hl7: Hl7Section = Field(default_factory=Hl7Section)
 
     @field_validator("engine")
     @classmethod

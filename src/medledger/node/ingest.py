@@ -31,6 +31,7 @@ import orjson
 from medledger.contracts import queries
 from medledger.contracts.records import Register
 from medledger.interop.errors import InputError
+from medledger.interop.hl7v2 import CodeMaps
 from medledger.node import Node, registrations
 from medledger.node.indexing import commitment, seal_meta
 from medledger.node.registrations import RegistrationFailed, RegistrationPending
@@ -79,6 +80,7 @@ class Ingestor:
         limits = node.config.ingest
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
+        self.hl7_codes = node.config.hl7.codes()  # the hospital's HL7 v2 code tables
 
     # -- entry points ----------------------------------------------------------------------
     def ingest_path(self, path: Path) -> UnitResult:
@@ -162,7 +164,8 @@ class Ingestor:
                     data, source = given
                     # Too large or too many: refused by ingest_bytes, not shipped to a worker.
                     ahead = self._precheck(data, source) is None
-                    future = pool.submit(_parse_alone, data, source) if ahead else None
+                    codes = self.hl7_codes
+                    future = pool.submit(_parse_alone, data, source, codes) if ahead else None
                     window.append((data, source, future))
                 if len(window) > workers * 4:
                     yield settle(window.popleft())
@@ -182,7 +185,7 @@ class Ingestor:
                 refused = self._precheck(data, source)
                 if refused is not None:
                     raise refused
-                parsed = _parse(data, source, self._resolve)
+                parsed = _parse(data, source, self._resolve, self.hl7_codes)
             if len(parsed) > self.max_resources:
                 raise _too_many(source, len(parsed), self.max_resources)
         except InputError as exc:
@@ -414,12 +417,17 @@ class _Disclosures:
         ]
 
 
-def _parse(data: bytes, source: str, resolve: Callable[[str], str | None] | None) -> list[Any]:
+def _parse(
+    data: bytes,
+    source: str,
+    resolve: Callable[[str], str | None] | None,
+    hl7_codes: CodeMaps | None = None,
+) -> list[Any]:
     from medledger.interop.fhir import parse_fhir
-    from medledger.interop.hl7v2 import parse_hl7v2
+    from medledger.interop.hl7v2 import HL7_TABLES, parse_hl7v2
 
     if _is_hl7(data, source):
-        return parse_hl7v2(data, source, resolve=resolve)
+        return parse_hl7v2(data, source, resolve=resolve, codes=hl7_codes or HL7_TABLES)
     return parse_fhir(data, source, resolve=resolve)
 
 
@@ -450,10 +458,10 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
     )
 
 
-def _parse_alone(data: bytes, source: str) -> list[Any] | None:
+def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> list[Any] | None:
     """In a worker process: validate without this hospital's records (None: redo at home)."""
     try:
-        return _parse(data, source, None)
+        return _parse(data, source, None, hl7_codes)
     except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
 
