@@ -514,10 +514,13 @@ def _search_pids(
         for ident in query.filters_named("identifier"):
             for value in ident.values:
                 if ident.modifier or not value.system or not value.code:
-                    break
+                    continue  # no pseudonym without both: matched within the other pins
                 try:
                     pinned.add(pseudonymise(svc.ingestor.pseudonym_key, value.system, value.code))
-                except (InvalidINS, ValueError) as exc:
+                except InvalidINS as exc:
+                    why = f"identifier: {value.code!r} is not a valid INS ({exc})"
+                    raise FhirError(400, "invalid", why, "identifier") from None
+                except ValueError as exc:
                     raise FhirError(400, "invalid", f"identifier: {exc}", "identifier") from None
     pins_given = query.filters_named("_id") or (
         query.resource_type == "Patient" and query.filters_named("identifier") and pinned
