@@ -137,9 +137,7 @@ def test_date_prefixes_on_a_day(api: Api, prefix: str, keep: Any) -> None:
     days = sorted({o["effectiveDateTime"][:10] for o in observations})
     day = days[1]
     expected = {o["id"] for o in observations if keep(o["effectiveDateTime"][:10], day)}
-    bundle = _get(
-        api, f"/fhir/Observation?patient={api.patient_rid}&date={prefix}{day}&_count=100"
-    )
+    bundle = _get(api, f"/fhir/Observation?patient={api.patient_rid}&date={prefix}{day}&_count=100")
     assert {o["id"] for o in _matches(bundle)} == expected
     assert ("date", f"{prefix}{day}") in _self(bundle)
 
@@ -184,7 +182,14 @@ def test_summary_count_and_count_zero_give_the_total_only(api: Api) -> None:
 def test_elements_keep_what_is_asked_and_the_mandatory_ones_tagged_subsetted(api: Api) -> None:
     bundle = _get(api, f"/fhir/Observation?patient={api.patient_rid}&_elements=effective")
     for observation in _matches(bundle):
-        assert set(observation) == {"resourceType", "id", "meta", "status", "code", "effectiveDateTime"}
+        assert set(observation) == {
+            "resourceType",
+            "id",
+            "meta",
+            "status",
+            "code",
+            "effectiveDateTime",
+        }
         assert observation["meta"]["tag"][-1]["code"] == "SUBSETTED"
 
 
@@ -216,7 +221,9 @@ def test_a_known_parameter_applied_partly_is_not_applied_at_all(api: Api, unsupp
 
 def test_a_malformed_value_is_a_400_naming_it(api: Api) -> None:
     for bad in ("date=2024-13-45", "date=yesterday", "_count=many", "subject=Group/x"):
-        r = api.client.get(f"/fhir/Observation?patient={api.patient_rid}&{bad}", headers=_staff(api))
+        r = api.client.get(
+            f"/fhir/Observation?patient={api.patient_rid}&{bad}", headers=_staff(api)
+        )
         assert r.status_code == 400, bad
         assert bad.split("=")[0] in r.json()["issue"][0]["diagnostics"]
 
@@ -326,7 +333,9 @@ def test_pages_serve_the_first_result_while_records_arrive(api: Api) -> None:
     # previous links walk back over the same result
     prev = [link["url"] for link in page["link"] if link["relation"] == "previous"]
     back = _follow(api, prev[0], headers)
-    assert [o["id"] for o in _matches(back)] == seen[-(len(_matches(page)) + 6) : -len(_matches(page))]
+    assert [o["id"] for o in _matches(back)] == seen[
+        -(len(_matches(page)) + 6) : -len(_matches(page))
+    ]
 
 
 def test_a_page_link_answers_only_its_caller(api: Api) -> None:
