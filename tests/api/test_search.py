@@ -347,3 +347,11 @@ def test_a_page_link_answers_only_its_caller(api: Api) -> None:
     made_up = nxt.split("_snapshot=")[0] + "_snapshot=not-a-token&_offset=5"
     r = api.client.get(made_up.replace("http://testserver", ""), headers=_staff(api))
     assert r.status_code == 404 and "run the search again" in r.text
+
+
+def test_the_fixed_searches_echo_only_what_they_applied(api: Api) -> None:
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    for path in ("/fhir/Consent", "/fhir/AuditEvent"):
+        bundle = _get(api, f"{path}?patient={api.patient_rid}&status=active", headers)
+        assert ("patient", api.patient_rid) in _self(bundle)
+        assert "status" not in dict(_self(bundle)) and "status" in _outcome(bundle)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -130,9 +131,30 @@ def capability_statement(base: str) -> dict[str, Any]:
     }
 
 
-def _bundle(entries: list[tuple[str, bytes]], total: int, links: list[tuple[str, str]]) -> bytes:
+def _bundle(
+    entries: list[tuple[str, bytes]],
+    total: int,
+    links: list[tuple[str, str]],
+    outcome: list[tuple[str, bytes, str]],
+) -> bytes:
     """A searchset Bundle around stored resource bytes, without re-serialising them."""
-    return fhir_search.bundle(total, links, [(url, raw, "match") for url, raw in entries])
+    matches = [(url, raw, "match") for url, raw in entries]
+    return fhir_search.bundle(total, links, matches + outcome)
+
+
+def _fixed_params(
+    request: Request, accepted: tuple[str, ...]
+) -> tuple[str, list[tuple[str, bytes, str]]]:
+    """For the searches that take a fixed few parameters (AuditEvent, Consent): the self link
+    of those applied, and an outcome entry naming the others (400 under handling=strict)."""
+    items = request.query_params.multi_items()
+    query, _ = fhir_search.parse_limited(
+        "", items, strict=_strict(request), keep=accepted, why="not supported by this search"
+    )
+    applied = [(n, v) for n, v in items if n in accepted or n == "_count"]
+    url = str(request.url.replace(query=urlencode(applied)))
+    notes = fhir_search.not_applied_notes(query)
+    return url, [fhir_search.outcome_entry(notes)] if notes else []
 
 
 class LocalRecords:
@@ -170,9 +192,11 @@ def _meta_of(svc: HospitalServices, info: Any) -> dict[str, Any]:
     return svc.record_meta(info)
 
 
-def _page(request: Request, offset: int, count: int, total: int) -> list[tuple[str, str]]:
+def _page(
+    request: Request, self_link: str, offset: int, count: int, total: int
+) -> list[tuple[str, str]]:
     url = request.url
-    links = [("self", str(url))]
+    links = [("self", self_link)]
     if offset + count < total:
         links.append(("next", str(url.include_query_params(_offset=offset + count, _count=count))))
     return links
@@ -202,9 +226,9 @@ def make_router() -> APIRouter:
         events = [orjson.dumps(to_audit_event(e, f"Patient/{patient}")) for e in trail]
         page = events[offset : offset + count]
         entries = [(f"{request.base_url}fhir/AuditEvent/{i}", raw) for i, raw in enumerate(page)]
-        return fhir_response(
-            _bundle(entries, len(events), _page(request, offset, count, len(events)))
-        )
+        self_link, outcome = _fixed_params(request, ("patient", "_offset"))
+        links = _page(request, self_link, offset, count, len(events))
+        return fhir_response(_bundle(entries, len(events), links, outcome))
 
     # -- Consent: the consent contract, seen as FHIR ----------------------------------------
     @router.post("/Consent")
@@ -294,7 +318,8 @@ def make_router() -> APIRouter:
             )
             for c in found
         ]
-        return fhir_response(_bundle(entries, len(entries), [("self", str(request.url))]))
+        self_link, outcome = _fixed_params(request, ("patient",))
+        return fhir_response(_bundle(entries, len(entries), [("self", self_link)], outcome))
 
     @router.get("/Patient/{rid}/$everything")
     def everything(
