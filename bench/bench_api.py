@@ -141,7 +141,7 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                     "category": "vital-signs,laboratory",
                     "date": "ge2000",
                     "_sort": "-date",
-                    "_count": 50,
+                    "_count": max(1, min(50, resources // 10)),  # two pages at least
                 }
                 searches, pages = [], []
                 for _ in range(rounds):
