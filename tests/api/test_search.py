@@ -355,3 +355,24 @@ def test_the_fixed_searches_echo_only_what_they_applied(api: Api) -> None:
         bundle = _get(api, f"{path}?patient={api.patient_rid}&status=active", headers)
         assert ("patient", api.patient_rid) in _self(bundle)
         assert "status" not in dict(_self(bundle)) and "status" in _outcome(bundle)
+
+
+def test_the_capability_statement_lists_what_search_applies(api: Api) -> None:
+    statement = api.client.get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    assert "patient-scoped" in rest["documentation"]
+    observation = next(r for r in rest["resource"] if r["type"] == "Observation")
+    names = {p["name"] for p in observation["searchParam"]}
+    assert {"_id", "_lastUpdated", "patient", "subject", "code", "category", "date"} <= names
+    assert {"_sort", "_count", "_summary", "_elements"} <= names
+    assert {"Observation:patient", "Observation:encounter"} <= set(observation["searchInclude"])
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert "Observation:patient" in patient["searchRevInclude"]
+    # Medication is not served here (yet): its include is neither listed nor applied
+    request = next(r for r in rest["resource"] if r["type"] == "MedicationRequest")
+    assert "MedicationRequest:medication" not in request["searchInclude"]
+    bundle = _get(
+        api,
+        f"/fhir/MedicationRequest?patient={api.patient_rid}&_include=MedicationRequest:medication",
+    )
+    assert "_include" not in dict(_self(bundle)) and "Medication is not served" in _outcome(bundle)

@@ -85,7 +85,11 @@ def test_fhirpy_pages_to_the_end_while_records_arrive(served: tuple[Api, str]) -
         done = api.services.ingestor.ingest_bytes(orjson.dumps(bundle), f"again-{n}.json")
         results.append(done)
 
-    writer = threading.Thread(target=lambda: [arrive(n) for n in (1, 2)])
+    def arrive_more() -> None:
+        for n in (1, 2):
+            arrive(n)
+
+    writer = threading.Thread(target=arrive_more)
     seen: list[str] = []
     for observation in client.resources("Observation").search(patient=api.patient_rid).limit(3):
         seen.append(observation["id"])

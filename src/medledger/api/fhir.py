@@ -384,6 +384,7 @@ def make_router() -> APIRouter:
             request.query_params.multi_items(),
             strict=_strict(request),
             base=_base(request),
+            served=SUPPORTED,
         )
         records = LocalRecords(svc)
         pids = _search_pids(svc, claims, records, query)
@@ -857,7 +858,7 @@ class _Page:
                         target = self.svc.vault.info(ident)
                     except (RecordNotFound, PatientErased, ValueError):
                         continue
-                    if target.resource_type == kind and kind in SUPPORTED:
+                    if target.resource_type == kind and kind in self.query.served:
                         found.append(target)
         unique = []
         for info in found:

@@ -381,6 +381,7 @@ class Query:
     includes: list[Include] = field(default_factory=list)
     applied: list[tuple[str, str]] = field(default_factory=list)
     not_applied: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    served: frozenset[str] = frozenset(TYPES)
 
     def filters_named(self, *names: str) -> list[Filter]:
         return [f for f in self.filters if f.param_name in names]
@@ -408,11 +409,17 @@ def strict_handling(prefer: str) -> bool:
 
 
 def parse(
-    resource_type: str, items: Iterable[tuple[str, str]], *, strict: bool, base: str
+    resource_type: str,
+    items: Iterable[tuple[str, str]],
+    *,
+    strict: bool,
+    base: str,
+    served: Iterable[str] = TYPES,
 ) -> Query:
     """The search a query string asks for (400 for a malformed value of a known parameter,
-    and under `strict` for anything not applied)."""
-    query = Query(resource_type)
+    and under `strict` for anything not applied). `served`: the types this server serves
+    (an `_include` of another type is not applied)."""
+    query = Query(resource_type, served=frozenset(served))
     known = params_of(resource_type)
     for name, value in items:
         if name == "_format":
@@ -498,7 +505,7 @@ def _result_param(query: Query, name: str, value: str, known: Mapping[str, Param
         query.elements = frozenset(names) | (query.elements or frozenset())
         query.applied.append((name, value))
     else:  # _include, _revinclude
-        include = _include(query.resource_type, value, reverse=name == "_revinclude")
+        include = _include(query, value, reverse=name == "_revinclude")
         if isinstance(include, str):
             query.not_applied.append((f"{name}={value}", include))
             return
@@ -506,8 +513,9 @@ def _result_param(query: Query, name: str, value: str, known: Mapping[str, Param
         query.applied.append((name, value))
 
 
-def _include(resource_type: str, value: str, *, reverse: bool) -> Include | str:
+def _include(query: Query, value: str, *, reverse: bool) -> Include | str:
     """The include a value names, or why it is not supported here."""
+    resource_type = query.resource_type
     parts = value.split(":")
     if len(parts) not in (2, 3) or parts[0] not in TYPES:
         return "not Type:parameter[:Target] of a searchable type"
@@ -524,6 +532,11 @@ def _include(resource_type: str, value: str, *, reverse: bool) -> Include | str:
         return f"{source}:{param_name}:{target} does not point at {resource_type}"
     if not reverse and source != resource_type:
         return f"_include starts from the searched type ({resource_type}), not {source}"
+    reached = {target} if target else set(param.targets)
+    if not reverse and not reached & query.served:
+        return f"{', '.join(sorted(reached))} is not served here"
+    if reverse and source not in query.served:
+        return f"{source} is not served here"
     return Include(source, param_name, target, reverse)
 
 
