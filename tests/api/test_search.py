@@ -206,6 +206,13 @@ def test_an_unknown_parameter_is_left_out_of_the_self_link_and_reported(api: Api
     # strict: refused, naming it
     r = api.client.get(path, headers={**_staff(api), "Prefer": "handling=strict"})
     assert r.status_code == 400 and "value-quantity" in r.json()["issue"][0]["diagnostics"]
+    # every page says so, and no page link carries it
+    first = _get(api, f"/fhir/Observation?patient={api.patient_rid}&flavour=x&_count=5")
+    nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    assert "flavour" not in nxt and "flavour" in _outcome(_follow(api, nxt, _staff(api)))
+    # a search without its patient says what it did not apply
+    r = api.client.get("/fhir/Observation?patient:identifier=urn:x|1", headers=_staff(api))
+    assert r.status_code == 400 and "patient:identifier" in r.text
 
 
 @pytest.mark.parametrize(

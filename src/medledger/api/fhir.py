@@ -558,11 +558,12 @@ def _search_pids(
     how = "patient=, subject=Patient/<id>, _id=" + (
         " or identifier=system|value" if query.resource_type == "Patient" else ""
     )
+    ignored = "; ".join(f"{name}: {why}" for name, why in query.not_applied)
     raise FhirError(
         400,
         "required",
         f"a {query.resource_type} search is about one patient: give {how}, or use a token with "
-        "a patient launch context",
+        "a patient launch context" + (f" (not applied: {ignored})" if ignored else ""),
         "patient",
     )
 
@@ -753,7 +754,8 @@ def _serve_snapshot(
         svc, claims, base, path, snap.query, list(snap.items), snap.token, decide, trail, loaded
     )
     self_link = page.link(int(offset), count)
-    return page.serve(int(offset), count, self_link, fhir_search.not_applied_notes(asked))
+    notes = fhir_search.not_applied_notes(snap.query) + fhir_search.not_applied_notes(asked)
+    return page.serve(int(offset), count, self_link, notes)
 
 
 class _Page:
