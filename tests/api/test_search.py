@@ -383,3 +383,19 @@ def test_the_capability_statement_lists_what_search_applies(api: Api) -> None:
         f"/fhir/MedicationRequest?patient={api.patient_rid}&_include=MedicationRequest:medication",
     )
     assert "_include" not in dict(_self(bundle)) and "Medication is not served" in _outcome(bundle)
+
+
+def test_each_page_decides_again_so_a_revocation_between_pages_applies(api: Api) -> None:
+    headers = _staff(api)
+    first = _get(api, f"/fhir/Observation?patient={api.patient_rid}&_count=5", headers)
+    assert len(_matches(first)) == 5
+    api.services.node.wallet.send("identity.revoke", {"practitioner": "dr-martin"})
+    nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = _follow(api, nxt, headers)
+    assert _matches(second) == [] and "5 matches are no longer allowed" in _outcome(second)
+
+    def denied() -> bool:
+        trail = api.services.node.engine.query("access/of_patient", {"pid": api.pid})
+        return any(e["outcome"] == "denied" and e["action"] == "search" for e in trail)
+
+    assert eventually(denied)
