@@ -4,11 +4,12 @@ the end while the same patient's new results are being ingested."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
 import orjson
-from fhirpy import SyncFHIRClient
+from fhirpy import AsyncFHIRClient, SyncFHIRClient
 
 from medledger.interop.synth import generate
 
@@ -102,3 +103,25 @@ def test_fhirpy_pages_to_the_end_while_records_arrive(served: tuple[Api, str]) -
     assert client.resources("Observation").search(patient=api.patient_rid).count() == 4 * len(
         stored
     )
+
+
+def test_the_async_client_pages_a_sorted_search_with_its_includes(
+    served: tuple[Api, str],  # noqa: F811
+) -> None:
+    api, url = served
+    token = api.token("Practitioner/dr-martin", "user/*.rs")["Authorization"]
+
+    async def search() -> list[Any]:
+        client = AsyncFHIRClient(url, authorization=token)
+        found = (
+            client.resources("Encounter")
+            .search(patient=api.patient_rid)
+            .revinclude("Condition", "encounter")
+            .sort("date")
+            .limit(1)
+        )
+        return list(await found.fetch_all())
+
+    encounters = asyncio.run(search())
+    starts = [e["period"]["start"] for e in encounters]
+    assert len(encounters) == 4 and starts == sorted(starts)
