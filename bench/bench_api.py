@@ -1,6 +1,7 @@
-"""API latency: a read and `Patient/$everything` for a patient with ~500 resources held by three
-hospitals (the local ones plus the copies the sync agent prefetched under the patient's
-consents), on a solo sandbox in this process, over HTTP on loopback.
+"""API latency: a read, `Patient/$everything` and a filtered search (and its page link) for a
+patient with ~500 resources held by three hospitals (the local ones plus the copies the sync
+agent prefetched under the patient's consents), on a solo sandbox in this process, over HTTP
+on loopback.
 
     medledger bench api [--set resources=500 --set rounds=50]
 """
@@ -134,6 +135,27 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                     everything.append(time.perf_counter() - s)
                     assert r.status_code == 200, r.text
                 served = len(r.json()["entry"])
+                # A filtered search over the same records (each decrypted and matched), and
+                # the page link it gives (the frozen result: no matching again).
+                search = {
+                    "patient": patient_rid,
+                    "category": "vital-signs,laboratory",
+                    "date": "ge2000",
+                    "_sort": "-date",
+                    "_count": max(1, min(50, resources // 10)),  # two pages at least
+                }
+                searches, pages = [], []
+                for _ in range(rounds):
+                    s = time.perf_counter()
+                    r = client.get("/fhir/Observation", params=search)
+                    searches.append(time.perf_counter() - s)
+                    assert r.status_code == 200, r.text
+                    nxt = next(x["url"] for x in r.json()["link"] if x["relation"] == "next")
+                    s = time.perf_counter()
+                    r = client.get(nxt)
+                    pages.append(time.perf_counter() - s)
+                    assert r.status_code == 200, r.text
+                matched = r.json()["total"]
         finally:
             sandbox.close()
     return {
@@ -142,6 +164,9 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
         "rounds": rounds,
         "read": _pcts(reads),
         "everything": _pcts(everything),
+        "search_matches": matched,
+        "search_first_page": _pcts(searches),
+        "search_next_page": _pcts(pages),
     }
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from medledger.api import search as fhir_search
 from medledger.api.audit import to_audit_event
 from medledger.api.auth import authenticated, require, scope_permission
 from medledger.api.outcomes import FhirError, fhir_response
@@ -48,6 +50,16 @@ PATIENT_COMPARTMENT = (
 SUPPORTED = ("Patient", *PATIENT_COMPARTMENT)
 
 
+SEARCH_DOC = (
+    "Searches are patient-scoped: a search names its patient (patient=, subject=Patient/...), "
+    "or the token carries a patient launch context, or _id (any type) or identifier=system|value "
+    "(Patient) pins it; otherwise it is refused with 400. A parameter not applied is left out "
+    "of the self link and reported in an OperationOutcome entry (search.mode outcome), or "
+    "refused with 400 under Prefer: handling=strict. Pages are frozen at the first one: "
+    "next/previous links carry _snapshot (bound to the caller, kept 10 minutes) and _offset."
+)
+
+
 def services(request: Request) -> HospitalServices:
     svc: HospitalServices = request.app.state.services
     return svc
@@ -57,10 +69,6 @@ Svc = Annotated[HospitalServices, Depends(services)]
 
 
 def capability_statement(base: str) -> dict[str, Any]:
-    search = [
-        {"name": "patient", "type": "reference"},
-        {"name": "_count", "type": "number"},
-    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -85,6 +93,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                         }
                     ]
                 },
+                "documentation": SEARCH_DOC,
                 "interaction": [{"code": "transaction"}],
                 "resource": [
                     {
@@ -94,7 +103,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                             {"code": "search-type"},
                             {"code": "create"},
                         ],
-                        "searchParam": search,
+                        **fhir_search.capability(t, SUPPORTED),
                         **(
                             {
                                 "operation": [
@@ -122,21 +131,30 @@ def capability_statement(base: str) -> dict[str, Any]:
     }
 
 
-def _bundle(entries: list[tuple[str, bytes]], total: int, links: list[tuple[str, str]]) -> bytes:
+def _bundle(
+    entries: list[tuple[str, bytes]],
+    total: int,
+    links: list[tuple[str, str]],
+    outcome: list[tuple[str, bytes, str]],
+) -> bytes:
     """A searchset Bundle around stored resource bytes, without re-serialising them."""
-    head = orjson.dumps(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "link": [{"relation": r, "url": u} for r, u in links],
-        }
+    matches = [(url, raw, "match") for url, raw in entries]
+    return fhir_search.bundle(total, links, matches + outcome)
+
+
+def _fixed_params(
+    request: Request, accepted: tuple[str, ...]
+) -> tuple[str, list[tuple[str, bytes, str]]]:
+    """For the searches that take a fixed few parameters (AuditEvent, Consent): the self link
+    of those applied, and an outcome entry naming the others (400 under handling=strict)."""
+    items = request.query_params.multi_items()
+    query, _ = fhir_search.parse_limited(
+        "", items, strict=_strict(request), keep=accepted, why="not supported by this search"
     )
-    items = b",".join(
-        b'{"fullUrl":' + orjson.dumps(url) + b',"resource":' + raw + b',"search":{"mode":"match"}}'
-        for url, raw in entries
-    )
-    return head[:-1] + b',"entry":[' + items + b"]}"
+    applied = [(n, v) for n, v in items if n in accepted or n == "_count"]
+    url = str(request.url.replace(query=urlencode(applied)))
+    notes = fhir_search.not_applied_notes(query)
+    return url, [fhir_search.outcome_entry(notes)] if notes else []
 
 
 class LocalRecords:
@@ -174,9 +192,11 @@ def _meta_of(svc: HospitalServices, info: Any) -> dict[str, Any]:
     return svc.record_meta(info)
 
 
-def _page(request: Request, offset: int, count: int, total: int) -> list[tuple[str, str]]:
+def _page(
+    request: Request, self_link: str, offset: int, count: int, total: int
+) -> list[tuple[str, str]]:
     url = request.url
-    links = [("self", str(url))]
+    links = [("self", self_link)]
     if offset + count < total:
         links.append(("next", str(url.include_query_params(_offset=offset + count, _count=count))))
     return links
@@ -184,6 +204,7 @@ def _page(request: Request, offset: int, count: int, total: int) -> list[tuple[s
 
 def make_router() -> APIRouter:
     router = APIRouter(prefix="/fhir")
+    snapshots = fhir_search.Snapshots()  # this app's frozen search results (page links)
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
@@ -205,9 +226,9 @@ def make_router() -> APIRouter:
         events = [orjson.dumps(to_audit_event(e, f"Patient/{patient}")) for e in trail]
         page = events[offset : offset + count]
         entries = [(f"{request.base_url}fhir/AuditEvent/{i}", raw) for i, raw in enumerate(page)]
-        return fhir_response(
-            _bundle(entries, len(events), _page(request, offset, count, len(events)))
-        )
+        self_link, outcome = _fixed_params(request, ("patient", "_offset"))
+        links = _page(request, self_link, offset, count, len(events))
+        return fhir_response(_bundle(entries, len(events), links, outcome))
 
     # -- Consent: the consent contract, seen as FHIR ----------------------------------------
     @router.post("/Consent")
@@ -297,22 +318,30 @@ def make_router() -> APIRouter:
             )
             for c in found
         ]
-        return fhir_response(_bundle(entries, len(entries), [("self", str(request.url))]))
+        self_link, outcome = _fixed_params(request, ("patient",))
+        return fhir_response(_bundle(entries, len(entries), [("self", self_link)], outcome))
 
     @router.get("/Patient/{rid}/$everything")
     def everything(
-        svc: Svc,
-        claims: Annotated[Claims, Depends(authenticated)],
-        rid: str,
-        request: Request,
-        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], rid: str, request: Request
     ) -> Response:
         require(claims, "Patient", "read")
+        path = f"Patient/{rid}/$everything"
+        if "_snapshot" in request.query_params:
+            return _serve_snapshot(svc, claims, request, snapshots, path)
+        query, _ = fhir_search.parse_limited(
+            "Patient",
+            request.query_params.multi_items(),
+            strict=_strict(request),
+            keep=(),
+            why="$everything takes only _count here",
+        )
+        if not any(name == "_count" for name, _ in query.applied):
+            query.count = 100
         records = LocalRecords(svc)
         pid = _within_launch(claims, records.pid_of(rid))
         infos = _in_scope(svc, claims, records.latest(pid), "read")
-        return _serve_search(svc, claims, request, pid, infos, offset, count, "export")
+        return _serve_search(svc, claims, request, snapshots, query, infos, path, "export")
 
     @router.get("/{resource_type}/{rid}")
     def read(
@@ -345,20 +374,23 @@ def make_router() -> APIRouter:
         claims: Annotated[Claims, Depends(authenticated)],
         resource_type: str,
         request: Request,
-        patient: str | None = None,
-        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
     ) -> Response:
         _supported(resource_type)
         require(claims, resource_type, "search")
-        if patient is None:
-            patient = claims.patient
-        if patient is None:
-            raise FhirError(400, "required", "search needs a patient parameter", "patient")
+        if "_snapshot" in request.query_params:
+            return _serve_snapshot(svc, claims, request, snapshots, resource_type)
+        query = fhir_search.parse(
+            resource_type,
+            request.query_params.multi_items(),
+            strict=_strict(request),
+            base=_base(request),
+            served=SUPPORTED,
+        )
         records = LocalRecords(svc)
-        pid = _within_launch(claims, records.pid_of(patient))
-        infos = _in_scope(svc, claims, records.latest(pid, (resource_type,)), "search")
-        return _serve_search(svc, claims, request, pid, infos, offset, count, "search")
+        pids = _search_pids(svc, claims, records, query)
+        infos = [i for pid in pids for i in records.latest(pid, (resource_type,))]
+        infos = _in_scope(svc, claims, infos, "search")
+        return _serve_search(svc, claims, request, snapshots, query, infos, resource_type, "search")
 
     @router.post("/{resource_type}")
     async def create(
@@ -456,45 +488,419 @@ def _supported(resource_type: str) -> None:
         raise FhirError(404, "not-supported", f"resource type {resource_type} is not served here")
 
 
+def _base(request: Request) -> str:
+    return f"{request.base_url}fhir"
+
+
+def _strict(request: Request) -> bool:
+    return fhir_search.strict_handling(request.headers.get("prefer", ""))
+
+
+def _search_pids(
+    svc: HospitalServices, claims: Claims, records: LocalRecords, query: fhir_search.Query
+) -> list[str]:
+    """The patients a search is about (each within the token's launch context, else 403).
+
+    `patient` / `subject` name them (Patient/<id>, <id>, its pid, or this server's absolute
+    URL); they are applied by searching those patients' records only. Else `_id` pins the
+    records it names, `identifier=system|value` a Patient (its pid is the pseudonym of that
+    identifier), and a token's launch context its patient. Nothing else may search: 400."""
+    from medledger.interop.ins import InvalidINS
+    from medledger.interop.pseudonym import pseudonymise
+    from medledger.vault.errors import PatientErased, RecordNotFound
+
+    if query.resource_type != "Patient":
+        pins = [
+            f for f in query.filters_named(*fhir_search.PATIENT_PARAMS) if f.modifier != "missing"
+        ]
+        pids: set[str] | None = None
+        for pin in pins:
+            found = set()
+            for value in pin.values:
+                if value.ref_url is not None or (value.ref_type or "Patient") != "Patient":
+                    raise FhirError(
+                        400,
+                        "not-supported",
+                        f"{pin.name}: {value.raw!r} is not a Patient of this server; searches "
+                        "here are by a patient of this hospital",
+                        pin.name,
+                    )
+                found.add(_within_launch(claims, records.pid_of(value.code)))
+            pids = found if pids is None else pids & found
+        query.filters = [f for f in query.filters if f not in pins]  # applied as the pids
+        if pids is not None:
+            return sorted(pids)
+    pinned: set[str] = set()
+    for value in (v for f in query.filters_named("_id") for v in f.values):
+        try:
+            pinned.add(svc.vault.info(value.code).pid)
+        except (RecordNotFound, PatientErased, ValueError):
+            continue  # matches nothing
+    if query.resource_type == "Patient":
+        for ident in query.filters_named("identifier"):
+            for value in ident.values:
+                if ident.modifier or not value.system or not value.code:
+                    continue  # no pseudonym without both: matched within the other pins
+                try:
+                    pinned.add(pseudonymise(svc.ingestor.pseudonym_key, value.system, value.code))
+                except InvalidINS as exc:
+                    why = f"identifier: {value.code!r} is not a valid INS ({exc})"
+                    raise FhirError(400, "invalid", why, "identifier") from None
+                except ValueError as exc:
+                    raise FhirError(400, "invalid", f"identifier: {exc}", "identifier") from None
+    pins_given = query.filters_named("_id") or (
+        query.resource_type == "Patient" and query.filters_named("identifier") and pinned
+    )
+    if pins_given:
+        return sorted(_within_launch(claims, pid) for pid in pinned)
+    if claims.patient is not None:
+        return [claims.patient]
+    how = "patient=, subject=Patient/<id>, _id=" + (
+        " or identifier=system|value" if query.resource_type == "Patient" else ""
+    )
+    ignored = "; ".join(f"{name}: {why}" for name, why in query.not_applied)
+    raise FhirError(
+        400,
+        "required",
+        f"a {query.resource_type} search is about one patient: give {how}, or use a token with "
+        "a patient launch context" + (f" (not applied: {ignored})" if ignored else ""),
+        "patient",
+    )
+
+
+class _Decider:
+    """`svc.decide` for each record of one request, asked once per distinct question (the
+    patient, custodian, type and category are all `authorize` reads of a record)."""
+
+    def __init__(self, svc: HospitalServices, claims: Claims) -> None:
+        self.svc = svc
+        self.claims = claims
+        self.memo: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, info: Any) -> Any:
+        meta = _meta_of(self.svc, info)
+        key = (info.pid, str(meta["custodian"]), str(meta["type"]), str(meta["category"]))
+        if key not in self.memo:
+            self.memo[key] = self.svc.decide(self.claims, info.pid, meta, "treatment")
+        return self.memo[key]
+
+
+class _Trail:
+    """The access entries of one request: every decision, grouped as the chain records them
+    (one entry per patient and basis, or patient and reason), written once at the end."""
+
+    def __init__(self, svc: HospitalServices, claims: Claims, action: str) -> None:
+        self.svc = svc
+        self.claims = claims
+        self.action = action
+        self.allowed: dict[tuple[str, str], list[str]] = {}
+        self.denied: dict[tuple[str, str], list[str]] = {}
+
+    def add(self, info: Any, decision: Any) -> None:
+        if decision.allowed:
+            self.allowed.setdefault((info.pid, decision.basis), []).append(info.rid)
+        else:
+            self.denied.setdefault((info.pid, decision.reason), []).append(info.rid)
+
+    def write(self) -> None:
+        from medledger.contracts.authorize import Decision
+
+        for (pid, reason), rids in sorted(self.denied.items()):
+            self.svc.record_access(
+                self.claims,
+                pid,
+                self.action,
+                "treatment",
+                Decision(False, "", reason),
+                rids,
+                wait=False,
+            )
+        for (pid, basis), rids in sorted(self.allowed.items()):
+            self.svc.record_access(
+                self.claims,
+                pid,
+                self.action,
+                "treatment",
+                Decision(True, basis, ""),
+                rids,
+                wait=False,
+            )
+
+
+class _Loaded:
+    """The decrypted JSON of the records one request reads (each decrypted once), and their
+    commit times when `_lastUpdated` is asked (from the chain's record index)."""
+
+    def __init__(self, svc: HospitalServices, base: str, times: bool) -> None:
+        self.svc = svc
+        self.base = base
+        self.times = times
+        self.docs: dict[tuple[str, int], dict[str, Any]] = {}
+        self.index: dict[str, dict[str, Any]] = {}
+
+    def doc(self, info: Any) -> dict[str, Any]:
+        key = (info.rid, info.version)
+        if key not in self.docs:
+            self.docs[key] = orjson.loads(self.svc.vault.get(info.rid, info.version))
+        return self.docs[key]
+
+    def context(self, info: Any) -> fhir_search.MatchContext:
+        return fhir_search.MatchContext(self.base, self._committed(info) if self.times else None)
+
+    def _committed(self, info: Any) -> Any:
+        from datetime import UTC, datetime
+
+        if info.pid not in self.index:
+            rows = queries.records_of_patient(self.svc.node.engine, info.pid)
+            self.index[info.pid] = {str(r["rid"]): r for r in rows}
+        row = self.index[info.pid].get(info.rid)
+        if row is None or row.get("version") != info.version:
+            row = next(
+                (
+                    v
+                    for v in queries.record_versions(self.svc.node.engine, info.rid)
+                    if v.get("version") == info.version
+                ),
+                None,
+            )
+        if row is None:
+            return None
+        return datetime.fromtimestamp(int(row["time"]) / 1000, UTC)
+
+
 def _serve_search(
     svc: HospitalServices,
     claims: Claims,
     request: Request,
-    pid: str,
+    snapshots: fhir_search.Snapshots,
+    query: fhir_search.Query,
     infos: list[Any],
-    offset: int,
-    count: int,
+    path: str,
     action: str,
 ) -> Response:
-    from medledger.contracts.authorize import Decision
-
-    allowed = []
-    denied: dict[str, list[str]] = {}  # reason -> rids
-    for info in infos:
-        decision = svc.decide(claims, pid, _meta_of(svc, info), "treatment")
-        if decision.allowed:
-            allowed.append((info, decision))
-        else:
-            denied.setdefault(decision.reason, []).append(info.rid)
-    page = allowed[offset : offset + count]
-    for reason, rids in sorted(denied.items()):  # every refusal is on the chain too
-        svc.record_access(
-            claims, pid, action, "treatment", Decision(False, "", reason), rids, wait=False
-        )
-    if infos and not allowed:
-        raise FhirError(403, "forbidden", f"access denied: {min(denied)}")
-    by_basis: dict[str, list[str]] = {}  # one entry per basis: each names exactly its own
-    for info, d in page:
-        by_basis.setdefault(d.basis, []).append(info.rid)
-    for basis, rids in sorted(by_basis.items()):
-        svc.record_access(
-            claims, pid, action, "treatment", Decision(True, basis, ""), rids, wait=False
-        )
-    base = str(request.base_url)
-    entries = [(f"{base}fhir/{i.resource_type}/{i.rid}", svc.vault.get(i.rid)) for i, _ in page]
-    return fhir_response(
-        _bundle(entries, len(allowed), _page(request, offset, count, len(allowed)))
+    """The first page of a search: match, sort, decide each match (denials on the chain),
+    freeze the allowed ones in a snapshot when they need more than one page, serve."""
+    base = _base(request)
+    times = any(f.param_name == "_lastUpdated" for f in query.filters) or any(
+        name == "_lastUpdated" for name, _ in query.sort
     )
+    loaded = _Loaded(svc, base, times)
+    matched = [
+        info
+        for info in infos
+        if all(f.matches(loaded.doc(info), loaded.context(info)) for f in query.filters)
+    ]
+    if query.sort:
+        matched = fhir_search.sort_resources(matched, query.sort, loaded.doc, loaded.context)
+    decide = _Decider(svc, claims)
+    trail = _Trail(svc, claims, action)
+    allowed = []
+    for info in matched:
+        decision = decide(info)
+        if decision.allowed:
+            allowed.append(info)
+        else:
+            trail.add(info, decision)
+    if matched and not allowed:
+        trail.write()  # every refusal is on the chain too
+        raise FhirError(403, "forbidden", f"access denied: {min(r for _, r in trail.denied)}")
+    items = [(i.rid, i.version) for i in allowed]
+    self_link = f"{base}/{path}" + (f"?{query.self_query()}" if query.applied else "")
+    if query.summary_count:
+        for info in allowed:  # the count tells of these records: on their trail too
+            trail.add(info, decide(info))
+        trail.write()
+        notes = fhir_search.not_applied_notes(query)
+        outcome = [fhir_search.outcome_entry(notes)] if notes else []
+        return fhir_response(fhir_search.bundle(len(items), [("self", self_link)], outcome))
+    token = None
+    if len(items) > query.count:
+        owner = (claims.issuer, claims.subject, claims.patient)
+        token = snapshots.put(owner, path, action, items, query).token
+    page = _Page(svc, claims, base, path, query, items, token, decide, trail, loaded)
+    return page.serve(0, query.count, self_link, fhir_search.not_applied_notes(query))
+
+
+def _serve_snapshot(
+    svc: HospitalServices,
+    claims: Claims,
+    request: Request,
+    snapshots: fhir_search.Snapshots,
+    path: str,
+) -> Response:
+    """A page link: the same frozen result, each of its records decided again as served."""
+    asked, kept = fhir_search.parse_limited(
+        "",
+        request.query_params.multi_items(),
+        strict=_strict(request),
+        keep=("_snapshot", "_offset"),
+        why="a page link takes only _snapshot, _offset and _count",
+    )
+    offset = kept.get("_offset", "0")
+    if not offset.isdigit():
+        raise FhirError(400, "invalid", f"_offset: {offset!r} is not a number", "_offset")
+    snap = snapshots.get(kept["_snapshot"], (claims.issuer, claims.subject, claims.patient))
+    if snap.path != path:
+        raise FhirError(
+            404, "not-found", "no search result of yours has this _snapshot here", "_snapshot"
+        )
+    count = asked.count if asked.applied else snap.query.count
+    count = max(count, 1)
+    base = _base(request)
+    decide = _Decider(svc, claims)
+    trail = _Trail(svc, claims, snap.action)
+    loaded = _Loaded(svc, base, False)
+    page = _Page(
+        svc, claims, base, path, snap.query, list(snap.items), snap.token, decide, trail, loaded
+    )
+    self_link = page.link(int(offset), count)
+    notes = fhir_search.not_applied_notes(snap.query) + fhir_search.not_applied_notes(asked)
+    return page.serve(int(offset), count, self_link, notes)
+
+
+class _Page:
+    """Serves one page of a frozen result: its matches at their frozen versions, what
+    `_include`/`_revinclude` bring, the links, and an OperationOutcome entry for anything
+    not applied or left out."""
+
+    def __init__(
+        self,
+        svc: HospitalServices,
+        claims: Claims,
+        base: str,
+        path: str,
+        query: fhir_search.Query,
+        items: list[tuple[str, int]],
+        token: str | None,
+        decide: _Decider,
+        trail: _Trail,
+        loaded: _Loaded,
+    ) -> None:
+        self.svc = svc
+        self.claims = claims
+        self.base = base
+        self.path = path
+        self.query = query
+        self.items = items
+        self.token = token
+        self.decide = decide
+        self.trail = trail
+        self.loaded = loaded
+
+    def link(self, offset: int, count: int) -> str:
+        return f"{self.base}/{self.path}?_snapshot={self.token}&_offset={offset}&_count={count}"
+
+    def serve(
+        self, offset: int, count: int, self_link: str, notes: list[tuple[str, str, str]]
+    ) -> Response:
+        from medledger.vault.errors import PatientErased, RecordNotFound
+
+        served: list[Any] = []
+        entries: list[tuple[str, bytes, str]] = []
+        gone = refused = 0
+        for rid, version in self.items[offset : offset + count]:
+            try:
+                info = self.svc.vault.info(rid, version)
+                raw = self.svc.vault.get(rid, version)
+            except (RecordNotFound, PatientErased):
+                gone += 1
+                continue
+            decision = self.decide(info)
+            self.trail.add(info, decision)
+            if not decision.allowed:
+                refused += 1
+                continue
+            served.append(info)
+            body = fhir_search.subset(raw, self.query) if self.query.subsets() else raw
+            entries.append((f"{self.base}/{info.resource_type}/{rid}", body, "match"))
+        if gone:
+            notes.append(("information", "deleted", f"{gone} matches were erased since page 1"))
+        if refused:
+            notes.append(
+                ("information", "forbidden", f"{refused} matches are no longer allowed to you")
+            )
+        if self.query.includes:
+            entries += self._included(served, notes)
+        self.trail.write()
+        links = [("self", self_link)]
+        if self.token is not None:
+            links.append(("first", self.link(0, count)))
+            if offset > 0:
+                links.append(("previous", self.link(max(0, offset - count), count)))
+            if offset + count < len(self.items):
+                links.append(("next", self.link(offset + count, count)))
+        if notes:
+            entries.append(fhir_search.outcome_entry(notes))
+        return fhir_response(fhir_search.bundle(len(self.items), links, entries))
+
+    def _included(self, served: list[Any], notes: list[tuple[str, str, str]]) -> list[Any]:
+        """The resources `_include` / `_revinclude` name for this page's matches, each in the
+        token's scopes and decided and logged like a match."""
+        from medledger.vault.errors import PatientErased, RecordNotFound
+
+        seen = {info.rid for info in served}
+        found: list[Any] = []
+        records = LocalRecords(self.svc)
+        for include in self.query.includes:
+            if include.reverse:
+                for pid in sorted({info.pid for info in served}):
+                    for other in records.latest(pid, (include.source,)):
+                        doc = self.loaded.doc(other)
+                        if any(
+                            fhir_search.points_at(doc, include, i.resource_type, i.rid, self.base)
+                            for i in served
+                        ):
+                            found.append(other)
+                continue
+            for info in served:
+                for kind, ident in fhir_search.references(
+                    self.loaded.doc(info), include, self.base
+                ):
+                    try:
+                        target = self.svc.vault.info(ident)
+                    except (RecordNotFound, PatientErased, ValueError):
+                        continue
+                    if target.resource_type == kind and kind in self.query.served:
+                        found.append(target)
+        unique = []
+        for info in found:
+            if info.rid not in seen:
+                seen.add(info.rid)
+                unique.append(info)
+        if len(unique) > fhir_search.MAX_INCLUDED:
+            notes.append(
+                (
+                    "warning",
+                    "too-costly",
+                    f"{len(unique) - fhir_search.MAX_INCLUDED} included resources left out "
+                    f"(at most {fhir_search.MAX_INCLUDED} a page): ask smaller pages",
+                )
+            )
+            unique = unique[: fhir_search.MAX_INCLUDED]
+        in_scope = _in_scope(self.svc, self.claims, unique, "read")
+        if len(in_scope) < len(unique):
+            notes.append(
+                (
+                    "information",
+                    "suppressed",
+                    f"{len(unique) - len(in_scope)} included resources are outside your scopes",
+                )
+            )
+        entries = []
+        refused = 0
+        for info in in_scope:
+            decision = self.decide(info)
+            self.trail.add(info, decision)
+            if not decision.allowed:
+                refused += 1
+                continue
+            raw = self.svc.vault.get(info.rid, info.version)
+            entries.append((f"{self.base}/{info.resource_type}/{info.rid}", raw, "include"))
+        if refused:
+            notes.append(
+                ("information", "forbidden", f"{refused} included resources are not allowed to you")
+            )
+        return entries
 
 
 async def _ingest(
