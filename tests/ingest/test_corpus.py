@@ -219,10 +219,13 @@ def _case(entry: dict[str, Any]) -> Any:
 def test_each_corpus_file_has_its_expected_outcome(played: Played, entry: dict[str, Any]) -> None:
     seen = played.seen[entry["file"]]
     assert not seen.crash, f"ingestion raised {seen.crash}"
-    result = seen.result
-    assert result is not None
-    expect, after = entry["expect"], entry.get("after", {})
+    assert seen.result is not None
+    _check_outcome(seen.result, entry["expect"])
+    _check_state(seen, played.pids, entry.get("after", {}))
 
+
+def _check_outcome(result: UnitResult, expect: dict[str, Any]) -> None:
+    """The file's UnitResult against the manifest's `expect`."""
     rejections = _texts(result.rejections)
     if expect.get("accepted", 1) > 0:
         assert rejections == [], "refused"
@@ -250,6 +253,9 @@ def test_each_corpus_file_has_its_expected_outcome(played: Played, entry: dict[s
     for secret in expect.get("never_mentions", []):
         assert not any(secret in text for text in rejections + warnings), "an identifier is quoted"
 
+
+def _check_state(seen: Seen, pids: dict[str, str], after: dict[str, Any]) -> None:
+    """What the hospital held right after the file against the manifest's `after`."""
     if "patients" in after:
         assert seen.patients == after["patients"], "Patient records at the hospital"
     for name, records in after.get("records", {}).items():
@@ -260,7 +266,7 @@ def test_each_corpus_file_has_its_expected_outcome(played: Played, entry: dict[s
         assert got["found"] is not None, f"{reference} resolves to nothing"
         assert got["found"].startswith(check["type"] + "/"), (reference, got["found"])
         if "patient" in check:
-            assert got["pid"] == played.pids[check["patient"]], f"{reference}: another patient's"
+            assert got["pid"] == pids[check["patient"]], f"{reference}: another patient's"
         if "versions" in check:
             assert got["versions"] == check["versions"], f"{reference}: versions"
 
@@ -275,6 +281,8 @@ def test_the_manifest_lists_every_corpus_file_once_and_nothing_else() -> None:
 def test_the_manifest_says_only_what_the_test_checks() -> None:
     """A misspelt key would be a check silently not made: every key must be one we check."""
     people = set(MANIFEST["patients"])
+    for person in MANIFEST["patients"].values():
+        assert set(person) == {"system", "value", "who"}, person
     for entry in FILES:
         name = entry["file"]
         assert set(entry) <= {"file", "shape", "rule", "sender", "expect", "after"}, name
