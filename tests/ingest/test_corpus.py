@@ -193,10 +193,11 @@ def _records(vault: Vault, pid: str) -> dict[str, int]:
 def _resolved(ingestor: Ingestor, vault: Vault, check: dict[str, Any]) -> dict[str, Any]:
     found = ingestor._resolve(check["reference"])
     out: dict[str, Any] = {"found": found}
-    if found is not None and ("patient" in check or "versions" in check):
+    if found is not None and {"patient", "versions", "contains"} & set(check):
         rid = found.partition("/")[2]
         out["pid"] = vault.info(rid).pid
         out["versions"] = len(vault.versions(rid))
+        out["json"] = vault.get(rid).decode()  # the latest version
     return out
 
 
@@ -269,6 +270,8 @@ def _check_state(seen: Seen, pids: dict[str, str], after: dict[str, Any]) -> Non
             assert got["pid"] == pids[check["patient"]], f"{reference}: another patient's"
         if "versions" in check:
             assert got["versions"] == check["versions"], f"{reference}: versions"
+        for text in check.get("contains", []):
+            assert text in got["json"], f"{reference}: its latest version lacks {text!r}"
 
 
 def test_the_manifest_lists_every_corpus_file_once_and_nothing_else() -> None:
@@ -292,7 +295,7 @@ def test_the_manifest_says_only_what_the_test_checks() -> None:
         assert set(after) <= AFTER_KEYS, name
         assert set(after.get("records", {})) <= people, name
         for check in after.get("resolves", []):
-            assert set(check) <= {"reference", "type", "patient", "versions"}, name
+            assert set(check) <= {"reference", "type", "patient", "versions", "contains"}, name
             assert check.get("patient") in people | {None}, name
         for refusal in entry["expect"].get("refused", []):
             assert set(refusal) == {"contains"} and refusal["contains"], name
