@@ -99,6 +99,8 @@ MISSING: dict[str, str] = {
     "37-adt-a04-v23-lf-mllp-escapes.hl7": _COUNTS,
     "40-patient-identifiers-of-two-known-patients.json": "a Patient with the identifiers of two "
     "stored patients is accepted",
+    "41-transaction-put-condition-remission.json": "PUT Condition/<sender id> is not a new "
+    "version of the stored Condition",
 }
 
 
