@@ -290,7 +290,7 @@ def test_the_manifest_says_only_what_the_test_checks() -> None:
         assert set(person) == {"system", "value", "who"}, person
     for entry in FILES:
         name = entry["file"]
-        assert set(entry) <= {"file", "shape", "rule", "sender", "expect", "after"}, name
+        assert set(entry) <= {"file", "copy_of", "shape", "rule", "sender", "expect", "after"}, name
         assert entry["shape"] and entry["rule"], name
         assert set(entry["expect"]) <= EXPECT_KEYS, name
         after = entry.get("after", {})
@@ -302,3 +302,12 @@ def test_the_manifest_says_only_what_the_test_checks() -> None:
         for refusal in entry["expect"].get("refused", []):
             assert set(refusal) == {"contains"} and refusal["contains"], name
     assert set(MISSING) <= {entry["file"] for entry in FILES}, "MISSING names an unknown file"
+
+
+def test_a_resent_file_is_byte_for_byte_the_file_it_resends() -> None:
+    """A re-send must be the same bytes (same MSH-10...), or it would test something else."""
+    copies = [entry for entry in FILES if "copy_of" in entry]
+    assert copies, "the corpus has re-sends"
+    for entry in copies:
+        original = (CORPUS / entry["copy_of"]).read_bytes()
+        assert (CORPUS / entry["file"]).read_bytes() == original, entry["file"]
