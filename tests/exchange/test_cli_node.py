@@ -45,6 +45,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 
 def test_sandbox_run_serves_every_hospital_until_sigterm(tmp_path: Path) -> None:
     homes = create_consortium(tmp_path / "net", 3, genesis_time_ms=int(time.time() * 1000))
+    added = subprocess.run(
+        [MEDLEDGER, "practitioner", "add", "-H", str(homes[0]), "--id", "dr-x", "--roles", "nurse"],
+        capture_output=True,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
     proc = subprocess.Popen(
         [MEDLEDGER, "sandbox", "run", str(tmp_path / "net")],
         stdout=subprocess.PIPE,
@@ -58,6 +64,9 @@ def test_sandbox_run_serves_every_hospital_until_sigterm(tmp_path: Path) -> None
     finally:
         output = _stop(proc)
     assert "3 hospitals running" in output
+    # Sign-in tokens for its clinicians, and why other commands wait while it runs.
+    assert "sign-in token of dr-x (12 h): ey" in output
+    assert "holds the solo ledger" in output
 
 
 def test_node_run_on_a_single_solo_hospital(tmp_path: Path) -> None:

@@ -137,12 +137,22 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
             f"{directory} uses the {first.engine} engine: start it with `medledger net up`"
         )
     from medledger.cli._runtime import Sandbox
+    from medledger.cli.demo import demo_token
+    from medledger.contracts import queries
 
     with Sandbox(homes, interval=0.2, sync=sync) as sandbox:
         for r in sandbox.runtimes:
             console.print(f"  {r.org:<16} API {r.api_url}  gateway {r.exchange.url}")
+            home = r.node.config.home
+            for p in queries.practitioners(r.node.engine, r.org):
+                if p["active"] and set(p["roles"]) & {"physician", "nurse", "emergency"}:
+                    token = demo_token(home, r.org, f"Practitioner/{p['id']}", "user/*.cruds")
+                    console.print(f"    sign-in token of {p['id']} (12 h): {token}", soft_wrap=True)
         console.print(
-            f"{len(sandbox.runtimes)} hospitals running on the solo engine; Ctrl-C to stop"
+            f"{len(sandbox.runtimes)} hospitals running on the solo engine; Ctrl-C to stop. "
+            "While it runs it holds the solo ledger: other `medledger` commands that touch the "
+            "ledger are refused (use the API and pages, or stop it first); `medledger token` "
+            "makes more sign-in tokens."
         )
         heap.settle()
         stop.wait()
