@@ -33,7 +33,7 @@ def test_a_script_from_the_chain_renders_escaped_in_the_portal() -> None:
         "title": "",
         "ethics_ref": "ETH-1",
         "categories": ["*"],
-        "data": "all my records",
+        "data": ["all my records"],
         "enrolled": False,
         "action": "enrol",
     }

@@ -179,3 +179,26 @@ def test_the_home_and_sign_in_pages_are_accessible(demo: DemoEnd, page: Any) -> 
     for path in ("/", "/portal", "/clinician"):
         page.goto(f"{base}{path}")
         accessible(page)
+
+
+def test_the_portal_speaks_the_browsers_language_and_switches(
+    demo: DemoEnd, browser: Any, shot: Any
+) -> None:
+    context = browser.new_context(locale="fr-FR", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, f"{demo.urls['chu-lyon']}/portal", demo.patient_token())
+        page.wait_for_selector("#who")
+        assert page.inner_text("h1") == "Mon dossier de santé"
+        assert page.get_attribute("html", "lang") == "fr"
+        body = page.inner_text("main")
+        assert "Qui a consulté mes données" in body and "pour vos soins" in body
+        assert "selon votre consentement n°1" in body
+        shot(page, "portail-fr")
+        accessible(page)
+        page.click("header nav.lang a[lang=en]")
+        page.wait_for_selector("#who")
+        assert page.inner_text("h1") == "My health records"
+        assert page.get_attribute("html", "lang") == "en"
+    finally:
+        context.close()

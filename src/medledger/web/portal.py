@@ -258,9 +258,10 @@ def _not_custodian(svc: HospitalServices, claims: Claims) -> str | None:
     )
 
 
-def data_in_words(categories: list[str]) -> str:
-    """Consent categories as a patient reads them ("laboratory results, imaging")."""
-    return ", ".join(CATEGORY_WORDS.get(c, c) for c in categories)
+def data_in_words(categories: list[str]) -> list[str]:
+    """Consent categories as a patient reads them (["laboratory results", "imaging"]), each
+    translated by the template."""
+    return [CATEGORY_WORDS.get(c, c) for c in categories]
 
 
 def grantee_in_words(grantee: str, names: dict[str, str]) -> str:

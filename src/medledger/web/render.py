@@ -29,6 +29,8 @@ _ENV = Environment(
     finalize=lambda value: "" if value is None else value,  # a missing value shows nothing
 )
 _ENV.filters["when"] = when
+_ENV.globals["_"] = lambda text, **values: text.format(**values) if values else text
+_ENV.globals["lang"] = "en"
 templates = Jinja2Templates(env=_ENV)
 
 
@@ -42,11 +44,15 @@ def render(
 ) -> HTMLResponse:
     """The template `name` inside the layout. `csrf` is the signed-in session's token: every
     POST form writes it in a hidden field (macro `csrf_field` in `macros.html`)."""
+    from medledger.web.i18n import language, translator
+
     hospital = request.app.state.services.node.config.name
+    lang = language(request)
+    _ = translator(lang)
     return templates.TemplateResponse(
         request,
         name,
-        {"title": title, "hospital": hospital, "csrf": csrf, **context},
+        {"title": _(title), "hospital": hospital, "csrf": csrf, "lang": lang, "_": _, **context},
         status_code=status,
     )
 

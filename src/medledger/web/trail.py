@@ -23,6 +23,10 @@ _PURPOSES = {
 _ACTIONS = {"read": "read", "search": "searched", "export": "exported", "create": "wrote"}
 
 
+#: A phrase to translate, with its placeholders: `_(text, **values)` in the template.
+Phrase = tuple[str, dict[str, object]]
+
+
 def actor_in_words(actor: str, names: Mapping[str, str], pid: str) -> str:
     """`practitioner:aphp-paris/dr-a` → "dr-a, AP-HP Paris"; `org:chu-lille` → "CHU de Lille";
     the patient's own pid → "you"."""
@@ -37,25 +41,27 @@ def actor_in_words(actor: str, names: Mapping[str, str], pid: str) -> str:
     return actor
 
 
-def basis_in_words(basis: str, consents: Mapping[int, Mapping[str, Any]]) -> str:
-    """`consent:1` → "under your consent #1 of 2026-03-03"; `custodian` → "as the hospital that
-    made the record"..."""
+def basis_in_words(basis: str, consents: Mapping[int, Mapping[str, Any]]) -> Phrase:
+    """`consent:1` → ("under your consent #{id} of {day}", ...); `custodian` → "as the hospital
+    that made the record"..."""
     kind, _, ident = basis.partition(":")
     if kind == "consent" and ident.isdigit():
         found = consents.get(int(ident))
-        day = when(int(found["start_ms"]))[:10] if found else ""
-        return f"under your consent #{ident}" + (f" of {day}" if day else "")
+        if found:
+            day = when(int(found["start_ms"]))[:10]
+            return ("under your consent #{id} of {day}", {"id": ident, "day": day})
+        return ("under your consent #{id}", {"id": ident})
     if kind == "custodian":
-        return "as the hospital that made the record"
+        return ("as the hospital that made the record", {})
     if kind == "emergency":
-        return f"by emergency access #{ident} (reviewed by the hospital's DPO)"
+        return ("by emergency access #{id} (reviewed by the hospital's DPO)", {"id": ident})
     if kind == "referral":
-        return f"under referral #{ident}"
+        return ("under referral #{id}", {"id": ident})
     if kind == "study":
-        return f"for study {ident}, which you joined"
+        return ("for study {id}, which you joined", {"id": ident})
     if kind == "patient":
-        return "you, yourself"
-    return basis
+        return ("you, yourself", {})
+    return (basis, {})
 
 
 def grouped(
@@ -88,7 +94,7 @@ def grouped(
                 "why": _PURPOSES.get(str(a["purpose"]), str(a["purpose"])),
                 "grounds": basis_in_words(basis, consents)
                 if a["outcome"] == "granted"
-                else f"refused: {reason_in_words(str(a['reason']))}",
+                else ("refused: {reason}", {"reason": reason_in_words(str(a["reason"]))}),
                 "granted": a["outcome"] == "granted",
                 "actions": {},
                 "served_by": set(),
@@ -108,7 +114,7 @@ def grouped(
         group["proofs"].append({"tx": _hex(a["tx"]), "height": a["height"]})
     shown = []
     for g in groups.values():
-        g["what"] = ", ".join(f"{verb} ×{n}" if n > 1 else verb for verb, n in g["actions"].items())
+        g["what"] = list(g["actions"].items())  # (verb, count), translated by the template
         g["served_by"] = ", ".join(sorted(g["served_by"]))
         g["signers"] = " ".join(sorted(x for x in g["signers"] if x))
         g["requested_by"] = ", ".join(sorted(g["requested_by"]))

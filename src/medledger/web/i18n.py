@@ -1,0 +1,195 @@
+"""The pages in French and English: the language follows the browser (Accept-Language) unless
+the person chose one with the switch in the header (a cookie).
+
+Templates call `_("English text", name=value)`: the English text is the key, its placeholders
+`{name}` are filled after translation. A text without a French translation shows in English
+(a test checks that every text of the patient's pages has one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+LANGUAGES = ("en", "fr")
+COOKIE = "medledger_lang"
+
+Translate = Callable[..., str]
+
+FRENCH: dict[str, str] = {
+    # -- layout and sign-in ------------------------------------------------------------------
+    "Patient portal": "Portail patient",
+    "Clinician": "Soignant",
+    "Network explorer": "Explorateur du réseau",
+    "My health records": "Mon dossier de santé",
+    "Sign in": "Se connecter",
+    "sign out": "se déconnecter",
+    "Bearer token": "Jeton d'accès",
+    "Language": "Langue",
+    # -- the portal --------------------------------------------------------------------------
+    "Your sign-in does not allow this (token scopes).": (
+        "Votre connexion ne le permet pas (portée du jeton)."
+    ),
+    "Signed in as": "Connecté en tant que",
+    "patient": "patient",
+    "{age} years": "{age} ans",
+    "Your records are held at:": "Vos données sont conservées par :",
+    "{n} records": "{n} documents",
+    "My records": "Mes données",
+    "date": "date",
+    "type": "type",
+    "what": "quoi",
+    "result": "résultat",
+    "hospital": "hôpital",
+    "normal {range}": "normale {range}",
+    "high": "élevé",
+    "low": "bas",
+    "abnormal": "anormal",
+    "not shown here: they stay sealed at {holder} until you let {here} see them (a consent below)": (
+        "non affichées ici : elles restent scellées chez {holder} tant que vous ne les ouvrez "
+        "pas à {here} (un consentement ci-dessous)"
+    ),
+    "nothing yet": "rien pour l'instant",
+    "Who accessed my data": "Qui a consulté mes données",
+    "From the ledger: every read, search or refusal, grouped by person and day, with why and "
+    "on what grounds. Each line links the proofs of its entries, which you can check offline "
+    "with": (
+        "D'après le registre : chaque lecture, recherche ou refus, regroupés par personne et par "
+        "jour, avec le motif et le fondement. Chaque ligne donne les preuves de ses entrées, que "
+        "vous pouvez vérifier hors ligne avec"
+    ),
+    "all": "tous",
+    "outcome": "résultat",
+    "granted": "accordé",
+    "refused": "refusé",
+    "Filter": "Filtrer",
+    "day": "jour",
+    "who": "qui",
+    "why": "pourquoi",
+    "on what grounds": "sur quel fondement",
+    "served by": "servi par",
+    "proof": "preuve",
+    "block {height}": "bloc {height}",
+    "nobody accessed your data yet": "personne n'a encore consulté vos données",
+    "nothing matches this filter": "rien ne correspond à ce filtre",
+    "served and signed by {orgs}": "servi et signé par {orgs}",
+    "at the request signed by {orgs}": "à la demande signée par {orgs}",
+    "you": "vous",
+    "for your treatment": "pour vos soins",
+    "in an emergency": "en urgence",
+    "for research": "pour la recherche",
+    "at your request": "à votre demande",
+    "to export": "pour un export",
+    "under your consent #{id} of {day}": "selon votre consentement n°{id} du {day}",
+    "under your consent #{id}": "selon votre consentement n°{id}",
+    "as the hospital that made the record": "en tant qu'hôpital auteur du document",
+    "by emergency access #{id} (reviewed by the hospital's DPO)": (
+        "par l'accès d'urgence n°{id} (revu par le DPO de l'hôpital)"
+    ),
+    "under referral #{id}": "selon l'adressage n°{id}",
+    "for study {id}, which you joined": "pour l'étude {id}, à laquelle vous participez",
+    "you, yourself": "vous-même",
+    "refused: {reason}": "refusé : {reason}",
+    "read": "lu",
+    "searched": "recherché",
+    "exported": "exporté",
+    "wrote": "écrit",
+    # -- consents, requests, studies, erasure --------------------------------------------------
+    "Access requests": "Demandes d'accès",
+    "when": "quand",
+    "data": "données",
+    "purpose": "finalité",
+    "no request": "aucune demande",
+    "Grant": "Accorder",
+    "My consents": "Mes consentements",
+    "who may see": "qui peut voir",
+    "which data": "quelles données",
+    "for": "pour",
+    "period": "période",
+    "status": "statut",
+    "no consent": "aucun consentement",
+    "Revoke": "Retirer",
+    "Revoke consent {id}": "Retirer le consentement n°{id}",
+    "Enrol study {id}": "Participer à l'étude {id}",
+    "Withdraw study {id}": "Se retirer de l'étude {id}",
+    "Let a hospital see my records": "Ouvrir mes données à un hôpital",
+    "Hospital": "Hôpital",
+    "my treatment": "mes soins",
+    "research": "la recherche",
+    "treatment": "soins",
+    "emergency": "urgence",
+    "until (optional)": "jusqu'au (facultatif)",
+    "Which data (none ticked: all my records)": (
+        "Quelles données (aucune cochée : toutes mes données)"
+    ),
+    "Research studies": "Études de recherche",
+    "A study is research approved by an ethics committee. Enrolling lets it use your records, "
+    "pseudonymised (without your name or identifiers), only in the categories it lists; the "
+    "hospitals keep your data and release only what the study needs. You may withdraw at any "
+    "time: later releases leave you out.": (
+        "Une étude est une recherche approuvée par un comité d'éthique. Y participer lui permet "
+        "d'utiliser vos données, pseudonymisées (sans votre nom ni vos identifiants), seulement "
+        "dans les catégories qu'elle indique ; les hôpitaux gardent vos données et ne "
+        "transmettent que ce dont l'étude a besoin. Vous pouvez vous retirer à tout moment : "
+        "les transmissions suivantes vous excluent."
+    ),
+    "study": "étude",
+    "title": "titre",
+    "me": "moi",
+    "enrolled": "inscrit",
+    "not enrolled": "non inscrit",
+    "Enrol": "Participer",
+    "Withdraw": "Se retirer",
+    "no study open": "aucune étude ouverte",
+    "ethics {ref}": "éthique {ref}",
+    "Erasure": "Effacement",
+    "Request erasure": "Demander l'effacement",
+    "Acts in my name": "Actes en mon nom",
+    "no hospital acted in your name": "aucun hôpital n'a agi en votre nom",
+    "how": "comment",
+    "taken by": "recueilli par",
+    "Hospitals holding my records": "Hôpitaux qui conservent mes données",
+    "your records there since": "vos données y sont depuis",
+    "no hospital holds your records": "aucun hôpital ne conserve vos données",
+    # -- consent categories --------------------------------------------------------------------
+    "all my records": "toutes mes données",
+    "identity and contact details": "identité et coordonnées",
+    "visits and stays": "consultations et séjours",
+    "diagnoses and conditions": "diagnostics et pathologies",
+    "allergies": "allergies",
+    "medications": "médicaments",
+    "vaccinations": "vaccinations",
+    "laboratory results": "résultats de laboratoire",
+    "vital signs (weight, blood pressure...)": "constantes (poids, tension...)",
+    "other observations": "autres observations",
+    "reports": "comptes rendus",
+    "imaging": "imagerie",
+    "procedures and operations": "actes et opérations",
+    "care plans": "plans de soins",
+    "documents": "documents",
+    "administrative data": "données administratives",
+    "anything else": "tout le reste",
+}
+
+
+def language(request: Request) -> str:
+    """The page's language: the switch's cookie, else the browser's first known language."""
+    chosen = request.cookies.get(COOKIE, "")
+    if chosen in LANGUAGES:
+        return chosen
+    for part in request.headers.get("accept-language", "").split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in LANGUAGES:
+            return code
+    return "en"
+
+
+def translator(lang: str) -> Translate:
+    """`_("text {x}", x=...)` in `lang`; English when no translation is known."""
+    table = FRENCH if lang == "fr" else {}
+
+    def translate(text: str, **values: object) -> str:
+        found = table.get(text, text)
+        return found.format(**values) if values else found
+
+    return translate

@@ -1,0 +1,37 @@
+"""The patient's pages in French and English: every text of them has its French, and the
+language follows the browser unless the switch chose one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from medledger.web import i18n, trail
+from medledger.web.portal import CATEGORY_WORDS
+
+TEMPLATES = Path(i18n.__file__).parent / "templates"
+_CALL = re.compile(r"""_\(\s*"([^"]+)"|_\(\s*'([^']+)'""")
+
+
+def _texts(*names: str) -> set[str]:
+    found = set()
+    for name in names:
+        for a, b in _CALL.findall((TEMPLATES / name).read_text()):
+            found.add(a or b)
+    return found
+
+
+def test_every_text_of_the_patients_pages_has_its_french() -> None:
+    texts = _texts("portal.html", "portal_sections.html", "base.html", "login.html")
+    texts |= set(CATEGORY_WORDS.values())
+    texts |= set(trail._PURPOSES.values()) | set(trail._ACTIONS.values())
+    texts |= {"high", "low", "abnormal", "you"}
+    table_headers = {"day", "who", "what", "why", "on what grounds", "served by", "proof"}
+    missing = sorted(t for t in texts | table_headers if t not in i18n.FRENCH)
+    assert missing == []
+
+
+def test_the_grounds_of_an_access_are_phrases_to_translate() -> None:
+    text, values = trail.basis_in_words("consent:4", {4: {"start_ms": 1_772_500_000_000}})
+    assert i18n.translator("fr")(text, **values) == "selon votre consentement n°4 du 2026-03-03"
+    assert i18n.translator("en")(text, **values) == "under your consent #4 of 2026-03-03"
