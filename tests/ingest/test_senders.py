@@ -10,23 +10,26 @@ transactions with PUT and If-None-Exist, the same file sent again.
 from __future__ import annotations
 
 import copy
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from medledger.interop.fhir import ParsedResource, parse_fhir
 from medledger.node import Node
 from medledger.node.ingest import Ingestor, UnitResult
 from medledger.vault import Vault
-
-INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.10"  # INS-NIR (test)
-INS = "167116745120916"
-MRN_SYSTEM = "urn:oid:1.2.250.1.71.4.2.7.99"  # a hospital's own patient numbers
-RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"
-LAB = "https://lab.example.org/fhir"  # the sender's id space
+from tests.support.documents import (
+    INS,
+    INS_SYSTEM,
+    LAB,
+    MRN_SYSTEM,
+    ips,
+    observation,
+    patient,
+    send,
+    urn,
+)
 
 
 @pytest.fixture
@@ -35,170 +38,14 @@ def hospital(consortium: list[Path]):
         yield node, vault, Ingestor(node, vault)
 
 
-def _urn() -> str:
-    return f"urn:uuid:{uuid.uuid4()}"
-
-
-def _patient(pid: str, identifiers: list[tuple[str, str]], family: str = "LEROY") -> dict:
-    return {
-        "resourceType": "Patient",
-        "id": pid,
-        "identifier": [{"system": s, "value": v} for s, v in identifiers],
-        "name": [{"family": family, "given": ["Gérard"]}],
-        "gender": "male",
-        "birthDate": "1967-11-16",
-    }
-
-
-def _practitioner() -> dict:
-    return {
-        "resourceType": "Practitioner",
-        "id": "pract-1",
-        "identifier": [{"system": RPPS_SYSTEM, "value": "10003456789"}],
-        "name": [{"family": "Ardent", "given": ["Claire"], "prefix": ["Dr"]}],
-    }
-
-
-def _ips(
-    doc: str, identifiers: list[tuple[str, str]], patient_id: str = "pat-1", dose: str = "500 mg"
-) -> dict:
-    """An International Patient Summary, as an IPS implementation guide's examples are."""
-    urls = {k: _urn() for k in ("comp", "pat", "pract", "org", "cond", "ms", "med", "allergy")}
-    ref = {k: {"reference": v} for k, v in urls.items()}
-    resources = {
-        "comp": {
-            "resourceType": "Composition",
-            "id": f"comp-{doc}",
-            "status": "final",
-            "type": {"coding": [{"system": "http://loinc.org", "code": "60591-5"}]},
-            "subject": ref["pat"],
-            "date": "2024-03-02T10:00:00+01:00",
-            "author": [ref["pract"]],
-            "title": "Patient Summary",
-            "custodian": ref["org"],
-            "section": [
-                {
-                    "title": "Problems",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "11450-4"}]},
-                    "entry": [ref["cond"]],
-                },
-                {
-                    "title": "Medications",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "10160-0"}]},
-                    "entry": [ref["ms"]],
-                },
-                {
-                    "title": "Allergies",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "48765-2"}]},
-                    "entry": [ref["allergy"]],
-                },
-            ],
-        },
-        "pat": _patient(patient_id, identifiers),
-        "pract": _practitioner(),
-        "org": {
-            "resourceType": "Organization",
-            "id": "org-1",
-            "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "1690000001"}],
-            "name": "Cabinet du Parc",
-        },
-        "cond": {
-            "resourceType": "Condition",
-            "id": f"cond-{doc}",
-            "clinicalStatus": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                        "code": "active",
-                    }
-                ]
-            },
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
-            "subject": ref["pat"],
-            "asserter": ref["pract"],
-        },
-        "ms": {
-            "resourceType": "MedicationStatement",
-            "id": f"ms-{doc}",
-            "status": "active",
-            "medicationReference": ref["med"],
-            "subject": ref["pat"],
-            "dosage": [{"text": dose}],
-        },
-        "med": {
-            "resourceType": "Medication",
-            "id": "med-1",
-            "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "N02BE01"}]},
-        },
-        "allergy": {
-            "resourceType": "AllergyIntolerance",
-            "id": f"allergy-{doc}",
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005"}]},
-            "patient": ref["pat"],
-        },
-    }
-    return {
-        "resourceType": "Bundle",
-        "id": f"ips-{doc}",
-        "identifier": {"system": "urn:oid:2.16.724.4.8.10.200.10", "value": f"ips-{doc}"},
-        "type": "document",
-        "timestamp": "2024-03-02T10:00:00+01:00",
-        "entry": [{"fullUrl": urls[k], "resource": r} for k, r in resources.items()],
-    }
-
-
-def _observation(oid: str, subject: dict, value: float = 7.1) -> dict:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
-        "subject": subject,
-        "effectiveDateTime": "2024-03-02",
-        "valueQuantity": {"value": value, "unit": "%"},
-    }
-
-
-def _send(ingestor: Ingestor, doc: dict, name: str, sender: str = LAB) -> UnitResult:
-    """Ingest a file as `medledger ingest --sender` does; a document also as itself."""
-    data = orjson.dumps(doc)
-    if doc.get("type") != "document":
-        return ingestor.ingest_bytes(data, name, sender=sender)
-    resolve = lambda ref: ingestor._resolve(ref, sender)  # noqa: E731 - as ingest_bytes does
-    parsed = parse_fhir(data, name, resolve=resolve)
-    if not any(p.resource_type == "Bundle" for p in parsed):  # interfaces.md rule 6
-        composition = parsed[0]
-        parsed.append(
-            ParsedResource(
-                "Bundle",
-                str(uuid.uuid4()),
-                data,
-                composition.patient_ref,
-                None,
-                source_id=doc["id"],
-                resource=orjson.loads(data),
-            )
-        )
-    return ingestor.ingest_bytes(data, name, parsed=parsed, sender=sender)
-
-
 def _ok(result: UnitResult) -> UnitResult:
     assert result.rejections == [], result.rejections
     return result
 
 
 def _chain(node: Node, pid: str) -> list[dict[str, Any]]:
-    return node.engine.query("records/of_patient", {"pid": pid})
+    entries: list[dict[str, Any]] = node.engine.query("records/of_patient", {"pid": pid})
+    return entries
 
 
 def _types(vault: Vault, pid: str) -> list[str]:
@@ -207,10 +54,10 @@ def _types(vault: Vault, pid: str) -> list[str]:
 
 def test_the_same_document_sent_twice_is_unchanged_the_second_time(hospital) -> None:
     node, vault, ingestor = hospital
-    doc = _ips("a", [(INS_SYSTEM, INS)])
+    doc = ips("a", [(INS_SYSTEM, INS)])
 
-    first = _ok(_send(ingestor, doc, "ips-a.json"))
-    second = _ok(_send(ingestor, copy.deepcopy(doc), "ips-a.json"))
+    first = _ok(send(ingestor, doc, "ips-a.json"))
+    second = _ok(send(ingestor, copy.deepcopy(doc), "ips-a.json"))
 
     assert first.accepted == second.accepted == 9  # 8 entries and the document itself
     assert (first.unchanged, first.updated) == (0, 0)
@@ -233,7 +80,7 @@ def test_the_supporting_resources_are_the_hospitals_own_and_references_reach_the
     hospital,
 ) -> None:
     node, vault, ingestor = hospital
-    result = _ok(_send(ingestor, _ips("a", [(INS_SYSTEM, INS)]), "ips-a.json"))
+    result = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json"))
 
     own = {i.resource_type: i.rid for i in vault.records_of(vault.hospital_pid)}
     assert sorted(own) == ["Medication", "Organization", "Practitioner"]
@@ -253,11 +100,11 @@ def test_the_supporting_resources_are_the_hospitals_own_and_references_reach_the
 def test_ten_documents_carrying_one_practitioner_store_it_once(hospital) -> None:
     _, vault, ingestor = hospital
     for n in range(10):  # ten patients, one practitioner
-        doc = _ips(f"d{n}", [(MRN_SYSTEM, f"MRN{n}")], patient_id=f"pat-{n}")
-        _ok(_send(ingestor, doc, f"ips-{n}.json"))
+        doc = ips(f"d{n}", [(MRN_SYSTEM, f"MRN{n}")], patient_id=f"pat-{n}")
+        _ok(send(ingestor, doc, f"ips-{n}.json"))
     # The same practitioner from another sender, known only by their RPPS number.
-    other = _ips("x", [(MRN_SYSTEM, "MRN-x")], patient_id="pat-x")
-    _ok(_send(ingestor, other, "other.json", sender="https://gp.example.org/fhir"))
+    other = ips("x", [(MRN_SYSTEM, "MRN-x")], patient_id="pat-x")
+    _ok(send(ingestor, other, "other.json", sender="https://gp.example.org/fhir"))
 
     practitioners = [
         i for i in vault.records_of(vault.hospital_pid) if i.resource_type == "Practitioner"
@@ -267,11 +114,11 @@ def test_ten_documents_carrying_one_practitioner_store_it_once(hospital) -> None
 
 def test_a_changed_observation_sent_again_is_a_new_version_with_its_history(hospital) -> None:
     node, vault, ingestor = hospital
-    (pid,) = _ok(_send(ingestor, _ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids
-    obs = _observation("hba1c-1", {"reference": "Patient/pat-1"}, value=7.1)
-    first = _ok(_send(ingestor, obs, "hba1c.json"))
+    (pid,) = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids
+    obs = observation("hba1c-1", {"reference": "Patient/pat-1"}, value=7.1)
+    first = _ok(send(ingestor, obs, "hba1c.json"))
 
-    changed = _ok(_send(ingestor, _observation("hba1c-1", obs["subject"], 6.4), "hba1c.json"))
+    changed = _ok(send(ingestor, observation("hba1c-1", obs["subject"], 6.4), "hba1c.json"))
 
     assert (changed.accepted, changed.updated, changed.unchanged) == (1, 1, 0)
     (rid,) = first.rids
@@ -285,15 +132,15 @@ def test_a_changed_observation_sent_again_is_a_new_version_with_its_history(hosp
     assert len(node.engine.query("records/versions", {"rid": rid})) == 2
 
 
-def test_three_documents_about_one_person_make_one_patient(hospital) -> None:
+def test_three_documents_about_one_person_make_onepatient(hospital) -> None:
     """One with the INS, one with the INS and the hospital's number, one with that number
     only, from three senders: one Patient, one pid."""
     _, vault, ingestor = hospital
-    a = _ok(_send(ingestor, _ips("a", [(INS_SYSTEM, INS)]), "a.json", sender="urn:gp"))
-    b = _ips("b", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-42")], patient_id="P0042")
-    b = _ok(_send(ingestor, b, "b.json", sender="urn:lab"))
-    c = _ips("c", [(MRN_SYSTEM, "MRN-42")], patient_id="X9")
-    c = _ok(_send(ingestor, c, "c.json", sender="urn:imaging"))
+    a = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "a.json", sender="urn:gp"))
+    b = ips("b", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-42")], patient_id="P0042")
+    b = _ok(send(ingestor, b, "b.json", sender="urn:lab"))
+    c = ips("c", [(MRN_SYSTEM, "MRN-42")], patient_id="X9")
+    c = _ok(send(ingestor, c, "c.json", sender="urn:imaging"))
 
     assert a.pids == b.pids == c.pids
     (pid,) = a.pids
@@ -306,11 +153,11 @@ def test_three_documents_about_one_person_make_one_patient(hospital) -> None:
 
 def test_a_patient_whose_identifiers_name_two_stored_patients_is_refused(hospital) -> None:
     _, vault, ingestor = hospital
-    _ok(_send(ingestor, _patient("p1", [(INS_SYSTEM, INS)]), "one.json"))
-    _ok(_send(ingestor, _patient("p2", [(MRN_SYSTEM, "MRN-7")], family="DUPONT"), "two.json"))
-    both = _patient("p3", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-7")])
+    _ok(send(ingestor, patient("p1", [(INS_SYSTEM, INS)]), "one.json"))
+    _ok(send(ingestor, patient("p2", [(MRN_SYSTEM, "MRN-7")], family="DUPONT"), "two.json"))
+    both = patient("p3", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-7")])
 
-    result = _send(ingestor, both, "both.json")
+    result = send(ingestor, both, "both.json")
 
     [refusal] = result.rejections
     assert refusal.where == "Patient, field identifier"
@@ -320,7 +167,7 @@ def test_a_patient_whose_identifiers_name_two_stored_patients_is_refused(hospita
 
 def test_a_standalone_resource_attaches_to_the_stored_patient_three_ways(hospital) -> None:
     _, vault, ingestor = hospital
-    (pid,) = _ok(_send(ingestor, _ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids
+    (pid,) = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids
     [patient] = [i.rid for i in vault.records_of(pid) if i.resource_type == "Patient"]
     subjects = {
         "by-sender-id": {"reference": "Patient/pat-1"},
@@ -329,7 +176,7 @@ def test_a_standalone_resource_attaches_to_the_stored_patient_three_ways(hospita
     }
     sender = {"by-sender-id": LAB, "conditional": "urn:other", "absolute": "urn:other"}
     for name, subject in subjects.items():
-        result = _ok(_send(ingestor, _observation(name, subject), f"{name}.json", sender[name]))
+        result = _ok(send(ingestor, observation(name, subject), f"{name}.json", sender[name]))
         assert result.pids == {pid}, name
         (rid,) = result.rids
         assert orjson.loads(vault.get(rid))["subject"] == {"reference": f"Patient/{patient}"}
@@ -341,26 +188,26 @@ def test_a_standalone_resource_attaches_to_the_stored_patient_three_ways(hospita
 
 def test_a_transaction_put_and_if_none_exist_work_for_any_type(hospital) -> None:
     _, vault, ingestor = hospital
-    _ok(_send(ingestor, _ips("a", [(INS_SYSTEM, INS)]), "ips-a.json"))
-    obs = _observation("hba1c-1", {"reference": "Patient/pat-1"})
+    _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json"))
+    obs = observation("hba1c-1", {"reference": "Patient/pat-1"})
     obs["identifier"] = [{"system": "urn:lab:order", "value": "A-77"}]
-    (rid,) = _ok(_send(ingestor, obs, "hba1c.json")).rids
+    (rid,) = _ok(send(ingestor, obs, "hba1c.json")).rids
 
-    def transaction(request: dict, value: float) -> dict:
-        resource = _observation("ignored", {"reference": "Patient/pat-1"}, value)
+    def transaction(request: dict[str, Any], value: float) -> dict[str, Any]:
+        resource = observation("ignored", {"reference": "Patient/pat-1"}, value)
         resource.pop("id")
         resource["identifier"] = obs["identifier"]
         return {
             "resourceType": "Bundle",
             "type": "transaction",
-            "entry": [{"fullUrl": _urn(), "resource": resource, "request": request}],
+            "entry": [{"fullUrl": urn(), "resource": resource, "request": request}],
         }
 
     put = transaction({"method": "PUT", "url": "Observation/hba1c-1"}, 5.9)
-    updated = _ok(_send(ingestor, put, "put.json"))
+    updated = _ok(send(ingestor, put, "put.json"))
     assert (updated.rids, updated.updated) == ([rid], 1)
     by_rid = transaction({"method": "PUT", "url": f"Observation/{rid}"}, 5.8)
-    assert _ok(_send(ingestor, by_rid, "put2.json")).rids == [rid]
+    assert _ok(send(ingestor, by_rid, "put2.json")).rids == [rid]
     assert vault.versions(rid) == [1, 2, 3]
 
     conditional = {
@@ -368,11 +215,11 @@ def test_a_transaction_put_and_if_none_exist_work_for_any_type(hospital) -> None
         "url": "Observation",
         "ifNoneExist": "identifier=urn:lab:order|A-77",
     }
-    kept = _ok(_send(ingestor, transaction(conditional, 9.9), "post.json"))
+    kept = _ok(send(ingestor, transaction(conditional, 9.9), "post.json"))
     assert (kept.rids, kept.unchanged) == ([rid], 1)
     assert vault.versions(rid) == [1, 2, 3]  # it exists: nothing created, nothing changed
 
-    refused = _send(
+    refused = send(
         ingestor,
         transaction({"method": "POST", "url": "Observation", "ifNoneExist": "code=4548-4"}, 1),
         "post2.json",
@@ -382,10 +229,10 @@ def test_a_transaction_put_and_if_none_exist_work_for_any_type(hospital) -> None
 
 def test_a_clinical_resource_without_a_patient_is_refused_saying_why(hospital) -> None:
     _, _, ingestor = hospital
-    orphan = _observation("o-1", {"reference": "Group/ward-3"})
+    orphan = observation("o-1", {"reference": "Group/ward-3"})
     orphan.pop("subject")
 
-    result = _send(ingestor, orphan, "orphan.json")
+    result = send(ingestor, orphan, "orphan.json")
 
     [refusal] = result.rejections
     assert "Observation" in refusal.where
@@ -396,7 +243,7 @@ def test_a_retry_after_a_pending_registration_stores_nothing_twice(
     hospital, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node, vault, ingestor = hospital
-    doc = _ips("a", [(INS_SYSTEM, INS)])
+    doc = ips("a", [(INS_SYSTEM, INS)])
     send = node.wallet.send
 
     def impatient(kind: str, body: dict[str, Any], **kwargs: Any) -> Any:
@@ -407,13 +254,13 @@ def test_a_retry_after_a_pending_registration_stores_nothing_twice(
 
     monkeypatch.setattr(node.wallet, "send", impatient)
     monkeypatch.setattr(node.engine, "wait_for_commit", no_block_yet)
-    pending = _send(ingestor, doc, "ips-a.json")
+    pending = send(ingestor, doc, "ips-a.json")
     assert "registration pending" in pending.rejections[0].reason
-    again = _send(ingestor, copy.deepcopy(doc), "ips-a.json")  # still undecided: refused
+    again = send(ingestor, copy.deepcopy(doc), "ips-a.json")  # still undecided: refused
     assert "still waiting for its registration" in again.rejections[0].reason
     monkeypatch.undo()  # the network recovers; the operator sends the file again
 
-    retried = _ok(_send(ingestor, copy.deepcopy(doc), "ips-a.json"))
+    retried = _ok(send(ingestor, copy.deepcopy(doc), "ips-a.json"))
 
     assert retried.unchanged == retried.accepted == 9
     assert vault.provisional() == []  # the earlier unit was confirmed on the way
