@@ -266,3 +266,16 @@ def test_a_retry_after_a_pending_registration_stores_nothing_twice(
     assert vault.provisional() == []  # the earlier unit was confirmed on the way
     (pid,) = retried.pids
     assert len(vault.records_of(pid)) == len(_chain(node, pid)) == 6
+
+
+def test_a_resource_sent_again_for_another_patient_is_refused(hospital) -> None:
+    _, vault, ingestor = hospital
+    _ok(send(ingestor, patient("p1", [(INS_SYSTEM, INS)]), "one.json"))
+    _ok(send(ingestor, patient("p2", [(MRN_SYSTEM, "MRN-7")], family="DUPONT"), "two.json"))
+    (rid,) = _ok(send(ingestor, observation("o-1", {"reference": "Patient/p1"}), "o.json")).rids
+
+    moved = send(ingestor, observation("o-1", {"reference": "Patient/p2"}), "o.json")
+
+    [refusal] = moved.rejections
+    assert "a record never moves between patients" in refusal.reason
+    assert vault.versions(rid) == [1]

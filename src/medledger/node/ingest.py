@@ -453,6 +453,15 @@ class Ingestor:
                 data = _rewritten(item, step.rid, moved)
                 before = latest.get(step.rid)
                 if before is None and step.stored:
+                    if self.vault.info(step.rid).pid != step.pid:
+                        raise _refusal(
+                            item,
+                            source,
+                            None,
+                            "it was stored before (same sender's id) for "
+                            "another patient, or as no patient's; a record never moves between "
+                            "patients: send it under a new id",
+                        )
                     before = self.vault.get(step.rid)
                 if before is not None and (step.kept or _same_content(before, data)):
                     unchanged += 1
