@@ -136,17 +136,17 @@ def test_three_documents_about_one_person_make_onepatient(hospital) -> None:
     """One with the INS, one with the INS and the hospital's number, one with that number
     only, from three senders: one Patient, one pid."""
     _, vault, ingestor = hospital
+    doc_b = ips("b", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-42")], patient_id="P0042")
+    doc_c = ips("c", [(MRN_SYSTEM, "MRN-42")], patient_id="X9")
     a = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "a.json", sender="urn:gp"))
-    b = ips("b", [(INS_SYSTEM, INS), (MRN_SYSTEM, "MRN-42")], patient_id="P0042")
-    b = _ok(send(ingestor, b, "b.json", sender="urn:lab"))
-    c = ips("c", [(MRN_SYSTEM, "MRN-42")], patient_id="X9")
-    c = _ok(send(ingestor, c, "c.json", sender="urn:imaging"))
+    b = _ok(send(ingestor, doc_b, "b.json", sender="urn:lab"))
+    c = _ok(send(ingestor, doc_c, "c.json", sender="urn:imaging"))
 
     assert a.pids == b.pids == c.pids
     (pid,) = a.pids
-    [patient] = {i.rid for i in vault.records_of(pid) if i.resource_type == "Patient"}
+    [the_patient] = {i.rid for i in vault.records_of(pid) if i.resource_type == "Patient"}
     # b added the MRN; c, which says less, is a version too (history keeps the others)
-    assert vault.versions(patient) == [1, 2, 3]
+    assert vault.versions(the_patient) == [1, 2, 3]
     assert (b.updated, c.updated) == (1, 1)
     assert len([i for i in vault.records_of(pid) if i.resource_type == "Condition"]) == 3
 
@@ -168,7 +168,7 @@ def test_a_patient_whose_identifiers_name_two_stored_patients_is_refused(hospita
 def test_a_standalone_resource_attaches_to_the_stored_patient_three_ways(hospital) -> None:
     _, vault, ingestor = hospital
     (pid,) = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids
-    [patient] = [i.rid for i in vault.records_of(pid) if i.resource_type == "Patient"]
+    [stored] = [i.rid for i in vault.records_of(pid) if i.resource_type == "Patient"]
     subjects = {
         "by-sender-id": {"reference": "Patient/pat-1"},
         "conditional": {"reference": f"Patient?identifier={INS_SYSTEM}|{INS}"},
@@ -179,9 +179,9 @@ def test_a_standalone_resource_attaches_to_the_stored_patient_three_ways(hospita
         result = _ok(send(ingestor, observation(name, subject), f"{name}.json", sender[name]))
         assert result.pids == {pid}, name
         (rid,) = result.rids
-        assert orjson.loads(vault.get(rid))["subject"] == {"reference": f"Patient/{patient}"}
+        assert orjson.loads(vault.get(rid))["subject"] == {"reference": f"Patient/{stored}"}
     # A logical reference (subject.identifier) reaches the resolver in this form:
-    assert ingestor._resolve(f"Patient?identifier={INS_SYSTEM}|{INS}") == f"Patient/{patient}"
+    assert ingestor._resolve(f"Patient?identifier={INS_SYSTEM}|{INS}") == f"Patient/{stored}"
     assert ingestor._resolve("Patient?name=LEROY") is None  # other searches: not resolved
     assert ingestor._resolve("Patient/pat-1", "urn:other") is None  # another sender's id space
 
