@@ -173,6 +173,8 @@ class Ingestor:
                     parsed = future.result()
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
                     parsed = None
+            if parsed is not None and any(p.warnings for p in parsed):
+                parsed = None  # a reference kept as sent may resolve here: validate again
             return self.ingest_bytes(data, source, parsed=parsed, sender=sender)
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
