@@ -244,10 +244,10 @@ def test_a_retry_after_a_pending_registration_stores_nothing_twice(
 ) -> None:
     node, vault, ingestor = hospital
     doc = ips("a", [(INS_SYSTEM, INS)])
-    send = node.wallet.send
+    wallet_send = node.wallet.send
 
     def impatient(kind: str, body: dict[str, Any], **kwargs: Any) -> Any:
-        return send(kind, body, **(kwargs | {"timeout": 0.5}))
+        return wallet_send(kind, body, **(kwargs | {"timeout": 0.5}))
 
     def no_block_yet(tx_id: bytes, timeout: float = 30.0) -> object:
         raise TimeoutError("no block yet")
