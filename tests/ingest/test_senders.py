@@ -279,3 +279,14 @@ def test_a_resource_sent_again_for_another_patient_is_refused(hospital) -> None:
     [refusal] = moved.rejections
     assert "a record never moves between patients" in refusal.reason
     assert vault.versions(rid) == [1]
+
+
+def test_a_file_for_an_erased_patient_is_refused_and_the_batch_goes_on(hospital) -> None:
+    _, vault, ingestor = hospital
+    (pid,) = _ok(send(ingestor, patient("p1", [(INS_SYSTEM, INS)]), "one.json")).pids
+    vault.erase(pid)
+
+    late = send(ingestor, patient("p1", [(INS_SYSTEM, INS)]), "late.json")
+
+    assert "the patient was erased here" in late.rejections[0].reason
+    _ok(send(ingestor, patient("p2", [(MRN_SYSTEM, "MRN-7")]), "other.json"))

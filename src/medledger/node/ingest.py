@@ -38,7 +38,7 @@ from medledger.node.indexing import commitment, seal_meta
 from medledger.node.registrations import RegistrationFailed, RegistrationPending
 from medledger.node.wallet import TxRejected
 from medledger.vault import Vault
-from medledger.vault.errors import VaultError
+from medledger.vault.errors import PatientErased, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,12 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
             except RegistrationFailed as exc:
                 result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except PatientErased:
+                reason = (
+                    "the patient was erased here; nothing stored (`medledger vault reinstate` "
+                    "first, if they came back)"
+                )
+                result.rejections.append(Rejection(source, "", reason))
             except (ConnectionError, VaultError):
                 raise  # the node or the vault is down: no file can go in, say so once
             except Exception as exc:  # noqa: BLE001 - the batch goes on with the next file
