@@ -406,10 +406,10 @@ class Ingestor:
     def _patient_match(
         self, item: Any, found: list[str], by_rid: dict[str, _Step], source: str
     ) -> tuple[str, list[str]]:
-        """(pid, rid of the Patient it is) for a Patient; refused when it matches two people."""
+        """(pid, [rid of the stored Patient it is] or []) for a Patient: the person its
+        identifiers or sender's id found, else its pseudonym's; refused when it matches two."""
         from medledger.interop.pseudonym import NoPatientIdentifier, patient_pid
 
-        kind = "Patient"
         pids: dict[str, str] = {}
         for rid in found:
             pid = by_rid[rid].pid if rid in by_rid else self.vault.info(rid).pid
@@ -430,7 +430,9 @@ class Ingestor:
             pid = patient_pid(self.pseudonym_key, item.resource)
         except (NoPatientIdentifier, ValueError) as exc:
             raise _refusal(item, source, "identifier", str(exc)) from None
-        same = [s.rid for s in by_rid.values() if s.pid == pid and s.item.resource_type == kind]
+        same = [
+            s.rid for s in by_rid.values() if s.pid == pid and s.item.resource_type == "Patient"
+        ]
         existing = same[:1] or [r for r in [self._existing_patient(pid)] if r is not None]
         return pid, existing
 
