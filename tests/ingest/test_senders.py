@@ -290,3 +290,32 @@ def test_a_file_for_an_erased_patient_is_refused_and_the_batch_goes_on(hospital)
 
     assert "the patient was erased here" in late.rejections[0].reason
     _ok(send(ingestor, patient("p2", [(MRN_SYSTEM, "MRN-7")]), "other.json"))
+
+
+def test_the_parsers_warnings_are_reported_and_its_reason_for_no_patient_passed_on(
+    hospital,
+) -> None:
+    """The parser keeps an unresolvable reference as sent with a warning (interfaces.md, 1);
+    when that reference was the patient link, its words are the refusal's reason."""
+    import dataclasses
+
+    from medledger.interop.fhir import parse_fhir
+
+    _, _, ingestor = hospital
+    _ok(send(ingestor, patient("p1", [(INS_SYSTEM, INS)]), "one.json"))
+    obs = observation("o-1", {"reference": "Patient/p1"})
+    obs["performer"] = [{"reference": "Practitioner/unknown"}]
+    data = orjson.dumps(obs)
+    unresolved = "field performer[0]: reference 'Practitioner/x' matches nothing here; kept as sent"
+    resolve = lambda ref: ingestor._resolve(ref, LAB)  # noqa: E731
+    obs.pop("performer")
+    [parsed] = parse_fhir(orjson.dumps(obs), "o.json", resolve=resolve)
+    warned = dataclasses.replace(parsed, json_bytes=data, warnings=(unresolved,))
+
+    result = _ok(ingestor.ingest_bytes(data, "o.json", parsed=[warned], sender=LAB))
+
+    assert [(w.where, w.reason) for w in result.warnings] == [("Observation", unresolved)]
+    no_link = "field subject: reference 'Patient/zz' matches nothing here nor in the vault"
+    orphan = dataclasses.replace(parsed, patient_ref=None, warnings=(no_link,))
+    refused = ingestor.ingest_bytes(data, "o.json", parsed=[orphan], sender=LAB)
+    assert [r.reason for r in refused.rejections] == [no_link]
