@@ -319,3 +319,19 @@ def test_the_parsers_warnings_are_reported_and_its_reason_for_no_patient_passed_
     orphan = dataclasses.replace(parsed, patient_ref=None, warnings=(no_link,))
     refused = ingestor.ingest_bytes(data, "o.json", parsed=[orphan], sender=LAB)
     assert [r.reason for r in refused.rejections] == [no_link]
+
+
+def test_a_later_resource_refers_to_a_stored_practitioner_by_id_or_identifier(hospital) -> None:
+    _, vault, ingestor = hospital
+    _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json"))
+    [practitioner] = [
+        i.rid for i in vault.records_of(vault.hospital_pid) if i.resource_type == "Practitioner"
+    ]
+    for n, performer in enumerate(
+        ["Practitioner/pract-1", "Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1|10003456789"]
+    ):
+        obs = observation(f"o-{n}", {"reference": "Patient/pat-1"})
+        obs["performer"] = [{"reference": performer}]
+        (rid,) = _ok(send(ingestor, obs, f"o-{n}.json")).rids
+        stored = orjson.loads(vault.get(rid))
+        assert stored["performer"] == [{"reference": f"Practitioner/{practitioner}"}]
