@@ -335,3 +335,27 @@ def test_a_later_resource_refers_to_a_stored_practitioner_by_id_or_identifier(ho
         (rid,) = _ok(send(ingestor, obs, f"o-{n}.json")).rids
         stored = orjson.loads(vault.get(rid))
         assert stored["performer"] == [{"reference": f"Practitioner/{practitioner}"}]
+
+
+def test_a_bulk_file_sent_again_is_unchanged_across_its_chunks(
+    hospital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NDJSON is stored in chunks (one chain tx each); a later chunk's references to a
+    Patient of an earlier chunk follow it to the stored record."""
+    from medledger.node import ingest
+
+    _, vault, ingestor = hospital
+    monkeypatch.setattr(ingest, "CHUNK", 2)
+    lines = [
+        patient("p1", [(INS_SYSTEM, INS)]),
+        observation("o-1", {"reference": "Patient/p1"}),
+        observation("o-2", {"reference": "Patient/p1"}, 6.9),
+    ]
+    data = b"\n".join(orjson.dumps(r) for r in lines)
+
+    first = _ok(ingestor.ingest_bytes(data, "export.ndjson", sender=LAB))
+    again = _ok(ingestor.ingest_bytes(data, "export.ndjson", sender=LAB))
+
+    assert (first.accepted, again.unchanged) == (3, 3)
+    (pid,) = first.pids
+    assert len(vault.records_of(pid)) == 3

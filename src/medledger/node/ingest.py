@@ -230,9 +230,10 @@ class Ingestor:
             return result
         bundle_like = not source.lower().endswith((".ndjson", ".jsonl"))
         chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
+        moved: dict[str, str] = {}  # across the chunks of one file (see _store_unit)
         for chunk in chunks:
             try:
-                self._store_unit(chunk, source, result, author, sender)
+                self._store_unit(chunk, source, result, author, sender, moved)
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
                 result.rejections.append(Rejection(source, where, exc.message))
@@ -437,17 +438,28 @@ class Ingestor:
         return pid, existing
 
     def _store_unit(
-        self, parsed: list[Any], source: str, result: UnitResult, author: str = "", sender: str = ""
+        self,
+        parsed: list[Any],
+        source: str,
+        result: UnitResult,
+        author: str = "",
+        sender: str = "",
+        moved: dict[str, str] | None = None,
     ) -> None:
+        """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction and
+        one chain tx. `moved` (parser's `Type/id` -> stored `Type/rid`, for resources found
+        stored before) is extended for the next chunks of the same file, whose references
+        were made to the parser's ids."""
         from medledger.interop.metadata import document_categories
 
         steps = self._plan(parsed, source, sender)
         self._settle_earlier(steps, source)
-        moved = {
-            f"{s.item.resource_type}/{s.item.id}": f"{s.item.resource_type}/{s.rid}"
+        moved = {} if moved is None else moved
+        moved.update(
+            (f"{s.item.resource_type}/{s.item.id}", f"{s.item.resource_type}/{s.rid}")
             for s in steps
             if s.rid != s.item.id
-        }
+        )
         patients = {s.rid: s.pid for s in steps if s.item.resource_type == "Patient"}
         entries: list[dict[str, Any]] = []
         disclosures = _Disclosures(self.node, self.org)
