@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class Ingestor:
         self.org = node.config.org
         self.pseudonym_key = node.config.pseudonym_key()
         self.aliases = Aliases(self.pseudonym_key, self.org)
+        self._planning = threading.Lock()
         limits = node.config.ingest
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
@@ -452,74 +454,79 @@ class Ingestor:
         were made to the parser's ids."""
         from medledger.interop.metadata import document_categories
 
-        steps = self._plan(parsed, source, sender)
-        self._settle_earlier(steps, source)
-        moved = {} if moved is None else moved
-        moved.update(
-            (f"{s.item.resource_type}/{s.item.id}", f"{s.item.resource_type}/{s.rid}")
-            for s in steps
-            if s.rid != s.item.id
-        )
-        patients = {s.rid: s.pid for s in steps if s.item.resource_type == "Patient"}
-        entries: list[dict[str, Any]] = []
-        disclosures = _Disclosures(self.node, self.org)
-        unit_pids: set[str] = set()
-        held: list[tuple[str, int]] = []
-        latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
-        epochs: dict[str, int] = {}
-        updated = unchanged = 0
-        with self.vault.batch():
-            for step in steps:
-                item = step.item
-                step.pid = step.pid or self._owner(item, moved, patients, source)
-                data = _rewritten(item, step.rid, moved)
-                before = latest.get(step.rid)
-                if before is None and step.stored:
-                    if self.vault.info(step.rid).pid != step.pid:
-                        raise _refusal(
-                            item,
-                            source,
-                            None,
-                            "it was stored before (same sender's id) for "
-                            "another patient, or as no patient's; a record never moves between "
-                            "patients: send it under a new id",
-                        )
-                    before = self.vault.get(step.rid)
-                if before is not None and (step.kept or _same_content(before, data)):
-                    unchanged += 1
+        # One unit of this ingestor at a time from planning to the vault's commit: two
+        # threads (API calls) sending the same new resource cannot both create it.
+        with self._planning:
+            steps = self._plan(parsed, source, sender)
+            self._settle_earlier(steps, source)
+            moved = {} if moved is None else moved
+            moved.update(
+                (f"{s.item.resource_type}/{s.item.id}", f"{s.item.resource_type}/{s.rid}")
+                for s in steps
+                if s.rid != s.item.id
+            )
+            patients = {s.rid: s.pid for s in steps if s.item.resource_type == "Patient"}
+            entries: list[dict[str, Any]] = []
+            disclosures = _Disclosures(self.node, self.org)
+            unit_pids: set[str] = set()
+            held: list[tuple[str, int]] = []
+            latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
+            epochs: dict[str, int] = {}
+            updated = unchanged = 0
+            with self.vault.batch():
+                for step in steps:
+                    item = step.item
+                    step.pid = step.pid or self._owner(item, moved, patients, source)
+                    data = _rewritten(item, step.rid, moved)
+                    before = latest.get(step.rid)
+                    if before is None and step.stored:
+                        if self.vault.info(step.rid).pid != step.pid:
+                            raise _refusal(
+                                item,
+                                source,
+                                None,
+                                "it was stored before (same sender's id) for "
+                                "another patient, or as no patient's; a record never moves between "
+                                "patients: send it under a new id",
+                            )
+                        before = self.vault.get(step.rid)
+                    if before is not None and (step.kept or _same_content(before, data)):
+                        unchanged += 1
+                        self.vault.remember(step.rid, step.aliases)
+                        continue
+                    version = 1
+                    if before is not None:
+                        version = max(self.vault.versions(step.rid)) + 1
+                        updated += 1
+                    stored = self.vault.put(
+                        step.pid,
+                        step.rid,
+                        version,
+                        data,
+                        resource_type=item.resource_type,
+                        custodian=self.org,
+                    )
                     self.vault.remember(step.rid, step.aliases)
-                    continue
-                version = 1
-                if before is not None:
-                    version = max(self.vault.versions(step.rid)) + 1
-                    updated += 1
-                stored = self.vault.put(
-                    step.pid,
-                    step.rid,
-                    version,
-                    data,
-                    resource_type=item.resource_type,
-                    custodian=self.org,
-                )
-                self.vault.remember(step.rid, step.aliases)
-                latest[step.rid] = data
-                held.append((step.rid, version))
-                if step.pid == self.vault.hospital_pid:
-                    continue  # the hospital's own: not a patient's record, not on the chain
-                meta = _metadata(item, data)
-                whole = document_categories(item.resource) if item.resource_type == "Bundle" else []
-                disclosures.add(step.pid, step.rid, meta, whole)
-                if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
-                    epochs[step.pid] = self._epoch(step.pid)
-                key = self.vault.metadata_key(step.pid)
-                sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
-                digest = commitment(stored.salt, data)
-                entries.append(
-                    {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
-                    | ({"version": version} if version > 1 else {})
-                )
-                unit_pids.add(step.pid)
-            unit = self.vault.hold(held) if entries else None
+                    latest[step.rid] = data
+                    held.append((step.rid, version))
+                    if step.pid == self.vault.hospital_pid:
+                        continue  # the hospital's own: not a patient's record, not on the chain
+                    meta = _metadata(item, data)
+                    whole = (
+                        document_categories(item.resource) if item.resource_type == "Bundle" else []
+                    )
+                    disclosures.add(step.pid, step.rid, meta, whole)
+                    if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
+                        epochs[step.pid] = self._epoch(step.pid)
+                    key = self.vault.metadata_key(step.pid)
+                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
+                    digest = commitment(stored.salt, data)
+                    entries.append(
+                        {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
+                        | ({"version": version} if version > 1 else {})
+                    )
+                    unit_pids.add(step.pid)
+                unit = self.vault.hold(held) if entries else None
         # The chain decides, in one tx for the whole unit (new records and new versions
         # alike), after the vault committed: the vault lock is not held while it decides.
         if unit is not None:
