@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -46,3 +47,20 @@ def test_ingest_first_settles_what_an_earlier_crash_left(
     assert again.exit_code == 0, again.output
     assert "earlier ingestions: 0 confirmed, 1 withdrawn" in again.output
     assert "accepted" in again.output and "rejected 0" in again.output
+
+
+def test_ingest_says_per_file_what_was_new_updated_or_unchanged(
+    consortium: list[Path], tmp_path: Path
+) -> None:
+    home, bundle = consortium[0], _bundle(tmp_path)
+    n = len(orjson.loads(bundle.read_bytes())["entry"])
+    args = ["ingest", "--home", str(home), "--sender", "https://his.example.org/fhir"]
+
+    first = runner.invoke(app, [*args, str(bundle)])
+    again = runner.invoke(app, [*args, str(bundle)])
+
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert f"p1.json: {n} stored, 0 updated, 0 unchanged" in first.output
+    # The Patient is found again by its identifiers; the synthetic resources carry no
+    # sender's id, so they are new records each time.
+    assert f"p1.json: {n - 1} stored, 0 updated, 1 unchanged" in again.output

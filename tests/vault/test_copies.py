@@ -256,7 +256,7 @@ def test_a_vault_of_the_old_schema_is_refused_with_a_clear_message(vault_env: Va
     blob = "BLOB" if vault_env.backend == "sqlite" else "BYTEA"
     vault_env.execute(f"CREATE TABLE meta (key TEXT PRIMARY KEY, value {blob} NOT NULL)")
     vault_env.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (b"1",))
-    with pytest.raises(VaultConfigError, match="schema version 1.*needs version 2.*re-ingest"):
+    with pytest.raises(VaultConfigError, match="schema version 1.*needs version 3.*re-ingest"):
         vault_env.open()
     if vault_env.backend == "sqlite":
         assert vault_env.sqlite_path is not None

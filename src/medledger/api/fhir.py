@@ -347,9 +347,11 @@ def make_router() -> APIRouter:
     def read(
         svc: Svc, claims: Annotated[Claims, Depends(authenticated)], resource_type: str, rid: str
     ) -> Response:
+        from medledger.interop.fhir import is_supporting
         from medledger.vault.errors import PatientErased, RecordNotFound
 
-        _supported(resource_type)
+        if not is_supporting(resource_type) and resource_type != "Bundle":
+            _supported(resource_type)
         require(claims, resource_type, "read")
         try:
             info = svc.vault.info(rid)
@@ -357,6 +359,10 @@ def make_router() -> APIRouter:
                 raise RecordNotFound(rid)
         except (RecordNotFound, PatientErased):
             raise FhirError(404, "not-found", f"{resource_type}/{rid} is not known here") from None
+        if info.pid == svc.vault.hospital_pid:
+            # The hospital's own (a Practitioner, a Medication...): no patient's, so the scope
+            # decides alone, and nothing about a patient is decided or logged.
+            return fhir_response(svc.vault.get(rid))
         if not _in_scope(svc, claims, [info], "read"):
             raise FhirError(
                 403, "forbidden", f"{resource_type}/{rid} is outside the categories of your scopes"
@@ -366,7 +372,10 @@ def make_router() -> APIRouter:
         svc.log(audited.entries, wait=False)
         if not audited.decision.allowed:
             raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
-        return fhir_response(svc.vault.get(rid))
+        data = svc.vault.get(rid)
+        if resource_type == "Bundle":
+            _whole_document(svc, claims, info.pid, data)
+        return fhir_response(data)
 
     @router.get("/{resource_type}")
     def search(
@@ -481,6 +490,22 @@ def _in_scope(
             continue
         kept.append(info)
     return kept
+
+
+def _whole_document(svc: HospitalServices, claims: Claims, pid: str, data: bytes) -> None:
+    """A document is served whole only to a caller allowed every category of its entries."""
+    from medledger.interop.metadata import document_categories
+
+    for category in document_categories(orjson.loads(data)):
+        meta = {"custodian": svc.org, "category": category, "type": "Bundle"}
+        decision = svc.decide(claims, pid, meta, "treatment")
+        if not decision.allowed:
+            raise FhirError(
+                403,
+                "forbidden",
+                f"the document holds {category} records, which you may not see here: "
+                f"{decision.reason}",
+            )
 
 
 def _supported(resource_type: str) -> None:

@@ -4,14 +4,18 @@ in and out of its vault."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, fail, user_errors
 from medledger.contracts import queries
+
+if TYPE_CHECKING:
+    from medledger.node.ingest import UnitResult
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -26,6 +30,22 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
+def _file_line(result: UnitResult) -> str:
+    """One file's outcome: what was stored new, as a new version, or already there."""
+    if result.rejections and not result.accepted:
+        return f"[red]✗[/] {escape(result.source)}: rejected"
+    new = result.accepted - result.updated - result.unchanged
+    line = (
+        f"[green]✓[/] {escape(result.source)}: {new} stored, {result.updated} updated, "
+        f"{result.unchanged} unchanged"
+    )
+    if result.warnings:
+        line += f", [yellow]{len(result.warnings)} warnings[/]"
+    if result.rejections:
+        line += f", [red]{len(result.rejections)} rejected[/]"
+    return line
+
+
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
@@ -38,8 +58,18 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Largest file taken, in MiB (default: ingest.max_bytes, 20 MiB)."),
         ] = None,
+        sender: Annotated[
+            str,
+            typer.Option(
+                help="Whose ids the files use when they do not say (no meta.source, no "
+                "absolute fullUrl), e.g. the sending system's FHIR base: the same id from the "
+                "same sender is the same resource."
+            ),
+        ] = "",
     ) -> None:
-        """Validate, encrypt into the vault and register on the chain; a file is all or nothing."""
+        """Validate, encrypt into the vault and register on the chain; a file is all or nothing.
+
+        A resource sent again is stored once: unchanged, or as a new version."""
         from medledger.node import Node
         from medledger.node.ingest import Ingestor
         from medledger.node.registrations import reconcile
@@ -65,8 +95,9 @@ def register(app: typer.Typer) -> None:
             ) as progress:
                 task = progress.add_task("ingesting", total=len(paths))
                 inputs = ingestor.read_files(paths)  # a file too large is refused unread
-                for result in ingestor.ingest_many(inputs, workers=workers):
+                for result in ingestor.ingest_many(inputs, workers=workers, sender=sender):
                     progress.update(task, description=f"ingested {result.source}")
+                    progress.console.print(_file_line(result))
                     results.append(result)
                     progress.advance(task)
         accepted = sum(r.accepted for r in results)
@@ -76,6 +107,12 @@ def register(app: typer.Typer) -> None:
             f"accepted {accepted} resources for {len(patients)} patients from {len(paths)} files; "
             f"rejected {len(rejected)}"
         )
+        warnings = [w for r in results for w in r.warnings]
+        if warnings:
+            table = Table("file", "where", "warning", title="kept as sent")
+            for w in warnings:
+                table.add_row(escape(w.source), escape(w.where or "-"), escape(w.reason))
+            console.print(table)
         if rejected:
             table = Table("file", "where", "reason")
             for rej in rejected:

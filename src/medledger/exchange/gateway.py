@@ -433,8 +433,36 @@ class Gateway:
                 if study is not None:
                     about["study"] = study
                 d = self.policy.decide(caller.actor, pid, about, purpose, now, state=state)
+                if d.allowed and meta.get("type") == "Bundle":  # a document: every entry too
+                    d = self._whole_document(caller, pid, entry, about, purpose, now, state) or d
                 out.append((entry, meta, d))
         return out
+
+    def _whole_document(
+        self,
+        caller: Caller,
+        pid: str,
+        entry: dict[str, Any],
+        about: dict[str, Any],
+        purpose: str,
+        now: int,
+        state: Any,
+    ) -> Decision | None:
+        """The refusal of a document Bundle to a caller not allowed one of its entries'
+        categories (it is served whole or not at all); None when allowed every one."""
+        from medledger.interop.metadata import document_categories
+
+        try:
+            document = orjson.loads(self.vault.get(entry["rid"], entry["version"]))
+        except (RecordNotFound, PatientErased):
+            return None  # answered as missing when served
+        for category in document_categories(document):
+            d = self.policy.decide(
+                caller.actor, pid, about | {"category": category}, purpose, now, state=state
+            )
+            if not d.allowed:
+                return Decision(False, "", f"the document holds {category} records: {d.reason}")
+        return None
 
     def _catch_up(self, height: int) -> None:
         """Wait until this replica has the block the requester has seen (or answer 503).

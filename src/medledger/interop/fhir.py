@@ -87,6 +87,40 @@ class ParsedResource:
     warnings: tuple[str, ...] = ()
 
 
+#: Resources that belong to no patient but that documents and messages carry (who acted, where,
+#: with what): stored as the hospital's own, not as a patient's record.
+SUPPORTING_TYPES = frozenset(
+    {
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "OrganizationAffiliation",
+        "Location",
+        "HealthcareService",
+        "Endpoint",
+        "Medication",
+        "MedicationKnowledge",
+        "Device",
+        "DeviceDefinition",
+        "Substance",
+    }
+)
+
+
+def is_supporting(resource_type: str) -> bool:
+    """Whether a resource of this type belongs to no patient (see `SUPPORTING_TYPES`)."""
+    return resource_type in SUPPORTING_TYPES
+
+
+def _source_system(item: _Item) -> str:
+    """Whose id space the sender's id is in: meta.source, else the base of an absolute fullUrl."""
+    meta = item.resource.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("source"), str) and meta["source"]:
+        return str(meta["source"])
+    absolute = _ABSOLUTE.match(item.full_url or "")
+    return absolute.group(1) if absolute else ""
+
+
 # --------------------------------------------------------------------------- id factories
 
 
@@ -621,6 +655,7 @@ def _finish(
     resolve: Resolver | None,
 ) -> list[ParsedResource]:
     problems: list[InputError] = []
+    source_ids: dict[int, str | None] = {}
     for item in items:
         original = item.resource.get("id")
         original_id = original if isinstance(original, str) else None
@@ -628,6 +663,7 @@ def _finish(
             put = _RELATIVE.match(item.url)
             if put and original_id is None:
                 original_id = put.group(2)
+        source_ids[id(item)] = original_id
         new_id = id_factory(item.resource_type, original_id)
         if not isinstance(new_id, str) or not _FHIR_ID.match(new_id):
             raise ValueError("the id factory must return a FHIR id ([A-Za-z0-9-.]{1,64})")
@@ -685,6 +721,8 @@ def _finish(
                 request_url=item.url,
                 if_none_exist=item.if_none_exist,
                 resource=item.resource,
+                source_system=_source_system(item),
+                source_id=source_ids[id(item)],
             )
         )
     raise_all(problems)
@@ -697,6 +735,7 @@ __all__ = [
     "ParsedResource",
     "Resolver",
     "detect_version",
+    "is_supporting",
     "keep_ids",
     "namespaced_ids",
     "parse_fhir",

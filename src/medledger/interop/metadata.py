@@ -49,6 +49,7 @@ _BY_TYPE: dict[str, str] = {
     "DocumentReference": "documents",
     "Composition": "documents",
     "Binary": "documents",
+    "Bundle": "documents",  # a document as received (its entries decide who reads it whole)
     "Coverage": "administrative",
     "Consent": "administrative",
     "Claim": "administrative",
@@ -290,3 +291,17 @@ def extract_metadata(resource: Mapping[str, Any]) -> dict[str, str | None]:
         "date": date_of(resource),
         "title": title_of(resource),
     }
+
+
+def document_categories(bundle: Mapping[str, Any]) -> list[str]:
+    """The categories of a document Bundle's entries (sorted, its supporting resources left
+    out): a caller is given the document whole only if allowed every one of them, besides
+    `documents`, the category of the Bundle itself."""
+    from medledger.interop.fhir import is_supporting
+
+    found: set[str] = set()
+    for entry in bundle.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(resource, Mapping) and not is_supporting(str(resource.get("resourceType"))):
+            found.add(category_of(resource))
+    return sorted(found)

@@ -16,10 +16,11 @@ an input that breaks the parser in an unforeseen way is refused too, and the bat
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import functools
 import logging
 import os
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,13 +32,15 @@ import orjson
 from medledger.contracts import queries
 from medledger.contracts.records import Register
 from medledger.interop.errors import InputError
+from medledger.interop.fhir import is_supporting
 from medledger.interop.hl7v2 import CodeMaps
 from medledger.node import Node, registrations
+from medledger.node.aliases import Aliases
 from medledger.node.indexing import commitment, seal_meta
 from medledger.node.registrations import RegistrationFailed, RegistrationPending
 from medledger.node.wallet import TxRejected
 from medledger.vault import Vault
-from medledger.vault.errors import VaultError
+from medledger.vault.errors import PatientErased, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,15 @@ CHUNK = 1000  # resources per chain tx for NDJSON bulk files (a Bundle is never 
 _HL7_SUFFIXES = (".hl7", ".hl7v2", ".er7")
 MAX_BYTES = 20 * 1024 * 1024  # a 50 MB Bundle took 446 MB of memory to validate
 MAX_RESOURCES = 10_000
+_RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$")
+_ABSOLUTE = re.compile(
+    r"^(https?://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$"
+)
+_CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
+#: A parser's warning about the patient link (passed on as the refusal's reason).
+_PATIENT_FIELD_WARNINGS = tuple(
+    f"field {name}" for name in ("subject", "patient", "beneficiary", "for", "individual")
+)
 
 
 @dataclass
@@ -61,6 +73,9 @@ class UnitResult:
     rejections: list[Rejection] = field(default_factory=list)
     rids: list[str] = field(default_factory=list)
     pids: set[str] = field(default_factory=set)
+    warnings: list[Rejection] = field(default_factory=list)
+    unchanged: int = 0  # already stored with the same content: nothing done
+    updated: int = 0  # stored as a new version of a resource stored before
 
 
 class Ingestor:
@@ -77,6 +92,8 @@ class Ingestor:
         self.vault = vault
         self.org = node.config.org
         self.pseudonym_key = node.config.pseudonym_key()
+        self.aliases = Aliases(self.pseudonym_key, self.org)
+        self._planning = threading.Lock()
         limits = node.config.ingest
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
@@ -120,7 +137,10 @@ class Ingestor:
         return UnitResult(source, rejections=[Rejection(source, "", reason)])
 
     def ingest_many(
-        self, inputs: Iterable[tuple[bytes, str] | UnitResult], workers: int = 2
+        self,
+        inputs: Iterable[tuple[bytes, str] | UnitResult],
+        workers: int = 2,
+        sender: str = "",
     ) -> Iterator[UnitResult]:
         """Ingest several inputs, validating them in `workers` processes ahead of storing.
 
@@ -132,7 +152,10 @@ class Ingestor:
         """
         if workers <= 1:
             for given in inputs:
-                yield given if isinstance(given, UnitResult) else self.ingest_bytes(*given)
+                if isinstance(given, UnitResult):
+                    yield given
+                else:
+                    yield self.ingest_bytes(*given, sender=sender)
             return
         import multiprocessing
         from collections import deque
@@ -154,7 +177,9 @@ class Ingestor:
                     parsed = future.result()
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
                     parsed = None
-            return self.ingest_bytes(data, source, parsed=parsed)
+            if parsed is not None and any(p.warnings for p in parsed):
+                parsed = None  # a reference kept as sent may resolve here: validate again
+            return self.ingest_bytes(data, source, parsed=parsed, sender=sender)
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             for given in inputs:
@@ -173,19 +198,28 @@ class Ingestor:
                 yield settle(window.popleft())
 
     def ingest_bytes(
-        self, data: bytes, source: str, parsed: list[Any] | None = None, author: str = ""
+        self,
+        data: bytes,
+        source: str,
+        parsed: list[Any] | None = None,
+        author: str = "",
+        sender: str = "",
     ) -> UnitResult:
         """Ingest one input (a file's bytes); every problem comes back as a `Rejection`.
 
         `author` names who wrote the records (the API's caller, see `records.register`);
-        "" for the hospital's own feeds."""
+        "" for the hospital's own feeds. `sender` is the id space of the sender's ids that
+        say nothing of theirs (no `meta.source`, no absolute fullUrl): a resource sent again
+        with the same id by the same sender is the same resource (unchanged, or a new
+        version), and `Type/<id>` references to what it sent before resolve."""
         result = UnitResult(source)
         try:
             if parsed is None:
                 refused = self._precheck(data, source)
                 if refused is not None:
                     raise refused
-                parsed = _parse(data, source, self._resolve, self.hl7_codes)
+                resolve = functools.partial(self._resolve, sender=sender)
+                parsed = _parse(data, source, resolve, self.hl7_codes)
             if len(parsed) > self.max_resources:
                 raise _too_many(source, len(parsed), self.max_resources)
         except InputError as exc:
@@ -202,9 +236,10 @@ class Ingestor:
             return result
         bundle_like = not source.lower().endswith((".ndjson", ".jsonl"))
         chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
+        moved: dict[str, str] = {}  # across the chunks of one file (see _store_unit)
         for chunk in chunks:
             try:
-                self._store_unit(chunk, source, result, author)
+                self._store_unit(chunk, source, result, author, sender, moved)
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
                 result.rejections.append(Rejection(source, where, exc.message))
@@ -214,6 +249,12 @@ class Ingestor:
                 result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
             except RegistrationFailed as exc:
                 result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except PatientErased:
+                reason = (
+                    "the patient was erased here; nothing stored (`medledger vault reinstate` "
+                    "first, if they came back)"
+                )
+                result.rejections.append(Rejection(source, "", reason))
             except (ConnectionError, VaultError):
                 raise  # the node or the vault is down: no file can go in, say so once
             except Exception as exc:  # noqa: BLE001 - the batch goes on with the next file
@@ -240,39 +281,330 @@ class Ingestor:
         return None
 
     # -- internals ---------------------------------------------------------------------------
-    def _resolve(self, reference: str) -> str | None:
-        """A reference to a resource stored earlier at this hospital (e.g. `Patient/<rid>`)."""
-        from medledger.vault.errors import RecordNotFound
+    def _resolve(self, reference: str, sender: str = "") -> str | None:
+        """A reference to a resource stored earlier at this hospital, as `Type/<rid>`.
 
-        kind, _, rid = reference.partition("/")
-        if not rid or "/" in rid:
+        The forms the parser hands over (interop.fhir.Resolver): `Type/<rid>`, `Type/<id>` in
+        the sender's id space (`sender`), an absolute URL (its base is the id space),
+        `Type?identifier=system|value`. None when nothing, or more than one resource, matches
+        (other searches included: they are not resolved here).
+        """
+        conditional = _CONDITIONAL.match(reference)
+        if conditional:
+            kind = conditional.group(1)
+            alias = self.aliases.search(kind, conditional.group(2))
+            return self._one_named(kind, [alias] if alias else [])
+        absolute = _ABSOLUTE.match(reference)
+        if absolute:
+            base, kind, sid = absolute.groups()
+            return self._one_named(kind, [self.aliases.source(base, kind, sid)])
+        relative = _RELATIVE.match(reference)
+        if relative is None:
             return None
+        kind, rid = relative.groups()
+        if self._stored_type(rid) == kind:
+            return f"{kind}/{rid}"
+        return self._one_named(kind, [self.aliases.source(sender, kind, rid)])
+
+    def _stored_type(self, rid: str) -> str | None:
+        """The type of a readable record stored here under `rid`, else None."""
+        from medledger.vault.errors import PatientErased, RecordNotFound
+
         try:
-            info = self.vault.info(rid)
-        except RecordNotFound:
+            return self.vault.info(rid).resource_type
+        except (RecordNotFound, PatientErased, ValueError):
             return None
-        return f"{kind}/{rid}" if info.resource_type == kind else None
 
-    def _patient_pids(self, parsed: list[Any], source: str) -> dict[str, str]:
-        """rid of each Patient (in this unit or stored before) -> pid."""
+    def _one_named(self, kind: str, aliases: list[bytes]) -> str | None:
+        rids = {rid for found in self.vault.recall(aliases).values() for rid in found}
+        rids = {rid for rid in rids if self._stored_type(rid) == kind}
+        return f"{kind}/{rids.pop()}" if len(rids) == 1 else None
+
+    def _existing_patient(self, pid: str) -> str | None:
+        for info in self.vault.records_of(pid, include_copies=False):
+            if info.resource_type == "Patient":
+                return info.rid
+        return None
+
+    def _plan(self, parsed: list[Any], source: str, sender: str) -> list[_Step]:
+        """Where each resource of a unit goes: a new rid, or a resource stored before (the same
+        sender's id, the same identifiers for a Patient, `PUT`, `If-None-Exist`)."""
+        steps = [_Step(item, item.id, "") for item in parsed]
+        unit: dict[bytes, str] = {}  # alias -> rid, for what this unit brings
+        by_rid: dict[str, _Step] = {}
+        # Patients first: the others take their pid.
+        for step in sorted(steps, key=lambda s: s.item.resource_type != "Patient"):
+            item = step.item
+            step.aliases = self._names(item, sender)
+            found = self._matches(item, step.aliases, unit, source, sender)
+            if item.resource_type == "Patient":
+                step.pid, found = self._patient_match(item, found, by_rid, source)
+            elif found:
+                found = found[:1]
+            if found:
+                rid = found[0]
+                step.rid = rid
+                step.stored = by_rid[rid].stored if rid in by_rid else True
+                step.kept = item.if_none_exist is not None
+            for alias in step.aliases:
+                unit.setdefault(alias, step.rid)
+            by_rid.setdefault(step.rid, step)
+        return steps
+
+    def _names(self, item: Any, sender: str) -> list[bytes]:
+        """The aliases a resource is remembered by: its sender's id, its identifiers."""
+        names: list[bytes] = []
+        if item.source_id:
+            system = item.source_system or sender
+            names.append(self.aliases.source(system, item.resource_type, item.source_id))
+        names += self.aliases.identifiers(item.resource)
+        return names
+
+    def _matches(
+        self, item: Any, names: list[bytes], unit: dict[bytes, str], source: str, sender: str
+    ) -> list[str]:
+        """Stored (or earlier in this unit) rids this resource is the same as, best first.
+
+        A sender's id says "the same resource" for any type; identifiers only for a Patient
+        (one Patient per person), a supporting resource, or a conditional create or update.
+        """
+        kind = item.resource_type
+        found: list[str] = []
+        wanted: list[bytes] = []
+        url = item.request_url or ""
+        if item.request_method == "PUT" and url:
+            relative, conditional = _RELATIVE.match(url), _CONDITIONAL.match(url)
+            if relative and self._stored_type(relative.group(2)) == kind:
+                found.append(relative.group(2))
+            elif relative:
+                system = item.source_system or sender
+                wanted.append(self.aliases.source(system, kind, relative.group(2)))
+            elif conditional:
+                alias = self.aliases.search(kind, conditional.group(2))
+                if alias is None:
+                    raise _refusal(
+                        item,
+                        source,
+                        "request.url",
+                        "a conditional update is taken only by identifier=system|value",
+                    )
+                wanted.append(alias)
+        if item.if_none_exist is not None:
+            alias = self.aliases.search(kind, item.if_none_exist)
+            if alias is None:
+                raise _refusal(
+                    item,
+                    source,
+                    "request.ifNoneExist",
+                    "a conditional create is taken only by identifier=system|value",
+                )
+            wanted.append(alias)
+        by_source = names[:1] if item.source_id else []
+        wanted += by_source
+        if kind == "Patient" or is_supporting(kind):
+            wanted += names[len(by_source) :]
+        recalled = self.vault.recall([n for n in wanted if n not in unit])
+        for name in wanted:
+            for rid in [unit[name]] if name in unit else recalled.get(name, []):
+                if rid not in found and (name in unit or self._stored_type(rid) == kind):
+                    found.append(rid)
+        return found
+
+    def _patient_match(
+        self, item: Any, found: list[str], by_rid: dict[str, _Step], source: str
+    ) -> tuple[str, list[str]]:
+        """(pid, [rid of the stored Patient it is] or []) for a Patient: the person its
+        identifiers or sender's id found, else its pseudonym's; refused when it matches two."""
         from medledger.interop.pseudonym import NoPatientIdentifier, patient_pid
-        from medledger.vault.errors import RecordNotFound
 
         pids: dict[str, str] = {}
-        for item in parsed:
-            if item.resource_type == "Patient":
-                try:
-                    pids[item.id] = patient_pid(self.pseudonym_key, item.resource)
-                except (NoPatientIdentifier, ValueError) as exc:
-                    raise InputError(
-                        source, item.entry_index, "identifier", str(exc), resource_type="Patient"
-                    ) from None
-        for item in parsed:
-            ref = item.patient_ref
-            if ref and ref not in pids:
-                with contextlib.suppress(RecordNotFound):
-                    pids[ref] = self.vault.info(ref).pid
-        return pids
+        for rid in found:
+            pid = by_rid[rid].pid if rid in by_rid else self.vault.info(rid).pid
+            pids.setdefault(pid, rid)
+        if len(pids) > 1:
+            raise _refusal(
+                item,
+                source,
+                "identifier",
+                f"its identifiers match {len(pids)} different "
+                "patients stored here; not merged (correct the identifiers, or merge the "
+                "patients first)",
+            )
+        if pids:
+            [(pid, rid)] = pids.items()
+            return pid, [rid]
+        try:
+            pid = patient_pid(self.pseudonym_key, item.resource)
+        except (NoPatientIdentifier, ValueError) as exc:
+            raise _refusal(item, source, "identifier", str(exc)) from None
+        same = [
+            s.rid for s in by_rid.values() if s.pid == pid and s.item.resource_type == "Patient"
+        ]
+        existing = same[:1] or [r for r in [self._existing_patient(pid)] if r is not None]
+        return pid, existing
+
+    def _store_unit(
+        self,
+        parsed: list[Any],
+        source: str,
+        result: UnitResult,
+        author: str = "",
+        sender: str = "",
+        moved: dict[str, str] | None = None,
+    ) -> None:
+        """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction and
+        one chain tx. `moved` (parser's `Type/id` -> stored `Type/rid`, for resources found
+        stored before) is extended for the next chunks of the same file, whose references
+        were made to the parser's ids."""
+        from medledger.interop.metadata import document_categories
+
+        # One unit of this ingestor at a time from planning to the vault's commit: two
+        # threads (API calls) sending the same new resource cannot both create it.
+        with self._planning:
+            steps = self._plan(parsed, source, sender)
+            self._settle_earlier(steps, source)
+            moved = {} if moved is None else moved
+            moved.update(
+                (f"{s.item.resource_type}/{s.item.id}", f"{s.item.resource_type}/{s.rid}")
+                for s in steps
+                if s.rid != s.item.id
+            )
+            patients = {s.rid: s.pid for s in steps if s.item.resource_type == "Patient"}
+            entries: list[dict[str, Any]] = []
+            disclosures = _Disclosures(self.node, self.org)
+            unit_pids: set[str] = set()
+            held: list[tuple[str, int]] = []
+            latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
+            epochs: dict[str, int] = {}
+            updated = unchanged = 0
+            with self.vault.batch():
+                for step in steps:
+                    item = step.item
+                    step.pid = step.pid or self._owner(item, moved, patients, source)
+                    data = _rewritten(item, step.rid, moved)
+                    before = latest.get(step.rid)
+                    if before is None and step.stored:
+                        if self.vault.info(step.rid).pid != step.pid:
+                            raise _refusal(
+                                item,
+                                source,
+                                None,
+                                "it was stored before (same sender's id) for "
+                                "another patient, or as no patient's; a record never moves between "
+                                "patients: send it under a new id",
+                            )
+                        before = self.vault.get(step.rid)
+                    if before is not None and (step.kept or _same_content(before, data)):
+                        unchanged += 1
+                        self.vault.remember(step.rid, step.aliases)
+                        continue
+                    version = 1
+                    if before is not None:
+                        version = max(self.vault.versions(step.rid)) + 1
+                        updated += 1
+                    stored = self.vault.put(
+                        step.pid,
+                        step.rid,
+                        version,
+                        data,
+                        resource_type=item.resource_type,
+                        custodian=self.org,
+                    )
+                    self.vault.remember(step.rid, step.aliases)
+                    latest[step.rid] = data
+                    held.append((step.rid, version))
+                    if step.pid == self.vault.hospital_pid:
+                        continue  # the hospital's own: not a patient's record, not on the chain
+                    meta = _metadata(item, data)
+                    whole = (
+                        document_categories(item.resource) if item.resource_type == "Bundle" else []
+                    )
+                    disclosures.add(step.pid, step.rid, meta, whole)
+                    if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
+                        epochs[step.pid] = self._epoch(step.pid)
+                    key = self.vault.metadata_key(step.pid)
+                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
+                    digest = commitment(stored.salt, data)
+                    entries.append(
+                        {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
+                        | ({"version": version} if version > 1 else {})
+                    )
+                    unit_pids.add(step.pid)
+                unit = self.vault.hold(held) if entries else None
+        # The chain decides, in one tx for the whole unit (new records and new versions
+        # alike), after the vault committed: the vault lock is not held while it decides.
+        if unit is not None:
+            msg = Register(entries, disclosures.as_body(), author)  # defaults left out
+            registrations.register(self.node.wallet, self.vault, unit, msg)
+        result.accepted += len(steps)
+        result.updated += updated
+        result.unchanged += unchanged
+        result.rids += list(dict.fromkeys(s.rid for s in steps))
+        result.pids |= {s.pid for s in steps if s.pid != self.vault.hospital_pid}
+        for step in steps:
+            where = _where(step.item)
+            result.warnings += [Rejection(source, where, w) for w in step.item.warnings]
+
+    def _owner(
+        self, item: Any, moved: dict[str, str], patients: dict[str, str], source: str
+    ) -> str:
+        """The pid a resource is stored under: its patient's, or the hospital's own."""
+        from medledger.vault.errors import PatientErased, RecordNotFound
+
+        if item.patient_ref is None:
+            if is_supporting(item.resource_type):
+                return self.vault.hospital_pid
+            named = [w for w in item.warnings if w.startswith(_PATIENT_FIELD_WARNINGS)]
+            reason = (
+                named[0]
+                if named
+                else f"a {item.resource_type} belongs to a patient, and this one names none "
+                "(subject or patient)"
+            )
+            raise _refusal(item, source, None, reason)
+        ref = moved.get(f"Patient/{item.patient_ref}", f"Patient/{item.patient_ref}")
+        rid = ref.removeprefix("Patient/")
+        if rid in patients:
+            return patients[rid]
+        try:
+            return self.vault.info(rid).pid
+        except (RecordNotFound, PatientErased):
+            raise _refusal(
+                item,
+                source,
+                "subject",
+                "the resource belongs to no known patient (no Patient "
+                "in this input and none stored before)",
+            ) from None
+
+    def _settle_earlier(self, steps: list[_Step], source: str) -> None:
+        """A resource found stored, still waiting for its registration (a retried file after
+        "registration pending"): settle that unit first, or refuse rather than store twice."""
+        stored = {s.rid for s in steps if s.stored}
+        if not stored:
+            return
+        for unit in self.vault.provisional():
+            if not stored.intersection(rid for rid, _ in unit.records):
+                continue
+            fate = registrations.settle(self.node.engine, self.vault, unit)
+            if fate == "failed":
+                raise InputError(
+                    source,
+                    None,
+                    None,
+                    "an earlier ingestion of these resources could not be "
+                    "registered and was withdrawn just now; nothing was stored: send the file "
+                    "again",
+                )
+            if fate != "committed":
+                raise InputError(
+                    source,
+                    None,
+                    None,
+                    "an earlier ingestion of these resources is still waiting "
+                    "for its registration (`medledger records pending`); nothing was stored "
+                    "twice: send the file again once it is settled",
+                )
 
     def _epoch(self, pid: str) -> int:
         """The patient's metadata epoch now, on this node's replica (authorize.meta_epoch)."""
@@ -281,94 +613,17 @@ class Ingestor:
         )
         return int(epoch)
 
-    def _existing_patient(self, pid: str) -> str | None:
-        for info in self.vault.records_of(pid, include_copies=False):
-            if info.resource_type == "Patient":
-                return info.rid
-        return None
 
-    def _store_unit(
-        self, parsed: list[Any], source: str, result: UnitResult, author: str = ""
-    ) -> None:
-        from medledger.interop.metadata import extract_metadata
+@dataclass
+class _Step:
+    """What becomes of one parsed resource: the rid and pid it goes to."""
 
-        pids = self._patient_pids(parsed, source)
-        items, replaced = self._honour_conditional_patients(parsed, pids)
-        entries: list[dict[str, Any]] = []
-        disclosures = _Disclosures(self.node, self.org)
-        unit_rids: list[str] = []
-        unit_pids: set[str] = set()
-        held: list[tuple[str, int]] = []
-        epochs: dict[str, int] = {}
-        with self.vault.batch():
-            for item in items:
-                pid = pids.get(item.patient_ref or "")
-                if pid is None:
-                    raise InputError(
-                        source,
-                        item.entry_index,
-                        "subject",
-                        "the resource belongs to no known patient (no Patient in this input "
-                        "and none stored before)",
-                        resource_type=item.resource_type,
-                    )
-                data = item.json_bytes
-                for old, new in replaced.items():
-                    data = data.replace(f"Patient/{old}".encode(), f"Patient/{new}".encode())
-                rid, version = item.id, 1
-                if item.request_method == "PUT" and item.resource_type == "Patient":
-                    existing = self._existing_patient(pid)
-                    if existing is not None:
-                        rid = existing
-                        version = max(self.vault.versions(rid)) + 1
-                        data = _with_id(data, rid)
-                stored = self.vault.put(
-                    pid, rid, version, data, resource_type=item.resource_type, custodian=self.org
-                )
-                meta = extract_metadata(orjson.loads(data))
-                disclosures.add(pid, rid, meta)
-                if pid not in epochs:  # sealed in the patient's epoch (indexing.py)
-                    epochs[pid] = self._epoch(pid)
-                sealed = seal_meta(self.vault.metadata_key(pid), rid, version, meta, epochs[pid])
-                digest = commitment(stored.salt, data)
-                entries.append(
-                    {"rid": rid, "pid": pid, "commitment": digest, "meta_ct": sealed}
-                    | ({"version": version} if version > 1 else {})
-                )
-                unit_rids.append(rid)
-                unit_pids.add(pid)
-                held.append((rid, version))
-            unit = self.vault.hold(held) if held else None
-        # The chain decides, in one tx for the whole unit (new records and new versions
-        # alike), after the vault committed: the vault lock is not held while it decides.
-        if unit is not None:
-            msg = Register(entries, disclosures.as_body(), author)  # defaults left out
-            registrations.register(self.node.wallet, self.vault, unit, msg)
-        result.accepted += len(items)
-        result.rids += unit_rids
-        result.pids |= unit_pids
-
-    def _honour_conditional_patients(
-        self, parsed: list[Any], pids: dict[str, str]
-    ) -> tuple[list[Any], dict[str, str]]:
-        """A conditional create (HL7 A01/A04/R01) of a patient we already hold reuses it."""
-        keep: list[Any] = []
-        replaced: dict[str, str] = {}
-        for item in parsed:
-            if item.resource_type == "Patient" and item.if_none_exist:
-                existing = self._existing_patient(pids[item.id])
-                if existing is not None:
-                    replaced[item.id] = existing
-                    pids[existing] = pids[item.id]
-                    continue
-            keep.append(item)
-        keep = [
-            dataclasses.replace(item, patient_ref=replaced[item.patient_ref])
-            if item.patient_ref in replaced
-            else item
-            for item in keep
-        ]
-        return keep, replaced
+    item: Any  # interop.fhir.ParsedResource
+    rid: str
+    pid: str  # "" until known; the vault's hospital_pid for a supporting resource
+    aliases: list[bytes] = field(default_factory=list)
+    stored: bool = False  # `rid` is a resource stored before this unit
+    kept: bool = False  # a conditional create that found it: left as it is
 
 
 class _Disclosures:
@@ -387,28 +642,32 @@ class _Disclosures:
         self._decided: dict[tuple[str, str, str, str], str] = {}
         self.found: dict[tuple[str, str], list[str]] = {}  # (org, basis) -> rids
 
-    def add(self, pid: str, rid: str, meta: dict[str, Any]) -> None:
+    def add(self, pid: str, rid: str, meta: dict[str, Any], also: Iterable[str] = ()) -> None:
+        """Disclose the record to each hospital entitled to it; with `also` (a document's
+        entries' categories), only to one entitled to each of those categories too."""
+        categories = [str(meta.get("category")), *also]
         for other in self.others:
-            key = (pid, other, str(meta.get("category")), str(meta.get("type")))
-            if key not in self._decided:
-                decision = self.node.engine.query(
-                    "authorize/check",
-                    {
-                        "actor": other,
-                        "pid": pid,
-                        "meta": {
-                            "custodian": self.org,
-                            "category": meta.get("category"),
-                            "type": meta.get("type") or "",
-                        },
-                        "purpose": "treatment",
-                        "at_ms": self.now,
-                    },
-                )
-                self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
-            basis = self._decided[key]
-            if basis:
+            kind = str(meta.get("type") or "")
+            if all(self._basis(pid, other, c, kind) for c in categories):
+                basis = self._basis(pid, other, categories[0], kind)
                 self.found.setdefault((other, basis), []).append(rid)
+
+    def _basis(self, pid: str, other: str, category: str, kind: str) -> str:
+        """The basis on which `other` may read such a record for treatment, "" if none."""
+        key = (pid, other, category, kind)
+        if key not in self._decided:
+            decision = self.node.engine.query(
+                "authorize/check",
+                {
+                    "actor": other,
+                    "pid": pid,
+                    "meta": {"custodian": self.org, "category": category, "type": kind},
+                    "purpose": "treatment",
+                    "at_ms": self.now,
+                },
+            )
+            self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
+        return self._decided[key]
 
     def as_body(self) -> list[dict[str, Any]]:
         return [
@@ -466,10 +725,72 @@ def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> list[Any] | N
         return None
 
 
-def _with_id(data: bytes, rid: str) -> bytes:
+def _refusal(item: Any, source: str, field_name: str | None, message: str) -> InputError:
+    return InputError(
+        source, item.entry_index, field_name, message, resource_type=item.resource_type
+    )
+
+
+def _where(item: Any) -> str:
+    if item.entry_index is None:
+        return str(item.resource_type)
+    return f"entry {item.entry_index} ({item.resource_type})"
+
+
+def _rewritten(item: Any, rid: str, moved: dict[str, str]) -> bytes:
+    """The resource's bytes, stored under `rid`, its references to resources found stored
+    before (`moved`: parser's `Type/id` -> stored `Type/rid`) pointing at them. A document
+    Bundle is kept as it was received."""
+    data: bytes = item.json_bytes
+    if item.resource_type == "Bundle":
+        return data
+    hits = [old for old in moved if old.encode() in data]
+    if not hits and rid == item.id:
+        return data
     resource = orjson.loads(data)
+    if hits:
+        _repoint(resource, moved)
     resource["id"] = rid
     return orjson.dumps(resource)
+
+
+def _repoint(node: Any, moved: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in moved:
+            node["reference"] = moved[ref]
+        for value in node.values():
+            if isinstance(value, dict | list):
+                _repoint(value, moved)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                _repoint(value, moved)
+
+
+def _same_content(stored: bytes, new: bytes) -> bool:
+    """Whether two versions say the same, `id` and `meta` (lastUpdated, source...) aside."""
+    if stored == new:
+        return True
+    a, b = orjson.loads(stored), orjson.loads(new)
+    for doc in (a, b):
+        doc.pop("id", None)
+        doc.pop("meta", None)
+    return bool(a == b)
+
+
+def _metadata(item: Any, data: bytes) -> dict[str, Any]:
+    """The index metadata of a record; a document Bundle's is its Composition's (category
+    `documents`), see interop.metadata.document_categories for who may read it whole."""
+    from medledger.interop.metadata import extract_metadata
+
+    resource = orjson.loads(data)
+    if item.resource_type != "Bundle":
+        return extract_metadata(resource)
+    entries = resource.get("entry") or []
+    first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
+    about = first if isinstance(first, dict) else resource
+    return extract_metadata(about) | {"type": "Bundle", "category": "documents"}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -185,6 +185,24 @@ def reconcile(
     return report
 
 
+def settle(engine: Engine, vault: Vault, unit: ProvisionalUnit, wait_s: float = 5.0) -> Fate:
+    """Settle one unit now, whatever its age, if the chain has decided its signed tx.
+
+    For an ingestion that finds its resources held by an earlier unit (a file sent again
+    after "registration pending"). A unit never signed is left alone: it may belong to an
+    ingestion still running (`reconcile` settles it after its lease).
+    """
+    if unit.claim is None:
+        return "undecided"
+    fate = _fate(engine, unit, wait_s)
+    with contextlib.suppress(UnitSettled):  # settled meanwhile: the fate is the same
+        if fate == "committed":
+            vault.confirm(unit.unit, unit.claim)
+        elif fate == "failed":
+            vault.withdraw(unit.unit, unit.claim)
+    return fate
+
+
 def _fate(engine: Engine, unit: ProvisionalUnit, wait_s: float) -> Fate:
     if unit.claim is None:
         return "failed"  # never signed, so never submitted

@@ -6,8 +6,11 @@ other hospitals' records, each wrapped under the patient key, itself wrapped
 by the hospital's key-encryption key (see keys.py). Erasing a patient destroys
 their one wrapped patient key (crypto-shredding, constant time);
 `erase_copies` destroys copy sets' keys apart, so copies go while the own
-records under legal retention stay. SQLite and PostgreSQL backends share one
-SQL body (`sql`). Knows nothing of the ledger.
+records under legal retention stay. Records that are no patient's (a hospital's
+Practitioners, Medications...) live under `Vault.hospital_pid`, out of every
+erasure; `remember`/`recall` keep opaque aliases (HMACs computed by the caller)
+that find a record again. SQLite and PostgreSQL backends share one SQL body
+(`sql`). Knows nothing of the ledger.
 
 May import: host only (and never consensus or interop, its siblings).
 """

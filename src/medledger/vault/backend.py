@@ -23,10 +23,13 @@ from medledger.vault.models import (
     SetRow,
 )
 
-SCHEMA_VERSION = 2
-# Version 1 kept one data key per patient for own records and copies alike. Version 2 (key
-# sets per patient and custodian) changes how every record is encrypted, so a version-1
-# vault cannot be converted without its plaintexts: it is refused with this message.
+SCHEMA_VERSION = 3
+# Version 3 adds the aliases table (senders' ids and identifiers -> rid): a version-2 vault is
+# migrated on open by creating it (empty: what was stored before is still found by rid and
+# by its patient's pid). Version 1 kept one data key per patient for own records and copies
+# alike. Version 2 (key sets per patient and custodian) changes how every record is
+# encrypted, so a version-1 vault cannot be converted without its plaintexts: it is refused.
+MIGRATES_FROM = frozenset({2})
 SCHEMA_REFUSAL = (
     "this vault has schema version {found}; this medledger needs version {needed} (a key set "
     "per patient and custodian, so that copies can be erased apart). There is no in-place "
@@ -183,6 +186,19 @@ class Backend(Protocol):
 
     def delete_record(self, rid: str, version: int) -> RecordRow | None:
         """Delete one record version; return the row deleted, or None if there was none."""
+        ...
+
+    def insert_aliases(self, rows: list[tuple[bytes, str, int, str]]) -> None:
+        """Remember (alias, rid, version that brought it, pid); an alias already naming that
+        rid is left as it is."""
+        ...
+
+    def find_aliases(self, aliases: list[bytes]) -> list[tuple[bytes, str]]:
+        """(alias, rid) for each of the aliases that names a rid of a live (not erased) key."""
+        ...
+
+    def delete_aliases(self, rid: str, version: int) -> None:
+        """Forget the aliases a withdrawn record version brought."""
         ...
 
     # A provisional unit's records are a JSON list of [rid, version] (see ProvisionalUnit).

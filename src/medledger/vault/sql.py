@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from medledger.vault.backend import SCHEMA_REFUSAL, SCHEMA_VERSION
+from medledger.vault.backend import MIGRATES_FROM, SCHEMA_REFUSAL, SCHEMA_VERSION
 from medledger.vault.errors import VaultConfigError
 from medledger.vault.models import (
     CopyErasureRow,
@@ -93,7 +93,7 @@ class Dialect(Protocol):
         ...
 
 
-# One schema (version 2) for both databases; {…} are the dialect's types and literals.
+# One schema (version 3) for both databases; {…} are the dialect's types and literals.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -161,6 +161,15 @@ CREATE TABLE IF NOT EXISTS shredded_rids (
     rid TEXT PRIMARY KEY,
     pid TEXT NOT NULL
 ){strict};
+CREATE TABLE IF NOT EXISTS aliases (
+    alias   {blob} NOT NULL,
+    rid     TEXT NOT NULL,
+    version {int} NOT NULL,
+    pid     TEXT NOT NULL,
+    PRIMARY KEY (alias, rid)
+){strict};
+CREATE INDEX IF NOT EXISTS aliases_by_rid ON aliases (rid, version);
+CREATE INDEX IF NOT EXISTS aliases_by_patient ON aliases (pid);
 CREATE TABLE IF NOT EXISTS provisional_units (
     unit       TEXT PRIMARY KEY,
     claim      {blob},
@@ -201,10 +210,16 @@ class SQLBackend:
         try:
             with self.transaction():
                 dialect.lock_schema()
-                self._check_schema_version()
+                found = self._check_schema_version()
                 for statement in schema_statements(dialect):
                     dialect.execute(statement, ())
                 self.set_meta_if_absent("schema_version", str(SCHEMA_VERSION).encode())
+                if found is not None and found != str(SCHEMA_VERSION):
+                    # Migrated: the new tables were created above, empty.
+                    self._run(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION).encode(),),
+                    )
         except BaseException:
             dialect.close()
             raise
@@ -218,17 +233,19 @@ class SQLBackend:
     def _all(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._run(statement, params).fetchall()
 
-    def _check_schema_version(self) -> None:
-        """Refuse a vault written by an older schema (see SCHEMA_REFUSAL) before touching it."""
+    def _check_schema_version(self) -> str | None:
+        """The schema version found (None: a new vault); refuse one that cannot be migrated
+        (see SCHEMA_REFUSAL) before touching it."""
         if self._one(self.dialect.meta_exists) is None:
-            return
+            return None
         row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
         found = None if row is None else bytes(row[0]).decode()
-        if found is not None and found != str(SCHEMA_VERSION):
+        if found is not None and found != str(SCHEMA_VERSION) and int(found) not in MIGRATES_FROM:
             where = f"{self.dialect.location}: " if self.dialect.location else ""
             raise VaultConfigError(
                 where + SCHEMA_REFUSAL.format(found=found, needed=SCHEMA_VERSION)
             )
+        return found
 
     # ------------------------------------------------------------ plumbing
 
@@ -492,6 +509,30 @@ class SQLBackend:
         )
         return None if row is None else record_from_row(row)[0]
 
+    # ------------------------------------------------------------- aliases
+
+    def insert_aliases(self, rows: list[tuple[bytes, str, int, str]]) -> None:
+        statement = self.dialect.insert_or_ignore(
+            "aliases (alias, rid, version, pid) VALUES (?, ?, ?, ?)", "(alias, rid)"
+        )
+        for row in rows:
+            self._run(statement, row)
+
+    def find_aliases(self, aliases: list[bytes]) -> list[tuple[bytes, str]]:
+        found: list[tuple[bytes, str]] = []
+        for i in range(0, len(aliases), 500):
+            chunk = aliases[i : i + 500]
+            rows = self._all(
+                "SELECT a.alias, a.rid FROM aliases a JOIN patient_keys k ON k.pid = a.pid "
+                f"WHERE a.alias IN ({', '.join('?' * len(chunk))}) ORDER BY a.rid",
+                chunk,
+            )
+            found += [(bytes(r[0]), str(r[1])) for r in rows]
+        return found
+
+    def delete_aliases(self, rid: str, version: int) -> None:
+        self._run("DELETE FROM aliases WHERE rid = ? AND version = ?", (rid, version))
+
     # -------------------------------------------------------- provisional
 
     def insert_provisional(self, unit: str, records: bytes, updated_at: float) -> None:
@@ -539,6 +580,11 @@ class SQLBackend:
 
     def purge(self, pid: str, generation: int) -> int:
         self._run(
+            "DELETE FROM aliases WHERE pid = ? AND rid IN "
+            "(SELECT rid FROM records WHERE pid = ? AND generation = ?)",
+            (pid, pid, generation),
+        )
+        self._run(
             self.dialect.insert_or_ignore(
                 "shredded_rids (rid, pid) "
                 "SELECT DISTINCT rid, pid FROM records WHERE pid = ? AND generation = ?",
@@ -563,6 +609,9 @@ class SQLBackend:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def purge_set(self, kid: str) -> int:
+        self._run(
+            "DELETE FROM aliases WHERE rid IN (SELECT rid FROM records WHERE kid = ?)", (kid,)
+        )
         self._run(
             self.dialect.insert_or_ignore(
                 "shredded_rids (rid, pid) SELECT DISTINCT rid, pid FROM records WHERE kid = ?",

@@ -42,6 +42,23 @@ before the registration is sent; the unit keeps the signed registration
 leaves either nothing, or the records plus what is needed to learn how their
 registration ended: never a registration whose records are gone.
 
+The hospital's own records
+--------------------------
+Records that are no patient's (the Practitioners, Organizations, Medications... that
+documents and messages carry) are kept under `hospital_pid`, an owner reserved for the
+hospital: a pid-shaped name derived from the hospital id, with a random key of its own
+wrapped under the KEK exactly like a patient key. So they are encrypted at rest like
+everything else, yet no patient's erasure ever touches them (erase() refuses that owner),
+and `patients()` does not list it.
+
+Aliases
+-------
+`remember(rid, aliases)` keeps opaque names of a record (32-byte HMACs the caller computes:
+a sender's id for it, an identifier it carries) and `recall` finds the rids they name, so
+that a resource sent again, or referred to by a sender's id, is found. The vault never sees
+what they name. An alias goes with the record version that brought it (withdraw) and with
+its patient (purge after an erasure).
+
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
 If the patient comes back to the hospital, reinstate(pid) must be called
@@ -56,7 +73,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,6 +144,8 @@ _LABEL_ERASURE = b"medledger/vault/v1/erasure"
 _LABEL_COPY_SET_ERASURE = b"medledger/vault/v2/copy-set-erasure"
 _LABEL_COPIES_RECEIPT = b"medledger/vault/v2/copies-erasure"
 _UNWRAPPED_CACHE = 1024
+_LABEL_HOSPITAL_OWNER = b"medledger/vault/v3/hospital-records"
+ALIAS_SIZE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +194,9 @@ class Vault:
         self._compact_due = False
         self._unwrapped: dict[tuple[str, int, bytes], PatientKeys] = {}
         self._unwrapped_sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
+        self.hospital_pid = hashlib.sha256(
+            encode_fields(_LABEL_HOSPITAL_OWNER, keyring.hospital_id)
+        ).hexdigest()
         self._bind_meta()
 
     @classmethod
@@ -249,6 +271,8 @@ class Vault:
     # ---------------------------------------------------------------- helpers
 
     def _pid(self, pid: object) -> str:
+        if pid == self.hospital_pid:
+            return pid
         if not isinstance(pid, str) or self._pid_re.fullmatch(pid) is None:
             raise ValueError(
                 "invalid pid: expected a pseudonym (HMAC-SHA256 as 64 hex digits or 43 base64url "
@@ -437,6 +461,12 @@ class Vault:
             finally:
                 self._batch_depth -= 1
 
+    def _refuse_own_records(self, pid: str) -> None:
+        if pid == self.hospital_pid:
+            raise ValueError(
+                "the hospital's own records (hospital_pid) are no patient's: they are not erased"
+            )
+
     def _refuse_in_batch(self, what: str) -> None:
         if self._batch_depth:
             raise VaultError(f"{what} cannot run inside a batch: it must commit on its own")
@@ -569,6 +599,36 @@ class Vault:
             salt=salt if salt is not None else keys.salt(rid, version),
         )
 
+    # ---------------------------------------------------------------- aliases
+
+    def remember(self, rid: str, aliases: Iterable[bytes]) -> None:
+        """Keep `aliases` (opaque 32-byte names the caller computed, e.g. HMACs of a sender's
+        id) as names of the stored record `rid`, tied to its latest version: withdrawing
+        that version forgets them. Idempotent."""
+        _check(_RID_RE, rid, "rid")
+        names = [bytes(a) for a in aliases]
+        if any(len(a) != ALIAS_SIZE for a in names):
+            raise ValueError(f"an alias is {ALIAS_SIZE} bytes (an HMAC-SHA256)")
+        if not names:
+            return
+        with self._lock, self._backend.transaction():
+            state = self._backend.rid_state(rid)
+            if state is None:
+                raise RecordNotFound(rid)
+            self._backend.insert_aliases([(a, rid, state.max_version, state.pid) for a in names])
+
+    def recall(self, aliases: Iterable[bytes]) -> dict[bytes, list[str]]:
+        """The rids each alias names (only records still readable: an erased patient's
+        aliases name nothing); aliases naming nothing are left out."""
+        names = sorted({bytes(a) for a in aliases})
+        found: dict[bytes, list[str]] = {}
+        if not names:
+            return found
+        with self._lock:
+            for alias, rid in self._backend.find_aliases(names):
+                found.setdefault(alias, []).append(rid)
+        return found
+
     # ------------------------------------------------------ provisional units
 
     def hold(self, records: list[tuple[str, int]]) -> str:
@@ -622,6 +682,7 @@ class Vault:
             held = self._settling(unit, claim)
             deleted = 0
             for rid, version in held.records:
+                self._backend.delete_aliases(rid, version)
                 row = self._backend.delete_record(rid, version)
                 if row is None:
                     if version == 1 and not self._backend.versions(rid):
@@ -738,7 +799,7 @@ class Vault:
     def patients(self) -> list[str]:
         """Pids with live (not erased) key material, sorted."""
         with self._lock:
-            return self._backend.patients()
+            return [p for p in self._backend.patients() if p != self.hospital_pid]
 
     def is_erased(self, pid: str) -> bool:
         """True when the patient's latest key was erased and not reinstated."""
@@ -780,6 +841,7 @@ class Vault:
         arriving later for them is refused.
         """
         pid = self._pid(pid)
+        self._refuse_own_records(pid)
         self._refuse_in_batch("erase")
         with self._lock:
             with self._backend.transaction():
@@ -820,6 +882,7 @@ class Vault:
         PatientErased if the whole patient was erased (nothing is left to shred apart).
         """
         pid = self._pid(pid)
+        self._refuse_own_records(pid)
         if custodian is not None:
             _check(_CUSTODIAN_RE, custodian, "custodian")
         self._refuse_in_batch("erase_copies")
