@@ -1,0 +1,7 @@
+"""placeholder"""
+
+from fastapi import APIRouter
+
+
+def make_router() -> APIRouter:
+    return APIRouter()
