@@ -53,7 +53,10 @@ def make_router() -> APIRouter:
         _resource_of(body, resource_type)
         criteria = request.headers.get("if-none-exist")
         if criteria is None:
-            return await _write(svc, request, body, f"{resource_type}.json", author)
+            created = await _write(svc, request, body, f"{resource_type}.json", author)
+            if created is None:
+                raise FhirError(409, "conflict", f"{resource_type}: nothing was stored")
+            return created
         found = _matches(svc, resource_type, criteria)
         if len(found) > 1:
             raise FhirError(
