@@ -9,8 +9,9 @@ Who writes is checked before the body is read: an active practitioner of this ho
 care role, or one of its system clients (`HospitalServices.author_of`); the registration names
 that author and writes the `create` entries of the access trail in the same tx. The body must
 be FHIR JSON (415 otherwise), of the type of the URL (400), within `api.max_body_bytes` (413,
-`app.BodyLimit`). A conditional create that matches one resource answers it (200, decided and
-logged like a read), several: 412. An update names the stored resource in its URL and body
+`app.BodyLimit`). A conditional create (`If-None-Exist`, or the same criteria as the POST's
+query, as fhirpy sends them) that matches one resource answers it (200, decided and logged
+like a read), several: 412. An update names the stored resource in its URL and body
 (400 if they differ), may be guarded by `If-Match: W/"n"` (412 if the resource moved on), and
 never moves a record to another patient nor touches a copy held for another hospital.
 """
@@ -52,6 +53,12 @@ def make_router() -> APIRouter:
         body = await request.body()  # bounded by app.BodyLimit
         _resource_of(body, resource_type)
         criteria = request.headers.get("if-none-exist")
+        if request.url.query:  # the criteria as query parameters, as fhirpy sends them
+            if criteria is not None:
+                raise FhirError(
+                    400, "invalid", "conditional create: If-None-Exist or a query, not both"
+                )
+            criteria = request.url.query
         if criteria is None:
             created = await _write(svc, request, body, f"{resource_type}.json", author)
             if created is None:
