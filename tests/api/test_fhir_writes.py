@@ -27,7 +27,7 @@ def _patient(api: Api) -> dict[str, Any]:
 
 
 def _ins(patient: dict[str, Any]) -> str:
-    return next(i["value"] for i in patient["identifier"] if i["system"] == INS_SYSTEM)
+    return str(next(i["value"] for i in patient["identifier"] if i["system"] == INS_SYSTEM))
 
 
 def _patients_of(api: Api, pid: str) -> list[str]:
