@@ -1,6 +1,6 @@
-"""API latency: a read and `Patient/$everything` for a patient with ~500 resources held by three
-hospitals (the local ones plus the copies the sync agent prefetched under the patient's
-consents), on a solo sandbox in this process, over HTTP on loopback.
+"""API latency: a read, `Patient/$everything` and `Patient/$summary` (the IPS document) for a
+patient with ~500 resources held by three hospitals (the local ones plus the copies the sync
+agent prefetched under the patient's consents), on a solo sandbox in this process, over HTTP on loopback.
 
     medledger bench api [--set resources=500 --set rounds=50]
 """
@@ -120,7 +120,7 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                 },
             )
             headers = {"Authorization": f"Bearer {token}"}
-            reads, everything = [], []
+            reads, everything, summaries = [], [], []
             with httpx.Client(base_url=lyon.api_url, headers=headers, timeout=30) as client:
                 for _ in range(rounds):
                     s = time.perf_counter()
@@ -133,7 +133,12 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                     )
                     everything.append(time.perf_counter() - s)
                     assert r.status_code == 200, r.text
-                served = len(r.json()["entry"])
+                    served = len(r.json()["entry"])
+                    s = time.perf_counter()
+                    r = client.get(f"/fhir/Patient/{patient_rid}/$summary")
+                    summaries.append(time.perf_counter() - s)
+                    assert r.status_code == 200, r.text
+                summary_entries = len(r.json()["entry"])
         finally:
             sandbox.close()
     return {
@@ -142,6 +147,8 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
         "rounds": rounds,
         "read": _pcts(reads),
         "everything": _pcts(everything),
+        "summary_entries": summary_entries,
+        "summary": _pcts(summaries),
     }
 
 
