@@ -1,6 +1,7 @@
 """API latency: a read, `Patient/$everything` and `Patient/$summary` (the IPS document) for a
 patient with ~500 resources held by three hospitals (the local ones plus the copies the sync
-agent prefetched under the patient's consents), on a solo sandbox in this process, over HTTP on loopback.
+agent prefetched under the patient's consents), on a solo sandbox in this process, over HTTP
+on loopback.
 
     medledger bench api [--set resources=500 --set rounds=50]
 """
