@@ -142,3 +142,34 @@ def _references(node: Any) -> list[str]:
         for value in node:
             found += _references(value)
     return found
+
+
+def test_a_document_received_summarises_with_its_practitioner_and_medications(api: Api) -> None:
+    import orjson
+    import pytest
+
+    from medledger.interop.synth import as_document, generate
+
+    if not hasattr(api.services.vault, "hospital_pid"):
+        pytest.skip("needs the store of the hospital's own resources (issue 12, ingest-store)")
+    bundle = next(
+        b
+        for b in generate(4, ["chu-lyon", "aphp-paris"], seed=11)["chu-lyon"]
+        if any(e["resource"]["resourceType"] == "MedicationRequest" for e in b["entry"])
+    )
+    result = api.services.ingestor.ingest_bytes(orjson.dumps(as_document(bundle)), "ips.json")
+    assert not result.rejections, result.rejections
+    patient = next(r for r in result.rids if api.services.vault.info(r).resource_type == "Patient")
+    headers = api.token("Practitioner/dr-martin", "user/*.rs")
+    r = api.client.get(f"/fhir/Patient/{patient}/$summary", headers=headers)
+    assert r.status_code == 200, r.text
+    document = r.json()
+    Bundle.model_validate(document)
+    entries = {e["fullUrl"]: e["resource"] for e in document["entry"]}
+    types = [res["resourceType"] for res in entries.values()]
+    assert "Medication" in types and "Practitioner" in types
+    medications = _sections(document["entry"][0]["resource"])["10160-0"]
+    assert "entry" in medications
+    for resource in entries.values():
+        for ref in _references(resource):
+            assert ref in entries, ref  # the document is self-contained

@@ -89,7 +89,12 @@ def capability_statement(base: str) -> dict[str, Any]:
                 },
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "resource": [
-                    entry | {"searchParam": search if entry["type"] != "AuditEvent" else search[:1]}
+                    entry
+                    | (
+                        {"searchParam": search if entry["type"] != "AuditEvent" else search[:1]}
+                        if interactions.offers(str(entry["type"]), "search-type")
+                        else {}
+                    )
                     for entry in capability_resources()
                 ],
             }

@@ -25,10 +25,25 @@ RECORD_TYPES = (
 )
 _RECORD = ("read", "vread", "history-instance", "search-type", "create", "update")
 
+#: The hospital's own resources that documents and messages carry (who acted, with what):
+#: no patient's, read and created, not versioned through the API.
+SUPPORTING_TYPES = (
+    "Device",
+    "Location",
+    "Medication",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Substance",
+)
+
 #: type -> the interactions (FHIR `TypeRestfulInteraction` codes) its routes answer.
 INTERACTIONS: dict[str, tuple[str, ...]] = {
     "Patient": _RECORD,
     **dict.fromkeys(RECORD_TYPES, _RECORD),
+    **dict.fromkeys(SUPPORTING_TYPES, ("read", "create")),
+    # A document as it was received (`GET /fhir/Bundle/<id>`).
+    "Bundle": ("read",),
     # Consents are the consent contract's, seen as FHIR: no versions of their own.
     "Consent": ("read", "search-type", "create"),
     "AuditEvent": ("search-type",),
@@ -44,6 +59,10 @@ OPERATIONS: dict[str, tuple[tuple[str, str], ...]] = {
 
 #: Whole-system interactions (`POST /fhir` with a transaction Bundle).
 SYSTEM_INTERACTIONS = ("transaction",)
+
+
+def offers(resource_type: str, interaction: str) -> bool:
+    return interaction in INTERACTIONS.get(resource_type, ())
 
 
 def check(resource_type: str, interaction: str) -> None:

@@ -14,6 +14,8 @@ Nothing is left out silently: a record the caller's scopes or the consents do no
 is counted in its section (`WITHHELD` extension, and said in the section's narrative; a section
 with nothing shown but something withheld has `emptyReason` `withheld`), and the document
 carries an OperationOutcome entry, referenced from the Composition, saying how many and why.
+The hospital's own resources the entries reference (the Practitioner who performed, the
+Medication prescribed) are entries too, so that every reference resolves in the document.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.responses import Response
 
 from medledger.api.auth import authenticated, require
 from medledger.api.fhir import LocalRecords, Svc, _in_scope, _meta_of, _within_launch
+from medledger.api.interactions import SUPPORTING_TYPES
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims
@@ -109,15 +112,16 @@ def build(svc: HospitalServices, claims: Claims, pid: str, base: str) -> bytes:
     latest = LocalRecords(svc).latest(pid)
     reachable = {id(i) for i in _in_scope(svc, claims, latest, "read")}
     decided: dict[tuple[str, str, str], Decision] = {}
-    shown: list[tuple[Any, Decision]] = []
+    allowed: list[tuple[Any, Decision]] = []
     withheld: dict[str, int] = {}  # section -> count
     reasons: dict[str, int] = {}  # why -> count
     denied: dict[str, list[str]] = {}  # reason -> rids (logged)
     for info in latest:
         meta = _meta_of(svc, info)
         section = section_of(info.resource_type, str(meta.get("category")), None)
-        if info.resource_type != "Patient" and section is None:
-            continue  # not summary content (encounters, documents...)
+        # Summary content: the Patient and the sections' records; the others (encounters,
+        # imaging studies...) only when an entry references them.
+        content = info.resource_type == "Patient" or section is not None
         if id(info) not in reachable:
             why = "outside the categories or types of your scopes"
         else:
@@ -126,42 +130,46 @@ def build(svc: HospitalServices, claims: Claims, pid: str, base: str) -> bytes:
                 decided[key] = svc.decide(claims, pid, meta, "treatment")
             decision = decided[key]
             if decision.allowed:
-                shown.append((info, decision))
+                allowed.append((info, decision))
                 continue
             why = f"access denied: {decision.reason}"
-            denied.setdefault(decision.reason, []).append(info.rid)
-        reasons[why] = reasons.get(why, 0) + 1
-        if section is not None:
-            withheld[section] = withheld.get(section, 0) + 1
-    by_basis: dict[str, list[str]] = {}
-    for info, decision in shown:
-        by_basis.setdefault(decision.basis, []).append(info.rid)
+            if content:
+                denied.setdefault(decision.reason, []).append(info.rid)
+        if content:
+            reasons[why] = reasons.get(why, 0) + 1
+            if section is not None:
+                withheld[section] = withheld.get(section, 0) + 1
     for reason, rids in sorted(denied.items()):  # every refusal is on the chain too
         svc.record_access(
             claims, pid, "export", "treatment", Decision(False, "", reason), rids, wait=False
         )
-    for basis, rids in sorted(by_basis.items()):
-        svc.record_access(
-            claims, pid, "export", "treatment", Decision(True, basis, ""), rids, wait=False
-        )
-    patients = [i for i, _ in shown if i.resource_type == "Patient"]
+    patients = [i for i, _ in allowed if i.resource_type == "Patient"]
     if not patients:
         raise FhirError(
             403, "forbidden", "the patient's own record is not yours to see: no summary for you"
         )
     subject = min(patients, key=lambda i: (i.is_copy, i.custodian != svc.org, i.rid))
-    return _document(svc, pid, base, subject, shown, withheld, reasons)
+    document, served = _document(svc, base, subject, allowed, withheld, reasons)
+    by_basis: dict[str, list[str]] = {}  # what the document holds, by what allowed it
+    for info, decision in allowed:
+        if info.rid in served:
+            by_basis.setdefault(decision.basis, []).append(info.rid)
+    for basis, rids in sorted(by_basis.items()):
+        svc.record_access(
+            claims, pid, "export", "treatment", Decision(True, basis, ""), rids, wait=False
+        )
+    return document
 
 
 def _document(
     svc: HospitalServices,
-    pid: str,
     base: str,
     subject: Any,
-    shown: list[tuple[Any, Any]],
+    allowed: list[tuple[Any, Any]],
     withheld: dict[str, int],
     reasons: dict[str, int],
-) -> bytes:
+) -> tuple[bytes, set[str]]:
+    """(the document, the rids of the patient's records it holds)."""
     now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     urls: dict[str, str] = {}  # "Type/rid" -> urn:uuid of its entry
 
@@ -170,29 +178,52 @@ def _document(
         return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, name)}"
 
     patient_url = urn("Patient", subject.rid, subject.version)
+    for info, _ in allowed:
+        if info.resource_type == "Patient":
+            urls[f"Patient/{info.rid}"] = patient_url  # every record of the person: one subject
     entries: list[tuple[str, dict[str, Any]]] = []
     sections: dict[str, list[str]] = {}
     labels: dict[str, list[str]] = {}
-    for info, _ in shown:
-        if info.resource_type == "Patient":
-            urls[f"Patient/{info.rid}"] = patient_url  # every record of the person: one subject
-            continue
-        url = urn(info.resource_type, info.rid, info.version)
-        urls[f"{info.resource_type}/{info.rid}"] = url
-    for info, _ in shown:
-        if info.resource_type == "Patient" and info.rid != subject.rid:
-            continue
-        resource = orjson.loads(svc.vault.get(info.rid, info.version))
+    category = {info.rid: str(_meta_of(svc, info)["category"]) for info, _ in allowed}
+    loaded: list[tuple[Any, dict[str, Any]]] = [
+        (info, orjson.loads(svc.vault.get(info.rid, info.version)))
+        for info, _ in allowed
+        if info.rid == subject.rid
+        or section_of(info.resource_type, category[info.rid], None) is not None
+    ]
+    # The patient's other records the entries reference (an Observation's Encounter...).
+    others = {f"{i.resource_type}/{i.rid}": i for i, _ in allowed if i.resource_type != "Patient"}
+    included = {f"{i.resource_type}/{i.rid}" for i, _ in loaded}
+    pending = [r for _, res in loaded for r in _references(res)]
+    while pending:
+        ref = pending.pop()
+        if ref in others and ref not in included:
+            included.add(ref)
+            resource = orjson.loads(svc.vault.get(others[ref].rid, others[ref].version))
+            loaded.append((others[ref], resource))
+            pending += _references(resource)
+    for info, _resource in loaded:
+        if info.resource_type != "Patient":
+            urls[f"{info.resource_type}/{info.rid}"] = urn(
+                info.resource_type, info.rid, info.version
+            )
+    supporting = _supporting(svc, [resource for _, resource in loaded])
+    for info, _resource in supporting:
+        urls[f"{info.resource_type}/{info.rid}"] = urn(info.resource_type, info.rid, info.version)
+    for info, resource in loaded:
         _rewrite(resource, urls)
         if info.resource_type == "Patient":
             entries.insert(0, (patient_url, resource))
             continue
-        section = section_of(info.resource_type, _meta_of(svc, info)["category"], resource)
+        section = section_of(info.resource_type, category[info.rid], resource)
         url = urls[f"{info.resource_type}/{info.rid}"]
         entries.append((url, resource))
         if section is not None:
             sections.setdefault(section, []).append(url)
             labels.setdefault(section, []).append(_label(resource))
+    for info, resource in supporting:  # who acted, with what: after the clinical entries
+        _rewrite(resource, urls)
+        entries.append((urls[f"{info.resource_type}/{info.rid}"], resource))
     org_url = urn("Organization", svc.org)
     organization = {
         "resourceType": "Organization",
@@ -249,7 +280,7 @@ def _document(
     }
     for url, resource in entries:
         resource["id"] = url.removeprefix("urn:uuid:")
-    return orjson.dumps(document)
+    return orjson.dumps(document), {info.rid for info, _ in loaded}
 
 
 def _section(
@@ -284,6 +315,53 @@ def _section(
             "coding": [{"system": _EMPTY, "code": reason, "display": reason.capitalize()}]
         }
     return section
+
+
+def _supporting(
+    svc: HospitalServices, resources: list[dict[str, Any]]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The hospital's own resources (Practitioner, Medication...) the entries reference, so
+    that every reference of the document resolves inside it. They are no patient's record
+    (kept under the vault's `hospital_pid`): nothing about a patient is decided for them."""
+    from medledger.vault.errors import VaultError
+
+    owner = getattr(svc.vault, "hospital_pid", None)  # the vault's owner of such resources
+    if owner is None:
+        return []
+    wanted = sorted(
+        {
+            ref
+            for resource in resources
+            for ref in _references(resource)
+            if ref.partition("/")[0] in SUPPORTING_TYPES
+        }
+    )
+    found = []
+    for ref in wanted:
+        kind, _, rid = ref.partition("/")
+        try:
+            info = svc.vault.info(rid)
+        except (VaultError, ValueError):
+            continue
+        if info.resource_type == kind and info.pid == owner:
+            found.append((info, orjson.loads(svc.vault.get(rid))))
+    return found
+
+
+def _references(node: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            found.append(ref)
+        for value in node.values():
+            if isinstance(value, dict | list):
+                found += _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                found += _references(value)
+    return found
 
 
 def _withheld_outcome(reasons: dict[str, int]) -> dict[str, Any]:
