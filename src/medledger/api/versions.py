@@ -4,7 +4,8 @@ The vault keeps the bytes a hospital sent; the version number and the time it wa
 are the server's, so they are set on the way out: `versionId` is the vault's version, and
 `lastUpdated` the time the chain registered that version (the block time of its `records`
 entry, the same for every hospital holding a copy). A resource sent without `meta` keeps its
-exact bytes after the added `meta`; one with a `meta` of its own has it rewritten.
+exact bytes after the added `meta`; one with a `meta` of its own has it rewritten. A document
+Bundle is served exactly as it came (its `ETag` and `Last-Modified` only).
 """
 
 from __future__ import annotations
@@ -68,4 +69,6 @@ def served(
     info = vault.info(rid, version)
     updated = registered_times(engine, rid).get(info.version)
     raw = vault.get(rid, info.version)
+    if info.resource_type == "Bundle":  # a document is served as it came (its meta its own)
+        return raw, headers(info.version, updated), info.version
     return with_meta(raw, info.version, updated), headers(info.version, updated), info.version
