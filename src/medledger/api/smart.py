@@ -239,7 +239,11 @@ def authenticate(
     if jwk.get("alg") not in (None, alg):
         raise refuse(f"key {kid!r} is registered for {jwk['alg']}, not {alg}")
     signed = f"{parts[0]}.{parts[1]}".encode()
-    if not _verify_signature(_public_key(jwk, kid), str(alg), signed, signature):
+    try:
+        key = _public_key(jwk, kid)
+    except ClientError as exc:  # the registry was edited by hand
+        raise refuse(f"the registered key cannot be used: {exc}") from None
+    if not _verify_signature(key, str(alg), signed, signature):
         raise refuse("the signature does not verify with the registered key")
     aud = claims.get("aud")
     if aud != audience and not (isinstance(aud, list) and audience in aud):
