@@ -1,4 +1,5 @@
-"""API latency: a read, `Patient/$everything` and a filtered search (and its page link) for a
+"""API latency: a read, `Patient/$everything`, `Patient/$summary` (the IPS document) and a
+filtered search (and its page link) for a
 patient with ~500 resources held by three hospitals (the local ones plus the copies the sync
 agent prefetched under the patient's consents), on a solo sandbox in this process, over HTTP
 on loopback.
@@ -121,7 +122,7 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                 },
             )
             headers = {"Authorization": f"Bearer {token}"}
-            reads, everything = [], []
+            reads, everything, summaries = [], [], []
             with httpx.Client(base_url=lyon.api_url, headers=headers, timeout=30) as client:
                 for _ in range(rounds):
                     s = time.perf_counter()
@@ -134,7 +135,12 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
                     )
                     everything.append(time.perf_counter() - s)
                     assert r.status_code == 200, r.text
-                served = len(r.json()["entry"])
+                    served = len(r.json()["entry"])
+                    s = time.perf_counter()
+                    r = client.get(f"/fhir/Patient/{patient_rid}/$summary")
+                    summaries.append(time.perf_counter() - s)
+                    assert r.status_code == 200, r.text
+                summary_entries = len(r.json()["entry"])
                 # A filtered search over the same records (each decrypted and matched), and
                 # the page link it gives (the frozen result: no matching again).
                 search = {
@@ -167,6 +173,8 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
         "search_matches": matched,
         "search_first_page": _pcts(searches),
         "search_next_page": _pcts(pages),
+        "summary_entries": summary_entries,
+        "summary": _pcts(summaries),
     }
 
 

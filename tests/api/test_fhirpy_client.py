@@ -150,3 +150,78 @@ def test_fhirpy_metadata_create_search_everything_and_audit(served: tuple[Api, s
 
 def _pid(api: Api, patient_id: str) -> str:
     return api.services.vault.info(patient_id).pid
+
+
+INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.10"
+
+
+def test_fhirpy_conditional_create_update_vread_history_and_summary(
+    served: tuple[Api, str],
+) -> None:
+    api, url = served
+    staff = api.token("Practitioner/dr-martin", "user/*.cruds")["Authorization"]
+    client = SyncFHIRClient(url, authorization=staff)
+    patient = client.reference("Patient", api.patient_rid).to_resource()
+    ins = next(i["value"] for i in patient["identifier"] if i["system"] == INS_SYSTEM)
+
+    # conditional create (fhirpy sends the criteria as the POST's query): the one match
+    incoming = client.resource(
+        "Patient",
+        identifier=[{"system": INS_SYSTEM, "value": ins}],
+        name=patient["name"],
+        gender=patient["gender"],
+        birthDate=patient["birthDate"],
+    )
+    found, created = (
+        client.resources("Patient").search(identifier=f"{INS_SYSTEM}|{ins}").get_or_create(incoming)
+    )
+    assert not created and found.id == api.patient_rid
+
+    # update: a new version, read back by version and in the history
+    patient["telecom"] = [{"system": "email", "value": "p.bernard@example.org"}]
+    patient.save()
+    assert patient["meta"]["versionId"] == "2"
+    first = client.execute(f"Patient/{api.patient_rid}/_history/1", method="get")
+    second = client.execute(f"Patient/{api.patient_rid}/_history/2", method="get")
+    assert "telecom" not in first or first["telecom"] != second["telecom"]
+    assert second["telecom"] == [{"system": "email", "value": "p.bernard@example.org"}]
+    history = client.execute(f"Patient/{api.patient_rid}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+
+    # $summary: an IPS document whose subject is the updated patient
+    document = client.execute(f"Patient/{api.patient_rid}/$summary", method="get")
+    assert document["type"] == "document"
+    composition = document["entry"][0]["resource"]
+    subject = next(
+        e["resource"]
+        for e in document["entry"]
+        if e["fullUrl"] == composition["subject"]["reference"]
+    )
+    assert subject["telecom"] == second["telecom"]
+
+
+def test_fhirpy_with_a_token_from_the_token_endpoint(served: tuple[Api, str]) -> None:
+    import httpx
+
+    from medledger.api.smart import ASSERTION_TYPE, add_client
+
+    from .test_smart_backend import LabSystem
+
+    api, url = served
+    config = httpx.get(f"{url}/.well-known/smart-configuration").json()
+    lab = LabSystem()
+    add_client(api.services.node.config.home, lab.client_id, lab.jwks(), "system/*.rs")
+    answer = httpx.post(
+        config["token_endpoint"],
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": lab.assertion(aud=config["token_endpoint"]),
+            "scope": "system/Observation.rs system/Patient.rs",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    token = answer.json()["access_token"]
+    client = SyncFHIRClient(url, authorization=f"Bearer {token}")
+    observations = client.resources("Observation").search(patient=api.patient_rid).fetch_all()
+    assert observations and all(o["resourceType"] == "Observation" for o in observations)

@@ -10,8 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
+from medledger.api import history, smart, summary, writes
 from medledger.api.fhir import make_router
-from medledger.api.outcomes import FhirError, fhir_error_handler, fhir_response, outcome
+from medledger.api.outcomes import (
+    FhirError,
+    fhir_error_handler,
+    fhir_response,
+    http_error_handler,
+    outcome,
+)
 from medledger.api.services import HospitalServices
 
 
@@ -23,6 +30,7 @@ def create_app(services: HospitalServices) -> FastAPI:
     )
     app.state.services = services
     app.add_exception_handler(FhirError, fhir_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)  # 404, 405... as FHIR
 
     async def invalid(request, exc):  # type: ignore[no-untyped-def]
         first = exc.errors()[0] if exc.errors() else {}
@@ -37,31 +45,12 @@ def create_app(services: HospitalServices) -> FastAPI:
     app.add_exception_handler(BodyTooLarge, too_large)
     app.add_middleware(BodyLimit, services=services)
 
-    @app.get("/.well-known/smart-configuration")
-    def smart_configuration() -> dict[str, object]:
-        return {
-            "issuer": services.issuer_id,
-            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-            "grant_types_supported": ["client_credentials"],
-            "scopes_supported": [
-                "patient/*.read",
-                "user/*.read",
-                "user/*.write",
-                "patient/*.rs",
-                "user/*.cruds",
-                "system/*.rs",
-            ],
-            "capabilities": [
-                "permission-v1",
-                "permission-v2",
-                "permission-patient",
-                "permission-user",
-                "client-confidential-asymmetric",
-            ],
-            "code_challenge_methods_supported": ["S256"],
-        }
-
+    # Order matters: the fixed paths (smart configuration under /fhir) before `/{type}/{id}`.
+    app.include_router(smart.make_router())
+    app.include_router(summary.make_router())
+    app.include_router(history.make_router())
     app.include_router(make_router())
+    app.include_router(writes.make_router())
     return app
 
 

@@ -1,15 +1,15 @@
-"""The FHIR R4 facade: metadata, create, read, search by patient, $everything, AuditEvent.
+"""The FHIR R4 facade: metadata, read, search by patient, $everything, AuditEvent, Consent.
 
-Resources are served as the vault holds them (the bytes received); Bundles are assembled by
+Writes are in `writes`, versions (vread, history) in `history`, `$summary` in `summary`; which
+interaction each type offers is the one table of `interactions`.
+
+Resources are served as the vault holds them (the bytes received, with the server's
+`meta.versionId`/`lastUpdated` on a read, see `versions`); Bundles are assembled by
 concatenating those bytes, never re-serialised through models. Every access, allowed or not,
 is written on the chain before (remote) or as (local) the data is served.
 
 Scopes decide first (`auth.require`): a resource type or category the token's scopes do not
-reach is never served, not even inside `$everything`. A write (create, transaction) is allowed
-only to an active practitioner of this hospital with a care role, or to its system clients
-(`HospitalServices.author_of`), checked before the body is read; the registration names that
-author and writes the `create` entries of the access trail in the same tx. Request bodies are
-bounded (`api.max_body_bytes`, 413 beyond it; see `app.BodyLimit`).
+reach is never served, not even inside `$everything`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from medledger.api import interactions, versions
 from medledger.api import search as fhir_search
 from medledger.api.audit import to_audit_event
 from medledger.api.auth import authenticated, require, scope_permission
+from medledger.api.interactions import SYSTEM_INTERACTIONS, capability_resources
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
@@ -94,37 +96,17 @@ def capability_statement(base: str) -> dict[str, Any]:
                     ]
                 },
                 "documentation": SEARCH_DOC,
-                "interaction": [{"code": "transaction"}],
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "resource": [
-                    {
-                        "type": t,
-                        "interaction": [
-                            {"code": "read"},
-                            {"code": "search-type"},
-                            {"code": "create"},
-                        ],
-                        **fhir_search.capability(t, SUPPORTED),
-                        **(
-                            {
-                                "operation": [
-                                    {
-                                        "name": "everything",
-                                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                                    }
-                                ]
-                            }
-                            if t == "Patient"
-                            else {}
-                        ),
-                    }
-                    for t in SUPPORTED
-                ]
-                + [
-                    {
-                        "type": "AuditEvent",
-                        "interaction": [{"code": "search-type"}],
-                        "searchParam": [{"name": "patient", "type": "reference"}],
-                    }
+                    entry
+                    | (
+                        fhir_search.capability(str(entry["type"]), SUPPORTED)
+                        if entry["type"] != "AuditEvent"
+                        else {"searchParam": [{"name": "patient", "type": "reference"}]}
+                    )
+                    if interactions.offers(str(entry["type"]), "search-type")
+                    else entry
+                    for entry in capability_resources()
                 ],
             }
         ],
@@ -347,35 +329,18 @@ def make_router() -> APIRouter:
     def read(
         svc: Svc, claims: Annotated[Claims, Depends(authenticated)], resource_type: str, rid: str
     ) -> Response:
-        from medledger.interop.fhir import is_supporting
-        from medledger.vault.errors import PatientErased, RecordNotFound
-
-        if not is_supporting(resource_type) and resource_type != "Bundle":
-            _supported(resource_type)
+        interactions.check(resource_type, "read")
         require(claims, resource_type, "read")
-        try:
-            info = svc.vault.info(rid)
-            if info.resource_type != resource_type:
-                raise RecordNotFound(rid)
-        except (RecordNotFound, PatientErased):
-            raise FhirError(404, "not-found", f"{resource_type}/{rid} is not known here") from None
+        info = stored(svc, resource_type, rid)
         if info.pid == svc.vault.hospital_pid:
             # The hospital's own (a Practitioner, a Medication...): no patient's, so the scope
             # decides alone, and nothing about a patient is decided or logged.
-            return fhir_response(svc.vault.get(rid))
-        if not _in_scope(svc, claims, [info], "read"):
-            raise FhirError(
-                403, "forbidden", f"{resource_type}/{rid} is outside the categories of your scopes"
-            )
-        meta = _meta_of(svc, info)
-        audited = svc.decide_and_audit(claims, info.pid, meta, "treatment", "read", [rid])
-        svc.log(audited.entries, wait=False)
-        if not audited.decision.allowed:
-            raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
-        data = svc.vault.get(rid)
-        if resource_type == "Bundle":
-            _whole_document(svc, claims, info.pid, data)
-        return fhir_response(data)
+            body, headers, _ = versions.served(svc.vault, svc.node.engine, rid, info.version)
+            return fhir_response(body, headers=headers)
+        body, headers = serve_version(svc, claims, info)
+        if resource_type == "Bundle":  # a document: whole, to who may see all of it
+            _whole_document(svc, claims, info.pid, body)
+        return fhir_response(body, headers=headers)
 
     @router.get("/{resource_type}")
     def search(
@@ -401,24 +366,6 @@ def make_router() -> APIRouter:
         infos = _in_scope(svc, claims, infos, "search")
         return _serve_search(svc, claims, request, snapshots, query, infos, resource_type, "search")
 
-    @router.post("/{resource_type}")
-    async def create(
-        svc: Svc,
-        claims: Annotated[Claims, Depends(authenticated)],
-        resource_type: str,
-        request: Request,
-    ) -> Response:
-        _supported(resource_type)
-        require(claims, resource_type, "create")
-        return await _ingest(svc, claims, request, f"{resource_type}.json", resource_type)
-
-    @router.post("")
-    async def transaction(
-        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], request: Request
-    ) -> Response:
-        require(claims, "Bundle", "create")
-        return await _ingest(svc, claims, request, "transaction.json", None)
-
     return router
 
 
@@ -427,6 +374,38 @@ def _within_launch(claims: Claims, pid: str) -> str:
     if outside_launch(claims, pid):
         raise FhirError(403, "forbidden", "the token's launch context is another patient")
     return pid
+
+
+def stored(svc: HospitalServices, resource_type: str, rid: str, version: int | None = None) -> Any:
+    """The vault's info of `resource_type/rid` (a version of it): 404 if unknown here or of
+    another type, 410 if its patient was erased."""
+    from medledger.vault.errors import PatientErased, RecordNotFound
+
+    what = f"{resource_type}/{rid}" + ("" if version is None else f"/_history/{version}")
+    try:
+        info = svc.vault.info(rid, version)
+    except RecordNotFound:
+        raise FhirError(404, "not-found", f"{what} is not known here") from None
+    except PatientErased:
+        raise FhirError(410, "deleted", f"{what} was erased (its patient was erased)") from None
+    if info.resource_type != resource_type:
+        raise FhirError(404, "not-found", f"{what} is not known here")
+    return info
+
+
+def serve_version(svc: HospitalServices, claims: Claims, info: Any) -> tuple[bytes, dict[str, str]]:
+    """One record version as a read serves it: the scopes' categories, then decided and
+    logged on the chain, then its bytes with the server's meta (and ETag/Last-Modified)."""
+    what = f"{info.resource_type}/{info.rid}"
+    if not _in_scope(svc, claims, [info], "read"):
+        raise FhirError(403, "forbidden", f"{what} is outside the categories of your scopes")
+    meta = _meta_of(svc, info)
+    audited = svc.decide_and_audit(claims, info.pid, meta, "treatment", "read", [info.rid])
+    svc.log(audited.entries, wait=False)
+    if not audited.decision.allowed:
+        raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
+    body, headers, _ = versions.served(svc.vault, svc.node.engine, info.rid, info.version)
+    return body, headers
 
 
 def _request_taker(svc: HospitalServices, claims: Claims) -> str:
@@ -926,76 +905,3 @@ class _Page:
                 ("information", "forbidden", f"{refused} included resources are not allowed to you")
             )
         return entries
-
-
-async def _ingest(
-    svc: HospitalServices,
-    claims: Claims,
-    request: Request,
-    source: str,
-    resource_type: str | None,
-) -> Response:
-    import anyio
-
-    # Who writes is checked on the chain before the body is even read.
-    author = await anyio.to_thread.run_sync(svc.author_of, claims)
-    body = await request.body()  # bounded by app.BodyLimit
-    _check_write_scopes(claims, body, resource_type)
-    result = await anyio.to_thread.run_sync(
-        lambda: svc.ingestor.ingest_bytes(body, source, author=author)
-    )
-    if result.rejections:
-        first = result.rejections[0]
-        raise FhirError(422, "invalid", f"{first.where}: {first.reason}".strip(": "), first.where)
-    base = str(request.base_url)
-    entries = []
-    for rid in result.rids:
-        info = svc.vault.info(rid)
-        entries.append(
-            {
-                "response": {
-                    "status": "201 Created",
-                    "location": f"{base}fhir/{info.resource_type}/{rid}/_history/{info.version}",
-                }
-            }
-        )
-    if len(entries) == 1 and source != "transaction.json":
-        return fhir_response(
-            svc.vault.get(result.rids[0]), 201, {"Location": entries[0]["response"]["location"]}
-        )
-    return fhir_response(
-        orjson.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}),
-        200,
-    )
-
-
-def _check_write_scopes(claims: Claims, body: bytes, resource_type: str | None) -> None:
-    """The body creates only what the scopes allow: the route's type, or for a transaction
-    each entry's type, created (or updated, for a PUT); a `Bundle.c` scope alone creates
-    nothing."""
-    try:
-        resource = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise FhirError(400, "invalid", f"body is not JSON: {exc}") from None
-    if not isinstance(resource, dict):
-        raise FhirError(400, "invalid", "body is not a FHIR resource (a JSON object)")
-    found = resource.get("resourceType")
-    if resource_type is not None:
-        if found != resource_type:
-            raise FhirError(
-                400, "invalid", f"resourceType: {found!r} posted to /fhir/{resource_type}"
-            )
-        return
-    if found != "Bundle":
-        raise FhirError(400, "invalid", "resourceType: a transaction is a Bundle")
-    entries = resource.get("entry")
-    for i, entry in enumerate(entries if isinstance(entries, list) else []):
-        inner = entry.get("resource") if isinstance(entry, dict) else None
-        kind = inner.get("resourceType") if isinstance(inner, dict) else None
-        req = entry.get("request") if isinstance(entry, dict) else None
-        method = req.get("method") if isinstance(req, dict) else None
-        if isinstance(kind, str):
-            try:
-                require(claims, kind, "update" if method == "PUT" else "create")
-            except FhirError as exc:
-                raise FhirError(exc.status, exc.code, f"entry[{i}]: {exc.diagnostics}") from None

@@ -1037,3 +1037,112 @@ def summarise(result: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "by_type": dict(sorted(by_type.items())),
         "duplicated_exams": duplicated,
     }
+
+
+# --------------------------------------------------------------------------- documents
+
+RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # French national practitioner identifiers
+_IPS_SECTIONS = (  # (LOINC, title, resource types)
+    ("11450-4", "Active Problems", ("Condition",)),
+    ("48765-2", "Allergies and Intolerances", ("AllergyIntolerance",)),
+    ("10160-0", "Medication Summary", ("MedicationRequest",)),
+    ("30954-2", "Results", ("Observation", "DiagnosticReport")),
+)
+
+
+def as_document(bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """One hospital's transaction Bundle for a patient, sent as an IPS-shaped `document`.
+
+    What other systems send: a Composition first (LOINC 60591-5, its sections referencing the
+    entries), the author Practitioner and the custodian Organization as entries, each
+    medication as a Medication entry the MedicationRequest references, observations naming
+    their performer; no `request` on the entries. Deterministic: new ids are uuid5 of the
+    bundle's own, the document's time is its latest clinical time.
+    """
+    entries = [{"fullUrl": e["fullUrl"], "resource": dict(e["resource"])} for e in bundle["entry"]]
+    seed = str(bundle.get("identifier", {}).get("value", "")) + entries[0]["fullUrl"]
+
+    def urn(name: str) -> str:
+        return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{seed}/{name}')}"
+
+    patient = entries[0]
+    provider = patient["resource"].get("managingOrganization", {})
+    finess = provider.get("identifier", {}).get("value", "000000000")
+    organization = {
+        "resourceType": "Organization",
+        "identifier": [{"system": FINESS_SYSTEM, "value": finess}],
+        "name": provider.get("display", "hospital"),
+    }
+    digest = int(hashlib.sha256(seed.encode()).hexdigest(), 16)
+    practitioner = {
+        "resourceType": "Practitioner",
+        "identifier": [{"system": RPPS_SYSTEM, "value": f"10{digest % 10**9:09d}"}],
+        "name": [{"family": _FAMILY[digest % len(_FAMILY)].upper(), "prefix": ["Dr"]}],
+    }
+    org_urn, practitioner_urn = urn("organization"), urn("practitioner")
+    extra = [
+        {"fullUrl": practitioner_urn, "resource": practitioner},
+        {"fullUrl": org_urn, "resource": organization},
+    ]
+    times: list[str] = []
+    for entry in entries:
+        resource = entry["resource"]
+        kind = resource["resourceType"]
+        for name in ("effectiveDateTime", "authoredOn", "recordedDate"):
+            if isinstance(resource.get(name), str):
+                times.append(resource[name])
+        if kind == "MedicationRequest" and "medicationCodeableConcept" in resource:
+            medication_urn = urn(f"medication/{entry['fullUrl']}")
+            concept = resource.pop("medicationCodeableConcept")
+            extra.append(
+                {
+                    "fullUrl": medication_urn,
+                    "resource": {"resourceType": "Medication", "code": concept},
+                }
+            )
+            resource["medicationReference"] = {"reference": medication_urn}
+            resource["requester"] = {"reference": practitioner_urn}
+        elif kind == "Observation":
+            resource["performer"] = [{"reference": practitioner_urn}, {"reference": org_urn}]
+    when = max(times) if times else "2026-01-01T00:00:00+01:00"
+    sections = []
+    for code, title, kinds in _IPS_SECTIONS:
+        refs = [e["fullUrl"] for e in entries if e["resource"]["resourceType"] in kinds]
+        section: dict[str, Any] = {
+            "title": title,
+            "code": {"coding": [{"system": LOINC, "code": code}]},
+            "text": {
+                "status": "generated",
+                "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{len(refs)} entries</div>',
+            },
+        }
+        if refs:
+            section["entry"] = [{"reference": r} for r in refs]
+        else:
+            section["emptyReason"] = {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/list-empty-reason",
+                        "code": "nilknown",
+                    }
+                ]
+            }
+        sections.append(section)
+    composition = {
+        "resourceType": "Composition",
+        "status": "final",
+        "type": {"coding": [{"system": LOINC, "code": "60591-5"}]},
+        "subject": {"reference": patient["fullUrl"]},
+        "date": when,
+        "author": [{"reference": practitioner_urn}],
+        "custodian": {"reference": org_urn},
+        "title": "Patient Summary",
+        "section": sections,
+    }
+    return {
+        "resourceType": "Bundle",
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn("document")},
+        "type": "document",
+        "timestamp": when,
+        "entry": [{"fullUrl": urn("composition"), "resource": composition}, *entries, *extra],
+    }
