@@ -18,6 +18,7 @@ from medledger.interop import (
     sequential_ids,
 )
 
+
 def parse(path: Path, **kwargs: object) -> list[ParsedResource]:
     kwargs.setdefault("id_factory", sequential_ids())
     return parse_fhir(path.read_bytes(), path.name, **kwargs)  # type: ignore[arg-type]
@@ -296,9 +297,9 @@ def test_an_unresolved_conditional_reference_does_not_leak_the_identifier() -> N
     error = error_of(orjson.dumps(resource), "o.json")
     assert "279035121518989" not in str(error)
     assert str(error) == (
-        "o.json, Observation, field subject.reference: conditional reference to Patient matches "
-        "nothing here (looked for in this input and among the resources stored here); it names "
-        "the patient, and an Observation cannot be stored without its patient"
+        "o.json, Observation, field subject.reference: conditional reference to Patient does "
+        "not match any entry of the input nor a resource stored here; it names the patient, and "
+        "an Observation cannot be stored without its patient"
     )
 
 

@@ -124,7 +124,7 @@ _R5: dict[str, tuple[str, ...]] = {
     "CoverageEligibilityResponse": ("patient",),
     "DetectedIssue": ("subject",),
     "DeviceAssociation": ("subject", "operation.operator"),
-    "DeviceRequest": ("subject", "performer"),
+    "DeviceRequest": ("subject", "performer.reference"),  # a CodeableReference in R5
     "DeviceUsage": ("patient",),
     "DiagnosticReport": ("subject",),
     "DocumentReference": ("subject", "author"),
@@ -161,7 +161,7 @@ _R5: dict[str, tuple[str, ...]] = {
     "Provenance": ("patient",),
     "QuestionnaireResponse": ("subject", "author"),
     "RelatedPerson": ("patient",),
-    "RequestOrchestration": ("subject", "action.participant.actor"),
+    "RequestOrchestration": ("subject", "action.participant.actorReference"),
     "ResearchSubject": ("subject",),
     "RiskAssessment": ("subject",),
     "Schedule": ("actor",),

@@ -519,6 +519,9 @@ def _build_index(items: list[_Item], source: str, problems: list[InputError]) ->
     return index
 
 
+_NOTHING = "matches nothing here"
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What became of one Reference: its new target, or why it has none."""
@@ -526,7 +529,7 @@ class _Outcome:
     ref: FoundReference
     target: str | None  # "Type/<stored id>"; None: unresolved (or a contained `#id`)
     what: str = ""  # how messages name it: never an identifier's value
-    reason: str = "matches nothing here"
+    reason: str = _NOTHING
     types: tuple[str, ...] = ()  # what an unresolved reference may point at
     contained: bool = False
 
@@ -700,10 +703,12 @@ def _settle_patient(
             ]
             if pending:
                 refused = pending[0]
+                reason = refused.reason
+                if reason == _NOTHING:
+                    reason = "does not match any entry of the input nor a resource stored here"
                 message = (
-                    f"{refused.what} {refused.reason} (looked for in this input and among "
-                    f"the resources stored here); it names the patient, and {kind} cannot "
-                    "be stored without its patient"
+                    f"{refused.what} {reason}; it names the patient, and {kind} cannot be "
+                    "stored without its patient"
                 )
                 refusal = InputError(
                     source, item.label, refused.field, message, resource_type=resource_type
