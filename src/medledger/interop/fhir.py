@@ -576,10 +576,11 @@ def _in_input(target: _Item) -> str:
 
 
 def _literal(
-    ref: FoundReference, reference: str, item: _Item, index: _Index, resolve: Resolver | None
+    ref: FoundReference, reference: str, base: str, index: _Index, resolve: Resolver | None
 ) -> _Outcome:
+    """A `reference` string: in the input (a relative one against the entry's `base` first),
+    else asked of the resolver."""
     outcome = _Outcome(ref, None, what=f"reference {reference!r}")
-    base = _source_system(item)
     keys = [reference]
     relative = _RELATIVE.match(reference)
     if relative:
@@ -615,7 +616,7 @@ def _literal(
     return outcome
 
 
-def _logical(ref: FoundReference, item: _Item, index: _Index, resolve: Resolver | None) -> _Outcome:
+def _logical(ref: FoundReference, index: _Index, resolve: Resolver | None) -> _Outcome:
     """`{"type": "Patient", "identifier": {"system": s, "value": v}}`: found by identifier."""
     declared = ref.holder.get("type")
     resource_type = declared.rsplit("/", 1)[-1] if isinstance(declared, str) else None
@@ -648,6 +649,7 @@ def _logical(ref: FoundReference, item: _Item, index: _Index, resolve: Resolver 
 def _resolve_item(item: _Item, index: _Index, resolve: Resolver | None) -> list[_Outcome]:
     """Resolve every Reference of one resource, rewriting those that resolve."""
     contained = {c.get("id") for c in item.resource.get("contained") or [] if isinstance(c, dict)}
+    base = _source_system(item)
     outcomes: list[_Outcome] = []
     for ref in item.references:
         holder = ref.holder
@@ -660,9 +662,9 @@ def _resolve_item(item: _Item, index: _Index, resolve: Resolver | None) -> list[
             outcomes.append(outcome)
             continue
         if isinstance(reference, str):
-            outcome = _literal(ref, reference, item, index, resolve)
+            outcome = _literal(ref, reference, base, index, resolve)
         else:
-            outcome = _logical(ref, item, index, resolve)
+            outcome = _logical(ref, index, resolve)
         if outcome.target is not None and outcome.target != reference:
             holder["reference"] = outcome.target
             item.changed = True

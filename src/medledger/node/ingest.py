@@ -451,11 +451,13 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
 
 
 def _parse_alone(data: bytes, source: str) -> list[Any] | None:
-    """In a worker process: validate without this hospital's records (None: redo at home)."""
+    """In a worker process: validate without this hospital's records (None: redo at home,
+    also when a reference was left unresolved: this hospital's records may resolve it)."""
     try:
-        return _parse(data, source, None)
+        parsed = _parse(data, source, None)
     except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
+    return None if any(p.warnings for p in parsed) else parsed
 
 
 def _with_id(data: bytes, rid: str) -> bytes:
