@@ -366,3 +366,24 @@ def test_a_contained_reference_to_nothing_is_a_warning() -> None:
         "field medicationReference: reference '#missing' matches no contained resource; "
         "kept as sent",
     )
+
+
+def test_a_reference_with_an_identifier_too_is_found_by_either() -> None:
+    condition = {
+        "resourceType": "Condition",
+        "code": {"text": "asthma"},
+        "subject": {
+            "reference": "Patient/eq081-unknown-here",
+            "identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "279035121518989"},
+        },
+    }
+    resolver = Recorder(
+        {"Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|279035121518989": "Patient/p-3"}
+    )
+    [parsed] = parse_fhir(orjson.dumps(condition), "c.json", resolve=resolver)
+    assert parsed.patient_ref == "p-3"
+    assert loads(parsed)["subject"]["reference"] == "Patient/p-3"
+    assert resolver.asked == [
+        "Patient/eq081-unknown-here",
+        "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|279035121518989",
+    ]

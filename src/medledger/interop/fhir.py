@@ -616,10 +616,15 @@ def _literal(
     return outcome
 
 
-def _logical(ref: FoundReference, index: _Index, resolve: Resolver | None) -> _Outcome:
-    """`{"type": "Patient", "identifier": {"system": s, "value": v}}`: found by identifier."""
+def _logical(
+    ref: FoundReference, index: _Index, resolve: Resolver | None, named: str | None = None
+) -> _Outcome:
+    """`{"type": "Patient", "identifier": {"system": s, "value": v}}`: found by identifier.
+
+    The type is `type`, else the one a literal reference beside it names (`named`), else the
+    one its field allows."""
     declared = ref.holder.get("type")
-    resource_type = declared.rsplit("/", 1)[-1] if isinstance(declared, str) else None
+    resource_type = declared.rsplit("/", 1)[-1] if isinstance(declared, str) else named
     if resource_type is None and len(ref.targets) == 1:
         resource_type = ref.targets[0]
     what = f"logical reference to {resource_type or 'a resource'} (by identifier)"
@@ -663,6 +668,12 @@ def _resolve_item(item: _Item, index: _Index, resolve: Resolver | None) -> list[
             continue
         if isinstance(reference, str):
             outcome = _literal(ref, reference, base, index, resolve)
+            if outcome.target is None and isinstance(holder.get("identifier"), dict):
+                # Both given (Epic does): the identifier may find what the sender's id did not.
+                named = outcome.types[0] if len(outcome.types) == 1 else None
+                by_identifier = _logical(ref, index, resolve, named)
+                if by_identifier.target is not None:
+                    outcome = by_identifier
         else:
             outcome = _logical(ref, index, resolve)
         if outcome.target is not None and outcome.target != reference:
