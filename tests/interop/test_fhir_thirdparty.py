@@ -387,3 +387,44 @@ def test_a_reference_with_an_identifier_too_is_found_by_either() -> None:
         "Patient/eq081-unknown-here",
         "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|279035121518989",
     ]
+
+
+@pytest.mark.parametrize(
+    ("resource", "version"),
+    [
+        # R5 DeviceUsage links its patient by `patient`; R5 Provenance has a `patient` of its own.
+        (
+            {
+                "resourceType": "DeviceUsage",
+                "status": "active",
+                "patient": {"reference": "Patient/example"},
+                "device": {"concept": {"text": "insulin pump"}},
+            },
+            "R5",
+        ),
+        (
+            {
+                "resourceType": "Provenance",
+                "target": [{"reference": "Observation/o-1"}],
+                "recorded": "2024-02-14T08:05:00Z",
+                "patient": {"reference": "Patient/example"},
+                "agent": [{"who": {"reference": "Practitioner/example"}}],
+            },
+            "R5",
+        ),
+        # R4 has no compartment link for Task; R5's (`for`) applies to it too.
+        (
+            {
+                "resourceType": "Task",
+                "status": "requested",
+                "intent": "order",
+                "for": {"reference": "Patient/example"},
+            },
+            "R4",
+        ),
+    ],
+)
+def test_the_compartment_link_of_each_version(resource: dict[str, Any], version: str) -> None:
+    resolver = Recorder({"Patient/example": "Patient/p-9"})
+    [parsed] = parse_fhir(orjson.dumps(resource), "r.json", resolve=resolver)
+    assert (parsed.fhir_version, parsed.patient_ref) == (version, "p-9")
