@@ -428,3 +428,21 @@ def test_the_compartment_link_of_each_version(resource: dict[str, Any], version:
     resolver = Recorder({"Patient/example": "Patient/p-9"})
     [parsed] = parse_fhir(orjson.dumps(resource), "r.json", resolve=resolver)
     assert (parsed.fhir_version, parsed.patient_ref) == (version, "p-9")
+
+
+def test_a_logical_reference_found_nowhere_stays_as_sent_without_a_warning() -> None:
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/example"},
+        "serviceProvider": {
+            "type": "Organization",
+            "identifier": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "690781810"},
+        },
+    }
+    resolver = Recorder({"Patient/example": "Patient/p-9"})
+    [parsed] = parse_fhir(orjson.dumps(encounter), "e.json", resolve=resolver)
+    assert resolver.asked[-1] == "Organization?identifier=urn:oid:1.2.250.1.71.4.2.2|690781810"
+    assert parsed.warnings == ()  # an identifier alone is a complete (logical) reference
+    assert "reference" not in loads(parsed)["serviceProvider"]

@@ -190,7 +190,7 @@ class _Decimal(float):
 
 
 #: A number in value position whose double may print otherwise: a fraction or an exponent.
-_FRACTION = re.compile(rb"(?<=[:,\[])\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?=\s*[,}\]])")
+_FRACTION = re.compile(rb"[:,\[]\s*(-?\d+(?:\.\d+(?:[eE][-+]?\d+)?|[eE][-+]?\d+))(?=\s*[,}\]])")
 
 
 def _loads(data: bytes) -> Any:
@@ -203,8 +203,6 @@ def _loads(data: bytes) -> Any:
     document = orjson.loads(data)
     for match in _FRACTION.finditer(data):
         text = match.group(1)
-        if text.strip(b"-").isdigit():
-            continue
         if orjson.dumps(float(text)) != text:
             return json.loads(data, parse_float=_Decimal)
     return document
@@ -737,7 +735,9 @@ def _settle_patient(
                     source, item.label, field_name, message, resource_type=resource_type
                 )
     for o in outcomes:
-        if o.target is None and not o.contained and o is not refused:
+        # A logical reference (an identifier alone) is complete as it is: no warning.
+        literal = isinstance(o.ref.holder.get("reference"), str)
+        if o.target is None and literal and not o.contained and o is not refused:
             item.warnings.append(f"field {o.ref.path}: {o.what} {o.reason}; kept as sent")
     return refusal
 
@@ -782,7 +782,8 @@ def parse_fhir(
     or asked of `resolve`), conditional `Type?identifier=system|value`, and logical references
     (`identifier` with `type`, or the one type their field allows). Contained (`#id`)
     references are left alone. A clinical resource whose patient does not resolve is an error;
-    any other reference that does not resolve is kept as sent, with a warning.
+    any other reference that does not resolve is kept as sent, with a warning (a logical one,
+    an identifier alone, is complete as it is: kept without a warning).
 
     Raises `InputError` (with every problem of the input in `.problems`); returns nothing
     partial.
