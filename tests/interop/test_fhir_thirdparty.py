@@ -446,3 +446,14 @@ def test_a_logical_reference_found_nowhere_stays_as_sent_without_a_warning() -> 
     assert resolver.asked[-1] == "Organization?identifier=urn:oid:1.2.250.1.71.4.2.2|690781810"
     assert parsed.warnings == ()  # an identifier alone is a complete (logical) reference
     assert "reference" not in loads(parsed)["serviceProvider"]
+
+
+def test_a_bundle_inside_a_bundle_is_refused(thirdparty: Path) -> None:
+    document = orjson.loads((thirdparty / "ips_document.json").read_bytes())
+    collection = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": document}]}
+    with pytest.raises(InputError) as caught:
+        parse_fhir(orjson.dumps(collection), "c.json")
+    assert str(caught.value) == (
+        "c.json, entry 0 (Bundle), field resource: a Bundle inside a Bundle is not ingested; "
+        "send it as a file of its own"
+    )

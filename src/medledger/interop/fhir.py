@@ -352,6 +352,11 @@ def _bundle_items(
                 )
             )
             continue
+        if resource.get("resourceType") == "Bundle":
+            # Its entries would be stored as one opaque resource of nobody: send it on its own.
+            message = "a Bundle inside a Bundle is not ingested; send it as a file of its own"
+            problems.append(InputError(source, index, "resource", message, resource_type="Bundle"))
+            continue
         full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
         url = request.get("url") if isinstance(request.get("url"), str) else None
         if_none_exist = request.get("ifNoneExist")
