@@ -18,8 +18,6 @@ from medledger.interop import (
     sequential_ids,
 )
 
-REFERENCES_TO = "does not match any entry of the input nor a stored resource"
-
 
 def parse(path: Path, **kwargs: object) -> list[ParsedResource]:
     kwargs.setdefault("id_factory", sequential_ids())
@@ -81,8 +79,9 @@ def test_meta_profile_names_the_version() -> None:
         "meta": {"profile": ["http://hl7.org/fhir/5.0/StructureDefinition/vitalsigns"]},
         "status": "final",
         "code": {"text": "heart rate"},
+        "subject": {"reference": "Patient/p1"},
     }
-    [parsed] = parse_fhir(orjson.dumps(resource), "o.json")
+    [parsed] = parse_fhir(orjson.dumps(resource), "o.json", resolve=lambda r: r)
     assert parsed.fhir_version == "R5"
 
 
@@ -92,8 +91,9 @@ def test_an_undecided_resource_that_only_r5_accepts_is_read_as_r5() -> None:
         "resourceType": "Encounter",
         "status": "completed",
         "class": [{"text": "ambulatory"}],
+        "subject": {"reference": "Patient/p1"},
     }
-    [parsed] = parse_fhir(orjson.dumps(resource), "e.json")
+    [parsed] = parse_fhir(orjson.dumps(resource), "e.json", resolve=lambda r: r)
     assert parsed.fhir_version == "R5"
 
 
@@ -140,11 +140,17 @@ def test_collection_bundle(fhir_dir: Path) -> None:
 
 
 def test_document_bundle(fhir_dir: Path) -> None:
-    composition, patient, observation = parse(fhir_dir / "bundle_document.json")
+    data = (fhir_dir / "bundle_document.json").read_bytes()
+    composition, patient, observation, document = parse(fhir_dir / "bundle_document.json")
     assert composition.resource_type == "Composition"
     assert composition.patient_ref == patient.id
     section = loads(composition)["section"]
     assert section[0]["entry"] == [{"reference": f"Observation/{observation.id}"}]
+    # The document itself, as it was sent, belongs to its Composition's patient.
+    assert document.resource_type == "Bundle"
+    assert document.json_bytes == data
+    assert document.patient_ref == patient.id
+    assert document.entry_index is None
 
 
 def test_a_document_must_start_with_its_composition(fhir_dir: Path) -> None:
@@ -291,8 +297,9 @@ def test_an_unresolved_conditional_reference_does_not_leak_the_identifier() -> N
     error = error_of(orjson.dumps(resource), "o.json")
     assert "279035121518989" not in str(error)
     assert str(error) == (
-        "o.json, Observation, field subject.reference: conditional reference to Patient matches "
-        "no entry of the input and no stored resource"
+        "o.json, Observation, field subject.reference: conditional reference to Patient does "
+        "not match any entry of the input nor a resource stored here; it names the patient, and "
+        "an Observation cannot be stored without its patient"
     )
 
 
@@ -400,14 +407,18 @@ def test_an_unsupported_resource_type(fhir_dir: Path) -> None:
     )
 
 
-def test_a_reference_to_nothing(fhir_dir: Path) -> None:
-    error = error_of(
-        (fhir_dir / "bad" / "dangling_reference.json").read_bytes(), "dangling_reference.json"
+def test_a_reference_to_nothing_is_kept_with_a_warning(fhir_dir: Path) -> None:
+    parsed = parse(fhir_dir / "bad" / "dangling_reference.json")
+    report = parsed[4]
+    assert report.resource_type == "DiagnosticReport"
+    assert report.warnings == (
+        "field result[1]: reference 'urn:uuid:00000000-0000-4000-8000-000000000000' "
+        "matches nothing here; kept as sent",
     )
-    assert str(error) == (
-        "dangling_reference.json, entry 4 (DiagnosticReport), field result[1].reference: "
-        f"reference 'urn:uuid:00000000-0000-4000-8000-000000000000' {REFERENCES_TO}"
-    )
+    assert loads(report)["result"][1] == {
+        "reference": "urn:uuid:00000000-0000-4000-8000-000000000000"
+    }
+    assert report.patient_ref == parsed[0].id
 
 
 def test_every_problem_of_a_bundle_is_reported_and_nothing_is_returned(fhir_dir: Path) -> None:

@@ -11,7 +11,16 @@ formatting, empty-looking but meaningful elements). The models are used to *vali
 A resource given alone (or as one NDJSON line) keeps its exact bytes unless its id or one of
 its references had to change; bundle entries have no bytes of their own, so each is
 `orjson.dumps` of the entry's original dict after its id and references are rewritten.
-(orjson reads JSON decimals as doubles, so `7.10` comes back as `7.1` in rewritten entries.)
+Decimals keep the digits they were sent with (`7.10` stays `7.10`, see `_loads`).
+
+References resolve inside the input first (fullUrl, `Type/id`, `urn:uuid:`, `urn:oid:`, an
+absolute fullUrl's `Type/id` tail, a conditional `Type?identifier=...`, a logical reference's
+identifier), then through the caller's `resolve` (what the hospital already holds), and are
+rewritten to `Type/<stored id>`. Which reference is a resource's *patient link* comes from the
+FHIR Patient compartment (`compartment.py`): a clinical resource whose patient does not resolve
+is refused, with the field and the reference; any other reference that does not resolve is
+kept as sent and reported in `ParsedResource.warnings`. Types outside the compartment
+(Practitioner, Organization, Medication...) are *supporting* resources: `patient_ref` None.
 
 One input is all or nothing: every problem of every entry is collected, then one `InputError`
 is raised carrying them all (`InputError.problems`), and nothing is returned. This is what a
@@ -20,6 +29,7 @@ transaction Bundle means, and it keeps a file's resources and their references c
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 import uuid
@@ -29,9 +39,11 @@ from typing import Any
 
 import orjson
 
+from medledger.interop.compartment import is_supporting, patient_links
 from medledger.interop.errors import InputError, raise_all
 from medledger.interop.validate import (
     FhirVersion,
+    FoundReference,
     Problem,
     model_class,
     problems_from_validation_error,
@@ -41,8 +53,11 @@ from medledger.interop.validate import (
 
 #: `id_factory(resource_type, original_id) -> new id`: the id a resource is stored under.
 IdFactory = Callable[[str, str | None], str]
-#: `resolve(reference) -> "Type/id" | None`: a reference to something outside the input
-#: (`Patient/123` as the sender knows it, `Patient?identifier=...`), mapped to a stored resource.
+#: `resolve(reference) -> "Type/id" | None`: a reference to something outside the input,
+#: mapped to a stored resource. Asked with `Type/id` (a stored id or the sender's id), an
+#: absolute `https://host/base/Type/id`, or a search `Type?identifier=system|value` (system and
+#: value percent-encoded where they hold `|`, `&`, `%`, `#`...; other searches are passed as
+#: sent and may be answered None).
 Resolver = Callable[[str], str | None]
 
 SUPPORTED_BUNDLE_TYPES = ("transaction", "batch", "collection", "document", "searchset")
@@ -53,8 +68,7 @@ _ABSOLUTE = re.compile(
 )
 _CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.txt")
-#: Where a resource points at its patient, in priority order (patient compartment, R4 and R5).
-_PATIENT_FIELDS = ("subject", "patient", "beneficiary", "for", "individual")
+_INDEX = re.compile(r"\[\d+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +83,13 @@ class ParsedResource:
     `request_*` mirror a transaction/batch entry's request, for the caller to honour
     (conditional create: `if_none_exist`; update: method PUT and its url). `resource` is the
     dict `json_bytes` was made from (do not mutate it; the bytes are authoritative).
+    `source_system` is whose id space `source_id` is in: the resource's `meta.source` (without
+    its `#request` fragment), else the base of an absolute fullUrl (`https://h.example/fhir`),
+    else "" (the caller knows the sender). `source_id` is the id the sender gave it (its `id`,
+    or a PUT's url id), None if none. `warnings` are references kept as sent because they
+    resolve to nothing here (`field performer[0]: reference 'Practitioner/x' matches nothing
+    here; kept as sent`). A `document` Bundle also yields one ParsedResource of type Bundle,
+    last: the document's bytes as received, `patient_ref` its Composition's patient.
     """
 
     resource_type: str
@@ -85,40 +106,6 @@ class ParsedResource:
     source_system: str = ""
     source_id: str | None = None
     warnings: tuple[str, ...] = ()
-
-
-#: Resources that belong to no patient but that documents and messages carry (who acted, where,
-#: with what): stored as the hospital's own, not as a patient's record.
-SUPPORTING_TYPES = frozenset(
-    {
-        "Practitioner",
-        "PractitionerRole",
-        "Organization",
-        "OrganizationAffiliation",
-        "Location",
-        "HealthcareService",
-        "Endpoint",
-        "Medication",
-        "MedicationKnowledge",
-        "Device",
-        "DeviceDefinition",
-        "Substance",
-    }
-)
-
-
-def is_supporting(resource_type: str) -> bool:
-    """Whether a resource of this type belongs to no patient (see `SUPPORTING_TYPES`)."""
-    return resource_type in SUPPORTING_TYPES
-
-
-def _source_system(item: _Item) -> str:
-    """Whose id space the sender's id is in: meta.source, else the base of an absolute fullUrl."""
-    meta = item.resource.get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("source"), str) and meta["source"]:
-        return str(meta["source"])
-    absolute = _ABSOLUTE.match(item.full_url or "")
-    return absolute.group(1) if absolute else ""
 
 
 # --------------------------------------------------------------------------- id factories
@@ -177,12 +164,58 @@ class _Item:
     url: str | None = None
     if_none_exist: str | None = None
     new_id: str = ""
-    references: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    references: list[FoundReference] = field(default_factory=list)
     changed: bool = False
+    patient_ref: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def resource_type(self) -> str:
         return str(self.resource.get("resourceType"))
+
+
+class _Decimal(float):
+    """A JSON number as it was written (`7.10`, `1e2`): a float to validate, its text to write.
+
+    FHIR decimals carry their precision in their digits; a double would turn `7.10` into `7.1`.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _Decimal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+#: A number in value position whose double may print otherwise: a fraction or an exponent.
+_FRACTION = re.compile(rb"[:,\[]\s*(-?\d+(?:\.\d+(?:[eE][-+]?\d+)?|[eE][-+]?\d+))(?=\s*[,}\]])")
+
+
+def _loads(data: bytes) -> Any:
+    """JSON as orjson reads it, unless a decimal would lose its digits: then as written.
+
+    orjson is fast and strict; a second, slower read with `_Decimal` numbers happens only for
+    inputs with a number such as `7.10` (a string that merely looks like one costs a re-read,
+    never a wrong value).
+    """
+    document = orjson.loads(data)
+    for match in _FRACTION.finditer(data):
+        text = match.group(1)
+        if orjson.dumps(float(text)) != text:
+            return json.loads(data, parse_float=_Decimal)
+    return document
+
+
+def _number_as_written(value: Any) -> Any:
+    if isinstance(value, _Decimal):
+        return orjson.Fragment(value.text)
+    raise TypeError
+
+
+def _dumps(resource: dict[str, Any]) -> bytes:
+    return orjson.dumps(resource, default=_number_as_written)
 
 
 def _json_error(source: str, entry: str | int | None, error: orjson.JSONDecodeError) -> InputError:
@@ -205,25 +238,26 @@ def _looks_ndjson(data: bytes, source: str) -> bool:
     return isinstance(first, dict) and "resourceType" in first
 
 
-def _read_items(data: bytes, source: str) -> tuple[dict[str, Any] | None, list[_Item]]:
-    """(bundle dict or None, items) of an input; raises InputError for broken JSON."""
+def _read_items(data: bytes, source: str) -> tuple[dict[str, Any] | None, list[_Item], bytes]:
+    """(bundle dict or None, items, the bytes without a BOM) of an input; raises InputError
+    for broken JSON."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if not data.strip():
         raise InputError(source, None, None, "the file is empty")
     try:
-        document = orjson.loads(data)
+        document = _loads(data)
     except orjson.JSONDecodeError as error:
         if not _looks_ndjson(data, source):
             raise _json_error(source, None, error) from None
         document = None
     if document is None or source.lower().endswith(_NDJSON_SUFFIXES):
-        return None, _ndjson_items(data, source)
+        return None, _ndjson_items(data, source), data
     if not isinstance(document, dict):
         raise InputError(source, None, None, "expected a JSON object (a FHIR resource)")
     if document.get("resourceType") == "Bundle":
-        return document, []
-    return None, [_Item(None, None, document, data)]
+        return document, [], data
+    return None, [_Item(None, None, document, data)], data
 
 
 def _ndjson_items(data: bytes, source: str) -> list[_Item]:
@@ -234,7 +268,7 @@ def _ndjson_items(data: bytes, source: str) -> list[_Item]:
             continue
         label = f"line {number + 1}"
         try:
-            resource = orjson.loads(line)
+            resource = _loads(line)
         except orjson.JSONDecodeError as error:
             problems.append(_json_error(source, label, error))
             continue
@@ -318,6 +352,11 @@ def _bundle_items(
                 )
             )
             continue
+        if resource.get("resourceType") == "Bundle":
+            # Its entries would be stored as one opaque resource of nobody: send it on its own.
+            message = "a Bundle inside a Bundle is not ingested; send it as a file of its own"
+            problems.append(InputError(source, index, "resource", message, resource_type="Bundle"))
+            continue
         full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
         url = request.get("url") if isinstance(request.get("url"), str) else None
         if_none_exist = request.get("ifNoneExist")
@@ -375,9 +414,9 @@ def detect_version(resources: list[Mapping[str, Any]]) -> tuple[FhirVersion, boo
 
 def _validate_items(
     items: list[_Item], source: str, version: FhirVersion
-) -> tuple[list[InputError], list[list[tuple[dict[str, Any], str]]]]:
+) -> tuple[list[InputError], list[list[FoundReference]]]:
     problems: list[InputError] = []
-    references: list[list[tuple[dict[str, Any], str]]] = []
+    references: list[list[FoundReference]] = []
     for item in items:
         found, refs = validate_resource(item.resource, version)
         references.append(refs)
@@ -421,8 +460,7 @@ class _Index:
             name, _, value = part.partition("=")
             if name != "identifier" or not value:
                 return []  # only identifier searches are resolved inside an input
-            system, bar, code = urllib.parse.unquote(value).partition("|")
-            wanted.append((system, code) if bar else (None, system))
+            wanted.append(_system_value(value))
         seen: list[_Item] = []
         for item in self.items:
             if item.resource_type != resource_type:
@@ -440,6 +478,20 @@ class _Index:
             if ok:
                 seen.append(item)
         return seen
+
+
+def _system_value(token: str) -> tuple[str | None, str]:
+    """`system|value` (either part percent-encoded, or the bar itself as %7C) -> parts."""
+    unquote = urllib.parse.unquote
+    if "|" in token:
+        system, _, value = token.partition("|")
+        return unquote(system), unquote(value)
+    system, bar, value = unquote(token).partition("|")
+    return (system, value) if bar else (None, system)
+
+
+def _search_token(text: str) -> str:
+    return urllib.parse.quote(text, safe=":/.-_~@!$'()*+,;=")
 
 
 def _build_index(items: list[_Item], source: str, problems: list[InputError]) -> _Index:
@@ -470,61 +522,244 @@ def _build_index(items: list[_Item], source: str, problems: list[InputError]) ->
     return index
 
 
-def _resolve_reference(
-    reference: str, index: _Index, resolve: Resolver | None
-) -> tuple[str | None, str | None]:
-    """(new reference, error message) for one literal reference of the input."""
-    known, target = index.find(reference)
-    if not known:
-        relative = _RELATIVE.match(reference)
-        if relative:
-            known, target = index.find(f"{relative.group(1)}/{relative.group(2)}")
-    if known:
-        if target is None:
-            return None, f"reference {reference!r} is ambiguous (several entries match)"
-        return f"{target.resource_type}/{target.new_id}", None
+_NOTHING = "matches nothing here"
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What became of one Reference: its new target, or why it has none."""
+
+    ref: FoundReference
+    target: str | None  # "Type/<stored id>"; None: unresolved (or a contained `#id`)
+    what: str = ""  # how messages name it: never an identifier's value
+    reason: str = _NOTHING
+    types: tuple[str, ...] = ()  # what an unresolved reference may point at
+    contained: bool = False
+
+    @property
+    def element(self) -> str:
+        """The element path without indices: `performer[0]` -> `performer`."""
+        return _INDEX.sub("", self.ref.path)
+
+    @property
+    def field(self) -> str:
+        literal = isinstance(self.ref.holder.get("reference"), str)
+        return f"{self.ref.path}.{'reference' if literal else 'identifier'}"
+
+
+def _resolver_forms(reference: str, base: str) -> list[str]:
+    """What to ask the resolver about a literal reference not found in the input."""
+    relative = _RELATIVE.match(reference)
+    if relative:
+        plain = f"{relative.group(1)}/{relative.group(2)}"
+        # Relative to the entry's server first (FHIR: resolve against the fullUrl's base).
+        return [f"{base}/{plain}", plain] if base.startswith(("http://", "https://")) else [plain]
+    absolute = _ABSOLUTE.match(reference)
+    if absolute:
+        return [f"{absolute.group(1)}/{absolute.group(2)}/{absolute.group(3)}"]
+    if _CONDITIONAL.match(reference):
+        return [reference]
+    return []  # urn:uuid:, urn:oid: and the like name input entries only
+
+
+def _ask(resolve: Resolver | None, forms: list[str]) -> str | None:
+    if resolve is None:
+        return None
+    for form in forms:
+        replacement = resolve(form)
+        if replacement is not None:
+            if not _RELATIVE.match(replacement):
+                raise ValueError("the resolver must return a 'Type/id' reference")
+            return replacement
+    return None
+
+
+def _in_input(target: _Item) -> str:
+    return f"{target.resource_type}/{target.new_id}"
+
+
+def _literal(
+    ref: FoundReference, reference: str, base: str, index: _Index, resolve: Resolver | None
+) -> _Outcome:
+    """A `reference` string: in the input (a relative one against the entry's `base` first),
+    else asked of the resolver."""
+    outcome = _Outcome(ref, None, what=f"reference {reference!r}")
+    keys = [reference]
+    relative = _RELATIVE.match(reference)
+    if relative:
+        plain = f"{relative.group(1)}/{relative.group(2)}"
+        keys = [f"{base}/{plain}", reference, plain] if base else [reference, plain]
+        outcome.types = (relative.group(1),)
+    for key in keys:
+        known, target = index.find(key)
+        if known:
+            if target is None:
+                outcome.reason = "is ambiguous (several entries match)"
+                return outcome
+            outcome.target = _in_input(target)
+            return outcome
     conditional = _CONDITIONAL.match(reference)
     if conditional:
+        outcome.what = f"conditional reference to {conditional.group(1)}"
+        outcome.types = (conditional.group(1),)
         matches = index.by_identifier(conditional.group(1), conditional.group(2))
         if len(matches) == 1:
-            return f"{matches[0].resource_type}/{matches[0].new_id}", None
+            outcome.target = _in_input(matches[0])
+            return outcome
         if len(matches) > 1:
-            return None, f"conditional reference to {conditional.group(1)} matches several entries"
-    replacement = resolve(reference) if resolve is not None else None
-    if replacement is not None:
-        if not _RELATIVE.match(replacement):
-            raise ValueError("the resolver must return a 'Type/id' reference")
-        return replacement, None
-    if conditional:
-        # The search may contain an identifier (an INS): name the type only.
-        return None, (
-            f"conditional reference to {conditional.group(1)} matches no entry of the input "
-            "and no stored resource"
-        )
-    return (
-        None,
-        f"reference {reference!r} does not match any entry of the input nor a stored resource",
-    )
+            outcome.reason = "matches several entries of the input"
+            return outcome
+    absolute = _ABSOLUTE.match(reference)
+    if absolute:
+        outcome.types = (absolute.group(2),)
+    if not outcome.types:
+        declared = ref.holder.get("type")
+        outcome.types = (declared,) if isinstance(declared, str) else ref.targets
+    outcome.target = _ask(resolve, _resolver_forms(reference, base))
+    return outcome
 
 
-def _patient_ref(item: _Item) -> str | None:
-    if item.resource_type == "Patient":
-        return item.new_id
-    resource = item.resource
-    for name in _PATIENT_FIELDS:
-        value = resource.get(name)
-        for ref in value if isinstance(value, list) else [value]:
-            if isinstance(ref, dict):
-                target = ref.get("reference")
-                if isinstance(target, str) and target.startswith("Patient/"):
-                    return target[len("Patient/") :]
-    if item.resource_type == "Appointment":
-        for participant in resource.get("participant") or []:
-            actor = participant.get("actor") if isinstance(participant, dict) else None
-            target = actor.get("reference") if isinstance(actor, dict) else None
-            if isinstance(target, str) and target.startswith("Patient/"):
-                return target[len("Patient/") :]
-    return None
+def _logical(
+    ref: FoundReference, index: _Index, resolve: Resolver | None, named: str | None = None
+) -> _Outcome:
+    """`{"type": "Patient", "identifier": {"system": s, "value": v}}`: found by identifier.
+
+    The type is `type`, else the one a literal reference beside it names (`named`), else the
+    one its field allows."""
+    declared = ref.holder.get("type")
+    resource_type = declared.rsplit("/", 1)[-1] if isinstance(declared, str) else named
+    if resource_type is None and len(ref.targets) == 1:
+        resource_type = ref.targets[0]
+    what = f"logical reference to {resource_type or 'a resource'} (by identifier)"
+    outcome = _Outcome(ref, None, what=what, types=(resource_type,) if resource_type else ())
+    identifier = ref.holder["identifier"]
+    system, value = identifier.get("system"), identifier.get("value")
+    if resource_type is None:
+        outcome.reason = "names no type (and its field allows several)"
+        return outcome
+    if not isinstance(value, str):
+        outcome.reason = "has no identifier value"
+        return outcome
+    token = _search_token(value)
+    if isinstance(system, str):
+        token = f"{_search_token(system)}|{token}"
+    query = f"identifier={token}"
+    matches = index.by_identifier(resource_type, query)
+    if len(matches) == 1:
+        outcome.target = _in_input(matches[0])
+    elif len(matches) > 1:
+        outcome.reason = "matches several entries of the input"
+    else:
+        outcome.target = _ask(resolve, [f"{resource_type}?{query}"])
+    return outcome
+
+
+def _resolve_item(item: _Item, index: _Index, resolve: Resolver | None) -> list[_Outcome]:
+    """Resolve every Reference of one resource, rewriting those that resolve."""
+    contained = {c.get("id") for c in item.resource.get("contained") or [] if isinstance(c, dict)}
+    base = _source_system(item)
+    outcomes: list[_Outcome] = []
+    for ref in item.references:
+        holder = ref.holder
+        reference = holder.get("reference")
+        if isinstance(reference, str) and reference.startswith("#"):
+            outcome = _Outcome(ref, None, what=f"reference {reference!r}", contained=True)
+            if reference != "#" and reference[1:] not in contained:
+                outcome.contained = False
+                outcome.reason = "matches no contained resource"
+            outcomes.append(outcome)
+            continue
+        if isinstance(reference, str):
+            outcome = _literal(ref, reference, base, index, resolve)
+            if outcome.target is None and isinstance(holder.get("identifier"), dict):
+                # Both given (Epic does): the identifier may find what the sender's id did not.
+                named = outcome.types[0] if len(outcome.types) == 1 else None
+                by_identifier = _logical(ref, index, resolve, named)
+                if by_identifier.target is not None:
+                    outcome = by_identifier
+        else:
+            outcome = _logical(ref, index, resolve)
+        if outcome.target is not None and outcome.target != reference:
+            holder["reference"] = outcome.target
+            item.changed = True
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "AEIOU" else f"a {word}"
+
+
+def _settle_patient(
+    item: _Item, outcomes: list[_Outcome], version: FhirVersion, source: str
+) -> InputError | None:
+    """Find the patient of a clinical resource (its compartment links, in order); warn about
+    every other reference that did not resolve. A refusal when the patient is not found."""
+    refusal: InputError | None = None
+    refused: _Outcome | None = None
+    resource_type = item.resource_type
+    if resource_type == "Patient":
+        item.patient_ref = item.new_id
+    elif not is_supporting(resource_type):
+        links = patient_links(version, resource_type)
+        candidates = [o for o in outcomes if o.element in links]
+        for link in links:
+            for o in candidates:
+                if o.element == link and o.target and o.target.startswith("Patient/"):
+                    item.patient_ref = o.target.removeprefix("Patient/")
+                    break
+            if item.patient_ref is not None:
+                break
+        if item.patient_ref is None:
+            kind = _article(resource_type)
+            pending = [
+                o
+                for o in candidates
+                if o.target is None and not o.contained and (not o.types or "Patient" in o.types)
+            ]
+            if pending:
+                refused = pending[0]
+                reason = refused.reason
+                if reason == _NOTHING:
+                    reason = "does not match any entry of the input nor a resource stored here"
+                message = (
+                    f"{refused.what} {reason}; it names the patient, and {kind} cannot be "
+                    "stored without its patient"
+                )
+                refusal = InputError(
+                    source, item.label, refused.field, message, resource_type=resource_type
+                )
+            else:
+                where = " or ".join(links) or "subject"
+                message = (
+                    f"no patient named in {where}: {kind} is stored as a patient's record "
+                    "and must name its Patient"
+                )
+                field_name = links[0] if links else None
+                refusal = InputError(
+                    source, item.label, field_name, message, resource_type=resource_type
+                )
+    for o in outcomes:
+        # A logical reference (an identifier alone) is complete as it is: no warning.
+        literal = isinstance(o.ref.holder.get("reference"), str)
+        if o.target is None and literal and not o.contained and o is not refused:
+            item.warnings.append(f"field {o.ref.path}: {o.what} {o.reason}; kept as sent")
+    return refusal
+
+
+def _source_system(item: _Item) -> str:
+    """Whose ids the item's are: meta.source (without its fragment), else its fullUrl's base."""
+    meta = item.resource.get("meta")
+    source = meta.get("source") if isinstance(meta, dict) else None
+    if isinstance(source, str):
+        system = source.split("#", 1)[0]
+        if system:
+            return system
+    if item.full_url:
+        absolute = _ABSOLUTE.match(item.full_url)
+        if absolute:
+            return absolute.group(1)
+    return ""
 
 
 # --------------------------------------------------------------------------- entry point
@@ -546,17 +781,20 @@ def parse_fhir(
     `fhir_version` forces R4 or R5; by default it is detected (meta.profile, version-specific
     fields) and is R4 when nothing says otherwise; an undecided input that fails as R4 but
     passes as R5 is taken as R5.
-    `id_factory` gives each resource the id it will be stored under; every reference inside the
-    input (`urn:uuid:` fullUrls, relative `Type/id`, absolute URLs equal to a fullUrl,
-    `Type?identifier=system|value`) is rewritten to `Type/<new id>`. Other references go to
-    `resolve`; one that neither matches nor resolves is an error. Contained (`#id`) references
-    are left alone.
+    `id_factory` gives each resource the id it will be stored under; every reference that
+    resolves (inside the input, else through `resolve`) is rewritten to `Type/<new id>`:
+    `urn:uuid:` and `urn:oid:` fullUrls, relative `Type/id`, absolute URLs (equal to a fullUrl,
+    or asked of `resolve`), conditional `Type?identifier=system|value`, and logical references
+    (`identifier` with `type`, or the one type their field allows). Contained (`#id`)
+    references are left alone. A clinical resource whose patient does not resolve is an error;
+    any other reference that does not resolve is kept as sent, with a warning (a logical one,
+    an identifier alone, is complete as it is: kept without a warning).
 
     Raises `InputError` (with every problem of the input in `.problems`); returns nothing
     partial.
     """
-    bundle, items = _read_items(data, source)
-    return _parse_document(bundle, items, source, fhir_version, id_factory, resolve)
+    bundle, items, raw = _read_items(data, source)
+    return _parse_document(bundle, items, source, fhir_version, id_factory, resolve, raw=raw)
 
 
 def parse_fhir_object(
@@ -574,7 +812,10 @@ def parse_fhir_object(
     The dict is mutated (ids and references rewritten); pass a copy if you keep it.
     """
     if document.get("resourceType") == "Bundle":
-        return _parse_document(document, [], source, fhir_version, id_factory, resolve, labels)
+        raw = _dumps(document) if document.get("type") == "document" else None
+        return _parse_document(
+            document, [], source, fhir_version, id_factory, resolve, labels, raw=raw
+        )
     item = _Item(None, None, document, None)
     return _parse_document(None, [item], source, fhir_version, id_factory, resolve, labels)
 
@@ -587,6 +828,8 @@ def _parse_document(
     id_factory: IdFactory,
     resolve: Resolver | None,
     labels: Callable[[int], str] | None = None,
+    *,
+    raw: bytes | None = None,
 ) -> list[ParsedResource]:
     if bundle is not None:
         raw_entries = bundle.get("entry")
@@ -608,7 +851,36 @@ def _parse_document(
     raise_all(problems)
     for item, refs in zip(attempt_items, references, strict=True):
         item.references = refs
-    return _finish(attempt_items, source, version, id_factory, resolve)
+    parsed = _finish(attempt_items, source, version, id_factory, resolve)
+    if bundle is not None and bundle.get("type") == "document" and raw is not None and parsed:
+        parsed.append(_document(bundle, raw, parsed[0], version, id_factory))
+    return parsed
+
+
+def _document(
+    bundle: dict[str, Any],
+    raw: bytes,
+    composition: ParsedResource,
+    version: FhirVersion,
+    id_factory: IdFactory,
+) -> ParsedResource:
+    """The document Bundle itself, as received, belonging to its Composition's patient."""
+    original = bundle.get("id")
+    original_id = original if isinstance(original, str) else None
+    meta = bundle.get("meta")
+    source = meta.get("source") if isinstance(meta, dict) else None
+    return ParsedResource(
+        resource_type="Bundle",
+        id=_new_id(id_factory, "Bundle", original_id),
+        json_bytes=raw,
+        patient_ref=composition.patient_ref,
+        entry_index=None,
+        fhir_version=version,
+        source_ref=f"Bundle/{original_id}" if original_id else None,
+        resource=orjson.loads(raw),
+        source_system=source.split("#", 1)[0] if isinstance(source, str) else "",
+        source_id=original_id,
+    )
 
 
 def _has_resource(entry: Any) -> bool:
@@ -628,7 +900,7 @@ def _attempt(
     source: str,
     version: FhirVersion,
     labels: Callable[[int], str] | None,
-) -> tuple[list[InputError], list[_Item], list[list[tuple[dict[str, Any], str]]]]:
+) -> tuple[list[InputError], list[_Item], list[list[FoundReference]]]:
     """Validate everything as `version`: (problems, items to store, their Reference objects)."""
     problems: list[InputError] = []
     if bundle is not None:
@@ -647,6 +919,24 @@ def _attempt(
     return problems + found, items, references
 
 
+def _new_id(id_factory: IdFactory, resource_type: str, original_id: str | None) -> str:
+    new_id = id_factory(resource_type, original_id)
+    if not isinstance(new_id, str) or not _FHIR_ID.match(new_id):
+        raise ValueError("the id factory must return a FHIR id ([A-Za-z0-9-.]{1,64})")
+    return new_id
+
+
+def _source_id(item: _Item) -> str | None:
+    original = item.resource.get("id")
+    if isinstance(original, str):
+        return original
+    if item.url and item.method == "PUT":
+        put = _RELATIVE.match(item.url)
+        if put:
+            return put.group(2)
+    return None
+
+
 def _finish(
     items: list[_Item],
     source: str,
@@ -655,47 +945,30 @@ def _finish(
     resolve: Resolver | None,
 ) -> list[ParsedResource]:
     problems: list[InputError] = []
-    source_ids: dict[int, str | None] = {}
-    for item in items:
-        original = item.resource.get("id")
-        original_id = original if isinstance(original, str) else None
-        if item.url and item.method == "PUT":
-            put = _RELATIVE.match(item.url)
-            if put and original_id is None:
-                original_id = put.group(2)
-        source_ids[id(item)] = original_id
-        new_id = id_factory(item.resource_type, original_id)
-        if not isinstance(new_id, str) or not _FHIR_ID.match(new_id):
-            raise ValueError("the id factory must return a FHIR id ([A-Za-z0-9-.]{1,64})")
-        item.new_id = new_id
-        if new_id != original:
+    source_ids = [_source_id(item) for item in items]
+    for item, source_id in zip(items, source_ids, strict=True):
+        item.new_id = _new_id(id_factory, item.resource_type, source_id)
+        if item.new_id != item.resource.get("id"):
             item.changed = True
     index = _build_index(items, source, problems)
     for item in items:
-        for holder, path in item.references:
-            reference = holder["reference"]
-            if reference.startswith("#"):
-                continue
-            new_reference, error = _resolve_reference(reference, index, resolve)
-            if error is not None:
-                problems.append(
-                    InputError(source, item.label, path, error, resource_type=item.resource_type)
-                )
-            elif new_reference != reference:
-                holder["reference"] = new_reference
-                item.changed = True
+        outcomes = _resolve_item(item, index, resolve)
+        refusal = _settle_patient(item, outcomes, version, source)
+        if refusal is not None:
+            problems.append(refusal)
     raise_all(problems)
     out: list[ParsedResource] = []
-    for item in items:
+    for item, source_id in zip(items, source_ids, strict=True):
         source_ref = item.full_url
         if source_ref is None and isinstance(item.resource.get("id"), str):
             source_ref = f"{item.resource_type}/{item.resource['id']}"
+        source_system = _source_system(item)
         item.resource["id"] = item.new_id
         if item.raw is not None and not item.changed:
             json_bytes = item.raw
         else:
             try:
-                json_bytes = orjson.dumps(item.resource)
+                json_bytes = _dumps(item.resource)
             except orjson.JSONEncodeError:
                 # Validation bounds every number; this is the last line should one slip by.
                 problems.append(
@@ -713,7 +986,7 @@ def _finish(
                 resource_type=item.resource_type,
                 id=item.new_id,
                 json_bytes=json_bytes,
-                patient_ref=_patient_ref(item),
+                patient_ref=item.patient_ref,
                 entry_index=item.index,
                 fhir_version=version,
                 source_ref=source_ref,
@@ -721,8 +994,9 @@ def _finish(
                 request_url=item.url,
                 if_none_exist=item.if_none_exist,
                 resource=item.resource,
-                source_system=_source_system(item),
-                source_id=source_ids[id(item)],
+                source_system=source_system,
+                source_id=source_id,
+                warnings=tuple(item.warnings),
             )
         )
     raise_all(problems)

@@ -98,6 +98,7 @@ def resource_types(version: FhirVersion) -> frozenset[str]:
 # --------------------------------------------------------------------------- field tables
 
 _BOOLEAN, _INTEGER, _DECIMAL, _STRING, _INTEGER64, _COMPLEX, _RESOURCE, _ANY = range(8)
+_PRIMITIVES = frozenset({_BOOLEAN, _INTEGER, _DECIMAL, _STRING, _INTEGER64})
 _KIND_NAMES = {
     _BOOLEAN: "a JSON boolean",
     _INTEGER: "a JSON integer",
@@ -117,6 +118,17 @@ class _Field:
     fhir_type: str  # "dateTime", "Quantity"... for messages
     primitive_extension: bool  # a `_name` field: null items allowed in its list
     choice: str | None  # "value" for valueQuantity, valueString...
+    targets: tuple[str, ...] = ()  # for a Reference: the resource types it may point at
+
+
+@dataclass(frozen=True, slots=True)
+class FoundReference:
+    """A Reference object met in a resource: the dict itself (to rewrite), its FHIR path
+    (`performer[0]`, `contained[0].subject`) and the types its field allows (may be empty)."""
+
+    holder: dict[str, Any]
+    path: str
+    targets: tuple[str, ...]
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -143,6 +155,7 @@ def _lower_first(name: str) -> str:
 def _field_spec(annotation: Any, alias: str, extra: Mapping[str, Any] | None) -> _Field:
     inner, is_list = _unwrap(annotation)
     choice = (extra or {}).get("one_of_many")
+    targets = tuple((extra or {}).get("enum_reference_types") or ())
     primitive_extension = alias.startswith("_")
     if typing.get_origin(inner) is typing.Annotated:
         base, *metadata = typing.get_args(inner)
@@ -166,7 +179,9 @@ def _field_spec(annotation: Any, alias: str, extra: Mapping[str, Any] | None) ->
         if inner.__name__ == "ResourceType":
             return _Field(_RESOURCE, is_list, None, "Resource", primitive_extension, choice)
         model = inner.get_model_klass()
-        return _Field(_COMPLEX, is_list, model, model.__name__, primitive_extension, choice)
+        return _Field(
+            _COMPLEX, is_list, model, model.__name__, primitive_extension, choice, targets
+        )
     return _Field(_ANY, is_list, None, "value", primitive_extension, choice)
 
 
@@ -186,6 +201,37 @@ def top_level_fields(version: FhirVersion, resource_type: str) -> frozenset[str]
     """The JSON names a resource type accepts at its top level in `version`."""
     cls = model_class(version, resource_type)
     return frozenset(_fields(cls)) if cls is not None else frozenset()
+
+
+def reference_path(model: type, path: str) -> bool:
+    """Whether the dotted element `path` (`participant.actor`) of `model` is a Reference."""
+    current: type | None = model
+    spec: _Field | None = None
+    for name in path.split("."):
+        spec = _fields(current).get(name) if current is not None else None
+        if spec is None or spec.kind != _COMPLEX:
+            return False
+        current = spec.model
+    return spec is not None and spec.fhir_type == "Reference"
+
+
+def _primitive_element(version: FhirVersion) -> type:
+    """The model of a primitive's `_name` object (id and extensions)."""
+    if version == "R4":
+        from fhir.resources.R4B.fhirprimitiveextension import FHIRPrimitiveExtension as ExtR4
+
+        return ExtR4
+    from fhir.resources.fhirprimitiveextension import FHIRPrimitiveExtension as ExtR5
+
+    return ExtR5
+
+
+def _is_primitive_extension_of(model: type, key: str) -> bool:
+    """`_valueString` in an Extension: valid FHIR JSON the Extension model does not declare."""
+    if model.__name__ != "Extension" or not key.startswith("_value"):
+        return False
+    spec = _fields(model).get(key[1:])
+    return spec is not None and spec.kind in _PRIMITIVES
 
 
 # --------------------------------------------------------------------------- JSON type walk
@@ -240,7 +286,7 @@ def _check_value(
     path: str,
     version: FhirVersion,
     problems: list[Problem],
-    references: list[tuple[dict[str, Any], str]],
+    references: list[FoundReference],
 ) -> None:
     kind = spec.kind
     if kind == _STRING:
@@ -257,6 +303,10 @@ def _check_value(
         )
     elif kind == _COMPLEX:
         if isinstance(value, dict):
+            if spec.fhir_type == "Reference" and (
+                isinstance(value.get("reference"), str) or isinstance(value.get("identifier"), dict)
+            ):
+                references.append(FoundReference(value, path, spec.targets))
             walk(spec.model, value, path, version, problems, references)  # type: ignore[arg-type]
             return
         ok = False
@@ -285,15 +335,22 @@ def walk(
     path: str,
     version: FhirVersion,
     problems: list[Problem],
-    references: list[tuple[dict[str, Any], str]],
+    references: list[FoundReference],
 ) -> None:
-    """Check JSON types of `obj` (an instance of `model`) and collect its Reference objects."""
+    """Check JSON types of `obj` (an instance of `model`) and collect its Reference objects
+    (literal ones, with a `reference`, and logical ones, with an `identifier` only)."""
     table = _fields(model)
-    if model.__name__ == "Reference" and isinstance(obj.get("reference"), str):
-        references.append((obj, _join(path, "reference")))
     for key, value in obj.items():
         spec = table.get(key)
         if spec is None:
+            if _is_primitive_extension_of(model, key):
+                where = _join(path, key)
+                if isinstance(value, dict):
+                    walk(_primitive_element(version), value, where, version, problems, references)
+                else:
+                    problems.append(
+                        Problem(where, f"expected a JSON object, got {_json_kind(value)}")
+                    )
             continue  # unknown field (or resourceType): reported by the model
         where = _join(path, key)
         if value is None:
@@ -309,7 +366,10 @@ def walk(
                 continue
             for i, item in enumerate(value):
                 if item is None:
-                    if not spec.primitive_extension:
+                    # JSON arrays of primitives keep their positions: `"given": [null, "B"]`
+                    # with `"_given": [{"extension": ...}, null]` (the first name has only
+                    # extensions), and `_given` has nulls where `given` has no extension.
+                    if not spec.primitive_extension and not _extended(obj, key, i):
                         problems.append(Problem(f"{where}[{i}]", "null is not allowed here"))
                     continue
                 _check_value(spec, item, f"{where}[{i}]", version, problems, references)
@@ -317,12 +377,22 @@ def walk(
             _check_value(spec, value, where, version, problems, references)
 
 
+def _extended(obj: dict[str, Any], key: str, index: int) -> bool:
+    """Whether item `index` of the primitive array `key` has its extensions in `_key`."""
+    extensions = obj.get("_" + key)
+    return (
+        isinstance(extensions, list)
+        and index < len(extensions)
+        and isinstance(extensions[index], dict)
+    )
+
+
 def walk_resource(
     resource: dict[str, Any],
     path: str,
     version: FhirVersion,
     problems: list[Problem],
-    references: list[tuple[dict[str, Any], str]],
+    references: list[FoundReference],
 ) -> None:
     """`walk` for a resource whose model is chosen by its resourceType (contained resources)."""
     resource_type = resource.get("resourceType")
@@ -451,6 +521,8 @@ def problems_from_validation_error(
         field: str | None = _loc_path(loc) or None
         if kind == "extra_forbidden":
             parent, _ = _model_at(model, loc[:-1], resource)
+            if parent is not None and loc and _is_primitive_extension_of(parent, str(loc[-1])):
+                continue  # checked by the walk
             message = "unknown field"
             if parent is not None and loc and isinstance(loc[-1], str):
                 close = difflib.get_close_matches(loc[-1], list(_fields(parent)), n=1)
@@ -488,13 +560,13 @@ def problems_from_validation_error(
 
 def validate_resource(
     resource: dict[str, Any], version: FhirVersion
-) -> tuple[list[Problem], list[tuple[dict[str, Any], str]]]:
+) -> tuple[list[Problem], list[FoundReference]]:
     """Validate one resource dict; return (problems, Reference objects with their paths).
 
     The dict is not modified. The model instance is discarded: only the original JSON is kept.
     """
     problems: list[Problem] = []
-    references: list[tuple[dict[str, Any], str]] = []
+    references: list[FoundReference] = []
     resource_type = resource.get("resourceType")
     cls = model_class(version, resource_type) if isinstance(resource_type, str) else None
     if cls is None:

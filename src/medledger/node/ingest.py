@@ -162,11 +162,11 @@ class Ingestor:
         from concurrent.futures import Future, ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("forkserver")
-        window: deque[UnitResult | tuple[bytes, str, Future[list[Any] | None] | None]]
+        window: deque[UnitResult | tuple[bytes, str, Future[_Alone | None] | None]]
         window = deque()
 
         def settle(
-            item: UnitResult | tuple[bytes, str, Future[list[Any] | None] | None],
+            item: UnitResult | tuple[bytes, str, Future[_Alone | None] | None],
         ) -> UnitResult:
             if isinstance(item, UnitResult):
                 return item  # refused before reading (a file too large, unreadable)
@@ -174,11 +174,13 @@ class Ingestor:
             parsed = None
             if future is not None:
                 try:
-                    parsed = future.result()
+                    alone = future.result()
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
-                    parsed = None
-            if parsed is not None and any(p.warnings for p in parsed):
-                parsed = None  # a reference kept as sent may resolve here: validate again
+                    alone = None
+                if alone is not None:
+                    parsed, asked = alone
+                    if any(self._resolve(ref, sender=sender) is not None for ref in asked):
+                        parsed = None  # this hospital's records resolve more: parse here
             return self.ingest_bytes(data, source, parsed=parsed, sender=sender)
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -717,10 +719,19 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
     )
 
 
-def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> list[Any] | None:
+#: A worker's parse and the references it would have asked this hospital about.
+_Alone = tuple[list[Any], list[str]]
+
+
+def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None:
     """In a worker process: validate without this hospital's records (None: redo at home)."""
+    asked: list[str] = []
+
+    def unknown(reference: str) -> None:
+        asked.append(reference)  # answered at home: if any resolves there, it parses again
+
     try:
-        return _parse(data, source, None, hl7_codes)
+        return _parse(data, source, unknown, hl7_codes), asked
     except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
 
