@@ -79,9 +79,11 @@ def router() -> APIRouter:
         names = hospital_names(svc)
         consents = {int(c["id"]): c for c in queries.consent_list(svc.node.engine, pid)}
         outcome = outcome if outcome in ("granted", "denied") else ""
+        trail_orgs = sorted({str(a["actor_org"]) for a in trail})
+        who = who if who in trail_orgs else ""  # a filter the form cannot show is not applied
         accesses = grouped(trail, names, pid, consents, who=who, outcome=outcome)
         sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None
-        header = patient_header(svc, pid) if records else {}
+        header = patient_header(svc, records) if records else {}
         holding: dict[str, int] = {}
         for r in records:
             holding[r["source"]] = holding.get(r["source"], 0) + 1
@@ -100,7 +102,7 @@ def router() -> APIRouter:
             records=records,
             sealed=sealed,
             accesses=accesses if allows(claims, "AuditEvent", "search") else None,
-            trail_orgs=sorted({str(a["actor_org"]) for a in trail}),
+            trail_orgs=trail_orgs,
             who=who,
             outcome=outcome,
             sections=sections,
