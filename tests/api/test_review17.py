@@ -92,3 +92,35 @@ def test_the_consent_form_grants_only_known_categories_for_the_signed_in_patient
         data={"grantee": "org:aphp-paris", "purpose": "treatment", "categories": ["labs"]},
     )
     assert r.status_code in (400, 403), r.status_code  # no CSRF token, no consent
+
+
+def test_the_french_portal_has_no_english_sentence_left(api: Api) -> None:
+    """Consent statuses, the erasure section and the acts in the patient's name are French too,
+    with hospitals by their names."""
+    from tests.api.conftest import csrf, eventually
+
+    scopes = "patient/*.rs patient/Consent.cu patient/Patient.d"
+    client, page = _signed_in(api, api.token(f"Patient/{api.pid}", scopes, api.pid))
+    client.headers["accept-language"] = "fr-FR,fr;q=0.9"
+    page = client.get("/portal").text
+    assert "Vous pouvez demander à chaque hôpital d&#39;effacer vos données" in page
+    assert "You may ask every hospital" not in page
+    client.post(
+        "/portal/consent",
+        data={"grantee": "org:aphp-paris", "purpose": "treatment", "csrf": csrf(page)},
+    )
+    client.post("/portal/erasure", data={"csrf": csrf(page)})
+    assert eventually(
+        lambda: "Demande n°1, déposée en votre nom par CHU de Lyon" in client.get("/portal").text
+    )
+    page = client.get("/portal").text
+    for english in (
+        "Nothing is erased",
+        ">active<",
+        "consent.grant",
+        "erasure.request",
+        ">portal<",
+        ">chu-lyon<",
+    ):
+        assert english not in page, english
+    assert "en vigueur" in page and "a accordé un consentement" in page and "par ce portail" in page

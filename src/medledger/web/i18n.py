@@ -169,6 +169,47 @@ FRENCH: dict[str, str] = {
     "documents": "documents",
     "administrative data": "données administratives",
     "anything else": "tout le reste",
+    # -- statuses, erasure, acts in the patient's name -----------------------------------------
+    "active": "en vigueur",
+    "contested": "contesté",
+    "revoked": "retiré",
+    "expired": "expiré",
+    "pending": "en attente",
+    "open": "en cours",
+    "done": "fait",
+    "overdue": "en retard",
+    "attested": "attesté",
+    "cancelled": "annulé",
+    "You may ask every hospital to erase your data. Care records under legal retention (20 "
+    "years) are kept by the hospital that made them; copies held elsewhere are erased. Asked "
+    "here, the request takes effect after {hours} hours, and the other hospitals that treat "
+    "you are told.": (
+        "Vous pouvez demander à chaque hôpital d'effacer vos données. Les dossiers de soins "
+        "soumis à la durée légale de conservation (20 ans) restent chez l'hôpital qui les a "
+        "créés ; les copies conservées ailleurs sont effacées. Demandée ici, la demande prend "
+        "effet après {hours} heures, et les autres hôpitaux qui vous soignent en sont informés."
+    ),
+    "Request {id}, filed in your name by {org}: pending until {until}. Nothing is erased "
+    "before then; if you did not ask for it, your own key or another hospital that treats you "
+    "can cancel it.": (
+        "Demande n°{id}, déposée en votre nom par {org} : en attente jusqu'au {until}. Rien "
+        "n'est effacé d'ici là ; si vous ne l'avez pas demandée, votre propre clé ou un autre "
+        "hôpital qui vous soigne peut l'annuler."
+    ),
+    "Request {id}:": "Demande n°{id} :",
+    "{org} asked to replace your key: it takes effect at {until} unless your current key or "
+    "another hospital that treats you cancels it.": (
+        "{org} a demandé à remplacer votre clé : cela prend effet le {until}, sauf si votre clé "
+        "actuelle ou un autre hôpital qui vous soigne l'annule."
+    ),
+    "granted a consent": "a accordé un consentement",
+    "revoked a consent": "a retiré un consentement",
+    "asked for erasure": "a demandé l'effacement",
+    "replaced your key": "a remplacé votre clé",
+    "enrolled you in a study": "vous a inscrit à une étude",
+    "withdrew you from a study": "vous a retiré d'une étude",
+    "through this portal": "par ce portail",
+    "at the hospital's desk": "au guichet de l'hôpital",
 }
 
 

@@ -107,6 +107,8 @@ def router() -> APIRouter:
             outcome=outcome,
             sections=sections,
             categories=CATEGORY_WORDS,
+            acts=ACT_WORDS,
+            channels=CHANNEL_WORDS,
         )
 
     def _patient(
@@ -212,6 +214,32 @@ CATEGORY_WORDS = {
     "administrative": "administrative data",
     "other": "anything else",
 }
+
+#: The acts a hospital may take in a patient's name (contracts' `announce_on_behalf`), in words.
+ACT_WORDS = {
+    "consent.grant": "granted a consent",
+    "consent.revoke": "revoked a consent",
+    "erasure.request": "asked for erasure",
+    "patients.bind": "replaced your key",
+    "research.enrol": "enrolled you in a study",
+    "research.withdraw": "withdrew you from a study",
+}
+#: How the patient's request reached the hospital.
+CHANNEL_WORDS = {"portal": "through this portal", "desk": "at the hospital's desk"}
+#: Statuses of consents and erasure requests, translated by the template.
+STATUS_WORDS = (
+    "active",
+    "contested",
+    "revoked",
+    "expired",
+    "pending",
+    "open",
+    "done",
+    "overdue",
+    "attested",
+    "cancelled",
+    "refused",
+)
 
 #: What a patient asks their hospital's portal to sign on their behalf.
 PortalAct = consent.Grant | consent.Revoke | research.Enrol | research.Withdraw | ErasureRequest
