@@ -107,7 +107,12 @@ def test_the_french_portal_has_no_english_sentence_left(api: Api) -> None:
     assert "You may ask every hospital" not in page
     client.post(
         "/portal/consent",
-        data={"grantee": "org:aphp-paris", "purpose": "treatment", "csrf": csrf(page)},
+        data={
+            "grantee": "org:aphp-paris",
+            "purpose": "treatment",
+            "categories": "*",
+            "csrf": csrf(page),
+        },
     )
     client.post("/portal/erasure", data={"csrf": csrf(page)})
     assert eventually(
@@ -124,3 +129,30 @@ def test_the_french_portal_has_no_english_sentence_left(api: Api) -> None:
     ):
         assert english not in page, english
     assert "en vigueur" in page and "a accordé un consentement" in page and "par ce portail" in page
+
+
+def test_a_consent_form_with_nothing_ticked_grants_nothing(api: Api) -> None:
+    """ "All my records" is a box of its own: an empty selection is not a grant of everything."""
+    from tests.api.conftest import consents, csrf
+
+    scopes = "patient/*.rs patient/Consent.c"
+    client, page = _signed_in(api, api.token(f"Patient/{api.pid}", scopes, api.pid))
+    assert 'name="categories" value="*"' in page  # the explicit choice
+    client.headers["accept-language"] = "fr"
+    r = client.post(
+        "/portal/consent",
+        data={"grantee": "org:aphp-paris", "purpose": "treatment", "csrf": csrf(page)},
+    )
+    assert r.status_code == 400 and "rien n&#39;a été accordé" in r.text, r.text
+    assert consents(api, api.pid) == []
+    r = client.post(
+        "/portal/consent",
+        data={
+            "grantee": "org:aphp-paris",
+            "purpose": "treatment",
+            "categories": ["*"],
+            "csrf": csrf(page),
+        },
+    )
+    (granted,) = consents(api, api.pid)
+    assert granted["categories"] == ["*"]

@@ -119,9 +119,14 @@ FRENCH: dict[str, str] = {
     "treatment": "soins",
     "emergency": "urgence",
     "until (optional)": "jusqu'au (facultatif)",
-    "Which data (none ticked: all my records)": (
-        "Quelles données (aucune cochée : toutes mes données)"
+    "Which data (tick at least one)": "Quelles données (cochez-en au moins une)",
+    "No data ticked": "Aucune donnée cochée",
+    "Tick the data this hospital may see, or all my records: nothing was granted.": (
+        "Cochez les données que cet hôpital peut voir, ou toutes mes données : rien n'a été "
+        "accordé."
     ),
+    "back": "retour",
+    "Refused": "Refusé",
     "Research studies": "Études de recherche",
     "A study is research approved by an ethics committee. Enrolling lets it use your records, "
     "pseudonymised (without your name or identifiers), only in the categories it lists; the "

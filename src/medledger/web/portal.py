@@ -127,7 +127,8 @@ def router() -> APIRouter:
         end: Annotated[str, Form()] = "",
     ) -> Response:
         """Categories come as one field per ticked box (the form), or one comma-separated
-        field (an access request's Grant button); none ticked means all."""
+        field (an access request's Grant button). None ticked grants nothing: "all my records"
+        is a box of its own (`*`), never what an empty form means."""
         import time
         from datetime import date, datetime
 
@@ -139,6 +140,15 @@ def router() -> APIRouter:
                 datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
             )
         cats = [c.strip() for f in categories or [] for c in f.split(",") if c.strip()]
+        if not cats:
+            return message(
+                request,
+                "No data ticked",
+                "Tick the data this hospital may see, or all my records: nothing was granted.",
+                400,
+                cls="bad",
+                back="/portal#grant-form",
+            )
         msg = consent.Grant(
             pid=pid,
             grantee=grantee,
