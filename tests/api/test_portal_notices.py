@@ -21,8 +21,10 @@ def test_an_erasure_asked_on_the_portal_is_pending_and_listed_as_an_act_in_my_na
     assert "takes effect after 72 hours" in page
     asked = browser.post("/portal/erasure", data=_hidden_fields(page))
     assert asked.status_code == 200, asked.text  # the redirect back to the portal, followed
-    assert "<b>pending</b> until" in asked.text and "Nothing is erased before then" in asked.text
-    assert "erasure.request" in asked.text  # in "Acts in my name", by chu-lyon's portal
+    assert "pending until" in asked.text and "Nothing is erased before then" in asked.text
+    assert "filed in your name by CHU de Lyon" in asked.text  # the hospital by its name
+    assert "asked for erasure" in asked.text  # in "Acts in my name", by chu-lyon's portal
+    assert "through this portal" in asked.text
     assert api.services.node.engine.query("erasure/status", {"pid": api.pid}) is None
     pending = api.services.node.engine.query("erasure/pending", {"pid": api.pid})
     assert pending["signed"]["channel"] == "portal"

@@ -104,6 +104,7 @@ def test_the_patient_reads_their_records_across_hospitals_by_name(
     page.wait_for_selector("#who")
     trail = page.locator("#trail-filter + table").inner_text()
     assert "CHU de Lille" in trail and "dr-dubois" not in trail
+    accessible(page)  # the filtered page too
     with page.expect_download() as download:  # each line's proof, to check offline
         page.locator("a[href^='/portal/proof/']").first.click()
     assert download.value.suggested_filename.startswith("proof-")
@@ -170,6 +171,7 @@ def test_the_explorer_shows_the_engine_and_verifies_after_sign_in(
     page.click("text=Verify the chain")
     page.wait_for_selector("text=ok: replayed")
     shot(page, "explorer-verified")
+    accessible(page)  # the verification's answer too
     page.goto(f"{base}/explorer/block/2")
     accessible(page)
 

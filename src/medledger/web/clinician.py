@@ -91,7 +91,7 @@ def router() -> APIRouter:
         # and a clinician may widen or narrow it for one look (`?window=DAYS`).
         default = svc.node.config.clinician.duplicate_window_days
         warnings = duplicate_exams(rows, window if window is not None else default)
-        header = patient_header(svc, pid) if rows else {}
+        header = patient_header(svc, rows) if rows else {}
         return render(
             request,
             "clinician.html",

@@ -41,7 +41,7 @@ FRENCH: dict[str, str] = {
     "what": "quoi",
     "result": "résultat",
     "hospital": "hôpital",
-    "normal {range}": "normale {range}",
+    "normal {range}": "valeurs normales {range}",
     "high": "élevé",
     "low": "bas",
     "abnormal": "anormal",
@@ -59,7 +59,7 @@ FRENCH: dict[str, str] = {
         "vous pouvez vérifier hors ligne avec"
     ),
     "all": "tous",
-    "outcome": "résultat",
+    "outcome": "décision",
     "granted": "accordé",
     "refused": "refusé",
     "Filter": "Filtrer",
@@ -90,10 +90,10 @@ FRENCH: dict[str, str] = {
     "for study {id}, which you joined": "pour l'étude {id}, à laquelle vous participez",
     "you, yourself": "vous-même",
     "refused: {reason}": "refusé : {reason}",
-    "read": "lu",
-    "searched": "recherché",
-    "exported": "exporté",
-    "wrote": "écrit",
+    "read": "lecture",
+    "searched": "recherche",
+    "exported": "export",
+    "wrote": "écriture",
     # -- consents, requests, studies, erasure --------------------------------------------------
     "Access requests": "Demandes d'accès",
     "when": "quand",
@@ -119,9 +119,14 @@ FRENCH: dict[str, str] = {
     "treatment": "soins",
     "emergency": "urgence",
     "until (optional)": "jusqu'au (facultatif)",
-    "Which data (none ticked: all my records)": (
-        "Quelles données (aucune cochée : toutes mes données)"
+    "Which data (tick at least one)": "Quelles données (cochez-en au moins une)",
+    "No data ticked": "Aucune donnée cochée",
+    "Tick the data this hospital may see, or all my records: nothing was granted.": (
+        "Cochez les données que cet hôpital peut voir, ou toutes mes données : rien n'a été "
+        "accordé."
     ),
+    "back": "retour",
+    "Refused": "Refusé",
     "Research studies": "Études de recherche",
     "A study is research approved by an ethics committee. Enrolling lets it use your records, "
     "pseudonymised (without your name or identifiers), only in the categories it lists; the "
@@ -136,12 +141,12 @@ FRENCH: dict[str, str] = {
     "study": "étude",
     "title": "titre",
     "me": "moi",
-    "enrolled": "inscrit",
-    "not enrolled": "non inscrit",
+    "enrolled": "je participe",
+    "not enrolled": "je ne participe pas",
     "Enrol": "Participer",
     "Withdraw": "Se retirer",
     "no study open": "aucune étude ouverte",
-    "ethics {ref}": "éthique {ref}",
+    "ethics {ref}": "avis du comité d'éthique {ref}",
     "Erasure": "Effacement",
     "Request erasure": "Demander l'effacement",
     "Acts in my name": "Actes en mon nom",
@@ -169,6 +174,47 @@ FRENCH: dict[str, str] = {
     "documents": "documents",
     "administrative data": "données administratives",
     "anything else": "tout le reste",
+    # -- statuses, erasure, acts in the patient's name -----------------------------------------
+    "active": "en vigueur",
+    "contested": "contesté",
+    "revoked": "retiré",
+    "expired": "expiré",
+    "pending": "en attente",
+    "open": "en cours",
+    "done": "fait",
+    "overdue": "en retard",
+    "attested": "attesté",
+    "cancelled": "annulé",
+    "You may ask every hospital to erase your data. Care records under legal retention (20 "
+    "years) are kept by the hospital that made them; copies held elsewhere are erased. Asked "
+    "here, the request takes effect after {hours} hours, and the other hospitals that treat "
+    "you are told.": (
+        "Vous pouvez demander à chaque hôpital d'effacer vos données. Les dossiers de soins "
+        "soumis à la durée légale de conservation (20 ans) restent chez l'hôpital qui les a "
+        "créés ; les copies conservées ailleurs sont effacées. Demandée ici, la demande prend "
+        "effet après {hours} heures, et les autres hôpitaux qui vous soignent en sont informés."
+    ),
+    "Request {id}, filed in your name by {org}: pending until {until}. Nothing is erased "
+    "before then; if you did not ask for it, your own key or another hospital that treats you "
+    "can cancel it.": (
+        "Demande n°{id}, déposée en votre nom par {org} : en attente jusqu'au {until}. Rien "
+        "n'est effacé d'ici là ; si vous ne l'avez pas demandée, votre propre clé ou un autre "
+        "hôpital qui vous soigne peut l'annuler."
+    ),
+    "Request {id}:": "Demande n°{id} :",
+    "{org} asked to replace your key: it takes effect at {until} unless your current key or "
+    "another hospital that treats you cancels it.": (
+        "{org} a demandé à remplacer votre clé : cela prend effet le {until}, sauf si votre clé "
+        "actuelle ou un autre hôpital qui vous soigne l'annule."
+    ),
+    "granted a consent": "a accordé un consentement",
+    "revoked a consent": "a retiré un consentement",
+    "asked for erasure": "a demandé l'effacement",
+    "replaced your key": "a remplacé votre clé",
+    "enrolled you in a study": "vous a inscrit à une étude",
+    "withdrew you from a study": "vous a retiré d'une étude",
+    "through this portal": "par ce portail",
+    "at the hospital's desk": "au guichet de l'hôpital",
 }
 
 

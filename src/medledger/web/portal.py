@@ -79,9 +79,11 @@ def router() -> APIRouter:
         names = hospital_names(svc)
         consents = {int(c["id"]): c for c in queries.consent_list(svc.node.engine, pid)}
         outcome = outcome if outcome in ("granted", "denied") else ""
+        trail_orgs = sorted({str(a["actor_org"]) for a in trail})
+        who = who if who in trail_orgs else ""  # a filter the form cannot show is not applied
         accesses = grouped(trail, names, pid, consents, who=who, outcome=outcome)
         sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None
-        header = patient_header(svc, pid) if records else {}
+        header = patient_header(svc, records) if records else {}
         holding: dict[str, int] = {}
         for r in records:
             holding[r["source"]] = holding.get(r["source"], 0) + 1
@@ -100,11 +102,13 @@ def router() -> APIRouter:
             records=records,
             sealed=sealed,
             accesses=accesses if allows(claims, "AuditEvent", "search") else None,
-            trail_orgs=sorted({str(a["actor_org"]) for a in trail}),
+            trail_orgs=trail_orgs,
             who=who,
             outcome=outcome,
             sections=sections,
             categories=CATEGORY_WORDS,
+            acts=ACT_WORDS,
+            channels=CHANNEL_WORDS,
         )
 
     def _patient(
@@ -123,7 +127,8 @@ def router() -> APIRouter:
         end: Annotated[str, Form()] = "",
     ) -> Response:
         """Categories come as one field per ticked box (the form), or one comma-separated
-        field (an access request's Grant button); none ticked means all."""
+        field (an access request's Grant button). None ticked grants nothing: "all my records"
+        is a box of its own (`*`), never what an empty form means."""
         import time
         from datetime import date, datetime
 
@@ -135,6 +140,15 @@ def router() -> APIRouter:
                 datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC).timestamp() * 1000
             )
         cats = [c.strip() for f in categories or [] for c in f.split(",") if c.strip()]
+        if not cats:
+            return message(
+                request,
+                "No data ticked",
+                "Tick the data this hospital may see, or all my records: nothing was granted.",
+                400,
+                cls="bad",
+                back="/portal#grant-form",
+            )
         msg = consent.Grant(
             pid=pid,
             grantee=grantee,
@@ -210,6 +224,32 @@ CATEGORY_WORDS = {
     "administrative": "administrative data",
     "other": "anything else",
 }
+
+#: The acts a hospital may take in a patient's name (contracts' `announce_on_behalf`), in words.
+ACT_WORDS = {
+    "consent.grant": "granted a consent",
+    "consent.revoke": "revoked a consent",
+    "erasure.request": "asked for erasure",
+    "patients.bind": "replaced your key",
+    "research.enrol": "enrolled you in a study",
+    "research.withdraw": "withdrew you from a study",
+}
+#: How the patient's request reached the hospital.
+CHANNEL_WORDS = {"portal": "through this portal", "desk": "at the hospital's desk"}
+#: Statuses of consents and erasure requests, translated by the template.
+STATUS_WORDS = (
+    "active",
+    "contested",
+    "revoked",
+    "expired",
+    "pending",
+    "open",
+    "done",
+    "overdue",
+    "attested",
+    "cancelled",
+    "refused",
+)
 
 #: What a patient asks their hospital's portal to sign on their behalf.
 PortalAct = consent.Grant | consent.Revoke | research.Enrol | research.Withdraw | ErasureRequest

@@ -148,14 +148,17 @@ def display_of(concept: Mapping[str, Any]) -> str:
     return str(codings[0].get("code", "")) if codings else ""
 
 
-def patient_header(svc: HospitalServices, pid: str, today: date | None = None) -> dict[str, Any]:
-    """Name, sex, age and identifiers of a patient, from the newest Patient resource this
-    hospital holds (its own first, else a copy); empty fields when it holds none."""
-    patients = [i for i in LocalRecords(svc).latest(pid, ("Patient",))]
-    patients.sort(key=lambda i: i.is_copy)
+def patient_header(
+    svc: HospitalServices, rows: list[dict[str, Any]], today: date | None = None
+) -> dict[str, Any]:
+    """Name, sex, age and identifiers of a patient, from the newest Patient resource among the
+    `rows` the reader was allowed (its own first, else a copy): a token or grounds that do not
+    reach the Patient resource show no name and no INS. Empty fields when there is none."""
+    patients = [r for r in rows if r["type"] == "Patient"]
+    patients.sort(key=lambda r: bool(r["copy"]))  # stable: rows come newest first
     if not patients:
         return {"name": "", "sex": "", "age": None, "birth": "", "identifiers": []}
-    resource = orjson.loads(svc.vault.get(patients[0].rid))
+    resource = orjson.loads(svc.vault.get(patients[0]["rid"]))
     return header_of(resource, today or date.today())
 
 
