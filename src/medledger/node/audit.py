@@ -186,6 +186,20 @@ class AuditJournal:
                 "(one process serves a hospital's API and gateway)"
             ) from None
         self._lock_fd = lock_fd
+        try:
+            self._open()
+        except OSError as exc:
+            self._close_files()
+            raise JournalUnavailable(f"the audit journal cannot be opened: {exc}") from exc
+        self._threads = [
+            threading.Thread(target=self._writer, name="audit-writer", daemon=True),
+            threading.Thread(target=self._sender, name="audit-sender", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _open(self) -> None:
         pending, _, whole = read_journal(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         os.ftruncate(self._fd, whole)  # a torn tail was never acknowledged to anyone
@@ -197,13 +211,12 @@ class AuditJournal:
         if pending:
             log.info("audit journal: %d groups not yet on the chain, re-sending", len(pending))
         self._compact()
-        self._threads = [
-            threading.Thread(target=self._writer, name="audit-writer", daemon=True),
-            threading.Thread(target=self._sender, name="audit-sender", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
 
     @property
     def stopped(self) -> bool:
@@ -221,12 +234,9 @@ class AuditJournal:
         self._threads = []
         with self._file_lock:
             if self._fd is not None:
-                self._write_done()
-                os.close(self._fd)
-                self._fd = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+                with contextlib.suppress(OSError):
+                    self._write_done()
+            self._close_files()
 
     # -- the callers' side -------------------------------------------------------------
     def log(self, entries: list[dict[str, Any]], *, wait: bool, timeout: float = 30.0) -> None:
@@ -303,8 +313,14 @@ class AuditJournal:
             try:
                 with self._file_lock:
                     assert self._fd is not None
-                    self._write(b"".join(_frame({"g": g.entries}) for g in groups))
-                    os.fsync(self._fd)
+                    before = os.fstat(self._fd).st_size
+                    try:
+                        self._write(b"".join(_frame({"g": g.entries}) for g in groups))
+                        os.fsync(self._fd)
+                    except OSError:  # refused to the callers: not re-sent after a restart
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(self._fd, before)
+                        raise
                     self.stats["fsyncs"] += 1
             except OSError as exc:
                 log.error("audit journal %s: cannot write: %s", self.path, exc)
