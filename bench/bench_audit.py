@@ -11,7 +11,7 @@ p50/p95 (own and copies), audit entries per tx, audit entries committed per seco
 same load with the audit switched off, for the ratio. The switch is this bench's alone: a
 file `bench-audit-off` in a hospital home, read by the `HospitalServices.log` this script
 installs in its own node processes (never a product setting). Last, the journal driven
-directly (`direct` entries logged by 8 threads, then drained): audit entries committed per
+directly (`direct` entries logged by 64 threads, then drained): audit entries committed per
 second, and per tx.
 
 On the 4-validator CometBFT network (1 s blocks; each hospital a node process started from
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import statistics
 import sys
 import tempfile
 import threading
@@ -229,7 +228,8 @@ def _compare(
 
 
 def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
-    """The journal alone: `total` entries logged by 8 threads, until all are committed."""
+    """The journal alone: `total` entries logged by 64 threads (as many requests at once),
+    until all are committed."""
     from medledger.contracts.authorize import Decision
     from medledger.node import decisions
     from medledger.node.audit import AuditJournal
@@ -239,7 +239,7 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
     access = decisions.Access(f"org:{org}", org, PID, "read", "treatment")
     wallet = Wallet(node.org_key, node.config.chain_id, node.engine)
     journal = AuditJournal(directory, wallet).start()
-    per_thread = max(1, total // 8)
+    per_thread = max(1, total // 64)
 
     def drive(n: int) -> None:
         for i in range(per_thread):
@@ -248,7 +248,7 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
 
     try:
         started = time.perf_counter()
-        threads = [threading.Thread(target=drive, args=(n,)) for n in range(8)]
+        threads = [threading.Thread(target=drive, args=(n,)) for n in range(64)]
         for t in threads:
             t.start()
         for t in threads:
@@ -258,7 +258,7 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
     finally:
         journal.stop()
-    entries = per_thread * 8
+    entries = per_thread * 64
     return {
         "entries": entries,
         "all_committed": drained,
@@ -277,9 +277,7 @@ def run_solo(seconds: int, readers: int, direct: int) -> dict[str, Any]:
     undo = install_switch()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            homes = create_consortium(
-                Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000)
-            )
+            homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
             with Sandbox(homes, interval=0.05) as sandbox:
                 a, b, c = sandbox.runtimes
                 _, rids = _setup(a.node, a.vault)

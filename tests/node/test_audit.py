@@ -64,16 +64,12 @@ def _entries(node: Node, n: int = 1, *, rid: str = "obs-1") -> list[dict[str, An
     org = node.config.org
     access = decisions.Access(f"org:{org}", org, PID, "read", "treatment")
     return [
-        e
-        for _ in range(n)
-        for e in decisions.audit(access, Decision(True, "custodian", ""), [rid])
+        e for _ in range(n) for e in decisions.audit(access, Decision(True, "custodian", ""), [rid])
     ]
 
 
 def _on_chain(node: Node) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = node.engine.query(
-        "access/by_custodian", {"org": node.config.org}
-    )
+    found: list[dict[str, Any]] = node.engine.query("access/by_custodian", {"org": node.config.org})
     return found
 
 
@@ -96,9 +92,7 @@ def test_concurrent_reads_share_txs_and_each_entry_lands_once(node: Node, tmp_pa
         journal.stop()
 
 
-def test_a_batch_past_the_size_bound_is_split_into_several_txs(
-    node: Node, tmp_path: Path
-) -> None:
+def test_a_batch_past_the_size_bound_is_split_into_several_txs(node: Node, tmp_path: Path) -> None:
     journal = _journal(node, tmp_path / "audit", max_tx_entries=5)
     try:
         journal.log(_entries(node, 12), wait=True)
