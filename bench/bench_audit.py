@@ -8,9 +8,11 @@ each, a backend token: `authorize` decides every read). Each read's access entry
 through the hospital's audit journal (node/audit.py): fsync'd before the answer, on the chain
 in the journal's next shared `access.log` tx. Figures: reads per second and read latency
 p50/p95 (own and copies), audit entries per tx, audit entries committed per second; then the
-same load with the audit switched off, for the ratio. The switch is this bench's alone: a
-file `bench-audit-off` in a hospital home, read by the `HospitalServices.log` this script
-installs in its own node processes (never a product setting). Last, the journal driven
+same load with the audit switched off, for the ratio; and the latency with one reader per
+hospital (on and off), where the machine's queueing does not hide the audit's own cost. The
+switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
+`HospitalServices.log` this script installs in its own node processes (never a product
+setting). Last, the journal driven
 directly (`direct` entries logged by 64 threads, then drained): audit entries committed per
 second, and per tx.
 
@@ -215,8 +217,10 @@ def _compare(
     for home in homes[:2]:
         (home / OFF).touch()
     off, _, _ = _load(targets, readers, seconds)
+    light_off, _, _ = _load(targets, 1, seconds / 2)
     for home in homes[:2]:
         (home / OFF).unlink()
+    light_on, _, _ = _load(targets, 1, seconds / 2)
     on, since, until = _load(targets, readers, seconds)
     _settle(engine, [A, B], since)
     on["audit"] = _on_chain(engine, [A, B], since, until)
@@ -224,6 +228,8 @@ def _compare(
         "audit_on": on,
         "audit_off": off,
         "reads_ratio_on_vs_off": round(on["reads_per_s"] / max(off["reads_per_s"], 0.1), 3),
+        "one_reader_each_audit_on": light_on,
+        "one_reader_each_audit_off": light_off,
     }
 
 

@@ -241,3 +241,22 @@ def test_one_process_holds_a_hospitals_journal(node: Node, tmp_path: Path) -> No
             _journal(node, tmp_path / "audit")
     finally:
         journal.stop()
+
+
+def test_access_log_writes_an_id_once_per_custodian_and_checks_its_shape(
+    node: Node, consortium: list[Path]
+) -> None:
+    entry = {**_entries(node)[0], "id": "ab" * 16}
+    first = node.wallet.send("access.log", {"entries": [entry]})
+    again = node.wallet.send("access.log", {"entries": [entry, {**entry, "id": "cd" * 16}]})
+    assert first.result.ok and again.result.ok  # the re-sent one is skipped, not refused
+    assert sorted(e["id"] for e in _on_chain(node)) == ["ab" * 16, "cd" * 16]
+
+    other = node.sibling(consortium[1])  # ids are per custodian: another's is its own
+    org = other.config.org
+    theirs = {**entry, "actor": f"org:{org}", "actor_org": org}
+    assert other.wallet.send("access.log", {"entries": [theirs]}).result.ok
+    assert [e["id"] for e in _on_chain(other)] == ["ab" * 16]
+
+    with pytest.raises(TxRejected, match=r"entries\[0\]\.id: 32 lowercase hex"):
+        node.wallet.send("access.log", {"entries": [{**entry, "id": "AB" * 16}]})

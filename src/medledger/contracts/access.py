@@ -439,7 +439,8 @@ def _check_asked(i: int, e: Entry, body: dict[str, Any]) -> None:
 
 
 def log(ctx: Context, msg: Log) -> None:
-    custodian, _ = acting_org(ctx)
+    custodian, practitioner = acting_org(ctx)
+    signer = _signer_label(custodian, practitioner)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     asked: dict[bytes, dict[str, Any]] = {}  # the bodies of the requests cited, by digest
@@ -448,10 +449,10 @@ def log(ctx: Context, msg: Log) -> None:
         if entry.id and ctx.state.get(f"acc/id/{custodian}/{entry.id}") is not None:
             continue  # re-sent by the journal after it committed: written once
         _check_actor(ctx, n, entry, custodian)
-        digest, signer = b"", ""
+        digest, request_signer = b"", ""
         if entry.request is not None:
-            digest, signer = _check_request(ctx, n, entry, custodian, asked)
-        record_entry(ctx, custodian, n, entry, digest, signer)
+            digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
+        _write_entry(ctx, custodian, signer, n, entry, digest, request_signer)
 
 
 def record_entry(
@@ -465,7 +466,25 @@ def record_entry(
     `request` is the digest of the remote request the entry rests on, checked by the caller
     (`_check_request`), and `request_signer` who signed it."""
     org, practitioner = acting_org(ctx)
-    signer = f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
+    return _write_entry(
+        ctx, custodian, _signer_label(org, practitioner), n, e, request, request_signer
+    )
+
+
+def _signer_label(org: str, practitioner: str | None) -> str:
+    return f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
+
+
+def _write_entry(
+    ctx: Context,
+    custodian: str,
+    signer: str,
+    n: int,
+    e: Entry,
+    request: bytes = b"",
+    request_signer: str = "",
+) -> str:
+    """`record_entry` once the signer is known (`log` resolves it once per tx)."""
     suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
     key = f"acc/pid/{e.pid}/{suffix}"
     ctx.state.put(
