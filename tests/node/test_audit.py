@@ -120,9 +120,9 @@ def test_an_entry_is_on_disk_before_log_returns_and_reaches_the_chain_after_a_re
     try:
         assert journal.drain(30)
         assert len(_on_chain(node)) == 3
-        assert read_journal(directory / "journal")[0] == []  # marked done
     finally:
         journal.stop()
+    assert read_journal(directory / "journal")[0] == []  # marked done
 
 
 def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_path: Path) -> None:
