@@ -74,7 +74,7 @@ def _on_chain(node: Node) -> list[dict[str, Any]]:
 
 
 def test_concurrent_reads_share_txs_and_each_entry_lands_once(node: Node, tmp_path: Path) -> None:
-    journal = _journal(node, tmp_path / "audit", window_s=0.05)
+    journal = _journal(node, tmp_path / "audit", wait_window_s=0.05)
     try:
         threads = [
             threading.Thread(target=journal.log, args=(_entries(node),), kwargs={"wait": True})
@@ -191,7 +191,7 @@ def test_a_group_the_ledger_refuses_is_kept_aside_and_its_batch_still_lands(
     node: Node, tmp_path: Path
 ) -> None:
     directory = tmp_path / "audit"
-    journal = _journal(node, directory, window_s=0.3)
+    journal = _journal(node, directory, wait_window_s=0.3)
     bad = _entries(node, rid="obs-bad")
     bad[0]["actor"] = "org:aphp-paris"  # not of actor_org: the contract refuses it
     errors: list[BaseException] = []

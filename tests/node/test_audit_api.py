@@ -78,13 +78,13 @@ def test_reads_are_served_while_the_ledger_is_down_and_recorded_once_it_is_back(
 def test_a_read_whose_entry_cannot_be_kept_is_refused_503_with_the_reason(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medledger.node.audit as audit
+    import os
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
     assert served.svc.node.audit.pending() == 0  # running, then the disk fills up
-    monkeypatch.setattr(audit.os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)  # what the journal calls
     answer = served.read()
     assert answer.status_code == 503
     issue = answer.json()["issue"][0]
