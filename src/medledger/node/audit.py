@@ -15,7 +15,9 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    remote read, served only once recorded, returns when the shared tx has committed), else
    after `window_s` (200 ms, a fifth of a 1 s block: the entry is already durable and will
    not reach the chain sooner than the next block, and fewer, larger txs cost every
-   validator less).
+   validator less). At most `max_inflight` (4) txs are in flight at a time; what arrives
+   meanwhile waits, durable, and fills the next txs up to their bound: a burst never floods
+   the mempool with small txs that every validator would re-check after each block.
 3. A committed tx marks its entries done in the journal. A tx dropped (its nonce spent by
    another, e.g. a block the replica had not yet applied after a restart) or refused for its
    nonce is re-sent under a fresh nonce; one stuck in no block is submitted again; while the
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 0.2
 WAIT_WINDOW_S = 0.02
+MAX_INFLIGHT = 4
 RESEND_S = 5.0
 RETRY_S = 1.0
 COMPACT_BYTES = 8 * 1024 * 1024
@@ -147,6 +150,7 @@ class AuditJournal:
         *,
         window_s: float = WINDOW_S,
         wait_window_s: float = WAIT_WINDOW_S,
+        max_inflight: int = MAX_INFLIGHT,
         max_tx_entries: int = access.MAX_ENTRIES,
         max_tx_bytes: int = MAX_TX_BYTES // 2,
         resend_s: float = RESEND_S,
@@ -159,6 +163,7 @@ class AuditJournal:
         self.engine: Engine = wallet.engine
         self.window_s = window_s
         self.wait_window_s = wait_window_s
+        self.max_inflight = max_inflight
         self.max_tx_entries = max_tx_entries
         self.max_tx_bytes = max_tx_bytes
         self.resend_s = resend_s
@@ -398,8 +403,10 @@ class AuditJournal:
                     return
                 self._cond.wait(tick)
                 now = time.monotonic()
+                free = self.max_inflight - len(self._inflight)
                 due = (
-                    self._oldest is not None
+                    free > 0
+                    and self._oldest is not None
                     and now >= self._retry_at
                     and (
                         now - self._oldest >= self.window_s
@@ -410,7 +417,7 @@ class AuditJournal:
                         or self._unsent_entries >= self.max_tx_entries
                     )
                 )
-                batches = self._batches() if due else []
+                batches = self._batches(free) if due else []
             for i, batch in enumerate(batches):
                 try:
                     self._send(batch)
@@ -445,8 +452,9 @@ class AuditJournal:
             log.warning("audit journal: %d groups were untracked; re-sending", len(orphans))
             self._requeue(orphans)
 
-    def _batches(self) -> list[list[_Group]]:
-        """Every unsent group, in tx-sized batches (a group refused in a batch goes alone)."""
+    def _batches(self, limit: int) -> list[list[_Group]]:
+        """Up to `limit` tx-sized batches of the unsent groups, oldest first (a group refused
+        in a batch goes alone); the rest wait for a tx in flight to commit."""
         batches: list[list[_Group]] = []
         current: list[_Group] = []
         count = size = 0
@@ -467,7 +475,9 @@ class AuditJournal:
             size += group.size
         if current:
             batches.append(current)
-        return batches
+        for group in reversed([g for batch in batches[limit:] for g in batch]):
+            self._push(group, 0.0, first=True)
+        return batches[:limit]
 
     def _push(self, group: _Group, ready: float, *, first: bool = False) -> None:
         """Queue a durable group for the next tx (under the condition's lock)."""
