@@ -260,3 +260,25 @@ def test_access_log_writes_an_id_once_per_custodian_and_checks_its_shape(
 
     with pytest.raises(TxRejected, match=r"entries\[0\]\.id: 32 lowercase hex"):
         node.wallet.send("access.log", {"entries": [{**entry, "id": "AB" * 16}]})
+
+
+def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
+    node: Node, tmp_path: Path
+) -> None:
+    flaky = FlakyEngine(node.engine)
+    flaky.drop_next = 1000  # accepted, never committed: every tx stays in flight
+    journal = _journal(
+        node, tmp_path / "audit", engine=flaky, max_tx_entries=1, max_inflight=2, resend_s=60
+    )
+    try:
+        journal.log(_entries(node, 10), wait=False)
+        threading.Event().wait(0.5)
+        assert len(flaky.dropped) == 2 and journal.pending() == 10
+        flaky.drop_next = 0
+    finally:
+        journal.stop()
+    journal = _journal(node, tmp_path / "audit")  # the 10 are still journaled
+    try:
+        assert journal.drain(30) and len(_on_chain(node)) == 10
+    finally:
+        journal.stop()
