@@ -282,3 +282,19 @@ def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
         assert journal.drain(30) and len(_on_chain(node)) == 10
     finally:
         journal.stop()
+
+
+def test_the_journal_is_rewritten_with_what_is_pending_once_it_grows(
+    node: Node, tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, compact_bytes=4096)
+    try:
+        for _ in range(30):
+            journal.log(_entries(node, 2), wait=True)
+        assert journal.stats["entries"] == 60
+    finally:
+        journal.stop()
+    assert (directory / "journal").stat().st_size < 4096 * 2  # 30 groups of 2: 14 KiB written
+    assert read_journal(directory / "journal")[0] == []
+    assert len(_on_chain(node)) == 60

@@ -35,7 +35,8 @@ The journal file is a sequence of frames `<length u32><crc32 u32><CBOR>`: `{"g":
 for a group, `{"done": [group ids]}` for groups on the chain. A torn last frame (a crash
 mid-write, never acknowledged to any caller) is cut off at start-up. Done marks are not
 fsync'd: losing one only re-sends an entry the contract then skips. The file is rewritten
-with the groups still pending once it passes `compact_bytes`.
+with the groups still pending once it passes `compact_bytes`, or twice its size after the
+last rewrite (a long outage's backlog is not rewritten after every write).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class AuditJournal:
         self.resend_s = resend_s
         self.retry_s = retry_s
         self.compact_bytes = compact_bytes
+        self._compact_at = compact_bytes
         self._cond = threading.Condition()
         self._file_lock = threading.Lock()
         self._queued: list[_Group] = []  # not yet durable
@@ -352,8 +354,11 @@ class AuditJournal:
                     self._push(group, now)
                     group.durable.set()
                 self._cond.notify_all()
-            if os.fstat(self._fd).st_size > self.compact_bytes:
-                self._compact()
+            try:
+                if os.fstat(self._fd).st_size > self._compact_at:
+                    self._compact()
+            except OSError as exc:  # appends go on to the old file; tried again later
+                log.error("audit journal %s: cannot compact: %s", self.path, exc)
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -369,28 +374,32 @@ class AuditJournal:
             self._write(_frame({"done": done}))
 
     def _compact(self) -> None:
-        """Rewrite the journal with the groups still pending (atomically, fsync'd)."""
+        """Rewrite the journal with the groups still pending (atomically, fsync'd). The new
+        file is written through the descriptor that then appends to it, so no step after the
+        rename can fail and leave appends going to the old, unlinked file."""
         with self._file_lock, self._cond:
             assert self._fd is not None
             tmp = self.path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             try:
                 data = b"".join(_frame({"g": g.entries}) for g in self._live.values())
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
-            finally:
+                tmp.replace(self.path)
+            except BaseException:
                 os.close(fd)
-            tmp.replace(self.path)
+                raise
+            os.close(self._fd)
+            self._fd = fd
+            self._done = []
+            self._compact_at = max(self.compact_bytes, 2 * len(data))
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
-                os.fsync(dir_fd)
+                os.fsync(dir_fd)  # the rename itself
             finally:
                 os.close(dir_fd)
-            os.close(self._fd)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND, 0o600)
-            self._done = []
 
     # -- the sender: one tx per window -------------------------------------------------
     def _sender(self) -> None:
