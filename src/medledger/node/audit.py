@@ -429,10 +429,13 @@ class AuditJournal:
                 batches = self._batches(free) if due else []
             for i, batch in enumerate(batches):
                 try:
-                    self._send(batch)
+                    sent = self._send(batch)
                 except Exception:  # a bug, not the network (_send keeps those): keep them
                     log.exception("audit journal: sending failed; retrying")
-                    self._requeue([g for b in batches[i:] for g in b], later=True)
+                    self._requeue(batch, later=True)
+                    sent = False
+                if not sent:  # the ledger is unreachable or busy: the rest waits too
+                    self._requeue([g for b in batches[i + 1 :] for g in b], later=True)
                     break
             try:
                 height = self.engine.height()
@@ -507,7 +510,9 @@ class AuditJournal:
             if later:
                 self._retry_at = time.monotonic() + self.retry_s
 
-    def _send(self, batch: list[_Group]) -> None:
+    def _send(self, batch: list[_Group]) -> bool:
+        """Sign and submit one batch; False when the ledger could not take it now (the
+        batch is queued again for `retry_s` later)."""
         entries = [e for g in batch for e in g.entries]
         signed: list[bytes] = []
         try:
@@ -519,7 +524,7 @@ class AuditJournal:
                 log.warning("audit journal: cannot submit (%s); entries kept, retrying", exc)
             self._unreachable = True
             self._requeue(batch, later=True)
-            return
+            return False
         if self._unreachable:
             log.info("audit journal: the ledger is reachable again")
             self._unreachable = False
@@ -529,11 +534,19 @@ class AuditJournal:
                 self._inflight.append(
                     _InFlight(tx, submitted.tx_id, decode_tx(tx).nonce, batch, time.monotonic())
                 )
-            return
+            return True
         if submitted.check.code in _LEDGER_CODES:
             self._refused(batch, submitted.check.code, submitted.check.log, "check")
-        else:  # mempool full, a nonce race it could not win: later
-            self._requeue(batch, later=True)
+            return True
+        # The mempool is full, or a nonce race the wallet could not win: later.
+        if not self._unreachable:
+            log.warning(
+                "audit journal: refused by the mempool (%s); entries kept, retrying",
+                submitted.check.log,
+            )
+        self._unreachable = True
+        self._requeue(batch, later=True)
+        return False
 
     def _refused(self, batch: list[_Group], code: int, why: str, stage: str) -> None:
         """The ledger refused the batch for good: find whose entries, keep them aside."""
