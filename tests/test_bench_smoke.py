@@ -20,6 +20,7 @@ TINY: dict[str, dict[str, Any]] = {
     "authorize": {"patients": 50, "consents": 200, "queries": 50, "hospitals": 3},
     "api": {"resources": 30, "rounds": 2},  # with $summary
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
+    "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0},
 }
 
 

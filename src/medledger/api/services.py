@@ -24,7 +24,7 @@ from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
-from medledger.contracts import access, queries
+from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
 from medledger.host.secretfile import SecretFileExists, write_secret
 from medledger.ledger.keys import SigningKey
@@ -38,7 +38,6 @@ _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_FORM_BYTES = 64 * 1024
 _RIDS_PER_ENTRY = 200  # the contract takes up to access.MAX_RIDS
-_ENTRIES_PER_TX = 25  # 5,000 rids: well inside a tx's size limit
 
 
 def issuer_key(home: Path) -> SigningKey:
@@ -257,17 +256,18 @@ class HospitalServices:
         )
 
     def log(self, entries: list[dict[str, Any]], *, wait: bool) -> None:
-        """Write access entries on the chain (several txs if need be); `wait` until committed
-        for remote reads, else submit and return (the log commits in the next block)."""
-        for start in range(0, len(entries), _ENTRIES_PER_TX):
-            self._log(entries[start : start + _ENTRIES_PER_TX], wait)
+        """Write access entries through the hospital's audit journal (node/audit.py): durable
+        here before this returns, so the caller may serve; on the chain in the next shared
+        `access.log` tx. `wait` until committed (remote reads). If the journal cannot keep
+        them, nothing is served: 503 with the reason, never a traceback."""
+        from medledger.node.audit import JournalUnavailable
+        from medledger.node.wallet import TxRejected
 
-    def _log(self, entries: list[dict[str, Any]], wait: bool) -> None:
-        if wait:
-            self.node.wallet.send_message(access.Log(entries))
-        else:
-            submitted = self.node.wallet.submit_message(access.Log(entries))
-            if not submitted.accepted:
-                from medledger.node.wallet import TxRejected
-
-                raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")
+        try:
+            self.node.audit.log(entries, wait=wait)
+        except JournalUnavailable as exc:
+            raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
+        except (TimeoutError, TxRejected) as exc:
+            raise FhirError(
+                503, "transient", f"the access was not recorded on the ledger: {exc}"
+            ) from None

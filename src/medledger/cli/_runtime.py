@@ -1,9 +1,10 @@
 """What a running hospital node serves besides its ledger: the exchange and the API.
 
-`HospitalRuntime` starts, for one hospital's node and vault, its mTLS gateway, sync agent and
-event stream (`exchange.service.HospitalExchange`), the reconciler of provisional records
-(`registrations.Reconciler`) and its API and pages (`api.app`, plain HTTP on loopback by
-default), and stops them in order. `medledger node run`, `medledger
+`HospitalRuntime` starts, for one hospital's node and vault, its audit journal (`node.audit`,
+first: it re-sends what a crash left off the chain, and is stopped last), its mTLS gateway,
+sync agent and event stream (`exchange.service.HospitalExchange`), the reconciler of
+provisional records (`registrations.Reconciler`) and its API and pages (`api.app`, plain HTTP
+on loopback by default), and stops them in order. `medledger node run`, `medledger
 sandbox run` and the demo all use it.
 """
 
@@ -45,6 +46,7 @@ class HospitalRuntime:
     def start(self, sync: bool = True) -> HospitalRuntime:
         from medledger.node.registrations import Reconciler
 
+        self._started.append(self.node.audit)
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)
         self._started.append(Reconciler(self.node.engine, self.vault).start())

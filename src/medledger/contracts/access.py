@@ -42,10 +42,16 @@ most `MAX_RIDS` per entry (callers split a longer list into several entries), a 
 `target` at most `MAX_TARGET` and its `body` at most `MAX_REQUEST_BODY` bytes, `MAX_ENTRIES`
 entries per tx.
 
+An entry may carry an `id` (`ENTRY_ID` bytes of randomness in hex, made by the serving
+hospital's audit journal, node/audit.py): the journal re-sends what it cannot prove committed,
+so an entry whose id its custodian already wrote is skipped, not written twice and not
+refused (the rest of its tx still lands). The id tells nothing of the patient.
+
 State (prefix `acc/`):
     acc/pid/<pid>/<time:016d>/<tx id hex>/<n:04d>   one entry, in time order per patient
     acc/org/<org>/<time:016d>/<tx id hex>/<n:04d>   -> same entry key (who served what)
     acc/req/<request digest hex>                    -> the tx id whose entries it backs
+    acc/id/<custodian>/<entry id>                   -> the entry key (a re-sent id is skipped)
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ MAX_RIDS = 1000  # per entry
 MAX_BASIS = 200
 MAX_ACTOR = 140  # "practitioner:" + two ids of at most 64
 MAX_TARGET = 512  # a signed request's path (the exchange's are short)
+ENTRY_ID = 16  # bytes of randomness in an entry's id: 32 hex characters
+_HEX = frozenset("0123456789abcdef")
 MAX_REQUEST_BODY = 96 * 1024  # an exchange question: pid, purpose, up to 1000 rids
 BASES = ("custodian", "patient")  # bases without an id
 BASIS_KINDS = ("consent", "referral", "emergency", "enrolment")  # "<kind>:<id>"
@@ -221,6 +229,7 @@ class Entry:
     reason: str = ""
     rids: list[str] = field(default_factory=list)
     request: dict[str, Any] | None = None  # the requester's signed request (`Request`), if remote
+    id: str = ""  # the journal's id: an entry re-sent under the same id is written once
 
 
 @dataclass
@@ -230,6 +239,10 @@ class Log:
 
 def _check(i: int, raw: Any) -> Entry:
     e = parse_item(Entry, raw, f"entries[{i}]")
+    if e.id and (len(e.id) != 2 * ENTRY_ID or not _HEX.issuperset(e.id)):
+        raise TxError(
+            Code.INVALID_BODY, f"field entries[{i}].id: {2 * ENTRY_ID} lowercase hex characters"
+        )
     check_pid(e.pid, f"entries[{i}].pid")
     check_id(e.actor_org, f"entries[{i}].actor_org")
     for name, value, allowed in (
@@ -426,17 +439,20 @@ def _check_asked(i: int, e: Entry, body: dict[str, Any]) -> None:
 
 
 def log(ctx: Context, msg: Log) -> None:
-    custodian, _ = acting_org(ctx)
+    custodian, practitioner = acting_org(ctx)
+    signer = _signer_label(custodian, practitioner)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     asked: dict[bytes, dict[str, Any]] = {}  # the bodies of the requests cited, by digest
     for n, raw in enumerate(msg.entries):
         entry = _check(n, raw)
+        if entry.id and ctx.state.get(f"acc/id/{custodian}/{entry.id}") is not None:
+            continue  # re-sent by the journal after it committed: written once
         _check_actor(ctx, n, entry, custodian)
-        digest, signer = b"", ""
+        digest, request_signer = b"", ""
         if entry.request is not None:
-            digest, signer = _check_request(ctx, n, entry, custodian, asked)
-        record_entry(ctx, custodian, n, entry, digest, signer)
+            digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
+        _write_entry(ctx, custodian, signer, n, entry, digest, request_signer)
 
 
 def record_entry(
@@ -450,7 +466,25 @@ def record_entry(
     `request` is the digest of the remote request the entry rests on, checked by the caller
     (`_check_request`), and `request_signer` who signed it."""
     org, practitioner = acting_org(ctx)
-    signer = f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
+    return _write_entry(
+        ctx, custodian, _signer_label(org, practitioner), n, e, request, request_signer
+    )
+
+
+def _signer_label(org: str, practitioner: str | None) -> str:
+    return f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
+
+
+def _write_entry(
+    ctx: Context,
+    custodian: str,
+    signer: str,
+    n: int,
+    e: Entry,
+    request: bytes = b"",
+    request_signer: str = "",
+) -> str:
+    """`record_entry` once the signer is known (`log` resolves it once per tx)."""
     suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
     key = f"acc/pid/{e.pid}/{suffix}"
     ctx.state.put(
@@ -469,6 +503,7 @@ def record_entry(
             "reason": e.reason,
             "request": request,
             "request_signer": request_signer,
+            "id": e.id,
             "time": ctx.time_ms,
             "height": ctx.height,
             "tx": ctx.tx_id,
@@ -476,6 +511,8 @@ def record_entry(
         },
     )
     ctx.state.put(f"acc/org/{custodian}/{suffix}", key)
+    if e.id:
+        ctx.state.put(f"acc/id/{custodian}/{e.id}", key)
     ctx.emit(
         "access.logged",
         pid=e.pid,

@@ -63,7 +63,7 @@ from fastapi.responses import Response
 from nacl.public import PublicKey, SealedBox
 from starlette.concurrency import run_in_threadpool
 
-from medledger.contracts import access, queries, records
+from medledger.contracts import queries, records
 from medledger.contracts.authorize import Decision
 from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.common import is_pid
@@ -72,6 +72,7 @@ from medledger.contracts.records import disclosed
 from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
 from medledger.node import decisions
+from medledger.node.audit import JournalUnavailable
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -341,10 +342,9 @@ class Gateway:
     def _commit(self, entries: list[dict[str, Any]], timing: Timing) -> None:
         """Write the access entries and wait until the network has committed them.
 
-        Only the wait counts as `commit` in the timing: that is the block interval, which the
-        latency figures exclude; signing and CheckTx are the gateway's own cost.
+        The whole wait counts as `commit` in the timing: the journal's fsync, its window and
+        the block interval, which the latency figures exclude.
         """
-        wallet = self.node.wallet
         signed: set[bytes] = set()  # a request's body travels with its first entry only
         for entry in entries:
             request = entry.get("request")
@@ -352,21 +352,14 @@ class Gateway:
                 if request["signature"] in signed:
                     entry["request"] = {k: v for k, v in request.items() if k != "body"}
                 signed.add(request["signature"])
+        started = time.perf_counter()
         try:
-            submitted = wallet.submit_message(access.Log(entries))
-            if not submitted.accepted:
-                raise TxRejected("access.log", submitted.check.code, submitted.check.log, "check")
-            started = time.perf_counter()
-            try:
-                committed = self.node.engine.wait_for_commit(submitted.tx_id, self.commit_timeout)
-            finally:
-                timing.commit += time.perf_counter() - started
-            if not committed.result.ok:
-                raise TxRejected(
-                    "access.log", committed.result.code, committed.result.log, "execution"
-                )
-        except (TxRejected, TimeoutError) as exc:
+            # Journaled durably, then committed in the journal's next shared tx (node/audit.py).
+            self.node.audit.log(entries, wait=True, timeout=self.commit_timeout)
+        except (TxRejected, TimeoutError, JournalUnavailable) as exc:
             raise Refused(503, f"the access could not be recorded on the ledger: {exc}") from None
+        finally:
+            timing.commit += time.perf_counter() - started
 
     def _grouped(
         self,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medledger.consensus.engine import Engine
 from medledger.contracts import default_registry
@@ -18,6 +19,9 @@ from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.node.config import ConfigError, HospitalConfig, load_config
 from medledger.node.wallet import Wallet
+
+if TYPE_CHECKING:
+    from medledger.node.audit import AuditJournal
 
 
 class LedgerBusy(ConfigError):
@@ -35,6 +39,8 @@ class Node:
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
         self._owner = True  # siblings share the engine and leave closing it to the owner
+        self._audit: AuditJournal | None = None
+        self._audit_lock = threading.Lock()
 
     @classmethod
     def open(cls, home: Path, *, serve: bool = False, **engine_options: Any) -> Node:
@@ -88,7 +94,20 @@ class Node:
             raise ConfigError(f"{path}: no key for practitioner {practitioner!r} at this hospital")
         return Wallet(SigningKey.from_file(path), self.config.chain_id, self.engine)
 
+    @property
+    def audit(self) -> AuditJournal:
+        """This hospital's audit journal (node/audit.py), started on first use (which re-sends
+        what it holds not yet on the chain); stopped by `close`."""
+        with self._audit_lock:
+            if self._audit is None or self._audit.stopped:
+                from medledger.node.audit import AuditJournal
+
+                self._audit = AuditJournal(self.config.home / "audit", self.wallet).start()
+            return self._audit
+
     def close(self) -> None:
+        if self._audit is not None:
+            self._audit.stop()
         if not self._owner:
             return
         self.engine.close()

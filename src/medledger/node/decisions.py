@@ -10,10 +10,11 @@ state (`fail_closed`), the same function on the same state. Either way the answe
 `decide_and_audit` is the one call that decides an access and builds the `access.log`
 entries recording it (`audit`, over the one builder `contracts.access.log_entry`); callers
 that decide record by record (search pages, the gateway) build the entries of the decisions
-they made with `audit`. Writing the entries stays with each caller, because the timing rules
-differ: the API and the pages submit a tx and answer at once (the log commits in the next
-block), the gateway waits for the commit before it serves a remote read, and the sync agent
-logs a push before it sends it.
+they made with `audit`. Every caller writes the entries through the hospital's audit journal
+(`node.audit`, node/audit.py) when its timing rule says: the API and the pages answer once
+the entries are durable (they reach the chain in the journal's next shared tx), the gateway
+waits for the commit before it serves a remote read, and the sync agent logs a push before
+it sends it.
 """
 
 from __future__ import annotations

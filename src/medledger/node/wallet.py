@@ -54,9 +54,12 @@ class Wallet:
         self._last_nonce = max(self._last_nonce, on_chain) + 1
         return self._last_nonce
 
-    def submit(self, kind: str, body: dict[str, Any]) -> Submitted:
-        """Sign and submit; nonces reach the mempool in order, whatever the threads do."""
-        return self._submit(kind, body)[0]
+    def submit(
+        self, kind: str, body: dict[str, Any], *, on_signed: OnSigned | None = None
+    ) -> Submitted:
+        """Sign and submit; nonces reach the mempool in order, whatever the threads do.
+        `on_signed(tx)` sees each signed tx (the last one is the tx submitted)."""
+        return self._submit(kind, body, on_signed)[0]
 
     def _submit(
         self, kind: str, body: dict[str, Any], on_signed: OnSigned | None = None

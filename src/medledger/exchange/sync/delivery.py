@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from medledger.contracts import access, queries
+from medledger.contracts import queries
 from medledger.contracts.identity import resolve_actor
 from medledger.contracts.referral import Confirm, Deliver
 from medledger.exchange.client import (
@@ -93,7 +93,7 @@ class DeliveryJobs(AgentBase):
         # naming another hospital's actor needs its signed request): the basis, the referral,
         # says to whom.
         push = decisions.Access(f"org:{self.org}", self.org, pid, "export", "treatment")
-        self.node.wallet.send_message(access.Log(decisions.audit(push, decision, rids)))
+        self.node.audit.log(decisions.audit(push, decision, rids), wait=True)
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
         self.client.deliver(receiver, payload)

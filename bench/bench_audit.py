@@ -1,0 +1,384 @@
+"""The audit trail at hospital scale: audited FHIR reads per second, with and without audit.
+
+    medledger bench audit [--set seconds=20 --set readers=8 --set direct=20000 --set cometbft=1]
+
+Two hospitals serve reads at once, over HTTP on loopback: A its own records, B the copies of
+A's records its sync agent fetched under the patient's consent (`readers` client threads
+each, a backend token: `authorize` decides every read). Each read's access entry goes
+through the hospital's audit journal (node/audit.py): fsync'd before the answer, on the chain
+in the journal's next shared `access.log` tx. Figures: reads per second and read latency
+p50/p95 (own and copies), audit entries per tx, audit entries committed per second; then the
+same load with the audit switched off, for the ratio; and the latency with one reader per
+hospital (on and off), where the machine's queueing does not hide the audit's own cost. The
+switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
+`HospitalServices.log` this script installs in its own node processes (never a product
+setting). Last, the journal driven
+directly (`direct` entries logged by 64 threads, then drained): audit entries committed per
+second, and per tx.
+
+On the 4-validator CometBFT network (1 s blocks; each hospital a node process started from
+this script) when CometBFT is built; `cometbft=0` runs the solo sandbox in this process only
+(the smoke test does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+OFF = "bench-audit-off"
+A, B = "chu-lyon", "aphp-paris"
+PID = hashlib.sha256(b"bench audit direct").hexdigest()
+
+
+def install_switch() -> Callable[[], None]:
+    """`HospitalServices.log` skips the audit while the hospital home holds `OFF`."""
+    from medledger.api.services import HospitalServices
+
+    original = HospitalServices.log
+
+    def log(self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool) -> None:
+        if not (self.node.config.home / OFF).exists():
+            original(self, entries, wait=wait)
+
+    HospitalServices.log = log  # type: ignore[method-assign]
+
+    def undo() -> None:
+        HospitalServices.log = original  # type: ignore[method-assign]
+
+    return undo
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+def _token(home: Path, org: str) -> str:
+    from medledger.api.services import issuer_key
+    from medledger.api.tokens import mint
+
+    now = int(time.time())
+    claims = {
+        "iss": f"urn:medledger:{org}:issuer",
+        "aud": f"urn:medledger:{org}:fhir",
+        "sub": "Device/bench",
+        "scope": "system/*.rs",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return mint(issuer_key(home), claims)
+
+
+def _setup(node: Any, vault: Any) -> tuple[str, list[str]]:
+    """A patient's records at A, and a consent for B (whose agent then copies them)."""
+    from medledger.interop.synth import generate
+    from medledger.node.ingest import Ingestor
+
+    bundle = generate(1, [A, B], seed=21)[A][0]
+    result = Ingestor(node, vault).ingest_bytes(orjson.dumps(bundle), "patient.json")
+    if result.rejections:
+        raise RuntimeError(result.rejections[0])
+    (pid,) = result.pids
+    node.wallet.send(
+        "consent.grant",
+        {
+            "pid": pid,
+            "grantee": f"org:{B}",
+            "categories": ["*"],
+            "purpose": "treatment",
+            "start_ms": 0,
+            "evidence_hash": b"\x01" * 32,
+            "channel": "portal",
+        },
+    )
+    rids = [r for r in result.rids if vault.info(r).resource_type == "Observation"]
+    return pid, rids
+
+
+def _wait_copies(url: str, token: str, rids: list[str], timeout: float = 120.0) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+        for rid in rids:
+            while client.get(f"/fhir/Observation/{rid}").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"B holds no copy of {rid} after {timeout}s")
+                time.sleep(0.2)
+
+
+def _load(targets: dict[str, tuple[str, str, list[str]]], readers: int, seconds: float) -> Any:
+    """`readers` threads per target reading its rids in turn for `seconds`."""
+    stop = threading.Event()
+    latencies: dict[str, list[float]] = {kind: [] for kind in targets}
+    errors: dict[str, int] = dict.fromkeys(targets, 0)
+
+    def reader(kind: str, url: str, token: str, rids: list[str], offset: int) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            i = offset
+            while not stop.is_set():
+                start = time.perf_counter()
+                answer = client.get(f"/fhir/Observation/{rids[i % len(rids)]}")
+                elapsed = time.perf_counter() - start
+                if answer.status_code == 200:
+                    latencies[kind].append(elapsed)
+                else:
+                    errors[kind] += 1
+                i += 1
+
+    threads = [
+        threading.Thread(target=reader, args=(kind, url, token, rids, n))
+        for kind, (url, token, rids) in targets.items()
+        for n in range(readers)
+    ]
+    started = time.time()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    elapsed = time.time() - started
+    out: dict[str, Any] = {
+        "reads_per_s": round(sum(len(v) for v in latencies.values()) / elapsed, 1)
+    }
+    for kind, values in latencies.items():
+        out[kind] = {
+            "reads_per_s": round(len(values) / elapsed, 1),
+            "p50_ms": _pct(values, 0.5) if values else None,
+            "p95_ms": _pct(values, 0.95) if values else None,
+            "errors": errors[kind],
+        }
+    return out, int(started * 1000), int(time.time() * 1000)
+
+
+def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dict[str, Any]:
+    """The audit entries the load's reads put on the chain: per tx, and per second."""
+    entries = [
+        e
+        for org in orgs
+        for e in engine.query("access/by_custodian", {"org": org})
+        if e["actor"] == f"org:{org}" and since_ms <= e["time"]
+    ]
+    if not entries:
+        return {"entries": 0}
+    txs = {bytes(e["tx"]) for e in entries}
+    span_s = max(1.0, (until_ms - since_ms) / 1000)
+    return {
+        "entries": len(entries),
+        "txs": len(txs),
+        "entries_per_tx": round(len(entries) / len(txs), 1),
+        "entries_committed_per_s": round(len(entries) / span_s, 1),
+        "ids_unique": len({e["id"] for e in entries}) == len(entries),
+    }
+
+
+def _settle(engine: Any, orgs: list[str], since_ms: int, timeout: float = 60.0) -> None:
+    """Until the entries of the load stop growing (the journals have drained)."""
+    last, steady = -1, 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and steady < 3:
+        count = sum(
+            1
+            for org in orgs
+            for e in engine.query("access/by_custodian", {"org": org})
+            if since_ms <= e["time"]
+        )
+        steady = steady + 1 if count == last else 0
+        last = count
+        time.sleep(0.5)
+
+
+def _compare(
+    homes: list[Path],
+    urls: dict[str, str],
+    engine: Any,
+    rids: list[str],
+    readers: int,
+    seconds: int,
+) -> dict[str, Any]:
+    tokens = {org: _token(home, org) for org, home in zip((A, B), homes, strict=False)}
+    targets = {
+        "own_records": (urls[A], tokens[A], rids),
+        "copies": (urls[B], tokens[B], rids),
+    }
+    _load(targets, readers, min(2.0, seconds / 4))  # warm-up
+    for home in homes[:2]:
+        (home / OFF).touch()
+    off, _, _ = _load(targets, readers, seconds)
+    light_off, _, _ = _load(targets, 1, seconds / 2)
+    for home in homes[:2]:
+        (home / OFF).unlink()
+    light_on, _, _ = _load(targets, 1, seconds / 2)
+    on, since, until = _load(targets, readers, seconds)
+    _settle(engine, [A, B], since)
+    on["audit"] = _on_chain(engine, [A, B], since, until)
+    return {
+        "audit_on": on,
+        "audit_off": off,
+        "reads_ratio_on_vs_off": round(on["reads_per_s"] / max(off["reads_per_s"], 0.1), 3),
+        "one_reader_each_audit_on": light_on,
+        "one_reader_each_audit_off": light_off,
+    }
+
+
+def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
+    """The journal alone: `total` entries logged by 64 threads (as many requests at once),
+    until all are committed."""
+    from medledger.contracts.authorize import Decision
+    from medledger.node import decisions
+    from medledger.node.audit import AuditJournal
+    from medledger.node.wallet import Wallet
+
+    org = node.config.org
+    access = decisions.Access(f"org:{org}", org, PID, "read", "treatment")
+    wallet = Wallet(node.org_key, node.config.chain_id, node.engine)
+    journal = AuditJournal(directory, wallet).start()
+    per_thread = max(1, total // 64)
+
+    def drive(n: int) -> None:
+        for i in range(per_thread):
+            entry = decisions.audit(access, Decision(True, "custodian", ""), [f"obs-{n}-{i}"])
+            journal.log(entry, wait=False)
+
+    try:
+        started = time.perf_counter()
+        threads = [threading.Thread(target=drive, args=(n,)) for n in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        logged = time.perf_counter() - started
+        drained = journal.drain(600)
+        elapsed = time.perf_counter() - started
+    finally:
+        journal.stop()
+    entries = per_thread * 64
+    return {
+        "entries": entries,
+        "all_committed": drained,
+        "logged_per_s": round(entries / logged, 1),
+        "committed_per_s": round(journal.stats["entries"] / elapsed, 1),
+        "entries_per_tx": round(journal.stats["entries"] / max(1, journal.stats["txs"]), 1),
+        "fsyncs": journal.stats["fsyncs"],
+        "resent": journal.stats["resent"],
+    }
+
+
+def run_solo(seconds: int, readers: int, direct: int) -> dict[str, Any]:
+    from medledger.cli._runtime import Sandbox
+    from medledger.provisioning import create_consortium
+
+    undo = install_switch()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
+            with Sandbox(homes, interval=0.05) as sandbox:
+                a, b, c = sandbox.runtimes
+                _, rids = _setup(a.node, a.vault)
+                _wait_copies(b.api_url, _token(homes[1], B), rids)
+                urls = {A: a.api_url, B: b.api_url}
+                result = _compare(homes, urls, a.node.engine, rids, readers, seconds)
+                result["direct"] = _direct(c.node, Path(tmp) / "direct", direct)
+    finally:
+        undo()
+    return {"engine": "solo", "block_cut_ms": 50, **result}
+
+
+@contextlib.contextmanager
+def _cometbft(block_time_ms: int) -> Iterator[list[Path]]:
+    from medledger.consensus.cometbft import processes, testnet
+    from medledger.provisioning import create_consortium
+
+    def app_command(consortium_dir: Path, org: str) -> list[str]:
+        home = str(testnet.hospital_home(consortium_dir, org))
+        return [sys.executable, str(Path(__file__).resolve()), "node", "--home", home]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "net"
+        homes = create_consortium(
+            directory,
+            4,
+            engine="cometbft",
+            chain_id="medledger-bench",
+            block_time_ms=block_time_ms,
+            genesis_time_ms=int(time.time() * 1000),
+        )
+        processes.up(directory, app_command=app_command, timeout=90)
+        try:
+            yield homes
+        finally:
+            processes.down(directory)
+
+
+def run_cometbft(seconds: int, readers: int, direct: int) -> dict[str, Any]:
+    from medledger.node import Node
+    from medledger.node.config import load_config
+    from medledger.vault import Vault
+
+    with _cometbft(1000) as homes:
+        a = Node.open(homes[0])
+        c = Node.open(homes[2])
+        try:
+            with Vault.open(a.config.vault_config()) as vault:
+                _, rids = _setup(a, vault)
+            urls = {}
+            for org, home in ((A, homes[0]), (B, homes[1])):
+                host, port = load_config(home).api.address
+                urls[org] = f"http://{host}:{port}"
+            _wait_copies(urls[B], _token(homes[1], B), rids)
+            result = _compare(homes, urls, a.engine, rids, readers, seconds)
+            with tempfile.TemporaryDirectory() as tmp:
+                result["direct"] = _direct(c, Path(tmp) / "direct", direct)
+        finally:
+            a.close()
+            c.close()
+    return {"engine": "cometbft", "validators": 4, "block_time_ms": 1000, **result}
+
+
+def run(seconds: int = 20, readers: int = 8, direct: int = 20000, cometbft: int = 1) -> Any:
+    result: dict[str, Any] = {}
+    if cometbft:
+        from medledger.consensus.cometbft import testnet
+
+        try:
+            testnet.cometbft_binary()
+        except testnet.TestnetError as exc:
+            result["cometbft"] = f"skipped: {exc}"
+        else:
+            result["cometbft"] = run_cometbft(seconds, readers, direct)
+    else:
+        result["solo"] = run_solo(seconds, readers, direct)
+    result["goals"] = {
+        "reads_ratio_on_vs_off": 0.9,
+        "own_read_p95_ms_cometbft_1s": 50,
+        "direct_committed_per_s": 5000,
+    }
+    return result
+
+
+def _node(argv: list[str]) -> None:
+    """`bench_audit.py node --home H`: `medledger node run` with this bench's audit switch."""
+    install_switch()
+    from medledger.cli import main
+
+    sys.argv = ["medledger", "node", "run", *argv]
+    main()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["node"]:
+        _node(sys.argv[2:])
+    else:
+        print(orjson.dumps(run(), option=orjson.OPT_INDENT_2).decode())

@@ -1,0 +1,624 @@
+"""The audit journal: every access entry durable at the serving hospital before the data
+leaves, then on the chain exactly once, in as few `access.log` txs as the load allows.
+
+Why a journal: an access entry sent as its own tx per read loses the read's trace when the
+node dies between serving and the tx reaching a block (or when its nonce was spent by a
+block the replica had not yet applied), and puts one tx per read on the chain. Here:
+
+1. `log(entries)` gives every entry a random `id` (contracts.access.ENTRY_ID) and queues it;
+   the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
+   requests that arrived meanwhile (group fsync). The caller returns once its entries are
+   durable: a read waits for the disk, never for the chain.
+2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
+   bytes) and signs one `access.log` tx with the organisation's wallet: after
+   `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
+   remote read, served only once recorded, returns when the shared tx has committed), else
+   after `window_s` (200 ms, a fifth of a 1 s block: the entry is already durable and will
+   not reach the chain sooner than the next block, and fewer, larger txs cost every
+   validator less). At most `max_inflight` (4) txs are in flight at a time; what arrives
+   meanwhile waits, durable, and fills the next txs up to their bound: a burst never floods
+   the mempool with small txs that every validator would re-check after each block.
+3. A committed tx marks its entries done in the journal. A tx dropped (its nonce spent by
+   another, e.g. a block the replica had not yet applied after a restart) or refused for its
+   nonce is re-sent under a fresh nonce; one stuck in no block is submitted again; while the
+   node's CometBFT is down, sending is retried every `retry_s`. What the ledger refuses for
+   good is split into its callers' groups, sent one by one, and a group still refused alone
+   is moved to `<home>/audit/refused` (and logged): never silently dropped.
+4. At start-up every entry of the journal not marked done is sent again. The contract
+   skips an entry whose id its custodian already wrote, so an entry committed just before
+   a crash (its mark lost) is not written twice.
+
+Entries that cite another hospital's signed request (the gateway's) form one group that
+always travels in one tx: the contract lets a request back the entries of one tx only.
+
+The journal file is a sequence of frames `<length u32><crc32 u32><CBOR>`: `{"g": [entries]}`
+for a group, `{"done": [group ids]}` for groups on the chain. A torn last frame (a crash
+mid-write, never acknowledged to any caller) is cut off at start-up. Done marks are not
+fsync'd: losing one only re-sends an entry the contract then skips. The file is rewritten
+with the groups still pending once it passes `compact_bytes`, or twice its size after the
+last rewrite (a long outage's backlog is not rewritten after every write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medledger.consensus.engine import Committed, Engine
+from medledger.contracts import access, queries
+from medledger.ledger import codec
+from medledger.ledger.errors import Code
+from medledger.ledger.tx import MAX_TX_BYTES, decode_tx
+from medledger.node.wallet import TxRejected, Wallet
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 0.2
+WAIT_WINDOW_S = 0.02
+MAX_INFLIGHT = 4
+RESEND_S = 5.0
+RETRY_S = 1.0
+COMPACT_BYTES = 8 * 1024 * 1024
+_FRAME = struct.Struct(">II")
+_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE)}
+
+
+class JournalUnavailable(Exception):
+    """The journal could not make an entry durable: the access must not be served."""
+
+
+class JournalBusy(JournalUnavailable):
+    """Another process holds this hospital's journal (one serving process per home)."""
+
+
+@dataclass(eq=False)
+class _Group:
+    """Entries one caller logged together (at most one tx's worth), and their fate."""
+
+    entries: list[dict[str, Any]]
+    size: int  # encoded bytes
+    waited: bool = False  # a caller waits for its commit (a remote read)
+    alone: bool = False  # refused in a batch: sent by itself to find who was refused
+    durable: threading.Event = field(default_factory=threading.Event)
+    settled: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    @property
+    def gid(self) -> str:
+        return str(self.entries[0]["id"])
+
+
+@dataclass(eq=False)
+class _InFlight:
+    tx: bytes
+    tx_id: bytes
+    nonce: int
+    groups: list[_Group]
+    sent: float  # time.monotonic() of its last submission
+
+
+def _frame(obj: Any) -> bytes:
+    payload = codec.encode(obj)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _size(entry: dict[str, Any]) -> int:
+    return len(codec.encode(entry))
+
+
+def read_journal(path: Path) -> tuple[list[list[dict[str, Any]]], set[str], int]:
+    """The groups in a journal file not marked done, the done ids, and the length of its
+    whole frames (a torn tail after it is what a crash mid-write leaves)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    done: set[str] = set()
+    data = path.read_bytes() if path.exists() else b""
+    pos = 0
+    while pos + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, pos)
+        payload = data[pos + _FRAME.size : pos + _FRAME.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        obj = codec.decode(payload)
+        if "g" in obj:
+            groups[str(obj["g"][0]["id"])] = obj["g"]
+        for gid in obj.get("done", ()):
+            done.add(gid)
+            groups.pop(gid, None)
+        pos += _FRAME.size + length
+    return list(groups.values()), done, pos
+
+
+class AuditJournal:
+    """One hospital's audit journal and the two threads that keep it (writer and sender)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        wallet: Wallet,
+        *,
+        window_s: float = WINDOW_S,
+        wait_window_s: float = WAIT_WINDOW_S,
+        max_inflight: int = MAX_INFLIGHT,
+        max_tx_entries: int = access.MAX_ENTRIES,
+        max_tx_bytes: int = MAX_TX_BYTES // 2,
+        resend_s: float = RESEND_S,
+        retry_s: float = RETRY_S,
+        compact_bytes: int = COMPACT_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.path = directory / "journal"
+        self.wallet = wallet
+        self.engine: Engine = wallet.engine
+        self.window_s = window_s
+        self.wait_window_s = wait_window_s
+        self.max_inflight = max_inflight
+        self.max_tx_entries = max_tx_entries
+        self.max_tx_bytes = max_tx_bytes
+        self.resend_s = resend_s
+        self.retry_s = retry_s
+        self.compact_bytes = compact_bytes
+        self._compact_at = compact_bytes
+        self._cond = threading.Condition()
+        self._file_lock = threading.Lock()
+        self._queued: list[_Group] = []  # not yet durable
+        self._unsent: deque[_Group] = deque()  # durable, not yet in a tx
+        self._unsent_entries = 0
+        self._oldest: float | None = None  # when the oldest unsent group became durable
+        self._oldest_waited: float | None = None  # same, of those a caller waits for
+        self._inflight: list[_InFlight] = []
+        self._live: dict[str, _Group] = {}  # durable and not yet settled
+        self._done: list[str] = []  # settled, mark not yet written
+        self._stop = False
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._threads: list[threading.Thread] = []
+        self._retry_at = 0.0
+        self._unreachable = False
+        self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0}
+
+    # -- life ------------------------------------------------------------------------
+    def start(self) -> AuditJournal:
+        """Open (and lock) the journal, queue what it holds not yet on the chain, start."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise JournalBusy(
+                f"{self.directory}: the audit journal is in use by another medledger process "
+                "(one process serves a hospital's API and gateway)"
+            ) from None
+        self._lock_fd = lock_fd
+        try:
+            self._open()
+        except OSError as exc:
+            self._close_files()
+            raise JournalUnavailable(f"the audit journal cannot be opened: {exc}") from exc
+        self._threads = [
+            threading.Thread(target=self._writer, name="audit-writer", daemon=True),
+            threading.Thread(target=self._sender, name="audit-sender", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _open(self) -> None:
+        pending, _, whole = read_journal(self.path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        os.ftruncate(self._fd, whole)  # a torn tail was never acknowledged to anyone
+        for entries in pending:
+            group = _Group(entries, sum(_size(e) for e in entries))
+            group.durable.set()
+            self._live[group.gid] = group
+            self._push(group, 0.0)
+        if pending:
+            log.info("audit journal: %d groups not yet on the chain, re-sending", len(pending))
+        self._compact()
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def stop(self) -> None:
+        """Make what is queued durable and stop; what is not on the chain stays journaled."""
+        with self._cond:
+            if self._stop:
+                return
+            self._stop = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(30)
+        self._threads = []
+        with self._file_lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    self._write_done()
+            self._close_files()
+
+    # -- the callers' side -------------------------------------------------------------
+    def log(self, entries: list[dict[str, Any]], *, wait: bool, timeout: float = 30.0) -> None:
+        """Journal `entries` durably (returns once fsync'd); with `wait`, until on the chain.
+
+        Entries citing a signed request stay in one tx (they must fit one); others are cut in
+        tx-sized groups. Raises JournalUnavailable if they could not be made durable,
+        TxRejected if the ledger refused them for good (kept in `refused`), TimeoutError if
+        `wait` ran out (they stay journaled and reach the chain later).
+        """
+        if not entries:
+            return
+        deadline = time.monotonic() + timeout
+        groups = self._groups(entries)
+        for group in groups:
+            group.waited = wait
+        with self._cond:
+            if self._stop or self._fd is None:
+                raise JournalUnavailable("the audit journal is not running")
+            self._queued.extend(groups)
+            self._cond.notify_all()
+        for group in groups:
+            if not group.durable.wait(max(0.0, deadline - time.monotonic())):
+                raise JournalUnavailable("the audit journal did not reach the disk in time")
+            if isinstance(group.error, JournalUnavailable):
+                raise group.error
+        if not wait:
+            return
+        for group in groups:
+            if not group.settled.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the access entry was not committed in time (kept, re-sent)")
+            if group.error is not None:
+                raise group.error
+
+    def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
+        stamped = [{**e, "id": secrets.token_hex(access.ENTRY_ID)} for e in entries]
+        sizes = [_size(e) for e in stamped]
+        if any(e.get("request") is not None for e in stamped):
+            if len(stamped) > self.max_tx_entries or sum(sizes) > self.max_tx_bytes:
+                raise ValueError("entries citing a signed request must fit one access.log tx")
+            return [_Group(stamped, sum(sizes))]
+        groups: list[_Group] = []
+        start, total = 0, 0
+        for i, size in enumerate(sizes):
+            if i > start and (i - start >= self.max_tx_entries or total + size > self.max_tx_bytes):
+                groups.append(_Group(stamped[start:i], total))
+                start, total = i, 0
+            total += size
+        groups.append(_Group(stamped[start:], total))
+        return groups
+
+    def pending(self) -> int:
+        """How many entries are journaled and not yet known to be on the chain."""
+        with self._cond:
+            queued = sum(len(g.entries) for g in self._queued)
+            return queued + sum(len(g.entries) for g in self._live.values())
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every entry logged so far is on the chain (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # -- the writer: durable first -------------------------------------------------------
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued and not self._stop:
+                    self._cond.wait()
+                groups, self._queued = self._queued, []
+                if not groups and self._stop:
+                    return
+            try:
+                with self._file_lock:
+                    assert self._fd is not None
+                    before = os.fstat(self._fd).st_size
+                    try:
+                        self._write(b"".join(_frame({"g": g.entries}) for g in groups))
+                        os.fsync(self._fd)
+                    except OSError:  # refused to the callers: not re-sent after a restart
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(self._fd, before)
+                        raise
+                    self.stats["fsyncs"] += 1
+            except OSError as exc:
+                log.error("audit journal %s: cannot write: %s", self.path, exc)
+                for group in groups:
+                    group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
+                    group.durable.set()
+                continue
+            now = time.monotonic()
+            with self._cond:
+                for group in groups:
+                    self._live[group.gid] = group
+                    self._push(group, now)
+                    group.durable.set()
+                self._cond.notify_all()
+            try:
+                if os.fstat(self._fd).st_size > self._compact_at:
+                    self._compact()
+            except OSError as exc:  # appends go on to the old file; tried again later
+                log.error("audit journal %s: cannot compact: %s", self.path, exc)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _write_done(self) -> None:
+        """Append the done marks gathered so far (under the file lock; not fsync'd)."""
+        with self._cond:
+            done, self._done = self._done, []
+        if done and self._fd is not None:
+            self._write(_frame({"done": done}))
+
+    def _compact(self) -> None:
+        """Rewrite the journal with the groups still pending (atomically, fsync'd). The new
+        file is written through the descriptor that then appends to it, so no step after the
+        rename can fail and leave appends going to the old, unlinked file."""
+        with self._file_lock, self._cond:
+            assert self._fd is not None
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            try:
+                data = b"".join(_frame({"g": g.entries}) for g in self._live.values())
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+                tmp.replace(self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(self._fd)
+            self._fd = fd
+            self._done = []
+            self._compact_at = max(self.compact_bytes, 2 * len(data))
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself
+            finally:
+                os.close(dir_fd)
+
+    # -- the sender: one tx per window -------------------------------------------------
+    def _sender(self) -> None:
+        tick = max(0.005, min(self.window_s, self.wait_window_s, 0.02))
+        last_height = -1
+        last_sweep = time.monotonic()
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+                self._cond.wait(tick)
+                now = time.monotonic()
+                free = self.max_inflight - len(self._inflight)
+                due = (
+                    free > 0
+                    and self._oldest is not None
+                    and now >= self._retry_at
+                    and (
+                        now - self._oldest >= self.window_s
+                        or (
+                            self._oldest_waited is not None
+                            and now - self._oldest_waited >= self.wait_window_s
+                        )
+                        or self._unsent_entries >= self.max_tx_entries
+                    )
+                )
+                batches = self._batches(free) if due else []
+            for i, batch in enumerate(batches):
+                try:
+                    sent = self._send(batch)
+                except Exception:  # a bug, not the network (_send keeps those): keep them
+                    log.exception("audit journal: sending failed; retrying")
+                    self._requeue(batch, later=True)
+                    sent = False
+                if not sent:  # the ledger is unreachable or busy: the rest waits too
+                    self._requeue([g for b in batches[i + 1 :] for g in b], later=True)
+                    break
+            try:
+                height = self.engine.height()
+                sweep = time.monotonic() - last_sweep >= min(self.resend_s, 1.0)
+                if sweep:
+                    self._adopt_orphans()
+                if self._inflight and (height != last_height or sweep):
+                    self._check_inflight(sweep)
+                last_sweep = time.monotonic() if sweep else last_sweep
+                last_height = height
+                with self._file_lock:
+                    self._write_done()
+            except Exception:  # the next tick tries again; the journal keeps everything
+                log.exception("audit journal: sending failed; retrying")
+                with self._cond:
+                    self._retry_at = time.monotonic() + self.retry_s
+
+    def _adopt_orphans(self) -> None:
+        """Re-queue any journaled group neither queued nor in a tx in flight (belt and braces:
+        whatever path lost track of it, the running node still sends it)."""
+        with self._cond:
+            tracked = {id(g) for g in self._unsent}
+            tracked.update(id(g) for item in self._inflight for g in item.groups)
+            orphans = [g for g in self._live.values() if id(g) not in tracked]
+        if orphans:
+            log.warning("audit journal: %d groups were untracked; re-sending", len(orphans))
+            self._requeue(orphans)
+
+    def _batches(self, limit: int) -> list[list[_Group]]:
+        """Up to `limit` tx-sized batches of the unsent groups, oldest first (a group refused
+        in a batch goes alone); the rest wait for a tx in flight to commit."""
+        batches: list[list[_Group]] = []
+        current: list[_Group] = []
+        count = size = 0
+        self._unsent_entries = 0
+        self._oldest = self._oldest_waited = None
+        while self._unsent:
+            group = self._unsent.popleft()
+            n = len(group.entries)
+            if group.alone:
+                batches.append([group])
+                continue
+            full = count + n > self.max_tx_entries or size + group.size > self.max_tx_bytes
+            if current and full:
+                batches.append(current)
+                current, count, size = [], 0, 0
+            current.append(group)
+            count += n
+            size += group.size
+        if current:
+            batches.append(current)
+        for group in reversed([g for batch in batches[limit:] for g in batch]):
+            self._push(group, 0.0, first=True)
+        return batches[:limit]
+
+    def _push(self, group: _Group, ready: float, *, first: bool = False) -> None:
+        """Queue a durable group for the next tx (under the condition's lock)."""
+        if first:
+            self._unsent.appendleft(group)
+        else:
+            self._unsent.append(group)
+        self._unsent_entries += len(group.entries)
+        self._oldest = ready if self._oldest is None else min(self._oldest, ready)
+        if group.waited:
+            old = self._oldest_waited
+            self._oldest_waited = ready if old is None else min(old, ready)
+
+    def _requeue(self, groups: list[_Group], *, later: bool = False) -> None:
+        with self._cond:
+            for group in reversed(groups):
+                self._push(group, 0.0, first=True)
+            if later:
+                self._retry_at = time.monotonic() + self.retry_s
+
+    def _send(self, batch: list[_Group]) -> bool:
+        """Sign and submit one batch; False when the ledger could not take it now (the
+        batch is queued again for `retry_s` later)."""
+        entries = [e for g in batch for e in g.entries]
+        signed: list[bytes] = []
+        try:
+            submitted = self.wallet.submit(
+                "access.log", {"entries": entries}, on_signed=signed.append
+            )
+        except Exception as exc:  # the node's CometBFT is down, or its RPC failed
+            if not self._unreachable:
+                log.warning("audit journal: cannot submit (%s); entries kept, retrying", exc)
+            self._unreachable = True
+            self._requeue(batch, later=True)
+            return False
+        if self._unreachable:
+            log.info("audit journal: the ledger is reachable again")
+            self._unreachable = False
+        if submitted.accepted:
+            tx = signed[-1]
+            with self._cond:
+                self._inflight.append(
+                    _InFlight(tx, submitted.tx_id, decode_tx(tx).nonce, batch, time.monotonic())
+                )
+            return True
+        if submitted.check.code in _LEDGER_CODES:
+            self._refused(batch, submitted.check.code, submitted.check.log, "check")
+            return True
+        # The mempool is full, or a nonce race the wallet could not win: later.
+        if not self._unreachable:
+            log.warning(
+                "audit journal: refused by the mempool (%s); entries kept, retrying",
+                submitted.check.log,
+            )
+        self._unreachable = True
+        self._requeue(batch, later=True)
+        return False
+
+    def _refused(self, batch: list[_Group], code: int, why: str, stage: str) -> None:
+        """The ledger refused the batch for good: find whose entries, keep them aside."""
+        if len(batch) > 1:
+            for group in batch:
+                group.alone = True
+            self._requeue(batch)
+            return
+        (group,) = batch
+        error = TxRejected("access.log", code, why, stage)
+        log.error(
+            "audit journal: %d entries refused by the ledger (%s); kept in %s",
+            len(group.entries),
+            error,
+            self.directory / "refused",
+        )
+        line = orjson.dumps(
+            {"code": code, "log": why, "entries": group.entries},
+            default=lambda b: b.hex() if isinstance(b, bytes) else str(b),
+        )
+        with open(self.directory / "refused", "ab") as out:
+            out.write(line + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self.stats["refused"] += len(group.entries)
+        self._settle([group], error)
+
+    def _settle(self, groups: list[_Group], error: BaseException | None = None) -> None:
+        with self._cond:
+            for group in groups:
+                self._live.pop(group.gid, None)
+                self._done.append(group.gid)
+                group.error = error
+                group.settled.set()
+
+    def _check_inflight(self, sweep: bool) -> None:
+        with self._cond:
+            inflight = list(self._inflight)
+        for item in inflight:
+            committed: Committed | None
+            try:
+                committed = self.engine.wait_for_commit(item.tx_id, 0.0)
+            except (TimeoutError, LookupError):
+                committed = None
+            if committed is not None:
+                self._forget(item)
+                if committed.result.ok:
+                    self.stats["txs"] += 1
+                    self.stats["entries"] += sum(len(g.entries) for g in item.groups)
+                    self._settle(item.groups)
+                elif committed.result.code in _LEDGER_CODES:
+                    self._refused(item.groups, committed.result.code, committed.result.log, "block")
+                else:  # its nonce was spent by another tx first: sign again
+                    self.stats["resent"] += 1
+                    self._requeue(item.groups)
+            elif sweep and time.monotonic() - item.sent >= self.resend_s:
+                self._unstick(item)
+
+    def _unstick(self, item: _InFlight) -> None:
+        """A tx in no block after `resend_s`: dropped (its nonce passed it), or submit again."""
+        passed = queries.nonce(self.engine, self.wallet.public_key) >= item.nonce
+        if queries.tx_location(self.engine, item.tx_id) is not None:
+            return  # committed meanwhile: the next check settles it
+        if passed:
+            self._forget(item)
+            self.stats["resent"] += 1
+            self._requeue(item.groups)
+            return
+        with contextlib.suppress(Exception):  # still down: the next sweep tries again
+            self.engine.submit(item.tx)
+        item.sent = time.monotonic()
+
+    def _forget(self, item: _InFlight) -> None:
+        with self._cond, contextlib.suppress(ValueError):
+            self._inflight.remove(item)

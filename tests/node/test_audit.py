@@ -1,0 +1,300 @@
+"""The audit journal: entries durable before a read is served, gathered into shared txs, and
+on the chain exactly once whatever the network does (drops, nonce clashes, an outage)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medledger.consensus.cometbft.rpc import RpcUnavailable
+from medledger.consensus.engine import Engine, Submitted
+from medledger.contracts import queries
+from medledger.contracts.authorize import Decision
+from medledger.ledger.results import TxResult
+from medledger.ledger.tx import decode_tx
+from medledger.node import Node, decisions
+from medledger.node.audit import AuditJournal, read_journal
+from medledger.node.wallet import TxRejected, Wallet
+
+PID = hashlib.sha256(b"a patient of chu-lyon").hexdigest()
+
+
+@pytest.fixture
+def node(consortium: list[Path]) -> Iterator[Node]:
+    with Node.open(consortium[0], serve=True, interval=0.02) as n:
+        yield n
+
+
+class FlakyEngine:
+    """The node's engine, except that submitting may fail (`down`) or be silently lost
+    (`drop_next`: accepted, as a mempool would, then never committed)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.down = False
+        self.drop_next = 0
+        self.dropped: list[bytes] = []
+
+    def submit(self, tx: bytes) -> Submitted:
+        if self.down:
+            raise RpcUnavailable("connection refused: the node's CometBFT is down")
+        if self.drop_next:
+            self.drop_next -= 1
+            self.dropped.append(tx)
+            return Submitted(hashlib.sha256(tx).digest(), TxResult(0, ""))
+        return self.engine.submit(tx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def _journal(node: Node, directory: Path, engine: Any = None, **options: Any) -> AuditJournal:
+    wallet = Wallet(node.org_key, node.config.chain_id, engine or node.engine)
+    options.setdefault("resend_s", 0.3)
+    options.setdefault("retry_s", 0.1)
+    return AuditJournal(directory, wallet, **options).start()
+
+
+def _entries(node: Node, n: int = 1, *, rid: str = "obs-1") -> list[dict[str, Any]]:
+    org = node.config.org
+    access = decisions.Access(f"org:{org}", org, PID, "read", "treatment")
+    return [
+        e for _ in range(n) for e in decisions.audit(access, Decision(True, "custodian", ""), [rid])
+    ]
+
+
+def _on_chain(node: Node) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = node.engine.query("access/by_custodian", {"org": node.config.org})
+    return found
+
+
+def test_concurrent_reads_share_txs_and_each_entry_lands_once(node: Node, tmp_path: Path) -> None:
+    journal = _journal(node, tmp_path / "audit", wait_window_s=0.05)
+    try:
+        threads = [
+            threading.Thread(target=journal.log, args=(_entries(node),), kwargs={"wait": True})
+            for _ in range(40)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        trail = _on_chain(node)
+        assert len(trail) == 40 and len({e["id"] for e in trail}) == 40
+        assert len({bytes(e["tx"]) for e in trail}) == journal.stats["txs"] < 40
+        assert journal.pending() == 0
+    finally:
+        journal.stop()
+
+
+def test_a_batch_past_the_size_bound_is_split_into_several_txs(node: Node, tmp_path: Path) -> None:
+    journal = _journal(node, tmp_path / "audit", max_tx_entries=5)
+    try:
+        journal.log(_entries(node, 12), wait=True)
+        trail = _on_chain(node)
+        assert len(trail) == 12
+        assert sorted(
+            sum(1 for e in trail if bytes(e["tx"]) == tx) for tx in {bytes(e["tx"]) for e in trail}
+        ) == [2, 5, 5]
+    finally:
+        journal.stop()
+
+
+def test_an_entry_is_on_disk_before_log_returns_and_reaches_the_chain_after_a_restart(
+    node: Node, tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    stalled = _journal(node, directory, window_s=3600.0)  # never sends: as if killed after fsync
+    stalled.log(_entries(node, 3), wait=False)
+    (pending, _, _) = read_journal(directory / "journal")
+    assert [len(group) for group in pending] == [3]  # durable when log returned
+    stalled.stop()
+    assert _on_chain(node) == []
+
+    journal = _journal(node, directory)  # start-up re-sends what the journal holds
+    try:
+        assert journal.drain(30)
+        assert len(_on_chain(node)) == 3
+    finally:
+        journal.stop()
+    assert read_journal(directory / "journal")[0] == []  # marked done
+
+
+def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory)
+    journal.log(_entries(node, 2), wait=True)
+    journal.stop()
+    committed = _on_chain(node)
+    # A crash lost the done mark: the journal holds the group again, as if never sent.
+    from medledger.node.audit import _frame
+
+    group = [{k: v for k, v in e.items() if k in _entries(node)[0] or k == "id"} for e in committed]
+    (directory / "journal").write_bytes(_frame({"g": group}))
+    journal = _journal(node, directory)
+    try:
+        assert journal.drain(30) and journal.stats["txs"] == 1  # re-sent, and committed
+        trail = _on_chain(node)
+        assert sorted(e["id"] for e in trail) == sorted(e["id"] for e in committed)
+    finally:
+        journal.stop()
+
+
+def test_a_tx_whose_nonce_another_tx_spent_is_re_sent_under_a_fresh_nonce(
+    node: Node, tmp_path: Path
+) -> None:
+    """The fault-run finding: after a restart the first access.log reused a nonce that a
+    block not yet applied had spent, and was dropped. The journal finds it and re-sends."""
+    flaky = FlakyEngine(node.engine)
+    flaky.drop_next = 1
+    journal = _journal(node, tmp_path / "audit", engine=flaky)
+    try:
+        journal.log(_entries(node, rid="obs-lost"), wait=False)
+        while not flaky.dropped:
+            threading.Event().wait(0.01)
+        lost = decode_tx(flaky.dropped[0])
+        node.wallet.send("access.log", {"entries": _entries(node, rid="obs-other")})
+        assert queries.nonce(node.engine, node.org_key.public_key) >= lost.nonce  # spent
+        assert journal.drain(30)
+        trail = _on_chain(node)
+        assert sorted(e["rids"][0] for e in trail) == ["obs-lost", "obs-other"]
+        assert journal.stats["resent"] == 1
+    finally:
+        journal.stop()
+
+
+def test_while_the_ledger_is_down_entries_wait_in_the_journal_then_land(
+    node: Node, tmp_path: Path
+) -> None:
+    flaky = FlakyEngine(node.engine)
+    flaky.down = True
+    journal = _journal(node, tmp_path / "audit", engine=flaky)
+    try:
+        journal.log(_entries(node, 4), wait=False)  # served: durable, not yet sent
+        threading.Event().wait(0.3)
+        assert journal.pending() == 4 and _on_chain(node) == []
+        with pytest.raises(TimeoutError):  # a remote read would be refused (503), not served
+            journal.log(_entries(node), wait=True, timeout=0.3)
+        flaky.down = False
+        assert journal.drain(30)
+        assert len(_on_chain(node)) == 5
+    finally:
+        journal.stop()
+
+
+def test_a_group_the_ledger_refuses_is_kept_aside_and_its_batch_still_lands(
+    node: Node, tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, wait_window_s=0.3)
+    bad = _entries(node, rid="obs-bad")
+    bad[0]["actor"] = "org:aphp-paris"  # not of actor_org: the contract refuses it
+    errors: list[BaseException] = []
+
+    def log_bad() -> None:
+        try:
+            journal.log(bad, wait=True)
+        except TxRejected as exc:
+            errors.append(exc)
+
+    try:
+        thread = threading.Thread(target=log_bad)
+        thread.start()
+        journal.log(_entries(node, rid="obs-good"), wait=True)
+        thread.join()
+        assert [e["rids"] for e in _on_chain(node)] == [["obs-good"]]
+        assert len(errors) == 1 and "is not of" in str(errors[0])
+        assert "obs-bad" in (directory / "refused").read_text()
+        assert journal.pending() == 0
+    finally:
+        journal.stop()
+
+
+def test_a_torn_last_frame_is_cut_off_and_the_rest_kept(node: Node, tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    stalled = _journal(node, directory, window_s=3600.0)
+    stalled.log(_entries(node, 2), wait=False)
+    stalled.stop()
+    whole = (directory / "journal").stat().st_size
+    with open(directory / "journal", "ab") as f:
+        f.write(b"\x00\x00\x10\x00torn")  # a crash in the middle of the next write
+    journal = _journal(node, directory)
+    try:
+        assert journal.drain(30) and len(_on_chain(node)) == 2
+    finally:
+        journal.stop()
+    assert read_journal(directory / "journal")[2] == (directory / "journal").stat().st_size
+    assert whole > 0
+
+
+def test_one_process_holds_a_hospitals_journal(node: Node, tmp_path: Path) -> None:
+    from medledger.node.audit import JournalBusy
+
+    journal = _journal(node, tmp_path / "audit")
+    try:
+        with pytest.raises(JournalBusy, match="in use"):
+            _journal(node, tmp_path / "audit")
+    finally:
+        journal.stop()
+
+
+def test_access_log_writes_an_id_once_per_custodian_and_checks_its_shape(
+    node: Node, consortium: list[Path]
+) -> None:
+    entry = {**_entries(node)[0], "id": "ab" * 16}
+    first = node.wallet.send("access.log", {"entries": [entry]})
+    again = node.wallet.send("access.log", {"entries": [entry, {**entry, "id": "cd" * 16}]})
+    assert first.result.ok and again.result.ok  # the re-sent one is skipped, not refused
+    assert sorted(e["id"] for e in _on_chain(node)) == ["ab" * 16, "cd" * 16]
+
+    other = node.sibling(consortium[1])  # ids are per custodian: another's is its own
+    org = other.config.org
+    theirs = {**entry, "actor": f"org:{org}", "actor_org": org}
+    assert other.wallet.send("access.log", {"entries": [theirs]}).result.ok
+    assert [e["id"] for e in _on_chain(other)] == ["ab" * 16]
+
+    with pytest.raises(TxRejected, match=r"entries\[0\]\.id: 32 lowercase hex"):
+        node.wallet.send("access.log", {"entries": [{**entry, "id": "AB" * 16}]})
+
+
+def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
+    node: Node, tmp_path: Path
+) -> None:
+    flaky = FlakyEngine(node.engine)
+    flaky.drop_next = 1000  # accepted, never committed: every tx stays in flight
+    journal = _journal(
+        node, tmp_path / "audit", engine=flaky, max_tx_entries=1, max_inflight=2, resend_s=60
+    )
+    try:
+        journal.log(_entries(node, 10), wait=False)
+        threading.Event().wait(0.5)
+        assert len(flaky.dropped) == 2 and journal.pending() == 10
+        flaky.drop_next = 0
+    finally:
+        journal.stop()
+    journal = _journal(node, tmp_path / "audit")  # the 10 are still journaled
+    try:
+        assert journal.drain(30) and len(_on_chain(node)) == 10
+    finally:
+        journal.stop()
+
+
+def test_the_journal_is_rewritten_with_what_is_pending_once_it_grows(
+    node: Node, tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, compact_bytes=4096)
+    try:
+        for _ in range(30):
+            journal.log(_entries(node, 2), wait=True)
+        assert journal.stats["entries"] == 60
+    finally:
+        journal.stop()
+    assert (directory / "journal").stat().st_size < 4096 * 2  # 30 groups of 2: 14 KiB written
+    assert read_journal(directory / "journal")[0] == []
+    assert len(_on_chain(node)) == 60

@@ -1,0 +1,94 @@
+"""What a FHIR client sees of the audit journal: a read is served once its entry is durable
+here, while the ledger is unreachable too; if the entry cannot be kept, 503 with the reason."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from medledger.api.services import HospitalServices, issuer_key
+from medledger.api.tokens import mint
+from medledger.interop.synth import generate
+from medledger.node import Node
+from medledger.vault import Vault
+from medledger.web.site import create_app
+from tests.node.test_audit import FlakyEngine
+
+
+class Served:
+    def __init__(self, client: TestClient, svc: HospitalServices, pid: str, rid: str) -> None:
+        self.client, self.svc, self.pid, self.rid = client, svc, pid, rid
+
+    def read(self) -> Any:
+        now = int(time.time())
+        claims = {
+            "iss": self.svc.issuer_id,
+            "aud": self.svc.audience,
+            "sub": f"Patient/{self.pid}",
+            "scope": "patient/*.rs",
+            "patient": self.pid,
+            "iat": now,
+            "exp": now + 600,
+        }
+        token = mint(issuer_key(self.svc.node.config.home), claims)
+        return self.client.get(
+            f"/fhir/Observation/{self.rid}", headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def reads_on_chain(self) -> int:
+        trail = self.svc.node.engine.query("access/of_patient", {"pid": self.pid})
+        return sum(1 for e in trail if e["action"] == "read" and self.rid in e["rids"])
+
+
+@pytest.fixture
+def served(consortium: list[Path]) -> Iterator[Served]:
+    with (
+        Node.open(consortium[0], serve=True, interval=0.02) as node,
+        Vault.open(node.config.vault_config()) as vault,
+    ):
+        svc = HospitalServices(node, vault)
+        bundle = generate(1, ["chu-lyon", "aphp-paris"], seed=5)["chu-lyon"][0]
+        result = svc.ingestor.ingest_bytes(orjson.dumps(bundle), "p.json")
+        (pid,) = result.pids
+        rid = next(r for r in result.rids if vault.info(r).resource_type == "Observation")
+        with TestClient(create_app(svc)) as client:
+            yield Served(client, svc, pid, rid)
+
+
+def test_reads_are_served_while_the_ledger_is_down_and_recorded_once_it_is_back(
+    served: Served,
+) -> None:
+    node = served.svc.node
+    flaky = FlakyEngine(node.engine)
+    flaky.down = True
+    node.wallet.engine = flaky  # what the journal submits through
+    assert [served.read().status_code for _ in range(3)] == [200, 200, 200]
+    assert node.audit.pending() == 3 and served.reads_on_chain() == 0
+    flaky.down = False
+    assert node.audit.drain(30)
+    assert served.reads_on_chain() == 3
+
+
+def test_a_read_whose_entry_cannot_be_kept_is_refused_503_with_the_reason(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    assert served.svc.node.audit.pending() == 0  # running, then the disk fills up
+    monkeypatch.setattr(os, "fsync", disk_full)  # what the journal calls
+    answer = served.read()
+    assert answer.status_code == 503
+    issue = answer.json()["issue"][0]
+    assert "cannot be written" in issue["diagnostics"] and "No space" in issue["diagnostics"]
+    assert "Observation" not in answer.text  # nothing of the record left
+    monkeypatch.undo()
+    assert served.read().status_code == 200  # the disk has room again
