@@ -58,6 +58,7 @@ HOSPITALS = 4
 # Pause a node's streams while its mempool holds more than this: every tx left in a mempool is
 # re-checked after each block, so an unbounded backlog would measure rechecks, not throughput.
 MEMPOOL_HIGH = 2000
+IDLE_S = 4  # seconds of no load before a saturation phase, to measure idle CPU
 
 
 # --------------------------------------------------------------------------- networks
@@ -156,7 +157,7 @@ def _pprof_url(directory: Path, org: str) -> str:
 
 
 def _medledger_network(
-    directory: Path, block_time_ms: int, streams: int, recheck: int = -1
+    directory: Path, block_time_ms: int, streams: int, recheck: int = -1, hold_ms: int = -1
 ) -> Network:
     """Four validating hospitals, plus `streams` non-validating member organisations.
 
@@ -193,7 +194,8 @@ def _medledger_network(
     )
     genesis.save(directory / "genesis.json")
     _tune(directory, recheck)
-    processes.up(directory)
+    env = {"MEDLEDGER_PROPOSAL_HOLD_S": str(hold_ms / 1000)} if hold_ms >= 0 else None
+    processes.up(directory, env=env)
     nonces = [0] * streams
 
     def make_txs(stream: int, count: int) -> list[bytes]:
@@ -352,7 +354,7 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
     app_pid = processes.read_pid(net.dir, org, "app")
     collapsed = out_dir / f"{net.app}-{stamp}-app.txt"
     spying = None
-    if app_pid is not None and os.access(spy, os.X_OK):
+    if net.app == "medledger" and app_pid is not None and os.access(spy, os.X_OK):
         spying = subprocess.Popen(
             [spy, "record", "-p", str(app_pid), "-d", str(seconds), "-r", "200"]
             + ["--nonblocking", "-f", "raw", "-o", str(collapsed)],
@@ -471,6 +473,12 @@ async def _saturate(
             finally:
                 conn.close()
 
+        # CometBFT's CPU with no load (heartbeat blocks, gossip, timers): a per-second cost,
+        # which weighs more per tx at a lower rate.
+        idle0, i0 = _cpu_snapshot(net), time.monotonic()
+        await asyncio.sleep(IDLE_S)
+        idle1, i1 = _cpu_snapshot(net), time.monotonic()
+        idle = {k: round(max(0.0, idle1[k] - idle0[k]) / (i1 - i0), 3) for k in idle0}
         tasks = [asyncio.create_task(stream(i)) for i in range(net.streams)]
         watcher = asyncio.create_task(monitor())
         await asyncio.sleep(warmup)
@@ -498,6 +506,7 @@ async def _saturate(
     return {
         # Where the machine's CPU went during the window, in cores; and per committed tx.
         "cpu_cores": cores,
+        "idle_cpu_cores": idle,
         "cpu_ms_per_tx": {k: round(1000 * v / per_tx, 3) for k, v in cores.items()}
         if per_tx
         else {},
@@ -609,12 +618,13 @@ def _bench_app(
     tx_bytes: int,
     profile_s: int,
     recheck: int,
+    hold_ms: int,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
         if app == "medledger":
-            net = _medledger_network(directory, block_time_ms, streams, recheck)
+            net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms)
         else:
             socket = app == "socket_kvstore"
             net = _kvstore_network(directory, block_time_ms, streams, tx_bytes, socket, recheck)
@@ -649,15 +659,16 @@ def _median(values: list[float]) -> float:
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds of one app: throughput, CPU per tx by process kind, p95."""
     sat = [r["saturation"] for r in rounds if "saturation" in r]
+    kinds = ("cometbft", "apps", "load_generator")
     out: dict[str, Any] = {
         "committed_tx_per_s": _median([s["committed_tx_per_s"] for s in sat]),
         "cpu_ms_per_tx": {
             kind: _median([s["cpu_ms_per_tx"][kind] for s in sat if s["cpu_ms_per_tx"]])
             for kind in ("cometbft", "apps", "load_generator")
         },
-        "cpu_cores": {
-            kind: _median([s["cpu_cores"][kind] for s in sat])
-            for kind in ("cometbft", "apps", "load_generator")
+        "cpu_cores": {kind: _median([s["cpu_cores"][kind] for s in sat]) for kind in kinds},
+        "idle_cpu_cores": {
+            kind: _median([s["idle_cpu_cores"][kind] for s in sat]) for kind in kinds
         },
     }
     lat = [r["latency"] for r in rounds if "latency" in r]
@@ -684,13 +695,15 @@ def run(
     rounds: int = 1,
     profile_s: int = 0,
     recheck: int = -1,
+    hold_ms: int = -1,
 ) -> dict[str, Any]:
     """Run the comparison; returns figures as a JSON-able dict (see module docstring).
 
     `tx_bytes` pads kvstore txs (0: medledger's tx size); the latency phase runs for
     medledger only unless `latency_all`; `rounds` repeats the apps in turn (A B C A B C ...)
     and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
-    `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off).
+    `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
+    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -706,6 +719,7 @@ def run(
         "mempool_high": mempool_high,
         "tx_bytes": tx_bytes,
         "recheck": "config" if recheck < 0 else bool(recheck),
+        "hold_ms": "default" if hold_ms < 0 else hold_ms,
     }
     on = {"kvstore": kvstore, "socket_kvstore": socket_kvstore, "medledger": medledger}
     apps = [a for a in APPS if on[a]]
@@ -728,6 +742,7 @@ def run(
                     tx_bytes,
                     profile_s,
                     recheck,
+                    hold_ms,
                 )
             )
     for app in apps:
@@ -760,6 +775,7 @@ def main() -> None:
         ("rounds", 1),
         ("profile_s", 0),
         ("recheck", -1),
+        ("hold_ms", -1),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()

@@ -10,6 +10,7 @@ app under the shared lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -73,7 +74,10 @@ class CometEngine:
         self.app = app
         self.abci_address = abci_address
         self.rpc_url = rpc_url
-        self.server = AbciServer(app)
+        # MEDLEDGER_PROPOSAL_HOLD_S: the consensus-first hold (AbciServer), 0 turns it off;
+        # `medledger bench cometbft --set hold_ms=...` measures it side by side.
+        hold_s = float(os.environ.get("MEDLEDGER_PROPOSAL_HOLD_S", "1.0"))
+        self.server = AbciServer(app, proposal_hold_s=hold_s)
         self.lock = self.server.lock
         self.rpc = CometRpc(rpc_url, timeout=rpc_timeout)
         self._thread: AbciServerThread | None = None
