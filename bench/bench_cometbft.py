@@ -636,10 +636,23 @@ def _bench_app(
             result["saturation"] = asyncio.run(
                 _saturate(net, saturation_s, warmup_s, max_rate, mempool_high, profile_s)
             )
+        if app == "medledger":
+            result["abci_cpu_node0"] = _abci_stats(directory)
         return result
     finally:
         processes.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _abci_stats(directory: Path) -> list[str]:
+    """Node 0's own per-minute account of its ABCI CPU (calls, total, µs per call by kind),
+    as its app logged it during the run (AbciServer's `ABCI last 60s` line)."""
+    org = testnet.list_hospitals(directory)[0]
+    try:
+        text = processes.log_path(directory, org, "app").read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split("ABCI ", 1)[1] for line in text.splitlines() if "ABCI last" in line]
 
 
 def medledger_tx_bytes() -> int:
