@@ -557,3 +557,19 @@ def test_the_signature_cache_cannot_change_a_finalize_block_result(tmp_path: Pat
     cold.ledger._verified.clear()
     assert cold.finalize_and_commit([bytes(forged), good]) == [4, 0]
     assert cold.ledger.info() == node.ledger.info()
+
+
+def test_serialized_answers_are_the_responses_protobuf_would_write(tmp_path: Path) -> None:
+    """handle_bytes writes each answer's bytes behind its field's key, without building the
+    Response: byte for byte what serializing `handle`'s Response gives, for every method."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fast = AbciServer(FakeApp.open(tmp_path / "a"))
+    reference = AbciServer(FakeApp.open(tmp_path / "b"))
+    for request in _every_method():
+        raw = request.SerializeToString()
+        assert fast.handle_bytes(raw) == reference.handle(request).SerializeToString()
+    wrong_height = abci.Request(finalize_block=abci.RequestFinalizeBlock(height=99))
+    answer = abci.Response.FromString(fast.handle_bytes(wrong_height.SerializeToString()))
+    assert answer.WhichOneof("value") == "exception"
+    assert "finalize_block" in answer.exception.error
