@@ -132,8 +132,8 @@ _MEMPOOL_METHODS = frozenset({"check_tx", "flush", "echo"})
 _RESPONSE_TAGS = {
     f.name: encode_uvarint(f.number << 3 | 2) for f in abci.Response.DESCRIPTOR.fields
 }
-_FLUSH_REQUEST = abci.Request(flush=abci.RequestFlush()).SerializeToString()
-_FLUSH_RESPONSE = abci.Response(flush=abci.ResponseFlush()).SerializeToString()
+_FLUSH_REQUEST = bytes(abci.Request(flush=abci.RequestFlush()).SerializeToString())
+_FLUSH_RESPONSE = bytes(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
 
 
 @dataclass
@@ -289,7 +289,7 @@ class AbciServer:
         if connection is not None:
             connection.saw(request.WhichOneof("value"))
         method, answer = self._answer(request)
-        body = answer.SerializeToString()
+        body: bytes = answer.SerializeToString()
         return _RESPONSE_TAGS[method] + encode_uvarint(len(body)) + body
 
     # ------------------------------------------------------------------ methods
