@@ -1,28 +1,36 @@
-"""CometBFT's built-in kvstore app versus medledger, same 4-validator network, same machine.
+"""CometBFT's kvstore, in-process and as a socket app, versus medledger: same 4-validator
+network, same machine, in turn.
 
-For each app: four validators on loopback with the configuration `medledger init --engine
-cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
+Apps: `kvstore` (in CometBFT's process), `socket_kvstore` (`abci-cli kvstore` of the same
+CometBFT module, an external app behind the same socket ABCI client as medledger's), and
+`medledger`; kvstore txs are padded to medledger's tx size. For each app: four validators on
+loopback with the configuration `medledger init --engine cometbft` writes (testnet.prepare:
+block time 1 s unless `block_time_ms`), then
 
-1. latency: an open-loop offered load of `rate` tx/s for `latency_s` seconds; a tx's commit
-   latency runs from handing it to its node (broadcast_tx_sync) to the moment node 0's RPC
-   first reports the height of the block that contains it (polled every 20 ms);
+1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
+   for `latency_s` seconds; a tx's commit latency runs from handing it to its node
+   (broadcast_tx_sync) to the moment node 0's RPC first reports the height of the block that
+   contains it (polled every 20 ms);
 2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
    node accepts, pausing while its mempool holds more than `mempool_high` txs, for
    `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
    that window / the window's length in block time. It also reports the CPU the four apps,
-   the four CometBFTs and this load generator used during the window (cores, and ms per
-   committed tx; Linux /proc), which shows what the two cores were spent on.
+   the four CometBFTs and this load generator used during the window and during `IDLE_S`
+   seconds with no load before it (cores, and ms per committed tx; Linux /proc), and with
+   `profile_s` CPU profiles of node 0 (CometBFT's pprof, py-spy for medledger's app).
 
 Each stream is one signer submitting in order, one tx per request: a signer's nonces must
-reach CheckTx in order, and CometBFT's socket ABCI client forwards CheckTx requests to the app
-on a 20 ms flush timer, so throughput needs many requests in flight (kvstore runs in-process
-and has no such timer). kvstore txs are `key=value`; medledger txs are real signed
+reach CheckTx in order, and CometBFT's socket ABCI client batches CheckTx requests to the app
+between flushes, so throughput needs many requests in flight. medledger txs are real signed
 `identity.register` txs by `streams` member organisations added to the genesis (four
 validating hospitals plus non-validating members), so CheckTx verifies an Ed25519 signature
 and every block writes SQLite. Run:
 
-    .venv/bin/python bench/bench_cometbft.py                  # both apps, block time 1 s
+    .venv/bin/medledger bench cometbft                        # the three apps, block time 1 s
+    .venv/bin/medledger bench cometbft --set rounds=3 --set profile_s=10
     .venv/bin/medledger bench cometbft --set block_time_ms=500
+
+Knobs are `run`'s arguments (docs/benchmarks.md, "CometBFT network").
 """
 
 from __future__ import annotations
