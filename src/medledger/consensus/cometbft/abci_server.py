@@ -563,7 +563,7 @@ class AbciServer:
                         # Let the other connections run between slices: a burst of CheckTx on
                         # the mempool connection must not hold up the consensus connection.
                         await asyncio.sleep(0)
-                    if connection.is_mempool:
+                    if connection.is_mempool and self._proposal_deadline:
                         await self._consensus_first(writer.transport)
                     part = messages[start : start + _SLICE]
                     writer.write(b"".join(frame(self.handle_bytes(m, connection)) for m in part))
