@@ -573,3 +573,29 @@ def test_serialized_answers_are_the_responses_protobuf_would_write(tmp_path: Pat
     answer = abci.Response.FromString(fast.handle_bytes(wrong_height.SerializeToString()))
     assert answer.WhichOneof("value") == "exception"
     assert "finalize_block" in answer.exception.error
+
+
+def test_check_tx_sees_the_txs_still_waiting_after_a_block(tmp_path: Path) -> None:
+    """Without rechecks through the socket, the app carries the accepted txs a block did not
+    include into its next mempool view: a tx depending on one still waiting is accepted, and
+    one the block made invalid no longer counts."""
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0, h1 = node.net.orgs["h0"], node.net.orgs["h1"]
+    waiting = node.net.tx(h0, "identity.register", register_body("dr-new"), nonce=1)
+    assert node.check(waiting) == 0
+    other = node.net.tx(h1, "identity.register", register_body("dr-h1"), nonce=1)
+    assert node.finalize_and_commit([other]) == [0]  # a block without `waiting`
+
+    depends = node.net.tx(
+        h0, "identity.update_roles", {"practitioner": "dr-new", "roles": ["nurse"]}, 2
+    )
+    assert node.check(depends) == 0  # dr-new exists in the mempool's view
+    assert node.check(node.net.tx(h0, "identity.register", register_body("dr-x"), nonce=2)) == 5
+
+    # A block that spends h0's nonce 1 with another tx: `waiting` drops out of the view, and
+    # so does `depends`, which needed it.
+    rival = node.net.tx(h0, "identity.register", register_body("dr-rival"), nonce=1)
+    assert node.finalize_and_commit([rival]) == [0]
+    assert node.check(node.net.tx(h0, "identity.register", register_body("dr-y"), nonce=2)) == 0
