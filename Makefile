@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TOOLS  := $(CURDIR)/.tools
 CMT    := $(TOOLS)/bin/cometbft
+ABCI_CLI := $(TOOLS)/bin/abci-cli
 CMT_VERSION := v0.38.25
 
 .PHONY: setup demo test lint typecheck pytest system cometbft proto bench clean
@@ -21,10 +22,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 system:
 	@bash scripts/setup-system.sh
 
-cometbft: $(CMT)
+cometbft: $(CMT) $(ABCI_CLI)
 
 $(CMT):
 	@bash scripts/setup-cometbft.sh $(CMT_VERSION) $(TOOLS)
+
+# The kvstore example app of the same CometBFT module, as a socket app: `medledger bench
+# cometbft` compares medledger with it (same version, never @latest).
+$(ABCI_CLI):
+	GOBIN=$(TOOLS)/bin go install github.com/cometbft/cometbft/abci/cmd/abci-cli@$(CMT_VERSION)
 
 proto: $(VENV)/.installed $(CMT)
 	@bash scripts/gen-proto.sh $(CMT_VERSION) $(BIN)/python

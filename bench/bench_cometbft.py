@@ -1,28 +1,36 @@
-"""CometBFT's built-in kvstore app versus medledger, same 4-validator network, same machine.
+"""CometBFT's kvstore, in-process and as a socket app, versus medledger: same 4-validator
+network, same machine, in turn.
 
-For each app: four validators on loopback with the configuration `medledger init --engine
-cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
+Apps: `kvstore` (in CometBFT's process), `socket_kvstore` (`abci-cli kvstore` of the same
+CometBFT module, an external app behind the same socket ABCI client as medledger's), and
+`medledger`; kvstore txs are padded to medledger's tx size. For each app: four validators on
+loopback with the configuration `medledger init --engine cometbft` writes (testnet.prepare:
+block time 1 s unless `block_time_ms`), then
 
-1. latency: an open-loop offered load of `rate` tx/s for `latency_s` seconds; a tx's commit
-   latency runs from handing it to its node (broadcast_tx_sync) to the moment node 0's RPC
-   first reports the height of the block that contains it (polled every 20 ms);
+1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
+   for `latency_s` seconds; a tx's commit latency runs from handing it to its node
+   (broadcast_tx_sync) to the moment node 0's RPC first reports the height of the block that
+   contains it (polled every 20 ms);
 2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
    node accepts, pausing while its mempool holds more than `mempool_high` txs, for
    `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
    that window / the window's length in block time. It also reports the CPU the four apps,
-   the four CometBFTs and this load generator used during the window (cores, and ms per
-   committed tx; Linux /proc), which shows what the two cores were spent on.
+   the four CometBFTs and this load generator used during the window and during `IDLE_S`
+   seconds with no load before it (cores, and ms per committed tx; Linux /proc), and with
+   `profile_s` CPU profiles of node 0 (CometBFT's pprof, py-spy for medledger's app).
 
 Each stream is one signer submitting in order, one tx per request: a signer's nonces must
-reach CheckTx in order, and CometBFT's socket ABCI client forwards CheckTx requests to the app
-on a 20 ms flush timer, so throughput needs many requests in flight (kvstore runs in-process
-and has no such timer). kvstore txs are `key=value`; medledger txs are real signed
+reach CheckTx in order, and CometBFT's socket ABCI client batches CheckTx requests to the app
+between flushes, so throughput needs many requests in flight. medledger txs are real signed
 `identity.register` txs by `streams` member organisations added to the genesis (four
 validating hospitals plus non-validating members), so CheckTx verifies an Ed25519 signature
 and every block writes SQLite. Run:
 
-    .venv/bin/python bench/bench_cometbft.py                  # both apps, block time 1 s
+    .venv/bin/medledger bench cometbft                        # the three apps, block time 1 s
+    .venv/bin/medledger bench cometbft --set rounds=3 --set profile_s=10
     .venv/bin/medledger bench cometbft --set block_time_ms=500
+
+Knobs are `run`'s arguments (docs/benchmarks.md, "CometBFT network").
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +66,7 @@ HOSPITALS = 4
 # Pause a node's streams while its mempool holds more than this: every tx left in a mempool is
 # re-checked after each block, so an unbounded backlog would measure rechecks, not throughput.
 MEMPOOL_HIGH = 2000
+IDLE_S = 4  # seconds of no load before a saturation phase, to measure idle CPU
 
 
 # --------------------------------------------------------------------------- networks
@@ -73,21 +84,89 @@ class Network:
         return self.urls[stream % len(self.urls)]
 
 
-def _kvstore_network(directory: Path, block_time_ms: int, streams: int) -> Network:
+def _kvstore_network(
+    directory: Path,
+    block_time_ms: int,
+    streams: int,
+    tx_bytes: int,
+    socket: bool = False,
+    recheck: int = -1,
+) -> Network:
+    """CometBFT's kvstore: in-process (`--proxy_app=kvstore`), or as an external socket app
+    (`abci-cli kvstore` of the same CometBFT module, one process per node) talking to
+    CometBFT through the same socket ABCI client medledger's apps do. Txs are `key=vvv...`
+    padded to `tx_bytes`, medledger's tx size, so both carry the same bytes per tx."""
     orgs = [f"hospital-{i + 1}" for i in range(HOSPITALS)]
     keys = testnet.prepare(directory, orgs, block_time_ms, CHAIN)
     validators = [(o, keys[o], 10) for o in orgs]
     testnet.write_genesis(directory, CHAIN, int(time.time() * 1000), validators)
-    processes.start_cometbfts(directory, orgs, extra_args=["--proxy_app=kvstore"])
+    _tune(directory, recheck)
+    if socket:
+        processes.start_apps(directory, orgs, app_command=_abci_cli_kvstore)
+        processes.start_cometbfts(directory, orgs)
+    else:
+        processes.start_cometbfts(directory, orgs, extra_args=["--proxy_app=kvstore"])
     counters = [itertools.count() for _ in range(streams)]
 
     def make_txs(stream: int, count: int) -> list[bytes]:
-        return [f"s{stream}-{next(counters[stream])}=v".encode() for _ in range(count)]
+        out = []
+        for _ in range(count):
+            key = f"s{stream}-{next(counters[stream])}=".encode()
+            out.append(key + b"v" * max(1, tx_bytes - len(key)))
+        return out
 
-    return Network("kvstore", directory, _urls(directory), streams, make_txs)
+    name = "socket_kvstore" if socket else "kvstore"
+    return Network(name, directory, _urls(directory), streams, make_txs)
 
 
-def _medledger_network(directory: Path, block_time_ms: int, streams: int) -> Network:
+def abci_cli_binary() -> str:
+    """`abci-cli` of the pinned CometBFT (`make cometbft` builds it into .tools/bin)."""
+    found = Path(testnet.cometbft_binary()).with_name("abci-cli")
+    if not os.access(found, os.X_OK):
+        raise RuntimeError(f"{found} not found: run `make cometbft`")
+    return str(found)
+
+
+def _abci_cli_kvstore(consortium_dir: Path, org: str) -> list[str]:
+    """The socket kvstore for one node; its database lives under the hospital's home (so the
+    process is recognised as this hospital's app, stopped with it and removed with it)."""
+    home = testnet.hospital_home(consortium_dir, org)
+    abci = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).abci
+    return [abci_cli_binary(), "kvstore", "--address", abci, "--persist", str(home / "kvstore")]
+
+
+def _tune(directory: Path, recheck: int) -> None:
+    """`recheck` 0/1 overrides mempool.recheck in every node's config (-1: keep medledger's),
+    to measure what rechecking costs side by side; and node 0 gets a pprof endpoint."""
+    orgs = testnet.list_hospitals(directory)
+    for org in orgs if recheck >= 0 else []:
+        path = testnet.cometbft_home(directory, org) / "config" / "config.toml"
+        settings = {"mempool": {"recheck": bool(recheck)}}
+        path.write_text(testnet.set_config(path.read_text(), settings))
+    _enable_pprof(directory, orgs[0])
+
+
+def _enable_pprof(directory: Path, org: str) -> None:
+    """Give node `org`'s CometBFT a pprof endpoint (rpc.pprof_laddr) on a free port."""
+    from medledger.host.ports import free_ports
+
+    path = testnet.cometbft_home(directory, org) / "config" / "config.toml"
+    used: set[int] = set()
+    for addr in testnet.consortium_addresses(directory).values():
+        used.update(int(a.rsplit(":", 1)[1]) for a in (addr.p2p, addr.rpc_url, addr.abci))
+    (port,) = free_ports(1, used)
+    settings = {"rpc": {"pprof_laddr": f"127.0.0.1:{port}"}}
+    path.write_text(testnet.set_config(path.read_text(), settings))
+
+
+def _pprof_url(directory: Path, org: str) -> str:
+    path = testnet.cometbft_home(directory, org) / "config" / "config.toml"
+    return "http://" + str(tomllib.loads(path.read_text())["rpc"]["pprof_laddr"])
+
+
+def _medledger_network(
+    directory: Path, block_time_ms: int, streams: int, recheck: int = -1, hold_ms: int = -1
+) -> Network:
     """Four validating hospitals, plus `streams` non-validating member organisations.
 
     A signer's txs must reach CheckTx in nonce order, so each signer is one sequential
@@ -122,7 +201,9 @@ def _medledger_network(directory: Path, block_time_ms: int, streams: int) -> Net
         contracts=genesis.contracts,
     )
     genesis.save(directory / "genesis.json")
-    processes.up(directory)
+    _tune(directory, recheck)
+    env = {"MEDLEDGER_PROPOSAL_HOLD_S": str(hold_ms / 1000)} if hold_ms >= 0 else None
+    processes.up(directory, env=env)
     nonces = [0] * streams
 
     def make_txs(stream: int, count: int) -> list[bytes]:
@@ -261,6 +342,88 @@ def _cpu_snapshot(net: Network) -> dict[str, float]:
     return totals
 
 
+# --------------------------------------------------------------------------- profiles
+
+
+PROFILE_TOP = 25  # lines of each profile's summary kept in the JSON
+
+
+def _profile(net: Network, seconds: int) -> dict[str, Any]:
+    """CPU profiles of node 0 for `seconds`, taken side by side: its CometBFT through the
+    pprof endpoint (`go tool pprof -top` summary), its app with py-spy when installed
+    (`pip install py-spy`; self and inclusive time per function). The raw files stay in
+    $TMPDIR/medledger-bench-profiles/ for `go tool pprof` / speedscope."""
+    out_dir = Path(tempfile.gettempdir()) / "medledger-bench-profiles"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    org = testnet.list_hospitals(net.dir)[0]
+    result: dict[str, Any] = {"seconds": seconds, "node": org}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    app_pid = processes.read_pid(net.dir, org, "app")
+    collapsed = out_dir / f"{net.app}-{stamp}-app.txt"
+    spying = None
+    if net.app == "medledger" and app_pid is not None and os.access(spy, os.X_OK):
+        spying = subprocess.Popen(
+            [spy, "record", "-p", str(app_pid), "-d", str(seconds), "-r", "200"]
+            + ["--nonblocking", "-f", "raw", "-o", str(collapsed)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    pb = out_dir / f"{net.app}-{stamp}-cometbft.pb.gz"
+    answer = httpx.get(
+        f"{_pprof_url(net.dir, org)}/debug/pprof/profile",
+        params={"seconds": seconds},
+        timeout=seconds + 30,
+    )
+    pb.write_bytes(answer.content)
+    result["cometbft_profile"] = str(pb)
+    go = shutil.which("go")
+    if go is not None:
+        top = subprocess.run(
+            [go, "tool", "pprof", "-top", f"-nodecount={PROFILE_TOP}"]
+            + [testnet.cometbft_binary(), str(pb)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        result["cometbft_top"] = top.stdout.splitlines()[: PROFILE_TOP + 6]
+    if spying is not None:
+        spying.wait(timeout=seconds + 30)
+        result["app_profile"] = str(collapsed)
+        result["app_top"] = _collapsed_top(collapsed)
+    return result
+
+
+def _collapsed_top(path: Path) -> dict[str, list[str]]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")"
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+
+    def top(counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TOP]
+        return [f"{100 * n / max(1, total):5.1f}% {name}" for name, n in ranked]
+
+    return {"self": top(own), "inclusive": top(inclusive), "samples": [str(total)]}
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -284,7 +447,12 @@ class Counts:
 
 
 async def _saturate(
-    net: Network, seconds: float, warmup: float, max_rate: int, mempool_high: int
+    net: Network,
+    seconds: float,
+    warmup: float,
+    max_rate: int,
+    mempool_high: int,
+    profile_s: int = 0,
 ) -> dict[str, Any]:
     counts = Counts()
     stop = asyncio.Event()
@@ -313,14 +481,26 @@ async def _saturate(
             finally:
                 conn.close()
 
+        # CometBFT's CPU with no load (heartbeat blocks, gossip, timers): a per-second cost,
+        # which weighs more per tx at a lower rate.
+        idle0, i0 = _cpu_snapshot(net), time.monotonic()
+        await asyncio.sleep(IDLE_S)
+        idle1, i1 = _cpu_snapshot(net), time.monotonic()
+        idle = {k: round(max(0.0, idle1[k] - idle0[k]) / (i1 - i0), 3) for k in idle0}
         tasks = [asyncio.create_task(stream(i)) for i in range(net.streams)]
         watcher = asyncio.create_task(monitor())
         await asyncio.sleep(warmup)
         h0 = await _height(client, net.urls[0])
         cpu0, t0 = _cpu_snapshot(net), time.monotonic()
+        profiling = (
+            asyncio.create_task(asyncio.to_thread(_profile, net, min(profile_s, int(seconds))))
+            if profile_s > 0
+            else None
+        )
         await asyncio.sleep(seconds)
         h1 = await _height(client, net.urls[0])
         cpu1, t1 = _cpu_snapshot(net), time.monotonic()
+        profile = await profiling if profiling is not None else None
         exhausted = all(t.done() for t in tasks)
         stop.set()
         await asyncio.gather(*tasks, watcher)
@@ -334,6 +514,7 @@ async def _saturate(
     return {
         # Where the machine's CPU went during the window, in cores; and per committed tx.
         "cpu_cores": cores,
+        "idle_cpu_cores": idle,
         "cpu_ms_per_tx": {k: round(1000 * v / per_tx, 3) for k, v in cores.items()}
         if per_tx
         else {},
@@ -348,6 +529,7 @@ async def _saturate(
         "refusals": counts.codes,
         "load_exhausted_early": exhausted,
         "start_height": start_height,
+        **({"profile": profile} if profile is not None else {}),
     }
 
 
@@ -428,6 +610,9 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
     }
 
 
+APPS = ("kvstore", "socket_kvstore", "medledger")
+
+
 def _bench_app(
     app: str,
     block_time_ms: int,
@@ -438,24 +623,80 @@ def _bench_app(
     streams: int,
     max_rate: int,
     mempool_high: int,
+    tx_bytes: int,
+    profile_s: int,
+    recheck: int,
+    hold_ms: int,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
+    result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
-        make = _kvstore_network if app == "kvstore" else _medledger_network
-        net = make(directory, block_time_ms, streams)
+        if app == "medledger":
+            net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms)
+        else:
+            socket = app == "socket_kvstore"
+            net = _kvstore_network(directory, block_time_ms, streams, tx_bytes, socket, recheck)
         time.sleep(2)  # a few empty blocks: every node connected and in consensus
-        result: dict[str, Any] = {}
         if latency_s > 0:  # first, on a fresh chain and an empty mempool
             result["latency"] = asyncio.run(_latency(net, rate, latency_s))
             time.sleep(2)
         if saturation_s > 0:
             result["saturation"] = asyncio.run(
-                _saturate(net, saturation_s, warmup_s, max_rate, mempool_high)
+                _saturate(net, saturation_s, warmup_s, max_rate, mempool_high, profile_s)
             )
+        if app == "medledger":
+            result["abci_cpu_node0"] = _abci_stats(directory)
         return result
     finally:
         processes.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _abci_stats(directory: Path) -> list[str]:
+    """Node 0's own per-minute account of its ABCI CPU (calls, total, µs per call by kind),
+    as its app logged it during the run (AbciServer's `ABCI last 60s` line)."""
+    org = testnet.list_hospitals(directory)[0]
+    try:
+        text = processes.log_path(directory, org, "app").read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split("ABCI ", 1)[1] for line in text.splitlines() if "ABCI last" in line]
+
+
+def medledger_tx_bytes() -> int:
+    """The size of the txs the medledger network carries (a signed identity.register)."""
+    from medledger.ledger.keys import SigningKey
+    from medledger.ledger.tx import sign_tx
+
+    key = SigningKey(hashlib.sha256(b"bench-size").digest())
+    body = {"practitioner": "p1000", "key": os.urandom(32), "roles": ["nurse"]}
+    return len(sign_tx(key, CHAIN, "identity.register", body, 1000))
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else float("nan")
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of one app: throughput, CPU per tx by process kind, p95."""
+    sat = [r["saturation"] for r in rounds if "saturation" in r]
+    kinds = ("cometbft", "apps", "load_generator")
+    out: dict[str, Any] = {
+        "committed_tx_per_s": _median([s["committed_tx_per_s"] for s in sat]),
+        "cpu_ms_per_tx": {
+            kind: _median([s["cpu_ms_per_tx"][kind] for s in sat if s["cpu_ms_per_tx"]])
+            for kind in ("cometbft", "apps", "load_generator")
+        },
+        "cpu_cores": {kind: _median([s["cpu_cores"][kind] for s in sat]) for kind in kinds},
+        "idle_cpu_cores": {
+            kind: _median([s["idle_cpu_cores"][kind] for s in sat]) for kind in kinds
+        },
+    }
+    lat = [r["latency"] for r in rounds if "latency" in r]
+    if lat:
+        out["p95_commit_latency_s"] = _median([x["p95_s"] for x in lat])
+        out["lost"] = sum(x["lost"] for x in lat)
+    return out
 
 
 def run(
@@ -465,12 +706,27 @@ def run(
     rate: int = 500,
     latency_s: int = 20,
     kvstore: int = 1,
+    socket_kvstore: int = 1,
     medledger: int = 1,
     streams: int = 64,
     max_rate: int = 3000,
     mempool_high: int = MEMPOOL_HIGH,
+    tx_bytes: int = 0,
+    latency_all: int = 0,
+    rounds: int = 1,
+    profile_s: int = 0,
+    recheck: int = -1,
+    hold_ms: int = -1,
 ) -> dict[str, Any]:
-    """Run the comparison; returns figures as a JSON-able dict (see module docstring)."""
+    """Run the comparison; returns figures as a JSON-able dict (see module docstring).
+
+    `tx_bytes` pads kvstore txs (0: medledger's tx size); the latency phase runs for
+    medledger only unless `latency_all`; `rounds` repeats the apps in turn (A B C A B C ...)
+    and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
+    `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
+    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off).
+    """
+    tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -482,30 +738,42 @@ def run(
         "block_time_ms": block_time_ms,
         "client_streams": streams,
         "mempool_high": mempool_high,
+        "tx_bytes": tx_bytes,
+        "recheck": "config" if recheck < 0 else bool(recheck),
+        "hold_ms": "default" if hold_ms < 0 else hold_ms,
     }
-    apps = [a for a, on in (("kvstore", kvstore), ("medledger", medledger)) if on]
+    on = {"kvstore": kvstore, "socket_kvstore": socket_kvstore, "medledger": medledger}
+    apps = [a for a in APPS if on[a]]
+    results: dict[str, list[dict[str, Any]]] = {a: [] for a in apps}
+    for n in range(rounds):
+        for app in apps:
+            print(f"bench: {app} (round {n + 1} of {rounds}) ...", file=sys.stderr, flush=True)
+            limit = max_rate if app == "medledger" else 4 * max_rate  # pre-signed tx budget
+            results[app].append(
+                _bench_app(
+                    app,
+                    block_time_ms,
+                    saturation_s,
+                    warmup_s,
+                    rate,
+                    latency_s if app == "medledger" or latency_all else 0,
+                    streams,
+                    limit,
+                    mempool_high,
+                    tx_bytes,
+                    profile_s,
+                    recheck,
+                    hold_ms,
+                )
+            )
     for app in apps:
-        print(f"bench: {app} ...", file=sys.stderr, flush=True)
-        limit = max_rate if app == "medledger" else 4 * max_rate  # pre-signed tx budget
-        out[app] = _bench_app(
-            app,
-            block_time_ms,
-            saturation_s,
-            warmup_s,
-            rate,
-            latency_s,
-            streams,
-            limit,
-            mempool_high,
-        )
-    try:
-        ratio = (
-            out["medledger"]["saturation"]["committed_tx_per_s"]
-            / out["kvstore"]["saturation"]["committed_tx_per_s"]
-        )
-        out["medledger_vs_kvstore"] = round(ratio, 3)
-    except (KeyError, ZeroDivisionError):
-        pass
+        out[app] = results[app][0] if rounds == 1 else {"rounds": results[app]}
+    out["summary"] = {app: _summary(results[app]) for app in apps}
+    out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    tps = {app: s["committed_tx_per_s"] for app, s in out["summary"].items()}
+    for other in ("kvstore", "socket_kvstore"):
+        if "medledger" in tps and tps.get(other):
+            out[f"medledger_vs_{other}"] = round(tps["medledger"] / tps[other], 3)
     return out
 
 
@@ -518,10 +786,17 @@ def main() -> None:
         ("rate", 500),
         ("latency_s", 20),
         ("kvstore", 1),
+        ("socket_kvstore", 1),
         ("medledger", 1),
         ("streams", 64),
         ("max_rate", 3000),
         ("mempool_high", MEMPOOL_HIGH),
+        ("tx_bytes", 0),
+        ("latency_all", 0),
+        ("rounds", 1),
+        ("profile_s", 0),
+        ("recheck", -1),
+        ("hold_ms", -1),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()

@@ -443,3 +443,159 @@ def test_unix_socket_address_is_served_and_seen_as_ready(app: FakeApp, tmp_path:
     finally:
         thread.stop()
     assert not accepts_connections(address)
+
+
+class _Node:
+    """One replica of the real ledger behind an AbciServer, driven request by request as
+    CometBFT drives it (no sockets)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from tests.support.ledger import make_net
+
+        self.net = make_net(2)
+        self.ledger = self.net.app(tmp_path / "ledger.db")
+        self.server = AbciServer(self.ledger)
+
+    def check(self, tx: bytes) -> int:
+        req = abci.Request(check_tx=abci.RequestCheckTx(tx=tx))
+        return int(self.server.handle(req).check_tx.code)
+
+    def prepare(self, txs: list[bytes]) -> list[bytes]:
+        height = self.ledger.height + 1
+        req = abci.RequestPrepareProposal(
+            max_tx_bytes=1 << 20, txs=txs, height=height, time=_ts(height * 1_000)
+        )
+        return list(self.server.handle(abci.Request(prepare_proposal=req)).prepare_proposal.txs)
+
+    def process(self, txs: list[bytes]) -> int:
+        height = self.ledger.height + 1
+        req = abci.RequestProcessProposal(txs=txs, height=height, time=_ts(height * 1_000))
+        return int(self.server.handle(abci.Request(process_proposal=req)).process_proposal.status)
+
+    def finalize_and_commit(self, txs: list[bytes]) -> list[int]:
+        height = self.ledger.height + 1
+        req = abci.RequestFinalizeBlock(txs=txs, height=height, time=_ts(height * 1_000))
+        answer = self.server.handle(abci.Request(finalize_block=req)).finalize_block
+        self.server.handle(abci.Request(commit=abci.RequestCommit()))
+        return [int(r.code) for r in answer.tx_results]
+
+    def committed(self, tx: bytes) -> bool:
+        import hashlib
+
+        return self.ledger.query_obj("ledger/tx", {"id": hashlib.sha256(tx).digest()}) is not None
+
+    def practitioners(self) -> set[str]:
+        return {p["id"] for p in self.ledger.query_obj("identity/practitioners", {})}
+
+
+def test_a_tx_an_earlier_block_made_invalid_is_dropped_at_prepare_and_never_committed(
+    tmp_path: Path,
+) -> None:
+    """Nodes run with mempool.recheck off: what an earlier block made invalid stays in this
+    node's mempool, and its proposal leaves it out."""
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0, h1 = node.net.orgs["h0"], node.net.orgs["h1"]
+    # Two txs of one signer with the same nonce (a client retry with another body): this node
+    # accepted one, another proposer's block commits the other.
+    ours = node.net.tx(h0, "identity.register", register_body("dr-late"), nonce=1)
+    theirs = node.net.tx(h0, "identity.register", register_body("dr-first"), nonce=1)
+    fresh = node.net.tx(h1, "identity.register", register_body("dr-other"), nonce=1)
+    assert node.check(ours) == 0
+    assert node.process([theirs]) == abci.ResponseProcessProposal.ACCEPT
+    assert node.finalize_and_commit([theirs]) == [0]
+
+    # No recheck: `ours` is still in CometBFT's mempool and reaped for this node's proposal.
+    assert node.prepare([ours, fresh]) == [fresh]
+    assert node.server.stats.prepared_dropped == 1
+    assert node.finalize_and_commit([fresh]) == [0]
+    assert not node.committed(ours) and node.committed(fresh)
+
+    # A proposer that includes it anyway: the block is rejected, and were it decided,
+    # FinalizeBlock would refuse the tx (its nonce is spent) and change nothing for it.
+    stale_again = [ours]
+    assert node.process(stale_again) == abci.ResponseProcessProposal.REJECT
+    assert node.finalize_and_commit(stale_again) == [5]  # BAD_NONCE
+    assert "dr-late" not in node.practitioners()
+    assert {"dr-first", "dr-other"} <= node.practitioners()
+
+
+def test_check_tx_after_a_block_validates_against_it_without_rechecks(tmp_path: Path) -> None:
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0 = node.net.orgs["h0"]
+    first = node.net.tx(h0, "identity.register", register_body("dr-a"), nonce=1)
+    assert node.check(first) == 0
+    assert node.finalize_and_commit([first]) == [0]
+    replay = node.net.tx(h0, "identity.register", register_body("dr-b"), nonce=1)
+    again = node.net.tx(h0, "identity.register", register_body("dr-a"), nonce=2)
+    assert node.check(replay) == 5  # BAD_NONCE: the committed block spent nonce 1
+    assert node.check(again) != 0  # dr-a is registered on chain
+    assert node.check(node.net.tx(h0, "identity.register", register_body("dr-c"), nonce=3)) == 0
+
+
+def test_the_signature_cache_cannot_change_a_finalize_block_result(tmp_path: Path) -> None:
+    """A tx this node verified is not verified again, but the cache is keyed by the hash of
+    the whole tx (signature included): a tx with the same body and a bad signature is
+    refused, and a replica without any cache reaches the same results and app hash."""
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0 = node.net.orgs["h0"]
+    good = node.net.tx(h0, "identity.register", register_body("dr-good"), nonce=1)
+    assert node.check(good) == 0  # decoded and verified once, remembered
+    forged = bytearray(good)
+    forged[-5] ^= 1  # same payload, a signature that does not verify
+    assert node.check(bytes(forged)) == 4  # BAD_SIGNATURE
+    assert node.process([bytes(forged)]) == abci.ResponseProcessProposal.REJECT
+    assert node.finalize_and_commit([bytes(forged), good]) == [4, 0]
+
+    (tmp_path / "cold").mkdir()
+    cold = _Node(tmp_path / "cold")  # a replica that has never seen either tx
+    cold.ledger._verified.clear()
+    assert cold.finalize_and_commit([bytes(forged), good]) == [4, 0]
+    assert cold.ledger.info() == node.ledger.info()
+
+
+def test_serialized_answers_are_the_responses_protobuf_would_write(tmp_path: Path) -> None:
+    """handle_bytes writes each answer's bytes behind its field's key, without building the
+    Response: byte for byte what serializing `handle`'s Response gives, for every method."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fast = AbciServer(FakeApp.open(tmp_path / "a"))
+    reference = AbciServer(FakeApp.open(tmp_path / "b"))
+    for request in _every_method():
+        raw = request.SerializeToString()
+        assert fast.handle_bytes(raw) == reference.handle(request).SerializeToString()
+    wrong_height = abci.Request(finalize_block=abci.RequestFinalizeBlock(height=99))
+    answer = abci.Response.FromString(fast.handle_bytes(wrong_height.SerializeToString()))
+    assert answer.WhichOneof("value") == "exception"
+    assert "finalize_block" in answer.exception.error
+
+
+def test_check_tx_sees_the_txs_still_waiting_after_a_block(tmp_path: Path) -> None:
+    """Without rechecks through the socket, the app carries the accepted txs a block did not
+    include into its next mempool view: a tx depending on one still waiting is accepted, and
+    one the block made invalid no longer counts."""
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0, h1 = node.net.orgs["h0"], node.net.orgs["h1"]
+    waiting = node.net.tx(h0, "identity.register", register_body("dr-new"), nonce=1)
+    assert node.check(waiting) == 0
+    other = node.net.tx(h1, "identity.register", register_body("dr-h1"), nonce=1)
+    assert node.finalize_and_commit([other]) == [0]  # a block without `waiting`
+
+    depends = node.net.tx(
+        h0, "identity.update_roles", {"practitioner": "dr-new", "roles": ["nurse"]}, 2
+    )
+    assert node.check(depends) == 0  # dr-new exists in the mempool's view
+    assert node.check(node.net.tx(h0, "identity.register", register_body("dr-x"), nonce=2)) == 5
+
+    # A block that spends h0's nonce 1 with another tx: `waiting` drops out of the view, and
+    # so does `depends`, which needed it.
+    rival = node.net.tx(h0, "identity.register", register_body("dr-rival"), nonce=1)
+    assert node.finalize_and_commit([rival]) == [0]
+    assert node.check(node.net.tx(h0, "identity.register", register_body("dr-y"), nonce=2)) == 0

@@ -37,6 +37,8 @@ def test_prepare_makes_one_tuned_home_per_hospital(tmp_path: Path) -> None:
         assert cfg["p2p"]["addr_book_strict"] is False  # type: ignore[index]
         assert cfg["p2p"]["allow_duplicate_ip"] is True  # type: ignore[index]
         assert cfg["instrumentation"]["prometheus"] is False  # type: ignore[index]
+        # No recheck: PrepareProposal drops what a block made invalid (test_abci_server).
+        assert cfg["mempool"]["recheck"] is False  # type: ignore[index]
         for addr in (cfg["proxy_app"], cfg["rpc"]["laddr"], cfg["p2p"]["laddr"]):  # type: ignore[index]
             assert str(addr).startswith("tcp://127.0.0.1:")
             ports.append(int(str(addr).rsplit(":", 1)[1]))

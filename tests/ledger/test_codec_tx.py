@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
@@ -23,6 +25,36 @@ def test_floats_and_non_canonical_bytes_are_refused() -> None:
         codec.decode(non_canonical)
     with pytest.raises(codec.CodecError):
         codec.decode(cbor2.dumps(1.5))
+
+
+_LEDGER_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=30)
+    | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=30), inner),
+    max_leaves=20,
+)
+
+
+@given(_LEDGER_VALUES)
+def test_decoding_accepts_exactly_the_canonical_bytes(value: object) -> None:
+    """Strict decoding checks key order and re-encodes plainly (cheaper than a canonical
+    re-encoding): it must accept and refuse exactly what the canonical re-encoding did."""
+    canonical = cbor2.dumps(value, canonical=True)
+    assert codec.decode(canonical) == value
+    assert codec.encode(value) == canonical
+    as_built = cbor2.dumps(value)  # maps in insertion order, non-ASCII and long keys too
+    if as_built != canonical:
+        with pytest.raises(codec.CodecError, match="canonical"):
+            codec.decode(as_built)
+
+
+def test_duplicate_map_keys_are_refused() -> None:
+    duplicated = bytes.fromhex("a2616101616102")  # {"a":1,"a":2}
+    with pytest.raises(codec.CodecError, match="canonical"):
+        codec.decode(duplicated)
 
 
 def test_signed_tx_round_trips_and_verifies() -> None:

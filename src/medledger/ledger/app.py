@@ -366,10 +366,26 @@ class Application:
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
             self._pending = None
             self._simulated = None
-            self._check = self._fresh_check()
+            self._carry_over(self._check.accepted, p.txs)
         for listener in list(self._listeners):
             listener(record)
         return record
+
+    def _carry_over(self, accepted: list[bytes], included: list[bytes]) -> None:
+        """The mempool's view after a block: the new committed state plus the accepted txs
+        the block did not include, executed again on it (in their order; those it made
+        invalid drop out).
+
+        CometBFT runs without mempool recheck (testnet.node_settings), so this is what keeps
+        CheckTx validating a tx against the txs still waiting before it (a signer's next
+        nonce, a record a pending tx creates) without sending them through the socket again.
+        Signatures are not verified again (the verified-tx cache).
+        """
+        done = set(included)
+        self._check = self._fresh_check()
+        for tx in accepted:
+            if tx not in done:
+                self.check_tx(tx, recheck=True)
 
     @contextmanager
     def read_view(self) -> Iterator[StateView]:

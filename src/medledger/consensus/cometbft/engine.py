@@ -10,6 +10,7 @@ app under the shared lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -61,6 +62,18 @@ def check_result_from_error(
     return TxResult(MEMPOOL_REFUSED, f"refused by CometBFT: {exc.data or exc.message}")
 
 
+def _proposal_hold_s() -> float:
+    """The consensus-first hold this node uses (1 s unless the environment says otherwise)."""
+    raw = os.environ.get("MEDLEDGER_PROPOSAL_HOLD_S", "1.0")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 10:
+        raise ValueError(f"MEDLEDGER_PROPOSAL_HOLD_S={raw!r}: expected seconds from 0 to 10")
+    return value
+
+
 class CometEngine:
     """Serves ABCI for one application and offers the Engine interface on top of it.
 
@@ -73,7 +86,9 @@ class CometEngine:
         self.app = app
         self.abci_address = abci_address
         self.rpc_url = rpc_url
-        self.server = AbciServer(app)
+        # MEDLEDGER_PROPOSAL_HOLD_S: the consensus-first hold (AbciServer), 0 turns it off;
+        # `medledger bench cometbft --set hold_ms=...` measures it side by side.
+        self.server = AbciServer(app, proposal_hold_s=_proposal_hold_s())
         self.lock = self.server.lock
         self.rpc = CometRpc(rpc_url, timeout=rpc_timeout)
         self._thread: AbciServerThread | None = None

@@ -255,7 +255,11 @@ def node_settings(
             # Room for a few seconds of saturation load; the cache (duplicate filter) larger.
             "size": 20000,
             "cache_size": 40000,
-            "recheck": True,  # txs left in the mempool are re-validated after each block
+            # No re-validation of the txs left in the mempool after each block: it doubled
+            # the CheckTx traffic through the socket under load (docs/benchmarks.md). A tx an
+            # earlier block made invalid is dropped by PrepareProposal, refused by
+            # ProcessProposal and FinalizeBlock anyway (docs/architecture.md).
+            "recheck": False,
         },
         "consensus": {
             "timeout_commit": _duration(block_time_ms),
