@@ -6,9 +6,6 @@ admission system and labs) and, for each, what ingesting it must give and what t
 holds right after; its `$comment` documents the format. The whole corpus is ingested once, in
 order, before any case is checked (a module fixture), so that each file meets the state the
 files before it left, whichever cases are selected; each file is then its own test case.
-
-Cases the code does not pass yet are in `MISSING`, as strict xfails naming what is missing:
-when one starts passing, the strict marker fails the run, and its entry must be removed.
 """
 
 from __future__ import annotations
@@ -45,63 +42,6 @@ EXPECT_KEYS = {
     "never_mentions",
 }
 AFTER_KEYS = {"patients", "records", "resolves"}
-
-#: file -> what the code lacks for it today (issue 12). Remove an entry when its case passes.
-_SUPPORTING = "supporting resources (Practitioner, Organization, Medication...) are refused"
-_SENDER_IDS = "a sender's id (Patient/example) given in an earlier file does not resolve"
-_WARN = "an unresolved reference other than the patient link is refused, not a warning"
-_SENDER = "ingest_bytes takes no sender (the default source system)"
-_COUNTS = "UnitResult has no warnings/unchanged/updated"
-_AGAIN = "the same resource sent again is stored again (no memory of source ids)"
-MISSING: dict[str, str] = {
-    "01-ips-document.json": f"{_SUPPORTING}; the document Bundle is not kept",
-    "02-ips-document-resent.json": f"{_SUPPORTING}; {_AGAIN}",
-    "03-ips-document-two-weeks-later.json": f"{_SUPPORTING}; {_AGAIN}",
-    "04-ips-document-other-clinic.json": f"{_SUPPORTING}; a second Patient record per document",
-    "05-scheduling-transaction-ipp-only.json": "a conditional reference to a stored "
-    "Practitioner does not resolve; a Patient known by its IPP only is not matched",
-    "06-patient-example.json": _WARN,
-    "07-practitioner-example.json": _SUPPORTING,
-    "08-observation-alone-days-later.json": f"{_SENDER_IDS}; {_WARN}",
-    "09-transaction-conditional-subject.json": "Patient?identifier=... does not resolve "
-    "to a stored patient",
-    "10-observation-logical-subject.json": "a logical subject (identifier) is not resolved",
-    "11-observation-primitive-extensions.json": _SENDER_IDS,
-    "12-medicationrequest-contained.json": f"{_SENDER_IDS}; {_WARN}",
-    "13-collection-hie-urn-oid.json": "a Patient matching a stored one by its second "
-    f"identifier is a second Patient record; {_COUNTS}",
-    "14-batch-update-patient-and-allergy.json": "PUT Patient/<sender id> is not a new version "
-    "of the stored Patient",
-    "15-epic-patient.json": _SENDER,
-    "16-epic-vitals-searchset.json": _SENDER,
-    "17-epic-documentreference.json": _SENDER,
-    "18-bulk-Patient.ndjson": _SENDER,
-    "19-bulk-Observation.ndjson": _SENDER,
-    "20-bulk-Observation-retried.ndjson": _SENDER,
-    "21-synthea-hospitalInformation.json": _SUPPORTING,
-    "22-synthea-practitionerInformation.json": _SUPPORTING,
-    "23-synthea-patient.json": "conditional references to stored supporting resources do not "
-    "resolve; Provenance has no patient link",
-    "24-hapi-patient-meta-source.json": _COUNTS,
-    "25-hapi-observation-later-request.json": _SENDER_IDS,
-    "26-adt-a01-admission.hl7": "DG1 and AL1 make no Condition/AllergyIntolerance; Z segments "
-    "are not reported",
-    "27-adt-a01-admission-resent.hl7": "a re-sent message adds another Encounter",
-    "28-adt-a08-same-visit-new-control-id.hl7": "A08 makes no new version of the visit's Encounter",
-    "29-adt-a03-discharge.hl7": "ADT^A03 is not supported",
-    "30-oru-r01-two-orders.hl7": f"a local OBX-3 code is not reported; {_COUNTS}",
-    "31-oru-r01-two-orders-resent.hl7": "a re-sent message stores its results again",
-    "32-oru-r01-corrected-result.hl7": "a corrected result is stored as new resources",
-    "33-oru-r01-outside-lab-ins-only.hl7": _COUNTS,
-    "34-hl7-file-batch-two-messages.hl7": f"two Patients of one person in one file; {_COUNTS}",
-    "35-hl7-batch-trailer-count-wrong.hl7": "BTS-1 (the batch's message count) is not checked",
-    "36-hl7-bhs-inside-a-message.hl7": "a BHS inside a message is skipped, not refused",
-    "37-adt-a04-v23-lf-mllp-escapes.hl7": _COUNTS,
-    "40-patient-identifiers-of-two-known-patients.json": "a Patient with the identifiers of two "
-    "stored patients is accepted",
-    "41-transaction-put-condition-remission.json": "PUT Condition/<sender id> is not a new "
-    "version of the stored Condition",
-}
 
 
 @dataclass
@@ -204,7 +144,7 @@ def _resolved(ingestor: Ingestor, vault: Vault, check: dict[str, Any]) -> dict[s
 
 
 def _count(result: UnitResult, name: str) -> int:
-    """`result.unchanged` / `.updated` (read by name: issue 12 adds them to UnitResult)."""
+    """`result.unchanged` or `result.updated`, by the manifest's key."""
     return int(getattr(result, name))
 
 
@@ -213,9 +153,7 @@ def _texts(items: list[Any]) -> list[str]:
 
 
 def _case(entry: dict[str, Any]) -> Any:
-    reason = MISSING.get(entry["file"])
-    marks = [pytest.mark.xfail(strict=True, reason=f"issue 12: {reason}")] if reason else []
-    return pytest.param(entry, id=entry["file"], marks=marks)
+    return pytest.param(entry, id=entry["file"])
 
 
 @pytest.mark.parametrize("entry", [_case(e) for e in FILES])
@@ -301,7 +239,6 @@ def test_the_manifest_says_only_what_the_test_checks() -> None:
             assert check.get("patient") in people | {None}, name
         for refusal in entry["expect"].get("refused", []):
             assert set(refusal) == {"contains"} and refusal["contains"], name
-    assert set(MISSING) <= {entry["file"] for entry in FILES}, "MISSING names an unknown file"
 
 
 def test_a_resent_file_is_byte_for_byte_the_file_it_resends() -> None:
