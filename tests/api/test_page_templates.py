@@ -61,6 +61,7 @@ def test_a_script_from_the_chain_renders_escaped_in_the_portal() -> None:
         categories={"*": "all my records"},
         hospitals={},
         trail_orgs=[],
+        types={},
     )
     assert SCRIPT not in html
     assert f"<td>{ESCAPED}</td>" in html  # the actor and the study id, as text

@@ -68,6 +68,11 @@ def test_the_language_switch_goes_back_only_to_this_site_and_injects_no_header(a
         ), r.headers
     r = api.client.get("/lang/xx", params={"next": "/portal"}, follow_redirects=False)
     assert "set-cookie" not in r.headers  # an unknown language sets nothing
+    # The page's filters survive the switch: the link carries its query, the switch keeps it.
+    page = api.client.get("/explorer?x=1").text
+    assert "/lang/fr?next=/explorer%3Fx%3D1" in page
+    r = api.client.get("/lang/fr", params={"next": "/portal?who=chu-lyon"}, follow_redirects=False)
+    assert r.headers["location"] == "/portal?who=chu-lyon"
 
 
 def test_the_consent_form_grants_only_known_categories_for_the_signed_in_patient(api: Api) -> None:

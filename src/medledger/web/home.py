@@ -22,7 +22,13 @@ def router() -> APIRouter:
             target = "/"
         response = RedirectResponse(target, status_code=303)
         if code in LANGUAGES:
-            response.set_cookie(COOKIE, code, max_age=365 * 86400, samesite="lax")
+            response.set_cookie(
+                COOKIE,
+                code,
+                max_age=365 * 86400,
+                samesite="lax",
+                secure=request.url.scheme == "https",
+            )
         return response
 
     @routes.get("/")

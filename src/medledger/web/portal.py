@@ -34,7 +34,7 @@ from medledger.web.auth import (
     services,
     signed_in,
 )
-from medledger.web.records import hospital_names, patient_header, timeline_rows
+from medledger.web.records import TYPE_WORDS, hospital_names, patient_header, timeline_rows
 from medledger.web.render import message, render, when
 from medledger.web.trail import grouped
 
@@ -109,6 +109,7 @@ def router() -> APIRouter:
             categories=CATEGORY_WORDS,
             acts=ACT_WORDS,
             channels=CHANNEL_WORDS,
+            types=TYPE_WORDS,
         )
 
     def _patient(

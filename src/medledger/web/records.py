@@ -124,8 +124,8 @@ _INTERPRETATION = {"H": "high", "HH": "high", "L": "low", "LL": "low", "A": "abn
 def _flag(
     resource: Mapping[str, Any], number: float | None, low: float | None, high: float | None
 ) -> str:
-    for concept in resource.get("interpretation") or []:
-        for coding in concept.get("coding") or [] if isinstance(concept, Mapping) else []:
+    for concept in _objects(resource.get("interpretation")):
+        for coding in _objects(concept.get("coding")):
             found = _INTERPRETATION.get(str(coding.get("code", "")).upper())
             if found:
                 return found
@@ -134,6 +134,31 @@ def _flag(
     if number is not None and low is not None and number < low:
         return "low"
     return ""
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array (a record's odd shape shows less, never fails the page)."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+#: A record's type as a patient reads it (translated by the pages).
+TYPE_WORDS = {
+    "Observation": "result",
+    "Condition": "diagnosis",
+    "Encounter": "visit",
+    "DiagnosticReport": "report",
+    "ImagingStudy": "imaging",
+    "MedicationRequest": "prescription",
+    "MedicationStatement": "medication",
+    "AllergyIntolerance": "allergy",
+    "Immunization": "vaccination",
+    "Procedure": "procedure",
+    "Patient": "identity",
+    "DocumentReference": "document",
+    "Composition": "document",
+    "Bundle": "document",
+    "Consent": "consent",
+}
 
 
 def display_of(concept: Mapping[str, Any]) -> str:

@@ -29,6 +29,23 @@ _ENV = Environment(
     finalize=lambda value: "" if value is None else value,  # a missing value shows nothing
 )
 _ENV.filters["when"] = when
+_MONTHS = {
+    "en": "January February March April May June July August September October November December",
+    "fr": "janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
+}
+
+
+def day_in_words(iso: str, lang: str = "en") -> str:
+    """`2026-03-03` → "3 March 2026" (or "3 mars 2026"); anything else as it is."""
+    try:
+        year, month, day = int(iso[:4]), int(iso[5:7]), int(iso[8:10])
+        name = _MONTHS.get(lang, _MONTHS["en"]).split()[month - 1]
+    except (ValueError, IndexError):
+        return iso
+    return f"{day} {name} {year}"
+
+
+_ENV.filters["day"] = day_in_words
 _ENV.globals["_"] = lambda text, **values: text.format(**values) if values else text
 _ENV.globals["lang"] = "en"
 templates = Jinja2Templates(env=_ENV)
