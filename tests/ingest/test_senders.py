@@ -236,7 +236,8 @@ def test_a_clinical_resource_without_a_patient_is_refused_saying_why(hospital) -
 
     [refusal] = result.rejections
     assert "Observation" in refusal.where
-    assert "belongs to a patient, and this one names none" in refusal.reason
+    assert "no patient named in subject" in refusal.reason
+    assert "must name its Patient" in refusal.reason
 
 
 def test_a_retry_after_a_pending_registration_stores_nothing_twice(
