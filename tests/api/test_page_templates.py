@@ -83,3 +83,21 @@ def test_a_script_in_a_validator_name_or_tx_kind_renders_escaped_in_the_explorer
     assert SCRIPT not in html
     assert html.count(ESCAPED) == 3  # the hospital in the header, the name and the kind
     assert 'name="csrf"' not in html  # nobody signed in: no token to write
+
+
+def test_the_explorer_shows_each_validators_voting_power_on_cometbft() -> None:
+    html = templates.get_template("explorer.html").render(
+        title="Network explorer",
+        hospital="Hospital A",
+        csrf="",
+        engine="cometbft",
+        top=1,
+        blocks=[],
+        validators=[
+            {"org": "org-a", "name": "A", "power": 10, "key": "00" * 8, "health": None},
+            {"org": "org-b", "name": "B", "power": 0, "key": "11" * 8, "health": None},
+        ],
+    )
+    assert "voting power" in html and "the solo engine" not in html
+    assert "<td>10</td>" in html
+    assert '0 <span class="muted">(not a validator)</span>' in html

@@ -61,14 +61,15 @@ def accessible(page: Any) -> None:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    """A fresh page; every answer of 400 or more it receives (a favicon too) is a failure."""
+    """A fresh page; a missing page (a favicon too) or a server error it receives is a failure
+    (a refusal, 400 to 409, is an answer)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     failed: list[str] = []
     tab.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     try:
         yield tab
-        assert not [f for f in failed if not f.startswith(("401", "403", "409"))], failed
+        assert not [f for f in failed if not f.startswith(("400", "401", "403", "409"))], failed
     finally:
         context.close()
 
@@ -181,6 +182,19 @@ def test_the_home_and_sign_in_pages_are_accessible(demo: DemoEnd, page: Any) -> 
     for path in ("/", "/portal", "/clinician"):
         page.goto(f"{base}{path}")
         accessible(page)
+
+
+def test_a_clinicians_empty_view_and_a_refusal_page_are_accessible(
+    demo: DemoEnd, page: Any
+) -> None:
+    token = demo.token("aphp-paris", "Practitioner/dr-dubois", "user/*.cruds")
+    sign_in(page, f"{demo.urls['aphp-paris']}/clinician", token)
+    page.wait_for_selector("#find-patient")
+    accessible(page)  # signed in, no patient yet
+    page.fill("#find-patient", "not an INS")
+    page.click("form[action='/clinician/find'] button")
+    page.wait_for_selector("main p.bad")  # the refusal names what is wrong
+    accessible(page)
 
 
 def test_the_portal_speaks_the_browsers_language_and_switches(
