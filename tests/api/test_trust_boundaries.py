@@ -123,14 +123,15 @@ def _records_table(html: str) -> str:
 def test_a_launch_only_token_sees_nothing_clinical_in_the_portal(api: Api) -> None:
     _, page = _signed_in(api, api.token(f"Patient/{api.pid}", "launch", api.pid))
     records = _records_table(page)
-    assert "Condition" not in records and "Observation" not in records, records
+    # Record types read in words: "result" an Observation, "diagnosis" a Condition.
+    assert "<td>diagnosis</td>" not in records and "<td>result</td>" not in records, records
     assert "does not allow" in page  # trail and consents too
 
 
 def test_the_portal_shows_only_the_resource_types_of_the_scopes(api: Api) -> None:
     _, page = _signed_in(api, api.token(f"Patient/{api.pid}", "patient/Observation.rs", api.pid))
     records = _records_table(page)
-    assert "Observation" in records and "Condition" not in records, records
+    assert "<td>result</td>" in records and "<td>diagnosis</td>" not in records, records
 
 
 def test_posting_a_consent_needs_a_consent_write_scope(api: Api) -> None:
