@@ -90,6 +90,48 @@ FRENCH: dict[str, str] = {
     "for study {id}, which you joined": "pour l'étude {id}, à laquelle vous participez",
     "you, yourself": "vous-même",
     "refused: {reason}": "refusé : {reason}",
+    # -- why an access was refused (contracts.access.DENIAL_REASONS) ---------------------------
+    "the requester is not a known hospital or practitioner": (
+        "le demandeur n'est ni un hôpital ni un soignant connu"
+    ),
+    "the practitioner or their hospital is no longer active": (
+        "le soignant ou son hôpital n'est plus actif"
+    ),
+    "the request was malformed": "la demande était mal formée",
+    "the practitioner's role does not allow it": "le rôle du soignant ne le permet pas",
+    "your records there were erased": "vos données y ont été effacées",
+    "no consent of yours covered it": "aucun de vos consentements ne le couvrait",
+    "your consent had been revoked": "votre consentement avait été retiré",
+    "your consent was suspended (contested)": "votre consentement était suspendu (contesté)",
+    "your consent had expired": "votre consentement avait expiré",
+    "your consent had not started yet": "votre consentement n'avait pas encore commencé",
+    "your consent names another hospital": "votre consentement désigne un autre hôpital",
+    "your consent is for another purpose": "votre consentement porte sur une autre finalité",
+    "your consent does not cover this kind of record": (
+        "votre consentement ne couvre pas ce type de données"
+    ),
+    "break-the-glass by someone without the emergency role": (
+        "accès d'urgence par quelqu'un qui n'a pas le rôle urgence"
+    ),
+    "no emergency access was opened": "aucun accès d'urgence n'était ouvert",
+    "the emergency access had expired": "l'accès d'urgence avait expiré",
+    "the referral was cancelled": "l'adressage avait été annulé",
+    "outside the referral's time window": "en dehors de la période de l'adressage",
+    "you are not enrolled in that study": "vous ne participez pas à cette étude",
+    "you withdrew from that study": "vous vous êtes retiré de cette étude",
+    "the study is closed": "l'étude est close",
+    "a consortium policy forbids it": "une règle du consortium l'interdit",
+    "a consortium policy could not be evaluated (refused)": (
+        "une règle du consortium n'a pas pu être évaluée (refusé)"
+    ),
+    "the sign-in was for another patient": "la connexion était celle d'un autre patient",
+    "the hospital could not check the authorization (refused)": (
+        "l'hôpital n'a pas pu vérifier l'autorisation (refusé)"
+    ),
+    "the authorization check failed (refused)": "la vérification de l'autorisation a échoué (refusé)",
+    "the record's description could not be read (refused)": (
+        "la description du document n'a pas pu être lue (refusé)"
+    ),
     "read": "lecture",
     "searched": "recherche",
     "exported": "export",
@@ -249,6 +291,10 @@ def translator(lang: str) -> Translate:
 
     def translate(text: str, **values: object) -> str:
         found = table.get(text, text)
-        return found.format(**values) if values else found
+        if not values:
+            return found
+        # A placeholder's value that is itself one of the texts (a refusal's reason) too.
+        shown = {k: table.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+        return found.format(**shown)
 
     return translate

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medledger.contracts.access import reason_in_words
+from medledger.contracts.access import DENIAL_REASONS, reason_in_words
 from medledger.web.render import when
 
 _PURPOSES = {
@@ -64,6 +64,11 @@ def basis_in_words(basis: str, consents: Mapping[int, Mapping[str, Any]]) -> Phr
     return (basis, {})
 
 
+def refusal_in_words(code: str) -> str:
+    """A denial code as the patient reads it ("no consent of yours covered it")."""
+    return DENIAL_REASONS.get(code) or reason_in_words(code)
+
+
 def grouped(
     entries: Sequence[Mapping[str, Any]],
     names: Mapping[str, str],
@@ -83,7 +88,7 @@ def grouped(
             continue
         day = when(int(a["time"]))[:10]
         basis = str(a["basis"] or "")
-        key = (str(a["actor"]), day, str(a["purpose"]), basis, str(a["outcome"]))
+        key = (str(a["actor"]), day, str(a["purpose"]), basis, str(a["outcome"]), str(a["reason"]))
         group = groups.get(key)
         if group is None:
             group = groups[key] = {
@@ -94,7 +99,7 @@ def grouped(
                 "why": _PURPOSES.get(str(a["purpose"]), str(a["purpose"])),
                 "grounds": basis_in_words(basis, consents)
                 if a["outcome"] == "granted"
-                else ("refused: {reason}", {"reason": reason_in_words(str(a["reason"]))}),
+                else ("refused: {reason}", {"reason": refusal_in_words(str(a["reason"]))}),
                 "granted": a["outcome"] == "granted",
                 "actions": {},
                 "served_by": set(),
