@@ -146,12 +146,9 @@ def _references(node: Any) -> list[str]:
 
 def test_a_document_received_summarises_with_its_practitioner_and_medications(api: Api) -> None:
     import orjson
-    import pytest
 
     from medledger.interop.synth import as_document, generate
 
-    if not hasattr(api.services.vault, "hospital_pid"):
-        pytest.skip("needs the store of the hospital's own resources (issue 12, ingest-store)")
     bundle = next(
         b
         for b in generate(4, ["chu-lyon", "aphp-paris"], seed=11)["chu-lyon"]
