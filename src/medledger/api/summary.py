@@ -35,6 +35,7 @@ from medledger.api.interactions import SUPPORTING_TYPES
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims
+from medledger.interop.fhir import repoint_references
 
 LOINC = "http://loinc.org"
 IPS = "http://hl7.org/fhir/uv/ips/StructureDefinition"
@@ -211,7 +212,7 @@ def _document(
     for info, _resource in supporting:
         urls[f"{info.resource_type}/{info.rid}"] = urn(info.resource_type, info.rid, info.version)
     for info, resource in loaded:
-        _rewrite(resource, urls)
+        repoint_references(resource, urls)
         if info.resource_type == "Patient":
             entries.insert(0, (patient_url, resource))
             continue
@@ -222,7 +223,7 @@ def _document(
             sections.setdefault(section, []).append(url)
             labels.setdefault(section, []).append(_label(resource))
     for info, resource in supporting:  # who acted, with what: after the clinical entries
-        _rewrite(resource, urls)
+        repoint_references(resource, urls)
         entries.append((urls[f"{info.resource_type}/{info.rid}"], resource))
     org_url = urn("Organization", svc.org)
     organization = {
@@ -377,21 +378,6 @@ def _withheld_outcome(reasons: dict[str, int]) -> dict[str, Any]:
             for why, count in sorted(reasons.items())
         ],
     }
-
-
-def _rewrite(node: Any, urls: dict[str, str]) -> None:
-    """Every `reference` to an entry of the document becomes that entry's urn:uuid."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in urls:
-            node["reference"] = urls[ref]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _rewrite(value, urls)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                _rewrite(value, urls)
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:

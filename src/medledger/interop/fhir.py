@@ -1003,6 +1003,22 @@ def _finish(
     return out
 
 
+def repoint_references(node: Any, targets: Mapping[str, str]) -> None:
+    """In place: every `reference` of a resource (at any depth) found in `targets` becomes its
+    target (a stored rid after ingestion, an entry's urn:uuid inside an assembled document)."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in targets:
+            node["reference"] = targets[ref]
+        for value in node.values():
+            if isinstance(value, dict | list):
+                repoint_references(value, targets)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                repoint_references(value, targets)
+
+
 __all__ = [
     "SUPPORTED_BUNDLE_TYPES",
     "IdFactory",
@@ -1014,6 +1030,7 @@ __all__ = [
     "namespaced_ids",
     "parse_fhir",
     "parse_fhir_object",
+    "repoint_references",
     "sequential_ids",
     "uuid_ids",
 ]

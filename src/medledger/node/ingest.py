@@ -32,7 +32,7 @@ import orjson
 from medledger.contracts import queries
 from medledger.contracts.records import Register
 from medledger.interop.errors import InputError
-from medledger.interop.fhir import is_supporting
+from medledger.interop.fhir import is_supporting, repoint_references
 from medledger.interop.hl7v2 import CodeMaps
 from medledger.node import Node, registrations
 from medledger.node.aliases import Aliases
@@ -760,23 +760,9 @@ def _rewritten(item: Any, rid: str, moved: dict[str, str]) -> bytes:
         return data
     resource = orjson.loads(data)
     if hits:
-        _repoint(resource, moved)
+        repoint_references(resource, moved)
     resource["id"] = rid
     return orjson.dumps(resource)
-
-
-def _repoint(node: Any, moved: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in moved:
-            node["reference"] = moved[ref]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _repoint(value, moved)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                _repoint(value, moved)
 
 
 def _same_content(stored: bytes, new: bytes) -> bool:
