@@ -27,7 +27,7 @@ from medledger.api import interactions, versions
 from medledger.api import search as fhir_search
 from medledger.api.audit import to_audit_event
 from medledger.api.auth import authenticated, require, scope_permission
-from medledger.api.interactions import SYSTEM_INTERACTIONS, capability_resources
+from medledger.api.interactions import RECORD_TYPES, SYSTEM_INTERACTIONS, capability_resources
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
@@ -35,21 +35,9 @@ from medledger.contracts import queries
 from medledger.contracts.consent import Grant
 
 _PID = re.compile(r"^[0-9a-f]{64}$")
-PATIENT_COMPARTMENT = (
-    "AllergyIntolerance",
-    "Condition",
-    "Consent",
-    "DiagnosticReport",
-    "DocumentReference",
-    "Encounter",
-    "ImagingStudy",
-    "Immunization",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Observation",
-    "Procedure",
-)
-SUPPORTED = ("Patient", *PATIENT_COMPARTMENT)
+#: The types the generic search route serves: the patient's records (their table is
+#: `interactions`), and the consents it lists among them.
+SUPPORTED = ("Patient", *RECORD_TYPES, "Consent")
 
 
 SEARCH_DOC = (
