@@ -31,6 +31,10 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} is now a member")
         elif event.type == "member.removed":
             console.print(f"{event.get('org')} is no longer a member")
+        elif event.type == "member.rebound":
+            console.print(f"{event.get('org')} is now bound to its new keys")
+        elif event.type == "member.updated":
+            console.print(f"{event.get('org')} updated its {event.get('changed')}")
 
 
 def register(app: typer.Typer) -> None:
