@@ -3,6 +3,8 @@ signed update, rebound by the others' vote when lost; no key is ever shared by t
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -24,7 +26,7 @@ def _trusted(app) -> dict[str, bytes]:
     return tls_keys(StateView(app.store))
 
 
-def _member(app, org: str) -> dict:
+def _member(app, org: str) -> dict[str, Any]:
     return next(m for m in app.query_obj("governance/members", {}) if m["org"] == org)
 
 
@@ -35,8 +37,9 @@ def _vote_through(net, app, pid: int, voters: tuple[str, ...]):
     return run_block(app, txs, net.solo)
 
 
-def _update(net, org: str, body: dict) -> bytes:
-    return net.tx(net.orgs[org], "governance.update_member", body)
+def _update(net, org: str, body: dict[str, Any]) -> bytes:
+    tx: bytes = net.tx(net.orgs[org], "governance.update_member", body)
+    return tx
 
 
 ADDRESSES = {
@@ -157,9 +160,9 @@ def test_rotating_a_validators_key_moves_its_power() -> None:
     net = make_net(3)
     app = net.app()
     old_v, new_v = b"\x11" * 32, b"\x12" * 32
-    args = {"org": "h9", "name": "H9", "key": SigningKey.generate().public_key}
     key9 = SigningKey.generate()
-    args.update(key=key9.public_key, validator_key=old_v, power=10)
+    args: dict[str, Any] = {"org": "h9", "name": "H9", "key": key9.public_key, "power": 10}
+    args["validator_key"] = old_v
     run_block(
         app,
         [net.tx(net.orgs["h0"], "governance.propose", {"action": "admit_member", "args": args})],
@@ -172,7 +175,7 @@ def test_rotating_a_validators_key_moves_its_power() -> None:
     assert updates == {(old_v, 0), (new_v, 10)}
 
 
-def _rebind_args(org: str = "h1", **extra) -> dict:
+def _rebind_args(org: str = "h1", **extra) -> dict[str, Any]:
     return {
         "org": org,
         "key": SigningKey.generate().public_key,
@@ -213,7 +216,7 @@ def test_a_member_cannot_rebind_itself_nor_rebind_onto_anothers_keys() -> None:
     net = make_net(4)
     app = net.app()
 
-    def propose(by: str, args: dict):
+    def propose(by: str, args: dict[str, Any]):
         tx = net.tx(net.orgs[by], "governance.propose", {"action": "rebind_member", "args": args})
         return app.check_tx(tx)
 
@@ -229,8 +232,8 @@ def test_rebinding_a_validator_moves_its_power_to_the_new_validator_key() -> Non
     net = make_net(3)
     app = net.app()
     key9 = SigningKey.generate()
-    args = {"org": "h9", "name": "H9", "key": key9.public_key, "validator_key": b"\x31" * 32}
-    args["power"] = 5
+    args: dict[str, Any] = {"org": "h9", "name": "H9", "key": key9.public_key, "power": 5}
+    args["validator_key"] = b"\x31" * 32
     run_block(
         app,
         [net.tx(net.orgs["h0"], "governance.propose", {"action": "admit_member", "args": args})],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,6 +15,7 @@ from medledger.contracts.governance import Propose, Vote
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
     from medledger.node import Node
+    from medledger.provisioning import JoinRequest
 
 
 def _report(node: Node, committed: Committed) -> None:
@@ -37,6 +39,12 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} updated its {event.get('changed')}")
 
 
+def _read_request(path: Path) -> JoinRequest:
+    from medledger.provisioning import JoinRequest
+
+    return JoinRequest.from_json(path.read_text(), str(path))
+
+
 def register(app: typer.Typer) -> None:
     member = typer.Typer(help="Consortium membership: propose, vote, list.", no_args_is_help=True)
     app.add_typer(member, name="member")
@@ -46,26 +54,61 @@ def register(app: typer.Typer) -> None:
     @propose.command("admit")
     def admit(
         home: HomeOption,
-        org: Annotated[str, typer.Option(help="The new hospital's id.")],
-        name: Annotated[str, typer.Option(help="Its name.")],
-        key: Annotated[str, typer.Option(help="Its organisation public key, hex.")],
+        request: Annotated[
+            Path | None, typer.Option(help="The hospital's join-request.json (from keygen).")
+        ] = None,
+        org: Annotated[str, typer.Option(help="The new hospital's id.")] = "",
+        name: Annotated[str, typer.Option(help="Its name.")] = "",
+        key: Annotated[str, typer.Option(help="Its organisation public key, hex.")] = "",
         validator_key: Annotated[str, typer.Option(help="Its consensus key, hex.")] = "",
         box_key: Annotated[str, typer.Option(help="Its X25519 key for sealed metadata keys.")] = "",
         power: Annotated[int, typer.Option(help="Validator voting power.")] = 0,
         note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
     ) -> None:
-        """Propose admitting a hospital (as a validator when --validator-key and --power)."""
+        """Propose admitting a hospital, from its join request (--request) or key by key.
+
+        With --power it validates (its request's validator key, or --validator-key)."""
         from medledger.node import Node
 
         with user_errors():
-            args: dict[str, object] = {"org": org, "name": name, "key": hex32(key, "--key")}
-            if box_key:
-                args["box_key"] = hex32(box_key, "--box-key")
-            if validator_key:
-                args["validator_key"] = hex32(validator_key, "--validator-key")
-                args["power"] = power
+            args: dict[str, object]
+            if request is not None:
+                if org or key:
+                    raise ValueError("--request: give the request alone, not --org/--key too")
+                joining = _read_request(request)
+                args = {**joining.member_args(), "name": joining.name, "power": power}
+            else:
+                if not (org and name and key):
+                    raise ValueError("--request, or --org, --name and --key")
+                args = {"org": org, "name": name, "key": hex32(key, "--key")}
+                if box_key:
+                    args["box_key"] = hex32(box_key, "--box-key")
+                if validator_key:
+                    args["validator_key"] = hex32(validator_key, "--validator-key")
+                    args["power"] = power
             with Node.open(home) as node:
                 c = send(node, node.wallet, Propose("admit_member", args, note))
+                _report(node, c)
+
+    @propose.command("rebind")
+    def rebind(
+        home: HomeOption,
+        org: Annotated[str, typer.Option(help="The member that lost its keys.")],
+        request: Annotated[
+            Path, typer.Option(help="Its new join-request.json (keygen in a fresh home).")
+        ],
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose binding a member's org id to new keys after it lost its own (2/3 vote of
+        the others); its records, practitioners and custody stay."""
+        from medledger.node import Node
+
+        with user_errors():
+            joining = _read_request(request)
+            if joining.org != org:
+                raise ValueError(f"--request: made for {joining.org!r}, not {org!r}")
+            with Node.open(home) as node:
+                c = send(node, node.wallet, Propose("rebind_member", joining.member_args(), note))
                 _report(node, c)
 
     @propose.command("remove")
