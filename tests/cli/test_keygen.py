@@ -123,3 +123,66 @@ def test_keys_are_never_group_readable_even_with_a_loose_umask(tmp_path: Path) -
         os.umask(old)
     assert _mode(tmp_path / "h" / "keys" / "tls" / "key.pem") == 0o600
     assert _mode(tmp_path / "h" / "keys" / "backup.key") == 0o600
+
+
+def _chain_record(home: Path, org: str) -> dict[str, object]:
+    from medledger.contracts import queries
+    from medledger.node import Node
+
+    with Node.open(home) as node:
+        return next(m for m in queries.members(node.engine) if m["org"] == org)
+
+
+def test_a_member_rotates_its_signing_and_tls_keys_switched_only_once_committed(
+    tmp_path: Path,
+) -> None:
+    from medledger.ledger.keys import SigningKey
+
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    lyon = net / "hospitals" / "chu-lyon"
+    old_key = SigningKey.from_file(lyon / "keys" / "org.key").public_key
+    old_tls = pki.identity_key(pki.TlsFiles(lyon / "keys" / "tls"))
+    out = run(
+        "member", "update", "-H", str(lyon), "--rotate", "signing", "--rotate", "tls",
+        "--address", "gateway=10.0.0.9:7443",
+    )  # fmt: skip
+    assert "chu-lyon updated its key,tls_key,addresses" in out.output
+    record = _chain_record(lyon, "chu-lyon")
+    new_key = SigningKey.from_file(lyon / "keys" / "org.key").public_key
+    assert record["key"] == new_key != old_key
+    assert record["tls_key"] == pki.identity_key(pki.TlsFiles(lyon / "keys" / "tls")) != old_tls
+    assert record["addresses"] == {"gateway": "10.0.0.9:7443", "api": record["addresses"]["api"]}  # type: ignore[index]
+    assert not (lyon / "keys" / "next").exists()
+    retired = sorted(p.name.split(".")[0] for p in (lyon / "keys" / "retired").iterdir())
+    assert retired == ["org", "tls"]  # the old keys are kept, out of the way
+    # The hospital acts with its new key.
+    run("practitioner", "add", "-H", str(lyon), "--id", "dr-r", "--roles", "nurse")
+
+
+def test_a_rotation_interrupted_after_its_commit_is_finished_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    from medledger.node import Node
+    from medledger.provisioning import rotation
+
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    paris = net / "hospitals" / "aphp-paris"
+    live_box = (paris / "keys" / "box.key").read_text()
+    with Node.open(paris) as node:  # what `member update --rotate box` does, up to its commit
+        staged = rotation.stage(node.config, ["box"], node.org_key.public_key)
+        node.wallet.send("governance.update_member", {"box_key": staged.body["box_key"]})
+    # ...and then the process died: the live key is still the old one, the new one is staged.
+    assert (paris / "keys" / "box.key").read_text() == live_box
+    refused = run("member", "update", "-H", str(paris), "--rotate", "tls", ok=False)
+    assert "pending" in refused.output and "box" in refused.output
+    out = run("member", "update", "-H", str(paris))
+    assert "switched to the new key" in out.output
+    assert (paris / "keys" / "box.key").read_text() != live_box
+    from nacl.public import PrivateKey
+
+    from medledger.host.secretfile import read_hex_secret
+
+    box = PrivateKey(read_hex_secret(paris / "keys" / "box.key"))
+    assert _chain_record(paris, "aphp-paris")["box_key"] == bytes(box.public_key)

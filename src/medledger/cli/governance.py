@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
-from medledger.contracts.governance import Propose, Vote
+from medledger.contracts.governance import Propose, UpdateMember, Vote
 
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
@@ -136,6 +136,55 @@ def register(app: typer.Typer) -> None:
         with user_errors(), Node.open(home) as node:
             c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
+
+    @member.command("update")
+    def update(
+        home: HomeOption,
+        rotate: Annotated[
+            list[str] | None,
+            typer.Option(help="A key to replace: signing, tls, box or validator (repeatable)."),
+        ] = None,
+        address: Annotated[
+            list[str] | None,
+            typer.Option(help="kind=host:port to publish (gateway, api, p2p, rpc; repeatable)."),
+        ] = None,
+    ) -> None:
+        """Rotate this hospital's own keys or change its addresses on the chain.
+
+        New keys are made beside the live ones and switched in only once the update is
+        committed; re-run after a crash or a "pending" answer to finish."""
+        from medledger.node import Node
+        from medledger.node.wallet import TxRejected
+        from medledger.provisioning import parse_addresses, rotation
+
+        with user_errors(), Node.open(home) as node:
+            config = node.config
+            pending = rotation.staged_kinds(config.home)
+            if pending and (set(rotate or []) - set(pending) or address):
+                raise ValueError(
+                    f"a rotation of {', '.join(pending)} is pending in "
+                    f"{config.home / rotation.NEXT}: first finish it with "
+                    "`medledger member update` alone"
+                )
+            kinds = pending or list(rotate or [])
+            if not kinds and not address:
+                raise ValueError("nothing to update: give --rotate and/or --address")
+            mine = next(m for m in queries.members(node.engine) if m["org"] == config.org)
+            staged = rotation.stage(config, kinds, node.org_key.public_key)
+            if not (staged.kinds and staged.on_chain(mine)):  # else: committed, not switched
+                body: dict[str, object] = dict(staged.body)
+                if address:
+                    body["addresses"] = {**mine.get("addresses", {}), **parse_addresses(address)}
+                try:
+                    c = send(node, node.wallet, UpdateMember(**body))  # type: ignore[arg-type]
+                except TxRejected:
+                    rotation.discard(config)  # refused: the staged keys were never bound
+                    raise
+                _report(node, c)
+            for path in rotation.switch(config, staged) if staged.kinds else []:
+                console.print(f"switched to the new key in {path}")
+            if set(staged.kinds) & {"signing", "box", "validator"}:
+                console.print("restart the node so that it uses its new keys")
 
     @member.command("vote")
     def vote(

@@ -1,8 +1,9 @@
 """The requesting side of the exchange: signed calls to other hospitals' gateways over mTLS.
 
 Calls go only to the addresses in the hospital's directory (config.json `exchange.peers`),
-over TLS 1.3 pinned to the consortium CA, and the server's certificate must name the hospital
-dialled. Each request is signed by the practitioner or hospital on whose behalf it is made.
+over TLS 1.3 pinned to the members' TLS keys on the chain (exchange.pki), and the server's
+key must be the one the chain pins for the hospital dialled. Each request is signed by the
+practitioner or hospital on whose behalf it is made.
 Whatever comes back is checked against this hospital's own replica of the ledger: a record's
 bytes must hash, with the salt served, to the commitment its custodian registered, so a
 custodian (or anyone between) cannot serve something else than what the index promises.

@@ -200,52 +200,61 @@ class PinnedContexts:
     pins `source()` gives then. `client()` is the node's, for new connections; callers drop
     their pooled connections when `changed()` says the pins moved."""
 
-    def __init__(self, files: TlsFiles, source: PinSource) -> None:
+    def __init__(self, files: TlsFiles, source: PinSource, *, anonymous: bool = False) -> None:
+        """`anonymous`: the server also lets a client without a certificate finish the
+        handshake (its `peer_org` is None; the gateway refuses it everything it must
+        authenticate). A certificate that is shown must still carry a pinned key."""
         _check_files(files)
         self.files = files
         self.source = source
+        self.anonymous = anonymous
         self._lock = threading.Lock()
         self._anchor_key = ec.generate_private_key(ec.SECP256R1())  # signs local anchors only
-        self._built: dict[tuple[bool, tuple[tuple[str, bytes], ...]], ssl.SSLContext] = {}
+        self._built: dict[bool, ssl.SSLContext] = {}  # the latest context of each side
 
     def _pins(self) -> tuple[tuple[str, bytes], ...]:
         return tuple(sorted((org, bytes(key)) for org, key in self.source().items() if key))
 
-    def _context(self, server: bool, pins: tuple[tuple[str, bytes], ...]) -> ssl.SSLContext:
+    def _stamp(self) -> tuple[int, int]:
+        """Which certificate file is live: a rotation's switch makes new contexts too."""
+        found = self.files.cert.stat()
+        return found.st_ino, found.st_mtime_ns
+
+    def _context(self, server: bool) -> ssl.SSLContext:
+        pins, stamp = self._pins(), self._stamp()
         with self._lock:
-            ctx = self._built.get((server, pins))
-            if ctx is not None:
+            ctx = self._built.get(server)
+            if ctx is not None and ctx.pins == dict(pins) and ctx.stamp == stamp:  # type: ignore[attr-defined]
                 return ctx
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.verify_mode = ssl.CERT_OPTIONAL if server and self.anonymous else ssl.CERT_REQUIRED
             ctx.check_hostname = False  # the key is the identity, not the address dialled
             anchors = "".join(_anchor(o, k, self._anchor_key).decode() for o, k in pins)
             if anchors:
                 ctx.load_verify_locations(cadata=anchors)
             ctx.load_cert_chain(str(self.files.cert), str(self.files.key))
             ctx.pins = dict(pins)  # type: ignore[attr-defined]
+            ctx.stamp = stamp  # type: ignore[attr-defined]
             if server:
                 ctx.sni_callback = self._swap
-            self._built = {
-                k: v for k, v in self._built.items() if k[0] != server
-            }  # keep one per side
-            self._built[(server, pins)] = ctx
+            self._built[server] = ctx
             return ctx
 
     def _swap(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         """At each ClientHello: the context for the members as they are now."""
-        ssl_object.context = self._context(True, self._pins())
+        ssl_object.context = self._context(True)
 
     def server(self) -> ssl.SSLContext:
-        return self._context(True, self._pins())
+        return self._context(True)
 
     def client(self) -> ssl.SSLContext:
-        return self._context(False, self._pins())
+        return self._context(False)
 
     def current(self, ctx: ssl.SSLContext) -> bool:
-        """Whether a client context still trusts exactly the current members."""
-        return dict(getattr(ctx, "pins", {})) == dict(self._pins())
+        """Whether a client context still trusts exactly the current members, with the live
+        certificate (else the caller drops its pooled connections and takes `client()`)."""
+        return self._context(False) is ctx
 
 
 def peer_org(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:

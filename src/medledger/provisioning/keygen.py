@@ -138,6 +138,26 @@ def _tendermint_key(seed: bytes) -> tuple[str, bytes]:
     return base64.b64encode(seed + public).decode(), public
 
 
+def write_validator_key(path: Path) -> bytes:
+    """Write a CometBFT validator key file (priv_validator_key.json) at `path`; its public key."""
+    from medledger.consensus.cometbft import testnet
+
+    private, public = _tendermint_key(secrets.token_bytes(32))
+    validator = {
+        "address": testnet.validator_address(public),
+        "pub_key": {"type": "tendermint/PubKeyEd25519", "value": base64.b64encode(public).decode()},
+        "priv_key": {"type": "tendermint/PrivKeyEd25519", "value": private},
+    }
+    write_secret(path, json.dumps(validator, indent=2) + "\n")
+    return public
+
+
+def validator_public_key(path: Path) -> bytes:
+    """The public key in a priv_validator_key.json."""
+    key = json.loads(path.read_text())
+    return base64.b64decode(key["pub_key"]["value"])
+
+
 def write_cometbft_keys(cmt_home: Path) -> tuple[bytes, str]:
     """Write a CometBFT home's validator and p2p keys; (validator public key, node id)."""
     from medledger.consensus.cometbft import testnet
@@ -147,13 +167,7 @@ def write_cometbft_keys(cmt_home: Path) -> tuple[bytes, str]:
         raise ConfigError(f"{config / 'priv_validator_key.json'}: a validator key is already here")
     config.mkdir(parents=True, exist_ok=True)
     os.chmod(cmt_home, 0o700)
-    private, public = _tendermint_key(secrets.token_bytes(32))
-    validator = {
-        "address": testnet.validator_address(public),
-        "pub_key": {"type": "tendermint/PubKeyEd25519", "value": base64.b64encode(public).decode()},
-        "priv_key": {"type": "tendermint/PrivKeyEd25519", "value": private},
-    }
-    write_secret(config / "priv_validator_key.json", json.dumps(validator, indent=2) + "\n")
+    public = write_validator_key(config / "priv_validator_key.json")
     node_private, _ = _tendermint_key(secrets.token_bytes(32))
     node_key = {"priv_key": {"type": "tendermint/PrivKeyEd25519", "value": node_private}}
     write_secret(config / "node_key.json", json.dumps(node_key, indent=2) + "\n")
