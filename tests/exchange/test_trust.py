@@ -166,6 +166,7 @@ def _send(sandbox: Sandbox, headers: dict[str, str], body: bytes) -> httpx.Respo
 
 
 def test_forged_replayed_and_expired_signatures_are_refused(sandbox: Sandbox) -> None:
+    sandbox.x(B).agent.stop()  # its prefetch would read too: only this test's requests count
     pid, rids = sandbox.ingest(A, bundles(1)[0])
     sandbox.consent(A, pid, B)
     body = orjson.dumps({"pid": pid, "rids": rids[:1], "purpose": "treatment"})
