@@ -136,6 +136,22 @@ def test_a_rotated_tls_key_old_refused_new_accepted(sandbox: Sandbox, tmp_path: 
     assert _handshake(url_a, pki.client_context(new, pins)) == "ok"
 
 
+def test_a_running_node_takes_up_its_rotated_tls_key_without_a_restart(sandbox: Sandbox) -> None:
+    """What `member update --rotate tls` does to a running node: once the update is committed
+    and the files switched, both its gateway and its client speak with the new key."""
+    from medledger.provisioning import rotation
+
+    node_b = sandbox.h[B].node
+    old = pki.identity_key(pki.TlsFiles.of_home(node_b.config.home))
+    assert sandbox.x(A).client.post(B, "index", {"pid": "0" * 64})[0] is not None
+    staged = rotation.stage(node_b.config, ["tls"], node_b.org_key.public_key)
+    node_b.wallet.send("governance.update_member", staged.body)
+    rotation.switch(node_b.config, staged)
+    assert _pins(sandbox)[B] == staged.body["tls_key"] != old
+    assert sandbox.x(A).client.post(B, "index", {"pid": "0" * 64})[0] is not None
+    assert sandbox.x(B).client.post(A, "index", {"pid": "0" * 64})[0] is not None
+
+
 def test_only_tls_13_is_spoken(sandbox: Sandbox) -> None:
     ctx = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), _pins(sandbox))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
