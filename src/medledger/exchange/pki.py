@@ -238,6 +238,9 @@ class PinnedContexts:
             ctx.stamp = stamp  # type: ignore[attr-defined]
             if server:
                 ctx.sni_callback = self._swap
+                # No session tickets: a resumed session skips the certificate, and every
+                # connection must show a key pinned at the time it is made.
+                ctx.num_tickets = 0
             self._built[server] = ctx
             return ctx
 
