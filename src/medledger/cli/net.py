@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
                 (False, False): "down",
                 (True, False): "app only",
                 (False, True): "cometbft only",
-            }[(n.app_running, n.cometbft_running)]
+            }[(n.app_running, n.cometbft_running)] + (", supervised" if n.supervised else "")
             if n.error:
                 why = "not running" if not n.cometbft_running else n.error
                 table.add_row(n.org, "-", f"[red]{why}[/]", "-", "-", procs)
