@@ -14,7 +14,9 @@ trap '"$ML" net down "$DIR" >/dev/null' EXIT
 orgs=$(python3 -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['hospitals']))" "$DIR/consortium.json")
 "$ML" synth --patients "$PATIENTS" --hospitals "${orgs// /,}" --out "$DIR/../synth" >/dev/null
 for org in $orgs; do
-  "$ML" ingest --home "$DIR/hospitals/$org" "$DIR/../synth/$org" | tail -1
+  "$ML" ingest --home "$DIR/hospitals/$org" "$DIR/../synth/$org" >"$DIR/../ingest-$org.log" 2>&1 \
+    || { tail -20 "$DIR/../ingest-$org.log"; exit 1; }
+  grep '^accepted' "$DIR/../ingest-$org.log"
 done
 sleep 10  # settle: audit journal, sync agents' copies
 echo "after ingesting $PATIENTS synthetic patients (each at 2 or 3 hospitals):"
@@ -26,7 +28,8 @@ for org in $orgs; do
     printf '%-14s %-9s RSS %6d MiB (peak %6d MiB)\n' "$org" "$role" $((rss / 1024)) $((hwm / 1024))
   done
   home="$DIR/hospitals/$org"
-  printf '%-14s disk: home %s, of which cometbft %s, vault %s\n' "$org" \
+  printf '%-14s disk: home %s: cometbft %s, ledger %s, vault %s\n' "$org" \
     "$(du -sh "$home" | cut -f1)" "$(du -sh "$home/cometbft" | cut -f1)" \
-    "$(du -shc "$home"/vault* 2>/dev/null | tail -1 | cut -f1)"
+    "$(du -shc "$home"/ledger.db* | tail -1 | cut -f1)" \
+    "$(du -shc "$home"/vault.db* 2>/dev/null | tail -1 | cut -f1)"
 done

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per readiness poll
     home = args.home.resolve()
     Supervisor(home.parent.parent, home.name, timeout=args.timeout).run()
     return 0
