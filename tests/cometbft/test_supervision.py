@@ -21,6 +21,7 @@ from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.node.config import load_config
 from medledger.provisioning import create_consortium
+from tests.support.exposition import parse
 
 from .conftest import requires_cometbft
 
@@ -142,6 +143,12 @@ def test_each_process_killed_comes_back_by_itself(hospital: Hospital) -> None:
     assert hospital.pid("app") == app_pid  # the app was never restarted
     assert hospital.pid("cometbft") not in (None, cometbft_pid)
     assert hospital.http.get("/health").json()["status"] == "ok"
+    series, _ = parse(hospital.http.get("/metrics").text)  # this test runs on loopback
+    me = (("org", ORG),)
+    assert series[("medledger_up", me)] == 1 and series[("medledger_catching_up", me)] == 0
+    assert series[("medledger_chain_height", me)] >= series[("medledger_height", me)] - 1 > 0
+    assert series[("medledger_peers", me)] == 0  # a consortium of one
+    assert ("medledger_mempool_txs", me) in series and ("medledger_sync_lag_blocks", me) in series
 
     # The app dies (and with it the API): app and CometBFT come back, in that order.
     cometbft_pid = hospital.pid("cometbft")

@@ -1,8 +1,9 @@
 """`/health`, `/metrics`, and the 503 every other path answers while the node cannot serve.
 
-- `GET /health` (anyone: it says nothing about a patient): JSON `{status: "ok"|"degraded",
-  reasons, org, engine, height, app_hash, ...}`; 200 when ok, 503 when not (load balancers
-  read the status code). The explorer's poll of the other hospitals reads it too.
+- `GET /health` (anyone: it says nothing about a patient, nor how busy the node is): JSON
+  `{status: "ok"|"degraded", reasons, org, engine, height, app_hash, chain_height,
+  catching_up, peers, sync_lag_blocks}`; 200 when ok, 503 when not (load balancers read the
+  status code). The explorer's poll of the other hospitals reads it too.
 - `GET /metrics`: Prometheus text exposition format (version 0.0.4). Served to a client on
   loopback, or to one that sends `Authorization: Bearer <token>` where the token is the
   content of `<home>/metrics.token` (mode 0600; no file: loopback only); others get 403.
@@ -87,10 +88,8 @@ def health_body(svc: HospitalServices, status: Status) -> dict[str, object]:
         "chain_height": status.chain_height,
         "catching_up": status.catching_up,
         "peers": status.peers,
-        "mempool_txs": status.mempool_txs,
         "sync_lag_blocks": status.sync_lag_blocks,
-        "audit_backlog": status.audit_backlog,
-    }
+    }  # the volumes (mempool, audit backlog) only in /metrics, which not everyone may read
 
 
 # name -> (type, help, value of the Status); a None value is left out of the exposition.

@@ -87,7 +87,6 @@ class Supervisor:
         self.policy = policy or {"app": RestartPolicy(), "cometbft": RestartPolicy()}
         self.stop = stop or threading.Event()
         self.started_at: dict[str, float] = {}
-        self.restarts = 0
 
     def run(self) -> None:
         log.info("%s: supervising app and CometBFT", self.org)
@@ -121,7 +120,6 @@ class Supervisor:
             if self.stop.wait(wait):
                 return False
             policy.record(time.monotonic())
-            self.restarts += 1
         self.started_at[role] = time.monotonic()
         try:
             if role == "app":
