@@ -25,14 +25,14 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} voted {verdict} proposal {event.get('id')}")
         elif event.type == "proposal.executed":
             console.print(f"[green]proposal {event.get('id')} reached 2/3 and was executed[/]")
+        elif event.type == "contract.activated":
+            console.print(f"contract {event.get('name')} version {event.get('version')} active")
         elif event.type == "proposal.rejected":
             console.print(f"[red]proposal {event.get('id')} was rejected[/]")
         elif event.type == "member.admitted":
             console.print(f"{event.get('org')} is now a member")
         elif event.type == "member.removed":
             console.print(f"{event.get('org')} is no longer a member")
-        elif event.type == "contract.activated":
-            console.print(f"contract {event.get('name')} version {event.get('version')} active")
 
 
 def register(app: typer.Typer) -> None:
@@ -79,19 +79,6 @@ def register(app: typer.Typer) -> None:
             c = send(node, node.wallet, Propose("remove_member", {"org": org}, note))
             _report(node, c)
 
-    @propose.command("power")
-    def power(
-        home: HomeOption,
-        org: Annotated[str, typer.Option()],
-        power: Annotated[int, typer.Option(help="New voting power (0 stops it validating).")],
-    ) -> None:
-        """Propose changing a member's validator power."""
-        from medledger.node import Node
-
-        with user_errors(), Node.open(home) as node:
-            c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
-            _report(node, c)
-
     @propose.command("activate")
     def activate(
         home: HomeOption,
@@ -106,6 +93,19 @@ def register(app: typer.Typer) -> None:
         args = {"name": contract, "version": version}
         with user_errors(), Node.open(home) as node:
             c = send(node, node.wallet, Propose("activate_contract", args, note))
+            _report(node, c)
+
+    @propose.command("power")
+    def power(
+        home: HomeOption,
+        org: Annotated[str, typer.Option()],
+        power: Annotated[int, typer.Option(help="New voting power (0 stops it validating).")],
+    ) -> None:
+        """Propose changing a member's validator power."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
 
     @member.command("vote")

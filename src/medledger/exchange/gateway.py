@@ -726,12 +726,12 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         name = request.path_params["name"]
         if name not in handlers:
             return json_response({"error": f"no endpoint {name}"}, 404)
-        peer = peer_of(request)
-        if peer is None:
-            return json_response({"error": "no client certificate from the consortium CA"}, 403)
         unavailable = await run_in_threadpool(gateway.node.health.unavailable)
         if unavailable:  # CometBFT gone or catching up: no answer from a stale replica
             return json_response({"error": unavailable}, 503, {"Retry-After": "5"})
+        peer = peer_of(request)
+        if peer is None:
+            return json_response({"error": "no client certificate from the consortium CA"}, 403)
         if not gateway.peers.acquire(peer):
             reason = f"{peer} has {gateway.peers.limit} requests in progress here already"
             return json_response({"error": reason}, 429, {"Retry-After": "1"})
