@@ -123,3 +123,21 @@ def test_a_hospital_joins_by_vote(tmp_path: Path) -> None:
     assert "CHU de Nantes" in members
     again = run("hospital", "add", str(net), "--org", "chu-nantes", "--name", "x", ok=False)
     assert "already has a home" in again.output
+
+
+def test_a_contract_version_is_voted_in_and_an_unknown_one_refused(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    lyon, paris = net / "hospitals" / "chu-lyon", net / "hospitals" / "aphp-paris"
+    unknown = run(
+        "member", "propose", "activate", "-H", str(lyon), "--contract", "consent",
+        "--version", "99", ok=False,
+    )  # fmt: skip
+    assert unknown.exit_code == 1 and "no contract 'consent' version 99 is known" in unknown.output
+    out = run(
+        "member", "propose", "activate", "-H", str(lyon), "--contract", "consent",
+        "--version", "1", "--note", "re-activate v1 (a drill)",
+    )  # fmt: skip
+    assert "proposal 1 created (activate_contract)" in out.output
+    out = run("member", "vote", "-H", str(paris), "1")
+    assert "contract consent version 1 active" in out.output

@@ -33,7 +33,10 @@ def test_net_up_status_down(tmp_path: Path) -> None:
         import time
 
         def ready(rows: list[dict[str, Any]]) -> bool:
-            return all(r["validator"] and r["peers"] == 3 and r["height"] >= 1 for r in rows)
+            return all(
+                r["validator"] and r["peers"] == 3 and r["height"] >= 1 and r["supervised"]
+                for r in rows
+            )
 
         deadline = time.monotonic() + 30  # peers connect within a few seconds of each other
         while True:

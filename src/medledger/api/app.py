@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
-from medledger.api import history, smart, summary, writes
+from medledger.api import history, monitoring, smart, summary, writes
 from medledger.api.fhir import make_router
 from medledger.api.outcomes import (
     FhirError,
@@ -22,7 +22,12 @@ from medledger.api.outcomes import (
 from medledger.api.services import HospitalServices
 
 
-def create_app(services: HospitalServices) -> FastAPI:
+def create_app(
+    services: HospitalServices, unavailable_page: monitoring.UnavailablePage | None = None
+) -> FastAPI:
+    """The API; while the node cannot serve (`node.health`), every path but /health and
+    /metrics answers 503 with the reason: an OperationOutcome on the API's paths,
+    `unavailable_page(request, reason)` on the others (the pages')."""
     app = FastAPI(
         title=f"medledger — {services.node.config.name}",
         description="FHIR R4 facade, patient portal API and admin of one hospital's node.",
@@ -44,8 +49,12 @@ def create_app(services: HospitalServices) -> FastAPI:
 
     app.add_exception_handler(BodyTooLarge, too_large)
     app.add_middleware(BodyLimit, services=services)
+    app.add_middleware(
+        monitoring.ServeWhenAvailable, services=services, page=unavailable_page
+    )  # outermost: refuses before a body is read
 
     # Order matters: the fixed paths (smart configuration under /fhir) before `/{type}/{id}`.
+    app.include_router(monitoring.make_router())
     app.include_router(smart.make_router())
     app.include_router(summary.make_router())
     app.include_router(history.make_router())

@@ -27,6 +27,8 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} voted {verdict} proposal {event.get('id')}")
         elif event.type == "proposal.executed":
             console.print(f"[green]proposal {event.get('id')} reached 2/3 and was executed[/]")
+        elif event.type == "contract.activated":
+            console.print(f"contract {event.get('name')} version {event.get('version')} active")
         elif event.type == "proposal.rejected":
             console.print(f"[red]proposal {event.get('id')} was rejected[/]")
         elif event.type == "member.admitted":
@@ -122,6 +124,22 @@ def register(app: typer.Typer) -> None:
 
         with user_errors(), Node.open(home) as node:
             c = send(node, node.wallet, Propose("remove_member", {"org": org}, note))
+            _report(node, c)
+
+    @propose.command("activate")
+    def activate(
+        home: HomeOption,
+        contract: Annotated[str, typer.Option(help="The contract, e.g. consent.")],
+        version: Annotated[int, typer.Option(help="The version to make active.")],
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose activating a contract version (every node must run software that has it
+        before the vote reaches 2/3: see docs/deploy.md, Upgrades)."""
+        from medledger.node import Node
+
+        args = {"name": contract, "version": version}
+        with user_errors(), Node.open(home) as node:
+            c = send(node, node.wallet, Propose("activate_contract", args, note))
             _report(node, c)
 
     @propose.command("power")

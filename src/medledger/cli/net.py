@@ -35,17 +35,28 @@ def register(app: typer.Typer) -> None:
     def up(
         directory: DirArg,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for each process.")] = 60.0,
+        supervise: Annotated[
+            bool,
+            typer.Option(
+                "--supervise/--no-supervise",
+                help="Run each hospital under a supervisor that restarts what dies.",
+            ),
+        ] = True,
     ) -> None:
-        """Start every hospital's app and CometBFT (what is not already running)."""
+        """Start every hospital's app and CometBFT (what is not already running).
+
+        Each hospital runs under a supervisor (logs/<org>.supervisor.log) that restarts its
+        app or CometBFT when it dies, with backoff and at most 5 restarts a minute."""
         from medledger.consensus.cometbft import processes
 
         _check_cometbft(directory)
         with user_errors():
             try:
-                orgs = processes.up(directory, timeout=timeout)
+                orgs = processes.up(directory, timeout=timeout, supervise=supervise)
             except processes.ProcessError as exc:
                 fail(str(exc))
-        console.print(f"{len(orgs)} hospitals up; logs in {directory / 'logs'}")
+        how = ", each under a supervisor" if supervise else ""
+        console.print(f"{len(orgs)} hospitals up{how}; logs in {directory / 'logs'}")
         console.print(f"Next: medledger net status {directory}")
 
     @net.command("down")
@@ -88,7 +99,7 @@ def register(app: typer.Typer) -> None:
                 (False, False): "down",
                 (True, False): "app only",
                 (False, True): "cometbft only",
-            }[(n.app_running, n.cometbft_running)]
+            }[(n.app_running, n.cometbft_running)] + (", supervised" if n.supervised else "")
             if n.error:
                 why = "not running" if not n.cometbft_running else n.error
                 table.add_row(n.org, "-", f"[red]{why}[/]", "-", "-", procs)

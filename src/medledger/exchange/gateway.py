@@ -726,6 +726,9 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         name = request.path_params["name"]
         if name not in handlers:
             return json_response({"error": f"no endpoint {name}"}, 404)
+        unavailable = await run_in_threadpool(gateway.node.health.unavailable)
+        if unavailable:  # CometBFT gone or catching up: no answer from a stale replica
+            return json_response({"error": unavailable}, 503, {"Retry-After": "5"})
         peer = peer_of(request)
         if peer is None:
             return json_response({"error": "no client certificate with a member's TLS key"}, 403)

@@ -18,6 +18,7 @@ from medledger.contracts import default_registry
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.node.config import ConfigError, HospitalConfig, load_config
+from medledger.node.health import HealthProbe
 from medledger.node.wallet import Wallet
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Node:
         self._owner = True  # siblings share the engine and leave closing it to the owner
         self._audit: AuditJournal | None = None
         self._audit_lock = threading.Lock()
+        self.health = HealthProbe(self)  # can it serve: asked by the API, pages, gateway
 
     @classmethod
     def open(cls, home: Path, *, serve: bool = False, **engine_options: Any) -> Node:
@@ -106,6 +108,7 @@ class Node:
             return self._audit
 
     def close(self) -> None:
+        self.health.close()
         if self._audit is not None:
             self._audit.stop()
         if not self._owner:

@@ -1,7 +1,6 @@
-"""Node health: this node's own `/health`, and the explorer's poll of every hospital's.
+"""The explorer's poll of every hospital's `/health` (served by `api.monitoring`).
 
-`/health` is plain JSON (org, engine, height, app hash) so that the other nodes and
-monitoring can read it; `hospitals_health` asks each hospital of the consortium for it and
+`hospitals_health` asks each hospital of the consortium for it (org, height, app hash) and
 says whether it agrees with this node.
 """
 
@@ -9,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Request
-
 from medledger.api.services import HospitalServices
-from medledger.web.auth import services
 
 
 @dataclass(frozen=True)
@@ -58,21 +54,3 @@ def hospitals_health(svc: HospitalServices) -> dict[str, NodeHealth]:
             up=True, height=data.get("height"), same_app_hash=agree
         )
     return out
-
-
-def router() -> APIRouter:
-    """`GET /health`: this node's org, engine, height and app hash."""
-    routes = APIRouter()
-
-    @routes.get("/health")
-    def health(request: Request) -> dict[str, object]:
-        svc = services(request)
-        info = svc.node.app.info() if svc.node.app is not None else None
-        return {
-            "org": svc.org,
-            "engine": svc.node.config.engine,
-            "height": svc.node.engine.height(),
-            "app_hash": info.app_hash.hex() if info else "",
-        }
-
-    return routes

@@ -168,6 +168,7 @@ FRENCH: dict[str, str] = {
         "accordé."
     ),
     "back": "retour",
+    "Service unavailable": "Service indisponible",
     "Refused": "Refusé",
     "Research studies": "Études de recherche",
     "A study is research approved by an ethics committee. Enrolling lets it use your records, "

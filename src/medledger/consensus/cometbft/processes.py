@@ -3,6 +3,10 @@
     DIR/run/<org>.app.pid  DIR/run/<org>.cometbft.pid    pid files
     DIR/logs/<org>.app.log DIR/logs/<org>.cometbft.log   logs (appended across restarts)
 
+`up(..., supervise=True)` (what `medledger net up` does) starts instead one supervisor per
+hospital (`supervisor.py`, `DIR/run/<org>.supervisor.pid`), which starts the pair and restarts
+what dies; `down` stops the supervisors first.
+
 The app starts first (CometBFT exits if it cannot reach its app), and is ready when its ABCI
 port accepts connections; CometBFT is ready when its RPC answers (after its handshake and any
 replay). Stopping goes the other way, SIGTERM then SIGKILL after a timeout, to the process
@@ -54,6 +58,12 @@ def default_app_command(consortium_dir: Path, org: str) -> list[str]:
     """`medledger node run --home H`: the hospital's whole node (ledger, exchange, API)."""
     home = str(testnet.hospital_home(consortium_dir, org))
     return [sys.executable, "-m", "medledger.cli", "node", "run", "--home", home]
+
+
+def supervisor_command(consortium_dir: Path, org: str, timeout: float) -> list[str]:
+    home = str(testnet.hospital_home(consortium_dir, org))
+    module = "medledger.consensus.cometbft.supervisor"
+    return [sys.executable, "-m", module, home, "--timeout", str(timeout)]
 
 
 def cometbft_command(consortium_dir: Path, org: str) -> list[str]:
@@ -246,6 +256,38 @@ def start_cometbfts(
         _wait(consortium_dir, org, "cometbft", pid, functools.partial(_rpc_ready, url), timeout)
 
 
+def start_supervisors(
+    consortium_dir: Path,
+    orgs: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Start (if not running) each hospital's supervisor; return when its CometBFT answers.
+
+    A supervisor keeps retrying what fails to start (see its log); on a timeout here it is
+    left running and the error says where to look (`down` stops it)."""
+    consortium_dir = consortium_dir.resolve()
+    started: dict[str, int] = {}
+    for org in orgs:
+        if read_pid(consortium_dir, org, "supervisor") is None:
+            argv = supervisor_command(consortium_dir, org, timeout)
+            started[org] = _spawn(consortium_dir, org, "supervisor", argv, env)
+    deadline = time.monotonic() + 2 * timeout  # the app's start, then CometBFT's
+    for org, pid in started.items():
+        url = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).rpc_url
+
+        def ready(org: str = org, url: str = url) -> bool:
+            return read_pid(consortium_dir, org, "cometbft") is not None and _rpc_ready(url)
+
+        try:
+            _wait(consortium_dir, org, "supervisor", pid, ready, deadline - time.monotonic())
+        except ProcessError as exc:
+            raise ProcessError(
+                f"{exc}\nend of {log_path(consortium_dir, org, 'app')}:\n"
+                f"{_tail(log_path(consortium_dir, org, 'app'))}"
+            ) from None
+
+
 def start_hospitals(
     consortium_dir: Path,
     orgs: list[str] | None = None,
@@ -266,12 +308,21 @@ def up(
     app_command: AppCommand | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    *,
+    supervise: bool = False,
 ) -> list[str]:
-    """Start every hospital of the consortium; return their orgs."""
+    """Start every hospital of the consortium; return their orgs. `supervise`: through one
+    supervisor per hospital, which restarts what dies (the default app command only)."""
     orgs = testnet.list_hospitals(consortium_dir.resolve())
     if not orgs:
         raise ProcessError(f"{consortium_dir}: no CometBFT homes (run `medledger init` first)")
-    start_hospitals(consortium_dir, orgs, app_command, env, timeout)
+    if supervise:
+        if app_command is not None:
+            raise ValueError("a supervisor runs the default app command only")
+        stop_orphaned_cometbfts(consortium_dir.resolve(), orgs)
+        start_supervisors(consortium_dir, orgs, env, timeout)
+    else:
+        start_hospitals(consortium_dir, orgs, app_command, env, timeout)
     return orgs
 
 
@@ -350,6 +401,8 @@ def down(consortium_dir: Path, timeout: float = 10.0) -> list[str]:
     consortium_dir = consortium_dir.resolve()
     stopped = []
     orgs = testnet.list_hospitals(consortium_dir)
+    for org in orgs:  # first, so that nothing is restarted while it is stopped
+        stop_process(consortium_dir, org, "supervisor", timeout)
     # SIGTERM every CometBFT at once so they stop together, rather than one by one while the
     # others time out on their missing peers.
     for org in orgs:

@@ -21,6 +21,7 @@ class NodeStatus:
     power: int = 0
     catching_up: bool = False
     error: str = ""
+    supervised: bool = False  # a supervisor (`net up`) restarts what dies
 
 
 def node_status(consortium_dir: Path, org: str, timeout: float = 2.0) -> NodeStatus:
@@ -28,6 +29,7 @@ def node_status(consortium_dir: Path, org: str, timeout: float = 2.0) -> NodeSta
     home = testnet.cometbft_home(consortium_dir, org)
     app_pid = processes.read_pid(consortium_dir, org, "app")
     cmt_pid = processes.read_pid(consortium_dir, org, "cometbft")
+    supervised = processes.read_pid(consortium_dir, org, "supervisor") is not None
     addr = testnet.node_addresses(home, org)
     try:
         with CometRpc(addr.rpc_url, timeout=timeout) as rpc:
@@ -40,7 +42,11 @@ def node_status(consortium_dir: Path, org: str, timeout: float = 2.0) -> NodeSta
                     power = int(v["voting_power"])
     except (RpcUnavailable, RpcError, KeyError, ValueError) as exc:
         return NodeStatus(
-            org, app_pid is not None, cmt_pid is not None, error=str(exc).split(":")[-1].strip()
+            org,
+            app_pid is not None,
+            cmt_pid is not None,
+            error=str(exc).split(":")[-1].strip(),
+            supervised=supervised,
         )
     sync = status["sync_info"]
     return NodeStatus(
@@ -53,6 +59,7 @@ def node_status(consortium_dir: Path, org: str, timeout: float = 2.0) -> NodeSta
         validator=power > 0,
         power=power,
         catching_up=bool(sync["catching_up"]),
+        supervised=supervised,
     )
 
 
