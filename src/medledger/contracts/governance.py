@@ -86,6 +86,10 @@ def members(state: StateView) -> list[dict[str, Any]]:
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
     "max_validator_power": 100,
+    # Encrypted vault replicas (node/replicas.py): how many peers hold each member's, and
+    # how much each member may keep at one peer (custody.db).
+    "backup_replicas": 2,
+    "custody_quota_mb": 4096,
 }
 
 

@@ -5,6 +5,7 @@ hospital in a single process, sharing the solo engine and one directory of gatew
 
     HOME/exchange/evidence.db   every signed request received (signing.py)
     HOME/exchange/sync.db       the sync agent's cursor, metadata keys and jobs (sync/store.py)
+    HOME/custody.db             other members' sealed replicas kept here (node/custody.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from medledger.exchange.policy import AuthorizeFn, Policy
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
 from medledger.exchange.sync import SyncAgent, SyncStore
+from medledger.node.custody import CustodyStore
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -53,8 +55,14 @@ class HospitalExchange:
         self.store = SyncStore(folder / "sync.db", node.config.box_key())
         self.client = ExchangeClient(node, directory=self.directory)
         self.agent = SyncAgent(node, vault, self.client, self.policy, self.store, workers)
+        self.custody = CustodyStore(home / "custody.db")
         self.gateway = Gateway(
-            node, vault, self.evidence, self.policy, on_delivery=self.agent.receive_delivery
+            node,
+            vault,
+            self.evidence,
+            self.policy,
+            on_delivery=self.agent.receive_delivery,
+            custody=self.custody,
         )
         self.events = EventStream(node, vault, self.policy)
         self.app = create_app(self.gateway, self.events)
@@ -89,6 +97,7 @@ class HospitalExchange:
         self.client.close()
         self.evidence.close()
         self.store.close()
+        self.custody.close()
         self._started = False
 
     def __enter__(self) -> HospitalExchange:
