@@ -348,7 +348,9 @@ class ExchangeClient:
         while True:
             answer, _ = self.post(holder, "custody-list", {"after": after})
             page = [
-                ItemInfo(str(i["id"]), int(i["version"]), bytes.fromhex(i["sha256"]), int(i["size"]))
+                ItemInfo(
+                    str(i["id"]), int(i["version"]), bytes.fromhex(i["sha256"]), int(i["size"])
+                )
                 for i in answer.get("items", [])
             ]
             found += page

@@ -745,11 +745,11 @@ class Gateway:
         args = _json_object(body)
         after = args.get("after", "")
         if not isinstance(after, str) or len(after) > 128:
-            raise Refused(400, "after: an item id or \"\" expected")
+            raise Refused(400, 'after: an item id or "" expected')
         limit = args.get("limit", MAX_ITEMS)
         if not isinstance(limit, int) or not 0 < limit <= MAX_ITEMS:
             raise Refused(400, f"limit: an integer from 1 to {MAX_ITEMS} expected")
-        found = store.list(caller.actor.org, after, limit)
+        found = store.listing(caller.actor.org, after, limit)
         usage = store.usage(caller.actor.org)
         return {
             "items": [

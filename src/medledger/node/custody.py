@@ -164,10 +164,7 @@ class CustodyStore:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO items (owner, id, version, sha256, size, blob) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (owner, it.id, it.version, it.sha256, len(it.blob), it.blob)
-                        for it in items
-                    ],
+                    [(owner, it.id, it.version, it.sha256, len(it.blob), it.blob) for it in items],
                 )
                 self._set_usage(owner, new_bytes, new_items)
                 self._db.execute("COMMIT")
@@ -190,9 +187,7 @@ class CustodyStore:
                     "DELETE FROM items WHERE owner = ? AND id = ?", [(owner, i) for i in held]
                 )
                 before = self._usage(owner)
-                self._set_usage(
-                    owner, before.bytes - sum(held.values()), before.items - len(held)
-                )
+                self._set_usage(owner, before.bytes - sum(held.values()), before.items - len(held))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -200,7 +195,7 @@ class CustodyStore:
         dropped = sorted(held)
         return dropped, sorted(set(ids) - held.keys())
 
-    def list(self, owner: str, after: str = "", limit: int = MAX_ITEMS) -> list[ItemInfo]:
+    def listing(self, owner: str, after: str = "", limit: int = MAX_ITEMS) -> list[ItemInfo]:
         """The owner's items in id order, after `after`, at most `limit`."""
         limit = max(1, min(limit, MAX_ITEMS))
         with self._lock:
