@@ -113,6 +113,14 @@ class Shredded:
     digest: bytes  # hash of the vault's erasure receipt
     records: int
     copies: int = 0
+    # The holder's replica peers (node/replicas.py) that signed a receipt for dropping the
+    # patient's wrapped key, and those that had not yet (down: they get the drop on return).
+    replicas_dropped: list[str] = field(default_factory=list)
+    replicas_pending: list[str] = field(default_factory=list)
+
+
+#: Replica peers one shredding may name (the consortium's backup_replicas is a handful).
+MAX_REPLICAS = 16
 
 
 def _check_entry(i: int, raw: Any) -> Entry:
@@ -344,18 +352,36 @@ def shredded(ctx: Context, msg: Shredded) -> None:
         raise TxError(Code.INVALID_BODY, "field digest: must be 32 bytes")
     if msg.records < 0 or msg.copies < 0:
         raise TxError(Code.INVALID_BODY, "field records: must not be negative")
-    ctx.state.put(
-        f"rec/shredded/{holder}/{msg.pid}",
-        {
-            "holder": holder,
-            "pid": msg.pid,
-            "digest": msg.digest,
-            "records": msg.records,
-            "copies": msg.copies,
-            "time": ctx.time_ms,
-            "tx": ctx.tx_id,
-        },
-    )
+    named = [*msg.replicas_dropped, *msg.replicas_pending]
+    if len(named) > MAX_REPLICAS:
+        raise TxError(
+            Code.INVALID_BODY, f"field replicas_dropped: at most {MAX_REPLICAS} peers in all"
+        )
+    for i, org in enumerate(named):
+        where = (
+            f"replicas_dropped[{i}]"
+            if i < len(msg.replicas_dropped)
+            else f"replicas_pending[{i - len(msg.replicas_dropped)}]"
+        )
+        if not isinstance(org, str) or not is_member(ctx.state, org) or org == holder:
+            raise TxError(Code.INVALID_BODY, f"field {where}: not another member's org id")
+        if named.index(org) != i:
+            raise TxError(Code.INVALID_BODY, f"field {where}: {org} named twice")
+    statement: dict[str, Any] = {
+        "holder": holder,
+        "pid": msg.pid,
+        "digest": msg.digest,
+        "records": msg.records,
+        "copies": msg.copies,
+        "time": ctx.time_ms,
+        "tx": ctx.tx_id,
+    }
+    # Written only when named, so a statement without replicas is what it always was.
+    if msg.replicas_dropped:
+        statement["replicas_dropped"] = list(msg.replicas_dropped)
+    if msg.replicas_pending:
+        statement["replicas_pending"] = list(msg.replicas_pending)
+    ctx.state.put(f"rec/shredded/{holder}/{msg.pid}", statement)
     # Its custody ends: a later record starts a new one (is_custodian stays false meanwhile).
     ctx.state.delete(f"rec/custody/{msg.pid}/{holder}")
     ctx.emit("record.shredded", pid=msg.pid, holder=holder, records=msg.records)

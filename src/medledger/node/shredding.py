@@ -1,8 +1,11 @@
 """Crypto-shredding a patient at one hospital, and carrying out an erasure request.
 
 `shred` is the mechanism: destroy the patient's key in the vault (constant time: from then on
-nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), attest it on
-the chain with `records.shredded`, then purge the ciphertexts.
+nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), drop the
+replica of that wrapped key at every replica peer (signed receipts; a peer that is down gets
+the drop from the replication journal when it returns), attest it on the chain with
+`records.shredded` naming the peers that dropped it and those pending, then purge the
+ciphertexts (whose drops follow through the journal).
 
 `shred_copies` shreds only the copies held of other hospitals' records (their key sets, see
 vault/keys.py), apart from this hospital's own records, and attests with the vault's receipt
@@ -26,6 +29,7 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
+from medledger.node.replicas import drop_patient_key
 from medledger.vault import Vault
 
 MAX_REASON = 500
@@ -50,12 +54,16 @@ class ErasureOutcome:
 
 def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     receipt = vault.erase(pid)
+    # The wrapped key goes from the replica peers too; the attestation names who confirmed.
+    dropped, pending = drop_patient_key(node, pid)
     committed = node.wallet.send_message(
         Shredded(
             pid=pid,
             digest=receipt.digest,
             records=receipt.records_shredded,
             copies=receipt.copies_shredded,
+            replicas_dropped=dropped,
+            replicas_pending=pending,
         )
     )
     purged = vault.purge_pending()
