@@ -15,6 +15,7 @@ from medledger.node import shredding
 from medledger.node.custody import Item
 from medledger.node.replicas import (
     RestoreRefused,
+    RestoreReport,
     ensure_backup_key,
     replica_peers,
     restore_vault,
@@ -44,7 +45,9 @@ def snapshot(vault: Vault) -> dict[tuple[str, int], bytes]:
     }
 
 
-def wipe_and_restore(sandbox: Sandbox, org: str, **kw: object) -> tuple[object, Vault]:
+def wipe_and_restore(
+    sandbox: Sandbox, org: str, require_complete: bool = False
+) -> tuple[RestoreReport, Vault]:
     """Stop the hospital's exchange, delete its vault file, restore it from its peers."""
     hosp = sandbox.h[org]
     home = hosp.node.config.home
@@ -64,7 +67,7 @@ def wipe_and_restore(sandbox: Sandbox, org: str, **kw: object) -> tuple[object, 
             load_kek(home / "keys" / "vault.kek"),
             client,
             replica_peers(sandbox.root.engine, org),
-            **kw,  # type: ignore[arg-type]
+            require_complete=require_complete,
         )
     finally:
         client.close()
@@ -115,8 +118,8 @@ def test_a_wiped_vault_comes_back_whole_from_the_peers(
     sandbox, pids = ingested
     before = snapshot(sandbox.h[A].vault)
     report, vault = wipe_and_restore(sandbox, A, require_complete=True)
-    assert report.complete and report.records == len(before)  # type: ignore[attr-defined]
-    assert report.checked == report.records  # type: ignore[attr-defined]
+    assert report.complete and report.records == len(before)
+    assert report.checked == report.records
     assert snapshot(vault) == before
     assert sorted(vault.patients()) == sorted(set(pids))
 
@@ -136,8 +139,8 @@ def test_a_corrupt_copy_is_named_and_the_other_peer_serves_it(
     forged = Item(victim.id, victim.version + 10**9, hashlib.sha256(bad).digest(), bytes(bad))
     store.put(A, [forged], quota_bytes=1 << 40)
     report, vault = wipe_and_restore(sandbox, A)
-    assert report.corrupt == {B: [victim.id]}  # type: ignore[attr-defined]
-    assert report.complete  # type: ignore[attr-defined]
+    assert report.corrupt == {B: [victim.id]}
+    assert report.complete
     assert snapshot(vault) == before
 
 
@@ -149,7 +152,7 @@ def test_one_peer_down_the_other_restores_everything(
     sandbox.x(C).stop()
     sandbox.h[C].exchange = None
     report, vault = wipe_and_restore(sandbox, A)
-    assert report.unreachable == [C] and report.complete  # type: ignore[attr-defined]
+    assert report.unreachable == [C] and report.complete
     assert snapshot(vault) == before
 
 
@@ -185,7 +188,7 @@ def test_erasure_drops_the_wrapped_key_at_the_peers_and_stays_after_restore(
     report, vault = wipe_and_restore(sandbox, A)
     assert vault.is_erased(pid)
     assert pid not in vault.patients()
-    assert report.complete  # type: ignore[attr-defined]
+    assert report.complete
 
 
 def test_a_peer_down_at_erasure_is_named_pending_and_gets_the_drop_on_return(
@@ -206,3 +209,35 @@ def test_a_peer_down_at_erasure_is_named_pending_and_gets_the_drop_on_return(
         lambda: replicated(sandbox, A) and sandbox.x(C).custody.get(A, [key_id]) == [],
         what="the drop at C once back",
     )
+
+
+def test_backup_status_shows_each_peers_lag_and_what_it_holds(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    from typer.testing import CliRunner
+
+    from medledger.cli import app
+    from medledger.node.replicas import backup_status
+
+    sandbox, _ = ingested
+    vault = sandbox.h[A].vault
+    peers = replica_peers(sandbox.root.engine, A)
+    lags = backup_status(vault, peers)
+    assert [lag.peer for lag in lags] == peers
+    assert all(lag.synced and lag.changes == 0 and lag.held_bytes > 0 for lag in lags)
+
+    # A peer down: the changes since wait for it, and their age shows.
+    sandbox.x(C).stop()
+    sandbox.h[C].exchange = None
+    sandbox.ingest(A, bundles(4, seed=11)[3])
+    wait_for(
+        lambda: backup_status(vault, [B])[0].changes == 0, what="B acknowledging the new record"
+    )
+    behind = backup_status(vault, [C])[0]
+    assert behind.changes > 0 and behind.seconds >= 0
+
+    shown = CliRunner().invoke(
+        app, ["backup", "status", "--home", str(sandbox.h[A].node.config.home)]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert B in shown.output and C in shown.output and "MB" in shown.output

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from medledger.contracts import queries
+from medledger.contracts import governance, queries
 from medledger.contracts.queries import Queryable
 from medledger.host.secretfile import SecretFileExists, read_hex_secret, write_secret
+from medledger.ledger.store import StateView
 from medledger.node.custody import Item, ItemInfo
 from medledger.node.indexing import check_commitment
 from medledger.vault import Vault, VaultConfig
@@ -56,12 +57,18 @@ def ensure_backup_key(home: Path) -> bytes:
     return read_hex_secret(path, what="backup key")
 
 
-def replica_peers(engine: Queryable, org: str) -> list[str]:
-    """The members that hold `org`'s replicas: `backup_replicas` of the others, ranked by
+def replica_peers(source: Queryable | StateView, org: str) -> list[str]:
+    """The members that hold `org`'s replicas, from the chain (`source`: an engine, or a
+    StateView of committed state): `backup_replicas` of the others, ranked by
     SHA-256(org, member) (rendezvous hashing: the same on every node, stable as members come
     and go)."""
-    n = int(queries.governance_params(engine).get("backup_replicas", 2))
-    others = [m for m in queries.member_orgs(engine) if m != org]
+    if isinstance(source, StateView):
+        n = governance.params(source)["backup_replicas"]
+        members = [str(m["org"]) for m in governance.members(source)]
+    else:
+        n = int(queries.governance_params(source).get("backup_replicas", 2))
+        members = queries.member_orgs(source)
+    others = [m for m in members if m != org]
     ranked = sorted(others, key=lambda m: hashlib.sha256(f"{org}\x00{m}".encode()).digest())
     return ranked[: max(n, 0)]
 
@@ -75,6 +82,41 @@ def drop_patient_key(node: Node, pid: str) -> tuple[list[str], list[str]]:
     if node.replica_drop is None:
         return [], replica_peers(node.engine, org)
     return node.replica_drop([item])
+
+
+@dataclass(frozen=True)
+class PeerLag:
+    """How far one replica peer is behind this hospital's vault."""
+
+    peer: str
+    synced: bool  # False: no full copy acknowledged yet (all changes count as behind)
+    changes: int  # journal changes it has not acknowledged
+    seconds: float  # age of the oldest of them (0 when none)
+    held_bytes: int  # what it holds of ours, as it last said
+    last_ack: float | None  # when it last acknowledged (epoch seconds)
+
+
+def backup_status(vault: Vault, peers: list[str], now: float | None = None) -> list[PeerLag]:
+    """Each replica peer's lag, from the vault's journal and the acknowledgements recorded."""
+    now = time.time() if now is None else now
+    acked = vault.replica_peers()
+    out = []
+    for peer in peers:
+        seq, at, held = acked.get(peer, (0, 0.0, 0))
+        changes, oldest = vault.replication_lag(seq)
+        if peer not in acked:
+            changes = max(changes, len(vault.item_names()))
+        out.append(
+            PeerLag(
+                peer=peer,
+                synced=peer in acked,
+                changes=changes,
+                seconds=0.0 if oldest is None else max(now - oldest, 0.0),
+                held_bytes=held,
+                last_ack=at if peer in acked else None,
+            )
+        )
+    return out
 
 
 class CustodyClient(Protocol):
