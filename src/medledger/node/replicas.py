@@ -33,7 +33,7 @@ from medledger.ledger.store import StateView
 from medledger.node.custody import Item, ItemInfo
 from medledger.node.indexing import check_commitment
 from medledger.vault import Vault, VaultConfig
-from medledger.vault.replication import ReplicaError, ReplicaKeys, item_name, parse_item_name
+from medledger.vault.replication import ReplicaError, ReplicaKeys, parse_item_name
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -73,15 +73,24 @@ def replica_peers(source: Queryable | StateView, org: str) -> list[str]:
     return ranked[: max(n, 0)]
 
 
-def drop_patient_key(node: Node, pid: str) -> tuple[list[str], list[str]]:
-    """Drop the replica of an erased patient's wrapped key at the replica peers now:
-    (peers that signed a receipt, peers pending). Offline (no running exchange), every peer
-    is pending: the replicator sends the drop from the journal when the node runs."""
+def drop_erased(
+    node: Node, vault: Vault, since: int, names: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """Drop at the replica peers, now, what an erasure deleted from the vault: the items
+    `names` and those the journal shows deleted after `since` (a patient's wrapped key, or
+    the copy key sets). Returns (peers that signed a receipt, peers pending). Offline (no
+    running exchange) every peer is pending: the replicator sends the drops from the journal
+    when the node runs, as it does for a peer that is down."""
     org = node.config.org
-    item = ReplicaKeys(ensure_backup_key(node.config.home), org).item_id(item_name("key", pid))
+    changed = set(names) | {name for _, name, _ in vault.changes(since, 100_000)}
+    gone = sorted(n for n, rows in vault.read_items(sorted(changed)).items() if rows is None)
+    keys = ReplicaKeys(ensure_backup_key(node.config.home), org)
+    ids = [keys.item_id(name) for name in gone]
+    if not ids:
+        return [], []
     if node.replica_drop is None:
         return [], replica_peers(node.engine, org)
-    return node.replica_drop([item])
+    return node.replica_drop(ids)
 
 
 @dataclass(frozen=True)

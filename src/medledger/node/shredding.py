@@ -29,8 +29,9 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
-from medledger.node.replicas import drop_patient_key
+from medledger.node.replicas import drop_erased
 from medledger.vault import Vault
+from medledger.vault.replication import item_name
 
 MAX_REASON = 500
 
@@ -53,9 +54,10 @@ class ErasureOutcome:
 
 
 def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
+    since = vault.journal_head()
     receipt = vault.erase(pid)
     # The wrapped key goes from the replica peers too; the attestation names who confirmed.
-    dropped, pending = drop_patient_key(node, pid)
+    dropped, pending = drop_erased(node, vault, since, (item_name("key", pid),))
     committed = node.wallet.send_message(
         Shredded(
             pid=pid,
@@ -79,9 +81,17 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
 def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResult:
     """Shred every copy held of other custodians' records of the patient, keep the own
     records, and attest erasure request `request` with the receipt's digest."""
+    since = vault.journal_head()
     receipt = vault.erase_copies(pid)
+    dropped, pending = drop_erased(node, vault, since)  # the copies' key sets
     committed = node.wallet.send_message(
-        erasure.Attest(request=request, digest=receipt.digest, records=receipt.copies_shredded)
+        erasure.Attest(
+            request=request,
+            digest=receipt.digest,
+            records=receipt.copies_shredded,
+            replicas_dropped=dropped,
+            replicas_pending=pending,
+        )
     )
     purged = vault.purge_pending()
     return ShredResult(pid, 0, receipt.copies_shredded, committed.height, purged.rows_deleted)
