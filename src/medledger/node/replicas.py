@@ -139,7 +139,7 @@ class CustodyClient(Protocol):
     def custody_get(self, holder: str, ids: list[str]) -> list[Item]: ...
 
 
-class RestoreRefused(Exception):
+class RestoreRefused(ValueError):
     """Restore cannot start, or would leave less than asked; the vault in place is untouched."""
 
 
