@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class Replicator:
         self.interval = interval
         self.keys = ReplicaKeys(ensure_backup_key(node.config.home), self.org)
         self.failures: dict[str, PeerFailure] = {}
+        #: Seconds from a change's commit in the vault to a peer's acknowledgement, per change
+        #: and peer (the latest ones; `medledger bench replicas` reads them).
+        self.lags: deque[float] = deque(maxlen=100_000)
         self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
         self._last_version = 0
         self._stop = threading.Event()
@@ -133,7 +137,9 @@ class Replicator:
                 return False
             names = list(dict.fromkeys(name for _, name, _ in changes))
             held = self._send(peer, names, held)
-            self.vault.set_replica_peer(peer, changes[-1][0], time.time(), held)
+            now = time.time()
+            self.vault.set_replica_peer(peer, changes[-1][0], now, held)
+            self.lags.extend(now - at for _, _, at in changes)
             return len(changes) == CHANGES_PER_ROUND
 
     def _version(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import time
 from collections import defaultdict
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
 
 from medledger.contracts import governance, queries
 from medledger.contracts.queries import Queryable
@@ -323,9 +326,12 @@ def describe_gaps(report: RestoreReport) -> str:
     return "; ".join(lines) or "complete"
 
 
+_REPLICA_ID = re.compile(r"[0-9a-f]{64}")
+
+
 def _is_replica_id(item_id: str) -> bool:
     """Replica items have 64-hex ids; other items (escrow shares) are not the vault's."""
-    return len(item_id) == 64 and all(c in "0123456789abcdef" for c in item_id)
+    return _REPLICA_ID.fullmatch(item_id) is not None
 
 
 def _of_erased(name: str, rows: dict[str, Any], erased: set[tuple[str, int]]) -> bool:
@@ -350,50 +356,61 @@ def _check_records(
     report: RestoreReport,
 ) -> None:
     """Every restored record version against its commitment on the chain, and every record
-    the chain lists at this custodian for the restored patients against what was restored."""
-    restored: dict[tuple[str, int], tuple[str, str]] = {}  # (rid, v) -> (pid, custodian)
+    the chain lists at this custodian for the restored patients against what was restored.
+
+    One index query per patient (the entries carry their latest version's commitment); a
+    rid's older versions are asked for only when one of them is restored or missing."""
+    restored: dict[tuple[str, int], str] = {}  # (rid, version) -> pid
     provisional: set[tuple[str, int]] = set()
     for name, rows in items.items():
         kind, _ = parse_item_name(name)
         if kind == "record":
             for r in rows.get("records", []):
-                restored[(str(r[0]), int(r[1]))] = (str(r[2]), str(r[5]))
+                restored[(str(r[0]), int(r[1]))] = str(r[2])
         elif kind == "unit":
-            import orjson
-
             for r in rows.get("provisional_units", []):
                 provisional |= {(str(a), int(b)) for a, b in orjson.loads(bytes(r[2]))}
     report.records = len(restored)
-    by_rid: dict[str, list[dict[str, Any]]] = {}
-    pids = {pid for pid, _ in restored.values() if pid != vault.hospital_pid}
-    for (rid, version), (pid, _custodian) in sorted(restored.items()):
+    pids = sorted({pid for pid in restored.values() if pid != vault.hospital_pid})
+    entries = {e["rid"]: e for pid in pids for e in queries.records_of_patient(engine, pid)}
+    versions: dict[str, list[dict[str, Any]]] = {}
+
+    def commitment(rid: str, version: int) -> bytes | None:
+        entry = entries.get(rid)
+        if entry is not None and int(entry["version"]) == version:
+            return bytes(entry["commitment"])
+        if rid not in versions:
+            versions[rid] = queries.record_versions(engine, rid)
+        match = next((v for v in versions[rid] if int(v["version"]) == version), None)
+        return None if match is None else bytes(match["commitment"])
+
+    for (rid, version), pid in sorted(restored.items()):
         if pid == vault.hospital_pid:
             report.checked += 1  # supporting resources are never registered on the chain
             continue
-        if rid not in by_rid:
-            by_rid[rid] = queries.record_versions(engine, rid)
-        match = next((v for v in by_rid[rid] if v.get("version") == version), None)
-        if match is None:
-            (report.pending if (rid, version) in provisional else report.mismatched).append(
-                f"{rid} v{version}"
-            )
+        expected = commitment(rid, version)
+        if expected is None:
+            gap = report.pending if (rid, version) in provisional else report.mismatched
+            gap.append(f"{rid} v{version}")
             continue
         try:
-            ok = check_commitment(
-                vault.salt(pid, rid, version), vault.get(rid, version), bytes(match["commitment"])
-            )
+            data, salt = vault.get_with_salt(rid, version)
+            ok = check_commitment(salt, data, expected)
         except Exception:  # noqa: BLE001 - a key lost with its item, an altered row
             ok = False
         if ok:
             report.checked += 1
         else:
             report.mismatched.append(f"{rid} v{version}")
-    for pid in sorted(pids):
-        if queries.shredded(engine, org, pid) is not None:
+
+    held: dict[str, int] = defaultdict(int)
+    for rid, _ in restored:
+        held[rid] += 1
+    for rid, entry in sorted(entries.items()):
+        if entry["custodian"] != org or entry.get("shredded"):
             continue
-        for entry in queries.records_of_patient(engine, pid, custodian=org):
-            rid = str(entry["rid"])
-            versions = by_rid.get(rid) or queries.record_versions(engine, rid)
-            for v in versions:
-                if v.get("custodian") == org and (rid, int(v["version"])) not in restored:
-                    report.missing.append(f"{rid} v{v['version']}")
+        if held[rid] >= int(entry["version"]):
+            continue
+        for v in versions.get(rid) or queries.record_versions(engine, rid):
+            if v.get("custodian") == org and (rid, int(v["version"])) not in restored:
+                report.missing.append(f"{rid} v{v['version']}")

@@ -743,6 +743,16 @@ class Vault:
             row, keys = self._fetch(rid, version)
         return open_record(keys, self._ctx(row), row.nonce, row.ciphertext)
 
+    def get_with_salt(self, rid: str, version: int) -> tuple[bytes, bytes]:
+        """A record version's bytes and its commitment salt, read and unwrapped once (a
+        restore checks thousands against the chain)."""
+        with self._lock:
+            row, keys = self._fetch(rid, version)
+        ctx = self._ctx(row)
+        data = open_record(keys, ctx, row.nonce, row.ciphertext)
+        salt = keys.salt(rid, version) if row.salt_ct is None else open_salt(keys, ctx, row.salt_ct)
+        return data, salt
+
     def info(self, rid: str, version: int | None = None) -> RecordInfo:
         """The clear attributes of a record version (latest by default), without decrypting."""
         with self._lock:
