@@ -91,6 +91,8 @@ DEFAULT_PARAMS: dict[str, int] = {
     "backup_replicas": 2,
     "custody_quota_mb": 4096,
 }
+#: records.MAX_REPLICAS: the peers one erasure attestation may name.
+MAX_BACKUP_REPLICAS = 16
 
 
 # -- actions a proposal can carry ---------------------------------------------------------
@@ -217,6 +219,12 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
             raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
         if parsed.value < 0:
             raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
+        if parsed.name == "backup_replicas" and parsed.value > MAX_BACKUP_REPLICAS:
+            raise TxError(
+                Code.INVALID_BODY,
+                f"field args.value: backup_replicas is at most {MAX_BACKUP_REPLICAS} (an "
+                "erasure's attestation names them all)",
+            )
     return parsed
 
 
