@@ -11,6 +11,7 @@ import pytest
 
 from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient
+from medledger.interop.synth import as_document, generate
 from medledger.node import shredding
 from medledger.node.custody import Item
 from medledger.node.replicas import (
@@ -78,6 +79,9 @@ def wipe_and_restore(
 @pytest.fixture
 def ingested(sandbox: Sandbox) -> Iterator[tuple[Sandbox, list[str]]]:
     pids = [sandbox.ingest(A, b)[0] for b in bundles(3)]
+    # An IPS-shaped document too: its author and custodian Organization are supporting
+    # resources, held under the hospital's own owner and never registered on the chain.
+    pids.append(sandbox.ingest(A, as_document(generate(8, [A, B, C], seed=8)[A][-1]))[0])
     wait_for(lambda: replicated(sandbox, A), what="A's vault at its replica peers")
     yield sandbox, pids
 
@@ -118,9 +122,12 @@ def test_a_wiped_vault_comes_back_whole_from_the_peers(
     sandbox, pids = ingested
     before = snapshot(sandbox.h[A].vault)
     report, vault = wipe_and_restore(sandbox, A, require_complete=True)
-    assert report.complete and report.records == len(before)
-    assert report.checked == report.records
+    assert report.complete and report.records == len(before) + report.unregistered
+    assert report.unregistered > 0 and report.checked == len(before)
     assert snapshot(vault) == before
+    supporting = vault.records_of(vault.hospital_pid)
+    assert len(supporting) == report.unregistered
+    assert all(vault.get(i.rid, i.version) for i in supporting)
     assert sorted(vault.patients()) == sorted(set(pids))
 
 

@@ -114,6 +114,11 @@ def register(app: typer.Typer) -> None:
             f"({report.checked} checked against the chain) into {report.path} in "
             f"{report.seconds:.1f} s ({report.rate:.0f} records/s)"
         )
+        if report.unregistered:
+            console.print(
+                f"{report.unregistered} supporting resources (Practitioner, Organization...: "
+                "never on the chain) checked by their AES-GCM tags only"
+            )
         if report.erased_left_out:
             console.print(f"{report.erased_left_out} items of erased patients left out")
         if report.pending:

@@ -16,6 +16,7 @@ and moves the file into place only when all of that is done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -35,7 +36,7 @@ from medledger.host.secretfile import SecretFileExists, read_hex_secret, write_s
 from medledger.ledger.store import StateView
 from medledger.node.custody import Item, ItemInfo
 from medledger.node.indexing import check_commitment
-from medledger.vault import Vault, VaultConfig
+from medledger.vault import Vault
 from medledger.vault.replication import ReplicaError, ReplicaKeys, parse_item_name
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class RestoreReport:
     items: int = 0  # items restored
     records: int = 0  # record versions restored
     checked: int = 0  # of which matched their commitment on the chain
+    unregistered: int = 0  # supporting resources (never on the chain): AES-GCM-checked only
     missing: list[str] = field(default_factory=list)  # "rid vN" on the chain, not restored
     mismatched: list[str] = field(default_factory=list)  # restored, not matching the chain
     pending: list[str] = field(default_factory=list)  # provisional, not on the chain yet
@@ -291,7 +293,7 @@ def restore_vault(
     tmp = final.with_name(final.name + ".restoring")
     for leftover in _sqlite_files(tmp):
         leftover.unlink(missing_ok=True)
-    vault = Vault.open(VaultConfig(hospital_id=org, path=tmp, kek=kek))
+    vault = Vault.open(dataclasses.replace(vault_config, path=tmp, kek=kek, kek_path=None))
     try:
         vault.write_items(kept)
         report.items = len(kept)
@@ -386,7 +388,7 @@ def _check_records(
 
     for (rid, version), pid in sorted(restored.items()):
         if pid == vault.hospital_pid:
-            report.checked += 1  # supporting resources are never registered on the chain
+            report.unregistered += 1  # supporting resources are never registered on the chain
             continue
         expected = commitment(rid, version)
         if expected is None:
