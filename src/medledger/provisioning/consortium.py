@@ -46,6 +46,7 @@ from medledger.node.config import (
     save_config,
     save_consortium,
 )
+from medledger.node.replicas import ensure_backup_key
 
 HOSPITAL_NAMES = [
     ("chu-lyon", "CHU de Lyon"),
@@ -117,6 +118,7 @@ def create_consortium(
         box_keys[org] = bytes(box.public_key)
         write_secret(home / "keys" / "pseudonym.key", pseudonym_key.hex() + "\n")
         create_kek_file(home / "keys" / "vault.kek")
+        ensure_backup_key(home)
         homes.append(home)
 
     validator_keys: dict[str, bytes] = {}
@@ -284,6 +286,7 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
     write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
     write_secret(home / "keys" / "pseudonym.key", existing[0].pseudonym_key().hex() + "\n")
     create_kek_file(home / "keys" / "vault.kek")
+    ensure_backup_key(home)
     first = existing[0]
     save_config(
         HospitalConfig(
