@@ -40,11 +40,19 @@ CHANGES_PER_ROUND = 5000
 PUT_BYTES = 4 * 1024 * 1024
 
 
+#: Longest wait before a failing peer is tried again (the wait doubles from `interval`).
+MAX_BACKOFF_S = 30.0
+
+
 @dataclass(frozen=True)
 class PeerFailure:
+    """A replica peer that failed: why, since when, and when it is tried again."""
+
     peer: str
     reason: str
     since: float
+    attempts: int
+    retry_at: float
 
 
 class Replicator:
@@ -108,14 +116,25 @@ class Replicator:
         """One round: every replica peer brought up to the journal's head (or tried)."""
         peers = self.peers()
         for peer in peers:
+            failed = self.failures.get(peer)
+            if failed is not None and time.monotonic() < failed.retry_at:
+                continue  # backing off: a peer down or over quota is not hammered
             try:
                 while self.sync_peer(peer):
                     pass
                 self.failures.pop(peer, None)
             except ExchangeError as exc:
-                if peer not in self.failures:
+                if failed is None:
                     log.warning("%s: replica peer %s: %s", self.org, peer, exc.reason)
-                    self.failures[peer] = PeerFailure(peer, exc.reason, time.time())
+                attempts = 1 if failed is None else failed.attempts + 1
+                wait = min(self.interval * 2**attempts, MAX_BACKOFF_S)
+                self.failures[peer] = PeerFailure(
+                    peer,
+                    exc.reason,
+                    time.time() if failed is None else failed.since,
+                    attempts,
+                    time.monotonic() + wait,
+                )
         acked = self.vault.replica_peers()
         if peers and all(p in acked for p in peers):
             self.vault.prune_journal(min(acked[p][0] for p in peers))

@@ -164,6 +164,7 @@ class RestoreReport:
     corrupt: dict[str, list[str]] = field(default_factory=dict)  # peer -> item ids bad there
     lost: list[str] = field(default_factory=list)  # item ids with no good copy anywhere
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of the restoring thread (the peers' serving not counted)
 
     @property
     def complete(self) -> bool:
@@ -194,7 +195,7 @@ def restore_vault(
     """
     from medledger.node.config import load_config
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     say = progress or (lambda _msg: None)
     config = load_config(home)
     org = config.org
@@ -301,6 +302,7 @@ def restore_vault(
     finally:
         vault.close()
     report.seconds = time.perf_counter() - started
+    report.cpu_seconds = time.thread_time() - cpu
     if require_complete and not report.complete:
         for leftover in _sqlite_files(tmp):
             leftover.unlink(missing_ok=True)
