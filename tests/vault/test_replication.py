@@ -121,3 +121,21 @@ def test_a_blob_opens_only_as_the_item_owner_and_version_it_was_sealed_for() -> 
 
 def test_sizes_are_padded_to_power_of_two_buckets() -> None:
     assert [bucket(n) for n in (0, 511, 512, 1000, 5000)] == [512, 512, 1024, 1024, 8192]
+
+
+def test_one_transaction_journals_each_item_once(vault: Vault) -> None:
+    with vault.batch():
+        for i in range(5):
+            vault.put(
+                PID,
+                f"Obs-{i}",
+                1,
+                b'{"resourceType":"Observation"}',
+                resource_type="Observation",
+                custodian=HOSPITAL,
+            )
+    names = [name for _, name, _ in vault.changes(0, 1000)]
+    assert names.count(item_name("key", PID)) == 1  # its counters changed five times
+    assert sorted(n for n in names if n.startswith("record")) == [
+        item_name("record", f"Obs-{i}", 1) for i in range(5)
+    ]

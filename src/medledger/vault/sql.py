@@ -226,6 +226,10 @@ class SQLBackend:
         self.dialect = dialect
         self.name = dialect.name
         self._lock = threading.RLock()
+        # Items already journaled in the open transaction (one row each is enough), and its
+        # nesting depth; a savepoint rolled back restores the set it started with.
+        self._journaled: set[str] = set()
+        self._depth = 0
         try:
             with self.transaction():
                 dialect.lock_schema()
@@ -271,8 +275,19 @@ class SQLBackend:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Open a (possibly nested) transaction; commit on success, roll back on error."""
-        with self._lock, self.dialect.transaction():
-            yield
+        with self._lock:
+            saved = set(self._journaled)
+            self._depth += 1
+            try:
+                with self.dialect.transaction():
+                    yield
+            except BaseException:
+                self._journaled = saved
+                raise
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._journaled.clear()
 
     def close(self) -> None:
         """Release the connection."""
@@ -686,12 +701,15 @@ class SQLBackend:
     # send, whatever crashes after. The replicator reads the item's rows when it sends it.
 
     def _changed(self, *items: str) -> None:
-        if not items:
+        new = [i for i in dict.fromkeys(items) if i not in self._journaled]
+        if not new:
             return
         self.dialect.lock_journal()
         now = time.time()
-        for item in dict.fromkeys(items):
+        for item in new:
             self._run("INSERT INTO replication_journal (item, at) VALUES (?, ?)", (item, now))
+        if self._depth:
+            self._journaled.update(new)
 
     def _changed_rows(self, kind: str, query: str, params: Sequence[Any]) -> None:
         self._changed(*(item_name(kind, *row) for row in self._all(query, params)))
