@@ -59,13 +59,23 @@ def test_custody_refusals_name_the_item_and_the_reason(sandbox: Sandbox) -> None
     assert client.custody_list(B) == ([], 0)  # nothing half-written
 
 
-def test_a_practitioner_key_cannot_use_its_hospitals_custody(sandbox: Sandbox) -> None:
+def test_only_the_hospitals_own_key_reaches_its_custody(sandbox: Sandbox) -> None:
     from medledger.ledger.keys import SigningKey
 
-    outsider = sandbox.x(A).client.with_signer(SigningKey.generate())
-    with pytest.raises(ExchangeError) as refused:
-        outsider.custody_list(B)
-    assert refused.value.status == 401
+    doctor = SigningKey.generate()
+    sandbox.h[A].node.wallet.send(
+        "identity.register",
+        {"practitioner": "dr-martin", "key": doctor.public_key, "roles": ["physician"]},
+    )
+    client = sandbox.x(A).client
+    client.custody_put(B, [item("a" * 64, b"sealed")])
+    with pytest.raises(ExchangeError) as practitioner:
+        client.with_signer(doctor).custody_get(B, ["a" * 64])
+    assert practitioner.value.status == 403
+    assert "only the hospital's own key" in practitioner.value.reason
+    with pytest.raises(ExchangeError) as unknown:
+        client.with_signer(SigningKey.generate()).custody_list(B)
+    assert unknown.value.status == 401
 
 
 def test_the_quota_bounds_what_one_owner_keeps(tmp_path: Path) -> None:
