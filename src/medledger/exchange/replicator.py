@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
@@ -223,7 +222,3 @@ class Replicator:
 def _chunks(names: list[str], n: int) -> Iterator[list[str]]:
     for i in range(0, len(names), n):
         yield names[i : i + n]
-
-
-def receipts_path(home: Path) -> Path:
-    return home / "replicas" / "drop-receipts.jsonl"
