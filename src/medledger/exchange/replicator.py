@@ -39,6 +39,8 @@ CHANGES_PER_ROUND = 5000
 PUT_BYTES = 4 * 1024 * 1024
 
 
+#: How long the replica peers computed from the chain are reused (membership changes by vote).
+PEERS_TTL_S = 5.0
 #: Longest wait before a failing peer is tried again (the wait doubles from `interval`).
 MAX_BACKOFF_S = 30.0
 
@@ -72,6 +74,7 @@ class Replicator:
         self.lags: deque[float] = deque(maxlen=100_000)
         self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
         self._last_version = 0
+        self._peers: tuple[float, list[str]] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,7 +112,11 @@ class Replicator:
 
     # -- a round ------------------------------------------------------------------------------
     def peers(self) -> list[str]:
-        return replica_peers(self.node.engine, self.org)
+        """The replica peers per the chain, asked again at most every PEERS_TTL_S."""
+        now = time.monotonic()
+        if self._peers is None or now - self._peers[0] > PEERS_TTL_S:
+            self._peers = (now, replica_peers(self.node.engine, self.org))
+        return self._peers[1]
 
     def sync(self) -> None:
         """One round: every replica peer brought up to the journal's head (or tried)."""
