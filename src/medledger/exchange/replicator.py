@@ -41,6 +41,8 @@ PUT_BYTES = 4 * 1024 * 1024
 
 #: How long the replica peers computed from the chain are reused (membership changes by vote).
 PEERS_TTL_S = 5.0
+#: A replica peer failing this long is logged as a warning (before: info).
+WARN_AFTER_S = 30.0
 #: Longest wait before a failing peer is tried again (the wait doubles from `interval`).
 MAX_BACKOFF_S = 30.0
 
@@ -54,6 +56,7 @@ class PeerFailure:
     since: float
     attempts: int
     retry_at: float
+    warned: bool = False
 
 
 class Replicator:
@@ -130,16 +133,21 @@ class Replicator:
                     pass
                 self.failures.pop(peer, None)
             except ExchangeError as exc:
-                if failed is None:
-                    log.warning("%s: replica peer %s: %s", self.org, peer, exc.reason)
+                since = time.time() if failed is None else failed.since
+                # A peer restarting is routine: said once it has lasted WARN_AFTER_S.
+                warn = time.time() - since >= WARN_AFTER_S and not (failed and failed.warned)
+                if failed is None or warn:
+                    level = logging.WARNING if warn else logging.INFO
+                    log.log(level, "%s: replica peer %s: %s", self.org, peer, exc.reason)
                 attempts = 1 if failed is None else failed.attempts + 1
                 wait = min(self.interval * 2**attempts, MAX_BACKOFF_S)
                 self.failures[peer] = PeerFailure(
                     peer,
                     exc.reason,
-                    time.time() if failed is None else failed.since,
+                    since,
                     attempts,
                     time.monotonic() + wait,
+                    warned=warn or (failed is not None and failed.warned),
                 )
         acked = self.vault.replica_peers()
         if peers and all(p in acked for p in peers):
