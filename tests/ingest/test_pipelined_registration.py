@@ -101,10 +101,10 @@ def test_a_file_waits_for_the_registration_of_the_patient_it_names(
         # Refused once the next file is stored; a correct batch does not store it before
         # this registration ended, so the wait ends on its timeout.
         stored_next.wait(timeout=2)
-        return register(Refusing(), vault, unit, msg, **kw)  # type: ignore[arg-type]
+        return register(Refusing(), vault, unit, msg, **kw)
 
     def holding(records: list[tuple[str, int]]) -> str:
-        unit = hold(records)
+        unit: str = hold(records)
         if refused:
             stored_next.set()
         return unit
