@@ -96,6 +96,12 @@ class Ingestor:
         self.aliases = Aliases(self.pseudonym_key, self.org)
         self._planning = threading.Lock()
         self._inflight = _Inflight()
+        #: Whether `ingest_many` registers each unit in a thread of its own while it stores
+        #: the next: when blocks are made by another process (CometBFT: the registration
+        #: mostly waits for a block, ≈ 1 s). The solo engine executes the block in the
+        #: registering thread, and that thread only contends with the storing one for the GIL
+        #: (measured slower, docs/benchmarks.md).
+        self.register_in_background = not _in_process(node.engine)
         limits = node.config.ingest
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
@@ -150,13 +156,15 @@ class Ingestor:
         it runs in parallel, a bounded number of inputs ahead; storing stays in this process,
         in input order. An input that does not validate on its own (say, it refers to a
         patient stored earlier) is validated again here, where references to this hospital's
-        records resolve. Each unit's registration on the chain runs in a thread of its own
-        while the next input is stored (see `_Registrar`); a result is yielded once its
-        registration ended, in input order.
+        records resolve. With `register_in_background`, each unit's registration on the chain
+        runs in a thread of its own while the next input is stored (see `_Registrar`); a
+        result is yielded once its registration ended, in input order.
         """
         from collections import deque
 
-        registrar = _Registrar(self.node, self.vault, self._inflight)
+        registrar = None
+        if self.register_in_background:
+            registrar = _Registrar(self.node, self.vault, self._inflight)
         done: deque[_Ingesting] = deque()
         try:
             for ingesting in self._store_many(inputs, workers, sender, registrar):
@@ -166,14 +174,15 @@ class Ingestor:
             while done:
                 yield done.popleft().result()
         finally:
-            registrar.close()
+            if registrar is not None:
+                registrar.close()
 
     def _store_many(
         self,
         inputs: Iterable[tuple[bytes, str] | UnitResult],
         workers: int,
         sender: str,
-        registrar: _Registrar,
+        registrar: _Registrar | None,
     ) -> Iterator[_Ingesting]:
         """Each input stored (its registration under way), in input order."""
         from collections import deque
@@ -788,6 +797,13 @@ class _Registrar:
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+
+
+def _in_process(engine: Any) -> bool:
+    """Whether the engine makes its blocks in this process, in the caller's thread (solo)."""
+    from medledger.consensus.solo import SoloEngine
+
+    return isinstance(engine, SoloEngine)
 
 
 def _not_registered(
