@@ -139,3 +139,33 @@ def test_a_withdrawn_rid_purged_by_an_erasure_can_be_used_again(vault: Vault) ->
     # Never registered anywhere, so no tombstone keeps the rid from a new ingestion.
     vault.put(PID, "Obs-1", 1, obs(1), resource_type="Observation", custodian=HOSPITAL)
     assert vault.get("Obs-1") == obs(1)
+
+
+def test_another_threads_batch_makes_a_claim_wait_not_fail(vault_env: VaultEnv) -> None:
+    """Ingestion stores the next unit (a batch) while a thread registers the one before:
+    that thread's claim and confirm wait for the batch instead of being refused as inside it."""
+    import threading
+
+    vault = vault_env.open()
+    unit = _store_unit(vault)
+    outcome: list[BaseException | None] = []
+
+    def register() -> None:
+        try:
+            vault.claim(unit, b"signed-tx-bytes")
+            vault.confirm(unit)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+
+    with vault.batch():
+        vault.put(PID, "Obs-9", 1, obs(9), resource_type="Observation", custodian=HOSPITAL)
+        other = threading.Thread(target=register)
+        other.start()
+        other.join(0.2)  # it waits for the vault's lock, held by this batch
+        assert outcome == []
+        with pytest.raises(VaultError, match="inside a batch"):
+            vault.claim(unit, b"x")  # this thread is inside it: refused as before
+    other.join(30)
+    assert outcome == [None]
+    assert vault.provisional() == []

@@ -35,7 +35,7 @@ from medledger.api.interactions import SUPPORTING_TYPES
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims
-from medledger.interop.fhir import repoint_references
+from medledger.interop.fhir import reference_holders
 
 LOINC = "http://loinc.org"
 IPS = "http://hl7.org/fhir/uv/ips/StructureDefinition"
@@ -186,8 +186,18 @@ def _document(
     sections: dict[str, list[str]] = {}
     labels: dict[str, list[str]] = {}
     category = {info.rid: str(_meta_of(svc, info)["category"]) for info, _ in allowed}
+    holders: dict[int, list[dict[str, Any]]] = {}  # id(resource) -> its references' objects
+
+    def load(info: Any) -> tuple[Any, dict[str, Any]]:
+        resource = orjson.loads(svc.vault.get(info.rid, info.version))
+        holders[id(resource)] = reference_holders(resource)  # one walk per resource
+        return info, resource
+
+    def references(resource: dict[str, Any]) -> list[str]:
+        return [holder["reference"] for holder in holders[id(resource)]]
+
     loaded: list[tuple[Any, dict[str, Any]]] = [
-        (info, orjson.loads(svc.vault.get(info.rid, info.version)))
+        load(info)
         for info, _ in allowed
         if info.rid == subject.rid
         or section_of(info.resource_type, category[info.rid], None) is not None
@@ -195,24 +205,29 @@ def _document(
     # The patient's other records the entries reference (an Observation's Encounter...).
     others = {f"{i.resource_type}/{i.rid}": i for i, _ in allowed if i.resource_type != "Patient"}
     included = {f"{i.resource_type}/{i.rid}" for i, _ in loaded}
-    pending = [r for _, res in loaded for r in _references(res)]
+    pending = [r for _, res in loaded for r in references(res)]
     while pending:
         ref = pending.pop()
         if ref in others and ref not in included:
             included.add(ref)
-            resource = orjson.loads(svc.vault.get(others[ref].rid, others[ref].version))
-            loaded.append((others[ref], resource))
-            pending += _references(resource)
+            loaded.append(load(others[ref]))
+            pending += references(loaded[-1][1])
     for info, _resource in loaded:
         if info.resource_type != "Patient":
             urls[f"{info.resource_type}/{info.rid}"] = urn(
                 info.resource_type, info.rid, info.version
             )
-    supporting = _supporting(svc, [resource for _, resource in loaded])
+    cited = {ref for _, resource in loaded for ref in references(resource)}
+    supporting = [load(info) for info in _supporting(svc, cited)]
     for info, _resource in supporting:
         urls[f"{info.resource_type}/{info.rid}"] = urn(info.resource_type, info.rid, info.version)
+
+    def repoint(resource: dict[str, Any]) -> None:
+        for holder in holders[id(resource)]:
+            holder["reference"] = urls.get(holder["reference"], holder["reference"])
+
     for info, resource in loaded:
-        repoint_references(resource, urls)
+        repoint(resource)
         if info.resource_type == "Patient":
             entries.insert(0, (patient_url, resource))
             continue
@@ -223,7 +238,7 @@ def _document(
             sections.setdefault(section, []).append(url)
             labels.setdefault(section, []).append(_label(resource))
     for info, resource in supporting:  # who acted, with what: after the clinical entries
-        repoint_references(resource, urls)
+        repoint(resource)
         entries.append((urls[f"{info.resource_type}/{info.rid}"], resource))
     org_url = urn("Organization", svc.org)
     organization = {
@@ -318,25 +333,17 @@ def _section(
     return section
 
 
-def _supporting(
-    svc: HospitalServices, resources: list[dict[str, Any]]
-) -> list[tuple[Any, dict[str, Any]]]:
-    """The hospital's own resources (Practitioner, Medication...) the entries reference, so
-    that every reference of the document resolves inside it. They are no patient's record
-    (kept under the vault's `hospital_pid`): nothing about a patient is decided for them."""
+def _supporting(svc: HospitalServices, references: set[str]) -> list[Any]:
+    """The hospital's own resources (Practitioner, Medication...) among `references` (of the
+    entries), so that every reference of the document resolves inside it. They are no
+    patient's record (kept under the vault's `hospital_pid`): nothing about a patient is
+    decided for them."""
     from medledger.vault.errors import VaultError
 
     owner = getattr(svc.vault, "hospital_pid", None)  # the vault's owner of such resources
     if owner is None:
         return []
-    wanted = sorted(
-        {
-            ref
-            for resource in resources
-            for ref in _references(resource)
-            if ref.partition("/")[0] in SUPPORTING_TYPES
-        }
-    )
+    wanted = sorted(ref for ref in references if ref.partition("/")[0] in SUPPORTING_TYPES)
     found = []
     for ref in wanted:
         kind, _, rid = ref.partition("/")
@@ -345,23 +352,7 @@ def _supporting(
         except (VaultError, ValueError):
             continue
         if info.resource_type == kind and info.pid == owner:
-            found.append((info, orjson.loads(svc.vault.get(rid))))
-    return found
-
-
-def _references(node: Any) -> list[str]:
-    found: list[str] = []
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            found.append(ref)
-        for value in node.values():
-            if isinstance(value, dict | list):
-                found += _references(value)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                found += _references(value)
+            found.append(info)
     return found
 
 

@@ -1003,20 +1003,35 @@ def _finish(
     return out
 
 
+def reference_holders(node: Any) -> list[dict[str, Any]]:
+    """Every object of a resource (at any depth) with a `reference` string, in document
+    order: one walk, for a caller that reads the references and then repoints them."""
+    found: list[dict[str, Any]] = []
+
+    def walk(item: dict[str, Any] | list[Any]) -> None:
+        if isinstance(item, dict):
+            if isinstance(item.get("reference"), str):
+                found.append(item)
+            for value in item.values():
+                if isinstance(value, (dict, list)):
+                    walk(value)
+        else:
+            for value in item:
+                if isinstance(value, (dict, list)):
+                    walk(value)
+
+    if isinstance(node, (dict, list)):
+        walk(node)
+    return found
+
+
 def repoint_references(node: Any, targets: Mapping[str, str]) -> None:
     """In place: every `reference` of a resource (at any depth) found in `targets` becomes its
     target (a stored rid after ingestion, an entry's urn:uuid inside an assembled document)."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in targets:
-            node["reference"] = targets[ref]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                repoint_references(value, targets)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                repoint_references(value, targets)
+    for holder in reference_holders(node):
+        target = targets.get(holder["reference"])
+        if target is not None:
+            holder["reference"] = target
 
 
 __all__ = [
@@ -1030,6 +1045,7 @@ __all__ = [
     "namespaced_ids",
     "parse_fhir",
     "parse_fhir_object",
+    "reference_holders",
     "repoint_references",
     "sequential_ids",
     "uuid_ids",

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,13 @@ class Ingestor:
         self.pseudonym_key = node.config.pseudonym_key()
         self.aliases = Aliases(self.pseudonym_key, self.org)
         self._planning = threading.Lock()
+        self._inflight = _Inflight()
+        #: Whether `ingest_many` registers each unit in a thread of its own while it stores
+        #: the next: when blocks are made by another process (CometBFT: the registration
+        #: mostly waits for a block, ≈ 1 s). The solo engine executes the block in the
+        #: registering thread, and that thread only contends with the storing one for the GIL
+        #: (measured slower, docs/benchmarks.md).
+        self.register_in_background = not _in_process(node.engine)
         limits = node.config.ingest
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
@@ -145,31 +153,56 @@ class Ingestor:
         """Ingest several inputs, validating them in `workers` processes ahead of storing.
 
         Validation (fhir.resources) is most of the work and needs nothing of this hospital, so
-        it runs in parallel, a bounded number of inputs ahead; storing and registering stay in
-        this process, in input order. An input that does not validate on its own (say, it
-        refers to a patient stored earlier) is validated again here, where references to this
-        hospital's records resolve.
+        it runs in parallel, a bounded number of inputs ahead; storing stays in this process,
+        in input order. An input that does not validate on its own (say, it refers to a
+        patient stored earlier) is validated again here, where references to this hospital's
+        records resolve. With `register_in_background`, each unit's registration on the chain
+        runs in a thread of its own while the next input is stored (see `_Registrar`); a
+        result is yielded once its registration ended, in input order.
         """
+        from collections import deque
+
+        registrar = None
+        if self.register_in_background:
+            registrar = _Registrar(self.node, self.vault, self._inflight)
+        done: deque[_Ingesting] = deque()
+        try:
+            for ingesting in self._store_many(inputs, workers, sender, registrar):
+                done.append(ingesting)
+                if len(done) > 1:  # the one before is registered by now, or nearly
+                    yield done.popleft().result()
+            while done:
+                yield done.popleft().result()
+        finally:
+            if registrar is not None:
+                registrar.close()
+
+    def _store_many(
+        self,
+        inputs: Iterable[tuple[bytes, str] | UnitResult],
+        workers: int,
+        sender: str,
+        registrar: _Registrar | None,
+    ) -> Iterator[_Ingesting]:
+        """Each input stored (its registration under way), in input order."""
+        from collections import deque
+
         if workers <= 1:
             for given in inputs:
                 if isinstance(given, UnitResult):
-                    yield given
+                    yield _Ingesting(given)
                 else:
-                    yield self.ingest_bytes(*given, sender=sender)
+                    yield self._ingest(*given, sender=sender, registrar=registrar)
             return
-        import multiprocessing
-        from collections import deque
-        from concurrent.futures import Future, ProcessPoolExecutor
-
-        ctx = multiprocessing.get_context("forkserver")
+        pool = _validation_pool(workers)
         window: deque[UnitResult | tuple[bytes, str, Future[_Alone | None] | None]]
         window = deque()
 
         def settle(
             item: UnitResult | tuple[bytes, str, Future[_Alone | None] | None],
-        ) -> UnitResult:
+        ) -> _Ingesting:
             if isinstance(item, UnitResult):
-                return item  # refused before reading (a file too large, unreadable)
+                return _Ingesting(item)  # refused before reading (too large, unreadable)
             data, source, future = item
             parsed = None
             if future is not None:
@@ -181,23 +214,21 @@ class Ingestor:
                     parsed, asked = alone
                     if any(self._resolve(ref, sender=sender) is not None for ref in asked):
                         parsed = None  # this hospital's records resolve more: parse here
-            return self.ingest_bytes(data, source, parsed=parsed, sender=sender)
+            return self._ingest(data, source, parsed, sender=sender, registrar=registrar)
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for given in inputs:
-                if isinstance(given, UnitResult):
-                    window.append(given)
-                else:
-                    data, source = given
-                    # Too large or too many: refused by ingest_bytes, not shipped to a worker.
-                    ahead = self._precheck(data, source) is None
-                    codes = self.hl7_codes
-                    future = pool.submit(_parse_alone, data, source, codes) if ahead else None
-                    window.append((data, source, future))
-                if len(window) > workers * 4:
-                    yield settle(window.popleft())
-            while window:
+        for given in inputs:
+            if isinstance(given, UnitResult):
+                window.append(given)
+            else:
+                data, source = given
+                # Too large or too many: refused by ingest_bytes, not shipped to a worker.
+                ahead = self._precheck(data, source) is None
+                future = _submit(pool, data, source, self.hl7_codes) if ahead else None
+                window.append((data, source, future))
+            if len(window) > workers * 4:
                 yield settle(window.popleft())
+        while window:
+            yield settle(window.popleft())
 
     def ingest_bytes(
         self,
@@ -214,7 +245,20 @@ class Ingestor:
         say nothing of theirs (no `meta.source`, no absolute fullUrl): a resource sent again
         with the same id by the same sender is the same resource (unchanged, or a new
         version), and `Type/<id>` references to what it sent before resolve."""
+        return self._ingest(data, source, parsed, author, sender).result()
+
+    def _ingest(
+        self,
+        data: bytes,
+        source: str,
+        parsed: list[Any] | None = None,
+        author: str = "",
+        sender: str = "",
+        registrar: _Registrar | None = None,
+    ) -> _Ingesting:
+        """`ingest_bytes`; with a `registrar`, its units' registrations still running."""
         result = UnitResult(source)
+        ingesting = _Ingesting(result)
         try:
             if parsed is None:
                 refused = self._precheck(data, source)
@@ -229,28 +273,25 @@ class Ingestor:
                 Rejection(source, p.location().removeprefix(source).lstrip(", "), p.message)
                 for p in exc.problems
             ]
-            return result
+            return ingesting
         except Exception as exc:  # noqa: BLE001 - any input gets an answer, never a traceback
             # Only the type: a library's message may quote the input (a name, an INS).
             log.error("ingesting %s: unexpected %s while reading it", source, type(exc).__name__)
             reason = f"the file could not be read ({type(exc).__name__}); nothing of it stored"
             result.rejections = [Rejection(source, "", reason)]
-            return result
+            return ingesting
         bundle_like = not source.lower().endswith((".ndjson", ".jsonl"))
         chunks = [parsed] if bundle_like else list(_chunks(parsed, CHUNK))
         moved: dict[str, str] = {}  # across the chunks of one file (see _store_unit)
         for chunk in chunks:
             try:
-                self._store_unit(chunk, source, result, author, sender, moved)
+                held = self._store_unit(chunk, source, author, sender, moved)
+                ingesting.registering.append((held, self._register(held, registrar)))
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
                 result.rejections.append(Rejection(source, where, exc.message))
-            except TxRejected as exc:
-                result.rejections.append(Rejection(source, "", f"refused by the ledger: {exc}"))
-            except RegistrationPending as exc:
-                result.rejections.append(Rejection(source, "", f"registration pending: {exc}"))
-            except RegistrationFailed as exc:
-                result.rejections.append(Rejection(source, "", f"not registered: {exc}"))
+            except (TxRejected, RegistrationPending, RegistrationFailed) as exc:
+                result.rejections.append(_not_registered(source, exc))
             except PatientErased:
                 reason = (
                     "the patient was erased here; nothing stored (`medledger vault reinstate` "
@@ -265,7 +306,7 @@ class Ingestor:
                 log.error("ingesting %s: unexpected %s while storing it", source, kind)
                 reason = f"could not be stored ({kind}); see the node's log"
                 result.rejections.append(Rejection(source, "", reason))
-        return result
+        return ingesting
 
     def _precheck(self, data: bytes, source: str) -> InputError | None:
         """The refusal of an input too large or with too many resources, known before parsing."""
@@ -312,6 +353,7 @@ class Ingestor:
         """The type of a readable record stored here under `rid`, else None."""
         from medledger.vault.errors import PatientErased, RecordNotFound
 
+        self._inflight.wait(rid=rid)
         try:
             return self.vault.info(rid).resource_type
         except (RecordNotFound, PatientErased, ValueError):
@@ -323,6 +365,7 @@ class Ingestor:
         return f"{kind}/{rids.pop()}" if len(rids) == 1 else None
 
     def _existing_patient(self, pid: str) -> str | None:
+        self._inflight.wait(pid=pid)
         for info in self.vault.records_of(pid, include_copies=False):
             if info.resource_type == "Patient":
                 return info.rid
@@ -449,15 +492,15 @@ class Ingestor:
         self,
         parsed: list[Any],
         source: str,
-        result: UnitResult,
         author: str = "",
         sender: str = "",
         moved: dict[str, str] | None = None,
-    ) -> None:
-        """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction and
-        one chain tx. `moved` (parser's `Type/id` -> stored `Type/rid`, for resources found
-        stored before) is extended for the next chunks of the same file, whose references
-        were made to the parser's ids."""
+    ) -> _Held:
+        """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction,
+        held provisional; the returned `_Held` registers it in one chain tx (`_register`).
+        `moved` (parser's `Type/id` -> stored `Type/rid`, for resources found stored before)
+        is extended for the next chunks of the same file, whose references were made to the
+        parser's ids."""
         from medledger.interop.metadata import document_categories
 
         # One unit of this ingestor at a time from planning to the vault's commit: two
@@ -472,6 +515,13 @@ class Ingestor:
                 if s.rid != s.item.id
             )
             patients = {s.rid: s.pid for s in steps if s.item.resource_type == "Patient"}
+            # What the batch reads of earlier units must be settled: never wait inside it.
+            for step in steps:
+                if step.stored:
+                    self._inflight.wait(rid=step.rid)
+                if step.item.patient_ref is not None:
+                    ref = f"Patient/{step.item.patient_ref}"
+                    self._inflight.wait(rid=moved.get(ref, ref).removeprefix("Patient/"))
             entries: list[dict[str, Any]] = []
             disclosures = _Disclosures(self.node, self.org)
             unit_pids: set[str] = set()
@@ -535,17 +585,17 @@ class Ingestor:
                 unit = self.vault.hold(held) if entries else None
         # The chain decides, in one tx for the whole unit (new records and new versions
         # alike), after the vault committed: the vault lock is not held while it decides.
-        if unit is not None:
-            msg = Register(entries, disclosures.as_body(), author)  # defaults left out
-            registrations.register(self.node.wallet, self.vault, unit, msg)
-        result.accepted += len(steps)
-        result.updated += updated
-        result.unchanged += unchanged
-        result.rids += list(dict.fromkeys(s.rid for s in steps))
-        result.pids |= {s.pid for s in steps if s.pid != self.vault.hospital_pid}
-        for step in steps:
-            where = _where(step.item)
-            result.warnings += [Rejection(source, where, w) for w in step.item.warnings]
+        msg = Register(entries, disclosures.as_body(), author) if unit else None
+        return _Held(source, unit, msg, steps, updated, unchanged, self.vault.hospital_pid)
+
+    def _register(self, held: _Held, registrar: _Registrar | None) -> Future[Any] | None:
+        """Register a held unit: here and now, or in `registrar`'s thread (its future)."""
+        if held.unit is None or held.msg is None:
+            return None
+        if registrar is not None:
+            return registrar.submit(held)
+        registrations.register(self.node.wallet, self.vault, held.unit, held.msg)
+        return None
 
     def _owner(
         self, item: Any, moved: dict[str, str], patients: dict[str, str], source: str
@@ -585,6 +635,8 @@ class Ingestor:
         stored = {s.rid for s in steps if s.stored}
         if not stored:
             return
+        for rid in stored:
+            self._inflight.wait(rid=rid)
         for unit in self.vault.provisional():
             if not stored.intersection(rid for rid, _ in unit.records):
                 continue
@@ -626,6 +678,142 @@ class _Step:
     aliases: list[bytes] = field(default_factory=list)
     stored: bool = False  # `rid` is a resource stored before this unit
     kept: bool = False  # a conditional create that found it: left as it is
+
+
+@dataclass
+class _Held:
+    """A unit stored and held provisional: what registers it, and what it adds to its
+    input's result once registered."""
+
+    source: str
+    unit: str | None  # the vault's provisional unit; None: nothing to register
+    msg: Register | None
+    steps: list[_Step]
+    updated: int
+    unchanged: int
+    hospital_pid: str
+
+    def apply(self, result: UnitResult) -> None:
+        steps = self.steps
+        result.accepted += len(steps)
+        result.updated += self.updated
+        result.unchanged += self.unchanged
+        result.rids += list(dict.fromkeys(s.rid for s in steps))
+        result.pids |= {s.pid for s in steps if s.pid != self.hospital_pid}
+        for step in steps:
+            where = _where(step.item)
+            result.warnings += [Rejection(self.source, where, w) for w in step.item.warnings]
+
+
+@dataclass
+class _Ingesting:
+    """One input stored, its units' registrations perhaps still running in a `_Registrar`."""
+
+    unit_result: UnitResult
+    registering: list[tuple[_Held, Future[Any] | None]] = field(default_factory=list)
+
+    def result(self) -> UnitResult:
+        """The input's result, once every registration of its units ended."""
+        result = self.unit_result
+        for held, future in self.registering:
+            if future is not None:
+                try:
+                    future.result()
+                except (TxRejected, RegistrationPending, RegistrationFailed) as exc:
+                    result.rejections.append(_not_registered(result.source, exc))
+                    continue
+                except (ConnectionError, VaultError):
+                    raise  # the node or the vault is down, as in ingest_bytes
+                except Exception as exc:  # noqa: BLE001 - reconcile settles the unit
+                    kind = type(exc).__name__
+                    log.error("registering %s: unexpected %s", result.source, kind)
+                    reason = f"could not be registered ({kind}); see the node's log"
+                    result.rejections.append(Rejection(result.source, "", reason))
+                    continue
+            held.apply(result)
+        self.registering = []
+        return result
+
+
+class _Inflight:
+    """Records (and patients) of units whose registration runs in a `_Registrar`'s thread.
+
+    A lookup that finds one waits for that registration to end first: a refused one
+    withdraws the records, and nothing must be planned on them (a later unit's resource
+    attached to a Patient that is then withdrawn)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rids: dict[str, Future[Any]] = {}
+        self._pids: dict[str, Future[Any]] = {}
+
+    def add(self, held: _Held, future: Future[Any]) -> None:
+        rids = [s.rid for s in held.steps]
+        pids = [s.pid for s in held.steps]
+        with self._lock:
+            self._rids.update(dict.fromkeys(rids, future))
+            self._pids.update(dict.fromkeys(pids, future))
+        future.add_done_callback(lambda done: self._forget(rids, pids, done))
+
+    def _forget(self, rids: list[str], pids: list[str], done: Future[Any]) -> None:
+        with self._lock:
+            for table, keys in ((self._rids, rids), (self._pids, pids)):
+                for key in keys:
+                    if table.get(key) is done:
+                        del table[key]
+
+    def wait(self, rid: str | None = None, pid: str | None = None) -> None:
+        """Return once no registration of `rid` (or of a unit with `pid`) is running."""
+        from concurrent.futures import wait
+
+        with self._lock:
+            future = self._rids.get(rid) if rid is not None else self._pids.get(pid or "")
+        if future is not None:
+            wait([future])  # its outcome is reported with its own input
+
+
+class _Registrar:
+    """Registers held units in a thread of its own, one after the other (the wallet's nonces
+    stay in order), while the caller stores the next input.
+
+    The crash guarantees are `registrations`': a unit is stored and held before its
+    registration is sent, so a crash leaves a provisional unit that `reconcile` settles."""
+
+    def __init__(self, node: Node, vault: Vault, inflight: _Inflight) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.node = node
+        self.vault = vault
+        self.inflight = inflight
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="register")
+
+    def submit(self, held: _Held) -> Future[Any]:
+        assert held.unit is not None and held.msg is not None
+        future = self._thread.submit(
+            registrations.register, self.node.wallet, self.vault, held.unit, held.msg
+        )
+        self.inflight.add(held, future)
+        return future
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+def _in_process(engine: Any) -> bool:
+    """Whether the engine makes its blocks in this process, in the caller's thread (solo)."""
+    from medledger.consensus.solo import SoloEngine
+
+    return isinstance(engine, SoloEngine)
+
+
+def _not_registered(
+    source: str, exc: TxRejected | RegistrationPending | RegistrationFailed
+) -> Rejection:
+    if isinstance(exc, TxRejected):
+        return Rejection(source, "", f"refused by the ledger: {exc}")
+    if isinstance(exc, RegistrationPending):
+        return Rejection(source, "", f"registration pending: {exc}")
+    return Rejection(source, "", f"not registered: {exc}")
 
 
 class _Disclosures:
@@ -721,6 +909,64 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
 
 #: A worker's parse and the references it would have asked this hospital about.
 _Alone = tuple[list[Any], list[str]]
+
+
+#: Imported once by the forkserver, so that each validation worker starts with them loaded
+#: (fhir.resources builds a model's validators when its module is imported: ≈ 1 s of CPU
+#: per worker for the types every input carries).
+_WORKER_PRELOAD = [
+    "__main__",
+    "medledger.node.ingest",
+    *(
+        f"fhir.resources.R4B.{name}"
+        for name in [
+            "bundle",
+            "allergyintolerance",
+            "composition",
+            "condition",
+            "encounter",
+            "immunization",
+            "medication",
+            "medicationrequest",
+            "medicationstatement",
+            "observation",
+            "organization",
+            "patient",
+            "practitioner",
+            "practitionerrole",
+            "procedure",
+            "diagnosticreport",
+        ]
+    ),
+]
+_pools: dict[int, Any] = {}
+_pools_lock = threading.Lock()
+
+
+def _validation_pool(workers: int) -> Any:
+    """The process pool of `workers` validation workers, started once and kept for the
+    process's life: starting a worker costs more than validating a few hundred resources."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None or getattr(pool, "_broken", False):
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_WORKER_PRELOAD)  # no effect once the server runs
+            pool = _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return pool
+
+
+def _submit(pool: Any, data: bytes, source: str, codes: CodeMaps) -> Any:
+    """A worker's validation of one input, or None (validated at home) if the pool is broken
+    (a worker died: the next `ingest_many` starts a new pool)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return pool.submit(_parse_alone, data, source, codes)
+    except (BrokenProcessPool, RuntimeError):
+        return None
 
 
 def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None:

@@ -190,7 +190,7 @@ class Vault:
         self._keyring = keyring
         self._pid_re = re.compile(pid_pattern)
         self._lock = threading.RLock()
-        self._batch_depth = 0
+        self._batches = threading.local()  # per thread: a batch is its thread's
         self._compact_due = False
         self._unwrapped: dict[tuple[str, int, bytes], PatientKeys] = {}
         self._unwrapped_sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
@@ -455,11 +455,17 @@ class Vault:
         exception leaves the block, the whole batch is rolled back.
         """
         with self._lock, self._backend.transaction():
-            self._batch_depth += 1
+            self._batches.depth = self._batch_depth + 1
             try:
                 yield self
             finally:
-                self._batch_depth -= 1
+                self._batches.depth -= 1
+
+    @property
+    def _batch_depth(self) -> int:
+        """How many batches the calling thread is inside (another thread's do not count: its
+        calls wait for the vault's lock)."""
+        return int(getattr(self._batches, "depth", 0))
 
     def _refuse_own_records(self, pid: str) -> None:
         if pid == self.hospital_pid:
