@@ -59,9 +59,19 @@ def _check(value: Any, depth: int = 0, ordered: bool = False) -> None:
 
 def _key_rank(key: str) -> tuple[int, bytes]:
     """Where a text key sorts in a canonical map: by the bytes of its encoding, which for
-    text is its UTF-8 length (the header grows with it), then its UTF-8 bytes."""
-    raw = key.encode()
-    return len(raw), raw
+    text is its UTF-8 length (the header grows with it), then its UTF-8 bytes. Field names
+    recur in every tx, so their ranks are remembered (up to `_RANKS_MAX`)."""
+    rank = _ranks.get(key)
+    if rank is None:
+        raw = key.encode()
+        rank = len(raw), raw
+        if len(_ranks) < _RANKS_MAX:
+            _ranks[key] = rank
+    return rank
+
+
+_RANKS_MAX = 4096
+_ranks: dict[str, tuple[int, bytes]] = {}
 
 
 def encode(value: Any) -> bytes:
