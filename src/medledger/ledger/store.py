@@ -129,9 +129,10 @@ class Store:
         except KeyError:
             pass
         if self._filter is not None and not self._filter.may_contain(key):
-            return None
-        row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
-        value = None if row is None else bytes(row[0])
+            value = None
+        else:
+            row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+            value = None if row is None else bytes(row[0])
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.clear()
         self._cache[key] = value
