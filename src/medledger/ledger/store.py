@@ -73,17 +73,25 @@ class KeyFilter:
         h = hash(key)
         step = (h >> 29) | 1
         bits, mask = self._bits, self._mask
-        for pos in (h & mask, (h + step) & mask, (h + 2 * step) & mask):
-            bits[pos >> 3] |= 1 << (pos & 7)
+        pos = h & mask
+        bits[pos >> 3] |= 1 << (pos & 7)
+        pos = (h + step) & mask
+        bits[pos >> 3] |= 1 << (pos & 7)
+        pos = (h + 2 * step) & mask
+        bits[pos >> 3] |= 1 << (pos & 7)
 
     def may_contain(self, key: bytes) -> bool:
         h = hash(key)
         step = (h >> 29) | 1
         bits, mask = self._bits, self._mask
-        for pos in (h & mask, (h + step) & mask, (h + 2 * step) & mask):
-            if not bits[pos >> 3] & (1 << (pos & 7)):
-                return False
-        return True
+        pos = h & mask
+        if not bits[pos >> 3] >> (pos & 7) & 1:
+            return False
+        pos = (h + step) & mask
+        if not bits[pos >> 3] >> (pos & 7) & 1:
+            return False
+        pos = (h + 2 * step) & mask
+        return bool(bits[pos >> 3] >> (pos & 7) & 1)
 
 
 class Store:
@@ -192,8 +200,9 @@ class Store:
         db = self._db
         puts = [(k, v) for k, v in writes.items() if v is not None]
         if self._filter is not None:
+            add = self._filter.add
             for k, _ in puts:  # before the commit makes them readable
-                self._filter.add(k)
+                add(k)
         db.execute("BEGIN IMMEDIATE")
         try:
             dels = [(k,) for k, v in writes.items() if v is None]
