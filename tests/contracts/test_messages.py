@@ -34,3 +34,15 @@ def test_the_body_leaves_defaults_out_and_parses_back_to_the_same_message() -> N
 def test_a_dataclass_no_contract_declares_is_refused() -> None:
     with pytest.raises(TypeError, match="Entry is not a message"):
         kind_of(access.Entry("org:h1", "h1", PID, "read", "treatment", "granted"))
+
+
+def test_a_refused_item_is_named_by_its_path() -> None:
+    """Items are checked without spelling out their paths; a refusal still names the item."""
+    from medledger.ledger.errors import TxError
+
+    body = body_of(consent.Grant(PID, "org:h2", ["lab"], "treatment", start_ms=0))
+    with pytest.raises(TxError, match=r"field categories\[1\]: expected text, got int"):
+        parse_message(consent.Grant, {**body, "categories": ["lab", 3]})
+    good = {"entries": [{"a": 1}]}
+    assert parse_message(access.Log, good).entries == [{"a": 1}]
+    assert parse_message(access.Log, good).entries is not good["entries"]  # a copy

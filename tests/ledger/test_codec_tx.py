@@ -97,3 +97,44 @@ def test_malformed_envelopes_name_what_is_wrong(raw: bytes, code: Code, words: s
         decode_tx(raw)
     assert err.value.code == code
     assert words in err.value.message
+
+
+@given(_LEDGER_VALUES)
+def test_state_writes_are_encoded_canonically(value: object) -> None:
+    """The state machine's own encoder (which remembers each map shape's key order) writes
+    exactly the bytes of a canonical encoding, whatever order the maps were built in."""
+    assert codec.encode_trusted(value) == cbor2.dumps(value, canonical=True)
+    if isinstance(value, dict):
+        reversed_map = dict(reversed(list(value.items())))
+        assert codec.encode_trusted(reversed_map) == cbor2.dumps(value, canonical=True)
+        assert codec.encode_trusted([reversed_map, value]) == codec.encode([value, value])
+
+
+def _long_header(item: bytes) -> bytes:
+    """A byte string's CBOR with a 2-byte length header where 1 byte (or none) would do."""
+    return b"\x59" + len(item).to_bytes(2, "big") + item
+
+
+def test_envelopes_are_read_only_in_their_canonical_form() -> None:
+    """The envelope is read straight off the bytes when it is canonical; any other spelling
+    of the same two byte strings is refused, as the general strict decoder refuses it."""
+    key = SigningKey.generate()
+    payload = encode_payload("c", "k.x", {"v": 1}, key.public_key, 1)
+    signature = key.sign(payload)
+    canonical = codec.encode([payload, signature])
+    assert decode_tx(canonical).payload == payload
+    assert decode_tx(canonical).signature == signature
+    spellings = [
+        b"\x82" + _long_header(payload) + codec.encode(signature),  # payload length padded
+        b"\x82" + codec.encode(payload) + _long_header(signature),  # signature length padded
+        b"\x9f" + codec.encode(payload) + codec.encode(signature) + b"\xff",  # indefinite
+        canonical + b"\x00",  # trailing byte
+    ]
+    for raw in spellings:
+        with pytest.raises(TxError) as err:
+            decode_tx(raw)
+        assert err.value.code == Code.MALFORMED
+    truncated = canonical[:-1]
+    with pytest.raises(TxError) as err:
+        decode_tx(truncated)
+    assert err.value.code == Code.MALFORMED

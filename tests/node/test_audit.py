@@ -268,7 +268,13 @@ def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
     flaky = FlakyEngine(node.engine)
     flaky.drop_next = 1000  # accepted, never committed: every tx stays in flight
     journal = _journal(
-        node, tmp_path / "audit", engine=flaky, max_tx_entries=1, max_inflight=2, resend_s=60
+        node,
+        tmp_path / "audit",
+        engine=flaky,
+        max_tx_entries=1,
+        max_inflight=2,
+        max_inflight_full=2,
+        resend_s=60,
     )
     try:
         journal.log(_entries(node, 10), wait=False)
@@ -280,6 +286,37 @@ def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
     journal = _journal(node, tmp_path / "audit")  # the 10 are still journaled
     try:
         assert journal.drain(30) and len(_on_chain(node)) == 10
+    finally:
+        journal.stop()
+
+
+def test_a_backlog_goes_out_in_more_full_txs_at_once_but_a_partial_one_waits(
+    node: Node, tmp_path: Path
+) -> None:
+    """Beyond `max_inflight`, only full txs go (up to `max_inflight_full`): a backlog is sent
+    at the validators' pace, never as a flood of small txs."""
+    flaky = FlakyEngine(node.engine)
+    flaky.drop_next = 1000  # accepted, never committed: every tx stays in flight
+    journal = _journal(
+        node,
+        tmp_path / "audit",
+        engine=flaky,
+        max_tx_entries=2,
+        max_inflight=1,
+        max_inflight_full=3,
+        resend_s=60,
+    )
+    try:
+        journal.log(_entries(node, 7), wait=False)
+        threading.Event().wait(0.5)
+        sent = [len(decode_tx(tx).body["entries"]) for tx in flaky.dropped]
+        assert sent == [2, 2, 2] and journal.pending() == 7  # the seventh waits
+        flaky.drop_next = 0
+    finally:
+        journal.stop()
+    journal = _journal(node, tmp_path / "audit")
+    try:
+        assert journal.drain(30) and len(_on_chain(node)) == 7
     finally:
         journal.stop()
 

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import identity
-from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.common import check_id, check_pid, is_id, is_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_item, parse_message
@@ -238,22 +238,27 @@ class Log:
 
 
 def _check(i: int, raw: Any) -> Entry:
+    """One entry parsed and checked. The checks run on every entry of a tx of up to
+    `MAX_ENTRIES`, so a field's path (`entries[i].x`) is spelled out only for a refusal."""
     e = parse_item(Entry, raw, f"entries[{i}]")
     if e.id and (len(e.id) != 2 * ENTRY_ID or not _HEX.issuperset(e.id)):
         raise TxError(
             Code.INVALID_BODY, f"field entries[{i}].id: {2 * ENTRY_ID} lowercase hex characters"
         )
-    check_pid(e.pid, f"entries[{i}].pid")
-    check_id(e.actor_org, f"entries[{i}].actor_org")
-    for name, value, allowed in (
-        ("action", e.action, ACTIONS),
-        ("outcome", e.outcome, OUTCOMES),
-        ("purpose", e.purpose, PURPOSES),
-    ):
-        if value not in allowed:
-            raise TxError(
-                Code.INVALID_BODY, f"field entries[{i}].{name}: {value!r} not in {allowed}"
-            )
+    if not is_pid(e.pid):
+        check_pid(e.pid, f"entries[{i}].pid")
+    if not is_id(e.actor_org):
+        check_id(e.actor_org, f"entries[{i}].actor_org")
+    if e.action not in _ACTIONS or e.outcome not in _OUTCOMES or e.purpose not in _PURPOSES:
+        for name, value, allowed in (
+            ("action", e.action, ACTIONS),
+            ("outcome", e.outcome, OUTCOMES),
+            ("purpose", e.purpose, PURPOSES),
+        ):
+            if value not in allowed:
+                raise TxError(
+                    Code.INVALID_BODY, f"field entries[{i}].{name}: {value!r} not in {allowed}"
+                )
     if e.outcome == "granted" and not e.basis:
         raise TxError(Code.INVALID_BODY, f"field entries[{i}].basis: a granted access needs one")
     if e.outcome == "denied" and not e.reason:
@@ -271,7 +276,7 @@ def _check(i: int, raw: Any) -> Entry:
         raise TxError(
             Code.INVALID_BODY, f"field entries[{i}].basis: at most {MAX_BASIS} characters"
         )
-    if e.basis:
+    if e.basis and e.basis not in BASES:
         check_basis(e.basis, f"entries[{i}].basis")
     if len(e.rids) > MAX_RIDS:
         raise TxError(
@@ -279,8 +284,12 @@ def _check(i: int, raw: Any) -> Entry:
             f"field entries[{i}].rids: at most {MAX_RIDS} per entry (split into several entries)",
         )
     for j, rid in enumerate(e.rids):
-        check_id(rid, f"entries[{i}].rids[{j}]")
+        if not is_id(rid):
+            check_id(rid, f"entries[{i}].rids[{j}]")
     return e
+
+
+_ACTIONS, _OUTCOMES, _PURPOSES = frozenset(ACTIONS), frozenset(OUTCOMES), frozenset(PURPOSES)
 
 
 def check_basis(basis: str, field: str) -> str:
@@ -444,15 +453,16 @@ def log(ctx: Context, msg: Log) -> None:
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     asked: dict[bytes, dict[str, Any]] = {}  # the bodies of the requests cited, by digest
+    stamp = _stamp(ctx)
     for n, raw in enumerate(msg.entries):
         entry = _check(n, raw)
-        if entry.id and ctx.state.get(f"acc/id/{custodian}/{entry.id}") is not None:
+        if entry.id and ctx.state.has(f"acc/id/{custodian}/{entry.id}"):
             continue  # re-sent by the journal after it committed: written once
         _check_actor(ctx, n, entry, custodian)
         digest, request_signer = b"", ""
         if entry.request is not None:
             digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
-        _write_entry(ctx, custodian, signer, n, entry, digest, request_signer)
+        _write_entry(ctx, custodian, signer, n, entry, digest, request_signer, stamp)
 
 
 def record_entry(
@@ -471,6 +481,11 @@ def record_entry(
     )
 
 
+def _stamp(ctx: Context) -> str:
+    """What the keys of a tx's entries share: its block time and its id."""
+    return f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}"
+
+
 def _signer_label(org: str, practitioner: str | None) -> str:
     return f"org:{org}" if practitioner is None else f"practitioner:{org}/{practitioner}"
 
@@ -483,9 +498,11 @@ def _write_entry(
     e: Entry,
     request: bytes = b"",
     request_signer: str = "",
+    stamp: str = "",
 ) -> str:
-    """`record_entry` once the signer is known (`log` resolves it once per tx)."""
-    suffix = f"{ctx.time_ms:016d}/{ctx.tx_id.hex()}/{n:04d}"
+    """`record_entry` once the signer is known (`log` resolves it once per tx, and its
+    entries' common key part, `stamp`)."""
+    suffix = f"{stamp or _stamp(ctx)}/{n:04d}"
     key = f"acc/pid/{e.pid}/{suffix}"
     ctx.state.put(
         key,

@@ -13,6 +13,11 @@ DAY_MS = 24 * 3600 * 1000
 _HEX = frozenset("0123456789abcdef")
 
 
+def is_id(value: str) -> bool:
+    """`check_id`'s test alone, for loops that name the field only when one fails."""
+    return _ID.match(value) is not None
+
+
 def check_id(value: str, field: str) -> str:
     """Ids that become key segments: short, lowercase, no '/' (they would split keys)."""
     if not _ID.match(value):

@@ -102,8 +102,9 @@ class Application:
     @classmethod
     def open(cls, db_path: Path | str, genesis: Genesis, registry: Registry) -> Application:
         """The replica stored at `db_path`; the caller hands in the contracts it runs (the
-        ledger sits below `contracts` and never imports them)."""
-        return cls(Store(db_path), genesis, registry)
+        ledger sits below `contracts` and never imports them). Its store keeps a filter of
+        its keys (`KeyFilter`): this replica is the file's only writer."""
+        return cls(Store(db_path, key_filter=True), genesis, registry)
 
     def close(self) -> None:
         self.store.close()

@@ -59,18 +59,21 @@ def decode_tx(raw: bytes) -> Tx:
     """Parse the envelope; does not check the signature (see `verify_signature`)."""
     if len(raw) > MAX_TX_BYTES:
         raise TxError(Code.TOO_LARGE, f"tx is {len(raw)} bytes, the limit is {MAX_TX_BYTES}")
-    try:
-        outer = codec.decode(raw)
-    except codec.CodecError as exc:
-        raise TxError(Code.MALFORMED, f"tx: {exc}") from None
-    if (
-        not isinstance(outer, list)
-        or len(outer) != 2
-        or not isinstance(outer[0], bytes)
-        or not isinstance(outer[1], bytes)
-    ):
-        raise TxError(Code.MALFORMED, "tx: expected [payload bytes, signature bytes]")
-    payload, signature = outer
+    envelope = _split_envelope(raw)
+    if envelope is None:  # not the canonical shape: the general decoder says what is wrong
+        try:
+            outer = codec.decode(raw)
+        except codec.CodecError as exc:
+            raise TxError(Code.MALFORMED, f"tx: {exc}") from None
+        if (
+            not isinstance(outer, list)
+            or len(outer) != 2
+            or not isinstance(outer[0], bytes)
+            or not isinstance(outer[1], bytes)
+        ):
+            raise TxError(Code.MALFORMED, "tx: expected [payload bytes, signature bytes]")
+        envelope = outer[0], outer[1]
+    payload, signature = envelope
     try:
         fields = codec.decode(payload)
     except codec.CodecError as exc:
@@ -109,6 +112,45 @@ def decode_tx(raw: bytes) -> Tx:
         raw=raw,
         payload=payload,
     )
+
+
+def _bytes_item(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """The span of the canonical CBOR byte string starting at `pos` (its length in the
+    shortest header, RFC 8949 4.2.1), or None if another item or header is there."""
+    if pos >= len(raw):
+        return None
+    head = raw[pos]
+    if 0x40 <= head <= 0x57:
+        start, length = pos + 1, head - 0x40
+    elif head == 0x58 and pos + 2 <= len(raw) and raw[pos + 1] >= 24:
+        start, length = pos + 2, raw[pos + 1]
+    elif head == 0x59 and pos + 3 <= len(raw):
+        start, length = pos + 3, int.from_bytes(raw[pos + 1 : pos + 3], "big")
+        if length < 0x100:
+            return None
+    elif head == 0x5A and pos + 5 <= len(raw):
+        start, length = pos + 5, int.from_bytes(raw[pos + 1 : pos + 5], "big")
+        if length < 0x10000:
+            return None
+    else:
+        return None
+    end = start + length
+    return (start, end) if end <= len(raw) else None
+
+
+def _split_envelope(raw: bytes) -> tuple[bytes, bytes] | None:
+    """`[payload, signature]` read straight off canonical bytes (an array of two byte strings
+    with shortest headers is canonical by construction), without decoding and re-encoding
+    the whole tx; None for any other shape, which `codec.decode` then explains."""
+    if not raw or raw[0] != 0x82:
+        return None
+    payload = _bytes_item(raw, 1)
+    if payload is None:
+        return None
+    signature = _bytes_item(raw, payload[1])
+    if signature is None or signature[1] != len(raw):
+        return None
+    return raw[payload[0] : payload[1]], raw[signature[0] : signature[1]]
 
 
 def verify_signature(tx: Tx) -> None:

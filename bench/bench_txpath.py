@@ -1,0 +1,182 @@
+"""One validator's CPU per tx, step by step: the path every CometBFT node runs for each tx.
+
+Replays, in one process and without sockets, what a node's app does under CometBFT: CheckTx
+of every tx (decode, Ed25519 verify, the handler on the mempool's state), then per block
+ProcessProposal (the block simulated: the handler again, signatures from the verified-tx
+cache), FinalizeBlock (which reuses that simulation) and Commit. Thread CPU time of each
+step, per tx (`identity.register`, as `medledger bench cometbft` sends) and per audit entry
+(`access.log` txs of `entries` entries, as the audit journal sends when driven hard). Beside
+them, the pure parts measured alone on the same txs (decode, verify) and the cost of looking
+up a key the state lacks, with and without the store's key filter.
+
+    medledger bench txpath [--set txs=6000 --set block=400 --set entries=487]
+
+To compare with another checkout's code, run this file with that code on the path, in
+turn with this one: `PYTHONPATH=<clone>/src .venv/bin/python bench/bench_txpath.py`. The
+figures are one node's; a network of four pays each four times (docs/benchmarks.md,
+"Session 6").
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medledger.contracts import default_registry, default_versions
+from medledger.ledger.app import Application
+from medledger.ledger.genesis import Genesis, GenesisMember
+from medledger.ledger.keys import SigningKey
+from medledger.ledger.store import Store
+from medledger.ledger.tx import decode_tx, sign_tx, verify_signature
+
+CHAIN = "medledger-bench"
+SIGNERS = 16
+
+
+def _genesis(orgs: list[SigningKey]) -> Genesis:
+    return Genesis(
+        chain_id=CHAIN,
+        time_ms=1_700_000_000_000,
+        members=[GenesisMember(f"h{i}", f"H{i}", k.public_key) for i, k in enumerate(orgs)],
+        solo_key=SigningKey.generate().public_key,
+        contracts=default_versions(),
+    )
+
+
+def _registrations(orgs: list[SigningKey], n: int) -> list[bytes]:
+    return [
+        sign_tx(
+            orgs[i % len(orgs)],
+            CHAIN,
+            "identity.register",
+            {"practitioner": f"p-{i:07d}", "key": os.urandom(32), "roles": ["nurse"]},
+            i // len(orgs) + 1,
+        )
+        for i in range(n)
+    ]
+
+
+def _audit_logs(org: SigningKey, txs: int, entries: int) -> list[bytes]:
+    def entry(j: int) -> dict[str, Any]:
+        return {
+            "actor": "org:h0",
+            "actor_org": "h0",
+            "pid": os.urandom(32).hex(),
+            "action": "read",
+            "purpose": "treatment",
+            "outcome": "granted",
+            "basis": "custodian",
+            "reason": "",
+            "rids": [f"obs-{j}", f"enc-{j}"],
+            "id": os.urandom(16).hex(),
+        }
+
+    return [
+        sign_tx(org, CHAIN, "access.log", {"entries": [entry(j) for j in range(entries)]}, n + 1)
+        for n in range(txs)
+    ]
+
+
+def _replay(app: Application, txs: list[bytes], block: int, per: int) -> dict[str, float]:
+    """CometBFT's flow on one node; µs of thread CPU per unit (`per` units in all)."""
+    spent = {"check_tx": 0.0, "process_proposal": 0.0, "finalize_block": 0.0, "commit": 0.0}
+    time_ms = app.genesis.time_ms
+    for start in range(0, len(txs), block):
+        chunk = txs[start : start + block]
+        t = time.thread_time()
+        for raw in chunk:
+            result = app.check_tx(raw)
+            if not result.ok:
+                raise RuntimeError(f"bench tx refused: {result.log}")
+        spent["check_tx"] += time.thread_time() - t
+        height, time_ms = app.height + 1, time_ms + 1000
+        t = time.thread_time()
+        app.simulate_block(chunk, height, time_ms)
+        spent["process_proposal"] += time.thread_time() - t
+        t = time.thread_time()
+        app.finalize_block(chunk, height, time_ms)
+        spent["finalize_block"] += time.thread_time() - t
+        t = time.thread_time()
+        app.commit()
+        spent["commit"] += time.thread_time() - t
+    out = {k: round(v / per * 1e6, 1) for k, v in spent.items()}
+    out["total"] = round(sum(spent.values()) / per * 1e6, 1)
+    return out
+
+
+def _each(items: list[bytes], fn: Callable[[bytes], object]) -> float:
+    t = time.thread_time()
+    for item in items:
+        fn(item)
+    return round((time.thread_time() - t) / max(1, len(items)) * 1e6, 1)
+
+
+def _absent_lookups(directory: Path, n: int) -> dict[str, float]:
+    """µs to look up a key the state lacks (a new practitioner's), in a store of 20,000 keys."""
+    out = {}
+    for name, key_filter in (("sqlite", False), ("key_filter", True)):
+        try:
+            store = Store(directory / f"{name}.db", key_filter=key_filter)
+        except TypeError:  # the code measured predates the key filter
+            continue
+        try:
+            writes: dict[bytes, bytes | None] = {
+                f"id/prac/h{i % 4}/p-{i:07d}".encode(): b"\x01" for i in range(20_000)
+            }
+            store.commit(writes, 1, b"h", None)
+            fresh = [f"id/prac/h{i % 4}/q-{i:07d}".encode() for i in range(n)]
+            out[name] = _each(fresh, store.get_raw)
+        finally:
+            store.close()
+    return out
+
+
+def run(txs: int = 6000, block: int = 400, entries: int = 487, audit_txs: int = 20) -> Any:
+    orgs = [SigningKey.generate() for _ in range(SIGNERS)]
+    genesis = _genesis(orgs)
+    registrations = _registrations(orgs, txs)
+    logs = _audit_logs(orgs[0], audit_txs, entries)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        lookups = _absent_lookups(folder, min(txs, 5000))
+        app = Application.open(folder / "register.db", genesis, default_registry())
+        app.init_chain()
+        register = _replay(app, registrations, block, txs)
+        app.close()
+        app = Application.open(folder / "audit.db", genesis, default_registry())
+        app.init_chain()
+        audit = _replay(app, logs, 2, audit_txs * entries)
+        app.close()
+    decoded = [decode_tx(raw) for raw in registrations]
+    return {
+        "us_per_tx_one_node": {
+            "identity.register": register,
+            "decode_alone": _each(registrations, decode_tx),
+            "verify_alone": _verify_each(decoded),
+        },
+        "us_per_audit_entry_one_node": audit,
+        "us_per_absent_key_lookup": lookups,
+        "txs": txs,
+        "block": block,
+        "audit": {"txs": audit_txs, "entries_per_tx": entries},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _verify_each(decoded: list[Any]) -> float:
+    t = time.thread_time()
+    for tx in decoded:
+        verify_signature(tx)
+    return round((time.thread_time() - t) / max(1, len(decoded)) * 1e6, 1)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    options = dict(arg.split("=", 1) for arg in sys.argv[1:])  # txs=6000 block=400 ...
+    print(json.dumps(run(**{k: int(v) for k, v in options.items()}), indent=2))
