@@ -243,12 +243,15 @@ def _check_key(path: Path) -> None:
 
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
-    """TLS 1.3 only; a client certificate from the consortium CA is required."""
+    """TLS 1.3 only; a client certificate, when shown, must be from the consortium CA.
+
+    Optional rather than required so that a hospital joining from afar can read
+    `GET /exchange/v1/bootstrap`; every other endpoint refuses a connection without one."""
     _check_files(files.ca, files.server_cert, files.server_key)
     _check_key(files.server_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cafile=str(files.ca))
     ctx.load_cert_chain(str(files.server_cert), str(files.server_key))
     return ctx

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from medledger.contracts import queries
 from medledger.exchange.client import Directory, ExchangeClient
 from medledger.exchange.events import EventStream
 from medledger.exchange.gateway import Gateway, create_app
@@ -47,7 +48,9 @@ class HospitalExchange:
         self.org = node.config.org
         home = node.config.home
         folder = home / "exchange"
-        self.directory = directory or Directory(node.config.exchange.peers)
+        self.directory = directory or Directory(
+            node.config.exchange.peers, lambda: queries.members(node.engine)
+        )
         self.policy = Policy(node, authorize)
         self.evidence = EvidenceStore(folder / "evidence.db")
         self.store = SyncStore(folder / "sync.db", node.config.box_key())
