@@ -58,6 +58,7 @@ def bootstrap(node: Node) -> dict[str, Any]:
             }
         )
     answer: dict[str, Any] = {
+        "org": config.org,
         "genesis": json.loads(config.genesis_path.read_text()),
         "genesis_hash": genesis.hash().hex(),
         "chain_id": config.chain_id,

@@ -518,15 +518,19 @@ def join_home(
     block_time_ms: int,
     host: str = "127.0.0.1",
     external: str | None = None,
+    rpc_host: str = "127.0.0.1",
 ) -> NodeAddresses:
     """A CometBFT home on a hospital's own machine that joins a running network.
 
     Its keys are kept when the home has them already (made at keygen); `genesis` is the
     network's CometBFT genesis, `peers` the members' `nodeid@host:port`. The node block-syncs
-    from them and validates once a vote gives it power.
+    from them and validates once a vote gives it power. RPC stays on loopback unless
+    `rpc_host` says otherwise.
     """
     _init_home(cmt_home)
-    _configure(cmt_home, node_settings(org, ports, peers, block_time_ms, host, external))
+    settings = node_settings(org, ports, peers, block_time_ms, host, external)
+    settings["rpc"]["laddr"] = f"tcp://{rpc_host}:{ports[1]}"
+    _configure(cmt_home, settings)
     path = cmt_home / "config" / "genesis.json"
     tmp = path.with_name("genesis.json.tmp")
     tmp.write_text(json.dumps(genesis, indent=2) + "\n")
