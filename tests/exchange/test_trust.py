@@ -68,10 +68,14 @@ def test_a_client_certificate_from_another_ca_is_refused(sandbox: Sandbox, tmp_p
     mixed.client_key.chmod(0o600)  # a key file passes the secret-file checks
     with _raw_client(mixed) as client, pytest.raises(httpx.TransportError):
         client.get(url)
-    # No client certificate at all.
+    # No client certificate at all: the handshake passes (a hospital joining from afar reads
+    # the bootstrap answer), and every other endpoint refuses it.
     bare = ssl.create_default_context(cafile=str(real.ca))
-    with httpx.Client(verify=bare, timeout=5) as client, pytest.raises(httpx.TransportError):
-        client.get(url)
+    with httpx.Client(verify=bare, timeout=5) as client:
+        refused = client.get(url)
+        assert refused.status_code == 403
+        assert "no client certificate" in refused.json()["error"]
+        assert client.get(sandbox.x(A).url + "/exchange/v1/bootstrap").status_code == 200
     # The genuine certificate works.
     with _raw_client(real) as client:
         assert client.get(url).json()["peer"] == B

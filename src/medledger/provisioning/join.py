@@ -65,7 +65,9 @@ def _request(home: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise JoinError(f"{path}: not found (make the home with `medledger hospital keygen`)")
+        raise JoinError(
+            f"{path}: not found (make the home with `medledger hospital keygen`)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise JoinError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     for name in ("org", "name", "addresses"):

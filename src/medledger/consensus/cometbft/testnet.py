@@ -7,9 +7,9 @@ Layout (next to the hospital homes the rest of medledger writes):
 
 Every node listens on its hospital's host (127.0.0.1 unless `prepare` is given another one) for
 p2p, on loopback for RPC and ABCI (its own app is the only client), on its own ports (and a
-reserved one for prometheus, disabled), and has every other node as a persistent peer. The config is the one
-file CometBFT reads, so processes and tools derive addresses from it (`node_addresses`) rather
-than from a second copy that could drift.
+reserved one for prometheus, disabled), and has every other node as a persistent peer. The
+config is the one file CometBFT reads, so processes and tools derive addresses from it
+(`node_addresses`) rather than from a second copy that could drift.
 """
 
 from __future__ import annotations
