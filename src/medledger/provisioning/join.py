@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -116,28 +115,23 @@ def fetch_bootstrap(from_url: str, timeout: float = 15.0) -> dict[str, Any]:
 
 
 def _check_genesis(home: Path, answer: dict[str, Any], expected: str | None) -> Genesis:
-    """The genesis of the answer, written to the home once its hash is the one expected."""
-    folder = home / CONSORTIUM_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "genesis.json"
-    tmp = path.with_name("genesis.json.tmp")
+    """The genesis of the answer, once its hash is the one expected (nothing written)."""
+    tmp = home / "genesis.json.tmp"
     tmp.write_text(json.dumps(answer["genesis"], indent=2, sort_keys=True) + "\n")
     try:
         genesis = Genesis.load(tmp)
     except ValueError as exc:
-        tmp.unlink()
         raise JoinError(f"bootstrap answer: genesis: {exc}") from None
+    finally:
+        tmp.unlink()
     digest = genesis.hash().hex()
     if expected is not None and digest != expected.strip().lower():
-        tmp.unlink()
         raise JoinError(
             f"--genesis-hash: the member's genesis hashes to {digest}, not {expected}: "
             "this is not the consortium you were given (nothing written)"
         )
     if answer.get("chain_id") != genesis.chain_id or answer.get("engine") != genesis.engine:
-        tmp.unlink()
         raise JoinError("bootstrap answer: chain_id/engine differ from its own genesis")
-    os.replace(tmp, path)
     return genesis
 
 
@@ -157,13 +151,15 @@ def configure_from(home: Path, from_url: str, *, genesis_hash: str | None) -> Ho
     home = home.resolve()
     request = _request(home)
     answer = fetch_bootstrap(from_url)
-    if answer.get("engine") != "cometbft":
+    genesis = _check_genesis(home, answer, genesis_hash)
+    if genesis.engine != "cometbft":
         raise JoinError(
-            f"{from_url}: the consortium runs the {answer.get('engine')} engine: joining from "
+            f"{from_url}: the consortium runs the {genesis.engine} engine: joining from "
             "afar needs CometBFT (a solo ledger lives in one process on one machine; use "
             "`medledger hospital add` there)"
         )
-    genesis = _check_genesis(home, answer, genesis_hash)
+    (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
+    genesis.save(home / CONSORTIUM_DIR / "genesis.json")
     org, addresses = str(request["org"]), dict(request["addresses"])
     members = [m for m in answer.get("members", []) if isinstance(m, dict)]
     orgs = [str(m["org"]) for m in members if m.get("org") != org]
