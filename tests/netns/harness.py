@@ -1,0 +1,163 @@
+"""Hospitals on separate hosts, simulated by Linux network namespaces joined by a bridge.
+
+    ml-h1 .. ml-h5     one namespace per hospital, each with its own address 10.231.0.1N/24
+    ml-br0             the bridge joining them (no address of its own)
+
+Every process of hospital N (its node: replica, gateway, API; and its CometBFT) runs inside
+`ml-hN` through `ip netns exec`, so it sees only its own loopback and its address on the
+bridge: an address that silently assumed 127.0.0.1 for another hospital fails here. Nothing
+is shared between the hospitals but the files the test hands them (as a person hands a genesis
+hash and a join request).
+
+`Netns.cleanup()` removes every namespace, bridge and process it made, and is also run first
+to clear what a killed run left. Used by tests/netns/test_netns.py and by a person:
+
+    sudo .venv/bin/python -m tests.netns.harness up DIR   # four hospitals running
+    sudo .venv/bin/python -m tests.netns.harness down     # everything removed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "ml-h"
+BRIDGE = "ml-br0"
+SUBNET = "10.231.0"
+HOSTS = 5
+
+
+def address(n: int) -> str:
+    """Hospital n's address (n from 1)."""
+    return f"{SUBNET}.{10 + n}"
+
+
+def namespace(n: int) -> str:
+    return f"{PREFIX}{n}"
+
+
+def why_not() -> str | None:
+    """Why namespaces cannot be made here (None: they can)."""
+    if sys.platform != "linux":
+        return "network namespaces are Linux only"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    if shutil.which("ip") is None:
+        return "`ip` (iproute2) is not installed"
+    probe = subprocess.run(
+        ["ip", "netns", "add", f"{PREFIX}probe"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        return f"`ip netns add` refused: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", f"{PREFIX}probe"], check=False)
+    return None
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    cmd = ["ip", *args] if ns is None else ["ip", "netns", "exec", ns, "ip", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip()}")
+
+
+@dataclass
+class Netns:
+    """The namespaces, the bridge and the processes started in them."""
+
+    hosts: int = HOSTS
+    logs: Path = Path("/tmp/medledger-netns")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def create(self) -> Netns:
+        self.cleanup()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("link", "set", BRIDGE, "up")
+        for n in range(1, self.hosts + 1):
+            ns, veth = namespace(n), f"{PREFIX}{n}-v"
+            _ip("netns", "add", ns)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("link", "set", veth, "master", BRIDGE)
+            _ip("link", "set", veth, "up")
+            _ip("link", "set", "lo", "up", ns=ns)
+            _ip("addr", "add", f"{address(n)}/24", "dev", "eth0", ns=ns)
+            _ip("link", "set", "eth0", "up", ns=ns)
+        return self
+
+    def run(self, n: int, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A command in hospital n's namespace, to completion (its output captured)."""
+        return subprocess.run(
+            ["ip", "netns", "exec", namespace(n), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def spawn(self, n: int, name: str, *argv: str) -> subprocess.Popen[bytes]:
+        """A long-running process in hospital n's namespace; its log in `logs/name.log`."""
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace(n), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+        """SIGTERM the process group, SIGKILL after `timeout`."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def cleanup(self) -> None:
+        """Stop what this run started, then whatever still runs in our namespaces (a killed
+        run's leftovers: only processes inside `ml-h*`, which nothing else uses), and remove
+        the namespaces and the bridge."""
+        for proc in list(self.procs):
+            self.stop(proc, timeout=5)
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        ours = [
+            line.split()[0]
+            for line in listed.stdout.splitlines()
+            if line.split() and line.split()[0].startswith(PREFIX)
+        ]
+        for ns in ours:
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+
+    def __enter__(self) -> Netns:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def wait(predicate: object, timeout: float, what: str, every: float = 0.5) -> None:
+    """Poll `predicate()` until true, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
