@@ -95,3 +95,26 @@ def test_configure_from_needs_a_keygen_home_and_an_https_member(tmp_path: Path) 
     _request(tmp_path / "h")
     with pytest.raises(JoinError, match="https://host:port"):
         configure_from(tmp_path / "h", "http://127.0.0.1:1", genesis_hash=None)
+
+
+def test_init_puts_each_hospital_on_its_host(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from medledger.exchange.pki import TlsFiles
+    from medledger.node.config import load_config
+    from medledger.provisioning import create_consortium
+
+    hosts = ["10.231.0.11", "10.231.0.12"]
+    homes = create_consortium(tmp_path / "net", 2, genesis_time_ms=0, hosts=hosts)
+    for home, host in zip(homes, hosts, strict=True):
+        config = load_config(home)
+        assert config.exchange.listen is not None and config.exchange.listen.startswith(host)
+        assert config.api.listen.startswith(f"{host}:")
+        cert = x509.load_pem_x509_certificate(TlsFiles.of_home(home).server_cert.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert host in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    peers = load_config(homes[0]).exchange.peers
+    assert sorted(peers.values()) == sorted(
+        f"https://{h}:{load_config(home).gateway_address[1]}"
+        for h, home in zip(hosts, homes, strict=True)
+    )

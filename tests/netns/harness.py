@@ -12,13 +12,15 @@ hash and a join request).
 `Netns.cleanup()` removes every namespace, bridge and process it made, and is also run first
 to clear what a killed run left. Used by tests/netns/test_netns.py and by a person:
 
-    sudo .venv/bin/python -m tests.netns.harness up DIR   # four hospitals running
-    sudo .venv/bin/python -m tests.netns.harness down     # everything removed
+    sudo scripts/netns-consortium.sh up DIR   # four hospitals running, one per namespace
+    sudo scripts/netns-consortium.sh down     # everything removed
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,11 +29,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PREFIX = "ml-h"
 BRIDGE = "ml-br0"
 SUBNET = "10.231.0"
 HOSTS = 5
+ORGS = ["chu-lyon", "aphp-paris", "chu-bordeaux", "chu-lille"]  # on ml-h1 .. ml-h4
+NEW, NEW_NAME = "chu-nantes", "CHU de Nantes"  # joins from ml-h5
 
 
 def address(n: int) -> str:
@@ -161,3 +166,109 @@ def wait(predicate: object, timeout: float, what: str, every: float = 0.5) -> No
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Consortium:
+    """The hospitals' homes, and how to act as each of them inside its namespace."""
+
+    def __init__(self, net: Netns, directory: Path) -> None:
+        self.net = net
+        self.directory = directory
+        self.n = {org: i + 1 for i, org in enumerate([*ORGS, NEW])}
+        self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
+
+    @classmethod
+    def create(cls, net: Netns, directory: Path) -> Consortium:
+        """Four founding hospitals on CometBFT, hospital i at address(i)."""
+        from medledger.provisioning import create_consortium
+
+        create_consortium(
+            directory,
+            len(ORGS),
+            engine="cometbft",
+            chain_id="medledger-netns",
+            block_time_ms=500,
+            genesis_time_ms=int(time.time() * 1000),
+            hosts=[address(i + 1) for i in range(len(ORGS))],
+        )
+        return cls(net, directory)
+
+    def home(self, org: str) -> Path:
+        return self.directory / "hospitals" / org
+
+    def medledger(self, org: str, *args: str) -> str:
+        """`medledger ARGS` as hospital `org`, in its namespace; its output."""
+        result = self.net.run(self.n[org], sys.executable, "-m", "medledger.cli", *args)
+        assert result.returncode == 0, f"medledger {args[0]}: {result.stderr}{result.stdout}"
+        return result.stdout + result.stderr
+
+    def act(self, who: str, action: str, **args: Any) -> dict[str, Any]:
+        """`tests/netns/act.py ACTION` as hospital `who`, in its namespace."""
+        argv = [f"--{k}={v}" for k, v in args.items()]
+        cmd = [sys.executable, "-m", "tests.netns.act", action, "--home", str(self.home(who))]
+        result = self.net.run(self.n[who], *cmd, *argv)
+        assert result.returncode == 0, f"{who} {action}: {result.stderr[-2000:]}"
+        answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        return answer
+
+    def start(self, org: str) -> None:
+        """The node (replica, gateway, API), then its CometBFT once the replica serves ABCI."""
+        from medledger.consensus.cometbft.testnet import cometbft_binary
+
+        n, home = self.n[org], self.home(org)
+        log = self.net.logs / f"{org}.node.log"
+        log.unlink(missing_ok=True)
+        node = self.net.spawn(
+            n, f"{org}.node", sys.executable, "-m", "medledger.cli", "node", "run",
+            "--home", str(home),
+        )  # fmt: skip
+        wait(lambda: log.exists() and "serving ABCI" in log.read_text(), 60, f"{org}'s replica")
+        cmt = self.net.spawn(
+            n, f"{org}.cometbft", cometbft_binary(), "start", "--home", str(home / "cometbft")
+        )
+        self.running[org] = [cmt, node]
+
+    def stop(self, org: str) -> None:
+        for proc in self.running.pop(org, []):
+            self.net.stop(proc)
+
+    def stop_all(self) -> None:
+        for org in list(self.running):
+            self.stop(org)
+
+    def height(self, org: str) -> int:
+        return int(self.act(org, "height")["height"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Hospitals in network namespaces (root).")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("directory", type=Path, nargs="?", default=Path("/tmp/medledger-netns"))
+    args = parser.parse_args(argv)
+    reason = why_not()
+    if reason is not None:
+        print(f"cannot: {reason}", file=sys.stderr)
+        return 1
+    net = Netns(logs=args.directory / "logs")
+    if args.command == "down":
+        net.cleanup()
+        print("namespaces, bridge and their processes removed")
+        return 0
+    net.create()
+    try:
+        c = Consortium.create(net, args.directory / "net")
+        for org in ORGS:
+            c.start(org)
+    except BaseException:
+        net.cleanup()
+        raise
+    for org in ORGS:
+        config = json.loads((c.home(org) / "config.json").read_text())
+        print(f"{namespace(c.n[org])}  {org:<14} gateway https://{config['exchange']['listen']}")
+    print(f"logs in {net.logs}; act as a hospital with `ip netns exec ml-hN medledger ...`")
+    print("stop and remove everything: scripts/netns-consortium.sh down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
