@@ -171,14 +171,15 @@ def wait(predicate: object, timeout: float, what: str, every: float = 0.5) -> No
 class Consortium:
     """The hospitals' homes, and how to act as each of them inside its namespace."""
 
-    def __init__(self, net: Netns, directory: Path) -> None:
+    def __init__(self, net: Netns, directory: Path, new_home: Path | None = None) -> None:
         self.net = net
         self.directory = directory
+        self.new_home = new_home or directory.parent / NEW  # the joiner's own machine
         self.n = {org: i + 1 for i, org in enumerate([*ORGS, NEW])}
         self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
 
     @classmethod
-    def create(cls, net: Netns, directory: Path) -> Consortium:
+    def create(cls, net: Netns, directory: Path, new_home: Path | None = None) -> Consortium:
         """Four founding hospitals on CometBFT, hospital i at address(i)."""
         from medledger.provisioning import create_consortium
 
@@ -191,10 +192,10 @@ class Consortium:
             genesis_time_ms=int(time.time() * 1000),
             hosts=[address(i + 1) for i in range(len(ORGS))],
         )
-        return cls(net, directory)
+        return cls(net, directory, new_home)
 
     def home(self, org: str) -> Path:
-        return self.directory / "hospitals" / org
+        return self.new_home if org == NEW else self.directory / "hospitals" / org
 
     def medledger(self, org: str, *args: str) -> str:
         """`medledger ARGS` as hospital `org`, in its namespace; its output."""

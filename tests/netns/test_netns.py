@@ -19,7 +19,6 @@ import pytest
 
 from medledger.ledger.genesis import Genesis
 from medledger.node.config import load_config
-from medledger.provisioning import add_hospital
 from tests.netns.harness import NEW, NEW_NAME, ORGS, Consortium, Netns, address, wait, why_not
 
 REASON = why_not()
@@ -33,7 +32,7 @@ pytestmark = [
 @pytest.fixture
 def consortium(tmp_path: Path) -> Iterator[Consortium]:
     with Netns(logs=tmp_path / "logs") as net:
-        c = Consortium.create(net, tmp_path / "net")
+        c = Consortium.create(net, tmp_path / "net", tmp_path / "nantes")
         try:
             for org in ORGS:
                 c.start(org)
@@ -53,28 +52,17 @@ def vote_through(c: Consortium, output: str, voters: list[str]) -> None:
     raise AssertionError(f"proposal {found[1]} did not pass")
 
 
-def _join_request(c: Consortium) -> dict[str, Any]:
-    """A home for the new hospital on its own host, and the request it hands the members."""
-    joining = add_hospital(c.directory, NEW, NEW_NAME)
-    config = load_config(joining.home)
-    node_id = config.cometbft.node_id
+def _keygen(c: Consortium) -> dict[str, Any]:
+    """The new hospital makes its keys at home, on its own host (a folder no other hospital
+    reads), and writes the request it hands the members."""
     host = address(c.n[NEW])
-    request = {
-        "org": NEW,
-        "name": NEW_NAME,
-        "key": joining.key.hex(),
-        "box_key": joining.box_key.hex(),
-        "validator_key": joining.validator_key.hex(),
-        "addresses": {
-            "gateway": f"{host}:7004",
-            "api": f"{host}:7009",
-            "p2p": f"{node_id}@{host}:26656",
-        },
-    }
-    (joining.home / "join-request.json").write_text(json.dumps(request))
-    # Its home knows nothing of the consortium yet but what `join` will fetch.
-    for name in ("config.json", "keys/pseudonym.key"):
-        (joining.home / name).unlink()
+    c.medledger(
+        NEW, "hospital", "keygen", "--home", str(c.home(NEW)), "--org", NEW, "--name", NEW_NAME,
+        "--address", f"gateway={host}:7004", "--address", f"api={host}:7009",
+        "--address", f"p2p={host}:26656",
+    )  # fmt: skip
+    request: dict[str, Any] = json.loads((c.home(NEW) / "join-request.json").read_text())
+    assert request["addresses"]["p2p"].endswith(f"@{host}:26656")  # its node id in front
     return request
 
 
@@ -84,11 +72,10 @@ def test_a_hospital_joins_from_its_own_host_and_works_across_hosts(consortium: C
     wait(lambda: c.height(lyon) >= 3, 90, "blocks on four hosts")
 
     # -- the fifth hospital: request, admission vote, join --from, block sync, power -------
-    request = _join_request(c)
+    request = _keygen(c)
     said = c.medledger(
-        lyon, "member", "propose", "admit", "--home", str(c.home(lyon)), "--org", NEW,
-        "--name", NEW_NAME, "--key", request["key"], "--box-key", request["box_key"],
-        "--validator-key", request["validator_key"], "--power", "0",
+        lyon, "member", "propose", "admit", "--home", str(c.home(lyon)),
+        "--request", str(c.home(NEW) / "join-request.json"), "--power", "0",
     )  # fmt: skip
     vote_through(c, said, [paris, bordeaux, lille])
     assert NEW in c.act(lyon, "members")["members"]
@@ -142,4 +129,5 @@ def test_a_hospital_joins_from_its_own_host_and_works_across_hosts(consortium: C
     vote_through(c, said, [paris, bordeaux, NEW])
     assert lille not in c.act(lyon, "members")["members"]
     refused = c.act(lille, "health", org=lyon)
-    assert refused["status"] == 0 and "SSL" in refused["error"], refused
+    assert refused["status"] == 0, refused  # no HTTP answer at all: the handshake failed
+    assert c.act(paris, "health", org=lyon)["status"] == 200  # the members still get in
