@@ -21,6 +21,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="The genesis hash the members gave you (hex); checked, not trusted."),
         ] = None,
+        listen_all: Annotated[
+            bool,
+            typer.Option(
+                "--listen-all",
+                help="Listen on every interface (behind a NAT); the request's addresses stay "
+                "those the others dial.",
+            ),
+        ] = False,
     ) -> None:
         """Configure a keygen'd home from a member: genesis, peers, CometBFT; fetch the
         pseudonym key once the members have admitted this hospital."""
@@ -28,7 +36,9 @@ def register(app: typer.Typer) -> None:
         from medledger.provisioning.join import JoinError, configure_from, fetch_pseudonym_key
 
         with user_errors():
-            config = configure_from(home, from_url, genesis_hash=genesis_hash)
+            config = configure_from(
+                home, from_url, genesis_hash=genesis_hash, listen_all=listen_all
+            )
         digest = config.genesis().hash().hex()
         if genesis_hash is None:
             console.print(

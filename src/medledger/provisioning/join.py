@@ -142,11 +142,15 @@ def _split_host(address: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def configure_from(home: Path, from_url: str, *, genesis_hash: str | None) -> HospitalConfig:
+def configure_from(
+    home: Path, from_url: str, *, genesis_hash: str | None, listen_all: bool = False
+) -> HospitalConfig:
     """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`.
 
     Refuses (writing nothing) a genesis whose hash is not `genesis_hash` when one is given;
-    without one, the caller shows the hash for the operator to compare. Re-runnable.
+    without one, the caller shows the hash for the operator to compare. The gateway, API and
+    p2p listen at the request's addresses, or with `listen_all` on every interface at the same
+    ports (behind a NAT: the request's addresses stay those the others dial). Re-runnable.
     """
     home = home.resolve()
     request = _request(home)
@@ -187,17 +191,29 @@ def configure_from(home: Path, from_url: str, *, genesis_hash: str | None) -> Ho
         engine=genesis.engine,
         consortium_dir=CONSORTIUM_DIR,
         block_time_ms=block_time_ms,
-        api=ApiSection(listen=addresses.get("api", "127.0.0.1:0")),
-        exchange=ExchangeSection(listen=addresses["gateway"], tls=TLS_DIR, peers=peers),
+        api=ApiSection(listen=_listen(addresses.get("api", "127.0.0.1:0"), listen_all)),
+        exchange=ExchangeSection(
+            listen=_listen(addresses["gateway"], listen_all), tls=TLS_DIR, peers=peers
+        ),
         vault=VaultSection(backend="sqlite", path="vault.db"),
-        cometbft=_cometbft(home, org, addresses, answer, block_time_ms),
+        cometbft=_cometbft(home, org, addresses, answer, block_time_ms, listen_all),
     )
     save_config(config)
     return load_config(home)
 
 
+def _listen(address: str, listen_all: bool) -> str:
+    """Where to listen for an announced `host:port`: there, or every interface, same port."""
+    return f"0.0.0.0:{address.rpartition(':')[2]}" if listen_all else address
+
+
 def _cometbft(
-    home: Path, org: str, addresses: dict[str, str], answer: dict[str, Any], block_time_ms: int
+    home: Path,
+    org: str,
+    addresses: dict[str, str],
+    answer: dict[str, Any],
+    block_time_ms: int,
+    listen_all: bool,
 ) -> CometbftSection:
     """The CometBFT home: p2p where the request says, RPC and ABCI on loopback."""
     from medledger.consensus.cometbft import testnet
@@ -221,7 +237,8 @@ def _cometbft(
         peers=[p for p in peers if p.split("@", 1)[1] != f"{host}:{ports[0]}"],
         ports=ports,
         block_time_ms=block_time_ms,
-        host=host,
+        host="0.0.0.0" if listen_all else host,
+        external=host,
         rpc_host=rpc_host or "127.0.0.1",
     )
     return CometbftSection(
