@@ -32,7 +32,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Configure a keygen'd home from a member: genesis, peers, CometBFT; fetch the
         pseudonym key once the members have admitted this hospital."""
-        from medledger.exchange.pki import TlsFiles, client_context
         from medledger.provisioning.join import JoinError, configure_from, fetch_pseudonym_key
 
         with user_errors():
@@ -50,7 +49,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"{config.org}: configured in {config.home} from {from_url}")
         if not (Path(config.home) / "keys" / "pseudonym.key").exists():
             try:
-                fetch_pseudonym_key(config, from_url, client_context(TlsFiles(config.tls_dir)))
+                fetch_pseudonym_key(config, from_url)
             except (JoinError, OSError, ValueError) as exc:
                 fail(
                     f"{exc}\nThe configuration is written; once the members have admitted "

@@ -13,10 +13,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from medledger.contracts import queries
-from medledger.exchange.client import Directory, ExchangeClient
+from medledger.exchange.client import Directory, ExchangeClient, member_pins
 from medledger.exchange.events import EventStream
 from medledger.exchange.gateway import Gateway, create_app
-from medledger.exchange.pki import TlsFiles, server_context
+from medledger.exchange.pki import PinnedContexts, TlsFiles
 from medledger.exchange.policy import AuthorizeFn, Policy
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
@@ -66,7 +66,11 @@ class HospitalExchange:
             self.app,
             host or cfg_host,
             cfg_port if port is None else port,
-            server_context(TlsFiles(node.config.tls_dir)),
+            # Pinned to the members' keys, re-read per handshake; a client without a
+            # certificate gets through to the bootstrap answer only (exchange/bootstrap.py).
+            PinnedContexts(
+                TlsFiles(node.config.tls_dir), member_pins(node), anonymous=True
+            ).server(),
             name=f"gateway-{self.org}",
         )
         self._started = False

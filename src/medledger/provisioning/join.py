@@ -251,21 +251,29 @@ def _cometbft(
     )
 
 
-def fetch_pseudonym_key(config: HospitalConfig, from_url: str, ssl_context: Any) -> bytes:
+def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
     """The consortium's pseudonym key from the member at `from_url`, written to the home.
 
-    `ssl_context` is this hospital's mTLS client context (its certificate; the member's
-    server checked as every exchange call checks it). The key arrives sealed to this
-    hospital's box key; only a current member gets it.
+    Over mTLS with this hospital's own key; the member's server is pinned to its `tls_key` in
+    the genesis (checked by its hash), as this home has no synced chain yet: ask a founding
+    member. The key arrives sealed to this hospital's box key; only a current member gets it.
     """
     from nacl.exceptions import CryptoError
     from nacl.public import PrivateKey, SealedBox
 
+    from medledger.exchange.pki import TlsFiles, client_context
     from medledger.exchange.signing import RequestSigner
     from medledger.host.secretfile import write_secret
 
     answer = fetch_bootstrap(from_url)
     member = str(answer.get("org", ""))
+    pins = {m.org: m.tls_key for m in config.genesis().members if m.tls_key}
+    if member not in pins:
+        raise JoinError(
+            f"{from_url} is {member or 'unknown'}, not a founding member: ask a founding "
+            f"member's gateway (its TLS key is in the genesis checked), one of {sorted(pins)}"
+        )
+    ssl_context = client_context(TlsFiles(config.tls_dir), {member: pins[member]})
     path, body = "/exchange/v1/pseudonym-key", b"{}"
     headers = RequestSigner(config.org_key()).headers("POST", path, body, member)
     headers["content-type"] = "application/json"
