@@ -162,6 +162,11 @@ def configure_from(
             "afar needs CometBFT (a solo ledger lives in one process on one machine; use "
             "`medledger hospital add` there)"
         )
+    cometbft = answer.get("cometbft")
+    if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
+        raise JoinError("bootstrap answer: cometbft.genesis missing")
+    if cometbft["genesis"].get("chain_id") != genesis.chain_id:
+        raise JoinError("bootstrap answer: the CometBFT genesis names another chain")
     (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
     genesis.save(home / CONSORTIUM_DIR / "genesis.json")
     org, addresses = str(request["org"]), dict(request["addresses"])
@@ -196,7 +201,7 @@ def configure_from(
             listen=_listen(addresses["gateway"], listen_all), tls=TLS_DIR, peers=peers
         ),
         vault=VaultSection(backend="sqlite", path="vault.db"),
-        cometbft=_cometbft(home, org, addresses, answer, block_time_ms, listen_all),
+        cometbft=_cometbft(home, org, addresses, cometbft, block_time_ms, listen_all),
     )
     save_config(config)
     return load_config(home)
@@ -211,24 +216,22 @@ def _cometbft(
     home: Path,
     org: str,
     addresses: dict[str, str],
-    answer: dict[str, Any],
+    cometbft: dict[str, Any],
     block_time_ms: int,
     listen_all: bool,
 ) -> CometbftSection:
-    """The CometBFT home: p2p where the request says, RPC and ABCI on loopback."""
+    """The CometBFT home: p2p where the request says, RPC and ABCI on loopback (the ports a
+    previous run chose are kept, so re-running leaves a running node where it is)."""
     from medledger.consensus.cometbft import testnet
 
-    cometbft = answer.get("cometbft")
-    if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
-        raise JoinError("bootstrap answer: cometbft.genesis missing")
-    if cometbft["genesis"].get("chain_id") != answer.get("chain_id"):
-        raise JoinError("bootstrap answer: the CometBFT genesis names another chain")
     p2p = addresses.get("p2p", "")
     host, p2p_port = _split_host(p2p.split("@", 1)[-1], "p2p") if p2p else ("127.0.0.1", 0)
     rpc_host, rpc_port = _split_host(addresses["rpc"], "rpc") if "rpc" in addresses else ("", 0)
-    wanted = [p for p in (p2p_port, rpc_port) if p]
+    before = _previous_ports(home)
+    wanted = [p for p in (p2p_port, rpc_port, *before) if p]
     spare = iter(free_ports(4, set(wanted)))
-    ports = [p2p_port or next(spare), rpc_port or next(spare), next(spare), next(spare)]
+    chosen = [p2p_port or before[0], rpc_port or before[1], before[2], before[3]]
+    ports = [port or next(spare) for port in chosen]
     peers = [str(p) for p in cometbft.get("persistent_peers", []) if "@" in str(p)]
     mine = testnet.join_home(
         home / "cometbft",
@@ -249,6 +252,17 @@ def _cometbft(
         abci=mine.abci,
         prometheus=f"127.0.0.1:{ports[3]}",
     )
+
+
+def _previous_ports(home: Path) -> list[int]:
+    """[p2p, rpc, abci, prometheus] ports of a config.json already written here (0: none)."""
+    try:
+        section = load_config(home).cometbft
+    except ConfigError:
+        return [0, 0, 0, 0]
+    values = (section.p2p, section.rpc, section.abci, section.prometheus)
+    found = [str(v or "").rsplit(":", 1)[-1] for v in values]
+    return [int(p) if p.isdigit() else 0 for p in found]
 
 
 def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
