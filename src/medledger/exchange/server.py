@@ -60,6 +60,8 @@ class _MtlsH11Protocol(H11Protocol):
         if ssl_object is not None:
             org = peer_org(ssl_object)
         self.app_state = {**self.app_state, "peer_org": org}
+        if ssl_object is None:
+            return  # plain HTTP (the API's server): not the gateway's to bound
         # Connections without a certificate (only the bootstrap answer serves them) share one
         # budget, so strangers cannot take the descriptors the members need.
         who, limit = (org, MAX_PEER_CONNECTIONS) if org else (ANONYMOUS, MAX_ANONYMOUS_CONNECTIONS)
