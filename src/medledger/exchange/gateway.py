@@ -22,8 +22,13 @@ Denials are committed too, with their reason's code (the wording stays in the ev
     POST /exchange/v1/custody-drop   {ids}                   delete them; a signed receipt
     POST /exchange/v1/custody-list   {after, limit}          ids, versions, sizes, hashes
     POST /exchange/v1/custody-get    {ids}                   the blobs back
+    POST /exchange/v1/pseudonym-key  {}                      the consortium's pseudonym key,
+                                                             sealed to a current member's box
+                                                             key on the chain (bootstrap.py)
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
+    GET  /exchange/v1/bootstrap      the one call without a client certificate: what a
+                                     hospital joining from afar needs (bootstrap.py)
 
 Bodies and answers are JSON; resource bytes and salts travel base64-encoded so that the bytes
 the commitment was made on arrive unchanged.
@@ -680,6 +685,19 @@ class Gateway:
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")
 
+    def pseudonym_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The consortium's pseudonym key, sealed to the calling member's box key."""
+        from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
+
+        _json_object(body)
+        try:
+            sealed = sealed_pseudonym_key(self.node, caller.actor.org)
+        except NotAMember as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", str(exc))
+            raise Refused(403, str(exc)) from None
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        return {"org": caller.actor.org, "sealed": b64(sealed)}
+
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
@@ -826,6 +844,7 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         "index": ("index", True, gateway.query_body_limit),
         "records": ("records", True, gateway.query_body_limit),
         "metadata-key": ("metadata_key", True, gateway.query_body_limit),
+        "pseudonym-key": ("pseudonym_key", True, gateway.query_body_limit),
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
         # sealed blobs the caller stores here: kept apart, not as evidence
@@ -898,9 +917,17 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
 
     @app.get(PREFIX + "/health")
     def health(request: Request) -> Response:
+        if peer_of(request) is None:
+            return json_response({"error": "no client certificate from the consortium CA"}, 403)
         return json_response(
             {"org": gateway.org, "height": gateway.node.engine.height(), "peer": peer_of(request)}
         )
+
+    @app.get(PREFIX + "/bootstrap")
+    def bootstrap(request: Request) -> Response:
+        from medledger.exchange.bootstrap import bootstrap
+
+        return json_response(bootstrap(gateway.node))
 
     if events is not None:
         events.mount(app, gateway)
