@@ -6,6 +6,7 @@ import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -34,7 +35,7 @@ def _slip39_master_secret(mnemonics: list[str]) -> bytes:
     cipher = pytest.importorskip("shamir_mnemonic.cipher")
     share_mod = pytest.importorskip("shamir_mnemonic.share")
     decoded = [share_mod.Share.from_mnemonic(m) for m in mnemonics]
-    groups: dict[int, list] = defaultdict(list)
+    groups: dict[int, list[Any]] = defaultdict(list)
     for s in decoded:
         groups[s.group_index].append(s)
     group_secrets = []

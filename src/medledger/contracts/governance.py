@@ -86,6 +86,8 @@ def members(state: StateView) -> list[dict[str, Any]]:
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
     "max_validator_power": 100,
+    "escrow_shares": 3,  # n: peers holding a share of each member's keys (contracts/escrow)
+    "escrow_threshold": 2,  # k: shares that rebuild them
 }
 
 
