@@ -1,0 +1,209 @@
+"""`medledger recover propose|run` and `medledger backup escrow`: a wiped hospital comes back.
+
+    medledger backup escrow --home H            split H's vault KEK and backup key among its
+                                                peers (also done by the running node)
+    medledger recover propose --home M --org X --request join-request.json
+                                                a member proposes binding X to the new keys
+    medledger member vote N --home M2             the other members approve (two thirds)
+    medledger recover run --home NEW --from https://member:port
+                                                shares, keys, pseudonym key, vault, new escrow
+
+See docs/recovery.md for the day of the attack, step by step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from medledger.cli._common import HomeOption, console, event, fail, send, user_errors
+
+if TYPE_CHECKING:
+    from medledger.exchange.client import ExchangeClient
+    from medledger.node import Node
+
+
+def _backup_group(app: typer.Typer) -> typer.Typer:
+    """The `backup` command group, shared with the replicas' commands (whichever module
+    registers first makes it)."""
+    for group in app.registered_groups:
+        if group.name == "backup" and group.typer_instance is not None:
+            return group.typer_instance
+    backup = typer.Typer(help="Backups at peers: replicas and key escrow.", no_args_is_help=True)
+    app.add_typer(backup, name="backup")
+    return backup
+
+
+@contextlib.contextmanager
+def _client(node: Node) -> Iterator[ExchangeClient]:
+    from medledger.exchange.client import ExchangeClient
+
+    client = ExchangeClient(node)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _keys(node: Node) -> tuple[bytes, bytes]:
+    from medledger.vault import load_kek
+
+    kek = load_kek(node.config.home / "keys" / "vault.kek")
+    backup_key = load_kek(node.config.home / "keys" / "backup.key")
+    return kek, backup_key
+
+
+def register(app: typer.Typer) -> None:
+    backup = _backup_group(app)
+
+    @backup.command("escrow")
+    def escrow_cmd(
+        home: HomeOption,
+        force: Annotated[bool, typer.Option(help="Deposit even if the escrow is current.")] = False,
+    ) -> None:
+        """Split this hospital's vault KEK and backup key k of n among its peers (sealed to
+        each one's box key), and record the holders and the shares' hashes on the chain."""
+        from medledger.contracts import queries
+        from medledger.exchange import escrow
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            status = queries.escrow_status(node.engine, node.config.org)
+            if status["rebind"] is not None:
+                fail(
+                    f"{node.config.org} was rebound by proposal {status['rebind']} and not "
+                    "recovered yet: `medledger recover run` first (these keys are not the "
+                    "escrowed ones)"
+                )
+            if status["current"] and not force:
+                record = status["record"]
+                console.print(
+                    f"escrow epoch {record['epoch']} is current: {record['threshold']} of "
+                    + ", ".join(h["org"] for h in record["holders"])
+                )
+                return
+            with _client(node) as client:
+                try:
+                    done = escrow.deposit(node, client, *_keys(node))
+                except Exception as exc:  # noqa: BLE001 - ExchangeError, EscrowError: one line
+                    fail(f"escrow not changed: {exc}")
+            console.print(
+                f"keys escrowed: epoch {done.epoch}, any {done.threshold} of "
+                + ", ".join(done.holders)
+            )
+
+    recover = typer.Typer(
+        help="Bring back a hospital wiped out: rebind by vote, keys and records from peers.",
+        no_args_is_help=True,
+    )
+    app.add_typer(recover, name="recover")
+
+    @recover.command("propose")
+    def propose(
+        home: HomeOption,
+        org: Annotated[str, typer.Option(help="The member that lost its machine.")],
+        request: Annotated[
+            Path, typer.Option(help="The join-request.json its new machine's keygen wrote.")
+        ],
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose binding ORG's identity to the new machine's keys (`rebind_member`); the
+        other members vote it with `medledger member vote` (two thirds)."""
+        from medledger.contracts.governance import Propose
+        from medledger.node import Node
+        from medledger.provisioning.keygen import JoinRequest
+
+        with user_errors():
+            req = JoinRequest.from_json(request.read_text(), str(request))
+            if req.org != org:
+                fail(f"{request}: the request is for {req.org!r}, not {org!r}")
+            args: dict[str, Any] = {
+                "org": org,
+                "key": req.key,
+                "box_key": req.box_key,
+                "tls_key": req.tls_key,
+                "validator_key": req.validator_key,
+                "addresses": dict(req.addresses),
+            }
+            with Node.open(home) as node:
+                committed = send(node, node.wallet, Propose("rebind_member", args, note))
+            created = event(committed, "proposal.created")
+            console.print(
+                f"proposal {created.get('id')} created: rebind {org} to the keys of {request}; "
+                f"the other members vote `medledger member vote {created.get('id')} --home ...`"
+            )
+            if event(committed, "proposal.executed"):
+                console.print(
+                    f"[green]proposal {created.get('id')} reached 2/3 and was executed[/]"
+                )
+
+    @recover.command("run")
+    def run(
+        home: HomeOption,
+        from_: Annotated[
+            str, typer.Option("--from", help="A member's gateway, https://host:port.")
+        ] = "",
+        genesis_hash: Annotated[
+            str, typer.Option(help="The genesis hash the consortium gave you (joining).")
+        ] = "",
+        timeout: Annotated[
+            float, typer.Option(help="Seconds to wait for the sync and the rebinding vote.")
+        ] = 600.0,
+    ) -> None:
+        """On the new machine: wait for the rebinding, get the key shares from their holders,
+        rebuild the keys, restore the vault from the replicas, check every record against the
+        chain, escrow the keys again, and print what was restored and what is missing."""
+        with user_errors():
+            report = _run(home, from_, genesis_hash or None, timeout)
+        for line in report.lines():
+            console.print(line, highlight=False)
+        if not report.complete:
+            raise typer.Exit(1)
+
+
+def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) -> Any:
+    """Configure the home if it is not yet (CometBFT: from a member's bootstrap answer), serve
+    its replica while recovering (CometBFT block-syncs it), then `provisioning.recovery`."""
+    from medledger.exchange.pki import TlsFiles, client_context
+    from medledger.node import Node
+    from medledger.node.config import ConfigError, load_config
+    from medledger.provisioning.recovery import recover
+
+    if not (home / "config.json").exists():
+        if not from_url:
+            raise ConfigError(f"{home}: not configured yet: give --from https://member:port")
+        from medledger.provisioning.join import configure_from
+
+        configure_from(home, from_url, genesis_hash=genesis_hash)
+    config = load_config(home)
+    ssl_context = client_context(TlsFiles(config.tls_dir)) if from_url else None
+    if config.engine == "cometbft":
+        from medledger.node.run_app import engine_for_home, open_application
+
+        app = open_application(home)
+        engine = engine_for_home(home, app).start()
+        try:
+            node = Node(config, app, engine)
+            with _client(node) as client:
+                return recover(
+                    node,
+                    client,
+                    pseudonym_from=from_url or None,
+                    ssl_context=ssl_context,
+                    timeout=timeout,
+                )
+        finally:
+            engine.close()
+            engine.close_app()
+    with Node.open(home, serve=True) as node, _client(node) as client:
+        return recover(
+            node,
+            client,
+            pseudonym_from=from_url or None,
+            ssl_context=ssl_context,
+            timeout=timeout,
+        )
