@@ -22,8 +22,9 @@ def _hashes(n: int) -> list[bytes]:
     return [hashlib.sha256(bytes([i])).digest() for i in range(n)]
 
 
-def _deposit(net, org: str, holders: list[str], threshold: int = 2, hashes=None):
-    body = {"holders": holders, "hashes": hashes or _hashes(len(holders)), "threshold": threshold}
+def _deposit(net, org: str, holders: list[str], threshold: int = 2, hashes=None, epoch: int = 1):
+    hashes = hashes or _hashes(len(holders))
+    body = {"holders": holders, "hashes": hashes, "threshold": threshold, "epoch": epoch}
     return net.tx(net.orgs[org], "escrow.deposit", body)
 
 
@@ -48,7 +49,10 @@ def test_a_member_deposits_its_escrow_and_each_new_one_is_a_new_epoch() -> None:
     assert [h["sha256"] for h in record["holders"]] == _hashes(3)
     assert record["holders"][0]["box_key"] == bytes([2]) * 32  # h1's, as it was then
     assert record["epoch"] == 1 and record["threshold"] == 2
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    # a deposit made for epoch 1 again (racing, or retried) is refused; epoch 2 goes
+    out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    assert out.results[0].code == Code.CONFLICT and "epoch 2" in out.results[0].log
+    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
     assert app.query_obj("escrow/record", {"org": "h0"})["epoch"] == 2
     # nobody says no rebind yet: holders refuse to release
     assert (

@@ -101,12 +101,14 @@ def release_check(state: StateView, org: str) -> tuple[dict[str, Any] | None, st
 
 @dataclass
 class Deposit:
-    """A member's own escrow: the holders (as `holders_for` names them), the threshold, and
-    the SHA-256 of each plaintext share in the holders' order (share i has x = i)."""
+    """A member's own escrow: the holders (as `holders_for` names them), the threshold, the
+    SHA-256 of each plaintext share in the holders' order (share i has x = i), and the epoch
+    it makes."""
 
     holders: list[str] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     threshold: int = 0
+    epoch: int = 0  # the one this deposit makes: the last + 1 (a stale or racing one fails)
 
 
 def deposit(ctx: Context, msg: Deposit) -> None:
@@ -134,6 +136,8 @@ def deposit(ctx: Context, msg: Deposit) -> None:
             raise TxError(Code.INVALID_BODY, f"field hashes[{i}]: must be a 32-byte SHA-256")
     previous = record(state, org)
     epoch = 1 if previous is None else int(previous["epoch"]) + 1
+    if msg.epoch != epoch:
+        raise TxError(Code.CONFLICT, f"field epoch: the next escrow of {org} is epoch {epoch}")
     holders = []
     for x, (holder, digest) in enumerate(zip(msg.holders, msg.hashes, strict=True)):
         member = governance.member(state, holder) or {}

@@ -17,6 +17,7 @@ While an escrow is current its items cannot be overwritten or dropped through cu
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -60,38 +61,45 @@ class Deposited:
     epoch: int
     holders: list[str]
     threshold: int
-    dropped: list[str] = field(default_factory=list)  # holders that dropped the last epoch's
+    dropped: list[str] = field(default_factory=list)  # holders that dropped stale shares
 
 
 def deposit(node: Node, client: ExchangeClient, kek: bytes, backup_key: bytes) -> Deposited:
     """Split the keys for today's holders, store each sealed share at its holder (all before
     the chain hears of it: a holder that cannot take its share stops the deposit, and the
-    previous escrow stays the current one), then record the escrow on the chain and drop the
-    previous epoch's shares."""
+    previous escrow stays the current one), record the escrow on the chain, then drop every
+    other escrow share this hospital left at its holders (older epochs, failed attempts)."""
     from medledger.node.custody import Item
 
     org = node.config.org
     status = queries.escrow_status(node.engine, org)
     prepared = escrow.prepare(status, _box_keys(node), escrow.secret_of(kek, backup_key))
-    item = escrow.item_id(prepared.epoch)
-    for holder, sealed in prepared.sealed.items():
-        client.custody_put(holder, [Item(item, prepared.epoch, escrow.share_hash(sealed), sealed)])
-    committed = node.wallet.send_message(prepared.deposit)
-    epoch = next(
-        (int(e.get("epoch") or 0) for e in committed.result.events if e.type == "escrow.deposited"),
-        prepared.epoch,
-    )
+    keep: dict[str, str] = {}
+    for (holder, sealed), digest in zip(
+        prepared.sealed.items(), prepared.deposit.hashes, strict=True
+    ):
+        keep[holder] = escrow.item_id(prepared.epoch, digest)
+        blob = Item(keep[holder], prepared.epoch, hashlib.sha256(sealed).digest(), sealed)
+        client.custody_put(holder, [blob])
+    node.wallet.send_message(prepared.deposit)
+    previous = status.get("record") or {"holders": []}
     dropped = []
-    previous = status.get("record")
-    if previous is not None:
-        old = escrow.item_id(int(previous["epoch"]))
-        for entry in previous["holders"]:
-            try:
-                client.custody_drop(str(entry["org"]), [old])
-                dropped.append(str(entry["org"]))
-            except Exception:  # noqa: BLE001 - an old share is useless without k-1 others of its epoch
-                continue
-    return Deposited(epoch, list(prepared.deposit.holders), prepared.deposit.threshold, dropped)
+    for holder in sorted({*keep, *(str(h["org"]) for h in previous["holders"])}):
+        try:
+            listed, _ = client.custody_list(holder)
+            stale = [
+                i.id
+                for i in listed
+                if i.id.startswith(escrow.ITEM_PREFIX) and i.id != keep.get(holder)
+            ]
+            if stale:
+                client.custody_drop(holder, stale)
+                dropped.append(holder)
+        except Exception:  # noqa: BLE001 - a stale share is useless without k-1 of its epoch
+            log.info("%s: stale escrow shares left at %s for now", org, holder)
+    return Deposited(
+        prepared.epoch, list(prepared.deposit.holders), prepared.deposit.threshold, dropped
+    )
 
 
 # -- the holder's side: release --------------------------------------------------------------
@@ -112,7 +120,7 @@ def release(node: Node, store: _Store, caller: str, epoch: int | None) -> dict[s
     entry = next((h for h in record["holders"] if h["org"] == me), None)
     if entry is None:
         raise ShareRefused(404, f"{me} holds no share of {caller}'s escrow")
-    found = store.get(caller, [escrow.item_id(int(record["epoch"]))])
+    found = store.get(caller, [escrow.item_id(int(record["epoch"]), bytes(entry["sha256"]))])
     if not found:
         raise ShareRefused(404, f"{me} keeps no share of {caller}'s epoch {record['epoch']}")
     to = _box_keys(node).get(caller)
@@ -145,9 +153,9 @@ def guard_custody(node: Node, owner: str, ids: Iterable[str]) -> None:
     record = queries.escrow_status(node.engine, owner)["record"]
     if record is None:
         return
+    current = f"{escrow.ITEM_PREFIX}{record['epoch']}-"
     for item in wanted:
-        tail = item.removeprefix(escrow.ITEM_PREFIX)
-        if tail == str(record["epoch"]):
+        if item.startswith(current):
             raise ShareRefused(
                 409, f"{item}: a share of {owner}'s current escrow; it stays until a new one"
             )

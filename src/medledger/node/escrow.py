@@ -26,7 +26,8 @@ from medledger.contracts.escrow import Deposit
 from medledger.vault import shamir
 
 KEY_SIZE = 32
-#: Custody item id of a share; the epoch is the one the chain gives the deposit.
+#: Custody item ids of shares: `escrow-share-<epoch>-<its hash, 16 hex>`, so that no deposit,
+#: even one racing another or retried, overwrites a share of another.
 ITEM_PREFIX = "escrow-share-"
 
 
@@ -34,8 +35,10 @@ class EscrowError(Exception):
     """A share cannot be made, released or used; the message names the holder and why."""
 
 
-def item_id(epoch: int) -> str:
-    return f"{ITEM_PREFIX}{epoch}"
+def item_id(epoch: int, digest: bytes) -> str:
+    """The custody item id of the share of `epoch` whose SHA-256 is `digest`: a holder finds
+    it from the record on the chain alone."""
+    return f"{ITEM_PREFIX}{epoch}-{digest.hex()[:16]}"
 
 
 def share_hash(share: bytes) -> bytes:
@@ -83,7 +86,7 @@ def prepare(status: Mapping[str, Any], box_keys: Mapping[str, bytes], secret: by
         hashes.append(share_hash(plain))
     previous = status.get("record")
     epoch = 1 if previous is None else int(previous["epoch"]) + 1
-    return Prepared(Deposit(holders, hashes, threshold), epoch, sealed)
+    return Prepared(Deposit(holders, hashes, threshold, epoch), epoch, sealed)
 
 
 def _holder_entry(record: Mapping[str, Any], holder: str) -> Mapping[str, Any]:
