@@ -17,6 +17,8 @@ Denials are committed too, with their reason's code (the wording stays in the ev
                                                              caller may see (indexing.py), sealed
                                                              to the caller hospital's X25519 key
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
+    POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
+                                                             vote rebinding it (escrow.py)
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
 
@@ -662,6 +664,30 @@ class Gateway:
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")
 
+    def share_release(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The caller's key share held here, once the members voted its rebinding (see
+        exchange/escrow.py): sealed to its box key on the chain, with the proposal that
+        allowed it. Only the hospital's own key asks."""
+        from medledger.exchange import escrow
+
+        if caller.actor.practitioner is not None:
+            raise Refused(403, "share-release: only the hospital's own key may ask")
+        if self.custody is None:
+            raise Refused(503, "this node keeps no custody store")
+        epoch = _json_object(body).get("epoch")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+            raise Refused(400, "epoch: an integer expected")
+        try:
+            answer = escrow.release(self.node, self.custody, caller.actor.org, epoch)
+        except escrow.ShareRefused as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
+            raise Refused(exc.status, exc.reason) from None
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        log.warning(
+            "%s: released its key share to %s (%s)", self.org, caller.actor.org, answer["note"]
+        )
+        return answer
+
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
@@ -697,6 +723,7 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         "metadata-key": ("metadata_key", True, gateway.query_body_limit),
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
+        "share-release": ("share_release", True, gateway.query_body_limit),
     }
 
     def run(
