@@ -369,8 +369,9 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
 
 
 def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
-    """The IT team's command: `medledger recover run --home NEW` while the other hospitals run (a solo sandbox: the command reads its ledger beside it); the node
-    restarted on the recovered home serves the records and escrows the keys again."""
+    """The IT team's command: `medledger recover run --home NEW` while the other hospitals
+    run (a solo sandbox: the command reads its ledger beside it); the node restarted on the
+    recovered home escrows the keys again."""
     from typer.testing import CliRunner
 
     from medledger.cli import app
