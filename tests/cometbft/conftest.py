@@ -19,6 +19,7 @@ import pytest
 from medledger.consensus.cometbft import processes, testnet
 from medledger.consensus.cometbft.client import RpcEngine
 from medledger.consensus.cometbft.rpc import CometRpc, RpcError, RpcUnavailable
+from medledger.contracts import queries
 from medledger.ledger import codec
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
@@ -67,8 +68,21 @@ class CmtNet:
 
     def key(self, org: str) -> SigningKey:
         if org not in self.keys:
-            self.keys[org] = load_config(self.home(org)).org_key()
+            key = load_config(self.home(org)).org_key()
+            with self.engine(org) as engine:  # the node itself signs too (its key escrow)
+                self.nonces.setdefault(key.public_key, queries.nonce(engine, key.public_key))
+            self.keys[org] = key
         return self.keys[org]
+
+    def wait_escrowed(self, timeout: float = 90) -> None:
+        """Until every node has deposited its key escrow, the one tx a node signs by itself
+        at start: the test's own txs then take the next nonces without racing it."""
+
+        def escrowed(org: str) -> bool:
+            with self.engine(org) as engine:
+                return bool(queries.escrow_status(engine, org)["current"])
+
+        wait_until(lambda: all(escrowed(o) for o in self.orgs), timeout, "key escrows")
 
     def tx(self, org: str, kind: str, body: dict[str, Any], nonce: int | None = None) -> bytes:
         key = self.key(org)
@@ -197,6 +211,7 @@ def cmt_net(tmp_path_factory: pytest.TempPathFactory, cometbft_binary: Path) -> 
     try:
         processes.up(directory, timeout=60)
         net.wait_heights(net.orgs, 2, timeout=60)
+        net.wait_escrowed()
         yield net
     finally:
         net.close()
