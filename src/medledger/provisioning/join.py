@@ -171,6 +171,7 @@ def configure_from(
     home: Path, from_url: str, *, genesis_hash: str | None, listen_all: bool = False
 ) -> HospitalConfig:
     """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`."""
+    _request(home)  # a home keygen made, before asking anyone
     answer = fetch_bootstrap(from_url)
     return configure(
         home, answer, source=from_url, genesis_hash=genesis_hash, listen_all=listen_all
