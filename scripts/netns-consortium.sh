@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Four hospitals on four "hosts" (Linux network namespaces ml-h1..ml-h4 on the bridge ml-br0,
-# 10.231.0.11-14), each running its node and CometBFT; `down` removes every namespace, the
-# bridge and their processes. Needs root and `ip` (iproute2). See tests/netns/harness.py.
+# 10.231.0.11-14), each running its node and CometBFT, founded as on four machines: each
+# hospital's keys made by `hospital keygen` inside its own namespace, the genesis by
+# `consortium genesis` from the four join requests (DIR/net/genesis.json, its hash printed),
+# each home configured by `join --genesis`; `down` removes every namespace, the bridge and
+# their processes. Needs root and `ip` (iproute2). See tests/netns/harness.py.
 #   sudo scripts/netns-consortium.sh up [DIR]     (default /tmp/medledger-netns)
 #   sudo scripts/netns-consortium.sh down
 set -euo pipefail

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ BRIDGE = "ml-br0"
 SUBNET = "10.231.0"
 HOSTS = 5
 ORGS = ["chu-lyon", "aphp-paris", "chu-bordeaux", "chu-lille"]  # on ml-h1 .. ml-h4
+NAMES = ["CHU de Lyon", "AP-HP Paris", "CHU de Bordeaux", "CHU de Lille"]
 NEW, NEW_NAME = "chu-nantes", "CHU de Nantes"  # joins from ml-h5
 
 
@@ -177,22 +179,59 @@ class Consortium:
         self.new_home = new_home or directory.parent / NEW  # the joiner's own machine
         self.n = {org: i + 1 for i, org in enumerate([*ORGS, NEW])}
         self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self.genesis_hash = ""
 
     @classmethod
     def create(cls, net: Netns, directory: Path, new_home: Path | None = None) -> Consortium:
-        """Four founding hospitals on CometBFT, hospital i at address(i)."""
-        from medledger.provisioning import create_consortium
+        """Four founding hospitals on CometBFT, hospital i at address(i), founded as on four
+        machines: each makes its keys in its own home from its own namespace (`hospital
+        keygen`), the genesis is made from the four public join requests (`consortium
+        genesis`), and each founder configures its home from that file (`join --genesis`)."""
+        c = cls(net, directory, new_home)
+        for org, name in zip(ORGS, NAMES, strict=True):
+            host = address(c.n[org])
+            c.medledger(
+                org, "hospital", "keygen", "--home", str(c.home(org)), "--org", org,
+                "--name", name, "--address", f"gateway={host}:7004",
+                "--address", f"api={host}:7009", "--address", f"p2p={host}:26656",
+            )  # fmt: skip
+        requests = [arg for org in ORGS for arg in ("--request", str(c.request(org)))]
+        said = c.medledger(
+            ORGS[0], "consortium", "genesis", "--chain-id", "medledger-netns",
+            "--block-time", "500ms", *requests, "--out", str(c.founding),
+        )  # fmt: skip
+        found = re.search(r"genesis hash ([0-9a-f]{64})", said)
+        assert found, said
+        c.genesis_hash = found[1]
+        for org in ORGS:
+            said = c.join_founder(org)
+            assert f"genesis hash {c.genesis_hash} checked" in said
+        return c
 
-        create_consortium(
-            directory,
-            len(ORGS),
-            engine="cometbft",
-            chain_id="medledger-netns",
-            block_time_ms=500,
-            genesis_time_ms=int(time.time() * 1000),
-            hosts=[address(i + 1) for i in range(len(ORGS))],
-        )
-        return cls(net, directory, new_home)
+    @property
+    def founding(self) -> Path:
+        """The founding file every founder is handed (`consortium genesis --out`)."""
+        return self.directory / "genesis.json"
+
+    def request(self, org: str) -> Path:
+        return self.home(org) / "join-request.json"
+
+    def join_founder(self, org: str) -> str:
+        """`medledger join --genesis` as founder `org`, in its namespace; its output."""
+        return self.medledger(
+            org, "join", "--home", str(self.home(org)), "--genesis", str(self.founding),
+            "--genesis-hash", self.genesis_hash,
+        )  # fmt: skip
+
+    def start_founders(self) -> None:
+        """Start the four founders; once the chain runs, the others fetch the pseudonym key
+        the first founder made (sealed to their box key) by running `join --genesis` again."""
+        for org in ORGS:
+            self.start(org)
+        wait(lambda: self.height(ORGS[0]) >= 1, 90, "the founders' first block")
+        for org in ORGS[1:]:
+            said = self.join_founder(org)
+            assert f"pseudonym key received from {ORGS[0]}" in said, said
 
     def home(self, org: str) -> Path:
         return self.new_home if org == NEW else self.directory / "hospitals" / org
@@ -258,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     net.create()
     try:
         c = Consortium.create(net, args.directory / "net")
-        for org in ORGS:
-            c.start(org)
+        c.start_founders()
     except BaseException:
         net.cleanup()
         raise
     for org in ORGS:
         config = json.loads((c.home(org) / "config.json").read_text())
         print(f"{namespace(c.n[org])}  {org:<14} gateway https://{config['exchange']['listen']}")
+    print(f"founding file {c.founding}, genesis hash {c.genesis_hash}")
     print(f"logs in {net.logs}; act as a hospital with `ip netns exec ml-hN medledger ...`")
     print("stop and remove everything: scripts/netns-consortium.sh down")
     return 0

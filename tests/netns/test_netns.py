@@ -1,8 +1,10 @@
 """Four hospitals on four hosts (network namespaces), a fifth joining from its own.
 
 Each hospital runs in its own namespace with its own address on a bridge (harness.py) on
-CometBFT; the fifth is admitted by the join flow (request -> admit vote -> `medledger join
---from` -> block sync -> `set_power` vote), then consent, exchange and a referral cross the
+CometBFT. The four founders each make their keys at home, the genesis is made from their four
+join requests, and each configures itself from it (`consortium genesis`, `join --genesis`).
+The fifth is admitted by the join flow (request -> admit vote -> `medledger join --from` ->
+block sync -> `set_power` vote), then consent, exchange and a referral cross the
 bridge, and a member removed by vote is refused by the others. Skipped where namespaces
 cannot be made (not root, no `ip`); everything it made is removed even when it fails.
 """
@@ -17,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from medledger.ledger.genesis import Genesis
 from medledger.node.config import load_config
 from tests.netns.harness import NEW, NEW_NAME, ORGS, Consortium, Netns, address, wait, why_not
 
@@ -34,8 +35,7 @@ def consortium(tmp_path: Path) -> Iterator[Consortium]:
     with Netns(logs=tmp_path / "logs") as net:
         c = Consortium.create(net, tmp_path / "net", tmp_path / "nantes")
         try:
-            for org in ORGS:
-                c.start(org)
+            c.start_founders()
             yield c
         finally:
             c.stop_all()
@@ -80,7 +80,8 @@ def test_a_hospital_joins_from_its_own_host_and_works_across_hosts(consortium: C
     vote_through(c, said, [paris, bordeaux, lille])
     assert NEW in c.act(lyon, "members")["members"]
 
-    genesis_hash = Genesis.load(c.directory / "genesis.json").hash().hex()
+    genesis_hash = load_config(c.home(lyon)).genesis().hash().hex()
+    assert genesis_hash == c.genesis_hash  # the hash `consortium genesis` printed
     gateway = load_config(c.home(lyon)).exchange.listen
     said = c.medledger(
         NEW, "join", "--home", str(c.home(NEW)), "--from", f"https://{gateway}",

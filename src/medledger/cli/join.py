@@ -1,4 +1,5 @@
-"""`medledger join --home H --from https://member:port`: a hospital joining from its own machine."""
+"""`medledger join --home H --from https://member:port | --genesis FILE`: a hospital joining a
+running consortium from its own machine, or a founder configured from the founding file."""
 
 from __future__ import annotations
 
@@ -15,8 +16,14 @@ def register(app: typer.Typer) -> None:
     def join(
         home: HomeOption,
         from_url: Annotated[
-            str, typer.Option("--from", help="A member's gateway, https://host:port.")
-        ],
+            str | None, typer.Option("--from", help="A member's gateway, https://host:port.")
+        ] = None,
+        genesis: Annotated[
+            Path | None,
+            typer.Option(
+                "--genesis", help="The founding file of `medledger consortium genesis` (founders)."
+            ),
+        ] = None,
         genesis_hash: Annotated[
             str | None,
             typer.Option(help="The genesis hash the members gave you (hex); checked, not trusted."),
@@ -30,14 +37,31 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Configure a keygen'd home from a member: genesis, peers, CometBFT; fetch the
-        pseudonym key once the members have admitted this hospital."""
-        from medledger.provisioning.join import JoinError, configure_from, fetch_pseudonym_key
+        """Configure a keygen'd home: genesis, peers, CometBFT; then get the pseudonym key
+        (a joiner: once the members have admitted it; a founder: from the first founder)."""
+        from medledger.provisioning.join import (
+            JoinError,
+            configure_from,
+            configure_from_file,
+            fetch_pseudonym_key,
+            founders_pseudonym_key,
+        )
 
-        with user_errors():
-            config = configure_from(
-                home, from_url, genesis_hash=genesis_hash, listen_all=listen_all
+        if (from_url is None) == (genesis is None):
+            fail(
+                "give either --from URL (joining a running consortium) "
+                "or --genesis FILE (a founder)"
             )
+        with user_errors():
+            if genesis is not None:
+                config = configure_from_file(
+                    home, genesis, genesis_hash=genesis_hash, listen_all=listen_all
+                )
+            else:
+                assert from_url is not None
+                config = configure_from(
+                    home, from_url, genesis_hash=genesis_hash, listen_all=listen_all
+                )
         digest = config.genesis().hash().hex()
         if genesis_hash is None:
             console.print(
@@ -46,20 +70,30 @@ def register(app: typer.Typer) -> None:
             )
         else:
             console.print(f"genesis hash {digest} checked")
-        console.print(f"{config.org}: configured in {config.home} from {from_url}")
-        if not (Path(config.home) / "keys" / "pseudonym.key").exists():
-            try:
-                fetch_pseudonym_key(config, from_url)
-            except (JoinError, OSError, ValueError) as exc:
-                fail(
-                    f"{exc}\nThe configuration is written; once the members have admitted "
-                    f"{config.org}, run this command again."
-                )
-            console.print("pseudonym key received (sealed to this hospital's box key)")
+        console.print(f"{config.org}: configured in {config.home} from {from_url or genesis}")
         cmt = config.home / config.cometbft.home
+        start = f"  medledger node run --home {config.home}\n  cometbft start --home {cmt}"
+        if not (Path(config.home) / "keys" / "pseudonym.key").exists():
+            if genesis is not None:
+                try:
+                    console.print(founders_pseudonym_key(config))
+                except (JoinError, OSError, ValueError) as exc:
+                    console.print(
+                        f"pseudonym key: not yet ({exc}).\nThe configuration is written: start "
+                        f"the node, and once the first founder's node runs, run this command "
+                        f"again to fetch the key (ingestion needs it).\n{start}"
+                    )
+                    return
+            else:
+                try:
+                    fetch_pseudonym_key(config, from_url or "")
+                except (JoinError, OSError, ValueError) as exc:
+                    fail(
+                        f"{exc}\nThe configuration is written; once the members have admitted "
+                        f"{config.org}, run this command again."
+                    )
+                console.print("pseudonym key received (sealed to this hospital's box key)")
         console.print(
             "Next, start the node; it block-syncs the chain from its peers, and validates once "
-            "the members vote it power:\n"
-            f"  medledger node run --home {config.home}\n"
-            f"  cometbft start --home {cmt}"
+            f"the members vote it power (a founder validates from genesis):\n{start}"
         )

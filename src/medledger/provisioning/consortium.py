@@ -72,6 +72,12 @@ def hospital_ids(n: int) -> list[tuple[str, str]]:
     return ids
 
 
+def check_chain_id(chain_id: str) -> None:
+    """A chain id as every tool takes it: a-z, 0-9 and '-', at most 48."""
+    if not _CHAIN_ID.match(chain_id):
+        raise ConfigError(f"--chain-id: {chain_id!r} is not valid (a-z, 0-9, '-'; max 48)")
+
+
 def create_consortium(
     directory: Path,
     hospitals: int,
@@ -93,8 +99,7 @@ def create_consortium(
         raise ConfigError(f"--engine: unknown engine {engine!r} (solo or cometbft)")
     if not 1 <= hospitals <= 64:
         raise ConfigError("--hospitals: between 1 and 64")
-    if not _CHAIN_ID.match(chain_id):
-        raise ConfigError(f"--chain-id: {chain_id!r} is not valid (a-z, 0-9, '-'; max 48)")
+    check_chain_id(chain_id)
     if (directory / "consortium.json").exists():
         raise ConfigError(f"{directory}: a consortium already exists here")
     directory.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,13 @@ listener at the address the join request announced), and the CometBFT home (its 
 members' p2p addresses as persistent peers). The node then block-syncs the chain from genesis,
 checking every block, and validates once a `set_power` vote gives it power.
 
+A founder does the same from the founding file (`medledger join --home H --genesis FILE`,
+`configure_from_file`): `medledger consortium genesis` writes it in the bootstrap answer's
+shape (provisioning/founding.py), so both go through the one `configure`.
+
 `fetch_pseudonym_key` asks a member's gateway for the consortium's pseudonym key, which comes
 sealed to this hospital's box key on the chain, and is released only to a current member.
+`founders_pseudonym_key`: the first founder makes it, the others fetch it so from its gateway.
 
     H/join-request.json            what keygen wrote (org, name, addresses, public keys)
     H/consortium/genesis.json      the genesis, as fetched and checked
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -114,25 +120,44 @@ def fetch_bootstrap(from_url: str, timeout: float = 15.0) -> dict[str, Any]:
     return answer
 
 
-def _check_genesis(home: Path, answer: dict[str, Any], expected: str | None) -> Genesis:
+def _check_genesis(
+    home: Path, answer: dict[str, Any], expected: str | None, source: str
+) -> Genesis:
     """The genesis of the answer, once its hash is the one expected (nothing written)."""
     tmp = home / "genesis.json.tmp"
     tmp.write_text(json.dumps(answer["genesis"], indent=2, sort_keys=True) + "\n")
     try:
         genesis = Genesis.load(tmp)
     except ValueError as exc:
-        raise JoinError(f"bootstrap answer: genesis: {exc}") from None
+        raise JoinError(f"{source}: genesis: {exc}") from None
     finally:
         tmp.unlink()
     digest = genesis.hash().hex()
     if expected is not None and digest != expected.strip().lower():
         raise JoinError(
-            f"--genesis-hash: the member's genesis hashes to {digest}, not {expected}: "
+            f"--genesis-hash: the genesis of {source} hashes to {digest}, not {expected}: "
             "this is not the consortium you were given (nothing written)"
         )
     if answer.get("chain_id") != genesis.chain_id or answer.get("engine") != genesis.engine:
-        raise JoinError("bootstrap answer: chain_id/engine differ from its own genesis")
+        raise JoinError(f"{source}: chain_id/engine differ from its own genesis")
     return genesis
+
+
+def _check_validators(genesis: Genesis, document: dict[str, Any], source: str) -> None:
+    """CometBFT's genesis must start from the validators the (hash-checked) genesis names."""
+    try:
+        listed = {
+            (base64.b64decode(v["pub_key"]["value"]), int(v["power"]))
+            for v in document.get("validators", [])
+        }
+    except (KeyError, TypeError, ValueError):
+        raise JoinError(f"{source}: cometbft.genesis.validators: unreadable") from None
+    wanted = {(m.validator_key, m.power) for m in genesis.members if m.validator_key and m.power}
+    if listed != wanted:
+        raise JoinError(
+            f"{source}: cometbft.genesis.validators differ from the genesis members' "
+            "validator keys and powers (nothing written)"
+        )
 
 
 def _split_host(address: str, what: str) -> tuple[str, int]:
@@ -145,7 +170,36 @@ def _split_host(address: str, what: str) -> tuple[str, int]:
 def configure_from(
     home: Path, from_url: str, *, genesis_hash: str | None, listen_all: bool = False
 ) -> HospitalConfig:
-    """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`.
+    """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`."""
+    _request(home)  # a home keygen made, before asking anyone
+    answer = fetch_bootstrap(from_url)
+    return configure(
+        home, answer, source=from_url, genesis_hash=genesis_hash, listen_all=listen_all
+    )
+
+
+def configure_from_file(
+    home: Path, path: Path, *, genesis_hash: str | None, listen_all: bool = False
+) -> HospitalConfig:
+    """Write a founder's keygen'd `home`'s configuration from the founding file at `path`
+    (`medledger consortium genesis`: the bootstrap answer's shape, made before any node runs)."""
+    from medledger.provisioning.founding import load_founding
+
+    answer = load_founding(path)
+    return configure(
+        home, answer, source=str(path), genesis_hash=genesis_hash, listen_all=listen_all
+    )
+
+
+def configure(
+    home: Path,
+    answer: dict[str, Any],
+    *,
+    source: str,
+    genesis_hash: str | None,
+    listen_all: bool = False,
+) -> HospitalConfig:
+    """Write the keygen'd `home`'s configuration from a bootstrap answer (or founding file).
 
     Refuses (writing nothing) a genesis whose hash is not `genesis_hash` when one is given;
     without one, the caller shows the hash for the operator to compare. The gateway, API and
@@ -154,19 +208,19 @@ def configure_from(
     """
     home = home.resolve()
     request = _request(home)
-    answer = fetch_bootstrap(from_url)
-    genesis = _check_genesis(home, answer, genesis_hash)
+    genesis = _check_genesis(home, answer, genesis_hash, source)
     if genesis.engine != "cometbft":
         raise JoinError(
-            f"{from_url}: the consortium runs the {genesis.engine} engine: joining from "
+            f"{source}: the consortium runs the {genesis.engine} engine: joining from "
             "afar needs CometBFT (a solo ledger lives in one process on one machine; use "
             "`medledger hospital add` there)"
         )
     cometbft = answer.get("cometbft")
     if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
-        raise JoinError("bootstrap answer: cometbft.genesis missing")
+        raise JoinError(f"{source}: cometbft.genesis missing")
     if cometbft["genesis"].get("chain_id") != genesis.chain_id:
-        raise JoinError("bootstrap answer: the CometBFT genesis names another chain")
+        raise JoinError(f"{source}: the CometBFT genesis names another chain")
+    _check_validators(genesis, cometbft["genesis"], source)
     (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
     genesis.save(home / CONSORTIUM_DIR / "genesis.json")
     org, addresses = str(request["org"]), dict(request["addresses"])
@@ -311,3 +365,22 @@ def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
         raise JoinError(f"{member}: the pseudonym key is not 32 bytes")
     write_secret(config.home / "keys" / "pseudonym.key", key.hex() + "\n", overwrite=True)
     return key
+
+
+def founders_pseudonym_key(config: HospitalConfig) -> str:
+    """A founder's copy of the consortium's pseudonym key: made here by the first founder the
+    genesis lists, fetched by the others from its gateway (sealed to their box key) once its
+    node runs. What happened, in one line; `JoinError` while the first founder is not serving.
+    """
+    from medledger.host.secretfile import write_secret
+
+    members = config.genesis().members
+    first = members[0]
+    if first.org == config.org:
+        write_secret(config.home / "keys" / "pseudonym.key", os.urandom(32).hex() + "\n")
+        return "pseudonym key made here (the first founder): the others fetch it from this node"
+    gateway = first.addresses.get("gateway")
+    if not gateway:
+        raise JoinError(f"genesis: {first.org} (the first founder) has no gateway address")
+    fetch_pseudonym_key(config, f"https://{gateway}")
+    return f"pseudonym key received from {first.org} (sealed to this hospital's box key)"

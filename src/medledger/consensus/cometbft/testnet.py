@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -404,6 +405,15 @@ def _default_consensus_params(homes: list[Path]) -> dict[str, Any]:
             params: dict[str, Any] = json.loads(path.read_text())["consensus_params"]
             return params
     raise TestnetError("no CometBFT genesis to take default consensus params from")
+
+
+def default_consensus_params() -> dict[str, Any]:
+    """CometBFT's default consensus params, as `cometbft init` writes them (in a scratch home:
+    a genesis made from join requests has no CometBFT home of its own)."""
+    with tempfile.TemporaryDirectory(prefix="medledger-cmt-") as scratch:
+        home = Path(scratch) / "cometbft"
+        _init_home(home)
+        return _default_consensus_params([home])
 
 
 def genesis_doc(
