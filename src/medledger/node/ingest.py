@@ -16,6 +16,7 @@ an input that breaks the parser in an unforeseen way is refused too, and the bat
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -941,6 +942,17 @@ _WORKER_PRELOAD = [
 ]
 _pools: dict[int, Any] = {}
 _pools_lock = threading.Lock()
+
+
+@atexit.register
+def _close_pools() -> None:
+    """Shut the kept pools down while the interpreter is whole: left to module teardown, their
+    manager threads' callbacks run against half-cleared modules and print tracebacks."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _validation_pool(workers: int) -> Any:
