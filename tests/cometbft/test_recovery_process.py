@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -119,6 +118,9 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
             "api": old.api.listen or "",
             "p2p": testnet.node_addresses(testnet.cometbft_home(d, victim), victim).p2p,
         }
+        rpc_url = testnet.node_addresses(testnet.cometbft_home(d, victim), victim).rpc_url
+        with CometRpc(rpc_url, timeout=5) as rpc:
+            old_validator = rpc.status()["validator_info"]["address"]
         for role in ("supervisor", "app", "cometbft"):
             processes.stop_process(d, victim, role, timeout=0, sig=signal.SIGKILL)
         shutil.rmtree(home)
@@ -128,8 +130,9 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
                   *[f"--address={k}={v}" for k, v in addresses.items()])  # fmt: skip
         request = home / "join-request.json"
         # Step 3: one member proposes, another votes (2 of the 3 others).
-        proposed = medledger("recover", "propose", "--home", str(testnet.hospital_home(d, proposer)),
-                             "--org", victim, "--request", str(request), "--note", "ransomware")  # fmt: skip
+        member = str(testnet.hospital_home(d, proposer))
+        proposed = medledger("recover", "propose", "--home", member, "--org", victim,
+                             "--request", str(request), "--note", "ransomware")  # fmt: skip
         found = re.search(r"member vote (\d+)", proposed)
         assert found is not None, proposed
         medledger("member", "vote", found[1], "--home", str(testnet.hospital_home(d, voter)))
@@ -162,6 +165,7 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
         assert recovering.returncode == 0, text
         restored = re.search(r"restored (\d+) record versions .* (\d+) checked against", text)
         assert restored is not None and restored[1] == restored[2], text
+        assert int(restored[1]) >= len(kept), text
         assert "keys escrowed again" in text, text
 
         # Step 5: the node runs as usual (its supervisor, started by `net up`).
@@ -170,12 +174,15 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
         medledger("verify", "--home", str(home))
         after_records = records(home)
         assert set(after_records) == set(kept)
+        with Vault.open(load_config(home).vault_config()) as vault:
+            assert vault.is_erased(erased) and erased not in vault.patients()
         assert fhir(home, sample) == before
         assert all(status != 200 for status, _ in fhir(home, gone[:5]).values())
 
         rpc_url = testnet.node_addresses(testnet.cometbft_home(d, victim), victim).rpc_url
-        with CometRpc(rpc_url, timeout=5) as rpc:
+        with CometRpc(rpc_url, timeout=5) as rpc:  # a new port: join chose it
             mine = rpc.status()["validator_info"]["address"]
+        assert mine != old_validator
         other = testnet.node_addresses(testnet.cometbft_home(d, voter), voter).rpc_url
         with CometRpc(other, timeout=5) as rpc:
 
