@@ -427,3 +427,43 @@ def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
                 )
             finally:
                 back.stop()
+
+
+def test_a_node_started_on_the_fresh_home_too_early_leaves_the_replicas_alone(
+    four: Sandbox,
+) -> None:
+    """The fresh home's node run before `recover run` (by hand, or a supervisor that came
+    back): its empty vault would be a first full copy that drops every replica at the peers;
+    its replicator holds back instead, and the recovery still finds everything."""
+    from medledger.exchange.replicator import Replicator
+
+    sandbox = four
+    _ingest(sandbox, B, patients=6)
+    wait_for(lambda: _replicated(sandbox, B), timeout=60, what="the replicas at both peers")
+    before = _own_records(sandbox.h[B].vault)
+    home, _ = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux"])
+    node = sandbox.root.sibling(home)
+    peers = replica_peers(sandbox.root.engine, B)
+    client = ExchangeClient(node, directory=sandbox.directory)
+    try:
+        held = {p: client.custody_list(p) for p in peers}
+        assert all(items for items, _ in held.values())
+        with Vault.open(node.config.vault_config()) as empty:
+            early = Replicator(node, empty, client)
+            early.sync()
+            acked, holding_back = empty.replica_peers(), early.awaiting_recovery()
+        assert {p: client.custody_list(p) for p in peers} == held  # nothing dropped
+        assert holding_back and acked == {}
+    finally:
+        client.close()
+    for suffix in ("", "-wal", "-shm"):  # moved away, as recover run asks
+        Path(str(node.config.vault_config().path) + suffix).unlink(missing_ok=True)
+    report = _recover(sandbox, home)
+    assert report.complete, "\n".join(report.lines())
+    with Vault.open(node.config.vault_config()) as vault:
+        assert _own_records(vault) == before
+        again = ExchangeClient(node, directory=sandbox.directory)
+        try:
+            assert not Replicator(node, vault, again).awaiting_recovery()  # it replicates again
+        finally:
+            again.close()

@@ -198,6 +198,7 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
         app = open_application(home)
         engine = engine_for_home(home, app).start()
         try:
+            _wait_for_chain(engine, home, timeout)
             node = Node(config, app, engine)
             with _client(node) as client:
                 return recover(node, client, timeout=timeout)
@@ -210,3 +211,20 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
 
     with open_node(home) as node, _client(node) as client:
         return recover(node, client, timeout=timeout)
+
+
+def _wait_for_chain(engine: Any, home: Path, timeout: float) -> None:
+    """Until CometBFT has handed this fresh replica its first block (InitChain, then block
+    sync): before that it has no state to ask who the members are."""
+    import time
+
+    from medledger.provisioning.recovery import RecoveryError
+
+    deadline = time.monotonic() + timeout
+    while engine.height() < 1:
+        if time.monotonic() >= deadline:
+            raise RecoveryError(
+                f"after {timeout:.0f} s this home has no block yet: start its CometBFT "
+                f"(cometbft start --home {home / 'cometbft'}) once `recover run` serves"
+            )
+        time.sleep(0.5)

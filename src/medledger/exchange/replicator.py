@@ -8,7 +8,8 @@ deleted since becomes a `custody-drop`. A peer's acknowledged sequence moves onl
 peer answered, so a peer that is down is retried on the next round and catches up when it
 returns (a crash of this node loses nothing either: the journal and the cursors are in the
 vault). A peer seen for the first time gets a full copy, and loses the replica items it held
-that the vault no longer has. The journal is pruned up to what every replica peer has.
+that the vault no longer has. The journal is pruned up to what every replica peer has. A
+fresh home rebound by vote sends nothing until its vault is recovered (`awaiting_recovery`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from medledger.exchange.client import ExchangeClient, ExchangeError
+from medledger.exchange.escrow import pending_recovery
 from medledger.node.custody import MAX_ITEMS, Item
 from medledger.node.replicas import ensure_backup_key, replica_peers
 from medledger.vault.replication import ReplicaKeys
@@ -82,6 +84,7 @@ class Replicator:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._send_lock = threading.Lock()
+        self._held_back = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Replicator:
@@ -121,8 +124,25 @@ class Replicator:
             self._peers = (now, replica_peers(self.node.engine, self.org))
         return self._peers[1]
 
+    def awaiting_recovery(self) -> bool:
+        """True while this org was rebound to a fresh home whose vault is still empty: its
+        first full copy would drop at every peer the replicas `recover run` needs (a node
+        started before the recovery, by hand or by a supervisor). Nothing is sent then."""
+        if self.vault.patients() or pending_recovery(self.node) is None:
+            return False
+        if not self._held_back:
+            log.warning(
+                "%s: rebound and the vault is empty: replication held back until "
+                "`medledger recover run` restores it (stop this node first)",
+                self.org,
+            )
+            self._held_back = True
+        return True
+
     def sync(self) -> None:
         """One round: every replica peer brought up to the journal's head (or tried)."""
+        if self.awaiting_recovery():
+            return
         peers = self.peers()
         for peer in peers:
             failed = self.failures.get(peer)
