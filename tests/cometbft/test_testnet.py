@@ -133,3 +133,26 @@ def test_add_hospital_joins_the_peers_and_copies_genesis(tmp_path: Path) -> None
 def test_set_config_refuses_unknown_keys() -> None:
     with pytest.raises(testnet.TestnetError):
         testnet.set_config("[p2p]\nladdr = 1\n", {"p2p": {"no_such_key": 1}})
+
+
+def test_hospitals_on_their_own_hosts_listen_and_dial_there(tmp_path: Path) -> None:
+    hosts = {"chu-lyon": "10.231.0.11", "aphp-paris": "10.231.0.12"}
+    testnet.prepare(tmp_path, list(hosts), 1000, "medledger-t", hosts=hosts)
+    lyon = _config(tmp_path, "chu-lyon")
+    assert lyon["p2p"]["laddr"].startswith("tcp://10.231.0.11:")  # type: ignore[index]
+    assert lyon["p2p"]["external_address"].startswith("10.231.0.11:")  # type: ignore[index]
+    assert "@10.231.0.12:" in lyon["p2p"]["persistent_peers"]  # type: ignore[index]
+    assert lyon["rpc"]["laddr"].startswith("tcp://127.0.0.1:")  # type: ignore[index]
+    assert str(lyon["proxy_app"]).startswith("tcp://127.0.0.1:")
+    # Private addresses, which CometBFT's strict address book would refuse; one IP each.
+    assert lyon["p2p"]["addr_book_strict"] is False  # type: ignore[index]
+    assert lyon["p2p"]["allow_duplicate_ip"] is False  # type: ignore[index]
+
+
+def test_public_names_keep_the_strict_address_book(tmp_path: Path) -> None:
+    peers = ["0123@node.aphp.example.org:26656"]
+    settings = testnet.node_settings("chu-lyon", [1, 2, 3, 4], peers, 1000, "0.0.0.0", "lyon.fr")
+    assert settings["p2p"]["addr_book_strict"] is True
+    assert settings["p2p"]["laddr"] == "tcp://0.0.0.0:1"  # every interface: configured so
+    assert settings["p2p"]["external_address"] == "lyon.fr:1"
+    assert testnet.dialable("0.0.0.0:26657") == "127.0.0.1:26657"

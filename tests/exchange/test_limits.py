@@ -247,6 +247,45 @@ def test_one_hospital_cannot_hold_every_connection(sandbox: Sandbox) -> None:
     wait_for(lambda: held() == before, what="aphp-paris's connections released")
 
 
+def test_connections_without_a_certificate_share_one_small_budget(sandbox: Sandbox) -> None:
+    """Only the bootstrap answer serves them: strangers cannot take the members' descriptors."""
+    import socket
+    import ssl
+
+    from medledger.exchange import server as gateway_server
+
+    limit = gateway_server.MAX_ANONYMOUS_CONNECTIONS
+    uvicorn_server = sandbox.x(A).server.server
+    url = httpx.URL(sandbox.x(A).url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection((url.host, url.port), timeout=10)
+        return ctx.wrap_socket(raw)
+
+    def held() -> int:
+        return gateway_server.open_connections(uvicorn_server, gateway_server.ANONYMOUS)
+
+    sockets = [connect() for _ in range(limit)]
+    try:
+        wait_for(lambda: held() == limit, what="the anonymous connections counted")
+        extra = connect()
+        sockets.append(extra)
+        try:
+            closed = extra.recv(1) == b""
+        except (ConnectionError, ssl.SSLError):
+            closed = True
+        assert closed and held() == limit
+        # A member still gets in and is served.
+        answer, _ = sandbox.x(C).client.post(A, "index", {"pid": PID, "purpose": "treatment"})
+        assert answer["entries"] == []
+    finally:
+        for s in sockets:
+            s.close()
+    wait_for(lambda: held() == 0, what="the anonymous connections released")
+
+
 def test_body_budget_bounds_each_hospital_and_the_gateway() -> None:
     """Issue 11 review, item 8: 8 deliveries of 32 MB per peer were held in memory at once."""
     from medledger.exchange.gateway import BodyBudget

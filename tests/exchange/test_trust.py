@@ -79,10 +79,14 @@ def test_a_strangers_self_signed_certificate_is_refused_at_the_handshake(
     rogue = pki.TlsFiles(tmp_path / "rogue")
     pki.new_identity(rogue.directory, B, ("127.0.0.1",))
     assert _handshake(url, pki.client_context(rogue, pins)).startswith("refused")
-    # No client certificate at all.
+    # No client certificate at all: the handshake passes (a hospital joining from afar reads
+    # the bootstrap answer, exchange/bootstrap.py), and every other endpoint refuses it.
     bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     bare.check_hostname, bare.verify_mode = False, ssl.CERT_NONE
-    assert _handshake(url, bare) != "ok"
+    with httpx.Client(verify=bare, timeout=5) as client:
+        refused = client.get(url + "/exchange/v1/health")
+        assert refused.status_code == 403 and "no client certificate" in refused.json()["error"]
+        assert client.get(url + "/exchange/v1/bootstrap").status_code == 200
     # The genuine key is accepted, and the gateway knows whom it serves.
     real = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), pins)
     assert _handshake(url, real) == "ok"

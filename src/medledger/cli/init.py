@@ -34,6 +34,10 @@ def register(app: typer.Typer) -> None:
         block_time: Annotated[
             str, typer.Option(help="CometBFT block time, e.g. 1s or 250ms.")
         ] = "1s",
+        host: Annotated[
+            list[str] | None,
+            typer.Option(help="Hospital i's address (once per hospital; default 127.0.0.1)."),
+        ] = None,
     ) -> None:
         """Create a consortium: keys (mode 0600), genesis, one home per hospital."""
         from medledger.provisioning import create_consortium
@@ -46,6 +50,7 @@ def register(app: typer.Typer) -> None:
                 chain_id=chain_id or f"medledger-{engine}",
                 block_time_ms=parse_duration_ms(block_time),
                 genesis_time_ms=int(time.time() * 1000),
+                hosts=host or None,
             )
         if not homes:
             fail("no hospital created")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,15 +97,29 @@ class Fetched:
 
 
 class Directory:
-    """org -> gateway URL; shared by a process's hospitals, updatable (sandbox, port 0)."""
+    """org -> gateway URL; shared by a process's hospitals, updatable (sandbox, port 0).
 
-    def __init__(self, peers: dict[str, str] | None = None) -> None:
+    A hospital not in the configured `peers` is looked up in `members()` (the chain's member
+    records): its `addresses["gateway"]`, so a member admitted later is reachable without
+    editing every config.json."""
+
+    def __init__(
+        self,
+        peers: dict[str, str] | None = None,
+        members: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self._peers = dict(peers or {})
+        self._members = members
         self._lock = threading.Lock()
 
     def url(self, org: str) -> str:
         with self._lock:
             found = self._peers.get(org)
+        if found is None and self._members is not None:
+            for m in self._members():
+                gateway = (m.get("addresses") or {}).get("gateway")
+                if m.get("org") == org and gateway:
+                    found = f"https://{gateway}"
         if found is None:
             raise ExchangeError(org, 0, "not in this hospital's gateway directory")
         return found.rstrip("/")

@@ -17,8 +17,13 @@ Denials are committed too, with their reason's code (the wording stays in the ev
                                                              caller may see (indexing.py), sealed
                                                              to the caller hospital's X25519 key
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
+    POST /exchange/v1/pseudonym-key  {}                      the consortium's pseudonym key,
+                                                             sealed to a current member's box
+                                                             key on the chain (bootstrap.py)
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
+    GET  /exchange/v1/bootstrap      the one call without a client certificate: what a
+                                     hospital joining from afar needs (bootstrap.py)
 
 Bodies and answers are JSON; resource bytes and salts travel base64-encoded so that the bytes
 the commitment was made on arrive unchanged.
@@ -662,6 +667,19 @@ class Gateway:
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")
 
+    def pseudonym_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The consortium's pseudonym key, sealed to the calling member's box key."""
+        from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
+
+        _json_object(body)
+        try:
+            sealed = sealed_pseudonym_key(self.node, caller.actor.org)
+        except NotAMember as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", str(exc))
+            raise Refused(403, str(exc)) from None
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        return {"org": caller.actor.org, "sealed": b64(sealed)}
+
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
@@ -695,6 +713,7 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         "index": ("index", True, gateway.query_body_limit),
         "records": ("records", True, gateway.query_body_limit),
         "metadata-key": ("metadata_key", True, gateway.query_body_limit),
+        "pseudonym-key": ("pseudonym_key", True, gateway.query_body_limit),
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
     }
@@ -759,9 +778,17 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
 
     @app.get(PREFIX + "/health")
     def health(request: Request) -> Response:
+        if peer_of(request) is None:
+            return json_response({"error": "no client certificate from the consortium CA"}, 403)
         return json_response(
             {"org": gateway.org, "height": gateway.node.engine.height(), "peer": peer_of(request)}
         )
+
+    @app.get(PREFIX + "/bootstrap")
+    def bootstrap(request: Request) -> Response:
+        from medledger.exchange.bootstrap import bootstrap
+
+        return json_response(bootstrap(gateway.node))
 
     if events is not None:
         events.mount(app, gateway)

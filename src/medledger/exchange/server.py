@@ -9,7 +9,9 @@ into every request's `request.state.peer_org`.
 The same protocol bounds the connections one hospital may hold open at once
 (`MAX_PEER_CONNECTIONS`): past it, a new connection is closed as soon as its certificate is
 known, so that a member opening thousands cannot exhaust the server's file descriptors and
-lock the other hospitals out. (Its requests and streams are bounded in gateway.py.)
+lock the other hospitals out. (Its requests and streams are bounded in gateway.py.) Connections
+without a client certificate, which reach only the bootstrap answer, share one smaller budget
+(`MAX_ANONYMOUS_CONNECTIONS`).
 
 The server runs in its own thread and event loop, so a node process can run its ledger engine,
 its gateway and its sync agent side by side, and a sandbox can run several hospitals' gateways
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Connections one hospital may hold open to a server at once (its client pools 32).
 MAX_PEER_CONNECTIONS = 64
+#: Connections without a client certificate (hospitals joining) open at once, all together.
+MAX_ANONYMOUS_CONNECTIONS = 16
+ANONYMOUS = "(no certificate)"
 
 # Open connections per hospital, per server (a process may serve several gateways).
 _open: weakref.WeakKeyDictionary[ServerState, Counter[str]] = weakref.WeakKeyDictionary()
@@ -55,15 +60,18 @@ class _MtlsH11Protocol(H11Protocol):
         if ssl_object is not None:
             org = peer_org(ssl_object)
         self.app_state = {**self.app_state, "peer_org": org}
-        if org is None:
-            return
+        if ssl_object is None:
+            return  # plain HTTP (the API's server): not the gateway's to bound
+        # Connections without a certificate (only the bootstrap answer serves them) share one
+        # budget, so strangers cannot take the descriptors the members need.
+        who, limit = (org, MAX_PEER_CONNECTIONS) if org else (ANONYMOUS, MAX_ANONYMOUS_CONNECTIONS)
         counts = _open.setdefault(self.server_state, Counter())
-        if counts[org] >= MAX_PEER_CONNECTIONS:
-            log.warning("%s holds %d connections already: closing a new one", org, counts[org])
+        if counts[who] >= limit:
+            log.warning("%s holds %d connections already: closing a new one", who, counts[who])
             transport.close()
             return
-        counts[org] += 1
-        self._counted = org
+        counts[who] += 1
+        self._counted = who
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from medledger.exchange.client import Directory, ExchangeClient
+from medledger.contracts import queries
+from medledger.exchange.client import Directory, ExchangeClient, member_pins
 from medledger.exchange.events import EventStream
 from medledger.exchange.gateway import Gateway, create_app
+from medledger.exchange.pki import PinnedContexts, TlsFiles
 from medledger.exchange.policy import AuthorizeFn, Policy
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
@@ -46,7 +48,9 @@ class HospitalExchange:
         self.org = node.config.org
         home = node.config.home
         folder = home / "exchange"
-        self.directory = directory or Directory(node.config.exchange.peers)
+        self.directory = directory or Directory(
+            node.config.exchange.peers, lambda: queries.members(node.engine)
+        )
         self.policy = Policy(node, authorize)
         self.evidence = EvidenceStore(folder / "evidence.db")
         self.store = SyncStore(folder / "sync.db", node.config.box_key())
@@ -62,7 +66,11 @@ class HospitalExchange:
             self.app,
             host or cfg_host,
             cfg_port if port is None else port,
-            self.client.trust.server(),  # pinned to the members' keys, re-read per handshake
+            # Pinned to the members' keys, re-read per handshake; a client without a
+            # certificate gets through to the bootstrap answer only (exchange/bootstrap.py).
+            PinnedContexts(
+                TlsFiles(node.config.tls_dir), member_pins(node), anonymous=True
+            ).server(),
             name=f"gateway-{self.org}",
         )
         self._started = False

@@ -82,10 +82,13 @@ def create_consortium(
     genesis_time_ms: int,
     base_port: int | None = None,
     params: dict[str, int] | None = None,
+    hosts: list[str] | None = None,
 ) -> list[Path]:
     """Make keys, genesis and one home per hospital; refuse to overwrite an existing one.
 
-    `params` overrides care-contract parameters in the genesis (policies.DEFAULT_PARAMS)."""
+    `params` overrides care-contract parameters in the genesis (policies.DEFAULT_PARAMS).
+    `hosts[i]` is the address hospital i's gateway, API and CometBFT p2p listen on and are
+    dialled at (one machine each); by default every hospital is on 127.0.0.1."""
     if engine not in ("solo", "cometbft"):
         raise ConfigError(f"--engine: unknown engine {engine!r} (solo or cometbft)")
     if not 1 <= hospitals <= 64:
@@ -99,6 +102,9 @@ def create_consortium(
     from medledger.contracts import default_versions
 
     orgs = hospital_ids(hospitals)
+    if hosts is not None and len(hosts) != hospitals:
+        raise ConfigError(f"--host: {len(hosts)} given for {hospitals} hospitals")
+    host = {org: (hosts[i] if hosts else "127.0.0.1") for i, (org, _) in enumerate(orgs)}
     homes: list[Path] = []
     requests: dict[str, JoinRequest] = {}
     pseudonym_key = os.urandom(32)
@@ -113,7 +119,12 @@ def create_consortium(
         from medledger.consensus.cometbft import testnet
 
         validator_keys = testnet.prepare(
-            directory, [o for o, _ in orgs], block_time_ms, chain_id, base_port=base_port
+            directory,
+            [o for o, _ in orgs],
+            block_time_ms,
+            chain_id,
+            base_port=base_port,
+            hosts=host,
         )
 
     solo_key = b""
@@ -147,8 +158,8 @@ def create_consortium(
             block_time_ms=block_time_ms,
         ),
     )
-    _setup_exchange(homes, base_port=base_port)
-    _assign_api_ports(homes, base_port)
+    _setup_exchange(homes, host, base_port=base_port)
+    _assign_api_ports(homes, host, base_port)
     members: list[GenesisMember] = []
     for (org, name), home in zip(orgs, homes, strict=True):
         vkey = validator_keys.get(org, b"")
@@ -217,9 +228,9 @@ def ports_in_use(configs: list[HospitalConfig]) -> set[int]:
     return {port for c in configs for port in c.ports()}
 
 
-def _setup_exchange(homes: list[Path], base_port: int | None = None) -> None:
-    """What `medledger init` adds for the exchange: each hospital's gateway address plus the
-    directory of its peers' gateways in config.json.
+def _setup_exchange(homes: list[Path], host: dict[str, str], base_port: int | None = None) -> None:
+    """What `medledger init` adds for the exchange: each hospital's gateway address (on its
+    host) plus the directory of its peers' gateways in config.json.
 
     The directory (org -> URL) is what X-Road calls the global configuration: a hospital only
     ever talks to the addresses it lists, over TLS pinned to the keys on the chain.
@@ -234,20 +245,27 @@ def _setup_exchange(homes: list[Path], base_port: int | None = None) -> None:
             port = free_port(exclude)
         exclude.add(port)
         listen[c.org] = port
-    peers = {org: f"https://127.0.0.1:{port}" for org, port in listen.items()}
+    peers = {org: f"https://{_url_host(host[org])}:{port}" for org, port in listen.items()}
     for c in configs:
-        exchange = ExchangeSection(listen=f"127.0.0.1:{listen[c.org]}", tls=TLS_DIR, peers=peers)
+        address = f"{_url_host(host[c.org])}:{listen[c.org]}"
+        exchange = ExchangeSection(listen=address, tls=TLS_DIR, peers=peers)
         save_config(c.model_copy(update={"exchange": exchange}))
 
 
-def _assign_api_ports(homes: list[Path], base_port: int | None) -> None:
-    """Each hospital's API (FHIR, portal, explorer) gets its own loopback port."""
+def _url_host(host: str) -> str:
+    """A host as it stands in a URL or `host:port` (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _assign_api_ports(homes: list[Path], host: dict[str, str], base_port: int | None) -> None:
+    """Each hospital's API (FHIR, portal, explorer) gets its own port on its host."""
     configs = [load_config(home) for home in homes]
     used = ports_in_use(configs)
     for i, c in enumerate(configs):
         port = base_port + 10 * i + API_PORT_OFFSET if base_port is not None else free_port(used)
         used.add(port)
-        save_config(c.model_copy(update={"api": ApiSection(listen=f"127.0.0.1:{port}")}))
+        listen = f"{_url_host(host[c.org])}:{port}"
+        save_config(c.model_copy(update={"api": ApiSection(listen=listen)}))
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,18 @@ Layout (next to the hospital homes the rest of medledger writes):
     DIR/hospitals/<org>/cometbft/           `cometbft init --home` output, tuned by `prepare`
     DIR/hospitals/<org>/config.json         gets a "cometbft" section (addresses, node id)
 
-Every node listens on 127.0.0.1 only, on its own ports (p2p, rpc, abci, and a reserved one for
-prometheus, disabled), and has every other node as a persistent peer. The config is the one
-file CometBFT reads, so processes and tools derive addresses from it (`node_addresses`) rather
-than from a second copy that could drift.
+Every node listens on its hospital's host (127.0.0.1 unless `prepare` is given another one) for
+p2p, on loopback for RPC and ABCI (its own app is the only client), on its own ports (and a
+reserved one for prometheus, disabled), and has every other node as a persistent peer. The
+config is the one file CometBFT reads, so processes and tools derive addresses from it
+(`node_addresses`) rather than from a second copy that could drift.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -116,13 +118,14 @@ class NodeAddresses:
 
     org: str
     node_id: str
-    p2p: str  # host:port
-    rpc_url: str  # http://127.0.0.1:port
+    p2p: str  # host:port (where it listens; `external` is where the others dial it)
+    rpc_url: str  # http://host:port, dialable (an all-interfaces listener is dialled on loopback)
     abci: str  # tcp://127.0.0.1:port
+    external: str = ""  # host:port the others dial (config.toml's external_address)
 
     @property
     def peer(self) -> str:
-        return f"{self.node_id}@{self.p2p}"
+        return f"{self.node_id}@{self.external or self.p2p}"
 
 
 def _strip_tcp(addr: str) -> str:
@@ -132,14 +135,30 @@ def _strip_tcp(addr: str) -> str:
 def node_addresses(cmt_home: Path, org: str = "") -> NodeAddresses:
     """Read the addresses back from the node's config.toml (the one source of truth)."""
     config = tomllib.loads((cmt_home / "config" / "config.toml").read_text())
-    rpc = _strip_tcp(config["rpc"]["laddr"])
+    rpc = dialable(_strip_tcp(config["rpc"]["laddr"]))
     return NodeAddresses(
         org=org or str(config.get("moniker", "")),
         node_id=node_id(cmt_home),
         p2p=_strip_tcp(config["p2p"]["laddr"]),
         rpc_url=f"http://{rpc}",
         abci=config["proxy_app"],
+        external=str(config["p2p"].get("external_address", "")),
     )
+
+
+def dialable(address: str) -> str:
+    """`host:port` to dial a listener: one on every interface is reached on loopback."""
+    host, _, port = address.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "") else address
+
+
+def is_private(host: str) -> bool:
+    """A loopback or private (RFC 1918) address, which CometBFT's strict address book refuses."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: CometBFT resolves it, and a public one passes its checks
+    return address.is_private or address.is_loopback
 
 
 def consortium_addresses(consortium_dir: Path) -> dict[str, NodeAddresses]:
@@ -219,10 +238,20 @@ def _duration(ms: int) -> str:
 
 
 def node_settings(
-    org: str, ports: list[int], peers: list[str], block_time_ms: int
+    org: str,
+    ports: list[int],
+    peers: list[str],
+    block_time_ms: int,
+    host: str = "127.0.0.1",
+    external: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The config medledger runs CometBFT with; each choice says why."""
+    """The config medledger runs CometBFT with; each choice says why.
+
+    `host` is where p2p listens (`0.0.0.0`: every interface, only when configured so);
+    `external` the address the other nodes dial (default `host`, which must then be one)."""
     p2p, rpc, abci, prometheus = ports
+    advertised = external or host
+    hosts = [advertised] + [peer.split("@", 1)[-1].rpartition(":")[0] for peer in peers]
     return {
         "": {
             "moniker": org,
@@ -237,13 +266,14 @@ def node_settings(
             "max_request_batch_size": 100,  # lets a client hand over txs in batches
         },
         "p2p": {
-            "laddr": f"tcp://127.0.0.1:{p2p}",
-            "external_address": f"127.0.0.1:{p2p}",
+            "laddr": f"tcp://{host}:{p2p}",
+            "external_address": f"{advertised}:{p2p}",
             "persistent_peers": ",".join(peers),
-            # All nodes share one IP and use loopback addresses: CometBFT's defaults would
-            # refuse both.
-            "addr_book_strict": False,
-            "allow_duplicate_ip": True,
+            # CometBFT's strict address book refuses loopback and private addresses: relaxed
+            # only when a node's own or its peers' addresses are such.
+            "addr_book_strict": not any(is_private(h) for h in hosts),
+            # Several nodes on one IP (one machine) is a sandbox; hospitals have their own.
+            "allow_duplicate_ip": len(set(hosts)) < len(hosts) or advertised == "127.0.0.1",
             # A restarted hospital must be redialled within seconds, not hours of backoff.
             "persistent_peers_max_dial_period": "10s",
             # Loopback has no bandwidth to save: flush sooner, allow more than 5 MB/s.
@@ -328,12 +358,15 @@ def prepare(
     block_time_ms: int,
     chain_id: str,
     base_port: int | None = None,
+    hosts: dict[str, str] | None = None,
 ) -> dict[str, bytes]:
     """Create and configure one CometBFT home per hospital; return their validator keys.
 
     Ports: with `base_port`, hospital i gets base_port + 10*i + (0 p2p, 1 rpc, 2 abci,
-    3 prometheus); without, free loopback ports. `chain_id` is written by `write_genesis`.
+    3 prometheus); without, free loopback ports. `hosts` gives a hospital's p2p address
+    (default 127.0.0.1). `chain_id` is written by `write_genesis`.
     """
+    hosts = hosts or {}
     if not hospital_ids:
         raise TestnetError("no hospitals")
     if block_time_ms <= 0:
@@ -347,11 +380,13 @@ def prepare(
     for i, org in enumerate(hospital_ids):
         ports[org] = _node_ports(i, base_port, exclude)
         exclude.update(ports[org])
-    peers = {org: f"{node_id(homes[org])}@127.0.0.1:{ports[org][0]}" for org in hospital_ids}
+    host = {org: hosts.get(org, "127.0.0.1") for org in hospital_ids}
+    peers = {org: f"{node_id(homes[org])}@{host[org]}:{ports[org][0]}" for org in hospital_ids}
     keys: dict[str, bytes] = {}
     for org in hospital_ids:
         others = [peers[o] for o in hospital_ids if o != org]
-        _configure(homes[org], node_settings(org, ports[org], others, block_time_ms))
+        settings = node_settings(org, ports[org], others, block_time_ms, host[org])
+        _configure(homes[org], settings)
         _update_hospital_config(consortium_dir, org, node_addresses(homes[org], org))
         keys[org] = validator_pubkey(homes[org])
     return keys
@@ -471,3 +506,33 @@ def add_hospital(
             peers.append(mine.peer)
             _configure(other, {"p2p": {"persistent_peers": ",".join(peers)}})
     return validator_pubkey(home)
+
+
+def join_home(
+    cmt_home: Path,
+    org: str,
+    *,
+    genesis: dict[str, Any],
+    peers: list[str],
+    ports: list[int],
+    block_time_ms: int,
+    host: str = "127.0.0.1",
+    external: str | None = None,
+    rpc_host: str = "127.0.0.1",
+) -> NodeAddresses:
+    """A CometBFT home on a hospital's own machine that joins a running network.
+
+    Its keys are kept when the home has them already (made at keygen); `genesis` is the
+    network's CometBFT genesis, `peers` the members' `nodeid@host:port`. The node block-syncs
+    from them and validates once a vote gives it power. RPC stays on loopback unless
+    `rpc_host` says otherwise.
+    """
+    _init_home(cmt_home)
+    settings = node_settings(org, ports, peers, block_time_ms, host, external)
+    settings["rpc"]["laddr"] = f"tcp://{rpc_host}:{ports[1]}"
+    _configure(cmt_home, settings)
+    path = cmt_home / "config" / "genesis.json"
+    tmp = path.with_name("genesis.json.tmp")
+    tmp.write_text(json.dumps(genesis, indent=2) + "\n")
+    os.replace(tmp, path)
+    return node_addresses(cmt_home, org)

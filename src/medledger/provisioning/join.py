@@ -1,0 +1,313 @@
+"""A hospital joining from its own machine: its home configured from a member's bootstrap answer.
+
+    medledger hospital keygen --home H --org ORG ...   keys at home, H/join-request.json
+    (the members vote it in: medledger member propose admit --request ...)
+    medledger join --home H --from https://member:port [--genesis-hash HEX]
+
+`configure_from` reads `GET /exchange/v1/bootstrap` of any member (exchange/bootstrap.py) and
+writes what the keygen'd home lacks: the consortium's genesis (checked against the hash the
+operator was given, or returned for them to compare), consortium.json, config.json (every
+listener at the address the join request announced), and the CometBFT home (its genesis, the
+members' p2p addresses as persistent peers). The node then block-syncs the chain from genesis,
+checking every block, and validates once a `set_power` vote gives it power.
+
+`fetch_pseudonym_key` asks a member's gateway for the consortium's pseudonym key, which comes
+sealed to this hospital's box key on the chain, and is released only to a current member.
+
+    H/join-request.json            what keygen wrote (org, name, addresses, public keys)
+    H/consortium/genesis.json      the genesis, as fetched and checked
+    H/consortium/consortium.json   chain id, engine, members known when joining
+    H/config.json                  this hospital's configuration
+    H/cometbft/                    the CometBFT home (keys from keygen kept)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from medledger.host.ports import free_ports
+from medledger.ledger.genesis import Genesis
+from medledger.node.config import (
+    TLS_DIR,
+    ApiSection,
+    CometbftSection,
+    ConfigError,
+    Consortium,
+    ExchangeSection,
+    HospitalConfig,
+    VaultSection,
+    load_config,
+    save_config,
+    save_consortium,
+)
+
+BOOTSTRAP_PATH = "/exchange/v1/bootstrap"
+#: Largest bootstrap answer read (a genesis of a few hundred members fits many times over).
+MAX_BOOTSTRAP_BYTES = 4 * 1024 * 1024
+CONSORTIUM_DIR = "consortium"
+
+
+class JoinError(ConfigError):
+    """Joining could not go on; the message says what and where."""
+
+
+def _request(home: Path) -> dict[str, Any]:
+    """The home's join request (written by keygen): org, name and addresses at least."""
+    path = home / "join-request.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JoinError(
+            f"{path}: not found (make the home with `medledger hospital keygen`)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise JoinError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    for name in ("org", "name", "addresses"):
+        if name not in raw:
+            raise JoinError(f"{path}: {name}: missing")
+    if not isinstance(raw["addresses"], dict) or "gateway" not in raw["addresses"]:
+        raise JoinError(f"{path}: addresses.gateway: missing (keygen --address gateway=host:port)")
+    return dict(raw)
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    """TLS 1.3 without a trust anchor: the bootstrap answer is checked by its genesis hash."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def fetch_bootstrap(from_url: str, timeout: float = 15.0) -> dict[str, Any]:
+    """A member's bootstrap answer, read up to `MAX_BOOTSTRAP_BYTES`."""
+    url = from_url.rstrip("/") + BOOTSTRAP_PATH
+    if urlsplit(url).scheme != "https":
+        raise JoinError(f"--from: {from_url!r}: a member's gateway URL, https://host:port")
+    try:
+        with (
+            httpx.Client(verify=_unverified_tls(), timeout=timeout) as client,
+            client.stream("GET", url) as response,
+        ):
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_BOOTSTRAP_BYTES:
+                    raise JoinError(f"{url}: answer over {MAX_BOOTSTRAP_BYTES} bytes")
+    except httpx.HTTPError as exc:
+        raise JoinError(f"{url}: unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise JoinError(f"{url}: answered {response.status_code}: {body[:200]!r}")
+    try:
+        answer = json.loads(body)
+    except json.JSONDecodeError:
+        raise JoinError(f"{url}: the answer is not JSON") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("genesis"), dict):
+        raise JoinError(f"{url}: the answer has no genesis")
+    return answer
+
+
+def _check_genesis(home: Path, answer: dict[str, Any], expected: str | None) -> Genesis:
+    """The genesis of the answer, once its hash is the one expected (nothing written)."""
+    tmp = home / "genesis.json.tmp"
+    tmp.write_text(json.dumps(answer["genesis"], indent=2, sort_keys=True) + "\n")
+    try:
+        genesis = Genesis.load(tmp)
+    except ValueError as exc:
+        raise JoinError(f"bootstrap answer: genesis: {exc}") from None
+    finally:
+        tmp.unlink()
+    digest = genesis.hash().hex()
+    if expected is not None and digest != expected.strip().lower():
+        raise JoinError(
+            f"--genesis-hash: the member's genesis hashes to {digest}, not {expected}: "
+            "this is not the consortium you were given (nothing written)"
+        )
+    if answer.get("chain_id") != genesis.chain_id or answer.get("engine") != genesis.engine:
+        raise JoinError("bootstrap answer: chain_id/engine differ from its own genesis")
+    return genesis
+
+
+def _split_host(address: str, what: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise JoinError(f"join-request.json: addresses.{what}: {address!r} is not host:port")
+    return host, int(port)
+
+
+def configure_from(
+    home: Path, from_url: str, *, genesis_hash: str | None, listen_all: bool = False
+) -> HospitalConfig:
+    """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`.
+
+    Refuses (writing nothing) a genesis whose hash is not `genesis_hash` when one is given;
+    without one, the caller shows the hash for the operator to compare. The gateway, API and
+    p2p listen at the request's addresses, or with `listen_all` on every interface at the same
+    ports (behind a NAT: the request's addresses stay those the others dial). Re-runnable.
+    """
+    home = home.resolve()
+    request = _request(home)
+    answer = fetch_bootstrap(from_url)
+    genesis = _check_genesis(home, answer, genesis_hash)
+    if genesis.engine != "cometbft":
+        raise JoinError(
+            f"{from_url}: the consortium runs the {genesis.engine} engine: joining from "
+            "afar needs CometBFT (a solo ledger lives in one process on one machine; use "
+            "`medledger hospital add` there)"
+        )
+    cometbft = answer.get("cometbft")
+    if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
+        raise JoinError("bootstrap answer: cometbft.genesis missing")
+    if cometbft["genesis"].get("chain_id") != genesis.chain_id:
+        raise JoinError("bootstrap answer: the CometBFT genesis names another chain")
+    (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
+    genesis.save(home / CONSORTIUM_DIR / "genesis.json")
+    org, addresses = str(request["org"]), dict(request["addresses"])
+    members = [m for m in answer.get("members", []) if isinstance(m, dict)]
+    orgs = [str(m["org"]) for m in members if m.get("org") != org]
+    block_time_ms = int(answer.get("block_time_ms", 1000))
+    save_consortium(
+        home / CONSORTIUM_DIR,
+        Consortium(
+            chain_id=genesis.chain_id,
+            engine=genesis.engine,
+            hospitals=[*orgs, org],
+            block_time_ms=block_time_ms,
+        ),
+    )
+    peers = {
+        str(m["org"]): f"https://{m['addresses']['gateway']}"
+        for m in members
+        if isinstance(m.get("addresses"), dict) and m["addresses"].get("gateway")
+    }
+    peers[org] = f"https://{addresses['gateway']}"
+    config = HospitalConfig(
+        home=home,
+        org=org,
+        name=str(request["name"]),
+        chain_id=genesis.chain_id,
+        engine=genesis.engine,
+        consortium_dir=CONSORTIUM_DIR,
+        block_time_ms=block_time_ms,
+        api=ApiSection(listen=_listen(addresses.get("api", "127.0.0.1:0"), listen_all)),
+        exchange=ExchangeSection(
+            listen=_listen(addresses["gateway"], listen_all), tls=TLS_DIR, peers=peers
+        ),
+        vault=VaultSection(backend="sqlite", path="vault.db"),
+        cometbft=_cometbft(home, org, addresses, cometbft, block_time_ms, listen_all),
+    )
+    save_config(config)
+    return load_config(home)
+
+
+def _listen(address: str, listen_all: bool) -> str:
+    """Where to listen for an announced `host:port`: there, or every interface, same port."""
+    return f"0.0.0.0:{address.rpartition(':')[2]}" if listen_all else address
+
+
+def _cometbft(
+    home: Path,
+    org: str,
+    addresses: dict[str, str],
+    cometbft: dict[str, Any],
+    block_time_ms: int,
+    listen_all: bool,
+) -> CometbftSection:
+    """The CometBFT home: p2p where the request says, RPC and ABCI on loopback (the ports a
+    previous run chose are kept, so re-running leaves a running node where it is)."""
+    from medledger.consensus.cometbft import testnet
+
+    p2p = addresses.get("p2p", "")
+    host, p2p_port = _split_host(p2p.split("@", 1)[-1], "p2p") if p2p else ("127.0.0.1", 0)
+    rpc_host, rpc_port = _split_host(addresses["rpc"], "rpc") if "rpc" in addresses else ("", 0)
+    before = _previous_ports(home)
+    wanted = [p for p in (p2p_port, rpc_port, *before) if p]
+    spare = iter(free_ports(4, set(wanted)))
+    chosen = [p2p_port or before[0], rpc_port or before[1], before[2], before[3]]
+    ports = [port or next(spare) for port in chosen]
+    peers = [str(p) for p in cometbft.get("persistent_peers", []) if "@" in str(p)]
+    mine = testnet.join_home(
+        home / "cometbft",
+        org,
+        genesis=cometbft["genesis"],
+        peers=[p for p in peers if p.split("@", 1)[1] != f"{host}:{ports[0]}"],
+        ports=ports,
+        block_time_ms=block_time_ms,
+        host="0.0.0.0" if listen_all else host,
+        external=host,
+        rpc_host=rpc_host or "127.0.0.1",
+    )
+    return CometbftSection(
+        home="cometbft",
+        node_id=mine.node_id,
+        p2p=mine.p2p,
+        rpc=mine.rpc_url,
+        abci=mine.abci,
+        prometheus=f"127.0.0.1:{ports[3]}",
+    )
+
+
+def _previous_ports(home: Path) -> list[int]:
+    """[p2p, rpc, abci, prometheus] ports of a config.json already written here (0: none)."""
+    try:
+        section = load_config(home).cometbft
+    except ConfigError:
+        return [0, 0, 0, 0]
+    values = (section.p2p, section.rpc, section.abci, section.prometheus)
+    found = [str(v or "").rsplit(":", 1)[-1] for v in values]
+    return [int(p) if p.isdigit() else 0 for p in found]
+
+
+def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
+    """The consortium's pseudonym key from the member at `from_url`, written to the home.
+
+    Over mTLS with this hospital's own key; the member's server is pinned to its `tls_key` in
+    the genesis (checked by its hash), as this home has no synced chain yet: ask a founding
+    member. The key arrives sealed to this hospital's box key; only a current member gets it.
+    """
+    from nacl.exceptions import CryptoError
+    from nacl.public import PrivateKey, SealedBox
+
+    from medledger.exchange.pki import TlsFiles, client_context
+    from medledger.exchange.signing import RequestSigner
+    from medledger.host.secretfile import write_secret
+
+    answer = fetch_bootstrap(from_url)
+    member = str(answer.get("org", ""))
+    pins = {m.org: m.tls_key for m in config.genesis().members if m.tls_key}
+    if member not in pins:
+        raise JoinError(
+            f"{from_url} is {member or 'unknown'}, not a founding member: ask a founding "
+            f"member's gateway (its TLS key is in the genesis checked), one of {sorted(pins)}"
+        )
+    ssl_context = client_context(TlsFiles(config.tls_dir), {member: pins[member]})
+    path, body = "/exchange/v1/pseudonym-key", b"{}"
+    headers = RequestSigner(config.org_key()).headers("POST", path, body, member)
+    headers["content-type"] = "application/json"
+    try:
+        with httpx.Client(verify=ssl_context, timeout=15.0) as client:
+            response = client.post(from_url.rstrip("/") + path, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise JoinError(f"{from_url}: unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            reason = str(response.json().get("error", response.text[:200]))
+        except ValueError:
+            reason = response.text[:200]
+        raise JoinError(f"{member or from_url}: pseudonym key refused: {reason}")
+    try:
+        sealed = base64.b64decode(response.json()["sealed"], validate=True)
+        key = SealedBox(PrivateKey(config.box_key())).decrypt(sealed)
+    except (KeyError, ValueError, CryptoError):
+        raise JoinError(f"{member}: the pseudonym key did not open with this box key") from None
+    if len(key) != 32:
+        raise JoinError(f"{member}: the pseudonym key is not 32 bytes")
+    write_secret(config.home / "keys" / "pseudonym.key", key.hex() + "\n", overwrite=True)
+    return key
