@@ -10,6 +10,7 @@ import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.interop.synth import bundle_label, generate
+from medledger.node.replicas import replica_peers
 from medledger.node.shredding import carry_out
 from medledger.vault import PatientErased
 
@@ -120,6 +121,8 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     assert obligations[A]["reason"].startswith("retention until")
     shredded = sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid})
     assert shredded["copies"] == n and shredded["records"] == 0
+    # B's replica peers dropped the patient's wrapped key too, and the attestation says so.
+    assert sorted(shredded["replicas_dropped"]) == sorted(replica_peers(sandbox.root.engine, B))
     assert sandbox.x(B).store.keys(A, pid) is None  # the custodian's metadata key is gone too
     assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
 
@@ -191,6 +194,9 @@ def test_a_holder_with_its_own_records_erases_the_copies_apart_and_attests(
     # B's care records stay under legal retention; its copies of A's records are attested.
     assert ob["custody"]["status"] == "refused" and ob["copies"]["status"] == "attested"
     assert ob["attestation"]["records"] == len(copied)
+    assert sorted(ob["attestation"]["replicas_dropped"]) == sorted(
+        replica_peers(sandbox.root.engine, B)
+    )
     # The digest attested is the vault's receipt, which a retry would reproduce exactly.
     assert ob["attestation"]["digest"] == sandbox.h[B].vault.erase_copies(pid).digest
     # No records.shredded for B: that would tell every node that B's own records are gone.

@@ -9,7 +9,9 @@ from medledger.contracts.erasure import Attest
 from medledger.contracts.records import Shredded
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import Job
+from medledger.node.replicas import drop_erased
 from medledger.vault import PatientErased
+from medledger.vault.replication import item_name
 
 
 class ErasureJobs(AgentBase):
@@ -37,11 +39,14 @@ class ErasureJobs(AgentBase):
             infos = []
         if any(not i.is_copy for i in infos):
             return self._erase_copies_apart(job)
+        since = self.vault.journal_head()
         receipt = self.vault.erase(pid)
         self.store.forget_keys(pid)
         with self.store.tx() as db:
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
+        # The wrapped key goes from this hospital's replica peers too (node/replicas.py).
+        dropped, pending = drop_erased(self.node, self.vault, since, (item_name("key", pid),))
         if queries.shredded(self.node.engine, self.org, pid) is None:
             self.node.wallet.send_message(
                 Shredded(
@@ -49,6 +54,8 @@ class ErasureJobs(AgentBase):
                     digest=receipt.digest,
                     records=receipt.records_shredded,
                     copies=receipt.copies_shredded,
+                    replicas_dropped=dropped,
+                    replicas_pending=pending,
                 )
             )
         attested = self._attest(pid, job.ref, receipt.records_shredded + receipt.copies_shredded)
@@ -61,6 +68,7 @@ class ErasureJobs(AgentBase):
         attestation, and no `records.shredded` is posted: this hospital erased no patient.
         From then on the vault refuses new copies of that custodian's records of the patient
         until the DPO reinstates them (`medledger vault reinstate`)."""
+        since = self.vault.journal_head()
         receipt = self.vault.erase_copies(pid, custodian)  # PatientErased: nothing left here
         self.store.forget_keys(pid, custodian)
         with self.store.tx() as db:
@@ -68,6 +76,7 @@ class ErasureJobs(AgentBase):
                 "DELETE FROM jobs WHERE pid = ? AND kind = 'sync' AND custodian = ?",
                 (pid, custodian),
             )
+        drop_erased(self.node, self.vault, since)  # no attestation: the journal retries
         if not receipt.copies_shredded:
             return f"no copy of {custodian}'s records held here"
         self.vault.purge_pending()
@@ -77,13 +86,20 @@ class ErasureJobs(AgentBase):
         """Shred every copy of the patient held here while this hospital's own care records
         stay, and attest the request with the vault's receipt."""
         pid = job.pid
+        since = self.vault.journal_head()
         receipt = self.vault.erase_copies(pid)  # idempotent: a retry attests the same
         self.store.forget_keys(pid)
         with self.store.tx() as db:
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
+        replicas = drop_erased(self.node, self.vault, since)  # the copies' key sets
         attested = self._attest(
-            pid, job.ref, receipt.copies_shredded, receipt.digest, copies_only=True
+            pid,
+            job.ref,
+            receipt.copies_shredded,
+            receipt.digest,
+            copies_only=True,
+            replicas=replicas,
         )
         self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies erased apart from the own care records" + (
@@ -111,6 +127,7 @@ class ErasureJobs(AgentBase):
         count: int,
         digest: bytes = b"",
         copies_only: bool = False,
+        replicas: tuple[list[str], list[str]] = ([], []),
     ) -> bool:
         ob = self._obligation(pid, request)
         if ob is None or ob["status"] != "pending":
@@ -120,5 +137,14 @@ class ErasureJobs(AgentBase):
             # The care records' retention has run out: attesting now would attest their
             # erasure too, which is the DPO's act (`medledger erase`), not the agent's.
             return False
-        self.node.wallet.send_message(Attest(request=ob["request"], digest=digest, records=count))
+        dropped, pending = replicas
+        self.node.wallet.send_message(
+            Attest(
+                request=ob["request"],
+                digest=digest,
+                records=count,
+                replicas_dropped=dropped,
+                replicas_pending=pending,
+            )
+        )
         return True
