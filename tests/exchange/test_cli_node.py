@@ -12,13 +12,16 @@ from pathlib import Path
 import httpx
 
 from medledger.exchange import pki
+from medledger.ledger.genesis import Genesis
 from medledger.provisioning import create_consortium
 
 MEDLEDGER = str(Path(sys.executable).parent / "medledger")
 
 
 def _health(home: Path, url: str, timeout: float = 20.0) -> dict[str, object]:
-    ctx = pki.client_context(pki.TlsFiles.of_home(home))
+    genesis = Genesis.load(home.parent.parent / "genesis.json")
+    pins = {m.org: m.tls_key for m in genesis.members}
+    ctx = pki.client_context(pki.TlsFiles.of_home(home), pins)
     deadline = time.monotonic() + timeout
     with httpx.Client(verify=ctx, timeout=2) as client:
         while True:

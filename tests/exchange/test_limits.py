@@ -210,13 +210,12 @@ def test_one_hospital_cannot_hold_every_connection(sandbox: Sandbox) -> None:
     import socket
     import ssl
 
-    from medledger.exchange import pki
     from medledger.exchange import server as gateway_server
 
     limit = gateway_server.MAX_PEER_CONNECTIONS
     uvicorn_server = sandbox.x(A).server.server
     url = httpx.URL(sandbox.x(A).url)
-    ctx = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home))
+    ctx = sandbox.x(B).client.trust.client()  # B's own, pinned to the members on the chain
 
     def connect() -> ssl.SSLSocket:
         raw = socket.create_connection((url.host, url.port), timeout=10)

@@ -12,27 +12,34 @@ from medledger.exchange import pki
 from medledger.host.secretfile import SecretFileError
 
 
-def _hospital(tmp_path: Path) -> pki.TlsFiles:
-    ca_dir = tmp_path / "ca"
-    ca_dir.mkdir()
-    pki.create_ca(ca_dir, "review2-chain")
-    return pki.issue_hospital(ca_dir, tmp_path / "home", "hospA")
+def _hospital(tmp_path: Path) -> tuple[pki.TlsFiles, dict[str, bytes]]:
+    files = pki.TlsFiles(tmp_path / "home" / "keys" / "tls")
+    return files, {"hospA": pki.new_identity(files.directory, "hospA")}
 
 
 @pytest.mark.parametrize("which", ["server", "client"])
 def test_a_tls_key_readable_by_others_is_refused(tmp_path: Path, which: str) -> None:
-    files = _hospital(tmp_path)
-    key = files.server_key if which == "server" else files.client_key
-    key.chmod(0o644)
-    make = pki.server_context if which == "server" else pki.client_context
-    with pytest.raises((SecretFileError, pki.PkiError), match=str(key)):
-        make(files)
+    files, pins = _hospital(tmp_path)
+    files.key.chmod(0o644)
+    with pytest.raises((SecretFileError, pki.PkiError), match=str(files.key)):
+        if which == "server":
+            pki.server_context(files, lambda: pins)
+        else:
+            pki.client_context(files, pins)
 
 
 def test_a_tls_key_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
-    files = _hospital(tmp_path)
+    files, pins = _hospital(tmp_path)
     elsewhere = tmp_path / "elsewhere.key"
-    os.replace(files.server_key, elsewhere)
-    files.server_key.symlink_to(elsewhere)
-    with pytest.raises((SecretFileError, pki.PkiError), match=str(files.server_key)):
-        pki.server_context(files)
+    os.replace(files.key, elsewhere)
+    files.key.symlink_to(elsewhere)
+    with pytest.raises((SecretFileError, pki.PkiError), match=str(files.key)):
+        pki.server_context(files, lambda: pins)
+
+
+def test_a_tls_key_is_never_overwritten(tmp_path: Path) -> None:
+    files, _ = _hospital(tmp_path)
+    before = files.key.read_bytes()
+    with pytest.raises(pki.PkiError, match="already here"):
+        pki.new_identity(files.directory, "hospA")
+    assert files.key.read_bytes() == before

@@ -1,7 +1,13 @@
-"""Trust: certificates from the consortium CA only, TLS 1.3 only, signed fresh requests only."""
+"""Trust: TLS keys pinned from the chain (no CA), TLS 1.3 only, signed fresh requests only.
+
+Every test here runs over real TLS on 127.0.0.1: a member's certificate is accepted because
+its key is the member's `tls_key` in committed state, anything else is refused at the
+handshake, and a block that removes a member or rotates its key changes that from the next
+handshake on."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import stat
 import time
@@ -11,75 +17,127 @@ import httpx
 import orjson
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from medledger.exchange import pki
 from medledger.exchange.client import ExchangeError
 from medledger.exchange.signing import H_SIGNATURE, H_TIME, RequestSigner, signing_bytes
+from medledger.ledger.genesis import Genesis
 from medledger.ledger.keys import SigningKey
 
-from .conftest import A, B, Sandbox, bundles
+from .conftest import A, B, C, Sandbox, bundles
 
 
-def test_init_makes_a_ca_and_each_hospital_certificates(net_dir: tuple[Path, list[Path]]) -> None:
+def test_init_gives_each_hospital_its_own_tls_key_named_in_the_genesis(
+    net_dir: tuple[Path, list[Path]],
+) -> None:
     directory, homes = net_dir
-    ca = x509.load_pem_x509_certificate((directory / "ca" / "ca.pem").read_bytes())
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert stat.S_IMODE((directory / "ca" / "ca.key").stat().st_mode) == 0o600
+    assert not (directory / "ca").exists()  # no consortium CA: nobody can mint identities
+    genesis = {m.org: m for m in Genesis.load(directory / "genesis.json").members}
     ports = set()
     for home in homes:
         files = pki.TlsFiles(home / "keys" / "tls")
-        for key in (files.server_key, files.client_key):
-            assert stat.S_IMODE(key.stat().st_mode) == 0o600
-        org = home.name
-        server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
-        client = x509.load_pem_x509_certificate(files.client_cert.read_bytes())
-        for cert in (server, client):
-            assert cert.issuer == ca.subject
-            assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == org
-        san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert "localhost" in san.get_values_for_type(x509.DNSName)
-        usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        assert ExtendedKeyUsageOID.CLIENT_AUTH in usage
+        assert stat.S_IMODE(files.key.stat().st_mode) == 0o600
+        assert stat.S_IMODE(files.directory.stat().st_mode) == 0o700
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        assert pki.cert_key(cert.public_bytes(serialization.Encoding.DER)) == (
+            genesis[home.name].tls_key
+        )
         raw = orjson.loads((home / "config.json").read_bytes())
+        assert genesis[home.name].addresses["gateway"] == raw["exchange"]["listen"]
         ports.add(raw["exchange"]["listen"])
         assert set(raw["exchange"]["peers"]) == {h.name for h in homes}
+    assert len({m.tls_key for m in genesis.values()}) == len(homes)
     assert len(ports) == len(homes)  # distinct gateway addresses
 
 
-def _raw_client(files: pki.TlsFiles, **ctx_over: object) -> httpx.Client:
-    ctx = pki.client_context(files)
-    for k, v in ctx_over.items():
-        setattr(ctx, k, v)
-    return httpx.Client(verify=ctx, timeout=5)
+def _pins(sandbox: Sandbox) -> dict[str, bytes]:
+    return {m["org"]: m["tls_key"] for m in sandbox.root.engine.query("governance/members", {})}
 
 
-def test_a_client_certificate_from_another_ca_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
-    url = sandbox.x(A).url + "/exchange/v1/health"
-    # A look-alike consortium: same names, its own CA.
-    pki.create_ca(tmp_path / "rogue-ca", "medledger-sandbox")
-    rogue = pki.issue_hospital(tmp_path / "rogue-ca", tmp_path / "rogue", B)
-    mixed = pki.TlsFiles(tmp_path / "mixed")
-    mixed.directory.mkdir()
-    real = pki.TlsFiles.of_home(sandbox.h[B].node.config.home)
-    mixed.ca.write_bytes(real.ca.read_bytes())  # trusts the real server...
-    mixed.client_cert.write_bytes(rogue.client_cert.read_bytes())  # ...but shows a rogue cert
-    mixed.client_key.write_bytes(rogue.client_key.read_bytes())
-    mixed.client_key.chmod(0o600)  # a key file passes the secret-file checks
-    with _raw_client(mixed) as client, pytest.raises(httpx.TransportError):
-        client.get(url)
+def _handshake(url: str, ctx: ssl.SSLContext) -> str:
+    """A bare TLS handshake with the gateway at `url`: "ok", or the refusal."""
+    parsed = httpx.URL(url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(b"GET /exchange/v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+                # TLS 1.3: the server judges our certificate after our side of the handshake,
+                # so its refusal (an alert, or the connection closed) comes on the first read.
+                answer = tls.recv(64)
+                return "ok" if answer.startswith(b"HTTP/1.1") else "refused: closed"
+        except (ssl.SSLError, ConnectionError) as exc:
+            return f"refused: {exc}"
+
+
+def test_a_strangers_self_signed_certificate_is_refused_at_the_handshake(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    url = sandbox.x(A).url
+    pins = _pins(sandbox)
+    # A look-alike: B's name, its own key, a certificate claiming to come from B's pin.
+    rogue = pki.TlsFiles(tmp_path / "rogue")
+    pki.new_identity(rogue.directory, B, ("127.0.0.1",))
+    assert _handshake(url, pki.client_context(rogue, pins)).startswith("refused")
     # No client certificate at all.
-    bare = ssl.create_default_context(cafile=str(real.ca))
-    with httpx.Client(verify=bare, timeout=5) as client, pytest.raises(httpx.TransportError):
-        client.get(url)
-    # The genuine certificate works.
-    with _raw_client(real) as client:
-        assert client.get(url).json()["peer"] == B
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    bare.check_hostname, bare.verify_mode = False, ssl.CERT_NONE
+    assert _handshake(url, bare) != "ok"
+    # The genuine key is accepted, and the gateway knows whom it serves.
+    real = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), pins)
+    assert _handshake(url, real) == "ok"
+    with httpx.Client(verify=real, timeout=5) as client:
+        assert client.get(url + "/exchange/v1/health").json()["peer"] == B
+    # And a client refuses a server whose key is not pinned.
+    impostor = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), {C: b""})
+    assert _handshake(url, impostor).startswith("refused")
+
+
+def _govern(sandbox: Sandbox, action: str, args: dict[str, object]) -> None:
+    committed = sandbox.h[A].node.wallet.send(
+        "governance.propose", {"action": action, "args": args}
+    )
+    (created,) = [e for e in committed.result.events if e.type == "proposal.created"]
+    sandbox.h[C].node.wallet.send(
+        "governance.vote", {"proposal": int(created.get("id") or 0), "approve": True}
+    )
+
+
+def test_a_removed_member_is_refused_from_the_next_handshake(sandbox: Sandbox) -> None:
+    url_a = sandbox.x(A).url
+    before = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), _pins(sandbox))
+    assert _handshake(url_a, before) == "ok"
+    assert sandbox.x(B).client.post(A, "index", {"pid": "0" * 64})[0] is not None
+    _govern(sandbox, "remove_member", {"org": B})
+    assert B not in _pins(sandbox)
+    # The same certificate and key, one block later: refused by the server's handshake.
+    assert _handshake(url_a, before).startswith("refused")
+    with pytest.raises(ExchangeError, match="unreachable"):
+        sandbox.x(B).client.post(A, "index", {"pid": "0" * 64})
+    # And A, dialling B, no longer trusts B's server.
+    with pytest.raises(ExchangeError, match="unreachable"):
+        sandbox.x(A).client.post(B, "index", {"pid": "0" * 64})
+    # C is untouched.
+    assert sandbox.x(C).client.post(A, "index", {"pid": "0" * 64})[0] is not None
+
+
+def test_a_rotated_tls_key_old_refused_new_accepted(sandbox: Sandbox, tmp_path: Path) -> None:
+    url_a = sandbox.x(A).url
+    home_b = sandbox.h[B].node.config.home
+    old = pki.TlsFiles.of_home(home_b)
+    new = pki.TlsFiles(tmp_path / "tls-next")
+    new_key = pki.new_identity(new.directory, B, ("127.0.0.1",))
+    old_ctx = pki.client_context(old, _pins(sandbox))
+    assert _handshake(url_a, old_ctx) == "ok"
+    sandbox.h[B].node.wallet.send("governance.update_member", {"tls_key": new_key})
+    pins = _pins(sandbox)
+    assert pins[B] == new_key
+    assert _handshake(url_a, pki.client_context(old, pins)).startswith("refused")
+    assert _handshake(url_a, pki.client_context(new, pins)) == "ok"
 
 
 def test_only_tls_13_is_spoken(sandbox: Sandbox) -> None:
-    real = pki.TlsFiles.of_home(sandbox.h[B].node.config.home)
-    ctx = pki.client_context(real)
+    ctx = pki.client_context(pki.TlsFiles.of_home(sandbox.h[B].node.config.home), _pins(sandbox))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with httpx.Client(verify=ctx, timeout=5) as client, pytest.raises(httpx.TransportError):
@@ -93,7 +151,7 @@ def test_a_server_must_be_the_hospital_dialled(sandbox: Sandbox) -> None:
     try:
         with pytest.raises(ExchangeError) as wrong:
             client.post(A, "index", {"pid": "0" * 64})
-        assert "another hospital" in wrong.value.reason
+        assert "not the one the chain pins" in wrong.value.reason
     finally:
         sandbox.directory.set(A, real_a)
 

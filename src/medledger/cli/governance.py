@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -9,11 +10,12 @@ from rich.table import Table
 
 from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
-from medledger.contracts.governance import Propose, Vote
+from medledger.contracts.governance import Propose, UpdateMember, Vote
 
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
     from medledger.node import Node
+    from medledger.provisioning import JoinRequest
 
 
 def _report(node: Node, committed: Committed) -> None:
@@ -31,6 +33,16 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} is now a member")
         elif event.type == "member.removed":
             console.print(f"{event.get('org')} is no longer a member")
+        elif event.type == "member.rebound":
+            console.print(f"{event.get('org')} is now bound to its new keys")
+        elif event.type == "member.updated":
+            console.print(f"{event.get('org')} updated its {event.get('changed')}")
+
+
+def _read_request(path: Path) -> JoinRequest:
+    from medledger.provisioning import JoinRequest
+
+    return JoinRequest.from_json(path.read_text(), str(path))
 
 
 def register(app: typer.Typer) -> None:
@@ -42,26 +54,61 @@ def register(app: typer.Typer) -> None:
     @propose.command("admit")
     def admit(
         home: HomeOption,
-        org: Annotated[str, typer.Option(help="The new hospital's id.")],
-        name: Annotated[str, typer.Option(help="Its name.")],
-        key: Annotated[str, typer.Option(help="Its organisation public key, hex.")],
+        request: Annotated[
+            Path | None, typer.Option(help="The hospital's join-request.json (from keygen).")
+        ] = None,
+        org: Annotated[str, typer.Option(help="The new hospital's id.")] = "",
+        name: Annotated[str, typer.Option(help="Its name.")] = "",
+        key: Annotated[str, typer.Option(help="Its organisation public key, hex.")] = "",
         validator_key: Annotated[str, typer.Option(help="Its consensus key, hex.")] = "",
         box_key: Annotated[str, typer.Option(help="Its X25519 key for sealed metadata keys.")] = "",
         power: Annotated[int, typer.Option(help="Validator voting power.")] = 0,
         note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
     ) -> None:
-        """Propose admitting a hospital (as a validator when --validator-key and --power)."""
+        """Propose admitting a hospital, from its join request (--request) or key by key.
+
+        With --power it validates (its request's validator key, or --validator-key)."""
         from medledger.node import Node
 
         with user_errors():
-            args: dict[str, object] = {"org": org, "name": name, "key": hex32(key, "--key")}
-            if box_key:
-                args["box_key"] = hex32(box_key, "--box-key")
-            if validator_key:
-                args["validator_key"] = hex32(validator_key, "--validator-key")
-                args["power"] = power
+            args: dict[str, object]
+            if request is not None:
+                if org or key:
+                    raise ValueError("--request: give the request alone, not --org/--key too")
+                joining = _read_request(request)
+                args = {**joining.member_args(), "name": joining.name, "power": power}
+            else:
+                if not (org and name and key):
+                    raise ValueError("--request, or --org, --name and --key")
+                args = {"org": org, "name": name, "key": hex32(key, "--key")}
+                if box_key:
+                    args["box_key"] = hex32(box_key, "--box-key")
+                if validator_key:
+                    args["validator_key"] = hex32(validator_key, "--validator-key")
+                    args["power"] = power
             with Node.open(home) as node:
                 c = send(node, node.wallet, Propose("admit_member", args, note))
+                _report(node, c)
+
+    @propose.command("rebind")
+    def rebind(
+        home: HomeOption,
+        org: Annotated[str, typer.Option(help="The member that lost its keys.")],
+        request: Annotated[
+            Path, typer.Option(help="Its new join-request.json (keygen in a fresh home).")
+        ],
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose binding a member's org id to new keys after it lost its own (2/3 vote of
+        the others); its records, practitioners and custody stay."""
+        from medledger.node import Node
+
+        with user_errors():
+            joining = _read_request(request)
+            if joining.org != org:
+                raise ValueError(f"--request: made for {joining.org!r}, not {org!r}")
+            with Node.open(home) as node:
+                c = send(node, node.wallet, Propose("rebind_member", joining.member_args(), note))
                 _report(node, c)
 
     @propose.command("remove")
@@ -89,6 +136,55 @@ def register(app: typer.Typer) -> None:
         with user_errors(), Node.open(home) as node:
             c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
+
+    @member.command("update")
+    def update(
+        home: HomeOption,
+        rotate: Annotated[
+            list[str] | None,
+            typer.Option(help="A key to replace: signing, tls, box or validator (repeatable)."),
+        ] = None,
+        address: Annotated[
+            list[str] | None,
+            typer.Option(help="kind=host:port to publish (gateway, api, p2p, rpc; repeatable)."),
+        ] = None,
+    ) -> None:
+        """Rotate this hospital's own keys or change its addresses on the chain.
+
+        New keys are made beside the live ones and switched in only once the update is
+        committed; re-run after a crash or a "pending" answer to finish."""
+        from medledger.node import Node
+        from medledger.node.wallet import TxRejected
+        from medledger.provisioning import parse_addresses, rotation
+
+        with user_errors(), Node.open(home) as node:
+            config = node.config
+            pending = rotation.staged_kinds(config.home)
+            if pending and (set(rotate or []) - set(pending) or address):
+                raise ValueError(
+                    f"a rotation of {', '.join(pending)} is pending in "
+                    f"{config.home / rotation.NEXT}: first finish it with "
+                    "`medledger member update` alone"
+                )
+            kinds = pending or list(rotate or [])
+            if not kinds and not address:
+                raise ValueError("nothing to update: give --rotate and/or --address")
+            mine = next(m for m in queries.members(node.engine) if m["org"] == config.org)
+            staged = rotation.stage(config, kinds, node.org_key.public_key)
+            if not (staged.kinds and staged.on_chain(mine)):  # else: committed, not switched
+                body: dict[str, object] = dict(staged.body)
+                if address:
+                    body["addresses"] = {**mine.get("addresses", {}), **parse_addresses(address)}
+                try:
+                    c = send(node, node.wallet, UpdateMember(**body))  # type: ignore[arg-type]
+                except TxRejected:
+                    rotation.discard(config)  # refused: the staged keys were never bound
+                    raise
+                _report(node, c)
+            for path in rotation.switch(config, staged) if staged.kinds else []:
+                console.print(f"switched to the new key in {path}")
+            if set(staged.kinds) & {"signing", "box", "validator"}:
+                console.print("restart the node so that it uses its new keys")
 
     @member.command("vote")
     def vote(

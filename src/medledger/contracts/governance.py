@@ -6,10 +6,18 @@ as rejected; one not decided by its expiry can no longer be voted on.
 
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
-argument is an id, a key, a number or a Cedar text (policies.MAX_POLICY_TEXT).
+argument is an id, a key, a number, an address (`MAX_ADDRESS`) or a Cedar text
+(policies.MAX_POLICY_TEXT).
+
+Identities: a member's record holds every public key it is known by (signing `key`, `box_key`,
+`tls_key`, `validator_key`) and its `addresses`. Its TLS key is what peers pin (no consortium
+CA: whoever holds the state knows whom to trust). A member rotates its own keys with its own
+signed `update_member` (a new signing key proves possession); one whose keys were lost is
+rebound by the others' 2/3 vote (`rebind_member`), keeping its org id and everything under it.
+No key of any kind is shared by two members.
 
 State (prefix `gov/`):
-    gov/member/<org>        the member: name, keys, validator power
+    gov/member/<org>        the member: name, keys, addresses, validator power
     gov/key/<key hex>       organisation key -> org (signer lookup)
     gov/proposal/<id>       proposal with its votes and status
     gov/seq                 last proposal number
@@ -22,6 +30,7 @@ Only this module spells these keys; the other contracts ask `is_member`, `member
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +45,23 @@ from medledger.ledger.contract import (
 )
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.genesis import Genesis
+from medledger.ledger.keys import verify
 from medledger.ledger.results import ValidatorUpdate
 from medledger.ledger.store import StateView
 
 MAX_NOTE = 500
 MAX_NAME = 100
+MAX_TLS_KEY = 200
+MAX_ADDRESS = 120
+ADDRESS_KINDS = ("gateway", "api", "p2p", "rpc")
+UPDATE_PROOF_DOMAIN = b"medledger/update-member/v1"
+
+# DER SubjectPublicKeyInfo of an uncompressed ECDSA P-256 key: this header, then 0x04 || X || Y.
+_P256_SPKI_HEADER = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+_HOST_PORT = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,98}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$"
+)
+_NODE_ID = re.compile(r"^[0-9a-f]{40}@")
 
 
 # -- the membership every contract reads (governance alone spells its keys) ----------------
@@ -83,6 +104,21 @@ def members(state: StateView) -> list[dict[str, Any]]:
     return [m for _, m in state.scan("gov/member/")]
 
 
+def tls_keys(state: StateView) -> dict[str, bytes]:
+    """Who is trusted at TLS: {org: DER public key} of the current members that have one."""
+    return {m["org"]: bytes(m["tls_key"]) for m in members(state) if m.get("tls_key")}
+
+
+def update_proof_message(org: str, old_key: bytes) -> bytes:
+    """What a new signing key signs to show it is held by the member taking it."""
+    return UPDATE_PROOF_DOMAIN + org.encode() + old_key
+
+
+# Other contracts that bind signing keys (identity's practitioners) say whose a key is, so a
+# member never takes a key already in use: key -> a description of its holder, or None.
+KEY_CLAIMS: list[Callable[[StateView, bytes], str | None]] = []
+
+
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
     "max_validator_power": 100,
@@ -102,6 +138,20 @@ class AdmitMember:
     validator_key: bytes = b""
     power: int = 0
     box_key: bytes = b""
+    tls_key: bytes = b""
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RebindMember:
+    """New keys for a member that lost its own (voted; the member itself does not count)."""
+
+    org: str
+    key: bytes
+    box_key: bytes = b""
+    tls_key: bytes = b""
+    validator_key: bytes = b""
+    addresses: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +180,7 @@ class SetParam:
 ACTIONS: dict[str, type[Any]] = {
     "admit_member": AdmitMember,
     "remove_member": RemoveMember,
+    "rebind_member": RebindMember,
     "set_power": SetPower,
     "activate_contract": ActivateContract,
     "set_param": SetParam,
@@ -156,6 +207,21 @@ class Vote:
     approve: bool
 
 
+@dataclass
+class UpdateMember:
+    """A member's own change of its keys or addresses; an empty field stays as it is.
+
+    `addresses`, when given, replaces the whole map. A new signing `key` comes with
+    `key_proof`, its signature over `update_proof_message(org, old key)`."""
+
+    key: bytes = b""
+    key_proof: bytes = b""
+    box_key: bytes = b""
+    tls_key: bytes = b""
+    validator_key: bytes = b""
+    addresses: dict[str, str] | None = None
+
+
 def params(state: StateView) -> dict[str, int]:
     stored = state.get("gov/params") or {}
     return {**DEFAULT_PARAMS, **stored}
@@ -164,6 +230,69 @@ def params(state: StateView) -> dict[str, int]:
 def _validator_update(ctx: Context, member: dict[str, Any], power: int) -> None:
     if member.get("validator_key"):
         ctx.validator_updates.append(ValidatorUpdate(member["validator_key"], power))
+
+
+def check_tls_key(tls_key: bytes, where: str) -> None:
+    """A TLS key on the chain is the DER SubjectPublicKeyInfo of an ECDSA P-256 key."""
+    if len(tls_key) > MAX_TLS_KEY:
+        raise TxError(Code.INVALID_BODY, f"field {where}: at most {MAX_TLS_KEY} bytes")
+    if (
+        len(tls_key) != len(_P256_SPKI_HEADER) + 65
+        or not tls_key.startswith(_P256_SPKI_HEADER)
+        or tls_key[len(_P256_SPKI_HEADER)] != 0x04
+    ):
+        raise TxError(
+            Code.INVALID_BODY, f"field {where}: expected the DER public key of an ECDSA P-256 key"
+        )
+
+
+def check_addresses(addresses: dict[str, str], where: str) -> None:
+    """Keys among ADDRESS_KINDS; `host:port`, and `p2p` as `<node id>@host:port`."""
+    for kind, value in addresses.items():
+        if kind not in ADDRESS_KINDS:
+            raise TxError(
+                Code.INVALID_BODY, f"field {where}: unknown address {kind!r} {ADDRESS_KINDS}"
+            )
+        if len(value) > MAX_ADDRESS:
+            raise TxError(Code.INVALID_BODY, f"field {where}.{kind}: at most {MAX_ADDRESS} chars")
+        host_port = value
+        if kind == "p2p":
+            if not _NODE_ID.match(value):
+                raise TxError(Code.INVALID_BODY, f"field {where}.p2p: expected <node id>@host:port")
+            host_port = value[41:]
+        port = host_port.rsplit(":", 1)[-1]
+        if not _HOST_PORT.match(host_port) or not 0 < int(port) < 65536:
+            raise TxError(Code.INVALID_BODY, f"field {where}.{kind}: expected host:port")
+
+
+def _check_keys(
+    state: StateView,
+    org: str,
+    where: str,
+    *,
+    key: bytes = b"",
+    box_key: bytes = b"",
+    tls_key: bytes = b"",
+    validator_key: bytes = b"",
+) -> None:
+    """Shapes of the given keys, and none already held by another member (or a practitioner)."""
+    for name, value in (("key", key), ("box_key", box_key), ("validator_key", validator_key)):
+        if value and len(value) != 32:
+            raise TxError(Code.INVALID_BODY, f"field {where}{name}: must be 32 bytes")
+    if tls_key:
+        check_tls_key(tls_key, f"{where}tls_key")
+    given = {"key": key, "box_key": box_key, "tls_key": tls_key, "validator_key": validator_key}
+    for other in members(state):
+        if other["org"] == org:
+            continue
+        for name, value in given.items():
+            if value and other.get(name) == value:
+                raise TxError(Code.CONFLICT, f"field {where}{name}: this key belongs to a member")
+    if key:
+        for claim in KEY_CLAIMS:
+            holder = claim(state, key)
+            if holder is not None:
+                raise TxError(Code.CONFLICT, f"field {where}key: already the key of {holder}")
 
 
 def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
@@ -190,14 +319,45 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
             raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
         if state.has(_org_key(parsed.key)):
             raise TxError(Code.CONFLICT, "field args.key: this key already belongs to a member")
-        if parsed.validator_key and len(parsed.validator_key) != 32:
-            raise TxError(Code.INVALID_BODY, "field args.validator_key: must be 32 bytes")
-        if parsed.box_key and len(parsed.box_key) != 32:
-            raise TxError(Code.INVALID_BODY, "field args.box_key: must be 32 bytes")
+        _check_keys(
+            state,
+            parsed.org,
+            "args.",
+            key=parsed.key,
+            box_key=parsed.box_key,
+            tls_key=parsed.tls_key,
+            validator_key=parsed.validator_key,
+        )
+        check_addresses(parsed.addresses, "args.addresses")
         if not 0 <= parsed.power <= limit:
             raise TxError(Code.INVALID_BODY, f"field args.power: must be 0..{limit}")
         if parsed.power and not parsed.validator_key:
             raise TxError(Code.INVALID_BODY, "field args.power: a validator needs validator_key")
+    elif isinstance(parsed, RebindMember):
+        if not state.has(_member_key(parsed.org)):
+            raise TxError(Code.NOT_FOUND, f"field args.org: {parsed.org} is not a member")
+        if member_of_key(state, ctx.signer) == parsed.org:
+            raise TxError(
+                Code.REFUSED,
+                "field args.org: a member changes its own keys with update_member",
+            )
+        if len(parsed.key) != 32:
+            raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
+        _check_keys(
+            state,
+            parsed.org,
+            "args.",
+            key=parsed.key,
+            box_key=parsed.box_key,
+            tls_key=parsed.tls_key,
+            validator_key=parsed.validator_key,
+        )
+        check_addresses(parsed.addresses, "args.addresses")
+        if state.get(_member_key(parsed.org)).get("power") and not parsed.validator_key:
+            raise TxError(
+                Code.INVALID_BODY,
+                "field args.validator_key: the member validates; give its new key",
+            )
     elif isinstance(parsed, RemoveMember | SetPower):
         if not state.has(_member_key(parsed.org)):
             raise TxError(Code.NOT_FOUND, f"{parsed.org} is not a member")
@@ -231,6 +391,8 @@ def _apply(ctx: Context, action: str, parsed: Any) -> None:
             "validator_key": parsed.validator_key,
             "power": parsed.power,
             "box_key": parsed.box_key,
+            "tls_key": parsed.tls_key,
+            "addresses": parsed.addresses,
             "since": ctx.time_ms,
         }
         state.put(_member_key(parsed.org), member)
@@ -238,6 +400,18 @@ def _apply(ctx: Context, action: str, parsed: Any) -> None:
         if parsed.power:
             _validator_update(ctx, member, parsed.power)
         ctx.emit("member.admitted", org=parsed.org)
+    elif isinstance(parsed, RebindMember):
+        old = state.get(_member_key(parsed.org))
+        new = {
+            **old,
+            "key": parsed.key,
+            "box_key": parsed.box_key,
+            "tls_key": parsed.tls_key,
+            "validator_key": parsed.validator_key,
+            "addresses": parsed.addresses,
+        }
+        _rekey(ctx, old, new)
+        ctx.emit("member.rebound", org=parsed.org)
     elif isinstance(parsed, RemoveMember):
         member = state.get(_member_key(parsed.org))
         state.delete(_member_key(parsed.org))
@@ -263,9 +437,27 @@ def _apply(ctx: Context, action: str, parsed: Any) -> None:
         ctx.emit("param.set", name=parsed.name, value=parsed.value)
 
 
+def _rekey(ctx: Context, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Store a member's new keys: the old signing key stops naming it, the power moves."""
+    state = ctx.state
+    if new["key"] != old["key"]:
+        state.delete(_org_key(old["key"]))
+        state.put(_org_key(new["key"]), new["org"])
+    power = int(old.get("power") or 0)
+    if power and new["validator_key"] != old.get("validator_key"):
+        _validator_update(ctx, old, 0)
+        _validator_update(ctx, new, power)
+    state.put(_member_key(new["org"]), new)
+
+
 def _tally(state: StateView, proposal: dict[str, Any]) -> tuple[int, int, int]:
-    """(approvals, rejections, members), counting only current members' votes."""
+    """(approvals, rejections, members), counting only current members' votes.
+
+    A member being rebound does not count on its own rebinding: whoever holds its lost key
+    could otherwise vote to keep it."""
     current = {m["org"] for m in members(state)}
+    if proposal["action"] == "rebind_member":
+        current.discard(proposal["args"].get("org"))
     votes: dict[str, bool] = proposal["votes"]
     approvals = sum(1 for org, yes in votes.items() if yes and org in current)
     rejections = sum(1 for org, yes in votes.items() if not yes and org in current)
@@ -321,9 +513,47 @@ def vote(ctx: Context, msg: Vote) -> None:
         raise TxError(Code.EXPIRED, f"proposal {msg.proposal} expired")
     if org in proposal["votes"]:
         raise TxError(Code.CONFLICT, f"{org} already voted on proposal {msg.proposal}")
+    if proposal["action"] == "rebind_member" and proposal["args"].get("org") == org:
+        raise TxError(Code.REFUSED, f"{org} does not vote on its own rebinding")
     proposal["votes"][org] = msg.approve
     ctx.emit("proposal.voted", id=msg.proposal, org=org, approve=int(msg.approve))
     _settle(ctx, msg.proposal, proposal)
+
+
+def update_member(ctx: Context, msg: UpdateMember) -> None:
+    org = require_member(ctx)
+    old = ctx.state.get(_member_key(org))
+    _check_keys(
+        ctx.state,
+        org,
+        "",
+        key=msg.key,
+        box_key=msg.box_key,
+        tls_key=msg.tls_key,
+        validator_key=msg.validator_key,
+    )
+    if msg.key:
+        if not verify(msg.key, update_proof_message(org, old["key"]), msg.key_proof):
+            raise TxError(
+                Code.UNAUTHORIZED, "field key_proof: not the new key's signature of the change"
+            )
+    elif msg.key_proof:
+        raise TxError(Code.INVALID_BODY, "field key_proof: only with a new key")
+    if msg.addresses is not None:
+        check_addresses(msg.addresses, "addresses")
+    if not (msg.key or msg.box_key or msg.tls_key or msg.validator_key) and msg.addresses is None:
+        raise TxError(Code.INVALID_BODY, "field key: nothing to update")
+    new = dict(old)
+    for name in ("key", "box_key", "tls_key", "validator_key"):
+        if getattr(msg, name):
+            new[name] = getattr(msg, name)
+    if msg.addresses is not None:
+        new["addresses"] = msg.addresses
+    _rekey(ctx, old, new)
+    changed = [n for n in ("key", "box_key", "tls_key", "validator_key") if getattr(msg, n)]
+    if msg.addresses is not None:
+        changed.append("addresses")
+    ctx.emit("member.updated", org=org, changed=",".join(changed))
 
 
 def genesis(state: StateView, g: Genesis) -> None:
@@ -337,6 +567,8 @@ def genesis(state: StateView, g: Genesis) -> None:
                 "validator_key": m.validator_key,
                 "power": m.power,
                 "box_key": m.box_key,
+                "tls_key": m.tls_key,
+                "addresses": dict(m.addresses),
                 "since": g.time_ms,
             },
         )
@@ -380,6 +612,9 @@ CONTRACTS = [
         messages={
             "governance.propose": Message("governance.propose", Propose, propose),
             "governance.vote": Message("governance.vote", Vote, vote),
+            "governance.update_member": Message(
+                "governance.update_member", UpdateMember, update_member
+            ),
         },
         queries={
             "governance/members": q_members,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medledger.contracts import governance
 from medledger.contracts.common import check_id
 from medledger.contracts.governance import is_member, member_of_key, require_member
 from medledger.ledger.contract import Context, Contract, Message
@@ -205,6 +206,14 @@ def q_actor(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
         "active": actor.active,
     }
 
+
+def _practitioner_of_key(state: StateView, key: bytes) -> str | None:
+    """Whose practitioner key this is, for governance: a member never takes one."""
+    found = state.get(_key_key(key))
+    return None if found is None else f"practitioner {found[1]} of {found[0]}"
+
+
+governance.KEY_CLAIMS.append(_practitioner_of_key)
 
 CONTRACTS = [
     Contract(

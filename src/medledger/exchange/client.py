@@ -1,8 +1,9 @@
 """The requesting side of the exchange: signed calls to other hospitals' gateways over mTLS.
 
 Calls go only to the addresses in the hospital's directory (config.json `exchange.peers`),
-over TLS 1.3 pinned to the consortium CA, and the server's certificate must name the hospital
-dialled. Each request is signed by the practitioner or hospital on whose behalf it is made.
+over TLS 1.3 pinned to the members' TLS keys on the chain (exchange.pki), and the server's
+key must be the one the chain pins for the hospital dialled. Each request is signed by the
+practitioner or hospital on whose behalf it is made.
 Whatever comes back is checked against this hospital's own replica of the ledger: a record's
 bytes must hash, with the salt served, to the commitment its custodian registered, so a
 custodian (or anyone between) cannot serve something else than what the index promises.
@@ -23,7 +24,7 @@ from nacl.public import PrivateKey, SealedBox
 
 from medledger.contracts import queries
 from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
-from medledger.exchange.pki import TlsFiles, client_context, peer_org
+from medledger.exchange.pki import PinnedContexts, PinSource, TlsFiles, peer_org
 from medledger.exchange.signing import RequestSigner
 from medledger.ledger.keys import SigningKey
 from medledger.node.indexing import check_commitment
@@ -136,6 +137,17 @@ def verify_fetched(
     return bytes(match["commitment"])
 
 
+def member_pins(node: Node) -> PinSource:
+    """The TLS keys of the current members, read from the node's replica at each call."""
+
+    def pins() -> dict[str, bytes]:
+        return {
+            str(m["org"]): m["tls_key"] for m in queries.members(node.engine) if m.get("tls_key")
+        }
+
+    return pins
+
+
 class ExchangeClient:
     """Calls other hospitals' gateways for one hospital, signed by `signer`.
 
@@ -156,8 +168,8 @@ class ExchangeClient:
         self.org = node.config.org
         self.signer = RequestSigner(signer or node.org_key)
         self.directory = directory or Directory(node.config.exchange.peers)
-        files = TlsFiles(node.config.tls_dir)
-        self._ssl = client_context(files)
+        self.trust = PinnedContexts(TlsFiles(node.config.tls_dir), member_pins(node))
+        self._ssl = self.trust.client()
         self._timeout = timeout
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
@@ -178,6 +190,11 @@ class ExchangeClient:
     def _client(self, org: str) -> httpx.Client:
         base = self.directory.url(org)
         with self._lock:
+            if not self.trust.current(self._ssl):  # members or keys changed: new handshakes
+                for stale in self._clients.values():
+                    stale.close()
+                self._clients.clear()
+                self._ssl = self.trust.client()
             client = self._clients.get(base)
             if client is None:
                 client = httpx.Client(
@@ -198,8 +215,8 @@ class ExchangeClient:
         ssl_object = stream.get_extra_info("ssl_object")
         if ssl_object is None:
             raise ExchangeError(org, 0, "the connection is not TLS")
-        if peer_org(ssl_object.getpeercert()) != org:
-            raise ExchangeError(org, 0, "the server's certificate names another hospital")
+        if peer_org(ssl_object) != org:
+            raise ExchangeError(org, 0, "the server's TLS key is not the one the chain pins")
 
     def post(self, org: str, name: str, payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Signed POST to a peer; returns (answer, Server-Timing header)."""

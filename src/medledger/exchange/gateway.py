@@ -308,7 +308,7 @@ class Gateway:
     ) -> Caller:
         """Signature, time and nonce (evidence kept), then the signer's identity on the chain."""
         if peer is None:
-            raise Refused(403, "no client certificate from the consortium CA")
+            raise Refused(403, "no client certificate with a member's TLS key")
         try:
             signed = self.evidence.verify(
                 method=method,
@@ -755,7 +755,7 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
             return json_response({"error": f"no endpoint {name}"}, 404)
         peer = peer_of(request)
         if peer is None:
-            return json_response({"error": "no client certificate from the consortium CA"}, 403)
+            return json_response({"error": "no client certificate with a member's TLS key"}, 403)
         if not gateway.peers.acquire(peer):
             reason = f"{peer} has {gateway.peers.limit} requests in progress here already"
             return json_response({"error": reason}, 429, {"Retry-After": "1"})

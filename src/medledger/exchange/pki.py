@@ -1,20 +1,23 @@
-"""The consortium's certificate authority and each hospital's TLS certificates.
+"""Each hospital's TLS identity, and trust pinned to the keys the consortium voted in.
 
-Hospitals reach each other's gateways over mutual TLS, like X-Road's member servers: a
-connection is accepted only when both sides present a certificate issued by the consortium
-CA that `medledger init` creates, so a stranger (or a certificate from any public CA) never
-reaches a gateway's code. The certificate names the hospital (CN = org id); the gateway
-checks it against the key that signed the request, so one hospital cannot relay another's
-identity.
+There is no consortium CA: a hospital makes its own TLS key at home (ECDSA P-256) and a
+certificate for it, and the chain holds the public key of every member (`tls_key` on its
+member record, admitted and rotated by governance). A connection, either way, is accepted only
+when the peer's certificate key is the `tls_key` of a current member in committed state; that
+member is the `peer_org`. A member removed or rotated by a block is refused from the next
+handshake on: the pins are re-read at every handshake (`PinnedContexts`).
 
-    DIR/ca/ca.key  ca.pem                     the consortium CA (key mode 0600, folder 0700)
-    DIR/hospitals/<org>/keys/tls/
-        ca.pem                                the CA certificate, the only trust anchor
-        server.key server.pem                 the gateway's certificate (SAN 127.0.0.1, localhost)
-        client.key client.pem                 the node's client certificate (CN = org)
+How a stock TLS stack checks a key it holds no certificate for: a hospital's certificate is
+issued by "its own pin" — its issuer is `medledger pin <org>` and it is signed by its own key.
+For every current member the verifier makes, locally, a trust anchor named `medledger pin
+<org>` carrying that member's key from the chain; OpenSSL then accepts the certificate exactly
+when it is signed by that key, and `peer_org` checks that the certificate's own key is it too.
+The anchors are never sent anywhere and their own signature is not what is trusted.
 
-ECDSA P-256 everywhere: OpenSSL, Python's ssl and every TLS 1.3 stack support it. Contexts
-made here allow TLS 1.3 only.
+    HOME/keys/tls/key.pem    the hospital's TLS private key (mode 0600, folder 0700)
+    HOME/keys/tls/cert.pem   its certificate, for the gateway and the node's client alike
+
+TLS 1.3 only.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,41 +39,32 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from medledger.host.secretfile import read_secret, write_secret
 from medledger.node.config import TLS_DIR
 
-CA_DAYS = 3650
-LEAF_DAYS = 825
 GATEWAY_PORT_OFFSET = 4  # with a base port, hospital i listens on base + 10 i + 4
-_CLOCK_SKEW = dt.timedelta(minutes=5)
+_NOT_BEFORE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_NOT_AFTER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)  # the chain revokes, not time
+
+#: Where the current pins come from: {org: DER public key} of the current members.
+Pins = Mapping[str, bytes]
+PinSource = Callable[[], Pins]
 
 
 class PkiError(ValueError):
-    """A CA or certificate file is missing or does not fit; the message names the file."""
+    """A TLS key or certificate file is missing or does not fit; the message names the file."""
 
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """Where one hospital's TLS material lives."""
+    """Where one hospital's TLS key and certificate live."""
 
     directory: Path
 
     @property
-    def ca(self) -> Path:
-        return self.directory / "ca.pem"
+    def key(self) -> Path:
+        return self.directory / "key.pem"
 
     @property
-    def server_cert(self) -> Path:
-        return self.directory / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
-
-    @property
-    def client_cert(self) -> Path:
-        return self.directory / "client.pem"
-
-    @property
-    def client_key(self) -> Path:
-        return self.directory / "client.key"
+    def cert(self) -> Path:
+        return self.directory / "cert.pem"
 
     @classmethod
     def of_home(cls, home: Path, tls: str = TLS_DIR) -> TlsFiles:
@@ -77,202 +72,215 @@ class TlsFiles:
         return cls(home / tls)
 
 
-# --------------------------------------------------------------------------- issuing
+# --------------------------------------------------------------------------- identities
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _name(common_name: str, organisation: str) -> x509.Name:
+def _pin_name(org: str) -> x509.Name:
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "medledger"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"medledger pin {org}"),
         ]
     )
 
 
-def create_ca(ca_dir: Path, chain_id: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA that may sign leaf certificates only (path length 0)."""
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(ca_dir, 0o700)
-    key = _new_key()
-    name = _name(f"medledger consortium CA ({chain_id})", chain_id)
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+def public_key_der(key: ec.EllipticCurvePublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a key: what the chain stores as `tls_key`."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_secret(ca_dir / "ca.key", _key_pem(key), overwrite=True)
-    (ca_dir / "ca.pem").write_bytes(_cert_pem(cert))
-    return cert, key
 
 
-def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    try:
-        cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key(read_secret(ca_dir / "ca.key"), None)
-    except FileNotFoundError as exc:
-        raise PkiError(f"{exc.filename}: the consortium CA is missing") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{ca_dir / 'ca.key'}: not an ECDSA key")
-    return cert, key
+def cert_key(cert_der: bytes) -> bytes:
+    """The DER public key a certificate carries."""
+    key = x509.load_der_x509_certificate(cert_der).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PkiError("the certificate's key is not an ECDSA key")
+    return public_key_der(key)
 
 
-def _issue(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    org: str,
-    usage: x509.ObjectIdentifier,
-    hosts: list[str],
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _new_key()
-    now = _now()
+def _certificate(
+    key: ec.EllipticCurvePrivateKey, org: str, hosts: tuple[str, ...]
+) -> x509.Certificate:
+    """A certificate for `key` named after `org`, issued by its own pin and signed by `key`."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(org, org))
-        .issuer_name(ca_cert.subject)
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                    x509.NameAttribute(NameOID.COMMON_NAME, org),
+                ]
+            )
+        )
+        .issuer_name(_pin_name(org))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            critical=False,
         )
     )
-    if hosts:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
+    return builder.sign(key, hashes.SHA256())
 
 
-def issue_hospital(
-    ca_dir: Path, home: Path, org: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
-) -> TlsFiles:
-    """Give one hospital its server and client certificates (also when it joins later)."""
-    ca_cert, ca_key = load_ca(ca_dir)
-    files = TlsFiles(home / TLS_DIR)
-    files.directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(files.directory, 0o700)
-    files.ca.write_bytes(_cert_pem(ca_cert))
-    server, server_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.SERVER_AUTH, list(hosts))
-    client, client_key = _issue(ca_cert, ca_key, org, ExtendedKeyUsageOID.CLIENT_AUTH, [])
-    write_secret(files.server_key, _key_pem(server_key), overwrite=True)
-    files.server_cert.write_bytes(_cert_pem(server))
-    write_secret(files.client_key, _key_pem(client_key), overwrite=True)
-    files.client_cert.write_bytes(_cert_pem(client))
-    return files
+def _anchor(org: str, public_der: bytes, signer: ec.EllipticCurvePrivateKey) -> bytes:
+    """A local trust anchor named after `org`'s pin, carrying its key from the chain (PEM)."""
+    public = serialization.load_der_public_key(public_der)
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise PkiError(f"{org}: its tls_key on the chain is not an ECDSA key")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_pin_name(org))
+        .issuer_name(_pin_name(org))
+        .public_key(public)
+        .serial_number(1)
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(signer, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
-# --------------------------------------------------------------------------- set-up at init
+def new_identity(directory: Path, org: str, hosts: tuple[str, ...] = ()) -> bytes:
+    """Make a TLS key and its certificate in `directory`; return the public key (DER).
+
+    Refuses to overwrite a key: a rotation writes the new pair into a new folder first."""
+    files = TlsFiles(directory)
+    if files.key.exists():
+        raise PkiError(f"{files.key}: a TLS key is already here")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_secret(files.key, pem.decode())
+    files.cert.write_bytes(_certificate(key, org, hosts).public_bytes(serialization.Encoding.PEM))
+    return public_key_der(key.public_key())
+
+
+def identity_key(files: TlsFiles) -> bytes:
+    """The public key (DER) of a home's TLS certificate."""
+    _check_files(files)
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    return cert_key(cert.public_bytes(serialization.Encoding.DER))
 
 
 # --------------------------------------------------------------------------- TLS contexts
 
 
-def _check_files(*paths: Path) -> None:
-    for p in paths:
+def _check_files(files: TlsFiles) -> None:
+    for p in (files.cert, files.key):
         if not p.exists():
-            raise PkiError(f"{p}: missing (was this home made by `medledger init`?)")
+            raise PkiError(f"{p}: missing (made by `medledger hospital keygen` or `init`)")
+    # The private key passes the checks of every secret file (no link, not readable by group
+    # or others) before `ssl` loads it from its path.
+    read_secret(files.key, what="TLS key")
 
 
-def _check_key(path: Path) -> None:
-    """A TLS private key passes the checks of every secret file (no link, not readable by
-    group or others) before `ssl` loads it from its path."""
-    read_secret(path, what="TLS key")
+class PinnedContexts:
+    """TLS contexts that trust exactly the current members' keys, rebuilt when they change.
+
+    `server()` is the gateway's context: at every handshake it swaps in the context for the
+    pins `source()` gives then. `client()` is the node's, for new connections; callers drop
+    their pooled connections when `changed()` says the pins moved."""
+
+    def __init__(self, files: TlsFiles, source: PinSource, *, anonymous: bool = False) -> None:
+        """`anonymous`: the server also lets a client without a certificate finish the
+        handshake (its `peer_org` is None; the gateway refuses it everything it must
+        authenticate). A certificate that is shown must still carry a pinned key."""
+        _check_files(files)
+        self.files = files
+        self.source = source
+        self.anonymous = anonymous
+        self._lock = threading.Lock()
+        self._anchor_key = ec.generate_private_key(ec.SECP256R1())  # signs local anchors only
+        self._built: dict[bool, ssl.SSLContext] = {}  # the latest context of each side
+
+    def _pins(self) -> tuple[tuple[str, bytes], ...]:
+        return tuple(sorted((org, bytes(key)) for org, key in self.source().items() if key))
+
+    def _stamp(self) -> tuple[int, int]:
+        """Which certificate file is live: a rotation's switch makes new contexts too."""
+        found = self.files.cert.stat()
+        return found.st_ino, found.st_mtime_ns
+
+    def _context(self, server: bool) -> ssl.SSLContext:
+        pins, stamp = self._pins(), self._stamp()
+        with self._lock:
+            ctx = self._built.get(server)
+            if ctx is not None and ctx.pins == dict(pins) and ctx.stamp == stamp:  # type: ignore[attr-defined]
+                return ctx
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.verify_mode = ssl.CERT_OPTIONAL if server and self.anonymous else ssl.CERT_REQUIRED
+            ctx.check_hostname = False  # the key is the identity, not the address dialled
+            anchors = "".join(_anchor(o, k, self._anchor_key).decode() for o, k in pins)
+            if anchors:
+                ctx.load_verify_locations(cadata=anchors)
+            ctx.load_cert_chain(str(self.files.cert), str(self.files.key))
+            ctx.pins = dict(pins)  # type: ignore[attr-defined]
+            ctx.stamp = stamp  # type: ignore[attr-defined]
+            if server:
+                ctx.sni_callback = self._swap
+            self._built[server] = ctx
+            return ctx
+
+    def _swap(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        """At each ClientHello: the context for the members as they are now."""
+        ssl_object.context = self._context(True)
+
+    def server(self) -> ssl.SSLContext:
+        return self._context(True)
+
+    def client(self) -> ssl.SSLContext:
+        return self._context(False)
+
+    def current(self, ctx: ssl.SSLContext) -> bool:
+        """Whether a client context still trusts exactly the current members, with the live
+        certificate (else the caller drops its pooled connections and takes `client()`)."""
+        return self._context(False) is ctx
 
 
-def server_context(files: TlsFiles) -> ssl.SSLContext:
-    """TLS 1.3 only; a client certificate from the consortium CA is required."""
-    _check_files(files.ca, files.server_cert, files.server_key)
-    _check_key(files.server_key)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(files.ca))
-    ctx.load_cert_chain(str(files.server_cert), str(files.server_key))
-    return ctx
-
-
-def client_context(files: TlsFiles) -> ssl.SSLContext:
-    """TLS 1.3 only; the server must show a consortium certificate for the address dialled."""
-    _check_files(files.ca, files.client_cert, files.client_key)
-    _check_key(files.client_key)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
-    ctx.load_verify_locations(cafile=str(files.ca))
-    ctx.load_cert_chain(str(files.client_cert), str(files.client_key))
-    return ctx
-
-
-def peer_org(peercert: dict[str, Any] | None) -> str | None:
-    """The hospital a verified peer certificate names (its CN), from `getpeercert()`."""
-    if not peercert:
+def peer_org(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """The member whose pinned key the verified peer certificate carries, or None."""
+    if ssl_object is None:
         return None
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
+    der = ssl_object.getpeercert(True)  # positional: httpx hands the C object
+    pins: dict[str, bytes] = getattr(ssl_object.context, "pins", {})
+    if not der or not pins:
+        return None
+    try:
+        key = cert_key(der)
+    except (PkiError, ValueError):
+        return None
+    for org, pinned in pins.items():
+        if pinned == key:
+            return org
     return None
+
+
+def client_context(files: TlsFiles, pins: Pins) -> ssl.SSLContext:
+    """A client context trusting exactly `pins` (a tool or test outside a running node)."""
+    fixed = dict(pins)
+    return PinnedContexts(files, lambda: fixed).client()
+
+
+def server_context(files: TlsFiles, source: PinSource) -> ssl.SSLContext:
+    """A server context trusting, at each handshake, the pins `source()` gives then."""
+    return PinnedContexts(files, source).server()

@@ -3,7 +3,8 @@
 uvicorn does not tell the application which client certificate a connection presented, and the
 gateway needs it: the certificate's hospital must be the signer's. So connections use a small
 subclass of uvicorn's h11 protocol that reads the verified peer certificate once per
-connection and puts its hospital into every request's `request.state.peer_org`.
+connection and puts its hospital (the member whose pinned TLS key it carries, `pki.peer_org`)
+into every request's `request.state.peer_org`.
 
 The same protocol bounds the connections one hospital may hold open at once
 (`MAX_PEER_CONNECTIONS`): past it, a new connection is closed as soon as its certificate is
@@ -52,7 +53,7 @@ class _MtlsH11Protocol(H11Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         org = None
         if ssl_object is not None:
-            org = peer_org(ssl_object.getpeercert())
+            org = peer_org(ssl_object)
         self.app_state = {**self.app_state, "peer_org": org}
         if org is None:
             return

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from medledger.exchange.client import Directory, ExchangeClient
 from medledger.exchange.events import EventStream
 from medledger.exchange.gateway import Gateway, create_app
-from medledger.exchange.pki import TlsFiles, server_context
 from medledger.exchange.policy import AuthorizeFn, Policy
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
@@ -63,7 +62,7 @@ class HospitalExchange:
             self.app,
             host or cfg_host,
             cfg_port if port is None else port,
-            server_context(TlsFiles(node.config.tls_dir)),
+            self.client.trust.server(),  # pinned to the members' keys, re-read per handshake
             name=f"gateway-{self.org}",
         )
         self._started = False

@@ -21,6 +21,8 @@ class GenesisMember:
     validator_key: bytes = b""  # its consensus (CometBFT) Ed25519 key, if it validates
     power: int = 0
     box_key: bytes = b""  # X25519 key for sealed metadata keys
+    tls_key: bytes = b""  # DER public key of its TLS key (ECDSA P-256): what peers pin
+    addresses: dict[str, str] = field(default_factory=dict)  # gateway, api, p2p, rpc
 
     def to_obj(self) -> dict[str, Any]:
         return {
@@ -30,6 +32,8 @@ class GenesisMember:
             "validator_key": self.validator_key,
             "power": self.power,
             "box_key": self.box_key,
+            "tls_key": self.tls_key,
+            "addresses": dict(self.addresses),
         }
 
 
@@ -75,6 +79,8 @@ class Genesis:
                     validator_key=bytes.fromhex(m.get("validator_key", "")),
                     power=int(m.get("power", 0)),
                     box_key=bytes.fromhex(m.get("box_key", "")),
+                    tls_key=bytes.fromhex(m.get("tls_key", "")),
+                    addresses={str(k): str(v) for k, v in m.get("addresses", {}).items()},
                 )
                 for m in raw["members"]
             ]

@@ -2,15 +2,16 @@
 
 `medledger init` (and the demo, the tests, the benches) calls `create_consortium`;
 `medledger hospital add` calls `add_hospital`. This is the one module that wires the pieces
-a hospital's home needs together: its keys, the genesis, the exchange's CA and certificates
+a hospital's home needs together: its keys, the genesis, its TLS key and certificate
 (`exchange.pki`), the CometBFT homes (`consensus.cometbft.testnet`), the vault's KEK, and
 the config.json (`config`) that names them all. The other modules only read what it made.
+There is no consortium CA: each home's TLS key is its own, and the genesis names it
+(`tls_key`) with the hospital's addresses; peers trust exactly that.
 
     DIR/consortium.json        chain id, engine, hospitals
     DIR/genesis.json           the genesis every replica starts from
     DIR/solo.key               the solo block producer's key (solo engine)
     DIR/ledger/ledger.db       the shared solo ledger (solo engine)
-    DIR/ca/                    the consortium CA (exchange.pki)
     DIR/hospitals/<org>/       one home per hospital: config.json, keys/ (mode 0600 files)
 
 Ports: with a base port, hospital i takes base + 10 i + (0..9) (its gateway at +4, its API at
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medledger.exchange import pki
@@ -46,6 +47,7 @@ from medledger.node.config import (
     save_config,
     save_consortium,
 )
+from medledger.provisioning.keygen import JOIN_REQUEST, JoinRequest, keygen
 
 HOSPITAL_NAMES = [
     ("chu-lyon", "CHU de Lyon"),
@@ -94,29 +96,16 @@ def create_consortium(
         raise ConfigError(f"{directory}: a consortium already exists here")
     directory.mkdir(parents=True, exist_ok=True)
 
-    from nacl.public import PrivateKey
-
     from medledger.contracts import default_versions
-    from medledger.vault import create_kek_file
 
     orgs = hospital_ids(hospitals)
     homes: list[Path] = []
-    members: list[GenesisMember] = []
-    keys: dict[str, SigningKey] = {}
-    box_keys: dict[str, bytes] = {}
+    requests: dict[str, JoinRequest] = {}
     pseudonym_key = os.urandom(32)
-    for org, _name in orgs:
+    for org, name in orgs:  # each home made as a hospital makes its own (keygen)
         home = directory / "hospitals" / org
-        (home / "keys").mkdir(parents=True, exist_ok=True)
-        os.chmod(home / "keys", 0o700)
-        key = SigningKey.generate()
-        key.save(home / "keys" / "org.key")
-        keys[org] = key
-        box = PrivateKey.generate()
-        write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
-        box_keys[org] = bytes(box.public_key)
+        requests[org] = keygen(home, org, name, {})
         write_secret(home / "keys" / "pseudonym.key", pseudonym_key.hex() + "\n")
-        create_kek_file(home / "keys" / "vault.kek")
         homes.append(home)
 
     validator_keys: dict[str, bytes] = {}
@@ -133,38 +122,6 @@ def create_consortium(
         producer.save(directory / "solo.key")
         solo_key = producer.public_key
         (directory / "ledger").mkdir(exist_ok=True)
-
-    for org, name in orgs:
-        vkey = validator_keys.get(org, b"")
-        members.append(
-            GenesisMember(
-                org=org,
-                name=name,
-                key=keys[org].public_key,
-                validator_key=vkey,
-                power=10 if vkey else 0,
-                box_key=box_keys[org],
-            )
-        )
-    genesis = Genesis(
-        chain_id=chain_id,
-        time_ms=genesis_time_ms,
-        members=members,
-        engine=engine,
-        solo_key=solo_key,
-        params=dict(params or {}),
-        contracts=default_versions(),
-    )
-    genesis.save(directory / "genesis.json")
-    if engine == "cometbft":
-        from medledger.consensus.cometbft import testnet
-
-        testnet.write_genesis(
-            directory,
-            chain_id,
-            genesis_time_ms,
-            [(m.org, m.validator_key, m.power) for m in members],
-        )
 
     for (org, name), home in zip(orgs, homes, strict=True):
         config = HospitalConfig(
@@ -190,9 +147,62 @@ def create_consortium(
             block_time_ms=block_time_ms,
         ),
     )
-    _setup_exchange(directory, homes, chain_id, base_port=base_port)
+    _setup_exchange(homes, base_port=base_port)
     _assign_api_ports(homes, base_port)
+    members: list[GenesisMember] = []
+    for (org, name), home in zip(orgs, homes, strict=True):
+        vkey = validator_keys.get(org, b"")
+        addresses = member_addresses(load_config(home))
+        requests[org] = replace(requests[org], addresses=addresses)
+        (home / JOIN_REQUEST).write_text(requests[org].to_json())
+        members.append(
+            GenesisMember(
+                org=org,
+                name=name,
+                key=requests[org].key,
+                validator_key=vkey,
+                power=10 if vkey else 0,
+                box_key=requests[org].box_key,
+                tls_key=requests[org].tls_key,
+                addresses=addresses,
+            )
+        )
+    genesis = Genesis(
+        chain_id=chain_id,
+        time_ms=genesis_time_ms,
+        members=members,
+        engine=engine,
+        solo_key=solo_key,
+        params=dict(params or {}),
+        contracts=default_versions(),
+    )
+    genesis.save(directory / "genesis.json")
+    if engine == "cometbft":
+        from medledger.consensus.cometbft import testnet
+
+        testnet.write_genesis(
+            directory,
+            chain_id,
+            genesis_time_ms,
+            [(m.org, m.validator_key, m.power) for m in members],
+        )
+
     return homes
+
+
+def member_addresses(config: HospitalConfig) -> dict[str, str]:
+    """A home's addresses as its member record holds them (gateway, api, p2p, rpc)."""
+    found: dict[str, str] = {}
+    if config.exchange.listen:
+        found["gateway"] = config.exchange.listen
+    if config.api.listen:
+        found["api"] = config.api.listen
+    cmt = config.cometbft
+    if cmt.p2p and cmt.node_id:
+        found["p2p"] = f"{cmt.node_id}@{cmt.p2p}"
+    if cmt.rpc:
+        found["rpc"] = cmt.rpc.split("://", 1)[-1]
+    return found
 
 
 def _recorded_cometbft(home: Path) -> CometbftSection | None:
@@ -207,16 +217,13 @@ def ports_in_use(configs: list[HospitalConfig]) -> set[int]:
     return {port for c in configs for port in c.ports()}
 
 
-def _setup_exchange(
-    consortium_dir: Path, homes: list[Path], chain_id: str, base_port: int | None = None
-) -> None:
-    """What `medledger init` adds for the exchange: the CA, each hospital's certificates, and
-    each hospital's gateway address plus the directory of its peers' gateways in config.json.
+def _setup_exchange(homes: list[Path], base_port: int | None = None) -> None:
+    """What `medledger init` adds for the exchange: each hospital's gateway address plus the
+    directory of its peers' gateways in config.json.
 
     The directory (org -> URL) is what X-Road calls the global configuration: a hospital only
-    ever talks to the addresses it lists, over TLS pinned to the consortium CA.
+    ever talks to the addresses it lists, over TLS pinned to the keys on the chain.
     """
-    pki.create_ca(consortium_dir / "ca", chain_id)
     configs = [load_config(home) for home in homes]
     exclude = ports_in_use(configs)  # the CometBFT nodes' ports, when there are any
     listen: dict[str, int] = {}
@@ -227,7 +234,6 @@ def _setup_exchange(
             port = free_port(exclude)
         exclude.add(port)
         listen[c.org] = port
-        pki.issue_hospital(consortium_dir / "ca", c.home, c.org)
     peers = {org: f"https://127.0.0.1:{port}" for org, port in listen.items()}
     for c in configs:
         exchange = ExchangeSection(listen=f"127.0.0.1:{listen[c.org]}", tls=TLS_DIR, peers=peers)
@@ -249,24 +255,22 @@ class Joining:
     """A hospital's home made to join an existing consortium, and what the vote needs."""
 
     home: Path
-    org: str
-    name: str
-    key: bytes
-    box_key: bytes
-    validator_key: bytes
+    request: JoinRequest
+
+    @property
+    def request_path(self) -> Path:
+        return self.home / JOIN_REQUEST
 
 
 def add_hospital(directory: Path, org: str, name: str) -> Joining:
-    """Make a home for a hospital joining a running consortium (keys, certificates, config).
+    """Make a home for a hospital joining a running sandbox consortium (keys, config).
 
-    It becomes a member only when the others vote it in (`member propose admit`); on CometBFT
-    its node block-syncs the chain and validates once the vote gives it power. The running
-    hospitals learn its gateway address when they restart.
+    Its keys are made as on a machine of its own (`keygen`); it becomes a member only when the
+    others vote its request in (`member propose admit --request`); on CometBFT its node
+    block-syncs the chain and validates once the vote gives it power. The running hospitals
+    learn its gateway address when they restart. (The consortium's pseudonym key is copied
+    from a sibling home: a sandbox shortcut.)
     """
-    from nacl.public import PrivateKey
-
-    from medledger.vault import create_kek_file
-
     meta = load_consortium(directory)
     if not _ORG.match(org):
         raise ConfigError(f"--org: {org!r} is not a valid id (a-z, 0-9, '.', '_', '-')")
@@ -276,14 +280,10 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
     if not existing:
         raise ConfigError(f"{directory}: no hospital to join")
     home = directory / "hospitals" / org
-    (home / "keys").mkdir(parents=True, exist_ok=False)
-    os.chmod(home / "keys", 0o700)
-    key = SigningKey.generate()
-    key.save(home / "keys" / "org.key")
-    box = PrivateKey.generate()
-    write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
+    if home.exists():
+        raise ConfigError(f"{home}: already exists")
+    request = keygen(home, org, name, {})
     write_secret(home / "keys" / "pseudonym.key", existing[0].pseudonym_key().hex() + "\n")
-    create_kek_file(home / "keys" / "vault.kek")
     first = existing[0]
     save_config(
         HospitalConfig(
@@ -297,25 +297,24 @@ def add_hospital(directory: Path, org: str, name: str) -> Joining:
             vault=VaultSection(backend="sqlite", path="vault.db"),
         )
     )
-    validator_key = b""
     if meta.engine == "cometbft":
         from medledger.consensus.cometbft import testnet
 
-        validator_key = testnet.add_hospital(directory, org)  # adds the "cometbft" section
-    pki.issue_hospital(directory / "ca", home, org)
+        testnet.add_hospital(directory, org)  # adds the "cometbft" section, keeps the keys
     joining = load_config(home)
     used = ports_in_use([*existing, joining])
     gateway = free_port(used)
     api = free_port(used | {gateway})
     peers = {**first.exchange.peers, org: f"https://127.0.0.1:{gateway}"}
     exchange = ExchangeSection(listen=f"127.0.0.1:{gateway}", tls=first.exchange.tls, peers=peers)
-    save_config(
-        joining.model_copy(
-            update={"exchange": exchange, "api": ApiSection(listen=f"127.0.0.1:{api}")}
-        )
+    joining = joining.model_copy(
+        update={"exchange": exchange, "api": ApiSection(listen=f"127.0.0.1:{api}")}
     )
+    save_config(joining)
     for c in existing:  # the others dial it once they restart
         theirs = c.exchange.model_copy(update={"peers": {**c.exchange.peers, org: peers[org]}})
         save_config(c.model_copy(update={"exchange": theirs}))
     save_consortium(directory, meta.model_copy(update={"hospitals": [*meta.hospitals, org]}))
-    return Joining(home, org, name, key.public_key, bytes(box.public_key), validator_key)
+    request = replace(request, addresses=member_addresses(joining))
+    (home / JOIN_REQUEST).write_text(request.to_json())
+    return Joining(home, request)
