@@ -1,9 +1,11 @@
 """Ingest rate: FHIR resources per second, validated, encrypted, stored and registered on the
 chain through the solo engine, for transaction Bundles and for IPS-shaped `document` Bundles
 (a Composition, the author Practitioner, the custodian Organization, Medications: what other
-systems send); and erasure time for a patient with few and many records.
+systems send); erasure time for a patient with few and many records; and the replication lag
+to the replica peers while `replicated` patients are ingested with the gateways and
+replicators running (bench_replicas.py).
 
-    medledger bench ingest [--set patients=40 --set documents=40]
+    medledger bench ingest [--set patients=40 --set documents=40 --set replicated=40]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def run(
     erase_large: int = 10_000,
     workers: int = 2,
     documents: int = 40,
+    replicated: int = 40,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
@@ -46,6 +49,7 @@ def run(
             elapsed = time.perf_counter() - start
             docs = _documents(ingestor, documents, workers)
             small, large = _erase_times(vault, erase_small, erase_large)
+    replication = _replication(replicated, workers) if replicated else None
     return {
         "bundles": len(payloads),
         "validation_workers": workers,
@@ -55,7 +59,21 @@ def run(
         "documents": docs,
         f"erase_ms_{erase_small}_records": small,
         f"erase_ms_{erase_large}_records": large,
+        "replication": replication,
     }
+
+
+def _replication(patients: int, workers: int) -> dict[str, Any]:
+    """Lag of each change to each replica peer while ingesting (bench_replicas.py)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("bench_replicas.py")
+    spec = importlib.util.spec_from_file_location("bench_replicas", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found: dict[str, Any] = module.lag_under_ingest(patients, workers)
+    return found
 
 
 def _documents(ingestor: Ingestor, count: int, workers: int) -> dict[str, Any]:

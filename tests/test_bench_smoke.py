@@ -16,7 +16,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 TINY: dict[str, dict[str, Any]] = {
     "ledger": {"txs": 200, "hospitals": 2, "batch": 100},
     "vault": {"records_small": 3, "records_large": 30, "runs": 1},
-    "ingest": {"patients": 3, "erase_small": 3, "erase_large": 30, "documents": 2},
+    "ingest": {"patients": 3, "erase_small": 3, "erase_large": 30, "documents": 2, "replicated": 2},
+    "replicas": {"patients": 3},
     "authorize": {"patients": 50, "consents": 200, "queries": 50, "hospitals": 3},
     "api": {"resources": 30, "rounds": 2},  # with $summary
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},

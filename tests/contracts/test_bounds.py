@@ -13,6 +13,7 @@ from medledger.contracts.categories import CATEGORIES, PURPOSES
 from medledger.contracts.governance import MAX_NAME, MAX_NOTE
 from medledger.contracts.identity import MAX_REASON as MAX_REVOKE_REASON
 from medledger.contracts.policies import MAX_POLICY_TEXT
+from medledger.contracts.records import MAX_REPLICAS
 from medledger.contracts.research import MAX_ETHICS_REF
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
@@ -114,6 +115,26 @@ CASES: dict[str, tuple[Callable[[World], TxResult], str]] = {
             {"pid": w.pid, "categories": ["psychiatry"], "purpose": "treatment"},
         ),
         "unknown category 'psychiatry'",
+    ),
+    "a shredding names replica peers by member id, not free text": (
+        lambda w: w.send(
+            "h0",
+            "records.shredded",
+            {"pid": w.pid, "digest": HASH, "records": 1, "replicas_dropped": ["the oncology"]},
+        ),
+        "field replicas_dropped[0]: not another member's org id",
+    ),
+    "a shredding names a bounded number of replica peers": (
+        lambda w: w.send(
+            "h0",
+            "records.shredded",
+            {"pid": w.pid, "digest": HASH, "records": 1, "replicas_pending": ["h1"] * 17},
+        ),
+        f"at most {MAX_REPLICAS} peers",
+    ),
+    "the consortium's backup_replicas": (
+        lambda w: _propose(w, "set_param", {"name": "backup_replicas", "value": 17}),
+        "backup_replicas is at most 16",
     ),
 }
 

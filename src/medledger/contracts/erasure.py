@@ -44,7 +44,7 @@ State (prefix `erasure/`):
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts import consent, records, referral, research
@@ -87,6 +87,10 @@ class Attest:
     request: int
     digest: bytes = b""  # hash of the vault's erasure receipt; empty: use records.shredded's
     records: int = 0  # how many records (or copies) were destroyed
+    # Replica peers that signed a receipt for dropping the erased keys, and those pending
+    # (records.check_replicas).
+    replicas_dropped: list[str] = field(default_factory=list)
+    replicas_pending: list[str] = field(default_factory=list)
 
 
 def iso_date(ms: int) -> str:
@@ -284,6 +288,7 @@ def attest(ctx: Context, msg: Attest) -> None:
                 "field digest: required unless this hospital posted records.shredded first",
             )
         digest = bytes(shredded["digest"])
+    replicas = records.check_replicas(ctx.state, org, msg.replicas_dropped, msg.replicas_pending)
     for part in parts:
         part["status"] = "attested"
     late = ctx.time_ms > req["deadline"]
@@ -294,6 +299,7 @@ def attest(ctx: Context, msg: Attest) -> None:
         "time": ctx.time_ms,
         "late": late,
         "tx": ctx.tx_id,
+        **replicas,
     }
     ob["status"] = "attested"
     ob["reason"] = custody["reason"] if custody is not None else ""

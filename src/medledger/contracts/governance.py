@@ -124,7 +124,13 @@ DEFAULT_PARAMS: dict[str, int] = {
     "max_validator_power": 100,
     "escrow_shares": 3,  # n: peers holding a share of each member's keys (contracts/escrow)
     "escrow_threshold": 2,  # k: shares that rebuild them
+    # Encrypted vault replicas (node/replicas.py): how many peers hold each member's, and
+    # how much each member may keep at one peer (custody.db).
+    "backup_replicas": 2,
+    "custody_quota_mb": 4096,
 }
+#: records.MAX_REPLICAS: the peers one erasure attestation may name.
+MAX_BACKUP_REPLICAS = 16
 
 
 # -- actions a proposal can carry ---------------------------------------------------------
@@ -375,6 +381,12 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
             raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
         if parsed.value < 0:
             raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
+        if parsed.name == "backup_replicas" and parsed.value > MAX_BACKUP_REPLICAS:
+            raise TxError(
+                Code.INVALID_BODY,
+                f"field args.value: backup_replicas is at most {MAX_BACKUP_REPLICAS} (an "
+                "erasure's attestation names them all)",
+            )
     return parsed
 
 

@@ -129,6 +129,12 @@ def member_orgs(engine: Queryable) -> list[str]:
     return [str(m["org"]) for m in members(engine)]
 
 
+def governance_params(engine: Queryable) -> dict[str, int]:
+    """The consortium's governance parameters (`backup_replicas`, `custody_quota_mb`, ...)."""
+    params: dict[str, int] = engine.query("governance/params", {})
+    return params
+
+
 def proposals(engine: Queryable, status: str | None = None) -> list[Row]:
     rows: list[Row] = engine.query(
         "governance/proposals", {} if status is None else {"status": status}

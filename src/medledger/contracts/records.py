@@ -113,6 +113,14 @@ class Shredded:
     digest: bytes  # hash of the vault's erasure receipt
     records: int
     copies: int = 0
+    # The holder's replica peers (node/replicas.py) that signed a receipt for dropping the
+    # patient's wrapped key, and those that had not yet (down: they get the drop on return).
+    replicas_dropped: list[str] = field(default_factory=list)
+    replicas_pending: list[str] = field(default_factory=list)
+
+
+#: Replica peers one shredding may name (the consortium's backup_replicas is a handful).
+MAX_REPLICAS = 16
 
 
 def _check_entry(i: int, raw: Any) -> Entry:
@@ -344,21 +352,45 @@ def shredded(ctx: Context, msg: Shredded) -> None:
         raise TxError(Code.INVALID_BODY, "field digest: must be 32 bytes")
     if msg.records < 0 or msg.copies < 0:
         raise TxError(Code.INVALID_BODY, "field records: must not be negative")
-    ctx.state.put(
-        f"rec/shredded/{holder}/{msg.pid}",
-        {
-            "holder": holder,
-            "pid": msg.pid,
-            "digest": msg.digest,
-            "records": msg.records,
-            "copies": msg.copies,
-            "time": ctx.time_ms,
-            "tx": ctx.tx_id,
-        },
-    )
+    statement: dict[str, Any] = {
+        "holder": holder,
+        "pid": msg.pid,
+        "digest": msg.digest,
+        "records": msg.records,
+        "copies": msg.copies,
+        "time": ctx.time_ms,
+        "tx": ctx.tx_id,
+    }
+    statement.update(check_replicas(ctx.state, holder, msg.replicas_dropped, msg.replicas_pending))
+    ctx.state.put(f"rec/shredded/{holder}/{msg.pid}", statement)
     # Its custody ends: a later record starts a new one (is_custodian stays false meanwhile).
     ctx.state.delete(f"rec/custody/{msg.pid}/{holder}")
     ctx.emit("record.shredded", pid=msg.pid, holder=holder, records=msg.records)
+
+
+def check_replicas(
+    state: StateView, holder: str, dropped: list[str], pending: list[str]
+) -> dict[str, list[str]]:
+    """An erasure's replica peers (node/replicas.py) as an attestation names them: other
+    members, each once, at most MAX_REPLICAS; returns the fields to store (only those named,
+    so an attestation without replicas is written as it always was)."""
+    named = [*dropped, *pending]
+    if len(named) > MAX_REPLICAS:
+        raise TxError(
+            Code.INVALID_BODY, f"field replicas_dropped: at most {MAX_REPLICAS} peers in all"
+        )
+    for i, org in enumerate(named):
+        where = (
+            f"replicas_dropped[{i}]"
+            if i < len(dropped)
+            else f"replicas_pending[{i - len(dropped)}]"
+        )
+        if not isinstance(org, str) or org == holder or not is_member(state, org):
+            raise TxError(Code.INVALID_BODY, f"field {where}: not another member's org id")
+        if named.index(org) != i:
+            raise TxError(Code.INVALID_BODY, f"field {where}: {org} named twice")
+    fields = {"replicas_dropped": list(dropped), "replicas_pending": list(pending)}
+    return {k: v for k, v in fields.items() if v}
 
 
 def is_shredded(state: StateView, holder: str, pid: str) -> bool:

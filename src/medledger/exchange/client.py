@@ -26,7 +26,8 @@ from medledger.contracts import queries
 from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.exchange.pki import PinnedContexts, PinSource, TlsFiles, peer_org
 from medledger.exchange.signing import RequestSigner
-from medledger.ledger.keys import SigningKey
+from medledger.ledger.keys import SigningKey, verify
+from medledger.node.custody import MAX_ITEMS, Item, ItemInfo, drop_receipt_message
 from medledger.node.indexing import check_commitment
 
 if TYPE_CHECKING:
@@ -328,6 +329,76 @@ class ExchangeClient:
     def deliver(self, receiver: str, payload: dict[str, Any]) -> dict[str, Any]:
         answer, _ = self.post(receiver, "deliveries", payload)
         return answer
+
+    # -- custody of this hospital's replicas at peers (node/custody.py) ------------------------
+    def custody_put(self, holder: str, items: list[Item]) -> int:
+        """Store items at `holder` (all or none); returns the bytes this hospital holds there."""
+        payload = {
+            "items": [
+                {
+                    "id": it.id,
+                    "version": it.version,
+                    "sha256": it.sha256.hex(),
+                    "blob": base64.b64encode(it.blob).decode(),
+                }
+                for it in items
+            ]
+        }
+        answer, _ = self.post(holder, "custody-put", payload)
+        return int(answer.get("usage", 0))
+
+    def custody_drop(self, holder: str, ids: list[str]) -> bytes:
+        """Delete items at `holder`; returns its receipt, checked against its key on the chain
+        (IntegrityError when the signature is not the holder's)."""
+        answer, _ = self.post(holder, "custody-drop", {"ids": ids})
+        receipt = base64.b64decode(str(answer.get("receipt", "")))
+        message = drop_receipt_message(holder, self.org, ids)
+        key = next((m["key"] for m in queries.members(self.node.engine) if m["org"] == holder), b"")
+        if not verify(bytes(key), message, receipt):
+            raise IntegrityError(holder, 0, "the drop receipt is not signed by the holder's key")
+        return receipt
+
+    def custody_list(self, holder: str) -> tuple[list[ItemInfo], int]:
+        """Every item this hospital holds at `holder` (all pages) and the bytes they take."""
+        found: list[ItemInfo] = []
+        after, usage = "", 0
+        while True:
+            answer, _ = self.post(holder, "custody-list", {"after": after})
+            page = [
+                ItemInfo(
+                    str(i["id"]), int(i["version"]), bytes.fromhex(i["sha256"]), int(i["size"])
+                )
+                for i in answer.get("items", [])
+            ]
+            found += page
+            usage = int(answer.get("usage", 0))
+            if not answer.get("more") or not page:
+                return found, usage
+            after = page[-1].id
+
+    def custody_get(self, holder: str, ids: list[str]) -> list[Item]:
+        """The items named, as `holder` returns them (the caller checks them: a holder may lie);
+        ids it holds but left for later are asked again."""
+        out: list[Item] = []
+        pending = list(ids)
+        while pending:
+            batch, pending = pending[:MAX_ITEMS], pending[MAX_ITEMS:]
+            answer, _ = self.post(holder, "custody-get", {"ids": batch})
+            got = [
+                Item(
+                    str(i["id"]),
+                    int(i["version"]),
+                    bytes.fromhex(i["sha256"]),
+                    base64.b64decode(i["blob"]),
+                )
+                for i in answer.get("items", [])
+            ]
+            if not got and answer.get("later"):
+                raise ExchangeError(holder, 0, "custody-get returned nothing and asked for later")
+            out += got
+            later = set(answer.get("later", []))
+            pending = [i for i in batch if i in later] + pending
+        return out
 
     # -- event stream ------------------------------------------------------------------------
     def events(

@@ -19,6 +19,11 @@ Denials are committed too, with their reason's code (the wording stays in the ev
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
     POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
                                                              vote rebinding it (escrow.py)
+    POST /exchange/v1/custody-put    {items: [{id, blob, sha256, version}]}  the caller's sealed
+                                                             replicas kept here (custody.py)
+    POST /exchange/v1/custody-drop   {ids}                   delete them; a signed receipt
+    POST /exchange/v1/custody-list   {after, limit}          ids, versions, sizes, hashes
+    POST /exchange/v1/custody-get    {ids}                   the blobs back
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
 
@@ -75,6 +80,14 @@ from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
 from medledger.node import decisions
 from medledger.node.audit import JournalUnavailable
+from medledger.node.custody import (
+    MAX_ITEMS,
+    CustodyRefused,
+    CustodyStore,
+    Item,
+    check_item_id,
+    drop_receipt_message,
+)
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -97,6 +110,9 @@ PER_PEER_REQUESTS = 8
 BODY_BUDGET = 64 * 1024 * 1024
 #: ... and for one peer: one delivery and its questions (not eight deliveries).
 PER_PEER_BODY_BUDGET = DELIVERY_BODY_LIMIT + PER_PEER_REQUESTS * QUERY_BODY_LIMIT
+#: Largest custody-put body (base64 blobs) and the blob bytes one custody-get answer carries.
+CUSTODY_BODY_LIMIT = 24 * 1024 * 1024
+CUSTODY_ANSWER_BYTES = 24 * 1024 * 1024
 #: Event streams one hospital may hold open at once (a consumer follows one).
 PER_PEER_STREAMS = 4
 #: How far beyond this replica's height a requester's `height` may be and still be waited for.
@@ -281,6 +297,7 @@ class Gateway:
         query_body_limit: int = QUERY_BODY_LIMIT,
         delivery_body_limit: int = DELIVERY_BODY_LIMIT,
         body_budget: BodyBudget | None = None,
+        custody: CustodyStore | None = None,
     ) -> None:
         self.node = node
         self.vault = vault
@@ -295,6 +312,7 @@ class Gateway:
         self.query_body_limit = query_body_limit
         self.delivery_body_limit = delivery_body_limit
         self.bodies = body_budget or BodyBudget()
+        self.custody = custody
 
     # -- who is asking -----------------------------------------------------------------
     def authenticate(
@@ -695,6 +713,119 @@ class Gateway:
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
         return result
 
+    # -- custody of other members' replicas (node/custody.py) -------------------------------
+    def _custodian_store(self, caller: Caller) -> CustodyStore:
+        """The store, for a caller signing with its hospital key (the items are the
+        hospital's, never a practitioner's); its org is the owner of every item touched."""
+        if self.custody is None:
+            raise Refused(503, "this node keeps no custody store")
+        if caller.actor.practitioner is not None:
+            raise Refused(403, "custody: only the hospital's own key may store or read its items")
+        self.evidence.set_outcome(caller.request.evidence_id, "accepted")
+        return self.custody
+
+    def custody_put(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        store = self._custodian_store(caller)
+        raw = _json_object(body).get("items")
+        if not isinstance(raw, list):
+            raise Refused(400, "items: a list expected")
+        items: list[Item] = []
+        for i, it in enumerate(raw):
+            if not isinstance(it, dict):
+                raise Refused(400, f"items[{i}]: an object expected")
+            version = it.get("version")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise Refused(400, f"items[{i}].version: an integer expected")
+            try:
+                digest = bytes.fromhex(str(it.get("sha256", "")))
+            except ValueError:
+                raise Refused(400, f"items[{i}].sha256: hex expected") from None
+            blob = unb64(it.get("blob"), f"items[{i}].blob")
+            items.append(Item(str(it.get("id", "")), version, digest, blob))
+        quota = self.custody_quota()
+        try:
+            usage = store.put(caller.actor.org, items, quota)
+        except CustodyRefused as exc:
+            raise Refused(exc.status, exc.reason) from None
+        return {"stored": len(items), "usage": usage.bytes, "quota": quota}
+
+    def custody_drop(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        store = self._custodian_store(caller)
+        ids = _ids(_json_object(body))
+        try:
+            dropped, absent = store.drop(caller.actor.org, ids)
+        except CustodyRefused as exc:
+            raise Refused(exc.status, exc.reason) from None
+        # Signed by this hospital's key: the owner can show the chain (and anyone) that this
+        # holder said it deleted them (an absent item is gone as well).
+        message = drop_receipt_message(self.org, caller.actor.org, ids)
+        return {
+            "dropped": dropped,
+            "absent": absent,
+            "holder": self.org,
+            "receipt": b64(self.node.org_key.sign(message)),
+        }
+
+    def custody_list(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        store = self._custodian_store(caller)
+        args = _json_object(body)
+        after = args.get("after", "")
+        if not isinstance(after, str) or len(after) > 128:
+            raise Refused(400, 'after: an item id or "" expected')
+        limit = args.get("limit", MAX_ITEMS)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_ITEMS:
+            raise Refused(400, f"limit: an integer from 1 to {MAX_ITEMS} expected")
+        found = store.listing(caller.actor.org, after, limit)
+        usage = store.usage(caller.actor.org)
+        return {
+            "items": [
+                {"id": i.id, "version": i.version, "sha256": i.sha256.hex(), "size": i.size}
+                for i in found
+            ],
+            "more": len(found) == limit,
+            "usage": usage.bytes,
+            "count": usage.items,
+            "quota": self.custody_quota(),
+        }
+
+    def custody_get(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        store = self._custodian_store(caller)
+        ids = _ids(_json_object(body))
+        out: list[dict[str, Any]] = []
+        later: list[str] = []
+        size = 0
+        for item in store.get(caller.actor.org, ids):
+            if out and size + len(item.blob) > CUSTODY_ANSWER_BYTES:
+                later.append(item.id)  # asked again by the owner in its next call
+                continue
+            size += len(item.blob)
+            out.append(
+                {
+                    "id": item.id,
+                    "version": item.version,
+                    "sha256": item.sha256.hex(),
+                    "blob": b64(item.blob),
+                }
+            )
+        held = {o["id"] for o in out} | set(later)
+        return {"items": out, "later": later, "missing": [i for i in ids if i not in held]}
+
+    def custody_quota(self) -> int:
+        """Bytes each member may keep here: the consortium parameter `custody_quota_mb`."""
+        return int(queries.governance_params(self.node.engine)["custody_quota_mb"]) * 1024 * 1024
+
+
+def _ids(args: dict[str, Any]) -> list[str]:
+    ids = args.get("ids")
+    if not isinstance(ids, list):
+        raise Refused(400, "ids: a list expected")
+    if len(ids) > MAX_ITEMS:
+        raise Refused(413, f"ids: {len(ids)} in one call, at most {MAX_ITEMS}")
+    try:
+        return [check_item_id(v, f"ids[{i}]") for i, v in enumerate(ids)]
+    except CustodyRefused as exc:
+        raise Refused(exc.status, exc.reason) from None
+
 
 # --------------------------------------------------------------------------- HTTP shell
 
@@ -724,6 +855,11 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
         "share-release": ("share_release", True, gateway.query_body_limit),
+        # sealed blobs the caller stores here: kept apart, not as evidence
+        "custody-put": ("custody_put", False, CUSTODY_BODY_LIMIT),
+        "custody-drop": ("custody_drop", True, gateway.query_body_limit),
+        "custody-list": ("custody_list", True, gateway.query_body_limit),
+        "custody-get": ("custody_get", True, gateway.query_body_limit),
     }
 
     def run(

@@ -5,6 +5,8 @@ hospital in a single process, sharing the solo engine and one directory of gatew
 
     HOME/exchange/evidence.db   every signed request received (signing.py)
     HOME/exchange/sync.db       the sync agent's cursor, metadata keys and jobs (sync/store.py)
+    HOME/custody.db             other members' sealed replicas kept here (node/custody.py)
+    HOME/keys/backup.key        seals this hospital's replicas at its peers (replicator.py)
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from medledger.exchange.client import Directory, ExchangeClient
 from medledger.exchange.events import EventStream
 from medledger.exchange.gateway import Gateway, create_app
 from medledger.exchange.policy import AuthorizeFn, Policy
+from medledger.exchange.replicator import Replicator
 from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
 from medledger.exchange.sync import SyncAgent, SyncStore
+from medledger.node.custody import CustodyStore
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -52,8 +56,15 @@ class HospitalExchange:
         self.store = SyncStore(folder / "sync.db", node.config.box_key())
         self.client = ExchangeClient(node, directory=self.directory)
         self.agent = SyncAgent(node, vault, self.client, self.policy, self.store, workers)
+        self.replicator = Replicator(node, vault, self.client)
+        self.custody = CustodyStore(home / "custody.db")
         self.gateway = Gateway(
-            node, vault, self.evidence, self.policy, on_delivery=self.agent.receive_delivery
+            node,
+            vault,
+            self.evidence,
+            self.policy,
+            on_delivery=self.agent.receive_delivery,
+            custody=self.custody,
         )
         self.events = EventStream(node, vault, self.policy)
         self.app = create_app(self.gateway, self.events)
@@ -77,6 +88,7 @@ class HospitalExchange:
         self.directory.set(self.org, self.server.url)
         if sync:
             self.agent.start()
+            self.replicator.start()
         self._started = True
         log.info("%s gateway on %s", self.org, self.server.url)
         return self
@@ -84,10 +96,12 @@ class HospitalExchange:
     def stop(self) -> None:
         self.events.stop()
         self.agent.stop()
+        self.replicator.stop()
         self.server.stop()
         self.client.close()
         self.evidence.close()
         self.store.close()
+        self.custody.close()
         self._started = False
 
     def __enter__(self) -> HospitalExchange:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ class Node:
         self.app = app
         self.engine = engine
         self.org_key = config.org_key()
+        # Set by the running exchange (exchange/replicator.py): drop items at the replica
+        # peers now, -> (peers that signed a receipt, peers still pending). None: offline.
+        self.replica_drop: Callable[[list[str]], tuple[list[str], list[str]]] | None = None
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
         self._owner = True  # siblings share the engine and leave closing it to the owner

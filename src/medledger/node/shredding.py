@@ -1,8 +1,11 @@
 """Crypto-shredding a patient at one hospital, and carrying out an erasure request.
 
 `shred` is the mechanism: destroy the patient's key in the vault (constant time: from then on
-nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), attest it on
-the chain with `records.shredded`, then purge the ciphertexts.
+nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), drop the
+replica of that wrapped key at every replica peer (signed receipts; a peer that is down gets
+the drop from the replication journal when it returns), attest it on the chain with
+`records.shredded` naming the peers that dropped it and those pending, then purge the
+ciphertexts (whose drops follow through the journal).
 
 `shred_copies` shreds only the copies held of other hospitals' records (their key sets, see
 vault/keys.py), apart from this hospital's own records, and attests with the vault's receipt
@@ -26,7 +29,9 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
+from medledger.node.replicas import drop_erased
 from medledger.vault import Vault
+from medledger.vault.replication import item_name
 
 MAX_REASON = 500
 
@@ -49,13 +54,18 @@ class ErasureOutcome:
 
 
 def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
+    since = vault.journal_head()
     receipt = vault.erase(pid)
+    # The wrapped key goes from the replica peers too; the attestation names who confirmed.
+    dropped, pending = drop_erased(node, vault, since, (item_name("key", pid),))
     committed = node.wallet.send_message(
         Shredded(
             pid=pid,
             digest=receipt.digest,
             records=receipt.records_shredded,
             copies=receipt.copies_shredded,
+            replicas_dropped=dropped,
+            replicas_pending=pending,
         )
     )
     purged = vault.purge_pending()
@@ -71,9 +81,17 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
 def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResult:
     """Shred every copy held of other custodians' records of the patient, keep the own
     records, and attest erasure request `request` with the receipt's digest."""
+    since = vault.journal_head()
     receipt = vault.erase_copies(pid)
+    dropped, pending = drop_erased(node, vault, since)  # the copies' key sets
     committed = node.wallet.send_message(
-        erasure.Attest(request=request, digest=receipt.digest, records=receipt.copies_shredded)
+        erasure.Attest(
+            request=request,
+            digest=receipt.digest,
+            records=receipt.copies_shredded,
+            replicas_dropped=dropped,
+            replicas_pending=pending,
+        )
     )
     purged = vault.purge_pending()
     return ShredResult(pid, 0, receipt.copies_shredded, committed.height, purged.rows_deleted)

@@ -10,7 +10,7 @@ database does its own way.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from medledger.vault.models import (
     CopyErasureRow,
@@ -244,4 +244,41 @@ class Backend(Protocol):
         transaction; returns False if the database could not complete it now
         (e.g. a reader holds an old snapshot), in which case a later purge retries.
         """
+        ...
+
+    # -- replication journal: every write above notes the item it changed (replication.py)
+    def journal_head(self) -> int:
+        """The last change's sequence number (0: none)."""
+        ...
+
+    def changes(self, after: int, limit: int) -> list[tuple[int, str, float]]:
+        """(seq, item name, time) of the changes after `after`, oldest first."""
+        ...
+
+    def lag(self, after: int) -> tuple[int, float | None]:
+        """How many changes follow `after`, and the time of the oldest."""
+        ...
+
+    def prune_journal(self, upto: int) -> None:
+        """Forget the changes up to `upto`."""
+        ...
+
+    def replica_peers(self) -> dict[str, tuple[int, float, int]]:
+        """peer -> (last sequence acknowledged, when, bytes held there)."""
+        ...
+
+    def set_replica_peer(self, peer: str, acked_seq: int, acked_at: float, held: int) -> None:
+        """Record what `peer` acknowledged."""
+        ...
+
+    def item_names(self) -> list[str]:
+        """Every replicated item held now."""
+        ...
+
+    def read_item(self, name: str) -> dict[str, list[list[Any]]] | None:
+        """An item's rows by table; None once deleted."""
+        ...
+
+    def write_item(self, name: str, content: dict[str, list[list[Any]]]) -> None:
+        """Write an item's rows (a restore into a fresh vault)."""
         ...

@@ -26,6 +26,7 @@ from medledger.vault.sql import SQLBackend
 # Advisory-lock namespaces (first int of pg_advisory_xact_lock(int, int)).
 _LOCK_SCHEMA = 0x6D6C0001
 _LOCK_RID = 0x6D6C0002
+_LOCK_JOURNAL = 0x6D6C0003
 
 
 class PostgresDialect:
@@ -40,6 +41,7 @@ class PostgresDialect:
         "blob": "BYTEA",
         "bool": "BOOLEAN",
         "real": "DOUBLE PRECISION",
+        "serial": "BIGSERIAL PRIMARY KEY",
         "strict": "",
     }
     for_update = " FOR UPDATE"
@@ -71,6 +73,9 @@ class PostgresDialect:
     def lock_rid(self, rid: str) -> None:
         # Serialise concurrent puts of one rid (whatever their pid) until commit.
         self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_RID, rid))
+
+    def lock_journal(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_JOURNAL,))
 
     def compact(self) -> bool:
         self.conn.execute("VACUUM patient_keys, key_sets, records")

@@ -15,6 +15,7 @@ as 0/1 in its INTEGER columns) and decoded with bool().
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from medledger.vault.models import (
     RidState,
     SetRow,
 )
+from medledger.vault.replication import item_name, parse_item_name
 
 
 class Cursor(Protocol):
@@ -53,7 +55,8 @@ class Dialect(Protocol):
     # Literals and column types substituted into the schema and the queries.
     true: str
     false: str
-    types: dict[str, str]  # keys: int, blob, bool, real, strict (a table suffix)
+    types: dict[str, str]  # keys: int, blob, bool, real, serial (a rising primary key),
+    #                        strict (a table suffix)
     for_update: str  # appended to a SELECT that must hold its rows ("" where a
     #                  transaction already holds the database's write lock)
     meta_exists: str  # a query returning a row iff the meta table exists
@@ -82,6 +85,11 @@ class Dialect(Protocol):
 
     def lock_rid(self, rid: str) -> None:
         """Serialise puts of one rid until the transaction ends."""
+        ...
+
+    def lock_journal(self) -> None:
+        """Serialise writers of the replication journal until the transaction ends, so that
+        its sequence numbers commit in order (a reader never skips one committed late)."""
         ...
 
     def compact(self) -> bool:
@@ -175,6 +183,17 @@ CREATE TABLE IF NOT EXISTS provisional_units (
     claim      {blob},
     records    {blob} NOT NULL,
     updated_at {real} NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS replication_journal (
+    seq  {serial},
+    item TEXT NOT NULL,
+    at   {real} NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS replica_peers (
+    peer      TEXT PRIMARY KEY,
+    acked_seq {int} NOT NULL,
+    acked_at  {real} NOT NULL,
+    held      {int} NOT NULL
 ){strict};
 """
 
@@ -291,6 +310,8 @@ class SQLBackend:
             ),
             (row.pid, row.generation, row.wrapped, row.n_records, row.n_copies, row.manifest),
         )
+        if cur.rowcount == 1:
+            self._changed(item_name("key", row.pid))
         return cur.rowcount == 1
 
     def update_key_counters(
@@ -301,11 +322,13 @@ class SQLBackend:
             "WHERE pid = ? AND generation = ?",
             (n_records, n_copies, manifest, pid, generation),
         )
+        self._changed(item_name("key", pid))
 
     def delete_key(self, pid: str, generation: int) -> bool:
         cur = self._run(
             "DELETE FROM patient_keys WHERE pid = ? AND generation = ?", (pid, generation)
         )
+        self._changed(item_name("key", pid))
         return cur.rowcount == 1
 
     # ------------------------------------------------------------ key sets
@@ -349,6 +372,8 @@ class SQLBackend:
                 row.manifest,
             ),
         )
+        if cur.rowcount == 1:
+            self._changed(item_name("set", row.kid))
         return cur.rowcount == 1
 
     def update_set_counters(self, kid: str, n_records: int, manifest: bytes) -> None:
@@ -356,12 +381,17 @@ class SQLBackend:
             "UPDATE key_sets SET n_records = ?, manifest = ? WHERE kid = ?",
             (n_records, manifest, kid),
         )
+        self._changed(item_name("set", kid))
 
     def delete_set(self, kid: str) -> bool:
         cur = self._run("DELETE FROM key_sets WHERE kid = ?", (kid,))
+        self._changed(item_name("set", kid))
         return cur.rowcount == 1
 
     def delete_sets(self, pid: str, generation: int) -> None:
+        self._changed_rows(
+            "set", "SELECT kid FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation)
+        )
         self._run("DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation))
 
     def insert_copy_erasure(self, row: CopyErasureRow) -> None:
@@ -378,6 +408,7 @@ class SQLBackend:
                 row.purged,
             ),
         )
+        self._changed(item_name("copy-erasure", row.kid))
 
     def copy_erasures(
         self, pid: str, generation: int, custodian: str | None
@@ -423,6 +454,7 @@ class SQLBackend:
                 row.purged,
             ),
         )
+        self._changed(item_name("erasure", row.pid, row.generation))
 
     # ------------------------------------------------------------- records
 
@@ -464,6 +496,8 @@ class SQLBackend:
                 row.kid,
             ),
         )
+        if cur.rowcount == 1:
+            self._changed(item_name("record", row.rid, row.version))
         return cur.rowcount == 1
 
     def fetch_record(
@@ -507,6 +541,7 @@ class SQLBackend:
             "ciphertext, salt_ct, kid, NULL, NULL",
             (rid, version),
         )
+        self._changed(item_name("record", rid, version))
         return None if row is None else record_from_row(row)[0]
 
     # ------------------------------------------------------------- aliases
@@ -517,6 +552,7 @@ class SQLBackend:
         )
         for row in rows:
             self._run(statement, row)
+        self._changed(*(item_name("record", rid, version) for _, rid, version, _ in rows))
 
     def find_aliases(self, aliases: list[bytes]) -> list[tuple[bytes, str]]:
         found: list[tuple[bytes, str]] = []
@@ -532,6 +568,7 @@ class SQLBackend:
 
     def delete_aliases(self, rid: str, version: int) -> None:
         self._run("DELETE FROM aliases WHERE rid = ? AND version = ?", (rid, version))
+        self._changed(item_name("record", rid, version))
 
     # -------------------------------------------------------- provisional
 
@@ -540,12 +577,14 @@ class SQLBackend:
             f"INSERT INTO provisional_units ({_PROVISIONAL_COLS}) VALUES (?, NULL, ?, ?)",
             (unit, records, updated_at),
         )
+        self._changed(item_name("unit", unit))
 
     def set_provisional_claim(self, unit: str, claim: bytes, updated_at: float) -> bool:
         cur = self._run(
             "UPDATE provisional_units SET claim = ?, updated_at = ? WHERE unit = ?",
             (claim, updated_at, unit),
         )
+        self._changed(item_name("unit", unit))
         return cur.rowcount == 1
 
     def lock_provisional(self, unit: str) -> ProvisionalUnit | None:
@@ -558,9 +597,11 @@ class SQLBackend:
 
     def forget_shredded(self, rid: str) -> None:
         self._run("DELETE FROM shredded_rids WHERE rid = ?", (rid,))
+        self._changed(item_name("shredded", rid))
 
     def delete_provisional(self, unit: str) -> bool:
         cur = self._run("DELETE FROM provisional_units WHERE unit = ?", (unit,))
+        self._changed(item_name("unit", unit))
         return cur.rowcount == 1
 
     def list_provisional(self) -> list[ProvisionalUnit]:
@@ -579,6 +620,16 @@ class SQLBackend:
         return [(str(r[0]), int(r[1])) for r in rows]
 
     def purge(self, pid: str, generation: int) -> int:
+        self._changed_purged("pid = ? AND generation = ?", (pid, generation))
+        self._changed_rows(
+            "set", "SELECT kid FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation)
+        )
+        self._changed_rows(
+            "copy-erasure",
+            "SELECT kid FROM copy_erasures WHERE pid = ? AND generation = ?",
+            (pid, generation),
+        )
+        self._changed(item_name("erasure", pid, generation))
         self._run(
             "DELETE FROM aliases WHERE pid = ? AND rid IN "
             "(SELECT rid FROM records WHERE pid = ? AND generation = ?)",
@@ -609,6 +660,8 @@ class SQLBackend:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def purge_set(self, kid: str) -> int:
+        self._changed_purged("kid = ?", (kid,))
+        self._changed(item_name("copy-erasure", kid))
         self._run(
             "DELETE FROM aliases WHERE rid IN (SELECT rid FROM records WHERE kid = ?)", (kid,)
         )
@@ -626,6 +679,123 @@ class SQLBackend:
     def compact(self) -> bool:
         with self._lock:
             return self.dialect.compact()
+
+    # ------------------------------------------------- replication journal
+    # Every write above notes the replicated item it changed (vault/replication.py names them)
+    # in `replication_journal`, in the same transaction: a change committed is a change to
+    # send, whatever crashes after. The replicator reads the item's rows when it sends it.
+
+    def _changed(self, *items: str) -> None:
+        if not items:
+            return
+        self.dialect.lock_journal()
+        now = time.time()
+        for item in dict.fromkeys(items):
+            self._run("INSERT INTO replication_journal (item, at) VALUES (?, ?)", (item, now))
+
+    def _changed_rows(self, kind: str, query: str, params: Sequence[Any]) -> None:
+        self._changed(*(item_name(kind, *row) for row in self._all(query, params)))
+
+    def _changed_purged(self, where: str, params: Sequence[Any]) -> None:
+        """The records a purge deletes, and the tombstones it writes for their rids."""
+        rows = self._all(f"SELECT rid, version FROM records WHERE {where}", params)
+        self._changed(
+            *(item_name("record", rid, int(version)) for rid, version in rows),
+            *(item_name("shredded", rid) for rid, _ in rows),
+        )
+
+    def journal_head(self) -> int:
+        """The last sequence number written (0: none)."""
+        row = self._one("SELECT MAX(seq) FROM replication_journal")
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def changes(self, after: int, limit: int) -> list[tuple[int, str, float]]:
+        """(seq, item, time) of the changes after `after`, oldest first."""
+        rows = self._all(
+            "SELECT seq, item, at FROM replication_journal WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def lag(self, after: int) -> tuple[int, float | None]:
+        """How many changes follow `after`, and when the oldest of them was written."""
+        row = self._one("SELECT COUNT(*), MIN(at) FROM replication_journal WHERE seq > ?", (after,))
+        return int(row[0]), None if row[1] is None else float(row[1])
+
+    def prune_journal(self, upto: int) -> None:
+        """Forget the changes every replica peer has acknowledged."""
+        self._run("DELETE FROM replication_journal WHERE seq <= ?", (upto,))
+
+    def replica_peers(self) -> dict[str, tuple[int, float, int]]:
+        """peer -> (last sequence acknowledged, when, bytes held there)."""
+        rows = self._all("SELECT peer, acked_seq, acked_at, held FROM replica_peers")
+        return {str(r[0]): (int(r[1]), float(r[2]), int(r[3])) for r in rows}
+
+    def set_replica_peer(self, peer: str, acked_seq: int, acked_at: float, held: int) -> None:
+        self._run("DELETE FROM replica_peers WHERE peer = ?", (peer,))
+        self._run(
+            "INSERT INTO replica_peers (peer, acked_seq, acked_at, held) VALUES (?, ?, ?, ?)",
+            (peer, acked_seq, acked_at, held),
+        )
+
+    def item_names(self) -> list[str]:
+        """Every replicated item the vault holds now (a new peer's first full copy)."""
+        names: list[str] = []
+        for kind, (table, key, _) in ((k, t[0]) for k, t in _ITEM_TABLES.items()):
+            rows = self._all(f"SELECT DISTINCT {', '.join(key)} FROM {table}")
+            names += [item_name(kind, *row) for row in rows]
+        return names
+
+    def read_item(self, name: str) -> dict[str, list[list[Any]]] | None:
+        """The rows of a replicated item, {table: [row]}; None when it no longer exists."""
+        kind, key = parse_item_name(name)
+        out: dict[str, list[list[Any]]] = {}
+        for i, (table, key_cols, cols) in enumerate(_ITEM_TABLES[kind]):
+            where = " AND ".join(f"{c} = ?" for c in key_cols)
+            rows = self._all(f"SELECT {cols} FROM {table} WHERE {where}", key)
+            if i == 0 and not rows:
+                return None
+            out[table] = [[_plain(v) for v in row] for row in rows]
+        return out
+
+    def write_item(self, name: str, content: dict[str, list[list[Any]]]) -> None:
+        """Write a replicated item's rows into this (fresh) vault: a restore."""
+        kind, _ = parse_item_name(name)
+        for table, _key, cols in _ITEM_TABLES[kind]:
+            n = len(cols.split(","))
+            statement = self.dialect.insert_or_ignore(
+                f"{table} ({cols}) VALUES ({', '.join('?' * n)})", ""
+            )
+            for row in content.get(table, []):
+                if len(row) != n:
+                    raise ValueError(f"item {kind}: {table} row of {len(row)} columns, not {n}")
+                self._run(statement, row)
+
+
+#: Each kind of replicated item: (table, key columns, columns) of the rows it carries; the
+#: first table's row is the item (absent: the item is deleted). A record carries its aliases.
+_ITEM_TABLES: dict[str, tuple[tuple[str, tuple[str, ...], str], ...]] = {
+    "key": (("patient_keys", ("pid",), _KEY_COLS),),
+    "set": (("key_sets", ("kid",), _SET_COLS),),
+    "copy-erasure": (("copy_erasures", ("kid",), _COPY_ERASURE_COLS),),
+    "erasure": (("erasures", ("pid", "generation"), _ERASURE_COLS),),
+    "record": (
+        (
+            "records",
+            ("rid", "version"),
+            "rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
+            "ciphertext, salt_ct, kid",
+        ),
+        ("aliases", ("rid", "version"), "alias, rid, version, pid"),
+    ),
+    "shredded": (("shredded_rids", ("rid",), "rid, pid"),),
+    "unit": (("provisional_units", ("unit",), _PROVISIONAL_COLS),),
+}
+
+
+def _plain(value: Any) -> Any:
+    """A column value as CBOR carries it (memoryview from PostgreSQL -> bytes)."""
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 # ------------------------------------------------------------------ row decoding

@@ -35,6 +35,7 @@ class SQLiteDialect:
         "blob": "BLOB",
         "bool": "INTEGER",
         "real": "REAL",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "strict": " STRICT",
     }
     # BEGIN IMMEDIATE already holds the database's write lock, which serialises writers.
@@ -84,6 +85,9 @@ class SQLiteDialect:
 
     def lock_rid(self, rid: str) -> None:
         """BEGIN IMMEDIATE already excludes other writers."""
+
+    def lock_journal(self) -> None:
+        pass  # BEGIN IMMEDIATE holds the write lock already
 
     def compact(self) -> bool:
         busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -743,6 +743,16 @@ class Vault:
             row, keys = self._fetch(rid, version)
         return open_record(keys, self._ctx(row), row.nonce, row.ciphertext)
 
+    def get_with_salt(self, rid: str, version: int) -> tuple[bytes, bytes]:
+        """A record version's bytes and its commitment salt, read and unwrapped once (a
+        restore checks thousands against the chain)."""
+        with self._lock:
+            row, keys = self._fetch(rid, version)
+        ctx = self._ctx(row)
+        data = open_record(keys, ctx, row.nonce, row.ciphertext)
+        salt = keys.salt(rid, version) if row.salt_ct is None else open_salt(keys, ctx, row.salt_ct)
+        return data, salt
+
     def info(self, rid: str, version: int | None = None) -> RecordInfo:
         """The clear attributes of a record version (latest by default), without decrypting."""
         with self._lock:
@@ -795,6 +805,52 @@ class Vault:
                     raise PatientErased(pid)
                 raise UnknownPatient(pid)
         return self._keys(pid, key.generation, key.wrapped).metadata_key
+
+    # -- replication (vault/replication.py; the replicator and restore use these) ----------
+    def journal_head(self) -> int:
+        """The last change's sequence number in the replication journal (0: none)."""
+        with self._lock:
+            return self._backend.journal_head()
+
+    def changes(self, after: int, limit: int = 1000) -> list[tuple[int, str, float]]:
+        """(seq, item name, time) of the changes after `after`, oldest first."""
+        with self._lock:
+            return self._backend.changes(after, limit)
+
+    def replication_lag(self, after: int) -> tuple[int, float | None]:
+        """How many changes follow `after`, and the time of the oldest of them."""
+        with self._lock:
+            return self._backend.lag(after)
+
+    def prune_journal(self, upto: int) -> None:
+        """Forget the changes up to `upto` (every replica peer acknowledged them)."""
+        with self._lock, self._backend.transaction():
+            self._backend.prune_journal(upto)
+
+    def replica_peers(self) -> dict[str, tuple[int, float, int]]:
+        """peer -> (last change acknowledged, when (epoch s), bytes it holds of ours)."""
+        with self._lock:
+            return self._backend.replica_peers()
+
+    def set_replica_peer(self, peer: str, acked_seq: int, acked_at: float, held: int) -> None:
+        with self._lock, self._backend.transaction():
+            self._backend.set_replica_peer(peer, acked_seq, acked_at, held)
+
+    def item_names(self) -> list[str]:
+        """Every replicated item held now (for a peer's first full copy)."""
+        with self._lock:
+            return self._backend.item_names()
+
+    def read_items(self, names: list[str]) -> dict[str, dict[str, list[list[Any]]] | None]:
+        """Each item's rows ({table: [row]}), None for an item deleted since."""
+        with self._lock:
+            return {name: self._backend.read_item(name) for name in names}
+
+    def write_items(self, items: dict[str, dict[str, list[list[Any]]]]) -> None:
+        """Write restored items' rows, all in one transaction (a fresh vault: restore)."""
+        with self._lock, self._backend.transaction():
+            for name, rows in items.items():
+                self._backend.write_item(name, rows)
 
     def patients(self) -> list[str]:
         """Pids with live (not erased) key material, sorted."""

@@ -1,0 +1,210 @@
+"""The replicator: this hospital's vault changes, sealed, to its replica peers' custody stores.
+
+A thread of the running node (started with the sync agent). Every `interval` it compares the
+vault's replication journal (written in the same transaction as each change, vault/sql.py)
+with what each replica peer (node/replicas.py's `replica_peers`) acknowledged, reads the items
+changed since, seals them (vault/replication.py) and sends them with `custody-put`; an item
+deleted since becomes a `custody-drop`. A peer's acknowledged sequence moves only once the
+peer answered, so a peer that is down is retried on the next round and catches up when it
+returns (a crash of this node loses nothing either: the journal and the cursors are in the
+vault). A peer seen for the first time gets a full copy, and loses the replica items it held
+that the vault no longer has. The journal is pruned up to what every replica peer has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from medledger.exchange.client import ExchangeClient, ExchangeError
+from medledger.node.custody import MAX_ITEMS, Item
+from medledger.node.replicas import ensure_backup_key, replica_peers
+from medledger.vault.replication import ReplicaKeys
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+    from medledger.vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: Changes read from the journal per round and peer; blob bytes per custody-put.
+CHANGES_PER_ROUND = 5000
+PUT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PeerFailure:
+    peer: str
+    reason: str
+    since: float
+
+
+class Replicator:
+    """Sends one hospital's vault changes to its replica peers; see the module's doc."""
+
+    def __init__(
+        self, node: Node, vault: Vault, client: ExchangeClient, *, interval: float = 0.5
+    ) -> None:
+        self.node = node
+        self.vault = vault
+        self.client = client
+        self.org = node.config.org
+        self.interval = interval
+        self.keys = ReplicaKeys(ensure_backup_key(node.config.home), self.org)
+        self.failures: dict[str, PeerFailure] = {}
+        #: Seconds from a change's commit in the vault to a peer's acknowledgement, per change
+        #: and peer (the latest ones; `medledger bench replicas` reads them).
+        self.lags: deque[float] = deque(maxlen=100_000)
+        self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
+        self._last_version = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Replicator:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"replicator-{self.org}")
+        self._thread.daemon = True
+        self._thread.start()
+        self.node.replica_drop = self.drop_now
+        return self
+
+    def stop(self) -> None:
+        self.node.replica_drop = None
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Run a round now (tests, after an ingestion) rather than at the next interval."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception:  # noqa: BLE001 - the next round retries; the node goes on
+                log.exception("%s: replication round failed", self.org)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    # -- a round ------------------------------------------------------------------------------
+    def peers(self) -> list[str]:
+        return replica_peers(self.node.engine, self.org)
+
+    def sync(self) -> None:
+        """One round: every replica peer brought up to the journal's head (or tried)."""
+        peers = self.peers()
+        for peer in peers:
+            try:
+                while self.sync_peer(peer):
+                    pass
+                self.failures.pop(peer, None)
+            except ExchangeError as exc:
+                if peer not in self.failures:
+                    log.warning("%s: replica peer %s: %s", self.org, peer, exc.reason)
+                    self.failures[peer] = PeerFailure(peer, exc.reason, time.time())
+        acked = self.vault.replica_peers()
+        if peers and all(p in acked for p in peers):
+            self.vault.prune_journal(min(acked[p][0] for p in peers))
+
+    def sync_peer(self, peer: str) -> bool:
+        """Send `peer` what it has not acknowledged; True when more changes are waiting."""
+        with self._send_lock:
+            state = self.vault.replica_peers().get(peer)
+            if state is None:
+                head = self.vault.journal_head()  # read first: later changes are sent later
+                names = self.vault.item_names()
+                held = self._send(peer, names)
+                held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, held)
+                self.vault.set_replica_peer(peer, head, time.time(), held)
+                return False
+            acked, _, held = state
+            changes = self.vault.changes(acked, CHANGES_PER_ROUND)
+            if not changes:
+                return False
+            names = list(dict.fromkeys(name for _, name, _ in changes))
+            held = self._send(peer, names, held)
+            now = time.time()
+            self.vault.set_replica_peer(peer, changes[-1][0], now, held)
+            self.lags.extend(now - at for _, _, at in changes)
+            return len(changes) == CHANGES_PER_ROUND
+
+    def _version(self) -> int:
+        """A version that rises with every item sealed here (microseconds of the clock)."""
+        self._last_version = max(self._last_version + 1, int(time.time() * 1_000_000))
+        return self._last_version
+
+    def _send(self, peer: str, names: list[str], held: int = 0) -> int:
+        """Seal and put the items that exist, drop those deleted; returns the bytes held."""
+        for chunk in _chunks(names, MAX_ITEMS):
+            contents = self.vault.read_items(chunk)
+            puts: list[Item] = []
+            size = 0
+            drops: list[str] = []
+            for name, rows in contents.items():
+                if rows is None:
+                    drops.append(self.keys.item_id(name))
+                    continue
+                sealed = self.keys.seal(name, rows, self._version())
+                if puts and size + len(sealed.blob) > PUT_BYTES:
+                    held = self.client.custody_put(peer, puts)
+                    puts, size = [], 0
+                puts.append(Item(sealed.id, sealed.version, sealed.sha256, sealed.blob))
+                size += len(sealed.blob)
+            if puts:
+                held = self.client.custody_put(peer, puts)
+            if drops:
+                self._record_receipt(peer, drops, self.client.custody_drop(peer, drops))
+        return held
+
+    def _drop_strays(self, peer: str, ours: set[str], held: int) -> int:
+        """Replica items at `peer` that this vault no longer has (a restored vault's first
+        round). Only replica ids (64 hex): other items, such as escrow shares, stay."""
+        listed, held = self.client.custody_list(peer)
+        strays = [i.id for i in listed if len(i.id) == 64 and i.id not in ours]
+        for chunk in _chunks(strays, MAX_ITEMS):
+            self._record_receipt(peer, chunk, self.client.custody_drop(peer, chunk))
+            held = self.client.custody_list(peer)[1]
+        return held
+
+    def drop_now(self, ids: list[str]) -> tuple[list[str], list[str]]:
+        """Drop items at every replica peer at once (an erased patient's wrapped key):
+        (peers whose signed receipt came back, peers that did not answer)."""
+        dropped, pending = [], []
+        for peer in self.peers():
+            try:
+                self._record_receipt(peer, ids, self.client.custody_drop(peer, ids))
+                dropped.append(peer)
+            except ExchangeError as exc:
+                log.warning("%s: drop at %s pending: %s", self.org, peer, exc.reason)
+                pending.append(peer)
+        return dropped, pending
+
+    def _record_receipt(self, peer: str, ids: list[str], receipt: bytes) -> None:
+        """Keep each holder's signed drop receipt (opaque ids only) as evidence."""
+        self._receipts.parent.mkdir(parents=True, exist_ok=True)
+        line = {"time": time.time(), "holder": peer, "ids": ids, "receipt": receipt.hex()}
+        with open(self._receipts, "ab") as out:
+            out.write(orjson.dumps(line) + b"\n")
+
+
+def _chunks(names: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(names), n):
+        yield names[i : i + n]
+
+
+def receipts_path(home: Path) -> Path:
+    return home / "replicas" / "drop-receipts.jsonl"

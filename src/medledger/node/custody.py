@@ -1,0 +1,242 @@
+"""What this hospital keeps for other members: their sealed vault replicas and key shares.
+
+`<home>/custody.db` is a SQLite file apart from the vault: a blob held here never enters this
+hospital's vault, its index or its API, so a peer can neither read it (it has no key: the
+owner sealed it under its backup key, see vault/replication.py) nor present it as a record
+of its own. Each item is `(owner, item id, blob, sha256, size, version)`; the owner is always
+the authenticated caller (the gateway passes it), so one member can never read, replace or
+drop another's items. Usage is counted per owner and bounded by the consortium parameter
+`custody_quota_mb`.
+
+Item ids are opaque to the holder (an HMAC for replicas; a reserved prefix for escrow shares).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+
+#: An item id: lowercase letters, digits and `._:-`, at most 128 characters.
+ITEM_ID = re.compile(r"[0-9a-z][0-9a-z._:-]{0,127}")
+#: Largest blob one item may hold.
+MAX_ITEM_BYTES = 16 * 1024 * 1024
+#: Items one call may name (put, drop, get) and one listing page may return.
+MAX_ITEMS = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    owner   TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sha256  BLOB NOT NULL,
+    size    INTEGER NOT NULL,
+    blob    BLOB NOT NULL,
+    PRIMARY KEY (owner, id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS usage (
+    owner TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    items INTEGER NOT NULL
+) STRICT;
+"""
+
+
+class CustodyRefused(ValueError):
+    """A put, drop or get that cannot be done; the message names the item and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Item:
+    """One blob as its owner sent it."""
+
+    id: str
+    version: int
+    sha256: bytes
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What a listing says of an item (never its blob)."""
+
+    id: str
+    version: int
+    sha256: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    bytes: int
+    items: int
+
+
+DROP_RECEIPT_LABEL = "medledger/custody-drop/v1"
+
+
+def drop_receipt_message(holder: str, owner: str, ids: list[str]) -> bytes:
+    """What a holder signs (Ed25519, its hospital key) when it deletes `owner`'s items:
+    canonical CBOR of the label, holder, owner and the sorted ids."""
+    return cbor2.dumps([DROP_RECEIPT_LABEL, holder, owner, sorted(set(ids))], canonical=True)
+
+
+def check_item_id(value: object, where: str) -> str:
+    """The id, or a refusal naming `where`."""
+    if not isinstance(value, str) or ITEM_ID.fullmatch(value) is None:
+        raise CustodyRefused(
+            400, f"{where}: bad item id (1 to 128 of lowercase letters, digits, '._:-')"
+        )
+    return value
+
+
+class CustodyStore:
+    """The custody file of one hospital. Thread-safe (one connection under a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def usage(self, owner: str) -> Usage:
+        with self._lock:
+            return self._usage(owner)
+
+    def _usage(self, owner: str) -> Usage:
+        row = self._db.execute(
+            "SELECT bytes, items FROM usage WHERE owner = ?", (owner,)
+        ).fetchone()
+        return Usage(0, 0) if row is None else Usage(int(row[0]), int(row[1]))
+
+    def put(self, owner: str, items: list[Item], quota_bytes: int) -> Usage:
+        """Store (or replace) the owner's items, all or none: each is checked (id, size, the
+        sha256 its owner stated) and the owner's usage must stay within `quota_bytes`."""
+        if len(items) > MAX_ITEMS:
+            raise CustodyRefused(413, f"items: {len(items)} in one call, at most {MAX_ITEMS}")
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            check_item_id(item.id, f"items[{i}].id")
+            if item.id in seen:
+                raise CustodyRefused(400, f"items[{i}].id: {item.id} named twice")
+            seen.add(item.id)
+            if len(item.blob) > MAX_ITEM_BYTES:
+                raise CustodyRefused(
+                    413, f"items[{i}].blob: {len(item.blob)} bytes, at most {MAX_ITEM_BYTES}"
+                )
+            if hashlib.sha256(item.blob).digest() != item.sha256:
+                raise CustodyRefused(400, f"items[{i}].sha256: does not match the blob sent")
+            if item.version < 0:
+                raise CustodyRefused(400, f"items[{i}].version: must be at least 0")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._usage(owner)
+                held = self._sizes(owner, [item.id for item in items])
+                new_bytes = before.bytes + sum(
+                    len(item.blob) - held.get(item.id, 0) for item in items
+                )
+                new_items = before.items + sum(1 for item in items if item.id not in held)
+                if new_bytes > quota_bytes:
+                    raise CustodyRefused(
+                        507,
+                        f"over quota: {owner} would hold {new_bytes} bytes here, the "
+                        f"consortium's custody_quota_mb allows {quota_bytes}",
+                    )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO items (owner, id, version, sha256, size, blob) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(owner, it.id, it.version, it.sha256, len(it.blob), it.blob) for it in items],
+                )
+                self._set_usage(owner, new_bytes, new_items)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return Usage(new_bytes, new_items)
+
+    def drop(self, owner: str, ids: list[str]) -> tuple[list[str], list[str]]:
+        """Delete the owner's items named; returns (dropped, absent)."""
+        if len(ids) > MAX_ITEMS:
+            raise CustodyRefused(413, f"ids: {len(ids)} in one call, at most {MAX_ITEMS}")
+        for i, item_id in enumerate(ids):
+            check_item_id(item_id, f"ids[{i}]")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                held = self._sizes(owner, ids)
+                self._db.executemany(
+                    "DELETE FROM items WHERE owner = ? AND id = ?", [(owner, i) for i in held]
+                )
+                before = self._usage(owner)
+                self._set_usage(owner, before.bytes - sum(held.values()), before.items - len(held))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        dropped = sorted(held)
+        return dropped, sorted(set(ids) - held.keys())
+
+    def listing(self, owner: str, after: str = "", limit: int = MAX_ITEMS) -> list[ItemInfo]:
+        """The owner's items in id order, after `after`, at most `limit`."""
+        limit = max(1, min(limit, MAX_ITEMS))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, version, sha256, size FROM items WHERE owner = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (owner, after, limit),
+            ).fetchall()
+        return [ItemInfo(str(r[0]), int(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def get(self, owner: str, ids: Iterable[str]) -> list[Item]:
+        """The owner's items named that are held here (absent ones are left out)."""
+        out: list[Item] = []
+        with self._lock:
+            for item_id in ids:
+                row = self._db.execute(
+                    "SELECT version, sha256, blob FROM items WHERE owner = ? AND id = ?",
+                    (owner, item_id),
+                ).fetchone()
+                if row is not None:
+                    out.append(Item(item_id, int(row[0]), bytes(row[1]), bytes(row[2])))
+        return out
+
+    def owners(self) -> dict[str, Usage]:
+        """Whose items this hospital holds, and how much."""
+        with self._lock:
+            rows = self._db.execute("SELECT owner, bytes, items FROM usage ORDER BY owner")
+            return {str(r[0]): Usage(int(r[1]), int(r[2])) for r in rows.fetchall()}
+
+    def _sizes(self, owner: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for item_id in ids:
+            row = self._db.execute(
+                "SELECT size FROM items WHERE owner = ? AND id = ?", (owner, item_id)
+            ).fetchone()
+            if row is not None:
+                found[item_id] = int(row[0])
+        return found
+
+    def _set_usage(self, owner: str, n_bytes: int, n_items: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO usage (owner, bytes, items) VALUES (?, ?, ?)",
+            (owner, n_bytes, n_items),
+        )

@@ -1,0 +1,416 @@
+"""A hospital's vault replicated at peers, and rebuilt from them after a loss.
+
+Which peers: `replica_peers` picks `backup_replicas` (consortium parameter, default 2) other
+members by rendezvous hashing of (owner, member), so every node computes the same answer from
+the chain, and a member joining or leaving moves only the replicas it takes or held.
+
+What travels: vault/replication.py (opaque ids, AES-GCM blobs under `keys/backup.key`, padded
+to power-of-two sizes). The replicator that sends changes runs in the exchange
+(exchange/replicator.py); `restore_vault` is the way back: it pulls every item from the peers,
+checks each copy (the sha256 the peer states, the AES-GCM tag, the name inside), takes a good
+copy from another peer when one is bad and names the peer that served the bad one, rebuilds
+the vault in a fresh file, checks every restored record against its commitment on the chain,
+and moves the file into place only when all of that is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from medledger.contracts import governance, queries
+from medledger.contracts.queries import Queryable
+from medledger.host.secretfile import SecretFileExists, read_hex_secret, write_secret
+from medledger.ledger.store import StateView
+from medledger.node.custody import Item, ItemInfo
+from medledger.node.indexing import check_commitment
+from medledger.vault import Vault, VaultConfig
+from medledger.vault.replication import ReplicaError, ReplicaKeys, parse_item_name
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+
+BACKUP_KEY = Path("keys") / "backup.key"
+#: Items asked of a peer in one custody-get.
+GET_BATCH = 500
+
+
+def backup_key_path(home: Path) -> Path:
+    return home / BACKUP_KEY
+
+
+def ensure_backup_key(home: Path) -> bytes:
+    """The hospital's backup key (32 random bytes, hex, mode 0600), made if the home has none
+    (homes made before replication, or by an older `init`)."""
+    path = backup_key_path(home)
+    if not path.exists():
+        with contextlib.suppress(SecretFileExists):  # another process made it first
+            write_secret(path, secrets.token_bytes(32).hex() + "\n")
+    return read_hex_secret(path, what="backup key")
+
+
+def replica_peers(source: Queryable | StateView, org: str) -> list[str]:
+    """The members that hold `org`'s replicas, from the chain (`source`: an engine, or a
+    StateView of committed state): `backup_replicas` of the others, ranked by
+    SHA-256(org, member) (rendezvous hashing: the same on every node, stable as members come
+    and go)."""
+    if isinstance(source, StateView):
+        n = governance.params(source)["backup_replicas"]
+        members = [str(m["org"]) for m in governance.members(source)]
+    else:
+        n = int(queries.governance_params(source).get("backup_replicas", 2))
+        members = queries.member_orgs(source)
+    others = [m for m in members if m != org]
+    ranked = sorted(others, key=lambda m: hashlib.sha256(f"{org}\x00{m}".encode()).digest())
+    return ranked[: max(n, 0)]
+
+
+def drop_erased(
+    node: Node, vault: Vault, since: int, names: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """Drop at the replica peers, now, what an erasure deleted from the vault: the items
+    `names` and those the journal shows deleted after `since` (a patient's wrapped key, or
+    the copy key sets). Returns (peers that signed a receipt, peers pending). Offline (no
+    running exchange) every peer is pending: the replicator sends the drops from the journal
+    when the node runs, as it does for a peer that is down."""
+    org = node.config.org
+    changed = set(names) | {name for _, name, _ in vault.changes(since, 100_000)}
+    gone = sorted(n for n, rows in vault.read_items(sorted(changed)).items() if rows is None)
+    keys = ReplicaKeys(ensure_backup_key(node.config.home), org)
+    ids = [keys.item_id(name) for name in gone]
+    if not ids:
+        return [], []
+    if node.replica_drop is None:
+        return [], replica_peers(node.engine, org)
+    return node.replica_drop(ids)
+
+
+@dataclass(frozen=True)
+class PeerLag:
+    """How far one replica peer is behind this hospital's vault."""
+
+    peer: str
+    synced: bool  # False: no full copy acknowledged yet (all changes count as behind)
+    changes: int  # journal changes it has not acknowledged
+    seconds: float  # age of the oldest of them (0 when none)
+    held_bytes: int  # what it holds of ours, as it last said
+    last_ack: float | None  # when it last acknowledged (epoch seconds)
+
+
+def backup_status(vault: Vault, peers: list[str], now: float | None = None) -> list[PeerLag]:
+    """Each replica peer's lag, from the vault's journal and the acknowledgements recorded."""
+    now = time.time() if now is None else now
+    acked = vault.replica_peers()
+    out = []
+    for peer in peers:
+        seq, at, held = acked.get(peer, (0, 0.0, 0))
+        changes, oldest = vault.replication_lag(seq)
+        if peer not in acked:
+            changes = max(changes, len(vault.item_names()))
+        out.append(
+            PeerLag(
+                peer=peer,
+                synced=peer in acked,
+                changes=changes,
+                seconds=0.0 if oldest is None else max(now - oldest, 0.0),
+                held_bytes=held,
+                last_ack=at if peer in acked else None,
+            )
+        )
+    return out
+
+
+class CustodyClient(Protocol):
+    """What restore needs of the exchange client (exchange/client.py's ExchangeClient)."""
+
+    @property
+    def node(self) -> Node: ...
+
+    def custody_list(self, holder: str) -> tuple[list[ItemInfo], int]: ...
+
+    def custody_get(self, holder: str, ids: list[str]) -> list[Item]: ...
+
+
+class RestoreRefused(ValueError):
+    """Restore cannot start, or would leave less than asked; the vault in place is untouched."""
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did; every problem names a record id or a peer."""
+
+    path: Path
+    items: int = 0  # items restored
+    records: int = 0  # record versions restored
+    checked: int = 0  # of which matched their commitment on the chain
+    missing: list[str] = field(default_factory=list)  # "rid vN" on the chain, not restored
+    mismatched: list[str] = field(default_factory=list)  # restored, not matching the chain
+    pending: list[str] = field(default_factory=list)  # provisional, not on the chain yet
+    erased_left_out: int = 0  # items of erased patients found at peers and not restored
+    unreachable: list[str] = field(default_factory=list)  # peers that did not answer
+    corrupt: dict[str, list[str]] = field(default_factory=dict)  # peer -> item ids bad there
+    lost: list[str] = field(default_factory=list)  # item ids with no good copy anywhere
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.mismatched or self.lost)
+
+    @property
+    def rate(self) -> float:
+        """Record versions restored and checked per second."""
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def restore_vault(
+    home: Path,
+    backup_key: bytes,
+    kek: bytes,
+    client: CustodyClient,
+    peers: list[str],
+    *,
+    engine: Queryable | None = None,
+    require_complete: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> RestoreReport:
+    """Rebuild `home`'s vault from the replicas held by `peers` (see the module's doc).
+
+    The vault file must not exist (a wiped home). The new vault is written to a temporary
+    file beside it and moved into place once restored and checked; with `require_complete`
+    it is moved only when nothing is missing, else RestoreRefused says what is.
+    """
+    from medledger.node.config import load_config
+
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    config = load_config(home)
+    org = config.org
+    engine = engine or client.node.engine
+    vault_config = config.vault_config()
+    if vault_config.backend != "sqlite" or vault_config.path is None:
+        raise RestoreRefused("restore writes a SQLite vault; this home's vault is not SQLite")
+    final = Path(vault_config.path)
+    if final.exists():
+        raise RestoreRefused(f"{final} exists: move it away first (restore never overwrites)")
+    report = RestoreReport(path=final)
+    keys = ReplicaKeys(backup_key, org)
+
+    # 1. What each peer says it holds.
+    listings: dict[str, dict[str, ItemInfo]] = {}
+    for peer in peers:
+        try:
+            found, _ = client.custody_list(peer)
+        except Exception as exc:  # noqa: BLE001 - an unreachable peer is reported, not fatal
+            report.unreachable.append(peer)
+            say(f"{peer}: unreachable ({exc})")
+            continue
+        listings[peer] = {i.id: i for i in found if _is_replica_id(i.id)}
+        say(f"{peer}: {len(listings[peer])} items")
+    if not listings:
+        raise RestoreRefused(f"no replica peer answered ({', '.join(peers) or 'none given'})")
+
+    # 2. Fetch each item from the peer listing its newest version; on a bad copy, the next.
+    candidates: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for peer, listed in listings.items():
+        for info in listed.values():
+            candidates[info.id].append((info.version, peer))
+    for options in candidates.values():
+        options.sort(key=lambda vp: (-vp[0], peers.index(vp[1])))
+    opened: dict[str, tuple[int, str, dict[str, Any]]] = {}  # item id -> (version, name, rows)
+    todo = {item_id: 0 for item_id in candidates}  # item id -> index of the option to try
+    while todo:
+        by_peer: dict[str, list[str]] = defaultdict(list)
+        for item_id, k in todo.items():
+            by_peer[candidates[item_id][k][1]].append(item_id)
+        retry: dict[str, int] = {}
+        for peer, ids in by_peer.items():
+            got: dict[str, Item] = {}
+            for i in range(0, len(ids), GET_BATCH):
+                try:
+                    got.update(
+                        {it.id: it for it in client.custody_get(peer, ids[i : i + GET_BATCH])}
+                    )
+                except Exception as exc:  # noqa: BLE001 - the other peers may have them
+                    say(f"{peer}: custody-get failed ({exc})")
+                    if peer not in report.unreachable:
+                        report.unreachable.append(peer)
+                    break
+            for item_id in ids:
+                stated = listings[peer][item_id]
+                item = got.get(item_id)
+                try:
+                    if item is None:
+                        raise ReplicaError("not served")
+                    if (
+                        hashlib.sha256(item.blob).digest() != stated.sha256
+                        or item.sha256 != stated.sha256
+                        or item.version != stated.version
+                    ):
+                        raise ReplicaError("not the sha256 or version listed")
+                    name, rows = keys.open(item_id, item.version, item.blob)
+                except ReplicaError:
+                    if item is not None or peer not in report.unreachable:
+                        report.corrupt.setdefault(peer, []).append(item_id)
+                    k = todo[item_id] + 1
+                    if k < len(candidates[item_id]):
+                        retry[item_id] = k
+                    else:
+                        report.lost.append(item_id)
+                    continue
+                opened[item_id] = (item.version, name, rows)
+        todo = retry
+    say(f"{len(opened)} items opened")
+
+    # 3. Erasure tombstones win: nothing of an erased (pid, generation) comes back.
+    contents = {name: rows for _, name, rows in opened.values()}
+    erased = {
+        (str(row[0]), int(row[1]))
+        for name, rows in contents.items()
+        if parse_item_name(name)[0] == "erasure"
+        for row in rows.get("erasures", [])
+    }
+    kept: dict[str, dict[str, Any]] = {}
+    for name, rows in contents.items():
+        if _of_erased(name, rows, erased):
+            report.erased_left_out += 1
+        else:
+            kept[name] = rows
+
+    # 4. A fresh vault, written whole, checked, then moved into place.
+    tmp = final.with_name(final.name + ".restoring")
+    for leftover in _sqlite_files(tmp):
+        leftover.unlink(missing_ok=True)
+    vault = Vault.open(VaultConfig(hospital_id=org, path=tmp, kek=kek))
+    try:
+        vault.write_items(kept)
+        report.items = len(kept)
+        _check_records(vault, kept, engine, org, report)
+    finally:
+        vault.close()
+    report.seconds = time.perf_counter() - started
+    if require_complete and not report.complete:
+        for leftover in _sqlite_files(tmp):
+            leftover.unlink(missing_ok=True)
+        raise RestoreRefused(describe_gaps(report))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    for leftover in _sqlite_files(tmp):
+        leftover.unlink(missing_ok=True)
+    return report
+
+
+def describe_gaps(report: RestoreReport) -> str:
+    """One line per kind of gap, naming record ids and peers."""
+    lines = []
+    if report.missing:
+        lines.append(f"missing (on the chain, in no replica): {', '.join(report.missing)}")
+    if report.mismatched:
+        lines.append(f"not matching their commitment: {', '.join(report.mismatched)}")
+    if report.lost:
+        lines.append(f"{len(report.lost)} items with no good copy at any peer")
+    for peer, ids in sorted(report.corrupt.items()):
+        lines.append(f"{peer} served {len(ids)} bad copies")
+    if report.unreachable:
+        lines.append(f"unreachable: {', '.join(report.unreachable)}")
+    return "; ".join(lines) or "complete"
+
+
+_REPLICA_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_replica_id(item_id: str) -> bool:
+    """Replica items have 64-hex ids; other items (escrow shares) are not the vault's."""
+    return _REPLICA_ID.fullmatch(item_id) is not None
+
+
+def _of_erased(name: str, rows: dict[str, Any], erased: set[tuple[str, int]]) -> bool:
+    kind, _ = parse_item_name(name)
+    table = {"key": "patient_keys", "set": "key_sets", "record": "records"}.get(kind)
+    if table is None:
+        return False
+    # patient_keys, key_sets and records all start (.., pid, generation) at the same places
+    pid_at, gen_at = {"patient_keys": (0, 1), "key_sets": (1, 2), "records": (2, 3)}[table]
+    return any((str(r[pid_at]), int(r[gen_at])) in erased for r in rows.get(table, []))
+
+
+def _sqlite_files(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _check_records(
+    vault: Vault,
+    items: dict[str, dict[str, Any]],
+    engine: Queryable,
+    org: str,
+    report: RestoreReport,
+) -> None:
+    """Every restored record version against its commitment on the chain, and every record
+    the chain lists at this custodian for the restored patients against what was restored.
+
+    One index query per patient (the entries carry their latest version's commitment); a
+    rid's older versions are asked for only when one of them is restored or missing."""
+    restored: dict[tuple[str, int], str] = {}  # (rid, version) -> pid
+    provisional: set[tuple[str, int]] = set()
+    for name, rows in items.items():
+        kind, _ = parse_item_name(name)
+        if kind == "record":
+            for r in rows.get("records", []):
+                restored[(str(r[0]), int(r[1]))] = str(r[2])
+        elif kind == "unit":
+            for r in rows.get("provisional_units", []):
+                provisional |= {(str(a), int(b)) for a, b in orjson.loads(bytes(r[2]))}
+    report.records = len(restored)
+    pids = sorted({pid for pid in restored.values() if pid != vault.hospital_pid})
+    entries = {e["rid"]: e for pid in pids for e in queries.records_of_patient(engine, pid)}
+    versions: dict[str, list[dict[str, Any]]] = {}
+
+    def commitment(rid: str, version: int) -> bytes | None:
+        entry = entries.get(rid)
+        if entry is not None and int(entry["version"]) == version:
+            return bytes(entry["commitment"])
+        if rid not in versions:
+            versions[rid] = queries.record_versions(engine, rid)
+        match = next((v for v in versions[rid] if int(v["version"]) == version), None)
+        return None if match is None else bytes(match["commitment"])
+
+    for (rid, version), pid in sorted(restored.items()):
+        if pid == vault.hospital_pid:
+            report.checked += 1  # supporting resources are never registered on the chain
+            continue
+        expected = commitment(rid, version)
+        if expected is None:
+            gap = report.pending if (rid, version) in provisional else report.mismatched
+            gap.append(f"{rid} v{version}")
+            continue
+        try:
+            data, salt = vault.get_with_salt(rid, version)
+            ok = check_commitment(salt, data, expected)
+        except Exception:  # noqa: BLE001 - a key lost with its item, an altered row
+            ok = False
+        if ok:
+            report.checked += 1
+        else:
+            report.mismatched.append(f"{rid} v{version}")
+
+    held: dict[str, int] = defaultdict(int)
+    for rid, _ in restored:
+        held[rid] += 1
+    for rid, entry in sorted(entries.items()):
+        if entry["custodian"] != org or entry.get("shredded"):
+            continue
+        if held[rid] >= int(entry["version"]):
+            continue
+        for v in versions.get(rid) or queries.record_versions(engine, rid):
+            if v.get("custodian") == org and (rid, int(v["version"])) not in restored:
+                report.missing.append(f"{rid} v{v['version']}")
