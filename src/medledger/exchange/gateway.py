@@ -682,6 +682,16 @@ class Gateway:
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")
 
+    def _keep_escrow(self, caller: Caller, ids: list[str]) -> None:
+        """Custody never overwrites nor drops a share of the caller's current key escrow."""
+        from medledger.exchange import escrow
+
+        try:
+            escrow.guard_custody(self.node, caller.actor.org, ids)
+        except escrow.ShareRefused as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
+            raise Refused(exc.status, exc.reason) from None
+
     def share_release(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         """The caller's key share held here, once the members voted its rebinding (see
         exchange/escrow.py): sealed to its box key on the chain, with the proposal that
@@ -742,6 +752,7 @@ class Gateway:
                 raise Refused(400, f"items[{i}].sha256: hex expected") from None
             blob = unb64(it.get("blob"), f"items[{i}].blob")
             items.append(Item(str(it.get("id", "")), version, digest, blob))
+        self._keep_escrow(caller, [it.id for it in items])
         quota = self.custody_quota()
         try:
             usage = store.put(caller.actor.org, items, quota)
@@ -752,6 +763,7 @@ class Gateway:
     def custody_drop(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
         ids = _ids(_json_object(body))
+        self._keep_escrow(caller, ids)
         try:
             dropped, absent = store.drop(caller.actor.org, ids)
         except CustodyRefused as exc:
