@@ -110,3 +110,41 @@ def test_an_escrow_stops_being_current_when_a_param_or_a_holder_changes() -> Non
     status = app.query_obj("escrow/status", {"org": "h0"})
     assert not status["current"] and status["holders"] == ["h1", "h2"]
     assert escrow.MAX_HOLDERS == 16
+
+
+def _rebind(net, app, org: str, proposer: str, voters: list[str]):
+    """Two thirds of the others bind `org` to a new key (governance's rebind_member)."""
+    new_key = SigningKey.generate()
+    args = {"org": org, "key": new_key.public_key, "box_key": b"\x77" * 32}
+    pid = len(app.query_obj("governance/proposals", {})) + 1
+    propose = {"action": "rebind_member", "args": args}
+    txs = [net.tx(net.orgs[proposer], "governance.propose", propose)]
+    txs += [
+        net.tx(net.orgs[v], "governance.vote", {"proposal": pid, "approve": True}) for v in voters
+    ]
+    run_block(app, txs, net.solo)
+    assert app.query_obj("governance/proposal", {"id": pid})["status"] == "executed"
+    net.orgs[org] = new_key
+    return pid
+
+
+def test_holders_may_release_only_after_a_rebinding_newer_than_the_escrow() -> None:
+    net = _net(4)
+    app = net.app()
+    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    assert app.query_obj("escrow/status", {"org": "h0"})["rebind"] is None
+    pid = _rebind(net, app, "h0", "h1", ["h2"])  # 2 of the 3 others
+    status = app.query_obj("escrow/status", {"org": "h0"})
+    assert status["rebind"] == pid and status["release_refused"] == ""
+    # the recovered member escrows again under its new key: nothing to release any more
+    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
+    status = app.query_obj("escrow/status", {"org": "h0"})
+    assert status["rebind"] is None and "since its escrow (epoch 2)" in status["release_refused"]
+
+
+def test_a_rebinding_before_the_escrow_releases_nothing() -> None:
+    net = _net(4)
+    app = net.app()
+    _rebind(net, app, "h0", "h1", ["h2"])
+    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    assert app.query_obj("escrow/status", {"org": "h0"})["rebind"] is None
