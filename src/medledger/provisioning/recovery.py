@@ -151,15 +151,16 @@ def recover(
     """Steps 1 to 6 above for the hospital of `node` (a fresh home, keygen'd, its org rebound
     to its keys by the members' vote), over `client` (its exchange client); the pseudonym key
     comes from the member gateway `pseudonym_from` (None: the home already has it)."""
-    from medledger.node.replicas import replica_peers, restore_vault
-    from medledger.provisioning.join import fetch_pseudonym_key
-
     report = RecoveryReport(node.config.org)
     report.rebind = wait_for_rebind(node, timeout)
     kek, backup_key, _ = recover_keys(node, client, report)
     install_keys(node, kek, backup_key)
     if pseudonym_from is not None:
+        from medledger.provisioning.join import fetch_pseudonym_key
+
         fetch_pseudonym_key(node.config, pseudonym_from, ssl_context)
+    from medledger.node.replicas import replica_peers, restore_vault
+
     peers = replica_peers(node.engine, node.config.org)
     report.restore = restore_vault(node.config.home, backup_key, kek, client, peers)
     try:
