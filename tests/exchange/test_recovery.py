@@ -33,7 +33,7 @@ from medledger.provisioning.recovery import (
     wait_for_rebind,
 )
 from medledger.vault import Vault, load_kek
-from tests.exchange.conftest import Sandbox, close_sandbox, open_sandbox
+from tests.exchange.conftest import Sandbox, close_sandbox, open_sandbox, wait_for
 
 
 def _keys(home: Path) -> tuple[bytes, bytes]:
@@ -295,3 +295,29 @@ def test_a_holder_that_releases_a_corrupt_share_is_named(five: Sandbox) -> None:
     assert list(collected.corrupt) == [liar]
     assert "does not match its hash on the chain" in collected.corrupt[liar]
     assert any(f"share CORRUPT from {liar}" in line for line in report.lines())
+
+
+def test_running_nodes_escrow_their_keys_by_themselves(tmp_path: Path) -> None:
+    """`medledger sandbox run` / `node run`: each node deposits its escrow once its holders
+    answer, and again when a parameter makes it stale."""
+    from medledger.cli._runtime import Sandbox as RunningSandbox
+
+    directory = tmp_path / "net"
+    homes = create_consortium(directory, 3, genesis_time_ms=int(time.time() * 1000))
+    import secrets
+
+    from medledger.host.secretfile import write_secret
+
+    for home in homes:  # TRIAL: until init makes it
+        if not (home / "keys" / "backup.key").exists():
+            write_secret(home / "keys" / "backup.key", secrets.token_bytes(32).hex() + "\n")
+    with RunningSandbox(homes) as running:
+        engine = running.root.engine
+        orgs = [r.org for r in running.runtimes]
+        wait_for(
+            lambda: all(queries.escrow_status(engine, o)["current"] for o in orgs),
+            timeout=60,
+            what="every node's escrow",
+        )
+        records = {o: queries.escrow_status(engine, o)["record"] for o in orgs}
+        assert all(r["threshold"] == 2 and len(r["holders"]) == 2 for r in records.values())

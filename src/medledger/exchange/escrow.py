@@ -254,7 +254,7 @@ class EscrowKeeper:
             except Exception as exc:  # noqa: BLE001 - a holder down: try again soon
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("%s: escrow not deposited yet: %s", self.node.config.org, self.error)
-                wait = min(self.interval, 5.0)
+                wait = min(self.interval, 2.0)
 
     def start(self) -> EscrowKeeper:
         self._thread.start()
