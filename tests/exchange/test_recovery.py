@@ -21,9 +21,10 @@ from medledger.exchange import escrow as exchange_escrow
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.pki import TlsFiles, client_context
 from medledger.interop.synth import generate
-from medledger.node import escrow
-from medledger.node.config import save_config
+from medledger.node import escrow, shredding
+from medledger.node.config import load_config, save_config
 from medledger.node.ingest import Ingestor
+from medledger.node.replicas import replica_peers
 from medledger.provisioning import create_consortium
 from medledger.provisioning.recovery import (
     RecoveryError,
@@ -321,3 +322,63 @@ def test_running_nodes_escrow_their_keys_by_themselves(tmp_path: Path) -> None:
         )
         records = {o: queries.escrow_status(engine, o)["record"] for o in orgs}
         assert all(r["threshold"] == 2 and len(r["holders"]) == 2 for r in records.values())
+
+
+def _own_records(vault: Vault) -> dict[tuple[str, int], bytes]:
+    return {
+        (info.rid, info.version): vault.get(info.rid, info.version)
+        for pid in vault.patients()
+        for info in vault.records_of(pid, include_copies=False)
+    }
+
+
+def _replicated(sandbox: Sandbox, org: str) -> bool:
+    vault = sandbox.h[org].vault
+    head, acked = vault.journal_head(), vault.replica_peers()
+    return all(p in acked and acked[p][0] >= head for p in replica_peers(sandbox.root.engine, org))
+
+
+def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox) -> None:
+    sandbox = four
+    hosp = sandbox.h[B]
+    rids = _ingest(sandbox, B, patients=130)
+    assert len(rids) >= 2000
+    erased = hosp.vault.patients()[0]
+    shredding.shred(hosp.node, hosp.vault, erased)
+    wait_for(lambda: _replicated(sandbox, B), timeout=120, what="the replicas at both peers")
+    before = _own_records(hosp.vault)
+    old_keys = _keys(hosp.node.config.home)
+    home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux"])
+    # a peer that holds both a replica and a share is down for the whole recovery
+    down = next(p for p in replica_peers(sandbox.root.engine, B) if p != "chu-lyon")
+    assert down in [h["org"] for h in record["holders"]]
+    sandbox.x(down).stop()
+    sandbox.h[down].exchange = None
+
+    report = _recover(sandbox, home, via="chu-lyon")
+
+    lines = "\n".join(report.lines())
+    assert report.complete, lines
+    assert report.restore is not None and report.restore.unreachable == [down]
+    assert report.restore.checked == report.restore.records >= len(before)
+    assert list(report.withheld) == [down] and not report.corrupt
+    assert _keys(home) == old_keys
+    with Vault.open(load_config(home).vault_config()) as vault:
+        assert _own_records(vault) == before  # every record, byte for byte
+        assert vault.is_erased(erased) and erased not in vault.patients()
+    assert f"escrow epoch {record['epoch']}" in lines and f"peer {down} unreachable" in lines
+    # the new escrow needs every holder: with one down, the node finishes it once it is back
+    assert report.escrow is None and down in report.escrow_error
+    assert "keys NOT escrowed again yet" in lines
+    sandbox.start(down)
+    node = sandbox.root.sibling(home)
+    client = ExchangeClient(node, directory=sandbox.directory)
+    with Vault.open(node.config.vault_config()) as vault:
+        keeper = exchange_escrow.EscrowKeeper(node, client, *_keys(home), vault)
+        try:
+            done = keeper.check()
+        finally:
+            client.close()
+    assert done is not None and done.epoch == record["epoch"] + 1
+    status = queries.escrow_status(sandbox.root.engine, B)
+    assert status["current"] and status["rebind"] is None  # the old shares are worth nothing

@@ -49,7 +49,7 @@ class HospitalRuntime:
         self._started.append(self.node.audit)
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)
-        keeper = _escrow_keeper(self.node, self.exchange.client)
+        keeper = _escrow_keeper(self.node, self.exchange.client, self.vault)
         if keeper is not None:
             self._started.append(keeper.start())
         self._started.append(Reconciler(self.node.engine, self.vault).start())
@@ -67,7 +67,7 @@ class HospitalRuntime:
         self._started.clear()
 
 
-def _escrow_keeper(node: Node, client: Any) -> Any:
+def _escrow_keeper(node: Node, client: Any, vault: Vault) -> Any:
     """The thread that keeps the hospital's keys escrowed at its peers (exchange/escrow.py);
     None for a home without a backup key (made before issue 15: `medledger backup` makes it)."""
     from medledger.exchange.escrow import EscrowKeeper
@@ -79,7 +79,7 @@ def _escrow_keeper(node: Node, client: Any) -> Any:
     except KeyFileError as exc:
         log.warning("%s: keys not escrowed: %s", node.config.org, exc)
         return None
-    return EscrowKeeper(node, client, kek, backup_key)
+    return EscrowKeeper(node, client, kek, backup_key, vault)
 
 
 class Sandbox:

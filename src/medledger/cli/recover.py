@@ -70,15 +70,19 @@ def register(app: typer.Typer) -> None:
         from medledger.contracts import queries
         from medledger.exchange import escrow
         from medledger.node import Node
+        from medledger.vault import Vault
 
         with user_errors(), Node.open(home) as node:
             status = queries.escrow_status(node.engine, node.config.org)
             if status["rebind"] is not None:
-                fail(
-                    f"{node.config.org} was rebound by proposal {status['rebind']} and not "
-                    "recovered yet: `medledger recover run` first (these keys are not the "
-                    "escrowed ones)"
-                )
+                with Vault.open(node.config.vault_config()) as vault:
+                    restored = bool(vault.patients())
+                if not restored:
+                    fail(
+                        f"{node.config.org} was rebound by proposal {status['rebind']} and its "
+                        "vault is empty: `medledger recover run` first (these keys are not "
+                        "the escrowed ones)"
+                    )
             if status["current"] and not force:
                 record = status["record"]
                 console.print(

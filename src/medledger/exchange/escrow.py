@@ -32,6 +32,7 @@ from medledger.vault.shamir import Share
 if TYPE_CHECKING:
     from medledger.exchange.client import ExchangeClient
     from medledger.node import Node
+    from medledger.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,12 @@ def pending_recovery(node: Node) -> int | None:
 class EscrowKeeper:
     """Deposits this hospital's escrow when it has none or it is no longer current (members,
     params or a holder's box key changed), at start and every `interval` seconds; a deposit
-    that fails (a holder down) is tried again at the next round. Never while a recovery of
-    this org is pending (`pending_recovery`)."""
+    that fails (a holder down) is tried again at the next round.
+
+    After a rebinding of this org (`pending_recovery`) it deposits only once the vault holds
+    records again: they opened under this home's keys, so these are the escrowed ones (a
+    recovery whose own re-escrow met a holder down is finished here); a fresh home that was
+    not recovered yet has an empty vault and keys nobody must escrow in place of the old."""
 
     def __init__(
         self,
@@ -220,10 +225,11 @@ class EscrowKeeper:
         client: ExchangeClient,
         kek: bytes,
         backup_key: bytes,
+        vault: Vault | None = None,
         interval: float = 30.0,
         first: float = 1.0,
     ) -> None:
-        self.node, self.client = node, client
+        self.node, self.client, self.vault = node, client, vault
         self._keys = (kek, backup_key)
         self.interval, self.first = interval, first
         self.last: Deposited | None = None
@@ -235,7 +241,10 @@ class EscrowKeeper:
         """One round: deposit if needed; the deposit made, or None."""
         org = self.node.config.org
         status = queries.escrow_status(self.node.engine, org)
-        if status["current"] or status["rebind"] is not None:
+        if status["rebind"] is not None:
+            if self.vault is None or not self.vault.patients():
+                return None  # a recovery is pending: these keys are not the escrowed ones
+        elif status["current"]:
             return None
         if len(status["holders"]) < int(status["threshold"]):
             self.error = f"{len(status['holders'])} peers, fewer than the threshold"

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from medledger.exchange.client import ExchangeClient
     from medledger.exchange.escrow import Collected, Deposited
     from medledger.node import Node
+    from medledger.node.replicas import RestoreReport
 
 
 class RecoveryError(ConfigError):
@@ -50,15 +51,15 @@ class RecoveryReport:
     shares_from: list[str] = field(default_factory=list)
     withheld: dict[str, str] = field(default_factory=dict)
     corrupt: dict[str, str] = field(default_factory=dict)
-    restore: Any = None  # node.replicas.RestoreReport
+    restore: RestoreReport | None = None
     escrow: Deposited | None = None
     escrow_error: str = ""
 
     @property
     def complete(self) -> bool:
-        """Every record restored and checked (nothing missing or corrupt), keys re-escrowed."""
-        missing = getattr(self.restore, "missing", None)
-        return self.restore is not None and not missing and self.escrow is not None
+        """Every record restored and checked against the chain (nothing missing or corrupt).
+        Keys not escrowed again yet do not make it incomplete: the node finishes that."""
+        return self.restore is not None and self.restore.complete
 
     def lines(self) -> list[str]:
         out = [
@@ -69,16 +70,41 @@ class RecoveryReport:
         out += [f"  share withheld by {h}: {why}" for h, why in sorted(self.withheld.items())]
         out += [f"  share CORRUPT from {h}: {why}" for h, why in sorted(self.corrupt.items())]
         if self.restore is not None:
-            summary = getattr(self.restore, "lines", None)
-            out += list(summary()) if callable(summary) else [f"  restore: {self.restore}"]
+            out += restore_lines(self.restore)
         if self.escrow is not None:
             out.append(
                 f"keys escrowed again: epoch {self.escrow.epoch}, {self.escrow.threshold} of "
                 + ", ".join(self.escrow.holders)
             )
         elif self.escrow_error:
-            out.append(f"keys NOT escrowed again: {self.escrow_error} (run `backup escrow`)")
+            out.append(
+                f"keys NOT escrowed again yet: {self.escrow_error}; the node does it once the "
+                "holders answer (or `medledger backup escrow`)"
+            )
         return out
+
+
+def restore_lines(r: RestoreReport) -> list[str]:
+    """What `restore_vault` did, every problem by record id or peer."""
+    out = [
+        f"restored {r.records} record versions ({r.items} items) in {r.seconds:.1f} s; "
+        f"{r.checked} checked against their commitments on the chain"
+    ]
+    named = [
+        ("MISSING (on the chain, not restored)", r.missing),
+        ("NOT matching the chain (not kept)", r.mismatched),
+        ("LOST (no good copy at any peer)", r.lost),
+        ("provisional, never registered on the chain", r.pending),
+    ]
+    out += [f"  {what}: {', '.join(ids)}" for what, ids in named if ids]
+    if r.erased_left_out:
+        out.append(f"  {r.erased_left_out} item(s) of erased patients left out, as they must be")
+    out += [f"  peer {peer} unreachable" for peer in r.unreachable]
+    out += [
+        f"  peer {peer} served {len(ids)} bad cop(ies), taken from another peer: {', '.join(ids)}"
+        for peer, ids in sorted(r.corrupt.items())
+    ]
+    return out
 
 
 def wait_for_rebind(node: Node, timeout: float, poll: float = 0.5) -> int:
@@ -161,8 +187,10 @@ def recover(
         fetch_pseudonym_key(node.config, pseudonym_from, ssl_context)
     from medledger.node.replicas import replica_peers, restore_vault
 
-    peers = replica_peers(node.engine, node.config.org)
-    report.restore = restore_vault(node.config.home, backup_key, kek, client, peers)
+    peers = replica_peers(node.engine, node.config.org)  # the chain's choice, as at every node
+    report.restore = restore_vault(
+        node.config.home, backup_key, kek, client, peers, engine=node.engine
+    )
     try:
         report.escrow = exchange_escrow.deposit(node, client, kek, backup_key)
     except Exception as exc:  # noqa: BLE001 - the vault is back; the report says what to redo
