@@ -21,8 +21,8 @@ from medledger.exchange import escrow as exchange_escrow
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.pki import TlsFiles, client_context
 from medledger.interop.synth import generate
-from medledger.node import escrow, shredding
-from medledger.node.config import load_config, save_config
+from medledger.node import Node, escrow, shredding
+from medledger.node.config import save_config
 from medledger.node.ingest import Ingestor
 from medledger.node.replicas import replica_peers
 from medledger.provisioning import create_consortium
@@ -332,6 +332,35 @@ def _own_records(vault: Vault) -> dict[tuple[str, int], bytes]:
     }
 
 
+def _served(node: Node, vault: Vault, rids: list[tuple[str, str]]) -> dict[str, bytes]:
+    """What the hospital's FHIR API serves for these (type, id), to a system token."""
+    from fastapi.testclient import TestClient
+
+    from medledger.api.services import HospitalServices, issuer_key
+    from medledger.api.tokens import mint
+    from medledger.web.site import create_app
+
+    org, now = node.config.org, int(time.time())
+    claims = {
+        "iss": f"urn:medledger:{org}:issuer",
+        "aud": f"urn:medledger:{org}:fhir",
+        "sub": f"Device/{org}-system",
+        "scope": "system/*.rs",
+        "iat": now,
+        "exp": now + 600,
+    }
+    token = mint(issuer_key(node.config.home), claims)
+    out = {}
+    with TestClient(create_app(HospitalServices(node, vault))) as client:
+        for rtype, rid in rids:
+            answer = client.get(
+                f"/fhir/{rtype}/{rid}", headers={"authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 200, answer.text
+            out[rid] = answer.content
+    return out
+
+
 def _replicated(sandbox: Sandbox, org: str) -> bool:
     vault = sandbox.h[org].vault
     head, acked = vault.journal_head(), vault.replica_peers()
@@ -347,6 +376,8 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
     shredding.shred(hosp.node, hosp.vault, erased)
     wait_for(lambda: _replicated(sandbox, B), timeout=120, what="the replicas at both peers")
     before = _own_records(hosp.vault)
+    sample = [(hosp.vault.info(rid).resource_type, rid) for rid, _ in sorted(before)[::100]]
+    served = _served(hosp.node, hosp.vault, sample)
     old_keys = _keys(hosp.node.config.home)
     home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux"])
     # a peer that holds both a replica and a share is down for the whole recovery
@@ -363,15 +394,16 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
     assert report.restore.checked == report.restore.records >= len(before)
     assert list(report.withheld) == [down] and not report.corrupt
     assert _keys(home) == old_keys
-    with Vault.open(load_config(home).vault_config()) as vault:
+    node = sandbox.root.sibling(home)
+    with Vault.open(node.config.vault_config()) as vault:
         assert _own_records(vault) == before  # every record, byte for byte
         assert vault.is_erased(erased) and erased not in vault.patients()
+        assert _served(node, vault, sample) == served  # the FHIR API, the same bytes
     assert f"escrow epoch {record['epoch']}" in lines and f"peer {down} unreachable" in lines
     # the new escrow needs every holder: with one down, the node finishes it once it is back
     assert report.escrow is None and down in report.escrow_error
     assert "keys NOT escrowed again yet" in lines
     sandbox.start(down)
-    node = sandbox.root.sibling(home)
     client = ExchangeClient(node, directory=sandbox.directory)
     with Vault.open(node.config.vault_config()) as vault:
         keeper = exchange_escrow.EscrowKeeper(node, client, *_keys(home), vault)
