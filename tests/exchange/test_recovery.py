@@ -268,7 +268,9 @@ def test_two_shares_missing_of_three_needed_names_them_and_writes_nothing(five: 
     assert after == before and not (home / "vault.db").exists()
 
 
-def test_a_holder_that_releases_a_corrupt_share_is_named(five: Sandbox) -> None:
+def test_a_holder_that_releases_a_corrupt_share_is_named(
+    five: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sandbox = five
     old_keys = _keys(sandbox.h[B].node.config.home)
     home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille"])
@@ -284,7 +286,7 @@ def test_a_holder_that_releases_a_corrupt_share_is_named(five: Sandbox) -> None:
         sealed = SealedBox(PublicKey(bytes(member["box_key"]))).encrypt(forged)
         return {**answer, "sealed": base64.b64encode(sealed).decode()}
 
-    gateway.share_release = corrupt  # type: ignore[method-assign]
+    monkeypatch.setattr(gateway, "share_release", corrupt)
     node = sandbox.root.sibling(home)
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
