@@ -19,7 +19,6 @@ from medledger.contracts import queries
 from medledger.contracts.governance import Propose, Vote
 from medledger.exchange import escrow as exchange_escrow
 from medledger.exchange.client import ExchangeClient, ExchangeError
-from medledger.exchange.pki import TlsFiles, client_context
 from medledger.interop.synth import generate
 from medledger.node import Node, escrow, shredding
 from medledger.node.config import save_config
@@ -78,36 +77,12 @@ def _wipe(sandbox: Sandbox, org: str) -> Any:
 def _fresh_home(sandbox: Sandbox, config: Any) -> Any:
     """The new machine: new keys (keygen), the same org and addresses; on a solo sandbox the
     config.json is what the consortium's layout gives back."""
-    # TRIAL: until trust's keygen is merged
-    import os
-    import secrets
-    from types import SimpleNamespace
+    from medledger.provisioning.keygen import keygen
 
-    from nacl.public import PrivateKey
-
-    from medledger.exchange import pki
-    from medledger.host.secretfile import write_secret
-    from medledger.ledger.keys import SigningKey
-    from medledger.vault import create_kek_file
-
-    home = config.home
-    (home / "keys").mkdir(parents=True)
-    os.chmod(home / "keys", 0o700)
-    key = SigningKey.generate()
-    key.save(home / "keys" / "org.key")
-    box = PrivateKey.generate()
-    write_secret(home / "keys" / "box.key", bytes(box).hex() + "\n")
-    create_kek_file(home / "keys" / "vault.kek")
-    write_secret(home / "keys" / "backup.key", secrets.token_bytes(32).hex() + "\n")
-    pki.issue_hospital(sandbox.dir / "ca", home, config.org)
+    addresses = {"gateway": config.exchange.listen or "127.0.0.1:0"}
+    request = keygen(config.home, config.org, config.name, addresses)
     save_config(config)
-    return SimpleNamespace(
-        key=key.public_key,
-        box_key=bytes(box.public_key),
-        tls_key=b"",
-        validator_key=b"",
-        addresses={},
-    )
+    return request
 
 
 def _rebind(sandbox: Sandbox, org: str, request: Any, voters: list[str]) -> int:
@@ -133,14 +108,7 @@ def _recover(sandbox: Sandbox, home: Path, via: str, timeout: float = 30.0) -> A
     node = sandbox.root.sibling(home)
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
-        ssl_context = client_context(TlsFiles(node.config.tls_dir))
-        return recover(
-            node,
-            client,
-            pseudonym_from=sandbox.directory.url(via),
-            ssl_context=ssl_context,
-            timeout=timeout,
-        )
+        return recover(node, client, pseudonym_from=sandbox.directory.url(via), timeout=timeout)
     finally:
         client.close()
 
@@ -154,13 +122,6 @@ def _network(tmp_path: Path, hospitals: int, params: dict[str, int] | None = Non
     homes = create_consortium(
         directory, hospitals, genesis_time_ms=int(time.time() * 1000), params=params
     )
-    import secrets
-
-    from medledger.host.secretfile import write_secret
-
-    for home in homes:  # TRIAL: until init makes it
-        if not (home / "keys" / "backup.key").exists():
-            write_secret(home / "keys" / "backup.key", secrets.token_bytes(32).hex() + "\n")
     sandbox = open_sandbox(directory, homes)
     for org in sandbox.h:
         sandbox.start(org)
@@ -307,13 +268,6 @@ def test_running_nodes_escrow_their_keys_by_themselves(tmp_path: Path) -> None:
 
     directory = tmp_path / "net"
     homes = create_consortium(directory, 3, genesis_time_ms=int(time.time() * 1000))
-    import secrets
-
-    from medledger.host.secretfile import write_secret
-
-    for home in homes:  # TRIAL: until init makes it
-        if not (home / "keys" / "backup.key").exists():
-            write_secret(home / "keys" / "backup.key", secrets.token_bytes(32).hex() + "\n")
     with RunningSandbox(homes) as running:
         engine = running.root.engine
         orgs = [r.org for r in running.runtimes]

@@ -172,7 +172,6 @@ def register(app: typer.Typer) -> None:
 def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) -> Any:
     """Configure the home if it is not yet (CometBFT: from a member's bootstrap answer), serve
     its replica while recovering (CometBFT block-syncs it), then `provisioning.recovery`."""
-    from medledger.exchange.pki import TlsFiles, client_context
     from medledger.node import Node
     from medledger.node.config import ConfigError, load_config
     from medledger.provisioning.recovery import recover
@@ -184,7 +183,6 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
 
         configure_from(home, from_url, genesis_hash=genesis_hash)
     config = load_config(home)
-    ssl_context = client_context(TlsFiles(config.tls_dir)) if from_url else None
     if config.engine == "cometbft":
         from medledger.node.run_app import engine_for_home, open_application
 
@@ -193,21 +191,9 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
         try:
             node = Node(config, app, engine)
             with _client(node) as client:
-                return recover(
-                    node,
-                    client,
-                    pseudonym_from=from_url or None,
-                    ssl_context=ssl_context,
-                    timeout=timeout,
-                )
+                return recover(node, client, pseudonym_from=from_url or None, timeout=timeout)
         finally:
             engine.close()
             engine.close_app()
     with Node.open(home, serve=True) as node, _client(node) as client:
-        return recover(
-            node,
-            client,
-            pseudonym_from=from_url or None,
-            ssl_context=ssl_context,
-            timeout=timeout,
-        )
+        return recover(node, client, pseudonym_from=from_url or None, timeout=timeout)

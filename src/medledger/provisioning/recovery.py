@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from medledger.contracts import queries
 from medledger.exchange import escrow as exchange_escrow
@@ -171,7 +171,6 @@ def recover(
     client: ExchangeClient,
     *,
     pseudonym_from: str | None,
-    ssl_context: Any = None,
     timeout: float = 600.0,
 ) -> RecoveryReport:
     """Steps 1 to 6 above for the hospital of `node` (a fresh home, keygen'd, its org rebound
@@ -182,9 +181,12 @@ def recover(
     kek, backup_key, _ = recover_keys(node, client, report)
     install_keys(node, kek, backup_key)
     if pseudonym_from is not None:
+        from medledger.exchange.client import member_pins
+        from medledger.exchange.pki import PinnedContexts, TlsFiles
         from medledger.provisioning.join import fetch_pseudonym_key
 
-        fetch_pseudonym_key(node.config, pseudonym_from, ssl_context)
+        tls = PinnedContexts(TlsFiles(node.config.tls_dir), member_pins(node))
+        fetch_pseudonym_key(node.config, pseudonym_from, tls.client())
     from medledger.node.replicas import replica_peers, restore_vault
 
     peers = replica_peers(node.engine, node.config.org)  # the chain's choice, as at every node
