@@ -115,34 +115,27 @@ def register(app: typer.Typer) -> None:
         ],
         note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
     ) -> None:
-        """Propose binding ORG's identity to the new machine's keys (`rebind_member`); the
-        other members vote it with `medledger member vote` (two thirds)."""
+        """Propose binding ORG's identity to the new machine's keys (`rebind_member`, as
+        `member propose rebind`); the other members vote it with `medledger member vote`
+        (two thirds of them; ORG's lost key does not count)."""
+        from medledger.cli.governance import _report
         from medledger.contracts.governance import Propose
         from medledger.node import Node
-        from medledger.provisioning.keygen import JoinRequest
+        from medledger.provisioning import JoinRequest
 
         with user_errors():
             req = JoinRequest.from_json(request.read_text(), str(request))
             if req.org != org:
-                fail(f"{request}: the request is for {req.org!r}, not {org!r}")
-            args: dict[str, Any] = {
-                "org": org,
-                "key": req.key,
-                "box_key": req.box_key,
-                "tls_key": req.tls_key,
-                "validator_key": req.validator_key,
-                "addresses": dict(req.addresses),
-            }
+                raise ValueError(f"--request: made for {req.org!r}, not {org!r}")
             with Node.open(home) as node:
-                committed = send(node, node.wallet, Propose("rebind_member", args, note))
-            created = event(committed, "proposal.created")
-            console.print(
-                f"proposal {created.get('id')} created: rebind {org} to the keys of {request}; "
-                f"the other members vote `medledger member vote {created.get('id')} --home ...`"
-            )
-            if event(committed, "proposal.executed"):
+                committed = send(
+                    node, node.wallet, Propose("rebind_member", req.member_args(), note)
+                )
+                _report(node, committed)
+            if not event(committed, "proposal.executed"):
+                created = event(committed, "proposal.created")
                 console.print(
-                    f"[green]proposal {created.get('id')} reached 2/3 and was executed[/]"
+                    f"the other members vote: medledger member vote {created.get('id')} --home ..."
                 )
 
     @recover.command("run")
