@@ -278,6 +278,15 @@ def test_running_nodes_escrow_their_keys_by_themselves(tmp_path: Path) -> None:
         )
         records = {o: queries.escrow_status(engine, o)["record"] for o in orgs}
         assert all(r["threshold"] == 2 and len(r["holders"]) == 2 for r in records.values())
+        # what the IT team sees meanwhile (the command reads the chain beside the node)
+        from typer.testing import CliRunner
+
+        from medledger.cli import app
+
+        out = CliRunner().invoke(app, ["backup", "escrow", "--home", str(homes[0])])
+        assert out.exit_code == 0, out.output
+        assert "escrow epoch 1 is current: any 2 of" in out.output
+        assert "the running node keeps it current" in out.output
 
 
 def _own_records(vault: Vault) -> dict[tuple[str, int], bytes]:

@@ -66,29 +66,41 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Deposit even if the escrow is current.")] = False,
     ) -> None:
         """Split this hospital's vault KEK and backup key k of n among its peers (sealed to
-        each one's box key), and record the holders and the shares' hashes on the chain."""
+        each one's box key), and record the holders and the shares' hashes on the chain;
+        say what is there when it is current. Beside a running solo node it only says: the
+        node keeps it current."""
         from medledger.contracts import queries
         from medledger.exchange import escrow
-        from medledger.node import Node
+        from medledger.node.reader import LedgerReader, open_node
         from medledger.vault import Vault
 
-        with user_errors(), Node.open(home) as node:
-            status = queries.escrow_status(node.engine, node.config.org)
+        with user_errors(), open_node(home) as node:
+            org = node.config.org
+            status = queries.escrow_status(node.engine, org)
+            record = status["record"]
+            if record is None:
+                console.print(f"{org}: no key escrow on the chain yet")
+            else:
+                state = (
+                    "current" if status["current"] else "NOT current (members or params changed)"
+                )
+                console.print(
+                    f"escrow epoch {record['epoch']} is {state}: any {record['threshold']} of "
+                    + ", ".join(h["org"] for h in record["holders"])
+                )
+            if isinstance(node.engine, LedgerReader):
+                console.print("the running node keeps it current (it holds the solo ledger)")
+                return
             if status["rebind"] is not None:
                 with Vault.open(node.config.vault_config()) as vault:
                     restored = bool(vault.patients())
                 if not restored:
                     fail(
-                        f"{node.config.org} was rebound by proposal {status['rebind']} and its "
-                        "vault is empty: `medledger recover run` first (these keys are not "
-                        "the escrowed ones)"
+                        f"{org} was rebound by proposal {status['rebind']} and its vault is "
+                        "empty: `medledger recover run` first (these keys are not the "
+                        "escrowed ones)"
                     )
-            if status["current"] and not force:
-                record = status["record"]
-                console.print(
-                    f"escrow epoch {record['epoch']} is current: {record['threshold']} of "
-                    + ", ".join(h["org"] for h in record["holders"])
-                )
+            elif status["current"] and not force:
                 return
             with _client(node) as client:
                 try:
