@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from nacl.public import PublicKey, SealedBox
 
@@ -24,7 +25,7 @@ from medledger.node import Node, escrow, shredding
 from medledger.node.config import save_config
 from medledger.node.ingest import Ingestor
 from medledger.node.replicas import replica_peers
-from medledger.provisioning import create_consortium
+from medledger.provisioning import create_consortium, keygen
 from medledger.provisioning.recovery import (
     RecoveryError,
     RecoveryReport,
@@ -74,15 +75,17 @@ def _wipe(sandbox: Sandbox, org: str) -> Any:
     return config
 
 
-def _fresh_home(sandbox: Sandbox, config: Any) -> Any:
+def keygen_home(config: Any) -> Any:
     """The new machine: new keys (keygen), the same org and addresses; on a solo sandbox the
     config.json is what the consortium's layout gives back."""
-    from medledger.provisioning.keygen import keygen
-
     addresses = {"gateway": config.exchange.listen or "127.0.0.1:0"}
     request = keygen(config.home, config.org, config.name, addresses)
     save_config(config)
     return request
+
+
+def _fresh_home(sandbox: Sandbox, config: Any) -> Any:
+    return keygen_home(config)
 
 
 def _rebind(sandbox: Sandbox, org: str, request: Any, voters: list[str]) -> int:
@@ -379,3 +382,66 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
     assert done is not None and done.epoch == record["epoch"] + 1
     status = queries.escrow_status(sandbox.root.engine, B)
     assert status["current"] and status["rebind"] is None  # the old shares are worth nothing
+
+
+def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
+    """The IT team's commands: `medledger recover run --home NEW --from https://member` while
+    the other hospitals run (a solo sandbox: the command reads its ledger beside it); the node
+    restarted on the recovered home serves the records and escrows the keys again."""
+    from typer.testing import CliRunner
+
+    from medledger.cli import app
+    from medledger.cli._runtime import HospitalRuntime
+    from medledger.cli._runtime import Sandbox as RunningSandbox
+
+    directory = tmp_path / "net"
+    homes = create_consortium(directory, 4, genesis_time_ms=int(time.time() * 1000))
+    with RunningSandbox(homes) as running:
+        engine = running.root.engine
+        i = next(n for n, r in enumerate(running.runtimes) if r.org == B)
+        wiped, vault = running.runtimes[i], running.vaults[i]
+        for bundle in generate(8, [r.org for r in running.runtimes], seed=9)[B]:
+            Ingestor(wiped.node, vault).ingest_bytes(orjson.dumps(bundle), "b.json")
+        before = _own_records(vault)
+        wait_for(
+            lambda: (
+                queries.escrow_status(engine, B)["current"]
+                and all(
+                    p in vault.replica_peers()
+                    and vault.replica_peers()[p][0] >= vault.journal_head()
+                    for p in replica_peers(engine, B)
+                )
+            ),
+            timeout=60,
+            what="the escrow and the replicas",
+        )
+        wiped.stop()
+        vault.close()
+        config = wiped.node.config
+        shutil.rmtree(config.home)
+        request = keygen_home(config)
+        args = request.member_args()
+        lyon = next(r for r in running.runtimes if r.org == "chu-lyon")
+        bordeaux = next(r for r in running.runtimes if r.org == "chu-bordeaux")
+        lyon.node.wallet.send_message(Propose("rebind_member", args))
+        bordeaux.node.wallet.send_message(Vote(1, True))
+
+        out = CliRunner().invoke(
+            app, ["recover", "run", "--home", str(config.home), "--from", lyon.exchange.url]
+        )
+        assert out.exit_code == 0, out.output
+        assert "checked against their commitments on the chain" in out.output
+        assert "keys NOT escrowed again yet" in out.output  # the command cannot write the chain
+
+        node = running.root.sibling(config.home)
+        with Vault.open(node.config.vault_config()) as restored:
+            assert _own_records(restored) == before
+            back = HospitalRuntime(node, restored).start()  # its node, on the recovered home
+            try:
+                wait_for(
+                    lambda: queries.escrow_status(engine, B)["rebind"] is None,
+                    timeout=30,
+                    what="the new escrow by the recovered node",
+                )
+            finally:
+                back.stop()

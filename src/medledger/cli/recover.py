@@ -176,7 +176,8 @@ def register(app: typer.Typer) -> None:
 
 def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) -> Any:
     """Configure the home if it is not yet (CometBFT: from a member's bootstrap answer), serve
-    its replica while recovering (CometBFT block-syncs it), then `provisioning.recovery`."""
+    its replica while recovering (CometBFT block-syncs it; solo: the sandbox's ledger is
+    read beside it), then `provisioning.recovery`."""
     from medledger.node import Node
     from medledger.node.config import ConfigError, load_config
     from medledger.provisioning.recovery import recover
@@ -200,5 +201,9 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
         finally:
             engine.close()
             engine.close_app()
-    with Node.open(home, serve=True) as node, _client(node) as client:
+    # solo: the sandbox that runs the other hospitals holds the ledger; read it beside them
+    # (the new escrow's tx is then left to this hospital's node, see EscrowKeeper)
+    from medledger.node.reader import open_node
+
+    with open_node(home) as node, _client(node) as client:
         return recover(node, client, pseudonym_from=from_url or None, timeout=timeout)
