@@ -20,6 +20,7 @@ import base64
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -145,21 +146,22 @@ def release(node: Node, store: _Store, caller: str, epoch: int | None) -> dict[s
 
 
 def guard_custody(node: Node, owner: str, ids: Iterable[str]) -> None:
-    """Refuse to overwrite or drop a share of the owner's current escrow: a thief holding the
-    old machine's key must not spoil what the recovery needs. A next epoch's share (put
-    before its deposit) and older epochs' (dropped after one) go through."""
+    """Refuse to overwrite or drop the share of the owner's current escrow kept here: a thief
+    holding the old machine's key must not spoil what the recovery needs. Any other escrow
+    item (a next epoch's, put before its deposit; older ones, dropped after it) goes through."""
     wanted = [i for i in ids if i.startswith(escrow.ITEM_PREFIX)]
     if not wanted:
         return
     record = queries.escrow_status(node.engine, owner)["record"]
-    if record is None:
+    me = node.config.org
+    entry = next((h for h in (record or {}).get("holders", []) if h["org"] == me), None)
+    if record is None or entry is None:
         return
-    current = f"{escrow.ITEM_PREFIX}{record['epoch']}-"
-    for item in wanted:
-        if item.startswith(current):
-            raise ShareRefused(
-                409, f"{item}: a share of {owner}'s current escrow; it stays until a new one"
-            )
+    kept = escrow.item_id(int(record["epoch"]), bytes(entry["sha256"]))
+    if kept in wanted:
+        raise ShareRefused(
+            409, f"{kept}: the share of {owner}'s current escrow; it stays until a new one"
+        )
 
 
 # -- the recovering member's side: collect ---------------------------------------------------
@@ -254,15 +256,19 @@ class EscrowKeeper:
         return self.last
 
     def _run(self) -> None:
-        wait = self.first
+        wait, failing_since = self.first, 0.0
         while not self._stop.wait(wait):
             try:
                 self.check()
-                self.error = ""
+                self.error, failing_since = "", 0.0
                 wait = self.interval
             except Exception as exc:  # noqa: BLE001 - a holder down: try again soon
                 self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: escrow not deposited yet: %s", self.node.config.org, self.error)
+                failing_since = failing_since or time.monotonic()
+                # peers start one by one: only a failure that lasts is worth a warning
+                lasting = time.monotonic() - failing_since > 2 * self.interval
+                level = logging.WARNING if lasting else logging.INFO
+                log.log(level, "%s: escrow not deposited yet: %s", self.node.config.org, self.error)
                 wait = min(self.interval, 2.0)
 
     def start(self) -> EscrowKeeper:
