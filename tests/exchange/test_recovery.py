@@ -107,11 +107,11 @@ def _rebind(sandbox: Sandbox, org: str, request: Any, voters: list[str]) -> int:
     return pid
 
 
-def _recover(sandbox: Sandbox, home: Path, via: str, timeout: float = 30.0) -> Any:
+def _recover(sandbox: Sandbox, home: Path, timeout: float = 30.0) -> Any:
     node = sandbox.root.sibling(home)
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
-        return recover(node, client, pseudonym_from=sandbox.directory.url(via), timeout=timeout)
+        return recover(node, client, timeout=timeout)
     finally:
         client.close()
 
@@ -222,7 +222,7 @@ def test_two_shares_missing_of_three_needed_names_them_and_writes_nothing(five: 
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
         with pytest.raises(RecoveryError) as refused:
-            recover(node, client, pseudonym_from=None, timeout=5)
+            recover(node, client, timeout=5)
     finally:
         client.close()
     message = str(refused.value)
@@ -354,7 +354,7 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
     sandbox.x(down).stop()
     sandbox.h[down].exchange = None
 
-    report = _recover(sandbox, home, via="chu-lyon")
+    report = _recover(sandbox, home)
 
     lines = "\n".join(report.lines())
     assert report.complete, lines

@@ -154,7 +154,10 @@ def register(app: typer.Typer) -> None:
     def run(
         home: HomeOption,
         from_: Annotated[
-            str, typer.Option("--from", help="A member's gateway, https://host:port.")
+            str,
+            typer.Option(
+                "--from", help="A member's gateway, https://host:port, to configure a new home."
+            ),
         ] = "",
         genesis_hash: Annotated[
             str, typer.Option(help="The genesis hash the consortium gave you (joining).")
@@ -197,7 +200,7 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
         try:
             node = Node(config, app, engine)
             with _client(node) as client:
-                return recover(node, client, pseudonym_from=from_url or None, timeout=timeout)
+                return recover(node, client, timeout=timeout)
         finally:
             engine.close()
             engine.close_app()
@@ -206,4 +209,4 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
     from medledger.node.reader import open_node
 
     with open_node(home) as node, _client(node) as client:
-        return recover(node, client, pseudonym_from=from_url or None, timeout=timeout)
+        return recover(node, client, timeout=timeout)

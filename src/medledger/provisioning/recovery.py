@@ -9,7 +9,7 @@ recover propose`, `medledger member vote`), and `medledger recover run` does the
    each against its SHA-256 on the chain, names a holder that withholds or corrupts one;
 3. with k good shares rebuilds the vault KEK and backup key; with fewer says exactly which
    holders are missing and changes nothing on disk;
-4. gets the consortium's pseudonym key (sealed to the new box key, provisioning.join);
+4. gets the consortium's pseudonym key from a member (sealed to the new box key);
 5. pulls the replicas from the peers into a fresh vault, each record checked against its
    commitment on the chain (node.replicas.restore_vault);
 6. deposits a new escrow (the holders' shares of the old epoch are dropped);
@@ -20,6 +20,7 @@ and who misbehaved.
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class RecoveryReport:
     epoch: int = 0
     threshold: int = 0
     shares_from: list[str] = field(default_factory=list)
+    pseudonym_from: str = ""
     withheld: dict[str, str] = field(default_factory=dict)
     corrupt: dict[str, str] = field(default_factory=dict)
     restore: RestoreReport | None = None
@@ -69,6 +71,8 @@ class RecoveryReport:
         ]
         out += [f"  share withheld by {h}: {why}" for h, why in sorted(self.withheld.items())]
         out += [f"  share CORRUPT from {h}: {why}" for h, why in sorted(self.corrupt.items())]
+        if self.pseudonym_from:
+            out.append(f"pseudonym key from {self.pseudonym_from}")
         if self.restore is not None:
             out += restore_lines(self.restore)
         if self.escrow is not None:
@@ -166,27 +170,43 @@ def install_keys(node: Node, kek: bytes, backup_key: bytes) -> None:
     write_secret(keys / "backup.key", backup_key.hex() + "\n", overwrite=True)
 
 
-def recover(
-    node: Node,
-    client: ExchangeClient,
-    *,
-    pseudonym_from: str | None,
-    timeout: float = 600.0,
-) -> RecoveryReport:
+def fetch_pseudonym_key(node: Node, client: ExchangeClient, members: list[str]) -> str:
+    """The consortium's pseudonym key from the first of `members` that gives it (sealed to
+    this hospital's box key on the chain: the gateway's `pseudonym-key`), written to the home;
+    the member that gave it."""
+    from nacl.exceptions import CryptoError
+    from nacl.public import PrivateKey, SealedBox
+
+    from medledger.exchange.client import ExchangeError
+
+    refused = []
+    for member in members:
+        try:
+            answer, _ = client.post(member, "pseudonym-key", {})
+            sealed = base64.b64decode(str(answer.get("sealed", "")), validate=True)
+            key = SealedBox(PrivateKey(node.config.box_key())).decrypt(sealed)
+        except ExchangeError as exc:
+            refused.append(f"{member}: {exc.reason}")
+            continue
+        except (ValueError, CryptoError):
+            refused.append(f"{member}: its answer does not open with our box key")
+            continue
+        if len(key) == 32:
+            path = node.config.home / "keys" / "pseudonym.key"
+            write_secret(path, key.hex() + "\n", overwrite=True)
+            return member
+        refused.append(f"{member}: the pseudonym key is not 32 bytes")
+    raise RecoveryError("no member gave the pseudonym key: " + "; ".join(refused))
+
+
+def recover(node: Node, client: ExchangeClient, *, timeout: float = 600.0) -> RecoveryReport:
     """Steps 1 to 6 above for the hospital of `node` (a fresh home, keygen'd, its org rebound
-    to its keys by the members' vote), over `client` (its exchange client); the pseudonym key
-    comes from the member gateway `pseudonym_from` (None: the home already has it)."""
+    to its keys by the members' vote), over `client` (its exchange client)."""
     report = RecoveryReport(node.config.org)
     report.rebind = wait_for_rebind(node, timeout)
-    kek, backup_key, _ = recover_keys(node, client, report)
+    kek, backup_key, collected = recover_keys(node, client, report)
     install_keys(node, kek, backup_key)
-    if pseudonym_from is not None:
-        from medledger.exchange.client import member_pins
-        from medledger.exchange.pki import PinnedContexts, TlsFiles
-        from medledger.provisioning.join import fetch_pseudonym_key
-
-        tls = PinnedContexts(TlsFiles(node.config.tls_dir), member_pins(node))
-        fetch_pseudonym_key(node.config, pseudonym_from, tls.client())
+    report.pseudonym_from = fetch_pseudonym_key(node, client, sorted(collected.good))
     from medledger.node.replicas import replica_peers, restore_vault
 
     peers = replica_peers(node.engine, node.config.org)  # the chain's choice, as at every node
