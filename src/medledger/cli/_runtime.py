@@ -49,6 +49,9 @@ class HospitalRuntime:
         self._started.append(self.node.audit)
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)
+        keeper = _escrow_keeper(self.node, self.exchange.client, self.vault)
+        if keeper is not None:
+            self._started.append(keeper.start())
         self._started.append(Reconciler(self.node.engine, self.vault).start())
         self.api.start()
         self._started.append(self.api)
@@ -62,6 +65,21 @@ class HospitalRuntime:
             except Exception:  # stop the rest whatever one of them does
                 log.exception("%s: stopping %s failed", self.org, type(part).__name__)
         self._started.clear()
+
+
+def _escrow_keeper(node: Node, client: Any, vault: Vault) -> Any:
+    """The thread that keeps the hospital's keys escrowed at its peers (exchange/escrow.py);
+    None for a home without a backup key (made before issue 15: `medledger backup` makes it)."""
+    from medledger.exchange.escrow import EscrowKeeper
+    from medledger.vault import KeyFileError, load_kek
+
+    keys = node.config.home / "keys"
+    try:
+        kek, backup_key = load_kek(keys / "vault.kek"), load_kek(keys / "backup.key")
+    except KeyFileError as exc:
+        log.warning("%s: keys not escrowed: %s", node.config.org, exc)
+        return None
+    return EscrowKeeper(node, client, kek, backup_key, vault)
 
 
 class Sandbox:

@@ -20,6 +20,7 @@ def all_contracts() -> list[Contract]:
         consent,
         emergency,
         erasure,
+        escrow,
         governance,
         identity,
         patients,
@@ -42,6 +43,7 @@ def all_contracts() -> list[Contract]:
         *research.CONTRACTS,
         *erasure.CONTRACTS,
         *authorize.CONTRACTS,
+        *escrow.CONTRACTS,
     ]
 
 

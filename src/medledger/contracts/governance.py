@@ -122,6 +122,8 @@ KEY_CLAIMS: list[Callable[[StateView, bytes], str | None]] = []
 DEFAULT_PARAMS: dict[str, int] = {
     "proposal_ttl_ms": 7 * DAY_MS,
     "max_validator_power": 100,
+    "escrow_shares": 3,  # n: peers holding a share of each member's keys (contracts/escrow)
+    "escrow_threshold": 2,  # k: shares that rebuild them
     # Encrypted vault replicas (node/replicas.py): how many peers hold each member's, and
     # how much each member may keep at one peer (custody.db).
     "backup_replicas": 2,

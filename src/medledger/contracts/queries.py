@@ -105,6 +105,17 @@ def erasure_pending(engine: Queryable, pid: str) -> Row | None:
     return found
 
 
+# --- escrow ------------------------------------------------------------------------------
+
+
+def escrow_status(engine: Queryable, org: str) -> Row:
+    """A member's key escrow: `record` (holders, hashes, threshold, epoch) or None, whether it
+    is `current`, the `holders` and `threshold` the params name today, and `rebind` (the
+    executed rebind proposal that lets holders release) or `release_refused` (why not)."""
+    found: Row = engine.query("escrow/status", {"org": org})
+    return found
+
+
 # --- governance --------------------------------------------------------------------------
 
 

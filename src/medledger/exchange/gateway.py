@@ -20,6 +20,8 @@ Denials are committed too, with their reason's code (the wording stays in the ev
     POST /exchange/v1/pseudonym-key  {}                      the consortium's pseudonym key,
                                                              sealed to a current member's box
                                                              key on the chain (bootstrap.py)
+    POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
+                                                             vote rebinding it (escrow.py)
     POST /exchange/v1/custody-put    {items: [{id, blob, sha256, version}]}  the caller's sealed
                                                              replicas kept here (custody.py)
     POST /exchange/v1/custody-drop   {ids}                   delete them; a signed receipt
@@ -698,6 +700,40 @@ class Gateway:
         self.evidence.set_outcome(caller.request.evidence_id, "served")
         return {"org": caller.actor.org, "sealed": b64(sealed)}
 
+    def _keep_escrow(self, caller: Caller, ids: list[str]) -> None:
+        """Custody never overwrites nor drops a share of the caller's current key escrow."""
+        from medledger.exchange import escrow
+
+        try:
+            escrow.guard_custody(self.node, caller.actor.org, ids)
+        except escrow.ShareRefused as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
+            raise Refused(exc.status, exc.reason) from None
+
+    def share_release(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The caller's key share held here, once the members voted its rebinding (see
+        exchange/escrow.py): sealed to its box key on the chain, with the proposal that
+        allowed it. Only the hospital's own key asks."""
+        from medledger.exchange import escrow
+
+        if caller.actor.practitioner is not None:
+            raise Refused(403, "share-release: only the hospital's own key may ask")
+        if self.custody is None:
+            raise Refused(503, "this node keeps no custody store")
+        epoch = _json_object(body).get("epoch")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+            raise Refused(400, "epoch: an integer expected")
+        try:
+            answer = escrow.release(self.node, self.custody, caller.actor.org, epoch)
+        except escrow.ShareRefused as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
+            raise Refused(exc.status, exc.reason) from None
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        log.warning(
+            "%s: released its key share to %s (%s)", self.org, caller.actor.org, answer["note"]
+        )
+        return answer
+
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:
             raise Refused(503, "this node does not receive deliveries")
@@ -734,6 +770,7 @@ class Gateway:
                 raise Refused(400, f"items[{i}].sha256: hex expected") from None
             blob = unb64(it.get("blob"), f"items[{i}].blob")
             items.append(Item(str(it.get("id", "")), version, digest, blob))
+        self._keep_escrow(caller, [it.id for it in items])
         quota = self.custody_quota()
         try:
             usage = store.put(caller.actor.org, items, quota)
@@ -744,6 +781,7 @@ class Gateway:
     def custody_drop(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
         ids = _ids(_json_object(body))
+        self._keep_escrow(caller, ids)
         try:
             dropped, absent = store.drop(caller.actor.org, ids)
         except CustodyRefused as exc:
@@ -847,6 +885,7 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         "pseudonym-key": ("pseudonym_key", True, gateway.query_body_limit),
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
+        "share-release": ("share_release", True, gateway.query_body_limit),
         # sealed blobs the caller stores here: kept apart, not as evidence
         "custody-put": ("custody_put", False, CUSTODY_BODY_LIMIT),
         "custody-drop": ("custody_drop", True, gateway.query_body_limit),
