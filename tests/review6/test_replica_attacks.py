@@ -6,6 +6,7 @@ replica peer that lies, a member filling a peer's disk, and a crash at the worst
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -24,23 +25,15 @@ from medledger.provisioning.recovery import RecoveryReport, recover_keys
 from medledger.vault import Vault
 from medledger.vault.keys import load_kek
 from medledger.vault.replication import ReplicaKeys, item_name
-from tests.exchange.conftest import A, B, Sandbox, net_dir, sandbox, wait_for  # noqa: F401
-from tests.exchange.test_recovery import (  # noqa: F401
-    _escrow,
-    _fresh_home,
-    _ingest,
-    _keys,
-    _rebind,
-    _wipe,
-    four,
-)
-from tests.exchange.test_replicas import ingested, replicated  # noqa: F401
+from tests.exchange.conftest import A, B, Sandbox, wait_for
+from tests.exchange.test_recovery import _escrow, _fresh_home, _ingest, _keys, _rebind, _wipe
+from tests.exchange.test_replicas import replicated
 
 WIPED = "aphp-paris"  # in `four`: not the hospital that runs the solo engine
 
 
 def test_a_thief_with_the_old_key_cannot_replace_the_escrow_before_the_vote(
-    four: Sandbox,  # noqa: F811
+    four: Sandbox,
 ) -> None:
     """The thief of the old machine still signs for the org until the rebinding executes. A
     new escrow epoch of its making (hashes of shares nobody holds) must not become what the
@@ -56,10 +49,8 @@ def test_a_thief_with_the_old_key_cannot_replace_the_escrow_before_the_vote(
         epoch=int(record["epoch"]) + 1,
     )
     thief = sandbox.h[WIPED].node
-    try:
+    with contextlib.suppress(TxRejected):  # refused: what the recovery needs
         thief.wallet.send_message(forged)
-    except TxRejected:
-        pass  # refused: what the recovery needs
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(sandbox, config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
@@ -73,7 +64,7 @@ def test_a_thief_with_the_old_key_cannot_replace_the_escrow_before_the_vote(
 
 
 def test_a_fresh_home_started_before_its_recovery_leaves_the_replicas_at_the_peers(
-    four: Sandbox,  # noqa: F811
+    four: Sandbox,
 ) -> None:
     """The new machine's node is started (by hand, or by the shipped units at boot) once the
     vote has executed but before `recover run`: its vault is empty and its backup key new.
@@ -146,7 +137,7 @@ def _lying(client: ExchangeClient, monkeypatch: pytest.MonkeyPatch, answer: Any)
 
 
 def test_a_peer_listing_the_same_page_for_ever_does_not_hang_the_restore(
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = sandbox.x(A).client
@@ -158,7 +149,7 @@ def test_a_peer_listing_the_same_page_for_ever_does_not_hang_the_restore(
 
 
 def test_a_peer_answering_later_for_ever_does_not_hang_the_restore(
-    sandbox: Sandbox,  # noqa: F811
+    sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = sandbox.x(A).client
@@ -208,9 +199,7 @@ def test_erasure_reaches_a_peer_that_held_replicas_before_the_params_changed(
     wait_for(lambda: replicator.peers() == [kept], what="A's replicator seeing one peer")
     hosp = sandbox.h[A]
     pid = pids[0]
-    key_id = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A).item_id(
-        item_name("key", pid)
-    )
+    key_id = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A).item_id(item_name("key", pid))
     assert sandbox.x(left).custody.get(A, [key_id]) != []  # what it held stays there
     shredding.shred(hosp.node, hosp.vault, pid)
     assert sandbox.x(kept).custody.get(A, [key_id]) == []
