@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.node.custody import MAX_ITEMS, Item
 from medledger.node.replicas import ensure_backup_key, replica_peers
@@ -205,7 +206,11 @@ class Replicator:
 
     def _drop_strays(self, peer: str, ours: set[str], held: int) -> int:
         """Replica items at `peer` that this vault no longer has (a restored vault's first
-        round). Only replica ids (64 hex): other items, such as escrow shares, stay."""
+        round). Only replica ids (64 hex): other items, such as escrow shares, stay. An empty
+        vault drops nothing: it is a fresh home (a new backup key: every id there is a
+        stranger's) whose recovery needs exactly those items."""
+        if not ours:
+            return held
         listed, held = self.client.custody_list(peer)
         strays = [i.id for i in listed if len(i.id) == 64 and i.id not in ours]
         for chunk in _chunks(strays, MAX_ITEMS):
@@ -215,9 +220,13 @@ class Replicator:
 
     def drop_now(self, ids: list[str]) -> tuple[list[str], list[str]]:
         """Drop items at every replica peer at once (an erased patient's wrapped key):
-        (peers whose signed receipt came back, peers that did not answer)."""
+        (peers whose signed receipt came back, peers that did not answer). Members that
+        held replicas before the params or the members changed get the drop too: their copy
+        of a wrapped key must not outlive the erasure."""
+        members = set(queries.member_orgs(self.node.engine))
+        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
         dropped, pending = [], []
-        for peer in self.peers():
+        for peer in dict.fromkeys([*self.peers(), *former]):
             try:
                 self._record_receipt(peer, ids, self.client.custody_drop(peer, ids))
                 dropped.append(peer)
