@@ -19,7 +19,7 @@ from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.service import HospitalExchange
 from medledger.node import shredding
 from medledger.node.custody import CustodyRefused, CustodyStore, Item
-from medledger.node.replicas import ensure_backup_key, replica_peers, restore_vault
+from medledger.node.replicas import describe_gaps, ensure_backup_key, replica_peers, restore_vault
 from medledger.node.wallet import TxRejected
 from medledger.provisioning.recovery import RecoveryReport, recover_keys
 from medledger.vault import Vault
@@ -204,3 +204,83 @@ def test_erasure_reaches_a_peer_that_held_replicas_before_the_params_changed(
     shredding.shred(hosp.node, hosp.vault, pid)
     assert sandbox.x(kept).custody.get(A, [key_id]) == []
     assert sandbox.x(left).custody.get(A, [key_id]) == [], f"{left} still holds the erased key"
+
+
+def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
+    four: Sandbox,
+) -> None:
+    """Ransomware takes the machine and its keys, then erases the backups: with the old org
+    key (valid until the rebinding executes) it asks every replica peer to drop every item.
+    The records must still come back once the members voted."""
+    sandbox = four
+    rids = _ingest(sandbox, WIPED, 3)
+    wait_for(lambda: replicated(sandbox, WIPED), what="the replicas at the peers")
+    record = _escrow(sandbox, WIPED)
+    assert record["epoch"] == 1
+    thief = sandbox.x(WIPED).client
+    for peer in replica_peers(sandbox.root.engine, WIPED):
+        listed, _ = thief.custody_list(peer)
+        ids = [i.id for i in listed if len(i.id) == 64]
+        for i in range(0, len(ids), 500):
+            with contextlib.suppress(ExchangeError):  # refused: what the recovery needs
+                thief.custody_drop(peer, ids[i : i + 500])
+    config = _wipe(sandbox, WIPED)
+    request = _fresh_home(sandbox, config)
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    node = sandbox.root.sibling(config.home)
+    client = ExchangeClient(node, directory=sandbox.directory)
+    try:
+        kek, backup_key, _ = recover_keys(node, client, RecoveryReport(WIPED))
+        report = restore_vault(
+            config.home,
+            backup_key,
+            kek,
+            client,
+            replica_peers(sandbox.root.engine, WIPED),
+            engine=sandbox.root.engine,
+        )
+    finally:
+        client.close()
+    assert report.complete and report.records >= len(rids), describe_gaps(report)
+
+
+def test_a_restore_that_finds_nothing_does_not_say_complete(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """The peers hold none of A's replicas any more (dropped by a thief, lost with a peer's
+    disk, never sent): the chain still lists A's records. `complete` (the exit status of
+    `recover run`, "every record came back") must not be true, and the records must be
+    named as missing."""
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    client = sandbox.x(A).client
+    for peer in replica_peers(sandbox.root.engine, A):
+        listed, _ = client.custody_list(peer)
+        ids = [i.id for i in listed]
+        for i in range(0, len(ids), 500):
+            client.custody_drop(peer, ids[i : i + 500])
+    expected = {
+        e["rid"] for pid in pids for e in queries.records_of_patient(sandbox.root.engine, pid, A)
+    }
+    sandbox.x(A).stop()
+    hosp.exchange = None
+    hosp.vault.close()
+    path = Path(hosp.node.config.vault_config().path or "")
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    home = hosp.node.config.home
+    restorer = ExchangeClient(hosp.node, directory=sandbox.directory)
+    try:
+        report = restore_vault(
+            home,
+            ensure_backup_key(home),
+            load_kek(home / "keys" / "vault.kek"),
+            restorer,
+            replica_peers(sandbox.root.engine, A),
+        )
+    finally:
+        restorer.close()
+        hosp.vault = Vault.open(hosp.node.config.vault_config())
+    assert report.records == 0
+    assert not report.complete, "nothing came back, and the report says complete"
+    assert {m.split(" ")[0] for m in report.missing} >= expected
