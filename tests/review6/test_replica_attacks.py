@@ -11,14 +11,18 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from medledger.contracts import queries
 from medledger.contracts.escrow import Deposit
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.service import HospitalExchange
+from medledger.host.secretfile import write_secret
+from medledger.interop.synth import generate
 from medledger.node import shredding
 from medledger.node.custody import CustodyRefused, CustodyStore, Item
+from medledger.node.ingest import Ingestor
 from medledger.node.replicas import describe_gaps, ensure_backup_key, replica_peers, restore_vault
 from medledger.node.wallet import TxRejected
 from medledger.provisioning.recovery import RecoveryReport, recover_keys
@@ -284,3 +288,34 @@ def test_a_restore_that_finds_nothing_does_not_say_complete(
     assert report.records == 0
     assert not report.complete, "nothing came back, and the report says complete"
     assert {m.split(" ")[0] for m in report.missing} >= expected
+
+
+def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_the_replicas(
+    four: Sandbox,
+) -> None:
+    """The new machine cannot wait for the recovery to take in a new admission: one patient
+    is ingested on it, then its replicator's first round runs. Under its new backup key the
+    old replicas are all strangers' ids: they must stay at the peers for `recover run`."""
+    sandbox = four
+    _ingest(sandbox, WIPED, 3)
+    wait_for(lambda: replicated(sandbox, WIPED), what="the replicas at the peers")
+    peers = replica_peers(sandbox.root.engine, WIPED)
+    held = {p: sandbox.x(p).custody.usage(WIPED).items for p in peers}
+    config = _wipe(sandbox, WIPED)
+    request = _fresh_home(sandbox, config)
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    # what `medledger join` fetched once the vote made it a member again
+    pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
+    write_secret(config.home / "keys" / "pseudonym.key", pseudonym.hex() + "\n", overwrite=True)
+    node = sandbox.root.sibling(config.home)
+    vault = Vault.open(node.config.vault_config())
+    exchange = HospitalExchange(node, vault, directory=sandbox.directory, port=0).start(sync=False)
+    try:
+        admitted = generate(1, list(sandbox.h) + [WIPED], seed=41)[WIPED][0]
+        result = Ingestor(node, vault).ingest_bytes(orjson.dumps(admitted), "admission.json")
+        assert result.rejections == []
+        exchange.replicator.sync()
+    finally:
+        exchange.stop()
+        vault.close()
+    assert all(sandbox.x(p).custody.usage(WIPED).items >= held[p] for p in peers)
