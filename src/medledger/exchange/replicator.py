@@ -25,7 +25,7 @@ import orjson
 
 from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
-from medledger.node.custody import MAX_ITEMS, Item
+from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
 from medledger.node.replicas import ensure_backup_key, replica_peers
 from medledger.vault.replication import ReplicaKeys
 
@@ -161,8 +161,9 @@ class Replicator:
             if state is None:
                 head = self.vault.journal_head()  # read first: later changes are sent later
                 names = self.vault.item_names()
+                there, _ = self.client.custody_list(peer)  # before ours arrive
                 held = self._send(peer, names)
-                held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, held)
+                held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, there, held)
                 self.vault.set_replica_peer(peer, head, time.time(), held)
                 return False
             acked, _, held = state
@@ -204,15 +205,24 @@ class Replicator:
                 self._record_receipt(peer, drops, self.client.custody_drop(peer, drops))
         return held
 
-    def _drop_strays(self, peer: str, ours: set[str], held: int) -> int:
+    def _drop_strays(self, peer: str, ours: set[str], there: list[ItemInfo], held: int) -> int:
         """Replica items at `peer` that this vault no longer has (a restored vault's first
-        round). Only replica ids (64 hex): other items, such as escrow shares, stay. An empty
-        vault drops nothing: it is a fresh home (a new backup key: every id there is a
-        stranger's) whose recovery needs exactly those items."""
-        if not ours:
+        round). Only replica ids (64 hex): other items, such as escrow shares, stay. When not
+        one item there is ours (an empty vault, or a fresh home's new backup key, whose ids
+        are all strangers'), nothing is dropped: they are what its recovery needs."""
+        replicas = [i.id for i in there if len(i.id) == 64]
+        if not replicas:
             return held
-        listed, held = self.client.custody_list(peer)
-        strays = [i.id for i in listed if len(i.id) == 64 and i.id not in ours]
+        if not ours.intersection(replicas):
+            log.warning(
+                "%s: none of the %d replica items at %s is under this backup key: left alone "
+                "(a recovery pending?)",
+                self.org,
+                len(replicas),
+                peer,
+            )
+            return held
+        strays = [i for i in replicas if i not in ours]
         for chunk in _chunks(strays, MAX_ITEMS):
             self._record_receipt(peer, chunk, self.client.custody_drop(peer, chunk))
             held = self.client.custody_list(peer)[1]
