@@ -319,3 +319,35 @@ def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_the_replic
         exchange.stop()
         vault.close()
     assert all(sandbox.x(p).custody.usage(WIPED).items >= held[p] for p in peers)
+
+
+def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_its_escrow(
+    four: Sandbox,
+) -> None:
+    """Same day, same new machine: its escrow keeper sees a rebinding pending and a vault with
+    a patient, takes its fresh keys for the recovered ones and deposits them. The shares of
+    the keys that open the old replicas must still be released to `recover run`."""
+    from medledger.exchange.escrow import EscrowKeeper
+
+    sandbox = four
+    old_keys = _keys(sandbox.h[WIPED].node.config.home)
+    _escrow(sandbox, WIPED)
+    config = _wipe(sandbox, WIPED)
+    request = _fresh_home(sandbox, config)
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
+    write_secret(config.home / "keys" / "pseudonym.key", pseudonym.hex() + "\n", overwrite=True)
+    node = sandbox.root.sibling(config.home)
+    vault = Vault.open(node.config.vault_config())
+    exchange = HospitalExchange(node, vault, directory=sandbox.directory, port=0).start(sync=False)
+    try:
+        admitted = generate(1, list(sandbox.h) + [WIPED], seed=41)[WIPED][0]
+        assert Ingestor(node, vault).ingest_bytes(orjson.dumps(admitted), "a.json").pids
+        keeper = EscrowKeeper(node, exchange.client, *_keys(config.home), vault)
+        with contextlib.suppress(Exception):  # refusing is right
+            keeper.check()
+        kek, backup_key, _ = recover_keys(node, exchange.client, RecoveryReport(WIPED))
+    finally:
+        exchange.stop()
+        vault.close()
+    assert (kek, backup_key) == old_keys
