@@ -114,3 +114,27 @@ def test_a_box_key_of_small_order_is_refused() -> None:
         assert not sealed  # why it must not be a member's box key
         result = app.check_tx(_update(net, "h2", {"box_key": bad}))
         assert result.code == Code.INVALID_BODY and "box_key" in result.log, result.log
+
+
+def test_a_rebinding_retires_the_practitioner_keys_that_lived_on_the_lost_machine() -> None:
+    """Practitioners' keys are kept in the hospital's home (keys/practitioners/): whoever took
+    the machine has them. After the vote that rebinds the org, they must not still sign for
+    it (the new machine registers its practitioners again)."""
+    from tests.support.ledger import register_body
+
+    net = make_net(4)
+    app = net.app()
+    stolen = SigningKey.generate()
+    register = net.tx(net.orgs["h1"], "identity.register", register_body("dr-c", stolen))
+    assert run_block(app, [register], net.solo).results[0].ok
+    assert app.query_obj("identity/actor", {"key": stolen.public_key})["active"]
+    args = {"org": "h1", "key": SigningKey.generate().public_key, "tls_key": _tls_key()}
+    propose = net.tx(
+        net.orgs["h0"], "governance.propose", {"action": "rebind_member", "args": args}
+    )
+    run_block(app, [propose], net.solo)
+    vote = net.tx(net.orgs["h2"], "governance.vote", {"proposal": 1, "approve": True})
+    assert run_block(app, [vote], net.solo).results[0].ok
+    assert _member(app, "h1")["key"] == args["key"]
+    actor = app.query_obj("identity/actor", {"key": stolen.public_key})
+    assert actor is None or not actor["active"], "a key from the lost machine still signs for h1"
