@@ -138,3 +138,36 @@ def test_a_rebinding_retires_the_practitioner_keys_that_lived_on_the_lost_machin
     assert _member(app, "h1")["key"] == args["key"]
     actor = app.query_obj("identity/actor", {"key": stolen.public_key})
     assert actor is None or not actor["active"], "a key from the lost machine still signs for h1"
+
+
+def test_two_newcomers_cannot_choose_org_ids_that_make_them_a_members_escrow_holders() -> None:
+    """Holders are "the next escrow_shares members after the org in the sorted ring": the
+    ring's order is the org ids', and an applicant chooses its own id. Two colluding
+    applicants named right after h1 ("h1a", "h1b") become two of h1's holders: with the
+    default threshold of 2 they rebuild its vault KEK and backup key without any vote."""
+    from dataclasses import replace
+
+    net = make_net(4)
+    members = [replace(m, box_key=bytes([i + 1]) * 32) for i, m in enumerate(net.genesis.members)]
+    net.genesis = replace(net.genesis, members=members)
+    app = net.app()
+    voters = ["h2", "h3"]
+    for pid, org in enumerate(("h1a", "h1b"), start=1):
+        key = SigningKey.generate()
+        args = {"org": org, "name": org.upper(), "key": key.public_key}
+        args["box_key"] = bytes([0x40 + pid]) * 32
+        propose = net.tx(
+            net.orgs["h0"], "governance.propose", {"action": "admit_member", "args": args}
+        )
+        votes = [
+            net.tx(net.orgs[o], "governance.vote", {"proposal": pid, "approve": True})
+            for o in voters
+        ]
+        run_block(app, [propose, *votes], net.solo)
+        net.orgs[org] = key
+        voters.append(org)  # the first colluder votes the second in
+    orgs = [m["org"] for m in app.query_obj("governance/members", {})]
+    assert {"h1a", "h1b"} <= set(orgs)
+    status = app.query_obj("escrow/status", {"org": "h1"})
+    newcomers = [h for h in status["holders"] if h in ("h1a", "h1b")]
+    assert len(newcomers) < status["threshold"], f"h1's holders: {status['holders']}"
