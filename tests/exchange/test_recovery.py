@@ -47,8 +47,6 @@ def _ingest(sandbox: Sandbox, org: str, patients: int, seed: int = 5) -> list[st
     rids: list[str] = []
     orgs = list(sandbox.h)
     for bundle in generate(patients, orgs, seed=seed)[org]:
-        import orjson
-
         result = ingestor.ingest_bytes(orjson.dumps(bundle), "bundle.json")
         assert result.rejections == [], result.rejections
         rids += result.rids
@@ -75,7 +73,7 @@ def _wipe(sandbox: Sandbox, org: str) -> Any:
     return config
 
 
-def keygen_home(config: Any) -> Any:
+def _fresh_home(config: Any) -> Any:
     """The new machine: new keys (keygen), the same org and addresses; on a solo sandbox the
     config.json is what the consortium's layout gives back."""
     addresses = {"gateway": config.exchange.listen or "127.0.0.1:0"}
@@ -84,21 +82,11 @@ def keygen_home(config: Any) -> Any:
     return request
 
 
-def _fresh_home(sandbox: Sandbox, config: Any) -> Any:
-    return keygen_home(config)
-
-
 def _rebind(sandbox: Sandbox, org: str, request: Any, voters: list[str]) -> int:
-    args = {
-        "org": org,
-        "key": request.key,
-        "box_key": request.box_key,
-        "tls_key": request.tls_key,
-        "validator_key": request.validator_key,
-        "addresses": dict(request.addresses),
-    }
+    """`recover propose` by the first of `voters`, `member vote` by the others."""
     proposer, *others = voters
-    committed = sandbox.h[proposer].node.wallet.send_message(Propose("rebind_member", args))
+    rebind = Propose("rebind_member", request.member_args())
+    committed = sandbox.h[proposer].node.wallet.send_message(rebind)
     created = next(e for e in committed.result.events if e.type == "proposal.created")
     pid = int(created.get("id") or 0)
     for voter in others:
@@ -114,10 +102,6 @@ def _recover(sandbox: Sandbox, home: Path, timeout: float = 30.0) -> Any:
         return recover(node, client, timeout=timeout)
     finally:
         client.close()
-
-
-def _fhir_bytes(vault: Vault, rids: list[str]) -> dict[str, bytes]:
-    return {rid: vault.get(rid) for rid in rids}
 
 
 def _network(tmp_path: Path, hospitals: int, params: dict[str, int] | None = None) -> Any:
@@ -177,7 +161,7 @@ def test_escrowed_keys_come_back_to_the_new_machine_only_after_the_vote(four: Sa
     assert dropped.value.status == 409
 
     config = _wipe(sandbox, B)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     assert _keys(old_home) != old_keys  # keygen's new KEK and backup key
     pid = _rebind(sandbox, B, request, ["chu-lyon", "chu-bordeaux"])  # 2 of the 3 others
     sandbox.x("chu-lille").stop()  # one holder down during the recovery
@@ -204,7 +188,7 @@ def _lose_and_rebind(sandbox: Sandbox, org: str, voters: list[str]) -> tuple[Pat
     """Escrow, wipe, fresh keys, the members' vote: what every recovery starts from."""
     record = _escrow(sandbox, org)
     config = _wipe(sandbox, org)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, org, request, voters)
     return config.home, record
 
@@ -385,9 +369,9 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
 
 
 def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
-    """The IT team's commands: `medledger recover run --home NEW --from https://member` while
-    the other hospitals run (a solo sandbox: the command reads its ledger beside it); the node
-    restarted on the recovered home serves the records and escrows the keys again."""
+    """The IT team's command: `medledger recover run --home NEW` while the other hospitals
+    run (a solo sandbox: the command reads its ledger beside it); the node restarted on the
+    recovered home escrows the keys again."""
     from typer.testing import CliRunner
 
     from medledger.cli import app
@@ -419,16 +403,14 @@ def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
         vault.close()
         config = wiped.node.config
         shutil.rmtree(config.home)
-        request = keygen_home(config)
+        request = _fresh_home(config)
         args = request.member_args()
         lyon = next(r for r in running.runtimes if r.org == "chu-lyon")
         bordeaux = next(r for r in running.runtimes if r.org == "chu-bordeaux")
         lyon.node.wallet.send_message(Propose("rebind_member", args))
         bordeaux.node.wallet.send_message(Vote(1, True))
 
-        out = CliRunner().invoke(
-            app, ["recover", "run", "--home", str(config.home), "--from", lyon.exchange.url]
-        )
+        out = CliRunner().invoke(app, ["recover", "run", "--home", str(config.home)])
         assert out.exit_code == 0, out.output
         assert "checked against their commitments on the chain" in out.output
         assert "keys NOT escrowed again yet" in out.output  # the command cannot write the chain

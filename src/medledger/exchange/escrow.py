@@ -296,6 +296,8 @@ class EscrowKeeper:
         return self
 
     def stop(self) -> None:
+        """Stop between rounds; a deposit under way is left to finish or fail on its own (the
+        thread is a daemon: it never holds the node's shutdown)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=2)

@@ -17,11 +17,11 @@ Denials are committed too, with their reason's code (the wording stays in the ev
                                                              caller may see (indexing.py), sealed
                                                              to the caller hospital's X25519 key
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
+    POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
+                                                             vote rebinding it (escrow.py)
     POST /exchange/v1/pseudonym-key  {}                      the consortium's pseudonym key,
                                                              sealed to a current member's box
                                                              key on the chain (bootstrap.py)
-    POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
-                                                             vote rebinding it (escrow.py)
     POST /exchange/v1/custody-put    {items: [{id, blob, sha256, version}]}  the caller's sealed
                                                              replicas kept here (custody.py)
     POST /exchange/v1/custody-drop   {ids}                   delete them; a signed receipt
@@ -687,19 +687,6 @@ class Gateway:
                 return bytes(member["box_key"])
         raise Refused(409, f"{org} has no X25519 box key on the chain")
 
-    def pseudonym_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
-        """The consortium's pseudonym key, sealed to the calling member's box key."""
-        from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
-
-        _json_object(body)
-        try:
-            sealed = sealed_pseudonym_key(self.node, caller.actor.org)
-        except NotAMember as exc:
-            self.evidence.set_outcome(caller.request.evidence_id, "refused", str(exc))
-            raise Refused(403, str(exc)) from None
-        self.evidence.set_outcome(caller.request.evidence_id, "served")
-        return {"org": caller.actor.org, "sealed": b64(sealed)}
-
     def _keep_escrow(self, caller: Caller, ids: list[str]) -> None:
         """Custody never overwrites nor drops a share of the caller's current key escrow."""
         from medledger.exchange import escrow
@@ -733,6 +720,19 @@ class Gateway:
             "%s: released its key share to %s (%s)", self.org, caller.actor.org, answer["note"]
         )
         return answer
+
+    def pseudonym_key(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """The consortium's pseudonym key, sealed to the calling member's box key."""
+        from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
+
+        _json_object(body)
+        try:
+            sealed = sealed_pseudonym_key(self.node, caller.actor.org)
+        except NotAMember as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", str(exc))
+            raise Refused(403, str(exc)) from None
+        self.evidence.set_outcome(caller.request.evidence_id, "served")
+        return {"org": caller.actor.org, "sealed": b64(sealed)}
 
     def delivery(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         if self.on_delivery is None:

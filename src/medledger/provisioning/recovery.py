@@ -66,7 +66,7 @@ class RecoveryReport:
     def lines(self) -> list[str]:
         out = [
             f"{self.org}: rebound by proposal {self.rebind}; escrow epoch {self.epoch}, "
-            f"{len(self.shares_from)} good share(s) of {self.threshold} needed, from "
+            f"{len(self.shares_from)} good share(s) ({self.threshold} needed) from "
             + ", ".join(self.shares_from)
         ]
         out += [f"  share withheld by {h}: {why}" for h, why in sorted(self.withheld.items())]
