@@ -56,7 +56,7 @@ def test_a_thief_with_the_old_key_cannot_replace_the_escrow_before_the_vote(
     with contextlib.suppress(TxRejected):  # refused: what the recovery needs
         thief.wallet.send_message(forged)
     config = _wipe(sandbox, WIPED)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
     node = sandbox.root.sibling(config.home)
     client = ExchangeClient(node, directory=sandbox.directory)
@@ -80,7 +80,7 @@ def test_a_fresh_home_started_before_its_recovery_leaves_the_replicas_at_the_pee
     held = {p: sandbox.x(p).custody.usage(WIPED).items for p in peers}
     assert all(held.values())
     config = _wipe(sandbox, WIPED)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
     node = sandbox.root.sibling(config.home)
     vault = Vault.open(node.config.vault_config())
@@ -229,7 +229,7 @@ def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
             with contextlib.suppress(ExchangeError):  # refused: what the recovery needs
                 thief.custody_drop(peer, ids[i : i + 500])
     config = _wipe(sandbox, WIPED)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
     node = sandbox.root.sibling(config.home)
     client = ExchangeClient(node, directory=sandbox.directory)
@@ -302,7 +302,7 @@ def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_the_replic
     peers = replica_peers(sandbox.root.engine, WIPED)
     held = {p: sandbox.x(p).custody.usage(WIPED).items for p in peers}
     config = _wipe(sandbox, WIPED)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
     # what `medledger join` fetched once the vote made it a member again
     pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
@@ -333,7 +333,7 @@ def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_its_escrow
     old_keys = _keys(sandbox.h[WIPED].node.config.home)
     _escrow(sandbox, WIPED)
     config = _wipe(sandbox, WIPED)
-    request = _fresh_home(sandbox, config)
+    request = _fresh_home(config)
     _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
     pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
     write_secret(config.home / "keys" / "pseudonym.key", pseudonym.hex() + "\n", overwrite=True)
