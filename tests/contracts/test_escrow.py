@@ -49,9 +49,15 @@ def test_a_member_deposits_its_escrow_and_each_new_one_is_a_new_epoch() -> None:
     assert [h["sha256"] for h in record["holders"]] == _hashes(3)
     assert record["holders"][0]["box_key"] == bytes([2]) * 32  # h1's, as it was then
     assert record["epoch"] == 1 and record["threshold"] == 2
-    # a deposit made for epoch 1 again (racing, or retried) is refused; epoch 2 goes
+    # a deposit made for epoch 1 again (racing, or retried) is refused
     out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
     assert out.results[0].code == Code.CONFLICT and "epoch 2" in out.results[0].log
+    # while it is current, no new epoch (the old machine's thief would spoil the recovery)
+    out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
+    assert out.results[0].code == Code.REFUSED and "is current" in out.results[0].log
+    # a holder's new box key makes it stale: epoch 2 goes
+    update = net.tx(net.orgs["h1"], "governance.update_member", {"box_key": b"\x09" * 32})
+    assert run_block(app, [update], net.solo).results[0].ok
     run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
     assert app.query_obj("escrow/record", {"org": "h0"})["epoch"] == 2
     # nobody says no rebind yet: holders refuse to release

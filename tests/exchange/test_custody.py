@@ -80,13 +80,13 @@ def test_only_the_hospitals_own_key_reaches_its_custody(sandbox: Sandbox) -> Non
 
 def test_the_quota_bounds_what_one_owner_keeps(tmp_path: Path) -> None:
     store = CustodyStore(tmp_path / "custody.db")
-    store.put(A, [item("a1", b"x" * 600)], quota_bytes=1000)
+    store.put(A, [item("a1", b"x" * 600)], quota_bytes=1300)
     with pytest.raises(CustodyRefused) as over:
-        store.put(A, [item("a2", b"y" * 600)], quota_bytes=1000)
+        store.put(A, [item("a2", b"y" * 600)], quota_bytes=1300)
     assert over.value.status == 507 and "custody_quota_mb" in over.value.reason
     # Replacing an item counts its new size only; another owner has its own quota.
-    store.put(A, [item("a1", b"z" * 900, version=2)], quota_bytes=1000)
-    store.put(C, [item("a2", b"y" * 600)], quota_bytes=1000)
+    store.put(A, [item("a1", b"z" * 900, version=2)], quota_bytes=1300)
+    store.put(C, [item("a2", b"y" * 600)], quota_bytes=1300)
     assert store.usage(A).bytes == 900 and store.usage(C).bytes == 600
     assert store.drop(A, ["a1", "zz"]) == (["a1"], ["zz"])
     assert store.usage(A).bytes == 0

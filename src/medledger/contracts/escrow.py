@@ -138,6 +138,16 @@ def deposit(ctx: Context, msg: Deposit) -> None:
     epoch = 1 if previous is None else int(previous["epoch"]) + 1
     if msg.epoch != epoch:
         raise TxError(Code.CONFLICT, f"field epoch: the next escrow of {org} is epoch {epoch}")
+    # Whoever stole the member's key signs for it until the rebinding executes: it must not
+    # replace a current escrow by one of shares nobody holds (the holders would then release
+    # nothing). A new epoch comes when members, params or holders' keys changed, or after a
+    # rebinding of the member (its recovery escrows again).
+    if previous is not None and is_current(state, org) and release_check(state, org)[0] is None:
+        raise TxError(
+            Code.REFUSED,
+            f"field epoch: {org}'s escrow epoch {previous['epoch']} is current; a new one only "
+            "once members, params or holders' keys change, or after a rebind_member of it",
+        )
     holders = []
     for x, (holder, digest) in enumerate(zip(msg.holders, msg.hashes, strict=True)):
         member = governance.member(state, holder) or {}

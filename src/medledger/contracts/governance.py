@@ -58,6 +58,23 @@ UPDATE_PROOF_DOMAIN = b"medledger/update-member/v1"
 
 # DER SubjectPublicKeyInfo of an uncompressed ECDSA P-256 key: this header, then 0x04 || X || Y.
 _P256_SPKI_HEADER = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+# X25519 public keys of small order (libsodium's list, top bit ignored): anything sealed to one
+# fails, so a member with such a box key would make every escrow it holds a share of fail.
+_SMALL_ORDER_X25519 = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "00" * 32,
+        "01" + "00" * 31,
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ec" + "ff" * 30 + "7f",
+        "ed" + "ff" * 30 + "7f",
+        "ee" + "ff" * 30 + "7f",
+    )
+)
+# P-256's prime and curve constant b (y^2 = x^3 - 3x + b mod p; FIPS 186-4, D.1.2.3).
+_P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 _HOST_PORT = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,98}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$"
 )
@@ -250,6 +267,11 @@ def check_tls_key(tls_key: bytes, where: str) -> None:
         raise TxError(
             Code.INVALID_BODY, f"field {where}: expected the DER public key of an ECDSA P-256 key"
         )
+    point = tls_key[len(_P256_SPKI_HEADER) + 1 :]
+    x, y = int.from_bytes(point[:32], "big"), int.from_bytes(point[32:], "big")
+    # Every node loads every pin at each handshake: a point off the curve must not get in.
+    if not (x < _P256_P and y < _P256_P and (y * y - x * x * x + 3 * x - _P256_B) % _P256_P == 0):
+        raise TxError(Code.INVALID_BODY, f"field {where}: not a point of the P-256 curve")
 
 
 def check_addresses(addresses: dict[str, str], where: str) -> None:
@@ -285,6 +307,8 @@ def _check_keys(
     for name, value in (("key", key), ("box_key", box_key), ("validator_key", validator_key)):
         if value and len(value) != 32:
             raise TxError(Code.INVALID_BODY, f"field {where}{name}: must be 32 bytes")
+    if box_key and box_key[:31] + bytes([box_key[31] & 0x7F]) in _SMALL_ORDER_X25519:
+        raise TxError(Code.INVALID_BODY, f"field {where}box_key: an X25519 key of small order")
     if tls_key:
         check_tls_key(tls_key, f"{where}tls_key")
     given = {"key": key, "box_key": box_key, "tls_key": tls_key, "validator_key": validator_key}
@@ -532,6 +556,24 @@ def vote(ctx: Context, msg: Vote) -> None:
     _settle(ctx, msg.proposal, proposal)
 
 
+def _check_not_proposed(ctx: Context, org: str, **given: bytes) -> None:
+    """A member's own update never takes a key that an open admission or rebinding of another
+    org names: TLS, box and validator keys need no proof of possession, so whoever read the
+    proposal could otherwise claim them first and make its execution fail for ever."""
+    for proposal in q_proposals(ctx.state, {"status": "open"}):
+        args = proposal["args"]
+        if proposal["action"] not in ("admit_member", "rebind_member") or args.get("org") == org:
+            continue
+        if ctx.time_ms > proposal["expires"]:
+            continue
+        for name, value in given.items():
+            if value and args.get(name) == value:
+                raise TxError(
+                    Code.CONFLICT,
+                    f"field {name}: named for {args.get('org')} by open proposal {proposal['id']}",
+                )
+
+
 def update_member(ctx: Context, msg: UpdateMember) -> None:
     org = require_member(ctx)
     old = ctx.state.get(_member_key(org))
@@ -543,6 +585,9 @@ def update_member(ctx: Context, msg: UpdateMember) -> None:
         box_key=msg.box_key,
         tls_key=msg.tls_key,
         validator_key=msg.validator_key,
+    )
+    _check_not_proposed(
+        ctx, org, box_key=msg.box_key, tls_key=msg.tls_key, validator_key=msg.validator_key
     )
     if msg.key:
         if not verify(msg.key, update_proof_message(org, old["key"]), msg.key_proof):

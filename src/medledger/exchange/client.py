@@ -384,6 +384,10 @@ class ExchangeClient:
                 )
                 for i in answer.get("items", [])
             ]
+            ids = [i.id for i in page]
+            if any(b <= a for a, b in zip([after, *ids], ids, strict=False)):
+                # a holder that repeats or reorders its pages would keep us asking for ever
+                raise ExchangeError(holder, 0, "custody-list: ids not rising past the last page")
             found += page
             usage = int(answer.get("usage", 0))
             if not answer.get("more") or not page:
@@ -407,11 +411,15 @@ class ExchangeClient:
                 )
                 for i in answer.get("items", [])
             ]
-            if not got and answer.get("later"):
+            asked = set(batch)
+            got = [it for it in got if it.id in asked]  # only what was asked: each once
+            served = {it.id for it in got}
+            said_later = set(answer.get("later", []))
+            later = [i for i in batch if i in said_later and i not in served]
+            if later and not served:
                 raise ExchangeError(holder, 0, "custody-get returned nothing and asked for later")
             out += got
-            later = set(answer.get("later", []))
-            pending = [i for i in batch if i in later] + pending
+            pending = later + pending
         return out
 
     # -- event stream ------------------------------------------------------------------------

@@ -244,7 +244,7 @@ class EscrowKeeper:
         org = self.node.config.org
         status = queries.escrow_status(self.node.engine, org)
         if status["rebind"] is not None:
-            if self.vault is None or not self.vault.patients():
+            if self.vault is None or not self._restored(int(status["rebind"])):
                 return None  # a recovery is pending: these keys are not the escrowed ones
         elif status["current"]:
             return None
@@ -254,6 +254,26 @@ class EscrowKeeper:
         self.last = deposit(self.node, self.client, *self._keys)
         log.info("%s: keys escrowed, epoch %d at %s", org, self.last.epoch, self.last.holders)
         return self.last
+
+    def _restored(self, rebind: int, patients: int = 50) -> bool:
+        """Whether the vault holds one of this org's own records registered before rebind
+        proposal `rebind` executed: only the escrowed keys open those (a record taken in on
+        the new machine, whose key the vote bound, comes after it). Looks at the first own
+        record of a few patients."""
+        assert self.vault is not None
+        engine, org = self.node.engine, self.node.config.org
+        executed = next(
+            (p for p in queries.proposals(engine, "executed") if int(p["id"]) == rebind), None
+        )
+        if executed is None:
+            return False
+        for pid in self.vault.patients()[:patients]:
+            own = self.vault.records_of(pid, include_copies=False)
+            entry = queries.record_entry(engine, own[0].rid) if own else None
+            decided = int(executed["decided"])
+            if entry is not None and entry["custodian"] == org and int(entry["time"]) < decided:
+                return True
+        return False
 
     def _run(self) -> None:
         wait, failing_since = self.first, 0.0

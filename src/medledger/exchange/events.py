@@ -222,8 +222,10 @@ class EventStream:
         start: tuple[int, int],
         types: tuple[str, ...] = (),
         is_disconnected: Callable[[], Any] | None = None,
+        allowed: Callable[[], bool] | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """The viewer's events from `start` on, following new blocks until stopped."""
+        """The viewer's events from `start` on, following new blocks until stopped, or until
+        `allowed()` says the viewer may no longer read (checked at every block)."""
         height, skip = start
         while not self._stop.is_set():
             record = await anyio.to_thread.run_sync(self._block, height)
@@ -232,6 +234,8 @@ class EventStream:
                     return
                 await asyncio.sleep(self.poll)
                 continue
+            if allowed is not None and not await anyio.to_thread.run_sync(allowed):
+                return  # removed, or its key rotated away: the stream ends with it
             for ev in await anyio.to_thread.run_sync(self._visible, record, viewer, skip, types):
                 yield ev
             height, skip = height + 1, -1
@@ -244,6 +248,7 @@ class EventStream:
         from_height: int | None,
         types: Iterable[str] = (),
         request: Request | None = None,
+        allowed: Callable[[], bool] | None = None,
     ) -> Response:
         """An EventSourceResponse for this viewer, resuming as asked (400 if malformed)."""
         try:
@@ -254,7 +259,7 @@ class EventStream:
 
         async def gen() -> AsyncIterator[ServerSentEvent]:
             disconnected = request.is_disconnected if request is not None else None
-            async for ev in self.events(viewer, start, kinds, disconnected):
+            async for ev in self.events(viewer, start, kinds, disconnected, allowed):
                 yield ServerSentEvent(
                     data=orjson.dumps(ev.to_obj()).decode(), event=ev.type, id=ev.id
                 )
@@ -281,10 +286,17 @@ class EventStream:
             if raw_from is not None and not raw_from.isdigit():
                 return json_response({"error": "from: a block height expected"}, 400)
             viewer = Viewer(caller.actor.org, caller.actor.practitioner)
+
+            def allowed() -> bool:
+                """The signing key still names the same active actor in committed state."""
+                actor = gateway.policy.actor(caller.request.key)
+                return actor is not None and actor.active and actor.org == caller.actor.org
+
             return self.response(
                 viewer,
                 last_event_id=headers.get("last-event-id"),
                 from_height=int(raw_from) if raw_from is not None else None,
                 types=request.query_params.get("types", "").split(","),
                 request=request,
+                allowed=allowed,
             )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import os
 import ssl
 import threading
@@ -38,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medledger.host.secretfile import read_secret, write_secret
 from medledger.node.config import TLS_DIR
+
+log = logging.getLogger(__name__)
 
 GATEWAY_PORT_OFFSET = 4  # with a base port, hospital i listens on base + 10 i + 4
 _NOT_BEFORE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -156,6 +159,18 @@ def _anchor(org: str, public_der: bytes, signer: ec.EllipticCurvePrivateKey) -> 
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _anchors(pins: tuple[tuple[str, bytes], ...], signer: ec.EllipticCurvePrivateKey) -> list[str]:
+    """The anchors of the pins that load: one member's bad key costs that member alone its
+    connections, not every handshake of the node."""
+    out = []
+    for org, key in pins:
+        try:
+            out.append(_anchor(org, key, signer).decode())
+        except (PkiError, ValueError) as exc:
+            log.warning("%s: its tls_key on the chain does not load, not trusted: %s", org, exc)
+    return out
+
+
 def new_identity(directory: Path, org: str, hosts: tuple[str, ...] = ()) -> bytes:
     """Make a TLS key and its certificate in `directory`; return the public key (DER).
 
@@ -230,7 +245,7 @@ class PinnedContexts:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.verify_mode = ssl.CERT_OPTIONAL if server and self.anonymous else ssl.CERT_REQUIRED
             ctx.check_hostname = False  # the key is the identity, not the address dialled
-            anchors = "".join(_anchor(o, k, self._anchor_key).decode() for o, k in pins)
+            anchors = "".join(_anchors(pins, self._anchor_key))
             if anchors:
                 ctx.load_verify_locations(cadata=anchors)
             ctx.load_cert_chain(str(self.files.cert), str(self.files.key))

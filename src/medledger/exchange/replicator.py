@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.escrow import pending_recovery
-from medledger.node.custody import MAX_ITEMS, Item
+from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
 from medledger.node.replicas import ensure_backup_key, replica_peers
 from medledger.vault.replication import ReplicaKeys
 
@@ -180,8 +181,9 @@ class Replicator:
             if state is None:
                 head = self.vault.journal_head()  # read first: later changes are sent later
                 names = self.vault.item_names()
+                there, _ = self.client.custody_list(peer)  # before ours arrive
                 held = self._send(peer, names)
-                held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, held)
+                held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, there, held)
                 self.vault.set_replica_peer(peer, head, time.time(), held)
                 return False
             acked, _, held = state
@@ -223,11 +225,24 @@ class Replicator:
                 self._record_receipt(peer, drops, self.client.custody_drop(peer, drops))
         return held
 
-    def _drop_strays(self, peer: str, ours: set[str], held: int) -> int:
+    def _drop_strays(self, peer: str, ours: set[str], there: list[ItemInfo], held: int) -> int:
         """Replica items at `peer` that this vault no longer has (a restored vault's first
-        round). Only replica ids (64 hex): other items, such as escrow shares, stay."""
-        listed, held = self.client.custody_list(peer)
-        strays = [i.id for i in listed if len(i.id) == 64 and i.id not in ours]
+        round). Only replica ids (64 hex): other items, such as escrow shares, stay. When not
+        one item there is ours (an empty vault, or a fresh home's new backup key, whose ids
+        are all strangers'), nothing is dropped: they are what its recovery needs."""
+        replicas = [i.id for i in there if len(i.id) == 64]
+        if not replicas:
+            return held
+        if not ours.intersection(replicas):
+            log.warning(
+                "%s: none of the %d replica items at %s is under this backup key: left alone "
+                "(a recovery pending?)",
+                self.org,
+                len(replicas),
+                peer,
+            )
+            return held
+        strays = [i for i in replicas if i not in ours]
         for chunk in _chunks(strays, MAX_ITEMS):
             self._record_receipt(peer, chunk, self.client.custody_drop(peer, chunk))
             held = self.client.custody_list(peer)[1]
@@ -235,9 +250,13 @@ class Replicator:
 
     def drop_now(self, ids: list[str]) -> tuple[list[str], list[str]]:
         """Drop items at every replica peer at once (an erased patient's wrapped key):
-        (peers whose signed receipt came back, peers that did not answer)."""
+        (peers whose signed receipt came back, peers that did not answer). Members that
+        held replicas before the params or the members changed get the drop too: their copy
+        of a wrapped key must not outlive the erasure."""
+        members = set(queries.member_orgs(self.node.engine))
+        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
         dropped, pending = [], []
-        for peer in self.peers():
+        for peer in dict.fromkeys([*self.peers(), *former]):
             try:
                 self._record_receipt(peer, ids, self.client.custody_drop(peer, ids))
                 dropped.append(peer)

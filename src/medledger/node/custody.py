@@ -27,6 +27,9 @@ import cbor2
 ITEM_ID = re.compile(r"[0-9a-z][0-9a-z._:-]{0,127}")
 #: Largest blob one item may hold.
 MAX_ITEM_BYTES = 16 * 1024 * 1024
+#: What an item costs against the quota besides its blob: its row, id and hash on disk (an
+#: empty blob is not free, or a member could fill a holder's disk with empty items).
+ITEM_OVERHEAD = 256
 #: Items one call may name (put, drop, get) and one listing page may return.
 MAX_ITEMS = 1000
 
@@ -155,11 +158,12 @@ class CustodyStore:
                     len(item.blob) - held.get(item.id, 0) for item in items
                 )
                 new_items = before.items + sum(1 for item in items if item.id not in held)
-                if new_bytes > quota_bytes:
+                if new_bytes + new_items * ITEM_OVERHEAD > quota_bytes:
                     raise CustodyRefused(
                         507,
-                        f"over quota: {owner} would hold {new_bytes} bytes here, the "
-                        f"consortium's custody_quota_mb allows {quota_bytes}",
+                        f"over quota: {owner} would hold {new_items} items of {new_bytes} bytes "
+                        f"here (each counts {ITEM_OVERHEAD} bytes more), the consortium's "
+                        f"custody_quota_mb allows {quota_bytes}",
                     )
                 self._db.executemany(
                     "INSERT OR REPLACE INTO items (owner, id, version, sha256, size, blob) "

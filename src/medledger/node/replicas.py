@@ -283,6 +283,7 @@ def restore_vault(
         if parse_item_name(name)[0] == "erasure"
         for row in rows.get("erasures", [])
     }
+    erased |= _erased_on_chain(contents, engine, org)
     kept: dict[str, dict[str, Any]] = {}
     for name, rows in contents.items():
         if _of_erased(name, rows, erased):
@@ -336,6 +337,34 @@ _REPLICA_ID = re.compile(r"[0-9a-f]{64}")
 def _is_replica_id(item_id: str) -> bool:
     """Replica items have 64-hex ids; other items (escrow shares) are not the vault's."""
     return _REPLICA_ID.fullmatch(item_id) is not None
+
+
+def _erased_on_chain(
+    contents: dict[str, dict[str, Any]], engine: Queryable, org: str
+) -> set[tuple[str, int]]:
+    """(pid, generation) that the chain says this hospital shredded (`records.shredded`),
+    whether or not the tombstone reached its peers (they were down, or the machine was lost
+    before the replicator's next round): every generation of a shredded pid but one whose
+    own records were registered after the statement (the patient came back later)."""
+    generations: dict[str, set[int]] = defaultdict(set)
+    own: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for rows in contents.values():
+        for r in rows.get("patient_keys", []):
+            generations[str(r[0])].add(int(r[1]))
+        for r in rows.get("records", []):
+            generations[str(r[2])].add(int(r[3]))
+            if str(r[5]) == org and not r[6]:
+                own[(str(r[2]), int(r[3]))].append(str(r[0]))
+    erased: set[tuple[str, int]] = set()
+    for pid, gens in generations.items():
+        statement = queries.shredded(engine, org, pid)
+        if statement is None:
+            continue
+        for gen in gens:
+            entries = [queries.record_entry(engine, rid) for rid in own.get((pid, gen), [])]
+            if not any(e is not None and int(e["time"]) > int(statement["time"]) for e in entries):
+                erased.add((pid, gen))
+    return erased
 
 
 def _of_erased(name: str, rows: dict[str, Any], erased: set[tuple[str, int]]) -> bool:
