@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -80,6 +81,13 @@ def test_a_member_cannot_take_the_keys_of_an_open_rebinding_to_block_it() -> Non
     assert _member(app, "h1")["tls_key"] == args["tls_key"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 15, review finding 15): a rebinding passes with two thirds of the "
+        "other members; whether the target counts in the total is undecided"
+    ),
+)
 def test_rebinding_a_member_takes_two_thirds_of_the_members_as_admission_does() -> None:
     """Rebinding hands the org's identity, its replicas and (with its escrow's shares) its
     vault keys to whoever holds the new keys. In four members, h0 and h2 alone (half of the
@@ -116,6 +124,13 @@ def test_a_box_key_of_small_order_is_refused() -> None:
         assert result.code == Code.INVALID_BODY and "box_key" in result.log, result.log
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 15, review finding 16): a rebinding leaves the lost machine's "
+        "practitioner keys active"
+    ),
+)
 def test_a_rebinding_retires_the_practitioner_keys_that_lived_on_the_lost_machine() -> None:
     """Practitioners' keys are kept in the hospital's home (keys/practitioners/): whoever took
     the machine has them. After the vote that rebinds the org, they must not still sign for
@@ -140,6 +155,13 @@ def test_a_rebinding_retires_the_practitioner_keys_that_lived_on_the_lost_machin
     assert actor is None or not actor["active"], "a key from the lost machine still signs for h1"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 15, review finding 17): escrow holders follow org ids, which an "
+        "applicant chooses"
+    ),
+)
 def test_two_newcomers_cannot_choose_org_ids_that_make_them_a_members_escrow_holders() -> None:
     """Holders are "the next escrow_shares members after the org in the sorted ring": the
     ring's order is the org ids', and an applicant chooses its own id. Two colluding

@@ -210,6 +210,13 @@ def test_erasure_reaches_a_peer_that_held_replicas_before_the_params_changed(
     assert sandbox.x(left).custody.get(A, [key_id]) == [], f"{left} still holds the erased key"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 15, review finding 12): peers delete on any drop by the owner's key,"
+        " stolen or not"
+    ),
+)
 def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
     four: Sandbox,
 ) -> None:
@@ -248,6 +255,13 @@ def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
     assert report.complete and report.records >= len(rids), describe_gaps(report)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open (issue 15, review finding 13): the chain has no index of a custodian's "
+        "records to check a restore against"
+    ),
+)
 def test_a_restore_that_finds_nothing_does_not_say_complete(
     ingested: tuple[Sandbox, list[str]],
 ) -> None:
