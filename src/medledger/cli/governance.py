@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from medledger.cli import _common
 from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
 from medledger.contracts.governance import Propose, UpdateMember, Vote
@@ -45,6 +46,27 @@ def _read_request(path: Path) -> JoinRequest:
     from medledger.provisioning import JoinRequest
 
     return JoinRequest.from_json(path.read_text(), str(path))
+
+
+def propose_rebind(home: Path, org: str, request: Path, note: str) -> None:
+    """Propose binding `org` to the keys of `request` (`rebind_member`), and say how the
+    others vote: `member propose rebind` and `recover propose` are this one act."""
+    from medledger.node import Node
+
+    with user_errors():
+        joining = _read_request(request)
+        if joining.org != org:
+            raise ValueError(f"--request: made for {joining.org!r}, not {org!r}")
+        with Node.open(home) as node:
+            committed = send(
+                node, node.wallet, Propose("rebind_member", joining.member_args(), note)
+            )
+            _report(node, committed)
+    if not _common.event(committed, "proposal.executed"):
+        created = _common.event(committed, "proposal.created")
+        console.print(
+            f"the other members vote: medledger member vote {created.get('id')} --home ..."
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -103,15 +125,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Propose binding a member's org id to new keys after it lost its own (2/3 vote of
         the others); its records, practitioners and custody stay."""
-        from medledger.node import Node
-
-        with user_errors():
-            joining = _read_request(request)
-            if joining.org != org:
-                raise ValueError(f"--request: made for {joining.org!r}, not {org!r}")
-            with Node.open(home) as node:
-                c = send(node, node.wallet, Propose("rebind_member", joining.member_args(), note))
-                _report(node, c)
+        propose_rebind(home, org, request, note)
 
     @propose.command("remove")
     def remove(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medledger.cli._common import HomeOption, console, event, fail, send, user_errors
+from medledger.cli._common import HomeOption, console, fail, user_errors
 
 if TYPE_CHECKING:
     from medledger.exchange.client import ExchangeClient
@@ -130,25 +130,9 @@ def register(app: typer.Typer) -> None:
         """Propose binding ORG's identity to the new machine's keys (`rebind_member`, as
         `member propose rebind`); the other members vote it with `medledger member vote`
         (two thirds of them; ORG's lost key does not count)."""
-        from medledger.cli.governance import _report
-        from medledger.contracts.governance import Propose
-        from medledger.node import Node
-        from medledger.provisioning import JoinRequest
+        from medledger.cli.governance import propose_rebind
 
-        with user_errors():
-            req = JoinRequest.from_json(request.read_text(), str(request))
-            if req.org != org:
-                raise ValueError(f"--request: made for {req.org!r}, not {org!r}")
-            with Node.open(home) as node:
-                committed = send(
-                    node, node.wallet, Propose("rebind_member", req.member_args(), note)
-                )
-                _report(node, committed)
-            if not event(committed, "proposal.executed"):
-                created = event(committed, "proposal.created")
-                console.print(
-                    f"the other members vote: medledger member vote {created.get('id')} --home ..."
-                )
+        propose_rebind(home, org, request, note)
 
     @recover.command("run")
     def run(
