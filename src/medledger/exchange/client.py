@@ -26,6 +26,7 @@ from medledger.contracts import queries
 from medledger.contracts.categories import CATEGORIES, CATEGORY_SET
 from medledger.exchange.pki import PinnedContexts, PinSource, TlsFiles, peer_org
 from medledger.exchange.signing import RequestSigner
+from medledger.ledger.errors import TxError
 from medledger.ledger.keys import SigningKey, verify
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo, drop_receipt_message
 from medledger.node.indexing import check_commitment
@@ -156,9 +157,11 @@ def member_pins(node: Node) -> PinSource:
     """The TLS keys of the current members, read from the node's replica at each call."""
 
     def pins() -> dict[str, bytes]:
-        return {
-            str(m["org"]): m["tls_key"] for m in queries.members(node.engine) if m.get("tls_key")
-        }
+        try:
+            current = queries.members(node.engine)
+        except TxError:  # a replica before CometBFT's InitChain (joining, recovering) has no
+            return {}  # contracts yet: it trusts no one until then, and the contexts follow
+        return {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
 
     return pins
 
