@@ -255,13 +255,6 @@ def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
     assert report.complete and report.records >= len(rids), describe_gaps(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open (issue 15, review finding 13): the chain has no index of a custodian's "
-        "records to check a restore against"
-    ),
-)
 def test_a_restore_that_finds_nothing_does_not_say_complete(
     ingested: tuple[Sandbox, list[str]],
 ) -> None:
