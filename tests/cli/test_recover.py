@@ -21,7 +21,7 @@ def _cli(*args: str) -> tuple[int, str]:
 
 def test_members_rebind_a_wiped_hospital_to_its_new_machine_keys(tmp_path: Path) -> None:
     homes = create_consortium(tmp_path / "net", 4, genesis_time_ms=int(time.time() * 1000))
-    lyon, paris, bordeaux, _ = (str(h) for h in homes)
+    lyon, paris, bordeaux, lille = (str(h) for h in homes)
     fresh = tmp_path / "new-machine"
     request = keygen(fresh, "chu-lyon", "CHU de Lyon", {"gateway": "127.0.0.1:7004"})
     (fresh / "join-request.json").write_text(request.to_json())
@@ -36,6 +36,8 @@ def test_members_rebind_a_wiped_hospital_to_its_new_machine_keys(tmp_path: Path)
     code, out = _cli("member", "vote", "1", "--home", lyon)
     assert code != 0 and "does not vote on its own rebinding" in out
     code, out = _cli("member", "vote", "1", "--home", bordeaux)
+    assert code == 0 and "bound to its new keys" not in out, out  # two of four: not yet
+    code, out = _cli("member", "vote", "1", "--home", lille)
     assert code == 0 and "chu-lyon is now bound to its new keys" in out, out
     with Node.open(Path(paris)) as node:
         member = next(m for m in queries.members(node.engine) if m["org"] == "chu-lyon")
