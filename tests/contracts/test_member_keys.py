@@ -303,3 +303,15 @@ def test_governance_v1_chains_replay_rebindings_as_they_passed() -> None:
     _vote_through(net, app, 1, ("h2",))
     assert app.query_obj("governance/proposal", {"id": 1})["status"] == "executed"
     assert app.query_obj("identity/actor", {"key": kept.public_key})["active"]
+
+
+def test_a_rebinding_two_thirds_cannot_reach_is_refused_when_proposed() -> None:
+    """Of two members, the one left is half: two thirds without the lost member's own vote
+    is out of reach, so the proposal is refused at once rather than left open for nothing."""
+    net = make_net(2)
+    app = net.app()
+    tx = net.tx(
+        net.orgs["h0"], "governance.propose", {"action": "rebind_member", "args": _rebind_args()}
+    )
+    refused = app.check_tx(tx)
+    assert refused.code == Code.REFUSED and "two thirds of 2 members" in refused.log

@@ -387,6 +387,13 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
                 Code.REFUSED,
                 "field args.org: a member changes its own keys with update_member",
             )
+        total = len(members(state))
+        if contract_version(state, "governance") >= 2 and (total - 1) * 3 < total * 2:
+            raise TxError(
+                Code.REFUSED,
+                f"field args.org: two thirds of {total} members cannot be reached without "
+                f"{parsed.org}'s own vote",
+            )
         if len(parsed.key) != 32:
             raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
         _check_keys(
