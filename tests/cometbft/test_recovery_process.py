@@ -2,7 +2,7 @@
 net up`) ingests thousands of resources, its replicas and escrow catch up, a patient of it is
 erased; then its processes are killed and its home deleted entirely. It comes back exactly as
 docs/recovery.md tells its IT team: `hospital keygen` on a fresh home, `recover propose` by a
-member and `member vote` by another, `join --from`, `recover run` beside its CometBFT, then
+member and `member vote` by two others, `join --from`, `recover run` beside its CometBFT, then
 `net up`. Every record is restored and checked against the chain, `verify` passes, the FHIR API
 serves the same bytes, the erased patient stays erased, and the node signs blocks again with
 its new validator key."""
