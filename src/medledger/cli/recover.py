@@ -67,11 +67,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Split this hospital's vault KEK and backup key k of n among its peers (sealed to
         each one's box key), and record the holders and the shares' hashes on the chain;
-        say what is there when it is current. Beside a running solo node it only says: the
-        node keeps it current."""
+        say what is there when it is current."""
         from medledger.contracts import queries
         from medledger.exchange import escrow
-        from medledger.node.reader import LedgerReader, open_node
+        from medledger.consensus.solo_shared import SoloClient
+        from medledger.node.reader import open_node
         from medledger.vault import Vault
 
         with user_errors(), open_node(home) as node:
@@ -88,8 +88,8 @@ def register(app: typer.Typer) -> None:
                     f"escrow epoch {record['epoch']} is {state}: any {record['threshold']} of "
                     + ", ".join(h["org"] for h in record["holders"])
                 )
-            if isinstance(node.engine, LedgerReader):
-                console.print("the running node keeps it current (it holds the solo ledger)")
+            if isinstance(node.engine, SoloClient) and not node.engine.submits:
+                console.print("the solo ledger is held by a one-shot command: run this again")
                 return
             if status["rebind"] is not None:
                 with Vault.open(node.config.vault_config()) as vault:
