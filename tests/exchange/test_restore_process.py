@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from medledger.interop.synth import generate
 from medledger.consensus.solo_shared import SoloClient
 from medledger.contracts import default_registry
+from medledger.interop.synth import generate
 from medledger.node.config import load_config
 from medledger.node.replicas import replica_peers
 from medledger.provisioning import create_consortium
