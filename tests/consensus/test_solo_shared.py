@@ -17,6 +17,7 @@ from medledger.ledger.app import nonce_key
 from medledger.ledger.keys import SigningKey
 from medledger.node import LedgerBusy, Node
 from medledger.node.config import load_config
+from medledger.node.health import HealthProbe
 
 
 def _register(node: Node, practitioner: str) -> None:
@@ -55,10 +56,17 @@ def test_a_second_node_submits_through_the_running_producer(consortium: list[Pat
             # A tx the producer refuses comes back refused, with its reason.
             bad = beside.wallet.submit("identity.register", {"practitioner": "x"})
             assert not bad.accepted and "key" in bad.check.log
-    # The producer gone: submitting says so, naming the socket; reading still works.
-    with pytest.raises(ProducerUnavailable, match="no process produces"):
-        beside.engine.submit(b"anything")
-    assert not served.exists()
+            assert beside.health.status().unavailable == ""
+
+            # The producer gone: submitting says so, naming the socket; reading still works;
+            # the node's front doors refuse (503) with the reason.
+            producer.close()
+            assert not served.exists()
+            with pytest.raises(ProducerUnavailable, match="no process produces"):
+                beside.engine.submit(b"anything")
+            assert _practitioners(beside) == {"nurse-a", "nurse-b"}
+            fresh = HealthProbe(beside)  # the node's own probe reuses a look for 1 s
+            assert "producer" in fresh.status().unavailable
 
 
 def test_a_reader_beside_a_one_shot_writer_cannot_submit(consortium: list[Path]) -> None:

@@ -200,6 +200,16 @@ class SoloClient:
     def submits(self) -> bool:
         return self.socket is not None
 
+    def producer_gone(self, timeout: float = 1.0) -> str:
+        """Why nothing can be committed now ("" when the producer answers): for the node's
+        health probe, which then refuses requests (503) rather than fail their writes."""
+        if self.socket is None or serving(self.socket, timeout):
+            return ""
+        return (
+            f"the solo ledger's producer ({self.socket}) does not answer: nothing can be "
+            "written to the chain; the node serves again by itself once it is back"
+        )
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Store]:
         with self._lock:
