@@ -207,6 +207,7 @@ def test_a_wiped_hospital_comes_back_by_vote_on_a_solo_sandbox(tmp_path: Path) -
         # One holder (and replica peer) still down: the others are enough.
         nodes.start(voter)
         report = medledger("recover", "run", "--home", str(home), "--timeout", "120")
+        print(report)  # what the IT team reads (with -s)
         restored = re.search(r"restored (\d+) record versions .* (\d+) checked against", report)
         assert restored is not None and restored[1] == restored[2], report
         assert int(restored[1]) >= len(kept), report
