@@ -14,6 +14,7 @@ from nacl.public import PrivateKey, SealedBox
 from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
 from medledger.exchange.client import ExchangeError
 from medledger.ledger.genesis import Genesis
+from medledger.provisioning import create_consortium
 from medledger.provisioning.join import JoinError, configure_from, fetch_bootstrap
 from tests.exchange.conftest import A, B, C, Sandbox
 
@@ -78,15 +79,26 @@ def test_configure_from_refuses_a_genesis_not_the_one_given(
     assert sorted(p.name for p in home.iterdir()) == ["join-request.json"]  # nothing written
 
 
-def test_joining_a_solo_consortium_from_afar_says_it_needs_cometbft(
+def test_joining_a_solo_consortium_needs_its_sandbox_folder_on_this_machine(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     home = tmp_path / "nantes"
     _request(home)
-    genesis_hash = fetch_bootstrap(sandbox.x(A).url)["genesis_hash"]
-    with pytest.raises(JoinError, match="needs CometBFT"):
-        configure_from(home, sandbox.x(A).url, genesis_hash=genesis_hash)
-    assert not (home / "config.json").exists()
+    url = sandbox.x(A).url
+    genesis_hash = fetch_bootstrap(url)["genesis_hash"]
+    with pytest.raises(JoinError, match="give --sandbox DIR"):
+        configure_from(home, url, genesis_hash=genesis_hash)
+    create_consortium(tmp_path / "other", 1, genesis_time_ms=1)
+    with pytest.raises(JoinError, match="another consortium"):
+        configure_from(home, url, genesis_hash=genesis_hash, sandbox=tmp_path / "other")
+    assert sorted(p.name for p in home.iterdir()) == ["join-request.json"]  # nothing written
+
+    config = configure_from(home, url, genesis_hash=genesis_hash, sandbox=sandbox.dir)
+    # The sandbox's ledger, its members as peers, the request's address: no CometBFT.
+    assert config.engine == "solo" and config.ledger_db == sandbox.root.config.ledger_db
+    assert set(config.exchange.peers) == {A, B, C, "chu-nantes"}
+    assert config.exchange.listen == "10.231.0.15:7004"
+    assert not (home / "cometbft").exists()
 
 
 def test_configure_from_needs_a_keygen_home_and_an_https_member(tmp_path: Path) -> None:

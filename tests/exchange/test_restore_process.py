@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from medledger.consensus.solo_shared import SoloClient
+from medledger.contracts import default_registry
 from medledger.interop.synth import generate
 from medledger.node.config import load_config
-from medledger.node.reader import LedgerReader
 from medledger.node.replicas import replica_peers
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
@@ -32,7 +33,7 @@ def run(*args: str) -> str:
 
 def replicated(home: Path) -> bool:
     config = load_config(home)
-    reader = LedgerReader(config.ledger_db)
+    reader = SoloClient(config.ledger_db, default_registry(), None)
     try:
         peers = replica_peers(reader, config.org)
     finally:

@@ -28,6 +28,13 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="The genesis hash the members gave you (hex); checked, not trusted."),
         ] = None,
+        sandbox: Annotated[
+            Path | None,
+            typer.Option(
+                "--sandbox",
+                help="A solo consortium: its sandbox folder on this machine (the ledger's).",
+            ),
+        ] = None,
         listen_all: Annotated[
             bool,
             typer.Option(
@@ -37,8 +44,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Configure a keygen'd home: genesis, peers, CometBFT; then get the pseudonym key
-        (a joiner: once the members have admitted it; a founder: from the first founder)."""
+        """Configure a keygen'd home: genesis, peers, CometBFT (or, on a solo sandbox, its
+        folder's ledger); then get the pseudonym key (a joiner: once the members have
+        admitted it; a founder: from the first founder)."""
         from medledger.provisioning.join import (
             JoinError,
             configure_from,
@@ -60,7 +68,11 @@ def register(app: typer.Typer) -> None:
             else:
                 assert from_url is not None
                 config = configure_from(
-                    home, from_url, genesis_hash=genesis_hash, listen_all=listen_all
+                    home,
+                    from_url,
+                    genesis_hash=genesis_hash,
+                    listen_all=listen_all,
+                    sandbox=sandbox,
                 )
         digest = config.genesis().hash().hex()
         if genesis_hash is None:
@@ -72,7 +84,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"genesis hash {digest} checked")
         console.print(f"{config.org}: configured in {config.home} from {from_url or genesis}")
         cmt = config.home / config.cometbft.home
-        start = f"  medledger node run --home {config.home}\n  cometbft start --home {cmt}"
+        start = f"  medledger node run --home {config.home}"
+        if config.engine == "cometbft":
+            start += f"\n  cometbft start --home {cmt}"
         if not (Path(config.home) / "keys" / "pseudonym.key").exists():
             if genesis is not None:
                 try:

@@ -6,9 +6,10 @@ ledger replica and serves ABCI to its own CometBFT process (started by `medledge
 which runs this command for each hospital); on the solo engine it produces the blocks.
 
 The solo engine's ledger is one file shared by the sandbox's hospitals and only one process
-may write it, so a solo sandbox of several hospitals runs in one process: `medledger sandbox
-run DIR`. Both block until Ctrl-C or SIGTERM, then stop in order (gateway and agent, then the
-engine, then the ledger and the vault).
+writes it: `medledger sandbox run DIR` runs every hospital in that process; or each hospital
+runs its own `medledger node run`, the first one producing the blocks and serving the ledger
+to the others (consensus/solo_shared.py). Both block until Ctrl-C or SIGTERM, then stop in
+order (gateway and agent, then the engine, then the ledger and the vault).
 """
 
 from __future__ import annotations
@@ -113,9 +114,14 @@ def run_solo_node(home: Path, sync: bool, stop: threading.Event) -> None:
 
     with Node.open(home, serve=True) as node, Vault.open(node.config.vault_config()) as vault:
         runtime = _start(node, vault, sync)
+        role = (
+            "producing the solo ledger's blocks"
+            if node.app is not None
+            else "submitting through the process that produces the blocks"
+        )
         console.print(
-            f"{node.config.org}: gateway {runtime.exchange.url}, API {runtime.api_url}; "
-            "Ctrl-C to stop"
+            f"{node.config.org}: gateway {runtime.exchange.url}, API {runtime.api_url}, "
+            f"{role}; Ctrl-C to stop"
         )
         heap.settle()
         try:
@@ -150,9 +156,9 @@ def run_sandbox(directory: Path, sync: bool, stop: threading.Event) -> None:
                     console.print(f"    sign-in token of {p['id']} (12 h): {token}", soft_wrap=True)
         console.print(
             f"{len(sandbox.runtimes)} hospitals running on the solo engine; Ctrl-C to stop. "
-            "While it runs it holds the solo ledger: other `medledger` commands that touch the "
-            "ledger are refused (use the API and pages, or stop it first); `medledger token` "
-            "makes more sign-in tokens."
+            "While it runs it holds the solo ledger and produces its blocks: other `medledger` "
+            "commands (and a `medledger node run` of a hospital it does not run) submit "
+            "through it; `medledger token` makes more sign-in tokens."
         )
         heap.settle()
         stop.wait()
@@ -184,9 +190,8 @@ def register(app: typer.Typer) -> None:
                     run_solo_node(home, not no_sync, stop)
                 except LedgerBusy:
                     fail(
-                        f"{config.ledger_db}: the solo ledger is in use; a solo sandbox of "
-                        f"several hospitals runs in one process: medledger sandbox run "
-                        f"{config.consortium_dir}"
+                        f"{config.ledger_db}: the solo ledger is held by a one-shot command "
+                        "that serves no other process; run this again once it ends"
                     )
             else:
                 fail(f"{home / 'config.json'}: unknown engine {config.engine!r}")

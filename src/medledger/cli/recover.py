@@ -67,11 +67,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Split this hospital's vault KEK and backup key k of n among its peers (sealed to
         each one's box key), and record the holders and the shares' hashes on the chain;
-        say what is there when it is current. Beside a running solo node it only says: the
-        node keeps it current."""
+        say what is there when it is current."""
+        from medledger.consensus.solo_shared import SoloClient
         from medledger.contracts import queries
         from medledger.exchange import escrow
-        from medledger.node.reader import LedgerReader, open_node
+        from medledger.node.reader import open_node
         from medledger.vault import Vault
 
         with user_errors(), open_node(home) as node:
@@ -88,8 +88,8 @@ def register(app: typer.Typer) -> None:
                     f"escrow epoch {record['epoch']} is {state}: any {record['threshold']} of "
                     + ", ".join(h["org"] for h in record["holders"])
                 )
-            if isinstance(node.engine, LedgerReader):
-                console.print("the running node keeps it current (it holds the solo ledger)")
+            if isinstance(node.engine, SoloClient) and not node.engine.submits:
+                console.print("the solo ledger is held by a one-shot command: run this again")
                 return
             if status["rebind"] is not None:
                 with Vault.open(node.config.vault_config()) as vault:
@@ -146,6 +146,10 @@ def register(app: typer.Typer) -> None:
         genesis_hash: Annotated[
             str, typer.Option(help="The genesis hash the consortium gave you (joining).")
         ] = "",
+        sandbox: Annotated[
+            Path | None,
+            typer.Option(help="A solo consortium: its sandbox folder on this machine (joining)."),
+        ] = None,
         timeout: Annotated[
             float, typer.Option(help="Seconds to wait for the sync and the rebinding vote.")
         ] = 600.0,
@@ -154,17 +158,19 @@ def register(app: typer.Typer) -> None:
         rebuild the keys, restore the vault from the replicas, check every record against the
         chain, escrow the keys again, and print what was restored and what is missing."""
         with user_errors():
-            report = _run(home, from_, genesis_hash or None, timeout)
+            report = _run(home, from_, genesis_hash or None, timeout, sandbox)
         for line in report.lines():
             console.print(line, highlight=False)
         if not report.complete:
             raise typer.Exit(1)
 
 
-def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) -> Any:
-    """Configure the home if it is not yet (CometBFT: from a member's bootstrap answer), serve
-    its replica while recovering (CometBFT block-syncs it; solo: the sandbox's ledger is
-    read beside it), then `provisioning.recovery`."""
+def _run(
+    home: Path, from_url: str, genesis_hash: str | None, timeout: float, sandbox: Path | None
+) -> Any:
+    """Configure the home if it is not yet (from a member's bootstrap answer), serve its
+    replica while recovering (CometBFT block-syncs it; solo: the sandbox's ledger is read
+    beside its producer, which takes the txs), then `provisioning.recovery`."""
     from medledger.node import Node
     from medledger.node.config import ConfigError, load_config
     from medledger.provisioning.recovery import recover
@@ -174,7 +180,7 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
             raise ConfigError(f"{home}: not configured yet: give --from https://member:port")
         from medledger.provisioning.join import configure_from
 
-        configure_from(home, from_url, genesis_hash=genesis_hash)
+        configure_from(home, from_url, genesis_hash=genesis_hash, sandbox=sandbox)
     config = load_config(home)
     if config.engine == "cometbft":
         from medledger.node.run_app import engine_for_home, open_application
@@ -189,8 +195,8 @@ def _run(home: Path, from_url: str, genesis_hash: str | None, timeout: float) ->
         finally:
             engine.close()
             engine.close_app()
-    # solo: the sandbox that runs the other hospitals holds the ledger; read it beside them
-    # (the new escrow's tx is then left to this hospital's node, see EscrowKeeper)
+    # solo: the process that holds the sandbox's ledger takes our txs (consensus/solo_shared);
+    # beside a one-shot writer, the new escrow's tx is left to this hospital's node
     from medledger.node.reader import open_node
 
     with open_node(home) as node, _client(node) as client:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from medledger.consensus.engine import NoLocalReplica
 from medledger.contracts.authorize import Decision
 from medledger.contracts.identity import Actor, resolve_actor
 from medledger.ledger.store import StateView
@@ -48,8 +49,13 @@ class Policy:
     """Decisions on this node's committed replica state."""
 
     def __init__(self, node: Node, authorize: AuthorizeFn | None = None) -> None:
-        if node.app is None:
-            raise ValueError("the exchange needs the node's own ledger replica (run the node)")
+        try:  # an engine reading a remote node over RPC has no view to decide on
+            with node.engine.read_view():
+                pass
+        except NoLocalReplica:
+            raise ValueError(
+                "the exchange needs the node's own ledger replica (run the node)"
+            ) from None
         self.node = node
         self._authorize = authorize
 

@@ -49,6 +49,27 @@ def nonce_key(signer: bytes) -> str:
     return f"acct/nonce/{signer.hex()}"
 
 
+def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any] | None) -> Any:
+    """A query over `store`'s committed state: the app's own, or a process reading the file
+    beside it (`consensus.solo_shared`); raises TxError on a bad query."""
+    view = StateView(store)
+    if path == "ledger/nonce":
+        signer = (args or {}).get("signer")
+        if not isinstance(signer, bytes):
+            raise TxError(Code.INVALID_BODY, "ledger/nonce needs signer bytes")
+        return view.get(nonce_key(signer)) or 0
+    if path == "ledger/tx":
+        tid = (args or {}).get("id")
+        if not isinstance(tid, bytes):
+            raise TxError(Code.INVALID_BODY, "ledger/tx needs id bytes")
+        loc = store.locate_tx(tid)
+        return None if loc is None else {"height": loc[0], "index": loc[1]}
+    fn = registry.query(view, path)
+    if fn is None:
+        raise TxError(Code.NOT_FOUND, f"unknown query path {path!r}")
+    return fn(view, args or {})
+
+
 @dataclass
 class _CheckState:
     """The mempool's view: committed state plus the accepted txs, executed as the next block.
@@ -418,22 +439,7 @@ class Application:
     def query_obj(self, path: str, args: dict[str, Any] | None = None) -> Any:
         """Run a contract's query against committed state; raises TxError on a bad query."""
         with self.lock:
-            view = StateView(self.store)
-            if path == "ledger/nonce":
-                signer = (args or {}).get("signer")
-                if not isinstance(signer, bytes):
-                    raise TxError(Code.INVALID_BODY, "ledger/nonce needs signer bytes")
-                return view.get(nonce_key(signer)) or 0
-            if path == "ledger/tx":
-                tid = (args or {}).get("id")
-                if not isinstance(tid, bytes):
-                    raise TxError(Code.INVALID_BODY, "ledger/tx needs id bytes")
-                loc = self.store.locate_tx(tid)
-                return None if loc is None else {"height": loc[0], "index": loc[1]}
-            fn = self.registry.query(view, path)
-            if fn is None:
-                raise TxError(Code.NOT_FOUND, f"unknown query path {path!r}")
-            return fn(view, args or {})
+            return query_store(self.store, self.registry, path, args)
 
     def query(self, path: str, data: bytes) -> QueryResult:
         """ABCI-shaped query: data and value are canonical CBOR."""

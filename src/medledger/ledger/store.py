@@ -113,6 +113,7 @@ class Store:
         self._cache: dict[bytes, bytes | None] = {}
         self._meta_cache: dict[str, bytes | None] = {}
         self._filter: KeyFilter | None = None
+        self._seen_height: bytes | None = None  # by reread()
         if key_filter:
             (count,) = self._db.execute("SELECT count(*) FROM kv").fetchone()
             keys = (bytes(k) for (k,) in self._db.execute("SELECT k FROM kv"))
@@ -120,6 +121,17 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def reread(self) -> None:
+        """Forget cached values once another connection has committed a block since they were
+        read: for a Store over a file another process commits to (`consensus.solo_shared`).
+        Call it inside `snapshot()`, so that the height it compares is the one then read."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'height'").fetchone()
+        height = None if row is None else bytes(row[0])
+        if height != self._seen_height:
+            self._cache.clear()
+            self._meta_cache.clear()
+            self._seen_height = height
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

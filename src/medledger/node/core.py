@@ -2,7 +2,8 @@
 
 On the solo engine the hospitals of a sandbox share one ledger file; a file lock makes sure
 only one process writes it, so a one-shot CLI command and a running node never both produce
-blocks.
+blocks. A running node (`serve=True`) serves the ledger to the sandbox's other processes,
+which open a `SoloClient` beside it (consensus/solo_shared.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from medledger.node.health import HealthProbe
 from medledger.node.wallet import Wallet
 
 if TYPE_CHECKING:
+    from medledger.consensus.solo_shared import LedgerServer
     from medledger.node.audit import AuditJournal
 
 
@@ -43,6 +45,7 @@ class Node:
         self.replica_drop: Callable[[list[str]], tuple[list[str], list[str]]] | None = None
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
+        self._ledger_server: LedgerServer | None = None  # a solo producer's, see _open_solo
         self._owner = True  # siblings share the engine and leave closing it to the owner
         self._audit: AuditJournal | None = None
         self._audit_lock = threading.Lock()
@@ -70,9 +73,14 @@ class Node:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            from medledger.consensus.solo_shared import SoloClient, serving, socket_path
+
+            served = socket_path(config.ledger_db)
+            if serving(served):  # a running producer: submit through it, read beside it
+                return cls(config, None, SoloClient(config.ledger_db, default_registry(), served))
             raise LedgerBusy(
-                f"{config.ledger_db}: the ledger is in use by another medledger process "
-                "(a running node or demo); stop it or use its API"
+                f"{config.ledger_db}: the ledger is in use by another medledger process that "
+                "does not serve it to others (a one-shot command); wait until it ends"
             ) from None
         try:
             app = Application.open(config.ledger_db, config.genesis(), default_registry())
@@ -83,6 +91,14 @@ class Node:
             raise
         node = cls(config, app, engine)
         node._lock_fd = fd
+        if serve:  # the other processes of the sandbox submit through this one
+            from medledger.consensus.solo_shared import LedgerServer, socket_path
+
+            try:
+                node._ledger_server = LedgerServer(engine, socket_path(config.ledger_db)).start()
+            except BaseException:
+                node.close()
+                raise
         return node
 
     def sibling(self, home: Path) -> Node:
@@ -117,6 +133,9 @@ class Node:
             self._audit.stop()
         if not self._owner:
             return
+        if self._ledger_server is not None:
+            self._ledger_server.stop()
+            self._ledger_server = None
         self.engine.close()
         if self.app is not None:
             self.app.close()

@@ -9,7 +9,9 @@ seconds, so when it returns the node serves again by itself. `/health` and `/met
 (`api.monitoring`) report the same `Status`.
 
 The solo engine runs inside the node's own process: nothing can be gone, only the audit
-journal is looked at.
+journal is looked at. A node beside the solo ledger's producer (a sandbox hospital's own
+`node run`, consensus/solo_shared.py) reads the ledger file, always current, but commits
+nothing while the producer is gone: it answers 503 with that reason until it is back.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class HealthProbe:
         except Exception as exc:  # an RpcEngine whose CometBFT is gone
             height = 0
             reasons.append(f"the ledger cannot be read: {type(exc).__name__}")
+        producer_gone = getattr(self.node.engine, "producer_gone", None)
+        why = producer_gone(self.timeout) if producer_gone is not None else ""
+        if why:
+            return Status(engine, height, why, (why, *reasons), audit_backlog=backlog)
         rpc = self._comet_rpc()
         if rpc is None:
             return Status(engine, height, "", tuple(reasons), audit_backlog=backlog)

@@ -1,50 +1,27 @@
-"""Reading a solo ledger's committed state beside the process that writes it.
+"""Reading a solo ledger's committed state beside a process that holds it and serves nothing.
 
-A solo ledger has one writer (the running node or sandbox holds its lock, core.py), and a
-command run meanwhile would otherwise stop with `LedgerBusy`. Commands that only *read* the
-chain (`backup status`, `backup restore`) use `LedgerReader`: the contracts' queries over the
-last committed state in the ledger file (SQLite lets readers in beside the writer), nothing
-submitted. `open_node` gives such commands a Node either way.
+A solo ledger has one writer (core.py). A running node or sandbox serves it to the other
+processes (`Node.open` then gives them a `SoloClient` that submits through it); a one-shot
+command holds it without serving, and a command run meanwhile would stop with `LedgerBusy`.
+Commands that only *read* the chain (`backup status`, `backup restore`) use `open_node`: a
+Node either way, at worst over a read-only `SoloClient` (submitting through it fails).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from medledger.consensus.solo_shared import SoloClient
 from medledger.contracts import default_registry
-from medledger.ledger.errors import Code, TxError
-from medledger.ledger.store import StateView, Store
 from medledger.node.config import load_config
 from medledger.node.core import LedgerBusy, Node
 
 
-class LedgerReader:
-    """The query side of an engine over a ledger file another process writes."""
-
-    def __init__(self, path: Path) -> None:
-        self.store = Store(path)
-        self.registry = default_registry()
-
-    def query(self, path: str, data: Any = None) -> Any:
-        view = StateView(self.store)
-        fn = self.registry.query(view, path)
-        if fn is None:
-            raise TxError(Code.NOT_FOUND, f"unknown query path {path!r}")
-        return fn(view, data or {})
-
-    def height(self) -> int:
-        return self.store.height
-
-    def close(self) -> None:
-        self.store.close()
-
-
 def open_node(home: Path) -> Node:
-    """The hospital's node for reading the chain: its own engine, or beside a running solo
-    node a `LedgerReader` (submitting a tx through it fails: it has no producer)."""
+    """The hospital's node for reading the chain: its own engine, the running producer's
+    (through its socket), or a read-only `SoloClient` beside a one-shot writer."""
     try:
         return Node.open(home)
     except LedgerBusy:
         config = load_config(home)
-        return Node(config, None, LedgerReader(config.ledger_db))  # type: ignore[arg-type]
+        return Node(config, None, SoloClient(config.ledger_db, default_registry(), None))

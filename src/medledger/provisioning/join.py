@@ -168,13 +168,24 @@ def _split_host(address: str, what: str) -> tuple[str, int]:
 
 
 def configure_from(
-    home: Path, from_url: str, *, genesis_hash: str | None, listen_all: bool = False
+    home: Path,
+    from_url: str,
+    *,
+    genesis_hash: str | None,
+    listen_all: bool = False,
+    sandbox: Path | None = None,
 ) -> HospitalConfig:
-    """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`."""
+    """Write the keygen'd `home`'s configuration from the bootstrap answer of `from_url`
+    (`sandbox`: a solo sandbox's folder on this machine, for a solo consortium)."""
     _request(home)  # a home keygen made, before asking anyone
     answer = fetch_bootstrap(from_url)
     return configure(
-        home, answer, source=from_url, genesis_hash=genesis_hash, listen_all=listen_all
+        home,
+        answer,
+        source=from_url,
+        genesis_hash=genesis_hash,
+        listen_all=listen_all,
+        sandbox=sandbox,
     )
 
 
@@ -198,44 +209,47 @@ def configure(
     source: str,
     genesis_hash: str | None,
     listen_all: bool = False,
+    sandbox: Path | None = None,
 ) -> HospitalConfig:
     """Write the keygen'd `home`'s configuration from a bootstrap answer (or founding file).
 
     Refuses (writing nothing) a genesis whose hash is not `genesis_hash` when one is given;
     without one, the caller shows the hash for the operator to compare. The gateway, API and
     p2p listen at the request's addresses, or with `listen_all` on every interface at the same
-    ports (behind a NAT: the request's addresses stay those the others dial). Re-runnable.
+    ports (behind a NAT: the request's addresses stay those the others dial). On a solo
+    consortium the home joins the ledger of the sandbox folder `sandbox` on this machine
+    (checked to hold the same genesis). Re-runnable.
     """
     home = home.resolve()
     request = _request(home)
     genesis = _check_genesis(home, answer, genesis_hash, source)
-    if genesis.engine != "cometbft":
-        raise JoinError(
-            f"{source}: the consortium runs the {genesis.engine} engine: joining from "
-            "afar needs CometBFT (a solo ledger lives in one process on one machine; use "
-            "`medledger hospital add` there)"
-        )
-    cometbft = answer.get("cometbft")
-    if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
-        raise JoinError(f"{source}: cometbft.genesis missing")
-    if cometbft["genesis"].get("chain_id") != genesis.chain_id:
-        raise JoinError(f"{source}: the CometBFT genesis names another chain")
-    _check_validators(genesis, cometbft["genesis"], source)
-    (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
-    genesis.save(home / CONSORTIUM_DIR / "genesis.json")
     org, addresses = str(request["org"]), dict(request["addresses"])
     members = [m for m in answer.get("members", []) if isinstance(m, dict)]
     orgs = [str(m["org"]) for m in members if m.get("org") != org]
     block_time_ms = int(answer.get("block_time_ms", 1000))
-    save_consortium(
-        home / CONSORTIUM_DIR,
-        Consortium(
-            chain_id=genesis.chain_id,
-            engine=genesis.engine,
-            hospitals=[*orgs, org],
-            block_time_ms=block_time_ms,
-        ),
-    )
+    consortium_dir = CONSORTIUM_DIR
+    if genesis.engine == "solo":
+        consortium_dir = _solo_sandbox(home, genesis, sandbox, source)
+    elif genesis.engine != "cometbft":
+        raise JoinError(f"{source}: unknown engine {genesis.engine!r}")
+    else:
+        cometbft = answer.get("cometbft")
+        if not isinstance(cometbft, dict) or not isinstance(cometbft.get("genesis"), dict):
+            raise JoinError(f"{source}: cometbft.genesis missing")
+        if cometbft["genesis"].get("chain_id") != genesis.chain_id:
+            raise JoinError(f"{source}: the CometBFT genesis names another chain")
+        _check_validators(genesis, cometbft["genesis"], source)
+        (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
+        genesis.save(home / CONSORTIUM_DIR / "genesis.json")
+        save_consortium(
+            home / CONSORTIUM_DIR,
+            Consortium(
+                chain_id=genesis.chain_id,
+                engine=genesis.engine,
+                hospitals=[*orgs, org],
+                block_time_ms=block_time_ms,
+            ),
+        )
     peers = {
         str(m["org"]): f"https://{m['addresses']['gateway']}"
         for m in members
@@ -248,17 +262,40 @@ def configure(
         name=str(request["name"]),
         chain_id=genesis.chain_id,
         engine=genesis.engine,
-        consortium_dir=CONSORTIUM_DIR,
+        consortium_dir=consortium_dir,
         block_time_ms=block_time_ms,
         api=ApiSection(listen=_listen(addresses.get("api", "127.0.0.1:0"), listen_all)),
         exchange=ExchangeSection(
             listen=_listen(addresses["gateway"], listen_all), tls=TLS_DIR, peers=peers
         ),
         vault=VaultSection(backend="sqlite", path="vault.db"),
-        cometbft=_cometbft(home, org, addresses, cometbft, block_time_ms, listen_all),
     )
+    if genesis.engine == "cometbft":
+        section = _cometbft(home, org, addresses, answer["cometbft"], block_time_ms, listen_all)
+        config = config.model_copy(update={"cometbft": section})
     save_config(config)
     return load_config(home)
+
+
+def _solo_sandbox(home: Path, genesis: Genesis, sandbox: Path | None, source: str) -> str:
+    """The solo sandbox folder on this machine whose ledger the home joins, as its config
+    names it (relative to the home): a solo ledger is one file, so the home must be beside it
+    (its producer serves it to this home's processes, consensus/solo_shared.py)."""
+    if sandbox is None:
+        raise JoinError(
+            f"{source}: the consortium runs the solo engine, whose ledger is a file on the "
+            "sandbox's machine: give --sandbox DIR, its folder on this machine (nothing written)"
+        )
+    try:
+        theirs = Genesis.load(sandbox / "genesis.json")
+    except (OSError, ValueError) as exc:
+        raise JoinError(f"--sandbox: {sandbox / 'genesis.json'}: {exc}") from None
+    if theirs.hash() != genesis.hash():
+        raise JoinError(
+            f"--sandbox: {sandbox / 'genesis.json'} is not the genesis of {source}: another "
+            "consortium (nothing written)"
+        )
+    return os.path.relpath(sandbox.resolve(), home)
 
 
 def _listen(address: str, listen_all: bool) -> str:
