@@ -14,7 +14,14 @@ from nacl.public import PrivateKey, SealedBox
 from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
 from medledger.exchange.client import ExchangeError
 from medledger.ledger.genesis import Genesis
-from medledger.provisioning.join import JoinError, configure_from, fetch_bootstrap
+from medledger.provisioning.join import (
+    JoinError,
+    NotSynced,
+    configure_from,
+    fetch_bootstrap,
+    fetch_pseudonym_key,
+    synced_tls_key,
+)
 from tests.exchange.conftest import A, B, C, Sandbox
 
 
@@ -50,6 +57,37 @@ def test_the_pseudonym_key_is_only_for_members(sandbox: Sandbox) -> None:
     with bare:
         refused = bare.post(sandbox.x(A).url + "/exchange/v1/pseudonym-key", content=b"{}")
     assert refused.status_code == 403
+
+
+def test_join_fetches_the_pseudonym_key_from_the_member_its_own_replica_pins(
+    sandbox: Sandbox,
+) -> None:
+    """The member's gateway is pinned to its TLS key in the asking home's replica (the rotated
+    key case: tests/review6/test_tls_and_streams.py)."""
+    config_b = sandbox.h[B].node.config
+    members = sandbox.root.engine.query("governance/members", {})
+    assert synced_tls_key(config_b, A) == {m["org"]: m["tls_key"] for m in members}[A]
+    key = fetch_pseudonym_key(config_b, sandbox.x(A).url)
+    assert key == sandbox.h[A].node.config.pseudonym_key()
+    with pytest.raises(JoinError, match="chu-stranger is not a member"):
+        synced_tls_key(config_b, "chu-stranger")
+
+
+def test_a_home_that_has_not_synced_is_told_to_sync_before_the_pseudonym_key(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Nothing is pinned from the genesis: without a replica, or while CometBFT is down or
+    catching up, `join` says to start the node and come back; no key is fetched or written."""
+    fresh = sandbox.h[B].node.config.model_copy(update={"home": tmp_path, "engine": "cometbft"})
+    with pytest.raises(NotSynced, match="no replica of the chain yet"):
+        fetch_pseudonym_key(fresh, sandbox.x(A).url)
+    fresh.ledger_db.write_bytes(b"")  # a replica, but no CometBFT answering for it
+    down = fresh.model_copy(
+        update={"cometbft": fresh.cometbft.model_copy(update={"rpc": "http://127.0.0.1:9"})}
+    )
+    with pytest.raises(NotSynced, match="run this again once it has caught up"):
+        fetch_pseudonym_key(down, sandbox.x(A).url)
+    assert not (tmp_path / "keys" / "pseudonym.key").exists()
 
 
 def test_the_pseudonym_key_endpoint_refuses_a_bad_body(sandbox: Sandbox) -> None:

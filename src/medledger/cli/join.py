@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         (a joiner: once the members have admitted it; a founder: from the first founder)."""
         from medledger.provisioning.join import (
             JoinError,
+            NotSynced,
             configure_from,
             configure_from_file,
             fetch_pseudonym_key,
@@ -87,6 +88,14 @@ def register(app: typer.Typer) -> None:
             else:
                 try:
                     fetch_pseudonym_key(config, from_url or "")
+                except NotSynced as exc:
+                    console.print(
+                        f"pseudonym key: not yet ({exc}).\nThe configuration is written: start "
+                        f"the node; once it has caught up, run this command again to fetch the "
+                        f"key from a member pinned to its TLS key on the synced chain "
+                        f"(ingestion needs it).\n{start}"
+                    )
+                    return
                 except (JoinError, OSError, ValueError) as exc:
                     fail(
                         f"{exc}\nThe configuration is written; once the members have admitted "
