@@ -40,6 +40,9 @@ class Status:
     peers: int | None = None
     mempool_txs: int | None = None
     sync_lag_blocks: int | None = None  # how far the best peer is ahead of this node
+    # Peers connected whose node id no current member's record names: CometBFT asks the app
+    # only when a peer connects, so a member removed (or moved) stays until a reconnect.
+    non_member_peers: int | None = None
     audit_backlog: int = 0  # access entries journaled here, not yet on the chain
 
     @property
@@ -105,9 +108,12 @@ class HealthProbe:
             sync = rpc.status()["sync_info"]
             chain_height = int(sync["latest_block_height"])
             catching_up = bool(sync["catching_up"])
-            peers = int(rpc.net_info()["n_peers"])
+            net_info = rpc.net_info()
+            peers = int(net_info["n_peers"])
+            connected = [str(p["node_info"]["id"]) for p in net_info.get("peers") or []]
             mempool = int(rpc.call("num_unconfirmed_txs")["total"])
             lag = _sync_lag(rpc, chain_height)
+            strangers = self._non_members(connected)
         except (RpcUnavailable, RpcError, KeyError, TypeError, ValueError) as exc:
             why = (
                 f"this node's CometBFT ({rpc.url}) does not answer ({type(exc).__name__}): "
@@ -124,6 +130,13 @@ class HealthProbe:
             reasons.insert(0, unavailable)
         if peers == 0 and len(self.node.config.exchange.peers) > 1:
             reasons.append("no CometBFT peer connected")
+        if strangers:
+            reasons.append(
+                f"CometBFT is still connected to {len(strangers)} p2p node(s) no current "
+                f"member's record names ({', '.join(sorted(strangers))}): a peer is checked "
+                "when it connects, so a member removed or moved keeps its open connection; "
+                "restart this node's CometBFT to drop it"
+            )
         return Status(
             engine,
             height,
@@ -135,7 +148,18 @@ class HealthProbe:
             mempool_txs=mempool,
             sync_lag_blocks=lag,
             audit_backlog=backlog,
+            non_member_peers=len(strangers),
         )
+
+    def _non_members(self, connected: list[str]) -> list[str]:
+        """The connected node ids that are in no current member's `addresses.p2p`."""
+        if not connected:
+            return []
+        from medledger.contracts import queries
+        from medledger.contracts.governance import p2p_node_id
+
+        known = {p2p_node_id(m) for m in queries.members(self.node.engine)}
+        return [node for node in connected if node not in known]
 
     def close(self) -> None:
         if self._rpc is not None:
