@@ -20,6 +20,7 @@ from medledger.provisioning.join import (
     configure_from,
     fetch_bootstrap,
     fetch_pseudonym_key,
+    p2p_warning,
     synced_tls_key,
 )
 from tests.exchange.conftest import A, B, C, Sandbox
@@ -88,6 +89,23 @@ def test_a_home_that_has_not_synced_is_told_to_sync_before_the_pseudonym_key(
     with pytest.raises(NotSynced, match="run this again once it has caught up"):
         fetch_pseudonym_key(down, sandbox.x(A).url)
     assert not (tmp_path / "keys" / "pseudonym.key").exists()
+
+
+def test_join_warns_when_the_chain_names_another_p2p_node_than_this_homes(
+    sandbox: Sandbox,
+) -> None:
+    """The members' CometBFTs peer only with the node ids on the chain: a home whose node key
+    is not the one its record names (a new machine, no `member update --address p2p=`) is told,
+    not left to find out from a node that never syncs."""
+    config = sandbox.h[B].node.config
+    mine = config.model_copy(
+        update={"cometbft": config.cometbft.model_copy(update={"node_id": "a" * 40})}
+    )
+    record = {"org": B, "addresses": {"p2p": f"{'b' * 40}@10.0.0.6:26656"}}
+    assert "the members' nodes will refuse it" in p2p_warning(mine, {"members": [record]})
+    record["addresses"]["p2p"] = f"{'a' * 40}@10.0.0.6:26656"
+    assert p2p_warning(mine, {"members": [record]}) == ""
+    assert "not a member yet" in p2p_warning(mine, {"members": []})
 
 
 def test_the_pseudonym_key_endpoint_refuses_a_bad_body(sandbox: Sandbox) -> None:

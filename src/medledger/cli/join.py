@@ -44,9 +44,12 @@ def register(app: typer.Typer) -> None:
             NotSynced,
             configure_from,
             configure_from_file,
+            fetch_bootstrap,
             fetch_pseudonym_key,
             founders_pseudonym_key,
+            p2p_warning,
         )
+        from medledger.provisioning.founding import load_founding
 
         if (from_url is None) == (genesis is None):
             fail(
@@ -72,6 +75,13 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"genesis hash {digest} checked")
         console.print(f"{config.org}: configured in {config.home} from {from_url or genesis}")
+        with user_errors():
+            answer = (
+                load_founding(genesis) if genesis is not None else fetch_bootstrap(from_url or "")
+            )
+        warning = p2p_warning(config, answer)
+        if warning:
+            console.print(f"warning: {warning}")
         cmt = config.home / config.cometbft.home
         start = f"  medledger node run --home {config.home}\n  cometbft start --home {cmt}"
         if not (Path(config.home) / "keys" / "pseudonym.key").exists():

@@ -264,6 +264,23 @@ def configure(
     return load_config(home)
 
 
+def p2p_warning(config: HospitalConfig, answer: dict[str, Any]) -> str:
+    """Why the members' nodes would refuse this one, or "": they peer only with the node ids
+    in members' `addresses.p2p` (filter_peers), and the answer lists the members' records."""
+    node_id = config.cometbft.node_id or ""
+    for m in answer.get("members", []):
+        if isinstance(m, dict) and m.get("org") == config.org:
+            p2p = str((m.get("addresses") or {}).get("p2p", ""))
+            if p2p.split("@", 1)[0] != node_id:
+                return (
+                    f"the chain's record of {config.org} names p2p node {p2p or '(none)'}, "
+                    f"this home's node is {node_id}: the members' nodes will refuse it until "
+                    "the record names it (`medledger member update --address p2p=...`)"
+                )
+            return ""
+    return f"{config.org} is not a member yet: the members' nodes refuse its node until admitted"
+
+
 def _listen(address: str, listen_all: bool) -> str:
     """Where to listen for an announced `host:port`: there, or every interface, same port."""
     return f"0.0.0.0:{address.rpartition(':')[2]}" if listen_all else address
