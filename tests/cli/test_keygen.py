@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 import pytest
 from typer.testing import CliRunner
@@ -211,7 +212,8 @@ def test_a_member_rotates_its_p2p_node_key_and_only_the_new_node_is_peered(
     assert "restart the node" in out.output
     new_id = node_key_id(live)
     assert new_id != old_id
-    assert _chain_record(lyon, "chu-lyon")["addresses"]["p2p"] == f"{new_id}@10.0.0.9:26656"
+    addresses = cast(dict[str, str], _chain_record(lyon, "chu-lyon")["addresses"])
+    assert addresses["p2p"] == f"{new_id}@10.0.0.9:26656"
     assert [p.name.split(".")[0] for p in (lyon / "keys" / "retired").iterdir()] == ["node_key"]
     with Node.open(lyon) as node:
         assert node.app is not None

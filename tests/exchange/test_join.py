@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -101,10 +102,12 @@ def test_join_warns_when_the_chain_names_another_p2p_node_than_this_homes(
     mine = config.model_copy(
         update={"cometbft": config.cometbft.model_copy(update={"node_id": "a" * 40})}
     )
-    record = {"org": B, "addresses": {"p2p": f"{'b' * 40}@10.0.0.6:26656"}}
-    assert "the members' nodes will refuse it" in p2p_warning(mine, {"members": [record]})
-    record["addresses"]["p2p"] = f"{'a' * 40}@10.0.0.6:26656"
-    assert p2p_warning(mine, {"members": [record]}) == ""
+
+    def record(node_id: str) -> dict[str, Any]:
+        return {"org": B, "addresses": {"p2p": f"{node_id}@10.0.0.6:26656"}}
+
+    assert "the members' nodes will refuse it" in p2p_warning(mine, {"members": [record("b" * 40)]})
+    assert p2p_warning(mine, {"members": [record("a" * 40)]}) == ""
     assert "not a member yet" in p2p_warning(mine, {"members": []})
 
 

@@ -33,9 +33,11 @@ class FakeRpc:
         }
 
     def call(self, method: str) -> dict[str, Any]:
-        return {"num_unconfirmed_txs": {"total": "0"}, "dump_consensus_state": {"peers": []}}[
-            method
-        ]
+        answers: dict[str, dict[str, Any]] = {
+            "num_unconfirmed_txs": {"total": "0"},
+            "dump_consensus_state": {"peers": []},
+        }
+        return answers[method]
 
 
 @dataclass

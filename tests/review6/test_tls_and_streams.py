@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from medledger.exchange import pki
 from tests.exchange.conftest import A, B, C, Sandbox

@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Configure a keygen'd home: genesis, peers, CometBFT; then get the pseudonym key
         (a joiner: once the members have admitted it; a founder: from the first founder)."""
+        from medledger.provisioning.founding import load_founding
         from medledger.provisioning.join import (
             JoinError,
             NotSynced,
@@ -49,7 +50,6 @@ def register(app: typer.Typer) -> None:
             founders_pseudonym_key,
             p2p_warning,
         )
-        from medledger.provisioning.founding import load_founding
 
         if (from_url is None) == (genesis is None):
             fail(
