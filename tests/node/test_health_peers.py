@@ -1,9 +1,11 @@
 """CometBFT asks the app about a peer only when it connects: a member removed (or whose node
 moved) keeps its open connection. The node's probe names such peers in `/health` and counts
-them in `/metrics`, so the filter never looks applied to a connection it was not."""
+them in `/metrics`, so the filter never looks applied to a connection it was not; a home
+whose CometBFT runs without `filter_peers` says so too."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,17 @@ def test_a_connected_node_no_member_names_is_reported(tmp_path: Path) -> None:
 def test_members_nodes_only_is_healthy(tmp_path: Path) -> None:
     status = _probe([MEMBER_NODE], tmp_path).status()
     assert status.ok and status.non_member_peers == 0 and status.peers == 1
+
+
+def test_a_cometbft_home_without_filter_peers_is_reported(tmp_path: Path) -> None:
+    """A home made before medledger set `filter_peers`: the filter is not applied, and the
+    node says so rather than look filtered."""
+    config = tmp_path / "cometbft" / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('moniker = "chu-bordeaux"\nfilter_peers = false\n')
+    probe = _probe([MEMBER_NODE], tmp_path)
+    (reason,) = probe.status().reasons
+    assert "filter_peers off" in reason
+    config.write_text('moniker = "chu-bordeaux"\nfilter_peers = true\n')
+    os.utime(config, ns=(1, 1))  # another mtime, whatever the clock's resolution
+    assert probe._look().ok  # a fresh look, past the cached one

@@ -60,6 +60,7 @@ class HealthProbe:
         self._lock = threading.Lock()
         self._last: tuple[float, Status] | None = None
         self._rpc: Any = None
+        self._filtering: tuple[int, bool] | None = None  # (config.toml's mtime, filter_peers)
 
     def unavailable(self) -> str:
         """Why requests must be refused now (503), or "" when the node can serve them."""
@@ -130,6 +131,11 @@ class HealthProbe:
             reasons.insert(0, unavailable)
         if peers == 0 and len(self.node.config.exchange.peers) > 1:
             reasons.append("no CometBFT peer connected")
+        if self._peers_unfiltered():
+            reasons.append(
+                "CometBFT's config.toml has filter_peers off: it peers with any node that "
+                "dials, member or not; set `filter_peers = true` and restart CometBFT"
+            )
         if strangers:
             reasons.append(
                 f"CometBFT is still connected to {len(strangers)} p2p node(s) no current "
@@ -150,6 +156,22 @@ class HealthProbe:
             audit_backlog=backlog,
             non_member_peers=len(strangers),
         )
+
+    def _peers_unfiltered(self) -> bool:
+        """Whether this node's CometBFT home (when on this machine) says `filter_peers = false`:
+        a home made before medledger set it. Read again only when the file changes."""
+        config = self.node.config
+        path = config.home / config.cometbft.home / "config" / "config.toml"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if self._filtering is None or self._filtering[0] != mtime:
+                import tomllib
+
+                on = tomllib.loads(path.read_text()).get("filter_peers") is True
+                self._filtering = (mtime, on)
+        except (OSError, ValueError):
+            return False  # no CometBFT home here to read: nothing to say
+        return not self._filtering[1]
 
     def _non_members(self, connected: list[str]) -> list[str]:
         """The connected node ids that are in no current member's `addresses.p2p`."""
