@@ -128,7 +128,7 @@ def tls_keys(state: StateView) -> dict[str, bytes]:
 
 def p2p_node_id(member: dict[str, Any]) -> str | None:
     """The CometBFT node id in a member's `addresses.p2p` (`<node id>@host:port`), if any."""
-    p2p = str(member.get("addresses", {}).get("p2p", ""))
+    p2p = str((member.get("addresses") or {}).get("p2p", ""))
     return p2p[:40] if _NODE_ID.match(p2p) else None
 
 
