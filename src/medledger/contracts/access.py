@@ -241,6 +241,12 @@ def _check(i: int, raw: Any) -> Entry:
     """One entry parsed and checked. The checks run on every entry of a tx of up to
     `MAX_ENTRIES`, so a field's path (`entries[i].x`) is spelled out only for a refusal."""
     e = parse_item(Entry, raw, f"entries[{i}]")
+    _check_fields(i, e)
+    return e
+
+
+def _check_fields(i: int, e: Entry) -> None:
+    """The checks of an entry's own fields, once parsed (both versions)."""
     if e.id and (len(e.id) != 2 * ENTRY_ID or not _HEX.issuperset(e.id)):
         raise TxError(
             Code.INVALID_BODY, f"field entries[{i}].id: {2 * ENTRY_ID} lowercase hex characters"
@@ -286,7 +292,6 @@ def _check(i: int, raw: Any) -> Entry:
     for j, rid in enumerate(e.rids):
         if not is_id(rid):
             check_id(rid, f"entries[{i}].rids[{j}]")
-    return e
 
 
 _ACTIONS, _OUTCOMES, _PURPOSES = frozenset(ACTIONS), frozenset(OUTCOMES), frozenset(PURPOSES)
@@ -565,11 +570,242 @@ def q_by_custodian(state: StateView, args: dict[str, Any]) -> list[dict[str, Any
     return out
 
 
+# --- version 2: one row per tx and patient; re-sends skipped by the journal's sequence ----
+
+
+@dataclass
+class EntryV2(Entry):
+    # The serving hospital's journal sequence (node/audit.py): strictly increasing within a
+    # tx; one at or below the custodian's mark (`acc/seq/`) is already on the chain: skipped.
+    seq: int = 0
+
+
+@dataclass
+class LogV2:
+    entries: list[Any]
+    # Every entry of the custodian's journal that must reach the chain before this tx's last
+    # one is at or below `need`: the tx waits (Code.NOT_YET) until the mark has reached it.
+    need: int = 0
+
+
+MAX_SEQ = 2**62
+#: The columns of an entry in a v2 row (`acc/ptx/...`), in order.
+ROW_COLUMNS = (
+    "n",
+    "actor",
+    "actor_org",
+    "action",
+    "purpose",
+    "outcome",
+    "basis",
+    "reason",
+    "rids",
+    "request",
+    "request_signer",
+    "seq",
+)
+_V2_TYPES: dict[str, type] = {
+    "actor": str,
+    "actor_org": str,
+    "pid": str,
+    "action": str,
+    "purpose": str,
+    "outcome": str,
+    "basis": str,
+    "reason": str,
+    "rids": list,
+    "request": dict,
+    "id": str,
+    "seq": int,
+}
+_V2_REQUIRED = frozenset(("actor", "actor_org", "pid", "action", "purpose", "outcome"))
+
+
+def _parse_v2(i: int, raw: Any) -> EntryV2:
+    """`parse_item(EntryV2, ...)` for the common case, without its generic walk: exact types
+    checked here, and anything else handed to `parse_item`, which refuses it naming the field
+    (or accepts it: `request` may be null)."""
+    if type(raw) is dict and raw.keys() >= _V2_REQUIRED:
+        types = _V2_TYPES
+        try:
+            plain = all(type(v) is types[k] for k, v in raw.items()) and all(
+                type(r) is str for r in raw.get("rids", ())
+            )
+        except KeyError:  # an unknown field
+            plain = False
+        if plain:
+            return EntryV2(**raw)
+    return parse_item(EntryV2, raw, f"entries[{i}]")
+
+
+def log_v2(ctx: Context, msg: LogV2) -> None:
+    """`access.log`, version 2: the same checks on every entry as v1 (`_check_fields`,
+    `_check_actor`, `_check_request`); the entries of a tx about one patient written as one
+    row, and a re-sent entry known by its sequence instead of a row per entry id."""
+    custodian, practitioner = acting_org(ctx)
+    signer = _signer_label(custodian, practitioner)
+    if not 0 < len(msg.entries) <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    mark_key = f"acc/seq/{custodian}"
+    mark = ctx.state.get(mark_key) or 0
+    if not 0 <= msg.need < MAX_SEQ:
+        raise TxError(Code.INVALID_BODY, f"field need: 0..{MAX_SEQ - 1}")
+    if msg.need > mark:
+        raise TxError(
+            Code.NOT_YET,
+            f"field need: entry {msg.need} of {custodian}'s journal is not on the chain yet "
+            f"(it is at {mark}); send this tx again once it is",
+        )
+    asked: dict[bytes, dict[str, Any]] = {}
+    rows: dict[str, list[list[Any]]] = {}
+    last = 0
+    for n, raw in enumerate(msg.entries):
+        entry = _parse_v2(n, raw)
+        _check_fields(n, entry)
+        if entry.seq:
+            if entry.id:
+                raise TxError(
+                    Code.INVALID_BODY, f"field entries[{n}].id: an entry with a seq has no id"
+                )
+            if not last < entry.seq < MAX_SEQ:
+                raise TxError(
+                    Code.INVALID_BODY,
+                    f"field entries[{n}].seq: strictly increasing in a tx, below {MAX_SEQ}",
+                )
+            last = entry.seq
+            if entry.seq <= mark:
+                continue  # re-sent by the journal after it committed: written once
+        elif entry.id:  # made by a journal before v2 was activated, and kept the v1 way
+            id_key = f"acc/id/{custodian}/{entry.id}"
+            if ctx.state.has(id_key):
+                continue
+            ctx.state.put(id_key, _row_key(entry.pid, ctx, n))
+        _check_actor(ctx, n, entry, custodian)
+        digest, request_signer = b"", ""
+        if entry.request is not None:
+            digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
+        rows.setdefault(entry.pid, []).append(
+            [
+                n,
+                entry.actor,
+                entry.actor_org,
+                entry.action,
+                entry.purpose,
+                entry.outcome,
+                entry.basis,
+                entry.reason,
+                entry.rids,
+                digest,
+                request_signer,
+                entry.seq,
+            ]
+        )
+    if last > mark:
+        ctx.state.put(mark_key, last)
+    if not rows:
+        return
+    stamp = _stamp(ctx)
+    for pid, columns in rows.items():
+        ctx.state.put(
+            f"acc/ptx/{pid}/{stamp}",
+            {"custodian": custodian, "signer": signer, "height": ctx.height, "entries": columns},
+        )
+        seen: set[tuple[str, str, str]] = set()
+        for c in columns:
+            if (c[2], c[3], c[5]) not in seen:
+                seen.add((c[2], c[3], c[5]))
+                ctx.emit(
+                    "access.logged",
+                    pid=pid,
+                    custodian=custodian,
+                    actor_org=c[2],
+                    action=c[3],
+                    outcome=c[5],
+                )
+    ctx.state.put(f"acc/otx/{custodian}/{stamp}", list(rows))
+
+
+def _row_key(pid: str, ctx: Context, n: int) -> str:
+    """The key under which a v2 query names the n-th entry of a tx (the row's, then n)."""
+    return f"acc/ptx/{pid}/{_stamp(ctx)}/{n:04d}"
+
+
+def _v2_entries(pid: str, key: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A v2 row's entries in the shape of a v1 entry (plus `seq`; `id` empty)."""
+    time_ms, tx_hex = key.rsplit("/", 2)[1:]
+    time, tx = int(time_ms), bytes.fromhex(tx_hex)
+    out = []
+    for columns in row["entries"]:
+        entry = dict(zip(ROW_COLUMNS, columns, strict=True))
+        entry.update(
+            custodian=row["custodian"],
+            signer=row["signer"],
+            pid=pid,
+            id="",
+            time=time,
+            height=row["height"],
+            tx=tx,
+            key=f"{key}/{entry['n']:04d}",
+        )
+        out.append(entry)
+    return out
+
+
+def _in_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries of both layouts in the order of the chain: block time, tx id, place in tx."""
+    entries.sort(key=lambda e: (e["time"], e["tx"], e["n"]))
+    return entries
+
+
+def q_of_patient_v2(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """v1's answer, over both layouts (a chain keeps the entries written before v2, and
+    `records` writes its disclosures the v1 way: `record_entry`)."""
+    out = q_of_patient(state, args)
+    since = args.get("since_ms", 0)
+    prefix = f"acc/ptx/{args['pid']}/"
+    for key, row in state.scan(prefix):
+        if int(key[len(prefix) : len(prefix) + 16]) >= since:
+            out.extend(_v2_entries(args["pid"], key, row))
+    return _in_order(out)
+
+
+def q_by_custodian_v2(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """v1's answer, over both layouts: a custodian's tx rows name the patients of each tx."""
+    org = args.get("org")
+    out = q_by_custodian(state, args)
+    prefix = f"acc/otx/{org}/"
+    for key, pids in state.scan(prefix):
+        stamp = key[len(prefix) :]
+        for pid in pids:
+            row_key = f"acc/ptx/{pid}/{stamp}"
+            row = state.get(row_key)
+            if row is not None:
+                out.extend(_v2_entries(pid, row_key, row))
+    return _in_order(out)
+
+
+def q_seq(state: StateView, args: dict[str, Any]) -> int:
+    """The last journal sequence on the chain of the hospital whose `key` signs (0 if none)."""
+    key = args.get("key")
+    actor = resolve_actor(state, key) if isinstance(key, bytes) else None
+    return 0 if actor is None else int(state.get(f"acc/seq/{actor.org}") or 0)
+
+
 CONTRACTS = [
     Contract(
         name="access",
         version=1,
         messages={"access.log": Message("access.log", Log, log)},
         queries={"access/of_patient": q_of_patient, "access/by_custodian": q_by_custodian},
-    )
+    ),
+    Contract(
+        name="access",
+        version=2,
+        messages={"access.log": Message("access.log", LogV2, log_v2)},
+        queries={
+            "access/of_patient": q_of_patient_v2,
+            "access/by_custodian": q_by_custodian_v2,
+            "access/seq": q_seq,
+        },
+    ),
 ]
