@@ -14,6 +14,7 @@ import pytest
 from medledger.consensus.cometbft.rpc import RpcUnavailable
 from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
+from medledger.contracts.access import journal_ref
 from medledger.contracts.authorize import Decision
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
@@ -85,7 +86,7 @@ def test_concurrent_reads_share_txs_and_each_entry_lands_once(node: Node, tmp_pa
         for t in threads:
             t.join()
         trail = _on_chain(node)
-        assert len(trail) == 40 and len({e["id"] for e in trail}) == 40
+        assert len(trail) == 40 and len({journal_ref(e) for e in trail}) == 40
         assert len({bytes(e["tx"]) for e in trail}) == journal.stats["txs"] < 40
         assert journal.pending() == 0
     finally:
@@ -134,13 +135,16 @@ def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_pat
     # A crash lost the done mark: the journal holds the group again, as if never sent.
     from medledger.node.audit import _frame
 
-    group = [{k: v for k, v in e.items() if k in _entries(node)[0] or k == "id"} for e in committed]
+    group = [
+        {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+        for e in committed
+    ]
     (directory / "journal").write_bytes(_frame({"g": group}))
     journal = _journal(node, directory)
     try:
         assert journal.drain(30) and journal.stats["txs"] == 1  # re-sent, and committed
         trail = _on_chain(node)
-        assert sorted(e["id"] for e in trail) == sorted(e["id"] for e in committed)
+        assert sorted(map(journal_ref, trail)) == sorted(map(journal_ref, committed))
     finally:
         journal.stop()
 

@@ -603,6 +603,7 @@ ROW_COLUMNS = (
     "request",
     "request_signer",
     "seq",
+    "id",
 )
 _V2_TYPES: dict[str, type] = {
     "actor": str,
@@ -698,6 +699,7 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
                 digest,
                 request_signer,
                 entry.seq,
+                entry.id,
             ]
         )
     if last > mark:
@@ -731,7 +733,7 @@ def _row_key(pid: str, ctx: Context, n: int) -> str:
 
 
 def _v2_entries(pid: str, key: str, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """A v2 row's entries in the shape of a v1 entry (plus `seq`; `id` empty)."""
+    """A v2 row's entries in the shape of a v1 entry, plus `seq`."""
     time_ms, tx_hex = key.rsplit("/", 2)[1:]
     time, tx = int(time_ms), bytes.fromhex(tx_hex)
     out = []
@@ -741,7 +743,6 @@ def _v2_entries(pid: str, key: str, row: dict[str, Any]) -> list[dict[str, Any]]
             custodian=row["custodian"],
             signer=row["signer"],
             pid=pid,
-            id="",
             time=time,
             height=row["height"],
             tx=tx,
@@ -749,6 +750,13 @@ def _v2_entries(pid: str, key: str, row: dict[str, Any]) -> list[dict[str, Any]]
         )
         out.append(entry)
     return out
+
+
+def journal_ref(entry: dict[str, Any]) -> str:
+    """What tells apart on the chain the entries a hospital's journal sent: their `seq`
+    (v2), or their `id` (v1, and entries journaled before v2)."""
+    seq = entry.get("seq")
+    return f"seq:{seq}" if seq else f"id:{entry['id']}"
 
 
 def _in_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
