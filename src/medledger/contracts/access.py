@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -582,7 +583,12 @@ class EntryV2(Entry):
 
 @dataclass
 class LogV2:
-    entries: list[Any]
+    """Entries by column (`log_body`): entry i has `columns[name][i]` for each field `name`
+    of `EntryV2`; a column whose values all are the field's default is left out. A tx's
+    entries share most values (actor, action, purpose, basis...): by column, the strict
+    decoding and the checks run over whole lists, not field by field and entry by entry."""
+
+    columns: dict[str, Any]
     # Every entry of the custodian's journal that must reach the chain before this tx's last
     # one is at or below `need`: the tx waits (Code.NOT_YET) until the mark has reached it.
     need: int = 0
@@ -605,48 +611,143 @@ ROW_COLUMNS = (
     "seq",
     "id",
 )
-_V2_TYPES: dict[str, type] = {
-    "actor": str,
-    "actor_org": str,
-    "pid": str,
-    "action": str,
-    "purpose": str,
-    "outcome": str,
-    "basis": str,
-    "reason": str,
-    "rids": list,
-    "request": dict,
-    "id": str,
-    "seq": int,
+_REQUIRED = ("actor", "actor_org", "pid", "action", "purpose", "outcome")
+_REQUIRED_SET = frozenset(_REQUIRED)
+_DEFAULTS: dict[str, Any] = {
+    "basis": "",
+    "reason": "",
+    "rids": [],
+    "request": None,
+    "id": "",
+    "seq": 0,
 }
-_V2_REQUIRED = frozenset(("actor", "actor_org", "pid", "action", "purpose", "outcome"))
+_COLUMN_TYPES: dict[str, frozenset[type]] = {
+    **{name: frozenset((str,)) for name in (*_REQUIRED, "basis", "reason", "id")},
+    "rids": frozenset((list,)),
+    "request": frozenset((dict, type(None))),
+    "seq": frozenset((int,)),
+}
+#: Record ids one per line: `common.is_id` of each, over a whole tx's ids at once.
+_ID_LINES = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,63}\n)*")
 
 
-def _parse_v2(i: int, raw: Any) -> EntryV2:
-    """`parse_item(EntryV2, ...)` for the common case, without its generic walk: exact types
-    checked here, and anything else handed to `parse_item`, which refuses it naming the field
-    (or accepts it: `request` may be null)."""
-    if type(raw) is dict and raw.keys() >= _V2_REQUIRED:
-        types = _V2_TYPES
-        try:
-            plain = all(type(v) is types[k] for k, v in raw.items()) and all(
-                type(r) is str for r in raw.get("rids", ())
-            )
-        except KeyError:  # an unknown field
-            plain = False
-        if plain:
-            return EntryV2(**raw)
-    return parse_item(EntryV2, raw, f"entries[{i}]")
+def log_body(entries: list[dict[str, Any]], version: int, need: int = 0) -> dict[str, Any]:
+    """The body of an `access.log` tx of these entries (as `log_entry` builds them) for
+    `version` of the contract: v1 the list of entries, v2 their columns (and `need`)."""
+    if version < 2:
+        return {"entries": entries}
+    columns: dict[str, Any] = {name: [e[name] for e in entries] for name in _REQUIRED}
+    for name, default in _DEFAULTS.items():
+        values = [e.get(name, default) for e in entries]
+        if any(v != default for v in values):
+            columns[name] = values
+    return {"columns": columns, "need": need} if need else {"columns": columns}
+
+
+def _entries_of(columns: dict[str, Any]) -> list[EntryV2]:
+    """The columns as entries, each parsed and checked alone, as v1 does: the slow path,
+    taken when a column check fails, to refuse naming the entry and field."""
+    lengths = set()
+    for name, column in columns.items():
+        if type(column) is not list:
+            raise TxError(Code.INVALID_BODY, f"field columns.{name}: expected a list")
+        lengths.add(len(column))
+    if len(lengths) > 1:
+        raise TxError(Code.INVALID_BODY, "field columns: every column has one value per entry")
+    count = lengths.pop() if lengths else 0
+    if not 0 < count <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field columns: 1..{MAX_ENTRIES} entries per tx")
+    out = []
+    for i in range(count):
+        e = parse_item(EntryV2, {k: c[i] for k, c in columns.items()}, f"entries[{i}]")
+        _check_fields(i, e)
+        out.append(e)
+    return out
+
+
+def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
+    """The columns as entries when every check of `_check_fields` passes over whole columns
+    (types, codes, pids, ids, bases); None as soon as one fails: `_entries_of` then finds
+    the entry and names it (or accepts what these checks refuse too eagerly)."""
+    if not (c.keys() >= _REQUIRED_SET and c.keys() <= _COLUMN_TYPES.keys()):
+        return None
+    count = len(c["actor"]) if type(c["actor"]) is list else -1
+    if not 0 < count <= MAX_ENTRIES:
+        return None
+    for name, column in c.items():
+        if type(column) is not list or len(column) != count:
+            return None
+        if not set(map(type, column)) <= _COLUMN_TYPES[name]:
+            return None
+    pids = c["pid"]
+    if set(map(len, pids)) != {64} or not _HEX.issuperset("".join(pids)):
+        return None
+    if not (
+        _ACTIONS.issuperset(c["action"])
+        and _OUTCOMES.issuperset(c["outcome"])
+        and _PURPOSES.issuperset(c["purpose"])
+        and all(map(is_id, set(c["actor_org"])))
+    ):
+        return None
+    basis, reason = c.get("basis", [""] * count), c.get("reason", [""] * count)
+    for outcome, b, r in set(zip(c["outcome"], basis, reason, strict=True)):
+        if (not b or r) if outcome == "granted" else not r:
+            return None
+        if r and r not in DENIAL_REASONS:
+            return None
+        if b and (len(b) > MAX_BASIS or (b not in BASES and not _is_basis(b))):
+            return None
+    rids = c.get("rids", [[]] * count)
+    if "rids" in c:
+        if max(map(len, rids)) > MAX_RIDS:
+            return None
+        flat = [rid for each in rids for rid in each]
+        if flat:
+            if not set(map(type, flat)) <= {str}:
+                return None
+            lines = "\n".join(flat)
+            if lines.count("\n") != len(flat) - 1 or not _ID_LINES.fullmatch(lines + "\n"):
+                return None
+    ids = c.get("id", [""] * count)
+    for ident in set(ids) - {""}:
+        if len(ident) != 2 * ENTRY_ID or not _HEX.issuperset(ident):
+            return None
+    return [
+        EntryV2(*values)
+        for values in zip(
+            c["actor"],
+            c["actor_org"],
+            pids,
+            c["action"],
+            c["purpose"],
+            c["outcome"],
+            basis,
+            reason,
+            rids,
+            c.get("request", [None] * count),
+            ids,
+            c.get("seq", [0] * count),
+            strict=True,
+        )
+    ]
+
+
+def _is_basis(basis: str) -> bool:
+    try:
+        check_basis(basis, "basis")
+    except TxError:
+        return False
+    return True
 
 
 def log_v2(ctx: Context, msg: LogV2) -> None:
-    """`access.log`, version 2: the same checks on every entry as v1 (`_check_fields`,
-    `_check_actor`, `_check_request`); the entries of a tx about one patient written as one
-    row, and a re-sent entry known by its sequence instead of a row per entry id."""
+    """`access.log`, version 2: the same checks on every entry as v1 (`_check_fields`, over
+    whole columns first; `_check_actor` once per actor; `_check_request`); the entries of a
+    tx about one patient written as one row, and a re-sent entry known by its sequence
+    instead of a row per entry id."""
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)
-    if not 0 < len(msg.entries) <= MAX_ENTRIES:
-        raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    entries = _fast_entries(msg.columns) or _entries_of(msg.columns)
     mark_key = f"acc/seq/{custodian}"
     mark = ctx.state.get(mark_key) or 0
     if not 0 <= msg.need < MAX_SEQ:
@@ -658,11 +759,10 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
             f"(it is at {mark}); send this tx again once it is",
         )
     asked: dict[bytes, dict[str, Any]] = {}
+    actors: set[tuple[str, str]] = set()  # (actor, actor_org) checked, for local acts
     rows: dict[str, list[list[Any]]] = {}
     last = 0
-    for n, raw in enumerate(msg.entries):
-        entry = _parse_v2(n, raw)
-        _check_fields(n, entry)
+    for n, entry in enumerate(entries):
         if entry.seq:
             if entry.id:
                 raise TxError(
@@ -681,10 +781,13 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
             if ctx.state.has(id_key):
                 continue
             ctx.state.put(id_key, _row_key(entry.pid, ctx, n))
-        _check_actor(ctx, n, entry, custodian)
         digest, request_signer = b"", ""
         if entry.request is not None:
+            _check_actor(ctx, n, entry, custodian)
             digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
+        elif entry.actor.startswith("patient:") or (entry.actor, entry.actor_org) not in actors:
+            _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
+            actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
         rows.setdefault(entry.pid, []).append(
             [
                 n,
@@ -708,10 +811,7 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
         return
     stamp = _stamp(ctx)
     for pid, columns in rows.items():
-        ctx.state.put(
-            f"acc/ptx/{pid}/{stamp}",
-            {"custodian": custodian, "signer": signer, "height": ctx.height, "entries": columns},
-        )
+        ctx.state.put(f"acc/ptx/{pid}/{stamp}", [custodian, signer, ctx.height, columns])
         seen: set[tuple[str, str, str]] = set()
         for c in columns:
             if (c[2], c[3], c[5]) not in seen:
@@ -732,19 +832,20 @@ def _row_key(pid: str, ctx: Context, n: int) -> str:
     return f"acc/ptx/{pid}/{_stamp(ctx)}/{n:04d}"
 
 
-def _v2_entries(pid: str, key: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+def _v2_entries(pid: str, key: str, row: list[Any]) -> list[dict[str, Any]]:
     """A v2 row's entries in the shape of a v1 entry, plus `seq`."""
     time_ms, tx_hex = key.rsplit("/", 2)[1:]
     time, tx = int(time_ms), bytes.fromhex(tx_hex)
+    custodian, signer, height, entries = row
     out = []
-    for columns in row["entries"]:
+    for columns in entries:
         entry = dict(zip(ROW_COLUMNS, columns, strict=True))
         entry.update(
-            custodian=row["custodian"],
-            signer=row["signer"],
+            custodian=custodian,
+            signer=signer,
             pid=pid,
             time=time,
-            height=row["height"],
+            height=height,
             tx=tx,
             key=f"{key}/{entry['n']:04d}",
         )

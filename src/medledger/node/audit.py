@@ -573,17 +573,22 @@ class AuditJournal:
         entry still pending here with a lower sequence than this tx's last one, not in this
         tx, must be on the chain first, so that no tx lifts the chain's mark over an entry
         not yet written (txs of one signer may commit out of order: a nonce may skip)."""
-        if self._access_version() < 2:
-            return {"entries": [_without(e, "seq") for g in batch for e in g.entries]}
+        version = self._access_version()
+        if version < 2:
+            return access.log_body([_without(e, "seq") for g in batch for e in g.entries], 1)
         entries = [_without(e, "id") if e.get("seq") else e for g in batch for e in g.entries]
         top = max(g.last_seq for g in batch)
         with self._cond:
             mine = {id(g) for g in batch}
             need = max(
-                (g.last_seq for g in self._live.values() if g.last_seq < top and id(g) not in mine),
+                (
+                    g.last_seq
+                    for g in self._live.values()
+                    if g.last_seq < top and id(g) not in mine
+                ),
                 default=0,
             )
-        return {"entries": entries, "need": need} if need else {"entries": entries}
+        return access.log_body(entries, version, need)
 
     def _send(self, batch: list[_Group]) -> bool:
         """Sign and submit one batch; False when the ledger could not take it now (the
