@@ -14,7 +14,7 @@ import pytest
 from medledger.consensus.cometbft.rpc import RpcUnavailable
 from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
-from medledger.contracts.access import journal_ref
+from medledger.contracts.access import journal_ref, log_body
 from medledger.contracts.authorize import Decision
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
@@ -67,6 +67,16 @@ def _entries(node: Node, n: int = 1, *, rid: str = "obs-1") -> list[dict[str, An
     return [
         e for _ in range(n) for e in decisions.audit(access, Decision(True, "custodian", ""), [rid])
     ]
+
+
+def _body(node: Node, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """An `access.log` body for the version of `access` active on the node's chain."""
+    return log_body(entries, queries.contract_versions(node.engine)["access"])
+
+
+def _count(body: dict[str, Any]) -> int:
+    """How many entries an `access.log` body holds (v1: a list, v2: columns)."""
+    return len(body["entries"]) if "entries" in body else len(body["columns"]["actor"])
 
 
 def _on_chain(node: Node) -> list[dict[str, Any]]:
@@ -162,7 +172,7 @@ def test_a_tx_whose_nonce_another_tx_spent_is_re_sent_under_a_fresh_nonce(
         while not flaky.dropped:
             threading.Event().wait(0.01)
         lost = decode_tx(flaky.dropped[0])
-        node.wallet.send("access.log", {"entries": _entries(node, rid="obs-other")})
+        node.wallet.send("access.log", _body(node, _entries(node, rid="obs-other")))
         assert queries.nonce(node.engine, node.org_key.public_key) >= lost.nonce  # spent
         assert journal.drain(30)
         trail = _on_chain(node)
@@ -251,19 +261,19 @@ def test_access_log_writes_an_id_once_per_custodian_and_checks_its_shape(
     node: Node, consortium: list[Path]
 ) -> None:
     entry = {**_entries(node)[0], "id": "ab" * 16}
-    first = node.wallet.send("access.log", {"entries": [entry]})
-    again = node.wallet.send("access.log", {"entries": [entry, {**entry, "id": "cd" * 16}]})
+    first = node.wallet.send("access.log", _body(node, [entry]))
+    again = node.wallet.send("access.log", _body(node, [entry, {**entry, "id": "cd" * 16}]))
     assert first.result.ok and again.result.ok  # the re-sent one is skipped, not refused
     assert sorted(e["id"] for e in _on_chain(node)) == ["ab" * 16, "cd" * 16]
 
     other = node.sibling(consortium[1])  # ids are per custodian: another's is its own
     org = other.config.org
     theirs = {**entry, "actor": f"org:{org}", "actor_org": org}
-    assert other.wallet.send("access.log", {"entries": [theirs]}).result.ok
+    assert other.wallet.send("access.log", _body(other, [theirs])).result.ok
     assert [e["id"] for e in _on_chain(other)] == ["ab" * 16]
 
     with pytest.raises(TxRejected, match=r"entries\[0\]\.id: 32 lowercase hex"):
-        node.wallet.send("access.log", {"entries": [{**entry, "id": "AB" * 16}]})
+        node.wallet.send("access.log", _body(node, [{**entry, "id": "AB" * 16}]))
 
 
 def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
@@ -313,7 +323,7 @@ def test_a_backlog_goes_out_in_more_full_txs_at_once_but_a_partial_one_waits(
     try:
         journal.log(_entries(node, 7), wait=False)
         threading.Event().wait(0.5)
-        sent = [len(decode_tx(tx).body["entries"]) for tx in flaky.dropped]
+        sent = [_count(decode_tx(tx).body) for tx in flaky.dropped]
         assert sent == [2, 2, 2] and journal.pending() == 7  # the seventh waits
         flaky.drop_next = 0
     finally:
