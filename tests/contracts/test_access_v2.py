@@ -111,7 +111,7 @@ def test_a_tx_resting_on_an_entry_not_yet_on_the_chain_waits_and_writes_nothing(
         ({"columns": {**log_body([_local()], 2)["columns"], "colour": ["red"]}}, "'colour'"),
         ({"columns": {**log_body([_local()], 2)["columns"], "rids": "r1"}}, "rids: expected a"),
         ({"columns": {}}, "1..500 entries"),
-        ({"entries": [_local()]}, "unknown field 'entries'"),  # a v1 body
+        ({"entries": [_local()], "columns": log_body([_local()], 2)["columns"]}, "not both"),
     ],
 )
 def test_columns_are_lists_of_one_value_per_entry(body: dict[str, Any], message: str) -> None:
@@ -181,8 +181,12 @@ def test_a_consortium_activates_v2_by_vote_and_reads_both_layouts_in_order() -> 
     assert app.query_obj("governance/contracts", {})["access"] == 2
 
     assert _log(net, app, [journaled, _local(seq=1, rids=["r7"])]).ok  # the id: skipped
+    late = _local(id="cd" * 16, rids=["r8"])  # a v1 body signed before the vote, after it
+    v1_body = net.tx(net.orgs["h0"], "access.log", log_body([late, journaled], 1))
+    assert run_block(app, [v1_body], net.solo).results[0].ok
     trail = app.query_obj("access/of_patient", {"pid": PID})
-    assert [e["rids"] for e in trail] == [["r1", "r2"], ["r5"], ["r7"]]  # in chain order
-    assert [access.journal_ref(e) for e in trail] == [f"id:{'ab' * 16}", "id:", "seq:1"]
-    assert len(app.query_obj("access/by_custodian", {"org": "h0"})) == 3
+    assert [e["rids"] for e in trail] == [["r1", "r2"], ["r5"], ["r7"], ["r8"]]  # chain order
+    refs = [access.journal_ref(e) for e in trail]
+    assert refs == [f"id:{'ab' * 16}", "id:", "seq:1", f"id:{'cd' * 16}"]
+    assert len(app.query_obj("access/by_custodian", {"org": "h0"})) == 4
     assert _keys(app, "acc/pid/") and _keys(app, "acc/ptx/")  # v1 rows stay, v2 rows added

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
 from medledger.contracts.access import journal_ref, log_body
 from medledger.contracts.authorize import Decision
+from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
 from medledger.node import Node, decisions
@@ -349,3 +351,71 @@ def test_the_journal_is_rewritten_with_what_is_pending_once_it_grows(
     assert (directory / "journal").stat().st_size < 4096 * 2  # 30 groups of 2: 14 KiB written
     assert read_journal(directory / "journal")[0] == []
     assert len(_on_chain(node)) == 60
+
+
+class CheckRecorder(FlakyEngine):
+    """FlakyEngine that also keeps the CheckTx code of every tx it passed on."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.codes: list[int] = []
+
+    def submit(self, tx: bytes) -> Submitted:
+        submitted = super().submit(tx)
+        if tx not in self.dropped:
+            self.codes.append(submitted.check.code)
+        return submitted
+
+
+def test_a_tx_that_would_lift_the_mark_over_an_entry_in_flight_waits_for_it(
+    node: Node, tmp_path: Path
+) -> None:
+    """Entry A's tx is lost on its way (accepted, never in a block); entry B's tx, sent
+    meanwhile, must not commit first: the chain would then skip A for good (its sequence
+    below the mark). B's tx says it rests on A (`need`), waits (NOT_YET), and both land."""
+    recorder = CheckRecorder(node.engine)
+    recorder.drop_next = 1
+    journal = _journal(node, tmp_path / "audit", recorder, window_s=0.02)
+    try:
+        journal.log(_entries(node, rid="obs-a"), wait=False)
+        while not recorder.dropped:
+            time.sleep(0.01)
+        journal.log(_entries(node, rid="obs-b"), wait=True)  # returns once B committed
+        assert journal.drain(30)
+        trail = _on_chain(node)
+        assert [e["rids"] for e in trail] == [["obs-a"], ["obs-b"]]  # A first, each once
+        assert Code.NOT_YET in recorder.codes  # B waited for A
+        assert queries.access_seq(node.engine, node.org_key.public_key) == trail[-1]["seq"]
+    finally:
+        journal.stop()
+
+
+def _activate_access(node: Node, other: Node, version: int) -> None:
+    """A vote of two of the three hospitals: the active version of `access` becomes `version`."""
+    body = {"action": "activate_contract", "args": {"name": "access", "version": version}}
+    node.wallet.send("governance.propose", body)
+    proposal = max(p["id"] for p in queries.proposals(node.engine))
+    other.wallet.send("governance.vote", {"proposal": proposal, "approve": True})
+    assert queries.contract_versions(node.engine)["access"] == version
+
+
+def test_the_journal_follows_the_active_version_of_access_across_votes(
+    node: Node, consortium: list[Path], tmp_path: Path
+) -> None:
+    """A consortium on v1 (as chains made before v2 are) activates v2 while the journal runs:
+    it sends v1 bodies (entry ids) before, columns and sequences after; every entry lands
+    once, and the trail reads both layouts in order."""
+    other = node.sibling(consortium[1])
+    _activate_access(node, other, 1)
+    journal = _journal(node, tmp_path / "audit")
+    try:
+        journal.log(_entries(node, 2, rid="obs-v1"), wait=True)
+        _activate_access(node, other, 2)
+        journal.log(_entries(node, 2, rid="obs-v2"), wait=True)
+        assert journal.drain(30)
+    finally:
+        journal.stop()
+    trail = queries.access_of_patient(node.engine, PID)
+    assert [e["rids"] for e in trail] == [["obs-v1"]] * 2 + [["obs-v2"]] * 2
+    assert [journal_ref(e)[:3] for e in trail] == ["id:", "id:", "seq", "seq"]
+    assert len({journal_ref(e) for e in trail}) == 4

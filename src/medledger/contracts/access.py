@@ -588,7 +588,10 @@ class LogV2:
     entries share most values (actor, action, purpose, basis...): by column, the strict
     decoding and the checks run over whole lists, not field by field and entry by entry."""
 
-    columns: dict[str, Any]
+    columns: dict[str, Any] = field(default_factory=dict)
+    # A v1 body's list of entries instead (a tx its journal built before the vote that
+    # activated v2, committed after it): read the v1 way, one entry at a time.
+    entries: list[Any] = field(default_factory=list)
     # Every entry of the custodian's journal that must reach the chain before this tx's last
     # one is at or below `need`: the tx waits (Code.NOT_YET) until the mark has reached it.
     need: int = 0
@@ -647,6 +650,23 @@ def log_body(entries: list[dict[str, Any]], version: int, need: int = 0) -> dict
 def _entries_of(columns: dict[str, Any]) -> list[EntryV2]:
     """The columns as entries, each parsed and checked alone, as v1 does: the slow path,
     taken when a column check fails, to refuse naming the entry and field."""
+    return _checked([{k: c[i] for k, c in columns.items()} for i in range(_count(columns))])
+
+
+def _checked(raw: list[Any]) -> list[EntryV2]:
+    """Entries (maps) parsed and checked one by one, as v1 does."""
+    if not 0 < len(raw) <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    out = []
+    for i, item in enumerate(raw):
+        e = parse_item(EntryV2, item, f"entries[{i}]")
+        _check_fields(i, e)
+        out.append(e)
+    return out
+
+
+def _count(columns: dict[str, Any]) -> int:
+    """How many entries the columns hold (each a list of as many values)."""
     lengths = set()
     for name, column in columns.items():
         if type(column) is not list:
@@ -657,12 +677,7 @@ def _entries_of(columns: dict[str, Any]) -> list[EntryV2]:
     count = lengths.pop() if lengths else 0
     if not 0 < count <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field columns: 1..{MAX_ENTRIES} entries per tx")
-    out = []
-    for i in range(count):
-        e = parse_item(EntryV2, {k: c[i] for k, c in columns.items()}, f"entries[{i}]")
-        _check_fields(i, e)
-        out.append(e)
-    return out
+    return count
 
 
 def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
@@ -747,7 +762,12 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
     instead of a row per entry id."""
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)
-    entries = _fast_entries(msg.columns) or _entries_of(msg.columns)
+    if msg.entries:
+        if msg.columns:
+            raise TxError(Code.INVALID_BODY, "field entries: columns or entries, not both")
+        entries = _checked(msg.entries)
+    else:
+        entries = _fast_entries(msg.columns) or _entries_of(msg.columns)
     mark_key = f"acc/seq/{custodian}"
     mark = ctx.state.get(mark_key) or 0
     if not 0 <= msg.need < MAX_SEQ:

@@ -79,7 +79,6 @@ COMPACT_BYTES = 8 * 1024 * 1024
 _FRAME = struct.Struct(">II")
 # Not for good: a spent nonce, or (access v2) a tx resting on one of ours not yet committed.
 _LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE), int(Code.NOT_YET)}
-VERSION_S = 1.0  # how long the active `access` version read from the chain is trusted
 
 
 class JournalUnavailable(Exception):
@@ -205,7 +204,6 @@ class AuditJournal:
         self._retry_at = 0.0
         self._unreachable = False
         self._seq = 0  # the last journal sequence given to an entry
-        self._version: tuple[int, float] | None = None  # access's version, when read
         self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0}
 
     # -- life ------------------------------------------------------------------------
@@ -558,13 +556,6 @@ class AuditJournal:
             if later:
                 self._retry_at = time.monotonic() + self.retry_s
 
-    def _access_version(self) -> int:
-        """The active version of the `access` contract, read again every `VERSION_S`."""
-        now = time.monotonic()
-        if self._version is None or now - self._version[1] >= VERSION_S:
-            self._version = (queries.contract_versions(self.engine).get("access", 1), now)
-        return self._version[0]
-
     def _body(self, batch: list[_Group]) -> dict[str, Any]:
         """The `access.log` body of a batch, for the active contract version.
 
@@ -573,7 +564,7 @@ class AuditJournal:
         entry still pending here with a lower sequence than this tx's last one, not in this
         tx, must be on the chain first, so that no tx lifts the chain's mark over an entry
         not yet written (txs of one signer may commit out of order: a nonce may skip)."""
-        version = self._access_version()
+        version = queries.contract_versions(self.engine).get("access", 1)
         if version < 2:
             return access.log_body([_without(e, "seq") for g in batch for e in g.entries], 1)
         entries = [_without(e, "id") if e.get("seq") else e for g in batch for e in g.entries]
