@@ -14,22 +14,26 @@ from medledger.contracts import access
 from medledger.contracts.access import _entries_of, _fast_entries, log_body
 from medledger.ledger.app import Application
 from medledger.ledger.errors import Code, TxError
+from medledger.ledger.keys import SigningKey
 from tests.support.access import PID, _entry
 from tests.support.ledger import ACCESS_VERSION, Net, make_net, run_block
 
 OTHER = "cd" * 32
+DR_B = SigningKey(b"\x07" * 32)  # h0's practitioner dr-b
 
 
 def _local(**over: Any) -> dict[str, Any]:
     """An entry of h0's own practitioner reading at h0 (no signed request)."""
-    return _entry(actor="practitioner:h0/dr-b", actor_org="h0", basis="custodian", **over)
+    return _entry(
+        **{"actor": "practitioner:h0/dr-b", "actor_org": "h0", "basis": "custodian", **over}
+    )
 
 
 def _v2_net() -> tuple[Net, Application]:
     net = make_net()
     app = net.app()
     assert app.query_obj("governance/contracts", {})["access"] == 2  # new consortia: newest
-    body = {"practitioner": "dr-b", "key": bytes(range(32)), "roles": ["nurse"]}
+    body = {"practitioner": "dr-b", "key": DR_B.public_key, "roles": ["nurse"]}
     assert (
         run_block(app, [net.tx(net.orgs["h0"], "identity.register", body)], net.solo).results[0].ok
     )
@@ -166,7 +170,7 @@ def test_a_consortium_activates_v2_by_vote_and_reads_both_layouts_in_order() -> 
     finally:
         ACCESS_VERSION[0] = before
     app = net.app()
-    body = {"practitioner": "dr-b", "key": bytes(range(32)), "roles": ["nurse"]}
+    body = {"practitioner": "dr-b", "key": DR_B.public_key, "roles": ["nurse"]}
     run_block(app, [net.tx(net.orgs["h0"], "identity.register", body)], net.solo)
     journaled = _local(id="ab" * 16)  # a journal's entry under v1, re-sent after the vote
     v1 = net.tx(net.orgs["h0"], "access.log", log_body([journaled, _local(rids=["r5"])], 1))
@@ -190,3 +194,17 @@ def test_a_consortium_activates_v2_by_vote_and_reads_both_layouts_in_order() -> 
     assert refs == [f"id:{'ab' * 16}", "id:", "seq:1", f"id:{'cd' * 16}"]
     assert len(app.query_obj("access/by_custodian", {"org": "h0"})) == 4
     assert _keys(app, "acc/pid/") and _keys(app, "acc/ptx/")  # v1 rows stay, v2 rows added
+
+
+def test_a_practitioner_cannot_number_entries_to_hide_its_hospitals_next_ones() -> None:
+    """A sequence lifts its custodian's mark, and entries at or below it are skipped: a
+    practitioner's key (a nurse's, say) signing a huge one would make its hospital's journal
+    silently write nothing more. Only the organisation key (the journal's) numbers entries."""
+    net, app = _v2_net()
+    own = _local(seq=access.MAX_SEQ - 1)
+    for body in (log_body([own], 2), log_body([_local()], 2, need=1)):
+        result = app.check_tx(net.tx(DR_B, "access.log", body))
+        assert result.code == Code.UNAUTHORIZED and "only the hospital's journal" in result.log
+    assert app.query_obj("access/seq", {"key": net.orgs["h0"].public_key}) == 0
+    plain = log_body([_local()], 2)  # without: as before
+    assert run_block(app, [net.tx(DR_B, "access.log", plain)], net.solo).results[0].ok

@@ -772,6 +772,8 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
     mark = ctx.state.get(mark_key) or 0
     if not 0 <= msg.need < MAX_SEQ:
         raise TxError(Code.INVALID_BODY, f"field need: 0..{MAX_SEQ - 1}")
+    if msg.need and practitioner is not None:
+        raise TxError(Code.UNAUTHORIZED, "field need: only the hospital's journal sends one")
     if msg.need > mark:
         raise TxError(
             Code.NOT_YET,
@@ -784,6 +786,12 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
     last = 0
     for n, entry in enumerate(entries):
         if entry.seq:
+            if practitioner is not None:  # a practitioner's seq could lift the mark over
+                raise TxError(  # the entries its hospital's journal has yet to write
+                    Code.UNAUTHORIZED,
+                    f"field entries[{n}].seq: only the hospital's journal (its organisation "
+                    "key) numbers entries",
+                )
             if entry.id:
                 raise TxError(
                     Code.INVALID_BODY, f"field entries[{n}].id: an entry with a seq has no id"
