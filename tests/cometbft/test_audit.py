@@ -14,8 +14,8 @@ import orjson
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
-from medledger.contracts.access import journal_ref
 from medledger.consensus.cometbft import processes
+from medledger.contracts.access import journal_ref
 from medledger.interop.synth import generate
 from medledger.node import Node
 from medledger.node.audit import read_journal

@@ -572,11 +572,7 @@ class AuditJournal:
         with self._cond:
             mine = {id(g) for g in batch}
             need = max(
-                (
-                    g.last_seq
-                    for g in self._live.values()
-                    if g.last_seq < top and id(g) not in mine
-                ),
+                (g.last_seq for g in self._live.values() if g.last_seq < top and id(g) not in mine),
                 default=0,
             )
         return access.log_body(entries, version, need)
