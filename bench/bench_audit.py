@@ -165,6 +165,8 @@ def _load(targets: dict[str, tuple[str, str, list[str]]], readers: int, seconds:
 
 def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dict[str, Any]:
     """The audit entries the load's reads put on the chain: per tx, and per second."""
+    from medledger.contracts.access import journal_ref
+
     entries = [
         e
         for org in orgs
@@ -180,7 +182,7 @@ def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dic
         "txs": len(txs),
         "entries_per_tx": round(len(entries) / len(txs), 1),
         "entries_committed_per_s": round(len(entries) / span_s, 1),
-        "ids_unique": len({e["id"] for e in entries}) == len(entries),
+        "ids_unique": len({journal_ref(e) for e in entries}) == len(entries),
     }
 
 

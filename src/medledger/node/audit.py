@@ -77,7 +77,8 @@ RESEND_S = 5.0
 RETRY_S = 1.0
 COMPACT_BYTES = 8 * 1024 * 1024
 _FRAME = struct.Struct(">II")
-_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE)}
+# Not for good: a spent nonce, or (access v2) a tx resting on one of ours not yet committed.
+_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE), int(Code.NOT_YET)}
 
 
 class JournalUnavailable(Exception):
@@ -104,6 +105,11 @@ class _Group:
     def gid(self) -> str:
         return str(self.entries[0]["id"])
 
+    @property
+    def last_seq(self) -> int:
+        """The journal sequence of its last entry (0: journaled before sequences)."""
+        return int(self.entries[-1].get("seq", 0))
+
 
 @dataclass(eq=False)
 class _InFlight:
@@ -121,6 +127,10 @@ def _frame(obj: Any) -> bytes:
 
 def _size(entry: dict[str, Any]) -> int:
     return len(codec.encode(entry))
+
+
+def _without(entry: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != name}
 
 
 def read_journal(path: Path) -> tuple[list[list[dict[str, Any]]], set[str], int]:
@@ -193,6 +203,7 @@ class AuditJournal:
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
         self._unreachable = False
+        self._seq = 0  # the last journal sequence given to an entry
         self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0}
 
     # -- life ------------------------------------------------------------------------
@@ -226,6 +237,7 @@ class AuditJournal:
         pending, _, whole = read_journal(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         os.ftruncate(self._fd, whole)  # a torn tail was never acknowledged to anyone
+        self._seq = self._first_seq(pending)
         for entries in pending:
             group = _Group(entries, sum(_size(e) for e in entries))
             group.durable.set()
@@ -234,6 +246,19 @@ class AuditJournal:
         if pending:
             log.info("audit journal: %d groups not yet on the chain, re-sending", len(pending))
         self._compact()
+
+    def _first_seq(self, pending: list[list[dict[str, Any]]]) -> int:
+        """Where this run's sequences start: above every one this journal gave before. Those
+        pending are in the file, those on the chain at or below its mark; the clock in µs
+        (which sequences, one per entry, never overtake) covers the settled ones compacted
+        away, and a journal lost with its disk while the replica lags the chain."""
+        journaled = max((int(e.get("seq", 0)) for g in pending for e in g), default=0)
+        try:
+            on_chain = queries.access_seq(self.engine, self.wallet.public_key)
+        except Exception as exc:  # the ledger is not reachable yet: the clock covers it
+            log.info("audit journal: the chain's sequence mark is unknown (%s)", exc)
+            on_chain = 0
+        return max(journaled, on_chain, time.time_ns() // 1000)
 
     def _close_files(self) -> None:
         for fd in (self._fd, self._lock_fd):
@@ -279,6 +304,10 @@ class AuditJournal:
         with self._cond:
             if self._stop or self._fd is None:
                 raise JournalUnavailable("the audit journal is not running")
+            for group in groups:  # in the order the writer makes them durable
+                for entry in group.entries:
+                    self._seq += 1
+                    entry["seq"] = self._seq
             self._queued.extend(groups)
             self._cond.notify_all()
         for group in groups:
@@ -527,15 +556,33 @@ class AuditJournal:
             if later:
                 self._retry_at = time.monotonic() + self.retry_s
 
+    def _body(self, batch: list[_Group]) -> dict[str, Any]:
+        """The `access.log` body of a batch, for the active contract version.
+
+        v1 knows an entry by its `id`. v2 by its `seq` (an entry journaled before sequences
+        keeps its id), and the tx says how far the chain must be before it (`need`): every
+        entry still pending here with a lower sequence than this tx's last one, not in this
+        tx, must be on the chain first, so that no tx lifts the chain's mark over an entry
+        not yet written (txs of one signer may commit out of order: a nonce may skip)."""
+        version = queries.contract_versions(self.engine).get("access", 1)
+        if version < 2:
+            return access.log_body([_without(e, "seq") for g in batch for e in g.entries], 1)
+        entries = [_without(e, "id") if e.get("seq") else e for g in batch for e in g.entries]
+        top = max(g.last_seq for g in batch)
+        with self._cond:
+            mine = {id(g) for g in batch}
+            need = max(
+                (g.last_seq for g in self._live.values() if g.last_seq < top and id(g) not in mine),
+                default=0,
+            )
+        return access.log_body(entries, version, need)
+
     def _send(self, batch: list[_Group]) -> bool:
         """Sign and submit one batch; False when the ledger could not take it now (the
         batch is queued again for `retry_s` later)."""
-        entries = [e for g in batch for e in g.entries]
         signed: list[bytes] = []
         try:
-            submitted = self.wallet.submit(
-                "access.log", {"entries": entries}, on_signed=signed.append
-            )
+            submitted = self.wallet.submit("access.log", self._body(batch), on_signed=signed.append)
         except Exception as exc:  # the node's CometBFT is down, or its RPC failed
             if not self._unreachable:
                 log.warning("audit journal: cannot submit (%s); entries kept, retrying", exc)
