@@ -88,7 +88,8 @@ from medledger.vault.envelope import (
     EMPTY_MANIFEST,
     RecordContext,
     copies_erased_in_manifest,
-    extend_manifest,
+    fold_manifest,
+    manifest_item,
     open_record,
     open_salt,
     seal_record,
@@ -545,6 +546,7 @@ class Vault:
                     is_copy=r.is_copy,
                 )
                 nonce, ciphertext = seal_record(set_keys, ctx, r.data)
+                item = manifest_item(ctx, ciphertext)
                 rows.append(
                     RecordRow(
                         rid=r.rid,
@@ -564,12 +566,12 @@ class Vault:
                     key,
                     n_records=key.n_records + (0 if r.is_copy else 1),
                     n_copies=key.n_copies + (1 if r.is_copy else 0),
-                    manifest=extend_manifest(key.manifest, ctx, ciphertext),
+                    manifest=fold_manifest(key.manifest, item),
                 )
                 key_set = replace(
                     key_set,
                     n_records=key_set.n_records + 1,
-                    manifest=extend_manifest(key_set.manifest, ctx, ciphertext),
+                    manifest=fold_manifest(key_set.manifest, item),
                 )
                 sets[scope] = key_set, set_keys
                 states[r.rid] = RidState(r.pid, key.generation, r.version, key_set.kid)
