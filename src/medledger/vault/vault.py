@@ -151,6 +151,22 @@ _LABEL_HOSPITAL_OWNER = b"medledger/vault/v3/hospital-records"
 ALIAS_SIZE = 32
 
 
+@dataclass(slots=True)
+class _Counters:
+    """A key row's or key set's counters and running manifest, as `put_many` moves them on
+    (written once at its end)."""
+
+    n_records: int
+    n_copies: int
+    manifest: bytes
+
+    def add(self, item: bytes, is_copy: bool) -> None:
+        """One stored version (its `manifest_item`): a copy, or one of the own records."""
+        self.n_copies += is_copy
+        self.n_records += not is_copy
+        self.manifest = fold_manifest(self.manifest, item)
+
+
 @dataclass(frozen=True, slots=True)
 class VaultConfig:
     """Where a hospital's vault lives and where its KEK comes from.
@@ -522,19 +538,24 @@ class Vault:
             return []
         stored: list[StoredRecord] = []
         with self._lock, self._backend.transaction():
-            keys: dict[str, KeyRow] = {}
-            sets: dict[tuple[str, str, bool], tuple[SetRow, RecordKeys]] = {}
+            keys: dict[str, tuple[KeyRow, _Counters]] = {}
+            sets: dict[tuple[str, str, bool], tuple[SetRow, RecordKeys, _Counters]] = {}
             states = self._backend.rid_states(list(dict.fromkeys(r.rid for r in checked)))
             new_rids = [r.rid for r in checked if r.rid not in states]
             shredded = self._backend.shredded_owners(new_rids) if new_rids else {}
             rows: list[RecordRow] = []
             aliases: list[tuple[bytes, str, int, str]] = []
             for r in checked:
-                key = keys.get(r.pid) or self._live_key_for_write(r.pid)
+                if r.pid not in keys:
+                    key = self._live_key_for_write(r.pid)
+                    keys[r.pid] = key, _Counters(key.n_records, key.n_copies, key.manifest)
+                key, key_counts = keys[r.pid]
                 scope = (r.pid, *self._scope(r.custodian, r.is_copy))
                 if scope not in sets:
-                    sets[scope] = self._live_set_for_write(key, r.custodian, r.is_copy)
-                key_set, set_keys = sets[scope]
+                    key_set, set_keys = self._live_set_for_write(key, r.custodian, r.is_copy)
+                    counts = _Counters(key_set.n_records, 0, key_set.manifest)
+                    sets[scope] = key_set, set_keys, counts
+                key_set, set_keys, set_counts = sets[scope]
                 self._check_rid(r, states.get(r.rid), shredded.get(r.rid), key, key_set)
                 ctx = RecordContext(
                     hospital_id=self.hospital_id,
@@ -562,18 +583,8 @@ class Vault:
                         kid=key_set.kid,
                     )
                 )
-                keys[r.pid] = replace(
-                    key,
-                    n_records=key.n_records + (0 if r.is_copy else 1),
-                    n_copies=key.n_copies + (1 if r.is_copy else 0),
-                    manifest=fold_manifest(key.manifest, item),
-                )
-                key_set = replace(
-                    key_set,
-                    n_records=key_set.n_records + 1,
-                    manifest=fold_manifest(key_set.manifest, item),
-                )
-                sets[scope] = key_set, set_keys
+                key_counts.add(item, r.is_copy)
+                set_counts.add(item, False)
                 states[r.rid] = RidState(r.pid, key.generation, r.version, key_set.kid)
                 aliases += [(a, r.rid, r.version, r.pid) for a in r.aliases]
                 salt = r.salt if r.salt is not None else set_keys.salt(r.rid, r.version)
@@ -597,12 +608,12 @@ class Vault:
                     rid=first.rid,
                     version=first.version,
                 )
-            for key in keys.values():
+            for key, c in keys.values():
                 self._backend.update_key_counters(
-                    key.pid, key.generation, key.n_records, key.n_copies, key.manifest
+                    key.pid, key.generation, c.n_records, c.n_copies, c.manifest
                 )
-            for key_set, _ in sets.values():
-                self._backend.update_set_counters(key_set.kid, key_set.n_records, key_set.manifest)
+            for key_set, _, c in sets.values():
+                self._backend.update_set_counters(key_set.kid, c.n_records, c.manifest)
             if aliases:
                 self._backend.insert_aliases(aliases)
         return stored
