@@ -10,6 +10,11 @@ returns (a crash of this node loses nothing either: the journal and the cursors 
 vault). A peer seen for the first time gets a full copy, and loses the replica items it held
 that the vault no longer has. The journal is pruned up to what every replica peer has. A
 fresh home rebound by vote sends nothing until its vault is recovered (`awaiting_recovery`).
+
+Peers keep what is dropped or replaced in a trash for custody_grace_days (node/custody.py):
+an erasure purges the shredded patient's wrapped key there at once instead, with the chain's
+`records.shredded` statement and the proof that the item is that key (`purge_shredded`);
+peers that did not answer are retried every round (`<home>/replicas/purges-pending.json`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,14 @@ from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.escrow import pending_recovery
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
-from medledger.node.replicas import ensure_backup_key, replica_peers
-from medledger.vault.replication import ReplicaKeys
+from medledger.node.replicas import (
+    PENDING_PURGES,
+    ensure_backup_key,
+    read_pending_purges,
+    replica_peers,
+    write_pending_purges,
+)
+from medledger.vault.replication import ReplicaKeys, item_name
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -79,6 +90,8 @@ class Replicator:
         #: and peer (the latest ones; `medledger bench replicas` reads them).
         self.lags: deque[float] = deque(maxlen=100_000)
         self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
+        self._purges = node.config.home / PENDING_PURGES
+        self._purge_lock = threading.Lock()
         self._last_version = 0
         self._peers: tuple[float, list[str]] | None = None
         self._stop = threading.Event()
@@ -94,10 +107,12 @@ class Replicator:
         self._thread.daemon = True
         self._thread.start()
         self.node.replica_drop = self.drop_now
+        self.node.replica_purge = self.purge_shredded
         return self
 
     def stop(self) -> None:
         self.node.replica_drop = None
+        self.node.replica_purge = None
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -144,6 +159,8 @@ class Replicator:
         """One round: every replica peer brought up to the journal's head (or tried)."""
         if self.awaiting_recovery():
             return
+        if self._purges.exists():
+            self.purge_shredded()
         peers = self.peers()
         for peer in peers:
             failed = self.failures.get(peer)
@@ -253,10 +270,8 @@ class Replicator:
         (peers whose signed receipt came back, peers that did not answer). Members that
         held replicas before the params or the members changed get the drop too: their copy
         of a wrapped key must not outlive the erasure."""
-        members = set(queries.member_orgs(self.node.engine))
-        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
         dropped, pending = [], []
-        for peer in dict.fromkeys([*self.peers(), *former]):
+        for peer in self._holders():
             try:
                 self._record_receipt(peer, ids, self.client.custody_drop(peer, ids))
                 dropped.append(peer)
@@ -264,6 +279,46 @@ class Replicator:
                 log.warning("%s: drop at %s pending: %s", self.org, peer, exc.reason)
                 pending.append(peer)
         return dropped, pending
+
+    def _holders(self) -> list[str]:
+        """The replica peers, and the members that held replicas before the params or the
+        members changed."""
+        members = set(queries.member_orgs(self.node.engine))
+        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
+        return list(dict.fromkeys([*self.peers(), *former]))
+
+    def purge_shredded(self, pid: str | None = None) -> tuple[list[str], list[str]]:
+        """Purge `pid`'s wrapped key item (the chain states it shredded) at every holder,
+        trash included, and retry the purges still pending: (holders that purged `pid`,
+        holders where it is pending)."""
+        with self._purge_lock:
+            pending = read_pending_purges(self._purges)
+            if pid is not None:
+                pending[pid] = self._holders()
+            members = set(queries.member_orgs(self.node.engine))
+            done: list[str] = []
+            for shredded, holders in list(pending.items()):
+                left = []
+                for peer in holders:
+                    if peer not in members:
+                        continue  # gone: it holds nothing the consortium can reach
+                    proof = self.keys.key_proof(shredded)
+                    try:
+                        receipt, _ = self.client.custody_purge(peer, shredded, proof)
+                    except ExchangeError as exc:
+                        log.warning("%s: purge at %s pending: %s", self.org, peer, exc.reason)
+                        left.append(peer)
+                        continue
+                    key_id = self.keys.item_id(item_name("key", shredded))
+                    self._record_receipt(peer, [key_id], receipt)
+                    if shredded == pid:
+                        done.append(peer)
+                if left:
+                    pending[shredded] = left
+                else:
+                    del pending[shredded]
+            write_pending_purges(self._purges, pending)
+            return done, pending.get(pid, []) if pid is not None else []
 
     def _record_receipt(self, peer: str, ids: list[str], receipt: bytes) -> None:
         """Keep each holder's signed drop receipt (opaque ids only) as evidence."""

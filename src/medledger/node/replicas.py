@@ -97,6 +97,43 @@ def drop_erased(
     return node.replica_drop(ids)
 
 
+#: Shredded patients whose wrapped key some peers have not purged yet: {pid: [peer]}.
+PENDING_PURGES = Path("replicas") / "purges-pending.json"
+
+
+def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
+    """Once the chain states `pid` shredded here: purge its wrapped key item at the replica
+    peers (and former ones), trash included, with the proof that the item is that key
+    (vault/replication.py). Returns (peers that purged, peers pending). Pending ones are kept
+    in the home and retried by the running node's replicator; offline, every peer is."""
+    if node.replica_purge is not None:
+        return node.replica_purge(pid)
+    peers = replica_peers(node.engine, node.config.org)
+    path = node.config.home / PENDING_PURGES
+    pending = read_pending_purges(path)
+    pending[pid] = sorted(set(pending.get(pid, [])) | set(peers))
+    write_pending_purges(path, pending)
+    return [], peers
+
+
+def read_pending_purges(path: Path) -> dict[str, list[str]]:
+    if not path.exists():
+        return {}
+    data = orjson.loads(path.read_bytes())
+    return {str(pid): [str(p) for p in peers] for pid, peers in dict(data).items()}
+
+
+def write_pending_purges(path: Path, pending: dict[str, list[str]]) -> None:
+    """Written whole and moved into place: a crash leaves the old list or the new one."""
+    if not pending:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(pending, option=orjson.OPT_SORT_KEYS))
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class PeerLag:
     """How far one replica peer is behind this hospital's vault."""
@@ -138,9 +175,11 @@ class CustodyClient(Protocol):
     @property
     def node(self) -> Node: ...
 
-    def custody_list(self, holder: str) -> tuple[list[ItemInfo], int]: ...
+    def custody_list(self, holder: str, *, trash: bool = False) -> tuple[list[ItemInfo], int]: ...
 
     def custody_get(self, holder: str, ids: list[str]) -> list[Item]: ...
+
+    def custody_get_trashed(self, holder: str, numbers: list[int]) -> dict[int, Item]: ...
 
 
 class RestoreRefused(ValueError):
@@ -162,6 +201,10 @@ class RestoreReport:
     erased_left_out: int = 0  # items of erased patients found at peers and not restored
     unreachable: list[str] = field(default_factory=list)  # peers that did not answer
     corrupt: dict[str, list[str]] = field(default_factory=dict)  # peer -> item ids bad there
+    # peer -> item ids whose live copy there does not open while the version it kept in its
+    # trash does: replaced by the owner's key (a thief's, before the rebinding), not the peer
+    replaced: dict[str, list[str]] = field(default_factory=dict)
+    from_trash: int = 0  # items restored from a version a peer kept in its trash
     lost: list[str] = field(default_factory=list)  # item ids with no good copy anywhere
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # of the restoring thread (the peers' serving not counted)
@@ -209,8 +252,9 @@ def restore_vault(
     report = RestoreReport(path=final)
     keys = ReplicaKeys(backup_key, org)
 
-    # 1. What each peer says it holds.
-    listings: dict[str, dict[str, ItemInfo]] = {}
+    # 1. What each peer says it holds, live and in its trash (what the owner's key dropped
+    # or replaced: maybe a thief's doing before the rebinding vote).
+    listings: dict[str, dict[tuple[str, int], ItemInfo]] = {}
     for peer in peers:
         try:
             found, _ = client.custody_list(peer)
@@ -218,40 +262,38 @@ def restore_vault(
             report.unreachable.append(peer)
             say(f"{peer}: unreachable ({exc})")
             continue
-        listings[peer] = {i.id: i for i in found if _is_replica_id(i.id)}
-        say(f"{peer}: {len(listings[peer])} items")
+        try:
+            trashed, _ = client.custody_list(peer, trash=True)
+        except Exception as exc:  # noqa: BLE001 - its live items still count
+            trashed = []
+            say(f"{peer}: trash not listed ({exc})")
+        listings[peer] = {(i.id, i.trash): i for i in [*found, *trashed] if _is_replica_id(i.id)}
+        say(f"{peer}: {len(found)} items, {len(trashed)} in its trash")
     if not listings:
         raise RestoreRefused(f"no replica peer answered ({', '.join(peers) or 'none given'})")
 
-    # 2. Fetch each item from the peer listing its newest version; on a bad copy, the next.
-    candidates: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    # 2. Fetch each item from the peer listing its newest live version; on a bad copy, the
+    # next; the trashed versions last (newest first).
+    ranked: dict[str, list[tuple[bool, int, int, str, int]]] = defaultdict(list)
     for peer, listed in listings.items():
         for info in listed.values():
-            candidates[info.id].append((info.version, peer))
-    for options in candidates.values():
-        options.sort(key=lambda vp: (-vp[0], peers.index(vp[1])))
+            rank = (info.trash > 0, -info.version, peers.index(peer))
+            ranked[info.id].append((*rank, peer, info.trash))
+    # item id -> [(peer, trash number: 0 for the live item)], in the order to try them
+    options = {item_id: [(r[3], r[4]) for r in sorted(rs)] for item_id, rs in ranked.items()}
     opened: dict[str, tuple[int, str, dict[str, Any]]] = {}  # item id -> (version, name, rows)
-    todo = {item_id: 0 for item_id in candidates}  # item id -> index of the option to try
+    todo = {item_id: 0 for item_id in options}  # item id -> index of the option to try
     while todo:
-        by_peer: dict[str, list[str]] = defaultdict(list)
+        by_peer: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for item_id, k in todo.items():
-            by_peer[candidates[item_id][k][1]].append(item_id)
+            peer, number = options[item_id][k]
+            by_peer[peer].append((item_id, number))
         retry: dict[str, int] = {}
-        for peer, ids in by_peer.items():
-            got: dict[str, Item] = {}
-            for i in range(0, len(ids), GET_BATCH):
-                try:
-                    got.update(
-                        {it.id: it for it in client.custody_get(peer, ids[i : i + GET_BATCH])}
-                    )
-                except Exception as exc:  # noqa: BLE001 - the other peers may have them
-                    say(f"{peer}: custody-get failed ({exc})")
-                    if peer not in report.unreachable:
-                        report.unreachable.append(peer)
-                    break
-            for item_id in ids:
-                stated = listings[peer][item_id]
-                item = got.get(item_id)
+        for peer, wanted in by_peer.items():
+            got = _fetch(client, peer, wanted, report, say)
+            for item_id, number in wanted:
+                stated = listings[peer][(item_id, number)]
+                item = got.get((item_id, number))
                 try:
                     if item is None:
                         raise ReplicaError("not served")
@@ -259,21 +301,29 @@ def restore_vault(
                         hashlib.sha256(item.blob).digest() != stated.sha256
                         or item.sha256 != stated.sha256
                         or item.version != stated.version
+                        or item.id != item_id
                     ):
                         raise ReplicaError("not the sha256 or version listed")
                     name, rows = keys.open(item_id, item.version, item.blob)
                 except ReplicaError:
-                    if item is not None or peer not in report.unreachable:
+                    # a trashed version that does not open is what was replaced before it
+                    if number == 0 and (item is not None or peer not in report.unreachable):
                         report.corrupt.setdefault(peer, []).append(item_id)
                     k = todo[item_id] + 1
-                    if k < len(candidates[item_id]):
+                    if k < len(options[item_id]):
                         retry[item_id] = k
                     else:
                         report.lost.append(item_id)
                     continue
                 opened[item_id] = (item.version, name, rows)
+                if number:
+                    report.from_trash += 1
+                    if item_id in report.corrupt.get(peer, []):
+                        report.corrupt[peer].remove(item_id)
+                        report.replaced.setdefault(peer, []).append(item_id)
         todo = retry
-    say(f"{len(opened)} items opened")
+    report.corrupt = {peer: ids for peer, ids in report.corrupt.items() if ids}
+    say(f"{len(opened)} items opened ({report.from_trash} from the peers' trash)")
 
     # 3. Erasure tombstones win: nothing of an erased (pid, generation) comes back.
     contents = {name: rows for _, name, rows in opened.values()}
@@ -284,9 +334,16 @@ def restore_vault(
         for row in rows.get("erasures", [])
     }
     erased |= _erased_on_chain(contents, engine, org)
+    # copies shredded apart (their key sets may be back from a peer's trash: not the copies)
+    copies_erased = {
+        str(row[0])
+        for name, rows in contents.items()
+        if parse_item_name(name)[0] == "copy-erasure"
+        for row in rows.get("copy_erasures", [])
+    }
     kept: dict[str, dict[str, Any]] = {}
     for name, rows in contents.items():
-        if _of_erased(name, rows, erased):
+        if _of_erased(name, rows, erased, copies_erased):
             report.erased_left_out += 1
         else:
             kept[name] = rows
@@ -313,6 +370,30 @@ def restore_vault(
     for leftover in _sqlite_files(tmp):
         leftover.unlink(missing_ok=True)
     return report
+
+
+def _fetch(
+    client: CustodyClient,
+    peer: str,
+    wanted: list[tuple[str, int]],
+    report: RestoreReport,
+    say: Callable[[str], None],
+) -> dict[tuple[str, int], Item]:
+    """The items `wanted` of `peer` ((id, trash number), 0: live), as it serves them."""
+    got: dict[tuple[str, int], Item] = {}
+    live = [item_id for item_id, number in wanted if not number]
+    trashed = [number for _, number in wanted if number]
+    try:
+        for i in range(0, len(live), GET_BATCH):
+            got.update({(it.id, 0): it for it in client.custody_get(peer, live[i : i + GET_BATCH])})
+        for i in range(0, len(trashed), GET_BATCH):
+            batch = client.custody_get_trashed(peer, trashed[i : i + GET_BATCH])
+            got.update({(it.id, number): it for number, it in batch.items()})
+    except Exception as exc:  # noqa: BLE001 - the other peers may have them
+        say(f"{peer}: custody-get failed ({exc})")
+        if peer not in report.unreachable:
+            report.unreachable.append(peer)
+    return got
 
 
 def describe_gaps(report: RestoreReport) -> str:
@@ -367,11 +448,16 @@ def _erased_on_chain(
     return erased
 
 
-def _of_erased(name: str, rows: dict[str, Any], erased: set[tuple[str, int]]) -> bool:
+def _of_erased(
+    name: str, rows: dict[str, Any], erased: set[tuple[str, int]], copies_erased: set[str]
+) -> bool:
     kind, _ = parse_item_name(name)
     table = {"key": "patient_keys", "set": "key_sets", "record": "records"}.get(kind)
     if table is None:
         return False
+    kid_at = {"key_sets": 0, "records": 10}.get(table)
+    if kid_at is not None and any(str(r[kid_at]) in copies_erased for r in rows.get(table, [])):
+        return True
     # patient_keys, key_sets and records all start (.., pid, generation) at the same places
     pid_at, gen_at = {"patient_keys": (0, 1), "key_sets": (1, 2), "records": (2, 3)}[table]
     return any((str(r[pid_at]), int(r[gen_at])) in erased for r in rows.get(table, []))

@@ -4,8 +4,10 @@
 nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), drop the
 replica of that wrapped key at every replica peer (signed receipts; a peer that is down gets
 the drop from the replication journal when it returns), attest it on the chain with
-`records.shredded` naming the peers that dropped it and those pending, then purge the
-ciphertexts (whose drops follow through the journal).
+`records.shredded` naming the peers that dropped it and those pending, purge that wrapped key
+from the peers' trash with the statement now committed (a drop alone is kept there for
+custody_grace_days: node/custody.py), then purge the ciphertexts (whose drops follow through
+the journal).
 
 `shred_copies` shreds only the copies held of other hospitals' records (their key sets, see
 vault/keys.py), apart from this hospital's own records, and attests with the vault's receipt
@@ -29,7 +31,7 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
-from medledger.node.replicas import drop_erased
+from medledger.node.replicas import drop_erased, purge_erased
 from medledger.vault import Vault
 from medledger.vault.replication import item_name
 
@@ -43,6 +45,10 @@ class ShredResult:
     copies: int
     height: int
     purged_rows: int
+    #: peers where the wrapped key is purged, trash included; and those still pending
+    #: (retried by the running node's replicator)
+    key_purged: tuple[str, ...] = ()
+    key_purge_pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
             replicas_pending=pending,
         )
     )
+    key_purged, key_pending = purge_erased(node, pid)
     purged = vault.purge_pending()
     return ShredResult(
         pid,
@@ -75,6 +82,8 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
         receipt.copies_shredded,
         committed.height,
         purged.rows_deleted,
+        tuple(key_purged),
+        tuple(key_pending),
     )
 
 

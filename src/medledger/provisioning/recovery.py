@@ -108,6 +108,12 @@ def restore_lines(r: RestoreReport) -> list[str]:
         f"  peer {peer} served {len(ids)} bad cop(ies), taken from another peer: {', '.join(ids)}"
         for peer, ids in sorted(r.corrupt.items())
     ]
+    out += [
+        f"  peer {peer}: {len(ids)} item(s) replaced by the old key, taken from its trash"
+        for peer, ids in sorted(r.replaced.items())
+    ]
+    if r.from_trash:
+        out.append(f"  {r.from_trash} item(s) from versions the peers kept in their trash")
     return out
 
 
