@@ -316,12 +316,21 @@ def restore_vault(
                         report.lost.append(item_id)
                     continue
                 opened[item_id] = (item.version, name, rows)
-                if number:
-                    report.from_trash += 1
-                    if item_id in report.corrupt.get(peer, []):
-                        report.corrupt[peer].remove(item_id)
-                        report.replaced.setdefault(peer, []).append(item_id)
+                report.from_trash += number > 0
         todo = retry
+    # A live copy that does not open at a peer whose trash holds a version that does: the
+    # owner's key replaced it (a thief's, before the rebinding); the peer did its duty.
+    for peer, ids in list(report.corrupt.items()):
+        bad = set(ids)
+        wanted = [(i, n) for i, n in listings[peer] if n and i in bad]
+        opens: set[str] = set()
+        for (item_id, _), item in _fetch(client, peer, wanted, report, say).items():
+            with contextlib.suppress(ReplicaError):
+                keys.open(item_id, item.version, item.blob)
+                opens.add(item_id)
+        if opens:
+            report.replaced[peer] = [i for i in ids if i in opens]
+            report.corrupt[peer] = [i for i in ids if i not in opens]
     report.corrupt = {peer: ids for peer, ids in report.corrupt.items() if ids}
     say(f"{len(opened)} items opened ({report.from_trash} from the peers' trash)")
 

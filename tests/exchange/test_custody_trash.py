@@ -1,0 +1,173 @@
+"""A thief holding a hospital's old keys cannot destroy its replicas: peers keep what the
+owner's key drops or replaces in a trash for custody_grace_days (counted in the quota), a
+restore takes it back and the chain's commitments decide which version, and only an erasure
+the chain states purges at once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+
+import pytest
+
+from medledger.exchange.client import ExchangeClient, ExchangeError
+from medledger.node import shredding
+from medledger.node.custody import CustodyRefused, CustodyStore, Item, Usage
+from medledger.node.replicas import PENDING_PURGES, ensure_backup_key, replica_peers
+from medledger.vault.replication import ReplicaKeys, item_name
+
+from . import test_replicas
+from .conftest import A, Sandbox, wait_for
+from .test_replicas import snapshot, wipe_and_restore
+
+ingested = test_replicas.ingested  # A's vault with four patients, at its replica peers
+
+THIEF_KEY, REBOUND_KEY = b"\x01" * 32, b"\x02" * 32
+
+
+def _listed(client: ExchangeClient, peer: str) -> list[str]:
+    return [i.id for i in client.custody_list(peer)[0]]
+
+
+def _key_id(sandbox: Sandbox, pid: str) -> str:
+    keys = ReplicaKeys(ensure_backup_key(sandbox.h[A].node.config.home), A)
+    return keys.item_id(item_name("key", pid))
+
+
+def test_a_thief_dropping_every_replica_does_not_stop_the_restore(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    sandbox, _ = ingested
+    before = snapshot(sandbox.h[A].vault)
+    thief = sandbox.x(A).client  # the old machine's key, stolen with it
+    for peer in replica_peers(sandbox.root.engine, A):
+        ids = _listed(thief, peer)
+        for i in range(0, len(ids), 500):
+            thief.custody_drop(peer, ids[i : i + 500])
+        assert thief.custody_list(peer) == ([], 0)
+        assert len(thief.custody_list(peer, trash=True)[0]) >= len(ids)
+    report, vault = wipe_and_restore(sandbox, A, require_complete=True)
+    assert report.complete and not report.lost and not report.corrupt
+    assert report.from_trash >= report.items > 0
+    assert snapshot(vault) == before
+
+
+def test_a_thief_replacing_replicas_with_garbage_leaves_the_committed_versions(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """Garbage of the same sizes under the same ids and newer versions: the live copies at
+    every peer are the thief's. The restore takes the versions the peers kept, names nothing
+    lost, and does not call the peers corrupt for keeping what the owner's key sent."""
+    sandbox, _ = ingested
+    before = snapshot(sandbox.h[A].vault)
+    thief = sandbox.x(A).client
+    peers = replica_peers(sandbox.root.engine, A)
+    for peer in peers:
+        listed, _ = thief.custody_list(peer)
+        garbage = [
+            Item(i.id, i.version + 10**12, hashlib.sha256(g).digest(), g)
+            for i in listed
+            for g in [secrets.token_bytes(i.size)]
+        ]
+        for i in range(0, len(garbage), 200):
+            thief.custody_put(peer, garbage[i : i + 200])
+    report, vault = wipe_and_restore(sandbox, A, require_complete=True)
+    assert report.complete and report.lost == [] and report.corrupt == {}
+    assert sorted(report.replaced) == sorted(peers)
+    assert snapshot(vault) == before
+
+
+def test_an_erasure_purges_the_wrapped_key_at_once_trash_included(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    pid = pids[0]
+    key_id = _key_id(sandbox, pid)
+    peers = replica_peers(sandbox.root.engine, A)
+    assert all(sandbox.x(p).custody.get(A, [key_id]) for p in peers)
+    result = shredding.shred(hosp.node, hosp.vault, pid)
+    assert sorted(result.key_purged) == sorted(peers) and result.key_purge_pending == ()
+    for peer in peers:
+        store = sandbox.x(peer).custody
+        assert store.get(A, [key_id]) == []
+        assert key_id not in {i.id for i in store.trash_listing(A)}, f"{peer} kept the key"
+
+
+def test_a_purge_without_the_chains_shred_statement_is_refused(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """A thief can name a pid and compute its proof (it has the backup key); the peer purges
+    only when the chain says the owner shredded that patient, and only that patient's key:
+    it computes the id from the pid itself."""
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    keys = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A)
+    peer = replica_peers(sandbox.root.engine, A)[0]
+    kept = _key_id(sandbox, pids[1])
+    with pytest.raises(ExchangeError) as refused:
+        sandbox.x(A).client.custody_purge(peer, pids[1], keys.key_proof(pids[1]))
+    assert refused.value.status == 409 and "records.shredded" in refused.value.reason
+    shredding.shred(hosp.node, hosp.vault, pids[0])
+    # a real statement (pids[0]) with another patient's proof purges nothing of theirs
+    _, held = sandbox.x(A).client.custody_purge(peer, pids[0], keys.key_proof(pids[1]))
+    assert not held
+    assert [i.id for i in sandbox.x(peer).custody.get(A, [kept])] == [kept]
+
+
+def test_a_peer_down_at_the_erasure_purges_the_key_when_it_returns(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    down = replica_peers(sandbox.root.engine, A)[1]
+    key_id = _key_id(sandbox, pids[0])
+    sandbox.x(down).stop()
+    sandbox.h[down].exchange = None
+    result = shredding.shred(hosp.node, hosp.vault, pids[0])
+    assert result.key_purge_pending == (down,)
+    assert (hosp.node.config.home / PENDING_PURGES).exists()
+    store = sandbox.start(down).custody
+    sandbox.x(A).replicator.wake()
+
+    def gone() -> bool:
+        trashed = {i.id for i in store.trash_listing(A)}
+        return not store.get(A, [key_id]) and key_id not in trashed
+
+    wait_for(gone, timeout=60, what=f"the erased key purged at {down}")
+    wait_for(lambda: not (hosp.node.config.home / PENDING_PURGES).exists(), what="no purge left")
+
+
+def _blob(n: int, fill: bytes) -> Item:
+    blob = fill * n
+    return Item("a" * 64, 1, hashlib.sha256(blob).digest(), blob)
+
+
+def test_the_trash_counts_in_the_quota_and_nothing_is_evicted_for_room(tmp_path: Path) -> None:
+    store = CustodyStore(tmp_path / "custody.db")
+    try:
+        quota = 2000
+        store.put(A, [_blob(600, b"o")], quota, by_key=THIEF_KEY)  # the original
+        store.put(A, [_blob(600, b"g")], quota, by_key=THIEF_KEY)  # the thief's garbage
+        assert store.usage(A) == Usage(600, 1, 600, 1)
+        extra = Item("b" * 64, 1, hashlib.sha256(b"x" * 100).digest(), b"x" * 100)
+        with pytest.raises(CustodyRefused) as full:
+            store.put(A, [extra], quota, by_key=REBOUND_KEY)
+        assert full.value.status == 507 and "in its trash" in full.value.reason
+        # Refused, and nothing live or trashed went to make room.
+        (live,) = store.get(A, ["a" * 64])
+        assert live.blob == b"g" * 600
+        (original,) = store.get_trashed(A, [i.trash for i in store.trash_listing(A)]).values()
+        assert original.blob == b"o" * 600
+        # The key that trashed it cannot empty the trash; the member's new key can.
+        assert store.empty_trash(A, THIEF_KEY) == 0
+        assert store.empty_trash(A, REBOUND_KEY) == 1
+        store.put(A, [extra], quota, by_key=REBOUND_KEY)
+        # The grace period: what was dropped before `before` is purged by the running node.
+        store.drop(A, ["b" * 64], by_key=REBOUND_KEY, now=1000.0)
+        assert store.purge_expired(before=999.0) == 0
+        assert store.purge_expired(before=1001.0) == 1
+        assert store.usage(A) == Usage(600, 1, 0, 0)
+    finally:
+        store.close()
