@@ -171,3 +171,30 @@ def test_the_trash_counts_in_the_quota_and_nothing_is_evicted_for_room(tmp_path:
         assert store.usage(A) == Usage(600, 1, 0, 0)
     finally:
         store.close()
+
+
+def test_versions_forged_with_the_stolen_backup_key_lose_to_the_chains_commitments(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """The thief also holds the backup key: it seals a record with other bytes, and another
+    patient's wrapped key with other bytes, both valid seals with the newest versions. The
+    restore tries the other versions the peers kept until the commitments on the chain match."""
+    sandbox, pids = ingested
+    vault = sandbox.h[A].vault
+    before = snapshot(vault)
+    keys = ReplicaKeys(ensure_backup_key(sandbox.h[A].node.config.home), A)
+    info = vault.records_of(pids[0])[0]
+    record = item_name("record", info.rid, info.version)
+    key = item_name("key", pids[1])
+    forged = vault.read_items([record, key])
+    row = forged[record]["records"][0]
+    row[8] = bytes(b ^ 0x5A for b in row[8])  # the ciphertext
+    wrapped = forged[key]["patient_keys"][0]
+    wrapped[2] = secrets.token_bytes(len(wrapped[2]))
+    thief = sandbox.x(A).client
+    for peer in replica_peers(sandbox.root.engine, A):
+        sealed = [keys.seal(name, rows, 10**18) for name, rows in forged.items()]
+        thief.custody_put(peer, [Item(s.id, s.version, s.sha256, s.blob) for s in sealed])
+    report, restored = wipe_and_restore(sandbox, A, require_complete=True)
+    assert report.complete and report.mismatched == [] and report.corrupt == {}
+    assert snapshot(restored) == before

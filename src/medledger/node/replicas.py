@@ -37,7 +37,7 @@ from medledger.ledger.store import StateView
 from medledger.node.custody import Item, ItemInfo
 from medledger.node.indexing import check_commitment
 from medledger.vault import Vault
-from medledger.vault.replication import ReplicaError, ReplicaKeys, parse_item_name
+from medledger.vault.replication import ReplicaError, ReplicaKeys, item_name, parse_item_name
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -283,6 +283,7 @@ def restore_vault(
     options = {item_id: [(r[3], r[4]) for r in sorted(rs)] for item_id, rs in ranked.items()}
     opened: dict[str, tuple[int, str, dict[str, Any]]] = {}  # item id -> (version, name, rows)
     todo = {item_id: 0 for item_id in options}  # item id -> index of the option to try
+    chosen: dict[str, int] = {}  # item id -> index of the option that opened
     while todo:
         by_peer: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for item_id, k in todo.items():
@@ -316,6 +317,7 @@ def restore_vault(
                         report.lost.append(item_id)
                     continue
                 opened[item_id] = (item.version, name, rows)
+                chosen[item_id] = todo[item_id]
                 report.from_trash += number > 0
         todo = retry
     # A live copy that does not open at a peer whose trash holds a version that does: the
@@ -366,6 +368,9 @@ def restore_vault(
         vault.write_items(kept)
         report.items = len(kept)
         _check_records(vault, kept, engine, org, report)
+        if report.mismatched:
+            versions = _Versions(client, keys, listings, options, chosen, report, say)
+            _pick_by_commitment(vault, kept, versions, keys, engine, org, report)
     finally:
         vault.close()
     report.seconds = time.perf_counter() - started
@@ -379,6 +384,108 @@ def restore_vault(
     for leftover in _sqlite_files(tmp):
         leftover.unlink(missing_ok=True)
     return report
+
+
+#: Rounds of other versions tried for the records that do not match the chain (each round:
+#: one custody-get per peer, one check of the records).
+PICK_ROUNDS = 8
+
+
+class _Versions:
+    """The versions of each item the peers hold beyond the one restored, fetched and opened
+    on demand, in the order of `options` (live first, newest first)."""
+
+    def __init__(
+        self,
+        client: CustodyClient,
+        keys: ReplicaKeys,
+        listings: dict[str, dict[tuple[str, int], ItemInfo]],
+        options: dict[str, list[tuple[str, int]]],
+        chosen: dict[str, int],
+        report: RestoreReport,
+        say: Callable[[str], None],
+    ) -> None:
+        self.client, self.keys, self.listings, self.options = client, keys, listings, options
+        self.report, self.say = report, say
+        self.next = {item_id: k + 1 for item_id, k in chosen.items()}
+
+    def more(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The next version that opens of each item of `ids` (left out: none is left)."""
+        out: dict[str, dict[str, Any]] = {}
+        todo = set(ids)
+        while todo:
+            by_peer: dict[str, list[tuple[str, int]]] = defaultdict(list)
+            for item_id in sorted(todo):
+                k = self.next.get(item_id, 0)
+                if k >= len(self.options.get(item_id, [])):
+                    todo.discard(item_id)
+                    continue
+                self.next[item_id] = k + 1
+                peer, number = self.options[item_id][k]
+                by_peer[peer].append((item_id, number))
+            for peer, wanted in by_peer.items():
+                got = _fetch(self.client, peer, wanted, self.report, self.say)
+                for item_id, number in wanted:
+                    item = got.get((item_id, number))
+                    stated = self.listings[peer][(item_id, number)]
+                    if item is None or hashlib.sha256(item.blob).digest() != stated.sha256:
+                        continue
+                    with contextlib.suppress(ReplicaError):
+                        out[item_id] = self.keys.open(item_id, item.version, item.blob)[1]
+                        todo.discard(item_id)
+        return out
+
+
+def _pick_by_commitment(
+    vault: Vault,
+    kept: dict[str, dict[str, Any]],
+    versions: _Versions,
+    keys: ReplicaKeys,
+    engine: Queryable,
+    org: str,
+    report: RestoreReport,
+) -> None:
+    """Records that do not match their commitment on the chain: the newest version that
+    opened may be a thief's, sealed with the stolen backup key before the rebinding. The
+    chain decides: try the other versions the peers hold (live or trashed) of the record;
+    once none is left, of its patient's key, then of its key set; until the commitments
+    match or nothing is left (PICK_ROUNDS at most). What still does not match stays named
+    in `mismatched`."""
+    for _ in range(PICK_ROUNDS):
+        suspects: dict[str, list[str]] = {}  # record item's name -> [key's, set's]
+        for gap in report.mismatched:
+            rid, version = gap.rsplit(" v", 1)
+            name = item_name("record", rid, int(version))
+            rows = kept.get(name, {}).get("records")
+            if rows:
+                suspects[name] = [item_name("key", rows[0][2]), item_name("set", rows[0][10])]
+        changes = _next_versions(versions, keys, list(suspects))
+        for name, (key_name, set_name) in suspects.items():
+            if name in changes:
+                continue  # another version of the record itself first
+            for other in (key_name, set_name):
+                if other in changes:
+                    break  # already another version this round (another record's suspect)
+                if other in kept:
+                    changes.update(_next_versions(versions, keys, [other]))
+                    if other in changes:
+                        break
+        if not changes:
+            return
+        vault.replace_items(changes)
+        kept.update(changes)
+        report.records = report.checked = report.unregistered = 0
+        report.missing, report.mismatched, report.pending = [], [], []
+        _check_records(vault, kept, engine, org, report)
+        if not report.mismatched:
+            return
+
+
+def _next_versions(
+    versions: _Versions, keys: ReplicaKeys, names: list[str]
+) -> dict[str, dict[str, Any]]:
+    by_id = {keys.item_id(name): name for name in names}
+    return {by_id[item_id]: rows for item_id, rows in versions.more(list(by_id)).items()}
 
 
 def _fetch(
