@@ -12,16 +12,25 @@ from pathlib import Path
 import pytest
 
 from medledger.exchange.client import ExchangeClient, ExchangeError
+from medledger.exchange.replicator import Replicator
 from medledger.node import shredding
 from medledger.node.custody import CustodyRefused, CustodyStore, Item, Usage
-from medledger.node.replicas import PENDING_PURGES, ensure_backup_key, replica_peers
+from medledger.node.replicas import (
+    PENDING_PURGES,
+    TRASH_TO_EMPTY,
+    ensure_backup_key,
+    replica_peers,
+)
+from medledger.vault import Vault
 from medledger.vault.replication import ReplicaKeys, item_name
 
 from . import test_replicas
 from .conftest import A, Sandbox, wait_for
+from .test_recovery import _ingest, _lose_and_rebind, _recover, _replicated, four
 from .test_replicas import snapshot, wipe_and_restore
 
 ingested = test_replicas.ingested  # A's vault with four patients, at its replica peers
+four_hospitals = four  # four hospitals, keys escrowed 2 of 3
 
 THIEF_KEY, REBOUND_KEY = b"\x01" * 32, b"\x02" * 32
 
@@ -160,12 +169,12 @@ def test_the_trash_counts_in_the_quota_and_nothing_is_evicted_for_room(tmp_path:
         assert live.blob == b"g" * 600
         (original,) = store.get_trashed(A, [i.trash for i in store.trash_listing(A)]).values()
         assert original.blob == b"o" * 600
-        # The key that trashed it cannot empty the trash; the member's new key can.
+        # The key that put it cannot empty the trash; the member's new key can.
         assert store.empty_trash(A, THIEF_KEY) == 0
         assert store.empty_trash(A, REBOUND_KEY) == 1
         store.put(A, [extra], quota, by_key=REBOUND_KEY)
         # The grace period: what was dropped before `before` is purged by the running node.
-        store.drop(A, ["b" * 64], by_key=REBOUND_KEY, now=1000.0)
+        store.drop(A, ["b" * 64], now=1000.0)
         assert store.purge_expired(before=999.0) == 0
         assert store.purge_expired(before=1001.0) == 1
         assert store.usage(A) == Usage(600, 1, 0, 0)
@@ -198,3 +207,35 @@ def test_versions_forged_with_the_stolen_backup_key_lose_to_the_chains_commitmen
     report, restored = wipe_and_restore(sandbox, A, require_complete=True)
     assert report.complete and report.mismatched == [] and report.corrupt == {}
     assert snapshot(restored) == before
+
+
+def test_a_complete_recovery_empties_the_trash_the_lost_key_filled(
+    four_hospitals: Sandbox,
+) -> None:
+    """The thief dropped everything; the members voted; `recover run` restored every record
+    from the peers' trash. Once the new node's replicator has sent the peers the vault again,
+    their trash of what the lost key sent goes: it no longer fills the quota."""
+    sandbox, wiped = four_hospitals, "aphp-paris"
+    _ingest(sandbox, wiped, patients=3)
+    wait_for(lambda: _replicated(sandbox, wiped), timeout=60, what="the replicas at the peers")
+    peers = replica_peers(sandbox.root.engine, wiped)
+    thief = sandbox.x(wiped).client
+    for peer in peers:
+        ids = [i.id for i in thief.custody_list(peer)[0] if len(i.id) == 64]
+        for i in range(0, len(ids), 500):
+            thief.custody_drop(peer, ids[i : i + 500])
+    home, _ = _lose_and_rebind(sandbox, wiped, ["chu-lyon", "chu-bordeaux"])
+    report = _recover(sandbox, home)
+    assert report.complete and report.restore is not None and report.restore.from_trash > 0
+    assert (home / TRASH_TO_EMPTY).exists()
+    node = sandbox.root.sibling(home)
+    client = ExchangeClient(node, directory=sandbox.directory)
+    try:
+        with Vault.open(node.config.vault_config()) as vault:
+            Replicator(node, vault, client).sync()
+    finally:
+        client.close()
+    for peer in peers:
+        usage = sandbox.x(peer).custody.usage(wiped)
+        assert usage.items > 0 and usage.trash_items == 0, f"{peer}: {usage}"
+    assert not (home / TRASH_TO_EMPTY).exists()

@@ -32,8 +32,9 @@ Denials are committed too, with their reason's code (the wording stays in the ev
     POST /exchange/v1/custody-list   {after, limit, trash}   ids, versions, sizes, hashes (of
                                                              the trash: numbers too)
     POST /exchange/v1/custody-get    {ids} or {trash}        the blobs back (trashed: by number)
-    POST /exchange/v1/custody-empty-trash {}                 what keys other than the caller's
-                                                             trashed (a member rebound by vote)
+    POST /exchange/v1/custody-empty-trash {}                 trashed versions other keys than
+                                                             the caller's put (a member rebound
+                                                             by vote, restored)
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
     GET  /exchange/v1/bootstrap      the one call without a client certificate: what a
@@ -811,7 +812,7 @@ class Gateway:
         ids = _ids(_json_object(body))
         self._keep_escrow(caller, ids)
         try:
-            dropped, absent = store.drop(caller.actor.org, ids, by_key=caller.request.key)
+            dropped, absent = store.drop(caller.actor.org, ids)
         except CustodyRefused as exc:
             raise Refused(exc.status, exc.reason) from None
         # Signed by this hospital's key: the owner can show the chain (and anyone) that this
@@ -856,10 +857,9 @@ class Gateway:
         }
 
     def custody_empty_trash(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
-        """Destroy the caller's trashed versions that another key dropped or replaced: once a
-        member rebound by vote restored its vault, what its lost key trashed (a thief's
-        garbage too) need not fill its quota for custody_grace_days. The key that trashed
-        them, the thief's, cannot."""
+        """Destroy the caller's trashed versions that another key put: once a member rebound
+        by vote restored its vault, what its lost key sent (a thief's garbage too) need not
+        fill its quota for custody_grace_days. The lost key itself, a thief's, cannot."""
         store = self._custodian_store(caller)
         _json_object(body)
         return {"purged": store.empty_trash(caller.actor.org, caller.request.key)}

@@ -35,10 +35,11 @@ from medledger.exchange.escrow import pending_recovery
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
 from medledger.node.replicas import (
     PENDING_PURGES,
+    TRASH_TO_EMPTY,
     ensure_backup_key,
-    read_pending_purges,
+    read_pending,
     replica_peers,
-    write_pending_purges,
+    write_pending,
 )
 from medledger.vault.replication import ReplicaKeys, item_name
 
@@ -201,6 +202,7 @@ class Replicator:
                 there, _ = self.client.custody_list(peer)  # before ours arrive
                 held = self._send(peer, names)
                 held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, there, held)
+                self._empty_lost_key_trash(peer)
                 self.vault.set_replica_peer(peer, head, time.time(), held)
                 return False
             acked, _, held = state
@@ -280,6 +282,17 @@ class Replicator:
                 pending.append(peer)
         return dropped, pending
 
+    def _empty_lost_key_trash(self, peer: str) -> None:
+        """After a complete recovery, once `peer` has this vault again: its trash of what
+        the lost key sent goes (node/replicas.py's empty_lost_key_trash_later)."""
+        path = self.node.config.home / TRASH_TO_EMPTY
+        todo = read_pending(path)
+        if peer in todo.get("lost-key", []):
+            purged = self.client.custody_empty_trash(peer)
+            log.info("%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged)
+            todo["lost-key"].remove(peer)
+            write_pending(path, {k: v for k, v in todo.items() if v})
+
     def _holders(self) -> list[str]:
         """The replica peers, and the members that held replicas before the params or the
         members changed."""
@@ -292,7 +305,7 @@ class Replicator:
         trash included, and retry the purges still pending: (holders that purged `pid`,
         holders where it is pending)."""
         with self._purge_lock:
-            pending = read_pending_purges(self._purges)
+            pending = read_pending(self._purges)
             if pid is not None:
                 pending[pid] = self._holders()
             members = set(queries.member_orgs(self.node.engine))
@@ -317,7 +330,7 @@ class Replicator:
                     pending[shredded] = left
                 else:
                     del pending[shredded]
-            write_pending_purges(self._purges, pending)
+            write_pending(self._purges, pending)
             return done, pending.get(pid, []) if pid is not None else []
 
     def _record_receipt(self, peer: str, ids: list[str], receipt: bytes) -> None:

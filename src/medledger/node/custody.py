@@ -17,7 +17,7 @@ quota is full, new items are refused (507); neither live items nor the trash are
 make room. The trash is listed and served back to the owner (a restore picks, per record, the
 version the chain's commitment names), and leaves early in two cases only: a purge backed by
 the chain's shred statement (`purge`, an erasure), and `empty_trash` by a key other than the
-one that trashed it (the owner rebound to new keys by vote, once restored).
+one that put it (the owner rebound to new keys by vote, once restored).
 
 Item ids are opaque to the holder (an HMAC for replicas; a reserved prefix for escrow shares).
 """
@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS items (
     sha256  BLOB NOT NULL,
     size    INTEGER NOT NULL,
     blob    BLOB NOT NULL,
+    put_by  BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (owner, id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS usage (
@@ -149,6 +150,9 @@ class CustodyStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(items)")}
+        if "put_by" not in columns:  # a custody file from before the trash
+            self._db.execute("ALTER TABLE items ADD COLUMN put_by BLOB NOT NULL DEFAULT x''")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -181,7 +185,7 @@ class CustodyStore:
         """Store (or replace) the owner's items, all or none: each is checked (id, size, the
         sha256 its owner stated) and the owner's usage, trash included, must stay within
         `quota_bytes`. A replaced item whose bytes differ goes to the trash (`by_key`: the
-        key that asked, `now`: when)."""
+        key that puts them, kept with each version; `now`: when)."""
         if len(items) > MAX_ITEMS:
             raise CustodyRefused(413, f"items: {len(items)} in one call, at most {MAX_ITEMS}")
         seen: set[str] = set()
@@ -204,15 +208,18 @@ class CustodyStore:
                 before = self._usage(owner)
                 held = self._sizes(owner, [item.id for item in items])
                 replaced = [it.id for it in items if it.id in held and held[it.id][1] != it.sha256]
-                self._to_trash(owner, replaced, by_key, now)
+                self._to_trash(owner, replaced, now)
                 new_bytes = before.bytes + sum(
                     len(item.blob) - held.get(item.id, (0, b""))[0] for item in items
                 )
                 new_items = before.items + sum(1 for item in items if item.id not in held)
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO items (owner, id, version, sha256, size, blob) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(owner, it.id, it.version, it.sha256, len(it.blob), it.blob) for it in items],
+                    "INSERT OR REPLACE INTO items (owner, id, version, sha256, size, blob, put_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (owner, it.id, it.version, it.sha256, len(it.blob), it.blob, by_key)
+                        for it in items
+                    ],
                 )
                 self._set_usage(owner, new_bytes, new_items)
                 after = self._usage(owner)
@@ -232,7 +239,7 @@ class CustodyStore:
             return after
 
     def drop(
-        self, owner: str, ids: list[str], *, by_key: bytes = b"", now: float | None = None
+        self, owner: str, ids: list[str], *, now: float | None = None
     ) -> tuple[list[str], list[str]]:
         """Move the owner's items named to its trash; returns (dropped, absent)."""
         self._check_ids(ids)
@@ -240,7 +247,7 @@ class CustodyStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 held = self._sizes(owner, ids)
-                self._to_trash(owner, list(held), by_key, now)
+                self._to_trash(owner, list(held), now)
                 self._db.executemany(
                     "DELETE FROM items WHERE owner = ? AND id = ?", [(owner, i) for i in held]
                 )
@@ -290,8 +297,9 @@ class CustodyStore:
             return self._db.execute("DELETE FROM trash WHERE trashed_at < ?", (before,)).rowcount
 
     def empty_trash(self, owner: str, key: bytes) -> int:
-        """Destroy the owner's trashed versions that another key than `key` trashed (the
-        owner rebound to new keys: what the old key dropped or replaced); how many."""
+        """Destroy the owner's trashed versions that another key than `key` put (the owner
+        rebound to new keys and restored: what its old key, or a thief's copy of it, sent);
+        how many."""
         with self._lock:
             return self._db.execute(
                 "DELETE FROM trash WHERE owner = ? AND by_key != ?", (owner, key)
@@ -358,14 +366,15 @@ class CustodyStore:
         for i, item_id in enumerate(ids):
             check_item_id(item_id, f"ids[{i}]")
 
-    def _to_trash(self, owner: str, ids: list[str], by_key: bytes, now: float | None) -> None:
-        """Copy the live versions of `ids` to the trash (one copy of the same bytes)."""
+    def _to_trash(self, owner: str, ids: list[str], now: float | None) -> None:
+        """Copy the live versions of `ids` to the trash (one copy of the same bytes), with
+        the key that put each."""
         now = time.time() if now is None else now
         self._db.executemany(
             "INSERT OR IGNORE INTO trash (owner, id, version, sha256, size, blob, trashed_at, "
-            "by_key) SELECT owner, id, version, sha256, size, blob, ?, ? FROM items "
+            "by_key) SELECT owner, id, version, sha256, size, blob, ?, put_by FROM items "
             "WHERE owner = ? AND id = ?",
-            [(now, by_key, owner, item_id) for item_id in ids],
+            [(now, owner, item_id) for item_id in ids],
         )
 
     def _sizes(self, owner: str, ids: list[str]) -> dict[str, tuple[int, bytes]]:

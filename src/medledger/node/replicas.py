@@ -99,6 +99,9 @@ def drop_erased(
 
 #: Shredded patients whose wrapped key some peers have not purged yet: {pid: [peer]}.
 PENDING_PURGES = Path("replicas") / "purges-pending.json"
+#: After a complete recovery: peers whose trash holds what the lost key sent (a thief's
+#: drops and garbage too), emptied once this vault's full copy is there: {"lost-key": [peer]}.
+TRASH_TO_EMPTY = Path("replicas") / "trash-to-empty.json"
 
 
 def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
@@ -110,20 +113,27 @@ def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
         return node.replica_purge(pid)
     peers = replica_peers(node.engine, node.config.org)
     path = node.config.home / PENDING_PURGES
-    pending = read_pending_purges(path)
+    pending = read_pending(path)
     pending[pid] = sorted(set(pending.get(pid, [])) | set(peers))
-    write_pending_purges(path, pending)
+    write_pending(path, pending)
     return [], peers
 
 
-def read_pending_purges(path: Path) -> dict[str, list[str]]:
+def empty_lost_key_trash_later(home: Path, peers: list[str]) -> None:
+    """A recovery restored every record: the trash the lost key filled at `peers` is emptied
+    by the replicator once it has sent them this vault (its first full copy)."""
+    write_pending(home / TRASH_TO_EMPTY, {"lost-key": sorted(peers)})
+
+
+def read_pending(path: Path) -> dict[str, list[str]]:
+    """A home's list of what is still to do at which peers ({what: [peer]})."""
     if not path.exists():
         return {}
     data = orjson.loads(path.read_bytes())
     return {str(pid): [str(p) for p in peers] for pid, peers in dict(data).items()}
 
 
-def write_pending_purges(path: Path, pending: dict[str, list[str]]) -> None:
+def write_pending(path: Path, pending: dict[str, list[str]]) -> None:
     """Written whole and moved into place: a crash leaves the old list or the new one."""
     if not pending:
         path.unlink(missing_ok=True)
