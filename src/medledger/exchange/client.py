@@ -30,6 +30,7 @@ from medledger.ledger.errors import TxError
 from medledger.ledger.keys import SigningKey, verify
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo, drop_receipt_message
 from medledger.node.indexing import check_commitment
+from medledger.vault.replication import key_item_id
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -374,7 +375,7 @@ class ExchangeClient:
         """Destroy at `holder`, trash included, the wrapped key item of `pid`, which the
         chain says this hospital shredded: (its signed receipt, whether it held the item)."""
         answer, _ = self.post(holder, "custody-purge", {"pid": pid, "proof": proof.hex()})
-        receipt = self._receipt(holder, [str(answer.get("id", ""))], answer)
+        receipt = self._receipt(holder, [key_item_id(self.org, pid, proof)], answer)
         return receipt, bool(answer.get("purged"))
 
     def custody_empty_trash(self, holder: str) -> int:

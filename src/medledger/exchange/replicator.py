@@ -60,6 +60,8 @@ PEERS_TTL_S = 5.0
 WARN_AFTER_S = 30.0
 #: Longest wait before a failing peer is tried again (the wait doubles from `interval`).
 MAX_BACKOFF_S = 30.0
+#: Wait before an erasure's purge that failed at a peer is tried again.
+PURGE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Replicator:
         self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
         self._purges = node.config.home / PENDING_PURGES
         self._purge_lock = threading.Lock()
+        self._purge_wait: dict[str, float] = {}  # peer -> when its pending purges are retried
         self._last_version = 0
         self._peers: tuple[float, list[str]] | None = None
         self._stop = threading.Event()
@@ -310,18 +313,25 @@ class Replicator:
                 pending[pid] = self._holders()
             members = set(queries.member_orgs(self.node.engine))
             done: list[str] = []
+            now = time.monotonic()
             for shredded, holders in list(pending.items()):
                 left = []
                 for peer in holders:
                     if peer not in members:
                         continue  # gone: it holds nothing the consortium can reach
+                    if pid is None and self._purge_wait.get(peer, 0.0) > now:
+                        left.append(peer)  # failed lately: tried again in a while
+                        continue
                     proof = self.keys.key_proof(shredded)
                     try:
                         receipt, _ = self.client.custody_purge(peer, shredded, proof)
                     except ExchangeError as exc:
-                        log.warning("%s: purge at %s pending: %s", self.org, peer, exc.reason)
+                        if peer not in self._purge_wait:
+                            log.warning("%s: purge at %s pending: %s", self.org, peer, exc.reason)
+                        self._purge_wait[peer] = now + PURGE_RETRY_S
                         left.append(peer)
                         continue
+                    self._purge_wait.pop(peer, None)
                     key_id = self.keys.item_id(item_name("key", shredded))
                     self._record_receipt(peer, [key_id], receipt)
                     if shredded == pid:
