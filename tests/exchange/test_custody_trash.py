@@ -239,3 +239,30 @@ def test_a_complete_recovery_empties_the_trash_the_lost_key_filled(
         usage = sandbox.x(peer).custody.usage(wiped)
         assert usage.items > 0 and usage.trash_items == 0, f"{peer}: {usage}"
     assert not (home / TRASH_TO_EMPTY).exists()
+
+
+def test_an_erasure_made_offline_is_purged_at_the_peers_when_the_node_runs(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """No exchange running (offline, or the node died right after the statement committed):
+    the purge waits in the home, and the running node's replicator does it."""
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    key_id = _key_id(sandbox, pids[0])
+    peers = replica_peers(sandbox.root.engine, A)
+    sandbox.x(A).stop()
+    hosp.exchange = None
+    result = shredding.shred(hosp.node, hosp.vault, pids[0])
+    assert result.key_purged == () and sorted(result.key_purge_pending) == sorted(peers)
+    assert all(sandbox.x(p).custody.get(A, [key_id]) for p in peers)  # not even dropped yet
+    sandbox.start(A)
+
+    def purged() -> bool:
+        return all(
+            not sandbox.x(p).custody.get(A, [key_id])
+            and key_id not in {i.id for i in sandbox.x(p).custody.trash_listing(A)}
+            for p in peers
+        )
+
+    wait_for(purged, timeout=60, what="the erased key purged at every peer")
+    wait_for(lambda: not (hosp.node.config.home / PENDING_PURGES).exists(), what="no purge left")

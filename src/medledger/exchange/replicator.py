@@ -315,6 +315,8 @@ class Replicator:
             done: list[str] = []
             now = time.monotonic()
             for shredded, holders in list(pending.items()):
+                if queries.shredded(self.node.engine, self.org, shredded) is None:
+                    continue  # the statement is not committed (yet): no peer would purge
                 left = []
                 for peer in holders:
                     if peer not in members:

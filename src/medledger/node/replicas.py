@@ -104,19 +104,34 @@ PENDING_PURGES = Path("replicas") / "purges-pending.json"
 TRASH_TO_EMPTY = Path("replicas") / "trash-to-empty.json"
 
 
-def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
-    """Once the chain states `pid` shredded here: purge its wrapped key item at the replica
-    peers (and former ones), trash included, with the proof that the item is that key
-    (vault/replication.py). Returns (peers that purged, peers pending). Pending ones are kept
-    in the home and retried by the running node's replicator; offline, every peer is."""
-    if node.replica_purge is not None:
-        return node.replica_purge(pid)
-    peers = replica_peers(node.engine, node.config.org)
+def purge_later(node: Node, pid: str, peers: list[str] | None = None) -> list[str]:
+    """Note in the home that `pid`'s wrapped key is to be purged at `peers` (default: the
+    replica peers): written before the shred statement is sent, so that a crash after it
+    commits still purges. The replicator retries it once the statement is committed."""
+    peers = replica_peers(node.engine, node.config.org) if peers is None else peers
     path = node.config.home / PENDING_PURGES
     pending = read_pending(path)
     pending[pid] = sorted(set(pending.get(pid, [])) | set(peers))
     write_pending(path, pending)
-    return [], peers
+    return peers
+
+
+def forget_purge(node: Node, pid: str) -> None:
+    """The shred statement was refused: nothing to purge for `pid`."""
+    path = node.config.home / PENDING_PURGES
+    pending = read_pending(path)
+    if pending.pop(pid, None) is not None:
+        write_pending(path, pending)
+
+
+def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
+    """Once the chain states `pid` shredded here: purge its wrapped key item at the replica
+    peers (and former ones), trash included, with the proof that the item is that key
+    (vault/replication.py). Returns (peers that purged, peers pending). Pending ones stay in
+    the home and are retried by the running node's replicator; offline, every peer is."""
+    if node.replica_purge is not None:
+        return node.replica_purge(pid)
+    return [], purge_later(node, pid)
 
 
 def empty_lost_key_trash_later(home: Path, peers: list[str]) -> None:

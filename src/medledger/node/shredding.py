@@ -31,7 +31,8 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
-from medledger.node.replicas import drop_erased, purge_erased
+from medledger.node.replicas import drop_erased, forget_purge, purge_erased, purge_later
+from medledger.node.wallet import TxRejected
 from medledger.vault import Vault
 from medledger.vault.replication import item_name
 
@@ -64,16 +65,21 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     receipt = vault.erase(pid)
     # The wrapped key goes from the replica peers too; the attestation names who confirmed.
     dropped, pending = drop_erased(node, vault, since, (item_name("key", pid),))
-    committed = node.wallet.send_message(
-        Shredded(
-            pid=pid,
-            digest=receipt.digest,
-            records=receipt.records_shredded,
-            copies=receipt.copies_shredded,
-            replicas_dropped=dropped,
-            replicas_pending=pending,
+    purge_later(node, pid, [*dropped, *pending])  # a crash after the statement still purges
+    try:
+        committed = node.wallet.send_message(
+            Shredded(
+                pid=pid,
+                digest=receipt.digest,
+                records=receipt.records_shredded,
+                copies=receipt.copies_shredded,
+                replicas_dropped=dropped,
+                replicas_pending=pending,
+            )
         )
-    )
+    except TxRejected:
+        forget_purge(node, pid)
+        raise
     key_purged, key_pending = purge_erased(node, pid)
     purged = vault.purge_pending()
     return ShredResult(
