@@ -224,7 +224,7 @@ def test_a_complete_recovery_empties_the_trash_the_lost_key_filled(
         ids = [i.id for i in thief.custody_list(peer)[0] if len(i.id) == 64]
         for i in range(0, len(ids), 500):
             thief.custody_drop(peer, ids[i : i + 500])
-    home, _ = _lose_and_rebind(sandbox, wiped, ["chu-lyon", "chu-bordeaux"])
+    home, _ = _lose_and_rebind(sandbox, wiped, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     report = _recover(sandbox, home)
     assert report.complete and report.restore is not None and report.restore.from_trash > 0
     assert (home / TRASH_TO_EMPTY).exists()

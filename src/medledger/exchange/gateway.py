@@ -859,10 +859,20 @@ class Gateway:
     def custody_empty_trash(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         """Destroy the caller's trashed versions that another key put: once a member rebound
         by vote restored its vault, what its lost key sent (a thief's garbage too) need not
-        fill its quota for custody_grace_days. The lost key itself, a thief's, cannot."""
+        fill its quota for custody_grace_days. The lost key itself, a thief's, cannot: only a
+        key that an executed `rebind_member` of the caller gave it may (any other key of the
+        member, e.g. after its own rotation, is "another key" than its older items' too)."""
         store = self._custodian_store(caller)
         _json_object(body)
-        return {"purged": store.empty_trash(caller.actor.org, caller.request.key)}
+        org, key = caller.actor.org, caller.request.key
+        if not any(
+            p["action"] == "rebind_member"
+            and p["args"].get("org") == org
+            and bytes(p["args"].get("key") or b"") == key
+            for p in queries.proposals(self.node.engine, "executed")
+        ):
+            raise Refused(403, f"custody-empty-trash: only a key a rebind_member vote gave {org}")
+        return {"purged": store.empty_trash(org, key)}
 
     def custody_list(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
