@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import identity
 from medledger.contracts.common import check_id, check_pid, is_id, is_pid
+from medledger.contracts import governance
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_item, parse_message
@@ -919,6 +920,18 @@ def q_by_custodian_v2(state: StateView, args: dict[str, Any]) -> list[dict[str, 
             if row is not None:
                 out.extend(_v2_entries(pid, row_key, row))
     return _in_order(out)
+
+
+def _forget_mark(ctx: Context, org: str) -> None:
+    """governance's rebinding of org: the mark goes with the lost keys. Whoever held them
+    until the vote (a thief) could have lifted it to just below MAX_SEQ, and the new home's
+    journal, numbering from its clock, would see every entry skipped or refused for good."""
+    key = f"acc/seq/{org}"
+    if ctx.state.has(key):
+        ctx.state.delete(key)
+
+
+governance.REBIND_HOOKS.append(_forget_mark)
 
 
 def q_seq(state: StateView, args: dict[str, Any]) -> int:
