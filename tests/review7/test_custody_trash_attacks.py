@@ -9,8 +9,11 @@ import sqlite3
 import pytest
 
 from medledger.exchange.client import ExchangeError
-from medledger.node.replicas import replica_peers
-from tests.exchange.conftest import A, Sandbox
+from medledger.node import shredding
+from medledger.node.replicas import ensure_backup_key, replica_peers
+from medledger.vault.replication import ReplicaKeys, item_name
+from tests.exchange.conftest import A, Sandbox, bundles, wait_for
+from tests.exchange.test_replicas import replicated
 
 OLDER_KEY = b"\x07" * 32  # the hospital's signing key before a routine `--rotate signing`
 
@@ -51,3 +54,38 @@ def test_a_thief_cannot_empty_the_trash_of_what_an_older_key_put(
         assert sandbox.x(peer).custody.usage(A).trash_items == held, (
             f"{peer}: the thief emptied the trash of what {A}'s older key put"
         )
+
+
+def test_an_old_shred_statement_does_not_purge_the_key_of_a_patient_who_came_back(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """`custody-purge` checks that the chain holds the owner's `records.shredded` of the pid,
+    but the statement stays for ever, and a patient erased at a hospital may come back to it
+    (a new generation of their keys, a new custody: records.py). The wrapped key's item id
+    is the pid's in every generation, so whoever holds the owner's key (a thief, before the
+    rebinding vote) purges the returned patient's current key at every peer, trash included,
+    without a new statement on the chain: nothing shows it, and the recovery cannot read the
+    patient's records again."""
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    pid = pids[0]
+    shredding.shred(hosp.node, hosp.vault, pid)
+    hosp.vault.reinstate(pid)  # `medledger vault reinstate`: the patient came back
+    back = bundles(3)[0]  # the same patient comes back to A: new records, a new generation
+    again, _ = sandbox.ingest(A, back)
+    assert again == pid
+    wait_for(lambda: replicated(sandbox, A), what="the returned patient's replicas")
+    keys = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A)
+    key_id = keys.item_id(item_name("key", pid))
+    peer = replica_peers(sandbox.root.engine, A)[0]
+    assert sandbox.x(peer).custody.get(A, [key_id]), "the returned patient's key is at the peer"
+    thief = sandbox.x(A).client
+    try:
+        thief.custody_purge(peer, pid, keys.key_proof(pid))
+    except ExchangeError:
+        pass  # refused: the fix (the statement is older than the patient's current custody)
+    store = sandbox.x(peer).custody
+    kept = store.get(A, [key_id]) or [
+        i for i in store.trash_listing(A) if i.id == key_id
+    ]
+    assert kept, "an old shred statement purged the current key of a returned patient"

@@ -241,6 +241,19 @@ def shredded(engine: Queryable, holder: str, pid: str) -> Row | None:
     return found
 
 
+def shred_in_force(engine: Queryable, holder: str, pid: str) -> Row | None:
+    """The holder's shred statement of pid if it still covers what the holder keeps of the
+    patient: None without one, or once the patient came back to the holder (a record it
+    registered after the statement: a new generation of keys that no erasure named)."""
+    statement = shredded(engine, holder, pid)
+    if statement is None:
+        return None
+    since = int(statement["time"])
+    if any(int(r.get("time", 0)) > since for r in records_of_patient(engine, pid, holder)):
+        return None
+    return statement
+
+
 # --- referral ----------------------------------------------------------------------------
 
 

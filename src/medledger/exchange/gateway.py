@@ -842,8 +842,11 @@ class Gateway:
         if len(proof) != 32:
             raise Refused(400, "proof: 32 bytes expected")
         owner = caller.actor.org
-        if queries.shredded(self.node.engine, owner, pid) is None:
-            reason = f"pid: the chain holds no records.shredded statement of {owner} for it"
+        if queries.shred_in_force(self.node.engine, owner, pid) is None:
+            reason = (
+                f"pid: the chain holds no records.shredded statement of {owner} for it (or "
+                "the patient came back since: records registered after it)"
+            )
             self.evidence.set_outcome(caller.request.evidence_id, "refused", reason)
             raise Refused(409, reason)
         item_id = key_item_id(owner, pid, proof)

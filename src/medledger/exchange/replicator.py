@@ -317,6 +317,9 @@ class Replicator:
             for shredded, holders in list(pending.items()):
                 if queries.shredded(self.node.engine, self.org, shredded) is None:
                     continue  # the statement is not committed (yet): no peer would purge
+                if queries.shred_in_force(self.node.engine, self.org, shredded) is None:
+                    del pending[shredded]  # the patient came back: its new key stays
+                    continue
                 left = []
                 for peer in holders:
                     if peer not in members:
