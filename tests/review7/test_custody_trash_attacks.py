@@ -89,3 +89,4 @@ def test_an_old_shred_statement_does_not_purge_the_key_of_a_patient_who_came_bac
         i for i in store.trash_listing(A) if i.id == key_id
     ]
     assert kept, "an old shred statement purged the current key of a returned patient"
+

@@ -7,7 +7,7 @@ from typing import TypeGuard
 
 from medledger.ledger.errors import Code, TxError
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")  # \Z: "$" would let a final newline in
 
 DAY_MS = 24 * 3600 * 1000
 _HEX = frozenset("0123456789abcdef")
