@@ -10,6 +10,7 @@ from pathlib import Path
 from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient
 from medledger.node.replicas import describe_gaps, ensure_backup_key, replica_peers, restore_vault
+from medledger.provisioning.recovery import restore_lines
 from medledger.vault import Vault
 from medledger.vault.keys import load_kek
 from medledger.vault.replication import ReplicaKeys
@@ -70,6 +71,7 @@ def test_a_patient_every_peer_lost_is_named_and_the_others_come_back(
     assert report.patients_missing == [lost]
     assert {m.split(" ")[0] for m in report.missing} == lost_rids
     assert not report.complete and not report.mismatched
-    assert f"with nothing restored: {lost}" in describe_gaps(report)
+    assert f"with nothing restored: {lost}" in describe_gaps(report)  # backup restore
+    assert any(line.startswith("  PATIENTS") and lost in line for line in restore_lines(report))
     assert set(hosp.vault.patients()) >= set(kept) and lost not in hosp.vault.patients()
     assert report.checked > 0

@@ -50,9 +50,7 @@ def register(app: typer.Typer) -> None:
                 key = SigningKey.from_file(path)
                 if again and bytes(known[practitioner]["key"]) == key.public_key:
                     fail(f"{path}: this key was retired with the lost machine; move it away")
-                if practitioner in known and not (
-                    again and bytes(known[practitioner]["key"]) != key.public_key
-                ):
+                if practitioner in known and not again:
                     if bytes(known[practitioner]["key"]) != key.public_key:
                         fail(f"{path}: {practitioner!r} is registered with another key")
                     console.print(f"{practitioner} is already registered; key {path}")

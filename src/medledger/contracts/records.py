@@ -44,14 +44,14 @@ State (prefix `rec/`):
 
 Only this module spells these keys; the other contracts and the exchange ask `entry`,
 `indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
-`custody_of`, `is_shredded`, `shred_statement` and `disclosed`.
+`custody_of`, `is_shredded`, `shred_statement` and `disclosed`. Writes are logged through
+access.py (`record_entry`), which imports nothing of this module.
 
 What a custodian holds, for its recovery (`records/custody_of`): the pids whose custody at it
 runs now, read from `rec/custody/` (keyed pid first, so the query filters a scan of every
 custody of the consortium: no index by custodian is added, and a chain replays as it always
 did). A restore checks these against what came back from the replicas, so a patient of whom
-no peer holds anything is still named. Writes are logged through access.py
-(`record_entry`), which imports nothing of this module.
+no peer holds anything is still named.
 """
 
 from __future__ import annotations
@@ -442,8 +442,8 @@ def custody_of(
     """The pids, in order and after `after`, whose custody at org runs now (its first care
     record started it and no `records.shredded` of it ended it since): at most `limit`.
 
-    Scanned by the first two hex digits of the pid, so a page costs a 256th of the custodies
-    before it, not all of them."""
+    Scanned range by range of the pid's first two hex digits, from `after`'s on: a page does
+    not scan again the custodies of the pages before it."""
     found: list[str] = []
     suffix = f"/{org}".encode()
     for first in range(int(after[:2] or "0", 16), 256):
