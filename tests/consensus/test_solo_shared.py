@@ -90,3 +90,16 @@ def test_the_first_node_after_the_producer_stops_produces_itself(consortium: lis
         assert second.app is not None  # it holds the ledger now
         _register(second, "nurse-b")
         assert _practitioners(second) == {"nurse-a", "nurse-b"}
+
+
+def test_a_sandbox_deeper_than_a_socket_address_is_served_too(tmp_path: Path) -> None:
+    from medledger.provisioning import create_consortium
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    homes = create_consortium(deep / "net", 2, genesis_time_ms=1)
+    with Node.open(homes[0], serve=True, interval=0.02) as producer:
+        assert len(os.fsencode(socket_path(producer.config.ledger_db))) > 108
+        with Node.open(homes[1]) as beside:
+            assert isinstance(beside.engine, SoloClient)
+            _register(beside, "nurse-b")
+            assert _practitioners(producer) == {"nurse-b"}
