@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medledger.ledger import codec
+from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
 from medledger.ledger.tx import sign_tx
-from tests.support.ledger import CHAIN, T0, make_net, register_body, run_block
+from tests.support.ledger import CHAIN, T0, Net, make_net, register_body, run_block
 
 
 def test_a_registration_commits_and_is_queryable() -> None:
@@ -230,7 +233,7 @@ def test_a_simulated_block_is_reused_by_finalize_and_gives_the_same_outcome() ->
 _KEYS = [SigningKey(bytes([70, i]) * 16) for i in range(3)]  # shared: registrations conflict
 
 
-def _identity_tx(net, org: str, kind: int, name: str, key: int, nonce: int) -> bytes:
+def _identity_tx(net: Net, org: str, kind: int, name: str, key: int, nonce: int) -> bytes:
     signer = net.orgs[org]
     if kind == 0:
         body = register_body(name, _KEYS[key])
@@ -241,7 +244,7 @@ def _identity_tx(net, org: str, kind: int, name: str, key: int, nonce: int) -> b
     return net.tx(signer, "identity.revoke", {"practitioner": name}, nonce=nonce)
 
 
-def _executed_again(app, accepted: list[bytes], included: list[bytes]):
+def _executed_again(app: Application, accepted: list[bytes], included: list[bytes]) -> Any:
     """The mempool's view as a full re-execution of the waiting txs gives it."""
     saved, app._check = app._check, app._fresh_check()
     try:
@@ -293,7 +296,7 @@ def test_the_waiting_txs_carried_over_give_the_state_a_full_re_execution_gives(
             assert _verdict(app, tx) == _verdict_on(app, reference, tx)
 
 
-def _verdict(app, tx: bytes) -> int:
+def _verdict(app: Application, tx: bytes) -> int:
     saved = app._check
     app._check = _copy_check(saved)
     try:
@@ -302,7 +305,7 @@ def _verdict(app, tx: bytes) -> int:
         app._check = saved
 
 
-def _verdict_on(app, check, tx: bytes) -> int:
+def _verdict_on(app: Application, check: Any, tx: bytes) -> int:
     saved, app._check = app._check, _copy_check(check)
     try:
         return app.check_tx(tx).code
@@ -310,7 +313,7 @@ def _verdict_on(app, check, tx: bytes) -> int:
         app._check = saved
 
 
-def _copy_check(check):
+def _copy_check(check: Any) -> Any:
     from medledger.ledger.store import StateView
 
     view = StateView(check.view.parent)
