@@ -5,7 +5,8 @@ Why a journal: an access entry sent as its own tx per read loses the read's trac
 node dies between serving and the tx reaching a block (or when its nonce was spent by a
 block the replica had not yet applied), and puts one tx per read on the chain. Here:
 
-1. `log(entries)` gives every entry a random `id` (contracts.access.ENTRY_ID) and queues it;
+1. `log(entries)` gives every entry an `id` (contracts.access.ENTRY_ID: random per run,
+   then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
    requests that arrived meanwhile (group fsync). The caller returns once its entries are
    durable: a read waits for the disk, never for the chain.
@@ -28,8 +29,14 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    good is split into its callers' groups, sent one by one, and a group still refused alone
    is moved to `<home>/audit/refused` (and logged): never silently dropped.
 4. At start-up every entry of the journal not marked done is sent again. The contract
-   skips an entry whose id its custodian already wrote, so an entry committed just before
-   a crash (its mark lost) is not written twice.
+   skips an entry its custodian already wrote (`access` v1: by its id; v2: its sequence at
+   or below the custodian's mark), so an entry committed just before a crash (its mark
+   lost) is not written twice. Each tx is built for the version of `access` active when it
+   is signed (`access.log_body`); under v2 it names the highest sequence still pending here
+   below its own (`need`): the ledger refuses it `NOT_YET` (sent again later, never refused
+   for good) until that one is on the chain, so no tx lifts the mark over an entry not yet
+   written (docs/architecture.md, "`access` v2"). Sequences start, at each start-up, above
+   the journal's pending ones, the chain's mark and the clock in µs.
 
 Entries that cite another hospital's signed request (the gateway's) form one group that
 always travels in one tx: the contract lets a request back the entries of one tx only.
@@ -77,6 +84,7 @@ RESEND_S = 5.0
 RETRY_S = 1.0
 COMPACT_BYTES = 8 * 1024 * 1024
 _FRAME = struct.Struct(">II")
+_ID_SIZED = "0" * (2 * access.ENTRY_ID)
 # Not for good: a spent nonce, or (access v2) a tx resting on one of ours not yet committed.
 _LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE), int(Code.NOT_YET)}
 
@@ -126,7 +134,8 @@ def _frame(obj: Any) -> bytes:
 
 
 def _size(entry: dict[str, Any]) -> int:
-    return len(codec.encode(entry))
+    """Its encoded bytes (`log_entry` built it: no type check; `_frame` makes that)."""
+    return len(codec.encode_trusted(entry))
 
 
 def _without(entry: dict[str, Any], name: str) -> dict[str, Any]:
@@ -204,6 +213,9 @@ class AuditJournal:
         self._retry_at = 0.0
         self._unreachable = False
         self._seq = 0  # the last journal sequence given to an entry
+        # An entry's id (v1's key for a re-sent entry): random per run, then the sequence;
+        # one random draw per run, not per entry (a syscall each, under 64 threads).
+        self._id_prefix = secrets.token_hex(access.ENTRY_ID // 2)
         self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0}
 
     # -- life ------------------------------------------------------------------------
@@ -308,6 +320,7 @@ class AuditJournal:
                 for entry in group.entries:
                     self._seq += 1
                     entry["seq"] = self._seq
+                    entry["id"] = f"{self._id_prefix}{self._seq:016x}"
             self._queued.extend(groups)
             self._cond.notify_all()
         for group in groups:
@@ -324,7 +337,8 @@ class AuditJournal:
                 raise group.error
 
     def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
-        stamped = [{**e, "id": secrets.token_hex(access.ENTRY_ID)} for e in entries]
+        # Sized with an id and the largest sequence; both are given under the lock (log).
+        stamped = [{**e, "id": _ID_SIZED, "seq": access.MAX_SEQ} for e in entries]
         sizes = [_size(e) for e in stamped]
         if any(e.get("request") is not None for e in stamped):
             if len(stamped) > self.max_tx_entries or sum(sizes) > self.max_tx_bytes:
