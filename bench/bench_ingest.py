@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from medledger.interop.synth import as_document, generate
-from medledger.node import Node
+from medledger.node import Node, heap
 from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
@@ -41,6 +41,7 @@ def run(
         resources = sum(len(b["entry"]) for b in bundles)
         with Node.open(homes[0]) as node, Vault.open(node.config.vault_config()) as vault:
             ingestor = Ingestor(node, vault)
+            heap.settle()  # as `medledger ingest` and a node do once started
             start, cpu = time.perf_counter(), time.process_time()
             inputs = [(data, f"bundle-{i}.json") for i, data in enumerate(payloads)]
             for result in ingestor.ingest_many(inputs, workers=workers):
