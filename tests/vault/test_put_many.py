@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from medledger.vault import NewRecord, PatientErased, RecordConflict, Vault
+from medledger.vault import NewRecord, PatientErased, RecordConflict, RecordNotFound, Vault
 from medledger.vault.envelope import EMPTY_MANIFEST, RecordContext, extend_manifest
 from tests.vault.conftest import HOSPITAL, PATIENT, make_pid, obs
 
@@ -115,3 +115,24 @@ def test_refusals_name_the_record_as_put_does(vault: Vault) -> None:
     with pytest.raises(PatientErased):
         vault.put_many([_record(ANNE, "Obs-9", obs(9))])
     assert vault.put_many([]) == []
+
+
+def test_get_many_reads_versions_in_the_order_asked_and_refuses_as_get(vault: Vault) -> None:
+    vault.put_many(
+        [
+            _record(ANNE, "Patient-anne", PATIENT, "Patient"),
+            _record(ANNE, "Obs-1", obs(1)),
+            _record(ANNE, "Obs-1", obs(1, "corrected"), version=2),
+            _record(BRUNO, "Obs-2", obs(2)),
+        ]
+    )
+
+    asked = [("Obs-1", 2), ("Patient-anne", 1), ("Obs-1", 1), ("Obs-2", 1)]
+    assert vault.get_many(asked) == [obs(1, "corrected"), PATIENT, obs(1), obs(2)]
+    assert vault.get_many([]) == []
+    with pytest.raises(RecordNotFound):
+        vault.get_many([("Obs-1", 1), ("Obs-1", 3)])
+    vault.erase(BRUNO)
+    with pytest.raises(PatientErased):
+        vault.get_many([("Obs-1", 1), ("Obs-2", 1)])
+    assert vault.get_many([("Obs-1", 1)]) == [obs(1)]

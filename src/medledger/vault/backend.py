@@ -179,6 +179,12 @@ class Backend(Protocol):
         """
         ...
 
+    def fetch_records(
+        self, versions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]]:
+        """`fetch_record` of each (rid, version) that exists."""
+        ...
+
     def versions(self, rid: str) -> list[int]:
         """Stored versions of a rid, ascending."""
         ...

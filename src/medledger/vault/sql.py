@@ -572,6 +572,25 @@ class SQLBackend:
             return None
         return record_from_row(row)
 
+    def fetch_records(
+        self, versions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]]:
+        """`fetch_record` of each (rid, version) found, in a statement per 400."""
+        found: dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]] = {}
+        for i in range(0, len(versions), 400):
+            chunk = versions[i : i + 400]
+            rows = self._all(
+                f"SELECT {_RECORD_COLS}, k.wrapped, s.wrapped FROM records r LEFT JOIN "
+                "patient_keys k ON k.pid = r.pid AND k.generation = r.generation "
+                "LEFT JOIN key_sets s ON s.kid = r.kid WHERE (r.rid, r.version) IN "
+                f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+                [value for pair in chunk for value in pair],
+            )
+            for row in rows:
+                record = record_from_row(row)
+                found[(record[0].rid, record[0].version)] = record
+        return found
+
     def versions(self, rid: str) -> list[int]:
         rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
         return [int(r[0]) for r in rows]
