@@ -40,3 +40,13 @@ def test_an_applicant_cannot_take_a_members_org_id_with_a_trailing_newline() -> 
     args["tls_key"] = _tls_key()
     propose = net.tx(net.orgs["h0"], "governance.propose", {"action": "admit_member", "args": args})
     assert app.check_tx(propose).code == Code.INVALID_BODY, "a look-alike org id was accepted"
+
+
+def test_an_address_with_a_trailing_newline_is_refused() -> None:
+    """Members' addresses are written into other nodes' configurations (CometBFT's peers):
+    `host:port` must end there."""
+    net = make_net(3)
+    app = net.app()
+    body = {"addresses": {"gateway": "10.0.0.7:7443\n"}}
+    result = app.check_tx(net.tx(net.orgs["h1"], "governance.update_member", body))
+    assert result.code == Code.INVALID_BODY, "an address ending in a newline was accepted"
