@@ -10,10 +10,12 @@ import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.node import shredding
+from medledger.node.custody import Item
 from medledger.node.replicas import ensure_backup_key, replica_peers
+from medledger.vault import Vault
 from medledger.vault.replication import ReplicaKeys, item_name
 from tests.exchange.conftest import A, Sandbox, bundles, wait_for
-from tests.exchange.test_replicas import replicated
+from tests.exchange.test_replicas import replicated, snapshot, wipe_and_restore
 
 OLDER_KEY = b"\x07" * 32  # the hospital's signing key before a routine `--rotate signing`
 
@@ -90,3 +92,37 @@ def test_an_old_shred_statement_does_not_purge_the_key_of_a_patient_who_came_bac
     ]
     assert kept, "an old shred statement purged the current key of a returned patient"
 
+
+
+def test_a_forged_erasure_tombstone_does_not_leave_a_patient_out_of_the_restore(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """The thief holds the backup key: it seals an erasure tombstone for a patient the
+    hospital never erased and puts it at every peer (a new item: nothing is replaced). The
+    restore lets tombstones win over everything, so the patient's records, still live at
+    the peers, are left out; the chain holds no shred statement of them and still names
+    them, so the report calls them missing and nothing brings them back."""
+    sandbox, pids = ingested
+    hosp = sandbox.h[A]
+    vault = hosp.vault
+    victim, erased = pids[0], pids[2]
+    before = {k: v for k, v in snapshot(vault).items() if k[0] in _rids(vault, victim)}
+    shredding.shred(hosp.node, vault, erased)  # a real erasure: its tombstone is the model
+    wait_for(lambda: replicated(sandbox, A), what="the erasure at the replica peers")
+    keys = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A)
+    (model,) = vault.read_items([item_name("erasure", erased, 1)]).values()
+    forged = {
+        table: [[victim if v == erased else v for v in row] for row in rows]
+        for table, rows in model.items()
+    }
+    sealed = keys.seal(item_name("erasure", victim, 1), forged, 1)
+    thief = sandbox.x(A).client
+    for peer in replica_peers(sandbox.root.engine, A):
+        thief.custody_put(peer, [Item(sealed.id, sealed.version, sealed.sha256, sealed.blob)])
+    report, restored = wipe_and_restore(sandbox, A)
+    assert not report.missing, f"left out under a forged tombstone: {report.missing[:3]}"
+    assert {k: v for k, v in snapshot(restored).items() if k in before} == before
+
+
+def _rids(vault: Vault, pid: str) -> set[str]:
+    return {info.rid for info in vault.records_of(pid)}

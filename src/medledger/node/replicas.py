@@ -362,13 +362,23 @@ def restore_vault(
     report.corrupt = {peer: ids for peer, ids in report.corrupt.items() if ids}
     say(f"{len(opened)} items opened ({report.from_trash} from the peers' trash)")
 
-    # 3. Erasure tombstones win: nothing of an erased (pid, generation) comes back.
+    # 3. Erasure tombstones win: nothing of an erased (pid, generation) comes back. A
+    # tombstone counts only with this hospital's shred statement of the pid on the chain:
+    # the old key's thief holds the backup key and can seal one for any patient.
     contents = {name: rows for _, name, rows in opened.values()}
+    stated: dict[str, bool] = {}
+
+    def shred_stated(pid: str) -> bool:
+        if pid not in stated:
+            stated[pid] = queries.shredded(engine, org, pid) is not None
+        return stated[pid]
+
     erased = {
         (str(row[0]), int(row[1]))
         for name, rows in contents.items()
         if parse_item_name(name)[0] == "erasure"
         for row in rows.get("erasures", [])
+        if shred_stated(str(row[0]))
     }
     erased |= _erased_on_chain(contents, engine, org)
     # copies shredded apart (their key sets may be back from a peer's trash: not the copies)
