@@ -62,9 +62,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from medledger.contracts import identity
+from medledger.contracts import governance, identity
 from medledger.contracts.common import check_id, check_pid, is_id, is_pid
-from medledger.contracts import governance
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.ledger.contract import Context, Contract, Message, parse_item, parse_message

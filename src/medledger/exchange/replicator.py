@@ -291,7 +291,14 @@ class Replicator:
         path = self.node.config.home / TRASH_TO_EMPTY
         todo = read_pending(path)
         if peer in todo.get("lost-key", []):
-            purged = self.client.custody_empty_trash(peer)
+            try:
+                purged = self.client.custody_empty_trash(peer)
+            except ExchangeError as exc:
+                if exc.status != 403:
+                    raise
+                # Not the key the rebinding gave (rotated since): the grace period empties it.
+                log.warning("%s: %s keeps the lost key's trash: %s", self.org, peer, exc.reason)
+                purged = 0
             log.info("%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged)
             todo["lost-key"].remove(peer)
             write_pending(path, {k: v for k, v in todo.items() if v})
