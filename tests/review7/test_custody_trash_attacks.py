@@ -84,8 +84,9 @@ def test_an_old_shred_statement_does_not_purge_the_key_of_a_patient_who_came_bac
     with contextlib.suppress(ExchangeError):  # refused: the statement predates the return
         thief.custody_purge(peer, pid, keys.key_proof(pid))
     store = sandbox.x(peer).custody
-    kept = store.get(A, [key_id]) or [i for i in store.trash_listing(A) if i.id == key_id]
-    assert kept, "an old shred statement purged the current key of a returned patient"
+    live = [i.id for i in store.get(A, [key_id])]
+    trashed = [i.id for i in store.trash_listing(A) if i.id == key_id]
+    assert live or trashed, "an old shred statement purged the current key of a returned patient"
 
 
 def test_a_forged_erasure_tombstone_does_not_leave_a_patient_out_of_the_restore(
@@ -105,6 +106,7 @@ def test_a_forged_erasure_tombstone_does_not_leave_a_patient_out_of_the_restore(
     wait_for(lambda: replicated(sandbox, A), what="the erasure at the replica peers")
     keys = ReplicaKeys(ensure_backup_key(hosp.node.config.home), A)
     (model,) = vault.read_items([item_name("erasure", erased, 1)]).values()
+    assert model is not None, "the real erasure's tombstone"
     forged = {
         table: [[victim if v == erased else v for v in row] for row in rows]
         for table, rows in model.items()

@@ -366,12 +366,12 @@ def restore_vault(
     # tombstone counts only with this hospital's shred statement of the pid on the chain:
     # the old key's thief holds the backup key and can seal one for any patient.
     contents = {name: rows for _, name, rows in opened.values()}
-    stated: dict[str, bool] = {}
+    on_chain: dict[str, bool] = {}
 
     def shred_stated(pid: str) -> bool:
-        if pid not in stated:
-            stated[pid] = queries.shredded(engine, org, pid) is not None
-        return stated[pid]
+        if pid not in on_chain:
+            on_chain[pid] = queries.shredded(engine, org, pid) is not None
+        return on_chain[pid]
 
     erased = {
         (str(row[0]), int(row[1]))
