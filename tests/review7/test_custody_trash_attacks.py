@@ -5,13 +5,15 @@ rebinding vote executes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.node import shredding
-from medledger.node.custody import Item
+from medledger.node.custody import CustodyStore, Item
 from medledger.node.replicas import ensure_backup_key, replica_peers
 from medledger.vault import Vault
 from medledger.vault.replication import ReplicaKeys, item_name
@@ -122,3 +124,35 @@ def test_a_forged_erasure_tombstone_does_not_leave_a_patient_out_of_the_restore(
 
 def _rids(vault: Vault, pid: str) -> set[str]:
     return {info.rid for info in vault.records_of(pid)}
+
+
+DAY = 86_400.0
+
+
+def test_a_version_dropped_again_is_kept_the_grace_period_from_its_last_drop(
+    tmp_path: Path,
+) -> None:
+    """The thief has had the key for a while before it wipes the machine (intruders often
+    wait weeks). Thirty days ahead it drops every item and puts it straight back (the same
+    bytes, fetched from the trash): the hospital sees nothing, its items are live. The day it
+    wipes the machine it drops them again. The trash keeps one row per (owner, id, sha256)
+    and ignores the second: the version counts as trashed since the first drop and is purged
+    a day later, before the members can vote the rebinding."""
+    store = CustodyStore(tmp_path / "custody.db")
+    try:
+        quota = 10_000
+        blob = b"the good version" * 10
+        good = Item("a" * 64, 1, hashlib.sha256(blob).digest(), blob)
+        store.put(A, [good], quota, by_key=b"k")
+        store.drop(A, [good.id], now=0.0)  # day 0: dropped...
+        (back,) = store.get_trashed(A, [i.trash for i in store.trash_listing(A)]).values()
+        store.put(A, [back], quota, by_key=b"k")  # ...and put back at once
+        assert [i.id for i in store.get(A, [good.id])] == [good.id]
+        store.drop(A, [good.id], now=29 * DAY)  # day 29: the machine is wiped, all dropped
+        grace = 30 * DAY
+        store.purge_expired(before=30 * DAY - grace + 1)  # day 30: the node's hourly purge
+        store.purge_expired(before=31 * DAY - grace)  # day 31
+        kept = [i.id for i in store.trash_listing(A)]
+        assert kept == [good.id], "dropped on day 29, purged by day 31"
+    finally:
+        store.close()

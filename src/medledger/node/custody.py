@@ -368,12 +368,15 @@ class CustodyStore:
 
     def _to_trash(self, owner: str, ids: list[str], now: float | None) -> None:
         """Copy the live versions of `ids` to the trash (one copy of the same bytes), with
-        the key that put each."""
+        the key that put each. The same bytes trashed again count from this drop: else a
+        version dropped and put back early (a thief preparing) would expire soon after the
+        last drop."""
         now = time.time() if now is None else now
         self._db.executemany(
-            "INSERT OR IGNORE INTO trash (owner, id, version, sha256, size, blob, trashed_at, "
-            "by_key) SELECT owner, id, version, sha256, size, blob, ?, put_by FROM items "
-            "WHERE owner = ? AND id = ?",
+            "INSERT INTO trash (owner, id, version, sha256, size, blob, trashed_at, by_key) "
+            "SELECT owner, id, version, sha256, size, blob, ?, put_by FROM items "
+            "WHERE owner = ? AND id = ? ON CONFLICT (owner, id, sha256) "
+            "DO UPDATE SET trashed_at = max(trashed_at, excluded.trashed_at)",
             [(now, owner, item_id) for item_id in ids],
         )
 
