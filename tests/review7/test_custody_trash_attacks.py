@@ -38,10 +38,12 @@ def test_a_thief_cannot_empty_the_trash_of_what_an_older_key_put(
     ingested: tuple[Sandbox, list[str]], put_by: bytes
 ) -> None:
     """`custody-empty-trash` destroys the trashed versions that a key other than the caller's
-    put, meant for the member rebound by vote. But the thief's key is not the only key that is
-    not the rebound one: every item a peer stored before this session (put_by empty) and every
-    item put before the hospital's last key rotation qualifies too. The thief drops them all
-    (to the trash) and then empties the trash: nothing is left for the recovery."""
+    put, meant for the member rebound by vote. But the rebound key is not the only key other
+    than the one that put an item: every item a peer stored before the trash existed (put_by
+    empty), and every item put before the member's last key rotation, qualifies too; and the
+    thief can make the second case itself, with no precondition: `member update --rotate
+    signing` needs only the current key. It drops every item (to the trash), rotates, and
+    empties the trash: nothing is left for the recovery."""
     sandbox, _ = ingested
     thief = sandbox.x(A).client  # A's current signing key, taken with the machine
     peers = replica_peers(sandbox.root.engine, A)
