@@ -15,6 +15,7 @@ import orjson
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
 from medledger.consensus.cometbft import processes
+from medledger.contracts.access import journal_ref
 from medledger.interop.synth import generate
 from medledger.node import Node
 from medledger.node.audit import read_journal
@@ -84,5 +85,5 @@ def test_a_node_killed_mid_read_load_loses_no_served_read(cmt_net: CmtNet) -> No
     with net.engine(org) as engine:
         trail = engine.query("access/of_patient", {"pid": pid})
     reads = [e for e in trail if e["action"] == "read" and e["rids"] == [rid]]
-    assert len({e["id"] for e in reads}) == len(reads)  # none written twice
+    assert len({journal_ref(e) for e in reads}) == len(reads)  # none written twice
     assert len(reads) >= len(served)

@@ -13,18 +13,20 @@ from medledger.contracts.access import (
 )
 from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.errors import Code
-from tests.support.access import PID, _entry, _with_dr_a
+from tests.support.access import PID, _entry, _with_dr_a, log_body
 from tests.support.ledger import make_net, run_block
 
 OTHER_PID = "cd" * 32
 META_CT = b"\x01" * META_CT_SIZES[0]
 
+pytestmark = pytest.mark.usefixtures("access_version")  # each version of access
+
 
 def test_granted_and_denied_accesses_are_kept_in_order() -> None:
     net, app = _with_dr_a()
-    run_block(app, [net.tx(net.orgs["h0"], "access.log", {"entries": [_entry()]})], net.solo)
+    run_block(app, [net.tx(net.orgs["h0"], "access.log", log_body([_entry()]))], net.solo)
     denied = _entry(outcome="denied", basis="", reason="no consent", actor_org="h2", actor="org:h2")
-    run_block(app, [net.tx(net.orgs["h0"], "access.log", {"entries": [denied]})], net.solo)
+    run_block(app, [net.tx(net.orgs["h0"], "access.log", log_body([denied]))], net.solo)
     trail = app.query_obj("access/of_patient", {"pid": PID})
     assert [(e["outcome"], e["actor_org"], e["custodian"]) for e in trail] == [
         ("granted", "h1", "h0"),
@@ -39,11 +41,11 @@ def test_a_hospital_cannot_attribute_an_access_to_another_without_its_signed_req
     """Issue 11 item 5: h0 signed an entry naming h1's practitioner as actor, and it committed."""
     net, app = _with_dr_a()
     forged = _entry(request=None)
-    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [forged]}))
+    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([forged])))
     assert result.code == Code.UNAUTHORIZED and "request" in result.log, result
     # With h1's signed request, every replica checks h1 asked; the trail says h0 served it.
     assert (
-        run_block(app, [net.tx(net.orgs["h0"], "access.log", {"entries": [_entry()]})], net.solo)
+        run_block(app, [net.tx(net.orgs["h0"], "access.log", log_body([_entry()]))], net.solo)
         .results[0]
         .ok
     )
@@ -72,7 +74,7 @@ def test_a_hospital_cannot_attribute_an_access_to_another_without_its_signed_req
 )
 def test_the_actor_is_someone_of_actor_org(over: dict, code: Code, words: str) -> None:  # type: ignore[type-arg]
     net, app = _with_dr_a()
-    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [_entry(**over)]}))
+    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([_entry(**over)])))
     assert result.code == code and words in result.log, result
 
 
@@ -86,7 +88,7 @@ def test_a_patient_at_their_hospital_is_logged_and_so_is_another_patients_refuse
         basis="",
         reason="other patient",
     )
-    txs = [net.tx(net.orgs["h0"], "access.log", {"entries": [own, attempt]})]
+    txs = [net.tx(net.orgs["h0"], "access.log", log_body([own, attempt]))]
     assert run_block(app, txs, net.solo).results[0].ok
 
 
@@ -107,7 +109,7 @@ def test_a_patient_at_their_hospital_is_logged_and_so_is_another_patients_refuse
 )
 def test_every_field_of_an_entry_is_bounded(over: dict, words: str) -> None:  # type: ignore[type-arg]
     net, app = _with_dr_a()
-    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [_entry(**over)]}))
+    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([_entry(**over)])))
     assert result.code in (Code.INVALID_BODY, Code.TOO_LARGE), result
     assert words in result.log or result.code == Code.TOO_LARGE, result.log
 
@@ -119,9 +121,9 @@ def test_the_bounds_still_let_a_full_entry_and_a_full_tx_through() -> None:
     denial = _entry(outcome="denied", basis="", reason=longest, rids=[])
     many = [denial] * MAX_ENTRIES
     for entries in ([full], many):
-        txs = [net.tx(net.orgs["h0"], "access.log", {"entries": entries})]
+        txs = [net.tx(net.orgs["h0"], "access.log", log_body(entries))]
         assert run_block(app, txs, net.solo).results[0].ok
-    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [*many, denial]}))
+    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([*many, denial])))
     assert result.code == Code.INVALID_BODY and "entries" in result.log
 
 
@@ -135,7 +137,7 @@ def test_entries_must_say_why() -> None:
         (_entry(pid="nope"), "pid"),
     ]
     for entry, field in cases:
-        result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [entry]}))
+        result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([entry])))
         assert result.code == Code.INVALID_BODY, result
         assert field in result.log
 

@@ -16,14 +16,24 @@ import pytest
 from medledger.contracts.access import DENIAL_REASONS, denial_code, reason_in_words
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
-from tests.support.access import DR_A, ORG_KEYS, PID, _entry, _with_dr_a, signed_request
+from tests.support.access import (
+    DR_A,
+    ORG_KEYS,
+    PID,
+    _entry,
+    _with_dr_a,
+    log_body,
+    signed_request,
+)
 from tests.support.ledger import T0, run_block
 from tests.support.world import World
+
+pytestmark = pytest.mark.usefixtures("access_version")  # each version of access
 
 
 def _log(entry: dict[str, Any], by: str = "h0") -> Any:
     net, app = _with_dr_a()
-    return app.check_tx(net.tx(net.orgs[by], "access.log", {"entries": [entry]}))
+    return app.check_tx(net.tx(net.orgs[by], "access.log", log_body([entry])))
 
 
 # -- review repros, adapted ----------------------------------------------------------------
@@ -41,11 +51,11 @@ def test_a_hospital_attributes_a_read_to_another_hospitals_practitioner_with_any
         "basis": "custodian",
         "request": os.urandom(32),  # before: a bare hash, only its length was checked
     }
-    result = w.send("h1", "access.log", {"entries": [entry]})
+    result = w.send("h1", "access.log", log_body([entry]))
     assert not result.ok, result
     # Nor with a request shaped right but signed by h1 itself: it is not dr-a's key.
     entry["request"] = signed_request(w.keys["h1"], audience="h1", time_ms=w.now)
-    result = w.send("h1", "access.log", {"entries": [entry]})
+    result = w.send("h1", "access.log", log_body([entry]))
     assert result.code == Code.UNAUTHORIZED and "not a registered key of h0" in result.log
 
 
@@ -60,10 +70,10 @@ def test_a_denial_carries_300_characters_of_free_text_next_to_a_pid_forever() ->
         "outcome": "denied",
         "reason": "HIV positive since 2019, on antiretrovirals; psychiatric admission 2024",
     }
-    result = w.send("h1", "access.log", {"entries": [entry]})
+    result = w.send("h1", "access.log", log_body([entry]))
     assert result.code == Code.INVALID_BODY and "not a denial code" in result.log, result
     entry["reason"] = "no consent"  # the code is all the chain gets
-    assert w.send("h1", "access.log", {"entries": [entry]}).ok
+    assert w.send("h1", "access.log", log_body([entry])).ok
 
 
 # -- what a remote entry's request must be ---------------------------------------------------
@@ -71,7 +81,7 @@ def test_a_denial_carries_300_characters_of_free_text_next_to_a_pid_forever() ->
 
 def test_a_remote_entry_backed_by_the_actors_signed_request_commits_and_names_the_signer() -> None:
     net, app = _with_dr_a()
-    txs = [net.tx(net.orgs["h0"], "access.log", {"entries": [_entry()]})]
+    txs = [net.tx(net.orgs["h0"], "access.log", log_body([_entry()]))]
     assert run_block(app, txs, net.solo).results[0].ok
     (entry,) = app.query_obj("access/of_patient", {"pid": PID})
     assert entry["request_signer"] == "practitioner:h1/dr-a"
@@ -146,10 +156,10 @@ def test_one_request_backs_the_entries_of_one_tx_only() -> None:
     # One tx, one entry per basis (as the gateway groups them): the body travels once.
     without_body = {k: v for k, v in request.items() if k != "body"}
     first = [_entry(request=request, rids=["r1"]), _entry(request=without_body, rids=["r2"])]
-    txs = [net.tx(net.orgs["h0"], "access.log", {"entries": first})]
+    txs = [net.tx(net.orgs["h0"], "access.log", log_body(first))]
     assert run_block(app, txs, net.solo).results[0].ok
     replay = _entry(request=request, pid="cd" * 32)
-    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", {"entries": [replay]}))
+    result = app.check_tx(net.tx(net.orgs["h0"], "access.log", log_body([replay])))
     assert result.code == Code.UNAUTHORIZED and "another tx" in result.log, result
 
 
@@ -186,7 +196,7 @@ def test_a_worded_reason_goes_on_the_chain_as_its_code(worded: str, code: str) -
 def test_every_denial_code_commits_and_reads_in_words() -> None:
     net, app = _with_dr_a()
     entries = [_entry(outcome="denied", basis="", reason=code) for code in DENIAL_REASONS]
-    txs = [net.tx(net.orgs["h0"], "access.log", {"entries": entries})]
+    txs = [net.tx(net.orgs["h0"], "access.log", log_body(entries))]
     assert run_block(app, txs, net.solo).results[0].ok
     assert reason_in_words("consent expired") == "consent expired: your consent had expired"
 

@@ -16,6 +16,7 @@ import pytest
 from medledger.contracts.records import META_CT_SIZES
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
+from tests.support.access import log_body
 from tests.support.world import EVIDENCE, World
 
 NOTE = hashlib.sha256(b"a note kept off chain").digest()
@@ -158,8 +159,8 @@ TRUST_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         lambda w: w.send(
             "h1",
             "access.log",
-            {
-                "entries": [
+            log_body(
+                [
                     _entry(
                         w,
                         actor="practitioner:h0/dr-a",
@@ -169,14 +170,14 @@ TRUST_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
                         reason="",
                     )
                 ]
-            },
+            ),
         ),
         Code.UNAUTHORIZED,
         "needs its signed request",
     ),
     "a denial whose reason is free text": (
         lambda w: w.send(
-            "h1", "access.log", {"entries": [_entry(w, reason="HIV positive since 2019")]}
+            "h1", "access.log", log_body([_entry(w, reason="HIV positive since 2019")])
         ),
         Code.INVALID_BODY,
         "reason",
@@ -185,7 +186,7 @@ TRUST_CASES: dict[str, tuple[Callable[[World], TxResult], Code, str]] = {
         lambda w: w.send(
             "h1",
             "access.log",
-            {"entries": [_entry(w, rids=[f"r{i}" for i in range(20_000)])]},
+            log_body([_entry(w, rids=[f"r{i}" for i in range(20_000)])]),
         ),
         Code.INVALID_BODY,
         "rids",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 from medledger.consensus.cometbft.rpc import RpcUnavailable
 from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
+from medledger.contracts.access import journal_ref, log_body
 from medledger.contracts.authorize import Decision
+from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
 from medledger.node import Node, decisions
@@ -68,6 +71,16 @@ def _entries(node: Node, n: int = 1, *, rid: str = "obs-1") -> list[dict[str, An
     ]
 
 
+def _body(node: Node, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """An `access.log` body for the version of `access` active on the node's chain."""
+    return log_body(entries, queries.contract_versions(node.engine)["access"])
+
+
+def _count(body: dict[str, Any]) -> int:
+    """How many entries an `access.log` body holds (v1: a list, v2: columns)."""
+    return len(body["entries"]) if "entries" in body else len(body["columns"]["actor"])
+
+
 def _on_chain(node: Node) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = node.engine.query("access/by_custodian", {"org": node.config.org})
     return found
@@ -85,7 +98,7 @@ def test_concurrent_reads_share_txs_and_each_entry_lands_once(node: Node, tmp_pa
         for t in threads:
             t.join()
         trail = _on_chain(node)
-        assert len(trail) == 40 and len({e["id"] for e in trail}) == 40
+        assert len(trail) == 40 and len({journal_ref(e) for e in trail}) == 40
         assert len({bytes(e["tx"]) for e in trail}) == journal.stats["txs"] < 40
         assert journal.pending() == 0
     finally:
@@ -134,13 +147,16 @@ def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_pat
     # A crash lost the done mark: the journal holds the group again, as if never sent.
     from medledger.node.audit import _frame
 
-    group = [{k: v for k, v in e.items() if k in _entries(node)[0] or k == "id"} for e in committed]
+    group = [
+        {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+        for e in committed
+    ]
     (directory / "journal").write_bytes(_frame({"g": group}))
     journal = _journal(node, directory)
     try:
         assert journal.drain(30) and journal.stats["txs"] == 1  # re-sent, and committed
         trail = _on_chain(node)
-        assert sorted(e["id"] for e in trail) == sorted(e["id"] for e in committed)
+        assert sorted(map(journal_ref, trail)) == sorted(map(journal_ref, committed))
     finally:
         journal.stop()
 
@@ -158,7 +174,7 @@ def test_a_tx_whose_nonce_another_tx_spent_is_re_sent_under_a_fresh_nonce(
         while not flaky.dropped:
             threading.Event().wait(0.01)
         lost = decode_tx(flaky.dropped[0])
-        node.wallet.send("access.log", {"entries": _entries(node, rid="obs-other")})
+        node.wallet.send("access.log", _body(node, _entries(node, rid="obs-other")))
         assert queries.nonce(node.engine, node.org_key.public_key) >= lost.nonce  # spent
         assert journal.drain(30)
         trail = _on_chain(node)
@@ -247,19 +263,19 @@ def test_access_log_writes_an_id_once_per_custodian_and_checks_its_shape(
     node: Node, consortium: list[Path]
 ) -> None:
     entry = {**_entries(node)[0], "id": "ab" * 16}
-    first = node.wallet.send("access.log", {"entries": [entry]})
-    again = node.wallet.send("access.log", {"entries": [entry, {**entry, "id": "cd" * 16}]})
+    first = node.wallet.send("access.log", _body(node, [entry]))
+    again = node.wallet.send("access.log", _body(node, [entry, {**entry, "id": "cd" * 16}]))
     assert first.result.ok and again.result.ok  # the re-sent one is skipped, not refused
     assert sorted(e["id"] for e in _on_chain(node)) == ["ab" * 16, "cd" * 16]
 
     other = node.sibling(consortium[1])  # ids are per custodian: another's is its own
     org = other.config.org
     theirs = {**entry, "actor": f"org:{org}", "actor_org": org}
-    assert other.wallet.send("access.log", {"entries": [theirs]}).result.ok
+    assert other.wallet.send("access.log", _body(other, [theirs])).result.ok
     assert [e["id"] for e in _on_chain(other)] == ["ab" * 16]
 
     with pytest.raises(TxRejected, match=r"entries\[0\]\.id: 32 lowercase hex"):
-        node.wallet.send("access.log", {"entries": [{**entry, "id": "AB" * 16}]})
+        node.wallet.send("access.log", _body(node, [{**entry, "id": "AB" * 16}]))
 
 
 def test_at_most_max_inflight_txs_are_in_flight_and_the_rest_waits_durable(
@@ -309,7 +325,7 @@ def test_a_backlog_goes_out_in_more_full_txs_at_once_but_a_partial_one_waits(
     try:
         journal.log(_entries(node, 7), wait=False)
         threading.Event().wait(0.5)
-        sent = [len(decode_tx(tx).body["entries"]) for tx in flaky.dropped]
+        sent = [_count(decode_tx(tx).body) for tx in flaky.dropped]
         assert sent == [2, 2, 2] and journal.pending() == 7  # the seventh waits
         flaky.drop_next = 0
     finally:
@@ -335,3 +351,71 @@ def test_the_journal_is_rewritten_with_what_is_pending_once_it_grows(
     assert (directory / "journal").stat().st_size < 4096 * 2  # 30 groups of 2: 14 KiB written
     assert read_journal(directory / "journal")[0] == []
     assert len(_on_chain(node)) == 60
+
+
+class CheckRecorder(FlakyEngine):
+    """FlakyEngine that also keeps the CheckTx code of every tx it passed on."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.codes: list[int] = []
+
+    def submit(self, tx: bytes) -> Submitted:
+        submitted = super().submit(tx)
+        if tx not in self.dropped:
+            self.codes.append(submitted.check.code)
+        return submitted
+
+
+def test_a_tx_that_would_lift_the_mark_over_an_entry_in_flight_waits_for_it(
+    node: Node, tmp_path: Path
+) -> None:
+    """Entry A's tx is lost on its way (accepted, never in a block); entry B's tx, sent
+    meanwhile, must not commit first: the chain would then skip A for good (its sequence
+    below the mark). B's tx says it rests on A (`need`), waits (NOT_YET), and both land."""
+    recorder = CheckRecorder(node.engine)
+    recorder.drop_next = 1
+    journal = _journal(node, tmp_path / "audit", recorder, window_s=0.02)
+    try:
+        journal.log(_entries(node, rid="obs-a"), wait=False)
+        while not recorder.dropped:
+            time.sleep(0.01)
+        journal.log(_entries(node, rid="obs-b"), wait=True)  # returns once B committed
+        assert journal.drain(30)
+        trail = _on_chain(node)
+        assert [e["rids"] for e in trail] == [["obs-a"], ["obs-b"]]  # A first, each once
+        assert Code.NOT_YET in recorder.codes  # B waited for A
+        assert queries.access_seq(node.engine, node.org_key.public_key) == trail[-1]["seq"]
+    finally:
+        journal.stop()
+
+
+def _activate_access(node: Node, other: Node, version: int) -> None:
+    """A vote of two of the three hospitals: the active version of `access` becomes `version`."""
+    body = {"action": "activate_contract", "args": {"name": "access", "version": version}}
+    node.wallet.send("governance.propose", body)
+    proposal = max(p["id"] for p in queries.proposals(node.engine))
+    other.wallet.send("governance.vote", {"proposal": proposal, "approve": True})
+    assert queries.contract_versions(node.engine)["access"] == version
+
+
+def test_the_journal_follows_the_active_version_of_access_across_votes(
+    node: Node, consortium: list[Path], tmp_path: Path
+) -> None:
+    """A consortium on v1 (as chains made before v2 are) activates v2 while the journal runs:
+    it sends v1 bodies (entry ids) before, columns and sequences after; every entry lands
+    once, and the trail reads both layouts in order."""
+    other = node.sibling(consortium[1])
+    _activate_access(node, other, 1)
+    journal = _journal(node, tmp_path / "audit")
+    try:
+        journal.log(_entries(node, 2, rid="obs-v1"), wait=True)
+        _activate_access(node, other, 2)
+        journal.log(_entries(node, 2, rid="obs-v2"), wait=True)
+        assert journal.drain(30)
+    finally:
+        journal.stop()
+    trail = queries.access_of_patient(node.engine, PID)
+    assert [e["rids"] for e in trail] == [["obs-v1"]] * 2 + [["obs-v2"]] * 2
+    assert [journal_ref(e)[:3] for e in trail] == ["id:", "id:", "seq", "seq"]
+    assert len({journal_ref(e) for e in trail}) == 4

@@ -20,6 +20,7 @@ import orjson
 
 from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
+from medledger.contracts.access import journal_ref
 from medledger.interop.synth import generate
 from medledger.node import Node
 from medledger.node.audit import read_journal
@@ -138,5 +139,5 @@ def test_sigkill_mid_load_loses_no_served_read(tmp_path: Path) -> None:
     with Node.open(home) as node:
         trail = node.engine.query("access/of_patient", {"pid": pid})
     reads = [e for e in trail if e["action"] == "read" and e["rids"] == [rid]]
-    assert len({e["id"] for e in reads}) == len(reads)  # none written twice
+    assert len({journal_ref(e) for e in reads}) == len(reads)  # none written twice
     assert len(served) <= len(reads) <= len(attempted)

@@ -8,15 +8,21 @@ import itertools
 import json
 from typing import Any
 
+from medledger.contracts import access
 from medledger.contracts.access import request_bytes
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
-from tests.support.ledger import T0, Net, make_net, run_block
+from tests.support.ledger import ACCESS_VERSION, T0, Net, make_net, run_block
 
 PID = "ab" * 32
 DR_A = SigningKey(b"\x05" * 32)  # h1's practitioner dr-a
 ORG_KEYS = make_net().orgs  # the same keys in every make_net()
 _nonces = itertools.count(1)
+
+
+def log_body(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """An `access.log` body of these entries for the version test nets start with."""
+    return access.log_body(entries, ACCESS_VERSION[0])
 
 
 def signed_request(

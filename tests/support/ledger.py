@@ -39,6 +39,11 @@ class Net:
         return app
 
 
+#: The `access` version new test nets start with; the `access_version` fixture
+#: (tests/contracts/conftest.py) runs a module under each version the code knows.
+ACCESS_VERSION = [default_versions()["access"]]
+
+
 def make_net(n: int = 3, seed: int = 1) -> Net:
     orgs = {f"h{i}": SigningKey(bytes([seed, i]) * 16) for i in range(n)}
     solo = SigningKey(bytes([seed, 99]) * 16)
@@ -47,7 +52,7 @@ def make_net(n: int = 3, seed: int = 1) -> Net:
         time_ms=T0,
         members=[GenesisMember(org, org.upper(), k.public_key) for org, k in orgs.items()],
         solo_key=solo.public_key,
-        contracts=default_versions(),
+        contracts={**default_versions(), "access": ACCESS_VERSION[0]},
     )
     return Net(genesis, orgs, solo, {})
 

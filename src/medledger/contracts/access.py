@@ -42,22 +42,33 @@ most `MAX_RIDS` per entry (callers split a longer list into several entries), a 
 `target` at most `MAX_TARGET` and its `body` at most `MAX_REQUEST_BODY` bytes, `MAX_ENTRIES`
 entries per tx.
 
-An entry may carry an `id` (`ENTRY_ID` bytes of randomness in hex, made by the serving
-hospital's audit journal, node/audit.py): the journal re-sends what it cannot prove committed,
-so an entry whose id its custodian already wrote is skipped, not written twice and not
-refused (the rest of its tx still lands). The id tells nothing of the patient.
+An entry may carry an `id` (`ENTRY_ID` bytes in hex, made by the serving hospital's audit
+journal, node/audit.py: random per run of the journal, then a counter): the journal re-sends
+what it cannot prove committed, so an entry whose id its custodian already wrote is skipped,
+not written twice and not refused (the rest of its tx still lands). The id tells nothing of
+the patient.
 
-State (prefix `acc/`):
+State (prefix `acc/`), version 1:
     acc/pid/<pid>/<time:016d>/<tx id hex>/<n:04d>   one entry, in time order per patient
     acc/org/<org>/<time:016d>/<tx id hex>/<n:04d>   -> same entry key (who served what)
     acc/req/<request digest hex>                    -> the tx id whose entries it backs
     acc/id/<custodian>/<entry id>                   -> the entry key (a re-sent id is skipped)
+
+Version 2 (`log_v2`; docs/architecture.md, "`access` v2"): entries by column in the tx
+(`log_body`), each numbered by the custodian's journal (`seq`) instead of an id; `acc/req/`
+as in v1, `acc/id/` only for entries journaled before v2 (they carry an id), and:
+    acc/ptx/<pid>/<time:016d>/<tx id hex>   [custodian, signer, height, [entry...]]: the tx's
+                                            entries about pid (`ROW_COLUMNS` each)
+    acc/otx/<org>/<time:016d>/<tx id hex>   -> [pid...]: the tx's patients (who served what)
+    acc/seq/<custodian>                     the highest sequence written (skip at or below)
+Its queries read both layouts (a chain keeps what v1 wrote; `record_entry` writes v1's).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -241,6 +252,12 @@ def _check(i: int, raw: Any) -> Entry:
     """One entry parsed and checked. The checks run on every entry of a tx of up to
     `MAX_ENTRIES`, so a field's path (`entries[i].x`) is spelled out only for a refusal."""
     e = parse_item(Entry, raw, f"entries[{i}]")
+    _check_fields(i, e)
+    return e
+
+
+def _check_fields(i: int, e: Entry) -> None:
+    """The checks of an entry's own fields, once parsed (both versions)."""
     if e.id and (len(e.id) != 2 * ENTRY_ID or not _HEX.issuperset(e.id)):
         raise TxError(
             Code.INVALID_BODY, f"field entries[{i}].id: {2 * ENTRY_ID} lowercase hex characters"
@@ -286,7 +303,6 @@ def _check(i: int, raw: Any) -> Entry:
     for j, rid in enumerate(e.rids):
         if not is_id(rid):
             check_id(rid, f"entries[{i}].rids[{j}]")
-    return e
 
 
 _ACTIONS, _OUTCOMES, _PURPOSES = frozenset(ACTIONS), frozenset(OUTCOMES), frozenset(PURPOSES)
@@ -565,11 +581,378 @@ def q_by_custodian(state: StateView, args: dict[str, Any]) -> list[dict[str, Any
     return out
 
 
+# --- version 2: one row per tx and patient; re-sends skipped by the journal's sequence ----
+
+
+@dataclass
+class EntryV2(Entry):
+    # The serving hospital's journal sequence (node/audit.py): strictly increasing within a
+    # tx; one at or below the custodian's mark (`acc/seq/`) is already on the chain: skipped.
+    seq: int = 0
+
+
+@dataclass
+class LogV2:
+    """Entries by column (`log_body`): entry i has `columns[name][i]` for each field `name`
+    of `EntryV2`; a column whose values all are the field's default is left out. A tx's
+    entries share most values (actor, action, purpose, basis...): by column, the strict
+    decoding and the checks run over whole lists, not field by field and entry by entry."""
+
+    columns: dict[str, Any] = field(default_factory=dict)
+    # A v1 body's list of entries instead (a tx its journal built before the vote that
+    # activated v2, committed after it): read the v1 way, one entry at a time.
+    entries: list[Any] = field(default_factory=list)
+    # Every entry of the custodian's journal that must reach the chain before this tx's last
+    # one is at or below `need`: the tx waits (Code.NOT_YET) until the mark has reached it.
+    need: int = 0
+
+
+MAX_SEQ = 2**62
+#: The columns of an entry in a v2 row (`acc/ptx/...`), in order.
+ROW_COLUMNS = (
+    "n",
+    "actor",
+    "actor_org",
+    "action",
+    "purpose",
+    "outcome",
+    "basis",
+    "reason",
+    "rids",
+    "request",
+    "request_signer",
+    "seq",
+    "id",
+)
+_REQUIRED = ("actor", "actor_org", "pid", "action", "purpose", "outcome")
+_REQUIRED_SET = frozenset(_REQUIRED)
+_DEFAULTS: dict[str, Any] = {
+    "basis": "",
+    "reason": "",
+    "rids": [],
+    "request": None,
+    "id": "",
+    "seq": 0,
+}
+_COLUMN_TYPES: dict[str, frozenset[type]] = {
+    **{name: frozenset((str,)) for name in (*_REQUIRED, "basis", "reason", "id")},
+    "rids": frozenset((list,)),
+    "request": frozenset((dict, type(None))),
+    "seq": frozenset((int,)),
+}
+#: Record ids one per line: `common.is_id` of each, over a whole tx's ids at once.
+_ID_LINES = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,63}\n)*")
+
+
+def log_body(entries: list[dict[str, Any]], version: int, need: int = 0) -> dict[str, Any]:
+    """The body of an `access.log` tx of these entries (as `log_entry` builds them) for
+    `version` of the contract: v1 the list of entries, v2 their columns (and `need`)."""
+    if version < 2:
+        return {"entries": entries}
+    columns: dict[str, Any] = {name: [e[name] for e in entries] for name in _REQUIRED}
+    for name, default in _DEFAULTS.items():
+        values = [e.get(name, default) for e in entries]
+        if any(v != default for v in values):
+            columns[name] = values
+    return {"columns": columns, "need": need} if need else {"columns": columns}
+
+
+def _entries_of(columns: dict[str, Any]) -> list[EntryV2]:
+    """The columns as entries, each parsed and checked alone, as v1 does: the slow path,
+    taken when a column check fails, to refuse naming the entry and field."""
+    return _checked([{k: c[i] for k, c in columns.items()} for i in range(_count(columns))])
+
+
+def _checked(raw: list[Any]) -> list[EntryV2]:
+    """Entries (maps) parsed and checked one by one, as v1 does."""
+    if not 0 < len(raw) <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
+    out = []
+    for i, item in enumerate(raw):
+        e = parse_item(EntryV2, item, f"entries[{i}]")
+        _check_fields(i, e)
+        out.append(e)
+    return out
+
+
+def _count(columns: dict[str, Any]) -> int:
+    """How many entries the columns hold (each a list of as many values)."""
+    lengths = set()
+    for name, column in columns.items():
+        if type(column) is not list:
+            raise TxError(Code.INVALID_BODY, f"field columns.{name}: expected a list")
+        lengths.add(len(column))
+    if len(lengths) > 1:
+        raise TxError(Code.INVALID_BODY, "field columns: every column has one value per entry")
+    count = lengths.pop() if lengths else 0
+    if not 0 < count <= MAX_ENTRIES:
+        raise TxError(Code.INVALID_BODY, f"field columns: 1..{MAX_ENTRIES} entries per tx")
+    return count
+
+
+def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
+    """The columns as entries when every check of `_check_fields` passes over whole columns
+    (types, codes, pids, ids, bases); None as soon as one fails: `_entries_of` then finds
+    the entry and names it (or accepts what these checks refuse too eagerly)."""
+    if not (c.keys() >= _REQUIRED_SET and c.keys() <= _COLUMN_TYPES.keys()):
+        return None
+    count = len(c["actor"]) if type(c["actor"]) is list else -1
+    if not 0 < count <= MAX_ENTRIES:
+        return None
+    for name, column in c.items():
+        if type(column) is not list or len(column) != count:
+            return None
+        if not set(map(type, column)) <= _COLUMN_TYPES[name]:
+            return None
+    pids = c["pid"]
+    if set(map(len, pids)) != {64} or not _HEX.issuperset("".join(pids)):
+        return None
+    if not (
+        _ACTIONS.issuperset(c["action"])
+        and _OUTCOMES.issuperset(c["outcome"])
+        and _PURPOSES.issuperset(c["purpose"])
+        and all(map(is_id, set(c["actor_org"])))
+    ):
+        return None
+    basis, reason = c.get("basis", [""] * count), c.get("reason", [""] * count)
+    for outcome, b, r in set(zip(c["outcome"], basis, reason, strict=True)):
+        if (not b or r) if outcome == "granted" else not r:
+            return None
+        if r and r not in DENIAL_REASONS:
+            return None
+        if b and (len(b) > MAX_BASIS or (b not in BASES and not _is_basis(b))):
+            return None
+    rids = c.get("rids", [[]] * count)
+    if "rids" in c:
+        if max(map(len, rids)) > MAX_RIDS:
+            return None
+        flat = [rid for each in rids for rid in each]
+        if flat:
+            if not set(map(type, flat)) <= {str}:
+                return None
+            lines = "\n".join(flat)
+            if lines.count("\n") != len(flat) - 1 or not _ID_LINES.fullmatch(lines + "\n"):
+                return None
+    ids = c.get("id", [""] * count)
+    for ident in set(ids) - {""}:
+        if len(ident) != 2 * ENTRY_ID or not _HEX.issuperset(ident):
+            return None
+    return [
+        EntryV2(*values)
+        for values in zip(
+            c["actor"],
+            c["actor_org"],
+            pids,
+            c["action"],
+            c["purpose"],
+            c["outcome"],
+            basis,
+            reason,
+            rids,
+            c.get("request", [None] * count),
+            ids,
+            c.get("seq", [0] * count),
+            strict=True,
+        )
+    ]
+
+
+def _is_basis(basis: str) -> bool:
+    try:
+        check_basis(basis, "basis")
+    except TxError:
+        return False
+    return True
+
+
+def log_v2(ctx: Context, msg: LogV2) -> None:
+    """`access.log`, version 2: the same checks on every entry as v1 (`_check_fields`, over
+    whole columns first; `_check_actor` once per actor; `_check_request`); the entries of a
+    tx about one patient written as one row, and a re-sent entry known by its sequence
+    instead of a row per entry id."""
+    custodian, practitioner = acting_org(ctx)
+    signer = _signer_label(custodian, practitioner)
+    if msg.entries:
+        if msg.columns:
+            raise TxError(Code.INVALID_BODY, "field entries: columns or entries, not both")
+        entries = _checked(msg.entries)
+    else:
+        entries = _fast_entries(msg.columns) or _entries_of(msg.columns)
+    mark_key = f"acc/seq/{custodian}"
+    mark = ctx.state.get(mark_key) or 0
+    if not 0 <= msg.need < MAX_SEQ:
+        raise TxError(Code.INVALID_BODY, f"field need: 0..{MAX_SEQ - 1}")
+    if msg.need and practitioner is not None:
+        raise TxError(Code.UNAUTHORIZED, "field need: only the hospital's journal sends one")
+    if msg.need > mark:
+        raise TxError(
+            Code.NOT_YET,
+            f"field need: entry {msg.need} of {custodian}'s journal is not on the chain yet "
+            f"(it is at {mark}); send this tx again once it is",
+        )
+    asked: dict[bytes, dict[str, Any]] = {}
+    actors: set[tuple[str, str]] = set()  # (actor, actor_org) checked, for local acts
+    rows: dict[str, list[list[Any]]] = {}
+    last = 0
+    for n, entry in enumerate(entries):
+        if entry.seq:
+            if practitioner is not None:  # a practitioner's seq could lift the mark over
+                raise TxError(  # the entries its hospital's journal has yet to write
+                    Code.UNAUTHORIZED,
+                    f"field entries[{n}].seq: only the hospital's journal (its organisation "
+                    "key) numbers entries",
+                )
+            if entry.id:
+                raise TxError(
+                    Code.INVALID_BODY, f"field entries[{n}].id: an entry with a seq has no id"
+                )
+            if not last < entry.seq < MAX_SEQ:
+                raise TxError(
+                    Code.INVALID_BODY,
+                    f"field entries[{n}].seq: strictly increasing in a tx, below {MAX_SEQ}",
+                )
+            last = entry.seq
+            if entry.seq <= mark:
+                continue  # re-sent by the journal after it committed: written once
+        elif entry.id:  # made by a journal before v2 was activated, and kept the v1 way
+            id_key = f"acc/id/{custodian}/{entry.id}"
+            if ctx.state.has(id_key):
+                continue
+            ctx.state.put(id_key, _row_key(entry.pid, ctx, n))
+        digest, request_signer = b"", ""
+        if entry.request is not None:
+            _check_actor(ctx, n, entry, custodian)
+            digest, request_signer = _check_request(ctx, n, entry, custodian, asked)
+        elif entry.actor.startswith("patient:") or (entry.actor, entry.actor_org) not in actors:
+            _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
+            actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
+        rows.setdefault(entry.pid, []).append(
+            [
+                n,
+                entry.actor,
+                entry.actor_org,
+                entry.action,
+                entry.purpose,
+                entry.outcome,
+                entry.basis,
+                entry.reason,
+                entry.rids,
+                digest,
+                request_signer,
+                entry.seq,
+                entry.id,
+            ]
+        )
+    if last > mark:
+        ctx.state.put(mark_key, last)
+    if not rows:
+        return
+    stamp = _stamp(ctx)
+    for pid, columns in rows.items():
+        ctx.state.put(f"acc/ptx/{pid}/{stamp}", [custodian, signer, ctx.height, columns])
+        seen: set[tuple[str, str, str]] = set()
+        for c in columns:
+            if (c[2], c[3], c[5]) not in seen:
+                seen.add((c[2], c[3], c[5]))
+                ctx.emit(
+                    "access.logged",
+                    pid=pid,
+                    custodian=custodian,
+                    actor_org=c[2],
+                    action=c[3],
+                    outcome=c[5],
+                )
+    ctx.state.put(f"acc/otx/{custodian}/{stamp}", list(rows))
+
+
+def _row_key(pid: str, ctx: Context, n: int) -> str:
+    """The key under which a v2 query names the n-th entry of a tx (the row's, then n)."""
+    return f"acc/ptx/{pid}/{_stamp(ctx)}/{n:04d}"
+
+
+def _v2_entries(pid: str, key: str, row: list[Any]) -> list[dict[str, Any]]:
+    """A v2 row's entries in the shape of a v1 entry, plus `seq`."""
+    time_ms, tx_hex = key.rsplit("/", 2)[1:]
+    time, tx = int(time_ms), bytes.fromhex(tx_hex)
+    custodian, signer, height, entries = row
+    out = []
+    for columns in entries:
+        entry = dict(zip(ROW_COLUMNS, columns, strict=True))
+        entry.update(
+            custodian=custodian,
+            signer=signer,
+            pid=pid,
+            time=time,
+            height=height,
+            tx=tx,
+            key=f"{key}/{entry['n']:04d}",
+        )
+        out.append(entry)
+    return out
+
+
+def journal_ref(entry: dict[str, Any]) -> str:
+    """What tells apart on the chain the entries a hospital's journal sent: their `seq`
+    (v2), or their `id` (v1, and entries journaled before v2)."""
+    seq = entry.get("seq")
+    return f"seq:{seq}" if seq else f"id:{entry['id']}"
+
+
+def _in_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries of both layouts in the order of the chain: block time, tx id, place in tx."""
+    entries.sort(key=lambda e: (e["time"], e["tx"], e["n"]))
+    return entries
+
+
+def q_of_patient_v2(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """v1's answer, over both layouts (a chain keeps the entries written before v2, and
+    `records` writes its disclosures the v1 way: `record_entry`)."""
+    out = q_of_patient(state, args)
+    since = args.get("since_ms", 0)
+    prefix = f"acc/ptx/{args['pid']}/"
+    for key, row in state.scan(prefix):
+        if int(key[len(prefix) : len(prefix) + 16]) >= since:
+            out.extend(_v2_entries(args["pid"], key, row))
+    return _in_order(out)
+
+
+def q_by_custodian_v2(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """v1's answer, over both layouts: a custodian's tx rows name the patients of each tx."""
+    org = args.get("org")
+    out = q_by_custodian(state, args)
+    prefix = f"acc/otx/{org}/"
+    for key, pids in state.scan(prefix):
+        stamp = key[len(prefix) :]
+        for pid in pids:
+            row_key = f"acc/ptx/{pid}/{stamp}"
+            row = state.get(row_key)
+            if row is not None:
+                out.extend(_v2_entries(pid, row_key, row))
+    return _in_order(out)
+
+
+def q_seq(state: StateView, args: dict[str, Any]) -> int:
+    """The last journal sequence on the chain of the hospital whose `key` signs (0 if none)."""
+    key = args.get("key")
+    actor = resolve_actor(state, key) if isinstance(key, bytes) else None
+    return 0 if actor is None else int(state.get(f"acc/seq/{actor.org}") or 0)
+
+
 CONTRACTS = [
     Contract(
         name="access",
         version=1,
         messages={"access.log": Message("access.log", Log, log)},
         queries={"access/of_patient": q_of_patient, "access/by_custodian": q_by_custodian},
-    )
+    ),
+    Contract(
+        name="access",
+        version=2,
+        messages={"access.log": Message("access.log", LogV2, log_v2)},
+        queries={
+            "access/of_patient": q_of_patient_v2,
+            "access/by_custodian": q_by_custodian_v2,
+            "access/seq": q_seq,
+        },
+    ),
 ]

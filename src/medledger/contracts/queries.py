@@ -47,6 +47,14 @@ def access_of_patient(engine: Queryable, pid: str) -> list[Row]:
     return rows
 
 
+def access_seq(engine: Queryable, key: bytes) -> int:
+    """The last audit-journal sequence on the chain of the hospital `key` signs for (access
+    v2; 0 on v1, which has none)."""
+    if contract_versions(engine).get("access", 1) < 2:
+        return 0
+    return int(engine.query("access/seq", {"key": key}))
+
+
 # --- authorize ---------------------------------------------------------------------------
 
 
@@ -133,6 +141,12 @@ def governance_params(engine: Queryable) -> dict[str, int]:
     """The consortium's governance parameters (`backup_replicas`, `custody_quota_mb`, ...)."""
     params: dict[str, int] = engine.query("governance/params", {})
     return params
+
+
+def contract_versions(engine: Queryable) -> dict[str, int]:
+    """The active version of each contract."""
+    versions: dict[str, int] = engine.query("governance/contracts", {})
+    return versions
 
 
 def proposals(engine: Queryable, status: str | None = None) -> list[Row]:

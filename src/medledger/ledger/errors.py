@@ -20,6 +20,7 @@ class Code(IntEnum):
     EXPIRED = 11
     REFUSED = 12  # a rule of the contract refuses it (retention, cohort size, ...)
     UNSUPPORTED_VERSION = 13
+    NOT_YET = 14  # rests on a tx of the same sender not yet committed: send again after it
 
 
 class TxError(Exception):

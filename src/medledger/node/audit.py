@@ -5,7 +5,8 @@ Why a journal: an access entry sent as its own tx per read loses the read's trac
 node dies between serving and the tx reaching a block (or when its nonce was spent by a
 block the replica had not yet applied), and puts one tx per read on the chain. Here:
 
-1. `log(entries)` gives every entry a random `id` (contracts.access.ENTRY_ID) and queues it;
+1. `log(entries)` gives every entry an `id` (contracts.access.ENTRY_ID: random per run,
+   then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
    requests that arrived meanwhile (group fsync). The caller returns once its entries are
    durable: a read waits for the disk, never for the chain.
@@ -28,8 +29,14 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    good is split into its callers' groups, sent one by one, and a group still refused alone
    is moved to `<home>/audit/refused` (and logged): never silently dropped.
 4. At start-up every entry of the journal not marked done is sent again. The contract
-   skips an entry whose id its custodian already wrote, so an entry committed just before
-   a crash (its mark lost) is not written twice.
+   skips an entry its custodian already wrote (`access` v1: by its id; v2: its sequence at
+   or below the custodian's mark), so an entry committed just before a crash (its mark
+   lost) is not written twice. Each tx is built for the version of `access` active when it
+   is signed (`access.log_body`); under v2 it names the highest sequence still pending here
+   below its own (`need`): the ledger refuses it `NOT_YET` (sent again later, never refused
+   for good) until that one is on the chain, so no tx lifts the mark over an entry not yet
+   written (docs/architecture.md, "`access` v2"). Sequences start, at each start-up, above
+   the journal's pending ones, the chain's mark and the clock in µs.
 
 Entries that cite another hospital's signed request (the gateway's) form one group that
 always travels in one tx: the contract lets a request back the entries of one tx only.
@@ -77,7 +84,9 @@ RESEND_S = 5.0
 RETRY_S = 1.0
 COMPACT_BYTES = 8 * 1024 * 1024
 _FRAME = struct.Struct(">II")
-_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE)}
+_ID_SIZED = "0" * (2 * access.ENTRY_ID)
+# Not for good: a spent nonce, or (access v2) a tx resting on one of ours not yet committed.
+_LEDGER_CODES = {int(c) for c in Code} - {int(Code.OK), int(Code.BAD_NONCE), int(Code.NOT_YET)}
 
 
 class JournalUnavailable(Exception):
@@ -104,6 +113,11 @@ class _Group:
     def gid(self) -> str:
         return str(self.entries[0]["id"])
 
+    @property
+    def last_seq(self) -> int:
+        """The journal sequence of its last entry (0: journaled before sequences)."""
+        return int(self.entries[-1].get("seq", 0))
+
 
 @dataclass(eq=False)
 class _InFlight:
@@ -120,7 +134,12 @@ def _frame(obj: Any) -> bytes:
 
 
 def _size(entry: dict[str, Any]) -> int:
-    return len(codec.encode(entry))
+    """Its encoded bytes (`log_entry` built it: no type check; `_frame` makes that)."""
+    return len(codec.encode_trusted(entry))
+
+
+def _without(entry: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != name}
 
 
 def read_journal(path: Path) -> tuple[list[list[dict[str, Any]]], set[str], int]:
@@ -193,6 +212,10 @@ class AuditJournal:
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
         self._unreachable = False
+        self._seq = 0  # the last journal sequence given to an entry
+        # An entry's id (v1's key for a re-sent entry): random per run, then the sequence;
+        # one random draw per run, not per entry (a syscall each, under 64 threads).
+        self._id_prefix = secrets.token_hex(access.ENTRY_ID // 2)
         self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0}
 
     # -- life ------------------------------------------------------------------------
@@ -226,6 +249,7 @@ class AuditJournal:
         pending, _, whole = read_journal(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         os.ftruncate(self._fd, whole)  # a torn tail was never acknowledged to anyone
+        self._seq = self._first_seq(pending)
         for entries in pending:
             group = _Group(entries, sum(_size(e) for e in entries))
             group.durable.set()
@@ -234,6 +258,19 @@ class AuditJournal:
         if pending:
             log.info("audit journal: %d groups not yet on the chain, re-sending", len(pending))
         self._compact()
+
+    def _first_seq(self, pending: list[list[dict[str, Any]]]) -> int:
+        """Where this run's sequences start: above every one this journal gave before. Those
+        pending are in the file, those on the chain at or below its mark; the clock in µs
+        (which sequences, one per entry, never overtake) covers the settled ones compacted
+        away, and a journal lost with its disk while the replica lags the chain."""
+        journaled = max((int(e.get("seq", 0)) for g in pending for e in g), default=0)
+        try:
+            on_chain = queries.access_seq(self.engine, self.wallet.public_key)
+        except Exception as exc:  # the ledger is not reachable yet: the clock covers it
+            log.info("audit journal: the chain's sequence mark is unknown (%s)", exc)
+            on_chain = 0
+        return max(journaled, on_chain, time.time_ns() // 1000)
 
     def _close_files(self) -> None:
         for fd in (self._fd, self._lock_fd):
@@ -279,6 +316,11 @@ class AuditJournal:
         with self._cond:
             if self._stop or self._fd is None:
                 raise JournalUnavailable("the audit journal is not running")
+            for group in groups:  # in the order the writer makes them durable
+                for entry in group.entries:
+                    self._seq += 1
+                    entry["seq"] = self._seq
+                    entry["id"] = f"{self._id_prefix}{self._seq:016x}"
             self._queued.extend(groups)
             self._cond.notify_all()
         for group in groups:
@@ -295,7 +337,8 @@ class AuditJournal:
                 raise group.error
 
     def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
-        stamped = [{**e, "id": secrets.token_hex(access.ENTRY_ID)} for e in entries]
+        # Sized with an id and the largest sequence; both are given under the lock (log).
+        stamped = [{**e, "id": _ID_SIZED, "seq": access.MAX_SEQ} for e in entries]
         sizes = [_size(e) for e in stamped]
         if any(e.get("request") is not None for e in stamped):
             if len(stamped) > self.max_tx_entries or sum(sizes) > self.max_tx_bytes:
@@ -527,15 +570,33 @@ class AuditJournal:
             if later:
                 self._retry_at = time.monotonic() + self.retry_s
 
+    def _body(self, batch: list[_Group]) -> dict[str, Any]:
+        """The `access.log` body of a batch, for the active contract version.
+
+        v1 knows an entry by its `id`. v2 by its `seq` (an entry journaled before sequences
+        keeps its id), and the tx says how far the chain must be before it (`need`): every
+        entry still pending here with a lower sequence than this tx's last one, not in this
+        tx, must be on the chain first, so that no tx lifts the chain's mark over an entry
+        not yet written (txs of one signer may commit out of order: a nonce may skip)."""
+        version = queries.contract_versions(self.engine).get("access", 1)
+        if version < 2:
+            return access.log_body([_without(e, "seq") for g in batch for e in g.entries], 1)
+        entries = [_without(e, "id") if e.get("seq") else e for g in batch for e in g.entries]
+        top = max(g.last_seq for g in batch)
+        with self._cond:
+            mine = {id(g) for g in batch}
+            need = max(
+                (g.last_seq for g in self._live.values() if g.last_seq < top and id(g) not in mine),
+                default=0,
+            )
+        return access.log_body(entries, version, need)
+
     def _send(self, batch: list[_Group]) -> bool:
         """Sign and submit one batch; False when the ledger could not take it now (the
         batch is queued again for `retry_s` later)."""
-        entries = [e for g in batch for e in g.entries]
         signed: list[bytes] = []
         try:
-            submitted = self.wallet.submit(
-                "access.log", {"entries": entries}, on_signed=signed.append
-            )
+            submitted = self.wallet.submit("access.log", self._body(batch), on_signed=signed.append)
         except Exception as exc:  # the node's CometBFT is down, or its RPC failed
             if not self._unreachable:
                 log.warning("audit journal: cannot submit (%s); entries kept, retrying", exc)
