@@ -21,7 +21,7 @@ def _cli(*args: str) -> tuple[int, str]:
 
 def test_members_rebind_a_wiped_hospital_to_its_new_machine_keys(tmp_path: Path) -> None:
     homes = create_consortium(tmp_path / "net", 4, genesis_time_ms=int(time.time() * 1000))
-    lyon, paris, bordeaux, _ = (str(h) for h in homes)
+    lyon, paris, bordeaux, lille = (str(h) for h in homes)
     fresh = tmp_path / "new-machine"
     request = keygen(fresh, "chu-lyon", "CHU de Lyon", {"gateway": "127.0.0.1:7004"})
     (fresh / "join-request.json").write_text(request.to_json())
@@ -36,6 +36,8 @@ def test_members_rebind_a_wiped_hospital_to_its_new_machine_keys(tmp_path: Path)
     code, out = _cli("member", "vote", "1", "--home", lyon)
     assert code != 0 and "does not vote on its own rebinding" in out
     code, out = _cli("member", "vote", "1", "--home", bordeaux)
+    assert code == 0 and "bound to its new keys" not in out, out  # two of four: not yet
+    code, out = _cli("member", "vote", "1", "--home", lille)
     assert code == 0 and "chu-lyon is now bound to its new keys" in out, out
     with Node.open(Path(paris)) as node:
         member = next(m for m in queries.members(node.engine) if m["org"] == "chu-lyon")
@@ -63,3 +65,33 @@ def test_backup_escrow_changes_nothing_when_a_holder_cannot_take_its_share(tmp_p
     assert code == 1 and "escrow not changed" in out and "unreachable" in out
     with Node.open(homes[0]) as node:
         assert queries.escrow_status(node.engine, "chu-lyon")["record"] is None
+
+
+def test_after_a_rebinding_the_new_machine_registers_its_practitioners_again(
+    tmp_path: Path,
+) -> None:
+    """dr-c's key lived in the lost home (keys/practitioners/): the vote retires it, and
+    `practitioner add` on the new machine's key registers dr-c again with a key made there."""
+    homes = create_consortium(tmp_path / "net", 4, genesis_time_ms=int(time.time() * 1000))
+    lyon, paris, bordeaux, lille = (str(h) for h in homes)
+    code, out = _cli("practitioner", "add", "--home", lyon, "--id", "dr-c", "--roles", "nurse")
+    assert code == 0, out
+    fresh = tmp_path / "new-machine"
+    request = keygen(fresh, "chu-lyon", "CHU de Lyon", {"gateway": "127.0.0.1:7004"})
+    (fresh / "join-request.json").write_text(request.to_json())
+    _cli("recover", "propose", "--home", paris, "--org", "chu-lyon",
+         "--request", str(fresh / "join-request.json"))  # fmt: skip
+    for member in (bordeaux, lille):
+        assert _cli("member", "vote", "1", "--home", member)[0] == 0
+    # the sandbox home now signs with the new machine's organisation key
+    (Path(lyon) / "keys" / "org.key").write_bytes((fresh / "keys" / "org.key").read_bytes())
+    code, out = _cli("practitioner", "list", "--home", lyon)
+    assert "retired" in out, out
+    code, out = _cli("practitioner", "add", "--home", lyon, "--id", "dr-c", "--roles", "nurse")
+    assert code != 0 and "retired with the lost machine" in out, out  # the stolen key's file
+    (Path(lyon) / "keys" / "practitioners" / "dr-c.key").unlink()
+    code, out = _cli("practitioner", "add", "--home", lyon, "--id", "dr-c", "--roles", "nurse")
+    assert code == 0 and "registered dr-c" in out, out
+    with Node.open(Path(paris)) as node:
+        (dr_c,) = queries.practitioners(node.engine, "chu-lyon")
+        assert dr_c["active"] and "retired" not in dr_c

@@ -2,7 +2,7 @@
 net up`) ingests thousands of resources, its replicas and escrow catch up, a patient of it is
 erased; then its processes are killed and its home deleted entirely. It comes back exactly as
 docs/recovery.md tells its IT team: `hospital keygen` on a fresh home, `recover propose` by a
-member and `member vote` by another, `join --from`, `recover run` beside its CometBFT, then
+member and `member vote` by two others, `join --from`, `recover run` beside its CometBFT, then
 `net up`. Every record is restored and checked against the chain, `verify` passes, the FHIR API
 serves the same bytes, the erased patient stays erased, and the node signs blocks again with
 its new validator key."""
@@ -86,7 +86,7 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
     d = tmp_path / "net"
     medledger("init", str(d), "--hospitals", "4", "--engine", "cometbft", "--block-time", "250ms")
     orgs: list[str] = json.loads((d / "consortium.json").read_text())["hospitals"]
-    victim, proposer, voter = orgs[0], orgs[1], orgs[2]
+    victim, proposer, voter, second = orgs[0], orgs[1], orgs[2], orgs[3]
     home = testnet.hospital_home(d, victim)
     try:
         medledger("net", "up", str(d))
@@ -129,13 +129,16 @@ def test_a_wiped_hospital_comes_back_by_vote_on_cometbft(tmp_path: Path) -> None
         medledger("hospital", "keygen", "--home", str(home), "--org", victim, "--name", old.name,
                   *[f"--address={k}={v}" for k, v in addresses.items()])  # fmt: skip
         request = home / "join-request.json"
-        # Step 3: one member proposes, another votes (2 of the 3 others).
+        # Step 3: one member proposes, two others vote (3 of the 4 members).
         member = str(testnet.hospital_home(d, proposer))
         proposed = medledger("recover", "propose", "--home", member, "--org", victim,
                              "--request", str(request), "--note", "ransomware")  # fmt: skip
         found = re.search(r"member vote (\d+)", proposed)
         assert found is not None, proposed
-        medledger("member", "vote", found[1], "--home", str(testnet.hospital_home(d, voter)))
+        for member_org in (voter, second):
+            medledger(
+                "member", "vote", found[1], "--home", str(testnet.hospital_home(d, member_org))
+            )
 
         # Step 4: configure from a member, serve the app while CometBFT syncs, recover.
         gateway = load_config(testnet.hospital_home(d, proposer)).exchange.listen

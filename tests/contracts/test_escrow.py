@@ -18,6 +18,11 @@ def _net(n: int = 4):
     return net
 
 
+#: escrow v2's holders in `_net(4)` (founders all: SHA-256(owner, member) order).
+H0_HOLDERS = ["h1", "h3", "h2"]
+H2_HOLDERS = ["h3", "h1", "h0"]
+
+
 def _hashes(n: int) -> list[bytes]:
     return [hashlib.sha256(bytes([i])).digest() for i in range(n)]
 
@@ -28,37 +33,63 @@ def _deposit(net, org: str, holders: list[str], threshold: int = 2, hashes=None,
     return net.tx(net.orgs[org], "escrow.deposit", body)
 
 
-def test_holders_are_the_next_members_round_the_ring() -> None:
+def test_holders_are_the_longest_standing_members_whatever_their_org_ids() -> None:
+    """Founders tie on standing: SHA-256(owner, member) orders them (each owner its own
+    order, so the load spreads); a member admitted later comes after all of them."""
     net = _net(4)
     app = net.app()
     status = app.query_obj("escrow/status", {"org": "h2"})
-    assert status["holders"] == ["h3", "h0", "h1"]  # escrow_shares 3 by default
+    assert status["holders"] == H2_HOLDERS  # escrow_shares 3 by default
     assert status["threshold"] == 2
     assert status["record"] is None and not status["current"]
+    assert app.query_obj("escrow/status", {"org": "h0"})["holders"] == H0_HOLDERS
+    # "h0a" sorts right after h0; with four shares it still comes last, after every founder
+    change = {"action": "set_param", "args": {"name": "escrow_shares", "value": 4}}
+    admit = {"org": "h0a", "name": "H0A", "key": SigningKey.generate().public_key}
+    admit["box_key"] = b"\x55" * 32
+    txs = [
+        net.tx(net.orgs["h1"], "governance.propose", change),
+        net.tx(net.orgs["h1"], "governance.propose", {"action": "admit_member", "args": admit}),
+    ]
+    txs += [
+        net.tx(net.orgs[o], "governance.vote", {"proposal": p, "approve": True})
+        for p in (1, 2)
+        for o in ("h2", "h3")
+    ]
+    assert all(r.ok for r in run_block(app, txs, net.solo).results)
+    assert app.query_obj("escrow/status", {"org": "h0"})["holders"] == [*H0_HOLDERS, "h0a"]
+
+
+def test_escrow_v1_chains_keep_the_ring_of_org_ids() -> None:
+    """A chain started under escrow v1 replays as it was: the next members in the ring."""
+    net = _net(4)
+    net.genesis = replace(net.genesis, contracts={**net.genesis.contracts, "escrow": 1})
+    app = net.app()
+    assert app.query_obj("escrow/status", {"org": "h2"})["holders"] == ["h3", "h0", "h1"]
 
 
 def test_a_member_deposits_its_escrow_and_each_new_one_is_a_new_epoch() -> None:
     net = _net(4)
     app = net.app()
-    out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    out = run_block(app, [_deposit(net, "h0", H0_HOLDERS)], net.solo)
     assert out.results[0].ok, out.results[0].log
     status = app.query_obj("escrow/status", {"org": "h0"})
     record = status["record"]
     assert status["current"]
-    assert [(h["org"], h["x"]) for h in record["holders"]] == [("h1", 0), ("h2", 1), ("h3", 2)]
+    assert [(h["org"], h["x"]) for h in record["holders"]] == [("h1", 0), ("h3", 1), ("h2", 2)]
     assert [h["sha256"] for h in record["holders"]] == _hashes(3)
     assert record["holders"][0]["box_key"] == bytes([2]) * 32  # h1's, as it was then
     assert record["epoch"] == 1 and record["threshold"] == 2
     # a deposit made for epoch 1 again (racing, or retried) is refused
-    out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    out = run_block(app, [_deposit(net, "h0", H0_HOLDERS)], net.solo)
     assert out.results[0].code == Code.CONFLICT and "epoch 2" in out.results[0].log
     # while it is current, no new epoch (the old machine's thief would spoil the recovery)
-    out = run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
+    out = run_block(app, [_deposit(net, "h0", H0_HOLDERS, epoch=2)], net.solo)
     assert out.results[0].code == Code.REFUSED and "is current" in out.results[0].log
     # a holder's new box key makes it stale: epoch 2 goes
     update = net.tx(net.orgs["h1"], "governance.update_member", {"box_key": b"\x09" * 32})
     assert run_block(app, [update], net.solo).results[0].ok
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
+    run_block(app, [_deposit(net, "h0", H0_HOLDERS, epoch=2)], net.solo)
     assert app.query_obj("escrow/record", {"org": "h0"})["epoch"] == 2
     # nobody says no rebind yet: holders refuse to release
     assert (
@@ -71,10 +102,10 @@ def test_a_member_cannot_choose_its_holders_nor_its_threshold() -> None:
     app = net.app()
     cases = [
         (_deposit(net, "h0", ["h1", "h2"]), "field holders"),  # fewer than the param names
-        (_deposit(net, "h0", ["h3", "h2", "h1"]), "field holders"),  # friends first
-        (_deposit(net, "h0", ["h1", "h2", "h3"], threshold=1), "field threshold"),
-        (_deposit(net, "h0", ["h1", "h2", "h3"], hashes=[b"x" * 31] * 3), "field hashes[0]"),
-        (_deposit(net, "h0", ["h1", "h2", "h3"], hashes=_hashes(2)), "field hashes"),
+        (_deposit(net, "h0", ["h1", "h2", "h3"]), "field holders"),  # its own order
+        (_deposit(net, "h0", H0_HOLDERS, threshold=1), "field threshold"),
+        (_deposit(net, "h0", H0_HOLDERS, hashes=[b"x" * 31] * 3), "field hashes[0]"),
+        (_deposit(net, "h0", H0_HOLDERS, hashes=_hashes(2)), "field hashes"),
     ]
     out = run_block(app, [tx for tx, _ in cases], net.solo)
     for result, (_, field) in zip(out.results, cases, strict=True):
@@ -105,7 +136,7 @@ def test_too_few_peers_for_the_threshold_is_refused() -> None:
 def test_an_escrow_stops_being_current_when_a_param_or_a_holder_changes() -> None:
     net = _net(4)
     app = net.app()
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    run_block(app, [_deposit(net, "h0", H0_HOLDERS)], net.solo)
     assert app.query_obj("escrow/status", {"org": "h0"})["current"]
     change = {"action": "set_param", "args": {"name": "escrow_shares", "value": 2}}
     votes = [
@@ -114,12 +145,12 @@ def test_an_escrow_stops_being_current_when_a_param_or_a_holder_changes() -> Non
     ]
     run_block(app, [net.tx(net.orgs["h0"], "governance.propose", change), *votes], net.solo)
     status = app.query_obj("escrow/status", {"org": "h0"})
-    assert not status["current"] and status["holders"] == ["h1", "h2"]
+    assert not status["current"] and status["holders"] == H0_HOLDERS[:2]
     assert escrow.MAX_HOLDERS == 16
 
 
 def _rebind(net, app, org: str, proposer: str, voters: list[str]):
-    """Two thirds of the others bind `org` to a new key (governance's rebind_member)."""
+    """Two thirds of the members (`org` counted, not voting) bind it to a new key."""
     new_key = SigningKey.generate()
     args = {"org": org, "key": new_key.public_key, "box_key": b"\x77" * 32}
     pid = len(app.query_obj("governance/proposals", {})) + 1
@@ -137,13 +168,13 @@ def _rebind(net, app, org: str, proposer: str, voters: list[str]):
 def test_holders_may_release_only_after_a_rebinding_newer_than_the_escrow() -> None:
     net = _net(4)
     app = net.app()
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    run_block(app, [_deposit(net, "h0", H0_HOLDERS)], net.solo)
     assert app.query_obj("escrow/status", {"org": "h0"})["rebind"] is None
-    pid = _rebind(net, app, "h0", "h1", ["h2"])  # 2 of the 3 others
+    pid = _rebind(net, app, "h0", "h1", ["h2", "h3"])  # 3 of 4
     status = app.query_obj("escrow/status", {"org": "h0"})
     assert status["rebind"] == pid and status["release_refused"] == ""
     # the recovered member escrows again under its new key: nothing to release any more
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"], epoch=2)], net.solo)
+    run_block(app, [_deposit(net, "h0", H0_HOLDERS, epoch=2)], net.solo)
     status = app.query_obj("escrow/status", {"org": "h0"})
     assert status["rebind"] is None and "since its escrow (epoch 2)" in status["release_refused"]
 
@@ -151,6 +182,6 @@ def test_holders_may_release_only_after_a_rebinding_newer_than_the_escrow() -> N
 def test_a_rebinding_before_the_escrow_releases_nothing() -> None:
     net = _net(4)
     app = net.app()
-    _rebind(net, app, "h0", "h1", ["h2"])
-    run_block(app, [_deposit(net, "h0", ["h1", "h2", "h3"])], net.solo)
+    _rebind(net, app, "h0", "h1", ["h2", "h3"])
+    run_block(app, [_deposit(net, "h0", H0_HOLDERS)], net.solo)
     assert app.query_obj("escrow/status", {"org": "h0"})["rebind"] is None

@@ -3,6 +3,7 @@ signed update, rebound by the others' vote when lost; no key is ever shared by t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -186,11 +187,13 @@ def _rebind_args(org: str = "h1", **extra) -> dict[str, Any]:
     }
 
 
-def test_a_lost_member_is_rebound_by_the_others_and_keeps_its_practitioners() -> None:
+def test_a_lost_member_is_rebound_by_a_vote_and_registers_its_practitioners_again() -> None:
     net = make_net(4)
     app = net.app()
     lost = net.orgs["h1"]
-    run_block(app, [net.tx(lost, "identity.register", register_body("dr-c"))], net.solo)
+    stolen = SigningKey.generate()  # dr-c's key, kept in the lost machine's home
+    body = register_body("dr-c", stolen)
+    run_block(app, [net.tx(lost, "identity.register", body)], net.solo)
     new = SigningKey.generate()
     args = {**_rebind_args(), "key": new.public_key}
     propose = net.tx(
@@ -199,17 +202,32 @@ def test_a_lost_member_is_rebound_by_the_others_and_keeps_its_practitioners() ->
     run_block(app, [propose], net.solo)
     own_vote = net.tx(lost, "governance.vote", {"proposal": 1, "approve": False})
     assert app.check_tx(own_vote).code == Code.REFUSED  # a thief of the old key has no say
-    out = _vote_through(net, app, 1, ("h2",))  # 2 of the 3 others
-    assert "member.rebound" in {e.type for e in out.results[0].events}
+    out = _vote_through(net, app, 1, ("h2", "h3"))  # 3 of 4, h1 counted
+    events = [(e.type, dict(e.attrs)) for e in out.results[-1].events]
+    assert ("member.rebound", {"org": "h1"}) in events
+    assert ("practitioner.retired", {"org": "h1", "practitioner": "dr-c"}) in events
     record = _member(app, "h1")
     assert (record["key"], record["tls_key"]) == (new.public_key, args["tls_key"])
-    practitioners = app.query_obj("identity/practitioners", {"org": "h1"})
-    assert [p["id"] for p in practitioners] == ["dr-c"]
+    (dr_c,) = app.query_obj("identity/practitioners", {"org": "h1"})
+    assert dr_c["id"] == "dr-c" and not dr_c["active"] and dr_c["retired"]
+    assert not app.query_obj("identity/actor", {"key": stolen.public_key})["active"]
     assert app.check_tx(net.tx(lost, "identity.register", register_body("x"))).code == (
         Code.UNAUTHORIZED
     )
-    later = run_block(app, [net.tx(new, "identity.register", register_body("dr-d"))], net.solo)
-    assert later.results[0].ok
+    # the new machine registers dr-c again, with a key made there; the stolen one stays dead
+    fresh = SigningKey.generate()
+    again = [
+        net.tx(new, "identity.register", register_body("dr-c", fresh)),
+        net.tx(new, "identity.register", register_body("dr-d")),
+        net.tx(new, "identity.register", {**register_body("dr-e"), "key": stolen.public_key}),
+    ]
+    later = run_block(app, again, net.solo)
+    assert [r.ok for r in later.results] == [True, True, False]
+    assert app.query_obj("identity/actor", {"key": fresh.public_key})["active"]
+    assert not app.query_obj("identity/actor", {"key": stolen.public_key})["active"]
+    # only a retired id is taken again: an active one stays its holder's
+    twice = net.tx(new, "identity.register", register_body("dr-d"))
+    assert app.check_tx(twice).code == Code.CONFLICT
 
 
 def test_a_member_cannot_rebind_itself_nor_rebind_onto_anothers_keys() -> None:
@@ -246,7 +264,7 @@ def test_rebinding_a_validator_moves_its_power_to_the_new_validator_key() -> Non
     rebind = _rebind_args("h9", validator_key=b"\x32" * 32)
     tx = net.tx(net.orgs["h0"], "governance.propose", {"action": "rebind_member", "args": rebind})
     run_block(app, [tx], net.solo)
-    out = _vote_through(net, app, 2, ("h1",))
+    out = _vote_through(net, app, 2, ("h1", "h2"))
     assert {(u.pub_key, u.power) for u in out.validator_updates} == {
         (b"\x31" * 32, 0),
         (b"\x32" * 32, 5),
@@ -266,3 +284,34 @@ def test_a_removed_members_tls_key_is_no_longer_trusted() -> None:
     _vote_through(net, app, 1, ("h1",))
     assert "h2" not in _trusted(app)
     assert app.check_tx(_update(net, "h2", {"tls_key": _tls_key()})).code == Code.UNAUTHORIZED
+
+
+def test_governance_v1_chains_replay_rebindings_as_they_passed() -> None:
+    """Under governance v1 a rebinding took two thirds of the others (h0 and h2 of four) and
+    retired nothing: a chain started under v1 replays so until its members activate v2."""
+    net = make_net(4)
+    net.genesis = replace(net.genesis, contracts={**net.genesis.contracts, "governance": 1})
+    app = net.app()
+    kept = SigningKey.generate()
+    run_block(
+        app, [net.tx(net.orgs["h1"], "identity.register", register_body("dr-c", kept))], net.solo
+    )
+    propose = net.tx(
+        net.orgs["h0"], "governance.propose", {"action": "rebind_member", "args": _rebind_args()}
+    )
+    run_block(app, [propose], net.solo)
+    _vote_through(net, app, 1, ("h2",))
+    assert app.query_obj("governance/proposal", {"id": 1})["status"] == "executed"
+    assert app.query_obj("identity/actor", {"key": kept.public_key})["active"]
+
+
+def test_a_rebinding_two_thirds_cannot_reach_is_refused_when_proposed() -> None:
+    """Of two members, the one left is half: two thirds without the lost member's own vote
+    is out of reach, so the proposal is refused at once rather than left open for nothing."""
+    net = make_net(2)
+    app = net.app()
+    tx = net.tx(
+        net.orgs["h0"], "governance.propose", {"action": "rebind_member", "args": _rebind_args()}
+    )
+    refused = app.check_tx(tx)
+    assert refused.code == Code.REFUSED and "two thirds of 2 members" in refused.log

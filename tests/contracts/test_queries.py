@@ -52,6 +52,7 @@ def test_every_typed_read_asks_a_path_a_contract_registers() -> None:
     queries.record_entry(engine, "r1")
     queries.record_versions(engine, "r1")
     queries.shredded(engine, "h1", PID)
+    queries.custody_of(engine, "h1")
     queries.referral_status(engine, 3)
     queries.study(engine, "s1")
     queries.studies(engine)

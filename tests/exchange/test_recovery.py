@@ -143,7 +143,7 @@ def test_escrowed_keys_come_back_to_the_new_machine_only_after_the_vote(four: Sa
     old_keys = _keys(old_home)
     record = _escrow(sandbox, B)
     holders = [h["org"] for h in record["holders"]]
-    assert holders == ["chu-bordeaux", "chu-lille", "chu-lyon"]
+    assert sorted(holders) == ["chu-bordeaux", "chu-lille", "chu-lyon"]  # every founder
     thief = sandbox.x(B).client  # the old machine's key, as the attacker has it
     # before any vote, no holder releases anything
     with pytest.raises(ExchangeError) as refused:
@@ -163,7 +163,7 @@ def test_escrowed_keys_come_back_to_the_new_machine_only_after_the_vote(four: Sa
     config = _wipe(sandbox, B)
     request = _fresh_home(config)
     assert _keys(old_home) != old_keys  # keygen's new KEK and backup key
-    pid = _rebind(sandbox, B, request, ["chu-lyon", "chu-bordeaux"])  # 2 of the 3 others
+    pid = _rebind(sandbox, B, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])  # 3 of 4
     sandbox.x("chu-lille").stop()  # one holder down during the recovery
     sandbox.h["chu-lille"].exchange = None
 
@@ -195,7 +195,9 @@ def _lose_and_rebind(sandbox: Sandbox, org: str, voters: list[str]) -> tuple[Pat
 
 def test_two_shares_missing_of_three_needed_names_them_and_writes_nothing(five: Sandbox) -> None:
     sandbox = five
-    home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille"])
+    home, record = _lose_and_rebind(
+        sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille", "chu-nantes"]
+    )
     holders = [h["org"] for h in record["holders"]]
     assert len(holders) == 4 and record["threshold"] == 3
     for down in holders[:2]:
@@ -221,7 +223,9 @@ def test_a_holder_that_releases_a_corrupt_share_is_named(
 ) -> None:
     sandbox = five
     old_keys = _keys(sandbox.h[B].node.config.home)
-    home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille"])
+    home, record = _lose_and_rebind(
+        sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille", "chu-nantes"]
+    )
     liar = record["holders"][1]["org"]
     gateway = sandbox.x(liar).gateway
     honest = gateway.share_release
@@ -331,7 +335,7 @@ def test_a_wiped_hospital_gets_every_record_back_with_a_peer_down(four: Sandbox)
     sample = [(hosp.vault.info(rid).resource_type, rid) for rid, _ in sorted(before)[::100]]
     served = _served(hosp.node, hosp.vault, sample)
     old_keys = _keys(hosp.node.config.home)
-    home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux"])
+    home, record = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     # a peer that holds both a replica and a share is down for the whole recovery
     down = next(p for p in replica_peers(sandbox.root.engine, B) if p != "chu-lyon")
     assert down in [h["org"] for h in record["holders"]]
@@ -407,8 +411,10 @@ def test_recover_run_beside_the_running_sandbox(tmp_path: Path) -> None:
         args = request.member_args()
         lyon = next(r for r in running.runtimes if r.org == "chu-lyon")
         bordeaux = next(r for r in running.runtimes if r.org == "chu-bordeaux")
+        lille = next(r for r in running.runtimes if r.org == "chu-lille")
         lyon.node.wallet.send_message(Propose("rebind_member", args))
         bordeaux.node.wallet.send_message(Vote(1, True))
+        lille.node.wallet.send_message(Vote(1, True))  # 3 of 4
 
         out = CliRunner().invoke(app, ["recover", "run", "--home", str(config.home)])
         assert out.exit_code == 0, out.output
@@ -442,7 +448,7 @@ def test_a_node_started_on_the_fresh_home_too_early_leaves_the_replicas_alone(
     _ingest(sandbox, B, patients=6)
     wait_for(lambda: _replicated(sandbox, B), timeout=60, what="the replicas at both peers")
     before = _own_records(sandbox.h[B].vault)
-    home, _ = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux"])
+    home, _ = _lose_and_rebind(sandbox, B, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     node = sandbox.root.sibling(home)
     peers = replica_peers(sandbox.root.engine, B)
     client = ExchangeClient(node, directory=sandbox.directory)

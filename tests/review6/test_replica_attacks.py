@@ -57,7 +57,7 @@ def test_a_thief_with_the_old_key_cannot_replace_the_escrow_before_the_vote(
         thief.wallet.send_message(forged)
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(config)
-    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     node = sandbox.root.sibling(config.home)
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
@@ -81,7 +81,7 @@ def test_a_fresh_home_started_before_its_recovery_leaves_the_replicas_at_the_pee
     assert all(held.values())
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(config)
-    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     node = sandbox.root.sibling(config.home)
     vault = Vault.open(node.config.vault_config())
     exchange = HospitalExchange(node, vault, directory=sandbox.directory, port=0).start(sync=False)
@@ -237,7 +237,7 @@ def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
                 thief.custody_drop(peer, ids[i : i + 500])
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(config)
-    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     node = sandbox.root.sibling(config.home)
     client = ExchangeClient(node, directory=sandbox.directory)
     try:
@@ -255,13 +255,6 @@ def test_a_thief_with_the_old_key_cannot_destroy_the_replicas_before_the_vote(
     assert report.complete and report.records >= len(rids), describe_gaps(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open (issue 15, review finding 13): the chain has no index of a custodian's "
-        "records to check a restore against"
-    ),
-)
 def test_a_restore_that_finds_nothing_does_not_say_complete(
     ingested: tuple[Sandbox, list[str]],
 ) -> None:
@@ -317,7 +310,7 @@ def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_the_replic
     held = {p: sandbox.x(p).custody.usage(WIPED).items for p in peers}
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(config)
-    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     # what `medledger join` fetched once the vote made it a member again
     pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
     write_secret(config.home / "keys" / "pseudonym.key", pseudonym.hex() + "\n", overwrite=True)
@@ -348,7 +341,7 @@ def test_a_fresh_home_that_admits_a_patient_before_its_recovery_keeps_its_escrow
     _escrow(sandbox, WIPED)
     config = _wipe(sandbox, WIPED)
     request = _fresh_home(config)
-    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux"])
+    _rebind(sandbox, WIPED, request, ["chu-lyon", "chu-bordeaux", "chu-lille"])
     pseudonym = sandbox.h["chu-lyon"].node.config.pseudonym_key()
     write_secret(config.home / "keys" / "pseudonym.key", pseudonym.hex() + "\n", overwrite=True)
     node = sandbox.root.sibling(config.home)

@@ -43,16 +43,21 @@ def register(app: typer.Typer) -> None:
         with user_errors(), Node.open(home) as node:
             path = node.config.practitioner_key_path(practitioner)
             known = {p["id"]: p for p in queries.practitioners(node.engine, node.config.org)}
+            # retired by the hospital's rebinding (its lost machine had the key): registered
+            # again with a key made here
+            again = practitioner in known and bool(known[practitioner].get("retired"))
             if path.exists():
                 key = SigningKey.from_file(path)
-                if practitioner in known:
+                if again and bytes(known[practitioner]["key"]) == key.public_key:
+                    fail(f"{path}: this key was retired with the lost machine; move it away")
+                if practitioner in known and not again:
                     if bytes(known[practitioner]["key"]) != key.public_key:
                         fail(f"{path}: {practitioner!r} is registered with another key")
                     console.print(f"{practitioner} is already registered; key {path}")
                     return
                 created = False  # an earlier run wrote it: the same key, the same act
             else:
-                if practitioner in known:
+                if practitioner in known and not again:
                     fail(f"--id: {node.config.org} already has a practitioner {practitioner!r}")
                 key = SigningKey.generate()
                 key.save(path)
@@ -107,6 +112,12 @@ def register(app: typer.Typer) -> None:
             rows = queries.practitioners(node.engine, None if all_hospitals else node.config.org)
         table = Table("hospital", "id", "roles", "status", "key")
         for p in rows:
-            status = "active" if p["active"] else "[red]revoked[/]"
+            status = (
+                "active"
+                if p["active"]
+                else "[red]retired (rebinding)[/]"
+                if p.get("retired")
+                else "[red]revoked[/]"
+            )
             table.add_row(p["org"], p["id"], ",".join(p["roles"]), status, short(p["key"]))
         console.print(table)

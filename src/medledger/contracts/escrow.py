@@ -4,7 +4,8 @@ A member splits its vault KEK and backup key k of n (consortium params `escrow_t
 `escrow_shares`) and seals each share to one holder's box key; the shares themselves live at
 the holders (their custody store), never on the chain. What the chain keeps is what lets
 anyone check a released share and name a holder who withholds or corrupts one: the holders
-(chosen here, deterministically, so no member picks its own friends), each share's x and
+(chosen here, deterministically, so no member picks its own friends, and by standing, so
+no applicant places itself by its choice of org id: `holders_for`), each share's x and
 hash, the threshold and an epoch. Nothing in it says anything about a patient, and a share's
 hash tells nothing of the key (a share is as random as the key it hides).
 
@@ -17,6 +18,8 @@ State (prefix `escrow/`):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,16 +46,30 @@ def record(state: StateView, org: str) -> dict[str, Any] | None:
 
 
 def holders_for(state: StateView, org: str) -> list[str]:
-    """The peers that hold `org`'s shares: the next `escrow_shares` members after it in the
-    sorted ring of members with a box key (each hospital holds for its neighbours, and the
-    load spreads evenly)."""
-    ring = sorted(m["org"] for m in governance.members(state) if m.get("box_key"))
+    """The peers that hold `org`'s shares: `escrow_shares` members with a box key.
+
+    v2 takes the longest-standing members (`since`: admission, or genesis), ties (the founders,
+    or members admitted in one block) ranked by SHA-256(org, member) so that the load spreads.
+    A newcomer ranks after every member admitted before it, whatever org id it chose: it holds
+    a share of an older member's keys only once fewer than `escrow_shares` older ones are left.
+    v1 took the next members after org in the ring of sorted org ids, which an applicant
+    steers by its choice of id (review finding 17)."""
+    wanted = min(int(governance.params(state).get("escrow_shares", 3)), MAX_HOLDERS)
+    boxed = [m for m in governance.members(state) if m.get("box_key")]
+    if governance.contract_version(state, "escrow") >= 2:
+        others = [m for m in boxed if m["org"] != org]
+        others.sort(
+            key=lambda m: (
+                int(m.get("since") or 0),
+                hashlib.sha256(f"{org}\x00{m['org']}".encode()).digest(),
+            )
+        )
+        return [str(m["org"]) for m in others[:wanted]]
+    ring = sorted(m["org"] for m in boxed)
     if org not in ring:
         ring = sorted([*ring, org])
     start = ring.index(org)
-    others = ring[start + 1 :] + ring[:start]
-    wanted = min(int(governance.params(state).get("escrow_shares", 3)), MAX_HOLDERS)
-    return others[:wanted]
+    return (ring[start + 1 :] + ring[:start])[:wanted]
 
 
 def threshold_for(state: StateView) -> int:
@@ -183,11 +200,11 @@ def q_status(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CONTRACTS = [
-    Contract(
-        name="escrow",
-        version=1,
-        messages={"escrow.deposit": Message("escrow.deposit", Deposit, deposit)},
-        queries={"escrow/record": q_record, "escrow/status": q_status},
-    )
-]
+_V1 = Contract(
+    name="escrow",
+    version=1,
+    messages={"escrow.deposit": Message("escrow.deposit", Deposit, deposit)},
+    queries={"escrow/record": q_record, "escrow/status": q_status},
+)
+# v2: holders by standing, not by org id (see holders_for); the handlers ask the version.
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]

@@ -4,6 +4,12 @@ A member proposes an action; members vote; the vote that reaches 2/3 of the curr
 executes it in the same tx. A proposal that more than 1/3 reject can never pass and is closed
 as rejected; one not decided by its expiry can no longer be voted on.
 
+Versions: v2 (the default of a new consortium) counts a member being rebound in the total of
+its own rebinding, as an admission counts every member (its own vote stays impossible: its
+key is lost), and a rebinding retires the practitioner keys the org registered
+(`REBIND_HOOKS`: identity's). v1 counted the others only and retired nothing: chains started
+under v1 replay as they were until their members vote `activate_contract governance 2`.
+
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
 argument is an id, a key, a number, an address (`MAX_ADDRESS`) or a Cedar text
@@ -13,7 +19,8 @@ Identities: a member's record holds every public key it is known by (signing `ke
 `tls_key`, `validator_key`) and its `addresses`. Its TLS key is what peers pin (no consortium
 CA: whoever holds the state knows whom to trust). A member rotates its own keys with its own
 signed `update_member` (a new signing key proves possession); one whose keys were lost is
-rebound by the others' 2/3 vote (`rebind_member`), keeping its org id and everything under it.
+rebound by a 2/3 vote of the members (`rebind_member`), keeping its org id and everything under
+it.
 No key of any kind is shared by two members.
 
 State (prefix `gov/`):
@@ -30,6 +37,7 @@ Only this module spells these keys; the other contracts ask `is_member`, `member
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +142,14 @@ def update_proof_message(org: str, old_key: bytes) -> bytes:
 # Other contracts that bind signing keys (identity's practitioners) say whose a key is, so a
 # member never takes a key already in use: key -> a description of its holder, or None.
 KEY_CLAIMS: list[Callable[[StateView, bytes], str | None]] = []
+# Other contracts' share of a rebinding (v2): called with the context and the rebound org
+# once its new keys are stored (identity retires the practitioner keys of the lost machine).
+REBIND_HOOKS: list[Callable[[Context, str], None]] = []
+
+
+def contract_version(state: StateView, name: str) -> int:
+    """The version of contract `name` that this chain runs (set at genesis, or by a vote)."""
+    return int(state.get(active_key(name)) or 0)
 
 
 DEFAULT_PARAMS: dict[str, int] = {
@@ -371,6 +387,13 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
                 Code.REFUSED,
                 "field args.org: a member changes its own keys with update_member",
             )
+        total = len(members(state))
+        if contract_version(state, "governance") >= 2 and (total - 1) * 3 < total * 2:
+            raise TxError(
+                Code.REFUSED,
+                f"field args.org: two thirds of {total} members cannot be reached without "
+                f"{parsed.org}'s own vote",
+            )
         if len(parsed.key) != 32:
             raise TxError(Code.INVALID_BODY, "field args.key: must be a 32-byte Ed25519 key")
         _check_keys(
@@ -448,6 +471,9 @@ def _apply(ctx: Context, action: str, parsed: Any) -> None:
         }
         _rekey(ctx, old, new)
         ctx.emit("member.rebound", org=parsed.org)
+        if contract_version(state, "governance") >= 2:
+            for hook in REBIND_HOOKS:
+                hook(ctx, parsed.org)
     elif isinstance(parsed, RemoveMember):
         member = state.get(_member_key(parsed.org))
         state.delete(_member_key(parsed.org))
@@ -489,14 +515,19 @@ def _rekey(ctx: Context, old: dict[str, Any], new: dict[str, Any]) -> None:
 def _tally(state: StateView, proposal: dict[str, Any]) -> tuple[int, int, int]:
     """(approvals, rejections, members), counting only current members' votes.
 
-    A member being rebound does not count on its own rebinding: whoever holds its lost key
-    could otherwise vote to keep it."""
+    A member being rebound has no vote on its own rebinding: whoever holds its lost key could
+    otherwise vote to keep it. It still counts in the total (v2), as every member does in an
+    admission: moving an org's identity, replicas and escrowed keys to new hands takes as many
+    votes as making a member (v1 left it out of the total: two of four members sufficed)."""
     current = {m["org"] for m in members(state)}
+    voters = set(current)
     if proposal["action"] == "rebind_member":
-        current.discard(proposal["args"].get("org"))
+        voters.discard(proposal["args"].get("org"))
+        if contract_version(state, "governance") < 2:
+            current = voters
     votes: dict[str, bool] = proposal["votes"]
-    approvals = sum(1 for org, yes in votes.items() if yes and org in current)
-    rejections = sum(1 for org, yes in votes.items() if not yes and org in current)
+    approvals = sum(1 for org, yes in votes.items() if yes and org in voters)
+    rejections = sum(1 for org, yes in votes.items() if not yes and org in voters)
     return approvals, rejections, len(current)
 
 
@@ -662,24 +693,25 @@ def q_contracts(state: StateView, args: dict[str, Any]) -> dict[str, int]:
     return {k.removeprefix("gov/contract/"): int(v) for k, v in state.scan("gov/contract/")}
 
 
-CONTRACTS = [
-    Contract(
-        name="governance",
-        version=1,
-        messages={
-            "governance.propose": Message("governance.propose", Propose, propose),
-            "governance.vote": Message("governance.vote", Vote, vote),
-            "governance.update_member": Message(
-                "governance.update_member", UpdateMember, update_member
-            ),
-        },
-        queries={
-            "governance/members": q_members,
-            "governance/proposals": q_proposals,
-            "governance/proposal": q_proposal,
-            "governance/params": q_params,
-            "governance/contracts": q_contracts,
-        },
-        genesis=genesis,
-    )
-]
+_V1 = Contract(
+    name="governance",
+    version=1,
+    messages={
+        "governance.propose": Message("governance.propose", Propose, propose),
+        "governance.vote": Message("governance.vote", Vote, vote),
+        "governance.update_member": Message(
+            "governance.update_member", UpdateMember, update_member
+        ),
+    },
+    queries={
+        "governance/members": q_members,
+        "governance/proposals": q_proposals,
+        "governance/proposal": q_proposal,
+        "governance/params": q_params,
+        "governance/contracts": q_contracts,
+    },
+    genesis=genesis,
+)
+# v2: the same messages; a rebinding counts its target in the total and retires its
+# practitioner keys (see the module doc). The handlers ask `contract_version`.
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]

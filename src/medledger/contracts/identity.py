@@ -5,6 +5,12 @@ identifier), the Ed25519 key they sign with, and roles. Only the hospital that r
 practitioner can change or revoke them. A revocation's `reason` is free text about an
 employee, kept for ever: at most `MAX_REASON` characters.
 
+A rebinding of the hospital (governance `rebind_member`, v2) retires every active
+practitioner key it registered: those keys lived on the lost machine, so whoever took it holds
+them. A retired practitioner is inactive as a revoked one is (`retired`: the block time), and
+the hospital's new machine registers the same id again with a new key; the old key stays
+bound to the id (never reused, never active again).
+
 State (prefix `id/`):
     id/prac/<org>/<practitioner>   the practitioner record
     id/key/<key hex>               signing key -> (org, practitioner)
@@ -108,7 +114,8 @@ def register(ctx: Context, msg: Register) -> None:
     roles = _check_roles(msg.roles)
     if len(msg.key) != 32:
         raise TxError(Code.INVALID_BODY, "field key: must be a 32-byte Ed25519 key")
-    if ctx.state.has(_prac_key(org, msg.practitioner)):
+    previous = ctx.state.get(_prac_key(org, msg.practitioner))
+    if previous is not None and not previous.get("retired"):
         raise TxError(Code.CONFLICT, f"{org} already registered {msg.practitioner!r}")
     if ctx.state.has(_key_key(msg.key)) or member_of_key(ctx.state, msg.key):
         raise TxError(Code.CONFLICT, "field key: this key is already registered")
@@ -172,7 +179,9 @@ def resolve_actor(state: StateView, key: bytes) -> Actor | None:
         return None
     org, practitioner = ref
     record = state.get(_prac_key(org, practitioner))
-    active = bool(record["active"]) and is_member(state, org)
+    # A retired id registered again keeps its old key bound to it: only the current one acts.
+    current = bytes(record["key"]) == key
+    active = bool(record["active"]) and current and is_member(state, org)
     return Actor(org, practitioner, tuple(record["roles"]), active)
 
 
@@ -213,7 +222,18 @@ def _practitioner_of_key(state: StateView, key: bytes) -> str | None:
     return None if found is None else f"practitioner {found[1]} of {found[0]}"
 
 
+def _retire_practitioners(ctx: Context, org: str) -> None:
+    """governance's rebinding of org: its active practitioner keys were on the lost machine."""
+    for key, record in list(ctx.state.scan(f"id/prac/{org}/")):
+        if record["active"]:
+            record["active"] = False
+            record["retired"] = ctx.time_ms
+            ctx.state.put(key, record)
+            ctx.emit("practitioner.retired", org=org, practitioner=record["id"])
+
+
 governance.KEY_CLAIMS.append(_practitioner_of_key)
+governance.REBIND_HOOKS.append(_retire_practitioners)
 
 CONTRACTS = [
     Contract(

@@ -218,6 +218,23 @@ def record_versions(engine: Queryable, rid: str | None) -> list[Row]:
     return rows
 
 
+#: records.MAX_CUSTODY_PAGE, the default page of records/custody_of (this module imports no
+#: contract; tests/contracts/test_queries.py checks that the two agree).
+CUSTODY_PAGE = 10_000
+
+
+def custody_of(engine: Queryable, org: str) -> list[str]:
+    """Every pid whose custody at org runs now (what a recovering hospital must get back),
+    asked page by page."""
+    pids: list[str] = []
+    while True:
+        args: Row = {"org": org, "after": pids[-1]} if pids else {"org": org}
+        page: list[str] = engine.query("records/custody_of", args)
+        pids.extend(page)
+        if not page or len(page) < CUSTODY_PAGE:
+            return pids
+
+
 def shredded(engine: Queryable, holder: str, pid: str) -> Row | None:
     """The holder's on-chain statement that it shredded a pid's records, else None."""
     found: Row | None = engine.query("records/shredded", {"holder": holder, "pid": pid})

@@ -44,8 +44,14 @@ State (prefix `rec/`):
 
 Only this module spells these keys; the other contracts and the exchange ask `entry`,
 `indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
-`is_shredded`, `shred_statement` and `disclosed`. Writes are logged through access.py
-(`record_entry`), which imports nothing of this module.
+`custody_of`, `is_shredded`, `shred_statement` and `disclosed`. Writes are logged through
+access.py (`record_entry`), which imports nothing of this module.
+
+What a custodian holds, for its recovery (`records/custody_of`): the pids whose custody at it
+runs now, read from `rec/custody/` (keyed pid first, so the query filters a scan of every
+custody of the consortium: no index by custodian is added, and a chain replays as it always
+did). A restore checks these against what came back from the replicas, so a patient of whom
+no peer holds anything is still named.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from medledger.contracts import identity
 from medledger.contracts.access import MAX_BASIS, MAX_RIDS, check_basis, record_entry
 from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
-from medledger.contracts.common import check_id, check_pid
+from medledger.contracts.common import check_id, check_pid, is_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org
 from medledger.ledger.contract import Context, Contract, Message, parse_item
@@ -426,6 +432,30 @@ def custodies(state: StateView, pid: str) -> dict[str, int]:
     return found
 
 
+#: Pids one `records/custody_of` answer carries at most (64 hex characters each).
+MAX_CUSTODY_PAGE = 10_000
+
+
+def custody_of(
+    state: StateView, org: str, after: str = "", limit: int = MAX_CUSTODY_PAGE
+) -> list[str]:
+    """The pids, in order and after `after`, whose custody at org runs now (its first care
+    record started it and no `records.shredded` of it ended it since): at most `limit`.
+
+    Scanned range by range of the pid's first two hex digits, from `after`'s on: a page does
+    not scan again the custodies of the pages before it."""
+    found: list[str] = []
+    suffix = f"/{org}".encode()
+    for first in range(int(after[:2] or "0", 16), 256):
+        for key, _ in state.scan_raw(f"rec/custody/{first:02x}".encode()):
+            pid = key[len(b"rec/custody/") : -len(suffix)].decode()
+            if key.endswith(suffix) and pid > after and len(pid) == 64:
+                found.append(pid)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
 def is_custodian(state: StateView, pid: str, org: str) -> bool:
     """Whether org holds care records of this patient that it can still read.
 
@@ -477,6 +507,17 @@ def q_versions(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"rec/version/{args.get('rid')}/")]
 
 
+def q_custody_of(state: StateView, args: dict[str, Any]) -> list[str]:
+    org, after, limit = args.get("org"), args.get("after", ""), args.get("limit", MAX_CUSTODY_PAGE)
+    if not isinstance(org, str) or not org:
+        raise TxError(Code.INVALID_BODY, "records/custody_of needs org")
+    if not isinstance(after, str) or (after and not is_pid(after)):
+        raise TxError(Code.INVALID_BODY, "field after: a pid (64 lowercase hex characters)")
+    if not isinstance(limit, int) or not 0 < limit <= MAX_CUSTODY_PAGE:
+        raise TxError(Code.INVALID_BODY, f"field limit: 1..{MAX_CUSTODY_PAGE}")
+    return custody_of(state, org, after, limit)
+
+
 def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     return shred_statement(state, str(args.get("holder")), str(args.get("pid")))
 
@@ -495,6 +536,7 @@ CONTRACTS = [
             "records/entry": q_entry,
             "records/versions": q_versions,
             "records/shredded": q_shredded,
+            "records/custody_of": q_custody_of,
         },
     )
 ]

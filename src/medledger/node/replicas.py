@@ -160,6 +160,7 @@ class RestoreReport:
     mismatched: list[str] = field(default_factory=list)  # restored, not matching the chain
     pending: list[str] = field(default_factory=list)  # provisional, not on the chain yet
     erased_left_out: int = 0  # items of erased patients found at peers and not restored
+    patients_missing: list[str] = field(default_factory=list)  # in custody, nothing restored
     unreachable: list[str] = field(default_factory=list)  # peers that did not answer
     corrupt: dict[str, list[str]] = field(default_factory=dict)  # peer -> item ids bad there
     lost: list[str] = field(default_factory=list)  # item ids with no good copy anywhere
@@ -168,7 +169,7 @@ class RestoreReport:
 
     @property
     def complete(self) -> bool:
-        return not (self.missing or self.mismatched or self.lost)
+        return not (self.missing or self.mismatched or self.lost or self.patients_missing)
 
     @property
     def rate(self) -> float:
@@ -318,6 +319,11 @@ def restore_vault(
 def describe_gaps(report: RestoreReport) -> str:
     """One line per kind of gap, naming record ids and peers."""
     lines = []
+    if report.patients_missing:
+        lines.append(
+            f"{len(report.patients_missing)} patients in this hospital's custody on the chain "
+            f"with nothing restored: {', '.join(report.patients_missing)}"
+        )
     if report.missing:
         lines.append(f"missing (on the chain, in no replica): {', '.join(report.missing)}")
     if report.mismatched:
@@ -389,7 +395,8 @@ def _check_records(
     report: RestoreReport,
 ) -> None:
     """Every restored record version against its commitment on the chain, and every record
-    the chain lists at this custodian for the restored patients against what was restored.
+    the chain lists at this custodian, for the restored patients and for every patient in its
+    custody on the chain (`records/custody_of`), against what was restored.
 
     One index query per patient (the entries carry their latest version's commitment); a
     rid's older versions are asked for only when one of them is restored or missing."""
@@ -404,7 +411,11 @@ def _check_records(
             for r in rows.get("provisional_units", []):
                 provisional |= {(str(a), int(b)) for a, b in orjson.loads(bytes(r[2]))}
     report.records = len(restored)
-    pids = sorted({pid for pid in restored.values() if pid != vault.hospital_pid})
+    # The patients restored, and those the chain says are in this hospital's custody: a
+    # patient of whom no peer sent anything (dropped, lost with a peer's disk) is missed too.
+    came_back = {pid for pid in restored.values() if pid != vault.hospital_pid}
+    report.patients_missing = sorted(set(queries.custody_of(engine, org)) - came_back)
+    pids = sorted(came_back | set(report.patients_missing))
     entries = {e["rid"]: e for pid in pids for e in queries.records_of_patient(engine, pid)}
     versions: dict[str, list[dict[str, Any]]] = {}
 
@@ -439,8 +450,21 @@ def _check_records(
     held: dict[str, int] = defaultdict(int)
     for rid, _ in restored:
         held[rid] += 1
+    shredded_at: dict[str, int] = {}  # pid -> when this hospital shredded it
+
+    def erased(entry: dict[str, Any]) -> bool:
+        """Registered before this hospital's shredding of its patient (a later record of a
+        patient who came back is expected back)."""
+        if not entry.get("shredded"):
+            return False
+        pid = str(entry["pid"])
+        if pid not in shredded_at:
+            statement = queries.shredded(engine, org, pid)
+            shredded_at[pid] = int(statement["time"]) if statement else 0
+        return int(entry["time"]) <= shredded_at[pid]
+
     for rid, entry in sorted(entries.items()):
-        if entry["custodian"] != org or entry.get("shredded"):
+        if entry["custodian"] != org or erased(entry):
             continue
         if held[rid] >= int(entry["version"]):
             continue

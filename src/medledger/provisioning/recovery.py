@@ -95,6 +95,7 @@ def restore_lines(r: RestoreReport) -> list[str]:
         f"{r.checked} checked against their commitments on the chain"
     ]
     named = [
+        ("PATIENTS in custody on the chain, nothing restored (pid)", r.patients_missing),
         ("MISSING (on the chain, not restored)", r.missing),
         ("NOT matching the chain (not kept)", r.mismatched),
         ("LOST (no good copy at any peer)", r.lost),
