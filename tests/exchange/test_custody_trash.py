@@ -267,3 +267,19 @@ def test_an_erasure_made_offline_is_purged_at_the_peers_when_the_node_runs(
 
     wait_for(purged, timeout=60, what="the erased key purged at every peer")
     wait_for(lambda: not (hosp.node.config.home / PENDING_PURGES).exists(), what="no purge left")
+
+
+def test_only_a_key_bound_by_a_rebinding_vote_empties_the_trash(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """The member's current key, never voted in (the founding one, or one it rotated by
+    itself): it may be a thief's, and the trash is what the restore needs."""
+    sandbox, _ = ingested
+    thief = sandbox.x(A).client
+    peer = replica_peers(sandbox.root.engine, A)[0]
+    ids = _listed(thief, peer)[:10]
+    thief.custody_drop(peer, ids)
+    with pytest.raises(ExchangeError) as refused:
+        thief.custody_empty_trash(peer)
+    assert refused.value.status == 403 and "rebind_member" in refused.value.reason
+    assert set(ids) <= {i.id for i in sandbox.x(peer).custody.trash_listing(A)}
