@@ -291,8 +291,13 @@ class Replicator:
         path = self.node.config.home / TRASH_TO_EMPTY
         todo = read_pending(path)
         if peer in todo.get("lost-key", []):
-            purged = self.client.custody_empty_trash(peer)
-            log.info("%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged)
+            try:
+                purged = self.client.custody_empty_trash(peer)
+                log.info(
+                    "%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged
+                )
+            except ExchangeError as exc:  # not worth holding the copy back: the trash expires
+                log.warning("%s: %s kept its trash: %s", self.org, peer, exc.reason)
             todo["lost-key"].remove(peer)
             write_pending(path, {k: v for k, v in todo.items() if v})
 
