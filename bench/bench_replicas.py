@@ -152,6 +152,14 @@ def run(patients: int = 500, workers: int = 2) -> dict[str, Any]:
             statistics.mean(u.items for u in held.values()) / records, 2
         ),
         "peer_bytes_per_record": round(per_peer / records),
+        # what the peers keep in the trash (replaced or dropped versions, custody_grace_days)
+        # after this ingestion, per record: counted in custody_quota_mb with the live items
+        "peer_trash_bytes_per_record": round(
+            statistics.mean(u.trash_bytes for u in held.values()) / records
+        ),
+        "peer_quota_bytes_per_record": round(
+            statistics.mean(u.counted for u in held.values()) / records
+        ),
         "restore": {
             "records": report.records,
             "checked": report.checked,

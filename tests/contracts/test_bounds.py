@@ -136,6 +136,10 @@ CASES: dict[str, tuple[Callable[[World], TxResult], str]] = {
         lambda w: _propose(w, "set_param", {"name": "backup_replicas", "value": 17}),
         "backup_replicas is at most 16",
     ),
+    "the consortium's custody_grace_days outlasts a rebinding vote": (
+        lambda w: _propose(w, "set_param", {"name": "custody_grace_days", "value": 0}),
+        "custody_grace_days is 1 to 365",
+    ),
 }
 
 

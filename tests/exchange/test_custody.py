@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medledger.exchange.client import ExchangeError
-from medledger.node.custody import CustodyRefused, CustodyStore, Item
+from medledger.node.custody import CustodyRefused, CustodyStore, Item, Usage
 
 from .conftest import A, B, C, Sandbox
 
@@ -84,10 +84,13 @@ def test_the_quota_bounds_what_one_owner_keeps(tmp_path: Path) -> None:
     with pytest.raises(CustodyRefused) as over:
         store.put(A, [item("a2", b"y" * 600)], quota_bytes=1300)
     assert over.value.status == 507 and "custody_quota_mb" in over.value.reason
-    # Replacing an item counts its new size only; another owner has its own quota.
-    store.put(A, [item("a1", b"z" * 900, version=2)], quota_bytes=1300)
+    # Replacing an item keeps the old bytes in the owner's trash: both count (the owner's
+    # key may be a thief's); another owner has its own quota.
+    with pytest.raises(CustodyRefused):
+        store.put(A, [item("a1", b"z" * 900, version=2)], quota_bytes=1300)
+    store.put(A, [item("a1", b"z" * 900, version=2)], quota_bytes=2100)
     store.put(C, [item("a2", b"y" * 600)], quota_bytes=1300)
-    assert store.usage(A).bytes == 900 and store.usage(C).bytes == 600
+    assert store.usage(A) == Usage(900, 1, 600, 1) and store.usage(C).bytes == 600
     assert store.drop(A, ["a1", "zz"]) == (["a1"], ["zz"])
-    assert store.usage(A).bytes == 0
+    assert store.usage(A) == Usage(0, 0, 1500, 2)
     store.close()

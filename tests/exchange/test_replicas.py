@@ -145,6 +145,7 @@ def test_a_corrupt_copy_is_named_and_the_other_peer_serves_it(
     # tried first): only the AES-GCM tag can tell.
     forged = Item(victim.id, victim.version + 10**9, hashlib.sha256(bad).digest(), bytes(bad))
     store.put(A, [forged], quota_bytes=1 << 40)
+    store.purge_expired(float("inf"))  # in place: B keeps no good version in its trash
     report, vault = wipe_and_restore(sandbox, A)
     assert report.corrupt == {B: [victim.id]}
     assert report.complete

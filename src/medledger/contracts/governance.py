@@ -161,9 +161,14 @@ DEFAULT_PARAMS: dict[str, int] = {
     # how much each member may keep at one peer (custody.db).
     "backup_replicas": 2,
     "custody_quota_mb": 4096,
+    # Days a peer keeps what a member dropped or replaced in its custody (the member's key
+    # may be a thief's until the rebinding vote), counted in the quota (node/custody.py).
+    "custody_grace_days": 30,
 }
 #: records.MAX_REPLICAS: the peers one erasure attestation may name.
 MAX_BACKUP_REPLICAS = 16
+#: custody_grace_days: at least a day for the members to vote a rebinding, at most a year.
+GRACE_DAYS = (1, 365)
 
 
 # -- actions a proposal can carry ---------------------------------------------------------
@@ -433,6 +438,14 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
                 Code.INVALID_BODY,
                 f"field args.value: backup_replicas is at most {MAX_BACKUP_REPLICAS} (an "
                 "erasure's attestation names them all)",
+            )
+        if parsed.name == "custody_grace_days" and not (
+            GRACE_DAYS[0] <= parsed.value <= GRACE_DAYS[1]
+        ):
+            raise TxError(
+                Code.INVALID_BODY,
+                f"field args.value: custody_grace_days is {GRACE_DAYS[0]} to {GRACE_DAYS[1]} (a "
+                "thief's drops must outlast the rebinding vote; the trash counts in the quota)",
             )
     return parsed
 

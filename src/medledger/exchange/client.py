@@ -30,6 +30,7 @@ from medledger.ledger.errors import TxError
 from medledger.ledger.keys import SigningKey, verify
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo, drop_receipt_message
 from medledger.node.indexing import check_commitment
+from medledger.vault.replication import key_item_id
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -365,9 +366,24 @@ class ExchangeClient:
         return int(answer.get("usage", 0))
 
     def custody_drop(self, holder: str, ids: list[str]) -> bytes:
-        """Delete items at `holder`; returns its receipt, checked against its key on the chain
-        (IntegrityError when the signature is not the holder's)."""
+        """Drop items at `holder` (to its trash, custody_grace_days); returns its receipt,
+        checked against its key on the chain (IntegrityError when not the holder's)."""
         answer, _ = self.post(holder, "custody-drop", {"ids": ids})
+        return self._receipt(holder, ids, answer)
+
+    def custody_purge(self, holder: str, pid: str, proof: bytes) -> tuple[bytes, bool]:
+        """Destroy at `holder`, trash included, the wrapped key item of `pid`, which the
+        chain says this hospital shredded: (its signed receipt, whether it held the item)."""
+        answer, _ = self.post(holder, "custody-purge", {"pid": pid, "proof": proof.hex()})
+        receipt = self._receipt(holder, [key_item_id(self.org, pid, proof)], answer)
+        return receipt, bool(answer.get("purged"))
+
+    def custody_empty_trash(self, holder: str) -> int:
+        """Destroy at `holder` what keys other than this one trashed (after a rebinding)."""
+        answer, _ = self.post(holder, "custody-empty-trash", {})
+        return int(answer.get("purged", 0))
+
+    def _receipt(self, holder: str, ids: list[str], answer: dict[str, Any]) -> bytes:
         receipt = base64.b64decode(str(answer.get("receipt", "")))
         message = drop_receipt_message(holder, self.org, ids)
         key = next((m["key"] for m in queries.members(self.node.engine) if m["org"] == holder), b"")
@@ -375,50 +391,65 @@ class ExchangeClient:
             raise IntegrityError(holder, 0, "the drop receipt is not signed by the holder's key")
         return receipt
 
-    def custody_list(self, holder: str) -> tuple[list[ItemInfo], int]:
-        """Every item this hospital holds at `holder` (all pages) and the bytes they take."""
+    def custody_list(self, holder: str, *, trash: bool = False) -> tuple[list[ItemInfo], int]:
+        """Every item this hospital holds at `holder` (all pages) and the bytes they take;
+        with `trash`, every version in its trash there (ItemInfo.trash numbers them)."""
         found: list[ItemInfo] = []
-        after, usage = "", 0
+        after: str | int = 0 if trash else ""
+        usage = 0
         while True:
-            answer, _ = self.post(holder, "custody-list", {"after": after})
+            answer, _ = self.post(holder, "custody-list", {"after": after, "trash": trash})
             page = [
                 ItemInfo(
-                    str(i["id"]), int(i["version"]), bytes.fromhex(i["sha256"]), int(i["size"])
+                    str(i["id"]),
+                    int(i["version"]),
+                    bytes.fromhex(i["sha256"]),
+                    int(i["size"]),
+                    int(i["trash"]) if trash else 0,
                 )
                 for i in answer.get("items", [])
             ]
-            ids = [i.id for i in page]
-            if any(b <= a for a, b in zip([after, *ids], ids, strict=False)):
+            keys: list[Any] = [i.trash if trash else i.id for i in page]
+            if any(b <= a for a, b in zip([after, *keys], keys, strict=False)):
                 # a holder that repeats or reorders its pages would keep us asking for ever
                 raise ExchangeError(holder, 0, "custody-list: ids not rising past the last page")
             found += page
             usage = int(answer.get("usage", 0))
             if not answer.get("more") or not page:
                 return found, usage
-            after = page[-1].id
+            after = keys[-1]
 
     def custody_get(self, holder: str, ids: list[str]) -> list[Item]:
         """The items named, as `holder` returns them (the caller checks them: a holder may lie);
         ids it holds but left for later are asked again."""
-        out: list[Item] = []
-        pending = list(ids)
+        return [item for _, item in self._custody_get(holder, "ids", ids)]
+
+    def custody_get_trashed(self, holder: str, numbers: list[int]) -> dict[int, Item]:
+        """Trashed versions at `holder` by their trash number (checked by the caller)."""
+        return dict(self._custody_get(holder, "trash", numbers))
+
+    def _custody_get(self, holder: str, field: str, keys: list[Any]) -> list[tuple[Any, Item]]:
+        out: list[tuple[Any, Item]] = []
+        pending = list(keys)
         while pending:
             batch, pending = pending[:MAX_ITEMS], pending[MAX_ITEMS:]
-            answer, _ = self.post(holder, "custody-get", {"ids": batch})
-            got = [
-                Item(
+            answer, _ = self.post(holder, "custody-get", {field: batch})
+            asked = set(batch)
+            got: list[tuple[Any, Item]] = []
+            for i in answer.get("items", []):
+                key = i.get("trash") if field == "trash" else i.get("id")
+                item = Item(
                     str(i["id"]),
                     int(i["version"]),
                     bytes.fromhex(i["sha256"]),
                     base64.b64decode(i["blob"]),
                 )
-                for i in answer.get("items", [])
-            ]
-            asked = set(batch)
-            got = [it for it in got if it.id in asked]  # only what was asked: each once
-            served = {it.id for it in got}
+                if key in asked:  # only what was asked: each once
+                    asked.discard(key)
+                    got.append((key, item))
+            served = {key for key, _ in got}
             said_later = set(answer.get("later", []))
-            later = [i for i in batch if i in said_later and i not in served]
+            later = [k for k in batch if k in said_later and k not in served]
             if later and not served:
                 raise ExchangeError(holder, 0, "custody-get returned nothing and asked for later")
             out += got

@@ -24,9 +24,17 @@ Denials are committed too, with their reason's code (the wording stays in the ev
                                                              key on the chain (bootstrap.py)
     POST /exchange/v1/custody-put    {items: [{id, blob, sha256, version}]}  the caller's sealed
                                                              replicas kept here (custody.py)
-    POST /exchange/v1/custody-drop   {ids}                   delete them; a signed receipt
-    POST /exchange/v1/custody-list   {after, limit}          ids, versions, sizes, hashes
-    POST /exchange/v1/custody-get    {ids}                   the blobs back
+    POST /exchange/v1/custody-drop   {ids}                   to the trash (kept custody_grace_days,
+                                                             custody.py); a signed receipt
+    POST /exchange/v1/custody-purge  {pid, proof}            destroy a patient's wrapped key
+                                                             item, trash included, once the
+                                                             chain states it shredded
+    POST /exchange/v1/custody-list   {after, limit, trash}   ids, versions, sizes, hashes (of
+                                                             the trash: numbers too)
+    POST /exchange/v1/custody-get    {ids} or {trash}        the blobs back (trashed: by number)
+    POST /exchange/v1/custody-empty-trash {}                 trashed versions other keys than
+                                                             the caller's put (a member rebound
+                                                             by vote, restored)
     GET  /exchange/v1/events         Server-Sent Events (events.py)
     GET  /exchange/v1/health         mTLS only: who and at what height
     GET  /exchange/v1/bootstrap      the one call without a client certificate: what a
@@ -96,6 +104,7 @@ from medledger.node.custody import (
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
+from medledger.vault.replication import key_item_id
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -118,6 +127,8 @@ PER_PEER_BODY_BUDGET = DELIVERY_BODY_LIMIT + PER_PEER_REQUESTS * QUERY_BODY_LIMI
 #: Largest custody-put body (base64 blobs) and the blob bytes one custody-get answer carries.
 CUSTODY_BODY_LIMIT = 24 * 1024 * 1024
 CUSTODY_ANSWER_BYTES = 24 * 1024 * 1024
+#: How often the running node purges the trash past custody_grace_days (seconds).
+TRASH_PURGE_EVERY_S = 600.0
 #: Event streams one hospital may hold open at once (a consumer follows one).
 PER_PEER_STREAMS = 4
 #: How far beyond this replica's height a requester's `height` may be and still be waited for.
@@ -318,6 +329,7 @@ class Gateway:
         self.delivery_body_limit = delivery_body_limit
         self.bodies = body_budget or BodyBudget()
         self.custody = custody
+        self._trash_purged = 0.0
 
     # -- who is asking -----------------------------------------------------------------
     def authenticate(
@@ -744,13 +756,29 @@ class Gateway:
     # -- custody of other members' replicas (node/custody.py) -------------------------------
     def _custodian_store(self, caller: Caller) -> CustodyStore:
         """The store, for a caller signing with its hospital key (the items are the
-        hospital's, never a practitioner's); its org is the owner of every item touched."""
+        hospital's, never a practitioner's); its org is the owner of every item touched.
+        The trash past the consortium's custody_grace_days is purged here, at most every
+        TRASH_PURGE_EVERY_S (the node's wall clock: a node-local store, not the chain's)."""
         if self.custody is None:
             raise Refused(503, "this node keeps no custody store")
         if caller.actor.practitioner is not None:
             raise Refused(403, "custody: only the hospital's own key may store or read its items")
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
+        now = time.time()
+        if now - self._trash_purged >= TRASH_PURGE_EVERY_S:
+            self._trash_purged = now
+            self.purge_expired_trash(now)
         return self.custody
+
+    def purge_expired_trash(self, now: float) -> int:
+        """Destroy what every member's trash holds since before `now` − custody_grace_days."""
+        if self.custody is None:
+            return 0
+        grace = int(queries.governance_params(self.node.engine)["custody_grace_days"])
+        purged = self.custody.purge_expired(now - grace * 86_400)
+        if purged:
+            log.info("%s: purged %d trashed custody item(s) past %d days", self.org, purged, grace)
+        return purged
 
     def custody_put(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
@@ -773,12 +801,13 @@ class Gateway:
         self._keep_escrow(caller, [it.id for it in items])
         quota = self.custody_quota()
         try:
-            usage = store.put(caller.actor.org, items, quota)
+            usage = store.put(caller.actor.org, items, quota, by_key=caller.request.key)
         except CustodyRefused as exc:
             raise Refused(exc.status, exc.reason) from None
         return {"stored": len(items), "usage": usage.bytes, "quota": quota}
 
     def custody_drop(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """To the trash, never destroyed at once: the caller's key may be a thief's."""
         store = self._custodian_store(caller)
         ids = _ids(_json_object(body))
         self._keep_escrow(caller, ids)
@@ -787,7 +816,7 @@ class Gateway:
         except CustodyRefused as exc:
             raise Refused(exc.status, exc.reason) from None
         # Signed by this hospital's key: the owner can show the chain (and anyone) that this
-        # holder said it deleted them (an absent item is gone as well).
+        # holder said it dropped them (an absent item is gone as well).
         message = drop_receipt_message(self.org, caller.actor.org, ids)
         return {
             "dropped": dropped,
@@ -796,37 +825,116 @@ class Gateway:
             "receipt": b64(self.node.org_key.sign(message)),
         }
 
+    def custody_purge(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """Destroy, live and trashed, the item holding the wrapped key of a patient that the
+        chain's committed state says the caller shredded (`records.shredded`): the id is
+        computed here from the pid and its proof (vault/replication.py's key_item_id), so a
+        key, stolen or not, can purge nothing but an erased patient's key this way."""
+        store = self._custodian_store(caller)
+        args = _json_object(body)
+        pid = args.get("pid")
+        if not isinstance(pid, str) or not is_pid(pid):
+            raise Refused(400, "pid: a patient pseudonym expected")
+        try:
+            proof = bytes.fromhex(str(args.get("proof", "")))
+        except ValueError:
+            raise Refused(400, "proof: hex expected") from None
+        if len(proof) != 32:
+            raise Refused(400, "proof: 32 bytes expected")
+        owner = caller.actor.org
+        if queries.shredded(self.node.engine, owner, pid) is None:
+            reason = f"pid: the chain holds no records.shredded statement of {owner} for it"
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", reason)
+            raise Refused(409, reason)
+        item_id = key_item_id(owner, pid, proof)
+        purged = store.purge(owner, [item_id])
+        message = drop_receipt_message(self.org, owner, [item_id])
+        return {
+            "purged": purged,
+            "id": item_id,
+            "holder": self.org,
+            "receipt": b64(self.node.org_key.sign(message)),
+        }
+
+    def custody_empty_trash(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """Destroy the caller's trashed versions that another key put: once a member rebound
+        by vote restored its vault, what its lost key sent (a thief's garbage too) need not
+        fill its quota for custody_grace_days. Only a key bound by a rebind_member vote may:
+        the lost key itself, a thief's, cannot, nor a key the member rotated by itself."""
+        store = self._custodian_store(caller)
+        _json_object(body)
+        owner, key = caller.actor.org, caller.request.key
+        # Only a key that a rebinding vote gave the member: a key it rotated by itself may be
+        # the thief's, and would empty what the member's older keys put.
+        if not any(
+            p.get("action") == "rebind_member"
+            and p["args"].get("org") == owner
+            and bytes(p["args"].get("key", b"")) == key
+            for p in queries.proposals(self.node.engine, "executed")
+        ):
+            reason = f"custody-empty-trash: {owner}'s key was not bound by a rebind_member vote"
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", reason)
+            raise Refused(403, reason)
+        return {"purged": store.empty_trash(owner, key)}
+
     def custody_list(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
         args = _json_object(body)
-        after = args.get("after", "")
-        if not isinstance(after, str) or len(after) > 128:
+        trash = args.get("trash", False)
+        if not isinstance(trash, bool):
+            raise Refused(400, "trash: true or false expected")
+        after = args.get("after", 0 if trash else "")
+        if trash and (not isinstance(after, int) or isinstance(after, bool) or after < 0):
+            raise Refused(400, "after: a trash number (0 or more) expected")
+        if not trash and (not isinstance(after, str) or len(after) > 128):
             raise Refused(400, 'after: an item id or "" expected')
         limit = args.get("limit", MAX_ITEMS)
         if not isinstance(limit, int) or not 0 < limit <= MAX_ITEMS:
             raise Refused(400, f"limit: an integer from 1 to {MAX_ITEMS} expected")
-        found = store.listing(caller.actor.org, after, limit)
-        usage = store.usage(caller.actor.org)
+        owner = caller.actor.org
+        found = (
+            store.trash_listing(owner, after, limit)
+            if trash
+            else store.listing(owner, after, limit)
+        )
+        usage = store.usage(owner)
         return {
             "items": [
                 {"id": i.id, "version": i.version, "sha256": i.sha256.hex(), "size": i.size}
+                | ({"trash": i.trash} if trash else {})
                 for i in found
             ],
             "more": len(found) == limit,
             "usage": usage.bytes,
             "count": usage.items,
+            "trash_usage": usage.trash_bytes,
+            "trash_count": usage.trash_items,
             "quota": self.custody_quota(),
         }
 
     def custody_get(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)
-        ids = _ids(_json_object(body))
+        args = _json_object(body)
+        if "trash" in args:
+            numbers = args["trash"]
+            if (
+                not isinstance(numbers, list)
+                or len(numbers) > MAX_ITEMS
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers)
+            ):
+                raise Refused(400, f"trash: a list of at most {MAX_ITEMS} trash numbers expected")
+            found = store.get_trashed(caller.actor.org, numbers)
+            keys: list[Any] = list(numbers)
+            held: list[tuple[Any, Item]] = list(found.items())
+        else:
+            keys = _ids(args)
+            held = [(it.id, it) for it in store.get(caller.actor.org, keys)]
         out: list[dict[str, Any]] = []
-        later: list[str] = []
+        later: list[Any] = []
         size = 0
-        for item in store.get(caller.actor.org, ids):
+        for key, item in held:
             if out and size + len(item.blob) > CUSTODY_ANSWER_BYTES:
-                later.append(item.id)  # asked again by the owner in its next call
+                later.append(key)  # asked again by the owner in its next call
                 continue
             size += len(item.blob)
             out.append(
@@ -836,9 +944,10 @@ class Gateway:
                     "sha256": item.sha256.hex(),
                     "blob": b64(item.blob),
                 }
+                | ({"trash": key} if isinstance(key, int) else {})
             )
-        held = {o["id"] for o in out} | set(later)
-        return {"items": out, "later": later, "missing": [i for i in ids if i not in held]}
+        served = {o.get("trash", o["id"]) for o in out} | set(later)
+        return {"items": out, "later": later, "missing": [k for k in keys if k not in served]}
 
     def custody_quota(self) -> int:
         """Bytes each member may keep here: the consortium parameter `custody_quota_mb`."""
@@ -889,6 +998,8 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         # sealed blobs the caller stores here: kept apart, not as evidence
         "custody-put": ("custody_put", False, CUSTODY_BODY_LIMIT),
         "custody-drop": ("custody_drop", True, gateway.query_body_limit),
+        "custody-purge": ("custody_purge", True, gateway.query_body_limit),
+        "custody-empty-trash": ("custody_empty_trash", True, gateway.query_body_limit),
         "custody-list": ("custody_list", True, gateway.query_body_limit),
         "custody-get": ("custody_get", True, gateway.query_body_limit),
     }

@@ -10,6 +10,11 @@ returns (a crash of this node loses nothing either: the journal and the cursors 
 vault). A peer seen for the first time gets a full copy, and loses the replica items it held
 that the vault no longer has. The journal is pruned up to what every replica peer has. A
 fresh home rebound by vote sends nothing until its vault is recovered (`awaiting_recovery`).
+
+Peers keep what is dropped or replaced in a trash for custody_grace_days (node/custody.py):
+an erasure purges the shredded patient's wrapped key there at once instead, with the chain's
+`records.shredded` statement and the proof that the item is that key (`purge_shredded`);
+peers that did not answer are retried every round (`<home>/replicas/purges-pending.json`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,15 @@ from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.escrow import pending_recovery
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
-from medledger.node.replicas import ensure_backup_key, replica_peers
-from medledger.vault.replication import ReplicaKeys
+from medledger.node.replicas import (
+    PENDING_PURGES,
+    TRASH_TO_EMPTY,
+    ensure_backup_key,
+    read_pending,
+    replica_peers,
+    write_pending,
+)
+from medledger.vault.replication import ReplicaKeys, item_name
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -48,6 +60,8 @@ PEERS_TTL_S = 5.0
 WARN_AFTER_S = 30.0
 #: Longest wait before a failing peer is tried again (the wait doubles from `interval`).
 MAX_BACKOFF_S = 30.0
+#: Wait before an erasure's purge that failed at a peer is tried again.
+PURGE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,9 @@ class Replicator:
         #: and peer (the latest ones; `medledger bench replicas` reads them).
         self.lags: deque[float] = deque(maxlen=100_000)
         self._receipts = node.config.home / "replicas" / "drop-receipts.jsonl"
+        self._purges = node.config.home / PENDING_PURGES
+        self._purge_lock = threading.Lock()
+        self._purge_wait: dict[str, float] = {}  # peer -> when its pending purges are retried
         self._last_version = 0
         self._peers: tuple[float, list[str]] | None = None
         self._stop = threading.Event()
@@ -94,10 +111,12 @@ class Replicator:
         self._thread.daemon = True
         self._thread.start()
         self.node.replica_drop = self.drop_now
+        self.node.replica_purge = self.purge_shredded
         return self
 
     def stop(self) -> None:
         self.node.replica_drop = None
+        self.node.replica_purge = None
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -144,6 +163,8 @@ class Replicator:
         """One round: every replica peer brought up to the journal's head (or tried)."""
         if self.awaiting_recovery():
             return
+        if self._purges.exists():
+            self.purge_shredded()
         peers = self.peers()
         for peer in peers:
             failed = self.failures.get(peer)
@@ -184,6 +205,7 @@ class Replicator:
                 there, _ = self.client.custody_list(peer)  # before ours arrive
                 held = self._send(peer, names)
                 held = self._drop_strays(peer, {self.keys.item_id(n) for n in names}, there, held)
+                self._empty_lost_key_trash(peer)
                 self.vault.set_replica_peer(peer, head, time.time(), held)
                 return False
             acked, _, held = state
@@ -253,10 +275,8 @@ class Replicator:
         (peers whose signed receipt came back, peers that did not answer). Members that
         held replicas before the params or the members changed get the drop too: their copy
         of a wrapped key must not outlive the erasure."""
-        members = set(queries.member_orgs(self.node.engine))
-        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
         dropped, pending = [], []
-        for peer in dict.fromkeys([*self.peers(), *former]):
+        for peer in self._holders():
             try:
                 self._record_receipt(peer, ids, self.client.custody_drop(peer, ids))
                 dropped.append(peer)
@@ -264,6 +284,71 @@ class Replicator:
                 log.warning("%s: drop at %s pending: %s", self.org, peer, exc.reason)
                 pending.append(peer)
         return dropped, pending
+
+    def _empty_lost_key_trash(self, peer: str) -> None:
+        """After a complete recovery, once `peer` has this vault again: its trash of what
+        the lost key sent goes (node/replicas.py's empty_lost_key_trash_later)."""
+        path = self.node.config.home / TRASH_TO_EMPTY
+        todo = read_pending(path)
+        if peer in todo.get("lost-key", []):
+            try:
+                purged = self.client.custody_empty_trash(peer)
+                log.info(
+                    "%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged
+                )
+            except ExchangeError as exc:  # not worth holding the copy back: the trash expires
+                log.warning("%s: %s kept its trash: %s", self.org, peer, exc.reason)
+            todo["lost-key"].remove(peer)
+            write_pending(path, {k: v for k, v in todo.items() if v})
+
+    def _holders(self) -> list[str]:
+        """The replica peers, and the members that held replicas before the params or the
+        members changed."""
+        members = set(queries.member_orgs(self.node.engine))
+        former = [p for p in self.vault.replica_peers() if p in members and p != self.org]
+        return list(dict.fromkeys([*self.peers(), *former]))
+
+    def purge_shredded(self, pid: str | None = None) -> tuple[list[str], list[str]]:
+        """Purge `pid`'s wrapped key item (the chain states it shredded) at every holder,
+        trash included, and retry the purges still pending: (holders that purged `pid`,
+        holders where it is pending)."""
+        with self._purge_lock:
+            pending = read_pending(self._purges)
+            if pid is not None:
+                pending[pid] = self._holders()
+            members = set(queries.member_orgs(self.node.engine))
+            done: list[str] = []
+            now = time.monotonic()
+            for shredded, holders in list(pending.items()):
+                if queries.shredded(self.node.engine, self.org, shredded) is None:
+                    continue  # the statement is not committed (yet): no peer would purge
+                left = []
+                for peer in holders:
+                    if peer not in members:
+                        continue  # gone: it holds nothing the consortium can reach
+                    if pid is None and self._purge_wait.get(peer, 0.0) > now:
+                        left.append(peer)  # failed lately: tried again in a while
+                        continue
+                    proof = self.keys.key_proof(shredded)
+                    try:
+                        receipt, _ = self.client.custody_purge(peer, shredded, proof)
+                    except ExchangeError as exc:
+                        if peer not in self._purge_wait:
+                            log.warning("%s: purge at %s pending: %s", self.org, peer, exc.reason)
+                        self._purge_wait[peer] = now + PURGE_RETRY_S
+                        left.append(peer)
+                        continue
+                    self._purge_wait.pop(peer, None)
+                    key_id = self.keys.item_id(item_name("key", shredded))
+                    self._record_receipt(peer, [key_id], receipt)
+                    if shredded == pid:
+                        done.append(peer)
+                if left:
+                    pending[shredded] = left
+                else:
+                    del pending[shredded]
+            write_pending(self._purges, pending)
+            return done, pending.get(pid, []) if pid is not None else []
 
     def _record_receipt(self, peer: str, ids: list[str], receipt: bytes) -> None:
         """Keep each holder's signed drop receipt (opaque ids only) as evidence."""

@@ -43,6 +43,9 @@ class Node:
         # Set by the running exchange (exchange/replicator.py): drop items at the replica
         # peers now, -> (peers that signed a receipt, peers still pending). None: offline.
         self.replica_drop: Callable[[list[str]], tuple[list[str], list[str]]] | None = None
+        # ... and purge a shredded patient's wrapped key there, trash included (pid ->
+        # (peers that purged, peers pending: retried by the replicator)). None: offline.
+        self.replica_purge: Callable[[str], tuple[list[str], list[str]]] | None = None
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
         self._ledger_server: LedgerServer | None = None  # a solo producer's, see _open_solo

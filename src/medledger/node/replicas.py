@@ -37,7 +37,7 @@ from medledger.ledger.store import StateView
 from medledger.node.custody import Item, ItemInfo
 from medledger.node.indexing import check_commitment
 from medledger.vault import Vault
-from medledger.vault.replication import ReplicaError, ReplicaKeys, parse_item_name
+from medledger.vault.replication import ReplicaError, ReplicaKeys, item_name, parse_item_name
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -97,6 +97,68 @@ def drop_erased(
     return node.replica_drop(ids)
 
 
+#: Shredded patients whose wrapped key some peers have not purged yet: {pid: [peer]}.
+PENDING_PURGES = Path("replicas") / "purges-pending.json"
+#: After a complete recovery: peers whose trash holds what the lost key sent (a thief's
+#: drops and garbage too), emptied once this vault's full copy is there: {"lost-key": [peer]}.
+TRASH_TO_EMPTY = Path("replicas") / "trash-to-empty.json"
+
+
+def purge_later(node: Node, pid: str, peers: list[str] | None = None) -> list[str]:
+    """Note in the home that `pid`'s wrapped key is to be purged at `peers` (default: the
+    replica peers): written before the shred statement is sent, so that a crash after it
+    commits still purges. The replicator retries it once the statement is committed."""
+    peers = replica_peers(node.engine, node.config.org) if peers is None else peers
+    path = node.config.home / PENDING_PURGES
+    pending = read_pending(path)
+    pending[pid] = sorted(set(pending.get(pid, [])) | set(peers))
+    write_pending(path, pending)
+    return peers
+
+
+def forget_purge(node: Node, pid: str) -> None:
+    """The shred statement was refused: nothing to purge for `pid`."""
+    path = node.config.home / PENDING_PURGES
+    pending = read_pending(path)
+    if pending.pop(pid, None) is not None:
+        write_pending(path, pending)
+
+
+def purge_erased(node: Node, pid: str) -> tuple[list[str], list[str]]:
+    """Once the chain states `pid` shredded here: purge its wrapped key item at the replica
+    peers (and former ones), trash included, with the proof that the item is that key
+    (vault/replication.py). Returns (peers that purged, peers pending). Pending ones stay in
+    the home and are retried by the running node's replicator; offline, every peer is."""
+    if node.replica_purge is not None:
+        return node.replica_purge(pid)
+    return [], purge_later(node, pid)
+
+
+def empty_lost_key_trash_later(home: Path, peers: list[str]) -> None:
+    """A recovery restored every record: the trash the lost key filled at `peers` is emptied
+    by the replicator once it has sent them this vault (its first full copy)."""
+    write_pending(home / TRASH_TO_EMPTY, {"lost-key": sorted(peers)})
+
+
+def read_pending(path: Path) -> dict[str, list[str]]:
+    """A home's list of what is still to do at which peers ({what: [peer]})."""
+    if not path.exists():
+        return {}
+    data = orjson.loads(path.read_bytes())
+    return {str(pid): [str(p) for p in peers] for pid, peers in dict(data).items()}
+
+
+def write_pending(path: Path, pending: dict[str, list[str]]) -> None:
+    """Written whole and moved into place: a crash leaves the old list or the new one."""
+    if not pending:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(pending, option=orjson.OPT_SORT_KEYS))
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class PeerLag:
     """How far one replica peer is behind this hospital's vault."""
@@ -138,9 +200,11 @@ class CustodyClient(Protocol):
     @property
     def node(self) -> Node: ...
 
-    def custody_list(self, holder: str) -> tuple[list[ItemInfo], int]: ...
+    def custody_list(self, holder: str, *, trash: bool = False) -> tuple[list[ItemInfo], int]: ...
 
     def custody_get(self, holder: str, ids: list[str]) -> list[Item]: ...
+
+    def custody_get_trashed(self, holder: str, numbers: list[int]) -> dict[int, Item]: ...
 
 
 class RestoreRefused(ValueError):
@@ -163,6 +227,10 @@ class RestoreReport:
     patients_missing: list[str] = field(default_factory=list)  # in custody, nothing restored
     unreachable: list[str] = field(default_factory=list)  # peers that did not answer
     corrupt: dict[str, list[str]] = field(default_factory=dict)  # peer -> item ids bad there
+    # peer -> item ids whose live copy there does not open while the version it kept in its
+    # trash does: replaced by the owner's key (a thief's, before the rebinding), not the peer
+    replaced: dict[str, list[str]] = field(default_factory=dict)
+    from_trash: int = 0  # items restored from a version a peer kept in its trash
     lost: list[str] = field(default_factory=list)  # item ids with no good copy anywhere
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # of the restoring thread (the peers' serving not counted)
@@ -210,8 +278,9 @@ def restore_vault(
     report = RestoreReport(path=final)
     keys = ReplicaKeys(backup_key, org)
 
-    # 1. What each peer says it holds.
-    listings: dict[str, dict[str, ItemInfo]] = {}
+    # 1. What each peer says it holds, live and in its trash (what the owner's key dropped
+    # or replaced: maybe a thief's doing before the rebinding vote).
+    listings: dict[str, dict[tuple[str, int], ItemInfo]] = {}
     for peer in peers:
         try:
             found, _ = client.custody_list(peer)
@@ -219,40 +288,39 @@ def restore_vault(
             report.unreachable.append(peer)
             say(f"{peer}: unreachable ({exc})")
             continue
-        listings[peer] = {i.id: i for i in found if _is_replica_id(i.id)}
-        say(f"{peer}: {len(listings[peer])} items")
+        try:
+            trashed, _ = client.custody_list(peer, trash=True)
+        except Exception as exc:  # noqa: BLE001 - its live items still count
+            trashed = []
+            say(f"{peer}: trash not listed ({exc})")
+        listings[peer] = {(i.id, i.trash): i for i in [*found, *trashed] if _is_replica_id(i.id)}
+        say(f"{peer}: {len(found)} items, {len(trashed)} in its trash")
     if not listings:
         raise RestoreRefused(f"no replica peer answered ({', '.join(peers) or 'none given'})")
 
-    # 2. Fetch each item from the peer listing its newest version; on a bad copy, the next.
-    candidates: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    # 2. Fetch each item from the peer listing its newest live version; on a bad copy, the
+    # next; the trashed versions last (newest first).
+    ranked: dict[str, list[tuple[bool, int, int, str, int]]] = defaultdict(list)
     for peer, listed in listings.items():
         for info in listed.values():
-            candidates[info.id].append((info.version, peer))
-    for options in candidates.values():
-        options.sort(key=lambda vp: (-vp[0], peers.index(vp[1])))
+            rank = (info.trash > 0, -info.version, peers.index(peer))
+            ranked[info.id].append((*rank, peer, info.trash))
+    # item id -> [(peer, trash number: 0 for the live item)], in the order to try them
+    options = {item_id: [(r[3], r[4]) for r in sorted(rs)] for item_id, rs in ranked.items()}
     opened: dict[str, tuple[int, str, dict[str, Any]]] = {}  # item id -> (version, name, rows)
-    todo = {item_id: 0 for item_id in candidates}  # item id -> index of the option to try
+    todo = {item_id: 0 for item_id in options}  # item id -> index of the option to try
+    chosen: dict[str, int] = {}  # item id -> index of the option that opened
     while todo:
-        by_peer: dict[str, list[str]] = defaultdict(list)
+        by_peer: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for item_id, k in todo.items():
-            by_peer[candidates[item_id][k][1]].append(item_id)
+            peer, number = options[item_id][k]
+            by_peer[peer].append((item_id, number))
         retry: dict[str, int] = {}
-        for peer, ids in by_peer.items():
-            got: dict[str, Item] = {}
-            for i in range(0, len(ids), GET_BATCH):
-                try:
-                    got.update(
-                        {it.id: it for it in client.custody_get(peer, ids[i : i + GET_BATCH])}
-                    )
-                except Exception as exc:  # noqa: BLE001 - the other peers may have them
-                    say(f"{peer}: custody-get failed ({exc})")
-                    if peer not in report.unreachable:
-                        report.unreachable.append(peer)
-                    break
-            for item_id in ids:
-                stated = listings[peer][item_id]
-                item = got.get(item_id)
+        for peer, wanted in by_peer.items():
+            got = _fetch(client, peer, wanted, report, say)
+            for item_id, number in wanted:
+                stated = listings[peer][(item_id, number)]
+                item = got.get((item_id, number))
                 try:
                     if item is None:
                         raise ReplicaError("not served")
@@ -260,21 +328,39 @@ def restore_vault(
                         hashlib.sha256(item.blob).digest() != stated.sha256
                         or item.sha256 != stated.sha256
                         or item.version != stated.version
+                        or item.id != item_id
                     ):
                         raise ReplicaError("not the sha256 or version listed")
                     name, rows = keys.open(item_id, item.version, item.blob)
                 except ReplicaError:
-                    if item is not None or peer not in report.unreachable:
+                    # a trashed version that does not open is what was replaced before it
+                    if number == 0 and (item is not None or peer not in report.unreachable):
                         report.corrupt.setdefault(peer, []).append(item_id)
                     k = todo[item_id] + 1
-                    if k < len(candidates[item_id]):
+                    if k < len(options[item_id]):
                         retry[item_id] = k
                     else:
                         report.lost.append(item_id)
                     continue
                 opened[item_id] = (item.version, name, rows)
+                chosen[item_id] = todo[item_id]
+                report.from_trash += number > 0
         todo = retry
-    say(f"{len(opened)} items opened")
+    # A live copy that does not open at a peer whose trash holds a version that does: the
+    # owner's key replaced it (a thief's, before the rebinding); the peer did its duty.
+    for peer, ids in list(report.corrupt.items()):
+        bad = set(ids)
+        wanted = [(i, n) for i, n in listings[peer] if n and i in bad]
+        opens: set[str] = set()
+        for (item_id, _), item in _fetch(client, peer, wanted, report, say).items():
+            with contextlib.suppress(ReplicaError):
+                keys.open(item_id, item.version, item.blob)
+                opens.add(item_id)
+        if opens:
+            report.replaced[peer] = [i for i in ids if i in opens]
+            report.corrupt[peer] = [i for i in ids if i not in opens]
+    report.corrupt = {peer: ids for peer, ids in report.corrupt.items() if ids}
+    say(f"{len(opened)} items opened ({report.from_trash} from the peers' trash)")
 
     # 3. Erasure tombstones win: nothing of an erased (pid, generation) comes back.
     contents = {name: rows for _, name, rows in opened.values()}
@@ -285,9 +371,16 @@ def restore_vault(
         for row in rows.get("erasures", [])
     }
     erased |= _erased_on_chain(contents, engine, org)
+    # copies shredded apart (their key sets may be back from a peer's trash: not the copies)
+    copies_erased = {
+        str(row[0])
+        for name, rows in contents.items()
+        if parse_item_name(name)[0] == "copy-erasure"
+        for row in rows.get("copy_erasures", [])
+    }
     kept: dict[str, dict[str, Any]] = {}
     for name, rows in contents.items():
-        if _of_erased(name, rows, erased):
+        if _of_erased(name, rows, erased, copies_erased):
             report.erased_left_out += 1
         else:
             kept[name] = rows
@@ -301,6 +394,9 @@ def restore_vault(
         vault.write_items(kept)
         report.items = len(kept)
         _check_records(vault, kept, engine, org, report)
+        if report.mismatched:
+            versions = _Versions(client, keys, listings, options, chosen, report, say)
+            _pick_by_commitment(vault, kept, versions, keys, engine, org, report)
     finally:
         vault.close()
     report.seconds = time.perf_counter() - started
@@ -314,6 +410,132 @@ def restore_vault(
     for leftover in _sqlite_files(tmp):
         leftover.unlink(missing_ok=True)
     return report
+
+
+#: Rounds of other versions tried for the records that do not match the chain (each round:
+#: one custody-get per peer, one check of the records).
+PICK_ROUNDS = 8
+
+
+class _Versions:
+    """The versions of each item the peers hold beyond the one restored, fetched and opened
+    on demand, in the order of `options` (live first, newest first)."""
+
+    def __init__(
+        self,
+        client: CustodyClient,
+        keys: ReplicaKeys,
+        listings: dict[str, dict[tuple[str, int], ItemInfo]],
+        options: dict[str, list[tuple[str, int]]],
+        chosen: dict[str, int],
+        report: RestoreReport,
+        say: Callable[[str], None],
+    ) -> None:
+        self.client, self.keys, self.listings, self.options = client, keys, listings, options
+        self.report, self.say = report, say
+        self.next = {item_id: k + 1 for item_id, k in chosen.items()}
+
+    def more(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The next version that opens of each item of `ids` (left out: none is left)."""
+        out: dict[str, dict[str, Any]] = {}
+        todo = set(ids)
+        while todo:
+            by_peer: dict[str, list[tuple[str, int]]] = defaultdict(list)
+            for item_id in sorted(todo):
+                k = self.next.get(item_id, 0)
+                if k >= len(self.options.get(item_id, [])):
+                    todo.discard(item_id)
+                    continue
+                self.next[item_id] = k + 1
+                peer, number = self.options[item_id][k]
+                by_peer[peer].append((item_id, number))
+            for peer, wanted in by_peer.items():
+                got = _fetch(self.client, peer, wanted, self.report, self.say)
+                for item_id, number in wanted:
+                    item = got.get((item_id, number))
+                    stated = self.listings[peer][(item_id, number)]
+                    if item is None or hashlib.sha256(item.blob).digest() != stated.sha256:
+                        continue
+                    with contextlib.suppress(ReplicaError):
+                        out[item_id] = self.keys.open(item_id, item.version, item.blob)[1]
+                        todo.discard(item_id)
+        return out
+
+
+def _pick_by_commitment(
+    vault: Vault,
+    kept: dict[str, dict[str, Any]],
+    versions: _Versions,
+    keys: ReplicaKeys,
+    engine: Queryable,
+    org: str,
+    report: RestoreReport,
+) -> None:
+    """Records that do not match their commitment on the chain: the newest version that
+    opened may be a thief's, sealed with the stolen backup key before the rebinding. The
+    chain decides: try the other versions the peers hold (live or trashed) of the record;
+    once none is left, of its patient's key, then of its key set; until the commitments
+    match or nothing is left (PICK_ROUNDS at most). What still does not match stays named
+    in `mismatched`."""
+    for _ in range(PICK_ROUNDS):
+        suspects: dict[str, list[str]] = {}  # record item's name -> [key's, set's]
+        for gap in report.mismatched:
+            rid, version = gap.rsplit(" v", 1)
+            name = item_name("record", rid, int(version))
+            rows = kept.get(name, {}).get("records")
+            if rows:
+                suspects[name] = [item_name("key", rows[0][2]), item_name("set", rows[0][10])]
+        changes = _next_versions(versions, keys, list(suspects))
+        for name, (key_name, set_name) in suspects.items():
+            if name in changes:
+                continue  # another version of the record itself first
+            for other in (key_name, set_name):
+                if other in changes:
+                    break  # already another version this round (another record's suspect)
+                if other in kept:
+                    changes.update(_next_versions(versions, keys, [other]))
+                    if other in changes:
+                        break
+        if not changes:
+            return
+        vault.replace_items(changes)
+        kept.update(changes)
+        report.records = report.checked = report.unregistered = 0
+        report.missing, report.mismatched, report.pending = [], [], []
+        _check_records(vault, kept, engine, org, report)
+        if not report.mismatched:
+            return
+
+
+def _next_versions(
+    versions: _Versions, keys: ReplicaKeys, names: list[str]
+) -> dict[str, dict[str, Any]]:
+    by_id = {keys.item_id(name): name for name in names}
+    return {by_id[item_id]: rows for item_id, rows in versions.more(list(by_id)).items()}
+
+
+def _fetch(
+    client: CustodyClient,
+    peer: str,
+    wanted: list[tuple[str, int]],
+    report: RestoreReport,
+    say: Callable[[str], None],
+) -> dict[tuple[str, int], Item]:
+    """The items `wanted` of `peer` ((id, trash number), 0: live), as it serves them."""
+    got: dict[tuple[str, int], Item] = {}
+    live = [item_id for item_id, number in wanted if not number]
+    trashed = [number for _, number in wanted if number]
+    try:
+        for i in range(0, len(live), GET_BATCH):
+            got.update({(it.id, 0): it for it in client.custody_get(peer, live[i : i + GET_BATCH])})
+        for i in range(0, len(trashed), GET_BATCH):
+            batch = client.custody_get_trashed(peer, trashed[i : i + GET_BATCH])
+            got.update({(it.id, number): it for number, it in batch.items()})
+    except Exception as exc:  # noqa: BLE001 - the other peers may have them
+        say(f"{peer}: custody-get failed ({exc})")
+        if peer not in report.unreachable:
+            report.unreachable.append(peer)
+    return got
 
 
 def describe_gaps(report: RestoreReport) -> str:
@@ -373,11 +595,16 @@ def _erased_on_chain(
     return erased
 
 
-def _of_erased(name: str, rows: dict[str, Any], erased: set[tuple[str, int]]) -> bool:
+def _of_erased(
+    name: str, rows: dict[str, Any], erased: set[tuple[str, int]], copies_erased: set[str]
+) -> bool:
     kind, _ = parse_item_name(name)
     table = {"key": "patient_keys", "set": "key_sets", "record": "records"}.get(kind)
     if table is None:
         return False
+    kid_at = {"key_sets": 0, "records": 10}.get(table)
+    if kid_at is not None and any(str(r[kid_at]) in copies_erased for r in rows.get(table, [])):
+        return True
     # patient_keys, key_sets and records all start (.., pid, generation) at the same places
     pid_at, gen_at = {"patient_keys": (0, 1), "key_sets": (1, 2), "records": (2, 3)}[table]
     return any((str(r[pid_at]), int(r[gen_at])) in erased for r in rows.get(table, []))

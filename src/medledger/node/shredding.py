@@ -4,8 +4,10 @@
 nothing of theirs can be decrypted, nor any chain entry linked to a plaintext), drop the
 replica of that wrapped key at every replica peer (signed receipts; a peer that is down gets
 the drop from the replication journal when it returns), attest it on the chain with
-`records.shredded` naming the peers that dropped it and those pending, then purge the
-ciphertexts (whose drops follow through the journal).
+`records.shredded` naming the peers that dropped it and those pending, purge that wrapped key
+from the peers' trash with the statement now committed (a drop alone is kept there for
+custody_grace_days: node/custody.py), then purge the ciphertexts (whose drops follow through
+the journal).
 
 `shred_copies` shreds only the copies held of other hospitals' records (their key sets, see
 vault/keys.py), apart from this hospital's own records, and attests with the vault's receipt
@@ -29,7 +31,8 @@ import orjson
 from medledger.contracts import erasure, queries
 from medledger.contracts.records import Shredded
 from medledger.node import Node
-from medledger.node.replicas import drop_erased
+from medledger.node.replicas import drop_erased, forget_purge, purge_erased, purge_later
+from medledger.node.wallet import TxRejected
 from medledger.vault import Vault
 from medledger.vault.replication import item_name
 
@@ -43,6 +46,10 @@ class ShredResult:
     copies: int
     height: int
     purged_rows: int
+    #: peers where the wrapped key is purged, trash included; and those still pending
+    #: (retried by the running node's replicator)
+    key_purged: tuple[str, ...] = ()
+    key_purge_pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,16 +65,22 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     receipt = vault.erase(pid)
     # The wrapped key goes from the replica peers too; the attestation names who confirmed.
     dropped, pending = drop_erased(node, vault, since, (item_name("key", pid),))
-    committed = node.wallet.send_message(
-        Shredded(
-            pid=pid,
-            digest=receipt.digest,
-            records=receipt.records_shredded,
-            copies=receipt.copies_shredded,
-            replicas_dropped=dropped,
-            replicas_pending=pending,
+    purge_later(node, pid, [*dropped, *pending])  # a crash after the statement still purges
+    try:
+        committed = node.wallet.send_message(
+            Shredded(
+                pid=pid,
+                digest=receipt.digest,
+                records=receipt.records_shredded,
+                copies=receipt.copies_shredded,
+                replicas_dropped=dropped,
+                replicas_pending=pending,
+            )
         )
-    )
+    except TxRejected:
+        forget_purge(node, pid)
+        raise
+    key_purged, key_pending = purge_erased(node, pid)
     purged = vault.purge_pending()
     return ShredResult(
         pid,
@@ -75,6 +88,8 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
         receipt.copies_shredded,
         committed.height,
         purged.rows_deleted,
+        tuple(key_purged),
+        tuple(key_pending),
     )
 
 

@@ -109,6 +109,12 @@ def restore_lines(r: RestoreReport) -> list[str]:
         f"  peer {peer} served {len(ids)} bad cop(ies), taken from another peer: {', '.join(ids)}"
         for peer, ids in sorted(r.corrupt.items())
     ]
+    out += [
+        f"  peer {peer}: {len(ids)} item(s) replaced by the old key, taken from its trash"
+        for peer, ids in sorted(r.replaced.items())
+    ]
+    if r.from_trash:
+        out.append(f"  {r.from_trash} item(s) from versions the peers kept in their trash")
     return out
 
 
@@ -208,12 +214,18 @@ def recover(node: Node, client: ExchangeClient, *, timeout: float = 600.0) -> Re
     kek, backup_key, collected = recover_keys(node, client, report)
     install_keys(node, kek, backup_key)
     report.pseudonym_from = fetch_pseudonym_key(node, client, sorted(collected.good))
-    from medledger.node.replicas import replica_peers, restore_vault
+    from medledger.node.replicas import (
+        empty_lost_key_trash_later,
+        replica_peers,
+        restore_vault,
+    )
 
     peers = replica_peers(node.engine, node.config.org)  # the chain's choice, as at every node
     report.restore = restore_vault(
         node.config.home, backup_key, kek, client, peers, engine=node.engine
     )
+    if report.restore.complete:  # what the lost key left in the peers' trash is not needed
+        empty_lost_key_trash_later(node.config.home, peers)
     try:
         report.escrow = exchange_escrow.deposit(node, client, kek, backup_key)
     except Exception as exc:  # noqa: BLE001 - the vault is back; the report says what to redo

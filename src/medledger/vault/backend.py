@@ -282,3 +282,7 @@ class Backend(Protocol):
     def write_item(self, name: str, content: dict[str, list[list[Any]]]) -> None:
         """Write an item's rows (a restore into a fresh vault)."""
         ...
+
+    def delete_item(self, name: str) -> None:
+        """Delete an item's rows (a restore trying another version of it)."""
+        ...

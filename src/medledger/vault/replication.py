@@ -6,7 +6,12 @@ sealed salts and aliases, erasure tombstones, the provisional-unit journal) is c
 the owner only (`key\\t<pid>`, `record\\t<rid>\\t<version>`, ...). What leaves the hospital:
 
 - the item id: `HMAC-SHA256(K_id, name)` in hex, `K_id = HKDF(backup key, "…/item-id")`, so
-  a peer cannot tell a key from a record, nor link an id to a pid or rid;
+  a peer cannot tell a key from a record, nor link an id to a pid or rid; a patient's
+  wrapped key is the one exception in form, not in what it shows: its id is
+  `SHA-256(CBOR [label, owner, pid, proof])` with `proof = HMAC-SHA256(K_id, name)`, so that
+  once the chain states the patient shredded (`records.shredded`) the owner can show a peer
+  which item is that key (pid and proof) and the peer purges it at once, trash included,
+  while a thief holding the old keys cannot pass another item off as an erased patient's;
 - the blob: `nonce (12) || AES-256-GCM(K_seal, pad(CBOR [name, rows]), ad)`, with
   `K_seal = HKDF(backup key, "…/seal")` and `ad = CBOR [label, owner, item id, version]`,
   so a blob cannot be moved to another id, another owner or passed off as another version;
@@ -34,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medledger.vault.keys import hkdf
 
 LABEL = "medledger/replica/v1"
+KEY_ITEM_LABEL = f"{LABEL}/key-item"
 NONCE_SIZE = 12
 MIN_BUCKET = 512
 _KINDS = frozenset({"key", "set", "copy-erasure", "erasure", "record", "shredded", "unit"})
@@ -78,6 +84,12 @@ def _unpad(data: bytes) -> bytes:
     return end[:-1]
 
 
+def key_item_id(owner: str, pid: str, proof: bytes) -> str:
+    """The id of `owner`'s item holding patient `pid`'s wrapped key, from its proof: what a
+    peer computes to purge that item when the chain says the patient was shredded."""
+    return hashlib.sha256(cbor2.dumps([KEY_ITEM_LABEL, owner, pid, proof])).hexdigest()
+
+
 @dataclass(frozen=True)
 class Sealed:
     id: str
@@ -100,7 +112,17 @@ class ReplicaKeys:
         self._aead = AESGCM(hkdf(backup_key, f"{LABEL}/seal".encode()))
 
     def item_id(self, name: str) -> str:
-        return hmac.new(self._id_key, name.encode(), hashlib.sha256).hexdigest()
+        kind, _, pid = name.partition("\t")
+        if kind == "key":
+            return key_item_id(self.owner, pid, self.key_proof(pid))
+        return self._hmac(name).hex()
+
+    def key_proof(self, pid: str) -> bytes:
+        """What shows a peer that an id is `pid`'s wrapped key (see key_item_id)."""
+        return self._hmac(item_name("key", pid))
+
+    def _hmac(self, name: str) -> bytes:
+        return hmac.new(self._id_key, name.encode(), hashlib.sha256).digest()
 
     def _ad(self, item_id: str, version: int) -> bytes:
         return cbor2.dumps([LABEL, self.owner, item_id, version])
@@ -123,6 +145,10 @@ class ReplicaKeys:
             name, rows = cbor2.loads(_unpad(plaintext))
         except (InvalidTag, ValueError, TypeError, cbor2.CBORDecodeError):
             raise ReplicaError(f"item {item_id[:16]}…: does not open (AES-GCM tag)") from None
-        if not isinstance(name, str) or not isinstance(rows, dict) or self.item_id(name) != item_id:
+        # a wrapped key sealed before key ids were provable keeps its plain HMAC id
+        ids: tuple[str, ...] = (
+            (self.item_id(name), self._hmac(name).hex()) if isinstance(name, str) else ()
+        )
+        if not isinstance(rows, dict) or item_id not in ids:
             raise ReplicaError(f"item {item_id[:16]}…: holds another item than its id")
         return name, rows

@@ -776,6 +776,13 @@ class SQLBackend:
             out[table] = [[_plain(v) for v in row] for row in rows]
         return out
 
+    def delete_item(self, name: str) -> None:
+        """Delete a replicated item's rows: a restore trying another version of it."""
+        kind, key = parse_item_name(name)
+        for table, key_cols, _ in _ITEM_TABLES[kind]:
+            where = " AND ".join(f"{c} = ?" for c in key_cols)
+            self._run(f"DELETE FROM {table} WHERE {where}", key)
+
     def write_item(self, name: str, content: dict[str, list[list[Any]]]) -> None:
         """Write a replicated item's rows into this (fresh) vault: a restore."""
         kind, _ = parse_item_name(name)
