@@ -24,6 +24,7 @@ from medledger.api.services import issuer_key
 from medledger.api.tokens import mint
 from medledger.cli._runtime import Sandbox
 from medledger.interop.synth import generate
+from medledger.node import heap
 from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
 
@@ -54,6 +55,8 @@ def run(resources: int = 500, rounds: int = 50) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
         sandbox = Sandbox(homes)
+        heap.settle()  # as a node does once started (cli/node.py): no full collections of
+        # the imported libraries in the middle of a request
         runtimes = sandbox.runtimes
         try:
             orgs = [r.org for r in runtimes]

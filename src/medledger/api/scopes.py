@@ -18,6 +18,7 @@ silently dropped, since dropping it would widen the scope.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def _restriction(scope: str, query: str) -> frozenset[str]:
     return frozenset(values)
 
 
+@functools.lru_cache(maxsize=1024)  # asked once per record a search or a document serves
 def parse_scope(scope: str) -> Grant | None:
     """The grant of a resource scope; None for other scopes (`launch`, `openid`, ...).
 

@@ -188,19 +188,23 @@ def _document(
     category = {info.rid: str(_meta_of(svc, info)["category"]) for info, _ in allowed}
     holders: dict[int, list[dict[str, Any]]] = {}  # id(resource) -> its references' objects
 
-    def load(info: Any) -> tuple[Any, dict[str, Any]]:
-        resource = orjson.loads(svc.vault.get(info.rid, info.version))
+    def load(info: Any, data: bytes | None = None) -> tuple[Any, dict[str, Any]]:
+        resource = orjson.loads(data or svc.vault.get(info.rid, info.version))
         holders[id(resource)] = reference_holders(resource)  # one walk per resource
         return info, resource
 
     def references(resource: dict[str, Any]) -> list[str]:
         return [holder["reference"] for holder in holders[id(resource)]]
 
-    loaded: list[tuple[Any, dict[str, Any]]] = [
-        load(info)
+    content = [
+        info
         for info, _ in allowed
         if info.rid == subject.rid
         or section_of(info.resource_type, category[info.rid], None) is not None
+    ]
+    read = svc.vault.get_many([(info.rid, info.version) for info in content])  # at once
+    loaded: list[tuple[Any, dict[str, Any]]] = [
+        load(info, data) for info, data in zip(content, read, strict=True)
     ]
     # The patient's other records the entries reference (an Observation's Encounter...).
     others = {f"{i.resource_type}/{i.rid}": i for i, _ in allowed if i.resource_type != "Patient"}

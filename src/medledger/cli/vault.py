@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         """Validate, encrypt into the vault and register on the chain; a file is all or nothing.
 
         A resource sent again is stored once: unchanged, or as a new version."""
-        from medledger.node import Node
+        from medledger.node import Node, heap
         from medledger.node.ingest import Ingestor
         from medledger.node.registrations import reconcile
         from medledger.vault import Vault
@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
             if settled.settled:
                 console.print(f"earlier ingestions: {settled.summary()}")
             ingestor = Ingestor(node, vault, max_bytes=max_mb * 1024 * 1024 if max_mb else None)
+            heap.settle()  # as a node does: no full collections of the libraries loaded
             results = []
             with Progress(
                 TextColumn("{task.description}"),

@@ -41,7 +41,7 @@ from medledger.node.aliases import Aliases
 from medledger.node.indexing import commitment, seal_meta
 from medledger.node.registrations import RegistrationFailed, RegistrationPending
 from medledger.node.wallet import TxRejected
-from medledger.vault import Vault
+from medledger.vault import NewRecord, Vault
 from medledger.vault.errors import PatientErased, VaultError
 
 log = logging.getLogger(__name__)
@@ -525,16 +525,52 @@ class Ingestor:
                     self._inflight.wait(rid=moved.get(ref, ref).removeprefix("Patient/"))
             entries: list[dict[str, Any]] = []
             disclosures = _Disclosures(self.node, self.org)
-            unit_pids: set[str] = set()
             held: list[tuple[str, int]] = []
             latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
             epochs: dict[str, int] = {}
             updated = unchanged = 0
+            # The unit's new versions are written together (Vault.put_many); a resource met
+            # again in the unit first writes what precedes it, so that it reads it back.
+            writing: list[tuple[_Step, bytes, int]] = []
+
+            def write() -> None:
+                records = [
+                    NewRecord(
+                        s.pid, s.rid, v, d, s.item.resource_type, self.org, aliases=tuple(s.aliases)
+                    )
+                    for s, d, v in writing
+                ]
+                for (step, data, version), stored in zip(
+                    writing, self.vault.put_many(records), strict=True
+                ):
+                    held.append((step.rid, version))
+                    if step.pid == self.vault.hospital_pid:
+                        continue  # the hospital's own: not a patient's record, not on the chain
+                    meta = _metadata(step.item, data)
+                    whole = (
+                        document_categories(step.item.resource)
+                        if step.item.resource_type == "Bundle"
+                        else []
+                    )
+                    disclosures.add(step.pid, step.rid, meta, whole)
+                    if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
+                        epochs[step.pid] = self._epoch(step.pid)
+                    key = self.vault.metadata_key(step.pid)
+                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
+                    digest = commitment(stored.salt, data)
+                    entries.append(
+                        {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
+                        | ({"version": version} if version > 1 else {})
+                    )
+                writing.clear()
+
             with self.vault.batch():
                 for step in steps:
                     item = step.item
                     step.pid = step.pid or self._owner(item, moved, patients, source)
                     data = _rewritten(item, step.rid, moved)
+                    if step.rid in latest:
+                        write()  # met before in this unit: read back what it wrote
                     before = latest.get(step.rid)
                     if before is None and step.stored:
                         if self.vault.info(step.rid).pid != step.pid:
@@ -555,34 +591,9 @@ class Ingestor:
                     if before is not None:
                         version = max(self.vault.versions(step.rid)) + 1
                         updated += 1
-                    stored = self.vault.put(
-                        step.pid,
-                        step.rid,
-                        version,
-                        data,
-                        resource_type=item.resource_type,
-                        custodian=self.org,
-                    )
-                    self.vault.remember(step.rid, step.aliases)
+                    writing.append((step, data, version))
                     latest[step.rid] = data
-                    held.append((step.rid, version))
-                    if step.pid == self.vault.hospital_pid:
-                        continue  # the hospital's own: not a patient's record, not on the chain
-                    meta = _metadata(item, data)
-                    whole = (
-                        document_categories(item.resource) if item.resource_type == "Bundle" else []
-                    )
-                    disclosures.add(step.pid, step.rid, meta, whole)
-                    if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
-                        epochs[step.pid] = self._epoch(step.pid)
-                    key = self.vault.metadata_key(step.pid)
-                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
-                    digest = commitment(stored.salt, data)
-                    entries.append(
-                        {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
-                        | ({"version": version} if version > 1 else {})
-                    )
-                    unit_pids.add(step.pid)
+                write()
                 unit = self.vault.hold(held) if entries else None
         # The chain decides, in one tx for the whole unit (new records and new versions
         # alike), after the vault committed: the vault lock is not held while it decides.

@@ -31,6 +31,7 @@ from medledger.vault.errors import (
 from medledger.vault.keys import create_kek_file, load_kek
 from medledger.vault.models import (
     ErasureReceipt,
+    NewRecord,
     ProvisionalUnit,
     PurgeReport,
     RecordInfo,
@@ -42,6 +43,7 @@ __all__ = [
     "ErasureReceipt",
     "InsecureKeyFileError",
     "KeyFileError",
+    "NewRecord",
     "PatientErased",
     "ProvisionalUnit",
     "PurgeReport",

@@ -155,8 +155,16 @@ class Backend(Protocol):
         """The pid of a rid whose rows were purged after an erasure, if it is one."""
         ...
 
-    def insert_record(self, row: RecordRow) -> bool:
-        """Insert one record version; False if (rid, version) already exists."""
+    def rid_states(self, rids: list[str]) -> dict[str, RidState]:
+        """`rid_state` of each rid that has records (locking each where needed)."""
+        ...
+
+    def shredded_owners(self, rids: list[str]) -> dict[str, str]:
+        """`shredded_owner` of each rid that has one."""
+        ...
+
+    def insert_records(self, rows: list[RecordRow]) -> bool:
+        """Insert record versions; False if any (rid, version) already existed."""
         ...
 
     def fetch_record(
@@ -169,6 +177,12 @@ class Backend(Protocol):
         rows are not purged yet. Reading all in one statement means a concurrent
         erasure is either fully seen or not at all.
         """
+        ...
+
+    def fetch_records(
+        self, versions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]]:
+        """`fetch_record` of each (rid, version) that exists."""
         ...
 
     def versions(self, rid: str) -> list[int]:

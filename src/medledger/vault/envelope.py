@@ -106,7 +106,17 @@ def extend_manifest(manifest: bytes, ctx: RecordContext, ciphertext: bytes) -> b
     Kept on the key rows, it lets erase() and erase_copies() produce a digest of
     everything they destroy without reading the records.
     """
-    item = encode_fields(ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest())
+    return fold_manifest(manifest, manifest_item(ctx, ciphertext))
+
+
+def manifest_item(ctx: RecordContext, ciphertext: bytes) -> bytes:
+    """What `extend_manifest` folds in for one stored version (made once, folded into the
+    patient's manifest and its key set's)."""
+    return encode_fields(ctx.rid, ctx.version, ctx.is_copy, hashlib.sha256(ciphertext).digest())
+
+
+def fold_manifest(manifest: bytes, item: bytes) -> bytes:
+    """The manifest with one `manifest_item` folded in."""
     return hashlib.sha256(manifest + item).digest()
 
 

@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ _LABEL_SET_WRAP = b"medledger/vault/v2/set-wrap"
 _LABEL_SET_KEY_AAD = b"medledger/vault/v2/set-key"
 _LABEL_SET_RECORD = b"medledger/vault/v2/record"
 _LABEL_SET_SALT = b"medledger/vault/v2/salt"
+_LENGTH = struct.Struct(">I").pack  # a field's length prefix
 
 
 def encode_fields(*fields: bytes | str | int) -> bytes:
@@ -77,9 +79,14 @@ def encode_fields(*fields: bytes | str | int) -> bytes:
     Used for every HKDF info, HMAC input and AEAD associated data: plain
     concatenation would let ("ab", "c") collide with ("a", "bc").
     """
-    out = bytearray()
+    parts: list[bytes] = []
     for value in fields:
-        if isinstance(value, bool):
+        kind = type(value)  # the exact types first: called several times per record stored
+        if kind is str:
+            raw = value.encode("utf-8")  # type: ignore[union-attr]
+        elif kind is bytes:
+            raw = value
+        elif isinstance(value, bool):
             raw = b"\x01" if value else b"\x00"
         elif isinstance(value, int):
             raw = value.to_bytes(8, "big", signed=True)
@@ -87,9 +94,8 @@ def encode_fields(*fields: bytes | str | int) -> bytes:
             raw = value.encode("utf-8")
         else:
             raw = bytes(value)
-        out += len(raw).to_bytes(4, "big")
-        out += raw
-    return bytes(out)
+        parts += (_LENGTH(len(raw)), raw)
+    return b"".join(parts)
 
 
 def hkdf(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:

@@ -36,6 +36,22 @@ class StoredRecord(RecordInfo):
 
 
 @dataclass(frozen=True, slots=True)
+class NewRecord:
+    """One record version to store (`Vault.put_many`): `put`'s arguments, and the aliases
+    `remember` would keep for it."""
+
+    pid: str
+    rid: str
+    version: int
+    data: bytes  # the resource's JSON, exactly as it is to be stored
+    resource_type: str
+    custodian: str
+    is_copy: bool = False
+    salt: bytes | None = field(default=None, repr=False)
+    aliases: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ErasureReceipt:
     """Proof, for the erasure contract, that a patient's key material was destroyed.
 

@@ -57,6 +57,11 @@ class PostgresDialect:
     def execute(self, statement: str, params: Sequence[Any]) -> psycopg.Cursor[tuple[Any, ...]]:
         return self.conn.execute(statement, params or None)
 
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        with self.conn.cursor() as cursor:
+            cursor.executemany(statement, rows)
+            return cursor.rowcount
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN at the outermost level, savepoints inside (psycopg's own nesting)."""

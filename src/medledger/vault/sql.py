@@ -70,6 +70,10 @@ class Dialect(Protocol):
         """Run one statement (already rewritten by sql()) on the connection."""
         ...
 
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement (already rewritten by sql()) for each row; the rows changed."""
+        ...
+
     def transaction(self) -> AbstractContextManager[None]:
         """Outermost level: a real transaction; nested levels: savepoints."""
         ...
@@ -249,6 +253,9 @@ class SQLBackend:
 
     def _run(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
         return self.dialect.execute(self.dialect.sql(statement), params)
+
+    def _many(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        return self.dialect.executemany(self.dialect.sql(statement), rows) if rows else 0
 
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._run(statement, params).fetchone()
@@ -486,34 +493,68 @@ class SQLBackend:
             pid=row[0], generation=int(row[1]), max_version=int(row[2]), kid=str(row[3])
         )
 
+    def rid_states(self, rids: list[str]) -> dict[str, RidState]:
+        """`rid_state` of each rid that has records, in a query per 500 rids."""
+        for rid in rids:
+            self.dialect.lock_rid(rid)
+        found: dict[str, RidState] = {}
+        for i in range(0, len(rids), 500):
+            chunk = rids[i : i + 500]
+            rows = self._all(
+                "SELECT rid, pid, generation, version, kid FROM records "
+                f"WHERE rid IN ({', '.join('?' * len(chunk))}) ORDER BY rid, version",
+                chunk,
+            )
+            for rid, pid, generation, version, kid in rows:  # the latest version last
+                found[str(rid)] = RidState(
+                    pid=pid, generation=int(generation), max_version=int(version), kid=str(kid)
+                )
+        return found
+
+    def shredded_owners(self, rids: list[str]) -> dict[str, str]:
+        """`shredded_owner` of each rid that has one."""
+        found: dict[str, str] = {}
+        for i in range(0, len(rids), 500):
+            chunk = rids[i : i + 500]
+            rows = self._all(
+                f"SELECT rid, pid FROM shredded_rids WHERE rid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((str(rid), str(pid)) for rid, pid in rows)
+        return found
+
     def shredded_owner(self, rid: str) -> str | None:
         row = self._one("SELECT pid FROM shredded_rids WHERE rid = ?", (rid,))
         return None if row is None else str(row[0])
 
-    def insert_record(self, row: RecordRow) -> bool:
-        cur = self._run(
+    def insert_records(self, rows: list[RecordRow]) -> bool:
+        """Insert record versions in one statement; False if any (rid, version) existed (the
+        caller rolls the transaction back)."""
+        inserted = self._many(
             self.dialect.insert_or_ignore(
                 "records (rid, version, pid, generation, resource_type, custodian, is_copy, "
                 "nonce, ciphertext, salt_ct, kid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 "(rid, version)",
             ),
-            (
-                row.rid,
-                row.version,
-                row.pid,
-                row.generation,
-                row.resource_type,
-                row.custodian,
-                row.is_copy,
-                row.nonce,
-                row.ciphertext,
-                row.salt_ct,
-                row.kid,
-            ),
+            [
+                (
+                    r.rid,
+                    r.version,
+                    r.pid,
+                    r.generation,
+                    r.resource_type,
+                    r.custodian,
+                    r.is_copy,
+                    r.nonce,
+                    r.ciphertext,
+                    r.salt_ct,
+                    r.kid,
+                )
+                for r in rows
+            ],
         )
-        if cur.rowcount == 1:
-            self._changed(item_name("record", row.rid, row.version))
-        return cur.rowcount == 1
+        self._changed(*(item_name("record", r.rid, r.version) for r in rows))
+        return inserted == len(rows)
 
     def fetch_record(
         self, rid: str, version: int | None
@@ -530,6 +571,25 @@ class SQLBackend:
         if row is None:
             return None
         return record_from_row(row)
+
+    def fetch_records(
+        self, versions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]]:
+        """`fetch_record` of each (rid, version) found, in a statement per 400."""
+        found: dict[tuple[str, int], tuple[RecordRow, bytes | None, bytes | None]] = {}
+        for i in range(0, len(versions), 400):
+            chunk = versions[i : i + 400]
+            rows = self._all(
+                f"SELECT {_RECORD_COLS}, k.wrapped, s.wrapped FROM records r LEFT JOIN "
+                "patient_keys k ON k.pid = r.pid AND k.generation = r.generation "
+                "LEFT JOIN key_sets s ON s.kid = r.kid WHERE (r.rid, r.version) IN "
+                f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+                [value for pair in chunk for value in pair],
+            )
+            for row in rows:
+                record = record_from_row(row)
+                found[(record[0].rid, record[0].version)] = record
+        return found
 
     def versions(self, rid: str) -> list[int]:
         rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
@@ -565,8 +625,7 @@ class SQLBackend:
         statement = self.dialect.insert_or_ignore(
             "aliases (alias, rid, version, pid) VALUES (?, ?, ?, ?)", "(alias, rid)"
         )
-        for row in rows:
-            self._run(statement, row)
+        self._many(statement, rows)
         self._changed(*(item_name("record", rid, version) for _, rid, version, _ in rows))
 
     def find_aliases(self, aliases: list[bytes]) -> list[tuple[bytes, str]]:
@@ -706,8 +765,9 @@ class SQLBackend:
             return
         self.dialect.lock_journal()
         now = time.time()
-        for item in new:
-            self._run("INSERT INTO replication_journal (item, at) VALUES (?, ?)", (item, now))
+        self._many(
+            "INSERT INTO replication_journal (item, at) VALUES (?, ?)", [(i, now) for i in new]
+        )
         if self._depth:
             self._journaled.update(new)
 

@@ -53,6 +53,9 @@ class SQLiteDialect:
     def execute(self, statement: str, params: Sequence[Any]) -> sqlite3.Cursor:
         return self.conn.execute(statement, params)
 
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        return self.conn.executemany(statement, rows).rowcount
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Outermost level: BEGIN IMMEDIATE ... COMMIT; nested levels: savepoints.

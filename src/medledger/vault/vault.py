@@ -75,7 +75,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -88,7 +88,8 @@ from medledger.vault.envelope import (
     EMPTY_MANIFEST,
     RecordContext,
     copies_erased_in_manifest,
-    extend_manifest,
+    fold_manifest,
+    manifest_item,
     open_record,
     open_salt,
     seal_record,
@@ -119,10 +120,12 @@ from medledger.vault.models import (
     ErasureReceipt,
     ErasureRow,
     KeyRow,
+    NewRecord,
     ProvisionalUnit,
     PurgeReport,
     RecordInfo,
     RecordRow,
+    RidState,
     SetRow,
     StoredRecord,
 )
@@ -146,6 +149,22 @@ _LABEL_COPIES_RECEIPT = b"medledger/vault/v2/copies-erasure"
 _UNWRAPPED_CACHE = 1024
 _LABEL_HOSPITAL_OWNER = b"medledger/vault/v3/hospital-records"
 ALIAS_SIZE = 32
+
+
+@dataclass(slots=True)
+class _Counters:
+    """A key row's or key set's counters and running manifest, as `put_many` moves them on
+    (written once at its end)."""
+
+    n_records: int
+    n_copies: int
+    manifest: bytes
+
+    def add(self, item: bytes, is_copy: bool) -> None:
+        """One stored version (its `manifest_item`): a copy, or one of the own records."""
+        self.n_copies += is_copy
+        self.n_records += not is_copy
+        self.manifest = fold_manifest(self.manifest, item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +444,13 @@ class Vault:
         return row, wrapped, set_wrapped
 
     def _fetch(self, rid: str, version: int | None) -> tuple[RecordRow, RecordKeys]:
-        row, wrapped, set_wrapped = self._fetch_row(rid, version)
+        return self._opened(*self._fetch_row(rid, version))
+
+    def _opened(
+        self, row: RecordRow, wrapped: bytes, set_wrapped: bytes
+    ) -> tuple[RecordRow, RecordKeys]:
+        """A record row with its key set's keys, unwrapped from the live wrapped keys."""
+        rid = row.rid
         custodian, is_copy = self._scope(row.custodian, row.is_copy)
         key_set = SetRow(
             kid=row.kid,
@@ -502,15 +527,116 @@ class Vault:
         re-checked later. Returns the record's attributes and the salt of its
         commitment.
         """
-        pid = self._pid(pid)
-        _check(_RID_RE, rid, "rid")
-        _check(_RESOURCE_TYPE_RE, resource_type, "resource type")
-        _check(_CUSTODIAN_RE, custodian, "custodian")
+        record = NewRecord(
+            pid, rid, version, resource_json, resource_type, custodian, is_copy, salt
+        )
+        return self.put_many([record])[0]
+
+    def put_many(self, records: Iterable[NewRecord]) -> list[StoredRecord]:
+        """`put` each record, in order, all or none; and `remember` each one's aliases.
+
+        The same checks and the same rows as one `put` (and `remember`) after the other, in
+        a few statements: each patient's key and key set are read once and their counters
+        written once, the records, aliases and journal rows inserted together (ingestion
+        stores a unit's resources so)."""
+        checked = [self._checked(r) for r in records]
+        if not checked:
+            return []
+        stored: list[StoredRecord] = []
+        with self._lock, self._backend.transaction():
+            keys: dict[str, tuple[KeyRow, _Counters]] = {}
+            sets: dict[tuple[str, str, bool], tuple[SetRow, RecordKeys, _Counters]] = {}
+            states = self._backend.rid_states(list(dict.fromkeys(r.rid for r in checked)))
+            new_rids = [r.rid for r in checked if r.rid not in states]
+            shredded = self._backend.shredded_owners(new_rids) if new_rids else {}
+            rows: list[RecordRow] = []
+            aliases: list[tuple[bytes, str, int, str]] = []
+            for r in checked:
+                if r.pid not in keys:
+                    key = self._live_key_for_write(r.pid)
+                    keys[r.pid] = key, _Counters(key.n_records, key.n_copies, key.manifest)
+                key, key_counts = keys[r.pid]
+                scope = (r.pid, *self._scope(r.custodian, r.is_copy))
+                if scope not in sets:
+                    key_set, set_keys = self._live_set_for_write(key, r.custodian, r.is_copy)
+                    counts = _Counters(key_set.n_records, 0, key_set.manifest)
+                    sets[scope] = key_set, set_keys, counts
+                key_set, set_keys, set_counts = sets[scope]
+                self._check_rid(r, states.get(r.rid), shredded.get(r.rid), key, key_set)
+                ctx = RecordContext(
+                    hospital_id=self.hospital_id,
+                    pid=r.pid,
+                    rid=r.rid,
+                    version=r.version,
+                    resource_type=r.resource_type,
+                    custodian=r.custodian,
+                    is_copy=r.is_copy,
+                )
+                nonce, ciphertext = seal_record(set_keys, ctx, r.data)
+                item = manifest_item(ctx, ciphertext)
+                rows.append(
+                    RecordRow(
+                        rid=r.rid,
+                        version=r.version,
+                        pid=r.pid,
+                        generation=key.generation,
+                        resource_type=r.resource_type,
+                        custodian=r.custodian,
+                        is_copy=r.is_copy,
+                        nonce=nonce,
+                        ciphertext=ciphertext,
+                        salt_ct=None if r.salt is None else seal_salt(set_keys, ctx, r.salt),
+                        kid=key_set.kid,
+                    )
+                )
+                key_counts.add(item, r.is_copy)
+                set_counts.add(item, False)
+                states[r.rid] = RidState(r.pid, key.generation, r.version, key_set.kid)
+                aliases += [(a, r.rid, r.version, r.pid) for a in r.aliases]
+                salt = r.salt if r.salt is not None else set_keys.salt(r.rid, r.version)
+                stored.append(
+                    StoredRecord(
+                        pid=r.pid,
+                        rid=r.rid,
+                        version=r.version,
+                        resource_type=r.resource_type,
+                        custodian=r.custodian,
+                        is_copy=r.is_copy,
+                        salt=salt,
+                    )
+                )
+            if not self._backend.insert_records(rows):
+                first = rows[0]
+                raise RecordConflict(
+                    f"record {first.rid} version {first.version} already exists"
+                    if len(rows) == 1
+                    else f"a record of these {len(rows)} already exists",
+                    rid=first.rid,
+                    version=first.version,
+                )
+            for key, c in keys.values():
+                self._backend.update_key_counters(
+                    key.pid, key.generation, c.n_records, c.n_copies, c.manifest
+                )
+            for key_set, _, c in sets.values():
+                self._backend.update_set_counters(key_set.kid, c.n_records, c.manifest)
+            if aliases:
+                self._backend.insert_aliases(aliases)
+        return stored
+
+    def _checked(self, record: NewRecord) -> NewRecord:
+        """The record with its pid checked and its bytes as `bytes`; refused (ValueError,
+        TypeError) as `put` refuses it, before anything is written."""
+        pid = self._pid(record.pid)
+        rid = _check(_RID_RE, record.rid, "rid")
+        _check(_RESOURCE_TYPE_RE, record.resource_type, "resource type")
+        _check(_CUSTODIAN_RE, record.custodian, "custodian")
+        version = record.version
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**62:
             raise ValueError(f"invalid version {version!r}: a positive integer is required")
-        if not isinstance(resource_json, bytes | bytearray | memoryview):
+        if not isinstance(record.data, bytes | bytearray | memoryview):
             raise TypeError("resource_json must be the JSON bytes as received")
-        data = bytes(resource_json)
+        data = bytes(record.data)
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -518,92 +644,52 @@ class Vault:
         if not isinstance(doc, dict):
             raise ValueError(f"record {rid} version {version}: a FHIR resource is a JSON object")
         declared = doc.get("resourceType")
-        if declared is not None and declared != resource_type:
+        if declared is not None and declared != record.resource_type:
             raise ValueError(
                 f"record {rid} version {version}: resourceType {declared!r} "
-                f"does not match resource_type {resource_type!r}"
+                f"does not match resource_type {record.resource_type!r}"
             )
+        salt, is_copy = record.salt, bool(record.is_copy)
         if salt is not None and (not is_copy or not 16 <= len(salt) <= 64):
             raise ValueError("a salt may only be given for a copy, and must be 16 to 64 bytes")
+        aliases = tuple(bytes(a) for a in record.aliases)
+        if any(len(a) != ALIAS_SIZE for a in aliases):
+            raise ValueError(f"an alias is {ALIAS_SIZE} bytes (an HMAC-SHA256)")
+        return replace(record, pid=pid, data=data, is_copy=is_copy, aliases=aliases)
 
-        with self._lock, self._backend.transaction():
-            key = self._live_key_for_write(pid)
-            key_set, keys = self._live_set_for_write(key, custodian, bool(is_copy))
-            state = self._backend.rid_state(rid)
-            if state is None:
-                owner = self._backend.shredded_owner(rid)
-                if owner is not None:
-                    raise PatientErased(owner, f"rid {rid} belonged to an erased patient")
-            elif state.pid != pid:
-                raise RecordConflict(
-                    f"rid {rid} belongs to another patient", rid=rid, version=version
-                )
-            elif state.generation != key.generation:
-                raise PatientErased(pid, f"rid {rid} belongs to this patient's erased data")
-            elif state.kid != key_set.kid:
-                if self._backend.read_set(state.kid) is None:
-                    raise PatientErased(pid, f"rid {rid} belongs to copies erased here")
-                raise RecordConflict(
-                    f"rid {rid} is held under another key set (own records or another "
-                    "custodian's copies): a rid never moves between them",
-                    rid=rid,
-                    version=version,
-                )
-            elif version <= state.max_version:
-                raise RecordConflict(
-                    f"rid {rid}: version {version} is not above the stored version "
-                    f"{state.max_version}; stored versions are immutable",
-                    rid=rid,
-                    version=version,
-                )
-            ctx = RecordContext(
-                hospital_id=self.hospital_id,
-                pid=pid,
+    def _check_rid(
+        self,
+        record: NewRecord,
+        state: RidState | None,
+        shredded_owner: str | None,
+        key: KeyRow,
+        key_set: SetRow,
+    ) -> None:
+        """Refuse a record whose rid may not take this version (see `put`)."""
+        rid, version, pid = record.rid, record.version, record.pid
+        if state is None:
+            if shredded_owner is not None:
+                raise PatientErased(shredded_owner, f"rid {rid} belonged to an erased patient")
+        elif state.pid != pid:
+            raise RecordConflict(f"rid {rid} belongs to another patient", rid=rid, version=version)
+        elif state.generation != key.generation:
+            raise PatientErased(pid, f"rid {rid} belongs to this patient's erased data")
+        elif state.kid != key_set.kid:
+            if self._backend.read_set(state.kid) is None:
+                raise PatientErased(pid, f"rid {rid} belongs to copies erased here")
+            raise RecordConflict(
+                f"rid {rid} is held under another key set (own records or another "
+                "custodian's copies): a rid never moves between them",
                 rid=rid,
                 version=version,
-                resource_type=resource_type,
-                custodian=custodian,
-                is_copy=bool(is_copy),
             )
-            nonce, ciphertext = seal_record(keys, ctx, data)
-            row = RecordRow(
+        elif version <= state.max_version:
+            raise RecordConflict(
+                f"rid {rid}: version {version} is not above the stored version "
+                f"{state.max_version}; stored versions are immutable",
                 rid=rid,
                 version=version,
-                pid=pid,
-                generation=key.generation,
-                resource_type=resource_type,
-                custodian=custodian,
-                is_copy=bool(is_copy),
-                nonce=nonce,
-                ciphertext=ciphertext,
-                salt_ct=None if salt is None else seal_salt(keys, ctx, salt),
-                kid=key_set.kid,
             )
-            if not self._backend.insert_record(row):
-                raise RecordConflict(
-                    f"record {rid} version {version} already exists", rid=rid, version=version
-                )
-            self._backend.update_key_counters(
-                pid,
-                key.generation,
-                key.n_records + (0 if is_copy else 1),
-                key.n_copies + (1 if is_copy else 0),
-                extend_manifest(key.manifest, ctx, ciphertext),
-            )
-            self._backend.update_set_counters(
-                key_set.kid,
-                key_set.n_records + 1,
-                extend_manifest(key_set.manifest, ctx, ciphertext),
-            )
-        return StoredRecord(
-            pid=pid,
-            rid=rid,
-            version=version,
-            resource_type=resource_type,
-            custodian=custodian,
-            is_copy=bool(is_copy),
-            salt=salt if salt is not None else keys.salt(rid, version),
-        )
 
     # ---------------------------------------------------------------- aliases
 
@@ -748,6 +834,22 @@ class Vault:
         with self._lock:
             row, keys = self._fetch(rid, version)
         return open_record(keys, self._ctx(row), row.nonce, row.ciphertext)
+
+    def get_many(self, versions: list[tuple[str, int]]) -> list[bytes]:
+        """`get` of each (rid, version), in order, read in a statement per 400 (a document
+        assembled from a patient's records); raises as `get` does for the first that fails."""
+        with self._lock:
+            found = self._backend.fetch_records(versions)
+            opened = []
+            for rid, version in versions:
+                row = found.get((rid, version))
+                if row is None or row[1] is None or row[2] is None:
+                    opened.append(self._fetch(rid, version))  # raises the precise reason
+                else:
+                    opened.append(self._opened(row[0], row[1], row[2]))
+        return [
+            open_record(keys, self._ctx(row), row.nonce, row.ciphertext) for row, keys in opened
+        ]
 
     def get_with_salt(self, rid: str, version: int) -> tuple[bytes, bytes]:
         """A record version's bytes and its commitment salt, read and unwrapped once (a
