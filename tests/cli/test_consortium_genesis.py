@@ -90,6 +90,8 @@ def test_founders_make_the_genesis_from_their_requests_and_each_configures_its_o
     # Another founder: configured, but told plainly the key is not there yet (Lyon not running).
     paris = run("join", "--home", str(tmp_path / "aphp-paris"), "--genesis", str(out)).output
     assert "pseudonym key: not yet" in paris and "run this command again" in paris
+    assert "no replica of the chain yet" in paris  # never pinned from the genesis
+    assert "warning" not in paris  # the founding file names this home's own p2p node
     assert not (tmp_path / "aphp-paris" / "keys" / "pseudonym.key").exists()
     config = load_config(tmp_path / "aphp-paris")
     assert config.genesis().hash().hex() == digest[1] and config.block_time_ms == 500

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 import pytest
 from typer.testing import CliRunner
@@ -186,3 +187,35 @@ def test_a_rotation_interrupted_after_its_commit_is_finished_by_the_next_run(
 
     box = PrivateKey(read_hex_secret(paris / "keys" / "box.key"))
     assert _chain_record(paris, "aphp-paris")["box_key"] == bytes(box.public_key)
+
+
+def test_a_member_rotates_its_p2p_node_key_and_only_the_new_node_is_peered(
+    tmp_path: Path,
+) -> None:
+    """A stolen node_key.json reads the chain (the members peer with the node ids on it):
+    `--rotate p2p` makes a new one and names its id in `addresses.p2p`, same host:port."""
+    from medledger.node import Node
+    from medledger.provisioning.keygen import node_key_id
+
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    lyon = net / "hospitals" / "chu-lyon"
+    live = lyon / "cometbft" / "config" / "node_key.json"
+    old_id = node_key_id(live)
+    refused = run("member", "update", "-H", str(lyon), "--rotate", "p2p", ok=False)
+    assert "no p2p address" in refused.output  # a solo sandbox announces none
+    assert not (lyon / "keys" / "next").exists()  # nothing left staged by a refusal
+    out = run(
+        "member", "update", "-H", str(lyon), "--rotate", "p2p",
+        "--address", f"p2p={old_id}@10.0.0.9:26656",
+    )  # fmt: skip
+    assert "restart the node" in out.output
+    new_id = node_key_id(live)
+    assert new_id != old_id
+    addresses = cast(dict[str, str], _chain_record(lyon, "chu-lyon")["addresses"])
+    assert addresses["p2p"] == f"{new_id}@10.0.0.9:26656"
+    assert [p.name.split(".")[0] for p in (lyon / "keys" / "retired").iterdir()] == ["node_key"]
+    with Node.open(lyon) as node:
+        assert node.app is not None
+        assert node.app.query(f"/p2p/filter/id/{new_id}", b"").code == 0
+        assert node.app.query(f"/p2p/filter/id/{old_id}", b"").code != 0

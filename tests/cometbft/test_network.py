@@ -189,7 +189,9 @@ def test_two_of_four_stopped_halts_without_fork_then_resumes(cmt_net: CmtNet) ->
     assert len({tuple(h) for h in hashes.values()}) == 1
 
 
-def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) -> None:
+def test_a_fifth_hospital_is_admitted_then_syncs_and_validates(cmt_net: CmtNet) -> None:
+    """Members peer only with members' nodes (filter_peers): the new node's id comes in the
+    admission (its `addresses.p2p`), then it block-syncs and signs with the power voted."""
     from medledger.ledger.keys import SigningKey
     from medledger.node.config import load_config, load_consortium, save_config, save_consortium
 
@@ -200,6 +202,7 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
     (home / "keys").mkdir(parents=True)
     key.save(home / "keys" / "org.key")
     validator_key = testnet.add_hospital(net.dir, new)
+    node = testnet.node_addresses(testnet.cometbft_home(net.dir, new), new)
     first = load_config(net.home(net.orgs[0]))
     recorded = json.loads((home / "config.json").read_text())["cometbft"]
     save_config(
@@ -214,12 +217,7 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
     )
     meta = load_consortium(net.dir)
     save_consortium(net.dir, meta.model_copy(update={"hospitals": [*meta.hospitals, new]}))
-    processes.start_hospitals(net.dir, [new])
-    net.orgs.append(new)
-    # It block-syncs the chain through its own app...
-    net.assert_same_state(net.orgs, timeout=90)
-    assert int(net.rpc(new).status()["validator_info"]["voting_power"]) == 0
-    # ...then governance admits it as a validator (3 of 4 members).
+    # Governance admits it as a validator (3 of 4 members), its p2p node named.
     admit = {
         "action": "admit_member",
         "args": {
@@ -228,6 +226,7 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
             "key": key.public_key,
             "validator_key": validator_key,
             "power": 10,
+            "addresses": {"p2p": node.peer},
         },
     }
     txs = [net.tx(net.orgs[0], "governance.propose", admit)]
@@ -240,6 +239,10 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
             s = e.submit(vote)
             assert s.accepted, s.check
             assert e.wait_for_commit(s.tx_id, 30).result.ok
+    # Then it block-syncs the chain through its own app (40 of 50 power sign meanwhile)...
+    processes.start_hospitals(net.dir, [new])
+    net.orgs.append(new)
+    net.assert_same_state(net.orgs, timeout=90)
     me = net.rpc(new).status()["validator_info"]["address"]
     wait_until(
         lambda: int(net.rpc(new).status()["validator_info"]["voting_power"]) == 10,
@@ -247,13 +250,71 @@ def test_a_fifth_hospital_syncs_then_validates_once_admitted(cmt_net: CmtNet) ->
         "the new hospital to become a validator",
     )
 
-    # It now signs blocks.
+    # ...and signs blocks.
     def signs() -> bool:
         block = net.rpc(net.orgs[0]).block()["block"]
         return any(s.get("validator_address") == me for s in block["last_commit"]["signatures"])
 
     wait_until(signs, 30, "a commit signed by the new validator")
     net.assert_same_state(net.orgs)
+
+
+def test_a_stranger_node_gets_no_peer(cmt_net: CmtNet, tmp_path: Path) -> None:
+    """A node no member record names (a stranger that learnt the p2p addresses, or a removed
+    member's machine) dials every member with the consortium's genesis: each completes
+    CometBFT's handshake, asks its app `/p2p/filter/id/<id>`, and drops it."""
+    import subprocess
+
+    from medledger.host.ports import free_ports
+
+    net = cmt_net
+    members = testnet.consortium_addresses(net.dir)
+    home = tmp_path / "stranger"
+    subprocess.run([testnet.cometbft_binary(), "init", "--home", str(home)], check=True)
+    first = testnet.cometbft_home(net.dir, net.orgs[0])
+    settings = testnet.node_settings(
+        "stranger",
+        free_ports(4),
+        [a.peer for a in members.values()],
+        testnet.block_time_ms(first),
+    )
+    settings[""]["log_level"] = "p2p:info,*:error"
+    settings[""]["filter_peers"] = False  # its own app lets everyone in: the members decide
+    config = home / "config" / "config.toml"
+    config.write_text(testnet.set_config(config.read_text(), settings))
+    (home / "config" / "genesis.json").write_text((first / "config" / "genesis.json").read_text())
+    stranger = testnet.node_id(home)
+    log = tmp_path / "stranger.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [testnet.cometbft_binary(), "start", "--home", str(home), "--proxy_app=kvstore"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Each member took the connection and the handshake, then dropped it.
+        wait_until(
+            lambda: all(
+                f"{a.node_id}@" in line
+                for a in members.values()
+                for line in [_dropped(log.read_text())]
+            ),
+            60,
+            "every member to drop the stranger after its handshake",
+        )
+        for org in members:
+            peers = {p["node_info"]["id"] for p in net.rpc(org).net_info()["peers"]}
+            assert stranger not in peers, f"{org} peers with the stranger"
+            assert {a.node_id for o, a in members.items() if o != org} <= peers
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _dropped(log: str) -> str:
+    """The stranger's log lines that say a peer connection was stopped or redialled."""
+    words = ("Stopping peer for error", "Reconnecting to peer", "Error reconnecting")
+    return "\n".join(line for line in log.splitlines() if any(w in line for w in words))
 
 
 @pytest.mark.parametrize("step", ["after-commit", "before-submit"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,15 @@ from medledger.exchange.bootstrap import NotAMember, sealed_pseudonym_key
 from medledger.exchange.client import ExchangeError
 from medledger.ledger.genesis import Genesis
 from medledger.provisioning import create_consortium
-from medledger.provisioning.join import JoinError, configure_from, fetch_bootstrap
+from medledger.provisioning.join import (
+    JoinError,
+    NotSynced,
+    configure_from,
+    fetch_bootstrap,
+    fetch_pseudonym_key,
+    p2p_warning,
+    synced_tls_key,
+)
 from tests.exchange.conftest import A, B, C, Sandbox
 
 
@@ -51,6 +60,56 @@ def test_the_pseudonym_key_is_only_for_members(sandbox: Sandbox) -> None:
     with bare:
         refused = bare.post(sandbox.x(A).url + "/exchange/v1/pseudonym-key", content=b"{}")
     assert refused.status_code == 403
+
+
+def test_join_fetches_the_pseudonym_key_from_the_member_its_own_replica_pins(
+    sandbox: Sandbox,
+) -> None:
+    """The member's gateway is pinned to its TLS key in the asking home's replica (the rotated
+    key case: tests/review6/test_tls_and_streams.py)."""
+    config_b = sandbox.h[B].node.config
+    members = sandbox.root.engine.query("governance/members", {})
+    assert synced_tls_key(config_b, A) == {m["org"]: m["tls_key"] for m in members}[A]
+    key = fetch_pseudonym_key(config_b, sandbox.x(A).url)
+    assert key == sandbox.h[A].node.config.pseudonym_key()
+    with pytest.raises(JoinError, match="chu-stranger is not a member"):
+        synced_tls_key(config_b, "chu-stranger")
+
+
+def test_a_home_that_has_not_synced_is_told_to_sync_before_the_pseudonym_key(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Nothing is pinned from the genesis: without a replica, or while CometBFT is down or
+    catching up, `join` says to start the node and come back; no key is fetched or written."""
+    fresh = sandbox.h[B].node.config.model_copy(update={"home": tmp_path, "engine": "cometbft"})
+    with pytest.raises(NotSynced, match="no replica of the chain yet"):
+        fetch_pseudonym_key(fresh, sandbox.x(A).url)
+    fresh.ledger_db.write_bytes(b"")  # a replica, but no CometBFT answering for it
+    down = fresh.model_copy(
+        update={"cometbft": fresh.cometbft.model_copy(update={"rpc": "http://127.0.0.1:9"})}
+    )
+    with pytest.raises(NotSynced, match="run this again once it has caught up"):
+        fetch_pseudonym_key(down, sandbox.x(A).url)
+    assert not (tmp_path / "keys" / "pseudonym.key").exists()
+
+
+def test_join_warns_when_the_chain_names_another_p2p_node_than_this_homes(
+    sandbox: Sandbox,
+) -> None:
+    """The members' CometBFTs peer only with the node ids on the chain: a home whose node key
+    is not the one its record names (a new machine, no `member update --address p2p=`) is told,
+    not left to find out from a node that never syncs."""
+    config = sandbox.h[B].node.config
+    mine = config.model_copy(
+        update={"cometbft": config.cometbft.model_copy(update={"node_id": "a" * 40})}
+    )
+
+    def record(node_id: str) -> dict[str, Any]:
+        return {"org": B, "addresses": {"p2p": f"{node_id}@10.0.0.6:26656"}}
+
+    assert "the members' nodes will refuse it" in p2p_warning(mine, {"members": [record("b" * 40)]})
+    assert p2p_warning(mine, {"members": [record("a" * 40)]}) == ""
+    assert "not a member yet" in p2p_warning(mine, {"members": []})
 
 
 def test_the_pseudonym_key_endpoint_refuses_a_bad_body(sandbox: Sandbox) -> None:

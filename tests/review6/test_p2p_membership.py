@@ -4,8 +4,6 @@ pids, consents, access trail and sealed metadata of the whole consortium) and go
 
 from __future__ import annotations
 
-import pytest
-
 from medledger.consensus.cometbft import testnet
 from medledger.ledger.keys import SigningKey
 from tests.support.ledger import make_net, run_block
@@ -13,19 +11,11 @@ from tests.support.ledger import make_net, run_block
 NODE_ID = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=("open (issue 16, review finding 18): CometBFT peers with any node (no filter_peers)"),
-)
 def test_cometbft_asks_the_ledger_whom_to_peer_with() -> None:
     settings = testnet.node_settings("h0", [26656, 26657, 26658, 26660], [], 1000)
     assert settings[""].get("filter_peers") is True, "CometBFT peers with any node that dials"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=("open (issue 16, review finding 18): the app answers no /p2p/filter query"),
-)
 def test_the_ledger_refuses_the_p2p_node_of_a_non_member() -> None:
     net = make_net(3)
     app = net.app()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from medledger.exchange import pki
 from tests.exchange.conftest import A, B, C, Sandbox
@@ -122,13 +121,6 @@ def test_a_removed_member_cannot_resume_a_session_it_made_while_a_member(
     assert not answer.startswith(b"HTTP/1.1 200")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open (issue 16, review finding 14): join pins the genesis TLS key of the member "
-        "it asks for the pseudonym key"
-    ),
-)
 def test_the_pseudonym_key_is_not_taken_from_a_tls_key_the_chain_rotated_away(
     sandbox: Sandbox,
     tmp_path: Path,

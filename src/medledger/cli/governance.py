@@ -174,7 +174,9 @@ def register(app: typer.Typer) -> None:
         home: HomeOption,
         rotate: Annotated[
             list[str] | None,
-            typer.Option(help="A key to replace: signing, tls, box or validator (repeatable)."),
+            typer.Option(
+                help="A key to replace: signing, tls, box, validator or p2p (repeatable)."
+            ),
         ] = None,
         address: Annotated[
             list[str] | None,
@@ -186,6 +188,7 @@ def register(app: typer.Typer) -> None:
         New keys are made beside the live ones and switched in only once the update is
         committed; re-run after a crash or a "pending" answer to finish."""
         from medledger.node import Node
+        from medledger.node.config import ConfigError
         from medledger.node.wallet import TxRejected
         from medledger.provisioning import parse_addresses, rotation
 
@@ -205,8 +208,13 @@ def register(app: typer.Typer) -> None:
             staged = rotation.stage(config, kinds, node.org_key.public_key)
             if not (staged.kinds and staged.on_chain(mine)):  # else: committed, not switched
                 body: dict[str, object] = dict(staged.body)
-                if address:
-                    body["addresses"] = {**mine.get("addresses", {}), **parse_addresses(address)}
+                if address or "p2p" in staged.kinds:
+                    current = {**mine.get("addresses", {}), **parse_addresses(address or [])}
+                    try:
+                        body["addresses"] = staged.addresses(current)
+                    except ConfigError:
+                        rotation.discard(config)  # nothing was sent: the staged keys go
+                        raise
                 try:
                     c = send(node, node.wallet, UpdateMember(**body))  # type: ignore[arg-type]
                 except TxRejected:
@@ -215,7 +223,7 @@ def register(app: typer.Typer) -> None:
                 _report(node, c)
             for path in rotation.switch(config, staged) if staged.kinds else []:
                 console.print(f"switched to the new key in {path}")
-            if set(staged.kinds) & {"signing", "box", "validator"}:
+            if set(staged.kinds) & {"signing", "box", "validator", "p2p"}:
                 console.print("restart the node so that it uses its new keys")
 
     @member.command("vote")

@@ -47,12 +47,16 @@ def register(app: typer.Typer) -> None:
         """Configure a keygen'd home: genesis, peers, CometBFT (or, on a solo sandbox, its
         folder's ledger); then get the pseudonym key (a joiner: once the members have
         admitted it; a founder: from the first founder)."""
+        from medledger.provisioning.founding import load_founding
         from medledger.provisioning.join import (
             JoinError,
+            NotSynced,
             configure_from,
             configure_from_file,
+            fetch_bootstrap,
             fetch_pseudonym_key,
             founders_pseudonym_key,
+            p2p_warning,
         )
 
         if (from_url is None) == (genesis is None):
@@ -83,6 +87,13 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"genesis hash {digest} checked")
         console.print(f"{config.org}: configured in {config.home} from {from_url or genesis}")
+        try:  # the members' records, to check the node id they peer with (best effort)
+            answer = load_founding(genesis) if genesis else fetch_bootstrap(from_url or "")
+            warning = p2p_warning(config, answer)
+        except (JoinError, OSError, ValueError) as exc:
+            warning = f"could not check the node id the members peer with: {exc}"
+        if warning:
+            console.print(f"warning: {warning}")
         cmt = config.home / config.cometbft.home
         start = f"  medledger node run --home {config.home}"
         if config.engine == "cometbft":
@@ -101,6 +112,14 @@ def register(app: typer.Typer) -> None:
             else:
                 try:
                     fetch_pseudonym_key(config, from_url or "")
+                except NotSynced as exc:
+                    console.print(
+                        f"pseudonym key: not yet ({exc}).\nThe configuration is written: start "
+                        f"the node; once it has caught up, run this command again to fetch the "
+                        f"key from a member pinned to its TLS key on the synced chain "
+                        f"(ingestion needs it).\n{start}"
+                    )
+                    return
                 except (JoinError, OSError, ValueError) as exc:
                     fail(
                         f"{exc}\nThe configuration is written; once the members have admitted "

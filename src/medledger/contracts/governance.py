@@ -134,6 +134,21 @@ def tls_keys(state: StateView) -> dict[str, bytes]:
     return {m["org"]: bytes(m["tls_key"]) for m in members(state) if m.get("tls_key")}
 
 
+def p2p_node_id(member: dict[str, Any]) -> str | None:
+    """The CometBFT node id in a member's `addresses.p2p` (`<node id>@host:port`), if any."""
+    p2p = str((member.get("addresses") or {}).get("p2p", ""))
+    return p2p[:40] if _NODE_ID.match(p2p) else None
+
+
+def member_of_node(state: StateView, node_id: str) -> str | None:
+    """The current member whose p2p address carries this CometBFT node id, if any: whom a
+    node peers with (CometBFT's `filter_peers` asks, the ledger answers from this)."""
+    for m in members(state):
+        if p2p_node_id(m) == node_id:
+            return str(m["org"])
+    return None
+
+
 def update_proof_message(org: str, old_key: bytes) -> bytes:
     """What a new signing key signs to show it is held by the member taking it."""
     return UPDATE_PROOF_DOMAIN + org.encode() + old_key
@@ -702,6 +717,14 @@ def q_params(state: StateView, args: dict[str, Any]) -> dict[str, int]:
     return params(state)
 
 
+def q_peer(state: StateView, args: dict[str, Any]) -> str | None:
+    """`{"node_id": hex}` -> the member whose p2p node this is, or None."""
+    node_id = args.get("node_id")
+    if not isinstance(node_id, str):
+        raise TxError(Code.INVALID_BODY, "field node_id: expected text")
+    return member_of_node(state, node_id)
+
+
 def q_contracts(state: StateView, args: dict[str, Any]) -> dict[str, int]:
     return {k.removeprefix("gov/contract/"): int(v) for k, v in state.scan("gov/contract/")}
 
@@ -722,6 +745,7 @@ _V1 = Contract(
         "governance/proposal": q_proposal,
         "governance/params": q_params,
         "governance/contracts": q_contracts,
+        "governance/peer": q_peer,
     },
     genesis=genesis,
 )

@@ -39,6 +39,12 @@ from medledger.ledger.tx import Tx, decode_tx, verify_signature
 if TYPE_CHECKING:
     from medledger.ledger.proofs import TxProof
 
+# CometBFT with `filter_peers` asks the app about each p2p connection: `/p2p/filter/addr/...`
+# before its handshake, `/p2p/filter/id/<node id>` once the handshake proved the node key. The
+# id is answered by this contract query (governance: the members' p2p addresses).
+P2P_FILTER = "/p2p/filter/"
+PEER_QUERY = "governance/peer"
+
 # Txs decoded and signature-checked, kept until they are rechecked and executed in a block:
 # room for a full CometBFT mempool (20,000 txs as `medledger init` configures it) and more,
 # without a node's memory growing with every tx it has ever seen (docs/benchmarks.md).
@@ -436,13 +442,40 @@ class Application:
     def block(self, height: int) -> BlockRecord | None:
         return self.store.block(height)
 
+    def filter_peer(self, what: str) -> QueryResult:
+        """CometBFT's question "may this p2p connection stay?", from committed state.
+
+        `id/<node id>`: code 0 only for the node of a current member (the node id in its
+        `addresses.p2p`); anything else, and any question before the members are known (no
+        InitChain yet), is refused. `addr/<ip:port>`: every address passes, and the answer
+        says so: the address of an inbound connection is a NAT's or an ephemeral port, and the
+        id, which CometBFT's handshake authenticates, is what decides.
+        """
+        kind, _, value = what.partition("/")
+        height = self.store.height
+        if kind == "addr":
+            return QueryResult(0, b"", "addresses are not filtered: the node id is", height)
+        if kind != "id":
+            return QueryResult(int(Code.NOT_FOUND), b"", f"unknown p2p filter {kind!r}", height)
+        try:
+            org = self.query_obj(PEER_QUERY, {"node_id": value})
+        except TxError as exc:
+            return QueryResult(int(exc.code), b"", f"p2p node {value}: {exc.message}", height)
+        if org is None:
+            log = f"p2p node {value} is no current member's (addresses.p2p)"
+            return QueryResult(int(Code.UNAUTHORIZED), b"", log, height)
+        return QueryResult(0, codec.encode(org), f"p2p node of member {org}", height)
+
     def query_obj(self, path: str, args: dict[str, Any] | None = None) -> Any:
         """Run a contract's query against committed state; raises TxError on a bad query."""
         with self.lock:
             return query_store(self.store, self.registry, path, args)
 
     def query(self, path: str, data: bytes) -> QueryResult:
-        """ABCI-shaped query: data and value are canonical CBOR."""
+        """ABCI-shaped query: data and value are canonical CBOR. CometBFT's peer filter paths
+        (`P2P_FILTER`) are answered by `filter_peer`."""
+        if path.startswith(P2P_FILTER):
+            return self.filter_peer(path.removeprefix(P2P_FILTER))
         try:
             args = codec.decode(data) if data else {}
             if not isinstance(args, dict):

@@ -42,6 +42,9 @@ class Status:
     peers: int | None = None
     mempool_txs: int | None = None
     sync_lag_blocks: int | None = None  # how far the best peer is ahead of this node
+    # Peers connected whose node id no current member's record names: CometBFT asks the app
+    # only when a peer connects, so a member removed (or moved) stays until a reconnect.
+    non_member_peers: int | None = None
     audit_backlog: int = 0  # access entries journaled here, not yet on the chain
 
     @property
@@ -59,6 +62,7 @@ class HealthProbe:
         self._lock = threading.Lock()
         self._last: tuple[float, Status] | None = None
         self._rpc: Any = None
+        self._filtering: tuple[int, bool] | None = None  # (config.toml's mtime, filter_peers)
 
     def unavailable(self) -> str:
         """Why requests must be refused now (503), or "" when the node can serve them."""
@@ -111,9 +115,12 @@ class HealthProbe:
             sync = rpc.status()["sync_info"]
             chain_height = int(sync["latest_block_height"])
             catching_up = bool(sync["catching_up"])
-            peers = int(rpc.net_info()["n_peers"])
+            net_info = rpc.net_info()
+            peers = int(net_info["n_peers"])
+            connected = [str(p["node_info"]["id"]) for p in net_info.get("peers") or []]
             mempool = int(rpc.call("num_unconfirmed_txs")["total"])
             lag = _sync_lag(rpc, chain_height)
+            strangers = self._non_members(connected)
         except (RpcUnavailable, RpcError, KeyError, TypeError, ValueError) as exc:
             why = (
                 f"this node's CometBFT ({rpc.url}) does not answer ({type(exc).__name__}): "
@@ -130,6 +137,18 @@ class HealthProbe:
             reasons.insert(0, unavailable)
         if peers == 0 and len(self.node.config.exchange.peers) > 1:
             reasons.append("no CometBFT peer connected")
+        if self._peers_unfiltered():
+            reasons.append(
+                "CometBFT's config.toml has filter_peers off: it peers with any node that "
+                "dials, member or not; set `filter_peers = true` and restart CometBFT"
+            )
+        if strangers:
+            reasons.append(
+                f"CometBFT is still connected to {len(strangers)} p2p node(s) no current "
+                f"member's record names ({', '.join(sorted(strangers))}): a peer is checked "
+                "when it connects, so a member removed or moved keeps its open connection; "
+                "restart this node's CometBFT to drop it"
+            )
         return Status(
             engine,
             height,
@@ -141,7 +160,34 @@ class HealthProbe:
             mempool_txs=mempool,
             sync_lag_blocks=lag,
             audit_backlog=backlog,
+            non_member_peers=len(strangers),
         )
+
+    def _peers_unfiltered(self) -> bool:
+        """Whether this node's CometBFT home (when on this machine) says `filter_peers = false`:
+        a home made before medledger set it. Read again only when the file changes."""
+        config = self.node.config
+        path = config.home / config.cometbft.home / "config" / "config.toml"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if self._filtering is None or self._filtering[0] != mtime:
+                import tomllib
+
+                on = tomllib.loads(path.read_text()).get("filter_peers") is True
+                self._filtering = (mtime, on)
+        except (OSError, ValueError):
+            return False  # no CometBFT home here to read: nothing to say
+        return not self._filtering[1]
+
+    def _non_members(self, connected: list[str]) -> list[str]:
+        """The connected node ids that are in no current member's `addresses.p2p`."""
+        if not connected:
+            return []
+        from medledger.contracts import queries
+        from medledger.contracts.governance import p2p_node_id
+
+        known = {p2p_node_id(m) for m in queries.members(self.node.engine)}
+        return [node for node in connected if node not in known]
 
     def close(self) -> None:
         if self._rpc is not None:

@@ -16,8 +16,11 @@ A founder does the same from the founding file (`medledger join --home H --genes
 shape (provisioning/founding.py), so both go through the one `configure`.
 
 `fetch_pseudonym_key` asks a member's gateway for the consortium's pseudonym key, which comes
-sealed to this hospital's box key on the chain, and is released only to a current member.
-`founders_pseudonym_key`: the first founder makes it, the others fetch it so from its gateway.
+sealed to this hospital's box key on the chain, and is released only to a current member. The
+gateway is pinned to the member's TLS key in this home's own replica once it has caught up
+(never the genesis: the key may have been rotated away since), so the key is fetched on a
+second run of `join`, after the node has synced. `founders_pseudonym_key`: the first founder
+makes it, the others fetch it so from its gateway.
 
     H/join-request.json            what keygen wrote (org, name, addresses, public keys)
     H/consortium/genesis.json      the genesis, as fetched and checked
@@ -298,6 +301,23 @@ def _solo_sandbox(home: Path, genesis: Genesis, sandbox: Path | None, source: st
     return os.path.relpath(sandbox.resolve(), home)
 
 
+def p2p_warning(config: HospitalConfig, answer: dict[str, Any]) -> str:
+    """Why the members' nodes would refuse this one, or "": they peer only with the node ids
+    in members' `addresses.p2p` (filter_peers), and the answer lists the members' records."""
+    node_id = config.cometbft.node_id or ""
+    for m in answer.get("members", []):
+        if isinstance(m, dict) and m.get("org") == config.org:
+            p2p = str((m.get("addresses") or {}).get("p2p", ""))
+            if p2p.split("@", 1)[0] != node_id:
+                return (
+                    f"the chain's record of {config.org} names p2p node {p2p or '(none)'}, "
+                    f"this home's node is {node_id}: the members' nodes will refuse it until "
+                    "the record names it (`medledger member update --address p2p=...`)"
+                )
+            return ""
+    return f"{config.org} is not a member yet: the members' nodes refuse its node until admitted"
+
+
 def _listen(address: str, listen_all: bool) -> str:
     """Where to listen for an announced `host:port`: there, or every interface, same port."""
     return f"0.0.0.0:{address.rpartition(':')[2]}" if listen_all else address
@@ -356,12 +376,66 @@ def _previous_ports(home: Path) -> list[int]:
     return [int(p) if p.isdigit() else 0 for p in found]
 
 
+class NotSynced(JoinError):
+    """This home's replica cannot say yet whom to trust: no chain synced, or still catching up."""
+
+
+def synced_tls_keys(config: HospitalConfig) -> dict[str, bytes]:
+    """Whom this home trusts at TLS, {org: key}, from the chain state it verified: its own
+    replica, caught up.
+
+    Never the genesis: a member may have rotated its TLS key (a stolen one) or been removed
+    since. The replica is the one the home's app keeps (block-synced from genesis, every block
+    checked); on CometBFT, the node must say it is no longer catching up, else a key read
+    could be one the chain has since replaced. `NotSynced` when it cannot say yet."""
+    from medledger.contracts.governance import tls_keys
+    from medledger.ledger.store import StateView
+    from medledger.node.reader import LedgerReader
+
+    path = config.ledger_db
+    start = "start the node (it block-syncs the chain) and run this again once it has caught up"
+    if not path.exists():
+        raise NotSynced(f"{path}: no replica of the chain yet: {start}")
+    if config.engine == "cometbft":
+        _require_caught_up(config, start)
+    reader = LedgerReader(path)
+    try:
+        return tls_keys(StateView(reader.store))
+    finally:
+        reader.close()
+
+
+def synced_tls_key(config: HospitalConfig, org: str) -> bytes:
+    """`org`'s TLS key in this home's synced replica (`synced_tls_keys`)."""
+    pins = synced_tls_keys(config)
+    if org not in pins:
+        raise JoinError(
+            f"{org or 'the gateway'} is not a member with a TLS key in this home's replica: "
+            "ask a current member's gateway"
+        )
+    return pins[org]
+
+
+def _require_caught_up(config: HospitalConfig, start: str) -> None:
+    from medledger.consensus.cometbft.rpc import CometRpc, RpcError, RpcUnavailable
+
+    url = config.cometbft.rpc or ""
+    try:
+        with CometRpc(url, timeout=5.0) as rpc:
+            sync = rpc.status()["sync_info"]
+    except (RpcUnavailable, RpcError, KeyError) as exc:
+        raise NotSynced(f"CometBFT at {url or '(no rpc configured)'}: {exc}: {start}") from None
+    if sync.get("catching_up", True):
+        height = sync.get("latest_block_height", "?")
+        raise NotSynced(f"the node is catching up (height {height}): {start}")
+
+
 def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
     """The consortium's pseudonym key from the member at `from_url`, written to the home.
 
     Over mTLS with this hospital's own key; the member's server is pinned to its `tls_key` in
-    the genesis (checked by its hash), as this home has no synced chain yet: ask a founding
-    member. The key arrives sealed to this hospital's box key; only a current member gets it.
+    this home's synced replica (`synced_tls_key`; `NotSynced` before the node has caught up).
+    The key arrives sealed to this hospital's box key; only a current member gets it.
     """
     from nacl.exceptions import CryptoError
     from nacl.public import PrivateKey, SealedBox
@@ -370,13 +444,13 @@ def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
     from medledger.exchange.signing import RequestSigner
     from medledger.host.secretfile import write_secret
 
+    pins = synced_tls_keys(config)  # before asking anyone: whom to trust is ours to know
     answer = fetch_bootstrap(from_url)
     member = str(answer.get("org", ""))
-    pins = {m.org: m.tls_key for m in config.genesis().members if m.tls_key}
     if member not in pins:
         raise JoinError(
-            f"{from_url} is {member or 'unknown'}, not a founding member: ask a founding "
-            f"member's gateway (its TLS key is in the genesis checked), one of {sorted(pins)}"
+            f"{from_url} is {member or 'unknown'}, not a member with a TLS key in this home's "
+            f"replica: ask a current member's gateway, one of {sorted(pins)}"
         )
     ssl_context = client_context(TlsFiles(config.tls_dir), {member: pins[member]})
     path, body = "/exchange/v1/pseudonym-key", b"{}"
@@ -407,8 +481,8 @@ def fetch_pseudonym_key(config: HospitalConfig, from_url: str) -> bytes:
 def founders_pseudonym_key(config: HospitalConfig) -> str:
     """A founder's copy of the consortium's pseudonym key: made here by the first founder the
     genesis lists, fetched by the others from its gateway (sealed to their box key) once its
-    node runs. What happened, in one line; `JoinError` while the first founder is not serving.
-    """
+    node runs. What happened, in one line; `JoinError` while the first founder is not serving
+    or this home's own node has not caught up (`NotSynced`)."""
     from medledger.host.secretfile import write_secret
 
     members = config.genesis().members

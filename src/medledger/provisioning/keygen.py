@@ -18,6 +18,7 @@ part, `JoinRequest`, written to `HOME/join-request.json` for the operator to han
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -158,6 +159,21 @@ def validator_public_key(path: Path) -> bytes:
     return base64.b64decode(key["pub_key"]["value"])
 
 
+def write_node_key(path: Path) -> str:
+    """Write a CometBFT p2p key file (node_key.json) at `path`; its node id."""
+    private, _ = _tendermint_key(secrets.token_bytes(32))
+    node_key = {"priv_key": {"type": "tendermint/PrivKeyEd25519", "value": private}}
+    write_secret(path, json.dumps(node_key, indent=2) + "\n")
+    return node_key_id(path)
+
+
+def node_key_id(path: Path) -> str:
+    """The node id of a node_key.json: SHA-256 of its public key, first 20 bytes, hex."""
+    key = json.loads(path.read_text())
+    private = base64.b64decode(key["priv_key"]["value"])
+    return hashlib.sha256(private[32:]).digest()[:20].hex()
+
+
 def write_cometbft_keys(cmt_home: Path) -> tuple[bytes, str]:
     """Write a CometBFT home's validator and p2p keys; (validator public key, node id)."""
     from medledger.consensus.cometbft import testnet
@@ -168,9 +184,7 @@ def write_cometbft_keys(cmt_home: Path) -> tuple[bytes, str]:
     config.mkdir(parents=True, exist_ok=True)
     os.chmod(cmt_home, 0o700)
     public = write_validator_key(config / "priv_validator_key.json")
-    node_private, _ = _tendermint_key(secrets.token_bytes(32))
-    node_key = {"priv_key": {"type": "tendermint/PrivKeyEd25519", "value": node_private}}
-    write_secret(config / "node_key.json", json.dumps(node_key, indent=2) + "\n")
+    write_node_key(config / "node_key.json")
     (cmt_home / "data").mkdir(mode=0o700, exist_ok=True)  # the signer's last height (none yet)
     state = {"height": "0", "round": 0, "step": 0}
     write_secret(cmt_home / "data" / "priv_validator_state.json", json.dumps(state) + "\n")

@@ -9,7 +9,13 @@ A crash at any point loses nothing: before the commit the live keys are untouche
 staged ones are reused by the next run; after it, the next run sees the staged keys on the
 chain and finishes the switch. A refused update removes what it staged.
 
-    HOME/keys/next/org.key, box.key, tls/{key,cert}.pem, priv_validator_key.json
+    HOME/keys/next/org.key, box.key, tls/{key,cert}.pem, priv_validator_key.json,
+                   node_key.json
+
+`p2p` replaces the CometBFT node key: the members' CometBFTs peer only with the node ids their
+records name (`filter_peers`), so a stolen node_key.json is read access to the chain until
+rotated. The update names the new id in `addresses.p2p` (same host:port); the others' peer
+lists still name the old id, so until they are updated only this node dials them.
 """
 
 from __future__ import annotations
@@ -25,10 +31,15 @@ from medledger.contracts.governance import update_proof_message
 from medledger.exchange import pki
 from medledger.host.secretfile import read_hex_secret, write_secret
 from medledger.ledger.keys import SigningKey
-from medledger.node.config import ConfigError, HospitalConfig
-from medledger.provisioning.keygen import validator_public_key, write_validator_key
+from medledger.node.config import ConfigError, HospitalConfig, save_config
+from medledger.provisioning.keygen import (
+    node_key_id,
+    validator_public_key,
+    write_node_key,
+    write_validator_key,
+)
 
-KINDS = ("signing", "tls", "box", "validator")
+KINDS = ("signing", "tls", "box", "validator", "p2p")
 NEXT = Path("keys") / "next"
 RETIRED = Path("keys") / "retired"
 _FILES = {
@@ -36,6 +47,7 @@ _FILES = {
     "box": "box.key",
     "tls": "tls",
     "validator": "priv_validator_key.json",
+    "p2p": "node_key.json",
 }
 _FIELD = {"signing": "key", "box": "box_key", "tls": "tls_key", "validator": "validator_key"}
 
@@ -46,10 +58,28 @@ class Rotation:
 
     kinds: list[str]
     body: dict[str, Any] = field(default_factory=dict)
+    node_id: str = ""  # the new CometBFT node id, when `p2p` is staged
 
     def on_chain(self, member: dict[str, Any]) -> bool:
         """Whether the member record already holds every staged key (the update committed)."""
-        return all(member.get(_FIELD[k]) == self.body[_FIELD[k]] for k in self.kinds)
+        p2p = str((member.get("addresses") or {}).get("p2p", ""))
+        return all(
+            p2p.startswith(f"{self.node_id}@")
+            if k == "p2p"
+            else member.get(_FIELD[k]) == self.body[_FIELD[k]]
+            for k in self.kinds
+        )
+
+    def addresses(self, current: dict[str, str]) -> dict[str, str]:
+        """The member's addresses with the new node id in `p2p` (at the same host:port)."""
+        if "p2p" not in self.kinds:
+            return dict(current)
+        if "p2p" not in current:
+            raise ConfigError(
+                "--rotate p2p: the chain holds no p2p address for this member: "
+                "give --address p2p=host:port"
+            )
+        return {**current, "p2p": f"{self.node_id}@{current['p2p'].split('@', 1)[-1]}"}
 
 
 def staged_kinds(home: Path) -> list[str]:
@@ -64,7 +94,7 @@ def _live(config: HospitalConfig, kind: str) -> Path:
         return config.home / "keys" / "box.key"
     if kind == "tls":
         return config.tls_dir
-    return config.home / config.cometbft.home / "config" / "priv_validator_key.json"
+    return config.home / config.cometbft.home / "config" / _FILES[kind]
 
 
 def stage(config: HospitalConfig, kinds: list[str], old_key: bytes) -> Rotation:
@@ -97,6 +127,8 @@ def stage(config: HospitalConfig, kinds: list[str], old_key: bytes) -> Rotation:
                 hosts = ("127.0.0.1", "localhost")  # as init's; the pin is the key, not a name
                 pki.new_identity(path, config.org, hosts)
             body["tls_key"] = pki.identity_key(files)
+        elif kind == "p2p":
+            rotation.node_id = write_node_key(path) if not path.exists() else node_key_id(path)
         else:
             if not path.exists():
                 write_validator_key(path)
@@ -117,6 +149,9 @@ def switch(config: HospitalConfig, rotation: Rotation) -> list[Path]:
             os.replace(live, retired / f"{live.name}.{stamp}")
         os.replace(staged, live)
         moved.append(live)
+    if "p2p" in rotation.kinds:  # config.json names the node id the others should see
+        cometbft = config.cometbft.model_copy(update={"node_id": rotation.node_id})
+        save_config(config.model_copy(update={"cometbft": cometbft}))
     shutil.rmtree(config.home / NEXT, ignore_errors=True)
     return moved
 

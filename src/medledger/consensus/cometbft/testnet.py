@@ -260,6 +260,9 @@ def node_settings(
             # Blocks, consensus steps and the start-up handshake/replay at info; the chatty
             # modules (p2p, mempool, rpc) at error.
             "log_level": "main:info,state:info,consensus:info,statesync:info,*:error",
+            # Ask the app about every p2p connection: it accepts only the nodes of current
+            # members, from committed state (ledger.app.Application.filter_peer).
+            "filter_peers": True,
         },
         "rpc": {
             "laddr": f"tcp://127.0.0.1:{rpc}",  # loopback only: the API is the public face
