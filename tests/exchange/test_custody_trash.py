@@ -195,7 +195,8 @@ def test_versions_forged_with_the_stolen_backup_key_lose_to_the_chains_commitmen
     info = vault.records_of(pids[0])[0]
     record = item_name("record", info.rid, info.version)
     key = item_name("key", pids[1])
-    forged = vault.read_items([record, key])
+    forged = {n: rows for n, rows in vault.read_items([record, key]).items() if rows}
+    assert sorted(forged) == sorted([record, key])
     row = forged[record]["records"][0]
     row[8] = bytes(b ^ 0x5A for b in row[8])  # the ciphertext
     wrapped = forged[key]["patient_keys"][0]
@@ -266,3 +267,19 @@ def test_an_erasure_made_offline_is_purged_at_the_peers_when_the_node_runs(
 
     wait_for(purged, timeout=60, what="the erased key purged at every peer")
     wait_for(lambda: not (hosp.node.config.home / PENDING_PURGES).exists(), what="no purge left")
+
+
+def test_only_a_key_bound_by_a_rebinding_vote_empties_the_trash(
+    ingested: tuple[Sandbox, list[str]],
+) -> None:
+    """The member's current key, never voted in (the founding one, or one it rotated by
+    itself): it may be a thief's, and the trash is what the restore needs."""
+    sandbox, _ = ingested
+    thief = sandbox.x(A).client
+    peer = replica_peers(sandbox.root.engine, A)[0]
+    ids = _listed(thief, peer)[:10]
+    thief.custody_drop(peer, ids)
+    with pytest.raises(ExchangeError) as refused:
+        thief.custody_empty_trash(peer)
+    assert refused.value.status == 403 and "rebind_member" in refused.value.reason
+    assert set(ids) <= {i.id for i in sandbox.x(peer).custody.trash_listing(A)}

@@ -42,16 +42,26 @@ most `MAX_RIDS` per entry (callers split a longer list into several entries), a 
 `target` at most `MAX_TARGET` and its `body` at most `MAX_REQUEST_BODY` bytes, `MAX_ENTRIES`
 entries per tx.
 
-An entry may carry an `id` (`ENTRY_ID` bytes of randomness in hex, made by the serving
-hospital's audit journal, node/audit.py): the journal re-sends what it cannot prove committed,
-so an entry whose id its custodian already wrote is skipped, not written twice and not
-refused (the rest of its tx still lands). The id tells nothing of the patient.
+An entry may carry an `id` (`ENTRY_ID` bytes in hex, made by the serving hospital's audit
+journal, node/audit.py: random per run of the journal, then a counter): the journal re-sends
+what it cannot prove committed, so an entry whose id its custodian already wrote is skipped,
+not written twice and not refused (the rest of its tx still lands). The id tells nothing of
+the patient.
 
-State (prefix `acc/`):
+State (prefix `acc/`), version 1:
     acc/pid/<pid>/<time:016d>/<tx id hex>/<n:04d>   one entry, in time order per patient
     acc/org/<org>/<time:016d>/<tx id hex>/<n:04d>   -> same entry key (who served what)
     acc/req/<request digest hex>                    -> the tx id whose entries it backs
     acc/id/<custodian>/<entry id>                   -> the entry key (a re-sent id is skipped)
+
+Version 2 (`log_v2`; docs/architecture.md, "`access` v2"): entries by column in the tx
+(`log_body`), each numbered by the custodian's journal (`seq`) instead of an id; `acc/req/`
+as in v1, `acc/id/` only for entries journaled before v2 (they carry an id), and:
+    acc/ptx/<pid>/<time:016d>/<tx id hex>   [custodian, signer, height, [entry...]]: the tx's
+                                            entries about pid (`ROW_COLUMNS` each)
+    acc/otx/<org>/<time:016d>/<tx id hex>   -> [pid...]: the tx's patients (who served what)
+    acc/seq/<custodian>                     the highest sequence written (skip at or below)
+Its queries read both layouts (a chain keeps what v1 wrote; `record_entry` writes v1's).
 """
 
 from __future__ import annotations

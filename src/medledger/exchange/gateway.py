@@ -862,20 +862,23 @@ class Gateway:
     def custody_empty_trash(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         """Destroy the caller's trashed versions that another key put: once a member rebound
         by vote restored its vault, what its lost key sent (a thief's garbage too) need not
-        fill its quota for custody_grace_days. The lost key itself, a thief's, cannot: only a
-        key that an executed `rebind_member` of the caller gave it may (any other key of the
-        member, e.g. after its own rotation, is "another key" than its older items' too)."""
+        fill its quota for custody_grace_days. Only a key bound by a rebind_member vote may:
+        the lost key itself, a thief's, cannot, nor a key the member rotated by itself."""
         store = self._custodian_store(caller)
         _json_object(body)
-        org, key = caller.actor.org, caller.request.key
+        owner, key = caller.actor.org, caller.request.key
+        # Only a key that a rebinding vote gave the member: a key it rotated by itself may be
+        # the thief's, and would empty what the member's older keys put.
         if not any(
-            p["action"] == "rebind_member"
-            and p["args"].get("org") == org
-            and bytes(p["args"].get("key") or b"") == key
+            p.get("action") == "rebind_member"
+            and p["args"].get("org") == owner
+            and bytes(p["args"].get("key", b"")) == key
             for p in queries.proposals(self.node.engine, "executed")
         ):
-            raise Refused(403, f"custody-empty-trash: only a key a rebind_member vote gave {org}")
-        return {"purged": store.empty_trash(org, key)}
+            reason = f"custody-empty-trash: {owner}'s key was not bound by a rebind_member vote"
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", reason)
+            raise Refused(403, reason)
+        return {"purged": store.empty_trash(owner, key)}
 
     def custody_list(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
         store = self._custodian_store(caller)

@@ -293,13 +293,11 @@ class Replicator:
         if peer in todo.get("lost-key", []):
             try:
                 purged = self.client.custody_empty_trash(peer)
-            except ExchangeError as exc:
-                if exc.status != 403:
-                    raise
-                # Not the key the rebinding gave (rotated since): the grace period empties it.
-                log.warning("%s: %s keeps the lost key's trash: %s", self.org, peer, exc.reason)
-                purged = 0
-            log.info("%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged)
+                log.info(
+                    "%s: %s emptied %d trashed item(s) the lost key sent", self.org, peer, purged
+                )
+            except ExchangeError as exc:  # not worth holding the copy back: the trash expires
+                log.warning("%s: %s kept its trash: %s", self.org, peer, exc.reason)
             todo["lost-key"].remove(peer)
             write_pending(path, {k: v for k, v in todo.items() if v})
 

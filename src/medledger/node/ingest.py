@@ -33,6 +33,7 @@ import orjson
 
 from medledger.contracts import queries
 from medledger.contracts.records import Register
+from medledger.host.secretfile import SecretFileError
 from medledger.interop.errors import InputError
 from medledger.interop.fhir import is_supporting, repoint_references
 from medledger.interop.hl7v2 import CodeMaps
@@ -93,8 +94,6 @@ class Ingestor:
         self.node = node
         self.vault = vault
         self.org = node.config.org
-        self.pseudonym_key = node.config.pseudonym_key()
-        self.aliases = Aliases(self.pseudonym_key, self.org)
         self._planning = threading.Lock()
         self._inflight = _Inflight()
         #: Whether `ingest_many` registers each unit in a thread of its own while it stores
@@ -107,6 +106,16 @@ class Ingestor:
         self.max_bytes = max_bytes or limits.max_bytes or MAX_BYTES
         self.max_resources = max_resources or limits.max_resources or MAX_RESOURCES
         self.hl7_codes = node.config.hl7.codes()  # the hospital's HL7 v2 code tables
+
+    @functools.cached_property
+    def pseudonym_key(self) -> bytes:
+        """Read when first needed: a joining node runs (block sync, gateway) before `join`
+        has fetched the key from a member, and only ingestion needs it."""
+        return self.node.config.pseudonym_key()
+
+    @functools.cached_property
+    def aliases(self) -> Aliases:
+        return Aliases(self.pseudonym_key, self.org)
 
     # -- entry points ----------------------------------------------------------------------
     def ingest_path(self, path: Path) -> UnitResult:
@@ -274,6 +283,9 @@ class Ingestor:
                 Rejection(source, p.location().removeprefix(source).lstrip(", "), p.message)
                 for p in exc.problems
             ]
+            return ingesting
+        except SecretFileError as exc:  # the pseudonym key, before `join` has fetched it
+            result.rejections = [Rejection(source, "", f"{exc}; nothing of it stored")]
             return ingesting
         except Exception as exc:  # noqa: BLE001 - any input gets an answer, never a traceback
             # Only the type: a library's message may quote the input (a name, an INS).
