@@ -180,14 +180,15 @@ def test_a_wiped_hospital_comes_back_by_vote_on_a_solo_sandbox(tmp_path: Path) -
         medledger("hospital", "keygen", "--home", str(home), "--org", victim, "--name", old.name,
                   *addresses)  # fmt: skip
         fresh_keys = (home / "keys" / "vault.kek").read_bytes()
-        # Step 3: one member proposes, another votes (2 of the 3 others), beside the running
-        # nodes: the commands submit through the producer.
+        # Step 3: one member proposes, two others vote (3 of the 4 members: governance v2),
+        # beside the running nodes: the commands submit through the producer.
         proposed = medledger("recover", "propose", "--home", str(nodes.home(producer)),
                              "--org", victim, "--request", str(home / "join-request.json"),
                              "--note", "ransomware")  # fmt: skip
         found = re.search(r"member vote (\d+)", proposed)
         assert found is not None, proposed
-        medledger("member", "vote", found[1], "--home", str(nodes.home(voter)))
+        for member in (voter, down):
+            medledger("member", "vote", found[1], "--home", str(nodes.home(member)))
         # Step 4: configure the home from a member, beside the sandbox's ledger.
         digest = Genesis.load(d / "genesis.json").hash().hex()
         gateway = f"https://{load_config(nodes.home(producer)).exchange.listen}"
