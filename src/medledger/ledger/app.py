@@ -76,30 +76,28 @@ def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any
     return fn(view, args or {})
 
 
-class _ReadSet:
-    """A Reader that remembers what a tx read through it: the keys, and the prefixes scanned.
-
-    Only what reaches the parent is seen: a tx reading back its own write does not depend on
-    the state it runs on for that key.
-    """
-
-    __slots__ = ("parent", "keys", "prefixes")
+class _ReadSet(StateView):
+    """A tx's overlay that also remembers what the tx read from the state below it: the keys,
+    and the prefixes scanned. A key it wrote itself and reads back is not a dependency."""
 
     def __init__(self, parent: Reader) -> None:
-        self.parent = parent
+        super().__init__(parent)
         self.keys: set[bytes] = set()
         self.prefixes: list[bytes] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
+        writes = self.writes
+        if key in writes:
+            return writes[key]
         self.keys.add(key)
         return self.parent.get_raw(key)
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         self.prefixes.append(prefix)
-        return self.parent.scan_raw(prefix)
+        return super().scan_raw(prefix)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Effect:
     """What an accepted tx did to the mempool's state, and what it read to do it: enough to
     carry it over to the next state without running its handler again when nothing it read
@@ -108,7 +106,7 @@ class _Effect:
     tx: bytes
     signer: bytes
     nonce: int
-    reads: frozenset[bytes]  # keys read from the state below the tx (its nonce apart)
+    reads: set[bytes]  # keys read from the state below the tx (its nonce apart)
     prefixes: tuple[bytes, ...]  # prefixes it scanned
     writes: dict[bytes, bytes | None]
     log: list[tuple[bytes, bytes | None]]
@@ -269,8 +267,7 @@ class Application:
     ) -> TxResult:
         """Execute one tx on `view`. With `effects`, what it read is tracked and, if it is
         accepted, its `_Effect` appended there."""
-        reads = _ReadSet(view) if effects is not None else None
-        tx_view = StateView(view if reads is None else reads)
+        tx_view = StateView(view) if effects is None else _ReadSet(view)
         try:
             tx = self._authentic_tx(raw, trust_cache)
             if tx.chain != self.chain_id:
@@ -304,14 +301,14 @@ class Application:
         tx_view.merge_into(view)
         self._pending_validator_updates.extend(ctx.validator_updates)
         result = TxResult(0, "", tuple(ctx.events))
-        if effects is not None and reads is not None:
+        if effects is not None and isinstance(tx_view, _ReadSet):
             effects.append(
                 _Effect(
                     raw,
                     tx.signer,
                     tx.nonce,
-                    frozenset(reads.keys),
-                    tuple(reads.prefixes),
+                    tx_view.keys,
+                    tuple(tx_view.prefixes),
                     tx_view.writes,
                     tx_view.log,
                     result,
