@@ -388,7 +388,13 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
         )
         result["cometbft_top"] = top.stdout.splitlines()[: PROFILE_TOP + 6]
     if spying is not None:
-        spying.wait(timeout=seconds + 30)
+        try:
+            spying.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:  # a machine so loaded py-spy cannot keep up
+            spying.kill()
+            spying.wait()
+            result["app_profile_error"] = f"py-spy did not finish within {seconds + 30} s"
+            return result
         result["app_profile"] = str(collapsed)
         result["app_top"] = _collapsed_top(collapsed)
     return result

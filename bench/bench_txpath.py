@@ -9,7 +9,10 @@ step, per tx (`identity.register`, as `medledger bench cometbft` sends) and per 
 them, the pure parts measured alone on the same txs (decode, verify) and the cost of looking
 up a key the state lacks, with and without the store's key filter.
 
-    medledger bench txpath [--set txs=6000 --set block=400 --set entries=487]
+    medledger bench txpath [--set txs=6000 --set block=400 --set entries=487 --set waiting=0]
+
+`waiting` keeps that many txs checked ahead of the blocks, as a loaded mempool does: each
+block takes the oldest, and Commit carries the others over to the new state.
 
 To compare with another checkout's code, run this file with that code on the path, in
 turn with this one: `PYTHONPATH=<clone>/src .venv/bin/python bench/bench_txpath.py`. The
@@ -98,18 +101,25 @@ def _log_body(entries: list[dict[str, Any]], version: int) -> dict[str, Any]:
     return log_body(entries, version)
 
 
-def _replay(app: Application, txs: list[bytes], block: int, per: int) -> dict[str, float]:
-    """CometBFT's flow on one node; µs of thread CPU per unit (`per` units in all)."""
+def _replay(
+    app: Application, txs: list[bytes], block: int, per: int, waiting: int = 0
+) -> dict[str, float]:
+    """CometBFT's flow on one node; µs of thread CPU per unit (`per` units in all).
+
+    With `waiting`, that many more txs are checked than each block takes, as in a mempool
+    under load: each block holds the oldest ones, and Commit carries the rest over."""
     spent = {"check_tx": 0.0, "process_proposal": 0.0, "finalize_block": 0.0, "commit": 0.0}
     time_ms = app.genesis.time_ms
+    checked = 0
     for start in range(0, len(txs), block):
         chunk = txs[start : start + block]
         t = time.thread_time()
-        for raw in chunk:
+        for raw in txs[checked : start + block + waiting]:
             result = app.check_tx(raw)
             if not result.ok:
                 raise RuntimeError(f"bench tx refused: {result.log}")
         spent["check_tx"] += time.thread_time() - t
+        checked = max(checked, min(len(txs), start + block + waiting))
         height, time_ms = app.height + 1, time_ms + 1000
         t = time.thread_time()
         app.simulate_block(chunk, height, time_ms)
@@ -152,7 +162,9 @@ def _absent_lookups(directory: Path, n: int) -> dict[str, float]:
     return out
 
 
-def run(txs: int = 6000, block: int = 400, entries: int = 487, audit_txs: int = 20) -> Any:
+def run(
+    txs: int = 6000, block: int = 400, entries: int = 487, audit_txs: int = 20, waiting: int = 0
+) -> Any:
     orgs = [SigningKey.generate() for _ in range(SIGNERS)]
     genesis = _genesis(orgs)
     registrations = _registrations(orgs, txs)
@@ -163,7 +175,7 @@ def run(txs: int = 6000, block: int = 400, entries: int = 487, audit_txs: int = 
         lookups = _absent_lookups(folder, min(txs, 5000))
         app = Application.open(folder / "register.db", genesis, default_registry())
         app.init_chain()
-        register = _replay(app, registrations, block, txs)
+        register = _replay(app, registrations, block, txs, waiting)
         app.close()
         for version in versions:  # every version of `access` this code knows, same run
             logs = _audit_logs(orgs[0], audit_txs, entries, version)
@@ -184,6 +196,7 @@ def run(txs: int = 6000, block: int = 400, entries: int = 487, audit_txs: int = 
         "us_per_absent_key_lookup": lookups,
         "txs": txs,
         "block": block,
+        "waiting": waiting,
         "audit": {"txs": audit_txs, "entries_per_tx": entries},
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -22,7 +22,7 @@ TINY: dict[str, dict[str, Any]] = {
     "api": {"resources": 30, "rounds": 2},  # with $summary
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
     "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0},
-    "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2},
+    "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2, "waiting": 10},
 }
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medledger.consensus.cometbft.abci_proto import abci
 from medledger.consensus.cometbft.abci_server import (
@@ -25,6 +27,7 @@ from medledger.consensus.cometbft.framing import (
     frame,
     split_frames,
 )
+from medledger.ledger.results import TxResult
 
 from .fake_app import GENESIS_HASH, FakeApp
 
@@ -599,3 +602,24 @@ def test_check_tx_sees_the_txs_still_waiting_after_a_block(tmp_path: Path) -> No
     rival = node.net.tx(h0, "identity.register", register_body("dr-rival"), nonce=1)
     assert node.finalize_and_commit([rival]) == [0]
     assert node.check(node.net.tx(h0, "identity.register", register_body("dr-y"), nonce=2)) == 0
+
+
+_text = st.text(max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    code=st.integers(0, 2**32 - 1),
+    log=_text,
+    events=st.lists(st.tuples(_text, st.lists(st.tuples(_text, _text), max_size=3)), max_size=3),
+)
+def test_a_tx_result_written_by_hand_is_what_protobuf_writes(
+    code: int, log: str, events: list[tuple[str, list[tuple[str, str]]]]
+) -> None:
+    """FinalizeBlock's per-tx results are serialized by hand: byte for byte protobuf's."""
+    from medledger.consensus.cometbft.abci_server import _events, exec_tx_result_bytes
+    from medledger.ledger.results import Event
+
+    result = TxResult(code, log, tuple(Event(t, tuple(attrs)) for t, attrs in events))
+    expected = abci.ExecTxResult(code=code, log=log, events=_events(result.events))
+    assert exec_tx_result_bytes(result) == expected.SerializeToString()

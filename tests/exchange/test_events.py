@@ -170,6 +170,31 @@ def test_positions_are_stable_and_count_every_event(sandbox: Sandbox) -> None:
     events = block_events(record)
     assert [e.position for e in events] == list(range(len(events)))
     assert all(e.id == f"{record.height}-{e.position}" for e in events)
+    # A reader asking for a few types gets those events at the same positions, same ids.
+    kinds = frozenset({"record.registered"})
+    wanted = [e for e in events if e.type in kinds]
+    assert wanted and block_events(record, kinds) == wanted
+    assert len(wanted) < len(events)
+
+
+def test_the_planner_builds_every_event_type_it_acts_on() -> None:
+    """The planner asks block_events for `PLANNED` only: every type `_classify` compares an
+    event with must be in it, or those events would never reach it."""
+    import ast
+    import inspect
+    import textwrap
+
+    from medledger.exchange.sync.planner import PLANNED, Planner
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Planner._classify)))
+    compared = {
+        c.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "t"
+        for c in ast.walk(node)
+        if isinstance(c, ast.Constant) and isinstance(c.value, str)
+    }
+    assert compared and compared == PLANNED
 
 
 def test_a_bad_resume_point_or_signature_is_refused(sandbox: Sandbox) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medledger.ledger import codec
+from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
 from medledger.ledger.tx import sign_tx
-from tests.support.ledger import CHAIN, make_net, register_body, run_block
+from tests.support.ledger import CHAIN, T0, Net, make_net, register_body, run_block
 
 
 def test_a_registration_commits_and_is_queryable() -> None:
@@ -223,3 +226,180 @@ def test_a_simulated_block_is_reused_by_finalize_and_gives_the_same_outcome() ->
     c = net.app()
     c.simulate_block(txs, 1, 1_790_000_001_000)
     assert c.finalize_block(txs, 1, 1_790_000_002_000).app_hash != out_a.app_hash
+
+
+# -- the mempool's view after a block (no recheck): carried over, not executed again ------
+
+_KEYS = [SigningKey(bytes([70, i]) * 16) for i in range(3)]  # shared: registrations conflict
+
+
+def _identity_tx(net: Net, org: str, kind: int, name: str, key: int, nonce: int) -> bytes:
+    signer = net.orgs[org]
+    if kind == 0:
+        body = register_body(name, _KEYS[key])
+        return net.tx(signer, "identity.register", body, nonce=nonce)
+    if kind == 1:
+        body = {"practitioner": name, "roles": ["nurse"]}
+        return net.tx(signer, "identity.update_roles", body, nonce=nonce)
+    return net.tx(signer, "identity.revoke", {"practitioner": name}, nonce=nonce)
+
+
+def _executed_again(app: Application, accepted: list[bytes], included: list[bytes]) -> Any:
+    """The mempool's view as a full re-execution of the waiting txs gives it."""
+    saved, app._check = app._check, app._fresh_check()
+    try:
+        for tx in accepted:
+            if tx not in included:
+                app.check_tx(tx)
+        return app._check
+    finally:
+        app._check = saved
+
+
+_pool_tx = st.tuples(
+    st.sampled_from(["h0", "h1"]),
+    st.integers(0, 2),  # register, update_roles, revoke
+    st.sampled_from(["a", "b"]),
+    st.integers(0, 1),  # which shared key a registration uses
+    st.integers(1, 3),  # nonce: duplicates and gaps happen
+)
+_picks = st.lists(st.integers(0, 11), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    pool=st.lists(_pool_tx, min_size=2, max_size=12),
+    steps=st.lists(st.tuples(_picks, _picks), min_size=1, max_size=4),
+)
+def test_the_waiting_txs_carried_over_give_the_state_a_full_re_execution_gives(
+    pool: list[tuple[str, int, str, int, int]], steps: list[tuple[list[int], list[int]]]
+) -> None:
+    """After each block the waiting txs are carried over (a handler runs again only if the
+    block, or a waiting tx before it, changed what it read): the mempool's view, and the
+    verdicts it gives, are those of executing every waiting tx again."""
+    net = make_net(seed=7)
+    app = net.app()
+    txs = [_identity_tx(net, *spec) for spec in pool]
+    # The blocks share a time, so the two executions can be compared byte for byte.
+    same_time = T0 + 1000
+    run_block(app, [], net.solo, same_time)
+    for checked, included in steps:
+        for i in checked:
+            app.check_tx(txs[i % len(txs)])
+        accepted = list(app._check.accepted)
+        block = list(dict.fromkeys(txs[i % len(txs)] for i in included))
+        run_block(app, block, net.solo, same_time)
+        reference = _executed_again(app, accepted, block)
+        assert app._check.accepted == reference.accepted
+        assert app._check.view.writes == reference.view.writes
+        for tx in txs:  # the same verdict for any tx checked next
+            assert _verdict(app, tx) == _verdict_on(app, reference, tx)
+
+
+def _verdict(app: Application, tx: bytes) -> int:
+    saved = app._check
+    app._check = _copy_check(saved)
+    try:
+        return app.check_tx(tx).code
+    finally:
+        app._check = saved
+
+
+def _verdict_on(app: Application, check: Any, tx: bytes) -> int:
+    saved, app._check = app._check, _copy_check(check)
+    try:
+        return app.check_tx(tx).code
+    finally:
+        app._check = saved
+
+
+def _copy_check(check: Any) -> Any:
+    from medledger.ledger.store import StateView
+
+    view = StateView(check.view.parent)
+    view.writes.update(check.view.writes)
+    return type(check)(view, check.height, check.time_ms, list(check.accepted), [], [])
+
+
+def test_after_a_block_only_the_waiting_txs_that_read_what_changed_run_again() -> None:
+    net = make_net()
+    app = net.app()
+    h0, h1 = net.orgs["h0"], net.orgs["h1"]
+    shared = SigningKey.generate()
+    waiting = [
+        net.tx(h0, "identity.register", register_body("dr-a"), nonce=1),
+        net.tx(h0, "identity.register", register_body("dr-b", shared), nonce=2),
+        net.tx(h0, "identity.update_roles", {"practitioner": "dr-b", "roles": ["nurse"]}, 3),
+        net.tx(h0, "identity.register", register_body("dr-c"), nonce=4),
+    ]
+    assert all(app.check_tx(tx).ok for tx in waiting)
+    ran: list[bytes] = []
+    check_tx = app.check_tx
+
+    def counting(tx: bytes, recheck: bool = False):
+        ran.append(tx)
+        return check_tx(tx, recheck)
+
+    app.check_tx = counting  # type: ignore[method-assign]
+    # Another hospital's block registers the key dr-b was to use.
+    rival = net.tx(h1, "identity.register", register_body("dr-z", shared), nonce=1)
+    assert run_block(app, [rival], net.solo).results[0].ok
+    # dr-b's registration read that key: it runs again and is refused, and the role update
+    # that read dr-b's record (written by it, no more) runs again and is refused too; dr-a and
+    # dr-c read nothing that changed: carried over as they were.
+    assert ran == [waiting[1], waiting[2]]
+    assert app._check.accepted == [waiting[0], waiting[3]]
+    assert app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-a"}, 5)).ok
+    assert app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-b"}, 6)).code == int(
+        Code.NOT_FOUND
+    )
+
+
+def test_a_waiting_tx_whose_nonce_a_block_spent_drops_out_without_running() -> None:
+    net = make_net()
+    app = net.app()
+    h0 = net.orgs["h0"]
+    ours = net.tx(h0, "identity.register", register_body("dr-ours"), nonce=1)
+    assert app.check_tx(ours).ok
+    theirs = net.tx(h0, "identity.register", register_body("dr-theirs"), nonce=1)
+    run_block(app, [theirs], net.solo)
+    assert app._check.accepted == []
+    assert app.check_tx(
+        net.tx(h0, "identity.update_roles", {"practitioner": "dr-ours", "roles": ["nurse"]}, 2)
+    ).code == int(Code.NOT_FOUND)
+
+
+def test_a_carried_over_view_is_never_reused_as_a_block() -> None:
+    """Carried-over effects ran at an earlier height and time: a block of exactly those txs
+    at the view's height and time is executed, and gives what a fresh replica gives."""
+    net = make_net()
+    app, fresh = net.app(), net.app()
+    h0, h1 = net.orgs["h0"], net.orgs["h1"]
+    waiting = net.tx(h0, "identity.register", register_body("dr-w"), nonce=1)
+    first = net.tx(h1, "identity.register", register_body("dr-f"), nonce=1)
+    assert app.check_tx(waiting).ok
+    run_block(app, [first], net.solo)
+    run_block(fresh, [first], net.solo)
+    assert app._check.carried and app._check.accepted == [waiting]
+    height, time_ms = app._check.height, app._check.time_ms
+    outcome = app.finalize_block([waiting], height, time_ms)
+    assert outcome.app_hash == fresh.finalize_block([waiting], height, time_ms).app_hash
+
+
+def test_a_waiting_tx_runs_again_when_an_included_tx_did_not_do_in_the_block_what_it_did_here() -> (
+    None
+):
+    """The mempool's view had dr-a registered (by a tx this node accepted); the block carried
+    that tx after a rival that took its key, so it failed there: the role update that read
+    dr-a's record runs again and drops out."""
+    net = make_net()
+    app = net.app()
+    h0, h1 = net.orgs["h0"], net.orgs["h1"]
+    shared = SigningKey.generate()
+    register = net.tx(h0, "identity.register", register_body("dr-a", shared), nonce=1)
+    update = net.tx(h0, "identity.update_roles", {"practitioner": "dr-a", "roles": ["nurse"]}, 2)
+    assert app.check_tx(register).ok and app.check_tx(update).ok
+    rival = net.tx(h1, "identity.register", register_body("dr-z", shared), nonce=1)
+    results = run_block(app, [rival, register], net.solo).results
+    assert [r.code for r in results] == [0, int(Code.CONFLICT)]
+    assert app._check.accepted == []

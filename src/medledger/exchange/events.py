@@ -88,16 +88,26 @@ class StreamEvent:
         }
 
 
-def block_events(record: BlockRecord) -> list[StreamEvent]:
-    """Every event of a committed block, in order, with its stable position."""
-    items: list[tuple[str | None, Event]] = []
+def block_events(record: BlockRecord, types: frozenset[str] | None = None) -> list[StreamEvent]:
+    """Every event of a committed block, in order, with its stable position; with `types`,
+    only the events of those types (positions still count every event), so a reader that
+    wants a few kinds does not build an event for each of a full block's txs."""
+    items: list[tuple[int, str | None, Event]] = []
+    pos = 0
     for tx, result in zip(record.txs, record.results, strict=True):
-        tx_id = codec.sha256(tx).hex()
-        items.extend((tx_id, ev) for ev in result.events)
-    items.extend((None, ev) for ev in record.events)
+        tx_id = None
+        for ev in result.events:
+            if types is None or ev.type in types:
+                tx_id = tx_id or codec.sha256(tx).hex()
+                items.append((pos, tx_id, ev))
+            pos += 1
+    for ev in record.events:
+        if types is None or ev.type in types:
+            items.append((pos, None, ev))
+        pos += 1
     return [
-        StreamEvent(record.height, pos, record.header.time_ms, ev.type, dict(ev.attrs), tx_id)
-        for pos, (tx_id, ev) in enumerate(items)
+        StreamEvent(record.height, at, record.header.time_ms, ev.type, dict(ev.attrs), tx_id)
+        for at, tx_id, ev in items
     ]
 
 

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from medledger.ledger.results import (
     TxResult,
     ValidatorUpdate,
 )
-from medledger.ledger.store import StateView, Store, writes_digest
+from medledger.ledger.store import Reader, StateView, Store, writes_digest
 from medledger.ledger.tx import Tx, decode_tx, verify_signature
 
 if TYPE_CHECKING:
@@ -76,13 +76,59 @@ def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any
     return fn(view, args or {})
 
 
+class _ReadSet(StateView):
+    """A tx's overlay that also remembers what the tx read from the state below it: the keys,
+    and the prefixes scanned. A key it wrote itself and reads back is not a dependency."""
+
+    def __init__(self, parent: Reader) -> None:
+        super().__init__(parent)
+        self.keys: set[bytes] = set()
+        self.prefixes: list[bytes] = []
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        writes = self.writes
+        if key in writes:
+            return writes[key]
+        self.keys.add(key)
+        return self.parent.get_raw(key)
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        self.prefixes.append(prefix)
+        return super().scan_raw(prefix)
+
+
+@dataclass(slots=True)
+class _Effect:
+    """What an accepted tx did to the mempool's state, and what it read to do it: enough to
+    carry it over to the next state without running its handler again when nothing it read
+    has changed (`Application._carry_over`)."""
+
+    tx: bytes
+    signer: bytes
+    nonce: int
+    reads: set[bytes]  # keys read from the state below the tx (its nonce apart)
+    prefixes: tuple[bytes, ...]  # prefixes it scanned
+    writes: dict[bytes, bytes | None]
+    log: list[tuple[bytes, bytes | None]]
+    result: TxResult
+    updates: tuple[ValidatorUpdate, ...]
+
+    def depends_on(self, changed: set[bytes]) -> bool:
+        """Whether any key in `changed` is one this tx read or lies under a prefix it scanned."""
+        if not changed.isdisjoint(self.reads):
+            return True
+        return bool(self.prefixes) and any(k.startswith(self.prefixes) for k in changed)
+
+
 @dataclass
 class _CheckState:
     """The mempool's view: committed state plus the accepted txs, executed as the next block.
 
     When an engine knows the next block's height and time in advance (the solo engine fixes
     them when the block opens) and the block holds exactly the accepted txs in order, this
-    execution is the block's: `finalize_block` reuses it instead of running every tx again.
+    execution is the block's: `finalize_block` reuses it instead of running every tx again
+    (never when some effects were carried over from an earlier state: they ran at an earlier
+    height and time).
     """
 
     view: StateView
@@ -91,6 +137,8 @@ class _CheckState:
     accepted: list[bytes]
     results: list[TxResult]
     updates: list[ValidatorUpdate]
+    effects: list[_Effect] = field(default_factory=list)
+    carried: bool = False
 
 
 @dataclass
@@ -215,14 +263,18 @@ class Application:
         time_ms: int,
         trust_cache: bool,
         spend_failed: bool = True,
+        effects: list[_Effect] | None = None,
     ) -> TxResult:
+        """Execute one tx on `view`. With `effects`, what it read is tracked and, if it is
+        accepted, its `_Effect` appended there."""
+        tx_view = StateView(view) if effects is None else _ReadSet(view)
         try:
             tx = self._authentic_tx(raw, trust_cache)
             if tx.chain != self.chain_id:
                 raise TxError(
                     Code.WRONG_CHAIN, f"tx is for chain {tx.chain!r}, not {self.chain_id!r}"
                 )
-            message = self.registry.message(view, tx.kind)
+            message = self.registry.message(tx_view, tx.kind)
             tid = tx.id
             self._check_nonce(view, tx)
         except TxError as exc:
@@ -231,7 +283,6 @@ class Application:
             return TxResult(int(Code.MALFORMED), f"tx: {type(exc).__name__}")
         # From here the tx is authentic and fresh: its nonce is spent even if the handler
         # refuses it, so that a refused tx can never be replayed later.
-        tx_view = StateView(view)
         ctx = Context(
             tx_view, self.chain_id, height, time_ms, tx.signer, tid, registry=self.registry
         )
@@ -249,7 +300,22 @@ class Application:
         tx_view.put(nonce_key(tx.signer), tx.nonce)
         tx_view.merge_into(view)
         self._pending_validator_updates.extend(ctx.validator_updates)
-        return TxResult(0, "", tuple(ctx.events))
+        result = TxResult(0, "", tuple(ctx.events))
+        if effects is not None and isinstance(tx_view, _ReadSet):
+            effects.append(
+                _Effect(
+                    raw,
+                    tx.signer,
+                    tx.nonce,
+                    tx_view.keys,
+                    tuple(tx_view.prefixes),
+                    tx_view.writes,
+                    tx_view.log,
+                    result,
+                    tuple(ctx.validator_updates),
+                )
+            )
+        return result
 
     def _check_nonce(self, view: StateView, tx: Tx) -> None:
         last = view.get(nonce_key(tx.signer)) or 0
@@ -281,7 +347,13 @@ class Application:
             check = self._check
             self._pending_validator_updates = []
             result = self._execute(
-                tx, check.view, check.height, check.time_ms, True, spend_failed=False
+                tx,
+                check.view,
+                check.height,
+                check.time_ms,
+                True,
+                spend_failed=False,
+                effects=check.effects,
             )
             if result.ok:
                 check.accepted.append(tx)
@@ -339,6 +411,7 @@ class Application:
             check = self._check
             if (
                 trust_cache
+                and not check.carried
                 and (check.height, check.time_ms) == (height, time_ms)
                 and check.accepted == txs
             ):
@@ -394,26 +467,53 @@ class Application:
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
             self._pending = None
             self._simulated = None
-            self._carry_over(self._check.accepted, p.txs)
+            self._carry_over(self._check, p.txs, p.view.writes)
         for listener in list(self._listeners):
             listener(record)
         return record
 
-    def _carry_over(self, accepted: list[bytes], included: list[bytes]) -> None:
+    def _carry_over(
+        self, previous: _CheckState, included: list[bytes], block_writes: dict[bytes, Any]
+    ) -> None:
         """The mempool's view after a block: the new committed state plus the accepted txs
-        the block did not include, executed again on it (in their order; those it made
-        invalid drop out).
+        the block did not include, in their order (those it made invalid drop out).
 
         CometBFT runs without mempool recheck (testnet.node_settings), so this is what keeps
         CheckTx validating a tx against the txs still waiting before it (a signer's next
         nonce, a record a pending tx creates) without sending them through the socket again.
+        A waiting tx runs its handler again only if a key it read changed: one the block
+        wrote, or one a waiting tx before it wrote and writes no more (included, dropped or
+        run again). Otherwise its nonce is checked and its recorded writes are applied: the
+        same reads give the same execution (docs/architecture.md, "No mempool recheck").
         Signatures are not verified again (the verified-tx cache).
         """
         done = set(included)
-        self._check = self._fresh_check()
-        for tx in accepted:
-            if tx not in done:
-                self.check_tx(tx, recheck=True)
+        changed = set(block_writes)
+        for effect in previous.effects:
+            if effect.tx in done:
+                changed.update(effect.writes)
+        check = self._check = self._fresh_check()
+        for effect in previous.effects:
+            if effect.tx in done:
+                continue
+            if effect.depends_on(changed):
+                changed.update(effect.writes)
+                ran = len(check.effects)
+                self.check_tx(effect.tx, recheck=True)
+                for again in check.effects[ran:]:
+                    changed.update(again.writes)
+                continue
+            last = check.view.get(nonce_key(effect.signer)) or 0
+            if effect.nonce <= last:  # its nonce was spent by a tx of the block
+                changed.update(effect.writes)
+                continue
+            check.view.writes.update(effect.writes)
+            check.view.log.extend(effect.log)
+            check.accepted.append(effect.tx)
+            check.results.append(effect.result)
+            check.updates.extend(effect.updates)
+            check.effects.append(effect)
+            check.carried = True
 
     @contextmanager
     def read_view(self) -> Iterator[StateView]:

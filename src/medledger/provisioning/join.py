@@ -389,8 +389,7 @@ def synced_tls_keys(config: HospitalConfig) -> dict[str, bytes]:
     checked); on CometBFT, the node must say it is no longer catching up, else a key read
     could be one the chain has since replaced. `NotSynced` when it cannot say yet."""
     from medledger.contracts.governance import tls_keys
-    from medledger.ledger.store import StateView
-    from medledger.node.reader import LedgerReader
+    from medledger.ledger.store import StateView, Store
 
     path = config.ledger_db
     start = "start the node (it block-syncs the chain) and run this again once it has caught up"
@@ -398,11 +397,11 @@ def synced_tls_keys(config: HospitalConfig) -> dict[str, bytes]:
         raise NotSynced(f"{path}: no replica of the chain yet: {start}")
     if config.engine == "cometbft":
         _require_caught_up(config, start)
-    reader = LedgerReader(path)
+    store = Store(path)
     try:
-        return tls_keys(StateView(reader.store))
+        return tls_keys(StateView(store))
     finally:
-        reader.close()
+        store.close()
 
 
 def synced_tls_key(config: HospitalConfig, org: str) -> bytes:

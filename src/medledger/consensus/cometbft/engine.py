@@ -95,6 +95,9 @@ class CometEngine:
         self._cond = threading.Condition()
         self._recent: OrderedDict[bytes, tuple[int, int, TxResult]] = OrderedDict()
         self._closed = False
+        # The last committed height, as the commit listener saw it: `height()` answers from it
+        # without the ABCI lock (the audit journal and the sync agent ask many times a second).
+        self._height: int | None = None
         app.add_commit_listener(self._on_commit)
 
     def start(self) -> CometEngine:
@@ -120,6 +123,7 @@ class CometEngine:
                 self._recent[codec.sha256(tx)] = (record.height, index, result)
             while len(self._recent) > _RECENT_COMMITS:
                 self._recent.popitem(last=False)
+            self._height = record.height
             self._cond.notify_all()
 
     def _locate(self, tx_id: bytes) -> Committed | None:
@@ -187,6 +191,10 @@ class CometEngine:
             yield view
 
     def height(self) -> int:
+        """The last committed height; before this process's first commit, the app's own."""
+        known = self._height
+        if known is not None:
+            return known
         with self.lock:
             return int(self.app.info().height)
 

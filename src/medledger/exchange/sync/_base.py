@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from medledger.exchange.client import ExchangeClient
     from medledger.exchange.policy import Policy
     from medledger.exchange.sync.store import SyncStore
+    from medledger.ledger.results import BlockRecord
     from medledger.node import Node
     from medledger.vault import Vault
 
@@ -27,6 +28,7 @@ class AgentBase:
     org: str
     _wake: threading.Event
     _stop: threading.Event
+    _latest: BlockRecord | None  # the last block committed (the planner reads it first)
 
     if TYPE_CHECKING:
 

@@ -26,6 +26,7 @@ from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, Vault
 
 if TYPE_CHECKING:
+    from medledger.ledger.results import BlockRecord
     from medledger.node import Node
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ class SyncAgent(Planner, PrefetchJobs, DeliveryJobs, ErasureJobs):
         self._running: dict[tuple[str, str, str], Future[None]] = {}
         self._running_lock = threading.Lock()
         self._idle = threading.Condition()
+        self._latest = None
         if node.app is not None:
-            node.app.add_commit_listener(lambda _record: self._wake.set())
+            node.app.add_commit_listener(self._committed)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> SyncAgent:
@@ -74,6 +76,11 @@ class SyncAgent(Planner, PrefetchJobs, DeliveryJobs, ErasureJobs):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def _committed(self, record: BlockRecord) -> None:
+        """After each commit (the ABCI thread): keep the block for the planner, and wake."""
+        self._latest = record
         self._wake.set()
 
     def _run(self) -> None:

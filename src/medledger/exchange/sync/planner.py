@@ -27,11 +27,35 @@ if TYPE_CHECKING:
     from medledger.exchange.events import StreamEvent
 
 
+#: The event types `Planner._classify` acts on: the others are not even built.
+PLANNED = frozenset(
+    {
+        "record.registered",
+        "record.amended",
+        "consent.granted",
+        "consent.revoked",
+        "referral.created",
+        "referral.admitted",
+        "referral.cancelled",
+        "obligation.created",
+        "referral.delivered",
+        "study.enrolled",
+        "study.withdrawn",
+        "erasure.notify",
+        "record.shredded",
+    }
+)
+
+
 class Planner(AgentBase):
     """Turns committed blocks into the agent's interests and jobs."""
 
     def _follow(self, batch: int = 200) -> bool:
         cursor = self.store.cursor()
+        latest = self._latest  # the block just committed, as the replica handed it over
+        if latest is not None and latest.height == cursor + 1:
+            self._plan(latest)  # no read of the block back from the store
+            return True
         if cursor >= self.node.engine.height():
             return False
         n = 0
@@ -47,7 +71,7 @@ class Planner(AgentBase):
         todo: list[tuple[str, str, str, str, int]] = []  # kind, custodian, pid, purpose, ref
         interests: list[tuple[str, str, str]] = []
         dropped: list[tuple[str, str]] = []
-        for ev in block_events(record):
+        for ev in block_events(record, PLANNED):
             self._classify(ev, todo, interests, dropped)
         with self.store.tx() as db:
             for pid, purpose, source in interests:
