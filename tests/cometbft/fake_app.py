@@ -87,6 +87,9 @@ class FakeApp:
             results.append(result)
         return results, overlay
 
+    def proposal_order(self, txs: list[bytes], height: int) -> list[bytes]:
+        return txs
+
     def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]:
         return self._execute(txs)[0]
 

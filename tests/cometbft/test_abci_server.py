@@ -623,3 +623,52 @@ def test_a_tx_result_written_by_hand_is_what_protobuf_writes(
     result = TxResult(code, log, tuple(Event(t, tuple(attrs)) for t, attrs in events))
     expected = abci.ExecTxResult(code=code, log=log, events=_events(result.events))
     assert exec_tx_result_bytes(result) == expected.SerializeToString()
+
+
+def test_a_signers_txs_reaching_the_proposer_out_of_order_are_proposed_in_nonce_order(
+    tmp_path: Path,
+) -> None:
+    """Gossip can bring nonce 2 before nonce 1: proposed in that order, 2 would spend 1 for
+    ever (a nonce may skip). The proposer puts each signer's txs in nonce order, in the
+    places that signer's txs held."""
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0, h1 = node.net.orgs["h0"], node.net.orgs["h1"]
+    first = node.net.tx(h0, "identity.register", register_body("dr-a"), nonce=1)
+    second = node.net.tx(h0, "identity.register", register_body("dr-b"), nonce=2)
+    other = node.net.tx(h1, "identity.register", register_body("dr-c"), nonce=1)
+    proposed = node.prepare([second, other, first])
+    assert proposed == [first, other, second]
+    assert node.process(proposed) == abci.ResponseProcessProposal.ACCEPT
+    assert node.finalize_and_commit(proposed) == [0, 0, 0]
+    assert {"dr-a", "dr-b", "dr-c"} <= node.practitioners()
+
+
+def test_a_gapped_nonce_waits_a_few_heights_for_the_tx_before_it_then_goes(
+    tmp_path: Path,
+) -> None:
+    """Nonce 2 without nonce 1 is held back (1 may still arrive); once 1 arrives both go, in
+    order. A gap that never fills is proposed after `HOLD_HEIGHTS`: a client may have signed
+    a tx it never sent, and its later txs must not wait for ever."""
+    from medledger.ledger.proposal import HOLD_HEIGHTS
+    from tests.support.ledger import register_body
+
+    node = _Node(tmp_path)
+    h0, h1 = node.net.orgs["h0"], node.net.orgs["h1"]
+    first = node.net.tx(h0, "identity.register", register_body("dr-a"), nonce=1)
+    second = node.net.tx(h0, "identity.register", register_body("dr-b"), nonce=2)
+    assert node.prepare([second]) == []  # held: nonce 1 is missing
+    assert node.prepare([second, first]) == [first, second]
+    assert node.finalize_and_commit([first, second]) == [0, 0]
+
+    skipped = node.net.tx(h1, "identity.register", register_body("dr-x"), nonce=3)
+    after = node.net.tx(h1, "identity.register", register_body("dr-y"), nonce=4)
+    waited = 0
+    while not (proposed := node.prepare([after, skipped])):
+        waited += 1
+        node.finalize_and_commit([])  # empty blocks go by while the gap stays
+    assert waited == HOLD_HEIGHTS
+    assert proposed == [skipped, after]
+    assert node.finalize_and_commit(proposed) == [0, 0]
+    assert {"dr-x", "dr-y"} <= node.practitioners()

@@ -23,6 +23,7 @@ from medledger.ledger import codec, merkle
 from medledger.ledger.contract import Context, Registry, active_key, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.genesis import Genesis
+from medledger.ledger.proposal import GapHold
 from medledger.ledger.results import (
     AppInfo,
     BlockHeader,
@@ -173,6 +174,7 @@ class Application:
             | None
         ) = None
         self.lock = threading.RLock()
+        self._gap_hold = GapHold()  # this node's proposals only: never part of consensus
 
     @classmethod
     def open(cls, db_path: Path | str, genesis: Genesis, registry: Registry) -> Application:
@@ -367,6 +369,25 @@ class Application:
             if height != self.store.height + 1:
                 raise ValueError(f"open_block at height {height}, expected {self.store.height + 1}")
             self._check = self._fresh_check(height, time_ms)
+
+    def proposal_order(self, txs: list[bytes], height: int) -> list[bytes]:
+        """The mempool's `txs` in the order this node proposes them at `height`: each signer's
+        in nonce order, a gapped nonce held back a few heights (`ledger.proposal`)."""
+        with self.lock:
+            view = StateView(self.store)
+            decoded = [self._decoded(raw) for raw in txs]
+            return self._gap_hold.order(
+                txs, decoded, lambda signer: view.get(nonce_key(signer)) or 0, height
+            )
+
+    def _decoded(self, raw: bytes) -> Tx | None:
+        cached = self._verified.get(codec.sha256(raw))
+        if cached is not None:
+            return cached
+        try:
+            return decode_tx(raw)
+        except TxError:
+            return None
 
     def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]:
         """Execute a candidate block on a scratch overlay; changes nothing.

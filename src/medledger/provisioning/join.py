@@ -397,7 +397,7 @@ def synced_tls_keys(config: HospitalConfig) -> dict[str, bytes]:
         raise NotSynced(f"{path}: no replica of the chain yet: {start}")
     if config.engine == "cometbft":
         _require_caught_up(config, start)
-    store = Store(path)  # read beside the writer (SQLite), nothing written
+    store = Store(path)
     try:
         return tls_keys(StateView(store))
     finally:

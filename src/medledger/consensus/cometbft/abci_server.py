@@ -66,6 +66,7 @@ class AbciApplication(Protocol):
     def init_chain(self) -> bytes: ...
     def genesis_validators(self) -> list[ValidatorUpdate]: ...
     def check_tx(self, tx: bytes, recheck: bool = False) -> TxResult: ...
+    def proposal_order(self, txs: list[bytes], height: int) -> list[bytes]: ...
     def simulate_block(self, txs: list[bytes], height: int, time_ms: int) -> list[TxResult]: ...
     def finalize_block(
         self,
@@ -416,8 +417,15 @@ class AbciServer:
         self._proposal_started()
         txs = [bytes(tx) for tx in req.txs]
         time_ms = timestamp_ms(req.time)
+        offered = len(txs)
         with self.lock:
+            # Each signer's txs in nonce order, a gapped nonce held back: else n + 1 proposed
+            # before n would spend n for ever (ledger/proposal.py).
+            txs = self.app.proposal_order(txs, req.height) if txs else []
             results = self.app.simulate_block(txs, req.height, time_ms) if txs else []
+        if offered > len(txs):
+            held = offered - len(txs)
+            log.info("PrepareProposal h=%d: held back %d gapped txs", req.height, held)
         if len(results) != len(txs):
             raise RuntimeError(f"simulate_block gave {len(results)} results for {len(txs)} txs")
         kept: list[bytes] = []
