@@ -47,6 +47,7 @@ def test_a_patient_every_peer_lost_is_named_and_the_others_come_back(
     client = sandbox.x(A).client
     for peer in replica_peers(engine, A):
         client.custody_drop(peer, [keys.item_id(n) for n in names])
+        sandbox.x(peer).custody.purge_expired(float("inf"))  # and the grace period passed
     lost_rids = {e["rid"] for e in queries.records_of_patient(engine, lost, A)}
 
     sandbox.x(A).stop()
