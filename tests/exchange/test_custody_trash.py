@@ -186,8 +186,9 @@ def test_versions_forged_with_the_stolen_backup_key_lose_to_the_chains_commitmen
     ingested: tuple[Sandbox, list[str]],
 ) -> None:
     """The thief also holds the backup key: it seals a record with other bytes, and another
-    patient's wrapped key with other bytes, both valid seals with the newest versions. The
-    restore tries the other versions the peers kept until the commitments on the chain match."""
+    patient's wrapped key with other bytes, both valid seals with the newest versions, and does
+    it ten times over (each put trashes the one before). The restore tries every other version
+    the peers kept, however many, until the commitments on the chain match."""
     sandbox, pids = ingested
     vault = sandbox.h[A].vault
     before = snapshot(vault)
@@ -198,13 +199,14 @@ def test_versions_forged_with_the_stolen_backup_key_lose_to_the_chains_commitmen
     forged = {n: rows for n, rows in vault.read_items([record, key]).items() if rows}
     assert sorted(forged) == sorted([record, key])
     row = forged[record]["records"][0]
-    row[8] = bytes(b ^ 0x5A for b in row[8])  # the ciphertext
     wrapped = forged[key]["patient_keys"][0]
-    wrapped[2] = secrets.token_bytes(len(wrapped[2]))
     thief = sandbox.x(A).client
-    for peer in replica_peers(sandbox.root.engine, A):
-        sealed = [keys.seal(name, rows, 10**18) for name, rows in forged.items()]
-        thief.custody_put(peer, [Item(s.id, s.version, s.sha256, s.blob) for s in sealed])
+    for attempt in range(10):
+        row[8] = bytes(b ^ (0x5A + attempt) for b in row[8])  # the ciphertext
+        wrapped[2] = secrets.token_bytes(len(wrapped[2]))
+        for peer in replica_peers(sandbox.root.engine, A):
+            sealed = [keys.seal(name, rows, 10**18 + attempt) for name, rows in forged.items()]
+            thief.custody_put(peer, [Item(s.id, s.version, s.sha256, s.blob) for s in sealed])
     report, restored = wipe_and_restore(sandbox, A, require_complete=True)
     assert report.complete and report.mismatched == [] and report.corrupt == {}
     assert snapshot(restored) == before

@@ -422,11 +422,6 @@ def restore_vault(
     return report
 
 
-#: Rounds of other versions tried for the records that do not match the chain (each round:
-#: one custody-get per peer, one check of the records).
-PICK_ROUNDS = 8
-
-
 class _Versions:
     """The versions of each item the peers hold beyond the one restored, fetched and opened
     on demand, in the order of `options` (live first, newest first)."""
@@ -485,9 +480,10 @@ def _pick_by_commitment(
     opened may be a thief's, sealed with the stolen backup key before the rebinding. The
     chain decides: try the other versions the peers hold (live or trashed) of the record;
     once none is left, of its patient's key, then of its key set; until the commitments
-    match or nothing is left (PICK_ROUNDS at most). What still does not match stays named
-    in `mismatched`."""
-    for _ in range(PICK_ROUNDS):
+    match or nothing is left: every version, however many a thief sealed (each round, one
+    custody-get per peer and one check of the records; the peers' quotas bound the versions).
+    What still does not match stays named in `mismatched`."""
+    while True:
         suspects: dict[str, list[str]] = {}  # record item's name -> [key's, set's]
         for gap in report.mismatched:
             rid, version = gap.rsplit(" v", 1)
