@@ -688,9 +688,7 @@ def test_check_tx_requests_are_read_by_hand_as_protobuf_reads_them(
 
 @settings(max_examples=200, deadline=None)
 @given(code=st.integers(min_value=0, max_value=2**32 - 1), text=st.text(max_size=300))
-def test_check_tx_answers_are_written_by_hand_as_protobuf_writes_them(
-    code: int, text: str
-) -> None:
+def test_check_tx_answers_are_written_by_hand_as_protobuf_writes_them(code: int, text: str) -> None:
     expected = abci.Response(check_tx=abci.ResponseCheckTx(code=code, log=text))
     assert check_tx_response_bytes(code, text) == expected.SerializeToString()
 
