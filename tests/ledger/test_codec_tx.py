@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import cbor2
 import pytest
 from hypothesis import given
@@ -138,3 +141,22 @@ def test_envelopes_are_read_only_in_their_canonical_form() -> None:
     with pytest.raises(TxError) as err:
         decode_tx(truncated)
     assert err.value.code == Code.MALFORMED
+
+
+def test_tx_ids_are_remembered_yet_always_the_sha256_of_the_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`codec.tx_id` answers from its memo for a tx seen before, hashes large txs and other
+    buffers each time, and starts afresh past its byte budget: always SHA-256."""
+    monkeypatch.setattr(codec, "_TX_IDS_BYTES", 2_000)
+    monkeypatch.setattr(codec, "_tx_ids", {})
+    monkeypatch.setattr(codec, "_tx_ids_held", [0])
+    small = [bytes([i]) * 420 for i in range(12)]
+    for raw in small + small:  # the second pass: fresh objects would hash the same
+        assert codec.tx_id(bytes(bytearray(raw))) == hashlib.sha256(raw).digest()
+    assert len(codec._tx_ids) <= 2_000 // 420 + 1  # the budget held
+    large = b"x" * (codec._TX_ID_MEMO_MAX + 1)
+    assert codec.tx_id(large) == hashlib.sha256(large).digest()
+    assert large not in codec._tx_ids
+    buffer: Any = bytearray(b"abc")  # not hashable: hashed each time, never remembered
+    assert codec.tx_id(buffer) == hashlib.sha256(b"abc").digest()

@@ -245,7 +245,7 @@ class Application:
         self._remember_verified(tx)
 
     def _authentic_tx(self, raw: bytes, trust_cache: bool) -> Tx:
-        tid = codec.sha256(raw)
+        tid = codec.tx_id(raw)
         if trust_cache:
             cached = self._verified.get(tid)
             if cached is not None:
@@ -381,7 +381,7 @@ class Application:
             )
 
     def _decoded(self, raw: bytes) -> Tx | None:
-        cached = self._verified.get(codec.sha256(raw))
+        cached = self._verified.get(codec.tx_id(raw))
         if cached is not None:
             return cached
         try:
@@ -404,7 +404,7 @@ class Application:
                 self.store.height,
                 height,
                 time_ms,
-                codec.sha256(b"".join(map(codec.sha256, txs))),
+                codec.sha256(b"".join(map(codec.tx_id, txs))),
             )
             self._simulated = (key, view, results, list(self._pending_validator_updates))
             return results
@@ -426,7 +426,7 @@ class Application:
                 self.store.height,
                 height,
                 time_ms,
-                codec.sha256(b"".join(map(codec.sha256, txs))),
+                codec.sha256(b"".join(map(codec.tx_id, txs))),
             )
             simulated, self._simulated = self._simulated, None
             check = self._check
@@ -460,7 +460,7 @@ class Application:
                 height=height,
                 time_ms=time_ms,
                 prev_hash=self.genesis.hash() if prev_hash is None else prev_hash,
-                tx_root=merkle.root([codec.sha256(t) for t in txs]),
+                tx_root=merkle.root([codec.tx_id(t) for t in txs]),
                 app_hash=app_hash,
                 proposer=proposer,
                 consensus_hash=consensus_hash,

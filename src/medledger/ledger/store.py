@@ -241,7 +241,7 @@ class Store:
                 )
                 db.executemany(
                     "INSERT OR IGNORE INTO tx_index (id, height, idx) VALUES (?, ?, ?)",
-                    [(codec.sha256(t), record.height, i) for i, t in enumerate(record.txs)],
+                    [(codec.tx_id(t), record.height, i) for i, t in enumerate(record.txs)],
                 )
             meta: dict[str, bytes | None] = {"height": str(height).encode(), "app_hash": app_hash}
             if record is not None:

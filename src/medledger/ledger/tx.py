@@ -34,7 +34,7 @@ class Tx:
 
     @functools.cached_property
     def id(self) -> bytes:
-        return codec.sha256(self.raw)
+        return codec.tx_id(self.raw)
 
 
 def encode_payload(
@@ -52,7 +52,7 @@ def sign_tx(key: SigningKey, chain: str, kind: str, body: dict[str, Any], nonce:
 
 
 def tx_id(raw: bytes) -> bytes:
-    return codec.sha256(raw)
+    return codec.tx_id(raw)
 
 
 def decode_tx(raw: bytes) -> Tx:

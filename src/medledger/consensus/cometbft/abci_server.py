@@ -151,6 +151,59 @@ def exec_tx_result_bytes(result: TxResult) -> bytes:
     return out
 
 
+def _uvarint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """The uvarint at `pos` and the position after it; (-1, pos) if it runs past the end."""
+    value = shift = 0
+    end = len(data)
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return -1, pos
+
+
+def parse_check_tx_request(raw: bytes) -> tuple[bytes, bool] | None:
+    """A serialized `Request` that is exactly a CheckTx as CometBFT writes one, as (tx,
+    recheck); None for anything else (other methods, unknown fields, another field order, a
+    type other than NEW or RECHECK), which then goes through protobuf's parser.
+
+    Layout: the `check_tx` key, its length, then in the body the tx (1) and the type (2),
+    each left out when empty or NEW, as proto3 writes them.
+    """
+    if not raw.startswith(_CHECK_TX_REQUEST_TAG):
+        return None
+    length, pos = _uvarint_at(raw, len(_CHECK_TX_REQUEST_TAG))
+    end = len(raw)
+    if length != end - pos:
+        return None
+    tx = b""
+    if pos < end and raw[pos] == 0x0A:
+        size, pos = _uvarint_at(raw, pos + 1)
+        if size < 0 or pos + size > end:
+            return None
+        tx = raw[pos : pos + size]
+        pos += size
+    recheck = False
+    if pos < end and raw[pos] == 0x10:
+        if raw[pos + 1 : pos + 2] != b"\x01":  # RECHECK; NEW (0) is left out
+            return None
+        recheck = True
+        pos += 2
+    return (tx, recheck) if pos == end else None
+
+
+def check_tx_response_bytes(code: int, log: str) -> bytes:
+    """A serialized `Response` with `check_tx` set to code (1) and log (3), each left out when
+    empty: byte for byte what protobuf writes (a test compares)."""
+    body = b"\x08" + encode_uvarint(code) if code else b""
+    if log:
+        body += _delimited(b"\x1a", log.encode())
+    return _CHECK_TX_RESPONSE_TAG + encode_uvarint(len(body)) + body
+
+
 class _Serialized:
     """An answer already serialized (`handle_bytes` writes it as is; `handle` parses it)."""
 
@@ -184,6 +237,10 @@ _MEMPOOL_METHODS = frozenset({"check_tx", "flush", "echo"})
 _RESPONSE_TAGS = {
     f.name: encode_uvarint(f.number << 3 | 2) for f in abci.Response.DESCRIPTOR.fields
 }
+_CHECK_TX_REQUEST_TAG = encode_uvarint(
+    abci.Request.DESCRIPTOR.fields_by_name["check_tx"].number << 3 | 2
+)
+_CHECK_TX_RESPONSE_TAG = _RESPONSE_TAGS["check_tx"]
 _FLUSH_REQUEST = bytes(abci.Request(flush=abci.RequestFlush()).SerializeToString())
 _FLUSH_RESPONSE = bytes(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
 
@@ -332,6 +389,17 @@ class AbciServer:
             if connection is not None:
                 connection.saw("flush")
             return _FLUSH_RESPONSE
+        check = parse_check_tx_request(raw)
+        if check is not None:
+            # The mempool's stream, one per tx: parsed and answered by hand (no Request or
+            # Response message built), the same checks and counters as `_answer`.
+            self.stats.requests += 1
+            if connection is not None:
+                connection.saw("check_tx")
+            started = time.thread_time()
+            code, text = self._check_tx_outcome(check[0], check[1])
+            self.stats.count("recheck_tx" if check[1] else "check_tx", time.thread_time() - started)
+            return check_tx_response_bytes(code, text)
         request = abci.Request()
         try:
             request.ParseFromString(raw)
@@ -396,22 +464,23 @@ class AbciServer:
         )
 
     def _check_tx(self, req: Any) -> Any:
+        code, text = self._check_tx_outcome(bytes(req.tx), req.type == abci.RECHECK)
+        return abci.ResponseCheckTx(code=code, log=text)
+
+    def _check_tx_outcome(self, tx: bytes, recheck: bool) -> tuple[int, str]:
+        """CheckTx's code and log. CheckTx events are left out: CometBFT v0.38 neither
+        indexes nor uses them, and converting them cost a few percent of the app's CPU."""
         self.stats.check_tx += 1
-        recheck = req.type == abci.RECHECK
         try:
             with self.lock:
-                result = self.app.check_tx(bytes(req.tx), recheck=recheck)
+                result = self.app.check_tx(tx, recheck=recheck)
         except Exception as exc:
-            log.exception("CheckTx raised on a %d-byte tx", len(req.tx))
+            log.exception("CheckTx raised on a %d-byte tx", len(tx))
             self.stats.check_tx_rejected += 1
-            return abci.ResponseCheckTx(
-                code=INTERNAL_ERROR, log=f"internal error: {type(exc).__name__}: {exc}"
-            )
+            return INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"
         if result.code != 0:
             self.stats.check_tx_rejected += 1
-        # CheckTx events are left out: CometBFT v0.38 neither indexes nor uses them, and
-        # converting them cost a few percent of the app's CPU under load.
-        return abci.ResponseCheckTx(code=result.code, log=result.log)
+        return result.code, result.log
 
     def _prepare_proposal(self, req: Any) -> Any:
         self._proposal_started()

@@ -120,7 +120,7 @@ class CometEngine:
         """Called by the app after each commit (on the ABCI thread, under the app lock)."""
         with self._cond:
             for index, (tx, result) in enumerate(zip(record.txs, record.results, strict=True)):
-                self._recent[codec.sha256(tx)] = (record.height, index, result)
+                self._recent[codec.tx_id(tx)] = (record.height, index, result)
             while len(self._recent) > _RECENT_COMMITS:
                 self._recent.popitem(last=False)
             self._height = record.height

@@ -13,8 +13,14 @@ class FramingError(ValueError):
     """The peer sent bytes that are not a valid length-prefixed message stream."""
 
 
+_ONE_BYTE = [bytes([n]) for n in range(128)]
+
+
 def encode_uvarint(n: int) -> bytes:
-    """Unsigned LEB128, as Go's binary.PutUvarint."""
+    """Unsigned LEB128, as Go's binary.PutUvarint (one byte under 128: every CheckTx and
+    Flush answer's length, from a table)."""
+    if 0 <= n < 128:
+        return _ONE_BYTE[n]
     if n < 0:
         raise ValueError("uvarint of a negative number")
     out = bytearray()
