@@ -17,6 +17,7 @@ from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
 from medledger.contracts.access import journal_ref, log_body
 from medledger.contracts.authorize import Decision
+from medledger.ledger import codec
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
@@ -147,8 +148,10 @@ def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_pat
     # A crash lost the done mark: the journal holds the group again, as if never sent.
     from medledger.node.audit import _frame
 
-    group = [
-        {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+    group = [  # as the journal frames them: checked, keys in canonical order
+        codec.in_canonical_order(
+            {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+        )
         for e in committed
     ]
     (directory / "journal").write_bytes(_frame({"g": group}))
