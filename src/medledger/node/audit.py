@@ -511,7 +511,8 @@ class AuditJournal:
                     self._requeue([g for b in batches[i + 1 :] for g in b], later=True)
                     break
             try:
-                height = self.engine.height()
+                # The height is asked (an RPC on CometBFT) only while a tx is in flight.
+                height = self.engine.height() if self._inflight else last_height
                 sweep = time.monotonic() - last_sweep >= min(self.resend_s, 1.0)
                 if sweep:
                     self._adopt_orphans()
