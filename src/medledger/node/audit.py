@@ -356,8 +356,7 @@ class AuditJournal:
         # Checked (CodecError: the caller's, nothing written) and ordered here, once; `log`
         # then sets "id" and "seq" in place, which keeps the keys' order.
         stamped = [
-            codec.in_canonical_order({**e, "id": _ID_SIZED, "seq": access.MAX_SEQ})
-            for e in entries
+            codec.in_canonical_order({**e, "id": _ID_SIZED, "seq": access.MAX_SEQ}) for e in entries
         ]
         sizes = [_size(e) for e in stamped]
         if any(e.get("request") is not None for e in stamped):
