@@ -687,7 +687,13 @@ class AuditJournal:
     def _check_inflight(self, sweep: bool) -> None:
         with self._cond:
             inflight = list(self._inflight)
+        # A tx in a block has spent its nonce (refused or not), or another tx spent it: one
+        # query for the chain's nonce, then a lookup (an RPC each on CometBFT) only for the
+        # txs at or below it. A sweep looks every one up (and unsticks the old ones).
+        on_chain = None if sweep else queries.nonce(self.engine, self.wallet.public_key)
         for item in inflight:
+            if on_chain is not None and item.nonce > on_chain:
+                continue
             committed: Committed | None
             try:
                 committed = self.engine.wait_for_commit(item.tx_id, 0.0)
