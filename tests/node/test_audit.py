@@ -17,6 +17,7 @@ from medledger.consensus.engine import Engine, Submitted
 from medledger.contracts import queries
 from medledger.contracts.access import journal_ref, log_body
 from medledger.contracts.authorize import Decision
+from medledger.ledger import codec
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
@@ -138,6 +139,24 @@ def test_an_entry_is_on_disk_before_log_returns_and_reaches_the_chain_after_a_re
     assert read_journal(directory / "journal")[0] == []  # marked done
 
 
+def test_an_entry_that_is_not_ledger_data_is_refused_to_its_caller_and_nothing_written(
+    node: Node, tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, window_s=3600.0)
+    try:
+        bad = _entries(node)[0] | {"rids": [1.5]}  # a float: not ledger data
+        with pytest.raises(codec.CodecError):
+            journal.log([*_entries(node), bad], wait=False)
+        assert journal.pending() == 0 and read_journal(directory / "journal")[0] == []
+        journal.log(_entries(node, 2), wait=False)  # the writer goes on
+        (pending, _, _) = read_journal(directory / "journal")
+        assert [len(group) for group in pending] == [2]
+        assert [e["seq"] for e in pending[0]] == sorted(e["seq"] for e in pending[0])
+    finally:
+        journal.stop()
+
+
 def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_path: Path) -> None:
     directory = tmp_path / "audit"
     journal = _journal(node, directory)
@@ -147,8 +166,10 @@ def test_an_entry_re_sent_after_it_committed_is_written_once(node: Node, tmp_pat
     # A crash lost the done mark: the journal holds the group again, as if never sent.
     from medledger.node.audit import _frame
 
-    group = [
-        {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+    group = [  # as the journal frames them: checked, keys in canonical order
+        codec.in_canonical_order(
+            {k: v for k, v in e.items() if k in _entries(node)[0] or k in ("id", "seq")}
+        )
         for e in committed
     ]
     (directory / "journal").write_bytes(_frame({"g": group}))

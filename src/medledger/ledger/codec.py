@@ -80,6 +80,20 @@ def encode(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+def in_canonical_order(value: Any) -> Any:
+    """`value` checked as `encode` checks it (CodecError) and rebuilt with every map's keys in
+    canonical order: `encode_ordered` of it, or of a list or one-key map of such values, is
+    canonical (the audit journal orders each entry once and frames it without sorting)."""
+    _check(value)
+    return _in_canonical_order(value)
+
+
+def encode_ordered(value: Any) -> bytes:
+    """Plain CBOR of a value whose maps are already in canonical key order
+    (`in_canonical_order`): canonical bytes, at the cost of cbor2's C encoder alone."""
+    return cbor2.dumps(value)
+
+
 def decode(data: bytes) -> Any:
     """Decode canonical CBOR, refusing anything that would not re-encode to the same bytes."""
     try:

@@ -61,7 +61,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ from medledger.consensus.engine import Committed, Engine
 from medledger.contracts import access, queries
 from medledger.ledger import codec
 from medledger.ledger.errors import Code
-from medledger.ledger.tx import MAX_TX_BYTES, decode_tx
+from medledger.ledger.tx import MAX_TX_BYTES
 from medledger.node.wallet import TxRejected, Wallet
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,18 @@ class _Group:
     size: int  # encoded bytes
     waited: bool = False  # a caller waits for its commit (a remote read)
     alone: bool = False  # refused in a batch: sent by itself to find who was refused
-    durable: threading.Event = field(default_factory=threading.Event)
-    settled: threading.Event = field(default_factory=threading.Event)
+    # Set only for a caller that waits for the commit: an Event each is a lock and a
+    # condition more per entry, for the many callers that wait for the disk only.
+    settled: threading.Event | None = None
     error: BaseException | None = None
+    gid: str = ""  # its first entry's id (the done mark's key)
+    last_seq: int = 0  # the journal sequence of its last entry (0: journaled before them)
 
-    @property
-    def gid(self) -> str:
-        return str(self.entries[0]["id"])
-
-    @property
-    def last_seq(self) -> int:
-        """The journal sequence of its last entry (0: journaled before sequences)."""
-        return int(self.entries[-1].get("seq", 0))
+    def stamped(self) -> _Group:
+        """Its id and sequence fields read once (log gives them; a journal file holds them)."""
+        self.gid = str(self.entries[0]["id"])
+        self.last_seq = int(self.entries[-1].get("seq", 0))
+        return self
 
 
 @dataclass(eq=False)
@@ -129,13 +129,16 @@ class _InFlight:
 
 
 def _frame(obj: Any) -> bytes:
-    payload = codec.encode(obj)
+    """A frame of `obj`: a one-key map of entries already checked and in canonical key order
+    (`_groups` made them so, once each; a journal file's are as decoded), so a plain
+    encoding is canonical (codec.encode_ordered) and no map is sorted again per write."""
+    payload = codec.encode_ordered(obj)
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _size(entry: dict[str, Any]) -> int:
-    """Its encoded bytes (`log_entry` built it: no type check; `_frame` makes that)."""
-    return len(codec.encode_trusted(entry))
+    """Its encoded bytes (in canonical key order already)."""
+    return len(codec.encode_ordered(entry))
 
 
 def _without(entry: dict[str, Any], name: str) -> dict[str, Any]:
@@ -196,9 +199,16 @@ class AuditJournal:
         self.retry_s = retry_s
         self.compact_bytes = compact_bytes
         self._compact_at = compact_bytes
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # The writer's own condition, on the same lock: a caller's entries wake the writer
+        # alone, not the sender too (it keeps its tick).
+        self._to_write = threading.Condition(lock)
         self._file_lock = threading.Lock()
         self._queued: list[_Group] = []  # not yet durable
+        # Set when the next write (of everything queued meanwhile) is durable or failed: one
+        # Event per write, which all its callers wait for, not one per group.
+        self._written = threading.Event()
         self._unsent: deque[_Group] = deque()  # durable, not yet in a tx
         self._unsent_entries = 0
         self._oldest: float | None = None  # when the oldest unsent group became durable
@@ -251,8 +261,7 @@ class AuditJournal:
         os.ftruncate(self._fd, whole)  # a torn tail was never acknowledged to anyone
         self._seq = self._first_seq(pending)
         for entries in pending:
-            group = _Group(entries, sum(_size(e) for e in entries))
-            group.durable.set()
+            group = _Group(entries, sum(_size(e) for e in entries)).stamped()
             self._live[group.gid] = group
             self._push(group, 0.0)
         if pending:
@@ -289,6 +298,7 @@ class AuditJournal:
                 return
             self._stop = True
             self._cond.notify_all()
+            self._to_write.notify_all()
         for thread in self._threads:
             thread.join(30)
         self._threads = []
@@ -313,6 +323,8 @@ class AuditJournal:
         groups = self._groups(entries)
         for group in groups:
             group.waited = wait
+            if wait:
+                group.settled = threading.Event()
         with self._cond:
             if self._stop or self._fd is None:
                 raise JournalUnavailable("the audit journal is not running")
@@ -321,16 +333,19 @@ class AuditJournal:
                     self._seq += 1
                     entry["seq"] = self._seq
                     entry["id"] = f"{self._id_prefix}{self._seq:016x}"
+                group.stamped()
             self._queued.extend(groups)
-            self._cond.notify_all()
+            written = self._written
+            self._to_write.notify()
+        if not written.wait(max(0.0, deadline - time.monotonic())):
+            raise JournalUnavailable("the audit journal did not reach the disk in time")
         for group in groups:
-            if not group.durable.wait(max(0.0, deadline - time.monotonic())):
-                raise JournalUnavailable("the audit journal did not reach the disk in time")
             if isinstance(group.error, JournalUnavailable):
                 raise group.error
         if not wait:
             return
         for group in groups:
+            assert group.settled is not None
             if not group.settled.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError("the access entry was not committed in time (kept, re-sent)")
             if group.error is not None:
@@ -338,7 +353,11 @@ class AuditJournal:
 
     def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
         # Sized with an id and the largest sequence; both are given under the lock (log).
-        stamped = [{**e, "id": _ID_SIZED, "seq": access.MAX_SEQ} for e in entries]
+        # Checked (CodecError: the caller's, nothing written) and ordered here, once; `log`
+        # then sets "id" and "seq" in place, which keeps the keys' order.
+        stamped = [
+            codec.in_canonical_order({**e, "id": _ID_SIZED, "seq": access.MAX_SEQ}) for e in entries
+        ]
         sizes = [_size(e) for e in stamped]
         if any(e.get("request") is not None for e in stamped):
             if len(stamped) > self.max_tx_entries or sum(sizes) > self.max_tx_bytes:
@@ -374,8 +393,9 @@ class AuditJournal:
         while True:
             with self._cond:
                 while not self._queued and not self._stop:
-                    self._cond.wait()
+                    self._to_write.wait()
                 groups, self._queued = self._queued, []
+                written, self._written = self._written, threading.Event()
                 if not groups and self._stop:
                     return
             try:
@@ -394,15 +414,15 @@ class AuditJournal:
                 log.error("audit journal %s: cannot write: %s", self.path, exc)
                 for group in groups:
                     group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
-                    group.durable.set()
+                written.set()
                 continue
             now = time.monotonic()
             with self._cond:
                 for group in groups:
                     self._live[group.gid] = group
                     self._push(group, now)
-                    group.durable.set()
                 self._cond.notify_all()
+            written.set()
             try:
                 if os.fstat(self._fd).st_size > self._compact_at:
                     self._compact()
@@ -490,7 +510,8 @@ class AuditJournal:
                     self._requeue([g for b in batches[i + 1 :] for g in b], later=True)
                     break
             try:
-                height = self.engine.height()
+                # The height is asked (an RPC on CometBFT) only while a tx is in flight.
+                height = self.engine.height() if self._inflight else last_height
                 sweep = time.monotonic() - last_sweep >= min(self.resend_s, 1.0)
                 if sweep:
                     self._adopt_orphans()
@@ -596,7 +617,9 @@ class AuditJournal:
         batch is queued again for `retry_s` later)."""
         signed: list[bytes] = []
         try:
-            submitted = self.wallet.submit("access.log", self._body(batch), on_signed=signed.append)
+            submitted, nonce = self.wallet.submit_nonce(
+                "access.log", self._body(batch), on_signed=signed.append
+            )
         except Exception as exc:  # the node's CometBFT is down, or its RPC failed
             if not self._unreachable:
                 log.warning("audit journal: cannot submit (%s); entries kept, retrying", exc)
@@ -610,7 +633,7 @@ class AuditJournal:
             tx = signed[-1]
             with self._cond:
                 self._inflight.append(
-                    _InFlight(tx, submitted.tx_id, decode_tx(tx).nonce, batch, time.monotonic())
+                    _InFlight(tx, submitted.tx_id, nonce, batch, time.monotonic())
                 )
             return True
         if submitted.check.code in _LEDGER_CODES:
@@ -658,12 +681,19 @@ class AuditJournal:
                 self._live.pop(group.gid, None)
                 self._done.append(group.gid)
                 group.error = error
-                group.settled.set()
+                if group.settled is not None:
+                    group.settled.set()
 
     def _check_inflight(self, sweep: bool) -> None:
         with self._cond:
             inflight = list(self._inflight)
+        # A tx in a block has spent its nonce (refused or not), or another tx spent it: one
+        # query for the chain's nonce, then a lookup (an RPC each on CometBFT) only for the
+        # txs at or below it. A sweep looks every one up (and unsticks the old ones).
+        on_chain = None if sweep else queries.nonce(self.engine, self.wallet.public_key)
         for item in inflight:
+            if on_chain is not None and item.nonce > on_chain:
+                continue
             committed: Committed | None
             try:
                 committed = self.engine.wait_for_commit(item.tx_id, 0.0)

@@ -61,6 +61,12 @@ class Wallet:
         `on_signed(tx)` sees each signed tx (the last one is the tx submitted)."""
         return self._submit(kind, body, on_signed)[0]
 
+    def submit_nonce(
+        self, kind: str, body: dict[str, Any], *, on_signed: OnSigned | None = None
+    ) -> tuple[Submitted, int]:
+        """`submit`, and the nonce of the tx submitted (not decoded again from the tx)."""
+        return self._submit(kind, body, on_signed)
+
     def _submit(
         self, kind: str, body: dict[str, Any], on_signed: OnSigned | None = None
     ) -> tuple[Submitted, int]:

@@ -34,6 +34,9 @@ class RpcEngine:
         self.ledger_db = ledger_db
         self.poll = poll
         self._db: sqlite3.Connection | None = None
+        # The last block's results read: a committed block's never change, and one caller
+        # (the audit journal) asks for several txs of one block in turn.
+        self._results: tuple[int, list[Any]] | None = None
 
     @classmethod
     def for_home(cls, config: Any) -> RpcEngine:
@@ -69,7 +72,10 @@ class RpcEngine:
             time.sleep(self.poll)
 
     def _result(self, height: int, index: int) -> TxResult:
-        raw = self.rpc.block_results(height)["txs_results"][index]
+        cached = self._results
+        if cached is None or cached[0] != height:
+            cached = self._results = (height, self.rpc.block_results(height)["txs_results"])
+        raw = cached[1][index]
         events = tuple(
             Event(
                 e["type"],
