@@ -10,9 +10,10 @@ import pytest
 
 from medledger.exchange.client import ExchangeError
 from medledger.interop.synth import bundle_label, generate
-from medledger.node.replicas import replica_peers
+from medledger.node.replicas import ensure_backup_key, replica_peers
 from medledger.node.shredding import carry_out
 from medledger.vault import PatientErased
+from medledger.vault.replication import ReplicaKeys, item_name
 
 from .conftest import (
     EVIDENCE,
@@ -102,6 +103,17 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     sandbox: Sandbox,
 ) -> None:
     pid, n = _prefetched(sandbox)
+    peers = replica_peers(sandbox.root.engine, B)
+    keys = ReplicaKeys(ensure_backup_key(sandbox.h[B].node.config.home), B)
+    wrapped = keys.item_id(item_name("key", pid))
+
+    def held_anywhere() -> bool:
+        return any(
+            wrapped in {i.id for i in (*custody.listing(B), *custody.trash_listing(B))}
+            for custody in (sandbox.x(peer).custody for peer in peers)
+        )
+
+    wait_for(held_anywhere, what="B's wrapped key at its replica peers")
     asked = {"pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}  # on A's portal
     sandbox.h[A].node.wallet.send("erasure.request", asked)
     sandbox.erasure_takes_effect(pid)
@@ -121,8 +133,10 @@ def test_an_erasure_request_reaches_the_copies_and_spares_retained_records(
     assert obligations[A]["reason"].startswith("retention until")
     shredded = sandbox.root.engine.query("records/shredded", {"holder": B, "pid": pid})
     assert shredded["copies"] == n and shredded["records"] == 0
-    # B's replica peers dropped the patient's wrapped key too, and the attestation says so.
-    assert sorted(shredded["replicas_dropped"]) == sorted(replica_peers(sandbox.root.engine, B))
+    # B's replica peers dropped the patient's wrapped key too, and the attestation says so;
+    # with the statement committed they purged it, their trash included.
+    assert sorted(shredded["replicas_dropped"]) == sorted(peers)
+    wait_for(lambda: not held_anywhere(), what="B's wrapped key purged at its replica peers")
     assert sandbox.x(B).store.keys(A, pid) is None  # the custodian's metadata key is gone too
     assert len(sandbox.h[A].vault.records_of(pid)) == n  # care records kept at the custodian
 

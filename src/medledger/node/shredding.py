@@ -33,7 +33,7 @@ from medledger.contracts.records import Shredded
 from medledger.node import Node
 from medledger.node.replicas import drop_erased, forget_purge, purge_erased, purge_later
 from medledger.node.wallet import TxRejected
-from medledger.vault import Vault
+from medledger.vault import ErasureReceipt, Vault
 from medledger.vault.replication import item_name
 
 MAX_REASON = 500
@@ -63,9 +63,29 @@ class ErasureOutcome:
 def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
     since = vault.journal_head()
     receipt = vault.erase(pid)
-    # The wrapped key goes from the replica peers too; the attestation names who confirmed.
+    height, key_purged, key_pending = state_shredded(node, vault, pid, receipt, since)
+    purged = vault.purge_pending()
+    return ShredResult(
+        pid,
+        receipt.records_shredded,
+        receipt.copies_shredded,
+        height,
+        purged.rows_deleted,
+        tuple(key_purged),
+        tuple(key_pending),
+    )
+
+
+def state_shredded(
+    node: Node, vault: Vault, pid: str, receipt: ErasureReceipt, since: int
+) -> tuple[int, list[str], list[str]]:
+    """After `vault.erase(pid)` (its `receipt`; `since`: the journal's head before it): drop
+    the wrapped key at the replica peers, attest `records.shredded` naming who confirmed,
+    then purge that key at them, trash included, with the statement committed. The purge is
+    noted in the home first, so a crash after the statement still purges (the replicator
+    retries). The height of the statement, the peers purged and those pending."""
     dropped, pending = drop_erased(node, vault, since, (item_name("key", pid),))
-    purge_later(node, pid, [*dropped, *pending])  # a crash after the statement still purges
+    purge_later(node, pid, [*dropped, *pending])
     try:
         committed = node.wallet.send_message(
             Shredded(
@@ -81,16 +101,7 @@ def shred(node: Node, vault: Vault, pid: str) -> ShredResult:
         forget_purge(node, pid)
         raise
     key_purged, key_pending = purge_erased(node, pid)
-    purged = vault.purge_pending()
-    return ShredResult(
-        pid,
-        receipt.records_shredded,
-        receipt.copies_shredded,
-        committed.height,
-        purged.rows_deleted,
-        tuple(key_purged),
-        tuple(key_pending),
-    )
+    return committed.height, key_purged, key_pending
 
 
 def shred_copies(node: Node, vault: Vault, pid: str, request: int) -> ShredResult:

@@ -6,10 +6,10 @@ from typing import Any
 
 from medledger.contracts import queries
 from medledger.contracts.erasure import Attest
-from medledger.contracts.records import Shredded
 from medledger.exchange.sync._base import AgentBase
 from medledger.exchange.sync.store import Job
 from medledger.node.replicas import drop_erased
+from medledger.node.shredding import state_shredded
 from medledger.vault import PatientErased
 from medledger.vault.replication import item_name
 
@@ -45,19 +45,12 @@ class ErasureJobs(AgentBase):
         with self.store.tx() as db:
             db.execute("DELETE FROM interest WHERE pid = ?", (pid,))
             db.execute("DELETE FROM jobs WHERE pid = ? AND kind = 'sync'", (pid,))
-        # The wrapped key goes from this hospital's replica peers too (node/replicas.py).
-        dropped, pending = drop_erased(self.node, self.vault, since, (item_name("key", pid),))
+        # The wrapped key goes from this hospital's replica peers too, trash included, once
+        # the statement is committed (node/shredding.py, as for a custodian's erasure).
         if queries.shredded(self.node.engine, self.org, pid) is None:
-            self.node.wallet.send_message(
-                Shredded(
-                    pid=pid,
-                    digest=receipt.digest,
-                    records=receipt.records_shredded,
-                    copies=receipt.copies_shredded,
-                    replicas_dropped=dropped,
-                    replicas_pending=pending,
-                )
-            )
+            state_shredded(self.node, self.vault, pid, receipt, since)
+        else:  # a retried job, or an earlier generation's statement: the key still goes
+            drop_erased(self.node, self.vault, since, (item_name("key", pid),))
         attested = self._attest(pid, job.ref, receipt.records_shredded + receipt.copies_shredded)
         self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies erased" + (", attested" if attested else "")
