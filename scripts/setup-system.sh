@@ -6,6 +6,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v ip >/dev/null || missing+=(iproute2)  # the network-namespace tests (tests/netns)
+command -v systemd-analyze >/dev/null || missing+=(systemd)  # checks deploy/'s units (not run)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   SUDO=""

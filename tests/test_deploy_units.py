@@ -56,8 +56,7 @@ def test_the_node_runs_first_and_cometbft_follows_it() -> None:
 
 def test_systemd_reads_the_units_without_an_error() -> None:
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed here")
+    assert analyze, "systemd-analyze missing: `make setup` installs it (scripts/setup-system.sh)"
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(DEPLOY / NODE), str(DEPLOY / COMETBFT)],
         capture_output=True,
