@@ -1,4 +1,4 @@
-"""`medledger study register|enrol|withdraw|release|show`: research studies (dynamic consent).
+"""`medledger study register|enrol|withdraw|release|show|crate|query`: research studies.
 
 A release posts the dataset's hash, its counts and its members' study tokens (computed here
 from the pids: SHA-256 of study and pid), which the chain checks against enrolments.
@@ -7,7 +7,7 @@ from the pids: SHA-256 of study and pid), which the chain checks against enrolme
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,7 +35,40 @@ from medledger.cli._common import (
 from medledger.contracts import queries
 from medledger.contracts.research import Enrol, Register, Release, Withdraw
 
+if TYPE_CHECKING:
+    from medledger.node import Node
+
 StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
+CrateOption = Annotated[
+    Path | None, typer.Option("--crate", help="Also write an RO-Crate into this new directory.")
+]
+
+
+def _crate_dir_free(crate: Path | None) -> None:
+    """Refuse a crate directory that holds something before anything is signed."""
+    if crate is not None and crate.exists() and any(crate.iterdir()):
+        fail(f"{crate}: not empty; a crate is written into a new directory")
+
+
+def _release_crate(
+    node: Node, crate: Path, study_id: str, seq: int, dataset: Path, members: list[bytes]
+) -> None:
+    from medledger.interop.crate import release_crate
+
+    found = [r for r in queries.study_releases(node.engine, study_id) if r["seq"] == seq]
+    if not found:
+        fail(f"--release: study {study_id} has no release {seq} on the chain")
+    location = queries.tx_location(node.engine, bytes(found[0]["tx"]))
+    assert location is not None  # the chain's own record of the release names its tx
+    release_crate(
+        crate,
+        chain_id=node.config.chain_id,
+        release=found[0],
+        height=int(location["height"]),
+        dataset_name=dataset.name,
+        dataset=dataset.read_bytes(),
+        members=members,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -122,6 +155,7 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option(help="A file with the included pids, one per line.")
         ],
         records: Annotated[int, typer.Option(help="Number of records in the dataset.")] = 0,
+        crate: CrateOption = None,
         as_: AsOption = "",
     ) -> None:
         """Post a dataset release: hash, counts and members (checked against enrolments)."""
@@ -129,6 +163,7 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors():
+            _crate_dir_free(crate)
             pids = [
                 pid_arg(line.strip(), home)
                 for line in patients.read_text().splitlines()
@@ -144,10 +179,62 @@ def register(app: typer.Typer) -> None:
             )
             with Node.open(home) as node:
                 c = send(node, signer(node, as_), msg)
-        e = event(c, "study.released")
+                seq = int(event(c, "study.released").get("release") or 0)
+                if crate is not None:
+                    _release_crate(node, crate, study_id, seq, dataset, msg.members)
+        console.print(f"release {seq} of {study_id}: {len(pids)} patients (block {c.height})")
+        if crate is not None:
+            console.print(f"crate written to {crate} (check it: medledger study crate verify)")
+
+    crates = typer.Typer(help="RO-Crate packages of releases and query results.")
+    study.add_typer(crates, name="crate", no_args_is_help=True)
+
+    @crates.command("release")
+    def crate_release(
+        home: HomeOption,
+        study_id: StudyOption,
+        seq: Annotated[int, typer.Option("--release", help="The release's number.")],
+        dataset: Annotated[Path, typer.Option(help="The released dataset.")],
+        patients: Annotated[Path, typer.Option(help="Its pids, one per line (as released).")],
+        crate: Annotated[Path, typer.Option("--crate", help="A new directory for the crate.")],
+    ) -> None:
+        """Package a release already on the chain (its dataset and members) as an RO-Crate."""
+        from medledger.contracts.research import member_token
+        from medledger.node import Node
+
+        with user_errors():
+            _crate_dir_free(crate)
+            pids = [pid_arg(x.strip(), home) for x in patients.read_text().split() if x.strip()]
+            with Node.open(home) as node:
+                _release_crate(
+                    node, crate, study_id, seq, dataset, [member_token(study_id, p) for p in pids]
+                )
+        console.print(f"crate of release {seq} of {study_id} written to {crate}")
+
+    @crates.command("verify")
+    def crate_verify(
+        home: HomeOption,
+        crate: Annotated[Path, typer.Argument(help="The crate's directory.")],
+    ) -> None:
+        """Check a crate against the chain (every tx, hash, result, contributor) and its files."""
+        from medledger.interop import crate as crates_
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            differences = crates_.verify(crate, node.engine, node.config.chain_id)
+            loaded = crates_.load(crate)
+        if differences:
+            for line in differences:
+                console.print(f"[red]differs:[/] {line}", highlight=False)
+            fail(f"{crate}: {len(differences)} difference(s) with the chain")
         console.print(
-            f"release {e.get('release')} of {study_id}: {len(pids)} patients (block {c.height})"
+            f"{crate}: {loaded.kind} of study {loaded.study} agrees with the chain "
+            f"({len(loaded.acts())} txs, {len(loaded.files())} files checked)"
         )
+
+    from medledger.cli._study_query import register_queries
+
+    register_queries(study)
 
     @study.command("show")
     def show(home: HomeOption, study_id: StudyOption) -> None:
