@@ -21,9 +21,7 @@ empty list means the crate is what the chain says.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import mimetypes
 import tempfile
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medledger.contracts import queries
+from medledger.interop import study_results
 from medledger.ledger import merkle
 
 TERMS_BASE = "urn:medledger:terms#"
@@ -337,30 +336,9 @@ def _release_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
 # -- a federated query's result -----------------------------------------------------------------
 
 
-def result_tables(result: dict[str, Any]) -> dict[str, bytes]:
-    """The result as CSV tables, one per statistic: stratum, cell, value ("suppressed" for a
-    suppressed cell, never 0)."""
-    tables: dict[str, list[list[str]]] = {}
-    for stratum, stats in sorted((result.get("strata") or {}).items()):
-        for stat, cells in sorted(stats.items()):
-            rows = tables.setdefault(stat, [])
-            for cell, value in _cells(cells):
-                rows.append([stratum, cell, "suppressed" if value is None else str(value)])
-    out = {}
-    for stat, rows in tables.items():
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["stratum", "cell", "value"])
-        writer.writerows(rows)
-        out[f"tables/{stat}.csv"] = buffer.getvalue().encode()
-    return out
-
-
-def _cells(value: Any) -> list[tuple[str, Any]]:
-    """A statistic's value as (cell name, value) pairs: a scalar is one cell `value`."""
-    if isinstance(value, dict):
-        return [(str(k), v) for k, v in value.items()]
-    return [("value", value)]
+def result_tables(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, bytes]:
+    """The result as CSV tables (`study_results`): "suppressed" for a suppressed cell, never 0."""
+    return {f"tables/{t.name}.csv": t.csv() for t in study_results.tables(doc, result)}
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -382,8 +360,8 @@ def query_crate(
         CrateFile(RESULT_FILE, canonical_json(result), "application/json", "the result"),
     ]
     files += [
-        CrateFile(path, data, "text/csv", f"the result's {path[7:-4]} table")
-        for path, data in result_tables(result).items()
+        CrateFile(f"tables/{t.name}.csv", t.csv(), "text/csv", t.title)
+        for t in study_results.tables(query["doc"], result)
     ]
     return write(
         directory,
@@ -417,7 +395,7 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
         return differences
     if json.loads(crate.read(RESULT_FILE)) != json.loads(canonical_json(result)):
         differences.append(f"{RESULT_FILE}: not the result the chain holds for {query_id}")
-    for path, data in result_tables(result).items():
+    for path, data in result_tables(query["doc"], result).items():
         try:
             if crate.read(path) != data:
                 differences.append(f"{path}: not the chain's result as a table")
