@@ -173,3 +173,54 @@ def charts(doc: dict[str, Any], result: dict[str, Any]) -> list[Series]:
             )
         ]
     return []
+
+
+# -- the chain's record of a query, as the pages and commands list it ----------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one hospital contributed: how many enrolled patients it answered for, its tx."""
+
+    org: str
+    patients: int
+    tx: bytes
+
+
+@dataclass(frozen=True)
+class Approval:
+    role: str  # ethics | custodian
+    org: str
+    by: str  # the DPO
+    tx: bytes
+
+
+def _entries(value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A record's per-org map or list as (org, entry) pairs, in org order."""
+    if isinstance(value, dict):
+        return sorted((str(k), v if isinstance(v, dict) else {}) for k, v in value.items())
+    if isinstance(value, list):
+        return sorted((str(v.get("org", "")), v) for v in value if isinstance(v, dict))
+    return []
+
+
+def answers(record: dict[str, Any]) -> list[Answer]:
+    """The answers on the chain (`research/query`), one per hospital."""
+    return [
+        Answer(org, int(entry.get("patients", 0)), bytes(entry.get("tx", b"")))
+        for org, entry in _entries(record.get("answers") or record.get("answered"))
+    ]
+
+
+def approvals(record: dict[str, Any]) -> list[Approval]:
+    """The approvals on the chain, ethics first."""
+    found = [
+        Approval(
+            str(entry.get("role", "")),
+            org,
+            str(entry.get("by", "") or entry.get("practitioner", "")),
+            bytes(entry.get("tx", b"")),
+        )
+        for org, entry in _entries(record.get("approvals"))
+    ]
+    return sorted(found, key=lambda a: (a.role != "ethics", a.org))
