@@ -131,7 +131,7 @@ def match(resource: Mapping[str, Any], criterion: Criterion) -> Match:
 
 def needs_demographics(q: StudyQuery) -> bool:
     """The Patient resource is read only when sex or age filters or stratifies the query."""
-    return bool(q.sexes or q.age_min is not None or q.age_max is not None or q.stratify)
+    return bool(q.sexes or q.uses_age or "sex" in q.stratify)
 
 
 class Evaluator:
