@@ -242,7 +242,7 @@ def test_age_filter_and_bands_use_the_fixed_date_and_partial_birth_dates() -> No
 
 def test_a_stratum_under_k_is_withheld_whole() -> None:
     q = sq.parse(SMALL | {"statistics": [{"kind": "count"}], "cohort": {"types": ["Condition"]}})
-    result = sq.finish(q, [7, 4], k=5, noise_seed=b"\x01" * 32)
+    result = sq.finish(q, [7, 4], k=5)
     assert [row["count"] for row in result["strata"]] == [7, None]
     assert result["suppressed"] == ["sex=male: fewer than k patients"]
     assert result["noise"] == "none"
@@ -273,7 +273,7 @@ def test_a_partition_with_a_small_cell_is_withheld_whole_so_nothing_subtracts() 
             "unit_mismatch": 3,
         }
     )
-    result = sq.finish(q, [plain[n] for n in names], k=5, noise_seed=b"\x02" * 32)
+    result = sq.finish(q, [plain[n] for n in names], k=5)
     female, male = result["strata"]
     # The count stays: the histogram and 2x2 are not published, so nothing subtracts from it.
     assert female["count"] == 12 and female["histogram"] is None and female["table2x2"] is None
@@ -289,17 +289,33 @@ def test_a_partition_with_a_small_cell_is_withheld_whole_so_nothing_subtracts() 
 
 
 def test_noise_is_identical_for_the_same_seed_and_differs_for_another() -> None:
-    q = sq.parse(
-        SMALL
-        | {"statistics": [{"kind": "count"}], "cohort": {"types": ["Condition"]}, "epsilon": "0.1"}
-    )
-    totals = [500, 700]
-    first = sq.finish(q, totals, k=5, noise_seed=b"\x03" * 32)
-    again = sq.finish(q, totals, k=5, noise_seed=b"\x03" * 32)
-    other = sq.finish(q, totals, k=5, noise_seed=b"\x04" * 32)
-    assert first == again and first["noise"] == "discrete-laplace"
-    assert first != other
-    assert [row["count"] for row in first["strata"]] != totals  # noised at scale 10
+    counts = {"statistics": [{"kind": "count"}], "cohort": {"types": ["Condition"]}}
+    q = sq.parse(SMALL | counts | {"epsilon": "0.1"})  # one release, scale 1/0.1 = 10
+    seed = sq.answer_noise_seed(b"an Ed25519 signature over noise_message")
+    first = sq.answer_noise(q, seed)
+    assert first == sq.answer_noise(q, seed)  # a re-run draws the same
+    assert first != sq.answer_noise(q, sq.answer_noise_seed(b"another signature"))
+    assert len(first) == len(sq.cells(q)) and first != [0, 0]
+    assert sq.noise_commitment(seed) != sq.noise_commitment(b"x" * 32)
+    # No noise without epsilon.
+    assert sq.answer_noise(sq.parse(SMALL | counts), seed) == [0, 0]
+
+
+def test_each_cell_is_noised_at_its_sensitivity() -> None:
+    doc = SMALL | {"statistics": [{"kind": "mean"}, {"kind": "stddev"}], "epsilon": "1"}
+    q = sq.parse(doc)  # releases: count, sum, sumsq, unit_mismatch = 4; spread 17 (17000)
+    assert sq.releases_per_patient(q) == 4
+    draws = [sq.answer_noise(q, bytes([i]) * 32) for i in range(200)]
+    at = {name: i for i, name in enumerate(sq.cells(q))}
+
+    def spread_of(cell: str) -> float:
+        return sum(abs(d[at[cell]]) for d in draws) / len(draws)
+
+    # E|Lap(b)| is about b: 4 for a count, 4 x 17000 for the sum, 4 x 17000^2 for squares.
+    assert 2 < spread_of("sex=female/patients") < 8
+    assert 2 * 17000 < spread_of("sex=female/sum") < 8 * 17000
+    assert 2 * 17000**2 < spread_of("sex=female/sumsq.lo") < 8 * 17000**2
+    assert spread_of("sex=female/sumsq.hi") == 0
 
 
 def test_discrete_laplace_has_its_distribution() -> None:
@@ -326,7 +342,7 @@ def test_mean_stddev_quantiles_without_noise_equal_a_direct_computation() -> Non
     q = sq.parse(doc)
     values = [3500, 4200, 4800, 6000, 7250, 7300, 9100, 12000, 15500, 19999, 4100, 8800]
     totals = sq.tally(q, [_facts("female", v, "cohort") for v in values])
-    (row,) = sq.finish(q, totals, k=3, noise_seed=b"\x05" * 32)["strata"]
+    (row,) = sq.finish(q, totals, k=3)["strata"]
     exact = [Fraction(v, 1000) for v in values]
     assert row["mean"] == f"{float(pystats.mean(exact)):.3f}"
     assert abs(Fraction(row["stddev"]) - Fraction(pystats.stdev(exact))) <= Fraction(1, 2000)
@@ -341,12 +357,14 @@ def test_mean_stddev_quantiles_without_noise_equal_a_direct_computation() -> Non
 
 def test_noised_statistics_stay_in_their_bounds() -> None:
     q = sq.parse(SMALL | {"statistics": [{"kind": "mean"}, {"kind": "stddev"}], "epsilon": "0.01"})
-    totals = sq.tally(q, [_facts("male", 19000, "cohort") for _ in range(6)])
-    result = sq.finish(q, totals, k=5, noise_seed=b"\x06" * 32)
-    male = result["strata"][1]
-    if male["mean"] is not None:
-        assert Fraction(3) <= Fraction(male["mean"]) <= Fraction(20)
-    assert result["strata"][0]["mean"] is None  # no woman: under k
+    plain = sq.tally(q, [_facts("male", 19000, "cohort") for _ in range(60)])
+    for i in range(20):
+        noise = sq.answer_noise(q, bytes([i]) * 32)
+        result = sq.finish(q, [a + b for a, b in zip(plain, noise, strict=True)], k=5)
+        for row in result["strata"]:
+            if row["mean"] is not None:
+                assert Fraction(3) <= Fraction(row["mean"]) <= Fraction(20)
+                assert Fraction(0) <= Fraction(row["stddev"]) <= Fraction(17)
 
 
 # -- PatientFacts --------------------------------------------------------------------------

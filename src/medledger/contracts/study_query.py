@@ -807,8 +807,44 @@ def discrete_laplace(bits: _Bits, scale: Fraction) -> int:
 
 
 def noise(seed: bytes, name: str, scale: Fraction) -> int:
-    """The noise of one released quantity: reproducible from the seed and its name alone."""
+    """The noise of one quantity: reproducible from the seed and its name alone."""
     return discrete_laplace(_Bits(seed, name), scale)
+
+
+def noise_message(query_id: str, noise_seed: bytes) -> bytes:
+    """What an answerer's organisation key signs to draw its noise. Ed25519 signatures are
+    deterministic (RFC 8032): a re-run gives the same signature, so the same noise."""
+    return b"medledger/study-noise\x00" + query_id.encode() + b"\x00" + noise_seed
+
+
+def answer_noise_seed(signature: bytes) -> bytes:
+    """An answerer's secret noise seed, from its signature over `noise_message`."""
+    return hashlib.sha256(b"medledger/study-noise-seed\x00" + signature).digest()
+
+
+def noise_commitment(seed: bytes) -> bytes:
+    """What the answer carries of the seed: an auditor shown the signature can check it and
+    redraw the noise; nobody else can (the seed would remove the noise)."""
+    return hashlib.sha256(b"medledger/study-noise-commitment\x00" + seed).digest()
+
+
+def answer_noise(q: StudyQuery, seed: bytes) -> list[int]:
+    """The noise an answerer adds to its plain tally, in `cells(q)` order, before masking.
+
+    Every answerer adds the full noise on every cell (it need not know where the patients
+    are): the combined answer then carries noise no coalition of the other answerers can take
+    off. Scale: sensitivity x `releases_per_patient` / epsilon; zeros when epsilon is 0."""
+    names = cells(q)
+    if not q.epsilon_milli:
+        return [0] * len(names)
+    spread = (q.cohort.value_max or 0) - (q.cohort.value_min or 0)
+    per = Fraction(releases_per_patient(q) * SCALE, q.epsilon_milli)
+    sensitivity = {"sum": spread, "sumsq.lo": spread * spread, "sumsq.hi": 0}
+    out = []
+    for name in names:
+        delta = sensitivity.get(name.rsplit("/", 1)[-1], 1)
+        out.append(noise(seed, name, max(delta, 1) * per) if delta else 0)
+    return out
 
 
 def releases_per_patient(q: StudyQuery) -> int:
@@ -838,71 +874,66 @@ def _decimal(x: Fraction) -> str:
     return f"{sign}{whole}.{frac:03d}"
 
 
+def _clamp(x: Fraction, high: int) -> Fraction:
+    """x within [0, high]: where the true figure is (noise may carry it out)."""
+    return min(max(x, Fraction(0)), Fraction(high))
+
+
 def _sqrt(x: Fraction) -> Fraction:
     """sqrt(x) to the nearest 1/SCALE, integers only."""
     scaled = x * SCALE * SCALE * 4
     return Fraction((math.isqrt(scaled.numerator // scaled.denominator) + 1) // 2, SCALE)
 
 
-def finish(q: StudyQuery, totals: list[int], k: int, noise_seed: bytes) -> dict[str, Any]:
-    """The published result of combined plain totals (in `cells(q)` order).
+def finish(q: StudyQuery, totals: list[int], k: int) -> dict[str, Any]:
+    """The published result of the combined totals (in `cells(q)` order; noised by the
+    answerers when epsilon > 0, see `answer_noise`).
 
-    Disclosure control first, on the true counts: a stratum under k patients is withheld
-    whole; a histogram or 2x2 table with a cell under k is withheld whole (its cells could
-    otherwise be recovered from the stratum's count or another partition of it); the global
-    unit_mismatch under k is withheld. Then noise on every released quantity, then the derived
-    statistics (mean, stddev, quantiles) from the noised quantities only.
+    Disclosure control: a stratum under k patients is withheld whole; a histogram or 2x2 table
+    with a cell under k is withheld whole (its cells could otherwise be recovered from the
+    stratum's count or another partition of it); the global unit_mismatch under k is withheld.
+    The derived statistics (mean, stddev, quantiles) come from the released totals only, and
+    every published figure is clamped to where the true one can be (post-processing).
     """
     names = cells(q)
     if len(totals) != len(names):
         raise ValueError(f"{len(totals)} totals for {len(names)} cells")
     total = dict(zip(names, totals, strict=True))
-    epsilon = Fraction(q.epsilon_milli, SCALE)
-    per = releases_per_patient(q)
     low = q.cohort.value_min or 0
     spread = (q.cohort.value_max or 0) - low
-
-    def noised(name: str, value: int, sensitivity: int) -> int:
-        if not epsilon:
-            return value
-        return value + noise(noise_seed, name, Fraction(max(sensitivity, 1) * per) / epsilon)
-
     suppressed: list[str] = []
     out_strata: list[dict[str, Any]] = []
     edges = q.histogram_edges
-    n_bins = max(len(edges) - 1, 0)
     for stratum in strata(q):
         row: dict[str, Any] = {"stratum": stratum}
         out_strata.append(row)
-        patients = total[f"{stratum}/patients"]
-        withheld = patients < k
+        count = max(total[f"{stratum}/patients"], 0)
+        withheld = count < k
         if withheld:
             suppressed.append(f"{stratum}: fewer than k patients")
-        count = None if withheld else max(noised(f"{stratum}/patients", patients, 1), 0)
         if q.asks("count"):
-            row["count"] = count
+            row["count"] = None if withheld else count
         if q.asks("mean", "stddev"):
             mean = stddev = None
-            if not withheld and count:
-                value_sum = noised(f"{stratum}/sum", total[f"{stratum}/sum"], spread)
-                mean_d = min(max(Fraction(value_sum, count), Fraction(0)), Fraction(spread))
+            if not withheld:
+                mean_d = _clamp(Fraction(total[f"{stratum}/sum"], count), spread)
                 mean = _decimal((mean_d + low) / SCALE)
-                if q.asks("stddev") and count >= 2:
+                if q.asks("stddev"):
                     square = (total[f"{stratum}/sumsq.hi"] << _LIMB) + total[f"{stratum}/sumsq.lo"]
-                    square = noised(f"{stratum}/sumsq", square, spread * spread)
-                    variance = (square - count * mean_d * mean_d) / (count - 1)
-                    stddev = _decimal(_sqrt(max(variance, Fraction(0))) / SCALE)
+                    variance = (square - count * mean_d * mean_d) / max(count - 1, 1)
+                    variance = _clamp(variance, spread * spread)
+                    stddev = _decimal(_sqrt(variance) / SCALE)
             if q.asks("mean"):
                 row["mean"] = mean
             if q.asks("stddev"):
                 row["stddev"] = stddev
         if edges:
-            bins = [total[f"{stratum}/bin{i}"] for i in range(n_bins)]
+            bins = [max(total[f"{stratum}/bin{i}"], 0) for i in range(len(edges) - 1)]
             histogram = None
             if not withheld and min(bins) < k:
                 suppressed.append(f"{stratum}/histogram: a bin under k")
             elif not withheld:
-                histogram = [max(noised(f"{stratum}/bin{i}", b, 1), 0) for i, b in enumerate(bins)]
+                histogram = bins
             row["histogram"] = histogram
             if q.asks("quantiles"):
                 row["quantiles"] = [
@@ -910,30 +941,22 @@ def finish(q: StudyQuery, totals: list[int], k: int, noise_seed: bytes) -> dict[
                     for x in q.quantiles
                 ]
         if q.asks("table2x2"):
-            table_cells = [total[f"{stratum}/t:{c}"] for c in TABLE_CELLS]
-            table = None
-            if not withheld and min(table_cells) < k:
+            table = {c: max(total[f"{stratum}/t:{c}"], 0) for c in TABLE_CELLS}
+            if not withheld and min(table.values()) < k:
                 suppressed.append(f"{stratum}/table2x2: a cell under k")
-            elif not withheld:
-                table = {
-                    c: max(noised(f"{stratum}/t:{c}", v, 1), 0)
-                    for c, v in zip(TABLE_CELLS, table_cells, strict=True)
-                }
-            row["table2x2"] = table
+            row["table2x2"] = None if withheld or min(table.values()) < k else table
     result: dict[str, Any] = {
         "k": k,
         "epsilon": decimal_text(q.epsilon_milli),
-        "noise": "discrete-laplace" if epsilon else "none",
+        "noise": "discrete-laplace, each answerer's" if q.epsilon_milli else "none",
         "strata": out_strata,
         "suppressed": suppressed,
     }
     if q.cohort.unit:
-        mismatch = total["unit_mismatch"]
+        mismatch = max(total["unit_mismatch"], 0)
         if mismatch < k:
             suppressed.append("unit_mismatch: under k")
-            result["unit_mismatch"] = None
-        else:
-            result["unit_mismatch"] = max(noised("unit_mismatch", mismatch, 1), 0)
+        result["unit_mismatch"] = None if mismatch < k else mismatch
     return result
 
 
