@@ -12,8 +12,9 @@
    `enrolment:<study>`); a send refused or failed is retried until the deadline;
 4. waits for every other answerer's message (they are kept in the node's `Inbox`, so a
    restart resumes here), merges them into its own patients' facts, re-checks each patient's
-   enrolment, `tally`s, adds its pairwise mask and posts `research.query_answer` with the
-   hospital's key.
+   enrolment, `tally`s, adds its noise when the query has an epsilon
+   (`study_query.answer_noise`, seeded by its signature over the query's noise seed) and its
+   pairwise mask, and posts `research.query_answer` with the hospital's key.
 
 A query this hospital already answered on the chain is never answered again; nothing it
 does before the answer changes the chain but the audit entries (kept once: `Inbox.sent`).
@@ -32,7 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
-from medledger.contracts.study_query import PatientFacts, StudyQuery, cells, parse, tally
+from medledger.contracts.study_query import (
+    PatientFacts,
+    StudyQuery,
+    answer_noise,
+    answer_noise_seed,
+    cells,
+    noise_commitment,
+    noise_message,
+    parse,
+    tally,
+)
 from medledger.node import decisions
 from medledger.node.study_partials import (
     Inbox,
@@ -83,6 +94,7 @@ class Plan:
     categories: tuple[str, ...]
     answerers: list[str]
     deadline_ms: int
+    noise_seed: bytes
     mine: dict[str, str]  # pid -> its answering hospital, for the pids this hospital holds
 
 
@@ -141,6 +153,7 @@ class Answerer:
             categories,
             answerers,
             int(record.get("deadline_ms") or 0),
+            bytes(record.get("noise_seed") or b""),
             mine,
         )
 
@@ -186,15 +199,22 @@ class Answerer:
                 own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
         with self.node.engine.read_view() as state:
             counted = [f for pid, f in own.items() if counts(state, plan.study, pid)]
-        totals = tally(plan.q, counted)
+        # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
+        # query's committed seed, so a re-run adds the same and only an auditor shown the
+        # signature can redraw it; the answer carries the seed's commitment.
+        seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
+        noised = [
+            t + n for t, n in zip(tally(plan.q, counted), answer_noise(plan.q, seed), strict=True)
+        ]
         n_cells = len(cells(plan.q))
         pairs = masks.seed_pairs(
             self.org, self.node.config.box_key(), self._box_publics(), plan.answerers
         )
         body = {
             "query": query_id,
-            "cells": masks.masked(totals, masks.mask(pairs, query_id, n_cells)),
+            "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
             "patients": len(counted),
+            "noise_commitment": noise_commitment(seed),
         }
         timing["tally"] = time.perf_counter() - t
         t = time.perf_counter()
