@@ -18,7 +18,7 @@ from medledger.consensus.cometbft import processes
 from medledger.node import Node
 from medledger.provisioning import create_consortium
 from medledger.vault import Vault
-from tests.support.studies import HBA1C_QUERY, ORGS, Study, truth_hba1c
+from tests.support.studies import HBA1C_QUERY, Study, truth_hba1c
 
 pytestmark = [
     pytest.mark.cometbft,
