@@ -69,7 +69,7 @@ def test_the_nodes_answer_by_themselves_and_count_each_patient_once(study: Study
     (row,) = record["result"]["strata"]
     if len(values) >= record["result"]["k"]:
         assert row["count"] == len(values)
-        assert Fraction(row["mean"]) == round(Fraction(sum(values), len(values))) / 1000
+        assert Fraction(row["mean"]) == Fraction(round(Fraction(sum(values), len(values))), 1000)
     else:
         assert row["count"] is None  # suppressed, and said so
     assert sum(a["patients"] for a in record["answers"].values()) == len(enrolled)

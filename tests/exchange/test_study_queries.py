@@ -79,7 +79,7 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     assert len(values) >= 5
     (row,) = record["result"]["strata"]
     assert row["count"] == len(values)
-    assert Fraction(row["mean"]) == round(Fraction(sum(values), len(values))) / 1000
+    assert Fraction(row["mean"]) == Fraction(round(Fraction(sum(values), len(values))), 1000)
     # Each enrolled patient with records here was answered for by exactly one hospital.
     answered = record["answers"]
     assert sum(a["patients"] for a in answered.values()) == len(counted)
