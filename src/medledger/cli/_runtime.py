@@ -33,6 +33,7 @@ class HospitalRuntime:
         self.services = HospitalServices(node, vault)
         host, port = node.config.api.address
         self.api = ServerThread(create_app(self.services), host, port, None, name="api")
+        self.study_agent: Any = None
         self._started: list[Any] = []
 
     @property
@@ -49,6 +50,11 @@ class HospitalRuntime:
         self._started.append(self.node.audit)
         self.exchange.start(sync=sync)
         self._started.append(self.exchange)
+        if sync:  # answers running study queries by itself (research/agent.py)
+            from medledger.research.agent import attach
+
+            self.study_agent = attach(self.exchange, self.vault).start()
+            self._started.append(self.study_agent)
         keeper = _escrow_keeper(self.node, self.exchange.client, self.vault)
         if keeper is not None:
             self._started.append(keeper.start())

@@ -348,6 +348,15 @@ class ExchangeClient:
         answer, _ = self.post(receiver, "deliveries", payload)
         return answer
 
+    def study_partials(
+        self, receiver: str, query_id: str, patients: list[list[Any]]
+    ) -> dict[str, Any]:
+        """A study query's partial facts for the patients the receiver counts
+        (node/study_partials.py): `patients` is [[pid, facts object], ...], maybe empty."""
+        body = {"query": query_id, "height": self.node.engine.height(), "patients": patients}
+        answer, _ = self.post(receiver, "study-partials", body)
+        return answer
+
     # -- custody of this hospital's replicas at peers (node/custody.py) ------------------------
     def custody_put(self, holder: str, items: list[Item]) -> int:
         """Store items at `holder` (all or none); returns the bytes this hospital holds there."""

@@ -19,6 +19,9 @@ Denials are committed too, with their reason's code (the wording stays in the ev
     POST /exchange/v1/deliveries     {referral, pid, records}  a referral delivery received here
     POST /exchange/v1/share-release  {epoch}                 the caller's key share, after the
                                                              vote rebinding it (escrow.py)
+    POST /exchange/v1/study-partials {query, height, patients: [[pid, facts]]}  a co-custodian's
+                                                             facts for a running study query
+                                                             (node/study_partials.py)
     POST /exchange/v1/pseudonym-key  {}                      the consortium's pseudonym key,
                                                              sealed to a current member's box
                                                              key on the chain (bootstrap.py)
@@ -102,6 +105,9 @@ from medledger.node.custody import (
     drop_receipt_message,
 )
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
+from medledger.node.study_partials import BODY_LIMIT as PARTIALS_BODY_LIMIT
+from medledger.node.study_partials import Inbox, PartialsRefused
+from medledger.node.study_partials import check as check_partials
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
 from medledger.vault.replication import key_item_id
@@ -314,6 +320,7 @@ class Gateway:
         delivery_body_limit: int = DELIVERY_BODY_LIMIT,
         body_budget: BodyBudget | None = None,
         custody: CustodyStore | None = None,
+        partials: Inbox | None = None,
     ) -> None:
         self.node = node
         self.vault = vault
@@ -329,6 +336,7 @@ class Gateway:
         self.delivery_body_limit = delivery_body_limit
         self.bodies = body_budget or BodyBudget()
         self.custody = custody
+        self.partials = partials  # study-query partials received here (node/study_partials.py)
         self._trash_purged = 0.0
 
     # -- who is asking -----------------------------------------------------------------
@@ -753,6 +761,34 @@ class Gateway:
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
         return result
 
+    def study_partials(self, caller: Caller, body: bytes, timing: Timing) -> dict[str, Any]:
+        """A co-custodian's partial facts for a running study query (node/study_partials.py):
+        from an answerer's hospital key, each pid checked on this replica, then kept."""
+        if self.partials is None:
+            raise Refused(503, "this node answers no study queries")
+        if caller.actor.practitioner is not None:
+            raise Refused(403, "study-partials: only the hospital's own key sends them")
+        args = _json_object(body)
+        height = args.get("height", 0)
+        if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+            raise Refused(400, "height: a block height expected")
+        self._catch_up(height)
+        query_id = args.get("query")
+        record = (
+            queries.study_query(self.node.engine, query_id) if isinstance(query_id, str) else None
+        )
+        try:
+            with self.policy.state() as state:
+                query_id, facts = check_partials(
+                    state, record, caller.actor.org, self.org, args, int(time.time() * 1000)
+                )
+        except PartialsRefused as exc:
+            self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
+            raise Refused(exc.status, exc.reason) from None
+        self.partials.put(query_id, caller.actor.org, facts)
+        self.evidence.set_outcome(caller.request.evidence_id, "accepted")
+        return {"query": query_id, "accepted": len(facts)}
+
     # -- custody of other members' replicas (node/custody.py) -------------------------------
     def _custodian_store(self, caller: Caller) -> CustodyStore:
         """The store, for a caller signing with its hospital key (the items are the
@@ -998,6 +1034,8 @@ def create_app(gateway: Gateway, events: Any | None = None) -> FastAPI:
         # holds clinical data: not kept as evidence
         "deliveries": ("delivery", False, gateway.delivery_body_limit),
         "share-release": ("share_release", True, gateway.query_body_limit),
+        # derived health facts: not kept as evidence (the signed request is)
+        "study-partials": ("study_partials", False, PARTIALS_BODY_LIMIT),
         # sealed blobs the caller stores here: kept apart, not as evidence
         "custody-put": ("custody_put", False, CUSTODY_BODY_LIMIT),
         "custody-drop": ("custody_drop", True, gateway.query_body_limit),

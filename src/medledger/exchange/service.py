@@ -6,6 +6,7 @@ hospital in a single process, sharing the solo engine and one directory of gatew
     HOME/exchange/evidence.db   every signed request received (signing.py)
     HOME/exchange/sync.db       the sync agent's cursor, metadata keys and jobs (sync/store.py)
     HOME/custody.db             other members' sealed replicas kept here (node/custody.py)
+    HOME/research/partials.db   study-query partials received (node/study_partials.py)
     HOME/keys/backup.key        seals this hospital's replicas at its peers (replicator.py)
 """
 
@@ -25,6 +26,7 @@ from medledger.exchange.server import ServerThread
 from medledger.exchange.signing import EvidenceStore
 from medledger.exchange.sync import SyncAgent, SyncStore
 from medledger.node.custody import CustodyStore
+from medledger.node.study_partials import Inbox
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -62,6 +64,7 @@ class HospitalExchange:
         self.agent = SyncAgent(node, vault, self.client, self.policy, self.store, workers)
         self.replicator = Replicator(node, vault, self.client)
         self.custody = CustodyStore(home / "custody.db")
+        self.partials = Inbox(home / "research" / "partials.db", node.config.box_key())
         self.gateway = Gateway(
             node,
             vault,
@@ -69,6 +72,7 @@ class HospitalExchange:
             self.policy,
             on_delivery=self.agent.receive_delivery,
             custody=self.custody,
+            partials=self.partials,
         )
         self.events = EventStream(node, vault, self.policy)
         self.app = create_app(self.gateway, self.events)
@@ -110,6 +114,7 @@ class HospitalExchange:
         self.evidence.close()
         self.store.close()
         self.custody.close()
+        self.partials.close()
         self._started = False
 
     def __enter__(self) -> HospitalExchange:

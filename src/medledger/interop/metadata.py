@@ -211,6 +211,29 @@ def category_of(resource: Mapping[str, Any]) -> str:
     return _BY_TYPE.get(str(rt), "other")
 
 
+def categories_of_type(resource_type: str) -> frozenset[str]:
+    """Every category a resource of this type can fall in (`category_of` refines Observation
+    and DiagnosticReport by their content): a reader that wants only some categories leaves
+    a record whose type can fall in none of them unopened."""
+    if resource_type == "Observation":
+        return frozenset({*_OBSERVATION_CATEGORY.values(), "vital-signs", "observations"})
+    if resource_type == "DiagnosticReport":
+        return frozenset({*_REPORT_CATEGORY.values(), "diagnostic-reports"})
+    return frozenset({_BY_TYPE.get(resource_type, "other")})
+
+
+def main_codings(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(system, code) of every coding of the concept that says what the record is."""
+    concept = _main_concept(resource)
+    if isinstance(concept, Mapping) and "code" in concept and "system" in concept:
+        concept = {"coding": [concept]}  # R4 Encounter.class is a bare Coding
+    return [
+        (str(c["system"]), str(c["code"]))
+        for c in _codings(concept)
+        if isinstance(c.get("system"), str) and isinstance(c.get("code"), str)
+    ]
+
+
 def _date(value: Any) -> str | None:
     """The date part of a FHIR date/dateTime/instant (partial dates such as 2024-03 are kept)."""
     if isinstance(value, str) and len(value) >= 4:

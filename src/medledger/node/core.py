@@ -46,6 +46,8 @@ class Node:
         # ... and purge a shredded patient's wrapped key there, trash included (pid ->
         # (peers that purged, peers pending: retried by the replicator)). None: offline.
         self.replica_purge: Callable[[str], tuple[list[str], list[str]]] | None = None
+        # Set by the running study agent (research/agent.py): what it did, one line per query.
+        self.study_status: Callable[[], list[str]] | None = None
         self.wallet = Wallet(self.org_key, config.chain_id, engine)
         self._lock_fd: int | None = None
         self._ledger_server: LedgerServer | None = None  # a solo producer's, see _open_solo

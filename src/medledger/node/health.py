@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Status:
     # only when a peer connects, so a member removed (or moved) stays until a reconnect.
     non_member_peers: int | None = None
     audit_backlog: int = 0  # access entries journaled here, not yet on the chain
+    studies: tuple[str, ...] = ()  # what the study agent did, one line per query
 
     @property
     def ok(self) -> bool:
@@ -72,7 +73,11 @@ class HealthProbe:
         with self._lock:
             now = time.monotonic()
             if self._last is None or now - self._last[0] >= self.ttl:
-                self._last = (now, self._look())
+                look = self._look()
+                report = self.node.study_status
+                if report is not None:
+                    look = replace(look, studies=tuple(report()))
+                self._last = (now, look)
             return self._last[1]
 
     # -- the look itself ----------------------------------------------------------------

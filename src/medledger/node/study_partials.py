@@ -1,0 +1,254 @@
+"""Partial facts between hospitals, so that a patient followed in several is counted once.
+
+For a running study query, the *answering hospital* of an enrolled patient is, among the
+patient's custodians on the chain, the one with the smallest SHA-256(query id 0 org): spread
+evenly, fixed by the chain, and not the same hospital for every query. Every other custodian
+sends it what its own records say of the patient (`PatientFacts`), one message per (query,
+sender, receiver), to every other answerer even when empty, so that a receiver knows when it
+has heard from all. Only the answering hospital counts the patient.
+
+The receiver (the gateway, `check`) accepts a message only from an answerer's hospital key,
+while the query runs, and for each pid only if the patient is enrolled in the query's study
+(not withdrawn, no erasure request: a patient who withdrew since the sender looked is dropped,
+not counted), the sender is one of its custodians, and the receiver is its answering hospital.
+Custodians are those whose custody had begun when the query started running (`custodians`).
+What it accepts is kept in `<home>/research/partials.db` (`Inbox`)
+until the answer is on the chain, encrypted at rest (AES-256-GCM under a key derived from the
+hospital's box key: the facts are derived health data), so that a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from medledger.contracts.common import is_pid
+from medledger.contracts.patients import erasure_requested
+from medledger.contracts.records import custodies
+from medledger.contracts.research import enrolment_of
+from medledger.contracts.study_query import PatientFacts
+from medledger.ledger.store import StateView
+
+#: Pids one message may carry (every enrolled patient of a study fits: research.MAX_MEMBERS).
+MAX_PATIENTS = 20_000
+#: Largest partials body (a few hundred bytes per patient).
+BODY_LIMIT = 16 * 1024 * 1024
+
+
+class PartialsRefused(Exception):
+    """A partials message this hospital does not accept: `status` is the HTTP answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def rank(query_id: str, org: str) -> bytes:
+    return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
+
+
+def answering(query_id: str, custodians: Iterable[str]) -> str:
+    """The custodian that counts the patient for this query ("" when it has none)."""
+    return min(custodians, key=lambda org: rank(query_id, org), default="")
+
+
+def counts(state: StateView, study: str, pid: str) -> bool:
+    """Whether the patient may be counted in the study now: enrolled, not withdrawn, and no
+    erasure request (re-checked by the answering hospital when it tallies)."""
+    enrolment = enrolment_of(state, study, pid)
+    return (
+        enrolment is not None
+        and enrolment.get("status") == "enrolled"
+        and erasure_requested(state, pid) is None
+    )
+
+
+def started_ms(record: dict[str, Any]) -> int:
+    """When the query began running (block time, ms): the custodies that count are those
+    begun by then, so that every answerer, whatever its replica's height, assigns a patient
+    to the same answering hospital."""
+    return int(record.get("running_ms") or record.get("approved_ms") or 0)
+
+
+def custodians(state: StateView, pid: str, record: dict[str, Any]) -> list[str]:
+    """The patient's custodians for this query: custody begun by its start, still running,
+    and an answerer."""
+    start, answerers = started_ms(record), set(record.get("answerers") or ())
+    return sorted(
+        org for org, since in custodies(state, pid).items() if since <= start and org in answerers
+    )
+
+
+def running(record: dict[str, Any] | None, now_ms: int) -> bool:
+    """A query record (`research/query`) that still takes answers."""
+    return bool(
+        record is not None
+        and record.get("status") == "running"
+        and not record.get("incomplete")
+        and now_ms < int(record.get("deadline_ms") or 0)
+    )
+
+
+def check(
+    state: StateView,
+    record: dict[str, Any] | None,
+    sender: str,
+    receiver: str,
+    body: dict[str, Any],
+    now_ms: int,
+) -> tuple[str, dict[str, PatientFacts]]:
+    """The receiver's checks of a partials message (query, sender, each pid); returns
+    (query id, {pid: facts}) or raises PartialsRefused naming what is wrong."""
+    query_id = body.get("query")
+    if not isinstance(query_id, str) or not query_id:
+        raise PartialsRefused(400, "query: a query id expected")
+    if record is None:
+        raise PartialsRefused(404, f"query: no query {query_id!r}")
+    if not running(record, now_ms):
+        raise PartialsRefused(409, f"query {query_id}: not running")
+    answerers = list(record.get("answerers") or [])
+    if sender not in answerers:
+        raise PartialsRefused(403, f"{sender} is not an answerer of {query_id}")
+    if receiver not in answerers:
+        raise PartialsRefused(403, f"{receiver} is not an answerer of {query_id}")
+    patients = body.get("patients")
+    if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
+        raise PartialsRefused(400, f"patients: a list of at most {MAX_PATIENTS} [pid, facts]")
+    study = str(record.get("study") or query_id.rsplit("/", 1)[0])
+    found: dict[str, PatientFacts] = {}
+    seen: set[str] = set()
+    for i, item in enumerate(patients):
+        if not (isinstance(item, list) and len(item) == 2 and is_pid(item[0])):
+            raise PartialsRefused(400, f"patients[{i}]: [pid, facts] expected")
+        pid = str(item[0])
+        if pid in seen:
+            raise PartialsRefused(400, f"patients[{i}]: pid listed twice")
+        seen.add(pid)
+        held_by = custodians(state, pid, record)
+        if sender not in held_by:
+            raise PartialsRefused(403, f"patients[{i}]: {sender} is not a custodian")
+        if answering(query_id, held_by) != receiver:
+            raise PartialsRefused(403, f"patients[{i}]: {receiver} is not its answering hospital")
+        try:
+            found[pid] = PatientFacts.from_obj(item[1])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
+        except Exception as exc:  # the model's own refusal (TxError) names the field
+            raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
+        if not counts(state, study, pid):  # withdrawn since the sender looked: not counted
+            del found[pid]
+    return query_id, found
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS partials (
+    query  TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    nonce  BLOB NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (query, sender)
+) STRICT;
+CREATE TABLE IF NOT EXISTS sent (
+    query    TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    PRIMARY KEY (query, receiver)
+) STRICT;
+"""
+
+
+class Inbox:
+    """Partials received (and sends acknowledged) per query, kept across restarts."""
+
+    def __init__(self, path: Path, box_secret: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        key = HKDF(hashes.SHA256(), 32, None, b"medledger/study-partials/v1").derive(box_secret)
+        self._aead = AESGCM(key)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @staticmethod
+    def _aad(query_id: str, sender: str) -> bytes:
+        return f"medledger/study-partials/{query_id}/{sender}".encode()
+
+    def put(self, query_id: str, sender: str, facts: dict[str, PatientFacts]) -> None:
+        """Keep (or replace: a sender re-sends the same after its restart) one message."""
+        plain = cbor2.dumps([[pid, f.to_obj()] for pid, f in sorted(facts.items())])
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, plain, self._aad(query_id, sender))
+        with self._arrived:
+            self._db.execute(
+                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?, ?)",
+                (query_id, sender, nonce, sealed),
+            )
+            self._arrived.notify_all()
+
+    def senders(self, query_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT sender FROM partials WHERE query = ?", (query_id,))
+            return {str(r[0]) for r in rows}
+
+    def wait(self, query_id: str, senders: set[str], timeout: float) -> set[str]:
+        """Until every one of `senders` was heard from, or `timeout`; returns those missing."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                rows = self._db.execute("SELECT sender FROM partials WHERE query = ?", (query_id,))
+                missing = senders - {str(r[0]) for r in rows}
+                remaining = deadline - time.monotonic()
+                if not missing or remaining <= 0:
+                    return missing
+                self._arrived.wait(min(remaining, 1.0))
+
+    def received(self, query_id: str) -> dict[str, dict[str, PatientFacts]]:
+        """{sender: {pid: facts}} of the query."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sender, nonce, sealed FROM partials WHERE query = ?", (query_id,)
+            ).fetchall()
+        out: dict[str, dict[str, PatientFacts]] = {}
+        for sender, nonce, sealed in rows:
+            plain = self._aead.decrypt(bytes(nonce), bytes(sealed), self._aad(query_id, sender))
+            out[str(sender)] = {
+                str(pid): PatientFacts.from_obj(obj) for pid, obj in cbor2.loads(plain)
+            }
+        return out
+
+    def mark_sent(self, query_id: str, receiver: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO sent VALUES (?, ?)", (query_id, receiver))
+
+    def sent(self, query_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT receiver FROM sent WHERE query = ?", (query_id,))
+            return {str(r[0]) for r in rows}
+
+    def forget(self, query_id: str) -> None:
+        """Drop a query's partials once its answer is on the chain (or it ended)."""
+        with self._lock:
+            self._db.execute("DELETE FROM partials WHERE query = ?", (query_id,))
+            self._db.execute("DELETE FROM sent WHERE query = ?", (query_id,))
+
+    def queries(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT query FROM partials UNION SELECT query FROM sent")
+            return sorted(str(r[0]) for r in rows)

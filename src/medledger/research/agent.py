@@ -1,0 +1,157 @@
+"""The study agent: a running node answers approved study queries by itself, once.
+
+It looks for running queries naming this hospital among their answerers and not yet answered
+by it (after each committed block when the node has its own replica, else every `poll`
+seconds), and answers each in a worker (`answer.Answerer`). A restart finds the same queries
+again: an answer on the chain is never sent twice, partials received are in the node's
+inbox, and sends already acknowledged are not repeated. What it did is in the node's log and
+in `status()` (the node's health lists it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from medledger.contracts import queries
+from medledger.node import decisions
+from medledger.node.study_partials import Inbox, running
+from medledger.research.answer import Answered, Answerer, NotAnswered, SendPartials, answered_by
+
+if TYPE_CHECKING:
+    from medledger.ledger.results import BlockRecord
+    from medledger.node import Node
+    from medledger.vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: How long one attempt waits for missing partials before the query is looked at again.
+ATTEMPT_WAIT_S = 30.0
+
+
+class StudyAgent:
+    def __init__(
+        self,
+        node: Node,
+        vault: Vault,
+        inbox: Inbox,
+        send: SendPartials,
+        *,
+        poll: float = 1.0,
+        workers: int = 4,
+    ) -> None:
+        self.node = node
+        self.org = node.config.org
+        self.answerer = Answerer(node, vault, inbox, send)
+        self.poll = poll
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"study-{self.org}")
+        self._running: dict[str, Future[Answered | None]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status: dict[str, str] = {}
+        self.answered: dict[str, Answered] = {}
+        if node.app is not None:
+            node.app.add_commit_listener(self._committed)
+
+    def start(self) -> StudyAgent:
+        self._thread = threading.Thread(target=self._run, name=f"study-{self.org}", daemon=True)
+        self._thread.start()
+        self.node.study_status = self.status
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.node.study_status = None
+
+    def _committed(self, record: BlockRecord) -> None:
+        self._wake.set()
+
+    def status(self) -> list[str]:
+        """One line per query this node worked on since it started (health)."""
+        with self._lock:
+            return [f"study query {q}: {s}" for q, s in sorted(self._status.items())]
+
+    def _set(self, query_id: str, what: str) -> None:
+        with self._lock:
+            self._status[query_id] = what
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("%s study agent: step failed", self.org)
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def due(self) -> list[str]:
+        """Running queries that name this hospital and that it has not answered."""
+        engine = self.node.engine
+        now = decisions.now_ms()
+        found = []
+        for study in queries.studies(engine):
+            for record in queries.study_queries(engine, str(study["id"])):
+                if (
+                    running(record, now)
+                    and self.org in (record.get("answerers") or ())
+                    and self.org not in answered_by(record)
+                ):
+                    found.append(str(record["id"]))
+        return found
+
+    def step(self) -> None:
+        with self._lock:
+            for query_id, future in list(self._running.items()):
+                if future.done():
+                    del self._running[query_id]
+        for query_id in self.due():
+            with self._lock:
+                if query_id in self._running:
+                    continue
+                self._status.setdefault(query_id, "evaluating")
+                self._running[query_id] = self._pool.submit(self._answer, query_id)
+
+    def _answer(self, query_id: str) -> Answered | None:
+        try:
+            done = self.answerer.answer(query_id, max_wait=ATTEMPT_WAIT_S)
+        except NotAnswered as exc:
+            self._set(query_id, f"waiting: {exc}")
+            self._wake.set()
+            return None
+        except Exception as exc:
+            log.exception("%s: answering %s failed", self.org, query_id)
+            self._set(query_id, f"failed, retried: {type(exc).__name__}: {exc}")
+            time.sleep(1.0)
+            return None
+        if done is not None:
+            self.answered[query_id] = done
+            self._set(query_id, f"answered for {done.patients} patients, tx {done.tx.hex()[:16]}")
+        return done
+
+    def wait_answered(self, query_id: str, timeout: float = 60.0) -> Answered:
+        """Until this node's answer to the query is posted (tests, bench)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if query_id in self.answered:
+                return self.answered[query_id]
+            self._wake.set()
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.org}: no answer to {query_id} after {timeout}s")
+
+
+def attach(exchange: Any, vault: Vault, **options: Any) -> StudyAgent:
+    """A study agent for a running exchange (`exchange.service.HospitalExchange`): partials
+    go out through its client and come in through its gateway's inbox."""
+    return StudyAgent(
+        exchange.node, vault, exchange.partials, exchange.client.study_partials, **options
+    )

@@ -1,0 +1,280 @@
+"""One hospital's answer to one running study query, from its records to its masked cells.
+
+`Answerer.answer(query id)`:
+1. reads the chain once (one committed view): the query, its study, the enrolled patients
+   (enrolled, not withdrawn, no erasure request) and, per patient, its custodians
+   (`node.study_partials.custodians`); keeps the patients this hospital is custodian of;
+2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
+   query's categories that the study also has);
+3. logs, then sends, each co-custodian's share: the facts of the patients whose answering
+   hospital is that co-custodian, one message to every other answerer, empty or not
+   (`study-partials`, the exchange; audited as `export` entries, purpose research, basis
+   `enrolment:<study>`); a send refused or failed is retried until the deadline;
+4. waits for every other answerer's message (they are kept in the node's `Inbox`, so a
+   restart resumes here), merges them into its own patients' facts, re-checks each patient's
+   enrolment, `tally`s, adds its noise when the query has an epsilon
+   (`study_query.answer_noise`, seeded by its signature over the query's noise seed) and its
+   pairwise mask, and posts `research.query_answer` with the hospital's key.
+
+A query this hospital already answered on the chain is never answered again; nothing it
+does before the answer changes the chain but the audit entries (kept once: `Inbox.sent`).
+If some answerer never sends its partials, no answer is posted: the query would be
+incomplete anyway (that answerer's own answer is missing), and a partial answer would count
+some patients nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from medledger.contracts import queries
+from medledger.contracts.authorize import Decision
+from medledger.contracts.study_query import (
+    PatientFacts,
+    StudyQuery,
+    answer_noise,
+    answer_noise_seed,
+    cells,
+    noise_commitment,
+    noise_message,
+    parse,
+    tally,
+)
+from medledger.node import decisions
+from medledger.node.study_partials import (
+    Inbox,
+    answering,
+    counts,
+    custodians,
+    running,
+)
+from medledger.research import masks
+from medledger.research.evaluate import Evaluator
+
+if TYPE_CHECKING:
+    from medledger.node import Node
+    from medledger.vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: send(receiver, query id, [[pid, facts object], ...]) -> the receiver's answer; raises when
+#: refused or unreachable (exchange.client.ExchangeClient.study_partials).
+SendPartials = Callable[[str, str, list[list[Any]]], Any]
+
+#: Access entries per audit call (the journal splits them into txs itself).
+AUDIT_CHUNK = 1000
+
+
+class NotAnswered(Exception):
+    """The query could not be answered now (missing partials, deadline): `reason` says why."""
+
+
+@dataclass
+class Answered:
+    """What this hospital posted for a query, and where the time went (seconds)."""
+
+    query: str
+    patients: int
+    sent: dict[str, int]
+    tx: bytes = b""
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What the chain says this hospital must do for a query (one committed view)."""
+
+    query_id: str
+    study: str
+    q: StudyQuery
+    categories: tuple[str, ...]
+    answerers: list[str]
+    deadline_ms: int
+    noise_seed: bytes
+    mine: dict[str, str]  # pid -> its answering hospital, for the pids this hospital holds
+
+
+def answered_by(record: dict[str, Any]) -> set[str]:
+    """The answerers whose answer is on the chain."""
+    answers = record.get("answers") or record.get("answered") or {}
+    return set(answers)
+
+
+def document(record: dict[str, Any]) -> dict[str, Any]:
+    """The query document as the chain fixed it (its age_on filled in at approval)."""
+    doc = dict(record.get("doc") or record.get("query") or {})
+    if not doc.get("age_on") and record.get("age_on"):
+        doc["age_on"] = record["age_on"]
+    return doc
+
+
+class Answerer:
+    def __init__(self, node: Node, vault: Vault, inbox: Inbox, send: SendPartials) -> None:
+        self.node = node
+        self.vault = vault
+        self.inbox = inbox
+        self.send = send
+        self.org = node.config.org
+
+    # -- 1. the chain ------------------------------------------------------------------------
+    def plan(self, query_id: str) -> Plan | None:
+        """What to do for the query, or None when this hospital has nothing (more) to do."""
+        engine = self.node.engine
+        record = queries.study_query(engine, query_id)
+        if record is None or not running(record, decisions.now_ms()):
+            return None
+        answerers = sorted(record.get("answerers") or [])
+        if self.org not in answerers or self.org in answered_by(record):
+            return None
+        study_id = str(record["study"])
+        study = queries.study(engine, study_id)
+        if study is None:
+            return None
+        q = parse(document(record))
+        allowed = set(study.get("categories") or [])
+        categories = tuple(c for c in q.categories if c in allowed)
+        mine: dict[str, str] = {}
+        with engine.read_view() as state:
+            for key, enrolment in state.scan(f"research/enrol/{study_id}/"):
+                pid = key.rsplit("/", 1)[1]
+                if enrolment.get("status") != "enrolled" or not counts(state, study_id, pid):
+                    continue
+                held_by = custodians(state, pid, record)
+                if self.org in held_by:
+                    mine[pid] = answering(query_id, held_by)
+        return Plan(
+            query_id,
+            study_id,
+            q,
+            categories,
+            answerers,
+            int(record.get("deadline_ms") or 0),
+            bytes(record.get("noise_seed") or b""),
+            mine,
+        )
+
+    # -- 2..4 --------------------------------------------------------------------------------
+    def answer(self, query_id: str, *, max_wait: float | None = None) -> Answered | None:
+        """Answer the query (see the module doc); None when there is nothing to answer.
+        Raises NotAnswered when partials are still missing after `max_wait` seconds (default:
+        until the deadline)."""
+        started = time.perf_counter()
+        plan = self.plan(query_id)
+        if plan is None:
+            self.inbox.forget(query_id)
+            return None
+        timing: dict[str, float] = {"read": time.perf_counter() - started}
+        t = time.perf_counter()
+        evaluator = Evaluator(self.vault, plan.q, plan.categories)
+        facts = evaluator.facts(plan.mine)
+        timing["evaluate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
+        own: dict[str, PatientFacts] = {}
+        for pid, answerer in plan.mine.items():
+            mine = facts.get(pid)
+            if answerer == self.org:
+                own[pid] = mine if mine is not None else PatientFacts(matched={})
+            elif mine is not None:
+                shares[answerer].append([pid, mine.to_obj()])
+        sent = self._send(plan, shares)
+        timing["send"] = time.perf_counter() - t
+        t = time.perf_counter()
+        others = set(shares)
+        wait = max(0.0, plan.deadline_ms / 1000 - time.time())
+        if max_wait is not None:
+            wait = min(wait, max_wait)
+        missing = self.inbox.wait(query_id, others, wait)
+        timing["wait"] = time.perf_counter() - t
+        if missing:
+            raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
+        t = time.perf_counter()
+        for received in self.inbox.received(query_id).values():
+            for pid, theirs in received.items():
+                base = own.get(pid)
+                own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
+        with self.node.engine.read_view() as state:
+            counted = [f for pid, f in own.items() if counts(state, plan.study, pid)]
+        # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
+        # query's committed seed, so a re-run adds the same and only an auditor shown the
+        # signature can redraw it; the answer carries the seed's commitment.
+        seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
+        noised = [
+            t + n for t, n in zip(tally(plan.q, counted), answer_noise(plan.q, seed), strict=True)
+        ]
+        n_cells = len(cells(plan.q))
+        pairs = masks.seed_pairs(
+            self.org, self.node.config.box_key(), self._box_publics(), plan.answerers
+        )
+        body = {
+            "query": query_id,
+            "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
+            "patients": len(counted),
+            "noise_commitment": noise_commitment(seed),
+        }
+        timing["tally"] = time.perf_counter() - t
+        t = time.perf_counter()
+        committed = self.node.wallet.send("research.query_answer", body)
+        timing["commit"] = time.perf_counter() - t
+        self.inbox.forget(query_id)
+        done = Answered(query_id, len(counted), sent, committed.tx_id, timing)
+        log.info(
+            "%s answered %s for %d patients (sent partials of %s) in %s",
+            self.org,
+            query_id,
+            len(counted),
+            ", ".join(f"{n} to {o}" for o, n in sorted(sent.items())) or "none",
+            ", ".join(f"{k} {v:.3f}s" for k, v in timing.items()),
+        )
+        return done
+
+    def _send(self, plan: Plan, shares: dict[str, list[list[Any]]]) -> dict[str, int]:
+        """Each co-answerer its share, once (audited first); retried until the deadline."""
+        done = self.inbox.sent(plan.query_id)
+        todo = {o: share for o, share in shares.items() if o not in done}
+        self._audit(plan, [pid for share in todo.values() for pid, _ in share])
+        pause = 0.2
+        while todo:
+            for receiver in sorted(todo):
+                try:
+                    self.send(receiver, plan.query_id, todo[receiver])
+                except Exception as exc:  # refused or unreachable: retried below
+                    log.warning(
+                        "%s: partials of %s to %s: %s", self.org, plan.query_id, receiver, exc
+                    )
+                    continue
+                self.inbox.mark_sent(plan.query_id, receiver)
+                del todo[receiver]
+            if todo:
+                if time.time() * 1000 + pause * 1000 >= plan.deadline_ms:
+                    raise NotAnswered(
+                        f"{plan.query_id}: partials not delivered to {', '.join(sorted(todo))}"
+                    )
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        return {o: len(share) for o, share in shares.items()}
+
+    def _audit(self, plan: Plan, pids: list[str]) -> None:
+        """One `export` entry per patient whose facts leave: purpose research, the study's
+        enrolment as basis, no record id (no record leaves)."""
+        allowed = Decision(True, f"enrolment:{plan.study}", "")
+        entries = [
+            entry
+            for pid in pids
+            for entry in decisions.audit(
+                decisions.Access(f"org:{self.org}", self.org, pid, "export", "research"), allowed
+            )
+        ]
+        for start in range(0, len(entries), AUDIT_CHUNK):
+            self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=True)
+
+    def _box_publics(self) -> dict[str, bytes]:
+        return {
+            str(m["org"]): bytes(m["box_key"])
+            for m in queries.members(self.node.engine)
+            if m.get("box_key")
+        }

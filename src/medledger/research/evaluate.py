@@ -1,0 +1,205 @@
+"""What one hospital's own records say of its enrolled patients, for one study query.
+
+`match` decides a FHIR resource against a criterion of the query (the record-level rules of
+docs/architecture.md, "Federated study queries"); `facts` reads the hospital's vault for a set
+of patients and returns one `PatientFacts` per patient: sex and birth date from its Patient
+resource, which criteria some record matched, the patient's value per `value_of`, and how many
+records of a cohort code came in another unit.
+
+What is read, and how:
+- only the records this hospital is custodian of (`is_copy` false): a copy held of another
+  hospital's record is that hospital's to report (it sends its own partial facts);
+- only the latest version of each record;
+- only records whose type can fall in one of the query's categories: a record of any other
+  type is never decrypted (`interop.metadata.categories_of_type`); an Observation or a
+  DiagnosticReport, whose category depends on its content, is decrypted and dropped unused
+  when `category_of` puts it elsewhere;
+- the Patient resource, for gender and birthDate, only when the query filters or stratifies
+  by sex or age;
+- everything in one pass: one listing per patient (clear attributes), then the chosen
+  versions decrypted in batches of `BATCH` (`Vault.get_many`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from medledger.contracts.study_query import SCALE, Criterion, PatientFacts, StudyQuery, criteria
+from medledger.interop.metadata import categories_of_type, category_of, main_codings
+from medledger.vault import PatientErased, Vault
+
+#: Record versions decrypted per vault call.
+BATCH = 400
+
+#: The clinical date, first present (a Period's start), as the query document defines it.
+_DATE_FIELDS = (
+    "effectiveDateTime",
+    "effectivePeriod",
+    "effectiveInstant",
+    "onsetDateTime",
+    "onsetPeriod",
+    "recordedDate",
+    "authoredOn",
+    "issued",
+    "performedDateTime",
+    "performedPeriod",
+    "date",
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One record against one criterion: `ok`, and the record's (date, value) when it has a
+    numeric value; `unit_mismatch` when only its unit kept it out."""
+
+    ok: bool
+    value: tuple[str, int] | None = None
+    unit_mismatch: bool = False
+
+
+NO = Match(False)
+
+
+def clinical_date(resource: Mapping[str, Any]) -> str:
+    """The record's clinical date, `YYYY-MM-DD` (or the partial date it gives), else ""."""
+    for name in _DATE_FIELDS:
+        value = resource.get(name)
+        if isinstance(value, Mapping):
+            value = value.get("start")
+        if isinstance(value, str) and len(value) >= 4:
+            return value[:10]
+    return ""
+
+
+def fixed(value: Any) -> int | None:
+    """A JSON number as a fixed-point integer (`SCALE`), rounded half to even; None when it is
+    no finite number (a bool, a string, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        scaled = (Decimal(str(value)) * SCALE).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    except InvalidOperation:
+        return None
+    return int(scaled) if scaled.is_finite() else None
+
+
+def _quantity(resource: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    q = resource.get("valueQuantity")
+    if not isinstance(q, Mapping):
+        return None
+    value = fixed(q.get("value"))
+    if value is None:
+        return None
+    return value, str(q.get("unit") or ""), str(q.get("code") or "")
+
+
+def match(resource: Mapping[str, Any], criterion: Criterion) -> Match:
+    """Does this record match the criterion (type, codes, unit and value range, date range)?"""
+    if resource.get("resourceType") not in criterion.types:
+        return NO
+    if criterion.codes:
+        wanted = {(c.system, c.code) for c in criterion.codes}
+        if not wanted.intersection(main_codings(resource)):
+            return NO
+    quantity = _quantity(resource)
+    if criterion.unit and quantity is not None and criterion.unit not in quantity[1:]:
+        return Match(False, unit_mismatch=True)
+    bounded = criterion.value_min is not None or criterion.value_max is not None
+    if (bounded or criterion.unit) and quantity is None:
+        return NO
+    if quantity is not None and (
+        (criterion.value_min is not None and quantity[0] < criterion.value_min)
+        or (criterion.value_max is not None and quantity[0] > criterion.value_max)
+    ):
+        return NO
+    date = clinical_date(resource)
+    if criterion.date_from or criterion.date_to:
+        if not date:
+            return NO
+        if criterion.date_from and date < criterion.date_from:
+            return NO
+        # A partial date ("2024-03") compares below any day of its month: inside [from, to].
+        if criterion.date_to and date > criterion.date_to:
+            return NO
+    return Match(True, None if quantity is None else (date, quantity[0]))
+
+
+def needs_demographics(q: StudyQuery) -> bool:
+    """The Patient resource is read only when sex or age filters or stratifies the query."""
+    return bool(q.sexes or q.uses_age or "sex" in q.stratify)
+
+
+class Evaluator:
+    """Reads the vault once for a query and a set of patients (this hospital's records)."""
+
+    def __init__(self, vault: Vault, q: StudyQuery, categories: Iterable[str]) -> None:
+        self.vault = vault
+        self.q = q
+        self.categories = frozenset(categories)
+        self.criteria = criteria(q)
+        self.types = frozenset(t for c in self.criteria.values() for t in c.types)
+        self.demographics = needs_demographics(q)
+        #: record versions decrypted (what the tests check was never read)
+        self.decrypted = 0
+
+    def _wanted(self, resource_type: str) -> bool:
+        if resource_type == "Patient":
+            return self.demographics
+        return resource_type in self.types and bool(
+            categories_of_type(resource_type) & self.categories
+        )
+
+    def facts(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
+        """{pid: facts} for each patient this hospital holds own records of (others left out)."""
+        chosen: list[tuple[str, int]] = []
+        owner: dict[str, str] = {}
+        found: dict[str, PatientFacts] = {}
+        for pid in pids:
+            try:
+                infos = self.vault.records_of(pid, include_copies=False)
+            except PatientErased:
+                continue
+            if not infos:
+                continue
+            found[pid] = PatientFacts(matched=dict.fromkeys(self.criteria, False))
+            latest: dict[str, tuple[int, str]] = {}
+            for info in infos:  # ordered by (rid, version): the last one wins
+                latest[info.rid] = (info.version, info.resource_type)
+            for rid, (version, resource_type) in latest.items():
+                if self._wanted(resource_type):
+                    chosen.append((rid, version))
+                    owner[rid] = pid
+        for start in range(0, len(chosen), BATCH):
+            batch = chosen[start : start + BATCH]
+            for (rid, _), data in zip(batch, self.vault.get_many(batch), strict=True):
+                self.decrypted += 1
+                self._read(found[owner[rid]], orjson.loads(data))
+        return found
+
+    def _read(self, facts: PatientFacts, resource: Any) -> None:
+        if not isinstance(resource, dict):
+            return
+        if resource.get("resourceType") == "Patient":
+            gender, birth = resource.get("gender"), resource.get("birthDate")
+            facts.sex = gender if gender in ("female", "male", "other", "unknown") else ""
+            facts.birth_date = birth if isinstance(birth, str) else ""
+            return
+        if category_of(resource) not in self.categories:
+            return
+        for name, criterion in self.criteria.items():
+            m = match(resource, criterion)
+            if name != "cohort":
+                facts.matched[name] = facts.matched[name] or m.ok
+                continue
+            if m.unit_mismatch:
+                facts.unit_mismatch += 1
+            if m.ok:
+                facts.matched[name] = True
+                if m.value is not None:
+                    one = PatientFacts(matched={}, value=m.value)
+                    facts.value = facts.merge(one, self.q.value_of).value

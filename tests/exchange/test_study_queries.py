@@ -1,0 +1,157 @@
+"""Four hospitals answer a study query by themselves (solo sandbox, gateways on loopback).
+
+Synthetic chronic patients, most followed in two or three of the four hospitals, each hospital
+holding its own record of them (its Patient, labs, conditions, prescriptions), plus what real
+feeds carry around them (the lab's Practitioner and Organization, a result in another unit).
+Some patients are enrolled in the study, some not, one withdraws. The published count and mean
+(epsilon 0) must equal the truth computed directly from the bundles, each patient once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from medledger.provisioning import create_consortium
+from medledger.research.agent import StudyAgent, attach
+from tests.exchange.conftest import close_sandbox, open_sandbox
+from tests.support.studies import HBA1C_QUERY, ORGS, STUDY, Study, has_ifcc, truth_hba1c
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Iterator[Study]:
+    directory = tmp_path / "net"
+    homes = create_consortium(directory, 4, genesis_time_ms=int(time.time() * 1000))
+    sandbox = open_sandbox(directory, homes)
+    agents: list[StudyAgent] = []
+    try:
+        for org in ORGS:
+            sandbox.start(org, sync=False)
+            agents.append(attach(sandbox.x(org), sandbox.h[org].vault, poll=0.1).start())
+        yield Study(
+            {org: sandbox.h[org].node for org in ORGS},
+            {org: sandbox.h[org].vault for org in ORGS},
+        )
+    finally:
+        for agent in agents:
+            agent.stop()
+        close_sandbox(sandbox)
+
+
+def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_truth(
+    study: Study,
+) -> None:
+    study.load(24, seed=11)
+    shared = [label for label, holders in study.holders.items() if len(holders) >= 2]
+    assert len(shared) >= 10  # most patients are followed in two or three hospitals
+    study.register(["labs", "conditions", "medications"], budget_milli=5000)
+    labels = sorted(study.pid)
+    enrolled = labels[:-4]  # four patients never enrol
+    for label in enrolled:
+        study.enrol(label)
+    withdrawn = enrolled[0]
+    study.withdraw(withdrawn)
+    counted = [label for label in enrolled if label != withdrawn]
+
+    decrypted: dict[str, list[str]] = {org: [] for org in ORGS}
+    for org in ORGS:  # what each hospital's vault opens for the query
+        vault = study.vaults[org]
+        real = vault.get_many
+
+        def spy(versions: list[tuple[str, int]], real: Any = real, org: str = org) -> list[bytes]:
+            opened: list[bytes] = real(versions)
+            decrypted[org] += [str(orjson.loads(b).get("resourceType")) for b in opened]
+            return opened
+
+        vault.get_many = spy
+
+    query_id = study.run(HBA1C_QUERY)
+    record = study.done(query_id)
+
+    truth = {label: truth_hba1c(study.by_label[label]) for label in counted}
+    values = [v[1] for v in truth.values() if v is not None]
+    assert len(values) >= 5
+    (row,) = record["result"]["strata"]
+    assert row["count"] == len(values)
+    assert Fraction(row["mean"]) == Fraction(round(Fraction(sum(values), len(values))), 1000)
+    # Each enrolled patient with records here was answered for by exactly one hospital.
+    answered = record["answers"]
+    assert sum(a["patients"] for a in answered.values()) == len(counted)
+    assert sorted(answered) == sorted(ORGS)
+    # The mmol/mol results were left out and counted as such (a patient each).
+    mismatched = sum(1 for label in counted if any(has_ifcc(b) for b in study.by_label[label]))
+    assert record["result"]["unit_mismatch"] == (mismatched if mismatched >= 5 else None)
+    # Only labs were read: no condition, prescription or encounter was even decrypted.
+    opened = {t for types in decrypted.values() for t in types}
+    assert opened <= {"Observation", "DiagnosticReport"}, opened
+    assert "Observation" in opened
+
+
+def _record(study: Study, query_id: str) -> dict[str, Any]:
+    """A running query's record as the contract keeps it (what the receiver checks against)."""
+    now = int(time.time() * 1000)
+    return {
+        "id": query_id,
+        "study": STUDY,
+        "status": "running",
+        "answerers": sorted(ORGS),
+        "running_ms": now,
+        "deadline_ms": now + 60_000,
+    }
+
+
+def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
+    study: Study,
+) -> None:
+    from medledger.contracts.study_query import PatientFacts
+    from medledger.node.study_partials import PartialsRefused, answering, check, custodians
+
+    study.load(12, seed=5)
+    study.register(["labs"])
+    labels = sorted(study.pid)
+    for label in labels[:-1]:
+        study.enrol(label)
+    query_id = f"{STUDY}/q0001"
+    record = _record(study, query_id)
+    facts = PatientFacts(matched={"cohort": True}, value=("2025-01-02", 7100)).to_obj()
+    engine = study.engine
+    with engine.read_view() as state:
+        shared = next(
+            label
+            for label in labels[:-1]
+            if len(custodians(state, study.pid[label], record)) in (2, 3)
+        )
+        pid = study.pid[shared]
+        held_by = custodians(state, pid, record)
+        receiver = answering(query_id, held_by)
+        sender = next(org for org in held_by if org != receiver)
+        stranger = next(org for org in ORGS if org not in held_by)
+        now = int(time.time() * 1000)
+
+        def ask(sender: str, receiver: str, pids: list[str], rec: Any = record) -> Any:
+            body = {"query": query_id, "patients": [[p, facts] for p in pids]}
+            return check(state, rec, sender, receiver, body, now)
+
+        assert ask(sender, receiver, [pid])[1][pid].value == ("2025-01-02", 7100)
+        assert ask(sender, receiver, [])[1] == {}  # an empty message says "nothing for you"
+        refusals = {
+            "not its answering hospital": lambda: ask(sender, sender, [pid]),
+            "not a custodian": lambda: ask(stranger, receiver, [pid]),
+            "not an answerer": lambda: ask("chu-nantes", receiver, [pid]),
+            "not running": lambda: ask(sender, receiver, [pid], {**record, "deadline_ms": now}),
+        }
+        for why, attempt in refusals.items():
+            with pytest.raises(PartialsRefused) as refused:
+                attempt()
+            assert why in refused.value.reason, (why, refused.value.reason)
+        # A patient not enrolled (or withdrawn since the sender looked) is dropped, not counted.
+        outsider = study.pid[labels[-1]]
+        out_by = custodians(state, outsider, record)
+        if sender in out_by and answering(query_id, out_by) == receiver:
+            assert outsider not in ask(sender, receiver, [outsider])[1]
