@@ -167,7 +167,7 @@ def register_queries(study: typer.Typer) -> None:
     def result(
         home: HomeOption,
         query_id: QueryArg,
-        as_json: Annotated[bool, typer.Option("--json", help="The chain's record as JSON.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="The record as JSON.")] = False,
         crate: Annotated[
             Path | None, typer.Option("--crate", help="Package the result as an RO-Crate here.")
         ] = None,
@@ -244,25 +244,39 @@ def show(record: dict[str, Any]) -> None:
     for t in study_results.tables(record["doc"], result):
         table = RichTable(*t.columns, title=t.title)
         for row in t.rows:
-            table.add_row(
-                *(f"[dim]{c}[/]" if c == study_results.SUPPRESSED else c for c in row)
-            )
+            table.add_row(*(f"[dim]{c}[/]" if c == study_results.SUPPRESSED else c for c in row))
         console.print(table)
     for reason in result.get("suppressed") or []:
         console.print(f"  suppressed: {reason}")
 
 
 def _answer_now(node: Node, query_id: str, wait: float) -> int:
-    """This hospital's answer, now: through the node's own agent when it runs, else here."""
+    """This hospital's answer, now (`research.answer.Answerer`, the engine the node's agent
+    runs): the partials other hospitals sent are in the home's inbox (the running node's
+    gateway keeps them there); those this hospital owes are sent through the exchange."""
+    from medledger.exchange.client import Directory, ExchangeClient
     from medledger.interop import study_results
+    from medledger.node.study_partials import Inbox
+    from medledger.research.answer import Answerer, NotAnswered
+    from medledger.vault import Vault
 
+    inbox = Inbox(node.config.home / "research" / "partials.db", node.config.box_key())
+    directory = Directory(node.config.exchange.peers, lambda: queries.members(node.engine))
+    try:
+        with Vault.open(node.config.vault_config()) as vault:
+            client = ExchangeClient(node, directory=directory)
+            Answerer(node, vault, inbox, client.study_partials).answer(query_id, max_wait=wait)
+    except NotAnswered as exc:
+        fail(
+            f"{exc}: the other hospitals' nodes send them to this hospital's gateway "
+            "(is `medledger node run` running here?)"
+        )
+    finally:
+        inbox.close()
     mine = [a for a in study_results.answers(_record(node, query_id)) if a.org == node.config.org]
-    if mine:
-        return mine[0].patients
-    fail(
-        "answering from the command line needs the node's exchange: start the node "
-        "(`medledger node run`), whose study agent answers running queries by itself"
-    )
+    if not mine:
+        fail(f"{node.config.org} has no answer to {query_id} on the chain")
+    return mine[0].patients
 
 
 def _write_crate(node: Node, record: dict[str, Any], crate: Path) -> None:
