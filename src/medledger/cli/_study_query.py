@@ -220,8 +220,9 @@ def show(record: dict[str, Any]) -> None:
     console.print(f"  hash {bytes(record['hash']).hex()}")
     if record.get("deadline_ms"):
         console.print(f"  answers due by {iso(int(record['deadline_ms']))}")
-    for a in study_results.approvals(record):
-        console.print(f"  approved as {a.role} by {a.org}" + (f" ({a.by})" if a.by else ""))
+    for approval in study_results.approvals(record):
+        by = f" ({approval.by})" if approval.by else ""
+        console.print(f"  approved as {approval.role} by {approval.org}{by}")
     answered = {a.org: a for a in study_results.answers(record)}
     if record.get("answerers"):
         table = RichTable("hospital", "answered for", "answer tx", title="Contributors")
