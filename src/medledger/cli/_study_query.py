@@ -56,7 +56,7 @@ def read_document(path: Path) -> dict[str, Any]:
     try:
         return study_query.to_obj(study_query.parse(doc))
     except TxError as exc:
-        fail(f"{path}: {exc.log}")
+        fail(f"{path}: {exc.message}")
 
 
 def _send(node: Node, as_: str, msg: Any) -> Committed:
