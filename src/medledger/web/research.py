@@ -29,7 +29,7 @@ from medledger.web.render import message, render
 
 #: Roles that see the research page: who submits queries, and who approves them.
 ROLES = frozenset({"researcher", "dpo"})
-_WIDTH, _HEIGHT, _LEFT, _BOTTOM, _TOP = 520, 220, 44, 56, 14
+_WIDTH, _HEIGHT, _LEFT, _BOTTOM, _TOP = 400, 200, 44, 40, 16
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Chart:
     top: int
     base: float
     left: int
-    high: int
+    high: int  # the top of the scale; 0 when every bar is suppressed (no scale drawn)
     bars: tuple[BarView, ...]
 
 
@@ -64,14 +64,14 @@ def chart(series: study_results.Series, ident: str) -> Chart:
     """Bars scaled to the largest released value; a suppressed bar fills the plot's height,
     hatched, with no number on it."""
     values = [b.value for b in series.bars if b.value is not None]
-    high = max(values, default=0) or 1
+    high = max(values, default=0)
     plot_h = _HEIGHT - _TOP - _BOTTOM
     step = (_WIDTH - _LEFT - 8) / max(len(series.bars), 1)
     base = float(_HEIGHT - _BOTTOM)
     bars = []
     for i, bar in enumerate(series.bars):
         x = _LEFT + i * step + step * 0.1
-        h = plot_h if bar.value is None else plot_h * bar.value / high
+        h = plot_h if bar.value is None else plot_h * bar.value / max(high, 1)
         text = study_results.SUPPRESSED if bar.value is None else str(bar.value)
         bars.append(
             BarView(
