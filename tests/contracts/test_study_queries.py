@@ -234,11 +234,31 @@ def test_answers_from_a_non_answerer_twice_or_malformed_are_refused() -> None:
 def test_a_noised_query_needs_each_answerers_noise_commitment() -> None:
     w = _world()
     assert _submit(w, QUERY | {"epsilon": "0.5"}).ok
-    _run(w)
-    zeros = [0] * len(sq.cells(sq.parse(QUERY)))
-    assert _answer(w, "h0", zeros, 0).code == Code.INVALID_BODY
-    seed = sq.answer_noise_seed(b"h0's signature over noise_message")
-    assert _answer(w, "h0", zeros, 0, noise_commitment=sq.noise_commitment(seed)).ok
+    record = _run(w)
+    q = sq.parse(record["doc"])
+    n = len(sq.cells(q))
+    assert _answer(w, "h0", [0] * n, 0).code == Code.INVALID_BODY  # no commitment
+    masks = _masks(3, n, seed=11)
+    added = 0
+    for org, mask in zip(("h0", "h1", "h2"), masks, strict=True):
+        # The node signs noise_message with its organisation key; a stand-in signature here.
+        signature = hashlib.sha512(
+            sq.noise_message(record["id"], record["noise_seed"]) + org.encode()
+        )
+        seed = sq.answer_noise_seed(signature.digest())
+        plain = sq.tally(q, [_facts(5000 + i) for i in range(40)] if org == "h0" else [])
+        noise = sq.answer_noise(q, seed)
+        added += noise[0]  # all/patients
+        noised = [p + e for p, e in zip(plain, noise, strict=True)]
+        cells = [(x + m) % MOD for x, m in zip(noised, mask, strict=True)]
+        commitment = sq.noise_commitment(seed)
+        assert _answer(w, org, cells, len(plain), noise_commitment=commitment).ok
+    done = w.q("research/query", {"query": "s1/q0001"})
+    assert done["result"]["noise"].startswith("discrete-laplace")
+    (row,) = done["result"]["strata"]
+    # The three answerers' noise, no more, no less (scale 2 / 0.5 = 4 each), clamped at 0.
+    assert added != 0 and row["count"] == max(40 + added, 0)
+    assert [a["noise_commitment"] for a in done["answers"].values()] != [b""] * 3
 
 
 def test_past_the_deadline_the_query_is_incomplete_and_names_the_missing() -> None:

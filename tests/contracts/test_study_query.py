@@ -134,6 +134,38 @@ def test_a_bad_document_is_refused_naming_the_field(change: Any, field: str) -> 
     assert refused.value.message.startswith(field), refused.value.message
 
 
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a document: map values and list items, nested."""
+    found = [path]
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else []
+    )
+    for key, inner in items:
+        found += _paths(inner, (*path, key))
+    return found
+
+
+_JUNK = [None, [], {}, [[]], {"kind": {}}, -1, 2**63, 1e308, "", "x" * 300, True, b"\x00"]
+
+
+@pytest.mark.parametrize("junk", _JUNK, ids=repr)
+def test_junk_anywhere_in_a_document_is_refused_naming_a_field_never_a_crash(junk: Any) -> None:
+    for path in _paths(EXAMPLE)[1:]:
+        doc = copy.deepcopy(EXAMPLE)
+        parent = functools.reduce(lambda d, k: d[k], path[:-1], doc)
+        parent[path[-1]] = junk
+        try:
+            q = sq.parse(doc)
+        except TxError as refused:
+            assert refused.code == Code.INVALID_BODY and refused.message.startswith("field ")
+        else:
+            assert sq.parse(sq.to_obj(q)) == q  # accepted (e.g. an empty list): canonical
+
+
 # -- tally ---------------------------------------------------------------------------------
 
 SMALL = {

@@ -150,8 +150,10 @@ def query_submit(ctx: Context, msg: QuerySubmit) -> None:
     try:
         q = study_query.parse(msg.query)
     except TxError as refused:  # its fields are inside the body's `query`
-        where = refused.message.removeprefix("field ").removeprefix(":")
-        raise TxError(refused.code, f"field query.{where}".replace("query.:", "query:")) from None
+        where = refused.message.removeprefix("field ")
+        if not where.startswith("query:"):
+            where = f"query.{where}"
+        raise TxError(refused.code, f"field {where}") from None
     outside = [c for c in q.categories if c not in study["categories"]]
     if outside:
         raise TxError(
