@@ -149,7 +149,20 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-_JUNK = [None, [], {}, [[]], {"kind": {}}, -1, 2**63, 1e308, "", "x" * 300, True, b"\x00"]
+_JUNK: list[Any] = [
+    None,
+    [],
+    {},
+    [[]],
+    {"kind": {}},
+    -1,
+    2**63,
+    1e308,
+    "",
+    "x" * 300,
+    True,
+    b"\x00",
+]
 
 
 @pytest.mark.parametrize("junk", _JUNK, ids=repr)
