@@ -476,3 +476,14 @@ def test_criterion_types_are_clinical_types_ingestion_files_under_a_patient() ->
 
     assert not any(is_supporting(t) for t in sq.CLINICAL_TYPES)
     assert "Patient" not in sq.CLINICAL_TYPES and "Practitioner" not in sq.CLINICAL_TYPES
+
+
+@given(st.lists(_facts_st, max_size=12), st.integers(0, 12))
+def test_tallies_add_up_across_hospitals(patients: list[PatientFacts], cut: int) -> None:
+    # What makes the federated sum right: each hospital tallies the patients it counts.
+    q = sq.parse(SMALL | {"statistics": [*SMALL["statistics"], {"kind": "mean"}]})
+    for facts in patients:
+        if facts.value is not None:
+            facts.value = (facts.value[0], 3000 + 1000 * abs(facts.value[1]))
+    here, there = sq.tally(q, patients[:cut]), sq.tally(q, patients[cut:])
+    assert [a + b for a, b in zip(here, there, strict=True)] == sq.tally(q, patients)

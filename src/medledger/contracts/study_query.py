@@ -580,9 +580,10 @@ def _join_birth(a: str, b: str) -> str:
     return long_ if long_.startswith(short) else CONFLICT
 
 
-def _better(a: tuple[str, int], b: tuple[str, int], value_of: str) -> tuple[str, int]:
+def better_value(a: tuple[str, int], b: tuple[str, int], value_of: str) -> tuple[str, int]:
     """The value `value_of` keeps of two (clinical date, value): a total order, so any merge
-    order gives the same. Undated records sort as the earliest."""
+    order gives the same. Undated records sort as the earliest. A hospital picks its own
+    records' value with it too."""
     if value_of == "last":
         return max(a, b)
     if value_of == "first":
@@ -606,7 +607,7 @@ class PatientFacts:
         """The facts of both (commutative and associative: any order of hospitals agrees)."""
         value = self.value
         if other.value is not None:
-            value = other.value if value is None else _better(value, other.value, value_of)
+            value = other.value if value is None else better_value(value, other.value, value_of)
         return PatientFacts(
             sex=_join_sex(self.sex, other.sex),
             birth_date=_join_birth(self.birth_date, other.birth_date),
