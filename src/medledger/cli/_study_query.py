@@ -296,9 +296,7 @@ def _write_crate(node: Node, record: dict[str, Any], crate: Path) -> None:
             fail(f"--crate: tx {tx.hex()[:16]} of {record['id']} is not on this chain")
         return crates.ChainAct(kind, tx, int(location["height"]), agent, action, extra)
 
-    study = queries.study(node.engine, str(record["study"]))
-    sponsor = "" if study is None else str(study["sponsor"])
-    acts = [act("research.query_submit", bytes(record["tx"]), sponsor, "CreateAction")]
+    acts = [act("research.query_submit", bytes(record["tx"]), record["sponsor"], "CreateAction")]
     acts += [
         act("research.query_approve", a.tx, a.org, "AssessAction", approvalRole=a.role)
         for a in study_results.approvals(record)

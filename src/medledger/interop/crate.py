@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medledger.contracts import queries
+from medledger.contracts import queries, study_query
 from medledger.interop import study_results
 from medledger.ledger import merkle
+from medledger.ledger.errors import TxError
 
 TERMS_BASE = "urn:medledger:terms#"
 TERMS = {
@@ -47,6 +48,7 @@ TERMS = {
         "membersRoot",
         "queryId",
         "queryHash",
+        "ageOn",
         "patientsAnswered",
         "approvalRole",
     )
@@ -373,7 +375,11 @@ def query_crate(
         ),
         chain_id=chain_id,
         study=str(query["study"]),
-        about={"queryId": query["id"], "queryHash": bytes(query["hash"]).hex()},
+        about={
+            "queryId": query["id"],
+            "queryHash": bytes(query["hash"]).hex(),
+            "ageOn": str(query.get("age_on", "")),  # ages were taken on this day
+        },
         files=files,
         acts=acts,
     )
@@ -387,8 +393,14 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
     differences = []
     if bytes(query["hash"]).hex() != crate.root.get("queryHash"):
         differences.append(f"queryHash: not the chain's hash of query {query_id}")
-    if json.loads(crate.read(QUERY_FILE)) != json.loads(canonical_json(query["doc"])):
-        differences.append(f"{QUERY_FILE}: not the document the chain holds for {query_id}")
+    try:
+        document = study_query.parse(json.loads(crate.read(QUERY_FILE)))
+        if study_query.query_hash(document) != bytes(query["hash"]):
+            differences.append(f"{QUERY_FILE}: its hash is not the chain's for {query_id}")
+    except (OSError, ValueError, TxError) as exc:
+        differences.append(f"{QUERY_FILE}: not a query document ({exc})")
+    if crate.root.get("ageOn") != str(query.get("age_on", "")):
+        differences.append(f"ageOn: the chain took ages on {query.get('age_on')!r}")
     result = query.get("result")
     if result is None:
         differences.append(f"query {query_id}: has no result on the chain ({query['status']})")
@@ -401,17 +413,23 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
                 differences.append(f"{path}: not the chain's result as a table")
         except OSError:
             differences.append(f"{path}: missing")
-    answered = {bytes(a["tx"]).hex(): a for a in query.get("answered", [])}
+    answered = {a.tx.hex(): a for a in study_results.answers(query)}
     acts = _acts_of(crate, "research.query_answer")
     for tx_hex, answer in sorted(answered.items()):
         act = acts.get(tx_hex)
         if act is None:
-            differences.append(f"the answer of {answer['org']}: missing from the crate")
-        elif _agent(act) != answer["org"] or act.get("patientsAnswered") != answer["patients"]:
+            differences.append(f"the answer of {answer.org}: missing from the crate")
+        elif _agent(act) != answer.org or act.get("patientsAnswered") != answer.patients:
             differences.append(
-                f"the answer of {answer['org']}: the crate says {_agent(act)} for "
-                f"{act.get('patientsAnswered')} patients, the chain {answer['patients']}"
+                f"the answer of {answer.org}: the crate says {_agent(act)} for "
+                f"{act.get('patientsAnswered')} patients, the chain {answer.patients}"
             )
     for tx_hex in sorted(set(acts) - set(answered)):
         differences.append(f"answer tx {tx_hex[:16]}: the chain lists no such answer")
+    approved = {a.tx.hex(): a for a in study_results.approvals(query)}
+    approvals = _acts_of(crate, "research.query_approve")
+    for tx_hex in sorted(set(approved) ^ set(approvals)):
+        differences.append(f"approval tx {tx_hex[:16]}: in the crate or the chain, not both")
+    if bytes(query["tx"]).hex() not in _acts_of(crate, "research.query_submit"):
+        differences.append(f"the submit tx of {query_id}: not the crate's")
     return differences

@@ -164,8 +164,9 @@ def router() -> APIRouter:
                 {
                     **study,
                     "title": title_of_study(notes, study),
-                    "queries": [
-                        _summary(r, now) for r in queries.study_queries(engine, str(study["id"]))
+                    "queries": [  # the list carries no approvals nor answers: each whole
+                        _summary(queries.study_query(engine, str(r["id"])) or r, now)
+                        for r in queries.study_queries(engine, str(study["id"]))
                     ],
                 }
             )
