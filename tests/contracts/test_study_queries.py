@@ -229,6 +229,11 @@ def test_answers_from_a_non_answerer_twice_or_malformed_are_refused() -> None:
     assert noise.code == Code.INVALID_BODY  # a query without epsilon has no noise
     assert _answer(w, "h0", zeros, 0).ok
     assert _answer(w, "h0", zeros, 0).code == Code.CONFLICT  # once
+    # A member admitted after the query started is no answerer of it.
+    newcomer = SigningKey(b"\x43" * 32)
+    w.vote_policy("admit_member", {"org": "h3", "name": "H3", "key": newcomer.public_key})
+    late = _answer(w, newcomer, zeros, 0)
+    assert late.code == Code.UNAUTHORIZED and "not an answerer" in late.log
 
 
 def test_a_noised_query_needs_each_answerers_noise_commitment() -> None:
