@@ -147,7 +147,8 @@ def test_approvals_by_the_wrong_role_org_or_the_submitter_are_refused() -> None:
     assert _approve(w, "h1/dpo-b").code == Code.CONFLICT  # the sponsor approves as ethics
     # Not running before every member's DPO approved (study_dpo_approval = 1 by default).
     assert _approve(w, "h1/dpo-b", "ethics").ok
-    assert w.q("research/query", {"query": "s1/q0001"})["status"] == "submitted"
+    waiting = w.q("research/query", {"query": "s1/q0001"})
+    assert waiting["status"] == "submitted" and waiting["awaited"] == ["custodian:h2"]
     assert _approve(w, "h2/dpo-c").ok
     record = w.q("research/query", {"query": "s1/q0001"})
     assert record["status"] == "running" and record["answerers"] == ["h0", "h1", "h2"]
