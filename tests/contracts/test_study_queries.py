@@ -147,7 +147,8 @@ def test_approvals_by_the_wrong_role_org_or_the_submitter_are_refused() -> None:
     assert _approve(w, "h1/dpo-b").code == Code.CONFLICT  # the sponsor approves as ethics
     # Not running before every member's DPO approved (study_dpo_approval = 1 by default).
     assert _approve(w, "h1/dpo-b", "ethics").ok
-    assert w.q("research/query", {"query": "s1/q0001"})["status"] == "submitted"
+    waiting = w.q("research/query", {"query": "s1/q0001"})
+    assert waiting["status"] == "submitted" and waiting["awaited"] == ["custodian:h2"]
     assert _approve(w, "h2/dpo-c").ok
     record = w.q("research/query", {"query": "s1/q0001"})
     assert record["status"] == "running" and record["answerers"] == ["h0", "h1", "h2"]
@@ -229,6 +230,11 @@ def test_answers_from_a_non_answerer_twice_or_malformed_are_refused() -> None:
     assert noise.code == Code.INVALID_BODY  # a query without epsilon has no noise
     assert _answer(w, "h0", zeros, 0).ok
     assert _answer(w, "h0", zeros, 0).code == Code.CONFLICT  # once
+    # A member admitted after the query started is no answerer of it.
+    newcomer = SigningKey(b"\x43" * 32)
+    w.vote_policy("admit_member", {"org": "h3", "name": "H3", "key": newcomer.public_key})
+    late = _answer(w, newcomer, zeros, 0)
+    assert late.code == Code.UNAUTHORIZED and "not an answerer" in late.log
 
 
 def test_a_noised_query_needs_each_answerers_noise_commitment() -> None:

@@ -198,14 +198,13 @@ def query_submit(ctx: Context, msg: QuerySubmit) -> None:
     ctx.emit("study.query_submitted", query=query_id, study=msg.study, sponsor=org)
 
 
-def _missing_approvals(ctx: Context, record: dict[str, Any]) -> list[str]:
+def awaited_approvals(state: StateView, record: dict[str, Any]) -> list[str]:
+    """The approvals a submitted query still waits for: `ethics:<sponsor>`, `custodian:<org>`."""
     approved = {a["org"] for a in record["approvals"]}
     missing = [] if record["sponsor"] in approved else [f"ethics:{record['sponsor']}"]
     if record["custodians_approve"]:
         missing += [
-            f"custodian:{m['org']}"
-            for m in governance.members(ctx.state)
-            if m["org"] not in approved
+            f"custodian:{m['org']}" for m in governance.members(state) if m["org"] not in approved
         ]
     return missing
 
@@ -252,7 +251,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
         }
     )
     ctx.emit("study.query_approved", query=msg.query, role=msg.role, org=org)
-    if not _missing_approvals(ctx, record):
+    if not awaited_approvals(ctx.state, record):
         _start(ctx, record, study)
     ctx.state.put(f"research/query/{msg.query}", record)
 
@@ -357,8 +356,12 @@ def end_block(ctx: Context) -> None:
 
 
 def q_query(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
-    """A query whole: document, hash, approvals, answerers, answers, deadline, result."""
-    return get_query(state, str(args.get("query")))
+    """A query whole: document, hash, approvals (and while submitted, those `awaited`),
+    answerers, answers, deadline, result or the `missing` answerers."""
+    record = get_query(state, str(args.get("query")))
+    if record is not None and record["status"] == "submitted":
+        record["awaited"] = awaited_approvals(state, record)
+    return record
 
 
 def q_queries(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:

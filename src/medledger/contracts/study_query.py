@@ -1,11 +1,13 @@
 """A federated study query: the declarative document, the answer vector, and its disclosure control.
 
 A study's query travels to the data: every hospital evaluates it over the records it holds of
-the study's enrolled patients, and only the aggregate comes back (`tally`, summed across
-hospitals under pairwise masks). The combined totals become the published result in `finish`:
-small cells suppressed, then noise (exact discrete Laplace, drawn from hash bits seeded by the
-query's committed id, so a re-run gives the same answer and nobody can re-roll it), then the
-derived statistics. All of it runs inside consensus: integers and `Fraction`s only, no float.
+the study's enrolled patients, and only the aggregate comes back (`tally`, plus the
+hospital's own noise when epsilon > 0: `answer_noise`, an exact discrete Laplace drawn from
+hash bits of a seed only that hospital can compute, yet the same on every re-run; summed
+across hospitals under pairwise masks). The combined totals become the published result in
+`finish`: small cells suppressed, then the derived statistics. The masked answers are public,
+so their sum is too: noise drawn by the contract from a public seed could be taken off by
+anyone. All of it runs inside consensus: integers and `Fraction`s only, no float.
 
 The document's semantics are in `docs/architecture.md` ("Federated study queries"); this module
 is its single definition. Values are fixed-point integers (`SCALE`): "7.25" -> 7250.
