@@ -223,6 +223,8 @@ def show(record: dict[str, Any]) -> None:
     for approval in study_results.approvals(record):
         by = f" ({approval.by})" if approval.by else ""
         console.print(f"  approved as {approval.role} by {approval.org}{by}")
+    if record.get("awaited"):
+        console.print(f"  [yellow]awaiting approval:[/] {', '.join(record['awaited'])}")
     answered = {a.org: a for a in study_results.answers(record)}
     if record.get("answerers"):
         table = RichTable("hospital", "answered for", "answer tx", title="Contributors")
