@@ -29,14 +29,18 @@ QueryArg = Annotated[str, typer.Argument(help="The query's id, e.g. s-2026-01/q0
 
 
 def message(kind: str, **fields: Any) -> Any:
-    """The contract's message dataclass of `kind` (whatever version declares it)."""
+    """The contract's message dataclass of `kind` that has these fields (the version that
+    declares them: `research.register`'s budget is v2's)."""
+    import dataclasses
+
     from medledger.contracts import all_contracts
 
-    for contract in all_contracts():
+    for contract in sorted(all_contracts(), key=lambda c: -c.version):
         declared = contract.messages.get(kind)
-        if declared is not None:
+        names = {f.name for f in dataclasses.fields(declared.cls)} if declared else set()
+        if declared is not None and set(fields) <= names:
             return declared.cls(**fields)
-    fail(f"this version of medledger has no {kind} message (federated study queries)")
+    fail(f"this version of medledger has no {kind} message with {', '.join(sorted(fields))}")
 
 
 def read_document(path: Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from medledger.cli._common import (
     when_ms,
 )
 from medledger.contracts import queries
-from medledger.contracts.research import Enrol, Register, Release, Withdraw
+from medledger.contracts.research import Enrol, Release, Withdraw
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -42,6 +42,19 @@ StudyOption = Annotated[str, typer.Option("--id", help="The study's id.")]
 CrateOption = Annotated[
     Path | None, typer.Option("--crate", help="Also write an RO-Crate into this new directory.")
 ]
+
+
+def _milli(value: str, option: str) -> int:
+    """A decimal with at most three decimals, times 1000 (the chain's fixed point)."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        milli = Decimal(value) * 1000
+    except InvalidOperation:
+        fail(f"{option}: {value!r} is not a number")
+    if milli != milli.to_integral_value() or milli < 0:
+        fail(f"{option}: a number >= 0 with at most 3 decimals")
+    return int(milli)
 
 
 def _crate_dir_free(crate: Path | None) -> None:
@@ -89,22 +102,29 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Kept by your hospital; only its salted hash is posted.")
         ] = "",
         end: Annotated[str, typer.Option(help="End of the study (date or ms).")] = "",
+        privacy_budget: Annotated[
+            str, typer.Option(help="Total epsilon its queries may spend (e.g. 2.5; research v2).")
+        ] = "",
         as_: AsOption = "",
     ) -> None:
         """Register a study sponsored by your hospital."""
+        from medledger.cli._study_query import message
         from medledger.node import Node
         from medledger.node.notes import NoteStore, study_title
 
         with user_errors():
-            msg = Register(
-                study=study_id,
-                protocol_hash=file_hash(protocol),
-                ethics_ref=ethics,
-                categories=csv(categories),
-                min_cohort=min_cohort,
-                title_hash=study_title(NoteStore(home), study_id, title) if title else b"",
-                end_ms=when_ms(end, "--end") if end else 0,
-            )
+            fields = {
+                "study": study_id,
+                "protocol_hash": file_hash(protocol),
+                "ethics_ref": ethics,
+                "categories": csv(categories),
+                "min_cohort": min_cohort,
+                "title_hash": study_title(NoteStore(home), study_id, title) if title else b"",
+                "end_ms": when_ms(end, "--end") if end else 0,
+            }
+            if privacy_budget:
+                fields["privacy_budget_milli"] = _milli(privacy_budget, "--privacy-budget")
+            msg = message("research.register", **fields)
             with Node.open(home) as node:
                 c = send(node, signer(node, as_), msg)
         console.print(f"study {study_id} registered (block {c.height})")
