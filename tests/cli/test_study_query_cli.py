@@ -110,7 +110,8 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
     run("study", "register", "-H", lyon, "--as", "res-lyon", "--id", STUDY, "--protocol",
         str(protocol), "--ethics", "CPP-2026-9", "--categories", "labs,conditions",
         "--min-cohort", "2", "--title", "Glycaemic control", "--privacy-budget", "2.5")  # fmt: skip
-    assert queries.study(net.nodes["chu-lyon"].engine, STUDY)["privacy_budget_milli"] == 2500
+    registered = queries.study(net.nodes["chu-lyon"].engine, STUDY)
+    assert registered is not None and registered["privacy_budget_milli"] == 2500
 
     # A bad document is refused before anything is signed, naming the file and the field.
     bad = tmp_path / "bad.json"
