@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -181,8 +182,8 @@ class Answerer:
                 own[pid] = mine if mine is not None else PatientFacts(matched={})
             elif mine is not None:
                 shares[answerer].append([pid, mine.to_obj()])
-        sent = self._send(plan, shares)
-        timing["send"] = time.perf_counter() - t
+        sent = self._send(plan, shares, timing)
+        timing["send"] = time.perf_counter() - t - timing["audit"]
         t = time.perf_counter()
         others = set(shares)
         wait = max(0.0, plan.deadline_ms / 1000 - time.time())
@@ -232,23 +233,32 @@ class Answerer:
         )
         return done
 
-    def _send(self, plan: Plan, shares: dict[str, list[list[Any]]]) -> dict[str, int]:
-        """Each co-answerer its share, once (audited first); retried until the deadline."""
+    def _send(
+        self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
+    ) -> dict[str, int]:
+        """Each co-answerer its share, once (audited first), all at once; retried until the
+        deadline."""
         done = self.inbox.sent(plan.query_id)
         todo = {o: share for o, share in shares.items() if o not in done}
+        started = time.perf_counter()
         self._audit(plan, [pid for share in todo.values() for pid, _ in share])
+        timing["audit"] = time.perf_counter() - started
         pause = 0.2
+
+        def one(receiver: str) -> str | None:
+            try:
+                self.send(receiver, plan.query_id, todo[receiver])
+            except Exception as exc:  # refused or unreachable: retried below
+                log.warning("%s: partials of %s to %s: %s", self.org, plan.query_id, receiver, exc)
+                return None
+            self.inbox.mark_sent(plan.query_id, receiver)
+            return receiver
+
         while todo:
-            for receiver in sorted(todo):
-                try:
-                    self.send(receiver, plan.query_id, todo[receiver])
-                except Exception as exc:  # refused or unreachable: retried below
-                    log.warning(
-                        "%s: partials of %s to %s: %s", self.org, plan.query_id, receiver, exc
-                    )
-                    continue
-                self.inbox.mark_sent(plan.query_id, receiver)
-                del todo[receiver]
+            with ThreadPoolExecutor(len(todo), thread_name_prefix="partials") as pool:
+                for receiver in pool.map(one, sorted(todo)):
+                    if receiver is not None:
+                        del todo[receiver]
             if todo:
                 if time.time() * 1000 + pause * 1000 >= plan.deadline_ms:
                     raise NotAnswered(
