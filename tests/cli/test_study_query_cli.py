@@ -132,6 +132,8 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
               "--file", str(doc)).output  # fmt: skip
     query_id = f"{STUDY}/q0001"
     assert f"query {query_id} submitted under {STUDY}" in out
+    out = run("study", "query", "run", "-H", lyon, query_id, code=1).output
+    assert "is submitted, not running" in out
     waiting = run("study", "query", "result", "-H", lyon, query_id).output
     assert "awaiting approval" in waiting and "ethics:chu-lyon" in waiting
     decision = tmp_path / "decision.pdf"
@@ -146,7 +148,13 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
         out = run("study", "query", "approve", "-H", net.homes[org], query_id,
                   "--as-custodian", "--as", f"dpo-{short}").output  # fmt: skip
     assert "now running" in out  # the last approval starts it
+    # `run` answers for this hospital now; here no gateway runs, so its partials cannot reach
+    # the others, and it says so instead of posting a half answer.
+    out = run("study", "query", "run", "-H", lyon, query_id, "--wait", "1", code=1).output
+    assert "partials not delivered to aphp-paris, chu-bordeaux, chu-lille" in out
     _answer_all(net, query_id)
+    out = run("study", "query", "run", "-H", lyon, query_id).output
+    assert f"chu-lyon answered {query_id} for 4 enrolled patients" in out
 
     shown = run("study", "query", "result", "-H", lyon, query_id).output
     assert f"query {query_id} of study {STUDY}: done" in shown

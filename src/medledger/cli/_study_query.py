@@ -12,6 +12,7 @@ this hospital. `result` shows the status, who contributed what, and the result's
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -155,11 +156,16 @@ def register_queries(study: typer.Typer) -> None:
         wait: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 120.0,
     ) -> None:
         """Answer a running query for your hospital now (its node's agent does it by itself)."""
+        from medledger.interop import study_results
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
             record = _record(node, query_id)
             org = node.config.org
+            done = [a for a in study_results.answers(record) if a.org == org]
+            if done:
+                console.print(f"{org} answered {query_id} for {done[0].patients} enrolled patients")
+                return
             if record["status"] != "running":
                 fail(f"query {query_id} is {record['status']}, not running")
             if org not in (record.get("answerers") or []):
@@ -258,32 +264,76 @@ def show(record: dict[str, Any]) -> None:
 
 
 def _answer_now(node: Node, query_id: str, wait: float) -> int:
-    """This hospital's answer, now (`research.answer.Answerer`, the engine the node's agent
-    runs): the partials other hospitals sent are in the home's inbox (the running node's
-    gateway keeps them there); those this hospital owes are sent through the exchange."""
-    from medledger.exchange.client import Directory, ExchangeClient
+    """This hospital's answer: already on the chain; or, when its node runs (its `/health`
+    answers), the node's study agent answers and this waits for it on the chain; or it is
+    computed here, now, by the same engine (`research.answer.Answerer`)."""
     from medledger.interop import study_results
+
+    def mine() -> list[study_results.Answer]:
+        found = study_results.answers(_record(node, query_id))
+        return [a for a in found if a.org == node.config.org]
+
+    if not mine():
+        if _node_serves(node):
+            deadline = time.monotonic() + wait
+            while not mine() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if not mine():
+                fail(
+                    f"{node.config.org}'s running node has not answered {query_id} in {wait:.0f} s "
+                    "(it waits for the other hospitals' partials: see its log and /health)"
+                )
+        else:
+            _answer_here(node, query_id, wait)
+    answered = mine()
+    if not answered:
+        fail(f"{node.config.org} has no answer to {query_id} on the chain")
+    return answered[0].patients
+
+
+def _node_serves(node: Node) -> bool:
+    """Whether this hospital's node runs (its API answers /health as this org)."""
+    import httpx
+
+    host, port = node.config.api.address
+    try:
+        answer = httpx.get(f"http://{host}:{port}/health", timeout=2.0)
+        return bool(answer.json().get("org") == node.config.org)
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def _answer_here(node: Node, query_id: str, wait: float) -> None:
+    """The answer computed in this process: the partials the other hospitals sent are in the
+    home's inbox (the gateway keeps them there when the node runs); those this hospital owes
+    go out through the exchange. Sends and waits stop after `wait` seconds."""
+    from medledger.exchange.client import Directory, ExchangeClient
     from medledger.node.study_partials import Inbox
-    from medledger.research.answer import Answerer, NotAnswered
+    from medledger.research.answer import Answerer, NotAnswered, Plan
     from medledger.vault import Vault
+
+    until_ms = int((time.time() + wait) * 1000)
+
+    class Now(Answerer):
+        def plan(self, query_id: str) -> Plan | None:
+            found = super().plan(query_id)
+            if found is not None:
+                found.deadline_ms = min(found.deadline_ms, until_ms)
+            return found
 
     inbox = Inbox(node.config.home / "research" / "partials.db", node.config.box_key())
     directory = Directory(node.config.exchange.peers, lambda: queries.members(node.engine))
     try:
         with Vault.open(node.config.vault_config()) as vault:
             client = ExchangeClient(node, directory=directory)
-            Answerer(node, vault, inbox, client.study_partials).answer(query_id, max_wait=wait)
+            Now(node, vault, inbox, client.study_partials).answer(query_id, max_wait=wait)
     except NotAnswered as exc:
         fail(
-            f"{exc}: the other hospitals' nodes send them to this hospital's gateway "
-            "(is `medledger node run` running here?)"
+            f"{exc}: the hospitals exchange partial facts through their gateways "
+            "(start the node here, `medledger node run`, and it answers by itself)"
         )
     finally:
         inbox.close()
-    mine = [a for a in study_results.answers(_record(node, query_id)) if a.org == node.config.org]
-    if not mine:
-        fail(f"{node.config.org} has no answer to {query_id} on the chain")
-    return mine[0].patients
 
 
 def _write_crate(node: Node, record: dict[str, Any], crate: Path) -> None:
