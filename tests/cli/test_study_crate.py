@@ -167,3 +167,20 @@ def test_an_existing_release_is_packaged_afterwards(
         "--crate", str(tmp_path / "nope"), code=1,
     ).output  # fmt: skip
     assert "has no release 2" in out
+
+
+def test_a_crate_naming_a_file_outside_itself_or_missing_one_is_refused_or_reported(
+    released: tuple[str, Path, Path],
+) -> None:
+    lyon, crate, _ = released
+    (crate / "members.txt").unlink()
+    out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
+    assert "members.txt: cannot be read" in out
+    metadata = _metadata(crate)
+    for entity in metadata["@graph"]:
+        if entity["@id"] == "./":
+            entity["hasPart"].append({"@id": "../../etc/hostname"})
+    metadata["@graph"].append({"@id": "../../etc/hostname", "@type": "File", "sha256": "00"})
+    (crate / "ro-crate-metadata.json").write_text(json.dumps(metadata))
+    out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
+    assert "'../../etc/hostname' is outside the crate" in out

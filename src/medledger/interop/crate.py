@@ -192,7 +192,13 @@ class Crate:
         return [self.entities[m["@id"]] for m in _list(self.root.get("mentions"))]
 
     def read(self, path: str) -> bytes:
-        return (self.directory / path).read_bytes()
+        """A file of the crate; CrateError when it is missing or not one of its own."""
+        if path not in {str(f["@id"]) for f in self.files()}:
+            raise CrateError(f"{path}: not a file this crate describes")
+        try:
+            return (self.directory / path).read_bytes()
+        except OSError as exc:
+            raise CrateError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
 def _list(value: Any) -> list[Any]:
@@ -216,6 +222,10 @@ def load(directory: Path) -> Crate:
     for ref in _list(root.get("hasPart")) + _list(root.get("mentions")):
         if ref.get("@id") not in entities:
             raise CrateError(f"{directory}: ./ names {ref.get('@id')!r}, which is not described")
+    for ref in _list(root.get("hasPart")):
+        path = Path(str(ref["@id"]))
+        if path.is_absolute() or ".." in path.parts or ":" in str(path):
+            raise CrateError(f"{directory}: file {str(path)!r} is outside the crate")
     return Crate(directory, root, entities)
 
 
@@ -235,8 +245,8 @@ def verify(directory: Path, engine: queries.Queryable, chain_id: str) -> list[st
         path = str(entity["@id"])
         try:
             data = crate.read(path)
-        except OSError as exc:
-            differences.append(f"{path}: cannot be read ({exc.strerror})")
+        except CrateError as exc:
+            differences.append(str(exc))
             continue
         if sha256(data) != entity.get("sha256"):
             differences.append(f"{path}: its SHA-256 is not the one the metadata gives")
@@ -255,7 +265,10 @@ def verify(directory: Path, engine: queries.Queryable, chain_id: str) -> list[st
                 f"the crate says {act.get('blockHeight')}"
             )
     check = _release_differences if crate.kind == RELEASE else _query_differences
-    return differences + check(crate, engine)
+    try:
+        return differences + check(crate, engine)
+    except CrateError as exc:  # a file the chain's record needs is missing: said once above
+        return differences + [f"{exc}: the chain's record cannot be checked"]
 
 
 def _acts_of(crate: Crate, kind: str) -> dict[str, dict[str, Any]]:
@@ -325,7 +338,10 @@ def _release_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
             differences.append(
                 f"{datasets[0]['@id']}: not the dataset the chain's release {seq} names"
             )
-    tokens = [bytes.fromhex(t) for t in crate.read(MEMBERS_FILE).decode().split()]
+    try:
+        tokens = [bytes.fromhex(t) for t in crate.read(MEMBERS_FILE).decode().split()]
+    except (UnicodeDecodeError, ValueError):
+        return [*differences, f"{MEMBERS_FILE}: not one hex study token a line"]
     if len(tokens) != release["members"]:
         differences.append(
             f"{MEMBERS_FILE}: {len(tokens)} members, the chain's release has {release['members']}"
@@ -397,7 +413,9 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
         document = study_query.parse(json.loads(crate.read(QUERY_FILE)))
         if study_query.query_hash(document) != bytes(query["hash"]):
             differences.append(f"{QUERY_FILE}: its hash is not the chain's for {query_id}")
-    except (OSError, ValueError, TxError) as exc:
+    except (ValueError, TxError) as exc:  # CrateError: missing, said by the caller
+        if isinstance(exc, CrateError):
+            raise
         differences.append(f"{QUERY_FILE}: not a query document ({exc})")
     if crate.root.get("ageOn") != str(query.get("age_on", "")):
         differences.append(f"ageOn: the chain took ages on {query.get('age_on')!r}")
@@ -405,14 +423,18 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
     if result is None:
         differences.append(f"query {query_id}: has no result on the chain ({query['status']})")
         return differences
-    if json.loads(crate.read(RESULT_FILE)) != json.loads(canonical_json(result)):
+    try:
+        same = json.loads(crate.read(RESULT_FILE)) == json.loads(canonical_json(result))
+    except json.JSONDecodeError:
+        same = False
+    if not same:
         differences.append(f"{RESULT_FILE}: not the result the chain holds for {query_id}")
     for path, data in result_tables(query["doc"], result).items():
         try:
             if crate.read(path) != data:
                 differences.append(f"{path}: not the chain's result as a table")
-        except OSError:
-            differences.append(f"{path}: missing")
+        except CrateError:
+            differences.append(f"{path}: missing (the chain's result has this table)")
     answered = {a.tx.hex(): a for a in study_results.answers(query)}
     acts = _acts_of(crate, "research.query_answer")
     for tx_hex, answer in sorted(answered.items()):
