@@ -164,6 +164,8 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
     assert re.search(r"sex=male\s+│\s+suppressed\s+│\s+suppressed", shown), shown
     record = queries.study_query(net.nodes["chu-lyon"].engine, query_id)
     assert record is not None
+    study = run("study", "show", "-H", lyon, "--id", STUDY).output
+    assert "privacy budget: epsilon 0 spent of 2.5" in study and f"query {query_id}: done" in study
     as_json = json.loads(run("study", "query", "result", "-H", lyon, query_id, "--json").output)
     assert as_json["hash"] == record["hash"].hex()
     assert as_json["result"] == json.loads(json.dumps(record["result"]))
