@@ -1,11 +1,11 @@
 """The study agent: a running node answers approved study queries by itself, once.
 
 It looks for running queries naming this hospital among their answerers and not yet answered
-by it (after each committed block when the node has its own replica, else every `poll`
-seconds), and answers each in a worker (`answer.Answerer`). A restart finds the same queries
-again: an answer on the chain is never sent twice, partials received are in the node's
-inbox, and sends already acknowledged are not repeated. What it did is in the node's log and
-in `status()` (the node's health lists it).
+by it (at once after a block with a `study.query_*` event when the node has its own replica,
+and every `poll` seconds), and answers each in a worker (`answer.Answerer`). A restart finds
+the same queries again: an answer on the chain is never sent twice, partials received are in
+the node's inbox, and sends already acknowledged are not repeated. What it did is in the
+node's log and in `status()` (the node's health lists it).
 """
 
 from __future__ import annotations
@@ -74,7 +74,11 @@ class StudyAgent:
         self.node.study_status = None
 
     def _committed(self, record: BlockRecord) -> None:
-        self._wake.set()
+        """After each commit (the ABCI thread): wake at once when the block moved a query (a
+        query running, answered, done); the periodic look catches the rest (a deadline)."""
+        events = [e for r in record.results for e in r.events] + list(record.events)
+        if any(e.type.startswith("study.query_") for e in events):
+            self._wake.set()
 
     def status(self) -> list[str]:
         """One line per query this node worked on since it started (health)."""
