@@ -58,6 +58,9 @@ def test_every_typed_read_asks_a_path_a_contract_registers() -> None:
     queries.studies(engine)
     queries.study_releases(engine, "s1")
     queries.research_of_patient(engine, PID)
+    queries.study_query(engine, "s1/q0001")
+    queries.study_queries(engine, "s1")
+    queries.study_budget(engine, "s1")
 
     registered = {path for c in all_contracts() for path in c.queries}
     asked = {path for path, _ in engine.calls}

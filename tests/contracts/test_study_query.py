@@ -134,6 +134,51 @@ def test_a_bad_document_is_refused_naming_the_field(change: Any, field: str) -> 
     assert refused.value.message.startswith(field), refused.value.message
 
 
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a document: map values and list items, nested."""
+    found = [path]
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else []
+    )
+    for key, inner in items:
+        found += _paths(inner, (*path, key))
+    return found
+
+
+_JUNK: list[Any] = [
+    None,
+    [],
+    {},
+    [[]],
+    {"kind": {}},
+    -1,
+    2**63,
+    1e308,
+    "",
+    "x" * 300,
+    True,
+    b"\x00",
+]
+
+
+@pytest.mark.parametrize("junk", _JUNK, ids=repr)
+def test_junk_anywhere_in_a_document_is_refused_naming_a_field_never_a_crash(junk: Any) -> None:
+    for path in _paths(EXAMPLE)[1:]:
+        doc = copy.deepcopy(EXAMPLE)
+        parent = functools.reduce(lambda d, k: d[k], path[:-1], doc)
+        parent[path[-1]] = junk
+        try:
+            q = sq.parse(doc)
+        except TxError as refused:
+            assert refused.code == Code.INVALID_BODY and refused.message.startswith("field ")
+        else:
+            assert sq.parse(sq.to_obj(q)) == q  # accepted (e.g. an empty list): canonical
+
+
 # -- tally ---------------------------------------------------------------------------------
 
 SMALL = {
@@ -431,3 +476,14 @@ def test_criterion_types_are_clinical_types_ingestion_files_under_a_patient() ->
 
     assert not any(is_supporting(t) for t in sq.CLINICAL_TYPES)
     assert "Patient" not in sq.CLINICAL_TYPES and "Practitioner" not in sq.CLINICAL_TYPES
+
+
+@given(st.lists(_facts_st, max_size=12), st.integers(0, 12))
+def test_tallies_add_up_across_hospitals(patients: list[PatientFacts], cut: int) -> None:
+    # What makes the federated sum right: each hospital tallies the patients it counts.
+    q = sq.parse(SMALL | {"statistics": [*SMALL["statistics"], {"kind": "mean"}]})
+    for facts in patients:
+        if facts.value is not None:
+            facts.value = (facts.value[0], 3000 + 1000 * abs(facts.value[1]))
+    here, there = sq.tally(q, patients[:cut]), sq.tally(q, patients[cut:])
+    assert [a + b for a, b in zip(here, there, strict=True)] == sq.tally(q, patients)

@@ -28,6 +28,7 @@ def all_contracts() -> list[Contract]:
         records,
         referral,
         research,
+        research_queries,
     )
 
     return [
@@ -41,6 +42,7 @@ def all_contracts() -> list[Contract]:
         *emergency.CONTRACTS,
         *referral.CONTRACTS,
         *research.CONTRACTS,
+        *research_queries.CONTRACTS,
         *erasure.CONTRACTS,
         *authorize.CONTRACTS,
         *escrow.CONTRACTS,

@@ -179,6 +179,17 @@ DEFAULT_PARAMS: dict[str, int] = {
     # Days a peer keeps what a member dropped or replaced in its custody (the member's key
     # may be a thief's until the rebinding vote), counted in the quota (node/custody.py).
     "custody_grace_days": 30,
+    # Study queries (contracts/research_queries.py): the smallest cell published, whether
+    # every member's DPO approves a query too, and how long the answerers have.
+    "study_min_cell": 5,
+    "study_dpo_approval": 1,
+    "study_answer_ttl_ms": DAY_MS,
+}
+#: Parameters with bounds of their own, checked when a vote sets one.
+PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "study_min_cell": (2, 1000),
+    "study_dpo_approval": (0, 1),
+    "study_answer_ttl_ms": (60_000, 30 * DAY_MS),
 }
 #: records.MAX_REPLICAS: the peers one erasure attestation may name.
 MAX_BACKUP_REPLICAS = 16
@@ -448,6 +459,9 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
             raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
         if parsed.value < 0:
             raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
+        low, high = PARAM_RANGES.get(parsed.name, (0, parsed.value))
+        if not low <= parsed.value <= high:
+            raise TxError(Code.INVALID_BODY, f"field args.value: {parsed.name} is {low} to {high}")
         if parsed.name == "backup_replicas" and parsed.value > MAX_BACKUP_REPLICAS:
             raise TxError(
                 Code.INVALID_BODY,

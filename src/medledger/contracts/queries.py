@@ -291,6 +291,22 @@ def study_releases(engine: Queryable, study_id: str) -> list[Row]:
     return rows
 
 
+def study_query(engine: Queryable, query_id: str) -> Row | None:
+    """A study query whole (research v2): document, approvals, answerers, answers, result."""
+    found: Row | None = engine.query("research/query", {"query": query_id})
+    return found
+
+
+def study_queries(engine: Queryable, study_id: str) -> list[Row]:
+    rows: list[Row] = engine.query("research/queries", {"study": study_id})
+    return rows
+
+
+def study_budget(engine: Queryable, study_id: str) -> Row | None:
+    found: Row | None = engine.query("research/budget", {"study": study_id})
+    return found
+
+
 def research_of_patient(engine: Queryable, pid: str) -> list[Row]:
     """The studies a pid is enrolled in or was asked to join."""
     rows: list[Row] = engine.query("research/of_patient", {"pid": pid})

@@ -1,11 +1,13 @@
 """A federated study query: the declarative document, the answer vector, and its disclosure control.
 
 A study's query travels to the data: every hospital evaluates it over the records it holds of
-the study's enrolled patients, and only the aggregate comes back (`tally`, summed across
-hospitals under pairwise masks). The combined totals become the published result in `finish`:
-small cells suppressed, then noise (exact discrete Laplace, drawn from hash bits seeded by the
-query's committed id, so a re-run gives the same answer and nobody can re-roll it), then the
-derived statistics. All of it runs inside consensus: integers and `Fraction`s only, no float.
+the study's enrolled patients, and only the aggregate comes back (`tally`, plus the
+hospital's own noise when epsilon > 0: `answer_noise`, an exact discrete Laplace drawn from
+hash bits of a seed only that hospital can compute, yet the same on every re-run; summed
+across hospitals under pairwise masks). The combined totals become the published result in
+`finish`: small cells suppressed, then the derived statistics. The masked answers are public,
+so their sum is too: noise drawn by the contract from a public seed could be taken off by
+anyone. All of it runs inside consensus: integers and `Fraction`s only, no float.
 
 The document's semantics are in `docs/architecture.md` ("Federated study queries"); this module
 is its single definition. Values are fixed-point integers (`SCALE`): "7.25" -> 7250.
@@ -20,7 +22,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -186,7 +188,7 @@ def _map(value: Any, field_: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     unknown = sorted(str(k) for k in value if k not in allowed)
     if unknown:
         raise _fail(
-            f"{field_}.{unknown[0]}" if field_ else unknown[0],
+            f"{field_}.{unknown[0]}" if field_ != "query" else unknown[0],
             f"unknown field (known: {', '.join(allowed)})",
         )
     return value
@@ -213,30 +215,25 @@ def _int(value: Any, field_: str, low: int, high: int) -> int:
 
 
 def _fixed(value: Any, field_: str, bound: int = MAX_ABS_VALUE) -> int:
-    """A decimal with at most three decimals (number or text) as a fixed-point integer."""
-    if isinstance(value, bool):
+    """A decimal with at most three decimals (number, or text as `to_obj` writes it) as a
+    fixed-point integer; never more digits than the bound allows are read."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _fail(field_, "a number")
     if isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float):
-        text = repr(value)
-    elif isinstance(value, str):
-        text = value
-    else:
-        raise _fail(field_, "a number")
-    try:
-        exact = Decimal(text)
-    except InvalidOperation:
-        raise _fail(field_, "a number") from None
-    if not exact.is_finite():
+        if abs(value) > bound // SCALE:
+            raise _fail(field_, f"at most {decimal_text(bound)} in absolute value")
+        return value * SCALE
+    if isinstance(value, str) and not _DECIMAL.match(value):
+        raise _fail(field_, "a number with at most 3 decimals")
+    if isinstance(value, float) and not math.isfinite(value):
         raise _fail(field_, "a finite number")
+    exact = Decimal(value if isinstance(value, str) else repr(value))
+    if abs(exact) > Fraction(bound, SCALE):
+        raise _fail(field_, f"at most {decimal_text(bound)} in absolute value")
     scaled = exact * SCALE
     if scaled != scaled.to_integral_value():
         raise _fail(field_, "at most 3 decimals")
-    fixed = int(scaled)
-    if abs(fixed) > bound:
-        raise _fail(field_, f"at most {Fraction(bound, SCALE)} in absolute value")
-    return fixed
+    return int(scaled)
 
 
 def decimal_text(fixed: int) -> int | str:
@@ -264,7 +261,7 @@ def _criterion(value: Any, field_: str) -> Criterion:
         raise _fail(f"{field_}.types", "required")
     types = _list(doc["types"], f"{field_}.types", MAX_TYPES, 1)
     for i, t in enumerate(types):
-        if t not in CLINICAL_TYPES:
+        if not isinstance(t, str) or t not in CLINICAL_TYPES:
             raise _fail(
                 f"{field_}.types[{i}]", f"{t!r} is not a clinical FHIR type that names a patient"
             )
@@ -369,7 +366,7 @@ _TOP = (
 
 def parse(doc: dict[str, Any]) -> StudyQuery:
     """The checked query of a document; `TxError(INVALID_BODY)` naming the first bad field."""
-    _map(doc, "", _TOP)
+    _map(doc, "query", _TOP)
     for required in ("categories", "cohort", "statistics"):
         if required not in doc:
             raise _fail(required, "required")
@@ -452,7 +449,7 @@ def _check_whole(q: StudyQuery) -> None:
     if len(cells(q)) > MAX_CELLS:
         raise _fail("statistics", f"the answer would have over {MAX_CELLS} cells")
     if len(codec.encode(to_obj(q))) > MAX_DOCUMENT:
-        raise _fail("", f"the query is over {MAX_DOCUMENT} bytes")
+        raise _fail("query", f"over {MAX_DOCUMENT} bytes in canonical CBOR")
 
 
 # -- canonical form ------------------------------------------------------------------------
@@ -585,9 +582,10 @@ def _join_birth(a: str, b: str) -> str:
     return long_ if long_.startswith(short) else CONFLICT
 
 
-def _better(a: tuple[str, int], b: tuple[str, int], value_of: str) -> tuple[str, int]:
+def better_value(a: tuple[str, int], b: tuple[str, int], value_of: str) -> tuple[str, int]:
     """The value `value_of` keeps of two (clinical date, value): a total order, so any merge
-    order gives the same. Undated records sort as the earliest."""
+    order gives the same. Undated records sort as the earliest. A hospital picks its own
+    records' value with it too."""
     if value_of == "last":
         return max(a, b)
     if value_of == "first":
@@ -611,7 +609,7 @@ class PatientFacts:
         """The facts of both (commutative and associative: any order of hospitals agrees)."""
         value = self.value
         if other.value is not None:
-            value = other.value if value is None else _better(value, other.value, value_of)
+            value = other.value if value is None else better_value(value, other.value, value_of)
         return PatientFacts(
             sex=_join_sex(self.sex, other.sex),
             birth_date=_join_birth(self.birth_date, other.birth_date),
