@@ -184,7 +184,7 @@ def _record(study: Study, query_id: str) -> dict[str, Any]:
         "study": STUDY,
         "status": "running",
         "answerers": sorted(ORGS),
-        "running_ms": now,
+        "started": now,
         "deadline_ms": now + 60_000,
     }
 
