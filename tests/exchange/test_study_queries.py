@@ -20,28 +20,54 @@ import pytest
 
 from medledger.provisioning import create_consortium
 from medledger.research.agent import StudyAgent, attach
-from tests.exchange.conftest import close_sandbox, open_sandbox
-from tests.support.studies import HBA1C_QUERY, ORGS, STUDY, Study, has_ifcc, truth_hba1c
+from tests.exchange.conftest import Sandbox, close_sandbox, open_sandbox
+from tests.support.studies import (
+    HBA1C_QUERY,
+    ORGS,
+    STUDY,
+    Study,
+    has_ifcc,
+    truth_hba1c,
+    wait_for,
+)
 
 
 @pytest.fixture
-def study(tmp_path: Path) -> Iterator[Study]:
+def sandbox4(tmp_path: Path) -> Iterator[Sandbox]:
+    """Four hospitals, their gateways running; no study agent yet (`agents` starts them)."""
     directory = tmp_path / "net"
     homes = create_consortium(directory, 4, genesis_time_ms=int(time.time() * 1000))
     sandbox = open_sandbox(directory, homes)
-    agents: list[StudyAgent] = []
     try:
         for org in ORGS:
             sandbox.start(org, sync=False)
-            agents.append(attach(sandbox.x(org), sandbox.h[org].vault, poll=0.1).start())
-        yield Study(
-            {org: sandbox.h[org].node for org in ORGS},
-            {org: sandbox.h[org].vault for org in ORGS},
-        )
+        yield sandbox
     finally:
-        for agent in agents:
+        for agent in RUNNING.pop(id(sandbox), []):
             agent.stop()
         close_sandbox(sandbox)
+
+
+RUNNING: dict[int, list[StudyAgent]] = {}
+
+
+def agents(sandbox: Sandbox, *orgs: str) -> list[StudyAgent]:
+    """Each hospital's study agent, as its node runtime starts it (stopped by the fixture)."""
+    started = [attach(sandbox.x(org), sandbox.h[org].vault, poll=0.1).start() for org in orgs]
+    RUNNING.setdefault(id(sandbox), []).extend(started)
+    return started
+
+
+def of(sandbox: Sandbox) -> Study:
+    return Study(
+        {org: sandbox.h[org].node for org in ORGS}, {org: sandbox.h[org].vault for org in ORGS}
+    )
+
+
+@pytest.fixture
+def study(sandbox4: Sandbox) -> Study:
+    agents(sandbox4, *ORGS)
+    return of(sandbox4)
 
 
 def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_truth(
@@ -91,6 +117,63 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     opened = {t for types in decrypted.values() for t in types}
     assert opened <= {"Observation", "DiagnosticReport"}, opened
     assert "Observation" in opened
+    # Each node says what it did (its health is looked at again after a second at most).
+    for org in ORGS:
+
+        def said(org: str = org) -> bool:
+            lines = study.nodes[org].health.status().studies
+            return any(query_id in x and "answered for" in x for x in lines)
+
+        wait_for(said, 10, f"{org}'s health to name the answer")
+
+
+def test_small_strata_are_suppressed_and_said_so(study: Study) -> None:
+    study.load(16, seed=3)
+    study.register(["labs"])
+    for label in study.pid:
+        study.enrol(label)
+    query_id = study.run(HBA1C_QUERY | {"stratify": ["sex"]})
+    result = study.done(query_id)["result"]
+    rows = {row["stratum"]: row for row in result["strata"]}
+    assert sorted(rows) == ["sex=female", "sex=male", "sex=other", "sex=unknown"]
+    # Nobody of sex other or unknown: under k, withheld, and listed as such.
+    assert rows["sex=other"]["count"] is None and rows["sex=other"]["mean"] is None
+    assert "sex=other: fewer than k patients" in result["suppressed"]
+    truth = [
+        (b["entry"][0]["resource"]["gender"], v[1])
+        for label, bundles in study.by_label.items()
+        if (v := truth_hba1c(bundles)) is not None
+        for b in bundles[:1]
+    ]
+    for sex in ("female", "male"):
+        n = sum(1 for s, _ in truth if s == sex)
+        assert rows[f"sex={sex}"]["count"] == (n if n >= result["k"] else None)
+
+
+def test_a_hospital_down_meanwhile_answers_from_the_partials_it_kept(sandbox4: Sandbox) -> None:
+    study = of(sandbox4)
+    study.load(16, seed=7)
+    study.register(["labs"])
+    for label in study.pid:
+        study.enrol(label)
+    A, B, C, D = ORGS
+    agents(sandbox4, A, B, C)  # D's node runs its gateway but its agent is not started
+    query_id = study.run(HBA1C_QUERY)
+    inbox = sandbox4.x(D).partials
+    wait_for(lambda: len(inbox.senders(query_id)) == 3, 30, "the partials kept at D")
+    # D's node stops and starts again (a crash of the process: its inbox is on disk).
+    sandbox4.x(D).stop()
+    sandbox4.h[D].exchange = None
+    sandbox4.start(D, sync=False)
+    assert len(sandbox4.x(D).partials.senders(query_id)) == 3
+    (late,) = agents(sandbox4, D)
+    record = study.done(query_id)
+    assert sorted(record["answers"]) == sorted(ORGS)
+    values = [v[1] for bundles in study.by_label.values() if (v := truth_hba1c(bundles))]
+    (row,) = record["result"]["strata"]
+    assert row["count"] == (len(values) if len(values) >= record["result"]["k"] else None)
+    # Once answered, never again: a new pass finds nothing to do.
+    assert late.due() == [] and late.answerer.answer(query_id) is None
 
 
 def _record(study: Study, query_id: str) -> dict[str, Any]:
@@ -101,7 +184,7 @@ def _record(study: Study, query_id: str) -> dict[str, Any]:
         "study": STUDY,
         "status": "running",
         "answerers": sorted(ORGS),
-        "running_ms": now,
+        "started": now,
         "deadline_ms": now + 60_000,
     }
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
     PatientFacts,
     StudyQuery,
@@ -42,7 +43,6 @@ from medledger.contracts.study_query import (
     cells,
     noise_commitment,
     noise_message,
-    parse,
     tally,
 )
 from medledger.node import decisions
@@ -101,16 +101,7 @@ class Plan:
 
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
-    answers = record.get("answers") or record.get("answered") or {}
-    return set(answers)
-
-
-def document(record: dict[str, Any]) -> dict[str, Any]:
-    """The query document as the chain fixed it (its age_on filled in at approval)."""
-    doc = dict(record.get("doc") or record.get("query") or {})
-    if not doc.get("age_on") and record.get("age_on"):
-        doc["age_on"] = record["age_on"]
-    return doc
+    return set(record.get("answers") or {})
 
 
 class Answerer:
@@ -135,7 +126,7 @@ class Answerer:
         study = queries.study(engine, study_id)
         if study is None:
             return None
-        q = parse(document(record))
+        q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
@@ -215,8 +206,9 @@ class Answerer:
             "query": query_id,
             "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
             "patients": len(counted),
-            "noise_commitment": noise_commitment(seed),
         }
+        if plan.q.epsilon_milli:
+            body["noise_commitment"] = noise_commitment(seed)
         timing["tally"] = time.perf_counter() - t
         t = time.perf_counter()
         committed = self.node.wallet.send("research.query_answer", body)
