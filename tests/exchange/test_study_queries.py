@@ -95,7 +95,7 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
             decrypted[org] += [str(orjson.loads(b).get("resourceType")) for b in opened]
             return opened
 
-        vault.get_many = spy
+        vault.get_many = spy  # type: ignore[method-assign]
 
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)
