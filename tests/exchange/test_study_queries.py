@@ -72,7 +72,7 @@ def study(sandbox4: Sandbox) -> Study:
 
 
 def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_truth(
-    study: Study,
+    study: Study, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study.load(24, seed=11)
     shared = [label for label, holders in study.holders.items() if len(holders) >= 2]
@@ -96,7 +96,7 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
             decrypted[org] += [str(orjson.loads(b).get("resourceType")) for b in opened]
             return opened
 
-        vault.get_many = spy  # type: ignore[method-assign]
+        monkeypatch.setattr(vault, "get_many", spy)
 
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)
