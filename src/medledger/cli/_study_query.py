@@ -363,8 +363,21 @@ def _write_crate(node: Node, record: dict[str, Any], crate: Path) -> None:
         act("research.query_approve", a.tx, a.org, "AssessAction", approvalRole=a.role)
         for a in study_results.approvals(record)
     ]
+    answers = study_results.answers(record)
+    located = {a.tx: queries.tx_location(node.engine, a.tx) or {} for a in answers}
+    last = max(
+        answers, key=lambda a: (located[a.tx].get("height", 0), located[a.tx].get("index", 0))
+    )
     acts += [
-        act("research.query_answer", a.tx, a.org, "CreateAction", patientsAnswered=a.patients)
-        for a in study_results.answers(record)
+        act(
+            "research.query_answer",
+            a.tx,
+            a.org,
+            "CreateAction",
+            patientsAnswered=a.patients,
+            # The last answer's tx is the one that published the result.
+            **({"result": {"@id": crates.RESULT_FILE}} if a is last else {}),
+        )
+        for a in answers
     ]
     crates.query_crate(crate, chain_id=node.config.chain_id, query=record, acts=acts)
