@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,10 +14,10 @@ from medledger.ledger import codec
 from medledger.ledger.app import Application
 from medledger.ledger.contract import Context, Contract, Message, Registry, active_key
 from medledger.ledger.errors import Code, TxError
-from medledger.ledger.results import Event
-from medledger.ledger.store import StateView
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
+from medledger.ledger.results import Event
+from medledger.ledger.store import StateView
 from medledger.ledger.tx import sign_tx
 from tests.support.ledger import CHAIN, T0, Net, make_net, register_body, run_block
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
+from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import BlockHeader, BlockRecord, Event, TxResult
 from medledger.ledger.store import Store
-from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import MAX_TX_BYTES, decode_tx, encode_payload, sign_tx, verify_signature
 
 

@@ -98,7 +98,7 @@ class _ReadSet(StateView):
         self.prefixes: list[bytes] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        value = self.writes.get(key, _UNWRITTEN)
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
         if value is _UNWRITTEN:
             self.keys.add(key)
             return self.parent.get_raw(key)

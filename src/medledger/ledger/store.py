@@ -339,7 +339,7 @@ class StateView:
         self.log: list[tuple[bytes, bytes | None]] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        value = self.writes.get(key, _UNWRITTEN)
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
         if value is _UNWRITTEN:
             return self.parent.get_raw(key)
         return value
