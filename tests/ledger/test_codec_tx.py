@@ -194,3 +194,15 @@ def test_a_block_record_is_stored_as_the_canonical_encoding_of_its_results(
         assert stored_results == cbor2.dumps(outcome, canonical=True)
         assert store.block(1, strict=True) == record
         store.close()
+
+
+def test_a_map_shape_seen_in_order_does_not_admit_the_same_keys_out_of_order() -> None:
+    """Strict decoding remembers key sequences it found in canonical order; the same keys in
+    another order are still refused, at any depth."""
+    in_order = {"id": 1, "key": b"k", "org": "h1"}
+    assert codec.decode(cbor2.dumps({"body": in_order})) == {"body": in_order}
+    for reordered in ({"org": "h1", "key": b"k", "id": 1}, {"key": b"k", "id": 1, "org": "h1"}):
+        with pytest.raises(codec.CodecError, match="canonical"):
+            codec.decode(cbor2.dumps({"body": reordered}))
+    with pytest.raises(codec.CodecError, match="64-bit"):
+        codec.decode(cbor2.dumps({"body": {"id": 2**64, "key": b"k", "org": "h1"}}))
