@@ -534,8 +534,9 @@ class Application:
                 for again in check.effects[ran:]:
                     changed.update(again.writes)
                 continue
-            last = check.view.get(nonce_key(effect.signer)) or 0
-            if effect.nonce <= last:  # its nonce was spent by a tx of the block
+            spent = check.view.get_raw(_nonce_key_bytes(effect.signer))
+            if spent is not None and effect.nonce <= codec.decode_trusted(spent):
+                # its nonce was spent by a tx of the block
                 changed.update(effect.writes)
                 continue
             check.view.writes.update(effect.writes)
