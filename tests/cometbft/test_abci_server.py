@@ -251,6 +251,23 @@ def test_stats_count_rechecks_apart_and_log_a_summary(
     assert server.stats.calls == {"commit": 1}
 
 
+def test_a_request_the_server_fails_to_answer_ends_the_connection(
+    served: tuple[AbciServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers go in request order, so one the server cannot give would leave CometBFT
+    waiting for ever: the connection is closed instead (CometBFT then stops the node)."""
+    server, address = served
+
+    def broken(raw: bytes, connection: Any = None, timed: bool = True) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "handle_bytes", broken)
+    _, (host, port) = parse_address(address)
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(frame(abci.Request(echo=abci.RequestEcho(message="hi")).SerializeToString()))
+        assert s.recv(1024) == b""  # closed, not left hanging
+
+
 def test_check_tx_over_the_mempool_connection_is_counted_and_timed_per_batch(
     served: tuple[AbciServer, str],
 ) -> None:

@@ -783,12 +783,18 @@ class _AbciProtocol(asyncio.Protocol):
         part = self.pending[:_SLICE]
         del self.pending[:_SLICE]
         connection = self.connection
-        if connection.is_mempool:  # CheckTx and Flush: the CPU clock read once per slice
-            started = time.thread_time()
-            out = [frame(server.handle_bytes(m, connection, timed=False)) for m in part]
-            server.stats.spread(time.thread_time() - started)
-        else:
-            out = [frame(server.handle_bytes(m, connection)) for m in part]
+        try:
+            if connection.is_mempool:  # CheckTx and Flush: the CPU clock read once per slice
+                started = time.thread_time()
+                out = [frame(server.handle_bytes(m, connection, timed=False)) for m in part]
+                server.stats.spread(time.thread_time() - started)
+            else:
+                out = [frame(server.handle_bytes(m, connection)) for m in part]
+        except Exception:  # requests left unanswered: CometBFT must see the connection end
+            log.exception("ABCI connection from %s: answering failed; closing it", self.peer)
+            self.pending.clear()
+            transport.close()
+            return
         transport.write(b"".join(out))
         if self.pending:
             # Let the other connections run between slices: a burst of CheckTx on the mempool
