@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medledger.consensus.cometbft import abci_server
 from medledger.consensus.cometbft.abci_proto import abci
 from medledger.consensus.cometbft.abci_server import (
     INTERNAL_ERROR,
@@ -183,6 +184,42 @@ def test_four_connections_at_once_each_get_their_answers(
     }
 
 
+def test_a_peer_that_stops_reading_stops_being_read_and_loses_no_answer(
+    served: tuple[AbciServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While CometBFT does not read its answers, the server stops reading its requests
+    (else the answers would pile up in memory); once it reads again, every answer comes, in
+    order."""
+    paused = threading.Event()
+    pause = abci_server._AbciProtocol.pause_writing
+
+    def pause_writing(self: Any) -> None:
+        paused.set()
+        pause(self)
+
+    monkeypatch.setattr(abci_server._AbciProtocol, "pause_writing", pause_writing)
+    _, address = served
+    _, (host, port) = parse_address(address)
+    n = 1_500
+    echoes = [
+        abci.Request(echo=abci.RequestEcho(message=f"{i:05d}" + "x" * 8_000)) for i in range(n)
+    ]
+    burst = b"".join(frame(r.SerializeToString()) for r in echoes)
+    with socket.create_connection((host, port), timeout=30) as s:
+        sender = threading.Thread(target=s.sendall, args=(burst,))
+        sender.start()
+        assert paused.wait(30)  # the answers filled the socket: the server stopped
+        buf = bytearray()
+        answers: list[Any] = []
+        while len(answers) < n:
+            data = s.recv(1 << 16)
+            assert data, "server closed the connection"
+            buf += data
+            answers += [abci.Response.FromString(m) for m in split_frames(buf)]
+        sender.join(30)
+    assert [a.echo.message[:5] for a in answers] == [f"{i:05d}" for i in range(n)]
+
+
 def test_check_tx_runs_the_app_and_reports_its_code(served: tuple[AbciServer, str]) -> None:
     _, address = served
     reqs = [
@@ -212,6 +249,36 @@ def test_stats_count_rechecks_apart_and_log_a_summary(
     assert "check_tx 2x" in line and "recheck_tx 1x" in line and "finalize_block 1x" in line
     # The counters restart: the commit that logged the line is the next interval's first call.
     assert server.stats.calls == {"commit": 1}
+
+
+def test_a_request_the_server_fails_to_answer_ends_the_connection(
+    served: tuple[AbciServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers go in request order, so one the server cannot give would leave CometBFT
+    waiting for ever: the connection is closed instead (CometBFT then stops the node)."""
+    server, address = served
+
+    def broken(raw: bytes, connection: Any = None, timed: bool = True) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "handle_bytes", broken)
+    _, (host, port) = parse_address(address)
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(frame(abci.Request(echo=abci.RequestEcho(message="hi")).SerializeToString()))
+        assert s.recv(1024) == b""  # closed, not left hanging
+
+
+def test_check_tx_over_the_mempool_connection_is_counted_and_timed_per_batch(
+    served: tuple[AbciServer, str],
+) -> None:
+    """The mempool connection's CheckTx calls are timed a batch at a time (a thread's CPU
+    clock is a system call): every call is counted, and the batch's CPU is theirs."""
+    server, address = served
+    checks = [_check(b"k%d=v" % i) for i in range(200)] + [abci.Request(flush=abci.RequestFlush())]
+    answers = _roundtrip(address, checks)
+    assert [a.check_tx.code for a in answers[:-1]] == [0] * 200
+    assert server.stats.calls["check_tx"] == 200
+    assert server.stats.cpu_s["check_tx"] > 0 and not server.stats.untimed
 
 
 class _Socket:

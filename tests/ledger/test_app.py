@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medledger.ledger import codec
 from medledger.ledger.app import Application
-from medledger.ledger.errors import Code
+from medledger.ledger.contract import Context, Contract, Message, Registry, active_key
+from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.proofs import check_tx_proof, prove_tx
+from medledger.ledger.results import Event
+from medledger.ledger.store import StateView
 from medledger.ledger.tx import sign_tx
 from tests.support.ledger import CHAIN, T0, Net, make_net, register_body, run_block
 
@@ -403,3 +409,44 @@ def test_a_waiting_tx_runs_again_when_an_included_tx_did_not_do_in_the_block_wha
     results = run_block(app, [rival, register], net.solo).results
     assert [r.code for r in results] == [0, int(Code.CONFLICT)]
     assert app._check.accepted == []
+
+
+@dataclass
+class _Ping:
+    pass
+
+
+class _Empty:
+    """A state with nothing committed."""
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        return None
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return iter(())
+
+
+def test_a_tx_kind_is_dispatched_to_the_version_the_state_names_each_time() -> None:
+    """The registry remembers where a kind's active version is kept, never the version: a
+    vote that activates another version is followed by the very next tx."""
+
+    def contract(version: int) -> Contract:
+        def ping(ctx: Context, msg: _Ping) -> None:
+            ctx.emit("ran", version=version)
+
+        return Contract("demo", version, {"demo.ping": Message("demo.ping", _Ping, ping)})
+
+    registry = Registry([contract(1), contract(2)])
+    state = StateView(_Empty())
+    with pytest.raises(TxError) as refused:
+        registry.message(state, "demo.ping")  # no version active yet
+    assert refused.value.code == Code.UNKNOWN_KIND
+    for version in (1, 2, 1):
+        state.put(active_key("demo"), version)
+        ctx = Context(state, CHAIN, 1, T0, b"", b"")
+        registry.message(state, "demo.ping").handler(ctx, _Ping())
+        assert ctx.events == [Event("ran", (("version", str(version)),))]
+    for kind in ("demo.pong", "nothing.at_all", "demo"):
+        with pytest.raises(TxError) as refused:
+            registry.message(state, kind)
+        assert refused.value.code == Code.UNKNOWN_KIND

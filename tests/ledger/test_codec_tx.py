@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import SigningKey
+from medledger.ledger.results import BlockHeader, BlockRecord, Event, TxResult
+from medledger.ledger.store import Store
 from medledger.ledger.tx import MAX_TX_BYTES, decode_tx, encode_payload, sign_tx, verify_signature
 
 
@@ -160,3 +164,45 @@ def test_tx_ids_are_remembered_yet_always_the_sha256_of_the_bytes(
     assert large not in codec._tx_ids
     buffer: Any = bytearray(b"abc")  # not hashable: hashed each time, never remembered
     assert codec.tx_id(buffer) == hashlib.sha256(b"abc").digest()
+
+
+_TEXT = st.text(max_size=12)
+_EVENTS = st.lists(
+    st.builds(Event, _TEXT, st.lists(st.tuples(_TEXT, _TEXT), max_size=3).map(tuple)),
+    max_size=3,
+).map(tuple)
+
+
+@given(
+    st.lists(st.binary(max_size=300), max_size=6),
+    st.lists(st.builds(TxResult, st.integers(0, 2**32), _TEXT, _EVENTS), max_size=6),
+    _EVENTS,
+)
+def test_a_block_record_is_stored_as_the_canonical_encoding_of_its_results(
+    txs: list[bytes], results: list[TxResult], events: tuple[Event, ...]
+) -> None:
+    """The store writes a block's txs and outcome with cbor2's plain encoder (lists only):
+    the bytes are those of the canonical encoding, and read back the same."""
+    header = BlockHeader("c", 1, 5, b"p", b"r", b"a", b"")
+    record = BlockRecord(header, header.encode(), b"", txs, results, events)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "l.db")
+        store.commit({}, 1, b"a", record)
+        _, _, stored_txs, stored_results = store.raw_block(1) or (b"",) * 4
+        assert stored_txs == cbor2.dumps(txs, canonical=True)
+        outcome = [[r.to_obj() for r in results], [e.to_obj() for e in events]]
+        assert stored_results == cbor2.dumps(outcome, canonical=True)
+        assert store.block(1, strict=True) == record
+        store.close()
+
+
+def test_a_map_shape_seen_in_order_does_not_admit_the_same_keys_out_of_order() -> None:
+    """Strict decoding remembers key sequences it found in canonical order; the same keys in
+    another order are still refused, at any depth."""
+    in_order = {"id": 1, "key": b"k", "org": "h1"}
+    assert codec.decode(cbor2.dumps({"body": in_order})) == {"body": in_order}
+    for reordered in ({"org": "h1", "key": b"k", "id": 1}, {"key": b"k", "id": 1, "org": "h1"}):
+        with pytest.raises(codec.CodecError, match="canonical"):
+            codec.decode(cbor2.dumps({"body": reordered}))
+    with pytest.raises(codec.CodecError, match="64-bit"):
+        codec.decode(cbor2.dumps({"body": {"id": 2**64, "key": b"k", "org": "h1"}}))

@@ -11,6 +11,7 @@ a replica fed the same blocks reaches the same app hash at every height.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -56,6 +57,13 @@ def nonce_key(signer: bytes) -> str:
     return f"acct/nonce/{signer.hex()}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _nonce_key_bytes(signer: bytes) -> bytes:
+    """`nonce_key` as the store's key: read and written twice per tx (CheckTx and its
+    block), by a few signers (the members' keys and their staff's)."""
+    return nonce_key(signer).encode()
+
+
 def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any] | None) -> Any:
     """A query over `store`'s committed state: the app's own, or a process reading the file
     beside it (`consensus.solo_shared`); raises TxError on a bad query."""
@@ -77,6 +85,9 @@ def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any
     return fn(view, args or {})
 
 
+_UNWRITTEN: Any = object()  # a key the tx has not written (None is a deletion)
+
+
 class _ReadSet(StateView):
     """A tx's overlay that also remembers what the tx read from the state below it: the keys,
     and the prefixes scanned. A key it wrote itself and reads back is not a dependency."""
@@ -87,11 +98,11 @@ class _ReadSet(StateView):
         self.prefixes: list[bytes] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        writes = self.writes
-        if key in writes:
-            return writes[key]
-        self.keys.add(key)
-        return self.parent.get_raw(key)
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
+        if value is _UNWRITTEN:
+            self.keys.add(key)
+            return self.parent.get_raw(key)
+        return value
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         self.prefixes.append(prefix)
@@ -277,8 +288,11 @@ class Application:
                     Code.WRONG_CHAIN, f"tx is for chain {tx.chain!r}, not {self.chain_id!r}"
                 )
             message = self.registry.message(tx_view, tx.kind)
-            tid = tx.id
-            self._check_nonce(view, tx)
+            nonce_at = _nonce_key_bytes(tx.signer)
+            raw_last = view.get_raw(nonce_at)
+            last = 0 if raw_last is None else codec.decode_trusted(raw_last)
+            if tx.nonce <= last:
+                raise TxError(Code.BAD_NONCE, f"nonce {tx.nonce} already used (last was {last})")
         except TxError as exc:
             return TxResult(int(exc.code), exc.message)
         except Exception as exc:  # defensive: garbage must never crash a replica
@@ -286,20 +300,21 @@ class Application:
         # From here the tx is authentic and fresh: its nonce is spent even if the handler
         # refuses it, so that a refused tx can never be replayed later.
         ctx = Context(
-            tx_view, self.chain_id, height, time_ms, tx.signer, tid, registry=self.registry
+            tx_view, self.chain_id, height, time_ms, tx.signer, tx.id, registry=self.registry
         )
+        nonce = codec.encode_trusted(tx.nonce)
         try:
             msg = parse_message(message.cls, tx.body)
             message.handler(ctx, msg)
         except TxError as exc:
             if spend_failed:
-                view.put(nonce_key(tx.signer), tx.nonce)
+                view.put_raw(nonce_at, nonce)
             return TxResult(int(exc.code), exc.message)
         except Exception as exc:
             if spend_failed:
-                view.put(nonce_key(tx.signer), tx.nonce)
+                view.put_raw(nonce_at, nonce)
             return TxResult(int(Code.INVALID_BODY), f"{tx.kind}: {type(exc).__name__}: {exc}")
-        tx_view.put(nonce_key(tx.signer), tx.nonce)
+        tx_view.put_raw(nonce_at, nonce)
         tx_view.merge_into(view)
         self._pending_validator_updates.extend(ctx.validator_updates)
         result = TxResult(0, "", tuple(ctx.events))
@@ -318,11 +333,6 @@ class Application:
                 )
             )
         return result
-
-    def _check_nonce(self, view: StateView, tx: Tx) -> None:
-        last = view.get(nonce_key(tx.signer)) or 0
-        if tx.nonce <= last:
-            raise TxError(Code.BAD_NONCE, f"nonce {tx.nonce} already used (last was {last})")
 
     def _remember_verified(self, tx: Tx) -> None:
         with self._cache_lock:
@@ -524,8 +534,9 @@ class Application:
                 for again in check.effects[ran:]:
                     changed.update(again.writes)
                 continue
-            last = check.view.get(nonce_key(effect.signer)) or 0
-            if effect.nonce <= last:  # its nonce was spent by a tx of the block
+            spent = check.view.get_raw(_nonce_key_bytes(effect.signer))
+            if spent is not None and effect.nonce <= codec.decode_trusted(spent):
+                # its nonce was spent by a tx of the block
                 changed.update(effect.writes)
                 continue
             check.view.writes.update(effect.writes)

@@ -25,7 +25,9 @@ def _check(value: Any, depth: int = 0, ordered: bool = False) -> None:
     """Only text, bytes, ints (64-bit), bools, null, lists and text-keyed maps are ledger data.
 
     `ordered`: every map's keys must also come in canonical order (as decoded, i.e. as they
-    were on the wire), so that a plain re-encoding reproduces canonical bytes.
+    were on the wire), so that a plain re-encoding reproduces canonical bytes. A map whose
+    keys (the same, in the same order) passed before is not ranked key by key again
+    (`_canonical_shapes`): every tx of a kind has the same few shapes.
     """
     t = type(value)
     if t in _SCALARS:
@@ -37,24 +39,42 @@ def _check(value: Any, depth: int = 0, ordered: bool = False) -> None:
     if depth > 32:
         raise CodecError("nesting deeper than 32 levels")
     if t is list:
-        for item in value:
-            if type(item) not in _SCALARS:
-                _check(item, depth + 1, ordered)
-        return
-    if t is dict:
-        previous: tuple[int, bytes] | None = None
-        for key, item in value.items():
-            if type(key) is not str:
-                raise CodecError("map keys must be text strings")
-            if ordered:
-                rank = _key_rank(key)
-                if previous is not None and rank <= previous:
-                    raise CodecError("CBOR is not in canonical form (map keys out of order)")
-                previous = rank
-            if type(item) not in _SCALARS:
-                _check(item, depth + 1, ordered)
-        return
-    raise CodecError(f"type {t.__name__} is not allowed in ledger data")
+        items = value
+    elif t is dict:
+        keys = tuple(value)
+        if not (ordered and keys in _canonical_shapes):
+            previous: tuple[int, bytes] | None = None
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise CodecError("map keys must be text strings")
+                if ordered:
+                    rank = _key_rank(key)
+                    if previous is not None and rank <= previous:
+                        raise CodecError("CBOR is not in canonical form (map keys out of order)")
+                    previous = rank
+                if type(item) not in _SCALARS:
+                    _check(item, depth + 1, ordered)
+            if ordered and len(keys) <= _SHAPE_KEYS and len(_canonical_shapes) < _SHAPES_MAX:
+                _canonical_shapes.add(keys)
+            return
+        items = value.values()
+    else:
+        raise CodecError(f"type {t.__name__} is not allowed in ledger data")
+    for item in items:
+        ti = type(item)
+        if ti in _SCALARS:
+            continue
+        if ti is int:
+            if not _INT_MIN <= item < _INT_MAX:
+                raise CodecError("integer out of 64-bit range")
+            continue
+        _check(item, depth + 1, ordered)
+
+
+# Key sequences of maps found in canonical order: small ones only, a bounded number.
+_SHAPE_KEYS = 16
+_SHAPES_MAX = 4096
+_canonical_shapes: set[tuple[str, ...]] = set()
 
 
 def _key_rank(key: str) -> tuple[int, bytes]:

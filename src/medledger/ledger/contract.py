@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from medledger.ledger.codec import decode_trusted as decode
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.results import Event, ValidatorUpdate
 from medledger.ledger.store import StateView
@@ -21,7 +22,7 @@ from medledger.ledger.store import StateView
 M = TypeVar("M")
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """Everything a handler may look at: state, the tx's signer, and the block's height and time.
 
@@ -39,7 +40,7 @@ class Context:
     registry: Registry | None = None
 
     def emit(self, type: str, **attrs: str | int) -> None:
-        self.events.append(Event(type, tuple((k, str(v)) for k, v in attrs.items())))
+        self.events.append(Event(type, tuple([(k, str(v)) for k, v in attrs.items()])))
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Registry:
         for c in contracts:
             self._by_name.setdefault(c.name, {})[c.version] = c
         self.names = sorted(self._by_name)
+        # Each tx kind's contract name and the state key naming its active version: every
+        # tx looks them up, twice (CheckTx and its block).
+        self._kinds: dict[str, tuple[str, bytes]] = {}
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._by_name.get(name, {}))
@@ -88,10 +92,16 @@ class Registry:
         return None if version is None else self.get(name, int(version))
 
     def message(self, state: StateView, kind: str) -> Message:
-        name, _, _ = kind.partition(".")
-        contract = self.active(state, name)
+        known = self._kinds.get(kind)
+        if known is None:
+            name = kind.partition(".")[0]
+            known = name, active_key(name).encode()
+        raw = state.get_raw(known[1])
+        versions = self._by_name.get(known[0])
+        contract = None if raw is None or versions is None else versions.get(int(decode(raw)))
         if contract is None or kind not in contract.messages:
             raise TxError(Code.UNKNOWN_KIND, f"unknown tx kind {kind!r}")
+        self._kinds[kind] = known  # only kinds some contract has: a bounded set
         return contract.messages[kind]
 
     def query(self, state: StateView, path: str) -> QueryFn | None:

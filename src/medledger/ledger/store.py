@@ -230,13 +230,7 @@ class Store:
                         record.height,
                         record.header_bytes,
                         record.signature,
-                        codec.encode_trusted(record.txs),
-                        codec.encode_trusted(
-                            [
-                                [r.to_obj() for r in record.results],
-                                [e.to_obj() for e in record.events],
-                            ]
-                        ),
+                        *_record_bytes(record),
                     ),
                 )
                 db.executemany(
@@ -298,6 +292,15 @@ class Store:
         return self._db.execute(sql, params).fetchall()
 
 
+def _record_bytes(record: BlockRecord) -> tuple[bytes, bytes]:
+    """A block record's txs and outcome as stored: canonical CBOR of `txs` and of
+    `[[r.to_obj() ...], [e.to_obj() ...]]`. Lists (tuples encode as the same arrays) of
+    bytes, ints and text, no map: canonical as plainly encoded, by cbor2's C encoder alone."""
+    results = [(r.code, r.log, [(e.type, e.attrs) for e in r.events]) for r in record.results]
+    events = [(e.type, e.attrs) for e in record.events]
+    return codec.encode_ordered(record.txs), codec.encode_ordered((results, events))
+
+
 def decode_record(
     header: bytes, signature: bytes, txs: bytes, results: bytes, strict: bool = False
 ) -> BlockRecord:
@@ -319,6 +322,10 @@ def decode_record(
     )
 
 
+_UNWRITTEN: Any = object()  # a key a view has not written (None is a deletion)
+_loads = codec.decode_trusted  # the state's own bytes: no canonical re-check
+
+
 class StateView:
     """A write-buffering view over a Reader: the state a block (or a tx) is executed against.
 
@@ -332,9 +339,10 @@ class StateView:
         self.log: list[tuple[bytes, bytes | None]] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        if key in self.writes:
-            return self.writes[key]
-        return self.parent.get_raw(key)
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
+        if value is _UNWRITTEN:
+            return self.parent.get_raw(key)
+        return value
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         local = sorted((k, v) for k, v in self.writes.items() if k.startswith(prefix))
@@ -368,10 +376,13 @@ class StateView:
     # -- typed helpers used by contracts ----------------------------------------------
     def get(self, key: str) -> Any:
         raw = self.get_raw(key.encode())
-        return None if raw is None else codec.decode_trusted(raw)
+        return None if raw is None else _loads(raw)
 
     def put(self, key: str, value: Any) -> None:
-        self.put_raw(key.encode(), codec.encode_trusted(value))
+        raw_key = key.encode()
+        raw = codec.encode_trusted(value)
+        self.writes[raw_key] = raw
+        self.log.append((raw_key, raw))
 
     def delete(self, key: str) -> None:
         self.put_raw(key.encode(), None)

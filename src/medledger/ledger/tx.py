@@ -7,7 +7,6 @@ The tx id is SHA-256 of the whole wire bytes.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +30,7 @@ class Tx:
     signature: bytes
     raw: bytes
     payload: bytes
-
-    @functools.cached_property
-    def id(self) -> bytes:
-        return codec.tx_id(self.raw)
+    id: bytes  # SHA-256 of `raw` (`codec.tx_id`), computed once when decoded
 
 
 def encode_payload(
@@ -80,7 +76,7 @@ def decode_tx(raw: bytes) -> Tx:
         raise TxError(Code.MALFORMED, f"tx payload: {exc}") from None
     if not isinstance(fields, dict):
         raise TxError(Code.MALFORMED, "tx payload: expected a map")
-    if set(fields) != _FIELDS:
+    if fields.keys() != _FIELDS:
         missing = sorted(_FIELDS - set(fields))
         unknown = sorted(set(fields) - _FIELDS)
         raise TxError(Code.MALFORMED, f"tx payload: missing {missing}, unknown {unknown}")
@@ -93,7 +89,7 @@ def decode_tx(raw: bytes) -> Tx:
         ("nonce", int),
     )
     for name, typ in checks:
-        if not isinstance(fields[name], typ) or isinstance(fields[name], bool):
+        if type(fields[name]) is not typ:  # exact, as decoded: a bool is not an int here
             raise TxError(Code.MALFORMED, f"tx payload: field {name} must be {typ.__name__}")
     if fields["v"] != VERSION:
         raise TxError(Code.UNSUPPORTED_VERSION, f"tx version {fields['v']} is not supported")
@@ -111,6 +107,7 @@ def decode_tx(raw: bytes) -> Tx:
         signature=signature,
         raw=raw,
         payload=payload,
+        id=codec.tx_id(raw),
     )
 
 

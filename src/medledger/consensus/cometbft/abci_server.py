@@ -55,8 +55,10 @@ APP_NAME = "medledger"
 APP_VERSION = 0  # ABCI app protocol version; kept 0 to match the genesis consensus params
 INTERNAL_ERROR = 100  # CheckTx / Query code when the application raised instead of answering
 
-_READ_SIZE = 1 << 16
 _SLICE = 32  # requests answered before yielding to the other connections
+# Bytes a held mempool connection buffers before it gives way (see `_consensus_first`): where
+# asyncio's own StreamReader would stop reading (twice its 64 KiB limit).
+_HOLD_BUFFER = 1 << 17
 
 
 class AbciApplication(Protocol):
@@ -277,9 +279,24 @@ class ServerStats:
     calls: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
 
+    untimed: dict[str, int] = field(default_factory=dict)  # calls since the last `spread`
+
     def count(self, kind: str, cpu_s: float) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
         self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + cpu_s
+
+    def count_untimed(self, kind: str) -> None:
+        """A call whose CPU time comes with its batch's (`spread`): reading a thread's CPU
+        clock is a system call, as dear as a sixth of the server's own work per CheckTx."""
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.untimed[kind] = self.untimed.get(kind, 0) + 1
+
+    def spread(self, cpu_s: float) -> None:
+        """A batch's CPU time, shared among its untimed calls in proportion to their number."""
+        total = sum(self.untimed.values())
+        for kind, n in self.untimed.items():
+            self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + cpu_s * n / total
+        self.untimed.clear()
 
     def summary(self) -> str:
         """One log line: calls, total CPU ms and µs per call for each kind of request."""
@@ -292,6 +309,7 @@ class ServerStats:
     def reset_timing(self) -> None:
         self.calls.clear()
         self.cpu_s.clear()
+        self.untimed.clear()
 
 
 class AbciServer:
@@ -320,7 +338,7 @@ class AbciServer:
         self.lock = lock
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._transports: set[asyncio.BaseTransport] = set()
         # The proposal this node prepared last, so its own ProcessProposal does not re-simulate.
         self._prepared: bytes | None = None
         self._proposal_deadline = 0.0
@@ -375,7 +393,9 @@ class AbciServer:
         self.stats.count(kind, time.thread_time() - started)
         return method, answer
 
-    def handle_bytes(self, raw: bytes, connection: _Connection | None = None) -> bytes:
+    def handle_bytes(
+        self, raw: bytes, connection: _Connection | None = None, timed: bool = True
+    ) -> bytes:
         """Serialized request in, serialized response out (no framing).
 
         `connection` learns from its requests which of CometBFT's connections it is. The
@@ -383,6 +403,8 @@ class AbciServer:
         length, the answer's bytes), without building a `Response` around the answer: that
         copy cost more than the rest of the ABCI handling of a CheckTx. A Flush, which
         CometBFT's socket client sends after nearly every request, is answered from constants.
+        `timed=False`: a CheckTx's CPU time is left to the caller, who times a whole batch of
+        them (`ServerStats.spread`).
         """
         if raw == _FLUSH_REQUEST:
             self.stats.requests += 1
@@ -396,9 +418,14 @@ class AbciServer:
             self.stats.requests += 1
             if connection is not None:
                 connection.saw("check_tx")
+            kind = "recheck_tx" if check[1] else "check_tx"
+            if not timed:
+                self.stats.count_untimed(kind)
+                code, text = self._check_tx_outcome(check[0], check[1])
+                return check_tx_response_bytes(code, text)
             started = time.thread_time()
             code, text = self._check_tx_outcome(check[0], check[1])
-            self.stats.count("recheck_tx" if check[1] else "check_tx", time.thread_time() - started)
+            self.stats.count(kind, time.thread_time() - started)
             return check_tx_response_bytes(code, text)
         request = abci.Request()
         try:
@@ -616,8 +643,9 @@ class AbciServer:
     def _proposal_decided(self) -> None:
         self._proposal_deadline = 0.0
 
-    async def _consensus_first(self, transport: asyncio.BaseTransport) -> None:
-        """Hold the mempool connection while this node works on a proposal.
+    def _consensus_first(self, buffered: int) -> float:
+        """How long the mempool connection is held now (0: not held): while this node works on
+        a proposal.
 
         From PrepareProposal or ProcessProposal to FinalizeBlock, a height is waiting for this
         node's verdict and its votes; new txs cannot enter that block anyway. Checking them
@@ -625,33 +653,31 @@ class AbciServer:
         nodes' too). Measured: p95 commit latency at 500 tx/s fell by about 0.1 s
         (docs/benchmarks.md).
 
-        asyncio keeps reading the socket meanwhile, up to its buffer limit. The hold gives way
-        when that buffer is full (the transport stops reading): a CometBFT whose writes to the
+        The connection keeps reading meanwhile, and the hold gives way once `buffered` (its
+        bytes read and not answered) reaches `_HOLD_BUFFER`: a CometBFT whose writes to the
         app blocked would block the peers' receive routines that call CheckTx, and the votes
         they carry. Otherwise it ends at FinalizeBlock (CometBFT flushes this connection only
         before Commit, after it), or after `proposal_hold_s` for a round that never finalizes.
         """
-        is_reading = getattr(transport, "is_reading", lambda: True)
-        while True:
-            remaining = self._proposal_deadline - time.monotonic()
-            if remaining <= 0 or not is_reading():
-                return
-            await asyncio.sleep(min(remaining, 0.005))
+        if not self._proposal_deadline or buffered >= _HOLD_BUFFER:
+            return 0.0
+        return max(0.0, self._proposal_deadline - time.monotonic())
 
     # ------------------------------------------------------------------ sockets
 
     async def start(self, address: str) -> None:
         """Listen on `tcp://HOST:PORT` or `unix://PATH`; returns once bound."""
         kind, where = parse_address(address)
+        loop = asyncio.get_running_loop()
         if kind == "unix":
             path = Path(where)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            self._server = await asyncio.start_unix_server(self._connection, path=str(path))
+            self._server = await loop.create_unix_server(self._protocol, path=str(path))
         else:
             host, port = where
-            self._server = await asyncio.start_server(
-                self._connection, host=host, port=port, reuse_address=True
+            self._server = await loop.create_server(
+                self._protocol, host=host, port=port, reuse_address=True
             )
         log.info("ABCI server listening on %s", address)
 
@@ -670,46 +696,111 @@ class AbciServer:
         """Stop listening and drop every connection (CometBFT will see them close)."""
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.close()
+        for transport in list(self._transports):
+            transport.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        peer = writer.get_extra_info("peername") or "unix"
-        log.debug("ABCI connection from %s", peer)
-        buf = bytearray()
-        connection = _Connection()
+    def _protocol(self) -> _AbciProtocol:
+        return _AbciProtocol(self)
+
+
+class _AbciProtocol(asyncio.Protocol):
+    """One CometBFT connection, answered from the event loop's own callbacks.
+
+    Each read parses every complete frame it completed, answers them in order and writes the
+    answers at once; a burst is answered `_SLICE` requests at a time, the other connections
+    running between slices. No StreamReader, no task woken per read: with CometBFT's
+    CheckTx-then-Flush pairs that machinery cost several times the server's own work per tx
+    (docs/benchmarks.md, "Session 8"). A peer that does not read its answers stops this
+    connection's reading until it does (`pause_writing`).
+    """
+
+    def __init__(self, server: AbciServer) -> None:
+        self.server = server
+        self.buf = bytearray()  # bytes read, not yet a whole frame
+        self.pending: list[bytes] = []  # whole frames not yet answered, in order
+        self.connection = _Connection()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = "unix"
+        self.scheduled = False  # a call to `_answer` is due (next slice, or a hold's end)
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._transports.add(transport)
+        self.peer = transport.get_extra_info("peername") or "unix"
+        log.debug("ABCI connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.server._transports.discard(self.transport)
+        self.transport = None
+        self.pending.clear()
+        log.debug("ABCI connection from %s closed", self.peer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._answer()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
         try:
-            while True:
-                chunk = await reader.read(_READ_SIZE)
-                if not chunk:
-                    break
-                buf += chunk
-                messages = split_frames(buf)
-                for start in range(0, len(messages), _SLICE):
-                    if start:
-                        # Let the other connections run between slices: a burst of CheckTx on
-                        # the mempool connection must not hold up the consensus connection.
-                        await asyncio.sleep(0)
-                    if connection.is_mempool and self._proposal_deadline:
-                        await self._consensus_first(writer.transport)
-                    part = messages[start : start + _SLICE]
-                    writer.write(b"".join(frame(self.handle_bytes(m, connection)) for m in part))
-                await writer.drain()
+            self.pending += split_frames(self.buf)
         except FramingError as exc:
-            log.error("ABCI connection from %s: %s; closing it", peer, exc)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            log.debug("ABCI connection from %s closed", peer)
+            log.error("ABCI connection from %s: %s; closing it", self.peer, exc)
+            self.pending.clear()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if not self.scheduled:
+            self._answer()
+
+    def _answer(self) -> None:
+        """Answer the next slice of pending requests, unless held or the peer is not reading."""
+        self.scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.write_paused or not self.pending:
+            return
+        server = self.server
+        loop = asyncio.get_running_loop()
+        if self.connection.is_mempool and server._proposal_deadline:
+            held = server._consensus_first(len(self.buf) + sum(map(len, self.pending)))
+            if held > 0:
+                self.scheduled = True
+                loop.call_later(min(held, 0.005), self._answer)
+                return
+        part = self.pending[:_SLICE]
+        del self.pending[:_SLICE]
+        connection = self.connection
+        try:
+            if connection.is_mempool:  # CheckTx and Flush: the CPU clock read once per slice
+                started = time.thread_time()
+                out = [frame(server.handle_bytes(m, connection, timed=False)) for m in part]
+                server.stats.spread(time.thread_time() - started)
+            else:
+                out = [frame(server.handle_bytes(m, connection)) for m in part]
+        except Exception:  # requests left unanswered: CometBFT must see the connection end
+            log.exception("ABCI connection from %s: answering failed; closing it", self.peer)
+            self.pending.clear()
+            transport.close()
+            return
+        transport.write(b"".join(out))
+        if self.pending:
+            # Let the other connections run between slices: a burst of CheckTx on the mempool
+            # connection must not hold up the consensus connection.
+            self.scheduled = True
+            loop.call_soon(self._answer)
 
 
 class AbciServerThread:
