@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from medledger.contracts import queries
+from medledger.contracts.authorize import MAX_CHECKS
 from medledger.contracts.records import Register
 from medledger.host.secretfile import SecretFileError
 from medledger.interop.errors import InputError
@@ -56,6 +57,7 @@ _ABSOLUTE = re.compile(
     r"^(https?://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$"
 )
 _CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
+_REFERENCE_MEMBER = re.compile(rb'"reference":"([^"\\]*)"')  # compact JSON, no escapes
 #: A parser's warning about the patient link (passed on as the refusal's reason).
 _PATIENT_FIELD_WARNINGS = tuple(
     f"field {name}" for name in ("subject", "patient", "beneficiary", "for", "individual")
@@ -540,6 +542,7 @@ class Ingestor:
             held: list[tuple[str, int]] = []
             latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
             epochs: dict[str, int] = {}
+            meta_keys: dict[str, bytes] = {}  # pid -> its metadata key (read once per unit)
             updated = unchanged = 0
             # The unit's new versions are written together (Vault.put_many); a resource met
             # again in the unit first writes what precedes it, so that it reads it back.
@@ -567,7 +570,8 @@ class Ingestor:
                     disclosures.add(step.pid, step.rid, meta, whole)
                     if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
                         epochs[step.pid] = self._epoch(step.pid)
-                    key = self.vault.metadata_key(step.pid)
+                        meta_keys[step.pid] = self.vault.metadata_key(step.pid)
+                    key = meta_keys[step.pid]
                     sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
                     digest = commitment(stored.salt, data)
                     entries.append(
@@ -849,7 +853,9 @@ class _Disclosures:
     """Which other hospitals are entitled (for treatment) to each new record, by `authorize`.
 
     Their disclosure is logged in the registration's own tx, so that an entitled hospital's
-    sync agent is served the record as soon as it sees it (see `records.register`).
+    sync agent is served the record as soon as it sees it (see `records.register`). The
+    decisions, one per (patient, hospital, category, type), are asked at once when the unit
+    is complete (`authorize/check_many`, a query per `MAX_CHECKS`).
     """
 
     def __init__(self, node: Node, org: str) -> None:
@@ -859,39 +865,65 @@ class _Disclosures:
         members = queries.members(node.engine)
         self.others = [str(m["org"]) for m in members if m["org"] != org]
         self._decided: dict[tuple[str, str, str, str], str] = {}
-        self.found: dict[tuple[str, str], list[str]] = {}  # (org, basis) -> rids
+        self._records: list[tuple[str, str, str, list[str]]] = []  # pid, rid, type, categories
 
     def add(self, pid: str, rid: str, meta: dict[str, Any], also: Iterable[str] = ()) -> None:
         """Disclose the record to each hospital entitled to it; with `also` (a document's
         entries' categories), only to one entitled to each of those categories too."""
         categories = [str(meta.get("category")), *also]
-        for other in self.others:
-            kind = str(meta.get("type") or "")
-            if all(self._basis(pid, other, c, kind) for c in categories):
-                basis = self._basis(pid, other, categories[0], kind)
-                self.found.setdefault((other, basis), []).append(rid)
+        self._records.append((pid, rid, str(meta.get("type") or ""), categories))
 
-    def _basis(self, pid: str, other: str, category: str, kind: str) -> str:
-        """The basis on which `other` may read such a record for treatment, "" if none."""
-        key = (pid, other, category, kind)
-        if key not in self._decided:
-            decision = self.node.engine.query(
-                "authorize/check",
+    def _decide(self) -> None:
+        """Ask `authorize` the decisions the unit needs: each record's own category, then a
+        document's entries' categories for the hospitals entitled to the document's."""
+        own = [
+            (pid, o, categories[0], kind)
+            for pid, _, kind, categories in self._records
+            for o in self.others
+        ]
+        self._ask(own)
+        self._ask(
+            [
+                (pid, o, category, kind)
+                for pid, _, kind, categories in self._records
+                for o in self.others
+                if self._decided[(pid, o, categories[0], kind)]
+                for category in categories[1:]
+            ]
+        )
+
+    def _ask(self, keys: list[tuple[str, str, str, str]]) -> None:
+        """The decisions not known yet, in as few queries as it takes."""
+        asked = [key for key in dict.fromkeys(keys) if key not in self._decided]
+        for i in range(0, len(asked), MAX_CHECKS):
+            part = asked[i : i + MAX_CHECKS]
+            checks = [
                 {
                     "actor": other,
                     "pid": pid,
                     "meta": {"custodian": self.org, "category": category, "type": kind},
                     "purpose": "treatment",
                     "at_ms": self.now,
-                },
-            )
-            self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
-        return self._decided[key]
+                }
+                for pid, other, category, kind in part
+            ]
+            decisions = self.node.engine.query("authorize/check_many", {"checks": checks})
+            for key, decision in zip(part, decisions, strict=True):
+                self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
 
     def as_body(self) -> list[dict[str, Any]]:
+        """The disclosures of the unit: per (hospital, basis), the rids it is entitled to
+        (the basis of the record's own category)."""
+        self._decide()
+        found: dict[tuple[str, str], list[str]] = {}
+        for pid, rid, kind, categories in self._records:
+            for other in self.others:
+                basis = self._decided[(pid, other, categories[0], kind)]
+                if basis and all(self._decided[(pid, other, c, kind)] for c in categories[1:]):
+                    found.setdefault((other, basis), []).append(rid)
         return [
             {"org": org, "basis": basis, "rids": rids}
-            for (org, basis), rids in sorted(self.found.items())
+            for (org, basis), rids in sorted(found.items())
         ]
 
 
@@ -1044,11 +1076,33 @@ def _rewritten(item: Any, rid: str, moved: dict[str, str]) -> bytes:
     hits = [old for old in moved if old.encode() in data]
     if not hits and rid == item.id:
         return data
+    if rid == item.id:
+        repointed = _repointed(data, {old: moved[old] for old in hits})
+        if repointed is not None:
+            return repointed
     resource = orjson.loads(data)
     if hits:
         repoint_references(resource, moved)
     resource["id"] = rid
     return orjson.dumps(resource)
+
+
+def _repointed(data: bytes, targets: dict[str, str]) -> bytes | None:
+    """`data` with each reference in `targets` (`Type/id`, no character JSON escapes)
+    repointed, in its bytes; None unless each occurrence of each is a whole `"reference"`
+    member in compact form (the parser's output): the caller then decodes the resource.
+
+    A `"reference":"<old>"` in the bytes is always a member: within a JSON string, quotes are
+    escaped. The other bytes stay as they were (numbers as written, key order)."""
+    encoded = {old.encode(): new.encode() for old, new in targets.items()}
+    for old in encoded:
+        if data.count(b'"reference":"' + old + b'"') != data.count(old):
+            return None
+
+    def repoint(member: re.Match[bytes]) -> bytes:
+        return b'"reference":"' + encoded.get(member[1], member[1]) + b'"'
+
+    return _REFERENCE_MEMBER.sub(repoint, data)
 
 
 def _same_content(stored: bytes, new: bytes) -> bool:
@@ -1067,7 +1121,9 @@ def _metadata(item: Any, data: bytes) -> dict[str, Any]:
     `documents`), see interop.metadata.document_categories for who may read it whole."""
     from medledger.interop.metadata import extract_metadata
 
-    resource = orjson.loads(data)
+    # The parsed dict: the stored bytes differ from it by references and id at most, which
+    # the metadata does not read.
+    resource = item.resource or orjson.loads(data)
     if item.resource_type != "Bundle":
         return extract_metadata(resource)
     entries = resource.get("entry") or []
