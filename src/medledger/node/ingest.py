@@ -223,10 +223,15 @@ class Ingestor:
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
                     alone = None
                 if alone is not None:
-                    parsed, asked = alone
+                    parsed, asked, metadata = alone
                     if any(self._resolve(ref, sender=sender) is not None for ref in asked):
                         parsed = None  # this hospital's records resolve more: parse here
-            return self._ingest(data, source, parsed, sender=sender, registrar=registrar)
+            if parsed is None:
+                return self._ingest(data, source, sender=sender, registrar=registrar)
+            known = {id(item): meta for item, meta in zip(parsed, metadata, strict=True)}
+            return self._ingest(
+                data, source, parsed, sender=sender, registrar=registrar, metadata=known
+            )
 
         for given in inputs:
             if isinstance(given, UnitResult):
@@ -267,8 +272,11 @@ class Ingestor:
         author: str = "",
         sender: str = "",
         registrar: _Registrar | None = None,
+        metadata: dict[int, dict[str, Any]] | None = None,
     ) -> _Ingesting:
-        """`ingest_bytes`; with a `registrar`, its units' registrations still running."""
+        """`ingest_bytes`; with a `registrar`, its units' registrations still running.
+        `metadata`: the index metadata of resources of `parsed`, by `id()`, where a
+        validation worker extracted it already (`_parse_alone`)."""
         result = UnitResult(source)
         ingesting = _Ingesting(result)
         try:
@@ -300,7 +308,7 @@ class Ingestor:
         moved: dict[str, str] = {}  # across the chunks of one file (see _store_unit)
         for chunk in chunks:
             try:
-                held = self._store_unit(chunk, source, author, sender, moved)
+                held = self._store_unit(chunk, source, author, sender, moved, metadata)
                 ingesting.registering.append((held, self._register(held, registrar)))
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
@@ -510,6 +518,7 @@ class Ingestor:
         author: str = "",
         sender: str = "",
         moved: dict[str, str] | None = None,
+        metadata: dict[int, dict[str, Any]] | None = None,
     ) -> _Held:
         """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction,
         held provisional; the returned `_Held` registers it in one chain tx (`_register`).
@@ -543,6 +552,7 @@ class Ingestor:
             latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
             epochs: dict[str, int] = {}
             meta_keys: dict[str, bytes] = {}  # pid -> its metadata key (read once per unit)
+            derived: dict[tuple[bytes, str, int], bytes] = {}  # category keys (seal_meta)
             updated = unchanged = 0
             # The unit's new versions are written together (Vault.put_many); a resource met
             # again in the unit first writes what precedes it, so that it reads it back.
@@ -561,7 +571,7 @@ class Ingestor:
                     held.append((step.rid, version))
                     if step.pid == self.vault.hospital_pid:
                         continue  # the hospital's own: not a patient's record, not on the chain
-                    meta = _metadata(step.item, data)
+                    meta = (metadata or {}).get(id(step.item)) or _metadata(step.item)
                     whole = (
                         document_categories(step.item.resource)
                         if step.item.resource_type == "Bundle"
@@ -572,7 +582,7 @@ class Ingestor:
                         epochs[step.pid] = self._epoch(step.pid)
                         meta_keys[step.pid] = self.vault.metadata_key(step.pid)
                     key = meta_keys[step.pid]
-                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
+                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid], derived)
                     digest = commitment(stored.salt, data)
                     entries.append(
                         {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
@@ -968,8 +978,9 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
     )
 
 
-#: A worker's parse and the references it would have asked this hospital about.
-_Alone = tuple[list[Any], list[str]]
+#: A worker's parse, the references it would have asked this hospital about, and the index
+#: metadata of each resource parsed (extracted there: it needs nothing of the hospital).
+_Alone = tuple[list[Any], list[str], list[dict[str, Any]]]
 
 
 #: Imported once by the forkserver, so that each validation worker starts with them loaded
@@ -1049,7 +1060,8 @@ def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None
         asked.append(reference)  # answered at home: if any resolves there, it parses again
 
     try:
-        return _parse(data, source, unknown, hl7_codes), asked
+        parsed = _parse(data, source, unknown, hl7_codes)
+        return parsed, asked, [_metadata(item) for item in parsed]
     except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
 
@@ -1116,14 +1128,14 @@ def _same_content(stored: bytes, new: bytes) -> bool:
     return bool(a == b)
 
 
-def _metadata(item: Any, data: bytes) -> dict[str, Any]:
+def _metadata(item: Any) -> dict[str, Any]:
     """The index metadata of a record; a document Bundle's is its Composition's (category
     `documents`), see interop.metadata.document_categories for who may read it whole."""
     from medledger.interop.metadata import extract_metadata
 
     # The parsed dict: the stored bytes differ from it by references and id at most, which
     # the metadata does not read.
-    resource = item.resource or orjson.loads(data)
+    resource = item.resource or orjson.loads(item.json_bytes)
     if item.resource_type != "Bundle":
         return extract_metadata(resource)
     entries = resource.get("entry") or []

@@ -75,7 +75,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -657,7 +657,9 @@ class Vault:
         aliases = tuple(bytes(a) for a in record.aliases)
         if any(len(a) != ALIAS_SIZE for a in aliases):
             raise ValueError(f"an alias is {ALIAS_SIZE} bytes (an HMAC-SHA256)")
-        return replace(record, pid=pid, data=data, is_copy=is_copy, aliases=aliases)
+        return NewRecord(  # not dataclasses.replace: ≈ 4 times its cost, per record stored
+            pid, rid, version, data, record.resource_type, record.custodian, is_copy, salt, aliases
+        )
 
     def _check_rid(
         self,
