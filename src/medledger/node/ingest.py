@@ -397,14 +397,17 @@ class Ingestor:
     def _plan(self, parsed: list[Any], source: str, sender: str) -> list[_Step]:
         """Where each resource of a unit goes: a new rid, or a resource stored before (the same
         sender's id, the same identifiers for a Patient, `PUT`, `If-None-Exist`)."""
-        steps = [_Step(item, item.id, "") for item in parsed]
+        steps = [_Step(item, item.id, "", self._names(item, sender)) for item in parsed]
         unit: dict[bytes, str] = {}  # alias -> rid, for what this unit brings
         by_rid: dict[str, _Step] = {}
+        # The stored rids of every alias of the unit, in one query (not one per resource);
+        # each is checked again (`_stored_type`) where it is used.
+        names = [alias for step in steps for alias in step.aliases]
+        stored = dict.fromkeys(names, []) | self.vault.recall(names)
         # Patients first: the others take their pid.
         for step in sorted(steps, key=lambda s: s.item.resource_type != "Patient"):
             item = step.item
-            step.aliases = self._names(item, sender)
-            found = self._matches(item, step.aliases, unit, source, sender)
+            found = self._matches(item, step.aliases, unit, source, sender, stored)
             if item.resource_type == "Patient":
                 step.pid, found = self._patient_match(item, found, by_rid, source)
             elif found:
@@ -429,12 +432,19 @@ class Ingestor:
         return names
 
     def _matches(
-        self, item: Any, names: list[bytes], unit: dict[bytes, str], source: str, sender: str
+        self,
+        item: Any,
+        names: list[bytes],
+        unit: dict[bytes, str],
+        source: str,
+        sender: str,
+        stored: dict[bytes, list[str]],
     ) -> list[str]:
         """Stored (or earlier in this unit) rids this resource is the same as, best first.
 
         A sender's id says "the same resource" for any type; identifiers only for a Patient
         (one Patient per person), a supporting resource, or a conditional create or update.
+        `stored`: the rids of aliases recalled already (the unit's), others are recalled here.
         """
         kind = item.resource_type
         found: list[str] = []
@@ -471,7 +481,8 @@ class Ingestor:
         wanted += by_source
         if kind == "Patient" or is_supporting(kind):
             wanted += names[len(by_source) :]
-        recalled = self.vault.recall([n for n in wanted if n not in unit])
+        missing = [n for n in wanted if n not in unit and n not in stored]
+        recalled = stored | self.vault.recall(missing) if missing else stored
         for name in wanted:
             for rid in [unit[name]] if name in unit else recalled.get(name, []):
                 if rid not in found and (name in unit or self._stored_type(rid) == kind):
