@@ -224,7 +224,8 @@ class Ingestor:
                     alone = None
                 if alone is not None:
                     parsed, asked, metadata = alone
-                    if any(self._resolve(ref, sender=sender) is not None for ref in asked):
+                    unique = dict.fromkeys(asked)  # a Bundle names one reference many times
+                    if any(self._resolve(ref, sender=sender) is not None for ref in unique):
                         parsed = None  # this hospital's records resolve more: parse here
             if parsed is None:
                 return self._ingest(data, source, sender=sender, registrar=registrar)
@@ -403,7 +404,7 @@ class Ingestor:
         # The stored rids of every alias of the unit, in one query (not one per resource);
         # each is checked again (`_stored_type`) where it is used.
         names = [alias for step in steps for alias in step.aliases]
-        stored = dict.fromkeys(names, []) | self.vault.recall(names)
+        stored: dict[bytes, list[str]] = dict.fromkeys(names, []) | self.vault.recall(names)
         # Patients first: the others take their pid.
         for step in sorted(steps, key=lambda s: s.item.resource_type != "Patient"):
             item = step.item
