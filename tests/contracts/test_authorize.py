@@ -308,8 +308,8 @@ def test_many_checks_are_bounded_and_checked() -> None:
         "meta": {"custodian": "h0", "category": "labs"},
         "at_ms": w.now,
     }
-    with pytest.raises(TxError, match="at most 1000 checks"):
-        w.q("authorize/check_many", {"checks": [check] * 1001})
+    with pytest.raises(TxError, match="at most 500 checks"):
+        w.q("authorize/check_many", {"checks": [check] * 501})
     with pytest.raises(TxError, match="needs checks"):
         w.q("authorize/check_many", {"checks": check})
     with pytest.raises(TxError, match="needs at_ms"):

@@ -374,7 +374,7 @@ def q_check(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Decisions one `authorize/check_many` may ask for.
-MAX_CHECKS = 1000
+MAX_CHECKS = 500
 
 
 def q_check_many(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
