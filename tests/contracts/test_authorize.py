@@ -19,7 +19,7 @@ from medledger.contracts.categories import CATEGORIES, PURPOSES
 from medledger.contracts.common import DAY_MS
 from medledger.contracts.research import member_token
 from medledger.ledger import codec
-from medledger.ledger.errors import Code
+from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import TxResult
 from medledger.ledger.store import StateView
@@ -272,6 +272,48 @@ def test_the_query_gives_the_same_decision() -> None:
     assert w.q("authorize/check", by_key)["basis"] == "consent:1"
     denied = w.q("authorize/check", {**args, "actor": "h2/dr-c"})
     assert denied["allowed"] is False and denied["reason"].startswith("no consent")
+
+
+def test_many_checks_in_one_query_give_each_ones_decision() -> None:
+    """`authorize/check_many`: what ingestion asks for a unit's disclosures (a hospital and a
+    category per record), read from one state; each answer is `authorize/check`'s."""
+    w = World()
+    w.grant("org:h1")  # labs only (World's default grant)
+    bob = pid_of("bob")
+    w.records("h0", bob, ["r-bob"])
+    checks = [
+        {
+            "actor": actor,
+            "pid": pid,
+            "purpose": "treatment",
+            "meta": {"custodian": "h0", "category": category, "type": "Observation"},
+            "at_ms": w.now,
+        }
+        for actor in ("h1", "h2", "h0")
+        for pid in (w.pid, bob)
+        for category in ("labs", "imaging")
+    ]
+    many = w.q("authorize/check_many", {"checks": checks})
+    assert many == [w.q("authorize/check", check) for check in checks]
+    assert {d["basis"] for d in many} == {"consent:1", "custodian", ""}  # each kind of answer
+    assert [d["allowed"] for d in many[:4]] == [True, False, False, False]  # h1: alice's labs
+
+
+def test_many_checks_are_bounded_and_checked() -> None:
+    w = World()
+    check = {
+        "actor": "h1",
+        "pid": w.pid,
+        "purpose": "treatment",
+        "meta": {"custodian": "h0", "category": "labs"},
+        "at_ms": w.now,
+    }
+    with pytest.raises(TxError, match="at most 500 checks"):
+        w.q("authorize/check_many", {"checks": [check] * 501})
+    with pytest.raises(TxError, match="needs checks"):
+        w.q("authorize/check_many", {"checks": check})
+    with pytest.raises(TxError, match="needs at_ms"):
+        w.q("authorize/check_many", {"checks": [{**check, "at_ms": "now"}]})
 
 
 # -- refusals at the tx level ---------------------------------------------------------------

@@ -112,6 +112,29 @@ def test_ten_documents_carrying_one_practitioner_store_it_once(hospital) -> None
     assert len(practitioners) == 1 and practitioners[0].version == 1
 
 
+def test_a_later_document_points_at_the_practitioner_stored_with_an_earlier_one(
+    hospital,
+) -> None:
+    """Its references are repointed at the stored rid; a text that quotes one is left as
+    written (only `reference` members change)."""
+    _, vault, ingestor = hospital
+    _ok(send(ingestor, ips("a", [(MRN_SYSTEM, "MRN-a")], patient_id="pat-a"), "ips-a.json"))
+    (stored,) = [
+        i.rid for i in vault.records_of(vault.hospital_pid) if i.resource_type == "Practitioner"
+    ]
+    doc = ips("b", [(MRN_SYSTEM, "MRN-b")], patient_id="pat-b")
+    condition = next(e["resource"] for e in doc["entry"] if e["resource"]["id"] == "cond-b")
+    quoted = "asserted by Practitioner/pract-1, see " + condition["asserter"]["reference"]
+    condition["note"] = [{"text": quoted}]
+
+    result = _ok(send(ingestor, doc, "ips-b.json"))
+
+    by_type = {vault.info(r).resource_type: orjson.loads(vault.get(r)) for r in result.rids}
+    assert by_type["Condition"]["asserter"] == {"reference": f"Practitioner/{stored}"}
+    assert by_type["Composition"]["author"] == [{"reference": f"Practitioner/{stored}"}]
+    assert by_type["Condition"]["note"] == [{"text": quoted}]
+
+
 def test_a_changed_observation_sent_again_is_a_new_version_with_its_history(hospital) -> None:
     node, vault, ingestor = hospital
     (pid,) = _ok(send(ingestor, ips("a", [(INS_SYSTEM, INS)]), "ips-a.json")).pids

@@ -169,3 +169,50 @@ def test_another_threads_batch_makes_a_claim_wait_not_fail(vault_env: VaultEnv) 
     other.join(30)
     assert outcome == [None]
     assert vault.provisional() == []
+
+
+def _commit_level(vault: Vault, env: VaultEnv) -> str:
+    """Whether the vault's connection commits now with a wait for the disk."""
+    dialect = vault._backend.dialect  # type: ignore[attr-defined]
+    if env.backend == "sqlite":
+        level = dialect.execute("PRAGMA synchronous", ()).fetchone()[0]
+        return {1: "no wait", 2: "waits"}[level]
+    found = dialect.execute("SHOW synchronous_commit", ()).fetchone()[0]
+    return {"off": "no wait", "on": "waits"}[found]
+
+
+def test_a_batch_held_for_its_claim_commits_without_waiting_for_the_disk(
+    vault_env: VaultEnv,
+) -> None:
+    """Ingestion's batch: its claim's durable commit, which follows, makes it durable (the
+    database's log is written in order). Everything else commits at the configured level
+    (the test PostgreSQL server's is `synchronous_commit=off` for speed)."""
+    vault = vault_env.open()
+    configured = _commit_level(vault, vault_env)
+    seen = []
+    with vault.batch(durable=False):
+        vault.put(PID, "Patient-p1", 1, PATIENT, resource_type="Patient", custodian=HOSPITAL)
+        seen.append(_commit_level(vault, vault_env))
+        unit = vault.hold([("Patient-p1", 1)])
+    with vault.batch():
+        seen.append(_commit_level(vault, vault_env))
+    assert seen == ["no wait", configured]
+    assert _commit_level(vault, vault_env) == configured  # the connection's level is back
+    assert vault_env.backend == "postgres" or configured == "waits"
+    vault.claim(unit, b"signed-tx-bytes")
+    vault.close()
+
+    reopened = vault_env.open()
+    assert [u.unit for u in reopened.provisional()] == [unit]
+    assert reopened.get("Patient-p1") == PATIENT
+
+
+def test_sync_writes_a_change_for_its_commit_to_carry(vault_env: VaultEnv) -> None:
+    """A database syncs only a commit that wrote something."""
+    vault = vault_env.open()
+    vault.sync()
+    first = vault_env.execute("SELECT value FROM meta WHERE key = 'touched'")
+    vault.sync()
+    assert vault_env.execute("SELECT value FROM meta WHERE key = 'touched'") != first
+    with vault.batch(), pytest.raises(VaultError, match="inside a batch"):
+        vault.sync()

@@ -31,7 +31,7 @@ It reads only the state and `at_ms`, so it is deterministic and replays identica
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,6 +370,31 @@ def q_epoch(state: StateView, args: dict[str, Any]) -> int:
 
 def q_check(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
     """`authorize/check {key | actor, pid, purpose, meta, at_ms}` -> the decision."""
+    return _checked(state, args)
+
+
+#: Decisions one `authorize/check_many` may ask for.
+MAX_CHECKS = 500
+
+
+def q_check_many(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """`authorize/check_many {checks: [<authorize/check's args>, ...]}` -> the decisions, in
+    order, read from one state: what ingestion asks for each new unit's disclosures (a
+    hospital and a category per record), in one query instead of one each. The state is
+    read once per key and range (`_ReadOnce`): the decisions about one patient read the same
+    members, consents and referrals."""
+    checks = args.get("checks")
+    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+        raise TxError(Code.INVALID_BODY, "authorize/check_many needs checks (a list of maps)")
+    if len(checks) > MAX_CHECKS:
+        raise TxError(
+            Code.INVALID_BODY, f"authorize/check_many: at most {MAX_CHECKS} checks at once"
+        )
+    view = _ReadOnce(state)
+    return [_checked(view, check) for check in checks]
+
+
+def _checked(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
     key, ref = args.get("key"), args.get("actor")
     actor: bytes | str
     if isinstance(key, bytes):
@@ -388,11 +413,38 @@ def q_check(state: StateView, args: dict[str, Any]) -> dict[str, Any]:
     return decision.to_obj()
 
 
+class _ReadOnce(StateView):
+    """A read-only view of `parent` that reads each key and each range once (a query's many
+    decisions over one state)."""
+
+    def __init__(self, parent: StateView) -> None:
+        super().__init__(parent)
+        self._values: dict[bytes, bytes | None] = {}
+        self._ranges: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        if key not in self._values:
+            self._values[key] = self.parent.get_raw(key)
+        return self._values[key]
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        if prefix not in self._ranges:
+            self._ranges[prefix] = list(self.parent.scan_raw(prefix))
+        return iter(self._ranges[prefix])
+
+    def put_raw(self, key: bytes, value: bytes | None) -> None:
+        raise TypeError("a query does not write")
+
+
 CONTRACTS = [
     Contract(
         name="authorize",
         version=1,
         messages={},
-        queries={"authorize/check": q_check, "authorize/epoch": q_epoch},
+        queries={
+            "authorize/check": q_check,
+            "authorize/check_many": q_check_many,
+            "authorize/epoch": q_epoch,
+        },
     )
 ]

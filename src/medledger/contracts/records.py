@@ -67,6 +67,7 @@ from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id, check_pid, is_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org
+from medledger.ledger import codec
 from medledger.ledger.contract import Context, Contract, Message, parse_item
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -165,11 +166,14 @@ def _author(ctx: Context, custodian: str, practitioner: str | None, author: str)
     return ident
 
 
-def _log_writes(ctx: Context, custodian: str, author: str, pids: dict[str, str], n: int) -> None:
-    """The registration's writes on the access trail, in its own tx (see module doc)."""
+def _log_writes(
+    ctx: Context, custodian: str, author: str, pids: dict[str, str], created: set[str], n: int
+) -> None:
+    """The registration's writes on the access trail, in its own tx (see module doc);
+    `created`: the rids registered at version 1 (the others are updates)."""
     by_key: dict[tuple[str, str], list[str]] = {}
     for rid, pid in sorted(pids.items()):  # a defined order: the rids land on the chain
-        action = "create" if ctx.state.get(f"rec/entry/{rid}")["version"] == 1 else "update"
+        action = "create" if rid in created else "update"
         by_key.setdefault((pid, action), []).append(rid)
     for (pid, action), rids in sorted(by_key.items()):
         for start in range(0, len(rids), MAX_RIDS):  # an entry names at most MAX_RIDS rids
@@ -209,6 +213,9 @@ def register(ctx: Context, msg: Register) -> None:
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     seen: set[str] = set()
+    # The pid as the index now holds it (an amendment keeps its record's pid).
+    pids: dict[str, str] = {}
+    created: set[str] = set()
     if len(msg.disclosures) > len(msg.entries) * 8:
         raise TxError(Code.INVALID_BODY, "field disclosures: too many")
     for i, raw in enumerate(msg.entries):
@@ -228,6 +235,7 @@ def register(ctx: Context, msg: Register) -> None:
                 entry.meta_ct,
                 f"entries[{i}]: ",
             )
+            pids[entry.rid] = str(ctx.state.get(f"rec/entry/{entry.rid}")["pid"])
             continue
         if ctx.state.has(f"rec/entry/{entry.rid}"):
             raise TxError(Code.CONFLICT, f"entries[{i}]: record {entry.rid} already exists")
@@ -242,17 +250,18 @@ def register(ctx: Context, msg: Register) -> None:
             "time": ctx.time_ms,
             "tx": ctx.tx_id,
         }
-        ctx.state.put(f"rec/entry/{entry.rid}", record)
-        ctx.state.put(f"rec/version/{entry.rid}/{1:08d}", record)
+        encoded = codec.encode_trusted(record)  # the same bytes under both keys
+        ctx.state.put_raw(f"rec/entry/{entry.rid}".encode(), encoded)
+        ctx.state.put_raw(f"rec/version/{entry.rid}/{1:08d}".encode(), encoded)
         ctx.state.put(f"rec/pid/{entry.pid}/{entry.rid}", custodian)
+        pids[entry.rid] = entry.pid
+        created.add(entry.rid)
         _start_custody(ctx, entry.pid, custodian)
         ctx.emit("record.registered", rid=entry.rid, pid=entry.pid, custodian=custodian)
-    # The pid as the index now holds it (an amendment keeps its record's pid).
-    pids = {rid: str(ctx.state.get(f"rec/entry/{rid}")["pid"]) for rid in seen}
     n = _disclose(ctx, custodian, msg, pids) if msg.disclosures else 0
     # Always on the patient's trail, named after the author or else the signing key.
     signed_as = f"practitioner:{custodian}/{practitioner}" if practitioner else f"org:{custodian}"
-    _log_writes(ctx, custodian, msg.author or signed_as, pids, n)
+    _log_writes(ctx, custodian, msg.author or signed_as, pids, created, n)
 
 
 def _disclose(ctx: Context, custodian: str, msg: Register, pids: dict[str, str]) -> int:

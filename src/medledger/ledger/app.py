@@ -173,6 +173,8 @@ class Application:
         self.registry = registry
         self.chain_id = genesis.chain_id
         self._pending: _Pending | None = None
+        # The block this app committed last: asked for at once by whoever waits for its txs.
+        self._last_block: BlockRecord | None = None
         self._check = self._fresh_check()
         # Decoding and signatures are pure functions of the bytes, so a tx verified once need
         # not be decoded or verified again; replay (verify) never uses this cache.
@@ -496,6 +498,7 @@ class Application:
                 raise RuntimeError("commit without finalize_block")
             record = BlockRecord(p.header, p.header_bytes, signature, p.txs, p.results, p.events)
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
+            self._last_block = record
             self._pending = None
             self._simulated = None
             self._carry_over(self._check, p.txs, p.view.writes)
@@ -572,6 +575,9 @@ class Application:
 
     # -- reading -----------------------------------------------------------------------
     def block(self, height: int) -> BlockRecord | None:
+        last = self._last_block
+        if last is not None and last.height == height:
+            return last  # not decoded again from the store
         return self.store.block(height)
 
     def filter_peer(self, what: str) -> QueryResult:

@@ -172,15 +172,29 @@ def fit(meta: dict[str, Any], rid: str = "?") -> bytes:
 
 
 def seal_meta(
-    meta_key: bytes, rid: str, version: int, meta: dict[str, Any], epoch: int = 0
+    meta_key: bytes,
+    rid: str,
+    version: int,
+    meta: dict[str, Any],
+    epoch: int = 0,
+    derived: dict[tuple[bytes, str, int], bytes] | None = None,
 ) -> bytes:
     """The index's `meta_ct`: nonce + AES-GCM(padded metadata), a length from META_CT_SIZES.
 
     `meta_key` is the patient's metadata key at the custodian; the entry is sealed under the
     key of its category and of the patient's current `epoch` (`authorize.meta_epoch`), which
     the nonce's first bytes carry, so only that category's key holders of that epoch open it.
+    `derived`: the caller's cache of category keys (one ingested unit: a patient's records
+    share a few categories), kept no longer than the caller keeps the metadata key.
     """
-    key = category_key(meta_key, category_of(meta), epoch)
+    category = category_of(meta)
+    if derived is None:
+        key = category_key(meta_key, category, epoch)
+    else:
+        found = derived.get((meta_key, category, epoch))
+        if found is None:
+            found = derived[(meta_key, category, epoch)] = category_key(meta_key, category, epoch)
+        key = found
     nonce = epoch.to_bytes(_EPOCH, "big") + os.urandom(_NONCE - _EPOCH)
     return nonce + AESGCM(key).encrypt(nonce, fit(meta, rid), _aad(rid, version))
 

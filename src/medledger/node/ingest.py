@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from medledger.contracts import queries
+from medledger.contracts.authorize import MAX_CHECKS
 from medledger.contracts.records import Register
 from medledger.host.secretfile import SecretFileError
 from medledger.interop.errors import InputError
@@ -56,6 +57,7 @@ _ABSOLUTE = re.compile(
     r"^(https?://.+)/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]+)?$"
 )
 _CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
+_REFERENCE_MEMBER = re.compile(rb'"reference":"([^"\\]*)"')  # compact JSON, no escapes
 #: A parser's warning about the patient link (passed on as the refusal's reason).
 _PATIENT_FIELD_WARNINGS = tuple(
     f"field {name}" for name in ("subject", "patient", "beneficiary", "for", "individual")
@@ -221,10 +223,16 @@ class Ingestor:
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
                     alone = None
                 if alone is not None:
-                    parsed, asked = alone
-                    if any(self._resolve(ref, sender=sender) is not None for ref in asked):
+                    parsed, asked, metadata = alone
+                    unique = dict.fromkeys(asked)  # a Bundle names one reference many times
+                    if any(self._resolve(ref, sender=sender) is not None for ref in unique):
                         parsed = None  # this hospital's records resolve more: parse here
-            return self._ingest(data, source, parsed, sender=sender, registrar=registrar)
+            if parsed is None:
+                return self._ingest(data, source, sender=sender, registrar=registrar)
+            known = {id(item): meta for item, meta in zip(parsed, metadata, strict=True)}
+            return self._ingest(
+                data, source, parsed, sender=sender, registrar=registrar, metadata=known
+            )
 
         for given in inputs:
             if isinstance(given, UnitResult):
@@ -265,8 +273,11 @@ class Ingestor:
         author: str = "",
         sender: str = "",
         registrar: _Registrar | None = None,
+        metadata: dict[int, dict[str, Any]] | None = None,
     ) -> _Ingesting:
-        """`ingest_bytes`; with a `registrar`, its units' registrations still running."""
+        """`ingest_bytes`; with a `registrar`, its units' registrations still running.
+        `metadata`: the index metadata of resources of `parsed`, by `id()`, where a
+        validation worker extracted it already (`_parse_alone`)."""
         result = UnitResult(source)
         ingesting = _Ingesting(result)
         try:
@@ -298,7 +309,7 @@ class Ingestor:
         moved: dict[str, str] = {}  # across the chunks of one file (see _store_unit)
         for chunk in chunks:
             try:
-                held = self._store_unit(chunk, source, author, sender, moved)
+                held = self._store_unit(chunk, source, author, sender, moved, metadata)
                 ingesting.registering.append((held, self._register(held, registrar)))
             except InputError as exc:
                 where = exc.location().removeprefix(source).lstrip(", ")
@@ -387,14 +398,17 @@ class Ingestor:
     def _plan(self, parsed: list[Any], source: str, sender: str) -> list[_Step]:
         """Where each resource of a unit goes: a new rid, or a resource stored before (the same
         sender's id, the same identifiers for a Patient, `PUT`, `If-None-Exist`)."""
-        steps = [_Step(item, item.id, "") for item in parsed]
+        steps = [_Step(item, item.id, "", self._names(item, sender)) for item in parsed]
         unit: dict[bytes, str] = {}  # alias -> rid, for what this unit brings
         by_rid: dict[str, _Step] = {}
+        # The stored rids of every alias of the unit, in one query (not one per resource);
+        # each is checked again (`_stored_type`) where it is used.
+        names = [alias for step in steps for alias in step.aliases]
+        stored: dict[bytes, list[str]] = dict.fromkeys(names, []) | self.vault.recall(names)
         # Patients first: the others take their pid.
         for step in sorted(steps, key=lambda s: s.item.resource_type != "Patient"):
             item = step.item
-            step.aliases = self._names(item, sender)
-            found = self._matches(item, step.aliases, unit, source, sender)
+            found = self._matches(item, step.aliases, unit, source, sender, stored)
             if item.resource_type == "Patient":
                 step.pid, found = self._patient_match(item, found, by_rid, source)
             elif found:
@@ -419,12 +433,19 @@ class Ingestor:
         return names
 
     def _matches(
-        self, item: Any, names: list[bytes], unit: dict[bytes, str], source: str, sender: str
+        self,
+        item: Any,
+        names: list[bytes],
+        unit: dict[bytes, str],
+        source: str,
+        sender: str,
+        stored: dict[bytes, list[str]],
     ) -> list[str]:
         """Stored (or earlier in this unit) rids this resource is the same as, best first.
 
         A sender's id says "the same resource" for any type; identifiers only for a Patient
         (one Patient per person), a supporting resource, or a conditional create or update.
+        `stored`: the rids of aliases recalled already (the unit's), others are recalled here.
         """
         kind = item.resource_type
         found: list[str] = []
@@ -461,7 +482,8 @@ class Ingestor:
         wanted += by_source
         if kind == "Patient" or is_supporting(kind):
             wanted += names[len(by_source) :]
-        recalled = self.vault.recall([n for n in wanted if n not in unit])
+        missing = [n for n in wanted if n not in unit and n not in stored]
+        recalled = stored | self.vault.recall(missing) if missing else stored
         for name in wanted:
             for rid in [unit[name]] if name in unit else recalled.get(name, []):
                 if rid not in found and (name in unit or self._stored_type(rid) == kind):
@@ -508,6 +530,7 @@ class Ingestor:
         author: str = "",
         sender: str = "",
         moved: dict[str, str] | None = None,
+        metadata: dict[int, dict[str, Any]] | None = None,
     ) -> _Held:
         """Store one unit (a file, or a chunk of an NDJSON file) in one vault transaction,
         held provisional; the returned `_Held` registers it in one chain tx (`_register`).
@@ -540,6 +563,8 @@ class Ingestor:
             held: list[tuple[str, int]] = []
             latest: dict[str, bytes] = {}  # rid -> the content this unit leaves it with
             epochs: dict[str, int] = {}
+            meta_keys: dict[str, bytes] = {}  # pid -> its metadata key (read once per unit)
+            derived: dict[tuple[bytes, str, int], bytes] = {}  # category keys (seal_meta)
             updated = unchanged = 0
             # The unit's new versions are written together (Vault.put_many); a resource met
             # again in the unit first writes what precedes it, so that it reads it back.
@@ -558,7 +583,7 @@ class Ingestor:
                     held.append((step.rid, version))
                     if step.pid == self.vault.hospital_pid:
                         continue  # the hospital's own: not a patient's record, not on the chain
-                    meta = _metadata(step.item, data)
+                    meta = (metadata or {}).get(id(step.item)) or _metadata(step.item)
                     whole = (
                         document_categories(step.item.resource)
                         if step.item.resource_type == "Bundle"
@@ -567,8 +592,9 @@ class Ingestor:
                     disclosures.add(step.pid, step.rid, meta, whole)
                     if step.pid not in epochs:  # sealed in the patient's epoch (indexing.py)
                         epochs[step.pid] = self._epoch(step.pid)
-                    key = self.vault.metadata_key(step.pid)
-                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid])
+                        meta_keys[step.pid] = self.vault.metadata_key(step.pid)
+                    key = meta_keys[step.pid]
+                    sealed = seal_meta(key, step.rid, version, meta, epochs[step.pid], derived)
                     digest = commitment(stored.salt, data)
                     entries.append(
                         {"rid": step.rid, "pid": step.pid, "commitment": digest, "meta_ct": sealed}
@@ -576,7 +602,10 @@ class Ingestor:
                     )
                 writing.clear()
 
-            with self.vault.batch():
+            # Not durable at its commit: the claim of its unit (registrations.register), a
+            # durable commit that follows it before anything leaves, makes it durable (one
+            # disk sync per unit less); a unit with nothing to register syncs here.
+            with self.vault.batch(durable=False):
                 for step in steps:
                     item = step.item
                     step.pid = step.pid or self._owner(item, moved, patients, source)
@@ -607,6 +636,8 @@ class Ingestor:
                     latest[step.rid] = data
                 write()
                 unit = self.vault.hold(held) if entries else None
+            if unit is None:
+                self.vault.sync()
         # The chain decides, in one tx for the whole unit (new records and new versions
         # alike), after the vault committed: the vault lock is not held while it decides.
         msg = Register(entries, disclosures.as_body(), author) if unit else None
@@ -844,7 +875,9 @@ class _Disclosures:
     """Which other hospitals are entitled (for treatment) to each new record, by `authorize`.
 
     Their disclosure is logged in the registration's own tx, so that an entitled hospital's
-    sync agent is served the record as soon as it sees it (see `records.register`).
+    sync agent is served the record as soon as it sees it (see `records.register`). The
+    decisions, one per (patient, hospital, category, type), are asked at once when the unit
+    is complete (`authorize/check_many`, a query per `MAX_CHECKS`).
     """
 
     def __init__(self, node: Node, org: str) -> None:
@@ -854,39 +887,65 @@ class _Disclosures:
         members = queries.members(node.engine)
         self.others = [str(m["org"]) for m in members if m["org"] != org]
         self._decided: dict[tuple[str, str, str, str], str] = {}
-        self.found: dict[tuple[str, str], list[str]] = {}  # (org, basis) -> rids
+        self._records: list[tuple[str, str, str, list[str]]] = []  # pid, rid, type, categories
 
     def add(self, pid: str, rid: str, meta: dict[str, Any], also: Iterable[str] = ()) -> None:
         """Disclose the record to each hospital entitled to it; with `also` (a document's
         entries' categories), only to one entitled to each of those categories too."""
         categories = [str(meta.get("category")), *also]
-        for other in self.others:
-            kind = str(meta.get("type") or "")
-            if all(self._basis(pid, other, c, kind) for c in categories):
-                basis = self._basis(pid, other, categories[0], kind)
-                self.found.setdefault((other, basis), []).append(rid)
+        self._records.append((pid, rid, str(meta.get("type") or ""), categories))
 
-    def _basis(self, pid: str, other: str, category: str, kind: str) -> str:
-        """The basis on which `other` may read such a record for treatment, "" if none."""
-        key = (pid, other, category, kind)
-        if key not in self._decided:
-            decision = self.node.engine.query(
-                "authorize/check",
+    def _decide(self) -> None:
+        """Ask `authorize` the decisions the unit needs: each record's own category, then a
+        document's entries' categories for the hospitals entitled to the document's."""
+        own = [
+            (pid, o, categories[0], kind)
+            for pid, _, kind, categories in self._records
+            for o in self.others
+        ]
+        self._ask(own)
+        self._ask(
+            [
+                (pid, o, category, kind)
+                for pid, _, kind, categories in self._records
+                for o in self.others
+                if self._decided[(pid, o, categories[0], kind)]
+                for category in categories[1:]
+            ]
+        )
+
+    def _ask(self, keys: list[tuple[str, str, str, str]]) -> None:
+        """The decisions not known yet, in as few queries as it takes."""
+        asked = [key for key in dict.fromkeys(keys) if key not in self._decided]
+        for i in range(0, len(asked), MAX_CHECKS):
+            part = asked[i : i + MAX_CHECKS]
+            checks = [
                 {
                     "actor": other,
                     "pid": pid,
                     "meta": {"custodian": self.org, "category": category, "type": kind},
                     "purpose": "treatment",
                     "at_ms": self.now,
-                },
-            )
-            self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
-        return self._decided[key]
+                }
+                for pid, other, category, kind in part
+            ]
+            decisions = self.node.engine.query("authorize/check_many", {"checks": checks})
+            for key, decision in zip(part, decisions, strict=True):
+                self._decided[key] = str(decision["basis"]) if decision["allowed"] else ""
 
     def as_body(self) -> list[dict[str, Any]]:
+        """The disclosures of the unit: per (hospital, basis), the rids it is entitled to
+        (the basis of the record's own category)."""
+        self._decide()
+        found: dict[tuple[str, str], list[str]] = {}
+        for pid, rid, kind, categories in self._records:
+            for other in self.others:
+                basis = self._decided[(pid, other, categories[0], kind)]
+                if basis and all(self._decided[(pid, other, c, kind)] for c in categories[1:]):
+                    found.setdefault((other, basis), []).append(rid)
         return [
             {"org": org, "basis": basis, "rids": rids}
-            for (org, basis), rids in sorted(self.found.items())
+            for (org, basis), rids in sorted(found.items())
         ]
 
 
@@ -931,8 +990,9 @@ def _too_many(source: str, count: int, limit: int) -> InputError:
     )
 
 
-#: A worker's parse and the references it would have asked this hospital about.
-_Alone = tuple[list[Any], list[str]]
+#: A worker's parse, the references it would have asked this hospital about, and the index
+#: metadata of each resource parsed (extracted there: it needs nothing of the hospital).
+_Alone = tuple[list[Any], list[str], list[dict[str, Any]]]
 
 
 #: Imported once by the forkserver, so that each validation worker starts with them loaded
@@ -1012,7 +1072,8 @@ def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None
         asked.append(reference)  # answered at home: if any resolves there, it parses again
 
     try:
-        return _parse(data, source, unknown, hl7_codes), asked
+        parsed = _parse(data, source, unknown, hl7_codes)
+        return parsed, asked, [_metadata(item) for item in parsed]
     except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
         return None
 
@@ -1039,11 +1100,33 @@ def _rewritten(item: Any, rid: str, moved: dict[str, str]) -> bytes:
     hits = [old for old in moved if old.encode() in data]
     if not hits and rid == item.id:
         return data
+    if rid == item.id:
+        repointed = _repointed(data, {old: moved[old] for old in hits})
+        if repointed is not None:
+            return repointed
     resource = orjson.loads(data)
     if hits:
         repoint_references(resource, moved)
     resource["id"] = rid
     return orjson.dumps(resource)
+
+
+def _repointed(data: bytes, targets: dict[str, str]) -> bytes | None:
+    """`data` with each reference in `targets` (`Type/id`, no character JSON escapes)
+    repointed, in its bytes; None unless each occurrence of each is a whole `"reference"`
+    member in compact form (the parser's output): the caller then decodes the resource.
+
+    A `"reference":"<old>"` in the bytes is always a member: within a JSON string, quotes are
+    escaped. The other bytes stay as they were (numbers as written, key order)."""
+    encoded = {old.encode(): new.encode() for old, new in targets.items()}
+    for old in encoded:
+        if data.count(b'"reference":"' + old + b'"') != data.count(old):
+            return None
+
+    def repoint(member: re.Match[bytes]) -> bytes:
+        return b'"reference":"' + encoded.get(member[1], member[1]) + b'"'
+
+    return _REFERENCE_MEMBER.sub(repoint, data)
 
 
 def _same_content(stored: bytes, new: bytes) -> bool:
@@ -1057,12 +1140,14 @@ def _same_content(stored: bytes, new: bytes) -> bool:
     return bool(a == b)
 
 
-def _metadata(item: Any, data: bytes) -> dict[str, Any]:
+def _metadata(item: Any) -> dict[str, Any]:
     """The index metadata of a record; a document Bundle's is its Composition's (category
     `documents`), see interop.metadata.document_categories for who may read it whole."""
     from medledger.interop.metadata import extract_metadata
 
-    resource = orjson.loads(data)
+    # The parsed dict: the stored bytes differ from it by references and id at most, which
+    # the metadata does not read.
+    resource = item.resource or orjson.loads(item.json_bytes)
     if item.resource_type != "Bundle":
         return extract_metadata(resource)
     entries = resource.get("entry") or []

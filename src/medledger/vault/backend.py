@@ -51,8 +51,14 @@ class Backend(Protocol):
 
     name: str
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """Open a (possibly nested) transaction; commit on success, roll back on error."""
+    def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
+        """Open a (possibly nested) transaction; commit on success, roll back on error.
+
+        `durable=False` (outermost level; nested levels follow theirs): the commit returns
+        before it reaches the disk. A crash of the process loses nothing; a power cut may
+        lose it, and then every commit after it too, never a part of one (the database's
+        log is written in order): it becomes durable with the next durable commit.
+        """
         ...
 
     def close(self) -> None:
@@ -65,6 +71,11 @@ class Backend(Protocol):
 
     def set_meta_if_absent(self, key: str, value: bytes) -> None:
         """Record a vault-wide setting the first time the vault is opened."""
+        ...
+
+    def touch(self) -> None:
+        """Write a row of no meaning (`meta`'s `touched`): a change for a durable commit to
+        carry (`Vault.sync`)."""
         ...
 
     def lock_key(self, pid: str) -> KeyRow | None:

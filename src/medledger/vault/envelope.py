@@ -13,6 +13,7 @@ the 2**32 messages per key that random 96-bit nonces allow.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ class RecordContext:
 
 def seal_record(keys: RecordKeys, ctx: RecordContext, plaintext: bytes) -> tuple[bytes, bytes]:
     """Encrypt one record version; returns (nonce, ciphertext with its 16-byte tag)."""
-    nonce = secrets.token_bytes(NONCE_SIZE)
+    nonce = os.urandom(NONCE_SIZE)  # what secrets.token_bytes returns, without its wrappers
     return nonce, AESGCM(keys.record_key).encrypt(nonce, plaintext, ctx.aad())
 
 

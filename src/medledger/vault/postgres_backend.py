@@ -63,9 +63,14 @@ class PostgresDialect:
             return cursor.rowcount
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN at the outermost level, savepoints inside (psycopg's own nesting)."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """BEGIN at the outermost level, savepoints inside (psycopg's own nesting). Not
+        `durable`: an asynchronous commit (`synchronous_commit = off` for this transaction
+        only); the next synchronous commit flushes the WAL up to itself, this one included."""
+        outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         with self.conn.transaction():
+            if outermost and not durable:
+                self.conn.execute("SET LOCAL synchronous_commit = off")
             yield
 
     def insert_or_ignore(self, body: str, conflict: str) -> str:

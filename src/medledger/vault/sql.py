@@ -74,8 +74,10 @@ class Dialect(Protocol):
         """Run one statement (already rewritten by sql()) for each row; the rows changed."""
         ...
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """Outermost level: a real transaction; nested levels: savepoints."""
+    def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
+        """Outermost level: a real transaction; nested levels: savepoints. `durable=False`
+        (outermost level only): the commit does not wait for the disk (see
+        `Backend.transaction`)."""
         ...
 
     def insert_or_ignore(self, body: str, conflict: str) -> str:
@@ -280,13 +282,14 @@ class SQLBackend:
     # ------------------------------------------------------------ plumbing
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Open a (possibly nested) transaction; commit on success, roll back on error."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """Open a (possibly nested) transaction; commit on success, roll back on error.
+        `durable` counts at the outermost level only (see `Backend.transaction`)."""
         with self._lock:
             saved = set(self._journaled)
             self._depth += 1
             try:
-                with self.dialect.transaction():
+                with self.dialect.transaction(durable):
                     yield
             except BaseException:
                 self._journaled = saved
@@ -308,6 +311,13 @@ class SQLBackend:
         self._run(
             self.dialect.insert_or_ignore("meta (key, value) VALUES (?, ?)", "(key)"),
             (key, value),
+        )
+
+    def touch(self) -> None:
+        # A new value: SQLite writes nothing for a row rewritten as it was.
+        self.set_meta_if_absent("touched", b"0")
+        self._run(
+            "UPDATE meta SET value = ? WHERE key = 'touched'", (str(time.time_ns()).encode(),)
         )
 
     # ---------------------------------------------------------------- keys

@@ -42,10 +42,14 @@ class SQLiteDialect:
     for_update = ""
     meta_exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
+    def __init__(self, conn: sqlite3.Connection, path: Path, synchronous: str = "FULL"):
         self.conn = conn
         self.location = str(path)
         self._depth = 0
+        # The connection's level, and whether a commit at it waits for the disk (in WAL
+        # mode, FULL and EXTRA sync the log at each commit; NORMAL only at checkpoints).
+        self._synchronous = synchronous
+        self._syncs = synchronous in ("FULL", "EXTRA")
 
     def sql(self, statement: str) -> str:
         return statement
@@ -57,13 +61,29 @@ class SQLiteDialect:
         return self.conn.executemany(statement, rows).rowcount
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         """Outermost level: BEGIN IMMEDIATE ... COMMIT; nested levels: savepoints.
 
         BEGIN IMMEDIATE takes the write lock up front so two processes never deadlock
-        on a lock upgrade. The caller (SQLBackend) holds its lock around this.
+        on a lock upgrade. The caller (SQLBackend) holds its lock around this. Not
+        `durable`: the transaction runs at `synchronous=NORMAL` (SQLite refuses a change of
+        level inside a transaction): its commit appends to the WAL without syncing it, and
+        the next commit at FULL syncs the WAL, this commit's frames included.
         """
         depth = self._depth
+        if depth == 0 and not durable and self._syncs:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction(depth):
+                    yield
+            finally:
+                self.conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            return
+        with self._transaction(depth):
+            yield
+
+    @contextmanager
+    def _transaction(self, depth: int) -> Iterator[None]:
         name = f"sp{depth}"
         self.conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {name}")
         self._depth += 1
@@ -128,4 +148,4 @@ class SQLiteBackend(SQLBackend):
         except BaseException:
             c.close()
             raise
-        super().__init__(SQLiteDialect(c, self.path))
+        super().__init__(SQLiteDialect(c, self.path, sync))

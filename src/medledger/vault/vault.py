@@ -75,7 +75,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -472,14 +472,16 @@ class Vault:
     # ------------------------------------------------------------------ batch
 
     @contextmanager
-    def batch(self) -> Iterator[Vault]:
+    def batch(self, durable: bool = True) -> Iterator[Vault]:
         """Make every put inside the block atomic together: all stored, or none.
 
         Meant for one FHIR bundle. Other threads wait for the batch to finish.
         A put that fails inside the batch is undone alone (savepoint); if the
-        exception leaves the block, the whole batch is rolled back.
+        exception leaves the block, the whole batch is rolled back. `durable=False`: the
+        commit does not wait for the disk; a power cut may lose the batch whole (never a
+        part), until a durable commit follows (`claim` of the unit it holds, or `sync`).
         """
-        with self._lock, self._backend.transaction():
+        with self._lock, self._backend.transaction(durable):
             self._batches.depth = self._batch_depth + 1
             try:
                 yield self
@@ -655,7 +657,9 @@ class Vault:
         aliases = tuple(bytes(a) for a in record.aliases)
         if any(len(a) != ALIAS_SIZE for a in aliases):
             raise ValueError(f"an alias is {ALIAS_SIZE} bytes (an HMAC-SHA256)")
-        return replace(record, pid=pid, data=data, is_copy=is_copy, aliases=aliases)
+        return NewRecord(  # not dataclasses.replace: ≈ 4 times its cost, per record stored
+            pid, rid, version, data, record.resource_type, record.custodian, is_copy, salt, aliases
+        )
 
     def _check_rid(
         self,
@@ -723,6 +727,14 @@ class Vault:
 
     # ------------------------------------------------------ provisional units
 
+    def sync(self) -> None:
+        """Make every commit so far durable (after a `batch(durable=False)` that held no
+        unit, so that no `claim` follows): one durable commit, which the database's log
+        writes after them."""
+        self._refuse_in_batch("sync")
+        with self._lock, self._backend.transaction():
+            self._backend.touch()
+
     def hold(self, records: list[tuple[str, int]]) -> str:
         """Mark record versions stored in this batch as provisional; return the unit's id.
 
@@ -742,7 +754,8 @@ class Vault:
         return unit
 
     def claim(self, unit: str, claim: bytes) -> None:
-        """Keep, durably, what registers the unit (a signed tx) before it is sent."""
+        """Keep, durably, what registers the unit (a signed tx) before it is sent; the
+        unit's batch, and any commit before, become durable with it."""
         self._refuse_in_batch("claim")
         with self._lock, self._backend.transaction():
             if not self._backend.set_provisional_claim(unit, bytes(claim), time.time()):
@@ -752,10 +765,13 @@ class Vault:
         """The registration succeeded: the unit's records are ordinary records from now on.
 
         With `claim`, only if the unit still holds that claim (see `withdraw`); raises
-        UnitSettled if the unit is gone or holds another claim.
+        UnitSettled if the unit is gone or holds another claim. Not durable at once (the
+        next durable commit carries it): a confirmation lost to a power cut leaves the unit
+        provisional with its claim, which `registrations.reconcile` confirms again from the
+        chain; the records were durable since the claim.
         """
         self._refuse_in_batch("confirm")
-        with self._lock, self._backend.transaction():
+        with self._lock, self._backend.transaction(durable=False):
             self._settling(unit, claim)
             self._backend.delete_provisional(unit)
 
