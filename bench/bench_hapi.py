@@ -1,0 +1,582 @@
+"""Ingestion side by side with the fair peer, HAPI FHIR's JPA server (issue 12): the same
+Bundles, in the same run, alternately, with the same concurrency.
+
+medledger ingests them as `medledger bench ingest` does (validation workers, encryption, the
+vault, registration on the chain through the solo engine). HAPI FHIR 8.8.0's JPA server
+(bench/hapi, built by `make hapi`) runs on 127.0.0.1 on a free port, on a throw-away
+PostgreSQL server with PostgreSQL's durable defaults (fsync on: medledger fsyncs too), and
+`clients` threads POST the same Bundles to it: the transaction Bundles to the base (one
+database transaction each), the IPS documents twice, as HAPI keeps a document (POST /Bundle:
+one Bundle resource, its entries not split) and as a transaction of their entries (what
+medledger does with them: each entry a resource of its own, references resolved).
+
+Both sides first ingest the same warm-up Bundles (other patients, not counted: the JVM
+compiles its hot code, medledger starts its validation workers). Then each round ingests new
+patients on both sides, medledger first in even rounds, HAPI first in odd ones. Figures per
+side: resources/s, and CPU per resource of every process of that side (medledger: the storing
+process and its validation workers; HAPI: the JVM and the PostgreSQL server), read from /proc.
+
+With `profile=1` one more round runs under the profilers (not counted with the others): py-spy
+on medledger's processes, Java Flight Recorder on the JVM (`jcmd JFR.start`), summarized as
+the share of samples per function (self and inclusive) and, for HAPI, per layer.
+
+    make hapi
+    medledger bench hapi [--set patients=100 --set documents=100 --set rounds=2
+                          --set workers=2 --set clients=2 --set warmup=20 --set profile=0]
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from medledger.interop.synth import as_document, generate
+from medledger.node import Node, heap
+from medledger.node.ingest import Ingestor
+from medledger.provisioning import create_consortium
+from medledger.vault import Vault
+
+REPO = Path(__file__).resolve().parent.parent
+JAR = REPO / "bench" / "hapi" / "target" / "hapi-peer.jar"
+ORG = "chu-lyon"
+HOSPITALS = [ORG, "aphp-paris", "chu-bordeaux"]
+PROFILE_TOP = 20
+# Where HAPI spends its time, by the packages a sample's stack goes through.
+HAPI_LAYERS = {
+    "HTTP (Tomcat, servlet)": ("org.apache.catalina.", "org.apache.coyote.", "org.apache.tomcat."),
+    "FHIR JSON parse/encode": ("ca.uhn.fhir.parser.",),
+    "search index extraction": ("ca.uhn.fhir.jpa.searchparam.extractor.",),
+    "transaction processing": ("ca.uhn.fhir.jpa.dao.BaseTransactionProcessor",),
+    "Hibernate (ORM)": ("org.hibernate.",),
+    "JDBC driver (PostgreSQL)": ("org.postgresql.",),
+}
+
+
+def run(
+    patients: int = 100,
+    documents: int = 100,
+    rounds: int = 2,
+    workers: int = 2,
+    clients: int = 0,
+    warmup: int = 20,
+    profile: int = 0,
+    heap_mb: int = 2048,
+) -> dict[str, Any]:
+    if not JAR.exists():
+        raise SystemExit(f"{JAR} is missing: build the peer first with `make hapi`")
+    clients = clients or workers
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _postgres() as pg_dsn,
+        _hapi(pg_dsn, heap_mb, Path(tmp)) as hapi,
+    ):
+        homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
+        with Node.open(homes[0]) as node, Vault.open(node.config.vault_config()) as vault:
+            ours = _Ours(Ingestor(node, vault), workers)
+            heap.settle()  # as `medledger ingest` and a node do once started
+            warm = _workload(warmup, warmup, seed=13)
+            ours.ingest(warm)
+            hapi.ingest(warm, clients)
+            measured: list[dict[str, Any]] = []
+            for r in range(rounds):
+                work = _workload(patients, documents, seed=101 + 2 * r)
+                sides = [("medledger", ours), ("hapi", hapi)]
+                for name, side in sides if r % 2 == 0 else reversed(sides):
+                    ingested = side.ingest(work, clients)
+                    measured.append({"round": r, "side": name, **ingested})
+            profiled = None
+            if profile:
+                work = _workload(patients, documents, seed=99)
+                profiled = {
+                    "medledger": ours.ingest(work, clients, profile_dir=Path(tmp)),
+                    "hapi": hapi.ingest(work, clients, profile_dir=Path(tmp)),
+                }
+    return {
+        "patients_per_round": patients,
+        "documents_per_round": documents,
+        "rounds": rounds,
+        "validation_workers": workers,
+        "hapi_clients": clients,
+        "load_average_at_start": os.getloadavg()[0],
+        "runs": measured,
+        "medians": _medians(measured),
+        "profiled_round": profiled,
+    }
+
+
+# --------------------------------------------------------------------------- workload
+
+
+class _Workload:
+    """The Bundles of one round: transactions, documents, the documents as transactions."""
+
+    def __init__(self, transactions: list[dict[str, Any]], docs: list[dict[str, Any]]):
+        self.transactions = [orjson.dumps(b) for b in transactions]
+        self.tx_resources = sum(len(b["entry"]) for b in transactions)
+        self.documents = [orjson.dumps(d) for d in docs]
+        self.doc_resources = sum(len(d["entry"]) for d in docs)
+        self.documents_as_transactions = [orjson.dumps(_as_transaction(d)) for d in docs]
+
+
+def _workload(patients: int, documents: int, seed: int) -> _Workload:
+    """The bench's generator, as `medledger bench ingest` uses it (other seeds per round)."""
+    transactions = generate(patients, HOSPITALS, seed=seed)[ORG]
+    made = generate(documents, HOSPITALS, seed=seed + 1)[ORG][:documents]
+    return _Workload(transactions, [as_document(b) for b in made])
+
+
+def _as_transaction(document: dict[str, Any]) -> dict[str, Any]:
+    """A document Bundle's entries as a transaction: each entry created, references kept."""
+    entries = [
+        {
+            "fullUrl": e["fullUrl"],
+            "resource": e["resource"],
+            "request": {"method": "POST", "url": e["resource"]["resourceType"]},
+        }
+        for e in document["entry"]
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+# --------------------------------------------------------------------------- medledger
+
+
+class _Ours:
+    """medledger's ingestion, as `medledger bench ingest` drives it."""
+
+    def __init__(self, ingestor: Ingestor, workers: int):
+        self.ingestor = ingestor
+        self.workers = workers
+
+    def ingest(
+        self, work: _Workload, clients: int, profile_dir: Path | None = None
+    ) -> dict[str, Any]:
+        phases = [("transactions", work.transactions, work.tx_resources)]
+        phases.append(("documents", work.documents, work.doc_resources))
+        found: dict[str, Any] = {}
+        for label, payloads, resources in phases:
+            with _py_spy(profile_dir, label) as spied:
+                found[label] = self._timed(payloads, resources, label)
+            if spied:
+                found[label]["profile"] = spied
+        return found
+
+    def _timed(self, payloads: list[bytes], resources: int, label: str) -> dict[str, Any]:
+        inputs = [(data, f"{label}-{i}.json") for i, data in enumerate(payloads)]
+        me = os.getpid()
+        others = _foreign_children(me)
+        cpu0, own0 = _tree_cpu(me, others), time.process_time()
+        start = time.perf_counter()
+        stored = 0
+        for result in self.ingestor.ingest_many(inputs, workers=self.workers):
+            if result.rejections:
+                first = result.rejections[0]
+                raise RuntimeError(
+                    f"medledger refused {first.source} {first.where}: {first.reason}"
+                )
+            stored += result.accepted
+        elapsed = time.perf_counter() - start
+        cpu, own = _tree_cpu(me, others) - cpu0, time.process_time() - own0
+        return _figures(stored, resources, elapsed, cpu, storing_cpu_s=own)
+
+
+# --------------------------------------------------------------------------- HAPI
+
+
+class _Hapi:
+    """The running HAPI JPA server: POSTs Bundles to it from `clients` threads."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, pg_pid: int):
+        self.proc = proc
+        self.port = port
+        self.pg_pid = pg_pid
+
+    def ingest(
+        self, work: _Workload, clients: int, profile_dir: Path | None = None
+    ) -> dict[str, Any]:
+        phases = [
+            ("transactions", "/fhir", work.transactions, work.tx_resources),
+            ("documents", "/fhir/Bundle", work.documents, work.doc_resources),
+            (
+                "documents_as_transactions",
+                "/fhir",
+                work.documents_as_transactions,
+                work.doc_resources,
+            ),
+        ]
+        found: dict[str, Any] = {}
+        for label, path, payloads, resources in phases:
+            with self._jfr(profile_dir, label) as recorded:
+                found[label] = self._timed(path, payloads, resources, clients)
+            if recorded:
+                found[label]["profile"] = recorded
+        return found
+
+    def _timed(
+        self, path: str, payloads: list[bytes], resources: int, clients: int
+    ) -> dict[str, Any]:
+        jvm0, pg0 = _tree_cpu(self.proc.pid), _tree_cpu(self.pg_pid)
+        start = time.perf_counter()
+        _post_all(self.port, path, payloads, clients)
+        elapsed = time.perf_counter() - start
+        jvm, pg = _tree_cpu(self.proc.pid) - jvm0, _tree_cpu(self.pg_pid) - pg0
+        found = _figures(resources, resources, elapsed, jvm + pg)
+        found["jvm_cpu_ms_per_resource"] = round(jvm / resources * 1000, 3)
+        found["postgres_cpu_ms_per_resource"] = round(pg / resources * 1000, 3)
+        return found
+
+    @contextmanager
+    def _jfr(self, profile_dir: Path | None, label: str) -> Iterator[dict[str, Any]]:
+        """A Flight Recorder recording of the JVM while the block runs, then its summary."""
+        found: dict[str, Any] = {}
+        jcmd = shutil.which("jcmd")
+        if profile_dir is None or jcmd is None:
+            yield found
+            return
+        out = profile_dir / f"hapi-{label}.jfr"
+        pid = str(self.proc.pid)
+        subprocess.run(
+            [jcmd, pid, "JFR.start", f"name={label}", "settings=profile"],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield found
+        finally:
+            subprocess.run(
+                [jcmd, pid, "JFR.stop", f"name={label}", f"filename={out}"],
+                check=True,
+                capture_output=True,
+            )
+        kept = _kept_profile(out)
+        found.update(_jfr_top(out), file=str(kept))
+
+
+def _post_all(port: int, path: str, payloads: list[bytes], clients: int) -> None:
+    """POST every payload, `clients` at a time on kept-alive connections; raise on a refusal."""
+    todo: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    for data in payloads:
+        todo.put(data)
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        headers = {"Content-Type": "application/fhir+json", "Prefer": "return=minimal"}
+        try:
+            while not errors:
+                try:
+                    data = todo.get_nowait()
+                except queue.Empty:
+                    return
+                conn.request("POST", path, body=data, headers=headers)
+                answer = conn.getresponse()
+                body = answer.read()
+                if answer.status >= 300:
+                    errors.append(f"HAPI answered {answer.status} to POST {path}: {body[:600]!r}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(errors[0])
+
+
+@contextmanager
+def _postgres() -> Iterator[tuple[str, int]]:
+    """A throw-away PostgreSQL server (tests/postgres_server.py) with durable settings, and a
+    database for HAPI; yields the JDBC URL and the postmaster's pid."""
+    path = REPO / "tests" / "postgres_server.py"
+    spec = importlib.util.spec_from_file_location("postgres_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    server = module.PostgresServer(durable=True)
+    server.start()
+    try:
+        server.execute("CREATE DATABASE hapi")
+        pid = int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        yield f"jdbc:postgresql://{server.host}:{server.port}/hapi", pid
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _hapi(pg: tuple[str, int], heap_mb: int, tmp: Path) -> Iterator[_Hapi]:
+    """HAPI's JPA server on a free loopback port, started and stopped around the block."""
+    url, pg_pid = pg
+    port = _free_port()
+    log = tmp / "hapi.log"
+    java = shutil.which("java") or "java"
+    command = [java, f"-Xmx{heap_mb}m", "-jar", str(JAR)]
+    command += [f"--server.port={port}", f"--spring.datasource.url={url}"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(proc, port, log)
+        yield _Hapi(proc, port, pg_pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 600) -> None:
+    """Until GET /fhir/metadata answers 200 (HAPI creates its schema on the first start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"HAPI exited with {proc.returncode} while starting:\n{tail}")
+        try:  # one request at a time: the first builds the CapabilityStatement, slowly
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            conn.request("GET", "/fhir/metadata")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"HAPI did not answer within {timeout} s (log: {log})")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- CPU, figures
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """Every process: its parent and its CPU seconds (its own and its reaped children's)."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        table[int(entry.name)] = (int(fields[1]), ticks / _TICK)
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, float]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _tree_cpu(root: int, exclude: frozenset[int] = frozenset()) -> float:
+    """CPU seconds of a process and its descendants, less the subtrees of `exclude`."""
+    table = _proc_table()
+    skipped: set[int] = set()
+    for pid in exclude:
+        skipped |= _descendants(pid, table)
+    return sum(table[p][1] for p in _descendants(root, table) - skipped)
+
+
+def _foreign_children(me: int) -> frozenset[int]:
+    """This process's children that are not medledger's: the JVM, the profilers, jcmd."""
+    foreign = {"java", "py-spy", "jcmd", "jfr", "pg_ctl", "postgres"}
+    found = set()
+    for pid, (parent, _) in _proc_table().items():
+        try:
+            if parent == me and Path(f"/proc/{pid}/comm").read_text().strip() in foreign:
+                found.add(pid)
+        except OSError:
+            continue
+    return frozenset(found)
+
+
+def _figures(
+    stored: int, resources: int, elapsed: float, cpu_s: float, storing_cpu_s: float | None = None
+) -> dict[str, Any]:
+    if stored != resources:
+        raise RuntimeError(f"{stored} resources stored of {resources} sent")
+    found: dict[str, Any] = {
+        "resources": resources,
+        "seconds": round(elapsed, 3),
+        "resources_per_s": round(resources / elapsed),
+        "cpu_ms_per_resource": round(cpu_s / resources * 1000, 3),
+    }
+    if storing_cpu_s is not None:
+        found["storing_cpu_ms_per_resource"] = round(storing_cpu_s / resources * 1000, 3)
+    return found
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per phase: each side's median rate and CPU per resource, and medledger / HAPI."""
+    found: dict[str, Any] = {}
+    for phase in ("transactions", "documents", "documents_as_transactions"):
+        row: dict[str, Any] = {}
+        for side in ("medledger", "hapi"):
+            got = [r[phase] for r in runs if r["side"] == side and phase in r]
+            if got:
+                row[side] = {
+                    "resources_per_s": statistics.median(g["resources_per_s"] for g in got),
+                    "cpu_ms_per_resource": statistics.median(g["cpu_ms_per_resource"] for g in got),
+                }
+        if len(row) == 2:
+            ours, theirs = row["medledger"], row["hapi"]
+            row["rate_ratio_medledger_to_hapi"] = round(
+                ours["resources_per_s"] / theirs["resources_per_s"], 2
+            )
+            row["cpu_ratio_medledger_to_hapi"] = round(
+                ours["cpu_ms_per_resource"] / theirs["cpu_ms_per_resource"], 2
+            )
+        found[phase] = row
+    ours_docs = found["documents"].get("medledger")
+    theirs = found["documents_as_transactions"].get("hapi")
+    if ours_docs and theirs:  # the same work: every entry a resource of its own
+        found["documents_as_transactions"]["medledger"] = ours_docs
+        found["documents_as_transactions"]["rate_ratio_medledger_to_hapi"] = round(
+            ours_docs["resources_per_s"] / theirs["resources_per_s"], 2
+        )
+        found["documents_as_transactions"]["cpu_ratio_medledger_to_hapi"] = round(
+            ours_docs["cpu_ms_per_resource"] / theirs["cpu_ms_per_resource"], 2
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _kept_profile(path: Path) -> Path:
+    """The raw profile, copied out of the run's temporary folder for a closer look."""
+    out_dir = Path(tempfile.gettempdir()) / "medledger-bench-profiles"
+    out_dir.mkdir(exist_ok=True)
+    kept = out_dir / f"{time.strftime('%H%M%S')}-{path.name}"
+    shutil.copyfile(path, kept)
+    return kept
+
+
+@contextmanager
+def _py_spy(profile_dir: Path | None, label: str) -> Iterator[dict[str, Any]]:
+    """py-spy on this process and its validation workers while the block runs."""
+    found: dict[str, Any] = {}
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if profile_dir is None or not os.access(spy, os.X_OK):
+        yield found
+        return
+    out = profile_dir / f"medledger-{label}.txt"
+    spying = subprocess.Popen(
+        [spy, "record", "-p", str(os.getpid()), "--subprocesses", "-r", "100"]
+        + ["--nonblocking", "-f", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield found
+    finally:
+        spying.send_signal(signal.SIGINT)
+        try:
+            spying.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spying.kill()
+            spying.wait()
+    if out.exists():
+        found.update(_collapsed_top(out), file=str(_kept_profile(out)))
+
+
+def _collapsed_top(path: Path) -> dict[str, list[str]]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    stacks = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            frames = [
+                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")"
+                for f in stack.split(";")
+            ]
+            stacks.append((list(reversed(frames)), int(count)))
+    return _top(stacks)
+
+
+def _jfr_top(path: Path) -> dict[str, Any]:
+    """Self and inclusive share of the JVM's execution samples per method, and per layer."""
+    jfr = shutil.which("jfr") or "jfr"
+    printed = subprocess.run(
+        [jfr, "print", "--events", "jdk.ExecutionSample", "--stack-depth", "200", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stacks = []
+    for event in printed.split("jdk.ExecutionSample")[1:]:
+        body = event.split("stackTrace = [", 1)[-1].split("\n  ]", 1)[0]
+        frames = [
+            re.sub(r"\s+line:.*$", "", line.strip())
+            for line in body.splitlines()
+            if line.strip() and line.strip() != "..."
+        ]
+        if frames:
+            stacks.append((frames, 1))
+    found: dict[str, Any] = _top(stacks)
+    total = max(1, len(stacks))
+    found["layers"] = {}
+    for layer, prefixes in HAPI_LAYERS.items():
+        hits = sum(1 for frames, _ in stacks if any(f.startswith(prefixes) for f in frames))
+        found["layers"][layer] = f"{100 * hits / total:.1f}%"
+    return found
+
+
+def _top(stacks: list[tuple[list[str], int]]) -> dict[str, Any]:
+    """`stacks`: each sample's frames, innermost first, and its count."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for frames, n in stacks:
+        total += n
+        own[frames[0]] = own.get(frames[0], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+
+    def ranked(counts: dict[str, int]) -> list[str]:
+        best = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TOP]
+        return [f"{100 * n / max(1, total):5.1f}% {name}" for name, n in best]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)}
+
+
+if __name__ == "__main__":
+    print(run())
