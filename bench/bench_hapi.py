@@ -93,12 +93,12 @@ def run(
             ours = _Ours(Ingestor(node, vault), workers)
             heap.settle()  # as `medledger ingest` and a node do once started
             warm = _workload(warmup, warmup, seed=13)
-            ours.ingest(warm)
+            ours.ingest(warm, clients)
             hapi.ingest(warm, clients)
             measured: list[dict[str, Any]] = []
             for r in range(rounds):
                 work = _workload(patients, documents, seed=101 + 2 * r)
-                sides = [("medledger", ours), ("hapi", hapi)]
+                sides: list[tuple[str, _Ours | _Hapi]] = [("medledger", ours), ("hapi", hapi)]
                 for name, side in sides if r % 2 == 0 else reversed(sides):
                     ingested = side.ingest(work, clients)
                     measured.append({"round": r, "side": name, **ingested})
