@@ -11,7 +11,8 @@ one Bundle resource, its entries not split) and as a transaction of their entrie
 medledger does with them: each entry a resource of its own, references resolved).
 
 Both sides first ingest warm-up Bundles (other patients, not counted), batch after batch,
-each until its CPU per resource stops falling by 10 % a batch: HAPI's JIT compiler needs it
+each until its CPU per resource stops falling (two batches in a row not 10 % better than the
+best before them): HAPI's JIT compiler needs it
 (cold, the JVM spends 5-8 times more), and medledger's processes import the FHIR models they
 meet on first use. Then each round ingests new patients on both sides, medledger first in
 even rounds, HAPI first in odd ones. Figures per side: resources/s, and CPU per resource of
@@ -19,9 +20,10 @@ every process of that side (medledger: the storing process and its validation wo
 the JVM and the PostgreSQL server), read from /proc.
 
 With `profile=1` one more round runs under the profilers (not counted with the others): py-spy
-on medledger's processes, Java Flight Recorder on the JVM (`jcmd JFR.start`), summarized as
-the share of samples per function (self, and inclusive below the request's common trunk)
-and, for HAPI, per layer. The raw files stay in $TMPDIR/medledger-bench-profiles/.
+on medledger's processes (the storing process and the validation workers apart), Java Flight
+Recorder on the JVM (`jcmd JFR.start`, its default settings: 20 ms samples), summarized as
+the share of samples per function (self, and inclusive below the common trunk, plumbing left
+out) and, for HAPI, per layer. The raw files stay in $TMPDIR/medledger-bench-profiles/.
 
     make hapi
     medledger bench hapi [--set patients=100 --set documents=100 --set rounds=2
@@ -63,6 +65,23 @@ JAR = REPO / "bench" / "hapi" / "target" / "hapi-peer.jar"
 ORG = "chu-lyon"
 HOSPITALS = [ORG, "aphp-paris", "chu-bordeaux"]
 PROFILE_TOP = 20
+# Frames left out of the inclusive lists: plumbing every call goes through.
+JAVA_PLUMBING = (
+    "org.springframework.aop.",
+    "org.springframework.web.",
+    "org.springframework.transaction.",
+    "jdk.internal.reflect.",
+    "java.lang.reflect.",
+    "java.lang.Thread.",
+    "java.util.concurrent.",
+    "org.apache.catalina.",
+    "org.apache.coyote.",
+    "org.apache.tomcat.",
+    "jakarta.servlet.",
+)
+PY_PLUMBING = ("<module>", "main (", "Thread.", "_serve_one", "_main (", "_process_worker", "run (")
+PY_PLUMBING += ("Typer", "Command.", "Context.", "get_callback", "register.", "_Ours.", "_launch")
+PY_PLUMBING += ("BaseProcess.", "Popen.", "spawn_main", "_bootstrap")
 # Where HAPI spends its time, by the packages a sample's stack goes through.
 HAPI_LAYERS = {
     "HTTP (Tomcat, servlet filters)": ("org.apache.catalina.", "org.apache.coyote."),
@@ -132,8 +151,8 @@ def run(
 def _warm_up(
     ours: _Ours, hapi: _Hapi, patients: int, most: int, clients: int
 ) -> dict[str, list[float]]:
-    """Warm-up batches of other patients, not counted, until each side's CPU per resource is
-    less than 10 % better than in its batch before (at most `most` batches): HAPI's JIT
+    """Warm-up batches of other patients, not counted, until each side's CPU per resource
+    settles (`_settled`; at most `most` batches): HAPI's JIT
     compiles its hot code, medledger's processes import the FHIR models they meet. Returns
     each side's CPU per resource (transactions) batch by batch."""
     found: dict[str, list[float]] = {"medledger": [], "hapi": []}
@@ -141,11 +160,18 @@ def _warm_up(
     for batch in range(max(1, most)):
         work = _workload(patients, patients, seed=1000 + batch)
         for name, side in sides.items():
-            seen = found[name]
-            if len(seen) > 1 and seen[-1] > 0.9 * seen[-2]:
-                continue  # settled
-            seen.append(side.ingest(work, clients)["transactions"]["cpu_ms_per_resource"])
+            if not _settled(found[name]):
+                got = side.ingest(work, clients)["transactions"]["cpu_ms_per_resource"]
+                found[name].append(got)
     return found
+
+
+def _settled(seen: list[float]) -> bool:
+    """Two batches in a row not 10 % better than the best before them (the load is noisy)."""
+    if len(seen) < 3:
+        return False
+    best = min(seen[:-2])
+    return min(seen[-2:]) > 0.9 * best
 
 
 # --------------------------------------------------------------------------- workload
@@ -280,7 +306,7 @@ class _Hapi:
         out = profile_dir / f"hapi-{label}.jfr"
         pid = str(self.proc.pid)
         subprocess.run(
-            [jcmd, pid, "JFR.start", f"name={label}", "settings=profile"],
+            [jcmd, pid, "JFR.start", f"name={label}", "settings=default"],
             check=True,
             capture_output=True,
         )
@@ -541,21 +567,24 @@ def _py_spy(profile_dir: Path | None, label: str) -> Iterator[dict[str, Any]]:
             spying.kill()
             spying.wait()
     if out.exists():
-        found.update(_collapsed_top(out), file=str(_kept_profile(out)))
+        found.update(_collapsed_top(out, os.getpid()), file=str(_kept_profile(out)))
 
 
-def _collapsed_top(path: Path) -> dict[str, list[str]]:
-    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
-    stacks = []
+def _collapsed_top(path: Path, storing_pid: int) -> dict[str, Any]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks, for
+    the storing process and for the validation workers apart."""
+    groups: dict[str, list[tuple[list[str], int]]] = {"storing_process": [], "workers": []}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if count.isdigit():
-            frames = [
-                f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")"
-                for f in stack.split(";")
-            ]
-            stacks.append((list(reversed(frames)), int(count)))
-    return _top(stacks)
+        if not count.isdigit() or not stack.startswith("process "):
+            continue
+        parts = stack.split(";")  # a child's stack hangs below its parent's `process` frames
+        last = max(i for i, f in enumerate(parts) if f.startswith("process "))
+        mine = parts[last].startswith(f"process {storing_pid}:")
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0] + ")" for f in parts]
+        kept = frames[last + 1 :] or ["(idle)"]
+        groups["storing_process" if mine else "workers"].append((kept[::-1], int(count)))
+    return {name: _top(stacks, PY_PLUMBING) for name, stacks in groups.items()}
 
 
 def _jfr_top(path: Path) -> dict[str, Any]:
@@ -577,7 +606,7 @@ def _jfr_top(path: Path) -> dict[str, Any]:
         ]
         if frames:
             stacks.append((frames, 1))
-    found: dict[str, Any] = _top(stacks)
+    found: dict[str, Any] = _top(stacks, JAVA_PLUMBING)
     total = max(1, len(stacks))
     found["layers"] = {}
     for layer, prefixes in HAPI_LAYERS.items():
@@ -586,9 +615,10 @@ def _jfr_top(path: Path) -> dict[str, Any]:
     return found
 
 
-def _top(stacks: list[tuple[list[str], int]]) -> dict[str, Any]:
+def _top(stacks: list[tuple[list[str], int]], plumbing: tuple[str, ...] = ()) -> dict[str, Any]:
     """`stacks`: each sample's frames, innermost first, and its count. Inclusive shares leave
-    out the trunk every request goes through (frames in 85 % of the samples or more)."""
+    out the trunk every request goes through (frames in 85 % of the samples or more) and the
+    plumbing (frames starting with one of `plumbing`: reflection, proxies, the CLI)."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
@@ -597,7 +627,9 @@ def _top(stacks: list[tuple[list[str], int]]) -> dict[str, Any]:
         own[frames[0]] = own.get(frames[0], 0) + n
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + n
-    below_trunk = {f: n for f, n in inclusive.items() if n < 0.85 * total}
+    below_trunk = {
+        f: n for f, n in inclusive.items() if n < 0.85 * total and not f.startswith(plumbing)
+    }
 
     def ranked(counts: dict[str, int]) -> list[str]:
         best = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TOP]
