@@ -79,9 +79,26 @@ JAVA_PLUMBING = (
     "org.apache.tomcat.",
     "jakarta.servlet.",
 )
-PY_PLUMBING = ("<module>", "main (", "Thread.", "_serve_one", "_main (", "_process_worker", "run (")
-PY_PLUMBING += ("Typer", "Command.", "Context.", "get_callback", "register.", "_Ours.", "_launch")
-PY_PLUMBING += ("BaseProcess.", "Popen.", "spawn_main", "_bootstrap")
+PY_PLUMBING = (
+    "<module>",
+    "main (",
+    "Thread.",
+    "_serve_one",
+    "_main (",
+    "_process_worker",
+    "run (",
+    "Typer",
+    "Command.",
+    "Context.",
+    "get_callback",
+    "register.",
+    "_Ours.",
+    "_launch",
+    "BaseProcess.",
+    "Popen.",
+    "spawn_main",
+    "_bootstrap",
+)
 # Where HAPI spends its time, by the packages a sample's stack goes through.
 HAPI_LAYERS = {
     "HTTP (Tomcat, servlet filters)": ("org.apache.catalina.", "org.apache.coyote."),

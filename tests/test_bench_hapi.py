@@ -143,3 +143,28 @@ def test_profile_summary_ranks_self_and_inclusive_samples(bench: ModuleType) -> 
     assert top["samples"] == 4
     assert top["self"] == [" 75.0% parse", " 25.0% insert"]
     assert top["inclusive"] == [" 75.0% parse", " 25.0% insert"]  # the trunk left out
+
+
+def test_py_spy_samples_are_split_between_the_storing_process_and_its_workers(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    """py-spy's raw output hangs a child's stack below its parents' `process` frames."""
+    main = 'process 10:"python medledger bench hapi"'
+    worker = f'{main};process 11:"python -c forkserver";process 12:"python -c forkserver"'
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        f"{main};main (medledger/cli/__init__.py:40);commit (medledger/ledger/store.py:9) 3\n"
+        f"{worker};_serve_one (multiprocessing/forkserver.py:313);"
+        "validate_resource (medledger/interop/validate.py:80) 5\n"
+    )
+    found = bench._collapsed_top(raw, 10)
+    assert found["storing_process"]["samples"] == 3
+    assert found["storing_process"]["self"] == ["100.0% commit (medledger/ledger/store.py)"]
+    assert found["workers"]["self"] == ["100.0% validate_resource (medledger/interop/validate.py)"]
+
+
+def test_warm_up_ends_after_two_batches_without_a_gain(bench: ModuleType) -> None:
+    assert not bench._settled([40.0, 12.0])
+    assert not bench._settled([40.0, 12.0, 9.0])  # still falling
+    assert not bench._settled([40.0, 12.0, 9.0, 12.5])  # noise: one batch is not enough
+    assert bench._settled([40.0, 12.0, 9.0, 12.5, 8.5])
