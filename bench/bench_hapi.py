@@ -19,7 +19,8 @@ even rounds, HAPI first in odd ones. Figures per side: resources/s, and CPU per 
 every process of that side (medledger: the storing process and its validation workers; HAPI:
 the JVM and the PostgreSQL server), read from /proc.
 
-With `profile=1` one more round runs under the profilers (not counted with the others): py-spy
+With `profile=1` one more round runs under the profilers (not counted with the others; the
+JVM then runs with Flight Recorder on from its start, see `_hapi`): py-spy
 on medledger's processes (the storing process and the validation workers apart), Java Flight
 Recorder on the JVM (`jcmd JFR.start`, its default settings: 20 ms samples), summarized as
 the share of samples per function (self, and inclusive below the common trunk, plumbing left
@@ -130,7 +131,7 @@ def run(
     with (
         tempfile.TemporaryDirectory() as tmp,
         _postgres() as pg_dsn,
-        _hapi(pg_dsn, heap_mb, Path(tmp)) as hapi,
+        _hapi(pg_dsn, heap_mb, Path(tmp), recorded=bool(profile)) as hapi,
     ):
         homes = create_consortium(Path(tmp) / "net", 3, genesis_time_ms=int(time.time() * 1000))
         with Node.open(homes[0]) as node, Vault.open(node.config.vault_config()) as vault:
@@ -393,13 +394,19 @@ def _postgres() -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def _hapi(pg: tuple[str, int], heap_mb: int, tmp: Path) -> Iterator[_Hapi]:
-    """HAPI's JPA server on a free loopback port, started and stopped around the block."""
+def _hapi(pg: tuple[str, int], heap_mb: int, tmp: Path, recorded: bool) -> Iterator[_Hapi]:
+    """HAPI's JPA server on a free loopback port, started and stopped around the block.
+
+    `recorded`: Flight Recorder on from the start (default settings, kept in memory), so that
+    the profiled round's `JFR.start` instruments no class anew: done on a warm JVM, that
+    threw compiled code away and made the round 3-4 times costlier than the ones before."""
     url, pg_pid = pg
     port = _free_port()
     log = tmp / "hapi.log"
     java = shutil.which("java") or "java"
     command = [java, f"-Xmx{heap_mb}m", "-XX:FlightRecorderOptions:stackdepth=256"]
+    if recorded:
+        command.append("-XX:StartFlightRecording:name=boot,settings=default,disk=false")
     command += ["-jar", str(JAR)]
     command += [f"--server.port={port}", f"--spring.datasource.url={url}"]
     with open(log, "wb") as out:
