@@ -323,6 +323,7 @@ class _Hapi:
             return
         out = profile_dir / f"hapi-{label}.jfr"
         pid = str(self.proc.pid)
+        since = time.strftime("%H:%M:%S.000")  # the JVM's clock, local time as ours
         subprocess.run(
             [jcmd, pid, "JFR.start", f"name={label}", "settings=default"],
             check=True,
@@ -337,7 +338,7 @@ class _Hapi:
                 capture_output=True,
             )
         kept = _kept_profile(out)
-        found.update(_jfr_top(out), file=str(kept))
+        found.update(_jfr_top(out, since), file=str(kept))
 
 
 def _post_all(port: int, path: str, payloads: list[bytes], clients: int) -> None:
@@ -611,8 +612,11 @@ def _collapsed_top(path: Path, storing_pid: int) -> dict[str, Any]:
     return {name: _top(stacks, PY_PLUMBING) for name, stacks in groups.items()}
 
 
-def _jfr_top(path: Path) -> dict[str, Any]:
-    """Self and inclusive share of the JVM's execution samples per method, and per layer."""
+def _jfr_top(path: Path, since: str = "") -> dict[str, Any]:
+    """Self and inclusive share of the JVM's execution samples per method, and per layer.
+
+    `since` (HH:MM:SS.mmm): samples before it are left out. A recording's dump holds every
+    event of the chunks it spans, the boot recording's (`_hapi`) from the JVM's start too."""
     jfr = shutil.which("jfr") or "jfr"
     printed = subprocess.run(
         [jfr, "print", "--events", "jdk.ExecutionSample", "--stack-depth", "200", str(path)],
@@ -622,6 +626,9 @@ def _jfr_top(path: Path) -> dict[str, Any]:
     ).stdout
     stacks = []
     for event in printed.split("jdk.ExecutionSample")[1:]:
+        when = re.search(r"startTime = (\d\d:\d\d:\d\d\.\d+)", event)
+        if since and when is not None and when.group(1) < since:
+            continue
         body = event.split("stackTrace = [", 1)[-1].split("\n  ]", 1)[0]
         frames = [
             re.sub(r"\s+line:.*$", "", line.strip())
