@@ -7,7 +7,7 @@ CMT    := $(TOOLS)/bin/cometbft
 ABCI_CLI := $(TOOLS)/bin/abci-cli
 CMT_VERSION := v0.38.25
 
-.PHONY: setup demo test lint typecheck pytest system cometbft proto bench clean
+.PHONY: setup demo test lint typecheck pytest system cometbft proto bench hapi clean
 
 setup: $(VENV)/.installed system cometbft proto
 
@@ -54,5 +54,14 @@ test: setup lint typecheck pytest
 bench: setup
 	$(BIN)/medledger bench
 
+# The fair peer of `medledger bench hapi`: HAPI FHIR's JPA server (bench/hapi), a runnable jar
+# built with Maven from Maven Central (Java 17). Benchmarks only: `make test` never builds it.
+HAPI_JAR := bench/hapi/target/hapi-peer.jar
+
+hapi: $(HAPI_JAR)
+
+$(HAPI_JAR): bench/hapi/pom.xml $(shell find bench/hapi/src -type f 2>/dev/null)
+	cd bench/hapi && mvn -B -q package -DskipTests
+
 clean:
-	rm -rf $(VENV) $(TOOLS) build
+	rm -rf $(VENV) $(TOOLS) build bench/hapi/target

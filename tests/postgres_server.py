@@ -101,8 +101,11 @@ def cleanup_stale(build: Path = BUILD, max_age_s: float = STALE_AFTER_S) -> None
 class PostgresServer:
     """One private PostgreSQL cluster; use as a context manager or start()/stop()."""
 
-    def __init__(self, build: Path = BUILD, *, superuser: str = "postgres"):
+    def __init__(self, build: Path = BUILD, *, superuser: str = "postgres", durable: bool = False):
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous commit, full page writes,
+        128 MB of shared buffers), for benchmarks; the tests' server skips them for speed."""
         self.bin_dir = find_bin_dir()
+        self.durable = durable
         self.build = build
         self.superuser = superuser
         self.host = "127.0.0.1"
@@ -212,16 +215,15 @@ class PostgresServer:
         last_error: PostgresUnavailable | None = None
         for _attempt in range(5):
             self.port = free_port()
+            fast = ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            fast.append("-c shared_buffers=32MB")
             options = " ".join(
                 [
                     f"-c listen_addresses={self.host}",
                     f"-c port={self.port}",
                     f"-c unix_socket_directories={self.base}",
-                    "-c fsync=off",
-                    "-c synchronous_commit=off",
-                    "-c full_page_writes=off",
+                    *([] if self.durable else fast),
                     "-c max_connections=40",
-                    "-c shared_buffers=32MB",
                 ]
             )
             proc = self._run(

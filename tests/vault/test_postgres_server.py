@@ -70,3 +70,22 @@ def test_missing_binaries_fail_the_postgres_tests_instead_of_skipping(tmp_path: 
     assert proc.returncode == 1, proc.stdout
     assert "cannot run the PostgreSQL vault tests" in proc.stdout
     assert "1 error" in proc.stdout and "skipped" not in proc.stdout
+
+
+@pytest.mark.postgres
+def test_a_durable_server_keeps_postgresqls_own_defaults(
+    pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The tests' server skips fsync for speed; `durable=True` (benchmarks: `bench hapi`'s
+    peer database) keeps fsync and synchronous commit on, as medledger's own storage is."""
+
+    def settings(server: PostgresServer) -> tuple[object, ...]:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            return tuple(
+                conn.execute(f"SHOW {name}").fetchone()
+                for name in ("fsync", "synchronous_commit", "full_page_writes")
+            )
+
+    assert settings(pg_server) == (("off",), ("off",), ("off",))
+    with PostgresServer(build=tmp_path / "build", durable=True) as durable:
+        assert settings(durable) == (("on",), ("on",), ("on",))
