@@ -38,6 +38,9 @@ class InputError(ValueError):
         self.source = source
         self.entry = entry
         self.field = field
+        # The FHIR version the input's resources passed validation as, when only resolving
+        # its references failed (a validation worker's parse: the home parse skips the models).
+        self.validated_as: str | None = None
         self.message = message
         self.resource_type = resource_type
         self._others: tuple[InputError, ...] = tuple(others)

@@ -413,12 +413,12 @@ def detect_version(resources: list[Mapping[str, Any]]) -> tuple[FhirVersion, boo
 
 
 def _validate_items(
-    items: list[_Item], source: str, version: FhirVersion
+    items: list[_Item], source: str, version: FhirVersion, checked: bool = False
 ) -> tuple[list[InputError], list[list[FoundReference]]]:
     problems: list[InputError] = []
     references: list[list[FoundReference]] = []
     for item in items:
-        found, refs = validate_resource(item.resource, version)
+        found, refs = validate_resource(item.resource, version, checked=checked)
         references.append(refs)
         resource_type = item.resource.get("resourceType")
         label_type = resource_type if isinstance(resource_type, str) else None
@@ -772,6 +772,7 @@ def parse_fhir(
     fhir_version: FhirVersion | None = None,
     id_factory: IdFactory = uuid_ids,
     resolve: Resolver | None = None,
+    validated_as: FhirVersion | None = None,
 ) -> list[ParsedResource]:
     """Validate one FHIR JSON input and prepare its resources for storage.
 
@@ -790,11 +791,26 @@ def parse_fhir(
     any other reference that does not resolve is kept as sent, with a warning (a logical one,
     an identifier alone, is complete as it is: kept without a warning).
 
+    `validated_as`: these very bytes already passed validation as that version (a validation
+    worker parsed them without the hospital's records): the models are not run again, only
+    the reference walk and the resolution, which the worker could not do.
+
     Raises `InputError` (with every problem of the input in `.problems`); returns nothing
     partial.
     """
     bundle, items, raw = _read_items(data, source)
-    return _parse_document(bundle, items, source, fhir_version, id_factory, resolve, raw=raw)
+    if validated_as is not None:
+        fhir_version = validated_as
+    return _parse_document(
+        bundle,
+        items,
+        source,
+        fhir_version,
+        id_factory,
+        resolve,
+        raw=raw,
+        checked=validated_as is not None,
+    )
 
 
 def parse_fhir_object(
@@ -830,6 +846,7 @@ def _parse_document(
     labels: Callable[[int], str] | None = None,
     *,
     raw: bytes | None = None,
+    checked: bool = False,
 ) -> list[ParsedResource]:
     if bundle is not None:
         raw_entries = bundle.get("entry")
@@ -842,7 +859,7 @@ def _parse_document(
     else:
         version, decided = detect_version(resources)
 
-    problems, attempt_items, references = _attempt(bundle, items, source, version, labels)
+    problems, attempt_items, references = _attempt(bundle, items, source, version, labels, checked)
     if problems and not decided:
         retry = _attempt(bundle, items, source, "R5", labels)
         if not retry[0]:
@@ -851,7 +868,11 @@ def _parse_document(
     raise_all(problems)
     for item, refs in zip(attempt_items, references, strict=True):
         item.references = refs
-    parsed = _finish(attempt_items, source, version, id_factory, resolve)
+    try:
+        parsed = _finish(attempt_items, source, version, id_factory, resolve)
+    except InputError as exc:
+        exc.validated_as = version  # valid as `version`; only its references failed
+        raise
     if bundle is not None and bundle.get("type") == "document" and raw is not None and parsed:
         parsed.append(_document(bundle, raw, parsed[0], version, id_factory))
     return parsed
@@ -900,6 +921,7 @@ def _attempt(
     source: str,
     version: FhirVersion,
     labels: Callable[[int], str] | None,
+    checked: bool = False,
 ) -> tuple[list[InputError], list[_Item], list[list[FoundReference]]]:
     """Validate everything as `version`: (problems, items to store, their Reference objects)."""
     problems: list[InputError] = []
@@ -915,7 +937,7 @@ def _attempt(
                 else p
                 for p in problems
             ]
-    found, references = _validate_items(items, source, version)
+    found, references = _validate_items(items, source, version, checked)
     return problems + found, items, references
 
 

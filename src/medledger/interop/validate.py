@@ -559,11 +559,13 @@ def problems_from_validation_error(
 
 
 def validate_resource(
-    resource: dict[str, Any], version: FhirVersion
+    resource: dict[str, Any], version: FhirVersion, *, checked: bool = False
 ) -> tuple[list[Problem], list[FoundReference]]:
     """Validate one resource dict; return (problems, Reference objects with their paths).
 
     The dict is not modified. The model instance is discarded: only the original JSON is kept.
+    `checked`: these very JSON bytes already passed the model as `version` (a validation
+    worker's run): only the walk, which finds the references, runs again.
     """
     problems: list[Problem] = []
     references: list[FoundReference] = []
@@ -572,6 +574,8 @@ def validate_resource(
     if cls is None:
         return [Problem("resourceType", unsupported_type(resource_type, version))], references
     walk(cls, resource, "", version, problems, references)
+    if checked:
+        return problems, references
     try:
         cls.model_validate(resource)  # type: ignore[attr-defined]
     except ValidationError as error:

@@ -207,11 +207,11 @@ class Ingestor:
                     yield self._ingest(*given, sender=sender, registrar=registrar)
             return
         pool = _validation_pool(workers)
-        window: deque[UnitResult | tuple[bytes, str, Future[_Alone | None] | None]]
+        window: deque[UnitResult | tuple[bytes, str, Future[_Alone | str | None] | None]]
         window = deque()
 
         def settle(
-            item: UnitResult | tuple[bytes, str, Future[_Alone | None] | None],
+            item: UnitResult | tuple[bytes, str, Future[_Alone | str | None] | None],
         ) -> _Ingesting:
             if isinstance(item, UnitResult):
                 return _Ingesting(item)  # refused before reading (too large, unreadable)
@@ -222,11 +222,26 @@ class Ingestor:
                     alone = future.result()
                 except Exception:  # noqa: BLE001 - a worker crash: validate again here
                     alone = None
+                if isinstance(alone, str):  # valid; its references resolve only here
+                    return self._ingest(
+                        data, source, sender=sender, registrar=registrar, validated_as=alone
+                    )
                 if alone is not None:
                     parsed, asked, metadata = alone
                     unique = dict.fromkeys(asked)  # a Bundle names one reference many times
                     if any(self._resolve(ref, sender=sender) is not None for ref in unique):
-                        parsed = None  # this hospital's records resolve more: parse here
+                        # This hospital's records resolve more: resolve again here, without
+                        # re-running the models over bytes the worker validated (FHIR JSON).
+                        if not _is_hl7(data, source) and parsed:
+                            checked = parsed[0].fhir_version
+                            return self._ingest(
+                                data,
+                                source,
+                                sender=sender,
+                                registrar=registrar,
+                                validated_as=checked,
+                            )
+                        parsed = None
             if parsed is None:
                 return self._ingest(data, source, sender=sender, registrar=registrar)
             known = {id(item): meta for item, meta in zip(parsed, metadata, strict=True)}
@@ -274,10 +289,12 @@ class Ingestor:
         sender: str = "",
         registrar: _Registrar | None = None,
         metadata: dict[int, dict[str, Any]] | None = None,
+        validated_as: str | None = None,
     ) -> _Ingesting:
         """`ingest_bytes`; with a `registrar`, its units' registrations still running.
         `metadata`: the index metadata of resources of `parsed`, by `id()`, where a
-        validation worker extracted it already (`_parse_alone`)."""
+        validation worker extracted it already (`_parse_alone`). `validated_as`: a worker
+        validated these FHIR bytes as that version; only the resolution runs again."""
         result = UnitResult(source)
         ingesting = _Ingesting(result)
         try:
@@ -286,7 +303,7 @@ class Ingestor:
                 if refused is not None:
                     raise refused
                 resolve = functools.partial(self._resolve, sender=sender)
-                parsed = _parse(data, source, resolve, self.hl7_codes)
+                parsed = _parse(data, source, resolve, self.hl7_codes, validated_as)
             if len(parsed) > self.max_resources:
                 raise _too_many(source, len(parsed), self.max_resources)
         except InputError as exc:
@@ -954,13 +971,15 @@ def _parse(
     source: str,
     resolve: Callable[[str], str | None] | None,
     hl7_codes: CodeMaps | None = None,
+    validated_as: str | None = None,
 ) -> list[Any]:
     from medledger.interop.fhir import parse_fhir
     from medledger.interop.hl7v2 import HL7_TABLES, parse_hl7v2
 
     if _is_hl7(data, source):
         return parse_hl7v2(data, source, resolve=resolve, codes=hl7_codes or HL7_TABLES)
-    return parse_fhir(data, source, resolve=resolve)
+    version: Any = validated_as  # "R4" or "R5", as the worker's ParsedResource says
+    return parse_fhir(data, source, resolve=resolve, validated_as=version)
 
 
 def _is_hl7(data: bytes, source: str) -> bool:
@@ -1064,8 +1083,10 @@ def _submit(pool: Any, data: bytes, source: str, codes: CodeMaps) -> Any:
         return None
 
 
-def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None:
-    """In a worker process: validate without this hospital's records (None: redo at home)."""
+def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | str | None:
+    """In a worker process: validate without this hospital's records (None: redo at home; a
+    FHIR version: the FHIR JSON is valid as that version, only its references need the home's
+    records, say a resource naming a patient stored earlier)."""
     asked: list[str] = []
 
     def unknown(reference: str) -> None:
@@ -1074,7 +1095,9 @@ def _parse_alone(data: bytes, source: str, hl7_codes: CodeMaps) -> _Alone | None
     try:
         parsed = _parse(data, source, unknown, hl7_codes)
         return parsed, asked, [_metadata(item) for item in parsed]
-    except Exception:  # noqa: BLE001 - an InputError, or worse: decided again at home
+    except InputError as exc:
+        return exc.validated_as if exc.validated_as and not _is_hl7(data, source) else None
+    except Exception:  # noqa: BLE001 - worse: decided again at home
         return None
 
 
