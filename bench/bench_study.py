@@ -314,7 +314,7 @@ def _measure(directory: Path, nodes: dict[str, Node], sponsor: str) -> dict[str,
     )
     running_at = 0.0
     running_height = 0
-    for org in sorted(nodes):
+    for org in sorted(o for o in nodes if o != sponsor):  # the sponsor approved for ethics
         committed = (
             nodes[org]
             .practitioner_wallet(f"dpo-{org}")
