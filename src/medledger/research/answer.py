@@ -195,9 +195,8 @@ class Answerer:
         # query's committed seed, so a re-run adds the same and only an auditor shown the
         # signature can redraw it; the answer carries the seed's commitment.
         seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
-        noised = [
-            t + n for t, n in zip(tally(plan.q, counted), answer_noise(plan.q, seed), strict=True)
-        ]
+        noise = answer_noise(plan.q, seed)
+        noised = [c + n for c, n in zip(tally(plan.q, counted), noise, strict=True)]
         n_cells = len(cells(plan.q))
         pairs = masks.seed_pairs(
             self.org, self.node.config.box_key(), self._box_publics(), plan.answerers
