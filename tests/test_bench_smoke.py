@@ -23,6 +23,7 @@ TINY: dict[str, dict[str, Any]] = {
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
     "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0},
     "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2, "waiting": 10},
+    "study": {"patients": 24, "shared": 30},  # four CometBFT nodes, a one-block query
 }
 
 

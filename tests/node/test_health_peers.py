@@ -67,6 +67,7 @@ class FakeNode:
     config: HospitalConfig
     engine: FakeEngine
     _audit: None = None
+    study_status: None = None  # no study agent on this node
 
 
 def _probe(peers: list[str], tmp_path: Path) -> HealthProbe:
