@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
 
-from medledger.api import history, monitoring, smart, summary, writes
+from medledger.api import history, monitoring, research, smart, summary, writes
 from medledger.api.fhir import make_router
 from medledger.api.outcomes import (
     FhirError,
@@ -58,6 +58,7 @@ def create_app(
     app.include_router(smart.make_router())
     app.include_router(summary.make_router())
     app.include_router(history.make_router())
+    app.include_router(research.make_router())
     app.include_router(make_router())
     app.include_router(writes.make_router())
     return app

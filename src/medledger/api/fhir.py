@@ -27,7 +27,12 @@ from medledger.api import interactions, versions
 from medledger.api import search as fhir_search
 from medledger.api.audit import to_audit_event
 from medledger.api.auth import authenticated, require, scope_permission
-from medledger.api.interactions import RECORD_TYPES, SYSTEM_INTERACTIONS, capability_resources
+from medledger.api.interactions import (
+    RECORD_TYPES,
+    SEARCH_PARAMS,
+    SYSTEM_INTERACTIONS,
+    capability_resources,
+)
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
@@ -89,8 +94,8 @@ def capability_statement(base: str) -> dict[str, Any]:
                     entry
                     | (
                         fhir_search.capability(str(entry["type"]), SUPPORTED)
-                        if entry["type"] != "AuditEvent"
-                        else {"searchParam": [{"name": "patient", "type": "reference"}]}
+                        if entry["type"] not in SEARCH_PARAMS
+                        else _fixed_capability(str(entry["type"]))
                     )
                     if interactions.offers(str(entry["type"]), "search-type")
                     else entry
@@ -99,6 +104,15 @@ def capability_statement(base: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _fixed_capability(resource_type: str) -> dict[str, Any]:
+    """The searchParam list of a type searched by a fixed few parameters."""
+    params = [
+        {"name": name, "type": kind, **({"documentation": doc} if doc else {})}
+        for name, kind, doc in SEARCH_PARAMS[resource_type]
+    ]
+    return {"searchParam": [*params, {"name": "_count", "type": "number"}]}
 
 
 def _bundle(

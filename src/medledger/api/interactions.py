@@ -47,6 +47,26 @@ INTERACTIONS: dict[str, tuple[str, ...]] = {
     # Consents are the consent contract's, seen as FHIR: no versions of their own.
     "Consent": ("read", "search-type", "create"),
     "AuditEvent": ("search-type",),
+    # Studies and enrolments are the research contract's, seen as FHIR (api.research).
+    "ResearchStudy": ("read", "search-type"),
+    "ResearchSubject": ("search-type",),
+}
+
+#: The types searched by a fixed few parameters (not `search.TYPES`): (name, type, doc) each,
+#: exactly what their routes apply; `_count` (and `_offset` for the pages) besides.
+SEARCH_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "AuditEvent": (("patient", "reference", ""),),
+    "ResearchStudy": (
+        ("_id", "token", "the study's id"),
+        ("identifier", "token", "urn:medledger:study|<id>, urn:medledger:ethics-approval|<ref>"),
+        ("status", "token", "active, completed"),
+    ),
+    "ResearchSubject": (
+        ("study", "reference", "ResearchStudy/<id>"),
+        ("patient", "reference", "the patient's id here (or its pid)"),
+        ("individual", "reference", "the same as patient"),
+        ("status", "token", "on-study, withdrawn"),
+    ),
 }
 
 #: type -> (operation name, its OperationDefinition).

@@ -275,17 +275,6 @@ def studies(engine: Queryable) -> list[Row]:
     return rows
 
 
-def study_query(engine: Queryable, query_id: str) -> Row | None:
-    """A study query's record (research/query): status, answerers, answers, result..."""
-    found: Row | None = engine.query("research/query", {"query": query_id})
-    return found
-
-
-def study_queries(engine: Queryable, study_id: str) -> list[Row]:
-    rows: list[Row] = engine.query("research/queries", {"study": study_id})
-    return rows
-
-
 def study_releases(engine: Queryable, study_id: str) -> list[Row]:
     rows: list[Row] = engine.query("research/releases", {"study": study_id})
     return rows

@@ -20,6 +20,7 @@ FRENCH: dict[str, str] = {
     # -- layout and sign-in ------------------------------------------------------------------
     "Patient portal": "Portail patient",
     "Clinician": "Soignant",
+    "Research": "Recherche",
     "Network explorer": "Explorateur du réseau",
     "My health records": "Mon dossier de santé",
     "Sign in": "Se connecter",

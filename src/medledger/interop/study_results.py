@@ -1,0 +1,226 @@
+"""A federated query's published result as tables and chart bars: what the CLI prints, the
+researcher's page shows and an RO-Crate carries as CSV, from one definition.
+
+The result is `study_query.finish`'s (on the chain when the query is done); the query document
+gives the histogram's edges and the quantiles' levels. A suppressed figure (`None` in the
+result) is the text `suppressed` in every table and a marked bar in a chart, never 0: a reader
+must not mistake "fewer than k" for "none".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from medledger.contracts import study_query
+from medledger.contracts.study_query import decimal_text
+
+SUPPRESSED = "suppressed"
+_TABLE_LABELS = {"y": "yes", "n": "no"}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # the file stem in a crate: summary, histogram, quantiles, table2x2, global
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def csv(self) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+        return buffer.getvalue().encode()
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: int | None  # None: suppressed
+
+
+@dataclass(frozen=True)
+class Series:
+    """One chart: a title, what it plots, and its bars."""
+
+    title: str
+    description: str
+    bars: tuple[Bar, ...]
+
+
+def _text(value: Any) -> str:
+    return SUPPRESSED if value is None else str(value)
+
+
+def _number(fixed: int) -> str:
+    return str(decimal_text(fixed))
+
+
+def bin_labels(q: study_query.StudyQuery) -> list[str]:
+    """`[3, 5)` ... and the last bin closed: `[10, 20]`."""
+    edges = q.histogram_edges
+    labels = [f"[{_number(a)}, {_number(b)})" for a, b in zip(edges, edges[1:], strict=False)]
+    if labels:
+        labels[-1] = labels[-1][:-1] + "]"
+    return labels
+
+
+def tables(doc: dict[str, Any], result: dict[str, Any]) -> list[Table]:
+    """The result's tables, in a fixed order; only those the query asked for."""
+    q = study_query.parse(doc)
+    strata: list[dict[str, Any]] = list(result.get("strata") or [])
+    found = []
+    summary_cols = [c for c in ("count", "mean", "stddev") if q.asks(c)]
+    if summary_cols:
+        found.append(
+            Table(
+                "summary",
+                "Patients and values per stratum",
+                ("stratum", *("patients" if c == "count" else c for c in summary_cols)),
+                tuple(
+                    (str(s["stratum"]), *(_text(s.get(c)) for c in summary_cols)) for s in strata
+                ),
+            )
+        )
+    if q.asks("histogram"):
+        labels = bin_labels(q)
+        found.append(
+            Table(
+                "histogram",
+                f"Patients per value bin ({q.value_of} value of each patient)",
+                ("stratum", "bin", "patients"),
+                tuple(
+                    (str(s["stratum"]), label, _text(None if s["histogram"] is None else n))
+                    for s in strata
+                    for label, n in zip(labels, s["histogram"] or [None] * len(labels), strict=True)
+                ),
+            )
+        )
+    if q.asks("quantiles"):
+        levels = [_number(x) for x in q.quantiles]  # milli, as SCALE
+        found.append(
+            Table(
+                "quantiles",
+                "Quantiles, interpolated within the histogram's bins",
+                ("stratum", "quantile", "value"),
+                tuple(
+                    (str(s["stratum"]), level, _text(value))
+                    for s in strata
+                    for level, value in zip(
+                        levels, s.get("quantiles") or [None] * len(levels), strict=True
+                    )
+                ),
+            )
+        )
+    if q.asks("table2x2"):
+        found.append(
+            Table(
+                "table2x2",
+                "Patients by rows (yes/no) and columns (yes/no)",
+                ("stratum", "rows", "columns", "patients"),
+                tuple(
+                    (
+                        str(s["stratum"]),
+                        _TABLE_LABELS[cell[0]],
+                        _TABLE_LABELS[cell[1]],
+                        _text(None if s["table2x2"] is None else s["table2x2"][cell]),
+                    )
+                    for s in strata
+                    for cell in study_query.TABLE_CELLS
+                ),
+            )
+        )
+    if "unit_mismatch" in result:
+        found.append(
+            Table(
+                "global",
+                "Across strata",
+                ("figure", "value"),
+                (("patients with a record of the cohort's code in another unit",
+                  _text(result["unit_mismatch"])),),
+            )
+        )  # fmt: skip
+    return found
+
+
+def charts(doc: dict[str, Any], result: dict[str, Any]) -> list[Series]:
+    """What to draw: each stratum's histogram when one was asked, else patients per stratum."""
+    q = study_query.parse(doc)
+    strata: list[dict[str, Any]] = list(result.get("strata") or [])
+    if q.asks("histogram"):
+        labels = bin_labels(q)
+        return [
+            Series(
+                f"Value distribution, {s['stratum']}",
+                f"Patients per bin of the {q.value_of} value, stratum {s['stratum']}"
+                + ("; the histogram is suppressed (a bin under k)" if not s["histogram"] else ""),
+                tuple(
+                    Bar(label, None if s["histogram"] is None else s["histogram"][i])
+                    for i, label in enumerate(labels)
+                ),
+            )
+            for s in strata
+        ]
+    if q.asks("count"):
+        return [
+            Series(
+                "Patients per stratum",
+                "Patients in the cohort per stratum; a suppressed stratum has fewer than k",
+                tuple(Bar(str(s["stratum"]), s.get("count")) for s in strata),
+            )
+        ]
+    return []
+
+
+# -- the chain's record of a query, as the pages and commands list it ----------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one hospital contributed: how many enrolled patients it answered for, its tx."""
+
+    org: str
+    patients: int
+    tx: bytes
+
+
+@dataclass(frozen=True)
+class Approval:
+    role: str  # ethics | custodian
+    org: str
+    by: str  # the DPO
+    tx: bytes
+
+
+def _entries(value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A record's per-org map or list as (org, entry) pairs, in org order."""
+    if isinstance(value, dict):
+        return sorted((str(k), v if isinstance(v, dict) else {}) for k, v in value.items())
+    if isinstance(value, list):
+        return sorted((str(v.get("org", "")), v) for v in value if isinstance(v, dict))
+    return []
+
+
+def answers(record: dict[str, Any]) -> list[Answer]:
+    """The answers on the chain (`research/query`), one per hospital."""
+    return [
+        Answer(org, int(entry.get("patients", 0)), bytes(entry.get("tx", b"")))
+        for org, entry in _entries(record.get("answers") or record.get("answered"))
+    ]
+
+
+def approvals(record: dict[str, Any]) -> list[Approval]:
+    """The approvals on the chain, ethics first."""
+    found = [
+        Approval(
+            str(entry.get("role", "")),
+            org,
+            str(entry.get("by", "") or entry.get("practitioner", "")),
+            bytes(entry.get("tx", b"")),
+        )
+        for org, entry in _entries(record.get("approvals"))
+    ]
+    return sorted(found, key=lambda a: (a.role != "ethics", a.org))
