@@ -78,7 +78,7 @@ def started_ms(record: dict[str, Any]) -> int:
     """When the query began running (block time, ms): the custodies that count are those
     begun by then, so that every answerer, whatever its replica's height, assigns a patient
     to the same answering hospital."""
-    return int(record.get("running_ms") or record.get("approved_ms") or 0)
+    return int(record.get("started") or record.get("running_ms") or 0)
 
 
 def custodians(state: StateView, pid: str, record: dict[str, Any]) -> list[str]:

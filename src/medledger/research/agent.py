@@ -104,7 +104,8 @@ class StudyAgent:
         now = decisions.now_ms()
         found = []
         for study in queries.studies(engine):
-            for record in queries.study_queries(engine, str(study["id"])):
+            for summary in queries.study_queries(engine, str(study["id"])):
+                record = queries.study_query(engine, str(summary["id"])) or summary
                 if (
                     running(record, now)
                     and self.org in (record.get("answerers") or ())

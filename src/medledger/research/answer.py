@@ -215,7 +215,7 @@ class Answerer:
             "query": query_id,
             "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
             "patients": len(counted),
-            "noise_commitment": noise_commitment(seed),
+            "noise_commitment": noise_commitment(seed) if plan.q.epsilon_milli else b"",
         }
         timing["tally"] = time.perf_counter() - t
         t = time.perf_counter()
