@@ -837,7 +837,9 @@ def answer_noise(q: StudyQuery, seed: bytes) -> list[int]:
         return [0] * len(names)
     spread = (q.cohort.value_max or 0) - (q.cohort.value_min or 0)
     per = Fraction(releases_per_patient(q) * SCALE, q.epsilon_milli)
-    sensitivity = {"sum": spread, "sumsq.lo": spread * spread, "sumsq.hi": 0}
+    # The square travels as two cells, each released (their sum is public): each has its own
+    # sensitivity; the high one is 0 only when no square reaches 2^32.
+    sensitivity = {"sum": spread, "sumsq.lo": spread * spread, "sumsq.hi": _square_hi(spread)}
     out = []
     for name in names:
         delta = sensitivity.get(name.rsplit("/", 1)[-1], 1)
@@ -845,16 +847,24 @@ def answer_noise(q: StudyQuery, seed: bytes) -> list[int]:
     return out
 
 
+def _square_hi(spread: int) -> int:
+    """The most one patient adds to the `sumsq.hi` cell."""
+    return (spread * spread) >> _LIMB
+
+
 def releases_per_patient(q: StudyQuery) -> int:
     """How many noised quantities one patient can move: epsilon is split evenly over them.
 
     Strata are disjoint, so a patient moves one stratum's quantities (parallel composition):
-    its count (asked, or the denominator of mean/stddev), the value sum (mean, stddev), the
-    square sum (stddev), one histogram bin, one 2x2 cell; and the global unit_mismatch."""
+    its `patients` cell (always published: the count, or what suppression is decided on),
+    the value sum (mean, stddev), the square sum's low and, when a square reaches 2^32, high
+    cell (stddev), one histogram bin, one 2x2 cell; and the global unit_mismatch."""
+    spread = (q.cohort.value_max or 0) - (q.cohort.value_min or 0)
     return (
-        int(q.asks("count", "mean", "stddev"))
+        1
         + int(q.asks("mean", "stddev"))
         + int(q.asks("stddev"))
+        + int(q.asks("stddev") and _square_hi(spread) > 0)
         + int(q.asks("histogram"))
         + int(q.asks("table2x2"))
         + int(bool(q.cohort.unit))
