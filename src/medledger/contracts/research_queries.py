@@ -125,6 +125,19 @@ def _check_budget(study: dict[str, Any], epsilon_milli: int) -> None:
         )
 
 
+def _check_floor(state: StateView, epsilon_milli: int) -> None:
+    """The consortium's least epsilon (`study_min_epsilon_milli`), at submission and again
+    when the query starts (a vote may have raised it meanwhile)."""
+    floor = governance.params(state)["study_min_epsilon_milli"]
+    if epsilon_milli < floor:
+        raise TxError(
+            Code.REFUSED,
+            f"field query.epsilon: {study_query.decimal_text(epsilon_milli)} is under the "
+            f"consortium's floor {study_query.decimal_text(floor)} (study_min_epsilon_milli): "
+            "without noise, suppressed cells can be read back",
+        )
+
+
 def register_v2(ctx: Context, msg: RegisterV2) -> None:
     if not 0 <= msg.privacy_budget_milli <= MAX_BUDGET_MILLI:
         raise TxError(
@@ -163,6 +176,7 @@ def query_submit(ctx: Context, msg: QuerySubmit) -> None:
         )
     if msg.note_hash:
         check_hash(msg.note_hash, "note_hash")
+    _check_floor(ctx.state, q.epsilon_milli)
     _check_budget(study, q.epsilon_milli)
     seq = int(study.get("queries", 0)) + 1
     if seq > MAX_QUERIES:
@@ -258,6 +272,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
 
 def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
     """The last approval: answerers, reference date, deadline, k fixed; the budget spent."""
+    _check_floor(ctx.state, record["epsilon_milli"])
     _check_budget(study, record["epsilon_milli"])
     study["privacy_spent_milli"] = _budget(study)[1] + record["epsilon_milli"]
     ctx.state.put(f"research/study/{record['study']}", study)
