@@ -255,6 +255,14 @@ def _date(value: Any, field_: str) -> str:
     return value
 
 
+def _partial_date(value: Any, field_: str) -> str:
+    """A FHIR date, which may stop at the month or the year ("2024-03", "2024")."""
+    if not isinstance(value, str) or not _BIRTH.match(value):
+        raise _fail(field_, "a date YYYY, YYYY-MM or YYYY-MM-DD")
+    _date((value + "-01-01")[:10], field_)
+    return value
+
+
 def _criterion(value: Any, field_: str) -> Criterion:
     doc = _map(value, field_, ("types", "codes", "value", "date"))
     if "types" not in doc:
@@ -647,7 +655,7 @@ class PatientFacts:
         if value is not None:
             pair = _list(value, "facts.value", 2, 2)
             if pair[0] != "":
-                _date(pair[0], "facts.value[0]")
+                _partial_date(pair[0], "facts.value[0]")
             _int(pair[1], "facts.value[1]", -MAX_ABS_VALUE, MAX_ABS_VALUE)
             value = (pair[0], pair[1])
         mismatch = _int(doc.get("unit_mismatch", 0), "facts.unit_mismatch", 0, MAX_UNIT_MISMATCH)
