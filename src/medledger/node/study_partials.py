@@ -23,7 +23,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,13 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(query_id: str, custodians: Iterable[str]) -> str:
-    """The custodian that counts the patient for this query ("" when it has none)."""
-    return min(custodians, key=lambda org: rank(query_id, org), default="")
+def answering(query_id: str, custodians: Mapping[str, int]) -> str:
+    """The custodian that counts the patient for this query ("" when it has none): the
+    longest-standing (`custodians`: org -> custody since), ties by `rank`. A member that
+    registers a junk record for an enrolled patient is a custodian from then on; were the
+    rank alone to choose, it would count the patient for some queries and receive the real
+    custodians' facts about them."""
+    return min(custodians, key=lambda org: (custodians[org], rank(query_id, org)), default="")
 
 
 def counts(state: StateView, study: str, pid: str) -> bool:
@@ -81,13 +85,15 @@ def started_ms(record: dict[str, Any]) -> int:
     return int(record.get("started") or record.get("running_ms") or 0)
 
 
-def custodians(state: StateView, pid: str, record: dict[str, Any]) -> list[str]:
-    """The patient's custodians for this query: custody begun by its start, still running,
-    and an answerer."""
+def custodians(state: StateView, pid: str, record: dict[str, Any]) -> dict[str, int]:
+    """The patient's custodians for this query (org -> custody since): custody begun by its
+    start, still running, and an answerer."""
     start, answerers = started_ms(record), set(record.get("answerers") or ())
-    return sorted(
-        org for org, since in custodies(state, pid).items() if since <= start and org in answerers
-    )
+    return {
+        org: since
+        for org, since in sorted(custodies(state, pid).items())
+        if since <= start and org in answerers
+    }
 
 
 def running(record: dict[str, Any] | None, now_ms: int) -> bool:
