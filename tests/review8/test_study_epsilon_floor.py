@@ -58,7 +58,9 @@ def test_without_noise_two_published_results_give_a_suppressed_stratum_back() ->
     for qid in ("s1/q0001", "s1/q0002"):
         _start(w, qid)
         _answer_all(w, qid)
-    by_sex = {r["stratum"]: r for r in w.q("research/query", {"query": "s1/q0001"})["result"]["strata"]}
+    by_sex = {
+        r["stratum"]: r for r in w.q("research/query", {"query": "s1/q0001"})["result"]["strata"]
+    }
     assert by_sex["sex=male"]["count"] is None  # suppressed: fewer than k
     (everyone,) = w.q("research/query", {"query": "s1/q0002"})["result"]["strata"]
     women = by_sex["sex=female"]

@@ -46,7 +46,9 @@ def test_two_noised_queries_one_patient_apart_do_not_give_that_patients_square_e
     others = [_patient(v) for v in (180_000, 210_500, 250_000, 199_000, 305_000, 150_000)]
     target = _patient(512_000)  # 512 mg/dL
     hi = sq.cells(q).index("all/sumsq.hi")
-    first = _on_chain(q, [*others, target], [hashlib.sha256(b"q1" + o).digest() for o in (b"a", b"b", b"c")])
+    first = _on_chain(
+        q, [*others, target], [hashlib.sha256(b"q1" + o).digest() for o in (b"a", b"b", b"c")]
+    )
     second = _on_chain(q, others, [hashlib.sha256(b"q2" + o).digest() for o in (b"a", b"b", b"c")])
     exact = (target.value[1] ** 2) >> 32  # type: ignore[index]
     assert exact > 0
@@ -61,7 +63,9 @@ def test_the_high_square_cell_is_noised_when_a_square_can_reach_it() -> None:
     # A narrow range (HbA1c %, squares under 2^32) leaves it 0 for everybody: nothing to hide.
     narrow = sq.parse({**WIDE, "cohort": {**WIDE["cohort"], "value": {"min": 3, "max": 20}}})
     at = sq.cells(narrow).index("all/sumsq.hi")
-    assert not any(sq.answer_noise(narrow, hashlib.sha256(bytes([i])).digest())[at] for i in range(8))
+    assert not any(
+        sq.answer_noise(narrow, hashlib.sha256(bytes([i])).digest())[at] for i in range(8)
+    )
 
 
 def _moved(q: sq.StudyQuery, patient: PatientFacts) -> int:

@@ -278,9 +278,13 @@ def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
     ctx.state.put(f"research/study/{record['study']}", study)
     settings = governance.params(ctx.state)
     day = datetime.datetime.fromtimestamp(ctx.time_ms // 1000, datetime.UTC).date().isoformat()
+    members = governance.members(ctx.state)
     record.update(
         status="running",
-        answerers=sorted(m["org"] for m in governance.members(ctx.state)),
+        answerers=sorted(m["org"] for m in members),
+        # The pairwise masks are agreed from these: a key changed meanwhile (update_member, a
+        # rebinding) would leave masks in the sum, and a wrong result would look right.
+        box_keys={m["org"]: m["box_key"] for m in members},
         age_on=record["doc"].get("age_on") or day,
         noise_seed=noise_seed_of(record["tx"]),
         deadline_ms=ctx.time_ms + settings["study_answer_ttl_ms"],
@@ -312,6 +316,12 @@ def query_answer(ctx: Context, msg: QueryAnswer) -> None:
         raise TxError(Code.UNAUTHORIZED, f"{org} is not an answerer of query {msg.query}")
     if org in record["answers"]:
         raise TxError(Code.CONFLICT, f"{org} already answered query {msg.query}")
+    member = governance.member(ctx.state, org)
+    if "box_keys" in record and (member is None or member["box_key"] != record["box_keys"][org]):
+        raise TxError(
+            Code.CONFLICT,
+            f"{org}'s box key changed since query {msg.query} started: its masks cannot cancel",
+        )
     sums: list[int] = ctx.state.get(f"research/qsum/{msg.query}")
     if len(msg.cells) != len(sums):
         raise TxError(Code.INVALID_BODY, f"field cells: {len(sums)} cells, in the query's order")

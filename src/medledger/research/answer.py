@@ -97,12 +97,20 @@ class Plan:
     deadline_ms: int
     noise_seed: bytes
     mine: dict[str, str]  # pid -> its answering hospital, for the pids this hospital holds
+    box_keys: dict[str, bytes] = field(default_factory=dict)  # the answerers' at the start
 
 
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
     answers = record.get("answers") or record.get("answered") or {}
     return set(answers)
+
+
+def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The answerers' box keys the masks are agreed from: those the query fixed when it
+    started (a peer's key rotated since would leave masks in the sum), else the members'."""
+    current = {str(m["org"]): bytes(m["box_key"]) for m in members if m.get("box_key")}
+    return current | at_start
 
 
 def document(record: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +164,7 @@ class Answerer:
             int(record.get("deadline_ms") or 0),
             bytes(record.get("noise_seed") or b""),
             mine,
+            {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()},
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
@@ -208,9 +217,8 @@ class Answerer:
             t + n for t, n in zip(tally(plan.q, counted), answer_noise(plan.q, seed), strict=True)
         ]
         n_cells = len(cells(plan.q))
-        pairs = masks.seed_pairs(
-            self.org, self.node.config.box_key(), self._box_publics(), plan.answerers
-        )
+        publics = box_publics(plan.box_keys, queries.members(self.node.engine))
+        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
         body = {
             "query": query_id,
             "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
@@ -281,10 +289,3 @@ class Answerer:
         ]
         for start in range(0, len(entries), AUDIT_CHUNK):
             self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=True)
-
-    def _box_publics(self) -> dict[str, bytes]:
-        return {
-            str(m["org"]): bytes(m["box_key"])
-            for m in queries.members(self.node.engine)
-            if m.get("box_key")
-        }
