@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from medledger.contracts import queries
 from medledger.provisioning import create_consortium
 from medledger.research.agent import StudyAgent, attach
 from tests.exchange.conftest import Sandbox, close_sandbox, open_sandbox
@@ -71,7 +72,7 @@ def study(sandbox4: Sandbox) -> Study:
 
 
 def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_truth(
-    study: Study,
+    study: Study, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study.load(24, seed=11)
     shared = [label for label, holders in study.holders.items() if len(holders) >= 2]
@@ -95,7 +96,7 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
             decrypted[org] += [str(orjson.loads(b).get("resourceType")) for b in opened]
             return opened
 
-        vault.get_many = spy
+        monkeypatch.setattr(vault, "get_many", spy)
 
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)
@@ -117,6 +118,16 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     opened = {t for types in decrypted.values() for t in types}
     assert opened <= {"Observation", "DiagnosticReport"}, opened
     assert "Observation" in opened
+    # Each facts sent is in the patient's trail: an export for research, on the enrolment.
+    two = next(label for label in counted if len(study.holders[label]) >= 2)
+
+    def exported() -> list[dict[str, Any]]:
+        trail = queries.access_of_patient(study.engine, study.pid[two])
+        return [e for e in trail if e["action"] == "export" and e["purpose"] == "research"]
+
+    entries = wait_for(exported, 30, "the research export in the trail")
+    assert {e["basis"] for e in entries} == {f"enrolment:{STUDY}"}
+    assert {e["custodian"] for e in entries} <= set(study.holders[two])
     # Each node says what it did (its health is looked at again after a second at most).
     for org in ORGS:
 
@@ -184,7 +195,7 @@ def _record(study: Study, query_id: str) -> dict[str, Any]:
         "study": STUDY,
         "status": "running",
         "answerers": sorted(ORGS),
-        "running_ms": now,
+        "started": now,
         "deadline_ms": now + 60_000,
     }
 

@@ -203,7 +203,7 @@ class Study:
                 "decision_hash": DECISION,
             },
         )
-        for org in ORGS[1:]:  # the sponsor's DPO approved as ethics
+        for org in ORGS[1:]:  # the sponsor A approved for the ethics committee
             record = queries.study_query(self.engine, query_id)
             if record is not None and record["status"] == "running":
                 return

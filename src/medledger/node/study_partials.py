@@ -82,7 +82,7 @@ def started_ms(record: dict[str, Any]) -> int:
     """When the query began running (block time, ms): the custodies that count are those
     begun by then, so that every answerer, whatever its replica's height, assigns a patient
     to the same answering hospital."""
-    return int(record.get("started") or record.get("running_ms") or 0)
+    return int(record.get("started") or 0)
 
 
 def custodians(state: StateView, pid: str, record: dict[str, Any]) -> dict[str, int]:
@@ -101,7 +101,6 @@ def running(record: dict[str, Any] | None, now_ms: int) -> bool:
     return bool(
         record is not None
         and record.get("status") == "running"
-        and not record.get("incomplete")
         and now_ms < int(record.get("deadline_ms") or 0)
     )
 

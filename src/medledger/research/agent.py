@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: How long one attempt waits for missing partials before the query is looked at again.
 ATTEMPT_WAIT_S = 30.0
+#: After an attempt that failed (its answer refused, a vault error), the next one waits this.
+RETRY_S = 10.0
 
 
 class StudyAgent:
@@ -54,6 +56,7 @@ class StudyAgent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status: dict[str, str] = {}
+        self._later: dict[str, float] = {}  # a query that failed: not before this time
         self.answered: dict[str, Answered] = {}
         if node.app is not None:
             node.app.add_commit_listener(self._committed)
@@ -104,10 +107,13 @@ class StudyAgent:
         now = decisions.now_ms()
         found = []
         for study in queries.studies(engine):
-            for summary in queries.study_queries(engine, str(study["id"])):
-                record = queries.study_query(engine, str(summary["id"])) or summary
+            for listed in queries.study_queries(engine, str(study["id"])):
+                if not running(listed, now):
+                    continue
+                record = queries.study_query(engine, str(listed["id"]))
                 if (
                     running(record, now)
+                    and record is not None
                     and self.org in (record.get("answerers") or ())
                     and self.org not in answered_by(record)
                 ):
@@ -121,7 +127,7 @@ class StudyAgent:
                     del self._running[query_id]
         for query_id in self.due():
             with self._lock:
-                if query_id in self._running:
+                if query_id in self._running or self._later.get(query_id, 0) > time.monotonic():
                     continue
                 self._status.setdefault(query_id, "evaluating")
                 self._running[query_id] = self._pool.submit(self._answer, query_id)
@@ -135,8 +141,9 @@ class StudyAgent:
             return None
         except Exception as exc:
             log.exception("%s: answering %s failed", self.org, query_id)
-            self._set(query_id, f"failed, retried: {type(exc).__name__}: {exc}")
-            time.sleep(1.0)
+            self._set(query_id, f"failed, retried in {RETRY_S:.0f} s: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._later[query_id] = time.monotonic() + RETRY_S
             return None
         if done is not None:
             self.answered[query_id] = done

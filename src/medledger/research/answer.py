@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
     PatientFacts,
     StudyQuery,
@@ -42,7 +43,6 @@ from medledger.contracts.study_query import (
     cells,
     noise_commitment,
     noise_message,
-    parse,
     tally,
 )
 from medledger.node import decisions
@@ -102,8 +102,7 @@ class Plan:
 
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
-    answers = record.get("answers") or record.get("answered") or {}
-    return set(answers)
+    return set(record.get("answers") or {})
 
 
 def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> dict[str, bytes]:
@@ -111,14 +110,6 @@ def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> di
     started (a peer's key rotated since would leave masks in the sum), else the members'."""
     current = {str(m["org"]): bytes(m["box_key"]) for m in members if m.get("box_key")}
     return current | at_start
-
-
-def document(record: dict[str, Any]) -> dict[str, Any]:
-    """The query document as the chain fixed it (its age_on filled in at approval)."""
-    doc = dict(record.get("doc") or record.get("query") or {})
-    if not doc.get("age_on") and record.get("age_on"):
-        doc["age_on"] = record["age_on"]
-    return doc
 
 
 class Answerer:
@@ -143,7 +134,7 @@ class Answerer:
         study = queries.study(engine, study_id)
         if study is None:
             return None
-        q = parse(document(record))
+        q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
@@ -213,9 +204,8 @@ class Answerer:
         # query's committed seed, so a re-run adds the same and only an auditor shown the
         # signature can redraw it; the answer carries the seed's commitment.
         seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
-        noised = [
-            t + n for t, n in zip(tally(plan.q, counted), answer_noise(plan.q, seed), strict=True)
-        ]
+        noise = answer_noise(plan.q, seed)
+        noised = [c + n for c, n in zip(tally(plan.q, counted), noise, strict=True)]
         n_cells = len(cells(plan.q))
         publics = box_publics(plan.box_keys, queries.members(self.node.engine))
         pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
@@ -223,8 +213,9 @@ class Answerer:
             "query": query_id,
             "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
             "patients": len(counted),
-            "noise_commitment": noise_commitment(seed) if plan.q.epsilon_milli else b"",
         }
+        if plan.q.epsilon_milli:
+            body["noise_commitment"] = noise_commitment(seed)
         timing["tally"] = time.perf_counter() - t
         t = time.perf_counter()
         committed = self.node.wallet.send("research.query_answer", body)

@@ -15,7 +15,7 @@ What is read, and how:
   DiagnosticReport, whose category depends on its content, is decrypted and dropped unused
   when `category_of` puts it elsewhere;
 - the Patient resource, for gender and birthDate, only when the query filters or stratifies
-  by sex or age;
+  by sex or age, and only of the patients whose records here matched the cohort;
 - everything in one pass: one listing per patient (clear attributes), then the chosen
   versions decrypted in batches of `BATCH` (`Vault.get_many`).
 """
@@ -159,15 +159,18 @@ class Evaluator:
         self.decrypted = 0
 
     def _wanted(self, resource_type: str) -> bool:
-        if resource_type == "Patient":
-            return self.demographics
         return resource_type in self.types and bool(
             categories_of_type(resource_type) & self.categories
         )
 
     def facts(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
-        """{pid: facts} for each patient this hospital holds own records of (others left out)."""
+        """{pid: facts} for each patient this hospital holds own records of (others left out).
+
+        The clinical records first; then the Patient resource (sex, birth date) only of the
+        patients whose records matched the cohort here: for any other, another custodian's
+        facts or none decide, and their demographics are not read."""
         chosen: list[tuple[str, int]] = []
+        patient_record: dict[str, tuple[str, int]] = {}
         owner: dict[str, str] = {}
         found: dict[str, PatientFacts] = {}
         for pid in pids:
@@ -182,15 +185,26 @@ class Evaluator:
             for info in infos:  # ordered by (rid, version): the last one wins
                 latest[info.rid] = (info.version, info.resource_type)
             for rid, (version, resource_type) in latest.items():
-                if self._wanted(resource_type):
+                if resource_type == "Patient":
+                    if self.demographics:
+                        patient_record[pid] = (rid, version)
+                        owner[rid] = pid
+                elif self._wanted(resource_type):
                     chosen.append((rid, version))
                     owner[rid] = pid
-        for start in range(0, len(chosen), BATCH):
-            batch = chosen[start : start + BATCH]
+        self._open(chosen, owner, found)
+        matched = [v for pid, v in patient_record.items() if found[pid].matched.get("cohort")]
+        self._open(matched, owner, found)
+        return found
+
+    def _open(
+        self, versions: list[tuple[str, int]], owner: dict[str, str], found: dict[str, PatientFacts]
+    ) -> None:
+        for start in range(0, len(versions), BATCH):
+            batch = versions[start : start + BATCH]
             for (rid, _), data in zip(batch, self.vault.get_many(batch), strict=True):
                 self.decrypted += 1
                 self._read(found[owner[rid]], orjson.loads(data))
-        return found
 
     def _read(self, facts: PatientFacts, resource: Any) -> None:
         if not isinstance(resource, dict):
