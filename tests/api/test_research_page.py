@@ -142,3 +142,43 @@ def test_a_query_of_no_study_of_this_hospital_is_not_found(research: Api) -> Non
     _sign_in(research, "Practitioner/res-lyon")
     missing = research.client.get("/research/query", params={"id": "other/q0001"})
     assert missing.status_code == 404
+
+
+def test_a_dpo_sees_the_queries_awaiting_its_approval_and_reads_them(
+    research: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query of aphp-paris's study waits for chu-lyon's DPO: listed here, readable here;
+    a query that neither awaits nor involves chu-lyon stays out of reach."""
+    paris = {"id": "p-2026", "sponsor": "aphp-paris", "status": "open", "ethics_ref": "X",
+             "categories": ["labs"], "enrolled": 9, "title_hash": b""}  # fmt: skip
+    pending = {
+        **_record(),
+        "id": "p-2026/q0001",
+        "study": "p-2026",
+        "status": "submitted",
+        "approvals": [],
+        "answerers": [],
+        "answers": {},
+        "result": None,
+        "awaited": ["ethics:aphp-paris", "custodian:chu-lyon"],
+    }
+    other = {**pending, "id": "p-2026/q0002", "awaited": ["ethics:aphp-paris"]}
+    records = {r["id"]: r for r in (_record(), pending, other)}
+    real_studies, real_study = queries.studies, queries.study
+    monkeypatch.setattr(queries, "studies", lambda engine: [*real_studies(engine), paris])
+    monkeypatch.setattr(
+        queries, "study", lambda engine, s: paris if s == "p-2026" else real_study(engine, s)
+    )
+    monkeypatch.setattr(
+        queries, "study_queries", lambda e, s: [r for r in records.values() if r["study"] == s]
+    )
+    monkeypatch.setattr(queries, "study_query", lambda e, q: records.get(q))
+    _sign_in(research, "Practitioner/dpo-lyon")
+    page = research.client.get("/research").text
+    assert "Awaiting chu-lyon" in page and "p-2026/q0001" in page
+    assert "p-2026/q0002" not in page  # awaits only its sponsor
+    shown = research.client.get("/research/query", params={"id": "p-2026/q0001"})
+    assert shown.status_code == 200 and "custodian:chu-lyon" in shown.text
+    assert "Observation" in shown.text  # the document, to read before approving
+    hidden = research.client.get("/research/query", params={"id": "p-2026/q0002"})
+    assert hidden.status_code == 404

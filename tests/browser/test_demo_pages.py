@@ -218,3 +218,21 @@ def test_the_portal_speaks_the_browsers_language_and_switches(
         assert page.get_attribute("html", "lang") == "en"
     finally:
         context.close()
+
+
+def test_the_researcher_sees_the_studys_federated_query_and_its_suppressed_count(
+    demo: DemoEnd, page: Any, shot: Any
+) -> None:
+    token = demo.token("chu-lille", "Practitioner/dr-chercheuse", "user/*.rs")
+    sign_in(page, f"{demo.urls['chu-lille']}/research", token)
+    page.wait_for_selector("text=Heart failure outcomes")  # the title Lille keeps
+    assert "lille-2026-014/q0001" in page.inner_text("main")
+    accessible(page)
+    page.click("text=lille-2026-014/q0001")
+    page.wait_for_selector("text=Contributors")
+    main = page.inner_text("main")
+    assert "done" in main and "enrolled patients" in main
+    assert page.locator("td:has-text('suppressed')").count() >= 1  # 3 patients: under k
+    assert page.locator("rect.suppressed").count() == 1  # drawn hatched, not as 0
+    shot(page, "research-query")
+    accessible(page)

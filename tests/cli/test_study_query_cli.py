@@ -164,6 +164,8 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
     assert re.search(r"sex=male\s+│\s+suppressed\s+│\s+suppressed", shown), shown
     record = queries.study_query(net.nodes["chu-lyon"].engine, query_id)
     assert record is not None
+    study = run("study", "show", "-H", lyon, "--id", STUDY).output
+    assert "privacy budget: epsilon 0 spent of 2.5" in study and f"query {query_id}: done" in study
     as_json = json.loads(run("study", "query", "result", "-H", lyon, query_id, "--json").output)
     assert as_json["hash"] == record["hash"].hex()
     assert as_json["result"] == json.loads(json.dumps(record["result"]))
@@ -189,6 +191,9 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
     ] * 4 + ["research.query_answer"] * 4
     answered = {a["agent"]["@id"].rsplit(":", 1)[1]: a["patientsAnswered"] for a in acts[5:]}
     assert answered == {"aphp-paris": 3, "chu-bordeaux": 1, "chu-lille": 2, "chu-lyon": 4}
+    # chu-lille answered last (ORGS order): its tx published the result.
+    (publisher,) = [a for a in acts if a.get("result") == {"@id": "result.json"}]
+    assert publisher["agent"]["@id"] == "urn:medledger:org:chu-lille"
     assert graph["./"]["queryHash"] == record["hash"].hex()
     out = run("study", "crate", "verify", "-H", net.homes["chu-lille"], str(crate)).output
     assert "study-query-result of study diab-2026 agrees with the chain" in out
@@ -203,10 +208,13 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
         (crate / "result.json").read_bytes()
     ).hexdigest()
     acts[5]["patientsAnswered"] += 10
+    publisher.pop("result")
+    acts[5]["result"] = {"@id": "result.json"}
     (crate / "ro-crate-metadata.json").write_text(json.dumps(metadata))
     out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
     assert "result.json: not the result the chain holds" in out
     assert "the answer of aphp-paris: the crate says aphp-paris for 13 patients" in out
+    assert "result.json: published by answer tx" in out
 
     # The researcher's page shows the same, from the chain.
     node = net.nodes["chu-lyon"]

@@ -83,6 +83,61 @@ def _evidence(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+def _federated_query(
+    sponsor: Hospital, hospitals: list[Hospital], study: str, say: Say, wait: float
+) -> None:
+    """The sponsor's researcher asks a count of the study's patients with a lab result; the
+    ethics approval and every member's DPO let it run; each hospital's node answers over its
+    own records (`medledger.research`), and the chain publishes the combined, suppressed count."""
+    from medledger.contracts import study_query
+    from medledger.contracts.research_queries import QueryApprove, QuerySubmit
+
+    document = {
+        "categories": ["labs"],
+        "cohort": {"types": ["Observation"]},
+        "statistics": [{"kind": "count"}],
+    }
+    canonical = study_query.to_obj(study_query.parse(document))
+    submitted = sponsor.node.practitioner_wallet("dr-chercheuse").send_message(
+        QuerySubmit(study=study, query=canonical)
+    )
+    query_id = next(
+        str(e.get("query")) for e in submitted.result.events if e.type == "study.query_submitted"
+    )
+    ethics = queries.study(sponsor.node.engine, study)
+    assert ethics is not None
+    decision = _evidence("the ethics committee's decision on the query")
+    sponsor.node.practitioner_wallet("dpo").send_message(
+        QueryApprove(query_id, "ethics", ethics["ethics_ref"], decision)
+    )
+    for h in hospitals:
+        if h.org != sponsor.org:
+            h.node.practitioner_wallet("dpo").send_message(
+                QueryApprove(query_id, "custodian", decision_hash=decision)
+            )
+    say(
+        f"{sponsor.name}'s researcher asks, under {study}, how many patients have a lab result; "
+        "its DPO attests the ethics decision and every member's DPO approves: the query runs."
+    )
+    deadline = time.monotonic() + wait
+    record = queries.study_query(sponsor.node.engine, query_id)
+    while record is not None and record["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        record = queries.study_query(sponsor.node.engine, query_id)
+    if record is None or record["status"] != "done":
+        say(f"Query {query_id} is not answered yet ({record and record['status']}).")
+        return
+    answered = ", ".join(f"{o} {a['patients']}" for o, a in sorted(record["answers"].items()))
+    (row,) = record["result"]["strata"]
+    count = "suppressed (under k)" if row["count"] is None else str(row["count"])
+    say(
+        f"Each hospital's node answers by itself, masked; patients followed at several count "
+        f"once. Enrolled patients answered for: {answered}. Published count: {count} "
+        f"(k = {record['result']['k']}). `medledger study query result {query_id} --crate DIR` "
+        "packages it with its chain references."
+    )
+
+
 def play(
     hospitals: list[Hospital], say: Say, *, patients: int = 6, seed: int = 7, wait: float = 60.0
 ) -> Story:
@@ -320,6 +375,8 @@ def play(
         f"The pseudonymised dataset of {len(kept)} patients is released: "
         "its hash and counts are on the chain."
     )
+
+    _federated_query(lille, hospitals, study, say, wait)
 
     # -- erasure: another patient leaves; refused for care records, done for the copies -----
     # The featured patient stays, so the served demo ends with their cross-hospital timeline.

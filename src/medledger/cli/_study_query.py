@@ -307,6 +307,7 @@ def _answer_here(node: Node, query_id: str, wait: float) -> None:
     """The answer computed in this process: the partials the other hospitals sent are in the
     home's inbox (the gateway keeps them there when the node runs); those this hospital owes
     go out through the exchange. Sends and waits stop after `wait` seconds."""
+    from medledger.consensus.engine import NoLocalReplica
     from medledger.exchange.client import Directory, ExchangeClient
     from medledger.node.study_partials import Inbox
     from medledger.research.answer import Answerer, NotAnswered, Plan
@@ -331,6 +332,11 @@ def _answer_here(node: Node, query_id: str, wait: float) -> None:
         fail(
             f"{exc}: the hospitals exchange partial facts through their gateways "
             "(start the node here, `medledger node run`, and it answers by itself)"
+        )
+    except NoLocalReplica:
+        fail(
+            "this home reaches its ledger over RPC (CometBFT) and its node is not serving: "
+            "start it (`medledger node run`); its study agent answers by itself"
         )
     finally:
         inbox.close()
@@ -357,8 +363,21 @@ def _write_crate(node: Node, record: dict[str, Any], crate: Path) -> None:
         act("research.query_approve", a.tx, a.org, "AssessAction", approvalRole=a.role)
         for a in study_results.approvals(record)
     ]
+    answers = study_results.answers(record)
+    located = {a.tx: queries.tx_location(node.engine, a.tx) or {} for a in answers}
+    last = max(
+        answers, key=lambda a: (located[a.tx].get("height", 0), located[a.tx].get("index", 0))
+    )
     acts += [
-        act("research.query_answer", a.tx, a.org, "CreateAction", patientsAnswered=a.patients)
-        for a in study_results.answers(record)
+        act(
+            "research.query_answer",
+            a.tx,
+            a.org,
+            "CreateAction",
+            patientsAnswered=a.patients,
+            # The last answer's tx is the one that published the result.
+            **({"result": {"@id": crates.RESULT_FILE}} if a is last else {}),
+        )
+        for a in answers
     ]
     crates.query_crate(crate, chain_id=node.config.chain_id, query=record, acts=acts)

@@ -161,7 +161,10 @@ def _summary(story: Any, hospitals: list[Any], urls: list[str], serving: bool) -
         return
     console.rule("The network is yours")
     for h, url in zip(hospitals, urls, strict=True):
-        console.print(f"[bold]{h.name}[/] ({h.org}): {url}/  ·  FHIR {url}/fhir  ·  {url}/explorer")
+        console.print(
+            f"[bold]{h.name}[/] ({h.org}): {url}/  ·  FHIR {url}/fhir  ·  {url}/explorer"
+            f"  ·  {url}/research"
+        )
         home = h.node.config.home
         for practitioner in story.practitioners.get(h.org, []):
             if practitioner != "dpo":

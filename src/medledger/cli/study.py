@@ -265,6 +265,10 @@ def register(app: typer.Typer) -> None:
         with user_errors(), Node.open(home) as node:
             record = queries.study(node.engine, study_id)
             releases = queries.study_releases(node.engine, study_id)
+            versions = queries.contract_versions(node.engine)
+            v2 = record is not None and versions.get("research", 1) >= 2
+            asked = queries.study_queries(node.engine, study_id) if v2 else []
+            budget = queries.study_budget(node.engine, study_id) if v2 else None
         if record is None:
             fail(f"no study {study_id!r}")
         title = title_of_study(NoteStore(home), record)
@@ -280,3 +284,10 @@ def register(app: typer.Typer) -> None:
                 f"dataset {r['dataset_hash'].hex()[:16]}, "
                 f"members root {r['members_root'].hex()[:16]}"
             )
+        if budget is not None and budget["total_milli"]:
+            console.print(
+                f"  privacy budget: epsilon {budget['spent_milli'] / 1000:g} spent of "
+                f"{budget['total_milli'] / 1000:g}"
+            )
+        for q in asked:
+            console.print(f"  query {q['id']}: {q['status']} (medledger study query result)")

@@ -9,7 +9,8 @@ result (`study-query-result`). Its `ro-crate-metadata.json` carries
 - each file (`hasPart`) with its `sha256` and size;
 - each act on the chain that made it (`mentions`): an action entity per tx, with the tx id,
   its block height, who signed it (an Organization) and, for an answer, how many patients
-  that hospital answered for (`patientsAnswered`).
+  that hospital answered for (`patientsAnswered`); the last answer, whose tx published the
+  result, names `result.json` as its `result`.
 
 The terms medledger adds are declared in the metadata's context under `urn:medledger:terms#`.
 
@@ -275,6 +276,12 @@ def _acts_of(crate: Crate, kind: str) -> dict[str, dict[str, Any]]:
     return {str(a.get("txId")): a for a in crate.acts() if a.get("name") == kind}
 
 
+def _position(engine: queries.Queryable, tx_hex: str) -> tuple[int, int]:
+    """Where a committed tx is: (height, index in its block)."""
+    found = queries.tx_location(engine, bytes.fromhex(tx_hex)) or {}
+    return int(found.get("height", 0)), int(found.get("index", 0))
+
+
 def _agent(act: dict[str, Any]) -> str:
     return str((act.get("agent") or {}).get("@id", "")).removeprefix("urn:medledger:org:")
 
@@ -448,6 +455,12 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
             )
     for tx_hex in sorted(set(acts) - set(answered)):
         differences.append(f"answer tx {tx_hex[:16]}: the chain lists no such answer")
+    publishing = [tx for tx, act in acts.items() if act.get("result") == {"@id": RESULT_FILE}]
+    last = max(answered, key=lambda tx: _position(engine, tx), default="")
+    if publishing != [last]:
+        differences.append(
+            f"{RESULT_FILE}: published by answer tx {last[:16]}, not as the crate says"
+        )
     approved = {a.tx.hex(): a for a in study_results.approvals(query)}
     approvals = _acts_of(crate, "research.query_approve")
     for tx_hex in sorted(set(approved) ^ set(approvals)):

@@ -1,5 +1,7 @@
 """The researcher's page: the studies this hospital sponsors, their federated queries (status,
-approvals, who contributed what), and a done query's result tables with a chart.
+approvals, who contributed what), the queries awaiting this hospital's approval (its DPO reads
+the document before `study query approve`), and a query's page: document, approvals,
+contributors, and once done the result tables with a chart.
 
 Everything shown is on the chain already (queries, answers and results are public to the
 members) except the study titles, which the sponsor keeps (`node.notes`). Still, the page is
@@ -128,6 +130,11 @@ def _status(record: dict[str, Any], now_ms: int) -> str:
     return status
 
 
+def _awaits(record: dict[str, Any], org: str) -> bool:
+    """Whether a submitted query awaits this hospital's approval (`ethics:` or `custodian:`)."""
+    return any(str(a).partition(":")[2] == org for a in record.get("awaited") or [])
+
+
 def _summary(record: dict[str, Any], now_ms: int) -> dict[str, Any]:
     answered = study_results.answers(record)
     return {
@@ -137,6 +144,7 @@ def _summary(record: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "answerers": list(record.get("answerers") or []),
         "answered": answered,
         "patients": sum(a.patients for a in answered),
+        "awaited": list(record.get("awaited") or []),
     }
 
 
@@ -156,21 +164,25 @@ def router() -> APIRouter:
         engine = svc.node.engine
         notes = NoteStore(svc.node.config.home)
         now = int(time.time() * 1000)
-        studies = []
+        studies, awaiting = [], []
         for study in queries.studies(engine):
-            if study["sponsor"] != svc.org:
-                continue
-            studies.append(
-                {
-                    **study,
-                    "title": title_of_study(notes, study),
-                    "queries": [  # the list carries no approvals nor answers: each whole
-                        _summary(queries.study_query(engine, str(r["id"])) or r, now)
-                        for r in queries.study_queries(engine, str(study["id"]))
-                    ],
-                }
-            )
-        return render(request, "research.html", "Research", studies=studies, org=svc.org)
+            # The list carries no approvals nor answers: each query is read whole.
+            records = [
+                queries.study_query(engine, str(r["id"])) or r
+                for r in queries.study_queries(engine, str(study["id"]))
+            ]
+            awaiting += [_summary(r, now) for r in records if _awaits(r, svc.org)]
+            if study["sponsor"] == svc.org:
+                studies.append(
+                    {
+                        **study,
+                        "title": title_of_study(notes, study),
+                        "queries": [_summary(r, now) for r in records],
+                    }
+                )
+        return render(
+            request, "research.html", "Research", studies=studies, awaiting=awaiting, org=svc.org
+        )
 
     @routes.get("/research/query")
     def query(request: Request, id: str = "") -> Response:
@@ -181,9 +193,15 @@ def router() -> APIRouter:
             return login_form(request, f"/research/query?id={id}", why)
         record = queries.study_query(svc.node.engine, id) if id else None
         study = None if record is None else queries.study(svc.node.engine, str(record["study"]))
-        if record is None or study is None or study["sponsor"] != svc.org:
+        concerned = record is not None and (
+            svc.org in (record.get("answerers") or []) or _awaits(record, svc.org)
+        )
+        if record is None or study is None or not (study["sponsor"] == svc.org or concerned):
             return message(
-                request, "Study query", f"no query {id!r} of a study {svc.org} sponsors", 404
+                request,
+                "Study query",
+                f"no query {id!r} that {svc.org} sponsors, approves or answers",
+                404,
             )
         result = record.get("result")
         doc = record.get("doc") or {}
