@@ -225,6 +225,8 @@ def awaited_approvals(state: StateView, record: dict[str, Any]) -> list[str]:
 
 def query_approve(ctx: Context, msg: QueryApprove) -> None:
     org, practitioner = acting_org(ctx, role="dpo")
+    if practitioner is None:  # an organisation key holds every role: it names no DPO
+        raise TxError(Code.UNAUTHORIZED, "an approval is signed with a DPO's practitioner key")
     record = _require_query(ctx, msg.query)
     if record["status"] != "submitted":
         raise TxError(Code.CONFLICT, f"query {msg.query} is already {record['status']}")
@@ -232,7 +234,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
     assert study is not None
     if not study_open(study, ctx.time_ms):
         raise TxError(Code.REFUSED, f"study {record['study']} is closed")
-    if (org, practitioner or "") == (record["sponsor"], record["by"]):
+    if (org, practitioner) == (record["sponsor"], record["by"]):
         raise TxError(Code.UNAUTHORIZED, "the query's submitter may not approve it")
     if msg.role not in ROLES:
         raise TxError(Code.INVALID_BODY, f"field role: one of {', '.join(ROLES)}")
@@ -258,7 +260,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
         {
             "role": msg.role,
             "org": org,
-            "by": practitioner or "",
+            "by": practitioner,
             "decision_hash": msg.decision_hash,
             "time": ctx.time_ms,
             "tx": ctx.tx_id,
