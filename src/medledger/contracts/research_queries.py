@@ -314,6 +314,9 @@ def query_answer(ctx: Context, msg: QueryAnswer) -> None:
         raise TxError(Code.CONFLICT, f"query {msg.query} is {record['status']}, not running")
     if ctx.time_ms >= record["deadline_ms"]:
         raise TxError(Code.EXPIRED, f"query {msg.query}'s answers were due by its deadline")
+    study = get_study(ctx.state, record["study"])
+    if study is None or not study_open(study, ctx.time_ms):  # the enrolments' consent ended
+        raise TxError(Code.REFUSED, f"study {record['study']} is closed: no more answers")
     if org not in record["answerers"]:
         raise TxError(Code.UNAUTHORIZED, f"{org} is not an answerer of query {msg.query}")
     if org in record["answers"]:

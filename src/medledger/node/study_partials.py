@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from medledger.contracts.common import is_pid
 from medledger.contracts.patients import erasure_requested
 from medledger.contracts.records import custodies
-from medledger.contracts.research import enrolment_of
+from medledger.contracts.research import enrolment_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
 from medledger.ledger.store import StateView
 
@@ -122,6 +122,10 @@ def check(
         raise PartialsRefused(404, f"query: no query {query_id!r}")
     if not running(record, now_ms):
         raise PartialsRefused(409, f"query {query_id}: not running")
+    study = str(record.get("study") or query_id.rsplit("/", 1)[0])
+    found_study = get_study(state, study)
+    if found_study is None or not study_open(found_study, now_ms):
+        raise PartialsRefused(409, f"query {query_id}: study {study} is closed")
     answerers = list(record.get("answerers") or [])
     if sender not in answerers:
         raise PartialsRefused(403, f"{sender} is not an answerer of {query_id}")
@@ -130,7 +134,6 @@ def check(
     patients = body.get("patients")
     if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
         raise PartialsRefused(400, f"patients: a list of at most {MAX_PATIENTS} [pid, facts]")
-    study = str(record.get("study") or query_id.rsplit("/", 1)[0])
     found: dict[str, PatientFacts] = {}
     seen: set[str] = set()
     for i, item in enumerate(patients):

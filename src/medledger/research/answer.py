@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
     PatientFacts,
@@ -132,8 +133,8 @@ class Answerer:
             return None
         study_id = str(record["study"])
         study = queries.study(engine, study_id)
-        if study is None:
-            return None
+        if study is None or not study_open(study, decisions.now_ms()):
+            return None  # closed meanwhile: its patients' enrolments cover no more reads
         q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
