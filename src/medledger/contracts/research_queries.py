@@ -290,7 +290,8 @@ def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
         age_on=record["doc"].get("age_on") or day,
         noise_seed=noise_seed_of(record["tx"]),
         deadline_ms=ctx.time_ms + settings["study_answer_ttl_ms"],
-        k=settings["study_min_cell"],
+        # The study's own minimum cohort binds its queries' cells too.
+        k=max(settings["study_min_cell"], int(study["min_cohort"])),
         started=ctx.time_ms,
     )
     n_cells = len(study_query.cells(study_query.parse(record["doc"])))
