@@ -7,12 +7,16 @@ the study's budget bounds how many there are."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from medledger.contracts import study_query as sq
 from medledger.contracts.study_query import PatientFacts
 from medledger.ledger.errors import Code
+from medledger.provisioning import keygen
+from medledger.provisioning.founding import found, load_requests
 from tests.contracts.test_study_queries import QUERY, _approve, _masks, _submit, _world
+from tests.support.ledger import T0
 from tests.support.world import World
 
 MOD = 1 << 64
@@ -97,3 +101,22 @@ def test_the_floor_is_bounded_by_a_querys_largest_epsilon() -> None:
             {"action": "set_param", "args": {"name": "study_min_epsilon_milli", "value": value}},
         )
         assert refused.code == Code.INVALID_BODY and "value" in refused.log
+
+
+def test_a_consortium_founded_across_machines_starts_with_a_floor(tmp_path: Path) -> None:
+    """A sandbox (`medledger init`, the demo, these tests) keeps exact queries; a consortium
+    of real hospitals (`consortium genesis`) starts with every query noised."""
+    requests = []
+    for i, org in enumerate(("chu-lyon", "aphp-paris")):
+        addresses = {"gateway": f"10.20.0.{i + 1}:7443", "p2p": f"10.20.0.{i + 1}:26656"}
+        keygen(tmp_path / org, org, org.upper(), addresses)
+        requests.append(tmp_path / org / "join-request.json")
+    founding = found(load_requests(requests), chain_id="medledger-found", genesis_time_ms=T0)
+    assert founding["genesis"]["params"]["study_min_epsilon_milli"] == 100
+    lowered = found(
+        load_requests(requests),
+        chain_id="medledger-found",
+        genesis_time_ms=T0,
+        params={"study_min_epsilon_milli": 500},
+    )
+    assert lowered["genesis"]["params"]["study_min_epsilon_milli"] == 500

@@ -186,7 +186,8 @@ DEFAULT_PARAMS: dict[str, int] = {
     "study_answer_ttl_ms": DAY_MS,
     # The least epsilon x 1000 a study query may have. Without noise, suppression protects
     # nobody: the answers on the chain sum to the exact cells, and two published results
-    # subtract (docs/security.md). 0 allows exact queries.
+    # subtract (docs/security.md). 0 allows exact queries (a sandbox); a consortium founded
+    # across machines starts at 100 (provisioning/founding.py).
     "study_min_epsilon_milli": 0,
 }
 #: Parameters with bounds of their own, checked when a vote sets one.
