@@ -6,8 +6,8 @@
    (`node.study_partials.custodians`); keeps the patients this hospital is custodian of;
 2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
    query's categories that the study also has);
-3. logs, then sends, each co-custodian's share: the facts of the patients whose answering
-   hospital is that co-custodian, one message to every other answerer, empty or not
+3. journals (durably), then sends, each co-custodian's share: the facts of the patients
+   whose answering hospital is that co-custodian, one message to every other answerer, empty or not
    (`study-partials`, the exchange; audited as `export` entries, purpose research, basis
    `enrolment:<study>`); a send refused or failed is retried until the deadline;
 4. waits for every other answerer's message (they are kept in the node's `Inbox`, so a
@@ -270,7 +270,10 @@ class Answerer:
 
     def _audit(self, plan: Plan, pids: list[str]) -> None:
         """One `export` entry per patient whose facts leave: purpose research, the study's
-        enrolment as basis, no record id (no record leaves)."""
+        enrolment as basis, no record id (no record leaves). Durable in the hospital's audit
+        journal before anything is sent, as the API's reads are (the journal takes them to
+        the chain in its next tx, and again after a crash); not waited on the chain, which
+        would put a block on every query's path."""
         allowed = Decision(True, f"enrolment:{plan.study}", "")
         entries = [
             entry
@@ -280,4 +283,4 @@ class Answerer:
             )
         ]
         for start in range(0, len(entries), AUDIT_CHUNK):
-            self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=True)
+            self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=False)
