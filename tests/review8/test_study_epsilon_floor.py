@@ -113,6 +113,7 @@ def test_a_consortium_founded_across_machines_starts_with_a_floor(tmp_path: Path
         requests.append(tmp_path / org / "join-request.json")
     founding = found(load_requests(requests), chain_id="medledger-found", genesis_time_ms=T0)
     assert founding["genesis"]["params"]["study_min_epsilon_milli"] == 100
+    assert founding["genesis"]["params"]["study_max_budget_milli"] == 10_000
     lowered = found(
         load_requests(requests),
         chain_id="medledger-found",
@@ -120,3 +121,25 @@ def test_a_consortium_founded_across_machines_starts_with_a_floor(tmp_path: Path
         params={"study_min_epsilon_milli": 500},
     )
     assert lowered["genesis"]["params"]["study_min_epsilon_milli"] == 500
+
+
+def test_repeating_a_noised_query_is_bounded_by_a_budget_the_members_cap() -> None:
+    """The budget is what stops a sponsor averaging a noised query's repeats; the sponsor set
+    it alone, up to epsilon 100 (a thousand repeats at 0.1). The members cap it."""
+    w = _world()
+    w.vote_policy("set_param", {"name": "study_max_budget_milli", "value": 2000})
+    refused = w.send(
+        "h1/res-b",
+        "research.register",
+        {
+            "study": "s2",
+            "protocol_hash": b"\x01" * 32,
+            "ethics_ref": "CPP-2026-001",
+            "categories": ["labs"],
+            "min_cohort": 2,
+            "privacy_budget_milli": 100_000,
+        },
+    )
+    assert refused.code == Code.REFUSED and "study_max_budget_milli" in refused.log
+    w.study("s2", categories=["labs"], privacy_budget_milli=2000)  # within the cap
+    assert w.state.get("research/study/s2")["privacy_budget_milli"] == 2000

@@ -143,6 +143,13 @@ def register_v2(ctx: Context, msg: RegisterV2) -> None:
         raise TxError(
             Code.INVALID_BODY, f"field privacy_budget_milli: 0..{MAX_BUDGET_MILLI} (epsilon x 1000)"
         )
+    cap = governance.params(ctx.state)["study_max_budget_milli"]
+    if msg.privacy_budget_milli > cap:
+        raise TxError(
+            Code.REFUSED,
+            f"field privacy_budget_milli: over the consortium's cap {cap} "
+            "(study_max_budget_milli): a larger budget lets repeated queries average the noise",
+        )
     base = {f.name: getattr(msg, f.name) for f in dataclasses.fields(Register)}
     register(ctx, Register(**base))
     study = get_study(ctx.state, msg.study)
