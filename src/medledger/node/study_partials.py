@@ -1,8 +1,9 @@
 """Partial facts between hospitals, so that a patient followed in several is counted once.
 
 For a running study query, the *answering hospital* of an enrolled patient is, among the
-patient's custodians on the chain, the one with the smallest SHA-256(query id 0 org): spread
-evenly, fixed by the chain, and not the same hospital for every query. Every other custodian
+patient's custodians on the chain, the longest-standing one (ties: the smallest
+SHA-256(query id 0 org)), fixed by the chain: a member that made itself a custodian with a
+junk record never receives the real custodians' facts (`answering`). Every other custodian
 sends it what its own records say of the patient (`PatientFacts`), one message per (query,
 sender, receiver), to every other answerer even when empty, so that a receiver knows when it
 has heard from all. Only the answering hospital counts the patient.
