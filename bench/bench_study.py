@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from medledger.consensus.cometbft import processes
+from medledger.consensus.cometbft.rpc import RpcUnavailable
 from medledger.contracts import queries
 from medledger.interop.ins import make_ins
 from medledger.ledger.keys import SigningKey
@@ -220,7 +221,14 @@ def _enrol(nodes: dict[str, Node], held: dict[str, dict[str, str]]) -> int:
                 continue
             seen.add(pid)
             body = {"study": STUDY, "pid": pid, "evidence_hash": EVIDENCE, "channel": "portal"}
-            submitted = wallet.submit("research.enrol", body)
+            for attempt in range(5):  # a loaded machine's RPC may time out: ask again
+                try:
+                    submitted = wallet.submit("research.enrol", body)
+                    break
+                except RpcUnavailable:
+                    if attempt == 4:
+                        raise
+                    time.sleep(2.0)
             if not submitted.accepted:
                 raise RuntimeError(f"enrol refused: {submitted.check.log}")
             tx = submitted.tx_id

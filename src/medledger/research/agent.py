@@ -104,6 +104,8 @@ class StudyAgent:
     def due(self) -> list[str]:
         """Running queries that name this hospital and that it has not answered."""
         engine = self.node.engine
+        if queries.contract_versions(engine).get("research", 1) < 2:
+            return []  # a chain still on research v1 has no study queries (a vote moves it)
         now = decisions.now_ms()
         found = []
         for study in queries.studies(engine):

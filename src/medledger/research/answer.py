@@ -1,15 +1,16 @@
 """One hospital's answer to one running study query, from its records to its masked cells.
 
 `Answerer.answer(query id)`:
-1. reads the chain once (one committed view): the query, its study, the enrolled patients
-   (enrolled, not withdrawn, no erasure request) and, per patient, its custodians
-   (`node.study_partials.custodians`); keeps the patients this hospital is custodian of;
+1. reads the chain once (one committed view): the query, its study, the patients whose
+   custody runs at this hospital (`records.custody_of`), of them those enrolled (not
+   withdrawn, no erasure request), and each one's custodians for the query
+   (`node.study_partials.custodians`);
 2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
    query's categories that the study also has);
 3. journals (durably), then sends, each co-custodian's share: the facts of the patients
-   whose answering hospital is that co-custodian, one message to every other answerer, empty or not
-   (`study-partials`, the exchange; audited as `export` entries, purpose research, basis
-   `enrolment:<study>`); a send refused or failed is retried until the deadline;
+   whose answering hospital is that co-custodian, one message to every other answerer,
+   empty or not (`study-partials`, the exchange; audited as `export` entries, purpose
+   research, basis `enrolment:<study>`); a send refused or failed is retried until the deadline;
 4. waits for every other answerer's message (they are kept in the node's `Inbox`, so a
    restart resumes here), merges them into its own patients' facts, re-checks each patient's
    enrolment, `tally`s, adds its noise when the query has an epsilon
@@ -27,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.records import MAX_CUSTODY_PAGE, custody_of
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
@@ -46,6 +48,7 @@ from medledger.contracts.study_query import (
     noise_message,
     tally,
 )
+from medledger.ledger.store import StateView
 from medledger.node import decisions
 from medledger.node.study_partials import (
     Inbox,
@@ -113,6 +116,17 @@ def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> di
     return current | at_start
 
 
+def _custody(state: StateView, org: str) -> Iterator[str]:
+    """Every pid whose custody runs at org, page by page of `records.custody_of`."""
+    after = ""
+    while True:
+        page = custody_of(state, org, after)
+        yield from page
+        if len(page) < MAX_CUSTODY_PAGE:
+            return
+        after = page[-1]
+
+
 class Answerer:
     def __init__(self, node: Node, vault: Vault, inbox: Inbox, send: SendPartials) -> None:
         self.node = node
@@ -140,9 +154,8 @@ class Answerer:
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
         with engine.read_view() as state:
-            for key, enrolment in state.scan(f"research/enrol/{study_id}/"):
-                pid = key.rsplit("/", 1)[1]
-                if enrolment.get("status") != "enrolled" or not counts(state, study_id, pid):
+            for pid in _custody(state, self.org):  # its own patients, then the enrolled
+                if not counts(state, study_id, pid):
                     continue
                 held_by = custodians(state, pid, record)
                 if self.org in held_by:
