@@ -254,6 +254,9 @@ def show(record: dict[str, Any]) -> None:
     console.print(
         f"  k = {result.get('k')}, epsilon {result.get('epsilon')}, noise {result.get('noise')}"
     )
+    caveat = study_results.caveat(result)
+    if caveat:
+        console.print(f"  [yellow]{caveat}[/]")
     for t in study_results.tables(record["doc"], result):
         table = RichTable(*t.columns, title=t.title)
         for row in t.rows:

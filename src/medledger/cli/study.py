@@ -97,7 +97,9 @@ def register(app: typer.Typer) -> None:
         protocol: Annotated[Path, typer.Option(help="The protocol document (only its hash).")],
         ethics: Annotated[str, typer.Option(help="The ethics approval reference.")],
         categories: Annotated[str, typer.Option(help="Comma-separated data categories.")],
-        min_cohort: Annotated[int, typer.Option(help="Smallest cohort a release may have.")],
+        min_cohort: Annotated[
+            int, typer.Option(help="Smallest cohort a release, or a query's cell, may have.")
+        ],
         title: Annotated[
             str, typer.Option(help="Kept by your hospital; only its salted hash is posted.")
         ] = "",

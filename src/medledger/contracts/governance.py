@@ -184,12 +184,23 @@ DEFAULT_PARAMS: dict[str, int] = {
     "study_min_cell": 5,
     "study_dpo_approval": 1,
     "study_answer_ttl_ms": DAY_MS,
+    # The least epsilon x 1000 a study query may have. Without noise, suppression protects
+    # nobody: the answers on the chain sum to the exact cells, and two published results
+    # subtract (docs/security.md). 0 allows exact queries (a sandbox); a consortium founded
+    # across machines starts at 100 (provisioning/founding.py).
+    "study_min_epsilon_milli": 0,
+    # The most epsilon x 1000 a sponsor may give its study (research.register v2): the
+    # budget is what stops averaging repeated queries, so the members bound it, not the
+    # sponsor alone. 100000 (research_queries.MAX_BUDGET_MILLI) bounds nothing more.
+    "study_max_budget_milli": 100_000,
 }
 #: Parameters with bounds of their own, checked when a vote sets one.
 PARAM_RANGES: dict[str, tuple[int, int]] = {
     "study_min_cell": (2, 1000),
     "study_dpo_approval": (0, 1),
     "study_answer_ttl_ms": (60_000, 30 * DAY_MS),
+    "study_min_epsilon_milli": (0, 10_000),  # study_query.MAX_EPSILON
+    "study_max_budget_milli": (0, 100_000),  # research_queries.MAX_BUDGET_MILLI
 }
 #: records.MAX_REPLICAS: the peers one erasure attestation may name.
 MAX_BACKUP_REPLICAS = 16

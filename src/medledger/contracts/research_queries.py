@@ -125,10 +125,30 @@ def _check_budget(study: dict[str, Any], epsilon_milli: int) -> None:
         )
 
 
+def _check_floor(state: StateView, epsilon_milli: int) -> None:
+    """The consortium's least epsilon (`study_min_epsilon_milli`), at submission and again
+    when the query starts (a vote may have raised it meanwhile)."""
+    floor = governance.params(state)["study_min_epsilon_milli"]
+    if epsilon_milli < floor:
+        raise TxError(
+            Code.REFUSED,
+            f"field query.epsilon: {study_query.decimal_text(epsilon_milli)} is under the "
+            f"consortium's floor {study_query.decimal_text(floor)} (study_min_epsilon_milli): "
+            "without noise, suppressed cells can be read back",
+        )
+
+
 def register_v2(ctx: Context, msg: RegisterV2) -> None:
     if not 0 <= msg.privacy_budget_milli <= MAX_BUDGET_MILLI:
         raise TxError(
             Code.INVALID_BODY, f"field privacy_budget_milli: 0..{MAX_BUDGET_MILLI} (epsilon x 1000)"
+        )
+    cap = governance.params(ctx.state)["study_max_budget_milli"]
+    if msg.privacy_budget_milli > cap:
+        raise TxError(
+            Code.REFUSED,
+            f"field privacy_budget_milli: over the consortium's cap {cap} "
+            "(study_max_budget_milli): a larger budget lets repeated queries average the noise",
         )
     base = {f.name: getattr(msg, f.name) for f in dataclasses.fields(Register)}
     register(ctx, Register(**base))
@@ -163,6 +183,7 @@ def query_submit(ctx: Context, msg: QuerySubmit) -> None:
         )
     if msg.note_hash:
         check_hash(msg.note_hash, "note_hash")
+    _check_floor(ctx.state, q.epsilon_milli)
     _check_budget(study, q.epsilon_milli)
     seq = int(study.get("queries", 0)) + 1
     if seq > MAX_QUERIES:
@@ -211,6 +232,8 @@ def awaited_approvals(state: StateView, record: dict[str, Any]) -> list[str]:
 
 def query_approve(ctx: Context, msg: QueryApprove) -> None:
     org, practitioner = acting_org(ctx, role="dpo")
+    if practitioner is None:  # an organisation key holds every role: it names no DPO
+        raise TxError(Code.UNAUTHORIZED, "an approval is signed with a DPO's practitioner key")
     record = _require_query(ctx, msg.query)
     if record["status"] != "submitted":
         raise TxError(Code.CONFLICT, f"query {msg.query} is already {record['status']}")
@@ -218,7 +241,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
     assert study is not None
     if not study_open(study, ctx.time_ms):
         raise TxError(Code.REFUSED, f"study {record['study']} is closed")
-    if (org, practitioner or "") == (record["sponsor"], record["by"]):
+    if (org, practitioner) == (record["sponsor"], record["by"]):
         raise TxError(Code.UNAUTHORIZED, "the query's submitter may not approve it")
     if msg.role not in ROLES:
         raise TxError(Code.INVALID_BODY, f"field role: one of {', '.join(ROLES)}")
@@ -244,7 +267,7 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
         {
             "role": msg.role,
             "org": org,
-            "by": practitioner or "",
+            "by": practitioner,
             "decision_hash": msg.decision_hash,
             "time": ctx.time_ms,
             "tx": ctx.tx_id,
@@ -258,18 +281,24 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
 
 def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
     """The last approval: answerers, reference date, deadline, k fixed; the budget spent."""
+    _check_floor(ctx.state, record["epsilon_milli"])
     _check_budget(study, record["epsilon_milli"])
     study["privacy_spent_milli"] = _budget(study)[1] + record["epsilon_milli"]
     ctx.state.put(f"research/study/{record['study']}", study)
     settings = governance.params(ctx.state)
     day = datetime.datetime.fromtimestamp(ctx.time_ms // 1000, datetime.UTC).date().isoformat()
+    members = governance.members(ctx.state)
     record.update(
         status="running",
-        answerers=sorted(m["org"] for m in governance.members(ctx.state)),
+        answerers=sorted(m["org"] for m in members),
+        # The pairwise masks are agreed from these: a key changed meanwhile (update_member, a
+        # rebinding) would leave masks in the sum, and a wrong result would look right.
+        box_keys={m["org"]: m["box_key"] for m in members},
         age_on=record["doc"].get("age_on") or day,
         noise_seed=noise_seed_of(record["tx"]),
         deadline_ms=ctx.time_ms + settings["study_answer_ttl_ms"],
-        k=settings["study_min_cell"],
+        # The study's own minimum cohort binds its queries' cells too.
+        k=max(settings["study_min_cell"], int(study["min_cohort"])),
         started=ctx.time_ms,
     )
     n_cells = len(study_query.cells(study_query.parse(record["doc"])))
@@ -293,10 +322,19 @@ def query_answer(ctx: Context, msg: QueryAnswer) -> None:
         raise TxError(Code.CONFLICT, f"query {msg.query} is {record['status']}, not running")
     if ctx.time_ms >= record["deadline_ms"]:
         raise TxError(Code.EXPIRED, f"query {msg.query}'s answers were due by its deadline")
+    study = get_study(ctx.state, record["study"])
+    if study is None or not study_open(study, ctx.time_ms):  # the enrolments' consent ended
+        raise TxError(Code.REFUSED, f"study {record['study']} is closed: no more answers")
     if org not in record["answerers"]:
         raise TxError(Code.UNAUTHORIZED, f"{org} is not an answerer of query {msg.query}")
     if org in record["answers"]:
         raise TxError(Code.CONFLICT, f"{org} already answered query {msg.query}")
+    member = governance.member(ctx.state, org)
+    if "box_keys" in record and (member is None or member["box_key"] != record["box_keys"][org]):
+        raise TxError(
+            Code.CONFLICT,
+            f"{org}'s box key changed since query {msg.query} started: its masks cannot cancel",
+        )
     sums: list[int] = ctx.state.get(f"research/qsum/{msg.query}")
     if len(msg.cells) != len(sums):
         raise TxError(Code.INVALID_BODY, f"field cells: {len(sums)} cells, in the query's order")

@@ -255,6 +255,14 @@ def _date(value: Any, field_: str) -> str:
     return value
 
 
+def _partial_date(value: Any, field_: str) -> str:
+    """A FHIR date, which may stop at the month or the year ("2024-03", "2024")."""
+    if not isinstance(value, str) or not _BIRTH.match(value):
+        raise _fail(field_, "a date YYYY, YYYY-MM or YYYY-MM-DD")
+    _date((value + "-01-01")[:10], field_)
+    return value
+
+
 def _criterion(value: Any, field_: str) -> Criterion:
     doc = _map(value, field_, ("types", "codes", "value", "date"))
     if "types" not in doc:
@@ -647,7 +655,7 @@ class PatientFacts:
         if value is not None:
             pair = _list(value, "facts.value", 2, 2)
             if pair[0] != "":
-                _date(pair[0], "facts.value[0]")
+                _partial_date(pair[0], "facts.value[0]")
             _int(pair[1], "facts.value[1]", -MAX_ABS_VALUE, MAX_ABS_VALUE)
             value = (pair[0], pair[1])
         mismatch = _int(doc.get("unit_mismatch", 0), "facts.unit_mismatch", 0, MAX_UNIT_MISMATCH)
@@ -837,7 +845,9 @@ def answer_noise(q: StudyQuery, seed: bytes) -> list[int]:
         return [0] * len(names)
     spread = (q.cohort.value_max or 0) - (q.cohort.value_min or 0)
     per = Fraction(releases_per_patient(q) * SCALE, q.epsilon_milli)
-    sensitivity = {"sum": spread, "sumsq.lo": spread * spread, "sumsq.hi": 0}
+    # The square travels as two cells, each released (their sum is public): each has its own
+    # sensitivity; the high one is 0 only when no square reaches 2^32.
+    sensitivity = {"sum": spread, "sumsq.lo": spread * spread, "sumsq.hi": _square_hi(spread)}
     out = []
     for name in names:
         delta = sensitivity.get(name.rsplit("/", 1)[-1], 1)
@@ -845,16 +855,24 @@ def answer_noise(q: StudyQuery, seed: bytes) -> list[int]:
     return out
 
 
+def _square_hi(spread: int) -> int:
+    """The most one patient adds to the `sumsq.hi` cell."""
+    return (spread * spread) >> _LIMB
+
+
 def releases_per_patient(q: StudyQuery) -> int:
     """How many noised quantities one patient can move: epsilon is split evenly over them.
 
     Strata are disjoint, so a patient moves one stratum's quantities (parallel composition):
-    its count (asked, or the denominator of mean/stddev), the value sum (mean, stddev), the
-    square sum (stddev), one histogram bin, one 2x2 cell; and the global unit_mismatch."""
+    its `patients` cell (always published: the count, or what suppression is decided on),
+    the value sum (mean, stddev), the square sum's low and, when a square reaches 2^32, high
+    cell (stddev), one histogram bin, one 2x2 cell; and the global unit_mismatch."""
+    spread = (q.cohort.value_max or 0) - (q.cohort.value_min or 0)
     return (
-        int(q.asks("count", "mean", "stddev"))
+        1
         + int(q.asks("mean", "stddev"))
         + int(q.asks("stddev"))
+        + int(q.asks("stddev") and _square_hi(spread) > 0)
         + int(q.asks("histogram"))
         + int(q.asks("table2x2"))
         + int(bool(q.cohort.unit))

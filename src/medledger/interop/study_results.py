@@ -18,6 +18,12 @@ from medledger.contracts import study_query
 from medledger.contracts.study_query import decimal_text
 
 SUPPRESSED = "suppressed"
+#: Said wherever a result without noise is shown (docs/security.md): its suppression is the
+#: result's only, not a protection.
+NO_NOISE = (
+    "no noise: a suppressed figure is left out of this result only; every member can sum the "
+    "answers on the chain into every cell, and two results can be subtracted"
+)
 _TABLE_LABELS = {"y": "yes", "n": "no"}
 
 
@@ -49,6 +55,11 @@ class Series:
     title: str
     description: str
     bars: tuple[Bar, ...]
+
+
+def caveat(result: dict[str, Any]) -> str | None:
+    """What a reader of this result must be told besides its figures, if anything."""
+    return NO_NOISE if result.get("noise") == "none" else None
 
 
 def _text(value: Any) -> str:

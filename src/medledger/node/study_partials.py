@@ -1,8 +1,9 @@
 """Partial facts between hospitals, so that a patient followed in several is counted once.
 
 For a running study query, the *answering hospital* of an enrolled patient is, among the
-patient's custodians on the chain, the one with the smallest SHA-256(query id 0 org): spread
-evenly, fixed by the chain, and not the same hospital for every query. Every other custodian
+patient's custodians on the chain, the longest-standing one (ties: the smallest
+SHA-256(query id 0 org)), fixed by the chain: a member that made itself a custodian with a
+junk record never receives the real custodians' facts (`answering`). Every other custodian
 sends it what its own records say of the patient (`PatientFacts`), one message per (query,
 sender, receiver), to every other answerer even when empty, so that a receiver knows when it
 has heard from all. Only the answering hospital counts the patient.
@@ -23,7 +24,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from medledger.contracts.common import is_pid
 from medledger.contracts.patients import erasure_requested
 from medledger.contracts.records import custodies
-from medledger.contracts.research import enrolment_of
+from medledger.contracts.research import enrolment_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
 from medledger.ledger.store import StateView
 
@@ -58,9 +59,13 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(query_id: str, custodians: Iterable[str]) -> str:
-    """The custodian that counts the patient for this query ("" when it has none)."""
-    return min(custodians, key=lambda org: rank(query_id, org), default="")
+def answering(query_id: str, custodians: Mapping[str, int]) -> str:
+    """The custodian that counts the patient for this query ("" when it has none): the
+    longest-standing (`custodians`: org -> custody since), ties by `rank`. A member that
+    registers a junk record for an enrolled patient is a custodian from then on; were the
+    rank alone to choose, it would count the patient for some queries and receive the real
+    custodians' facts about them."""
+    return min(custodians, key=lambda org: (custodians[org], rank(query_id, org)), default="")
 
 
 def counts(state: StateView, study: str, pid: str) -> bool:
@@ -81,13 +86,15 @@ def started_ms(record: dict[str, Any]) -> int:
     return int(record.get("started") or 0)
 
 
-def custodians(state: StateView, pid: str, record: dict[str, Any]) -> list[str]:
-    """The patient's custodians for this query: custody begun by its start, still running,
-    and an answerer."""
+def custodians(state: StateView, pid: str, record: dict[str, Any]) -> dict[str, int]:
+    """The patient's custodians for this query (org -> custody since): custody begun by its
+    start, still running, and an answerer."""
     start, answerers = started_ms(record), set(record.get("answerers") or ())
-    return sorted(
-        org for org, since in custodies(state, pid).items() if since <= start and org in answerers
-    )
+    return {
+        org: since
+        for org, since in sorted(custodies(state, pid).items())
+        if since <= start and org in answerers
+    }
 
 
 def running(record: dict[str, Any] | None, now_ms: int) -> bool:
@@ -116,6 +123,10 @@ def check(
         raise PartialsRefused(404, f"query: no query {query_id!r}")
     if not running(record, now_ms):
         raise PartialsRefused(409, f"query {query_id}: not running")
+    study = str(record.get("study") or query_id.rsplit("/", 1)[0])
+    found_study = get_study(state, study)
+    if found_study is None or not study_open(found_study, now_ms):
+        raise PartialsRefused(409, f"query {query_id}: study {study} is closed")
     answerers = list(record.get("answerers") or [])
     if sender not in answerers:
         raise PartialsRefused(403, f"{sender} is not an answerer of {query_id}")
@@ -124,7 +135,6 @@ def check(
     patients = body.get("patients")
     if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
         raise PartialsRefused(400, f"patients: a list of at most {MAX_PATIENTS} [pid, facts]")
-    study = str(record.get("study") or query_id.rsplit("/", 1)[0])
     found: dict[str, PatientFacts] = {}
     seen: set[str] = set()
     for i, item in enumerate(patients):

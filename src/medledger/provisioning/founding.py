@@ -85,6 +85,15 @@ def load_requests(paths: list[Path]) -> list[JoinRequest]:
     return requests
 
 
+#: What a consortium founded across machines (real patients, unlike a sandbox) starts with:
+#: every study query noised, epsilon at least 0.1, and a study's whole budget at most 10
+#: (docs/security.md, "A curious sponsor or member"); `params` overrides them.
+FOUNDING_PARAMS: dict[str, int] = {
+    "study_min_epsilon_milli": 100,
+    "study_max_budget_milli": 10_000,
+}
+
+
 def found(
     requests: list[JoinRequest],
     *,
@@ -133,7 +142,7 @@ def found(
         time_ms=genesis_time_ms,
         members=members,
         engine=engine,
-        params=dict(params or {}),
+        params={**FOUNDING_PARAMS, **(params or {})},
         contracts=default_versions(),
     )
     cometbft = testnet.genesis_doc(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
 from medledger.contracts.records import MAX_CUSTODY_PAGE, custody_of
+from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
     PatientFacts,
@@ -100,11 +101,19 @@ class Plan:
     deadline_ms: int
     noise_seed: bytes
     mine: dict[str, str]  # pid -> its answering hospital, for the pids this hospital holds
+    box_keys: dict[str, bytes] = field(default_factory=dict)  # the answerers' at the start
 
 
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
     return set(record.get("answers") or {})
+
+
+def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The answerers' box keys the masks are agreed from: those the query fixed when it
+    started (a peer's key rotated since would leave masks in the sum), else the members'."""
+    current = {str(m["org"]): bytes(m["box_key"]) for m in members if m.get("box_key")}
+    return current | at_start
 
 
 def _custody(state: StateView, org: str) -> Iterator[str]:
@@ -138,8 +147,8 @@ class Answerer:
             return None
         study_id = str(record["study"])
         study = queries.study(engine, study_id)
-        if study is None:
-            return None
+        if study is None or not study_open(study, decisions.now_ms()):
+            return None  # closed meanwhile: its patients' enrolments cover no more reads
         q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
@@ -160,6 +169,7 @@ class Answerer:
             int(record.get("deadline_ms") or 0),
             bytes(record.get("noise_seed") or b""),
             mine,
+            {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()},
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
@@ -211,9 +221,8 @@ class Answerer:
         noise = answer_noise(plan.q, seed)
         noised = [c + n for c, n in zip(tally(plan.q, counted), noise, strict=True)]
         n_cells = len(cells(plan.q))
-        pairs = masks.seed_pairs(
-            self.org, self.node.config.box_key(), self._box_publics(), plan.answerers
-        )
+        publics = box_publics(plan.box_keys, queries.members(self.node.engine))
+        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
         body = {
             "query": query_id,
             "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
@@ -288,10 +297,3 @@ class Answerer:
         ]
         for start in range(0, len(entries), AUDIT_CHUNK):
             self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=False)
-
-    def _box_publics(self) -> dict[str, bytes]:
-        return {
-            str(m["org"]): bytes(m["box_key"])
-            for m in queries.members(self.node.engine)
-            if m.get("box_key")
-        }

@@ -29,7 +29,14 @@ from typing import Any
 
 import orjson
 
-from medledger.contracts.study_query import SCALE, Criterion, PatientFacts, StudyQuery, criteria
+from medledger.contracts.study_query import (
+    MAX_ABS_VALUE,
+    SCALE,
+    Criterion,
+    PatientFacts,
+    StudyQuery,
+    criteria,
+)
 from medledger.interop.metadata import categories_of_type, category_of, main_codings
 from medledger.vault import PatientErased, Vault
 
@@ -126,7 +133,11 @@ def match(resource: Mapping[str, Any], criterion: Criterion) -> Match:
         # A partial date ("2024-03") compares below any day of its month: inside [from, to].
         if criterion.date_to and date > criterion.date_to:
             return NO
-    return Match(True, None if quantity is None else (date, quantity[0]))
+    if quantity is None:
+        return Match(True)
+    # A criterion without a value range keeps any value (a viral load in millions): within
+    # the bounds a partial may carry; a value statistic asks a range inside them anyway.
+    return Match(True, (date, min(max(quantity[0], -MAX_ABS_VALUE), MAX_ABS_VALUE)))
 
 
 def needs_demographics(q: StudyQuery) -> bool:

@@ -219,6 +219,7 @@ def router() -> APIRouter:
             tables=tables,
             charts=[chart(s, f"chart-{i}") for i, s in enumerate(series)],
             suppressed=study_results.SUPPRESSED,
+            caveat=study_results.caveat(result) if result is not None else None,
         )
 
     return routes
