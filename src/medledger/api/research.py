@@ -91,14 +91,7 @@ def parse_params(resource_type: str, items: Iterable[tuple[str, str]], strict: b
         why=f"not a search parameter of {resource_type} here",
     )
     params.not_applied += query.not_applied
-    if strict and params.not_applied:
-        raise FhirError(
-            400,
-            "not-supported",
-            "not applied (Prefer: handling=strict): "
-            + "; ".join(f"{n}: {why}" for n, why in params.not_applied),
-            params.not_applied[0][0],
-        )
+    fhir_search.refuse_if_strict(params.not_applied, strict)
     params.count = query.count
     params.applied += query.applied
     return params

@@ -430,7 +430,7 @@ def parse(
             _result_param(query, name, value, known)
         else:
             _filter_param(query, name, value, known, base)
-    _refuse_if_strict(query, strict)
+    refuse_if_strict(query.not_applied, strict)
     return query
 
 
@@ -455,18 +455,19 @@ def parse_limited(
             kept[name] = value
         else:
             query.not_applied.append((name, why))
-    _refuse_if_strict(query, strict)
+    refuse_if_strict(query.not_applied, strict)
     return query, kept
 
 
-def _refuse_if_strict(query: Query, strict: bool) -> None:
-    if strict and query.not_applied:
+def refuse_if_strict(not_applied: list[tuple[str, str]], strict: bool) -> None:
+    """Under `Prefer: handling=strict`, a parameter left unapplied is a 400, never ignored."""
+    if strict and not_applied:
         raise FhirError(
             400,
             "not-supported",
             "not applied (Prefer: handling=strict): "
-            + "; ".join(f"{n}: {why}" for n, why in query.not_applied),
-            query.not_applied[0][0],
+            + "; ".join(f"{n}: {why}" for n, why in not_applied),
+            not_applied[0][0],
         )
 
 
