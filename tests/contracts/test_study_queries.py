@@ -360,3 +360,14 @@ def test_a_v1_chain_is_unchanged_until_it_votes_v2(monkeypatch: pytest.MonkeyPat
     w.vote_policy("activate_contract", {"name": "research", "version": 2})
     assert _submit(w).ok  # a v1 study: no budget, so queries without noise only
     assert _submit(w, QUERY | {"epsilon": "0.1"}).code == Code.REFUSED
+
+
+def test_a_revoked_researcher_or_dpo_can_neither_submit_nor_approve() -> None:
+    w = _world()
+    w.ok("h1", "identity.revoke", {"practitioner": "res-b"})
+    refused = _submit(w)  # h1/res-b, the sponsor's researcher, now revoked
+    assert refused.code == Code.UNAUTHORIZED and "not an active" in refused.log
+    assert _submit(w, who="h1/res-dpo").ok
+    w.ok("h2", "identity.revoke", {"practitioner": "dpo-c"})
+    assert _approve(w, "h2/dpo-c").code == Code.UNAUTHORIZED  # its DPO, revoked
+    assert w.q("research/query", {"query": "s1/q0001"})["approvals"] == []
