@@ -204,7 +204,13 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
     study: Study,
 ) -> None:
     from medledger.contracts.study_query import PatientFacts
-    from medledger.node.study_partials import PartialsRefused, answering, check, custodians
+    from medledger.node.study_partials import (
+        PartialsRefused,
+        answering,
+        check,
+        custodians,
+        linked,
+    )
 
     study.load(12, seed=5)
     study.register(["labs"])
@@ -223,7 +229,7 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
         )
         pid = study.pid[shared]
         held_by = custodians(state, pid, record)
-        receiver = answering(query_id, held_by)
+        receiver = answering(query_id, held_by, linked(state, STUDY, pid, record))
         sender = next(org for org in held_by if org != receiver)
         stranger = next(org for org in ORGS if org not in held_by)
         now = int(time.time() * 1000)
@@ -247,5 +253,5 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
         # A patient not enrolled (or withdrawn since the sender looked) is dropped, not counted.
         outsider = study.pid[labels[-1]]
         out_by = custodians(state, outsider, record)
-        if sender in out_by and answering(query_id, out_by) == receiver:
+        if sender in out_by and answering(query_id, out_by, linked(state, STUDY, outsider, record)) == receiver:
             assert outsider not in ask(sender, receiver, [outsider])[1]

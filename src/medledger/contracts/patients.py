@@ -140,6 +140,12 @@ def key_of_patient(state: StateView, pid: str) -> bytes | None:
     return None if bound is None else bytes(bound["key"])
 
 
+def key_binding(state: StateView, pid: str) -> dict[str, Any] | None:
+    """The patient's key binding in force: key, the attesting `org`, `time`..., or None."""
+    bound: dict[str, Any] | None = state.get(f"patients/key/{pid}")
+    return bound
+
+
 def acting_for_patient(
     ctx: Context, pid: str, evidence_hash: bytes, taken_by: str = "", channel: str = ""
 ) -> ActingFor:

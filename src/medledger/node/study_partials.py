@@ -1,9 +1,12 @@
 """Partial facts between hospitals, so that a patient followed in several is counted once.
 
 For a running study query, the *answering hospital* of an enrolled patient is, among the
-patient's custodians on the chain, the longest-standing one (ties: the smallest
+patient's custodians on the chain, the longest-standing one the patient is linked to
+(`linked`: the hospital that recorded their enrolment in the study on their behalf, or the
+one that attested their bound key), else the longest-standing one (ties: the smallest
 SHA-256(query id 0 org)), fixed by the chain: a member that made itself a custodian with a
-junk record never receives the real custodians' facts (`answering`). Every other custodian
+junk record, even before any real hospital, never receives the real custodians' facts
+(`answering`). Every other custodian
 sends it what its own records say of the patient (`PatientFacts`), one message per (query,
 sender, receiver), to every other answerer even when empty, so that a receiver knows when it
 has heard from all. Only the answering hospital counts the patient.
@@ -24,7 +27,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medledger.contracts.common import is_pid
-from medledger.contracts.patients import erasure_requested
+from medledger.contracts.patients import erasure_requested, key_binding
 from medledger.contracts.records import custodies
 from medledger.contracts.research import enrolment_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
@@ -59,13 +62,37 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(query_id: str, custodians: Mapping[str, int]) -> str:
+def answering(
+    query_id: str, custodians: Mapping[str, int], linked: Collection[str] = ()
+) -> str:
     """The custodian that counts the patient for this query ("" when it has none): the
-    longest-standing (`custodians`: org -> custody since), ties by `rank`. A member that
-    registers a junk record for an enrolled patient is a custodian from then on; were the
-    rank alone to choose, it would count the patient for some queries and receive the real
-    custodians' facts about them."""
-    return min(custodians, key=lambda org: (custodians[org], rank(query_id, org)), default="")
+    longest-standing (`custodians`: org -> custody since) of those in `linked`, else of all,
+    ties by `rank`. A member that registers a junk record for an enrolled patient is a
+    custodian from then on; were the rank alone to choose, it would count the patient for
+    some queries and receive the real custodians' facts about them; were seniority alone to
+    choose, filing before any real hospital would do (knowing the patient's INS is enough)."""
+    return min(
+        custodians,
+        key=lambda org: (org not in linked, custodians[org], rank(query_id, org)),
+        default="",
+    )
+
+
+def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> frozenset[str]:
+    """The hospitals the patient is linked to for this query, by an act on the chain beyond
+    filing records, each one told to the patient and to the other custodians: the one that
+    recorded their enrolment in the study on their behalf, and the one that attested their
+    bound key (a patient who enrolled with their own key has one). Only acts done by the
+    query's start count, so that every answerer, whatever its height, agrees."""
+    start, found = started_ms(record), set()
+    enrolment = enrolment_of(state, study, pid) or {}
+    by = enrolment.get("by") or {}
+    if by.get("org") and int(enrolment.get("since") or 0) <= start:
+        found.add(str(by["org"]))
+    binding = key_binding(state, pid)
+    if binding is not None and binding.get("org") and int(binding.get("time") or 0) <= start:
+        found.add(str(binding["org"]))
+    return frozenset(found)
 
 
 def counts(state: StateView, study: str, pid: str) -> bool:
@@ -147,7 +174,7 @@ def check(
         held_by = custodians(state, pid, record)
         if sender not in held_by:
             raise PartialsRefused(403, f"patients[{i}]: {sender} is not a custodian")
-        if answering(query_id, held_by) != receiver:
+        if answering(query_id, held_by, linked(state, study, pid, record)) != receiver:
             raise PartialsRefused(403, f"patients[{i}]: {receiver} is not its answering hospital")
         try:
             found[pid] = PatientFacts.from_obj(item[1])

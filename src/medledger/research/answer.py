@@ -55,6 +55,7 @@ from medledger.node.study_partials import (
     answering,
     counts,
     custodians,
+    linked,
     running,
 )
 from medledger.research import masks
@@ -159,7 +160,9 @@ class Answerer:
                     continue
                 held_by = custodians(state, pid, record)
                 if self.org in held_by:
-                    mine[pid] = answering(query_id, held_by)
+                    mine[pid] = answering(
+                        query_id, held_by, linked(state, study_id, pid, record)
+                    )
         return Plan(
             query_id,
             study_id,
