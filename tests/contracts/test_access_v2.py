@@ -30,9 +30,14 @@ def _local(**over: Any) -> dict[str, Any]:
 
 
 def _v2_net() -> tuple[Net, Application]:
-    net = make_net()
+    before = ACCESS_VERSION[0]
+    ACCESS_VERSION[0] = 2  # new consortia start on the newest (v3: `to`, test_access_v3.py)
+    try:
+        net = make_net()
+    finally:
+        ACCESS_VERSION[0] = before
     app = net.app()
-    assert app.query_obj("governance/contracts", {})["access"] == 2  # new consortia: newest
+    assert app.query_obj("governance/contracts", {})["access"] == 2
     body = {"practitioner": "dr-b", "key": DR_B.public_key, "roles": ["nurse"]}
     assert (
         run_block(app, [net.tx(net.orgs["h0"], "identity.register", body)], net.solo).results[0].ok

@@ -128,6 +128,8 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     entries = wait_for(exported, 30, "the research export in the trail")
     assert {e["basis"] for e in entries} == {f"enrolment:{STUDY}"}
     assert {e["custodian"] for e in entries} <= set(study.holders[two])
+    # ... naming the hospital that received the facts: another of the patient's custodians.
+    assert all(e["to"] in study.holders[two] and e["to"] != e["custodian"] for e in entries)
     # Each node says what it did (its health is looked at again after a second at most).
     for org in ORGS:
 

@@ -166,6 +166,22 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
                 "requestor": True,
             },
         )
+    if entry.get("to"):  # an export's receiving hospital (access v3)
+        event["agent"].append(
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://dicom.nema.org/resources/ontology/DCM",
+                            "code": "110152",
+                            "display": "Destination Role ID",
+                        }
+                    ]
+                },
+                "who": {"identifier": {"system": "urn:medledger:org", "value": entry["to"]}},
+                "requestor": False,
+            }
+        )
     request = entry.get("request")
     if request:
         event["entity"].append(

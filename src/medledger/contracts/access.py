@@ -62,6 +62,11 @@ as in v1, `acc/id/` only for entries journaled before v2 (they carry an id), and
     acc/otx/<org>/<time:016d>/<tx id hex>   -> [pid...]: the tx's patients (who served what)
     acc/seq/<custodian>                     the highest sequence written (skip at or below)
 Its queries read both layouts (a chain keeps what v1 wrote; `record_entry` writes v1's).
+
+Version 3 (`log_v3`): v2 and an entry's `to`, the hospital that received what an `export`
+sent (a member other than the custodian: a study's partial facts go to the patient's
+answering hospital), so the patient's trail names it. A row's entry carries it as a 14th
+column only when set: v2's rows, and v3's without a `to`, are the same bytes.
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ def log_entry(
     decision: Decision,
     rids: list[str],
     request: dict[str, Any] | None = None,
+    to: str = "",
 ) -> dict[str, Any]:
     """The one builder of an `access.log` entry from a decision, for every caller off-chain.
 
@@ -185,6 +191,8 @@ def log_entry(
     }
     if request is not None:
         entry["request"] = request
+    if to:  # an export's receiver (access v3; `log_body` leaves it out for older chains)
+        entry["to"] = to
     return entry
 
 
@@ -592,6 +600,12 @@ class EntryV2(Entry):
 
 
 @dataclass
+class EntryV3(EntryV2):
+    # The hospital that received an export's data ("" for any other act).
+    to: str = ""
+
+
+@dataclass
 class LogV2:
     """Entries by column (`log_body`): entry i has `columns[name][i]` for each field `name`
     of `EntryV2`; a column whose values all are the field's default is left out. A tx's
@@ -623,6 +637,7 @@ ROW_COLUMNS = (
     "request_signer",
     "seq",
     "id",
+    "to",  # v3, only when set
 )
 _REQUIRED = ("actor", "actor_org", "pid", "action", "purpose", "outcome")
 _REQUIRED_SET = frozenset(_REQUIRED)
@@ -640,36 +655,41 @@ _COLUMN_TYPES: dict[str, frozenset[type]] = {
     "request": frozenset((dict, type(None))),
     "seq": frozenset((int,)),
 }
+_COLUMN_TYPES_V3 = {**_COLUMN_TYPES, "to": frozenset((str,))}
 #: Record ids one per line: `common.is_id` of each, over a whole tx's ids at once.
 _ID_LINES = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,63}\n)*")
 
 
 def log_body(entries: list[dict[str, Any]], version: int, need: int = 0) -> dict[str, Any]:
     """The body of an `access.log` tx of these entries (as `log_entry` builds them) for
-    `version` of the contract: v1 the list of entries, v2 their columns (and `need`)."""
+    `version` of the contract: v1 the list of entries, v2 their columns (and `need`); an
+    entry's `to` only from v3 (an older chain's entries do not name the receiver)."""
+    if version < 3:
+        entries = [{k: v for k, v in e.items() if k != "to"} for e in entries]
     if version < 2:
         return {"entries": entries}
     columns: dict[str, Any] = {name: [e[name] for e in entries] for name in _REQUIRED}
-    for name, default in _DEFAULTS.items():
+    for name, default in (_DEFAULTS if version < 3 else {**_DEFAULTS, "to": ""}).items():
         values = [e.get(name, default) for e in entries]
         if any(v != default for v in values):
             columns[name] = values
     return {"columns": columns, "need": need} if need else {"columns": columns}
 
 
-def _entries_of(columns: dict[str, Any]) -> list[EntryV2]:
+def _entries_of(columns: dict[str, Any], kind: type[EntryV2] = EntryV2) -> list[EntryV2]:
     """The columns as entries, each parsed and checked alone, as v1 does: the slow path,
     taken when a column check fails, to refuse naming the entry and field."""
-    return _checked([{k: c[i] for k, c in columns.items()} for i in range(_count(columns))])
+    c = columns
+    return _checked([{k: c[k][i] for k in c} for i in range(_count(c))], kind)
 
 
-def _checked(raw: list[Any]) -> list[EntryV2]:
+def _checked(raw: list[Any], kind: type[EntryV2] = EntryV2) -> list[EntryV2]:
     """Entries (maps) parsed and checked one by one, as v1 does."""
     if not 0 < len(raw) <= MAX_ENTRIES:
         raise TxError(Code.INVALID_BODY, f"field entries: 1..{MAX_ENTRIES} entries per tx")
     out = []
     for i, item in enumerate(raw):
-        e = parse_item(EntryV2, item, f"entries[{i}]")
+        e = parse_item(kind, item, f"entries[{i}]")
         _check_fields(i, e)
         out.append(e)
     return out
@@ -690,11 +710,12 @@ def _count(columns: dict[str, Any]) -> int:
     return count
 
 
-def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
+def _fast_entries(c: dict[str, Any], kind: type[EntryV2] = EntryV2) -> list[EntryV2] | None:
     """The columns as entries when every check of `_check_fields` passes over whole columns
     (types, codes, pids, ids, bases); None as soon as one fails: `_entries_of` then finds
     the entry and names it (or accepts what these checks refuse too eagerly)."""
-    if not (c.keys() >= _REQUIRED_SET and c.keys() <= _COLUMN_TYPES.keys()):
+    types = _COLUMN_TYPES_V3 if kind is EntryV3 else _COLUMN_TYPES
+    if not (c.keys() >= _REQUIRED_SET and c.keys() <= types.keys()):
         return None
     count = len(c["actor"]) if type(c["actor"]) is list else -1
     if not 0 < count <= MAX_ENTRIES:
@@ -702,7 +723,7 @@ def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
     for name, column in c.items():
         if type(column) is not list or len(column) != count:
             return None
-        if not set(map(type, column)) <= _COLUMN_TYPES[name]:
+        if not set(map(type, column)) <= types[name]:
             return None
     pids = c["pid"]
     if set(map(len, pids)) != {64} or not _HEX.issuperset("".join(pids)):
@@ -737,6 +758,26 @@ def _fast_entries(c: dict[str, Any]) -> list[EntryV2] | None:
     for ident in set(ids) - {""}:
         if len(ident) != 2 * ENTRY_ID or not _HEX.issuperset(ident):
             return None
+    if kind is EntryV3:
+        return [
+            EntryV3(*values)
+            for values in zip(
+                c["actor"],
+                c["actor_org"],
+                pids,
+                c["action"],
+                c["purpose"],
+                c["outcome"],
+                basis,
+                reason,
+                rids,
+                c.get("request", [None] * count),
+                ids,
+                c.get("seq", [0] * count),
+                c.get("to", [""] * count),
+                strict=True,
+            )
+        ]
     return [
         EntryV2(*values)
         for values in zip(
@@ -770,14 +811,37 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
     whole columns first; `_check_actor` once per actor; `_check_request`); the entries of a
     tx about one patient written as one row, and a re-sent entry known by its sequence
     instead of a row per entry id."""
+    _log_rows(ctx, msg, EntryV2)
+
+
+def log_v3(ctx: Context, msg: LogV2) -> None:
+    """`access.log`, version 3: v2, and an export's entry may name who received it (`to`)."""
+    _log_rows(ctx, msg, EntryV3)
+
+
+def _check_to(ctx: Context, n: int, entry: EntryV2, custodian: str) -> None:
+    """An export's receiver: a member of the consortium other than the custodian."""
+    to = getattr(entry, "to", "")
+    if not to:
+        return
+    if entry.action != "export":
+        raise TxError(Code.INVALID_BODY, f"field entries[{n}].to: only an export names one")
+    if not is_id(to) or not is_member(ctx.state, to) or to == custodian:
+        raise TxError(
+            Code.INVALID_BODY,
+            f"field entries[{n}].to: a member hospital other than {custodian} expected",
+        )
+
+
+def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2]) -> None:
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)
     if msg.entries:
         if msg.columns:
             raise TxError(Code.INVALID_BODY, "field entries: columns or entries, not both")
-        entries = _checked(msg.entries)
+        entries = _checked(msg.entries, kind)
     else:
-        entries = _fast_entries(msg.columns) or _entries_of(msg.columns)
+        entries = _fast_entries(msg.columns, kind) or _entries_of(msg.columns, kind)
     mark_key = f"acc/seq/{custodian}"
     mark = ctx.state.get(mark_key) or 0
     if not 0 <= msg.need < MAX_SEQ:
@@ -826,7 +890,9 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
         elif entry.actor.startswith("patient:") or (entry.actor, entry.actor_org) not in actors:
             _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
             actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
-        rows.setdefault(entry.pid, []).append(
+        _check_to(ctx, n, entry, custodian)
+        row = rows.setdefault(entry.pid, [])
+        row.append(
             [
                 n,
                 entry.actor,
@@ -843,6 +909,8 @@ def log_v2(ctx: Context, msg: LogV2) -> None:
                 entry.id,
             ]
         )
+        if getattr(entry, "to", ""):
+            row[-1].append(entry.to)
     if last > mark:
         ctx.state.put(mark_key, last)
     if not rows:
@@ -877,7 +945,8 @@ def _v2_entries(pid: str, key: str, row: list[Any]) -> list[dict[str, Any]]:
     custodian, signer, height, entries = row
     out = []
     for columns in entries:
-        entry = dict(zip(ROW_COLUMNS, columns, strict=True))
+        entry = dict(zip(ROW_COLUMNS, columns, strict=False))  # `to` only when set (v3)
+        entry.setdefault("to", "")
         entry.update(
             custodian=custodian,
             signer=signer,
@@ -961,6 +1030,16 @@ CONTRACTS = [
         name="access",
         version=2,
         messages={"access.log": Message("access.log", LogV2, log_v2)},
+        queries={
+            "access/of_patient": q_of_patient_v2,
+            "access/by_custodian": q_by_custodian_v2,
+            "access/seq": q_seq,
+        },
+    ),
+    Contract(
+        name="access",
+        version=3,
+        messages={"access.log": Message("access.log", LogV2, log_v3)},
         queries={
             "access/of_patient": q_of_patient_v2,
             "access/by_custodian": q_by_custodian_v2,

@@ -87,7 +87,7 @@ def fail_closed(ask: Callable[[], Any]) -> Decision:
 class Access:
     """What every audit entry of one access shares: who (`actor`, of `actor_org`) does what
     (`action`, for `purpose`) to whose data (`pid`), and the signed `request` of another
-    hospital's actor, if any (see contracts.access)."""
+    hospital's actor, if any (see contracts.access), and the hospital an export sent to."""
 
     actor: str
     actor_org: str
@@ -95,6 +95,7 @@ class Access:
     action: str
     purpose: str
     request: dict[str, Any] | None = None
+    to: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def audit(
             decision=decision,
             rids=chunk,
             request=access.request,
+            to=access.to,
         )
         for chunk in chunks
     ]

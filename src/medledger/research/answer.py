@@ -257,7 +257,7 @@ class Answerer:
         done = self.inbox.sent(plan.query_id)
         todo = {o: share for o, share in shares.items() if o not in done}
         started = time.perf_counter()
-        self._audit(plan, [pid for share in todo.values() for pid, _ in share])
+        self._audit(plan, [(pid, to) for to, share in todo.items() for pid, _ in share])
         timing["audit"] = time.perf_counter() - started
         pause = 0.2
 
@@ -284,18 +284,22 @@ class Answerer:
                 pause = min(pause * 2, 10.0)
         return {o: len(share) for o, share in shares.items()}
 
-    def _audit(self, plan: Plan, pids: list[str]) -> None:
-        """One `export` entry per patient whose facts leave: purpose research, the study's
-        enrolment as basis, no record id (no record leaves). Durable in the hospital's audit
+    def _audit(self, plan: Plan, sends: list[tuple[str, str]]) -> None:
+        """One `export` entry per patient whose facts leave (`sends`: pid, receiver): purpose
+        research, the study's enrolment as basis, the receiving hospital as `to` (access
+        v3), no record id (no record leaves). Durable in the hospital's audit
         journal before anything is sent, as the API's reads are (the journal takes them to
         the chain in its next tx, and again after a crash); not waited on the chain, which
         would put a block on every query's path."""
         allowed = Decision(True, f"enrolment:{plan.study}", "")
         entries = [
             entry
-            for pid in pids
+            for pid, to in sends
             for entry in decisions.audit(
-                decisions.Access(f"org:{self.org}", self.org, pid, "export", "research"), allowed
+                decisions.Access(
+                    f"org:{self.org}", self.org, pid, "export", "research", to=to
+                ),
+                allowed,
             )
         ]
         for start in range(0, len(entries), AUDIT_CHUNK):

@@ -75,6 +75,7 @@ FRENCH: dict[str, str] = {
     "nothing matches this filter": "rien ne correspond à ce filtre",
     "served and signed by {orgs}": "servi et signé par {orgs}",
     "at the request signed by {orgs}": "à la demande signée par {orgs}",
+    "sent to {orgs}": "envoyé à {orgs}",
     "you": "vous",
     "for your treatment": "pour vos soins",
     "in an emergency": "en urgence",

@@ -105,6 +105,7 @@ def grouped(
                 "served_by": set(),
                 "signers": set(),
                 "requested_by": set(),
+                "sent_to": set(),
                 "proofs": [],
             }
         actions: dict[str, int] = group["actions"]
@@ -116,6 +117,8 @@ def grouped(
         group["signers"].add(_hex(a.get("signer")))
         if a.get("request_signer"):
             group["requested_by"].add(actor_in_words(str(a["request_signer"]), names, pid))
+        if a.get("to"):  # an export's receiving hospital (access v3)
+            group["sent_to"].add(names.get(str(a["to"]), str(a["to"])))
         group["proofs"].append({"tx": _hex(a["tx"]), "height": a["height"]})
     shown = []
     for g in groups.values():
@@ -123,6 +126,7 @@ def grouped(
         g["served_by"] = ", ".join(sorted(g["served_by"]))
         g["signers"] = " ".join(sorted(x for x in g["signers"] if x))
         g["requested_by"] = ", ".join(sorted(g["requested_by"]))
+        g["sent_to"] = ", ".join(sorted(g["sent_to"]))
         shown.append(g)
     return shown
 
