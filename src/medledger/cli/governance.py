@@ -11,7 +11,13 @@ from rich.table import Table
 from medledger.cli import _common
 from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
-from medledger.contracts.governance import Propose, UpdateMember, Vote
+from medledger.contracts.governance import (
+    DEFAULT_PARAMS,
+    Propose,
+    UpdateMember,
+    Vote,
+    param_bounds,
+)
 
 if TYPE_CHECKING:
     from medledger.consensus.engine import Committed
@@ -30,6 +36,8 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"[green]proposal {event.get('id')} reached 2/3 and was executed[/]")
         elif event.type == "contract.activated":
             console.print(f"contract {event.get('name')} version {event.get('version')} active")
+        elif event.type == "param.set":
+            console.print(f"{event.get('name')} is now {event.get('value')}")
         elif event.type == "proposal.rejected":
             console.print(f"[red]proposal {event.get('id')} was rejected[/]")
         elif event.type == "member.admitted":
@@ -40,6 +48,18 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} is now bound to its new keys")
         elif event.type == "member.updated":
             console.print(f"{event.get('org')} updated its {event.get('changed')}")
+
+
+def check_param(name: str, value: int) -> None:
+    """A parameter change the contract would refuse, refused here first (ValueError)."""
+    try:
+        low, high = param_bounds(name)
+    except KeyError:
+        known = ", ".join(sorted(DEFAULT_PARAMS))
+        raise ValueError(f"--name: unknown parameter {name!r} (known: {known})") from None
+    if value < low or (high is not None and value > high):
+        allowed = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"--value: {value} is out of range for {name} ({allowed})")
 
 
 def _read_request(path: Path) -> JoinRequest:
@@ -168,6 +188,39 @@ def register(app: typer.Typer) -> None:
         with user_errors(), Node.open(home) as node:
             c = send(node, node.wallet, Propose("set_power", {"org": org, "power": power}))
             _report(node, c)
+
+    @propose.command("param")
+    def param(
+        home: HomeOption,
+        name: Annotated[
+            str, typer.Option(help="e.g. study_min_cell (`member params` lists them).")
+        ],
+        value: Annotated[int, typer.Option(help="The new value (an integer).")],
+        note: Annotated[str, typer.Option(help="Why, for the other members.")] = "",
+    ) -> None:
+        """Propose changing a consortium parameter (`set_param`): study queries' k, DPO
+        approval, answer time, epsilon floor and budget cap, replicas, custody..."""
+        from medledger.node import Node
+
+        with user_errors():
+            check_param(name, value)
+            with Node.open(home) as node:
+                args = {"name": name, "value": value}
+                c = send(node, node.wallet, Propose("set_param", args, note))
+                _report(node, c)
+
+    @member.command("params")
+    def params(home: HomeOption) -> None:
+        """The consortium parameters in force, with the values a vote may give them."""
+        from medledger.node import Node
+
+        with user_errors(), Node.open(home) as node:
+            found = queries.governance_params(node.engine)
+        table = Table("parameter", "value", "allowed")
+        for name, current in sorted(found.items()):
+            low, high = param_bounds(name)
+            table.add_row(name, str(current), f"{low}.." + ("" if high is None else str(high)))
+        console.print(table)
 
     @member.command("update")
     def update(

@@ -208,6 +208,21 @@ MAX_BACKUP_REPLICAS = 16
 GRACE_DAYS = (1, 365)
 
 
+def param_bounds(name: str) -> tuple[int, int | None]:
+    """The values a `set_param` vote may give parameter `name` (None: no upper bound), as
+    `validate` checks them; KeyError for a parameter that does not exist. The CLI names
+    them before proposing, so that a mistake costs no proposal."""
+    if name not in DEFAULT_PARAMS:
+        raise KeyError(name)
+    if name in PARAM_RANGES:
+        return PARAM_RANGES[name]
+    if name == "backup_replicas":
+        return (0, MAX_BACKUP_REPLICAS)
+    if name == "custody_grace_days":
+        return GRACE_DAYS
+    return (0, None)
+
+
 # -- actions a proposal can carry ---------------------------------------------------------
 
 
