@@ -50,3 +50,56 @@ def test_a_local_read_has_one_organisation_agent_and_no_request() -> None:
     event = to_audit_event(local, "Patient/p1")
     assert _ids(event, "urn:medledger:org") == ["chu-lyon"]
     assert _ids(event, "urn:medledger:request") == []
+
+
+def test_a_research_export_names_the_hospital_that_received_the_facts() -> None:
+    """A study's partial facts sent to the patient's answering hospital (access v3's `to`):
+    the AuditEvent and the portal's trail both say where they went."""
+    from medledger.web.render import templates
+    from medledger.web.trail import grouped
+
+    sent = _entry(
+        actor="org:chu-lyon",
+        actor_org="chu-lyon",
+        action="export",
+        purpose="research",
+        basis="enrolment:lyon-2026-007",
+        rids=[],
+        request=b"",
+        to="aphp-paris",
+    )
+    event = to_audit_event(sent, "Patient/p1")
+    destination = event["agent"][-2]
+    assert destination["type"]["coding"][0]["code"] == "110152"  # DCM Destination Role ID
+    assert destination["who"]["identifier"]["value"] == "aphp-paris"
+    assert event["agent"][-1]["name"] == "served and signed by chu-lyon"  # the source, last
+    assert "110152" not in str(to_audit_event(_entry(), "Patient/p1"))  # a read has none
+
+    (line,) = grouped([sent], {"aphp-paris": "AP-HP Paris"}, "ab" * 32, {})
+    assert line["sent_to"] == "AP-HP Paris"
+    html = templates.get_template("portal.html").render(
+        title="My health records",
+        hospital="CHU Lyon",
+        csrf="c" * 32,
+        pid="ab" * 32,
+        records=[],
+        sealed=[],
+        accesses=[line],
+        sections={
+            "consents": [],
+            "requests": [],
+            "studies": [],
+            "erasure": None,
+            "waiting": None,
+            "hours": 72,
+            "members": [],
+            "custodians": [],
+            "acts": [],
+            "rebind": None,
+        },
+        categories={},
+        hospitals={},
+        trail_orgs=[],
+        types={},
+    )
+    assert "sent to AP-HP Paris" in html

@@ -166,8 +166,9 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
                 "requestor": True,
             },
         )
-    if entry.get("to"):  # an export's receiving hospital (access v3)
-        event["agent"].append(
+    if entry.get("to"):  # an export's receiving hospital (access v3), before the source
+        event["agent"].insert(
+            len(event["agent"]) - 1,
             {
                 "type": {
                     "coding": [
@@ -179,8 +180,9 @@ def to_audit_event(entry: dict[str, Any], patient_ref: str) -> dict[str, Any]:
                     ]
                 },
                 "who": {"identifier": {"system": "urn:medledger:org", "value": entry["to"]}},
+                "name": f"sent to {entry['to']}",
                 "requestor": False,
-            }
+            },
         )
     request = entry.get("request")
     if request:
