@@ -255,5 +255,8 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
         # A patient not enrolled (or withdrawn since the sender looked) is dropped, not counted.
         outsider = study.pid[labels[-1]]
         out_by = custodians(state, outsider, record)
-        if sender in out_by and answering(query_id, out_by, linked(state, STUDY, outsider, record)) == receiver:
+        if (
+            sender in out_by
+            and answering(query_id, out_by, linked(state, STUDY, outsider, record)) == receiver
+        ):
             assert outsider not in ask(sender, receiver, [outsider])[1]

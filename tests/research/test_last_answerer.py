@@ -41,7 +41,7 @@ def test_the_last_answerer_reads_the_others_sum_but_no_single_answer() -> None:
     # leaves their plain sum, before it posts anything.
     own = masks.mask(masks.seed_pairs(LAST, bytes(keys[LAST]), publics, ORGS), QUERY, n)
     others = [PLAIN[o] for o in posted]
-    assert masks.unmask_sum([*posted.values(), own]) == [sum(c) for c in zip(*others)]
+    assert masks.unmask_sum([*posted.values(), own]) == [sum(c) for c in zip(*others, strict=True)]
 
     # What it can take off a group of the others' answers: its own pairs' masks with each.
     def best_guess(group: tuple[str, ...]) -> list[int]:
@@ -54,7 +54,7 @@ def test_the_last_answerer_reads_the_others_sum_but_no_single_answer() -> None:
         return masks.unmask_sum([*(posted[o] for o in group), *taken_off])
 
     def truth(group: tuple[str, ...]) -> list[int]:
-        return [sum(c) for c in zip(*(PLAIN[o] for o in group))]
+        return [sum(c) for c in zip(*(PLAIN[o] for o in group), strict=True)]
 
     assert best_guess(tuple(posted)) == truth(tuple(posted))  # all three: the same sum
     # Any one other answer, or any two: the masks of their pairs with the third stay in.

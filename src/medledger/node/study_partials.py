@@ -62,9 +62,7 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(
-    query_id: str, custodians: Mapping[str, int], linked: Collection[str] = ()
-) -> str:
+def answering(query_id: str, custodians: Mapping[str, int], linked: Collection[str] = ()) -> str:
     """The custodian that counts the patient for this query ("" when it has none): the
     longest-standing (`custodians`: org -> custody since) of those in `linked`, else of all,
     ties by `rank`. A member that registers a junk record for an enrolled patient is a

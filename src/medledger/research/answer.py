@@ -160,9 +160,7 @@ class Answerer:
                     continue
                 held_by = custodians(state, pid, record)
                 if self.org in held_by:
-                    mine[pid] = answering(
-                        query_id, held_by, linked(state, study_id, pid, record)
-                    )
+                    mine[pid] = answering(query_id, held_by, linked(state, study_id, pid, record))
         return Plan(
             query_id,
             study_id,
@@ -296,9 +294,7 @@ class Answerer:
             entry
             for pid, to in sends
             for entry in decisions.audit(
-                decisions.Access(
-                    f"org:{self.org}", self.org, pid, "export", "research", to=to
-                ),
+                decisions.Access(f"org:{self.org}", self.org, pid, "export", "research", to=to),
                 allowed,
             )
         ]
