@@ -13,7 +13,7 @@ def _value(home: Path, name: str) -> str:
     for line in run("member", "params", "-H", str(home)).output.splitlines():
         cells = [c.strip() for c in line.replace("│", "|").split("|") if c.strip()]
         if cells and cells[0] == name:
-            return cells[1]
+            return str(cells[1])
     raise AssertionError(f"{name} not listed")
 
 

@@ -184,3 +184,23 @@ def test_a_crate_naming_a_file_outside_itself_or_missing_one_is_refused_or_repor
     (crate / "ro-crate-metadata.json").write_text(json.dumps(metadata))
     out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
     assert "'../../etc/hostname' is outside the crate" in out
+
+
+def test_a_crate_whose_file_is_a_link_out_of_it_or_a_fifo_is_not_read(
+    released: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """A crate is someone else's folder (unpacked from an archive, links kept): a file of
+    it that links to this machine's files is never read, nor a FIFO (it would hang)."""
+    import os
+
+    lyon, crate, _ = released
+    secret = tmp_path / "org.key"
+    secret.write_bytes(b"the verifier's own secret")
+    (crate / "cohort.csv").unlink()
+    (crate / "cohort.csv").symlink_to(secret)
+    (crate / "members.txt").unlink()
+    os.mkfifo(crate / "members.txt")
+    out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
+    assert "cohort.csv: a link to outside the crate" in out
+    assert "members.txt: not a regular file" in out
+    assert "its SHA-256 is not the one" not in out  # nothing was hashed

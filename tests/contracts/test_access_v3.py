@@ -85,7 +85,7 @@ def test_an_older_chain_keeps_its_layout() -> None:
     assert entry["to"] == ""  # read back in the same shape
     net3, app3 = _net(3)
     assert _log(net3, app3, [_export(seq=1, to="")], 3).ok
-    rows = []
+    rows: list[list[Any]] = []
     for app in (app2, app3):
         with app.read_view() as view:
             rows.extend(row for _, row in view.scan(f"acc/ptx/{PID}/"))

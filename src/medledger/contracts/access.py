@@ -909,8 +909,9 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2]) -> None:
                 entry.id,
             ]
         )
-        if getattr(entry, "to", ""):
-            row[-1].append(entry.to)
+        to = getattr(entry, "to", "")  # v3 only
+        if to:
+            row[-1].append(to)
     if last > mark:
         ctx.state.put(mark_key, last)
     if not rows:

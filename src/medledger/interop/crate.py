@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,7 +198,15 @@ class Crate:
         if path not in {str(f["@id"]) for f in self.files()}:
             raise CrateError(f"{path}: not a file this crate describes")
         try:
-            return (self.directory / path).read_bytes()
+            # A crate comes from someone else: a link in it may point at this machine's
+            # files (a key: its hash compared is an oracle) or at /dev/zero or a FIFO (the
+            # verifier hangs). Only a regular file inside the crate's folder is read.
+            target = (self.directory / path).resolve(strict=True)
+            if not target.is_relative_to(self.directory.resolve()):
+                raise CrateError(f"{path}: a link to outside the crate")
+            if not stat.S_ISREG(target.stat().st_mode):
+                raise CrateError(f"{path}: not a regular file")
+            return target.read_bytes()
         except OSError as exc:
             raise CrateError(f"{path}: cannot be read ({exc.strerror})") from None
 
