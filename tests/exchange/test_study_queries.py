@@ -140,6 +140,69 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
         wait_for(said, 10, f"{org}'s health to name the answer")
 
 
+def test_a_member_that_filed_junk_first_counts_nobody_and_receives_no_facts(
+    study: Study,
+) -> None:
+    """chu-lille knows the INS of patients followed at the three other hospitals and files
+    one junk record of each before any of them does: the longest-standing custodian. The
+    patients' hospitals, which took their enrolment, still count them, the result is the
+    truth, and no facts about them are sent to chu-lille."""
+    import hashlib
+
+    from medledger.contracts.records import META_CT_SIZES
+    from medledger.interop.pseudonym import patient_pid
+    from medledger.interop.synth import bundle_label, generate
+
+    junk_filer = ORGS[3]
+    key = study.nodes[junk_filer].config.pseudonym_key()
+    held: dict[str, set[str]] = {}
+    pid_of: dict[str, str] = {}
+    for org, bundles in generate(16, list(ORGS), seed=7).items():
+        for bundle in bundles:
+            label = bundle_label(bundle)
+            held.setdefault(label, set()).add(org)
+            patient = next(
+                e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+            )
+            pid_of[label] = patient_pid(key, patient)
+    targets = sorted(label for label, orgs in held.items() if junk_filer not in orgs)
+    assert len(targets) >= 5
+    junk = [
+        {
+            "rid": f"junk-{i}",
+            "pid": pid_of[label],
+            "commitment": hashlib.sha256(label.encode()).digest(),
+            "meta_ct": b"j" * META_CT_SIZES[0],
+        }
+        for i, label in enumerate(targets)
+    ]
+    study.nodes[junk_filer].wallet.send("records.register", {"entries": junk})
+    study.load(16, seed=7)
+    study.register(["labs"])
+    for label in study.pid:
+        study.enrol(label)
+    query_id = study.run(HBA1C_QUERY)
+    record = study.done(query_id)
+
+    values = [v[1] for label in study.pid if (v := truth_hba1c(study.by_label[label]))]
+    (row,) = record["result"]["strata"]
+    assert row["count"] == len(values)
+    assert Fraction(row["mean"]) == Fraction(round(Fraction(sum(values), len(values))), 1000)
+    assert sum(a["patients"] for a in record["answers"].values()) == len(study.pid)
+    # Its junk patients' facts went to their hospitals, never to it.
+    shared = [label for label in targets if len(study.holders[label]) >= 2]
+    assert shared
+
+    def exports(label: str) -> list[dict[str, Any]]:
+        trail = queries.access_of_patient(study.engine, study.pid[label])
+        return [e for e in trail if e["action"] == "export" and e["purpose"] == "research"]
+
+    wait_for(lambda: all(exports(label) for label in shared), 30, "the research exports")
+    for label in targets:
+        assert junk_filer not in {e["to"] for e in exports(label)}, label
+        assert {e["to"] for e in exports(label)} <= set(study.holders[label]), label
+
+
 def test_small_strata_are_suppressed_and_said_so(study: Study) -> None:
     study.load(16, seed=3)
     study.register(["labs"])
