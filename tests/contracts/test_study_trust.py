@@ -63,21 +63,22 @@ def test_a_member_that_filed_junk_before_every_hospital_never_counts_nor_receive
     record = _record(w)
     held_by = custodians(w.state, bob, record)
     assert min(held_by, key=held_by.__getitem__) == "h2"  # the junk filer is the oldest
-    assert linked(w.state, "s1", bob, record) == {"h0", "h1"}
+    assert set(linked(w.state, "s1", bob, record)) == {"h0", "h1"}
     for seq in range(1, 30):  # whatever the query (the tie rank changes with its id)
         record = _record(w, f"s1/q{seq:04d}")
-        assert answering(record["id"], held_by, linked(w.state, "s1", bob, record)) == "h0"
+        assert answering(record["id"], held_by, linked(w.state, "s1", bob, record)) == "h1"
     # Neither real custodian's facts reach h2: it learns nothing.
     for sender in ("h0", "h1"):
         with pytest.raises(PartialsRefused) as refused:
             _send(w, record, sender, "h2", bob)
         assert refused.value.status == 403
         assert "not its answering hospital" in refused.value.reason
-    # The count stays right: h0 alone counts bob, with h1's facts and h2's (junk) ones.
-    assert _send(w, record, "h1", "h0", bob) == {bob}
-    assert _send(w, record, "h2", "h0", bob) == {bob}
+    # The count stays right: h1, which took his enrolment (the study's own consent, ahead
+    # of h0's key attestation: review 9), alone counts bob, with h0's facts and h2's junk.
+    assert _send(w, record, "h0", "h1", bob) == {bob}
+    assert _send(w, record, "h2", "h1", bob) == {bob}
     with pytest.raises(PartialsRefused):
-        _send(w, record, "h0", "h1", bob)
+        _send(w, record, "h1", "h0", bob)
 
 
 def test_a_link_made_after_the_query_started_changes_nothing_for_it() -> None:
@@ -88,7 +89,7 @@ def test_a_link_made_after_the_query_started_changes_nothing_for_it() -> None:
     w.records("h2", carol, ["r-carol-junk"])
     w.records("h1", carol, ["r-carol-hba1c"])
     record = _record(w)  # starts now: nobody is linked to carol yet
-    assert linked(w.state, "s1", carol, record) == frozenset()
+    assert not linked(w.state, "s1", carol, record)
     before = answering(record["id"], custodians(w.state, carol, record))
     assert before == "h2"  # no link at all: the longest-standing, as before (documented)
     w.ok(
@@ -96,5 +97,5 @@ def test_a_link_made_after_the_query_started_changes_nothing_for_it() -> None:
         "research.enrol",
         {"study": "s1", "pid": carol, "evidence_hash": EVIDENCE, "channel": "portal"},
     )
-    assert linked(w.state, "s1", carol, record) == frozenset()
-    assert linked(w.state, "s1", carol, _record(w, "s1/q0002")) == {"h1"}
+    assert not linked(w.state, "s1", carol, record)
+    assert linked(w.state, "s1", carol, _record(w, "s1/q0002")) == ("h1",)

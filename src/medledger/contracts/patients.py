@@ -381,6 +381,12 @@ def _set_key(ctx: Context, binding: dict[str, Any]) -> None:
     ctx.state.put(f"patients/bykey/{bytes(binding['key']).hex()}", pid)
 
 
+def rebinding(state: StateView, seq: int) -> dict[str, Any] | None:
+    """Rebinding `seq` of some patient's key: pending, done, cancelled or failed."""
+    found: dict[str, Any] | None = state.get(f"patients/rebind/{seq:012d}")
+    return found
+
+
 def pending_rebind(state: StateView, pid: str) -> dict[str, Any] | None:
     seq = state.get(f"patients/pending/{pid}")
     found: dict[str, Any] | None = (

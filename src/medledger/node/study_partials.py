@@ -27,7 +27,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medledger.contracts.common import is_pid
-from medledger.contracts.patients import erasure_requested, key_binding
+from medledger.contracts.patients import erasure_requested, key_binding, rebinding
 from medledger.contracts.records import custodies
 from medledger.contracts.research import enrolment_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
@@ -62,35 +62,80 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(query_id: str, custodians: Mapping[str, int], linked: Collection[str] = ()) -> str:
+def answering(query_id: str, custodians: Mapping[str, int], linked: Sequence[str] = ()) -> str:
     """The custodian that counts the patient for this query ("" when it has none): the
-    longest-standing (`custodians`: org -> custody since) of those in `linked`, else of all,
-    ties by `rank`. A member that registers a junk record for an enrolled patient is a
-    custodian from then on; were the rank alone to choose, it would count the patient for
-    some queries and receive the real custodians' facts about them; were seniority alone to
-    choose, filing before any real hospital would do (knowing the patient's INS is enough)."""
+    first of `linked` (in precedence order) that is a custodian, else the longest-standing
+    (`custodians`: org -> custody since), ties by `rank`. A member that registers a junk
+    record for an enrolled patient is a custodian from then on; were the rank alone to
+    choose, it would count the patient for some queries and receive the real custodians'
+    facts about them; were seniority alone to choose, filing before any real hospital would
+    do (knowing the patient's INS is enough); were seniority to choose among the links, the
+    junk filer would only have to attest a first key for the patient (it is the oldest
+    custodian, so custody_min_age_ms does not stop it)."""
+    order = {org: i for i, org in reversed(list(enumerate(linked)))}
     return min(
         custodians,
-        key=lambda org: (org not in linked, custodians[org], rank(query_id, org)),
+        key=lambda org: (order.get(org, len(order)), custodians[org], rank(query_id, org)),
         default="",
     )
 
 
-def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> frozenset[str]:
+def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> tuple[str, ...]:
     """The hospitals the patient is linked to for this query, by an act on the chain beyond
-    filing records, each one told to the patient and to the other custodians: the one that
-    recorded their enrolment in the study on their behalf, and the one that attested their
-    bound key (a patient who enrolled with their own key has one). Only acts done by the
-    query's start count, so that every answerer, whatever its height, agrees."""
-    start, found = started_ms(record), set()
+    filing records, each one told to the patient and to the other custodians, in precedence
+    order: the one that recorded their enrolment in the study on their behalf (the study's
+    own consent, taken at its desk), then the one that attested their bound key (a patient
+    who enrolled with their own key has one). Both as they stood at the query's start, read
+    from what the chain keeps of them (a re-enrolment or a key rebound since does not
+    change them), so that every answerer, whatever its height, agrees."""
+    start = started_ms(record)
+    found = [_enrolment_recorder(state, study, pid, start), _key_attester(state, pid, start)]
+    return tuple(dict.fromkeys(org for org in found if org))
+
+
+def _acts(state: StateView, pid: str, act: str) -> list[dict[str, Any]]:
+    """The acts of type `act` a hospital filed in the patient's name (`patients/acted`)."""
+    return [v for _, v in state.scan(f"patients/acted/{pid}/") if v.get("act") == act]
+
+
+def _enrolment_recorder(state: StateView, study: str, pid: str, start: int) -> str:
+    """The hospital that recorded the patient's enrolment in force at `start` ("" when the
+    patient enrolled with their own key, or was not enrolled then)."""
     enrolment = enrolment_of(state, study, pid) or {}
-    by = enrolment.get("by") or {}
-    if by.get("org") and int(enrolment.get("since") or 0) <= start:
-        found.add(str(by["org"]))
+    since = int(enrolment.get("since") or 0)
+    if enrolment.get("status") == "enrolled" and since <= start:
+        return str((enrolment.get("by") or {}).get("org") or "")
+    # Withdrawn or re-enrolled since: the enrolment at start, from its history.
+    then = [h for h in enrolment.get("history") or () if int(h[0]) <= start]
+    if not then or then[-1][1] != "enrolled" or then[-1][2] != "hospital":
+        return ""
+    at = int(then[-1][0])
+    acts = _acts(state, pid, "research.enrol")
+    orgs = [a["org"] for a in acts if int(a["time"]) == at and a["ref"].get("study") == study]
+    return str(orgs[-1]) if orgs else ""
+
+
+def _key_attester(state: StateView, pid: str, start: int) -> str:
+    """The hospital that attested the patient's key in force at `start` ("" for none)."""
     binding = key_binding(state, pid)
-    if binding is not None and binding.get("org") and int(binding.get("time") or 0) <= start:
-        found.add(str(binding["org"]))
-    return frozenset(found)
+    if binding is None:
+        return ""
+    if int(binding.get("time") or 0) <= start:
+        return str(binding.get("org") or "")
+    # Rebound since: the latest binding in force by then (a first one takes effect when
+    # filed, a replacement at its effective_ms, once done).
+    best = (-1, "")
+    for act in _acts(state, pid, "patients.bind"):
+        seq = act["ref"].get("id")
+        when = int(act["time"])
+        if seq is not None:
+            rebind = rebinding(state, int(seq))
+            if rebind is None or rebind.get("status") != "done":
+                continue
+            when = int(rebind["effective_ms"])
+        if when <= start and when >= best[0]:
+            best = (when, str(act["org"]))
+    return best[1]
 
 
 def counts(state: StateView, study: str, pid: str) -> bool:
