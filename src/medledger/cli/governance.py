@@ -50,16 +50,22 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} updated its {event.get('changed')}")
 
 
-def check_param(name: str, value: int) -> None:
-    """A parameter change the contract would refuse, refused here first (ValueError)."""
+def check_param(name: str, value: int, version: int = 3) -> None:
+    """A parameter change the contract (`version` of governance) would refuse, refused here
+    first (ValueError): both ask `param_bounds`."""
     try:
-        low, high = param_bounds(name)
+        low, high = param_bounds(name, version)
     except KeyError:
         known = ", ".join(sorted(DEFAULT_PARAMS))
         raise ValueError(f"--name: unknown parameter {name!r} (known: {known})") from None
     if value < low or (high is not None and value > high):
         allowed = f"{low} to {high}" if high is not None else f"at least {low}"
         raise ValueError(f"--value: {value} is out of range for {name} ({allowed})")
+
+
+def _governance_version(node: Node) -> int:
+    """The version of the governance contract this chain runs (its parameters' ranges)."""
+    return int(queries.contract_versions(node.engine).get("governance", 1))
 
 
 def _read_request(path: Path) -> JoinRequest:
@@ -202,12 +208,11 @@ def register(app: typer.Typer) -> None:
         approval, answer time, epsilon floor and budget cap, replicas, custody..."""
         from medledger.node import Node
 
-        with user_errors():
-            check_param(name, value)
-            with Node.open(home) as node:
-                args = {"name": name, "value": value}
-                c = send(node, node.wallet, Propose("set_param", args, note))
-                _report(node, c)
+        with user_errors(), Node.open(home) as node:
+            check_param(name, value, _governance_version(node))
+            args = {"name": name, "value": value}
+            c = send(node, node.wallet, Propose("set_param", args, note))
+            _report(node, c)
 
     @member.command("params")
     def params(home: HomeOption) -> None:
@@ -216,9 +221,10 @@ def register(app: typer.Typer) -> None:
 
         with user_errors(), Node.open(home) as node:
             found = queries.governance_params(node.engine)
+            version = _governance_version(node)
         table = Table("parameter", "value", "allowed")
         for name, current in sorted(found.items()):
-            low, high = param_bounds(name)
+            low, high = param_bounds(name, version)
             table.add_row(name, str(current), f"{low}.." + ("" if high is None else str(high)))
         console.print(table)
 

@@ -202,18 +202,29 @@ PARAM_RANGES: dict[str, tuple[int, int]] = {
     "study_min_epsilon_milli": (0, 10_000),  # study_query.MAX_EPSILON
     "study_max_budget_milli": (0, 100_000),  # research_queries.MAX_BUDGET_MILLI
 }
+#: Governance v3 (review 9): bounds on parameters v1/v2 took at any value >= 0. A
+#: proposal_ttl_ms of 0 (or a few seconds) expired every later proposal before a second
+#: member could vote: one vote froze governance for good, this very parameter included. An
+#: escrow_threshold under 2 or over escrow.MAX_HOLDERS made every escrow refused.
+PARAM_RANGES_V3: dict[str, tuple[int, int]] = {
+    "proposal_ttl_ms": (3_600_000, 365 * DAY_MS),
+    "escrow_threshold": (2, 16),  # escrow.MAX_HOLDERS
+    "escrow_shares": (2, 16),
+}
 #: records.MAX_REPLICAS: the peers one erasure attestation may name.
 MAX_BACKUP_REPLICAS = 16
 #: custody_grace_days: at least a day for the members to vote a rebinding, at most a year.
 GRACE_DAYS = (1, 365)
 
 
-def param_bounds(name: str) -> tuple[int, int | None]:
-    """The values a `set_param` vote may give parameter `name` (None: no upper bound), as
-    `validate` checks them; KeyError for a parameter that does not exist. The CLI names
-    them before proposing, so that a mistake costs no proposal."""
+def param_bounds(name: str, version: int = 3) -> tuple[int, int | None]:
+    """The values a `set_param` vote may give parameter `name` (None: no upper bound) under
+    `version` of this contract: what `validate` checks, and the CLI names before proposing,
+    so that a mistake costs no proposal. KeyError for a parameter that does not exist."""
     if name not in DEFAULT_PARAMS:
         raise KeyError(name)
+    if version >= 3 and name in PARAM_RANGES_V3:
+        return PARAM_RANGES_V3[name]
     if name in PARAM_RANGES:
         return PARAM_RANGES[name]
     if name == "backup_replicas":
@@ -485,9 +496,6 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
             raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
         if parsed.value < 0:
             raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
-        low, high = PARAM_RANGES.get(parsed.name, (0, parsed.value))
-        if not low <= parsed.value <= high:
-            raise TxError(Code.INVALID_BODY, f"field args.value: {parsed.name} is {low} to {high}")
         if parsed.name == "backup_replicas" and parsed.value > MAX_BACKUP_REPLICAS:
             raise TxError(
                 Code.INVALID_BODY,
@@ -502,6 +510,10 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
                 f"field args.value: custody_grace_days is {GRACE_DAYS[0]} to {GRACE_DAYS[1]} (a "
                 "thief's drops must outlast the rebinding vote; the trash counts in the quota)",
             )
+        # The one statement of the ranges, the CLI's too (`param_bounds`).
+        low, high = param_bounds(parsed.name, contract_version(state, "governance"))
+        if not low <= parsed.value <= (parsed.value if high is None else high):
+            raise TxError(Code.INVALID_BODY, f"field args.value: {parsed.name} is {low} to {high}")
     return parsed
 
 
@@ -791,4 +803,6 @@ _V1 = Contract(
 )
 # v2: the same messages; a rebinding counts its target in the total and retires its
 # practitioner keys (see the module doc). The handlers ask `contract_version`.
-CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]
+# v3: the same again; `set_param` bounds proposal_ttl_ms and the escrow's k and n
+# (PARAM_RANGES_V3), which older chains took at any value and replay unchanged.
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2), dataclasses.replace(_V1, version=3)]
