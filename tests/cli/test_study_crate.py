@@ -119,7 +119,8 @@ def test_verify_catches_a_file_changed_behind_the_metadata(
     released: tuple[str, Path, Path],
 ) -> None:
     lyon, crate, _ = released
-    (crate / "cohort.csv").write_bytes(b"edited")
+    edited = (crate / "cohort.csv").read_bytes().replace(b"7.1", b"9.9")  # the same size
+    (crate / "cohort.csv").write_bytes(edited)
     out = run("study", "crate", "verify", "-H", lyon, str(crate), code=1).output
     assert "cohort.csv: its SHA-256 is not the one the metadata gives" in out
 

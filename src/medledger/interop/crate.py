@@ -22,15 +22,17 @@ empty list means the crate is what the chain says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mimetypes
+import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from medledger.contracts import queries, study_query
 from medledger.interop import study_results
@@ -60,6 +62,10 @@ QUERY_RESULT = "study-query-result"
 MEMBERS_FILE = "members.txt"
 QUERY_FILE = "query.json"
 RESULT_FILE = "result.json"
+#: The most verify loads of a file it parses (members.txt: 65 bytes a member; the query,
+#: the result and its tables: kilobytes); a dataset is only hashed, CHUNK bytes at a time.
+MAX_READ = 64 * 1024 * 1024
+CHUNK = 1024 * 1024
 
 
 class CrateError(ValueError):
@@ -194,19 +200,42 @@ class Crate:
         return [self.entities[m["@id"]] for m in _list(self.root.get("mentions"))]
 
     def read(self, path: str) -> bytes:
-        """A file of the crate; CrateError when it is missing or not one of its own."""
+        """A file of the crate that verify parses (members.txt, the query, the result, its
+        tables: small); CrateError when it is missing, not one of its own, or over
+        MAX_READ bytes."""
+        with self._open(path) as (f, _):
+            data = f.read(MAX_READ + 1)
+        if len(data) > MAX_READ:
+            raise CrateError(f"{path}: more than the {MAX_READ} bytes read to check it")
+        return data
+
+    def digest(self, path: str) -> tuple[int, str]:
+        """(size, SHA-256 hex) of a file of the crate, read a chunk at a time: a dataset
+        may be large, and a crate saying so (or a sparse file) must not fill the memory."""
+        h = hashlib.sha256()
+        with self._open(path) as (f, size):
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        return size, h.hexdigest()
+
+    @contextlib.contextmanager
+    def _open(self, path: str) -> Iterator[tuple[BinaryIO, int]]:
         if path not in {str(f["@id"]) for f in self.files()}:
             raise CrateError(f"{path}: not a file this crate describes")
         try:
             # A crate comes from someone else: a link in it may point at this machine's
             # files (a key: its hash compared is an oracle) or at /dev/zero or a FIFO (the
-            # verifier hangs). Only a regular file inside the crate's folder is read.
+            # verifier hangs). Only a regular file inside the crate's folder is read: the
+            # one opened (no link followed, not blocking on a FIFO) is the one checked.
             target = (self.directory / path).resolve(strict=True)
             if not target.is_relative_to(self.directory.resolve()):
                 raise CrateError(f"{path}: a link to outside the crate")
-            if not stat.S_ISREG(target.stat().st_mode):
-                raise CrateError(f"{path}: not a regular file")
-            return target.read_bytes()
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise CrateError(f"{path}: not a regular file")
+                yield f, info.st_size
         except OSError as exc:
             raise CrateError(f"{path}: cannot be read ({exc.strerror})") from None
 
@@ -254,11 +283,15 @@ def verify(directory: Path, engine: queries.Queryable, chain_id: str) -> list[st
     for entity in crate.files():
         path = str(entity["@id"])
         try:
-            data = crate.read(path)
+            size, digest = crate.digest(path)
         except CrateError as exc:
             differences.append(str(exc))
             continue
-        if sha256(data) != entity.get("sha256"):
+        if str(size) != str(entity.get("contentSize", size)):
+            differences.append(
+                f"{path}: {size} bytes, the metadata gives {entity.get('contentSize')}"
+            )
+        elif digest != entity.get("sha256"):
             differences.append(f"{path}: its SHA-256 is not the one the metadata gives")
     for act in crate.acts():
         tx_hex = str(act.get("txId", ""))
@@ -349,8 +382,8 @@ def _release_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
     if len(datasets) != 1:
         differences.append(f"release {seq}: the crate should hold one dataset besides members.txt")
     else:
-        data = crate.read(str(datasets[0]["@id"]))
-        if sha256(data) != bytes(release["dataset_hash"]).hex():
+        _, digest = crate.digest(str(datasets[0]["@id"]))
+        if digest != bytes(release["dataset_hash"]).hex():
             differences.append(
                 f"{datasets[0]['@id']}: not the dataset the chain's release {seq} names"
             )
