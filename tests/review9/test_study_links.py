@@ -91,8 +91,8 @@ def test_a_key_rebound_during_the_query_does_not_hand_the_patient_to_the_junk_fi
     new = SigningKey(hashlib.sha256(b"erin's new phone").digest())
     body = {"pid": erin, "key": new.public_key, "evidence_hash": EVIDENCE}
     filed = w.ok("h0", "patients.bind", body)
-    due = next(e for e in filed.events if e.type == "patient.rebind_pending").get("effective_ms")
-    w.block(at=int(due) + 1000)
+    pending = next(e for e in filed.events if e.type == "patient.rebind_pending")
+    w.block(at=int(str(pending.get("effective_ms"))) + 1000)
     assert w.state.get(f"patients/key/{erin}")["key"] == new.public_key
     assert set(linked(w.state, "s1", erin, record)) == {"h0"}
     assert _who_counts(w, erin, record) == "h0"
