@@ -69,3 +69,19 @@ def test_an_older_chain_replays_a_zero_ttl_and_its_governance_freezes(
     pid = int(next(str(e.get("id")) for e in created.events if e.type == "proposal.created"))
     late = w.send("h1", "governance.vote", {"proposal": pid, "approve": True})
     assert late.code == Code.EXPIRED
+
+
+def test_only_a_current_members_organisation_key_proposes_or_votes_a_parameter() -> None:
+    """Pinned (no finding): a practitioner key, even a DPO's, and a removed member's key
+    neither propose nor vote a parameter change."""
+    w = World()
+    args = {"action": "set_param", "args": {"name": "study_min_cell", "value": 10}}
+    assert w.send("h0/dr-a", "governance.propose", args).code == Code.UNAUTHORIZED
+    w.vote_policy("remove_member", {"org": "h2"})
+    assert w.send("h2", "governance.propose", args).code == Code.UNAUTHORIZED
+    created = w.send("h0", "governance.propose", args)
+    assert created.ok
+    pid = int(next(str(e.get("id")) for e in created.events if e.type == "proposal.created"))
+    refused = w.send("h2", "governance.vote", {"proposal": pid, "approve": True})
+    assert refused.code == Code.UNAUTHORIZED
+    assert w.q("governance/params", {})["study_min_cell"] == 5  # one vote of two: not yet
