@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medledger.interop import crate as crate_module
+import medledger.interop.crate as crate_module
 from tests.cli.test_study_crate import released  # noqa: F401 (the fixture)
 from tests.contracts.test_cli_care import run
 
