@@ -91,6 +91,7 @@ def _kvstore_network(
     tx_bytes: int,
     socket: bool = False,
     recheck: int = -1,
+    abci_unix: int = 0,
 ) -> Network:
     """CometBFT's kvstore: in-process (`--proxy_app=kvstore`), or as an external socket app
     (`abci-cli kvstore` of the same CometBFT module, one process per node) talking to
@@ -100,7 +101,7 @@ def _kvstore_network(
     keys = testnet.prepare(directory, orgs, block_time_ms, CHAIN)
     validators = [(o, keys[o], 10) for o in orgs]
     testnet.write_genesis(directory, CHAIN, int(time.time() * 1000), validators)
-    _tune(directory, recheck)
+    _tune(directory, recheck, abci_unix)
     if socket:
         processes.start_apps(directory, orgs, app_command=_abci_cli_kvstore)
         processes.start_cometbfts(directory, orgs)
@@ -135,14 +136,21 @@ def _abci_cli_kvstore(consortium_dir: Path, org: str) -> list[str]:
     return [abci_cli_binary(), "kvstore", "--address", abci, "--persist", str(home / "kvstore")]
 
 
-def _tune(directory: Path, recheck: int) -> None:
+def _tune(directory: Path, recheck: int, abci_unix: int = 0) -> None:
     """`recheck` 0/1 overrides mempool.recheck in every node's config (-1: keep medledger's),
-    to measure what rechecking costs side by side; and node 0 gets a pprof endpoint."""
+    to measure what rechecking costs side by side; `abci_unix` 1 puts the app's ABCI socket
+    on a unix socket in CometBFT's home instead of loopback TCP; and node 0 gets a pprof
+    endpoint."""
     orgs = testnet.list_hospitals(directory)
-    for org in orgs if recheck >= 0 else []:
+    for org in orgs:
         path = testnet.cometbft_home(directory, org) / "config" / "config.toml"
-        settings = {"mempool": {"recheck": bool(recheck)}}
-        path.write_text(testnet.set_config(path.read_text(), settings))
+        settings: dict[str, Any] = {}
+        if recheck >= 0:
+            settings["mempool"] = {"recheck": bool(recheck)}
+        if abci_unix:
+            settings[""] = {"proxy_app": f"unix://{path.parent.parent / 'abci.sock'}"}
+        if settings:
+            path.write_text(testnet.set_config(path.read_text(), settings))
     _enable_pprof(directory, orgs[0])
 
 
@@ -153,7 +161,9 @@ def _enable_pprof(directory: Path, org: str) -> None:
     path = testnet.cometbft_home(directory, org) / "config" / "config.toml"
     used: set[int] = set()
     for addr in testnet.consortium_addresses(directory).values():
-        used.update(int(a.rsplit(":", 1)[1]) for a in (addr.p2p, addr.rpc_url, addr.abci))
+        for a in (addr.p2p, addr.rpc_url, addr.abci):
+            if a.rsplit(":", 1)[-1].isdigit():  # not a unix socket
+                used.add(int(a.rsplit(":", 1)[1]))
     (port,) = free_ports(1, used)
     settings = {"rpc": {"pprof_laddr": f"127.0.0.1:{port}"}}
     path.write_text(testnet.set_config(path.read_text(), settings))
@@ -165,7 +175,12 @@ def _pprof_url(directory: Path, org: str) -> str:
 
 
 def _medledger_network(
-    directory: Path, block_time_ms: int, streams: int, recheck: int = -1, hold_ms: int = -1
+    directory: Path,
+    block_time_ms: int,
+    streams: int,
+    recheck: int = -1,
+    hold_ms: int = -1,
+    abci_unix: int = 0,
 ) -> Network:
     """Four validating hospitals, plus `streams` non-validating member organisations.
 
@@ -201,7 +216,7 @@ def _medledger_network(
         contracts=genesis.contracts,
     )
     genesis.save(directory / "genesis.json")
-    _tune(directory, recheck)
+    _tune(directory, recheck, abci_unix)
     env = {"MEDLEDGER_PROPOSAL_HOLD_S": str(hold_ms / 1000)} if hold_ms >= 0 else None
     processes.up(directory, env=env)
     nonces = [0] * streams
@@ -349,26 +364,31 @@ PROFILE_TOP = 25  # lines of each profile's summary kept in the JSON
 
 
 def _profile(net: Network, seconds: int) -> dict[str, Any]:
-    """CPU profiles of node 0 for `seconds`, taken side by side: its CometBFT through the
-    pprof endpoint (`go tool pprof -top` summary), its app with py-spy when installed
-    (`pip install py-spy`; self and inclusive time per function). The raw files stay in
-    $TMPDIR/medledger-bench-profiles/ for `go tool pprof` / speedscope."""
+    """CPU profiles for `seconds`, taken side by side: node 0's CometBFT through the pprof
+    endpoint (`go tool pprof -top` summary), and every node's app with py-spy when installed
+    (`pip install py-spy`; self and inclusive time per function, the four apps' samples
+    together in `app_top`). The raw files stay in $TMPDIR/medledger-bench-profiles/ for
+    `go tool pprof` / speedscope."""
     out_dir = Path(tempfile.gettempdir()) / "medledger-bench-profiles"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%H%M%S")
-    org = testnet.list_hospitals(net.dir)[0]
+    orgs = testnet.list_hospitals(net.dir)
+    org = orgs[0]
     result: dict[str, Any] = {"seconds": seconds, "node": org}
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    app_pid = processes.read_pid(net.dir, org, "app")
-    collapsed = out_dir / f"{net.app}-{stamp}-app.txt"
-    spying = None
-    if net.app == "medledger" and app_pid is not None and os.access(spy, os.X_OK):
-        spying = subprocess.Popen(
+    spying: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    for each in orgs if net.app == "medledger" and os.access(spy, os.X_OK) else []:
+        app_pid = processes.read_pid(net.dir, each, "app")
+        if app_pid is None:
+            continue
+        collapsed = out_dir / f"{net.app}-{stamp}-app-{each}.txt"
+        process = subprocess.Popen(
             [spy, "record", "-p", str(app_pid), "-d", str(seconds), "-r", "200"]
             + ["--nonblocking", "-f", "raw", "-o", str(collapsed)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        spying.append((collapsed, process))
     pb = out_dir / f"{net.app}-{stamp}-cometbft.pb.gz"
     answer = httpx.get(
         f"{_pprof_url(net.dir, org)}/debug/pprof/profile",
@@ -387,27 +407,36 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
             check=False,
         )
         result["cometbft_top"] = top.stdout.splitlines()[: PROFILE_TOP + 6]
-    if spying is not None:
-        try:
-            spying.wait(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:  # a machine so loaded py-spy cannot keep up
-            spying.kill()
-            spying.wait()
-            result["app_profile_error"] = f"py-spy did not finish within {seconds + 30} s"
-            return result
-        result["app_profile"] = str(collapsed)
-        result["app_top"] = _collapsed_top(collapsed)
+    if spying:
+        done: list[Path] = []
+        for collapsed, process in spying:
+            try:
+                process.wait(timeout=seconds + 30)
+                done.append(collapsed)
+            except subprocess.TimeoutExpired:  # a machine so loaded py-spy cannot keep up
+                process.kill()
+                process.wait()
+                result["app_profile_error"] = f"py-spy did not finish within {seconds + 30} s"
+        if done:
+            result["app_profile"] = str(done[0])
+            result["app_profiles"] = [str(path) for path in done]
+            result["app_top"] = _collapsed_top(*done)
     return result
 
 
-def _collapsed_top(path: Path) -> dict[str, list[str]]:
-    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+def _collapsed_top(*paths: Path) -> dict[str, list[str]]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks (of
+    one process or several together)."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
+    lines: list[str] = []
+    for path in paths:
+        try:
+            lines += path.read_text().splitlines()
+        except OSError:
+            continue
+    if not lines:
         return {}
     for line in lines:
         stack, _, count = line.rpartition(" ")
@@ -633,15 +662,18 @@ def _bench_app(
     profile_s: int,
     recheck: int,
     hold_ms: int,
+    abci_unix: int = 0,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
         if app == "medledger":
-            net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms)
+            net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms, abci_unix)
         else:
             socket = app == "socket_kvstore"
-            net = _kvstore_network(directory, block_time_ms, streams, tx_bytes, socket, recheck)
+            net = _kvstore_network(
+                directory, block_time_ms, streams, tx_bytes, socket, recheck, abci_unix
+            )
         time.sleep(2)  # a few empty blocks: every node connected and in consensus
         if latency_s > 0:  # first, on a fresh chain and an empty mempool
             result["latency"] = asyncio.run(_latency(net, rate, latency_s))
@@ -723,6 +755,7 @@ def run(
     profile_s: int = 0,
     recheck: int = -1,
     hold_ms: int = -1,
+    abci_unix: int = 0,
 ) -> dict[str, Any]:
     """Run the comparison; returns figures as a JSON-able dict (see module docstring).
 
@@ -730,7 +763,8 @@ def run(
     medledger only unless `latency_all`; `rounds` repeats the apps in turn (A B C A B C ...)
     and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
     `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
-    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off).
+    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off); `abci_unix` 1 runs
+    every socket app (socket kvstore, medledger) over a unix socket instead of loopback TCP.
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -747,6 +781,7 @@ def run(
         "tx_bytes": tx_bytes,
         "recheck": "config" if recheck < 0 else bool(recheck),
         "hold_ms": "default" if hold_ms < 0 else hold_ms,
+        "abci": "unix" if abci_unix else "config",
     }
     on = {"kvstore": kvstore, "socket_kvstore": socket_kvstore, "medledger": medledger}
     apps = [a for a in APPS if on[a]]
@@ -770,6 +805,7 @@ def run(
                     profile_s,
                     recheck,
                     hold_ms,
+                    abci_unix,
                 )
             )
     for app in apps:
@@ -803,6 +839,7 @@ def main() -> None:
         ("profile_s", 0),
         ("recheck", -1),
         ("hold_ms", -1),
+        ("abci_unix", 0),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()

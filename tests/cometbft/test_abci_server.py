@@ -281,6 +281,35 @@ def test_check_tx_over_the_mempool_connection_is_counted_and_timed_per_batch(
     assert server.stats.cpu_s["check_tx"] > 0 and not server.stats.untimed
 
 
+def test_a_burst_of_check_tx_is_answered_in_few_writes_and_in_order(
+    app: FakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write of answers wakes CometBFT's socket client, whose flush timer then spins:
+    a burst on the mempool connection is answered a slice at a time but written in batches
+    of up to `_WRITE_BATCH` answers, every answer in its request's order."""
+    written: list[int] = []
+    write_out = abci_server._AbciProtocol._write_out
+
+    def counting(self: Any, transport: Any) -> None:
+        written.append(len(self.out))
+        write_out(self, transport)
+
+    monkeypatch.setattr(abci_server._AbciProtocol, "_write_out", counting)
+    thread = AbciServerThread(AbciServer(app), "tcp://127.0.0.1:0")
+    thread.start()
+    try:
+        flush = abci.Request(flush=abci.RequestFlush())
+        burst = [r for i in range(300) for r in (_check(b"k%d=v" % i), flush)]
+        answers = _roundtrip(thread.bound_address, burst)
+    finally:
+        thread.stop()
+    assert [a.WhichOneof("value") for a in answers] == ["check_tx", "flush"] * 300
+    assert all(a.check_tx.code == 0 for a in answers[::2])
+    assert sum(written) == 600
+    assert max(written) > abci_server._SLICE  # more than one slice's answers in one write
+    assert max(written) < abci_server._WRITE_BATCH + abci_server._SLICE
+
+
 class _Socket:
     """One client connection, like one of CometBFT's four."""
 

@@ -78,3 +78,10 @@ def test_a_stale_pid_file_never_signals_an_unrelated_process(
 
     assert processes.stop_orphaned_cometbfts(tmp_path, ["chu-lyon"], grace=0.5) == []
     assert stranger.poll() is None
+
+
+def test_cometbft_gets_two_ps_on_a_one_cpu_machine_unless_the_operator_chose() -> None:
+    """One P makes CometBFT's socket ABCI client spin on its flush timer (docs/deploy.md)."""
+    assert processes.cometbft_env({}, cpus=1) == {"GOMAXPROCS": "2"}
+    assert processes.cometbft_env({}, cpus=2) == {}  # Go's own default is enough
+    assert processes.cometbft_env({"GOMAXPROCS": "1"}, cpus=1) == {}  # the operator's choice

@@ -103,6 +103,7 @@ class Replicator:
         self._thread: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._held_back = False
+        self._rebind_seen: tuple[int, bool] | None = None  # (height, rebind pending there)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Replicator:
@@ -147,8 +148,12 @@ class Replicator:
     def awaiting_recovery(self) -> bool:
         """True while this org was rebound to a fresh home whose vault is still empty: its
         first full copy would drop at every peer the replicas `recover run` needs (a node
-        started before the recovery, by hand or by a supervisor). Nothing is sent then."""
-        if self.vault.patients() or pending_recovery(self.node) is None:
+        started before the recovery, by hand or by a supervisor). Nothing is sent then.
+
+        Asked every round (twice a second): the vault is asked whether it holds any patient
+        (one row, not the list), and the chain for a pending rebind once per committed height
+        (nothing else changes it)."""
+        if self.vault.has_patients() or not self._rebind_pending():
             return False
         if not self._held_back:
             log.warning(
@@ -158,6 +163,12 @@ class Replicator:
             )
             self._held_back = True
         return True
+
+    def _rebind_pending(self) -> bool:
+        height = self.node.engine.height()
+        if self._rebind_seen is None or self._rebind_seen[0] != height:
+            self._rebind_seen = (height, pending_recovery(self.node) is not None)
+        return self._rebind_seen[1]
 
     def sync(self) -> None:
         """One round: every replica peer brought up to the journal's head (or tried)."""

@@ -209,6 +209,10 @@ class Backend(Protocol):
         """Pids that have a live key, sorted."""
         ...
 
+    def has_patient_besides(self, pid: str) -> bool:
+        """True when some pid other than `pid` has a live key (one indexed row read)."""
+        ...
+
     def delete_record(self, rid: str, version: int) -> RecordRow | None:
         """Delete one record version; return the row deleted, or None if there was none."""
         ...

@@ -619,6 +619,9 @@ class SQLBackend:
     def patients(self) -> list[str]:
         return [str(r[0]) for r in self._all("SELECT pid FROM patient_keys ORDER BY pid")]
 
+    def has_patient_besides(self, pid: str) -> bool:
+        return self._one("SELECT 1 FROM patient_keys WHERE pid <> ? LIMIT 1", (pid,)) is not None
+
     def delete_record(self, rid: str, version: int) -> RecordRow | None:
         row = self._one(
             "DELETE FROM records WHERE rid = ? AND version = ? RETURNING "

@@ -991,6 +991,12 @@ class Vault:
         with self._lock:
             return [p for p in self._backend.patients() if p != self.hospital_pid]
 
+    def has_patients(self) -> bool:
+        """`bool(self.patients())` without listing them: asked twice a second by the
+        replicator, on a vault of any size."""
+        with self._lock:
+            return self._backend.has_patient_besides(self.hospital_pid)
+
     def is_erased(self, pid: str) -> bool:
         """True when the patient's latest key was erased and not reinstated."""
         pid = self._pid(pid)

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +239,18 @@ def start_apps(
         _wait(consortium_dir, org, "app", pid, ready, timeout)
 
 
+def cometbft_env(
+    environ: Mapping[str, str] | None = None, cpus: int | None = None
+) -> dict[str, str]:
+    """What a CometBFT process gets added to its environment: `GOMAXPROCS=2` on a machine of
+    one CPU, unless the operator set one. With a single P the socket ABCI client's 20 ns
+    flush timer starves the goroutine it waits for, and CheckTx costs it 8-70 times the
+    CPU (docs/deploy.md, which also covers one-CPU cgroup limits)."""
+    environ = os.environ if environ is None else environ
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    return {} if "GOMAXPROCS" in environ or cpus >= 2 else {"GOMAXPROCS": "2"}
+
+
 def start_cometbfts(
     consortium_dir: Path,
     orgs: list[str],
@@ -250,7 +262,7 @@ def start_cometbfts(
     for org in orgs:
         if read_pid(consortium_dir, org, "cometbft") is None:
             argv = cometbft_command(consortium_dir, org) + list(extra_args or [])
-            started[org] = _spawn(consortium_dir, org, "cometbft", argv, None)
+            started[org] = _spawn(consortium_dir, org, "cometbft", argv, cometbft_env())
     for org, pid in started.items():
         url = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).rpc_url
         _wait(consortium_dir, org, "cometbft", pid, functools.partial(_rpc_ready, url), timeout)
