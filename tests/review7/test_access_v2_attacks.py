@@ -43,7 +43,7 @@ def test_a_thiefs_sequence_mark_does_not_swallow_the_rebound_members_trail() -> 
     refused for good. Either way the rebound hospital's reads are no longer on the trail."""
     net = make_net(4)
     app = net.app()
-    assert app.query_obj("governance/contracts", {})["access"] == 2
+    assert app.query_obj("governance/contracts", {})["access"] >= 2
     thief = net.orgs["h1"]
     assert _log(net, app, thief, [_own(MAX_SEQ - 1, "stolen")]).ok
     rebound = SigningKey.generate()
