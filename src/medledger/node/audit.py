@@ -143,7 +143,9 @@ def _size(entry: dict[str, Any]) -> int:
 
 
 def _without(entry: dict[str, Any], name: str) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k != name}
+    out = dict(entry)  # a copy in C, then one key off: a third of a comprehension's cost
+    out.pop(name, None)
+    return out
 
 
 def read_journal(path: Path) -> tuple[list[list[dict[str, Any]]], set[str], int]:
@@ -217,6 +219,7 @@ class AuditJournal:
         self._inflight: list[_InFlight] = []
         self._live: dict[str, _Group] = {}  # durable and not yet settled
         self._done: list[str] = []  # settled, mark not yet written
+        self._pending = 0  # entries queued or live (`pending`, without a scan of them all)
         self._stop = False
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -264,6 +267,7 @@ class AuditJournal:
         for entries in pending:
             group = _Group(entries, sum(_size(e) for e in entries)).stamped()
             self._live[group.gid] = group
+            self._pending += len(group.entries)
             self._push(group, 0.0)
         if pending:
             log.info("audit journal: %d groups not yet on the chain, re-sending", len(pending))
@@ -336,6 +340,7 @@ class AuditJournal:
                     entry["id"] = f"{self._id_prefix}{self._seq:016x}"
                 group.stamped()
             self._queued.extend(groups)
+            self._pending += sum(len(g.entries) for g in groups)
             written = self._written
             self._to_write.notify()
         if not written.wait(max(0.0, deadline - time.monotonic())):
@@ -377,8 +382,7 @@ class AuditJournal:
     def pending(self) -> int:
         """How many entries are journaled and not yet known to be on the chain."""
         with self._cond:
-            queued = sum(len(g.entries) for g in self._queued)
-            return queued + sum(len(g.entries) for g in self._live.values())
+            return self._pending
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every entry logged so far is on the chain (tests, benchmarks)."""
@@ -413,6 +417,8 @@ class AuditJournal:
                     self.stats["fsyncs"] += 1
             except OSError as exc:
                 log.error("audit journal %s: cannot write: %s", self.path, exc)
+                with self._cond:
+                    self._pending -= sum(len(g.entries) for g in groups)
                 for group in groups:
                     group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
                 written.set()
@@ -685,7 +691,8 @@ class AuditJournal:
     def _settle(self, groups: list[_Group], error: BaseException | None = None) -> None:
         with self._cond:
             for group in groups:
-                self._live.pop(group.gid, None)
+                if self._live.pop(group.gid, None) is not None:
+                    self._pending -= len(group.entries)
                 self._done.append(group.gid)
                 group.error = error
                 if group.settled is not None:
