@@ -327,6 +327,19 @@ def run_solo(seconds: int, readers: int, direct: int, callers: int = 64) -> dict
     return {"engine": "solo", "block_cut_ms": 50, **result}
 
 
+def _cpu(consortium: Path, homes: list[Path], role: str) -> float:
+    """CPU seconds (user and system) so far of every hospital's process of `role`."""
+    from medledger.consensus.cometbft import processes
+
+    total = 0.0
+    for home in homes:
+        pid = processes.read_pid(consortium, home.name, role)
+        if pid is not None:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 @contextlib.contextmanager
 def _cometbft(block_time_ms: int) -> Iterator[list[Path]]:
     from medledger.consensus.cometbft import processes, testnet
@@ -370,8 +383,15 @@ def run_cometbft(seconds: int, readers: int, direct: int, callers: int = 64) -> 
                 urls[org] = f"http://{host}:{port}"
             _wait_copies(urls[B], _token(homes[1], B), rids)
             result = _compare(homes, urls, a.engine, rids, readers, seconds)
+            consortium = homes[0].parent.parent
+            before = {role: _cpu(consortium, homes, role) for role in ("app", "cometbft")}
             with tempfile.TemporaryDirectory() as tmp:
                 result["direct"] = _direct(c, Path(tmp) / "direct", direct, callers)
+            # The validators' share (four apps, four CometBFTs) of the direct phase's CPU.
+            for role in ("app", "cometbft"):
+                spent = _cpu(consortium, homes, role) - before[role]
+                key = f"{role}s_cpu_us_per_entry"
+                result["direct"][key] = round(spent / result["direct"]["entries"] * 1e6, 1)
         finally:
             a.close()
             c.close()
