@@ -83,6 +83,8 @@ def test_the_same_entries_leave_the_same_trail_under_v2_and_v3_from_fewer_bytes(
     assert sizes[3] * shrink < sizes[2]
     compact = access.log_body(entries, 3)
     assert compact["same"]["actor"] == "org:h0" and compact["seq_base"] == SEQ0 - 1
+    same_rids = access.log_body([_local(seq=1), _local(seq=2)], 3)
+    assert "rids" in same_rids["columns"]  # per-entry data stays a column, even when equal
     steps = compact["columns"]["seq"]
     assert set(steps) == ({1, 11, 102} if other_patient else {1, 11})
 
@@ -114,6 +116,15 @@ _ONE = access.log_body([_local(seq=SEQ0), _local(seq=SEQ0 + 1, rids=["r3"])], 3)
         ({**_ONE, "count": 0}, "field count: 1..500"),
         ({**_ONE, "count": 501}, "field count: 1..500"),
         ({**_ONE, "same": {**_ONE["same"], "rids": ["r1"]}}, "same.rids: also a column"),
+        (  # 500 entries sharing 1,000 rids: a small tx writing what no v2 tx could carry
+            {
+                "count": 500,
+                "same": {**_ONE["same"], "rids": [f"r{i}" for i in range(1000)]},
+                "seq_base": SEQ0,
+            },
+            "same.rids: given per entry",
+        ),
+        ({"count": 1, "same": {**_ONE["same"], "request": None}}, "same.request: given per"),
         ({**_ONE, "same": {**_ONE["same"], "seq": 0}}, "a step 1.."),
         ({**_ONE, "same": {**_ONE["same"], "seq": -2}}, "a step 1.."),
         ({**_ONE, "same": {**_ONE["same"], "seq": "1"}}, "a step 1.."),

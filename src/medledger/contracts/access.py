@@ -958,6 +958,12 @@ class LogV3(LogV2):
     seq_base: int | None = None
 
 
+#: Per-entry data, never in `same`: 500 copies of one 1,000-rid list or one 96 kB request
+#: would let a small tx write (and make every validator check) what no v2 tx could carry.
+#: What `same` may hold is short and bounded, so an expanded tx is within v2's own bounds.
+_NOT_SHARED = frozenset(("rids", "request"))
+
+
 def _expand(msg: LogV3) -> dict[str, Any]:
     """v3's compact body as v2's columns (the same entries, checked by v2's code after)."""
     if not msg.same and not msg.count and msg.seq_base is None:
@@ -974,6 +980,8 @@ def _expand(msg: LogV3) -> dict[str, Any]:
     for name, value in msg.same.items():
         if name in columns:
             raise TxError(Code.INVALID_BODY, f"field same.{name}: also a column")
+        if name in _NOT_SHARED:
+            raise TxError(Code.INVALID_BODY, f"field same.{name}: given per entry (a column)")
         columns[name] = [value] * count
     if msg.seq_base is not None:
         steps = columns.get("seq")
@@ -1000,7 +1008,7 @@ def _compact(columns: dict[str, Any], need: int) -> dict[str, Any]:
     if seqs is not None and min(seqs) > 0:
         columns = {**columns, "seq": [b - a for a, b in itertools.pairwise([seqs[0] - 1, *seqs])]}
         body["seq_base"] = seqs[0] - 1
-    same = {n: c[0] for n, c in columns.items() if c.count(c[0]) == count}
+    same = {n: c[0] for n, c in columns.items() if n not in _NOT_SHARED and c.count(c[0]) == count}
     if same:
         body["same"] = same
     varying = {n: c for n, c in columns.items() if n not in same}
