@@ -1,6 +1,7 @@
 """The audit trail at hospital scale: audited FHIR reads per second, with and without audit.
 
-    medledger bench audit [--set seconds=20 --set readers=8 --set direct=20000 --set cometbft=1]
+    medledger bench audit [--set seconds=20 --set readers=8 --set direct=20000 --set cometbft=1
+                           --set callers=64]
 
 Two hospitals serve reads at once, over HTTP on loopback: A its own records, B the copies of
 A's records its sync agent fetched under the patient's consent (`readers` client threads
@@ -13,8 +14,9 @@ hospital (on and off), where the machine's queueing does not hide the audit's ow
 switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
 `HospitalServices.log` this script installs in its own node processes (never a product
 setting). Last, the journal driven
-directly (`direct` entries logged by 64 threads, then drained): audit entries committed per
-second, and per tx.
+directly (`direct` entries logged by `callers` threads, then drained): audit entries
+committed per second (from the first entry logged to the last committed, and from the first
+commit to the last), and per tx.
 
 On the 4-validator CometBFT network (1 s blocks; each hospital a node process started from
 this script) when CometBFT is built; `cometbft=0` runs the solo sandbox in this process only
@@ -236,9 +238,11 @@ def _compare(
     }
 
 
-def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
-    """The journal alone: `total` entries logged by 64 threads (as many requests at once),
-    until all are committed."""
+def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[str, Any]:
+    """The journal alone: `total` entries logged by `callers` threads (as many requests at
+    once), until all are committed. `committed_per_s` counts from the first entry logged to
+    the last committed, so a burst pays a block's wait at its end; `steady_committed_per_s`,
+    from the first commit to the last, is the rate the chain took them at."""
     from medledger.contracts.authorize import Decision
     from medledger.node import decisions
     from medledger.node.audit import AuditJournal
@@ -248,7 +252,14 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
     access = decisions.Access(f"org:{org}", org, PID, "read", "treatment")
     wallet = Wallet(node.org_key, node.config.chain_id, node.engine)
     journal = AuditJournal(directory, wallet).start()
-    per_thread = max(1, total // 64)
+    per_thread = max(1, total // callers)
+    commits: list[tuple[float, int]] = []  # (when, entries committed so far) at each change
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.wait(0.01):
+            if journal.stats["entries"] != (commits[-1][1] if commits else 0):
+                commits.append((time.perf_counter(), journal.stats["entries"]))
 
     def drive(n: int) -> None:
         for i in range(per_thread):
@@ -258,7 +269,9 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
     try:
         cpu = os.times()
         started = time.perf_counter()
-        threads = [threading.Thread(target=drive, args=(n,)) for n in range(64)]
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=drive, args=(n,)) for n in range(callers)]
         for t in threads:
             t.start()
         for t in threads:
@@ -268,14 +281,23 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         spent = os.times()
     finally:
+        watching.set()
         journal.stop()
-    entries = per_thread * 64
+    entries = per_thread * callers
+    # From the first commit to the last: the entries of every commit after the first.
+    steady = (
+        (commits[-1][1] - commits[0][1]) / (commits[-1][0] - commits[0][0])
+        if len(commits) > 1
+        else None
+    )
     busy = (spent.user - cpu.user) + (spent.system - cpu.system)
     return {
         "entries": entries,
         "all_committed": drained,
         "logged_per_s": round(entries / logged, 1),
         "committed_per_s": round(journal.stats["entries"] / elapsed, 1),
+        "steady_committed_per_s": None if steady is None else round(steady, 1),
+        "callers": callers,
         "entries_per_tx": round(journal.stats["entries"] / max(1, journal.stats["txs"]), 1),
         "fsyncs": journal.stats["fsyncs"],
         # This process's CPU per entry: on CometBFT the journal's alone (the validators are
@@ -285,7 +307,7 @@ def _direct(node: Any, directory: Path, total: int) -> dict[str, Any]:
     }
 
 
-def run_solo(seconds: int, readers: int, direct: int) -> dict[str, Any]:
+def run_solo(seconds: int, readers: int, direct: int, callers: int = 64) -> dict[str, Any]:
     from medledger.cli._runtime import Sandbox
     from medledger.provisioning import create_consortium
 
@@ -299,10 +321,23 @@ def run_solo(seconds: int, readers: int, direct: int) -> dict[str, Any]:
                 _wait_copies(b.api_url, _token(homes[1], B), rids)
                 urls = {A: a.api_url, B: b.api_url}
                 result = _compare(homes, urls, a.node.engine, rids, readers, seconds)
-                result["direct"] = _direct(c.node, Path(tmp) / "direct", direct)
+                result["direct"] = _direct(c.node, Path(tmp) / "direct", direct, callers)
     finally:
         undo()
     return {"engine": "solo", "block_cut_ms": 50, **result}
+
+
+def _cpu(consortium: Path, homes: list[Path], role: str) -> float:
+    """CPU seconds (user and system) so far of every hospital's process of `role`."""
+    from medledger.consensus.cometbft import processes
+
+    total = 0.0
+    for home in homes:
+        pid = processes.read_pid(consortium, home.name, role)
+        if pid is not None:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @contextlib.contextmanager
@@ -331,7 +366,7 @@ def _cometbft(block_time_ms: int) -> Iterator[list[Path]]:
             processes.down(directory)
 
 
-def run_cometbft(seconds: int, readers: int, direct: int) -> dict[str, Any]:
+def run_cometbft(seconds: int, readers: int, direct: int, callers: int = 64) -> dict[str, Any]:
     from medledger.node import Node
     from medledger.node.config import load_config
     from medledger.vault import Vault
@@ -348,15 +383,24 @@ def run_cometbft(seconds: int, readers: int, direct: int) -> dict[str, Any]:
                 urls[org] = f"http://{host}:{port}"
             _wait_copies(urls[B], _token(homes[1], B), rids)
             result = _compare(homes, urls, a.engine, rids, readers, seconds)
+            consortium = homes[0].parent.parent
+            before = {role: _cpu(consortium, homes, role) for role in ("app", "cometbft")}
             with tempfile.TemporaryDirectory() as tmp:
-                result["direct"] = _direct(c, Path(tmp) / "direct", direct)
+                result["direct"] = _direct(c, Path(tmp) / "direct", direct, callers)
+            # The validators' share (four apps, four CometBFTs) of the direct phase's CPU.
+            for role in ("app", "cometbft"):
+                spent = _cpu(consortium, homes, role) - before[role]
+                key = f"{role}s_cpu_us_per_entry"
+                result["direct"][key] = round(spent / result["direct"]["entries"] * 1e6, 1)
         finally:
             a.close()
             c.close()
     return {"engine": "cometbft", "validators": 4, "block_time_ms": 1000, **result}
 
 
-def run(seconds: int = 20, readers: int = 8, direct: int = 20000, cometbft: int = 1) -> Any:
+def run(
+    seconds: int = 20, readers: int = 8, direct: int = 20000, cometbft: int = 1, callers: int = 64
+) -> Any:
     result: dict[str, Any] = {}
     if cometbft:
         from medledger.consensus.cometbft import testnet
@@ -366,9 +410,9 @@ def run(seconds: int = 20, readers: int = 8, direct: int = 20000, cometbft: int 
         except testnet.TestnetError as exc:
             result["cometbft"] = f"skipped: {exc}"
         else:
-            result["cometbft"] = run_cometbft(seconds, readers, direct)
+            result["cometbft"] = run_cometbft(seconds, readers, direct, callers)
     else:
-        result["solo"] = run_solo(seconds, readers, direct)
+        result["solo"] = run_solo(seconds, readers, direct, callers)
     result["goals"] = {
         "reads_ratio_on_vs_off": 0.9,
         "own_read_p95_ms_cometbft_1s": 50,

@@ -78,7 +78,9 @@ def _body(node: Node, entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _count(body: dict[str, Any]) -> int:
-    """How many entries an `access.log` body holds (v1: a list, v2: columns)."""
+    """How many entries an `access.log` body holds (v1: a list, v2: columns, v3: a count)."""
+    if "count" in body:
+        return int(body["count"])
     return len(body["entries"]) if "entries" in body else len(body["columns"]["actor"])
 
 
@@ -423,9 +425,9 @@ def _activate_access(node: Node, other: Node, version: int) -> None:
 def test_the_journal_follows_the_active_version_of_access_across_votes(
     node: Node, consortium: list[Path], tmp_path: Path
 ) -> None:
-    """A consortium on v1 (as chains made before v2 are) activates v2 while the journal runs:
-    it sends v1 bodies (entry ids) before, columns and sequences after; every entry lands
-    once, and the trail reads both layouts in order."""
+    """A consortium on v1 (as chains made before v2 are) activates v2, then v3, while the
+    journal runs: it sends v1 bodies (entry ids) before, columns and sequences after, then
+    v3's compact bodies; every entry lands once, and the trail reads both layouts in order."""
     other = node.sibling(consortium[1])
     _activate_access(node, other, 1)
     journal = _journal(node, tmp_path / "audit")
@@ -433,10 +435,12 @@ def test_the_journal_follows_the_active_version_of_access_across_votes(
         journal.log(_entries(node, 2, rid="obs-v1"), wait=True)
         _activate_access(node, other, 2)
         journal.log(_entries(node, 2, rid="obs-v2"), wait=True)
+        _activate_access(node, other, 3)
+        journal.log(_entries(node, 2, rid="obs-v3"), wait=True)
         assert journal.drain(30)
     finally:
         journal.stop()
     trail = queries.access_of_patient(node.engine, PID)
-    assert [e["rids"] for e in trail] == [["obs-v1"]] * 2 + [["obs-v2"]] * 2
-    assert [journal_ref(e)[:3] for e in trail] == ["id:", "id:", "seq", "seq"]
-    assert len({journal_ref(e) for e in trail}) == 4
+    assert [e["rids"] for e in trail] == [["obs-v1"]] * 2 + [["obs-v2"]] * 2 + [["obs-v3"]] * 2
+    assert [journal_ref(e)[:3] for e in trail] == ["id:", "id:", "seq", "seq", "seq", "seq"]
+    assert len({journal_ref(e) for e in trail}) == 6
