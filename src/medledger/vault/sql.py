@@ -601,6 +601,35 @@ class SQLBackend:
                 found[(record[0].rid, record[0].version)] = record
         return found
 
+    def fetch_latest(
+        self, pids: list[str], decrypt: list[str], include_copies: bool
+    ) -> list[tuple[RecordRow, bytes, bytes]]:
+        # One statement per 400 patients: the latest version of each rid among the live
+        # generation's rows (inner joins: no key row once erased, no set row once shredded);
+        # the ciphertexts of the other types stay in the database.
+        own_only = "" if include_copies else f" AND r.is_copy = {self.dialect.false}"
+        kept = f"resource_type IN ({', '.join('?' * len(decrypt))})" if decrypt else "1 = 0"
+        found: list[tuple[RecordRow, bytes, bytes]] = []
+        for i in range(0, len(pids), 400):
+            chunk = pids[i : i + 400]
+            rows = self._all(
+                "SELECT rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
+                f"CASE WHEN {kept} THEN ciphertext END, salt_ct, kid, kw, sw FROM (SELECT "
+                f"{_RECORD_COLS}, k.wrapped AS kw, s.wrapped AS sw, ROW_NUMBER() OVER "
+                "(PARTITION BY r.rid ORDER BY r.version DESC) AS newest FROM records r "
+                "JOIN patient_keys k ON k.pid = r.pid AND k.generation = r.generation "
+                f"JOIN key_sets s ON s.kid = r.kid WHERE r.pid IN ({', '.join('?' * len(chunk))})"
+                f"{own_only}) latest WHERE newest = 1 ORDER BY pid, rid",
+                [*decrypt, *chunk],
+            )
+            for row in rows:
+                record, wrapped, set_wrapped = record_from_row(
+                    [*row[:8], b"" if row[8] is None else row[8], *row[9:]]
+                )
+                if wrapped is not None and set_wrapped is not None:  # inner joins: always
+                    found.append((record, wrapped, set_wrapped))
+        return found
+
     def versions(self, rid: str) -> list[int]:
         rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
         return [int(r[0]) for r in rows]
