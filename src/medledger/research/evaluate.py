@@ -179,11 +179,12 @@ class Evaluator:
                 self._read(facts, orjson.loads(data))
         if self.demographics:
             matched = [pid for pid, facts in found.items() if facts.matched.get("cohort")]
-            for info, data in self.vault.latest_records(matched, decrypt=["Patient"], keys=keys):
-                if data is None:
-                    continue
-                self.decrypted += 1
-                self._read(found[info.pid], orjson.loads(data))
+            for info, data in self.vault.latest_records(
+                matched, decrypt=["Patient"], types=["Patient"], keys=keys
+            ):
+                if data is not None:
+                    self.decrypted += 1
+                    self._read(found[info.pid], orjson.loads(data))
         return found
 
     def _read(self, facts: PatientFacts, resource: Any) -> None:

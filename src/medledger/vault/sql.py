@@ -602,25 +602,25 @@ class SQLBackend:
         return found
 
     def fetch_latest(
-        self, pids: list[str], decrypt: list[str], include_copies: bool
+        self, pids: list[str], types: list[str] | None, decrypt: list[str], include_copies: bool
     ) -> list[tuple[RecordRow, bytes, bytes]]:
-        # One statement per 400 patients: the latest version of each rid among the live
-        # generation's rows (inner joins: no key row once erased, no set row once shredded);
-        # the ciphertexts of the other types stay in the database.
-        own_only = "" if include_copies else f" AND r.is_copy = {self.dialect.false}"
-        kept = f"resource_type IN ({', '.join('?' * len(decrypt))})" if decrypt else "1 = 0"
+        # One statement per 400 patients: the rows of the live generation (inner joins: no
+        # key row once erased, no set row once shredded) that no live newer version of the
+        # same rid follows; the ciphertexts of the types not to decrypt stay in the database.
+        copies = "" if include_copies else f" AND {{t}}.is_copy = {self.dialect.false}"
+        kept = f"r.resource_type IN ({', '.join('?' * len(decrypt))})" if decrypt else "1 = 0"
+        typed = "" if types is None else f" AND r.resource_type IN ({', '.join('?' * len(types))})"
         found: list[tuple[RecordRow, bytes, bytes]] = []
         for i in range(0, len(pids), 400):
             chunk = pids[i : i + 400]
             rows = self._all(
-                "SELECT rid, version, pid, generation, resource_type, custodian, is_copy, nonce, "
-                f"CASE WHEN {kept} THEN ciphertext END, salt_ct, kid, kw, sw FROM (SELECT "
-                f"{_RECORD_COLS}, k.wrapped AS kw, s.wrapped AS sw, ROW_NUMBER() OVER "
-                "(PARTITION BY r.rid ORDER BY r.version DESC) AS newest FROM records r "
-                "JOIN patient_keys k ON k.pid = r.pid AND k.generation = r.generation "
-                f"JOIN key_sets s ON s.kid = r.kid WHERE r.pid IN ({', '.join('?' * len(chunk))})"
-                f"{own_only}) latest WHERE newest = 1 ORDER BY pid, rid",
-                [*decrypt, *chunk],
+                f"SELECT {_RECORD_COLS.replace('r.ciphertext', f'CASE WHEN {kept} THEN r.ciphertext END')}"
+                ", k.wrapped, s.wrapped FROM records r JOIN patient_keys k ON k.pid = r.pid AND "
+                "k.generation = r.generation JOIN key_sets s ON s.kid = r.kid WHERE r.pid IN "
+                f"({', '.join('?' * len(chunk))}){copies.format(t='r')}{typed} AND NOT EXISTS "
+                "(SELECT 1 FROM records n JOIN key_sets ns ON ns.kid = n.kid WHERE n.rid = r.rid "
+                f"AND n.version > r.version AND n.generation = r.generation{copies.format(t='n')})",
+                [*decrypt, *chunk, *(types or ())],
             )
             for row in rows:
                 record, wrapped, set_wrapped = record_from_row(
