@@ -36,6 +36,7 @@ from medledger.contracts.study_query import (
     Criterion,
     PatientFacts,
     StudyQuery,
+    better_value,
     criteria,
 )
 from medledger.interop.metadata import categories_of_type, category_of, main_codings
@@ -206,6 +207,9 @@ class Evaluator:
                 facts.unit_mismatch += 1
             if m.ok:
                 facts.matched[name] = True
-                if m.value is not None:
-                    one = PatientFacts(matched={}, value=m.value)
-                    facts.value = facts.merge(one, self.q.value_of).value
+                if m.value is not None:  # what `PatientFacts.merge` keeps, without a copy
+                    facts.value = (
+                        m.value
+                        if facts.value is None
+                        else better_value(facts.value, m.value, self.q.value_of)
+                    )

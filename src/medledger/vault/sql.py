@@ -610,13 +610,14 @@ class SQLBackend:
         copies = "" if include_copies else f" AND {{t}}.is_copy = {self.dialect.false}"
         kept = f"r.resource_type IN ({', '.join('?' * len(decrypt))})" if decrypt else "1 = 0"
         typed = "" if types is None else f" AND r.resource_type IN ({', '.join('?' * len(types))})"
+        columns = _RECORD_COLS.replace("r.ciphertext", f"CASE WHEN {kept} THEN r.ciphertext END")
         found: list[tuple[RecordRow, bytes, bytes]] = []
         for i in range(0, len(pids), 400):
             chunk = pids[i : i + 400]
             rows = self._all(
-                f"SELECT {_RECORD_COLS.replace('r.ciphertext', f'CASE WHEN {kept} THEN r.ciphertext END')}"
-                ", k.wrapped, s.wrapped FROM records r JOIN patient_keys k ON k.pid = r.pid AND "
-                "k.generation = r.generation JOIN key_sets s ON s.kid = r.kid WHERE r.pid IN "
+                f"SELECT {columns}, k.wrapped, s.wrapped FROM records r JOIN patient_keys k "
+                "ON k.pid = r.pid AND k.generation = r.generation "
+                "JOIN key_sets s ON s.kid = r.kid WHERE r.pid IN "
                 f"({', '.join('?' * len(chunk))}){copies.format(t='r')}{typed} AND NOT EXISTS "
                 "(SELECT 1 FROM records n JOIN key_sets ns ON ns.kid = n.kid WHERE n.rid = r.rid "
                 f"AND n.version > r.version AND n.generation = r.generation{copies.format(t='n')})",
