@@ -937,12 +937,11 @@ class Vault:
         patients with their wrapped keys (the ciphertexts only of the `decrypt` types), each
         patient key and key set unwrapped once per call (not through the bounded cache, which
         a long listing would churn; `keys` shares them with the caller's next call) and only
-        when one of its records is decrypted. The same
-        guarantees: an erased patient, or a pid never seen, gives nothing (no error: a
-        reader of many patients skips them); copies only with `include_copies`, never those
-        shredded apart (erase_copies); the latest version of each rid only.
-        VaultIntegrityError (naming the record) when a ciphertext or a wrapped key was
-        altered."""
+        when one of its records is decrypted. The same guarantees: an erased patient, or a
+        pid never seen, gives nothing (no error: a reader of many patients skips them);
+        copies only with `include_copies`, never those shredded apart (erase_copies); the
+        latest version of each rid only. VaultIntegrityError (naming the record) when a
+        ciphertext or a wrapped key was altered."""
         kinds = sorted(set(decrypt))
         wanted = frozenset(kinds)
         listed = None if types is None else sorted(set(types))
