@@ -89,14 +89,15 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     decrypted: dict[str, list[str]] = {org: [] for org in ORGS}
     for org in ORGS:  # what each hospital's vault opens for the query
         vault = study.vaults[org]
-        real = vault.get_many
+        real = vault.latest_records
 
-        def spy(versions: list[tuple[str, int]], real: Any = real, org: str = org) -> list[bytes]:
-            opened: list[bytes] = real(versions)
-            decrypted[org] += [str(orjson.loads(b).get("resourceType")) for b in opened]
-            return opened
+        def spy(*args: Any, real: Any = real, org: str = org, **kwargs: Any) -> Iterator[Any]:
+            for info, data in real(*args, **kwargs):
+                if data is not None:
+                    decrypted[org].append(str(orjson.loads(data).get("resourceType")))
+                yield info, data
 
-        monkeypatch.setattr(vault, "get_many", spy)
+        monkeypatch.setattr(vault, "latest_records", spy)
 
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)

@@ -178,16 +178,17 @@ class Answerer:
         """Answer the query (see the module doc); None when there is nothing to answer.
         Raises NotAnswered when partials are still missing after `max_wait` seconds (default:
         until the deadline)."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
         plan = self.plan(query_id)
         if plan is None:
             self.inbox.forget(query_id)
             return None
         timing: dict[str, float] = {"read": time.perf_counter() - started}
-        t = time.perf_counter()
+        t, t_cpu = time.perf_counter(), time.thread_time()
         evaluator = Evaluator(self.vault, plan.q, plan.categories)
         facts = evaluator.facts(plan.mine)
         timing["evaluate"] = time.perf_counter() - t
+        timing["evaluate_cpu"] = time.thread_time() - t_cpu
         t = time.perf_counter()
         shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
         own: dict[str, PatientFacts] = {}
@@ -235,6 +236,7 @@ class Answerer:
         t = time.perf_counter()
         committed = self.node.wallet.send("research.query_answer", body)
         timing["commit"] = time.perf_counter() - t
+        timing["cpu"] = time.thread_time() - cpu
         self.inbox.forget(query_id)
         done = Answered(query_id, len(counted), sent, committed.tx_id, timing)
         log.info(

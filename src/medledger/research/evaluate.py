@@ -16,8 +16,9 @@ What is read, and how:
   when `category_of` puts it elsewhere;
 - the Patient resource, for gender and birthDate, only when the query filters or stratifies
   by sex or age, and only of the patients whose records here matched the cohort;
-- everything in one pass: one listing per patient (clear attributes), then the chosen
-  versions decrypted in batches of `BATCH` (`Vault.get_many`).
+- two passes of `Vault.latest_records` (one statement per few hundred patients, each key
+  set unwrapped once): the clinical records of the wanted types, then the matched
+  patients' Patient resources.
 """
 
 from __future__ import annotations
@@ -35,13 +36,11 @@ from medledger.contracts.study_query import (
     Criterion,
     PatientFacts,
     StudyQuery,
+    better_value,
     criteria,
 )
 from medledger.interop.metadata import categories_of_type, category_of, main_codings
-from medledger.vault import PatientErased, Vault
-
-#: Record versions decrypted per vault call.
-BATCH = 400
+from medledger.vault import ReadKeys, Vault
 
 #: The clinical date, first present (a Period's start), as the query document defines it.
 _DATE_FIELDS = (
@@ -169,42 +168,25 @@ class Evaluator:
         The clinical records first; then the Patient resource (sex, birth date) only of the
         patients whose records matched the cohort here: for any other, another custodian's
         facts or none decide, and their demographics are not read."""
-        chosen: list[tuple[str, int]] = []
-        patient_record: dict[str, tuple[str, int]] = {}
-        owner: dict[str, str] = {}
+        wanted = [t for t in sorted(self.types) if t != "Patient" and self._wanted(t)]
         found: dict[str, PatientFacts] = {}
-        for pid in pids:
-            try:
-                infos = self.vault.records_of(pid, include_copies=False)
-            except PatientErased:
-                continue
-            if not infos:
-                continue
-            found[pid] = PatientFacts(matched=dict.fromkeys(self.criteria, False))
-            latest: dict[str, tuple[int, str]] = {}
-            for info in infos:  # ordered by (rid, version): the last one wins
-                latest[info.rid] = (info.version, info.resource_type)
-            for rid, (version, resource_type) in latest.items():
-                if resource_type == "Patient":
-                    if self.demographics:
-                        patient_record[pid] = (rid, version)
-                        owner[rid] = pid
-                elif self._wanted(resource_type):
-                    chosen.append((rid, version))
-                    owner[rid] = pid
-        self._open(chosen, owner, found)
-        matched = [v for pid, v in patient_record.items() if found[pid].matched.get("cohort")]
-        self._open(matched, owner, found)
-        return found
-
-    def _open(
-        self, versions: list[tuple[str, int]], owner: dict[str, str], found: dict[str, PatientFacts]
-    ) -> None:
-        for start in range(0, len(versions), BATCH):
-            batch = versions[start : start + BATCH]
-            for (rid, _), data in zip(batch, self.vault.get_many(batch), strict=True):
+        keys = ReadKeys()  # a patient's keys, unwrapped in the first pass, serve the second
+        for info, data in self.vault.latest_records(pids, decrypt=wanted, keys=keys):
+            facts = found.get(info.pid)
+            if facts is None:
+                facts = found[info.pid] = PatientFacts(matched=dict.fromkeys(self.criteria, False))
+            if data is not None:
                 self.decrypted += 1
-                self._read(found[owner[rid]], orjson.loads(data))
+                self._read(facts, orjson.loads(data))
+        if self.demographics:
+            matched = [pid for pid, facts in found.items() if facts.matched.get("cohort")]
+            for info, data in self.vault.latest_records(
+                matched, decrypt=["Patient"], types=["Patient"], keys=keys
+            ):
+                if data is not None:
+                    self.decrypted += 1
+                    self._read(found[info.pid], orjson.loads(data))
+        return found
 
     def _read(self, facts: PatientFacts, resource: Any) -> None:
         if not isinstance(resource, dict):
@@ -225,6 +207,9 @@ class Evaluator:
                 facts.unit_mismatch += 1
             if m.ok:
                 facts.matched[name] = True
-                if m.value is not None:
-                    one = PatientFacts(matched={}, value=m.value)
-                    facts.value = facts.merge(one, self.q.value_of).value
+                if m.value is not None:  # what `PatientFacts.merge` keeps, without a copy
+                    facts.value = (
+                        m.value
+                        if facts.value is None
+                        else better_value(facts.value, m.value, self.q.value_of)
+                    )

@@ -37,7 +37,7 @@ from medledger.vault.models import (
     RecordInfo,
     StoredRecord,
 )
-from medledger.vault.vault import Vault, VaultConfig
+from medledger.vault.vault import ReadKeys, Vault, VaultConfig
 
 __all__ = [
     "ErasureReceipt",
@@ -47,6 +47,7 @@ __all__ = [
     "PatientErased",
     "ProvisionalUnit",
     "PurgeReport",
+    "ReadKeys",
     "RecordConflict",
     "RecordInfo",
     "RecordNotFound",

@@ -196,6 +196,15 @@ class Backend(Protocol):
         """`fetch_record` of each (rid, version) that exists."""
         ...
 
+    def fetch_latest(
+        self, pids: list[str], types: list[str] | None, decrypt: list[str], include_copies: bool
+    ) -> list[tuple[RecordRow, bytes, bytes]]:
+        """The latest version of each record of these patients' live key generations (of
+        `types` only, unless None), with its live wrapped keys (patient, set); the records of
+        an erased patient and copies shredded apart are left out. The ciphertext only of the
+        types in `decrypt` (b"" for the others). In no particular order."""
+        ...
+
     def versions(self, rid: str) -> list[int]:
         """Stored versions of a rid, ascending."""
         ...
