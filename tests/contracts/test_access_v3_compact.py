@@ -13,8 +13,9 @@ from medledger.ledger import codec
 from medledger.ledger.app import Application
 from medledger.ledger.errors import Code
 from medledger.ledger.keys import SigningKey
+from tests.contracts.test_access_v3 import _net as _bare_net
 from tests.support.access import PID, _entry
-from tests.support.ledger import ACCESS_VERSION, Net, make_net, run_block
+from tests.support.ledger import Net, run_block
 
 OTHER = "cd" * 32
 DR_B = SigningKey(b"\x07" * 32)  # h0's practitioner dr-b
@@ -29,14 +30,8 @@ def _local(**over: Any) -> dict[str, Any]:
 
 
 def _net(version: int) -> tuple[Net, Application]:
-    before = ACCESS_VERSION[0]
-    ACCESS_VERSION[0] = version
-    try:
-        net = make_net()
-    finally:
-        ACCESS_VERSION[0] = before
-    app = net.app()
-    assert app.query_obj("governance/contracts", {})["access"] == version
+    """A network on `version` of `access`, with h0's practitioner dr-b registered."""
+    net, app = _bare_net(version)
     body = {"practitioner": "dr-b", "key": DR_B.public_key, "roles": ["nurse"]}
     assert (
         run_block(app, [net.tx(net.orgs["h0"], "identity.register", body)], net.solo).results[0].ok

@@ -25,20 +25,10 @@ from medledger.node.study_partials import (
     linked,
 )
 from tests.contracts.test_study_queries import _world
+from tests.contracts.test_study_trust import _record
 from tests.support.world import World, pid_of
 
 EVIDENCE = hashlib.sha256(b"the patient's signed form").digest()
-
-
-def _record(w: World, query_id: str = "s1/q0001") -> dict[str, Any]:
-    return {
-        "id": query_id,
-        "study": "s1",
-        "status": "running",
-        "answerers": ["h0", "h1", "h2"],
-        "started": w.now,
-        "deadline_ms": int(time.time() * 1000) + 60_000,
-    }
 
 
 def _who_counts(w: World, pid: str, record: dict[str, Any]) -> str:

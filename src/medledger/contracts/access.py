@@ -769,44 +769,23 @@ def _fast_entries(c: dict[str, Any], kind: type[EntryV2] = EntryV2) -> list[Entr
     for ident in set(ids) - {""}:
         if len(ident) != 2 * ENTRY_ID or not _HEX.issuperset(ident):
             return None
-    if kind is EntryV3:
-        return [
-            EntryV3(*values)
-            for values in zip(
-                c["actor"],
-                c["actor_org"],
-                pids,
-                c["action"],
-                c["purpose"],
-                c["outcome"],
-                basis,
-                reason,
-                rids,
-                c.get("request", [None] * count),
-                ids,
-                c.get("seq", [0] * count),
-                c.get("to", [""] * count),
-                strict=True,
-            )
-        ]
-    return [
-        EntryV2(*values)
-        for values in zip(
-            c["actor"],
-            c["actor_org"],
-            pids,
-            c["action"],
-            c["purpose"],
-            c["outcome"],
-            basis,
-            reason,
-            rids,
-            c.get("request", [None] * count),
-            ids,
-            c.get("seq", [0] * count),
-            strict=True,
-        )
+    columns = [
+        c["actor"],
+        c["actor_org"],
+        pids,
+        c["action"],
+        c["purpose"],
+        c["outcome"],
+        basis,
+        reason,
+        rids,
+        c.get("request", [None] * count),
+        ids,
+        c.get("seq", [0] * count),
     ]
+    if kind is EntryV3:
+        columns.append(c.get("to", [""] * count))
+    return [kind(*values) for values in zip(*columns, strict=True)]
 
 
 def _is_basis(basis: str) -> bool:
