@@ -19,6 +19,26 @@ approvals are excluded.
 
     medledger bench study                           # 10,000 patients, 1 s blocks
     medledger bench study --set patients=2000 --set block_time_ms=1000
+    medledger bench study --set peer=1              # and the fair peer, side by side
+
+`--set peer=1` measures, in the same run right after medledger's query, on the same network
+and the same enrolled patients, the fair peer the project's rule asks for (issue 18): an
+i2b2/SHRINE-style federated count. Each hospital holds a **clear** SQLite table of facts
+(i2b2's observation_fact: pid, type, code system, code, value, unit, date; and its patients'
+sex and birth date), built here from the same synthetic records at loading time (not timed):
+no vault, no decryption, no exchange between hospitals. Each patient is counted where the
+bench put its primary record, from that hospital's own facts only (a shared patient's second
+hospital's results are not merged in: counts agree with medledger's, means and histograms
+may not). At the running event (the first block committed after medledger's query is done)
+every hospital, in its own thread, selects its cohort in SQL, keeps each patient's value per
+`value_of`, tallies the same strata and statistics with the contract's own `tally` and its
+own noise for medledger's query (the same committed query and noise seed: equal facts give
+equal noised cells), and signs one tx with its organisation key, waited to its block; the
+result is `study_query.finish` over the summed cells once the last tx is committed. What
+differs from medledger's path: the tx is a stand-in (`identity.register` of a throw-away
+practitioner key, ~0.3 KB, not `research.query_answer`: the nodes' study agents would race
+the peer for a second query's answers) and the cells are summed and finished by the bench,
+not by the contract (microseconds either way). The clear table lives only in this bench.
 """
 
 from __future__ import annotations
@@ -26,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import sqlite3
 import tempfile
 import threading
 import time
@@ -37,12 +58,25 @@ import orjson
 from medledger.consensus.cometbft import processes
 from medledger.consensus.cometbft.rpc import RpcUnavailable
 from medledger.contracts import queries
+from medledger.contracts.research_queries import parsed_query
+from medledger.contracts.study_query import (
+    PatientFacts,
+    StudyQuery,
+    answer_noise,
+    answer_noise_seed,
+    better_value,
+    finish,
+    noise_message,
+    tally,
+)
 from medledger.interop.ins import make_ins
+from medledger.interop.pseudonym import patient_pid
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.node.ingest import Ingestor
 from medledger.node.registrations import reconcile
 from medledger.provisioning import create_consortium
+from medledger.research.evaluate import clinical_date, fixed
 from medledger.vault import Vault
 
 STUDY = "bench-2026-001"
@@ -152,9 +186,14 @@ def _bundle(n: int, org: str, rng: random.Random) -> dict[str, Any]:
 
 
 def _load(
-    nodes: dict[str, Node], vaults: dict[str, Vault], patients: int, shared: int
+    nodes: dict[str, Node],
+    vaults: dict[str, Vault],
+    patients: int,
+    shared: int,
+    keep: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Ingest at the four hospitals at once; returns {org: {pid: org}} of who holds whom."""
+    """Ingest at the four hospitals at once; returns {org: {pid: org}} of who holds whom.
+    `keep`, when given, gets each hospital's Bundle entries as sent (the peer's tables)."""
     orgs = sorted(nodes)
     rng = random.Random(7)
     plan: dict[str, list[int]] = {org: [] for org in orgs}
@@ -181,6 +220,8 @@ def _load(
             ]
             bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             inputs.append((orjson.dumps(bundle), f"{org}-{start}.json"))
+            if keep is not None:
+                keep[org].extend(entries)
         for result in ingestor.ingest_many(inputs, workers=1):
             # A registration still pending (a loaded machine: its tx was not seen committed
             # in 30 s) is settled below; any other refusal stops the bench.
@@ -241,6 +282,18 @@ def _enrol(nodes: dict[str, Node], held: dict[str, dict[str, str]]) -> int:
     return len(seen)
 
 
+def _versus(measured: dict[str, Any]) -> dict[str, Any]:
+    """Medledger's figures over the peer's: end to end, blocks, the answers' CPU (max)."""
+    peer = measured["peer"]
+    ours = max((a.get("cpu", 0.0) for a in measured["answers"].values()), default=0.0)
+    theirs = max(a["cpu"] for a in peer["answers"].values())
+    return {
+        "end_to_end": round(measured["end_to_end_s"] / max(peer["end_to_end_s"], 1e-3), 2),
+        "blocks": f"{measured['blocks']} vs {peer['blocks']}",
+        "answer_cpu_max_s": f"{ours:.3f} vs {theirs:.3f}",
+    }
+
+
 def _answers(directory: Path, query_id: str) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for log in (directory / "logs").glob("*.app.log"):
@@ -255,7 +308,13 @@ def _answers(directory: Path, query_id: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def run(patients: int = 10_000, shared: int = 30, block_time_ms: int = 1000) -> dict[str, Any]:
+def run(
+    patients: int = 10_000,
+    shared: int = 30,
+    block_time_ms: int = 1000,
+    peer: int = 0,
+    epsilon_milli: int = 500,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "net"
         homes = create_consortium(
@@ -275,8 +334,11 @@ def run(patients: int = 10_000, shared: int = 30, block_time_ms: int = 1000) -> 
                 nodes[node.config.org] = node
                 vaults[node.config.org] = Vault.open(node.config.vault_config())
             sponsor = sorted(nodes)[0]
+            kept: dict[str, list[dict[str, Any]]] | None = (
+                {org: [] for org in nodes} if peer else None
+            )
             started = time.perf_counter()
-            held = _load(nodes, vaults, patients, shared)
+            held = _load(nodes, vaults, patients, shared, kept)
             load_s = time.perf_counter() - started
             _people(nodes)
             nodes[sponsor].practitioner_wallet(f"res-{sponsor}").send(
@@ -293,11 +355,22 @@ def run(patients: int = 10_000, shared: int = 30, block_time_ms: int = 1000) -> 
             started = time.perf_counter()
             enrolled = _enrol(nodes, held)
             enrol_s = time.perf_counter() - started
-            return _measure(directory, nodes, sponsor) | {
+            tables = {} if kept is None else _peer_tables(nodes, kept)
+            enrolled_pids = sorted({pid for pids in held.values() for pid in pids})
+            for db in tables.values():
+                db.executemany("INSERT INTO enrolled VALUES (?)", [(p,) for p in enrolled_pids])
+                db.commit()
+            query = QUERY | {"epsilon": f"{epsilon_milli // 1000}.{epsilon_milli % 1000:03d}"}
+            measured = _measure(directory, nodes, sponsor, query)
+            if tables:
+                measured["peer"] = _peer(nodes, tables, measured["query"])
+                measured["medledger_vs_peer"] = _versus(measured)
+            return measured | {
                 "patients": patients,
                 "enrolled": enrolled,
                 "held_by": {org: len(pids) for org, pids in held.items()},
                 "block_time_ms": block_time_ms,
+                "epsilon_milli": epsilon_milli,
                 "load_s": round(load_s, 1),
                 "enrol_s": round(enrol_s, 1),
             }
@@ -309,12 +382,14 @@ def run(patients: int = 10_000, shared: int = 30, block_time_ms: int = 1000) -> 
             processes.down(directory)
 
 
-def _measure(directory: Path, nodes: dict[str, Node], sponsor: str) -> dict[str, Any]:
+def _measure(
+    directory: Path, nodes: dict[str, Node], sponsor: str, query: dict[str, Any]
+) -> dict[str, Any]:
     engine = nodes[sponsor].engine
     committed = (
         nodes[sponsor]
         .practitioner_wallet(f"res-{sponsor}")
-        .send("research.query_submit", {"study": STUDY, "query": QUERY})
+        .send("research.query_submit", {"study": STUDY, "query": query})
     )
     (event,) = [e for e in committed.result.events if e.type == "study.query_submitted"]
     query_id = str(event.get("query"))
@@ -351,6 +426,146 @@ def _measure(directory: Path, nodes: dict[str, Node], sponsor: str) -> dict[str,
         "blocks": done_height - running_height,
         "answers": _answers(directory, query_id),
         "result": record.get("result"),
+    }
+
+
+# -- the fair peer (`--set peer=1`): an i2b2-style federated count over clear tables ---------
+
+_SCHEMA = """
+CREATE TABLE patient (pid TEXT PRIMARY KEY, sex TEXT, birth_date TEXT, primary_here INTEGER);
+CREATE TABLE fact (pid TEXT, type TEXT, system TEXT, code TEXT, value INTEGER, unit TEXT,
+                   date TEXT);
+CREATE INDEX fact_code ON fact (system, code, pid);
+CREATE TABLE enrolled (pid TEXT PRIMARY KEY);
+"""
+
+_COHORT = """
+SELECT p.pid, p.sex, p.birth_date, f.date, f.value
+FROM fact f JOIN patient p ON p.pid = f.pid JOIN enrolled e ON e.pid = f.pid
+WHERE p.primary_here = 1 AND f.type IN ({types}) AND f.system = ? AND f.code = ?
+  AND f.unit = ? AND f.value BETWEEN ? AND ? AND f.date BETWEEN ? AND ?
+"""
+
+
+def _peer_tables(
+    nodes: dict[str, Node], kept: dict[str, list[dict[str, Any]]]
+) -> dict[str, sqlite3.Connection]:
+    """Each hospital's clear table of facts, from the Bundle entries it ingested (not timed).
+    A patient's primary hospital is where `_load` put it first: orgs[n % 4]."""
+    orgs = sorted(nodes)
+    tables: dict[str, sqlite3.Connection] = {}
+    for org in orgs:
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.executescript(_SCHEMA)
+        key = nodes[org].config.pseudonym_key()
+        pid_of: dict[str, str] = {}
+        for entry in kept[org]:
+            r = entry["resource"]
+            if r["resourceType"] == "Patient":
+                pid = pid_of[entry["fullUrl"]] = patient_pid(key, r)
+                n = int(next(i["value"] for i in r["identifier"] if i["use"] == "usual"))
+                db.execute(
+                    "INSERT INTO patient VALUES (?, ?, ?, ?)",
+                    (pid, r["gender"], r["birthDate"], int(orgs[n % len(orgs)] == org)),
+                )
+            elif "valueQuantity" in r:
+                (coding,) = r["code"]["coding"]
+                db.execute(
+                    "INSERT INTO fact VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        pid_of[r["subject"]["reference"]],
+                        r["resourceType"],
+                        coding["system"],
+                        coding["code"],
+                        fixed(r["valueQuantity"]["value"]),
+                        r["valueQuantity"]["unit"],
+                        clinical_date(r),
+                    ),
+                )
+        db.commit()
+        tables[org] = db
+    return tables
+
+
+def _peer_answer(
+    node: Node, db: sqlite3.Connection, q: StudyQuery, query_id: str, noise_seed: bytes
+) -> tuple[list[int], dict[str, Any]]:
+    """One hospital's peer answer: cohort in SQL, tally and noise, one signed tx committed."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    c = q.cohort
+    (code,) = c.codes
+    rows = db.execute(
+        _COHORT.format(types=",".join("?" * len(c.types))),
+        (*c.types, code.system, code.code, c.unit, c.value_min, c.value_max)
+        + (c.date_from or "0000", c.date_to or "9999"),
+    ).fetchall()
+    facts: dict[str, PatientFacts] = {}
+    for pid, sex, birth, date, value in rows:
+        f = facts.get(pid)
+        if f is None:
+            facts[pid] = PatientFacts(sex, birth, {"cohort": True}, (date, value))
+        else:
+            f.value = better_value(f.value or (date, value), (date, value), q.value_of)
+    sql = time.perf_counter() - started
+    t = time.perf_counter()
+    seed = answer_noise_seed(node.org_key.sign(noise_message(query_id, noise_seed)))
+    cells = [a + b for a, b in zip(tally(q, facts.values()), answer_noise(q, seed), strict=True)]
+    tallied = time.perf_counter() - t
+    t = time.perf_counter()
+    committed = node.wallet.send(
+        "identity.register",
+        {
+            "practitioner": f"peer-{node.config.org}",
+            "key": SigningKey.generate().public_key,
+            "roles": ["researcher"],
+        },
+    )
+    timing = {
+        "patients": len(facts),
+        "sql": round(sql, 3),
+        "tally": round(tallied, 3),
+        "commit": round(time.perf_counter() - t, 3),
+        "cpu": round(time.thread_time() - cpu, 3),
+        "height": committed.height,
+        "done_at": time.perf_counter(),
+    }
+    return cells, timing
+
+
+def _peer(nodes: dict[str, Node], tables: dict[str, sqlite3.Connection], query_id: str) -> Any:
+    """The peer's run of medledger's (done) query: from the next block's commit to the last
+    hospital's tx committed."""
+    engine = nodes[sorted(nodes)[0]].engine
+    record = queries.study_query(engine, query_id)
+    assert record is not None
+    q, noise_seed = parsed_query(record), bytes(record.get("noise_seed") or b"")
+    height = engine.height()
+    while engine.height() == height:  # the running event: a block's commit, as medledger's
+        time.sleep(0.005)
+    running_at, running_height = time.perf_counter(), engine.height()
+    out: dict[str, tuple[list[int], dict[str, Any]]] = {}
+    errors: list[BaseException] = []
+
+    def one(org: str) -> None:
+        try:
+            out[org] = _peer_answer(nodes[org], tables[org], q, query_id, noise_seed)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(org,)) for org in sorted(nodes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    done_at = max(timing.pop("done_at") for _, timing in out.values())
+    totals = [sum(column) for column in zip(*(cells for cells, _ in out.values()), strict=True)]
+    return {
+        "end_to_end_s": round(done_at - running_at, 3),
+        "blocks": max(timing.pop("height") for _, timing in out.values()) - running_height,
+        "answers": {org: timing for org, (_, timing) in sorted(out.items())},
+        "result": finish(q, totals, int(record["k"])),
     }
 
 

@@ -23,7 +23,8 @@ TINY: dict[str, dict[str, Any]] = {
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
     "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0},
     "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2, "waiting": 10},
-    "study": {"patients": 24, "shared": 30},  # four CometBFT nodes, a one-block query
+    # four CometBFT nodes, a one-block query, then the fair peer's (every stratum over k=5)
+    "study": {"patients": 60, "shared": 30, "peer": 1, "epsilon_milli": 0},
 }
 
 
@@ -40,6 +41,12 @@ def _load(name: str) -> ModuleType:
 def test_the_benchmark_runs_at_a_tiny_size(name: str) -> None:
     result = _load(name).run(**TINY[name])
     assert isinstance(result, dict) and result, result
+    if name == "study":  # the peer counts what medledger counts: every enrolled patient, once
+        counts = [row["count"] for row in result["result"]["strata"]]
+        assert [row["count"] for row in result["peer"]["result"]["strata"]] == counts
+        # female and male in three age bands, each over k; "other" and "unknown" withheld
+        assert sum(c for c in counts if c is not None) == result["enrolled"] == 60, result
+        assert counts.count(None) == 6, counts
 
 
 def test_every_benchmark_but_the_cometbft_network_is_smoke_tested() -> None:
