@@ -532,6 +532,24 @@ def _peer_answer(
     return cells, timing
 
 
+def _quiet(engine: Any, keys: list[bytes], blocks: int = 2, timeout: float = 120.0) -> None:
+    """Until no hospital key signed a tx for `blocks` blocks: medledger's query leaves its
+    agents' audit entries (the partials' exports) on their way to the chain, signed with the
+    same organisation keys the peer signs with; a peer tx sent meanwhile could lose its nonce
+    to one of them and be resent 3 s later (seen in a first run). Medledger's query too
+    started on a quiet chain (the approvals only)."""
+    deadline = time.monotonic() + timeout
+    nonces = [queries.nonce(engine, k) for k in keys]
+    height, still = engine.height(), 0
+    while still < blocks and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if engine.height() == height:
+            continue
+        height, now = engine.height(), [queries.nonce(engine, k) for k in keys]
+        still = still + 1 if now == nonces else 0
+        nonces = now
+
+
 def _peer(nodes: dict[str, Node], tables: dict[str, sqlite3.Connection], query_id: str) -> Any:
     """The peer's run of medledger's (done) query: from the next block's commit to the last
     hospital's tx committed."""
@@ -539,6 +557,7 @@ def _peer(nodes: dict[str, Node], tables: dict[str, sqlite3.Connection], query_i
     record = queries.study_query(engine, query_id)
     assert record is not None
     q, noise_seed = parsed_query(record), bytes(record.get("noise_seed") or b"")
+    _quiet(engine, [n.org_key.public_key for n in nodes.values()])
     height = engine.height()
     while engine.height() == height:  # the running event: a block's commit, as medledger's
         time.sleep(0.005)
