@@ -364,6 +364,8 @@ def run(
             measured = _measure(directory, nodes, sponsor, query)
             if tables:
                 measured["peer"] = _peer(nodes, tables, measured["query"])
+                # the nodes' log lines, complete by now (one may come after the client saw done)
+                measured["answers"] = _answers(directory, measured["query"])
                 measured["medledger_vs_peer"] = _versus(measured)
             return measured | {
                 "patients": patients,
@@ -532,12 +534,13 @@ def _peer_answer(
     return cells, timing
 
 
-def _quiet(engine: Any, keys: list[bytes], blocks: int = 2, timeout: float = 120.0) -> None:
+def _quiet(engine: Any, keys: list[bytes], blocks: int = 2, timeout: float = 20.0) -> None:
     """Until no hospital key signed a tx for `blocks` blocks: medledger's query leaves its
     agents' audit entries (the partials' exports) on their way to the chain, signed with the
     same organisation keys the peer signs with; a peer tx sent meanwhile could lose its nonce
     to one of them and be resent 3 s later (seen in a first run). Medledger's query too
-    started on a quiet chain (the approvals only)."""
+    started on a quiet chain (the approvals only). Bounded: a node's own senders (its audit
+    journal, reconciliation) may keep signing; then the peer starts after `timeout` anyway."""
     deadline = time.monotonic() + timeout
     nonces = [queries.nonce(engine, k) for k in keys]
     height, still = engine.height(), 0
