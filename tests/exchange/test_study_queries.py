@@ -306,8 +306,9 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
 
         assert ask(sender, receiver, [pid])[1][pid].value == ("2025-01-02", 7100)
         assert ask(sender, receiver, [])[1] == {}  # an empty message says "nothing for you"
+        # Sent to a hospital that does not count the patient: dropped, kept by no one.
+        assert ask(sender, sender, [pid])[1:] == ({}, [pid])
         refusals = {
-            "not its answering hospital": lambda: ask(sender, sender, [pid]),
             "not a custodian": lambda: ask(stranger, receiver, [pid]),
             "not an answerer": lambda: ask("chu-nantes", receiver, [pid]),
             "not running": lambda: ask(sender, receiver, [pid], {**record, "deadline_ms": now}),

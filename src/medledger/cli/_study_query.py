@@ -248,6 +248,11 @@ def show(record: dict[str, Any]) -> None:
         console.print(table)
     if record.get("missing"):
         console.print(f"  [red]incomplete:[/] no answer from {', '.join(record['missing'])}")
+    if record.get("dropped"):  # research v3: said by the answerers (study_partials)
+        console.print(
+            f"  [yellow]{record['dropped']} enrolled patients counted nowhere[/] (their "
+            "count-once link too young, or their counting hospital disputed between nodes)"
+        )
     result = record.get("result")
     if result is None:
         return
