@@ -1,20 +1,21 @@
 """Partial facts between hospitals, so that a patient followed in several is counted once.
 
 For a running study query, the *answering hospital* of an enrolled patient is, among the
-patient's custodians on the chain, the longest-standing one the patient is linked to
-(`linked`: the hospital that recorded their enrolment in the study on their behalf, or the
-one that attested their bound key), else the longest-standing one (ties: the smallest
-SHA-256(query id 0 org)), fixed by the chain: a member that made itself a custodian with a
-junk record, even before any real hospital, never receives the real custodians' facts
-(`answering`). Every other custodian
-sends it what its own records say of the patient (`PatientFacts`), one message per (query,
+patient's custodians on the chain, the first one the patient is linked to (`linked`: the
+hospital that recorded their enrolment in the study on their behalf, then the one that
+attested their bound key), else the longest-standing one (ties: the smallest SHA-256(query
+id 0 org)), fixed by the chain: a member that made itself a custodian with a junk record,
+even before any real hospital, never receives the real custodians' facts (`answering`). A
+link counts once `study_link_settle_ms` old at the query's start (`settled_by`); younger,
+it holds the patient: nobody counts them, no facts move. Every other custodian sends it what its own records say of the patient (`PatientFacts`), one message per (query,
 sender, receiver), to every other answerer even when empty, so that a receiver knows when it
 has heard from all. Only the answering hospital counts the patient.
 
 The receiver (the gateway, `check`) accepts a message only from an answerer's hospital key,
 while the query runs, and for each pid only if the patient is enrolled in the query's study
 (not withdrawn, no erasure request: a patient who withdrew since the sender looked is dropped,
-not counted), the sender is one of its custodians, and the receiver is its answering hospital.
+not counted), and the sender is one of its custodians; a pid whose answering hospital it
+computes otherwise is dropped (counted by neither side), not the whole message.
 Custodians are those whose custody had begun when the query started running (`custodians`).
 What it accepts is kept in `<home>/research/partials.db` (`Inbox`)
 until the answer is on the chain, encrypted at rest (AES-256-GCM under a key derived from the
