@@ -7,9 +7,10 @@ attested their bound key), else the longest-standing one (ties: the smallest SHA
 id 0 org)), fixed by the chain: a member that made itself a custodian with a junk record,
 even before any real hospital, never receives the real custodians' facts (`answering`). A
 link counts once `study_link_settle_ms` old at the query's start (`settled_by`); younger,
-it holds the patient: nobody counts them, no facts move. Every other custodian sends it what its own records say of the patient (`PatientFacts`), one message per (query,
-sender, receiver), to every other answerer even when empty, so that a receiver knows when it
-has heard from all. Only the answering hospital counts the patient.
+it holds the patient: nobody counts them, no facts move. Every other custodian sends it
+what its own records say of the patient (`PatientFacts`), one message per (query, sender,
+receiver), to every other answerer even when empty, so that a receiver knows when it has
+heard from all. Only the answering hospital counts the patient.
 
 The receiver (the gateway, `check`) accepts a message only from an answerer's hospital key,
 while the query runs, and for each pid only if the patient is enrolled in the query's study
