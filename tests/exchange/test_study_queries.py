@@ -112,6 +112,9 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     answered = record["answers"]
     assert sum(a["patients"] for a in answered.values()) == len(counted)
     assert sorted(answered) == sorted(ORGS)
+    # A sandbox's links count at once: nobody was held or dropped, and each answer says so.
+    assert [a["dropped"] for a in answered.values()] == [0] * len(ORGS)
+    assert record["dropped"] == 0
     # The mmol/mol results were left out and counted as such (a patient each).
     mismatched = sum(1 for label in counted if any(has_ifcc(b) for b in study.by_label[label]))
     assert record["result"]["unit_mismatch"] == (mismatched if mismatched >= 5 else None)
