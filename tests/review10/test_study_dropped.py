@@ -18,6 +18,7 @@ from medledger.contracts import default_versions
 from medledger.contracts import study_query as sq
 from medledger.contracts.research_queries import MAX_PATIENTS
 from medledger.contracts.study_query import PatientFacts
+from medledger.interop import study_results
 from medledger.ledger.errors import Code
 from medledger.node.study_partials import Inbox, answering, check, custodians, linked
 from tests.contracts.test_study_queries import _answer, _masks, _run, _submit, _world
@@ -112,3 +113,11 @@ def test_a_v2_chain_refuses_the_field_and_replays_unchanged(
     done = _answer_all(w, {})
     assert done["status"] == "done" and "dropped" not in done
     assert all("dropped" not in a for a in done["answers"].values())
+
+
+def test_a_short_count_is_said_by_the_result_views_never_silent() -> None:
+    """The CLI's `study query result` and the researcher's page show this line."""
+    assert study_results.uncounted({"status": "done", "dropped": 0}) is None
+    assert study_results.uncounted({"status": "done"}) is None  # a v2 chain's record
+    said = study_results.uncounted({"status": "done", "dropped": 3})
+    assert said is not None and said.startswith("3 enrolled patients counted nowhere")

@@ -248,11 +248,9 @@ def show(record: dict[str, Any]) -> None:
         console.print(table)
     if record.get("missing"):
         console.print(f"  [red]incomplete:[/] no answer from {', '.join(record['missing'])}")
-    if record.get("dropped"):  # research v3: said by the answerers (study_partials)
-        console.print(
-            f"  [yellow]{record['dropped']} enrolled patients counted nowhere[/] (their "
-            "count-once link too young, or their counting hospital disputed between nodes)"
-        )
+    uncounted = study_results.uncounted(record)
+    if uncounted:
+        console.print(f"  [yellow]{uncounted}[/]")
     result = record.get("result")
     if result is None:
         return
