@@ -162,6 +162,9 @@ def _key_attester(state: StateView, pid: str, start: int) -> Link | None:
     binding = key_binding(state, pid)
     if binding is None:
         return None
+    at, tx = int(binding.get("time") or 0), bytes(binding.get("tx") or b"")
+    if at <= start and state.has(f"patients/acted/{pid}/{at:016d}/{tx.hex()}"):
+        return Link(str(binding["org"]), at)  # a first binding, in force: filed then
     # The bindings filed in the patient's name: a first one takes effect when filed, a
     # replacement at its effective_ms, once done; the latest in force by `start` counts.
     best: tuple[int, Link] | None = None
