@@ -171,3 +171,24 @@ def test_an_older_link_is_not_skipped_for_a_younger_one() -> None:
     record = _record(w)
     assert [link.org for link in linked(w.state, "s1", lea, record)] == ["h2", "h0"]
     assert _who_counts(w, lea, record) == ""
+
+
+def test_a_junk_filer_re_enrolling_a_patient_only_holds_them_and_is_undone_alike() -> None:
+    """The patient was enrolled at their hospital long ago; the junk filer withdraws and
+    re-enrols them in their name to become the link. Fresh, its link holds them (counted
+    nowhere, and said); their hospital, told, does the same back, and its link then wins."""
+    w = _settling_world()
+    max_ = pid_of("max")
+    w.records("h2", max_, ["r-max-junk"])
+    w.records("h0", max_, ["r-max-hba1c"])
+    _portal_enrol(w, "h0", max_)
+    w.block(at=w.now + SETTLE)
+    assert _who_counts(w, max_, _record(w)) == "h0"
+    body = {"study": "s1", "pid": max_, "evidence_hash": FORM, "channel": "portal"}
+    w.ok("h2", "research.withdraw", body)
+    _portal_enrol(w, "h2", max_)
+    assert _who_counts(w, max_, _record(w, "s1/q0002")) == ""  # held, never h2's
+    w.ok("h0", "research.withdraw", body, at=w.now + DAY_MS)
+    _portal_enrol(w, "h0", max_)
+    w.block(at=w.now + SETTLE)
+    assert _who_counts(w, max_, _record(w, "s1/q0003")) == "h0"
