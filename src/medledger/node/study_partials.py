@@ -342,13 +342,18 @@ class Inbox:
         sealed = self._aead.encrypt(nonce, plain, self._aad(query_id, sender))
         with self._arrived:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?, ?)",
-                (query_id, sender, nonce, sealed),
-            )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO dropped VALUES (?, ?)", [(query_id, p) for p in dropped]
-            )
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO partials VALUES (?, ?, ?, ?)",
+                    (query_id, sender, nonce, sealed),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO dropped VALUES (?, ?)",
+                    [(query_id, p) for p in dropped],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
             self._arrived.notify_all()
 
