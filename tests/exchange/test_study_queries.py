@@ -112,6 +112,9 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     answered = record["answers"]
     assert sum(a["patients"] for a in answered.values()) == len(counted)
     assert sorted(answered) == sorted(ORGS)
+    # A sandbox's links count at once: nobody was held or dropped, and each answer says so.
+    assert [a["dropped"] for a in answered.values()] == [0] * len(ORGS)
+    assert record["dropped"] == 0
     # The mmol/mol results were left out and counted as such (a patient each).
     mismatched = sum(1 for label in counted if any(has_ifcc(b) for b in study.by_label[label]))
     assert record["result"]["unit_mismatch"] == (mismatched if mismatched >= 5 else None)
@@ -306,8 +309,9 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
 
         assert ask(sender, receiver, [pid])[1][pid].value == ("2025-01-02", 7100)
         assert ask(sender, receiver, [])[1] == {}  # an empty message says "nothing for you"
+        # Sent to a hospital that does not count the patient: dropped, kept by no one.
+        assert ask(sender, sender, [pid])[1:] == ({}, [pid])
         refusals = {
-            "not its answering hospital": lambda: ask(sender, sender, [pid]),
             "not a custodian": lambda: ask(stranger, receiver, [pid]),
             "not an answerer": lambda: ask("chu-nantes", receiver, [pid]),
             "not running": lambda: ask(sender, receiver, [pid], {**record, "deadline_ms": now}),

@@ -248,6 +248,9 @@ def show(record: dict[str, Any]) -> None:
         console.print(table)
     if record.get("missing"):
         console.print(f"  [red]incomplete:[/] no answer from {', '.join(record['missing'])}")
+    uncounted = study_results.uncounted(record)
+    if uncounted:
+        console.print(f"  [yellow]{uncounted}[/]")
     result = record.get("result")
     if result is None:
         return

@@ -67,10 +67,21 @@ DEFAULT_PARAMS: dict[str, int] = {
     "on_behalf_delay_ms": 3 * DAY_MS,
     # A hospital binds a patient's first key only once its custody is at least this old.
     "custody_min_age_ms": DAY_MS,
+    # A study query's counting hospital is chosen by a link (an on-behalf enrolment, a key
+    # attestation) only once the link is this old at the query's start: the patient and the
+    # earlier custodians had the time to undo it (node/study_partials.py). 0 in a sandbox;
+    # a consortium founded across machines starts at 72 h (provisioning/founding.py).
+    "study_link_settle_ms": 0,
 }
 #: Parameters that may be zero (the others must be at least 1).
 _MAY_BE_ZERO = frozenset(
-    {"emergency_threshold", "referral_before_ms", "referral_after_ms", "custody_min_age_ms"}
+    {
+        "emergency_threshold",
+        "referral_before_ms",
+        "referral_after_ms",
+        "custody_min_age_ms",
+        "study_link_settle_ms",
+    }
 )
 
 MAX_POLICY_TEXT = 16 * 1024

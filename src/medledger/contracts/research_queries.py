@@ -18,7 +18,10 @@ contract sums the vectors mod 2^64, reads the sums as signed integers and publis
 every answer, end_block marks the query `incomplete` and names the missing answerers.
 
 v1 chains keep v1 (its `research.register` has no budget); a vote activates v2. New
-consortia start on v2.
+consortia start on v3: its answer also says how many enrolled patients the answerer counted
+nowhere (`dropped`, 0..MAX_PATIENTS: held by a link too young, or whose counting hospital its
+replica computed otherwise than a co-custodian's, `node/study_partials.py`), kept in its
+`answers` entry and summed in the query's `dropped` when done; a v2 chain refuses the field.
 
 State (prefix `research/`, besides v1's):
     research/query/<study>/q<seq:04d>   a query: document, approvals, answerers, answers, result
@@ -82,6 +85,13 @@ class QueryAnswer:
     cells: list[int]  # masked, each 0..2^64-1, in study_query.cells order
     patients: int  # enrolled patients this hospital answered for
     noise_commitment: bytes = b""  # study_query.noise_commitment: required when epsilon > 0
+
+
+@dataclass
+class QueryAnswerV3(QueryAnswer):
+    """v3: the answer says how many enrolled patients this hospital counted nowhere."""
+
+    dropped: int = 0
 
 
 def noise_seed_of(tx_id: bytes) -> bytes:
@@ -313,7 +323,13 @@ def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
     )
 
 
-def query_answer(ctx: Context, msg: QueryAnswer) -> None:
+def query_answer_v3(ctx: Context, msg: QueryAnswerV3) -> None:
+    if not 0 <= msg.dropped <= MAX_PATIENTS:
+        raise TxError(Code.INVALID_BODY, f"field dropped: 0..{MAX_PATIENTS}")
+    query_answer(ctx, msg, {"dropped": msg.dropped})
+
+
+def query_answer(ctx: Context, msg: QueryAnswer, extra: dict[str, Any] | None = None) -> None:
     org, practitioner = acting_org(ctx)
     if practitioner is not None:
         raise TxError(Code.UNAUTHORIZED, "an answer is signed by the hospital's organisation key")
@@ -352,6 +368,7 @@ def query_answer(ctx: Context, msg: QueryAnswer) -> None:
         "noise_commitment": msg.noise_commitment,
         "time": ctx.time_ms,
         "tx": ctx.tx_id,
+        **(extra or {}),
     }
     sums = [(a + b) % MOD for a, b in zip(sums, msg.cells, strict=True)]
     ctx.emit("study.query_answered", query=msg.query, org=org, patients=msg.patients)
@@ -365,6 +382,8 @@ def query_answer(ctx: Context, msg: QueryAnswer) -> None:
         result=study_query.finish(parsed_query(record), totals, record["k"]),
         done=ctx.time_ms,
     )
+    if extra is not None:  # v3: the enrolled patients counted nowhere, as the answerers said
+        record["dropped"] = sum(int(a.get("dropped") or 0) for a in record["answers"].values())
     ctx.state.delete(f"research/qsum/{msg.query}")
     DUE.remove(ctx.state, record["deadline_ms"], record["number"])
     ctx.state.put(f"research/query/{msg.query}", record)
@@ -431,25 +450,34 @@ def q_budget(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
 
 
 (_V1,) = V1
+_V2 = dataclasses.replace(
+    _V1,
+    version=2,
+    messages={
+        **_V1.messages,
+        "research.register": Message("research.register", RegisterV2, register_v2),
+        "research.query_submit": Message("research.query_submit", QuerySubmit, query_submit),
+        "research.query_approve": Message("research.query_approve", QueryApprove, query_approve),
+        "research.query_answer": Message("research.query_answer", QueryAnswer, query_answer),
+    },
+    queries={
+        **_V1.queries,
+        "research/query": q_query,
+        "research/queries": q_queries,
+        "research/budget": q_budget,
+    },
+    end_block=end_block,
+)
 CONTRACTS = [
+    _V2,
     dataclasses.replace(
-        _V1,
-        version=2,
+        _V2,
+        version=3,
         messages={
-            **_V1.messages,
-            "research.register": Message("research.register", RegisterV2, register_v2),
-            "research.query_submit": Message("research.query_submit", QuerySubmit, query_submit),
-            "research.query_approve": Message(
-                "research.query_approve", QueryApprove, query_approve
+            **_V2.messages,
+            "research.query_answer": Message(
+                "research.query_answer", QueryAnswerV3, query_answer_v3
             ),
-            "research.query_answer": Message("research.query_answer", QueryAnswer, query_answer),
         },
-        queries={
-            **_V1.queries,
-            "research/query": q_query,
-            "research/queries": q_queries,
-            "research/budget": q_budget,
-        },
-        end_block=end_block,
-    )
+    ),
 ]

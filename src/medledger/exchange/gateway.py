@@ -779,15 +779,15 @@ class Gateway:
         )
         try:
             with self.policy.state() as state:
-                query_id, facts = check_partials(
+                query_id, facts, dropped = check_partials(
                     state, record, caller.actor.org, self.org, args, int(time.time() * 1000)
                 )
         except PartialsRefused as exc:
             self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
             raise Refused(exc.status, exc.reason) from None
-        self.partials.put(query_id, caller.actor.org, facts)
+        self.partials.put(query_id, caller.actor.org, facts, dropped)
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
-        return {"query": query_id, "accepted": len(facts)}
+        return {"query": query_id, "accepted": len(facts), "dropped": len(dropped)}
 
     # -- custody of other members' replicas (node/custody.py) -------------------------------
     def _custodian_store(self, caller: Caller) -> CustodyStore:

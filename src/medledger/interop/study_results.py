@@ -62,6 +62,19 @@ def caveat(result: dict[str, Any]) -> str | None:
     return NO_NOISE if result.get("noise") == "none" else None
 
 
+def uncounted(record: dict[str, Any]) -> str | None:
+    """How many enrolled patients the answerers counted nowhere (research v3 `dropped`), if
+    any: a short count is said, never silent (node/study_partials.py)."""
+    n = int(record.get("dropped") or 0)
+    if not n:
+        return None
+    return (
+        f"{n} enrolled patient{'s' if n > 1 else ''} counted nowhere: their count-once link "
+        "was too young when the query started, or two hospitals' nodes disagreed on who "
+        "counts them"
+    )
+
+
 def _text(value: Any) -> str:
     return SUPPRESSED if value is None else str(value)
 

@@ -1,20 +1,22 @@
 """Partial facts between hospitals, so that a patient followed in several is counted once.
 
 For a running study query, the *answering hospital* of an enrolled patient is, among the
-patient's custodians on the chain, the longest-standing one the patient is linked to
-(`linked`: the hospital that recorded their enrolment in the study on their behalf, or the
-one that attested their bound key), else the longest-standing one (ties: the smallest
-SHA-256(query id 0 org)), fixed by the chain: a member that made itself a custodian with a
-junk record, even before any real hospital, never receives the real custodians' facts
-(`answering`). Every other custodian
-sends it what its own records say of the patient (`PatientFacts`), one message per (query,
-sender, receiver), to every other answerer even when empty, so that a receiver knows when it
-has heard from all. Only the answering hospital counts the patient.
+patient's custodians on the chain, the first one the patient is linked to (`linked`: the
+hospital that recorded their enrolment in the study on their behalf, then the one that
+attested their bound key), else the longest-standing one (ties: the smallest SHA-256(query
+id 0 org)), fixed by the chain: a member that made itself a custodian with a junk record,
+even before any real hospital, never receives the real custodians' facts (`answering`). A
+link counts once `study_link_settle_ms` old at the query's start (`settled_by`); younger,
+it holds the patient: nobody counts them, no facts move. Every other custodian sends it
+what its own records say of the patient (`PatientFacts`), one message per (query, sender,
+receiver), to every other answerer even when empty, so that a receiver knows when it has
+heard from all. Only the answering hospital counts the patient.
 
 The receiver (the gateway, `check`) accepts a message only from an answerer's hospital key,
 while the query runs, and for each pid only if the patient is enrolled in the query's study
 (not withdrawn, no erasure request: a patient who withdrew since the sender looked is dropped,
-not counted), the sender is one of its custodians, and the receiver is its answering hospital.
+not counted), and the sender is one of its custodians; a pid whose answering hospital it
+computes otherwise is dropped (counted by neither side), not the whole message.
 Custodians are those whose custody had begun when the query started running (`custodians`).
 What it accepts is kept in `<home>/research/partials.db` (`Inbox`)
 until the answer is on the chain, encrypted at rest (AES-256-GCM under a key derived from the
@@ -29,7 +31,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medledger.contracts.common import is_pid
 from medledger.contracts.patients import erasure_requested, key_binding, rebinding
+from medledger.contracts.policies import params
 from medledger.contracts.records import custodies
 from medledger.contracts.research import enrolment_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
@@ -62,35 +65,72 @@ def rank(query_id: str, org: str) -> bytes:
     return hashlib.sha256(query_id.encode() + b"\x00" + org.encode()).digest()
 
 
-def answering(query_id: str, custodians: Mapping[str, int], linked: Sequence[str] = ()) -> str:
-    """The custodian that counts the patient for this query ("" when it has none): the
-    first of `linked` (in precedence order) that is a custodian, else the longest-standing
+class Link(NamedTuple):
+    """A hospital the patient is linked to, and when its linking act was filed (ms)."""
+
+    org: str
+    since: int
+
+
+def answering(
+    query_id: str,
+    custodians: Mapping[str, int],
+    linked: Sequence[Link] = (),
+    settled_by: int | None = None,
+) -> str:
+    """The custodian that counts the patient for this query ("" when none does): the first
+    of `linked` (in precedence order) that is a custodian, else the longest-standing
     (`custodians`: org -> custody since), ties by `rank`. A member that registers a junk
     record for an enrolled patient is a custodian from then on; were the rank alone to
     choose, it would count the patient for some queries and receive the real custodians'
     facts about them; were seniority alone to choose, filing before any real hospital would
     do (knowing the patient's INS is enough); were seniority to choose among the links, the
     junk filer would only have to attest a first key for the patient (it is the oldest
-    custodian, so custody_min_age_ms does not stop it)."""
-    order = {org: i for i, org in reversed(list(enumerate(linked)))}
+    custodian, so custody_min_age_ms does not stop it).
+
+    That first link counts only if filed by `settled_by` (`settled_by`: the query's start
+    less `study_link_settle_ms`); a younger one *holds* the patient: nobody counts them in
+    this query ("") when they have other custodians, whose facts would go to it. A junk filer
+    can enrol the patient in their name, or attest a first key, as a real hospital can; only
+    time tells them apart: the patient and the earlier custodians were told, and had that
+    long to undo it. Falling back to the next link or to seniority instead would hand the
+    patient to the oldest custodian (who may be the junk filer) whenever a real hospital has
+    just enrolled them."""
+    for link in linked:
+        if link.org in custodians:
+            if settled_by is not None and link.since > settled_by and len(custodians) > 1:
+                return ""
+            return link.org
     return min(
         custodians,
-        key=lambda org: (order.get(org, len(order)), custodians[org], rank(query_id, org)),
+        key=lambda org: (custodians[org], rank(query_id, org)),
         default="",
     )
 
 
-def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> tuple[str, ...]:
+def settled_by(state: StateView, record: dict[str, Any]) -> int:
+    """The latest filing time (ms) of a link that counts for the query (see `answering`)."""
+    return started_ms(record) - int(params(state)["study_link_settle_ms"])
+
+
+def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> tuple[Link, ...]:
     """The hospitals the patient is linked to for this query, by an act on the chain beyond
     filing records, each one told to the patient and to the other custodians, in precedence
     order: the one that recorded their enrolment in the study on their behalf (the study's
     own consent, taken at its desk), then the one that attested their bound key (a patient
     who enrolled with their own key has one). Both as they stood at the query's start, read
     from what the chain keeps of them (a re-enrolment or a key rebound since does not
-    change them), so that every answerer, whatever its height, agrees."""
+    change them), so that every answerer, whatever its height, agrees. Each with when its
+    act was filed (a rebinding: when filed, not when it took effect: it waited, undoable)."""
     start = started_ms(record)
     found = [_enrolment_recorder(state, study, pid, start), _key_attester(state, pid, start)]
-    return tuple(dict.fromkeys(org for org in found if org))
+    seen: set[str] = set()
+    out: list[Link] = []
+    for link in found:
+        if link is not None and link.org and link.org not in seen:
+            seen.add(link.org)
+            out.append(link)
+    return tuple(out)
 
 
 def _acts(state: StateView, pid: str, act: str) -> list[dict[str, Any]]:
@@ -98,44 +138,52 @@ def _acts(state: StateView, pid: str, act: str) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"patients/acted/{pid}/") if v.get("act") == act]
 
 
-def _enrolment_recorder(state: StateView, study: str, pid: str, start: int) -> str:
-    """The hospital that recorded the patient's enrolment in force at `start` ("" when the
+def _enrolment_recorder(state: StateView, study: str, pid: str, start: int) -> Link | None:
+    """The hospital that recorded the patient's enrolment in force at `start` (None when the
     patient enrolled with their own key, or was not enrolled then)."""
     enrolment = enrolment_of(state, study, pid) or {}
     since = int(enrolment.get("since") or 0)
     if enrolment.get("status") == "enrolled" and since <= start:
-        return str((enrolment.get("by") or {}).get("org") or "")
+        org = str((enrolment.get("by") or {}).get("org") or "")
+        return Link(org, since) if org else None
     # Withdrawn or re-enrolled since: the enrolment at start, from its history.
     then = [h for h in enrolment.get("history") or () if int(h[0]) <= start]
     if not then or then[-1][1] != "enrolled" or then[-1][2] != "hospital":
-        return ""
+        return None
     at = int(then[-1][0])
     acts = _acts(state, pid, "research.enrol")
     orgs = [a["org"] for a in acts if int(a["time"]) == at and a["ref"].get("study") == study]
-    return str(orgs[-1]) if orgs else ""
+    return Link(str(orgs[-1]), at) if orgs else None
 
 
-def _key_attester(state: StateView, pid: str, start: int) -> str:
-    """The hospital that attested the patient's key in force at `start` ("" for none)."""
+def _key_attester(state: StateView, pid: str, start: int) -> Link | None:
+    """The hospital that attested the patient's key in force at `start` (None for none),
+    with when it filed the binding."""
     binding = key_binding(state, pid)
     if binding is None:
-        return ""
-    if int(binding.get("time") or 0) <= start:
-        return str(binding.get("org") or "")
-    # Rebound since: the latest binding in force by then (a first one takes effect when
-    # filed, a replacement at its effective_ms, once done).
-    best = (-1, "")
+        return None
+    at, tx = int(binding.get("time") or 0), bytes(binding.get("tx") or b"")
+    if at <= start and state.has(f"patients/acted/{pid}/{at:016d}/{tx.hex()}"):
+        return Link(str(binding["org"]), at)  # a first binding, in force: filed then
+    # The bindings filed in the patient's name: a first one takes effect when filed, a
+    # replacement at its effective_ms, once done; the latest in force by `start` counts.
+    best: tuple[int, Link] | None = None
     for act in _acts(state, pid, "patients.bind"):
         seq = act["ref"].get("id")
-        when = int(act["time"])
+        filed = when = int(act["time"])
         if seq is not None:
             rebind = rebinding(state, int(seq))
             if rebind is None or rebind.get("status") != "done":
                 continue
             when = int(rebind["effective_ms"])
-        if when <= start and when >= best[0]:
-            best = (when, str(act["org"]))
-    return best[1]
+        if when <= start and (best is None or when >= best[0]):
+            best = (when, Link(str(act["org"]), filed))
+    if best is not None:
+        return best[1]
+    # A binding the acts do not show (none filed in the patient's name): as it stands.
+    if int(binding.get("time") or 0) <= start and binding.get("org"):
+        return Link(str(binding["org"]), int(binding.get("time") or 0))
+    return None
 
 
 def counts(state: StateView, study: str, pid: str) -> bool:
@@ -183,9 +231,15 @@ def check(
     receiver: str,
     body: dict[str, Any],
     now_ms: int,
-) -> tuple[str, dict[str, PatientFacts]]:
+) -> tuple[str, dict[str, PatientFacts], list[str]]:
     """The receiver's checks of a partials message (query, sender, each pid); returns
-    (query id, {pid: facts}) or raises PartialsRefused naming what is wrong."""
+    (query id, {pid: facts}, dropped pids) or raises PartialsRefused naming what is wrong.
+
+    A pid whose answering hospital this replica computes otherwise than the sender did
+    (held here, or another's: a parameter voted, a custody ended between the two reads) is
+    *dropped*, not the whole message: the sender gave it away and does not count it, and
+    the receiver keeps none of its facts and does not count it either (`Inbox.dropped`), so
+    that no two hospitals count it; its answer says how many it dropped so."""
     query_id = body.get("query")
     if not isinstance(query_id, str) or not query_id:
         raise PartialsRefused(400, "query: a query id expected")
@@ -206,7 +260,9 @@ def check(
     if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
         raise PartialsRefused(400, f"patients: a list of at most {MAX_PATIENTS} [pid, facts]")
     found: dict[str, PatientFacts] = {}
+    dropped: list[str] = []
     seen: set[str] = set()
+    settled = settled_by(state, record)
     for i, item in enumerate(patients):
         if not (isinstance(item, list) and len(item) == 2 and is_pid(item[0])):
             raise PartialsRefused(400, f"patients[{i}]: [pid, facts] expected")
@@ -217,17 +273,17 @@ def check(
         held_by = custodians(state, pid, record)
         if sender not in held_by:
             raise PartialsRefused(403, f"patients[{i}]: {sender} is not a custodian")
-        if answering(query_id, held_by, linked(state, study, pid, record)) != receiver:
-            raise PartialsRefused(403, f"patients[{i}]: {receiver} is not its answering hospital")
         try:
-            found[pid] = PatientFacts.from_obj(item[1])
+            facts = PatientFacts.from_obj(item[1])
         except (TypeError, ValueError, KeyError) as exc:
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
         except Exception as exc:  # the model's own refusal (TxError) names the field
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
-        if not counts(state, study, pid):  # withdrawn since the sender looked: not counted
-            del found[pid]
-    return query_id, found
+        if answering(query_id, held_by, linked(state, study, pid, record), settled) != receiver:
+            dropped.append(pid)  # the views differ: counted by neither (see above)
+        elif counts(state, study, pid):  # withdrawn since the sender looked: not counted
+            found[pid] = facts
+    return query_id, found, dropped
 
 
 _SCHEMA = """
@@ -237,6 +293,11 @@ CREATE TABLE IF NOT EXISTS partials (
     nonce  BLOB NOT NULL,
     sealed BLOB NOT NULL,
     PRIMARY KEY (query, sender)
+) STRICT;
+CREATE TABLE IF NOT EXISTS dropped (
+    query TEXT NOT NULL,
+    pid   TEXT NOT NULL,
+    PRIMARY KEY (query, pid)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS sent (
     query    TEXT NOT NULL,
@@ -267,17 +328,40 @@ class Inbox:
     def _aad(query_id: str, sender: str) -> bytes:
         return f"medledger/study-partials/{query_id}/{sender}".encode()
 
-    def put(self, query_id: str, sender: str, facts: dict[str, PatientFacts]) -> None:
-        """Keep (or replace: a sender re-sends the same after its restart) one message."""
+    def put(
+        self,
+        query_id: str,
+        sender: str,
+        facts: dict[str, PatientFacts],
+        dropped: Sequence[str] = (),
+    ) -> None:
+        """Keep (or replace: a sender re-sends the same after its restart) one message, and
+        the pids `check` dropped from it (counted by nobody here), in one transaction."""
         plain = cbor2.dumps([[pid, f.to_obj()] for pid, f in sorted(facts.items())])
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, plain, self._aad(query_id, sender))
         with self._arrived:
-            self._db.execute(
-                "INSERT OR REPLACE INTO partials VALUES (?, ?, ?, ?)",
-                (query_id, sender, nonce, sealed),
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO partials VALUES (?, ?, ?, ?)",
+                    (query_id, sender, nonce, sealed),
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO dropped VALUES (?, ?)",
+                    [(query_id, p) for p in dropped],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
             self._arrived.notify_all()
+
+    def dropped(self, query_id: str) -> set[str]:
+        """The pids dropped from the query's partials (`check`): this hospital counts none."""
+        with self._lock:
+            rows = self._db.execute("SELECT pid FROM dropped WHERE query = ?", (query_id,))
+            return {str(r[0]) for r in rows}
 
     def senders(self, query_id: str) -> set[str]:
         with self._lock:
@@ -325,6 +409,7 @@ class Inbox:
         """Drop a query's partials once its answer is on the chain (or it ended)."""
         with self._lock:
             self._db.execute("DELETE FROM partials WHERE query = ?", (query_id,))
+            self._db.execute("DELETE FROM dropped WHERE query = ?", (query_id,))
             self._db.execute("DELETE FROM sent WHERE query = ?", (query_id,))
 
     def queries(self) -> list[str]:

@@ -87,10 +87,12 @@ def load_requests(paths: list[Path]) -> list[JoinRequest]:
 
 #: What a consortium founded across machines (real patients, unlike a sandbox) starts with:
 #: every study query noised, epsilon at least 0.1, and a study's whole budget at most 10
-#: (docs/security.md, "A curious sponsor or member"); `params` overrides them.
+#: (docs/security.md, "A curious sponsor or member"), and a count-once link counted only
+#: once the patient had 72 h to undo it; `params` overrides them.
 FOUNDING_PARAMS: dict[str, int] = {
     "study_min_epsilon_milli": 100,
     "study_max_budget_milli": 10_000,
+    "study_link_settle_ms": 3 * 24 * 3600 * 1000,
 }
 
 

@@ -57,6 +57,7 @@ from medledger.node.study_partials import (
     custodians,
     linked,
     running,
+    settled_by,
 )
 from medledger.research import masks
 from medledger.research.evaluate import Evaluator
@@ -88,6 +89,7 @@ class Answered:
     sent: dict[str, int]
     tx: bytes = b""
     timing: dict[str, float] = field(default_factory=dict)
+    dropped: int = 0  # enrolled patients it counted nowhere: held, or disputed (study_partials)
 
 
 @dataclass
@@ -101,8 +103,9 @@ class Plan:
     answerers: list[str]
     deadline_ms: int
     noise_seed: bytes
-    mine: dict[str, str]  # pid -> its answering hospital, for the pids this hospital holds
+    mine: dict[str, str]  # pid -> its answering hospital ("": held), for the pids it holds
     box_keys: dict[str, bytes] = field(default_factory=dict)  # the answerers' at the start
+    held: set[str] = field(default_factory=set)  # held by this hospital's too young link
 
 
 def answered_by(record: dict[str, Any]) -> set[str]:
@@ -154,13 +157,19 @@ class Answerer:
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
+        held: set[str] = set()
         with engine.read_view() as state:
+            settled = settled_by(state, record)
             for pid in _custody(state, self.org):  # its own patients, then the enrolled
                 if not counts(state, study_id, pid):
                     continue
                 held_by = custodians(state, pid, record)
                 if self.org in held_by:
-                    mine[pid] = answering(query_id, held_by, linked(state, study_id, pid, record))
+                    links = linked(state, study_id, pid, record)
+                    mine[pid] = answering(query_id, held_by, links, settled)
+                    first = next((link.org for link in links if link.org in held_by), "")
+                    if not mine[pid] and first == self.org:
+                        held.add(pid)  # its own link is too young: it says so, once
         return Plan(
             query_id,
             study_id,
@@ -171,6 +180,7 @@ class Answerer:
             bytes(record.get("noise_seed") or b""),
             mine,
             {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()},
+            held,
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
@@ -196,7 +206,7 @@ class Answerer:
             mine = facts.get(pid)
             if answerer == self.org:
                 own[pid] = mine if mine is not None else PatientFacts(matched={})
-            elif mine is not None:
+            elif answerer and mine is not None:  # "": held, counted by nobody
                 shares[answerer].append([pid, mine.to_obj()])
         sent = self._send(plan, shares, timing)
         timing["send"] = time.perf_counter() - t - timing["audit"]
@@ -214,8 +224,14 @@ class Answerer:
             for pid, theirs in received.items():
                 base = own.get(pid)
                 own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
+        disputed = self.inbox.dropped(query_id)  # check's: counted by nobody
         with self.node.engine.read_view() as state:
-            counted = [f for pid, f in own.items() if counts(state, plan.study, pid)]
+            counted = [
+                f
+                for pid, f in own.items()
+                if pid not in disputed and counts(state, plan.study, pid)
+            ]
+        dropped = len(plan.held | disputed)
         # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
         # query's committed seed, so a re-run adds the same and only an auditor shown the
         # signature can redraw it; the answer carries the seed's commitment.
@@ -232,18 +248,21 @@ class Answerer:
         }
         if plan.q.epsilon_milli:
             body["noise_commitment"] = noise_commitment(seed)
+        if queries.contract_versions(self.node.engine).get("research", 1) >= 3:
+            body["dropped"] = dropped  # research v3; an older chain hears it from the log
         timing["tally"] = time.perf_counter() - t
         t = time.perf_counter()
         committed = self.node.wallet.send("research.query_answer", body)
         timing["commit"] = time.perf_counter() - t
         timing["cpu"] = time.thread_time() - cpu
         self.inbox.forget(query_id)
-        done = Answered(query_id, len(counted), sent, committed.tx_id, timing)
+        done = Answered(query_id, len(counted), sent, committed.tx_id, timing, dropped)
         log.info(
-            "%s answered %s for %d patients (sent partials of %s) in %s",
+            "%s answered %s for %d patients, %d counted nowhere (sent partials of %s) in %s",
             self.org,
             query_id,
             len(counted),
+            dropped,
             ", ".join(f"{n} to {o}" for o, n in sorted(sent.items())) or "none",
             ", ".join(f"{k} {v:.3f}s" for k, v in timing.items()),
         )

@@ -220,6 +220,7 @@ def router() -> APIRouter:
             charts=[chart(s, f"chart-{i}") for i, s in enumerate(series)],
             suppressed=study_results.SUPPRESSED,
             caveat=study_results.caveat(result) if result is not None else None,
+            uncounted=study_results.uncounted(record),
         )
 
     return routes
