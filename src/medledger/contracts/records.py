@@ -44,8 +44,9 @@ State (prefix `rec/`):
 
 Only this module spells these keys; the other contracts and the exchange ask `entry`,
 `indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
-`custody_of`, `is_shredded`, `shred_statement` and `disclosed`. Writes are logged through
-access.py (`record_entry`), which imports nothing of this module.
+`custody_of`, `held_custody`, `is_shredded`, `shred_statement` and `disclosed`. Writes are
+logged through access.py (`record_entry`), which imports this module only when a handler
+runs (access v4 asks `held_custody` of an export's receiver).
 
 What a custodian holds, for its recovery (`records/custody_of`): the pids whose custody at it
 runs now, read from `rec/custody/` (keyed pid first, so the query filters a scan of every
@@ -429,6 +430,12 @@ def custody_since(state: StateView, pid: str, org: str) -> int | None:
         return None
     since = state.get(f"rec/custody/{pid}/{org}")
     return None if since is None else int(since)
+
+
+def held_custody(state: StateView, pid: str, org: str) -> bool:
+    """Whether org's custody of the pid runs, or ran until org's own shredding of it (access
+    v4: a receiver the custodian may have sent the patient's data to before that)."""
+    return state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid)
 
 
 def custodies(state: StateView, pid: str) -> dict[str, int]:

@@ -79,7 +79,9 @@ def router() -> APIRouter:
         names = hospital_names(svc)
         consents = {int(c["id"]): c for c in queries.consent_list(svc.node.engine, pid)}
         outcome = outcome if outcome in ("granted", "denied") else ""
-        trail_orgs = sorted({str(a["actor_org"]) for a in trail})
+        # Who acted, and who received an export: the filter shows both (trail.grouped).
+        orgs = {str(a["actor_org"]) for a in trail} | {str(a.get("to") or "") for a in trail}
+        trail_orgs = sorted(orgs - {""})
         who = who if who in trail_orgs else ""  # a filter the form cannot show is not applied
         accesses = grouped(trail, names, pid, consents, who=who, outcome=outcome)
         sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None

@@ -79,10 +79,11 @@ def grouped(
     outcome: str = "",
 ) -> list[dict[str, Any]]:
     """The trail grouped by (actor, day, purpose, basis, outcome), newest first; `who` keeps
-    only one hospital's actors (its org code), `outcome` only "granted" or "denied"."""
+    what one hospital (its org code) did or received: its actors' acts, and the exports sent
+    to it (`to`); `outcome` only "granted" or "denied"."""
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
     for a in sorted(entries, key=lambda e: int(e["time"]), reverse=True):
-        if who and a["actor_org"] != who:
+        if who and who not in (a["actor_org"], a.get("to")):
             continue
         if outcome and a["outcome"] != outcome:
             continue
