@@ -69,6 +69,12 @@ def refusal_in_words(code: str) -> str:
     return DENIAL_REASONS.get(code) or reason_in_words(code)
 
 
+def hospitals_in(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The hospitals the filter of `grouped` offers: each that acted, or received an export."""
+    orgs = {str(a["actor_org"]) for a in entries} | {str(a.get("to") or "") for a in entries}
+    return sorted(orgs - {""})
+
+
 def grouped(
     entries: Sequence[Mapping[str, Any]],
     names: Mapping[str, str],
