@@ -106,7 +106,7 @@ def test_a_research_export_names_the_hospital_that_received_the_facts() -> None:
 
 
 def test_the_trail_filtered_by_a_hospital_shows_the_exports_it_received() -> None:
-    """"What did aphp-paris see or receive": its own reads, and the export chu-lyon sent it
+    """What did aphp-paris see or receive: its own reads, and the export chu-lyon sent it
     (access `to`); not chu-lille's read. The sender's filter keeps the export too."""
     from medledger.web.trail import grouped, hospitals_in
 

@@ -89,6 +89,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -825,17 +826,20 @@ def _check_to(ctx: Context, n: int, entry: EntryV2, custodian: str) -> None:
         )
 
 
+#: Who may receive an export of a patient's data from a custodian (access v4): each rule
+#: (state, pid, receiver, custodian) -> whether the chain shows it may. Registered by the
+#: contracts that know (records: a custodian; referral: a referral's receiver), which import
+#: this module: this one cannot import them.
+RECEIVER_RULES: list[Callable[[StateView, str, str, str], bool]] = []
+
+
 def _check_receiver(ctx: Context, n: int, pid: str, to: str, custodian: str) -> None:
     """v4: an export's receiver is one the chain knows may get the patient's data from the
-    custodian: a custodian of the patient (whose custody runs, or ended by its own
-    shredding after the export: a study's partials go to a co-custodian), or the receiving
-    hospital of a referral of the patient from the custodian (a transfer, whatever the
-    referral's status since). Not someone the sender names to blame it."""
-    from medledger.contracts import records, referral  # both import this module
-
-    if records.held_custody(ctx.state, pid, to):
-        return
-    if any(r.get("from") == custodian for r in referral.entries_for(ctx.state, pid, to)):
+    custodian (`RECEIVER_RULES`): a custodian of the patient (whose custody runs, or ended
+    by its own shredding after the export: a study's partials go to a co-custodian), or the
+    receiving hospital of a referral of the patient from the custodian (a transfer, whatever
+    the referral's status since). Not someone the sender names to blame it."""
+    if any(rule(ctx.state, pid, to, custodian) for rule in RECEIVER_RULES):
         return
     raise TxError(
         Code.UNAUTHORIZED,
@@ -844,9 +848,7 @@ def _check_receiver(ctx: Context, n: int, pid: str, to: str, custodian: str) -> 
     )
 
 
-def _log_rows(
-    ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool = False
-) -> None:
+def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool = False) -> None:
     """The v2 to v4 handling; `receivers` (v4) checks an export's `to` on the chain."""
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)

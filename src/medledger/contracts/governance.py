@@ -236,8 +236,7 @@ def param_conflict(name: str, value: int, current: dict[str, int], version: int)
     for low, high in PARAM_ORDER_V4:
         if after[low] > after[high]:
             return (
-                f"{low} would be {after[low]} and {high} {after[high]}: "
-                f"{low} may not exceed {high}"
+                f"{low} would be {after[low]} and {high} {after[high]}: {low} may not exceed {high}"
             )
     return ""
 
