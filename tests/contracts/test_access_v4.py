@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from medledger.contracts.access import log_body
+from medledger.contracts.common import DAY_MS
 from medledger.contracts.records import META_CT_SIZES, custodies
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from tests.support import ledger
-from tests.support.world import DAY_MS, EVIDENCE, World
+from tests.support.world import EVIDENCE, World
 
 META_CT = b"c" * META_CT_SIZES[0]
 REFERRAL = {

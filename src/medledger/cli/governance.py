@@ -13,6 +13,7 @@ from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
 from medledger.contracts.governance import (
     DEFAULT_PARAMS,
+    PARAM_ORDER_V4,
     Propose,
     UpdateMember,
     Vote,
@@ -235,6 +236,9 @@ def register(app: typer.Typer) -> None:
             low, high = param_bounds(name, version)
             table.add_row(name, str(current), f"{low}.." + ("" if high is None else str(high)))
         console.print(table)
+        if version >= 4:
+            for lower, upper in PARAM_ORDER_V4:
+                console.print(f"and {lower} at most {upper}")
 
     @member.command("update")
     def update(

@@ -907,8 +907,9 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool 
             _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
             actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
         _check_to(ctx, n, entry, custodian)
-        if receivers and getattr(entry, "to", ""):
-            _check_receiver(ctx, n, entry.pid, getattr(entry, "to", ""), custodian)
+        to: str = getattr(entry, "to", "")  # v3 on
+        if to and receivers:
+            _check_receiver(ctx, n, entry.pid, to, custodian)
         row = rows.setdefault(entry.pid, [])
         row.append(
             [
@@ -927,7 +928,6 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool 
                 entry.id,
             ]
         )
-        to = getattr(entry, "to", "")  # v3 only
         if to:
             row[-1].append(to)
     if last > mark:
