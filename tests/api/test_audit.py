@@ -103,3 +103,33 @@ def test_a_research_export_names_the_hospital_that_received_the_facts() -> None:
         types={},
     )
     assert "sent to AP-HP Paris" in html
+
+
+def test_the_trail_filtered_by_a_hospital_shows_the_exports_it_received() -> None:
+    """What did aphp-paris see or receive: its own reads, and the export chu-lyon sent it
+    (access `to`); not chu-lille's read. The sender's filter keeps the export too."""
+    from medledger.web.trail import grouped, hospitals_in
+
+    sent = _entry(
+        actor="org:chu-lyon",
+        actor_org="chu-lyon",
+        action="export",
+        purpose="research",
+        basis="enrolment:lyon-2026-007",
+        rids=[],
+        request=b"",
+        to="aphp-paris",
+    )
+    read = _entry(time=1_790_000_001_000)  # aphp-paris's dr-b, served by chu-lyon
+    other = _entry(actor="practitioner:chu-lille/dr-c", actor_org="chu-lille", to="")
+    trail = [sent, read, other]
+
+    def shown(who: str) -> list[tuple[str, str]]:
+        lines = grouped(trail, {}, "ab" * 32, {}, who=who)
+        return [(line["who"], line["sent_to"]) for line in lines]
+
+    assert shown("aphp-paris") == [("dr-b, aphp-paris", ""), ("chu-lyon", "aphp-paris")]
+    assert shown("chu-lyon") == [("chu-lyon", "aphp-paris")]
+    assert shown("chu-lille") == [("dr-c, chu-lille", "")]
+    # The form offers a hospital that only received (the trail's `who` is one of these).
+    assert hospitals_in([sent]) == ["aphp-paris", "chu-lyon"]

@@ -99,6 +99,26 @@ def test_a_patient_reads_their_records_and_sees_the_trail(api: Api) -> None:
     assert mine["outcome"] == "0"
 
 
+def test_an_audit_event_search_by_agent_says_the_filter_was_not_applied(api: Api) -> None:
+    """The AuditEvent search filters by patient only: an `agent` (a hospital, to ask what it
+    saw or received) must not look applied. The bundle names it in an OperationOutcome, and
+    a strict client is refused."""
+    headers = api.token(f"Patient/{api.pid}", "patient/*.rs", api.pid)
+    url = f"/fhir/AuditEvent?patient={api.patient_rid}&agent=Organization/aphp-paris"
+    bundle = api.client.get(url, headers=headers).json()
+    notes = [
+        issue["diagnostics"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "OperationOutcome"
+        for issue in e["resource"]["issue"]
+    ]
+    assert any("parameter agent was not applied" in n for n in notes), notes
+    self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
+    assert "agent" not in self_link
+    strict = api.client.get(url, headers={**headers, "Prefer": "handling=strict"})
+    assert strict.status_code == 400
+
+
 def test_another_patients_token_is_refused_and_the_denial_is_on_the_chain(api: Api) -> None:
     other = "cd" * 32
     headers = api.token(f"Patient/{other}", "patient/*.rs", other)

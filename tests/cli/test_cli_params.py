@@ -49,3 +49,19 @@ def test_members_vote_a_study_parameter_and_a_mistake_makes_no_proposal(tmp_path
     out = run("member", "vote", "-H", str(paris), "1")
     assert "proposal 1 reached 2/3 and was executed" in out.output
     assert _value(paris, "study_min_cell") == "10"
+
+
+def test_an_escrow_threshold_above_the_shares_makes_no_proposal(tmp_path: Path) -> None:
+    """k of n: the CLI asks the contract's rule (governance v4) with the values in force."""
+    net = tmp_path / "net"
+    run("init", str(net), "--hospitals", "3")
+    lyon = net / "hospitals" / "chu-lyon"
+    listed = run("member", "params", "-H", str(lyon)).output
+    assert "escrow_threshold at most escrow_shares" in listed
+    crossed = run(
+        "member", "propose", "param", "-H", str(lyon), "--name", "escrow_threshold",
+        "--value", "4", ok=False,
+    )  # fmt: skip
+    assert crossed.exit_code == 1
+    assert "escrow_threshold would be 4 and escrow_shares 3" in crossed.output
+    assert "no open proposal" in run("member", "list", "-H", str(lyon)).output

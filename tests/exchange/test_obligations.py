@@ -64,10 +64,11 @@ def test_a_referral_is_delivered_and_confirmed_end_to_end(sandbox: Sandbox) -> N
     copies = {i.rid for i in sandbox.h[B].vault.records_of(pid) if i.is_copy}
     assert expected <= copies
     # The push is in the audit trail (A's own export on the referral's basis: B signed no
-    # request, so the entry cannot name B as actor) and in B's evidence.
+    # request, so the entry cannot name B as actor; `to` names it, the referral's receiver
+    # as access v4 checks) and in B's evidence.
     exports = [e for e in sandbox.trail(pid) if e["action"] == "export"]
-    assert [(e["actor_org"], e["basis"], e["outcome"]) for e in exports] == [
-        (A, "referral:1", "granted")
+    assert [(e["actor_org"], e["basis"], e["outcome"], e["to"]) for e in exports] == [
+        (A, "referral:1", "granted", B)
     ]
     received = [r for r in sandbox.x(B).evidence.rows() if str(r["target"]).endswith("/deliveries")]
     assert received and received[0]["outcome"] == "accepted" and received[0]["body"] is None

@@ -13,10 +13,12 @@ from medledger.cli._common import HomeOption, console, hex32, send, user_errors
 from medledger.contracts import queries
 from medledger.contracts.governance import (
     DEFAULT_PARAMS,
+    PARAM_ORDER_V4,
     Propose,
     UpdateMember,
     Vote,
     param_bounds,
+    param_conflict,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +52,12 @@ def _report(node: Node, committed: Committed) -> None:
             console.print(f"{event.get('org')} updated its {event.get('changed')}")
 
 
-def check_param(name: str, value: int, version: int = 3) -> None:
+def check_param(
+    name: str, value: int, version: int = 3, current: dict[str, int] | None = None
+) -> None:
     """A parameter change the contract (`version` of governance) would refuse, refused here
-    first (ValueError): both ask `param_bounds`."""
+    first (ValueError): both ask `param_bounds`, and `param_conflict` with the parameters in
+    force (`current`)."""
     try:
         low, high = param_bounds(name, version)
     except KeyError:
@@ -61,6 +66,9 @@ def check_param(name: str, value: int, version: int = 3) -> None:
     if value < low or (high is not None and value > high):
         allowed = f"{low} to {high}" if high is not None else f"at least {low}"
         raise ValueError(f"--value: {value} is out of range for {name} ({allowed})")
+    conflict = param_conflict(name, value, current or {}, version)
+    if conflict:
+        raise ValueError(f"--value: {conflict}")
 
 
 def _governance_version(node: Node) -> int:
@@ -209,7 +217,8 @@ def register(app: typer.Typer) -> None:
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
-            check_param(name, value, _governance_version(node))
+            current = queries.governance_params(node.engine)
+            check_param(name, value, _governance_version(node), current)
             args = {"name": name, "value": value}
             c = send(node, node.wallet, Propose("set_param", args, note))
             _report(node, c)
@@ -227,6 +236,9 @@ def register(app: typer.Typer) -> None:
             low, high = param_bounds(name, version)
             table.add_row(name, str(current), f"{low}.." + ("" if high is None else str(high)))
         console.print(table)
+        if version >= 4:
+            for lower, upper in PARAM_ORDER_V4:
+                console.print(f"and {lower} at most {upper}")
 
     @member.command("update")
     def update(

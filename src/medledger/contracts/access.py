@@ -74,6 +74,13 @@ about one patient shrinks from ≈ 150 bytes per entry to its rids and a step; e
 receives, hashes, gossips and decodes that much less. The body is expanded to v2's columns
 (`_expand`) and handled by v2's code: nothing is checked or written differently. A v2 body
 (signed before the vote) is still accepted as it is.
+
+Version 4 (`log_v4`): v3, and an export's `to` is checked on the chain, not taken on the
+sender's word (`_check_receiver`): the receiver is a custodian of the entry's patient (its
+custody runs, or ended by its own shredding), or the receiving hospital of a referral of the
+patient from the custodian. A sender can no longer name in a patient's trail a hospital that
+could not have received their data. It can still name another eligible receiver than the
+real one, or log no export at all: docs/security.md. State and rows as in v3.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -818,7 +826,30 @@ def _check_to(ctx: Context, n: int, entry: EntryV2, custodian: str) -> None:
         )
 
 
-def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2]) -> None:
+#: Who may receive an export of a patient's data from a custodian (access v4): each rule
+#: (state, pid, receiver, custodian) -> whether the chain shows it may. Registered by the
+#: contracts that know (records: a custodian; referral: a referral's receiver), which import
+#: this module: this one cannot import them.
+RECEIVER_RULES: list[Callable[[StateView, str, str, str], bool]] = []
+
+
+def _check_receiver(ctx: Context, n: int, pid: str, to: str, custodian: str) -> None:
+    """v4: an export's receiver is one the chain knows may get the patient's data from the
+    custodian (`RECEIVER_RULES`): a custodian of the patient (whose custody runs, or ended
+    by its own shredding after the export: a study's partials go to a co-custodian), or the
+    receiving hospital of a referral of the patient from the custodian (a transfer, whatever
+    the referral's status since). Not someone the sender names to blame it."""
+    if any(rule(ctx.state, pid, to, custodian) for rule in RECEIVER_RULES):
+        return
+    raise TxError(
+        Code.UNAUTHORIZED,
+        f"field entries[{n}].to: {to} is neither a custodian of the entry's patient nor the "
+        f"receiver of a referral of them from {custodian}",
+    )
+
+
+def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool = False) -> None:
+    """The v2 to v4 handling; `receivers` (v4) checks an export's `to` on the chain."""
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)
     if msg.entries:
@@ -876,6 +907,9 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2]) -> None:
             _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
             actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
         _check_to(ctx, n, entry, custodian)
+        to: str = getattr(entry, "to", "")  # v3 on
+        if to and receivers:
+            _check_receiver(ctx, n, entry.pid, to, custodian)
         row = rows.setdefault(entry.pid, [])
         row.append(
             [
@@ -894,7 +928,6 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2]) -> None:
                 entry.id,
             ]
         )
-        to = getattr(entry, "to", "")  # v3 only
         if to:
             row[-1].append(to)
     if last > mark:
@@ -1045,6 +1078,13 @@ def log_v3(ctx: Context, msg: LogV3) -> None:
     _log_rows(ctx, LogV2(columns=_expand(msg), entries=msg.entries, need=msg.need), EntryV3)
 
 
+def log_v4(ctx: Context, msg: LogV3) -> None:
+    """`access.log`, version 4: v3, and an export's `to` must be a receiver the chain knows
+    (`_check_receiver`)."""
+    body = LogV2(columns=_expand(msg), entries=msg.entries, need=msg.need)
+    _log_rows(ctx, body, EntryV3, receivers=True)
+
+
 def _compact(columns: dict[str, Any], need: int) -> dict[str, Any]:
     """v2's columns as a v3 body: shared values once, contiguous sequences as steps."""
     count = len(columns["actor"])
@@ -1104,6 +1144,16 @@ CONTRACTS = [
         name="access",
         version=3,
         messages={"access.log": Message("access.log", LogV3, log_v3)},
+        queries={
+            "access/of_patient": q_of_patient_v2,
+            "access/by_custodian": q_by_custodian_v2,
+            "access/seq": q_seq,
+        },
+    ),
+    Contract(
+        name="access",
+        version=4,
+        messages={"access.log": Message("access.log", LogV3, log_v4)},
         queries={
             "access/of_patient": q_of_patient_v2,
             "access/by_custodian": q_by_custodian_v2,

@@ -9,6 +9,8 @@ its own rebinding, as an admission counts every member (its own vote stays impos
 key is lost), and a rebinding retires the practitioner keys the org registered
 (`REBIND_HOOKS`: identity's). v1 counted the others only and retired nothing: chains started
 under v1 replay as they were until their members vote `activate_contract governance 2`.
+v3 bounds some parameters (`param_bounds`); v4 keeps `escrow_threshold` at most
+`escrow_shares` (`param_conflict`), at the proposal and at the vote that executes it.
 
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
@@ -215,6 +217,28 @@ PARAM_RANGES_V3: dict[str, tuple[int, int]] = {
 MAX_BACKUP_REPLICAS = 16
 #: custody_grace_days: at least a day for the members to vote a rebinding, at most a year.
 GRACE_DAYS = (1, 365)
+
+
+#: Governance v4 (session 10): pairs of parameters a vote may not cross, (low, high): the
+#: value of `low` may not exceed that of `high`. Each alone within its bounds, a threshold
+#: above the shares made every escrowed key unrecoverable (escrow refused it only when used).
+PARAM_ORDER_V4: tuple[tuple[str, str], ...] = (("escrow_threshold", "escrow_shares"),)
+
+
+def param_conflict(name: str, value: int, current: dict[str, int], version: int) -> str:
+    """Why setting `name` to `value` would break a rule tying it to another parameter's
+    `current` value under `version` of this contract ("" when none): what `validate`
+    checks at the proposal and again at the vote that executes it (two proposals, each
+    valid alone, could otherwise cross), and the CLI before proposing."""
+    if version < 4 or not any(name in pair for pair in PARAM_ORDER_V4):
+        return ""
+    after = {**DEFAULT_PARAMS, **current, name: value}
+    for low, high in PARAM_ORDER_V4:
+        if after[low] > after[high]:
+            return (
+                f"{low} would be {after[low]} and {high} {after[high]}: {low} may not exceed {high}"
+            )
+    return ""
 
 
 def param_bounds(name: str, version: int = 3) -> tuple[int, int | None]:
@@ -514,6 +538,11 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
         low, high = param_bounds(parsed.name, contract_version(state, "governance"))
         if not low <= parsed.value <= (parsed.value if high is None else high):
             raise TxError(Code.INVALID_BODY, f"field args.value: {parsed.name} is {low} to {high}")
+        conflict = param_conflict(
+            parsed.name, parsed.value, params(state), contract_version(state, "governance")
+        )
+        if conflict:
+            raise TxError(Code.INVALID_BODY, f"field args.value: {conflict}")
     return parsed
 
 
@@ -805,4 +834,5 @@ _V1 = Contract(
 # practitioner keys (see the module doc). The handlers ask `contract_version`.
 # v3: the same again; `set_param` bounds proposal_ttl_ms and the escrow's k and n
 # (PARAM_RANGES_V3), which older chains took at any value and replay unchanged.
-CONTRACTS = [_V1, dataclasses.replace(_V1, version=2), dataclasses.replace(_V1, version=3)]
+# v4: the same again; `set_param` keeps escrow_threshold <= escrow_shares (`param_conflict`).
+CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4))]

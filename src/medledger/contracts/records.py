@@ -44,8 +44,9 @@ State (prefix `rec/`):
 
 Only this module spells these keys; the other contracts and the exchange ask `entry`,
 `indexed`, `entries_of`, `custodians_of`, `is_custodian`, `custody_since`, `custodies`,
-`custody_of`, `is_shredded`, `shred_statement` and `disclosed`. Writes are logged through
-access.py (`record_entry`), which imports nothing of this module.
+`custody_of`, `held_custody`, `is_shredded`, `shred_statement` and `disclosed`. Writes are
+logged through access.py (`record_entry`), which imports nothing of this module (its v4
+asks `held_custody` of an export's receiver through `access.RECEIVER_RULES`).
 
 What a custodian holds, for its recovery (`records/custody_of`): the pids whose custody at it
 runs now, read from `rec/custody/` (keyed pid first, so the query filters a scan of every
@@ -61,7 +62,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts import identity
-from medledger.contracts.access import MAX_BASIS, MAX_RIDS, check_basis, record_entry
+from medledger.contracts.access import (
+    MAX_BASIS,
+    MAX_RIDS,
+    RECEIVER_RULES,
+    check_basis,
+    record_entry,
+)
 from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id, check_pid, is_pid
@@ -429,6 +436,19 @@ def custody_since(state: StateView, pid: str, org: str) -> int | None:
         return None
     since = state.get(f"rec/custody/{pid}/{org}")
     return None if since is None else int(since)
+
+
+def held_custody(state: StateView, pid: str, org: str) -> bool:
+    """Whether org's custody of the pid runs, or ran until org's own shredding of it (access
+    v4: a receiver the custodian may have sent the patient's data to before that)."""
+    return state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid)
+
+
+def _receives_as_custodian(state: StateView, pid: str, to: str, custodian: str) -> bool:
+    return held_custody(state, pid, to)
+
+
+RECEIVER_RULES.append(_receives_as_custodian)
 
 
 def custodies(state: StateView, pid: str) -> dict[str, int]:

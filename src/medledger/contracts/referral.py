@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medledger.contracts.access import RECEIVER_RULES
 from medledger.contracts.categories import ALL, check_categories, covers
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.consent import get_consent
@@ -338,6 +339,14 @@ def end_block(ctx: Context) -> None:
 
 def entries_for(state: StateView, pid: str, org: str) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"referral/to/{pid}/{org}/")]
+
+
+def _receives_by_referral(state: StateView, pid: str, to: str, custodian: str) -> bool:
+    """access v4: a referral of the patient from the custodian to `to` (any status)."""
+    return any(r.get("from") == custodian for r in entries_for(state, pid, to))
+
+
+RECEIVER_RULES.append(_receives_by_referral)
 
 
 def index_of(state: StateView, pid: str) -> list[dict[str, Any]]:

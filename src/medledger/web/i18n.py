@@ -42,6 +42,7 @@ FRENCH: dict[str, str] = {
     "what": "quoi",
     "result": "résultat",
     "hospital": "hôpital",
+    "hospital that acted or received": "hôpital qui a agi ou reçu",
     "normal {range}": "valeurs normales {range}",
     "high": "élevé",
     "low": "bas",

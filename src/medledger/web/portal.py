@@ -36,7 +36,7 @@ from medledger.web.auth import (
 )
 from medledger.web.records import TYPE_WORDS, hospital_names, patient_header, timeline_rows
 from medledger.web.render import message, render, when
-from medledger.web.trail import grouped
+from medledger.web.trail import grouped, hospitals_in
 
 
 def router() -> APIRouter:
@@ -79,7 +79,7 @@ def router() -> APIRouter:
         names = hospital_names(svc)
         consents = {int(c["id"]): c for c in queries.consent_list(svc.node.engine, pid)}
         outcome = outcome if outcome in ("granted", "denied") else ""
-        trail_orgs = sorted({str(a["actor_org"]) for a in trail})
+        trail_orgs = hospitals_in(trail)
         who = who if who in trail_orgs else ""  # a filter the form cannot show is not applied
         accesses = grouped(trail, names, pid, consents, who=who, outcome=outcome)
         sections = _sections(svc, pid) if allows(claims, "Consent", "search") else None

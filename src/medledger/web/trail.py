@@ -69,6 +69,12 @@ def refusal_in_words(code: str) -> str:
     return DENIAL_REASONS.get(code) or reason_in_words(code)
 
 
+def hospitals_in(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The hospitals the filter of `grouped` offers: each that acted, or received an export."""
+    orgs = {str(a["actor_org"]) for a in entries} | {str(a.get("to") or "") for a in entries}
+    return sorted(orgs - {""})
+
+
 def grouped(
     entries: Sequence[Mapping[str, Any]],
     names: Mapping[str, str],
@@ -79,10 +85,11 @@ def grouped(
     outcome: str = "",
 ) -> list[dict[str, Any]]:
     """The trail grouped by (actor, day, purpose, basis, outcome), newest first; `who` keeps
-    only one hospital's actors (its org code), `outcome` only "granted" or "denied"."""
+    what one hospital (its org code) did or received: its actors' acts, and the exports sent
+    to it (`to`); `outcome` only "granted" or "denied"."""
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
     for a in sorted(entries, key=lambda e: int(e["time"]), reverse=True):
-        if who and a["actor_org"] != who:
+        if who and who not in (a["actor_org"], a.get("to")):
             continue
         if outcome and a["outcome"] != outcome:
             continue

@@ -91,8 +91,11 @@ class DeliveryJobs(AgentBase):
         decision = denied[0][1] if denied else chosen[0][1]
         # The push is this hospital's own act (the receiver signed no request, and an entry
         # naming another hospital's actor needs its signed request): the basis, the referral,
-        # says to whom.
-        push = decisions.Access(f"org:{self.org}", self.org, pid, "export", "treatment")
+        # says to whom, and `to` names the receiver on the patient's trail (access v3; v4
+        # checks it is the referral's).
+        push = decisions.Access(
+            f"org:{self.org}", self.org, pid, "export", "treatment", to=receiver
+        )
         self.node.audit.log(decisions.audit(push, decision, rids), wait=True)
         if denied:
             raise Refused(403, f"delivery refused by authorize: {decision.reason}")
