@@ -573,6 +573,11 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
     per_stream = [net.make_txs(i, total // net.streams + 1) for i in range(net.streams)]
     sent: dict[bytes, float] = {}
     committed: dict[bytes, float] = {}
+    # The trace of each tx (wall clock, to meet node 0's log): sent, CheckTx answered at its
+    # node, the node, the height that holds it; and when node 0's RPC first showed each height.
+    wall: dict[bytes, tuple[float, float, int]] = {}
+    height_of: dict[bytes, int] = {}
+    seen_wall: dict[int, float] = {}
     counts = Counts()
     done_sending = asyncio.Event()
     async with httpx.AsyncClient(timeout=30) as client:
@@ -588,13 +593,15 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
                     if len(committed) >= len(sent) or time.monotonic() > deadline:
                         return
                 h = await _height(client, net.urls[0])
-                seen = time.monotonic()
+                seen, seen_at = time.monotonic(), time.time()
                 for height in range(last + 1, h + 1):
+                    seen_wall[height] = seen_at
                     block = await _call(client, net.urls[0], "block", height=str(height))
                     for tx in block["block"]["data"]["txs"] or []:
                         tid = hashlib.sha256(base64.b64decode(tx)).digest()
                         if tid in sent:
                             committed[tid] = seen
+                            height_of[tid] = height
                 last = max(last, h)
                 await asyncio.sleep(0.02)
 
@@ -611,8 +618,9 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     tid = hashlib.sha256(tx).digest()
-                    sent[tid] = time.monotonic()
+                    sent[tid], sent_at = time.monotonic(), time.time()
                     code, log = await conn.broadcast(tx)
+                    wall[tid] = (sent_at, time.time(), i % len(net.urls))
                     counts.add(code, log)
                     if code != 0:
                         sent.pop(tid, None)
@@ -642,6 +650,155 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
         "p95_s": pct(0.95),
         "p99_s": pct(0.99),
         "mean_s": round(statistics.fmean(lat), 3) if lat else float("nan"),
+        "trace": _trace(
+            net, {t: (*wall[t], height_of[t]) for t in committed}, committed, sent, seen_wall
+        ),
+    }
+
+
+def _log_times(path: Path, needle: str) -> dict[int, float]:
+    """Height -> wall-clock time of the first line of a CometBFT log holding `needle` (its
+    lines start `I[2026-11-30|16:27:03.123] message ... height=H`, local time)."""
+    import datetime
+    import re
+
+    out: dict[int, float] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if needle not in line or not line.startswith("I["):
+            continue
+        match = re.search(r"height=(\d+)", line) or re.search(r"Proposal\{(\d+)/", line)
+        if match is None:
+            continue
+        stamp = datetime.datetime.strptime(line[2:25], "%Y-%m-%d|%H:%M:%S.%f")
+        out.setdefault(int(match.group(1)), stamp.timestamp())
+    return out
+
+
+def _proposers(path: Path) -> dict[int, str]:
+    """Height -> the proposer address of the first proposal a CometBFT log received."""
+    import re
+
+    out: dict[int, str] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for match in re.finditer(r"received proposal .*?Proposal\{(\d+)/.*? proposer=([0-9A-F]+)", text):
+        out.setdefault(int(match.group(1)), match.group(2))
+    return out
+
+
+def _validator_address(directory: Path, org: str) -> str:
+    path = testnet.cometbft_home(directory, org) / "config" / "priv_validator_key.json"
+    try:
+        return str(orjson.loads(path.read_bytes())["address"]).upper()
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+def _trace(
+    net: Network,
+    txs: dict[bytes, tuple[float, float, int, int]],
+    committed: dict[bytes, float],
+    sent: dict[bytes, float],
+    seen_wall: dict[int, float],
+) -> dict[str, Any]:
+    """Where the latency phase's txs waited, from each tx's trace and node 0's CometBFT log:
+    the CheckTx answer at its node (`check`: sent to answered), the mempool (`mempool`:
+    answered to the proposal of its block at node 0; `missed`: blocks proposed meanwhile
+    without it), consensus (`consensus`: proposal to node 0's "finalizing commit") and the
+    watcher (`seen`: that to node 0's RPC showing the height), for all txs and for the slowest
+    5 % (p95 and above), as p50 / p95 of each; and the heights' proposal intervals."""
+    orgs = testnet.list_hospitals(net.dir)
+    log = processes.log_path(net.dir, orgs[0], "cometbft")
+    proposed = _log_times(log, "received proposal")
+    finalized = _log_times(log, "finalizing commit of block")
+    proposers = _proposers(log)
+    addresses = [_validator_address(net.dir, org) for org in orgs]
+    rows = []
+    for tid, (sent_at, checked_at, node, height) in txs.items():
+        if height not in proposed or height not in finalized:
+            continue
+        skipped = sorted(h for h, t in proposed.items() if checked_at < t and h < height)
+        rows.append(
+            {
+                "latency": committed[tid] - sent[tid],
+                "check": checked_at - sent_at,
+                "mempool": proposed[height] - checked_at,
+                "missed": len(skipped),
+                # how long before the first proposal that left it out it was checked, and
+                # whether its own node made that proposal
+                "missed_by": proposed[skipped[0]] - checked_at if skipped else None,
+                "own": proposers.get(skipped[0]) == addresses[node] if skipped else None,
+                "consensus": finalized[height] - proposed[height],
+                "seen": seen_wall.get(height, finalized[height]) - finalized[height],
+                "node": node,
+            }
+        )
+    if not rows:
+        return {}
+    rows.sort(key=lambda r: r["latency"])
+    late = rows[int(0.95 * len(rows)) :]
+
+    def describe(part: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"txs": len(part)}
+        for key in ("latency", "check", "mempool", "consensus", "seen"):
+            values = sorted(r[key] for r in part)
+            out[key] = [round(values[len(values) // 2], 3), round(values[int(0.95 * len(values))], 3)]
+        missed: dict[str, int] = {}
+        nodes: dict[str, int] = {}
+        for r in part:
+            missed[str(r["missed"])] = missed.get(str(r["missed"]), 0) + 1
+            nodes[str(r["node"])] = nodes.get(str(r["node"]), 0) + 1
+        out["missed"] = dict(sorted(missed.items()))
+        ahead = sorted(r["missed_by"] for r in part if r["missed_by"] is not None)
+        if ahead:
+            out["missed_by"] = [round(ahead[len(ahead) // 2], 3), round(ahead[int(0.95 * len(ahead))], 3)]
+            out["missed_own_proposer"] = sum(1 for r in part if r["own"])
+        out["by_node"] = dict(sorted(nodes.items()))
+        return out
+
+    heights = sorted(proposed)
+    gaps = sorted(b - a for a, b in zip(
+        [proposed[h] for h in heights], [proposed[h] for h in heights[1:]], strict=False
+    ))
+    rounds = sorted(finalized[h] - proposed[h] for h in heights if h in finalized)
+    stored = _log_times(log, "committed state")
+    block_s = testnet.block_time_ms(testnet.cometbft_home(net.dir, orgs[0])) / 1000
+    # node 0's own proposals: from its previous commit's end plus the block time (the reap)
+    # to its proposal (PrepareProposal and the proposal's signing)
+    preparing = sorted(
+        proposed[h] - stored[h - 1] - block_s
+        for h in heights
+        if h - 1 in stored and proposers.get(h) == addresses[0]
+    )
+    # every node: its block executed (FinalizeBlock answered) to its state committed, which
+    # holds CometBFT's mempool lock (the mempool connection flushed, then Commit)
+    storing = []
+    for org in orgs:
+        node_log = processes.log_path(net.dir, org, "cometbft")
+        executed, committed_at = _log_times(node_log, "executed block"), _log_times(node_log, "committed state")
+        storing += [committed_at[h] - executed[h] for h in executed if h in committed_at]
+    storing.sort()
+
+    def p50_max(values: list[float]) -> list[float]:
+        return [round(values[len(values) // 2], 3), round(values[-1], 3)] if values else []
+
+    return {
+        "node0_prepare_s": p50_max(preparing),
+        "executed_to_committed_s": [*p50_max(storing)[:1], round(storing[int(0.95 * len(storing))], 3)]
+        if storing
+        else [],
+        "all": describe(rows),
+        "slowest_5pct": describe(late),
+        "proposal_interval_s": [round(gaps[len(gaps) // 2], 3), round(gaps[-1], 3)] if gaps else [],
+        "proposal_to_commit_s": [round(rounds[len(rounds) // 2], 3), round(rounds[-1], 3)]
+        if rounds
+        else [],
     }
 
 
