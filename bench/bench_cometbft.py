@@ -39,11 +39,13 @@ import argparse
 import asyncio
 import base64
 import calendar
+import datetime
 import hashlib
 import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -463,6 +465,18 @@ def _collapsed_top(*paths: Path) -> dict[str, list[str]]:
 
 
 @dataclass
+class TxTrace:
+    """One latency-phase tx (wall clock, s): sent, CheckTx answered at its node (index),
+    the height of its block, and when node 0's RPC first showed that height."""
+
+    sent: float
+    checked: float
+    node: int
+    height: int
+    seen: float
+
+
+@dataclass
 class Counts:
     accepted: int = 0
     rejected: int = 0
@@ -651,45 +665,141 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
         "p99_s": pct(0.99),
         "mean_s": round(statistics.fmean(lat), 3) if lat else float("nan"),
         "trace": _trace(
-            net, {t: (*wall[t], height_of[t]) for t in committed}, committed, sent, seen_wall
+            net,
+            [
+                TxTrace(*wall[t], height=height_of[t], seen=seen_wall[height_of[t]])
+                for t in committed
+            ],
         ),
     }
 
 
-def _log_times(path: Path, needle: str) -> dict[int, float]:
-    """Height -> wall-clock time of the first line of a CometBFT log holding `needle` (its
-    lines start `I[2026-11-30|16:27:03.123] message ... height=H`, local time)."""
-    import datetime
-    import re
+# CometBFT log lines the trace reads (consensus and state at info, as testnet configures):
+# `I[2026-11-30|16:27:03.123] message   module=... height=H ...`, local time.
+_EVENTS = {
+    "proposed": "received proposal",  # height from `Proposal{H/R ...}`, then `proposer=ADDR`
+    "deciding": "finalizing commit of block",  # +2/3 precommits: the next height's clock starts
+    "executed": "executed block",  # FinalizeBlock answered
+    "committed": "committed state",  # Commit answered (after the mempool connection's flush)
+}
+_LOG_HEIGHT = re.compile(r"height=(\d+)|Proposal\{(\d+)/")
+_LOG_PROPOSER = re.compile(r" proposer=([0-9A-F]+)")
 
-    out: dict[int, float] = {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if needle not in line or not line.startswith("I["):
+
+@dataclass
+class NodeLog:
+    """When one CometBFT saw each height's events (wall clock, s) and who proposed it."""
+
+    times: dict[str, dict[int, float]]
+    proposers: dict[int, str]
+
+    @classmethod
+    def parse(cls, text: str) -> NodeLog:
+        times: dict[str, dict[int, float]] = {name: {} for name in _EVENTS}
+        proposers: dict[int, str] = {}
+        for line in text.splitlines():
+            name = next((n for n, needle in _EVENTS.items() if needle in line), None)
+            match = _LOG_HEIGHT.search(line) if name and line.startswith("I[") else None
+            if name is None or match is None:
+                continue
+            height = int(match.group(1) or match.group(2))
+            stamp = datetime.datetime.strptime(line[2:25], "%Y-%m-%d|%H:%M:%S.%f").timestamp()
+            times[name].setdefault(height, stamp)
+            proposer = _LOG_PROPOSER.search(line) if name == "proposed" else None
+            if proposer is not None:
+                proposers.setdefault(height, proposer.group(1))
+        return cls(times, proposers)
+
+    @classmethod
+    def read(cls, directory: Path, org: str) -> NodeLog:
+        path = processes.log_path(directory, org, "cometbft")
+        try:
+            return cls.parse(path.read_text(errors="replace"))
+        except OSError:
+            return cls({name: {} for name in _EVENTS}, {})
+
+
+def _p50_p95(values: list[float]) -> list[float]:
+    ranked = sorted(values)
+    return [round(ranked[len(ranked) // 2], 3), round(ranked[int(0.95 * len(ranked))], 3)]
+
+
+def latency_trace(
+    txs: list[TxTrace], logs: list[NodeLog], addresses: list[str], block_s: float
+) -> dict[str, Any]:
+    """Where the latency phase's txs waited, from each tx's trace and the nodes' logs (node 0
+    the observer), for all txs and for the slowest 5 %, as [p50, p95] in seconds:
+
+    - `check`: sent to CheckTx answered at the tx's node;
+    - `mempool`: answered to node 0 receiving the proposal that holds it; `missed`: how many
+      proposals node 0 received meanwhile without it, `missed_by`: how long before the first
+      of those it was answered, `missed_own_proposer`: how many of those its own node made;
+    - `consensus`: that proposal to node 0's "finalizing commit"; `seen`: that to node 0's
+      RPC showing the height to the load generator;
+
+    and per height: `proposal_interval_s`; `prepare_s`, node 0's own proposals from the
+    height's start (the previous decision plus the block time, when the proposer reaps its
+    mempool) to receiving its proposal; `executed_to_committed_s`, every node's FinalizeBlock
+    answer to its Commit answer, the span CometBFT holds its mempool lock (flushing the
+    mempool connection, then Commit)."""
+    node0 = logs[0]
+    proposed, deciding = node0.times["proposed"], node0.times["deciding"]
+    rows: list[dict[str, Any]] = []
+    for tx in txs:
+        if tx.height not in proposed or tx.height not in deciding:
             continue
-        match = re.search(r"height=(\d+)", line) or re.search(r"Proposal\{(\d+)/", line)
-        if match is None:
-            continue
-        stamp = datetime.datetime.strptime(line[2:25], "%Y-%m-%d|%H:%M:%S.%f")
-        out.setdefault(int(match.group(1)), stamp.timestamp())
-    return out
+        skipped = sorted(h for h, t in proposed.items() if tx.checked < t and h < tx.height)
+        first = skipped[0] if skipped else None
+        rows.append(
+            {
+                "latency": tx.seen - tx.sent,
+                "check": tx.checked - tx.sent,
+                "mempool": proposed[tx.height] - tx.checked,
+                "missed": len(skipped),
+                "missed_by": None if first is None else proposed[first] - tx.checked,
+                "own": first is not None and node0.proposers.get(first) == addresses[tx.node],
+                "consensus": deciding[tx.height] - proposed[tx.height],
+                "seen": tx.seen - deciding[tx.height],
+            }
+        )
+    if not rows:
+        return {}
+    rows.sort(key=lambda r: r["latency"])
 
-
-def _proposers(path: Path) -> dict[int, str]:
-    """Height -> the proposer address of the first proposal a CometBFT log received."""
-    import re
-
-    out: dict[int, str] = {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
+    def describe(part: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"txs": len(part)}
+        for key in ("latency", "check", "mempool", "consensus", "seen"):
+            out[key] = _p50_p95([r[key] for r in part])
+        missed: dict[str, int] = {}
+        for r in part:
+            missed[str(r["missed"])] = missed.get(str(r["missed"]), 0) + 1
+        out["missed"] = dict(sorted(missed.items()))
+        ahead = [r["missed_by"] for r in part if r["missed_by"] is not None]
+        if ahead:
+            out["missed_by"] = _p50_p95(ahead)
+            out["missed_own_proposer"] = sum(1 for r in part if r["own"])
         return out
-    for match in re.finditer(r"received proposal .*?Proposal\{(\d+)/.*? proposer=([0-9A-F]+)", text):
-        out.setdefault(int(match.group(1)), match.group(2))
-    return out
+
+    heights = sorted(proposed)
+    gaps = [proposed[b] - proposed[a] for a, b in zip(heights, heights[1:], strict=False)]
+    preparing = [
+        proposed[h] - deciding[h - 1] - block_s
+        for h in heights
+        if h - 1 in deciding and node0.proposers.get(h) == addresses[0]
+    ]
+    holding = [
+        log.times["committed"][h] - t
+        for log in logs
+        for h, t in log.times["executed"].items()
+        if h in log.times["committed"]
+    ]
+    return {
+        "all": describe(rows),
+        "slowest_5pct": describe(rows[int(0.95 * len(rows)) :]),
+        "proposal_interval_s": _p50_p95(gaps) if gaps else [],
+        "prepare_s": _p50_p95(preparing) if preparing else [],
+        "executed_to_committed_s": _p50_p95(holding) if holding else [],
+    }
 
 
 def _validator_address(directory: Path, org: str) -> str:
@@ -700,106 +810,15 @@ def _validator_address(directory: Path, org: str) -> str:
         return ""
 
 
-def _trace(
-    net: Network,
-    txs: dict[bytes, tuple[float, float, int, int]],
-    committed: dict[bytes, float],
-    sent: dict[bytes, float],
-    seen_wall: dict[int, float],
-) -> dict[str, Any]:
-    """Where the latency phase's txs waited, from each tx's trace and node 0's CometBFT log:
-    the CheckTx answer at its node (`check`: sent to answered), the mempool (`mempool`:
-    answered to the proposal of its block at node 0; `missed`: blocks proposed meanwhile
-    without it), consensus (`consensus`: proposal to node 0's "finalizing commit") and the
-    watcher (`seen`: that to node 0's RPC showing the height), for all txs and for the slowest
-    5 % (p95 and above), as p50 / p95 of each; and the heights' proposal intervals."""
+def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
     orgs = testnet.list_hospitals(net.dir)
-    log = processes.log_path(net.dir, orgs[0], "cometbft")
-    proposed = _log_times(log, "received proposal")
-    finalized = _log_times(log, "finalizing commit of block")
-    proposers = _proposers(log)
-    addresses = [_validator_address(net.dir, org) for org in orgs]
-    rows = []
-    for tid, (sent_at, checked_at, node, height) in txs.items():
-        if height not in proposed or height not in finalized:
-            continue
-        skipped = sorted(h for h, t in proposed.items() if checked_at < t and h < height)
-        rows.append(
-            {
-                "latency": committed[tid] - sent[tid],
-                "check": checked_at - sent_at,
-                "mempool": proposed[height] - checked_at,
-                "missed": len(skipped),
-                # how long before the first proposal that left it out it was checked, and
-                # whether its own node made that proposal
-                "missed_by": proposed[skipped[0]] - checked_at if skipped else None,
-                "own": proposers.get(skipped[0]) == addresses[node] if skipped else None,
-                "consensus": finalized[height] - proposed[height],
-                "seen": seen_wall.get(height, finalized[height]) - finalized[height],
-                "node": node,
-            }
-        )
-    if not rows:
-        return {}
-    rows.sort(key=lambda r: r["latency"])
-    late = rows[int(0.95 * len(rows)) :]
-
-    def describe(part: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {"txs": len(part)}
-        for key in ("latency", "check", "mempool", "consensus", "seen"):
-            values = sorted(r[key] for r in part)
-            out[key] = [round(values[len(values) // 2], 3), round(values[int(0.95 * len(values))], 3)]
-        missed: dict[str, int] = {}
-        nodes: dict[str, int] = {}
-        for r in part:
-            missed[str(r["missed"])] = missed.get(str(r["missed"]), 0) + 1
-            nodes[str(r["node"])] = nodes.get(str(r["node"]), 0) + 1
-        out["missed"] = dict(sorted(missed.items()))
-        ahead = sorted(r["missed_by"] for r in part if r["missed_by"] is not None)
-        if ahead:
-            out["missed_by"] = [round(ahead[len(ahead) // 2], 3), round(ahead[int(0.95 * len(ahead))], 3)]
-            out["missed_own_proposer"] = sum(1 for r in part if r["own"])
-        out["by_node"] = dict(sorted(nodes.items()))
-        return out
-
-    heights = sorted(proposed)
-    gaps = sorted(b - a for a, b in zip(
-        [proposed[h] for h in heights], [proposed[h] for h in heights[1:]], strict=False
-    ))
-    rounds = sorted(finalized[h] - proposed[h] for h in heights if h in finalized)
-    stored = _log_times(log, "committed state")
     block_s = testnet.block_time_ms(testnet.cometbft_home(net.dir, orgs[0])) / 1000
-    # node 0's own proposals: from its previous commit's end plus the block time (the reap)
-    # to its proposal (PrepareProposal and the proposal's signing)
-    preparing = sorted(
-        proposed[h] - stored[h - 1] - block_s
-        for h in heights
-        if h - 1 in stored and proposers.get(h) == addresses[0]
+    return latency_trace(
+        txs,
+        [NodeLog.read(net.dir, org) for org in orgs],
+        [_validator_address(net.dir, org) for org in orgs],
+        block_s,
     )
-    # every node: its block executed (FinalizeBlock answered) to its state committed, which
-    # holds CometBFT's mempool lock (the mempool connection flushed, then Commit)
-    storing = []
-    for org in orgs:
-        node_log = processes.log_path(net.dir, org, "cometbft")
-        executed, committed_at = _log_times(node_log, "executed block"), _log_times(node_log, "committed state")
-        storing += [committed_at[h] - executed[h] for h in executed if h in committed_at]
-    storing.sort()
-
-    def p50_max(values: list[float]) -> list[float]:
-        return [round(values[len(values) // 2], 3), round(values[-1], 3)] if values else []
-
-    return {
-        "node0_prepare_s": p50_max(preparing),
-        "executed_to_committed_s": [*p50_max(storing)[:1], round(storing[int(0.95 * len(storing))], 3)]
-        if storing
-        else [],
-        "all": describe(rows),
-        "slowest_5pct": describe(late),
-        "proposal_interval_s": [round(gaps[len(gaps) // 2], 3), round(gaps[-1], 3)] if gaps else [],
-        "proposal_to_commit_s": [round(rounds[len(rounds) // 2], 3), round(rounds[-1], 3)]
-        if rounds
-        else [],
-    }
 
 
 APPS = ("kvstore", "socket_kvstore", "medledger")
