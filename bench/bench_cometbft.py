@@ -39,11 +39,13 @@ import argparse
 import asyncio
 import base64
 import calendar
+import datetime
 import hashlib
 import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -463,6 +465,18 @@ def _collapsed_top(*paths: Path) -> dict[str, list[str]]:
 
 
 @dataclass
+class TxTrace:
+    """One latency-phase tx (wall clock, s): sent, CheckTx answered at its node (index),
+    the height of its block, and when node 0's RPC first showed that height."""
+
+    sent: float
+    checked: float
+    node: int
+    height: int
+    seen: float
+
+
+@dataclass
 class Counts:
     accepted: int = 0
     rejected: int = 0
@@ -573,6 +587,11 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
     per_stream = [net.make_txs(i, total // net.streams + 1) for i in range(net.streams)]
     sent: dict[bytes, float] = {}
     committed: dict[bytes, float] = {}
+    # The trace of each tx (wall clock, to meet node 0's log): sent, CheckTx answered at its
+    # node, the node, the height that holds it; and when node 0's RPC first showed each height.
+    wall: dict[bytes, tuple[float, float, int]] = {}
+    height_of: dict[bytes, int] = {}
+    seen_wall: dict[int, float] = {}
     counts = Counts()
     done_sending = asyncio.Event()
     async with httpx.AsyncClient(timeout=30) as client:
@@ -588,13 +607,15 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
                     if len(committed) >= len(sent) or time.monotonic() > deadline:
                         return
                 h = await _height(client, net.urls[0])
-                seen = time.monotonic()
+                seen, seen_at = time.monotonic(), time.time()
                 for height in range(last + 1, h + 1):
+                    seen_wall[height] = seen_at
                     block = await _call(client, net.urls[0], "block", height=str(height))
                     for tx in block["block"]["data"]["txs"] or []:
                         tid = hashlib.sha256(base64.b64decode(tx)).digest()
                         if tid in sent:
                             committed[tid] = seen
+                            height_of[tid] = height
                 last = max(last, h)
                 await asyncio.sleep(0.02)
 
@@ -611,8 +632,9 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     tid = hashlib.sha256(tx).digest()
-                    sent[tid] = time.monotonic()
+                    sent[tid], sent_at = time.monotonic(), time.time()
                     code, log = await conn.broadcast(tx)
+                    wall[tid] = (sent_at, time.time(), i % len(net.urls))
                     counts.add(code, log)
                     if code != 0:
                         sent.pop(tid, None)
@@ -642,7 +664,161 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
         "p95_s": pct(0.95),
         "p99_s": pct(0.99),
         "mean_s": round(statistics.fmean(lat), 3) if lat else float("nan"),
+        "trace": _trace(
+            net,
+            [
+                TxTrace(*wall[t], height=height_of[t], seen=seen_wall[height_of[t]])
+                for t in committed
+            ],
+        ),
     }
+
+
+# CometBFT log lines the trace reads (consensus and state at info, as testnet configures):
+# `I[2026-11-30|16:27:03.123] message   module=... height=H ...`, local time.
+_EVENTS = {
+    "proposed": "received proposal",  # height from `Proposal{H/R ...}`, then `proposer=ADDR`
+    "deciding": "finalizing commit of block",  # +2/3 precommits: the next height's clock starts
+    "executed": "executed block",  # FinalizeBlock answered
+    "committed": "committed state",  # Commit answered (after the mempool connection's flush)
+}
+_LOG_HEIGHT = re.compile(r"height=(\d+)|Proposal\{(\d+)/")
+_LOG_PROPOSER = re.compile(r" proposer=([0-9A-F]+)")
+
+
+@dataclass
+class NodeLog:
+    """When one CometBFT saw each height's events (wall clock, s) and who proposed it."""
+
+    times: dict[str, dict[int, float]]
+    proposers: dict[int, str]
+
+    @classmethod
+    def parse(cls, text: str) -> NodeLog:
+        times: dict[str, dict[int, float]] = {name: {} for name in _EVENTS}
+        proposers: dict[int, str] = {}
+        for line in text.splitlines():
+            name = next((n for n, needle in _EVENTS.items() if needle in line), None)
+            match = _LOG_HEIGHT.search(line) if name and line.startswith("I[") else None
+            if name is None or match is None:
+                continue
+            height = int(match.group(1) or match.group(2))
+            stamp = datetime.datetime.strptime(line[2:25], "%Y-%m-%d|%H:%M:%S.%f").timestamp()
+            times[name].setdefault(height, stamp)
+            proposer = _LOG_PROPOSER.search(line) if name == "proposed" else None
+            if proposer is not None:
+                proposers.setdefault(height, proposer.group(1))
+        return cls(times, proposers)
+
+    @classmethod
+    def read(cls, directory: Path, org: str) -> NodeLog:
+        path = processes.log_path(directory, org, "cometbft")
+        try:
+            return cls.parse(path.read_text(errors="replace"))
+        except OSError:
+            return cls({name: {} for name in _EVENTS}, {})
+
+
+def _p50_p95(values: list[float]) -> list[float]:
+    ranked = sorted(values)
+    return [round(ranked[len(ranked) // 2], 3), round(ranked[int(0.95 * len(ranked))], 3)]
+
+
+def latency_trace(
+    txs: list[TxTrace], logs: list[NodeLog], addresses: list[str], block_s: float
+) -> dict[str, Any]:
+    """Where the latency phase's txs waited, from each tx's trace and the nodes' logs (node 0
+    the observer), for all txs and for the slowest 5 %, as [p50, p95] in seconds:
+
+    - `check`: sent to CheckTx answered at the tx's node;
+    - `mempool`: answered to node 0 receiving the proposal that holds it; `missed`: how many
+      proposals node 0 received meanwhile without it, `missed_by`: how long before the first
+      of those it was answered, `missed_own_proposer`: how many of those its own node made;
+    - `consensus`: that proposal to node 0's "finalizing commit"; `seen`: that to node 0's
+      RPC showing the height to the load generator;
+
+    and per height: `proposal_interval_s`; `prepare_s`, node 0's own proposals from the
+    height's start (the previous decision plus the block time, when the proposer reaps its
+    mempool) to receiving its proposal; `executed_to_committed_s`, every node's FinalizeBlock
+    answer to its Commit answer, the span CometBFT holds its mempool lock (flushing the
+    mempool connection, then Commit)."""
+    node0 = logs[0]
+    proposed, deciding = node0.times["proposed"], node0.times["deciding"]
+    rows: list[dict[str, Any]] = []
+    for tx in txs:
+        if tx.height not in proposed or tx.height not in deciding:
+            continue
+        skipped = sorted(h for h, t in proposed.items() if tx.checked < t and h < tx.height)
+        first = skipped[0] if skipped else None
+        rows.append(
+            {
+                "latency": tx.seen - tx.sent,
+                "check": tx.checked - tx.sent,
+                "mempool": proposed[tx.height] - tx.checked,
+                "missed": len(skipped),
+                "missed_by": None if first is None else proposed[first] - tx.checked,
+                "own": first is not None and node0.proposers.get(first) == addresses[tx.node],
+                "consensus": deciding[tx.height] - proposed[tx.height],
+                "seen": tx.seen - deciding[tx.height],
+            }
+        )
+    if not rows:
+        return {}
+    rows.sort(key=lambda r: r["latency"])
+
+    def describe(part: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"txs": len(part)}
+        for key in ("latency", "check", "mempool", "consensus", "seen"):
+            out[key] = _p50_p95([r[key] for r in part])
+        missed: dict[str, int] = {}
+        for r in part:
+            missed[str(r["missed"])] = missed.get(str(r["missed"]), 0) + 1
+        out["missed"] = dict(sorted(missed.items()))
+        ahead = [r["missed_by"] for r in part if r["missed_by"] is not None]
+        if ahead:
+            out["missed_by"] = _p50_p95(ahead)
+            out["missed_own_proposer"] = sum(1 for r in part if r["own"])
+        return out
+
+    heights = sorted(proposed)
+    gaps = [proposed[b] - proposed[a] for a, b in zip(heights, heights[1:], strict=False)]
+    preparing = [
+        proposed[h] - deciding[h - 1] - block_s
+        for h in heights
+        if h - 1 in deciding and node0.proposers.get(h) == addresses[0]
+    ]
+    holding = [
+        log.times["committed"][h] - t
+        for log in logs
+        for h, t in log.times["executed"].items()
+        if h in log.times["committed"]
+    ]
+    return {
+        "all": describe(rows),
+        "slowest_5pct": describe(rows[int(0.95 * len(rows)) :]),
+        "proposal_interval_s": _p50_p95(gaps) if gaps else [],
+        "prepare_s": _p50_p95(preparing) if preparing else [],
+        "executed_to_committed_s": _p50_p95(holding) if holding else [],
+    }
+
+
+def _validator_address(directory: Path, org: str) -> str:
+    path = testnet.cometbft_home(directory, org) / "config" / "priv_validator_key.json"
+    try:
+        return str(orjson.loads(path.read_bytes())["address"]).upper()
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
+    orgs = testnet.list_hospitals(net.dir)
+    block_s = testnet.block_time_ms(testnet.cometbft_home(net.dir, orgs[0])) / 1000
+    return latency_trace(
+        txs,
+        [NodeLog.read(net.dir, org) for org in orgs],
+        [_validator_address(net.dir, org) for org in orgs],
+        block_s,
+    )
 
 
 APPS = ("kvstore", "socket_kvstore", "medledger")
