@@ -304,6 +304,8 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
         # other processes); solo, the journal's, its validator's and the engine's.
         "process_cpu_us_per_entry": round(busy / max(1, entries) * 1e6, 1),
         "resent": journal.stats["resent"],
+        # txs told NOT_YET at CheckTx (resting on one of ours not in this node's check state)
+        "held": journal.stats["held"],
     }
 
 
