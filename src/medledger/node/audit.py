@@ -37,8 +37,7 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    below its own (`need`): the ledger refuses it `NOT_YET` (sent again after the next
    block, never refused for good) until that one is on the chain, so no tx lifts the mark
    over an entry not yet written (docs/architecture.md, "`access` v2"). Sequences start,
-   at each start-up, above
-   the journal's pending ones, the chain's mark and the clock in µs.
+   at each start-up, above the journal's pending ones, the chain's mark and the clock in µs.
 
 Entries that cite another hospital's signed request (the gateway's) form one group that
 always travels in one tx: the contract lets a request back the entries of one tx only.
@@ -105,6 +104,7 @@ class _Group:
 
     entries: list[dict[str, Any]]
     size: int  # encoded bytes
+    frame: bytes = b""  # its journal frame, from `log` (stamped) until the writer wrote it
     waited: bool = False  # a caller waits for its commit (a remote read)
     alone: bool = False  # refused in a batch: sent by itself to find who was refused
     # Set only for a caller that waits for the commit: an Event each is a lock and a
@@ -351,6 +351,10 @@ class AuditJournal:
                     entry["seq"] = self._seq
                     entry["id"] = f"{self._id_prefix}{self._seq:016x}"
                 group.stamped()
+                # Encoded here, once: its size is its frame's (a lone entry was not sized
+                # before), and the writer only joins the frames.
+                group.frame = _frame({"g": group.entries})
+                group.size = group.size or len(group.frame)
             self._queued.extend(groups)
             self._pending += sum(len(g.entries) for g in groups)
             written = self._written
@@ -377,6 +381,8 @@ class AuditJournal:
         stamped = [
             codec.in_canonical_order({**e, "id": _ID_SIZED, "seq": access.MAX_SEQ}) for e in entries
         ]
+        if len(stamped) == 1 and stamped[0].get("request") is None:
+            return [_Group(stamped, 0)]  # a lone entry is one group: nothing to size it for
         sizes = [_size(e) for e in stamped]
         if any(e.get("request") is not None for e in stamped):
             if len(stamped) > self.max_tx_entries or sum(sizes) > self.max_tx_bytes:
@@ -421,7 +427,7 @@ class AuditJournal:
                     assert self._fd is not None
                     before = os.fstat(self._fd).st_size
                     try:
-                        self._write(b"".join(_frame({"g": g.entries}) for g in groups))
+                        self._write(b"".join(g.frame for g in groups))
                         os.fsync(self._fd)
                     except OSError:  # refused to the callers: not re-sent after a restart
                         with contextlib.suppress(OSError):
@@ -439,6 +445,7 @@ class AuditJournal:
             now = time.monotonic()
             with self._cond:
                 for group in groups:
+                    group.frame = b""  # written: the file holds it
                     self._live[group.gid] = group
                     self._push(group, now)
                 self._cond.notify_all()
