@@ -28,7 +28,6 @@ this script) when CometBFT is built; `cometbft=0` runs the solo sandbox in this 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import sys
@@ -216,12 +215,13 @@ def _compare(
     readers: int,
     seconds: int,
     pairs: int = 3,
-    cpu: Callable[[], float] | None = None,
+    cpu: Callable[[], tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Reads with the audit off then on (and one reader each), then `pairs - 1` more pairs in
     alternating order (on first, then off first...): one pair's ratio moves with whatever
-    else the machine runs, the median of several in both orders less. `cpu()`: the serving
-    processes' CPU seconds so far, for their CPU per read with the audit on and off."""
+    else the machine runs, the median of several in both orders less. `cpu()`: the CPU
+    seconds so far of the two serving hospitals' node processes, and of the whole network
+    (every node process and CometBFT), for the CPU per read with the audit on and off."""
     tokens = {org: _token(home, org) for org, home in zip((A, B), homes, strict=False)}
     targets = {
         "own_records": (urls[A], tokens[A], rids),
@@ -237,11 +237,13 @@ def _compare(
 
     def measured(on: bool) -> tuple[dict[str, Any], int, int]:
         audit(on)
-        before = cpu() if cpu is not None else 0.0
+        before = cpu() if cpu is not None else (0.0, 0.0)
         result, since, until = _load(targets, readers, seconds)
         if cpu is not None:
-            reads = result["reads_per_s"] * (until - since) / 1000
-            result["servers_cpu_ms_per_read"] = round((cpu() - before) / max(reads, 1) * 1e3, 3)
+            reads = max(1.0, result["reads_per_s"] * (until - since) / 1000)
+            servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
+            result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
+            result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
         if on:  # its entries reach the chain before the next run starts (none of its cost)
             _settle(engine, [A, B], since)
         return result, since, until
@@ -259,7 +261,9 @@ def _compare(
         a, _, _ = measured(first)
         b, _, _ = measured(not first)
         runs.append((a, b) if first else (b, a))
-    ratios = [round(r_on["reads_per_s"] / max(r_off["reads_per_s"], 0.1), 3) for r_on, r_off in runs]
+    ratios = [
+        round(r_on["reads_per_s"] / max(r_off["reads_per_s"], 0.1), 3) for r_on, r_off in runs
+    ]
     out: dict[str, Any] = {
         "audit_on": on,
         "audit_off": off,
@@ -271,10 +275,8 @@ def _compare(
         "one_reader_each_audit_off": light_off,
     }
     if cpu is not None:
-        out["servers_cpu_ms_per_read_pairs"] = [
-            [r_on["servers_cpu_ms_per_read"], r_off["servers_cpu_ms_per_read"]]
-            for r_on, r_off in runs
-        ]
+        for key in ("servers_cpu_ms_per_read", "network_cpu_ms_per_read"):
+            out[f"{key}_pairs"] = [[r_on[key], r_off[key]] for r_on, r_off in runs]
     return out
 
 
@@ -429,9 +431,15 @@ def run_cometbft(
                 urls[org] = f"http://{host}:{port}"
             _wait_copies(urls[B], _token(homes[1], B), rids)
             consortium = homes[0].parent.parent
-            # The two serving hospitals' node processes (API, journal and app in each).
-            servers = functools.partial(_cpu, consortium, homes[:2], "app")
-            result = _compare(homes, urls, a.engine, rids, readers, seconds, pairs, servers)
+
+            def cpu() -> tuple[float, float]:
+                """The two serving hospitals' node processes (API, journal and app in each),
+                and every node process and CometBFT of the network."""
+                servers = _cpu(consortium, homes[:2], "app")
+                rest = _cpu(consortium, homes[2:], "app") + _cpu(consortium, homes, "cometbft")
+                return servers, servers + rest
+
+            result = _compare(homes, urls, a.engine, rids, readers, seconds, pairs, cpu)
             before = {role: _cpu(consortium, homes, role) for role in ("app", "cometbft")}
             with tempfile.TemporaryDirectory() as tmp:
                 result["direct"] = _direct(c, Path(tmp) / "direct", direct, callers)
