@@ -130,6 +130,18 @@ class _InFlight:
     sent: float  # time.monotonic() of its last submission
 
 
+def window_for(engine: str, block_time_ms: int) -> float:
+    """How long a hospital's journal gathers entries no caller waits for: on CometBFT one
+    block time (at least `WINDOW_S`). A read load puts a few entries in each tx, and every
+    tx costs each validator a fixed share (its signature, CheckTx, proposal and block)
+    whatever it holds: ≈ 0.4 ms of CheckTx alone against 6 µs per entry (docs/benchmarks.md,
+    "Session 10 (journal13)"). The entries are durable already and reach no block sooner
+    than the next. The solo sandbox keeps `WINDOW_S`: its blocks follow the txs."""
+    if engine != "cometbft":
+        return WINDOW_S
+    return max(WINDOW_S, block_time_ms / 1000)
+
+
 def _latch() -> threading.Lock:
     """A write's latch: held until the write is durable (or failed), then released by the
     writer; each of its callers acquires and releases it in turn. A lock wait is one call in
