@@ -21,7 +21,7 @@ TINY: dict[str, dict[str, Any]] = {
     "authorize": {"patients": 50, "consents": 200, "queries": 50, "hospitals": 3},
     "api": {"resources": 30, "rounds": 2},  # with $summary
     "exchange": {"fetches": 3, "writes": 2, "cometbft": 0},
-    "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0},
+    "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0, "pairs": 2},
     "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2, "waiting": 10},
     # four CometBFT nodes, a one-block query, then the fair peer's (every stratum over k=5)
     "study": {"patients": 60, "shared": 30, "peer": 1, "epsilon_milli": 0},
@@ -47,6 +47,10 @@ def test_the_benchmark_runs_at_a_tiny_size(name: str) -> None:
         # female and male in three age bands, each over k; "other" and "unknown" withheld
         assert sum(c for c in counts if c is not None) == result["enrolled"] == 60, result
         assert counts.count(None) == 6, counts
+    if name == "audit":  # two pairs of runs (off then on, on then off): a ratio each
+        solo = result["solo"]
+        assert len(solo["reads_ratio_pairs"]) == 2, solo
+        assert solo["reads_ratio_on_vs_off"] in solo["reads_ratio_pairs"]
 
 
 def test_every_benchmark_but_the_cometbft_network_is_smoke_tested() -> None:

@@ -22,7 +22,7 @@ from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
 from medledger.node import Node, decisions
-from medledger.node.audit import AuditJournal, read_journal
+from medledger.node.audit import WINDOW_S, AuditJournal, read_journal, window_for
 from medledger.node.wallet import TxRejected, Wallet
 
 PID = hashlib.sha256(b"a patient of chu-lyon").hexdigest()
@@ -408,6 +408,7 @@ def test_a_tx_that_would_lift_the_mark_over_an_entry_in_flight_waits_for_it(
         trail = _on_chain(node)
         assert [e["rids"] for e in trail] == [["obs-a"], ["obs-b"]]  # A first, each once
         assert Code.NOT_YET in recorder.codes  # B waited for A
+        assert journal.stats["held"] >= 1  # held for a block, not taken for an outage
         assert queries.access_seq(node.engine, node.org_key.public_key) == trail[-1]["seq"]
     finally:
         journal.stop()
@@ -444,3 +445,14 @@ def test_the_journal_follows_the_active_version_of_access_across_votes(
     assert [e["rids"] for e in trail] == [["obs-v1"]] * 2 + [["obs-v2"]] * 2 + [["obs-v3"]] * 2
     assert [journal_ref(e)[:3] for e in trail] == ["id:", "id:", "seq", "seq", "seq", "seq"]
     assert len({journal_ref(e) for e in trail}) == 6
+
+
+def test_on_cometbft_entries_no_caller_waits_for_go_out_once_per_block_time() -> None:
+    """A read load's entries fill one tx per block time on CometBFT (each tx costs every
+    validator a fixed share), never less than the default window; the solo sandbox's blocks
+    follow its txs, so it keeps the default. A caller that waits for the commit is sent
+    after `wait_window_s` whatever the engine."""
+    assert window_for("cometbft", 1000) == 1.0
+    assert window_for("cometbft", 3000) == 3.0
+    assert window_for("cometbft", 50) == WINDOW_S
+    assert window_for("solo", 1000) == WINDOW_S

@@ -127,9 +127,12 @@ class Node:
         what it holds not yet on the chain); stopped by `close`."""
         with self._audit_lock:
             if self._audit is None or self._audit.stopped:
-                from medledger.node.audit import AuditJournal
+                from medledger.node.audit import AuditJournal, window_for
 
-                self._audit = AuditJournal(self.config.home / "audit", self.wallet).start()
+                window = window_for(self.config.engine, self.config.block_time_ms)
+                self._audit = AuditJournal(
+                    self.config.home / "audit", self.wallet, window_s=window
+                ).start()
             return self._audit
 
     def close(self) -> None:
