@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
+
+import pytest
 
 from medledger.contracts.study_query import Code, Criterion
 from medledger.research.evaluate import clinical_date, fixed, match
@@ -136,3 +139,18 @@ def test_a_medication_request_matches_on_its_rxnorm_coding() -> None:
 def test_fixed_point_rounds_half_to_even() -> None:
     assert fixed(7.2345) == 7234 and fixed(7.2355) == 7236 and fixed(12) == 12000
     assert fixed(float("nan")) is None and fixed(None) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [7.4, -0.5, -0.0, 0.0005, 0.0015, 123456.789, 1e-7, 1e16, 1e22, 2.5e-3, -1.2345, 5, -5]
+    + [10**17, 10**18, -(10**30), 4.55, 11.5, 98.6, 0.1 + 0.2, float("inf"), True],
+)
+def test_fixed_point_of_any_number_is_the_decimal_reading_of_its_text(value: object) -> None:
+    # Short lab values skip Decimal: the result must be exactly what Decimal gives.
+    try:
+        exact = (Decimal(str(value)) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+        expected = int(exact) if exact.is_finite() and not isinstance(value, bool) else None
+    except InvalidOperation:
+        expected = None
+    assert fixed(value) == expected

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medledger.vault import InsecureKeyFileError, KeyFileError, create_kek_file, load_kek
 from medledger.vault.errors import VaultIntegrityError
-from medledger.vault.keys import KeyRing, encode_fields, kek_fingerprint
+from medledger.vault.keys import KeyRing, encode_fields, hkdf, kek_fingerprint
 
 PID_A = "a" * 64
 PID_B = "b" * 64
@@ -199,3 +200,37 @@ def test_keyring_repr_hides_the_kek() -> None:
     kek = secrets.token_bytes(32)
     text = repr(KeyRing(kek, "hosp-a"))
     assert kek.hex() not in text and "hosp-a" in text
+
+
+def test_keys_derived_on_first_use_are_the_documented_derivations() -> None:
+    # Each key is now derived when first asked (a study query never asks the metadata or
+    # salt keys): the values must stay those of the module's hierarchy, or every vault
+    # written before would become unreadable.
+    kek = secrets.token_bytes(32)
+    ring = KeyRing(kek, "hosp-a")
+    wrapped = ring.new_wrapped_key(PID_A, 3)
+    patient_key = AESGCM(hkdf(kek, b"medledger/vault/v1/wrap")).decrypt(
+        wrapped[:12],
+        wrapped[12:],
+        encode_fields(b"medledger/vault/v1/patient-key", "hosp-a", PID_A, 3),
+    )
+    keys = ring.unwrap(PID_A, 3, wrapped)
+    ctx = ("hosp-a", PID_A, 3)
+    set_wrap_key = hkdf(patient_key, encode_fields(b"medledger/vault/v2/set-wrap", *ctx))
+    assert keys.set_wrap_key == set_wrap_key
+    assert keys.metadata_key == hkdf(
+        patient_key, encode_fields(b"medledger/vault/v1/metadata", *ctx)
+    )
+
+    set_wrapped = keys.new_wrapped_set_key("hosp-b", True, "k9")
+    set_key = AESGCM(set_wrap_key).decrypt(
+        set_wrapped[:12],
+        set_wrapped[12:],
+        encode_fields(b"medledger/vault/v2/set-key", *ctx, "hosp-b", True, "k9"),
+    )
+    copies = keys.unwrap_set_key("hosp-b", True, "k9", set_wrapped)
+    set_ctx = (*ctx, "hosp-b", True, "k9")
+    assert copies.record_key == hkdf(set_key, encode_fields(b"medledger/vault/v2/record", *set_ctx))
+    assert copies.salt_key == hkdf(set_key, encode_fields(b"medledger/vault/v2/salt", *set_ctx))
+    assert copies == keys.unwrap_set_key("hosp-b", True, "k9", set_wrapped)
+    assert "k9" in repr(copies) and set_key.hex() not in repr(copies)

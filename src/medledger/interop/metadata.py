@@ -113,10 +113,10 @@ _MEDICATION_TYPES = frozenset(
 def _codings(concept: Any) -> list[Mapping[str, Any]]:
     if isinstance(concept, list):
         return [c for x in concept for c in _codings(x)]
-    if isinstance(concept, Mapping):
+    if isinstance(concept, dict | Mapping):  # dict first: no ABC check for JSON
         if "concept" in concept:  # R5 CodeableReference
             return _codings(concept.get("concept"))
-        return [c for c in concept.get("coding") or [] if isinstance(c, Mapping)]
+        return [c for c in concept.get("coding") or [] if isinstance(c, dict | Mapping)]
     return []
 
 

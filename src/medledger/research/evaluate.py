@@ -75,16 +75,30 @@ def clinical_date(resource: Mapping[str, Any]) -> str:
     """The record's clinical date, `YYYY-MM-DD` (or the partial date it gives), else ""."""
     for name in _DATE_FIELDS:
         value = resource.get(name)
-        if isinstance(value, Mapping):
+        if value is None:
+            continue
+        if isinstance(value, dict | Mapping):
             value = value.get("start")
         if isinstance(value, str) and len(value) >= 4:
             return value[:10]
     return ""
 
 
+#: Digits after the point in a fixed-point value (SCALE is a power of ten).
+_SCALE_DIGITS = len(str(SCALE)) - 1
+
+
 def fixed(value: Any) -> int | None:
     """A JSON number as a fixed-point integer (`SCALE`), rounded half to even; None when it is
     no finite number (a bool, a string, NaN)."""
+    kind = type(value)
+    if kind is int and -(10**18) < value < 10**18:  # larger ones: Decimal's precision decides
+        return value * SCALE  # type: ignore[no-any-return]
+    if kind is float:  # most lab values: "7.4" needs no Decimal (the same digits, exactly)
+        text = repr(value)
+        whole, _, decimals = text.partition(".")
+        if decimals.isdigit() and len(decimals) <= _SCALE_DIGITS and whole.lstrip("-").isdigit():
+            return int(whole + decimals.ljust(_SCALE_DIGITS, "0"))
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -96,7 +110,7 @@ def fixed(value: Any) -> int | None:
 
 def _quantity(resource: Mapping[str, Any]) -> tuple[int, str, str] | None:
     q = resource.get("valueQuantity")
-    if not isinstance(q, Mapping):
+    if q is None or not isinstance(q, dict | Mapping):
         return None
     value = fixed(q.get("value"))
     if value is None:
@@ -104,13 +118,23 @@ def _quantity(resource: Mapping[str, Any]) -> tuple[int, str, str] | None:
     return value, str(q.get("unit") or ""), str(q.get("code") or "")
 
 
-def match(resource: Mapping[str, Any], criterion: Criterion) -> Match:
-    """Does this record match the criterion (type, codes, unit and value range, date range)?"""
+def wanted_codes(criterion: Criterion) -> frozenset[tuple[str, str]]:
+    """The criterion's (system, code) pairs, as `match` compares them."""
+    return frozenset((c.system, c.code) for c in criterion.codes)
+
+
+def match(
+    resource: Mapping[str, Any],
+    criterion: Criterion,
+    codes: frozenset[tuple[str, str]] | None = None,
+) -> Match:
+    """Does this record match the criterion (type, codes, unit and value range, date range)?
+    `codes`: `wanted_codes(criterion)`, when the caller made it once for many records."""
     if resource.get("resourceType") not in criterion.types:
         return NO
     if criterion.codes:
-        wanted = {(c.system, c.code) for c in criterion.codes}
-        if not wanted.intersection(main_codings(resource)):
+        wanted = wanted_codes(criterion) if codes is None else codes
+        if wanted.isdisjoint(main_codings(resource)):
             return NO
     quantity = _quantity(resource)
     if criterion.unit and quantity is not None and criterion.unit not in quantity[1:]:
@@ -152,6 +176,7 @@ class Evaluator:
         self.q = q
         self.categories = frozenset(categories)
         self.criteria = criteria(q)
+        self.codes = {name: wanted_codes(c) for name, c in self.criteria.items()}
         self.types = frozenset(t for c in self.criteria.values() for t in c.types)
         self.demographics = needs_demographics(q)
         #: record versions decrypted (what the tests check was never read)
@@ -199,7 +224,7 @@ class Evaluator:
         if category_of(resource) not in self.categories:
             return
         for name, criterion in self.criteria.items():
-            m = match(resource, criterion)
+            m = match(resource, criterion, self.codes[name])
             if name != "cohort":
                 facts.matched[name] = facts.matched[name] or m.ok
                 continue

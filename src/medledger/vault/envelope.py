@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import struct
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +31,10 @@ _LABEL_WITHDRAWN = b"medledger/vault/v1/withdrawn"
 _LABEL_COPIES_ERASED = b"medledger/vault/v2/copies-erased"
 
 EMPTY_MANIFEST = hashlib.sha256(_LABEL_MANIFEST).digest()
+_RECORD_AAD_LABEL = encode_fields(_LABEL_RECORD_AAD)
+_LENGTH = struct.Struct(">I").pack
+_INT_LENGTH = _LENGTH(8)
+_TRUE, _FALSE = encode_fields(True), encode_fields(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,23 +50,34 @@ class RecordContext:
     is_copy: bool
 
     def aad(self) -> bytes:
-        """Associated data for the record's AES-GCM ciphertext."""
-        return encode_fields(
-            _LABEL_RECORD_AAD,
-            self.hospital_id,
-            self.pid,
-            self.rid,
-            self.version,
-            self.resource_type,
-            self.custodian,
-            self.is_copy,
+        """Associated data for the record's AES-GCM ciphertext: `encode_fields` of the label
+        and the attributes, spelt out (it is built for every record read)."""
+        h, p, r = self.hospital_id.encode(), self.pid.encode(), self.rid.encode()
+        t, c = self.resource_type.encode(), self.custodian.encode()
+        return b"".join(
+            (
+                _RECORD_AAD_LABEL,
+                _LENGTH(len(h)),
+                h,
+                _LENGTH(len(p)),
+                p,
+                _LENGTH(len(r)),
+                r,
+                _INT_LENGTH,
+                self.version.to_bytes(8, "big", signed=True),
+                _LENGTH(len(t)),
+                t,
+                _LENGTH(len(c)),
+                c,
+                _TRUE if self.is_copy else _FALSE,
+            )
         )
 
 
 def seal_record(keys: RecordKeys, ctx: RecordContext, plaintext: bytes) -> tuple[bytes, bytes]:
     """Encrypt one record version; returns (nonce, ciphertext with its 16-byte tag)."""
     nonce = os.urandom(NONCE_SIZE)  # what secrets.token_bytes returns, without its wrappers
-    return nonce, AESGCM(keys.record_key).encrypt(nonce, plaintext, ctx.aad())
+    return nonce, keys.record_aead().encrypt(nonce, plaintext, ctx.aad())
 
 
 def open_record(keys: RecordKeys, ctx: RecordContext, nonce: bytes, ciphertext: bytes) -> bytes:
@@ -69,7 +85,7 @@ def open_record(keys: RecordKeys, ctx: RecordContext, nonce: bytes, ciphertext: 
     try:
         if len(nonce) != NONCE_SIZE:
             raise InvalidTag
-        return AESGCM(keys.record_key).decrypt(nonce, ciphertext, ctx.aad())
+        return keys.record_aead().decrypt(nonce, ciphertext, ctx.aad())
     except InvalidTag:
         raise VaultIntegrityError(
             f"record {ctx.rid} version {ctx.version} failed authentication: its ciphertext, "

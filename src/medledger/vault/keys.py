@@ -39,7 +39,6 @@ import hmac
 import os
 import secrets
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -71,23 +70,29 @@ _LABEL_SET_KEY_AAD = b"medledger/vault/v2/set-key"
 _LABEL_SET_RECORD = b"medledger/vault/v2/record"
 _LABEL_SET_SALT = b"medledger/vault/v2/salt"
 _LENGTH = struct.Struct(">I").pack  # a field's length prefix
+_TRUE, _FALSE = b"\x01", b"\x00"
 
 
 def encode_fields(*fields: bytes | str | int) -> bytes:
     """Length-prefix each field so that no two field lists encode to the same bytes.
 
     Used for every HKDF info, HMAC input and AEAD associated data: plain
-    concatenation would let ("ab", "c") collide with ("a", "bc").
+    concatenation would let ("ab", "c") collide with ("a", "bc"). Encoding a list is
+    encoding its parts one after the other, so a constant prefix can be encoded once.
     """
     parts: list[bytes] = []
     for value in fields:
-        kind = type(value)  # the exact types first: called several times per record stored
+        kind = type(value)  # the exact types first: called several times per record read
         if kind is str:
-            raw = value.encode("utf-8")  # type: ignore[union-attr]
+            raw = value.encode()  # type: ignore[union-attr]
         elif kind is bytes:
             raw = value
+        elif kind is bool:
+            raw = _TRUE if value else _FALSE
+        elif kind is int:
+            raw = value.to_bytes(8, "big", signed=True)  # type: ignore[union-attr]
         elif isinstance(value, bool):
-            raw = b"\x01" if value else b"\x00"
+            raw = _TRUE if value else _FALSE
         elif isinstance(value, int):
             raw = value.to_bytes(8, "big", signed=True)
         elif isinstance(value, str):
@@ -96,6 +101,13 @@ def encode_fields(*fields: bytes | str | int) -> bytes:
             raw = bytes(value)
         parts += (_LENGTH(len(raw)), raw)
     return b"".join(parts)
+
+
+#: The labels' encodings, prefixed to their contexts' (`encode_fields` concatenates).
+_LABEL_METADATA_INFO = encode_fields(_LABEL_METADATA)
+_LABEL_SET_WRAP_INFO = encode_fields(_LABEL_SET_WRAP)
+_LABEL_SET_RECORD_INFO = encode_fields(_LABEL_SET_RECORD)
+_LABEL_SET_SALT_INFO = encode_fields(_LABEL_SET_SALT)
 
 
 def hkdf(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
@@ -191,19 +203,66 @@ def kek_fingerprint(kek: bytes) -> bytes:
 # ----------------------------------------------------------------- patient keys
 
 
-@dataclass(frozen=True, slots=True)
 class RecordKeys:
     """Keys derived from one key set's data key; never stored, recomputed on demand.
 
     A key set is one patient's own records, or the copies held of one custodian's
-    records for that patient (see the module docstring).
+    records for that patient (see the module docstring). Each key is derived when first
+    used, then kept: a study query reading thousands of patients decrypts records and
+    never asks a salt, so the salt key's HKDF is not paid there. The set key held instead
+    of the two derived keys gives its holder nothing more than they did.
     """
 
-    pid: str
-    generation: int
-    kid: str
-    record_key: bytes = field(repr=False)
-    salt_key: bytes = field(repr=False)
+    __slots__ = (
+        "_aead",
+        "_ctx",
+        "_record_key",
+        "_salt_key",
+        "_set_key",
+        "generation",
+        "kid",
+        "pid",
+    )
+
+    def __init__(self, pid: str, generation: int, kid: str, set_key: bytes, ctx: bytes) -> None:
+        self.pid, self.generation, self.kid = pid, generation, kid
+        self._set_key, self._ctx = set_key, ctx  # ctx: the set's encoded context (HKDF info)
+        self._record_key: bytes | None = None
+        self._salt_key: bytes | None = None
+        self._aead: AESGCM | None = None
+
+    def __repr__(self) -> str:
+        return f"RecordKeys(pid={self.pid!r}, generation={self.generation}, kid={self.kid!r})"
+
+    def __eq__(self, other: object) -> bool:  # the same set key in the same context
+        return (
+            isinstance(other, RecordKeys)
+            and (self.pid, self.generation, self.kid, self._ctx)
+            == (other.pid, other.generation, other.kid, other._ctx)
+            and hmac.compare_digest(self._set_key, other._set_key)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def record_key(self) -> bytes:
+        """HKDF(set key, "medledger/vault/v2/record" || set context)."""
+        if self._record_key is None:
+            self._record_key = hkdf(self._set_key, _LABEL_SET_RECORD_INFO + self._ctx)
+        return self._record_key
+
+    @property
+    def salt_key(self) -> bytes:
+        """HKDF(set key, "medledger/vault/v2/salt" || set context)."""
+        if self._salt_key is None:
+            self._salt_key = hkdf(self._set_key, _LABEL_SET_SALT_INFO + self._ctx)
+        return self._salt_key
+
+    def record_aead(self) -> AESGCM:
+        """The record key's AES-GCM, built once per key set (every record of it uses it)."""
+        if self._aead is None:
+            self._aead = AESGCM(self.record_key)
+        return self._aead
 
     def salt(self, rid: str, version: int) -> bytes:
         """Per-record salt for the chain commitment: HMAC(salt key, rid, version)."""
@@ -214,15 +273,62 @@ class RecordKeys:
         return hkdf(self.salt_key, _LABEL_SALT_VALUE)
 
 
-@dataclass(frozen=True, slots=True)
 class PatientKeys:
-    """Keys derived from one patient key; never stored, recomputed on demand."""
+    """Keys derived from one patient key; never stored, recomputed on demand.
 
-    hospital_id: str
-    pid: str
-    generation: int
-    metadata_key: bytes = field(repr=False)
-    set_wrap_key: bytes = field(repr=False)
+    Each is derived when first used, then kept (a study query's read needs only the set
+    wrapping key, never the metadata key); holding the patient key instead of its two
+    derived keys gives nothing more."""
+
+    __slots__ = (
+        "_ctx",
+        "_data_key",
+        "_metadata_key",
+        "_set_wrap",
+        "generation",
+        "hospital_id",
+        "pid",
+    )
+
+    def __init__(self, hospital_id: str, pid: str, generation: int, data_key: bytes) -> None:
+        self.hospital_id, self.pid, self.generation = hospital_id, pid, generation
+        self._data_key = data_key
+        self._ctx = encode_fields(hospital_id, pid, generation)
+        self._metadata_key: bytes | None = None
+        self._set_wrap: AESGCM | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PatientKeys(hospital_id={self.hospital_id!r}, pid={self.pid!r}, "
+            f"generation={self.generation})"
+        )
+
+    def __eq__(self, other: object) -> bool:  # the same patient key, hence every derived key
+        return (
+            isinstance(other, PatientKeys)
+            and (self.hospital_id, self.pid, self.generation)
+            == (other.hospital_id, other.pid, other.generation)
+            and hmac.compare_digest(self._data_key, other._data_key)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def metadata_key(self) -> bytes:
+        """HKDF(PK, "medledger/vault/v1/metadata" || hospital || pid || generation)."""
+        if self._metadata_key is None:
+            self._metadata_key = hkdf(self._data_key, _LABEL_METADATA_INFO + self._ctx)
+        return self._metadata_key
+
+    @property
+    def set_wrap_key(self) -> bytes:
+        """HKDF(PK, "medledger/vault/v2/set-wrap" || hospital || pid || generation)."""
+        return hkdf(self._data_key, _LABEL_SET_WRAP_INFO + self._ctx)
+
+    def _set_aead(self) -> AESGCM:
+        if self._set_wrap is None:
+            self._set_wrap = AESGCM(self.set_wrap_key)
+        return self._set_wrap
 
     def _set_aad(self, custodian: str, is_copy: bool, kid: str) -> bytes:
         return encode_fields(
@@ -234,16 +340,16 @@ class PatientKeys:
         nonce = secrets.token_bytes(NONCE_SIZE)
         set_key = secrets.token_bytes(KEY_SIZE)
         aad = self._set_aad(custodian, is_copy, kid)
-        return nonce + AESGCM(self.set_wrap_key).encrypt(nonce, set_key, aad)
+        return nonce + self._set_aead().encrypt(nonce, set_key, aad)
 
     def unwrap_set_key(self, custodian: str, is_copy: bool, kid: str, wrapped: bytes) -> RecordKeys:
-        """Unwrap a key set's data key and derive its record and salt keys.
+        """Unwrap a key set's data key (its record and salt keys derive from it).
 
         Fails with VaultIntegrityError when the wrapped set key was changed, or
         moved to another patient, generation, custodian or set.
         """
         try:
-            set_key = AESGCM(self.set_wrap_key).decrypt(
+            set_key = self._set_aead().decrypt(
                 wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], self._set_aad(custodian, is_copy, kid)
             )
         except InvalidTag:
@@ -251,14 +357,8 @@ class PatientKeys:
                 f"the key set {kid} of patient {self.pid} ({'copies of ' if is_copy else ''}"
                 f"{custodian}) failed authentication: the key row was altered or moved"
             ) from None
-        ctx = (self.hospital_id, self.pid, self.generation, custodian, is_copy, kid)
-        return RecordKeys(
-            pid=self.pid,
-            generation=self.generation,
-            kid=kid,
-            record_key=hkdf(set_key, encode_fields(_LABEL_SET_RECORD, *ctx)),
-            salt_key=hkdf(set_key, encode_fields(_LABEL_SET_SALT, *ctx)),
-        )
+        ctx = encode_fields(self.hospital_id, self.pid, self.generation, custodian, is_copy, kid)
+        return RecordKeys(self.pid, self.generation, kid, set_key, ctx)
 
 
 class KeyRing:
@@ -312,11 +412,4 @@ class KeyRing:
                 f"the key of patient {pid} (generation {generation}) failed authentication: "
                 "wrong KEK, or the key row was altered"
             ) from None
-        ctx = (self.hospital_id, pid, generation)
-        return PatientKeys(
-            hospital_id=self.hospital_id,
-            pid=pid,
-            generation=generation,
-            metadata_key=hkdf(data_key, encode_fields(_LABEL_METADATA, *ctx)),
-            set_wrap_key=hkdf(data_key, encode_fields(_LABEL_SET_WRAP, *ctx)),
-        )
+        return PatientKeys(self.hospital_id, pid, generation, data_key)

@@ -623,12 +623,27 @@ class SQLBackend:
                 f"AND n.version > r.version AND n.generation = r.generation{copies.format(t='n')})",
                 [*decrypt, *chunk, *(types or ())],
             )
-            for row in rows:
-                record, wrapped, set_wrapped = record_from_row(
-                    [*row[:8], b"" if row[8] is None else row[8], *row[9:]]
+            # `record_from_row`'s decoding, spelt out: thousands of rows per query.
+            found += [
+                (
+                    RecordRow(
+                        row[0],
+                        int(row[1]),
+                        row[2],
+                        int(row[3]),
+                        row[4],
+                        row[5],
+                        bool(row[6]),
+                        bytes(row[7]),
+                        b"" if row[8] is None else bytes(row[8]),
+                        None if row[9] is None else bytes(row[9]),
+                        str(row[10]),
+                    ),
+                    bytes(row[11]),  # inner joins: the wrapped keys are never NULL
+                    bytes(row[12]),
                 )
-                if wrapped is not None and set_wrapped is not None:  # inner joins: always
-                    found.append((record, wrapped, set_wrapped))
+                for row in rows
+            ]
         return found
 
     def versions(self, rid: str) -> list[int]:
