@@ -2,9 +2,9 @@
 
 `Answerer.answer(query id)`:
 1. reads the chain once (one committed view): the query, its study, the patients whose
-   custody runs at this hospital (`records.custody_of`), of them those enrolled (not
-   withdrawn, no erasure request), and each one's custodians for the query
-   (`node.study_partials.custodians`);
+   custody runs at this hospital (`records.custodies_at`), of them those enrolled (not
+   withdrawn, no erasure request), and each one's answering hospital for the query
+   (`node.study_partials.Links`: each kind of fact read once for them all, not per patient);
 2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
    query's categories that the study also has);
 3. journals (durably), then sends, each co-custodian's share: the facts of the patients
@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
-from medledger.contracts.records import MAX_CUSTODY_PAGE, custody_of
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
@@ -48,16 +47,9 @@ from medledger.contracts.study_query import (
     noise_message,
     tally,
 )
-from medledger.ledger.store import StateView
 from medledger.node import decisions
-from medledger.node.study_partials import (
-    Inbox,
-    answering,
-    counts,
-    custodians,
-    linked,
-    running,
-)
+from medledger.node.study_partials import Inbox, Links, answering, running
+from medledger.node.study_partials import counted as counted_now
 from medledger.research import masks
 from medledger.research.evaluate import Evaluator
 
@@ -117,17 +109,6 @@ def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> di
     return current | at_start
 
 
-def _custody(state: StateView, org: str) -> Iterator[str]:
-    """Every pid whose custody runs at org, page by page of `records.custody_of`."""
-    after = ""
-    while True:
-        page = custody_of(state, org, after)
-        yield from page
-        if len(page) < MAX_CUSTODY_PAGE:
-            return
-        after = page[-1]
-
-
 class Answerer:
     def __init__(self, node: Node, vault: Vault, inbox: Inbox, send: SendPartials) -> None:
         self.node = node
@@ -155,12 +136,13 @@ class Answerer:
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
         with engine.read_view() as state:
-            for pid in _custody(state, self.org):  # its own patients, then the enrolled
-                if not counts(state, study_id, pid):
+            links = Links.at(state, record, self.org)  # its own patients, then the enrolled
+            for pid in links.pids:
+                if not links.counts(pid):
                     continue
-                held_by = custodians(state, pid, record)
+                held_by = links.custodians(pid)
                 if self.org in held_by:
-                    mine[pid] = answering(query_id, held_by, linked(state, study_id, pid, record))
+                    mine[pid] = answering(query_id, held_by, links.linked(pid))
         return Plan(
             query_id,
             study_id,
@@ -215,7 +197,8 @@ class Answerer:
                 base = own.get(pid)
                 own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
         with self.node.engine.read_view() as state:
-            counted = [f for pid, f in own.items() if counts(state, plan.study, pid)]
+            still = counted_now(state, plan.study, own)
+        counted = [f for pid, f in own.items() if pid in still]
         # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
         # query's committed seed, so a re-run adds the same and only an auditor shown the
         # signature can redraw it; the answer carries the seed's commitment.
