@@ -50,6 +50,7 @@ from medledger.contracts.study_query import (
 from medledger.node import decisions
 from medledger.node.study_partials import Inbox, Links, answering, running
 from medledger.node.study_partials import counted as counted_now
+from medledger.node.wallet import TxRejected
 from medledger.research import masks
 from medledger.research.evaluate import Evaluator
 
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 #: send(receiver, query id, [[pid, facts object], ...]) -> the receiver's answer; raises when
 #: refused or unreachable (exchange.client.ExchangeClient.study_partials).
 SendPartials = Callable[[str, str, list[list[Any]]], Any]
+
+ANSWER = "research.query_answer"
 
 #: Access entries per audit call (the journal splits them into txs itself).
 AUDIT_CHUNK = 1000
@@ -80,6 +83,9 @@ class Answered:
     sent: dict[str, int]
     tx: bytes = b""
     timing: dict[str, float] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)  # of its `research.query_answer` tx
+    nonce: int = 0  # of `tx`, when submitted without waiting
+    submitted: float = 0.0  # perf_counter() when `tx` was submitted without waiting
 
 
 @dataclass
@@ -156,16 +162,22 @@ class Answerer:
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
-    def answer(self, query_id: str, *, max_wait: float | None = None) -> Answered | None:
+    def answer(
+        self, query_id: str, *, max_wait: float | None = None, wait: bool = True
+    ) -> Answered | None:
         """Answer the query (see the module doc); None when there is nothing to answer.
         Raises NotAnswered when partials are still missing after `max_wait` seconds (default:
-        until the deadline)."""
+        until the deadline), TxRejected when the answer tx is refused. With `wait=False` the
+        answer tx is only submitted (accepted by CheckTx): the caller follows it to its block
+        (`tx`, `nonce`, `body` to send it again if lost) and calls `landed` once committed;
+        the partials stay in the inbox until then."""
         started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
         plan = self.plan(query_id)
         if plan is None:
             self.inbox.forget(query_id)
             return None
         timing: dict[str, float] = {"read": time.perf_counter() - started}
+        timing["read_cpu"] = time.thread_time() - cpu
         t, t_cpu = time.perf_counter(), time.thread_time()
         evaluator = Evaluator(self.vault, plan.q, plan.categories)
         facts = evaluator.facts(plan.mine)
@@ -184,14 +196,14 @@ class Answerer:
         timing["send"] = time.perf_counter() - t - timing["audit"]
         t = time.perf_counter()
         others = set(shares)
-        wait = max(0.0, plan.deadline_ms / 1000 - time.time())
+        patience = max(0.0, plan.deadline_ms / 1000 - time.time())
         if max_wait is not None:
-            wait = min(wait, max_wait)
-        missing = self.inbox.wait(query_id, others, wait)
+            patience = min(patience, max_wait)
+        missing = self.inbox.wait(query_id, others, patience)
         timing["wait"] = time.perf_counter() - t
         if missing:
             raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
-        t = time.perf_counter()
+        t, t_cpu = time.perf_counter(), time.thread_time()
         for received in self.inbox.received(query_id).values():
             for pid, theirs in received.items():
                 base = own.get(pid)
@@ -216,21 +228,34 @@ class Answerer:
         if plan.q.epsilon_milli:
             body["noise_commitment"] = noise_commitment(seed)
         timing["tally"] = time.perf_counter() - t
-        t = time.perf_counter()
-        committed = self.node.wallet.send("research.query_answer", body)
+        timing["tally_cpu"] = time.thread_time() - t_cpu
+        done = Answered(query_id, len(counted), sent, b"", timing, body)
+        t, t_cpu = time.perf_counter(), time.thread_time()
+        if not wait:
+            submitted, done.nonce = self.node.wallet.submit_nonce(ANSWER, body)
+            if not submitted.accepted:
+                raise TxRejected(ANSWER, submitted.check.code, submitted.check.log, "check")
+            done.tx, done.submitted = submitted.tx_id, time.perf_counter()
+            timing["submit"] = done.submitted - t
+            timing["cpu"] = time.thread_time() - cpu
+            return done  # its block is awaited by the caller (`landed` once committed)
+        done.tx = self.node.wallet.send(ANSWER, body).tx_id
         timing["commit"] = time.perf_counter() - t
         timing["cpu"] = time.thread_time() - cpu
-        self.inbox.forget(query_id)
-        done = Answered(query_id, len(counted), sent, committed.tx_id, timing)
+        self.landed(done)
+        return done
+
+    def landed(self, done: Answered) -> None:
+        """The answer is committed: its partials are no longer needed; its timing is logged."""
+        self.inbox.forget(done.query)
         log.info(
             "%s answered %s for %d patients (sent partials of %s) in %s",
             self.org,
-            query_id,
-            len(counted),
-            ", ".join(f"{n} to {o}" for o, n in sorted(sent.items())) or "none",
-            ", ".join(f"{k} {v:.3f}s" for k, v in timing.items()),
+            done.query,
+            done.patients,
+            ", ".join(f"{n} to {o}" for o, n in sorted(done.sent.items())) or "none",
+            ", ".join(f"{k} {v:.3f}s" for k, v in done.timing.items()),
         )
-        return done
 
     def _send(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
