@@ -13,7 +13,7 @@ import hashlib
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -70,12 +70,20 @@ def agent(tmp_path: Path) -> StudyAgent:
         config=SimpleNamespace(org="h0"), app=None, engine=Chain(), wallet=Wallet()
     )
     inbox = Inbox(tmp_path / "partials.db", b"s" * 32)
-    return StudyAgent(node, vault=None, inbox=inbox, send=lambda *a: None)  # type: ignore[arg-type]
+    return StudyAgent(node, vault=None, inbox=inbox, send=lambda *a: None)
+
+
+def chain(agent: StudyAgent) -> Chain:
+    return cast(Chain, agent.node.engine)
+
+
+def wallet(agent: StudyAgent) -> Wallet:
+    return cast(Wallet, agent.node.wallet)
 
 
 def _submitted(agent: StudyAgent, ago: float = 0.0) -> Answered:
     """As the worker leaves it: the answer submitted (nonce 10), not yet committed."""
-    submitted, nonce = agent.node.wallet.submit_nonce(ANSWER, BODY)
+    submitted, nonce = wallet(agent).submit_nonce(ANSWER, BODY)
     done = Answered(QUERY, 7, {}, submitted.tx_id, {"cpu": 0.1}, BODY, nonce)
     done.submitted = time.perf_counter() - ago
     agent._sent[QUERY] = (done, 0)
@@ -89,19 +97,19 @@ def test_an_answer_seen_committed_is_answered_once_and_its_partials_forgotten(
     done = _submitted(agent)
     agent._follow()  # not in a block yet: still followed, nothing else sent
     assert QUERY not in agent.answered and QUERY in agent._sent
-    agent.node.engine.committed[done.tx] = TxResult(0)
+    chain(agent).committed[done.tx] = TxResult(0)
     agent._follow()
     assert agent.answered[QUERY] is done and "commit" in done.timing
     assert QUERY not in agent._sent
     assert agent.answerer.inbox.queries() == []  # forgotten once on the chain
-    assert len(agent.node.wallet.sent) == 1  # sent once
+    assert len(wallet(agent).sent) == 1  # sent once
 
 
 def test_an_answer_refused_by_its_block_is_tried_again_later_not_taken_for_done(
     agent: StudyAgent,
 ) -> None:
     done = _submitted(agent)
-    agent.node.engine.committed[done.tx] = TxResult(int(Code.CONFLICT), "already answered")
+    chain(agent).committed[done.tx] = TxResult(int(Code.CONFLICT), "already answered")
     agent._follow()
     assert QUERY not in agent.answered and QUERY not in agent._sent
     assert agent._later[QUERY] > time.monotonic()
@@ -114,28 +122,28 @@ def test_a_lost_answer_is_sent_again_with_a_fresh_nonce_then_given_up(
     first = _submitted(agent, ago=agent_module.LOSS_CHECK_S + 1)
     first_tx = first.tx
     agent._follow()  # the chain's nonce has not reached it: it may still commit
-    assert len(agent.node.wallet.sent) == 1
-    agent.node.engine.nonce = first.nonce  # its nonce passed without it: it never will
+    assert len(wallet(agent).sent) == 1
+    chain(agent).nonce = first.nonce  # its nonce passed without it: it never will
     agent._follow()
-    assert [n for _, _, n in agent.node.wallet.sent] == [10, 11]
-    assert agent.node.wallet.sent[1][1] == BODY  # the same answer, not a new one
+    assert [n for _, _, n in wallet(agent).sent] == [10, 11]
+    assert wallet(agent).sent[1][1] == BODY  # the same answer, not a new one
     again, resends = agent._sent[QUERY]
     assert resends == 1 and again.tx != first_tx
     # Lost each time: after MAX_RESENDS the query is left for a later attempt.
     for _ in range(agent_module.MAX_RESENDS):
         again.submitted -= agent_module.LOSS_CHECK_S + 1
-        agent.node.engine.nonce = again.nonce
+        chain(agent).nonce = again.nonce
         agent._follow()
         again = agent._sent.get(QUERY, (again, 0))[0]
-    assert len(agent.node.wallet.sent) == 1 + agent_module.MAX_RESENDS
+    assert len(wallet(agent).sent) == 1 + agent_module.MAX_RESENDS
     assert QUERY not in agent._sent and QUERY not in agent.answered
     assert agent._later[QUERY] > time.monotonic()
 
 
 def test_a_lost_answer_found_committed_meanwhile_is_not_sent_again(agent: StudyAgent) -> None:
     done = _submitted(agent, ago=agent_module.LOSS_CHECK_S + 1)
-    agent.node.engine.nonce = done.nonce
-    agent.node.engine.committed[done.tx] = TxResult(0)
+    chain(agent).nonce = done.nonce
+    chain(agent).committed[done.tx] = TxResult(0)
     agent._follow()
     assert agent.answered[QUERY] is done
-    assert len(agent.node.wallet.sent) == 1
+    assert len(wallet(agent).sent) == 1
