@@ -215,7 +215,7 @@ class StudyAgent:
         self._set(query_id, f"answered for {done.patients} patients, tx {done.tx.hex()[:16]}")
 
     def _failed(self, query_id: str, exc: BaseException) -> None:
-        log.error("%s: answering %s failed: %s", self.org, query_id, exc)
+        log.error("%s: answering %s failed: %s", self.org, query_id, exc, exc_info=exc)
         self._set(query_id, f"failed, retried in {RETRY_S:.0f} s: {type(exc).__name__}: {exc}")
         with self._lock:
             self._later[query_id] = time.monotonic() + RETRY_S
@@ -228,7 +228,6 @@ class StudyAgent:
             self._wake.set()
             return None
         except Exception as exc:
-            log.exception("%s: answering %s failed", self.org, query_id)
             self._failed(query_id, exc)
             return None
         if done is not None and done.submitted:  # submitted only: `_follow` takes it on
