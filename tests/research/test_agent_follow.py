@@ -70,7 +70,8 @@ def agent(tmp_path: Path) -> StudyAgent:
         config=SimpleNamespace(org="h0"), app=None, engine=Chain(), wallet=Wallet()
     )
     inbox = Inbox(tmp_path / "partials.db", b"s" * 32)
-    return StudyAgent(node, vault=None, inbox=inbox, send=lambda *a: None)
+    # Only the node's engine and wallet are used by `_follow`; no vault is read.
+    return StudyAgent(cast(Any, node), cast(Any, None), inbox, lambda *a: None)
 
 
 def chain(agent: StudyAgent) -> Chain:
