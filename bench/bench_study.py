@@ -12,10 +12,11 @@ The figure is the end-to-end time from the running event to the result: from the
 last approval's block is committed (the query runs) to the moment a client first sees the
 query `done`, polled every 20 ms. Its breakdown: each node's own timing of its answer, read
 from its log (read: the chain; evaluate: its vault; send: the partials out, audited; wait:
-the partials in; tally: merge, noise, mask; commit: its answer tx to its block; and the
-answering thread's CPU: evaluate_cpu, and cpu for the whole answer, the figures a loaded
-machine does not inflate), and the blocks between the running one and the done one. The
-approvals are excluded.
+the partials in; tally: merge, noise, mask; submit: its answer tx to CheckTx; commit: from
+there to the agent seeing it in a block; and the answering thread's CPU: read_cpu,
+evaluate_cpu, tally_cpu, and cpu for the whole answer up to its submission, the figures a
+loaded machine does not inflate), and the blocks between the running one and the done one.
+The approvals are excluded.
 
     medledger bench study                           # 10,000 patients, 1 s blocks
     medledger bench study --set patients=2000 --set block_time_ms=1000

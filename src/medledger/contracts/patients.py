@@ -64,6 +64,7 @@ State (prefix `patients/`):
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,7 @@ from medledger.contracts.governance import member_of_key
 from medledger.contracts.identity import acting_org, resolve_actor
 from medledger.contracts.policies import DueQueue, params
 from medledger.contracts.records import custodies, custody_since, is_custodian
+from medledger.ledger import codec
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -144,6 +146,17 @@ def key_binding(state: StateView, pid: str) -> dict[str, Any] | None:
     """The patient's key binding in force: key, the attesting `org`, `time`..., or None."""
     bound: dict[str, Any] | None = state.get(f"patients/key/{pid}")
     return bound
+
+
+def key_bindings(state: StateView, pids: Container[str]) -> dict[str, dict[str, Any]]:
+    """`key_binding` of many patients (one without is left out): one pass over the bindings,
+    decoding only those of `pids`."""
+    found: dict[str, dict[str, Any]] = {}
+    for key, raw in state.scan_raw(b"patients/key/"):
+        pid = key[len(b"patients/key/") :].decode()
+        if pid in pids:
+            found[pid] = codec.decode_trusted(raw)
+    return found
 
 
 def acting_for_patient(
@@ -311,6 +324,12 @@ def erasure_requested(state: StateView, pid: str) -> int | None:
     """
     found = state.get(f"erasure/pid/{pid}")
     return None if found is None else int(found)
+
+
+def erasures_requested(state: StateView, pids: Container[str]) -> set[str]:
+    """Those of `pids` with an open erasure request (`erasure_requested`), in one pass."""
+    prefix = b"erasure/pid/"
+    return {p for key, _ in state.scan_raw(prefix) if (p := key[len(prefix) :].decode()) in pids}
 
 
 def bind(ctx: Context, msg: Bind) -> None:

@@ -57,7 +57,7 @@ no peer holds anything is still named.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -459,6 +459,44 @@ def custodies(state: StateView, pid: str) -> dict[str, int]:
         if not is_shredded(state, org, pid):
             found[org] = int(since)
     return found
+
+
+def custodies_of(state: StateView, pids: Container[str]) -> dict[str, dict[str, int]]:
+    """`custodies` of many pids (a pid with none is left out): one pass over the custody keys
+    and one over the shredding statements' keys, instead of a scan and lookups per pid."""
+    return _custodies_where(state, lambda pid, orgs: pid in pids)
+
+
+def custodies_at(state: StateView, org: str) -> dict[str, dict[str, int]]:
+    """`custodies` of every pid whose custody runs at org (those `custody_of` lists), in the
+    same passes as `custodies_of`."""
+    return _custodies_where(state, lambda pid, orgs: org in orgs and len(pid) == 64)
+
+
+def _custodies_where(
+    state: StateView, wanted: Callable[[str, dict[str, bytes]], bool]
+) -> dict[str, dict[str, int]]:
+    shredded = set()
+    for key, _ in state.scan_raw(b"rec/shredded/"):
+        holder, _, pid = key[len(b"rec/shredded/") :].decode().partition("/")
+        shredded.add((holder, pid))
+    found: dict[str, dict[str, int]] = {}
+
+    def keep(pid: str, orgs: dict[str, bytes]) -> None:
+        if orgs and wanted(pid, orgs):
+            running = {o: int(codec.decode_trusted(v)) for o, v in orgs.items()}
+            found[pid] = {o: since for o, since in running.items() if (o, pid) not in shredded}
+
+    # The keys of one pid are contiguous (rec/custody/<pid>/<org>): grouped as they come.
+    current, orgs = "", dict[str, bytes]()
+    for key, raw in state.scan_raw(b"rec/custody/"):
+        pid, _, holder = key[len(b"rec/custody/") :].decode().partition("/")
+        if pid != current:
+            keep(current, orgs)
+            current, orgs = pid, {}
+        orgs[holder] = raw
+    keep(current, orgs)
+    return {pid: held for pid, held in found.items() if held}
 
 
 #: Pids one `records/custody_of` answer carries at most (64 hex characters each).

@@ -38,6 +38,7 @@ State (prefix `research/`):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from medledger.contracts.patients import (
     check_hash,
     erasure_requested,
 )
-from medledger.ledger import merkle
+from medledger.ledger import codec, merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -301,6 +302,18 @@ def close(ctx: Context, msg: Close) -> None:
 def enrolment_of(state: StateView, study: str, pid: str) -> dict[str, Any] | None:
     """A patient's enrolment in a study (status, history, releases), or None."""
     found: dict[str, Any] | None = state.get(f"research/enrol/{study}/{pid}")
+    return found
+
+
+def enrolments_of(state: StateView, study: str, pids: Container[str]) -> dict[str, dict[str, Any]]:
+    """`enrolment_of` for many patients: one pass over the study's enrolments, decoding only
+    those of `pids`."""
+    prefix = f"research/enrol/{study}/".encode()
+    found: dict[str, dict[str, Any]] = {}
+    for key, raw in state.scan_raw(prefix):
+        pid = key[len(prefix) :].decode()
+        if pid in pids:
+            found[pid] = codec.decode_trusted(raw)
     return found
 
 

@@ -29,7 +29,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,10 +39,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medledger.contracts.common import is_pid
-from medledger.contracts.patients import erasure_requested, key_binding, rebinding
+from medledger.contracts.patients import (
+    erasure_requested,
+    erasures_requested,
+    key_binding,
+    key_bindings,
+    rebinding,
+)
 from medledger.contracts.policies import params
-from medledger.contracts.records import custodies
-from medledger.contracts.research import enrolment_of, get_study, study_open
+from medledger.contracts.records import custodies, custodies_at, custodies_of
+from medledger.contracts.research import enrolment_of, enrolments_of, get_study, study_open
 from medledger.contracts.study_query import PatientFacts
 from medledger.ledger.store import StateView
 
@@ -96,6 +102,8 @@ def answering(
     long to undo it. Falling back to the next link or to seniority instead would hand the
     patient to the oldest custodian (who may be the junk filer) whenever a real hospital has
     just enrolled them."""
+    if len(custodians) == 1:  # the same answer, whatever the links say
+        return next(iter(custodians))
     for link in linked:
         if link.org in custodians:
             if settled_by is not None and link.since > settled_by and len(custodians) > 1:
@@ -122,8 +130,23 @@ def linked(state: StateView, study: str, pid: str, record: dict[str, Any]) -> tu
     from what the chain keeps of them (a re-enrolment or a key rebound since does not
     change them), so that every answerer, whatever its height, agrees. Each with when its
     act was filed (a rebinding: when filed, not when it took effect: it waited, undoable)."""
-    start = started_ms(record)
-    found = [_enrolment_recorder(state, study, pid, start), _key_attester(state, pid, start)]
+    enrolment, binding = enrolment_of(state, study, pid), key_binding(state, pid)
+    return _linked(state, study, pid, started_ms(record), enrolment, binding)
+
+
+def _linked(
+    state: StateView,
+    study: str,
+    pid: str,
+    start: int,
+    enrolment: dict[str, Any] | None,
+    binding: dict[str, Any] | None,
+) -> tuple[Link, ...]:
+    """`linked`, from the patient's enrolment and key binding as they stand now."""
+    found = [
+        _enrolment_recorder(state, study, pid, start, enrolment),
+        _key_attester(state, pid, start, binding),
+    ]
     seen: set[str] = set()
     out: list[Link] = []
     for link in found:
@@ -138,10 +161,12 @@ def _acts(state: StateView, pid: str, act: str) -> list[dict[str, Any]]:
     return [v for _, v in state.scan(f"patients/acted/{pid}/") if v.get("act") == act]
 
 
-def _enrolment_recorder(state: StateView, study: str, pid: str, start: int) -> Link | None:
+def _enrolment_recorder(
+    state: StateView, study: str, pid: str, start: int, enrolment: dict[str, Any] | None
+) -> Link | None:
     """The hospital that recorded the patient's enrolment in force at `start` (None when the
     patient enrolled with their own key, or was not enrolled then)."""
-    enrolment = enrolment_of(state, study, pid) or {}
+    enrolment = enrolment or {}
     since = int(enrolment.get("since") or 0)
     if enrolment.get("status") == "enrolled" and since <= start:
         org = str((enrolment.get("by") or {}).get("org") or "")
@@ -156,10 +181,11 @@ def _enrolment_recorder(state: StateView, study: str, pid: str, start: int) -> L
     return Link(str(orgs[-1]), at) if orgs else None
 
 
-def _key_attester(state: StateView, pid: str, start: int) -> Link | None:
+def _key_attester(
+    state: StateView, pid: str, start: int, binding: dict[str, Any] | None
+) -> Link | None:
     """The hospital that attested the patient's key in force at `start` (None for none),
     with when it filed the binding."""
-    binding = key_binding(state, pid)
     if binding is None:
         return None
     at, tx = int(binding.get("time") or 0), bytes(binding.get("tx") or b"")
@@ -190,11 +216,78 @@ def counts(state: StateView, study: str, pid: str) -> bool:
     """Whether the patient may be counted in the study now: enrolled, not withdrawn, and no
     erasure request (re-checked by the answering hospital when it tallies)."""
     enrolment = enrolment_of(state, study, pid)
-    return (
-        enrolment is not None
-        and enrolment.get("status") == "enrolled"
-        and erasure_requested(state, pid) is None
-    )
+    return _counts(enrolment, erasure_requested(state, pid) is not None)
+
+
+def _counts(enrolment: dict[str, Any] | None, erasure: bool) -> bool:
+    return enrolment is not None and enrolment.get("status") == "enrolled" and not erasure
+
+
+def counted(state: StateView, study: str, pids: Collection[str]) -> set[str]:
+    """Those of `pids` that `counts` now, read in one pass per kind."""
+    pids = set(pids)
+    erased = erasures_requested(state, pids)
+    return {
+        pid
+        for pid, enrolment in enrolments_of(state, study, pids).items()
+        if _counts(enrolment, pid in erased)
+    }
+
+
+class Links:
+    """The count-once rule's facts for one query and many patients (a hospital's whole
+    custody when it plans its answer), each kind read in one pass over one committed view:
+    the study's enrolments, the custodies and shreddings, the key bindings, the erasure
+    requests, instead of several lookups per patient. Same rule and same answers as
+    `counts`, `custodians`, `linked` and `answering` (which read one patient: the gateway's
+    check); only a link that changed since the query started reads that patient's acts."""
+
+    def __init__(
+        self,
+        state: StateView,
+        record: dict[str, Any],
+        pids: Collection[str],
+        custodies: dict[str, dict[str, int]] | None = None,
+    ) -> None:
+        self.state = state
+        self.record = record
+        self.query = str(record["id"])
+        self.study = str(record["study"])
+        self.start = started_ms(record)
+        self.settled = settled_by(state, record)
+        self.pids = sorted(pids)
+        wanted = self._pids = set(pids)
+        self._enrolments = enrolments_of(state, self.study, wanted)
+        self._erased = erasures_requested(state, wanted)
+        self._custodies = custodies_of(state, wanted) if custodies is None else custodies
+        self._bindings = key_bindings(state, wanted)
+
+    @classmethod
+    def at(cls, state: StateView, record: dict[str, Any], org: str) -> Links:
+        """The links of every patient whose custody runs at org (`pids`, in pid order)."""
+        held = custodies_at(state, org)
+        return cls(state, record, held, held)
+
+    def _read(self, pid: str) -> None:
+        if pid not in self._pids:  # absent from the passes is not "none on the chain"
+            raise KeyError(f"{pid}: not among the patients these links were read for")
+
+    def counts(self, pid: str) -> bool:
+        self._read(pid)
+        return _counts(self._enrolments.get(pid), pid in self._erased)
+
+    def custodians(self, pid: str) -> dict[str, int]:
+        self._read(pid)
+        return _custodians(self._custodies.get(pid) or {}, self.record)
+
+    def linked(self, pid: str) -> tuple[Link, ...]:
+        self._read(pid)
+        enrolment, binding = self._enrolments.get(pid), self._bindings.get(pid)
+        return _linked(self.state, self.study, pid, self.start, enrolment, binding)
+
+    def answering(self, pid: str) -> str:
+        """The patient's answering hospital (`answering`)."""
+        return answering(self.query, self.custodians(pid), self.linked(pid), self.settled)
 
 
 def started_ms(record: dict[str, Any]) -> int:
@@ -207,11 +300,13 @@ def started_ms(record: dict[str, Any]) -> int:
 def custodians(state: StateView, pid: str, record: dict[str, Any]) -> dict[str, int]:
     """The patient's custodians for this query (org -> custody since): custody begun by its
     start, still running, and an answerer."""
+    return _custodians(custodies(state, pid), record)
+
+
+def _custodians(held_by: dict[str, int], record: dict[str, Any]) -> dict[str, int]:
     start, answerers = started_ms(record), set(record.get("answerers") or ())
     return {
-        org: since
-        for org, since in sorted(custodies(state, pid).items())
-        if since <= start and org in answerers
+        org: since for org, since in sorted(held_by.items()) if since <= start and org in answerers
     }
 
 

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 from medledger.contracts import queries
 from medledger.node import decisions
 from medledger.node.study_partials import Inbox, running
-from medledger.research.answer import Answered, Answerer, NotAnswered, SendPartials, answered_by
+from medledger.node.wallet import TxRejected
+from medledger.research.answer import (
+    ANSWER,
+    Answered,
+    Answerer,
+    NotAnswered,
+    SendPartials,
+    answered_by,
+)
 
 if TYPE_CHECKING:
     from medledger.ledger.results import BlockRecord
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 ATTEMPT_WAIT_S = 30.0
 #: After an attempt that failed (its answer refused, a vault error), the next one waits this.
 RETRY_S = 10.0
+#: An answer tx not committed this long after it was sent is looked for (lost?), and resent
+#: with a fresh nonce at most MAX_RESENDS times (as `Wallet.send` does).
+LOSS_CHECK_S = 3.0
+MAX_RESENDS = 2
 
 
 class StudyAgent:
@@ -57,6 +69,11 @@ class StudyAgent:
         self._thread: threading.Thread | None = None
         self._status: dict[str, str] = {}
         self._later: dict[str, float] = {}  # a query that failed: not before this time
+        # Answer txs submitted and not yet seen committed (query -> what was sent, resends):
+        # with a replica here, the block that commits one wakes the agent (`_committed`), so
+        # no thread waits for it.
+        self._sent: dict[str, tuple[Answered, int]] = {}
+        self._follows = node.app is not None
         self.answered: dict[str, Answered] = {}
         if node.app is not None:
             node.app.add_commit_listener(self._committed)
@@ -127,29 +144,99 @@ class StudyAgent:
             for query_id, future in list(self._running.items()):
                 if future.done():
                     del self._running[query_id]
+        self._follow()
         for query_id in self.due():
             with self._lock:
-                if query_id in self._running or self._later.get(query_id, 0) > time.monotonic():
+                if (
+                    query_id in self._running
+                    or query_id in self._sent
+                    or self._later.get(query_id, 0) > time.monotonic()
+                ):
                     continue
                 self._status.setdefault(query_id, "evaluating")
                 self._running[query_id] = self._pool.submit(self._answer, query_id)
 
+    def _follow(self) -> None:
+        """Each answer tx sent to its fate, as `Wallet.send` would wait for it: committed
+        (answered), refused by its block (tried again after RETRY_S), or lost (its nonce
+        passed on the chain without it: it can never commit, so the same body is sent again
+        with a fresh nonce, at most MAX_RESENDS times)."""
+        with self._lock:
+            sent = list(self._sent.items())
+        for query_id, (done, resends) in sent:
+            try:
+                committed = self.node.engine.wait_for_commit(done.tx, 0.0)
+            except TimeoutError:
+                committed = None
+            if committed is not None:
+                with self._lock:
+                    del self._sent[query_id]
+                if committed.result.ok:
+                    done.timing["commit"] = time.perf_counter() - done.submitted
+                    self.answerer.landed(done)
+                    self._done(query_id, done)
+                else:
+                    why = f"{committed.result.code}: {committed.result.log}"
+                    self._failed(
+                        query_id, TxRejected(ANSWER, committed.result.code, why, "execution")
+                    )
+                continue
+            if time.perf_counter() - done.submitted < LOSS_CHECK_S:
+                continue
+            key = self.node.wallet.public_key
+            if queries.nonce(self.node.engine, key) < done.nonce:
+                continue  # still ahead of the chain: it may yet commit
+            if queries.tx_location(self.node.engine, done.tx) is not None:
+                continue  # committed meanwhile: seen at the next step
+            if resends >= MAX_RESENDS:
+                with self._lock:
+                    del self._sent[query_id]
+                self._failed(query_id, TimeoutError(f"answer dropped {resends + 1} times"))
+                continue
+            try:
+                submitted, done.nonce = self.node.wallet.submit_nonce(ANSWER, done.body)
+            except Exception as exc:
+                with self._lock:
+                    del self._sent[query_id]
+                self._failed(query_id, exc)
+                continue
+            done.tx, done.submitted = submitted.tx_id, time.perf_counter()
+            with self._lock:
+                if submitted.accepted:
+                    self._sent[query_id] = (done, resends + 1)
+                else:
+                    del self._sent[query_id]
+            if not submitted.accepted:
+                check = submitted.check
+                self._failed(query_id, TxRejected(ANSWER, check.code, check.log, "check"))
+
+    def _done(self, query_id: str, done: Answered) -> None:
+        self.answered[query_id] = done
+        self._set(query_id, f"answered for {done.patients} patients, tx {done.tx.hex()[:16]}")
+
+    def _failed(self, query_id: str, exc: BaseException) -> None:
+        log.error("%s: answering %s failed: %s", self.org, query_id, exc, exc_info=exc)
+        self._set(query_id, f"failed, retried in {RETRY_S:.0f} s: {type(exc).__name__}: {exc}")
+        with self._lock:
+            self._later[query_id] = time.monotonic() + RETRY_S
+
     def _answer(self, query_id: str) -> Answered | None:
         try:
-            done = self.answerer.answer(query_id, max_wait=ATTEMPT_WAIT_S)
+            done = self.answerer.answer(query_id, max_wait=ATTEMPT_WAIT_S, wait=not self._follows)
         except NotAnswered as exc:
             self._set(query_id, f"waiting: {exc}")
             self._wake.set()
             return None
         except Exception as exc:
-            log.exception("%s: answering %s failed", self.org, query_id)
-            self._set(query_id, f"failed, retried in {RETRY_S:.0f} s: {type(exc).__name__}: {exc}")
-            with self._lock:
-                self._later[query_id] = time.monotonic() + RETRY_S
+            self._failed(query_id, exc)
             return None
-        if done is not None:
-            self.answered[query_id] = done
-            self._set(query_id, f"answered for {done.patients} patients, tx {done.tx.hex()[:16]}")
+        if done is not None and done.submitted:  # submitted only: `_follow` takes it on
+            with self._lock:
+                self._sent[query_id] = (done, 0)
+            self._set(query_id, f"answer sent, tx {done.tx.hex()[:16]}: awaiting its block")
+            self._wake.set()  # it may have committed already
+        elif done is not None:
+            self._done(query_id, done)
         return done
 
     def wait_answered(self, query_id: str, timeout: float = 60.0) -> Answered:

@@ -2,9 +2,9 @@
 
 `Answerer.answer(query id)`:
 1. reads the chain once (one committed view): the query, its study, the patients whose
-   custody runs at this hospital (`records.custody_of`), of them those enrolled (not
-   withdrawn, no erasure request), and each one's custodians for the query
-   (`node.study_partials.custodians`);
+   custody runs at this hospital (`records.custodies_at`), of them those enrolled (not
+   withdrawn, no erasure request), and each one's answering hospital for the query
+   (`node.study_partials.Links`: each kind of fact read once for them all, not per patient);
 2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
    query's categories that the study also has);
 3. journals (durably), then sends, each co-custodian's share: the facts of the patients
@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.authorize import Decision
-from medledger.contracts.records import MAX_CUSTODY_PAGE, custody_of
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
@@ -48,17 +47,10 @@ from medledger.contracts.study_query import (
     noise_message,
     tally,
 )
-from medledger.ledger.store import StateView
 from medledger.node import decisions
-from medledger.node.study_partials import (
-    Inbox,
-    answering,
-    counts,
-    custodians,
-    linked,
-    running,
-    settled_by,
-)
+from medledger.node.study_partials import Inbox, Links, answering, running
+from medledger.node.study_partials import counted as counted_now
+from medledger.node.wallet import TxRejected
 from medledger.research import masks
 from medledger.research.evaluate import Evaluator
 
@@ -71,6 +63,8 @@ log = logging.getLogger(__name__)
 #: send(receiver, query id, [[pid, facts object], ...]) -> the receiver's answer; raises when
 #: refused or unreachable (exchange.client.ExchangeClient.study_partials).
 SendPartials = Callable[[str, str, list[list[Any]]], Any]
+
+ANSWER = "research.query_answer"
 
 #: Access entries per audit call (the journal splits them into txs itself).
 AUDIT_CHUNK = 1000
@@ -90,6 +84,9 @@ class Answered:
     tx: bytes = b""
     timing: dict[str, float] = field(default_factory=dict)
     dropped: int = 0  # enrolled patients it counted nowhere: held, or disputed (study_partials)
+    body: dict[str, Any] = field(default_factory=dict)  # of its `research.query_answer` tx
+    nonce: int = 0  # of `tx`, when submitted without waiting
+    submitted: float = 0.0  # perf_counter() when `tx` was submitted without waiting
 
 
 @dataclass
@@ -120,17 +117,6 @@ def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> di
     return current | at_start
 
 
-def _custody(state: StateView, org: str) -> Iterator[str]:
-    """Every pid whose custody runs at org, page by page of `records.custody_of`."""
-    after = ""
-    while True:
-        page = custody_of(state, org, after)
-        yield from page
-        if len(page) < MAX_CUSTODY_PAGE:
-            return
-        after = page[-1]
-
-
 class Answerer:
     def __init__(self, node: Node, vault: Vault, inbox: Inbox, send: SendPartials) -> None:
         self.node = node
@@ -159,15 +145,15 @@ class Answerer:
         mine: dict[str, str] = {}
         held: set[str] = set()
         with engine.read_view() as state:
-            settled = settled_by(state, record)
-            for pid in _custody(state, self.org):  # its own patients, then the enrolled
-                if not counts(state, study_id, pid):
+            links = Links.at(state, record, self.org)  # its own patients, then the enrolled
+            for pid in links.pids:
+                if not links.counts(pid):
                     continue
-                held_by = custodians(state, pid, record)
+                held_by = links.custodians(pid)
                 if self.org in held_by:
-                    links = linked(state, study_id, pid, record)
-                    mine[pid] = answering(query_id, held_by, links, settled)
-                    first = next((link.org for link in links if link.org in held_by), "")
+                    linked = links.linked(pid)
+                    mine[pid] = answering(query_id, held_by, linked, links.settled)
+                    first = next((link.org for link in linked if link.org in held_by), "")
                     if not mine[pid] and first == self.org:
                         held.add(pid)  # its own link is too young: it says so, once
         return Plan(
@@ -184,16 +170,22 @@ class Answerer:
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
-    def answer(self, query_id: str, *, max_wait: float | None = None) -> Answered | None:
+    def answer(
+        self, query_id: str, *, max_wait: float | None = None, wait: bool = True
+    ) -> Answered | None:
         """Answer the query (see the module doc); None when there is nothing to answer.
         Raises NotAnswered when partials are still missing after `max_wait` seconds (default:
-        until the deadline)."""
+        until the deadline), TxRejected when the answer tx is refused. With `wait=False` the
+        answer tx is only submitted (accepted by CheckTx): the caller follows it to its block
+        (`tx`, `nonce`, `body` to send it again if lost) and calls `landed` once committed;
+        the partials stay in the inbox until then."""
         started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
         plan = self.plan(query_id)
         if plan is None:
             self.inbox.forget(query_id)
             return None
         timing: dict[str, float] = {"read": time.perf_counter() - started}
+        timing["read_cpu"] = time.thread_time() - cpu
         t, t_cpu = time.perf_counter(), time.thread_time()
         evaluator = Evaluator(self.vault, plan.q, plan.categories)
         facts = evaluator.facts(plan.mine)
@@ -212,25 +204,22 @@ class Answerer:
         timing["send"] = time.perf_counter() - t - timing["audit"]
         t = time.perf_counter()
         others = set(shares)
-        wait = max(0.0, plan.deadline_ms / 1000 - time.time())
+        patience = max(0.0, plan.deadline_ms / 1000 - time.time())
         if max_wait is not None:
-            wait = min(wait, max_wait)
-        missing = self.inbox.wait(query_id, others, wait)
+            patience = min(patience, max_wait)
+        missing = self.inbox.wait(query_id, others, patience)
         timing["wait"] = time.perf_counter() - t
         if missing:
             raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
-        t = time.perf_counter()
+        t, t_cpu = time.perf_counter(), time.thread_time()
         for received in self.inbox.received(query_id).values():
             for pid, theirs in received.items():
                 base = own.get(pid)
                 own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
         disputed = self.inbox.dropped(query_id)  # check's: counted by nobody
         with self.node.engine.read_view() as state:
-            counted = [
-                f
-                for pid, f in own.items()
-                if pid not in disputed and counts(state, plan.study, pid)
-            ]
+            still = counted_now(state, plan.study, own)
+        counted = [f for pid, f in own.items() if pid in still and pid not in disputed]
         dropped = len(plan.held | disputed)
         # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
         # query's committed seed, so a re-run adds the same and only an auditor shown the
@@ -251,22 +240,35 @@ class Answerer:
         if queries.contract_versions(self.node.engine).get("research", 1) >= 3:
             body["dropped"] = dropped  # research v3; an older chain hears it from the log
         timing["tally"] = time.perf_counter() - t
-        t = time.perf_counter()
-        committed = self.node.wallet.send("research.query_answer", body)
+        timing["tally_cpu"] = time.thread_time() - t_cpu
+        done = Answered(query_id, len(counted), sent, b"", timing, dropped, body)
+        t, t_cpu = time.perf_counter(), time.thread_time()
+        if not wait:
+            submitted, done.nonce = self.node.wallet.submit_nonce(ANSWER, body)
+            if not submitted.accepted:
+                raise TxRejected(ANSWER, submitted.check.code, submitted.check.log, "check")
+            done.tx, done.submitted = submitted.tx_id, time.perf_counter()
+            timing["submit"] = done.submitted - t
+            timing["cpu"] = time.thread_time() - cpu
+            return done  # its block is awaited by the caller (`landed` once committed)
+        done.tx = self.node.wallet.send(ANSWER, body).tx_id
         timing["commit"] = time.perf_counter() - t
         timing["cpu"] = time.thread_time() - cpu
-        self.inbox.forget(query_id)
-        done = Answered(query_id, len(counted), sent, committed.tx_id, timing, dropped)
+        self.landed(done)
+        return done
+
+    def landed(self, done: Answered) -> None:
+        """The answer is committed: its partials are no longer needed; its timing is logged."""
+        self.inbox.forget(done.query)
         log.info(
             "%s answered %s for %d patients, %d counted nowhere (sent partials of %s) in %s",
             self.org,
-            query_id,
-            len(counted),
-            dropped,
-            ", ".join(f"{n} to {o}" for o, n in sorted(sent.items())) or "none",
-            ", ".join(f"{k} {v:.3f}s" for k, v in timing.items()),
+            done.query,
+            done.patients,
+            done.dropped,
+            ", ".join(f"{n} to {o}" for o, n in sorted(done.sent.items())) or "none",
+            ", ".join(f"{k} {v:.3f}s" for k, v in done.timing.items()),
         )
-        return done
 
     def _send(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
