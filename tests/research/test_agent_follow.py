@@ -85,7 +85,7 @@ def wallet(agent: StudyAgent) -> Wallet:
 def _submitted(agent: StudyAgent, ago: float = 0.0) -> Answered:
     """As the worker leaves it: the answer submitted (nonce 10), not yet committed."""
     submitted, nonce = wallet(agent).submit_nonce(ANSWER, BODY)
-    done = Answered(QUERY, 7, {}, submitted.tx_id, {"cpu": 0.1}, BODY, nonce)
+    done = Answered(QUERY, 7, {}, submitted.tx_id, {"cpu": 0.1}, body=BODY, nonce=nonce)
     done.submitted = time.perf_counter() - ago
     agent._sent[QUERY] = (done, 0)
     return done
