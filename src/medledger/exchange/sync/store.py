@@ -83,6 +83,7 @@ class SyncStore:
         self._db.executescript(_SCHEMA)
         os.chmod(path, 0o600)
         self._lock = threading.RLock()
+        self._passed = 0  # the last block planned with nothing to write (memory only)
         self._aead = AESGCM(
             HKDF(hashes.SHA256(), 32, None, b"medledger/exchange/grants/v1").derive(box_key)
         )
@@ -106,7 +107,15 @@ class SyncStore:
     def cursor(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT height FROM cursor WHERE id = 1").fetchone()
-        return 0 if row is None else int(row[0])
+            return max(0 if row is None else int(row[0]), self._passed)
+
+    def pass_block(self, height: int) -> None:
+        """Move the cursor past a block that gave the agent nothing to write, in memory only
+        (no transaction, no fsync). Safe across a crash: the stored cursor stays at the last
+        block that wrote something, with its jobs in the same transaction, so a restart
+        plans again only blocks that wrote nothing, from the same committed events."""
+        with self._lock:
+            self._passed = max(self._passed, height)
 
     # -- metadata keys -----------------------------------------------------------------
     def _aad(self, custodian: str, pid: str) -> bytes:
