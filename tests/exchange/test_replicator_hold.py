@@ -4,12 +4,14 @@ without listing the vault's patients or querying the chain at every round."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 from medledger.exchange.client import ExchangeClient
 from medledger.exchange.replicator import Replicator
+from medledger.ledger.results import BlockRecord, Event, TxResult
 from medledger.node import Node
 from medledger.vault import Vault, VaultConfig
 from tests.vault.conftest import HOSPITAL, make_pid, obs
@@ -32,9 +34,52 @@ class Chain:
         return {"rebind": self.rebind}
 
 
-def _replicator(home: Path, chain: Chain, vault: Vault) -> Replicator:
-    node = SimpleNamespace(config=SimpleNamespace(org=HOSPITAL, home=home), engine=chain)
+class App:
+    """An in-process app: it tells its listeners of each committed block."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.listeners: list[Callable[[BlockRecord], None]] = []
+
+    def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
+        self.listeners.append(fn)
+
+    def commit(self, *event_types: str) -> None:
+        self.chain.committed += 1
+        header = SimpleNamespace(height=self.chain.committed, time_ms=0)
+        result = TxResult(0, "", tuple(Event(t) for t in event_types))
+        record = SimpleNamespace(
+            header=header, height=header.height, txs=[b"tx"], results=[result], events=()
+        )
+        for fn in self.listeners:
+            fn(cast(BlockRecord, record))
+
+
+def _replicator(home: Path, chain: Chain, vault: Vault, app: App | None = None) -> Replicator:
+    node = SimpleNamespace(config=SimpleNamespace(org=HOSPITAL, home=home), engine=chain, app=app)
     return Replicator(cast(Node, node), vault, cast(ExchangeClient, None))
+
+
+def test_with_an_in_process_app_the_chain_is_asked_only_after_a_block_that_matters(
+    tmp_path: Path,
+) -> None:
+    chain = Chain()
+    app = App(chain)
+    config = VaultConfig(HOSPITAL, backend="sqlite", path=tmp_path / "vault.db", kek=b"k" * 32)
+    with Vault.open(config) as vault:
+        replicator = _replicator(tmp_path, chain, vault, app)
+        assert not replicator.awaiting_recovery() and chain.queries == 1
+        app.commit("practitioner.registered")
+        app.commit()
+        assert not replicator.awaiting_recovery()
+        assert chain.queries == 1  # two heights later, nothing that changes a rebind
+        chain.rebind = 7
+        app.commit("proposal.created", "proposal.executed")  # the rebinding vote commits
+        assert replicator.awaiting_recovery() and chain.queries == 2
+        assert replicator.awaiting_recovery() and chain.queries == 2
+        chain.rebind = None
+        app.commit("escrow.deposited")  # the recovery escrowed again
+        assert not replicator.awaiting_recovery() and chain.queries == 3
 
 
 def test_a_rebind_is_found_at_the_next_height_and_a_restored_vault_ends_the_hold(

@@ -32,6 +32,7 @@ import orjson
 from medledger.contracts import queries
 from medledger.exchange.client import ExchangeClient, ExchangeError
 from medledger.exchange.escrow import pending_recovery
+from medledger.exchange.events import block_events
 from medledger.node.custody import MAX_ITEMS, Item, ItemInfo
 from medledger.node.replicas import (
     PENDING_PURGES,
@@ -44,6 +45,7 @@ from medledger.node.replicas import (
 from medledger.vault.replication import ReplicaKeys, item_name
 
 if TYPE_CHECKING:
+    from medledger.ledger.results import BlockRecord
     from medledger.node import Node
     from medledger.vault import Vault
 
@@ -62,6 +64,11 @@ WARN_AFTER_S = 30.0
 MAX_BACKOFF_S = 30.0
 #: Wait before an erasure's purge that failed at a peer is tried again.
 PURGE_RETRY_S = 5.0
+#: The events after which `pending_recovery` may answer otherwise (escrow's `release_check`
+#: reads the org's escrow record, its membership and the executed proposals).
+REBIND_EVENTS = frozenset(
+    {"escrow.deposited", "proposal.executed", "member.rebound", "member.removed"}
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,9 @@ class Replicator:
         self._send_lock = threading.Lock()
         self._held_back = False
         self._rebind_seen: tuple[int, bool] | None = None  # (height, rebind pending there)
+        self._rebind_stale = True  # a block committed since that may have changed it
+        if node.app is not None:
+            node.app.add_commit_listener(self._committed)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Replicator:
@@ -151,8 +161,9 @@ class Replicator:
         started before the recovery, by hand or by a supervisor). Nothing is sent then.
 
         Asked every round (twice a second): the vault is asked whether it holds any patient
-        (one row, not the list), and the chain for a pending rebind once per committed height
-        (nothing else changes it)."""
+        (one row, not the list), and the chain for a pending rebind only after a committed
+        block with one of `REBIND_EVENTS` (nothing else changes it; once per height when this
+        node has no in-process app to tell it of commits)."""
         if self.vault.has_patients() or not self._rebind_pending():
             return False
         if not self._held_back:
@@ -164,10 +175,22 @@ class Replicator:
             self._held_back = True
         return True
 
+    def _committed(self, record: BlockRecord) -> None:
+        """After each commit (the ABCI thread): a block that may change whether a rebind is
+        pending (an escrow deposited, a proposal executed) makes the next round ask again."""
+        if block_events(record, REBIND_EVENTS):
+            self._rebind_stale = True
+
     def _rebind_pending(self) -> bool:
         height = self.node.engine.height()
-        if self._rebind_seen is None or self._rebind_seen[0] != height:
+        if self.node.app is not None:  # told of each commit: ask only after one that matters
+            stale = self._rebind_stale or self._rebind_seen is None
+        else:
+            stale = self._rebind_seen is None or self._rebind_seen[0] != height
+        if stale:
+            self._rebind_stale = False  # before asking: a commit meanwhile marks it again
             self._rebind_seen = (height, pending_recovery(self.node) is not None)
+        assert self._rebind_seen is not None
         return self._rebind_seen[1]
 
     def sync(self) -> None:
