@@ -287,6 +287,8 @@ def _enrol(nodes: dict[str, Node], held: dict[str, dict[str, str]]) -> int:
                         raise
                     time.sleep(2.0)
             if not submitted.accepted:
+                if attempt and "already enrolled" in submitted.check.log:
+                    continue  # the attempt whose RPC timed out reached the chain
                 raise RuntimeError(f"enrol refused: {submitted.check.log}")
             tx = submitted.tx_id
         if tx is not None:
