@@ -43,9 +43,9 @@ own txs (audit journal, reconciliation) and was resent 3 s later. The tx is
 `research.query_submit` of medledger's committed query document to that study, its
 `note_hash` the SHA-256 of the hospital's cells, not `research.query_answer` (an organisation
 key's, and the nodes' study agents would race the peer for a second query's answers): the
-same contract, a body of the same order of size, and checks of the same kind (the signer's
-role, the study, the query parsed, the budget; two reads and four writes where the answer
-does four and two). The cells are summed and finished by the bench, not by the contract
+same contract and checks of the same kind (the signer's role, the study, the query document
+parsed, the budget), half the bytes, and somewhat dearer for the apps (docs/benchmarks.md,
+"Session 10 (sqpeerkey)"). The cells are summed and finished by the bench, not by the contract
 (microseconds either way). One thread waits for the four txs' commits: it reads node 0's
 replica (its block records, read-only, no RPC) every 20 ms, the period at which the bench's
 client polls for medledger's result. The clear table lives only in this bench.
