@@ -44,6 +44,8 @@ def test_the_benchmark_runs_at_a_tiny_size(name: str) -> None:
     if name == "study":  # the peer counts what medledger counts: every enrolled patient, once
         counts = [row["count"] for row in result["result"]["strata"]]
         assert [row["count"] for row in result["peer"]["result"]["strata"]] == counts
+        # each hospital answered for the patients it holds first, under its own signer's tx
+        assert sum(a["patients"] for a in result["peer"]["answers"].values()) == 60
         # female and male in three age bands, each over k; "other" and "unknown" withheld
         assert sum(c for c in counts if c is not None) == result["enrolled"] == 60, result
         assert counts.count(None) == 6, counts
