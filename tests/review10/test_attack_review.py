@@ -38,7 +38,7 @@ def _shared(w: World, name: str, first: str, then: str, enroller: str) -> str:
 def _who_counts(w: World, pid: str, record: dict[str, Any]) -> str:
     links = linked(w.state, "s1", pid, record)
     held_by = custodians(w.state, pid, record)
-    return answering(record["id"], held_by, links, settled_by(w.state, record))
+    return str(answering(record["id"], held_by, links, settled_by(w.state, record)))
 
 
 def test_a_peer_cannot_make_another_hospitals_answer_report_a_patient_it_counts_itself() -> None:
