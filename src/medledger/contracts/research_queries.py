@@ -22,6 +22,8 @@ consortia start on v3: its answer also says how many enrolled patients the answe
 nowhere (`dropped`, 0..MAX_PATIENTS: held by a link too young, or whose counting hospital its
 replica computed otherwise than a co-custodian's, `node/study_partials.py`), kept in its
 `answers` entry and summed in the query's `dropped` when done; a v2 chain refuses the field.
+A v3 query's start also fixes `links_by` (its start less `study_link_settle_ms`), so that a
+vote on the parameter while it runs changes no counting hospital; v2 records have none.
 
 State (prefix `research/`, besides v1's):
     research/query/<study>/q<seq:04d>   a query: document, approvals, answerers, answers, result
@@ -42,7 +44,7 @@ from typing import Any
 from medledger.contracts import governance, study_query
 from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import check_hash
-from medledger.contracts.policies import DueQueue
+from medledger.contracts.policies import DueQueue, param
 from medledger.contracts.research import CONTRACTS as V1
 from medledger.contracts.research import Register, get_study, register, study_open
 from medledger.ledger.contract import Context, Message
@@ -241,6 +243,15 @@ def awaited_approvals(state: StateView, record: dict[str, Any]) -> list[str]:
 
 
 def query_approve(ctx: Context, msg: QueryApprove) -> None:
+    _approve(ctx, msg, fix_links=False)
+
+
+def query_approve_v3(ctx: Context, msg: QueryApprove) -> None:
+    """v3: the query's start also fixes `links_by` (see `_start`)."""
+    _approve(ctx, msg, fix_links=True)
+
+
+def _approve(ctx: Context, msg: QueryApprove, *, fix_links: bool) -> None:
     org, practitioner = acting_org(ctx, role="dpo")
     if practitioner is None:  # an organisation key holds every role: it names no DPO
         raise TxError(Code.UNAUTHORIZED, "an approval is signed with a DPO's practitioner key")
@@ -285,12 +296,18 @@ def query_approve(ctx: Context, msg: QueryApprove) -> None:
     )
     ctx.emit("study.query_approved", query=msg.query, role=msg.role, org=org)
     if not awaited_approvals(ctx.state, record):
-        _start(ctx, record, study)
+        _start(ctx, record, study, fix_links=fix_links)
     ctx.state.put(f"research/query/{msg.query}", record)
 
 
-def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
-    """The last approval: answerers, reference date, deadline, k fixed; the budget spent."""
+def _start(
+    ctx: Context, record: dict[str, Any], study: dict[str, Any], *, fix_links: bool
+) -> None:
+    """The last approval: answerers, reference date, deadline, k fixed; the budget spent.
+    v3 (`fix_links`) also fixes `links_by`, the latest filing time of a link that counts
+    (`node/study_partials.settled_by`): a vote on `study_link_settle_ms` while the query
+    runs would otherwise make answerers at different heights choose different counting
+    hospitals. A time, like `started`: it tells nothing about a patient."""
     _check_floor(ctx.state, record["epsilon_milli"])
     _check_budget(study, record["epsilon_milli"])
     study["privacy_spent_milli"] = _budget(study)[1] + record["epsilon_milli"]
@@ -311,6 +328,8 @@ def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any]) -> None:
         k=max(settings["study_min_cell"], int(study["min_cohort"])),
         started=ctx.time_ms,
     )
+    if fix_links:
+        record["links_by"] = ctx.time_ms - param(ctx.state, "study_link_settle_ms")
     n_cells = len(study_query.cells(study_query.parse(record["doc"])))
     ctx.state.put(f"research/qsum/{record['id']}", [0] * n_cells)
     DUE.add(ctx.state, record["deadline_ms"], record["number"])
@@ -475,6 +494,9 @@ CONTRACTS = [
         version=3,
         messages={
             **_V2.messages,
+            "research.query_approve": Message(
+                "research.query_approve", QueryApprove, query_approve_v3
+            ),
             "research.query_answer": Message(
                 "research.query_answer", QueryAnswerV3, query_answer_v3
             ),

@@ -117,7 +117,11 @@ def answering(
 
 
 def settled_by(state: StateView, record: dict[str, Any]) -> int:
-    """The latest filing time (ms) of a link that counts for the query (see `answering`)."""
+    """The latest filing time (ms) of a link that counts for the query (see `answering`):
+    fixed when the query started (research v3 `links_by`), as every other input of
+    `answering` is; a record started under v2 has none: the parameter as it stands."""
+    if "links_by" in record:
+        return int(record["links_by"])
     return started_ms(record) - int(params(state)["study_link_settle_ms"])
 
 
