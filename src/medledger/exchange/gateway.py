@@ -106,7 +106,7 @@ from medledger.node.custody import (
 )
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.study_partials import BODY_LIMIT as PARTIALS_BODY_LIMIT
-from medledger.node.study_partials import Inbox, PartialsRefused
+from medledger.node.study_partials import Inbox, PartialsRefused, not_kept
 from medledger.node.study_partials import check as check_partials
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -787,7 +787,8 @@ class Gateway:
             raise Refused(exc.status, exc.reason) from None
         self.partials.put(query_id, caller.actor.org, facts, dropped)
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
-        return {"query": query_id, "accepted": len(facts), "dropped": len(dropped)}
+        # The pids not kept go back to the sender, which counts them nowhere (its own pids).
+        return {"query": query_id, "accepted": len(facts), "dropped": not_kept(args, facts)}
 
     # -- custody of other members' replicas (node/custody.py) -------------------------------
     def _custodian_store(self, caller: Caller) -> CustodyStore:

@@ -14,9 +14,10 @@ heard from all. Only the answering hospital counts the patient.
 
 The receiver (the gateway, `check`) accepts a message only from an answerer's hospital key,
 while the query runs, and for each pid only if the patient is enrolled in the query's study
-(not withdrawn, no erasure request: a patient who withdrew since the sender looked is dropped,
-not counted), and the sender is one of its custodians; a pid whose answering hospital it
-computes otherwise is dropped (counted by neither side), not the whole message.
+(not withdrawn, no erasure request: a patient who withdrew since the sender looked is not
+kept, nor counted), and the sender is one of its custodians; a pid whose answering hospital it
+computes otherwise is not kept (counted by neither side), not the whole message, and returned
+in the reply: the sender, not the receiver, reports it counted nowhere.
 Custodians are those whose custody had begun when the query started running (`custodians`).
 What it accepts is kept in `<home>/research/partials.db` (`Inbox`)
 until the answer is on the chain, encrypted at rest (AES-256-GCM under a key derived from the
@@ -223,6 +224,12 @@ def counts(state: StateView, study: str, pid: str) -> bool:
     return _counts(enrolment, erasure_requested(state, pid) is not None)
 
 
+def not_kept(body: dict[str, Any], kept: Collection[str]) -> list[str]:
+    """The pids of a checked partials message (`check`) that the receiver did not keep: the
+    sender's own patients, returned in the gateway's reply (`Inbox.returned`)."""
+    return sorted(str(item[0]) for item in body["patients"] if item[0] not in kept)
+
+
 def _counts(enrolment: dict[str, Any] | None, erasure: bool) -> bool:
     return enrolment is not None and enrolment.get("status") == "enrolled" and not erasure
 
@@ -335,10 +342,15 @@ def check(
     (query id, {pid: facts}, dropped pids) or raises PartialsRefused naming what is wrong.
 
     A pid whose answering hospital this replica computes otherwise than the sender did
-    (held here, or another's: a parameter voted, a custody ended between the two reads) is
-    *dropped*, not the whole message: the sender gave it away and does not count it, and
-    the receiver keeps none of its facts and does not count it either (`Inbox.dropped`), so
-    that no two hospitals count it; its answer says how many it dropped so."""
+    (held, or another's: a custody ended between the two reads, or a sender lying) is not
+    kept, not the whole message: the sender gave it away and does not count it. When this
+    replica gives it to a third hospital, or to none, it is *dropped*: the receiver does not
+    count it either (`Inbox.dropped`), so that no two hospitals count it; when it gives it
+    to the sender, the receiver would not count it anyway. Neither goes into the receiver's
+    answer's `dropped`: a co-custodian could otherwise put a false shortfall in any
+    co-answerer's answer. The gateway returns every pid not kept (`not_kept`) to the sender,
+    which counts them nowhere and says so in its own answer. A patient no longer enrolled
+    (`counts`) is not kept either, and is no dispute."""
     query_id = body.get("query")
     if not isinstance(query_id, str) or not query_id:
         raise PartialsRefused(400, "query: a query id expected")
@@ -378,10 +390,13 @@ def check(
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
         except Exception as exc:  # the model's own refusal (TxError) names the field
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
-        if answering(query_id, held_by, linked(state, study, pid, record), settled) != receiver:
-            dropped.append(pid)  # the views differ: counted by neither (see above)
-        elif counts(state, study, pid):  # withdrawn since the sender looked: not counted
+        if not counts(state, study, pid):  # withdrawn since the sender looked: no dispute
+            continue
+        counter = answering(query_id, held_by, linked(state, study, pid, record), settled)
+        if counter == receiver:
             found[pid] = facts
+        elif counter != sender:
+            dropped.append(pid)  # another's, or held: this hospital never counts it
     return query_id, found, dropped
 
 
@@ -402,6 +417,11 @@ CREATE TABLE IF NOT EXISTS sent (
     query    TEXT NOT NULL,
     receiver TEXT NOT NULL,
     PRIMARY KEY (query, receiver)
+) STRICT;
+CREATE TABLE IF NOT EXISTS returned (
+    query TEXT NOT NULL,
+    pid   TEXT NOT NULL,
+    PRIMARY KEY (query, pid)
 ) STRICT;
 """
 
@@ -457,7 +477,8 @@ class Inbox:
             self._arrived.notify_all()
 
     def dropped(self, query_id: str) -> set[str]:
-        """The pids dropped from the query's partials (`check`): this hospital counts none."""
+        """The pids dropped from the query's partials (`check`): this hospital counts none,
+        nor reports them (their sender does)."""
         with self._lock:
             rows = self._db.execute("SELECT pid FROM dropped WHERE query = ?", (query_id,))
             return {str(r[0]) for r in rows}
@@ -495,9 +516,27 @@ class Inbox:
             }
         return out
 
-    def mark_sent(self, query_id: str, receiver: str) -> None:
+    def mark_sent(self, query_id: str, receiver: str, returned: Sequence[str] = ()) -> None:
+        """The receiver took the message; `returned`: the pids of it that it did not keep
+        (its reply's `dropped`), in one transaction."""
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO sent VALUES (?, ?)", (query_id, receiver))
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO sent VALUES (?, ?)", (query_id, receiver))
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO returned VALUES (?, ?)",
+                    [(query_id, p) for p in returned],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def returned(self, query_id: str) -> set[str]:
+        """The pids this hospital sent and a receiver did not keep: counted nowhere."""
+        with self._lock:
+            rows = self._db.execute("SELECT pid FROM returned WHERE query = ?", (query_id,))
+            return {str(r[0]) for r in rows}
 
     def sent(self, query_id: str) -> set[str]:
         with self._lock:
@@ -510,6 +549,7 @@ class Inbox:
             self._db.execute("DELETE FROM partials WHERE query = ?", (query_id,))
             self._db.execute("DELETE FROM dropped WHERE query = ?", (query_id,))
             self._db.execute("DELETE FROM sent WHERE query = ?", (query_id,))
+            self._db.execute("DELETE FROM returned WHERE query = ?", (query_id,))
 
     def queries(self) -> list[str]:
         with self._lock:

@@ -83,7 +83,7 @@ class Answered:
     sent: dict[str, int]
     tx: bytes = b""
     timing: dict[str, float] = field(default_factory=dict)
-    dropped: int = 0  # enrolled patients it counted nowhere: held, or disputed (study_partials)
+    dropped: int = 0  # enrolled patients it counted nowhere: held, or sent and not kept
     body: dict[str, Any] = field(default_factory=dict)  # of its `research.query_answer` tx
     nonce: int = 0  # of `tx`, when submitted without waiting
     submitted: float = 0.0  # perf_counter() when `tx` was submitted without waiting
@@ -108,6 +108,16 @@ class Plan:
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
     return set(record.get("answers") or {})
+
+
+def _returned(reply: Any, share: list[list[Any]]) -> list[str]:
+    """The pids of `share` the receiver says it did not keep (its reply's `dropped`: the
+    study_partials check); any other pid it names is ignored: not this sender's to report."""
+    named = reply.get("dropped") if isinstance(reply, dict) else None
+    if not isinstance(named, list):
+        return []
+    sent = {str(pid) for pid, _ in share}
+    return sorted({p for p in named if isinstance(p, str) and p in sent})
 
 
 def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> dict[str, bytes]:
@@ -216,11 +226,13 @@ class Answerer:
             for pid, theirs in received.items():
                 base = own.get(pid)
                 own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
-        disputed = self.inbox.dropped(query_id)  # check's: counted by nobody
+        disputed = self.inbox.dropped(query_id)  # check's: counted here by nobody
+        returned = self.inbox.returned(query_id)  # sent, not kept by their receiver
         with self.node.engine.read_view() as state:
             still = counted_now(state, plan.study, own)
+            given_back = counted_now(state, plan.study, returned)  # withdrawn: no dispute
         counted = [f for pid, f in own.items() if pid in still and pid not in disputed]
-        dropped = len(plan.held | disputed)
+        dropped = len(plan.held | given_back)
         # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
         # query's committed seed, so a re-run adds the same and only an auditor shown the
         # signature can redraw it; the answer carries the seed's commitment.
@@ -284,11 +296,11 @@ class Answerer:
 
         def one(receiver: str) -> str | None:
             try:
-                self.send(receiver, plan.query_id, todo[receiver])
+                reply = self.send(receiver, plan.query_id, todo[receiver])
             except Exception as exc:  # refused or unreachable: retried below
                 log.warning("%s: partials of %s to %s: %s", self.org, plan.query_id, receiver, exc)
                 return None
-            self.inbox.mark_sent(plan.query_id, receiver)
+            self.inbox.mark_sent(plan.query_id, receiver, _returned(reply, todo[receiver]))
             return receiver
 
         while todo:
