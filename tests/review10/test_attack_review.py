@@ -18,7 +18,7 @@ from medledger.node.study_partials import (
     linked,
     settled_by,
 )
-from tests.contracts.test_study_queries import _world
+from tests.contracts.test_study_queries import _run, _submit, _world
 from tests.contracts.test_study_trust import _record
 from tests.support.world import World, pid_of
 
@@ -73,7 +73,8 @@ def test_the_settle_horizon_of_a_running_query_does_not_move_with_a_vote() -> No
     without h0's facts, silently (dropped stays 0)."""
     w = _world()  # a sandbox: links count at once
     mia = _shared(w, "mia", "h0", "h1", enroller="h1")
-    record = _record(w)
+    assert _submit(w).ok
+    record = _run(w)  # started by the contract (research v3), as the answerers read it
     before = _who_counts(w, mia, record)
     assert before == "h1"
     horizon = settled_by(w.state, record)

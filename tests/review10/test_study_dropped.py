@@ -3,7 +3,7 @@
 Before, the receiver refused the whole partials message, and the query ended incomplete
 for one patient. Now it drops that patient: it keeps none of the sender's facts of them and
 does not count them itself (the sender, which gave them away, does not either), so that no
-two hospitals count them; and its answer says how many patients it counted nowhere
+two hospitals count them; and the sender's answer says how many patients it counted nowhere
 (research v3 `dropped`: a count of enrolled patients, no pid, nothing of their health)."""
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from medledger.contracts.research_queries import MAX_PATIENTS
 from medledger.contracts.study_query import PatientFacts
 from medledger.interop import study_results
 from medledger.ledger.errors import Code
-from medledger.node.study_partials import Inbox, answering, check, custodians, linked
+from medledger.node.study_partials import (
+    Inbox,
+    answering,
+    check,
+    custodians,
+    linked,
+    not_kept,
+)
 from tests.contracts.test_study_queries import _answer, _masks, _run, _submit, _world
 from tests.contracts.test_study_trust import _record
 from tests.support import ledger
@@ -54,7 +61,11 @@ def test_one_disputed_patient_is_dropped_the_rest_of_the_message_kept() -> None:
     query_id, kept, dropped = check(w.state, record, "h0", "h1", body, int(time.time() * 1000))
     assert query_id == record["id"]
     assert set(kept) == {mia}  # the message is taken, for the patient h1 does count
-    assert dropped == [ned]  # counted by neither: h0 gave him away, h1 keeps nothing of his
+    # Counted by neither: h0 gave him away, h1 keeps nothing of his. h1's replica gives
+    # him to h0, so h1 would not count him anyway, and does not report him (review 10):
+    # its reply returns him to h0, whose own answer says so.
+    assert dropped == []
+    assert not_kept(body, kept) == [ned]
 
 
 def test_the_dropped_patients_survive_a_restart_and_go_with_the_query(tmp_path: Path) -> None:
