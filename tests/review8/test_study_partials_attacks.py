@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from medledger.contracts.study_query import PatientFacts
-from medledger.node.study_partials import answering, check, custodians, rank
+from medledger.node.study_partials import answering, check, custodians, not_kept, rank
 from tests.contracts.test_study_queries import _world
 
 
@@ -46,9 +46,11 @@ def test_a_junk_custodian_never_receives_the_real_custodians_facts() -> None:
     assert answering(query_id, held_by) == "h0"  # the hospital that treated her first
     facts = PatientFacts(sex="female", matched={"cohort": True}, value=("2025-05-02", 7400))
     body = {"query": query_id, "patients": [[alice, facts.to_obj()]]}
-    # h2 keeps none of h0's facts about alice (session 10: dropped, counted by neither).
+    # h2 keeps none of h0's facts about alice (session 10: not kept, counted by neither;
+    # review 10: h2's replica gives her to h0, so h2 does not report her, it returns her).
     _, kept, dropped = check(w.state, record, "h0", "h2", body, now)
-    assert not kept and dropped == [alice], "h2 would hold h0's facts about alice"
+    assert not kept and not dropped, "h2 would hold h0's facts about alice"
+    assert not_kept(body, kept) == [alice]
     # The other way round, h2's (junk) facts go to h0, which counts her once.
     _, taken, dropped = check(w.state, record, "h2", "h0", body, now)
     assert list(taken) == [alice] and not dropped
