@@ -328,3 +328,28 @@ def test_a_receiver_takes_partials_only_for_its_own_enrolled_shared_patients(
             and answering(query_id, out_by, linked(state, STUDY, outsider, record)) == receiver
         ):
             assert outsider not in ask(sender, receiver, [outsider])[1]
+
+
+def test_a_pid_the_receiver_does_not_keep_goes_back_to_its_sender_not_into_its_answer(
+    sandbox4: Sandbox,
+) -> None:
+    """A hospital sends the facts of a patient it counts itself to a co-custodian (a lying
+    member, or a replica that read otherwise): the receiver keeps none of them, does not
+    report the patient in its own answer, and names them in its reply to the sender, which
+    gave them away and so reports them (review 10)."""
+    from medledger.contracts.study_query import PatientFacts
+
+    study = of(sandbox4)
+    study.load(12, seed=5)
+    study.register(["labs"])
+    label = next(label for label, holders in sorted(study.holders.items()) if len(holders) >= 2)
+    study.enrol(label)  # by its last holder: its link, its counting hospital
+    counter, other = study.holders[label][-1], study.holders[label][0]
+    query_id = study.run(HBA1C_QUERY)
+    facts = PatientFacts(sex="female", matched={"cohort": True}, value=("2026-01-05", 6900))
+    pid = study.pid[label]
+    reply = sandbox4.x(counter).client.study_partials(other, query_id, [[pid, facts.to_obj()]])
+    assert reply["accepted"] == 0 and reply["dropped"] == [pid]
+    inbox = sandbox4.x(other).partials
+    assert inbox.received(query_id) == {counter: {}}  # heard from, nothing kept
+    assert inbox.dropped(query_id) == set()  # nothing the receiver's answer would report
