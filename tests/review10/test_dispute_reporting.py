@@ -39,7 +39,9 @@ def _patient(w: World, name: str, custodians: tuple[str, ...], enroller: str) ->
     return pid
 
 
-def _check(w: World, record: dict[str, Any], pids: list[str]) -> tuple[set[str], list[str], list[str]]:
+def _check(
+    w: World, record: dict[str, Any], pids: list[str]
+) -> tuple[set[str], list[str], list[str]]:
     """h0 sends the pids to h1: (kept, dropped by h1, returned to h0)."""
     body = {"query": record["id"], "patients": [[p, FACTS.to_obj()] for p in pids]}
     _, kept, dropped = check(w.state, record, "h0", "h1", body, int(time.time() * 1000))

@@ -300,9 +300,7 @@ def _approve(ctx: Context, msg: QueryApprove, *, fix_links: bool) -> None:
     ctx.state.put(f"research/query/{msg.query}", record)
 
 
-def _start(
-    ctx: Context, record: dict[str, Any], study: dict[str, Any], *, fix_links: bool
-) -> None:
+def _start(ctx: Context, record: dict[str, Any], study: dict[str, Any], *, fix_links: bool) -> None:
     """The last approval: answerers, reference date, deadline, k fixed; the budget spent.
     v3 (`fix_links`) also fixes `links_by`, the latest filing time of a link that counts
     (`node/study_partials.settled_by`): a vote on `study_link_settle_ms` while the query
