@@ -125,7 +125,7 @@ QUERY: dict[str, Any] = {
 
 #: Patients per ingested Bundle (about 3.5 resources each: under records.MAX_ENTRIES).
 PER_BUNDLE = 100
-_ANSWERED = re.compile(r"(\S+) answered (\S+) for (\d+) patients .* in (.*)$")
+_ANSWERED = re.compile(r"(\S+) answered (\S+) for (\d+) patients\b.* in (.*)$")
 
 
 def _bundle(n: int, org: str, rng: random.Random) -> dict[str, Any]:
