@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -61,3 +61,27 @@ def test_every_benchmark_but_the_cometbft_network_is_smoke_tested() -> None:
     tests/test_bench_hapi.py covers its harness."""
     found = {p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py")}
     assert found - set(TINY) == {"cometbft", "hapi"}
+
+
+class _Inbox:
+    def forget(self, query_id: str) -> None:
+        self.forgotten = query_id
+
+
+def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`bench study` takes each hospital's figures from the line `Answerer.landed` logs: a
+    change of that line must not leave the bench's per-node figures silently empty."""
+    from medledger.research.answer import Answered, Answerer
+
+    answerer = Answerer.__new__(Answerer)  # landed() needs only its org and inbox
+    answerer.org, answerer.inbox = "chu-lyon", cast(Any, _Inbox())
+    timing = {"read": 0.25, "evaluate_cpu": 0.5, "cpu": 1.0}
+    with caplog.at_level("INFO", logger="medledger.research.answer"):
+        answerer.landed(Answered("s1/q0001", 12, {"aphp-paris": 3}, b"", timing, 2))
+    (tmp_path / "logs").mkdir()
+    line = f"2026-11-30 18:00:00 INFO medledger.research.answer {caplog.records[-1].getMessage()}"
+    (tmp_path / "logs" / "chu-lyon.app.log").write_text(line + "\n")
+    found = _load("study")._answers(tmp_path, "s1/q0001")
+    assert found == {"chu-lyon": {"patients": 12, **timing}}

@@ -97,7 +97,7 @@ from medledger.contracts import governance, identity
 from medledger.contracts.common import check_id, check_pid, is_id, is_pid
 from medledger.contracts.governance import is_member
 from medledger.contracts.identity import acting_org, resolve_actor
-from medledger.ledger.contract import Context, Contract, Message, parse_item, parse_message
+from medledger.ledger.contract import Context, Contract, Message, QueryFn, parse_item, parse_message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.keys import verify
 from medledger.ledger.store import StateView
@@ -1123,6 +1123,13 @@ def q_seq(state: StateView, args: dict[str, Any]) -> int:
     return 0 if actor is None else int(state.get(f"acc/seq/{actor.org}") or 0)
 
 
+#: v2's queries, unchanged since: v3 and v4 change only what `access.log` accepts.
+_QUERIES_V2: dict[str, QueryFn] = {
+    "access/of_patient": q_of_patient_v2,
+    "access/by_custodian": q_by_custodian_v2,
+    "access/seq": q_seq,
+}
+
 CONTRACTS = [
     Contract(
         name="access",
@@ -1134,30 +1141,18 @@ CONTRACTS = [
         name="access",
         version=2,
         messages={"access.log": Message("access.log", LogV2, log_v2)},
-        queries={
-            "access/of_patient": q_of_patient_v2,
-            "access/by_custodian": q_by_custodian_v2,
-            "access/seq": q_seq,
-        },
+        queries=_QUERIES_V2,
     ),
     Contract(
         name="access",
         version=3,
         messages={"access.log": Message("access.log", LogV3, log_v3)},
-        queries={
-            "access/of_patient": q_of_patient_v2,
-            "access/by_custodian": q_by_custodian_v2,
-            "access/seq": q_seq,
-        },
+        queries=_QUERIES_V2,
     ),
     Contract(
         name="access",
         version=4,
         messages={"access.log": Message("access.log", LogV3, log_v4)},
-        queries={
-            "access/of_patient": q_of_patient_v2,
-            "access/by_custodian": q_by_custodian_v2,
-            "access/seq": q_seq,
-        },
+        queries=_QUERIES_V2,
     ),
 ]
