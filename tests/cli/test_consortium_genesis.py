@@ -173,3 +173,34 @@ def test_join_genesis_refuses_a_wrong_hash_or_tampered_validators_writing_nothin
     both = run("join", "--home", str(home), "--genesis", str(out), "--from", "https://x:1",
                ok=False)  # fmt: skip
     assert "either --from URL" in both.output
+
+
+def test_a_starting_parameter_a_vote_could_not_set_is_refused_by_name(tmp_path: Path) -> None:
+    """A founder types the consortium's first parameters; governance's bounds apply to them
+    as to a vote (a threshold above the shares would make every escrowed key unrecoverable)."""
+    requests = _founders(tmp_path)
+    out = tmp_path / "genesis.json"
+    crossed = _genesis(out, requests, "--param", "escrow_threshold=4", ok=False)
+    assert crossed.exit_code != 0
+    assert "params.escrow_threshold: escrow_threshold would be 4 and escrow_shares 3" in (
+        crossed.output
+    )
+    typo = _genesis(out, requests, "--param", "study_min_cel=10", ok=False)
+    assert "params.study_min_cel: no such parameter" in typo.output
+    assert not out.exists()  # nothing written
+    _genesis(out, requests, "--param", "study_min_cell=10", "--param", "escrow_shares=4")
+    params = json.loads(out.read_text())["genesis"]["params"]
+    assert params["study_min_cell"] == 10 and params["escrow_shares"] == 4
+
+
+def test_join_refuses_a_founding_file_whose_parameters_were_edited(tmp_path: Path) -> None:
+    requests = _founders(tmp_path)
+    out = tmp_path / "genesis.json"
+    _genesis(out, requests)
+    founding = json.loads(out.read_text())
+    founding["genesis"]["params"]["proposal_ttl_ms"] = 0  # one vote would freeze governance
+    out.write_text(json.dumps(founding))
+    home = tmp_path / "chu-lyon"
+    said = run("join", "--home", str(home), "--genesis", str(out), ok=False)
+    assert said.exit_code != 0 and "params.proposal_ttl_ms: proposal_ttl_ms is" in said.output
+    assert not (home / "genesis.json").exists()  # nothing written

@@ -35,6 +35,7 @@ class Chain:
     def __init__(self) -> None:
         self.committed: dict[bytes, TxResult] = {}
         self.nonce = 0
+        self.answers: dict[str, dict[str, Any]] = {}  # the query record's answers, by org
 
     def wait_for_commit(self, tx_id: bytes, timeout: float = 30.0) -> Committed:
         if tx_id in self.committed:
@@ -46,7 +47,14 @@ class Chain:
             return self.nonce
         if path == "ledger/tx":
             return {"height": 5, "index": 0} if data["id"] in self.committed else None
+        if path == "research/query" and data["query"] == QUERY:
+            return {"id": QUERY, "answers": self.answers}
         raise AssertionError(path)
+
+    def commit_answer(self, tx_id: bytes, patients: int = 7) -> None:
+        """The answer tx commits: the query's record names this hospital's answer."""
+        self.committed[tx_id] = TxResult(0)
+        self.answers["h0"] = {"patients": patients, "noise_commitment": b"", "tx": tx_id}
 
 
 class Wallet:
@@ -148,3 +156,54 @@ def test_a_lost_answer_found_committed_meanwhile_is_not_sent_again(agent: StudyA
     agent._follow()
     assert agent.answered[QUERY] is done
     assert len(wallet(agent).sent) == 1
+
+
+def test_a_resend_refused_because_the_first_send_committed_reads_answered(
+    agent: StudyAgent,
+) -> None:
+    """A real-world retry: the first answer tx looked lost (its nonce passed, no location
+    yet), was resent, and then turned out committed; the resend is refused ("already
+    answered"). What the researcher and the DPO read is the truth: answered, by the first tx."""
+    first = _submitted(agent, ago=agent_module.LOSS_CHECK_S + 1)
+    first_tx = first.tx
+    chain(agent).nonce = first.nonce
+    agent._follow()  # looks lost: sent again with a fresh nonce
+    again, _ = agent._sent[QUERY]
+    assert again.tx != first_tx
+    chain(agent).commit_answer(first_tx)  # the first one did land, a block later
+    chain(agent).committed[again.tx] = TxResult(int(Code.CONFLICT), "field query: answered")
+    agent._follow()
+    assert agent.answered[QUERY].tx == first_tx
+    assert QUERY not in agent._later  # not retried: there is nothing left to do
+    status = agent.status()[0]
+    assert status == f"study query {QUERY}: answered for 7 patients, tx {first_tx.hex()[:16]}"
+    assert "failed" not in status
+
+
+def test_a_resend_refused_at_check_after_the_first_committed_reads_answered(
+    agent: StudyAgent,
+) -> None:
+    first = _submitted(agent, ago=agent_module.LOSS_CHECK_S + 1)
+    first_tx = first.tx
+    chain(agent).nonce = first.nonce
+    chain(agent).commit_answer(first_tx, patients=9)  # committed, its location not yet known
+
+    def refused(kind: str, body: dict[str, Any]) -> tuple[Submitted, int]:
+        wallet(agent).sent.append((kind, body, 11))
+        return Submitted(b"r" * 32, TxResult(int(Code.CONFLICT), "already answered")), 11
+
+    chain(agent).committed.pop(first_tx)  # as the node's index had it when it looked
+    cast(Any, agent.node.wallet).submit_nonce = refused
+    agent._follow()
+    assert agent.answered[QUERY].tx == first_tx and agent.answered[QUERY].patients == 9
+    assert agent.status() == [
+        f"study query {QUERY}: answered for 9 patients, tx {first_tx.hex()[:16]}"
+    ]
+
+
+def test_a_refused_answer_with_none_on_the_chain_still_reads_failed(agent: StudyAgent) -> None:
+    done = _submitted(agent)
+    chain(agent).committed[done.tx] = TxResult(int(Code.INVALID_BODY), "field cells: 3 cells")
+    agent._follow()
+    assert QUERY not in agent.answered
+    assert agent.status()[0].startswith(f"study query {QUERY}: failed, retried in")

@@ -24,6 +24,19 @@ def _powers(items: list[str]) -> dict[str, int]:
     return found
 
 
+def _params(items: list[str]) -> dict[str, int]:
+    """`name=N` options into a map (their bounds are the contracts' to check)."""
+    found: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            fail(f"--param {item!r}: expected name=N (a whole number)")
+        if name in found:
+            fail(f"--param: {name} given twice")
+        found[name] = int(value)
+    return found
+
+
 def register(app: typer.Typer) -> None:
     consortium = typer.Typer(help="Founding a consortium across machines.", no_args_is_help=True)
     app.add_typer(consortium, name="consortium")
@@ -46,6 +59,13 @@ def register(app: typer.Typer) -> None:
         block_time: Annotated[
             str, typer.Option(help="CometBFT block time, e.g. 1s or 250ms.")
         ] = "1s",
+        param: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="name=N, a parameter the consortium starts with (repeat); refused, "
+                "naming it, unless a vote could set it."
+            ),
+        ] = None,
     ) -> None:
         """Build the genesis from the founders' public join requests; print its hash.
 
@@ -63,6 +83,7 @@ def register(app: typer.Typer) -> None:
                 powers=_powers(power or []),
                 block_time_ms=parse_duration_ms(block_time),
                 genesis_time_ms=int(time.time() * 1000),
+                params=_params(param or []),
             )
             write_founding(out, founding)
         orgs = ", ".join(r.org for r in requests)

@@ -10,7 +10,10 @@ May import: ledger (and host). Pure functions over explicit state: no I/O, no cl
 
 from __future__ import annotations
 
+from typing import Any
+
 from medledger.ledger.contract import Contract, Registry
+from medledger.ledger.errors import Code, TxError
 
 
 def all_contracts() -> list[Contract]:
@@ -59,3 +62,18 @@ def default_versions() -> dict[str, int]:
 
 def default_registry() -> Registry:
     return Registry(all_contracts())
+
+
+def check_genesis_params(params: dict[str, Any], versions: dict[str, int]) -> None:
+    """Refuse, before a genesis is written, a parameter that no contract knows or that a vote
+    under these contract `versions` could not set (out of bounds, a crossed pair): TxError
+    naming it. The contracts' genesis (InitChain) applies the same rule to a file edited
+    since (governance.genesis_params, policies.genesis_params)."""
+    from medledger.contracts import governance, policies
+
+    known = {*governance.DEFAULT_PARAMS, *policies.DEFAULT_PARAMS}
+    for name in sorted(params):
+        if name not in known:
+            raise TxError(Code.INVALID_BODY, f"field params.{name}: no such parameter")
+    governance.genesis_params(params, versions.get("governance", 0))
+    policies.genesis_params(params)

@@ -258,6 +258,46 @@ def param_bounds(name: str, version: int = 3) -> tuple[int, int | None]:
     return (0, None)
 
 
+def param_problem(name: str, value: int, current: dict[str, int], version: int) -> str:
+    """Why parameter `name` may not be `value` under `version` of this contract, the others
+    being `current` ("" when it may): its bounds (`param_bounds`) and the pairs it may not
+    cross (`param_conflict`). The one rule of a `set_param` vote and of a genesis."""
+    if value < 0:
+        return "must not be negative"
+    if name == "backup_replicas" and value > MAX_BACKUP_REPLICAS:
+        return (
+            f"backup_replicas is at most {MAX_BACKUP_REPLICAS} (an erasure's attestation names "
+            "them all)"
+        )
+    if name == "custody_grace_days" and not GRACE_DAYS[0] <= value <= GRACE_DAYS[1]:
+        return (
+            f"custody_grace_days is {GRACE_DAYS[0]} to {GRACE_DAYS[1]} (a thief's drops must "
+            "outlast the rebinding vote; the trash counts in the quota)"
+        )
+    low, high = param_bounds(name, version)
+    if not low <= value <= (value if high is None else high):
+        return f"{name} is {low} to {high}"
+    return param_conflict(name, value, current, version)
+
+
+def genesis_params(given: dict[str, Any], version: int) -> dict[str, int]:
+    """The governance parameters among a genesis's `given` ones, each an integer that a vote
+    under `version` could set, the pairs not crossed (`param_problem`); TxError naming the
+    first that is not. Parameters of other contracts (policies) are left to them."""
+    found: dict[str, int] = {}
+    for name, value in sorted(given.items()):
+        if name not in DEFAULT_PARAMS:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TxError(Code.INVALID_BODY, f"field params.{name}: an integer expected")
+        found[name] = value
+    for name, value in found.items():
+        problem = param_problem(name, value, found, version)
+        if problem:
+            raise TxError(Code.INVALID_BODY, f"field params.{name}: {problem}")
+    return found
+
+
 # -- actions a proposal can carry ---------------------------------------------------------
 
 
@@ -518,31 +558,11 @@ def _validate_action(ctx: Context, action: str, args: dict[str, Any]) -> Any:
     elif isinstance(parsed, SetParam):
         if parsed.name not in DEFAULT_PARAMS:
             raise TxError(Code.INVALID_BODY, f"field args.name: unknown parameter {parsed.name!r}")
-        if parsed.value < 0:
-            raise TxError(Code.INVALID_BODY, "field args.value: must not be negative")
-        if parsed.name == "backup_replicas" and parsed.value > MAX_BACKUP_REPLICAS:
-            raise TxError(
-                Code.INVALID_BODY,
-                f"field args.value: backup_replicas is at most {MAX_BACKUP_REPLICAS} (an "
-                "erasure's attestation names them all)",
-            )
-        if parsed.name == "custody_grace_days" and not (
-            GRACE_DAYS[0] <= parsed.value <= GRACE_DAYS[1]
-        ):
-            raise TxError(
-                Code.INVALID_BODY,
-                f"field args.value: custody_grace_days is {GRACE_DAYS[0]} to {GRACE_DAYS[1]} (a "
-                "thief's drops must outlast the rebinding vote; the trash counts in the quota)",
-            )
-        # The one statement of the ranges, the CLI's too (`param_bounds`).
-        low, high = param_bounds(parsed.name, contract_version(state, "governance"))
-        if not low <= parsed.value <= (parsed.value if high is None else high):
-            raise TxError(Code.INVALID_BODY, f"field args.value: {parsed.name} is {low} to {high}")
-        conflict = param_conflict(
+        problem = param_problem(
             parsed.name, parsed.value, params(state), contract_version(state, "governance")
         )
-        if conflict:
-            raise TxError(Code.INVALID_BODY, f"field args.value: {conflict}")
+        if problem:
+            raise TxError(Code.INVALID_BODY, f"field args.value: {problem}")
     return parsed
 
 
@@ -770,7 +790,8 @@ def genesis(state: StateView, g: Genesis) -> None:
             },
         )
         state.put(_org_key(m.key), m.org)
-    overrides = {k: int(v) for k, v in g.params.items() if k in DEFAULT_PARAMS}
+    # Refused, the node does not start: a genesis holds only what a vote could have set.
+    overrides = genesis_params(g.params, contract_version(state, "governance"))
     if overrides:
         state.put("gov/params", overrides)
 

@@ -303,9 +303,32 @@ def _validate_param(state: StateView, msg: SetPolicyParam) -> None:
             Code.INVALID_BODY,
             f"field args.name: unknown parameter {msg.name!r} (known: {', '.join(DEFAULT_PARAMS)})",
         )
-    low = 0 if msg.name in _MAY_BE_ZERO else 1
-    if msg.value < low:
-        raise TxError(Code.INVALID_BODY, f"field args.value: must be at least {low}")
+    problem = param_problem(msg.name, msg.value)
+    if problem:
+        raise TxError(Code.INVALID_BODY, f"field args.value: {problem}")
+
+
+def param_problem(name: str, value: int) -> str:
+    """Why policy parameter `name` may not be `value` ("" when it may): the one rule of a
+    `set_policy_param` vote and of a genesis."""
+    low = 0 if name in _MAY_BE_ZERO else 1
+    return f"must be at least {low}" if value < low else ""
+
+
+def genesis_params(given: dict[str, Any]) -> dict[str, int]:
+    """The policy parameters among a genesis's `given` ones, each an integer a vote could set;
+    TxError naming the first that is not (governance's are left to it)."""
+    found: dict[str, int] = {}
+    for name, value in sorted(given.items()):
+        if name not in DEFAULT_PARAMS:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TxError(Code.INVALID_BODY, f"field params.{name}: an integer expected")
+        problem = param_problem(name, value)
+        if problem:
+            raise TxError(Code.INVALID_BODY, f"field params.{name}: {problem}")
+        found[name] = value
+    return found
 
 
 def _apply_param(ctx: Context, msg: SetPolicyParam) -> None:
@@ -372,7 +395,7 @@ class DueQueue:
 
 
 def genesis(state: StateView, g: Genesis) -> None:
-    overrides = {k: int(v) for k, v in g.params.items() if k in DEFAULT_PARAMS}
+    overrides = genesis_params(g.params)
     if overrides:
         state.put("policy/params", overrides)
     for doc_id, text in sorted(DEFAULT_POLICIES.items()):

@@ -34,6 +34,10 @@ once, `custody_since`); a hospital that joins a patient who already has custodia
 contracts weigh: only a custodian whose custody began before an act may contest or cancel it
 (consent.py, erasure.py, patients.py), and a first key binding needs custody at least
 `custody_min_age_ms` old. A shredding (`records.shredded`) ends the holder's custody.
+Since v2 only a hospital whose custody of the pid runs or ran may state one (`ever_custodian`):
+under v1 any member could, and so became an eligible export receiver of any patient under
+access v4 (`held_custody`) by its own act. A holder of copies only attests their erasure with
+the vault's receipt (`erasure.attest`).
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
@@ -57,6 +61,7 @@ no peer holds anything is still named.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +77,7 @@ from medledger.contracts.access import (
 from medledger.contracts.access import Entry as AccessEntry
 from medledger.contracts.categories import PURPOSE_ROLES
 from medledger.contracts.common import check_id, check_pid, is_pid
-from medledger.contracts.governance import is_member
+from medledger.contracts.governance import contract_version, is_member
 from medledger.contracts.identity import acting_org
 from medledger.ledger import codec
 from medledger.ledger.contract import Context, Contract, Message, parse_item
@@ -370,6 +375,16 @@ def _amend(
 def shredded(ctx: Context, msg: Shredded) -> None:
     holder, _ = acting_org(ctx)
     check_pid(msg.pid)
+    if contract_version(ctx.state, "records") >= 2 and not ever_custodian(
+        ctx.state, msg.pid, holder
+    ):
+        # v1 took it from any member, who then passed `held_custody` (access v4's receiver
+        # rule) by its own act: a holder of copies only attests its erasure (erasure.attest).
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"field pid: {holder} never held custody of this patient (no care record of its "
+            "own registered for the pid); a holder of copies attests their erasure instead",
+        )
     if len(msg.digest) != 32:
         raise TxError(Code.INVALID_BODY, "field digest: must be 32 bytes")
     if msg.records < 0 or msg.copies < 0:
@@ -442,6 +457,15 @@ def held_custody(state: StateView, pid: str, org: str) -> bool:
     """Whether org's custody of the pid runs, or ran until org's own shredding of it (access
     v4: a receiver the custodian may have sent the patient's data to before that)."""
     return state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid)
+
+
+def ever_custodian(state: StateView, pid: str, org: str) -> bool:
+    """Whether org's custody of the pid runs or ran: its custody record, a care record of its
+    own in the index (kept after a shredding), or its earlier shredding statement (a resent
+    one). What records v2 asks of a `records.shredded` signer."""
+    if state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid):
+        return True
+    return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
 
 
 def _receives_as_custodian(state: StateView, pid: str, to: str, custodian: str) -> bool:
@@ -589,21 +613,29 @@ def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     return shred_statement(state, str(args.get("holder")), str(args.get("pid")))
 
 
-CONTRACTS = [
-    Contract(
-        name="records",
-        version=1,
-        messages={
-            "records.register": Message("records.register", Register, register),
-            "records.amend": Message("records.amend", Amend, amend),
-            "records.shredded": Message("records.shredded", Shredded, shredded),
-        },
-        queries={
-            "records/of_patient": q_of_patient,
-            "records/entry": q_entry,
-            "records/versions": q_versions,
-            "records/shredded": q_shredded,
-            "records/custody_of": q_custody_of,
-        },
-    )
-]
+def q_may_shred(state: StateView, args: dict[str, Any]) -> bool:
+    """Whether this chain takes `records.shredded` of the pid from org (see `shredded`)."""
+    pid, org = str(args.get("pid")), str(args.get("org"))
+    return contract_version(state, "records") < 2 or ever_custodian(state, pid, org)
+
+
+_V1 = Contract(
+    name="records",
+    version=1,
+    messages={
+        "records.register": Message("records.register", Register, register),
+        "records.amend": Message("records.amend", Amend, amend),
+        "records.shredded": Message("records.shredded", Shredded, shredded),
+    },
+    queries={
+        "records/of_patient": q_of_patient,
+        "records/entry": q_entry,
+        "records/versions": q_versions,
+        "records/shredded": q_shredded,
+        "records/custody_of": q_custody_of,
+        "records/may_shred": q_may_shred,
+    },
+)
+
+#: v2 (session 11): `records.shredded` only from a hospital that held custody of the pid.
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]

@@ -72,6 +72,18 @@ def hospital_ids(n: int) -> list[tuple[str, str]]:
     return ids
 
 
+def check_params(params: dict[str, int]) -> None:
+    """A genesis's parameters as a vote of the newest contracts would take them: ConfigError
+    naming the first that is not (contracts.check_genesis_params)."""
+    from medledger.contracts import check_genesis_params, default_versions
+    from medledger.ledger.errors import TxError
+
+    try:
+        check_genesis_params(params, default_versions())
+    except TxError as exc:
+        raise ConfigError(f"genesis {exc}") from None
+
+
 def check_chain_id(chain_id: str) -> None:
     """A chain id as every tool takes it: a-z, 0-9 and '-', at most 48."""
     if not _CHAIN_ID.match(chain_id):
@@ -102,9 +114,11 @@ def create_consortium(
     check_chain_id(chain_id)
     if (directory / "consortium.json").exists():
         raise ConfigError(f"{directory}: a consortium already exists here")
-    directory.mkdir(parents=True, exist_ok=True)
 
     from medledger.contracts import default_versions
+
+    check_params(params or {})
+    directory.mkdir(parents=True, exist_ok=True)
 
     orgs = hospital_ids(hospitals)
     if hosts is not None and len(hosts) != hospitals:

@@ -109,7 +109,7 @@ def found(
     """The founding file's content: the genesis of these founders, bootstrap-shaped."""
     from medledger.consensus.cometbft import testnet
     from medledger.contracts import default_versions
-    from medledger.provisioning.consortium import check_chain_id
+    from medledger.provisioning.consortium import check_chain_id, check_params
 
     if engine != "cometbft":
         raise ConfigError(
@@ -117,6 +117,7 @@ def found(
             "ledger lives in one process: `medledger init` makes that sandbox)"
         )
     check_chain_id(chain_id)
+    check_params({**FOUNDING_PARAMS, **(params or {})})
     powers = dict(powers or {})
     orgs = [r.org for r in requests]
     for org, power in powers.items():

@@ -143,6 +143,13 @@ def _check_genesis(
         )
     if answer.get("chain_id") != genesis.chain_id or answer.get("engine") != genesis.engine:
         raise JoinError(f"{source}: chain_id/engine differ from its own genesis")
+    from medledger.contracts import check_genesis_params
+    from medledger.ledger.errors import TxError
+
+    try:  # what the node's first block would refuse, said before anything is written
+        check_genesis_params(genesis.params, genesis.contracts)
+    except TxError as exc:
+        raise JoinError(f"{source}: genesis {exc} (nothing written)") from None
     return genesis
 
 

@@ -177,8 +177,8 @@ class StudyAgent:
                     self._done(query_id, done)
                 else:
                     why = f"{committed.result.code}: {committed.result.log}"
-                    self._failed(
-                        query_id, TxRejected(ANSWER, committed.result.code, why, "execution")
+                    self._refused(
+                        query_id, done, TxRejected(ANSWER, committed.result.code, why, "execution")
                     )
                 continue
             if time.perf_counter() - done.submitted < LOSS_CHECK_S:
@@ -208,11 +208,30 @@ class StudyAgent:
                     del self._sent[query_id]
             if not submitted.accepted:
                 check = submitted.check
-                self._failed(query_id, TxRejected(ANSWER, check.code, check.log, "check"))
+                self._refused(query_id, done, TxRejected(ANSWER, check.code, check.log, "check"))
 
     def _done(self, query_id: str, done: Answered) -> None:
         self.answered[query_id] = done
         self._set(query_id, f"answered for {done.patients} patients, tx {done.tx.hex()[:16]}")
+
+    def _refused(self, query_id: str, done: Answered | None, exc: BaseException) -> None:
+        """An answer tx refused: if the chain holds this hospital's answer all the same (a
+        resend refused because an earlier send committed), the query is answered by the
+        committed tx, and says so; otherwise the attempt failed."""
+        record = queries.study_query(self.node.engine, query_id)
+        mine = ((record or {}).get("answers") or {}).get(self.org)
+        if mine is None:
+            self._failed(query_id, exc)
+            return
+        tx = mine.get("tx")
+        committed = tx if isinstance(tx, bytes) else bytes.fromhex(str(tx))
+        if done is None:  # sent by `Wallet.send`, which resent it: nothing more is known
+            done = Answered(query_id, int(mine["patients"]), {}, committed)
+        else:
+            done.tx, done.patients = committed, int(mine["patients"])
+            self.answerer.landed(done)
+        log.info("%s: %s answered by tx %s (a resend refused)", self.org, query_id, committed.hex())
+        self._done(query_id, done)
 
     def _failed(self, query_id: str, exc: BaseException) -> None:
         log.error("%s: answering %s failed: %s", self.org, query_id, exc, exc_info=exc)
@@ -227,6 +246,9 @@ class StudyAgent:
             self._set(query_id, f"waiting: {exc}")
             self._wake.set()
             return None
+        except TxRejected as exc:
+            self._refused(query_id, None, exc)
+            return self.answered.get(query_id)
         except Exception as exc:
             self._failed(query_id, exc)
             return None
