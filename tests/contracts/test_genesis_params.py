@@ -25,7 +25,7 @@ from tests.support.ledger import T0, make_net
 
 def _refusal(params: dict[str, object], versions: dict[str, int] | None = None) -> str:
     with pytest.raises(TxError) as refused:
-        check_genesis_params(params, versions or default_versions())  # type: ignore[arg-type]
+        check_genesis_params(params, versions or default_versions())
     assert refused.value.code == Code.INVALID_BODY
     return str(refused.value)
 

@@ -4,14 +4,13 @@ that it shredded them (`records.shredded`).
 Under v1 any member could, and that statement is what access v4's receiver rule reads as
 custody "ended by the receiver's own shredding" (`held_custody`): a hospital that never held
 anything of a patient made itself an eligible receiver of their data by its own visible act.
-A holder of copies attests their erasure with the vault's receipt instead (`erasure.attest`).
-A v1 chain replays unchanged; a vote moves it to v2."""
+A holder of copies states its shredding only under the patient's erasure request, and that
+statement ends no custody. A v1 chain replays unchanged; a vote moves it to v2."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
 
 import pytest
 
@@ -97,33 +96,30 @@ def test_a_custodian_that_came_back_and_shreds_again_is_taken() -> None:
     assert again.ok and [e.type for e in again.events] == ["record.shredded"]
 
 
-def test_a_holder_of_copies_only_attests_with_its_receipt_not_a_shredding() -> None:
-    """h1 holds copies of alice's labs by her consent, never a record of its own: it attests
-    the erasure request with the vault's receipt digest (what the sync agent and `vault
-    erase` now send), and its `records.shredded` is refused."""
+def test_a_holder_of_copies_shreds_under_the_erasure_request_and_ends_no_custody() -> None:
+    """h1 holds copies of alice's labs by her consent, never a record of its own. Before her
+    erasure request its statement is refused; under it, h1 states its shredding (the sync
+    agent's whole-patient erasure, which lets its replica peers purge the wrapped key) and
+    attests with it, but that statement makes h1 no former custodian: still no receiver."""
     w = World()
     w.grant("org:h1")
-    w.ok("patient:alice", "erasure.request", {"pid": w.pid, "evidence_hash": RECEIPT})
-    status = w.q("erasure/status", {"pid": w.pid})
-    assert "h1" in [o["holder"] for o in status["obligations"]]
     assert _shred(w, "h1", copies=1).code == Code.UNAUTHORIZED
-    body: dict[str, Any] = {"request": status["id"], "digest": RECEIPT, "records": 1}
-    assert w.send("h1", "erasure.attest", body).ok
-    attested = [o for o in w.q("erasure/status", {"id": status["id"]})["obligations"]]
-    assert [o["status"] for o in attested if o["holder"] == "h1"] == ["attested"]
-
-
-def test_the_query_tells_a_node_whether_its_statement_would_be_taken() -> None:
-    w = World()
-    assert w.q("records/may_shred", {"org": "h0", "pid": w.pid}) is True
-    assert w.q("records/may_shred", {"org": "h2", "pid": w.pid}) is False
+    w.ok("patient:alice", "erasure.request", {"pid": w.pid, "evidence_hash": RECEIPT})
+    request = w.q("erasure/status", {"pid": w.pid})["id"]
+    assert _shred(w, "h2").code == Code.UNAUTHORIZED  # h2 holds nothing: not a holder
+    assert _shred(w, "h1", copies=1).ok
+    assert w.q("records/shredded", {"holder": "h1", "pid": w.pid})["copies_only"] is True
+    assert not held_custody(w.state, w.pid, "h1") and not ever_custodian(w.state, w.pid, "h1")
+    assert w.send("h1", "erasure.attest", {"request": request, "records": 1}).ok  # by reference
+    status = w.q("erasure/status", {"id": request})
+    assert [o["status"] for o in status["obligations"] if o["holder"] == "h1"] == ["attested"]
+    assert _export_to(w, "h1").code == Code.UNAUTHORIZED
 
 
 def test_a_v1_chain_replays_a_non_custodians_shredding_as_it_was(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     w = _world_on_records_v1(monkeypatch)
-    assert w.q("records/may_shred", {"org": "h2", "pid": w.pid}) is True
     assert _shred(w, "h2").ok
     assert held_custody(w.state, w.pid, "h2")
 

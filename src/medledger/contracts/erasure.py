@@ -328,6 +328,17 @@ def end_block(ctx: Context) -> None:
         _settle(ctx, req)
 
 
+def _holds_copies_under_request(state: StateView, pid: str, org: str) -> bool:
+    """Whether org holds copies of the patient under their erasure request (an obligation
+    with copies): records v2 then takes its `records.shredded` though it was no custodian."""
+    rid = erasure_requested(state, pid)
+    ob = None if rid is None else state.get(f"erasure/ob/{rid:012d}/{org}")
+    return ob is not None and ob["copies"] is not None
+
+
+records.SHRED_RULES.append(_holds_copies_under_request)
+
+
 # -- queries -------------------------------------------------------------------------------
 
 

@@ -241,12 +241,6 @@ def shredded(engine: Queryable, holder: str, pid: str) -> Row | None:
     return found
 
 
-def may_shred(engine: Queryable, holder: str, pid: str) -> bool:
-    """Whether the chain takes the holder's `records.shredded` of pid (records v2: only from
-    a hospital whose custody of the pid runs or ran; a holder of copies attests instead)."""
-    return bool(engine.query("records/may_shred", {"org": holder, "pid": pid}))
-
-
 def shred_in_force(engine: Queryable, holder: str, pid: str) -> Row | None:
     """The holder's shred statement of pid if it still covers what the holder keeps of the
     patient: None without one, or once the patient came back to the holder (a record it

@@ -34,10 +34,11 @@ once, `custody_since`); a hospital that joins a patient who already has custodia
 contracts weigh: only a custodian whose custody began before an act may contest or cancel it
 (consent.py, erasure.py, patients.py), and a first key binding needs custody at least
 `custody_min_age_ms` old. A shredding (`records.shredded`) ends the holder's custody.
-Since v2 only a hospital whose custody of the pid runs or ran may state one (`ever_custodian`):
-under v1 any member could, and so became an eligible export receiver of any patient under
-access v4 (`held_custody`) by its own act. A holder of copies only attests their erasure with
-the vault's receipt (`erasure.attest`).
+Since v2 only a hospital whose custody of the pid runs or ran may state one (`ever_custodian`),
+or a holder of copies under the patient's erasure request (`SHRED_RULES`, from `erasure`),
+whose statement is marked `copies_only` and ends no custody: under v1 any member could, and
+so became an eligible export receiver of any patient under access v4 (`held_custody`) by its
+own act.
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
@@ -375,16 +376,20 @@ def _amend(
 def shredded(ctx: Context, msg: Shredded) -> None:
     holder, _ = acting_org(ctx)
     check_pid(msg.pid)
+    copies_only = False
     if contract_version(ctx.state, "records") >= 2 and not ever_custodian(
         ctx.state, msg.pid, holder
     ):
         # v1 took it from any member, who then passed `held_custody` (access v4's receiver
-        # rule) by its own act: a holder of copies only attests its erasure (erasure.attest).
-        raise TxError(
-            Code.UNAUTHORIZED,
-            f"field pid: {holder} never held custody of this patient (no care record of its "
-            "own registered for the pid); a holder of copies attests their erasure instead",
-        )
+        # rule) by its own act. A holder of copies only states it under the patient's
+        # erasure request (SHRED_RULES), and that statement ends no custody.
+        if not any(rule(ctx.state, msg.pid, holder) for rule in SHRED_RULES):
+            raise TxError(
+                Code.UNAUTHORIZED,
+                f"field pid: {holder} never held custody of this patient (no care record of "
+                "its own for the pid) nor holds copies under their erasure request",
+            )
+        copies_only = True
     if len(msg.digest) != 32:
         raise TxError(Code.INVALID_BODY, "field digest: must be 32 bytes")
     if msg.records < 0 or msg.copies < 0:
@@ -399,6 +404,8 @@ def shredded(ctx: Context, msg: Shredded) -> None:
         "tx": ctx.tx_id,
     }
     statement.update(check_replicas(ctx.state, holder, msg.replicas_dropped, msg.replicas_pending))
+    if copies_only:
+        statement["copies_only"] = True
     ctx.state.put(f"rec/shredded/{holder}/{msg.pid}", statement)
     # Its custody ends: a later record starts a new one (is_custodian stays false meanwhile).
     ctx.state.delete(f"rec/custody/{msg.pid}/{holder}")
@@ -455,17 +462,29 @@ def custody_since(state: StateView, pid: str, org: str) -> int | None:
 
 def held_custody(state: StateView, pid: str, org: str) -> bool:
     """Whether org's custody of the pid runs, or ran until org's own shredding of it (access
-    v4: a receiver the custodian may have sent the patient's data to before that)."""
-    return state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid)
+    v4: a receiver the custodian may have sent the patient's data to before that). A holder
+    of copies only ended no custody by its shredding (v2 marks its statement so)."""
+    return state.has(f"rec/custody/{pid}/{org}") or _shredded_custody(state, org, pid)
+
+
+def _shredded_custody(state: StateView, holder: str, pid: str) -> bool:
+    statement = shred_statement(state, holder, pid)
+    return statement is not None and not statement.get("copies_only")
 
 
 def ever_custodian(state: StateView, pid: str, org: str) -> bool:
     """Whether org's custody of the pid runs or ran: its custody record, a care record of its
-    own in the index (kept after a shredding), or its earlier shredding statement (a resent
-    one). What records v2 asks of a `records.shredded` signer."""
-    if state.has(f"rec/custody/{pid}/{org}") or is_shredded(state, org, pid):
+    own in the index (kept after a shredding), or its earlier shredding statement as a
+    custodian (a resent one). What records v2 asks of a `records.shredded` signer."""
+    if held_custody(state, pid, org):
         return True
     return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
+
+
+#: Other grounds on which a hospital that never held custody of a pid may state that it
+#: shredded it (records v2), each (state, pid, org) -> bool: `erasure` adds "holds copies
+#: under the patient's erasure request".
+SHRED_RULES: list[Callable[[StateView, str, str], bool]] = []
 
 
 def _receives_as_custodian(state: StateView, pid: str, to: str, custodian: str) -> bool:
@@ -613,12 +632,6 @@ def q_shredded(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
     return shred_statement(state, str(args.get("holder")), str(args.get("pid")))
 
 
-def q_may_shred(state: StateView, args: dict[str, Any]) -> bool:
-    """Whether this chain takes `records.shredded` of the pid from org (see `shredded`)."""
-    pid, org = str(args.get("pid")), str(args.get("org"))
-    return contract_version(state, "records") < 2 or ever_custodian(state, pid, org)
-
-
 _V1 = Contract(
     name="records",
     version=1,
@@ -633,7 +646,6 @@ _V1 = Contract(
         "records/versions": q_versions,
         "records/shredded": q_shredded,
         "records/custody_of": q_custody_of,
-        "records/may_shred": q_may_shred,
     },
 )
 

@@ -177,11 +177,6 @@ def carry_out(
             f"copies erased; care records kept under legal {custody['reason']}",
             result,
         )
-    if not queries.may_shred(node.engine, node.config.org, pid):
-        # Copies only, never a custodian here (records v2 takes no shredding statement from
-        # it): they go apart, attested with the receipt, as under retention.
-        result = shred_copies(node, vault, pid, request)
-        return ErasureOutcome(request, "erased", "copies erased (never a custodian here)", result)
     result = shred(node, vault, pid)
     # No digest of its own: the erasure contract takes records.shredded's.
     node.wallet.send_message(

@@ -24,13 +24,11 @@ class ErasureJobs(AgentBase):
         never by the agent. A custodian that shredded its records (`records.shredded`, no
         request) takes only the copies of its records with it: the copies of other
         custodians, whose records still exist, may lawfully stay. A patient's erasure request
-        takes every copy. A holder of copies only that held custody of the patient once
-        then erases the patient as a whole (their patient key), posts `records.shredded` and
-        attests with it. A holder that also keeps its own care records (under legal
-        retention) shreds the copies apart (their key sets, see vault/keys.py) and attests
-        with the vault's receipt digest itself: a `records.shredded` entry would tell every
-        node that its own records were erased. So does a holder that never held custody of
-        the patient: records v2 takes a shredding statement from no other.
+        takes every copy. A holder of copies only then erases the patient as a whole (their
+        patient key), posts `records.shredded` and attests with it. A holder that also keeps
+        its own care records (under legal retention) shreds the copies apart (their key
+        sets, see vault/keys.py) and attests with the vault's receipt digest itself: a
+        `records.shredded` entry would tell every node that its own records were erased.
         """
         pid = job.pid
         if job.ref == 0:
@@ -39,7 +37,7 @@ class ErasureJobs(AgentBase):
             infos = self.vault.records_of(pid)
         except PatientErased:
             infos = []
-        if any(not i.is_copy for i in infos) or not self._may_shred(pid):
+        if any(not i.is_copy for i in infos):
             return self._erase_copies_apart(job)
         since = self.vault.journal_head()
         receipt = self.vault.erase(pid)
@@ -56,14 +54,6 @@ class ErasureJobs(AgentBase):
         attested = self._attest(pid, job.ref, receipt.records_shredded + receipt.copies_shredded)
         self.vault.purge_pending()
         return f"{receipt.copies_shredded} copies erased" + (", attested" if attested else "")
-
-    def _may_shred(self, pid: str) -> bool:
-        """Whether this hospital states its shredding of pid: it did already (a retried job),
-        or the chain would take it (`records/may_shred`)."""
-        engine = self.node.engine
-        if queries.shredded(engine, self.org, pid) is not None:
-            return True
-        return queries.may_shred(engine, self.org, pid)
 
     def _erase_copies_of(self, pid: str, custodian: str) -> str:
         """The custodian shredded its records of the patient: shred the copies held of them
