@@ -21,6 +21,7 @@ from medledger.consensus.engine import Committed, Submitted
 from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.node.study_partials import Inbox
+from medledger.node.wallet import TxRejected
 from medledger.research import agent as agent_module
 from medledger.research.agent import StudyAgent
 from medledger.research.answer import ANSWER, Answered
@@ -207,3 +208,24 @@ def test_a_refused_answer_with_none_on_the_chain_still_reads_failed(agent: Study
     agent._follow()
     assert QUERY not in agent.answered
     assert agent.status()[0].startswith(f"study query {QUERY}: failed, retried in")
+
+
+def test_a_waiting_send_refused_after_its_first_try_committed_reads_answered(
+    agent: StudyAgent,
+) -> None:
+    """Without a replica the worker waits in `Wallet.send`, which resends a tx it took for
+    lost; the resend's refusal reaches the agent as TxRejected while the chain holds the
+    first one: answered, by that tx, not "failed, retried"."""
+    first_tx = hashlib.sha256(b"the first answer tx").digest()
+    chain(agent).commit_answer(first_tx, patients=4)
+
+    def resent_and_refused(*args: Any, **kwargs: Any) -> Answered:
+        raise TxRejected(ANSWER, int(Code.CONFLICT), "h0 already answered", "check")
+
+    cast(Any, agent.answerer).answer = resent_and_refused
+    assert agent._answer(QUERY) is agent.answered[QUERY]
+    assert agent.answered[QUERY].tx == first_tx
+    assert agent.status() == [
+        f"study query {QUERY}: answered for 4 patients, tx {first_tx.hex()[:16]}"
+    ]
+    assert QUERY not in agent._later
