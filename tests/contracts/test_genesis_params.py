@@ -6,7 +6,7 @@ could start a consortium with `proposal_ttl_ms` 0 (every proposal expired before
 vote: governance frozen for good) or an escrow threshold above its shares (every escrowed key
 unrecoverable). Now the same rule (`governance.param_problem`, `policies.param_problem`)
 refuses them, naming the parameter: at `consortium genesis` / `init` (nothing written), at
-`join`, and at the node's first block (a file edited since)."""
+`join`, and at the node's InitChain (a file edited since)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_an_older_governance_version_keeps_its_own_bounds() -> None:
     check_genesis_params({"proposal_ttl_ms": 0}, {**default_versions(), "governance": 2})
 
 
-def test_the_first_block_refuses_a_genesis_edited_past_the_rule() -> None:
+def test_init_chain_refuses_a_genesis_edited_past_the_rule() -> None:
     net = make_net()
     bad = dataclasses.replace(net.genesis, params={"escrow_threshold": 9, "escrow_shares": 4})
     with pytest.raises(TxError, match="field params.escrow_"):

@@ -146,7 +146,7 @@ def _check_genesis(
     from medledger.contracts import check_genesis_params
     from medledger.ledger.errors import TxError
 
-    try:  # what the node's first block would refuse, said before anything is written
+    try:  # what the node's InitChain would refuse, said before anything is written
         check_genesis_params(genesis.params, genesis.contracts)
     except TxError as exc:
         raise JoinError(f"{source}: genesis {exc} (nothing written)") from None
