@@ -649,5 +649,6 @@ _V1 = Contract(
     },
 )
 
-#: v2 (session 11): `records.shredded` only from a hospital that held custody of the pid.
+#: v2 (session 11): `records.shredded` only from a hospital that held custody of the pid, or
+#: holds copies under the patient's erasure request (`SHRED_RULES`).
 CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]
