@@ -6,8 +6,8 @@ CometBFT module, an external app behind the same socket ABCI client as medledger
 (bench/pyfloor_app.py: the least a signed ledger must do per tx, in Python, behind medledger's
 own ABCI server: Ed25519 and nonce at CheckTx, a key/value write per tx, one SQLite transaction
 per block), and `medledger`; kvstore and floor txs are padded to medledger's tx size. For
-each app: four validators on loopback with the configuration `medledger init --engine cometbft` writes (testnet.prepare:
-block time 1 s unless `block_time_ms`), then
+each app: four validators on loopback with the configuration `medledger init --engine
+cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
 
 1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
    for `latency_s` seconds; a tx's commit latency runs from handing it to its node
