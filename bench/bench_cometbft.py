@@ -187,7 +187,8 @@ def _pyfloor_network(
             out.append(encode_tx(signers[stream], CHAIN, nonces[stream], key, tx_bytes))
         return out
 
-    return Network("pyfloor", directory, _urls(directory), streams, make_txs)
+    name = "pyfloor_bare" if bare else "pyfloor"
+    return Network(name, directory, _urls(directory), streams, make_txs)
 
 
 def _load_pyfloor() -> Any:
@@ -456,7 +457,7 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"seconds": seconds, "node": org}
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     spying: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    python_app = net.app in ("medledger", "pyfloor")
+    python_app = net.app in ("medledger", "pyfloor", "pyfloor_bare")
     for each in orgs if python_app and os.access(spy, os.X_OK) else []:
         app_pid = processes.read_pid(net.dir, each, "app")
         if app_pid is None:
@@ -501,7 +502,74 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
             result["app_profile"] = str(done[0])
             result["app_profiles"] = [str(path) for path in done]
             result["app_top"] = _collapsed_top(*done)
+            result["app_steps"] = _collapsed_steps(*done)
     return result
+
+
+# What a Python app's sample was doing, by ABCI method (the first found from the stack's root)
+# and, within CheckTx, by part; the same rules for medledger and the floor (bench/pyfloor_app.py)
+# so that their tables compare line by line.
+_METHODS = (
+    ("commit", "Commit"),
+    ("finalize_block", "FinalizeBlock"),
+    ("_process_proposal", "ProcessProposal"),
+    ("_prepare_proposal", "PrepareProposal"),
+    ("simulate_block", "Prepare/ProcessProposal"),  # the bare server does not tell them apart
+    ("check_tx", "CheckTx"),
+)
+
+
+_WAITS = ("selectors.py", "threading.py", "queue.py")  # a leaf here: the thread is waiting
+
+
+def _sample_step(frames: list[tuple[str, str]]) -> str:
+    """The table line of one stack, given as (function, file) from its root; "waiting" for a
+    thread blocked in a select, a condition or a queue (py-spy samples those too)."""
+    if frames[-1][1].endswith(_WAITS) or frames[-1][0].endswith("sleep"):
+        return "waiting"
+    names = [name.rsplit(".", 1)[-1] for name, _ in frames]
+    files = " ".join(path for _, path in frames)
+    method = next((label for key, label in _METHODS if key in names), None)
+    if method == "CheckTx":
+        if "nacl/" in files:
+            return "CheckTx: Ed25519 verify"
+        if "decode_tx" in names:
+            return "CheckTx: strict decoding"
+        if "/contracts/" in files or "parse_message" in names:
+            return "CheckTx: the handler"
+        return "CheckTx: the app's own (tx id, nonce, bookkeeping)"
+    if method is not None:
+        return method
+    if "_write_out" in names or "write" in names[-1:]:
+        return "socket write"
+    if "abci_server.py" in files or "pyfloor_app.py" in files or "asyncio/" in files:
+        return "the server: framing, CheckTx parse and answer, dispatch, event loop"
+    return "other threads"
+
+
+def _collapsed_steps(*paths: Path) -> dict[str, float]:
+    """Share of the busy samples (%) per `_sample_step` line, from py-spy's collapsed stacks;
+    `waiting` is the share of all samples that were waits, left out of the others."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            frames = [(f.split(" (")[0], f.split(" (")[-1].split(":")[0]) for f in stack.split(";")]
+            step = _sample_step(frames)
+            counts[step] = counts.get(step, 0) + int(count)
+    waiting = counts.pop("waiting", 0)
+    busy = sum(counts.values())
+    if not busy:
+        return {}
+    ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+    shares = {step: round(100 * n / busy, 1) for step, n in ranked}
+    return {**shares, "waiting": round(100 * waiting / (busy + waiting), 1)}
 
 
 def _collapsed_top(*paths: Path) -> dict[str, list[str]]:
@@ -899,13 +967,14 @@ def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
     )
 
 
-APPS = ("kvstore", "socket_kvstore", "pyfloor", "medledger")
+APPS = ("kvstore", "socket_kvstore", "pyfloor", "pyfloor_bare", "medledger")
 RATIOS = [  # committed tx/s of the first over the second, when both ran
     ("medledger", "kvstore"),
     ("medledger", "socket_kvstore"),
     ("medledger", "pyfloor"),
     ("pyfloor", "kvstore"),
     ("pyfloor", "socket_kvstore"),
+    ("pyfloor_bare", "pyfloor"),
 ]
 
 
@@ -924,16 +993,16 @@ def _bench_app(
     recheck: int,
     hold_ms: int,
     abci_unix: int = 0,
-    pyfloor_bare: int = 0,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
         if app == "medledger":
             net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms, abci_unix)
-        elif app == "pyfloor":
+        elif app in ("pyfloor", "pyfloor_bare"):
+            bare = int(app == "pyfloor_bare")
             net = _pyfloor_network(
-                directory, block_time_ms, streams, tx_bytes, recheck, abci_unix, pyfloor_bare
+                directory, block_time_ms, streams, tx_bytes, recheck, abci_unix, bare
             )
         else:
             socket = app == "socket_kvstore"
@@ -948,7 +1017,7 @@ def _bench_app(
             result["saturation"] = asyncio.run(
                 _saturate(net, saturation_s, warmup_s, max_rate, mempool_high, profile_s)
             )
-        if app in ("medledger", "pyfloor"):
+        if app in ("medledger", "pyfloor", "pyfloor_bare"):
             result["abci_cpu_node0"] = _abci_stats(directory)
         return result
     finally:
@@ -1012,6 +1081,7 @@ def run(
     kvstore: int = 1,
     socket_kvstore: int = 1,
     pyfloor: int = 1,
+    pyfloor_bare: int = 0,
     medledger: int = 1,
     streams: int = 64,
     max_rate: int = 3000,
@@ -1023,7 +1093,6 @@ def run(
     recheck: int = -1,
     hold_ms: int = -1,
     abci_unix: int = 0,
-    pyfloor_bare: int = 0,
 ) -> dict[str, Any]:
     """Run the comparison; returns figures as a JSON-able dict (see module docstring).
 
@@ -1033,8 +1102,8 @@ def run(
     `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
     sets medledger's consensus-first hold (-1: its default, 1 s; 0: off); `abci_unix` 1 runs
     every socket app (socket kvstore, floor, medledger) over a unix socket instead of loopback
-    TCP; `pyfloor_bare` 1 runs the floor behind its plain protobuf server instead of
-    medledger's `AbciServer`.
+    TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server instead of
+    medledger's `AbciServer` (what our server saves).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -1052,12 +1121,12 @@ def run(
         "recheck": "config" if recheck < 0 else bool(recheck),
         "hold_ms": "default" if hold_ms < 0 else hold_ms,
         "abci": "unix" if abci_unix else "config",
-        "pyfloor_server": "bare protobuf" if pyfloor_bare else "AbciServer",
     }
     on = {
         "kvstore": kvstore,
         "socket_kvstore": socket_kvstore,
         "pyfloor": pyfloor,
+        "pyfloor_bare": pyfloor_bare,
         "medledger": medledger,
     }
     apps = [a for a in APPS if on[a]]
@@ -1066,7 +1135,7 @@ def run(
         for app in apps:
             print(f"bench: {app} (round {n + 1} of {rounds}) ...", file=sys.stderr, flush=True)
             # pre-signed tx budget (signing takes the load generator's time before the window)
-            limit = {"medledger": max_rate, "pyfloor": 2 * max_rate}.get(app, 4 * max_rate)
+            limit = {"medledger": 1, "pyfloor": 2, "pyfloor_bare": 2}.get(app, 4) * max_rate
             results[app].append(
                 _bench_app(
                     app,
@@ -1083,7 +1152,6 @@ def run(
                     recheck,
                     hold_ms,
                     abci_unix,
-                    pyfloor_bare,
                 )
             )
     for app in apps:
@@ -1108,6 +1176,7 @@ def main() -> None:
         ("kvstore", 1),
         ("socket_kvstore", 1),
         ("pyfloor", 1),
+        ("pyfloor_bare", 0),
         ("medledger", 1),
         ("streams", 64),
         ("max_rate", 3000),
@@ -1119,7 +1188,6 @@ def main() -> None:
         ("recheck", -1),
         ("hold_ms", -1),
         ("abci_unix", 0),
-        ("pyfloor_bare", 0),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()

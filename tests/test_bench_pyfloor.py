@@ -137,7 +137,7 @@ def test_the_bench_runs_the_floor_beside_the_others_and_compares(floor: ModuleTy
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
-    assert "pyfloor" in bench.APPS
+    assert "pyfloor" in bench.APPS and "pyfloor_bare" in bench.APPS
     assert ("medledger", "pyfloor") in bench.RATIOS and (
         "pyfloor",
         "socket_kvstore",
@@ -165,3 +165,55 @@ def test_the_bare_server_gives_the_same_verdicts_and_hash(
     ask(commit=abci.RequestCommit())
     assert ask(info=abci.RequestInfo()).last_block_height == 1
     assert _block(_server(floor, tmp_path / "a.sqlite"), 1, txs[:2]).app_hash == bare_hash
+
+
+APP = "medledger/ledger/app.py"
+LOOP = (
+    "BaseEventLoop._run_once (asyncio/base_events.py:1922);"
+    "_AbciProtocol.data_received (medledger/consensus/cometbft/abci_server.py:773);"
+    "AbciServer.handle_bytes (medledger/consensus/cometbft/abci_server.py:428)"
+)
+
+
+def test_the_profile_table_puts_each_sample_on_its_line(tmp_path: Path) -> None:
+    """`app_steps` sorts py-spy's collapsed stacks (lines shaped like its `raw` output) into the
+    table's lines by the same rules for medledger and the floor; waits are counted apart."""
+    path = BENCH / "bench_cometbft.py"
+    spec = importlib.util.spec_from_file_location("bench_cometbft_steps", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    check = (
+        f"{LOOP};AbciServer._check_tx_outcome (x/abci_server.py:507);"
+        f"Application.check_tx ({APP}:363)"
+    )
+    nacl = (
+        "verify (medledger/ledger/keys.py:53);crypto_sign_open (nacl/bindings/crypto_sign.py:103)"
+    )
+    commit = (
+        "AbciServer._commit (x/abci_server.py:604);Store.commit (medledger/ledger/store.py:244)"
+    )
+    floor = "BareServer.data_received (bench/pyfloor_app.py:230);FloorApp.finalize_block (f.py:150)"
+    stacks = {
+        f"{check};{nacl}": 6,
+        f"{check};decode_tx (medledger/ledger/tx.py:92)": 2,
+        f"{check};register (medledger/contracts/identity.py:120)": 4,
+        f"{check};_ReadSet.get_raw ({APP}:103)": 3,
+        f"{LOOP};{commit}": 3,
+        f"{LOOP};parse_check_tx_request (x/abci_server.py:180)": 2,
+        "Thread.run (threading.py:982);EpollSelector.select (selectors.py:468)": 20,
+        floor: 1,
+    }
+    (tmp_path / "app.txt").write_text("".join(f"{k} {n}\n" for k, n in stacks.items()))
+    steps = bench._collapsed_steps(tmp_path / "app.txt")
+    assert steps == {
+        "CheckTx: Ed25519 verify": 28.6,
+        "CheckTx: the handler": 19.0,
+        "CheckTx: the app's own (tx id, nonce, bookkeeping)": 14.3,
+        "Commit": 14.3,
+        "CheckTx: strict decoding": 9.5,
+        "the server: framing, CheckTx parse and answer, dispatch, event loop": 9.5,
+        "FinalizeBlock": 4.8,
+        "waiting": 48.8,  # of all 41 samples; the other lines share the 21 busy ones
+    }
