@@ -158,11 +158,13 @@ def _pyfloor_network(
     recheck: int = -1,
     abci_unix: int = 0,
     bare: int = 0,
+    hold_ms: int = -1,
 ) -> Network:
     """The Python floor (bench/pyfloor_app.py): the least a signed ledger must do per tx,
     behind medledger's own ABCI socket server, one process per node. Its txs are signed by
     `streams` member keys (as medledger's), padded to `tx_bytes`, medledger's tx size; `bare`
-    1 answers CometBFT through the floor's plain protobuf server instead of medledger's."""
+    1 answers CometBFT through the floor's plain protobuf server instead of medledger's;
+    `hold_ms` >= 0 sets its server's consensus-first hold as medledger's (default 1 s)."""
     import nacl.signing
 
     orgs = _bare_testnet(directory, block_time_ms, recheck, abci_unix)
@@ -173,7 +175,7 @@ def _pyfloor_network(
     (directory / "floor-signers.txt").write_text(
         "".join(bytes(k.verify_key).hex() + "\n" for k in signers)
     )
-    command = functools.partial(_pyfloor_command, bare=bool(bare))
+    command = functools.partial(_pyfloor_command, bare=bool(bare), hold_ms=hold_ms)
     processes.start_apps(directory, orgs, app_command=command)
     processes.start_cometbfts(directory, orgs)
     nonces = [0] * streams
@@ -203,7 +205,9 @@ def _load_pyfloor() -> Any:
     return module
 
 
-def _pyfloor_command(consortium_dir: Path, org: str, bare: bool = False) -> list[str]:
+def _pyfloor_command(
+    consortium_dir: Path, org: str, bare: bool = False, hold_ms: int = -1
+) -> list[str]:
     """The floor app for one node, its SQLite file under the hospital's home."""
     home = testnet.hospital_home(consortium_dir, org)
     abci = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).abci
@@ -213,6 +217,7 @@ def _pyfloor_command(consortium_dir: Path, org: str, bare: bool = False) -> list
         "--signers",
         str(consortium_dir / "floor-signers.txt"),
         *(["--bare"] if bare else []),
+        *(["--hold-s", str(hold_ms / 1000)] if hold_ms >= 0 else []),
     ]
 
 
@@ -1002,7 +1007,7 @@ def _bench_app(
         elif app in ("pyfloor", "pyfloor_bare"):
             bare = int(app == "pyfloor_bare")
             net = _pyfloor_network(
-                directory, block_time_ms, streams, tx_bytes, recheck, abci_unix, bare
+                directory, block_time_ms, streams, tx_bytes, recheck, abci_unix, bare, hold_ms
             )
         else:
             socket = app == "socket_kvstore"
@@ -1100,8 +1105,8 @@ def run(
     medledger only unless `latency_all`; `rounds` repeats the apps in turn (A B C A B C ...)
     and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
     `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
-    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off); `abci_unix` 1 runs
-    every socket app (socket kvstore, floor, medledger) over a unix socket instead of loopback
+    sets medledger's (and the floor's) consensus-first hold (-1: its default, 1 s; 0: off);
+    `abci_unix` 1 runs every socket app (socket kvstore, floor, medledger) over a unix socket instead of loopback
     TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server instead of
     medledger's `AbciServer` (what our server saves).
     """

@@ -288,11 +288,12 @@ def main() -> None:
     parser.add_argument("--signers", type=Path, required=True)
     parser.add_argument("--stats-interval", type=float, default=60.0)
     parser.add_argument("--bare", action="store_true", help="answer through BareServer")
+    parser.add_argument("--hold-s", type=float, default=1.0, help="AbciServer's proposal hold")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     signers = {bytes.fromhex(line) for line in args.signers.read_text().split()}
     app = FloorApp(args.db, args.chain, signers)
-    server = AbciServer(app, stats_interval_s=args.stats_interval)
+    server = AbciServer(app, stats_interval_s=args.stats_interval, proposal_hold_s=args.hold_s)
 
     async def serve() -> None:
         if args.bare:
