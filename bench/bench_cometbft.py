@@ -1106,9 +1106,9 @@ def run(
     and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
     `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
     sets medledger's (and the floor's) consensus-first hold (-1: its default, 1 s; 0: off);
-    `abci_unix` 1 runs every socket app (socket kvstore, floor, medledger) over a unix socket instead of loopback
-    TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server instead of
-    medledger's `AbciServer` (what our server saves).
+    `abci_unix` 1 runs every socket app (socket kvstore, floor, medledger) over a unix socket
+    instead of loopback TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server
+    instead of medledger's `AbciServer` (what our server saves).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
