@@ -1,11 +1,13 @@
-"""CometBFT's kvstore, in-process and as a socket app, versus medledger: same 4-validator
-network, same machine, in turn.
+"""CometBFT's kvstore, in-process and as a socket app, and the Python floor, versus medledger:
+same 4-validator network, same machine, in turn.
 
 Apps: `kvstore` (in CometBFT's process), `socket_kvstore` (`abci-cli kvstore` of the same
-CometBFT module, an external app behind the same socket ABCI client as medledger's), and
-`medledger`; kvstore txs are padded to medledger's tx size. For each app: four validators on
-loopback with the configuration `medledger init --engine cometbft` writes (testnet.prepare:
-block time 1 s unless `block_time_ms`), then
+CometBFT module, an external app behind the same socket ABCI client as medledger's), `pyfloor`
+(bench/pyfloor_app.py: the least a signed ledger must do per tx, in Python, behind medledger's
+own ABCI server: Ed25519 and nonce at CheckTx, a key/value write per tx, one SQLite transaction
+per block), and `medledger`; kvstore and floor txs are padded to medledger's tx size. For
+each app: four validators on loopback with the configuration `medledger init --engine
+cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
 
 1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
    for `latency_s` seconds; a tx's commit latency runs from handing it to its node
@@ -26,7 +28,7 @@ between flushes, so throughput needs many requests in flight. medledger txs are 
 validating hospitals plus non-validating members), so CheckTx verifies an Ed25519 signature
 and every block writes SQLite. Run:
 
-    .venv/bin/medledger bench cometbft                        # the three apps, block time 1 s
+    .venv/bin/medledger bench cometbft                        # the four apps, block time 1 s
     .venv/bin/medledger bench cometbft --set rounds=3 --set profile_s=10
     .venv/bin/medledger bench cometbft --set block_time_ms=500
 
@@ -40,6 +42,7 @@ import asyncio
 import base64
 import calendar
 import datetime
+import functools
 import hashlib
 import itertools
 import json
@@ -86,6 +89,16 @@ class Network:
         return self.urls[stream % len(self.urls)]
 
 
+def _bare_testnet(directory: Path, block_time_ms: int, recheck: int, abci_unix: int) -> list[str]:
+    """Four validators' CometBFT homes and genesis, no medledger consortium: the peers' net."""
+    orgs = [f"hospital-{i + 1}" for i in range(HOSPITALS)]
+    keys = testnet.prepare(directory, orgs, block_time_ms, CHAIN)
+    validators = [(o, keys[o], 10) for o in orgs]
+    testnet.write_genesis(directory, CHAIN, int(time.time() * 1000), validators)
+    _tune(directory, recheck, abci_unix)
+    return orgs
+
+
 def _kvstore_network(
     directory: Path,
     block_time_ms: int,
@@ -99,11 +112,7 @@ def _kvstore_network(
     (`abci-cli kvstore` of the same CometBFT module, one process per node) talking to
     CometBFT through the same socket ABCI client medledger's apps do. Txs are `key=vvv...`
     padded to `tx_bytes`, medledger's tx size, so both carry the same bytes per tx."""
-    orgs = [f"hospital-{i + 1}" for i in range(HOSPITALS)]
-    keys = testnet.prepare(directory, orgs, block_time_ms, CHAIN)
-    validators = [(o, keys[o], 10) for o in orgs]
-    testnet.write_genesis(directory, CHAIN, int(time.time() * 1000), validators)
-    _tune(directory, recheck, abci_unix)
+    orgs = _bare_testnet(directory, block_time_ms, recheck, abci_unix)
     if socket:
         processes.start_apps(directory, orgs, app_command=_abci_cli_kvstore)
         processes.start_cometbfts(directory, orgs)
@@ -136,6 +145,80 @@ def _abci_cli_kvstore(consortium_dir: Path, org: str) -> list[str]:
     home = testnet.hospital_home(consortium_dir, org)
     abci = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).abci
     return [abci_cli_binary(), "kvstore", "--address", abci, "--persist", str(home / "kvstore")]
+
+
+PYFLOOR_APP = Path(__file__).resolve().with_name("pyfloor_app.py")
+
+
+def _pyfloor_network(
+    directory: Path,
+    block_time_ms: int,
+    streams: int,
+    tx_bytes: int,
+    recheck: int = -1,
+    abci_unix: int = 0,
+    bare: int = 0,
+    hold_ms: int = -1,
+) -> Network:
+    """The Python floor (bench/pyfloor_app.py): the least a signed ledger must do per tx,
+    behind medledger's own ABCI socket server, one process per node. Its txs are signed by
+    `streams` member keys (as medledger's), padded to `tx_bytes`, medledger's tx size; `bare`
+    1 answers CometBFT through the floor's plain protobuf server instead of medledger's;
+    `hold_ms` >= 0 sets its server's consensus-first hold as medledger's (default 1 s)."""
+    import nacl.signing
+
+    orgs = _bare_testnet(directory, block_time_ms, recheck, abci_unix)
+    signers = [
+        nacl.signing.SigningKey(hashlib.sha256(f"bench-signer-{i}".encode()).digest())
+        for i in range(streams)
+    ]
+    (directory / "floor-signers.txt").write_text(
+        "".join(bytes(k.verify_key).hex() + "\n" for k in signers)
+    )
+    command = functools.partial(_pyfloor_command, bare=bool(bare), hold_ms=hold_ms)
+    processes.start_apps(directory, orgs, app_command=command)
+    processes.start_cometbfts(directory, orgs)
+    nonces = [0] * streams
+    encode_tx = _load_pyfloor().encode_tx
+
+    def make_txs(stream: int, count: int) -> list[bytes]:
+        out = []
+        for _ in range(count):
+            nonces[stream] += 1
+            key = f"p{nonces[stream]}".encode()
+            out.append(encode_tx(signers[stream], CHAIN, nonces[stream], key, tx_bytes))
+        return out
+
+    name = "pyfloor_bare" if bare else "pyfloor"
+    return Network(name, directory, _urls(directory), streams, make_txs)
+
+
+def _load_pyfloor() -> Any:
+    """bench/pyfloor_app.py as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pyfloor_app", PYFLOOR_APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pyfloor_command(
+    consortium_dir: Path, org: str, bare: bool = False, hold_ms: int = -1
+) -> list[str]:
+    """The floor app for one node, its SQLite file under the hospital's home."""
+    home = testnet.hospital_home(consortium_dir, org)
+    abci = testnet.node_addresses(testnet.cometbft_home(consortium_dir, org), org).abci
+    return [sys.executable, str(PYFLOOR_APP), "--address", abci, "--chain", CHAIN] + [
+        "--db",
+        str(home / "floor.sqlite"),
+        "--signers",
+        str(consortium_dir / "floor-signers.txt"),
+        *(["--bare"] if bare else []),
+        *(["--hold-s", str(hold_ms / 1000)] if hold_ms >= 0 else []),
+    ]
 
 
 def _tune(directory: Path, recheck: int, abci_unix: int = 0) -> None:
@@ -379,7 +462,8 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"seconds": seconds, "node": org}
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     spying: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    for each in orgs if net.app == "medledger" and os.access(spy, os.X_OK) else []:
+    python_app = net.app in ("medledger", "pyfloor", "pyfloor_bare")
+    for each in orgs if python_app and os.access(spy, os.X_OK) else []:
         app_pid = processes.read_pid(net.dir, each, "app")
         if app_pid is None:
             continue
@@ -423,7 +507,74 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
             result["app_profile"] = str(done[0])
             result["app_profiles"] = [str(path) for path in done]
             result["app_top"] = _collapsed_top(*done)
+            result["app_steps"] = _collapsed_steps(*done)
     return result
+
+
+# What a Python app's sample was doing, by ABCI method (the first found from the stack's root)
+# and, within CheckTx, by part; the same rules for medledger and the floor (bench/pyfloor_app.py)
+# so that their tables compare line by line.
+_METHODS = (
+    ("commit", "Commit"),
+    ("finalize_block", "FinalizeBlock"),
+    ("_process_proposal", "ProcessProposal"),
+    ("_prepare_proposal", "PrepareProposal"),
+    ("simulate_block", "Prepare/ProcessProposal"),  # the bare server does not tell them apart
+    ("check_tx", "CheckTx"),
+)
+
+
+_WAITS = ("selectors.py", "threading.py", "queue.py")  # a leaf here: the thread is waiting
+
+
+def _sample_step(frames: list[tuple[str, str]]) -> str:
+    """The table line of one stack, given as (function, file) from its root; "waiting" for a
+    thread blocked in a select, a condition or a queue (py-spy samples those too)."""
+    if frames[-1][1].endswith(_WAITS) or frames[-1][0].endswith("sleep"):
+        return "waiting"
+    names = [name.rsplit(".", 1)[-1] for name, _ in frames]
+    files = " ".join(path for _, path in frames)
+    method = next((label for key, label in _METHODS if key in names), None)
+    if method == "CheckTx":
+        if "nacl/" in files:
+            return "CheckTx: Ed25519 verify"
+        if "decode_tx" in names:
+            return "CheckTx: strict decoding"
+        if "/contracts/" in files or "parse_message" in names:
+            return "CheckTx: the handler"
+        return "CheckTx: the app's own (tx id, nonce, bookkeeping)"
+    if method is not None:
+        return method
+    if "_write_out" in names or "write" in names[-1:]:
+        return "socket write"
+    if "abci_server.py" in files or "pyfloor_app.py" in files or "asyncio/" in files:
+        return "the server: framing, CheckTx parse and answer, dispatch, event loop"
+    return "other threads"
+
+
+def _collapsed_steps(*paths: Path) -> dict[str, float]:
+    """Share of the busy samples (%) per `_sample_step` line, from py-spy's collapsed stacks;
+    `waiting` is the share of all samples that were waits, left out of the others."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            frames = [(f.split(" (")[0], f.split(" (")[-1].split(":")[0]) for f in stack.split(";")]
+            step = _sample_step(frames)
+            counts[step] = counts.get(step, 0) + int(count)
+    waiting = counts.pop("waiting", 0)
+    busy = sum(counts.values())
+    if not busy:
+        return {}
+    ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+    shares = {step: round(100 * n / busy, 1) for step, n in ranked}
+    return {**shares, "waiting": round(100 * waiting / (busy + waiting), 1)}
 
 
 def _collapsed_top(*paths: Path) -> dict[str, list[str]]:
@@ -821,7 +972,15 @@ def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
     )
 
 
-APPS = ("kvstore", "socket_kvstore", "medledger")
+APPS = ("kvstore", "socket_kvstore", "pyfloor", "pyfloor_bare", "medledger")
+RATIOS = [  # committed tx/s of the first over the second, when both ran
+    ("medledger", "kvstore"),
+    ("medledger", "socket_kvstore"),
+    ("medledger", "pyfloor"),
+    ("pyfloor", "kvstore"),
+    ("pyfloor", "socket_kvstore"),
+    ("pyfloor_bare", "pyfloor"),
+]
 
 
 def _bench_app(
@@ -845,6 +1004,11 @@ def _bench_app(
     try:
         if app == "medledger":
             net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms, abci_unix)
+        elif app in ("pyfloor", "pyfloor_bare"):
+            bare = int(app == "pyfloor_bare")
+            net = _pyfloor_network(
+                directory, block_time_ms, streams, tx_bytes, recheck, abci_unix, bare, hold_ms
+            )
         else:
             socket = app == "socket_kvstore"
             net = _kvstore_network(
@@ -858,7 +1022,7 @@ def _bench_app(
             result["saturation"] = asyncio.run(
                 _saturate(net, saturation_s, warmup_s, max_rate, mempool_high, profile_s)
             )
-        if app == "medledger":
+        if app in ("medledger", "pyfloor", "pyfloor_bare"):
             result["abci_cpu_node0"] = _abci_stats(directory)
         return result
     finally:
@@ -921,6 +1085,8 @@ def run(
     latency_s: int = 20,
     kvstore: int = 1,
     socket_kvstore: int = 1,
+    pyfloor: int = 1,
+    pyfloor_bare: int = 0,
     medledger: int = 1,
     streams: int = 64,
     max_rate: int = 3000,
@@ -939,8 +1105,10 @@ def run(
     medledger only unless `latency_all`; `rounds` repeats the apps in turn (A B C A B C ...)
     and `summary` gives medians; `profile_s` > 0 profiles node 0 during each saturation;
     `recheck` 0/1 overrides mempool.recheck (-1: medledger's configuration, off); `hold_ms`
-    sets medledger's consensus-first hold (-1: its default, 1 s; 0: off); `abci_unix` 1 runs
-    every socket app (socket kvstore, medledger) over a unix socket instead of loopback TCP.
+    sets medledger's (and the floor's) consensus-first hold (-1: its default, 1 s; 0: off);
+    `abci_unix` 1 runs every socket app (socket kvstore, floor, medledger) over a unix socket
+    instead of loopback TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server
+    instead of medledger's `AbciServer` (what our server saves).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -959,13 +1127,20 @@ def run(
         "hold_ms": "default" if hold_ms < 0 else hold_ms,
         "abci": "unix" if abci_unix else "config",
     }
-    on = {"kvstore": kvstore, "socket_kvstore": socket_kvstore, "medledger": medledger}
+    on = {
+        "kvstore": kvstore,
+        "socket_kvstore": socket_kvstore,
+        "pyfloor": pyfloor,
+        "pyfloor_bare": pyfloor_bare,
+        "medledger": medledger,
+    }
     apps = [a for a in APPS if on[a]]
     results: dict[str, list[dict[str, Any]]] = {a: [] for a in apps}
     for n in range(rounds):
         for app in apps:
             print(f"bench: {app} (round {n + 1} of {rounds}) ...", file=sys.stderr, flush=True)
-            limit = max_rate if app == "medledger" else 4 * max_rate  # pre-signed tx budget
+            # pre-signed tx budget (signing takes the load generator's time before the window)
+            limit = {"medledger": 1, "pyfloor": 2, "pyfloor_bare": 2}.get(app, 4) * max_rate
             results[app].append(
                 _bench_app(
                     app,
@@ -989,9 +1164,9 @@ def run(
     out["summary"] = {app: _summary(results[app]) for app in apps}
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     tps = {app: s["committed_tx_per_s"] for app, s in out["summary"].items()}
-    for other in ("kvstore", "socket_kvstore"):
-        if "medledger" in tps and tps.get(other):
-            out[f"medledger_vs_{other}"] = round(tps["medledger"] / tps[other], 3)
+    for app, other in RATIOS:
+        if app in tps and tps.get(other):
+            out[f"{app}_vs_{other}"] = round(tps[app] / tps[other], 3)
     return out
 
 
@@ -1005,6 +1180,8 @@ def main() -> None:
         ("latency_s", 20),
         ("kvstore", 1),
         ("socket_kvstore", 1),
+        ("pyfloor", 1),
+        ("pyfloor_bare", 0),
         ("medledger", 1),
         ("streams", 64),
         ("max_rate", 3000),
