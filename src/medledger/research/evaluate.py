@@ -191,17 +191,18 @@ class Evaluator:
         found: dict[str, PatientFacts] = {}
         for pid, entries in self.vault.research_digests(pids, DIGESTER):
             facts = found[pid] = self._new()
-            patient = None
+            patients = []
             for entry in entries:
                 kind = entry[TYPE]
                 if kind == "Patient":
-                    patient = entry  # the last in rid order, as the record path reads them
+                    patients.append(entry)
                 elif kind in wanted:
                     self.decrypted += 1
                     self._use(facts, entry)
-            if patient is not None and self.demographics and facts.matched.get("cohort"):
-                self.decrypted += 1
-                facts.sex, facts.birth_date = patient[SEX], patient[BIRTH]
+            if self.demographics and facts.matched.get("cohort"):
+                for patient in patients:  # in rid order, the last one decides (as records)
+                    self.decrypted += 1
+                    facts.sex, facts.birth_date = patient[SEX], patient[BIRTH]
         return found
 
     def _from_records(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
