@@ -11,8 +11,8 @@ Key hierarchy (all keys 32 bytes):
 
     patient key PK (random, stored only wrapped under the KEK)
      +- metadata key   = HKDF(PK, info="medledger/vault/v1/metadata" || hospital || pid || gen)
-     +- digest key     = HKDF(PK, info="medledger/vault/v4/research-digest" || hospital || pid || gen)
-     |    seals the patient's research digest (vault/digest.py)
+     +- digest key     = HKDF(PK, info="medledger/vault/v4/research-digest" || hospital
+     |                        || pid || gen): seals the patient's research digest (digest.py)
      +- set wrapping   = HKDF(PK, info="medledger/vault/v2/set-wrap" || hospital || pid || gen)
           wraps one random set key per (patient, custodian) key set:
           the hospital's own records form one set (custodian = this hospital), the copies

@@ -264,9 +264,7 @@ class Vault:
         else:
             raise VaultConfigError(f"unknown vault backend {config.backend!r}")
         try:
-            return cls(
-                backend, keyring, pid_pattern=config.pid_pattern, digester=config.digester
-            )
+            return cls(backend, keyring, pid_pattern=config.pid_pattern, digester=config.digester)
         except BaseException:
             backend.close()
             raise
