@@ -59,6 +59,14 @@ that a resource sent again, or referred to by a sender's id, is found. The vault
 what they name. An alias goes with the record version that brought it (withdraw) and with
 its patient (purge after an erasure).
 
+Research digests
+----------------
+`research_digests(pids, digester)` gives, per patient, the facts a digester made of each
+latest own record, from one sealed row per patient (digest.py). A vault given a digester
+(`VaultConfig.digester`) refreshes a patient's digest in the put's transaction; any other
+change leaves it stale (bound to the own key set's manifest, it no longer opens) and the
+first reader rebuilds it from the records. erase() deletes the row with the key.
+
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
 If the patient comes back to the hospital, reinstate(pid) must be called
