@@ -21,6 +21,7 @@ import pytest
 from medledger.contracts import queries
 from medledger.provisioning import create_consortium
 from medledger.research.agent import StudyAgent, attach
+from medledger.research.evaluate import Evaluator
 from tests.exchange.conftest import Sandbox, close_sandbox, open_sandbox
 from tests.support.studies import (
     HBA1C_QUERY,
@@ -98,6 +99,14 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
                 yield info, data
 
         monkeypatch.setattr(vault, "latest_records", spy)
+    used: list[str] = []  # the type of each record's facts an evaluation used
+    real_use = Evaluator._use
+
+    def use(self: Evaluator, facts: Any, entry: Any) -> None:
+        used.append(str(entry[0]))
+        real_use(self, facts, entry)
+
+    monkeypatch.setattr(Evaluator, "_use", use)
 
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)
@@ -118,10 +127,12 @@ def test_four_hospitals_count_each_enrolled_patient_once_and_the_mean_is_the_tru
     # The mmol/mol results were left out and counted as such (a patient each).
     mismatched = sum(1 for label in counted if any(has_ifcc(b) for b in study.by_label[label]))
     assert record["result"]["unit_mismatch"] == (mismatched if mismatched >= 5 else None)
-    # Only labs were read: no condition, prescription or encounter was even decrypted.
-    opened = {t for types in decrypted.values() for t in types}
-    assert opened <= {"Observation", "DiagnosticReport"}, opened
-    assert "Observation" in opened
+    # Only labs were used: no condition, prescription or encounter, though the research
+    # digests hold every own record's facts. The digests were kept as the records were
+    # ingested: no record was decrypted to answer.
+    assert set(used) <= {"Observation", "DiagnosticReport"}, set(used)
+    assert "Observation" in used
+    assert decrypted == {org: [] for org in ORGS}
     # Each facts sent is in the patient's trail: an export for research, on the enrolment.
     two = next(label for label in counted if len(study.holders[label]) >= 2)
 

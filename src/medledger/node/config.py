@@ -247,6 +247,7 @@ class HospitalConfig(_Model):
         return read_hex_secret(self.home / "keys" / "box.key")
 
     def vault_config(self) -> VaultConfig:
+        from medledger.interop.research_facts import DIGESTER
         from medledger.vault import VaultConfig
 
         sqlite = self.vault.backend == "sqlite"
@@ -256,6 +257,7 @@ class HospitalConfig(_Model):
             path=self.home / self.vault.path if sqlite else None,
             dsn=self.vault.dsn or os.environ.get("MEDLEDGER_VAULT_DSN"),
             kek_path=self.home / "keys" / "vault.kek",
+            digester=DIGESTER,  # research digests kept as records are written
         )
 
     def ports(self) -> set[int]:

@@ -1,61 +1,75 @@
 """What one hospital's own records say of its enrolled patients, for one study query.
 
 `match` decides a FHIR resource against a criterion of the query (the record-level rules of
-docs/architecture.md, "Federated study queries"); `facts` reads the hospital's vault for a set
-of patients and returns one `PatientFacts` per patient: sex and birth date from its Patient
-resource, which criteria some record matched, the patient's value per `value_of`, and how many
-records of a cohort code came in another unit.
+docs/architecture.md, "Federated study queries"), through the record's facts
+(`interop.research_facts.record_facts`: type, category, codings, value and unit, date);
+`facts` reads the hospital's vault for a set of patients and returns one `PatientFacts` per
+patient: sex and birth date from its Patient resource, which criteria some record matched,
+the patient's value per `value_of`, and how many records of a cohort code came in another
+unit.
 
-What is read, and how:
-- only the records this hospital is custodian of (`is_copy` false): a copy held of another
-  hospital's record is that hospital's to report (it sends its own partial facts);
-- only the latest version of each record;
-- only records whose type can fall in one of the query's categories: a record of any other
-  type is never decrypted (`interop.metadata.categories_of_type`); an Observation or a
-  DiagnosticReport, whose category depends on its content, is decrypted and dropped unused
-  when `category_of` puts it elsewhere;
-- the Patient resource, for gender and birthDate, only when the query filters or stratifies
-  by sex or age, and only of the patients whose records here matched the cohort;
-- two passes of `Vault.latest_records` (one statement per few hundred patients, each key
-  set unwrapped once): the clinical records of the wanted types, then the matched
-  patients' Patient resources.
+What is read, and how (`Evaluator(..., source=...)`):
+- "digest" (the default): each patient's sealed research digest (`Vault.research_digests`),
+  one row per patient holding the facts of every latest own record, rebuilt from the records
+  when stale. The digest holds facts of all the patient's own records; the evaluator uses
+  only those of a type and a category the query may ask (its consented categories), exactly
+  as the record path below decrypts them, and the Patient's facts only of the patients
+  whose records matched the cohort, when the query filters or stratifies by sex or age.
+- "records": the records themselves (`Vault.latest_records`), two passes: the clinical
+  records of the wanted types (a record of any other type is never decrypted; an
+  Observation or a DiagnosticReport, whose category depends on its content, is decrypted
+  and dropped unused when `category_of` puts it elsewhere), then the matched patients'
+  Patient resources.
+Either way: only the records this hospital is custodian of (`is_copy` false: a copy held of
+another hospital's record is that hospital's to report), only the latest version of each.
+The two give the same facts (tests/research/test_digest_equivalence.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from medledger.contracts.study_query import (
     MAX_ABS_VALUE,
-    SCALE,
     Criterion,
     PatientFacts,
     StudyQuery,
     better_value,
     criteria,
 )
-from medledger.interop.metadata import categories_of_type, category_of, main_codings
+from medledger.interop.metadata import categories_of_type
+from medledger.interop.research_facts import (
+    BIRTH,
+    CATEGORY,
+    CODINGS,
+    DATE,
+    DIGESTER,
+    SEX,
+    TYPE,
+    UNIT,
+    UNIT_CODE,
+    VALUE,
+    clinical_date,
+    fixed,
+    record_facts,
+)
 from medledger.vault import ReadKeys, Vault
 
-#: The clinical date, first present (a Period's start), as the query document defines it.
-_DATE_FIELDS = (
-    "effectiveDateTime",
-    "effectivePeriod",
-    "effectiveInstant",
-    "onsetDateTime",
-    "onsetPeriod",
-    "recordedDate",
-    "authoredOn",
-    "issued",
-    "performedDateTime",
-    "performedPeriod",
-    "date",
-)
+__all__ = [
+    "NO",
+    "Evaluator",
+    "Match",
+    "clinical_date",
+    "fixed",
+    "match",
+    "match_facts",
+    "needs_demographics",
+    "wanted_codes",
+]
 
 
 @dataclass(frozen=True)
@@ -71,53 +85,6 @@ class Match:
 NO = Match(False)
 
 
-def clinical_date(resource: Mapping[str, Any]) -> str:
-    """The record's clinical date, `YYYY-MM-DD` (or the partial date it gives), else ""."""
-    for name in _DATE_FIELDS:
-        value = resource.get(name)
-        if value is None:
-            continue
-        if isinstance(value, dict | Mapping):
-            value = value.get("start")
-        if isinstance(value, str) and len(value) >= 4:
-            return value[:10]
-    return ""
-
-
-#: Digits after the point in a fixed-point value (SCALE is a power of ten).
-_SCALE_DIGITS = len(str(SCALE)) - 1
-
-
-def fixed(value: Any) -> int | None:
-    """A JSON number as a fixed-point integer (`SCALE`), rounded half to even; None when it is
-    no finite number (a bool, a string, NaN)."""
-    kind = type(value)
-    if kind is int and -(10**18) < value < 10**18:  # larger ones: Decimal's precision decides
-        return value * SCALE  # type: ignore[no-any-return]
-    if kind is float:  # most lab values: "7.4" needs no Decimal (the same digits, exactly)
-        text = repr(value)
-        whole, _, decimals = text.partition(".")
-        if decimals.isdigit() and len(decimals) <= _SCALE_DIGITS and whole.lstrip("-").isdigit():
-            return int(whole + decimals.ljust(_SCALE_DIGITS, "0"))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        scaled = (Decimal(str(value)) * SCALE).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
-    except InvalidOperation:
-        return None
-    return int(scaled) if scaled.is_finite() else None
-
-
-def _quantity(resource: Mapping[str, Any]) -> tuple[int, str, str] | None:
-    q = resource.get("valueQuantity")
-    if q is None or not isinstance(q, dict | Mapping):
-        return None
-    value = fixed(q.get("value"))
-    if value is None:
-        return None
-    return value, str(q.get("unit") or ""), str(q.get("code") or "")
-
-
 def wanted_codes(criterion: Criterion) -> frozenset[tuple[str, str]]:
     """The criterion's (system, code) pairs, as `match` compares them."""
     return frozenset((c.system, c.code) for c in criterion.codes)
@@ -130,24 +97,33 @@ def match(
 ) -> Match:
     """Does this record match the criterion (type, codes, unit and value range, date range)?
     `codes`: `wanted_codes(criterion)`, when the caller made it once for many records."""
-    if resource.get("resourceType") not in criterion.types:
+    return match_facts(record_facts(resource), criterion, codes)
+
+
+def match_facts(
+    facts: Sequence[Any],
+    criterion: Criterion,
+    codes: frozenset[tuple[str, str]] | None = None,
+) -> Match:
+    """`match` of a record given by its facts (`record_facts`, or a research digest's)."""
+    if facts[TYPE] not in criterion.types:  # never "Patient" (CLINICAL_TYPES)
         return NO
     if criterion.codes:
         wanted = wanted_codes(criterion) if codes is None else codes
-        if wanted.isdisjoint(main_codings(resource)):
+        if not any((system, code) in wanted for system, code in facts[CODINGS]):
             return NO
-    quantity = _quantity(resource)
-    if criterion.unit and quantity is not None and criterion.unit not in quantity[1:]:
+    value = facts[VALUE]
+    if criterion.unit and value is not None and criterion.unit not in facts[UNIT : UNIT_CODE + 1]:
         return Match(False, unit_mismatch=True)
     bounded = criterion.value_min is not None or criterion.value_max is not None
-    if (bounded or criterion.unit) and quantity is None:
+    if (bounded or criterion.unit) and value is None:
         return NO
-    if quantity is not None and (
-        (criterion.value_min is not None and quantity[0] < criterion.value_min)
-        or (criterion.value_max is not None and quantity[0] > criterion.value_max)
+    if value is not None and (
+        (criterion.value_min is not None and value < criterion.value_min)
+        or (criterion.value_max is not None and value > criterion.value_max)
     ):
         return NO
-    date = clinical_date(resource)
+    date = facts[DATE]
     if criterion.date_from or criterion.date_to:
         if not date:
             return NO
@@ -156,11 +132,11 @@ def match(
         # A partial date ("2024-03") compares below any day of its month: inside [from, to].
         if criterion.date_to and date > criterion.date_to:
             return NO
-    if quantity is None:
+    if value is None:
         return Match(True)
     # A criterion without a value range keeps any value (a viral load in millions): within
     # the bounds a partial may carry; a value statistic asks a range inside them anyway.
-    return Match(True, (date, min(max(quantity[0], -MAX_ABS_VALUE), MAX_ABS_VALUE)))
+    return Match(True, (date, min(max(value, -MAX_ABS_VALUE), MAX_ABS_VALUE)))
 
 
 def needs_demographics(q: StudyQuery) -> bool:
@@ -169,17 +145,27 @@ def needs_demographics(q: StudyQuery) -> bool:
 
 
 class Evaluator:
-    """Reads the vault once for a query and a set of patients (this hospital's records)."""
+    """Reads the vault once for a query and a set of patients (this hospital's records):
+    through the patients' research digests (`source="digest"`) or their records."""
 
-    def __init__(self, vault: Vault, q: StudyQuery, categories: Iterable[str]) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        q: StudyQuery,
+        categories: Iterable[str],
+        *,
+        source: Literal["digest", "records"] = "digest",
+    ) -> None:
         self.vault = vault
         self.q = q
         self.categories = frozenset(categories)
+        self.source = source
         self.criteria = criteria(q)
         self.codes = {name: wanted_codes(c) for name, c in self.criteria.items()}
         self.types = frozenset(t for c in self.criteria.values() for t in c.types)
         self.demographics = needs_demographics(q)
-        #: record versions decrypted (what the tests check was never read)
+        #: record versions whose facts were used: decrypted ("records"), or read from a
+        #: digest and of a type and category the query may ask ("digest")
         self.decrypted = 0
 
     def _wanted(self, resource_type: str) -> bool:
@@ -190,16 +176,43 @@ class Evaluator:
     def facts(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
         """{pid: facts} for each patient this hospital holds own records of (others left out).
 
-        The clinical records first; then the Patient resource (sex, birth date) only of the
+        The clinical records first; then the Patient's sex and birth date only of the
         patients whose records matched the cohort here: for any other, another custodian's
         facts or none decide, and their demographics are not read."""
+        if self.source == "digest":
+            return self._from_digests(pids)
+        return self._from_records(pids)
+
+    def _new(self) -> PatientFacts:
+        return PatientFacts(matched=dict.fromkeys(self.criteria, False))
+
+    def _from_digests(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
+        wanted = {t for t in self.types if self._wanted(t)}
+        found: dict[str, PatientFacts] = {}
+        for pid, entries in self.vault.research_digests(pids, DIGESTER):
+            facts = found[pid] = self._new()
+            patients = []
+            for entry in entries:
+                kind = entry[TYPE]
+                if kind == "Patient":
+                    patients.append(entry)
+                elif kind in wanted:
+                    self.decrypted += 1
+                    self._use(facts, entry)
+            if self.demographics and facts.matched.get("cohort"):
+                for patient in patients:  # in rid order, the last one decides (as records)
+                    self.decrypted += 1
+                    facts.sex, facts.birth_date = patient[SEX], patient[BIRTH]
+        return found
+
+    def _from_records(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
         wanted = [t for t in sorted(self.types) if t != "Patient" and self._wanted(t)]
         found: dict[str, PatientFacts] = {}
         keys = ReadKeys()  # a patient's keys, unwrapped in the first pass, serve the second
         for info, data in self.vault.latest_records(pids, decrypt=wanted, keys=keys):
             facts = found.get(info.pid)
             if facts is None:
-                facts = found[info.pid] = PatientFacts(matched=dict.fromkeys(self.criteria, False))
+                facts = found[info.pid] = self._new()
             if data is not None:
                 self.decrypted += 1
                 self._read(facts, orjson.loads(data))
@@ -216,15 +229,18 @@ class Evaluator:
     def _read(self, facts: PatientFacts, resource: Any) -> None:
         if not isinstance(resource, dict):
             return
-        if resource.get("resourceType") == "Patient":
-            gender, birth = resource.get("gender"), resource.get("birthDate")
-            facts.sex = gender if gender in ("female", "male", "other", "unknown") else ""
-            facts.birth_date = birth if isinstance(birth, str) else ""
+        entry = record_facts(resource)
+        if entry[TYPE] == "Patient":
+            facts.sex, facts.birth_date = entry[SEX], entry[BIRTH]
             return
-        if category_of(resource) not in self.categories:
+        self._use(facts, entry)
+
+    def _use(self, facts: PatientFacts, entry: Sequence[Any]) -> None:
+        """Fold one clinical record's facts into the patient's (its category consented)."""
+        if entry[CATEGORY] not in self.categories:
             return
         for name, criterion in self.criteria.items():
-            m = match(resource, criterion, self.codes[name])
+            m = match_facts(entry, criterion, self.codes[name])
             if name != "cohort":
                 facts.matched[name] = facts.matched[name] or m.ok
                 continue

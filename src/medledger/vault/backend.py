@@ -197,12 +197,40 @@ class Backend(Protocol):
         ...
 
     def fetch_latest(
-        self, pids: list[str], types: list[str] | None, decrypt: list[str], include_copies: bool
+        self,
+        pids: list[str],
+        types: list[str] | None,
+        decrypt: list[str] | None,
+        include_copies: bool,
     ) -> list[tuple[RecordRow, bytes, bytes]]:
         """The latest version of each record of these patients' live key generations (of
         `types` only, unless None), with its live wrapped keys (patient, set); the records of
         an erased patient and copies shredded apart are left out. The ciphertext only of the
-        types in `decrypt` (b"" for the others). In no particular order."""
+        types in `decrypt` (b"" for the others; every one when None). In no particular
+        order."""
+        ...
+
+    def digest_sources(
+        self, pids: list[str]
+    ) -> list[tuple[str, int, bytes, str, bytes, bytes | None]]:
+        """Per patient of `pids` with a live key and an own key set: (pid, generation, wrapped
+        patient key, own set's kid, own set's manifest, sealed research digest or None)."""
+        ...
+
+    def read_digest(self, pid: str, generation: int) -> bytes | None:
+        """The sealed research digest of the patient's generation, if any."""
+        ...
+
+    def put_digest(self, pid: str, generation: int, sealed: bytes) -> None:
+        """Store (replace) the patient's research digest, unless that key row is gone."""
+        ...
+
+    def delete_digest(self, pid: str) -> None:
+        """Forget the patient's research digest (erasure, withdrawal)."""
+        ...
+
+    def count_digests(self) -> int:
+        """How many research digests are stored."""
         ...
 
     def versions(self, rid: str) -> list[int]:

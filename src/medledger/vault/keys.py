@@ -11,6 +11,8 @@ Key hierarchy (all keys 32 bytes):
 
     patient key PK (random, stored only wrapped under the KEK)
      +- metadata key   = HKDF(PK, info="medledger/vault/v1/metadata" || hospital || pid || gen)
+     +- digest key     = HKDF(PK, info="medledger/vault/v4/research-digest" || hospital
+     |                        || pid || gen): seals the patient's research digest (digest.py)
      +- set wrapping   = HKDF(PK, info="medledger/vault/v2/set-wrap" || hospital || pid || gen)
           wraps one random set key per (patient, custodian) key set:
           the hospital's own records form one set (custodian = this hospital), the copies
@@ -69,6 +71,7 @@ _LABEL_SET_WRAP = b"medledger/vault/v2/set-wrap"
 _LABEL_SET_KEY_AAD = b"medledger/vault/v2/set-key"
 _LABEL_SET_RECORD = b"medledger/vault/v2/record"
 _LABEL_SET_SALT = b"medledger/vault/v2/salt"
+_LABEL_DIGEST = b"medledger/vault/v4/research-digest"
 _LENGTH = struct.Struct(">I").pack  # a field's length prefix
 _TRUE, _FALSE = b"\x01", b"\x00"
 
@@ -108,6 +111,7 @@ _LABEL_METADATA_INFO = encode_fields(_LABEL_METADATA)
 _LABEL_SET_WRAP_INFO = encode_fields(_LABEL_SET_WRAP)
 _LABEL_SET_RECORD_INFO = encode_fields(_LABEL_SET_RECORD)
 _LABEL_SET_SALT_INFO = encode_fields(_LABEL_SET_SALT)
+_LABEL_DIGEST_INFO = encode_fields(_LABEL_DIGEST)
 
 
 def hkdf(key: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
@@ -283,6 +287,7 @@ class PatientKeys:
     __slots__ = (
         "_ctx",
         "_data_key",
+        "_digest",
         "_metadata_key",
         "_set_wrap",
         "generation",
@@ -296,6 +301,7 @@ class PatientKeys:
         self._ctx = encode_fields(hospital_id, pid, generation)
         self._metadata_key: bytes | None = None
         self._set_wrap: AESGCM | None = None
+        self._digest: AESGCM | None = None
 
     def __repr__(self) -> str:
         return (
@@ -324,6 +330,17 @@ class PatientKeys:
     def set_wrap_key(self) -> bytes:
         """HKDF(PK, "medledger/vault/v2/set-wrap" || hospital || pid || generation)."""
         return hkdf(self._data_key, _LABEL_SET_WRAP_INFO + self._ctx)
+
+    @property
+    def digest_key(self) -> bytes:
+        """HKDF(PK, "medledger/vault/v4/research-digest" || hospital || pid || generation)."""
+        return hkdf(self._data_key, _LABEL_DIGEST_INFO + self._ctx)
+
+    def digest_aead(self) -> AESGCM:
+        """The digest key's AES-GCM, built once (a study read opens one digest per patient)."""
+        if self._digest is None:
+            self._digest = AESGCM(self.digest_key)
+        return self._digest
 
     def _set_aead(self) -> AESGCM:
         if self._set_wrap is None:

@@ -108,6 +108,8 @@ class Dialect(Protocol):
 
 
 # One schema (version 3) for both databases; {…} are the dialect's types and literals.
+# `research_digests` (derived rows, vault/digest.py) came later in version 3: created when
+# missing on open, and an older reader simply ignores it.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -194,6 +196,11 @@ CREATE TABLE IF NOT EXISTS replication_journal (
     seq  {serial},
     item TEXT NOT NULL,
     at   {real} NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS research_digests (
+    pid        TEXT PRIMARY KEY,
+    generation {int} NOT NULL,
+    sealed     {blob} NOT NULL
 ){strict};
 CREATE TABLE IF NOT EXISTS replica_peers (
     peer      TEXT PRIMARY KEY,
@@ -602,7 +609,11 @@ class SQLBackend:
         return found
 
     def fetch_latest(
-        self, pids: list[str], types: list[str] | None, decrypt: list[str], include_copies: bool
+        self,
+        pids: list[str],
+        types: list[str] | None,
+        decrypt: list[str] | None,
+        include_copies: bool,
     ) -> list[tuple[RecordRow, bytes, bytes]]:
         # One statement per 400 patients: the rows of the live generation (inner joins: no
         # key row once erased, no set row once shredded) that no live newer version of the
@@ -610,7 +621,12 @@ class SQLBackend:
         copies = "" if include_copies else f" AND {{t}}.is_copy = {self.dialect.false}"
         kept = f"r.resource_type IN ({', '.join('?' * len(decrypt))})" if decrypt else "1 = 0"
         typed = "" if types is None else f" AND r.resource_type IN ({', '.join('?' * len(types))})"
-        columns = _RECORD_COLS.replace("r.ciphertext", f"CASE WHEN {kept} THEN r.ciphertext END")
+        columns = (
+            _RECORD_COLS
+            if decrypt is None
+            else _RECORD_COLS.replace("r.ciphertext", f"CASE WHEN {kept} THEN r.ciphertext END")
+        )
+        decrypt = decrypt or []
         found: list[tuple[RecordRow, bytes, bytes]] = []
         for i in range(0, len(pids), 400):
             chunk = pids[i : i + 400]
@@ -645,6 +661,56 @@ class SQLBackend:
                 for row in rows
             ]
         return found
+
+    # ------------------------------------------------------ research digests
+    # Derived rows (vault/digest.py): never journaled, so neither replicated nor backed up.
+
+    def digest_sources(
+        self, pids: list[str]
+    ) -> list[tuple[str, int, bytes, str, bytes, bytes | None]]:
+        rows: list[Any] = []
+        for i in range(0, len(pids), 400):
+            chunk = pids[i : i + 400]
+            rows += self._all(
+                "SELECT k.pid, k.generation, k.wrapped, s.kid, s.manifest, d.sealed "
+                "FROM patient_keys k JOIN key_sets s ON s.pid = k.pid "
+                f"AND s.generation = k.generation AND s.is_copy = {self.dialect.false} "
+                "LEFT JOIN research_digests d ON d.pid = k.pid AND d.generation = k.generation "
+                f"WHERE k.pid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        return [
+            (
+                str(r[0]),
+                int(r[1]),
+                bytes(r[2]),
+                str(r[3]),
+                bytes(r[4]),
+                None if r[5] is None else bytes(r[5]),
+            )
+            for r in rows
+        ]
+
+    def read_digest(self, pid: str, generation: int) -> bytes | None:
+        row = self._one(
+            "SELECT sealed FROM research_digests WHERE pid = ? AND generation = ?",
+            (pid, generation),
+        )
+        return None if row is None else bytes(row[0])
+
+    def put_digest(self, pid: str, generation: int, sealed: bytes) -> None:
+        self._run("DELETE FROM research_digests WHERE pid = ?", (pid,))
+        self._run(
+            "INSERT INTO research_digests (pid, generation, sealed) SELECT ?, ?, ? WHERE EXISTS "
+            "(SELECT 1 FROM patient_keys WHERE pid = ? AND generation = ?)",
+            (pid, generation, sealed, pid, generation),
+        )
+
+    def delete_digest(self, pid: str) -> None:
+        self._run("DELETE FROM research_digests WHERE pid = ?", (pid,))
+
+    def count_digests(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM research_digests")[0])
 
     def versions(self, rid: str) -> list[int]:
         rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
@@ -777,6 +843,9 @@ class SQLBackend:
         )
         cur = self._run("DELETE FROM records WHERE pid = ? AND generation = ?", (pid, generation))
         self._run("DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation))
+        self._run(
+            "DELETE FROM research_digests WHERE pid = ? AND generation = ?", (pid, generation)
+        )
         for table in ("erasures", "copy_erasures"):
             self._run(
                 f"UPDATE {table} SET purged = {self.dialect.true} WHERE pid = ? AND generation = ?",

@@ -59,6 +59,14 @@ that a resource sent again, or referred to by a sender's id, is found. The vault
 what they name. An alias goes with the record version that brought it (withdraw) and with
 its patient (purge after an erasure).
 
+Research digests
+----------------
+`research_digests(pids, digester)` gives, per patient, the facts a digester made of each
+latest own record, from one sealed row per patient (digest.py). A vault given a digester
+(`VaultConfig.digester`) refreshes a patient's digest in the put's transaction; any other
+change leaves it stale (bound to the own key set's manifest, it no longer opens) and the
+first reader rebuilds it from the records. erase() deletes the row with the key.
+
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
 If the patient comes back to the hospital, reinstate(pid) must be called
@@ -84,6 +92,7 @@ from typing import Any, Literal
 import orjson
 
 from medledger.vault.backend import Backend
+from medledger.vault.digest import Digester, Entries, digest_aad, open_digest, seal_digest
 from medledger.vault.envelope import (
     EMPTY_MANIFEST,
     RecordContext,
@@ -188,6 +197,8 @@ class VaultConfig:
     kek: bytes | None = field(default=None, repr=False)
     sqlite_synchronous: str = "FULL"
     pid_pattern: str = DEFAULT_PID_PATTERN
+    #: keeps the research digests as records are written (None: rebuilt when first read)
+    digester: Digester | None = field(default=None, repr=False, compare=False)
 
 
 class ReadKeys:
@@ -216,9 +227,17 @@ class Vault:
     """
 
     def __init__(
-        self, backend: Backend, keyring: KeyRing, *, pid_pattern: str = DEFAULT_PID_PATTERN
+        self,
+        backend: Backend,
+        keyring: KeyRing,
+        *,
+        pid_pattern: str = DEFAULT_PID_PATTERN,
+        digester: Digester | None = None,
     ):
         _check(_CUSTODIAN_RE, keyring.hospital_id, "hospital id")
+        #: refreshes each patient's research digest in the transaction that writes their own
+        #: records (`research_digests`); None: a digest goes stale and is rebuilt when read
+        self.digester = digester
         self._backend = backend
         self._keyring = keyring
         self._pid_re = re.compile(pid_pattern)
@@ -253,7 +272,7 @@ class Vault:
         else:
             raise VaultConfigError(f"unknown vault backend {config.backend!r}")
         try:
-            return cls(backend, keyring, pid_pattern=config.pid_pattern)
+            return cls(backend, keyring, pid_pattern=config.pid_pattern, digester=config.digester)
         except BaseException:
             backend.close()
             raise
@@ -555,10 +574,14 @@ class Vault:
         a few statements: each patient's key and key set are read once and their counters
         written once, the records, aliases and journal rows inserted together (ingestion
         stores a unit's resources so)."""
-        checked = [self._checked(r) for r in records]
+        parsed = [self._checked(r) for r in records]
+        checked = [record for record, _ in parsed]
         if not checked:
             return []
         stored: list[StoredRecord] = []
+        digester = self.digester
+        # pid -> its own key set as found (old manifest), and the new own versions' facts
+        digests: dict[str, tuple[KeyRow, SetRow, dict[str, list[Any]]]] = {}
         with self._lock, self._backend.transaction():
             keys: dict[str, tuple[KeyRow, _Counters]] = {}
             sets: dict[tuple[str, str, bool], tuple[SetRow, RecordKeys, _Counters]] = {}
@@ -567,7 +590,7 @@ class Vault:
             shredded = self._backend.shredded_owners(new_rids) if new_rids else {}
             rows: list[RecordRow] = []
             aliases: list[tuple[bytes, str, int, str]] = []
-            for r in checked:
+            for r, doc in parsed:
                 if r.pid not in keys:
                     key = self._live_key_for_write(r.pid)
                     keys[r.pid] = key, _Counters(key.n_records, key.n_copies, key.manifest)
@@ -607,6 +630,9 @@ class Vault:
                 )
                 key_counts.add(item, r.is_copy)
                 set_counts.add(item, False)
+                if digester is not None and not r.is_copy and r.pid != self.hospital_pid:
+                    new = digests.setdefault(r.pid, (key, key_set, {}))[2]
+                    new[r.rid] = [r.version, digester(doc)]
                 states[r.rid] = RidState(r.pid, key.generation, r.version, key_set.kid)
                 aliases += [(a, r.rid, r.version, r.pid) for a in r.aliases]
                 salt = r.salt if r.salt is not None else set_keys.salt(r.rid, r.version)
@@ -636,13 +662,40 @@ class Vault:
                 )
             for key_set, _, c in sets.values():
                 self._backend.update_set_counters(key_set.kid, c.n_records, c.manifest)
+            for pid, (key, key_set, new) in digests.items():
+                manifest = sets[(pid, self.hospital_id, False)][2].manifest
+                self._refresh_digest(key, key_set, manifest, new)
             if aliases:
                 self._backend.insert_aliases(aliases)
         return stored
 
-    def _checked(self, record: NewRecord) -> NewRecord:
-        """The record with its pid checked and its bytes as `bytes`; refused (ValueError,
-        TypeError) as `put` refuses it, before anything is written."""
+    def _refresh_digest(
+        self, key: KeyRow, key_set: SetRow, manifest: bytes, new: dict[str, list[Any]]
+    ) -> None:
+        """Fold a put's own versions (`new`: rid -> [version, facts]) into the patient's
+        research digest, resealed for the own set's new `manifest`; in the put's transaction.
+
+        The digest as stored must open for the set's state before the put (`key_set`), or
+        the set must be new; else (stale: written by a vault without a digester, or never
+        built) it is deleted here and rebuilt from the records when first read."""
+        assert self.digester is not None
+        version = self.digester.version
+        keys = self._keys(key.pid, key.generation, key.wrapped)
+        entries: Entries | None = {}
+        if key_set.n_records:
+            sealed = self._backend.read_digest(key.pid, key.generation)
+            before = digest_aad(keys, key_set.kid, key_set.manifest, version)
+            entries = None if sealed is None else open_digest(keys, before, sealed)
+        if entries is None:
+            self._backend.delete_digest(key.pid)
+            return
+        entries.update(new)
+        after = digest_aad(keys, key_set.kid, manifest, version)
+        self._backend.put_digest(key.pid, key.generation, seal_digest(keys, after, entries))
+
+    def _checked(self, record: NewRecord) -> tuple[NewRecord, dict[str, Any]]:
+        """The record with its pid checked and its bytes as `bytes`, and its JSON parsed;
+        refused (ValueError, TypeError) as `put` refuses it, before anything is written."""
         pid = self._pid(record.pid)
         rid = _check(_RID_RE, record.rid, "rid")
         _check(_RESOURCE_TYPE_RE, record.resource_type, "resource type")
@@ -671,9 +724,10 @@ class Vault:
         aliases = tuple(bytes(a) for a in record.aliases)
         if any(len(a) != ALIAS_SIZE for a in aliases):
             raise ValueError(f"an alias is {ALIAS_SIZE} bytes (an HMAC-SHA256)")
-        return NewRecord(  # not dataclasses.replace: ≈ 4 times its cost, per record stored
+        checked = NewRecord(  # not dataclasses.replace: ≈ 4 times its cost, per record stored
             pid, rid, version, data, record.resource_type, record.custodian, is_copy, salt, aliases
         )
+        return checked, doc
 
     def _check_rid(
         self,
@@ -817,6 +871,8 @@ class Vault:
                 key_set = self._backend.read_set(row.kid)
                 if key_set is None:
                     continue  # copies erased apart: already out of the counters
+                if not row.is_copy:
+                    self._backend.delete_digest(row.pid)  # rebuilt without it when read
                 n_records = key.n_records - (0 if row.is_copy else 1)
                 n_copies = key.n_copies - (1 if row.is_copy else 0)
                 if (
@@ -921,7 +977,7 @@ class Vault:
     def latest_records(
         self,
         pids: Iterable[str],
-        decrypt: Iterable[str],
+        decrypt: Iterable[str] | None,
         *,
         types: Iterable[str] | None = None,
         include_copies: bool = False,
@@ -941,9 +997,9 @@ class Vault:
         pid never seen, gives nothing (no error: a reader of many patients skips them);
         copies only with `include_copies`, never those shredded apart (erase_copies); the
         latest version of each rid only. VaultIntegrityError (naming the record) when a
-        ciphertext or a wrapped key was altered."""
-        kinds = sorted(set(decrypt))
-        wanted = frozenset(kinds)
+        ciphertext or a wrapped key was altered. `decrypt=None`: every record is decrypted."""
+        kinds = None if decrypt is None else sorted(set(decrypt))
+        wanted = frozenset(kinds or ())
         listed = None if types is None else sorted(set(types))
         order = list(dict.fromkeys(self._pid(pid) for pid in pids))
         keys = ReadKeys() if keys is None else keys
@@ -955,7 +1011,7 @@ class Vault:
             rank = {pid: i for i, pid in enumerate(chunk)}
             found.sort(key=lambda item: (rank[item[0].pid], item[0].rid))
             for row, wrapped, set_wrapped in found:
-                if row.resource_type not in wanted:
+                if kinds is not None and row.resource_type not in wanted:
                     yield row.info(), None
                     continue
                 opened = sets.get((row.kid, set_wrapped, wrapped))
@@ -963,6 +1019,62 @@ class Vault:
                     opened = self._unwrap_for_read(row, wrapped, set_wrapped, patients)
                     sets[(row.kid, set_wrapped, wrapped)] = opened
                 yield row.info(), open_record(opened, self._ctx(row), row.nonce, row.ciphertext)
+
+    def research_digests(
+        self, pids: Iterable[str], digester: Digester
+    ) -> Iterator[tuple[str, list[Any]]]:
+        """Per patient of `pids` with own records here, in the order given: the facts
+        `digester` made of each latest own record version (rids in order). Copies never; an
+        erased patient, or a pid never seen, gives nothing.
+
+        Read from each patient's sealed research digest (vault/digest.py): one row and one
+        unwrapped key per patient. A digest that is missing or stale (it fails to open for
+        the own records' current state, or was made by another digester version) is rebuilt
+        from the records, exactly as `latest_records` reads them, and stored for the next
+        reader. What a patient's digest holds is read after their set's state, so a digest
+        stored while a writer changed the records is sealed for the older state: it never
+        opens for the newer one."""
+        order = list(dict.fromkeys(self._pid(pid) for pid in pids))
+        version = digester.version
+        for start in range(0, len(order), LATEST_CHUNK):
+            chunk = order[start : start + LATEST_CHUNK]
+            with self._lock:
+                sources = self._backend.digest_sources(chunk)
+            found: dict[str, Entries] = {}
+            stale: dict[str, tuple[PatientKeys, int, bytes]] = {}
+            for pid, generation, wrapped, kid, manifest, sealed in sources:
+                keys = self._keyring.unwrap(pid, generation, wrapped)
+                aad = digest_aad(keys, kid, manifest, version)
+                entries = None if sealed is None else open_digest(keys, aad, sealed)
+                if entries is None:
+                    stale[pid] = keys, generation, aad
+                else:
+                    found[pid] = entries
+            if stale:
+                found.update(self._rebuild_digests(stale, digester))
+            for pid in chunk:
+                entries = found.get(pid)
+                if entries:
+                    yield pid, [entries[rid][1] for rid in sorted(entries)]
+
+    def _rebuild_digests(
+        self, stale: dict[str, tuple[PatientKeys, int, bytes]], digester: Digester
+    ) -> dict[str, Entries]:
+        """The digests of these patients from their latest own records, stored sealed for
+        the state read before (`stale`: pid -> (keys, generation, associated data))."""
+        built: dict[str, Entries] = {pid: {} for pid in stale}
+        for info, data in self.latest_records(list(stale), decrypt=None):
+            assert data is not None
+            built[info.pid][info.rid] = [info.version, digester(orjson.loads(data))]
+        with self._lock, self._backend.transaction(durable=False):
+            for pid, (keys, generation, aad) in stale.items():
+                self._backend.put_digest(pid, generation, seal_digest(keys, aad, built[pid]))
+        return built
+
+    def digest_count(self) -> int:
+        """How many research digests are stored (derived rows: see `research_digests`)."""
+        with self._lock:
+            return self._backend.count_digests()
 
     def _unwrap_for_read(
         self,
@@ -1132,6 +1244,7 @@ class Vault:
                 else:
                     if not self._backend.delete_key(pid, key.generation):
                         raise VaultError(f"the key of patient {pid} could not be deleted")
+                    self._backend.delete_digest(pid)
                     receipt = self._write_erasure(
                         pid, key.generation, key.wrapped, key.n_records, key.n_copies, key.manifest
                     )
