@@ -5,12 +5,15 @@ Apps: `kvstore` (in CometBFT's process), `socket_kvstore` (`abci-cli kvstore` of
 CometBFT module, an external app behind the same socket ABCI client as medledger's), and
 `medledger`; kvstore txs are padded to medledger's tx size. For each app: four validators on
 loopback with the configuration `medledger init --engine cometbft` writes (testnet.prepare:
-block time 1 s unless `block_time_ms`), then
+block time 1 s unless `block_time_ms`, the target interval: timeout_commit is
+`testnet.timeout_commit_ms` of it, 600 ms; `block_time_ms=1400` gives session 10's 1 s
+timeout_commit), then
 
 1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
    for `latency_s` seconds; a tx's commit latency runs from handing it to its node
    (broadcast_tx_sync) to the moment node 0's RPC first reports the height of the block that
-   contains it (polled every 20 ms);
+   contains it (polled every 20 ms); with the mean block interval the txs saw
+   (`block_interval_mean_s`) and where they waited (`trace`, `latency_trace`);
 2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
    node accepts, pausing while its mempool holds more than `mempool_high` txs, for
    `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
@@ -741,24 +744,30 @@ def latency_trace(
       round and takes the mempool), not at node 0's receipt of the proposal, which comes
       `reap_to_proposal_s` later; `missed_reap_by`: how long before the first such reap it
       was answered (a tx answered after the reap could not be in that block, whatever `missed`
-      says: that one counts it);
+      says: that one counts it); `missed_in_proposers_lock`: how many of those were answered
+      before that proposer's Commit of the height before ended (CometBFT holds its mempool
+      lock from FinalizeBlock's answer to Commit's: a gossiped tx's CheckTx waits for it);
 
     and per height: `proposal_interval_s`; `block_interval_mean_s` (node 0's decisions,
     over the heights holding the txs); `prepare_s`, node 0's own proposals from the height's
     start (the previous decision plus timeout_commit, when the proposer reaps its mempool)
     to receiving its proposal; `reap_to_proposal_s`, the same for every proposer (its own
-    log's decision); `executed_to_committed_s`, every node's FinalizeBlock answer to its
-    Commit answer, the span CometBFT holds its mempool lock (flushing the mempool
-    connection, then Commit)."""
+    log's decision); `commit_to_reap_s`, the proposer's Commit of the height before answered
+    to its reap (negative: the round started late, after the Commit);
+    `executed_to_committed_s`, every node's FinalizeBlock answer to its Commit answer, the
+    span CometBFT holds its mempool lock (flushing the mempool connection, then Commit)."""
     node0 = logs[0]
     proposed, deciding = node0.times["proposed"], node0.times["deciding"]
     # When each height's proposer reaped its mempool: its own decision of the height before.
     reaped: dict[int, float] = {}
+    unlocked: dict[int, float] = {}  # when its Commit of the height before ended (mempool lock)
     for h, proposer in node0.proposers.items():
         if proposer in addresses and addresses.index(proposer) < len(logs):
-            own = logs[addresses.index(proposer)].times["deciding"]
-            if h - 1 in own:
-                reaped[h] = own[h - 1] + timeout_commit_s
+            own = logs[addresses.index(proposer)].times
+            if h - 1 in own["deciding"]:
+                reaped[h] = own["deciding"][h - 1] + timeout_commit_s
+            if h - 1 in own["committed"]:
+                unlocked[h] = own["committed"][h - 1]
     rows: list[dict[str, Any]] = []
     for tx in txs:
         if tx.height not in proposed or tx.height not in deciding:
@@ -776,6 +785,8 @@ def latency_trace(
                 "own": first is not None and node0.proposers.get(first) == addresses[tx.node],
                 "missed_reap": len(reaps),
                 "missed_reap_by": reaped[reaps[0]] - tx.checked if reaps else None,
+                # answered while that proposer's mempool was still locked by its Commit
+                "missed_in_lock": bool(reaps) and tx.checked < unlocked.get(reaps[0], 0.0),
                 "consensus": deciding[tx.height] - proposed[tx.height],
                 "seen": tx.seen - deciding[tx.height],
             }
@@ -800,6 +811,7 @@ def latency_trace(
         before = [r["missed_reap_by"] for r in part if r["missed_reap_by"] is not None]
         if before:
             out["missed_reap_by"] = _p50_p95(before)
+            out["missed_in_proposers_lock"] = sum(1 for r in part if r["missed_in_lock"])
         return out
 
     heights = sorted(proposed)
@@ -827,6 +839,12 @@ def latency_trace(
             else None
         ),
         "prepare_s": _p50_p95(preparing) if preparing else [],
+        # the proposer's slack: its reap less the end of its Commit of the height before
+        "commit_to_reap_s": (
+            _p50_p95([t - unlocked[h] for h, t in reaped.items() if h in unlocked])
+            if unlocked
+            else []
+        ),
         "reap_to_proposal_s": (
             _p50_p95([proposed[h] - t for h, t in reaped.items() if h in proposed])
             if reaped

@@ -132,6 +132,9 @@ def test_a_missed_reap_is_counted_at_the_proposers_own_reap(bench: ModuleType) -
     assert trace["all"]["missed"] == {"1": 2}
     assert trace["all"]["missed_reap"] == 1
     assert trace["all"]["missed_reap_by"] == [0.1, 0.1]
+    # A committed height 1 at 00.110: the tx was answered after its mempool lock had ended
+    assert trace["all"]["missed_in_proposers_lock"] == 0
+    assert trace["commit_to_reap_s"] == [0.89, 0.89]  # height 2 only: B's log has no commit
     # height 2: A reaped at 01.000, node 0 had the proposal at 01.050; height 3: B reaped at
     # 02.310 (its own decision of height 2 plus timeout_commit), node 0 had it at 02.400
     # (p50 and p95 of two values are the larger one)
