@@ -241,9 +241,9 @@ def _duration(ms: int) -> str:
 # A consortium's block time is the interval its users see between blocks. CometBFT starts a
 # height's round `timeout_commit` after the previous height's decision, and the round itself
 # (the proposer's reap and PrepareProposal, the block's gossip, every node's ProcessProposal,
-# two vote steps) adds about this much: measured 0.3-0.4 s for 4 nodes on loopback
-# (docs/benchmarks.md, "Session 11 (lat13)"). timeout_commit is the block time less the round,
-# and never less than half the block time.
+# two vote steps) adds about this much: ≈ 0.4 s for 4 nodes on loopback at 500 tx/s, more
+# on a loaded machine (docs/benchmarks.md, "Session 11 (lat13)"). timeout_commit is the block
+# time less the round, and never less than half the block time.
 ROUND_MS = 400
 
 
@@ -316,7 +316,7 @@ def node_settings(
             "recheck": False,
         },
         "consensus": {
-            # The block time is the interval between blocks: the round comes on top of this.
+            # This wait plus the round is the block time (the interval users see).
             "timeout_commit": _duration(timeout_commit_ms(block_time_ms)),
             # A steady heartbeat: liveness is visible in `net status`, and the app hash of the
             # last tx block reaches a header (for `verify`) within one block time.
