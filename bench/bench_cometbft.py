@@ -7,12 +7,15 @@ CometBFT module, an external app behind the same socket ABCI client as medledger
 own ABCI server: Ed25519 and nonce at CheckTx, a key/value write per tx, one SQLite transaction
 per block), and `medledger`; kvstore and floor txs are padded to medledger's tx size. For
 each app: four validators on loopback with the configuration `medledger init --engine
-cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`), then
+cometbft` writes (testnet.prepare: block time 1 s unless `block_time_ms`, the target interval:
+timeout_commit is `testnet.timeout_commit_ms` of it, 600 ms; `block_time_ms=1400` gives
+session 10's 1 s timeout_commit), then
 
 1. latency (medledger only, unless `latency_all`): an open-loop offered load of `rate` tx/s
    for `latency_s` seconds; a tx's commit latency runs from handing it to its node
    (broadcast_tx_sync) to the moment node 0's RPC first reports the height of the block that
-   contains it (polled every 20 ms);
+   contains it (polled every 20 ms); with the mean block interval the txs saw
+   (`block_interval_mean_s`) and where they waited (`trace`, `latency_trace`);
 2. saturation: `streams` client streams (spread over the four nodes) submit as fast as their
    node accepts, pausing while its mempool holds more than `mempool_high` txs, for
    `saturation_s` seconds after `warmup_s`; committed tx/s = txs in the blocks committed in
@@ -802,6 +805,10 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else float("nan")
 
+    trace = _trace(
+        net,
+        [TxTrace(*wall[t], height=height_of[t], seen=seen_wall[height_of[t]]) for t in committed],
+    )
     return {
         "offered_tx_per_s": rate,
         "achieved_offered_tx_per_s": round((counts.accepted + counts.rejected) / elapsed, 1),
@@ -815,13 +822,9 @@ async def _latency(net: Network, rate: int, seconds: float) -> dict[str, Any]:
         "p95_s": pct(0.95),
         "p99_s": pct(0.99),
         "mean_s": round(statistics.fmean(lat), 3) if lat else float("nan"),
-        "trace": _trace(
-            net,
-            [
-                TxTrace(*wall[t], height=height_of[t], seen=seen_wall[height_of[t]])
-                for t in committed
-            ],
-        ),
+        # The interval the txs saw (node 0's decisions), beside the latency it explains.
+        "block_interval_mean_s": trace.get("block_interval_mean_s"),
+        "trace": trace,
     }
 
 
@@ -876,7 +879,7 @@ def _p50_p95(values: list[float]) -> list[float]:
 
 
 def latency_trace(
-    txs: list[TxTrace], logs: list[NodeLog], addresses: list[str], block_s: float
+    txs: list[TxTrace], logs: list[NodeLog], addresses: list[str], timeout_commit_s: float
 ) -> dict[str, Any]:
     """Where the latency phase's txs waited, from each tx's trace and the nodes' logs (node 0
     the observer), for all txs and for the slowest 5 %, as [p50, p95] in seconds:
@@ -887,20 +890,42 @@ def latency_trace(
       of those it was answered, `missed_own_proposer`: how many of those its own node made;
     - `consensus`: that proposal to node 0's "finalizing commit"; `seen`: that to node 0's
       RPC showing the height to the load generator;
+    - `missed_reap`: how many heights' reaps it missed, counted at the proposer's own reap
+      (its decision of the height before, plus timeout_commit: when CometBFT starts the
+      round and takes the mempool), not at node 0's receipt of the proposal, which comes
+      `reap_to_proposal_s` later; `missed_reap_by`: how long before the first such reap it
+      was answered (a tx answered after the reap could not be in that block, whatever `missed`
+      says: that one counts it); `missed_in_proposers_lock`: how many of those were answered
+      before that proposer's Commit of the height before ended (CometBFT holds its mempool
+      lock from FinalizeBlock's answer to Commit's: a gossiped tx's CheckTx waits for it);
 
-    and per height: `proposal_interval_s`; `prepare_s`, node 0's own proposals from the
-    height's start (the previous decision plus the block time, when the proposer reaps its
-    mempool) to receiving its proposal; `executed_to_committed_s`, every node's FinalizeBlock
-    answer to its Commit answer, the span CometBFT holds its mempool lock (flushing the
-    mempool connection, then Commit)."""
+    and per height: `proposal_interval_s`; `block_interval_mean_s` (node 0's decisions,
+    over the heights holding the txs); `prepare_s`, node 0's own proposals from the height's
+    start (the previous decision plus timeout_commit, when the proposer reaps its mempool)
+    to receiving its proposal; `reap_to_proposal_s`, the same for every proposer (its own
+    log's decision); `commit_to_reap_s`, the proposer's Commit of the height before answered
+    to its reap (negative: the round started late, after the Commit);
+    `executed_to_committed_s`, every node's FinalizeBlock answer to its Commit answer, the
+    span CometBFT holds its mempool lock (flushing the mempool connection, then Commit)."""
     node0 = logs[0]
     proposed, deciding = node0.times["proposed"], node0.times["deciding"]
+    # When each height's proposer reaped its mempool: its own decision of the height before.
+    reaped: dict[int, float] = {}
+    unlocked: dict[int, float] = {}  # when its Commit of the height before ended (mempool lock)
+    for h, proposer in node0.proposers.items():
+        if proposer in addresses and addresses.index(proposer) < len(logs):
+            own = logs[addresses.index(proposer)].times
+            if h - 1 in own["deciding"]:
+                reaped[h] = own["deciding"][h - 1] + timeout_commit_s
+            if h - 1 in own["committed"]:
+                unlocked[h] = own["committed"][h - 1]
     rows: list[dict[str, Any]] = []
     for tx in txs:
         if tx.height not in proposed or tx.height not in deciding:
             continue
         skipped = sorted(h for h, t in proposed.items() if tx.checked < t and h < tx.height)
         first = skipped[0] if skipped else None
+        reaps = sorted(h for h, t in reaped.items() if tx.checked < t and h < tx.height)
         rows.append(
             {
                 "latency": tx.seen - tx.sent,
@@ -909,6 +934,10 @@ def latency_trace(
                 "missed": len(skipped),
                 "missed_by": None if first is None else proposed[first] - tx.checked,
                 "own": first is not None and node0.proposers.get(first) == addresses[tx.node],
+                "missed_reap": len(reaps),
+                "missed_reap_by": reaped[reaps[0]] - tx.checked if reaps else None,
+                # answered while that proposer's mempool was still locked by its Commit
+                "missed_in_lock": bool(reaps) and tx.checked < unlocked.get(reaps[0], 0.0),
                 "consensus": deciding[tx.height] - proposed[tx.height],
                 "seen": tx.seen - deciding[tx.height],
             }
@@ -929,15 +958,22 @@ def latency_trace(
         if ahead:
             out["missed_by"] = _p50_p95(ahead)
             out["missed_own_proposer"] = sum(1 for r in part if r["own"])
+        out["missed_reap"] = sum(1 for r in part if r["missed_reap"])
+        before = [r["missed_reap_by"] for r in part if r["missed_reap_by"] is not None]
+        if before:
+            out["missed_reap_by"] = _p50_p95(before)
+            out["missed_in_proposers_lock"] = sum(1 for r in part if r["missed_in_lock"])
         return out
 
     heights = sorted(proposed)
     gaps = [proposed[b] - proposed[a] for a, b in zip(heights, heights[1:], strict=False)]
     preparing = [
-        proposed[h] - deciding[h - 1] - block_s
+        proposed[h] - deciding[h - 1] - timeout_commit_s
         for h in heights
         if h - 1 in deciding and node0.proposers.get(h) == addresses[0]
     ]
+    held = [tx.height for tx in txs if tx.height in deciding]
+    span = [h for h in sorted(deciding) if held and min(held) - 1 <= h <= max(held)]
     holding = [
         log.times["committed"][h] - t
         for log in logs
@@ -948,7 +984,23 @@ def latency_trace(
         "all": describe(rows),
         "slowest_5pct": describe(rows[int(0.95 * len(rows)) :]),
         "proposal_interval_s": _p50_p95(gaps) if gaps else [],
+        "block_interval_mean_s": (
+            round((deciding[span[-1]] - deciding[span[0]]) / (len(span) - 1), 3)
+            if len(span) > 1
+            else None
+        ),
         "prepare_s": _p50_p95(preparing) if preparing else [],
+        # the proposer's slack: its reap less the end of its Commit of the height before
+        "commit_to_reap_s": (
+            _p50_p95([t - unlocked[h] for h, t in reaped.items() if h in unlocked])
+            if unlocked
+            else []
+        ),
+        "reap_to_proposal_s": (
+            _p50_p95([proposed[h] - t for h, t in reaped.items() if h in proposed])
+            if reaped
+            else []
+        ),
         "executed_to_committed_s": _p50_p95(holding) if holding else [],
     }
 
@@ -963,12 +1015,12 @@ def _validator_address(directory: Path, org: str) -> str:
 
 def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
     orgs = testnet.list_hospitals(net.dir)
-    block_s = testnet.block_time_ms(testnet.cometbft_home(net.dir, orgs[0])) / 1000
+    timeout_s = testnet.timeout_commit_of(testnet.cometbft_home(net.dir, orgs[0])) / 1000
     return latency_trace(
         txs,
         [NodeLog.read(net.dir, org) for org in orgs],
         [_validator_address(net.dir, org) for org in orgs],
-        block_s,
+        timeout_s,
     )
 
 
@@ -1073,6 +1125,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     lat = [r["latency"] for r in rounds if "latency" in r]
     if lat:
         out["p95_commit_latency_s"] = _median([x["p95_s"] for x in lat])
+        intervals = [x["block_interval_mean_s"] for x in lat if x.get("block_interval_mean_s")]
+        out["block_interval_mean_s"] = _median(intervals)
         out["lost"] = sum(x["lost"] for x in lat)
     return out
 
@@ -1120,6 +1174,7 @@ def run(
         "cometbft": testnet.COMETBFT_VERSION,
         "validators": HOSPITALS,
         "block_time_ms": block_time_ms,
+        "timeout_commit_ms": testnet.timeout_commit_ms(block_time_ms),
         "client_streams": streams,
         "mempool_high": mempool_high,
         "tx_bytes": tx_bytes,

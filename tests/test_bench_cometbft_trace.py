@@ -90,7 +90,7 @@ def test_the_trace_says_which_txs_missed_a_proposal_and_whose(bench: ModuleType)
         height=3,
         seen=_at("10:00:02.750"),
     )
-    trace = bench.latency_trace([on_time, late], [log], [A, B], block_s=1.0)
+    trace = bench.latency_trace([on_time, late], [log], [A, B], timeout_commit_s=1.0)
 
     assert trace["all"]["missed"] == {"0": 1, "1": 1}
     slowest = trace["slowest_5pct"]
@@ -101,11 +101,46 @@ def test_the_trace_says_which_txs_missed_a_proposal_and_whose(bench: ModuleType)
     assert slowest["missed_own_proposer"] == 0  # node 0 (A) proposed it, the tx was node 1's
     assert slowest["consensus"] == [0.3, 0.3]
     assert trace["proposal_interval_s"] == [1.35, 1.35]
-    # node 0 proposed height 2: 50 ms after height 1's decision plus the block time
+    # node 0 proposed height 2: 50 ms after height 1's decision plus timeout_commit
     assert trace["prepare_s"] == [0.05, 0.05]
+    assert trace["block_interval_mean_s"] == 1.35  # decisions of heights 1 to 3
     assert trace["executed_to_committed_s"] == [0.4, 0.4]
+
+
+# Node 1 (B) decided each height a little after node 0: its own clock starts its round.
+LOG_B = "\n".join(
+    [
+        _line("10:00:00.020", "finalizing commit of block   module=consensus height=1 hash=AA"),
+        _line("10:00:01.310", "finalizing commit of block   module=consensus height=2 hash=DD"),
+    ]
+)
+
+
+def test_a_missed_reap_is_counted_at_the_proposers_own_reap(bench: ModuleType) -> None:
+    logs = [bench.NodeLog.parse(LOG), bench.NodeLog.parse(LOG_B)]
+    # answered at node 1 100 ms before node 0 (A) reaped height 2, yet only in height 3
+    gossiped = bench.TxTrace(
+        sent=_at("10:00:00.850"), checked=_at("10:00:00.900"), node=1, height=3, seen=2.8
+    )
+    # answered just as A reaped height 2: `missed` counts it (before node 0's receipt of the
+    # proposal), but it could not have been in that block
+    after_reap = bench.TxTrace(
+        sent=_at("10:00:00.990"), checked=_at("10:00:01.020"), node=1, height=3, seen=2.9
+    )
+    trace = bench.latency_trace([gossiped, after_reap], logs, [A, B], timeout_commit_s=1.0)
+
+    assert trace["all"]["missed"] == {"1": 2}
+    assert trace["all"]["missed_reap"] == 1
+    assert trace["all"]["missed_reap_by"] == [0.1, 0.1]
+    # A committed height 1 at 00.110: the tx was answered after its mempool lock had ended
+    assert trace["all"]["missed_in_proposers_lock"] == 0
+    assert trace["commit_to_reap_s"] == [0.89, 0.89]  # height 2 only: B's log has no commit
+    # height 2: A reaped at 01.000, node 0 had the proposal at 01.050; height 3: B reaped at
+    # 02.310 (its own decision of height 2 plus timeout_commit), node 0 had it at 02.400
+    # (p50 and p95 of two values are the larger one)
+    assert trace["reap_to_proposal_s"] == [0.09, 0.09]
 
 
 def test_no_trace_without_the_log(bench: ModuleType) -> None:
     tx = bench.TxTrace(sent=1.0, checked=1.1, node=0, height=5, seen=2.0)
-    assert bench.latency_trace([tx], [bench.NodeLog.parse("")], [A], block_s=1.0) == {}
+    assert bench.latency_trace([tx], [bench.NodeLog.parse("")], [A], timeout_commit_s=1.0) == {}

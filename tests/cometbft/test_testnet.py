@@ -33,7 +33,8 @@ def test_prepare_makes_one_tuned_home_per_hospital(tmp_path: Path) -> None:
         cfg = _config(tmp_path, org)
         cmt = testnet.cometbft_home(tmp_path, org)
         assert cfg["moniker"] == org
-        assert cfg["consensus"]["timeout_commit"] == "250ms"  # type: ignore[index]
+        # 250 ms between blocks: half of it waited after a decision, the round takes the rest
+        assert cfg["consensus"]["timeout_commit"] == "125ms"  # type: ignore[index]
         assert cfg["p2p"]["addr_book_strict"] is False  # type: ignore[index]
         assert cfg["p2p"]["allow_duplicate_ip"] is True  # type: ignore[index]
         assert cfg["instrumentation"]["prometheus"] is False  # type: ignore[index]
@@ -83,7 +84,7 @@ def test_prepare_is_rerunnable_and_keeps_keys(tmp_path: Path) -> None:
     first = testnet.prepare(tmp_path, ORGS[:2], 1000, "medledger-t")
     again = testnet.prepare(tmp_path, ORGS[:2], 500, "medledger-t")
     assert first == again
-    assert _config(tmp_path, ORGS[0])["consensus"]["timeout_commit"] == "500ms"  # type: ignore[index]
+    assert _config(tmp_path, ORGS[0])["consensus"]["timeout_commit"] == "250ms"  # type: ignore[index]
 
 
 def test_write_genesis_is_identical_everywhere(tmp_path: Path) -> None:
@@ -128,6 +129,20 @@ def test_add_hospital_joins_the_peers_and_copies_genesis(tmp_path: Path) -> None
         for a in (addr.p2p, addr.rpc_url, addr.abci)
     ]
     assert len(set(ports)) == 15
+    # the newcomer waits as long after a decision as the others do
+    assert _config(tmp_path, "chu-nantes")["consensus"]["timeout_commit"] == "600ms"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("block_time_ms", "timeout_ms"), [(1000, 600), (5000, 4600), (800, 400), (500, 250)]
+)
+def test_the_block_time_is_the_interval_and_the_round_comes_out_of_it(
+    block_time_ms: int, timeout_ms: int
+) -> None:
+    """CometBFT waits timeout_commit after a decision, then runs a round: the configured block
+    time is what users see between blocks, so timeout_commit leaves the round room."""
+    assert testnet.timeout_commit_ms(block_time_ms) == timeout_ms
+    assert testnet.block_time_from_timeout_ms(timeout_ms) == block_time_ms
 
 
 def test_set_config_refuses_unknown_keys() -> None:

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="org=N, a founder's validator power (default 10; repeat)."),
         ] = None,
         block_time: Annotated[
-            str, typer.Option(help="CometBFT block time, e.g. 1s or 250ms.")
+            str, typer.Option(help="Interval between CometBFT blocks, e.g. 1s or 250ms.")
         ] = "1s",
         param: Annotated[
             list[str] | None,

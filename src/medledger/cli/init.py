@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         engine: Annotated[str, typer.Option(help="solo (in-process) or cometbft.")] = "solo",
         chain_id: Annotated[str, typer.Option(help="The consortium's chain id.")] = "",
         block_time: Annotated[
-            str, typer.Option(help="CometBFT block time, e.g. 1s or 250ms.")
+            str, typer.Option(help="Interval between CometBFT blocks, e.g. 1s or 250ms.")
         ] = "1s",
         host: Annotated[
             list[str] | None,

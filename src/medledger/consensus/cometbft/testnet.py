@@ -238,6 +238,26 @@ def _duration(ms: int) -> str:
     return f"{ms}ms"
 
 
+# A consortium's block time is the interval its users see between blocks. CometBFT starts a
+# height's round `timeout_commit` after the previous height's decision, and the round itself
+# (the proposer's reap and PrepareProposal, the block's gossip, every node's ProcessProposal,
+# two vote steps) adds about this much: ≈ 0.4 s for 4 nodes on loopback at 500 tx/s, more
+# on a loaded machine (docs/benchmarks.md, "Session 11 (lat13)"). timeout_commit is the block
+# time less the round, and never less than half the block time.
+ROUND_MS = 400
+
+
+def timeout_commit_ms(block_time_ms: int) -> int:
+    """CometBFT's timeout_commit for a consortium's block time (the target interval)."""
+    return max(block_time_ms // 2, block_time_ms - ROUND_MS)
+
+
+def block_time_from_timeout_ms(timeout_ms: int) -> int:
+    """The block time whose `timeout_commit_ms` is `timeout_ms` (to within 1 ms when a block
+    time under 2 × ROUND_MS was odd): a node added later gets the others' timeout_commit."""
+    return timeout_ms + ROUND_MS if timeout_ms >= ROUND_MS else 2 * timeout_ms
+
+
 def node_settings(
     org: str,
     ports: list[int],
@@ -296,7 +316,8 @@ def node_settings(
             "recheck": False,
         },
         "consensus": {
-            "timeout_commit": _duration(block_time_ms),
+            # This wait plus the round is the block time (the interval users see).
+            "timeout_commit": _duration(timeout_commit_ms(block_time_ms)),
             # A steady heartbeat: liveness is visible in `net status`, and the app hash of the
             # last tx block reaches a header (for `verify`) within one block time.
             "create_empty_blocks": True,
@@ -476,7 +497,12 @@ def write_genesis(
 
 
 def block_time_ms(cmt_home: Path) -> int:
-    """The block time a node runs with (its timeout_commit)."""
+    """The block time a node runs with (from its timeout_commit)."""
+    return block_time_from_timeout_ms(timeout_commit_of(cmt_home))
+
+
+def timeout_commit_of(cmt_home: Path) -> int:
+    """A node's configured timeout_commit, in ms."""
     config = tomllib.loads((cmt_home / "config" / "config.toml").read_text())
     value = str(config["consensus"]["timeout_commit"])
     match = re.fullmatch(r"(\d+)(ms|s)", value)
