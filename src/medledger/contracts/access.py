@@ -848,8 +848,16 @@ def _check_receiver(ctx: Context, n: int, pid: str, to: str, custodian: str) -> 
     )
 
 
-def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool = False) -> None:
-    """The v2 to v4 handling; `receivers` (v4) checks an export's `to` on the chain."""
+def _log_rows(
+    ctx: Context,
+    msg: LogV2,
+    kind: type[EntryV2],
+    *,
+    receivers: bool = False,
+    by_column: bool = False,
+) -> None:
+    """The v2 to v5 handling; `receivers` (v4 on) checks an export's `to` on the chain,
+    `by_column` (v5) writes each row's entries by column (`_row_v5`)."""
     custodian, practitioner = acting_org(ctx)
     signer = _signer_label(custodian, practitioner)
     if msg.entries:
@@ -906,10 +914,11 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool 
         elif entry.actor.startswith("patient:") or (entry.actor, entry.actor_org) not in actors:
             _check_actor(ctx, n, entry, custodian)  # without a request: the same for all
             actors.add((entry.actor, entry.actor_org))  # entries of this actor but patients'
-        _check_to(ctx, n, entry, custodian)
         to: str = getattr(entry, "to", "")  # v3 on
-        if to and receivers:
-            _check_receiver(ctx, n, entry.pid, to, custodian)
+        if to:
+            _check_to(ctx, n, entry, custodian)
+            if receivers:
+                _check_receiver(ctx, n, entry.pid, to, custodian)
         row = rows.setdefault(entry.pid, [])
         row.append(
             [
@@ -928,7 +937,7 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool 
                 entry.id,
             ]
         )
-        if to:
+        if to or by_column:
             row[-1].append(to)
     if last > mark:
         ctx.state.put(mark_key, last)
@@ -936,7 +945,8 @@ def _log_rows(ctx: Context, msg: LogV2, kind: type[EntryV2], *, receivers: bool 
         return
     stamp = _stamp(ctx)
     for pid, columns in rows.items():
-        ctx.state.put(f"acc/ptx/{pid}/{stamp}", [custodian, signer, ctx.height, columns])
+        stored = _row_v5(columns) if by_column else columns
+        ctx.state.put(f"acc/ptx/{pid}/{stamp}", [custodian, signer, ctx.height, stored])
         seen: set[tuple[str, str, str]] = set()
         for c in columns:
             if (c[2], c[3], c[5]) not in seen:
@@ -963,9 +973,7 @@ def _v2_entries(pid: str, key: str, row: list[Any]) -> list[dict[str, Any]]:
     time, tx = int(time_ms), bytes.fromhex(tx_hex)
     custodian, signer, height, entries = row
     out = []
-    for columns in entries:
-        entry = dict(zip(ROW_COLUMNS, columns, strict=False))  # `to` only when set (v3)
-        entry.setdefault("to", "")
+    for entry in _row_entries(entries):
         entry.update(
             custodian=custodian,
             signer=signer,
@@ -975,6 +983,24 @@ def _v2_entries(pid: str, key: str, row: list[Any]) -> list[dict[str, Any]]:
             tx=tx,
             key=f"{key}/{entry['n']:04d}",
         )
+        out.append(entry)
+    return out
+
+
+def _row_entries(stored: list[list[Any]] | dict[str, Any]) -> list[dict[str, Any]]:
+    """A row's entries as maps of `ROW_COLUMNS`: v2 to v4 store a list of columns per
+    entry (`to` only when set), v5 the entries by column (`_row_v5`)."""
+    if type(stored) is not dict:
+        out = [dict(zip(ROW_COLUMNS, columns, strict=False)) for columns in stored]
+        for entry in out:
+            entry.setdefault("to", "")
+        return out
+    base = {**_ROW_DEFAULTS, **stored.get("same", {})}
+    varying = stored.get("cols", {})
+    out = []
+    for i in range(stored["count"]):
+        entry = {**base, **{name: column[i] for name, column in varying.items()}}
+        entry["rids"] = list(entry["rids"])  # each entry its own list, as a v2 row gives
         out.append(entry)
     return out
 
@@ -1104,6 +1130,50 @@ def _compact(columns: dict[str, Any], need: int) -> dict[str, Any]:
     return body
 
 
+# --- version 5: v4, and each row's entries stored by column ----------------------------
+
+#: A row column's value when an entry has none (a v5 row leaves out a column all default).
+_ROW_DEFAULTS: dict[str, Any] = {
+    "basis": "",
+    "reason": "",
+    "rids": [],
+    "request": b"",
+    "request_signer": "",
+    "seq": 0,
+    "id": "",
+    "to": "",
+}
+
+
+def _row_v5(entries: list[list[Any]]) -> dict[str, Any]:
+    """A row's entries (`ROW_COLUMNS` each, `to` included) by column: `count`; `same`, each
+    column whose value every entry shares, once (left out when that is its default); `cols`,
+    the others. The same fields as a v2 row, so the same bounds: only fewer bytes to build,
+    encode and hash (a journal's 500 reads of one patient share all but `n`, `rids`, `seq`)."""
+    count = len(entries)
+    same: dict[str, Any] = {}
+    cols: dict[str, list[Any]] = {}
+    for name, column in zip(ROW_COLUMNS, zip(*entries, strict=True), strict=True):
+        first = column[0]
+        if column.count(first) != count:
+            cols[name] = list(column)
+        elif name not in _ROW_DEFAULTS or first != _ROW_DEFAULTS[name]:
+            same[name] = first
+    row: dict[str, Any] = {"count": count}
+    if same:
+        row["same"] = same
+    if cols:
+        row["cols"] = cols
+    return row
+
+
+def log_v5(ctx: Context, msg: LogV3) -> None:
+    """`access.log`, version 5: v4's body and checks; a row's entries stored by column
+    (`_row_v5`), which the queries read beside v2's rows."""
+    body = LogV2(columns=_expand(msg), entries=msg.entries, need=msg.need)
+    _log_rows(ctx, body, EntryV3, receivers=True, by_column=True)
+
+
 def _forget_mark(ctx: Context, org: str) -> None:
     """governance's rebinding of org: the mark goes with the lost keys. Whoever held them
     until the vote (a thief) could have lifted it to just below MAX_SEQ, and the new home's
@@ -1153,6 +1223,12 @@ CONTRACTS = [
         name="access",
         version=4,
         messages={"access.log": Message("access.log", LogV3, log_v4)},
+        queries=_QUERIES_V2,
+    ),
+    Contract(
+        name="access",
+        version=5,
+        messages={"access.log": Message("access.log", LogV3, log_v5)},
         queries=_QUERIES_V2,
     ),
 ]
