@@ -14,7 +14,7 @@ pairs in alternating order: the median ratio, each pair's, and on CometBFT the s
 processes' CPU per read in each run); and the latency with one reader per
 hospital (on and off), where the machine's queueing does not hide the audit's own cost. The
 switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
-`HospitalServices.log` this script installs in its own node processes (never a product
+`HospitalServices.log_later` this script installs in its own node processes (never a product
 setting). Last, the journal driven
 directly (`direct` entries logged by `callers` threads, then drained): audit entries
 committed per second (from the first entry logged to the last committed, and from the first
@@ -47,19 +47,23 @@ PID = hashlib.sha256(b"bench audit direct").hexdigest()
 
 
 def install_switch() -> Callable[[], None]:
-    """`HospitalServices.log` skips the audit while the hospital home holds `OFF`."""
+    """`HospitalServices.log_later` (which `log` calls) skips the audit while the hospital
+    home holds `OFF`."""
     from medledger.api.services import HospitalServices
 
-    original = HospitalServices.log
+    original = HospitalServices.log_later
 
-    def log(self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool) -> None:
-        if not (self.node.config.home / OFF).exists():
-            original(self, entries, wait=wait)
+    def log_later(
+        self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool
+    ) -> Callable[[], None]:
+        if (self.node.config.home / OFF).exists():
+            return lambda: None
+        return original(self, entries, wait=wait)
 
-    HospitalServices.log = log  # type: ignore[method-assign]
+    HospitalServices.log_later = log_later  # type: ignore[method-assign]
 
     def undo() -> None:
-        HospitalServices.log = original  # type: ignore[method-assign]
+        HospitalServices.log_later = original  # type: ignore[method-assign]
 
     return undo
 
