@@ -4,7 +4,10 @@ reads the same under either layout, and an older chain keeps its rows."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import pytest
 
 from medledger.contracts import access
 from medledger.contracts.access import log_body
@@ -163,3 +166,62 @@ def test_an_older_chain_keeps_its_rows_and_reads_both_after_the_vote() -> None:
     assert [e["seq"] for e in trail] == [1, 2, 3, 4, 5]
     assert [access.journal_ref(e) for e in trail][-1] == "seq:5"
     assert len(app.query_obj("access/by_custodian", {"org": "h0"})) == 5
+
+
+def _random_entries(rng: random.Random, seq: int) -> tuple[list[dict[str, Any]], int]:
+    """A journal's tx as real loads make them, and the odd one a check refuses: one patient
+    or several, the hospital or its practitioners, a patient reading their own records,
+    denials, another hospital without its signed request, sequences re-sent or out of order."""
+    entries = []
+    actors = ["org:h0", "org:h0", "practitioner:h0/dr-x", "practitioner:h0/dr-y"]
+    if rng.random() < 0.2:
+        actors.append("org:h1")
+    for _ in range(rng.randint(1, 12)):
+        seq += rng.choice([1, 1, 1, 2, 40])
+        actor = rng.choice(actors)
+        entry = _entry(
+            actor=actor,
+            actor_org=actor.partition(":")[2].partition("/")[0],
+            pid=rng.choice([PID, PID, OTHER]),
+            basis="custodian",
+            rids=[f"obs-{rng.randint(0, 9)}" for _ in range(rng.randint(0, 3))],
+            seq=seq,
+        )
+        if rng.random() < 0.03:
+            entry.update(actor=f"patient:{entry['pid']}")
+        if rng.random() < 0.15:
+            entry.update(outcome="denied", basis="", reason="no consent")
+        entries.append(entry)
+    if rng.random() < 0.1:
+        entries.reverse()  # sequences must increase: refused
+    if rng.random() < 0.2:
+        seq -= rng.randint(1, 30)  # the journal re-sends some of them
+    return entries, seq
+
+
+def test_v5s_column_path_writes_and_refuses_as_its_entry_by_entry_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_plain_rows` (a plain journal tx, by column) against `_log_rows`' loop: the same
+    results, events and app hash after every block of 200 random txs."""
+    rng = random.Random(11)
+    net, fast = _net(5)
+    _, slow = _net(5)
+    seq = 0
+    accepted = refused = 0
+    for height in range(40):
+        txs = []
+        for _ in range(5):
+            entries, seq = _random_entries(rng, seq)
+            txs.append(net.tx(net.orgs["h0"], "access.log", log_body(entries, 5)))
+        with monkeypatch.context() as m:
+            one = run_block(fast, txs, net.solo)
+            m.setattr(access, "_plain_rows", lambda *args: None)
+            other = run_block(slow, txs, net.solo)
+        assert one.results == other.results, height
+        assert one.app_hash == other.app_hash, height
+        accepted += sum(r.ok for r in one.results)
+        refused += sum(not r.ok for r in one.results)
+    assert accepted > 100 and refused > 10  # both kinds were tried
+    trail = fast.query_obj("access/of_patient", {"pid": PID})
+    assert trail == slow.query_obj("access/of_patient", {"pid": PID}) and len(trail) > 100
