@@ -287,8 +287,12 @@ def _compare(
 def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[str, Any]:
     """The journal alone: `total` entries logged by `callers` threads (as many requests at
     once), until all are committed. `committed_per_s` counts from the first entry logged to
-    the last committed, so a burst pays a block's wait at its end; `steady_committed_per_s`,
-    from the first commit to the last, is the rate the chain took them at."""
+    the last committed: it includes the wait for the first block that carries any
+    (`first_commit_s`) and, after the last entry is logged, the commit of the block that
+    carries it (`last_commit_wait_s`), about a block time each whatever the rate, so it grows
+    with the phase's length. `steady_committed_per_s`, the entries of every commit after the
+    first over the time from the first commit to the last, is the rate the chain took them
+    at; `blocks`, how many blocks carried them (few blocks: a coarse figure)."""
     from medledger.contracts.authorize import Decision
     from medledger.node import decisions
     from medledger.node.audit import AuditJournal
@@ -300,12 +304,14 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
     journal = AuditJournal(directory, wallet).start()
     per_thread = max(1, total // callers)
     commits: list[tuple[float, int]] = []  # (when, entries committed so far) at each change
+    heights: set[int] = set()  # the chain's height at each change: the blocks that took them
     watching = threading.Event()
 
     def watch() -> None:
         while not watching.wait(0.01):
             if journal.stats["entries"] != (commits[-1][1] if commits else 0):
                 commits.append((time.perf_counter(), journal.stats["entries"]))
+                heights.add(node.engine.height())
 
     def drive(n: int) -> None:
         for i in range(per_thread):
@@ -343,6 +349,9 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
         "logged_per_s": round(entries / logged, 1),
         "committed_per_s": round(journal.stats["entries"] / elapsed, 1),
         "steady_committed_per_s": None if steady is None else round(steady, 1),
+        "blocks": len(heights),
+        "first_commit_s": round(commits[0][0] - started, 2) if commits else None,
+        "last_commit_wait_s": round(elapsed - logged, 2),
         "callers": callers,
         "entries_per_tx": round(journal.stats["entries"] / max(1, journal.stats["txs"]), 1),
         "fsyncs": journal.stats["fsyncs"],
