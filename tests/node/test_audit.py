@@ -161,7 +161,12 @@ def test_a_read_prepares_its_answer_while_its_entry_is_written_and_serves_once_d
     try:
         logging = journal.begin(_entries(node), wait=False)  # returns with the disk busy
         ended = threading.Event()
-        reader = threading.Thread(target=lambda: (logging.end(), ended.set()))
+
+        def serve() -> None:
+            logging.end()
+            ended.set()
+
+        reader = threading.Thread(target=serve)
         reader.start()
         assert not ended.wait(0.3)  # nothing may leave yet
         disk.set()
