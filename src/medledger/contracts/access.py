@@ -81,6 +81,13 @@ custody runs, or ended by its own shredding), or the receiving hospital of a ref
 patient from the custodian. A sender can no longer name in a patient's trail a hospital that
 could not have received their data. It can still name another eligible receiver than the
 real one, or log no export at all: docs/security.md. State and rows as in v3.
+
+Version 5 (`log_v5`): v4's body and checks; a row's entries stored by column,
+`[custodian, signer, height, [count, same, cols]]` (`_row_v5`): the fields every entry
+shares once, the others by column. The same fields, so the same bounds; fewer bytes to
+build, encode and hash per entry. A journal's plain tx is turned into rows by column
+(`_plain_rows`); any other goes through the entry-by-entry loop. The queries read every
+layout (`_row_entries`).
 """
 
 from __future__ import annotations
