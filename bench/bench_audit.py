@@ -14,7 +14,7 @@ pairs in alternating order: the median ratio, each pair's, and on CometBFT the s
 processes' CPU per read in each run); and the latency with one reader per
 hospital (on and off), where the machine's queueing does not hide the audit's own cost. The
 switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
-`HospitalServices.log` this script installs in its own node processes (never a product
+`HospitalServices.log_later` this script installs in its own node processes (never a product
 setting). Last, the journal driven
 directly (`direct` entries logged by `callers` threads, then drained): audit entries
 committed per second (from the first entry logged to the last committed, and from the first
@@ -47,19 +47,23 @@ PID = hashlib.sha256(b"bench audit direct").hexdigest()
 
 
 def install_switch() -> Callable[[], None]:
-    """`HospitalServices.log` skips the audit while the hospital home holds `OFF`."""
+    """`HospitalServices.log_later` (which `log` calls) skips the audit while the hospital
+    home holds `OFF`."""
     from medledger.api.services import HospitalServices
 
-    original = HospitalServices.log
+    original = HospitalServices.log_later
 
-    def log(self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool) -> None:
-        if not (self.node.config.home / OFF).exists():
-            original(self, entries, wait=wait)
+    def log_later(
+        self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool
+    ) -> Callable[[], None]:
+        if (self.node.config.home / OFF).exists():
+            return lambda: None
+        return original(self, entries, wait=wait)
 
-    HospitalServices.log = log  # type: ignore[method-assign]
+    HospitalServices.log_later = log_later  # type: ignore[method-assign]
 
     def undo() -> None:
-        HospitalServices.log = original  # type: ignore[method-assign]
+        HospitalServices.log_later = original  # type: ignore[method-assign]
 
     return undo
 
@@ -283,8 +287,12 @@ def _compare(
 def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[str, Any]:
     """The journal alone: `total` entries logged by `callers` threads (as many requests at
     once), until all are committed. `committed_per_s` counts from the first entry logged to
-    the last committed, so a burst pays a block's wait at its end; `steady_committed_per_s`,
-    from the first commit to the last, is the rate the chain took them at."""
+    the last committed: it includes the wait for the first block that carries any
+    (`first_commit_s`) and, after the last entry is logged, the commit of the block that
+    carries it (`last_commit_wait_s`), about a block time each whatever the rate, so it grows
+    with the phase's length. `steady_committed_per_s`, the entries of every commit after the
+    first over the time from the first commit to the last, is the rate the chain took them
+    at; `blocks`, how many blocks carried them (few blocks: a coarse figure)."""
     from medledger.contracts.authorize import Decision
     from medledger.node import decisions
     from medledger.node.audit import AuditJournal
@@ -296,12 +304,14 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
     journal = AuditJournal(directory, wallet).start()
     per_thread = max(1, total // callers)
     commits: list[tuple[float, int]] = []  # (when, entries committed so far) at each change
+    heights: set[int] = set()  # the chain's height at each change: the blocks that took them
     watching = threading.Event()
 
     def watch() -> None:
         while not watching.wait(0.01):
             if journal.stats["entries"] != (commits[-1][1] if commits else 0):
                 commits.append((time.perf_counter(), journal.stats["entries"]))
+                heights.add(node.engine.height())
 
     def drive(n: int) -> None:
         for i in range(per_thread):
@@ -339,6 +349,9 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
         "logged_per_s": round(entries / logged, 1),
         "committed_per_s": round(journal.stats["entries"] / elapsed, 1),
         "steady_committed_per_s": None if steady is None else round(steady, 1),
+        "blocks": len(heights),
+        "first_commit_s": round(commits[0][0] - started, 2) if commits else None,
+        "last_commit_wait_s": round(elapsed - logged, 2),
         "callers": callers,
         "entries_per_tx": round(journal.stats["entries"] / max(1, journal.stats["txs"]), 1),
         "fsyncs": journal.stats["fsyncs"],

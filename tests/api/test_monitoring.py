@@ -100,7 +100,7 @@ def test_a_page_refused_503_for_another_reason_is_a_page_too(
     def unavailable(*args: object, **kwargs: object) -> None:
         raise JournalUnavailable("the journal's disk is full")
 
-    monkeypatch.setattr(api.services.node.audit, "log", unavailable)
+    monkeypatch.setattr(api.services.node.audit, "begin", unavailable)  # `log` goes through it
     staff = api.token("Practitioner/dr-martin", "user/*.cruds")
     api_read = api.client.get(f"/fhir/Patient/{api.patient_rid}", headers=staff)
     assert api_read.status_code == 503 and api_read.json()["resourceType"] == "OperationOutcome"

@@ -56,7 +56,7 @@ def _exports(w: World) -> list[tuple[str, str]]:
 
 def test_a_hospital_cannot_name_a_non_custodian_as_the_receiver_of_a_patients_data() -> None:
     w = World()
-    assert w.q("governance/contracts", {})["access"] == 4
+    assert w.q("governance/contracts", {})["access"] >= 4  # v5 keeps its checks
     # h2 holds nothing of alice and no referral sends her to it: h0 cannot blame it.
     refused = _log(w, _export(w, "", action="read", basis="custodian"), _export(w, "h2"))
     assert refused.code == Code.UNAUTHORIZED

@@ -141,6 +141,44 @@ def test_an_entry_is_on_disk_before_log_returns_and_reaches_the_chain_after_a_re
     assert read_journal(directory / "journal")[0] == []  # marked done
 
 
+def test_a_read_prepares_its_answer_while_its_entry_is_written_and_serves_once_durable(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`begin` queues the entry and returns at once (the read's own work overlaps the
+    fsync); `end` returns only once the entry is on disk."""
+    import os
+
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, window_s=3600.0)
+    disk = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        disk.wait(30)  # the disk takes its time
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    try:
+        logging = journal.begin(_entries(node), wait=False)  # returns with the disk busy
+        ended = threading.Event()
+
+        def serve() -> None:
+            logging.end()
+            ended.set()
+
+        reader = threading.Thread(target=serve)
+        reader.start()
+        assert not ended.wait(0.3)  # nothing may leave yet
+        disk.set()
+        assert ended.wait(30)
+        reader.join(30)
+        (pending, _, _) = read_journal(directory / "journal")
+        assert [len(group) for group in pending] == [1]  # durable when end returned
+    finally:
+        disk.set()
+        journal.stop()
+
+
 def test_an_entry_that_is_not_ledger_data_is_refused_to_its_caller_and_nothing_written(
     node: Node, tmp_path: Path
 ) -> None:

@@ -403,10 +403,12 @@ def serve_version(svc: HospitalServices, claims: Claims, info: Any) -> tuple[byt
         raise FhirError(403, "forbidden", f"{what} is outside the categories of your scopes")
     meta = _meta_of(svc, info)
     audited = svc.decide_and_audit(claims, info.pid, meta, "treatment", "read", [info.rid])
-    svc.log(audited.entries, wait=False)
+    durable = svc.log_later(audited.entries, wait=False)
     if not audited.decision.allowed:
+        durable()
         raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
     body, headers, _ = versions.served(svc.vault, svc.node.engine, info.rid, info.version)
+    durable()  # the entry on disk before the record leaves; its read overlapped the fsync
     return body, headers
 
 

@@ -18,6 +18,7 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,14 +261,28 @@ class HospitalServices:
         here before this returns, so the caller may serve; on the chain in the next shared
         `access.log` tx. `wait` until committed (remote reads). If the journal cannot keep
         them, nothing is served: 503 with the reason, never a traceback."""
+        self.log_later(entries, wait=wait)()
+
+    def log_later(self, entries: list[dict[str, Any]], *, wait: bool) -> Callable[[], None]:
+        """`log` in two steps: the entries are queued now, and the call returned returns once
+        they are durable (raising as `log` does). Call it before anything leaves: a read
+        prepares its answer meanwhile instead of waiting for the disk first."""
         from medledger.node.audit import JournalUnavailable
         from medledger.node.wallet import TxRejected
 
         try:
-            self.node.audit.log(entries, wait=wait)
+            logging = self.node.audit.begin(entries, wait=wait)
         except JournalUnavailable as exc:
             raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
-        except (TimeoutError, TxRejected) as exc:
-            raise FhirError(
-                503, "transient", f"the access was not recorded on the ledger: {exc}"
-            ) from None
+
+        def durable() -> None:
+            try:
+                logging.end()
+            except JournalUnavailable as exc:
+                raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
+            except (TimeoutError, TxRejected) as exc:
+                raise FhirError(
+                    503, "transient", f"the access was not recorded on the ledger: {exc}"
+                ) from None
+
+        return durable

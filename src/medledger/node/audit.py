@@ -121,6 +121,40 @@ class _Group:
         return self
 
 
+class Logging:
+    """Entries `AuditJournal.begin` queued: `end()` returns once they are durable (and, for
+    a caller that waits for the commit, on the chain)."""
+
+    def __init__(
+        self, groups: list[_Group], written: threading.Lock | None, wait: bool, deadline: float
+    ) -> None:
+        self._groups = groups
+        self._written = written
+        self._wait = wait
+        self._deadline = deadline
+
+    def end(self) -> None:
+        """Raises JournalUnavailable if they could not be made durable, TxRejected if the
+        ledger refused them for good, TimeoutError if the wait for the commit ran out."""
+        if self._written is None:
+            return
+        deadline = self._deadline
+        if not self._written.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise JournalUnavailable("the audit journal did not reach the disk in time")
+        self._written.release()  # the next caller of this write passes through in turn
+        for group in self._groups:
+            if isinstance(group.error, JournalUnavailable):
+                raise group.error
+        if not self._wait:
+            return
+        for group in self._groups:
+            assert group.settled is not None
+            if not group.settled.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the access entry was not committed in time (kept, re-sent)")
+            if group.error is not None:
+                raise group.error
+
+
 @dataclass(eq=False)
 class _InFlight:
     tx: bytes
@@ -346,8 +380,15 @@ class AuditJournal:
         TxRejected if the ledger refused them for good (kept in `refused`), TimeoutError if
         `wait` ran out (they stay journaled and reach the chain later).
         """
+        self.begin(entries, wait=wait, timeout=timeout).end()
+
+    def begin(self, entries: list[dict[str, Any]], *, wait: bool, timeout: float = 30.0) -> Logging:
+        """`log` in two steps: the entries are queued for the next write when this returns,
+        and `end()` returns once they are durable (with `wait`, on the chain), raising what
+        `log` raises. A read serves nothing before `end()`, and does its own work meanwhile
+        (the vault's read, the answer's bytes) instead of sleeping through the fsync first."""
         if not entries:
-            return
+            return Logging([], None, wait, 0.0)
         deadline = time.monotonic() + timeout
         groups = self._groups(entries)
         for group in groups:
@@ -371,20 +412,7 @@ class AuditJournal:
             self._pending += sum(len(g.entries) for g in groups)
             written = self._written
             self._to_write.notify()
-        if not written.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise JournalUnavailable("the audit journal did not reach the disk in time")
-        written.release()  # the next caller of this write passes through in turn
-        for group in groups:
-            if isinstance(group.error, JournalUnavailable):
-                raise group.error
-        if not wait:
-            return
-        for group in groups:
-            assert group.settled is not None
-            if not group.settled.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError("the access entry was not committed in time (kept, re-sent)")
-            if group.error is not None:
-                raise group.error
+        return Logging(groups, written, wait, deadline)
 
     def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
         # Sized with an id and the largest sequence; both are given under the lock (log).
