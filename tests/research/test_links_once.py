@@ -169,9 +169,7 @@ def test_the_receivers_check_reads_the_links_once_and_gives_the_per_patient_verd
     verdicts = {}
     for query in (record, _record(w, "s1/q0002")):
         for sender in query["answerers"]:
-            pids = [
-                pid_of(n) for n in PEOPLE if sender in custodians(w.state, pid_of(n), query)
-            ]
+            pids = [pid_of(n) for n in PEOPLE if sender in custodians(w.state, pid_of(n), query)]
             for receiver in query["answerers"]:
                 if receiver == sender:
                     continue
