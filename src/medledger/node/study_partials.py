@@ -303,9 +303,12 @@ class Links:
         enrolment, binding = self._enrolments.get(pid), self._bindings.get(pid)
         return _linked(self.state, self.study, pid, self.start, enrolment, binding)
 
-    def answering(self, pid: str) -> str:
-        """The patient's answering hospital (`answering`)."""
-        return answering(self.query, self.custodians(pid), self.linked(pid), self.settled)
+    def answering(self, pid: str, held_by: dict[str, int] | None = None) -> str:
+        """The patient's answering hospital (`answering`; `held_by`: their `custodians`,
+        when already read). An only custodian counts them whatever the links: not read."""
+        held_by = self.custodians(pid) if held_by is None else held_by
+        linked = self.linked(pid) if len(held_by) > 1 else ()
+        return answering(self.query, held_by, linked, self.settled)
 
 
 def started_ms(record: dict[str, Any]) -> int:
@@ -400,7 +403,7 @@ def check(
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
         if not links.counts(pid):  # withdrawn since the sender looked: no dispute
             continue
-        counter = answering(query_id, held_by, links.linked(pid), links.settled)
+        counter = links.answering(pid, held_by)
         if counter == receiver:
             found[pid] = facts
         elif counter != sender:

@@ -173,8 +173,8 @@ class Answerer:
                 if not links.counts(pid):
                     continue
                 held_by = links.custodians(pid)
-                if self.org in held_by:
-                    linked = links.linked(pid)
+                if self.org in held_by:  # its only custodian counts them, whatever the links
+                    linked = links.linked(pid) if len(held_by) > 1 else ()
                     mine[pid] = answering(query_id, held_by, linked, links.settled)
                     first = next((link.org for link in linked if link.org in held_by), "")
                     if not mine[pid] and first == self.org:
