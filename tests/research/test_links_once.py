@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from medledger.contracts.common import DAY_MS
-from medledger.ledger.keys import SigningKey
 from medledger.contracts.study_query import PatientFacts
+from medledger.ledger.keys import SigningKey
 from medledger.node.study_partials import (
     Links,
     PartialsRefused,
