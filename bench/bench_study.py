@@ -126,6 +126,8 @@ QUERY: dict[str, Any] = {
 #: Patients per ingested Bundle (about 3.5 resources each: under records.MAX_ENTRIES).
 PER_BUNDLE = 100
 _ANSWERED = re.compile(r"(\S+) answered (\S+) for (\d+) patients\b.* in (.*)$")
+#: The gateway's line for each partials message it takes (exchange/gateway.py).
+_TOOK = re.compile(r"(\S+) took partials of (\S+) from \S+: .*; check ([\d.]+)s, .* in ([\d.]+)s")
 
 
 def _bundle(n: int, org: str, rng: random.Random) -> dict[str, Any]:
@@ -312,7 +314,10 @@ def _versus(measured: dict[str, Any]) -> dict[str, Any]:
 
 
 def _answers(directory: Path, query_id: str) -> dict[str, dict[str, Any]]:
+    """Each node's answer line, and what its gateway spent taking the others' partials
+    (`took_check`: the checks' wall time summed; `took`: the longest message's)."""
     found: dict[str, dict[str, Any]] = {}
+    took: dict[str, list[tuple[float, float]]] = {}
     for log in (directory / "logs").glob("*.app.log"):
         for line in log.read_text(errors="replace").splitlines():
             m = _ANSWERED.search(line)
@@ -322,6 +327,13 @@ def _answers(directory: Path, query_id: str) -> dict[str, dict[str, Any]]:
                     for k, v in (part.split(" ") for part in m.group(4).split(", "))
                 }
                 found[m.group(1)] = {"patients": int(m.group(3)), **timing}
+            t = _TOOK.search(line)
+            if t and t.group(2) == query_id:
+                took.setdefault(t.group(1), []).append((float(t.group(3)), float(t.group(4))))
+    for org, times in took.items():
+        found.setdefault(org, {}).update(
+            took_check=round(sum(c for c, _ in times), 3), took=max(w for _, w in times)
+        )
     return found
 
 

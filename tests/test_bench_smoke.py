@@ -85,3 +85,12 @@ def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
     (tmp_path / "logs" / "chu-lyon.app.log").write_text(line + "\n")
     found = _load("study")._answers(tmp_path, "s1/q0001")
     assert found == {"chu-lyon": {"patients": 12, **timing}}
+    # ... and its gateway's line for each partials message it took (exchange/gateway.py).
+    took = (
+        "2026-11-30 18:00:00 INFO medledger.exchange.gateway chu-lyon took partials of "
+        "s1/q0001 from {}: 3 kept, 0 dropped; check {}s, kept 0.004s, in {}s"
+    )
+    lines = [line, took.format("aphp-paris", "0.020", "0.050"), took.format("x", "0.010", "0.090")]
+    (tmp_path / "logs" / "chu-lyon.app.log").write_text("\n".join(lines) + "\n")
+    found = _load("study")._answers(tmp_path, "s1/q0001")
+    assert found == {"chu-lyon": {"patients": 12, **timing, "took_check": 0.03, "took": 0.09}}

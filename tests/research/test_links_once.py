@@ -3,21 +3,26 @@
 A hospital plans its answer over its whole custody: `Links` reads each kind of fact (the
 study's enrolments, custodies and shreddings, key bindings, erasure requests) in one pass
 instead of several lookups per patient. The rule is `counts`, `custodians`, `linked` and
-`answering`, which the gateway still asks patient by patient: both must agree for every kind
-of patient, including those whose links changed after the query started."""
+`answering`, read patient by patient: both must agree for every kind of patient, including
+those whose links changed after the query started. The receiver's `check` reads a partials
+message's pids through `Links` too: its verdicts must be the per-patient rule's."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import pytest
 
 from medledger.contracts.common import DAY_MS
+from medledger.contracts.study_query import PatientFacts
 from medledger.ledger.keys import SigningKey
 from medledger.node.study_partials import (
     Links,
+    PartialsRefused,
     answering,
+    check,
     counted,
     counts,
     custodians,
@@ -137,3 +142,54 @@ def test_a_patient_the_links_were_not_read_for_is_refused_not_taken_for_unlinked
     assert links.answering(pid_of("dave")) == "h0"
     with pytest.raises(KeyError, match="not among the patients"):
         links.custodians(pid_of("erin"))  # erin has custodians: {} would be a lie
+
+
+FACTS = PatientFacts(sex="female", matched={"cohort": True}, value=("2026-03-02", 7400))
+
+
+def _verdicts_per_patient(
+    w: World, record: dict[str, Any], sender: str, receiver: str, pids: list[str]
+) -> tuple[set[str], list[str]]:
+    """What the receiver must keep and drop of the sender's pids, by the per-patient rule."""
+    kept, dropped = set(), []
+    for pid in pids:
+        counting = _per_patient(w, record, pid)
+        if not counting[0]:
+            continue  # no longer enrolled: neither kept nor a dispute
+        if counting[3] == receiver:
+            kept.add(pid)
+        elif counting[3] != sender:
+            dropped.append(pid)
+    return kept, dropped
+
+
+def test_the_receivers_check_reads_the_links_once_and_gives_the_per_patient_verdicts() -> None:
+    w, record = _network()
+    now = int(time.time() * 1000)
+    verdicts = {}
+    for query in (record, _record(w, "s1/q0002")):
+        for sender in query["answerers"]:
+            pids = [pid_of(n) for n in PEOPLE if sender in custodians(w.state, pid_of(n), query)]
+            for receiver in query["answerers"]:
+                if receiver == sender:
+                    continue
+                body = {"query": query["id"], "patients": [[p, FACTS.to_obj()] for p in pids]}
+                _, kept, dropped = check(w.state, query, sender, receiver, body, now)
+                expected = _verdicts_per_patient(w, query, sender, receiver, pids)
+                assert (set(kept), dropped) == expected
+                verdicts[query["id"], sender, receiver] = (set(kept), dropped)
+    # The rule's known verdicts, so that agreeing on nothing would fail: h2 (dave's and
+    # erin's junk filer, fay's co-custodian) gives h0 dave and erin, h1 fay.
+    p = {name: pid_of(name) for name in PEOPLE}
+    assert verdicts["s1/q0001", "h2", "h0"] == ({p["dave"], p["erin"]}, [p["fay"]])
+    assert verdicts["s1/q0001", "h2", "h1"] == ({p["fay"]}, [p["dave"], p["erin"]])
+    assert verdicts["s1/q0001", "h0", "h1"][0] == {p["fay"]}  # gus: h0's custody ended
+
+
+def test_the_receivers_check_still_refuses_a_pid_the_sender_does_not_hold() -> None:
+    w, record = _network()
+    body = {"query": record["id"], "patients": [[pid_of("jo"), FACTS.to_obj()]]}
+    with pytest.raises(PartialsRefused, match=r"patients\[0\]: h0 is not a custodian"):
+        check(w.state, record, "h0", "h1", body, int(time.time() * 1000))
+    empty = {"query": record["id"], "patients": []}
+    assert check(w.state, record, "h0", "h1", empty, int(time.time() * 1000))[1:] == ({}, [])

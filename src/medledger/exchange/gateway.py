@@ -777,6 +777,7 @@ class Gateway:
         record = (
             queries.study_query(self.node.engine, query_id) if isinstance(query_id, str) else None
         )
+        checking = time.perf_counter()
         try:
             with self.policy.state() as state:
                 query_id, facts, dropped = check_partials(
@@ -785,8 +786,21 @@ class Gateway:
         except PartialsRefused as exc:
             self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
             raise Refused(exc.status, exc.reason) from None
+        checked = time.perf_counter()
         self.partials.put(query_id, caller.actor.org, facts, dropped)
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
+        log.info(
+            "%s took partials of %s from %s: %d kept, %d dropped; check %.3fs, kept %.3fs, "
+            "in %.3fs",
+            self.org,
+            query_id,
+            caller.actor.org,
+            len(facts),
+            len(dropped),
+            checked - checking,
+            time.perf_counter() - checked,
+            time.perf_counter() - timing.start,
+        )
         # The pids not kept go back to the sender, which counts them nowhere (its own pids).
         return {"query": query_id, "accepted": len(facts), "dropped": not_kept(args, facts)}
 

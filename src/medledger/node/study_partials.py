@@ -249,9 +249,10 @@ class Links:
     """The count-once rule's facts for one query and many patients (a hospital's whole
     custody when it plans its answer), each kind read in one pass over one committed view:
     the study's enrolments, the custodies and shreddings, the key bindings, the erasure
-    requests, instead of several lookups per patient. Same rule and same answers as
-    `counts`, `custodians`, `linked` and `answering` (which read one patient: the gateway's
-    check); only a link that changed since the query started reads that patient's acts."""
+    requests, instead of several lookups per patient; the receiver's `check` reads a
+    message's pids the same way. Same rule and same answers as `counts`, `custodians`,
+    `linked` and `answering` (which read one patient); only a link that changed since the
+    query started reads that patient's acts."""
 
     def __init__(
         self,
@@ -268,10 +269,16 @@ class Links:
         self.settled = settled_by(state, record)
         self.pids = sorted(pids)
         wanted = self._pids = set(pids)
-        self._enrolments = enrolments_of(state, self.study, wanted)
-        self._erased = erasures_requested(state, wanted)
-        self._custodies = custodies_of(state, wanted) if custodies is None else custodies
-        self._bindings = key_bindings(state, wanted)
+        self._enrolments: dict[str, dict[str, Any]] = {}
+        self._erased: set[str] = set()
+        self._custodies = custodies or {}
+        self._bindings: dict[str, dict[str, Any]] = {}
+        if wanted:  # no pids (an empty message): no pass over the chain's keys
+            self._enrolments = enrolments_of(state, self.study, wanted)
+            self._erased = erasures_requested(state, wanted)
+            if custodies is None:
+                self._custodies = custodies_of(state, wanted)
+            self._bindings = key_bindings(state, wanted)
 
     @classmethod
     def at(cls, state: StateView, record: dict[str, Any], org: str) -> Links:
@@ -296,9 +303,12 @@ class Links:
         enrolment, binding = self._enrolments.get(pid), self._bindings.get(pid)
         return _linked(self.state, self.study, pid, self.start, enrolment, binding)
 
-    def answering(self, pid: str) -> str:
-        """The patient's answering hospital (`answering`)."""
-        return answering(self.query, self.custodians(pid), self.linked(pid), self.settled)
+    def answering(self, pid: str, held_by: dict[str, int] | None = None) -> str:
+        """The patient's answering hospital (`answering`; `held_by`: their `custodians`,
+        when already read). An only custodian counts them whatever the links: not read."""
+        held_by = self.custodians(pid) if held_by is None else held_by
+        linked = self.linked(pid) if len(held_by) > 1 else ()
+        return answering(self.query, held_by, linked, self.settled)
 
 
 def started_ms(record: dict[str, Any]) -> int:
@@ -373,15 +383,16 @@ def check(
     found: dict[str, PatientFacts] = {}
     dropped: list[str] = []
     seen: set[str] = set()
-    settled = settled_by(state, record)
+    # The message's pids' links, each kind read once (a malformed item is refused below).
+    links = Links(state, record, {it[0] for it in patients if _well_formed(it)})
     for i, item in enumerate(patients):
-        if not (isinstance(item, list) and len(item) == 2 and is_pid(item[0])):
+        if not _well_formed(item):
             raise PartialsRefused(400, f"patients[{i}]: [pid, facts] expected")
         pid = str(item[0])
         if pid in seen:
             raise PartialsRefused(400, f"patients[{i}]: pid listed twice")
         seen.add(pid)
-        held_by = custodians(state, pid, record)
+        held_by = links.custodians(pid)
         if sender not in held_by:
             raise PartialsRefused(403, f"patients[{i}]: {sender} is not a custodian")
         try:
@@ -390,14 +401,19 @@ def check(
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
         except Exception as exc:  # the model's own refusal (TxError) names the field
             raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
-        if not counts(state, study, pid):  # withdrawn since the sender looked: no dispute
+        if not links.counts(pid):  # withdrawn since the sender looked: no dispute
             continue
-        counter = answering(query_id, held_by, linked(state, study, pid, record), settled)
+        counter = links.answering(pid, held_by)
         if counter == receiver:
             found[pid] = facts
         elif counter != sender:
             dropped.append(pid)  # another's, or held: this hospital never counts it
     return query_id, found, dropped
+
+
+def _well_formed(item: Any) -> bool:
+    """A partials message's item: [pid, facts] (the facts are parsed by `check`)."""
+    return isinstance(item, list) and len(item) == 2 and is_pid(item[0])
 
 
 _SCHEMA = """

@@ -74,6 +74,7 @@ class StudyAgent:
         # no thread waits for it.
         self._sent: dict[str, tuple[Answered, int]] = {}
         self._follows = node.app is not None
+        self._woken = 0.0  # perf_counter() of the last block that moved a query (`start`)
         self.answered: dict[str, Answered] = {}
         if node.app is not None:
             node.app.add_commit_listener(self._committed)
@@ -98,6 +99,7 @@ class StudyAgent:
         query running, answered, done); the periodic look catches the rest (a deadline)."""
         events = [e for r in record.results for e in r.events] + list(record.events)
         if any(e.type.startswith("study.query_") for e in events):
+            self._woken = time.perf_counter()
             self._wake.set()
 
     def status(self) -> list[str]:
@@ -240,6 +242,7 @@ class StudyAgent:
             self._later[query_id] = time.monotonic() + RETRY_S
 
     def _answer(self, query_id: str) -> Answered | None:
+        woken, begun = self._woken, time.perf_counter()
         try:
             done = self.answerer.answer(query_id, max_wait=ATTEMPT_WAIT_S, wait=not self._follows)
         except NotAnswered as exc:
@@ -253,6 +256,8 @@ class StudyAgent:
             self._failed(query_id, exc)
             return None
         if done is not None and done.submitted:  # submitted only: `_follow` takes it on
+            if woken:  # from the block that moved the query to this answer's start
+                done.timing = {"start": begun - woken, **done.timing}
             with self._lock:
                 self._sent[query_id] = (done, 0)
             self._set(query_id, f"answer sent, tx {done.tx.hex()[:16]}: awaiting its block")

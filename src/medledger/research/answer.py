@@ -6,16 +6,19 @@
    withdrawn, no erasure request), and each one's answering hospital for the query
    (`node.study_partials.Links`: each kind of fact read once for them all, not per patient);
 2. evaluates its own records of them (`evaluate.Evaluator`: custodian records only, the
-   query's categories that the study also has);
+   query's categories that the study also has), the patients another answerer counts first;
 3. journals (durably), then sends, each co-custodian's share: the facts of the patients
    whose answering hospital is that co-custodian, one message to every other answerer,
    empty or not (`study-partials`, the exchange; audited as `export` entries, purpose
-   research, basis `enrolment:<study>`); a send refused or failed is retried until the deadline;
-4. waits for every other answerer's message (they are kept in the node's `Inbox`, so a
-   restart resumes here), merges them into its own patients' facts, re-checks each patient's
-   enrolment, `tally`s, adds its noise when the query has an epsilon
-   (`study_query.answer_noise`, seeded by its signature over the query's noise seed) and its
-   pairwise mask, and posts `research.query_answer` with the hospital's key.
+   research, basis `enrolment:<study>`); a send refused or failed is retried until the
+   deadline. The sends run in a thread while it evaluates the patients it counts itself,
+   so that a co-answerer's wait ends with this hospital's shares, not its whole evaluation;
+4. draws its noise when the query has an epsilon (`study_query.answer_noise`, seeded by its
+   signature over the query's noise seed) and its pairwise mask, which need no facts; waits
+   for every other answerer's message (they are kept in the node's `Inbox`, so a restart
+   resumes here), merges them into its own patients' facts, re-checks each patient's
+   enrolment (one pass, with the pids returned to it), `tally`s, and posts
+   `research.query_answer` with the hospital's key.
 
 A query this hospital already answered on the chain is never answered again; nothing it
 does before the answer changes the chain but the audit entries (kept once: `Inbox.sent`).
@@ -90,6 +93,16 @@ class Answered:
 
 
 @dataclass
+class Sealing:
+    """What an answer adds to its tallied cells, known before the partials arrive."""
+
+    noise: list[int]
+    mask: list[int]
+    commitment: bytes  # of the noise seed, when the query has an epsilon
+    research_v3: bool  # the chain takes `dropped`
+
+
+@dataclass
 class Plan:
     """What the chain says this hospital must do for a query (one committed view)."""
 
@@ -160,8 +173,8 @@ class Answerer:
                 if not links.counts(pid):
                     continue
                 held_by = links.custodians(pid)
-                if self.org in held_by:
-                    linked = links.linked(pid)
+                if self.org in held_by:  # its only custodian counts them, whatever the links
+                    linked = links.linked(pid) if len(held_by) > 1 else ()
                     mine[pid] = answering(query_id, held_by, linked, links.settled)
                     first = next((link.org for link in linked if link.org in held_by), "")
                     if not mine[pid] and first == self.org:
@@ -198,20 +211,33 @@ class Answerer:
         timing["read_cpu"] = time.thread_time() - cpu
         t, t_cpu = time.perf_counter(), time.thread_time()
         evaluator = Evaluator(self.vault, plan.q, plan.categories)
-        facts = evaluator.facts(plan.mine)
-        timing["evaluate"] = time.perf_counter() - t
-        timing["evaluate_cpu"] = time.thread_time() - t_cpu
-        t = time.perf_counter()
+        # The co-answerers' patients first: their shares leave (in a thread) while this
+        # hospital evaluates its own, so that no co-answerer waits for its whole evaluation.
+        # A held patient ("": counted by nobody) is not read at all.
         shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
-        own: dict[str, PatientFacts] = {}
-        for pid, answerer in plan.mine.items():
-            mine = facts.get(pid)
-            if answerer == self.org:
-                own[pid] = mine if mine is not None else PatientFacts(matched={})
-            elif answerer and mine is not None:  # "": held, counted by nobody
-                shares[answerer].append([pid, mine.to_obj()])
-        sent = self._send(plan, shares, timing)
-        timing["send"] = time.perf_counter() - t - timing["audit"]
+        theirs = [pid for pid, answerer in plan.mine.items() if answerer in shares]
+        facts = evaluator.facts(theirs)
+        for pid in theirs:
+            if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
+                shares[plan.mine[pid]].append([pid, mine.to_obj()])
+        timing["evaluate_shares"] = time.perf_counter() - t
+        sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
+        try:
+            sent_future = sending.submit(self._send_timed, plan, shares, timing)
+            ours = [pid for pid, answerer in plan.mine.items() if answerer == self.org]
+            facts = evaluator.facts(ours)
+            own = {pid: facts.get(pid) or PatientFacts(matched={}) for pid in ours}
+            timing["evaluate"] = time.perf_counter() - t
+            timing["evaluate_cpu"] = time.thread_time() - t_cpu
+            # What the tally needs but the partials: drawn while they arrive.
+            t, t_cpu = time.perf_counter(), time.thread_time()
+            sealing = self._sealing(plan)
+            timing["seal"] = time.perf_counter() - t
+            t = time.perf_counter()
+            sent = sent_future.result()
+        finally:
+            sending.shutdown(wait=False)  # on a failure the sends go on (kept once: Inbox.sent)
+        timing["send_wait"] = time.perf_counter() - t
         t = time.perf_counter()
         others = set(shares)
         patience = max(0.0, plan.deadline_ms / 1000 - time.time())
@@ -221,38 +247,29 @@ class Answerer:
         timing["wait"] = time.perf_counter() - t
         if missing:
             raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
-        t, t_cpu = time.perf_counter(), time.thread_time()
+        t = time.perf_counter()
         for received in self.inbox.received(query_id).values():
-            for pid, theirs in received.items():
+            for pid, given in received.items():
                 base = own.get(pid)
-                own[pid] = theirs if base is None else base.merge(theirs, plan.q.value_of)
+                own[pid] = given if base is None else base.merge(given, plan.q.value_of)
         disputed = self.inbox.dropped(query_id)  # check's: counted here by nobody
         returned = self.inbox.returned(query_id)  # sent, not kept by their receiver
         with self.node.engine.read_view() as state:
-            still = counted_now(state, plan.study, own)
-            given_back = counted_now(state, plan.study, returned)  # withdrawn: no dispute
-        counted = [f for pid, f in own.items() if pid in still and pid not in disputed]
-        dropped = len(plan.held | given_back)
-        # Noise (epsilon > 0): drawn from this hospital's deterministic signature over the
-        # query's committed seed, so a re-run adds the same and only an auditor shown the
-        # signature can redraw it; the answer carries the seed's commitment.
-        seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
-        noise = answer_noise(plan.q, seed)
-        noised = [c + n for c, n in zip(tally(plan.q, counted), noise, strict=True)]
-        n_cells = len(cells(plan.q))
-        publics = box_publics(plan.box_keys, queries.members(self.node.engine))
-        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
+            now_counted = counted_now(state, plan.study, own.keys() | returned)  # one pass
+        counted = [f for pid, f in own.items() if pid in now_counted and pid not in disputed]
+        dropped = len(plan.held | (returned & now_counted))  # withdrawn since: no dispute
+        noised = [c + n for c, n in zip(tally(plan.q, counted), sealing.noise, strict=True)]
         body = {
             "query": query_id,
-            "cells": masks.masked(noised, masks.mask(pairs, query_id, n_cells)),
+            "cells": masks.masked(noised, sealing.mask),
             "patients": len(counted),
         }
-        if plan.q.epsilon_milli:
-            body["noise_commitment"] = noise_commitment(seed)
-        if queries.contract_versions(self.node.engine).get("research", 1) >= 3:
+        if sealing.commitment:
+            body["noise_commitment"] = sealing.commitment
+        if sealing.research_v3:
             body["dropped"] = dropped  # research v3; an older chain hears it from the log
         timing["tally"] = time.perf_counter() - t
-        timing["tally_cpu"] = time.thread_time() - t_cpu
+        timing["tally_cpu"] = time.thread_time() - t_cpu  # seal, merge and tally
         done = Answered(query_id, len(counted), sent, b"", timing, dropped, body)
         t, t_cpu = time.perf_counter(), time.thread_time()
         if not wait:
@@ -261,11 +278,11 @@ class Answerer:
                 raise TxRejected(ANSWER, submitted.check.code, submitted.check.log, "check")
             done.tx, done.submitted = submitted.tx_id, time.perf_counter()
             timing["submit"] = done.submitted - t
-            timing["cpu"] = time.thread_time() - cpu
+            timing["cpu"] = time.thread_time() - cpu + timing["send_cpu"]
             return done  # its block is awaited by the caller (`landed` once committed)
         done.tx = self.node.wallet.send(ANSWER, body).tx_id
         timing["commit"] = time.perf_counter() - t
-        timing["cpu"] = time.thread_time() - cpu
+        timing["cpu"] = time.thread_time() - cpu + timing["send_cpu"]
         self.landed(done)
         return done
 
@@ -281,6 +298,35 @@ class Answerer:
             ", ".join(f"{n} to {o}" for o, n in sorted(done.sent.items())) or "none",
             ", ".join(f"{k} {v:.3f}s" for k, v in done.timing.items()),
         )
+
+    def _sealing(self, plan: Plan) -> Sealing:
+        """The noise and the pairwise mask of this hospital's answer: they depend on the
+        committed query only, not on the facts. Noise (epsilon > 0): drawn from this
+        hospital's deterministic signature over the query's committed seed, so a re-run adds
+        the same and only an auditor shown the signature can redraw it; the answer carries
+        the seed's commitment."""
+        query_id = plan.query_id
+        seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
+        publics = box_publics(plan.box_keys, queries.members(self.node.engine))
+        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
+        return Sealing(
+            answer_noise(plan.q, seed),
+            masks.mask(pairs, query_id, len(cells(plan.q))),
+            noise_commitment(seed) if plan.q.epsilon_milli else b"",
+            queries.contract_versions(self.node.engine).get("research", 1) >= 3,
+        )
+
+    def _send_timed(
+        self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
+    ) -> dict[str, int]:
+        """`_send` in its own thread, beside the evaluation: its wall time (`audit`, `send`)
+        and its CPU (`send_cpu`, counted in the answer's `cpu`)."""
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self._send(plan, shares, timing)
+        finally:
+            timing["send"] = time.perf_counter() - started - timing.get("audit", 0.0)
+            timing["send_cpu"] = time.thread_time() - cpu
 
     def _send(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
