@@ -15,6 +15,9 @@ import orjson
 import pytest
 
 import medledger.vault.digest
+from medledger.contracts.study_query import parse
+from medledger.interop.research_facts import DIGESTER
+from medledger.research.evaluate import Evaluator
 from medledger.vault import Vault
 from tests.vault.conftest import HOSPITAL, VaultEnv
 
@@ -352,3 +355,55 @@ def test_a_patient_with_no_record_of_the_asked_categories_is_listed_without_fact
 
     assert dict(vault.research_digests([anne], marks, LABS)) == {anne: []}
     assert len(opened) == 1 and "not consented" not in repr(opened)  # the index says: none
+
+
+def test_a_study_never_opens_the_row_of_a_category_the_patient_did_not_consent_to(
+    vault_env: VaultEnv, pid_factory: Callable[[str], str], opened: list[Any]
+) -> None:
+    loinc = "http://loinc.org"
+    category = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+    def observation(rid: str, code: str, kind: str, value: float) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": rid,
+            "category": [{"coding": [{"system": category, "code": kind}]}],
+            "code": {"coding": [{"system": loinc, "code": code}]},
+            "valueQuantity": {"value": value, "unit": "%"},
+            "effectiveDateTime": "2025-03-02",
+        }
+
+    vault = vault_env.open()
+    vault.digester = DIGESTER
+    anne, bruno = pid_factory("anne"), pid_factory("bruno")
+    for pid, resources in {
+        anne: [
+            {"resourceType": "Patient", "id": "pat-anne", "gender": "female"},
+            observation("lab-anne", "4548-4", "laboratory", 7.4),
+            observation("bp-anne", "8480-6", "vital-signs", 181),
+            {"resourceType": "Condition", "id": "dx-anne", "code": {"text": "depression"}},
+        ],
+        bruno: [
+            {"resourceType": "Patient", "id": "pat-bruno", "gender": "male"},
+            observation("bp-bruno", "8480-6", "vital-signs", 122),
+        ],
+    }.items():
+        for doc in resources:
+            kind, rid = doc["resourceType"], doc["id"]
+            vault.put(pid, rid, 1, orjson.dumps(doc), resource_type=kind, custodian=HOSPITAL)
+    q = parse(
+        {
+            "categories": ["labs", "vital-signs"],
+            "cohort": {"types": ["Observation"]},
+            "statistics": [{"kind": "count"}],
+            "stratify": ["sex"],
+        }
+    )
+    opened.clear()
+
+    facts = Evaluator(vault, q, ["labs"]).facts([anne, bruno])  # consented: labs only
+
+    assert facts[anne].matched["cohort"] and facts[anne].sex == "female"
+    assert not facts[bruno].matched["cohort"] and facts[bruno].sex == ""
+    rows_opened = [p for p in opened if "rows" not in p]  # the indexes aside
+    assert [sorted(p) for p in rows_opened] == [["lab-anne"], ["pat-anne"]]
