@@ -192,7 +192,7 @@ def test_the_digests_give_the_facts_the_records_give(plan: list[Any], erased: se
         build(Path(tmp), plan, erased)
         config = VaultConfig(LYON, path=Path(tmp) / "vault.db", kek=KEK)
         with Vault.open(config) as vault:
-            for q, categories in [(q, c) for q in QUERIES for c in consents(q)]:
+            for q, categories in [(query, c) for query in QUERIES for c in consents(query)]:
                 by_records = Evaluator(vault, q, categories, source="records")
                 expected = by_records.facts(PIDS)
                 # Twice: the first read rebuilds what is stale, the second reads it as stored.

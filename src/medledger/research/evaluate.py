@@ -192,7 +192,8 @@ class Evaluator:
         # The consented categories the query's types can fall in: no other row is read.
         asked = {c for t in wanted for c in categories_of_type(t)} & self.categories
         found: dict[str, PatientFacts] = {}
-        for pid, entries in self.vault.research_digests(pids, DIGESTER, asked):
+        keys = ReadKeys()  # a patient's key, unwrapped in the first pass, serves the second
+        for pid, entries in self.vault.research_digests(pids, DIGESTER, asked, keys=keys):
             facts = found[pid] = self._new()
             for entry in entries:
                 if entry[TYPE] in wanted:
@@ -200,7 +201,10 @@ class Evaluator:
                     self._use(facts, entry)
         if self.demographics:
             matched = [pid for pid, facts in found.items() if facts.matched.get("cohort")]
-            for pid, entries in self.vault.research_digests(matched, DIGESTER, ["demographics"]):
+            demographics = self.vault.research_digests(
+                matched, DIGESTER, ["demographics"], keys=keys
+            )
+            for pid, entries in demographics:
                 for entry in entries:  # in rid order, the last one decides (as records)
                     if entry[TYPE] == "Patient":
                         self.decrypted += 1

@@ -89,17 +89,13 @@ class Index:
 def index_aad(keys: PatientKeys, kid: str, manifest: bytes, version: str) -> bytes:
     """What an index is bound to: hospital, patient, generation, own key set and its manifest
     (the own records' state), and the digester's version."""
-    return _LABEL_INDEX_AAD + encode_fields(
-        keys.hospital_id, keys.pid, keys.generation, kid, manifest, version
-    )
+    return _LABEL_INDEX_AAD + keys.context + encode_fields(kid, manifest, version)
 
 
 def row_aad(keys: PatientKeys, category: str, tag: str, version: str) -> bytes:
     """What a category's row is bound to: hospital, patient, generation, its category, the tag
     its index lists for it, and the digester's version."""
-    return _LABEL_ROW_AAD + encode_fields(
-        keys.hospital_id, keys.pid, keys.generation, category, tag, version
-    )
+    return _LABEL_ROW_AAD + keys.context + encode_fields(category, tag, version)
 
 
 def new_tag() -> str:

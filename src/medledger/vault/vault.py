@@ -231,13 +231,17 @@ class VaultConfig:
 class ReadKeys:
     """The keys one reading unwrapped (`Vault.latest_records`), to share them between its
     calls; keyed by the wrapped bytes read from the store, like the vault's own cache, so
-    they only ever answer for rows that still exist. Drop it when the reading is done."""
+    they only ever answer for rows that still exist. Drop it when the reading is done.
+    `indexes`: the research digest indexes opened (`Vault.research_digests`), keyed by what
+    they were opened for (pid, generation, kid, manifest, digester version): valid as long
+    as that state is (the rows they name open only with their tags)."""
 
-    __slots__ = ("patients", "sets")
+    __slots__ = ("indexes", "patients", "sets")
 
     def __init__(self) -> None:
         self.patients: dict[tuple[str, int, bytes], PatientKeys] = {}
         self.sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
+        self.indexes: dict[tuple[str, int, str, bytes, str], Index] = {}
 
 
 def _check(regex: re.Pattern[str], value: object, what: str) -> str:
@@ -263,7 +267,7 @@ class Vault:
     ):
         _check(_CUSTODIAN_RE, keyring.hospital_id, "hospital id")
         #: refreshes each patient's research digest in the transaction that writes their own
-        #: records (`research_digests`); None: a digest goes stale and is rebuilt when read
+        #: records (`research_digests`); None: the rows go stale and are rebuilt when read
         self.digester = digester
         self._backend = backend
         self._keyring = keyring
@@ -748,7 +752,7 @@ class Vault:
             index.build(category, tag)
         after = index_aad(keys, key_set.kid, manifest, version)
         rows[INDEX] = seal_index(keys, after, index)
-        self._backend.put_digests(key.pid, key.generation, rows, only=False)
+        self._backend.put_digests(key.pid, key.generation, rows, only=not key_set.n_records)
 
     def _checked(self, record: NewRecord) -> tuple[NewRecord, dict[str, Any]]:
         """The record with its pid checked and its bytes as `bytes`, and its JSON parsed;
@@ -1078,7 +1082,12 @@ class Vault:
                 yield row.info(), open_record(opened, self._ctx(row), row.nonce, row.ciphertext)
 
     def research_digests(
-        self, pids: Iterable[str], digester: Digester, categories: Iterable[str]
+        self,
+        pids: Iterable[str],
+        digester: Digester,
+        categories: Iterable[str],
+        *,
+        keys: ReadKeys | None = None,
     ) -> Iterator[tuple[str, list[Any]]]:
         """Per patient of `pids` with own records here, in the order given: the facts
         `digester` made of each latest own record version of these consent `categories` (rids
@@ -1093,9 +1102,12 @@ class Vault:
         can hold (`digester.types_in`), exactly as `latest_records` reads them, and stored
         for the next reader. What a patient's rows hold is read after their set's state, so a
         row stored while a writer changed the records is indexed for the older state: it
-        never opens for the newer one."""
+        never opens for the newer one. `keys`: the patient keys unwrapped, shared with the
+        caller's next reading (as `latest_records` shares them)."""
         order = list(dict.fromkeys(self._pid(pid) for pid in pids))
         asked = sorted(set(categories))
+        keys = ReadKeys() if keys is None else keys
+        patients, indexes = keys.patients, keys.indexes
         version = digester.version
         for start in range(0, len(order), LATEST_CHUNK):
             chunk = order[start : start + LATEST_CHUNK]
@@ -1106,23 +1118,32 @@ class Vault:
             for pid, generation, wrapped, kid, manifest, n_records, sealed in sources:
                 if not n_records:
                     continue
-                keys = self._keyring.unwrap(pid, generation, wrapped)
-                aad = index_aad(keys, kid, manifest, version)
-                index = open_index(keys, aad, sealed.get(INDEX))
+                unwrapped = patients.get((pid, generation, wrapped))
+                if unwrapped is None:
+                    unwrapped = self._keyring.unwrap(pid, generation, wrapped)
+                    patients[(pid, generation, wrapped)] = unwrapped
+                state = (pid, generation, kid, manifest, version)
+                index = indexes.get(state)
+                if index is None:
+                    aad = index_aad(unwrapped, kid, manifest, version)
+                    index = open_index(unwrapped, aad, sealed.get(INDEX))
+                    if index is not None:
+                        indexes[state] = index
                 entries = found[pid] = {}
                 need = []
                 for category in asked:
                     got = (
                         None
                         if index is None
-                        else open_row(keys, index, category, sealed.get(category), version)
+                        else open_row(unwrapped, index, category, sealed.get(category), version)
                     )
                     if got is None:
                         need.append(category)
                     else:
                         entries.update(got)
                 if need:
-                    stale[pid] = _Stale(keys, generation, aad, index, need)
+                    aad = index_aad(unwrapped, kid, manifest, version)
+                    stale[pid] = _Stale(unwrapped, generation, aad, index, need)
             if stale:
                 for pid, entries in self._rebuild_digests(stale, digester).items():
                     found[pid].update(entries)
