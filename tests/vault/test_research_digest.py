@@ -18,7 +18,7 @@ import medledger.vault.digest
 from medledger.contracts.study_query import parse
 from medledger.interop.research_facts import DIGESTER
 from medledger.research.evaluate import Evaluator
-from medledger.vault import Vault
+from medledger.vault import ReadKeys, Vault
 from tests.vault.conftest import HOSPITAL, VaultEnv
 
 PARIS = "hosp-paris"
@@ -407,3 +407,32 @@ def test_a_study_never_opens_the_row_of_a_category_the_patient_did_not_consent_t
     assert not facts[bruno].matched["cohort"] and facts[bruno].sex == ""
     rows_opened = [p for p in opened if "rows" not in p]  # the indexes aside
     assert [sorted(p) for p in rows_opened] == [["lab-anne"], ["pat-anne"]]
+
+
+def test_a_prefetched_category_is_opened_later_without_reading_the_store_again(
+    vault_env: VaultEnv, pid_factory: Callable[[str], str], opened: list[Any]
+) -> None:
+    marks = Marks()
+    vault = vault_env.open()
+    vault.digester = marks
+    anne, bruno = pid_factory("anne"), pid_factory("bruno")
+    put(vault, anne, "lab-1", 1, "hba1c")
+    put(vault, anne, "rx-1", 1, "metformin", kind="Medication", category="medications")
+    put(vault, bruno, "rx-2", 1, "insulin", kind="Medication", category="medications")
+    statements: list[list[str]] = []
+    fetch = vault._backend.digest_sources
+
+    def counted(pids: list[str], categories: list[str]) -> Any:
+        statements.append(pids)
+        return fetch(pids, categories)
+
+    vault._backend.digest_sources = counted
+    keys = ReadKeys()
+    first = vault.research_digests([anne], marks, LABS, keys=keys, prefetch=["medications"])
+    assert dict(first) == {anne: [["Observation", "hba1c"]]}
+    assert "metformin" not in repr(opened)  # fetched, not opened
+
+    later = dict(vault.research_digests([anne, bruno], marks, ["medications"], keys=keys))
+
+    assert later == {anne: [["Medication", "metformin"]], bruno: [["Medication", "insulin"]]}
+    assert statements == [[anne], [bruno]]  # Bruno was not in the first reading: read now

@@ -193,7 +193,10 @@ class Evaluator:
         asked = {c for t in wanted for c in categories_of_type(t)} & self.categories
         found: dict[str, PatientFacts] = {}
         keys = ReadKeys()  # a patient's key, unwrapped in the first pass, serves the second
-        for pid, entries in self.vault.research_digests(pids, DIGESTER, asked, keys=keys):
+        later = ["demographics"] if self.demographics else []  # fetched now, opened if matched
+        for pid, entries in self.vault.research_digests(
+            pids, DIGESTER, asked, keys=keys, prefetch=later
+        ):
             facts = found[pid] = self._new()
             for entry in entries:
                 if entry[TYPE] in wanted:

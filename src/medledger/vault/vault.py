@@ -196,13 +196,15 @@ class _Counters:
 @dataclass
 class _Stale:
     """A patient whose digest rows of some asked categories (`need`) are rebuilt: their keys,
-    generation, the index's associated data for the state read, and the index if it opened."""
+    generation, the index's associated data for the `state` read, and the index if it opened
+    (the one stored, once rebuilt)."""
 
     keys: PatientKeys
     generation: int
     aad: bytes
     index: Index | None
     need: list[str]
+    state: tuple[str, int, str, bytes, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +236,19 @@ class ReadKeys:
     they only ever answer for rows that still exist. Drop it when the reading is done.
     `indexes`: the research digest indexes opened (`Vault.research_digests`), keyed by what
     they were opened for (pid, generation, kid, manifest, digester version): valid as long
-    as that state is (the rows they name open only with their tags)."""
+    as that state is (the rows they name open only with their tags). `digests`: the digest
+    rows a reading fetched for the next one (`prefetch`), by pid, their categories, and the
+    pids that reading asked (a pid asked without rows has none)."""
 
-    __slots__ = ("indexes", "patients", "sets")
+    __slots__ = ("asked", "digests", "fetched", "indexes", "patients", "sets")
 
     def __init__(self) -> None:
         self.patients: dict[tuple[str, int, bytes], PatientKeys] = {}
         self.sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
         self.indexes: dict[tuple[str, int, str, bytes, str], Index] = {}
+        self.digests: dict[str, tuple[str, int, bytes, str, bytes, int, dict[str, bytes]]] = {}
+        self.fetched: frozenset[str] = frozenset()
+        self.asked: set[str] = set()
 
 
 def _check(regex: re.Pattern[str], value: object, what: str) -> str:
@@ -1088,6 +1095,7 @@ class Vault:
         categories: Iterable[str],
         *,
         keys: ReadKeys | None = None,
+        prefetch: Iterable[str] = (),
     ) -> Iterator[tuple[str, list[Any]]]:
         """Per patient of `pids` with own records here, in the order given: the facts
         `digester` made of each latest own record version of these consent `categories` (rids
@@ -1103,16 +1111,28 @@ class Vault:
         for the next reader. What a patient's rows hold is read after their set's state, so a
         row stored while a writer changed the records is indexed for the older state: it
         never opens for the newer one. `keys`: the patient keys unwrapped, shared with the
-        caller's next reading (as `latest_records` shares them)."""
+        caller's next reading (as `latest_records` shares them); with `prefetch`, the rows of
+        these categories are fetched too, unopened, and a next reading of them only (of
+        some of these patients, with the same `keys`) opens them as fetched, without reading
+        the store again: the same state as this reading's."""
         order = list(dict.fromkeys(self._pid(pid) for pid in pids))
         asked = sorted(set(categories))
         keys = ReadKeys() if keys is None else keys
         patients, indexes = keys.patients, keys.indexes
+        fetching = [INDEX, *asked, *sorted(set(prefetch) - set(asked))]
+        reuse = bool(keys.fetched) and set(asked) <= keys.fetched
+        if not reuse and len(fetching) > len(asked) + 1:
+            keys.digests, keys.fetched, keys.asked = {}, frozenset(fetching), set(order)
         version = digester.version
         for start in range(0, len(order), LATEST_CHUNK):
             chunk = order[start : start + LATEST_CHUNK]
-            with self._lock:
-                sources = self._backend.digest_sources(chunk, [INDEX, *asked])
+            unseen = [pid for pid in chunk if pid not in keys.asked] if reuse else chunk
+            sources = [keys.digests[pid] for pid in chunk if pid in keys.digests] if reuse else []
+            if unseen:
+                with self._lock:
+                    sources += self._backend.digest_sources(unseen, fetching)
+                if not reuse and len(fetching) > len(asked) + 1:
+                    keys.digests.update((source[0], source) for source in sources)
             found: dict[str, Entries] = {}
             stale: dict[str, _Stale] = {}
             for pid, generation, wrapped, kid, manifest, n_records, sealed in sources:
@@ -1143,10 +1163,13 @@ class Vault:
                         entries.update(got)
                 if need:
                     aad = index_aad(unwrapped, kid, manifest, version)
-                    stale[pid] = _Stale(unwrapped, generation, aad, index, need)
+                    stale[pid] = _Stale(unwrapped, generation, aad, index, need, state)
             if stale:
                 for pid, entries in self._rebuild_digests(stale, digester).items():
                     found[pid].update(entries)
+                for s in stale.values():  # as stored: the next reading's (their tags)
+                    if s.index is not None:
+                        indexes[s.state] = s.index
             for pid in chunk:
                 if pid in found:
                     yield pid, [found[pid][rid][1] for rid in sorted(found[pid])]
@@ -1171,6 +1194,7 @@ class Vault:
         with self._lock, self._backend.transaction(durable=False):
             for pid, s in stale.items():
                 index = Index() if s.index is None else s.index
+                only, s.index = s.index is None, index
                 rows: dict[str, bytes | None] = {}
                 for category, entries in built[pid].items():
                     tag = new_tag() if entries else None
@@ -1181,7 +1205,7 @@ class Vault:
                     )
                     index.build(category, tag)
                 rows[INDEX] = seal_index(s.keys, s.aad, index)
-                self._backend.put_digests(pid, s.generation, rows, only=s.index is None)
+                self._backend.put_digests(pid, s.generation, rows, only=only)
         return {
             pid: {rid: e for entries in by.values() for rid, e in entries.items()}
             for pid, by in built.items()
