@@ -410,7 +410,10 @@ def test_a_study_never_opens_the_row_of_a_category_the_patient_did_not_consent_t
 
 
 def test_a_prefetched_category_is_opened_later_without_reading_the_store_again(
-    vault_env: VaultEnv, pid_factory: Callable[[str], str], opened: list[Any]
+    vault_env: VaultEnv,
+    pid_factory: Callable[[str], str],
+    opened: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     marks = Marks()
     vault = vault_env.open()
@@ -426,7 +429,7 @@ def test_a_prefetched_category_is_opened_later_without_reading_the_store_again(
         statements.append(pids)
         return fetch(pids, categories)
 
-    vault._backend.digest_sources = counted
+    monkeypatch.setattr(vault._backend, "digest_sources", counted)
     keys = ReadKeys()
     first = vault.research_digests([anne], marks, LABS, keys=keys, prefetch=["medications"])
     assert dict(first) == {anne: [["Observation", "hba1c"]]}
