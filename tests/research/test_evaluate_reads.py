@@ -141,10 +141,14 @@ def test_only_the_latest_own_labs_and_the_matched_patients_demographics_are_open
     assert facts[ANNE].matched["cohort"] and facts[ANNE].value == ("2025-03-02", 7400)
     assert facts[ANNE].sex == "female" and facts[ANNE].birth_date == "1961-02-28"
     assert not facts[CLARA].matched["cohort"] and facts[CLARA].sex == ""
-    # Opened: Anne's lab (latest version), her blood pressure (an Observation, dropped as
-    # vital signs), her Patient resource; Clara's lab. Never: old versions, the diagnosis,
-    # the prescription, the copy, Bruno's records, Clara's Patient.
-    assert evaluator.decrypted == 4
+    # Opened: Anne's lab (latest version), her Patient resource; Clara's lab. Never: old
+    # versions, the blood pressure (vital signs: its digest row is another one), the
+    # diagnosis, the prescription, the copy, Bruno's records, Clara's Patient.
+    assert evaluator.decrypted == 3
+    # The records themselves: the blood pressure, an Observation, is decrypted, then dropped.
+    by_records = Evaluator(vault, QUERY, ["labs"], source="records")
+    assert by_records.facts([ANNE, BRUNO, CLARA, DAVID]) == facts
+    assert by_records.decrypted == 4
 
 
 def test_a_query_without_sex_or_age_never_opens_a_patient_resource(vault: Vault) -> None:

@@ -16,7 +16,7 @@ a consent to a category covers the reports of that kind too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # The consent categories are part of the consensus rules, so they live with the contracts.
@@ -220,6 +220,17 @@ def categories_of_type(resource_type: str) -> frozenset[str]:
     if resource_type == "DiagnosticReport":
         return frozenset({*_REPORT_CATEGORY.values(), "diagnostic-reports"})
     return frozenset({_BY_TYPE.get(resource_type, "other")})
+
+
+def types_in(categories: Iterable[str]) -> frozenset[str] | None:
+    """The resource types whose records can fall in these categories (`categories_of_type`);
+    None when "other" is among them (any type this module does not name falls there)."""
+    wanted = frozenset(categories)
+    if "other" in wanted:
+        return None
+    return frozenset(
+        t for t in {*_BY_TYPE, "Observation", "DiagnosticReport"} if categories_of_type(t) & wanted
+    )
 
 
 def main_codings(resource: Mapping[str, Any]) -> list[tuple[str, str]]:

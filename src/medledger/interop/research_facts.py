@@ -3,7 +3,8 @@
 A study query (`contracts.study_query`) decides a record by its type, consent category, main
 codings, numeric value with its unit, and clinical date; a Patient resource gives sex and
 birth date. `record_facts` keeps exactly these, as a short list that JSON encodes compactly:
-the vault keeps them per patient in the sealed research digest (`vault/digest.py`), and
+the vault keeps them per patient and consent category in the sealed research digest
+(`vault/digest.py`; a Patient's fall in "demographics"), and
 `research.evaluate` matches criteria against them, whether they come from the digest or from
 a record just decrypted (one matcher for both).
 
@@ -14,12 +15,12 @@ and it is rebuilt from the records, never read in the old shape).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from medledger.contracts.study_query import SCALE
-from medledger.interop.metadata import category_of, main_codings
+from medledger.interop.metadata import category_of, main_codings, types_in
 
 #: The clinical date, first present (a Period's start), as the query document defines it.
 _DATE_FIELDS = (
@@ -116,12 +117,16 @@ def record_facts(resource: Mapping[str, Any]) -> list[Any]:
 
 
 class ResearchDigester:
-    """`record_facts` with the version of its shape, as `Vault` takes a digester."""
+    """`record_facts` with the record's consent category and the version of its shape, as
+    `Vault` takes a digester (it keeps a patient's facts one sealed row per category)."""
 
     version = "research-facts/1"
 
-    def __call__(self, resource: dict[str, Any]) -> list[Any]:
-        return record_facts(resource)
+    def __call__(self, resource: dict[str, Any]) -> tuple[str, list[Any]]:
+        return category_of(resource), record_facts(resource)
+
+    def types_in(self, categories: Collection[str]) -> frozenset[str] | None:
+        return types_in(categories)
 
 
 DIGESTER = ResearchDigester()

@@ -10,11 +10,12 @@ unit.
 
 What is read, and how (`Evaluator(..., source=...)`):
 - "digest" (the default): each patient's sealed research digest (`Vault.research_digests`),
-  one row per patient holding the facts of every latest own record, rebuilt from the records
-  when stale. The digest holds facts of all the patient's own records; the evaluator uses
-  only those of a type and a category the query may ask (its consented categories), exactly
-  as the record path below decrypts them, and the Patient's facts only of the patients
-  whose records matched the cohort, when the query filters or stratifies by sex or age.
+  one row per consent category holding the facts of its latest own records, rebuilt from the
+  records when stale. Only the rows of the consented categories the query's types can fall
+  in are read and decrypted (a category the patient did not consent to is never processed
+  for the study); of them, the facts of a type the query asks are used, as the record path
+  below uses them; the "demographics" row (the Patient's facts) only of the patients whose
+  records matched the cohort, when the query filters or stratifies by sex or age.
 - "records": the records themselves (`Vault.latest_records`), two passes: the clinical
   records of the wanted types (a record of any other type is never decrypted; an
   Observation or a DiagnosticReport, whose category depends on its content, is decrypted
@@ -188,21 +189,29 @@ class Evaluator:
 
     def _from_digests(self, pids: Iterable[str]) -> dict[str, PatientFacts]:
         wanted = {t for t in self.types if self._wanted(t)}
+        # The consented categories the query's types can fall in: no other row is read.
+        asked = {c for t in wanted for c in categories_of_type(t)} & self.categories
         found: dict[str, PatientFacts] = {}
-        for pid, entries in self.vault.research_digests(pids, DIGESTER):
+        keys = ReadKeys()  # a patient's key, unwrapped in the first pass, serves the second
+        later = ["demographics"] if self.demographics else []  # fetched now, opened if matched
+        for pid, entries in self.vault.research_digests(
+            pids, DIGESTER, asked, keys=keys, prefetch=later
+        ):
             facts = found[pid] = self._new()
-            patients = []
             for entry in entries:
-                kind = entry[TYPE]
-                if kind == "Patient":
-                    patients.append(entry)
-                elif kind in wanted:
+                if entry[TYPE] in wanted:
                     self.decrypted += 1
                     self._use(facts, entry)
-            if self.demographics and facts.matched.get("cohort"):
-                for patient in patients:  # in rid order, the last one decides (as records)
-                    self.decrypted += 1
-                    facts.sex, facts.birth_date = patient[SEX], patient[BIRTH]
+        if self.demographics:
+            matched = [pid for pid, facts in found.items() if facts.matched.get("cohort")]
+            demographics = self.vault.research_digests(
+                matched, DIGESTER, ["demographics"], keys=keys
+            )
+            for pid, entries in demographics:
+                for entry in entries:  # in rid order, the last one decides (as records)
+                    if entry[TYPE] == "Patient":
+                        self.decrypted += 1
+                        found[pid].sex, found[pid].birth_date = entry[SEX], entry[BIRTH]
         return found
 
     def _from_records(self, pids: Iterable[str]) -> dict[str, PatientFacts]:

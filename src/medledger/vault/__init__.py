@@ -10,7 +10,8 @@ records under legal retention stay. Records that are no patient's (a hospital's
 Practitioners, Medications...) live under `Vault.hospital_pid`, out of every
 erasure; `remember`/`recall` keep opaque aliases (HMACs computed by the caller)
 that find a record again; `research_digests` reads each patient's sealed research digest
-(digest.py: the facts of their latest own records, rebuilt when stale). SQLite and
+(digest.py: the facts of their latest own records, one row per consent category, only
+the asked ones read; rebuilt when stale). SQLite and
 PostgreSQL backends share one SQL body
 (`sql`). Knows nothing of the ledger.
 

@@ -211,26 +211,32 @@ class Backend(Protocol):
         ...
 
     def digest_sources(
-        self, pids: list[str]
-    ) -> list[tuple[str, int, bytes, str, bytes, bytes | None]]:
+        self, pids: list[str], categories: list[str]
+    ) -> list[tuple[str, int, bytes, str, bytes, int, dict[str, bytes]]]:
         """Per patient of `pids` with a live key and an own key set: (pid, generation, wrapped
-        patient key, own set's kid, own set's manifest, sealed research digest or None)."""
+        patient key, own set's kid, own set's manifest and record count, {category: sealed
+        row} of the research digest's rows of these `categories` that exist)."""
         ...
 
-    def read_digest(self, pid: str, generation: int) -> bytes | None:
-        """The sealed research digest of the patient's generation, if any."""
+    def read_digests(
+        self, pid: str, generation: int, categories: list[str] | None
+    ) -> dict[str, bytes]:
+        """The patient generation's research digest rows of these categories (None: all)."""
         ...
 
-    def put_digest(self, pid: str, generation: int, sealed: bytes) -> None:
-        """Store (replace) the patient's research digest, unless that key row is gone."""
+    def put_digests(
+        self, pid: str, generation: int, rows: dict[str, bytes | None], only: bool
+    ) -> None:
+        """Store (replace; None: delete) these rows of the patient's research digest, unless
+        that key row is gone; `only`: delete the patient's other rows first."""
         ...
 
     def delete_digest(self, pid: str) -> None:
-        """Forget the patient's research digest (erasure, withdrawal)."""
+        """Forget the patient's research digest, every row (erasure, withdrawal)."""
         ...
 
     def count_digests(self) -> int:
-        """How many research digests are stored."""
+        """How many patients' research digests are stored (their index rows)."""
         ...
 
     def versions(self, rid: str) -> list[int]:

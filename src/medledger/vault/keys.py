@@ -303,6 +303,12 @@ class PatientKeys:
         self._set_wrap: AESGCM | None = None
         self._digest: AESGCM | None = None
 
+    @property
+    def context(self) -> bytes:
+        """`encode_fields(hospital_id, pid, generation)`, encoded once: a prefix of the
+        associated data of what is sealed under these keys."""
+        return self._ctx
+
     def __repr__(self) -> str:
         return (
             f"PatientKeys(hospital_id={self.hospital_id!r}, pid={self.pid!r}, "

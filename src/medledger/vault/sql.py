@@ -108,8 +108,9 @@ class Dialect(Protocol):
 
 
 # One schema (version 3) for both databases; {…} are the dialect's types and literals.
-# `research_digests` (derived rows, vault/digest.py) came later in version 3: created when
-# missing on open, and an older reader simply ignores it.
+# `research_digest_rows` (derived rows, vault/digest.py) came later in version 3: created when
+# missing on open, and an older reader simply ignores it; the one-row-per-patient table before
+# it (`research_digests`) is dropped on open (derived: nothing is lost).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -197,10 +198,13 @@ CREATE TABLE IF NOT EXISTS replication_journal (
     item TEXT NOT NULL,
     at   {real} NOT NULL
 ){strict};
-CREATE TABLE IF NOT EXISTS research_digests (
-    pid        TEXT PRIMARY KEY,
+DROP TABLE IF EXISTS research_digests;
+CREATE TABLE IF NOT EXISTS research_digest_rows (
+    pid        TEXT NOT NULL,
+    category   TEXT NOT NULL,
     generation {int} NOT NULL,
-    sealed     {blob} NOT NULL
+    sealed     {blob} NOT NULL,
+    PRIMARY KEY (pid, category)
 ){strict};
 CREATE TABLE IF NOT EXISTS replica_peers (
     peer      TEXT PRIMARY KEY,
@@ -666,51 +670,69 @@ class SQLBackend:
     # Derived rows (vault/digest.py): never journaled, so neither replicated nor backed up.
 
     def digest_sources(
-        self, pids: list[str]
-    ) -> list[tuple[str, int, bytes, str, bytes, bytes | None]]:
+        self, pids: list[str], categories: list[str]
+    ) -> list[tuple[str, int, bytes, str, bytes, int, dict[str, bytes]]]:
         rows: list[Any] = []
+        marks = ", ".join("?" * len(categories))
         for i in range(0, len(pids), 400):
             chunk = pids[i : i + 400]
             rows += self._all(
-                "SELECT k.pid, k.generation, k.wrapped, s.kid, s.manifest, d.sealed "
+                "SELECT k.pid, k.generation, k.wrapped, s.kid, s.manifest, s.n_records, "
+                "d.category, d.sealed "
                 "FROM patient_keys k JOIN key_sets s ON s.pid = k.pid "
                 f"AND s.generation = k.generation AND s.is_copy = {self.dialect.false} "
-                "LEFT JOIN research_digests d ON d.pid = k.pid AND d.generation = k.generation "
+                "LEFT JOIN research_digest_rows d ON d.pid = k.pid "
+                f"AND d.generation = k.generation AND d.category IN ({marks}) "
                 f"WHERE k.pid IN ({', '.join('?' * len(chunk))})",
-                chunk,
+                [*categories, *chunk],
             )
-        return [
-            (
-                str(r[0]),
-                int(r[1]),
-                bytes(r[2]),
-                str(r[3]),
-                bytes(r[4]),
-                None if r[5] is None else bytes(r[5]),
+        found: dict[str, tuple[str, int, bytes, str, bytes, int, dict[str, bytes]]] = {}
+        for r in rows:
+            pid = str(r[0])
+            if pid not in found:
+                found[pid] = (pid, int(r[1]), bytes(r[2]), str(r[3]), bytes(r[4]), int(r[5]), {})
+            if r[6] is not None:
+                found[pid][6][str(r[6])] = bytes(r[7])
+        return list(found.values())
+
+    def read_digests(
+        self, pid: str, generation: int, categories: list[str] | None
+    ) -> dict[str, bytes]:
+        where = (
+            "" if categories is None else f" AND category IN ({', '.join('?' * len(categories))})"
+        )
+        rows = self._all(
+            "SELECT category, sealed FROM research_digest_rows WHERE pid = ? AND generation = ?"
+            + where,
+            [pid, generation, *(categories or ())],
+        )
+        return {str(r[0]): bytes(r[1]) for r in rows}
+
+    def put_digests(
+        self, pid: str, generation: int, rows: dict[str, bytes | None], only: bool
+    ) -> None:
+        if only:
+            self._run("DELETE FROM research_digest_rows WHERE pid = ?", (pid,))
+        for category, sealed in rows.items():
+            self._run(
+                "DELETE FROM research_digest_rows WHERE pid = ? AND category = ?", (pid, category)
             )
-            for r in rows
-        ]
-
-    def read_digest(self, pid: str, generation: int) -> bytes | None:
-        row = self._one(
-            "SELECT sealed FROM research_digests WHERE pid = ? AND generation = ?",
-            (pid, generation),
-        )
-        return None if row is None else bytes(row[0])
-
-    def put_digest(self, pid: str, generation: int, sealed: bytes) -> None:
-        self._run("DELETE FROM research_digests WHERE pid = ?", (pid,))
-        self._run(
-            "INSERT INTO research_digests (pid, generation, sealed) SELECT ?, ?, ? WHERE EXISTS "
-            "(SELECT 1 FROM patient_keys WHERE pid = ? AND generation = ?)",
-            (pid, generation, sealed, pid, generation),
-        )
+            if sealed is None:
+                continue
+            self._run(
+                "INSERT INTO research_digest_rows (pid, category, generation, sealed) "
+                "SELECT ?, ?, ?, ? WHERE EXISTS "
+                "(SELECT 1 FROM patient_keys WHERE pid = ? AND generation = ?)",
+                (pid, category, generation, sealed, pid, generation),
+            )
 
     def delete_digest(self, pid: str) -> None:
-        self._run("DELETE FROM research_digests WHERE pid = ?", (pid,))
+        self._run("DELETE FROM research_digest_rows WHERE pid = ?", (pid,))
 
     def count_digests(self) -> int:
-        return int(self._one("SELECT COUNT(*) FROM research_digests")[0])
+        return int(
+            self._one("SELECT COUNT(*) FROM research_digest_rows WHERE category = ?", ("*",))[0]
+        )
 
     def versions(self, rid: str) -> list[int]:
         rows = self._all("SELECT version FROM records WHERE rid = ? ORDER BY version", (rid,))
@@ -844,7 +866,7 @@ class SQLBackend:
         cur = self._run("DELETE FROM records WHERE pid = ? AND generation = ?", (pid, generation))
         self._run("DELETE FROM key_sets WHERE pid = ? AND generation = ?", (pid, generation))
         self._run(
-            "DELETE FROM research_digests WHERE pid = ? AND generation = ?", (pid, generation)
+            "DELETE FROM research_digest_rows WHERE pid = ? AND generation = ?", (pid, generation)
         )
         for table in ("erasures", "copy_erasures"):
             self._run(

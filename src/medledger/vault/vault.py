@@ -61,11 +61,13 @@ its patient (purge after an erasure).
 
 Research digests
 ----------------
-`research_digests(pids, digester)` gives, per patient, the facts a digester made of each
-latest own record, from one sealed row per patient (digest.py). A vault given a digester
-(`VaultConfig.digester`) refreshes a patient's digest in the put's transaction; any other
-change leaves it stale (bound to the own key set's manifest, it no longer opens) and the
-first reader rebuilds it from the records. erase() deletes the row with the key.
+`research_digests(pids, digester, categories)` gives, per patient, the facts a digester made
+of each latest own record of these consent categories, from the patient's sealed rows of
+these categories only (digest.py: one per category, and an index). A vault given a digester
+(`VaultConfig.digester`) refreshes the rows a put writes in its transaction; any other change
+leaves them stale (the index is bound to the own key set's manifest: it no longer opens) and
+the first reader rebuilds the categories it asks from the records of the types they can
+hold. erase() deletes the rows with the key.
 
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
@@ -92,7 +94,20 @@ from typing import Any, Literal
 import orjson
 
 from medledger.vault.backend import Backend
-from medledger.vault.digest import Digester, Entries, digest_aad, open_digest, seal_digest
+from medledger.vault.digest import (
+    EVERY,
+    INDEX,
+    Digester,
+    Entries,
+    Index,
+    index_aad,
+    new_tag,
+    open_index,
+    open_row,
+    row_aad,
+    seal_digest,
+    seal_index,
+)
 from medledger.vault.envelope import (
     EMPTY_MANIFEST,
     RecordContext,
@@ -178,6 +193,20 @@ class _Counters:
         self.manifest = fold_manifest(self.manifest, item)
 
 
+@dataclass
+class _Stale:
+    """A patient whose digest rows of some asked categories (`need`) are rebuilt: their keys,
+    generation, the index's associated data for the `state` read, and the index if it opened
+    (the one stored, once rebuilt)."""
+
+    keys: PatientKeys
+    generation: int
+    aad: bytes
+    index: Index | None
+    need: list[str]
+    state: tuple[str, int, str, bytes, str]
+
+
 @dataclass(frozen=True, slots=True)
 class VaultConfig:
     """Where a hospital's vault lives and where its KEK comes from.
@@ -204,13 +233,22 @@ class VaultConfig:
 class ReadKeys:
     """The keys one reading unwrapped (`Vault.latest_records`), to share them between its
     calls; keyed by the wrapped bytes read from the store, like the vault's own cache, so
-    they only ever answer for rows that still exist. Drop it when the reading is done."""
+    they only ever answer for rows that still exist. Drop it when the reading is done.
+    `indexes`: the research digest indexes opened (`Vault.research_digests`), keyed by what
+    they were opened for (pid, generation, kid, manifest, digester version): valid as long
+    as that state is (the rows they name open only with their tags). `digests`: the digest
+    rows a reading fetched for the next one (`prefetch`), by pid, their categories, and the
+    pids that reading asked (a pid asked without rows has none)."""
 
-    __slots__ = ("patients", "sets")
+    __slots__ = ("asked", "digests", "fetched", "indexes", "patients", "sets")
 
     def __init__(self) -> None:
         self.patients: dict[tuple[str, int, bytes], PatientKeys] = {}
         self.sets: dict[tuple[str, bytes, bytes], RecordKeys] = {}
+        self.indexes: dict[tuple[str, int, str, bytes, str], Index] = {}
+        self.digests: dict[str, tuple[str, int, bytes, str, bytes, int, dict[str, bytes]]] = {}
+        self.fetched: frozenset[str] = frozenset()
+        self.asked: set[str] = set()
 
 
 def _check(regex: re.Pattern[str], value: object, what: str) -> str:
@@ -236,7 +274,7 @@ class Vault:
     ):
         _check(_CUSTODIAN_RE, keyring.hospital_id, "hospital id")
         #: refreshes each patient's research digest in the transaction that writes their own
-        #: records (`research_digests`); None: a digest goes stale and is rebuilt when read
+        #: records (`research_digests`); None: the rows go stale and are rebuilt when read
         self.digester = digester
         self._backend = backend
         self._keyring = keyring
@@ -580,8 +618,9 @@ class Vault:
             return []
         stored: list[StoredRecord] = []
         digester = self.digester
-        # pid -> its own key set as found (old manifest), and the new own versions' facts
-        digests: dict[str, tuple[KeyRow, SetRow, dict[str, list[Any]]]] = {}
+        # pid -> its own key set as found (old manifest), the new own versions' facts by
+        # category, and whether one is a new version of a record (it may change category)
+        digests: dict[str, tuple[KeyRow, SetRow, dict[str, Entries], list[bool]]] = {}
         with self._lock, self._backend.transaction():
             keys: dict[str, tuple[KeyRow, _Counters]] = {}
             sets: dict[tuple[str, str, bool], tuple[SetRow, RecordKeys, _Counters]] = {}
@@ -631,8 +670,12 @@ class Vault:
                 key_counts.add(item, r.is_copy)
                 set_counts.add(item, False)
                 if digester is not None and not r.is_copy and r.pid != self.hospital_pid:
-                    new = digests.setdefault(r.pid, (key, key_set, {}))[2]
-                    new[r.rid] = [r.version, digester(doc)]
+                    _, _, new, moved = digests.setdefault(r.pid, (key, key_set, {}, [False]))
+                    category, facts = digester(doc)
+                    for entries in new.values():
+                        entries.pop(r.rid, None)
+                    new.setdefault(category, {})[r.rid] = [r.version, facts]
+                    moved[0] = moved[0] or r.version > 1
                 states[r.rid] = RidState(r.pid, key.generation, r.version, key_set.kid)
                 aliases += [(a, r.rid, r.version, r.pid) for a in r.aliases]
                 salt = r.salt if r.salt is not None else set_keys.salt(r.rid, r.version)
@@ -662,36 +705,61 @@ class Vault:
                 )
             for key_set, _, c in sets.values():
                 self._backend.update_set_counters(key_set.kid, c.n_records, c.manifest)
-            for pid, (key, key_set, new) in digests.items():
+            for pid, (key, key_set, new, moved) in digests.items():
                 manifest = sets[(pid, self.hospital_id, False)][2].manifest
-                self._refresh_digest(key, key_set, manifest, new)
+                self._refresh_digest(key, key_set, manifest, new, moved[0])
             if aliases:
                 self._backend.insert_aliases(aliases)
         return stored
 
     def _refresh_digest(
-        self, key: KeyRow, key_set: SetRow, manifest: bytes, new: dict[str, list[Any]]
+        self, key: KeyRow, key_set: SetRow, manifest: bytes, new: dict[str, Entries], moved: bool
     ) -> None:
-        """Fold a put's own versions (`new`: rid -> [version, facts]) into the patient's
-        research digest, resealed for the own set's new `manifest`; in the put's transaction.
+        """Fold a put's own versions (`new`: category -> rid -> [version, facts]) into the
+        patient's research digest, in the put's transaction: the rows of these categories
+        resealed with new tags, the index resealed for the own set's new `manifest`; the other
+        rows untouched (their tags stay valid). `moved`: a new version of a record may have
+        changed its category, so it is taken out of every row (each one opened and resealed).
 
-        The digest as stored must open for the set's state before the put (`key_set`), or
-        the set must be new; else (stale: written by a vault without a digester, or never
-        built) it is deleted here and rebuilt from the records when first read."""
+        The index as stored must open for the set's state before the put (`key_set`), or the
+        set must be new; else (stale: written by a vault without a digester, or never built)
+        every row is deleted here and rebuilt from the records when first read. A category the
+        index does not know stays unknown (a reader rebuilds it whole)."""
         assert self.digester is not None
         version = self.digester.version
         keys = self._keys(key.pid, key.generation, key.wrapped)
-        entries: Entries | None = {}
+        index: Index | None = Index(empty=EVERY)
+        stored: dict[str, bytes] = {}
         if key_set.n_records:
-            sealed = self._backend.read_digest(key.pid, key.generation)
-            before = digest_aad(keys, key_set.kid, key_set.manifest, version)
-            entries = None if sealed is None else open_digest(keys, before, sealed)
-        if entries is None:
+            wanted = None if moved else [INDEX, *new]
+            stored = self._backend.read_digests(key.pid, key.generation, wanted)
+            before = index_aad(keys, key_set.kid, key_set.manifest, version)
+            index = open_index(keys, before, stored.get(INDEX))
+        if index is None:
             self._backend.delete_digest(key.pid)
             return
-        entries.update(new)
-        after = digest_aad(keys, key_set.kid, manifest, version)
-        self._backend.put_digest(key.pid, key.generation, seal_digest(keys, after, entries))
+        rows: dict[str, bytes | None] = {}
+        rids = {rid for entries in new.values() for rid in entries} if moved else set()
+        for category in sorted({*new, *(index.rows if moved else ())}):
+            if not index.knows(category):
+                continue
+            entries = open_row(keys, index, category, stored.get(category), version)
+            if entries is None:  # replaced or altered: nothing of this patient is trusted
+                self._backend.delete_digest(key.pid)
+                return
+            for rid in rids:
+                entries.pop(rid, None)
+            entries.update(new.get(category, {}))
+            tag = new_tag() if entries else None
+            rows[category] = (
+                None
+                if tag is None
+                else seal_digest(keys, row_aad(keys, category, tag, version), entries)
+            )
+            index.build(category, tag)
+        after = index_aad(keys, key_set.kid, manifest, version)
+        rows[INDEX] = seal_index(keys, after, index)
+        self._backend.put_digests(key.pid, key.generation, rows, only=not key_set.n_records)
 
     def _checked(self, record: NewRecord) -> tuple[NewRecord, dict[str, Any]]:
         """The record with its pid checked and its bytes as `bytes`, and its JSON parsed;
@@ -1021,58 +1089,131 @@ class Vault:
                 yield row.info(), open_record(opened, self._ctx(row), row.nonce, row.ciphertext)
 
     def research_digests(
-        self, pids: Iterable[str], digester: Digester
+        self,
+        pids: Iterable[str],
+        digester: Digester,
+        categories: Iterable[str],
+        *,
+        keys: ReadKeys | None = None,
+        prefetch: Iterable[str] = (),
     ) -> Iterator[tuple[str, list[Any]]]:
         """Per patient of `pids` with own records here, in the order given: the facts
-        `digester` made of each latest own record version (rids in order). Copies never; an
-        erased patient, or a pid never seen, gives nothing.
+        `digester` made of each latest own record version of these consent `categories` (rids
+        in order; [] when none is of them). Copies never; an erased patient, or a pid never
+        seen, gives nothing.
 
-        Read from each patient's sealed research digest (vault/digest.py): one row and one
-        unwrapped key per patient. A digest that is missing or stale (it fails to open for
-        the own records' current state, or was made by another digester version) is rebuilt
-        from the records, exactly as `latest_records` reads them, and stored for the next
-        reader. What a patient's digest holds is read after their set's state, so a digest
-        stored while a writer changed the records is sealed for the older state: it never
-        opens for the newer one."""
+        Read from the patient's sealed research digest (vault/digest.py): its index and its
+        rows of these categories only, one unwrapped key per patient; the rows of any other
+        category are not read, let alone decrypted. A category whose row is missing or stale
+        (the index fails to open for the own records' current state, or was made by another
+        digester version; the row fails its tag) is rebuilt from the records of the types it
+        can hold (`digester.types_in`), exactly as `latest_records` reads them, and stored
+        for the next reader. What a patient's rows hold is read after their set's state, so a
+        row stored while a writer changed the records is indexed for the older state: it
+        never opens for the newer one. `keys`: the patient keys unwrapped, shared with the
+        caller's next reading (as `latest_records` shares them); with `prefetch`, the rows of
+        these categories are fetched too, unopened, and a next reading of them only (of
+        some of these patients, with the same `keys`) opens them as fetched, without reading
+        the store again: the same state as this reading's."""
         order = list(dict.fromkeys(self._pid(pid) for pid in pids))
+        asked = sorted(set(categories))
+        keys = ReadKeys() if keys is None else keys
+        patients, indexes = keys.patients, keys.indexes
+        fetching = [INDEX, *asked, *sorted(set(prefetch) - set(asked))]
+        reuse = bool(keys.fetched) and set(asked) <= keys.fetched
+        if not reuse and len(fetching) > len(asked) + 1:
+            keys.digests, keys.fetched, keys.asked = {}, frozenset(fetching), set(order)
         version = digester.version
         for start in range(0, len(order), LATEST_CHUNK):
             chunk = order[start : start + LATEST_CHUNK]
-            with self._lock:
-                sources = self._backend.digest_sources(chunk)
+            unseen = [pid for pid in chunk if pid not in keys.asked] if reuse else chunk
+            sources = [keys.digests[pid] for pid in chunk if pid in keys.digests] if reuse else []
+            if unseen:
+                with self._lock:
+                    sources += self._backend.digest_sources(unseen, fetching)
+                if not reuse and len(fetching) > len(asked) + 1:
+                    keys.digests.update((source[0], source) for source in sources)
             found: dict[str, Entries] = {}
-            stale: dict[str, tuple[PatientKeys, int, bytes]] = {}
-            for pid, generation, wrapped, kid, manifest, sealed in sources:
-                keys = self._keyring.unwrap(pid, generation, wrapped)
-                aad = digest_aad(keys, kid, manifest, version)
-                entries = None if sealed is None else open_digest(keys, aad, sealed)
-                if entries is None:
-                    stale[pid] = keys, generation, aad
-                else:
-                    found[pid] = entries
+            stale: dict[str, _Stale] = {}
+            for pid, generation, wrapped, kid, manifest, n_records, sealed in sources:
+                if not n_records:
+                    continue
+                unwrapped = patients.get((pid, generation, wrapped))
+                if unwrapped is None:
+                    unwrapped = self._keyring.unwrap(pid, generation, wrapped)
+                    patients[(pid, generation, wrapped)] = unwrapped
+                state = (pid, generation, kid, manifest, version)
+                index = indexes.get(state)
+                if index is None:
+                    aad = index_aad(unwrapped, kid, manifest, version)
+                    index = open_index(unwrapped, aad, sealed.get(INDEX))
+                    if index is not None:
+                        indexes[state] = index
+                entries = found[pid] = {}
+                need = []
+                for category in asked:
+                    got = (
+                        None
+                        if index is None
+                        else open_row(unwrapped, index, category, sealed.get(category), version)
+                    )
+                    if got is None:
+                        need.append(category)
+                    else:
+                        entries.update(got)
+                if need:
+                    aad = index_aad(unwrapped, kid, manifest, version)
+                    stale[pid] = _Stale(unwrapped, generation, aad, index, need, state)
             if stale:
-                found.update(self._rebuild_digests(stale, digester))
+                for pid, entries in self._rebuild_digests(stale, digester).items():
+                    found[pid].update(entries)
+                for s in stale.values():  # as stored: the next reading's (their tags)
+                    if s.index is not None:
+                        indexes[s.state] = s.index
             for pid in chunk:
-                entries = found.get(pid)
-                if entries:
-                    yield pid, [entries[rid][1] for rid in sorted(entries)]
+                if pid in found:
+                    yield pid, [found[pid][rid][1] for rid in sorted(found[pid])]
 
-    def _rebuild_digests(
-        self, stale: dict[str, tuple[PatientKeys, int, bytes]], digester: Digester
-    ) -> dict[str, Entries]:
-        """The digests of these patients from their latest own records, stored sealed for
-        the state read before (`stale`: pid -> (keys, generation, associated data))."""
-        built: dict[str, Entries] = {pid: {} for pid in stale}
-        for info, data in self.latest_records(list(stale), decrypt=None):
+    def _rebuild_digests(self, stale: dict[str, _Stale], digester: Digester) -> dict[str, Entries]:
+        """The rows of these patients' `need`ed categories, from their latest own records of
+        the types those can hold, stored sealed (the index for the state read before); the
+        facts of a record of another category are dropped unused."""
+        needed = sorted({category for s in stale.values() for category in s.need})
+        types = digester.types_in(needed)
+        listed = None if types is None else sorted(types)
+        built: dict[str, dict[str, Entries]] = {
+            pid: {category: {} for category in s.need} for pid, s in stale.items()
+        }
+        for info, data in self.latest_records(list(stale), decrypt=listed, types=listed):
             assert data is not None
-            built[info.pid][info.rid] = [info.version, digester(orjson.loads(data))]
+            category, facts = digester(orjson.loads(data))
+            entries = built[info.pid].get(category)
+            if entries is not None:
+                entries[info.rid] = [info.version, facts]
+        version = digester.version
         with self._lock, self._backend.transaction(durable=False):
-            for pid, (keys, generation, aad) in stale.items():
-                self._backend.put_digest(pid, generation, seal_digest(keys, aad, built[pid]))
-        return built
+            for pid, s in stale.items():
+                index = Index() if s.index is None else s.index
+                only, s.index = s.index is None, index
+                rows: dict[str, bytes | None] = {}
+                for category, entries in built[pid].items():
+                    tag = new_tag() if entries else None
+                    rows[category] = (
+                        None
+                        if tag is None
+                        else seal_digest(s.keys, row_aad(s.keys, category, tag, version), entries)
+                    )
+                    index.build(category, tag)
+                rows[INDEX] = seal_index(s.keys, s.aad, index)
+                self._backend.put_digests(pid, s.generation, rows, only=only)
+        return {
+            pid: {rid: e for entries in by.values() for rid, e in entries.items()}
+            for pid, by in built.items()
+        }
 
     def digest_count(self) -> int:
-        """How many research digests are stored (derived rows: see `research_digests`)."""
+        """How many patients' research digests are stored (derived rows: see
+        `research_digests`)."""
         with self._lock:
             return self._backend.count_digests()
 
