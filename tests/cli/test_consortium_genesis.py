@@ -204,3 +204,52 @@ def test_join_refuses_a_founding_file_whose_parameters_were_edited(tmp_path: Pat
     said = run("join", "--home", str(home), "--genesis", str(out), ok=False)
     assert said.exit_code != 0 and "params.proposal_ttl_ms: proposal_ttl_ms is" in said.output
     assert not (home / "genesis.json").exists()  # nothing written
+
+
+def test_a_parameter_in_other_digits_is_refused_as_not_a_number(tmp_path: Path) -> None:
+    """A superscript two is a digit to str.isdigit(), not to int(): refused as such."""
+    requests = _founders(tmp_path)
+    out = tmp_path / "genesis.json"
+    for option, value in (("--param", "study_min_cell=²"), ("--power", "chu-lyon=١٠")):
+        said = _genesis(out, requests, option, value, ok=False)
+        assert said.exit_code != 0 and isinstance(said.exception, SystemExit), said.output
+        assert f"{option} {value!r}: expected" in said.output
+    assert not out.exists()
+
+
+def test_join_warns_of_a_parameter_no_contract_knows_and_configures(tmp_path: Path) -> None:
+    """The nodes' InitChain ignores a name no contract knows: the consortium runs without it,
+    so join says so, naming it, rather than refusing a genesis its members run on."""
+    requests = _founders(tmp_path)
+    out = tmp_path / "genesis.json"
+    _genesis(out, requests)
+    founding = json.loads(out.read_text())
+    founding["genesis"]["params"]["study_min_cel"] = 10  # a typo made before the rule
+    out.write_text(json.dumps(founding))
+    home = tmp_path / "chu-lyon"
+    said = run("join", "--home", str(home), "--genesis", str(out)).output.replace("\n", " ")
+    assert "which the nodes ignore: study_min_cel" in said
+    assert load_config(home).genesis().params["study_min_cel"] == 10
+
+
+def test_join_takes_a_genesis_founded_before_the_rule_as_its_nodes_replay_it(
+    tmp_path: Path,
+) -> None:
+    """A consortium founded before session 11 (governance v4) took its parameters unchecked,
+    and its nodes' InitChain still does: join refuses only what that InitChain would refuse
+    (a value int() cannot read), not today's bounds (review 11a, finding 4)."""
+    requests = _founders(tmp_path)
+    out = tmp_path / "genesis.json"
+    _genesis(out, requests)
+    founding = json.loads(out.read_text())
+    founding["genesis"]["contracts"]["governance"] = 4
+    founding["genesis"]["params"].update(study_min_cell=1, emergency_max_ms=0)
+    out.write_text(json.dumps(founding))
+    home = tmp_path / "chu-lyon"
+    run("join", "--home", str(home), "--genesis", str(out))
+    assert load_config(home).genesis().params["study_min_cell"] == 1
+
+    founding["genesis"]["params"]["study_min_cell"] = "few"
+    out.write_text(json.dumps(founding))
+    said = run("join", "--home", str(tmp_path / "aphp-paris"), "--genesis", str(out), ok=False)
+    assert "params.study_min_cell: an integer expected" in said.output

@@ -91,3 +91,51 @@ def test_a_keygen_home_is_configured_from_a_members_answer(
     assert toml["p2p"]["laddr"] == "tcp://0.0.0.0:26656"
     assert toml["p2p"]["external_address"] == "10.231.0.15:26656"
     assert load_config(home).exchange.peers["chu-nantes"] == "https://10.231.0.15:7004"
+
+
+def test_a_joiner_takes_the_sponsors_timeout_commit_from_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network configured before session 11 kept timeout_commit at the block time (1 s),
+    and nothing rewrote it on upgrade. The sponsor's answer says its own (exchange/bootstrap),
+    and the joiner runs with it, not with what the block time gives today (600 ms): the
+    network's nodes agree (review 11a, finding 5). Without the field (an older sponsor), the
+    block time's rule; a value out of range is refused, writing nothing."""
+    from types import SimpleNamespace
+
+    from medledger.consensus.cometbft import testnet
+    from medledger.exchange import bootstrap
+
+    directory = tmp_path / "net"
+    create_consortium(
+        directory,
+        2,
+        engine="cometbft",
+        chain_id="medledger-join",
+        block_time_ms=1000,
+        genesis_time_ms=int(time.time() * 1000),
+        hosts=["10.231.0.11", "10.231.0.12"],
+    )
+    lyon = directory / "hospitals" / "chu-lyon"
+    testnet._configure(lyon / "cometbft", {"consensus": {"timeout_commit": "1s"}})  # as then
+    answer = {**_bootstrap(directory), "block_time_ms": 1000}
+    sponsor = SimpleNamespace(config=load_config(lyon))
+    answer["cometbft"] = bootstrap._cometbft(sponsor, answer["members"])  # type: ignore[arg-type]
+    assert answer["cometbft"]["timeout_commit_ms"] == 1000
+    monkeypatch.setattr(joining, "fetch_bootstrap", lambda url: answer)
+    home = tmp_path / "nantes"
+    keygen(home, "chu-nantes", "CHU de Nantes", {"gateway": "10.231.0.15:7004"})
+
+    joining.configure_from(home, "https://10.231.0.11:7004", genesis_hash=None)
+    assert testnet.timeout_commit_of(home / "cometbft") == 1000
+
+    del answer["cometbft"]["timeout_commit_ms"]  # a sponsor older than the field
+    joining.configure_from(home, "https://10.231.0.11:7004", genesis_hash=None)
+    assert testnet.timeout_commit_of(home / "cometbft") == testnet.timeout_commit_ms(1000)
+
+    answer["cometbft"]["timeout_commit_ms"] = "1s"
+    other = tmp_path / "brest"
+    keygen(other, "chu-brest", "CHU de Brest", {"gateway": "10.231.0.16:7004"})
+    with pytest.raises(joining.JoinError, match=r"cometbft.timeout_commit_ms: '1s' is not"):
+        joining.configure_from(other, "https://10.231.0.11:7004", genesis_hash=None)
+    assert not (other / "consortium").exists() and not (other / "config.json").exists()

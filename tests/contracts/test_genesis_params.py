@@ -5,8 +5,9 @@ pair (`param_conflict`), but a genesis's parameters went into the state as given
 could start a consortium with `proposal_ttl_ms` 0 (every proposal expired before a second
 vote: governance frozen for good) or an escrow threshold above its shares (every escrowed key
 unrecoverable). Now the same rule (`governance.param_problem`, `policies.param_problem`)
-refuses them, naming the parameter: at `consortium genesis` / `init` (nothing written), at
-`join`, and at the node's InitChain (a file edited since)."""
+refuses them, naming the parameter: at `consortium genesis` / `create_consortium` (nothing
+written), and, from governance v5 (new consortia), at `join` and the node's InitChain (a file
+edited since); an older genesis replays as it did."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from medledger.contracts import check_genesis_params, default_versions
+from medledger.contracts import (
+    check_genesis_params,
+    default_versions,
+    replayed_genesis_params,
+    unknown_genesis_params,
+)
 from medledger.contracts.common import DAY_MS
 from medledger.ledger.errors import Code, TxError
 from medledger.node.config import ConfigError
@@ -70,8 +76,8 @@ def test_what_a_vote_could_set_is_taken() -> None:
 
 
 def test_an_older_governance_version_keeps_its_own_bounds() -> None:
-    """A genesis of a governance v2 chain: v2 took proposal_ttl_ms at any value, so a
-    replayed v2 genesis still starts (its rule, not today's)."""
+    """A genesis of a governance v2 chain: its parameters went in as given (the rule starts
+    at v5), so a replayed v2 genesis still starts (its rule, not today's)."""
     check_genesis_params({"proposal_ttl_ms": 0}, {**default_versions(), "governance": 2})
 
 
@@ -91,3 +97,22 @@ def test_a_sandbox_is_not_made_with_a_parameter_out_of_range(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"genesis field params.study_min_cell: study_min_cell"):
         create_consortium(where, 2, genesis_time_ms=T0, params={"study_min_cell": 0})
     assert not where.exists()  # nothing written
+
+
+def test_a_genesis_of_governance_v4_replays_its_parameters_as_given() -> None:
+    """Before governance v5 a genesis's parameters went into the state unchecked (session 10
+    and earlier): a node replaying such a chain from block 0 still starts, with the values
+    the running nodes have (review 11a, finding 4). New consortia start on v5, refused."""
+    assert default_versions()["governance"] == 5
+    net = make_net()
+    given = {"study_min_cell": 1, "proposal_ttl_ms": 0, "emergency_max_ms": 0}
+    older = dataclasses.replace(
+        net.genesis, params=given, contracts={**net.genesis.contracts, "governance": 4}
+    )
+    started = dataclasses.replace(net, genesis=older).app()
+    assert started.query_obj("governance/params", {})["proposal_ttl_ms"] == 0
+    assert started.query_obj("policies/params", {})["emergency_max_ms"] == 0
+    with pytest.raises(TxError, match="field params.proposal_ttl_ms"):
+        dataclasses.replace(net, genesis=dataclasses.replace(net.genesis, params=given)).app()
+    replayed_genesis_params(given, older.contracts)  # what join checks: not refused
+    assert unknown_genesis_params({**given, "study_min_cel": 3}) == ["study_min_cel"]

@@ -30,7 +30,7 @@ def _proposal_id(created: Any) -> int:
 
 def test_a_threshold_above_the_shares_is_refused_by_the_contract_and_the_cli() -> None:
     w = World()
-    assert w.q("governance/contracts", {})["governance"] == 4
+    assert w.q("governance/contracts", {})["governance"] >= 4
     params = w.q("governance/params", {})
     assert (params["escrow_threshold"], params["escrow_shares"]) == (2, 3)
     refused = _propose(w, "escrow_threshold", 4)  # within 2..16, above n = 3

@@ -133,3 +133,26 @@ def test_a_vote_moves_a_v1_consortium_to_v2(monkeypatch: pytest.MonkeyPatch) -> 
     assert _shred(w, "h2").code == Code.UNAUTHORIZED
     w.records("h2", w.pid, ["r-h2"])  # a care record of its own: custody, so it may
     assert _shred(w, "h2", records=1).ok
+
+
+def test_statements_made_under_v1_count_under_v2_only_from_a_former_custodian(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under v1, h1 (alice's custodian) and h2 (never held her) both state a shredding. Once
+    v2 is voted in, h1's still ends a custody (it receives, it may resend); h2's counts for
+    nothing: no receiver, and no ground to state it again (review 11a, finding 3)."""
+    w = _world_on_records_v1(monkeypatch)
+    w.records("h1", w.pid, ["r-h1-labs"])
+    assert _shred(w, "h1", records=1).ok and _shred(w, "h2").ok
+    assert held_custody(w.state, w.pid, "h2")  # v1's reading, replayed as it was
+    activate = {"action": "activate_contract", "args": {"name": "records", "version": 2}}
+    w.ok("h0", "governance.propose", activate)
+    w.ok("h1", "governance.vote", {"proposal": 1, "approve": True})
+
+    assert held_custody(w.state, w.pid, "h1") and _export_to(w, "h1").ok
+    assert _shred(w, "h1", records=1).ok  # a resent statement of a former custodian
+    assert not held_custody(w.state, w.pid, "h2") and not ever_custodian(w.state, w.pid, "h2")
+    assert _export_to(w, "h2").code == Code.UNAUTHORIZED
+    restated = _shred(w, "h2")
+    assert restated.code == Code.UNAUTHORIZED
+    assert restated.log.startswith("field pid: h2 never held custody of this patient")

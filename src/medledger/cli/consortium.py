@@ -16,7 +16,7 @@ def _powers(items: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for item in items:
         org, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
+        if not sep or not (value.strip().isascii() and value.strip().isdigit()):
             fail(f"--power {item!r}: expected org=N")
         if org in found:
             fail(f"--power: {org} given twice")
@@ -29,7 +29,7 @@ def _params(items: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
+        if not sep or not (value.strip().isascii() and value.strip().isdigit()):
             fail(f"--param {item!r}: expected name=N (a whole number)")
         if name in found:
             fail(f"--param: {name} given twice")

@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
             fetch_pseudonym_key,
             founders_pseudonym_key,
             p2p_warning,
+            params_warning,
         )
 
         if (from_url is None) == (genesis is None):
@@ -87,6 +88,9 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"genesis hash {digest} checked")
         console.print(f"{config.org}: configured in {config.home} from {from_url or genesis}")
+        ignored = params_warning(config)
+        if ignored:
+            console.print(f"warning: {ignored}")
         try:  # the members' records, to check the node id they peer with (best effort)
             answer = load_founding(genesis) if genesis else fetch_bootstrap(from_url or "")
             warning = p2p_warning(config, answer)

@@ -65,15 +65,29 @@ def default_registry() -> Registry:
 
 
 def check_genesis_params(params: dict[str, Any], versions: dict[str, int]) -> None:
-    """Refuse, before a genesis is written, a parameter that no contract knows or that a vote
-    under these contract `versions` could not set (out of bounds, a crossed pair): TxError
-    naming it. The contracts' genesis (InitChain) applies the same rule to a file edited
-    since (governance.genesis_params, policies.genesis_params)."""
+    """Refuse, before a new genesis is written, a parameter that no contract knows or that a
+    vote under these contract `versions` could not set (out of bounds, a crossed pair):
+    TxError naming it. A node's InitChain applies the same rule (`replayed_genesis_params`)."""
+    unknown = unknown_genesis_params(params)
+    if unknown:
+        raise TxError(Code.INVALID_BODY, f"field params.{unknown[0]}: no such parameter")
+    replayed_genesis_params(params, versions)
+
+
+def replayed_genesis_params(params: dict[str, Any], versions: dict[str, int]) -> None:
+    """Refuse what a node's InitChain refuses of a genesis's parameters under its contract
+    `versions` (governance.genesis_params, policies.genesis_params: from governance v5 a
+    vote's rule, before it a value int() cannot read), TxError naming it. Names no contract
+    knows are ignored there: `unknown_genesis_params` lists them."""
+    from medledger.contracts import governance, policies
+
+    governance.genesis_params(params, versions.get("governance", 0))
+    policies.genesis_params(params, versions.get("governance", 0))
+
+
+def unknown_genesis_params(params: dict[str, Any]) -> list[str]:
+    """The names among a genesis's parameters that no contract knows (InitChain ignores them)."""
     from medledger.contracts import governance, policies
 
     known = {*governance.DEFAULT_PARAMS, *policies.DEFAULT_PARAMS}
-    for name in sorted(params):
-        if name not in known:
-            raise TxError(Code.INVALID_BODY, f"field params.{name}: no such parameter")
-    governance.genesis_params(params, versions.get("governance", 0))
-    policies.genesis_params(params)
+    return sorted(name for name in params if name not in known)

@@ -11,6 +11,9 @@ key is lost), and a rebinding retires the practitioner keys the org registered
 under v1 replay as they were until their members vote `activate_contract governance 2`.
 v3 bounds some parameters (`param_bounds`); v4 keeps `escrow_threshold` at most
 `escrow_shares` (`param_conflict`), at the proposal and at the vote that executes it.
+v5 (new consortia) holds a genesis's parameters to the rule of a vote at InitChain
+(`genesis_params`, and policies' too); before v5 they went into the state as given, so a chain
+founded before session 11 replays its genesis as it was.
 
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,10 +283,17 @@ def param_problem(name: str, value: int, current: dict[str, int], version: int) 
     return param_conflict(name, value, current, version)
 
 
+#: The governance version from which a genesis's parameters meet the rule of a vote.
+GENESIS_RULE_VERSION = 5
+
+
 def genesis_params(given: dict[str, Any], version: int) -> dict[str, int]:
     """The governance parameters among a genesis's `given` ones, each an integer that a vote
     under `version` could set, the pairs not crossed (`param_problem`); TxError naming the
-    first that is not. Parameters of other contracts (policies) are left to them."""
+    first that is not. Parameters of other contracts (policies) are left to them. Before
+    `GENESIS_RULE_VERSION` each is taken as given (`as_given`), as older chains replay."""
+    if version < GENESIS_RULE_VERSION:
+        return as_given(given, DEFAULT_PARAMS)
     found: dict[str, int] = {}
     for name, value in sorted(given.items()):
         if name not in DEFAULT_PARAMS:
@@ -295,6 +305,21 @@ def genesis_params(given: dict[str, Any], version: int) -> dict[str, int]:
         problem = param_problem(name, value, found, version)
         if problem:
             raise TxError(Code.INVALID_BODY, f"field params.{name}: {problem}")
+    return found
+
+
+def as_given(given: dict[str, Any], known: Container[str]) -> dict[str, int]:
+    """A genesis's parameters among `known`, each as int() takes it (no bounds): the rule
+    before `GENESIS_RULE_VERSION`; TxError naming one int() cannot read."""
+    found: dict[str, int] = {}
+    for name, value in given.items():
+        if name in known:
+            try:
+                found[name] = int(value)
+            except (TypeError, ValueError):
+                raise TxError(
+                    Code.INVALID_BODY, f"field params.{name}: an integer expected"
+                ) from None
     return found
 
 
@@ -856,4 +881,5 @@ _V1 = Contract(
 # v3: the same again; `set_param` bounds proposal_ttl_ms and the escrow's k and n
 # (PARAM_RANGES_V3), which older chains took at any value and replay unchanged.
 # v4: the same again; `set_param` keeps escrow_threshold <= escrow_shares (`param_conflict`).
-CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4))]
+# v5: the same again; InitChain refuses a genesis parameter a vote could not set.
+CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4, 5))]

@@ -315,9 +315,12 @@ def param_problem(name: str, value: int) -> str:
     return f"must be at least {low}" if value < low else ""
 
 
-def genesis_params(given: dict[str, Any]) -> dict[str, int]:
+def genesis_params(given: dict[str, Any], governance_version: int) -> dict[str, int]:
     """The policy parameters among a genesis's `given` ones, each an integer a vote could set;
-    TxError naming the first that is not (governance's are left to it)."""
+    TxError naming the first that is not (governance's are left to it). Under a governance
+    version before its GENESIS_RULE_VERSION, each as given (older chains replay so)."""
+    if governance_version < governance.GENESIS_RULE_VERSION:
+        return governance.as_given(given, DEFAULT_PARAMS)
     found: dict[str, int] = {}
     for name, value in sorted(given.items()):
         if name not in DEFAULT_PARAMS:
@@ -395,7 +398,7 @@ class DueQueue:
 
 
 def genesis(state: StateView, g: Genesis) -> None:
-    overrides = genesis_params(g.params)
+    overrides = genesis_params(g.params, governance.contract_version(state, "governance"))
     if overrides:
         state.put("policy/params", overrides)
     for doc_id, text in sorted(DEFAULT_POLICIES.items()):

@@ -38,7 +38,8 @@ Since v2 only a hospital whose custody of the pid runs or ran may state one (`ev
 or a holder of copies under the patient's erasure request (`SHRED_RULES`, from `erasure`),
 whose statement is marked `copies_only` and ends no custody: under v1 any member could, and
 so became an eligible export receiver of any patient under access v4 (`held_custody`) by its
-own act.
+own act. Once v2 runs, a statement counts as ended custody only from a holder with a care
+record of its own for the pid, so one made under v1 by a non-custodian stops counting too.
 
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
@@ -469,16 +470,23 @@ def held_custody(state: StateView, pid: str, org: str) -> bool:
 
 def _shredded_custody(state: StateView, holder: str, pid: str) -> bool:
     statement = shred_statement(state, holder, pid)
-    return statement is not None and not statement.get("copies_only")
+    if statement is None or statement.get("copies_only"):
+        return False
+    # Once v2 runs, a statement made under v1 by a member that never held the pid (unmarked:
+    # v1 took it from anyone) ends no custody either: only a care record of its own shows
+    # that it had one. v1 chains replay as they did.
+    return contract_version(state, "records") < 2 or _has_own_record(state, pid, holder)
+
+
+def _has_own_record(state: StateView, pid: str, org: str) -> bool:
+    return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
 
 
 def ever_custodian(state: StateView, pid: str, org: str) -> bool:
     """Whether org's custody of the pid runs or ran: its custody record, a care record of its
     own in the index (kept after a shredding), or its earlier shredding statement as a
     custodian (a resent one). What records v2 asks of a `records.shredded` signer."""
-    if held_custody(state, pid, org):
-        return True
-    return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
+    return held_custody(state, pid, org) or _has_own_record(state, pid, org)
 
 
 #: Other grounds on which a hospital that never held custody of a pid may state that it
@@ -574,7 +582,7 @@ def is_custodian(state: StateView, pid: str, org: str) -> bool:
     """
     if is_shredded(state, org, pid):
         return False
-    return any(holder == org for _, holder in state.scan(f"rec/pid/{pid}/"))
+    return _has_own_record(state, pid, org)
 
 
 def entry(state: StateView, rid: str) -> dict[str, Any] | None:

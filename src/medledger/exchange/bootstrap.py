@@ -74,9 +74,10 @@ def bootstrap(node: Node) -> dict[str, Any]:
 
 
 def _cometbft(node: Node, members: list[dict[str, Any]]) -> dict[str, Any]:
-    """CometBFT's genesis document and the peers to dial: the members' `p2p` addresses on the
-    chain, else this node and the persistent peers it is configured with."""
-    from medledger.consensus.cometbft.testnet import node_addresses
+    """CometBFT's genesis document, the peers to dial (the members' `p2p` addresses on the
+    chain, else this node and the persistent peers it is configured with) and this node's
+    `timeout_commit_ms`, which the joiner takes as is (the network's nodes agree on it)."""
+    from medledger.consensus.cometbft.testnet import node_addresses, timeout_commit_of
 
     cmt = node.config.home / node.config.cometbft.home
     doc = json.loads((cmt / "config" / "genesis.json").read_text())
@@ -85,7 +86,7 @@ def _cometbft(node: Node, members: list[dict[str, Any]]) -> dict[str, Any]:
         config = tomllib.loads((cmt / "config" / "config.toml").read_text())
         configured = [p for p in str(config["p2p"]["persistent_peers"]).split(",") if p]
         peers = [node_addresses(cmt, node.config.org).peer, *configured]
-    return {"genesis": doc, "persistent_peers": peers}
+    return {"genesis": doc, "persistent_peers": peers, "timeout_commit_ms": timeout_commit_of(cmt)}
 
 
 class NotAMember(Exception):

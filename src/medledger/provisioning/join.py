@@ -61,6 +61,8 @@ BOOTSTRAP_PATH = "/exchange/v1/bootstrap"
 #: Largest bootstrap answer read (a genesis of a few hundred members fits many times over).
 MAX_BOOTSTRAP_BYTES = 4 * 1024 * 1024
 CONSORTIUM_DIR = "consortium"
+#: The longest timeout_commit a sponsor's answer may give a joining node (one minute).
+MAX_TIMEOUT_MS = 60_000
 
 
 class JoinError(ConfigError):
@@ -143,11 +145,11 @@ def _check_genesis(
         )
     if answer.get("chain_id") != genesis.chain_id or answer.get("engine") != genesis.engine:
         raise JoinError(f"{source}: chain_id/engine differ from its own genesis")
-    from medledger.contracts import check_genesis_params
+    from medledger.contracts import replayed_genesis_params
     from medledger.ledger.errors import TxError
 
-    try:  # what the node's InitChain would refuse, said before anything is written
-        check_genesis_params(genesis.params, genesis.contracts)
+    try:  # what the node's InitChain would refuse (no more), said before anything is written
+        replayed_genesis_params(genesis.params, genesis.contracts)
     except TxError as exc:
         raise JoinError(f"{source}: genesis {exc} (nothing written)") from None
     return genesis
@@ -168,6 +170,20 @@ def _check_validators(genesis: Genesis, document: dict[str, Any], source: str) -
             f"{source}: cometbft.genesis.validators differ from the genesis members' "
             "validator keys and powers (nothing written)"
         )
+
+
+def _timeout_commit(cometbft: dict[str, Any], source: str) -> int | None:
+    """The sponsor node's timeout_commit (ms) from its answer, which the joiner takes as is
+    (the network's nodes agree on it); None from a sponsor older than the field."""
+    value = cometbft.get("timeout_commit_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TIMEOUT_MS:
+        raise JoinError(
+            f"{source}: cometbft.timeout_commit_ms: {value!r} is not a whole number of ms "
+            f"in 1..{MAX_TIMEOUT_MS} (nothing written)"
+        )
+    return value
 
 
 def _split_host(address: str, what: str) -> tuple[str, int]:
@@ -249,6 +265,7 @@ def configure(
         if cometbft["genesis"].get("chain_id") != genesis.chain_id:
             raise JoinError(f"{source}: the CometBFT genesis names another chain")
         _check_validators(genesis, cometbft["genesis"], source)
+        _timeout_commit(cometbft, source)
         (home / CONSORTIUM_DIR).mkdir(exist_ok=True)
         genesis.save(home / CONSORTIUM_DIR / "genesis.json")
         save_consortium(
@@ -308,6 +325,20 @@ def _solo_sandbox(home: Path, genesis: Genesis, sandbox: Path | None, source: st
     return os.path.relpath(sandbox.resolve(), home)
 
 
+def params_warning(config: HospitalConfig) -> str:
+    """The genesis's parameters that no contract knows, which every node's InitChain ignores
+    (a misspelt name, say), or "": said, not refused, since the consortium runs with them."""
+    from medledger.contracts import unknown_genesis_params
+
+    unknown = unknown_genesis_params(config.genesis().params)
+    if not unknown:
+        return ""
+    return (
+        f"the genesis names parameters no contract knows, which the nodes ignore: "
+        f"{', '.join(unknown)}"
+    )
+
+
 def p2p_warning(config: HospitalConfig, answer: dict[str, Any]) -> str:
     """Why the members' nodes would refuse this one, or "": they peer only with the node ids
     in members' `addresses.p2p` (filter_peers), and the answer lists the members' records."""
@@ -361,6 +392,7 @@ def _cometbft(
         host="0.0.0.0" if listen_all else host,
         external=host,
         rpc_host=rpc_host or "127.0.0.1",
+        timeout_commit=_timeout_commit(cometbft, "the answer"),
     )
     return CometbftSection(
         home="cometbft",

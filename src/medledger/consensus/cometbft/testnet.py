@@ -265,11 +265,15 @@ def node_settings(
     block_time_ms: int,
     host: str = "127.0.0.1",
     external: str | None = None,
+    timeout_commit: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The config medledger runs CometBFT with; each choice says why.
 
     `host` is where p2p listens (`0.0.0.0`: every interface, only when configured so);
-    `external` the address the other nodes dial (default `host`, which must then be one)."""
+    `external` the address the other nodes dial (default `host`, which must then be one);
+    `timeout_commit` (ms) the network's nodes' own, when known, else the block time's."""
+    if timeout_commit is None:
+        timeout_commit = timeout_commit_ms(block_time_ms)
     p2p, rpc, abci, prometheus = ports
     advertised = external or host
     hosts = [advertised] + [peer.split("@", 1)[-1].rpartition(":")[0] for peer in peers]
@@ -317,7 +321,7 @@ def node_settings(
         },
         "consensus": {
             # This wait plus the round is the block time (the interval users see).
-            "timeout_commit": _duration(timeout_commit_ms(block_time_ms)),
+            "timeout_commit": _duration(timeout_commit),
             # A steady heartbeat: liveness is visible in `net status`, and the app hash of the
             # last tx block reaches a header (for `verify`) within one block time.
             "create_empty_blocks": True,
@@ -558,16 +562,19 @@ def join_home(
     host: str = "127.0.0.1",
     external: str | None = None,
     rpc_host: str = "127.0.0.1",
+    timeout_commit: int | None = None,
 ) -> NodeAddresses:
     """A CometBFT home on a hospital's own machine that joins a running network.
 
     Its keys are kept when the home has them already (made at keygen); `genesis` is the
     network's CometBFT genesis, `peers` the members' `nodeid@host:port`. The node block-syncs
     from them and validates once a vote gives it power. RPC stays on loopback unless
-    `rpc_host` says otherwise.
+    `rpc_host` says otherwise. `timeout_commit` (ms) is the sponsor node's own when its
+    bootstrap answer says it (a network configured before session 11 kept the block time
+    itself there), else derived from `block_time_ms`.
     """
     _init_home(cmt_home)
-    settings = node_settings(org, ports, peers, block_time_ms, host, external)
+    settings = node_settings(org, ports, peers, block_time_ms, host, external, timeout_commit)
     settings["rpc"]["laddr"] = f"tcp://{rpc_host}:{ports[1]}"
     _configure(cmt_home, settings)
     path = cmt_home / "config" / "genesis.json"
