@@ -219,9 +219,10 @@ class Backend(Protocol):
         ...
 
     def read_digests(
-        self, pid: str, generation: int, categories: list[str] | None
-    ) -> dict[str, bytes]:
-        """The patient generation's research digest rows of these categories (None: all)."""
+        self, pid: str, generation: int, categories: list[str] | None, limit: int | None = None
+    ) -> dict[str, bytes | None]:
+        """The patient generation's research digest rows of these categories (None: all);
+        a row longer than `limit` bytes as None, unread."""
         ...
 
     def put_digests(
