@@ -64,10 +64,12 @@ Research digests
 `research_digests(pids, digester, categories)` gives, per patient, the facts a digester made
 of each latest own record of these consent categories, from the patient's sealed rows of
 these categories only (digest.py: one per category, and an index). A vault given a digester
-(`VaultConfig.digester`) refreshes the rows a put writes in its transaction; any other change
-leaves them stale (the index is bound to the own key set's manifest: it no longer opens) and
-the first reader rebuilds the categories it asks from the records of the types they can
-hold. erase() deletes the rows with the key.
+(`VaultConfig.digester`) refreshes the rows a put writes in its transaction, up to
+`ROW_BOUND` bytes a row (past it the put drops the row); any other change leaves them stale
+(the index is bound to the own key set's manifest: it no longer opens) and the first reader
+rebuilds the categories it asks from the records of the types they can hold, and stores them
+under the key row's lock if the records did not change meanwhile. erase() deletes the rows
+with the key.
 
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
