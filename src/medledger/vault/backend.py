@@ -50,6 +50,10 @@ class Backend(Protocol):
     """
 
     name: str
+    #: Whether `lock_key` locks the row only (PostgreSQL), not the whole store as a
+    #: transaction already does (SQLite): a caller that locks several patients' keys then
+    #: takes one per transaction, never waiting for one while holding another.
+    row_locks: bool
 
     def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
         """Open a (possibly nested) transaction; commit on success, roll back on error.

@@ -242,6 +242,7 @@ class SQLBackend:
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
         self.name = dialect.name
+        self.row_locks = bool(dialect.for_update)
         self._lock = threading.RLock()
         # Items already journaled in the open transaction (one row each is enough), and its
         # nesting depth; a savepoint rolled back restores the set it started with.

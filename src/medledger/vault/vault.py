@@ -1205,20 +1205,28 @@ class Vault:
             if entries is not None:
                 entries[info.rid] = [info.version, facts]
         version = digester.version
+        sealed: dict[str, tuple[dict[str, str | None], dict[str, bytes | None]]] = {}
         for pid, s in stale.items():
             tags = {
                 category: new_tag() if entries else None for category, entries in built[pid].items()
             }
-            rows: dict[str, bytes | None] = {
-                category: None
-                if tag is None
-                else seal_digest(
-                    s.keys, row_aad(s.keys, category, tag, version), built[pid][category]
-                )
-                for category, tag in tags.items()
-            }
+            sealed[pid] = (
+                tags,
+                {
+                    category: None
+                    if tag is None
+                    else seal_digest(
+                        s.keys, row_aad(s.keys, category, tag, version), built[pid][category]
+                    )
+                    for category, tag in tags.items()
+                },
+            )
+        # one transaction, unless it would hold a key row lock while waiting for another
+        batches = [[pid] for pid in stale] if self._backend.row_locks else [list(stale)]
+        for batch in batches:
             with self._lock, self._backend.transaction(durable=False):
-                s.index = self._store_rebuilt(pid, s, tags, rows)
+                for pid in batch:
+                    stale[pid].index = self._store_rebuilt(pid, stale[pid], *sealed[pid])
         return {
             pid: {rid: e for entries in by.values() for rid, e in entries.items()}
             for pid, by in built.items()
@@ -1228,7 +1236,8 @@ class Vault:
         self, pid: str, s: _Stale, tags: dict[str, str | None], rows: dict[str, bytes | None]
     ) -> Index | None:
         """Store a patient's rebuilt rows (category -> tag, sealed; None: empty) and their
-        index, under the patient's key row lock as writers take it, only if the own records
+        index, in the caller's transaction, under the patient's key row lock as writers take
+        it (on SQLite the transaction's write lock is the store's), only if the own records
         are still in the state they were read in (else a writer's fresher rows stay): on the
         index stored now if it opens for that state (another reader's rows stay listed).
         The index stored, or None when nothing was."""
