@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +28,8 @@ from medledger.contracts.study_query import StudyQuery, parse
 from medledger.interop.research_facts import DIGESTER
 from medledger.research.evaluate import Evaluator
 from medledger.vault import NewRecord, Vault, VaultConfig
+from medledger.vault import vault as vault_module
+from medledger.vault.digest import ROW_BOUND
 
 LYON, PARIS = "chu-lyon", "aphp-paris"
 LOINC, SNOMED = "http://loinc.org", "http://snomed.info/sct"
@@ -186,9 +189,15 @@ def build(folder: Path, plan: list[Any], erased: set[int]) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(plan=writes, erased=st.sets(st.integers(0, len(PIDS) - 1), max_size=1))
-def test_the_digests_give_the_facts_the_records_give(plan: list[Any], erased: set[int]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+@given(
+    plan=writes,
+    erased=st.sets(st.integers(0, len(PIDS) - 1), max_size=1),
+    bound=st.sampled_from([ROW_BOUND, 150]),  # small: puts drop rows, readers rebuild them
+)
+def test_the_digests_give_the_facts_the_records_give(
+    plan: list[Any], erased: set[int], bound: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(vault_module, "ROW_BOUND", bound):
         build(Path(tmp), plan, erased)
         config = VaultConfig(LYON, path=Path(tmp) / "vault.db", kek=KEK)
         with Vault.open(config) as vault:

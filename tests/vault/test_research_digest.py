@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 import medledger.vault.digest
+import medledger.vault.vault
 from medledger.contracts.study_query import parse
 from medledger.interop.research_facts import DIGESTER
 from medledger.research.evaluate import Evaluator
@@ -439,3 +440,36 @@ def test_a_prefetched_category_is_opened_later_without_reading_the_store_again(
 
     assert later == {anne: [["Medication", "metformin"]], bruno: [["Medication", "insulin"]]}
     assert statements == [[anne], [bruno]]  # Bruno was not in the first reading: read now
+
+
+def test_a_row_past_the_bound_is_dropped_by_a_put_and_rebuilt_by_its_next_reader(
+    vault_env: VaultEnv,
+    pid_factory: Callable[[str], str],
+    opened: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A put's digest work does not grow with the patient's history: a row longer than
+    `ROW_BOUND` (here 200 bytes: four labs) is neither read nor opened by a put, which drops
+    it; its next reader rebuilds it from the records, and the other categories' rows stay."""
+    monkeypatch.setattr(medledger.vault.vault, "ROW_BOUND", 200)
+    marks = Marks()
+    vault = vault_env.open()
+    vault.digester = marks
+    anne = pid_factory("anne")
+    put(vault, anne, "rx-1", 1, "metformin", kind="Medication", category="medications")
+    for i in range(6):
+        put(vault, anne, f"lab-{i}", 1, f"reading {i}")
+    both = ["labs", "medications"]
+    assert len(dict(vault.research_digests([anne], marks, both))[anne]) == 7
+    assert marks.calls == 7 + 7  # each put, then the rebuild of both (the labs row grew past)
+    opened.clear()
+
+    put(vault, anne, "lab-6", 1, "reading 6")
+
+    assert "reading 0" not in repr(opened)  # the labs row stored whole by the reader: unread
+    calls = marks.calls
+    meds = dict(vault.research_digests([anne], marks, ["medications"]))
+    assert meds == {anne: [["Medication", "metformin"]]} and marks.calls == calls  # kept
+    labs = dict(vault.research_digests([anne], marks, LABS))[anne]
+    assert labs[-1] == ["Observation", "reading 6"] and len(labs) == 7
+    assert marks.calls == calls + 7  # the labs dropped: rebuilt from the records

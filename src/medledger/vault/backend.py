@@ -50,6 +50,10 @@ class Backend(Protocol):
     """
 
     name: str
+    #: Whether `lock_key` locks the row only (PostgreSQL), not the whole store as a
+    #: transaction already does (SQLite): a caller that locks several patients' keys then
+    #: takes one per transaction, never waiting for one while holding another.
+    row_locks: bool
 
     def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
         """Open a (possibly nested) transaction; commit on success, roll back on error.
@@ -219,9 +223,10 @@ class Backend(Protocol):
         ...
 
     def read_digests(
-        self, pid: str, generation: int, categories: list[str] | None
-    ) -> dict[str, bytes]:
-        """The patient generation's research digest rows of these categories (None: all)."""
+        self, pid: str, generation: int, categories: list[str] | None, limit: int | None = None
+    ) -> dict[str, bytes | None]:
+        """The patient generation's research digest rows of these categories (None: all);
+        a row longer than `limit` bytes as None, unread."""
         ...
 
     def put_digests(

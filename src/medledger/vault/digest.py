@@ -18,7 +18,8 @@ category or patient fails its tag), and the categories known to be empty. A put 
 index and the rows of the categories it writes only: the others' tags stay valid. Any other
 change to the own records stales the index, so every row; a row replaced or rolled back
 fails its tag; a category the index does not know is rebuilt from the records of the types
-it can hold. Never read stale. Erasure shreds the rows with the patient key (and deletes
+it can hold. A row past `ROW_BOUND` is not kept by puts (rebuilt by its readers). Never read
+stale. Erasure shreds the rows with the patient key (and deletes
 them); a restore or a replica leaves them out (derived: rebuilt on first read).
 """
 
@@ -41,6 +42,13 @@ _LABEL_ROW_AAD = encode_fields(b"medledger/vault/v5/research-digest-row-aad")
 INDEX = "*"
 #: "Every category", in an index's `empty`: a patient whose own records were all digested.
 EVERY = "*"
+
+#: The largest sealed row a put opens or reseals (bytes; ~280 readings' facts of ~115 bytes).
+#: A put folds its records into the rows of their categories; past this, the row is dropped
+#: (the index forgets its category) and the next reader rebuilds it from the records, so a
+#: put's digest work never grows with the patient's history (a bedside monitor's reading a
+#: minute): at most one such row read, opened and resealed per category it writes.
+ROW_BOUND = 32 * 1024
 
 #: rid -> [version, facts]: the facts of the latest own version of each record.
 Entries = dict[str, list[Any]]
@@ -84,6 +92,15 @@ class Index:
                 self.empty = [c for c in self.empty if c != category]
         elif self.empty != EVERY and category not in self.empty:
             self.empty = sorted([*self.empty, category])
+
+    def forget(self, category: str) -> bool:
+        """The category is no longer known (its row dropped: rebuilt by its next reader);
+        False when the index cannot say so (`empty` is EVERY: every other category known)."""
+        if self.empty == EVERY:
+            return False
+        self.rows.pop(category, None)
+        self.empty = [c for c in self.empty if c != category]
+        return True
 
 
 def index_aad(keys: PatientKeys, kid: str, manifest: bytes, version: str) -> bytes:

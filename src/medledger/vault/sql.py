@@ -242,6 +242,7 @@ class SQLBackend:
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
         self.name = dialect.name
+        self.row_locks = bool(dialect.for_update)
         self._lock = threading.RLock()
         # Items already journaled in the open transaction (one row each is enough), and its
         # nesting depth; a savepoint rolled back restores the set it started with.
@@ -696,17 +697,19 @@ class SQLBackend:
         return list(found.values())
 
     def read_digests(
-        self, pid: str, generation: int, categories: list[str] | None
-    ) -> dict[str, bytes]:
+        self, pid: str, generation: int, categories: list[str] | None, limit: int | None = None
+    ) -> dict[str, bytes | None]:
         where = (
             "" if categories is None else f" AND category IN ({', '.join('?' * len(categories))})"
         )
+        # a row longer than `limit` is named, its bytes not read
+        sealed = "sealed" if limit is None else "CASE WHEN length(sealed) <= ? THEN sealed END"
         rows = self._all(
-            "SELECT category, sealed FROM research_digest_rows WHERE pid = ? AND generation = ?"
-            + where,
-            [pid, generation, *(categories or ())],
+            f"SELECT category, {sealed} FROM research_digest_rows "
+            "WHERE pid = ? AND generation = ?" + where,
+            [*(() if limit is None else (limit,)), pid, generation, *(categories or ())],
         )
-        return {str(r[0]): bytes(r[1]) for r in rows}
+        return {str(r[0]): None if r[1] is None else bytes(r[1]) for r in rows}
 
     def put_digests(
         self, pid: str, generation: int, rows: dict[str, bytes | None], only: bool
@@ -714,15 +717,19 @@ class SQLBackend:
         if only:
             self._run("DELETE FROM research_digest_rows WHERE pid = ?", (pid,))
         for category, sealed in rows.items():
-            self._run(
-                "DELETE FROM research_digest_rows WHERE pid = ? AND category = ?", (pid, category)
-            )
             if sealed is None:
+                self._run(
+                    "DELETE FROM research_digest_rows WHERE pid = ? AND category = ?",
+                    (pid, category),
+                )
                 continue
+            # an upsert: two readers of one database storing the same row both succeed
             self._run(
                 "INSERT INTO research_digest_rows (pid, category, generation, sealed) "
                 "SELECT ?, ?, ?, ? WHERE EXISTS "
-                "(SELECT 1 FROM patient_keys WHERE pid = ? AND generation = ?)",
+                "(SELECT 1 FROM patient_keys WHERE pid = ? AND generation = ?) "
+                "ON CONFLICT (pid, category) DO UPDATE "
+                "SET generation = excluded.generation, sealed = excluded.sealed",
                 (pid, category, generation, sealed, pid, generation),
             )
 

@@ -64,10 +64,12 @@ Research digests
 `research_digests(pids, digester, categories)` gives, per patient, the facts a digester made
 of each latest own record of these consent categories, from the patient's sealed rows of
 these categories only (digest.py: one per category, and an index). A vault given a digester
-(`VaultConfig.digester`) refreshes the rows a put writes in its transaction; any other change
-leaves them stale (the index is bound to the own key set's manifest: it no longer opens) and
-the first reader rebuilds the categories it asks from the records of the types they can
-hold. erase() deletes the rows with the key.
+(`VaultConfig.digester`) refreshes the rows a put writes in its transaction, up to
+`ROW_BOUND` bytes a row (past it the put drops the row); any other change leaves them stale
+(the index is bound to the own key set's manifest: it no longer opens) and the first reader
+rebuilds the categories it asks from the records of the types they can hold, and stores them
+under the key row's lock if the records did not change meanwhile. erase() deletes the rows
+with the key.
 
 Policy after erasure: a put for an erased pid is refused (PatientErased) so
 that a sync agent or a late message cannot silently bring the patient back.
@@ -97,6 +99,7 @@ from medledger.vault.backend import Backend
 from medledger.vault.digest import (
     EVERY,
     INDEX,
+    ROW_BOUND,
     Digester,
     Entries,
     Index,
@@ -724,15 +727,17 @@ class Vault:
         The index as stored must open for the set's state before the put (`key_set`), or the
         set must be new; else (stale: written by a vault without a digester, or never built)
         every row is deleted here and rebuilt from the records when first read. A category the
-        index does not know stays unknown (a reader rebuilds it whole)."""
+        index does not know stays unknown (a reader rebuilds it whole). Bounded: a row longer
+        than `ROW_BOUND` is neither read nor opened, and one that would grow past it is not
+        sealed: the index forgets that category (its next reader rebuilds and stores it)."""
         assert self.digester is not None
         version = self.digester.version
         keys = self._keys(key.pid, key.generation, key.wrapped)
         index: Index | None = Index(empty=EVERY)
-        stored: dict[str, bytes] = {}
+        stored: dict[str, bytes | None] = {}
         if key_set.n_records:
             wanted = None if moved else [INDEX, *new]
-            stored = self._backend.read_digests(key.pid, key.generation, wanted)
+            stored = self._backend.read_digests(key.pid, key.generation, wanted, ROW_BOUND)
             before = index_aad(keys, key_set.kid, key_set.manifest, version)
             index = open_index(keys, before, stored.get(INDEX))
         if index is None:
@@ -743,19 +748,28 @@ class Vault:
         for category in sorted({*new, *(index.rows if moved else ())}):
             if not index.knows(category):
                 continue
-            entries = open_row(keys, index, category, stored.get(category), version)
-            if entries is None:  # replaced or altered: nothing of this patient is trusted
-                self._backend.delete_digest(key.pid)
-                return
-            for rid in rids:
-                entries.pop(rid, None)
-            entries.update(new.get(category, {}))
+            entries: Entries | None = None
+            if category not in stored or stored[category] is not None:  # else past the bound
+                entries = open_row(keys, index, category, stored.get(category), version)
+                if entries is None:  # replaced or altered: nothing of this patient is trusted
+                    self._backend.delete_digest(key.pid)
+                    return
+                for rid in rids:
+                    entries.pop(rid, None)
+                entries.update(new.get(category, {}))
             tag = new_tag() if entries else None
-            rows[category] = (
+            sealed = (
                 None
                 if tag is None
                 else seal_digest(keys, row_aad(keys, category, tag, version), entries)
             )
+            if entries is None or (sealed is not None and len(sealed) > ROW_BOUND):
+                if not index.forget(category):  # the index cannot say it unknown: all stale
+                    self._backend.delete_digest(key.pid)
+                    return
+                rows[category] = None
+                continue
+            rows[category] = sealed
             index.build(category, tag)
         after = index_aad(keys, key_set.kid, manifest, version)
         rows[INDEX] = seal_index(keys, after, index)
@@ -1191,25 +1205,57 @@ class Vault:
             if entries is not None:
                 entries[info.rid] = [info.version, facts]
         version = digester.version
-        with self._lock, self._backend.transaction(durable=False):
-            for pid, s in stale.items():
-                index = Index() if s.index is None else s.index
-                only, s.index = s.index is None, index
-                rows: dict[str, bytes | None] = {}
-                for category, entries in built[pid].items():
-                    tag = new_tag() if entries else None
-                    rows[category] = (
-                        None
-                        if tag is None
-                        else seal_digest(s.keys, row_aad(s.keys, category, tag, version), entries)
+        sealed: dict[str, tuple[dict[str, str | None], dict[str, bytes | None]]] = {}
+        for pid, s in stale.items():
+            tags = {
+                category: new_tag() if entries else None for category, entries in built[pid].items()
+            }
+            sealed[pid] = (
+                tags,
+                {
+                    category: None
+                    if tag is None
+                    else seal_digest(
+                        s.keys, row_aad(s.keys, category, tag, version), built[pid][category]
                     )
-                    index.build(category, tag)
-                rows[INDEX] = seal_index(s.keys, s.aad, index)
-                self._backend.put_digests(pid, s.generation, rows, only=only)
+                    for category, tag in tags.items()
+                },
+            )
+        # one transaction, unless it would hold a key row lock while waiting for another
+        batches = [[pid] for pid in stale] if self._backend.row_locks else [list(stale)]
+        for batch in batches:
+            with self._lock, self._backend.transaction(durable=False):
+                for pid in batch:
+                    stale[pid].index = self._store_rebuilt(pid, stale[pid], *sealed[pid])
         return {
             pid: {rid: e for entries in by.values() for rid, e in entries.items()}
             for pid, by in built.items()
         }
+
+    def _store_rebuilt(
+        self, pid: str, s: _Stale, tags: dict[str, str | None], rows: dict[str, bytes | None]
+    ) -> Index | None:
+        """Store a patient's rebuilt rows (category -> tag, sealed; None: empty) and their
+        index, in the caller's transaction, under the patient's key row lock as writers take
+        it (on SQLite the transaction's write lock is the store's), only if the own records
+        are still in the state they were read in (else a writer's fresher rows stay): on the
+        index stored now if it opens for that state (another reader's rows stay listed).
+        The index stored, or None when nothing was."""
+        _, generation, kid, manifest, _ = s.state
+        key = self._backend.lock_key(pid)
+        own = None if key is None or key.generation != generation else self._backend.read_set(kid)
+        if own is None or own.manifest != manifest:
+            return None
+        current = self._backend.read_digests(pid, generation, [INDEX]).get(INDEX)
+        index = open_index(s.keys, s.aad, current)
+        only = index is None
+        index = Index() if index is None else index
+        for category, tag in tags.items():
+            index.build(category, tag)
+        self._backend.put_digests(
+            pid, generation, {**rows, INDEX: seal_index(s.keys, s.aad, index)}, only=only
+        )
+        return index
 
     def digest_count(self) -> int:
         """How many patients' research digests are stored (derived rows: see
