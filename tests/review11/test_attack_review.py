@@ -1,182 +1,28 @@
 """Review 11a (attack review of the session's first merges: records v2, genesis parameters,
 the sealed research digest, the block interval).
 
-Each test states what should hold and FAILS on the merged main (`ecb5087`): it shows a
-finding of the report, to pass once the fix suggested there is made."""
+Each test states what should hold and failed on the merged main (`ecb5087`): it shows a
+finding of the report, mended since. Findings 1 and 2 (the research digest) are in
+test_digest_review.py, written for the per-category digest that replaced the reviewed one."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import secrets
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from medledger.consensus.cometbft import testnet
 from medledger.contracts.access import log_body
 from medledger.contracts.records import held_custody
 from medledger.host.ports import free_ports
-from medledger.interop.research_facts import DIGESTER
 from medledger.ledger.results import TxResult
-from medledger.vault import Vault
-from medledger.vault.digest import seal_digest
-from tests.postgres_server import PostgresServer
 from tests.support import world as world_module
 from tests.support.ledger import Net, make_net
 from tests.support.world import World
-from tests.vault.conftest import HOSPITAL, VaultEnv, make_pid
 
 RECEIPT = hashlib.sha256(b"vault erasure receipt").digest()
-
-
-def _heart_rate(i: int) -> bytes:
-    """One bedside monitor reading, as an HL7 ORU feed turns each one into a FHIR
-    Observation (one unit, one put, per reading)."""
-    return orjson.dumps(
-        {
-            "resourceType": "Observation",
-            "id": f"hr-{i}",
-            "status": "final",
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                            "code": "vital-signs",
-                        }
-                    ]
-                }
-            ],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-            "subject": {"reference": "Patient/icu-1"},
-            "effectiveDateTime": f"2026-01-01T{i // 60 % 24:02d}:{i % 60:02d}:00Z",
-            "valueQuantity": {
-                "value": 60 + i % 40,
-                "unit": "beats/minute",
-                "system": "http://unitsofmeasure.org",
-                "code": "/min",
-            },
-        }
-    )
-
-
-def _put_reading(vault: Vault, pid: str, i: int) -> None:
-    vault.put(pid, f"hr-{i}", 1, _heart_rate(i), resource_type="Observation", custodian=HOSPITAL)
-
-
-# -- finding 1: a put re-seals the patient's whole digest --------------------------------
-
-
-@pytest.mark.skip(reason="fix11a")
-def test_one_reading_stored_reseals_no_more_than_its_own_facts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An ICU patient's monitor sends a reading a minute (1,440 a day). Each put decrypts,
-    extends and re-encrypts the patient's whole digest in the put's transaction, so the
-    work (and the bytes written) of one put grows with the patient's history: quadratic
-    over a stay. On main the 300th put seals the facts of all 300 readings."""
-    sealed: list[int] = []
-    real = seal_digest
-
-    def counting(keys: Any, aad: bytes, entries: dict[str, list[Any]]) -> bytes:
-        sealed.append(len(orjson.dumps(entries)))
-        return real(keys, aad, entries)
-
-    monkeypatch.setattr("medledger.vault.vault.seal_digest", counting)  # what put_many calls
-    env = VaultEnv("sqlite", secrets.token_bytes(32), sqlite_path=tmp_path / "vault.db")
-    vault = env.open()
-    vault.digester = DIGESTER  # as HospitalConfig.vault_config gives the node's vault
-    pid = make_pid("icu-1")
-    for i in range(300):
-        _put_reading(vault, pid, i)
-    first, last = sealed[0], sealed[-1]
-    assert len(sealed) == 300
-    vault.close()
-    # The facts of one reading are ~200 bytes; what one put seals must not grow with the
-    # readings before it (main: ~300 times the first).
-    assert last <= 4 * first, f"the 300th put sealed {last} bytes, the first {first}"
-
-
-# -- finding 2: PostgreSQL, two workers rebuilding one digest ----------------------------
-
-
-@pytest.fixture
-def pg_env(pg_server: PostgresServer) -> Iterator[VaultEnv]:
-    with pg_server.database() as dsn:
-        env = VaultEnv("postgres", secrets.token_bytes(32), dsn=dsn, pg_server=pg_server)
-        try:
-            yield env
-        finally:
-            for vault in env.opened:
-                vault.close()
-
-
-def _lock_waiters(env: VaultEnv) -> int:
-    rows = env.execute(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND datname = current_database()"
-    )
-    return int(rows[0][0])
-
-
-@pytest.mark.skip(reason="fix11a")
-@pytest.mark.postgres
-def test_two_workers_reading_one_stale_digest_on_postgresql_both_answer(
-    pg_env: VaultEnv,
-) -> None:
-    """PostgreSQL serves "several nodes or workers on one database" (postgres_backend):
-    two workers (two API/study processes on one PostgreSQL vault) read a patient whose
-    digest is stale at the same moment. Each rebuilds it and stores it with DELETE then
-    INSERT, without the key row's lock the writers take: the second INSERT waits on the
-    first one's uncommitted row, then fails on the primary key (UniqueViolation), and its
-    whole study read fails with it (the agent retries the answer after RETRY_S)."""
-    writer = pg_env.open()  # a vault without a digester: the digests go stale
-    first, second = pg_env.open(), pg_env.open()
-    pid = make_pid("shared-1")
-    for i in range(3):
-        _put_reading(writer, pid, i)
-
-    inserted, release = threading.Event(), threading.Event()
-    real_put = first._backend.put_digest
-
-    def put_then_hold(p: str, generation: int, sealed: bytes) -> None:
-        real_put(p, generation, sealed)
-        inserted.set()
-        release.wait(30)  # the first worker's transaction stays open here
-
-    setattr(first._backend, "put_digest", put_then_hold)  # noqa: B010 (this instance only)
-    outcomes: dict[str, Any] = {}
-
-    def read(name: str, vault: Vault) -> None:
-        try:
-            outcomes[name] = list(vault.research_digests([pid], DIGESTER))
-        except Exception as exc:  # what the study agent would log as a failed answer
-            outcomes[name] = exc
-
-    one = threading.Thread(target=read, args=("first", first))
-    two = threading.Thread(target=read, args=("second", second))
-    one.start()
-    assert inserted.wait(30)
-    two.start()
-    deadline = time.monotonic() + 15
-    while _lock_waiters(pg_env) == 0 and time.monotonic() < deadline and two.is_alive():
-        time.sleep(0.05)
-    release.set()
-    one.join(30)
-    two.join(30)
-    assert not isinstance(outcomes["first"], Exception), outcomes["first"]
-    assert not isinstance(outcomes["second"], Exception), repr(outcomes["second"])
-    assert outcomes["first"] == outcomes["second"]
-    assert [len(facts) for _, facts in outcomes["second"]] == [3]
-
-
-# -- finding 3: statements made under records v1 still make their signer a receiver ------
 
 
 def _shred(w: World, who: str) -> TxResult:
