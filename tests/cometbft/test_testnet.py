@@ -171,3 +171,16 @@ def test_public_names_keep_the_strict_address_book(tmp_path: Path) -> None:
     assert settings["p2p"]["laddr"] == "tcp://0.0.0.0:1"  # every interface: configured so
     assert settings["p2p"]["external_address"] == "lyon.fr:1"
     assert testnet.dialable("0.0.0.0:26657") == "127.0.0.1:26657"
+
+
+@pytest.mark.parametrize(
+    ("written", "ms"),
+    [("600ms", 600), ("1s", 1000), ("0.6s", 600), ("1s500ms", 1500), ("1m", 60_000), ("0", 0)],
+)
+def test_a_timeout_commit_is_read_in_any_go_duration_spelling(written: str, ms: int) -> None:
+    assert testnet.go_duration_ms(written) == ms
+
+
+@pytest.mark.parametrize("written", ["", "600", "-1s", "1x", "s", "1s 500ms", "1.2.3s"])
+def test_what_is_not_a_go_duration_is_said_so(written: str) -> None:
+    assert testnet.go_duration_ms(written) is None

@@ -29,10 +29,11 @@ some patients nowhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,9 @@ class Answerer:
         self.inbox = inbox
         self.send = send
         self.org = node.config.org
+        #: query -> its shares' sending, still running after a failed attempt: a retry waits
+        #: for it, so that no share is audited or sent twice (Inbox.sent marks them after)
+        self._sending: dict[str, Future[dict[str, int]]] = {}
 
     # -- 1. the chain ------------------------------------------------------------------------
     def plan(self, query_id: str) -> Plan | None:
@@ -221,9 +225,16 @@ class Answerer:
             if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
                 shares[plan.mine[pid]].append([pid, mine.to_obj()])
         timing["evaluate_shares"] = time.perf_counter() - t
+        if (earlier := self._sending.pop(query_id, None)) is not None:
+            # A failed attempt's sends, marked once they end; their own failure is theirs:
+            # this attempt sends what is not marked.
+            with contextlib.suppress(Exception):
+                earlier.result()
         sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
         try:
-            sent_future = sending.submit(self._send_timed, plan, shares, timing)
+            sent_future = self._sending[query_id] = sending.submit(
+                self._send_timed, plan, shares, timing
+            )
             ours = [pid for pid, answerer in plan.mine.items() if answerer == self.org]
             facts = evaluator.facts(ours)
             own = {pid: facts.get(pid) or PatientFacts(matched={}) for pid in ours}
@@ -235,8 +246,9 @@ class Answerer:
             timing["seal"] = time.perf_counter() - t
             t = time.perf_counter()
             sent = sent_future.result()
+            del self._sending[query_id]
         finally:
-            sending.shutdown(wait=False)  # on a failure the sends go on (kept once: Inbox.sent)
+            sending.shutdown(wait=False)  # on a failure the sends go on; a retry waits for them
         timing["send_wait"] = time.perf_counter() - t
         t = time.perf_counter()
         others = set(shares)

@@ -509,10 +509,35 @@ def timeout_commit_of(cmt_home: Path) -> int:
     """A node's configured timeout_commit, in ms."""
     config = tomllib.loads((cmt_home / "config" / "config.toml").read_text())
     value = str(config["consensus"]["timeout_commit"])
-    match = re.fullmatch(r"(\d+)(ms|s)", value)
-    if not match:
-        raise TestnetError(f"{cmt_home}: timeout_commit {value!r} is not in ms or s")
-    return int(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+    ms = go_duration_ms(value)
+    if ms is None:
+        raise TestnetError(f"{cmt_home}: timeout_commit {value!r} is not a Go duration")
+    return ms
+
+
+#: Go's time.ParseDuration units, in ms: an operator may write any of them in config.toml.
+_GO_UNITS_MS = {
+    "ns": 1e-6,
+    "us": 1e-3,
+    "µs": 1e-3,
+    "μs": 1e-3,
+    "ms": 1.0,
+    "s": 1e3,
+    "m": 6e4,
+    "h": 3.6e6,
+}
+_GO_TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def go_duration_ms(value: str) -> int | None:
+    """A non-negative Go duration ("600ms", "0.6s", "1s500ms", "1m", "0"), rounded to ms;
+    None when it is not one."""
+    if value == "0":
+        return 0
+    terms = _GO_TERM.findall(value)
+    if not terms or "".join(n + u for n, u in terms) != value:
+        return None
+    return round(sum(float(n) * _GO_UNITS_MS[u] for n, u in terms))
 
 
 def add_hospital(
