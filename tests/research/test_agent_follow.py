@@ -76,10 +76,14 @@ class Wallet:
 @pytest.fixture
 def agent(tmp_path: Path) -> StudyAgent:
     node = SimpleNamespace(
-        config=SimpleNamespace(org="h0"), app=None, engine=Chain(), wallet=Wallet()
+        config=SimpleNamespace(org="h0"),
+        app=None,
+        engine=Chain(),
+        wallet=Wallet(),
+        audit=SimpleNamespace(quiet=lambda seconds: None),  # `landed` ends the journal's quiet
     )
     inbox = Inbox(tmp_path / "partials.db", b"s" * 32)
-    # Only the node's engine and wallet are used by `_follow`; no vault is read.
+    # Only the node's engine, wallet and journal are used by `_follow`; no vault is read.
     return StudyAgent(cast(Any, node), cast(Any, None), inbox, lambda *a: None)
 
 

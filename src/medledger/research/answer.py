@@ -72,6 +72,9 @@ Warm = Callable[[list[str]], None]
 
 ANSWER = "research.query_answer"
 
+#: How long the partials' audit entries wait, durable, for the answer's block (`landed`).
+QUIET_S = 6.0
+
 
 class NotAnswered(Exception):
     """The query could not be answered now (missing partials, deadline): `reason` says why."""
@@ -224,10 +227,11 @@ class Answerer:
         the partials stay in the inbox until then."""
         started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
         sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
-        warm = self.warm
+        timing: dict[str, float] = {}
         try:
             # The connections to the co-answerers open while it reads and evaluates.
-            plan = self.plan(query_id, None if warm is None else partial(sending.submit, warm))
+            early = None if self.warm is None else partial(sending.submit, self._warm, timing)
+            plan = self.plan(query_id, early)
         except BaseException:
             sending.shutdown(wait=False)
             raise
@@ -236,7 +240,7 @@ class Answerer:
             self.inbox.forget(query_id)
             return None
         try:
-            timing: dict[str, float] = {"read": time.perf_counter() - started}
+            timing["read"] = time.perf_counter() - started
             timing["read_cpu"] = time.thread_time() - cpu
             t, t_cpu = time.perf_counter(), time.thread_time()
             shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
@@ -314,8 +318,10 @@ class Answerer:
         return done
 
     def landed(self, done: Answered) -> None:
-        """The answer is committed: its partials are no longer needed; its timing is logged."""
+        """The answer is committed: its partials are no longer needed, the audit journal may
+        send its entries; its timing is logged."""
         self.inbox.forget(done.query)
+        self.node.audit.quiet(0)
         log.info(
             "%s answered %s for %d patients, %d counted nowhere (sent partials of %s) in %s",
             self.org,
@@ -341,6 +347,13 @@ class Answerer:
             noise_commitment(seed) if plan.q.epsilon_milli else b"",
             plan.research_v3,
         )
+
+    def _warm(self, timing: dict[str, float], receivers: list[str]) -> None:
+        """`warm` in the sending thread, before the sends: its wall time (`warm`)."""
+        started = time.perf_counter()
+        if self.warm is not None:
+            self.warm(receivers)
+        timing["warm"] = time.perf_counter() - started
 
     def _send_timed(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
@@ -405,4 +418,7 @@ class Answerer:
                 allowed,
             )
         ]
-        self.node.audit.log(entries, wait=False)  # one fsync for all (tx-sized groups)
+        # Durable at once, one fsync for all; on the chain once the answer has its block (or
+        # QUIET_S later): not signed and executed by every validator on the answers' path.
+        self.node.audit.quiet(QUIET_S)
+        self.node.audit.log(entries, wait=False)
