@@ -159,15 +159,24 @@ def verify_fetched(
 
 def member_pins(node: Node) -> PinSource:
     """The TLS keys of the current members, read from the node's replica. With a replica in
-    this process the answer is kept until its next commit (members change only there):
-    each post and each handshake asked the chain, under the lock that block commits take,
-    and waited behind them and behind every other read."""
-    kept: list[dict[str, bytes]] = []  # the last answer; emptied by each commit
+    this process they are read again right after each commit (members change only there),
+    in the committing thread, and kept: a post or a handshake asked the chain each time,
+    under the lock that block commits and CheckTx take, and waited behind every reader (a
+    study answer's plan holds it for a few tenths of a second)."""
+    kept: list[dict[str, bytes]] = []  # the answer as of the last commit
     commits = [0]  # a read that saw a commit begin does not keep its answer
+
+    def read() -> dict[str, bytes]:
+        current = queries.members(node.engine)
+        return {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
 
     def committed(_record: Any) -> None:
         commits[0] += 1
         kept.clear()
+        try:
+            kept.append(read())
+        except Exception as exc:  # noqa: BLE001 - the next `pins()` reads it (and says)
+            log.debug("%s: members not read after a commit: %s", node.config.org, exc)
 
     app = getattr(node, "app", None)
     if app is not None:
@@ -178,10 +187,9 @@ def member_pins(node: Node) -> PinSource:
             return kept[0]
         seen = commits[0]
         try:
-            current = queries.members(node.engine)
+            found = read()
         except TxError:  # a replica before CometBFT's InitChain (joining, recovering) has no
             return {}  # contracts yet: it trusts no one until then, and the contexts follow
-        found = {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
         if app is not None and seen == commits[0]:
             kept[:] = [found]
         return found
