@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import governance, queries
@@ -230,8 +229,10 @@ class Answerer:
         timing: dict[str, float] = {}
         try:
             # The connections to the co-answerers open while it reads and evaluates.
-            early = None if self.warm is None else partial(sending.submit, self._warm, timing)
-            plan = self.plan(query_id, early)
+            def early(receivers: list[str]) -> None:
+                sending.submit(self._warm, timing, receivers)
+
+            plan = self.plan(query_id, None if self.warm is None else early)
         except BaseException:
             sending.shutdown(wait=False)
             raise
