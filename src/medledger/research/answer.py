@@ -322,7 +322,8 @@ class Answerer:
         """The answer is committed: its partials are no longer needed, the audit journal may
         send its entries; its timing is logged."""
         self.inbox.forget(done.query)
-        self.node.audit.quiet(0)
+        if any(done.sent.values()):  # its partials' entries were kept quiet (`_audit`)
+            self.node.audit.quiet(0)
         log.info(
             "%s answered %s for %d patients, %d counted nowhere (sent partials of %s) in %s",
             self.org,
@@ -419,6 +420,8 @@ class Answerer:
                 allowed,
             )
         ]
+        if not entries:
+            return
         # Durable at once, one fsync for all; on the chain once the answer has its block (or
         # QUIET_S later): not signed and executed by every validator on the answers' path.
         self.node.audit.quiet(QUIET_S)
