@@ -240,7 +240,7 @@ def test_an_answer_that_sent_partials_ends_the_journals_quiet_when_it_lands(
 ) -> None:
     """Its partials' audit entries were kept off the chain while its tx headed for a block."""
     asked: list[float] = []
-    agent.node.audit = SimpleNamespace(quiet=asked.append)
+    cast(Any, agent.node).audit = SimpleNamespace(quiet=asked.append)
     agent.answerer.landed(Answered(QUERY, 7, {"h1": 0, "h2": 3}, b"", {}))
     assert asked == [0]
     agent.answerer.landed(Answered(QUERY, 7, {"h1": 0}, b"", {}))  # nothing sent: not its quiet
