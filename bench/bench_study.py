@@ -11,7 +11,8 @@ Then each node's study agent answers by itself.
 The figure is the end-to-end time from the running event to the result: from the moment the
 last approval's block is committed (the query runs) to the moment a client first sees the
 query `done`, polled every 20 ms. Its breakdown: each node's own timing of its answer, read
-from its log (read: the chain; evaluate: its vault; send: the partials out, audited; wait:
+from its log (read: the chain; evaluate: its vault; warm: its connections to the
+co-answerers, opened beside the evaluation; send: the partials out, audited; wait:
 the partials in; tally: merge, noise, mask; submit: its answer tx to CheckTx; commit: from
 there to the agent seeing it in a block; and the answering thread's CPU: read_cpu,
 evaluate_cpu, tally_cpu, and cpu for the whole answer up to its submission, the figures a

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -75,8 +75,9 @@ def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
     change of that line must not leave the bench's per-node figures silently empty."""
     from medledger.research.answer import Answered, Answerer
 
-    answerer = Answerer.__new__(Answerer)  # landed() needs only its org and inbox
+    answerer = Answerer.__new__(Answerer)  # landed() needs its org, inbox and node's journal
     answerer.org, answerer.inbox = "chu-lyon", cast(Any, _Inbox())
+    answerer.node = cast(Any, SimpleNamespace(audit=SimpleNamespace(quiet=lambda s: None)))
     timing = {"read": 0.25, "evaluate_cpu": 0.5, "cpu": 1.0}
     with caplog.at_level("INFO", logger="medledger.research.answer"):
         answerer.landed(Answered("s1/q0001", 12, {"aphp-paris": 3}, b"", timing, 2))

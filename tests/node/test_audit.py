@@ -494,3 +494,34 @@ def test_on_cometbft_entries_no_caller_waits_for_go_out_once_per_block_time() ->
     assert window_for("cometbft", 3000) == 3.0
     assert window_for("cometbft", 50) == WINDOW_S
     assert window_for("solo", 1000) == WINDOW_S
+
+
+def test_quiet_keeps_unwaited_entries_durable_off_the_chain_until_it_ends(
+    node: Node, tmp_path: Path
+) -> None:
+    """A study answer's partials: journaled at once, sent once its answer has its block."""
+    journal = _journal(node, tmp_path / "audit", window_s=0.02)
+    try:
+        journal.quiet(30.0)
+        journal.log(_entries(node, 3), wait=False)  # durable when this returns
+        assert len(read_journal(journal.path)[0]) == 1
+        time.sleep(0.5)  # 25 send windows: none of them sent it
+        assert journal.stats["txs"] == 0 and journal.pending() == 3 and _on_chain(node) == []
+        journal.quiet(0)
+        assert journal.drain(10.0)
+        assert len(_on_chain(node)) == 3
+    finally:
+        journal.stop()
+
+
+def test_an_entry_a_caller_waits_for_is_not_kept_back_by_quiet(node: Node, tmp_path: Path) -> None:
+    """A remote read waits for its commit: it sends what was kept back before it, too."""
+    journal = _journal(node, tmp_path / "audit", window_s=0.02, wait_window_s=0.02)
+    try:
+        journal.quiet(30.0)
+        journal.log(_entries(node, 2, rid="obs-2"), wait=False)
+        journal.log(_entries(node), wait=True, timeout=10.0)
+        assert journal.drain(10.0)
+        assert len(_on_chain(node)) == 3
+    finally:
+        journal.stop()

@@ -76,10 +76,14 @@ class Wallet:
 @pytest.fixture
 def agent(tmp_path: Path) -> StudyAgent:
     node = SimpleNamespace(
-        config=SimpleNamespace(org="h0"), app=None, engine=Chain(), wallet=Wallet()
+        config=SimpleNamespace(org="h0"),
+        app=None,
+        engine=Chain(),
+        wallet=Wallet(),
+        audit=SimpleNamespace(quiet=lambda seconds: None),  # `landed` ends the journal's quiet
     )
     inbox = Inbox(tmp_path / "partials.db", b"s" * 32)
-    # Only the node's engine and wallet are used by `_follow`; no vault is read.
+    # Only the node's engine, wallet and journal are used by `_follow`; no vault is read.
     return StudyAgent(cast(Any, node), cast(Any, None), inbox, lambda *a: None)
 
 
@@ -229,3 +233,15 @@ def test_a_waiting_send_refused_after_its_first_try_committed_reads_answered(
         f"study query {QUERY}: answered for 4 patients, tx {first_tx.hex()[:16]}"
     ]
     assert QUERY not in agent._later
+
+
+def test_an_answer_that_sent_partials_ends_the_journals_quiet_when_it_lands(
+    agent: StudyAgent,
+) -> None:
+    """Its partials' audit entries were kept off the chain while its tx headed for a block."""
+    asked: list[float] = []
+    cast(Any, agent.node).audit = SimpleNamespace(quiet=asked.append)
+    agent.answerer.landed(Answered(QUERY, 7, {"h1": 0, "h2": 3}, b"", {}))
+    assert asked == [0]
+    agent.answerer.landed(Answered(QUERY, 7, {"h1": 0}, b"", {}))  # nothing sent: not its quiet
+    assert asked == [0]

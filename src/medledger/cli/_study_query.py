@@ -316,14 +316,14 @@ def _answer_here(node: Node, query_id: str, wait: float) -> None:
     from medledger.consensus.engine import NoLocalReplica
     from medledger.exchange.client import Directory, ExchangeClient
     from medledger.node.study_partials import Inbox
-    from medledger.research.answer import Answerer, NotAnswered, Plan
+    from medledger.research.answer import Answerer, NotAnswered, Plan, Warm
     from medledger.vault import Vault
 
     until_ms = int((time.time() + wait) * 1000)
 
     class Now(Answerer):
-        def plan(self, query_id: str) -> Plan | None:
-            found = super().plan(query_id)
+        def plan(self, query_id: str, early: Warm | None = None) -> Plan | None:
+            found = super().plan(query_id, early)
             if found is not None:
                 found.deadline_ms = min(found.deadline_ms, until_ms)
             return found
@@ -333,7 +333,9 @@ def _answer_here(node: Node, query_id: str, wait: float) -> None:
     try:
         with Vault.open(node.config.vault_config()) as vault:
             client = ExchangeClient(node, directory=directory)
-            Now(node, vault, inbox, client.study_partials).answer(query_id, max_wait=wait)
+            Now(node, vault, inbox, client.study_partials, client.warm).answer(
+                query_id, max_wait=wait
+            )
     except NotAnswered as exc:
         fail(
             f"{exc}: the hospitals exchange partial facts through their gateways "

@@ -12,8 +12,9 @@ custodian (or anyone between) cannot serve something else than what the index pr
 from __future__ import annotations
 
 import base64
+import logging
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ from medledger.vault.replication import key_item_id
 
 if TYPE_CHECKING:
     from medledger.node import Node
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/exchange/v1"
 #: Largest answer read from a peer (a records answer: up to 500 resources, base64-encoded).
@@ -155,14 +158,41 @@ def verify_fetched(
 
 
 def member_pins(node: Node) -> PinSource:
-    """The TLS keys of the current members, read from the node's replica at each call."""
+    """The TLS keys of the current members, read from the node's replica. With a replica in
+    this process they are read again right after each commit (members change only there),
+    in the committing thread, and kept: a post or a handshake asked the chain each time,
+    under the lock that block commits and CheckTx take, and waited behind every reader (a
+    study answer's plan holds it for a few tenths of a second)."""
+    kept: list[dict[str, bytes]] = []  # the answer as of the last commit
+    commits = [0]  # a read that saw a commit begin does not keep its answer
+
+    def read() -> dict[str, bytes]:
+        current = queries.members(node.engine)
+        return {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
+
+    def committed(_record: Any) -> None:
+        commits[0] += 1
+        kept.clear()
+        try:
+            kept.append(read())
+        except Exception as exc:  # noqa: BLE001 - the next `pins()` reads it (and says)
+            log.debug("%s: members not read after a commit: %s", node.config.org, exc)
+
+    app = getattr(node, "app", None)
+    if app is not None:
+        app.add_commit_listener(committed)
 
     def pins() -> dict[str, bytes]:
+        if kept:
+            return kept[0]
+        seen = commits[0]
         try:
-            current = queries.members(node.engine)
+            found = read()
         except TxError:  # a replica before CometBFT's InitChain (joining, recovering) has no
             return {}  # contracts yet: it trusts no one until then, and the contexts follow
-        return {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
+        if app is not None and seen == commits[0]:
+            kept[:] = [found]
+        return found
 
     return pins
 
@@ -220,7 +250,10 @@ class ExchangeClient:
                     base_url=base,
                     verify=self._ssl,
                     timeout=httpx.Timeout(self._timeout, connect=5.0),
-                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                    # kept 25 s idle (httpx's default: 5 s), under the gateway's 30 s
+                    limits=httpx.Limits(
+                        max_connections=32, max_keepalive_connections=16, keepalive_expiry=25.0
+                    ),
                 )
                 self._clients[base] = client
         return client
@@ -347,6 +380,25 @@ class ExchangeClient:
     def deliver(self, receiver: str, payload: dict[str, Any]) -> dict[str, Any]:
         answer, _ = self.post(receiver, "deliveries", payload)
         return answer
+
+    def warm(self, orgs: Iterable[str]) -> None:
+        """A pooled connection to each of `orgs`, its TLS handshake done, opened now, all at
+        once (`health`, which carries nothing): the posts that follow find it. A study
+        answer warms its co-answerers' while it reads its records, so that its partials do
+        not pay a client, a handshake and the server's pins on their path. Failures are
+        left to the posts (they report and retry them)."""
+
+        def one(org: str) -> None:
+            try:
+                self._client(org).get(f"{PREFIX}/health").read()
+            except Exception as exc:  # noqa: BLE001 - the post that follows says it
+                log.debug("%s: warming %s: %s", self.org, org, exc)
+
+        threads = [threading.Thread(target=one, args=(o,), daemon=True) for o in orgs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def study_partials(
         self, receiver: str, query_id: str, patients: list[list[Any]]

@@ -106,7 +106,7 @@ from medledger.node.custody import (
 )
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.study_partials import BODY_LIMIT as PARTIALS_BODY_LIMIT
-from medledger.node.study_partials import Inbox, PartialsRefused, not_kept
+from medledger.node.study_partials import Inbox, PartialsRefused, not_kept, parse_facts
 from medledger.node.study_partials import check as check_partials
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -778,10 +778,11 @@ class Gateway:
             queries.study_query(self.node.engine, query_id) if isinstance(query_id, str) else None
         )
         checking = time.perf_counter()
+        parsed = parse_facts(args)  # outside the view: it holds this node's commits back
         try:
             with self.policy.state() as state:
                 query_id, facts, dropped = check_partials(
-                    state, record, caller.actor.org, self.org, args, int(time.time() * 1000)
+                    state, record, caller.actor.org, self.org, args, int(time.time() * 1000), parsed
                 )
         except PartialsRefused as exc:
             self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)

@@ -78,6 +78,8 @@ from medledger.node.wallet import TxRejected, Wallet
 log = logging.getLogger(__name__)
 
 WINDOW_S = 0.2
+#: The longest `quiet` keeps unwaited entries back (an answer that never lands ends it).
+MAX_QUIET_S = 10.0
 WAIT_WINDOW_S = 0.02
 MAX_INFLIGHT = 4
 MAX_INFLIGHT_FULL = 32  # txs in flight when a backlog fills them (docs/benchmarks.md)
@@ -282,6 +284,7 @@ class AuditJournal:
         self._lock_fd: int | None = None
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
+        self._quiet_until = 0.0  # `quiet`: entries nobody waits for stay unsent until then
         self._held_at: int | None = None  # the height a tx was told NOT_YET at (see _send)
         self._unreachable = False
         self._seq = 0  # the last journal sequence given to an entry
@@ -413,6 +416,20 @@ class AuditJournal:
             written = self._written
             self._to_write.notify()
         return Logging(groups, written, wait, deadline)
+
+    def quiet(self, seconds: float) -> None:
+        """Keep the entries nobody waits for off the chain for the next `seconds` (at most
+        MAX_QUIET_S); `quiet(0)` ends it. They are durable already: only their tx waits.
+        A study answer asks it while its own tx heads for a block: the partials' thousands of
+        entries would otherwise be signed here, checked and executed by every validator, and
+        gossiped, in the very blocks the answers wait for. An entry a caller waits for
+        (`wait=True`) sends everything queued before it at once, as ever."""
+        with self._cond:
+            if seconds <= 0:
+                self._quiet_until = 0.0
+            else:
+                until = time.monotonic() + min(seconds, MAX_QUIET_S)
+                self._quiet_until = max(self._quiet_until, until)
 
     def _groups(self, entries: list[dict[str, Any]]) -> list[_Group]:
         # Sized with an id and the largest sequence; both are given under the lock (log).
@@ -556,6 +573,7 @@ class AuditJournal:
                     (free > 0 or (backlog and extra > 0))
                     and self._oldest is not None
                     and now >= self._retry_at
+                    and (now >= self._quiet_until or self._oldest_waited is not None)
                     and (
                         now - self._oldest >= self.window_s
                         or (

@@ -347,9 +347,13 @@ def check(
     receiver: str,
     body: dict[str, Any],
     now_ms: int,
+    parsed: Sequence[PatientFacts | PartialsRefused | None] | None = None,
 ) -> tuple[str, dict[str, PatientFacts], list[str]]:
     """The receiver's checks of a partials message (query, sender, each pid); returns
     (query id, {pid: facts}, dropped pids) or raises PartialsRefused naming what is wrong.
+    `parsed`: the message's `parse_facts`, made before the caller took its committed view
+    (it needs none), so that the view, which holds the node's block commits back, is held
+    for the chain's reads only.
 
     A pid whose answering hospital this replica computes otherwise than the sender did
     (held, or another's: a custody ended between the two reads, or a sender lying) is not
@@ -380,6 +384,8 @@ def check(
     patients = body.get("patients")
     if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
         raise PartialsRefused(400, f"patients: a list of at most {MAX_PATIENTS} [pid, facts]")
+    if parsed is None or len(parsed) != len(patients):
+        parsed = parse_facts(body)
     found: dict[str, PatientFacts] = {}
     dropped: list[str] = []
     seen: set[str] = set()
@@ -395,12 +401,9 @@ def check(
         held_by = links.custodians(pid)
         if sender not in held_by:
             raise PartialsRefused(403, f"patients[{i}]: {sender} is not a custodian")
-        try:
-            facts = PatientFacts.from_obj(item[1])
-        except (TypeError, ValueError, KeyError) as exc:
-            raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
-        except Exception as exc:  # the model's own refusal (TxError) names the field
-            raise PartialsRefused(400, f"patients[{i}].facts: {exc}") from None
+        facts = parsed[i]
+        if not isinstance(facts, PatientFacts):
+            raise facts or PartialsRefused(400, f"patients[{i}]: [pid, facts] expected")
         if not links.counts(pid):  # withdrawn since the sender looked: no dispute
             continue
         counter = links.answering(pid, held_by)
@@ -409,6 +412,25 @@ def check(
         elif counter != sender:
             dropped.append(pid)  # another's, or held: this hospital never counts it
     return query_id, found, dropped
+
+
+def parse_facts(body: dict[str, Any]) -> list[PatientFacts | PartialsRefused | None]:
+    """Each item's facts parsed (`PatientFacts.from_obj`), or the refusal its facts earn,
+    or None for an item that is no [pid, facts]: all `check` needs of a message that reads
+    no state. `check` raises them in the message's order, among its other checks."""
+    patients = body.get("patients")
+    if not isinstance(patients, list) or len(patients) > MAX_PATIENTS:
+        return []
+    parsed: list[PatientFacts | PartialsRefused | None] = []
+    for i, item in enumerate(patients):
+        if not _well_formed(item):
+            parsed.append(None)
+            continue
+        try:
+            parsed.append(PatientFacts.from_obj(item[1]))
+        except Exception as exc:  # TypeError, ValueError, KeyError, the model's TxError
+            parsed.append(PartialsRefused(400, f"patients[{i}].facts: {exc}"))
+    return parsed
 
 
 def _well_formed(item: Any) -> bool:

@@ -26,6 +26,7 @@ from medledger.research.answer import (
     Answerer,
     NotAnswered,
     SendPartials,
+    Warm,
     answered_by,
 )
 
@@ -56,10 +57,11 @@ class StudyAgent:
         *,
         poll: float = 1.0,
         workers: int = 4,
+        warm: Warm | None = None,
     ) -> None:
         self.node = node
         self.org = node.config.org
-        self.answerer = Answerer(node, vault, inbox, send)
+        self.answerer = Answerer(node, vault, inbox, send, warm)
         self.poll = poll
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"study-{self.org}")
         self._running: dict[str, Future[Answered | None]] = {}
@@ -280,6 +282,7 @@ class StudyAgent:
 def attach(exchange: Any, vault: Vault, **options: Any) -> StudyAgent:
     """A study agent for a running exchange (`exchange.service.HospitalExchange`): partials
     go out through its client and come in through its gateway's inbox."""
+    options.setdefault("warm", exchange.client.warm)
     return StudyAgent(
         exchange.node, vault, exchange.partials, exchange.client.study_partials, **options
     )

@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from medledger.contracts import queries
+from medledger.contracts import governance, queries
 from medledger.contracts.authorize import Decision
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
@@ -67,11 +67,13 @@ log = logging.getLogger(__name__)
 #: send(receiver, query id, [[pid, facts object], ...]) -> the receiver's answer; raises when
 #: refused or unreachable (exchange.client.ExchangeClient.study_partials).
 SendPartials = Callable[[str, str, list[list[Any]]], Any]
+#: warm(receivers): open connections to them ahead of the sends (ExchangeClient.warm).
+Warm = Callable[[list[str]], None]
 
 ANSWER = "research.query_answer"
 
-#: Access entries per audit call (the journal splits them into txs itself).
-AUDIT_CHUNK = 1000
+#: How long the partials' audit entries wait, durable, for the answer's block (`landed`).
+QUIET_S = 6.0
 
 
 class NotAnswered(Exception):
@@ -117,6 +119,10 @@ class Plan:
     mine: dict[str, str]  # pid -> its answering hospital ("": held), for the pids it holds
     box_keys: dict[str, bytes] = field(default_factory=dict)  # the answerers' at the start
     held: set[str] = field(default_factory=set)  # held by this hospital's too young link
+    # Read in the same view, for `_sealing`: each chain read outside it waits for the lock
+    # that the node's block commits and CheckTx take.
+    publics: dict[str, bytes] = field(default_factory=dict)  # box keys the masks agree from
+    research_v3: bool = False  # the chain takes `dropped`
 
 
 def answered_by(record: dict[str, Any]) -> set[str]:
@@ -142,19 +148,28 @@ def box_publics(at_start: dict[str, bytes], members: list[dict[str, Any]]) -> di
 
 
 class Answerer:
-    def __init__(self, node: Node, vault: Vault, inbox: Inbox, send: SendPartials) -> None:
+    def __init__(
+        self,
+        node: Node,
+        vault: Vault,
+        inbox: Inbox,
+        send: SendPartials,
+        warm: Warm | None = None,
+    ) -> None:
         self.node = node
         self.vault = vault
         self.inbox = inbox
         self.send = send
+        self.warm = warm
         self.org = node.config.org
         #: query -> its shares' sending, still running after a failed attempt: a retry waits
         #: for it, so that no share is audited or sent twice (Inbox.sent marks them after)
         self._sending: dict[str, Future[dict[str, int]]] = {}
 
     # -- 1. the chain ------------------------------------------------------------------------
-    def plan(self, query_id: str) -> Plan | None:
-        """What to do for the query, or None when this hospital has nothing (more) to do."""
+    def plan(self, query_id: str, early: Warm | None = None) -> Plan | None:
+        """What to do for the query, or None when this hospital has nothing (more) to do.
+        `early` is given the co-answerers as soon as they are known, before the links."""
         engine = self.node.engine
         record = queries.study_query(engine, query_id)
         if record is None or not running(record, decisions.now_ms()):
@@ -162,6 +177,8 @@ class Answerer:
         answerers = sorted(record.get("answerers") or [])
         if self.org not in answerers or self.org in answered_by(record):
             return None
+        if early is not None:
+            early([o for o in answerers if o != self.org])
         study_id = str(record["study"])
         study = queries.study(engine, study_id)
         if study is None or not study_open(study, decisions.now_ms()):
@@ -171,7 +188,10 @@ class Answerer:
         categories = tuple(c for c in q.categories if c in allowed)
         mine: dict[str, str] = {}
         held: set[str] = set()
+        box_keys = {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()}
         with engine.read_view() as state:
+            publics = box_publics(box_keys, governance.members(state))
+            research_v3 = governance.contract_version(state, "research") >= 3
             links = Links.at(state, record, self.org)  # its own patients, then the enrolled
             for pid in links.pids:
                 if not links.counts(pid):
@@ -192,8 +212,10 @@ class Answerer:
             int(record.get("deadline_ms") or 0),
             bytes(record.get("noise_seed") or b""),
             mine,
-            {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()},
+            box_keys,
             held,
+            publics,
+            research_v3,
         )
 
     # -- 2..4 --------------------------------------------------------------------------------
@@ -207,31 +229,41 @@ class Answerer:
         (`tx`, `nonce`, `body` to send it again if lost) and calls `landed` once committed;
         the partials stay in the inbox until then."""
         started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
-        plan = self.plan(query_id)
+        sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
+        timing: dict[str, float] = {}
+        try:
+            # The connections to the co-answerers open while it reads and evaluates.
+            def early(receivers: list[str]) -> None:
+                sending.submit(self._warm, timing, receivers)
+
+            plan = self.plan(query_id, None if self.warm is None else early)
+        except BaseException:
+            sending.shutdown(wait=False)
+            raise
         if plan is None:
+            sending.shutdown(wait=False)
             self.inbox.forget(query_id)
             return None
-        timing: dict[str, float] = {"read": time.perf_counter() - started}
-        timing["read_cpu"] = time.thread_time() - cpu
-        t, t_cpu = time.perf_counter(), time.thread_time()
-        evaluator = Evaluator(self.vault, plan.q, plan.categories)
-        # The co-answerers' patients first: their shares leave (in a thread) while this
-        # hospital evaluates its own, so that no co-answerer waits for its whole evaluation.
-        # A held patient ("": counted by nobody) is not read at all.
-        shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
-        theirs = [pid for pid, answerer in plan.mine.items() if answerer in shares]
-        facts = evaluator.facts(theirs)
-        for pid in theirs:
-            if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
-                shares[plan.mine[pid]].append([pid, mine.to_obj()])
-        timing["evaluate_shares"] = time.perf_counter() - t
-        if (earlier := self._sending.pop(query_id, None)) is not None:
-            # A failed attempt's sends, marked once they end; their own failure is theirs:
-            # this attempt sends what is not marked.
-            with contextlib.suppress(Exception):
-                earlier.result()
-        sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
         try:
+            timing["read"] = time.perf_counter() - started
+            timing["read_cpu"] = time.thread_time() - cpu
+            t, t_cpu = time.perf_counter(), time.thread_time()
+            shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
+            evaluator = Evaluator(self.vault, plan.q, plan.categories)
+            # The co-answerers' patients first: their shares leave (in a thread) while this
+            # hospital evaluates its own, so that no co-answerer waits for its whole evaluation.
+            # A held patient ("": counted by nobody) is not read at all.
+            theirs = [pid for pid, answerer in plan.mine.items() if answerer in shares]
+            facts = evaluator.facts(theirs)
+            for pid in theirs:
+                if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
+                    shares[plan.mine[pid]].append([pid, mine.to_obj()])
+            timing["evaluate_shares"] = time.perf_counter() - t
+            if (earlier := self._sending.pop(query_id, None)) is not None:
+                # A failed attempt's sends, marked once they end; their own failure is
+                # theirs: this attempt sends what is not marked.
+                with contextlib.suppress(Exception):
+                    earlier.result()
             sent_future = self._sending[query_id] = sending.submit(
                 self._send_timed, plan, shares, timing
             )
@@ -299,8 +331,11 @@ class Answerer:
         return done
 
     def landed(self, done: Answered) -> None:
-        """The answer is committed: its partials are no longer needed; its timing is logged."""
+        """The answer is committed: its partials are no longer needed, the audit journal may
+        send its entries; its timing is logged."""
         self.inbox.forget(done.query)
+        if any(done.sent.values()):  # its partials' entries were kept quiet (`_audit`)
+            self.node.audit.quiet(0)
         log.info(
             "%s answered %s for %d patients, %d counted nowhere (sent partials of %s) in %s",
             self.org,
@@ -319,14 +354,20 @@ class Answerer:
         the seed's commitment."""
         query_id = plan.query_id
         seed = answer_noise_seed(self.node.org_key.sign(noise_message(query_id, plan.noise_seed)))
-        publics = box_publics(plan.box_keys, queries.members(self.node.engine))
-        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), publics, plan.answerers)
+        pairs = masks.seed_pairs(self.org, self.node.config.box_key(), plan.publics, plan.answerers)
         return Sealing(
             answer_noise(plan.q, seed),
             masks.mask(pairs, query_id, len(cells(plan.q))),
             noise_commitment(seed) if plan.q.epsilon_milli else b"",
-            queries.contract_versions(self.node.engine).get("research", 1) >= 3,
+            plan.research_v3,
         )
+
+    def _warm(self, timing: dict[str, float], receivers: list[str]) -> None:
+        """`warm` in the sending thread, before the sends: its wall time (`warm`)."""
+        started = time.perf_counter()
+        if self.warm is not None:
+            self.warm(receivers)
+        timing["warm"] = time.perf_counter() - started
 
     def _send_timed(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
@@ -391,5 +432,9 @@ class Answerer:
                 allowed,
             )
         ]
-        for start in range(0, len(entries), AUDIT_CHUNK):
-            self.node.audit.log(entries[start : start + AUDIT_CHUNK], wait=False)
+        if not entries:
+            return
+        # Durable at once, one fsync for all; on the chain once the answer has its block (or
+        # QUIET_S later): not signed and executed by every validator on the answers' path.
+        self.node.audit.quiet(QUIET_S)
+        self.node.audit.log(entries, wait=False)
