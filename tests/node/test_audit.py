@@ -22,6 +22,7 @@ from medledger.ledger.errors import Code
 from medledger.ledger.results import TxResult
 from medledger.ledger.tx import decode_tx
 from medledger.node import Node, decisions
+from medledger.node import audit as audit_module
 from medledger.node.audit import WINDOW_S, AuditJournal, read_journal, window_for
 from medledger.node.wallet import TxRejected, Wallet
 
@@ -523,5 +524,24 @@ def test_an_entry_a_caller_waits_for_is_not_kept_back_by_quiet(node: Node, tmp_p
         journal.log(_entries(node), wait=True, timeout=10.0)
         assert journal.drain(10.0)
         assert len(_on_chain(node)) == 3
+    finally:
+        journal.stop()
+
+
+def test_a_quiet_renewed_again_and_again_holds_no_entry_longer_than_its_bound(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Study answers one after another each ask for a quiet: the trail still reaches the
+    chain, each entry at most MAX_QUIET_S after it was journaled."""
+    monkeypatch.setattr(audit_module, "MAX_QUIET_S", 0.3)
+    journal = _journal(node, tmp_path / "audit", window_s=0.02)
+    try:
+        journal.quiet(30.0)
+        journal.log(_entries(node, 3), wait=False)
+        renewed_until = time.monotonic() + 2.0
+        while time.monotonic() < renewed_until and len(_on_chain(node)) < 3:
+            journal.quiet(30.0)  # another answer's partials
+            time.sleep(0.05)
+        assert len(_on_chain(node)) == 3, "the entries stayed off the chain behind renewals"
     finally:
         journal.stop()

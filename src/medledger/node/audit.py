@@ -419,7 +419,9 @@ class AuditJournal:
 
     def quiet(self, seconds: float) -> None:
         """Keep the entries nobody waits for off the chain for the next `seconds` (at most
-        MAX_QUIET_S); `quiet(0)` ends it. They are durable already: only their tx waits.
+        MAX_QUIET_S; and however often it is renewed, no entry is held longer than
+        MAX_QUIET_S after it was journaled); `quiet(0)` ends it. They are durable already:
+        only their tx waits.
         A study answer asks it while its own tx heads for a block: the partials' thousands of
         entries would otherwise be signed here, checked and executed by every validator, and
         gossiped, in the very blocks the answers wait for. An entry a caller waits for
@@ -573,7 +575,11 @@ class AuditJournal:
                     (free > 0 or (backlog and extra > 0))
                     and self._oldest is not None
                     and now >= self._retry_at
-                    and (now >= self._quiet_until or self._oldest_waited is not None)
+                    and (
+                        now >= self._quiet_until
+                        or self._oldest_waited is not None
+                        or now - self._oldest >= MAX_QUIET_S  # renewed quiets hold none longer
+                    )
                     and (
                         now - self._oldest >= self.window_s
                         or (
