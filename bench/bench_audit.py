@@ -160,9 +160,8 @@ def _load(targets: dict[str, tuple[str, str, list[str]]], readers: int, seconds:
     for t in threads:
         t.join(60)
     elapsed = time.time() - started
-    out: dict[str, Any] = {
-        "reads_per_s": round(sum(len(v) for v in latencies.values()) / elapsed, 1)
-    }
+    served = sum(len(v) for v in latencies.values())
+    out: dict[str, Any] = {"reads": served, "reads_per_s": round(served / elapsed, 1)}
     for kind, values in latencies.items():
         out[kind] = {
             "reads_per_s": round(len(values) / elapsed, 1),
@@ -173,8 +172,10 @@ def _load(targets: dict[str, tuple[str, str, list[str]]], readers: int, seconds:
     return out, int(started * 1000), int(time.time() * 1000)
 
 
-def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dict[str, Any]:
-    """The audit entries the load's reads put on the chain: per tx, and per second."""
+def _on_chain(
+    engine: Any, orgs: list[str], since_ms: int, until_ms: int, reads: int
+) -> dict[str, Any]:
+    """The audit entries the load's `reads` put on the chain: per tx, and per second."""
     from medledger.contracts.access import journal_ref
 
     entries = [
@@ -184,7 +185,7 @@ def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dic
         if e["actor"] == f"org:{org}" and since_ms <= e["time"]
     ]
     if not entries:
-        return {"entries": 0}
+        return {"entries": 0, "reads_without_entry": reads}
     txs = {bytes(e["tx"]) for e in entries}
     span_s = max(1.0, (until_ms - since_ms) / 1000)
     return {
@@ -193,23 +194,30 @@ def _on_chain(engine: Any, orgs: list[str], since_ms: int, until_ms: int) -> dic
         "entries_per_tx": round(len(entries) / len(txs), 1),
         "entries_committed_per_s": round(len(entries) / span_s, 1),
         "ids_unique": len({journal_ref(e) for e in entries}) == len(entries),
+        "reads_without_entry": max(0, reads - len(entries)),
     }
 
 
-def _settle(engine: Any, orgs: list[str], since_ms: int, timeout: float = 60.0) -> None:
-    """Until the entries of the load stop growing (the journals have drained)."""
-    last, steady = -1, 0
+def _settle(
+    engine: Any, orgs: list[str], since_ms: int, reads: int, timeout: float = 60.0
+) -> None:
+    """Until every read served since `since_ms` has its entry on the chain (one each; one
+    missing shows in `_on_chain` as `reads_without_entry`), or none came for 3 s: the next
+    run starts once the last block carrying them commits, not after polls that find none."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and steady < 3:
+    last, grew = -1, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - grew < 3.0:
         count = sum(
             1
             for org in orgs
             for e in engine.query("access/by_custodian", {"org": org})
-            if since_ms <= e["time"]
+            if e["actor"] == f"org:{org}" and since_ms <= e["time"]
         )
-        steady = steady + 1 if count == last else 0
-        last = count
-        time.sleep(0.5)
+        if count >= reads:
+            return
+        if count != last:
+            last, grew = count, time.monotonic()
+        time.sleep(0.2)
 
 
 def _compare(
@@ -258,8 +266,8 @@ def _compare(
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
             result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
         if on:  # its entries reach the chain before the next run starts (none of its cost)
-            _settle(engine, [A, B], since)
-            result["audit"] = _on_chain(engine, [A, B], since, until)
+            _settle(engine, [A, B], since, result["reads"])
+            result["audit"] = _on_chain(engine, [A, B], since, until, result["reads"])
         return result
 
     # Warm-up, audit on (the journal's and the chain's path warm too), settled: before, its

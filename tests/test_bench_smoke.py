@@ -58,6 +58,7 @@ def test_the_benchmark_runs_at_a_tiny_size(name: str) -> None:
         # every "on" run's entries were committed before the next run, and counted
         assert solo["audit_on"]["audit"]["entries"] > 0, solo
         assert solo["audit_on"]["audit"]["ids_unique"], solo
+        assert solo["audit_on"]["audit"]["reads_without_entry"] == 0, solo
 
 
 def test_every_benchmark_but_the_cometbft_network_is_smoke_tested() -> None:
