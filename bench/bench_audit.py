@@ -198,9 +198,7 @@ def _on_chain(
     }
 
 
-def _settle(
-    engine: Any, orgs: list[str], since_ms: int, reads: int, timeout: float = 60.0
-) -> None:
+def _settle(engine: Any, orgs: list[str], since_ms: int, reads: int, timeout: float = 60.0) -> None:
     """Until every read served since `since_ms` has its entry on the chain (one each; one
     missing shows in `_on_chain` as `reads_without_entry`), or none came for 3 s: the next
     run starts once the last block carrying them commits, not after polls that find none."""
@@ -254,6 +252,7 @@ def _compare(
     def measured(on: bool, count: int = readers, span: float = seconds) -> dict[str, Any]:
         audit(on)
         before = cpu() if cpu is not None else (0.0, 0.0)
+        threads = _threads(homes[:2]) if cpu is not None else {}
         client = os.times()
         result, since, until = _load(targets, count, span)
         client_after = os.times()
@@ -264,6 +263,11 @@ def _compare(
             result["client_cpu_ms_per_read"] = round(spent / reads * 1e3, 3)
             servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
+            later = _threads(homes[:2])
+            result["servers_threads_ms_per_read"] = {
+                name: round((later[name] - threads.get(name, 0.0)) / reads * 1e3, 3)
+                for name in sorted(later)
+            }
             result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
         if on:  # its entries reach the chain before the next run starts (none of its cost)
             _settle(engine, [A, B], since, result["reads"])
@@ -513,9 +517,52 @@ def run(
     return result
 
 
+THREADS = "bench-threads.json"
+
+
+def _thread_cpu_dumper(home: Path, every: float = 0.25) -> None:
+    """In a node process: every `every` s, the CPU seconds so far of its Python threads, by
+    name without its numbers (`AnyIO worker thread`, `audit-writer`, ...), written
+    to `THREADS` in the home, for `_threads`: where a read's CPU goes, audit on and off."""
+    import re
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def dump() -> None:
+        while True:
+            spent: dict[str, float] = {}
+            for thread in threading.enumerate():
+                stat = Path(f"/proc/self/task/{thread.native_id}/stat")
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # ended meanwhile
+                name = re.sub(r"[-_]?[0-9]+", "", thread.name) or "thread"
+                spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            tmp = home / f"{THREADS}.tmp"
+            tmp.write_bytes(orjson.dumps(spent))
+            tmp.replace(home / THREADS)
+            time.sleep(every)
+
+    threading.Thread(target=dump, name="bench-threads", daemon=True).start()
+
+
+def _threads(homes: list[Path]) -> dict[str, float]:
+    """The serving hospitals' node processes' CPU seconds by thread name, summed (a thread
+    that ended since is missing from the later dump: a name's total may fall; see above)."""
+    total: dict[str, float] = {}
+    for home in homes:
+        with contextlib.suppress(OSError, ValueError):
+            for name, seconds in orjson.loads((home / THREADS).read_bytes()).items():
+                total[name] = total.get(name, 0.0) + seconds
+    return total
+
+
 def _node(argv: list[str]) -> None:
     """`bench_audit.py node --home H`: `medledger node run` with this bench's audit switch."""
     install_switch()
+    _thread_cpu_dumper(Path(argv[argv.index("--home") + 1]))
     from medledger.cli import main
 
     sys.argv = ["medledger", "node", "run", *argv]

@@ -180,6 +180,47 @@ def test_a_read_prepares_its_answer_while_its_entry_is_written_and_serves_once_d
         journal.stop()
 
 
+def test_a_write_the_disk_refused_is_cut_off_and_the_next_one_follows_it_whole(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fsync is refused to its caller (nothing served) and its bytes cut off; the
+    journal keeps the file's length itself (no fstat per write), so the next write, the
+    rewrite threshold and a restart all see the file as it is."""
+    import os
+
+    from medledger.node.audit import JournalUnavailable
+
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, window_s=3600.0)
+    real_fsync = os.fsync
+    fail = threading.Event()
+    fail.set()
+
+    def failing_once(fd: int) -> None:
+        if fail.is_set():
+            fail.clear()
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    try:
+        with pytest.raises(JournalUnavailable):
+            journal.log(_entries(node, 3, rid="obs-refused"), wait=False)
+        assert journal.pending() == 0
+        journal.log(_entries(node, 2), wait=False)
+        (pending, _, whole) = read_journal(directory / "journal")
+        assert [[e["rids"] for e in group] for group in pending] == [[["obs-1"], ["obs-1"]]]
+        assert whole == (directory / "journal").stat().st_size == journal._length
+    finally:
+        journal.stop()
+    journal = _journal(node, directory)  # a restart sends what the file holds, once
+    try:
+        assert journal.drain(30)
+        assert [e["rids"] for e in _on_chain(node)] == [["obs-1"], ["obs-1"]]
+    finally:
+        journal.stop()
+
+
 def test_an_entry_that_is_not_ledger_data_is_refused_to_its_caller_and_nothing_written(
     node: Node, tmp_path: Path
 ) -> None:
