@@ -303,6 +303,26 @@ def _compare(
     if cpu is not None:
         for key in ("servers_cpu_ms_per_read", "network_cpu_ms_per_read", "client_cpu_ms_per_read"):
             out[f"{key}_pairs"] = [[r_on[key], r_off[key]] for r_on, r_off in runs]
+        out["servers_threads_ms_per_read_on_off"] = _by_thread(runs)
+    return out
+
+
+def _by_thread(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[float]]:
+    """The serving processes' CPU per read by thread, audit on and off, over every pair
+    (weighted by reads: one run's figures move with the dumps' 0.25 s steps)."""
+    names = {name for pair in runs for run in pair for name in run["servers_threads_ms_per_read"]}
+    out: dict[str, list[float]] = {}
+    for name in sorted(names):
+        pooled = []
+        for side in (0, 1):
+            reads = sum(pair[side]["reads"] for pair in runs)
+            spent = sum(
+                pair[side]["servers_threads_ms_per_read"].get(name, 0.0) * pair[side]["reads"]
+                for pair in runs
+            )
+            pooled.append(round(spent / max(1, reads), 3))
+        if any(pooled):
+            out[name] = pooled
     return out
 
 
