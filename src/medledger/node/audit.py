@@ -128,14 +128,8 @@ class Logging:
     a caller that waits for the commit, on the chain)."""
 
     def __init__(
-        self,
-        groups: list[_Group],
-        written: threading.Lock | None,
-        wait: bool,
-        deadline: float,
-        journal: AuditJournal | None = None,
+        self, groups: list[_Group], written: threading.Lock | None, wait: bool, deadline: float
     ) -> None:
-        self._journal = journal
         self._groups = groups
         self._written = written
         self._wait = wait
@@ -147,12 +141,7 @@ class Logging:
         if self._written is None:
             return
         deadline = self._deadline
-        durable = self._written.acquire(blocking=False)
-        if not durable:
-            if self._journal is not None:
-                self._journal.write_now(self._written)
-            durable = self._written.acquire(timeout=max(0.0, deadline - time.monotonic()))
-        if not durable:
+        if not self._written.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise JournalUnavailable("the audit journal did not reach the disk in time")
         self._written.release()  # the next caller of this write passes through in turn
         for group in self._groups:
@@ -293,8 +282,6 @@ class AuditJournal:
         self._stop = False
         self._fd: int | None = None
         self._length = 0  # the journal file's length (its appends are all `_write`'s)
-        self._writing = False  # a write (the writer's or a caller's, `write_now`) runs
-        self._compact_due = False  # a caller's write passed `compact_at`: the writer rewrites
         self._lock_fd: int | None = None
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
@@ -430,7 +417,7 @@ class AuditJournal:
             self._pending += sum(len(g.entries) for g in groups)
             written = self._written
             self._to_write.notify()
-        return Logging(groups, written, wait, deadline, self)
+        return Logging(groups, written, wait, deadline)
 
     def quiet(self, seconds: float) -> None:
         """Keep the entries nobody waits for off the chain for the next `seconds` (at most
@@ -490,96 +477,53 @@ class AuditJournal:
     def _writer(self) -> None:
         while True:
             with self._cond:
-                # A caller's write (`write_now`) runs alone; stopping, the writer waits for it.
-                while self._writing or not (self._queued or self._stop or self._compact_due):
-                    self._to_write.wait(0.05 if self._stop else None)
-                groups, written = self._take()
+                while not self._queued and not self._stop:
+                    self._to_write.wait()
+                groups, self._queued = self._queued, []
+                written, self._written = self._written, _latch()
                 if not groups and self._stop:
                     return
-            if groups:
-                self._write_groups(groups, written)
-            self._compact_if_due()
-
-    def _take(self) -> tuple[list[_Group], threading.Lock]:
-        """What is queued, and its latch, for one write (under the condition's lock)."""
-        if not self._queued:
-            return [], self._written
-        groups, self._queued = self._queued, []
-        written, self._written = self._written, _latch()
-        self._writing = True
-        return groups, written
-
-    def write_now(self, written: threading.Lock) -> bool:
-        """From `Logging.end`: if the write its entries wait for has not started and no write
-        runs, make it in the caller's own thread (True). A read then blocks once, in its own
-        fsync, instead of waiting for the writer thread to be scheduled, take the GIL, write,
-        sync, take it again and release the read, which takes it once more: under load each
-        of those waits for another thread's switch interval. Otherwise the writer makes it
-        (or is making it) and the caller waits for it as before."""
-        with self._cond:
-            if self._writing or self._written is not written or not self._queued:
-                return False
-            groups, written = self._take()
-        self._write_groups(groups, written)
-        if self._length > self._compact_at:  # the writer's to do, not a read's
+            try:
+                with self._file_lock:
+                    assert self._fd is not None
+                    before = self._length
+                    try:
+                        self._write(b"".join(g.frame for g in groups))
+                        os.fsync(self._fd)
+                    except OSError:  # refused to the callers: not re-sent after a restart
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(self._fd, before)
+                            self._length = before
+                        raise
+                    self.stats["fsyncs"] += 1
+            except OSError as exc:
+                log.error("audit journal %s: cannot write: %s", self.path, exc)
+                with self._cond:
+                    self._pending -= sum(len(g.entries) for g in groups)
+                for group in groups:
+                    group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
+                written.release()
+                continue
+            written.release()  # durable: its callers may serve while it is queued to send
+            now = time.monotonic()
             with self._cond:
-                self._compact_due = True
-                self._to_write.notify()
-        return True
-
-    def _write_groups(self, groups: list[_Group], written: threading.Lock) -> None:
-        """Append and fsync the frames of `groups` (what `_take` gave, `_writing` set), then
-        release their callers and queue the groups to send."""
-        try:
-            with self._file_lock:
-                assert self._fd is not None
-                before = self._length
-                try:
-                    self._write(b"".join(g.frame for g in groups))
-                    os.fsync(self._fd)
-                except OSError:  # refused to the callers: not re-sent after a restart
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(self._fd, before)
-                        self._length = before
-                    raise
-                self.stats["fsyncs"] += 1
-        except OSError as exc:
-            log.error("audit journal %s: cannot write: %s", self.path, exc)
-            with self._cond:
-                self._pending -= sum(len(g.entries) for g in groups)
-                self._writing = False
-                self._to_write.notify()
-            for group in groups:
-                group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
-            written.release()
-            return
-        written.release()  # durable: its callers may serve while it is queued to send
-        now = time.monotonic()
-        with self._cond:
-            first_waited = self._oldest_waited is None
-            for group in groups:
-                group.frame = b""  # written: the file holds it
-                self._live[group.gid] = group
-                self._push(group, now)
-            self._writing = False
-            if self._queued:  # queued during this write: the writer takes them
-                self._to_write.notify()
-            # The sender keeps its tick, on which `window_s` passes: it is woken only when
-            # this write has it send sooner, a full tx's backlog or a caller now waiting for
-            # the commit. Woken after every write, it cost ≈ 20 µs per read for nothing.
-            if self._unsent_entries >= self.max_tx_entries or (
-                first_waited and self._oldest_waited is not None
-            ):
-                self._cond.notify()
-
-    def _compact_if_due(self) -> None:
-        with self._cond:
-            self._compact_due = False
-        try:
-            if self._length > self._compact_at:
-                self._compact()
-        except OSError as exc:  # appends go on to the old file; tried again later
-            log.error("audit journal %s: cannot compact: %s", self.path, exc)
+                first_waited = self._oldest_waited is None
+                for group in groups:
+                    group.frame = b""  # written: the file holds it
+                    self._live[group.gid] = group
+                    self._push(group, now)
+                # The sender keeps its tick, on which `window_s` passes: it is woken only when
+                # this write has it send sooner, a full tx's backlog or a caller now waiting for
+                # the commit. Woken after every write, it cost ≈ 20 µs per read for nothing.
+                if self._unsent_entries >= self.max_tx_entries or (
+                    first_waited and self._oldest_waited is not None
+                ):
+                    self._cond.notify()
+            try:
+                if self._length > self._compact_at:
+                    self._compact()
+            except OSError as exc:  # appends go on to the old file; tried again later
+                log.error("audit journal %s: cannot compact: %s", self.path, exc)
 
     def _write(self, data: bytes) -> None:
         """Append `data` (under the file lock); `_length` follows the file without an fstat."""
@@ -604,8 +548,6 @@ class AuditJournal:
         rename can fail and leave appends going to the old, unlinked file."""
         with self._file_lock, self._cond:
             assert self._fd is not None
-            if self._writing:  # its groups are in the file, not yet in `_live`: later
-                return
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             try:
