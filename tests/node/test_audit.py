@@ -221,6 +221,43 @@ def test_a_write_the_disk_refused_is_cut_off_and_the_next_one_follows_it_whole(
         journal.stop()
 
 
+def test_done_marks_cut_short_by_a_full_disk_hide_no_entry_written_after_them(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A done frame half-written (the disk filled mid-write) is cut off: the groups
+    appended after it are found at start-up and sent, not lost behind a torn frame."""
+    import os
+
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, window_s=0.02)
+    real_write = os.write
+    torn = threading.Event()
+
+    def write(fd: int, data: Any) -> int:
+        if b"done" in bytes(data) and not torn.is_set():
+            torn.set()
+            real_write(fd, bytes(data)[: len(data) // 2])  # half the frame, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    try:
+        monkeypatch.setattr(os, "write", write)
+        journal.log(_entries(node, rid="obs-committed"), wait=True)  # its done mark tears
+        assert journal.drain(30)
+        deadline = time.monotonic() + 30
+        while not torn.is_set() and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert torn.is_set()
+        monkeypatch.setattr(journal, "window_s", 3600.0)  # the next entry stays journaled
+        journal.log(_entries(node, rid="obs-after"), wait=False)
+    finally:
+        journal.stop()
+    (pending, done, whole) = read_journal(directory / "journal")
+    assert whole == (directory / "journal").stat().st_size  # no torn frame in the middle
+    assert [[e["rids"] for e in group] for group in pending] == [[["obs-after"]]]
+    assert len(done) == 1  # the first entry's mark, written again after the failure
+
+
 def test_many_readers_at_once_while_the_journal_is_rewritten_lose_none(
     node: Node, tmp_path: Path
 ) -> None:

@@ -540,7 +540,16 @@ class AuditJournal:
         with self._cond:
             done, self._done = self._done, []
         if done and self._fd is not None:
-            self._write(_frame({"done": done}))
+            before = self._length
+            try:
+                self._write(_frame({"done": done}))
+            except OSError:  # a torn frame here would hide every group appended after it
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                    self._length = before
+                with self._cond:
+                    self._done[:0] = done  # written with the next marks
+                raise
 
     def _compact(self) -> None:
         """Rewrite the journal with the groups still pending (atomically, fsync'd). The new
