@@ -263,10 +263,9 @@ def _compare(
             result["client_cpu_ms_per_read"] = round(spent / reads * 1e3, 3)
             servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
-            later = _threads(homes[:2])
+            by_name = _by_name(threads, _threads(homes[:2]))
             result["servers_threads_ms_per_read"] = {
-                name: round((later[name] - threads.get(name, 0.0)) / reads * 1e3, 3)
-                for name in sorted(later)
+                name: round(seconds / reads * 1e3, 3) for name, seconds in sorted(by_name.items())
             }
             result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
         if on:  # its entries reach the chain before the next run starts (none of its cost)
@@ -309,7 +308,7 @@ def _compare(
 
 def _by_thread(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[float]]:
     """The serving processes' CPU per read by thread, audit on and off, over every pair
-    (weighted by reads: one run's figures move with the dumps' 0.25 s steps)."""
+    (weighted by reads: one run's figures move with the dumps' 0.5 s steps)."""
     names = {name for pair in runs for run in pair for name in run["servers_threads_ms_per_read"]}
     out: dict[str, list[float]] = {}
     for name in sorted(names):
@@ -540,7 +539,7 @@ def run(
 THREADS = "bench-threads.json"
 
 
-def _thread_cpu_dumper(home: Path, every: float = 0.25) -> None:
+def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
     """In a node process: every `every` s, the CPU seconds so far of its Python threads, by
     name without its numbers (`AnyIO worker thread`, `audit-writer`, ...), written
     to `THREADS` in the home, for `_threads`: where a read's CPU goes, audit on and off."""
@@ -551,7 +550,7 @@ def _thread_cpu_dumper(home: Path, every: float = 0.25) -> None:
 
     def dump() -> None:
         while True:
-            spent: dict[str, float] = {}
+            spent: dict[str, float] = {}  # "<name> <native id>": its CPU seconds
             for thread in threading.enumerate():
                 stat = Path(f"/proc/self/task/{thread.native_id}/stat")
                 try:
@@ -559,7 +558,7 @@ def _thread_cpu_dumper(home: Path, every: float = 0.25) -> None:
                 except OSError:
                     continue  # ended meanwhile
                 name = re.sub(r"[-_]?[0-9]+", "", thread.name) or "thread"
-                spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+                spent[f"{name} {thread.native_id}"] = (int(fields[11]) + int(fields[12])) / tick
             tmp = home / f"{THREADS}.tmp"
             tmp.write_bytes(orjson.dumps(spent))
             tmp.replace(home / THREADS)
@@ -569,14 +568,25 @@ def _thread_cpu_dumper(home: Path, every: float = 0.25) -> None:
 
 
 def _threads(homes: list[Path]) -> dict[str, float]:
-    """The serving hospitals' node processes' CPU seconds by thread name, summed (a thread
-    that ended since is missing from the later dump: a name's total may fall; see above)."""
+    """The serving hospitals' node processes' threads' CPU seconds so far (`_thread_cpu_dumper`),
+    keyed "<home> <name> <native id>"."""
     total: dict[str, float] = {}
     for home in homes:
         with contextlib.suppress(OSError, ValueError):
-            for name, seconds in orjson.loads((home / THREADS).read_bytes()).items():
-                total[name] = total.get(name, 0.0) + seconds
+            for key, seconds in orjson.loads((home / THREADS).read_bytes()).items():
+                total[f"{home.name} {key}"] = seconds
     return total
+
+
+def _by_name(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds spent between two `_threads` readings, by thread name: a thread is counted
+    from the first reading (or its start); one that ended between them is missing from the
+    second, and its share with it (never counted below zero)."""
+    spent: dict[str, float] = {}
+    for key, seconds in after.items():
+        name = key.split(" ", 1)[1].rsplit(" ", 1)[0]
+        spent[name] = spent.get(name, 0.0) + seconds - before.get(key, 0.0)
+    return spent
 
 
 def _node(argv: list[str]) -> None:
