@@ -302,12 +302,20 @@ class ServerStats:
             self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + cpu_s * n / total
         self.untimed.clear()
 
-    def summary(self) -> str:
-        """One log line: calls, total CPU ms and µs per call for each kind of request."""
+    def summary(self, thread_cpu_s: float | None = None) -> str:
+        """One log line: calls, total CPU ms and µs per call for each kind of request; with
+        `thread_cpu_s` (the serving thread's CPU over the same interval), also `server`: what
+        that thread spent outside the application's methods (framing, parsing, answers,
+        socket reads and writes, the event loop), in ms and µs per CheckTx."""
         parts = []
         for kind in sorted(self.cpu_s, key=self.cpu_s.__getitem__, reverse=True):
             n, cpu = self.calls[kind], self.cpu_s[kind]
             parts.append(f"{kind} {n}x {cpu * 1e3:.0f}ms ({cpu / n * 1e6:.0f}us)")
+        if thread_cpu_s is not None:
+            rest = max(0.0, thread_cpu_s - sum(self.cpu_s.values()))
+            checks = self.calls.get("check_tx", 0) + self.calls.get("recheck_tx", 0)
+            per = f" ({rest / checks * 1e6:.0f}us per CheckTx)" if checks else ""
+            parts.append(f"server {rest * 1e3:.0f}ms{per}")
         return ", ".join(parts)
 
     def reset_timing(self) -> None:
@@ -335,6 +343,7 @@ class AbciServer:
         # Longest a proposal holds the mempool connection (see `_consensus_first`).
         self.proposal_hold_s = proposal_hold_s
         self._stats_since = time.monotonic()
+        self._stats_thread_cpu: float | None = None  # the serving thread's CPU at `_stats_since`
         # The application's own lock when it has one, so that everyone who touches it in this
         # process (engine, API, sync agent) is serialised with CometBFT's calls.
         if lock is None:
@@ -606,8 +615,17 @@ class AbciServer:
         now = time.monotonic()
         if now - self._stats_since >= self.stats_interval_s:
             # Where this node's CPU went since the last line: operators see what a load costs
-            # (first checks, rechecks, proposals, blocks) without a profiler.
-            log.info("ABCI last %.0fs: %s", now - self._stats_since, self.stats.summary())
+            # (first checks, rechecks, proposals, blocks, the server around them) without a
+            # profiler. Commit runs on the serving thread: its CPU clock is that thread's.
+            thread_cpu = time.thread_time()
+            since = self._stats_thread_cpu
+            spent = None if since is None else thread_cpu - since
+            log.info("ABCI last %.0fs: %s", now - self._stats_since, self.stats.summary(spent))
+            self.stats.reset_timing()
+            self._stats_since = now
+            self._stats_thread_cpu = thread_cpu
+        elif self._stats_thread_cpu is None:
+            self._stats_thread_cpu = time.thread_time()
             self.stats.reset_timing()
             self._stats_since = now
         return abci.ResponseCommit(retain_height=0)
