@@ -203,7 +203,10 @@ def parse_check_tx_request(raw: bytes) -> tuple[bytes, bool] | None:
 
 def check_tx_response_bytes(code: int, log: str) -> bytes:
     """A serialized `Response` with `check_tx` set to code (1) and log (3), each left out when
-    empty: byte for byte what protobuf writes (a test compares)."""
+    empty: byte for byte what protobuf writes (a test compares). An acceptance, nearly every
+    answer, is one constant."""
+    if not code and not log:
+        return _CHECK_TX_ACCEPTED
     body = b"\x08" + encode_uvarint(code) if code else b""
     if log:
         body += _delimited(b"\x1a", log.encode())
@@ -249,6 +252,9 @@ _CHECK_TX_REQUEST_TAG = encode_uvarint(
 _CHECK_TX_RESPONSE_TAG = _RESPONSE_TAGS["check_tx"]
 _FLUSH_REQUEST = bytes(abci.Request(flush=abci.RequestFlush()).SerializeToString())
 _FLUSH_RESPONSE = bytes(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
+_CHECK_TX_ACCEPTED = _CHECK_TX_RESPONSE_TAG + b"\x00"  # check_tx set, empty: code 0, no log
+# The mempool stream's two usual answers framed once: each tx brings a CheckTx and a Flush.
+_FRAMED = {answer: frame(answer) for answer in (_FLUSH_RESPONSE, _CHECK_TX_ACCEPTED)}
 
 
 @dataclass
@@ -284,6 +290,9 @@ class ServerStats:
     cpu_s: dict[str, float] = field(default_factory=dict)
 
     untimed: dict[str, int] = field(default_factory=dict)  # calls since the last `spread`
+    # Reads on the mempool connection: CheckTx per read says how many requests each wake of
+    # the serving thread carried (the fewer, the colder its caches: docs/benchmarks.md).
+    mempool_reads: int = 0
 
     def count(self, kind: str, cpu_s: float) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -311,17 +320,20 @@ class ServerStats:
         for kind in sorted(self.cpu_s, key=self.cpu_s.__getitem__, reverse=True):
             n, cpu = self.calls[kind], self.cpu_s[kind]
             parts.append(f"{kind} {n}x {cpu * 1e3:.0f}ms ({cpu / n * 1e6:.0f}us)")
+        checks = self.calls.get("check_tx", 0) + self.calls.get("recheck_tx", 0)
         if thread_cpu_s is not None:
             rest = max(0.0, thread_cpu_s - sum(self.cpu_s.values()))
-            checks = self.calls.get("check_tx", 0) + self.calls.get("recheck_tx", 0)
             per = f" ({rest / checks * 1e6:.0f}us per CheckTx)" if checks else ""
             parts.append(f"server {rest * 1e3:.0f}ms{per}")
+        if checks and self.mempool_reads:
+            parts.append(f"{checks / self.mempool_reads:.1f} CheckTx per read")
         return ", ".join(parts)
 
     def reset_timing(self) -> None:
         self.calls.clear()
         self.cpu_s.clear()
         self.untimed.clear()
+        self.mempool_reads = 0
 
 
 class AbciServer:
@@ -778,6 +790,8 @@ class _AbciProtocol(asyncio.Protocol):
         self._answer()
 
     def data_received(self, data: bytes) -> None:
+        if self.connection.is_mempool:
+            self.server.stats.mempool_reads += 1
         self.buf += data
         try:
             self.pending += split_frames(self.buf)
@@ -814,7 +828,8 @@ class _AbciProtocol(asyncio.Protocol):
         try:
             if connection.is_mempool:  # CheckTx and Flush: the CPU clock read once per slice
                 started = time.thread_time()
-                self.out += [frame(server.handle_bytes(m, connection, timed=False)) for m in part]
+                answers = [server.handle_bytes(m, connection, timed=False) for m in part]
+                self.out += [_FRAMED.get(a) or frame(a) for a in answers]
                 server.stats.spread(time.thread_time() - started)
             else:
                 self.out += [frame(server.handle_bytes(m, connection)) for m in part]
