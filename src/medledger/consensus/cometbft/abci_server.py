@@ -790,8 +790,6 @@ class _AbciProtocol(asyncio.Protocol):
         self._answer()
 
     def data_received(self, data: bytes) -> None:
-        if self.connection.is_mempool:
-            self.server.stats.mempool_reads += 1
         self.buf += data
         try:
             self.pending += split_frames(self.buf)
@@ -803,6 +801,8 @@ class _AbciProtocol(asyncio.Protocol):
             return
         if not self.scheduled:
             self._answer()
+        if self.connection.is_mempool:  # known once its first request was answered
+            self.server.stats.mempool_reads += 1
 
     def _answer(self) -> None:
         """Answer the next slice of pending requests, unless held or the peer is not reading."""
