@@ -326,7 +326,8 @@ def test_an_accepted_check_tx_and_a_flush_are_answered_with_the_bytes_protobuf_w
     accepted = abci.Response(check_tx=abci.ResponseCheckTx()).SerializeToString()
     flushed = abci.Response(flush=abci.ResponseFlush()).SerializeToString()
     assert check_tx_response_bytes(0, "") == accepted
-    assert abci_server._FRAMED == {accepted: frame(accepted), flushed: frame(flushed)}
+    framed = abci_server._FRAMED
+    assert framed == {accepted: frame(accepted), flushed: frame(flushed)}
 
 
 @pytest.mark.parametrize(
