@@ -75,6 +75,9 @@ HOSPITALS = 4
 # re-checked after each block, so an unbounded backlog would measure rechecks, not throughput.
 MEMPOOL_HIGH = 2000
 IDLE_S = 4  # seconds of no load before a saturation phase, to measure idle CPU
+# How often each Python app logs its ABCI CPU by method and the server's rest (node 0's lines
+# are `abci_cpu_node0`): a saturation phase holds a few such lines.
+ABCI_STATS_S = 10
 
 
 # --------------------------------------------------------------------------- networks
@@ -221,6 +224,8 @@ def _pyfloor_command(
         str(consortium_dir / "floor-signers.txt"),
         *(["--bare"] if bare else []),
         *(["--hold-s", str(hold_ms / 1000)] if hold_ms >= 0 else []),
+        "--stats-interval",
+        str(ABCI_STATS_S),
     ]
 
 
@@ -269,8 +274,13 @@ def _medledger_network(
     recheck: int = -1,
     hold_ms: int = -1,
     abci_unix: int = 0,
+    replica_only: bool = False,
 ) -> Network:
     """Four validating hospitals, plus `streams` non-validating member organisations.
+
+    Each hospital runs its whole node (`medledger node run`: ledger replica, API, exchange,
+    agents, audit journal); with `replica_only`, the ledger replica alone
+    (`medledger.node.run_app`), which tells what the node's other threads cost per tx.
 
     A signer's txs must reach CheckTx in nonce order, so each signer is one sequential
     stream; concurrency (which CometBFT's socket ABCI client needs: it flushes CheckTx
@@ -305,8 +315,10 @@ def _medledger_network(
     )
     genesis.save(directory / "genesis.json")
     _tune(directory, recheck, abci_unix)
-    env = {"MEDLEDGER_PROPOSAL_HOLD_S": str(hold_ms / 1000)} if hold_ms >= 0 else None
-    processes.up(directory, env=env)
+    env = {"MEDLEDGER_ABCI_STATS_S": str(ABCI_STATS_S)}
+    if hold_ms >= 0:
+        env["MEDLEDGER_PROPOSAL_HOLD_S"] = str(hold_ms / 1000)
+    processes.up(directory, app_command=_replica_command if replica_only else None, env=env)
     nonces = [0] * streams
 
     def make_txs(stream: int, count: int) -> list[bytes]:
@@ -318,7 +330,14 @@ def _medledger_network(
             out.append(sign_tx(keys[stream], CHAIN, "identity.register", body, n))
         return out
 
-    return Network("medledger", directory, _urls(directory), streams, make_txs)
+    name = "medledger_replica" if replica_only else "medledger"
+    return Network(name, directory, _urls(directory), streams, make_txs)
+
+
+def _replica_command(consortium_dir: Path, org: str) -> list[str]:
+    """The hospital's ledger replica serving ABCI, and nothing else."""
+    home = str(testnet.hospital_home(consortium_dir, org))
+    return [sys.executable, "-m", "medledger.node.run_app", "--home", home]
 
 
 def _urls(directory: Path) -> list[str]:
@@ -465,7 +484,7 @@ def _profile(net: Network, seconds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"seconds": seconds, "node": org}
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     spying: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    python_app = net.app in ("medledger", "pyfloor", "pyfloor_bare")
+    python_app = net.app in PYTHON_APPS
     for each in orgs if python_app and os.access(spy, os.X_OK) else []:
         app_pid = processes.read_pid(net.dir, each, "app")
         if app_pid is None:
@@ -1024,7 +1043,8 @@ def _trace(net: Network, txs: list[TxTrace]) -> dict[str, Any]:
     )
 
 
-APPS = ("kvstore", "socket_kvstore", "pyfloor", "pyfloor_bare", "medledger")
+APPS = ("kvstore", "socket_kvstore", "pyfloor", "pyfloor_bare", "medledger", "medledger_replica")
+PYTHON_APPS = ("medledger", "medledger_replica", "pyfloor", "pyfloor_bare")
 RATIOS = [  # committed tx/s of the first over the second, when both ran
     ("medledger", "kvstore"),
     ("medledger", "socket_kvstore"),
@@ -1032,6 +1052,7 @@ RATIOS = [  # committed tx/s of the first over the second, when both ran
     ("pyfloor", "kvstore"),
     ("pyfloor", "socket_kvstore"),
     ("pyfloor_bare", "pyfloor"),
+    ("medledger", "medledger_replica"),
 ]
 
 
@@ -1054,8 +1075,11 @@ def _bench_app(
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     try:
-        if app == "medledger":
-            net = _medledger_network(directory, block_time_ms, streams, recheck, hold_ms, abci_unix)
+        if app in ("medledger", "medledger_replica"):
+            replica = app == "medledger_replica"
+            net = _medledger_network(
+                directory, block_time_ms, streams, recheck, hold_ms, abci_unix, replica
+            )
         elif app in ("pyfloor", "pyfloor_bare"):
             bare = int(app == "pyfloor_bare")
             net = _pyfloor_network(
@@ -1074,7 +1098,7 @@ def _bench_app(
             result["saturation"] = asyncio.run(
                 _saturate(net, saturation_s, warmup_s, max_rate, mempool_high, profile_s)
             )
-        if app in ("medledger", "pyfloor", "pyfloor_bare"):
+        if app in PYTHON_APPS:
             result["abci_cpu_node0"] = _abci_stats(directory)
         return result
     finally:
@@ -1142,6 +1166,7 @@ def run(
     pyfloor: int = 1,
     pyfloor_bare: int = 0,
     medledger: int = 1,
+    medledger_replica: int = 0,
     streams: int = 64,
     max_rate: int = 3000,
     mempool_high: int = MEMPOOL_HIGH,
@@ -1162,7 +1187,9 @@ def run(
     sets medledger's (and the floor's) consensus-first hold (-1: its default, 1 s; 0: off);
     `abci_unix` 1 runs every socket app (socket kvstore, floor, medledger) over a unix socket
     instead of loopback TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server
-    instead of medledger's `AbciServer` (what our server saves).
+    instead of medledger's `AbciServer` (what our server saves); `medledger_replica` 1 adds
+    medledger with each node's ledger replica alone, no API, exchange, agents or journal (what
+    the node's other threads cost).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -1188,6 +1215,7 @@ def run(
         "pyfloor": pyfloor,
         "pyfloor_bare": pyfloor_bare,
         "medledger": medledger,
+        "medledger_replica": medledger_replica,
     }
     apps = [a for a in APPS if on[a]]
     results: dict[str, list[dict[str, Any]]] = {a: [] for a in apps}
@@ -1195,7 +1223,8 @@ def run(
         for app in apps:
             print(f"bench: {app} (round {n + 1} of {rounds}) ...", file=sys.stderr, flush=True)
             # pre-signed tx budget (signing takes the load generator's time before the window)
-            limit = {"medledger": 1, "pyfloor": 2, "pyfloor_bare": 2}.get(app, 4) * max_rate
+            budget = {"medledger": 1, "medledger_replica": 1, "pyfloor": 2, "pyfloor_bare": 2}
+            limit = budget.get(app, 4) * max_rate
             results[app].append(
                 _bench_app(
                     app,
@@ -1238,6 +1267,7 @@ def main() -> None:
         ("pyfloor", 1),
         ("pyfloor_bare", 0),
         ("medledger", 1),
+        ("medledger_replica", 0),
         ("streams", 64),
         ("max_rate", 3000),
         ("mempool_high", MEMPOOL_HIGH),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medledger.consensus.cometbft import abci_server
+from medledger.consensus.cometbft import abci_server, engine
 from medledger.consensus.cometbft.abci_proto import abci
 from medledger.consensus.cometbft.abci_server import (
     INTERNAL_ERROR,
@@ -279,6 +279,74 @@ def test_check_tx_over_the_mempool_connection_is_counted_and_timed_per_batch(
     assert [a.check_tx.code for a in answers[:-1]] == [0] * 200
     assert server.stats.calls["check_tx"] == 200
     assert server.stats.cpu_s["check_tx"] > 0 and not server.stats.untimed
+
+
+def test_the_stats_line_tells_the_server_rest_and_check_tx_per_read(
+    served: tuple[AbciServer, str],
+) -> None:
+    """Given the serving thread's CPU over the interval, the line also says what it spent
+    outside the app's methods (framing, the loop, socket writes) and how many CheckTx each
+    read of the mempool connection carried: where a node's CPU goes beyond its app path."""
+    server, address = served
+    checks = [_check(b"k%d=v" % i) for i in range(200)] + [abci.Request(flush=abci.RequestFlush())]
+    assert [a.check_tx.code for a in _roundtrip(address, checks)[:-1]] == [0] * 200
+    reads = server.stats.mempool_reads
+    assert 1 <= reads <= 200
+    in_methods = sum(server.stats.cpu_s.values())
+    line = server.stats.summary(thread_cpu_s=in_methods + 0.004)
+    assert "check_tx 200x" in line
+    assert "server 4ms (20us per CheckTx)" in line
+    assert f"{200 / reads:.1f} CheckTx per read" in line
+    # Without the thread's CPU the line is the methods alone; the read count still shows.
+    assert "server" not in server.stats.summary()
+    server.stats.reset_timing()
+    assert server.stats.mempool_reads == 0
+
+
+def test_commit_logs_the_server_rest_from_the_second_interval_on(
+    app: FakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The serving thread's CPU clock is read at each logged commit: the first line has no
+    baseline, the next ones say what the server spent beside the methods."""
+    server = AbciServer(app, stats_interval_s=0)
+    with caplog.at_level("INFO", logger="medledger.consensus.cometbft.abci_server"):
+        for height in (1, 2):
+            server.handle(abci.Request(check_tx=abci.RequestCheckTx(tx=b"a=%d" % height)))
+            finalize = abci.RequestFinalizeBlock(height=height, time=_ts(height * 1000))
+            server.handle(abci.Request(finalize_block=finalize))
+            server.handle(abci.Request(commit=abci.RequestCommit()))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ABCI last")]
+    assert len(lines) == 2
+    assert "server" not in lines[0]
+    assert "check_tx 1x" in lines[1] and "server " in lines[1] and "1 CheckTx per" not in lines[1]
+
+
+def test_an_accepted_check_tx_and_a_flush_are_answered_with_the_bytes_protobuf_writes() -> None:
+    """The mempool stream's two usual answers are constants, framed once."""
+    accepted = abci.Response(check_tx=abci.ResponseCheckTx()).SerializeToString()
+    flushed = abci.Response(flush=abci.ResponseFlush()).SerializeToString()
+    assert check_tx_response_bytes(0, "") == accepted
+    framed = abci_server._FRAMED
+    assert framed == {accepted: frame(accepted), flushed: frame(flushed)}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, 60.0), ("10", 10.0), ("0.5", None), ("ten", None)]
+)
+def test_the_stats_interval_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: float | None
+) -> None:
+    """`MEDLEDGER_ABCI_STATS_S` (the bench asks every 10 s); a value out of range is refused
+    with its name, not silently replaced."""
+    if value is None:
+        monkeypatch.delenv("MEDLEDGER_ABCI_STATS_S", raising=False)
+    else:
+        monkeypatch.setenv("MEDLEDGER_ABCI_STATS_S", value)
+    if expected is None:
+        with pytest.raises(ValueError, match="MEDLEDGER_ABCI_STATS_S"):
+            engine._stats_interval_s()
+    else:
+        assert engine._stats_interval_s() == expected
 
 
 def test_a_burst_of_check_tx_is_answered_in_few_writes_and_in_order(

@@ -203,7 +203,10 @@ def parse_check_tx_request(raw: bytes) -> tuple[bytes, bool] | None:
 
 def check_tx_response_bytes(code: int, log: str) -> bytes:
     """A serialized `Response` with `check_tx` set to code (1) and log (3), each left out when
-    empty: byte for byte what protobuf writes (a test compares)."""
+    empty: byte for byte what protobuf writes (a test compares). An acceptance, nearly every
+    answer, is one constant."""
+    if not code and not log:
+        return _CHECK_TX_ACCEPTED
     body = b"\x08" + encode_uvarint(code) if code else b""
     if log:
         body += _delimited(b"\x1a", log.encode())
@@ -249,6 +252,9 @@ _CHECK_TX_REQUEST_TAG = encode_uvarint(
 _CHECK_TX_RESPONSE_TAG = _RESPONSE_TAGS["check_tx"]
 _FLUSH_REQUEST = bytes(abci.Request(flush=abci.RequestFlush()).SerializeToString())
 _FLUSH_RESPONSE = bytes(abci.Response(flush=abci.ResponseFlush()).SerializeToString())
+_CHECK_TX_ACCEPTED = _CHECK_TX_RESPONSE_TAG + b"\x00"  # check_tx set, empty: code 0, no log
+# The mempool stream's two usual answers framed once: each tx brings a CheckTx and a Flush.
+_FRAMED = {answer: frame(answer) for answer in (_FLUSH_RESPONSE, _CHECK_TX_ACCEPTED)}
 
 
 @dataclass
@@ -284,6 +290,9 @@ class ServerStats:
     cpu_s: dict[str, float] = field(default_factory=dict)
 
     untimed: dict[str, int] = field(default_factory=dict)  # calls since the last `spread`
+    # Reads on the mempool connection: CheckTx per read says how many requests each wake of
+    # the serving thread carried (the fewer, the colder its caches: docs/benchmarks.md).
+    mempool_reads: int = 0
 
     def count(self, kind: str, cpu_s: float) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -302,18 +311,29 @@ class ServerStats:
             self.cpu_s[kind] = self.cpu_s.get(kind, 0.0) + cpu_s * n / total
         self.untimed.clear()
 
-    def summary(self) -> str:
-        """One log line: calls, total CPU ms and µs per call for each kind of request."""
+    def summary(self, thread_cpu_s: float | None = None) -> str:
+        """One log line: calls, total CPU ms and µs per call for each kind of request; with
+        `thread_cpu_s` (the serving thread's CPU over the same interval), also `server`: what
+        that thread spent outside the application's methods (framing, parsing, answers,
+        socket reads and writes, the event loop), in ms and µs per CheckTx."""
         parts = []
         for kind in sorted(self.cpu_s, key=self.cpu_s.__getitem__, reverse=True):
             n, cpu = self.calls[kind], self.cpu_s[kind]
             parts.append(f"{kind} {n}x {cpu * 1e3:.0f}ms ({cpu / n * 1e6:.0f}us)")
+        checks = self.calls.get("check_tx", 0) + self.calls.get("recheck_tx", 0)
+        if thread_cpu_s is not None:
+            rest = max(0.0, thread_cpu_s - sum(self.cpu_s.values()))
+            per = f" ({rest / checks * 1e6:.0f}us per CheckTx)" if checks else ""
+            parts.append(f"server {rest * 1e3:.0f}ms{per}")
+        if checks and self.mempool_reads:
+            parts.append(f"{checks / self.mempool_reads:.1f} CheckTx per read")
         return ", ".join(parts)
 
     def reset_timing(self) -> None:
         self.calls.clear()
         self.cpu_s.clear()
         self.untimed.clear()
+        self.mempool_reads = 0
 
 
 class AbciServer:
@@ -335,6 +355,7 @@ class AbciServer:
         # Longest a proposal holds the mempool connection (see `_consensus_first`).
         self.proposal_hold_s = proposal_hold_s
         self._stats_since = time.monotonic()
+        self._stats_thread_cpu: float | None = None  # the serving thread's CPU at `_stats_since`
         # The application's own lock when it has one, so that everyone who touches it in this
         # process (engine, API, sync agent) is serialised with CometBFT's calls.
         if lock is None:
@@ -606,8 +627,17 @@ class AbciServer:
         now = time.monotonic()
         if now - self._stats_since >= self.stats_interval_s:
             # Where this node's CPU went since the last line: operators see what a load costs
-            # (first checks, rechecks, proposals, blocks) without a profiler.
-            log.info("ABCI last %.0fs: %s", now - self._stats_since, self.stats.summary())
+            # (first checks, rechecks, proposals, blocks, the server around them) without a
+            # profiler. Commit runs on the serving thread: its CPU clock is that thread's.
+            thread_cpu = time.thread_time()
+            since = self._stats_thread_cpu
+            spent = None if since is None else thread_cpu - since
+            log.info("ABCI last %.0fs: %s", now - self._stats_since, self.stats.summary(spent))
+            self.stats.reset_timing()
+            self._stats_since = now
+            self._stats_thread_cpu = thread_cpu
+        elif self._stats_thread_cpu is None:
+            self._stats_thread_cpu = time.thread_time()
             self.stats.reset_timing()
             self._stats_since = now
         return abci.ResponseCommit(retain_height=0)
@@ -771,6 +801,8 @@ class _AbciProtocol(asyncio.Protocol):
             return
         if not self.scheduled:
             self._answer()
+        if self.connection.is_mempool:  # known once its first request was answered
+            self.server.stats.mempool_reads += 1
 
     def _answer(self) -> None:
         """Answer the next slice of pending requests, unless held or the peer is not reading."""
@@ -796,7 +828,8 @@ class _AbciProtocol(asyncio.Protocol):
         try:
             if connection.is_mempool:  # CheckTx and Flush: the CPU clock read once per slice
                 started = time.thread_time()
-                self.out += [frame(server.handle_bytes(m, connection, timed=False)) for m in part]
+                answers = [server.handle_bytes(m, connection, timed=False) for m in part]
+                self.out += [_FRAMED.get(a) or frame(a) for a in answers]
                 server.stats.spread(time.thread_time() - started)
             else:
                 self.out += [frame(server.handle_bytes(m, connection)) for m in part]

@@ -74,6 +74,19 @@ def _proposal_hold_s() -> float:
     return value
 
 
+def _stats_interval_s() -> float:
+    """How often the ABCI server logs where its CPU went (60 s unless the environment says
+    otherwise: `medledger bench cometbft` asks every 10 s, its runs being shorter)."""
+    raw = os.environ.get("MEDLEDGER_ABCI_STATS_S", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 86_400:
+        raise ValueError(f"MEDLEDGER_ABCI_STATS_S={raw!r}: expected seconds from 1 to 86400")
+    return value
+
+
 class CometEngine:
     """Serves ABCI for one application and offers the Engine interface on top of it.
 
@@ -88,7 +101,9 @@ class CometEngine:
         self.rpc_url = rpc_url
         # MEDLEDGER_PROPOSAL_HOLD_S: the consensus-first hold (AbciServer), 0 turns it off;
         # `medledger bench cometbft --set hold_ms=...` measures it side by side.
-        self.server = AbciServer(app, proposal_hold_s=_proposal_hold_s())
+        self.server = AbciServer(
+            app, stats_interval_s=_stats_interval_s(), proposal_hold_s=_proposal_hold_s()
+        )
         self.lock = self.server.lock
         self.rpc = CometRpc(rpc_url, timeout=rpc_timeout)
         self._thread: AbciServerThread | None = None
