@@ -4,21 +4,25 @@ The members' approvals take a block each; a hospital whose DPO (and the study's 
 approved reads its enrolled patients' sealed digests meanwhile (`Answerer.prepare`), so that
 its answer starts with the facts. Nothing leaves then. The running plan still decides who is
 counted where: a patient withdrawn after the preparation is not counted; a record written
-after it voids it (the vault's replication journal moved) and the answer reads the vault
-again; a hospital whose DPO has not approved reads nothing ahead.
+after it voids it for that patient (their own records' state moved) and the answer reads
+again for that patient only; a hospital whose DPO has not approved reads nothing ahead.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
 import orjson
+import pytest
 
+from medledger.contracts.study_query import PatientFacts
 from medledger.node.ingest import Ingestor
 from medledger.research.agent import StudyAgent
 from medledger.research.answer import preparable
+from medledger.research.evaluate import Evaluator
 from tests.exchange.conftest import Sandbox
 from tests.exchange.test_study_queries import agents, of, sandbox4  # noqa: F401 - fixture
 from tests.support.studies import (
@@ -96,6 +100,7 @@ def test_the_approved_evaluate_ahead_and_the_running_plan_still_decides(
 
 def test_a_record_written_after_the_preparation_is_in_the_answer(
     sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     study, started = loaded(sandbox4)
     query_id = study.submit(HBA1C_QUERY)
@@ -143,14 +148,26 @@ def test_a_record_written_after_the_preparation_is_in_the_answer(
     assert result.rejections == [], result.rejections
     study.by_label[label].append(sent)
     assert truth_hba1c(study.by_label[label]) == ("2026-06-11", 11900)
+    read: list[str] = []  # the pids A's vault is read for once the query runs
+    real_facts = Evaluator.facts
+
+    def facts(self: Evaluator, pids: Iterable[str]) -> dict[str, PatientFacts]:
+        pids = list(pids)
+        if self.vault is study.vaults[A]:
+            read.extend(pids)
+        return real_facts(self, pids)
+
+    monkeypatch.setattr(Evaluator, "facts", facts)
     for org in (B, C, D):
         approve(study, query_id, org)
     record = study.done(query_id)
     count, mean = mean_and_count(study, list(study.pid))
     (row,) = record["result"]["strata"]
     assert (row["count"], Fraction(row["mean"])) == (count, mean)
-    # A's preparation was void (the vault moved): it read its patients again.
-    assert started[A].wait_answered(query_id).timing["prepared"] == 0.0
+    # Only that patient's facts were void (their own records changed): A read them again,
+    # and took the others' from its preparation.
+    assert read == [study.pid[label]]
+    assert 0 < started[A].wait_answered(query_id).timing["prepared"] < 1
 
 
 def test_only_an_approval_of_the_hospitals_own_dpo_and_the_ethics_lets_it_prepare() -> None:

@@ -131,13 +131,23 @@ class Plan:
 @dataclass
 class Prepared:
     """A query's evaluation done before it runs (`Answerer.prepare`): the facts of the
-    patients read then, good for the answer only while the vault is unchanged (`stamp`, its
-    replication journal's head, read before them) and the evaluation the same (`key`)."""
+    patients read then, each good for the answer only while the patient's own records are
+    in the state they were in before the reading (`states`, `Vault.own_states`; all of them
+    when the vault's replication journal did not move since: `stamp`), and only for the same
+    evaluation (`key`)."""
 
     key: tuple[Any, ...]
     stamp: int
-    evaluated: frozenset[str]
+    states: dict[str, tuple[int, str, bytes]]
     facts: dict[str, PatientFacts]
+
+    def valid(self, vault: Vault, pids: list[str]) -> set[str]:
+        """Those of `pids` read ahead whose facts still hold."""
+        read = [pid for pid in pids if pid in self.states]
+        if vault.journal_head() == self.stamp:
+            return set(read)
+        now = vault.own_states(read)
+        return {pid for pid in read if now.get(pid) == self.states[pid]}
 
 
 def evaluation_key(q: StudyQuery, categories: tuple[str, ...]) -> tuple[Any, ...]:
@@ -272,14 +282,13 @@ class Answerer:
         q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
-        stamp = self.vault.journal_head()  # before the reads: a write after it voids them
         with engine.read_view() as state:
             pids = sorted(counted_now(state, study_id, custodies_at(state, self.org)))
+        # Before the reads: a write after them voids what they read of its patient.
+        stamp, states = self.vault.journal_head(), self.vault.own_states(pids)
         facts = Evaluator(self.vault, q, categories).facts(pids)
         with self._prepared_lock:
-            self._prepared[query_id] = Prepared(
-                evaluation_key(q, categories), stamp, frozenset(pids), facts
-            )
+            self._prepared[query_id] = Prepared(evaluation_key(q, categories), stamp, states, facts)
         return len(pids)
 
     def discard(self, query_id: str) -> None:
@@ -293,17 +302,17 @@ class Answerer:
             prepared = self._prepared.pop(plan.query_id, None)
         if prepared is None or prepared.key != evaluation_key(plan.q, plan.categories):
             return None
-        return prepared if self.vault.journal_head() == prepared.stamp else None
+        return prepared
 
     @staticmethod
     def _facts(
-        evaluator: Evaluator, prepared: Prepared | None, pids: list[str]
+        evaluator: Evaluator, valid: set[str], prepared: Prepared | None, pids: list[str]
     ) -> dict[str, PatientFacts]:
-        """`evaluator.facts(pids)`, those prepared taken from it."""
-        if prepared is None:
+        """`evaluator.facts(pids)`, those `valid` taken from the prepared evaluation."""
+        if prepared is None or not valid:
             return evaluator.facts(pids)
-        found = {p: f for p in pids if (f := prepared.facts.get(p)) is not None}
-        rest = [p for p in pids if p not in prepared.evaluated]
+        found = {p: f for p in pids if p in valid and (f := prepared.facts.get(p)) is not None}
+        rest = [p for p in pids if p not in valid]
         return found | evaluator.facts(rest) if rest else found
 
     # -- 2..4 --------------------------------------------------------------------------------
@@ -339,12 +348,14 @@ class Answerer:
             shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
             evaluator = Evaluator(self.vault, plan.q, plan.categories)
             prepared = self._take_prepared(plan)
-            timing["prepared"] = float(prepared is not None)
+            valid = set() if prepared is None else prepared.valid(self.vault, list(plan.mine))
+            # the share of the patients it answers for whose facts were read ahead
+            timing["prepared"] = len(valid) / max(1, len(plan.mine))
             # The co-answerers' patients first: their shares leave (in a thread) while this
             # hospital evaluates its own, so that no co-answerer waits for its whole evaluation.
             # A held patient ("": counted by nobody) is not read at all.
             theirs = [pid for pid, answerer in plan.mine.items() if answerer in shares]
-            facts = self._facts(evaluator, prepared, theirs)
+            facts = self._facts(evaluator, valid, prepared, theirs)
             for pid in theirs:
                 if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
                     shares[plan.mine[pid]].append([pid, mine.to_obj()])
@@ -358,7 +369,7 @@ class Answerer:
                 self._send_timed, plan, shares, timing
             )
             ours = [pid for pid, answerer in plan.mine.items() if answerer == self.org]
-            facts = self._facts(evaluator, prepared, ours)
+            facts = self._facts(evaluator, valid, prepared, ours)
             own = {pid: facts.get(pid) or PatientFacts(matched={}) for pid in ours}
             timing["evaluate"] = time.perf_counter() - t
             timing["evaluate_cpu"] = time.thread_time() - t_cpu
