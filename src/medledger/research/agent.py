@@ -11,7 +11,7 @@ A submitted query that this hospital's DPO (and the study's ethics) approved is 
 ahead of its start, in a worker (`Answerer.prepare`): most of an answer's CPU is reading the
 sealed digests, and the approvals of the other members take blocks. Nothing leaves and
 nothing is audited then; when the query runs, the answer takes those facts for the patients
-its plan names if the vault has not changed since, and reads the rest.
+its plan names whose own records did not change since, and reads the rest.
 """
 
 from __future__ import annotations

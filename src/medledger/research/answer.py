@@ -1,6 +1,7 @@
 """One hospital's answer to one running study query, from its records to its masked cells.
 
-`Answerer.answer(query id)`:
+`Answerer.answer(query id)` (its facts read ahead, when `prepare` ran while the query
+awaited the other members' approvals, for the patients whose own records did not change):
 1. reads the chain once (one committed view): the query, its study, the patients whose
    custody runs at this hospital (`records.custodies_at`), of them those enrolled (not
    withdrawn, no erasure request), and each one's answering hospital for the query
