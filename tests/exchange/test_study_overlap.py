@@ -45,7 +45,8 @@ def test_each_hospital_sends_its_shares_before_it_evaluates_its_own_patients(
         return real_facts(self, pids)
 
     monkeypatch.setattr(Evaluator, "facts", facts)
-    for agent in agents(sandbox4, *ORGS):  # each send, once its receiver took it, is noted
+    # Evaluated when the query runs (not ahead, at the approvals: test_study_prepared.py).
+    for agent in agents(sandbox4, *ORGS, ahead=False):  # each send, once taken, is noted
         agent.answerer.send = _noting(agent.answerer.send, taken[agent.org])
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id)

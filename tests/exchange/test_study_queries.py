@@ -53,9 +53,11 @@ def sandbox4(tmp_path: Path) -> Iterator[Sandbox]:
 RUNNING: dict[int, list[StudyAgent]] = {}
 
 
-def agents(sandbox: Sandbox, *orgs: str) -> list[StudyAgent]:
+def agents(sandbox: Sandbox, *orgs: str, **options: Any) -> list[StudyAgent]:
     """Each hospital's study agent, as its node runtime starts it (stopped by the fixture)."""
-    started = [attach(sandbox.x(org), sandbox.h[org].vault, poll=0.1).start() for org in orgs]
+    started = [
+        attach(sandbox.x(org), sandbox.h[org].vault, poll=0.1, **options).start() for org in orgs
+    ]
     RUNNING.setdefault(id(sandbox), []).extend(started)
     return started
 

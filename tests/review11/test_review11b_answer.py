@@ -46,7 +46,7 @@ def test_review11b_a_failed_own_evaluation_exports_each_share_once(
         return real_facts(self, pids)
 
     monkeypatch.setattr(Evaluator, "facts", facts)
-    started = agents(sandbox4, *ORGS)
+    started = agents(sandbox4, *ORGS, ahead=False)  # evaluated when it runs, not ahead
     answerer = next(a for a in started if a.org == first).answerer
     audited: list[tuple[str, str]] = []
     retried = threading.Event()

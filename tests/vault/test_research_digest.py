@@ -473,3 +473,26 @@ def test_a_row_past_the_bound_is_dropped_by_a_put_and_rebuilt_by_its_next_reader
     labs = dict(vault.research_digests([anne], marks, LABS))[anne]
     assert labs[-1] == ["Observation", "reading 6"] and len(labs) == 7
     assert marks.calls == calls + 7  # the labs dropped: rebuilt from the records
+
+
+def test_own_states_move_with_the_patients_own_records_and_nothing_else(
+    vault_env: VaultEnv, pid_factory: Callable[[str], str]
+) -> None:
+    """What a study's facts read ahead are checked against (research/answer.py, `Prepared`):
+    the state a patient's digest is bound to moves with each write of their own records."""
+    vault = vault_env.open()
+    anne, bruno, carla = pid_factory("anne"), pid_factory("bruno"), pid_factory("carla")
+    put(vault, anne, "lab-1", 1, "first")
+    put(vault, bruno, "lab-2", 1, "bruno's")
+    put(vault, carla, "lab-p1", 1, "Paris's record", custodian=PARIS)  # only a copy here
+    before = vault.own_states([anne, bruno, carla])
+    assert set(before) == {anne, bruno}  # no own record of carla
+    put(vault, anne, "lab-1", 2, "corrected")
+    put(vault, bruno, "lab-p2", 1, "a copy of Paris's", custodian=PARIS)
+    after = vault.own_states([anne, bruno])
+    assert after[anne] != before[anne]
+    assert after[bruno] == before[bruno]  # a copy is not his own records
+    put(vault, anne, "lab-3", 1, "another")
+    assert vault.own_states([anne])[anne] not in (before[anne], after[anne])
+    vault.erase(anne, purge=True)
+    assert vault.own_states([anne, bruno]) == {bruno: before[bruno]}

@@ -1,6 +1,7 @@
 """One hospital's answer to one running study query, from its records to its masked cells.
 
-`Answerer.answer(query id)`:
+`Answerer.answer(query id)` (its facts read ahead, when `prepare` ran while the query
+awaited the other members' approvals, for the patients whose own records did not change):
 1. reads the chain once (one committed view): the query, its study, the patients whose
    custody runs at this hospital (`records.custodies_at`), of them those enrolled (not
    withdrawn, no erasure request), and each one's answering hospital for the query
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import governance, queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.records import custodies_at
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
 from medledger.contracts.study_query import (
@@ -47,6 +50,7 @@ from medledger.contracts.study_query import (
     answer_noise,
     answer_noise_seed,
     cells,
+    criteria,
     noise_commitment,
     noise_message,
     tally,
@@ -56,7 +60,7 @@ from medledger.node.study_partials import Inbox, Links, answering, running
 from medledger.node.study_partials import counted as counted_now
 from medledger.node.wallet import TxRejected
 from medledger.research import masks
-from medledger.research.evaluate import Evaluator
+from medledger.research.evaluate import Evaluator, needs_demographics
 
 if TYPE_CHECKING:
     from medledger.node import Node
@@ -125,6 +129,45 @@ class Plan:
     research_v3: bool = False  # the chain takes `dropped`
 
 
+@dataclass
+class Prepared:
+    """A query's evaluation done before it runs (`Answerer.prepare`): the facts of the
+    patients read then, each good for the answer only while the patient's own records are
+    in the state they were in before the reading (`states`, `Vault.own_states`; all of them
+    when the vault's replication journal did not move since: `stamp`), and only for the same
+    evaluation (`key`)."""
+
+    key: tuple[Any, ...]
+    stamp: int
+    states: dict[str, tuple[int, str, bytes]]
+    facts: dict[str, PatientFacts]
+
+    def valid(self, vault: Vault, pids: list[str]) -> set[str]:
+        """Those of `pids` read ahead whose facts still hold."""
+        read = [pid for pid in pids if pid in self.states]
+        if vault.journal_head() == self.stamp:
+            return set(read)
+        now = vault.own_states(read)
+        return {pid for pid in read if now.get(pid) == self.states[pid]}
+
+
+def evaluation_key(q: StudyQuery, categories: tuple[str, ...]) -> tuple[Any, ...]:
+    """What `Evaluator.facts` depends on besides the vault and the pids."""
+    return (criteria(q), q.value_of, needs_demographics(q), frozenset(categories))
+
+
+def preparable(record: dict[str, Any] | None, org: str) -> bool:
+    """A submitted query that this hospital may evaluate ahead of its start: the study's
+    ethics approval given, and its own DPO's when the custodians approve (nothing leaves
+    the hospital before the query runs)."""
+    if record is None or record.get("status") != "submitted":
+        return False
+    approved = {str(a.get("org")) for a in record.get("approvals") or ()}
+    return str(record.get("sponsor")) in approved and (
+        not record.get("custodians_approve") or org in approved
+    )
+
+
 def answered_by(record: dict[str, Any]) -> set[str]:
     """The answerers whose answer is on the chain."""
     return set(record.get("answers") or {})
@@ -165,6 +208,9 @@ class Answerer:
         #: query -> its shares' sending, still running after a failed attempt: a retry waits
         #: for it, so that no share is audited or sent twice (Inbox.sent marks them after)
         self._sending: dict[str, Future[dict[str, int]]] = {}
+        #: query -> its evaluation done while it awaited approvals (`prepare`)
+        self._prepared: dict[str, Prepared] = {}
+        self._prepared_lock = threading.Lock()
 
     # -- 1. the chain ------------------------------------------------------------------------
     def plan(self, query_id: str, early: Warm | None = None) -> Plan | None:
@@ -218,6 +264,58 @@ class Answerer:
             research_v3,
         )
 
+    # -- 0. ahead of the start --------------------------------------------------------------
+    def prepare(self, query_id: str) -> int | None:
+        """Evaluate a query approved here (`preparable`) but not yet running, so that its
+        answer starts with the facts (the sealed digests' decryption is most of an answer's
+        CPU): every enrolled patient this hospital holds now. Nothing is sent or audited; the
+        running plan decides later which of them count where. Returns the patients read, or
+        None when the query is not preparable."""
+        engine = self.node.engine
+        record = queries.study_query(engine, query_id)
+        if not preparable(record, self.org):
+            return None
+        assert record is not None
+        study_id = str(record["study"])
+        study = queries.study(engine, study_id)
+        if study is None or not study_open(study, decisions.now_ms()):
+            return None
+        q = parsed_query(record)
+        allowed = set(study.get("categories") or [])
+        categories = tuple(c for c in q.categories if c in allowed)
+        with engine.read_view() as state:
+            pids = sorted(counted_now(state, study_id, custodies_at(state, self.org)))
+        # Before the reads: a write after them voids what they read of its patient.
+        stamp, states = self.vault.journal_head(), self.vault.own_states(pids)
+        facts = Evaluator(self.vault, q, categories).facts(pids)
+        with self._prepared_lock:
+            self._prepared[query_id] = Prepared(evaluation_key(q, categories), stamp, states, facts)
+        return len(pids)
+
+    def discard(self, query_id: str) -> None:
+        """Forget a query's prepared evaluation (it will not run, or was answered)."""
+        with self._prepared_lock:
+            self._prepared.pop(query_id, None)
+
+    def _take_prepared(self, plan: Plan) -> Prepared | None:
+        """The query's prepared evaluation, if it still says what an evaluation now would."""
+        with self._prepared_lock:
+            prepared = self._prepared.pop(plan.query_id, None)
+        if prepared is None or prepared.key != evaluation_key(plan.q, plan.categories):
+            return None
+        return prepared
+
+    @staticmethod
+    def _facts(
+        evaluator: Evaluator, valid: set[str], prepared: Prepared | None, pids: list[str]
+    ) -> dict[str, PatientFacts]:
+        """`evaluator.facts(pids)`, those `valid` taken from the prepared evaluation."""
+        if prepared is None or not valid:
+            return evaluator.facts(pids)
+        found = {p: f for p in pids if p in valid and (f := prepared.facts.get(p)) is not None}
+        rest = [p for p in pids if p not in valid]
+        return found | evaluator.facts(rest) if rest else found
+
     # -- 2..4 --------------------------------------------------------------------------------
     def answer(
         self, query_id: str, *, max_wait: float | None = None, wait: bool = True
@@ -250,11 +348,15 @@ class Answerer:
             t, t_cpu = time.perf_counter(), time.thread_time()
             shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
             evaluator = Evaluator(self.vault, plan.q, plan.categories)
+            prepared = self._take_prepared(plan)
+            valid = set() if prepared is None else prepared.valid(self.vault, list(plan.mine))
+            # the share of the patients it answers for whose facts were read ahead
+            timing["prepared"] = len(valid) / max(1, len(plan.mine))
             # The co-answerers' patients first: their shares leave (in a thread) while this
             # hospital evaluates its own, so that no co-answerer waits for its whole evaluation.
             # A held patient ("": counted by nobody) is not read at all.
             theirs = [pid for pid, answerer in plan.mine.items() if answerer in shares]
-            facts = evaluator.facts(theirs)
+            facts = self._facts(evaluator, valid, prepared, theirs)
             for pid in theirs:
                 if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
                     shares[plan.mine[pid]].append([pid, mine.to_obj()])
@@ -268,7 +370,7 @@ class Answerer:
                 self._send_timed, plan, shares, timing
             )
             ours = [pid for pid, answerer in plan.mine.items() if answerer == self.org]
-            facts = evaluator.facts(ours)
+            facts = self._facts(evaluator, valid, prepared, ours)
             own = {pid: facts.get(pid) or PatientFacts(matched={}) for pid in ours}
             timing["evaluate"] = time.perf_counter() - t
             timing["evaluate_cpu"] = time.thread_time() - t_cpu

@@ -222,6 +222,11 @@ class Backend(Protocol):
         row} of the research digest's rows of these `categories` that exist)."""
         ...
 
+    def own_states(self, pids: list[str]) -> dict[str, tuple[int, str, bytes]]:
+        """Per patient of `pids` with a live key and an own key set: (generation, own set's
+        kid, its manifest), what a research digest's index is bound to."""
+        ...
+
     def read_digests(
         self, pid: str, generation: int, categories: list[str] | None, limit: int | None = None
     ) -> dict[str, bytes | None]:

@@ -696,6 +696,20 @@ class SQLBackend:
                 found[pid][6][str(r[6])] = bytes(r[7])
         return list(found.values())
 
+    def own_states(self, pids: list[str]) -> dict[str, tuple[int, str, bytes]]:
+        found: dict[str, tuple[int, str, bytes]] = {}
+        for i in range(0, len(pids), 400):
+            chunk = pids[i : i + 400]
+            for r in self._all(
+                "SELECT k.pid, k.generation, s.kid, s.manifest "
+                "FROM patient_keys k JOIN key_sets s ON s.pid = k.pid "
+                f"AND s.generation = k.generation AND s.is_copy = {self.dialect.false} "
+                f"WHERE k.pid IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                found[str(r[0])] = (int(r[1]), str(r[2]), bytes(r[3]))
+        return found
+
     def read_digests(
         self, pid: str, generation: int, categories: list[str] | None, limit: int | None = None
     ) -> dict[str, bytes | None]:

@@ -1188,6 +1188,15 @@ class Vault:
                 if pid in found:
                     yield pid, [found[pid][rid][1] for rid in sorted(found[pid])]
 
+    def own_states(self, pids: Iterable[str]) -> dict[str, tuple[int, str, bytes]]:
+        """Per patient of `pids` with own records here: the state of those records (key
+        generation, own set, its manifest), what a research digest is bound to. A reading of
+        the digests made while the state was the same gives the same facts (`research.answer`
+        takes a query's facts read ahead only then)."""
+        order = list(dict.fromkeys(self._pid(pid) for pid in pids))
+        with self._lock:
+            return self._backend.own_states(order)
+
     def _rebuild_digests(self, stale: dict[str, _Stale], digester: Digester) -> dict[str, Entries]:
         """The rows of these patients' `need`ed categories, from their latest own records of
         the types those can hold, stored sealed (the index for the state read before); the
