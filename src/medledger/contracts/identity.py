@@ -121,13 +121,13 @@ def register(ctx: Context, msg: Register) -> None:
         raise TxError(Code.CONFLICT, "field key: this key is already registered")
     ctx.state.put(
         _prac_key(org, msg.practitioner),
-        {
-            "org": org,
+        {  # keys in canonical order (`codec.encode_trusted` then need not reorder them)
             "id": msg.practitioner,
             "key": msg.key,
+            "org": org,
             "roles": roles,
-            "active": True,
             "since": ctx.time_ms,
+            "active": True,
         },
     )
     ctx.state.put(_key_key(msg.key), [org, msg.practitioner])

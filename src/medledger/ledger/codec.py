@@ -144,14 +144,44 @@ def encode_trusted(value: Any) -> bytes:
     """
     if type(value) is dict:
         try:
+            if _in_order(value):  # a record read back, or built in canonical key order
+                return cbor2.dumps(value)
             return cbor2.dumps(_in_canonical_order(value))
         except AttributeError:  # a map key that is not text: cbor2 orders it
             pass
     return cbor2.dumps(value, canonical=True)
 
 
+def _in_order(value: Any) -> bool:
+    """Whether every map in `value` already has its keys in canonical order, so that its
+    plain encoding is canonical as it stands: true of a record decoded from the state and of
+    one a handler builds in that order; checked without building anything."""
+    t = type(value)
+    if t is dict:
+        keys = tuple(value)
+        ordered = _ordered_shapes.get(keys)
+        if ordered is None:
+            ordered = _canonical_order(keys) == list(keys)
+            if len(_ordered_shapes) < _ORDERS_MAX:
+                _ordered_shapes[keys] = ordered
+        if not ordered:
+            return False
+        items: Any = value.values()
+    elif t is list or t is tuple:
+        items = value
+    else:
+        return True
+    for item in items:  # a loop, not all(): this runs on every record a handler writes
+        if type(item) in _CONTAINERS and not _in_order(item):
+            break
+    else:
+        return True
+    return False
+
+
 _ORDERS_MAX = 4096  # distinct key sequences remembered (a map's shape, as built)
 _orders: dict[tuple[str, ...], list[str]] = {}
+_ordered_shapes: dict[tuple[str, ...], bool] = {}  # whether a key sequence is canonical
 
 
 def _canonical_order(keys: tuple[str, ...]) -> list[str]:

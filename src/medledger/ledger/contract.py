@@ -80,6 +80,9 @@ class Registry:
         # Each tx kind's contract name and the state key naming its active version: every
         # tx looks them up, twice (CheckTx and its block).
         self._kinds: dict[str, tuple[str, bytes]] = {}
+        # A kind's message under the stored bytes of its contract's active version (the
+        # version is read from the state each time; only what it names is remembered).
+        self._messages: dict[tuple[str, bytes], Message] = {}
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._by_name.get(name, {}))
@@ -97,12 +100,19 @@ class Registry:
             name = kind.partition(".")[0]
             known = name, active_key(name).encode()
         raw = state.get_raw(known[1])
+        if raw is not None:
+            found = self._messages.get((kind, raw))
+            if found is not None:
+                return found
         versions = self._by_name.get(known[0])
         contract = None if raw is None or versions is None else versions.get(int(decode(raw)))
         if contract is None or kind not in contract.messages:
             raise TxError(Code.UNKNOWN_KIND, f"unknown tx kind {kind!r}")
         self._kinds[kind] = known  # only kinds some contract has: a bounded set
-        return contract.messages[kind]
+        message = contract.messages[kind]
+        if raw is not None:  # bounded too: the kinds times their contracts' versions
+            self._messages[kind, raw] = message
+        return message
 
     def query(self, state: StateView, path: str) -> QueryFn | None:
         name, _, _ = path.partition("/")
@@ -119,7 +129,12 @@ class Registry:
 # -- messages: dataclasses parsed strictly from a tx body --------------------------------
 
 Checker = Callable[[Any, str], Any]
-_parsers: dict[type[Any], tuple[dict[str, tuple[Checker, bool]], Callable[..., Any]]] = {}
+# A message class's fields: name, the exact type of a scalar field (checked inline, the
+# common case) or None, the field's checker, and whether it is required.
+_Field = tuple[str, type[Any] | None, Checker, bool]
+_parsers: dict[type[Any], tuple[tuple[_Field, ...], frozenset[str], Callable[..., Any]]] = {}
+_SCALARS: dict[Any, str] = {int: "an integer", str: "text", bytes: "bytes", bool: "true or false"}
+_ABSENT: Any = object()
 
 
 def _fail(where: str, expected: str, value: Any) -> TxError:
@@ -154,7 +169,19 @@ def _checker(hint: Any) -> Checker:
 
         return check_none
     if origin is list:
-        item = _checker(typing.get_args(hint)[0])
+        item_hint = typing.get_args(hint)[0]
+        item = _checker(item_hint)
+        if item_hint in _SCALARS:
+
+            def check_scalar_list(v: Any, where: str) -> Any:
+                if type(v) is not list:
+                    raise _fail(where, "a list", v)
+                for x in v:
+                    if type(x) is not item_hint:  # exact, as below; the refusal names it
+                        return [item(x, f"{where}[{i}]") for i, x in enumerate(v)]
+                return list(v)
+
+            return check_scalar_list
 
         def check_list(v: Any, where: str) -> Any:
             if type(v) is not list:
@@ -179,8 +206,8 @@ def _checker(hint: Any) -> Checker:
                 return {k: value(x, f"{where}.{k}") for k, x in v.items()}
 
         return check_dict
-    if isinstance(hint, type) and hint in (int, str, bytes, bool):
-        name = {int: "an integer", str: "text", bytes: "bytes", bool: "true or false"}[hint]
+    if hint in _SCALARS:
+        name = _SCALARS[hint]
 
         def check_scalar(v: Any, where: str) -> Any:
             if type(v) is not hint:  # exact: a bool is not an integer here
@@ -191,35 +218,43 @@ def _checker(hint: Any) -> Checker:
     raise TypeError(f"unsupported message field type {hint!r}")
 
 
-def _parser(cls: type[Any]) -> tuple[dict[str, tuple[Checker, bool]], Callable[..., Any]]:
+def _parser(
+    cls: type[Any],
+) -> tuple[tuple[_Field, ...], frozenset[str], Callable[..., Any]]:
     parser = _parsers.get(cls)
     if parser is None:
         hints = typing.get_type_hints(cls)
-        fields = {
-            f.name: (
+        fields = tuple(
+            (
+                f.name,
+                hints[f.name] if hints[f.name] in _SCALARS else None,
                 _checker(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
             )
             for f in dataclasses.fields(cls)
-        }
-        parser = (fields, cls)
+        )
+        parser = (fields, frozenset(f[0] for f in fields), cls)
         _parsers[cls] = parser
     return parser
 
 
 def parse_message(cls: type[M], body: dict[str, Any]) -> M:
     """Build the message dataclass from a tx body: no missing, unknown or mistyped field."""
-    fields, build = _parser(cls)
-    if not fields.keys() >= body.keys():
+    fields, names, build = _parser(cls)
+    if not names >= body.keys():
         for name in body:
-            if name not in fields:
+            if name not in names:
                 raise TxError(Code.INVALID_BODY, f"unknown field {name!r}")
     values: dict[str, Any] = {}
-    for name, (check, required) in fields.items():
-        if name in body:
-            values[name] = check(body[name], name)
-        elif required:
-            raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
+    for name, scalar, check, required in fields:
+        value = body.get(name, _ABSENT)
+        if value is _ABSENT:
+            if required:
+                raise TxError(Code.INVALID_BODY, f"missing field {name!r}")
+        elif type(value) is scalar:
+            values[name] = value
+        else:
+            values[name] = check(value, name)
     result: M = build(**values)
     return result
 

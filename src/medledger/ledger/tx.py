@@ -8,7 +8,7 @@ The tx id is SHA-256 of the whole wire bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from medledger.ledger import codec
 from medledger.ledger.errors import Code, TxError
@@ -74,6 +74,28 @@ def decode_tx(raw: bytes) -> Tx:
         fields = codec.decode(payload)
     except codec.CodecError as exc:
         raise TxError(Code.MALFORMED, f"tx payload: {exc}") from None
+    if type(fields) is dict and fields.keys() == _FIELDS:
+        v, chain, kind, body = fields["v"], fields["chain"], fields["kind"], fields["body"]
+        signer, nonce = fields["signer"], fields["nonce"]
+        if (  # every field of the exact type, as decoded (the usual case, checked at once)
+            type(v) is int
+            and type(chain) is str
+            and type(kind) is str
+            and type(body) is dict
+            and type(signer) is bytes
+            and type(nonce) is int
+            and v == VERSION
+            and len(signer) == 32
+            and nonce >= 1
+        ):
+            return Tx(
+                v, chain, kind, body, signer, nonce, signature, raw, payload, codec.tx_id(raw)
+            )
+    _refuse_payload(fields)
+
+
+def _refuse_payload(fields: Any) -> NoReturn:
+    """Why a decoded payload is not a tx's (each check in turn, to name the first failure)."""
     if not isinstance(fields, dict):
         raise TxError(Code.MALFORMED, "tx payload: expected a map")
     if fields.keys() != _FIELDS:
@@ -97,18 +119,7 @@ def decode_tx(raw: bytes) -> Tx:
         raise TxError(Code.MALFORMED, "tx payload: signer must be a 32-byte Ed25519 key")
     if fields["nonce"] < 1:
         raise TxError(Code.BAD_NONCE, "nonce must be at least 1")
-    return Tx(
-        v=fields["v"],
-        chain=fields["chain"],
-        kind=fields["kind"],
-        body=fields["body"],
-        signer=fields["signer"],
-        nonce=fields["nonce"],
-        signature=signature,
-        raw=raw,
-        payload=payload,
-        id=codec.tx_id(raw),
-    )
+    raise AssertionError("a payload refused by no check")  # unreachable: decode_tx took it
 
 
 def _bytes_item(raw: bytes, pos: int) -> tuple[int, int] | None:
