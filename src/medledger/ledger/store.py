@@ -372,7 +372,7 @@ class Store:
             "SELECT id FROM tx_index WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
             (prefix, prefix + b"\xff" * (32 - len(prefix)) + b"\xff", limit),
         ).fetchall()
-        found = {bytes(r[0]) for r in rows} | {k for k in tail if k.startswith(prefix)}
+        found = {bytes(r[0]) for r in rows} | {k for k in list(tail) if k.startswith(prefix)}
         return sorted(found)[:limit]
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
