@@ -296,8 +296,7 @@ class Store:
         else:
             raw = self._meta("tx_indexed")
             if raw is None:  # the first deferred block: every block below it has its rows
-                meta["tx_indexed"] = str(record.height - 1).encode()
-                raw = meta["tx_indexed"]
+                raw = meta["tx_indexed"] = str(record.height - 1).encode()
             waiting = len(tail) + len(located)
             if record.height - int(raw) < _INDEX_EVERY_BLOCKS and waiting < _INDEX_EVERY_TXS:
                 return _Indexed(located, flushed=False)
