@@ -28,9 +28,21 @@ def _split(n: int) -> int:
 
 
 def root(items: list[bytes]) -> bytes:
+    """The root over items: level by level, pairing neighbours and promoting an odd last
+    node, which builds the same tree as RFC 6962's split (`_root`) without its recursion and
+    slices (a block's tx root hashes every tx id on every node)."""
     if not items:
         return EMPTY_ROOT
-    return _root([leaf_hash(i) for i in items])
+    sha = hashlib.sha256
+    level = [sha(b"\x00" + i).digest() for i in items]
+    while len(level) > 1:
+        paired = [
+            sha(b"\x01" + level[j] + level[j + 1]).digest() for j in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def _root(hashes: list[bytes]) -> bytes:
