@@ -38,7 +38,9 @@ def test_facts_read_ahead_at_an_empty_journal_are_void_after_a_write_once_pruned
     # The replica peers acknowledged everything: the replicator prunes the journal.
     vault.prune_journal(vault.journal_head())
     # The preparation, as `Answerer.prepare` takes its stamp and states before reading.
-    ahead = Prepared((), vault.journal_head(), vault.own_states([anne]), {anne: PatientFacts(matched={})})
+    ahead = Prepared(
+        (), vault.journal_head(), vault.own_states([anne]), {anne: PatientFacts(matched={})}
+    )
     # The lab corrects the value while the other members approve; replicated, acknowledged.
     put(vault, anne, "lab-1", 2, "HbA1c 9.4 % (corrected)")
     assert vault.own_states([anne]) != ahead.states  # her own records moved
