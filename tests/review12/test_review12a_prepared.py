@@ -13,16 +13,22 @@
 
 from __future__ import annotations
 
+import copy
 import secrets
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from medledger.contracts.study_query import PatientFacts
+from medledger.node.ingest import Ingestor
 from medledger.research.agent import StudyAgent
 from medledger.research.answer import Prepared
 from tests.exchange.conftest import Sandbox
-from tests.exchange.test_study_prepared import approve, loaded, prepared
+from tests.exchange.test_study_prepared import approve, loaded, mean_and_count, prepared
 from tests.exchange.test_study_queries import sandbox4  # noqa: F401 - fixture
-from tests.support.studies import HBA1C_QUERY, ORGS, STUDY, wait_for
+from tests.support.studies import HBA1C_QUERY, LOINC, ORGS, STUDY, truth_hba1c, wait_for
 from tests.vault.conftest import VaultEnv, make_pid
 from tests.vault.test_research_digest import put
 
@@ -47,6 +53,68 @@ def test_facts_read_ahead_at_an_empty_journal_are_void_after_a_write_once_pruned
     vault.prune_journal(vault.journal_head())
     # The query runs: her facts read ahead must not be taken.
     assert ahead.valid(vault, [anne]) == set()
+
+
+def _later_hba1c(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A lab feed's later HbA1c of the bundle's patient (the sender's own ids)."""
+    patient = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    observation = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:oid:1.2.250.1.999.lab", "value": "LAB-2026-0702-04"}],
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
+        "subject": {"reference": patient["fullUrl"]},
+        "effectiveDateTime": "2026-07-02T08:15:00+02:00",
+        "valueQuantity": {"value": 12.3, "unit": "%", "system": "http://unitsofmeasure.org"},
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            copy.deepcopy(patient),
+            {
+                "fullUrl": "urn:uuid:2b9e4f10-7c3a-4d55-9e61-0000000000a7",
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+
+
+def test_a_hospital_whose_replicas_caught_up_answers_with_the_records_of_the_answers_time(
+    sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
+) -> None:
+    """End to end: the replicator's prune (`Replicator` prunes every acknowledged change,
+    every 0.5 s) done by hand on A's vault, before the preparation and after the write."""
+    study, started = loaded(sandbox4)
+    vault = study.vaults[A]
+    vault.prune_journal(vault.journal_head())  # A's replica peers are caught up
+    query_id = study.submit(HBA1C_QUERY)
+    approve(study, query_id, A)
+    wait_for(lambda: prepared(started[A], query_id), 30, "A's evaluation ahead")
+    label = next(label for label in sorted(study.pid) if study.holders[label][0] == A)
+    sent = _later_hba1c(study.by_label[label][0])
+    result = Ingestor(study.nodes[A], vault).ingest_bytes(orjson.dumps(sent), "lab-0702.json")
+    assert result.rejections == [], result.rejections
+    study.by_label[label].append(sent)
+    assert truth_hba1c(study.by_label[label]) == ("2026-07-02", 12300)
+    vault.prune_journal(vault.journal_head())  # replicated and acknowledged
+    for org in (B, C, D):
+        approve(study, query_id, org)
+    record = study.done(query_id)
+    count, mean = mean_and_count(study, list(study.pid))
+    (row,) = record["result"]["strata"]
+    assert (row["count"], Fraction(row["mean"])) == (count, mean)
 
 
 def _forgotten(agent: StudyAgent, query_id: str) -> bool:
