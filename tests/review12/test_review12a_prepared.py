@@ -133,3 +133,24 @@ def test_facts_read_ahead_are_dropped_when_the_study_closes(
     study.wallet(A, "res").send("research.close", {"study": STUDY})
     # The agent polls every 0.1 s: the patients' facts must not outlive the study.
     wait_for(lambda: _forgotten(started[A], query_id), 10, "A's facts read ahead dropped")
+
+
+def test_a_withdrawn_patients_facts_read_ahead_are_not_kept_while_the_query_waits(
+    sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Any member's DPO may never approve: the query waits for ever (a submitted query has
+    no deadline), and so do the facts of a patient who withdrew from the study meanwhile."""
+    study, started = loaded(sandbox4)
+    query_id = study.submit(HBA1C_QUERY)
+    approve(study, query_id, A)
+    wait_for(lambda: prepared(started[A], query_id), 30, "A's evaluation ahead")
+    label = next(label for label in sorted(study.pid) if study.holders[label][0] == A)
+    pid = study.pid[label]
+    assert pid in started[A].answerer._prepared[query_id].facts
+    study.withdraw(label)
+
+    def dropped() -> bool:
+        ahead = started[A].answerer._prepared.get(query_id)
+        return ahead is None or pid not in ahead.facts
+
+    wait_for(dropped, 10, "the withdrawn patient's facts read ahead dropped")
