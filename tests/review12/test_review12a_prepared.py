@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import copy
 import secrets
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from medledger.contracts import queries
 from medledger.contracts.study_query import PatientFacts
 from medledger.node.ingest import Ingestor
 from medledger.research.agent import StudyAgent
@@ -154,3 +157,30 @@ def test_a_withdrawn_patients_facts_read_ahead_are_not_kept_while_the_query_wait
         return ahead is None or pid not in ahead.facts
 
     wait_for(dropped, 10, "the withdrawn patient's facts read ahead dropped")
+
+
+def test_queries_nobody_here_approved_cost_no_chain_read_per_agent_step(
+    sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any member's researcher may submit up to 9999 queries per study (the budget is spent
+    only at a start), and a submitted query never expires. `StudyAgent.approved`, run at
+    every step of every member's agent (each poll and each block), reads each of them whole
+    (`queries.study_query`: under the engine's lock, the one CheckTx and commits take), even
+    at a hospital whose DPO approved none: ≈ 60 µs of CPU each measured here."""
+    study, started = loaded(sandbox4)
+    for _ in range(5):
+        study.submit(HBA1C_QUERY)  # awaiting approvals, C's DPO approves none of them
+    agent = started[C]
+    assert agent.approved() == []
+    here, reads = threading.get_ident(), []
+    real = queries.study_query
+
+    def study_query(engine: Any, query_id: str) -> Any:
+        if threading.get_ident() == here:  # not the agent's own thread
+            reads.append(query_id)
+        return real(engine, query_id)
+
+    monkeypatch.setattr(queries, "study_query", study_query)
+    assert agent.approved() == []  # nothing changed on the chain since the last step
+    assert reads == []
