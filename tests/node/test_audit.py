@@ -258,6 +258,51 @@ def test_done_marks_cut_short_by_a_full_disk_hide_no_entry_written_after_them(
     assert len(done) == 1  # the first entry's mark, written again after the failure
 
 
+def test_a_torn_write_that_cannot_be_cut_off_is_rewritten_away_before_the_next(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses a write half-way, then refuses to cut it off too: the torn bytes
+    would hide every later group at start-up, so the journal is rewritten from its pending
+    groups before the next append (review 12a, finding 5)."""
+    import os
+
+    from medledger.node.audit import JournalUnavailable
+
+    directory = tmp_path / "audit"
+    journal = _journal(node, directory, window_s=3600.0)
+    journal.log(_entries(node, rid="obs-before"), wait=False)
+    real_write, real_truncate = os.write, os.ftruncate
+    full = threading.Event()
+    full.set()
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and b"obs-refused" in bytes(data):
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    def truncate(fd: int, length: int) -> None:
+        if full.is_set():
+            full.clear()
+            raise OSError(5, "Input/output error")
+        real_truncate(fd, length)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "ftruncate", truncate)
+    try:
+        with pytest.raises(JournalUnavailable):
+            journal.log(_entries(node, rid="obs-refused"), wait=False)
+        journal.log(_entries(node, rid="obs-after"), wait=False)
+    finally:
+        journal.stop()
+    (pending, _, whole) = read_journal(directory / "journal")
+    assert whole == (directory / "journal").stat().st_size  # no torn frame left in it
+    assert [[e["rids"] for e in group] for group in pending] == [
+        [["obs-before"]],
+        [["obs-after"]],
+    ]
+
+
 def test_many_readers_at_once_while_the_journal_is_rewritten_lose_none(
     node: Node, tmp_path: Path
 ) -> None:

@@ -439,8 +439,19 @@ def q_query(state: StateView, args: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def q_queries(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
-    """A study's queries, in order, without their documents and results."""
-    keep = ("id", "status", "hash", "epsilon_milli", "sponsor", "time", "deadline_ms")
+    """A study's queries, in order, without their documents and results; with their
+    approvals, which a node's study agent reads at every step (`StudyAgent.approved`)."""
+    keep = (
+        "id",
+        "status",
+        "hash",
+        "epsilon_milli",
+        "sponsor",
+        "time",
+        "deadline_ms",
+        "approvals",
+        "custodians_approve",
+    )
     return [
         {k: r[k] for k in keep if k in r}
         for _, r in state.scan(f"research/query/{args.get('study')}/")

@@ -282,6 +282,7 @@ class AuditJournal:
         self._stop = False
         self._fd: int | None = None
         self._length = 0  # the journal file's length (its appends are all `_write`'s)
+        self._torn = False  # a failed append could not be cut off: compact before the next
         self._lock_fd: int | None = None
         self._threads: list[threading.Thread] = []
         self._retry_at = 0.0
@@ -484,6 +485,8 @@ class AuditJournal:
                 if not groups and self._stop:
                     return
             try:
+                if self._torn:  # nothing is appended after a tear the file still holds
+                    self._compact()
                 with self._file_lock:
                     assert self._fd is not None
                     before = self._length
@@ -491,9 +494,7 @@ class AuditJournal:
                         self._write(b"".join(g.frame for g in groups))
                         os.fsync(self._fd)
                     except OSError:  # refused to the callers: not re-sent after a restart
-                        with contextlib.suppress(OSError):
-                            os.ftruncate(self._fd, before)
-                            self._length = before
+                        self._cut(before)
                         raise
                     self.stats["fsyncs"] += 1
             except OSError as exc:
@@ -537,6 +538,8 @@ class AuditJournal:
 
     def _write_done(self) -> None:
         """Append the done marks gathered so far (under the file lock; not fsync'd)."""
+        if self._torn:  # the next compaction writes the pending groups alone
+            return
         with self._cond:
             done, self._done = self._done, []
         if done and self._fd is not None:
@@ -544,12 +547,22 @@ class AuditJournal:
             try:
                 self._write(_frame({"done": done}))
             except OSError:  # a torn frame here would hide every group appended after it
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, before)
-                    self._length = before
+                self._cut(before)
                 with self._cond:
                     self._done[:0] = done  # written with the next marks
                 raise
+
+    def _cut(self, length: int) -> None:
+        """Cut a torn append off the file (under the file lock). If the cut fails too, the
+        torn bytes would hide every group appended after them at start-up (`read_journal`
+        stops at the first bad frame): the journal is rewritten from the pending groups
+        before anything else is appended (`_torn`; review 12a, finding 5)."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, length)
+            self._length = length
+        except OSError:
+            self._torn = True
 
     def _compact(self) -> None:
         """Rewrite the journal with the groups still pending (atomically, fsync'd). The new
@@ -572,6 +585,7 @@ class AuditJournal:
             os.close(self._fd)
             self._fd = fd
             self._length = len(data)
+            self._torn = False
             self._done = []
             self._compact_at = max(self.compact_bytes, 2 * len(data))
             dir_fd = os.open(self.directory, os.O_RDONLY)

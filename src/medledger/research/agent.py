@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
+from medledger.contracts.research import study_open
 from medledger.node import decisions
 from medledger.node.study_partials import Inbox, running
 from medledger.node.wallet import TxRejected
@@ -112,6 +113,12 @@ class StudyAgent:
         """After each commit (the ABCI thread): wake at once when the block moved a query (a
         query running, answered, done); the periodic look catches the rest (a deadline)."""
         events = [e for r in record.results for e in r.events] + list(record.events)
+        withdrawn: dict[str, set[str]] = {}
+        for e in events:
+            if e.type == "study.withdrawn":
+                withdrawn.setdefault(e.get("study") or "", set()).add(e.get("pid") or "")
+        for study, pids in withdrawn.items():
+            self.answerer.forget(study, pids)
         if any(e.type.startswith("study.query_") for e in events):
             self._woken = time.perf_counter()
             self._wake.set()
@@ -156,18 +163,20 @@ class StudyAgent:
         return found
 
     def approved(self) -> list[str]:
-        """Submitted queries this hospital may evaluate ahead of their start (`preparable`)."""
+        """Submitted queries of open studies this hospital may evaluate ahead of their start
+        (`preparable`), from the studies' listings: no read per query, whoever submitted
+        them (review 12a, finding 3); a closed study's query never starts (finding 2)."""
         engine = self.node.engine
         if queries.contract_versions(engine).get("research", 1) < 2:
             return []
-        found = []
-        for study in queries.studies(engine):
-            for listed in queries.study_queries(engine, str(study["id"])):
-                if listed.get("status") != "submitted":
-                    continue
-                if preparable(queries.study_query(engine, str(listed["id"])), self.org):
-                    found.append(str(listed["id"]))
-        return found
+        now = decisions.now_ms()
+        return [
+            str(listed["id"])
+            for study in queries.studies(engine)
+            if study_open(study, now)
+            for listed in queries.study_queries(engine, str(study["id"]))
+            if preparable(listed, self.org)
+        ]
 
     def step(self) -> None:
         with self._lock:
@@ -177,7 +186,12 @@ class StudyAgent:
         self._follow()
         due = self.due()
         approved = self.approved() if self.ahead else []
+        stale = self.answerer.prepared_stale()
         with self._lock:
+            for query_id in stale:  # read afresh below if still preparable
+                if query_id not in self._running and query_id not in due:
+                    self._preparing.pop(query_id, None)
+                    self.answerer.discard(query_id)
             for query_id in list(self._preparing):
                 if query_id not in approved and query_id not in due:  # refused, expired
                     gone = self._preparing.pop(query_id)

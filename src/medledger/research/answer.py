@@ -79,6 +79,10 @@ ANSWER = "research.query_answer"
 #: How long the partials' audit entries wait, durable, for the answer's block (`landed`).
 QUIET_S = 6.0
 
+#: How long facts read ahead are kept for a query still waiting for its approvals: then read
+#: afresh, so that a patient who withdrew or was erased meanwhile is not kept in memory.
+PREPARED_MAX_AGE_S = 600
+
 
 class NotAnswered(Exception):
     """The query could not be answered now (missing partials, deadline): `reason` says why."""
@@ -133,20 +137,20 @@ class Plan:
 class Prepared:
     """A query's evaluation done before it runs (`Answerer.prepare`): the facts of the
     patients read then, each good for the answer only while the patient's own records are
-    in the state they were in before the reading (`states`, `Vault.own_states`; all of them
-    when the vault's replication journal did not move since: `stamp`), and only for the same
-    evaluation (`key`)."""
+    in the state they were in before the reading (`states`, `Vault.own_states`, compared
+    patient by patient: the replication journal is pruned once the replicas caught up, so
+    its head says nothing about what changed; review 12a, finding 1), only for the same
+    evaluation (`key`), and kept at most `PREPARED_MAX_AGE_S` (`at`, monotonic)."""
 
     key: tuple[Any, ...]
-    stamp: int
     states: dict[str, tuple[int, str, bytes]]
     facts: dict[str, PatientFacts]
+    study: str = ""
+    at: float = field(default_factory=time.monotonic)
 
     def valid(self, vault: Vault, pids: list[str]) -> set[str]:
         """Those of `pids` read ahead whose facts still hold."""
         read = [pid for pid in pids if pid in self.states]
-        if vault.journal_head() == self.stamp:
-            return set(read)
         now = vault.own_states(read)
         return {pid for pid in read if now.get(pid) == self.states[pid]}
 
@@ -286,11 +290,41 @@ class Answerer:
         with engine.read_view() as state:
             pids = sorted(counted_now(state, study_id, custodies_at(state, self.org)))
         # Before the reads: a write after them voids what they read of its patient.
-        stamp, states = self.vault.journal_head(), self.vault.own_states(pids)
+        states = self.vault.own_states(pids)
         facts = Evaluator(self.vault, q, categories).facts(pids)
         with self._prepared_lock:
-            self._prepared[query_id] = Prepared(evaluation_key(q, categories), stamp, states, facts)
+            self._prepared[query_id] = Prepared(
+                evaluation_key(q, categories), states, facts, study_id
+            )
+        # The DPO's trace of a processing that may never run (review 12a, finding 4).
+        log.info(
+            "%s: query %s of study %s evaluated ahead for %d patients (kept in memory until "
+            "it runs, at most %d s)",
+            self.org,
+            query_id,
+            study_id,
+            len(pids),
+            PREPARED_MAX_AGE_S,
+        )
         return len(pids)
+
+    def forget(self, study: str, pids: set[str]) -> None:
+        """Drop what was read ahead of these patients for the study's queries (they withdrew
+        from it): not kept in memory while a query waits (review 12a, finding 2)."""
+        with self._prepared_lock:
+            for prepared in self._prepared.values():
+                if prepared.study == study:
+                    for pid in pids:
+                        prepared.states.pop(pid, None)
+                        prepared.facts.pop(pid, None)
+
+    def prepared_stale(self) -> list[str]:
+        """Queries whose facts read ahead are older than `PREPARED_MAX_AGE_S`: the agent
+        forgets them (a withdrawn or erased patient's facts are not kept while a query waits
+        for approvals that may never come) and reads them afresh if still preparable."""
+        limit = time.monotonic() - PREPARED_MAX_AGE_S
+        with self._prepared_lock:
+            return [qid for qid, p in self._prepared.items() if p.at < limit]
 
     def discard(self, query_id: str) -> None:
         """Forget a query's prepared evaluation (it will not run, or was answered)."""
