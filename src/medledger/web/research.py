@@ -166,7 +166,7 @@ def router() -> APIRouter:
         now = int(time.time() * 1000)
         studies, awaiting = [], []
         for study in queries.studies(engine):
-            # The list carries no approvals nor answers: each query is read whole.
+            # The list carries no answers nor documents: each query is read whole.
             records = [
                 queries.study_query(engine, str(r["id"])) or r
                 for r in queries.study_queries(engine, str(study["id"]))
