@@ -142,7 +142,7 @@ _PAYLOAD_VALUE = (
     | st.booleans()
     | st.text(max_size=3)
     | st.binary(min_size=31, max_size=33)
-    | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=2), st.integers(-(2**63), 2**64 - 1), max_size=2)
     | st.none()
 )
 _GOOD_PAYLOAD = {"v": 1, "chain": "c", "kind": "k.x", "body": {}, "signer": b"s" * 32, "nonce": 1}
