@@ -5,7 +5,9 @@ approved reads its enrolled patients' sealed digests meanwhile (`Answerer.prepar
 its answer starts with the facts. Nothing leaves then. The running plan still decides who is
 counted where: a patient withdrawn after the preparation is not counted; a record written
 after it voids it for that patient (their own records' state moved) and the answer reads
-again for that patient only; a hospital whose DPO has not approved reads nothing ahead.
+again for that patient only; a hospital whose DPO has not approved reads nothing ahead. The
+last approver prepares from its DPO's approval accepted by its node's CheckTx (the block that
+holds it starts the query), and drops that preparation if the approval never commits.
 """
 
 from __future__ import annotations
@@ -91,10 +93,11 @@ def test_the_approved_evaluate_ahead_and_the_running_plan_still_decides(
     (row,) = record["result"]["strata"]
     assert (row["count"], Fraction(row["mean"])) == (count, mean)
     assert sum(a["patients"] for a in record["answers"].values()) == len(counted)
-    # A and B answered from what they read ahead; D, approving last, read when it ran.
+    # A and B answered from what they read ahead; D, approving last, too: it prepared once
+    # its node's CheckTx accepted its DPO's approval, before the block that starts the query.
     timing = {org: started[org].wait_answered(query_id).timing for org in ORGS}
     assert timing[A]["prepared"] == timing[B]["prepared"] == 1.0
-    assert timing[D]["prepared"] == 0.0
+    assert timing[D]["prepared"] == 1.0
     assert not started[A].answerer._prepared  # forgotten once taken
 
 
@@ -186,3 +189,9 @@ def test_only_an_approval_of_the_hospitals_own_dpo_and_the_ethics_lets_it_prepar
     assert preparable(record | {"custodians_approve": False}, C)  # none needed: ethics is all
     assert not preparable(record | {"status": "running"}, A)  # running: it answers
     assert not preparable(None, A)
+    # C's DPO's approval accepted by CheckTx, not yet in a block: its decision, on its way.
+    assert preparable(record, C, {"custodian"})
+    # ... but no hospital's pending approval stands for the ethics, only the sponsor's.
+    record["approvals"] = [{"org": B, "role": "custodian"}]
+    assert not preparable(record, B, {"custodian"})
+    assert preparable(record, A, {"ethics"})

@@ -181,6 +181,7 @@ class Application:
         self._verified: OrderedDict[bytes, Tx] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._listeners: list[Callable[[BlockRecord], None]] = []
+        self._check_listeners: list[Callable[[bytes, TxResult], None]] = []
         self._pending_validator_updates: list[ValidatorUpdate] = []
         self._simulated: (
             tuple[tuple[int, int, int, bytes], StateView, list[TxResult], list[ValidatorUpdate]]
@@ -373,7 +374,10 @@ class Application:
                 check.accepted.append(tx)
                 check.results.append(result)
                 check.updates.extend(self._pending_validator_updates)
-            return result
+        if result.ok and not recheck:
+            for listener in list(self._check_listeners):
+                listener(tx, result)
+        return result
 
     def open_block(self, height: int, time_ms: int) -> None:
         """Start checking txs as the block of this height and time (the engine rechecks)."""
@@ -572,6 +576,11 @@ class Application:
 
     def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
         self._listeners.append(fn)
+
+    def add_check_listener(self, fn: Callable[[bytes, TxResult], None]) -> None:
+        """`fn(tx, result)` after CheckTx first accepts a tx (not its rechecks), outside the
+        app's lock: what this node learns of a tx before its block (nothing is decided)."""
+        self._check_listeners.append(fn)
 
     # -- reading -----------------------------------------------------------------------
     def block(self, height: int) -> BlockRecord | None:

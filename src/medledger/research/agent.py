@@ -11,7 +11,11 @@ A submitted query that this hospital's DPO (and the study's ethics) approved is 
 ahead of its start, in a worker (`Answerer.prepare`): most of an answer's CPU is reading the
 sealed digests, and the approvals of the other members take blocks. Nothing leaves and
 nothing is audited then; when the query runs, the answer takes those facts for the patients
-its plan names whose own records did not change since, and reads the rest.
+its plan names whose own records did not change since, and reads the rest. The DPO's
+approval counts from the moment this node's CheckTx accepts it (`_checked`), not its block:
+the last approver's approval is the block that starts the query. Until that tx commits it
+is `_pending`; if it never does (refused by its block, or its nonce passed without it), the
+preparation is dropped, as when the query leaves the approval state.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import queries
 from medledger.contracts.research import study_open
+from medledger.ledger.tx import decode_tx
 from medledger.node import decisions
 from medledger.node.study_partials import Inbox, running
 from medledger.node.wallet import TxRejected
@@ -41,7 +47,7 @@ from medledger.research.answer import (
 )
 
 if TYPE_CHECKING:
-    from medledger.ledger.results import BlockRecord
+    from medledger.ledger.results import BlockRecord, TxResult
     from medledger.node import Node
     from medledger.vault import Vault
 
@@ -55,6 +61,16 @@ RETRY_S = 10.0
 #: with a fresh nonce at most MAX_RESENDS times (as `Wallet.send` does).
 LOSS_CHECK_S = 3.0
 MAX_RESENDS = 2
+
+
+@dataclass
+class Pending:
+    """This hospital's DPO's approval of a query, accepted by CheckTx, not yet committed."""
+
+    tx: bytes  # its id
+    signer: bytes
+    nonce: int
+    roles: frozenset[str]
 
 
 class StudyAgent:
@@ -78,6 +94,7 @@ class StudyAgent:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"study-{self.org}")
         self._running: dict[str, Future[Answered | None]] = {}
         self._preparing: dict[str, Future[None]] = {}  # approved here, not yet running
+        self._pending: dict[str, Pending] = {}  # approved here in a tx not yet in a block
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -93,6 +110,7 @@ class StudyAgent:
         self.answered: dict[str, Answered] = {}
         if node.app is not None:
             node.app.add_commit_listener(self._committed)
+            node.app.add_check_listener(self._checked)
 
     def start(self) -> StudyAgent:
         self._thread = threading.Thread(target=self._run, name=f"study-{self.org}", daemon=True)
@@ -122,6 +140,45 @@ class StudyAgent:
         if any(e.type.startswith("study.query_") for e in events):
             self._woken = time.perf_counter()
             self._wake.set()
+
+    def _checked(self, raw: bytes, result: TxResult) -> None:
+        """After CheckTx accepted a tx (the ABCI thread): this hospital's DPO's approval of a
+        query, signed and valid against the state (the contract's own checks, in check
+        mode), is its decision: the query may be prepared before the tx's block."""
+        roles = {
+            str(e.get("role"))
+            for e in result.events
+            if e.type == "study.query_approved" and e.get("org") == self.org
+        }
+        if not roles or not self.ahead:
+            return
+        try:
+            tx = decode_tx(raw)
+        except Exception:  # CheckTx decoded it: not expected
+            return
+        query_id = str(tx.body.get("query"))
+        with self._lock:
+            self._pending[query_id] = Pending(tx.id, tx.signer, tx.nonce, frozenset(roles))
+        self._wake.set()
+
+    def _settle_pending(self) -> dict[str, frozenset[str]]:
+        """The pending approvals still on their way (query -> roles): one committed (or
+        refused by its block) is the record's to say; one whose nonce the chain passed
+        without it can no longer commit."""
+        engine = self.node.engine
+        with self._lock:
+            pending = dict(self._pending)
+        gone = {
+            query_id: p
+            for query_id, p in pending.items()
+            if queries.tx_location(engine, p.tx) is not None
+            or queries.nonce(engine, p.signer) >= p.nonce
+        }
+        with self._lock:
+            for query_id, p in gone.items():
+                if self._pending.get(query_id) is p:  # not replaced meanwhile
+                    del self._pending[query_id]
+            return {q: p.roles for q, p in self._pending.items()}
 
     def status(self) -> list[str]:
         """One line per query this node worked on since it started (health)."""
@@ -164,18 +221,20 @@ class StudyAgent:
 
     def approved(self) -> list[str]:
         """Submitted queries of open studies this hospital may evaluate ahead of their start
-        (`preparable`), from the studies' listings: no read per query, whoever submitted
-        them (review 12a, finding 3); a closed study's query never starts (finding 2)."""
+        (`preparable`, its DPO's approvals in a mempool counted: `_pending`), from the
+        studies' listings: no read per query, whoever submitted them (review 12a, finding
+        3); a closed study's query never starts (finding 2)."""
         engine = self.node.engine
         if queries.contract_versions(engine).get("research", 1) < 2:
             return []
+        pending = self._settle_pending()
         now = decisions.now_ms()
         return [
             str(listed["id"])
             for study in queries.studies(engine)
             if study_open(study, now)
             for listed in queries.study_queries(engine, str(study["id"]))
-            if preparable(listed, self.org)
+            if preparable(listed, self.org, pending.get(str(listed["id"]), frozenset()))
         ]
 
     def step(self) -> None:
@@ -299,8 +358,10 @@ class StudyAgent:
         return lambda _: self.answerer.discard(query_id)
 
     def _prepare(self, query_id: str) -> None:
+        with self._lock:
+            pending = self._pending.get(query_id)
         try:
-            read = self.answerer.prepare(query_id)
+            read = self.answerer.prepare(query_id, () if pending is None else pending.roles)
         except Exception:
             log.exception("%s: evaluating %s ahead failed (read when it runs)", self.org, query_id)
             return

@@ -12,13 +12,15 @@ awaited the other members' approvals, for the patients whose own records did not
    whose answering hospital is that co-custodian, one message to every other answerer,
    empty or not (`study-partials`, the exchange; audited as `export` entries, purpose
    research, basis `enrolment:<study>`); a send refused or failed is retried until the
-   deadline. The sends run in a thread while it evaluates the patients it counts itself,
+   deadline. The sends run in threads while it evaluates the patients it counts itself,
    so that a co-answerer's wait ends with this hospital's shares, not its whole evaluation;
 4. draws its noise when the query has an epsilon (`study_query.answer_noise`, seeded by its
    signature over the query's noise seed) and its pairwise mask, which need no facts; waits
    for every other answerer's message (they are kept in the node's `Inbox`, so a restart
-   resumes here), merges them into its own patients' facts, re-checks each patient's
-   enrolment (one pass, with the pids returned to it), `tally`s, and posts
+   resumes here), then for its shares' replies (the pids not kept, which it reports),
+   merges the messages into its own patients' facts, takes their enrolment from the plan's
+   view (`_counted`), `tally`s, waits for its empty messages' replies (so that no
+   co-answerer lacks its message once the answer is on the chain), and posts
    `research.query_answer` with the hospital's key.
 
 A query this hospital already answered on the chain is never answered again; nothing it
@@ -34,7 +36,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -160,16 +162,18 @@ def evaluation_key(q: StudyQuery, categories: tuple[str, ...]) -> tuple[Any, ...
     return (criteria(q), q.value_of, needs_demographics(q), frozenset(categories))
 
 
-def preparable(record: dict[str, Any] | None, org: str) -> bool:
+def preparable(record: dict[str, Any] | None, org: str, pending: Collection[str] = ()) -> bool:
     """A submitted query that this hospital may evaluate ahead of its start: the study's
     ethics approval given, and its own DPO's when the custodians approve (nothing leaves
-    the hospital before the query runs)."""
+    the hospital before the query runs). `pending`: the roles of this hospital's DPO's
+    approvals that CheckTx accepted and no block holds yet (signed decisions on their way:
+    the last approver's starts the query, so waiting for its block leaves nothing ready)."""
     if record is None or record.get("status") != "submitted":
         return False
     approved = {str(a.get("org")) for a in record.get("approvals") or ()}
-    return str(record.get("sponsor")) in approved and (
-        not record.get("custodians_approve") or org in approved
-    )
+    sponsor = str(record.get("sponsor"))
+    ethics = sponsor in approved or (sponsor == org and "ethics" in pending)
+    return ethics and (not record.get("custodians_approve") or org in approved or bool(pending))
 
 
 def answered_by(record: dict[str, Any]) -> set[str]:
@@ -211,7 +215,7 @@ class Answerer:
         self.org = node.config.org
         #: query -> its shares' sending, still running after a failed attempt: a retry waits
         #: for it, so that no share is audited or sent twice (Inbox.sent marks them after)
-        self._sending: dict[str, Future[dict[str, int]]] = {}
+        self._sending: dict[str, list[Future[dict[str, int]]]] = {}
         #: query -> its evaluation done while it awaited approvals (`prepare`)
         self._prepared: dict[str, Prepared] = {}
         self._prepared_lock = threading.Lock()
@@ -269,15 +273,15 @@ class Answerer:
         )
 
     # -- 0. ahead of the start --------------------------------------------------------------
-    def prepare(self, query_id: str) -> int | None:
+    def prepare(self, query_id: str, pending: Collection[str] = ()) -> int | None:
         """Evaluate a query approved here (`preparable`) but not yet running, so that its
         answer starts with the facts (the sealed digests' decryption is most of an answer's
         CPU): every enrolled patient this hospital holds now. Nothing is sent or audited; the
         running plan decides later which of them count where. Returns the patients read, or
-        None when the query is not preparable."""
+        None when the query is not preparable (`pending`: as `preparable`'s)."""
         engine = self.node.engine
         record = queries.study_query(engine, query_id)
-        if not preparable(record, self.org):
+        if not preparable(record, self.org, pending):
             return None
         assert record is not None
         study_id = str(record["study"])
@@ -361,7 +365,8 @@ class Answerer:
         (`tx`, `nonce`, `body` to send it again if lost) and calls `landed` once committed;
         the partials stay in the inbox until then."""
         started, cpu = time.perf_counter(), time.thread_time()  # wall, and this thread's CPU
-        sending = ThreadPoolExecutor(1, thread_name_prefix=f"partials-{self.org}")
+        # Two senders: the shares with facts, and the empty messages (`_send_timed`).
+        sending = ThreadPoolExecutor(2, thread_name_prefix=f"partials-{self.org}")
         timing: dict[str, float] = {}
         try:
             # The connections to the co-answerers open while it reads and evaluates.
@@ -395,14 +400,20 @@ class Answerer:
                 if (mine := facts.get(pid)) is not None:  # none of its records: nothing to send
                     shares[plan.mine[pid]].append([pid, mine.to_obj()])
             timing["evaluate_shares"] = time.perf_counter() - t
-            if (earlier := self._sending.pop(query_id, None)) is not None:
+            for earlier in self._sending.pop(query_id, ()):
                 # A failed attempt's sends, marked once they end; their own failure is
                 # theirs: this attempt sends what is not marked.
                 with contextlib.suppress(Exception):
                     earlier.result()
-            sent_future = self._sending[query_id] = sending.submit(
-                self._send_timed, plan, shares, timing
-            )
+            # An empty message carries no pid, so its reply returns none (`_returned`): the
+            # tally needs only the shares' replies; the empty ones are awaited before the
+            # answer is posted (a restart, seeing the answer, sends nothing more).
+            full = {o: share for o, share in shares.items() if share}
+            empty = {o: share for o, share in shares.items() if not share}
+            sends = self._sending[query_id] = [
+                sending.submit(self._send_timed, plan, full, timing, "send"),
+                sending.submit(self._send_timed, plan, empty, timing, "send_empty"),
+            ]
             ours = [pid for pid, answerer in plan.mine.items() if answerer == self.org]
             facts = self._facts(evaluator, valid, prepared, ours)
             own = {pid: facts.get(pid) or PatientFacts(matched={}) for pid in ours}
@@ -412,12 +423,9 @@ class Answerer:
             t, t_cpu = time.perf_counter(), time.thread_time()
             sealing = self._sealing(plan)
             timing["seal"] = time.perf_counter() - t
-            t = time.perf_counter()
-            sent = sent_future.result()
-            del self._sending[query_id]
         finally:
             sending.shutdown(wait=False)  # on a failure the sends go on; a retry waits for them
-        timing["send_wait"] = time.perf_counter() - t
+        # The co-answerers' messages arrive while its own sends are acknowledged.
         t = time.perf_counter()
         others = set(shares)
         patience = max(0.0, plan.deadline_ms / 1000 - time.time())
@@ -428,14 +436,16 @@ class Answerer:
         if missing:
             raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
         t = time.perf_counter()
+        sent = sends[0].result()  # the receivers' replies name the pids they did not keep
+        timing["send_wait"] = time.perf_counter() - t
+        t = time.perf_counter()
         for received in self.inbox.received(query_id).values():
             for pid, given in received.items():
                 base = own.get(pid)
                 own[pid] = given if base is None else base.merge(given, plan.q.value_of)
         disputed = self.inbox.dropped(query_id)  # check's: counted here by nobody
         returned = self.inbox.returned(query_id)  # sent, not kept by their receiver
-        with self.node.engine.read_view() as state:
-            now_counted = counted_now(state, plan.study, own.keys() | returned)  # one pass
+        now_counted = self._counted(plan, own.keys(), returned)
         counted = [f for pid, f in own.items() if pid in now_counted and pid not in disputed]
         dropped = len(plan.held | (returned & now_counted))  # withdrawn since: no dispute
         noised = [c + n for c, n in zip(tally(plan.q, counted), sealing.noise, strict=True)]
@@ -450,6 +460,11 @@ class Answerer:
             body["dropped"] = dropped  # research v3; an older chain hears it from the log
         timing["tally"] = time.perf_counter() - t
         timing["tally_cpu"] = time.thread_time() - t_cpu  # seal, merge and tally
+        t = time.perf_counter()
+        sent |= sends[1].result()  # every co-answerer has its message before the answer posts
+        del self._sending[query_id]
+        timing["send_empty_wait"] = time.perf_counter() - t
+        send_cpu = timing["send_cpu"] + timing["send_empty_cpu"]
         done = Answered(query_id, len(counted), sent, b"", timing, dropped, body)
         t, t_cpu = time.perf_counter(), time.thread_time()
         if not wait:
@@ -458,13 +473,28 @@ class Answerer:
                 raise TxRejected(ANSWER, submitted.check.code, submitted.check.log, "check")
             done.tx, done.submitted = submitted.tx_id, time.perf_counter()
             timing["submit"] = done.submitted - t
-            timing["cpu"] = time.thread_time() - cpu + timing["send_cpu"]
+            timing["cpu"] = time.thread_time() - cpu + send_cpu
             return done  # its block is awaited by the caller (`landed` once committed)
         done.tx = self.node.wallet.send(ANSWER, body).tx_id
         timing["commit"] = time.perf_counter() - t
-        timing["cpu"] = time.thread_time() - cpu + timing["send_cpu"]
+        timing["cpu"] = time.thread_time() - cpu + send_cpu
         self.landed(done)
         return done
+
+    def _counted(self, plan: Plan, pids: Collection[str], returned: set[str]) -> set[str]:
+        """Those of `pids` (its own and the received) and `returned` that count. The plan's
+        view already says it of the patients it gives this hospital (enrolled, not withdrawn,
+        no erasure request when it was read: the answer is as of that view, as the receivers'
+        checks are as of theirs); the chain is read, in one pass, only for the others: a
+        received patient the plan gave another hospital or did not know (a custody or an
+        enrolment that moved between the two reads), and the pids returned to it (withdrawn
+        since: no dispute). Usually none: no read under the node's lock."""
+        ours = {pid for pid, answerer in plan.mine.items() if answerer == self.org}
+        unknown = (set(pids) - ours) | returned
+        if not unknown:
+            return ours
+        with self.node.engine.read_view() as state:
+            return ours | counted_now(state, plan.study, unknown)
 
     def landed(self, done: Answered) -> None:
         """The answer is committed: its partials are no longer needed, the audit journal may
@@ -506,16 +536,21 @@ class Answerer:
         timing["warm"] = time.perf_counter() - started
 
     def _send_timed(
-        self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
+        self,
+        plan: Plan,
+        shares: dict[str, list[list[Any]]],
+        timing: dict[str, float],
+        name: str,
     ) -> dict[str, int]:
-        """`_send` in its own thread, beside the evaluation: its wall time (`audit`, `send`)
-        and its CPU (`send_cpu`, counted in the answer's `cpu`)."""
+        """`_send` in its own thread, beside the evaluation: its wall time (`audit`, `name`)
+        and its CPU (`name`_cpu, counted in the answer's `cpu`)."""
         started, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._send(plan, shares, timing)
         finally:
-            timing["send"] = time.perf_counter() - started - timing.get("audit", 0.0)
-            timing["send_cpu"] = time.thread_time() - cpu
+            audit = timing.get("audit", 0.0) if any(shares.values()) else 0.0
+            timing[name] = time.perf_counter() - started - audit
+            timing[f"{name}_cpu"] = time.thread_time() - cpu
 
     def _send(
         self, plan: Plan, shares: dict[str, list[list[Any]]], timing: dict[str, float]
@@ -524,9 +559,10 @@ class Answerer:
         deadline."""
         done = self.inbox.sent(plan.query_id)
         todo = {o: share for o, share in shares.items() if o not in done}
-        started = time.perf_counter()
-        self._audit(plan, [(pid, to) for to, share in todo.items() for pid, _ in share])
-        timing["audit"] = time.perf_counter() - started
+        if any(todo.values()):  # empty messages: no patient, no entry
+            started = time.perf_counter()
+            self._audit(plan, [(pid, to) for to, share in todo.items() for pid, _ in share])
+            timing["audit"] = time.perf_counter() - started
         pause = 0.2
 
         def one(receiver: str) -> str | None:
