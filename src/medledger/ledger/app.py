@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,11 +126,33 @@ class _Effect:
     result: TxResult
     updates: tuple[ValidatorUpdate, ...]
 
-    def depends_on(self, changed: set[bytes]) -> bool:
-        """Whether any key in `changed` is one this tx read or lies under a prefix it scanned."""
-        if not changed.isdisjoint(self.reads):
-            return True
-        return bool(self.prefixes) and any(k.startswith(self.prefixes) for k in changed)
+
+def _spent_nonces(waiting: list[_Effect], block_writes: dict[bytes, Any]) -> dict[bytes, int]:
+    """The last nonce of each waiting tx's signer that the block wrote (signers it did not
+    touch are absent). A waiting tx's nonce was valid on the view it was checked in, above
+    every nonce of its signer before it there, so only a nonce the block wrote can now be
+    spent: against the carried view it is spent exactly when it is against this one."""
+    spent: dict[bytes, int] = {}
+    for signer in {effect.signer for effect in waiting}:
+        raw = block_writes.get(_nonce_key_bytes(signer), _UNWRITTEN)
+        if raw is not _UNWRITTEN:
+            spent[signer] = 0 if raw is None else codec.decode_trusted(raw)
+    return spent
+
+
+def _carry(check: _CheckState, run: list[_Effect]) -> None:
+    """Apply the recorded effects of consecutive carried txs to the mempool's view."""
+    if not run:
+        return
+    writes = check.view.writes
+    for effect in run:
+        writes.update(effect.writes)
+    check.view.log.extend(chain.from_iterable([effect.log for effect in run]))
+    check.accepted.extend([effect.tx for effect in run])
+    check.results.extend([effect.result for effect in run])
+    check.updates.extend(chain.from_iterable([effect.updates for effect in run]))
+    check.effects.extend(run)
+    check.carried = True
 
 
 @dataclass
@@ -520,35 +543,41 @@ class Application:
         run again). Otherwise its nonce is checked and its recorded writes are applied: the
         same reads give the same execution (docs/architecture.md, "No mempool recheck").
         Signatures are not verified again (the verified-tx cache).
+
+        Per waiting tx this is one set test and, for a signer the block spent nonces of, one
+        comparison; the writes of consecutive carried txs are applied together.
         """
+        check = self._check = self._fresh_check()
+        if not previous.effects:
+            return
         done = set(included)
         changed = set(block_writes)
+        waiting: list[_Effect] = []
         for effect in previous.effects:
             if effect.tx in done:
                 changed.update(effect.writes)
-        check = self._check = self._fresh_check()
-        for effect in previous.effects:
-            if effect.tx in done:
-                continue
-            if effect.depends_on(changed):
+            else:
+                waiting.append(effect)
+        spent = _spent_nonces(waiting, block_writes)
+        run: list[_Effect] = []  # carried, not yet applied to the view
+        for effect in waiting:
+            # a key it read, or one under a prefix it scanned, changed: its handler runs again
+            if not changed.isdisjoint(effect.reads) or (
+                effect.prefixes and any(k.startswith(effect.prefixes) for k in changed)
+            ):
+                _carry(check, run)
+                run = []
                 changed.update(effect.writes)
                 ran = len(check.effects)
                 self.check_tx(effect.tx, recheck=True)
                 for again in check.effects[ran:]:
                     changed.update(again.writes)
-                continue
-            spent = check.view.get_raw(_nonce_key_bytes(effect.signer))
-            if spent is not None and effect.nonce <= codec.decode_trusted(spent):
+            elif effect.nonce <= spent.get(effect.signer, 0):
                 # its nonce was spent by a tx of the block
                 changed.update(effect.writes)
-                continue
-            check.view.writes.update(effect.writes)
-            check.view.log.extend(effect.log)
-            check.accepted.append(effect.tx)
-            check.results.append(effect.result)
-            check.updates.extend(effect.updates)
-            check.effects.append(effect)
-            check.carried = True
+            else:
+                run.append(effect)
+        _carry(check, run)
 
     @contextmanager
     def read_view(self) -> Iterator[StateView]:
