@@ -489,7 +489,12 @@ class Application:
                     contract.end_block(end_ctx)
             self._pending_validator_updates.extend(end_ctx.validator_updates)
             app_hash = codec.sha256(self.store.app_hash + writes_digest(view.log))
-            prev_hash = self.store.block_hash(height - 1)
+            last = self._last_block  # the block committed just before, as a rule
+            prev_hash = (
+                last.hash
+                if last is not None and last.height == height - 1
+                else self.store.block_hash(height - 1)
+            )
             header = BlockHeader(
                 chain=self.chain_id,
                 height=height,
