@@ -16,7 +16,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,9 +121,6 @@ class _Effect:
     reads: set[bytes]  # keys read from the state below the tx (its nonce apart)
     prefixes: tuple[bytes, ...]  # prefixes it scanned
     writes: dict[bytes, bytes | None]
-    log: list[tuple[bytes, bytes | None]]
-    result: TxResult
-    updates: tuple[ValidatorUpdate, ...]
 
 
 def _spent_nonces(waiting: list[_Effect], block_writes: dict[bytes, Any]) -> dict[bytes, int]:
@@ -141,16 +137,15 @@ def _spent_nonces(waiting: list[_Effect], block_writes: dict[bytes, Any]) -> dic
 
 
 def _carry(check: _CheckState, run: list[_Effect]) -> None:
-    """Apply the recorded effects of consecutive carried txs to the mempool's view."""
+    """Apply the recorded writes of consecutive carried txs to the mempool's view. Its write
+    log, results and validator updates are left as they are: a view with carried effects is
+    never a block's execution (`_CheckState`), and nothing else reads them."""
     if not run:
         return
     writes = check.view.writes
     for effect in run:
         writes.update(effect.writes)
-    check.view.log.extend(chain.from_iterable([effect.log for effect in run]))
     check.accepted.extend([effect.tx for effect in run])
-    check.results.extend([effect.result for effect in run])
-    check.updates.extend(chain.from_iterable([effect.updates for effect in run]))
     check.effects.extend(run)
     check.carried = True
 
@@ -163,7 +158,8 @@ class _CheckState:
     them when the block opens) and the block holds exactly the accepted txs in order, this
     execution is the block's: `finalize_block` reuses it instead of running every tx again
     (never when some effects were carried over from an earlier state: they ran at an earlier
-    height and time).
+    height and time). So `results`, `updates` and the view's write log, which only that reuse
+    reads, do not hold the carried txs' (`_carry`).
     """
 
     view: StateView
@@ -352,9 +348,6 @@ class Application:
                     tx_view.keys,
                     tuple(tx_view.prefixes),
                     tx_view.writes,
-                    tx_view.log,
-                    result,
-                    tuple(ctx.validator_updates),
                 )
             )
         return result
