@@ -215,23 +215,3 @@ def test_a_kind_resolves_to_the_active_version_each_time_even_once_remembered() 
     del store.values[active_key("demo").encode()]
     with pytest.raises(TxError):
         registry.message(state, "demo.a")
-
-
-@given(
-    st.one_of(
-        st.integers(0, 2**64 + 10),
-        st.sampled_from([23, 24, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1]),
-        st.integers(-(2**66), -1),
-    )
-)
-def test_a_nonce_is_written_and_read_back_as_cbor2_s_canonical_mode_does(n: int) -> None:
-    """`encode_uint` / `decode_uint` (the nonce's path) against cbor2 at every head's bounds,
-    negative ints and bignums included."""
-    raw = codec.encode_uint(n)
-    assert raw == cbor2.dumps(n, canonical=True) == codec.encode_trusted(n)
-    assert codec.decode_uint(raw) == n
-
-
-def test_reading_a_nonce_fast_falls_back_to_cbor2_for_anything_else() -> None:
-    for value in ({"a": 1}, "x", b"\x00", [1, 2], None):
-        assert codec.decode_uint(codec.encode_trusted(value)) == value

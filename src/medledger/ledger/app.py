@@ -132,7 +132,7 @@ def _spent_nonces(waiting: list[_Effect], block_writes: dict[bytes, Any]) -> dic
     for signer in {effect.signer for effect in waiting}:
         raw = block_writes.get(_nonce_key_bytes(signer), _UNWRITTEN)
         if raw is not _UNWRITTEN:
-            spent[signer] = 0 if raw is None else codec.decode_uint(raw)
+            spent[signer] = 0 if raw is None else codec.decode_trusted(raw)
     return spent
 
 
@@ -311,7 +311,7 @@ class Application:
             message = self.registry.message(tx_view, tx.kind)
             nonce_at = _nonce_key_bytes(tx.signer)
             raw_last = view.get_raw(nonce_at)
-            last = 0 if raw_last is None else codec.decode_uint(raw_last)
+            last = 0 if raw_last is None else codec.decode_trusted(raw_last)
             if tx.nonce <= last:
                 raise TxError(Code.BAD_NONCE, f"nonce {tx.nonce} already used (last was {last})")
         except TxError as exc:
@@ -323,7 +323,7 @@ class Application:
         ctx = Context(
             tx_view, self.chain_id, height, time_ms, tx.signer, tx.id, registry=self.registry
         )
-        nonce = codec.encode_uint(tx.nonce)
+        nonce = codec.encode_trusted(tx.nonce)
         try:
             msg = parse_message(message.cls, tx.body)
             message.handler(ctx, msg)

@@ -213,33 +213,6 @@ def decode_trusted(data: bytes) -> Any:
     return cbor2.loads(data)
 
 
-def encode_uint(n: int) -> bytes:
-    """An int (a nonce) as canonical CBOR: the bytes `encode_trusted` gives, without cbor2's
-    canonical mode when it is non-negative and below 2**64 (a nonce is written twice per tx)."""
-    if n < 0 or n >= 0x10000000000000000:
-        return cbor2.dumps(n, canonical=True)
-    if n < 24:
-        return bytes((n,))
-    if n < 0x100:
-        return bytes((0x18, n))
-    if n < 0x10000:
-        return b"\x19" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\x1a" + n.to_bytes(4, "big")
-    return b"\x1b" + n.to_bytes(8, "big")
-
-
-def decode_uint(data: bytes) -> Any:
-    """`decode_trusted` of bytes this replica wrote, read fast when they hold an unsigned int
-    (a nonce): major type 0, head and argument only."""
-    head = data[0] if data else 0xFF
-    if head < 24 and len(data) == 1:
-        return head
-    if 24 <= head <= 27 and len(data) == 1 + (1 << (head - 24)):
-        return int.from_bytes(data[1:], "big")
-    return cbor2.loads(data)
-
-
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
