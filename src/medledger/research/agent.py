@@ -111,8 +111,9 @@ class StudyAgent:
     def _committed(self, record: BlockRecord) -> None:
         """After each commit (the ABCI thread): wake at once when the block moved a query (a
         query running, answered, done); the periodic look catches the rest (a deadline)."""
-        events = [e for r in record.results for e in r.events] + list(record.events)
-        if any(e.type.startswith("study.query_") for e in events):
+        if any(e.type.startswith("study.query_") for e in record.events) or any(
+            e.type.startswith("study.query_") for r in record.results for e in r.events
+        ):
             self._woken = time.perf_counter()
             self._wake.set()
 
