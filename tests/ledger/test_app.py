@@ -375,6 +375,28 @@ def test_a_waiting_tx_whose_nonce_a_block_spent_drops_out_without_running() -> N
     ).code == int(Code.NOT_FOUND)
 
 
+def test_a_block_that_spends_a_higher_nonce_drops_the_waiting_txs_below_it_only() -> None:
+    """Another node's block carries h0's nonce 3 while this mempool holds h0's 2 and 4 and
+    h1's 1: 2 is spent (below the block's 3) and drops out; 4, and h1's tx, whose signer the
+    block did not touch, are carried over as they were."""
+    net = make_net()
+    app = net.app()
+    h0, h1 = net.orgs["h0"], net.orgs["h1"]
+    two = net.tx(h0, "identity.register", register_body("dr-two"), nonce=2)
+    four = net.tx(h0, "identity.register", register_body("dr-four"), nonce=4)
+    other = net.tx(h1, "identity.register", register_body("dr-other"), nonce=1)
+    assert all(app.check_tx(tx).ok for tx in (two, four, other))
+    three = net.tx(h0, "identity.register", register_body("dr-three"), nonce=3)
+    assert run_block(app, [three], net.solo).results[0].ok
+    assert app._check.accepted == [four, other] and app._check.carried
+    assert app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-four"}, 5)).ok
+    refused = app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-two"}, 6))
+    assert refused.code == int(Code.NOT_FOUND)
+    assert app.check_tx(net.tx(h0, "identity.revoke", {"practitioner": "dr-x"}, 4)).code == int(
+        Code.BAD_NONCE
+    )
+
+
 def test_a_carried_over_view_is_never_reused_as_a_block() -> None:
     """Carried-over effects ran at an earlier height and time: a block of exactly those txs
     at the view's height and time is executed, and gives what a fresh replica gives."""

@@ -34,6 +34,7 @@ from medledger.node.indexing import check_commitment
 from medledger.vault.replication import key_item_id
 
 if TYPE_CHECKING:
+    from medledger.ledger.results import BlockRecord
     from medledger.node import Node
 
 log = logging.getLogger(__name__)
@@ -157,20 +158,46 @@ def verify_fetched(
     return bytes(match["commitment"])
 
 
+#: The events of the only txs that write a member's record (governance's): after a block
+#: without one, the members and their TLS keys are what they were. `contract.activated`
+#: too, since another governance version may answer the members' query otherwise.
+MEMBER_EVENTS = frozenset(
+    {
+        "member.admitted",
+        "member.rebound",
+        "member.removed",
+        "member.power",
+        "member.updated",
+        "contract.activated",
+    }
+)
+
+
+def changes_members(record: BlockRecord) -> bool:
+    """Whether a committed block may have changed the members (one of `MEMBER_EVENTS`)."""
+    events = MEMBER_EVENTS
+    return any(ev.type in events for ev in record.events) or any(
+        ev.type in events for result in record.results for ev in result.events
+    )
+
+
 def member_pins(node: Node) -> PinSource:
     """The TLS keys of the current members, read from the node's replica. With a replica in
-    this process they are read again right after each commit (members change only there),
-    in the committing thread, and kept: a post or a handshake asked the chain each time,
-    under the lock that block commits and CheckTx take, and waited behind every reader (a
-    study answer's plan holds it for a few tenths of a second)."""
-    kept: list[dict[str, bytes]] = []  # the answer as of the last commit
-    commits = [0]  # a read that saw a commit begin does not keep its answer
+    this process they are read again right after a commit that may have changed them (one
+    with a `MEMBER_EVENTS` event), in the committing thread, and kept: a post or a handshake
+    asked the chain each time, under the lock that block commits and CheckTx take, and
+    waited behind every reader (a study answer's plan holds it for a few tenths of a
+    second); reading them after every block cost each commit ≈ 1 ms."""
+    kept: list[dict[str, bytes]] = []  # the answer as of the last commit that changed them
+    commits = [0]  # a read that saw such a commit begin does not keep its answer
 
     def read() -> dict[str, bytes]:
         current = queries.members(node.engine)
         return {str(m["org"]): m["tls_key"] for m in current if m.get("tls_key")}
 
-    def committed(_record: Any) -> None:
+    def committed(record: BlockRecord) -> None:
+        if not changes_members(record):
+            return
         commits[0] += 1
         kept.clear()
         try:

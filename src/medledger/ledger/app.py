@@ -121,15 +121,33 @@ class _Effect:
     reads: set[bytes]  # keys read from the state below the tx (its nonce apart)
     prefixes: tuple[bytes, ...]  # prefixes it scanned
     writes: dict[bytes, bytes | None]
-    log: list[tuple[bytes, bytes | None]]
-    result: TxResult
-    updates: tuple[ValidatorUpdate, ...]
 
-    def depends_on(self, changed: set[bytes]) -> bool:
-        """Whether any key in `changed` is one this tx read or lies under a prefix it scanned."""
-        if not changed.isdisjoint(self.reads):
-            return True
-        return bool(self.prefixes) and any(k.startswith(self.prefixes) for k in changed)
+
+def _spent_nonces(waiting: list[_Effect], block_writes: dict[bytes, Any]) -> dict[bytes, int]:
+    """The last nonce of each waiting tx's signer that the block wrote (signers it did not
+    touch are absent). A waiting tx's nonce was valid on the view it was checked in, above
+    every nonce of its signer before it there, so only a nonce the block wrote can now be
+    spent: against the carried view it is spent exactly when it is against this one."""
+    spent: dict[bytes, int] = {}
+    for signer in {effect.signer for effect in waiting}:
+        raw = block_writes.get(_nonce_key_bytes(signer), _UNWRITTEN)
+        if raw is not _UNWRITTEN:
+            spent[signer] = 0 if raw is None else codec.decode_trusted(raw)
+    return spent
+
+
+def _carry(check: _CheckState, run: list[_Effect]) -> None:
+    """Apply the recorded writes of consecutive carried txs to the mempool's view. Its write
+    log, results and validator updates are left as they are: a view with carried effects is
+    never a block's execution (`_CheckState`), and nothing else reads them."""
+    if not run:
+        return
+    writes = check.view.writes
+    for effect in run:
+        writes.update(effect.writes)
+    check.accepted.extend([effect.tx for effect in run])
+    check.effects.extend(run)
+    check.carried = True
 
 
 @dataclass
@@ -140,7 +158,8 @@ class _CheckState:
     them when the block opens) and the block holds exactly the accepted txs in order, this
     execution is the block's: `finalize_block` reuses it instead of running every tx again
     (never when some effects were carried over from an earlier state: they ran at an earlier
-    height and time).
+    height and time). So `results`, `updates` and the view's write log, which only that reuse
+    reads, do not hold the carried txs' (`_carry`).
     """
 
     view: StateView
@@ -330,9 +349,6 @@ class Application:
                     tx_view.keys,
                     tuple(tx_view.prefixes),
                     tx_view.writes,
-                    tx_view.log,
-                    result,
-                    tuple(ctx.validator_updates),
                 )
             )
         return result
@@ -470,7 +486,12 @@ class Application:
                     contract.end_block(end_ctx)
             self._pending_validator_updates.extend(end_ctx.validator_updates)
             app_hash = codec.sha256(self.store.app_hash + writes_digest(view.log))
-            prev_hash = self.store.block_hash(height - 1)
+            last = self._last_block  # the block committed just before, as a rule
+            prev_hash = (
+                last.hash
+                if last is not None and last.height == height - 1
+                else self.store.block_hash(height - 1)
+            )
             header = BlockHeader(
                 chain=self.chain_id,
                 height=height,
@@ -524,35 +545,41 @@ class Application:
         run again). Otherwise its nonce is checked and its recorded writes are applied: the
         same reads give the same execution (docs/architecture.md, "No mempool recheck").
         Signatures are not verified again (the verified-tx cache).
+
+        Per waiting tx this is one set test and, for a signer the block spent nonces of, one
+        comparison; the writes of consecutive carried txs are applied together.
         """
+        check = self._check = self._fresh_check()
+        if not previous.effects:
+            return
         done = set(included)
         changed = set(block_writes)
+        waiting: list[_Effect] = []
         for effect in previous.effects:
             if effect.tx in done:
                 changed.update(effect.writes)
-        check = self._check = self._fresh_check()
-        for effect in previous.effects:
-            if effect.tx in done:
-                continue
-            if effect.depends_on(changed):
+            else:
+                waiting.append(effect)
+        spent = _spent_nonces(waiting, block_writes)
+        run: list[_Effect] = []  # carried, not yet applied to the view
+        for effect in waiting:
+            # a key it read, or one under a prefix it scanned, changed: its handler runs again
+            if not changed.isdisjoint(effect.reads) or (
+                effect.prefixes and any(k.startswith(effect.prefixes) for k in changed)
+            ):
+                _carry(check, run)
+                run = []
                 changed.update(effect.writes)
                 ran = len(check.effects)
                 self.check_tx(effect.tx, recheck=True)
                 for again in check.effects[ran:]:
                     changed.update(again.writes)
-                continue
-            spent = check.view.get_raw(_nonce_key_bytes(effect.signer))
-            if spent is not None and effect.nonce <= codec.decode_trusted(spent):
+            elif effect.nonce <= spent.get(effect.signer, 0):
                 # its nonce was spent by a tx of the block
                 changed.update(effect.writes)
-                continue
-            check.view.writes.update(effect.writes)
-            check.view.log.extend(effect.log)
-            check.accepted.append(effect.tx)
-            check.results.append(effect.result)
-            check.updates.extend(effect.updates)
-            check.effects.append(effect)
-            check.carried = True
+            else:
+                run.append(effect)
+        _carry(check, run)
 
     @contextmanager
     def read_view(self) -> Iterator[StateView]:

@@ -129,15 +129,20 @@ class StudyAgent:
 
     def _committed(self, record: BlockRecord) -> None:
         """After each commit (the ABCI thread): wake at once when the block moved a query (a
-        query running, answered, done); the periodic look catches the rest (a deadline)."""
-        events = [e for r in record.results for e in r.events] + list(record.events)
-        withdrawn: dict[str, set[str]] = {}
-        for e in events:
-            if e.type == "study.withdrawn":
-                withdrawn.setdefault(e.get("study") or "", set()).add(e.get("pid") or "")
-        for study, pids in withdrawn.items():
+        query running, answered, done); the periodic look catches the rest (a deadline). A
+        patient's withdrawal from a study drops what was read ahead of them for it."""
+        moved, withdrawn = False, dict[str, set[str]]()
+        for events in (record.events, *(r.events for r in record.results)):
+            for e in events:
+                if not e.type.startswith("study."):
+                    continue
+                if e.type == "study.withdrawn":
+                    withdrawn.setdefault(e.get("study") or "", set()).add(e.get("pid") or "")
+                elif e.type.startswith("study.query_"):
+                    moved = True
+        for study, pids in withdrawn.items():  # what was read ahead of them is not kept
             self.answerer.forget(study, pids)
-        if any(e.type.startswith("study.query_") for e in events):
+        if moved:
             self._woken = time.perf_counter()
             self._wake.set()
 
