@@ -732,10 +732,12 @@ async def _saturate(
         profile = await profiling if profiling is not None else None
         exhausted = all(t.done() for t in tasks)
         stop.set()
-        await watcher
-        for event in accepting.values():  # wake the waiting streams: they see `stop`
-            event.set()
-        await asyncio.gather(*tasks)
+        try:
+            await watcher
+        finally:
+            for event in accepting.values():  # wake the waiting streams: they see `stop`
+                event.set()
+            await asyncio.gather(*tasks)
         metas = await _block_metas(client, net.urls[0], h0, h1)
     committed = sum(int(m["num_txs"]) for m in metas[1:])  # blocks after h0, up to h1
     span = _block_time_s(metas[-1]) - _block_time_s(metas[0])

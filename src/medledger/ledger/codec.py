@@ -162,7 +162,7 @@ def _in_order(value: Any) -> bool:
         ordered = _ordered_shapes.get(keys)
         if ordered is None:
             ordered = _canonical_order(keys) == list(keys)
-            if len(_ordered_shapes) < _ORDERS_MAX:
+            if len(keys) <= _SHAPE_KEYS and len(_ordered_shapes) < _ORDERS_MAX:
                 _ordered_shapes[keys] = ordered
         if not ordered:
             return False
@@ -188,7 +188,7 @@ def _canonical_order(keys: tuple[str, ...]) -> list[str]:
     order = _orders.get(keys)
     if order is None:
         order = sorted(keys, key=_key_rank)
-        if len(_orders) < _ORDERS_MAX:
+        if len(keys) <= _SHAPE_KEYS and len(_orders) < _ORDERS_MAX:  # bounded in size too
             _orders[keys] = order
     return order
 

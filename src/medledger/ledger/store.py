@@ -137,6 +137,9 @@ class Store:
         # The sole writer's committed txs not yet in `tx_index` (id -> height, index): those
         # of the blocks above meta `tx_indexed`; rebuilt from the block rows at open.
         self._tail: dict[bytes, tuple[int, int]] | None = None
+        # Another Store's tail as this one last read it (`_read_tail`): (indexed, scanned up
+        # to, the txs): a client polling for its tx decodes each block once, not every time.
+        self._seen_tail: tuple[int, int, dict[bytes, tuple[int, int]]] = (0, 0, {})
         if key_filter:
             (count,) = self._db.execute("SELECT count(*) FROM kv").fetchone()
             keys = (bytes(k) for (k,) in self._db.execute("SELECT k FROM kv"))
@@ -144,6 +147,26 @@ class Store:
             self._tail = self._unindexed()
 
     def close(self) -> None:
+        """Close the file; the sole writer first writes its tail's index rows, so that a
+        cleanly closed store is indexed whole (code that reads `tx_index` alone, an older
+        release after a downgrade, then finds every tx; review 12b, finding 1)."""
+        if self._tail:
+            height = self.height
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO tx_index (id, height, idx) VALUES (?, ?, ?)",
+                    sorted((k, h, i) for k, (h, i) in self._tail.items()),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (k, v) VALUES ('tx_indexed', ?)",
+                    (str(height).encode(),),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._tail = {}
         self._db.close()
 
     def reread(self) -> None:
@@ -266,13 +289,13 @@ class Store:
             self._cache.clear()
             self._meta_cache.clear()
             raise
-        self._meta_cache.update(meta)
-        if self._tail is not None and indexed is not None:
+        if self._tail is not None and indexed is not None:  # before the height shows it
             if indexed.flushed:
                 self._tail = {}
             else:
                 for tx_id, place in indexed.located.items():
                     self._tail.setdefault(tx_id, place)
+        self._meta_cache.update(meta)
         if len(self._cache) + len(writes) >= _CACHE_SIZE:
             self._cache.clear()
         self._cache.update(writes)
@@ -353,26 +376,62 @@ class Store:
         return None if row is None else (bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
 
     def locate_tx(self, tx_id: bytes) -> tuple[int, int] | None:
-        """Where a committed tx is: (height, index in its block). The tail (txs not in
-        `tx_index` yet) is read after the index: a reader reads `tx_indexed` first, so that
-        the writer moving its tail into the index meanwhile hides nothing."""
-        tail = self._tail
-        if tail is None:
-            tail = self._unindexed()
-        row = self._db.execute("SELECT height, idx FROM tx_index WHERE id = ?", (tx_id,)).fetchone()
-        if row is not None:
-            return (int(row[0]), int(row[1]))
-        return tail.get(tx_id)
+        """Where a committed tx is: (height, index in its block): in `tx_index`, or in the
+        tail of blocks not indexed yet (`_tail`, or read from the file by another Store)."""
+        tail = self._tail  # taken first: a commit moving it into the index replaces it
+        if tail is not None:
+            row = self._indexed_place(tx_id)
+            return row if row is not None else tail.get(tx_id)
+        row = self._indexed_place(tx_id)
+        if row is not None:  # the common case: one indexed lookup
+            return row
+        with self._one_read():  # the writer may move its tail into the index meanwhile
+            row = self._indexed_place(tx_id)
+            return row if row is not None else self._read_tail().get(tx_id)
 
     def tx_ids_with_prefix(self, prefix: bytes, limit: int = 2) -> list[bytes]:
         """Tx ids starting with prefix: lets people type the short ids `ledger show` prints."""
-        tail = self._tail if self._tail is not None else self._unindexed()
-        rows = self._db.execute(
-            "SELECT id FROM tx_index WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-            (prefix, prefix + b"\xff" * (32 - len(prefix)) + b"\xff", limit),
-        ).fetchall()
+        with self._one_read():
+            tail = self._tail if self._tail is not None else self._read_tail()
+            rows = self._db.execute(
+                "SELECT id FROM tx_index WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, prefix + b"\xff" * (32 - len(prefix)) + b"\xff", limit),
+            ).fetchall()
         found = {bytes(r[0]) for r in rows} | {k for k in list(tail) if k.startswith(prefix)}
         return sorted(found)[:limit]
+
+    def _indexed_place(self, tx_id: bytes) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT height, idx FROM tx_index WHERE id = ?", (tx_id,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    @contextlib.contextmanager
+    def _one_read(self) -> Iterator[None]:
+        """The reads inside see one snapshot of the file (WAL): the index, `tx_indexed` and
+        the block rows agree (inside `snapshot()` already, nothing more is needed)."""
+        if self._db.in_transaction:
+            yield
+            return
+        with self.snapshot():
+            yield
+
+    def _read_tail(self) -> dict[bytes, tuple[int, int]]:
+        """Another Store's tail, read from the file (inside `_one_read`): only the blocks
+        committed since the last call are decoded (review 12b, finding 2)."""
+        indexed = self._indexed_height()
+        seen_indexed, scanned, located = self._seen_tail
+        if seen_indexed != indexed:
+            scanned, located = indexed, {}
+        fresh = self._db.execute(
+            "SELECT height, txs FROM blocks WHERE height > ? ORDER BY height", (scanned,)
+        ).fetchall()
+        if fresh:
+            located = dict(located)  # a caller may still hold the last one
+            for height, txs in fresh:
+                for i, t in enumerate(codec.decode_trusted(bytes(txs))):
+                    located.setdefault(codec.tx_id(bytes(t)), (int(height), i))
+                scanned = int(height)
+        self._seen_tail = (indexed, scanned, located)
+        return located
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Raw access for tooling and tamper tests; never used by the state machine."""
