@@ -20,24 +20,7 @@ from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import Event, TxResult
 from medledger.ledger.store import Store, _outcome_bytes, writes_digest
 from medledger.ledger.tx import sign_tx
-from tests.support.ledger import CHAIN, T0, run_block
-
-#: The contract versions of the pinned chain: new defaults must not move its bytes.
-VERSIONS = {
-    "governance": 5,
-    "identity": 1,
-    "records": 2,
-    "access": 5,
-    "patients": 1,
-    "policies": 1,
-    "consent": 1,
-    "emergency": 1,
-    "referral": 1,
-    "research": 3,
-    "erasure": 1,
-    "authorize": 1,
-    "escrow": 2,
-}
+from tests.support.ledger import CHAIN, PINNED_VERSIONS, T0, run_block
 
 
 def _reference_outcome(results: list[TxResult], events: tuple[Event, ...]) -> bytes:
@@ -117,7 +100,7 @@ def _pinned_chain(path: Path) -> Application:
         time_ms=T0,
         members=[GenesisMember(o, o.upper(), k.public_key) for o, k in orgs.items()],
         solo_key=solo.public_key,
-        contracts=VERSIONS,
+        contracts=PINNED_VERSIONS,
     )
     app = Application.open(path, genesis, default_registry())
     app.init_chain()

@@ -17,25 +17,10 @@ from medledger.ledger.app import Application
 from medledger.ledger.genesis import Genesis, GenesisMember
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import sign_tx
+from tests.support.ledger import PINNED_VERSIONS
 
 CHAIN = "medledger-pinned"
 T0 = 1_790_000_000_000
-# The contract versions active at 17b9738: pinned so that a later default does not move them.
-VERSIONS = {
-    "governance": 5,
-    "identity": 1,
-    "records": 2,
-    "access": 5,
-    "patients": 1,
-    "policies": 1,
-    "consent": 1,
-    "emergency": 1,
-    "referral": 1,
-    "research": 3,
-    "erasure": 1,
-    "authorize": 1,
-    "escrow": 2,
-}
 
 
 def _blocks(h0: SigningKey, h1: SigningKey) -> list[list[bytes]]:
@@ -88,7 +73,7 @@ def _replay(path: Path) -> list[tuple[str, str]]:
             GenesisMember("h1", "H1", h1.public_key),
         ],
         solo_key=SigningKey(b"\x09" * 32).public_key,
-        contracts=VERSIONS,
+        contracts=PINNED_VERSIONS,
     )
     app = Application.open(path, genesis, default_registry())
     try:
