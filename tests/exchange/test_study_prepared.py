@@ -12,7 +12,6 @@ holds it starts the query), and drops that preparation if the approval never com
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -31,9 +30,9 @@ from tests.support.studies import (
     DECISION,
     ETHICS_REF,
     HBA1C_QUERY,
-    LOINC,
     ORGS,
     Study,
+    later_hba1c,
     truth_hba1c,
     wait_for,
 )
@@ -112,39 +111,13 @@ def test_a_record_written_after_the_preparation_is_in_the_answer(
     # The lab then sends A a later HbA1c of one of its patients (the sender's own ids): the
     # patient's last value changes after A read their digest.
     label = next(label for label in sorted(study.pid) if study.holders[label][0] == A)
-    bundle = copy.deepcopy(study.by_label[label][0])
-    patient = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
-    later = {
-        "resourceType": "Observation",
-        "identifier": [{"system": "urn:oid:1.2.250.1.999.lab", "value": "LAB-2026-0611-17"}],
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
-        "subject": {"reference": patient["fullUrl"]},
-        "effectiveDateTime": "2026-06-11T07:40:00+02:00",
-        "valueQuantity": {"value": 11.9, "unit": "%", "system": "http://unitsofmeasure.org"},
-    }
-    sent = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            patient,
-            {
-                "fullUrl": "urn:uuid:9d4c1e2a-5b7f-4e10-8a3c-0000000000f1",
-                "resource": later,
-                "request": {"method": "POST", "url": "Observation"},
-            },
-        ],
-    }
+    sent = later_hba1c(
+        study.by_label[label][0],
+        "LAB-2026-0611-17",
+        "2026-06-11T07:40:00+02:00",
+        11.9,
+        "9d4c1e2a-5b7f-4e10-8a3c-0000000000f1",
+    )
     result = Ingestor(study.nodes[A], study.vaults[A]).ingest_bytes(
         orjson.dumps(sent), "lab-feed-0611.json"
     )

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 import threading
 from fractions import Fraction
@@ -31,7 +30,14 @@ from medledger.research.answer import Prepared
 from tests.exchange.conftest import Sandbox
 from tests.exchange.test_study_prepared import approve, loaded, mean_and_count, prepared
 from tests.exchange.test_study_queries import sandbox4  # noqa: F401 - fixture
-from tests.support.studies import HBA1C_QUERY, LOINC, ORGS, STUDY, truth_hba1c, wait_for
+from tests.support.studies import (
+    HBA1C_QUERY,
+    ORGS,
+    STUDY,
+    later_hba1c,
+    truth_hba1c,
+    wait_for,
+)
 from tests.vault.conftest import VaultEnv, make_pid
 from tests.vault.test_research_digest import put
 
@@ -56,42 +62,6 @@ def test_facts_read_ahead_at_an_empty_journal_are_void_after_a_write_once_pruned
     assert ahead.valid(vault, [anne]) == set()
 
 
-def _later_hba1c(bundle: dict[str, Any]) -> dict[str, Any]:
-    """A lab feed's later HbA1c of the bundle's patient (the sender's own ids)."""
-    patient = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
-    observation = {
-        "resourceType": "Observation",
-        "identifier": [{"system": "urn:oid:1.2.250.1.999.lab", "value": "LAB-2026-0702-04"}],
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
-        "subject": {"reference": patient["fullUrl"]},
-        "effectiveDateTime": "2026-07-02T08:15:00+02:00",
-        "valueQuantity": {"value": 12.3, "unit": "%", "system": "http://unitsofmeasure.org"},
-    }
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            copy.deepcopy(patient),
-            {
-                "fullUrl": "urn:uuid:2b9e4f10-7c3a-4d55-9e61-0000000000a7",
-                "resource": observation,
-                "request": {"method": "POST", "url": "Observation"},
-            },
-        ],
-    }
-
-
 def test_a_hospital_whose_replicas_caught_up_answers_with_the_records_of_the_answers_time(
     sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
 ) -> None:
@@ -104,7 +74,13 @@ def test_a_hospital_whose_replicas_caught_up_answers_with_the_records_of_the_ans
     approve(study, query_id, A)
     wait_for(lambda: prepared(started[A], query_id), 30, "A's evaluation ahead")
     label = next(label for label in sorted(study.pid) if study.holders[label][0] == A)
-    sent = _later_hba1c(study.by_label[label][0])
+    sent = later_hba1c(
+        study.by_label[label][0],
+        "LAB-2026-0702-04",
+        "2026-07-02T08:15:00+02:00",
+        12.3,
+        "2b9e4f10-7c3a-4d55-9e61-0000000000a7",
+    )
     result = Ingestor(study.nodes[A], vault).ingest_bytes(orjson.dumps(sent), "lab-0702.json")
     assert result.rejections == [], result.rejections
     study.by_label[label].append(sent)

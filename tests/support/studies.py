@@ -10,6 +10,7 @@ compute what a query must answer straight from the bundles.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from fractions import Fraction
@@ -224,3 +225,42 @@ class Study:
 
         found: dict[str, Any] = wait_for(finished, timeout, what=f"{query_id} done")
         return found
+
+
+def later_hba1c(
+    bundle: dict[str, Any], lab_id: str, when: str, percent: float, entry_uuid: str
+) -> dict[str, Any]:
+    """A lab feed's later HbA1c of `bundle`'s patient, as a lab's system sends it: its own
+    observation id (`lab_id`), the patient entry repeated, a transaction bundle."""
+    patient = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    observation = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:oid:1.2.250.1.999.lab", "value": lab_id}],
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
+        "subject": {"reference": patient["fullUrl"]},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": percent, "unit": "%", "system": "http://unitsofmeasure.org"},
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            copy.deepcopy(patient),
+            {
+                "fullUrl": f"urn:uuid:{entry_uuid}",
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
