@@ -40,6 +40,6 @@ def test_a_patient_who_withdrew_while_the_answer_waited_for_partials_is_not_coun
     monkeypatch.setattr(answer, "counted_now", counted_now)
     answerer = Answerer.__new__(Answerer)
     answerer.org = "h0"
-    answerer.node = SimpleNamespace(engine=_Engine())  # type: ignore[assignment]
-    plan = Plan("q-1", "st-1", None, (), ["h0", "h1"], 0, b"", {"anne": "h0"})  # type: ignore[arg-type]
+    answerer.node = SimpleNamespace(engine=_Engine())
+    plan = Plan("q-1", "st-1", None, (), ["h0", "h1"], 0, b"", {"anne": "h0"})
     assert answerer._counted(plan, {"anne"}, set()) == set(), asked

@@ -34,7 +34,7 @@ class _Engine:
 def _agent(app: Application, org: str) -> StudyAgent:
     """Only the state `_checked` and `_settle_pending` use (no vault, no exchange)."""
     agent = StudyAgent.__new__(StudyAgent)
-    agent.node = SimpleNamespace(engine=_Engine(app), app=app, config=SimpleNamespace(org=org))  # type: ignore[assignment]
+    agent.node = SimpleNamespace(engine=_Engine(app), app=app, config=SimpleNamespace(org=org))
     agent.org = org
     agent.ahead = True
     agent._pending = {}
@@ -48,7 +48,9 @@ def test_an_approval_dropped_from_the_mempool_after_its_dpo_was_revoked_is_forgo
     app = net.app()
     h0 = net.orgs["h0"]
     dpo = SigningKey(bytes([7, 7]) * 16)
-    run_block(app, [net.tx(h0, "identity.register", register_body("dpo-a", dpo, ["dpo"]))], net.solo)
+    run_block(
+        app, [net.tx(h0, "identity.register", register_body("dpo-a", dpo, ["dpo"]))], net.solo
+    )
     agent = _agent(app, "h0")
     # dpo-a approves query q-1; CheckTx accepts it (as the contract would: event and all).
     approval = net.tx(dpo, "research.query_approve", {"query": "q-1", "role": "custodian"}, 1)

@@ -40,12 +40,10 @@ class _App:
         self.listeners.append(fn)
 
 
-def test_a_member_change_committed_while_pins_are_read_is_not_overwritten_by_the_old_ones() -> (
-    None
-):
+def test_a_member_change_committed_while_pins_are_read_is_not_overwritten_by_the_old_ones() -> None:
     engine, app = _Engine(), _App()
     node = SimpleNamespace(engine=engine, app=app, config=SimpleNamespace(org="h0"))
-    pins = member_pins(node)  # type: ignore[arg-type]
+    pins = member_pins(node)
     rotated = SimpleNamespace(events=(Event("member.updated", (("org", "h1"),)),), results=())
     lines, _ = inspect.getsourcelines(client)
     storing = 1 + next(i for i, line in enumerate(lines) if "kept[:] = [found]" in line)
