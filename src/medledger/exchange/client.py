@@ -190,6 +190,9 @@ def member_pins(node: Node) -> PinSource:
     second); reading them after every block cost each commit ≈ 1 ms."""
     kept: list[dict[str, bytes]] = []  # the answer as of the last commit that changed them
     commits = [0]  # a read that saw such a commit begin does not keep its answer
+    # `pins()` compares and keeps under it, so that a commit's answer is never replaced by
+    # an older read (review 12c, finding 3).
+    lock = threading.Lock()
 
     def read() -> dict[str, bytes]:
         current = queries.members(node.engine)
@@ -198,27 +201,33 @@ def member_pins(node: Node) -> PinSource:
     def committed(record: BlockRecord) -> None:
         if not changes_members(record):
             return
-        commits[0] += 1
-        kept.clear()
+        with lock:
+            commits[0] += 1
+            kept.clear()
         try:
-            kept.append(read())
+            fresh = read()
         except Exception as exc:  # noqa: BLE001 - the next `pins()` reads it (and says)
             log.debug("%s: members not read after a commit: %s", node.config.org, exc)
+            return
+        with lock:  # commits run one at a time: none began since this one
+            kept[:] = [fresh]
 
     app = getattr(node, "app", None)
     if app is not None:
         app.add_commit_listener(committed)
 
     def pins() -> dict[str, bytes]:
-        if kept:
-            return kept[0]
-        seen = commits[0]
+        with lock:
+            if kept:
+                return kept[0]
+            seen = commits[0]
         try:
             found = read()
         except TxError:  # a replica before CometBFT's InitChain (joining, recovering) has no
             return {}  # contracts yet: it trusts no one until then, and the contexts follow
-        if app is not None and seen == commits[0]:
-            kept[:] = [found]
+        with lock:
+            if app is not None and seen == commits[0] and not kept:
+                kept[:] = [found]
         return found
 
     return pins

@@ -61,6 +61,9 @@ RETRY_S = 10.0
 #: with a fresh nonce at most MAX_RESENDS times (as `Wallet.send` does).
 LOSS_CHECK_S = 3.0
 MAX_RESENDS = 2
+#: Blocks after which this hospital's DPO's approval, seen at CheckTx and still in no block,
+#: is no longer acted on ahead (it counts again once a block holds it).
+PENDING_MAX_BLOCKS = 5
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Pending:
     signer: bytes
     nonce: int
     roles: frozenset[str]
+    height: int  # the committed height when CheckTx accepted it
 
 
 class StudyAgent:
@@ -163,21 +167,43 @@ class StudyAgent:
             return
         query_id = str(tx.body.get("query"))
         with self._lock:
-            self._pending[query_id] = Pending(tx.id, tx.signer, tx.nonce, frozenset(roles))
+            self._pending[query_id] = Pending(
+                tx.id, tx.signer, tx.nonce, frozenset(roles), self._height()
+            )
         self._wake.set()
+
+    def _height(self) -> int:
+        app = self.node.app
+        return 0 if app is None else app.height
 
     def _settle_pending(self) -> dict[str, frozenset[str]]:
         """The pending approvals still on their way (query -> roles): one committed (or
         refused by its block) is the record's to say; one whose nonce the chain passed
-        without it can no longer commit."""
+        without it can no longer commit; one whose signer is no longer an active DPO of this
+        hospital (revoked: its tx leaves the mempool, and the key never signs again), or
+        still not in a block `PENDING_MAX_BLOCKS` after CheckTx, is not acted on any more
+        (review 12c, finding 1). Only the decision's block makes it count for good."""
         engine = self.node.engine
         with self._lock:
             pending = dict(self._pending)
+        height = self._height()
+
+        def still_dpo(key: bytes) -> bool:
+            actor = queries.actor_of_key(engine, key)
+            return bool(
+                actor is not None
+                and actor.get("org") == self.org
+                and actor.get("active")
+                and "dpo" in (actor.get("roles") or ())
+            )
+
         gone = {
             query_id: p
             for query_id, p in pending.items()
             if queries.tx_location(engine, p.tx) is not None
             or queries.nonce(engine, p.signer) >= p.nonce
+            or height > p.height + PENDING_MAX_BLOCKS
+            or not still_dpo(p.signer)
         }
         with self._lock:
             for query_id, p in gone.items():

@@ -18,10 +18,10 @@ awaited the other members' approvals, for the patients whose own records did not
    signature over the query's noise seed) and its pairwise mask, which need no facts; waits
    for every other answerer's message (they are kept in the node's `Inbox`, so a restart
    resumes here), then for its shares' replies (the pids not kept, which it reports),
-   merges the messages into its own patients' facts, takes their enrolment from the plan's
-   view (`_counted`), `tally`s, waits for its empty messages' replies (so that no
-   co-answerer lacks its message once the answer is on the chain), and posts
-   `research.query_answer` with the hospital's key.
+   merges the messages into its own patients' facts, reads their enrolment again
+   (`_counted`: a withdrawal meanwhile is not counted), `tally`s, waits for its empty
+   messages' replies (so that no co-answerer lacks its message once the answer is on the
+   chain), and posts `research.query_answer` with the hospital's key.
 
 A query this hospital already answered on the chain is never answered again; nothing it
 does before the answer changes the chain but the audit entries (kept once: `Inbox.sent`).
@@ -482,19 +482,11 @@ class Answerer:
         return done
 
     def _counted(self, plan: Plan, pids: Collection[str], returned: set[str]) -> set[str]:
-        """Those of `pids` (its own and the received) and `returned` that count. The plan's
-        view already says it of the patients it gives this hospital (enrolled, not withdrawn,
-        no erasure request when it was read: the answer is as of that view, as the receivers'
-        checks are as of theirs); the chain is read, in one pass, only for the others: a
-        received patient the plan gave another hospital or did not know (a custody or an
-        enrolment that moved between the two reads), and the pids returned to it (withdrawn
-        since: no dispute). Usually none: no read under the node's lock."""
-        ours = {pid for pid, answerer in plan.mine.items() if answerer == self.org}
-        unknown = (set(pids) - ours) | returned
-        if not unknown:
-            return ours
+        """Those of `pids` (its own and the received) and `returned` enrolled now: read again
+        at tally time, in one pass, so that a patient who withdrew (or asked for erasure)
+        while the answer waited for its partials is not counted (review 12c, finding 2)."""
         with self.node.engine.read_view() as state:
-            return ours | counted_now(state, plan.study, unknown)
+            return counted_now(state, plan.study, set(pids) | returned)
 
     def landed(self, done: Answered) -> None:
         """The answer is committed: its partials are no longer needed, the audit journal may
