@@ -434,7 +434,11 @@ class Answerer:
         missing = self.inbox.wait(query_id, others, patience)
         timing["wait"] = time.perf_counter() - t
         if missing:
-            raise NotAnswered(f"{query_id}: no partials yet from {', '.join(sorted(missing))}")
+            why = f"no partials yet from {', '.join(sorted(missing))}"
+            undelivered = sorted(set(shares) - self.inbox.sent(query_id))
+            if undelivered:  # its own sends first: a gateway down here stops every answer
+                why = f"partials not delivered to {', '.join(undelivered)}; {why}"
+            raise NotAnswered(f"{query_id}: {why}")
         t = time.perf_counter()
         sent = sends[0].result()  # the receivers' replies name the pids they did not keep
         timing["send_wait"] = time.perf_counter() - t
