@@ -14,8 +14,9 @@ nothing is audited then; when the query runs, the answer takes those facts for t
 its plan names whose own records did not change since, and reads the rest. The DPO's
 approval counts from the moment this node's CheckTx accepts it (`_checked`), not its block:
 the last approver's approval is the block that starts the query. Until that tx commits it
-is `_pending`; if it never does (refused by its block, or its nonce passed without it), the
-preparation is dropped, as when the query leaves the approval state.
+is `_pending`; if it never does (refused by its block, its nonce passed without it, its
+signer no longer an active DPO here, or `PENDING_MAX_BLOCKS` passed), the preparation is
+dropped, as when the query leaves the approval state.
 """
 
 from __future__ import annotations
