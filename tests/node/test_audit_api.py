@@ -92,3 +92,41 @@ def test_a_read_whose_entry_cannot_be_kept_is_refused_503_with_the_reason(
     assert "Observation" not in answer.text  # nothing of the record left
     monkeypatch.undo()
     assert served.read().status_code == 200  # the disk has room again
+
+
+def test_a_read_is_answered_only_once_its_entry_is_on_disk(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker thread that prepared the answer hands it back at once; the event loop
+    sends it only after the journal's fsync has returned (api/fhir.py, AfterDurable)."""
+    import os
+    import threading
+
+    from medledger.node.audit import read_journal
+
+    disk = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        disk.wait(30)  # the disk takes its time
+        real_fsync(fd)
+
+    journal = served.svc.node.audit
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    answers: list[Any] = []
+    reader = threading.Thread(target=lambda: answers.append(served.read()))
+    try:
+        reader.start()
+        reader.join(0.5)
+        assert answers == []  # nothing may leave yet
+        assert journal.stats["fsyncs"] == 0
+        disk.set()
+        reader.join(30)
+        assert [a.status_code for a in answers] == [200]
+        assert served.rid in answers[0].text
+        (pending, done, _) = read_journal(journal.path)
+        assert journal.stats["fsyncs"] == 1
+        assert sum(len(g) for g in pending) + len(done) >= 1  # written before it was served
+    finally:
+        disk.set()
+        reader.join(30)
