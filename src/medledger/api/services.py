@@ -317,9 +317,14 @@ class Durable:
         def wake() -> None:  # in the journal's writer thread
             loop.call_soon_threadsafe(_resolve, written)
 
-        logging.when_durable(wake)
-        with contextlib.suppress(TimeoutError):  # then `self()` says so (its deadline passed)
-            await asyncio.wait_for(written, max(0.0, logging.deadline - time.monotonic()))
+        if logging.when_durable(wake):
+            # Bounded by the entries' deadline: `self()` then raises (it has passed).
+            left = max(0.0, logging.deadline - time.monotonic())
+            timer = loop.call_later(left, _resolve, written)
+            try:
+                await written
+            finally:
+                timer.cancel()
         self()
 
 

@@ -8,8 +8,11 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
 1. `log(entries)` gives every entry an `id` (contracts.access.ENTRY_ID: random per run,
    then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
-   requests that arrived meanwhile (group fsync). The caller returns once its entries are
-   durable: a read waits for the disk, never for the chain.
+   requests that arrived meanwhile (group fsync). A write starts when a caller waits for
+   it (`Logging.end`), so the entries of the reads begun meanwhile share it; one nobody
+   waits for is written `gather_s` after it was queued. The caller returns once its
+   entries are durable (or is called back, `Logging.when_durable`): a read waits for the
+   disk, never for the chain.
 2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
    bytes) and signs one `access.log` tx with the organisation's wallet: after
    `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
@@ -153,15 +156,14 @@ class Logging:
     def waits_for_commit(self) -> bool:
         return self._wait
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (in the writer's thread, or here if it is so already) once the
-        write holding these entries is durable or failed: `end()` then does not block for the
-        disk. An async caller awaits it instead of a blocked thread (api/fhir.py)."""
+    def when_durable(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` (in the writer's thread) once the write holding these entries is
+        durable or failed, and return True; False, and no call, if it is over already.
+        Either way `end()` then does not block for the disk: an async caller awaits the
+        callback instead of a blocked thread (api/fhir.py)."""
         if self._written is None or self._journal is None:
-            callback()
-            return
-        if not self._journal._on_written(self._written, callback):
-            callback()
+            return False
+        return self._journal._on_written(self._written, callback)
 
     def end(self) -> None:
         """Raises JournalUnavailable if they could not be made durable, TxRejected if the
