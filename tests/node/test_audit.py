@@ -180,44 +180,6 @@ def test_a_read_prepares_its_answer_while_its_entry_is_written_and_serves_once_d
         journal.stop()
 
 
-def test_the_reads_begun_before_a_caller_waits_share_its_fsync(node: Node, tmp_path: Path) -> None:
-    """A write starts when a caller waits for it (`end`), not when an entry is queued: the
-    entries of the reads begun meanwhile are made durable by the same fsync, and their own
-    `end()` returns without another write."""
-    directory = tmp_path / "audit"
-    journal = _journal(node, directory, window_s=3600.0, gather_s=3600.0)
-    try:
-        first = journal.begin(_entries(node, rid="obs-1"), wait=False)
-        second = journal.begin(_entries(node, rid="obs-2"), wait=False)
-        assert journal.stats["fsyncs"] == 0  # nobody waits yet: nothing written
-        first.end()
-        (pending, _, _) = read_journal(directory / "journal")
-        assert [[e["rids"] for e in group] for group in pending] == [[["obs-1"]], [["obs-2"]]]
-        assert journal.stats["fsyncs"] == 1
-        second.end()  # durable already
-        assert journal.stats["fsyncs"] == 1
-        journal.log(_entries(node, rid="obs-3"), wait=False)  # the next caller: its own write
-        assert journal.stats["fsyncs"] == 2
-    finally:
-        journal.stop()
-
-
-def test_an_entry_whose_caller_never_waits_for_it_is_written_and_sent_all_the_same(
-    node: Node, tmp_path: Path
-) -> None:
-    """A read that fails between `begin` and `end` leaves its entry queued: the writer
-    writes it `gather_s` later, and the sender puts it on the chain."""
-    directory = tmp_path / "audit"
-    journal = _journal(node, directory, window_s=0.05, gather_s=0.05)
-    try:
-        journal.begin(_entries(node, rid="obs-abandoned"), wait=False)  # no end()
-        assert journal.drain(30)
-        assert [e["rids"] for e in _on_chain(node)] == [["obs-abandoned"]]
-        assert journal.stats["fsyncs"] == 1
-    finally:
-        journal.stop()
-
-
 def test_a_write_the_disk_refused_is_cut_off_and_the_next_one_follows_it_whole(
     node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,8 +97,8 @@ def test_a_read_whose_entry_cannot_be_kept_is_refused_503_with_the_reason(
 def test_a_read_is_answered_only_once_its_entry_is_on_disk(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker thread that prepared the answer hands it back at once; the event loop
-    sends it only after the journal's fsync has returned (api/fhir.py, AfterDurable)."""
+    """Whatever way the read waits for its entry (a blocked worker thread today; session
+    13 tried the event loop), the answer leaves only after the journal's fsync returned."""
     import os
     import threading
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -35,7 +34,7 @@ from medledger.api.interactions import (
     capability_resources,
 )
 from medledger.api.outcomes import FhirError, fhir_response
-from medledger.api.services import Durable, HospitalServices
+from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
 from medledger.contracts import queries
 from medledger.contracts.consent import Grant
@@ -340,14 +339,10 @@ def make_router() -> APIRouter:
             # decides alone, and nothing about a patient is decided or logged.
             body, headers, _ = versions.served(svc.vault, svc.node.engine, rid, info.version)
             return fhir_response(body, headers=headers)
-        body, headers, durable = serve_version_later(svc, claims, info)
-        if resource_type == "Bundle" or not isinstance(durable, Durable):
-            durable()
-            if resource_type == "Bundle":  # a document: whole, to who may see all of it
-                _whole_document(svc, claims, info.pid, body)
-            return fhir_response(body, headers=headers)
-        # The entry's fsync is awaited by the event loop, not by this worker thread.
-        return AfterDurable(fhir_response(body, headers=headers), durable)
+        body, headers = serve_version(svc, claims, info)
+        if resource_type == "Bundle":  # a document: whole, to who may see all of it
+            _whole_document(svc, claims, info.pid, body)
+        return fhir_response(body, headers=headers)
 
     @router.get("/{resource_type}")
     def search(
@@ -403,16 +398,6 @@ def stored(svc: HospitalServices, resource_type: str, rid: str, version: int | N
 def serve_version(svc: HospitalServices, claims: Claims, info: Any) -> tuple[bytes, dict[str, str]]:
     """One record version as a read serves it: the scopes' categories, then decided and
     logged on the chain, then its bytes with the server's meta (and ETag/Last-Modified)."""
-    body, headers, durable = serve_version_later(svc, claims, info)
-    durable()  # the entry on disk before the record leaves; its read overlapped the fsync
-    return body, headers
-
-
-def serve_version_later(
-    svc: HospitalServices, claims: Claims, info: Any
-) -> tuple[bytes, dict[str, str], Callable[[], None]]:
-    """`serve_version`, and what to call (or await: `Durable.wait`) before the bytes may
-    leave: once the access entry is durable."""
     what = f"{info.resource_type}/{info.rid}"
     if not _in_scope(svc, claims, [info], "read"):
         raise FhirError(403, "forbidden", f"{what} is outside the categories of your scopes")
@@ -423,29 +408,8 @@ def serve_version_later(
         durable()
         raise FhirError(403, "forbidden", f"access denied: {audited.decision.reason}")
     body, headers, _ = versions.served(svc.vault, svc.node.engine, info.rid, info.version)
-    return body, headers, durable
-
-
-class AfterDurable(Response):
-    """A read's answer, sent once its access entry is durable: the worker thread that
-    prepared it returns at once, and the event loop awaits the journal's write (woken by
-    the writer, once for every read of that write) instead of a worker thread blocking on
-    the fsync and each waking in turn. Nothing is sent before: a journal that could not
-    write answers 503 (FhirError, through the app's handler) in its place."""
-
-    def __init__(self, inner: Response, durable: Durable) -> None:
-        self.inner = inner
-        self.durable = durable
-        self.status_code = inner.status_code
-        self.body = inner.body
-        self.raw_headers = inner.raw_headers  # shared: headers added here go out with it
-        self.background = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.durable.wait()
-        await self.inner(scope, receive, send)
-        if self.background is not None:
-            await self.background()
+    durable()  # the entry on disk before the record leaves; its read overlapped the fsync
+    return body, headers
 
 
 def _request_taker(svc: HospitalServices, claims: Claims) -> str:

@@ -13,7 +13,6 @@ payload, so no re-spelling of a token (tokens decode strictly anyway) escapes a 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import re
@@ -22,9 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import anyio.to_thread
+from typing import Any
 
 from medledger.api.outcomes import FhirError
 from medledger.api.tokens import Claims, outside_launch, patient_of
@@ -35,9 +32,6 @@ from medledger.ledger.keys import SigningKey
 from medledger.node import Node, decisions
 from medledger.node.ingest import Ingestor
 from medledger.vault import Vault
-
-if TYPE_CHECKING:
-    from medledger.node.audit import Logging
 
 _PRACTITIONER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Request bodies: FHIR writes up to this many bytes (config.json `api.max_body_bytes`),
@@ -274,60 +268,21 @@ class HospitalServices:
         they are durable (raising as `log` does). Call it before anything leaves: a read
         prepares its answer meanwhile instead of waiting for the disk first."""
         from medledger.node.audit import JournalUnavailable
+        from medledger.node.wallet import TxRejected
 
         try:
             logging = self.node.audit.begin(entries, wait=wait)
         except JournalUnavailable as exc:
             raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
-        return Durable(logging)
 
-
-class Durable:
-    """What `log_later` returns: called, it returns once the entries are durable (raising
-    FhirError 503 as `log` does); `await wait()` does the same in the event loop without a
-    blocked thread (api/fhir.py's `AfterDurable`)."""
-
-    def __init__(self, logging: Logging) -> None:
-        self.logging = logging
-
-    def __call__(self) -> None:
-        from medledger.node.audit import JournalUnavailable
-        from medledger.node.wallet import TxRejected
-
-        try:
-            self.logging.end()
-        except JournalUnavailable as exc:
-            raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
-        except (TimeoutError, TxRejected) as exc:
-            raise FhirError(
-                503, "transient", f"the access was not recorded on the ledger: {exc}"
-            ) from None
-
-    async def wait(self) -> None:
-        """In the event loop: until the entries' write is durable (or failed), then `self()`,
-        which no longer blocks. One waiting for the commit (a remote read) waits in a worker
-        thread as before: that is a block time, not an fsync."""
-        logging = self.logging
-        if logging.waits_for_commit:
-            await anyio.to_thread.run_sync(self)
-            return
-        loop = asyncio.get_running_loop()
-        written = loop.create_future()
-
-        def wake() -> None:  # in the journal's writer thread
-            loop.call_soon_threadsafe(_resolve, written)
-
-        if logging.when_durable(wake):
-            # Bounded by the entries' deadline: `self()` then raises (it has passed).
-            left = max(0.0, logging.deadline - time.monotonic())
-            timer = loop.call_later(left, _resolve, written)
+        def durable() -> None:
             try:
-                await written
-            finally:
-                timer.cancel()
-        self()
+                logging.end()
+            except JournalUnavailable as exc:
+                raise FhirError(503, "transient", f"the access cannot be recorded: {exc}") from None
+            except (TimeoutError, TxRejected) as exc:
+                raise FhirError(
+                    503, "transient", f"the access was not recorded on the ledger: {exc}"
+                ) from None
 
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        return durable

@@ -8,11 +8,8 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
 1. `log(entries)` gives every entry an `id` (contracts.access.ENTRY_ID: random per run,
    then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
-   requests that arrived meanwhile (group fsync). A write starts when a caller waits for
-   it (`Logging.end`), so the entries of the reads begun meanwhile share it; one nobody
-   waits for is written `gather_s` after it was queued. The caller returns once its
-   entries are durable (or is called back, `Logging.when_durable`): a read waits for the
-   disk, never for the chain.
+   requests that arrived meanwhile (group fsync). The caller returns once its entries are
+   durable: a read waits for the disk, never for the chain.
 2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
    bytes) and signs one `access.log` tx with the organisation's wallet: after
    `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
@@ -65,7 +62,6 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +81,6 @@ WINDOW_S = 0.2
 #: The longest `quiet` keeps unwaited entries back (an answer that never lands ends it).
 MAX_QUIET_S = 10.0
 WAIT_WINDOW_S = 0.02
-#: The longest an entry queued by `begin` waits for its `end()` (or another's) to be written.
-GATHER_S = 0.05
 MAX_INFLIGHT = 4
 MAX_INFLIGHT_FULL = 32  # txs in flight when a backlog fills them (docs/benchmarks.md)
 RESEND_S = 5.0
@@ -134,44 +128,18 @@ class Logging:
     a caller that waits for the commit, on the chain)."""
 
     def __init__(
-        self,
-        groups: list[_Group],
-        written: threading.Lock | None,
-        wait: bool,
-        deadline: float,
-        journal: AuditJournal | None = None,
+        self, groups: list[_Group], written: threading.Lock | None, wait: bool, deadline: float
     ) -> None:
         self._groups = groups
         self._written = written
         self._wait = wait
         self._deadline = deadline
-        self._journal = journal
-
-    @property
-    def deadline(self) -> float:
-        """When `end()` gives up (time.monotonic())."""
-        return self._deadline
-
-    @property
-    def waits_for_commit(self) -> bool:
-        return self._wait
-
-    def when_durable(self, callback: Callable[[], None]) -> bool:
-        """Call `callback` (in the writer's thread) once the write holding these entries is
-        durable or failed, and return True; False, and no call, if it is over already.
-        Either way `end()` then does not block for the disk: an async caller awaits the
-        callback instead of a blocked thread (api/fhir.py)."""
-        if self._written is None or self._journal is None:
-            return False
-        return self._journal._on_written(self._written, callback)
 
     def end(self) -> None:
         """Raises JournalUnavailable if they could not be made durable, TxRejected if the
         ledger refused them for good, TimeoutError if the wait for the commit ran out."""
         if self._written is None:
             return
-        if self._journal is not None:
-            self._journal._want(self._written)
         deadline = self._deadline
         if not self._written.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise JournalUnavailable("the audit journal did not reach the disk in time")
@@ -271,7 +239,6 @@ class AuditJournal:
         *,
         window_s: float = WINDOW_S,
         wait_window_s: float = WAIT_WINDOW_S,
-        gather_s: float = GATHER_S,
         max_inflight: int = MAX_INFLIGHT,
         max_inflight_full: int = MAX_INFLIGHT_FULL,
         max_tx_entries: int = access.MAX_ENTRIES,
@@ -286,7 +253,6 @@ class AuditJournal:
         self.engine: Engine = wallet.engine
         self.window_s = window_s
         self.wait_window_s = wait_window_s
-        self.gather_s = gather_s
         self.max_inflight = max_inflight
         self.max_inflight_full = max(max_inflight, max_inflight_full)
         self.max_tx_entries = max_tx_entries
@@ -305,12 +271,6 @@ class AuditJournal:
         # Released when the next write (of everything queued meanwhile) is durable or failed:
         # one latch per write, which all its callers pass through, not one per group.
         self._written = _latch()
-        self._wanted = False  # a caller waits for the next write (`end`): write it now
-        # Called once the next write, or the one under way (its latch), is durable or failed.
-        self._callbacks: list[Callable[[], None]] = []
-        self._writing: threading.Lock | None = None
-        self._writing_callbacks: list[Callable[[], None]] = []
-        self._queued_at = 0.0  # when the first group of the next write was queued
         self._unsent: deque[_Group] = deque()  # durable, not yet in a tx
         self._unsent_entries = 0
         self._oldest: float | None = None  # when the oldest unsent group became durable
@@ -454,49 +414,11 @@ class AuditJournal:
                 # before), and the writer only joins the frames.
                 group.frame = _frame({"g": group.entries})
                 group.size = group.size or len(group.frame)
-            if not self._queued:
-                self._queued_at = time.monotonic()
             self._queued.extend(groups)
             self._pending += sum(len(g.entries) for g in groups)
             written = self._written
-            # The writer is not woken here: the first `end()` of this write wakes it, and
-            # the entries of the reads begun meanwhile share its fsync (see `_writer`).
-        return Logging(groups, written, wait, deadline, self)
-
-    def _on_written(self, written: threading.Lock, callback: Callable[[], None]) -> bool:
-        """Queue `callback` for the write behind `written` (and ask for it); False if that
-        write is over already."""
-        with self._cond:
-            if self._written is written:
-                self._callbacks.append(callback)
-                if not self._wanted:
-                    self._wanted = True
-                    self._to_write.notify()
-                return True
-            if self._writing is written:
-                self._writing_callbacks.append(callback)
-                return True
-            return False
-
-    def _written_now(self) -> None:
-        """The write under way is over (its latch released): call who waits for it."""
-        with self._cond:
-            callbacks, self._writing_callbacks = self._writing_callbacks, []
-            self._writing = None
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # a caller's, never the journal's: the writer goes on
-                log.exception("audit journal: a durability callback failed")
-
-    def _want(self, written: threading.Lock) -> None:
-        """A caller waits for the write behind `written`: the writer starts it now (once)."""
-        if self._written is not written or self._wanted:  # taken, or asked for already
-            return
-        with self._cond:
-            if self._written is written and not self._wanted:
-                self._wanted = True
-                self._to_write.notify()
+            self._to_write.notify()
+        return Logging(groups, written, wait, deadline)
 
     def quiet(self, seconds: float) -> None:
         """Keep the entries nobody waits for off the chain for the next `seconds` (at most
@@ -554,27 +476,12 @@ class AuditJournal:
 
     # -- the writer: durable first -------------------------------------------------------
     def _writer(self) -> None:
-        # A write starts when a caller waits for it (`end`), not when its first entry is
-        # queued (`begin`): the entries of the reads begun meanwhile, still preparing their
-        # answers, share its fsync, and their `end()` then finds them durable without
-        # blocking (one fsync is ≈ 55 µs of CPU here, and a blocked request thread's wake-up
-        # costs its process more). An entry no caller waits for (a read that failed between
-        # `begin` and `end`) is written `gather_s` after it was queued.
         while True:
             with self._cond:
-                while not self._stop and not (self._queued and self._wanted):
-                    if not self._queued:
-                        self._to_write.wait(self.gather_s)
-                        continue
-                    left = self._queued_at + self.gather_s - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._to_write.wait(left)
+                while not self._queued and not self._stop:
+                    self._to_write.wait()
                 groups, self._queued = self._queued, []
                 written, self._written = self._written, _latch()
-                self._writing, self._writing_callbacks = written, self._callbacks
-                self._callbacks = []
-                self._wanted = False
                 if not groups and self._stop:
                     return
             try:
@@ -597,10 +504,8 @@ class AuditJournal:
                 for group in groups:
                     group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
                 written.release()
-                self._written_now()
                 continue
             written.release()  # durable: its callers may serve while it is queued to send
-            self._written_now()
             now = time.monotonic()
             with self._cond:
                 first_waited = self._oldest_waited is None
