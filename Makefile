@@ -7,9 +7,9 @@ CMT    := $(TOOLS)/bin/cometbft
 ABCI_CLI := $(TOOLS)/bin/abci-cli
 CMT_VERSION := v0.38.25
 
-.PHONY: setup demo test lint typecheck pytest system cometbft proto native bench hapi clean
+.PHONY: setup demo test lint typecheck pytest system cometbft proto bench hapi clean
 
-setup: $(VENV)/.installed system cometbft proto native
+setup: $(VENV)/.installed system cometbft proto
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,19 +34,6 @@ $(ABCI_CLI):
 
 proto: $(VENV)/.installed $(CMT)
 	@bash scripts/gen-proto.sh $(CMT_VERSION) $(BIN)/python
-
-# The ledger's hot path compiled with mypyc, in place (src/medledger/_native.py lists the
-# modules). Rebuilt whenever one of them is newer than the build's record; the import-time guard
-# (medledger._native) runs the sources instead if they changed anyway. MEDLEDGER_INTERPRETED=1
-# runs the sources; `scripts/build_native.py --clean` removes the build.
-NATIVE_SRC := $(addprefix src/medledger/ledger/,codec.py tx.py merkle.py contract.py app.py store.py)
-NATIVE := src/medledger/_native.json
-
-native: $(NATIVE)
-
-$(NATIVE): $(VENV)/.installed $(NATIVE_SRC) src/medledger/_native.py scripts/build_native.py
-	@mkdir -p build
-	$(BIN)/python scripts/build_native.py > build/native.log 2>&1 || (cat build/native.log; exit 1)
 
 demo: setup
 	$(BIN)/medledger demo $(DEMO_ARGS)
@@ -77,5 +64,4 @@ $(HAPI_JAR): bench/hapi/pom.xml $(shell find bench/hapi/src -type f 2>/dev/null)
 	cd bench/hapi && mvn -B -q package -DskipTests
 
 clean:
-	-$(BIN)/python scripts/build_native.py --clean
 	rm -rf $(VENV) $(TOOLS) build bench/hapi/target

@@ -18,9 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
-
-from mypy_extensions import mypyc_attr
+from typing import TYPE_CHECKING, Any
 
 from medledger.ledger import codec, merkle
 from medledger.ledger.contract import Context, Registry, active_key, parse_message
@@ -87,7 +85,7 @@ def query_store(store: Store, registry: Registry, path: str, args: dict[str, Any
     return fn(view, args or {})
 
 
-_UNWRITTEN = object()  # a key the tx has not written (None is a deletion)
+_UNWRITTEN: Any = object()  # a key the tx has not written (None is a deletion)
 
 
 class _ReadSet(StateView):
@@ -100,11 +98,11 @@ class _ReadSet(StateView):
         self.prefixes: list[bytes] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        value = self.writes.get(key, _UNWRITTEN)  # an object: mypyc checks declared types
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
         if value is _UNWRITTEN:
             self.keys.add(key)
             return self.parent.get_raw(key)
-        return cast(bytes | None, value)
+        return value
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         self.prefixes.append(prefix)
@@ -185,16 +183,6 @@ class _Pending:
     app_hash: bytes
 
 
-def _last_nonce(view: StateView, signer: bytes) -> int:
-    """The signer's last nonce on `view` (0 if none). A function, not a lambda in the method
-    below: mypyc 2.4.1 fails on a closure in a method of a non-native class."""
-    last: int = view.get(nonce_key(signer)) or 0
-    return last
-
-
-# Not a native class when compiled (medledger._native): the tests (and tests/cometbft/crash_app.py)
-# replace its methods on an instance.
-@mypyc_attr(native_class=False)
 class Application:
     """One replica's state machine over one Store."""
 
@@ -420,8 +408,9 @@ class Application:
         with self.lock:
             view = StateView(self.store)
             decoded = [self._decoded(raw) for raw in txs]
-            last_nonce = functools.partial(_last_nonce, view)
-            return self._gap_hold.order(txs, decoded, last_nonce, height)
+            return self._gap_hold.order(
+                txs, decoded, lambda signer: view.get(nonce_key(signer)) or 0, height
+            )
 
     def _decoded(self, raw: bytes) -> Tx | None:
         cached = self._verified.get(codec.tx_id(raw))

@@ -223,7 +223,7 @@ _tx_ids: dict[bytes, bytes] = {}
 _tx_ids_held = [0]  # bytes of the txs in _tx_ids
 
 
-def tx_id(raw: bytes | bytearray | memoryview) -> bytes:
+def tx_id(raw: bytes) -> bytes:
     """A tx's id, SHA-256 of its bytes, remembered: a node hashes each tx six to eight times
     (CheckTx, the proposal's key, the block's tx root, its index, the engine's record of
     commits). A lookup hashes the bytes with Python's own hash, kept in the object after the

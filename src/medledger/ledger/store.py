@@ -13,9 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
-
-from mypy_extensions import mypyc_attr
+from typing import Any, Protocol
 
 from medledger.ledger import codec
 from medledger.ledger.results import BlockHeader, BlockRecord, Event, TxResult
@@ -104,8 +102,6 @@ class KeyFilter:
         return bool(bits[pos >> 3] >> (pos & 7) & 1)
 
 
-# Not a native class when compiled (medledger._native): tests replace its methods on an instance.
-@mypyc_attr(native_class=False)
 class Store:
     """Committed state and history of one replica.
 
@@ -539,12 +535,10 @@ def decode_record(
     )
 
 
-_UNWRITTEN = object()  # a key a view has not written (None is a deletion)
+_UNWRITTEN: Any = object()  # a key a view has not written (None is a deletion)
 _loads = codec.decode_trusted  # the state's own bytes: no canonical re-check
 
 
-# Compiled (medledger._native), it stays open to interpreted subclasses: `authorize._ReadOnce`.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class StateView:
     """A write-buffering view over a Reader: the state a block (or a tx) is executed against.
 
@@ -558,10 +552,10 @@ class StateView:
         self.log: list[tuple[bytes, bytes | None]] = []
 
     def get_raw(self, key: bytes) -> bytes | None:
-        value = self.writes.get(key, _UNWRITTEN)  # an object: mypyc checks declared types
+        value: bytes | None = self.writes.get(key, _UNWRITTEN)
         if value is _UNWRITTEN:
             return self.parent.get_raw(key)
-        return cast(bytes | None, value)
+        return value
 
     def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         local = sorted((k, v) for k, v in self.writes.items() if k.startswith(prefix))
