@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -126,16 +127,21 @@ def test_a_read_they_did_not_make_is_unread_never_an_answer() -> None:
     with pytest.raises(Unread):
         list(view.scan_raw(f"patients/acted/{P1}/".encode()))
     # what a caller read since is answered, as read
-    extra = {f"research/study/{STUDY}".encode(): b"x"}
+    extra: dict[bytes, bytes | None] = {f"research/study/{STUDY}".encode(): b"x"}
     assert reads.view(extra).get_raw(f"research/study/{STUDY}".encode()) == b"x"
 
 
 class Engine:
     def __init__(self) -> None:
         self.committed = 7
+        self.state = STATE
 
     def height(self) -> int:
         return self.committed
+
+    @contextmanager
+    def read_view(self) -> Iterator[StateView]:
+        yield StateView(DictReader(self.state))
 
 
 class App:
@@ -190,3 +196,20 @@ def test_the_plan_on_the_reads_equals_the_plan_on_the_chain() -> None:
     reads, _ = reads_of(lacking)
     with pytest.raises(Unread):
         found._chain(reads.view(), record, {})
+
+
+def test_the_tally_counts_a_withdrawal_the_reads_ahead_never_saw() -> None:
+    found, engine, app = answerer()
+    (wrote,) = app.listeners
+    wrote(7, [])
+    reads, _ = reads_of(STATE)
+    found._reads["q1"] = reads
+    plan = SimpleNamespace(query_id="q1", study=STUDY)
+    assert found._counted(plan, [P1, P2], set()) == {P1, P2}  # type: ignore[arg-type]
+    # P1 withdraws in block 8: until its writes are heard, the tally reads the chain
+    engine.state = STATE | {f"research/enrol/{STUDY}/{P1}": {"status": "withdrawn"}}
+    engine.committed = 8
+    assert found._counted(plan, [P1, P2], set()) == {P2}  # type: ignore[arg-type]
+    wrote(8, [f"research/enrol/{STUDY}/{P1}".encode()])  # heard: the reads are dropped
+    assert "q1" not in found._reads
+    assert found._counted(plan, [P1, P2], set()) == {P2}  # type: ignore[arg-type]

@@ -586,9 +586,16 @@ class Answerer:
     def _counted(self, plan: Plan, pids: Collection[str], returned: set[str]) -> set[str]:
         """Those of `pids` (its own and the received) and `returned` enrolled now: read again
         at tally time, in one pass, so that a patient who withdrew (or asked for erasure)
-        while the answer waited for its partials is not counted (review 12c, finding 2)."""
+        while the answer waited for its partials is not counted (review 12c, finding 2). From
+        the query's reads ahead when they still hold (`reads_ahead`: no block since wrote an
+        enrolment or an erasure request, every block heard), without the lock."""
+        wanted = set(pids) | returned
+        reads = self.reads_ahead(plan.query_id, plan.study)
+        if reads is not None:
+            with contextlib.suppress(Unread):
+                return counted_now(reads.view(), plan.study, wanted)
         with self.node.engine.read_view() as state:
-            return counted_now(state, plan.study, set(pids) | returned)
+            return counted_now(state, plan.study, wanted)
 
     def landed(self, done: Answered) -> None:
         """The answer is committed: its partials are no longer needed, the audit journal may
