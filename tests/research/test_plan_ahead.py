@@ -204,7 +204,7 @@ def test_the_tally_counts_a_withdrawal_the_reads_ahead_never_saw() -> None:
     wrote(7, [])
     reads, _ = reads_of(STATE)
     found._reads["q1"] = reads
-    plan = SimpleNamespace(query_id="q1", study=STUDY)
+    plan = SimpleNamespace(query_id="q1", study=STUDY, ahead=True)
     assert found._counted(plan, [P1, P2], set()) == {P1, P2}  # type: ignore[arg-type]
     # P1 withdraws in block 8: until its writes are heard, the tally reads the chain
     engine.state = STATE | {f"research/enrol/{STUDY}/{P1}": {"status": "withdrawn"}}

@@ -587,10 +587,10 @@ class Answerer:
         """Those of `pids` (its own and the received) and `returned` enrolled now: read again
         at tally time, in one pass, so that a patient who withdrew (or asked for erasure)
         while the answer waited for its partials is not counted (review 12c, finding 2). From
-        the query's reads ahead when they still hold (`reads_ahead`: no block since wrote an
-        enrolment or an erasure request, every block heard), without the lock."""
+        the query's reads ahead when its plan took them and they still hold (`reads_ahead`: no
+        block since wrote an enrolment or an erasure request, every block heard), no lock."""
         wanted = set(pids) | returned
-        reads = self.reads_ahead(plan.query_id, plan.study)
+        reads = self.reads_ahead(plan.query_id, plan.study) if plan.ahead else None
         if reads is not None:
             with contextlib.suppress(Unread):
                 return counted_now(reads.view(), plan.study, wanted)
