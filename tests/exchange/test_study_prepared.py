@@ -73,6 +73,18 @@ def test_the_approved_evaluate_ahead_and_the_running_plan_still_decides(
     sandbox4: Sandbox,  # noqa: F811 - the fixture imported above
 ) -> None:
     study, started = loaded(sandbox4)
+    checked_ahead: list[str] = []  # the receivers whose check ran on the reads ahead
+    for org in started:
+        gateway = sandbox4.x(org).gateway
+        real_view = gateway.partials_view
+
+        def view(query: str, study_id: str, org: str = org, real: Any = real_view) -> Any:
+            found = real(query, study_id)
+            if found is not None:
+                checked_ahead.append(org)
+            return found
+
+        gateway.partials_view = view
     query_id = study.submit(HBA1C_QUERY)
     approve(study, query_id, A)  # the ethics approval: A's DPO approved, B's not yet
     wait_for(lambda: prepared(started[A], query_id), 30, "A's evaluation ahead")
@@ -97,6 +109,13 @@ def test_the_approved_evaluate_ahead_and_the_running_plan_still_decides(
     timing = {org: started[org].wait_answered(query_id).timing for org in ORGS}
     assert timing[A]["prepared"] == timing[B]["prepared"] == 1.0
     assert timing[D]["prepared"] == 1.0
+    # The plan's chain inputs read with the facts: the withdrawal's block wrote the study's
+    # enrolments after A and B read them (read again when it runs); C and D read them after
+    # it, and no block since changed them: their plans and their checks use them.
+    assert timing[A]["plan_ahead"] == timing[B]["plan_ahead"] == 0.0
+    assert timing[C]["plan_ahead"] == timing[D]["plan_ahead"] == 1.0
+    assert sorted(set(checked_ahead)) == [C, D]
+    assert not started[C].answerer._reads  # dropped once the answer landed
     assert not started[A].answerer._prepared  # forgotten once taken
 
 

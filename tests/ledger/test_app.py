@@ -472,3 +472,21 @@ def test_a_tx_kind_is_dispatched_to_the_version_the_state_names_each_time() -> N
         with pytest.raises(TxError) as refused:
             registry.message(state, kind)
         assert refused.value.code == Code.UNKNOWN_KIND
+
+
+def test_the_write_listeners_hear_each_blocks_keys_before_the_commit_listeners() -> None:
+    net = make_net()
+    app = net.app()
+    heard: list[tuple[str, int, set[bytes]]] = []
+    app.add_write_listener(lambda height, keys: heard.append(("writes", height, set(keys))))
+    app.add_commit_listener(lambda record: heard.append(("commit", record.height, set())))
+    tx = net.tx(net.orgs["h0"], "identity.register", register_body("dr-a"))
+    run_block(app, [tx], net.solo)
+    (what, height, keys), after = heard
+    assert (what, height, after[:2]) == ("writes", 1, ("commit", 1))
+    # the keys the block wrote: the practitioner's record among them, as committed
+    assert any(b"dr-a" in key for key in keys)
+    with app.read_view() as state:
+        assert all(state.get_raw(key) is not None for key in keys if b"dr-a" in key)
+    run_block(app, [], net.solo)
+    assert heard[2][:2] == ("writes", 2)

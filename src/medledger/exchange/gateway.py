@@ -70,6 +70,7 @@ misbehaving or compromised one must not be able to stall a custodian):
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 import time
@@ -92,8 +93,10 @@ from medledger.contracts.categories import CATEGORIES
 from medledger.contracts.common import is_pid
 from medledger.contracts.identity import Actor
 from medledger.contracts.records import disclosed
+from medledger.contracts.study_query import PatientFacts
 from medledger.exchange.policy import Policy, record_meta
 from medledger.exchange.signing import EvidenceStore, RequestRefused, SignedRequest
+from medledger.ledger.store import StateView
 from medledger.node import decisions
 from medledger.node.audit import JournalUnavailable
 from medledger.node.custody import (
@@ -106,7 +109,13 @@ from medledger.node.custody import (
 )
 from medledger.node.indexing import CustodianKeys, MetadataError, category_keys, epoch_of, open_meta
 from medledger.node.study_partials import BODY_LIMIT as PARTIALS_BODY_LIMIT
-from medledger.node.study_partials import Inbox, PartialsRefused, not_kept, parse_facts
+from medledger.node.study_partials import (
+    Inbox,
+    PartialsRefused,
+    Unread,
+    not_kept,
+    parse_facts,
+)
 from medledger.node.study_partials import check as check_partials
 from medledger.node.wallet import TxRejected
 from medledger.vault import PatientErased, RecordNotFound, UnknownPatient, Vault
@@ -337,6 +346,9 @@ class Gateway:
         self.bodies = body_budget or BodyBudget()
         self.custody = custody
         self.partials = partials  # study-query partials received here (node/study_partials.py)
+        #: (query id, study) -> the committed state as the query's chain reads ahead give it,
+        #: or None (research.answer.Answerer.check_view, set by research.agent.attach)
+        self.partials_view: Callable[[str, str], StateView | None] | None = None
         self._trash_purged = 0.0
 
     # -- who is asking -----------------------------------------------------------------
@@ -779,11 +791,24 @@ class Gateway:
         )
         checking = time.perf_counter()
         parsed = parse_facts(args)  # outside the view: it holds this node's commits back
+        now_ms = int(time.time() * 1000)
         try:
-            with self.policy.state() as state:
-                query_id, facts, dropped = check_partials(
-                    state, record, caller.actor.org, self.org, args, int(time.time() * 1000), parsed
-                )
+            checked_ahead: tuple[str, dict[str, PatientFacts], list[str]] | None = None
+            ahead = None
+            if self.partials_view is not None and record is not None:
+                ahead = self.partials_view(str(record.get("id")), str(record.get("study")))
+            if ahead is not None:  # the query's reads ahead, unchanged: no lock, no scan
+                with contextlib.suppress(Unread):  # a read they did not make: the chain's
+                    checked_ahead = check_partials(
+                        ahead, record, caller.actor.org, self.org, args, now_ms, parsed
+                    )
+            checked_on_ahead = checked_ahead is not None
+            if checked_ahead is None:
+                with self.policy.state() as state:
+                    checked_ahead = check_partials(
+                        state, record, caller.actor.org, self.org, args, now_ms, parsed
+                    )
+            query_id, facts, dropped = checked_ahead
         except PartialsRefused as exc:
             self.evidence.set_outcome(caller.request.evidence_id, "refused", exc.reason)
             raise Refused(exc.status, exc.reason) from None
@@ -791,13 +816,14 @@ class Gateway:
         self.partials.put(query_id, caller.actor.org, facts, dropped)
         self.evidence.set_outcome(caller.request.evidence_id, "accepted")
         log.info(
-            "%s took partials of %s from %s: %d kept, %d dropped; check %.3fs, kept %.3fs, "
+            "%s took partials of %s from %s: %d kept, %d dropped%s; check %.3fs, kept %.3fs, "
             "in %.3fs",
             self.org,
             query_id,
             caller.actor.org,
             len(facts),
             len(dropped),
+            " (checked on the reads ahead)" if checked_on_ahead else "",
             checked - checking,
             time.perf_counter() - checked,
             time.perf_counter() - timing.start,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +201,7 @@ class Application:
         self._cache_lock = threading.Lock()
         self._listeners: list[Callable[[BlockRecord], None]] = []
         self._check_listeners: list[Callable[[bytes, TxResult], None]] = []
+        self._write_listeners: list[Callable[[int, Collection[bytes]], None]] = []
         self._pending_validator_updates: list[ValidatorUpdate] = []
         self._simulated: (
             tuple[tuple[int, int, int, bytes], StateView, list[TxResult], list[ValidatorUpdate]]
@@ -527,6 +528,9 @@ class Application:
             self._pending = None
             self._simulated = None
             self._carry_over(self._check, p.txs, p.view.writes)
+        written = p.view.writes.keys()
+        for on_writes in list(self._write_listeners):
+            on_writes(record.height, written)
         for listener in list(self._listeners):
             listener(record)
         return record
@@ -603,6 +607,12 @@ class Application:
 
     def add_commit_listener(self, fn: Callable[[BlockRecord], None]) -> None:
         self._listeners.append(fn)
+
+    def add_write_listener(self, fn: Callable[[int, Collection[bytes]], None]) -> None:
+        """`fn(height, keys)` after each commit, before the commit listeners: the state keys
+        the block wrote (deleted included). What a reader kept of an earlier height still
+        holds if none of the keys it read, nor any under a prefix it scanned, is among them."""
+        self._write_listeners.append(fn)
 
     def add_check_listener(self, fn: Callable[[bytes, TxResult], None]) -> None:
         """`fn(tx, result)` after CheckTx first accepts a tx (not its rechecks), outside the

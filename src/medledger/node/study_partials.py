@@ -30,7 +30,8 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -243,6 +244,76 @@ def counted(state: StateView, study: str, pids: Collection[str]) -> set[str]:
         for pid, enrolment in enrolments_of(state, study, pids).items()
         if _counts(enrolment, pid in erased)
     }
+
+
+class Unread(Exception):
+    """A read the chain reads ahead (`ChainReads`) did not make: read the chain now."""
+
+
+class Recorder:
+    """A reader that keeps what it read (each key's value, absent included, and each
+    scanned prefix's items) from its parent, a committed view."""
+
+    def __init__(self, parent: StateView) -> None:
+        self.parent = parent
+        self.keys: dict[bytes, bytes | None] = {}
+        self.scans: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        value = self.keys[key] = self.parent.get_raw(key)
+        return value
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        items = self.scans[prefix] = list(self.parent.scan_raw(prefix))
+        return iter(items)
+
+
+@dataclass
+class ChainReads:
+    """The chain inputs of a query's plan read while it awaited its approvals
+    (`research.answer.Answerer.prepare`): every key read and every prefix scanned, with what
+    it held. Good only while no committed block since wrote one of those keys or a key under
+    one of those prefixes (`touched`: the app's write listener then drops them), and only
+    for a plan or a receiver's check that reads nothing else (`Unread`: it reads the chain).
+    The study's enrolments, the erasure requests, the custodies and shreddings, the key
+    bindings, the members (their box keys), the contract versions and the parameters are all
+    among them: a block that changes any of them voids the whole."""
+
+    keys: dict[bytes, bytes | None]
+    scans: dict[bytes, list[tuple[bytes, bytes]]]
+    study: str = ""
+
+    def __post_init__(self) -> None:
+        self._prefixes = tuple(self.scans)
+
+    def touched(self, written: Collection[bytes]) -> bool:
+        keys, prefixes = self.keys, self._prefixes
+        return any(k in keys or k.startswith(prefixes) for k in written)
+
+    def view(self, extra: dict[bytes, bytes | None] | None = None) -> StateView:
+        """A view that answers from these reads (and `extra`, keys read since) only:
+        `Unread` for any other."""
+        return StateView(_Replay(self, extra or {}))
+
+
+class _Replay:
+    def __init__(self, reads: ChainReads, extra: dict[bytes, bytes | None]) -> None:
+        self.reads = reads
+        self.extra = extra
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        if key in self.extra:
+            return self.extra[key]
+        try:
+            return self.reads.keys[key]
+        except KeyError:
+            raise Unread(key) from None
+
+    def scan_raw(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        items = self.reads.scans.get(prefix)
+        if items is None:
+            raise Unread(prefix)
+        return iter(items)
 
 
 class Links:

@@ -445,6 +445,10 @@ def attach(exchange: Any, vault: Vault, **options: Any) -> StudyAgent:
     """A study agent for a running exchange (`exchange.service.HospitalExchange`): partials
     go out through its client and come in through its gateway's inbox."""
     options.setdefault("warm", exchange.client.warm)
-    return StudyAgent(
+    agent = StudyAgent(
         exchange.node, vault, exchange.partials, exchange.client.study_partials, **options
     )
+    # The gateway checks a co-answerer's partials against the query's reads ahead when
+    # they are provably current (no lock, no scan), else reads the chain.
+    exchange.gateway.partials_view = agent.answerer.check_view
+    return agent

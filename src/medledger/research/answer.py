@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from medledger.contracts import governance, queries
 from medledger.contracts.authorize import Decision
+from medledger.contracts.patients import key_bindings
+from medledger.contracts.policies import params
 from medledger.contracts.records import custodies_at
 from medledger.contracts.research import study_open
 from medledger.contracts.research_queries import parsed_query
@@ -57,8 +59,17 @@ from medledger.contracts.study_query import (
     noise_message,
     tally,
 )
+from medledger.ledger.store import StateView
 from medledger.node import decisions
-from medledger.node.study_partials import Inbox, Links, answering, running
+from medledger.node.study_partials import (
+    ChainReads,
+    Inbox,
+    Links,
+    Recorder,
+    Unread,
+    answering,
+    running,
+)
 from medledger.node.study_partials import counted as counted_now
 from medledger.node.wallet import TxRejected
 from medledger.research import masks
@@ -133,6 +144,24 @@ class Plan:
     # that the node's block commits and CheckTx take.
     publics: dict[str, bytes] = field(default_factory=dict)  # box keys the masks agree from
     research_v3: bool = False  # the chain takes `dropped`
+    ahead: bool = False  # its chain inputs were those read ahead (`ChainReads`), unchanged
+
+
+def read_plan_inputs(state: StateView, study: str, org: str) -> list[str]:
+    """Make every read a plan (`Answerer._chain`) makes for a query of `study` at `org`,
+    whatever its start: the study's enrolments, the erasure requests, the custodies and
+    shreddings, the key bindings (and, for each patient held here, whether their binding's
+    act is on the chain), the members, the research contract's version and the parameters.
+    Returns the enrolled patients this hospital holds (`counted`)."""
+    held = custodies_at(state, org)
+    pids = sorted(counted_now(state, study, held))
+    for pid, binding in key_bindings(state, held).items():
+        at, tx = int(binding.get("time") or 0), bytes(binding.get("tx") or b"")
+        state.has(f"patients/acted/{pid}/{at:016d}/{tx.hex()}")
+    governance.members(state)
+    governance.contract_version(state, "research")
+    params(state)
+    return pids
 
 
 @dataclass
@@ -219,6 +248,12 @@ class Answerer:
         #: query -> its evaluation done while it awaited approvals (`prepare`)
         self._prepared: dict[str, Prepared] = {}
         self._prepared_lock = threading.Lock()
+        #: query -> the plan's chain inputs read with its prepared facts (`ChainReads`)
+        self._reads: dict[str, ChainReads] = {}
+        self._heard = -1  # the last height whose writes `_wrote` saw
+        app = getattr(node, "app", None)
+        if app is not None:  # no local replica: the plan always reads the chain
+            app.add_write_listener(self._wrote)
 
     # -- 1. the chain ------------------------------------------------------------------------
     def plan(self, query_id: str, early: Warm | None = None) -> Plan | None:
@@ -240,23 +275,17 @@ class Answerer:
         q = parsed_query(record)
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
-        mine: dict[str, str] = {}
-        held: set[str] = set()
         box_keys = {str(o): bytes(k) for o, k in (record.get("box_keys") or {}).items()}
-        with engine.read_view() as state:
-            publics = box_publics(box_keys, governance.members(state))
-            research_v3 = governance.contract_version(state, "research") >= 3
-            links = Links.at(state, record, self.org)  # its own patients, then the enrolled
-            for pid in links.pids:
-                if not links.counts(pid):
-                    continue
-                held_by = links.custodians(pid)
-                if self.org in held_by:  # its only custodian counts them, whatever the links
-                    linked = links.linked(pid) if len(held_by) > 1 else ()
-                    mine[pid] = answering(query_id, held_by, linked, links.settled)
-                    first = next((link.org for link in linked if link.org in held_by), "")
-                    if not mine[pid] and first == self.org:
-                        held.add(pid)  # its own link is too young: it says so, once
+        chain: tuple[dict[str, bytes], bool, dict[str, str], set[str]] | None = None
+        reads = self.reads_ahead(query_id, study_id)
+        if reads is not None:
+            with contextlib.suppress(Unread):  # a read they did not make: the chain's
+                chain = self._chain(reads.view(), record, box_keys)
+        ahead = chain is not None
+        if chain is None:
+            with engine.read_view() as state:
+                chain = self._chain(state, record, box_keys)
+        publics, research_v3, mine, held = chain
         return Plan(
             query_id,
             study_id,
@@ -270,7 +299,67 @@ class Answerer:
             held,
             publics,
             research_v3,
+            ahead,
         )
+
+    def _chain(
+        self, state: StateView, record: dict[str, Any], box_keys: dict[str, bytes]
+    ) -> tuple[dict[str, bytes], bool, dict[str, str], set[str]]:
+        """The plan's chain inputs in one view: the masks' box keys, whether the chain takes
+        `dropped`, each held enrolled patient's answering hospital, those held back."""
+        query_id = str(record["id"])
+        mine: dict[str, str] = {}
+        held: set[str] = set()
+        publics = box_publics(box_keys, governance.members(state))
+        research_v3 = governance.contract_version(state, "research") >= 3
+        links = Links.at(state, record, self.org)  # its own patients, then the enrolled
+        for pid in links.pids:
+            if not links.counts(pid):
+                continue
+            held_by = links.custodians(pid)
+            if self.org in held_by:  # its only custodian counts them, whatever the links
+                linked = links.linked(pid) if len(held_by) > 1 else ()
+                mine[pid] = answering(query_id, held_by, linked, links.settled)
+                first = next((link.org for link in linked if link.org in held_by), "")
+                if not mine[pid] and first == self.org:
+                    held.add(pid)  # its own link is too young: it says so, once
+        return publics, research_v3, mine, held
+
+    def _wrote(self, height: int, written: Collection[bytes]) -> None:
+        """The app's write listener: a block's keys void the reads ahead they touch."""
+        with self._prepared_lock:
+            for query_id in [q for q, r in self._reads.items() if r.touched(written)]:
+                del self._reads[query_id]  # what they read changed: never good again
+            self._heard = height
+
+    def reads_ahead(self, query_id: str, study: str) -> ChainReads | None:
+        """The query's chain inputs read ahead, when provably those of the last committed
+        height: no block since their reading wrote what they read (`_wrote` drops them), and
+        every block up to the engine's height was heard; else None. Kept until the answer
+        lands (`landed`, `discard`): the receiver's checks use them too (`check_view`)."""
+        with self._prepared_lock:
+            reads = self._reads.get(query_id)
+            heard = self._heard
+        if reads is None or reads.study != study:
+            return None
+        if heard < self.node.engine.height():
+            return None  # a block committed whose writes were not heard yet
+        return reads
+
+    def check_view(self, query_id: str, study: str) -> StateView | None:
+        """For the gateway's check of a co-answerer's partials (`study_partials.check`): the
+        committed state as the query's reads ahead and its study's record read now give it,
+        when those reads are provably current (`reads_ahead`), else None (the check reads
+        the chain under its lock). The study's record is read first: the block that starts
+        a query writes it; the reads, unchanged up to a height heard after that read, hold
+        at that read's height too. A read neither made raises `Unread`."""
+        if query_id not in self._reads:
+            return None
+        key = f"research/study/{study}".encode()
+        with self.node.engine.read_view() as state:
+            study_raw = state.get_raw(key)
+        reads = self.reads_ahead(query_id, study)
+        return None if reads is None else reads.view({key: study_raw})
 
     # -- 0. ahead of the start --------------------------------------------------------------
     def prepare(self, query_id: str, pending: Collection[str] = ()) -> int | None:
@@ -292,7 +381,12 @@ class Answerer:
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
         with engine.read_view() as state:
-            pids = sorted(counted_now(state, study_id, custodies_at(state, self.org)))
+            # The plan's chain inputs too, kept with the facts: valid while no block writes
+            # what they read (`_wrote`). Registered under the view: no block commits between.
+            recorder = Recorder(state)
+            pids = read_plan_inputs(StateView(recorder), study_id, self.org)
+            with self._prepared_lock:
+                self._reads[query_id] = ChainReads(recorder.keys, recorder.scans, study_id)
         # Before the reads: a write after them voids what they read of its patient.
         states = self.vault.own_states(pids)
         facts = Evaluator(self.vault, q, categories).facts(pids)
@@ -316,6 +410,8 @@ class Answerer:
         """Drop what was read ahead of these patients for the study's queries (they withdrew
         from it): not kept in memory while a query waits (review 12a, finding 2)."""
         with self._prepared_lock:
+            for query_id in [q for q, r in self._reads.items() if r.study == study]:
+                del self._reads[query_id]
             for prepared in self._prepared.values():
                 if prepared.study == study:
                     for pid in pids:
@@ -334,6 +430,7 @@ class Answerer:
         """Forget a query's prepared evaluation (it will not run, or was answered)."""
         with self._prepared_lock:
             self._prepared.pop(query_id, None)
+            self._reads.pop(query_id, None)
 
     def _take_prepared(self, plan: Plan) -> Prepared | None:
         """The query's prepared evaluation, if it still says what an evaluation now would."""
@@ -383,6 +480,7 @@ class Answerer:
             return None
         try:
             timing["read"] = time.perf_counter() - started
+            timing["plan_ahead"] = float(plan.ahead)
             timing["read_cpu"] = time.thread_time() - cpu
             t, t_cpu = time.perf_counter(), time.thread_time()
             shares: dict[str, list[list[Any]]] = {o: [] for o in plan.answerers if o != self.org}
@@ -488,14 +586,23 @@ class Answerer:
     def _counted(self, plan: Plan, pids: Collection[str], returned: set[str]) -> set[str]:
         """Those of `pids` (its own and the received) and `returned` enrolled now: read again
         at tally time, in one pass, so that a patient who withdrew (or asked for erasure)
-        while the answer waited for its partials is not counted (review 12c, finding 2)."""
+        while the answer waited for its partials is not counted (review 12c, finding 2). From
+        the query's reads ahead when its plan took them and they still hold (`reads_ahead`: no
+        block since wrote an enrolment or an erasure request, every block heard), no lock."""
+        wanted = set(pids) | returned
+        reads = self.reads_ahead(plan.query_id, plan.study) if plan.ahead else None
+        if reads is not None:
+            with contextlib.suppress(Unread):
+                return counted_now(reads.view(), plan.study, wanted)
         with self.node.engine.read_view() as state:
-            return counted_now(state, plan.study, set(pids) | returned)
+            return counted_now(state, plan.study, wanted)
 
     def landed(self, done: Answered) -> None:
         """The answer is committed: its partials are no longer needed, the audit journal may
         send its entries; its timing is logged."""
         self.inbox.forget(done.query)
+        with self._prepared_lock:
+            self._reads.pop(done.query, None)
         if any(done.sent.values()):  # its partials' entries were kept quiet (`_audit`)
             self.node.audit.quiet(0)
         log.info(
