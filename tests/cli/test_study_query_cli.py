@@ -143,6 +143,9 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
     assert "approved as ethics by chu-lyon" in out and "now submitted" in out
     out = run("study", "query", "approve", "-H", lyon, query_id, code=1).output
     assert "--as-ethics" in out  # one of the two roles, said before anything is signed
+    out = run("study", "query", "approve", "-H", net.homes["aphp-paris"], query_id,
+              "--as-custodian", code=1).output  # fmt: skip
+    assert "--as names the DPO who approves" in out  # not the organisation key: refused
     for org in ORGS[1:]:
         short = org.split("-")[1]
         out = run("study", "query", "approve", "-H", net.homes[org], query_id,

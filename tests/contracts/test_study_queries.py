@@ -228,6 +228,10 @@ def test_answers_from_a_non_answerer_twice_or_malformed_are_refused() -> None:
     assert _answer(w, "h0", [-1] + zeros[1:], 0).code == Code.INVALID_BODY
     noise = _answer(w, "h0", zeros, 0, noise_commitment=b"\x01" * 32)
     assert noise.code == Code.INVALID_BODY  # a query without epsilon has no noise
+    # An answer is its cells and counts: nothing naming a patient or a record rides along.
+    for field, value in (("pids", ["ab" * 32]), ("rids", ["r-1"]), ("rows", [[1, 2]])):
+        extra = _answer(w, "h0", zeros, 0, **{field: value})
+        assert extra.code == Code.INVALID_BODY and field in extra.log, (field, extra)
     assert _answer(w, "h0", zeros, 0).ok
     assert _answer(w, "h0", zeros, 0).code == Code.CONFLICT  # once
     # A member admitted after the query started is no answerer of it.

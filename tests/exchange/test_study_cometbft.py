@@ -59,17 +59,26 @@ def test_the_nodes_answer_by_themselves_and_count_each_patient_once(study: Study
     study.load(12, seed=11)
     study.register(["labs"], budget_milli=1000)
     labels = sorted(study.pid)
-    enrolled = labels[:-2]
+    enrolled = labels[:-2]  # two patients never enrol
     for label in enrolled:
         study.enrol(label)
+    # One patient with an HbA1c, followed in two hospitals or more, withdraws: never counted.
+    withdrawn = next(
+        label
+        for label in enrolled
+        if len(study.holders[label]) >= 2 and truth_hba1c(study.by_label[label])
+    )
+    study.withdraw(withdrawn)
+    counted = [label for label in enrolled if label != withdrawn]
+    assert any(len(study.holders[label]) >= 2 for label in counted)  # counted once each
     query_id = study.run(HBA1C_QUERY)
     record = study.done(query_id, timeout=120)
 
-    values = [v[1] for label in enrolled if (v := truth_hba1c(study.by_label[label]))]
+    values = [v[1] for label in counted if (v := truth_hba1c(study.by_label[label]))]
     (row,) = record["result"]["strata"]
     if len(values) >= record["result"]["k"]:
         assert row["count"] == len(values)
         assert Fraction(row["mean"]) == Fraction(round(Fraction(sum(values), len(values))), 1000)
     else:
         assert row["count"] is None  # suppressed, and said so
-    assert sum(a["patients"] for a in record["answers"].values()) == len(enrolled)
+    assert sum(a["patients"] for a in record["answers"].values()) == len(counted)

@@ -243,6 +243,51 @@ def test_small_strata_are_suppressed_and_said_so(study: Study) -> None:
         assert rows[f"sex={sex}"]["count"] == (n if n >= result["k"] else None)
 
 
+def test_a_noised_answer_is_redrawn_from_the_committed_seed_and_spends_the_budget(
+    study: Study,
+) -> None:
+    """Issue 18: the noise is reproducible from the query's committed id, and nobody re-rolls
+    it. Each node's answer commits to a seed drawn from its organisation key's deterministic
+    signature over the committed noise seed; an auditor shown those signatures checks every
+    commitment and redraws the noise, and the truth plus that noise, combined as the contract
+    does, is exactly the published result. The query's epsilon is spent from the study's
+    budget on the chain."""
+    from medledger.contracts import study_query as sq
+    from medledger.contracts.research_queries import parsed_query
+
+    study.load(16, seed=3)
+    study.register(["labs"], budget_milli=1000)
+    labels = sorted(study.pid)
+    for label in labels:
+        study.enrol(label)
+    query_id = study.run(HBA1C_QUERY | {"epsilon": "0.5"})
+    record = study.done(query_id)
+    assert record["result"]["noise"].startswith("discrete-laplace")
+    budget = queries.study_budget(study.engine, STUDY)
+    assert budget is not None
+    assert (budget["spent_milli"], budget["remaining_milli"]) == (500, 500)
+
+    q = parsed_query(record)
+    names = sq.cells(q)
+    noise = [0] * len(names)
+    for org in ORGS:  # what each hospital's signature, shown to an auditor, gives back
+        signature = study.nodes[org].org_key.sign(sq.noise_message(query_id, record["noise_seed"]))
+        seed = sq.answer_noise_seed(signature)
+        assert record["answers"][org]["noise_commitment"] == sq.noise_commitment(seed), org
+        noise = [a + b for a, b in zip(noise, sq.answer_noise(q, seed), strict=True)]
+    assert any(noise)  # the sum cell alone: scale 17,000 x 6 per answerer
+    truth = {label: truth_hba1c(study.by_label[label]) for label in labels}
+    values = [v[1] for v in truth.values() if v is not None]
+    plain = {
+        "all/patients": len(values),
+        "all/sum": sum(v - 3000 for v in values),  # value - value.min, in thousandths
+        "unit_mismatch": sum(1 for b in study.by_label.values() if any(has_ifcc(x) for x in b)),
+    }
+    assert names == list(plain)
+    totals = [plain[name] + n for name, n in zip(names, noise, strict=True)]
+    assert record["result"] == sq.finish(q, totals, record["k"])
+
+
 def test_a_hospital_down_meanwhile_answers_from_the_partials_it_kept(sandbox4: Sandbox) -> None:
     study = of(sandbox4)
     study.load(16, seed=7)

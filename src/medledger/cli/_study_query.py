@@ -122,7 +122,14 @@ def register_queries(study: typer.Typer) -> None:
             Path | None,
             typer.Option(help="The ethics committee's decision document (only its hash)."),
         ] = None,
-        as_: AsOption = "",
+        as_: Annotated[
+            str,
+            typer.Option(
+                "--as",
+                help="The DPO of your hospital who approves (required: an organisation key "
+                "approves nothing).",
+            ),
+        ] = "",
     ) -> None:
         """Approve a query: --as-ethics --decision FILE, or --as-custodian (a DPO signs)."""
         from medledger.node import Node
@@ -131,6 +138,8 @@ def register_queries(study: typer.Typer) -> None:
             fail("give one of --as-ethics (with --decision) or --as-custodian")
         if as_ethics and decision is None:
             fail("--as-ethics: --decision names the ethics committee's decision document")
+        if not as_:
+            fail("--as names the DPO who approves: an organisation key approves nothing")
         with user_errors(), Node.open(home) as node:
             record = _record(node, query_id)
             fields: dict[str, Any] = {

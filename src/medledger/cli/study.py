@@ -260,7 +260,7 @@ def register(app: typer.Typer) -> None:
 
     @study.command("show")
     def show(home: HomeOption, study_id: StudyOption) -> None:
-        """A study and its releases."""
+        """A study: its releases, its queries and the privacy budget they spent."""
         from medledger.node import Node
         from medledger.node.notes import NoteStore, title_of_study
 
