@@ -5,6 +5,13 @@ The result is `study_query.finish`'s (on the chain when the query is done); the 
 gives the histogram's edges and the quantiles' levels. A suppressed figure (`None` in the
 result) is the text `suppressed` in every table and a marked bar in a chart, never 0: a reader
 must not mistake "fewer than k" for "none".
+
+A noised figure that `study_query.finish` clamped to the range the true one can be in (a mean
+at the query's `value.min` or `value.max`, a standard deviation at 0 or at the value range) is
+not data either: it reads `3.000 (clamped)` in every table, never a plain number, and the
+`clamped` table says which figures and why (`clamped`). The chain's result does not say it
+(adding it would change the bytes the blocks commit): it is derived here, from the result and
+the query, for every view.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from medledger.contracts import study_query
 from medledger.contracts.study_query import decimal_text
 
 SUPPRESSED = "suppressed"
+#: Appended to a clamped figure in every table: `3.000 (clamped)`.
+CLAMPED = "(clamped)"
 #: Said wherever a result without noise is shown (docs/security.md): its suppression is the
 #: result's only, not a protection.
 NO_NOISE = (
@@ -55,6 +64,69 @@ class Series:
     title: str
     description: str
     bars: tuple[Bar, ...]
+
+
+@dataclass(frozen=True)
+class Clamped:
+    """A published figure noise carried to or past the bound of what the data can give."""
+
+    stratum: str
+    figure: str  # mean | stddev
+    shown: str  # the figure as the result has it: the bound
+    why: str
+
+
+def _three(fixed: int) -> str:
+    """A fixed-point value (SCALE) as `finish` writes its figures: three decimals."""
+    sign = "-" if fixed < 0 else ""
+    whole, frac = divmod(abs(fixed), study_query.SCALE)
+    return f"{sign}{whole}.{frac:03d}"
+
+
+def clamped(doc: dict[str, Any], result: dict[str, Any]) -> list[Clamped]:
+    """The figures of a noised result shown at a bound `study_query.finish` clamps to.
+
+    Without noise the totals are exact and no figure is ever clamped. With noise, `finish`
+    clamps a stratum's mean into [value.min, value.max] and its variance into [0, (value.max -
+    value.min)^2]: a figure at one of those bounds is where noise carried it (or past it), not
+    where the data put it. Counts, histogram bins, 2x2 cells and the unit mismatch are clamped
+    at 0 too, but 0 is under k (k >= 2, `governance`), so such a figure is suppressed, never
+    shown; quantiles come from a published histogram only (every bin >= k)."""
+    if result.get("noise", "none") == "none":
+        return []
+    q = study_query.parse(doc)
+    low, high = q.cohort.value_min or 0, q.cohort.value_max or 0
+    spread = high - low
+    found = []
+    for s in result.get("strata") or []:
+        stratum = str(s.get("stratum"))
+        mean, stddev = s.get("mean"), s.get("stddev")
+        if mean is not None and mean in (_three(low), _three(high)):
+            side, bound = ("below", "value.min") if mean == _three(low) else ("above", "value.max")
+            about = "; its stddev is taken about that bound" if stddev is not None else ""
+            found.append(
+                Clamped(
+                    stratum,
+                    "mean",
+                    str(mean),
+                    f"noise carried the mean to or {side} the query's {bound} ({mean}), outside "
+                    f"what the data can give: shown at that bound, not a measured value{about}",
+                )
+            )
+        if stddev is not None and stddev in (_three(0), _three(spread)):
+            low_side = stddev == _three(0)
+            found.append(
+                Clamped(
+                    stratum,
+                    "stddev",
+                    str(stddev),
+                    "noise carried the variance to 0 or below: shown as 0, not a measured value"
+                    if low_side
+                    else "noise carried the variance to or above (value.max - value.min)^2, "
+                    "past what the data can give: shown at that bound, not a measured value",
+                )
+            )
+    return found
 
 
 def caveat(result: dict[str, Any]) -> str | None:
@@ -96,6 +168,13 @@ def tables(doc: dict[str, Any], result: dict[str, Any]) -> list[Table]:
     """The result's tables, in a fixed order; only those the query asked for."""
     q = study_query.parse(doc)
     strata: list[dict[str, Any]] = list(result.get("strata") or [])
+    bounded = clamped(doc, result)
+    marked = {(c.stratum, c.figure) for c in bounded}
+
+    def figure(s: dict[str, Any], column: str) -> str:
+        text = _text(s.get(column))
+        return f"{text} {CLAMPED}" if (str(s["stratum"]), column) in marked else text
+
     found = []
     summary_cols = [c for c in ("count", "mean", "stddev") if q.asks(c)]
     if summary_cols:
@@ -104,9 +183,7 @@ def tables(doc: dict[str, Any], result: dict[str, Any]) -> list[Table]:
                 "summary",
                 "Patients and values per stratum",
                 ("stratum", *("patients" if c == "count" else c for c in summary_cols)),
-                tuple(
-                    (str(s["stratum"]), *(_text(s.get(c)) for c in summary_cols)) for s in strata
-                ),
+                tuple((str(s["stratum"]), *(figure(s, c) for c in summary_cols)) for s in strata),
             )
         )
     if q.asks("histogram"):
@@ -167,6 +244,15 @@ def tables(doc: dict[str, Any], result: dict[str, Any]) -> list[Table]:
                   _text(result["unit_mismatch"])),),
             )
         )  # fmt: skip
+    if bounded:
+        found.append(
+            Table(
+                "clamped",
+                "Figures clamped: noise carried them outside what the data can give",
+                ("stratum", "figure", "shown", "why"),
+                tuple((c.stratum, c.figure, c.shown, c.why) for c in bounded),
+            )
+        )
     return found
 
 
