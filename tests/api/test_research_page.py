@@ -128,6 +128,37 @@ def test_a_result_shows_suppressed_figures_as_suppressed_and_charts_them(researc
     assert "&#34;categories&#34;" in html or "&quot;categories&quot;" in html  # the document
 
 
+def test_a_noised_figure_clamped_to_its_bound_is_marked_and_said_an_unclamped_one_is_not(
+    research: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real noised result (tests/interop: 120 patients, four answerers' noise): the men's
+    stddev was clamped to 0, the women's figures were not."""
+    from tests.interop.test_study_results import NOISED, _noised_run
+
+    _, result = _noised_run(0)
+    rows = {r["stratum"]: r for r in result["strata"]}
+    q = sq.parse(NOISED)
+    record = _record() | {"doc": sq.to_obj(q), "hash": sq.query_hash(q), "result": result}
+    monkeypatch.setattr(queries, "study_query", lambda engine, query: record)
+    _sign_in(research, "Practitioner/res-lyon")
+    html = research.client.get("/research/query", params={"id": QUERY}).text
+    men = re.search(r"<tr><td>sex=male</td>(.*?)</tr>", html)
+    assert men is not None
+    assert '<td class="warn clamped"' in men.group(1) and "0.000 <i>(clamped)</i>" in men.group(1)
+    assert f"<td>{rows['sex=male']['mean']}</td>" in men.group(1)  # the mean was not clamped
+    women = re.search(r"<tr><td>sex=female</td>(.*?)</tr>", html)
+    assert women is not None and "clamped" not in women.group(1)
+    assert f"<td>{rows['sex=female']['stddev']}</td>" in women.group(1)
+    said = re.search(r'<p class="warn" id="clamped">(.*?)</p>', html)
+    assert said is not None and "1 figure clamped (sex=male stddev)" in said.group(1)
+    assert "<caption>Figures clamped: noise carried them outside" in html
+    assert "noise carried the variance to 0 or below" in html
+    # The same page of an unnoised result says nothing of clamping.
+    monkeypatch.setattr(queries, "study_query", lambda engine, query: _record())
+    plain = research.client.get("/research/query", params={"id": QUERY}).text
+    assert "clamped" not in plain
+
+
 def test_only_this_hospitals_researchers_and_dpos_see_the_page(research: Api) -> None:
     anonymous = research.client.get("/research")
     assert anonymous.status_code == 200 and 'name="token"' in anonymous.text  # sign in first

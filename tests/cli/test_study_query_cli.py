@@ -233,3 +233,92 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
             page = client.get("/research/query", params={"id": query_id}).text
             assert "<td>chu-lille</td><td>2 enrolled patients</td>" in page
             assert 'class="suppressed"' in page and "<td>sex=female</td><td>8</td>" in page
+
+
+def test_a_noised_result_marks_its_clamped_figures_in_the_cli_and_the_crate(
+    net: Net, tmp_path: Path
+) -> None:
+    """Issue 18: with noise, `finish` may clamp a figure to its bound (a stddev at 0); the
+    result printed and the crate's tables mark it "(clamped)" and say why, and leave an
+    unclamped figure plain. The answers carry the real noise of `answer_noise` (each hospital's
+    from its own seed, committed as the contract asks) over 120 patients: the figures of
+    tests/interop's run 0, where the men's stddev is clamped and the women's figures are not."""
+    from tests.interop.test_study_results import NOISED, _noised_run
+
+    lyon = net.homes["chu-lyon"]
+    protocol = tmp_path / "protocol.pdf"
+    protocol.write_bytes(b"protocol v1")
+    run("study", "register", "-H", lyon, "--as", "res-lyon", "--id", STUDY, "--protocol",
+        str(protocol), "--ethics", "CPP-2026-9", "--categories", "labs",
+        "--min-cohort", "2", "--title", "Glycaemic control", "--privacy-budget", "1")  # fmt: skip
+    doc = tmp_path / "noised.json"
+    doc.write_text(json.dumps(NOISED))
+    run("study", "query", "submit", "-H", lyon, "--as", "res-lyon", "--id", STUDY,
+        "--file", str(doc))  # fmt: skip
+    query_id = f"{STUDY}/q0001"
+    decision = tmp_path / "decision.pdf"
+    decision.write_bytes(b"the ethics committee's decision")
+    run("study", "query", "approve", "-H", lyon, query_id, "--as-ethics",
+        "--decision", str(decision), "--as", "dpo-lyon")  # fmt: skip
+    for org in ORGS[1:]:
+        run("study", "query", "approve", "-H", net.homes[org], query_id,
+            "--as-custodian", "--as", f"dpo-{org.split('-')[1]}")  # fmt: skip
+    record = queries.study_query(net.nodes["chu-lyon"].engine, query_id)
+    assert record is not None and record["status"] == "running"
+    q = sq.parse(record["doc"]).with_age_on(record["age_on"])
+    # The 120 patients of tests/interop's run, spread over the four hospitals; each
+    # hospital adds its own noise (the seeds of that run) and commits to its seed.
+    import random
+
+    rng = random.Random(18)
+    facts = [
+        sq.PatientFacts(
+            sex="female" if i % 2 else "male",
+            birth_date="1970-03-01",
+            matched={"cohort": True},
+            value=("2025-01-10", rng.randrange(4500, 11500, 100)),
+        )
+        for i in range(120)
+    ]
+    for i, org in enumerate(ORGS):
+        mine = facts[i::4]
+        seed = sq.answer_noise_seed(f"answerer {i}, run 0".encode())
+        cells = [
+            (t + n) % 2**64
+            for t, n in zip(sq.tally(q, mine), sq.answer_noise(q, seed), strict=True)
+        ]
+        net.nodes[org].wallet.send(
+            "research.query_answer",
+            {"query": query_id, "cells": cells, "patients": len(mine),
+             "noise_commitment": sq.noise_commitment(seed)},
+        )  # fmt: skip
+    record = queries.study_query(net.nodes["chu-lyon"].engine, query_id)
+    assert record is not None and record["status"] == "done"
+    _, expected = _noised_run(0)
+    assert record["result"] == expected  # the same real figures as tests/interop's
+    rows = {r["stratum"]: r for r in expected["strata"]}
+
+    shown = run("study", "query", "result", "-H", lyon, query_id).output
+    assert "1 figure clamped: noise carried it outside what the data can give" in shown
+    men = re.search(r"sex=male\s+│\s+(\d+)\s+│\s+(\S+)\s+│\s+(.*?)\s+│", shown)
+    assert men is not None, shown
+    assert (men.group(2), men.group(3)) == (rows["sex=male"]["mean"], "0.000 (clamped)")
+    women = re.search(r"sex=female\s+│\s+\d+\s+│\s+(\S+)\s+│\s+(.*?)\s+│", shown)
+    assert women is not None, shown
+    assert (women.group(1), women.group(2)) == (
+        rows["sex=female"]["mean"], rows["sex=female"]["stddev"]
+    )  # fmt: skip
+    assert "Figures clamped" in shown and "variance to 0 or below" in shown
+
+    crate = tmp_path / "crate"
+    run("study", "query", "result", "-H", lyon, query_id, "--crate", str(crate))
+    summary = (crate / "tables" / "summary.csv").read_text()
+    assert "sex=male" in summary and "0.000 (clamped)" in summary
+    clamped = (crate / "tables" / "clamped.csv").read_text().splitlines()
+    assert clamped[0] == "stratum,figure,shown,why" and clamped[1].startswith("sex=male,stddev,")
+    assert len(clamped) == 2
+    metadata = json.loads((crate / "ro-crate-metadata.json").read_text())
+    root = {e["@id"]: e for e in metadata["@graph"]}["./"]
+    assert "1 noised figure clamped" in root["description"]
+    out = run("study", "crate", "verify", "-H", net.homes["chu-lille"], str(crate)).output
+    assert "agrees with the chain" in out

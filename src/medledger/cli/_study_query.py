@@ -231,6 +231,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _cell(text: str) -> str:
+    """A table cell as printed: suppressed dim, clamped yellow (neither reads as data)."""
+    from medledger.interop import study_results
+
+    if text == study_results.SUPPRESSED:
+        return f"[dim]{text}[/]"
+    if text.endswith(study_results.CLAMPED):
+        return f"[yellow]{text}[/]"
+    return text
+
+
 def show(record: dict[str, Any]) -> None:
     """The record as tables: status and contributors, then the result's tables."""
     from medledger.interop import study_results
@@ -269,10 +280,19 @@ def show(record: dict[str, Any]) -> None:
     caveat = study_results.caveat(result)
     if caveat:
         console.print(f"  [yellow]{caveat}[/]")
+    bounded = study_results.clamped(record["doc"], result)
+    if bounded:
+        many = len(bounded) > 1
+        console.print(
+            f"  [yellow]{len(bounded)} figure{'s' if many else ''} clamped: noise carried "
+            f"{'them' if many else 'it'} outside what the data can give; "
+            f"{'each is' if many else 'it is'} shown at the bound, marked "
+            f'{study_results.CLAMPED}, not a measured value (the table "Figures clamped")[/]'
+        )
     for t in study_results.tables(record["doc"], result):
         table = RichTable(*t.columns, title=t.title)
         for row in t.rows:
-            table.add_row(*(f"[dim]{c}[/]" if c == study_results.SUPPRESSED else c for c in row))
+            table.add_row(*(_cell(c) for c in row))
         console.print(table)
     for reason in result.get("suppressed") or []:
         console.print(f"  suppressed: {reason}")

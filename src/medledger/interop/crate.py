@@ -422,9 +422,23 @@ def query_crate(
     """A crate of a done query: its document, the result (JSON and CSV tables), and the acts
     (submit, approvals, answers) with what each hospital contributed."""
     result = query["result"]
+    bounded = study_results.clamped(query["doc"], result)
+    clamped = (
+        f" {len(bounded)} noised figure{'s' if len(bounded) > 1 else ''} clamped to the bound "
+        "of what the data can give (noise carried them past it): marked "
+        f"{study_results.CLAMPED!r} in the tables, listed with why in tables/clamped.csv; "
+        f"{RESULT_FILE}, as the chain holds it, shows the bound as a plain number."
+        if bounded
+        else ""
+    )
     files = [
         CrateFile(QUERY_FILE, canonical_json(query["doc"]), "application/json", "the query"),
-        CrateFile(RESULT_FILE, canonical_json(result), "application/json", "the result"),
+        CrateFile(
+            RESULT_FILE,
+            canonical_json(result),
+            "application/json",
+            "the result, as the chain holds it" + (" (see tables/clamped.csv)" if bounded else ""),
+        ),
     ]
     files += [
         CrateFile(f"tables/{t.name}.csv", t.csv(), "text/csv", t.title)
@@ -436,7 +450,7 @@ def query_crate(
         name=f"Result of query {query['id']}",
         description=(
             "A federated study query and its combined result: only aggregates, computed by "
-            "the hospitals over their own records; suppressed cells are marked, never 0."
+            "the hospitals over their own records; suppressed cells are marked, never 0." + clamped
         ),
         chain_id=chain_id,
         study=str(query["study"]),

@@ -7,6 +7,9 @@ Everything shown is on the chain already (queries, answers and results are publi
 members) except the study titles, which the sponsor keeps (`node.notes`). Still, the page is
 for this hospital's researchers and DPOs only (a practitioner with one of those roles, on the
 chain, now). A suppressed figure is written "suppressed" and drawn as a hatched bar: never 0.
+A noised figure clamped to its bound reads "3.000 (clamped)", set apart, and the result says
+which figures were clamped and why (`study_results.clamped`). The charts draw counts and
+histogram bins only, which are never shown clamped (a bin noise took below 0 is under k).
 
 The charts are SVG written on the server (`Chart`): each has a title and a description that
 lists every bar's value, so a screen reader reads what the eye sees.
@@ -219,6 +222,8 @@ def router() -> APIRouter:
             tables=tables,
             charts=[chart(s, f"chart-{i}") for i, s in enumerate(series)],
             suppressed=study_results.SUPPRESSED,
+            clamped_mark=study_results.CLAMPED,
+            clamped=study_results.clamped(doc, result) if result is not None else [],
             caveat=study_results.caveat(result) if result is not None else None,
             uncounted=study_results.uncounted(record),
         )
