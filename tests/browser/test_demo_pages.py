@@ -5,6 +5,7 @@ axe-core (no serious or critical WCAG violation); screenshots are kept as test a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,7 @@ def test_the_portal_speaks_the_browsers_language_and_switches(
         context.close()
 
 
-def test_the_researcher_sees_the_studys_federated_query_and_its_suppressed_count(
+def test_the_researcher_sees_the_studys_federated_query_its_figures_and_a_suppressed_one(
     demo: DemoEnd, page: Any, shot: Any
 ) -> None:
     token = demo.token("chu-lille", "Practitioner/dr-chercheuse", "user/*.rs")
@@ -232,7 +233,12 @@ def test_the_researcher_sees_the_studys_federated_query_and_its_suppressed_count
     page.wait_for_selector("text=Contributors")
     main = page.inner_text("main")
     assert "done" in main and "enrolled patients" in main
-    assert page.locator("td:has-text('suppressed')").count() >= 1  # 3 patients: under k
-    assert page.locator("rect.suppressed").count() == 1  # drawn hatched, not as 0
+    # The study's 30-odd patients publish counts, means and the women's histogram; the men's
+    # histogram has a bin under k: suppressed in the tables, its two bars drawn hatched.
+    female = page.locator("tr:has(td:text-is('sex=female'))").first.inner_text()
+    assert "suppressed" not in female and re.search(r"\b\d{2}\b", female), female
+    assert page.locator("td:has-text('suppressed')").count() >= 2
+    assert page.locator("svg[role=img]").count() == 2  # one histogram per sex
+    assert page.locator("rect.suppressed").count() == 2  # drawn hatched, not as 0
     shot(page, "research-query")
     accessible(page)

@@ -9,6 +9,7 @@ same on the solo sandbox and on the CometBFT network.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from medledger.contracts.consent import Grant
 from medledger.contracts.erasure import Request as ErasureRequest
 from medledger.contracts.patients import Bind
 from medledger.contracts.referral import Admit, Create
+from medledger.interop.ins import make_ins
 from medledger.interop.synth import generate
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
@@ -53,6 +55,7 @@ class Story:
 
     patient_ins: str = ""
     patient_pid: str = ""
+    study_query: str = ""  # the federated query's id, once asked
     practitioners: dict[str, list[str]] = field(default_factory=dict)
     facts: list[str] = field(default_factory=list)
 
@@ -83,20 +86,157 @@ def _evidence(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+LOINC = "http://loinc.org"
+#: The study's synthetic cohort: enough patients that its query publishes figures (k = 5).
+STUDY_COHORT = 30
+#: The demo's query: the HbA1c of the study's patients, by sex. Exact (epsilon 0): the demo
+#: study has no privacy budget, and at 30 patients noise would swamp the figures.
+STUDY_QUERY: dict[str, Any] = {
+    "categories": ["labs"],
+    "cohort": {
+        "types": ["Observation"],
+        "codes": [{"system": LOINC, "code": "4548-4"}],
+        "value": {"min": 3, "max": 20, "unit": "%"},
+    },
+    "sex": ["female", "male"],
+    "value_of": "last",
+    "statistics": [
+        {"kind": "count"},
+        {"kind": "mean"},
+        {"kind": "stddev"},
+        {"kind": "histogram", "edges": [3, "6.5", 20]},  # 6.5 %: the diabetes threshold
+    ],
+    "stratify": ["sex"],
+}
+
+
+def _cohort_patient(n: int, org: str, rng: random.Random) -> list[dict[str, Any]]:
+    """Bundle entries of study patient n at `org`: the Patient and one or two HbA1c results."""
+    sex = "female" if rng.random() < 0.55 else "male"
+    year, month = rng.randint(1950, 1990), rng.randint(1, 12)
+    number13 = ("2" if sex == "female" else "1") + f"{year % 100:02d}{month:02d}59" + f"{n:06d}"
+    url = f"urn:uuid:{hashlib.sha256(f'demo-cohort/{n}'.encode()).hexdigest()[:32]}"
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": url,
+            "resource": {
+                "resourceType": "Patient",
+                "identifier": [
+                    {
+                        "use": "official",
+                        "system": "urn:oid:1.2.250.1.213.1.4.10",
+                        "value": make_ins(number13).value,
+                    }
+                ],
+                "name": [{"family": f"ETUDE{n}", "given": ["Test"]}],
+                "gender": sex,
+                "birthDate": f"{year}-{month:02d}-{rng.randint(1, 28):02d}",
+            },
+            "request": {"method": "POST", "url": "Patient"},
+        }
+    ]
+    for i in range(rng.randint(1, 2)):
+        value = min(max(round(rng.gauss(7.4 if sex == "male" else 6.6, 1.1), 1), 4.5), 12.0)
+        entries.append(
+            {
+                "fullUrl": f"{url}{i}",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "category": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "observation-category",
+                                    "code": "laboratory",
+                                }
+                            ]
+                        }
+                    ],
+                    "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
+                    "subject": {"reference": url},
+                    "effectiveDateTime": f"{2024 + i}-{rng.randint(1, 12):02d}-10",
+                    "valueQuantity": {
+                        "value": value,
+                        "unit": "%",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "%",
+                    },
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        )
+    return entries
+
+
+def _study_cohort(
+    hospitals: list[Hospital], study: str, desk: dict[str, str], wait: float
+) -> dict[str, int]:
+    """`STUDY_COHORT` synthetic patients with an HbA1c, each followed at one of `hospitals`
+    (one Bundle, so one registration, per hospital), who opt in to the study at the desk of
+    the hospital that treats them (the enrolments pipelined). Returns patients per hospital."""
+    rng = random.Random(18)
+    enrolled: dict[str, int] = {}
+    last: list[tuple[Hospital, bytes]] = []
+    for i, h in enumerate(hospitals):
+        entries = [
+            e
+            for n in range(i, STUDY_COHORT, len(hospitals))
+            for e in _cohort_patient(n, h.org, rng)
+        ]
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        result = Ingestor(h.node, h.vault).ingest_bytes(orjson.dumps(bundle), f"{h.org}-study.json")
+        if result.rejections:
+            raise RuntimeError(f"demo study data refused: {result.rejections[0]}")
+        for pid in sorted(result.pids):
+            submitted = h.node.wallet.submit_message(
+                research.Enrol(
+                    study=study,
+                    pid=pid,
+                    evidence_hash=_evidence(f"opt-in {pid}"),
+                    taken_by=desk[h.org],
+                )
+            )
+            if not submitted.accepted:
+                raise RuntimeError(f"demo enrolment refused: {submitted.check.log}")
+            last.append((h, submitted.tx_id))
+        enrolled[h.org] = len(result.pids)
+    for h, tx in last:  # every enrolment committed before the query starts
+        h.node.engine.wait_for_commit(tx, timeout=wait)
+    return enrolled
+
+
+def _figures(result: dict[str, Any]) -> str:
+    """The published figures of the demo's query, as a sentence."""
+    parts = []
+    for row in result["strata"]:
+        if row.get("count") is None:
+            parts.append(f"{row['stratum']}: suppressed (under k)")
+            continue
+        histogram = "histogram " + (
+            "suppressed (a bin under k)"
+            if row.get("histogram") is None
+            else " / ".join(str(n) for n in row["histogram"])
+        )
+        parts.append(
+            f"{row['stratum']}: {row['count']} patients, mean {row['mean']} % "
+            f"(sd {row['stddev']}), {histogram}"
+        )
+    return "; ".join(parts)
+
+
 def _federated_query(
     sponsor: Hospital, hospitals: list[Hospital], study: str, say: Say, wait: float
-) -> None:
-    """The sponsor's researcher asks a count of the study's patients with a lab result; the
-    ethics approval and every member's DPO let it run; each hospital's node answers over its
-    own records (`medledger.research`), and the chain publishes the combined, suppressed count."""
+) -> str:
+    """The sponsor's researcher asks the HbA1c of the study's patients by sex; the ethics
+    approval and every member's DPO let it run; each hospital's node answers over its own
+    records (`medledger.research`), and the chain publishes the combined figures, a figure
+    under k suppressed."""
     from medledger.contracts import study_query
     from medledger.contracts.research_queries import QueryApprove, QuerySubmit
 
-    document = {
-        "categories": ["labs"],
-        "cohort": {"types": ["Observation"]},
-        "statistics": [{"kind": "count"}],
-    }
+    document = STUDY_QUERY
     canonical = study_query.to_obj(study_query.parse(document))
     submitted = sponsor.node.practitioner_wallet("dr-chercheuse").send_message(
         QuerySubmit(study=study, query=canonical)
@@ -116,8 +256,9 @@ def _federated_query(
                 QueryApprove(query_id, "custodian", decision_hash=decision)
             )
     say(
-        f"{sponsor.name}'s researcher asks, under {study}, how many patients have a lab result; "
-        "its DPO attests the ethics decision and every member's DPO approves: the query runs."
+        f"{sponsor.name}'s researcher asks, under {study}, the HbA1c of the study's patients by "
+        "sex (count, mean, standard deviation, histogram); its DPO attests the ethics decision "
+        "and every member's DPO approves: the query runs."
     )
     deadline = time.monotonic() + wait
     record = queries.study_query(sponsor.node.engine, query_id)
@@ -126,16 +267,16 @@ def _federated_query(
         record = queries.study_query(sponsor.node.engine, query_id)
     if record is None or record["status"] != "done":
         say(f"Query {query_id} is not answered yet ({record and record['status']}).")
-        return
+        return query_id
     answered = ", ".join(f"{o} {a['patients']}" for o, a in sorted(record["answers"].items()))
-    (row,) = record["result"]["strata"]
-    count = "suppressed (under k)" if row["count"] is None else str(row["count"])
     say(
         f"Each hospital's node answers by itself, masked; patients followed at several count "
-        f"once. Enrolled patients answered for: {answered}. Published count: {count} "
-        f"(k = {record['result']['k']}). `medledger study query result {query_id} --crate DIR` "
-        "packages it with its chain references."
+        f"once. Enrolled patients answered for: {answered}. Published (k = "
+        f"{record['result']['k']}, no noise): {_figures(record['result'])}. "
+        f"`medledger study query result {query_id} --crate DIR` packages it with its chain "
+        "references; the researcher's page (/research) shows it with a chart."
     )
+    return query_id
 
 
 def play(
@@ -376,7 +517,14 @@ def play(
         "its hash and counts are on the chain."
     )
 
-    _federated_query(lille, hospitals, study, say, wait)
+    started = time.monotonic()
+    grown = _study_cohort(hospitals[:3], study, desk, wait)
+    say(
+        f"The study grows: {sum(grown.values())} more patients with an HbA1c opt in where they "
+        f"are treated ({', '.join(f'{o} {n}' for o, n in grown.items())}; synthetic, loaded "
+        f"and enrolled in {time.monotonic() - started:.1f} s)."
+    )
+    story.study_query = _federated_query(lille, hospitals, study, say, wait)
 
     # -- erasure: another patient leaves; refused for care records, done for the copies -----
     # The featured patient stays, so the served demo ends with their cross-hospital timeline.
