@@ -229,6 +229,26 @@ def test_a_patient_sees_their_own_enrolments_only(studies: Studies) -> None:
     assert other.status_code == 403
 
 
+def test_a_researcher_or_dpo_reads_the_study_but_no_enrolment_list(studies: Studies) -> None:
+    """ResearchSubject is for treatment roles (an enrolment list names patients): a researcher
+    or a DPO of the hospital is refused it, and reads the study itself (README)."""
+    from medledger.ledger.keys import SigningKey
+
+    api = studies.api
+    for name, roles in (("res-lyon", ["researcher"]), ("dpo-lyon", ["dpo"])):
+        key = SigningKey.generate()
+        key.save(api.services.node.config.practitioner_key_path(name))
+        api.services.node.wallet.send(
+            "identity.register", {"practitioner": name, "key": key.public_key, "roles": roles}
+        )
+        headers = api.token(f"Practitioner/{name}", STAFF)
+        refused = api.client.get("/fhir/ResearchSubject?study=s-2026-01", headers=headers)
+        assert refused.status_code == 403, (name, refused.text)
+        assert "may not act for treatment" in refused.text and api.pid not in refused.text
+        study = api.client.get("/fhir/ResearchStudy/s-2026-01", headers=headers)
+        assert study.status_code == 200 and study.json()["id"] == "s-2026-01"
+
+
 def test_no_scope_for_research_types_is_refused(studies: Studies) -> None:
     api = studies.api
     headers = api.token("Practitioner/dr-martin", "user/Observation.rs")
