@@ -9,6 +9,7 @@ tested in tests/exchange and tests/research.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,6 +24,7 @@ from fastapi.testclient import TestClient
 from medledger.api.services import HospitalServices
 from medledger.contracts import queries
 from medledger.contracts import study_query as sq
+from medledger.interop import study_results
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.provisioning import create_consortium
@@ -236,7 +238,7 @@ def test_submit_approve_result_crate_verify_and_page(net: Net, tmp_path: Path) -
 
 
 def test_a_noised_result_marks_its_clamped_figures_in_the_cli_and_the_crate(
-    net: Net, tmp_path: Path
+    net: Net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 18: with noise, `finish` may clamp a figure to its bound (a stddev at 0); the
     result printed and the crate's tables mark it "(clamped)" and say why, and leave an
@@ -322,3 +324,25 @@ def test_a_noised_result_marks_its_clamped_figures_in_the_cli_and_the_crate(
     assert "1 noised figure clamped" in root["description"]
     out = run("study", "crate", "verify", "-H", net.homes["chu-lille"], str(crate)).output
     assert "agrees with the chain" in out
+
+    # A crate written before clamped figures were marked (session 13) holds them plain and
+    # has no clamped.csv: still the chain's result. A table that is neither rendering is not.
+    earlier = tmp_path / "earlier"
+    plain = functools.partial(study_results.tables, mark_clamped=False)
+    monkeypatch.setattr(study_results, "tables", plain)
+    run("study", "query", "result", "-H", lyon, query_id, "--crate", str(earlier))
+    monkeypatch.undo()
+    assert not (earlier / "tables" / "clamped.csv").exists()
+    assert "(clamped)" not in (earlier / "tables" / "summary.csv").read_text()
+    out = run("study", "crate", "verify", "-H", net.homes["chu-lille"], str(earlier)).output
+    assert "agrees with the chain" in out
+    mixed = earlier / "tables" / "summary.csv"  # one table marked, the clamped list absent
+    mixed.write_text(summary)
+    metadata = json.loads((earlier / "ro-crate-metadata.json").read_text())
+    for entity in metadata["@graph"]:
+        if entity["@id"] == "tables/summary.csv":
+            entity["contentSize"] = str(len(summary.encode()))
+            entity["sha256"] = hashlib.sha256(summary.encode()).hexdigest()
+    (earlier / "ro-crate-metadata.json").write_text(json.dumps(metadata))
+    out = run("study", "crate", "verify", "-H", net.homes["chu-lille"], str(earlier), code=1)
+    assert "tables/clamped.csv: missing" in out.output

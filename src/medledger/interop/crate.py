@@ -403,9 +403,36 @@ def _release_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
 # -- a federated query's result -----------------------------------------------------------------
 
 
-def result_tables(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, bytes]:
+def result_tables(
+    doc: dict[str, Any], result: dict[str, Any], *, mark_clamped: bool = True
+) -> dict[str, bytes]:
     """The result as CSV tables (`study_results`): "suppressed" for a suppressed cell, never 0."""
-    return {f"tables/{t.name}.csv": t.csv() for t in study_results.tables(doc, result)}
+    return {
+        f"tables/{t.name}.csv": t.csv()
+        for t in study_results.tables(doc, result, mark_clamped=mark_clamped)
+    }
+
+
+def _table_differences(crate: Crate, doc: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """How the crate's tables differ from the chain's result. A crate written before clamped
+    figures were marked holds them unmarked and without `tables/clamped.csv`: it agrees too,
+    as long as every one of its tables is that earlier rendering."""
+    current = result_tables(doc, result)
+    earlier = result_tables(doc, result, mark_clamped=False)
+    differences = []
+    for path, data in current.items():
+        try:
+            if crate.read(path) != data:
+                differences.append(f"{path}: not the chain's result as a table")
+        except CrateError:
+            differences.append(f"{path}: missing (the chain's result has this table)")
+    if differences and earlier != current:
+        try:
+            if all(crate.read(path) == data for path, data in earlier.items()):
+                return []
+        except CrateError:
+            pass
+    return differences
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -492,12 +519,7 @@ def _query_differences(crate: Crate, engine: queries.Queryable) -> list[str]:
         same = False
     if not same:
         differences.append(f"{RESULT_FILE}: not the result the chain holds for {query_id}")
-    for path, data in result_tables(query["doc"], result).items():
-        try:
-            if crate.read(path) != data:
-                differences.append(f"{path}: not the chain's result as a table")
-        except CrateError:
-            differences.append(f"{path}: missing (the chain's result has this table)")
+    differences += _table_differences(crate, query["doc"], result)
     answered = {a.tx.hex(): a for a in study_results.answers(query)}
     acts = _acts_of(crate, "research.query_answer")
     for tx_hex, answer in sorted(answered.items()):

@@ -164,11 +164,16 @@ def bin_labels(q: study_query.StudyQuery) -> list[str]:
     return labels
 
 
-def tables(doc: dict[str, Any], result: dict[str, Any]) -> list[Table]:
-    """The result's tables, in a fixed order; only those the query asked for."""
+def tables(
+    doc: dict[str, Any], result: dict[str, Any], *, mark_clamped: bool = True
+) -> list[Table]:
+    """The result's tables, in a fixed order; only those the query asked for.
+
+    `mark_clamped=False` renders them as crates written before clamped figures were marked
+    (session 13) hold them, so that `crate verify` still recognises those crates."""
     q = study_query.parse(doc)
     strata: list[dict[str, Any]] = list(result.get("strata") or [])
-    bounded = clamped(doc, result)
+    bounded = clamped(doc, result) if mark_clamped else []
     marked = {(c.stratum, c.figure) for c in bounded}
 
     def figure(s: dict[str, Any], column: str) -> str:
