@@ -327,3 +327,22 @@ def test_a_pid_the_reads_never_read_of_sends_the_check_to_the_chain() -> None:
         check(view, RUNNING, OTHER, ORG, {"query": QUERY, "patients": [[P4, FACTS]]}, 10_000)
     # what the chain says of it, for the record
     assert outcome(StateView(DictReader(late)), OTHER, [P4], RUNNING)[0] == QUERY
+
+
+def test_a_stopped_agent_keeps_nothing_read_ahead() -> None:
+    """The app keeps every write listener (none is removed): a stopped agent's answerer
+    stays reachable from it, and must not keep the chain's scans nor a query's facts."""
+    from medledger.research.agent import StudyAgent
+
+    engine = Engine(STATE, {})
+    app = App(engine)
+    app.add_commit_listener = lambda fn: None  # type: ignore[attr-defined]
+    app.add_check_listener = lambda fn: None  # type: ignore[attr-defined]
+    node = SimpleNamespace(config=SimpleNamespace(org=ORG), engine=engine, app=app)
+    agent = StudyAgent(node, None, Inbox(), None)  # type: ignore[arg-type]
+    agent.answerer._reads["q1"] = read_at(STATE)
+    agent.answerer._prepared["q1"] = answer_mod.Prepared((), {}, {P1: PatientFacts(matched={})})
+    agent.stop()
+    assert not agent.answerer._reads
+    assert not agent.answerer._prepared
+    assert app.listeners == [agent.answerer._wrote]  # still called, with nothing to look at

@@ -463,6 +463,13 @@ class Answerer:
             self._prepared.pop(query_id, None)
             self._reads.pop(query_id, None)
 
+    def close(self) -> None:
+        """Drop everything read ahead (its agent stopped). Its write listener stays on the
+        app (none is ever removed), with nothing left to look at."""
+        with self._prepared_lock:
+            self._reads.clear()
+            self._prepared.clear()
+
     def _take_prepared(self, plan: Plan) -> Prepared | None:
         """The query's prepared evaluation, if it still says what an evaluation now would."""
         with self._prepared_lock:
