@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, cast
@@ -84,6 +85,8 @@ def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
 
     answerer = Answerer.__new__(Answerer)  # landed() needs its org, inbox and node's journal
     answerer.org, answerer.inbox = "chu-lyon", cast(Any, _Inbox())
+    # ... and the query's reads ahead, which it drops (session 13, study2s)
+    answerer._prepared_lock, answerer._reads = threading.Lock(), {}
     answerer.node = cast(Any, SimpleNamespace(audit=SimpleNamespace(quiet=lambda s: None)))
     timing = {"read": 0.25, "evaluate_cpu": 0.5, "cpu": 1.0}
     with caplog.at_level("INFO", logger="medledger.research.answer"):
@@ -98,7 +101,9 @@ def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
         "2026-11-30 18:00:00 INFO medledger.exchange.gateway chu-lyon took partials of "
         "s1/q0001 from {}: 3 kept, 0 dropped; check {}s, kept 0.004s, in {}s"
     )
-    lines = [line, took.format("aphp-paris", "0.020", "0.050"), took.format("x", "0.010", "0.090")]
+    # a check on the query's reads ahead says so before "; check" (study2s)
+    ahead = took.replace("dropped;", "dropped (checked on the reads ahead);")
+    lines = [line, took.format("aphp-paris", "0.020", "0.050"), ahead.format("x", "0.010", "0.090")]
     (tmp_path / "logs" / "chu-lyon.app.log").write_text("\n".join(lines) + "\n")
     found = _load("study")._answers(tmp_path, "s1/q0001")
     assert found == {"chu-lyon": {"patients": 12, **timing, "took_check": 0.03, "took": 0.09}}

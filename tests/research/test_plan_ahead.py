@@ -70,10 +70,11 @@ STATE: dict[str, Any] = {
 }
 
 
-def reads_of(state: dict[str, Any]) -> tuple[ChainReads, list[str]]:
+def reads_of(state: dict[str, Any], height: int = 7) -> tuple[ChainReads, list[str]]:
+    """The reads ahead of `state`, read at `height` (the fake engine's)."""
     recorder = Recorder(StateView(DictReader(state)))
     pids = read_plan_inputs(StateView(recorder), STUDY, ORG)
-    return ChainReads(recorder.keys, recorder.scans, STUDY), pids
+    return ChainReads(recorder.keys, recorder.scans, STUDY, height), pids
 
 
 @pytest.mark.parametrize(

@@ -273,7 +273,8 @@ class ChainReads:
     """The chain inputs of a query's plan read while it awaited its approvals
     (`research.answer.Answerer.prepare`): every key read and every prefix scanned, with what
     it held. Good only while no committed block since wrote one of those keys or a key under
-    one of those prefixes (`touched`: the app's write listener then drops them), and only
+    one of those prefixes (`touched`: the app's write listener then drops them), every block
+    since was heard (`height`: one not heard drops them too), and only
     for a plan or a receiver's check that reads nothing else (`Unread`: it reads the chain).
     The study's enrolments, the erasure requests, the custodies and shreddings, the key
     bindings, the members (their box keys), the contract versions and the parameters are all
@@ -282,9 +283,13 @@ class ChainReads:
     keys: dict[bytes, bytes | None]
     scans: dict[bytes, list[tuple[bytes, bytes]]]
     study: str = ""
+    #: the last committed height they are known to hold at: the one they were read at, then
+    #: each next block heard that left them (`research.answer.Answerer._wrote`)
+    height: int = -1
 
     def __post_init__(self) -> None:
         self._prefixes = tuple(self.scans)
+        self.size = len(self.keys) + sum(len(items) for items in self.scans.values())
 
     def touched(self, written: Collection[bytes]) -> bool:
         keys, prefixes = self.keys, self._prefixes

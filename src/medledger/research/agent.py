@@ -130,6 +130,7 @@ class StudyAgent:
             self._thread.join(10)
             self._thread = None
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.answerer.close()  # its reads ahead and prepared facts are not kept (review 13a)
         self.node.study_status = None
 
     def _committed(self, record: BlockRecord) -> None:

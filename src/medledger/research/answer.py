@@ -96,6 +96,13 @@ QUIET_S = 6.0
 #: afresh, so that a patient who withdrew or was erased meanwhile is not kept in memory.
 PREPARED_MAX_AGE_S = 600
 
+#: The items (keys read and scanned entries) the queries' chain reads ahead may hold in all
+#: (`ChainReads.size`; about 260 bytes each, so about 260 MB): they scan the chain's custodies
+#: and key bindings whole, and every query a sponsor's ethics approval makes preparable
+#: keeps its own. Beyond it the oldest are dropped (their plans read the chain); reads
+#: larger than it are not kept (review 13a, finding 2).
+READS_AHEAD_MAX_ITEMS = 1_000_000
+
 
 class NotAnswered(Exception):
     """The query could not be answered now (missing partials, deadline): `reason` says why."""
@@ -250,10 +257,9 @@ class Answerer:
         self._prepared_lock = threading.Lock()
         #: query -> the plan's chain inputs read with its prepared facts (`ChainReads`)
         self._reads: dict[str, ChainReads] = {}
-        self._heard = -1  # the last height whose writes `_wrote` saw
-        app = getattr(node, "app", None)
-        if app is not None:  # no local replica: the plan always reads the chain
-            app.add_write_listener(self._wrote)
+        self._app = getattr(node, "app", None)
+        if self._app is not None:  # no local replica: the plan always reads the chain
+            self._app.add_write_listener(self._wrote)
 
     # -- 1. the chain ------------------------------------------------------------------------
     def plan(self, query_id: str, early: Warm | None = None) -> Plan | None:
@@ -326,25 +332,45 @@ class Answerer:
         return publics, research_v3, mine, held
 
     def _wrote(self, height: int, written: Collection[bytes]) -> None:
-        """The app's write listener: a block's keys void the reads ahead they touch."""
+        """The app's write listener: a block's keys void the reads ahead they touch, and a
+        block after one never heard (a commit that failed after its store's, a listener
+        before this one that raised) voids them all: what it wrote is unknown (review 13a,
+        finding 1). Each reads' `height` follows the blocks heard that left them."""
         with self._prepared_lock:
-            for query_id in [q for q, r in self._reads.items() if r.touched(written)]:
-                del self._reads[query_id]  # what they read changed: never good again
-            self._heard = height
+            for query_id, reads in list(self._reads.items()):
+                if reads.height >= height:
+                    continue  # read once this block was in the store (before its listener)
+                if reads.height != height - 1 or reads.touched(written):
+                    del self._reads[query_id]  # what they read changed, or may have
+                else:
+                    reads.height = height
 
     def reads_ahead(self, query_id: str, study: str) -> ChainReads | None:
         """The query's chain inputs read ahead, when provably those of the last committed
-        height: no block since their reading wrote what they read (`_wrote` drops them), and
-        every block up to the engine's height was heard; else None. Kept until the answer
-        lands (`landed`, `discard`): the receiver's checks use them too (`check_view`)."""
+        height: every block from their reading to the engine's height was heard and left
+        what they read (`_wrote`); else None. Kept until the answer lands (`landed`,
+        `discard`): the receiver's checks use them too (`check_view`)."""
         with self._prepared_lock:
             reads = self._reads.get(query_id)
-            heard = self._heard
+            held_at = -1 if reads is None else reads.height
         if reads is None or reads.study != study:
             return None
-        if heard < self.node.engine.height():
+        if held_at < self.node.engine.height():
             return None  # a block committed whose writes were not heard yet
         return reads
+
+    def _keep(self, query_id: str, reads: ChainReads) -> None:
+        """Keep a query's reads ahead within `READS_AHEAD_MAX_ITEMS` (the oldest dropped
+        first); reads larger than that alone are not kept. Under `_prepared_lock`."""
+        self._reads.pop(query_id, None)
+        if reads.size > READS_AHEAD_MAX_ITEMS:
+            return
+        held = sum(r.size for r in self._reads.values())
+        for oldest in list(self._reads):
+            if held + reads.size <= READS_AHEAD_MAX_ITEMS:
+                break
+            held -= self._reads.pop(oldest).size
+        self._reads[query_id] = reads
 
     def check_view(self, query_id: str, study: str) -> StateView | None:
         """For the gateway's check of a co-answerer's partials (`study_partials.check`): the
@@ -381,12 +407,17 @@ class Answerer:
         allowed = set(study.get("categories") or [])
         categories = tuple(c for c in q.categories if c in allowed)
         with engine.read_view() as state:
-            # The plan's chain inputs too, kept with the facts: valid while no block writes
-            # what they read (`_wrote`). Registered under the view: no block commits between.
-            recorder = Recorder(state)
-            pids = read_plan_inputs(StateView(recorder), study_id, self.org)
-            with self._prepared_lock:
-                self._reads[query_id] = ChainReads(recorder.keys, recorder.scans, study_id)
+            if self._app is None:  # no write listener: nothing read ahead could be trusted
+                pids = sorted(counted_now(state, study_id, custodies_at(state, self.org)))
+            else:
+                # The plan's chain inputs too, kept with the facts: valid while no block
+                # writes what they read (`_wrote`), from the height read under this view.
+                recorder = Recorder(state)
+                pids = read_plan_inputs(StateView(recorder), study_id, self.org)
+                at = self._app.height
+                reads = ChainReads(recorder.keys, recorder.scans, study_id, at)
+                with self._prepared_lock:
+                    self._keep(query_id, reads)
         # Before the reads: a write after them voids what they read of its patient.
         states = self.vault.own_states(pids)
         facts = Evaluator(self.vault, q, categories).facts(pids)
@@ -431,6 +462,13 @@ class Answerer:
         with self._prepared_lock:
             self._prepared.pop(query_id, None)
             self._reads.pop(query_id, None)
+
+    def close(self) -> None:
+        """Drop everything read ahead (its agent stopped). Its write listener stays on the
+        app (none is ever removed), with nothing left to look at."""
+        with self._prepared_lock:
+            self._reads.clear()
+            self._prepared.clear()
 
     def _take_prepared(self, plan: Plan) -> Prepared | None:
         """The query's prepared evaluation, if it still says what an evaluation now would."""
@@ -477,6 +515,7 @@ class Answerer:
         if plan is None:
             sending.shutdown(wait=False)
             self.inbox.forget(query_id)
+            self.discard(query_id)  # ended, answered or closed: nothing read ahead is needed
             return None
         try:
             timing["read"] = time.perf_counter() - started
