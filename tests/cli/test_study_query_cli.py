@@ -245,7 +245,7 @@ def test_a_noised_result_marks_its_clamped_figures_in_the_cli_and_the_crate(
     unclamped figure plain. The answers carry the real noise of `answer_noise` (each hospital's
     from its own seed, committed as the contract asks) over 120 patients: the figures of
     tests/interop's run 0, where the men's stddev is clamped and the women's figures are not."""
-    from tests.interop.test_study_results import NOISED, _noised_run
+    from tests.interop.test_study_results import NOISED, _noised_run, noised_facts
 
     lyon = net.homes["chu-lyon"]
     protocol = tmp_path / "protocol.pdf"
@@ -270,18 +270,7 @@ def test_a_noised_result_marks_its_clamped_figures_in_the_cli_and_the_crate(
     q = sq.parse(record["doc"]).with_age_on(record["age_on"])
     # The 120 patients of tests/interop's run, spread over the four hospitals; each
     # hospital adds its own noise (the seeds of that run) and commits to its seed.
-    import random
-
-    rng = random.Random(18)
-    facts = [
-        sq.PatientFacts(
-            sex="female" if i % 2 else "male",
-            birth_date="1970-03-01",
-            matched={"cohort": True},
-            value=("2025-01-10", rng.randrange(4500, 11500, 100)),
-        )
-        for i in range(120)
-    ]
+    facts = noised_facts()
     for i, org in enumerate(ORGS):
         mine = facts[i::4]
         seed = sq.answer_noise_seed(f"answerer {i}, run 0".encode())

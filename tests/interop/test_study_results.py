@@ -105,13 +105,10 @@ NOISED: dict[str, Any] = {
 }
 
 
-def _noised_run(run: int) -> tuple[list[int], dict[str, Any]]:
-    """A real noised result: 120 patients tallied, each of four answerers' noise drawn by
-    `answer_noise` from its own seed, combined and finished as the contract does. Returns the
-    combined (noised, unclamped) totals and the result."""
-    q = sq.parse(NOISED)
+def noised_facts() -> list[sq.PatientFacts]:
+    """The 120 patients of every noised run here (and of the CLI's noised query)."""
     rng = random.Random(18)
-    facts = [
+    return [
         sq.PatientFacts(
             sex="female" if i % 2 else "male",
             birth_date="1970-03-01",
@@ -120,7 +117,14 @@ def _noised_run(run: int) -> tuple[list[int], dict[str, Any]]:
         )
         for i in range(120)
     ]
-    totals = sq.tally(q, facts)
+
+
+def _noised_run(run: int) -> tuple[list[int], dict[str, Any]]:
+    """A real noised result: 120 patients tallied, each of four answerers' noise drawn by
+    `answer_noise` from its own seed, combined and finished as the contract does. Returns the
+    combined (noised, unclamped) totals and the result."""
+    q = sq.parse(NOISED)
+    totals = sq.tally(q, noised_facts())
     for org in range(4):
         seed = sq.answer_noise_seed(f"answerer {org}, run {run}".encode())
         totals = [t + n for t, n in zip(totals, sq.answer_noise(q, seed), strict=True)]
