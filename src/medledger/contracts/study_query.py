@@ -882,8 +882,9 @@ def releases_per_patient(q: StudyQuery) -> int:
 # -- the published result ------------------------------------------------------------------
 
 
-def _decimal(x: Fraction) -> str:
-    """A rational as a decimal text with three decimals, rounded half to even."""
+def three_decimals(x: Fraction) -> str:
+    """A rational as a decimal text with three decimals, rounded half to even: how `finish`
+    writes a published figure (means, stddevs, quantiles)."""
     fixed = round(x * SCALE)
     sign = "-" if fixed < 0 else ""
     whole, frac = divmod(abs(fixed), SCALE)
@@ -933,12 +934,12 @@ def finish(q: StudyQuery, totals: list[int], k: int) -> dict[str, Any]:
             mean = stddev = None
             if not withheld:
                 mean_d = _clamp(Fraction(total[f"{stratum}/sum"], count), spread)
-                mean = _decimal((mean_d + low) / SCALE)
+                mean = three_decimals((mean_d + low) / SCALE)
                 if q.asks("stddev"):
                     square = (total[f"{stratum}/sumsq.hi"] << _LIMB) + total[f"{stratum}/sumsq.lo"]
                     variance = (square - count * mean_d * mean_d) / max(count - 1, 1)
                     variance = _clamp(variance, spread * spread)
-                    stddev = _decimal(_sqrt(variance) / SCALE)
+                    stddev = three_decimals(_sqrt(variance) / SCALE)
             if q.asks("mean"):
                 row["mean"] = mean
             if q.asks("stddev"):
@@ -986,6 +987,6 @@ def _quantile(edges: tuple[int, ...], bins: list[int], q: Fraction) -> str | Non
     for i, b in enumerate(bins):
         if b and before + b >= target:
             inside = (target - before) / b
-            return _decimal((edges[i] + inside * (edges[i + 1] - edges[i])) / SCALE)
+            return three_decimals((edges[i] + inside * (edges[i + 1] - edges[i])) / SCALE)
         before += b
-    return _decimal(Fraction(edges[-1], SCALE))
+    return three_decimals(Fraction(edges[-1], SCALE))

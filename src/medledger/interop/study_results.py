@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from medledger.contracts import study_query
@@ -76,13 +77,6 @@ class Clamped:
     why: str
 
 
-def _three(fixed: int) -> str:
-    """A fixed-point value (SCALE) as `finish` writes its figures: three decimals."""
-    sign = "-" if fixed < 0 else ""
-    whole, frac = divmod(abs(fixed), study_query.SCALE)
-    return f"{sign}{whole}.{frac:03d}"
-
-
 def clamped(doc: dict[str, Any], result: dict[str, Any]) -> list[Clamped]:
     """The figures of a noised result shown at a bound `study_query.finish` clamps to.
 
@@ -96,13 +90,17 @@ def clamped(doc: dict[str, Any], result: dict[str, Any]) -> list[Clamped]:
         return []
     q = study_query.parse(doc)
     low, high = q.cohort.value_min or 0, q.cohort.value_max or 0
-    spread = high - low
+    # The bounds as `finish` writes a figure (three decimals), to compare with the result's.
+    low_text, high_text, zero_text, spread_text = (
+        study_query.three_decimals(Fraction(fixed, study_query.SCALE))
+        for fixed in (low, high, 0, high - low)
+    )
     found = []
     for s in result.get("strata") or []:
         stratum = str(s.get("stratum"))
         mean, stddev = s.get("mean"), s.get("stddev")
-        if mean is not None and mean in (_three(low), _three(high)):
-            side, bound = ("below", "value.min") if mean == _three(low) else ("above", "value.max")
+        if mean is not None and mean in (low_text, high_text):
+            side, bound = ("below", "value.min") if mean == low_text else ("above", "value.max")
             about = "; its stddev is taken about that bound" if stddev is not None else ""
             found.append(
                 Clamped(
@@ -113,8 +111,8 @@ def clamped(doc: dict[str, Any], result: dict[str, Any]) -> list[Clamped]:
                     f"what the data can give: shown at that bound, not a measured value{about}",
                 )
             )
-        if stddev is not None and stddev in (_three(0), _three(spread)):
-            low_side = stddev == _three(0)
+        if stddev is not None and stddev in (zero_text, spread_text):
+            low_side = stddev == zero_text
             found.append(
                 Clamped(
                     stratum,
