@@ -55,6 +55,7 @@ client polls for medledger's result. The clear table lives only in this bench.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import random
 import re
@@ -82,8 +83,8 @@ from medledger.contracts.study_query import (
     noise_message,
     tally,
 )
-from medledger.interop.ins import make_ins
 from medledger.interop.pseudonym import patient_pid
+from medledger.interop.synth import HBA1C_LOINC, LOINC, SNOMED, hba1c_patient
 from medledger.ledger import codec
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.results import TxResult
@@ -96,8 +97,6 @@ from medledger.research.evaluate import clinical_date, fixed
 from medledger.vault import Vault
 
 STUDY = "bench-2026-001"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
 EVIDENCE = hashlib.sha256(b"bench: the patient's signed consent form").digest()
 DECISION = hashlib.sha256(b"bench: the ethics committee's decision").digest()
 ETHICS_REF = "CPP-BENCH-2026"
@@ -106,7 +105,7 @@ QUERY: dict[str, Any] = {
     "categories": ["labs"],
     "cohort": {
         "types": ["Observation"],
-        "codes": [{"system": LOINC, "code": "4548-4"}],
+        "codes": [{"system": LOINC, "code": HBA1C_LOINC}],
         "value": {"min": 3, "max": 20, "unit": "%"},
         "date": {"from": "2020-01-01", "to": "2026-12-31"},
     },
@@ -134,59 +133,22 @@ _TOOK = re.compile(r"(\S+) took partials of (\S+) from \S+: .*; check ([\d.]+)s,
 def _bundle(n: int, org: str, rng: random.Random) -> dict[str, Any]:
     """Patient n as hospital `org` holds them: Patient, HbA1c results, maybe the diagnosis."""
     sex = "female" if n % 2 else "male"
-    year, month = 1940 + n % 60, 1 + n % 12
-    number13 = ("2" if sex == "female" else "1") + f"{year % 100:02d}{month:02d}75" + f"{n:06d}"
-    patient_url = f"urn:uuid:{hashlib.md5(f'{n}/{org}'.encode()).hexdigest()}"  # noqa: S324
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": patient_url,
-            "resource": {
-                "resourceType": "Patient",
-                "identifier": [
-                    {
-                        "use": "official",
-                        "system": "urn:oid:1.2.250.1.213.1.4.10",
-                        "value": make_ins(number13).value,
-                    },
-                    {"use": "usual", "system": f"urn:medledger:{org}:ipp", "value": f"{n:08d}"},
-                ],
-                "name": [{"family": f"PATIENT{n}", "given": ["Test"]}],
-                "gender": sex,
-                "birthDate": f"{year}-{month:02d}-{1 + n % 28:02d}",
-            },
-            "request": {"method": "POST", "url": "Patient"},
-        }
+    birth = dt.date(1940 + n % 60, 1 + n % 12, 1 + n % 28)
+    results = [
+        (f"{2021 + i}-{1 + rng.randrange(12):02d}-10", round(rng.uniform(4.5, 11.5), 1))
+        for i in range(rng.randint(1, 3))
     ]
-    for i in range(rng.randint(1, 3)):
-        entries.append(
-            {
-                "fullUrl": f"urn:uuid:{hashlib.md5(f'{n}/{org}/{i}'.encode()).hexdigest()}",  # noqa: S324
-                "resource": {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "category": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                    "code": "laboratory",
-                                }
-                            ]
-                        }
-                    ],
-                    "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
-                    "subject": {"reference": patient_url},
-                    "effectiveDateTime": f"{2021 + i}-{1 + rng.randrange(12):02d}-10",
-                    "valueQuantity": {
-                        "value": round(rng.uniform(4.5, 11.5), 1),
-                        "unit": "%",
-                        "system": "http://unitsofmeasure.org",
-                        "code": "%",
-                    },
-                },
-                "request": {"method": "POST", "url": "Observation"},
-            }
-        )
+    patient_url = f"urn:uuid:{hashlib.md5(f'{n}/{org}'.encode()).hexdigest()}"  # noqa: S324
+    entries = hba1c_patient(
+        n,
+        sex,
+        birth,
+        results,
+        url=patient_url,
+        family=f"PATIENT{n}",
+        department="75",
+        hospital=org,
+    )
     if n % 5 < 2:
         entries.append(
             {

@@ -19,7 +19,7 @@ import pytest
 
 from medledger.exchange.client import Directory
 from medledger.exchange.service import HospitalExchange
-from medledger.interop.synth import bundle_label, generate
+from medledger.interop.synth import bundle_label, generate, hba1c_observation
 from medledger.node import Node
 from medledger.node.ingest import Ingestor
 from medledger.provisioning import create_consortium
@@ -133,29 +133,7 @@ def observation(sandbox: Sandbox, org: str, pid: str, value: float = 7.1) -> dic
     patient = next(
         i.rid for i in sandbox.h[org].vault.records_of(pid, False) if i.resource_type == "Patient"
     )
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}], "text": "HbA1c"},
-        "subject": {"reference": f"Patient/{patient}"},
-        "effectiveDateTime": "2025-01-15T08:30:00+01:00",
-        "valueQuantity": {
-            "value": value,
-            "unit": "%",
-            "system": "http://unitsofmeasure.org",
-            "code": "%",
-        },
-    }
+    return hba1c_observation(f"Patient/{patient}", "2025-01-15T08:30:00+01:00", value)
 
 
 def open_sandbox(directory: Path, homes: list[Path]) -> Sandbox:

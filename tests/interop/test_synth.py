@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,9 +11,18 @@ import typer
 from typer.testing import CliRunner
 
 from medledger.cli.synth import register
+from medledger.contracts.study_query import Code, Criterion
 from medledger.interop import parse_fhir, patient_pid
 from medledger.interop.ins import INS_NIR_TEST_SYSTEM, parse_ins
-from medledger.interop.synth import bundle_label, generate, summarise
+from medledger.interop.synth import (
+    HBA1C_LOINC,
+    LOINC,
+    bundle_label,
+    generate,
+    hba1c_patient,
+    summarise,
+)
+from medledger.research.evaluate import match
 
 HOSPITALS = ["chu-lyon", "ch-nantes", "aphp-hegp"]
 KEY = b"consortium-key-for-tests-0123456"
@@ -89,6 +99,41 @@ def test_realistic_content() -> None:
         "Observation",
         "Patient",
     }
+
+
+def test_a_light_study_patient_is_valid_fhir_with_its_ins_and_matched_results() -> None:
+    """`hba1c_patient`, the demo's study cohort and `bench study`'s patients: a Patient whose
+    test INS says its sex and birth, its results in % where a study's criterion finds them."""
+    results = [("2024-03-10", 6.9), ("2025-11-10", 8.2)]
+    url = "urn:uuid:0c5d6f2e9a1b4c3d8e7f6a5b4c3d2e1f"
+    entries = hba1c_patient(
+        42, "female", dt.date(1961, 2, 28), results, url=url, family="ETUDE42",
+        department="59", hospital="chu-lyon",
+    )  # fmt: skip
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    parsed = parse_fhir(orjson.dumps(bundle), "cohort.json")
+    assert [p.resource_type for p in parsed] == ["Patient", "Observation", "Observation"]
+    assert all(p.patient_ref == parsed[0].id for p in parsed)
+    patient = entries[0]["resource"]
+    ins = parse_ins(patient["identifier"][0]["value"])
+    assert patient["identifier"][0]["system"] == INS_NIR_TEST_SYSTEM
+    assert ins.number == "2610259000042"  # woman, born 1961-02 in the Nord, order number 42
+    assert patient["identifier"][1] == {
+        "use": "usual", "system": "urn:medledger:chu-lyon:ipp", "value": "00000042"
+    }  # fmt: skip
+    assert patient["birthDate"] == "1961-02-28" and patient["gender"] == "female"
+    criterion = Criterion(
+        types=("Observation",), codes=(Code(LOINC, HBA1C_LOINC),), value_min=3000,
+        value_max=20000, unit="%",
+    )  # fmt: skip
+    found = [match(e["resource"], criterion).value for e in entries[1:]]
+    assert found == [("2024-03-10", 6900), ("2025-11-10", 8200)]
+    assert [e["fullUrl"] for e in entries] == [url, url + "0", url + "1"]
+    # Without a hospital: the INS alone, as the demo's cohort has it.
+    bare = hba1c_patient(
+        7, "male", dt.date(1975, 12, 1), [], url=url, family="ETUDE7", department="59"
+    )
+    assert len(bare) == 1 and len(bare[0]["resource"]["identifier"]) == 1
 
 
 def test_one_or_two_hospitals_are_enough() -> None:

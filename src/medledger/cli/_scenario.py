@@ -8,6 +8,7 @@ same on the solo sandbox and on the CometBFT network.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import random
 import time
@@ -22,8 +23,7 @@ from medledger.contracts.consent import Grant
 from medledger.contracts.erasure import Request as ErasureRequest
 from medledger.contracts.patients import Bind
 from medledger.contracts.referral import Admit, Create
-from medledger.interop.ins import make_ins
-from medledger.interop.synth import generate
+from medledger.interop.synth import HBA1C_LOINC, LOINC, generate, hba1c_patient
 from medledger.ledger.keys import SigningKey
 from medledger.node import Node
 from medledger.node.ingest import Ingestor
@@ -86,7 +86,6 @@ def _evidence(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-LOINC = "http://loinc.org"
 #: The study's synthetic cohort: enough patients that its query publishes figures (k = 5).
 STUDY_COHORT = 30
 #: The demo's query: the HbA1c of the study's patients, by sex. Exact (epsilon 0): the demo
@@ -95,7 +94,7 @@ STUDY_QUERY: dict[str, Any] = {
     "categories": ["labs"],
     "cohort": {
         "types": ["Observation"],
-        "codes": [{"system": LOINC, "code": "4548-4"}],
+        "codes": [{"system": LOINC, "code": HBA1C_LOINC}],
         "value": {"min": 3, "max": 20, "unit": "%"},
     },
     "sex": ["female", "male"],
@@ -110,64 +109,17 @@ STUDY_QUERY: dict[str, Any] = {
 }
 
 
-def _cohort_patient(n: int, org: str, rng: random.Random) -> list[dict[str, Any]]:
-    """Bundle entries of study patient n at `org`: the Patient and one or two HbA1c results."""
+def _cohort_patient(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Bundle entries of study patient n: the Patient and one or two HbA1c results."""
     sex = "female" if rng.random() < 0.55 else "male"
     year, month = rng.randint(1950, 1990), rng.randint(1, 12)
-    number13 = ("2" if sex == "female" else "1") + f"{year % 100:02d}{month:02d}59" + f"{n:06d}"
-    url = f"urn:uuid:{hashlib.sha256(f'demo-cohort/{n}'.encode()).hexdigest()[:32]}"
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": url,
-            "resource": {
-                "resourceType": "Patient",
-                "identifier": [
-                    {
-                        "use": "official",
-                        "system": "urn:oid:1.2.250.1.213.1.4.10",
-                        "value": make_ins(number13).value,
-                    }
-                ],
-                "name": [{"family": f"ETUDE{n}", "given": ["Test"]}],
-                "gender": sex,
-                "birthDate": f"{year}-{month:02d}-{rng.randint(1, 28):02d}",
-            },
-            "request": {"method": "POST", "url": "Patient"},
-        }
-    ]
+    birth = dt.date(year, month, rng.randint(1, 28))
+    results = []
     for i in range(rng.randint(1, 2)):
         value = min(max(round(rng.gauss(7.4 if sex == "male" else 6.6, 1.1), 1), 4.5), 12.0)
-        entries.append(
-            {
-                "fullUrl": f"{url}{i}",
-                "resource": {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "category": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/"
-                                    "observation-category",
-                                    "code": "laboratory",
-                                }
-                            ]
-                        }
-                    ],
-                    "code": {"coding": [{"system": LOINC, "code": "4548-4"}], "text": "HbA1c"},
-                    "subject": {"reference": url},
-                    "effectiveDateTime": f"{2024 + i}-{rng.randint(1, 12):02d}-10",
-                    "valueQuantity": {
-                        "value": value,
-                        "unit": "%",
-                        "system": "http://unitsofmeasure.org",
-                        "code": "%",
-                    },
-                },
-                "request": {"method": "POST", "url": "Observation"},
-            }
-        )
-    return entries
+        results.append((f"{2024 + i}-{rng.randint(1, 12):02d}-10", value))
+    url = f"urn:uuid:{hashlib.sha256(f'demo-cohort/{n}'.encode()).hexdigest()[:32]}"
+    return hba1c_patient(n, sex, birth, results, url=url, family=f"ETUDE{n}", department="59")
 
 
 def _study_cohort(
@@ -181,9 +133,7 @@ def _study_cohort(
     last: list[tuple[Hospital, bytes]] = []
     for i, h in enumerate(hospitals):
         entries = [
-            e
-            for n in range(i, STUDY_COHORT, len(hospitals))
-            for e in _cohort_patient(n, h.org, rng)
+            e for n in range(i, STUDY_COHORT, len(hospitals)) for e in _cohort_patient(n, rng)
         ]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         result = Ingestor(h.node, h.vault).ingest_bytes(orjson.dumps(bundle), f"{h.org}-study.json")

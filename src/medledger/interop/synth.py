@@ -24,7 +24,7 @@ import random
 import re
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1037,6 +1037,71 @@ def summarise(result: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "by_type": dict(sorted(by_type.items())),
         "duplicated_exams": duplicated,
     }
+
+
+# --------------------------------------------------------------------------- study cohorts
+
+#: LOINC of the HbA1c in % (`_LABS["hba1c"]`): what the demo's and the benches' study asks.
+HBA1C_LOINC = "4548-4"
+
+
+def hba1c_observation(subject: str, when: str, value: float) -> dict[str, Any]:
+    """A bare HbA1c result in % (LOINC, UCUM), the resource alone: `subject` its Patient
+    reference, `when` its effectiveDateTime. No encounter, range or flag (`generate` writes
+    those): the light record a study cohort, a bench or a test needs."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": "laboratory"}]}],
+        "code": {"coding": [{"system": LOINC, "code": HBA1C_LOINC}], "text": "HbA1c"},
+        "subject": _ref(subject),
+        "effectiveDateTime": when,
+        "valueQuantity": _quantity(value, "%"),
+    }
+
+
+def hba1c_patient(
+    n: int,
+    sex: str,
+    birth: dt.date,
+    results: Sequence[tuple[str, float]],
+    *,
+    url: str,
+    family: str,
+    department: str,
+    hospital: str | None = None,
+) -> list[dict[str, Any]]:
+    """Bundle entries (POST) of light study patient n: the Patient, then one HbA1c result
+    (`hba1c_observation`) per `(effectiveDateTime, value in %)` of `results`.
+
+    The Patient's fullUrl is `url` (the results': `url` and their index), its one identifier
+    a valid test INS made of `sex`, the `birth` year and month, the `department` of birth
+    and n (under 10^6) as order number; `hospital` adds its IPP there (n on 8 digits). The
+    caller draws sex, birth and results (the demo's cohort and `bench study` each with their
+    own generator, as before this builder); `generate` makes the fuller histories."""
+    number13 = ("2" if sex == "female" else "1") + birth.strftime("%y%m") + department + f"{n:06d}"
+    identifiers = [
+        {"use": "official", "system": INS_NIR_TEST_SYSTEM, "value": make_ins(number13).value}
+    ]
+    if hospital is not None:
+        identifiers.append(
+            {"use": "usual", "system": f"urn:medledger:{hospital}:ipp", "value": f"{n:08d}"}
+        )
+    patient = {
+        "resourceType": "Patient",
+        "identifier": identifiers,
+        "name": [{"family": family, "given": ["Test"]}],
+        "gender": sex,
+        "birthDate": birth.isoformat(),
+    }
+    resources = [(url, patient)] + [
+        (f"{url}{i}", hba1c_observation(url, when, value))
+        for i, (when, value) in enumerate(results)
+    ]
+    return [
+        {"fullUrl": u, "resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
+        for u, r in resources
+    ]
 
 
 # --------------------------------------------------------------------------- documents
