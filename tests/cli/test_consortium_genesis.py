@@ -217,16 +217,27 @@ def test_a_parameter_in_other_digits_is_refused_as_not_a_number(tmp_path: Path) 
     assert not out.exists()
 
 
-def test_join_warns_of_a_parameter_no_contract_knows_and_configures(tmp_path: Path) -> None:
-    """The nodes' InitChain ignores a name no contract knows: the consortium runs without it,
-    so join says so, naming it, rather than refusing a genesis its members run on."""
+def test_join_refuses_a_parameter_no_contract_knows_or_warns_of_it_before_the_rule(
+    tmp_path: Path,
+) -> None:
+    """From governance v5 the nodes' InitChain refuses a name no contract knows (session 14),
+    so join refuses such a genesis, naming it, before writing anything. Before v5 InitChain
+    ignores it: the consortium runs without it, so join says so rather than refusing a
+    genesis its members run on."""
     requests = _founders(tmp_path)
     out = tmp_path / "genesis.json"
     _genesis(out, requests)
     founding = json.loads(out.read_text())
-    founding["genesis"]["params"]["study_min_cel"] = 10  # a typo made before the rule
+    founding["genesis"]["params"]["study_min_cel"] = 10  # a file edited since it was checked
     out.write_text(json.dumps(founding))
     home = tmp_path / "chu-lyon"
+    before = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
+    said = run("join", "--home", str(home), "--genesis", str(out), ok=False)
+    assert said.exit_code == 1
+    assert "params.study_min_cel: no such parameter" in said.output.replace("\n", "")
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
+    founding["genesis"]["contracts"]["governance"] = 4  # a typo made before the rule
+    out.write_text(json.dumps(founding))
     said = run("join", "--home", str(home), "--genesis", str(out)).output.replace("\n", " ")
     assert "which the nodes ignore: study_min_cel" in said
     assert load_config(home).genesis().params["study_min_cel"] == 10

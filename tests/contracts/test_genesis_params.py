@@ -116,3 +116,21 @@ def test_a_genesis_of_governance_v4_replays_its_parameters_as_given() -> None:
         dataclasses.replace(net, genesis=dataclasses.replace(net.genesis, params=given)).app()
     replayed_genesis_params(given, older.contracts)  # what join checks: not refused
     assert unknown_genesis_params({**given, "study_min_cel": 3}) == ["study_min_cel"]
+
+
+def test_init_chain_refuses_a_misspelt_parameter_from_governance_v5() -> None:
+    """Session 14: InitChain ignored a name no contract knows, so a genesis edited after
+    `consortium genesis` checked it started without the setting its founders wrote. From
+    governance v5 it is refused like a value out of range; a v4 genesis replays as it did."""
+    net = make_net()
+    misspelt = {"study_min_cel": 10, "study_min_cell": 10}
+    bad = dataclasses.replace(net.genesis, params=misspelt)
+    with pytest.raises(TxError, match=r"^field params\.study_min_cel: no such parameter$"):
+        dataclasses.replace(net, genesis=bad).app()
+    with pytest.raises(TxError, match="study_min_cel: no such parameter"):
+        replayed_genesis_params(misspelt, net.genesis.contracts)  # what join checks
+    older = dataclasses.replace(bad, contracts={**net.genesis.contracts, "governance": 4})
+    started = dataclasses.replace(net, genesis=older).app()
+    assert started.query_obj("governance/params", {})["study_min_cell"] == 10
+    replayed_genesis_params(misspelt, older.contracts)  # ignored there, as InitChain does
+    assert unknown_genesis_params(misspelt) == ["study_min_cel"]  # join's warning names it

@@ -25,6 +25,16 @@ def _check_cometbft(directory: Path) -> None:
         )
 
 
+def _check_genesis(directory: Path) -> None:
+    """What a new replica's InitChain would refuse of the genesis, said here, before any
+    process starts (node.core.ledger_genesis; each app process checks it again)."""
+    from medledger.node.config import hospital_homes, load_config
+    from medledger.node.core import ledger_genesis
+
+    for home in hospital_homes(directory):
+        ledger_genesis(load_config(home))
+
+
 def register(app: typer.Typer) -> None:
     net = typer.Typer(
         help="Start, stop and inspect a CometBFT consortium's processes.", no_args_is_help=True
@@ -51,6 +61,7 @@ def register(app: typer.Typer) -> None:
 
         _check_cometbft(directory)
         with user_errors():
+            _check_genesis(directory)
             try:
                 orgs = processes.up(directory, timeout=timeout, supervise=supervise)
             except processes.ProcessError as exc:

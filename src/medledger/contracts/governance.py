@@ -12,8 +12,9 @@ under v1 replay as they were until their members vote `activate_contract governa
 v3 bounds some parameters (`param_bounds`); v4 keeps `escrow_threshold` at most
 `escrow_shares` (`param_conflict`), at the proposal and at the vote that executes it.
 v5 (new consortia) holds a genesis's parameters to the rule of a vote at InitChain
-(`genesis_params`, and policies' too); before v5 they went into the state as given, so a chain
-founded before session 11 replays its genesis as it was.
+(`genesis_params`, and policies' too, which also refuses a name neither contract knows); before
+v5 they went into the state as given and unknown names were ignored, so a chain founded before
+session 11 replays its genesis as it was.
 
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
@@ -881,5 +882,7 @@ _V1 = Contract(
 # v3: the same again; `set_param` bounds proposal_ttl_ms and the escrow's k and n
 # (PARAM_RANGES_V3), which older chains took at any value and replay unchanged.
 # v4: the same again; `set_param` keeps escrow_threshold <= escrow_shares (`param_conflict`).
-# v5: the same again; InitChain refuses a genesis parameter a vote could not set.
+# v5: the same again; InitChain refuses a genesis parameter a vote could not set, or one no
+# contract knows (policies.genesis_params, session 14; the tools refused such a name at
+# writing a genesis before v5 existed, so only a file edited since carries one).
 CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4, 5))]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from medledger.consensus.engine import Engine
 from medledger.contracts import default_registry
 from medledger.ledger.app import Application
+from medledger.ledger.genesis import Genesis
 from medledger.ledger.keys import SigningKey
 from medledger.node.config import ConfigError, HospitalConfig, load_config
 from medledger.node.health import HealthProbe
@@ -30,6 +31,27 @@ if TYPE_CHECKING:
 
 class LedgerBusy(ConfigError):
     pass
+
+
+def ledger_genesis(config: HospitalConfig) -> Genesis:
+    """The genesis this hospital's replica opens its ledger with. While that ledger has not
+    started (no ledger file yet), checked first as its InitChain will check it
+    (`contracts.replayed_genesis_params`: from governance v5 a parameter a vote could not
+    set, or a name no contract knows, a misspelt setting that would look applied): a
+    ConfigError naming the file and the parameter, before anything is written. A ledger that
+    started applied its genesis once for all: not asked again."""
+    from medledger.contracts import replayed_genesis_params
+    from medledger.ledger.errors import TxError
+
+    genesis = config.genesis()
+    if not config.ledger_db.exists():
+        try:
+            replayed_genesis_params(genesis.params, genesis.contracts)
+        except TxError as exc:
+            raise ConfigError(
+                f"{config.genesis_path}: {exc}; the ledger does not start from it (nothing written)"
+            ) from None
+    return genesis
 
 
 class Node:
@@ -71,6 +93,7 @@ class Node:
     def _open_solo(cls, config: HospitalConfig, *, serve: bool, **options: Any) -> Node:
         from medledger.consensus.solo import SoloEngine
 
+        genesis = ledger_genesis(config)
         lock_path = config.ledger_db.with_suffix(".lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -88,7 +111,7 @@ class Node:
                 "does not serve it to others (a one-shot command); wait until it ends"
             ) from None
         try:
-            app = Application.open(config.ledger_db, config.genesis(), default_registry())
+            app = Application.open(config.ledger_db, genesis, default_registry())
             producer = SigningKey.from_file(config.consortium_dir / "solo.key")
             engine = SoloEngine(app, producer, auto=serve, **options)
         except BaseException:

@@ -29,13 +29,15 @@ log = logging.getLogger("medledger.app")
 
 
 def open_application(home: Path) -> Any:
-    """The hospital's ledger replica, as its config.json describes it."""
+    """The hospital's ledger replica, as its config.json describes it (a new one's genesis
+    checked first, `core.ledger_genesis`)."""
     from medledger.contracts import default_registry
     from medledger.ledger.app import Application
     from medledger.node.config import load_config
+    from medledger.node.core import ledger_genesis
 
     config = load_config(home)
-    return Application.open(config.ledger_db, config.genesis(), default_registry())
+    return Application.open(config.ledger_db, ledger_genesis(config), default_registry())
 
 
 def engine_for_home(home: Path, app: Any) -> CometEngine:

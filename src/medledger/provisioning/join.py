@@ -327,7 +327,9 @@ def _solo_sandbox(home: Path, genesis: Genesis, sandbox: Path | None, source: st
 
 def params_warning(config: HospitalConfig) -> str:
     """The genesis's parameters that no contract knows, which every node's InitChain ignores
-    (a misspelt name, say), or "": said, not refused, since the consortium runs with them."""
+    before governance v5 (a misspelt name, say), or "": said, not refused, since the
+    consortium runs with them. From v5 the genesis check refused them already (the node's
+    InitChain would: `replayed_genesis_params`)."""
     from medledger.contracts import unknown_genesis_params
 
     unknown = unknown_genesis_params(config.genesis().params)
