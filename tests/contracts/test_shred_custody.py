@@ -62,7 +62,7 @@ def _world_on_records_v1(monkeypatch: pytest.MonkeyPatch) -> World:
 
 def test_a_member_that_never_held_the_patient_cannot_shred_its_way_into_receiving() -> None:
     w = World()
-    assert w.q("governance/contracts", {})["records"] == 2  # a new consortium starts on v2
+    assert w.q("governance/contracts", {})["records"] >= 2  # a new consortium starts on v2+
     refused = _shred(w, "h2", records=1)
     assert refused.code == Code.UNAUTHORIZED
     assert refused.log.startswith("field pid: h2 never held custody of this patient")

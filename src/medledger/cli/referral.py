@@ -108,9 +108,9 @@ def register(app: typer.Typer) -> None:
         home: HomeOption,
         referral_id: IdOption,
         rids: Annotated[str, typer.Option(help="Records delivered (default: those named).")] = "",
-        as_: AsOption = "",
     ) -> None:
-        """Post the delivery: the records' ids and their registered commitments."""
+        """Post the delivery: the records' ids and their registered commitments (signed by
+        the organisation key: `referral` v2 takes it from no practitioner)."""
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
                     fail(f"--rids: no record {rid}")
                 commitments.append(entry["commitment"])
             msg = Deliver(id=referral_id, rids=chosen, commitments=commitments)
-            c = send(node, signer(node, as_), msg)
+            c = send(node, node.wallet, msg)
         console.print(f"referral {referral_id}: {len(chosen)} records delivered (block {c.height})")
 
     @referral.command("confirm")
@@ -137,15 +137,15 @@ def register(app: typer.Typer) -> None:
         commitments: Annotated[
             str, typer.Option(help="Hex commitments of the resources received, in order.")
         ],
-        as_: AsOption = "",
     ) -> None:
-        """Confirm the received resources match the delivered commitments."""
+        """Confirm the received resources match the delivered commitments (signed by the
+        organisation key: `referral` v2 takes it from no practitioner)."""
         from medledger.node import Node
 
         with user_errors():
             values = [hex32(v, "--commitments") for v in csv(commitments)]
             with Node.open(home) as node:
-                c = send(node, signer(node, as_), Confirm(referral_id, values))
+                c = send(node, node.wallet, Confirm(referral_id, values))
         console.print(f"referral {referral_id}: delivery confirmed (block {c.height})")
 
     @referral.command("status")

@@ -20,9 +20,10 @@ patient's data from the chain itself, at that block:
     copy holders  hospitals a consent let prefetch copies, hospitals a referral delivered
                   records to, a study's sponsor and the custodians that released data to it
 
-Each holder must attest its crypto-shredding (`erasure.attest`, by its DPO or organisation
-key) before the deadline (30 days, GDPR art. 12(3)); an attestation may simply reference the
-holder's `records.shredded` entry (leave `digest` empty). A custodian's own care records are
+Each holder must attest its crypto-shredding (`erasure.attest`: from v2 by its organisation
+key, its node that erased the vault; v1 took its DPO's key too) before the deadline (30
+days, GDPR art. 12(3)); an attestation may simply reference the holder's `records.shredded`
+entry (leave `digest` empty). A custodian's own care records are
 under legal retention (20 years from the record, French hospital files): its erasure is
 refused with that reason (`retention until YYYY-MM-DD`), while its copies of other hospitals'
 records, and every copy held elsewhere, must still be erased. Unattested obligations are
@@ -43,12 +44,14 @@ State (prefix `erasure/`):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
 from medledger.contracts import consent, records, referral, research
 from medledger.contracts.common import DAY_MS, check_pid
+from medledger.contracts.governance import contract_version
 from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import (
     acting_for_patient,
@@ -255,6 +258,15 @@ def cancel(ctx: Context, msg: Cancel) -> None:
 
 def attest(ctx: Context, msg: Attest) -> None:
     org, practitioner = acting_org(ctx, role="dpo")
+    if practitioner is not None and contract_version(ctx.state, "erasure") >= 2:
+        # v1 took it from the holder's DPO too: one person's key then declared the vault
+        # erased (any digest) without the node that erases it.
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {org}/{practitioner} may not attest an erasure; "
+            "erasure.attest is signed by the hospital's organisation key (its node, which "
+            "erased the vault: `medledger vault erase`)",
+        )
     req = get_request(ctx.state, msg.request)
     if req is None:
         raise TxError(Code.NOT_FOUND, f"no erasure request {msg.request}")
@@ -379,20 +391,21 @@ def q_list(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-CONTRACTS = [
-    Contract(
-        name="erasure",
-        version=1,
-        messages={
-            "erasure.request": Message("erasure.request", Request, request),
-            "erasure.attest": Message("erasure.attest", Attest, attest),
-            "erasure.cancel": Message("erasure.cancel", Cancel, cancel),
-        },
-        queries={
-            "erasure/status": q_status,
-            "erasure/list": q_list,
-            "erasure/pending": q_pending,
-        },
-        end_block=end_block,
-    )
-]
+_V1 = Contract(
+    name="erasure",
+    version=1,
+    messages={
+        "erasure.request": Message("erasure.request", Request, request),
+        "erasure.attest": Message("erasure.attest", Attest, attest),
+        "erasure.cancel": Message("erasure.cancel", Cancel, cancel),
+    },
+    queries={
+        "erasure/status": q_status,
+        "erasure/list": q_list,
+        "erasure/pending": q_pending,
+    },
+    end_block=end_block,
+)
+
+#: v2 (session 14): `erasure.attest` only from the organisation key (v1: its DPO's too).
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]

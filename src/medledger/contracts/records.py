@@ -41,6 +41,16 @@ so became an eligible export receiver of any patient under access v4 (`held_cust
 own act. Once v2 runs, a statement counts as ended custody only from a holder with a care
 record of its own for the pid, so one made under v1 by a non-custodian stops counting too.
 
+Who signs (v3, session 14). A shredding is the node's statement about its own vault (the
+patient's key destroyed, the replica peers that dropped it): v1 and v2 took it from any
+active key of the holder, so one clinician's key, stolen or careless, could end the
+hospital's custody and give `erasure` the digest it takes as the holder's attestation. v3
+takes `records.shredded` from the organisation key only. And a practitioner who signs a
+registration or an amendment needs a care role (`WRITER_ROLES`), as one named `author`
+already did: under v1 and v2 a researcher's, DPO's or admin's key registered records, and so
+started its hospital's custody of any pid. Refused `UNAUTHORIZED`, naming the signer. Under
+v1 and v2 a chain replays as it did.
+
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
     rec/version/<rid>/<version:08d>         each version's commitment and metadata
@@ -220,8 +230,26 @@ def _start_custody(ctx: Context, pid: str, org: str) -> None:
             ctx.emit("records.notify", pid=pid, custodian=custodian, org=org)
 
 
-def register(ctx: Context, msg: Register) -> None:
+def _writer(ctx: Context) -> tuple[str, str | None]:
+    """The signer's hospital and practitioner, as `acting_org`; from v3 a practitioner who
+    signs a registration or an amendment needs a care role, as one named `author` does
+    (v1 and v2 took any role: a researcher's, a DPO's or an admin's key started custody)."""
     custodian, practitioner = acting_org(ctx)
+    if (
+        practitioner is not None
+        and contract_version(ctx.state, "records") >= 3
+        and not WRITER_ROLES.intersection(identity.roles_of(ctx.state, custodian, practitioner))
+    ):
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {custodian}/{practitioner} has no role that writes "
+            f"records ({', '.join(sorted(WRITER_ROLES))})",
+        )
+    return custodian, practitioner
+
+
+def register(ctx: Context, msg: Register) -> None:
+    custodian, practitioner = _writer(ctx)
     if msg.author:
         practitioner = _author(ctx, custodian, practitioner, msg.author)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
@@ -330,7 +358,7 @@ def disclosed(state: StateView, org: str, rid: str) -> bool:
 
 
 def amend(ctx: Context, msg: Amend) -> None:
-    custodian, practitioner = acting_org(ctx)
+    custodian, practitioner = _writer(ctx)
     record = ctx.state.get(f"rec/entry/{msg.rid}")
     version = (record["version"] + 1) if record is not None else 2
     _amend(ctx, custodian, practitioner, msg.rid, version, msg.commitment, msg.meta_ct, "")
@@ -375,7 +403,17 @@ def _amend(
 
 
 def shredded(ctx: Context, msg: Shredded) -> None:
-    holder, _ = acting_org(ctx)
+    holder, practitioner = acting_org(ctx)
+    if practitioner is not None and contract_version(ctx.state, "records") >= 3:
+        # v1 and v2 took it from any active practitioner key of the holder: a clinician's
+        # key, stolen or careless, could end the hospital's custody and hand the erasure
+        # contract the digest it takes as the holder's attestation.
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {holder}/{practitioner} may not state a shredding; "
+            "records.shredded is signed by the hospital's organisation key (its node, "
+            "which erased the vault)",
+        )
     check_pid(msg.pid)
     copies_only = False
     if contract_version(ctx.state, "records") >= 2 and not ever_custodian(
@@ -659,4 +697,6 @@ _V1 = Contract(
 
 #: v2 (session 11): `records.shredded` only from a hospital that held custody of the pid, or
 #: holds copies under the patient's erasure request (`SHRED_RULES`).
-CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]
+#: v3 (session 14): `records.shredded` only from the organisation key; a practitioner who
+#: signs `records.register` or `records.amend` needs a care role (`WRITER_ROLES`).
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2), dataclasses.replace(_V1, version=3)]

@@ -13,7 +13,11 @@ obligation: A delivers the named records by a deadline (`referral_delivery_ms`).
 `referral.deliver` posts the delivered rids and their commitments, which must be the ones
 registered in the records index; `referral.confirm` is B saying the resources it received
 hash to those commitments (B checks off chain; the chain checks B confirms exactly what was
-delivered). An obligation not delivered by its deadline is flagged by end_block
+delivered). Both are the exchange's statements of what it sent and received (the sync
+agents send them, exchange/sync/delivery.py): from v2 only the organisation key signs them;
+v1 took any practitioner key of that side, so a clinician's key could mark a delivery made
+or received that never was (the commitments are public, on the chain). An obligation not
+delivered by its deadline is flagged by end_block
 (`obligation.overdue`); a late delivery is still accepted and marked late.
 
 Either side may cancel a referral not yet admitted. Its reason sits next to the pid for ever,
@@ -29,6 +33,7 @@ State (prefix `referral/`):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +41,7 @@ from medledger.contracts.access import RECEIVER_RULES
 from medledger.contracts.categories import ALL, check_categories, covers
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.consent import get_consent
-from medledger.contracts.governance import is_member
+from medledger.contracts.governance import contract_version, is_member
 from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
@@ -193,13 +198,22 @@ def create(ctx: Context, msg: Create) -> None:
     )
 
 
-def _own(ctx: Context, rid: int, side: str) -> dict[str, Any]:
+def _own(ctx: Context, rid: int, side: str, node_act: str = "") -> dict[str, Any]:
+    """The referral, if the signer is of its `side`. From v2, an act named in `node_act` (a
+    delivery, a confirmation: what the hospital's exchange says it sent or received) needs
+    the organisation key: v1 took any practitioner key of that side, with whichever role."""
     ref = get_referral(ctx.state, rid)
     if ref is None:
         raise TxError(Code.NOT_FOUND, f"no referral {rid}")
-    org, _ = acting_org(ctx)
+    org, practitioner = acting_org(ctx)
     if ref[side] != org:
         raise TxError(Code.UNAUTHORIZED, f"only {ref[side]} may do this on referral {rid}")
+    if node_act and practitioner is not None and contract_version(ctx.state, "referral") >= 2:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {org}/{practitioner} may not {node_act}; it is signed by "
+            "the hospital's organisation key (its exchange, which holds the records)",
+        )
     return ref
 
 
@@ -233,7 +247,7 @@ def admit(ctx: Context, msg: Admit) -> None:
 
 
 def deliver(ctx: Context, msg: Deliver) -> None:
-    ref = _own(ctx, msg.id, "from")
+    ref = _own(ctx, msg.id, "from", "state a referral's delivery")
     if ref["status"] != "admitted":
         raise TxError(Code.CONFLICT, f"referral {msg.id} is {ref['status']}, not admitted")
     if not msg.rids or len(msg.rids) > MAX_RIDS or len(set(msg.rids)) != len(msg.rids):
@@ -271,7 +285,7 @@ def deliver(ctx: Context, msg: Deliver) -> None:
 
 
 def confirm(ctx: Context, msg: Confirm) -> None:
-    ref = _own(ctx, msg.id, "to")
+    ref = _own(ctx, msg.id, "to", "confirm a referral's delivery")
     if ref["status"] != "delivered":
         raise TxError(Code.CONFLICT, f"referral {msg.id} is {ref['status']}, not delivered")
     delivered = ref["obligation"]["delivered"]
@@ -416,18 +430,19 @@ def q_list(state: StateView, args: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-CONTRACTS = [
-    Contract(
-        name="referral",
-        version=1,
-        messages={
-            "referral.create": Message("referral.create", Create, create),
-            "referral.admit": Message("referral.admit", Admit, admit),
-            "referral.deliver": Message("referral.deliver", Deliver, deliver),
-            "referral.confirm": Message("referral.confirm", Confirm, confirm),
-            "referral.cancel": Message("referral.cancel", Cancel, cancel),
-        },
-        queries={"referral/status": q_status, "referral/list": q_list},
-        end_block=end_block,
-    )
-]
+_V1 = Contract(
+    name="referral",
+    version=1,
+    messages={
+        "referral.create": Message("referral.create", Create, create),
+        "referral.admit": Message("referral.admit", Admit, admit),
+        "referral.deliver": Message("referral.deliver", Deliver, deliver),
+        "referral.confirm": Message("referral.confirm", Confirm, confirm),
+        "referral.cancel": Message("referral.cancel", Cancel, cancel),
+    },
+    queries={"referral/status": q_status, "referral/list": q_list},
+    end_block=end_block,
+)
+
+#: v2 (session 14): `referral.deliver` and `referral.confirm` only from the organisation key.
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]
