@@ -220,8 +220,8 @@ def test_a_parameter_in_other_digits_is_refused_as_not_a_number(tmp_path: Path) 
 def test_join_refuses_a_parameter_no_contract_knows_or_warns_of_it_before_the_rule(
     tmp_path: Path,
 ) -> None:
-    """From governance v5 the nodes' InitChain refuses a name no contract knows (session 14),
-    so join refuses such a genesis, naming it, before writing anything. Before v5 InitChain
+    """From governance v6 the nodes' InitChain refuses a name no contract knows (session 14),
+    so join refuses such a genesis, naming it, before writing anything. Before v6 InitChain
     ignores it: the consortium runs without it, so join says so rather than refusing a
     genesis its members run on."""
     requests = _founders(tmp_path)
@@ -236,7 +236,7 @@ def test_join_refuses_a_parameter_no_contract_knows_or_warns_of_it_before_the_ru
     assert said.exit_code == 1
     assert "params.study_min_cel: no such parameter" in said.output.replace("\n", "")
     assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
-    founding["genesis"]["contracts"]["governance"] = 4  # a typo made before the rule
+    founding["genesis"]["contracts"]["governance"] = 5  # a typo made before the rule
     out.write_text(json.dumps(founding))
     said = run("join", "--home", str(home), "--genesis", str(out)).output.replace("\n", " ")
     assert "which the nodes ignore: study_min_cel" in said

@@ -3,7 +3,7 @@
 `consortium genesis` and `init` refuse a misspelt parameter when they write a genesis; a
 genesis.json edited since reached the node's InitChain, which ignored the name: the consortium
 started without the setting its founders wrote (session 14). InitChain refuses it now (from
-governance v5, tests/contracts/test_genesis_params.py), and the tools that start a new ledger
+governance v6, tests/contracts/test_genesis_params.py), and the tools that start a new ledger
 say so first, naming the file and the parameter, before anything is written: a solo node, a
 CometBFT app process, `net up`.
 """

@@ -6,8 +6,8 @@ could start a consortium with `proposal_ttl_ms` 0 (every proposal expired before
 vote: governance frozen for good) or an escrow threshold above its shares (every escrowed key
 unrecoverable). Now the same rule (`governance.param_problem`, `policies.param_problem`)
 refuses them, naming the parameter: at `consortium genesis` / `create_consortium` (nothing
-written), and, from governance v5 (new consortia), at `join` and the node's InitChain (a file
-edited since); an older genesis replays as it did."""
+written), and, from governance v5, at `join` and the node's InitChain (a file edited since;
+from v6, new consortia, a name no contract knows too); an older genesis replays as it did."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_a_genesis_of_governance_v4_replays_its_parameters_as_given() -> None:
     """Before governance v5 a genesis's parameters went into the state unchecked (session 10
     and earlier): a node replaying such a chain from block 0 still starts, with the values
     the running nodes have (review 11a, finding 4). New consortia start on v5, refused."""
-    assert default_versions()["governance"] == 5
+    assert default_versions()["governance"] == 6
     net = make_net()
     given = {"study_min_cell": 1, "proposal_ttl_ms": 0, "emergency_max_ms": 0}
     older = dataclasses.replace(
@@ -118,10 +118,10 @@ def test_a_genesis_of_governance_v4_replays_its_parameters_as_given() -> None:
     assert unknown_genesis_params({**given, "study_min_cel": 3}) == ["study_min_cel"]
 
 
-def test_init_chain_refuses_a_misspelt_parameter_from_governance_v5() -> None:
+def test_init_chain_refuses_a_misspelt_parameter_from_governance_v6() -> None:
     """Session 14: InitChain ignored a name no contract knows, so a genesis edited after
     `consortium genesis` checked it started without the setting its founders wrote. From
-    governance v5 it is refused like a value out of range; a v4 genesis replays as it did."""
+    governance v6 it is refused like a value out of range; a v5 genesis replays as it did."""
     net = make_net()
     misspelt = {"study_min_cel": 10, "study_min_cell": 10}
     bad = dataclasses.replace(net.genesis, params=misspelt)
@@ -129,7 +129,7 @@ def test_init_chain_refuses_a_misspelt_parameter_from_governance_v5() -> None:
         dataclasses.replace(net, genesis=bad).app()
     with pytest.raises(TxError, match="study_min_cel: no such parameter"):
         replayed_genesis_params(misspelt, net.genesis.contracts)  # what join checks
-    older = dataclasses.replace(bad, contracts={**net.genesis.contracts, "governance": 4})
+    older = dataclasses.replace(bad, contracts={**net.genesis.contracts, "governance": 5})
     started = dataclasses.replace(net, genesis=older).app()
     assert started.query_obj("governance/params", {})["study_min_cell"] == 10
     replayed_genesis_params(misspelt, older.contracts)  # ignored there, as InitChain does

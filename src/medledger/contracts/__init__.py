@@ -77,8 +77,8 @@ def check_genesis_params(params: dict[str, Any], versions: dict[str, int]) -> No
 def replayed_genesis_params(params: dict[str, Any], versions: dict[str, int]) -> None:
     """Refuse what a node's InitChain refuses of a genesis's parameters under its contract
     `versions` (governance.genesis_params, policies.genesis_params: from governance v5 a
-    vote's rule and a name no contract knows, before it a value int() cannot read), TxError
-    naming it. Before v5 unknown names are ignored there: `unknown_genesis_params` lists
+    vote's rule, before it a value int() cannot read; from v6 a name no contract knows),
+    TxError naming it. Before v6 unknown names are ignored there: `unknown_genesis_params` lists
     them."""
     from medledger.contracts import governance, policies
 
@@ -88,7 +88,7 @@ def replayed_genesis_params(params: dict[str, Any], versions: dict[str, int]) ->
 
 def unknown_genesis_params(params: dict[str, Any]) -> list[str]:
     """The names among a genesis's parameters that no contract knows (InitChain refuses them
-    from governance v5, ignores them before)."""
+    from governance v6, ignores them before)."""
     from medledger.contracts import governance, policies
 
     known = {*governance.DEFAULT_PARAMS, *policies.DEFAULT_PARAMS}

@@ -11,10 +11,11 @@ key is lost), and a rebinding retires the practitioner keys the org registered
 under v1 replay as they were until their members vote `activate_contract governance 2`.
 v3 bounds some parameters (`param_bounds`); v4 keeps `escrow_threshold` at most
 `escrow_shares` (`param_conflict`), at the proposal and at the vote that executes it.
-v5 (new consortia) holds a genesis's parameters to the rule of a vote at InitChain
-(`genesis_params`, and policies' too, which also refuses a name neither contract knows); before
-v5 they went into the state as given and unknown names were ignored, so a chain founded before
-session 11 replays its genesis as it was.
+v5 holds a genesis's parameters to the rule of a vote at InitChain (`genesis_params`, and
+policies' too); before v5 they went into the state as given, so a chain founded before session
+11 replays its genesis as it was. v6 (new consortia, session 14) also refuses a genesis name
+neither contract knows (policies.genesis_params); before v6 such a name is ignored, so a v5
+chain replays as it did.
 
 Bounds: a proposal's `note` (free text for the other members, on the chain for ever) is at
 most `MAX_NOTE` characters and a member's display `name` at most `MAX_NAME`; every other
@@ -286,6 +287,9 @@ def param_problem(name: str, value: int, current: dict[str, int], version: int) 
 
 #: The governance version from which a genesis's parameters meet the rule of a vote.
 GENESIS_RULE_VERSION = 5
+#: The governance version from which a genesis naming a parameter no contract knows is refused
+#: (a misspelt setting would look applied and not be); before it the name is ignored.
+GENESIS_NAMES_VERSION = 6
 
 
 def genesis_params(given: dict[str, Any], version: int) -> dict[str, int]:
@@ -882,7 +886,7 @@ _V1 = Contract(
 # v3: the same again; `set_param` bounds proposal_ttl_ms and the escrow's k and n
 # (PARAM_RANGES_V3), which older chains took at any value and replay unchanged.
 # v4: the same again; `set_param` keeps escrow_threshold <= escrow_shares (`param_conflict`).
-# v5: the same again; InitChain refuses a genesis parameter a vote could not set, or one no
-# contract knows (policies.genesis_params, session 14; the tools refused such a name at
-# writing a genesis before v5 existed, so only a file edited since carries one).
-CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4, 5))]
+# v5: the same again; InitChain refuses a genesis parameter a vote could not set.
+# v6: the same again; InitChain refuses a genesis parameter no contract knows
+# (policies.genesis_params, session 14).
+CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4, 5, 6))]

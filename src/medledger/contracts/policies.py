@@ -319,14 +319,18 @@ def genesis_params(given: dict[str, Any], governance_version: int) -> dict[str, 
     """The policy parameters among a genesis's `given` ones, each an integer a vote could set;
     TxError naming the first that is not, or the first name neither contract knows (a
     misspelt setting would look applied and not be; governance's own values are left to
-    it). Under a governance version before its GENESIS_RULE_VERSION, each as given and
-    unknown names ignored (older chains replay so)."""
+    it; from GENESIS_NAMES_VERSION). Under a governance version before its
+    GENESIS_RULE_VERSION, each as given; before GENESIS_NAMES_VERSION unknown names are
+    ignored (older chains replay so)."""
     if governance_version < governance.GENESIS_RULE_VERSION:
         return governance.as_given(given, DEFAULT_PARAMS)
     found: dict[str, int] = {}
     for name, value in sorted(given.items()):
         if name not in DEFAULT_PARAMS:
-            if name not in governance.DEFAULT_PARAMS:
+            if (
+                name not in governance.DEFAULT_PARAMS
+                and governance_version >= governance.GENESIS_NAMES_VERSION
+            ):
                 raise TxError(Code.INVALID_BODY, f"field params.{name}: no such parameter")
             continue
         if not isinstance(value, int) or isinstance(value, bool):

@@ -37,7 +37,7 @@ def ledger_genesis(config: HospitalConfig) -> Genesis:
     """The genesis this hospital's replica opens its ledger with. While that ledger has not
     started (no ledger file yet), checked first as its InitChain will check it
     (`contracts.replayed_genesis_params`: from governance v5 a parameter a vote could not
-    set, or a name no contract knows, a misspelt setting that would look applied): a
+    set, from v6 a name no contract knows, a misspelt setting that would look applied): a
     ConfigError naming the file and the parameter, before anything is written. A ledger that
     started applied its genesis once for all: not asked again."""
     from medledger.contracts import replayed_genesis_params

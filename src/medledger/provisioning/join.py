@@ -327,8 +327,8 @@ def _solo_sandbox(home: Path, genesis: Genesis, sandbox: Path | None, source: st
 
 def params_warning(config: HospitalConfig) -> str:
     """The genesis's parameters that no contract knows, which every node's InitChain ignores
-    before governance v5 (a misspelt name, say), or "": said, not refused, since the
-    consortium runs with them. From v5 the genesis check refused them already (the node's
+    before governance v6 (a misspelt name, say), or "": said, not refused, since the
+    consortium runs with them. From v6 the genesis check refused them already (the node's
     InitChain would: `replayed_genesis_params`)."""
     from medledger.contracts import unknown_genesis_params
 
