@@ -384,11 +384,24 @@ def _compare(
                     round(sum(r[m][key] for r in rounds) / len(rounds), 3)
                     for m in ("off", "journal", "on")
                 ]
-            split["servers_threads_ms_per_read_journal"] = _by_thread(
-                [(r["journal"], r["off"]) for r in rounds]
-            )
+            by_mode = [_pooled([r[m] for r in rounds]) for m in ("off", "journal", "on")]
+            split["servers_threads_ms_per_read_off_journal_on"] = {
+                name: [pooled.get(name, 0.0) for pooled in by_mode]
+                for name in sorted({n for pooled in by_mode for n in pooled})
+                if any(pooled.get(name) for pooled in by_mode)
+            }
         out["off_journal_on"] = split
     return out
+
+
+def _pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The serving processes' CPU per read by thread over `runs` (weighted by reads)."""
+    reads = sum(run["reads"] for run in runs)
+    spent: dict[str, float] = {}
+    for run in runs:
+        for name, ms in run["servers_threads_ms_per_read"].items():
+            spent[name] = spent.get(name, 0.0) + ms * run["reads"]
+    return {name: round(ms / max(1, reads), 3) for name, ms in spent.items()}
 
 
 def _by_thread(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[float]]:
