@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ import orjson
 OFF = "bench-audit-off"
 JOURNAL_ONLY = "bench-audit-journal-only"
 JOURNALS: dict[str, Any] = {}  # in a node process: the journal `log_later` used, by home
+# In a node process, per read audited: its thread's CPU in `begin` and in `end`, the wall
+# `end` waited, and the wall from `begin` to the end of `end` (seconds).
+CALLS: deque[tuple[float, float, float, float]] = deque()
 A, B = "chu-lyon", "aphp-paris"
 PID = hashlib.sha256(b"bench audit direct").hexdigest()
 
@@ -75,7 +79,19 @@ def install_switch() -> Callable[[], None]:
         journal = self.node.audit
         JOURNALS.setdefault(str(home), journal)
         journal.bench_local = (home / JOURNAL_ONLY).exists()  # type: ignore[attr-defined]
-        return original(self, entries, wait=wait)
+        cpu, wall = time.thread_time(), time.perf_counter()
+        durable = original(self, entries, wait=wait)
+        begun = time.thread_time() - cpu
+
+        def timed() -> None:
+            cpu, wall_end = time.thread_time(), time.perf_counter()
+            try:
+                durable()
+            finally:
+                now = time.perf_counter()
+                CALLS.append((begun, time.thread_time() - cpu, now - wall_end, now - wall))
+
+        return timed
 
     def local_push(self: AuditJournal, group: Any, ready: float, *, first: bool = False) -> None:
         if ready and getattr(self, "bench_local", False):  # just written (not a re-queue)
@@ -308,8 +324,14 @@ def _compare(
             servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
             by_name = _by_name(threads, _threads(homes[:2]))
-            fsyncs = sum(v for k, v in by_name.items() if k.startswith("#fsyncs"))
-            result["fsyncs_per_read"] = round(fsyncs / reads, 3)
+            result["fsyncs_per_read"] = round(by_name.get("#fsyncs audit", 0) / reads, 3)
+            result["writes_held_per_read"] = round(by_name.get("#fsyncs held", 0) / reads, 3)
+            # `begin` and `end` as the read's thread saw them (µs per read audited)
+            calls = {k.split(" ", 1)[1]: v for k, v in by_name.items() if k.startswith("#calls ")}
+            result["log_calls_us"] = {
+                key: round(calls.get(key, 0.0) / max(1.0, calls.get("calls", 0.0)) * 1e6, 1)
+                for key in CALL_KEYS
+            }
             result["servers_threads_ms_per_read"] = {
                 name: round(seconds / reads * 1e3, 3)
                 for name, seconds in sorted(by_name.items())
@@ -376,7 +398,7 @@ def _compare(
             ],
         }
         if cpu is not None:
-            for key in [*keys, "fsyncs_per_read"]:
+            for key in [*keys, "fsyncs_per_read", "writes_held_per_read"]:
                 split[f"{key}_off_journal_on"] = [
                     [r[m][key] for m in ("off", "journal", "on")] for r in rounds
                 ]
@@ -384,6 +406,13 @@ def _compare(
                     round(sum(r[m][key] for r in rounds) / len(rounds), 3)
                     for m in ("off", "journal", "on")
                 ]
+            split["log_calls_us_journal_on"] = {
+                key: [
+                    round(sum(r[m]["log_calls_us"][key] for r in rounds) / len(rounds), 1)
+                    for m in ("journal", "on")
+                ]
+                for key in CALL_KEYS
+            }
             by_mode = [_pooled([r[m] for r in rounds]) for m in ("off", "journal", "on")]
             split["servers_threads_ms_per_read_off_journal_on"] = {
                 name: [pooled.get(name, 0.0) for pooled in by_mode]
@@ -652,6 +681,7 @@ def run(
 
 
 THREADS = "bench-threads.json"
+CALL_KEYS = ("begin_cpu", "end_cpu", "end_wall", "begin_to_end_wall")
 
 
 def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
@@ -662,6 +692,7 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
     import threading
 
     tick = os.sysconf("SC_CLK_TCK")
+    calls = dict.fromkeys(("calls", *CALL_KEYS), 0.0)
 
     def dump() -> None:
         while True:
@@ -675,8 +706,14 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
                 name = re.sub(r"[-_]?[0-9]+", "", thread.name) or "thread"
                 spent[f"{name} {thread.native_id}"] = (int(fields[11]) + int(fields[12])) / tick
             fsyncs = {"audit": sum(j.stats["fsyncs"] for j in JOURNALS.values())}
+            for journal in JOURNALS.values():
+                fsyncs["held"] = journal.stats.get("writes_held", 0)
+            while CALLS:
+                for key, value in zip(CALL_KEYS, CALLS.popleft(), strict=True):
+                    calls[key] += value
+                calls["calls"] += 1
             tmp = home / f"{THREADS}.tmp"
-            tmp.write_bytes(orjson.dumps({"threads": spent, "fsyncs": fsyncs}))
+            tmp.write_bytes(orjson.dumps({"threads": spent, "fsyncs": fsyncs, "calls": calls}))
             tmp.replace(home / THREADS)
             time.sleep(every)
 
@@ -695,6 +732,8 @@ def _threads(homes: list[Path]) -> dict[str, float]:
                 total[f"{home.name} {key}"] = seconds
             for key, count in dumped["fsyncs"].items():
                 total[f"{home.name} #fsyncs {key}"] = count
+            for key, count in dumped["calls"].items():
+                total[f"{home.name} #calls {key}"] = count
     return total
 
 
@@ -704,7 +743,8 @@ def _by_name(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     second, and its share with it (never counted below zero)."""
     spent: dict[str, float] = {}
     for key, seconds in after.items():
-        name = key.split(" ", 1)[1].rsplit(" ", 1)[0]
+        name = key.split(" ", 1)[1]
+        name = name if name.startswith("#") else name.rsplit(" ", 1)[0]  # less its thread id
         spent[name] = spent.get(name, 0.0) + seconds - before.get(key, 0.0)
     return spent
 
