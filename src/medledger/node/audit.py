@@ -9,7 +9,10 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
    requests that arrived meanwhile (group fsync). The caller returns once its entries are
-   durable: a read waits for the disk, never for the chain.
+   durable: a read waits for the disk, never for the chain. While FHIR reads the API has
+   announced (`expecting`, as each arrives) have not logged yet, the writer holds a write
+   back by up to `hold_s` (1 ms) so that one fsync serves them too; a lone read's entry is
+   written at once (docs/benchmarks.md, "Session 14 (fsync13)").
 2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
    bytes) and signs one `access.log` tx with the organisation's wallet: after
    `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
