@@ -78,7 +78,8 @@ def install_switch() -> Callable[[], None]:
             return lambda: None
         journal = self.node.audit
         JOURNALS.setdefault(str(home), journal)
-        journal.bench_local = (home / JOURNAL_ONLY).exists()  # type: ignore[attr-defined]
+        local = (home / JOURNAL_ONLY).read_bytes() if (home / JOURNAL_ONLY).exists() else None
+        journal.bench_local = local is not None  # type: ignore[attr-defined]
         cpu, wall = time.thread_time(), time.perf_counter()
         durable = original(self, entries, wait=wait)
         begun = time.thread_time() - cpu
@@ -91,7 +92,7 @@ def install_switch() -> Callable[[], None]:
                 now = time.perf_counter()
                 CALLS.append((begun, time.thread_time() - cpu, now - wall_end, now - wall))
 
-        return timed
+        return (lambda: None) if local == b"unwaited" else timed
 
     def local_push(self: AuditJournal, group: Any, ready: float, *, first: bool = False) -> None:
         if ready and getattr(self, "bench_local", False):  # just written (not a re-queue)
@@ -280,7 +281,7 @@ def _compare(
     seconds: int,
     pairs: int = 4,
     cpu: Callable[[], tuple[float, float]] | None = None,
-    journal_only: bool = False,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     """Reads with the audit on and off, in `pairs` pairs of alternating order (off then on,
     on then off, ...): with an even count each mode sits as often early as late, so a machine
@@ -293,7 +294,11 @@ def _compare(
     With `journal_only`, each pair is a round of three runs (`ORDERS`): the third mode,
     "journal", makes each read's entry durable exactly as "on" does (the node's journal,
     fsync'd before the answer) and never sends it to the chain (`install_switch`): what a
-    durable local audit record alone costs, against which "on" shows what the chain adds."""
+    durable local audit record alone costs, against which "on" shows what the chain adds.
+    `journal_only=2` adds a fourth, a diagnostic ("unwaited"): the entry written as with
+    "journal" but the answer sent without waiting for it (never a product behaviour: it
+    breaks "durable before the data leaves"), which splits the local journal's cost into the
+    work of writing it and the cost of the read waiting for it."""
     tokens = {org: _token(home, org) for org, home in zip((A, B), homes, strict=False)}
     targets = {
         "own_records": (urls[A], tokens[A], rids),
@@ -302,11 +307,13 @@ def _compare(
 
     def audit(mode: str) -> None:
         for home in homes[:2]:
-            for switch, when in ((OFF, "off"), (JOURNAL_ONLY, "journal")):
-                if mode == when:
-                    (home / switch).touch()
-                else:
-                    (home / switch).unlink(missing_ok=True)
+            (home / JOURNAL_ONLY).unlink(missing_ok=True)
+            if mode == "off":
+                (home / OFF).touch()
+            else:
+                (home / OFF).unlink(missing_ok=True)
+            if mode in ("journal", "unwaited"):
+                (home / JOURNAL_ONLY).write_bytes(mode.encode())
 
     def measured(mode: str, count: int = readers, span: float = seconds) -> dict[str, Any]:
         audit(mode)
@@ -338,9 +345,7 @@ def _compare(
                 if not name.startswith("#")
             }
             result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
-        if (
-            mode == "on"
-        ):  # its entries reach the chain before the next run starts (none of its cost)
+        if mode == "on":  # its entries on the chain before the next run (none of its cost)
             _settle(engine, [A, B], since, result["reads"])
             result["audit"] = _on_chain(engine, [A, B], since, until, result["reads"])
         return result
@@ -353,9 +358,13 @@ def _compare(
     light_off = measured("off", 1, seconds / 2)
     light_on = measured("on", 1, seconds / 2)
     rounds: list[dict[str, dict[str, Any]]] = []
+    modes = ("off", "unwaited", "journal", "on") if journal_only > 1 else ("off", "journal", "on")
     for k in range(pairs):
-        if journal_only:
+        if journal_only == 1:
             order: tuple[str, ...] = ORDERS[k % len(ORDERS)]
+        elif journal_only:  # each mode in each place, then the same rotations reversed
+            order = modes[k % 4 :] + modes[: k % 4]
+            order = order[::-1] if (k // 4) % 2 else order
         else:  # off first in the first pair, on first in the second...
             order = ("on", "off") if k % 2 == 1 else ("off", "on")
         rounds.append({mode: measured(mode) for mode in order})
@@ -381,46 +390,61 @@ def _compare(
             out[f"{key}_pairs"] = [[r_on[key], r_off[key]] for r_on, r_off in runs]
         out["servers_threads_ms_per_read_on_off"] = _by_thread(runs)
     if journal_only:
-        total_journal = sum(r["journal"]["reads_per_s"] for r in rounds)
-        split: dict[str, Any] = {
-            "modes": {
-                "off": "no entry: the read is decided and its entry built, never written",
-                "journal": "the entry fsync'd in the node's journal before the answer as with "
-                "'on', then marked done there, never sent to the chain",
-                "on": "the entry fsync'd in the node's journal before the answer, then on the "
-                "chain in a shared access.log tx",
-            },
-            "orders": [list(r) for r in rounds],
-            "reads_ratio_journal_vs_off": round(total_journal / max(total_off, 0.1), 3),
-            "reads_ratio_on_vs_journal": round(total_on / max(total_journal, 0.1), 3),
-            "reads_per_s_off_journal_on": [
-                [r[m]["reads_per_s"] for m in ("off", "journal", "on")] for r in rounds
-            ],
-        }
-        if cpu is not None:
-            for key in [*keys, "fsyncs_per_read", "writes_held_per_read"]:
-                split[f"{key}_off_journal_on"] = [
-                    [r[m][key] for m in ("off", "journal", "on")] for r in rounds
-                ]
-                split[f"{key}_mean_off_journal_on"] = [
-                    round(sum(r[m][key] for r in rounds) / len(rounds), 3)
-                    for m in ("off", "journal", "on")
-                ]
-            split["log_calls_us_journal_on"] = {
-                key: [
-                    round(sum(r[m]["log_calls_us"][key] for r in rounds) / len(rounds), 1)
-                    for m in ("journal", "on")
-                ]
-                for key in CALL_KEYS
-            }
-            by_mode = [_pooled([r[m] for r in rounds]) for m in ("off", "journal", "on")]
-            split["servers_threads_ms_per_read_off_journal_on"] = {
-                name: [pooled.get(name, 0.0) for pooled in by_mode]
-                for name in sorted({n for pooled in by_mode for n in pooled})
-                if any(pooled.get(name) for pooled in by_mode)
-            }
-        out["off_journal_on"] = split
+        out["by_mode"] = _split(rounds, modes, cpu is not None)
     return out
+
+
+MODES = {
+    "off": "no entry: the read is decided and its entry built, never written",
+    "unwaited": "DIAGNOSTIC, never a product behaviour: the entry fsync'd in the node's "
+    "journal as with 'journal', but the answer leaves without waiting for it",
+    "journal": "the entry fsync'd in the node's journal before the answer as with 'on', "
+    "then marked done there, never sent to the chain",
+    "on": "the entry fsync'd in the node's journal before the answer, then on the chain in a "
+    "shared access.log tx",
+}
+
+
+def _split(
+    rounds: list[dict[str, dict[str, Any]]], modes: tuple[str, ...], cpu: bool
+) -> dict[str, Any]:
+    """Each mode's figures over the rounds: reads over "off"'s, and the means per read."""
+    total = {m: sum(r[m]["reads_per_s"] for r in rounds) for m in modes}
+    split: dict[str, Any] = {
+        "modes": {m: MODES[m] for m in modes},
+        "orders": [list(r) for r in rounds],
+        "reads_ratio_vs_off": {m: round(total[m] / max(total["off"], 0.1), 3) for m in modes},
+        "reads_per_s": {m: [r[m]["reads_per_s"] for r in rounds] for m in modes},
+    }
+    if not cpu:
+        return split
+    for key in (
+        "servers_cpu_ms_per_read",
+        "network_cpu_ms_per_read",
+        "client_cpu_ms_per_read",
+        "fsyncs_per_read",
+        "writes_held_per_read",
+    ):
+        split[key] = {m: [r[m][key] for r in rounds] for m in modes}
+        split[f"{key}_mean"] = {
+            m: round(sum(r[m][key] for r in rounds) / len(rounds), 3) for m in modes
+        }
+    split["log_calls_us"] = {
+        m: {
+            key: round(sum(r[m]["log_calls_us"][key] for r in rounds) / len(rounds), 1)
+            for key in CALL_KEYS
+        }
+        for m in modes
+        if m != "off"
+    }
+    by_mode = {m: _pooled([r[m] for r in rounds]) for m in modes}
+    names = sorted({n for pooled in by_mode.values() for n in pooled})
+    split["servers_threads_ms_per_read"] = {
+        name: {m: by_mode[m].get(name, 0.0) for m in modes}
+        for name in names
+        if any(by_mode[m].get(name) for m in modes)
+    }
+    return split
 
 
 def _pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -538,7 +562,7 @@ def run_solo(
     direct: int,
     callers: int = 64,
     pairs: int = 4,
-    journal_only: bool = False,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     from medledger.cli._runtime import Sandbox
     from medledger.provisioning import create_consortium
@@ -606,7 +630,7 @@ def run_cometbft(
     direct: int,
     callers: int = 64,
     pairs: int = 4,
-    journal_only: bool = False,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     from medledger.node import Node
     from medledger.node.config import load_config
@@ -668,10 +692,10 @@ def run(
             result["cometbft"] = f"skipped: {exc}"
         else:
             result["cometbft"] = run_cometbft(
-                seconds, readers, direct, callers, pairs, bool(journal_only)
+                seconds, readers, direct, callers, pairs, journal_only
             )
     else:
-        result["solo"] = run_solo(seconds, readers, direct, callers, pairs, bool(journal_only))
+        result["solo"] = run_solo(seconds, readers, direct, callers, pairs, journal_only)
     result["goals"] = {
         "reads_ratio_on_vs_off": 0.9,
         "own_read_p95_ms_cometbft_1s": 50,
