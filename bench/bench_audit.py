@@ -1,7 +1,7 @@
 """The audit trail at hospital scale: audited FHIR reads per second, with and without audit.
 
     medledger bench audit [--set seconds=20 --set readers=8 --set direct=20000 --set cometbft=1
-                           --set callers=64 --set pairs=4]
+                           --set callers=64 --set pairs=4 --set journal_only=0]
 
 Two hospitals serve reads at once, over HTTP on loopback: A its own records, B the copies of
 A's records its sync agent fetched under the patient's consent (`readers` client threads
@@ -16,7 +16,11 @@ and this bench's readers' CPU per read in each run); and the latency with one re
 hospital (on and off), where the machine's queueing does not hide the audit's own cost. The
 switch is this bench's alone: a file `bench-audit-off` in a hospital home, read by the
 `HospitalServices.log_later` this script installs in its own node processes (never a product
-setting). Last, the journal driven
+setting). With `journal_only=1` each pair is a round of three runs: the third mode
+("journal", switched by a file `bench-audit-journal-only`) makes each read's entry durable
+exactly as "on" does, in the node's journal, and marks it done there, never sent to the chain:
+it splits the audit's cost into a durable local record's and the chain's (`off_journal_on`).
+Last, the journal driven
 directly (`direct` entries logged by `callers` threads, then drained): audit entries
 committed per second (from the first entry logged to the last committed, and from the first
 commit to the last), and per tx.
@@ -35,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,30 +48,86 @@ import httpx
 import orjson
 
 OFF = "bench-audit-off"
+JOURNAL_ONLY = "bench-audit-journal-only"
+JOURNALS: dict[str, Any] = {}  # in a node process: the journal `log_later` used, by home
+# In a node process, per read audited: its thread's CPU in `begin` and in `end`, the wall
+# `end` waited, and the wall from `begin` to the end of `end` (seconds).
+CALLS: deque[tuple[float, float, float, float]] = deque()
 A, B = "chu-lyon", "aphp-paris"
 PID = hashlib.sha256(b"bench audit direct").hexdigest()
 
 
 def install_switch() -> Callable[[], None]:
     """`HospitalServices.log_later` (which `log` calls) skips the audit while the hospital
-    home holds `OFF`."""
+    home holds `OFF`; while it holds `JOURNAL_ONLY` the entries go through the node's journal
+    exactly as with the audit on (`begin`, the writer, its fsync before `end` returns) but
+    the writer marks them done as soon as they are durable instead of queueing them for the
+    chain (`AuditJournal._push` patched here: this bench's alone, never a product setting).
+    Every journal it used is kept in `JOURNALS` (their fsyncs are dumped with the threads')."""
     from medledger.api.services import HospitalServices
+    from medledger.node.audit import AuditJournal
 
     original = HospitalServices.log_later
+    push = AuditJournal._push
 
     def log_later(
         self: HospitalServices, entries: list[dict[str, Any]], *, wait: bool
     ) -> Callable[[], None]:
-        if (self.node.config.home / OFF).exists():
+        home = self.node.config.home
+        mode = _mode(home)
+        if mode == "off":
             return lambda: None
-        return original(self, entries, wait=wait)
+        journal = self.node.audit
+        JOURNALS.setdefault(str(home), journal)
+        journal.bench_local = mode != "on"  # type: ignore[attr-defined]
+        cpu, wall = time.thread_time(), time.perf_counter()
+        durable = original(self, entries, wait=wait)
+        begun = time.thread_time() - cpu
+
+        def timed() -> None:
+            cpu, wall_end = time.thread_time(), time.perf_counter()
+            try:
+                durable()
+            finally:
+                now = time.perf_counter()
+                CALLS.append((begun, time.thread_time() - cpu, now - wall_end, now - wall))
+
+        return (lambda: None) if mode == "unwaited" else timed
+
+    def local_push(self: AuditJournal, group: Any, ready: float, *, first: bool = False) -> None:
+        if ready and getattr(self, "bench_local", False):  # just written (not a re-queue)
+            self._settle([group])  # as a commit would: its done mark follows, never sent
+            return
+        push(self, group, ready, first=first)
 
     HospitalServices.log_later = log_later  # type: ignore[method-assign]
+    AuditJournal._push = local_push  # type: ignore[method-assign]
 
     def undo() -> None:
         HospitalServices.log_later = original  # type: ignore[method-assign]
+        AuditJournal._push = push  # type: ignore[method-assign]
+        JOURNALS.clear()
 
     return undo
+
+
+_MODES: dict[Path, tuple[float, str]] = {}  # home: (when read, its mode)
+
+
+def _mode(home: Path) -> str:
+    """The audit mode the switch files of `home` say, read at most every 50 ms: the same
+    cost per read in every mode (a file read per read cost the journal modes more)."""
+    now = time.monotonic()
+    at, mode = _MODES.get(home, (-1.0, "on"))
+    if now - at >= 0.05:
+        if (home / OFF).exists():
+            mode = "off"
+        elif (home / JOURNAL_ONLY).exists():
+            mode = (home / JOURNAL_ONLY).read_text() or "journal"
+        else:
+            mode = "on"
+        _MODES[home] = (now, mode)
+    return mode
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -218,6 +279,18 @@ def _settle(engine: Any, orgs: list[str], since_ms: int, reads: int, timeout: fl
         time.sleep(0.2)
 
 
+# The order of the modes in each round with `journal_only=1`: each mode first, second and
+# last twice over six rounds, and the first two rounds keep "off" before "on", then after it.
+ORDERS = (
+    ("off", "journal", "on"),
+    ("on", "journal", "off"),
+    ("journal", "off", "on"),
+    ("on", "off", "journal"),
+    ("off", "on", "journal"),
+    ("journal", "on", "off"),
+)
+
+
 def _compare(
     homes: list[Path],
     urls: dict[str, str],
@@ -227,6 +300,7 @@ def _compare(
     seconds: int,
     pairs: int = 4,
     cpu: Callable[[], tuple[float, float]] | None = None,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     """Reads with the audit on and off, in `pairs` pairs of alternating order (off then on,
     on then off, ...): with an even count each mode sits as often early as late, so a machine
@@ -235,27 +309,41 @@ def _compare(
     in `reads_ratio_pairs`. No run pays for another's entries: the warm-up, the one-reader
     runs and every "on" run are followed by the wait until their entries are on the chain.
     `cpu()`: the CPU seconds so far of the two serving hospitals' node processes, and of the
-    whole network (every node process and CometBFT), for the CPU per read in each run."""
+    whole network (every node process and CometBFT), for the CPU per read in each run.
+    With `journal_only`, each pair is a round of three runs (`ORDERS`): the third mode,
+    "journal", makes each read's entry durable exactly as "on" does (the node's journal,
+    fsync'd before the answer) and never sends it to the chain (`install_switch`): what a
+    durable local audit record alone costs, against which "on" shows what the chain adds.
+    `journal_only=2` adds a fourth, a diagnostic ("unwaited"): the entry written as with
+    "journal" but the answer sent without waiting for it (never a product behaviour: it
+    breaks "durable before the data leaves"), which splits the local journal's cost into the
+    work of writing it and the cost of the read waiting for it."""
     tokens = {org: _token(home, org) for org, home in zip((A, B), homes, strict=False)}
     targets = {
         "own_records": (urls[A], tokens[A], rids),
         "copies": (urls[B], tokens[B], rids),
     }
 
-    def audit(on: bool) -> None:
+    def audit(mode: str) -> None:
+        _MODES.clear()  # this process's cache (solo); a node process's lasts 50 ms
         for home in homes[:2]:
-            if on:
-                (home / OFF).unlink(missing_ok=True)
-            else:
+            (home / JOURNAL_ONLY).unlink(missing_ok=True)
+            if mode == "off":
                 (home / OFF).touch()
+            else:
+                (home / OFF).unlink(missing_ok=True)
+            if mode in ("journal", "unwaited"):
+                (home / JOURNAL_ONLY).write_bytes(mode.encode())
+        time.sleep(0.1)  # past the node processes' 50 ms cache of the switch (`_mode`)
 
-    def measured(on: bool, count: int = readers, span: float = seconds) -> dict[str, Any]:
-        audit(on)
+    def measured(mode: str, count: int = readers, span: float = seconds) -> dict[str, Any]:
+        audit(mode)
         before = cpu() if cpu is not None else (0.0, 0.0)
         threads = _threads(homes[:2]) if cpu is not None else {}
         client = os.times()
         result, since, until = _load(targets, count, span)
         client_after = os.times()
+        result["mode"] = mode
         if cpu is not None:
             reads = max(1.0, result["reads_per_s"] * (until - since) / 1000)
             # This bench's own readers (HTTP clients) share the cores with the network.
@@ -264,26 +352,44 @@ def _compare(
             servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
             by_name = _by_name(threads, _threads(homes[:2]))
+            result["fsyncs_per_read"] = round(by_name.get("#fsyncs audit", 0) / reads, 3)
+            result["writes_held_per_read"] = round(by_name.get("#fsyncs held", 0) / reads, 3)
+            # `begin` and `end` as the read's thread saw them (µs per read audited)
+            calls = {k.split(" ", 1)[1]: v for k, v in by_name.items() if k.startswith("#calls ")}
+            result["log_calls_us"] = {
+                key: round(calls.get(key, 0.0) / max(1.0, calls.get("calls", 0.0)) * 1e6, 1)
+                for key in CALL_KEYS
+            }
             result["servers_threads_ms_per_read"] = {
-                name: round(seconds / reads * 1e3, 3) for name, seconds in sorted(by_name.items())
+                name: round(seconds / reads * 1e3, 3)
+                for name, seconds in sorted(by_name.items())
+                if not name.startswith("#")
             }
             result["network_cpu_ms_per_read"] = round(network / reads * 1e3, 3)
-        if on:  # its entries reach the chain before the next run starts (none of its cost)
+        if mode == "on":  # its entries on the chain before the next run (none of its cost)
             _settle(engine, [A, B], since, result["reads"])
             result["audit"] = _on_chain(engine, [A, B], since, until, result["reads"])
         return result
 
     # Warm-up, audit on (the journal's and the chain's path warm too), settled: before, its
     # entries were committed during the first "off" run and made that pair's ratio ≈ 1.
-    measured(True, span=min(2.0, seconds / 4))
-    light_off = measured(False, 1, seconds / 2)
-    light_on = measured(True, 1, seconds / 2)
-    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    measured("on", span=min(2.0, seconds / 4))
+    if journal_only:
+        measured("journal", span=min(2.0, seconds / 4))
+    light_off = measured("off", 1, seconds / 2)
+    light_on = measured("on", 1, seconds / 2)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    modes = ("off", "unwaited", "journal", "on") if journal_only > 1 else ("off", "journal", "on")
     for k in range(pairs):
-        on_first = k % 2 == 1  # off first in the first pair, on first in the second...
-        a = measured(on_first)
-        b = measured(not on_first)
-        runs.append((a, b) if on_first else (b, a))
+        if journal_only == 1:
+            order: tuple[str, ...] = ORDERS[k % len(ORDERS)]
+        elif journal_only:  # each mode in each place, then the same rotations reversed
+            order = modes[k % 4 :] + modes[: k % 4]
+            order = order[::-1] if (k // 4) % 2 else order
+        else:  # off first in the first pair, on first in the second...
+            order = ("on", "off") if k % 2 == 1 else ("off", "on")
+        rounds.append({mode: measured(mode) for mode in order})
+    runs = [(r["on"], r["off"]) for r in rounds]
     ratios = [
         round(r_on["reads_per_s"] / max(r_off["reads_per_s"], 0.1), 3) for r_on, r_off in runs
     ]
@@ -299,11 +405,77 @@ def _compare(
         "one_reader_each_audit_on": light_on,
         "one_reader_each_audit_off": light_off,
     }
+    keys = ["servers_cpu_ms_per_read", "network_cpu_ms_per_read", "client_cpu_ms_per_read"]
     if cpu is not None:
-        for key in ("servers_cpu_ms_per_read", "network_cpu_ms_per_read", "client_cpu_ms_per_read"):
+        for key in [*keys, "fsyncs_per_read"]:
             out[f"{key}_pairs"] = [[r_on[key], r_off[key]] for r_on, r_off in runs]
         out["servers_threads_ms_per_read_on_off"] = _by_thread(runs)
+    if journal_only:
+        out["by_mode"] = _split(rounds, modes, cpu is not None)
     return out
+
+
+MODES = {
+    "off": "no entry: the read is decided and its entry built, never written",
+    "unwaited": "DIAGNOSTIC, never a product behaviour: the entry fsync'd in the node's "
+    "journal as with 'journal', but the answer leaves without waiting for it",
+    "journal": "the entry fsync'd in the node's journal before the answer as with 'on', "
+    "then marked done there, never sent to the chain",
+    "on": "the entry fsync'd in the node's journal before the answer, then on the chain in a "
+    "shared access.log tx",
+}
+
+
+def _split(
+    rounds: list[dict[str, dict[str, Any]]], modes: tuple[str, ...], cpu: bool
+) -> dict[str, Any]:
+    """Each mode's figures over the rounds: reads over "off"'s, and the means per read."""
+    total = {m: sum(r[m]["reads_per_s"] for r in rounds) for m in modes}
+    split: dict[str, Any] = {
+        "modes": {m: MODES[m] for m in modes},
+        "orders": [list(r) for r in rounds],
+        "reads_ratio_vs_off": {m: round(total[m] / max(total["off"], 0.1), 3) for m in modes},
+        "reads_per_s": {m: [r[m]["reads_per_s"] for r in rounds] for m in modes},
+    }
+    if not cpu:
+        return split
+    for key in (
+        "servers_cpu_ms_per_read",
+        "network_cpu_ms_per_read",
+        "client_cpu_ms_per_read",
+        "fsyncs_per_read",
+        "writes_held_per_read",
+    ):
+        split[key] = {m: [r[m][key] for r in rounds] for m in modes}
+        split[f"{key}_mean"] = {
+            m: round(sum(r[m][key] for r in rounds) / len(rounds), 3) for m in modes
+        }
+    split["log_calls_us"] = {
+        m: {
+            key: round(sum(r[m]["log_calls_us"][key] for r in rounds) / len(rounds), 1)
+            for key in CALL_KEYS
+        }
+        for m in modes
+        if m != "off"
+    }
+    by_mode = {m: _pooled([r[m] for r in rounds]) for m in modes}
+    names = sorted({n for pooled in by_mode.values() for n in pooled})
+    split["servers_threads_ms_per_read"] = {
+        name: {m: by_mode[m].get(name, 0.0) for m in modes}
+        for name in names
+        if any(by_mode[m].get(name) for m in modes)
+    }
+    return split
+
+
+def _pooled(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The serving processes' CPU per read by thread over `runs` (weighted by reads)."""
+    reads = sum(run["reads"] for run in runs)
+    spent: dict[str, float] = {}
+    for run in runs:
+        for name, ms in run["servers_threads_ms_per_read"].items():
+            spent[name] = spent.get(name, 0.0) + ms * run["reads"]
+    return {name: round(ms / max(1, reads), 3) for name, ms in spent.items()}
 
 
 def _by_thread(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[float]]:
@@ -406,7 +578,12 @@ def _direct(node: Any, directory: Path, total: int, callers: int = 64) -> dict[s
 
 
 def run_solo(
-    seconds: int, readers: int, direct: int, callers: int = 64, pairs: int = 4
+    seconds: int,
+    readers: int,
+    direct: int,
+    callers: int = 64,
+    pairs: int = 4,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     from medledger.cli._runtime import Sandbox
     from medledger.provisioning import create_consortium
@@ -420,7 +597,9 @@ def run_solo(
                 _, rids = _setup(a.node, a.vault)
                 _wait_copies(b.api_url, _token(homes[1], B), rids)
                 urls = {A: a.api_url, B: b.api_url}
-                result = _compare(homes, urls, a.node.engine, rids, readers, seconds, pairs)
+                result = _compare(
+                    homes, urls, a.node.engine, rids, readers, seconds, pairs, None, journal_only
+                )
                 result["direct"] = _direct(c.node, Path(tmp) / "direct", direct, callers)
     finally:
         undo()
@@ -467,7 +646,12 @@ def _cometbft(block_time_ms: int) -> Iterator[list[Path]]:
 
 
 def run_cometbft(
-    seconds: int, readers: int, direct: int, callers: int = 64, pairs: int = 4
+    seconds: int,
+    readers: int,
+    direct: int,
+    callers: int = 64,
+    pairs: int = 4,
+    journal_only: int = 0,
 ) -> dict[str, Any]:
     from medledger.node import Node
     from medledger.node.config import load_config
@@ -493,7 +677,9 @@ def run_cometbft(
                 rest = _cpu(consortium, homes[2:], "app") + _cpu(consortium, homes, "cometbft")
                 return servers, servers + rest
 
-            result = _compare(homes, urls, a.engine, rids, readers, seconds, pairs, cpu)
+            result = _compare(
+                homes, urls, a.engine, rids, readers, seconds, pairs, cpu, journal_only
+            )
             before = {role: _cpu(consortium, homes, role) for role in ("app", "cometbft")}
             with tempfile.TemporaryDirectory() as tmp:
                 result["direct"] = _direct(c, Path(tmp) / "direct", direct, callers)
@@ -515,6 +701,7 @@ def run(
     cometbft: int = 1,
     callers: int = 64,
     pairs: int = 4,
+    journal_only: int = 0,
 ) -> Any:
     result: dict[str, Any] = {}
     if cometbft:
@@ -525,9 +712,11 @@ def run(
         except testnet.TestnetError as exc:
             result["cometbft"] = f"skipped: {exc}"
         else:
-            result["cometbft"] = run_cometbft(seconds, readers, direct, callers, pairs)
+            result["cometbft"] = run_cometbft(
+                seconds, readers, direct, callers, pairs, journal_only
+            )
     else:
-        result["solo"] = run_solo(seconds, readers, direct, callers, pairs)
+        result["solo"] = run_solo(seconds, readers, direct, callers, pairs, journal_only)
     result["goals"] = {
         "reads_ratio_on_vs_off": 0.9,
         "own_read_p95_ms_cometbft_1s": 50,
@@ -537,6 +726,7 @@ def run(
 
 
 THREADS = "bench-threads.json"
+CALL_KEYS = ("begin_cpu", "end_cpu", "end_wall", "begin_to_end_wall")
 
 
 def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
@@ -547,6 +737,7 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
     import threading
 
     tick = os.sysconf("SC_CLK_TCK")
+    calls = dict.fromkeys(("calls", *CALL_KEYS), 0.0)
 
     def dump() -> None:
         while True:
@@ -559,8 +750,15 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
                     continue  # ended meanwhile
                 name = re.sub(r"[-_]?[0-9]+", "", thread.name) or "thread"
                 spent[f"{name} {thread.native_id}"] = (int(fields[11]) + int(fields[12])) / tick
+            fsyncs = {"audit": sum(j.stats["fsyncs"] for j in JOURNALS.values())}
+            for journal in JOURNALS.values():
+                fsyncs["held"] = journal.stats.get("writes_held", 0)
+            while CALLS:
+                for key, value in zip(CALL_KEYS, CALLS.popleft(), strict=True):
+                    calls[key] += value
+                calls["calls"] += 1
             tmp = home / f"{THREADS}.tmp"
-            tmp.write_bytes(orjson.dumps(spent))
+            tmp.write_bytes(orjson.dumps({"threads": spent, "fsyncs": fsyncs, "calls": calls}))
             tmp.replace(home / THREADS)
             time.sleep(every)
 
@@ -569,12 +767,18 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
 
 def _threads(homes: list[Path]) -> dict[str, float]:
     """The serving hospitals' node processes' threads' CPU seconds so far (`_thread_cpu_dumper`),
-    keyed "<home> <name> <native id>"."""
+    keyed "<home> <name> <native id>", and their journals' fsyncs so far, keyed
+    "<home> #fsyncs audit" (the node's journal's)."""
     total: dict[str, float] = {}
     for home in homes:
         with contextlib.suppress(OSError, ValueError):
-            for key, seconds in orjson.loads((home / THREADS).read_bytes()).items():
+            dumped = orjson.loads((home / THREADS).read_bytes())
+            for key, seconds in dumped["threads"].items():
                 total[f"{home.name} {key}"] = seconds
+            for key, count in dumped["fsyncs"].items():
+                total[f"{home.name} #fsyncs {key}"] = count
+            for key, count in dumped["calls"].items():
+                total[f"{home.name} #calls {key}"] = count
     return total
 
 
@@ -584,7 +788,8 @@ def _by_name(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     second, and its share with it (never counted below zero)."""
     spent: dict[str, float] = {}
     for key, seconds in after.items():
-        name = key.split(" ", 1)[1].rsplit(" ", 1)[0]
+        name = key.split(" ", 1)[1]
+        name = name if name.startswith("#") else name.rsplit(" ", 1)[0]  # less its thread id
         spent[name] = spent.get(name, 0.0) + seconds - before.get(key, 0.0)
     return spent
 

@@ -694,3 +694,89 @@ def test_a_quiet_renewed_again_and_again_holds_no_entry_longer_than_its_bound(
         assert len(_on_chain(node)) == 3, "the entries stayed off the chain behind renewals"
     finally:
         journal.stop()
+
+
+def test_a_write_is_held_for_a_request_under_way_and_one_fsync_serves_both(
+    node: Node, tmp_path: Path
+) -> None:
+    """`expecting`: a request under way that has not logged yet holds the write of another's
+    entry back (up to `hold_s`); once it logs, one write and one fsync make both durable."""
+    journal = _journal(node, tmp_path / "audit", window_s=3600.0, hold_s=3600.0)
+    first_logged = threading.Event()
+    second_may_log = threading.Event()
+    ended: list[str] = []
+    under_way = threading.Barrier(3)
+
+    def read(name: str, gate: threading.Event | None) -> None:
+        with journal.expecting():
+            under_way.wait(30)
+            if gate is not None:
+                gate.wait(30)
+            logging = journal.begin(_entries(node), wait=False)
+            if gate is None:
+                first_logged.set()
+            logging.end()
+            ended.append(name)
+
+    threads = [
+        threading.Thread(target=read, args=("first", None)),
+        threading.Thread(target=read, args=("second", second_may_log)),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        under_way.wait(30)
+        assert first_logged.wait(30)
+        deadline = time.monotonic() + 30
+        while not journal.stats["writes_held"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert journal.stats["writes_held"] == 1 and journal.stats["fsyncs"] == 0
+        assert ended == []  # the first read's entry is not durable yet: it waits
+        second_may_log.set()
+        for t in threads:
+            t.join(30)
+        assert sorted(ended) == ["first", "second"]
+        assert journal.stats["fsyncs"] == 1  # one for both
+        (pending, _, _) = read_journal(tmp_path / "audit" / "journal")
+        assert [len(group) for group in pending] == [1, 1]
+    finally:
+        second_may_log.set()
+        under_way.abort()
+        for t in threads:
+            t.join(30)
+        journal.stop()
+
+
+def test_a_lone_request_is_written_at_once_and_one_that_never_logs_releases_the_hold(
+    node: Node, tmp_path: Path
+) -> None:
+    journal = _journal(node, tmp_path / "audit", window_s=3600.0, hold_s=3600.0)
+    try:
+        with journal.expecting():  # nobody else under way: no hold at all
+            journal.log(_entries(node), wait=False)
+        assert journal.stats == {**journal.stats, "fsyncs": 1, "writes_held": 0}
+        never_logs = threading.Event()
+        left = threading.Event()
+
+        def idle() -> None:
+            with journal.expecting():
+                never_logs.wait(30)
+            left.set()
+
+        other = threading.Thread(target=idle)
+        other.start()
+        deadline = time.monotonic() + 30
+        while not journal._coming and time.monotonic() < deadline:
+            time.sleep(0.01)
+        logging = journal.begin(_entries(node), wait=False)  # held for the one under way
+        deadline = time.monotonic() + 30
+        while not journal.stats["writes_held"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert journal.stats["writes_held"] == 1 and journal.stats["fsyncs"] == 1
+        never_logs.set()  # it ends without logging: the write goes on
+        logging.end()
+        other.join(30)
+        assert left.is_set() and journal.stats["fsyncs"] == 2 and journal._coming == 0
+    finally:
+        never_logs.set()
+        journal.stop()

@@ -25,7 +25,7 @@ class Served:
     def __init__(self, client: TestClient, svc: HospitalServices, pid: str, rid: str) -> None:
         self.client, self.svc, self.pid, self.rid = client, svc, pid, rid
 
-    def read(self) -> Any:
+    def read(self, rid: str | None = None) -> Any:
         now = int(time.time())
         claims = {
             "iss": self.svc.issuer_id,
@@ -38,7 +38,7 @@ class Served:
         }
         token = mint(issuer_key(self.svc.node.config.home), claims)
         return self.client.get(
-            f"/fhir/Observation/{self.rid}", headers={"Authorization": f"Bearer {token}"}
+            f"/fhir/Observation/{rid or self.rid}", headers={"Authorization": f"Bearer {token}"}
         )
 
     def reads_on_chain(self) -> int:
@@ -130,3 +130,78 @@ def test_a_read_is_answered_only_once_its_entry_is_on_disk(
     finally:
         disk.set()
         reader.join(30)
+
+
+def test_two_reads_under_way_share_one_fsync_and_neither_is_answered_before_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both reads arrived (the API told the journal, `expecting`) before either logged; the
+    first logs: the writer holds its write for the second's entry (here as long as it takes),
+    one fsync makes both durable, and no answer leaves before that fsync has returned."""
+    import os
+    import threading
+
+    from medledger.node.audit import read_journal
+
+    assert served.read().status_code == 200  # the first read starts the journal
+    journal = served.svc.node.audit
+    journal.hold_s = 3600.0  # the writer waits for the second read whatever the machine does
+    fsyncs = journal.stats["fsyncs"]
+    both_under_way = threading.Barrier(2)
+    second_may_log = threading.Event()
+    disk = threading.Event()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    original = HospitalServices.log_later
+
+    def log_later(self: HospitalServices, entries: Any, *, wait: bool) -> Any:
+        if both_under_way.wait(30) == 0:  # neither logs before both have arrived
+            second_may_log.wait(30)  # and one of them only once the other's write is held
+        return original(self, entries, wait=wait)
+
+    def slow_fsync(fd: int) -> None:
+        synced.append(fd)
+        disk.wait(30)  # the disk takes its time
+        real_fsync(fd)
+
+    monkeypatch.setattr(HospitalServices, "log_later", log_later)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    answers: list[Any] = []
+    readers = [threading.Thread(target=lambda: answers.append(served.read())) for _ in range(2)]
+    try:
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 30
+        while not (journal.stats["writes_held"] or synced) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert journal.stats["writes_held"] == 1 and synced == []  # held, nothing written
+        second_may_log.set()
+        while not synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(synced) == 1  # one write, now in its fsync
+        readers[0].join(0.3)
+        assert answers == []  # neither leaves before the fsync returns
+        pending, _, _ = read_journal(journal.path)
+        assert sum(len(g) for g in pending) >= 3  # both entries in that one write
+        disk.set()
+        for reader in readers:
+            reader.join(30)
+        assert [a.status_code for a in answers] == [200, 200]
+        assert journal.stats["fsyncs"] - fsyncs == 1  # one fsync served both
+    finally:
+        second_may_log.set()
+        disk.set()
+        both_under_way.abort()
+        for reader in readers:
+            reader.join(30)
+
+
+def test_a_read_that_never_logs_does_not_keep_the_next_write_waiting(served: Served) -> None:
+    """A GET under /fhir that logs nothing (a record not known here) stops being awaited when
+    its answer is sent; the next read's entry is written at once, however long a hold."""
+    assert served.read().status_code == 200
+    journal = served.svc.node.audit
+    journal.hold_s = 3600.0
+    assert served.read("no-such-record").status_code == 404
+    assert served.read().status_code == 200  # not held: nobody else is under way
+    assert journal.stats["writes_held"] == 0

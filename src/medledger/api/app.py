@@ -51,7 +51,8 @@ def create_app(
     app.add_middleware(BodyLimit, services=services)
     app.add_middleware(
         monitoring.ServeWhenAvailable, services=services, page=unavailable_page
-    )  # outermost: refuses before a body is read
+    )  # refuses before a body is read
+    app.add_middleware(ReadsUnderWay, services=services)  # outermost: as a read arrives
 
     # Order matters: the fixed paths (smart configuration under /fhir) before `/{type}/{id}`.
     app.include_router(monitoring.make_router())
@@ -115,3 +116,28 @@ class BodyLimit:
             return message
 
         await self.app(scope, bounded, send)
+
+
+class ReadsUnderWay:
+    """Tells the hospital's audit journal that a FHIR read is under way as it arrives
+    (`AuditJournal.expecting`): while reads under way have not yet logged their entries, the
+    journal's writer holds a write back (by up to a millisecond) so that one fsync serves
+    them too, and a lone read's entry is written at once. Nothing is served sooner or later
+    than its entry is durable: every read still waits for its own."""
+
+    def __init__(self, app: Any, services: HospitalServices) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        journal = self.services.node.audit_started  # a read starts it; this only tells it
+        if (
+            journal is None
+            or scope["type"] != "http"
+            or scope["method"] != "GET"
+            or not scope["path"].startswith("/fhir")
+        ):
+            await self.app(scope, receive, send)
+            return
+        with journal.expecting():
+            await self.app(scope, receive, send)

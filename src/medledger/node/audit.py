@@ -9,7 +9,10 @@ block the replica had not yet applied), and puts one tx per read on the chain. H
    then a counter) and a strictly increasing `seq`, and queues it;
    the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
    requests that arrived meanwhile (group fsync). The caller returns once its entries are
-   durable: a read waits for the disk, never for the chain.
+   durable: a read waits for the disk, never for the chain. While FHIR reads the API has
+   announced (`expecting`, as each arrives) have not logged yet, the writer holds a write
+   back by up to `hold_s` (1 ms) so that one fsync serves them too; a lone read's entry is
+   written at once (docs/benchmarks.md, "Session 14 (fsync13)").
 2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
    bytes) and signs one `access.log` tx with the organisation's wallet: after
    `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
@@ -53,6 +56,7 @@ last rewrite (a long outage's backlog is not rewritten after every write).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import logging
 import os
@@ -62,6 +66,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,8 @@ WINDOW_S = 0.2
 #: The longest `quiet` keeps unwaited entries back (an answer that never lands ends it).
 MAX_QUIET_S = 10.0
 WAIT_WINDOW_S = 0.02
+#: The longest the writer holds a write back for requests under way that will log (`expecting`).
+HOLD_S = 0.001
 MAX_INFLIGHT = 4
 MAX_INFLIGHT_FULL = 32  # txs in flight when a backlog fills them (docs/benchmarks.md)
 RESEND_S = 5.0
@@ -121,6 +128,21 @@ class _Group:
         self.gid = str(self.entries[0]["id"])
         self.last_seq = int(self.entries[-1].get("seq", 0))
         return self
+
+
+class _Expected:
+    """A request under way that may log an entry (`AuditJournal.expecting`)."""
+
+    __slots__ = ("journal", "arrived")
+
+    def __init__(self, journal: AuditJournal) -> None:
+        self.journal = journal
+        self.arrived = False  # it logged (or ended without): no longer awaited
+
+
+_EXPECTED: contextvars.ContextVar[_Expected | None] = contextvars.ContextVar(
+    "medledger_audit_expected", default=None
+)
 
 
 class Logging:
@@ -246,6 +268,7 @@ class AuditJournal:
         resend_s: float = RESEND_S,
         retry_s: float = RETRY_S,
         compact_bytes: int = COMPACT_BYTES,
+        hold_s: float = HOLD_S,
     ) -> None:
         self.directory = directory
         self.path = directory / "journal"
@@ -260,7 +283,9 @@ class AuditJournal:
         self.resend_s = resend_s
         self.retry_s = retry_s
         self.compact_bytes = compact_bytes
+        self.hold_s = hold_s
         self._compact_at = compact_bytes
+        self._coming = 0  # requests under way that may log and have not yet (`expecting`)
         lock = threading.RLock()
         self._cond = threading.Condition(lock)
         # The writer's own condition, on the same lock: a caller's entries wake the writer
@@ -293,7 +318,15 @@ class AuditJournal:
         # An entry's id (v1's key for a re-sent entry): random per run, then the sequence;
         # one random draw per run, not per entry (a syscall each, under 64 threads).
         self._id_prefix = secrets.token_hex(access.ENTRY_ID // 2)
-        self.stats = {"txs": 0, "entries": 0, "resent": 0, "refused": 0, "fsyncs": 0, "held": 0}
+        self.stats = {
+            "txs": 0,
+            "entries": 0,
+            "resent": 0,
+            "refused": 0,
+            "fsyncs": 0,
+            "held": 0,
+            "writes_held": 0,  # writes the writer held back for a request under way
+        }
 
     # -- life ------------------------------------------------------------------------
     def start(self) -> AuditJournal:
@@ -378,6 +411,32 @@ class AuditJournal:
             self._close_files()
 
     # -- the callers' side -------------------------------------------------------------
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """A request that may log is under way (the API enters it as a request arrives, before
+        its work): while such requests have not logged, the writer holds a write back by up
+        to `hold_s` so that one fsync serves them too; a lone request's entry is written at
+        once. Its first `begin` (in this context, or in a thread the context was copied to)
+        marks it arrived; leaving the context without logging does too."""
+        expected = _Expected(self)
+        with self._cond:
+            self._coming += 1
+        reset = _EXPECTED.set(expected)
+        try:
+            yield
+        finally:
+            _EXPECTED.reset(reset)
+            if not expected.arrived:
+                with self._cond:
+                    self._arrived(expected)
+
+    def _arrived(self, expected: _Expected) -> None:
+        """(Under the lock.) No longer awaited: the writer goes on once none is."""
+        expected.arrived = True
+        self._coming -= 1
+        if not self._coming and self._queued:
+            self._to_write.notify()
+
     def log(self, entries: list[dict[str, Any]], *, wait: bool, timeout: float = 30.0) -> None:
         """Journal `entries` durably (returns once fsync'd); with `wait`, until on the chain.
 
@@ -414,10 +473,15 @@ class AuditJournal:
                 # before), and the writer only joins the frames.
                 group.frame = _frame({"g": group.entries})
                 group.size = group.size or len(group.frame)
+            first = not self._queued
             self._queued.extend(groups)
             self._pending += sum(len(g.entries) for g in groups)
             written = self._written
-            self._to_write.notify()
+            expected = _EXPECTED.get()
+            if expected is not None and expected.journal is self and not expected.arrived:
+                self._arrived(expected)  # wakes the writer if it held the write for the last
+            if first:
+                self._to_write.notify()
         return Logging(groups, written, wait, deadline)
 
     def quiet(self, seconds: float) -> None:
@@ -480,6 +544,15 @@ class AuditJournal:
             with self._cond:
                 while not self._queued and not self._stop:
                     self._to_write.wait()
+                if self._coming and self.hold_s > 0 and not self._stop:
+                    # Requests under way will log soon: one fsync for theirs too, if they
+                    # come within `hold_s` (each `begin` that leaves none awaited wakes it).
+                    self.stats["writes_held"] += 1
+                    until = time.monotonic() + self.hold_s
+                    while self._coming and not self._stop:
+                        left = until - time.monotonic()
+                        if left <= 0 or not self._to_write.wait(left):
+                            break
                 groups, self._queued = self._queued, []
                 written, self._written = self._written, _latch()
                 if not groups and self._stop:

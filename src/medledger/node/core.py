@@ -158,6 +158,13 @@ class Node:
                 ).start()
             return self._audit
 
+    @property
+    def audit_started(self) -> AuditJournal | None:
+        """The audit journal if a first use started it (and it runs), else None: for callers
+        that only tell it something (the API's `expecting`) and must not start it."""
+        journal = self._audit
+        return None if journal is None or journal.stopped else journal
+
     def close(self) -> None:
         self.health.close()
         if self._audit is not None:
