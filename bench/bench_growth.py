@@ -11,6 +11,10 @@ of `txs` txs.
 
     medledger bench growth [--set txs=100000 --set block=1000 --set window=10 --set streams=64]
 
+`settle=1` (the default) settles the heap as a node does once started (`node.heap`: start-up
+frozen, full collections rare); `settle=0` keeps CPython's defaults. Each row also gives
+the collector's thread CPU per tx (`gc`, part of the steps' figures) and the bytes the
+process read and wrote per tx through system calls (SQLite's pages, the WAL, checkpoints).
 `profile=N` also writes a cProfile of block N's four steps (as `growth-<N>.prof` in the
 working directory), to compare an early block's functions with a late one's.
 To compare with another checkout's code, run this file with that code on the path, in turn
@@ -51,6 +55,15 @@ class _GcClock:
             self._start = time.thread_time()
         else:
             self.spent += time.thread_time() - self._start
+
+
+def _io() -> tuple[int, int]:
+    """This process's bytes read and written through system calls so far (Linux)."""
+    try:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    except OSError:
+        return 0, 0
+    return int(fields["rchar"]), int(fields["wchar"])
 
 
 def _genesis(keys: list[SigningKey]) -> Genesis:
@@ -95,10 +108,13 @@ def run(
     blocks_out: int = 0,
     settle: int = 1,
 ) -> Any:
-    keys = [SigningKey(hashlib.sha256(f"bench-signer-{i}".encode()).digest()) for i in range(streams)]
+    keys = [
+        SigningKey(hashlib.sha256(f"bench-signer-{i}".encode()).digest()) for i in range(streams)
+    ]
     genesis = _genesis(keys)
     source = _Txs(keys)
     rows: list[dict[str, float]] = []
+    thresholds = gc.get_threshold()
     with tempfile.TemporaryDirectory() as tmp:
         app = Application.open(Path(tmp) / "growth.db", genesis, default_registry())
         try:
@@ -117,6 +133,7 @@ def run(
                 profiler = cProfile.Profile() if n == profile else None
                 spent = dict.fromkeys(STEPS, 0.0)
                 gc_before = gc_clock.spent
+                io_before = _io()
                 if profiler is not None:
                     profiler.enable()
                 t = time.thread_time()
@@ -138,10 +155,17 @@ def run(
                     profiler.disable()
                     profiler.dump_stats(f"growth-{n}.prof")
                 spent["gc"] = gc_clock.spent - gc_before
-                rows.append({k: v / block * 1e6 for k, v in spent.items()})
+                row = {k: v / block * 1e6 for k, v in spent.items()}
+                io_after = _io()
+                row["read_bytes"] = (io_after[0] - io_before[0]) / block
+                row["written_bytes"] = (io_after[1] - io_before[1]) / block
+                rows.append(row)
             gc.callbacks.remove(gc_clock)
         finally:
             app.close()
+            if settle:  # the caller's collector as it was (a test runs this in its process)
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
     return {
         "us_per_tx_one_node": _windows(rows, block, window),
         "blocks": [[round(r[k], 1) for k in (*STEPS, "gc")] for r in rows] if blocks_out else None,
@@ -159,6 +183,8 @@ def _windows(rows: list[dict[str, float]], block: int, window: int) -> list[dict
     for start in range(0, len(rows), window):
         part = rows[start : start + window]
         mean = {k: round(sum(r[k] for r in part) / len(part), 1) for k in (*STEPS, "gc")}
+        for k in ("read_bytes", "written_bytes"):  # per tx, through system calls
+            mean[k] = round(sum(r[k] for r in part) / len(part))
         total = round(sum(mean[k] for k in STEPS), 1)
         out.append({"chain_txs": (start + len(part)) * block, **mean, "total": total})
     return out
