@@ -15,6 +15,8 @@ of `txs` txs.
 frozen, full collections rare); `settle=0` keeps CPython's defaults. Each row also gives
 the collector's thread CPU per tx (`gc`, part of the steps' figures) and the bytes the
 process read and wrote per tx through system calls (SQLite's pages, the WAL, checkpoints).
+`engine=1` attaches what a CometBFT node adds to its app (`CometEngine`: the record of
+recent commits its clients wait on), never started.
 `profile=N` also writes a cProfile of block N's four steps (as `growth-<N>.prof` in the
 working directory), to compare an early block's functions with a late one's.
 To compare with another checkout's code, run this file with that code on the path, in turn
@@ -107,6 +109,7 @@ def run(
     profile: int = 0,
     blocks_out: int = 0,
     settle: int = 1,
+    engine: int = 0,
 ) -> Any:
     keys = [
         SigningKey(hashlib.sha256(f"bench-signer-{i}".encode()).digest()) for i in range(streams)
@@ -119,6 +122,10 @@ def run(
         app = Application.open(Path(tmp) / "growth.db", genesis, default_registry())
         try:
             app.init_chain()
+            if engine:  # a CometBFT node's engine: its record of recent commits, its listener
+                from medledger.consensus.cometbft.engine import CometEngine
+
+                CometEngine(app, "tcp://127.0.0.1:1", "http://127.0.0.1:1")
             if settle:  # as a node does once started (`node.heap`)
                 from medledger.node import heap
 
@@ -173,6 +180,7 @@ def run(
         "block": block,
         "streams": streams,
         "settled_heap": bool(settle),
+        "engine": bool(engine),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
