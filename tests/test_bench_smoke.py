@@ -25,6 +25,7 @@ TINY: dict[str, dict[str, Any]] = {
     "audit": {"seconds": 1, "readers": 2, "direct": 200, "cometbft": 0, "pairs": 2},
     "txpath": {"txs": 40, "block": 20, "entries": 5, "audit_txs": 2, "waiting": 10},
     "apptx": {"batch": 5, "batches": 2, "committed": 5},
+    "growth": {"txs": 40, "block": 20, "window": 1, "streams": 4},
     # four CometBFT nodes, a one-block query, then the fair peer's (every stratum over k=5)
     "study": {"patients": 60, "shared": 30, "peer": 1, "epsilon_milli": 0},
 }

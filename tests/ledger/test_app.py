@@ -490,3 +490,21 @@ def test_the_write_listeners_hear_each_blocks_keys_before_the_commit_listeners()
         assert all(state.get_raw(key) is not None for key in keys if b"dr-a" in key)
     run_block(app, [], net.solo)
     assert heard[2][:2] == ("writes", 2)
+
+
+def test_a_committed_block_leaves_the_verified_tx_cache_to_the_waiting_txs() -> None:
+    """The cache of verified txs holds what may still come in a block: a committed block's txs
+    leave it (kept, they filled it to its bound, which the collector traversed; grow13)."""
+    net = make_net()
+    app = net.app()
+    h0 = net.orgs["h0"]
+    first = net.tx(h0, "identity.register", register_body("dr-first"), nonce=1)
+    second = net.tx(h0, "identity.register", register_body("dr-second"), nonce=2)
+    assert app.check_tx(first).ok and app.check_tx(second).ok
+    assert {codec.tx_id(first), codec.tx_id(second)} <= set(app._verified)
+    run_block(app, [first], net.solo)
+    assert codec.tx_id(first) not in app._verified
+    assert codec.tx_id(second) in app._verified  # still waiting: its block reuses the check
+    assert app.check_tx(first).code == Code.BAD_NONCE  # sent again: verified anew, refused
+    run_block(app, [second], net.solo)
+    assert codec.tx_id(second) not in app._verified

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medledger.ledger.store import KeyFilter, Store
+from medledger.ledger.store import _WRITER_PAGE_CACHE_KIB, KeyFilter, Store
 
 _KEYS = st.binary(min_size=1, max_size=12)
 _BLOCKS = st.lists(
@@ -58,3 +58,16 @@ def test_a_key_committed_is_read_back_through_the_filter(tmp_path: Path) -> None
         assert store.get_raw(b"acc/id/h1/ab") == b"\x01"
     finally:
         store.close()
+
+
+def test_only_the_committing_store_keeps_the_larger_page_cache(tmp_path: Path) -> None:
+    """The sole writer's SQLite page cache holds the B-trees' pages its rows land on (grow13);
+    a second connection on the file (verify, the CLI) keeps SQLite's default."""
+    writer = Store(tmp_path / "l.db", key_filter=True)
+    reader = Store(tmp_path / "l.db")
+    try:
+        assert writer.execute("PRAGMA cache_size") == [(-_WRITER_PAGE_CACHE_KIB,)]
+        assert reader.execute("PRAGMA cache_size") != writer.execute("PRAGMA cache_size")
+    finally:
+        reader.close()
+        writer.close()

@@ -360,6 +360,19 @@ class Application:
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
 
+    def _forget_verified(self, committed: list[bytes]) -> None:
+        """Drop a committed block's txs from the verified-tx cache: no later step of this
+        node checks them again (CometBFT removes them from its mempool; the carry-over
+        rechecks only txs the block left out). Kept, they filled the cache to its bound
+        (50,000 decoded txs, three objects each), which the garbage collector's runs then
+        traverse: on a growing chain a tx cost more CPU as the cache filled (docs/
+        benchmarks.md, "Session 14 (grow13)"). A committed tx sent again is decoded and
+        verified again, then refused for its nonce."""
+        verified = self._verified
+        with self._cache_lock:
+            for raw in committed:
+                verified.pop(codec.tx_id(raw), None)
+
     def _fresh_check(self, height: int | None = None, time_ms: int | None = None) -> _CheckState:
         return _CheckState(
             StateView(self.store),
@@ -524,6 +537,7 @@ class Application:
                 raise RuntimeError("commit without finalize_block")
             record = BlockRecord(p.header, p.header_bytes, signature, p.txs, p.results, p.events)
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
+            self._forget_verified(p.txs)
             self._last_block = record
             self._pending = None
             self._simulated = None

@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS tx_index (
 
 _CACHE_SIZE = 200_000
 
+# SQLite's page cache of the sole writer, in KiB (SQLite's default is 2 MiB). A block's rows
+# land at random places of the state's and the tx index's B-trees (a practitioner's key, a tx
+# id): once the file outgrew 2 MiB, most of them read their leaf page and the pages above it
+# from the file again, ≈ 15 KB read per tx at 80,000 txs, growing with the chain (docs/
+# benchmarks.md, "Session 14 (grow13)"). At most this much memory, used as the file grows.
+_WRITER_PAGE_CACHE_KIB = 65_536
+
 # The sole writer writes its tx index rows for several blocks at once (`Store.commit`): at
 # most this many blocks or this many txs wait (in memory, and in their durable block rows).
 _INDEX_EVERY_BLOCKS = 16
@@ -130,6 +137,7 @@ class Store:
         # to, the txs): a client polling for its tx decodes each block once, not every time.
         self._seen_tail: tuple[int, int, dict[bytes, tuple[int, int]]] = (0, 0, {})
         if key_filter:
+            self._db.execute(f"PRAGMA cache_size = -{_WRITER_PAGE_CACHE_KIB}")
             (count,) = self._db.execute("SELECT count(*) FROM kv").fetchone()
             keys = (bytes(k) for (k,) in self._db.execute("SELECT k FROM kv"))
             self._filter = KeyFilter.of(keys, int(count))

@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 MEMPOOL_FULL = 101  # try again later
 MEMPOOL_REFUSED = 102  # another mempool refusal (tx too large for the mempool, ...)
 
-_RECENT_COMMITS = 200_000
+# Committed txs whose place and result are kept in memory for the clients waiting on them
+# (`wait_for_commit`, `submit`'s "already committed"): ≈ 20 s at 1,000 tx/s, the size of a
+# full mempool. An older tx is found through the store's tx index and its block. At 200,000
+# the record held ≈ 7 collector-tracked objects per tx (1.4 million at its bound), which a
+# node's full collections traverse (docs/benchmarks.md, "Session 14 (grow13)").
+_RECENT_COMMITS = 20_000
 
 
 def check_result_from_rpc(result: dict[str, Any]) -> TxResult:
