@@ -780,3 +780,55 @@ def test_a_lone_request_is_written_at_once_and_one_that_never_logs_releases_the_
     finally:
         never_logs.set()
         journal.stop()
+
+
+def test_a_request_whose_entry_is_logged_as_it_ends_is_counted_off_once(
+    node: Node, tmp_path: Path
+) -> None:
+    """A request's `begin` runs in a thread its context was copied to while the request
+    itself leaves `expecting` (review14): it is no longer awaited once, not twice. Counted off
+    twice, the journal would count -1 requests under way, and its writer would hold every
+    later write back for good."""
+    import contextvars
+    import inspect
+    import sys
+
+    journal = _journal(node, tmp_path / "audit", window_s=3600.0)
+    copied: list[contextvars.Context] = []
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def request() -> None:
+        with journal.expecting():
+            copied.append(contextvars.copy_context())
+            inside.set()
+            leave.wait(30)
+
+    # The line where leaving `expecting` takes the journal's lock (the last `with self._cond`).
+    lines, first = inspect.getsourcelines(inspect.unwrap(AuditJournal.expecting))
+    lock_line = first + max(i for i, line in enumerate(lines) if "with self._cond" in line)
+    thread = threading.Thread(target=request)
+    try:
+        thread.start()
+        assert inside.wait(30)
+        with journal._cond:
+            leave.set()  # the request ends; it stops where it takes the lock, held here
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                frame = sys._current_frames().get(thread.ident or 0)
+                while frame is not None and frame.f_code.co_name != "expecting":
+                    frame = frame.f_back
+                if frame is not None and frame.f_lineno == lock_line:
+                    break
+                time.sleep(0.001)
+            else:
+                raise AssertionError("the request never reached the lock")
+            # Meanwhile its entry is logged in a thread its context was copied to.
+            logging = copied[0].run(journal.begin, _entries(node), wait=False)
+        thread.join(30)
+        logging.end()
+        assert journal._coming == 0
+    finally:
+        leave.set()
+        thread.join(30)
+        journal.stop()

@@ -426,9 +426,13 @@ class AuditJournal:
             yield
         finally:
             _EXPECTED.reset(reset)
-            if not expected.arrived:
+            if not expected.arrived:  # once set (under the lock), it stays set
                 with self._cond:
-                    self._arrived(expected)
+                    # Read again under the lock: a `begin` in a thread the context was copied
+                    # to may have marked it meanwhile. Counted off twice, `_coming` would go
+                    # below zero and hold every later write back for good (review14).
+                    if not expected.arrived:
+                        self._arrived(expected)
 
     def _arrived(self, expected: _Expected) -> None:
         """(Under the lock.) No longer awaited: the writer goes on once none is."""
