@@ -832,3 +832,33 @@ def test_a_request_whose_entry_is_logged_as_it_ends_is_counted_off_once(
         leave.set()
         thread.join(30)
         journal.stop()
+
+
+def test_a_request_under_way_that_never_logs_nor_ends_holds_each_write_only_hold_s(
+    node: Node, tmp_path: Path
+) -> None:
+    """A GET that stays under way (a slow client, a flood of requests that log nothing) keeps
+    `_coming` above zero: each write is still held at most `hold_s`, then written; the entry
+    is durable and its caller answered while that request is still under way (review14)."""
+    journal = _journal(node, tmp_path / "audit", window_s=3600.0, hold_s=0.01)
+    stuck = threading.Event()
+    inside = threading.Event()
+
+    def request() -> None:
+        with journal.expecting():
+            inside.set()
+            stuck.wait(60)
+
+    thread = threading.Thread(target=request)
+    try:
+        thread.start()
+        assert inside.wait(30)
+        for _ in range(3):
+            journal.log(_entries(node), wait=False, timeout=30.0)  # JournalUnavailable if never
+        assert journal.stats["writes_held"] == 3 and journal.stats["fsyncs"] == 3
+        assert thread.is_alive() and journal._coming == 1
+    finally:
+        stuck.set()
+        thread.join(30)
+        journal.stop()
+    assert journal._coming == 0
