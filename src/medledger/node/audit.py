@@ -88,6 +88,9 @@ MAX_QUIET_S = 10.0
 WAIT_WINDOW_S = 0.02
 #: The longest the writer holds a write back for requests under way that will log (`expecting`).
 HOLD_S = 0.001
+#: How long entries a caller queued (`begin`) may wait for its `end` to write them before the
+#: journal's own thread writes them (a caller that never ends; `stop`).
+LEFT_S = 0.05
 MAX_INFLIGHT = 4
 MAX_INFLIGHT_FULL = 32  # txs in flight when a backlog fills them (docs/benchmarks.md)
 RESEND_S = 5.0
@@ -150,12 +153,18 @@ class Logging:
     a caller that waits for the commit, on the chain)."""
 
     def __init__(
-        self, groups: list[_Group], written: threading.Lock | None, wait: bool, deadline: float
+        self,
+        groups: list[_Group],
+        written: threading.Lock | None,
+        wait: bool,
+        deadline: float,
+        journal: AuditJournal | None = None,
     ) -> None:
         self._groups = groups
         self._written = written
         self._wait = wait
         self._deadline = deadline
+        self._journal = journal
 
     def end(self) -> None:
         """Raises JournalUnavailable if they could not be made durable, TxRejected if the
@@ -163,9 +172,15 @@ class Logging:
         if self._written is None:
             return
         deadline = self._deadline
-        if not self._written.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        written = self._written
+        durable = written.acquire(blocking=False)
+        if not durable and self._journal is not None:
+            # Not durable yet: write all that is queued, in this thread, unless a write
+            # under way took these entries (then wait for it, below).
+            self._journal._lead(written, deadline)
+        if not durable and not written.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise JournalUnavailable("the audit journal did not reach the disk in time")
-        self._written.release()  # the next caller of this write passes through in turn
+        written.release()  # the next caller of this write passes through in turn
         for group in self._groups:
             if isinstance(group.error, JournalUnavailable):
                 raise group.error
@@ -291,6 +306,11 @@ class AuditJournal:
         # The writer's own condition, on the same lock: a caller's entries wake the writer
         # alone, not the sender too (it keeps its tick).
         self._to_write = threading.Condition(lock)
+        self._wake_writer = threading.Condition(lock)  # the fallback writer's (`_writer`)
+        # Held by whoever writes (a caller's `end` leading, or the fallback writer): one
+        # write at a time; a caller whose entries a write under way took waits on its latch.
+        self._leading = threading.Lock()
+        self._queued_at = 0.0  # when the queue last became non-empty
         self._file_lock = threading.Lock()
         self._queued: list[_Group] = []  # not yet durable
         # Released when the next write (of everything queued meanwhile) is durable or failed:
@@ -401,10 +421,11 @@ class AuditJournal:
             self._stop = True
             self._cond.notify_all()
             self._to_write.notify_all()
+            self._wake_writer.notify_all()
         for thread in self._threads:
             thread.join(30)
         self._threads = []
-        with self._file_lock:
+        with self._leading, self._file_lock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     self._write_done()
@@ -481,8 +502,8 @@ class AuditJournal:
             if expected is not None and expected.journal is self and not expected.arrived:
                 self._arrived(expected)  # wakes the writer if it held the write for the last
             if first:
-                self._to_write.notify()
-        return Logging(groups, written, wait, deadline)
+                self._queued_at = time.monotonic()
+        return Logging(groups, written, wait, deadline, self)
 
     def quiet(self, seconds: float) -> None:
         """Keep the entries nobody waits for off the chain for the next `seconds` (at most
@@ -539,65 +560,101 @@ class AuditJournal:
         return True
 
     # -- the writer: durable first -------------------------------------------------------
+    def _lead(self, written: threading.Lock, deadline: float) -> None:
+        """A caller's `end`, its entries not yet durable: unless a write under way took them
+        (`written` is no longer the next write's latch once it has), write and fsync all that
+        is queued, in this thread (leader/follower group commit): the callers that queued
+        meanwhile return with it, and no writer thread is woken per write (its wake-up and
+        the GIL hand-offs it forced on the threads serving reads were most of the durable
+        record's cost: docs/benchmarks.md, "Session 14 (atna13)")."""
+        if not self._leading.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return  # the caller's latch wait then times out
+        try:
+            with self._cond:
+                mine = self._written is written
+            if mine:
+                self._write_queued(hold=True)
+        finally:
+            self._leading.release()
+
     def _writer(self) -> None:
+        """The fallback: writes what a caller queued and has not come to write for `LEFT_S`
+        (a `begin` whose `end` never came, or not yet), and all that is queued at `stop`;
+        held as a caller's write is, for requests under way."""
         while True:
             with self._cond:
-                while not self._queued and not self._stop:
-                    self._to_write.wait()
-                if self._coming and self.hold_s > 0 and not self._stop:
-                    # Requests under way will log soon: one fsync for theirs too, if they
-                    # come within `hold_s` (each `begin` that leaves none awaited wakes it).
-                    self.stats["writes_held"] += 1
-                    until = time.monotonic() + self.hold_s
-                    while self._coming and not self._stop:
-                        left = until - time.monotonic()
-                        if left <= 0 or not self._to_write.wait(left):
-                            break
-                groups, self._queued = self._queued, []
-                written, self._written = self._written, _latch()
-                if not groups and self._stop:
-                    return
-            try:
-                if self._torn:  # nothing is appended after a tear the file still holds
-                    self._compact()
-                with self._file_lock:
-                    assert self._fd is not None
-                    before = self._length
-                    try:
-                        self._write(b"".join(g.frame for g in groups))
-                        os.fsync(self._fd)
-                    except OSError:  # refused to the callers: not re-sent after a restart
-                        self._cut(before)
-                        raise
-                    self.stats["fsyncs"] += 1
-            except OSError as exc:
-                log.error("audit journal %s: cannot write: %s", self.path, exc)
-                with self._cond:
-                    self._pending -= sum(len(g.entries) for g in groups)
-                for group in groups:
-                    group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
-                written.release()
-                continue
-            written.release()  # durable: its callers may serve while it is queued to send
-            now = time.monotonic()
+                if not self._stop:
+                    self._wake_writer.wait(LEFT_S)
+                stop = self._stop
+                due = bool(self._queued) and (stop or time.monotonic() - self._queued_at >= LEFT_S)
+                if not due:
+                    if stop:
+                        return
+                    continue
+            with self._leading:
+                self._write_queued(hold=True)
+
+    def _write_queued(self, *, hold: bool) -> None:
+        """Append and fsync everything queued, as one write (under `_leading`), then release
+        its latch: its callers may serve while it is queued to send. With `hold`, while
+        requests the API announced have not logged yet (`expecting`), wait up to `hold_s`
+        for their entries so that one fsync serves them too; a lone read's is written at
+        once."""
+        with self._cond:
+            if hold and self._coming and self.hold_s > 0 and not self._stop:
+                # each `begin` that leaves none awaited wakes it (`_arrived`)
+                self.stats["writes_held"] += 1
+                until = time.monotonic() + self.hold_s
+                while self._coming and not self._stop:
+                    left = until - time.monotonic()
+                    if left <= 0 or not self._to_write.wait(left):
+                        break
+            if not self._queued:
+                return
+            groups, self._queued = self._queued, []
+            written, self._written = self._written, _latch()
+        try:
+            if self._torn:  # nothing is appended after a tear the file still holds
+                self._compact()
+            with self._file_lock:
+                if self._fd is None:
+                    raise OSError("the journal is closed")
+                before = self._length
+                try:
+                    self._write(b"".join(g.frame for g in groups))
+                    os.fsync(self._fd)
+                except OSError:  # refused to the callers: not re-sent after a restart
+                    self._cut(before)
+                    raise
+                self.stats["fsyncs"] += 1
+        except OSError as exc:
+            log.error("audit journal %s: cannot write: %s", self.path, exc)
             with self._cond:
-                first_waited = self._oldest_waited is None
-                for group in groups:
-                    group.frame = b""  # written: the file holds it
-                    self._live[group.gid] = group
-                    self._push(group, now)
-                # The sender keeps its tick, on which `window_s` passes: it is woken only when
-                # this write has it send sooner, a full tx's backlog or a caller now waiting for
-                # the commit. Woken after every write, it cost ≈ 20 µs per read for nothing.
-                if self._unsent_entries >= self.max_tx_entries or (
-                    first_waited and self._oldest_waited is not None
-                ):
-                    self._cond.notify()
-            try:
-                if self._length > self._compact_at:
-                    self._compact()
-            except OSError as exc:  # appends go on to the old file; tried again later
-                log.error("audit journal %s: cannot compact: %s", self.path, exc)
+                self._pending -= sum(len(g.entries) for g in groups)
+            for group in groups:
+                group.error = JournalUnavailable(f"the audit journal cannot be written: {exc}")
+            written.release()
+            return
+        written.release()  # durable: its callers may serve while it is queued to send
+        now = time.monotonic()
+        with self._cond:
+            first_waited = self._oldest_waited is None
+            for group in groups:
+                group.frame = b""  # written: the file holds it
+                self._live[group.gid] = group
+                self._push(group, now)
+            # The sender keeps its tick, on which `window_s` passes: it is woken only when
+            # this write has it send sooner, a full tx's backlog or a caller now waiting for
+            # the commit. Woken after every write, it cost ≈ 20 µs per read for nothing.
+            if self._unsent_entries >= self.max_tx_entries or (
+                first_waited and self._oldest_waited is not None
+            ):
+                self._cond.notify()
+        try:
+            if self._length > self._compact_at:
+                self._compact()
+        except OSError as exc:  # appends go on to the old file; tried again later
+            log.error("audit journal %s: cannot compact: %s", self.path, exc)
 
     def _write(self, data: bytes) -> None:
         """Append `data` (under the file lock); `_length` follows the file without an fstat."""
