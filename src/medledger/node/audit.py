@@ -90,7 +90,7 @@ WAIT_WINDOW_S = 0.02
 HOLD_S = 0.001
 #: How long entries a caller queued (`begin`) may wait for its `end` to write them before the
 #: journal's own thread writes them (a caller that never ends; `stop`).
-LEFT_S = 0.05
+LEFT_S = 0.2
 MAX_INFLIGHT = 4
 MAX_INFLIGHT_FULL = 32  # txs in flight when a backlog fills them (docs/benchmarks.md)
 RESEND_S = 5.0
@@ -579,7 +579,8 @@ class AuditJournal:
 
     def _writer(self) -> None:
         """The fallback: writes what a caller queued and has not come to write for `LEFT_S`
-        (a `begin` whose `end` never came, or not yet), and all that is queued at `stop`;
+        (a `begin` whose `end` never came, or not yet), and all that is queued at `stop`; it wakes
+        every `LEFT_S` (a wake-up every 50 ms cost ≈ 0.005 ms per read under load, in every mode);
         held as a caller's write is, for requests under way."""
         while True:
             with self._cond:
