@@ -780,3 +780,61 @@ def test_a_lone_request_is_written_at_once_and_one_that_never_logs_releases_the_
     finally:
         never_logs.set()
         journal.stop()
+
+
+def test_a_caller_whose_entry_no_write_took_writes_it_in_its_own_thread(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leader/follower group commit: `end` writes and fsyncs what is queued in the caller's
+    thread (no writer thread woken per write); a caller whose entry a write under way took
+    waits for that write and does none of its own."""
+    import os
+
+    journal = _journal(node, tmp_path / "audit", window_s=3600.0)
+    disk = threading.Event()
+    fsynced_by: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsynced_by.append(threading.current_thread().name)
+        disk.wait(30)  # the first write holds the disk
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        first = journal.begin(_entries(node), wait=False)
+        leader = threading.Thread(target=first.end, name="reader-1")
+        leader.start()
+        deadline = time.monotonic() + 30
+        while not fsynced_by and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fsynced_by == ["reader-1"]  # the read's own thread, not "audit-writer"
+        # two more queued while that write is under way: the next leader takes both
+        loggings = [journal.begin(_entries(node), wait=False) for _ in range(2)]
+        followers = [
+            threading.Thread(target=lg.end, name=f"reader-{n}") for n, lg in enumerate(loggings, 2)
+        ]
+        for t in followers:
+            t.start()
+        disk.set()
+        for t in [leader, *followers]:
+            t.join(30)
+        assert len(fsynced_by) == 2 and fsynced_by[1] in ("reader-2", "reader-3")
+        assert journal.stats["fsyncs"] == 2
+        (pending, _, _) = read_journal(tmp_path / "audit" / "journal")
+        assert [len(group) for group in pending] == [1, 1, 1]
+    finally:
+        disk.set()
+        journal.stop()
+
+
+def test_entries_whose_caller_never_ends_are_still_written(node: Node, tmp_path: Path) -> None:
+    """A `begin` whose `end` never comes (its request failed in between): the journal's own
+    thread writes its entries after `LEFT_S`; they reach the chain as any other."""
+    journal = _journal(node, tmp_path / "audit", window_s=0.05)
+    try:
+        journal.begin(_entries(node), wait=False)  # never ended
+        assert journal.drain(30)
+        assert journal.stats["fsyncs"] == 1 and journal.stats["entries"] == 1
+    finally:
+        journal.stop()
