@@ -6,13 +6,17 @@ node dies between serving and the tx reaching a block (or when its nonce was spe
 block the replica had not yet applied), and puts one tx per read on the chain. Here:
 
 1. `log(entries)` gives every entry an `id` (contracts.access.ENTRY_ID: random per run,
-   then a counter) and a strictly increasing `seq`, and queues it;
-   the writer appends what is queued to `<home>/audit/journal` and fsyncs, once for all the
-   requests that arrived meanwhile (group fsync). The caller returns once its entries are
-   durable: a read waits for the disk, never for the chain. While FHIR reads the API has
-   announced (`expecting`, as each arrives) have not logged yet, the writer holds a write
-   back by up to `hold_s` (1 ms) so that one fsync serves them too; a lone read's entry is
-   written at once (docs/benchmarks.md, "Session 14 (fsync13)").
+   then a counter) and a strictly increasing `seq`, and queues it (`begin`); its caller's
+   `end` appends what is queued to `<home>/audit/journal` and fsyncs, in the caller's own
+   thread, once for all the requests that queued meanwhile (leader/follower group commit:
+   a caller whose entries a write under way took waits for that write; no writer thread
+   is woken per write). The caller returns once its entries are durable: a read waits for
+   the disk, never for the chain. While FHIR reads the API has announced (`expecting`, as
+   each arrives) have not logged yet, the write is held back by up to `hold_s` (1 ms) so
+   that one fsync serves them too; a lone read's entry is written at once
+   (docs/benchmarks.md, "Session 14 (fsync13)"). A `begin` whose `end` never comes is
+   written by the journal's own thread after `LEFT_S` (docs/benchmarks.md, "Session 14
+   (atna13)").
 2. The sender gathers durable entries (until `access.MAX_ENTRIES` entries or `max_tx_bytes`
    bytes) and signs one `access.log` tx with the organisation's wallet: after
    `wait_window_s` (20 ms) when a caller waits for the commit (`log(..., wait=True)`: a
