@@ -20,6 +20,9 @@ setting). With `journal_only=1` each pair is a round of three runs: the third mo
 ("journal", switched by a file `bench-audit-journal-only`) makes each read's entry durable
 exactly as "on" does, in the node's journal, and marks it done there, never sent to the chain:
 it splits the audit's cost into a durable local record's and the chain's (`off_journal_on`).
+`journal_only=3` makes it a round of four: "off", "peer" (the fair peer: a plain FHIR
+server's durable local audit log, one JSON line per read appended and fsync'd in the read's
+own thread before the answer; `_peer_log`), "journal" and "on".
 Last, the journal driven
 directly (`direct` entries logged by `callers` threads, then drained): audit entries
 committed per second (from the first entry logged to the last committed, and from the first
@@ -49,6 +52,10 @@ import orjson
 
 OFF = "bench-audit-off"
 JOURNAL_ONLY = "bench-audit-journal-only"
+# The fair peer's audit log (`journal_only=3`, mode "peer"), in each hospital home: one JSON
+# line per entry, appended and fsync'd in the read's own thread before the answer.
+PEER_LOG = "bench-audit-peer.log"
+PEER: dict[str, Any] = {"fds": {}, "fsyncs": 0}  # in a node process: its fd by home, fsyncs
 JOURNALS: dict[str, Any] = {}  # in a node process: the journal `log_later` used, by home
 # In a node process, per read audited: its thread's CPU in `begin` and in `end`, the wall
 # `end` waited, and the wall from `begin` to the end of `end` (seconds).
@@ -63,6 +70,7 @@ def install_switch() -> Callable[[], None]:
     exactly as with the audit on (`begin`, the writer, its fsync before `end` returns) but
     the writer marks them done as soon as they are durable instead of queueing them for the
     chain (`AuditJournal._push` patched here: this bench's alone, never a product setting).
+    With "peer" in `JOURNAL_ONLY`, the fair peer's audit instead of the journal (`_peer_log`).
     Every journal it used is kept in `JOURNALS` (their fsyncs are dumped with the threads')."""
     from medledger.api.services import HospitalServices
     from medledger.node.audit import AuditJournal
@@ -76,6 +84,12 @@ def install_switch() -> Callable[[], None]:
         home = self.node.config.home
         mode = _mode(home)
         if mode == "off":
+            return lambda: None
+        if mode == "peer":  # its whole wall in `begin`'s place: the write and the fsync
+            cpu, wall = time.thread_time(), time.perf_counter()
+            _peer_log(home, entries)
+            spent = time.perf_counter() - wall
+            CALLS.append((time.thread_time() - cpu, 0.0, spent, spent))
             return lambda: None
         journal = self.node.audit
         JOURNALS.setdefault(str(home), journal)
@@ -107,8 +121,45 @@ def install_switch() -> Callable[[], None]:
         HospitalServices.log_later = original  # type: ignore[method-assign]
         AuditJournal._push = push  # type: ignore[method-assign]
         JOURNALS.clear()
+        for fd in PEER["fds"].values():
+            os.close(fd)
+        PEER["fds"].clear()
 
     return undo
+
+
+def _peer_log(home: Path, entries: list[dict[str, Any]]) -> None:
+    """The fair peer's audit (what a plain FHIR server with a durable local audit log, an IHE
+    ATNA secure node, does): one JSON line per entry (who, what, when, purpose: the entry's
+    fields and the time in ms), appended to `PEER_LOG` in the home (opened O_APPEND) and
+    fsync'd in the read's own thread before the answer: no journal, no writer thread, no
+    batching, nothing sent to the chain."""
+    fd = PEER["fds"].get(home)
+    if fd is None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        fd = PEER["fds"].setdefault(home, os.open(home / PEER_LOG, flags, 0o600))
+    when = time.time_ns() // 1_000_000
+    data = b"".join(orjson.dumps({**e, "time": when}, default=_hex) + b"\n" for e in entries)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+    PEER["fsyncs"] += 1
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def _peer_lines(homes: list[Path]) -> int:
+    """The lines the peer's logs in `homes` hold (entries it recorded)."""
+    total = 0
+    for home in homes:
+        with contextlib.suppress(OSError):
+            total += (home / PEER_LOG).read_bytes().count(b"\n")
+    return total
 
 
 _MODES: dict[Path, tuple[float, str]] = {}  # home: (when read, its mode)
@@ -317,7 +368,10 @@ def _compare(
     `journal_only=2` adds a fourth, a diagnostic ("unwaited"): the entry written as with
     "journal" but the answer sent without waiting for it (never a product behaviour: it
     breaks "durable before the data leaves"), which splits the local journal's cost into the
-    work of writing it and the cost of the read waiting for it."""
+    work of writing it and the cost of the read waiting for it. `journal_only=3` adds the
+    fair peer instead ("peer", `_peer_log`): one JSON line per entry appended and fsync'd in
+    the read's own thread before the answer, what a plain FHIR server's durable local audit
+    log costs, side by side with the journal's in the same rounds."""
     tokens = {org: _token(home, org) for org, home in zip((A, B), homes, strict=False)}
     targets = {
         "own_records": (urls[A], tokens[A], rids),
@@ -332,7 +386,7 @@ def _compare(
                 (home / OFF).touch()
             else:
                 (home / OFF).unlink(missing_ok=True)
-            if mode in ("journal", "unwaited"):
+            if mode in ("journal", "unwaited", "peer"):
                 (home / JOURNAL_ONLY).write_bytes(mode.encode())
         time.sleep(0.1)  # past the node processes' 50 ms cache of the switch (`_mode`)
 
@@ -340,10 +394,13 @@ def _compare(
         audit(mode)
         before = cpu() if cpu is not None else (0.0, 0.0)
         threads = _threads(homes[:2]) if cpu is not None else {}
+        lines = _peer_lines(homes[:2])
         client = os.times()
         result, since, until = _load(targets, count, span)
         client_after = os.times()
         result["mode"] = mode
+        if mode == "peer":  # one fsync'd line per entry: one per read served
+            result["peer_lines"] = _peer_lines(homes[:2]) - lines
         if cpu is not None:
             reads = max(1.0, result["reads_per_s"] * (until - since) / 1000)
             # This bench's own readers (HTTP clients) share the cores with the network.
@@ -352,7 +409,8 @@ def _compare(
             servers, network = (after - at for after, at in zip(cpu(), before, strict=True))
             result["servers_cpu_ms_per_read"] = round(servers / reads * 1e3, 3)
             by_name = _by_name(threads, _threads(homes[:2]))
-            result["fsyncs_per_read"] = round(by_name.get("#fsyncs audit", 0) / reads, 3)
+            fsyncs = by_name.get("#fsyncs audit", 0) + by_name.get("#fsyncs peer", 0)
+            result["fsyncs_per_read"] = round(fsyncs / reads, 3)
             result["writes_held_per_read"] = round(by_name.get("#fsyncs held", 0) / reads, 3)
             # `begin` and `end` as the read's thread saw them (µs per read audited)
             calls = {k.split(" ", 1)[1]: v for k, v in by_name.items() if k.startswith("#calls ")}
@@ -376,10 +434,16 @@ def _compare(
     measured("on", span=min(2.0, seconds / 4))
     if journal_only:
         measured("journal", span=min(2.0, seconds / 4))
+    if journal_only == 3:
+        measured("peer", span=min(2.0, seconds / 4))
     light_off = measured("off", 1, seconds / 2)
     light_on = measured("on", 1, seconds / 2)
     rounds: list[dict[str, dict[str, Any]]] = []
-    modes = ("off", "unwaited", "journal", "on") if journal_only > 1 else ("off", "journal", "on")
+    modes: tuple[str, ...] = ("off", "journal", "on")
+    if journal_only == 2:
+        modes = ("off", "unwaited", "journal", "on")
+    elif journal_only == 3:
+        modes = ("off", "peer", "journal", "on")
     for k in range(pairs):
         if journal_only == 1:
             order: tuple[str, ...] = ORDERS[k % len(ORDERS)]
@@ -419,6 +483,9 @@ MODES = {
     "off": "no entry: the read is decided and its entry built, never written",
     "unwaited": "DIAGNOSTIC, never a product behaviour: the entry fsync'd in the node's "
     "journal as with 'journal', but the answer leaves without waiting for it",
+    "peer": "the fair peer (a FHIR server's durable local audit log, an IHE ATNA secure node): "
+    "one JSON line per entry appended (O_APPEND) and fsync'd in the read's own thread before "
+    "the answer; no journal, no writer thread, no batching, never sent to the chain",
     "journal": "the entry fsync'd in the node's journal before the answer as with 'on', "
     "then marked done there, never sent to the chain",
     "on": "the entry fsync'd in the node's journal before the answer, then on the chain in a "
@@ -436,7 +503,10 @@ def _split(
         "orders": [list(r) for r in rounds],
         "reads_ratio_vs_off": {m: round(total[m] / max(total["off"], 0.1), 3) for m in modes},
         "reads_per_s": {m: [r[m]["reads_per_s"] for r in rounds] for m in modes},
+        "own_p50_ms": {m: [r[m]["own_records"]["p50_ms"] for r in rounds] for m in modes},
     }
+    if "peer" in modes:  # the lines its log took in each run, against the reads it served
+        split["peer_reads_lines"] = [[r["peer"]["reads"], r["peer"]["peer_lines"]] for r in rounds]
     if not cpu:
         return split
     for key in (
@@ -751,6 +821,7 @@ def _thread_cpu_dumper(home: Path, every: float = 0.5) -> None:
                 name = re.sub(r"[-_]?[0-9]+", "", thread.name) or "thread"
                 spent[f"{name} {thread.native_id}"] = (int(fields[11]) + int(fields[12])) / tick
             fsyncs = {"audit": sum(j.stats["fsyncs"] for j in JOURNALS.values())}
+            fsyncs["peer"] = PEER["fsyncs"]
             for journal in JOURNALS.values():
                 fsyncs["held"] = journal.stats.get("writes_held", 0)
             while CALLS:

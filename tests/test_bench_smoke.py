@@ -108,3 +108,19 @@ def test_the_study_bench_reads_the_line_a_node_logs_when_its_answer_lands(
     (tmp_path / "logs" / "chu-lyon.app.log").write_text("\n".join(lines) + "\n")
     found = _load("study")._answers(tmp_path, "s1/q0001")
     assert found == {"chu-lyon": {"patients": 12, **timing, "took_check": 0.03, "took": 0.09}}
+
+
+def test_the_audit_bench_peer_logs_a_line_per_read() -> None:
+    """`journal_only=3`: the fair peer's mode records every read it serves (one JSON line per
+    read in its log, fsync'd before the answer), alongside off, journal and on in each round."""
+    bench = _load("audit")
+    fsyncs = bench.PEER["fsyncs"]
+    result = bench.run(**{**TINY["audit"], "journal_only": 3})["solo"]
+    split = result["by_mode"]
+    assert set(split["modes"]) == {"off", "peer", "journal", "on"}, split
+    assert all(set(order) == set(split["modes"]) for order in split["orders"]), split
+    assert len(split["peer_reads_lines"]) == 2, split
+    for reads, lines in split["peer_reads_lines"]:
+        assert 0 < reads <= lines, split  # every read served has its line
+    assert bench.PEER["fsyncs"] - fsyncs >= sum(n for n, _ in split["peer_reads_lines"]), split
+    assert bench.PEER["fds"] == {}  # the switch undone: its logs closed

@@ -862,3 +862,15 @@ def test_a_request_under_way_that_never_logs_nor_ends_holds_each_write_only_hold
         thread.join(30)
         journal.stop()
     assert journal._coming == 0
+
+
+def test_entries_whose_caller_never_ends_are_still_written(node: Node, tmp_path: Path) -> None:
+    """A `begin` whose `end` never comes (its request failed in between): the journal's
+    writer thread still writes its entries, and they reach the chain as any other."""
+    journal = _journal(node, tmp_path / "audit", window_s=0.05)
+    try:
+        journal.begin(_entries(node), wait=False)  # never ended
+        assert journal.drain(30)
+        assert journal.stats["fsyncs"] == 1 and journal.stats["entries"] == 1
+    finally:
+        journal.stop()
