@@ -178,6 +178,7 @@ class _Pending:
     header: BlockHeader
     header_bytes: bytes
     txs: list[bytes]
+    tx_ids: list[bytes]  # the header's tx_root leaves, reused at commit
     results: list[TxResult]
     events: tuple[Event, ...]
     app_hash: bytes
@@ -360,7 +361,7 @@ class Application:
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
 
-    def _forget_verified(self, committed: list[bytes]) -> None:
+    def _forget_verified(self, committed_ids: list[bytes]) -> None:
         """Drop a committed block's txs from the verified-tx cache: no later step of this
         node checks them again (CometBFT removes them from its mempool; the carry-over
         rechecks only txs the block left out). Kept, they filled the cache to its bound
@@ -370,8 +371,8 @@ class Application:
         verified again, then refused for its nonce."""
         verified = self._verified
         with self._cache_lock:
-            for raw in committed:
-                verified.pop(codec.tx_id(raw), None)
+            for tid in committed_ids:
+                verified.pop(tid, None)
 
     def _fresh_check(self, height: int | None = None, time_ms: int | None = None) -> _CheckState:
         return _CheckState(
@@ -506,19 +507,22 @@ class Application:
                 if last is not None and last.height == height - 1
                 else self.store.block_hash(height - 1)
             )
+            tx_ids = [codec.tx_id(t) for t in txs]
             header = BlockHeader(
                 chain=self.chain_id,
                 height=height,
                 time_ms=time_ms,
                 prev_hash=self.genesis.hash() if prev_hash is None else prev_hash,
-                tx_root=merkle.root([codec.tx_id(t) for t in txs]),
+                tx_root=merkle.root(tx_ids),
                 app_hash=app_hash,
                 proposer=proposer,
                 consensus_hash=consensus_hash,
             )
             header_bytes = header.encode()
             events = tuple(end_ctx.events)
-            self._pending = _Pending(view, header, header_bytes, txs, results, events, app_hash)
+            self._pending = _Pending(
+                view, header, header_bytes, txs, tx_ids, results, events, app_hash
+            )
             return BlockOutcome(
                 results, app_hash, list(self._pending_validator_updates), list(events)
             )
@@ -537,7 +541,7 @@ class Application:
                 raise RuntimeError("commit without finalize_block")
             record = BlockRecord(p.header, p.header_bytes, signature, p.txs, p.results, p.events)
             self.store.commit(p.view.writes, p.header.height, p.app_hash, record)
-            self._forget_verified(p.txs)
+            self._forget_verified(p.tx_ids)
             self._last_block = record
             self._pending = None
             self._simulated = None
