@@ -8,7 +8,14 @@ minimum. Each batch is txs the state never saw (`identity.register`, as `medledg
 cometbft` sends), checked on the mempool's view, then simulated as a block (ProcessProposal).
 Also the minimum of `decode_tx` over the same batches.
 
+`fresh=1` measures instead what a live node's CheckTx does (docs/benchmarks.md, "Session 15
+(live15)"): txs never seen (decoded and verified inside CheckTx), the node's settled heap
+(`node/heap.py`), batches of 20 as CometBFT's mempool connection brings them, and the **mean**
+over the batches as well as the minimum: on a machine whose cores are shared, the minimum is
+the batch that ran with warm caches, which a live node's average is not.
+
     medledger bench apptx [--set batch=200 --set batches=40]
+    medledger bench apptx --set fresh=1 [--set batch=20 --set batches=200]
 
 To compare with another checkout's code, alternate runs of this file with that code on the
 path: `PYTHONPATH=<clone>/src .venv/bin/python bench/bench_apptx.py` (docs/benchmarks.md,
@@ -17,7 +24,9 @@ path: `PYTHONPATH=<clone>/src .venv/bin/python bench/bench_apptx.py` (docs/bench
 
 from __future__ import annotations
 
+import gc
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,12 +37,16 @@ from medledger.contracts import default_registry
 from medledger.ledger.app import Application
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import decode_tx
+from medledger.node import heap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_txpath import SIGNERS, _genesis, _registrations  # noqa: E402
 
 
-def run(batch: int = 200, batches: int = 40, committed: int = 400) -> Any:
+def run(batch: int = 0, batches: int = 0, committed: int = 400, fresh: int = 0) -> Any:
+    if fresh:
+        return _fresh_check_tx(batch or 20, batches or 200, committed)
+    batch, batches = batch or 200, batches or 40
     orgs = [SigningKey.generate() for _ in range(SIGNERS)]
     genesis = _genesis(orgs)
     txs = _registrations(orgs, committed + batch * batches)
@@ -67,6 +80,47 @@ def run(batch: int = 200, batches: int = 40, committed: int = 400) -> Any:
             app.close()
     return {
         "us_per_tx_min_over_batches": {k: round(v / batch * 1e6, 2) for k, v in best.items()},
+        "batch": batch,
+        "batches": batches,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _fresh_check_tx(batch: int, batches: int, committed: int) -> Any:
+    """CheckTx of txs this app never saw, as a live node runs it: thread CPU per tx of each
+    batch, mean / median / minimum over the batches."""
+    orgs = [SigningKey.generate() for _ in range(SIGNERS)]
+    genesis = _genesis(orgs)
+    txs = _registrations(orgs, committed + batch * batches)
+    per_tx: list[float] = []
+    thresholds = gc.get_threshold()  # the settled heap's settings are this run's only
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Application.open(Path(tmp) / "apptx.db", genesis, default_registry())
+        try:
+            app.init_chain()
+            first = txs[:committed]
+            for raw in first:
+                app.check_tx(raw)
+            app.finalize_block(first, 1, genesis.time_ms + 1000)
+            app.commit()
+            heap.settle()
+            for n in range(batches):
+                chunk = txs[committed + n * batch : committed + (n + 1) * batch]
+                t = time.thread_time()
+                for raw in chunk:
+                    if not app.check_tx(raw).ok:
+                        raise RuntimeError("bench tx refused")
+                per_tx.append((time.thread_time() - t) / batch * 1e6)
+        finally:
+            app.close()
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+    return {
+        "check_tx_fresh_us_per_tx": {
+            "mean": round(statistics.mean(per_tx), 1),
+            "median": round(statistics.median(per_tx), 1),
+            "min": round(min(per_tx), 1),
+        },
         "batch": batch,
         "batches": batches,
         "load_average": [round(x, 2) for x in os.getloadavg()],

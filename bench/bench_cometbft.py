@@ -275,6 +275,7 @@ def _medledger_network(
     hold_ms: int = -1,
     abci_unix: int = 0,
     replica_only: bool = False,
+    probe: int = 0,
 ) -> Network:
     """Four validating hospitals, plus `streams` non-validating member organisations.
 
@@ -318,7 +319,10 @@ def _medledger_network(
     env = {"MEDLEDGER_ABCI_STATS_S": str(ABCI_STATS_S)}
     if hold_ms >= 0:
         env["MEDLEDGER_PROPOSAL_HOLD_S"] = str(hold_ms / 1000)
-    processes.up(directory, app_command=_replica_command if replica_only else None, env=env)
+    command = _replica_command if replica_only else None
+    if probe:
+        command = functools.partial(_probed_command, directory)
+    processes.up(directory, app_command=command, env=env)
     nonces = [0] * streams
 
     def make_txs(stream: int, count: int) -> list[bytes]:
@@ -338,6 +342,16 @@ def _replica_command(consortium_dir: Path, org: str) -> list[str]:
     """The hospital's ledger replica serving ABCI, and nothing else."""
     home = str(testnet.hospital_home(consortium_dir, org))
     return [sys.executable, "-m", "medledger.node.run_app", "--home", home]
+
+
+def _probed_command(directory: Path, consortium_dir: Path, org: str) -> list[str]:
+    """Node 0's whole node with its CheckTx split into parts (bench/live_probe.py); the
+    other hospitals run as usual."""
+    command = processes.default_app_command(consortium_dir, org)
+    if org != testnet.list_hospitals(directory)[0]:
+        return command
+    probe = str(Path(__file__).resolve().parent / "live_probe.py")
+    return [command[0], probe, *command[3:]]
 
 
 def _urls(directory: Path) -> list[str]:
@@ -1083,6 +1097,7 @@ def _bench_app(
     recheck: int,
     hold_ms: int,
     abci_unix: int = 0,
+    probe: int = 0,
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-{app}-"))
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
@@ -1090,7 +1105,7 @@ def _bench_app(
         if app in ("medledger", "medledger_replica"):
             replica = app == "medledger_replica"
             net = _medledger_network(
-                directory, block_time_ms, streams, recheck, hold_ms, abci_unix, replica
+                directory, block_time_ms, streams, recheck, hold_ms, abci_unix, replica, probe
             )
         elif app in ("pyfloor", "pyfloor_bare"):
             bare = int(app == "pyfloor_bare")
@@ -1112,21 +1127,24 @@ def _bench_app(
             )
         if app in PYTHON_APPS:
             result["abci_cpu_node0"] = _abci_stats(directory)
+        if probe and app == "medledger":
+            result["probe_node0"] = _abci_stats(directory, "PROBE ")
         return result
     finally:
         processes.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _abci_stats(directory: Path) -> list[str]:
+def _abci_stats(directory: Path, marker: str = "ABCI ") -> list[str]:
     """Node 0's own per-minute account of its ABCI CPU (calls, total, µs per call by kind),
-    as its app logged it during the run (AbciServer's `ABCI last 60s` line)."""
+    as its app logged it during the run (AbciServer's `ABCI last 60s` line); with `marker`
+    "PROBE ", bench/live_probe.py's lines (`probe`)."""
     org = testnet.list_hospitals(directory)[0]
     try:
         text = processes.log_path(directory, org, "app").read_text(errors="replace")
     except OSError:
         return []
-    return [line.split("ABCI ", 1)[1] for line in text.splitlines() if "ABCI last" in line]
+    return [line.split(marker, 1)[1] for line in text.splitlines() if f"{marker}last" in line]
 
 
 def medledger_tx_bytes() -> int:
@@ -1189,6 +1207,7 @@ def run(
     recheck: int = -1,
     hold_ms: int = -1,
     abci_unix: int = 0,
+    probe: int = 0,
 ) -> dict[str, Any]:
     """Run the comparison; returns figures as a JSON-able dict (see module docstring).
 
@@ -1201,7 +1220,8 @@ def run(
     instead of loopback TCP. `pyfloor_bare` 1 adds the floor behind its plain protobuf server
     instead of medledger's `AbciServer` (what our server saves); `medledger_replica` 1 adds
     medledger with each node's ledger replica alone, no API, exchange, agents or journal (what
-    the node's other threads cost).
+    the node's other threads cost). `probe` 1 runs medledger's node 0 under bench/live_probe.py
+    (its CheckTx's live CPU split into parts: `probe_node0`).
     """
     tx_bytes = tx_bytes or medledger_tx_bytes()
     out: dict[str, Any] = {
@@ -1253,6 +1273,7 @@ def run(
                     recheck,
                     hold_ms,
                     abci_unix,
+                    probe,
                 )
             )
     for app in apps:
@@ -1290,6 +1311,7 @@ def main() -> None:
         ("recheck", -1),
         ("hold_ms", -1),
         ("abci_unix", 0),
+        ("probe", 0),
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()
