@@ -31,7 +31,7 @@ class _Probe:
     def __init__(self) -> None:
         self.parts: dict[str, float] = {}
         self.counts: dict[str, int] = {}
-        self.in_check = False
+        self.in_check = 0  # the thread id inside CheckTx (0: none): other threads untimed
         self.gc_started = 0.0
         self.abci_tid = 0
         self.switches = (0, 0)
@@ -43,7 +43,7 @@ class _Probe:
 
     def timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not self.in_check:
+            if self.in_check != threading.get_ident():
                 return fn(*args, **kwargs)
             started = time.thread_time()
             try:
@@ -54,7 +54,7 @@ class _Probe:
         return wrapper
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if not self.in_check:
+        if self.in_check != threading.get_ident():
             return
         if phase == "start":
             self.gc_started = time.thread_time()
@@ -117,7 +117,7 @@ def install(report_every_s: float = PROBE_S) -> _Probe:
     def check_tx(self: Any, tx: bytes, recheck: bool = False) -> Any:
         if not probe.abci_tid:
             probe.abci_tid = threading.get_native_id()
-        probe.in_check = True
+        probe.in_check = threading.get_ident()
         wall = time.perf_counter()
         started = time.thread_time()
         try:
@@ -125,13 +125,13 @@ def install(report_every_s: float = PROBE_S) -> _Probe:
         finally:
             probe.add("check_tx", time.thread_time() - started)
             probe.add("wall", time.perf_counter() - wall)
-            probe.in_check = False
+            probe.in_check = 0
 
     app_module.Application.check_tx = check_tx  # type: ignore[method-assign]
     original_get = store_module.Store.get_raw
 
     def get_raw(self: Any, key: bytes) -> Any:
-        if probe.in_check and key not in self._cache:
+        if probe.in_check == threading.get_ident() and key not in self._cache:
             started = time.thread_time()
             try:
                 return original_get(self, key)
