@@ -329,20 +329,25 @@ def make_router() -> APIRouter:
 
     @router.get("/{resource_type}/{rid}")
     def read(
-        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], resource_type: str, rid: str
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        rid: str,
+        request: Request,
     ) -> Response:
         interactions.check(resource_type, "read")
         require(claims, resource_type, "read")
+        view = fhir_search.read_view(resource_type, request.query_params.multi_items())
         info = stored(svc, resource_type, rid)
         if info.pid == svc.vault.hospital_pid:
             # The hospital's own (a Practitioner, a Medication...): no patient's, so the scope
             # decides alone, and nothing about a patient is decided or logged.
             body, headers, _ = versions.served(svc.vault, svc.node.engine, rid, info.version)
-            return fhir_response(body, headers=headers)
+            return fhir_response(viewed(body, view), headers=headers)
         body, headers = serve_version(svc, claims, info)
         if resource_type == "Bundle":  # a document: whole, to who may see all of it
             _whole_document(svc, claims, info.pid, body)
-        return fhir_response(body, headers=headers)
+        return fhir_response(viewed(body, view), headers=headers)
 
     @router.get("/{resource_type}")
     def search(
@@ -393,6 +398,11 @@ def stored(svc: HospitalServices, resource_type: str, rid: str, version: int | N
     if info.resource_type != resource_type:
         raise FhirError(404, "not-found", f"{what} is not known here")
     return info
+
+
+def viewed(body: bytes, view: fhir_search.Query | None) -> bytes:
+    """A read's body as its `_elements`/`_summary` asked (`search.read_view`)."""
+    return body if view is None else fhir_search.subset(body, view)
 
 
 def serve_version(svc: HospitalServices, claims: Claims, info: Any) -> tuple[bytes, dict[str, str]]:

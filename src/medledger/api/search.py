@@ -459,6 +459,36 @@ def parse_limited(
     return query, kept
 
 
+def read_view(resource_type: str, items: Iterable[tuple[str, str]]) -> Query | None:
+    """What a read's (or vread's) query asks of the resource: `_elements`, `_summary=data`
+    (or `false`), applied as a search applies them (`subset`); None for the whole resource.
+    A read has no Bundle to report a parameter it left out, so anything else is a 400 naming
+    it, never a whole resource that looks like what was asked. `_format` (JSON) and `_pretty`
+    change no content."""
+    query = Query(resource_type)
+    for name, value in items:
+        if name == "_format" and (
+            value in _JSON_FORMATS or value.startswith("application/fhir+json")
+        ):
+            continue
+        if name == "_pretty":
+            continue
+        if name == "_summary" and value == "count":
+            query.not_applied.append((name, "'count' applies to a search, not a read"))
+        elif name in ("_elements", "_summary"):
+            _result_param(query, name, value, {})
+        else:
+            query.not_applied.append((name, "not a parameter of a read"))
+    if query.not_applied:
+        raise FhirError(
+            400,
+            "not-supported",
+            "not applied: " + "; ".join(f"{n}: {why}" for n, why in query.not_applied),
+            query.not_applied[0][0],
+        )
+    return query if query.subsets() else None
+
+
 def refuse_if_strict(not_applied: list[tuple[str, str]], strict: bool) -> None:
     """Under `Prefer: handling=strict`, a parameter left unapplied is a 400, never ignored."""
     if strict and not_applied:
