@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -360,12 +360,52 @@ def make_router() -> APIRouter:
         require(claims, resource_type, "search")
         if "_snapshot" in request.query_params:
             return _serve_snapshot(svc, claims, request, snapshots, resource_type)
+        return run_search(svc, claims, request, resource_type, request.query_params.multi_items())
+
+    @router.post("/{resource_type}/_search")
+    async def search_by_post(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        request: Request,
+    ) -> Response:
+        """R4's search by POST: the parameters in a form body (and the URL's query), so that
+        identifiers stay out of URLs and their logs; then exactly the GET search."""
+        import anyio
+
+        interactions.check(resource_type, "search-type")
+        if resource_type not in SUPPORTED or resource_type in _SEARCHED_BY_OWN_ROUTE:
+            raise FhirError(
+                405, "not-supported", f"search {resource_type} by GET (no search by POST)"
+            )
+        require(claims, resource_type, "search")
+        body = await request.body()  # bounded by app.BodyLimit
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and media != "application/x-www-form-urlencoded":
+            raise FhirError(
+                415,
+                "not-supported",
+                f"Content-Type {media or 'missing'!r}: a search by POST is a form "
+                "(application/x-www-form-urlencoded)",
+            )
+        try:
+            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise FhirError(400, "invalid", "the form body is not UTF-8") from None
+        items = [*request.query_params.multi_items(), *form]
+        return await anyio.to_thread.run_sync(
+            lambda: run_search(svc, claims, request, resource_type, items)
+        )
+
+    def run_search(
+        svc: HospitalServices,
+        claims: Claims,
+        request: Request,
+        resource_type: str,
+        items: list[tuple[str, str]],
+    ) -> Response:
         query = fhir_search.parse(
-            resource_type,
-            request.query_params.multi_items(),
-            strict=_strict(request),
-            base=_base(request),
-            served=SUPPORTED,
+            resource_type, items, strict=_strict(request), base=_base(request), served=SUPPORTED
         )
         records = LocalRecords(svc)
         pids = _search_pids(svc, claims, records, query)
@@ -374,6 +414,11 @@ def make_router() -> APIRouter:
         return _serve_search(svc, claims, request, snapshots, query, infos, resource_type, "search")
 
     return router
+
+
+#: Types whose GET search is a route of its own (the chain's consents, the audit trail,
+#: studies), not `run_search`: searched by GET only.
+_SEARCHED_BY_OWN_ROUTE = frozenset({"Consent", "AuditEvent", "ResearchStudy", "ResearchSubject"})
 
 
 def _within_launch(claims: Claims, pid: str) -> str:
