@@ -65,6 +65,7 @@ class Param:
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference: the types it may point at
     doc: str = ""
+    closed: tuple[str, ...] = ()  # token: the only codes it can take (a boolean's)
 
 
 def _t(*paths: str, doc: str = "") -> Param:
@@ -112,7 +113,7 @@ TYPES: dict[str, TypeSearch] = {
     "Patient": TypeSearch(
         {
             "identifier": _t("identifier", doc="system|value finds the patient by pseudonym"),
-            "active": _t("active"),
+            "active": Param("token", ("active",), closed=("true", "false")),
             "gender": _t("gender"),
             "birthdate": _d("birthDate"),
             "name": _s("name"),
@@ -640,6 +641,8 @@ def _value(param: Param, raw: str, base: str) -> Value:
         pieces = _split(raw.replace("\\,", ","), "|") if "|" in raw else [raw]
         if len(pieces) > 2:
             raise ValueError(f"{raw!r} is not [system|]code")
+        if param.closed and (len(pieces) == 2 or pieces[0] not in param.closed):
+            raise ValueError(f"{raw!r} is not one of {', '.join(param.closed)}")
         if len(pieces) == 2:
             return Value(raw, system=pieces[0], code=pieces[1])
         return Value(raw, code=pieces[0])
