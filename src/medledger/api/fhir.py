@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -329,20 +329,25 @@ def make_router() -> APIRouter:
 
     @router.get("/{resource_type}/{rid}")
     def read(
-        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], resource_type: str, rid: str
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        rid: str,
+        request: Request,
     ) -> Response:
         interactions.check(resource_type, "read")
         require(claims, resource_type, "read")
+        view = fhir_search.read_view(resource_type, request.query_params.multi_items())
         info = stored(svc, resource_type, rid)
         if info.pid == svc.vault.hospital_pid:
             # The hospital's own (a Practitioner, a Medication...): no patient's, so the scope
             # decides alone, and nothing about a patient is decided or logged.
             body, headers, _ = versions.served(svc.vault, svc.node.engine, rid, info.version)
-            return fhir_response(body, headers=headers)
+            return fhir_response(viewed(body, view), headers=headers)
         body, headers = serve_version(svc, claims, info)
         if resource_type == "Bundle":  # a document: whole, to who may see all of it
             _whole_document(svc, claims, info.pid, body)
-        return fhir_response(body, headers=headers)
+        return fhir_response(viewed(body, view), headers=headers)
 
     @router.get("/{resource_type}")
     def search(
@@ -355,12 +360,52 @@ def make_router() -> APIRouter:
         require(claims, resource_type, "search")
         if "_snapshot" in request.query_params:
             return _serve_snapshot(svc, claims, request, snapshots, resource_type)
+        return run_search(svc, claims, request, resource_type, request.query_params.multi_items())
+
+    @router.post("/{resource_type}/_search")
+    async def search_by_post(
+        svc: Svc,
+        claims: Annotated[Claims, Depends(authenticated)],
+        resource_type: str,
+        request: Request,
+    ) -> Response:
+        """R4's search by POST: the parameters in a form body (and the URL's query), so that
+        identifiers stay out of URLs and their logs; then exactly the GET search."""
+        import anyio
+
+        interactions.check(resource_type, "search-type")
+        if resource_type not in SUPPORTED or resource_type in _SEARCHED_BY_OWN_ROUTE:
+            raise FhirError(
+                405, "not-supported", f"search {resource_type} by GET (no search by POST)"
+            )
+        require(claims, resource_type, "search")
+        body = await request.body()  # bounded by app.BodyLimit
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and media != "application/x-www-form-urlencoded":
+            raise FhirError(
+                415,
+                "not-supported",
+                f"Content-Type {media or 'missing'!r}: a search by POST is a form "
+                "(application/x-www-form-urlencoded)",
+            )
+        try:
+            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise FhirError(400, "invalid", "the form body is not UTF-8") from None
+        items = [*request.query_params.multi_items(), *form]
+        return await anyio.to_thread.run_sync(
+            lambda: run_search(svc, claims, request, resource_type, items)
+        )
+
+    def run_search(
+        svc: HospitalServices,
+        claims: Claims,
+        request: Request,
+        resource_type: str,
+        items: list[tuple[str, str]],
+    ) -> Response:
         query = fhir_search.parse(
-            resource_type,
-            request.query_params.multi_items(),
-            strict=_strict(request),
-            base=_base(request),
-            served=SUPPORTED,
+            resource_type, items, strict=_strict(request), base=_base(request), served=SUPPORTED
         )
         records = LocalRecords(svc)
         pids = _search_pids(svc, claims, records, query)
@@ -369,6 +414,11 @@ def make_router() -> APIRouter:
         return _serve_search(svc, claims, request, snapshots, query, infos, resource_type, "search")
 
     return router
+
+
+#: Types whose GET search is a route of its own (the chain's consents, the audit trail,
+#: studies), not `run_search`: searched by GET only.
+_SEARCHED_BY_OWN_ROUTE = frozenset({"Consent", "AuditEvent", "ResearchStudy", "ResearchSubject"})
 
 
 def _within_launch(claims: Claims, pid: str) -> str:
@@ -393,6 +443,11 @@ def stored(svc: HospitalServices, resource_type: str, rid: str, version: int | N
     if info.resource_type != resource_type:
         raise FhirError(404, "not-found", f"{what} is not known here")
     return info
+
+
+def viewed(body: bytes, view: fhir_search.Query | None) -> bytes:
+    """A read's body as its `_elements`/`_summary` asked (`search.read_view`)."""
+    return body if view is None else fhir_search.subset(body, view)
 
 
 def serve_version(svc: HospitalServices, claims: Claims, info: Any) -> tuple[bytes, dict[str, str]]:

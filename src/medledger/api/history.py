@@ -16,8 +16,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from medledger.api import interactions, versions
+from medledger.api import search as fhir_search
 from medledger.api.auth import authenticated, require
-from medledger.api.fhir import Svc, _in_scope, _meta_of, serve_version, stored
+from medledger.api.fhir import Svc, _in_scope, _meta_of, serve_version, stored, viewed
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims
@@ -33,16 +34,18 @@ def make_router() -> APIRouter:
         resource_type: str,
         rid: str,
         vid: str,
+        request: Request,
     ) -> Response:
         interactions.check(resource_type, "vread")
         require(claims, resource_type, "read")
+        view = fhir_search.read_view(resource_type, request.query_params.multi_items())
         if not vid.isdigit() or not 1 <= int(vid) < 2**62:
             raise FhirError(
                 404, "not-found", f"{resource_type}/{rid}/_history/{vid}: no such version"
             )
         info = stored(svc, resource_type, rid, int(vid))
         body, headers = serve_version(svc, claims, info)
-        return fhir_response(body, headers=headers)
+        return fhir_response(viewed(body, view), headers=headers)
 
     @router.get("/{resource_type}/{rid}/_history")
     def history(

@@ -65,6 +65,7 @@ class Param:
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference: the types it may point at
     doc: str = ""
+    closed: tuple[str, ...] = ()  # token: the only codes it can take (a boolean's)
 
 
 def _t(*paths: str, doc: str = "") -> Param:
@@ -112,7 +113,7 @@ TYPES: dict[str, TypeSearch] = {
     "Patient": TypeSearch(
         {
             "identifier": _t("identifier", doc="system|value finds the patient by pseudonym"),
-            "active": _t("active"),
+            "active": Param("token", ("active",), closed=("true", "false")),
             "gender": _t("gender"),
             "birthdate": _d("birthDate"),
             "name": _s("name"),
@@ -459,6 +460,36 @@ def parse_limited(
     return query, kept
 
 
+def read_view(resource_type: str, items: Iterable[tuple[str, str]]) -> Query | None:
+    """What a read's (or vread's) query asks of the resource: `_elements`, `_summary=data`
+    (or `false`), applied as a search applies them (`subset`); None for the whole resource.
+    A read has no Bundle to report a parameter it left out, so anything else is a 400 naming
+    it, never a whole resource that looks like what was asked. `_format` (JSON) and `_pretty`
+    change no content."""
+    query = Query(resource_type)
+    for name, value in items:
+        if name == "_format" and (
+            value in _JSON_FORMATS or value.startswith("application/fhir+json")
+        ):
+            continue
+        if name == "_pretty":
+            continue
+        if name == "_summary" and value == "count":
+            query.not_applied.append((name, "'count' applies to a search, not a read"))
+        elif name in ("_elements", "_summary"):
+            _result_param(query, name, value, {})
+        else:
+            query.not_applied.append((name, "not a parameter of a read"))
+    if query.not_applied:
+        raise FhirError(
+            400,
+            "not-supported",
+            "not applied: " + "; ".join(f"{n}: {why}" for n, why in query.not_applied),
+            query.not_applied[0][0],
+        )
+    return query if query.subsets() else None
+
+
 def refuse_if_strict(not_applied: list[tuple[str, str]], strict: bool) -> None:
     """Under `Prefer: handling=strict`, a parameter left unapplied is a 400, never ignored."""
     if strict and not_applied:
@@ -610,6 +641,8 @@ def _value(param: Param, raw: str, base: str) -> Value:
         pieces = _split(raw.replace("\\,", ","), "|") if "|" in raw else [raw]
         if len(pieces) > 2:
             raise ValueError(f"{raw!r} is not [system|]code")
+        if param.closed and (len(pieces) == 2 or pieces[0] not in param.closed):
+            raise ValueError(f"{raw!r} is not one of {', '.join(param.closed)}")
         if len(pieces) == 2:
             return Value(raw, system=pieces[0], code=pieces[1])
         return Value(raw, code=pieces[0])

@@ -29,6 +29,9 @@ standard ones (PID-8, PV1-2, DG1-6, AL1-2, AL1-4, OBX-11, OBR-25, and coded fiel
 OBX-3). A coded value with no mapping is kept as sent, in the sender's local code system, with a
 warning; a value of a field FHIR fixes to a closed value set (gender, allergy category and
 severity, result status) is refused unless mapped. Z segments are ignored with a warning.
+An OBX-5 FHIR R4 has no value[x] for (ED, a PDF report; RP, a pointer) leaves the Observation
+without value, `dataAbsentReason` unsupported, with a warning; a repeated coded, numeric or
+date value keeps its first, with a warning (text repetitions are its lines).
 
 The patient's identifier is the INS when PID-3 carries one (IHE PAM France: assigning authority
 `ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO`, identifier type `INS`), validated with its key;
@@ -991,15 +994,34 @@ def _observation(
         issued = None  # reported with the OBR
     if issued:
         observation["issued"] = issued
-    try:
-        value = _value(obx, ctx, entry)
-    except ValueError as error:
-        ctx.fail("OBX-5", f"{error} (value type {_get(obx, 2) or 'missing'})", entry)
-        return None
+    value_type, absent = _get(obx, 2).upper(), "unknown"
+    if value_type in _UNMAPPED_VALUE_TYPES:
+        # Sent, but not a value[x] FHIR R4 has (a document, a pointer): said so, not "unknown".
+        ctx.warn(
+            "field OBX-5",
+            f"value type {value_type} ({_UNMAPPED_VALUE_TYPES[value_type]}) is not mapped: "
+            "the result is stored without its value (dataAbsentReason unsupported)",
+            entry,
+        )
+        value, absent = None, "unsupported"
+    else:
+        try:
+            value = _value(obx, ctx, entry)
+        except ValueError as error:
+            ctx.fail("OBX-5", f"{error} (value type {value_type or 'missing'})", entry)
+            return None
+        repeats = _repetitions(obx, 5)
+        if value and repeats > 1 and "valueString" not in value:
+            ctx.warn(
+                "field OBX-5",
+                f"{repeats} values repeat (value type {value_type}); an Observation holds "
+                "one: only the first is kept",
+                entry,
+            )
     if value:
         observation.update(value)
-    elif status not in ("cancelled", "entered-in-error", "registered"):
-        observation["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "unknown"}]}
+    elif absent == "unsupported" or status not in ("cancelled", "entered-in-error", "registered"):
+        observation["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": absent}]}
     flag = _get(obx, 8).upper()
     if flag in _INTERPRETATIONS:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flag}]}]
@@ -1011,6 +1033,13 @@ def _observation(
     if reference_range:
         observation["referenceRange"] = [reference_range]
     return observation
+
+
+#: OBX-2 value types with no value[x] in FHIR R4's Observation (and what they are).
+_UNMAPPED_VALUE_TYPES = {
+    "ED": "encapsulated data, such as a PDF report",
+    "RP": "a reference pointer to data held elsewhere",
+}
 
 
 def _status_code(

@@ -574,6 +574,7 @@ def validate_resource(
     if cls is None:
         return [Problem("resourceType", unsupported_type(resource_type, version))], references
     walk(cls, resource, "", version, problems, references)
+    problems += _unknown_required_codes(resource, version)
     if checked:
         return problems, references
     try:
@@ -587,6 +588,70 @@ def validate_resource(
         if not problems:
             problems.append(Problem(None, f"invalid resource ({type(error).__name__})"))
     return problems, references
+
+
+def _codes(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+#: FHIR R4's codes for top-level `code` elements bound *required*, of the clinical types this
+#: server indexes: fhir.resources takes any string there, and a status no other system knows
+#: (`"status": "bogus"`) would be stored, then missed by every `status=` search and view.
+_REQUIRED_CODES_R4: dict[tuple[str, str], frozenset[str]] = {
+    ("Patient", "gender"): _codes("male female other unknown"),
+    ("Observation", "status"): _codes(
+        "registered preliminary final amended corrected cancelled entered-in-error unknown"
+    ),
+    ("DiagnosticReport", "status"): _codes(
+        "registered partial preliminary final amended corrected appended cancelled "
+        "entered-in-error unknown"
+    ),
+    ("Encounter", "status"): _codes(
+        "planned arrived triaged in-progress onleave finished cancelled entered-in-error unknown"
+    ),
+    ("MedicationRequest", "status"): _codes(
+        "active on-hold cancelled completed entered-in-error stopped draft unknown"
+    ),
+    ("MedicationRequest", "intent"): _codes(
+        "proposal plan order original-order reflex-order filler-order instance-order option"
+    ),
+    ("DocumentReference", "status"): _codes("current superseded entered-in-error"),
+    ("Procedure", "status"): _codes(
+        "preparation in-progress not-done on-hold stopped completed entered-in-error unknown"
+    ),
+    ("Immunization", "status"): _codes("completed entered-in-error not-done"),
+}
+
+#: R5's codes there: R4's and those R5 added (a resource R4 refuses is tried as R5, so R5
+#: must know them too, or any unknown code would pass as "R5").
+_REQUIRED_CODES_R5: dict[tuple[str, str], frozenset[str]] = _REQUIRED_CODES_R4 | {
+    ("DiagnosticReport", "status"): _REQUIRED_CODES_R4[("DiagnosticReport", "status")]
+    | _codes("modified"),
+    ("Encounter", "status"): _REQUIRED_CODES_R4[("Encounter", "status")]
+    | _codes("on-hold discharged completed discontinued"),
+    ("MedicationRequest", "status"): _REQUIRED_CODES_R4[("MedicationRequest", "status")]
+    | _codes("ended"),
+}
+
+
+def _unknown_required_codes(resource: Mapping[str, Any], version: FhirVersion) -> list[Problem]:
+    """A top-level code outside its required value set (the message names the field and the
+    codes allowed, never the value sent)."""
+    required = _REQUIRED_CODES_R4 if version == "R4" else _REQUIRED_CODES_R5
+    kind = resource.get("resourceType")
+    problems = []
+    for (resource_type, element), allowed in required.items():
+        value = resource.get(element) if resource_type == kind else None
+        if isinstance(value, str) and value not in allowed:
+            problems.append(
+                Problem(
+                    element,
+                    f"not a code of the value set FHIR {version} requires here ("
+                    + ", ".join(sorted(allowed))
+                    + ")",
+                )
+            )
+    return problems
 
 
 # --------------------------------------------------------------------------- version detection
