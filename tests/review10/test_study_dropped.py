@@ -95,7 +95,7 @@ def _answer_all(w: World, dropped: dict[str, Any]) -> dict[str, Any]:
 
 def test_research_v3_answers_say_how_many_they_dropped_and_the_query_sums_them() -> None:
     w = _world()
-    assert default_versions()["research"] == 3
+    assert default_versions()["research"] >= 3  # v4 keeps v3's answers
     assert _submit(w).ok
     _run(w)
     q = sq.parse(w.q("research/query", {"query": "s1/q0001"})["doc"])

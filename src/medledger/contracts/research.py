@@ -27,6 +27,14 @@ enrolled and has not withdrawn, and refuse the release otherwise, or when the co
 the study's minimum (a small cohort re-identifies people). The release keeps the Merkle root
 of the sorted tokens, so any result can later be traced to exactly the data it used.
 
+Who releases (v4, session 15): the data a release covers comes from a custodian, so from v4
+the signer's hospital must hold custody of every member's patient (records' custody index,
+not ended by its `records.shredded`), else `UNAUTHORIZED` naming the member's index, never
+the pid. The sponsor is no exception: it holds nothing it did not receive from a custodian,
+and `holders()` lists it already (`study:<study>`). v1 to v3 took a release from any
+member's researcher or organisation key: a hospital holding nothing of a patient was then
+listed as holding her data (`release:<study>/<seq>`), on her portal and in her erasure.
+
 State (prefix `research/`):
     research/study/<study>                     the study
     research/enrol/<study>/<pid>               enrolment: status, history, releases
@@ -51,6 +59,7 @@ from medledger.contracts.patients import (
     check_hash,
     erasure_requested,
 )
+from medledger.contracts.records import custody_since
 from medledger.ledger import codec, merkle
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
@@ -228,6 +237,16 @@ def withdraw(ctx: Context, msg: Withdraw) -> None:
 
 
 def release(ctx: Context, msg: Release) -> None:
+    """`research.release` of v1 to v3: any researcher (or organisation key) of a member."""
+    _release(ctx, msg, custodians_only=False)
+
+
+def release_v4(ctx: Context, msg: Release) -> None:
+    """`research.release` from v4: the signer's hospital holds custody of every member."""
+    _release(ctx, msg, custodians_only=True)
+
+
+def _release(ctx: Context, msg: Release, *, custodians_only: bool) -> None:
     custodian, practitioner = acting_org(ctx, role="researcher")
     study = _require_study(ctx, msg.study)
     check_hash(msg.dataset_hash, "dataset_hash")
@@ -262,6 +281,14 @@ def release(ctx: Context, msg: Release) -> None:
             raise TxError(Code.REFUSED, f"members[{i}]: the patient withdrew from {msg.study}")
         if erasure_requested(ctx.state, pid) is not None:
             raise TxError(Code.REFUSED, f"members[{i}]: the patient asked for erasure")
+        # v4: the data a release covers comes from a custodian; a hospital holding nothing of
+        # the patient would otherwise be listed as holding her data (holders, her portal).
+        if custodians_only and custody_since(ctx.state, pid, custodian) is None:
+            raise TxError(
+                Code.UNAUTHORIZED,
+                f"members[{i}]: {custodian} holds no custody of this member's patient in "
+                f"the records index; only a custodian releases her data from study {msg.study}",
+            )
         enrolments.append((pid, enrolment))
     seq = int(study["releases"]) + 1
     study["releases"] = seq

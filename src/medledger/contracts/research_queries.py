@@ -17,13 +17,15 @@ contract sums the vectors mod 2^64, reads the sums as signed integers and publis
 `study_query.finish` of them: suppression and derived statistics. Past the deadline without
 every answer, end_block marks the query `incomplete` and names the missing answerers.
 
-v1 chains keep v1 (its `research.register` has no budget); a vote activates v2. New
-consortia start on v3: its answer also says how many enrolled patients the answerer counted
-nowhere (`dropped`, 0..MAX_PATIENTS: held by a link too young, or whose counting hospital its
-replica computed otherwise than a co-custodian's, `node/study_partials.py`), kept in its
-`answers` entry and summed in the query's `dropped` when done; a v2 chain refuses the field.
-A v3 query's start also fixes `links_by` (its start less `study_link_settle_ms`), so that a
-vote on the parameter while it runs changes no counting hospital; v2 records have none.
+v1 chains keep v1 (its `research.register` has no budget); a vote activates v2. In v3 an
+answer also says how many enrolled patients the answerer counted nowhere (`dropped`,
+0..MAX_PATIENTS: held by a link too young, or whose counting hospital its replica computed
+otherwise than a co-custodian's, `node/study_partials.py`), kept in its `answers` entry and
+summed in the query's `dropped` when done; a v2 chain refuses the field. A v3 query's start
+also fixes `links_by` (its start less `study_link_settle_ms`), so that a vote on the
+parameter while it runs changes no counting hospital; v2 records have none. New consortia
+start on v4: v3's messages, and `research.release` only from a hospital holding custody of
+every member (`research.release_v4`, in the module `research`).
 
 State (prefix `research/`, besides v1's):
     research/query/<study>/q<seq:04d>   a query: document, approvals, answerers, answers, result
@@ -46,7 +48,14 @@ from medledger.contracts.identity import acting_org
 from medledger.contracts.patients import check_hash
 from medledger.contracts.policies import DueQueue, param
 from medledger.contracts.research import CONTRACTS as V1
-from medledger.contracts.research import Register, get_study, register, study_open
+from medledger.contracts.research import (
+    Register,
+    Release,
+    get_study,
+    register,
+    release_v4,
+    study_open,
+)
 from medledger.ledger.contract import Context, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -496,19 +505,23 @@ _V2 = dataclasses.replace(
     },
     end_block=end_block,
 )
-CONTRACTS = [
+_V3 = dataclasses.replace(
     _V2,
-    dataclasses.replace(
-        _V2,
-        version=3,
-        messages={
-            **_V2.messages,
-            "research.query_approve": Message(
-                "research.query_approve", QueryApprove, query_approve_v3
-            ),
-            "research.query_answer": Message(
-                "research.query_answer", QueryAnswerV3, query_answer_v3
-            ),
-        },
-    ),
-]
+    version=3,
+    messages={
+        **_V2.messages,
+        "research.query_approve": Message("research.query_approve", QueryApprove, query_approve_v3),
+        "research.query_answer": Message("research.query_answer", QueryAnswerV3, query_answer_v3),
+    },
+)
+#: v4 (session 15): `research.release` only from a hospital holding custody of every member
+#: (`research.release_v4`); v1 to v3 took it from any member's researcher or organisation key.
+_V4 = dataclasses.replace(
+    _V3,
+    version=4,
+    messages={
+        **_V3.messages,
+        "research.release": Message("research.release", Release, release_v4),
+    },
+)
+CONTRACTS = [_V2, _V3, _V4]
