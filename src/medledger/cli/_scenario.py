@@ -415,7 +415,9 @@ def play(
                 ),
             )
         )
-    cohort = sorted(pids_at)[:4]
+    # Lyon releases the dataset: research v4 takes a release only from a custodian of every
+    # member, so the cohort is drawn from the patients Lyon follows.
+    cohort = sorted(p for p, at in pids_at.items() if lyon.org in at)[:4]
     # Each patient opts in (or out) at a hospital that treats them, with one of its physicians.
     desk = {lyon.org: "dr-martin", paris.org: "dr-dubois", bordeaux.org: "dr-urgence"}
     for pid in cohort:

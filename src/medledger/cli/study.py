@@ -180,7 +180,8 @@ def register(app: typer.Typer) -> None:
         crate: CrateOption = None,
         as_: AsOption = "",
     ) -> None:
-        """Post a dataset release: hash, counts and members (checked against enrolments)."""
+        """Post a dataset release: hash, counts and members (checked against enrolments;
+        from research v4, your hospital must hold care records of every patient listed)."""
         from medledger.contracts.research import member_token
         from medledger.node import Node
 
