@@ -196,7 +196,7 @@ def _admitted(w: World) -> dict[str, Any]:
 
 def test_a_practitioner_key_cannot_deliver_nor_confirm_a_referral() -> None:
     w = World()
-    assert w.q("governance/contracts", {})["referral"] == 2
+    assert w.q("governance/contracts", {})["referral"] >= 2  # v3 keeps the check
     delivery = _admitted(w)
     refused = w.send("h0/dr-a", "referral.deliver", delivery)
     assert refused.code == Code.UNAUTHORIZED

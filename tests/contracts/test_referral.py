@@ -115,3 +115,27 @@ def test_cancel_before_admission_only() -> None:
     assert w.auth("h1/dr-b").reason.startswith("referral cancelled")
     assert w.send("h1", "referral.admit", {"id": 1}).code == Code.CONFLICT
     assert [r["id"] for r in w.q("referral/list", {"org": "h1"})] == [1]
+
+
+def test_only_the_referring_hospital_delivers_and_only_the_receiver_confirms() -> None:
+    """The wrong side (and a third hospital) is refused: the receiver cannot state the
+    sender's delivery, the sender cannot confirm its own; nothing changes until the right
+    side signs."""
+    w = World()
+    _admitted(w, rids=["r-labs"])
+    delivery = {"id": 1, "rids": ["r-labs"], "commitments": [w.commitments["r-labs"]]}
+    for who in ("h1", "h2"):
+        refused = w.send(who, "referral.deliver", delivery)
+        assert refused.code == Code.UNAUTHORIZED, who
+        assert refused.log == "only h0 may do this on referral 1"
+        assert w.q("referral/status", {"id": 1})["status"] == "admitted"
+    w.ok("h0", "referral.deliver", delivery)
+
+    confirm = {"id": 1, "commitments": delivery["commitments"]}
+    for who in ("h0", "h2"):
+        refused = w.send(who, "referral.confirm", confirm)
+        assert refused.code == Code.UNAUTHORIZED, who
+        assert refused.log == "only h1 may do this on referral 1"
+        assert w.q("referral/status", {"id": 1})["status"] == "delivered"
+    w.ok("h1", "referral.confirm", confirm)
+    assert w.q("referral/status", {"id": 1})["status"] == "confirmed"

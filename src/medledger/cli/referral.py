@@ -3,7 +3,9 @@
 The referring hospital (A) creates the referral with the patient's consent (a consent id, or
 the signed agreement as `--evidence`); the receiving hospital (B) admits, which obliges A to
 deliver the named records by a deadline; A's delivery posts their registered commitments; B
-confirms the commitments of what it received.
+confirms the commitments of what it received. `admit --as ID` signs as a practitioner of B
+with a care role (physician, nurse, emergency; `referral` v3), without `--as` B's
+organisation key; deliver and confirm are the organisation key's only (v2).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def register(app: typer.Typer) -> None:
 
     @referral.command("admit")
     def admit(home: HomeOption, referral_id: IdOption, as_: AsOption = "") -> None:
-        """Record the patient's admission: the referring hospital must now deliver."""
+        """Record the patient's admission: the referring hospital must now deliver (`--as`: a
+        practitioner with a care role)."""
         from medledger.node import Node
 
         with user_errors(), Node.open(home) as node:

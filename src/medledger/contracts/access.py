@@ -12,6 +12,7 @@ Who may write what (a trail anyone could forge would prove nothing):
 - The serving hospital of an entry (`custodian`) is always the signer's hospital, never a
   field of the tx; `signer` keeps which of its keys signed ("org:<org>" or
   "practitioner:<org>/<id>"). The patient's portal shows "served and signed by" it.
+  From v6 an `access.log` tx is the organisation key's only (its node's audit journal).
 - `actor` names someone of `actor_org`: "practitioner:<actor_org>/<id>" or "org:<actor_org>",
   or "patient:<pid>" for a patient signed in at the serving hospital (then `actor_org` is the
   signer's hospital, and the pid is the entry's own, except in a denial: another patient's
@@ -88,6 +89,13 @@ shares once, the others by column. The same fields, so the same bounds; fewer by
 build, encode and hash per entry. A journal's plain tx is turned into rows by column
 (`_plain_rows`); any other goes through the entry-by-entry loop. The queries read every
 layout (`_row_entries`).
+
+Version 6 (`log_v6`, session 15): v5, and only the organisation key signs `access.log`
+(the node's audit journal does; v5 took any active key of the hospital, so a clinician's
+own key could write reads, denials or exports into the hospital's trail). A practitioner's
+tx is refused `UNAUTHORIZED`, naming the signer, nothing written. Body, state and rows as
+in v5. `record_entry` (an access recorded inside another contract's act, signed by whoever
+signs that act) is unchanged: it is part of that signer's own act.
 """
 
 from __future__ import annotations
@@ -870,10 +878,19 @@ def _log_rows(
     *,
     receivers: bool = False,
     by_column: bool = False,
+    org_only: bool = False,
 ) -> None:
-    """The v2 to v5 handling; `receivers` (v4 on) checks an export's `to` on the chain,
-    `by_column` (v5) writes each row's entries by column (`_row_v5`)."""
+    """The v2 to v6 handling; `receivers` (v4 on) checks an export's `to` on the chain,
+    `by_column` (v5 on) writes each row's entries by column (`_row_v5`), `org_only` (v6)
+    takes the tx from the organisation key only."""
     custodian, practitioner = acting_org(ctx)
+    if org_only and practitioner is not None:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {custodian}/{practitioner} may not write its hospital's "
+            "access trail; access.log is signed by the organisation key (its node's audit "
+            "journal)",
+        )
     signer = _signer_label(custodian, practitioner)
     columns: list[list[Any]] | None = None
     if msg.entries:
@@ -1277,6 +1294,17 @@ def log_v5(ctx: Context, msg: LogV3) -> None:
     _log_rows(ctx, body, EntryV3, receivers=True, by_column=True)
 
 
+def log_v6(ctx: Context, msg: LogV3) -> None:
+    """`access.log`, version 6: v5, from the organisation key only. Up to v5 any active key
+    of the hospital signed it, so a clinician holding their own key could write entries into
+    the hospital's trail, "served by" it: reads or denials that never were, a patient's
+    trail filled. Only the node's audit journal writes the trail (node/audit.py, with the
+    organisation wallet); an access that is part of a practitioner's own act is recorded by
+    that act's contract (`record_entry`: a disclosure at registration), not by this tx."""
+    body = LogV2(columns=_expand(msg), entries=msg.entries, need=msg.need)
+    _log_rows(ctx, body, EntryV3, receivers=True, by_column=True, org_only=True)
+
+
 def _forget_mark(ctx: Context, org: str) -> None:
     """governance's rebinding of org: the mark goes with the lost keys. Whoever held them
     until the vote (a thief) could have lifted it to just below MAX_SEQ, and the new home's
@@ -1296,7 +1324,7 @@ def q_seq(state: StateView, args: dict[str, Any]) -> int:
     return 0 if actor is None else int(state.get(f"acc/seq/{actor.org}") or 0)
 
 
-#: v2's queries, unchanged since: v3 and v4 change only what `access.log` accepts.
+#: v2's queries, unchanged since: v3 to v6 change only what `access.log` accepts.
 _QUERIES_V2: dict[str, QueryFn] = {
     "access/of_patient": q_of_patient_v2,
     "access/by_custodian": q_by_custodian_v2,
@@ -1332,6 +1360,12 @@ CONTRACTS = [
         name="access",
         version=5,
         messages={"access.log": Message("access.log", LogV3, log_v5)},
+        queries=_QUERIES_V2,
+    ),
+    Contract(
+        name="access",
+        version=6,
+        messages={"access.log": Message("access.log", LogV3, log_v6)},
         queries=_QUERIES_V2,
     ),
 ]

@@ -20,6 +20,13 @@ or received that never was (the commitments are public, on the chain). An obliga
 delivered by its deadline is flagged by end_block
 (`obligation.overdue`); a late delivery is still accepted and marked late.
 
+Who admits and cancels (v3, session 15): admitting creates the sender's delivery obligation
+and is a clinical act at the receiving hospital, so it needs the organisation key or a care
+role (records' `WRITER_ROLES`: physician, nurse, emergency); cancelling ends the patient's
+referral (and the receiver's reading window it opened), the undoing of what a physician
+ordered by `referral.create`, so it needs the organisation key or a physician, on either
+side. v1 and v2 took any key of that side, a researcher's, a DPO's or an admin's.
+
 Either side may cancel a referral not yet admitted. Its reason sits next to the pid for ever,
 so it is a code from `CANCEL_REASONS` (or empty), never free text: "the tumour proved
 inoperable" would be a clinical fact. Lists are bounded: at most `MAX_RIDS` records.
@@ -42,11 +49,11 @@ from medledger.contracts.categories import ALL, check_categories, covers
 from medledger.contracts.common import check_id, check_pid
 from medledger.contracts.consent import get_consent
 from medledger.contracts.governance import contract_version, is_member
-from medledger.contracts.identity import acting_org
+from medledger.contracts.identity import acting_org, roles_of
 from medledger.contracts.patients import check_hash, erasure_requested
 from medledger.contracts.policies import DueQueue, params
+from medledger.contracts.records import WRITER_ROLES, is_shredded
 from medledger.contracts.records import entry as record_entry
-from medledger.contracts.records import is_shredded
 from medledger.ledger.contract import Context, Contract, Message
 from medledger.ledger.errors import Code, TxError
 from medledger.ledger.store import StateView
@@ -217,8 +224,30 @@ def _own(ctx: Context, rid: int, side: str, node_act: str = "") -> dict[str, Any
     return ref
 
 
+#: v3: the roles a practitioner signing an admission or a cancellation needs (the
+#: organisation key holds every role).
+ADMIT_ROLES = WRITER_ROLES
+CANCEL_ROLES = frozenset({"physician"})
+
+
+def _check_role(
+    ctx: Context, org: str, practitioner: str | None, roles: frozenset[str], act: str
+) -> None:
+    """From v3, a practitioner signing `referral.admit` or `referral.cancel` (`act`) holds
+    one of `roles`; v1 and v2 took any key of the side, whatever its role."""
+    if practitioner is None or contract_version(ctx.state, "referral") < 3:
+        return
+    if not roles.intersection(roles_of(ctx.state, org, practitioner)):
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {org}/{practitioner} may not {act} a referral; it needs "
+            f"the organisation key or one of the roles {', '.join(sorted(roles))}",
+        )
+
+
 def admit(ctx: Context, msg: Admit) -> None:
     ref = _own(ctx, msg.id, "to")
+    _check_role(ctx, *acting_org(ctx), ADMIT_ROLES, "admit")
     if ref["status"] != "created":
         raise TxError(Code.CONFLICT, f"referral {msg.id} is {ref['status']}")
     if ctx.time_ms > ref["window"][1]:
@@ -316,11 +345,12 @@ def cancel(ctx: Context, msg: Cancel) -> None:
     ref = get_referral(ctx.state, msg.id)
     if ref is None:
         raise TxError(Code.NOT_FOUND, f"no referral {msg.id}")
-    org, _ = acting_org(ctx)
+    org, practitioner = acting_org(ctx)
     if org not in (ref["from"], ref["to"]):
         raise TxError(
             Code.UNAUTHORIZED, f"referral {msg.id} is between {ref['from']} and {ref['to']}"
         )
+    _check_role(ctx, org, practitioner, CANCEL_ROLES, "cancel")
     if ref["status"] != "created":
         raise TxError(Code.CONFLICT, f"referral {msg.id} is {ref['status']}: too late to cancel")
     ref["status"] = "cancelled"
@@ -445,4 +475,6 @@ _V1 = Contract(
 )
 
 #: v2 (session 14): `referral.deliver` and `referral.confirm` only from the organisation key.
-CONTRACTS = [_V1, dataclasses.replace(_V1, version=2)]
+#: v3 (session 15): `referral.admit` needs the organisation key or a care role,
+#: `referral.cancel` the organisation key or a physician (`_check_role`).
+CONTRACTS = [_V1, dataclasses.replace(_V1, version=2), dataclasses.replace(_V1, version=3)]
