@@ -259,11 +259,7 @@ def _writer(ctx: Context) -> tuple[str, str | None]:
 
 def register(ctx: Context, msg: Register) -> None:
     custodian, practitioner = _writer(ctx)
-    if (
-        msg.disclosures
-        and practitioner is not None
-        and contract_version(ctx.state, "records") >= 4
-    ):
+    if msg.disclosures and practitioner is not None and contract_version(ctx.state, "records") >= 4:
         raise TxError(
             Code.UNAUTHORIZED,
             f"signer: practitioner {custodian}/{practitioner} may not disclose records to "
