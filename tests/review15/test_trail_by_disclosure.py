@@ -47,7 +47,8 @@ def test_a_practitioner_key_cannot_write_an_export_through_a_registrations_discl
     assert _exports(w) == [] and not disclosed(w.state, "h2", "r-forged")
 
     w.ok("h0/dr-a", "records.register", {"entries": _registration("r-own")["entries"]})
-    w.ok("h0", "records.register", _registration("r-node"))  # the node's ingestion
+    # The node's ingestion: the organisation key signs, naming the clinician as author.
+    w.ok("h0", "records.register", _registration("r-node") | {"author": "practitioner:h0/dr-a"})
     assert [(e["actor_org"], e["signer"]) for e in _exports(w)] == [("h2", "org:h0")]
     assert disclosed(w.state, "h2", "r-node")
 
