@@ -271,11 +271,12 @@ def make_router() -> APIRouter:
 
     @router.get("/Consent/{fid}")
     def read_consent(
-        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], fid: str
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], fid: str, request: Request
     ) -> Response:
         from medledger.interop.fhir_consent import to_fhir
 
         require(claims, "Consent", "read")
+        view = fhir_search.read_view("Consent", request.query_params.multi_items())
         number = fid.removeprefix("medledger-consent-")
         if not number.isdigit():
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
@@ -283,7 +284,7 @@ def make_router() -> APIRouter:
         if consent is None or outside_launch(claims, consent["pid"]):
             raise FhirError(404, "not-found", f"Consent/{fid} is not known here")
         _gate_patient_data(svc, claims, consent["pid"], "Consent", "read")
-        return fhir_response(orjson.dumps(to_fhir(consent, "R4")))
+        return fhir_response(viewed(orjson.dumps(to_fhir(consent, "R4")), view))
 
     @router.get("/Consent")
     def search_consents(

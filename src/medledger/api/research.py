@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from medledger.api import interactions
 from medledger.api import search as fhir_search
 from medledger.api.auth import authenticated, require
-from medledger.api.fhir import LocalRecords, Svc
+from medledger.api.fhir import LocalRecords, Svc, viewed
 from medledger.api.outcomes import FhirError, fhir_response
 from medledger.api.services import HospitalServices
 from medledger.api.tokens import Claims, outside_launch, patient_of
@@ -200,14 +200,15 @@ def make_router() -> APIRouter:
 
     @router.get("/ResearchStudy/{study_id}")
     def read_study(
-        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], study_id: str
+        svc: Svc, claims: Annotated[Claims, Depends(authenticated)], study_id: str, request: Request
     ) -> Response:
         interactions.check("ResearchStudy", "read")
         require(claims, "ResearchStudy", "read")
+        view = fhir_search.read_view("ResearchStudy", request.query_params.multi_items())
         study = queries.study(svc.node.engine, study_id)
         if study is None:
             raise FhirError(404, "not-found", f"ResearchStudy/{study_id} is not known here")
-        return fhir_response(_study_resource(svc, claims, study))
+        return fhir_response(viewed(_study_resource(svc, claims, study), view))
 
     @router.get("/ResearchStudy")
     def search_studies(

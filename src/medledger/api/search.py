@@ -476,6 +476,9 @@ def read_view(resource_type: str, items: Iterable[tuple[str, str]]) -> Query | N
             continue
         if name == "_summary" and value == "count":
             query.not_applied.append((name, "'count' applies to a search, not a read"))
+        elif name == "_summary" and value not in ("data", "false"):
+            # Not the search's list: it names `count`, which a read refuses too.
+            query.not_applied.append((name, f"{value!r} is not supported on a read (data, false)"))
         elif name in ("_elements", "_summary"):
             _result_param(query, name, value, {})
         else:

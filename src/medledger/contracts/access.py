@@ -95,7 +95,8 @@ Version 6 (`log_v6`, session 15): v5, and only the organisation key signs `acces
 own key could write reads, denials or exports into the hospital's trail). A practitioner's
 tx is refused `UNAUTHORIZED`, naming the signer, nothing written. Body, state and rows as
 in v5. `record_entry` (an access recorded inside another contract's act, signed by whoever
-signs that act) is unchanged: it is part of that signer's own act.
+signs that act) is unchanged: it is part of that signer's own act (a registration's
+disclosures, exports to another hospital, are the organisation key's from `records` v4).
 """
 
 from __future__ import annotations
@@ -1300,7 +1301,9 @@ def log_v6(ctx: Context, msg: LogV3) -> None:
     the hospital's trail, "served by" it: reads or denials that never were, a patient's
     trail filled. Only the node's audit journal writes the trail (node/audit.py, with the
     organisation wallet); an access that is part of a practitioner's own act is recorded by
-    that act's contract (`record_entry`: a disclosure at registration), not by this tx."""
+    that act's contract (`record_entry`: a registration's `create` entry), not by this tx.
+    A registration's disclosures are exports to another hospital, not the signer's own act:
+    from `records` v4 they too are the organisation key's only."""
     body = LogV2(columns=_expand(msg), entries=msg.entries, need=msg.need)
     _log_rows(ctx, body, EntryV3, receivers=True, by_column=True, org_only=True)
 

@@ -51,6 +51,15 @@ already did: under v1 and v2 a researcher's, DPO's or admin's key registered rec
 started its hospital's custody of any pid. Refused `UNAUTHORIZED`, naming the signer. Under
 v1 and v2 a chain replays as it did.
 
+Who discloses (v4, session 15, review15). A registration's `disclosures` write `export`
+entries on the patient's trail, to another member, on a basis the signer attests, and mark
+the records disclosed (the receiver's reads of them are then served without an entry of
+their own). Only the node's ingestion writes them, with the organisation key; up to v3 a
+clinician's own key could, so it wrote exports that never were into its hospital's trail,
+which `access` v6 closed for `access.log`. v4 takes disclosures from the organisation key
+only (a practitioner's registration without any is unchanged); refused `UNAUTHORIZED`,
+naming the signer.
+
 State (prefix `rec/`):
     rec/entry/<rid>                         latest version of an entry
     rec/version/<rid>/<version:08d>         each version's commitment and metadata
@@ -250,6 +259,13 @@ def _writer(ctx: Context) -> tuple[str, str | None]:
 
 def register(ctx: Context, msg: Register) -> None:
     custodian, practitioner = _writer(ctx)
+    if msg.disclosures and practitioner is not None and contract_version(ctx.state, "records") >= 4:
+        raise TxError(
+            Code.UNAUTHORIZED,
+            f"signer: practitioner {custodian}/{practitioner} may not disclose records to "
+            "another hospital; disclosures are signed by the organisation key (its node's "
+            "ingestion)",
+        )
     if msg.author:
         practitioner = _author(ctx, custodian, practitioner, msg.author)
     if not 0 < len(msg.entries) <= MAX_ENTRIES:
@@ -699,4 +715,5 @@ _V1 = Contract(
 #: holds copies under the patient's erasure request (`SHRED_RULES`).
 #: v3 (session 14): `records.shredded` only from the organisation key; a practitioner who
 #: signs `records.register` or `records.amend` needs a care role (`WRITER_ROLES`).
-CONTRACTS = [_V1, dataclasses.replace(_V1, version=2), dataclasses.replace(_V1, version=3)]
+#: v4 (session 15): a registration's `disclosures` only from the organisation key.
+CONTRACTS = [_V1, *(dataclasses.replace(_V1, version=v) for v in (2, 3, 4))]

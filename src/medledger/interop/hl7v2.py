@@ -1011,11 +1011,13 @@ def _observation(
             ctx.fail("OBX-5", f"{error} (value type {value_type or 'missing'})", entry)
             return None
         repeats = _repetitions(obx, 5)
-        if value and repeats > 1 and "valueString" not in value:
+        if repeats > 1 and not (value and "valueString" in value):
+            # An empty first repetition keeps nothing: said too, not stored as "unknown".
+            kept = "only the first is kept" if value else "the first is empty: none is kept"
             ctx.warn(
                 "field OBX-5",
                 f"{repeats} values repeat (value type {value_type}); an Observation holds "
-                "one: only the first is kept",
+                f"one: {kept}",
                 entry,
             )
     if value:
