@@ -24,23 +24,47 @@ path: `PYTHONPATH=<clone>/src .venv/bin/python bench/bench_apptx.py` (docs/bench
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from medledger.contracts import default_registry
 from medledger.ledger.app import Application
+from medledger.ledger.genesis import Genesis
 from medledger.ledger.keys import SigningKey
 from medledger.ledger.tx import decode_tx
 from medledger.node import heap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_txpath import SIGNERS, _genesis, _registrations  # noqa: E402
+
+
+@contextlib.contextmanager
+def _app_after_one_block(
+    genesis: Genesis, first: list[bytes], preverify: Sequence[bytes] = ()
+) -> Iterator[Application]:
+    """A fresh app whose state holds `first` committed in block 1 (some practitioners to
+    check against); the txs in `preverify` are verified beforehand, out of the timings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Application.open(Path(tmp) / "apptx.db", genesis, default_registry())
+        try:
+            app.init_chain()
+            for raw in preverify:
+                app.preverify(raw)
+            for raw in first:
+                app.check_tx(raw)
+            app.finalize_block(first, 1, genesis.time_ms + 1000)
+            app.commit()
+            yield app
+        finally:
+            app.close()
 
 
 def run(batch: int = 0, batches: int = 0, committed: int = 400, fresh: int = 0) -> Any:
@@ -51,33 +75,21 @@ def run(batch: int = 0, batches: int = 0, committed: int = 400, fresh: int = 0) 
     genesis = _genesis(orgs)
     txs = _registrations(orgs, committed + batch * batches)
     best = {"check_tx": float("inf"), "process_proposal": float("inf"), "decode": float("inf")}
-    with tempfile.TemporaryDirectory() as tmp:
-        app = Application.open(Path(tmp) / "apptx.db", genesis, default_registry())
-        try:
-            app.init_chain()
-            for raw in txs:
-                app.preverify(raw)
-            first = txs[:committed]  # a state with some practitioners in it
-            for raw in first:
-                app.check_tx(raw)
-            app.finalize_block(first, 1, genesis.time_ms + 1000)
-            app.commit()
-            for n in range(batches):
-                chunk = txs[committed + n * batch : committed + (n + 1) * batch]
-                t = time.thread_time()
-                for raw in chunk:
-                    if not app.check_tx(raw).ok:
-                        raise RuntimeError("bench tx refused")
-                best["check_tx"] = min(best["check_tx"], time.thread_time() - t)
-                t = time.thread_time()
-                app.simulate_block(chunk, 2, genesis.time_ms + 2000)
-                best["process_proposal"] = min(best["process_proposal"], time.thread_time() - t)
-                t = time.thread_time()
-                for raw in chunk:
-                    decode_tx(raw)
-                best["decode"] = min(best["decode"], time.thread_time() - t)
-        finally:
-            app.close()
+    with _app_after_one_block(genesis, txs[:committed], preverify=txs) as app:
+        for n in range(batches):
+            chunk = txs[committed + n * batch : committed + (n + 1) * batch]
+            t = time.thread_time()
+            for raw in chunk:
+                if not app.check_tx(raw).ok:
+                    raise RuntimeError("bench tx refused")
+            best["check_tx"] = min(best["check_tx"], time.thread_time() - t)
+            t = time.thread_time()
+            app.simulate_block(chunk, 2, genesis.time_ms + 2000)
+            best["process_proposal"] = min(best["process_proposal"], time.thread_time() - t)
+            t = time.thread_time()
+            for raw in chunk:
+                decode_tx(raw)
+            best["decode"] = min(best["decode"], time.thread_time() - t)
     return {
         "us_per_tx_min_over_batches": {k: round(v / batch * 1e6, 2) for k, v in best.items()},
         "batch": batch,
@@ -94,15 +106,8 @@ def _fresh_check_tx(batch: int, batches: int, committed: int) -> Any:
     txs = _registrations(orgs, committed + batch * batches)
     per_tx: list[float] = []
     thresholds = gc.get_threshold()  # the settled heap's settings are this run's only
-    with tempfile.TemporaryDirectory() as tmp:
-        app = Application.open(Path(tmp) / "apptx.db", genesis, default_registry())
+    with _app_after_one_block(genesis, txs[:committed]) as app:
         try:
-            app.init_chain()
-            first = txs[:committed]
-            for raw in first:
-                app.check_tx(raw)
-            app.finalize_block(first, 1, genesis.time_ms + 1000)
-            app.commit()
             heap.settle()
             for n in range(batches):
                 chunk = txs[committed + n * batch : committed + (n + 1) * batch]
@@ -112,7 +117,6 @@ def _fresh_check_tx(batch: int, batches: int, committed: int) -> Any:
                         raise RuntimeError("bench tx refused")
                 per_tx.append((time.thread_time() - t) / batch * 1e6)
         finally:
-            app.close()
             gc.unfreeze()
             gc.set_threshold(*thresholds)
     return {
